@@ -1,0 +1,1 @@
+"""gRPC front end of the pruning service. Never imports TensorFlow."""

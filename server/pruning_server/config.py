@@ -1,0 +1,66 @@
+"""Settings shared by the server, the workers and the embedded launcher.
+
+Every setting comes from an environment variable with the ``PRUNING_`` prefix, for example
+``PRUNING_REDIS_URL=redis://redis:6379/0``. Defaults work on a laptop.
+"""
+
+from __future__ import annotations
+
+import pathlib
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+MiB = 1024 * 1024
+
+
+class Settings(BaseSettings):
+    """Configuration of one deployment (server, workers and launcher read the same)."""
+
+    model_config = SettingsConfigDict(env_prefix="PRUNING_", extra="ignore")
+
+    listen: str = Field("127.0.0.1:50051", description="host:port the gRPC server binds")
+    redis_url: str = Field(
+        "redis://127.0.0.1:6379/0",
+        description="Redis for job records, events and the Celery broker; "
+        "`pruning up` starts an embedded Redis when this variable is unset",
+    )
+    key_prefix: str = Field("pruning", description="prefix of every Redis key the service writes")
+    state_dir: pathlib.Path = Field(pathlib.Path(".pruning"), description="local state (artifacts, embedded Redis)")
+    artifact_dir: pathlib.Path | None = Field(None, description="artifact store; default <state_dir>/artifacts")
+    data_dir: pathlib.Path | None = Field(None, description="built-in datasets; default <state_dir>/data")
+    queue: str = Field("pruning", description="Celery queue the jobs go to")
+    max_upload_bytes: int = Field(1024 * MiB, description="largest accepted upload")
+    max_decompressed_bytes: int = Field(4096 * MiB, description="largest decompressed content of an archive")
+    chunk_size: int = Field(1 * MiB, description="download chunk size")
+    api_keys: str = Field("", description="'key=tenant,key2=tenant2'; empty disables authentication")
+    tls_cert_file: pathlib.Path | None = None
+    tls_key_file: pathlib.Path | None = None
+    event_interval_s: float = Field(0.5, description="least time between two progress events of a job")
+    grace_s: float = Field(5.0, description="graceful shutdown period of the server")
+
+    @field_validator("chunk_size")
+    @classmethod
+    def _chunk_size_positive(cls, value: int) -> int:
+        if not 1024 <= value <= 4 * MiB:
+            raise ValueError(f"chunk_size must be in [1024, 4 MiB], got {value}")
+        return value
+
+    @property
+    def artifacts_path(self) -> pathlib.Path:
+        return self.artifact_dir or self.state_dir / "artifacts"
+
+    @property
+    def data_path(self) -> pathlib.Path:
+        return self.data_dir or self.state_dir / "data"
+
+    def tenants_by_key(self) -> dict[str, str]:
+        """Maps API keys to tenants; empty when authentication is off."""
+        pairs = (item.split("=", 1) for item in self.api_keys.split(",") if item.strip())
+        return {key.strip(): tenant.strip() for key, tenant in pairs}
+
+    def celery_broker_url(self) -> str:
+        """The Redis URL in the form kombu expects (unix sockets use redis+socket://)."""
+        if self.redis_url.startswith("unix://"):
+            return "redis+socket://" + self.redis_url[len("unix://") :]
+        return self.redis_url

@@ -1,0 +1,26 @@
+"""gRPC error answers with google.rpc details, in one place."""
+
+from __future__ import annotations
+
+import grpc
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+
+async def abort_invalid(context: grpc.aio.ServicerContext, violations, message: str | None = None):
+    """Aborts with INVALID_ARGUMENT and a BadRequest listing (field, description) pairs."""
+    detail = error_details_pb2.BadRequest(
+        field_violations=[
+            error_details_pb2.BadRequest.FieldViolation(field=f, description=d) for f, d in violations
+        ]
+    )
+    status = status_pb2.Status(
+        code=code_pb2.INVALID_ARGUMENT,
+        message=message or "; ".join(f"{f}: {d}" for f, d in violations),
+    )
+    status.details.add().Pack(detail)
+    await context.abort_with_status(rpc_status.to_status(status))
+
+
+async def abort(context: grpc.aio.ServicerContext, code: grpc.StatusCode, message: str):
+    await context.abort(code, message)

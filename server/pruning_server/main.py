@@ -1,0 +1,97 @@
+"""Entry point of the gRPC server: ``pruning-server`` (or ``python -m pruning_server``)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from pruning.v1 import pruning_pb2 as pb
+from pruning.v1 import pruning_pb2_grpc as pb_grpc
+
+from .blobs import BlobStore
+from .config import Settings
+from .service import PruningService, make_celery
+from .store import AsyncJobStore
+
+log = logging.getLogger("pruning_server")
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["PruningService"].full_name
+MAX_MESSAGE = 8 * 1024 * 1024
+
+
+class Running:
+    """A started server with what it owns; ``stop()`` shuts it down gracefully."""
+
+    def __init__(self, server: grpc.aio.Server, port: int, health_servicer, store: AsyncJobStore, grace: float):
+        self.server, self.port, self.health, self.store, self.grace = server, port, health_servicer, store, grace
+
+    async def stop(self) -> None:
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(self.grace)
+        await self.store.redis.aclose()
+
+
+async def create_server(settings: Settings, address: str | None = None) -> Running:
+    """Builds and starts the server on ``address`` (port 0 picks a free port)."""
+    store = AsyncJobStore.from_url(settings.redis_url, settings.key_prefix)
+    await store.redis.ping()
+    blobs = BlobStore(settings.artifacts_path)
+    server = grpc.aio.server(
+        options=[("grpc.max_receive_message_length", MAX_MESSAGE), ("grpc.max_send_message_length", MAX_MESSAGE)]
+    )
+    pb_grpc.add_PruningServiceServicer_to_server(PruningService(settings, store, blobs, make_celery(settings)), server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection([SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
+    address = address or settings.listen
+    if settings.tls_cert_file and settings.tls_key_file:
+        creds = grpc.ssl_server_credentials(
+            [(settings.tls_key_file.read_bytes(), settings.tls_cert_file.read_bytes())]
+        )
+        port = server.add_secure_port(address, creds)
+    else:
+        port = server.add_insecure_port(address)
+    await server.start()
+    for name in ("", SERVICE_NAME):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    log.info("pruning server listening on port %d (artifacts in %s)", port, blobs.root)
+    return Running(server, port, health_servicer, store, settings.grace_s)
+
+
+async def serve(settings: Settings, address: str | None = None, ready=None) -> None:
+    running = await create_server(settings, address)
+    if ready is not None:
+        ready(running.port)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("shutting down")
+    await running.stop()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Run the pruning gRPC server.")
+    parser.add_argument("--listen", help="host:port (default: PRUNING_LISTEN or 127.0.0.1:50051)")
+    parser.add_argument("--port-file", help="write the bound port to this file once serving")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = Settings()
+
+    def ready(port: int) -> None:
+        print(f"pruning server ready on port {port}", flush=True)
+        if args.port_file:
+            with open(args.port_file, "w") as f:
+                f.write(str(port))
+
+    asyncio.run(serve(settings, args.listen, ready))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,217 @@
+"""Inspects uploaded models and datasets without deserialising them (no TensorFlow).
+
+Model files are untrusted: the saved configuration is read as JSON and every class it
+names must be a built-in Keras class from :data:`ALLOWED_CLASSES`. Lambda layers (which
+carry code) and custom objects are refused before anything could execute them. Workers
+run the same check again before they load a model.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import zipfile
+from dataclasses import dataclass, field
+
+import numpy as np
+
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+ZIP_SIGNATURE = b"PK\x03\x04"
+DATASET_ARRAYS = ("x_train", "y_train", "x_test", "y_test")
+
+_LAYERS = """
+InputLayer Sequential Functional Model Dense Conv1D Conv2D Conv3D Conv1DTranspose
+Conv2DTranspose Conv3DTranspose DepthwiseConv1D DepthwiseConv2D SeparableConv1D SeparableConv2D
+MaxPooling1D MaxPooling2D MaxPooling3D AveragePooling1D AveragePooling2D AveragePooling3D
+GlobalMaxPooling1D GlobalMaxPooling2D GlobalMaxPooling3D GlobalAveragePooling1D
+GlobalAveragePooling2D GlobalAveragePooling3D MaxPool1D MaxPool2D MaxPool3D AvgPool1D AvgPool2D
+AvgPool3D Flatten Reshape Permute RepeatVector Dropout SpatialDropout1D SpatialDropout2D
+SpatialDropout3D GaussianNoise GaussianDropout AlphaDropout BatchNormalization
+LayerNormalization GroupNormalization UnitNormalization Activation ReLU LeakyReLU PReLU ELU
+ThresholdedReLU Softmax Add Subtract Multiply Average Maximum Minimum Concatenate Dot
+ZeroPadding1D ZeroPadding2D ZeroPadding3D Cropping1D Cropping2D Cropping3D UpSampling1D
+UpSampling2D UpSampling3D Embedding LSTM GRU SimpleRNN Bidirectional TimeDistributed
+Masking Rescaling CenterCrop Resizing Identity
+"""
+_OTHERS = """
+GlorotUniform GlorotNormal HeUniform HeNormal LecunUniform LecunNormal RandomNormal
+RandomUniform TruncatedNormal Zeros Ones Constant VarianceScaling Orthogonal Identity
+L1 L2 L1L2 OrthogonalRegularizer MaxNorm MinMaxNorm NonNeg UnitNorm RadialConstraint
+Policy DTypePolicy __tuple__ __numpy__ TensorShape
+"""
+ALLOWED_CLASSES = frozenset(_LAYERS.split()) | frozenset(_OTHERS.split())
+_ALLOWED_MODULE_ROOTS = ("keras", "tf_keras", "builtins")
+
+
+class ModelRejected(ValueError):
+    """The file is not a model this service accepts; ``field`` names what is wrong."""
+
+    def __init__(self, message: str, field: str = "model"):
+        super().__init__(message)
+        self.field = field
+
+
+@dataclass
+class ModelInfo:
+    format: str
+    layers: list[tuple[str, str]] = field(default_factory=list)
+    input_shape: list[int | None] | None = None
+
+    def to_dict(self) -> dict:
+        return {"format": self.format, "layers": self.layers, "input_shape": self.input_shape}
+
+
+def sniff_format(path: pathlib.Path) -> str:
+    with open(path, "rb") as f:
+        head = f.read(8)
+    if head.startswith(HDF5_SIGNATURE):
+        return "h5"
+    if head.startswith(ZIP_SIGNATURE):
+        return "zip"
+    raise ModelRejected("not a Keras model: expected a .keras (zip) or .h5 (HDF5) file")
+
+
+def _checked_zip(path: pathlib.Path, max_decompressed: int) -> zipfile.ZipFile:
+    try:
+        archive = zipfile.ZipFile(path)
+        infos = archive.infolist()
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise ModelRejected(f"the archive is truncated or corrupt: {exc}") from None
+    total = sum(info.file_size for info in infos)
+    if total > max_decompressed:
+        raise ModelRejected(f"the archive expands to {total} bytes, over the limit of {max_decompressed}")
+    return archive
+
+
+def _walk_classes(node, found: list[tuple[str, str]]):
+    """Checks every ``class_name`` in a Keras config tree; collects (class, name) of layers."""
+    if isinstance(node, dict):
+        if "class_name" in node:
+            cls = node["class_name"]
+            module = node.get("module") or "keras"
+            if cls == "Lambda" or cls.endswith(">Lambda"):
+                raise ModelRejected("the model has a Lambda layer, which would run arbitrary code; refused")
+            if cls not in ALLOWED_CLASSES or not str(module).startswith(_ALLOWED_MODULE_ROOTS):
+                raise ModelRejected(f"the model uses {cls!r}, which is not a built-in Keras class; refused")
+            if "registered_name" in node and node["registered_name"] not in (None, cls) and not str(
+                node["registered_name"]
+            ).startswith(("keras", "tf_keras")):
+                raise ModelRejected(f"the model uses the custom object {node['registered_name']!r}; refused")
+            config = node.get("config")
+            if isinstance(config, dict) and "name" in config and cls in _LAYERS.split():
+                found.append((cls, str(config["name"])))
+        for value in node.values():
+            _walk_classes(value, found)
+    elif isinstance(node, list):
+        for value in node:
+            _walk_classes(value, found)
+
+
+def _input_shape(config: dict) -> list[int | None] | None:
+    layers = config.get("config", {}).get("layers", [])
+    for layer in layers[:1]:
+        cfg = layer.get("config", {})
+        shape = cfg.get("batch_input_shape") or cfg.get("batch_shape")
+        if isinstance(shape, dict):  # serialised tuple
+            shape = shape.get("config", {}).get("value")
+        if shape:
+            return list(shape[1:])
+    return None
+
+
+def check_model_config(config: dict, fmt: str) -> ModelInfo:
+    if not isinstance(config, dict) or "class_name" not in config:
+        raise ModelRejected("the file holds no Keras model configuration")
+    layers: list[tuple[str, str]] = []
+    _walk_classes(config, layers)
+    return ModelInfo(format=fmt, layers=layers, input_shape=_input_shape(config))
+
+
+def inspect_model(path: pathlib.Path, max_decompressed: int) -> ModelInfo:
+    """Reads a model file's configuration and checks it is safe to load.
+
+    Raises:
+        ModelRejected: not a model, truncated, or using a Lambda layer or a custom object.
+    """
+    path = pathlib.Path(path)
+    kind = sniff_format(path)
+    if kind == "zip":
+        with _checked_zip(path, max_decompressed) as archive:
+            names = set(archive.namelist())
+            if "config.json" not in names:
+                raise ModelRejected("the archive is not a .keras model (no config.json)")
+            try:
+                config = json.loads(archive.read("config.json"))
+                bad = archive.testzip()
+            except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
+                raise ModelRejected(f"the archive is truncated or corrupt: {exc}") from None
+            if bad is not None:
+                raise ModelRejected(f"the archive member {bad!r} is corrupt")
+        return check_model_config(config, "keras")
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            raw = f.attrs.get("model_config")
+            if raw is None:
+                raise ModelRejected("the HDF5 file holds no Keras model (no model_config)")
+            config = json.loads(raw.decode() if isinstance(raw, bytes) else raw)
+            if "model_weights" not in f:
+                raise ModelRejected("the HDF5 file holds no weights")
+            f["model_weights"].visititems(lambda name, obj: obj.shape if hasattr(obj, "shape") else None)
+    except ModelRejected:
+        raise
+    except (OSError, ValueError, KeyError) as exc:
+        raise ModelRejected(f"the HDF5 file is truncated or corrupt: {exc}") from None
+    return check_model_config(config, "h5")
+
+
+def inspect_dataset(path: pathlib.Path, max_decompressed: int) -> dict:
+    """Reads the array headers of an .npz dataset (no pickle, no array data).
+
+    Returns:
+        {"x_train": {"shape": [...], "dtype": "..."}, ...}
+    """
+    path = pathlib.Path(path)
+    with open(path, "rb") as f:
+        if not f.read(4).startswith(ZIP_SIGNATURE):
+            raise ModelRejected("a dataset must be an .npz file", field="dataset")
+    try:
+        archive = _checked_zip(path, max_decompressed)
+    except ModelRejected as exc:
+        raise ModelRejected(str(exc), field="dataset") from None
+    arrays = {}
+    with archive:
+        for name in DATASET_ARRAYS:
+            try:
+                with archive.open(f"{name}.npy") as member:
+                    version = np.lib.format.read_magic(member)
+                    read = (
+                        np.lib.format.read_array_header_1_0
+                        if version == (1, 0)
+                        else np.lib.format.read_array_header_2_0
+                    )
+                    shape, _, dtype = read(member)
+            except KeyError:
+                raise ModelRejected(f"the dataset has no array {name!r}", field="dataset") from None
+            except (ValueError, zipfile.BadZipFile, OSError, EOFError) as exc:
+                raise ModelRejected(f"array {name!r} is unreadable: {exc}", field="dataset") from None
+            if dtype.hasobject:
+                raise ModelRejected(f"array {name!r} holds Python objects; refused", field="dataset")
+            arrays[name] = {"shape": list(shape), "dtype": dtype.str}
+    for split in ("train", "test"):
+        n_x, n_y = arrays[f"x_{split}"]["shape"][:1], arrays[f"y_{split}"]["shape"][:1]
+        if n_x != n_y:
+            raise ModelRejected(f"x_{split} and y_{split} differ in length: {n_x} vs {n_y}", field="dataset")
+    if arrays["x_train"]["shape"][1:] != arrays["x_test"]["shape"][1:]:
+        raise ModelRejected("x_train and x_test differ in sample shape", field="dataset")
+    return arrays
+
+
+def shapes_fit(model_input: list | None, sample_shape: list) -> bool:
+    """Whether samples of ``sample_shape`` fit a model input of ``model_input`` (None = any)."""
+    if model_input is None:
+        return True
+    return len(model_input) == len(sample_shape) and all(
+        m is None or m == s for m, s in zip(model_input, sample_shape)
+    )

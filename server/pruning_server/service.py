@@ -1,0 +1,237 @@
+"""The PruningService servicer: validate, convert, delegate, answer."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+
+import grpc
+from celery import Celery
+from google.rpc import code_pb2
+
+from pruning.v1 import pruning_pb2 as pb
+from pruning.v1 import pruning_pb2_grpc as pb_grpc
+
+from . import convert, modelcheck, validation
+from .blobs import BlobStore, is_artifact_id
+from .config import Settings
+from .errors import abort, abort_invalid
+from .store import TERMINAL, AsyncJobStore, ArtifactRecord, JobNotFound, new_job_id, state_event
+
+log = logging.getLogger(__name__)
+TASK_NAME = "pruning.prune"
+_EVENT_ID = re.compile(r"\d+-\d+")
+_JOB_ID = re.compile(r"[0-9a-f]{24}")
+WATCH_BLOCK_MS = 5000
+
+
+def make_celery(settings: Settings) -> Celery:
+    """A Celery app that only sends: the server never imports the worker's tasks."""
+    app = Celery("pruning", broker=settings.celery_broker_url())
+    app.conf.update(broker_connection_retry_on_startup=True, task_default_queue=settings.queue)
+    return app
+
+
+class PruningService(pb_grpc.PruningServiceServicer):
+    def __init__(self, settings: Settings, store: AsyncJobStore, blobs: BlobStore, celery: Celery):
+        self.settings = settings
+        self.store = store
+        self.blobs = blobs
+        self.celery = celery
+        self._tenants = settings.tenants_by_key()
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    async def _tenant(self, context) -> str:
+        if not self._tenants:
+            return "default"
+        metadata = dict(context.invocation_metadata() or ())
+        key = metadata.get("x-api-key") or metadata.get("authorization", "").removeprefix("Bearer ").strip()
+        tenant = self._tenants.get(key)
+        if tenant is None:
+            await abort(context, grpc.StatusCode.UNAUTHENTICATED, "missing or unknown API key (x-api-key)")
+        return tenant
+
+    async def _job(self, context, tenant: str, job_id: str) -> pb.Job:
+        if not _JOB_ID.fullmatch(job_id):
+            await abort_invalid(context, [("job_id", f"not a job id: {job_id!r}")])
+        try:
+            return await self.store.get(tenant, job_id)
+        except JobNotFound:
+            await abort(context, grpc.StatusCode.NOT_FOUND, f"no job {job_id}")
+
+    async def _artifact(self, context, tenant: str, artifact_id: str, field: str) -> ArtifactRecord:
+        if not is_artifact_id(artifact_id):
+            await abort_invalid(context, [(field, f"not an artifact id (64 hex digits): {artifact_id!r}")])
+        try:
+            return await self.store.get_artifact(tenant, artifact_id)
+        except KeyError:
+            await abort(context, grpc.StatusCode.NOT_FOUND, f"{field}: no artifact {artifact_id}")
+
+    async def _receive(self, request_iterator, context, field: str):
+        """Streams an upload into a blob writer, enforcing the header and the size limit."""
+        limit = self.settings.max_upload_bytes
+        header = None
+        writer = self.blobs.writer()
+        try:
+            async for request in request_iterator:
+                if header is None:
+                    if request.WhichOneof("payload") != "header":
+                        await abort_invalid(context, [(f"{field}.header", "the first message must be the header")])
+                    header = request.header
+                    if header.size > limit:
+                        await abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                    f"{field}: {header.size} bytes is over the upload limit of {limit}")
+                    continue
+                if writer.size + len(request.chunk) > limit:
+                    await abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                f"{field}: upload is over the limit of {limit} bytes")
+                writer.write(request.chunk)
+            if header is None or writer.size == 0:
+                await abort_invalid(context, [(field, "empty upload")])
+            if header.size and header.size != writer.size:
+                await abort_invalid(context, [(f"{field}.header.size", f"announced {header.size} bytes, received {writer.size}")])
+            if header.sha256 and header.sha256.lower() != writer.sha256:
+                await abort_invalid(context, [(f"{field}.header.sha256", "content does not match the announced sha256")])
+            writer.close()
+            return writer, header
+        except BaseException:
+            writer.discard()
+            raise
+
+    async def _store_upload(self, context, tenant, writer, header, kind, fmt, info) -> pb.Artifact:
+        try:
+            artifact_id = await asyncio.to_thread(writer.commit)
+        except BaseException:
+            writer.discard()
+            raise
+        record = ArtifactRecord(artifact_id, kind, fmt, convert.safe_filename(header.filename), writer.size, time.time(), info)
+        await self.store.put_artifact(tenant, record)
+        log.info("stored %s artifact %s (%d bytes) for %s", fmt, artifact_id, writer.size, tenant)
+        return record.to_proto()
+
+    # -- uploads and downloads -------------------------------------------------------------
+
+    async def UploadModel(self, request_iterator, context):
+        tenant = await self._tenant(context)
+        writer, header = await self._receive(request_iterator, context, "model")
+        try:
+            info = await asyncio.to_thread(modelcheck.inspect_model, writer.path, self.settings.max_decompressed_bytes)
+            wanted = convert.MODEL_EXTENSIONS.get(convert.extension(header.filename))
+            if wanted and wanted != info.format:
+                raise modelcheck.ModelRejected(f"the file name says {wanted} but the content is {info.format}")
+        except modelcheck.ModelRejected as exc:
+            writer.discard()
+            await abort_invalid(context, [(exc.field, str(exc))])
+        return await self._store_upload(context, tenant, writer, header, pb.ARTIFACT_KIND_MODEL, info.format, info.to_dict())
+
+    async def UploadDataset(self, request_iterator, context):
+        tenant = await self._tenant(context)
+        writer, header = await self._receive(request_iterator, context, "dataset")
+        try:
+            arrays = await asyncio.to_thread(modelcheck.inspect_dataset, writer.path, self.settings.max_decompressed_bytes)
+        except modelcheck.ModelRejected as exc:
+            writer.discard()
+            await abort_invalid(context, [(exc.field, str(exc))])
+        return await self._store_upload(context, tenant, writer, header, pb.ARTIFACT_KIND_DATASET, "npz", {"arrays": arrays})
+
+    async def DownloadArtifact(self, request, context):
+        tenant = await self._tenant(context)
+        record = await self._artifact(context, tenant, request.artifact_id, "artifact_id")
+        if not 0 <= request.offset <= record.size:
+            await abort(context, grpc.StatusCode.OUT_OF_RANGE, f"offset must be in [0, {record.size}], got {request.offset}")
+        chunk = self.settings.chunk_size
+        with open(self.blobs.path(record.id), "rb") as f:
+            f.seek(request.offset)
+            offset = request.offset
+            while data := f.read(chunk):
+                yield pb.DownloadChunk(offset=offset, data=data, total_size=record.size, sha256=record.id)
+                offset += len(data)
+
+    # -- jobs ------------------------------------------------------------------------------
+
+    async def CreateJob(self, request, context):
+        tenant = await self._tenant(context)
+        spec = request.spec
+        violations = validation.validate(spec)
+        if violations:
+            await abort_invalid(context, violations)
+        model = await self._artifact(context, tenant, spec.model_id, "spec.model_id")
+        if model.kind != pb.ARTIFACT_KIND_MODEL:
+            await abort_invalid(context, [("spec.model_id", "this artifact is not an uploaded model")])
+        if spec.dataset.WhichOneof("source") == "artifact_id":
+            data = await self._artifact(context, tenant, spec.dataset.artifact_id, "spec.dataset.artifact_id")
+            if data.kind != pb.ARTIFACT_KIND_DATASET:
+                await abort_invalid(context, [("spec.dataset.artifact_id", "this artifact is not an uploaded dataset")])
+            sample, field = data.info["arrays"]["x_train"]["shape"][1:], "spec.dataset.artifact_id"
+        else:
+            sample, field = validation.BUILTIN_DATASETS[spec.dataset.builtin]["x_train"][1:], "spec.dataset.builtin"
+        model_input = model.info.get("input_shape")
+        if not modelcheck.shapes_fit(model_input, sample):
+            await abort_invalid(context, [(field, f"samples of shape {sample} do not fit the model input {model_input}")])
+
+        job = pb.Job(id=new_job_id(), state=pb.JOB_STATE_UNSPECIFIED, spec=validation.with_defaults(spec))
+        job.labels.update(request.labels)
+        job.created_at.GetCurrentTime()
+        job, created = await self.store.create(tenant, job, request.idempotency_key)
+        if not await self.store.is_enqueued(job.id):
+            await asyncio.to_thread(self.celery.send_task, TASK_NAME, args=[job.id], queue=self.settings.queue)
+            await self.store.mark_enqueued(job.id)
+        log.info("job %s %s for %s", job.id, "created" if created else "returned again", tenant)
+        return job
+
+    async def GetJob(self, request, context):
+        tenant = await self._tenant(context)
+        return await self._job(context, tenant, request.job_id)
+
+    async def ListJobs(self, request, context):
+        tenant = await self._tenant(context)
+        if not 0 <= request.page_size <= 500:
+            await abort_invalid(context, [("page_size", f"must be in [0, 500], got {request.page_size}")])
+        if request.page_token and not _JOB_ID.fullmatch(request.page_token):
+            await abort_invalid(context, [("page_token", "not a token this service returned")])
+        states = set(request.states)
+        jobs, token = await self.store.list(
+            tenant, request.page_size or 50, request.page_token,
+            lambda job: convert.job_matches(job, states, request.labels),
+        )
+        return pb.ListJobsResponse(jobs=jobs, next_page_token=token)
+
+    async def WatchJob(self, request, context):
+        tenant = await self._tenant(context)
+        job = await self._job(context, tenant, request.job_id)
+        after = request.after_event_id
+        if after and not _EVENT_ID.fullmatch(after):
+            await abort_invalid(context, [("after_event_id", f"not an event id: {after!r}")])
+        events = await self.store.read_events(job.id, after, block_ms=None)
+        while True:
+            for event in events:
+                yield event
+                after = event.id
+                if event.WhichOneof("kind") == "state_change" and event.state_change.to in TERMINAL:
+                    return
+            events = await self.store.read_events(job.id, after, block_ms=WATCH_BLOCK_MS)
+            if not events and (await self.store.get(tenant, job.id)).state in TERMINAL:
+                events = await self.store.read_events(job.id, after, block_ms=None)
+                if not events:
+                    return
+
+    async def CancelJob(self, request, context):
+        tenant = await self._tenant(context)
+        job = await self._job(context, tenant, request.job_id)
+        if job.state in (pb.JOB_STATE_SUCCEEDED, pb.JOB_STATE_FAILED):
+            await abort(context, grpc.StatusCode.FAILED_PRECONDITION,
+                        f"job {job.id} already ended as {pb.JobState.Name(job.state)}")
+        await self.store.request_cancel(job.id)
+
+        def cancel(current: pb.Job):
+            if current.state == pb.JOB_STATE_QUEUED:
+                return [state_event(current, pb.JOB_STATE_CANCELLED,
+                                    pb.JobError(code=code_pb2.CANCELLED, message="cancelled before it started"))]
+            if current.state == pb.JOB_STATE_RUNNING:
+                return [state_event(current, pb.JOB_STATE_CANCELLING)]
+            return []
+
+        return await self.store.update(tenant, job.id, cancel)

@@ -1,0 +1,347 @@
+"""The Redis schema of the service: job records, event streams, indexes, artifact records.
+
+This is the only module that knows key names. The server uses :class:`AsyncJobStore`, the
+workers :class:`JobStore`; both share the key layout, the Lua scripts and the pure
+state-transition helpers below.
+
+Keys (``P`` is the configured prefix)::
+
+    P:job:<id>                  hash: job (Job proto bytes), version, state, attempt, tenant,
+                                      last_event_id, enqueued
+    P:events:<id>               stream of JobEvent proto bytes (field "e"); ids are event ids
+    P:tenant:<t>:jobs           sorted set of job ids (score 0, ids sort by creation time)
+    P:idem:<t>:<key>            job id created with an idempotency key
+    P:cancel:<id>               set while a cancel was asked for a running job
+    P:artifact:<sha256>         hash: size, kind, format, filename, created, info (JSON)
+    P:tenant:<t>:artifacts      set of artifact ids the tenant may read
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import redis
+import redis.asyncio as aioredis
+from google.protobuf import timestamp_pb2
+
+from pruning.v1 import pruning_pb2 as pb
+
+TERMINAL = frozenset({pb.JOB_STATE_SUCCEEDED, pb.JOB_STATE_FAILED, pb.JOB_STATE_CANCELLED})
+IDEMPOTENCY_TTL_S = 7 * 24 * 3600
+
+# KEYS: job, events, index, idem ; ARGV: job bytes, state, tenant, event bytes, job id, ttl
+_CREATE = """
+if KEYS[4] ~= '' then
+  local existing = redis.call('GET', KEYS[4])
+  if existing then return {0, existing} end
+end
+redis.call('HSET', KEYS[1], 'job', ARGV[1], 'version', 1, 'state', ARGV[2], 'attempt', 0,
+           'tenant', ARGV[3], 'enqueued', 0)
+local eid = redis.call('XADD', KEYS[2], '*', 'e', ARGV[4])
+redis.call('HSET', KEYS[1], 'last_event_id', eid)
+redis.call('ZADD', KEYS[3], 0, ARGV[5])
+if KEYS[4] ~= '' then redis.call('SET', KEYS[4], ARGV[5], 'EX', ARGV[6]) end
+return {1, ARGV[5]}
+"""
+
+# KEYS: job, events ; ARGV: expected version, job bytes, state, attempt, event bytes...
+_UPDATE = """
+local version = redis.call('HGET', KEYS[1], 'version')
+if not version then return -1 end
+if version ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], 'job', ARGV[2], 'version', tonumber(version) + 1,
+           'state', ARGV[3], 'attempt', ARGV[4])
+for i = 5, #ARGV do
+  local eid = redis.call('XADD', KEYS[2], '*', 'e', ARGV[i])
+  redis.call('HSET', KEYS[1], 'last_event_id', eid)
+end
+return 1
+"""
+
+
+class JobNotFound(KeyError):
+    """No job with this id (for this tenant)."""
+
+
+class StaleAttempt(RuntimeError):
+    """A newer attempt owns the job: this writer must stop."""
+
+
+class TransitionRejected(RuntimeError):
+    """The job is in a state where the asked change cannot happen."""
+
+
+class Keys:
+    """Key names under one prefix."""
+
+    def __init__(self, prefix: str):
+        self.prefix = prefix
+
+    def job(self, job_id: str) -> str:
+        return f"{self.prefix}:job:{job_id}"
+
+    def events(self, job_id: str) -> str:
+        return f"{self.prefix}:events:{job_id}"
+
+    def tenant_jobs(self, tenant: str) -> str:
+        return f"{self.prefix}:tenant:{tenant}:jobs"
+
+    def idempotency(self, tenant: str, key: str) -> str:
+        return f"{self.prefix}:idem:{tenant}:{key}"
+
+    def cancel(self, job_id: str) -> str:
+        return f"{self.prefix}:cancel:{job_id}"
+
+    def artifact(self, artifact_id: str) -> str:
+        return f"{self.prefix}:artifact:{artifact_id}"
+
+    def tenant_artifacts(self, tenant: str) -> str:
+        return f"{self.prefix}:tenant:{tenant}:artifacts"
+
+
+def new_job_id() -> str:
+    """Ids sort by creation time (ms, hex) and end with 48 random bits."""
+    return f"{time.time_ns() // 1_000_000:012x}{os.urandom(6).hex()}"
+
+
+def now() -> timestamp_pb2.Timestamp:
+    stamp = timestamp_pb2.Timestamp()
+    stamp.GetCurrentTime()
+    return stamp
+
+
+def make_event(job_id: str, **kind) -> pb.JobEvent:
+    event = pb.JobEvent(job_id=job_id, **kind)
+    event.time.CopyFrom(now())
+    return event
+
+
+def state_event(job: pb.Job, to: int, error: pb.JobError | None = None) -> pb.JobEvent:
+    """Moves ``job`` to state ``to`` (stamping times) and returns the matching event."""
+    change = pb.StateChange(to=to, attempt=job.attempt)
+    setattr(change, "from", job.state)
+    if error is not None:
+        change.error.CopyFrom(error)
+        job.error.CopyFrom(error)
+    job.state = to
+    if to == pb.JOB_STATE_RUNNING and not job.HasField("started_at"):
+        job.started_at.CopyFrom(now())
+    if to in TERMINAL:
+        job.finished_at.CopyFrom(now())
+    return make_event(job.id, state_change=change)
+
+
+def decode_event(event_id, fields) -> pb.JobEvent:
+    event = pb.JobEvent.FromString(fields[b"e"])
+    event.id = event_id.decode() if isinstance(event_id, bytes) else event_id
+    return event
+
+
+def _decode_job(raw: dict) -> pb.Job:
+    job = pb.Job.FromString(raw[b"job"])
+    job.last_event_id = raw.get(b"last_event_id", b"").decode()
+    return job
+
+
+@dataclass(frozen=True)
+class ArtifactRecord:
+    id: str
+    kind: int
+    format: str
+    filename: str
+    size: int
+    created: float
+    info: dict
+
+    def to_proto(self) -> pb.Artifact:
+        art = pb.Artifact(
+            id=self.id, kind=self.kind, filename=self.filename, size=self.size, sha256=self.id, format=self.format
+        )
+        art.created_at.FromNanoseconds(int(self.created * 1e9))
+        return art
+
+    def to_mapping(self) -> dict:
+        return {
+            "kind": self.kind,
+            "format": self.format,
+            "filename": self.filename,
+            "size": self.size,
+            "created": self.created,
+            "info": json.dumps(self.info),
+        }
+
+    @classmethod
+    def from_mapping(cls, artifact_id: str, raw: dict) -> "ArtifactRecord":
+        text = {k.decode(): v.decode() for k, v in raw.items()}
+        return cls(
+            id=artifact_id,
+            kind=int(text["kind"]),
+            format=text["format"],
+            filename=text["filename"],
+            size=int(text["size"]),
+            created=float(text["created"]),
+            info=json.loads(text["info"]),
+        )
+
+
+Mutation = Callable[[pb.Job], list[pb.JobEvent]]
+
+
+class _Base:
+    def __init__(self, client, prefix: str):
+        self.redis = client
+        self.keys = Keys(prefix)
+        self._create = client.register_script(_CREATE)
+        self._update = client.register_script(_UPDATE)
+
+    def _create_args(self, tenant: str, job: pb.Job, idempotency_key: str):
+        event = state_event(job, pb.JOB_STATE_QUEUED)
+        idem = self.keys.idempotency(tenant, idempotency_key) if idempotency_key else ""
+        keys = [self.keys.job(job.id), self.keys.events(job.id), self.keys.tenant_jobs(tenant), idem]
+        args = [job.SerializeToString(), job.state, tenant, event.SerializeToString(), job.id, IDEMPOTENCY_TTL_S]
+        return keys, args
+
+    def _update_args(self, job_id: str, raw: dict, mutate: Mutation):
+        if not raw:
+            raise JobNotFound(job_id)
+        job = _decode_job(raw)
+        events = mutate(job)
+        keys = [self.keys.job(job_id), self.keys.events(job_id)]
+        args = [raw[b"version"], job.SerializeToString(), job.state, job.attempt]
+        return job, keys, args + [e.SerializeToString() for e in events]
+
+
+class JobStore(_Base):
+    """Blocking access, for workers."""
+
+    def __init__(self, client: redis.Redis, prefix: str):
+        super().__init__(client, prefix)
+
+    @classmethod
+    def from_url(cls, url: str, prefix: str) -> "JobStore":
+        return cls(redis.Redis.from_url(url), prefix)
+
+    def get(self, job_id: str) -> pb.Job:
+        raw = self.redis.hgetall(self.keys.job(job_id))
+        if not raw:
+            raise JobNotFound(job_id)
+        return _decode_job(raw)
+
+    def tenant_of(self, job_id: str) -> str:
+        tenant = self.redis.hget(self.keys.job(job_id), "tenant")
+        if tenant is None:
+            raise JobNotFound(job_id)
+        return tenant.decode()
+
+    def update(self, job_id: str, mutate: Mutation) -> pb.Job:
+        """Applies ``mutate`` to the record and appends the events it returns, atomically."""
+        while True:
+            raw = self.redis.hgetall(self.keys.job(job_id))
+            job, keys, args = self._update_args(job_id, raw, mutate)
+            outcome = self._update(keys=keys, args=args)
+            if outcome == 1:
+                return job
+            if outcome == -1:
+                raise JobNotFound(job_id)
+
+    def cancel_requested(self, job_id: str) -> bool:
+        return bool(self.redis.exists(self.keys.cancel(job_id)))
+
+    def put_artifact(self, tenant: str, record: ArtifactRecord) -> None:
+        pipe = self.redis.pipeline()
+        pipe.hset(self.keys.artifact(record.id), mapping=record.to_mapping())
+        pipe.sadd(self.keys.tenant_artifacts(tenant), record.id)
+        pipe.execute()
+
+    def get_artifact(self, tenant: str, artifact_id: str) -> ArtifactRecord:
+        if not self.redis.sismember(self.keys.tenant_artifacts(tenant), artifact_id):
+            raise KeyError(artifact_id)
+        return ArtifactRecord.from_mapping(artifact_id, self.redis.hgetall(self.keys.artifact(artifact_id)))
+
+
+class AsyncJobStore(_Base):
+    """asyncio access, for the gRPC server."""
+
+    def __init__(self, client: aioredis.Redis, prefix: str):
+        super().__init__(client, prefix)
+
+    @classmethod
+    def from_url(cls, url: str, prefix: str) -> "AsyncJobStore":
+        return cls(aioredis.Redis.from_url(url), prefix)
+
+    async def create(self, tenant: str, job: pb.Job, idempotency_key: str = "") -> tuple[pb.Job, bool]:
+        """Records a new QUEUED job; returns (job, created). An idempotency key seen before
+        returns the job it created instead."""
+        keys, args = self._create_args(tenant, job, idempotency_key)
+        created, job_id = await self._create(keys=keys, args=args)
+        job_id = job_id.decode() if isinstance(job_id, bytes) else job_id
+        return await self.get(tenant, job_id), bool(created)
+
+    async def get(self, tenant: str, job_id: str) -> pb.Job:
+        raw = await self.redis.hgetall(self.keys.job(job_id))
+        if not raw or raw.get(b"tenant", b"").decode() != tenant:
+            raise JobNotFound(job_id)
+        return _decode_job(raw)
+
+    async def is_enqueued(self, job_id: str) -> bool:
+        return (await self.redis.hget(self.keys.job(job_id), "enqueued")) == b"1"
+
+    async def mark_enqueued(self, job_id: str) -> None:
+        await self.redis.hset(self.keys.job(job_id), "enqueued", 1)
+
+    async def update(self, tenant: str, job_id: str, mutate: Mutation) -> pb.Job:
+        while True:
+            raw = await self.redis.hgetall(self.keys.job(job_id))
+            if raw and raw.get(b"tenant", b"").decode() != tenant:
+                raise JobNotFound(job_id)
+            job, keys, args = self._update_args(job_id, raw, mutate)
+            outcome = await self._update(keys=keys, args=args)
+            if outcome == 1:
+                return job
+            if outcome == -1:
+                raise JobNotFound(job_id)
+
+    async def request_cancel(self, job_id: str) -> None:
+        await self.redis.set(self.keys.cancel(job_id), 1, ex=IDEMPOTENCY_TTL_S)
+
+    async def list(self, tenant: str, page_size: int, page_token: str, accept) -> tuple[list[pb.Job], str]:
+        """Newest first; ``page_token`` is the last id of the previous page."""
+        jobs: list[pb.Job] = []
+        upper = f"({page_token}" if page_token else "+"
+        while len(jobs) < page_size:
+            ids = await self.redis.zrevrangebylex(self.keys.tenant_jobs(tenant), upper, "-", start=0, num=page_size)
+            if not ids:
+                return jobs, ""
+            for raw_id in ids:
+                job_id = raw_id.decode()
+                upper = f"({job_id}"
+                raw = await self.redis.hgetall(self.keys.job(job_id))
+                if raw and accept(job := _decode_job(raw)):
+                    jobs.append(job)
+                    if len(jobs) == page_size:
+                        return jobs, job_id
+        return jobs, ""
+
+    async def read_events(self, job_id: str, after: str, block_ms: int | None) -> list[pb.JobEvent]:
+        """Events after id ``after`` ('' = from the start), waiting up to ``block_ms``."""
+        key = self.keys.events(job_id)
+        if block_ms is None:
+            start = f"({after}" if after else "-"
+            return [decode_event(i, f) for i, f in await self.redis.xrange(key, start, "+", count=1000)]
+        reply = await self.redis.xread({key: after or "0-0"}, count=1000, block=block_ms)
+        return [decode_event(i, f) for _, entries in reply for i, f in entries]
+
+    async def put_artifact(self, tenant: str, record: ArtifactRecord) -> None:
+        async with self.redis.pipeline() as pipe:
+            pipe.hset(self.keys.artifact(record.id), mapping=record.to_mapping())
+            pipe.sadd(self.keys.tenant_artifacts(tenant), record.id)
+            await pipe.execute()
+
+    async def get_artifact(self, tenant: str, artifact_id: str) -> ArtifactRecord:
+        if not await self.redis.sismember(self.keys.tenant_artifacts(tenant), artifact_id):
+            raise KeyError(artifact_id)
+        return ArtifactRecord.from_mapping(artifact_id, await self.redis.hgetall(self.keys.artifact(artifact_id)))

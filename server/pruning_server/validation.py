@@ -1,0 +1,139 @@
+"""Validates a JobSpec and fills in its defaults.
+
+``validate`` returns every problem at once as (field path, description) pairs, so the
+client sees all of them in one INVALID_ARGUMENT answer.
+"""
+
+from __future__ import annotations
+
+from pruning.v1 import pruning_pb2 as pb
+
+BUILTIN_DATASETS = {"mnist": {"x_train": [60000, 28, 28], "x_test": [10000, 28, 28]}}
+OPTIMIZERS = ("adam", "sgd", "rmsprop", "adamw", "adagrad", "nadam")
+LOSSES = (
+    "sparse_categorical_crossentropy_from_logits",
+    "sparse_categorical_crossentropy",
+    "categorical_crossentropy_from_logits",
+    "categorical_crossentropy",
+    "binary_crossentropy_from_logits",
+    "binary_crossentropy",
+    "mean_squared_error",
+    "mean_absolute_error",
+)
+DEFAULT_EPOCHS = 2
+DEFAULT_BATCH = 128
+DEFAULT_FREQUENCY = 100
+DEFAULT_POWER = 3.0
+MAX_EPOCHS = 1000
+MAX_BATCH = 65536
+
+Violation = tuple[str, str]
+
+
+def _sparsity(value: float, field: str, out: list[Violation]) -> None:
+    if not 0.0 <= value < 1.0:
+        out.append((field, f"must be in [0, 1), got {value}"))
+
+
+def _steps(begin: int, end: int, frequency: int, prefix: str, out: list[Violation]) -> None:
+    if begin < 0:
+        out.append((f"{prefix}.begin_step", f"must be >= 0, got {begin}"))
+    if end < 0:
+        out.append((f"{prefix}.end_step", f"must be >= 0 (0 = end of fine-tuning), got {end}"))
+    elif end and end <= begin:
+        out.append((f"{prefix}.end_step", f"must be after begin_step ({begin}), got {end}"))
+    if frequency < 0:
+        out.append((f"{prefix}.frequency", f"must be >= 1 (0 = {DEFAULT_FREQUENCY}), got {frequency}"))
+
+
+def _validate_pruning(spec: pb.PruningSpec, out: list[Violation]) -> None:
+    which = spec.schedule.WhichOneof("schedule")
+    if which is None:
+        out.append(("spec.pruning.schedule", "choose constant_sparsity or polynomial_decay"))
+    elif which == "constant_sparsity":
+        s = spec.schedule.constant_sparsity
+        prefix = "spec.pruning.schedule.constant_sparsity"
+        _sparsity(s.target_sparsity, f"{prefix}.target_sparsity", out)
+        _steps(s.begin_step, s.end_step, s.frequency, prefix, out)
+    else:
+        s = spec.schedule.polynomial_decay
+        prefix = "spec.pruning.schedule.polynomial_decay"
+        _sparsity(s.initial_sparsity, f"{prefix}.initial_sparsity", out)
+        _sparsity(s.final_sparsity, f"{prefix}.final_sparsity", out)
+        if s.final_sparsity < s.initial_sparsity:
+            out.append((f"{prefix}.final_sparsity", "must not be below initial_sparsity"))
+        if s.power < 0:
+            out.append((f"{prefix}.power", f"must be > 0 (0 = {DEFAULT_POWER}), got {s.power}"))
+        _steps(s.begin_step, s.end_step, s.frequency, prefix, out)
+    if spec.block_size and (len(spec.block_size) != 2 or min(spec.block_size) < 1):
+        out.append(("spec.pruning.block_size", f"must be two positive ints, got {list(spec.block_size)}"))
+    mn = spec.sparsity_m_by_n
+    if spec.HasField("sparsity_m_by_n"):
+        if not 0 < mn.m < mn.n:
+            out.append(("spec.pruning.sparsity_m_by_n", f"needs 0 < m < n, got {mn.m}:{mn.n}"))
+        if spec.block_size and list(spec.block_size) != [1, 1]:
+            out.append(("spec.pruning.sparsity_m_by_n", "cannot be combined with block_size"))
+    names = set(spec.layers.include_names) & set(spec.layers.exclude_names)
+    if names:
+        out.append(("spec.pruning.layers", f"layers both included and excluded: {sorted(names)}"))
+    if spec.policy and (spec.layers.include_names or spec.layers.include_types or spec.layers.exclude_names
+                        or spec.layers.exclude_types):
+        out.append(("spec.pruning.policy", "a pruning policy applies to the whole model: drop the layer selection"))
+
+
+def _validate_training(t: pb.TrainingSpec, out: list[Violation]) -> None:
+    if not 0 <= t.epochs <= MAX_EPOCHS:
+        out.append(("spec.training.epochs", f"must be in [1, {MAX_EPOCHS}] (0 = {DEFAULT_EPOCHS}), got {t.epochs}"))
+    if not 0 <= t.batch_size <= MAX_BATCH:
+        out.append(("spec.training.batch_size", f"must be in [1, {MAX_BATCH}], got {t.batch_size}"))
+    if t.optimizer and t.optimizer.lower() not in OPTIMIZERS:
+        out.append(("spec.training.optimizer", f"must be one of {', '.join(OPTIMIZERS)}, got {t.optimizer!r}"))
+    if t.loss and t.loss not in LOSSES:
+        out.append(("spec.training.loss", f"must be one of {', '.join(LOSSES)}, got {t.loss!r}"))
+    if t.learning_rate < 0:
+        out.append(("spec.training.learning_rate", f"must be >= 0, got {t.learning_rate}"))
+    if not 0 <= t.validation_split < 1:
+        out.append(("spec.training.validation_split", f"must be in [0, 1), got {t.validation_split}"))
+    if t.max_train_samples < 0:
+        out.append(("spec.training.max_train_samples", f"must be >= 0, got {t.max_train_samples}"))
+
+
+def validate(spec: pb.JobSpec) -> list[Violation]:
+    """Every problem of ``spec`` as (field, description); empty when it is valid."""
+    out: list[Violation] = []
+    if not spec.model_id:
+        out.append(("spec.model_id", "required: the id UploadModel returned"))
+    which = spec.dataset.WhichOneof("source")
+    if which is None:
+        out.append(("spec.dataset", "choose artifact_id (an uploaded .npz) or builtin"))
+    elif which == "builtin" and spec.dataset.builtin not in BUILTIN_DATASETS:
+        out.append(("spec.dataset.builtin", f"must be one of {sorted(BUILTIN_DATASETS)}, got {spec.dataset.builtin!r}"))
+    _validate_pruning(spec.pruning, out)
+    _validate_training(spec.training, out)
+    if len(set(spec.export.formats)) != len(spec.export.formats):
+        out.append(("spec.export.formats", "lists a format twice"))
+    if pb.EXPORT_FORMAT_UNSPECIFIED in spec.export.formats:
+        out.append(("spec.export.formats", "EXPORT_FORMAT_UNSPECIFIED is not a format"))
+    return out
+
+
+def with_defaults(spec: pb.JobSpec) -> pb.JobSpec:
+    """A copy of a valid ``spec`` with every 0/empty default made explicit."""
+    out = pb.JobSpec()
+    out.CopyFrom(spec)
+    t = out.training
+    t.epochs = t.epochs or DEFAULT_EPOCHS
+    t.batch_size = t.batch_size or DEFAULT_BATCH
+    t.optimizer = (t.optimizer or "adam").lower()
+    t.loss = t.loss or LOSSES[0]
+    schedule = getattr(out.pruning.schedule, out.pruning.schedule.WhichOneof("schedule"))
+    schedule.frequency = schedule.frequency or DEFAULT_FREQUENCY
+    if out.pruning.schedule.HasField("polynomial_decay"):
+        schedule.power = schedule.power or DEFAULT_POWER
+    if not out.pruning.block_size:
+        out.pruning.block_size.extend([1, 1])
+    if not out.pruning.block_pooling_type:
+        out.pruning.block_pooling_type = pb.BLOCK_POOLING_TYPE_AVG
+    if not out.export.formats:
+        out.export.formats.append(pb.EXPORT_FORMAT_KERAS)
+    return out

@@ -1,0 +1,1 @@
+"""Celery workers of the pruning service. Only this package imports TensorFlow."""

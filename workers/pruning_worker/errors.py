@@ -1,0 +1,9 @@
+"""Outcomes of the pipeline other than success."""
+
+
+class JobInputError(ValueError):
+    """The job's inputs are unusable (model, dataset or spec): the job fails, no retry."""
+
+
+class Cancelled(Exception):
+    """The job was cancelled while it ran."""

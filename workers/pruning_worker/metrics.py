@@ -1,0 +1,49 @@
+"""Sparsity and size figures, measured on the stripped model and the exported files."""
+
+from __future__ import annotations
+
+import gzip
+import pathlib
+import shutil
+
+import numpy as np
+
+from pruning.v1 import pruning_pb2 as pb
+
+
+def fill_sparsity(result: pb.PruneResult, model, pruned_layers: set[str]) -> None:
+    """Per-layer kernel sparsity, overall sparsity and parameter counts of ``model``."""
+    total = nonzero = kernel_total = kernel_nonzero = 0
+    for layer in model.layers:
+        weights = [np.asarray(w) for w in layer.get_weights()]
+        if not weights:
+            continue
+        total += sum(w.size for w in weights)
+        nonzero += sum(int(np.count_nonzero(w)) for w in weights)
+        kernels = [w for w in weights if w.ndim >= 2]
+        if not kernels:
+            continue
+        size = sum(w.size for w in kernels)
+        nz = sum(int(np.count_nonzero(w)) for w in kernels)
+        pruned = layer.name in pruned_layers
+        result.layers.add(
+            name=layer.name, type=type(layer).__name__, pruned=pruned, weights=size, nonzero=nz,
+            sparsity=1.0 - nz / size,
+        )
+        if pruned:
+            kernel_total += size
+            kernel_nonzero += nz
+    result.total_params = total
+    result.nonzero_params = nonzero
+    result.overall_sparsity = 1.0 - nonzero / total if total else 0.0
+    result.pruned_kernel_sparsity = 1.0 - kernel_nonzero / kernel_total if kernel_total else 0.0
+
+
+def sizes(path: pathlib.Path) -> pb.SizeStats:
+    """Raw size and gzip (level 9) size of a file."""
+    gz = path.with_name(path.name + ".gz")
+    with open(path, "rb") as src, gzip.open(gz, "wb", compresslevel=9) as dst:
+        shutil.copyfileobj(src, dst)
+    stats = pb.SizeStats(raw_bytes=path.stat().st_size, gzip_bytes=gz.stat().st_size)
+    gz.unlink()
+    return stats

@@ -1,0 +1,166 @@
+"""The life of one job on a worker: claim it, run the pipeline, record the outcome.
+
+Plain code with no Celery import. Every write after the claim is fenced by the attempt
+number: a stale attempt (its worker was presumed dead and the job re-run) stops instead of
+overwriting the newer one.
+"""
+
+from __future__ import annotations
+
+import logging
+import pathlib
+import tempfile
+import time
+import traceback
+
+from google.rpc import code_pb2
+
+from pruning.v1 import pruning_pb2 as pb
+from pruning_server.blobs import BlobStore
+from pruning_server.config import Settings
+from pruning_server.store import (
+    TERMINAL,
+    ArtifactRecord,
+    JobStore,
+    StaleAttempt,
+    make_event,
+    state_event,
+)
+
+from .errors import Cancelled, JobInputError
+
+log = logging.getLogger(__name__)
+_stores: dict[tuple[str, str], JobStore] = {}
+
+
+def _store(settings: Settings) -> JobStore:
+    key = (settings.redis_url, settings.key_prefix)
+    if key not in _stores:
+        _stores[key] = JobStore.from_url(*key)
+    return _stores[key]
+
+
+class Reporter:
+    """Appends a job's progress and log events, throttled, and tells when to stop."""
+
+    def __init__(self, store: JobStore, job_id: str, attempt: int, interval_s: float):
+        self.store, self.job_id, self.attempt, self.interval_s = store, job_id, attempt, interval_s
+        self._last_sent = 0.0
+        self._last_cancel_check = 0.0
+        self._cancelled = False
+
+    def _fenced(self, change):
+        def mutate(job: pb.Job):
+            if job.attempt != self.attempt or job.state in TERMINAL:
+                raise StaleAttempt(f"job {job.id} attempt {self.attempt} is stale")
+            return change(job)
+
+        return mutate
+
+    def progress(self, progress: pb.Progress, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._last_sent < self.interval_s:
+            return
+        self._last_sent = now
+
+        def change(job: pb.Job):
+            job.progress.CopyFrom(progress)
+            return [make_event(job.id, progress=progress)]
+
+        self.store.update(self.job_id, self._fenced(change))
+
+    def phase(self, phase: str, message: str) -> None:
+        self.log(message)
+        self.progress(pb.Progress(phase=phase), force=True)
+
+    def log(self, message: str, level: str = "INFO") -> None:
+        log.info("job %s: %s", self.job_id, message)
+        self.store.update(self.job_id, self._fenced(lambda job: [make_event(job.id, log=pb.LogLine(level=level, message=message))]))
+
+    def should_stop(self) -> bool:
+        """True once a cancel was asked (checked at most every interval)."""
+        now = time.monotonic()
+        if not self._cancelled and now - self._last_cancel_check >= min(self.interval_s, 0.5):
+            self._last_cancel_check = now
+            self._cancelled = self.store.cancel_requested(self.job_id)
+        return self._cancelled
+
+    def finish(self, to: int, error: pb.JobError | None = None, result: pb.PruneResult | None = None) -> pb.Job:
+        def change(job: pb.Job):
+            events = []
+            target = to
+            if job.state == pb.JOB_STATE_CANCELLING and to == pb.JOB_STATE_SUCCEEDED:
+                target = pb.JOB_STATE_CANCELLED
+            if result is not None and target == pb.JOB_STATE_SUCCEEDED:
+                job.result.CopyFrom(result)
+                events.append(make_event(job.id, result=result))
+            err = error
+            if target == pb.JOB_STATE_CANCELLED and err is None:
+                err = pb.JobError(code=code_pb2.CANCELLED, message="cancelled while running")
+            events.append(state_event(job, target, err))
+            return events
+
+        return self.store.update(self.job_id, self._fenced(change))
+
+
+def _claim(store: JobStore, job_id: str, worker: str) -> pb.Job | None:
+    """Starts a new attempt; None when there is nothing to run."""
+    cancel_asked = store.cancel_requested(job_id)
+
+    def claim(job: pb.Job):
+        if job.state in TERMINAL:
+            return []
+        if job.state == pb.JOB_STATE_CANCELLING or cancel_asked:
+            return [state_event(job, pb.JOB_STATE_CANCELLED, pb.JobError(code=code_pb2.CANCELLED, message="cancelled"))]
+        events = []
+        if job.state == pb.JOB_STATE_RUNNING:
+            message = f"attempt {job.attempt} was lost with its worker; running again"
+            events.append(make_event(job.id, log=pb.LogLine(level="WARNING", message=message)))
+        job.attempt += 1
+        job.ClearField("error")
+        events.append(state_event(job, pb.JOB_STATE_RUNNING))
+        events.append(make_event(job.id, log=pb.LogLine(level="INFO", message=f"attempt {job.attempt} on {worker}")))
+        return events
+
+    job = store.update(job_id, claim)
+    return job if job.state == pb.JOB_STATE_RUNNING else None
+
+
+def _store_outputs(settings: Settings, store: JobStore, tenant: str, outputs) -> list[pb.Artifact]:
+    blobs = BlobStore(settings.artifacts_path)
+    artifacts = []
+    for path, fmt in outputs:
+        artifact_id, size = blobs.put_file(path)
+        record = ArtifactRecord(artifact_id, pb.ARTIFACT_KIND_EXPORT, fmt, pathlib.Path(path).name, size, time.time(), {})
+        store.put_artifact(tenant, record)
+        artifacts.append(record.to_proto())
+    return artifacts
+
+
+def run_job(job_id: str, settings: Settings, worker: str) -> pb.Job | None:
+    """Runs job ``job_id`` to a terminal state; returns the final record (None if skipped)."""
+    store = _store(settings)
+    job = _claim(store, job_id, worker)
+    if job is None:
+        log.info("job %s: nothing to run", job_id)
+        return None
+    reporter = Reporter(store, job_id, job.attempt, settings.event_interval_s)
+    tenant = store.tenant_of(job_id)
+    try:
+        from . import pipeline
+
+        with tempfile.TemporaryDirectory(prefix=f"job-{job_id}-") as workdir:
+            inputs = pipeline.Inputs.resolve(job.spec, tenant, store, settings)
+            result, outputs = pipeline.run(job.spec, inputs, reporter, pathlib.Path(workdir))
+            result.artifacts.extend(_store_outputs(settings, store, tenant, outputs))
+        return reporter.finish(pb.JOB_STATE_SUCCEEDED, result=result)
+    except StaleAttempt as exc:
+        log.warning("%s; stopping", exc)
+    except Cancelled:
+        return reporter.finish(pb.JOB_STATE_CANCELLED)
+    except JobInputError as exc:
+        return reporter.finish(pb.JOB_STATE_FAILED, pb.JobError(code=code_pb2.INVALID_ARGUMENT, message=str(exc)))
+    except Exception as exc:  # noqa: BLE001 - any other failure ends the job as INTERNAL
+        log.error("job %s failed:\n%s", job_id, traceback.format_exc())
+        return reporter.finish(pb.JOB_STATE_FAILED, pb.JobError(code=code_pb2.INTERNAL, message=f"{type(exc).__name__}: {exc}"))
+    return None
