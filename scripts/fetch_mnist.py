@@ -38,9 +38,8 @@ class _ArraysOnly(pickle.Unpickler):
     def find_class(self, module, name):
         if (module, name) not in self.ALLOWED:
             raise pickle.UnpicklingError(f"refusing {module}.{name} in the MNIST pickle")
-        if module == "numpy.core.multiarray":
-            from numpy.core import multiarray  # noqa: F401 - numpy 2 keeps the alias
-
+        if module == "numpy.core.multiarray" and hasattr(np, "_core"):
+            module = "numpy._core.multiarray"  # numpy 2 renamed it
         return super().find_class(module, name)
 
 

