@@ -47,7 +47,7 @@ def train_baseline(path: pathlib.Path, data_dir: pathlib.Path, epochs: int) -> f
                   metrics=["accuracy"])
     model.fit(x_train, y_train, epochs=epochs, validation_split=0.1, verbose=2)
     _, accuracy = model.evaluate(x_test, y_test, verbose=0)
-    model.save(path, include_optimizer=False)
+    model.save(path)
     return float(accuracy)
 
 

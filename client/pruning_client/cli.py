@@ -77,7 +77,7 @@ def follow(job: JobHandle, *, show_bar: bool, json_lines: bool) -> pb.Job:
                 if bar is None:
                     from tqdm import tqdm
 
-                    bar = tqdm(total=p.total_steps, unit="step", file=sys.stderr, dynamic_ncols=True)
+                    bar = tqdm(total=p.total_steps, unit="step", file=sys.stderr, dynamic_ncols=True, mininterval=1.0)
                 bar.n = p.step
                 bar.set_postfix_str(
                     f"epoch {p.epoch}/{p.total_epochs} loss {p.loss:.4f} acc {p.accuracy:.4f} sparsity {p.sparsity:.3f}"

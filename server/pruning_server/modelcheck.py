@@ -41,6 +41,8 @@ Policy DTypePolicy __tuple__ __numpy__ TensorShape
 """
 ALLOWED_CLASSES = frozenset(_LAYERS.split()) | frozenset(_OTHERS.split())
 _ALLOWED_MODULE_ROOTS = ("keras", "tf_keras", "builtins")
+# Workers load models uncompiled: the saved compile settings are never deserialised.
+_NOT_LOADED = frozenset({"compile_config", "training_config"})
 
 
 class ModelRejected(ValueError):
@@ -100,8 +102,9 @@ def _walk_classes(node, found: list[tuple[str, str]]):
             config = node.get("config")
             if isinstance(config, dict) and "name" in config and cls in _LAYERS.split():
                 found.append((cls, str(config["name"])))
-        for value in node.values():
-            _walk_classes(value, found)
+        for key, value in node.items():
+            if key not in _NOT_LOADED:
+                _walk_classes(value, found)
     elif isinstance(node, list):
         for value in node:
             _walk_classes(value, found)

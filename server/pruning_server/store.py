@@ -223,7 +223,7 @@ class JobStore(_Base):
 
     @classmethod
     def from_url(cls, url: str, prefix: str) -> "JobStore":
-        return cls(redis.Redis.from_url(url), prefix)
+        return cls(redis.Redis.from_url(url, socket_timeout=30, socket_connect_timeout=10), prefix)
 
     def get(self, job_id: str) -> pb.Job:
         raw = self.redis.hgetall(self.keys.job(job_id))
@@ -271,7 +271,7 @@ class AsyncJobStore(_Base):
 
     @classmethod
     def from_url(cls, url: str, prefix: str) -> "AsyncJobStore":
-        return cls(aioredis.Redis.from_url(url), prefix)
+        return cls(aioredis.Redis.from_url(url, socket_timeout=30, socket_connect_timeout=10), prefix)
 
     async def create(self, tenant: str, job: pb.Job, idempotency_key: str = "") -> tuple[pb.Job, bool]:
         """Records a new QUEUED job; returns (job, created). An idempotency key seen before

@@ -149,10 +149,17 @@ def apply_pruning(model: keras.Model, p: pb.PruningSpec, schedule) -> tuple[kera
     return pruned, chosen
 
 
+_LOSSES = {
+    "sparse_categorical_crossentropy": keras.losses.SparseCategoricalCrossentropy,
+    "categorical_crossentropy": keras.losses.CategoricalCrossentropy,
+    "binary_crossentropy": keras.losses.BinaryCrossentropy,
+}
+
+
 def make_loss(name: str):
-    if name.endswith("_from_logits"):
-        base = name.removesuffix("_from_logits")
-        return keras.losses.get({"class_name": base, "config": {"from_logits": True}})
+    base = name.removesuffix("_from_logits")
+    if base in _LOSSES:
+        return _LOSSES[base](from_logits=name.endswith("_from_logits"))
     return keras.losses.get(name)
 
 
@@ -269,6 +276,10 @@ def run(spec: pb.JobSpec, inputs: Inputs, reporter, workdir: pathlib.Path):
         model.compile(optimizer=make_optimizer(t), loss=loss, metrics=["accuracy"])
         result.baseline.CopyFrom(_evaluate(model, x_test, y_test, t))
 
+    # Measured now: pruning wraps these very layers and masks their kernels in place.
+    main_format = spec.export.formats[0]
+    result.size_before.CopyFrom(metrics.sizes(export(model, main_format, workdir / "baseline", x_train)))
+
     steps = train_steps(len(x_train), t)
     schedule = make_schedule(spec.pruning, steps * t.epochs)
     pruned, chosen = apply_pruning(model, spec.pruning, schedule)
@@ -306,9 +317,6 @@ def run(spec: pb.JobSpec, inputs: Inputs, reporter, workdir: pathlib.Path):
     for i, fmt in enumerate(spec.export.formats):
         path = export(stripped, fmt, workdir / f"pruned_{i}", x_train)
         outputs.append((path, EXTENSIONS[fmt][0]))
-    main_format = spec.export.formats[0]
-    baseline_path = export(model, main_format, workdir / "baseline", x_train)
-    result.size_before.CopyFrom(metrics.sizes(baseline_path))
     result.size_after.CopyFrom(metrics.sizes(outputs[0][0]))
     result.compression_ratio = result.size_before.gzip_bytes / max(1, result.size_after.gzip_bytes)
     reporter.log(
