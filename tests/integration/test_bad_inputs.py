@@ -1,0 +1,154 @@
+"""Each bad input gets a precise status and leaves the system working."""
+# The still_working fixture checks the "leaves the system working" half after every test.
+
+from __future__ import annotations
+
+import os
+import zipfile
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from pruning_client import (
+    InvalidArgument,
+    JobFailed,
+    NotFound,
+    ResourceExhausted,
+    constant_sparsity,
+    job_spec,
+    polynomial_decay,
+)
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture()
+def ids(client, files):
+    return {"model": client.upload_model(files["keras"]).id, "data": client.upload_dataset(files["data"]).id}
+
+
+@pytest.fixture(autouse=True)
+def still_working(client, files):
+    """After each test: health is SERVING and a good upload and job creation still succeed."""
+    yield
+    stub = health_pb2_grpc.HealthStub(client._channel)
+    assert stub.Check(health_pb2.HealthCheckRequest(service="pruning.v1.PruningService")).status == (
+        health_pb2.HealthCheckResponse.SERVING
+    )
+    assert len(client.upload_model(files["h5"]).id) == 64
+    with pytest.raises(NotFound):
+        client.get_job("f" * 24)
+
+
+def fields(error) -> list[str]:
+    return [f for f, _ in error.value.field_violations]
+
+
+@pytest.mark.parametrize(
+    "schedule, field",
+    [
+        (polynomial_decay(0.5, 1.2), "spec.pruning.schedule.polynomial_decay.final_sparsity"),
+        (polynomial_decay(-0.1, 0.8), "spec.pruning.schedule.polynomial_decay.initial_sparsity"),
+        (constant_sparsity(1.0), "spec.pruning.schedule.constant_sparsity.target_sparsity"),
+    ],
+)
+def test_sparsity_outside_unit_interval(client, ids, schedule, field):
+    with pytest.raises(InvalidArgument) as error:
+        client.submit(job_spec(ids["model"], dataset=ids["data"], schedule=schedule))
+    assert field in fields(error)
+
+
+@pytest.mark.parametrize(
+    "schedule, field",
+    [
+        (polynomial_decay(0.5, 0.8, begin_step=100, end_step=50), "spec.pruning.schedule.polynomial_decay.end_step"),
+        (constant_sparsity(0.5, begin_step=10, end_step=10), "spec.pruning.schedule.constant_sparsity.end_step"),
+    ],
+)
+def test_end_step_before_begin_step(client, ids, schedule, field):
+    with pytest.raises(InvalidArgument) as error:
+        client.submit(job_spec(ids["model"], dataset=ids["data"], schedule=schedule))
+    assert fields(error) == [field]
+
+
+def test_unknown_artifact_id(client, ids, tmp_path):
+    unknown = "0" * 64
+    with pytest.raises(NotFound):
+        client.submit(job_spec(unknown, dataset=ids["data"]))
+    with pytest.raises(NotFound):
+        client.submit(job_spec(ids["model"], dataset=unknown))
+    with pytest.raises(NotFound):
+        client.download(unknown, tmp_path / "x")
+    with pytest.raises(NotFound):
+        client.get_job("0" * 24)
+
+
+def test_non_model_file(client, tmp_path):
+    path = tmp_path / "notes.keras"
+    path.write_text("these are not the weights you are looking for\n" * 100)
+    with pytest.raises(InvalidArgument) as error:
+        client.upload_model(path)
+    assert fields(error) == ["model"]
+    archive = tmp_path / "archive.keras"
+    with zipfile.ZipFile(archive, "w") as z:
+        z.writestr("readme.txt", "a zip, but no model")
+    with pytest.raises(InvalidArgument):
+        client.upload_model(archive)
+
+
+@pytest.mark.parametrize("kind", ["keras", "h5"])
+def test_truncated_model_file(client, files, tmp_path, kind):
+    whole = files[kind].read_bytes()
+    path = tmp_path / f"truncated.{kind}"
+    path.write_bytes(whole[: len(whole) * 2 // 3])
+    with pytest.raises(InvalidArgument) as error:
+        client.upload_model(path)
+    assert fields(error) == ["model"]
+
+
+def test_lambda_layer_is_refused_unexecuted(client, tmp_path):
+    import models
+
+    marker = tmp_path / "lambda-ran"
+    path = models.lambda_model(tmp_path / "lambda.h5", marker)
+    with pytest.raises(InvalidArgument) as error:
+        client.upload_model(path)
+    assert fields(error) == ["model"] and "Lambda" in error.value.message
+    assert not marker.exists()
+
+
+def test_dataset_shape_does_not_fit_model(client, files, ids):
+    data = client.upload_dataset(files["wrong_shape"])
+    with pytest.raises(InvalidArgument) as error:
+        client.submit(job_spec(ids["model"], dataset=data.id))
+    assert fields(error) == ["spec.dataset.artifact_id"]
+
+
+def test_upload_over_size_limit(client, tmp_path, env):
+    limit = int(env["PRUNING_MAX_UPLOAD_BYTES"])
+    path = tmp_path / "huge.keras"
+    path.write_bytes(os.urandom(limit + 1))
+    with pytest.raises(ResourceExhausted):
+        client.upload_model(path)
+    from conftest import settings_for
+
+    assert list(settings_for(env).artifacts_path.joinpath("tmp").glob("upload-*")) == []
+
+
+def test_labels_out_of_range_fail_the_job_not_the_worker(client, worker, files, tmp_path):
+    import numpy as np
+
+    with np.load(files["data"]) as data:
+        arrays = dict(data)
+    arrays["y_train"] = arrays["y_train"] + 7  # classes 7..10 for a 4-way output
+    bad = tmp_path / "bad_labels.npz"
+    np.savez(bad, **arrays)
+    model = client.upload_model(files["keras"])
+    job = client.submit(job_spec(model.id, dataset=client.upload_dataset(bad).id, epochs=1))
+    with pytest.raises(JobFailed) as error:
+        job.result(timeout=120)
+    assert error.value.job_code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    good = client.submit(job_spec(model.id, dataset=client.upload_dataset(files["data"]).id, epochs=1,
+                                  schedule=constant_sparsity(0.5, frequency=5)))
+    assert good.result(timeout=120).pruned_kernel_sparsity > 0.4

@@ -1,0 +1,78 @@
+import json
+import zipfile
+
+import numpy as np
+import pytest
+
+from pruning_server import modelcheck
+from pruning_server.modelcheck import ModelRejected
+
+
+def layer(cls, name, **config):
+    return {"module": "keras.layers", "class_name": cls, "config": {"name": name, **config}}
+
+
+def sequential(*layers):
+    return {"module": "keras", "class_name": "Sequential", "config": {"name": "m", "layers": list(layers)}}
+
+
+def test_plain_model_is_accepted_and_described():
+    config = sequential(layer("InputLayer", "in", batch_input_shape=[None, 28, 28]), layer("Dense", "d"))
+    info = modelcheck.check_model_config(config, "keras")
+    assert info.input_shape == [28, 28]
+    assert ("Dense", "d") in info.layers
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        layer("Lambda", "l", function="..."),
+        {"module": "keras.layers", "class_name": "TimeDistributed", "config": {"name": "t", "layer": layer("Lambda", "x")}},
+        {"module": "my_package.layers", "class_name": "Dense", "config": {"name": "d"}},
+        layer("MyCustomLayer", "c"),
+        {"module": None, "class_name": "Dense", "registered_name": "Custom>Dense", "config": {"name": "d"}},
+    ],
+)
+def test_lambda_and_custom_objects_are_refused(bad):
+    with pytest.raises(ModelRejected):
+        modelcheck.check_model_config(sequential(layer("Dense", "ok"), bad), "keras")
+
+
+def test_compile_config_is_not_inspected():
+    config = sequential(layer("Dense", "d"))
+    config["compile_config"] = {"loss": {"class_name": "MyLoss"}}
+    modelcheck.check_model_config(config, "keras")
+
+
+def test_zip_bomb_is_refused(tmp_path):
+    path = tmp_path / "bomb.keras"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr("config.json", json.dumps(sequential(layer("Dense", "d"))))
+        z.writestr("pad.bin", b"\0" * 10_000_000)
+    with pytest.raises(ModelRejected, match="expands"):
+        modelcheck.inspect_model(path, max_decompressed=1_000_000)
+
+
+def test_dataset_with_objects_is_refused(tmp_path):
+    path = tmp_path / "objects.npz"
+    arrays = {k: np.zeros((2, 3)) for k in ("x_train", "y_train", "x_test", "y_test")}
+    arrays["y_train"] = np.array([{"a": 1}, None], dtype=object)
+    np.savez(path, **arrays)
+    with pytest.raises(ModelRejected) as error:
+        modelcheck.inspect_dataset(path, 10**9)
+    assert error.value.field == "dataset"
+
+
+def test_dataset_lengths_must_agree(tmp_path):
+    path = tmp_path / "d.npz"
+    np.savez(path, x_train=np.zeros((5, 2)), y_train=np.zeros(4), x_test=np.zeros((2, 2)), y_test=np.zeros(2))
+    with pytest.raises(ModelRejected, match="differ in length"):
+        modelcheck.inspect_dataset(path, 10**9)
+
+
+@pytest.mark.parametrize(
+    "model, sample, fits",
+    [(None, [3], True), ([28, 28], [28, 28], True), ([None, 28], [5, 28], True), ([28, 28], [28, 28, 1], False), ([8, 8], [6, 6], False)],
+)
+def test_shapes_fit(model, sample, fits):
+    assert modelcheck.shapes_fit(model, sample) is fits

@@ -1,0 +1,104 @@
+"""Job states, attempts and fencing on a real Redis (no worker process)."""
+
+import asyncio
+import uuid
+
+import pytest
+
+from pruning.v1 import pruning_pb2 as pb
+from pruning_server.store import AsyncJobStore, JobStore, StaleAttempt, new_job_id, state_event
+from pruning_worker.runner import Reporter, _claim
+
+
+@pytest.fixture()
+def stores(redis_url):
+    prefix = f"pruning-unit-{uuid.uuid4().hex[:8]}"
+    sync = JobStore.from_url(redis_url, prefix)
+    yield sync, prefix
+    keys = list(sync.redis.scan_iter(f"{prefix}:*"))
+    if keys:
+        sync.redis.delete(*keys)
+
+
+def create(redis_url, prefix, key=""):
+    async def go():
+        store = AsyncJobStore.from_url(redis_url, prefix)
+        job = pb.Job(id=new_job_id(), spec=pb.JobSpec(model_id="m"))
+        try:
+            return await store.create("t", job, key)
+        finally:
+            await store.redis.aclose()
+
+    return asyncio.run(go())
+
+
+def events(store, job_id):
+    return [pb.JobEvent.FromString(f[b"e"]) for _, f in store.redis.xrange(store.keys.events(job_id))]
+
+
+def test_claim_runs_a_queued_job_once_per_delivery(redis_url, stores):
+    store, prefix = stores
+    job, created = create(redis_url, prefix)
+    assert created and job.state == pb.JOB_STATE_QUEUED and job.attempt == 0
+    first = _claim(store, job.id, "w1")
+    assert first.state == pb.JOB_STATE_RUNNING and first.attempt == 1
+    # Redelivered after the first worker was lost: a new attempt fences the old one out.
+    second = _claim(store, job.id, "w2")
+    assert second.attempt == 2
+    stale = Reporter(store, job.id, attempt=1, interval_s=0)
+    with pytest.raises(StaleAttempt):
+        stale.progress(pb.Progress(phase="fine_tune", step=5), force=True)
+    with pytest.raises(StaleAttempt):
+        stale.finish(pb.JOB_STATE_SUCCEEDED, result=pb.PruneResult(device="stale"))
+    current = Reporter(store, job.id, attempt=2, interval_s=0)
+    final = current.finish(pb.JOB_STATE_SUCCEEDED, result=pb.PruneResult(device="CPU"))
+    assert final.state == pb.JOB_STATE_SUCCEEDED and final.result.device == "CPU"
+    # Terminal states never change again.
+    assert _claim(store, job.id, "w3") is None
+    assert store.get(job.id).state == pb.JOB_STATE_SUCCEEDED
+    changes = [(getattr(e.state_change, "from"), e.state_change.to, e.state_change.attempt)
+               for e in events(store, job.id) if e.WhichOneof("kind") == "state_change"]
+    assert changes == [
+        (pb.JOB_STATE_UNSPECIFIED, pb.JOB_STATE_QUEUED, 0),
+        (pb.JOB_STATE_QUEUED, pb.JOB_STATE_RUNNING, 1),
+        (pb.JOB_STATE_RUNNING, pb.JOB_STATE_RUNNING, 2),
+        (pb.JOB_STATE_RUNNING, pb.JOB_STATE_SUCCEEDED, 2),
+    ]
+
+
+def test_idempotency_key_returns_the_same_job(redis_url, stores):
+    _, prefix = stores
+    first, created = create(redis_url, prefix, key="k")
+    again, created_again = create(redis_url, prefix, key="k")
+    other, _ = create(redis_url, prefix, key="other")
+    assert created and not created_again and first.id == again.id != other.id
+
+
+def test_cancel_flag_stops_a_claim_and_a_running_job(redis_url, stores):
+    store, prefix = stores
+    job, _ = create(redis_url, prefix)
+    store.redis.set(store.keys.cancel(job.id), 1)
+    assert _claim(store, job.id, "w") is None
+    assert store.get(job.id).state == pb.JOB_STATE_CANCELLED
+
+    running, _ = create(redis_url, prefix)
+    claimed = _claim(store, running.id, "w")
+    store.update(running.id, lambda j: [state_event(j, pb.JOB_STATE_CANCELLING)])
+    store.redis.set(store.keys.cancel(running.id), 1)
+    reporter = Reporter(store, running.id, claimed.attempt, interval_s=0)
+    assert reporter.should_stop()
+    # A job asked to cancel ends CANCELLED even if its work finished meanwhile.
+    assert reporter.finish(pb.JOB_STATE_SUCCEEDED, result=pb.PruneResult()).state == pb.JOB_STATE_CANCELLED
+
+
+def test_progress_events_are_throttled(redis_url, stores):
+    store, prefix = stores
+    job, _ = create(redis_url, prefix)
+    claimed = _claim(store, job.id, "w")
+    reporter = Reporter(store, job.id, claimed.attempt, interval_s=60)
+    for step in range(1, 50):
+        reporter.progress(pb.Progress(phase="fine_tune", step=step))
+    reporter.progress(pb.Progress(phase="fine_tune", step=50), force=True)
+    steps = [e.progress.step for e in events(store, job.id) if e.WhichOneof("kind") == "progress"]
+    assert steps == [1, 50]
+    assert store.get(job.id).progress.step == 50

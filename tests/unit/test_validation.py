@@ -1,0 +1,77 @@
+import pytest
+
+from pruning.v1 import pruning_pb2 as pb
+from pruning_client import constant_sparsity, job_spec, polynomial_decay
+from pruning_server import validation
+
+MODEL = "a" * 64
+SCHEDULES = {
+    "polynomial": lambda **kw: polynomial_decay(0.5, 0.8, **kw),
+    "constant": lambda **kw: constant_sparsity(0.5, **kw),
+}
+
+
+@pytest.fixture(params=sorted(SCHEDULES))
+def schedule(request):
+    return SCHEDULES[request.param]
+
+
+def fields(spec):
+    return [f for f, _ in validation.validate(spec)]
+
+
+def test_valid_spec_has_no_violations(schedule):
+    assert validation.validate(job_spec(MODEL, schedule=schedule())) == []
+
+
+def test_defaults_are_filled(schedule):
+    spec = job_spec(MODEL, schedule=schedule(frequency=0), epochs=0, batch_size=0, optimizer="", exports=())
+    full = validation.with_defaults(spec)
+    assert full.training.epochs == 2 and full.training.batch_size == 128 and full.training.optimizer == "adam"
+    assert full.training.loss == "sparse_categorical_crossentropy_from_logits"
+    assert list(full.pruning.block_size) == [1, 1]
+    assert list(full.export.formats) == [pb.EXPORT_FORMAT_KERAS]
+    which = full.pruning.schedule.WhichOneof("schedule")
+    assert getattr(full.pruning.schedule, which).frequency == 100
+    assert validation.validate(full) == []
+
+
+@pytest.mark.parametrize("begin, end, ok", [(0, 0, True), (0, 10, True), (10, 10, False), (100, 50, False), (-1, 0, False)])
+def test_step_range(schedule, begin, end, ok):
+    assert (fields(job_spec(MODEL, schedule=schedule(begin_step=begin, end_step=end))) == []) is ok
+
+
+@pytest.mark.parametrize("value", [-0.01, 1.0, 1.5])
+def test_sparsity_range(value):
+    assert "spec.pruning.schedule.constant_sparsity.target_sparsity" in fields(job_spec(MODEL, schedule=constant_sparsity(value)))
+    assert "spec.pruning.schedule.polynomial_decay.final_sparsity" in fields(job_spec(MODEL, schedule=polynomial_decay(0.0, value)))
+
+
+def test_final_below_initial():
+    assert fields(job_spec(MODEL, schedule=polynomial_decay(0.8, 0.5))) == ["spec.pruning.schedule.polynomial_decay.final_sparsity"]
+
+
+def test_every_problem_is_reported_at_once():
+    spec = job_spec("", schedule=polynomial_decay(2.0, 3.0), epochs=-1, validation_split=1.0, optimizer="magic")
+    spec.dataset.builtin = "cifar"
+    assert set(fields(spec)) >= {
+        "spec.model_id", "spec.dataset.builtin", "spec.pruning.schedule.polynomial_decay.initial_sparsity",
+        "spec.training.epochs", "spec.training.validation_split", "spec.training.optimizer",
+    }
+
+
+def test_missing_schedule_and_dataset():
+    spec = pb.JobSpec(model_id=MODEL)
+    assert {"spec.dataset", "spec.pruning.schedule"} <= set(fields(spec))
+
+
+@pytest.mark.parametrize("m, n, ok", [(2, 4, True), (4, 4, False), (0, 4, False)])
+def test_m_by_n(m, n, ok):
+    spec = job_spec(MODEL)
+    spec.pruning.sparsity_m_by_n.m, spec.pruning.sparsity_m_by_n.n = m, n
+    assert (fields(spec) == []) is ok
+
+
+def test_block_size_and_layers():
+    spec = job_spec(MODEL, block_size=(1, 0), include_layers=("a",), exclude_layers=("a",))
+    assert set(fields(spec)) == {"spec.pruning.block_size", "spec.pruning.layers"}
