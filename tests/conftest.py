@@ -61,9 +61,10 @@ def env(redis_url, tmp_path_factory):
     yield values
     client = redis.Redis.from_url(redis_url)
     keys = list(client.scan_iter(f"{values['PRUNING_KEY_PREFIX']}:*"))
-    keys += [values["PRUNING_QUEUE"], f"_kombu.binding.{values['PRUNING_QUEUE']}"]
-    keys += list(client.scan_iter(f"{values['PRUNING_QUEUE']}\x06\x16*"))  # kombu priority queues
-    client.delete(*keys)
+    keys += list(client.scan_iter(f"{values['PRUNING_QUEUE']}*"))  # Celery queues (and priority lists)
+    keys += list(client.scan_iter(f"_kombu.binding.{values['PRUNING_QUEUE']}*"))
+    if keys:
+        client.delete(*keys)
 
 
 def settings_for(env: dict, **overrides):

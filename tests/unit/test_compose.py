@@ -1,0 +1,79 @@
+"""docker-compose.yml is valid against the Compose schema and agrees with the code."""
+
+import importlib
+import json
+import re
+import tomllib
+
+import jsonschema
+import pytest
+import yaml
+
+from conftest import ROOT
+from pruning_server.config import Settings
+
+
+@pytest.fixture(scope="module")
+def compose():
+    return yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+
+
+def test_valid_against_compose_schema(compose):
+    schema = json.loads((ROOT / "tests" / "data" / "compose_spec.json").read_text())
+    jsonschema.validate(compose, schema)
+
+
+def test_services_are_all_there(compose):
+    assert set(compose["services"]) == {"redis", "server", "worker", "flower"}
+    redis_cmd = compose["services"]["redis"]["command"]
+    assert "--appendonly" in redis_cmd and redis_cmd[redis_cmd.index("--appendonly") + 1] == "yes"
+    assert any(v.endswith(":/data") for v in compose["services"]["redis"]["volumes"])
+
+
+def test_worker_reserves_a_gpu(compose):
+    devices = compose["services"]["worker"]["deploy"]["resources"]["reservations"]["devices"]
+    assert any("gpu" in d["capabilities"] for d in devices)
+
+
+def test_environment_names_real_settings(compose):
+    fields = {f"PRUNING_{name.upper()}" for name in Settings.model_fields}
+    for name in ("server", "worker"):
+        env = compose["services"][name]["environment"]
+        unknown = {k for k in env if k.startswith("PRUNING_")} - fields
+        assert not unknown, f"{name} sets unknown settings {unknown}"
+        Settings(**{k.removeprefix("PRUNING_").lower(): v for k, v in env.items() if k.startswith("PRUNING_")})
+        host = re.match(r"redis://([^:/]+)", env["PRUNING_REDIS_URL"]).group(1)
+        assert host in compose["services"]
+
+
+def test_server_and_worker_share_the_artifact_store(compose):
+    server, worker = compose["services"]["server"], compose["services"]["worker"]
+    state = server["environment"]["PRUNING_STATE_DIR"]
+    assert worker["environment"]["PRUNING_STATE_DIR"] == state
+    assert f"artifacts:{state}" in server["volumes"] and f"artifacts:{state}" in worker["volumes"]
+
+
+def test_commands_match_the_code(compose):
+    scripts = tomllib.loads((ROOT / "server" / "pyproject.toml").read_text())["project"]["scripts"]
+    server_cmd = compose["services"]["server"]["command"]
+    assert server_cmd[0] in scripts
+    assert server_cmd[server_cmd.index("--listen") + 1].endswith(":50051")
+    assert "50051:50051" in compose["services"]["server"]["ports"]
+
+    worker_cmd = compose["services"]["worker"]["command"]
+    module = worker_cmd[worker_cmd.index("-A") + 1]
+    assert hasattr(importlib.import_module(module), "app")
+    assert worker_cmd[worker_cmd.index("-Q") + 1] == compose["services"]["worker"]["environment"]["PRUNING_QUEUE"]
+    assert "--pool=solo" in worker_cmd  # TensorFlow is never initialised before a fork
+
+    flower = " ".join(compose["services"]["flower"]["command"])
+    assert f"--broker={compose['services']['worker']['environment']['PRUNING_REDIS_URL']}" in flower
+
+
+def test_dockerfile_targets_exist(compose):
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    stages = set(re.findall(r"^FROM \S+ AS (\S+)$", dockerfile, re.M))
+    for name in ("server", "worker"):
+        assert compose["services"][name]["build"]["target"] in stages
+    cmd = re.findall(r'^CMD (\[.*\])$', dockerfile, re.M)
+    assert [json.loads(c)[0] for c in cmd] == ["pruning-server", "celery"]
