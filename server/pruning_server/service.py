@@ -71,34 +71,42 @@ class PruningService(pb_grpc.PruningServiceServicer):
             await abort(context, grpc.StatusCode.NOT_FOUND, f"{field}: no artifact {artifact_id}")
 
     async def _receive(self, request_iterator, context, field: str):
-        """Streams an upload into a blob writer, enforcing the header and the size limit."""
+        """Streams an upload into a blob writer, enforcing the header and the size limit.
+        A refused upload's temporary file is gone before the client hears why."""
         limit = self.settings.max_upload_bytes
         header = None
         writer = self.blobs.writer()
+
+        async def refuse(code: grpc.StatusCode, message: str, violation: str | None = None):
+            writer.discard()
+            if violation:
+                await abort_invalid(context, [(violation, message)])
+            await abort(context, code, f"{field}: {message}")
+
         try:
             async for request in request_iterator:
                 if header is None:
                     if request.WhichOneof("payload") != "header":
-                        await abort_invalid(context, [(f"{field}.header", "the first message must be the header")])
+                        await refuse(grpc.StatusCode.INVALID_ARGUMENT, "the first message must be the header", f"{field}.header")
                     header = request.header
                     if header.size > limit:
-                        await abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED,
-                                    f"{field}: {header.size} bytes is over the upload limit of {limit}")
+                        await refuse(grpc.StatusCode.RESOURCE_EXHAUSTED, f"{header.size} bytes is over the upload limit of {limit}")
                     continue
                 if writer.size + len(request.chunk) > limit:
-                    await abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED,
-                                f"{field}: upload is over the limit of {limit} bytes")
+                    await refuse(grpc.StatusCode.RESOURCE_EXHAUSTED, f"upload is over the limit of {limit} bytes")
                 writer.write(request.chunk)
             if header is None or writer.size == 0:
-                await abort_invalid(context, [(field, "empty upload")])
+                await refuse(grpc.StatusCode.INVALID_ARGUMENT, "empty upload", field)
             if header.size and header.size != writer.size:
-                await abort_invalid(context, [(f"{field}.header.size", f"announced {header.size} bytes, received {writer.size}")])
+                await refuse(grpc.StatusCode.INVALID_ARGUMENT, f"announced {header.size} bytes, received {writer.size}",
+                             f"{field}.header.size")
             if header.sha256 and header.sha256.lower() != writer.sha256:
-                await abort_invalid(context, [(f"{field}.header.sha256", "content does not match the announced sha256")])
+                await refuse(grpc.StatusCode.INVALID_ARGUMENT, "content does not match the announced sha256",
+                             f"{field}.header.sha256")
             writer.close()
             return writer, header
         except BaseException:
-            writer.discard()
+            writer.discard()  # the client went away, or an abort above
             raise
 
     async def _store_upload(self, context, tenant, writer, header, kind, fmt, info) -> pb.Artifact:
