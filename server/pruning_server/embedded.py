@@ -41,7 +41,7 @@ class Stack:
         if not os.environ.get("PRUNING_REDIS_URL"):
             redis_server = _start_redis(state / "redis")
             env["PRUNING_REDIS_URL"] = f"unix://{redis_server.socket_file}?db=0"
-            log.info("embedded Redis on %s", redis_server.socket_file)
+            log.info("embedded Redis (pid %d) on %s", redis_server.pid, redis_server.socket_file)
         stack = cls(settings, env, redis_server)
         try:
             stack._start_server(state, listen, ready_timeout)

@@ -1,0 +1,51 @@
+"""`pruning up`: embedded Redis, server and worker on one machine, stopped cleanly."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import psutil
+import pytest
+
+from pruning_client import Client, constant_sparsity, job_spec
+
+pytestmark = pytest.mark.integration
+PRUNING = pathlib.Path(sys.executable).parent / "pruning"
+
+
+def test_up_runs_a_job_and_stops_cleanly(files, tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PRUNING_")}
+    env.update(PRUNING_STATE_DIR=str(tmp_path / "state"), PRUNING_QUEUE=f"embedded-{os.getpid()}")
+    log = open(tmp_path / "up.log", "w+")
+    proc = subprocess.Popen([str(PRUNING), "up", "--listen", "127.0.0.1:0"], env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 120
+        while not (match := re.search(r"pruning service up on (\S+)", (tmp_path / "up.log").read_text())):
+            assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "up.log").read_text()[-3000:]
+            time.sleep(0.2)
+        children = psutil.Process(proc.pid).children(recursive=True)
+        names = " ".join(" ".join(c.cmdline()) for c in children)
+        assert "pruning_server" in names and "celery" in names
+        redis_pid = int(re.search(r"embedded Redis \(pid (\d+)\)", (tmp_path / "up.log").read_text()).group(1))
+        redis_server = psutil.Process(redis_pid)  # redis-server daemonizes: not a child
+        assert "redis-server" in " ".join(redis_server.cmdline())
+        children.append(redis_server)
+
+        with Client(match.group(1)) as client:
+            model = client.upload_model(files["keras"])
+            data = client.upload_dataset(files["data"])
+            job = client.submit(job_spec(model.id, dataset=data.id, epochs=1, schedule=constant_sparsity(0.5, frequency=5)))
+            assert job.result(timeout=180).pruned_kernel_sparsity == pytest.approx(0.5, abs=0.02)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        code = proc.wait(90)
+    assert code == 0
+    assert not [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
+    assert (tmp_path / "state" / "redis" / "pruning.rdb").exists()  # Redis saved its data on the way out
+    assert list((tmp_path / "state" / "artifacts").glob("*/*"))
