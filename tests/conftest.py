@@ -65,6 +65,10 @@ def env(redis_url, tmp_path_factory):
     keys += list(client.scan_iter(f"_kombu.binding.{values['PRUNING_QUEUE']}*"))
     if keys:
         client.delete(*keys)
+    for tag, raw in client.hgetall("unacked").items():  # left by workers the tests killed
+        if values["PRUNING_QUEUE"].encode() in raw:
+            client.hdel("unacked", tag)
+            client.zrem("unacked_index", tag)
 
 
 def settings_for(env: dict, **overrides):
@@ -101,16 +105,15 @@ def server(env):
     srv.stop()
 
 
-@pytest.fixture(scope="session")
-def worker(env, tmp_path_factory):
-    """A real Celery worker process (solo pool) consuming this run's queue."""
-    log_path = tmp_path_factory.mktemp("worker") / "worker.log"
+def start_worker(env: dict, log_path: pathlib.Path) -> subprocess.Popen:
+    """A real Celery worker process (solo pool) on ``env``'s queue, once it is ready."""
     log = open(log_path, "w")
     proc = subprocess.Popen(
         [sys.executable, "-m", "celery", "-A", "pruning_worker.app", "worker", "--pool=solo", "--loglevel=INFO",
-         "-Q", env["PRUNING_QUEUE"], "-n", f"{env['PRUNING_QUEUE']}@%h", "--without-gossip", "--without-mingle"],
+         "-Q", env["PRUNING_QUEUE"], "-n", f"{uuid.uuid4().hex[:8]}@%h", "--without-gossip", "--without-mingle"],
         env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT,
     )
+    log.close()
     deadline = time.monotonic() + 180
     while "ready." not in log_path.read_text():
         if proc.poll() is not None or time.monotonic() > deadline:
@@ -118,13 +121,23 @@ def worker(env, tmp_path_factory):
             raise RuntimeError("the worker did not start:\n" + log_path.read_text()[-3000:])
         time.sleep(0.3)
     proc.log_path = log_path
-    yield proc
+    return proc
+
+
+def stop_worker(proc: subprocess.Popen) -> None:
     proc.terminate()
     try:
         proc.wait(30)
     except subprocess.TimeoutExpired:
         proc.kill()
-    log.close()
+        proc.wait()
+
+
+@pytest.fixture(scope="session")
+def worker(env, tmp_path_factory):
+    proc = start_worker(env, tmp_path_factory.mktemp("worker") / "worker.log")
+    yield proc
+    stop_worker(proc)
 
 
 @pytest.fixture()

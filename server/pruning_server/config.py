@@ -38,6 +38,10 @@ class Settings(BaseSettings):
     tls_key_file: pathlib.Path | None = None
     event_interval_s: float = Field(0.5, description="least time between two progress events of a job")
     grace_s: float = Field(5.0, description="graceful shutdown period of the server")
+    heartbeat_interval_s: float = Field(10.0, description="how often a worker marks its running job alive")
+    reap_after_s: float = Field(
+        120.0, description="a running job silent this long is re-queued (its worker is presumed dead); 0 = never"
+    )
 
     @field_validator("chunk_size")
     @classmethod

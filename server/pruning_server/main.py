@@ -14,6 +14,7 @@ from grpc_reflection.v1alpha import reflection
 from pruning.v1 import pruning_pb2 as pb
 from pruning.v1 import pruning_pb2_grpc as pb_grpc
 
+from . import reaper
 from .blobs import BlobStore
 from .config import Settings
 from .service import PruningService, make_celery
@@ -29,8 +30,11 @@ class Running:
 
     def __init__(self, server: grpc.aio.Server, port: int, health_servicer, store: AsyncJobStore, grace: float):
         self.server, self.port, self.health, self.store, self.grace = server, port, health_servicer, store, grace
+        self.reaper: asyncio.Task | None = None
 
     async def stop(self) -> None:
+        if self.reaper is not None:
+            self.reaper.cancel()
         await self.health.enter_graceful_shutdown()
         await self.server.stop(self.grace)
         await self.store.redis.aclose()
@@ -44,7 +48,8 @@ async def create_server(settings: Settings, address: str | None = None) -> Runni
     server = grpc.aio.server(
         options=[("grpc.max_receive_message_length", MAX_MESSAGE), ("grpc.max_send_message_length", MAX_MESSAGE)]
     )
-    pb_grpc.add_PruningServiceServicer_to_server(PruningService(settings, store, blobs, make_celery(settings)), server)
+    celery = make_celery(settings)
+    pb_grpc.add_PruningServiceServicer_to_server(PruningService(settings, store, blobs, celery), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection([SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
@@ -60,7 +65,10 @@ async def create_server(settings: Settings, address: str | None = None) -> Runni
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     log.info("pruning server listening on port %d (artifacts in %s)", port, blobs.root)
-    return Running(server, port, health_servicer, store, settings.grace_s)
+    running = Running(server, port, health_servicer, store, settings.grace_s)
+    if settings.reap_after_s > 0:
+        running.reaper = asyncio.create_task(reaper.run(store, celery, settings.queue, settings.reap_after_s))
+    return running
 
 
 async def serve(settings: Settings, address: str | None = None, ready=None) -> None:

@@ -21,7 +21,7 @@ from .errors import abort, abort_invalid
 from .store import TERMINAL, AsyncJobStore, ArtifactRecord, JobNotFound, new_job_id, state_event
 
 log = logging.getLogger(__name__)
-TASK_NAME = "pruning.prune"
+from .reaper import TASK_NAME
 _EVENT_ID = re.compile(r"\d+-\d+")
 _JOB_ID = re.compile(r"[0-9a-f]{24}")
 WATCH_BLOCK_MS = 5000

@@ -14,6 +14,7 @@ Keys (``P`` is the configured prefix)::
     P:cancel:<id>               set while a cancel was asked for a running job
     P:artifact:<sha256>         hash: size, kind, format, filename, created, info (JSON)
     P:tenant:<t>:artifacts      set of artifact ids the tenant may read
+    P:running                   sorted set: running job id -> last worker heartbeat (unix s)
 """
 
 from __future__ import annotations
@@ -63,6 +64,14 @@ return 1
 """
 
 
+# KEYS: running ; ARGV: cutoff, now. Claims the silent jobs (one server wins each).
+_REAP = """
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+for _, id in ipairs(ids) do redis.call('ZADD', KEYS[1], ARGV[2], id) end
+return ids
+"""
+
+
 class JobNotFound(KeyError):
     """No job with this id (for this tenant)."""
 
@@ -95,6 +104,9 @@ class Keys:
 
     def cancel(self, job_id: str) -> str:
         return f"{self.prefix}:cancel:{job_id}"
+
+    def running(self) -> str:
+        return f"{self.prefix}:running"
 
     def artifact(self, artifact_id: str) -> str:
         return f"{self.prefix}:artifact:{artifact_id}"
@@ -197,6 +209,7 @@ class _Base:
         self.keys = Keys(prefix)
         self._create = client.register_script(_CREATE)
         self._update = client.register_script(_UPDATE)
+        self._reap = client.register_script(_REAP)
 
     def _create_args(self, tenant: str, job: pb.Job, idempotency_key: str):
         event = state_event(job, pb.JOB_STATE_QUEUED)
@@ -247,6 +260,12 @@ class JobStore(_Base):
                 return job
             if outcome == -1:
                 raise JobNotFound(job_id)
+
+    def heartbeat(self, job_id: str) -> None:
+        self.redis.zadd(self.keys.running(), {job_id: time.time()})
+
+    def done_running(self, job_id: str) -> None:
+        self.redis.zrem(self.keys.running(), job_id)
 
     def cancel_requested(self, job_id: str) -> bool:
         return bool(self.redis.exists(self.keys.cancel(job_id)))
@@ -304,6 +323,20 @@ class AsyncJobStore(_Base):
                 return job
             if outcome == -1:
                 raise JobNotFound(job_id)
+
+    async def claim_silent(self, silent_s: float) -> list[str]:
+        """Ids of running jobs with no heartbeat for ``silent_s``; each is returned to one
+        caller only (its heartbeat is reset)."""
+        now = time.time()
+        ids = await self._reap(keys=[self.keys.running()], args=[now - silent_s, now])
+        return [i.decode() if isinstance(i, bytes) else i for i in ids]
+
+    async def tenant_of(self, job_id: str) -> str | None:
+        tenant = await self.redis.hget(self.keys.job(job_id), "tenant")
+        return tenant.decode() if tenant is not None else None
+
+    async def forget_running(self, job_id: str) -> None:
+        await self.redis.zrem(self.keys.running(), job_id)
 
     async def request_cancel(self, job_id: str) -> None:
         await self.redis.set(self.keys.cancel(job_id), 1, ex=IDEMPOTENCY_TTL_S)

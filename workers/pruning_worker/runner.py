@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import pathlib
 import tempfile
+import threading
 import time
 import traceback
 
@@ -137,13 +138,49 @@ def _store_outputs(settings: Settings, store: JobStore, tenant: str, outputs) ->
     return artifacts
 
 
+class Heartbeat:
+    """Marks a running job alive every ``interval_s`` from a background thread, so that
+    long phases without events (evaluation, export) do not look like a dead worker."""
+
+    def __init__(self, store: JobStore, job_id: str, interval_s: float):
+        self.store, self.job_id, self.interval_s = store, job_id, interval_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name=f"heartbeat-{job_id}", daemon=True)
+
+    def _beat(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.store.heartbeat(self.job_id)
+            except Exception:  # noqa: BLE001 - a missed beat is retried on the next round
+                log.warning("job %s: heartbeat failed", self.job_id, exc_info=True)
+            self._stop.wait(self.interval_s)
+
+    def __enter__(self) -> "Heartbeat":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
 def run_job(job_id: str, settings: Settings, worker: str) -> pb.Job | None:
     """Runs job ``job_id`` to a terminal state; returns the final record (None if skipped)."""
     store = _store(settings)
     job = _claim(store, job_id, worker)
     if job is None:
         log.info("job %s: nothing to run", job_id)
+        store.done_running(job_id)
         return None
+    with Heartbeat(store, job_id, settings.heartbeat_interval_s):
+        final = _run_claimed(store, job, settings)
+    if final is not None:
+        store.done_running(job_id)
+    return final
+
+
+def _run_claimed(store: JobStore, job: pb.Job, settings: Settings) -> pb.Job | None:
+    job_id = job.id
     reporter = Reporter(store, job_id, job.attempt, settings.event_interval_s)
     tenant = store.tenant_of(job_id)
     try:
