@@ -167,8 +167,8 @@ class PruningService(pb_grpc.PruningServiceServicer):
         if violations:
             await abort_invalid(context, violations)
         model = await self._artifact(context, tenant, spec.model_id, "spec.model_id")
-        if model.kind != pb.ARTIFACT_KIND_MODEL:
-            await abort_invalid(context, [("spec.model_id", "this artifact is not an uploaded model")])
+        if model.kind == pb.ARTIFACT_KIND_DATASET or model.format not in ("keras", "h5"):
+            await abort_invalid(context, [("spec.model_id", "this artifact is not a .keras or .h5 model")])
         if spec.dataset.WhichOneof("source") == "artifact_id":
             data = await self._artifact(context, tenant, spec.dataset.artifact_id, "spec.dataset.artifact_id")
             if data.kind != pb.ARTIFACT_KIND_DATASET:
