@@ -14,6 +14,7 @@ Usage: python examples/mnist_prune.py [--target HOST:PORT] [--json]
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import pathlib
@@ -75,7 +76,8 @@ def main() -> int:
 
     baseline_path = out / "mnist_baseline.keras"
     started = time.monotonic()
-    accuracy = train_baseline(baseline_path, args.state_dir / "data", args.baseline_epochs)
+    with contextlib.redirect_stdout(sys.stderr):  # stdout carries only the result
+        accuracy = train_baseline(baseline_path, args.state_dir / "data", args.baseline_epochs)
     print(f"baseline trained: test accuracy {accuracy:.4f} in {time.monotonic() - started:.0f} s -> {baseline_path}",
           file=sys.stderr)
 
@@ -84,9 +86,10 @@ def main() -> int:
     if target is None:
         from pruning_server.embedded import Stack
 
-        stack = Stack.start(listen="127.0.0.1:0")
+        log_path = out / "service.log"
+        stack = Stack.start(listen="127.0.0.1:0", log_path=log_path)
         target = f"127.0.0.1:{stack.port}"
-        print(f"embedded service up on {target}", file=sys.stderr)
+        print(f"embedded service up on {target} (Redis, server, worker; logs in {log_path})", file=sys.stderr)
     try:
         with Client(target, api_key=os.environ.get("PRUNING_API_KEY")) as client:
             client.wait_ready(timeout=60)
@@ -101,7 +104,8 @@ def main() -> int:
     finally:
         if stack is not None:
             stack.stop()
-    classes = check_download(pruned_path)
+    with contextlib.redirect_stdout(sys.stderr):
+        classes = check_download(pruned_path)
     if args.json:
         print(json.dumps({"job_id": job.id, "result": result.to_dict(), "pruned_model": str(pruned_path),
                           "pruned_layers": classes}, sort_keys=True))

@@ -66,6 +66,13 @@ def format_table(result: PruneResult) -> str:
 def follow(job: JobHandle, *, show_bar: bool, json_lines: bool) -> pb.Job:
     """Follows a job's events, with a live progress bar or one JSON line per event."""
     bar = None
+
+    def say(message: str) -> None:
+        if bar is not None:
+            bar.write(message, file=sys.stderr)
+        else:
+            print(message, file=sys.stderr, flush=True)
+
     try:
         for event in job.watch():
             kind = event.WhichOneof("kind")
@@ -84,13 +91,13 @@ def follow(job: JobHandle, *, show_bar: bool, json_lines: bool) -> pb.Job:
                 )
                 bar.refresh()
             elif kind == "log":
-                (bar.write if bar else lambda m: print(m, file=sys.stderr))(f"[{event.log.level}] {event.log.message}")
+                say(f"[{event.log.level}] {event.log.message}")
             elif kind == "state_change":
                 state = pb.JobState.Name(event.state_change.to).removeprefix("JOB_STATE_")
                 message = f"job {job.id}: {state}"
                 if event.state_change.error.message:
                     message += f" ({event.state_change.error.message})"
-                (bar.write if bar else lambda m: print(m, file=sys.stderr))(message)
+                say(message)
     finally:
         if bar is not None:
             bar.close()

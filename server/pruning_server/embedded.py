@@ -24,14 +24,17 @@ log = logging.getLogger("pruning.up")
 class Stack:
     """The processes of one embedded deployment."""
 
-    def __init__(self, settings: Settings, env: dict[str, str], redis_server=None):
+    def __init__(self, settings: Settings, env: dict[str, str], redis_server=None, log_file=None):
         self.settings, self.env, self.redis_server = settings, env, redis_server
+        self.log_file = log_file
         self.server: subprocess.Popen | None = None
         self.worker: subprocess.Popen | None = None
         self.port: int | None = None
 
     @classmethod
-    def start(cls, *, listen: str | None = None, worker: bool = True, ready_timeout: float = 120) -> "Stack":
+    def start(cls, *, listen: str | None = None, worker: bool = True, ready_timeout: float = 120,
+              log_path: pathlib.Path | None = None) -> "Stack":
+        """Starts the stack; with ``log_path`` the children's output goes there, not here."""
         settings = Settings()
         env = dict(os.environ)
         state = settings.state_dir.resolve()
@@ -42,7 +45,7 @@ class Stack:
             redis_server = _start_redis(state / "redis")
             env["PRUNING_REDIS_URL"] = f"unix://{redis_server.socket_file}?db=0"
             log.info("embedded Redis (pid %d) on %s", redis_server.pid, redis_server.socket_file)
-        stack = cls(settings, env, redis_server)
+        stack = cls(settings, env, redis_server, open(log_path, "a") if log_path else None)
         try:
             stack._start_server(state, listen, ready_timeout)
             if worker:
@@ -58,7 +61,7 @@ class Stack:
         cmd = [sys.executable, "-m", "pruning_server", "--port-file", str(port_file)]
         if listen:
             cmd += ["--listen", listen]
-        self.server = subprocess.Popen(cmd, env=self.env, start_new_session=True)
+        self.server = subprocess.Popen(cmd, env=self.env, start_new_session=True, stdout=self.log_file, stderr=self.log_file)
         deadline = time.monotonic() + timeout
         while not port_file.exists() or not port_file.read_text().strip():
             if self.server.poll() is not None:
@@ -73,7 +76,7 @@ class Stack:
             sys.executable, "-m", "celery", "-A", "pruning_worker.app", "worker",
             "--pool=solo", "--loglevel=INFO", "-Q", self.settings.queue, "-n", f"pruning-{os.getpid()}@%h",
         ]
-        self.worker = subprocess.Popen(cmd, env=self.env, start_new_session=True)
+        self.worker = subprocess.Popen(cmd, env=self.env, start_new_session=True, stdout=self.log_file, stderr=self.log_file)
 
     def stop(self, timeout: float = 30) -> None:
         """Stops the worker (warm, then cold), the server, then Redis."""
@@ -90,6 +93,8 @@ class Stack:
             with contextlib.suppress(Exception):
                 self.redis_server.shutdown(save=True, now=True, force=True)
             self.redis_server = None
+        if self.log_file is not None:
+            self.log_file.close()
 
 
 def _start_redis(directory: pathlib.Path):

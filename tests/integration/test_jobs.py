@@ -74,6 +74,11 @@ def test_full_small_job(client, worker, files, tmp_path):
     assert status.last_event_id == events[-1].id
     listed = list(client.list_jobs(labels={"test": "full"}))
     assert [j.id for j in listed] == [job.id]
+    everything = [j.id for j in client.list_jobs()]
+    assert [j.id for j in client.list_jobs(page_size=1)] == everything
+    assert everything == sorted(everything, reverse=True)  # newest first
+    assert job.id in [j.id for j in client.list_jobs(states=[pb.JOB_STATE_SUCCEEDED])]
+    assert job.id not in [j.id for j in client.list_jobs(states=[pb.JOB_STATE_QUEUED])]
 
 
 def test_watch_resumes_without_gap_or_duplicate(client, worker, files):
