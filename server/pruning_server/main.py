@@ -8,6 +8,7 @@ import logging
 import signal
 
 import grpc
+import prometheus_client
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -17,6 +18,7 @@ from pruning.v1 import pruning_pb2_grpc as pb_grpc
 from . import reaper
 from .blobs import BlobStore
 from .config import Settings
+from .interceptors import ErrorsAndMetrics
 from .service import PruningService, make_celery
 from .store import AsyncJobStore
 
@@ -31,10 +33,14 @@ class Running:
     def __init__(self, server: grpc.aio.Server, port: int, health_servicer, store: AsyncJobStore, grace: float):
         self.server, self.port, self.health, self.store, self.grace = server, port, health_servicer, store, grace
         self.reaper: asyncio.Task | None = None
+        self.metrics = None
+        self.metrics_port: int | None = None
 
     async def stop(self) -> None:
         if self.reaper is not None:
             self.reaper.cancel()
+        if self.metrics is not None:
+            self.metrics.shutdown()
         await self.health.enter_graceful_shutdown()
         await self.server.stop(self.grace)
         await self.store.redis.aclose()
@@ -46,6 +52,7 @@ async def create_server(settings: Settings, address: str | None = None) -> Runni
     await store.redis.ping()
     blobs = BlobStore(settings.artifacts_path)
     server = grpc.aio.server(
+        interceptors=[ErrorsAndMetrics()],
         options=[("grpc.max_receive_message_length", MAX_MESSAGE), ("grpc.max_send_message_length", MAX_MESSAGE)]
     )
     celery = make_celery(settings)
@@ -66,6 +73,11 @@ async def create_server(settings: Settings, address: str | None = None) -> Runni
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     log.info("pruning server listening on port %d (artifacts in %s)", port, blobs.root)
     running = Running(server, port, health_servicer, store, settings.grace_s)
+    if settings.metrics_listen:
+        host, _, metrics_port = settings.metrics_listen.rpartition(":")
+        running.metrics, _ = prometheus_client.start_http_server(int(metrics_port), addr=host or "0.0.0.0")
+        running.metrics_port = running.metrics.server_port
+        log.info("metrics on %s:%d/metrics", host, running.metrics_port)
     if settings.reap_after_s > 0:
         running.reaper = asyncio.create_task(reaper.run(store, celery, settings.queue, settings.reap_after_s))
     return running
