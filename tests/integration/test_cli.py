@@ -45,3 +45,16 @@ def test_exit_codes(server, files):
     assert ["spec.pruning.schedule.polynomial_decay.final_sparsity", "must be in [0, 1), got 1.5"] in error["field_violations"]
     assert cli(server, "status", "0" * 24).returncode == 3
     assert cli(server, "download", "0" * 64, "-o", "/tmp/nothing").returncode == 3
+
+
+def test_human_output_has_progress_and_table(server, worker, files):
+    out = subprocess.run(
+        [str(PRUNING), "submit", "--target", server.target, "--model", str(files["keras"]), "--dataset", str(files["data"]),
+         "--schedule", "constant", "--final-sparsity", "0.5", "--frequency", "5", "--epochs", "2", "--batch-size", "32",
+         "--wait"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "step/s" in out.stderr or "step]" in out.stderr  # the live progress bar
+    assert "SUCCEEDED" in out.stderr
+    assert "test accuracy" in out.stdout and "layer" in out.stdout and "hidden" in out.stdout

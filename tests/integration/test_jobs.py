@@ -148,3 +148,26 @@ def test_download_resumes_from_offset(client, files, tmp_path):
     with pytest.raises(grpc.RpcError) as error:
         list(client.stub.DownloadArtifact(pb.DownloadArtifactRequest(artifact_id=artifact.id, offset=len(whole) + 1)))
     assert error.value.code() == grpc.StatusCode.OUT_OF_RANGE
+
+
+def test_every_export_format(client, worker, files, tmp_path):
+    import zipfile
+
+    import numpy as np
+    import tensorflow as tf
+
+    job = client.submit(small_spec(client, files, epochs=1, exports=("keras", "h5", "saved_model", "tflite", "tflite_int8")))
+    result = job.result(timeout=300)
+    assert list(result.artifact_ids) == ["keras", "h5", "saved_model.zip", "tflite", "tflite_int8"]
+    x = np.random.default_rng(0).random((1, 8, 8), dtype=np.float32)
+    for fmt in ("tflite", "tflite_int8"):
+        path = job.download(tmp_path, fmt=fmt)
+        interpreter = tf.lite.Interpreter(model_path=str(path))
+        interpreter.allocate_tensors()
+        interpreter.set_tensor(interpreter.get_input_details()[0]["index"], x)
+        interpreter.invoke()
+        assert interpreter.get_tensor(interpreter.get_output_details()[0]["index"]).shape == (1, 4)
+    saved = job.download(tmp_path / "saved.zip", fmt="saved_model.zip")
+    assert "saved_model.pb" in zipfile.ZipFile(saved).namelist()
+    sizes = {a.format: a.size for a in result.raw.artifacts}
+    assert sizes["tflite_int8"] < sizes["tflite"]
