@@ -198,17 +198,19 @@ class Client:
         dest = pathlib.Path(dest)
         part = dest.with_name(dest.name + ".part")
         offset = part.stat().st_size if resume and part.exists() else 0
+        digest = hashlib.sha256()
+        if offset:
+            with open(part, "rb") as f:
+                while block := f.read(CHUNK):
+                    digest.update(block)
         with open(part, "ab" if offset else "wb") as f:
             for chunk in self.stub.DownloadArtifact(
                 pb.DownloadArtifactRequest(artifact_id=artifact_id, offset=offset), metadata=self._metadata
             ):
                 f.write(chunk.data)
+                digest.update(chunk.data)
                 if progress:
                     progress(len(chunk.data), chunk.total_size)
-        digest = hashlib.sha256()
-        with open(part, "rb") as f:
-            while block := f.read(CHUNK):
-                digest.update(block)
         if digest.hexdigest() != artifact_id:
             part.unlink()
             raise IntegrityError(f"downloaded {artifact_id} does not match its sha256; removed")

@@ -163,7 +163,7 @@ class PruningService(pb_grpc.PruningServiceServicer):
     async def CreateJob(self, request, context):
         tenant = await self._tenant(context)
         spec = request.spec
-        violations = validation.validate(spec)
+        violations = validation.validate_request(request)
         if violations:
             await abort_invalid(context, violations)
         model = await self._artifact(context, tenant, spec.model_id, "spec.model_id")
@@ -176,6 +176,10 @@ class PruningService(pb_grpc.PruningServiceServicer):
             sample, field = data.info["arrays"]["x_train"]["shape"][1:], "spec.dataset.artifact_id"
         else:
             sample, field = validation.BUILTIN_DATASETS[spec.dataset.builtin]["x_train"][1:], "spec.dataset.builtin"
+        if model.info.get("layers"):
+            violations = validation.validate_against_model(spec, model.info["layers"])
+            if violations:
+                await abort_invalid(context, violations)
         model_input = model.info.get("input_shape")
         if not modelcheck.shapes_fit(model_input, sample):
             await abort_invalid(context, [(field, f"samples of shape {sample} do not fit the model input {model_input}")])

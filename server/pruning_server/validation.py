@@ -98,6 +98,35 @@ def _validate_training(t: pb.TrainingSpec, out: list[Violation]) -> None:
         out.append(("spec.training.max_train_samples", f"must be >= 0, got {t.max_train_samples}"))
 
 
+MAX_LABELS = 64
+MAX_LABEL_LENGTH = 256
+MAX_IDEMPOTENCY_KEY = 256
+
+
+def validate_request(request: pb.CreateJobRequest) -> list[Violation]:
+    """Every problem of a CreateJob request: its spec, labels and idempotency key."""
+    out = validate(request.spec)
+    if len(request.labels) > MAX_LABELS:
+        out.append(("labels", f"at most {MAX_LABELS} labels, got {len(request.labels)}"))
+    for key, value in request.labels.items():
+        if not key or len(key) > MAX_LABEL_LENGTH or len(value) > MAX_LABEL_LENGTH:
+            out.append((f"labels[{key[:40]}]", f"keys must be 1-{MAX_LABEL_LENGTH} and values 0-{MAX_LABEL_LENGTH} characters"))
+    if len(request.idempotency_key) > MAX_IDEMPOTENCY_KEY:
+        out.append(("idempotency_key", f"at most {MAX_IDEMPOTENCY_KEY} characters"))
+    return out
+
+
+def validate_against_model(spec: pb.JobSpec, layers: list) -> list[Violation]:
+    """Problems only the model's layer list reveals: selected layers that do not exist."""
+    names = {name for _, name in layers}
+    out = []
+    for field in ("include_names", "exclude_names"):
+        missing = sorted(set(getattr(spec.pruning.layers, field)) - names)
+        if missing:
+            out.append((f"spec.pruning.layers.{field}", f"the model has no layers {missing}; it has {sorted(names)}"))
+    return out
+
+
 def validate(spec: pb.JobSpec) -> list[Violation]:
     """Every problem of ``spec`` as (field, description); empty when it is valid."""
     out: list[Violation] = []

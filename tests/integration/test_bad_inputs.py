@@ -152,3 +152,24 @@ def test_labels_out_of_range_fail_the_job_not_the_worker(client, worker, files, 
     good = client.submit(job_spec(model.id, dataset=client.upload_dataset(files["data"]).id, epochs=1,
                                   schedule=constant_sparsity(0.5, frequency=5)))
     assert good.result(timeout=120).pruned_kernel_sparsity > 0.4
+
+
+def test_unknown_layer_names_and_oversized_labels(client, ids):
+    with pytest.raises(InvalidArgument) as error:
+        client.submit(job_spec(ids["model"], dataset=ids["data"], include_layers=("hidden", "nope")))
+    assert fields(error) == ["spec.pruning.layers.include_names"]
+    with pytest.raises(InvalidArgument) as error:
+        client.submit(job_spec(ids["model"], dataset=ids["data"]), labels={"k": "v" * 1000})
+    assert fields(error) == ["labels[k]"]
+
+
+def test_corrupted_download_is_detected(client, files, tmp_path):
+    from pruning_client import IntegrityError
+
+    artifact = client.upload_dataset(files["data"])
+    part = tmp_path / "d.npz.part"
+    part.write_bytes(b"\0" * 100)  # a stale partial file with the wrong bytes
+    with pytest.raises(IntegrityError):
+        client.download(artifact.id, tmp_path / "d.npz")
+    assert not part.exists() and not (tmp_path / "d.npz").exists()
+    assert client.download(artifact.id, tmp_path / "d.npz").read_bytes() == files["data"].read_bytes()
