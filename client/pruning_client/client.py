@@ -112,22 +112,24 @@ class Client:
     # -- uploads -----------------------------------------------------------------------------
 
     def _upload(self, method, path: os.PathLike | str, progress=None) -> pb.Artifact:
+        """One pass over the file: the server hashes what it receives, and the id it answers
+        (the sha256) must equal the hash of what was sent."""
         path = pathlib.Path(path)
         digest = hashlib.sha256()
-        with open(path, "rb") as f:
-            while chunk := f.read(CHUNK):
-                digest.update(chunk)
-        size = path.stat().st_size
 
         def requests():
-            yield pb.UploadRequest(header=pb.UploadHeader(filename=path.name, size=size, sha256=digest.hexdigest()))
+            yield pb.UploadRequest(header=pb.UploadHeader(filename=path.name, size=path.stat().st_size))
             with open(path, "rb") as f:
                 while chunk := f.read(CHUNK):
+                    digest.update(chunk)
                     yield pb.UploadRequest(chunk=chunk)
                     if progress:
                         progress(len(chunk))
 
-        return method(requests(), metadata=self._metadata)
+        artifact = method(requests(), metadata=self._metadata)
+        if artifact.id != digest.hexdigest():
+            raise IntegrityError(f"the server stored {artifact.id} but {path} hashes to {digest.hexdigest()}")
+        return artifact
 
     @_rpc
     def upload_model(self, path: os.PathLike | str, progress=None) -> pb.Artifact:

@@ -94,7 +94,7 @@ class PruningService(pb_grpc.PruningServiceServicer):
                     continue
                 if writer.size + len(request.chunk) > limit:
                     await refuse(grpc.StatusCode.RESOURCE_EXHAUSTED, f"upload is over the limit of {limit} bytes")
-                writer.write(request.chunk)
+                await asyncio.to_thread(writer.write, request.chunk)
             if header is None or writer.size == 0:
                 await refuse(grpc.StatusCode.INVALID_ARGUMENT, "empty upload", field)
             if header.size and header.size != writer.size:

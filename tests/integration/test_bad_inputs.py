@@ -173,3 +173,30 @@ def test_corrupted_download_is_detected(client, files, tmp_path):
         client.download(artifact.id, tmp_path / "d.npz")
     assert not part.exists() and not (tmp_path / "d.npz").exists()
     assert client.download(artifact.id, tmp_path / "d.npz").read_bytes() == files["data"].read_bytes()
+
+
+@pytest.mark.parametrize(
+    "header, field",
+    [
+        ({"size": 10}, "model.header.size"),
+        ({"sha256": "0" * 64}, "model.header.sha256"),
+        (None, "model.header"),
+    ],
+)
+def test_upload_header_is_checked(client, files, header, field):
+    import grpc
+    from google.rpc import error_details_pb2
+    from grpc_status import rpc_status
+
+    from pruning.v1 import pruning_pb2 as pb
+
+    data = files["keras"].read_bytes()
+    requests = [pb.UploadRequest(chunk=data)]
+    if header is not None:
+        requests.insert(0, pb.UploadRequest(header=pb.UploadHeader(filename="m.keras", **header)))
+    with pytest.raises(grpc.RpcError) as error:
+        client.stub.UploadModel(iter(requests))
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    bad = error_details_pb2.BadRequest()
+    rpc_status.from_call(error.value).details[0].Unpack(bad)
+    assert [v.field for v in bad.field_violations] == [field]
