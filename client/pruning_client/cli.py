@@ -33,7 +33,16 @@ def _emit(args, data, text: str) -> None:
 
 
 def _client(args) -> Client:
-    return Client(args.target, api_key=args.api_key, tls=args.tls, timeout=args.timeout)
+    roots = pathlib.Path(args.ca_file).read_bytes() if args.ca_file else None
+    return Client(args.target, api_key=args.api_key, tls=args.tls or roots is not None, root_certificates=roots,
+                  timeout=args.timeout)
+
+
+def _label(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected key=value, got {text!r}")
+    return key, value
 
 
 def _is_id(value: str) -> bool:
@@ -149,7 +158,7 @@ def _spec_from_args(args, client: Client) -> pb.JobSpec:
 
 
 def cmd_submit(args) -> int:
-    labels = dict(item.split("=", 1) for item in args.label)
+    labels = dict(args.label)
     with _client(args) as client:
         job = client.submit(_spec_from_args(args, client), labels=labels, idempotency_key=args.idempotency_key)
         if not args.wait:
@@ -187,7 +196,7 @@ def cmd_status(args) -> int:
 
 def cmd_list(args) -> int:
     states = [pb.JobState.Value("JOB_STATE_" + s.upper()) for s in args.state]
-    labels = dict(item.split("=", 1) for item in args.label)
+    labels = dict(args.label)
     with _client(args) as client:
         jobs = list(client.list_jobs(states=states, labels=labels))[: args.limit]
     lines = [
@@ -239,7 +248,9 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--target", default=os.environ.get("PRUNING_TARGET", "127.0.0.1:50051"),
                         help="server host:port (env PRUNING_TARGET)")
     common.add_argument("--api-key", default=os.environ.get("PRUNING_API_KEY"), help="API key (env PRUNING_API_KEY)")
-    common.add_argument("--tls", action="store_true", help="connect with TLS")
+    common.add_argument("--tls", action="store_true", help="connect with TLS (system roots)")
+    common.add_argument("--ca-file", default=os.environ.get("PRUNING_CA_FILE"),
+                        help="PEM roots for TLS (env PRUNING_CA_FILE); implies --tls")
     common.add_argument("--timeout", type=float, default=30.0, help="deadline of each call in seconds")
     common.add_argument("--json", action="store_true", help="machine-readable output")
 
@@ -275,7 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--include-layer", action="append", default=[])
     p.add_argument("--exclude-layer", action="append", default=[])
     p.add_argument("--export", action="append", choices=sorted(EXPORT_FORMATS))
-    p.add_argument("--label", action="append", default=[], help="key=value (repeatable)")
+    p.add_argument("--label", action="append", default=[], type=_label, help="key=value (repeatable)")
     p.add_argument("--idempotency-key", help="retrying with the same key returns the same job")
     p.add_argument("--wait", action="store_true", help="follow the job and print its result")
     p.add_argument("--download", metavar="DIR", help="with --wait: download the pruned model into DIR")
@@ -298,7 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("list", parents=[common], help="list jobs, newest first")
     p.add_argument("--state", action="append", default=[], choices=[s.removeprefix("JOB_STATE_").lower()
                    for s in pb.JobState.keys() if s != "JOB_STATE_UNSPECIFIED"])
-    p.add_argument("--label", action="append", default=[])
+    p.add_argument("--label", action="append", default=[], type=_label, help="key=value (repeatable)")
     p.add_argument("--limit", type=int, default=100)
     p.set_defaults(func=cmd_list)
 
