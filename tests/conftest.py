@@ -82,17 +82,19 @@ def settings_for(env: dict, **overrides):
 class ServerThread:
     """The real grpc.aio server, on its own event loop in a thread, bound to port 0."""
 
-    def __init__(self, settings):
+    def __init__(self, settings, address: str = "127.0.0.1:0"):
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
         from pruning_server.main import create_server
 
-        self.running = asyncio.run_coroutine_threadsafe(create_server(settings, "127.0.0.1:0"), self.loop).result(30)
+        self.running = asyncio.run_coroutine_threadsafe(create_server(settings, address), self.loop).result(30)
         self.port = self.running.port
         self.target = f"127.0.0.1:{self.port}"
 
     def stop(self):
+        if not self.thread.is_alive():
+            return
         asyncio.run_coroutine_threadsafe(self.running.stop(), self.loop).result(30)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(10)
