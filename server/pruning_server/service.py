@@ -160,34 +160,37 @@ class PruningService(pb_grpc.PruningServiceServicer):
 
     # -- jobs ------------------------------------------------------------------------------
 
-    async def CreateJob(self, request, context):
-        tenant = await self._tenant(context)
-        spec = request.spec
-        violations = validation.validate_request(request)
-        if violations:
-            await abort_invalid(context, violations)
+    async def _check_inputs(self, context, tenant: str, spec: pb.JobSpec) -> None:
+        """The model and dataset exist for this tenant, fit each other and the layer selection."""
         model = await self._artifact(context, tenant, spec.model_id, "spec.model_id")
         if model.kind == pb.ARTIFACT_KIND_DATASET or model.format not in ("keras", "h5"):
             await abort_invalid(context, [("spec.model_id", "this artifact is not a .keras or .h5 model")])
         if spec.dataset.WhichOneof("source") == "artifact_id":
-            data = await self._artifact(context, tenant, spec.dataset.artifact_id, "spec.dataset.artifact_id")
+            field = "spec.dataset.artifact_id"
+            data = await self._artifact(context, tenant, spec.dataset.artifact_id, field)
             if data.kind != pb.ARTIFACT_KIND_DATASET:
-                await abort_invalid(context, [("spec.dataset.artifact_id", "this artifact is not an uploaded dataset")])
-            sample, field = data.info["arrays"]["x_train"]["shape"][1:], "spec.dataset.artifact_id"
+                await abort_invalid(context, [(field, "this artifact is not an uploaded dataset")])
+            sample = data.info["arrays"]["x_train"]["shape"][1:]
         else:
-            sample, field = validation.BUILTIN_DATASETS[spec.dataset.builtin]["x_train"][1:], "spec.dataset.builtin"
-        if model.info.get("layers"):
-            violations = validation.validate_against_model(spec, model.info["layers"])
-            if violations:
-                await abort_invalid(context, violations)
+            field = "spec.dataset.builtin"
+            sample = validation.BUILTIN_DATASETS[spec.dataset.builtin]["x_train"][1:]
+        violations = validation.validate_against_model(spec, model.info.get("layers") or [])
         model_input = model.info.get("input_shape")
         if not modelcheck.shapes_fit(model_input, sample):
-            await abort_invalid(context, [(field, f"samples of shape {sample} do not fit the model input {model_input}")])
+            violations.append((field, f"samples of shape {sample} do not fit the model input {model_input}"))
+        if violations:
+            await abort_invalid(context, violations)
 
-        job = pb.Job(id=new_job_id(), state=pb.JOB_STATE_UNSPECIFIED, spec=validation.with_defaults(spec))
-        job.labels.update(request.labels)
+    async def CreateJob(self, request, context):
+        tenant = await self._tenant(context)
+        violations = validation.validate_request(request)
+        if violations:
+            await abort_invalid(context, violations)
+        await self._check_inputs(context, tenant, request.spec)
+        job = pb.Job(id=new_job_id(), spec=validation.with_defaults(request.spec), labels=request.labels)
         job.created_at.GetCurrentTime()
         job, created = await self.store.create(tenant, job, request.idempotency_key)
+        # A retry with the same key also repairs a job whose first enqueue failed.
         if not await self.store.is_enqueued(job.id):
             await asyncio.to_thread(self.celery.send_task, TASK_NAME, args=[job.id], queue=self.settings.queue)
             await self.store.mark_enqueued(job.id)
