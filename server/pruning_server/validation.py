@@ -116,14 +116,28 @@ def validate_request(request: pb.CreateJobRequest) -> list[Violation]:
     return out
 
 
+def selected(kind: str, name: str, sel: pb.LayerSelection) -> bool:
+    """Whether the layer selection picks a layer (workers apply the same rule)."""
+    if name in sel.exclude_names or kind in sel.exclude_types:
+        return False
+    if sel.include_names or sel.include_types:
+        return name in sel.include_names or kind in sel.include_types
+    return True
+
+
 def validate_against_model(spec: pb.JobSpec, layers: list) -> list[Violation]:
-    """Problems only the model's layer list reveals: selected layers that do not exist."""
+    """Problems only the model's layer list reveals: selected layers that do not exist,
+    block sparsity on layers whose weights are not 2-D."""
     names = {name for _, name in layers}
     out = []
     for field in ("include_names", "exclude_names"):
         missing = sorted(set(getattr(spec.pruning.layers, field)) - names)
         if missing:
             out.append((f"spec.pruning.layers.{field}", f"the model has no layers {missing}; it has {sorted(names)}"))
+    if list(spec.pruning.block_size) not in ([], [1, 1]):
+        convs = sorted(name for kind, name in layers if "Conv" in kind and selected(kind, name, spec.pruning.layers))
+        if convs:
+            out.append(("spec.pruning.block_size", f"block sparsity needs 2-D weights; exclude the conv layers {convs}"))
     return out
 
 

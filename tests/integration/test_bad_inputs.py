@@ -149,6 +149,7 @@ def test_labels_out_of_range_fail_the_job_not_the_worker(client, worker, files, 
     with pytest.raises(JobFailed) as error:
         job.result(timeout=120)
     assert error.value.job_code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    assert "outside the valid range" in error.value.job.error.message  # the cause, not a trace
     good = client.submit(job_spec(model.id, dataset=client.upload_dataset(files["data"]).id, epochs=1,
                                   schedule=constant_sparsity(0.5, frequency=5)))
     assert good.result(timeout=120).pruned_kernel_sparsity > 0.4
@@ -161,6 +162,12 @@ def test_unknown_layer_names_and_oversized_labels(client, ids):
     with pytest.raises(InvalidArgument) as error:
         client.submit(job_spec(ids["model"], dataset=ids["data"]), labels={"k": "v" * 1000})
     assert fields(error) == ["labels[k]"]
+
+
+def test_block_sparsity_on_conv_layers(client, ids):
+    with pytest.raises(InvalidArgument) as error:
+        client.submit(job_spec(ids["model"], dataset=ids["data"], block_size=(1, 4)))
+    assert fields(error) == ["spec.pruning.block_size"]
 
 
 def test_corrupted_download_is_detected(client, files, tmp_path):

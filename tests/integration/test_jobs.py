@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+
+import numpy as np
 import time
 
 import grpc
@@ -171,3 +173,37 @@ def test_every_export_format(client, worker, files, tmp_path):
     assert "saved_model.pb" in zipfile.ZipFile(saved).namelist()
     sizes = {a.format: a.size for a in result.raw.artifacts}
     assert sizes["tflite_int8"] < sizes["tflite"]
+
+
+@pytest.mark.parametrize("variant", ["m_by_n", "block", "selection"])
+def test_structured_pruning_and_layer_selection(client, worker, files, tmp_path, variant):
+    import models
+
+    spec = small_spec(client, files, epochs=1)
+    if variant == "m_by_n":
+        spec.pruning.sparsity_m_by_n.m, spec.pruning.sparsity_m_by_n.n = 2, 4
+    elif variant == "block":
+        spec.pruning.block_size[:] = [4, 1]
+        spec.pruning.layers.exclude_types.append("Conv2D")
+    else:
+        spec.pruning.layers.include_names[:] = ["hidden"]
+    job = client.submit(spec)
+    result = job.result(timeout=300)
+    pruned = {l.name: l for l in result.layers if l.pruned}
+    if variant == "selection":
+        assert set(pruned) == {"hidden"}
+        assert {l.name: l.sparsity for l in result.layers}["logits"] == 0.0
+    expected = {n: 0.5 for n in pruned}
+    if variant == "m_by_n":
+        expected["conv"] = 0.0  # 2:4 runs along input channels: the 1-channel conv stays dense
+        assert any("conv" in e.log.message and "WARNING" == e.log.level for e in job.watch(after_event_id=""))
+    assert {n: l.sparsity for n, l in pruned.items()} == pytest.approx(expected, abs=0.03)
+    if variant == "m_by_n":
+        import tf_keras as keras
+
+        kernel = keras.models.load_model(job.download(tmp_path)).get_layer("hidden").kernel.numpy()
+        groups = np.moveaxis(kernel, -1, 0).reshape(kernel.shape[-1], -1, 4)  # 4 consecutive input weights
+        assert (np.count_nonzero(groups, axis=-1) <= 2).all()
+    assert models.weights_sparsity(job.download(tmp_path / "again.keras"))["hidden"] == pytest.approx(
+        pruned["hidden"].sparsity
+    )

@@ -9,6 +9,7 @@ import os
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")  # tfmot needs Keras 2 (tf_keras)
 
 import math  # noqa: E402
+import re  # noqa: E402
 import pathlib  # noqa: E402
 import shutil  # noqa: E402
 import time  # noqa: E402
@@ -21,6 +22,7 @@ import tf_keras as keras  # noqa: E402
 from tensorflow_model_optimization.python.core.sparsity.keras import prune_registry  # noqa: E402
 
 from pruning.v1 import pruning_pb2 as pb  # noqa: E402
+from pruning_server import validation  # noqa: E402
 from pruning_server.blobs import BlobStore  # noqa: E402
 
 from . import datasets, metrics, safe_load  # noqa: E402
@@ -88,6 +90,14 @@ def make_schedule(p: pb.PruningSpec, last_step: int):
     )
 
 
+def target_sparsity(p: pb.PruningSpec) -> float:
+    """The sparsity the spec aims at by the end of fine-tuning."""
+    if p.HasField("sparsity_m_by_n"):
+        return 1.0 - p.sparsity_m_by_n.m / p.sparsity_m_by_n.n
+    s = p.schedule
+    return s.constant_sparsity.target_sparsity if s.HasField("constant_sparsity") else s.polynomial_decay.final_sparsity
+
+
 def scheduled_sparsity(schedule, step: int) -> float:
     """The target sparsity the schedule sets at ``step``."""
     config = schedule.get_config()["config"]
@@ -99,15 +109,6 @@ def scheduled_sparsity(schedule, step: int) -> float:
     done = min(1.0, (step - config["begin_step"]) / span)
     initial, final = config["initial_sparsity"], config["final_sparsity"]
     return float(final + (initial - final) * (1.0 - done) ** config["power"])
-
-
-def _selected(layer, sel: pb.LayerSelection) -> bool:
-    kind = type(layer).__name__
-    if layer.name in sel.exclude_names or kind in sel.exclude_types:
-        return False
-    if sel.include_names or sel.include_types:
-        return layer.name in sel.include_names or kind in sel.include_types
-    return True
 
 
 def _prunable(layer) -> bool:
@@ -129,7 +130,7 @@ def apply_pruning(model: keras.Model, p: pb.PruningSpec, schedule) -> tuple[kera
     missing = sorted(set(p.layers.include_names) - known)
     if missing:
         raise JobInputError(f"spec.pruning.layers.include_names: no such layers {missing}; the model has {sorted(known)}")
-    chosen = [layer.name for layer in model.layers if _selected(layer, p.layers) and _prunable(layer)]
+    chosen = [layer.name for layer in model.layers if validation.selected(type(layer).__name__, layer.name, p.layers) and _prunable(layer)]
     if not chosen:
         raise JobInputError("spec.pruning.layers: selects no prunable layer (Dense, Conv, ...)")
     if p.policy == pb.PRUNING_POLICY_PRUNE_FOR_LATENCY_ON_XNNPACK:
@@ -231,6 +232,17 @@ def _check_data(model: keras.Model, data) -> None:
         raise JobInputError("dataset: x_train and x_test must not be empty")
 
 
+def _root_cause(exc: Exception) -> str:
+    """The line of a TensorFlow error that names the cause (its traces run to pages)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    causes = [line for line in lines if re.match(r"^[A-Za-z]+(Error|Exception): ", line)]
+    if causes:
+        return causes[-1][:500]
+    noise = ("File ", "[[", "Detected at node", "Graph execution error", "Call arguments", "•", "in user code")
+    rest = [line for line in lines if not line.startswith(noise)]
+    return (rest[-1] if rest else type(exc).__name__)[:500]
+
+
 def _evaluate(model, x, y, t: pb.TrainingSpec) -> pb.Metrics:
     loss, accuracy = model.evaluate(x, y, batch_size=t.batch_size, verbose=0)
     return pb.Metrics(loss=float(loss), accuracy=float(accuracy))
@@ -299,7 +311,7 @@ def run(spec: pb.JobSpec, inputs: Inputs, reporter, workdir: pathlib.Path):
             verbose=0,
         )
     except (ValueError, tf.errors.InvalidArgumentError) as exc:
-        raise JobInputError(f"dataset: training failed on this data: {str(exc).splitlines()[0]}") from None
+        raise JobInputError(f"training failed on this model, data and spec: {_root_cause(exc)}") from None
     result.fine_tune_seconds = time.monotonic() - started
     if progress.cancelled or reporter.should_stop():
         raise Cancelled()
@@ -311,6 +323,11 @@ def run(spec: pb.JobSpec, inputs: Inputs, reporter, workdir: pathlib.Path):
 
     stripped = tfmot.sparsity.keras.strip_pruning(pruned)
     metrics.fill_sparsity(result, stripped, set(chosen))
+    target = target_sparsity(spec.pruning)
+    for layer in result.layers:
+        if layer.pruned and abs(layer.sparsity - target) > 0.1:
+            reporter.log(f"layer {layer.name} ended at sparsity {layer.sparsity:.2f}, far from the target "
+                         f"{target:.2f} (its shape may not suit the block or m-by-n pattern)", level="WARNING")
 
     reporter.phase("export", "exporting")
     outputs = []
