@@ -39,6 +39,7 @@ class Settings(BaseSettings):
     tls_key_file: pathlib.Path | None = None
     event_interval_s: float = Field(0.5, description="least time between two progress events of a job")
     grace_s: float = Field(5.0, description="graceful shutdown period of the server")
+    job_time_limit_s: float = Field(0.0, description="a job running longer fails with DEADLINE_EXCEEDED; 0 = no limit")
     heartbeat_interval_s: float = Field(10.0, description="how often a worker marks its running job alive")
     reap_after_s: float = Field(
         120.0, description="a running job silent this long is re-queued (its worker is presumed dead); 0 = never"

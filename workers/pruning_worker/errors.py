@@ -7,3 +7,7 @@ class JobInputError(ValueError):
 
 class Cancelled(Exception):
     """The job was cancelled while it ran."""
+
+
+class JobDeadlineExceeded(Exception):
+    """The job ran past the configured time limit."""

@@ -28,7 +28,7 @@ from pruning_server.store import (
     state_event,
 )
 
-from .errors import Cancelled, JobInputError
+from .errors import Cancelled, JobDeadlineExceeded, JobInputError
 
 log = logging.getLogger(__name__)
 _stores: dict[tuple[str, str], JobStore] = {}
@@ -44,8 +44,10 @@ def _store(settings: Settings) -> JobStore:
 class Reporter:
     """Appends a job's progress and log events, throttled, and tells when to stop."""
 
-    def __init__(self, store: JobStore, job_id: str, attempt: int, interval_s: float):
+    def __init__(self, store: JobStore, job_id: str, attempt: int, interval_s: float, time_limit_s: float = 0.0):
         self.store, self.job_id, self.attempt, self.interval_s = store, job_id, attempt, interval_s
+        self.deadline = time.monotonic() + time_limit_s if time_limit_s > 0 else None
+        self.time_limit_s = time_limit_s
         self._last_sent = 0.0
         self._last_cancel_check = 0.0
         self._cancelled = False
@@ -71,6 +73,7 @@ class Reporter:
         self.store.update(self.job_id, self._fenced(change))
 
     def phase(self, phase: str, message: str) -> None:
+        self.check_deadline()
         self.log(message)
         self.progress(pb.Progress(phase=phase), force=True)
 
@@ -78,8 +81,14 @@ class Reporter:
         log.info("job %s: %s", self.job_id, message)
         self.store.update(self.job_id, self._fenced(lambda job: [make_event(job.id, log=pb.LogLine(level=level, message=message))]))
 
+    def check_deadline(self) -> None:
+        if self.deadline is not None and time.monotonic() > self.deadline:
+            raise JobDeadlineExceeded(f"the job ran past its time limit of {self.time_limit_s:.0f} s")
+
     def should_stop(self) -> bool:
-        """True once a cancel was asked (checked at most every interval)."""
+        """True once a cancel was asked (checked at most every interval); raises
+        JobDeadlineExceeded past the job's time limit."""
+        self.check_deadline()
         now = time.monotonic()
         if not self._cancelled and now - self._last_cancel_check >= min(self.interval_s, 0.5):
             self._last_cancel_check = now
@@ -181,7 +190,7 @@ def run_job(job_id: str, settings: Settings, worker: str) -> pb.Job | None:
 
 def _run_claimed(store: JobStore, job: pb.Job, settings: Settings) -> pb.Job | None:
     job_id = job.id
-    reporter = Reporter(store, job_id, job.attempt, settings.event_interval_s)
+    reporter = Reporter(store, job_id, job.attempt, settings.event_interval_s, settings.job_time_limit_s)
     tenant = store.tenant_of(job_id)
     try:
         from . import pipeline
@@ -195,6 +204,8 @@ def _run_claimed(store: JobStore, job: pb.Job, settings: Settings) -> pb.Job | N
         log.warning("%s; stopping", exc)
     except Cancelled:
         return reporter.finish(pb.JOB_STATE_CANCELLED)
+    except JobDeadlineExceeded as exc:
+        return reporter.finish(pb.JOB_STATE_FAILED, pb.JobError(code=code_pb2.DEADLINE_EXCEEDED, message=str(exc)))
     except JobInputError as exc:
         return reporter.finish(pb.JOB_STATE_FAILED, pb.JobError(code=code_pb2.INVALID_ARGUMENT, message=str(exc)))
     except Exception as exc:  # noqa: BLE001 - any other failure ends the job as INTERNAL

@@ -1,0 +1,33 @@
+"""A job past the configured time limit fails with DEADLINE_EXCEEDED; the worker goes on."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+
+from conftest import ServerThread, settings_for, start_worker, stop_worker
+from pruning_client import Client, JobFailed, constant_sparsity, job_spec
+
+pytestmark = pytest.mark.integration
+
+
+def test_job_time_limit(env, files, tmp_path):
+    limited = {**env, "PRUNING_QUEUE": env["PRUNING_QUEUE"] + "-limit", "PRUNING_JOB_TIME_LIMIT_S": "6"}
+    server = ServerThread(settings_for(limited))
+    worker = start_worker(limited, tmp_path / "worker.log")
+    try:
+        with Client(server.target) as client:
+            model = client.upload_model(files["keras"])
+            big = client.upload_dataset(files["big_data"])
+            slow = client.submit(job_spec(model.id, dataset=big.id, epochs=200, batch_size=16))
+            with pytest.raises(JobFailed) as error:
+                slow.result(timeout=120)
+            assert error.value.job_code == grpc.StatusCode.DEADLINE_EXCEEDED.value[0]
+            job = error.value.job
+            assert job.finished_at.ToSeconds() - job.started_at.ToSeconds() < 30
+            small = client.upload_dataset(files["data"])
+            quick = client.submit(job_spec(model.id, dataset=small.id, epochs=1, schedule=constant_sparsity(0.5, frequency=5)))
+            assert quick.result(timeout=120).pruned_kernel_sparsity > 0.4
+    finally:
+        stop_worker(worker)
+        server.stop()
