@@ -42,6 +42,10 @@ class PermissionDenied(PruningError):
     code, exit_code = grpc.StatusCode.PERMISSION_DENIED, 4
 
 
+class AlreadyExists(PruningError):
+    code, exit_code = grpc.StatusCode.ALREADY_EXISTS, 6
+
+
 class ResourceExhausted(PruningError):
     code, exit_code = grpc.StatusCode.RESOURCE_EXHAUSTED, 5
 

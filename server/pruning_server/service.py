@@ -189,7 +189,11 @@ class PruningService(pb_grpc.PruningServiceServicer):
         await self._check_inputs(context, tenant, request.spec)
         job = pb.Job(id=new_job_id(), spec=validation.with_defaults(request.spec), labels=request.labels)
         job.created_at.GetCurrentTime()
-        job, created = await self.store.create(tenant, job, request.idempotency_key)
+        fingerprint = convert.request_fingerprint(request)
+        job, created = await self.store.create(tenant, job, request.idempotency_key, fingerprint)
+        if not created and await self.store.fingerprint_of(job.id) != fingerprint:
+            await abort(context, grpc.StatusCode.ALREADY_EXISTS,
+                        f"idempotency_key was used for a different request (job {job.id})")
         # A retry with the same key also repairs a job whose first enqueue failed.
         if not await self.store.is_enqueued(job.id):
             await asyncio.to_thread(self.celery.send_task, TASK_NAME, args=[job.id], queue=self.settings.queue)

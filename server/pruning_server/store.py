@@ -34,14 +34,14 @@ from pruning.v1 import pruning_pb2 as pb
 TERMINAL = frozenset({pb.JOB_STATE_SUCCEEDED, pb.JOB_STATE_FAILED, pb.JOB_STATE_CANCELLED})
 IDEMPOTENCY_TTL_S = 7 * 24 * 3600
 
-# KEYS: job, events, index, idem ; ARGV: job bytes, state, tenant, event bytes, job id, ttl
+# KEYS: job, events, index, idem ; ARGV: job bytes, state, tenant, event bytes, job id, ttl, fingerprint
 _CREATE = """
 if KEYS[4] ~= '' then
   local existing = redis.call('GET', KEYS[4])
   if existing then return {0, existing} end
 end
 redis.call('HSET', KEYS[1], 'job', ARGV[1], 'version', 1, 'state', ARGV[2], 'attempt', 0,
-           'tenant', ARGV[3], 'enqueued', 0)
+           'tenant', ARGV[3], 'enqueued', 0, 'fingerprint', ARGV[7])
 local eid = redis.call('XADD', KEYS[2], '*', 'e', ARGV[4])
 redis.call('HSET', KEYS[1], 'last_event_id', eid)
 redis.call('ZADD', KEYS[3], 0, ARGV[5])
@@ -211,11 +211,12 @@ class _Base:
         self._update = client.register_script(_UPDATE)
         self._reap = client.register_script(_REAP)
 
-    def _create_args(self, tenant: str, job: pb.Job, idempotency_key: str):
+    def _create_args(self, tenant: str, job: pb.Job, idempotency_key: str, fingerprint: str = ""):
         event = state_event(job, pb.JOB_STATE_QUEUED)
         idem = self.keys.idempotency(tenant, idempotency_key) if idempotency_key else ""
         keys = [self.keys.job(job.id), self.keys.events(job.id), self.keys.tenant_jobs(tenant), idem]
-        args = [job.SerializeToString(), job.state, tenant, event.SerializeToString(), job.id, IDEMPOTENCY_TTL_S]
+        args = [job.SerializeToString(), job.state, tenant, event.SerializeToString(), job.id, IDEMPOTENCY_TTL_S,
+                fingerprint]
         return keys, args
 
     def _update_args(self, job_id: str, raw: dict, mutate: Mutation):
@@ -292,13 +293,19 @@ class AsyncJobStore(_Base):
     def from_url(cls, url: str, prefix: str) -> "AsyncJobStore":
         return cls(aioredis.Redis.from_url(url, socket_timeout=30, socket_connect_timeout=10), prefix)
 
-    async def create(self, tenant: str, job: pb.Job, idempotency_key: str = "") -> tuple[pb.Job, bool]:
+    async def create(
+        self, tenant: str, job: pb.Job, idempotency_key: str = "", fingerprint: str = ""
+    ) -> tuple[pb.Job, bool]:
         """Records a new QUEUED job; returns (job, created). An idempotency key seen before
-        returns the job it created instead."""
-        keys, args = self._create_args(tenant, job, idempotency_key)
+        returns the job it created instead (compare ``fingerprint_of`` to tell a true retry)."""
+        keys, args = self._create_args(tenant, job, idempotency_key, fingerprint)
         created, job_id = await self._create(keys=keys, args=args)
         job_id = job_id.decode() if isinstance(job_id, bytes) else job_id
         return await self.get(tenant, job_id), bool(created)
+
+    async def fingerprint_of(self, job_id: str) -> str:
+        value = await self.redis.hget(self.keys.job(job_id), "fingerprint")
+        return value.decode() if value else ""
 
     async def get(self, tenant: str, job_id: str) -> pb.Job:
         raw = await self.redis.hgetall(self.keys.job(job_id))

@@ -11,7 +11,7 @@ import grpc
 import pytest
 
 from pruning.v1 import pruning_pb2 as pb
-from pruning_client import JobCancelled, constant_sparsity, job_spec, polynomial_decay
+from pruning_client import AlreadyExists, JobCancelled, constant_sparsity, job_spec, polynomial_decay
 
 pytestmark = pytest.mark.integration
 TERMINAL = (pb.JOB_STATE_SUCCEEDED, pb.JOB_STATE_FAILED, pb.JOB_STATE_CANCELLED)
@@ -126,6 +126,8 @@ def test_create_job_is_idempotent(client, worker, files):
     again = client.submit(spec, idempotency_key="retry-1", labels={"test": "idem"})
     other = client.submit(spec, idempotency_key="retry-2", labels={"test": "idem"})
     assert first.id == again.id != other.id
+    with pytest.raises(AlreadyExists):  # same key, different request: a bug in the caller, not a retry
+        client.submit(spec, idempotency_key="retry-1", labels={"test": "idem", "other": "label"})
     assert sorted(j.id for j in client.list_jobs(labels={"test": "idem"})) == sorted([first.id, other.id])
     assert first.result(timeout=120).pruned_kernel_sparsity > 0.4
     assert first.status().attempt == 1
