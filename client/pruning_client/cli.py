@@ -222,6 +222,7 @@ def cmd_download(args) -> int:
             path = client.download(args.id, args.output or args.id)
         else:
             target = pathlib.Path(args.output or ".")
+            target.mkdir(parents=True, exist_ok=True)
             path = client.job(args.id).download(target, fmt=args.format)
     _emit(args, {"path": str(path)}, str(path))
     return 0

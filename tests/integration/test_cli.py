@@ -35,6 +35,10 @@ def test_submit_wait_download(server, worker, files, tmp_path):
     assert status["state"] == "JOB_STATE_SUCCEEDED"
     events = [json.loads(line) for line in cli(server, "watch", data["job_id"]).stdout.splitlines()]
     assert events[-1]["state_change"]["to"] == "JOB_STATE_SUCCEEDED"
+    result = json.loads(cli(server, "result", data["job_id"]).stdout)
+    assert result["pruned_kernel_sparsity"] == data["result"]["pruned_kernel_sparsity"]
+    fetched = json.loads(cli(server, "download", data["job_id"], "-o", str(tmp_path / "new" / "dir"), "--format", "keras").stdout)
+    assert pathlib.Path(fetched["path"]).read_bytes() == pathlib.Path(data["downloaded"]).read_bytes()
 
 
 def test_exit_codes(server, files):
