@@ -63,7 +63,10 @@ def lambda_model(path: pathlib.Path, marker: pathlib.Path) -> pathlib.Path:
         return x * 2.0
 
     model = keras.Sequential([keras.layers.InputLayer(input_shape=(8, 8)), keras.layers.Lambda(touch), keras.layers.Flatten(), keras.layers.Dense(4)])
-    keras.models.save_model(model, path, save_format="h5")
+    if path.suffix == ".h5":
+        keras.models.save_model(model, path, save_format="h5")
+    else:
+        model.save(path)
     marker.unlink(missing_ok=True)
     return path
 

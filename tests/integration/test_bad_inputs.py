@@ -107,11 +107,12 @@ def test_truncated_model_file(client, files, tmp_path, kind):
     assert fields(error) == ["model"]
 
 
-def test_lambda_layer_is_refused_unexecuted(client, tmp_path):
+@pytest.mark.parametrize("suffix", [".h5", ".keras"])
+def test_lambda_layer_is_refused_unexecuted(client, tmp_path, suffix):
     import models
 
     marker = tmp_path / "lambda-ran"
-    path = models.lambda_model(tmp_path / "lambda.h5", marker)
+    path = models.lambda_model(tmp_path / f"lambda{suffix}", marker)
     with pytest.raises(InvalidArgument) as error:
         client.upload_model(path)
     assert fields(error) == ["model"] and "Lambda" in error.value.message
