@@ -90,6 +90,8 @@ def _walk_classes(node, found: list[tuple[str, str]]):
     if isinstance(node, dict):
         if "class_name" in node:
             cls = node["class_name"]
+            if not isinstance(cls, str):
+                raise ModelRejected("the model configuration is malformed (class_name is not a string)")
             module = node.get("module") or "keras"
             if cls == "Lambda" or cls.endswith(">Lambda"):
                 raise ModelRejected("the model has a Lambda layer, which would run arbitrary code; refused")
@@ -111,14 +113,20 @@ def _walk_classes(node, found: list[tuple[str, str]]):
 
 
 def _input_shape(config: dict) -> list[int | None] | None:
-    layers = config.get("config", {}).get("layers", [])
-    for layer in layers[:1]:
-        cfg = layer.get("config", {})
-        shape = cfg.get("batch_input_shape") or cfg.get("batch_shape")
-        if isinstance(shape, dict):  # serialised tuple
-            shape = shape.get("config", {}).get("value")
-        if shape:
-            return list(shape[1:])
+    """The first layer's declared input shape without the batch axis (None when unknown)."""
+    inner = config.get("config")
+    layers = inner.get("layers") if isinstance(inner, dict) else None
+    if not isinstance(layers, list) or not layers or not isinstance(layers[0], dict):
+        return None
+    cfg = layers[0].get("config")
+    if not isinstance(cfg, dict):
+        return None
+    shape = cfg.get("batch_input_shape") or cfg.get("batch_shape")
+    if isinstance(shape, dict):  # a serialised tuple
+        inner = shape.get("config")
+        shape = inner.get("value") if isinstance(inner, dict) else None
+    if isinstance(shape, list) and len(shape) > 1 and all(d is None or isinstance(d, int) for d in shape):
+        return list(shape[1:])
     return None
 
 
@@ -126,7 +134,10 @@ def check_model_config(config: dict, fmt: str) -> ModelInfo:
     if not isinstance(config, dict) or "class_name" not in config:
         raise ModelRejected("the file holds no Keras model configuration")
     layers: list[tuple[str, str]] = []
-    _walk_classes(config, layers)
+    try:
+        _walk_classes(config, layers)
+    except RecursionError:
+        raise ModelRejected("the model configuration is nested too deeply") from None
     return ModelInfo(format=fmt, layers=layers, input_shape=_input_shape(config))
 
 
@@ -146,7 +157,7 @@ def inspect_model(path: pathlib.Path, max_decompressed: int) -> ModelInfo:
             try:
                 config = json.loads(archive.read("config.json"))
                 bad = archive.testzip()
-            except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
+            except (zipfile.BadZipFile, OSError, ValueError, EOFError, RecursionError) as exc:
                 raise ModelRejected(f"the archive is truncated or corrupt: {exc}") from None
             if bad is not None:
                 raise ModelRejected(f"the archive member {bad!r} is corrupt")
@@ -164,7 +175,7 @@ def inspect_model(path: pathlib.Path, max_decompressed: int) -> ModelInfo:
             f["model_weights"].visititems(lambda name, obj: obj.shape if hasattr(obj, "shape") else None)
     except ModelRejected:
         raise
-    except (OSError, ValueError, KeyError) as exc:
+    except (OSError, ValueError, KeyError, RecursionError) as exc:
         raise ModelRejected(f"the HDF5 file is truncated or corrupt: {exc}") from None
     return check_model_config(config, "h5")
 

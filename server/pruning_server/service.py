@@ -109,7 +109,7 @@ class PruningService(pb_grpc.PruningServiceServicer):
             writer.discard()  # the client went away, or an abort above
             raise
 
-    async def _store_upload(self, context, tenant, writer, header, kind, fmt, info) -> pb.Artifact:
+    async def _store_upload(self, tenant, writer, header, kind, fmt, info) -> pb.Artifact:
         try:
             artifact_id = await asyncio.to_thread(writer.commit)
         except BaseException:
@@ -133,7 +133,10 @@ class PruningService(pb_grpc.PruningServiceServicer):
         except modelcheck.ModelRejected as exc:
             writer.discard()
             await abort_invalid(context, [(exc.field, str(exc))])
-        return await self._store_upload(context, tenant, writer, header, pb.ARTIFACT_KIND_MODEL, info.format, info.to_dict())
+        except BaseException:
+            writer.discard()
+            raise
+        return await self._store_upload(tenant, writer, header, pb.ARTIFACT_KIND_MODEL, info.format, info.to_dict())
 
     async def UploadDataset(self, request_iterator, context):
         tenant = await self._tenant(context)
@@ -143,7 +146,10 @@ class PruningService(pb_grpc.PruningServiceServicer):
         except modelcheck.ModelRejected as exc:
             writer.discard()
             await abort_invalid(context, [(exc.field, str(exc))])
-        return await self._store_upload(context, tenant, writer, header, pb.ARTIFACT_KIND_DATASET, "npz", {"arrays": arrays})
+        except BaseException:
+            writer.discard()
+            raise
+        return await self._store_upload(tenant, writer, header, pb.ARTIFACT_KIND_DATASET, "npz", {"arrays": arrays})
 
     async def DownloadArtifact(self, request, context):
         tenant = await self._tenant(context)

@@ -76,3 +76,44 @@ def test_dataset_lengths_must_agree(tmp_path):
 )
 def test_shapes_fit(model, sample, fits):
     assert modelcheck.shapes_fit(model, sample) is fits
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        [],
+        {"class_name": 5},
+        {"class_name": "Sequential", "config": []},
+        {"class_name": "Sequential", "config": {"layers": "x"}},
+        {"class_name": "Sequential", "config": {"layers": [3]}},
+        {"class_name": "Sequential", "config": {"layers": [{"class_name": "Dense", "config": {"batch_input_shape": "28"}}]}},
+        {"class_name": "Sequential", "config": {"layers": [{"class_name": "Dense", "config": {"batch_shape": {"config": 1}}}]}},
+    ],
+)
+def test_malformed_configs_are_rejected_or_described_never_crash(tmp_path, config):
+    path = tmp_path / "odd.keras"
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("config.json", json.dumps(config))
+    try:
+        info = modelcheck.inspect_model(path, 10**9)
+    except ModelRejected:
+        return
+    assert info.input_shape is None
+
+
+def test_random_bytes_behind_a_zip_or_hdf5_signature(tmp_path):
+    import os
+
+    for head in (modelcheck.ZIP_SIGNATURE, modelcheck.HDF5_SIGNATURE):
+        path = tmp_path / "noise"
+        path.write_bytes(head + os.urandom(4096))
+        with pytest.raises(ModelRejected):
+            modelcheck.inspect_model(path, 10**9)
+
+
+def test_deeply_nested_config_is_rejected(tmp_path):
+    path = tmp_path / "deep.keras"
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("config.json", '{"class_name": "Sequential", "config": ' + "[" * 100000 + "]" * 100000 + "}")
+    with pytest.raises(ModelRejected):
+        modelcheck.inspect_model(path, 10**9)
