@@ -122,33 +122,36 @@ class PruningService(pb_grpc.PruningServiceServicer):
 
     # -- uploads and downloads -------------------------------------------------------------
 
-    async def UploadModel(self, request_iterator, context):
-        tenant = await self._tenant(context)
-        writer, header = await self._receive(request_iterator, context, "model")
+    async def _inspect(self, context, writer, inspect):
+        """Runs ``inspect(path, max_decompressed)`` on a received file; a refusal removes the
+        file and answers INVALID_ARGUMENT."""
         try:
-            info = await asyncio.to_thread(modelcheck.inspect_model, writer.path, self.settings.max_decompressed_bytes)
-            wanted = convert.MODEL_EXTENSIONS.get(convert.extension(header.filename))
-            if wanted and wanted != info.format:
-                raise modelcheck.ModelRejected(f"the file name says {wanted} but the content is {info.format}")
+            return await asyncio.to_thread(inspect, writer.path, self.settings.max_decompressed_bytes)
         except modelcheck.ModelRejected as exc:
             writer.discard()
             await abort_invalid(context, [(exc.field, str(exc))])
         except BaseException:
             writer.discard()
             raise
+
+    async def UploadModel(self, request_iterator, context):
+        tenant = await self._tenant(context)
+        writer, header = await self._receive(request_iterator, context, "model")
+        named = convert.MODEL_EXTENSIONS.get(convert.extension(header.filename))
+
+        def inspect(path, max_decompressed):
+            info = modelcheck.inspect_model(path, max_decompressed)
+            if named and named != info.format:
+                raise modelcheck.ModelRejected(f"the file name says {named} but the content is {info.format}")
+            return info
+
+        info = await self._inspect(context, writer, inspect)
         return await self._store_upload(tenant, writer, header, pb.ARTIFACT_KIND_MODEL, info.format, info.to_dict())
 
     async def UploadDataset(self, request_iterator, context):
         tenant = await self._tenant(context)
         writer, header = await self._receive(request_iterator, context, "dataset")
-        try:
-            arrays = await asyncio.to_thread(modelcheck.inspect_dataset, writer.path, self.settings.max_decompressed_bytes)
-        except modelcheck.ModelRejected as exc:
-            writer.discard()
-            await abort_invalid(context, [(exc.field, str(exc))])
-        except BaseException:
-            writer.discard()
-            raise
+        arrays = await self._inspect(context, writer, modelcheck.inspect_dataset)
         return await self._store_upload(tenant, writer, header, pb.ARTIFACT_KIND_DATASET, "npz", {"arrays": arrays})
 
     async def DownloadArtifact(self, request, context):
