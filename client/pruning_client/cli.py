@@ -187,7 +187,9 @@ def cmd_status(args) -> int:
     p = job.progress
     text = f"{job.id} {pb.JobState.Name(job.state).removeprefix('JOB_STATE_')} attempt {job.attempt}"
     if p.phase:
-        text += f" phase {p.phase} step {p.step}/{p.total_steps} sparsity {p.sparsity:.3f}"
+        text += f" phase {p.phase}"
+    if p.total_steps:
+        text += f" step {p.step}/{p.total_steps} sparsity {p.sparsity:.3f} eta {p.eta_seconds:.0f}s"
     if job.error.message:
         text += f" error: {job.error.message}"
     _emit(args, _dump(job), text)

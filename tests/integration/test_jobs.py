@@ -57,6 +57,8 @@ def test_full_small_job(client, worker, files, tmp_path):
     assert progress and progress[-1].step == progress[-1].total_steps == 2 * 15
     assert [p.step for p in progress] == sorted(p.step for p in progress)
     assert progress[-1].sparsity == pytest.approx(0.5)
+    epochs = [e.log.message for e in events if e.WhichOneof("kind") == "log" and e.log.message.startswith("epoch ")]
+    assert len(epochs) == 2 and "val_accuracy" in epochs[-1]
 
     result = job.result(timeout=10)
     assert result.pruned_kernel_sparsity == pytest.approx(0.5, abs=0.02)

@@ -214,7 +214,11 @@ class ProgressCallback(keras.callbacks.Callback):
             self.model.stop_training = True
 
     def on_epoch_end(self, epoch, logs=None):
-        self._send((epoch + 1) * self.steps_per_epoch, logs, force=True)
+        step = (epoch + 1) * self.steps_per_epoch
+        self._send(step, logs, force=True)
+        figures = ", ".join(f"{k} {v:.4f}" for k, v in sorted((logs or {}).items()))
+        self.reporter.log(f"epoch {epoch + 1}/{self.epochs}: {figures}, target sparsity "
+                          f"{scheduled_sparsity(self.schedule, step):.3f}")
 
 
 # -- the pipeline ----------------------------------------------------------------------------
