@@ -2,7 +2,8 @@
 
 Every command takes ``--json`` for machine-readable output. Exit codes: 0 success,
 2 invalid argument, 3 not found, 4 unauthenticated, 5 resource exhausted, 6 failed
-precondition or already exists, 7 unavailable, 8 job failed, 9 job cancelled, 10 timeout, 1 anything else.
+precondition or already exists, 7 unavailable, 8 job failed, 9 job cancelled, 10 timeout,
+11 integrity error (a download that fails its sha256 check), 1 anything else.
 """
 
 from __future__ import annotations
