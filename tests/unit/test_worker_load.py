@@ -39,3 +39,21 @@ def test_plain_keras_load_would_run_the_lambda(tmp_path):
     path = models.lambda_model(tmp_path / "lambda.h5", marker)
     keras.models.load_model(path, compile=False)
     assert marker.exists()
+
+
+def test_worker_checks_the_layer_selection_itself(tmp_path):
+    """Exports carry no layer list for the server to check: the worker refuses bad selections."""
+    import models
+
+    from pruning.v1 import pruning_pb2 as pb
+    from pruning_worker import pipeline
+
+    model = load_model(models.small_model(tmp_path / "m.keras"), tmp_path, 10**9)
+    spec = pb.PruningSpec(block_size=[1, 1], layers=pb.LayerSelection(include_names=["hidden", "nope"]))
+    schedule = pipeline.make_schedule(pb.PruningSpec(schedule=pb.PruningSchedule(
+        constant_sparsity=pb.ConstantSparsity(target_sparsity=0.5, frequency=1))), 10)
+    with pytest.raises(JobInputError, match="include_names"):
+        pipeline.apply_pruning(model, spec, schedule)
+    spec.layers.include_names[:] = ["hidden"]
+    _, chosen = pipeline.apply_pruning(model, spec, schedule)
+    assert chosen == ["hidden"]

@@ -14,17 +14,18 @@ import socket
 
 import numpy as np
 
+from pruning_server.modelcheck import DATASET_ARRAYS
+
 from .errors import JobInputError
 
 log = logging.getLogger(__name__)
-ARRAYS = ("x_train", "y_train", "x_test", "y_test")
 KERAS_DOWNLOAD_TIMEOUT_S = 10
 
 
 def load_npz(path: os.PathLike | str) -> tuple[np.ndarray, ...]:
     try:
         with np.load(path, allow_pickle=False) as data:
-            return tuple(data[name] for name in ARRAYS)
+            return tuple(data[name] for name in DATASET_ARRAYS)
     except (KeyError, ValueError, OSError) as exc:
         raise JobInputError(f"dataset: unreadable .npz: {exc}") from None
 

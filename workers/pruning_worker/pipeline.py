@@ -22,7 +22,7 @@ import tf_keras as keras  # noqa: E402
 from tensorflow_model_optimization.python.core.sparsity.keras import prune_registry  # noqa: E402
 
 from pruning.v1 import pruning_pb2 as pb  # noqa: E402
-from pruning_server import validation  # noqa: E402
+from pruning_server import modelcheck, validation  # noqa: E402
 from pruning_server.blobs import BlobStore  # noqa: E402
 
 from . import datasets, metrics, safe_load  # noqa: E402
@@ -126,10 +126,11 @@ def apply_pruning(model: keras.Model, p: pb.PruningSpec, schedule) -> tuple[kera
     }
     if p.HasField("sparsity_m_by_n"):
         params["sparsity_m_by_n"] = (p.sparsity_m_by_n.m, p.sparsity_m_by_n.n)
-    known = {layer.name for layer in model.layers}
-    missing = sorted(set(p.layers.include_names) - known)
-    if missing:
-        raise JobInputError(f"spec.pruning.layers.include_names: no such layers {missing}; the model has {sorted(known)}")
+    # The server checks this at CreateJob when it knows the layers; exports carry no layer list.
+    spec_only = pb.JobSpec(pruning=p)
+    violations = validation.validate_against_model(spec_only, [(type(l).__name__, l.name) for l in model.layers])
+    if violations:
+        raise JobInputError("; ".join(f"{field}: {text}" for field, text in violations))
     chosen = [layer.name for layer in model.layers if validation.selected(type(layer).__name__, layer.name, p.layers) and _prunable(layer)]
     if not chosen:
         raise JobInputError("spec.pruning.layers: selects no prunable layer (Dense, Conv, ...)")
@@ -228,9 +229,7 @@ def _check_data(model: keras.Model, data) -> None:
     x_train, y_train, x_test, y_test = data
     expected = list(model.input_shape[1:]) if not isinstance(model.input_shape, list) else None
     for name, x in (("x_train", x_train), ("x_test", x_test)):
-        if expected is not None and (
-            len(expected) != x.ndim - 1 or any(e not in (None, s) for e, s in zip(expected, x.shape[1:]))
-        ):
+        if not modelcheck.shapes_fit(expected, list(x.shape[1:])):
             raise JobInputError(f"dataset: {name} samples have shape {list(x.shape[1:])}, the model expects {expected}")
     if len(x_train) == 0 or len(x_test) == 0:
         raise JobInputError("dataset: x_train and x_test must not be empty")
