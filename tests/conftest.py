@@ -72,7 +72,7 @@ def env(redis_url, tmp_path_factory):
 
 
 def settings_for(env: dict, **overrides):
-    from pruning_server.config import Settings
+    from pruning_core.settings import Settings
 
     values = {k.removeprefix("PRUNING_").lower(): v for k, v in env.items()}
     values.update(overrides)

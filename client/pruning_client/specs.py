@@ -4,13 +4,37 @@ from __future__ import annotations
 
 from pruning.v1 import pruning_pb2 as pb
 
-EXPORT_FORMATS = {
-    "keras": pb.EXPORT_FORMAT_KERAS,
-    "h5": pb.EXPORT_FORMAT_H5,
-    "saved_model": pb.EXPORT_FORMAT_SAVED_MODEL,
-    "tflite": pb.EXPORT_FORMAT_TFLITE,
-    "tflite_int8": pb.EXPORT_FORMAT_TFLITE_INT8,
+_PREFIX = "EXPORT_FORMAT_"
+
+#: Export format names ("keras", "h5", "saved_model", "tflite", "tflite_int8") to the contract's
+#: enum values. The names are derived from the contract's ExportFormat enum, which owns them;
+#: an artifact's ``format`` field carries the same name.
+EXPORT_FORMATS: dict[str, int] = {
+    name.removeprefix(_PREFIX).lower(): value
+    for name, value in pb.ExportFormat.items()
+    if value != pb.EXPORT_FORMAT_UNSPECIFIED
 }
+
+
+def export_format(name: str) -> int:
+    """The ExportFormat value for ``name``, a format name or a file name ending in one
+    ("saved_model", "saved_model.zip", "KERAS"); raises ValueError naming the choices.
+
+    Example:
+        >>> export_format("saved_model.zip") == pb.EXPORT_FORMAT_SAVED_MODEL
+        True
+    """
+    key = name.strip().lower().removeprefix(_PREFIX.lower())
+    if key not in EXPORT_FORMATS and "." in key:
+        key = key.split(".", 1)[0]
+    if key not in EXPORT_FORMATS:
+        raise ValueError(f"unknown export format {name!r}; choose one of {', '.join(EXPORT_FORMATS)}")
+    return EXPORT_FORMATS[key]
+
+
+def export_format_name(value: int) -> str:
+    """The name of an ExportFormat value ("saved_model" for EXPORT_FORMAT_SAVED_MODEL)."""
+    return pb.ExportFormat.Name(value).removeprefix(_PREFIX).lower()
 
 
 def polynomial_decay(
@@ -67,5 +91,5 @@ def job_spec(
             epochs=epochs, batch_size=batch_size, validation_split=validation_split, optimizer=optimizer,
             learning_rate=learning_rate, loss=loss, seed=seed, max_train_samples=max_train_samples,
         ),
-        export=pb.ExportSpec(formats=[EXPORT_FORMATS[e] for e in exports]),
+        export=pb.ExportSpec(formats=[export_format(e) for e in exports]),
     )

@@ -6,9 +6,6 @@ import hashlib
 
 from pruning.v1 import pruning_pb2 as pb
 
-MODEL_EXTENSIONS = {".keras": "keras", ".h5": "h5", ".hdf5": "h5"}
-
-
 def extension(filename: str) -> str:
     name = filename.rsplit("/", 1)[-1].rsplit("\\", 1)[-1]
     return "." + name.rsplit(".", 1)[-1].lower() if "." in name else ""

@@ -16,7 +16,9 @@ import subprocess
 import sys
 import time
 
-from .config import Settings
+import click
+
+from pruning_core.settings import Settings
 
 log = logging.getLogger("pruning.up")
 
@@ -132,3 +134,10 @@ def main(listen: str | None = None) -> int:
         print("stopping the pruning service", flush=True)
         stack.stop()
     return 0
+
+
+@click.command("up", help="Run Redis (embedded unless PRUNING_REDIS_URL is set), the server and a worker here.")
+@click.option("--listen", default=None, show_default="PRUNING_LISTEN or 127.0.0.1:50051", help="host:port for the server")
+def up_command(listen: str | None) -> None:
+    """``pruning up``: the CLI finds this command through the ``pruning.commands`` entry points."""
+    raise SystemExit(main(listen=listen))

@@ -16,11 +16,12 @@ from pruning.v1 import pruning_pb2 as pb
 from pruning.v1 import pruning_pb2_grpc as pb_grpc
 
 from . import reaper
-from .blobs import BlobStore
-from .config import Settings
+from pruning_core.blobs import BlobStore
+from pruning_core.settings import Settings
+from pruning_core.store import AsyncJobStore
+
 from .interceptors import ErrorsAndMetrics
 from .service import PruningService, make_celery
-from .store import AsyncJobStore
 
 log = logging.getLogger("pruning_server")
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["PruningService"].full_name

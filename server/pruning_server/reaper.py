@@ -14,10 +14,10 @@ import logging
 
 from pruning.v1 import pruning_pb2 as pb
 
-from .store import AsyncJobStore, make_event
+from pruning_core import tasks
+from pruning_core.store import AsyncJobStore, make_event
 
 log = logging.getLogger(__name__)
-TASK_NAME = "pruning.prune"
 
 
 async def requeue_silent_jobs(store: AsyncJobStore, celery, queue: str, silent_s: float) -> list[str]:
@@ -31,7 +31,7 @@ async def requeue_silent_jobs(store: AsyncJobStore, celery, queue: str, silent_s
         message = f"no heartbeat from attempt {job.attempt} for {silent_s:.0f} s: its worker is presumed lost; re-queued"
         log.warning("job %s: %s", job_id, message)
         await store.update(tenant, job_id, lambda j: [make_event(j.id, log=pb.LogLine(level="WARNING", message=message))])
-        await asyncio.to_thread(celery.send_task, TASK_NAME, args=[job_id], queue=queue)
+        await asyncio.to_thread(celery.send_task, tasks.PRUNE, args=[job_id], queue=queue)
         requeued.append(job_id)
     return requeued
 

@@ -14,14 +14,15 @@ from google.rpc import code_pb2
 from pruning.v1 import pruning_pb2 as pb
 from pruning.v1 import pruning_pb2_grpc as pb_grpc
 
-from . import convert, modelcheck, validation
-from .blobs import BlobStore, is_artifact_id
-from .config import Settings
+from pruning_core import formats, modelcheck, tasks, validation
+from pruning_core.blobs import BlobStore, is_artifact_id
+from pruning_core.settings import Settings
+from pruning_core.store import TERMINAL, AsyncJobStore, ArtifactRecord, JobNotFound, new_job_id, state_event
+
+from . import convert
 from .errors import abort, abort_invalid
-from .store import TERMINAL, AsyncJobStore, ArtifactRecord, JobNotFound, new_job_id, state_event
 
 log = logging.getLogger(__name__)
-from .reaper import TASK_NAME
 _EVENT_ID = re.compile(r"\d+-\d+")
 _JOB_ID = re.compile(r"[0-9a-f]{24}")
 WATCH_BLOCK_MS = 5000
@@ -137,7 +138,7 @@ class PruningService(pb_grpc.PruningServiceServicer):
     async def UploadModel(self, request_iterator, context):
         tenant = await self._tenant(context)
         writer, header = await self._receive(request_iterator, context, "model")
-        named = convert.MODEL_EXTENSIONS.get(convert.extension(header.filename))
+        named = formats.MODEL_SUFFIXES.get(convert.extension(header.filename))
 
         def inspect(path, max_decompressed):
             info = modelcheck.inspect_model(path, max_decompressed)
@@ -172,7 +173,7 @@ class PruningService(pb_grpc.PruningServiceServicer):
     async def _check_inputs(self, context, tenant: str, spec: pb.JobSpec) -> None:
         """The model and dataset exist for this tenant, fit each other and the layer selection."""
         model = await self._artifact(context, tenant, spec.model_id, "spec.model_id")
-        if model.kind == pb.ARTIFACT_KIND_DATASET or model.format not in ("keras", "h5"):
+        if model.kind == pb.ARTIFACT_KIND_DATASET or model.format not in formats.MODEL_SUFFIXES.values():
             await abort_invalid(context, [("spec.model_id", "this artifact is not a .keras or .h5 model")])
         if spec.dataset.WhichOneof("source") == "artifact_id":
             field = "spec.dataset.artifact_id"
@@ -205,7 +206,7 @@ class PruningService(pb_grpc.PruningServiceServicer):
                         f"idempotency_key was used for a different request (job {job.id})")
         # A retry with the same key also repairs a job whose first enqueue failed.
         if not await self.store.is_enqueued(job.id):
-            await asyncio.to_thread(self.celery.send_task, TASK_NAME, args=[job.id], queue=self.settings.queue)
+            await asyncio.to_thread(self.celery.send_task, tasks.PRUNE, args=[job.id], queue=self.settings.queue)
             await self.store.mark_enqueued(job.id)
         log.info("job %s %s for %s", job.id, "created" if created else "returned again", tenant)
         return job

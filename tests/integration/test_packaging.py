@@ -46,7 +46,7 @@ def test_server_process_never_imports_tensorflow(env, files, tmp_path):
     script = textwrap.dedent(
         """
         import asyncio, json, sys, threading
-        from pruning_server.config import Settings
+        from pruning_core.settings import Settings
         from pruning_server.main import create_server
         from pruning_client import Client, job_spec, polynomial_decay
 

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from conftest import ROOT
-from pruning_server.config import Settings
+from pruning_core.settings import Settings
 
 
 @pytest.fixture(scope="module")

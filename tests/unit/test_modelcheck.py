@@ -4,8 +4,8 @@ import zipfile
 import numpy as np
 import pytest
 
-from pruning_server import modelcheck
-from pruning_server.modelcheck import ModelRejected
+from pruning_core import modelcheck
+from pruning_core.modelcheck import ModelRejected
 
 
 def layer(cls, name, **config):

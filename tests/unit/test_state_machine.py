@@ -6,7 +6,7 @@ import uuid
 import pytest
 
 from pruning.v1 import pruning_pb2 as pb
-from pruning_server.store import AsyncJobStore, JobStore, StaleAttempt, new_job_id, state_event
+from pruning_core.store import AsyncJobStore, JobStore, StaleAttempt, new_job_id, state_event
 from pruning_worker.runner import Reporter, _claim
 
 

@@ -2,7 +2,7 @@ import pytest
 
 from pruning.v1 import pruning_pb2 as pb
 from pruning_client import constant_sparsity, job_spec, polynomial_decay
-from pruning_server import validation
+from pruning_core import validation
 
 MODEL = "a" * 64
 SCHEDULES = {

@@ -13,7 +13,7 @@ import logging
 from celery import Celery
 from celery.signals import worker_process_init, worker_ready
 
-from pruning_server.config import Settings
+from pruning_core.settings import Settings
 
 settings = Settings()
 app = Celery("pruning", broker=settings.celery_broker_url(), include=["pruning_worker.tasks"])

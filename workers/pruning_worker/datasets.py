@@ -14,7 +14,7 @@ import socket
 
 import numpy as np
 
-from pruning_server.modelcheck import DATASET_ARRAYS
+from pruning_core.modelcheck import DATASET_ARRAYS
 
 from .errors import JobInputError
 

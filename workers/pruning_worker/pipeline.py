@@ -22,8 +22,8 @@ import tf_keras as keras  # noqa: E402
 from tensorflow_model_optimization.python.core.sparsity.keras import prune_registry  # noqa: E402
 
 from pruning.v1 import pruning_pb2 as pb  # noqa: E402
-from pruning_server import modelcheck, validation  # noqa: E402
-from pruning_server.blobs import BlobStore  # noqa: E402
+from pruning_core import modelcheck, validation  # noqa: E402
+from pruning_core.blobs import BlobStore  # noqa: E402
 
 from . import datasets, metrics, safe_load  # noqa: E402
 from .errors import Cancelled, JobInputError  # noqa: E402

@@ -17,9 +17,9 @@ import traceback
 from google.rpc import code_pb2
 
 from pruning.v1 import pruning_pb2 as pb
-from pruning_server.blobs import BlobStore
-from pruning_server.config import Settings
-from pruning_server.store import (
+from pruning_core.blobs import BlobStore
+from pruning_core.settings import Settings
+from pruning_core.store import (
     TERMINAL,
     ArtifactRecord,
     JobStore,

@@ -7,12 +7,9 @@ import pathlib
 
 import tf_keras as keras
 
-from pruning_server import modelcheck
+from pruning_core import formats, modelcheck
 
 from .errors import JobInputError
-
-SUFFIX = {"keras": ".keras", "h5": ".h5"}
-
 
 def load_model(path: os.PathLike | str, workdir: pathlib.Path, max_decompressed: int) -> keras.Model:
     """Checks the saved configuration (no Lambda, no custom objects), then deserialises it
@@ -26,7 +23,7 @@ def load_model(path: os.PathLike | str, workdir: pathlib.Path, max_decompressed:
     except modelcheck.ModelRejected as exc:
         raise JobInputError(f"model: {exc}") from None
     # Keras picks the format from the suffix; the artifact store names files by hash.
-    named = workdir / f"model{SUFFIX[info.format]}"
+    named = workdir / f"model{formats.model_suffix(info.format)}"
     os.symlink(os.path.abspath(path), named)
     try:
         if info.format == "keras":

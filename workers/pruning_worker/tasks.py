@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import redis
 
+from pruning_core import tasks
+
 from .app import app, settings
 
 
 @app.task(
-    name="pruning.prune",
+    name=tasks.PRUNE,
     bind=True,
     acks_late=True,
     reject_on_worker_lost=True,

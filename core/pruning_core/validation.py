@@ -8,10 +8,12 @@ from __future__ import annotations
 
 from pruning.v1 import pruning_pb2 as pb
 
+from . import defaults
+
 BUILTIN_DATASETS = {"mnist": {"x_train": [60000, 28, 28], "x_test": [10000, 28, 28]}}
 OPTIMIZERS = ("adam", "sgd", "rmsprop", "adamw", "adagrad", "nadam")
 LOSSES = (
-    "sparse_categorical_crossentropy_from_logits",
+    defaults.LOSS,
     "sparse_categorical_crossentropy",
     "categorical_crossentropy_from_logits",
     "categorical_crossentropy",
@@ -20,12 +22,6 @@ LOSSES = (
     "mean_squared_error",
     "mean_absolute_error",
 )
-DEFAULT_EPOCHS = 2
-DEFAULT_BATCH = 128
-DEFAULT_FREQUENCY = 100
-DEFAULT_POWER = 3.0
-MAX_EPOCHS = 1000
-MAX_BATCH = 65536
 
 Violation = tuple[str, str]
 
@@ -43,7 +39,7 @@ def _steps(begin: int, end: int, frequency: int, prefix: str, out: list[Violatio
     elif end and end <= begin:
         out.append((f"{prefix}.end_step", f"must be after begin_step ({begin}), got {end}"))
     if frequency < 0:
-        out.append((f"{prefix}.frequency", f"must be >= 1 (0 = {DEFAULT_FREQUENCY}), got {frequency}"))
+        out.append((f"{prefix}.frequency", f"must be >= 1 (0 = {defaults.FREQUENCY}), got {frequency}"))
 
 
 def _validate_pruning(spec: pb.PruningSpec, out: list[Violation]) -> None:
@@ -63,7 +59,7 @@ def _validate_pruning(spec: pb.PruningSpec, out: list[Violation]) -> None:
         if s.final_sparsity < s.initial_sparsity:
             out.append((f"{prefix}.final_sparsity", "must not be below initial_sparsity"))
         if s.power < 0:
-            out.append((f"{prefix}.power", f"must be > 0 (0 = {DEFAULT_POWER}), got {s.power}"))
+            out.append((f"{prefix}.power", f"must be > 0 (0 = {defaults.POWER}), got {s.power}"))
         _steps(s.begin_step, s.end_step, s.frequency, prefix, out)
     if spec.block_size and (len(spec.block_size) != 2 or min(spec.block_size) < 1):
         out.append(("spec.pruning.block_size", f"must be two positive ints, got {list(spec.block_size)}"))
@@ -82,10 +78,10 @@ def _validate_pruning(spec: pb.PruningSpec, out: list[Violation]) -> None:
 
 
 def _validate_training(t: pb.TrainingSpec, out: list[Violation]) -> None:
-    if not 0 <= t.epochs <= MAX_EPOCHS:
-        out.append(("spec.training.epochs", f"must be in [1, {MAX_EPOCHS}] (0 = {DEFAULT_EPOCHS}), got {t.epochs}"))
-    if not 0 <= t.batch_size <= MAX_BATCH:
-        out.append(("spec.training.batch_size", f"must be in [1, {MAX_BATCH}], got {t.batch_size}"))
+    if not 0 <= t.epochs <= defaults.MAX_EPOCHS:
+        out.append(("spec.training.epochs", f"must be in [1, {defaults.MAX_EPOCHS}] (0 = {defaults.EPOCHS}), got {t.epochs}"))
+    if not 0 <= t.batch_size <= defaults.MAX_BATCH_SIZE:
+        out.append(("spec.training.batch_size", f"must be in [1, {defaults.MAX_BATCH_SIZE}], got {t.batch_size}"))
     if t.optimizer and t.optimizer.lower() not in OPTIMIZERS:
         out.append(("spec.training.optimizer", f"must be one of {', '.join(OPTIMIZERS)}, got {t.optimizer!r}"))
     if t.loss and t.loss not in LOSSES:
@@ -165,16 +161,18 @@ def with_defaults(spec: pb.JobSpec) -> pb.JobSpec:
     out = pb.JobSpec()
     out.CopyFrom(spec)
     t = out.training
-    t.epochs = t.epochs or DEFAULT_EPOCHS
-    t.batch_size = t.batch_size or DEFAULT_BATCH
-    t.optimizer = (t.optimizer or "adam").lower()
-    t.loss = t.loss or LOSSES[0]
+    t.epochs = t.epochs or defaults.EPOCHS
+    t.batch_size = t.batch_size or defaults.BATCH_SIZE
+    t.optimizer = (t.optimizer or defaults.OPTIMIZER).lower()
+    t.loss = t.loss or defaults.LOSS
+    if not t.HasField("validation_split"):
+        t.validation_split = defaults.VALIDATION_SPLIT
     schedule = getattr(out.pruning.schedule, out.pruning.schedule.WhichOneof("schedule"))
-    schedule.frequency = schedule.frequency or DEFAULT_FREQUENCY
+    schedule.frequency = schedule.frequency or defaults.FREQUENCY
     if out.pruning.schedule.HasField("polynomial_decay"):
-        schedule.power = schedule.power or DEFAULT_POWER
+        schedule.power = schedule.power or defaults.POWER
     if not out.pruning.block_size:
-        out.pruning.block_size.extend([1, 1])
+        out.pruning.block_size.extend(defaults.BLOCK_SIZE)
     if not out.pruning.block_pooling_type:
         out.pruning.block_pooling_type = pb.BLOCK_POOLING_TYPE_AVG
     if not out.export.formats:

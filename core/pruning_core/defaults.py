@@ -1,0 +1,18 @@
+"""The one table of job spec defaults. A 0 or empty field of a JobSpec means "the default
+below"; the server fills them in (``validation.with_defaults``) before a job is queued, so the
+workers and every client see the same values."""
+
+from __future__ import annotations
+
+EPOCHS = 2
+BATCH_SIZE = 128
+OPTIMIZER = "adam"
+LOSS = "sparse_categorical_crossentropy_from_logits"
+VALIDATION_SPLIT = 0.1  # when the optional field is unset; an explicit 0 means no validation
+FREQUENCY = 100
+POWER = 3.0
+BLOCK_SIZE = (1, 1)
+DATASET = "mnist"
+
+MAX_EPOCHS = 1000
+MAX_BATCH_SIZE = 65536

@@ -1,0 +1,60 @@
+"""The one registry of file formats: what a model upload may be, and what a job exports.
+
+Export format names are the contract's ``ExportFormat`` enum without its prefix, lowercased
+("saved_model" for ``EXPORT_FORMAT_SAVED_MODEL``); an export artifact's ``format`` carries that
+name and its ``filename`` the suffix below.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pruning.v1 import pruning_pb2 as pb
+
+_PREFIX = "EXPORT_FORMAT_"
+
+
+@dataclass(frozen=True)
+class ExportFormat:
+    """One export format of a pruned model."""
+
+    value: int  # the contract's ExportFormat
+    suffix: str  # file name suffix of the exported file
+    loadable: bool  # a Keras model file the service also accepts as an upload
+
+    @property
+    def name(self) -> str:
+        return pb.ExportFormat.Name(self.value).removeprefix(_PREFIX).lower()
+
+    def filename(self, stem: str) -> str:
+        return f"{stem}{self.suffix}"
+
+
+EXPORTS: dict[int, ExportFormat] = {
+    f.value: f
+    for f in (
+        ExportFormat(pb.EXPORT_FORMAT_KERAS, ".keras", loadable=True),
+        ExportFormat(pb.EXPORT_FORMAT_H5, ".h5", loadable=True),
+        ExportFormat(pb.EXPORT_FORMAT_SAVED_MODEL, ".zip", loadable=False),
+        ExportFormat(pb.EXPORT_FORMAT_TFLITE, ".tflite", loadable=False),
+        ExportFormat(pb.EXPORT_FORMAT_TFLITE_INT8, ".int8.tflite", loadable=False),
+    )
+}
+BY_NAME: dict[str, ExportFormat] = {f.name: f for f in EXPORTS.values()}
+
+#: Upload file suffixes of model files to their format name ("keras" or "h5").
+MODEL_SUFFIXES: dict[str, str] = {f.suffix: f.name for f in EXPORTS.values() if f.loadable} | {".hdf5": "h5"}
+DATASET_SUFFIX = ".npz"
+
+
+def export(value: int) -> ExportFormat:
+    """The registry entry of an ExportFormat value; KeyError for an unknown one."""
+    return EXPORTS[value]
+
+
+def model_suffix(format_name: str) -> str:
+    """The file suffix under which a model of ``format_name`` ("keras" or "h5") is loaded."""
+    return BY_NAME[format_name].suffix
+
+
+assert set(EXPORTS) == set(pb.ExportFormat.values()) - {pb.EXPORT_FORMAT_UNSPECIFIED}, "registry out of date"

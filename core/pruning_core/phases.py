@@ -1,0 +1,13 @@
+"""The phases a job's progress goes through (``Progress.phase`` in the contract)."""
+
+from __future__ import annotations
+
+import enum
+
+
+class Phase(enum.StrEnum):
+    LOAD = "load"
+    BASELINE = "baseline"
+    FINE_TUNE = "fine_tune"
+    EVALUATE = "evaluate"
+    EXPORT = "export"
