@@ -137,12 +137,15 @@ def test_upload_over_size_limit(client, tmp_path, env):
     assert list(settings_for(env).artifacts_path.joinpath("tmp").glob("upload-*")) == []
 
 
-def test_labels_out_of_range_fail_the_job_not_the_worker(client, worker, files, tmp_path):
+@pytest.mark.parametrize("split", ["y_train", "y_test"])
+def test_labels_out_of_range_fail_the_job_not_the_worker(client, worker, files, tmp_path, split):
+    """Labels past the output units fail the job INVALID_ARGUMENT before any step runs, the
+    baseline evaluation (y_test) included, with the cause and no trace."""
     import numpy as np
 
     with np.load(files["data"]) as data:
         arrays = dict(data)
-    arrays["y_train"] = arrays["y_train"] + 7  # classes 7..10 for a 4-way output
+    arrays[split] = arrays[split] + 7  # classes 7..10 for a 4-way output
     bad = tmp_path / "bad_labels.npz"
     np.savez(bad, **arrays)
     model = client.upload_model(files["keras"])
@@ -150,7 +153,8 @@ def test_labels_out_of_range_fail_the_job_not_the_worker(client, worker, files, 
     with pytest.raises(JobFailed) as error:
         job.result(timeout=120)
     assert error.value.job_code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
-    assert "outside the valid range" in error.value.job.error.message  # the cause, not a trace
+    message = error.value.job.error.message
+    assert split in message and "output units" in message and "Traceback" not in message
     good = client.submit(job_spec(model.id, dataset=client.upload_dataset(files["data"]).id, epochs=1,
                                   schedule=constant_sparsity(0.5, frequency=5)))
     assert good.result(timeout=120).pruned_kernel_sparsity > 0.4

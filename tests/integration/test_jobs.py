@@ -164,7 +164,7 @@ def test_every_export_format(client, worker, files, tmp_path):
 
     job = client.submit(small_spec(client, files, epochs=1, exports=("keras", "h5", "saved_model", "tflite", "tflite_int8")))
     result = job.result(timeout=300)
-    assert list(result.artifact_ids) == ["keras", "h5", "saved_model.zip", "tflite", "tflite_int8"]
+    assert list(result.artifact_ids) == ["keras", "h5", "saved_model", "tflite", "tflite_int8"]
     x = np.random.default_rng(0).random((1, 8, 8), dtype=np.float32)
     for fmt in ("tflite", "tflite_int8"):
         path = job.download(tmp_path, fmt=fmt)
@@ -173,8 +173,9 @@ def test_every_export_format(client, worker, files, tmp_path):
         interpreter.set_tensor(interpreter.get_input_details()[0]["index"], x)
         interpreter.invoke()
         assert interpreter.get_tensor(interpreter.get_output_details()[0]["index"]).shape == (1, 4)
-    saved = job.download(tmp_path / "saved.zip", fmt="saved_model.zip")
-    assert "saved_model.pb" in zipfile.ZipFile(saved).namelist()
+    for name in ("saved_model", "saved_model.zip"):  # the format name, or the old name with its suffix
+        saved = job.download(tmp_path / f"{name}.zip", fmt=name)
+        assert "saved_model.pb" in zipfile.ZipFile(saved).namelist()
     sizes = {a.format: a.size for a in result.raw.artifacts}
     assert sizes["tflite_int8"] < sizes["tflite"]
 

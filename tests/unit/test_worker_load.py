@@ -46,14 +46,14 @@ def test_worker_checks_the_layer_selection_itself(tmp_path):
     import models
 
     from pruning.v1 import pruning_pb2 as pb
-    from pruning_worker import pipeline
+    from pruning_worker import recipe
 
     model = load_model(models.small_model(tmp_path / "m.keras"), tmp_path, 10**9)
     spec = pb.PruningSpec(block_size=[1, 1], layers=pb.LayerSelection(include_names=["hidden", "nope"]))
-    schedule = pipeline.make_schedule(pb.PruningSpec(schedule=pb.PruningSchedule(
+    schedule = recipe.make_schedule(pb.PruningSpec(schedule=pb.PruningSchedule(
         constant_sparsity=pb.ConstantSparsity(target_sparsity=0.5, frequency=1))), 10)
     with pytest.raises(JobInputError, match="include_names"):
-        pipeline.apply_pruning(model, spec, schedule)
+        recipe.apply_pruning(model, spec, schedule)
     spec.layers.include_names[:] = ["hidden"]
-    _, chosen = pipeline.apply_pruning(model, spec, schedule)
+    _, chosen = recipe.apply_pruning(model, spec, schedule)
     assert chosen == ["hidden"]

@@ -6,12 +6,24 @@ import gzip
 import pathlib
 import shutil
 
+from typing import Any
+
 import numpy as np
+import tensorflow as tf
 
 from pruning.v1 import pruning_pb2 as pb
 
 
-def fill_sparsity(result: pb.PruneResult, model, pruned_layers: set[str]) -> None:
+def device_name() -> str:
+    """The device TensorFlow trains on here: "CPU" or "GPU:0 (<name>)"."""
+    gpus = tf.config.list_physical_devices("GPU")
+    if not gpus:
+        return "CPU"
+    details = tf.config.experimental.get_device_details(gpus[0])
+    return f"GPU:0 ({details.get('device_name', 'GPU')})"
+
+
+def fill_sparsity(result: pb.PruneResult, model: Any, pruned_layers: set[str]) -> None:
     """Per-layer kernel sparsity, overall sparsity and parameter counts of ``model``."""
     total = nonzero = kernel_total = kernel_nonzero = 0
     for layer in model.layers:

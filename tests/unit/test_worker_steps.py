@@ -1,0 +1,73 @@
+"""The worker's single-concern modules: schedule figures from TFMOT's own schedule objects,
+the data check, and the one mapping of TensorFlow errors to job errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pruning.v1 import pruning_pb2 as pb
+from pruning_worker import recipe, tferrors
+from pruning_worker.errors import JobInputError
+from pruning_worker.evaluate import evaluate
+from pruning_worker.inputs import check
+
+
+def _poly(begin=10, end=110, initial=0.5, final=0.8, frequency=10):
+    return pb.PruningSpec(schedule=pb.PruningSchedule(polynomial_decay=pb.PolynomialDecay(
+        initial_sparsity=initial, final_sparsity=final, begin_step=begin, end_step=end, power=3, frequency=frequency)))
+
+
+def test_scheduled_sparsity_follows_the_tfmot_schedule():
+    schedule = recipe.make_schedule(_poly(), 1000)
+    assert recipe.scheduled_sparsity(schedule, 0) == 0.0
+    assert recipe.scheduled_sparsity(schedule, 10) == pytest.approx(0.5)
+    assert recipe.scheduled_sparsity(schedule, 110) == pytest.approx(0.8)
+    assert recipe.scheduled_sparsity(schedule, 500) == pytest.approx(0.8)
+    middle = recipe.scheduled_sparsity(schedule, 60)
+    assert middle == pytest.approx(0.8 + (0.5 - 0.8) * 0.5**3, abs=1e-6)
+    constant = recipe.make_schedule(pb.PruningSpec(schedule=pb.PruningSchedule(
+        constant_sparsity=pb.ConstantSparsity(target_sparsity=0.6, frequency=5))), 100)
+    assert recipe.scheduled_sparsity(constant, 50) == pytest.approx(0.6)
+
+
+def test_schedule_end_is_the_last_step_when_unset():
+    schedule = recipe.make_schedule(_poly(begin=0, end=0), 40)
+    assert schedule.get_config()["config"]["end_step"] == 40
+    with pytest.raises(JobInputError, match="end step"):
+        recipe.make_schedule(_poly(begin=50, end=0), 40)
+
+
+def _model():
+    import tf_keras as keras
+
+    inputs = keras.Input((3,))
+    model = keras.Model(inputs, keras.layers.Dense(4)(inputs))
+    model.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
+    return model
+
+
+def test_labels_past_the_output_units_are_refused_before_any_step():
+    model = _model()
+    x = np.zeros((8, 3), "float32")
+    good = np.arange(8) % 4
+    check(model, (x, good, x, good), "sparse_categorical_crossentropy_from_logits")
+    with pytest.raises(JobInputError, match=r"y_test .*4 output units"):
+        check(model, (x, good, x, good + 4), "sparse_categorical_crossentropy_from_logits")
+    with pytest.raises(JobInputError, match="y_train"):
+        check(model, (x, good - 1, x, good), "sparse_categorical_crossentropy")
+    check(model, (x, good + 4, x, good + 4), "mean_squared_error")  # not class labels: not checked
+
+
+def test_baseline_evaluation_maps_tensorflow_errors_to_job_errors():
+    """Even past the pre-check, a TF error in evaluation is the job's input error, not INTERNAL."""
+    x = np.zeros((8, 3), "float32")
+    with pytest.raises(JobInputError, match="baseline evaluation failed") as error:
+        evaluate(_model(), x, np.full(8, 9), pb.TrainingSpec(batch_size=4), "baseline evaluation")
+    assert "Traceback" not in str(error.value) and len(str(error.value)) < 700
+
+
+def test_step_passes_other_errors_through():
+    with pytest.raises(KeyError):
+        with tferrors.step("x"):
+            raise KeyError("not an input error")

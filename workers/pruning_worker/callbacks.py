@@ -1,0 +1,77 @@
+"""Keras callbacks of a fine-tuning run: throttled progress events and prompt cancel."""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Protocol
+
+import tf_keras as keras
+
+from pruning.v1 import pruning_pb2 as pb
+from pruning_core.phases import Phase
+
+from .recipe import Schedule, scheduled_sparsity
+
+
+class Reporter(Protocol):
+    interval_s: float
+
+    def progress(self, progress: pb.Progress, force: bool = False) -> None: ...
+    def log(self, message: str, level: str = "INFO") -> None: ...
+    def phase(self, phase: str, message: str) -> None: ...
+    def should_stop(self) -> bool: ...
+
+
+class ProgressCallback(keras.callbacks.Callback):  # type: ignore[misc]
+    """Sends throttled progress events and stops training promptly on cancel."""
+
+    def __init__(self, reporter: Reporter, schedule: Schedule, epochs: int, steps_per_epoch: int):
+        super().__init__()
+        self.reporter, self.schedule = reporter, schedule
+        self.epochs, self.steps_per_epoch = epochs, steps_per_epoch
+        self.total = epochs * steps_per_epoch
+        self.epoch = 0
+        self.cancelled = False
+        self.started = self._last = time.monotonic()
+
+    def on_train_begin(self, logs: Any = None) -> None:
+        self.started = time.monotonic()
+
+    def on_epoch_begin(self, epoch: int, logs: Any = None) -> None:
+        self.epoch = epoch
+
+    def _send(self, step: int, logs: Any, force: bool) -> None:
+        now = time.monotonic()
+        if not force and now - self._last < self.reporter.interval_s:
+            return  # throttled here too: asking the schedule for its sparsity runs TensorFlow ops
+        self._last = now
+        elapsed = now - self.started
+        eta = elapsed / step * (self.total - step) if step else 0.0
+        self.reporter.progress(
+            pb.Progress(
+                phase=Phase.FINE_TUNE,
+                epoch=self.epoch + 1,
+                total_epochs=self.epochs,
+                step=step,
+                total_steps=self.total,
+                loss=float((logs or {}).get("loss", 0.0)),
+                accuracy=float((logs or {}).get("accuracy", 0.0)),
+                sparsity=scheduled_sparsity(self.schedule, step),
+                eta_seconds=eta,
+            ),
+            force=force,
+        )
+
+    def on_train_batch_end(self, batch: int, logs: Any = None) -> None:
+        self._send(self.epoch * self.steps_per_epoch + batch + 1, logs, force=False)
+        if self.reporter.should_stop():
+            self.cancelled = True
+            self.model.stop_training = True
+
+    def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
+        step = (epoch + 1) * self.steps_per_epoch
+        self._send(step, logs, force=True)
+        figures = ", ".join(f"{k} {v:.4f}" for k, v in sorted((logs or {}).items()))
+        self.reporter.log(
+            f"epoch {epoch + 1}/{self.epochs}: {figures}, target sparsity {scheduled_sparsity(self.schedule, step):.3f}"
+        )

@@ -1,0 +1,60 @@
+"""A job's inputs: the model file and the dataset arrays, checked against each other."""
+
+from __future__ import annotations
+
+import pathlib
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from pruning.v1 import pruning_pb2 as pb
+from pruning_core import modelcheck
+from pruning_core.blobs import BlobStore
+from pruning_core.settings import Settings
+
+from . import datasets
+from .errors import JobInputError
+
+Arrays = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+SPARSE_LOSSES = ("sparse_categorical_crossentropy", "sparse_categorical_crossentropy_from_logits")
+
+
+@dataclass
+class Inputs:
+    model_path: pathlib.Path
+    data: Arrays
+    max_decompressed: int
+
+    @classmethod
+    def resolve(cls, spec: pb.JobSpec, tenant: str, store: Any, settings: Settings) -> Inputs:
+        blobs = BlobStore(settings.artifacts_path)
+        try:
+            store.get_artifact(tenant, spec.model_id)
+        except KeyError:
+            raise JobInputError(f"model: no artifact {spec.model_id}") from None
+        if spec.dataset.WhichOneof("source") == "artifact_id":
+            data = datasets.load_npz(blobs.path(spec.dataset.artifact_id))
+        else:
+            data = datasets.load_builtin(spec.dataset.builtin, settings.data_path)
+        return cls(blobs.path(spec.model_id), data, settings.max_decompressed_bytes)  # type: ignore[arg-type]
+
+
+def check(model: Any, data: Arrays, loss: str) -> None:
+    """Refuses data the model cannot take before any step runs: sample shapes, empty splits,
+    and, for the sparse categorical losses, labels outside the model's output units."""
+    x_train, y_train, x_test, y_test = data
+    expected = list(model.input_shape[1:]) if not isinstance(model.input_shape, list) else None
+    for name, x in (("x_train", x_train), ("x_test", x_test)):
+        if not modelcheck.shapes_fit(expected, list(x.shape[1:])):
+            raise JobInputError(f"dataset: {name} samples have shape {list(x.shape[1:])}, the model expects {expected}")
+    if len(x_train) == 0 or len(x_test) == 0:
+        raise JobInputError("dataset: x_train and x_test must not be empty")
+    if loss in SPARSE_LOSSES and not isinstance(model.output_shape, list):
+        units = model.output_shape[-1]
+        for name, y in (("y_train", y_train), ("y_test", y_test)):
+            if units and y.size and np.issubdtype(y.dtype, np.number) and (y.min() < 0 or y.max() >= units):
+                raise JobInputError(
+                    f"dataset: {name} holds labels in [{y.min()}, {y.max()}], "
+                    f"but the model has {units} output units (labels must be in [0, {units - 1}])"
+                )

@@ -1,0 +1,37 @@
+"""The one place where TensorFlow's errors become job errors, for every step of a job."""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from collections.abc import Iterator
+
+import tensorflow as tf
+
+from .errors import JobInputError
+
+# What a model, its data or its spec can make TensorFlow raise: the job's inputs are at fault.
+INPUT_ERRORS = (ValueError, TypeError, tf.errors.InvalidArgumentError, tf.errors.UnimplementedError)
+
+
+def root_cause(exc: BaseException) -> str:
+    """The line of a TensorFlow error that names the cause (its traces run to pages)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    causes = [line for line in lines if re.match(r"^[A-Za-z]+(Error|Exception): ", line)]
+    if causes:
+        return causes[-1][:500]
+    noise = ("File ", "[[", "Detected at node", "Graph execution error", "Call arguments", "•", "in user code")
+    rest = [line for line in lines if not line.startswith(noise)]
+    return (rest[-1] if rest else type(exc).__name__)[:500]
+
+
+@contextlib.contextmanager
+def step(what: str) -> Iterator[None]:
+    """Runs one step of a job; an input error of TensorFlow becomes a JobInputError naming
+    ``what`` and the root cause, without TensorFlow's trace."""
+    try:
+        yield
+    except JobInputError:
+        raise
+    except INPUT_ERRORS as exc:
+        raise JobInputError(f"{what} failed on this model, data and spec: {root_cause(exc)}") from exc
