@@ -1,19 +1,22 @@
-# Images of the pruning service. Build with `docker compose build`.
+# Images of the pruning service. Build with `docker compose build`. Every install takes its
+# versions from requirements.lock (scripts/lock.sh), the versions the tests passed with.
 FROM python:3.11-slim AS base
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1
 WORKDIR /app
+COPY requirements.lock ./
 COPY client ./client
-COPY server ./server
+COPY core ./core
 
 # gRPC front end: no TensorFlow.
 FROM base AS server
-RUN pip install ./client ./server
+COPY server ./server
+RUN pip install -c requirements.lock ./client ./core ./server
 EXPOSE 50051
 CMD ["pruning-server", "--listen", "0.0.0.0:50051"]
 
 # Celery worker with TensorFlow (CUDA libraries from the [gpu] extra).
 FROM base AS worker
 COPY workers ./workers
-RUN pip install ./client ./server "./workers[gpu]"
+RUN pip install -c requirements.lock ./client ./core "./workers[gpu]"
 ENV TF_USE_LEGACY_KERAS=1
 CMD ["celery", "-A", "pruning_worker.app", "worker", "--pool=solo", "--loglevel=INFO"]
