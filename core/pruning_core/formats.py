@@ -18,7 +18,7 @@ _PREFIX = "EXPORT_FORMAT_"
 class ExportFormat:
     """One export format of a pruned model."""
 
-    value: int  # the contract's ExportFormat
+    value: pb.ExportFormat.ValueType  # the contract's ExportFormat
     suffix: str  # file name suffix of the exported file
     loadable: bool  # a Keras model file the service also accepts as an upload
 
@@ -30,7 +30,7 @@ class ExportFormat:
         return f"{stem}{self.suffix}"
 
 
-EXPORTS: dict[int, ExportFormat] = {
+EXPORTS: dict[pb.ExportFormat.ValueType, ExportFormat] = {
     f.value: f
     for f in (
         ExportFormat(pb.EXPORT_FORMAT_KERAS, ".keras", loadable=True),
@@ -47,7 +47,7 @@ MODEL_SUFFIXES: dict[str, str] = {f.suffix: f.name for f in EXPORTS.values() if 
 DATASET_SUFFIX = ".npz"
 
 
-def export(value: int) -> ExportFormat:
+def export(value: pb.ExportFormat.ValueType) -> ExportFormat:
     """The registry entry of an ExportFormat value; KeyError for an unknown one."""
     return EXPORTS[value]
 

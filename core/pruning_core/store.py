@@ -19,11 +19,13 @@ Keys (``P`` is the configured prefix)::
 
 from __future__ import annotations
 
+import builtins
 import json
 import os
 import time
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, TypeVar
 
 import redis
 import redis.asyncio as aioredis
@@ -132,7 +134,7 @@ def make_event(job_id: str, **kind) -> pb.JobEvent:
     return event
 
 
-def state_event(job: pb.Job, to: int, error: pb.JobError | None = None) -> pb.JobEvent:
+def state_event(job: pb.Job, to: pb.JobState.ValueType, error: pb.JobError | None = None) -> pb.JobEvent:
     """Moves ``job`` to state ``to`` (stamping times) and returns the matching event."""
     change = pb.StateChange(to=to, attempt=job.attempt)
     setattr(change, "from", job.state)
@@ -162,7 +164,7 @@ def _decode_job(raw: dict) -> pb.Job:
 @dataclass(frozen=True)
 class ArtifactRecord:
     id: str
-    kind: int
+    kind: pb.ArtifactKind.ValueType
     format: str
     filename: str
     size: int
@@ -187,11 +189,11 @@ class ArtifactRecord:
         }
 
     @classmethod
-    def from_mapping(cls, artifact_id: str, raw: dict) -> "ArtifactRecord":
+    def from_mapping(cls, artifact_id: str, raw: dict) -> ArtifactRecord:
         text = {k.decode(): v.decode() for k, v in raw.items()}
         return cls(
             id=artifact_id,
-            kind=int(text["kind"]),
+            kind=pb.ArtifactKind.ValueType(int(text["kind"])),
             format=text["format"],
             filename=text["filename"],
             size=int(text["size"]),
@@ -201,17 +203,42 @@ class ArtifactRecord:
 
 
 Mutation = Callable[[pb.Job], list[pb.JobEvent]]
+T = TypeVar("T")
+# One operation, written once for both stores: a generator that yields each Redis call and is
+# sent its result. Blocking clients return results, asyncio clients awaitables; the two
+# drivers below tell them apart, so the logic has one copy.
+Steps = Generator[Any, Any, T]
+
+
+def _drive(steps: Steps[T]) -> T:
+    value = None
+    try:
+        while True:
+            value = steps.send(value)
+    except StopIteration as stop:
+        return stop.value
+
+
+async def _drive_async(steps: Steps[T]) -> T:
+    value = None
+    try:
+        while True:
+            value = await steps.send(value)
+    except StopIteration as stop:
+        return stop.value
 
 
 class _Base:
-    def __init__(self, client, prefix: str):
+    def __init__(self, client: Any, prefix: str):
         self.redis = client
         self.keys = Keys(prefix)
         self._create = client.register_script(_CREATE)
         self._update = client.register_script(_UPDATE)
         self._reap = client.register_script(_REAP)
 
-    def _create_args(self, tenant: str, job: pb.Job, idempotency_key: str, fingerprint: str = ""):
+    def _create_args(
+        self, tenant: str, job: pb.Job, idempotency_key: str, fingerprint: str = ""
+    ) -> tuple[list[str], list[Any]]:
         event = state_event(job, pb.JOB_STATE_QUEUED)
         idem = self.keys.idempotency(tenant, idempotency_key) if idempotency_key else ""
         keys = [self.keys.job(job.id), self.keys.events(job.id), self.keys.tenant_jobs(tenant), idem]
@@ -219,14 +246,46 @@ class _Base:
                 fingerprint]
         return keys, args
 
-    def _update_args(self, job_id: str, raw: dict, mutate: Mutation):
-        if not raw:
+    @staticmethod
+    def _owned(raw: dict[bytes, bytes], tenant: str | None) -> bool:
+        return bool(raw) and (tenant is None or raw.get(b"tenant", b"").decode() == tenant)
+
+    def _get(self, job_id: str, tenant: str | None) -> Steps[pb.Job]:
+        raw = yield self.redis.hgetall(self.keys.job(job_id))
+        if not self._owned(raw, tenant):
             raise JobNotFound(job_id)
-        job = _decode_job(raw)
-        events = mutate(job)
+        return _decode_job(raw)
+
+    def _tenant_of(self, job_id: str) -> Steps[str | None]:
+        tenant = yield self.redis.hget(self.keys.job(job_id), "tenant")
+        return tenant.decode() if tenant is not None else None
+
+    def _update_steps(self, job_id: str, tenant: str | None, mutate: Mutation) -> Steps[pb.Job]:
+        """Applies ``mutate`` to the record and appends the events it returns, atomically;
+        a concurrent writer makes it read and mutate again."""
         keys = [self.keys.job(job_id), self.keys.events(job_id)]
-        args = [raw[b"version"], job.SerializeToString(), job.state, job.attempt]
-        return job, keys, args + [e.SerializeToString() for e in events]
+        while True:
+            raw = yield self.redis.hgetall(keys[0])
+            if not self._owned(raw, tenant):
+                raise JobNotFound(job_id)
+            job = _decode_job(raw)
+            events = mutate(job)
+            args = [raw[b"version"], job.SerializeToString(), job.state, job.attempt]
+            outcome = yield self._update(keys=keys, args=args + [e.SerializeToString() for e in events])
+            if outcome == 1:
+                return job
+            if outcome == -1:
+                raise JobNotFound(job_id)
+
+    def _put_artifact(self, tenant: str, record: ArtifactRecord) -> Steps[None]:
+        # The record first: a tenant never sees an artifact id without its record.
+        yield self.redis.hset(self.keys.artifact(record.id), mapping=record.to_mapping())
+        yield self.redis.sadd(self.keys.tenant_artifacts(tenant), record.id)
+
+    def _get_artifact(self, tenant: str, artifact_id: str) -> Steps[ArtifactRecord]:
+        if not (yield self.redis.sismember(self.keys.tenant_artifacts(tenant), artifact_id)):
+            raise KeyError(artifact_id)
+        return ArtifactRecord.from_mapping(artifact_id, (yield self.redis.hgetall(self.keys.artifact(artifact_id))))
 
 
 class JobStore(_Base):
@@ -236,31 +295,21 @@ class JobStore(_Base):
         super().__init__(client, prefix)
 
     @classmethod
-    def from_url(cls, url: str, prefix: str) -> "JobStore":
+    def from_url(cls, url: str, prefix: str) -> JobStore:
         return cls(redis.Redis.from_url(url, socket_timeout=30, socket_connect_timeout=10), prefix)
 
     def get(self, job_id: str) -> pb.Job:
-        raw = self.redis.hgetall(self.keys.job(job_id))
-        if not raw:
-            raise JobNotFound(job_id)
-        return _decode_job(raw)
+        return _drive(self._get(job_id, None))
 
     def tenant_of(self, job_id: str) -> str:
-        tenant = self.redis.hget(self.keys.job(job_id), "tenant")
+        tenant = _drive(self._tenant_of(job_id))
         if tenant is None:
             raise JobNotFound(job_id)
-        return tenant.decode()
+        return tenant
 
     def update(self, job_id: str, mutate: Mutation) -> pb.Job:
         """Applies ``mutate`` to the record and appends the events it returns, atomically."""
-        while True:
-            raw = self.redis.hgetall(self.keys.job(job_id))
-            job, keys, args = self._update_args(job_id, raw, mutate)
-            outcome = self._update(keys=keys, args=args)
-            if outcome == 1:
-                return job
-            if outcome == -1:
-                raise JobNotFound(job_id)
+        return _drive(self._update_steps(job_id, None, mutate))
 
     def heartbeat(self, job_id: str) -> None:
         self.redis.zadd(self.keys.running(), {job_id: time.time()})
@@ -272,15 +321,10 @@ class JobStore(_Base):
         return bool(self.redis.exists(self.keys.cancel(job_id)))
 
     def put_artifact(self, tenant: str, record: ArtifactRecord) -> None:
-        pipe = self.redis.pipeline()
-        pipe.hset(self.keys.artifact(record.id), mapping=record.to_mapping())
-        pipe.sadd(self.keys.tenant_artifacts(tenant), record.id)
-        pipe.execute()
+        _drive(self._put_artifact(tenant, record))
 
     def get_artifact(self, tenant: str, artifact_id: str) -> ArtifactRecord:
-        if not self.redis.sismember(self.keys.tenant_artifacts(tenant), artifact_id):
-            raise KeyError(artifact_id)
-        return ArtifactRecord.from_mapping(artifact_id, self.redis.hgetall(self.keys.artifact(artifact_id)))
+        return _drive(self._get_artifact(tenant, artifact_id))
 
 
 class AsyncJobStore(_Base):
@@ -290,7 +334,7 @@ class AsyncJobStore(_Base):
         super().__init__(client, prefix)
 
     @classmethod
-    def from_url(cls, url: str, prefix: str) -> "AsyncJobStore":
+    def from_url(cls, url: str, prefix: str) -> AsyncJobStore:
         return cls(aioredis.Redis.from_url(url, socket_timeout=30, socket_connect_timeout=10), prefix)
 
     async def create(
@@ -308,10 +352,7 @@ class AsyncJobStore(_Base):
         return value.decode() if value else ""
 
     async def get(self, tenant: str, job_id: str) -> pb.Job:
-        raw = await self.redis.hgetall(self.keys.job(job_id))
-        if not raw or raw.get(b"tenant", b"").decode() != tenant:
-            raise JobNotFound(job_id)
-        return _decode_job(raw)
+        return await _drive_async(self._get(job_id, tenant))
 
     async def is_enqueued(self, job_id: str) -> bool:
         return (await self.redis.hget(self.keys.job(job_id), "enqueued")) == b"1"
@@ -320,16 +361,7 @@ class AsyncJobStore(_Base):
         await self.redis.hset(self.keys.job(job_id), "enqueued", 1)
 
     async def update(self, tenant: str, job_id: str, mutate: Mutation) -> pb.Job:
-        while True:
-            raw = await self.redis.hgetall(self.keys.job(job_id))
-            if raw and raw.get(b"tenant", b"").decode() != tenant:
-                raise JobNotFound(job_id)
-            job, keys, args = self._update_args(job_id, raw, mutate)
-            outcome = await self._update(keys=keys, args=args)
-            if outcome == 1:
-                return job
-            if outcome == -1:
-                raise JobNotFound(job_id)
+        return await _drive_async(self._update_steps(job_id, tenant, mutate))
 
     async def claim_silent(self, silent_s: float) -> list[str]:
         """Ids of running jobs with no heartbeat for ``silent_s``; each is returned to one
@@ -339,8 +371,7 @@ class AsyncJobStore(_Base):
         return [i.decode() if isinstance(i, bytes) else i for i in ids]
 
     async def tenant_of(self, job_id: str) -> str | None:
-        tenant = await self.redis.hget(self.keys.job(job_id), "tenant")
-        return tenant.decode() if tenant is not None else None
+        return await _drive_async(self._tenant_of(job_id))
 
     async def forget_running(self, job_id: str) -> None:
         await self.redis.zrem(self.keys.running(), job_id)
@@ -348,7 +379,9 @@ class AsyncJobStore(_Base):
     async def request_cancel(self, job_id: str) -> None:
         await self.redis.set(self.keys.cancel(job_id), 1, ex=IDEMPOTENCY_TTL_S)
 
-    async def list(self, tenant: str, page_size: int, page_token: str, accept) -> tuple[list[pb.Job], str]:
+    async def list(
+        self, tenant: str, page_size: int, page_token: str, accept: Callable[[pb.Job], bool]
+    ) -> tuple[builtins.list[pb.Job], str]:
         """Newest first; ``page_token`` is the last id of the previous page."""
         jobs: list[pb.Job] = []
         upper = f"({page_token}" if page_token else "+"
@@ -366,7 +399,7 @@ class AsyncJobStore(_Base):
                         return jobs, job_id
         return jobs, ""
 
-    async def read_events(self, job_id: str, after: str, block_ms: int | None) -> list[pb.JobEvent]:
+    async def read_events(self, job_id: str, after: str, block_ms: int | None) -> builtins.list[pb.JobEvent]:
         """Events after id ``after`` ('' = from the start), waiting up to ``block_ms``."""
         key = self.keys.events(job_id)
         if block_ms is None:
@@ -376,12 +409,7 @@ class AsyncJobStore(_Base):
         return [decode_event(i, f) for _, entries in reply for i, f in entries]
 
     async def put_artifact(self, tenant: str, record: ArtifactRecord) -> None:
-        async with self.redis.pipeline() as pipe:
-            pipe.hset(self.keys.artifact(record.id), mapping=record.to_mapping())
-            pipe.sadd(self.keys.tenant_artifacts(tenant), record.id)
-            await pipe.execute()
+        await _drive_async(self._put_artifact(tenant, record))
 
     async def get_artifact(self, tenant: str, artifact_id: str) -> ArtifactRecord:
-        if not await self.redis.sismember(self.keys.tenant_artifacts(tenant), artifact_id):
-            raise KeyError(artifact_id)
-        return ArtifactRecord.from_mapping(artifact_id, await self.redis.hgetall(self.keys.artifact(artifact_id)))
+        return await _drive_async(self._get_artifact(tenant, artifact_id))

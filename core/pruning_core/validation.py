@@ -47,10 +47,10 @@ def _validate_pruning(spec: pb.PruningSpec, out: list[Violation]) -> None:
     if which is None:
         out.append(("spec.pruning.schedule", "choose constant_sparsity or polynomial_decay"))
     elif which == "constant_sparsity":
-        s = spec.schedule.constant_sparsity
+        c = spec.schedule.constant_sparsity
         prefix = "spec.pruning.schedule.constant_sparsity"
-        _sparsity(s.target_sparsity, f"{prefix}.target_sparsity", out)
-        _steps(s.begin_step, s.end_step, s.frequency, prefix, out)
+        _sparsity(c.target_sparsity, f"{prefix}.target_sparsity", out)
+        _steps(c.begin_step, c.end_step, c.frequency, prefix, out)
     else:
         s = spec.schedule.polynomial_decay
         prefix = "spec.pruning.schedule.polynomial_decay"
@@ -167,7 +167,7 @@ def with_defaults(spec: pb.JobSpec) -> pb.JobSpec:
     t.loss = t.loss or defaults.LOSS
     if not t.HasField("validation_split"):
         t.validation_split = defaults.VALIDATION_SPLIT
-    schedule = getattr(out.pruning.schedule, out.pruning.schedule.WhichOneof("schedule"))
+    schedule = getattr(out.pruning.schedule, out.pruning.schedule.WhichOneof("schedule") or "polynomial_decay")
     schedule.frequency = schedule.frequency or defaults.FREQUENCY
     if out.pruning.schedule.HasField("polynomial_decay"):
         schedule.power = schedule.power or defaults.POWER

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import NoReturn
+
 import grpc
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 
-async def abort_invalid(context: grpc.aio.ServicerContext, violations, message: str | None = None):
+async def abort_invalid(
+    context: grpc.aio.ServicerContext, violations: Iterable[tuple[str, str]], message: str | None = None
+) -> NoReturn:
     """Aborts with INVALID_ARGUMENT and a BadRequest listing (field, description) pairs."""
     detail = error_details_pb2.BadRequest(
         field_violations=[
@@ -20,7 +25,9 @@ async def abort_invalid(context: grpc.aio.ServicerContext, violations, message: 
     )
     status.details.add().Pack(detail)
     await context.abort_with_status(rpc_status.to_status(status))
+    raise AssertionError("abort_with_status returned")  # it raises; this tells type checkers
 
 
-async def abort(context: grpc.aio.ServicerContext, code: grpc.StatusCode, message: str):
+async def abort(context: grpc.aio.ServicerContext, code: grpc.StatusCode, message: str) -> NoReturn:
     await context.abort(code, message)
+    raise AssertionError("abort returned")

@@ -24,8 +24,8 @@ async def requeue_silent_jobs(store: AsyncJobStore, celery, queue: str, silent_s
     requeued = []
     for job_id in await store.claim_silent(silent_s):
         tenant = await store.tenant_of(job_id)
-        job = await store.get(tenant, job_id) if tenant else None
-        if job is None or job.state not in (pb.JOB_STATE_RUNNING, pb.JOB_STATE_CANCELLING):
+        job = await store.get(tenant, job_id) if tenant is not None else None
+        if tenant is None or job is None or job.state not in (pb.JOB_STATE_RUNNING, pb.JOB_STATE_CANCELLING):
             await store.forget_running(job_id)
             continue
         message = f"no heartbeat from attempt {job.attempt} for {silent_s:.0f} s: its worker is presumed lost; re-queued"

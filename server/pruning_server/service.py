@@ -6,6 +6,7 @@ import asyncio
 import logging
 import re
 import time
+from typing import NoReturn
 
 import grpc
 from celery import Celery
@@ -78,7 +79,7 @@ class PruningService(pb_grpc.PruningServiceServicer):
         header = None
         writer = self.blobs.writer()
 
-        async def refuse(code: grpc.StatusCode, message: str, violation: str | None = None):
+        async def refuse(code: grpc.StatusCode, message: str, violation: str | None = None) -> NoReturn:
             writer.discard()
             if violation:
                 await abort_invalid(context, [(violation, message)])

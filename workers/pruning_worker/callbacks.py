@@ -22,7 +22,7 @@ class Reporter(Protocol):
     def should_stop(self) -> bool: ...
 
 
-class ProgressCallback(keras.callbacks.Callback):  # type: ignore[misc]
+class ProgressCallback(keras.callbacks.Callback):
     """Sends throttled progress events and stops training promptly on cancel."""
 
     def __init__(self, reporter: Reporter, schedule: Schedule, epochs: int, steps_per_epoch: int):

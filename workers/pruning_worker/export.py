@@ -16,7 +16,7 @@ from pruning_core import formats
 from . import tferrors
 
 
-def export(model: Any, fmt: int, path_base: pathlib.Path, x_sample: np.ndarray) -> pathlib.Path:
+def export(model: Any, fmt: pb.ExportFormat.ValueType, path_base: pathlib.Path, x_sample: np.ndarray) -> pathlib.Path:
     """Writes ``model`` in one export format; returns the file (named ``path_base`` + the
     format's suffix)."""
     path = path_base.with_name(formats.export(fmt).filename(path_base.name))

@@ -15,7 +15,7 @@ from pruning_core import validation
 
 from .errors import JobInputError
 
-Schedule = tfmot.sparsity.keras.PruningSchedule
+Schedule = Any  # a tfmot.sparsity.keras.PruningSchedule (TFMOT ships no type hints)
 
 
 def train_steps(n_samples: int, t: pb.TrainingSpec) -> int:
@@ -26,7 +26,7 @@ def train_steps(n_samples: int, t: pb.TrainingSpec) -> int:
 
 def make_schedule(p: pb.PruningSpec, last_step: int) -> Schedule:
     which = p.schedule.WhichOneof("schedule")
-    s = getattr(p.schedule, which)
+    s = getattr(p.schedule, which or "polynomial_decay")
     end = s.end_step or last_step
     if end <= s.begin_step:
         raise JobInputError(f"spec.pruning.schedule: end step {end} is not after begin step {s.begin_step}")
