@@ -10,10 +10,18 @@ from __future__ import annotations
 
 import json
 import pathlib
+import shutil
+import tempfile
 import zipfile
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
+from google.protobuf import json_format
+
+from pruning.v1 import pruning_pb2 as pb
+
+from . import preflight
 
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 ZIP_SIGNATURE = b"PK\x03\x04"
@@ -37,12 +45,16 @@ _OTHERS = """
 GlorotUniform GlorotNormal HeUniform HeNormal LecunUniform LecunNormal RandomNormal
 RandomUniform TruncatedNormal Zeros Ones Constant VarianceScaling Orthogonal Identity
 L1 L2 L1L2 OrthogonalRegularizer MaxNorm MinMaxNorm NonNeg UnitNorm RadialConstraint
-Policy DTypePolicy __tuple__ __numpy__ TensorShape
+Policy DTypePolicy FloatDTypePolicy __tuple__ __numpy__ __keras_tensor__ TensorShape
 """
 ALLOWED_CLASSES = frozenset(_LAYERS.split()) | frozenset(_OTHERS.split())
 _ALLOWED_MODULE_ROOTS = ("keras", "tf_keras", "builtins")
 # Workers load models uncompiled: the saved compile settings are never deserialised.
 _NOT_LOADED = frozenset({"compile_config", "training_config"})
+# Archive members are read through these bounds, never whole: a configuration larger than this
+# is refused as it is read, and every member is decompressed in chunks against its declared size.
+MAX_CONFIG_BYTES = 64 * 1024 * 1024
+_CHUNK = 1024 * 1024
 
 
 class ModelRejected(ValueError):
@@ -58,9 +70,14 @@ class ModelInfo:
     format: str
     layers: list[tuple[str, str]] = field(default_factory=list)
     input_shape: list[int | None] | None = None
+    keras_version: int = 2
+    summary: pb.ModelSummary = field(default_factory=pb.ModelSummary)
 
-    def to_dict(self) -> dict:
-        return {"format": self.format, "layers": self.layers, "input_shape": self.input_shape}
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": self.format, "layers": self.layers, "input_shape": self.input_shape,
+            "keras_version": self.keras_version, "summary": json_format.MessageToDict(self.summary),
+        }
 
 
 def sniff_format(path: pathlib.Path) -> str:
@@ -130,7 +147,11 @@ def _input_shape(config: dict) -> list[int | None] | None:
     return None
 
 
-def check_model_config(config: dict, fmt: str) -> ModelInfo:
+def check_model_config(
+    config: dict, fmt: str, version_string: str = "", weights: list[tuple[str, list[int]]] | None = None
+) -> ModelInfo:
+    """Checks a model configuration (no code, no custom objects; for Keras 3 only layers the
+    service translates) and summarises it."""
     if not isinstance(config, dict) or "class_name" not in config:
         raise ModelRejected("the file holds no Keras model configuration")
     layers: list[tuple[str, str]] = []
@@ -138,7 +159,61 @@ def check_model_config(config: dict, fmt: str) -> ModelInfo:
         _walk_classes(config, layers)
     except RecursionError:
         raise ModelRejected("the model configuration is nested too deeply") from None
-    return ModelInfo(format=fmt, layers=layers, input_shape=_input_shape(config))
+    version = preflight.major_version(version_string, 2)
+    if version == 3:
+        try:
+            preflight.check_convertible(layers)
+        except preflight.Unconvertible as exc:
+            raise ModelRejected(str(exc)) from None
+    summary = preflight.summarize(config, layers, weights or [], version, version_string)
+    return ModelInfo(format=fmt, layers=layers, input_shape=_input_shape(config), keras_version=version,
+                     summary=summary)
+
+
+def _read_member(archive: zipfile.ZipFile, name: str, limit: int) -> bytes:
+    with archive.open(name) as member:
+        data = member.read(limit + 1)
+    if len(data) > limit:
+        raise ModelRejected(f"the archive member {name!r} is over the limit of {limit} bytes")
+    return data
+
+
+def _verify_members(archive: zipfile.ZipFile) -> None:
+    """Decompresses every member in chunks (CRC checked at its end), stopping as soon as one
+    yields more than its declared size."""
+    for info in archive.infolist():
+        produced = 0
+        with archive.open(info) as member:
+            while chunk := member.read(_CHUNK):
+                produced += len(chunk)
+                if produced > info.file_size:
+                    raise ModelRejected(f"the archive member {info.filename!r} expands past its declared size")
+
+
+def _h5_shapes(group: Any) -> list[tuple[str, list[int]]]:
+    """(path, shape) of every dataset under an HDF5 group; reads no data."""
+    found: list[tuple[str, list[int]]] = []
+
+    def visit(name: str, obj: Any) -> None:
+        shape = getattr(obj, "shape", None)
+        if shape is not None:
+            found.append((name, [int(d) for d in shape]))
+
+    group.visititems(visit)
+    return found
+
+
+def _zip_weight_shapes(archive: zipfile.ZipFile) -> list[tuple[str, list[int]]]:
+    if "model.weights.h5" not in archive.namelist():
+        return []
+    import h5py
+
+    with tempfile.NamedTemporaryFile(suffix=".h5") as tmp:
+        with archive.open("model.weights.h5") as member:
+            shutil.copyfileobj(member, tmp, _CHUNK)  # sizes were checked against the limit
+        tmp.flush()
+        with h5py.File(tmp.name, "r") as f:
+            return _h5_shapes(f)
 
 
 def inspect_model(path: pathlib.Path, max_decompressed: int) -> ModelInfo:
@@ -155,13 +230,17 @@ def inspect_model(path: pathlib.Path, max_decompressed: int) -> ModelInfo:
             if "config.json" not in names:
                 raise ModelRejected("the archive is not a .keras model (no config.json)")
             try:
-                config = json.loads(archive.read("config.json"))
-                bad = archive.testzip()
+                _verify_members(archive)
+                config = json.loads(_read_member(archive, "config.json", MAX_CONFIG_BYTES))
+                metadata = json.loads(_read_member(archive, "metadata.json", 1 << 20)) if (
+                    "metadata.json" in names) else {}
+                weights = _zip_weight_shapes(archive)
+            except ModelRejected:
+                raise
             except (zipfile.BadZipFile, OSError, ValueError, EOFError, RecursionError) as exc:
                 raise ModelRejected(f"the archive is truncated or corrupt: {exc}") from None
-            if bad is not None:
-                raise ModelRejected(f"the archive member {bad!r} is corrupt")
-        return check_model_config(config, "keras")
+        version = metadata.get("keras_version") if isinstance(metadata, dict) else None
+        return check_model_config(config, "keras", version if isinstance(version, str) else "", weights)
     import h5py
 
     try:
@@ -172,12 +251,14 @@ def inspect_model(path: pathlib.Path, max_decompressed: int) -> ModelInfo:
             config = json.loads(raw.decode() if isinstance(raw, bytes) else raw)
             if "model_weights" not in f:
                 raise ModelRejected("the HDF5 file holds no weights")
-            f["model_weights"].visititems(lambda name, obj: obj.shape if hasattr(obj, "shape") else None)
+            weights = _h5_shapes(f["model_weights"])
+            version = f.attrs.get("keras_version", b"")
+            version = version.decode() if isinstance(version, bytes) else str(version)
     except ModelRejected:
         raise
-    except (OSError, ValueError, KeyError, RecursionError) as exc:
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
         raise ModelRejected(f"the HDF5 file is truncated or corrupt: {exc}") from None
-    return check_model_config(config, "h5")
+    return check_model_config(config, "h5", version, weights)
 
 
 def inspect_dataset(path: pathlib.Path, max_decompressed: int) -> dict:
@@ -227,5 +308,5 @@ def shapes_fit(model_input: list | None, sample_shape: list) -> bool:
     if model_input is None:
         return True
     return len(model_input) == len(sample_shape) and all(
-        m is None or m == s for m, s in zip(model_input, sample_shape)
+        m is None or m == s for m, s in zip(model_input, sample_shape, strict=True)
     )

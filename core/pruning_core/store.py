@@ -29,7 +29,7 @@ from typing import Any, TypeVar
 
 import redis
 import redis.asyncio as aioredis
-from google.protobuf import timestamp_pb2
+from google.protobuf import json_format, timestamp_pb2
 
 from pruning.v1 import pruning_pb2 as pb
 
@@ -176,6 +176,8 @@ class ArtifactRecord:
             id=self.id, kind=self.kind, filename=self.filename, size=self.size, sha256=self.id, format=self.format
         )
         art.created_at.FromNanoseconds(int(self.created * 1e9))
+        if self.info.get("summary"):
+            json_format.ParseDict(self.info["summary"], art.model, ignore_unknown_fields=True)
         return art
 
     def to_mapping(self) -> dict:

@@ -1,0 +1,155 @@
+"""A model's preflight summary, read from its files without running them: the Keras version,
+inputs, the outputs known from the configuration, and every layer with its parameters and
+whether it can be pruned and (for Keras 3) translated to tf_keras."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from typing import Any
+
+from pruning.v1 import pruning_pb2 as pb
+
+# Keras 3 layers the workers translate to tf_keras, layer by layer (workers/pruning_worker/bridge.py).
+KERAS3_CONVERTIBLE = frozenset(
+    ["InputLayer", "Sequential", "Functional", "Model", "Dense", "Conv1D", "Conv2D", "Conv3D", "Conv2DTranspose", "DepthwiseConv2D", "SeparableConv2D", "BatchNormalization", "LayerNormalization", "Dropout", "Flatten", "Reshape", "Permute", "MaxPooling1D", "MaxPooling2D", "MaxPooling3D", "AveragePooling1D", "AveragePooling2D", "AveragePooling3D", "GlobalMaxPooling1D", "GlobalMaxPooling2D", "GlobalMaxPooling3D", "GlobalAveragePooling1D", "GlobalAveragePooling2D", "GlobalAveragePooling3D", "ZeroPadding1D", "ZeroPadding2D", "ZeroPadding3D", "Activation", "ReLU", "LeakyReLU", "Softmax", "Add", "Concatenate", "Multiply", "Average", "Embedding", "LSTM", "GRU", "SimpleRNN", "Bidirectional", "Rescaling", "Normalization"]
+)
+# Layers TFMOT's prune_low_magnitude prunes (they carry a kernel).
+PRUNABLE = frozenset(
+    ["Dense", "Conv1D", "Conv2D", "Conv3D", "Conv1DTranspose", "Conv2DTranspose", "Conv3DTranspose", "DepthwiseConv2D", "SeparableConv1D", "SeparableConv2D", "Embedding", "LSTM", "GRU", "SimpleRNN", "Bidirectional"]
+)
+_CONTAINERS = frozenset({"Sequential", "Functional", "Model"})
+
+
+class Unconvertible(ValueError):
+    """Keras 3 layers the service cannot translate to tf_keras."""
+
+    def __init__(self, layers: list[tuple[str, str]]):
+        named = ", ".join(f"{name!r} ({cls})" for cls, name in layers)
+        super().__init__(
+            f"the Keras 3 model has layers the service cannot translate to tf_keras for pruning: {named}; "
+            f"supported: {', '.join(sorted(KERAS3_CONVERTIBLE - _CONTAINERS))}"
+        )
+        self.layers = layers
+
+
+def major_version(version: str, fmt_default: int) -> int:
+    head = version.strip().split(".", 1)[0]
+    return int(head) if head.isdigit() and int(head) in (2, 3) else fmt_default
+
+
+def check_convertible(layers: Iterable[tuple[str, str]]) -> None:
+    bad = [(cls, name) for cls, name in layers if cls not in KERAS3_CONVERTIBLE]
+    if bad:
+        raise Unconvertible(bad)
+
+
+def _snake(class_name: str) -> str:
+    # As Keras names the groups of a .keras weights file (keras.src.utils.naming.to_snake_case).
+    name = re.sub(r"\W+", "", class_name)
+    name = re.sub("(.)([A-Z][a-z]+)", r"\1_\2", name)
+    return re.sub("([a-z])([A-Z])", r"\1_\2", name).lower()
+
+
+def _weight_groups(config: Any, prefix: str = "") -> dict[str, str]:
+    """Group paths of a .keras weights file ("layers/dense_1", "layers/sequential/layers/conv2d")
+    to layer names: each container numbers its layers by class, in order."""
+    out: dict[str, str] = {}
+    inner = config.get("config") if isinstance(config, dict) else None
+    layers = inner.get("layers") if isinstance(inner, dict) else None
+    used: dict[str, int] = {}
+    for layer in layers if isinstance(layers, list) else []:
+        if not isinstance(layer, dict) or not isinstance(layer.get("class_name"), str):
+            continue
+        base = _snake(layer["class_name"])
+        used[base] = used.get(base, -1) + 1
+        group = f"{prefix}layers/{base}" + (f"_{used[base]}" if used[base] else "")
+        cfg = layer.get("config")
+        if isinstance(cfg, dict):
+            out[group] = str(cfg.get("name", ""))
+        out |= _weight_groups(layer, group + "/")
+    return out
+
+
+def _params_by_layer(
+    weights: list[tuple[str, list[int]]], names: set[str], groups: dict[str, str]
+) -> dict[str, int]:
+    """Attributes each weight to its layer: by the group path of a .keras weights file, else
+    (legacy .h5, grouped by layer name) by the deepest layer name on its path."""
+    out: dict[str, int] = {}
+    for path, shape in weights:
+        parts = path.split("/")
+        prefixes = ["/".join(parts[:i]) for i in range(len(parts), 0, -1)]
+        owner = next((groups[p] for p in prefixes if p in groups), None)
+        if owner is None:
+            owner = next((part for part in reversed(parts) if part in names), None)
+        if owner is not None:
+            size = 1
+            for dim in shape:
+                size *= int(dim)
+            out[owner] = out.get(owner, 0) + size
+    return out
+
+
+def _shape(value: Any) -> list[int]:
+    if isinstance(value, dict):  # a serialised tuple
+        inner = value.get("config")
+        value = inner.get("value") if isinstance(inner, dict) else None
+    if isinstance(value, list) and value and all(d is None or isinstance(d, int) for d in value):
+        return [-1 if d is None else d for d in value[1:]]
+    return []
+
+
+def _dtype(config: dict[str, Any]) -> str:
+    dtype = config.get("dtype")
+    if isinstance(dtype, dict):
+        inner = dtype.get("config")
+        dtype = inner.get("name") if isinstance(inner, dict) else None
+    return dtype if isinstance(dtype, str) else "float32"
+
+
+def _top_layers(config: dict[str, Any]) -> list[dict[str, Any]]:
+    inner = config.get("config")
+    layers = inner.get("layers") if isinstance(inner, dict) else None
+    return [layer for layer in layers or [] if isinstance(layer, dict)]
+
+
+def _output_layers(config: dict[str, Any], layers: list[dict[str, Any]]) -> list[str]:
+    inner = config.get("config")
+    named = inner.get("output_layers") if isinstance(inner, dict) else None
+    if isinstance(named, list) and named:
+        if isinstance(named[0], str):  # a single output: [name, node, tensor]
+            named = [named]
+        return [str(item[0]) for item in named if isinstance(item, list) and item]
+    last = layers[-1].get("config") if layers else None
+    return [str(last.get("name"))] if isinstance(last, dict) else []
+
+
+def summarize(
+    config: dict[str, Any], all_layers: list[tuple[str, str]], weights: list[tuple[str, list[int]]],
+    keras_version: int, version_string: str,
+) -> pb.ModelSummary:
+    """The summary of a checked model configuration and the shapes in its weights file."""
+    summary = pb.ModelSummary(keras_version=keras_version, keras_version_string=version_string)
+    params = _params_by_layer(weights, {name for _, name in all_layers}, _weight_groups(config))
+    top = _top_layers(config)
+    for layer in top:
+        cfg = layer.get("config") if isinstance(layer.get("config"), dict) else {}
+        assert isinstance(cfg, dict)
+        if layer.get("class_name") == "InputLayer" or "batch_input_shape" in cfg or "batch_shape" in cfg:
+            shape = _shape(cfg.get("batch_input_shape") or cfg.get("batch_shape"))
+            if shape:
+                summary.inputs.add(name=str(cfg.get("name", "")), shape=shape, dtype=_dtype(cfg))
+    by_name = {str(layer["config"].get("name")): layer for layer in top if isinstance(layer.get("config"), dict)}
+    for name in _output_layers(config, top):
+        layer = by_name.get(name, {})
+        cfg = layer.get("config", {})
+        units = cfg.get("units") if layer.get("class_name") == "Dense" else None
+        summary.outputs.add(name=name, shape=[units] if isinstance(units, int) else [-1], dtype=_dtype(cfg))
+    for cls, name in all_layers:
+        summary.layers.add(
+            name=name, class_name=cls, params=params.get(name, 0), prunable=cls in PRUNABLE,
+            convertible=keras_version == 2 or cls in KERAS3_CONVERTIBLE,
+        )
+    summary.total_params = sum(params.values())
+    return summary

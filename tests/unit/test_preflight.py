@@ -1,0 +1,94 @@
+"""The preflight of uploaded models, read from the files alone: Keras version, inputs,
+outputs, layers with parameters, and refusal of Keras 3 layers the service cannot translate."""
+
+from __future__ import annotations
+
+import json
+import zipfile
+
+import pytest
+
+from pruning_core import modelcheck
+from pruning_core.modelcheck import ModelRejected
+
+
+def _keras3_cnn(path):
+    import keras
+
+    inputs = keras.Input((28, 28), name="pixels")
+    x = keras.layers.Reshape((28, 28, 1))(inputs)
+    x = keras.layers.Conv2D(4, 3, name="conv")(x)
+    x = keras.layers.Flatten()(x)
+    x = keras.layers.Dense(16, name="hidden")(x)
+    outputs = keras.layers.Dense(10, name="logits")(x)
+    keras.Model(inputs, outputs).save(path)
+    return path
+
+
+@pytest.mark.parametrize("suffix", [".keras", ".h5"])
+def test_keras3_model_is_recognised_and_summarised(tmp_path, suffix):
+    import keras
+
+    path = tmp_path / f"m{suffix}"
+    if suffix == ".keras":
+        _keras3_cnn(path)
+    else:
+        keras.Sequential([keras.Input((28, 28)), keras.layers.Flatten(), keras.layers.Dense(10, name="logits")]).save(path)
+    info = modelcheck.inspect_model(path, 10**9)
+    summary = info.summary
+    assert info.keras_version == 3 and summary.keras_version == 3
+    assert summary.keras_version_string.startswith("3.")
+    assert [list(i.shape) for i in summary.inputs] == [[28, 28]]
+    assert [list(o.shape) for o in summary.outputs] == [[10]]
+    params = {layer.name: layer.params for layer in summary.layers}
+    if suffix == ".keras":
+        assert params["conv"] == 3 * 3 * 4 + 4 and params["hidden"] == 26 * 26 * 4 * 16 + 16
+        assert params["logits"] == 16 * 10 + 10
+    else:
+        assert params["logits"] == 28 * 28 * 10 + 10
+    assert summary.total_params == sum(params.values())
+    prunable = {layer.name for layer in summary.layers if layer.prunable}
+    assert "logits" in prunable and not any(layer.class_name == "Flatten" for layer in summary.layers if layer.prunable)
+    assert all(layer.convertible for layer in summary.layers)
+
+
+def test_tf_keras_model_is_version_2(tmp_path):
+    import models
+
+    info = modelcheck.inspect_model(models.small_model(tmp_path / "m.keras"), 10**9)
+    assert info.keras_version == 2 and info.summary.keras_version == 2
+    assert {layer.name: layer.params for layer in info.summary.layers}["logits"] == 32 * 4 + 4
+
+
+def test_keras3_layer_outside_the_bridge_is_refused_by_name(tmp_path):
+    import keras
+
+    inputs = keras.Input((8,))
+    x = keras.layers.GaussianNoise(0.1, name="noisy")(inputs)
+    keras.Model(inputs, keras.layers.Dense(2)(x)).save(tmp_path / "m.keras")
+    with pytest.raises(ModelRejected, match=r"'noisy' \(GaussianNoise\)"):
+        modelcheck.inspect_model(tmp_path / "m.keras", 10**9)
+
+
+def test_keras3_custom_layer_is_refused(tmp_path):
+    import keras
+
+    @keras.saving.register_keras_serializable(package="user")
+    class Twice(keras.layers.Layer):
+        def call(self, x):
+            return 2 * x
+
+    inputs = keras.Input((8,))
+    keras.Model(inputs, keras.layers.Dense(2)(Twice(name="twice")(inputs))).save(tmp_path / "m.keras")
+    with pytest.raises(ModelRejected, match="Twice"):
+        modelcheck.inspect_model(tmp_path / "m.keras", 10**9)
+
+
+def test_oversized_config_is_refused_as_it_is_read(tmp_path, monkeypatch):
+    path = _keras3_cnn(tmp_path / "m.keras")
+    with zipfile.ZipFile(path) as archive:
+        size = archive.getinfo("config.json").file_size
+        json.loads(archive.read("config.json"))
+    monkeypatch.setattr(modelcheck, "MAX_CONFIG_BYTES", size - 1)
+    with pytest.raises(ModelRejected, match="config.json"):
+        modelcheck.inspect_model(path, 10**9)
