@@ -261,11 +261,32 @@ def inspect_model(path: pathlib.Path, max_decompressed: int) -> ModelInfo:
     return check_model_config(config, "h5", version, weights)
 
 
+def _class_labels(shape: tuple[int, ...], dtype: np.dtype[Any]) -> bool:
+    return np.issubdtype(dtype, np.integer) and (len(shape) == 1 or (len(shape) == 2 and shape[1] == 1))
+
+
+def _value_range(member: Any, shape: tuple[int, ...], dtype: np.dtype[Any]) -> list[int] | None:
+    """Min and max of an integer array read in chunks from its .npy member; None when empty."""
+    left = int(np.prod(shape)) * dtype.itemsize
+    low = high = None
+    step = max(dtype.itemsize, _CHUNK // dtype.itemsize * dtype.itemsize)
+    while left > 0:
+        data = member.read(min(step, left))
+        if not data or len(data) % dtype.itemsize:
+            raise ValueError("the array data ends early")
+        left -= len(data)
+        values = np.frombuffer(data, dtype=dtype)
+        low = int(values.min()) if low is None else min(low, int(values.min()))
+        high = int(values.max()) if high is None else max(high, int(values.max()))
+    return None if low is None else [low, high]
+
+
 def inspect_dataset(path: pathlib.Path, max_decompressed: int) -> dict:
-    """Reads the array headers of an .npz dataset (no pickle, no array data).
+    """Reads the array headers of an .npz dataset (no pickle), and the range of integer class
+    labels, streamed in chunks.
 
     Returns:
-        {"x_train": {"shape": [...], "dtype": "..."}, ...}
+        {"x_train": {"shape": [...], "dtype": "..."}, ..., "label_range": {"y_train": [min, max], ...}}
     """
     path = pathlib.Path(path)
     with open(path, "rb") as f:
@@ -287,6 +308,8 @@ def inspect_dataset(path: pathlib.Path, max_decompressed: int) -> dict:
                         else np.lib.format.read_array_header_2_0
                     )
                     shape, _, dtype = read(member)
+                    if name.startswith("y_") and _class_labels(shape, dtype):
+                        arrays.setdefault("label_range", {})[name] = _value_range(member, shape, dtype)
             except KeyError:
                 raise ModelRejected(f"the dataset has no array {name!r}", field="dataset") from None
             except (ValueError, zipfile.BadZipFile, OSError, EOFError) as exc:

@@ -10,7 +10,7 @@ from pruning.v1 import pruning_pb2 as pb
 
 from . import defaults
 
-BUILTIN_DATASETS = {"mnist": {"x_train": [60000, 28, 28], "x_test": [10000, 28, 28]}}
+BUILTIN_DATASETS = {"mnist": {"x_train": [60000, 28, 28], "x_test": [10000, 28, 28], "labels": [0, 9]}}
 OPTIMIZERS = ("adam", "sgd", "rmsprop", "adamw", "adagrad", "nadam")
 LOSSES = (
     defaults.LOSS,
@@ -154,6 +154,14 @@ def validate(spec: pb.JobSpec) -> list[Violation]:
     if pb.EXPORT_FORMAT_UNSPECIFIED in spec.export.formats:
         out.append(("spec.export.formats", "EXPORT_FORMAT_UNSPECIFIED is not a format"))
     return out
+
+
+def target_sparsity(p: pb.PruningSpec) -> float:
+    """The sparsity the spec aims at by the end of fine-tuning."""
+    if p.HasField("sparsity_m_by_n"):
+        return 1.0 - p.sparsity_m_by_n.m / p.sparsity_m_by_n.n
+    s = p.schedule
+    return s.constant_sparsity.target_sparsity if s.HasField("constant_sparsity") else s.polynomial_decay.final_sparsity
 
 
 def with_defaults(spec: pb.JobSpec) -> pb.JobSpec:

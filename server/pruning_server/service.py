@@ -15,7 +15,7 @@ from google.rpc import code_pb2
 from pruning.v1 import pruning_pb2 as pb
 from pruning.v1 import pruning_pb2_grpc as pb_grpc
 
-from pruning_core import formats, modelcheck, tasks, validation
+from pruning_core import formats, modelcheck, plan, tasks, validation
 from pruning_core.blobs import BlobStore, is_artifact_id
 from pruning_core.settings import Settings
 from pruning_core.store import TERMINAL, AsyncJobStore, ArtifactRecord, JobNotFound, new_job_id, state_event
@@ -171,8 +171,9 @@ class PruningService(pb_grpc.PruningServiceServicer):
 
     # -- jobs ------------------------------------------------------------------------------
 
-    async def _check_inputs(self, context, tenant: str, spec: pb.JobSpec) -> None:
-        """The model and dataset exist for this tenant, fit each other and the layer selection."""
+    async def _check_inputs(self, context, tenant: str, spec: pb.JobSpec) -> tuple[ArtifactRecord, plan.DatasetFacts]:
+        """The model and dataset exist for this tenant, and the spec (with its defaults) fits
+        them: shapes, labels, selected layers, the schedule against the step count."""
         model = await self._artifact(context, tenant, spec.model_id, "spec.model_id")
         if model.kind == pb.ARTIFACT_KIND_DATASET or model.format not in formats.MODEL_SUFFIXES.values():
             await abort_invalid(context, [("spec.model_id", "this artifact is not a .keras or .h5 model")])
@@ -181,24 +182,24 @@ class PruningService(pb_grpc.PruningServiceServicer):
             data = await self._artifact(context, tenant, spec.dataset.artifact_id, field)
             if data.kind != pb.ARTIFACT_KIND_DATASET:
                 await abort_invalid(context, [(field, "this artifact is not an uploaded dataset")])
-            sample = data.info["arrays"]["x_train"]["shape"][1:]
+            facts = plan.DatasetFacts.of_upload(data.info)
         else:
-            field = "spec.dataset.builtin"
-            sample = validation.BUILTIN_DATASETS[spec.dataset.builtin]["x_train"][1:]
-        violations = validation.validate_against_model(spec, model.info.get("layers") or [])
-        model_input = model.info.get("input_shape")
-        if not modelcheck.shapes_fit(model_input, sample):
-            violations.append((field, f"samples of shape {sample} do not fit the model input {model_input}"))
+            facts = plan.DatasetFacts.of_builtin(spec.dataset.builtin)
+        violations = plan.check(spec, model.info, facts)
         if violations:
             await abort_invalid(context, violations)
+        return model, facts
 
     async def CreateJob(self, request, context):
         tenant = await self._tenant(context)
         violations = validation.validate_request(request)
         if violations:
             await abort_invalid(context, violations)
-        await self._check_inputs(context, tenant, request.spec)
-        job = pb.Job(id=new_job_id(), spec=validation.with_defaults(request.spec), labels=request.labels)
+        spec = validation.with_defaults(request.spec)
+        model, facts = await self._check_inputs(context, tenant, spec)
+        if request.validate_only:
+            return pb.Job(spec=spec, labels=request.labels, plan=plan.make_plan(spec, model.info, facts))
+        job = pb.Job(id=new_job_id(), spec=spec, labels=request.labels)
         job.created_at.GetCurrentTime()
         fingerprint = convert.request_fingerprint(request)
         job, created = await self.store.create(tenant, job, request.idempotency_key, fingerprint)

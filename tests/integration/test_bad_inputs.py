@@ -139,17 +139,23 @@ def test_upload_over_size_limit(client, tmp_path, env):
 
 @pytest.mark.parametrize("split", ["y_train", "y_test"])
 def test_labels_out_of_range_fail_the_job_not_the_worker(client, worker, files, tmp_path, split):
-    """Labels past the output units fail the job INVALID_ARGUMENT before any step runs, the
-    baseline evaluation (y_test) included, with the cause and no trace."""
+    """Labels past the output units: integer labels are refused at CreateJob (their range is
+    read at upload); float labels, whose range the upload does not read, fail the job
+    INVALID_ARGUMENT before any step runs, the baseline evaluation (y_test) included, with the
+    cause and no trace."""
     import numpy as np
 
     with np.load(files["data"]) as data:
         arrays = dict(data)
     arrays[split] = arrays[split] + 7  # classes 7..10 for a 4-way output
-    bad = tmp_path / "bad_labels.npz"
-    np.savez(bad, **arrays)
+    np.savez(tmp_path / "ints.npz", **arrays)
     model = client.upload_model(files["keras"])
-    job = client.submit(job_spec(model.id, dataset=client.upload_dataset(bad).id, epochs=1))
+    with pytest.raises(InvalidArgument) as refused:
+        client.submit(job_spec(model.id, dataset=client.upload_dataset(tmp_path / "ints.npz").id, epochs=1))
+    assert "output units" in str(refused.value)
+    arrays[split] = arrays[split].astype(np.float32)
+    np.savez(tmp_path / "floats.npz", **arrays)
+    job = client.submit(job_spec(model.id, dataset=client.upload_dataset(tmp_path / "floats.npz").id, epochs=1))
     with pytest.raises(JobFailed) as error:
         job.result(timeout=120)
     assert error.value.job_code == grpc.StatusCode.INVALID_ARGUMENT.value[0]

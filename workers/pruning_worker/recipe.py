@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import tensorflow as tf
@@ -12,16 +11,15 @@ from tensorflow_model_optimization.python.core.sparsity.keras import prune_regis
 
 from pruning.v1 import pruning_pb2 as pb
 from pruning_core import validation
+from pruning_core.plan import train_steps
+from pruning_core.validation import target_sparsity
 
 from .errors import JobInputError
 
+__all__ = ["Schedule", "apply_pruning", "make_loss", "make_optimizer", "make_schedule", "scheduled_sparsity",
+           "target_sparsity", "train_steps"]
+
 Schedule = Any  # a tfmot.sparsity.keras.PruningSchedule (TFMOT ships no type hints)
-
-
-def train_steps(n_samples: int, t: pb.TrainingSpec) -> int:
-    """Optimizer steps per epoch, as Keras splits off the validation data."""
-    kept = int(math.floor(n_samples * (1.0 - t.validation_split)))
-    return max(1, math.ceil(kept / t.batch_size))
 
 
 def make_schedule(p: pb.PruningSpec, last_step: int) -> Schedule:
@@ -33,14 +31,6 @@ def make_schedule(p: pb.PruningSpec, last_step: int) -> Schedule:
     if which == "constant_sparsity":
         return tfmot.sparsity.keras.ConstantSparsity(s.target_sparsity, s.begin_step, end, s.frequency)
     return tfmot.sparsity.keras.PolynomialDecay(s.initial_sparsity, s.final_sparsity, s.begin_step, end, s.power, s.frequency)
-
-
-def target_sparsity(p: pb.PruningSpec) -> float:
-    """The sparsity the spec aims at by the end of fine-tuning."""
-    if p.HasField("sparsity_m_by_n"):
-        return 1.0 - p.sparsity_m_by_n.m / p.sparsity_m_by_n.n
-    s = p.schedule
-    return s.constant_sparsity.target_sparsity if s.HasField("constant_sparsity") else s.polynomial_decay.final_sparsity
 
 
 def scheduled_sparsity(schedule: Schedule, step: int) -> float:

@@ -1,0 +1,128 @@
+"""What a job will do, known before it runs: the checks of spec, model and dataset together
+(sample shapes, labels against the output units, selected layers, the schedule against the
+real step count) and the plan CreateJob answers with ``validate_only``. No TensorFlow."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from google.protobuf import json_format
+
+from pruning.v1 import pruning_pb2 as pb
+
+from . import modelcheck, validation
+from .validation import Violation
+
+SPARSE_LOSSES = ("sparse_categorical_crossentropy", "sparse_categorical_crossentropy_from_logits")
+# The time estimate: a documented heuristic, not a measurement. Fine-tuning costs about six
+# floating-point operations per parameter and training sample (forward and backward), at the
+# rate below, plus a fixed cost for loading, evaluation and export.
+FLOPS_PER_PARAM_SAMPLE = 6
+ASSUMED_FLOPS = 2e9
+FIXED_SECONDS = 10.0
+ESTIMATE_BASIS = (
+    f"heuristic: {FLOPS_PER_PARAM_SAMPLE} FLOPs per parameter per training sample and epoch at "
+    f"{ASSUMED_FLOPS / 1e9:g} GFLOP/s (a small CPU), plus {FIXED_SECONDS:g} s; convolutions reuse their "
+    "weights and take longer, GPUs are faster"
+)
+
+
+def train_steps(n_samples: int, t: pb.TrainingSpec) -> int:
+    """Optimizer steps per epoch, as Keras splits off the validation data."""
+    kept = math.floor(n_samples * (1.0 - t.validation_split))
+    return max(1, math.ceil(kept / t.batch_size))
+
+
+@dataclass
+class DatasetFacts:
+    """What is known of a dataset without loading it."""
+
+    field: str  # the spec field that names it
+    n_train: int
+    n_test: int
+    sample_shape: list[int]
+    label_range: list[int] | None  # min and max class label over both splits, when integers
+
+    @classmethod
+    def of_upload(cls, info: dict[str, Any]) -> DatasetFacts:
+        arrays = info["arrays"]
+        ranges = [r for r in (arrays.get("label_range") or {}).values() if r]
+        return cls(
+            "spec.dataset.artifact_id", arrays["x_train"]["shape"][0], arrays["x_test"]["shape"][0],
+            arrays["x_train"]["shape"][1:],
+            [min(r[0] for r in ranges), max(r[1] for r in ranges)] if ranges else None,
+        )
+
+    @classmethod
+    def of_builtin(cls, name: str) -> DatasetFacts:
+        known = validation.BUILTIN_DATASETS[name]
+        return cls("spec.dataset.builtin", known["x_train"][0], known["x_test"][0], known["x_train"][1:],
+                   known["labels"])
+
+
+def _summary(model_info: dict[str, Any]) -> pb.ModelSummary:
+    return json_format.ParseDict(model_info.get("summary") or {}, pb.ModelSummary(), ignore_unknown_fields=True)
+
+
+def _n_train(spec: pb.JobSpec, data: DatasetFacts) -> int:
+    t = spec.training
+    return min(data.n_train, t.max_train_samples) if t.max_train_samples else data.n_train
+
+
+def _schedule_steps(spec: pb.JobSpec, total: int) -> tuple[str, int, int]:
+    which = spec.pruning.schedule.WhichOneof("schedule") or "polynomial_decay"
+    s = getattr(spec.pruning.schedule, which)
+    return f"spec.pruning.schedule.{which}", s.begin_step, s.end_step or total
+
+
+def check(spec: pb.JobSpec, model_info: dict[str, Any], data: DatasetFacts) -> list[Violation]:
+    """Every problem of a spec (with its defaults) on this model and dataset, at once."""
+    out = validation.validate_against_model(spec, model_info.get("layers") or [])
+    model_input = model_info.get("input_shape")
+    if not modelcheck.shapes_fit(model_input, data.sample_shape):
+        out.append((data.field, f"samples of shape {data.sample_shape} do not fit the model input {model_input}"))
+    outputs = _summary(model_info).outputs
+    units = outputs[0].shape[-1] if len(outputs) == 1 and outputs[0].shape else -1
+    if spec.training.loss in SPARSE_LOSSES and units > 0 and data.label_range is not None:
+        low, high = data.label_range
+        if low < 0 or high >= units:
+            out.append((data.field, f"labels run from {low} to {high}, but the model has {units} output units "
+                                    f"(labels must be in [0, {units - 1}])"))
+    layers = _summary(model_info).layers
+    if layers and not any(
+        layer.prunable and validation.selected(layer.class_name, layer.name, spec.pruning.layers) for layer in layers
+    ):
+        out.append(("spec.pruning.layers", "selects no prunable layer (Dense, Conv, Embedding, recurrent ...)"))
+    total = train_steps(_n_train(spec, data), spec.training) * spec.training.epochs
+    prefix, begin, end = _schedule_steps(spec, total)
+    if end > total:
+        out.append((f"{prefix}.end_step", f"ends at step {end}, after the last fine-tuning step {total} "
+                                          f"({spec.training.epochs} epochs of {total // spec.training.epochs} steps)"))
+    if begin >= total:
+        out.append((f"{prefix}.begin_step", f"starts at step {begin}, but fine-tuning has only {total} steps"))
+    return out
+
+
+def make_plan(spec: pb.JobSpec, model_info: dict[str, Any], data: DatasetFacts) -> pb.JobPlan:
+    """The plan of a checked spec (with its defaults) on this model and dataset."""
+    t = spec.training
+    n_train = _n_train(spec, data)
+    n_validation = n_train - math.floor(n_train * (1.0 - t.validation_split))
+    steps = train_steps(n_train, t)
+    _, begin, end = _schedule_steps(spec, steps * t.epochs)
+    summary = _summary(model_info)
+    target = validation.target_sparsity(spec.pruning)
+    plan = pb.JobPlan(
+        train_samples=n_train - n_validation, validation_samples=n_validation, test_samples=data.n_test,
+        steps_per_epoch=steps, total_steps=steps * t.epochs, schedule_begin_step=begin, schedule_end_step=end,
+        keras_version=summary.keras_version or model_info.get("keras_version", 2), spec=spec,
+        estimate_basis=ESTIMATE_BASIS,
+    )
+    for layer in summary.layers:
+        if layer.prunable and validation.selected(layer.class_name, layer.name, spec.pruning.layers):
+            plan.layers.add(name=layer.name, class_name=layer.class_name, weights=layer.params, final_sparsity=target)
+    samples = (n_train - n_validation) * t.epochs
+    plan.estimated_seconds = FIXED_SECONDS + FLOPS_PER_PARAM_SAMPLE * summary.total_params * samples / ASSUMED_FLOPS
+    return plan
