@@ -281,12 +281,29 @@ def _value_range(member: Any, shape: tuple[int, ...], dtype: np.dtype[Any]) -> l
     return None if low is None else [low, high]
 
 
+def _npy_header(archive: zipfile.ZipFile, key: str, ranges: dict[str, Any]) -> dict[str, Any]:
+    try:
+        with archive.open(f"{key}.npy") as member:
+            version = np.lib.format.read_magic(member)
+            read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, _, dtype = read(member)
+            if dtype.hasobject:
+                raise ModelRejected(f"array {key!r} holds Python objects; refused", field="dataset")
+            if key.startswith("y_") and _class_labels(shape, dtype):
+                ranges[key] = _value_range(member, shape, dtype)
+    except (ValueError, zipfile.BadZipFile, OSError, EOFError) as exc:
+        raise ModelRejected(f"array {key!r} is unreadable: {exc}", field="dataset") from None
+    return {"shape": list(shape), "dtype": dtype.str}
+
+
 def inspect_dataset(path: pathlib.Path, max_decompressed: int) -> dict:
     """Reads the array headers of an .npz dataset (no pickle), and the range of integer class
-    labels, streamed in chunks.
+    labels, streamed in chunks. A model with several inputs or outputs takes one array per
+    input or output, named ``x_train.<input name>`` (``y_train.<output name>``, ...).
 
     Returns:
-        {"x_train": {"shape": [...], "dtype": "..."}, ..., "label_range": {"y_train": [min, max], ...}}
+        {"x_train": {"shape": [...], "dtype": "...", "parts": {name: {"shape", "dtype"}}?}, ...,
+         "label_range": {"y_train": [min, max], ...}}
     """
     path = pathlib.Path(path)
     with open(path, "rb") as f:
@@ -296,33 +313,31 @@ def inspect_dataset(path: pathlib.Path, max_decompressed: int) -> dict:
         archive = _checked_zip(path, max_decompressed)
     except ModelRejected as exc:
         raise ModelRejected(str(exc), field="dataset") from None
-    arrays = {}
+    arrays: dict[str, Any] = {}
+    ranges: dict[str, Any] = {}
     with archive:
+        members = {n[: -len(".npy")] for n in archive.namelist() if n.endswith(".npy")}
         for name in DATASET_ARRAYS:
-            try:
-                with archive.open(f"{name}.npy") as member:
-                    version = np.lib.format.read_magic(member)
-                    read = (
-                        np.lib.format.read_array_header_1_0
-                        if version == (1, 0)
-                        else np.lib.format.read_array_header_2_0
-                    )
-                    shape, _, dtype = read(member)
-                    if name.startswith("y_") and _class_labels(shape, dtype):
-                        arrays.setdefault("label_range", {})[name] = _value_range(member, shape, dtype)
-            except KeyError:
-                raise ModelRejected(f"the dataset has no array {name!r}", field="dataset") from None
-            except (ValueError, zipfile.BadZipFile, OSError, EOFError) as exc:
-                raise ModelRejected(f"array {name!r} is unreadable: {exc}", field="dataset") from None
-            if dtype.hasobject:
-                raise ModelRejected(f"array {name!r} holds Python objects; refused", field="dataset")
-            arrays[name] = {"shape": list(shape), "dtype": dtype.str}
+            keys = [name] if name in members else sorted(m for m in members if m.startswith(f"{name}."))
+            if not keys:
+                raise ModelRejected(f"the dataset has no array {name!r} (nor {name}.<input or output name>)",
+                                    field="dataset")
+            headers = {key: _npy_header(archive, key, ranges) for key in keys}
+            lengths = {h["shape"][0] if h["shape"] else None for h in headers.values()}
+            if len(lengths) != 1:
+                raise ModelRejected(f"the arrays of {name} differ in length", field="dataset")
+            arrays[name] = dict(headers[keys[0]])
+            if keys != [name]:
+                arrays[name]["parts"] = {key.split(".", 1)[1]: h for key, h in headers.items()}
     for split in ("train", "test"):
         n_x, n_y = arrays[f"x_{split}"]["shape"][:1], arrays[f"y_{split}"]["shape"][:1]
         if n_x != n_y:
             raise ModelRejected(f"x_{split} and y_{split} differ in length: {n_x} vs {n_y}", field="dataset")
-    if arrays["x_train"]["shape"][1:] != arrays["x_test"]["shape"][1:]:
+    samples = {k: [h["shape"][1:] for h in arrays[k].get("parts", {k: arrays[k]}).values()] for k in ("x_train", "x_test")}
+    if samples["x_train"] != samples["x_test"]:
         raise ModelRejected("x_train and x_test differ in sample shape", field="dataset")
+    if ranges:
+        arrays["label_range"] = ranges
     return arrays
 
 

@@ -42,7 +42,7 @@ class DatasetFacts:
     field: str  # the spec field that names it
     n_train: int
     n_test: int
-    sample_shape: list[int]
+    sample_shape: list[int] | None  # None for several inputs (x_train.<input name> arrays)
     label_range: list[int] | None  # min and max class label over both splits, when integers
 
     @classmethod
@@ -51,7 +51,7 @@ class DatasetFacts:
         ranges = [r for r in (arrays.get("label_range") or {}).values() if r]
         return cls(
             "spec.dataset.artifact_id", arrays["x_train"]["shape"][0], arrays["x_test"]["shape"][0],
-            arrays["x_train"]["shape"][1:],
+            None if "parts" in arrays["x_train"] else arrays["x_train"]["shape"][1:],
             [min(r[0] for r in ranges), max(r[1] for r in ranges)] if ranges else None,
         )
 
@@ -81,7 +81,7 @@ def check(spec: pb.JobSpec, model_info: dict[str, Any], data: DatasetFacts) -> l
     """Every problem of a spec (with its defaults) on this model and dataset, at once."""
     out = validation.validate_against_model(spec, model_info.get("layers") or [])
     model_input = model_info.get("input_shape")
-    if not modelcheck.shapes_fit(model_input, data.sample_shape):
+    if data.sample_shape is not None and not modelcheck.shapes_fit(model_input, data.sample_shape):
         out.append((data.field, f"samples of shape {data.sample_shape} do not fit the model input {model_input}"))
     outputs = _summary(model_info).outputs
     units = outputs[0].shape[-1] if len(outputs) == 1 and outputs[0].shape else -1

@@ -13,7 +13,8 @@ import pytest
 
 from conftest import ROOT
 
-HEAVY = ("tensorflow", "tf_keras", "keras", "tensorflow_model_optimization", "celery", "pruning_server", "pruning_worker")
+HEAVY = ("tensorflow", "tf_keras", "keras", "tensorflow_model_optimization", "celery", "pruning_core", "pruning_server",
+         "pruning_worker")
 
 
 @pytest.mark.packaging
@@ -30,8 +31,11 @@ def test_client_installs_without_tensorflow_or_celery(tmp_path):
         f"""
         import sys
         from pruning_client import Client, job_spec
-        from pruning_client.cli import build_parser
-        build_parser().parse_args(["list"])
+        import contextlib, io
+        from pruning_client.cli import cli
+        with contextlib.redirect_stdout(io.StringIO()) as help_text:
+            assert cli.main(["list", "--help"], standalone_mode=False) == 0
+        assert "--state" in help_text.getvalue()
         print(sorted(m for m in sys.modules if m.split(".")[0] in {HEAVY!r}))
         """
     )

@@ -11,6 +11,7 @@ import logging
 import os
 import pathlib
 import socket
+from typing import Any
 
 import numpy as np
 
@@ -22,10 +23,21 @@ log = logging.getLogger(__name__)
 KERAS_DOWNLOAD_TIMEOUT_S = 10
 
 
-def load_npz(path: os.PathLike | str) -> tuple[np.ndarray, ...]:
+def load_npz(path: os.PathLike | str) -> tuple[Any, ...]:
+    """x_train, y_train, x_test, y_test: each an array, or a dict of arrays by input (output)
+    name where the file holds ``x_train.<name>`` arrays for a model of several inputs (outputs)."""
     try:
         with np.load(path, allow_pickle=False) as data:
-            return tuple(data[name] for name in DATASET_ARRAYS)
+            out: list[Any] = []
+            for name in DATASET_ARRAYS:
+                if name in data.files:
+                    out.append(data[name])
+                else:
+                    parts = {k.split(".", 1)[1]: data[k] for k in data.files if k.startswith(f"{name}.")}
+                    if not parts:
+                        raise KeyError(name)
+                    out.append(parts)
+            return tuple(out)
     except (KeyError, ValueError, OSError) as exc:
         raise JobInputError(f"dataset: unreadable .npz: {exc}") from None
 

@@ -11,3 +11,7 @@ class Cancelled(Exception):
 
 class JobDeadlineExceeded(Exception):
     """The job ran past the configured time limit."""
+
+
+class ConversionError(RuntimeError):
+    """A Keras 3 model and its tf_keras translation disagree: the service's fault, not the input's."""

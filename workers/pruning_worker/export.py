@@ -1,4 +1,4 @@
-"""Writes a model in each export format of the registry."""
+"""Writes a model in each export format of the registry, in the Keras version asked for."""
 
 from __future__ import annotations
 
@@ -15,13 +15,55 @@ from pruning_core import formats
 
 from . import tferrors
 
+KERAS_FILES = (pb.EXPORT_FORMAT_KERAS, pb.EXPORT_FORMAT_H5)
 
-def export(model: Any, fmt: pb.ExportFormat.ValueType, path_base: pathlib.Path, x_sample: np.ndarray) -> pathlib.Path:
-    """Writes ``model`` in one export format; returns the file (named ``path_base`` + the
-    format's suffix)."""
+
+def as_keras3(model: Any, like: Any, workdir: pathlib.Path) -> Any:
+    """The tf_keras ``model`` as a Keras 3 model: its weights copied into a clone of ``like``
+    (the Keras 3 model it was translated from), or, for a model that came as tf_keras, read
+    back by Keras 3's own loader of Keras 2 HDF5 files."""
+    import keras as keras3
+
+    from . import bridge
+
+    if like is not None:
+        return bridge.to_keras3(model, like)
+    path = workdir / "as_keras3.h5"
+    keras.models.save_model(model, path, include_optimizer=False, save_format="h5")
+    return keras3.saving.load_model(path, compile=False)
+
+
+def load_export(path: pathlib.Path, keras_version: int) -> Any:
+    """A written .keras or .h5 export loaded back as its user will load it."""
+    if keras_version == 3:
+        import keras as keras3
+
+        return keras3.saving.load_model(path, compile=False)
+    return keras.models.load_model(path, compile=False)
+
+
+def _representative(model: Any, x: Any, n: int = 200) -> Any:
+    """Calibration batches for int8 conversion: one sample at a time, one array per input."""
+    if isinstance(x, dict):
+        arrays = [np.asarray(x[name][:n]) for name in model.input_names]
+    else:
+        arrays = [np.asarray(x[:n])]
+    arrays = [a.astype("float32") if np.issubdtype(a.dtype, np.floating) else a for a in arrays]
+    return lambda: ([a[i : i + 1] for a in arrays] for i in range(len(arrays[0])))
+
+
+def export(
+    model: Any, fmt: pb.ExportFormat.ValueType, path_base: pathlib.Path, x_sample: Any,
+    keras3_model: Any = None,
+) -> pathlib.Path:
+    """Writes ``model`` (tf_keras) in one export format; returns the file (named ``path_base``
+    + the format's suffix). With ``keras3_model`` (the same model in Keras 3) the .keras and
+    .h5 files are written by Keras 3."""
     path = path_base.with_name(formats.export(fmt).filename(path_base.name))
     with tferrors.step(f"export to {formats.export(fmt).name}"):
-        if fmt == pb.EXPORT_FORMAT_KERAS:
+        if fmt in KERAS_FILES and keras3_model is not None:
+            keras3_model.save(path)
+        elif fmt == pb.EXPORT_FORMAT_KERAS:
             model.save(path)
         elif fmt == pb.EXPORT_FORMAT_H5:
             keras.models.save_model(model, path, include_optimizer=False, save_format="h5")
@@ -33,7 +75,6 @@ def export(model: Any, fmt: pb.ExportFormat.ValueType, path_base: pathlib.Path, 
             converter = tf.lite.TFLiteConverter.from_keras_model(model)
             if fmt == pb.EXPORT_FORMAT_TFLITE_INT8:
                 converter.optimizations = [tf.lite.Optimize.DEFAULT]
-                sample = x_sample[:200].astype("float32")
-                converter.representative_dataset = lambda: ([row[None, ...]] for row in sample)
+                converter.representative_dataset = _representative(model, x_sample)
             path.write_bytes(converter.convert())
     return path

@@ -16,7 +16,8 @@ from pruning_core.settings import Settings
 from . import datasets
 from .errors import JobInputError
 
-Arrays = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+Data = Any  # an array, or a dict of arrays by input (output) name
+Arrays = tuple[Data, Data, Data, Data]
 SPARSE_LOSSES = ("sparse_categorical_crossentropy", "sparse_categorical_crossentropy_from_logits")
 
 
@@ -40,17 +41,39 @@ class Inputs:
         return cls(blobs.path(spec.model_id), data, settings.max_decompressed_bytes)  # type: ignore[arg-type]
 
 
+def length(data: Data) -> int:
+    """The number of samples of an array or a dict of arrays."""
+    return len(next(iter(data.values())) if isinstance(data, dict) else data)
+
+
+def head(data: Data, n: int) -> Data:
+    """The first ``n`` samples."""
+    return {k: v[:n] for k, v in data.items()} if isinstance(data, dict) else data[:n]
+
+
+def _check_inputs(model: Any, name: str, x: Data) -> None:
+    if isinstance(x, dict):
+        wanted = {t.name.split(":")[0] for t in model.inputs} | set(getattr(model, "input_names", []))
+        unknown = sorted(set(x) - wanted)
+        missing = sorted(set(getattr(model, "input_names", [])) - set(x))
+        if unknown or missing:
+            raise JobInputError(f"dataset: {name} has arrays for inputs {sorted(x)}; the model's inputs are "
+                                f"{sorted(getattr(model, 'input_names', wanted))}")
+        return
+    expected = list(model.input_shape[1:]) if not isinstance(model.input_shape, list) else None
+    if not modelcheck.shapes_fit(expected, list(x.shape[1:])):
+        raise JobInputError(f"dataset: {name} samples have shape {list(x.shape[1:])}, the model expects {expected}")
+
+
 def check(model: Any, data: Arrays, loss: str) -> None:
     """Refuses data the model cannot take before any step runs: sample shapes, empty splits,
     and, for the sparse categorical losses, labels outside the model's output units."""
     x_train, y_train, x_test, y_test = data
-    expected = list(model.input_shape[1:]) if not isinstance(model.input_shape, list) else None
     for name, x in (("x_train", x_train), ("x_test", x_test)):
-        if not modelcheck.shapes_fit(expected, list(x.shape[1:])):
-            raise JobInputError(f"dataset: {name} samples have shape {list(x.shape[1:])}, the model expects {expected}")
-    if len(x_train) == 0 or len(x_test) == 0:
+        _check_inputs(model, name, x)
+    if length(x_train) == 0 or length(x_test) == 0:
         raise JobInputError("dataset: x_train and x_test must not be empty")
-    if loss in SPARSE_LOSSES and not isinstance(model.output_shape, list):
+    if loss in SPARSE_LOSSES and not isinstance(model.output_shape, list) and not isinstance(y_train, dict):
         units = model.output_shape[-1]
         for name, y in (("y_train", y_train), ("y_test", y_test)):
             if units and y.size and np.issubdtype(y.dtype, np.number) and (y.min() < 0 or y.max() >= units):

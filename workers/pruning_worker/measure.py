@@ -5,7 +5,6 @@ from __future__ import annotations
 import gzip
 import pathlib
 import shutil
-
 from typing import Any
 
 import numpy as np
@@ -23,10 +22,18 @@ def device_name() -> str:
     return f"GPU:0 ({details.get('device_name', 'GPU')})"
 
 
+def leaf_layers(model: Any) -> list[Any]:
+    """The layers that hold weights themselves: nested models (tf_keras or Keras 3) opened up."""
+    out = []
+    for layer in model.layers:
+        out += leaf_layers(layer) if hasattr(layer, "layers") and layer.layers else [layer]
+    return out
+
+
 def fill_sparsity(result: pb.PruneResult, model: Any, pruned_layers: set[str]) -> None:
     """Per-layer kernel sparsity, overall sparsity and parameter counts of ``model``."""
     total = nonzero = kernel_total = kernel_nonzero = 0
-    for layer in model.layers:
+    for layer in leaf_layers(model):
         weights = [np.asarray(w) for w in layer.get_weights()]
         if not weights:
             continue

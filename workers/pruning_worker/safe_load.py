@@ -1,33 +1,81 @@
-"""Loads an untrusted model file without running code from it."""
+"""Loads an untrusted model file without running code from it, as the tf_keras model TFMOT
+prunes: a Keras 3 file is translated by :mod:`bridge` and checked on a probe batch."""
 
 from __future__ import annotations
 
 import os
 import pathlib
+from dataclasses import dataclass
+from typing import Any
 
 import tf_keras as keras
 
 from pruning_core import formats, modelcheck
 
-from .errors import JobInputError
+from .errors import ConversionError, JobInputError
 
-def load_model(path: os.PathLike | str, workdir: pathlib.Path, max_decompressed: int) -> keras.Model:
-    """Checks the saved configuration (no Lambda, no custom objects), then deserialises it
-    uncompiled, with Keras' safe mode on for the .keras format.
+# Past this the translated model is not the uploaded one: the job fails rather than prune it.
+CONVERSION_TOLERANCE = 1e-4
 
-    Raises:
-        JobInputError: the file is not an acceptable model.
-    """
+
+@dataclass
+class Loaded:
+    """A model as the pipeline uses it."""
+
+    model: Any  # tf_keras: what TFMOT prunes
+    keras_version: int  # of the uploaded file: 2 (tf_keras) or 3
+    original: Any = None  # the Keras 3 model as uploaded (None for a tf_keras file)
+    conversion_diff: float = 0.0  # max |outputs of original - outputs of model| on a probe batch
+
+
+def _inspect(path: os.PathLike[str] | str, workdir: pathlib.Path, max_decompressed: int) -> tuple[Any, pathlib.Path]:
     try:
         info = modelcheck.inspect_model(pathlib.Path(path), max_decompressed)
     except modelcheck.ModelRejected as exc:
         raise JobInputError(f"model: {exc}") from None
     # Keras picks the format from the suffix; the artifact store names files by hash.
     named = workdir / f"model{formats.model_suffix(info.format)}"
-    os.symlink(os.path.abspath(path), named)
+    if not named.exists():
+        os.symlink(os.path.abspath(path), named)
+    return info, named
+
+
+def load_model(path: os.PathLike[str] | str, workdir: pathlib.Path, max_decompressed: int) -> Any:
+    """Checks the saved configuration (no Lambda, no custom objects), then deserialises it
+    uncompiled as tf_keras, with Keras' safe mode on for the .keras format.
+
+    Raises:
+        JobInputError: the file is not an acceptable model.
+    """
+    return load(path, workdir, max_decompressed).model
+
+
+def load(path: os.PathLike[str] | str, workdir: pathlib.Path, max_decompressed: int) -> Loaded:
+    """Like :func:`load_model`; a Keras 3 file is loaded by Keras 3 (safe mode) and translated.
+
+    Raises:
+        JobInputError: the file is not an acceptable model, or has a layer the bridge refuses.
+        ConversionError: the translated model's outputs differ from the uploaded one's.
+    """
+    info, named = _inspect(path, workdir, max_decompressed)
+    if info.keras_version == 3:
+        from . import bridge
+
+        try:
+            original = bridge.load_keras3(named, workdir, max_decompressed)
+            model = bridge.to_tf_keras(original, flatten_nested=True)
+        except bridge.BridgeError as exc:
+            raise JobInputError(f"model: {exc}") from None
+        except (ValueError, OSError, TypeError, KeyError) as exc:
+            raise JobInputError(f"model: cannot be loaded: {exc}") from None
+        diff = bridge.check_equivalence(original, model)
+        if not diff <= CONVERSION_TOLERANCE:
+            raise ConversionError(f"the tf_keras translation of the Keras 3 model differs from it by {diff:.3g} "
+                                  f"on a probe batch (tolerance {CONVERSION_TOLERANCE:g})")
+        return Loaded(model, 3, original, diff)
     try:
         if info.format == "keras":
-            return keras.models.load_model(named, compile=False, safe_mode=True)
-        return keras.models.load_model(named, compile=False)
+            return Loaded(keras.models.load_model(named, compile=False, safe_mode=True), 2)
+        return Loaded(keras.models.load_model(named, compile=False), 2)
     except (ValueError, OSError, TypeError, KeyError) as exc:
         raise JobInputError(f"model: cannot be loaded: {exc}") from None
