@@ -153,6 +153,11 @@ def validate(spec: pb.JobSpec) -> list[Violation]:
         out.append(("spec.export.formats", "lists a format twice"))
     if pb.EXPORT_FORMAT_UNSPECIFIED in spec.export.formats:
         out.append(("spec.export.formats", "EXPORT_FORMAT_UNSPECIFIED is not a format"))
+    unknown = [f for f in spec.export.formats if f not in pb.ExportFormat.values()]
+    if unknown:
+        out.append(("spec.export.formats", f"unknown formats {unknown}; known: {list(pb.ExportFormat.values())[1:]}"))
+    if spec.export.keras_version not in pb.KerasVersion.values():
+        out.append(("spec.export.keras_version", f"must be 2, 3 or unset, got {spec.export.keras_version}"))
     return out
 
 

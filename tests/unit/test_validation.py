@@ -75,3 +75,17 @@ def test_m_by_n(m, n, ok):
 def test_block_size_and_layers():
     spec = job_spec(MODEL, block_size=(1, 0), include_layers=("a",), exclude_layers=("a",))
     assert set(fields(spec)) == {"spec.pruning.block_size", "spec.pruning.layers"}
+
+
+def test_unknown_export_format_and_keras_version_are_refused():
+    from pruning.v1 import pruning_pb2 as pb
+
+    spec = pb.JobSpec(model_id="ab" * 32, dataset=pb.DatasetRef(builtin="mnist"),
+                      pruning=pb.PruningSpec(schedule=pb.PruningSchedule(
+                          constant_sparsity=pb.ConstantSparsity(target_sparsity=0.5))),
+                      export=pb.ExportSpec(formats=[42], keras_version=7))
+    fields = {field for field, _ in validation.validate(spec)}
+    assert {"spec.export.formats", "spec.export.keras_version"} <= fields
+    spec.export.ClearField("formats")
+    spec.export.keras_version = pb.KERAS_VERSION_3
+    assert validation.validate(spec) == []
