@@ -8,12 +8,71 @@ Example:
     ...     for event in job.watch():
     ...         print(event)
     ...     print(job.result().pruned_accuracy)
+
+The asyncio client is :class:`pruning_client.aio.AsyncClient`.
 """
 
-from .client import Client
-from .exceptions import *  # noqa: F401,F403
-from .job import JobHandle
+from .aio import AsyncClient, AsyncJobHandle
+from .client import Client, ClientOptions, DownloadProgress, UploadProgress
+from .exceptions import (
+    AlreadyExists,
+    Cancelled,
+    DeadlineExceeded,
+    FailedPrecondition,
+    IntegrityError,
+    Internal,
+    InvalidArgument,
+    JobCancelled,
+    JobFailed,
+    JobTimeout,
+    NotFound,
+    OutOfRange,
+    PermissionDenied,
+    PruningError,
+    ResourceExhausted,
+    Unauthenticated,
+    Unavailable,
+    from_rpc_error,
+)
+from .job import TERMINAL, JobHandle, is_terminal, is_terminal_event
 from .results import LayerSparsity, PruneResult
-from .specs import constant_sparsity, job_spec, polynomial_decay
+from .specs import EXPORT_FORMATS, constant_sparsity, export_format, export_format_name, job_spec, polynomial_decay
 
-__all__ = ["Client", "JobHandle", "PruneResult", "LayerSparsity", "job_spec", "polynomial_decay", "constant_sparsity"]
+__all__ = [
+    "EXPORT_FORMATS",
+    "TERMINAL",
+    "AlreadyExists",
+    "AsyncClient",
+    "AsyncJobHandle",
+    "Cancelled",
+    "Client",
+    "ClientOptions",
+    "DeadlineExceeded",
+    "DownloadProgress",
+    "FailedPrecondition",
+    "IntegrityError",
+    "Internal",
+    "InvalidArgument",
+    "JobCancelled",
+    "JobFailed",
+    "JobHandle",
+    "JobTimeout",
+    "LayerSparsity",
+    "NotFound",
+    "OutOfRange",
+    "PermissionDenied",
+    "PruneResult",
+    "PruningError",
+    "ResourceExhausted",
+    "Unauthenticated",
+    "Unavailable",
+    "UploadProgress",
+    "constant_sparsity",
+    "export_format",
+    "export_format_name",
+    "from_rpc_error",
+    "is_terminal",
+    "is_terminal_event",
+    "job_spec",
+    "polynomial_decay",
+]

@@ -1,53 +1,245 @@
-"""``pruning``: command line of the pruning service.
+"""``pruning``: command line of the pruning service (click).
 
-Every command takes ``--json`` for machine-readable output. Exit codes: 0 success,
-2 invalid argument, 3 not found, 4 unauthenticated, 5 resource exhausted, 6 failed
-precondition or already exists, 7 unavailable, 8 job failed, 9 job cancelled, 10 timeout,
-11 integrity error (a download that fails its sha256 check), 1 anything else.
+Every command takes ``--json`` for machine-readable output, and the connection options
+(``--target``, ``--api-key``, ``--tls``, ``--ca-file``, ``--timeout``, ``--json``) before or
+after the command name. Exit codes: 0 success, 2 invalid argument (or a local file that does
+not exist), 3 not found, 4 unauthenticated, 5 resource exhausted, 6 failed precondition or
+already exists, 7 unavailable, 8 job failed, 9 job cancelled, 10 timeout, 11 integrity error
+(a download that fails its sha256 check), 130 interrupted, 1 anything else.
+
+Commands other packages install (``pruning up`` from the server package) come from the
+``pruning.commands`` entry-point group; each entry point names a :class:`click.Command`.
 """
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
+import functools
+import importlib.metadata
+import itertools
 import json
 import os
 import pathlib
 import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from typing import IO, TYPE_CHECKING, Any, Protocol, TypeVar
 
+import click
+from click.core import ParameterSource
 from google.protobuf import json_format
+from google.protobuf.message import Message
 
 from pruning.v1 import pruning_pb2 as pb
 
 from .client import Client
-from .exceptions import PruningError
-from .job import TERMINAL, JobHandle
+from .exceptions import NotFound, PruningError
+from .job import JobHandle
 from .results import PruneResult
-from .specs import EXPORT_FORMATS, constant_sparsity, job_spec, polynomial_decay
+from .specs import EXPORT_FORMATS, constant_sparsity, export_format, export_format_name, job_spec, polynomial_decay
+
+if TYPE_CHECKING:
+    from tqdm import tqdm
+
+__all__ = ["COMMAND_GROUP", "cli", "follow", "format_table", "main", "run"]
+
+#: Entry-point group of the commands other packages add (``up`` from pruning-server).
+COMMAND_GROUP = "pruning.commands"
+DEFAULT_TARGET = "127.0.0.1:50051"
+#: Without a terminal, the progress is one line per epoch and at least every this many seconds.
+PLAIN_PROGRESS_INTERVAL_S = 10.0
+_GLOBALS_KEY = "pruning_client.cli.globals"
+_STATES = [s.removeprefix("JOB_STATE_").lower() for s, v in pb.JobState.items() if v != pb.JOB_STATE_UNSPECIFIED]
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 
-def _dump(message) -> dict:
+# -- options shared by every command -----------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class GlobalOptions:
+    """The connection and output options, wherever on the command line they were given."""
+
+    target: str = DEFAULT_TARGET
+    api_key: str | None = None
+    tls: bool = False
+    ca_file: pathlib.Path | None = None
+    timeout: float = 30.0
+    json: bool = False
+
+
+def _remember(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+    """Keeps a global option's value in the context chain: the group's value, unless the
+    subcommand's copy of the option was given on the command line."""
+    assert param.name is not None
+    store: dict[str, Any] = ctx.meta.setdefault(_GLOBALS_KEY, {})
+    if param.name not in store or ctx.get_parameter_source(param.name) is ParameterSource.COMMANDLINE:
+        store[param.name] = value
+    return value
+
+
+def _globals(ctx: click.Context | None = None) -> GlobalOptions:
+    ctx = ctx or click.get_current_context()
+    return GlobalOptions(**ctx.meta.get(_GLOBALS_KEY, {}))
+
+
+def _option(*decls: str, help: str, **attrs: Any) -> Callable[[F], F]:
+    """click.option with help and the default shown (every option of this CLI has both)."""
+    return click.option(*decls, help=help, show_default=True, **attrs)
+
+
+_GLOBAL_OPTIONS: list[Callable[[F], F]] = [
+    _option(
+        "--target",
+        default=DEFAULT_TARGET,
+        envvar="PRUNING_TARGET",
+        show_envvar=True,
+        metavar="HOST:PORT",
+        help="Address of the pruning server.",
+        expose_value=False,
+        callback=_remember,
+    ),
+    _option(
+        "--api-key",
+        default=None,
+        envvar="PRUNING_API_KEY",
+        show_envvar=True,
+        metavar="KEY",
+        help="API key (sent as x-api-key; selects the tenant).",
+        expose_value=False,
+        callback=_remember,
+    ),
+    _option(
+        "--tls",
+        is_flag=True,
+        default=False,
+        help="Connect with TLS (system roots unless --ca-file).",
+        expose_value=False,
+        callback=_remember,
+    ),
+    _option(
+        "--ca-file",
+        default=None,
+        envvar="PRUNING_CA_FILE",
+        show_envvar=True,
+        type=click.Path(exists=True, dir_okay=False, path_type=pathlib.Path),
+        help="PEM root certificates for TLS; implies --tls.",
+        expose_value=False,
+        callback=_remember,
+    ),
+    _option(
+        "--timeout",
+        default=30.0,
+        type=click.FloatRange(min=0, min_open=True),
+        metavar="SECONDS",
+        help="Deadline of each call.",
+        expose_value=False,
+        callback=_remember,
+    ),
+    _option(
+        "--json",
+        is_flag=True,
+        default=False,
+        help="Machine-readable output: JSON on stdout (one object per line for watch).",
+        expose_value=False,
+        callback=_remember,
+    ),
+]
+
+
+def global_options(f: F) -> F:
+    """Adds the connection and output options to a command (they are also the group's)."""
+    for option in reversed(_GLOBAL_OPTIONS):
+        f = option(f)
+    return f
+
+
+# -- helpers -----------------------------------------------------------------------------------
+
+
+class ExportFormatType(click.Choice):  # type: ignore[type-arg,unused-ignore]  # generic from click 8.2
+    """An export format name (keras, h5, saved_model, tflite, tflite_int8); file-style names
+    such as "saved_model.zip" are accepted too and converted to the format name."""
+
+    name = "export format"
+
+    def __init__(self) -> None:
+        super().__init__(list(EXPORT_FORMATS), case_sensitive=False)
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, str):
+            try:
+                return export_format_name(export_format(value))
+            except ValueError:
+                pass
+        return super().convert(value, param, ctx)  # fails with click's message, listing the choices
+
+
+def _dump(message: Message) -> dict[str, Any]:
     return json_format.MessageToDict(message, preserving_proto_field_name=True)
 
 
-def _emit(args, data, text: str) -> None:
-    print(json.dumps(data, sort_keys=True) if args.json else text, flush=True)
+def _emit(data: Any, text: str) -> None:
+    click.echo(json.dumps(data, sort_keys=True) if _globals().json else text)
 
 
-def _client(args) -> Client:
-    roots = pathlib.Path(args.ca_file).read_bytes() if args.ca_file else None
-    return Client(args.target, api_key=args.api_key, tls=args.tls or roots is not None, root_certificates=roots,
-                  timeout=args.timeout)
-
-
-def _label(text: str) -> tuple[str, str]:
-    key, sep, value = text.partition("=")
-    if not sep or not key:
-        raise argparse.ArgumentTypeError(f"expected key=value, got {text!r}")
-    return key, value
+def _client(opts: GlobalOptions) -> Client:
+    roots = opts.ca_file.read_bytes() if opts.ca_file else None
+    return Client(
+        opts.target,
+        api_key=opts.api_key or None,
+        tls=opts.tls or roots is not None,
+        root_certificates=roots,
+        timeout=opts.timeout,
+    )
 
 
 def _is_id(value: str) -> bool:
     return len(value) == 64 and all(c in "0123456789abcdef" for c in value)
+
+
+def _labels(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> dict[str, str]:
+    labels = {}
+    for text in values:
+        key, sep, value = text.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"expected key=value, got {text!r}", ctx=ctx, param=param)
+        labels[key] = value
+    return labels
+
+
+def _model_ref(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    if _is_id(value) or os.path.isfile(value):
+        return value
+    raise click.BadParameter(f"{value!r} is neither an existing file nor an uploaded model id", ctx=ctx, param=param)
+
+
+def _dataset_ref(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    """A built-in name ("mnist"), an uploaded dataset id or an existing file; a value that
+    looks like a path (a dot or a slash in it) must be an existing file."""
+    looks_like_path = any(c in value for c in "./" + os.sep)
+    if _is_id(value) or os.path.isfile(value) or not looks_like_path:
+        return value
+    raise click.BadParameter(f"file {value!r} does not exist", ctx=ctx, param=param)
+
+
+def _state(job: pb.Job) -> str:
+    return pb.JobState.Name(job.state).removeprefix("JOB_STATE_")
+
+
+def _same_format(artifact_format: str, wanted: str) -> bool:
+    try:
+        return export_format(artifact_format) == export_format(wanted)
+    except ValueError:
+        return artifact_format == wanted
+
+
+def _format_name(artifact_format: str) -> str:
+    try:
+        return export_format_name(export_format(artifact_format))
+    except ValueError:
+        return artifact_format
 
 
 def format_table(result: PruneResult) -> str:
@@ -59,8 +251,10 @@ def format_table(result: PruneResult) -> str:
         f"{'model size (raw)':24}{result.size_before_raw:>12,}{result.size_after_raw:>12,}",
         f"{'model size (gzip)':24}{result.size_before_gzip:>12,}{result.size_after_gzip:>12,}",
         f"accuracy delta: {result.accuracy_delta * 100:+.2f} pp;  gzip compression: {result.compression_ratio:.2f}x",
-        f"sparsity: pruned kernels {result.pruned_kernel_sparsity:.4f}, all parameters {result.overall_sparsity:.4f}"
-        f" ({result.nonzero_params:,} of {result.total_params:,} non-zero)",
+        (
+            f"sparsity: pruned kernels {result.pruned_kernel_sparsity:.4f}, all parameters "
+            f"{result.overall_sparsity:.4f} ({result.nonzero_params:,} of {result.total_params:,} non-zero)"
+        ),
         f"fine-tuning: {result.fine_tune_seconds:.1f} s on {result.device}",
         "",
         f"{'layer':24}{'type':16}{'pruned':>8}{'weights':>10}{'non-zero':>10}{'sparsity':>10}",
@@ -73,278 +267,627 @@ def format_table(result: PruneResult) -> str:
     return "\n".join(lines)
 
 
-def follow(job: JobHandle, *, show_bar: bool, json_lines: bool) -> pb.Job:
-    """Follows a job's events, with a live progress bar or one JSON line per event."""
-    bar = None
+# -- progress ----------------------------------------------------------------------------------
 
-    def say(message: str) -> None:
-        if bar is not None:
-            bar.write(message, file=sys.stderr)
+
+class _Progress:
+    """Fine-tuning progress on stderr: a live tqdm bar on a terminal; otherwise plain lines
+    (one per epoch, at least every PLAIN_PROGRESS_INTERVAL_S, and the last step), never a
+    carriage return."""
+
+    def __init__(self, live: bool, stream: IO[str] | None = None, clock: Callable[[], float] = time.monotonic) -> None:
+        self.stream = stream or sys.stderr
+        self.live, self.clock = live, clock
+        self.bar: tqdm[Any] | None = None
+        self._last_line = 0.0
+        self._last_key: tuple[int, int] | None = None
+
+    def say(self, message: str) -> None:
+        if self.bar is not None:
+            self.bar.write(message, file=self.stream)
         else:
-            print(message, file=sys.stderr, flush=True)
+            print(message, file=self.stream, flush=True)
 
+    def update(self, p: pb.Progress) -> None:
+        summary = f"epoch {p.epoch}/{p.total_epochs} loss {p.loss:.4f} acc {p.accuracy:.4f} sparsity {p.sparsity:.3f}"
+        if self.live:
+            if self.bar is None:
+                from tqdm import tqdm
+
+                self.bar = tqdm(total=p.total_steps, unit="step", file=self.stream, dynamic_ncols=True, mininterval=1.0)
+            self.bar.n = p.step
+            self.bar.set_postfix_str(summary)
+            self.bar.refresh()
+            return
+        now = self.clock()
+        new_epoch = self._last_key is None or p.epoch != self._last_key[0]
+        due = now - self._last_line >= PLAIN_PROGRESS_INTERVAL_S or p.step >= p.total_steps
+        if (p.epoch, p.step) == self._last_key or not (new_epoch or due):
+            return
+        self._last_key, self._last_line = (p.epoch, p.step), now
+        percent = 100.0 * p.step / p.total_steps
+        eta = f" eta {p.eta_seconds:.0f}s" if p.eta_seconds else ""
+        self.say(f"fine-tune step {p.step}/{p.total_steps} ({percent:.0f}%) {summary}{eta}")
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+class Followable(Protocol):
+    """What :func:`follow` needs of a job handle (a :class:`JobHandle` has it)."""
+
+    @property
+    def id(self) -> str: ...
+
+    def watch(self) -> Iterator[pb.JobEvent]: ...
+
+    def status(self) -> pb.Job: ...
+
+
+def follow(job: Followable, *, show_bar: bool, json_lines: bool) -> pb.Job:
+    """Follows a job's events until it ends and returns its final record. With ``json_lines``,
+    each event is one JSON line on stdout; otherwise logs and state changes go to stderr, with
+    a progress bar when ``show_bar`` and stderr is a terminal (plain lines otherwise)."""
+    progress = _Progress(live=show_bar and sys.stderr.isatty())
     try:
         for event in job.watch():
             kind = event.WhichOneof("kind")
             if json_lines:
-                print(json.dumps(_dump(event), sort_keys=True), flush=True)
-                continue
-            if kind == "progress" and event.progress.phase == "fine_tune" and event.progress.total_steps and show_bar:
-                p = event.progress
-                if bar is None:
-                    from tqdm import tqdm
-
-                    bar = tqdm(total=p.total_steps, unit="step", file=sys.stderr, dynamic_ncols=True, mininterval=1.0)
-                bar.n = p.step
-                bar.set_postfix_str(
-                    f"epoch {p.epoch}/{p.total_epochs} loss {p.loss:.4f} acc {p.accuracy:.4f} sparsity {p.sparsity:.3f}"
-                )
-                bar.refresh()
+                click.echo(json.dumps(_dump(event), sort_keys=True))
+            elif kind == "progress" and event.progress.phase == "fine_tune" and event.progress.total_steps:
+                progress.update(event.progress)
             elif kind == "log":
-                say(f"[{event.log.level}] {event.log.message}")
+                progress.say(f"[{event.log.level}] {event.log.message}")
             elif kind == "state_change":
                 state = pb.JobState.Name(event.state_change.to).removeprefix("JOB_STATE_")
                 message = f"job {job.id}: {state}"
                 if event.state_change.error.message:
                     message += f" ({event.state_change.error.message})"
-                say(message)
+                progress.say(message)
     finally:
-        if bar is not None:
-            bar.close()
+        progress.close()
     return job.status()
 
 
-def _finish(args, job: JobHandle, final: pb.Job) -> int:
-    if final.state == pb.JOB_STATE_SUCCEEDED:
-        result = PruneResult.from_proto(final.result)
-        downloaded = None
-        if getattr(args, "download", None):
-            target = pathlib.Path(args.download)
-            target.mkdir(parents=True, exist_ok=True)
-            downloaded = str(job.download(target))
-        data = {"job_id": job.id, "state": "SUCCEEDED", "result": result.to_dict(), "downloaded": downloaded}
-        text = format_table(result) + (f"\npruned model: {downloaded}" if downloaded else "")
-        _emit(args, data, text)
-        return 0
-    # Re-raise the outcome through the handle so the exit code matches the SDK exception.
-    job.result()
-    return 1
+# -- downloads ---------------------------------------------------------------------------------
 
 
-def cmd_upload(args) -> int:
-    with _client(args) as client:
-        method = client.upload_model if args.kind == "model" else client.upload_dataset
-        artifact = method(args.path)
-    _emit(args, _dump(artifact), artifact.id)
-    return 0
+def _artifact_name(job_id: str, artifact: pb.Artifact, *, with_format: bool = False) -> str:
+    """``pruned-<job>`` (``pruned-<job>-<format>`` ``with_format``) and the artifact's file
+    suffix (".keras", ".int8.tflite"), else its format name; an archive suffix gets the format
+    in front (".saved_model.zip")."""
+    job_id = "".join(c if c.isalnum() or c in "-_" else "_" for c in job_id)  # never a path
+    fmt = _format_name(artifact.format)
+    suffixes = [
+        s
+        for s in pathlib.PurePosixPath(artifact.filename).suffixes
+        if any(c.isalpha() for c in s) and s[1:].replace("_", "").isalnum() and len(s) <= 16
+    ][-2:]
+    suffix = "".join(suffixes) or f".{fmt}"
+    if suffixes in ([".zip"], [".tar"], [".tgz"], [".gz"]) and fmt:
+        suffix = f".{fmt}{suffix}"
+    return f"pruned-{job_id}-{fmt}{suffix}" if with_format else f"pruned-{job_id}{suffix}"
 
 
-def _spec_from_args(args, client: Client) -> pb.JobSpec:
-    model_id = args.model if _is_id(args.model) else client.upload_model(args.model).id
-    dataset = args.dataset
-    if not _is_id(dataset) and os.path.exists(dataset):
-        dataset = client.upload_dataset(dataset).id
-    if args.schedule == "polynomial":
-        schedule = polynomial_decay(args.initial_sparsity, args.final_sparsity, begin_step=args.begin_step,
-                                    end_step=args.end_step, power=args.power, frequency=args.frequency)
-    else:
-        schedule = constant_sparsity(args.final_sparsity, begin_step=args.begin_step, end_step=args.end_step,
-                                     frequency=args.frequency)
-    return job_spec(
-        model_id, dataset=dataset, schedule=schedule, epochs=args.epochs, batch_size=args.batch_size,
-        validation_split=args.validation_split, optimizer=args.optimizer, learning_rate=args.learning_rate,
-        seed=args.seed, max_train_samples=args.max_train_samples, include_layers=tuple(args.include_layer),
-        exclude_layers=tuple(args.exclude_layer), exports=tuple(args.export or ["keras"]),
+def _destination(output: str | None, name: str, *, directory: bool = False) -> pathlib.Path:
+    """``output`` when it names a file; ``output/name`` when it is a directory (an existing
+    one, one ending with a slash, or any with ``directory``); ``./name`` without it."""
+    if output is None:
+        return pathlib.Path(name)
+    path = pathlib.Path(output)
+    if directory or output.endswith(("/", os.sep)) or path.is_dir():
+        return path / name
+    return path
+
+
+def _fetch(client: Client, artifact_id: str, dest: pathlib.Path) -> pathlib.Path:
+    """Downloads an artifact to the file ``dest``. Client.download keeps the partial file
+    beside it keyed by the artifact id (``<dest>.<artifact_id[:16]>.part``), so only the same
+    artifact ever resumes from it."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    return client.download(artifact_id, dest)
+
+
+def _fetch_job(
+    client: Client, job_id: str, artifacts: Sequence[pb.Artifact], output: str | None, *, directory: bool
+) -> list[pathlib.Path]:
+    paths: list[pathlib.Path] = []
+    for artifact in artifacts:
+        dest = _destination(output, _artifact_name(job_id, artifact), directory=directory)
+        if dest in paths:  # two exports with one suffix: tell them apart by format
+            dest = _destination(output, _artifact_name(job_id, artifact, with_format=True), directory=directory)
+        paths.append(_fetch(client, artifact.id, dest))
+    return paths
+
+
+def _select(job_id: str, result: pb.PruneResult, fmt: str | None) -> pb.Artifact:
+    if not result.artifacts:
+        raise NotFound(f"job {job_id} has no exports")
+    if fmt is None:
+        return result.artifacts[0]
+    for artifact in result.artifacts:
+        if _same_format(artifact.format, fmt):
+            return artifact
+    have = ", ".join(_format_name(a.format) for a in result.artifacts)
+    raise NotFound(f"job {job_id} has no {fmt} export (it has: {have})")
+
+
+# -- the group and its commands ----------------------------------------------------------------
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("pruning-client")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def _print_version(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    if value and not ctx.resilient_parsing:
+        click.echo(f"pruning {_version()}")
+        ctx.exit()
+
+
+def _unavailable(name: str, message: str) -> click.Command:
+    """A stand-in for a command whose package is missing: one line on stderr, exit 2."""
+
+    def run() -> None:
+        click.echo(f"error: {message}", err=True)
+        click.get_current_context().exit(2)
+
+    return click.Command(
+        name,
+        callback=run,
+        help=message,
+        short_help=message,
+        add_help_option=False,
+        context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
     )
 
 
-def cmd_submit(args) -> int:
-    labels = dict(args.label)
-    with _client(args) as client:
-        job = client.submit(_spec_from_args(args, client), labels=labels, idempotency_key=args.idempotency_key)
-        if not args.wait:
-            _emit(args, {"job_id": job.id}, job.id)
-            return 0
-        if not args.json:
-            print(f"job {job.id} submitted", file=sys.stderr)
-        final = follow(job, show_bar=not args.json, json_lines=False)
-        return _finish(args, job, final)
+_MISSING_UP = (
+    "`pruning up` needs the server package: pip install ./server ./workers "
+    "(pruning-server[embedded] and pruning-worker)"
+)
 
 
-def cmd_watch(args) -> int:
-    with _client(args) as client:
-        job = client.job(args.job_id)
-        final = follow(job, show_bar=not args.json, json_lines=args.json)
-        if not args.json:
-            return _finish(args, job, final)
+@functools.cache
+def _plugins() -> dict[str, importlib.metadata.EntryPoint]:
+    return {ep.name: ep for ep in importlib.metadata.entry_points(group=COMMAND_GROUP)}
+
+
+@functools.cache
+def _load_plugin(name: str) -> click.Command | None:
+    entry_point = _plugins().get(name)
+    if entry_point is None:
+        return _unavailable("up", _MISSING_UP) if name == "up" else None
+    try:
+        command = entry_point.load()
+    except Exception as error:  # noqa: BLE001  (a broken plugin must not break the other commands)
+        return _unavailable(name, f"`pruning {name}` could not be loaded from {entry_point.value}: {error}")
+    if not isinstance(command, click.Command):
+        return _unavailable(name, f"`pruning {name}`: {entry_point.value} is not a click command")
+    return command
+
+
+class PruningGroup(click.Group):
+    """The ``pruning`` group: built-in commands, those of the ``pruning.commands`` entry
+    points (loaded when used), and the SDK's errors turned into exit codes."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *_plugins(), "up"})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        return super().get_command(ctx, cmd_name) or _load_plugin(cmd_name)
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except PruningError as error:
+            try:
+                _report(error, json_output=_globals(ctx).json)
+            except BrokenPipeError:
+                _silence_stdout()
+            ctx.exit(error.exit_code)
+        except BrokenPipeError:
+            _silence_stdout()
+            ctx.exit(0)
+
+
+def _report(error: PruningError, *, json_output: bool) -> None:
+    if json_output:
+        click.echo(
+            json.dumps(
+                {"error": type(error).__name__, "message": error.message, "field_violations": error.field_violations}
+            )
+        )
+        return
+    click.echo(f"error: {error.message}", err=True)
+    for field, description in error.field_violations:
+        click.echo(f"  {field}: {description}", err=True)
+
+
+def _silence_stdout() -> None:
+    """After a broken pipe (``pruning watch --json | head -1``): point stdout at /dev/null so
+    the interpreter's last flush cannot fail again (see the Python docs on SIGPIPE)."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+
+
+@click.group(
+    cls=PruningGroup,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 120, "show_default": True},
+    epilog="Exit codes: 0 success, 2 invalid argument, 3 not found, 4 unauthenticated, 5 resource exhausted, "
+    "6 failed precondition or already exists, 7 unavailable, 8 job failed, 9 job cancelled, 10 timeout, "
+    "11 integrity error, 1 anything else.",
+)
+@click.option(
+    "--version",
+    is_flag=True,
+    expose_value=False,
+    is_eager=True,
+    callback=_print_version,
+    help="Print the version of pruning-client and exit.",
+)
+@global_options
+def cli() -> None:
+    """Prune Keras models with the pruning service.
+
+    The connection options (--target, --api-key, --tls, --ca-file, --timeout, --json) go
+    before or after the command name.
+    """
+
+
+@cli.command("upload")
+@click.argument("kind", type=click.Choice(["model", "dataset"]))
+@click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=pathlib.Path))
+@global_options
+def upload(kind: str, path: pathlib.Path) -> None:
+    """Upload a model or a dataset; prints its artifact id.
+
+    KIND model: a .keras or .h5 file; KIND dataset: an .npz with x_train, y_train, x_test,
+    y_test. The artifact id is the file's sha256.
+    """
+    with _client(_globals()) as client:
+        artifact = client.upload_model(path) if kind == "model" else client.upload_dataset(path)
+    _emit(_dump(artifact), artifact.id)
+
+
+def _spec(
+    client: Client,
+    *,
+    model: str,
+    dataset: str,
+    schedule: str,
+    initial_sparsity: float,
+    final_sparsity: float,
+    begin_step: int,
+    end_step: int,
+    power: float,
+    frequency: int,
+    epochs: int,
+    batch_size: int,
+    validation_split: float,
+    optimizer: str,
+    learning_rate: float,
+    seed: int,
+    max_train_samples: int,
+    include_layer: tuple[str, ...],
+    exclude_layer: tuple[str, ...],
+    export: tuple[str, ...],
+) -> pb.JobSpec:
+    model_id = model if _is_id(model) else client.upload_model(model).id
+    if not _is_id(dataset) and os.path.isfile(dataset):
+        dataset = client.upload_dataset(dataset).id
+    if schedule == "polynomial":
+        pruning_schedule = polynomial_decay(
+            initial_sparsity, final_sparsity, begin_step=begin_step, end_step=end_step, power=power, frequency=frequency
+        )
+    else:
+        pruning_schedule = constant_sparsity(
+            final_sparsity, begin_step=begin_step, end_step=end_step, frequency=frequency
+        )
+    return job_spec(
+        model_id,
+        dataset=dataset,
+        schedule=pruning_schedule,
+        epochs=epochs,
+        batch_size=batch_size,
+        validation_split=validation_split,
+        optimizer=optimizer,
+        learning_rate=learning_rate,
+        seed=seed,
+        max_train_samples=max_train_samples,
+        include_layers=include_layer,
+        exclude_layers=exclude_layer,
+        exports=export,
+    )
+
+
+def _finish(client: Client, job: JobHandle, final: pb.Job, download: pathlib.Path | None) -> None:
+    """Prints a finished job's result (downloading its exports into ``download``), or raises
+    the SDK error of a failed or cancelled job (exit 8 or 9)."""
+    if final.state != pb.JOB_STATE_SUCCEEDED:
+        job.result()  # raises JobFailed or JobCancelled, whose exit codes say which
+        raise PruningError(f"job {job.id} ended {_state(final)}")
+    result = PruneResult.from_proto(final.result)
+    paths = _fetch_job(client, job.id, final.result.artifacts, str(download), directory=True) if download else []
+    data = {
+        "job_id": job.id,
+        "state": "SUCCEEDED",
+        "result": result.to_dict(),
+        "downloaded": str(paths[0]) if paths else None,
+        "downloads": [str(p) for p in paths],
+    }
+    text = format_table(result)
+    for artifact, path in zip(final.result.artifacts, paths, strict=False):
+        text += f"\npruned model ({_format_name(artifact.format)}): {path}"
+    _emit(data, text)
+
+
+_DOWNLOAD_DIR = click.Path(file_okay=False, path_type=pathlib.Path)
+
+
+@cli.command("submit")
+@_option(
+    "--model",
+    required=True,
+    callback=_model_ref,
+    metavar="FILE|ID",
+    help="Model file (.keras/.h5, uploaded first) or the id of an uploaded model.",
+)
+@_option(
+    "--dataset",
+    default="mnist",
+    callback=_dataset_ref,
+    metavar="NAME|FILE|ID",
+    help="A built-in dataset name, an .npz file (uploaded first) or the id of an uploaded dataset.",
+)
+@_option(
+    "--schedule",
+    type=click.Choice(["polynomial", "constant"]),
+    default="polynomial",
+    help="Pruning schedule: PolynomialDecay or ConstantSparsity.",
+)
+@_option("--initial-sparsity", type=float, default=0.5, help="Initial sparsity of the polynomial schedule.")
+@_option("--final-sparsity", type=float, default=0.8, help="Final (or constant target) sparsity.")
+@_option("--begin-step", type=int, default=0, help="Step at which pruning begins.")
+@_option("--end-step", type=int, default=0, help="Step at which pruning ends; 0 = the end of fine-tuning.")
+@_option("--power", type=float, default=3.0, help="Exponent of the polynomial schedule.")
+@_option("--frequency", type=int, default=100, help="Prune every this many steps.")
+@_option("--epochs", type=int, default=2, help="Fine-tuning epochs.")
+@_option("--batch-size", type=int, default=128, help="Fine-tuning batch size.")
+@_option("--validation-split", type=float, default=0.1, help="Share of the training data held out; 0 = none.")
+@_option("--optimizer", default="adam", help="Keras optimizer name.")
+@_option("--learning-rate", type=float, default=0.0, help="Learning rate; 0 = the optimizer's default.")
+@_option("--seed", type=int, default=0, help="Random seed; 0 = no fixed seed.")
+@_option("--max-train-samples", type=int, default=0, help="Use at most this many training samples; 0 = all.")
+@_option("--include-layer", multiple=True, metavar="NAME", help="Prune only these layers (repeatable).")
+@_option("--exclude-layer", multiple=True, metavar="NAME", help="Never prune these layers (repeatable).")
+@_option(
+    "--export",
+    type=ExportFormatType(),
+    multiple=True,
+    default=("keras",),
+    help="Export format (repeatable); the first is the pruned model.",
+)
+@_option("--label", multiple=True, callback=_labels, metavar="KEY=VALUE", help="Label of the job (repeatable).")
+@_option(
+    "--idempotency-key",
+    default=None,
+    metavar="KEY",
+    help="Retrying with the same key returns the same job (default: a fresh key).",
+)
+@_option("--wait", is_flag=True, default=False, help="Follow the job and print its result.")
+@_option(
+    "--download",
+    type=_DOWNLOAD_DIR,
+    default=None,
+    metavar="DIR",
+    help="With --wait: download every export of the job into DIR.",
+)
+@global_options
+def submit(
+    *, label: dict[str, str], idempotency_key: str | None, wait: bool, download: pathlib.Path | None, **spec: Any
+) -> None:
+    """Create a pruning job; prints its id.
+
+    With --wait, follows the job and prints its result (exit 8 if it failed, 9 if cancelled).
+    """
+    if download is not None and not wait:
+        raise click.UsageError("--download needs --wait")
+    opts = _globals()
+    with _client(opts) as client:
+        job = client.submit(_spec(client, **spec), labels=label, idempotency_key=idempotency_key)
+        if not wait:
+            _emit({"job_id": job.id}, job.id)
+            return
+        if not opts.json:
+            click.echo(f"job {job.id} submitted", err=True)
+        final = follow(job, show_bar=not opts.json, json_lines=False)
+        _finish(client, job, final, download)
+
+
+@cli.command("watch")
+@click.argument("job_id")
+@_option(
+    "--download",
+    type=_DOWNLOAD_DIR,
+    default=None,
+    metavar="DIR",
+    help="When the job succeeds, download every export into DIR.",
+)
+@global_options
+def watch(job_id: str, download: pathlib.Path | None) -> None:
+    """Follow a job until it ends.
+
+    Shows a progress bar on a terminal (plain lines otherwise) and the result; with --json,
+    one event per line. Exit 8 if the job failed, 9 if it was cancelled.
+    """
+    opts = _globals()
+    with _client(opts) as client:
+        job = client.job(job_id)
+        final = follow(job, show_bar=not opts.json, json_lines=opts.json)
+        if not opts.json:
+            _finish(client, job, final, download)
+            return
         if final.state != pb.JOB_STATE_SUCCEEDED:
             job.result()  # raises JobFailed or JobCancelled, whose exit codes say which
-        return 0
+        if download is not None:
+            _fetch_job(client, job.id, final.result.artifacts, str(download), directory=True)
 
 
-def cmd_status(args) -> int:
-    with _client(args) as client:
-        job = client.get_job(args.job_id)
+@cli.command("status")
+@click.argument("job_id")
+@global_options
+def status(job_id: str) -> None:
+    """Show a job: state, attempt, progress, error."""
+    with _client(_globals()) as client:
+        job = client.get_job(job_id)
     p = job.progress
-    text = f"{job.id} {pb.JobState.Name(job.state).removeprefix('JOB_STATE_')} attempt {job.attempt}"
+    text = f"{job.id} {_state(job)} attempt {job.attempt}"
     if p.phase:
         text += f" phase {p.phase}"
     if p.total_steps:
         text += f" step {p.step}/{p.total_steps} sparsity {p.sparsity:.3f} eta {p.eta_seconds:.0f}s"
     if job.error.message:
         text += f" error: {job.error.message}"
-    _emit(args, _dump(job), text)
-    return 0
+    _emit(_dump(job), text)
 
 
-def cmd_list(args) -> int:
-    states = [pb.JobState.Value("JOB_STATE_" + s.upper()) for s in args.state]
-    labels = dict(args.label)
-    with _client(args) as client:
-        jobs = list(client.list_jobs(states=states, labels=labels))[: args.limit]
+@cli.command("result")
+@click.argument("job_id")
+@_option(
+    "--wait-timeout",
+    type=click.FloatRange(min=0),
+    default=None,
+    metavar="SECONDS",
+    help="Give up after this long (exit 10); default: wait until the job ends.",
+)
+@global_options
+def result(job_id: str, wait_timeout: float | None) -> None:
+    """Wait for a job and print its result.
+
+    Exit 8 if the job failed, 9 if it was cancelled, 10 after --wait-timeout.
+    """
+    with _client(_globals()) as client:
+        outcome = client.job(job_id).result(timeout=wait_timeout)
+    _emit(outcome.to_dict(), format_table(outcome))
+
+
+@cli.command("list")
+@_option("--state", type=click.Choice(_STATES), multiple=True, help="Only jobs in this state (repeatable).")
+@_option(
+    "--label", multiple=True, callback=_labels, metavar="KEY=VALUE", help="Only jobs with this label (repeatable)."
+)
+@_option("--limit", type=click.IntRange(min=1), default=100, help="Show at most this many jobs.")
+@global_options
+def list_(state: tuple[str, ...], label: dict[str, str], limit: int) -> None:
+    """List jobs, newest first."""
+    states = [int(pb.JobState.Value("JOB_STATE_" + s.upper())) for s in state]
+    with _client(_globals()) as client:
+        jobs = list(itertools.islice(client.list_jobs(states=states, labels=label), limit))
     lines = [
-        f"{j.id}  {pb.JobState.Name(j.state).removeprefix('JOB_STATE_'):11} "
-        f"{j.created_at.ToDatetime():%Y-%m-%d %H:%M:%S}  "
+        f"{j.id}  {_state(j):11} {j.created_at.ToDatetime():%Y-%m-%d %H:%M:%S}  "
         + " ".join(f"{k}={v}" for k, v in sorted(j.labels.items()))
         for j in jobs
     ]
-    _emit(args, {"jobs": [_dump(j) for j in jobs]}, "\n".join(lines) or "no jobs")
-    return 0
+    _emit({"jobs": [_dump(j) for j in jobs]}, "\n".join(lines) or "no jobs")
 
 
-def cmd_cancel(args) -> int:
-    with _client(args) as client:
-        job = client.cancel_job(args.job_id)
-    _emit(args, _dump(job), f"{job.id} {pb.JobState.Name(job.state).removeprefix('JOB_STATE_')}")
-    return 0
+@cli.command("cancel")
+@click.argument("job_id")
+@global_options
+def cancel(job_id: str) -> None:
+    """Cancel a queued or running job."""
+    with _client(_globals()) as client:
+        job = client.cancel_job(job_id)
+    _emit(_dump(job), f"{job.id} {_state(job)}")
 
 
-def cmd_download(args) -> int:
-    with _client(args) as client:
-        if _is_id(args.id):
-            path = client.download(args.id, args.output or args.id)
+@cli.command("download")
+@click.argument("id_", metavar="ID")
+@_option(
+    "--output",
+    "-o",
+    default=None,
+    metavar="PATH",
+    help="File to write, or a directory (existing, or ending with /) to write into; default: here.",
+)
+@_option(
+    "--format",
+    "fmt",
+    type=ExportFormatType(),
+    default=None,
+    help="Which export of a job (default: the pruned model, its first export).",
+)
+@_option(
+    "--all", "all_", is_flag=True, default=False, help="Every export of a job, into the directory -o (default: here)."
+)
+@global_options
+def download(id_: str, output: str | None, fmt: str | None, all_: bool) -> None:
+    """Download an artifact or a job's exports; prints the paths.
+
+    ID is an artifact id (its sha256) or a job id (waits for the job). An interrupted
+    download resumes from its partial file (<file>.<artifact id prefix>.part).
+    """
+    if _is_id(id_) and (fmt is not None or all_):
+        raise click.UsageError("--format and --all need a job id, not an artifact id")
+    if fmt is not None and all_:
+        raise click.UsageError("--format and --all exclude each other")
+    with _client(_globals()) as client:
+        if _is_id(id_):
+            paths = [_fetch(client, id_, _destination(output, id_))]
         else:
-            target = pathlib.Path(args.output or ".")
-            target.mkdir(parents=True, exist_ok=True)
-            path = client.job(args.id).download(target, fmt=args.format)
-    _emit(args, {"path": str(path)}, str(path))
-    return 0
+            outcome = client.job(id_).result().raw  # waits; a failed or cancelled job exits 8 or 9
+            artifacts = list(outcome.artifacts) if all_ else [_select(id_, outcome, fmt)]
+            paths = _fetch_job(client, id_, artifacts, output, directory=all_)
+    _emit({"path": str(paths[0]), "paths": [str(p) for p in paths]}, "\n".join(str(p) for p in paths))
 
 
-def cmd_result(args) -> int:
-    with _client(args) as client:
-        result = client.job(args.job_id).result(timeout=args.wait_timeout)
-    _emit(args, result.to_dict(), format_table(result))
-    return 0
+# -- entry point -------------------------------------------------------------------------------
 
 
-def cmd_up(args) -> int:
+_NO_ARGS_IS_HELP: tuple[type[Exception], ...] = tuple(
+    getattr(click.exceptions, name) for name in ("NoArgsIsHelpError",) if hasattr(click.exceptions, name)
+)
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def run(argv: Sequence[str] | None = None) -> int:
+    """Runs the CLI on ``argv`` (default: the process's arguments); returns the exit code."""
     try:
-        from pruning_server.embedded import main as up
-    except ImportError:
-        print("`pruning up` needs the server and worker packages: pip install ./server ./workers", file=sys.stderr)
-        return 1
-    return up(listen=args.listen)
+        rv = cli.main(args=list(argv) if argv is not None else None, prog_name="pruning", standalone_mode=False)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        _silence_stdout()
+        return 0
+    except click.exceptions.Abort:  # Ctrl-C (click turns KeyboardInterrupt into Abort)
+        return 130
+    except click.UsageError as error:
+        if isinstance(error, _NO_ARGS_IS_HELP):  # bare `pruning` (click >= 8.2): the help, exit 2
+            error.show()
+            return error.exit_code
+        hint = f" (see '{error.ctx.command_path} --help')" if error.ctx is not None else ""
+        click.echo(f"error: {_one_line(error.format_message())}{hint}", err=True)
+        return error.exit_code
+    except click.ClickException as error:
+        click.echo(f"error: {_one_line(error.format_message())}", err=True)
+        return error.exit_code
+    return rv if isinstance(rv, int) else 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--target", default=os.environ.get("PRUNING_TARGET", "127.0.0.1:50051"),
-                        help="server host:port (env PRUNING_TARGET)")
-    common.add_argument("--api-key", default=os.environ.get("PRUNING_API_KEY"), help="API key (env PRUNING_API_KEY)")
-    common.add_argument("--tls", action="store_true", help="connect with TLS (system roots)")
-    common.add_argument("--ca-file", default=os.environ.get("PRUNING_CA_FILE"),
-                        help="PEM roots for TLS (env PRUNING_CA_FILE); implies --tls")
-    common.add_argument("--timeout", type=float, default=30.0, help="deadline of each call in seconds")
-    common.add_argument("--json", action="store_true", help="machine-readable output")
-
-    parser = argparse.ArgumentParser(prog="pruning", description="Prune Keras models with the pruning service.")
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    p = sub.add_parser("up", help="run Redis (embedded unless PRUNING_REDIS_URL), the server and a worker here")
-    p.add_argument("--listen", help="host:port for the server (default PRUNING_LISTEN or 127.0.0.1:50051)")
-    p.set_defaults(func=cmd_up)
-
-    p = sub.add_parser("upload", parents=[common], help="upload a model or a dataset")
-    p.add_argument("kind", choices=["model", "dataset"])
-    p.add_argument("path")
-    p.set_defaults(func=cmd_upload)
-
-    p = sub.add_parser("submit", parents=[common], help="create a pruning job")
-    p.add_argument("--model", required=True, help="model file (.keras/.h5) or uploaded model id")
-    p.add_argument("--dataset", default="mnist", help="'mnist', an .npz file or an uploaded dataset id")
-    p.add_argument("--schedule", choices=["polynomial", "constant"], default="polynomial")
-    p.add_argument("--initial-sparsity", type=float, default=0.5)
-    p.add_argument("--final-sparsity", type=float, default=0.8, help="final (or constant target) sparsity")
-    p.add_argument("--begin-step", type=int, default=0)
-    p.add_argument("--end-step", type=int, default=0, help="0 = end of fine-tuning")
-    p.add_argument("--power", type=float, default=3.0)
-    p.add_argument("--frequency", type=int, default=100)
-    p.add_argument("--epochs", type=int, default=2)
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--validation-split", type=float, default=0.1)
-    p.add_argument("--optimizer", default="adam")
-    p.add_argument("--learning-rate", type=float, default=0.0)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--max-train-samples", type=int, default=0)
-    p.add_argument("--include-layer", action="append", default=[])
-    p.add_argument("--exclude-layer", action="append", default=[])
-    p.add_argument("--export", action="append", choices=sorted(EXPORT_FORMATS))
-    p.add_argument("--label", action="append", default=[], type=_label, help="key=value (repeatable)")
-    p.add_argument("--idempotency-key", help="retrying with the same key returns the same job")
-    p.add_argument("--wait", action="store_true", help="follow the job and print its result")
-    p.add_argument("--download", metavar="DIR", help="with --wait: download the pruned model into DIR")
-    p.set_defaults(func=cmd_submit)
-
-    p = sub.add_parser("watch", parents=[common], help="follow a job (progress bar; --json: one event per line)")
-    p.add_argument("job_id")
-    p.add_argument("--download", metavar="DIR")
-    p.set_defaults(func=cmd_watch)
-
-    p = sub.add_parser("status", parents=[common], help="show a job")
-    p.add_argument("job_id")
-    p.set_defaults(func=cmd_status)
-
-    p = sub.add_parser("result", parents=[common], help="wait for a job and print its result")
-    p.add_argument("job_id")
-    p.add_argument("--wait-timeout", type=float, default=None)
-    p.set_defaults(func=cmd_result)
-
-    p = sub.add_parser("list", parents=[common], help="list jobs, newest first")
-    p.add_argument("--state", action="append", default=[], choices=[s.removeprefix("JOB_STATE_").lower()
-                   for s in pb.JobState.keys() if s != "JOB_STATE_UNSPECIFIED"])
-    p.add_argument("--label", action="append", default=[], type=_label, help="key=value (repeatable)")
-    p.add_argument("--limit", type=int, default=100)
-    p.set_defaults(func=cmd_list)
-
-    p = sub.add_parser("cancel", parents=[common], help="cancel a queued or running job")
-    p.add_argument("job_id")
-    p.set_defaults(func=cmd_cancel)
-
-    p = sub.add_parser("download", parents=[common], help="download an artifact id, or a job's pruned model")
-    p.add_argument("id", help="artifact id or job id")
-    p.add_argument("--output", "-o", help="file (artifact) or directory (job)")
-    p.add_argument("--format", help="a job's export format (default: the pruned model)")
-    p.set_defaults(func=cmd_download)
-    return parser
-
-
-def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
-    try:
-        code = args.func(args)
-    except PruningError as error:
-        if getattr(args, "json", False):
-            print(json.dumps({"error": type(error).__name__, "message": error.message,
-                              "field_violations": error.field_violations}), flush=True)
-        else:
-            print(f"error: {error.message}", file=sys.stderr)
-            for field, description in error.field_violations:
-                print(f"  {field}: {description}", file=sys.stderr)
-        code = error.exit_code
-    except KeyboardInterrupt:
-        code = 130
-    sys.exit(code)
+def main(argv: Sequence[str] | None = None) -> None:
+    """The ``pruning`` console script."""
+    sys.exit(run(argv))
 
 
 if __name__ == "__main__":

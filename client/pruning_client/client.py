@@ -1,4 +1,8 @@
-"""The SDK's client: uploads, jobs, downloads over gRPC."""
+"""The SDK's client: uploads, jobs, downloads over gRPC.
+
+The private helpers here (channel options, credentials, request builders, the file sides of
+uploads and downloads) are shared with the asyncio client in :mod:`pruning_client.aio`.
+"""
 
 from __future__ import annotations
 
@@ -8,24 +12,29 @@ import json
 import os
 import pathlib
 import uuid
-from dataclasses import dataclass
-from typing import Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import IO, Any, ParamSpec, TypeVar
 
 import grpc
 
 from pruning.v1 import pruning_pb2 as pb
 from pruning.v1 import pruning_pb2_grpc as pb_grpc
 
-from .exceptions import IntegrityError, from_rpc_error
+from .exceptions import IntegrityError, Unavailable, rpc_errors
 from .job import JobHandle
+
+__all__ = ["Client", "ClientOptions", "DownloadProgress", "UploadProgress"]
 
 CHUNK = 1024 * 1024
 _RETRY_CONFIG = json.dumps(
     {
         "methodConfig": [
             {
-                "name": [{"service": "pruning.v1.PruningService", "method": m}
-                         for m in ("CreateJob", "GetJob", "ListJobs", "CancelJob")],
+                "name": [
+                    {"service": "pruning.v1.PruningService", "method": m}
+                    for m in ("CreateJob", "GetJob", "ListJobs", "CancelJob")
+                ],
                 "retryPolicy": {
                     "maxAttempts": 5,
                     "initialBackoff": "0.2s",
@@ -37,22 +46,33 @@ _RETRY_CONFIG = json.dumps(
         ]
     }
 )
+_CHANNEL_OPTIONS: list[tuple[str, Any]] = [
+    ("grpc.service_config", _RETRY_CONFIG),
+    ("grpc.enable_retries", 1),
+    ("grpc.max_receive_message_length", 8 * 1024 * 1024),
+]
+
+UploadProgress = Callable[[int], None]
+"""Called with the byte count of each chunk sent."""
+DownloadProgress = Callable[[int, int], None]
+"""Called with the byte count of each chunk received and the artifact's total size."""
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
 
 
-def _rpc(method):
+def _rpc(method: Callable[_P, _R]) -> Callable[_P, _R]:
     @functools.wraps(method)
-    def wrapper(*args, **kwargs):
-        try:
+    def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        with rpc_errors():
             return method(*args, **kwargs)
-        except grpc.RpcError as error:
-            raise from_rpc_error(error) from None
 
     return wrapper
 
 
 @dataclass
 class ClientOptions:
-    """Options of a :class:`Client`."""
+    """Options of a :class:`Client` (and of :class:`pruning_client.aio.AsyncClient`)."""
 
     api_key: str | None = None
     """Sent as ``x-api-key``; maps to the tenant on the server."""
@@ -62,6 +82,108 @@ class ClientOptions:
     """PEM roots for TLS."""
     timeout: float = 30.0
     """Deadline in seconds of each unary call."""
+    channel_options: list[tuple[str, Any]] = field(default_factory=lambda: list(_CHANNEL_OPTIONS))
+    """gRPC channel arguments (retry policy for the unary calls, message size)."""
+
+    @property
+    def metadata(self) -> tuple[tuple[str, str], ...]:
+        """Call metadata: the API key, if any."""
+        return (("x-api-key", self.api_key),) if self.api_key else ()
+
+    def credentials(self) -> grpc.ChannelCredentials | None:
+        """TLS channel credentials, or None for a plaintext channel."""
+        if not self.tls:
+            return None
+        return grpc.ssl_channel_credentials(root_certificates=self.root_certificates)
+
+
+class _Upload:
+    """The file side of an upload: one pass over the file, hashed as it is sent, so the id the
+    server answers (its sha256 of what it received) can be checked against what was sent."""
+
+    def __init__(self, path: os.PathLike[str] | str, progress: UploadProgress | None) -> None:
+        self.path = pathlib.Path(path)
+        self.progress = progress
+        self.digest = hashlib.sha256()
+
+    def header(self) -> pb.UploadRequest:
+        return pb.UploadRequest(header=pb.UploadHeader(filename=self.path.name, size=self.path.stat().st_size))
+
+    def chunk(self, data: bytes) -> pb.UploadRequest:
+        self.digest.update(data)
+        if self.progress:
+            self.progress(len(data))
+        return pb.UploadRequest(chunk=data)
+
+    def requests(self) -> Iterator[pb.UploadRequest]:
+        yield self.header()
+        with open(self.path, "rb") as f:
+            while data := f.read(CHUNK):
+                yield self.chunk(data)
+
+    def check(self, artifact: pb.Artifact) -> pb.Artifact:
+        if artifact.id != self.digest.hexdigest():
+            raise IntegrityError(f"the server stored {artifact.id} but {self.path} hashes to {self.digest.hexdigest()}")
+        return artifact
+
+
+class _Download:
+    """The file side of a resumable download: where it goes, the partial file it resumes (one
+    per artifact, ``<dest>.<artifact_id[:16]>.part``), and the sha256 check before the move."""
+
+    def __init__(self, artifact_id: str, dest: os.PathLike[str] | str, *, filename: str | None, resume: bool) -> None:
+        self.artifact_id = artifact_id
+        target = pathlib.Path(dest)
+        if target.is_dir():
+            # Only the last component of a name the server gave: it never becomes a path.
+            name = pathlib.PurePosixPath((filename or "").replace("\\", "/")).name
+            target = target / (name if name not in ("", ".", "..") else artifact_id)
+        self.dest = target
+        self.part = target.with_name(f"{target.name}.{artifact_id[:16]}.part")
+        self.offset = self.part.stat().st_size if resume and self.part.exists() else 0
+        self.digest = hashlib.sha256()
+        if self.offset:
+            with open(self.part, "rb") as f:
+                while block := f.read(CHUNK):
+                    self.digest.update(block)
+
+    def request(self) -> pb.DownloadArtifactRequest:
+        return pb.DownloadArtifactRequest(artifact_id=self.artifact_id, offset=self.offset)
+
+    def open(self) -> IO[bytes]:
+        return open(self.part, "ab" if self.offset else "wb")
+
+    def write(self, f: IO[bytes], chunk: pb.DownloadChunk, progress: DownloadProgress | None) -> None:
+        f.write(chunk.data)
+        self.digest.update(chunk.data)
+        if progress:
+            progress(len(chunk.data), chunk.total_size)
+
+    def finish(self) -> pathlib.Path:
+        if self.digest.hexdigest() != self.artifact_id:
+            self.part.unlink()
+            raise IntegrityError(f"downloaded {self.artifact_id} does not match its sha256; removed")
+        os.replace(self.part, self.dest)
+        return self.dest
+
+
+def _create_job_request(
+    spec: pb.JobSpec, labels: Mapping[str, str] | None, idempotency_key: str | None
+) -> pb.CreateJobRequest:
+    return pb.CreateJobRequest(
+        spec=spec, labels=dict(labels or {}), idempotency_key=idempotency_key or uuid.uuid4().hex
+    )
+
+
+def _list_jobs_request(
+    states: Iterable[int] | None, labels: Mapping[str, str] | None, page_size: int, page_token: str
+) -> pb.ListJobsRequest:
+    return pb.ListJobsRequest(
+        page_size=page_size,
+        page_token=page_token,
+        labels=dict(labels or {}),
+        states=[pb.JobState.ValueType(s) for s in states or ()],
+    )
 
 
 class Client:
@@ -74,81 +196,71 @@ class Client:
         ...     print(job.result(timeout=600).pruned_accuracy)
     """
 
-    def __init__(self, target: str, *, api_key: str | None = None, tls: bool = False,
-                 root_certificates: bytes | None = None, timeout: float = 30.0):
+    def __init__(
+        self,
+        target: str,
+        *,
+        api_key: str | None = None,
+        tls: bool = False,
+        root_certificates: bytes | None = None,
+        timeout: float = 30.0,
+    ) -> None:
         self.target = target
         self.options = ClientOptions(api_key, tls, root_certificates, timeout)
-        channel_options = [
-            ("grpc.service_config", _RETRY_CONFIG),
-            ("grpc.enable_retries", 1),
-            ("grpc.max_receive_message_length", 8 * 1024 * 1024),
-        ]
-        if tls:
-            creds = grpc.ssl_channel_credentials(root_certificates=root_certificates)
-            self._channel = grpc.secure_channel(target, creds, options=channel_options)
+        creds = self.options.credentials()
+        if creds is not None:
+            self._channel = grpc.secure_channel(target, creds, options=self.options.channel_options)
         else:
-            self._channel = grpc.insecure_channel(target, options=channel_options)
+            self._channel = grpc.insecure_channel(target, options=self.options.channel_options)
         self.stub = pb_grpc.PruningServiceStub(self._channel)
-        self._metadata = (("x-api-key", api_key),) if api_key else ()
+        self._metadata = self.options.metadata
 
     def close(self) -> None:
         self._channel.close()
 
-    def __enter__(self) -> "Client":
+    def __enter__(self) -> Client:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     def wait_ready(self, timeout: float = 10.0) -> None:
         """Blocks until the channel is connected (raises Unavailable otherwise)."""
         try:
             grpc.channel_ready_future(self._channel).result(timeout=timeout)
-        except grpc.FutureTimeoutError:
-            from .exceptions import Unavailable
-
-            raise Unavailable(f"no pruning server at {self.target} after {timeout}s") from None
+        except grpc.FutureTimeoutError as error:
+            raise Unavailable(f"no pruning server at {self.target} after {timeout}s") from error
 
     # -- uploads -----------------------------------------------------------------------------
 
-    def _upload(self, method, path: os.PathLike | str, progress=None) -> pb.Artifact:
-        """One pass over the file: the server hashes what it receives, and the id it answers
-        (the sha256) must equal the hash of what was sent."""
-        path = pathlib.Path(path)
-        digest = hashlib.sha256()
-
-        def requests():
-            yield pb.UploadRequest(header=pb.UploadHeader(filename=path.name, size=path.stat().st_size))
-            with open(path, "rb") as f:
-                while chunk := f.read(CHUNK):
-                    digest.update(chunk)
-                    yield pb.UploadRequest(chunk=chunk)
-                    if progress:
-                        progress(len(chunk))
-
-        artifact = method(requests(), metadata=self._metadata)
-        if artifact.id != digest.hexdigest():
-            raise IntegrityError(f"the server stored {artifact.id} but {path} hashes to {digest.hexdigest()}")
-        return artifact
+    def _upload(
+        self,
+        method: grpc.StreamUnaryMultiCallable[pb.UploadRequest, pb.Artifact],
+        path: os.PathLike[str] | str,
+        progress: UploadProgress | None,
+    ) -> pb.Artifact:
+        upload = _Upload(path, progress)
+        return upload.check(method(upload.requests(), metadata=self._metadata))
 
     @_rpc
-    def upload_model(self, path: os.PathLike | str, progress=None) -> pb.Artifact:
+    def upload_model(self, path: os.PathLike[str] | str, progress: UploadProgress | None = None) -> pb.Artifact:
         """Uploads a .keras or .h5 model; returns its Artifact (``.id`` for job specs)."""
         return self._upload(self.stub.UploadModel, path, progress)
 
     @_rpc
-    def upload_dataset(self, path: os.PathLike | str, progress=None) -> pb.Artifact:
+    def upload_dataset(self, path: os.PathLike[str] | str, progress: UploadProgress | None = None) -> pb.Artifact:
         """Uploads an .npz with x_train, y_train, x_test, y_test."""
         return self._upload(self.stub.UploadDataset, path, progress)
 
     # -- jobs --------------------------------------------------------------------------------
 
     @_rpc
-    def submit(self, spec: pb.JobSpec, *, labels: dict[str, str] | None = None,
-               idempotency_key: str | None = None) -> JobHandle:
+    def submit(
+        self, spec: pb.JobSpec, *, labels: Mapping[str, str] | None = None, idempotency_key: str | None = None
+    ) -> JobHandle:
         """Creates a job and returns its handle. Retries are safe: the request carries an
         idempotency key (a fresh one unless given)."""
-        request = pb.CreateJobRequest(spec=spec, labels=labels or {}, idempotency_key=idempotency_key or uuid.uuid4().hex)
+        request = _create_job_request(spec, labels, idempotency_key)
         job = self.stub.CreateJob(request, timeout=self.options.timeout, metadata=self._metadata)
         return JobHandle(self, job.id, job)
 
@@ -158,20 +270,25 @@ class Client:
 
     @_rpc
     def get_job(self, job_id: str) -> pb.Job:
+        """The job record now."""
         return self.stub.GetJob(pb.GetJobRequest(job_id=job_id), timeout=self.options.timeout, metadata=self._metadata)
 
     @_rpc
     def cancel_job(self, job_id: str) -> pb.Job:
-        return self.stub.CancelJob(pb.CancelJobRequest(job_id=job_id), timeout=self.options.timeout, metadata=self._metadata)
+        """Asks the job to stop; returns the record (CANCELLED, or CANCELLING while it runs)."""
+        return self.stub.CancelJob(
+            pb.CancelJobRequest(job_id=job_id), timeout=self.options.timeout, metadata=self._metadata
+        )
 
-    def list_jobs(self, *, states: list[int] | None = None, labels: dict[str, str] | None = None,
-                  page_size: int = 50) -> Iterator[pb.Job]:
+    cancel = cancel_job
+
+    def list_jobs(
+        self, *, states: Iterable[int] | None = None, labels: Mapping[str, str] | None = None, page_size: int = 50
+    ) -> Iterator[pb.Job]:
         """Every matching job, newest first, fetched page by page."""
         token = ""
         while True:
-            page = self._list_page(
-                pb.ListJobsRequest(page_size=page_size, page_token=token, states=states or [], labels=labels or {})
-            )
+            page = self._list_page(_list_jobs_request(states, labels, page_size, token))
             yield from page.jobs
             token = page.next_page_token
             if not token:
@@ -181,40 +298,43 @@ class Client:
     def _list_page(self, request: pb.ListJobsRequest) -> pb.ListJobsResponse:
         return self.stub.ListJobs(request, timeout=self.options.timeout, metadata=self._metadata)
 
-    def watch_events(self, job_id: str, after_event_id: str = "") -> Iterator[pb.JobEvent]:
-        """The raw event stream (no reconnect); see :meth:`JobHandle.watch`."""
-        stream = self.stub.WatchJob(pb.WatchJobRequest(job_id=job_id, after_event_id=after_event_id), metadata=self._metadata)
+    def watch_events(
+        self, job_id: str, after_event_id: str = "", *, timeout: float | None = None
+    ) -> Iterator[pb.JobEvent]:
+        """The raw event stream (no reconnect) after ``after_event_id``, ending with the job or
+        after ``timeout`` seconds (DeadlineExceeded); see :meth:`JobHandle.watch`."""
+        stream = self.stub.WatchJob(
+            pb.WatchJobRequest(job_id=job_id, after_event_id=after_event_id), timeout=timeout, metadata=self._metadata
+        )
         try:
-            yield from stream
-        except grpc.RpcError as error:
-            raise from_rpc_error(error) from None
+            with rpc_errors():
+                yield from stream
         finally:
             stream.cancel()
 
     # -- downloads ---------------------------------------------------------------------------
 
     @_rpc
-    def download(self, artifact_id: str, dest: os.PathLike | str, *, resume: bool = True, progress=None) -> pathlib.Path:
-        """Downloads an artifact to ``dest``, resuming a partial ``dest + '.part'``; the
-        sha256 is checked before the file is moved into place."""
-        dest = pathlib.Path(dest)
-        part = dest.with_name(dest.name + ".part")
-        offset = part.stat().st_size if resume and part.exists() else 0
-        digest = hashlib.sha256()
-        if offset:
-            with open(part, "rb") as f:
-                while block := f.read(CHUNK):
-                    digest.update(block)
-        with open(part, "ab" if offset else "wb") as f:
-            for chunk in self.stub.DownloadArtifact(
-                pb.DownloadArtifactRequest(artifact_id=artifact_id, offset=offset), metadata=self._metadata
-            ):
-                f.write(chunk.data)
-                digest.update(chunk.data)
-                if progress:
-                    progress(len(chunk.data), chunk.total_size)
-        if digest.hexdigest() != artifact_id:
-            part.unlink()
-            raise IntegrityError(f"downloaded {artifact_id} does not match its sha256; removed")
-        os.replace(part, dest)
-        return dest
+    def download(
+        self,
+        artifact_id: str,
+        dest: os.PathLike[str] | str,
+        *,
+        resume: bool = True,
+        progress: DownloadProgress | None = None,
+        filename: str | None = None,
+    ) -> pathlib.Path:
+        """Downloads an artifact to the file ``dest``, or into ``dest`` when it is a directory
+        (named ``filename``, else the artifact id). A partial download is kept beside it as
+        ``<dest>.<artifact_id[:16]>.part`` and resumed; the sha256 is checked before the file
+        is moved into place.
+
+        Example:
+            >>> client.download(result.model_artifact_id, "out/")   # doctest: +SKIP
+            PosixPath('out/e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855')
+        """
+        download = _Download(artifact_id, dest, filename=filename, resume=resume)
+        with download.open() as f:
+            for chunk in self.stub.DownloadArtifact(download.request(), metadata=self._metadata):
+                download.write(f, chunk, progress)
+        return download.finish()

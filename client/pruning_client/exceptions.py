@@ -1,25 +1,87 @@
 """SDK exceptions: one class per gRPC status code, raised as soon as a call returns.
 
+An error from a call keeps what the server said: ``code`` (a ``grpc.StatusCode``), ``details``
+(the server's message), ``field_violations`` (from a ``google.rpc.BadRequest`` detail) and the
+original ``grpc.RpcError`` as ``rpc_error`` (also the exception's ``__cause__``).
+
 The CLI maps each class to an exit code (``exit_code``), so pipelines can branch on it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import importlib
+from collections.abc import Iterator
+from typing import Any
+
 import grpc
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
+from google.protobuf.message import DecodeError
+
+from pruning.v1 import pruning_pb2 as pb
+
+__all__ = [
+    "AlreadyExists",
+    "Cancelled",
+    "DeadlineExceeded",
+    "FailedPrecondition",
+    "IntegrityError",
+    "Internal",
+    "InvalidArgument",
+    "JobCancelled",
+    "JobFailed",
+    "JobTimeout",
+    "NotFound",
+    "OutOfRange",
+    "PermissionDenied",
+    "PruningError",
+    "ResourceExhausted",
+    "Unauthenticated",
+    "Unavailable",
+    "from_rpc_error",
+]
+
+_STATUS_DETAILS_KEY = "grpc-status-details-bin"
+# googleapis-common-protos ships no type information: loaded untyped, read through the typed
+# helpers below, so a user's ``mypy --strict`` never meets it.
+_status_pb2: Any = importlib.import_module("google.rpc.status_pb2")
+_error_details_pb2: Any = importlib.import_module("google.rpc.error_details_pb2")
 
 
 class PruningError(Exception):
-    """Base class of every SDK error."""
+    """Base class of every SDK error.
+
+    Example:
+        >>> try:                                              # doctest: +SKIP
+        ...     client.submit(spec)
+        ... except InvalidArgument as error:
+        ...     print(error.code, error.details, error.field_violations)
+    """
 
     code: grpc.StatusCode | None = None
-    exit_code = 1
+    """The call's status code (None for errors the SDK itself raises, such as JobFailed)."""
+    exit_code: int = 1
+    """The CLI's exit status for this error."""
 
-    def __init__(self, message: str, *, field_violations: list[tuple[str, str]] | None = None):
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: grpc.StatusCode | None = None,
+        details: str | None = None,
+        field_violations: list[tuple[str, str]] | None = None,
+        rpc_error: grpc.RpcError | None = None,
+    ) -> None:
         super().__init__(message)
         self.message = message
-        self.field_violations = field_violations or []
+        """``"CODE: details"`` for a failed call, else the SDK's own message."""
+        if code is not None:
+            self.code = code
+        self.details = message if details is None else details
+        """What the server said (``grpc.Call.details()``), without the code."""
+        self.field_violations: list[tuple[str, str]] = field_violations or []
+        """``(field path, description)`` pairs of a ``google.rpc.BadRequest`` detail."""
+        self.rpc_error = rpc_error
+        """The original ``grpc.RpcError`` (None when the SDK raised this itself)."""
 
 
 class InvalidArgument(PruningError):
@@ -75,7 +137,7 @@ class JobFailed(PruningError):
 
     exit_code = 8
 
-    def __init__(self, message: str, *, job_code: int = 0, job=None):
+    def __init__(self, message: str, *, job_code: int = 0, job: pb.Job | None = None) -> None:
         super().__init__(message)
         self.job_code, self.job = job_code, job
 
@@ -85,7 +147,7 @@ class JobCancelled(PruningError):
 
     exit_code = 9
 
-    def __init__(self, message: str, *, job=None):
+    def __init__(self, message: str, *, job: pb.Job | None = None) -> None:
         super().__init__(message)
         self.job = job
 
@@ -102,23 +164,64 @@ class IntegrityError(PruningError):
     exit_code = 11
 
 
-_BY_CODE = {cls.code: cls for cls in PruningError.__subclasses__() if cls.code is not None}
+_BY_CODE: dict[grpc.StatusCode, type[PruningError]] = {
+    cls.code: cls for cls in PruningError.__subclasses__() if cls.code is not None
+}
+
+
+def _call_value(error: grpc.RpcError, name: str) -> Any:
+    """``error.<name>()``: sync calls (``grpc.Call``) and ``grpc.aio.AioRpcError`` both have them."""
+    method = getattr(error, name, None)
+    return method() if callable(method) else None
+
+
+def _field_violations(error: grpc.RpcError) -> list[tuple[str, str]]:
+    """The BadRequest field violations in the call's ``google.rpc.Status`` trailer."""
+    out: list[tuple[str, str]] = []
+    for key, value in _call_value(error, "trailing_metadata") or ():
+        if key != _STATUS_DETAILS_KEY:
+            continue
+        try:
+            status = _status_pb2.Status.FromString(value)
+        except DecodeError:  # a malformed trailer must not hide the error itself
+            return out
+        for detail in status.details:
+            if detail.Is(_error_details_pb2.BadRequest.DESCRIPTOR):
+                bad = _error_details_pb2.BadRequest()
+                detail.Unpack(bad)
+                out += [(str(v.field), str(v.description)) for v in bad.field_violations]
+    return out
 
 
 def from_rpc_error(error: grpc.RpcError) -> PruningError:
-    """Converts a failed call into the SDK's exception (with BadRequest field violations)."""
-    code = error.code() if hasattr(error, "code") else grpc.StatusCode.UNKNOWN
-    violations: list[tuple[str, str]] = []
-    try:
-        status = rpc_status.from_call(error)
-    except (AttributeError, ValueError):
-        status = None
-    if status is not None:
-        for detail in status.details:
-            if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-                bad = error_details_pb2.BadRequest()
-                detail.Unpack(bad)
-                violations += [(v.field, v.description) for v in bad.field_violations]
+    """The SDK's exception for a failed call (sync or ``grpc.aio``), with its status code,
+    details, BadRequest field violations and the original error.
+
+    Example:
+        >>> try:                                              # doctest: +SKIP
+        ...     stub.GetJob(request)
+        ... except grpc.RpcError as error:
+        ...     raise from_rpc_error(error) from error
+    """
+    code = _call_value(error, "code")
+    if not isinstance(code, grpc.StatusCode):
+        code = grpc.StatusCode.UNKNOWN
+    details = str(_call_value(error, "details") or "") if callable(getattr(error, "details", None)) else str(error)
     cls = _BY_CODE.get(code, PruningError)
-    details = error.details() if hasattr(error, "details") else str(error)
-    return cls(f"{code.name if code else 'UNKNOWN'}: {details}", field_violations=violations)
+    return cls(
+        f"{code.name}: {details}",
+        code=code,
+        details=details,
+        field_violations=_field_violations(error),
+        rpc_error=error,
+    )
+
+
+@contextlib.contextmanager
+def rpc_errors() -> Iterator[None]:
+    """Turns a ``grpc.RpcError`` raised inside into the SDK's exception (``from`` the original);
+    used by the sync and the asyncio client alike."""
+    try:
+        yield
+    except grpc.RpcError as error:
+        raise from_rpc_error(error) from error

@@ -1,81 +1,235 @@
-"""A handle on a submitted job."""
+"""A handle on a submitted job.
+
+The handle follows the job's event stream (WatchJob) rather than polling: ``watch()`` yields
+the events, ``wait()`` / ``result()`` follow them until a terminal state and then read the
+final record once. A dropped stream is resumed from the last event id seen. The private
+helpers here (the stream cursor, outcome, artifact choice and naming) are shared with
+:class:`pruning_client.aio.AsyncJobHandle`.
+"""
 
 from __future__ import annotations
 
 import os
 import pathlib
 import time
-from typing import TYPE_CHECKING, Iterator
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Final, Generic, TypeVar
 
 from pruning.v1 import pruning_pb2 as pb
 
-from .exceptions import DeadlineExceeded, JobCancelled, JobFailed, JobTimeout, Unavailable
+from .exceptions import DeadlineExceeded, JobCancelled, JobFailed, JobTimeout, NotFound, PruningError, Unavailable
 from .results import PruneResult
+from .specs import export_format
 
 if TYPE_CHECKING:
     from .client import Client
 
-TERMINAL = (pb.JOB_STATE_SUCCEEDED, pb.JOB_STATE_FAILED, pb.JOB_STATE_CANCELLED)
-RECONNECT_DELAYS = (0.2, 0.5, 1, 2, 5)
+__all__ = ["TERMINAL", "JobHandle", "is_terminal", "is_terminal_event"]
+
+TERMINAL: Final = (pb.JOB_STATE_SUCCEEDED, pb.JOB_STATE_FAILED, pb.JOB_STATE_CANCELLED)
+RECONNECT_DELAYS: tuple[float, ...] = (0.2, 0.5, 1, 2, 5)
+MAX_RECONNECTS = 20
+
+_C = TypeVar("_C")
+
+
+def is_terminal(job: pb.Job) -> bool:
+    """Whether the job has ended (SUCCEEDED, FAILED or CANCELLED)."""
+    return job.state in TERMINAL
 
 
 def is_terminal_event(event: pb.JobEvent) -> bool:
+    """Whether the event is the job's move to a terminal state (the last event of its stream)."""
     return event.WhichOneof("kind") == "state_change" and event.state_change.to in TERMINAL
 
 
-class JobHandle:
-    """Follows one job: ``status()``, ``watch()``, ``cancel()``, ``result()``, ``download()``."""
+class _Cursor:
+    """Where a followed event stream stands: the last event id, the reconnect budget and the
+    deadline. The sync and asyncio handles drive it the same way."""
 
-    def __init__(self, client: "Client", job_id: str, job: pb.Job | None = None):
+    def __init__(self, after: str, *, max_reconnects: int, timeout: float | None = None) -> None:
+        self.after = after
+        self.failures = 0
+        self.max_reconnects = max_reconnects
+        self.timeout = timeout
+        self.deadline = None if timeout is None else time.monotonic() + timeout
+
+    def remaining(self) -> float | None:
+        """Seconds left for the next stream (None: no deadline)."""
+        return None if self.deadline is None else max(0.0, self.deadline - time.monotonic())
+
+    def expired(self) -> bool:
+        return self.deadline is not None and time.monotonic() >= self.deadline
+
+    def seen(self, event: pb.JobEvent) -> bool:
+        """Records an event; True when it ends the job."""
+        self.failures = 0
+        self.after = event.id
+        return is_terminal_event(event)
+
+    def backoff(self, error: PruningError | None) -> float:
+        """The delay before reconnecting; re-raises ``error`` once the reconnect budget is spent
+        (unless the deadline has passed: the caller then reports a timeout)."""
+        if error is not None and self.failures >= self.max_reconnects and not self.expired():
+            raise error
+        delay = RECONNECT_DELAYS[min(self.failures, len(RECONNECT_DELAYS) - 1)]
+        self.failures += 1
+        remaining = self.remaining()
+        return delay if remaining is None else min(delay, remaining)
+
+    def timed_out(self, job: pb.Job) -> JobTimeout:
+        return JobTimeout(f"job {job.id} still {pb.JobState.Name(job.state)} after {self.timeout}s")
+
+
+def _outcome(job: pb.Job) -> PruneResult:
+    """The typed result of a finished job, or JobFailed / JobCancelled."""
+    if job.state == pb.JOB_STATE_FAILED:
+        raise JobFailed(f"job {job.id} failed: {job.error.message}", job_code=job.error.code, job=job)
+    if job.state == pb.JOB_STATE_CANCELLED:
+        raise JobCancelled(f"job {job.id} was cancelled", job=job)
+    return PruneResult.from_proto(job.result)
+
+
+def _same_format(artifact: pb.Artifact, wanted: int) -> bool:
+    try:
+        return export_format(artifact.format) == wanted
+    except ValueError:
+        return False
+
+
+def _pick_artifact(job_id: str, result: PruneResult, fmt: str | None) -> pb.Artifact:
+    """The pruned model, or the export of format ``fmt`` (any name export_format() accepts)."""
+    artifacts = result.raw.artifacts
+    if fmt is None:
+        if not artifacts:
+            raise NotFound(f"job {job_id} has no artifacts")
+        return artifacts[0]
+    wanted = export_format(fmt)
+    for artifact in artifacts:
+        if _same_format(artifact, wanted):
+            return artifact
+    raise NotFound(f"job {job_id} has no {fmt} export (it has {', '.join(a.format for a in artifacts) or 'none'})")
+
+
+def _artifact_suffix(artifact: pb.Artifact) -> str:
+    """The suffix of the artifact's file name (".keras", ".int8.tflite"), else ``"." + format``."""
+    name = pathlib.PurePosixPath(artifact.filename.replace("\\", "/")).name.strip(".")
+    return "." + name.split(".", 1)[1] if "." in name else "." + (artifact.format or "bin")
+
+
+def _artifact_dest(job_id: str, artifact: pb.Artifact, dest: os.PathLike[str] | str) -> pathlib.Path:
+    """``dest``, or ``dest/pruned-<job id><suffix>`` when it is a directory."""
+    target = pathlib.Path(dest)
+    return target / f"pruned-{job_id}{_artifact_suffix(artifact)}" if target.is_dir() else target
+
+
+def _all_dests(
+    job_id: str, artifacts: Sequence[pb.Artifact], directory: os.PathLike[str] | str
+) -> list[tuple[pb.Artifact, pathlib.Path]]:
+    """A distinct file in ``directory`` (created if missing) for each artifact."""
+    target = pathlib.Path(directory)
+    target.mkdir(parents=True, exist_ok=True)
+    out: list[tuple[pb.Artifact, pathlib.Path]] = []
+    for artifact in artifacts:
+        path = _artifact_dest(job_id, artifact, target)
+        if path in (p for _, p in out):
+            path = target / f"pruned-{job_id}-{artifact.id[:16]}{_artifact_suffix(artifact)}"
+        out.append((artifact, path))
+    return out
+
+
+class _BaseHandle(Generic[_C]):
+    def __init__(self, client: _C, job_id: str, job: pb.Job | None = None) -> None:
         self.client = client
+        """The client the handle calls through."""
         self.id = job_id
+        """The job's id."""
         self._job = job
         self.last_event_id = ""
+        """The id of the last event ``watch()`` yielded; the next ``watch()`` resumes after it."""
 
     def __repr__(self) -> str:
-        return f"JobHandle({self.id!r})"
+        return f"{type(self).__name__}({self.id!r})"
+
+    def _final(self) -> pb.Job | None:
+        """The last record read, if it is terminal (a terminal job no longer changes)."""
+        return self._job if self._job is not None and is_terminal(self._job) else None
+
+
+class JobHandle(_BaseHandle["Client"]):
+    """Follows one job: ``status()``, ``done()``, ``watch()``, ``cancel()``, ``wait()``,
+    ``result()``, ``download()``.
+
+    Example:
+        >>> job = client.submit(job_spec(model.id))            # doctest: +SKIP
+        >>> for event in job.watch():
+        ...     print(event.WhichOneof("kind"))
+        >>> job.result(timeout=600).pruned_kernel_sparsity
+        0.8
+    """
+
+    client: Client
 
     def status(self) -> pb.Job:
-        """The job record now (state, progress, error, result)."""
+        """The job record now (state, progress, error, result): one GetJob."""
         self._job = self.client.get_job(self.id)
         return self._job
 
+    def done(self) -> bool:
+        """Whether the job has ended (one GetJob)."""
+        return is_terminal(self.status())
+
     def cancel(self) -> pb.Job:
+        """Asks the job to stop; returns the record (CANCELLED, or CANCELLING while it runs)."""
         self._job = self.client.cancel_job(self.id)
         return self._job
 
-    def watch(self, after_event_id: str | None = None, *, max_reconnects: int = 20) -> Iterator[pb.JobEvent]:
-        """Yields the job's events until it ends. A dropped stream is resumed from the last
-        event id seen, so no event is missed or repeated."""
+    def watch(
+        self, after_event_id: str | None = None, *, max_reconnects: int = MAX_RECONNECTS
+    ) -> Iterator[pb.JobEvent]:
+        """Yields the job's events until it ends. A dropped stream (UNAVAILABLE, DEADLINE_EXCEEDED)
+        is resumed from the last event id seen, so no event is missed or repeated."""
         if after_event_id is not None:
             self.last_event_id = after_event_id
-        failures = 0
-        while True:
-            try:
-                for event in self.client.watch_events(self.id, self.last_event_id):
-                    failures = 0
-                    self.last_event_id = event.id
-                    yield event
-                    if is_terminal_event(event):
-                        return
-                if self.status().state in TERMINAL:
-                    return
-            except (Unavailable, DeadlineExceeded):
-                if failures >= max_reconnects:
-                    raise
-                time.sleep(RECONNECT_DELAYS[min(failures, len(RECONNECT_DELAYS) - 1)])
-                failures += 1
+        for event in self._follow(_Cursor(self.last_event_id, max_reconnects=max_reconnects)):
+            self.last_event_id = event.id
+            yield event
 
-    def wait(self, timeout: float | None = None) -> pb.Job:
-        """Blocks until the job ends; returns the final record."""
-        deadline = None if timeout is None else time.monotonic() + timeout
+    def _follow(self, cursor: _Cursor) -> Iterator[pb.JobEvent]:
         while True:
-            job = self.status()
-            if job.state in TERMINAL:
-                return job
-            if deadline is not None and time.monotonic() > deadline:
-                raise JobTimeout(f"job {self.id} still {pb.JobState.Name(job.state)} after {timeout}s")
-            time.sleep(0.5)
+            ended = None  # the record read when a stream ended without a terminal event
+            try:
+                for event in self.client.watch_events(self.id, cursor.after, timeout=cursor.remaining()):
+                    terminal = cursor.seen(event)
+                    yield event
+                    if terminal:
+                        return
+                ended = self.status()
+                if is_terminal(ended):
+                    return
+                delay = cursor.backoff(None)
+            except (Unavailable, DeadlineExceeded) as error:
+                delay = cursor.backoff(error)
+            if cursor.expired():
+                job = ended if ended is not None else self.status()
+                if is_terminal(job):
+                    return
+                raise cursor.timed_out(job)
+            time.sleep(delay)
+
+    def wait(self, timeout: float | None = None, *, max_reconnects: int = MAX_RECONNECTS) -> pb.Job:
+        """Follows the job's events until it ends, then returns the final record (one GetJob).
+
+        Raises:
+            JobTimeout: ``timeout`` seconds passed first.
+        """
+        final = self._final()
+        if final is not None:
+            return final
+        for _ in self._follow(_Cursor(self.last_event_id, max_reconnects=max_reconnects, timeout=timeout)):
+            pass
+        final = self._final()
+        return final if final is not None else self.status()
 
     def result(self, timeout: float | None = None) -> PruneResult:
         """Waits for the job and returns its typed result.
@@ -85,21 +239,15 @@ class JobHandle:
             JobCancelled: the job was cancelled.
             JobTimeout: ``timeout`` seconds passed first.
         """
-        job = self.wait(timeout)
-        if job.state == pb.JOB_STATE_FAILED:
-            raise JobFailed(f"job {self.id} failed: {job.error.message}", job_code=job.error.code, job=job)
-        if job.state == pb.JOB_STATE_CANCELLED:
-            raise JobCancelled(f"job {self.id} was cancelled", job=job)
-        return PruneResult.from_proto(job.result)
+        return _outcome(self.wait(timeout))
 
-    def download(self, dest: os.PathLike | str, *, fmt: str | None = None) -> pathlib.Path:
-        """Downloads the pruned model (or the export of format ``fmt``) to a file or into a
-        directory."""
+    def download(self, dest: os.PathLike[str] | str, fmt: str | None = None) -> pathlib.Path:
+        """Downloads the pruned model (or the export of format ``fmt``: "saved_model",
+        "tflite_int8", ...) to a file, or into a directory as ``pruned-<job id><suffix>``."""
+        artifact = _pick_artifact(self.id, self.result(), fmt)
+        return self.client.download(artifact.id, _artifact_dest(self.id, artifact, dest))
+
+    def download_all(self, directory: os.PathLike[str] | str) -> list[pathlib.Path]:
+        """Downloads every export into ``directory``; returns the files, the pruned model first."""
         result = self.result()
-        artifacts = {a.format: a for a in result.raw.artifacts}
-        artifact = artifacts[fmt] if fmt else result.raw.artifacts[0]
-        dest = pathlib.Path(dest)
-        if dest.is_dir():
-            suffix = {"keras": ".keras", "h5": ".h5", "tflite": ".tflite", "tflite_int8": ".int8.tflite"}
-            dest = dest / f"pruned-{self.id}{suffix.get(artifact.format, '.' + artifact.format)}"
-        return self.client.download(artifact.id, dest)
+        return [self.client.download(a.id, path) for a, path in _all_dests(self.id, result.raw.artifacts, directory)]

@@ -1,22 +1,38 @@
-"""Builders for the job spec, with the service's defaults."""
+"""Builders for the job spec.
+
+The server owns the defaults: a parameter left at None is left unset in the spec, and the
+server fills in its default (epochs 2, batch size 128, adam, validation split 0.1, ...).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 from pruning.v1 import pruning_pb2 as pb
+
+__all__ = [
+    "EXPORT_FORMATS",
+    "constant_sparsity",
+    "export_format",
+    "export_format_name",
+    "job_spec",
+    "polynomial_decay",
+]
 
 _PREFIX = "EXPORT_FORMAT_"
 
 #: Export format names ("keras", "h5", "saved_model", "tflite", "tflite_int8") to the contract's
 #: enum values. The names are derived from the contract's ExportFormat enum, which owns them;
 #: an artifact's ``format`` field carries the same name.
-EXPORT_FORMATS: dict[str, int] = {
+EXPORT_FORMATS: dict[str, pb.ExportFormat.ValueType] = {
     name.removeprefix(_PREFIX).lower(): value
     for name, value in pb.ExportFormat.items()
     if value != pb.EXPORT_FORMAT_UNSPECIFIED
 }
 
 
-def export_format(name: str) -> int:
+def export_format(name: str) -> pb.ExportFormat.ValueType:
     """The ExportFormat value for ``name``, a format name or a file name ending in one
     ("saved_model", "saved_model.zip", "KERAS"); raises ValueError naming the choices.
 
@@ -34,14 +50,24 @@ def export_format(name: str) -> int:
 
 def export_format_name(value: int) -> str:
     """The name of an ExportFormat value ("saved_model" for EXPORT_FORMAT_SAVED_MODEL)."""
-    return pb.ExportFormat.Name(value).removeprefix(_PREFIX).lower()
+    return pb.ExportFormat.Name(pb.ExportFormat.ValueType(value)).removeprefix(_PREFIX).lower()
+
+
+def _given(**values: Any) -> dict[str, Any]:
+    return {k: v for k, v in values.items() if v is not None}
 
 
 def polynomial_decay(
-    initial_sparsity: float = 0.5, final_sparsity: float = 0.8, *, begin_step: int = 0, end_step: int = 0,
-    power: float = 3.0, frequency: int = 100,
+    initial_sparsity: float = 0.5,
+    final_sparsity: float = 0.8,
+    *,
+    begin_step: int = 0,
+    end_step: int = 0,
+    power: float | None = None,
+    frequency: int | None = None,
 ) -> pb.PruningSchedule:
-    """PolynomialDecay schedule; end_step 0 means the last fine-tuning step.
+    """PolynomialDecay schedule; end_step 0 means the last fine-tuning step, ``power`` and
+    ``frequency`` left at None take the server's defaults (3 and 100).
 
     Example:
         >>> polynomial_decay(0.5, 0.8).polynomial_decay.final_sparsity
@@ -49,36 +75,78 @@ def polynomial_decay(
     """
     return pb.PruningSchedule(
         polynomial_decay=pb.PolynomialDecay(
-            initial_sparsity=initial_sparsity, final_sparsity=final_sparsity, begin_step=begin_step,
-            end_step=end_step, power=power, frequency=frequency,
+            initial_sparsity=initial_sparsity,
+            final_sparsity=final_sparsity,
+            begin_step=begin_step,
+            end_step=end_step,
+            **_given(power=power, frequency=frequency),
         )
     )
 
 
 def constant_sparsity(
-    target_sparsity: float, *, begin_step: int = 0, end_step: int = 0, frequency: int = 100
+    target_sparsity: float, *, begin_step: int = 0, end_step: int = 0, frequency: int | None = None
 ) -> pb.PruningSchedule:
-    """ConstantSparsity schedule; end_step 0 means the last fine-tuning step."""
+    """ConstantSparsity schedule; end_step 0 means the last fine-tuning step, ``frequency``
+    None the server's default (100).
+
+    Example:
+        >>> constant_sparsity(0.5, frequency=5).constant_sparsity.frequency
+        5
+    """
     return pb.PruningSchedule(
         constant_sparsity=pb.ConstantSparsity(
-            target_sparsity=target_sparsity, begin_step=begin_step, end_step=end_step, frequency=frequency
+            target_sparsity=target_sparsity, begin_step=begin_step, end_step=end_step, **_given(frequency=frequency)
         )
     )
 
 
 def job_spec(
-    model_id: str, *, dataset: str = "mnist", schedule: pb.PruningSchedule | None = None,
-    epochs: int = 2, batch_size: int = 128, validation_split: float = 0.1, optimizer: str = "adam",
-    learning_rate: float = 0.0, loss: str = "", seed: int = 0, max_train_samples: int = 0,
-    include_layers: tuple[str, ...] = (), exclude_layers: tuple[str, ...] = (),
-    block_size: tuple[int, int] | None = None, exports: tuple[str, ...] = ("keras",),
+    model_id: str,
+    *,
+    dataset: str = "mnist",
+    schedule: pb.PruningSchedule | None = None,
+    epochs: int | None = None,
+    batch_size: int | None = None,
+    validation_split: float | None = None,
+    optimizer: str | None = None,
+    learning_rate: float | None = None,
+    loss: str | None = None,
+    seed: int | None = None,
+    max_train_samples: int | None = None,
+    include_layers: Sequence[str] = (),
+    exclude_layers: Sequence[str] = (),
+    block_size: tuple[int, int] | None = None,
+    exports: Sequence[str] = (),
 ) -> pb.JobSpec:
     """A JobSpec. ``dataset`` is a built-in name ("mnist") or an uploaded dataset's id.
 
+    Every training parameter left at None stays unset, so the server applies its default
+    (epochs 2, batch size 128, optimizer adam, the optimizer's learning rate, sparse categorical
+    cross-entropy from logits, validation split 0.1, no seed, all samples); an explicit
+    ``validation_split=0.0`` turns validation off. ``exports`` are format names (see
+    :func:`export_format`); empty means the server's default, keras. Without ``schedule``,
+    ``polynomial_decay()`` (0.5 to 0.8).
+
     Example:
-        >>> spec = job_spec("ab" * 32, schedule=polynomial_decay(0.5, 0.8))
+        >>> spec = job_spec("ab" * 32, schedule=polynomial_decay(0.5, 0.8), validation_split=0.0)
+        >>> spec.training.HasField("validation_split"), spec.training.epochs
+        (True, 0)
     """
     is_id = len(dataset) == 64 and all(c in "0123456789abcdef" for c in dataset)
+    training = pb.TrainingSpec()
+    given = _given(
+        epochs=epochs,
+        batch_size=batch_size,
+        validation_split=validation_split,
+        optimizer=optimizer,
+        learning_rate=learning_rate,
+        loss=loss,
+        seed=seed,
+        max_train_samples=max_train_samples,
+    )
+    for name, value in given.items():
+        setattr(training, name, value)
     return pb.JobSpec(
         model_id=model_id,
         dataset=pb.DatasetRef(artifact_id=dataset) if is_id else pb.DatasetRef(builtin=dataset),
@@ -87,9 +155,6 @@ def job_spec(
             block_size=list(block_size or ()),
             layers=pb.LayerSelection(include_names=list(include_layers), exclude_names=list(exclude_layers)),
         ),
-        training=pb.TrainingSpec(
-            epochs=epochs, batch_size=batch_size, validation_split=validation_split, optimizer=optimizer,
-            learning_rate=learning_rate, loss=loss, seed=seed, max_train_samples=max_train_samples,
-        ),
+        training=training,
         export=pb.ExportSpec(formats=[export_format(e) for e in exports]),
     )

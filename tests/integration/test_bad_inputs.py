@@ -185,7 +185,7 @@ def test_corrupted_download_is_detected(client, files, tmp_path):
     from pruning_client import IntegrityError
 
     artifact = client.upload_dataset(files["data"])
-    part = tmp_path / "d.npz.part"
+    part = tmp_path / f"d.npz.{artifact.id[:16]}.part"
     part.write_bytes(b"\0" * 100)  # a stale partial file with the wrong bytes
     with pytest.raises(IntegrityError):
         client.download(artifact.id, tmp_path / "d.npz")

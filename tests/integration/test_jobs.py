@@ -147,9 +147,9 @@ def test_download_resumes_from_offset(client, files, tmp_path):
     assert b"".join(c.data for c in chunks) == whole[offset:]
 
     dest = tmp_path / "data.npz"
-    (tmp_path / "data.npz.part").write_bytes(whole[:offset])
+    (tmp_path / f"data.npz.{artifact.id[:16]}.part").write_bytes(whole[:offset])
     assert client.download(artifact.id, dest).read_bytes() == whole
-    assert not (tmp_path / "data.npz.part").exists()
+    assert not (tmp_path / f"data.npz.{artifact.id[:16]}.part").exists()
 
     with pytest.raises(grpc.RpcError) as error:
         list(client.stub.DownloadArtifact(pb.DownloadArtifactRequest(artifact_id=artifact.id, offset=len(whole) + 1)))

@@ -1,4 +1,5 @@
 import grpc
+import grpc.aio
 import pytest
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
@@ -45,10 +46,55 @@ def test_status_codes_map_to_classes(code, cls, exit_code):
 
 
 def test_field_violations_are_read_from_details():
+    error = exceptions.from_rpc_error(FakeCall(grpc.StatusCode.INVALID_ARGUMENT, "boom", bad_request_status()))
+    assert error.field_violations == [("spec.model_id", "required")]
+
+
+def bad_request_status():
     bad = error_details_pb2.BadRequest(
         field_violations=[error_details_pb2.BadRequest.FieldViolation(field="spec.model_id", description="required")]
     )
     status = status_pb2.Status(code=code_pb2.INVALID_ARGUMENT, message="boom")
     status.details.add().Pack(bad)
-    error = exceptions.from_rpc_error(FakeCall(grpc.StatusCode.INVALID_ARGUMENT, "boom", status))
-    assert error.field_violations == [("spec.model_id", "required")]
+    return status
+
+
+def test_the_error_keeps_code_details_and_the_original_rpc_error():
+    call = FakeCall(grpc.StatusCode.NOT_FOUND, "no job j")
+    error = exceptions.from_rpc_error(call)
+    assert error.code == grpc.StatusCode.NOT_FOUND
+    assert error.details == "no job j" and error.message == "NOT_FOUND: no job j"
+    assert error.rpc_error is call and error.field_violations == []
+
+
+def test_an_unmapped_code_keeps_its_own_code():
+    error = exceptions.from_rpc_error(FakeCall(grpc.StatusCode.DATA_LOSS))
+    assert type(error) is exceptions.PruningError and error.code == grpc.StatusCode.DATA_LOSS
+
+
+def test_rpc_errors_raises_from_the_original():
+    call = FakeCall(grpc.StatusCode.INVALID_ARGUMENT, "boom", bad_request_status())
+    with pytest.raises(exceptions.InvalidArgument) as raised, exceptions.rpc_errors():
+        raise call
+    assert raised.value.__cause__ is call and raised.value.rpc_error is call
+    assert raised.value.field_violations == [("spec.model_id", "required")]
+
+
+def test_asyncio_errors_map_the_same_way():
+    trailing = grpc.aio.Metadata(("grpc-status-details-bin", bad_request_status().SerializeToString()))
+    call = grpc.aio.AioRpcError(grpc.StatusCode.INVALID_ARGUMENT, grpc.aio.Metadata(), trailing, details="boom")
+    error = exceptions.from_rpc_error(call)
+    assert type(error) is exceptions.InvalidArgument and error.rpc_error is call
+    assert error.details == "boom" and error.field_violations == [("spec.model_id", "required")]
+
+
+def test_a_malformed_status_detail_does_not_hide_the_error():
+    call = FakeCall(grpc.StatusCode.INTERNAL, "boom")
+    call._trailing = (("grpc-status-details-bin", b"\xff\xff not a status"),)
+    error = exceptions.from_rpc_error(call)
+    assert type(error) is exceptions.Internal and error.field_violations == []
+
+
+def test_sdk_raised_errors_have_no_rpc_error():
+    error = exceptions.JobTimeout("still RUNNING")
+    assert error.code is None and error.rpc_error is None and error.details == "still RUNNING"

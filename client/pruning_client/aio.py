@@ -1,0 +1,329 @@
+"""The asyncio client (on ``grpc.aio``): the same surface as :class:`pruning_client.Client`,
+with coroutines and async iterators.
+
+Requests, credentials, result parsing, exception mapping and the stream-following logic are
+the sync client's (private helpers in :mod:`pruning_client.client` and
+:mod:`pruning_client.job`); only the I/O differs.
+
+Example:
+    >>> import asyncio                                        # doctest: +SKIP
+    >>> from pruning_client import job_spec
+    >>> from pruning_client.aio import AsyncClient
+    >>> async def main() -> None:
+    ...     async with AsyncClient("localhost:50051") as client:
+    ...         model = await client.upload_model("mnist.keras")
+    ...         job = await client.submit(job_spec(model.id))
+    ...         async for event in job.watch():
+    ...             print(event.WhichOneof("kind"))
+    ...         print((await job.result(timeout=600)).pruned_accuracy)
+    ...         await job.download("out/")
+    >>> asyncio.run(main())
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import os
+import pathlib
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Mapping
+from typing import Any, ParamSpec, TypeVar
+
+import grpc
+import grpc.aio
+
+from pruning.v1 import pruning_pb2 as pb
+from pruning.v1 import pruning_pb2_grpc as pb_grpc
+
+from .client import (
+    CHUNK,
+    ClientOptions,
+    DownloadProgress,
+    UploadProgress,
+    _create_job_request,
+    _Download,
+    _list_jobs_request,
+    _Upload,
+)
+from .exceptions import DeadlineExceeded, Unavailable, rpc_errors
+from .job import (
+    MAX_RECONNECTS,
+    _all_dests,
+    _artifact_dest,
+    _BaseHandle,
+    _Cursor,
+    _outcome,
+    _pick_artifact,
+    is_terminal,
+)
+from .results import PruneResult
+
+__all__ = ["AsyncClient", "AsyncJobHandle"]
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _rpc(method: Callable[_P, Awaitable[_R]]) -> Callable[_P, Coroutine[Any, Any, _R]]:
+    @functools.wraps(method)
+    async def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        with rpc_errors():
+            return await method(*args, **kwargs)
+
+    return wrapper
+
+
+class AsyncJobHandle(_BaseHandle["AsyncClient"]):
+    """Follows one job from asyncio code: the coroutine twin of :class:`pruning_client.JobHandle`.
+
+    Example:
+        >>> job = await client.submit(job_spec(model.id))    # doctest: +SKIP
+        >>> async for event in job.watch():
+        ...     print(event.WhichOneof("kind"))
+        >>> (await job.result(timeout=600)).pruned_kernel_sparsity
+        0.8
+    """
+
+    client: AsyncClient
+
+    async def status(self) -> pb.Job:
+        """The job record now (state, progress, error, result): one GetJob."""
+        self._job = await self.client.get_job(self.id)
+        return self._job
+
+    async def done(self) -> bool:
+        """Whether the job has ended (one GetJob)."""
+        return is_terminal(await self.status())
+
+    async def cancel(self) -> pb.Job:
+        """Asks the job to stop; returns the record (CANCELLED, or CANCELLING while it runs)."""
+        self._job = await self.client.cancel_job(self.id)
+        return self._job
+
+    async def watch(
+        self, after_event_id: str | None = None, *, max_reconnects: int = MAX_RECONNECTS
+    ) -> AsyncGenerator[pb.JobEvent, None]:
+        """Yields the job's events until it ends, resuming a dropped stream from the last event
+        id seen."""
+        if after_event_id is not None:
+            self.last_event_id = after_event_id
+        cursor = _Cursor(self.last_event_id, max_reconnects=max_reconnects)
+        async with contextlib.aclosing(self._follow(cursor)) as events:
+            async for event in events:
+                self.last_event_id = event.id
+                yield event
+
+    async def _follow(self, cursor: _Cursor) -> AsyncGenerator[pb.JobEvent, None]:
+        while True:
+            ended = None  # the record read when a stream ended without a terminal event
+            try:
+                stream = self.client.watch_events(self.id, cursor.after, timeout=cursor.remaining())
+                async with contextlib.aclosing(stream):
+                    async for event in stream:
+                        terminal = cursor.seen(event)
+                        yield event
+                        if terminal:
+                            return
+                ended = await self.status()
+                if is_terminal(ended):
+                    return
+                delay = cursor.backoff(None)
+            except (Unavailable, DeadlineExceeded) as error:
+                delay = cursor.backoff(error)
+            if cursor.expired():
+                job = ended if ended is not None else await self.status()
+                if is_terminal(job):
+                    return
+                raise cursor.timed_out(job)
+            await asyncio.sleep(delay)
+
+    async def wait(self, timeout: float | None = None, *, max_reconnects: int = MAX_RECONNECTS) -> pb.Job:
+        """Follows the job's events until it ends, then returns the final record (one GetJob).
+
+        Raises:
+            JobTimeout: ``timeout`` seconds passed first.
+        """
+        final = self._final()
+        if final is not None:
+            return final
+        cursor = _Cursor(self.last_event_id, max_reconnects=max_reconnects, timeout=timeout)
+        async with contextlib.aclosing(self._follow(cursor)) as events:
+            async for _ in events:
+                pass
+        final = self._final()
+        return final if final is not None else await self.status()
+
+    async def result(self, timeout: float | None = None) -> PruneResult:
+        """Waits for the job and returns its typed result (JobFailed, JobCancelled or JobTimeout
+        otherwise)."""
+        return _outcome(await self.wait(timeout))
+
+    async def download(self, dest: os.PathLike[str] | str, fmt: str | None = None) -> pathlib.Path:
+        """Downloads the pruned model (or the export of format ``fmt``) to a file, or into a
+        directory as ``pruned-<job id><suffix>``."""
+        artifact = _pick_artifact(self.id, await self.result(), fmt)
+        return await self.client.download(artifact.id, _artifact_dest(self.id, artifact, dest))
+
+    async def download_all(self, directory: os.PathLike[str] | str) -> list[pathlib.Path]:
+        """Downloads every export into ``directory``; returns the files, the pruned model first."""
+        result = await self.result()
+        return [
+            await self.client.download(a.id, path) for a, path in _all_dests(self.id, result.raw.artifacts, directory)
+        ]
+
+
+class AsyncClient:
+    """Talks to a pruning server from asyncio code. Create it inside the event loop that uses
+    it (``async with AsyncClient(...)``).
+
+    Example:
+        >>> async with AsyncClient("localhost:50051") as client:    # doctest: +SKIP
+        ...     job = await client.submit(job_spec(model_id))
+        ...     print((await job.result(timeout=600)).pruned_accuracy)
+    """
+
+    def __init__(
+        self,
+        target: str,
+        *,
+        api_key: str | None = None,
+        tls: bool = False,
+        root_certificates: bytes | None = None,
+        timeout: float = 30.0,
+    ) -> None:
+        self.target = target
+        self.options = ClientOptions(api_key, tls, root_certificates, timeout)
+        creds = self.options.credentials()
+        if creds is not None:
+            self._channel = grpc.aio.secure_channel(target, creds, options=self.options.channel_options)
+        else:
+            self._channel = grpc.aio.insecure_channel(target, options=self.options.channel_options)
+        self.stub = pb_grpc.PruningServiceStub(self._channel)
+        self._metadata = self.options.metadata
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def wait_ready(self, timeout: float = 10.0) -> None:
+        """Waits until the channel is connected (raises Unavailable otherwise)."""
+        try:
+            await asyncio.wait_for(self._channel.channel_ready(), timeout)
+        except asyncio.TimeoutError as error:  # noqa: UP041 (not the builtin TimeoutError before 3.11)
+            raise Unavailable(f"no pruning server at {self.target} after {timeout}s") from error
+
+    # -- uploads -----------------------------------------------------------------------------
+
+    async def _upload(
+        self,
+        method: grpc.aio.StreamUnaryMultiCallable[pb.UploadRequest, pb.Artifact],
+        path: os.PathLike[str] | str,
+        progress: UploadProgress | None,
+    ) -> pb.Artifact:
+        upload = _Upload(path, progress)
+
+        async def requests() -> AsyncIterator[pb.UploadRequest]:
+            yield await asyncio.to_thread(upload.header)
+            with open(upload.path, "rb") as f:
+                while data := await asyncio.to_thread(f.read, CHUNK):
+                    yield upload.chunk(data)
+
+        return upload.check(await method(requests(), metadata=self._metadata))
+
+    @_rpc
+    async def upload_model(self, path: os.PathLike[str] | str, progress: UploadProgress | None = None) -> pb.Artifact:
+        """Uploads a .keras or .h5 model; returns its Artifact (``.id`` for job specs)."""
+        return await self._upload(self.stub.UploadModel, path, progress)
+
+    @_rpc
+    async def upload_dataset(self, path: os.PathLike[str] | str, progress: UploadProgress | None = None) -> pb.Artifact:
+        """Uploads an .npz with x_train, y_train, x_test, y_test."""
+        return await self._upload(self.stub.UploadDataset, path, progress)
+
+    # -- jobs --------------------------------------------------------------------------------
+
+    @_rpc
+    async def submit(
+        self, spec: pb.JobSpec, *, labels: Mapping[str, str] | None = None, idempotency_key: str | None = None
+    ) -> AsyncJobHandle:
+        """Creates a job and returns its handle (idempotent: the request carries a key)."""
+        request = _create_job_request(spec, labels, idempotency_key)
+        job = await self.stub.CreateJob(request, timeout=self.options.timeout, metadata=self._metadata)
+        return AsyncJobHandle(self, job.id, job)
+
+    def job(self, job_id: str) -> AsyncJobHandle:
+        """A handle on an existing job."""
+        return AsyncJobHandle(self, job_id)
+
+    @_rpc
+    async def get_job(self, job_id: str) -> pb.Job:
+        """The job record now."""
+        return await self.stub.GetJob(
+            pb.GetJobRequest(job_id=job_id), timeout=self.options.timeout, metadata=self._metadata
+        )
+
+    @_rpc
+    async def cancel_job(self, job_id: str) -> pb.Job:
+        """Asks the job to stop; returns the record (CANCELLED, or CANCELLING while it runs)."""
+        return await self.stub.CancelJob(
+            pb.CancelJobRequest(job_id=job_id), timeout=self.options.timeout, metadata=self._metadata
+        )
+
+    cancel = cancel_job
+
+    async def list_jobs(
+        self, *, states: Iterable[int] | None = None, labels: Mapping[str, str] | None = None, page_size: int = 50
+    ) -> AsyncGenerator[pb.Job, None]:
+        """Every matching job, newest first, fetched page by page."""
+        token = ""
+        while True:
+            page = await self._list_page(_list_jobs_request(states, labels, page_size, token))
+            for job in page.jobs:
+                yield job
+            token = page.next_page_token
+            if not token:
+                return
+
+    @_rpc
+    async def _list_page(self, request: pb.ListJobsRequest) -> pb.ListJobsResponse:
+        return await self.stub.ListJobs(request, timeout=self.options.timeout, metadata=self._metadata)
+
+    async def watch_events(
+        self, job_id: str, after_event_id: str = "", *, timeout: float | None = None
+    ) -> AsyncGenerator[pb.JobEvent, None]:
+        """The raw event stream (no reconnect); see :meth:`AsyncJobHandle.watch`."""
+        call = self.stub.WatchJob(
+            pb.WatchJobRequest(job_id=job_id, after_event_id=after_event_id), timeout=timeout, metadata=self._metadata
+        )
+        try:
+            with rpc_errors():
+                async for event in call:
+                    yield event
+        finally:
+            call.cancel()
+
+    # -- downloads ---------------------------------------------------------------------------
+
+    @_rpc
+    async def download(
+        self,
+        artifact_id: str,
+        dest: os.PathLike[str] | str,
+        *,
+        resume: bool = True,
+        progress: DownloadProgress | None = None,
+        filename: str | None = None,
+    ) -> pathlib.Path:
+        """Downloads an artifact to ``dest`` (a file, or a directory to write it into), resuming
+        a partial ``<dest>.<artifact_id[:16]>.part``; the sha256 is checked before the move."""
+        download = await asyncio.to_thread(_Download, artifact_id, dest, filename=filename, resume=resume)
+        with download.open() as f:
+            async for chunk in self.stub.DownloadArtifact(download.request(), metadata=self._metadata):
+                download.write(f, chunk, progress)
+        return download.finish()

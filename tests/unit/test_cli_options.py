@@ -1,0 +1,262 @@
+"""The `pruning` CLI without a server: options, help, global options, plugins, local checks."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import pathlib
+import subprocess
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+import click
+import pytest
+
+from pruning.v1 import pruning_pb2 as pb
+from pruning_client import cli as cli_module
+from pruning_client.cli import cli, run
+
+
+class FakeClient:
+    """Records how the CLI built its client; answers GetJob."""
+
+    made: list[FakeClient] = []
+
+    def __init__(
+        self,
+        target: str,
+        *,
+        api_key: str | None = None,
+        tls: bool = False,
+        root_certificates: bytes | None = None,
+        timeout: float = 30.0,
+    ) -> None:
+        self.target, self.api_key, self.tls, self.roots, self.timeout = target, api_key, tls, root_certificates, timeout
+        FakeClient.made.append(self)
+
+    def __enter__(self) -> FakeClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+    def get_job(self, job_id: str) -> pb.Job:
+        return pb.Job(id=job_id, state=pb.JOB_STATE_RUNNING, attempt=1)
+
+
+@pytest.fixture()
+def fake(monkeypatch: pytest.MonkeyPatch) -> Iterator[type[FakeClient]]:
+    FakeClient.made = []
+    for name in ("PRUNING_TARGET", "PRUNING_API_KEY", "PRUNING_CA_FILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(cli_module, "Client", FakeClient)
+    yield FakeClient
+
+
+def _commands() -> list[click.Command]:
+    ctx = click.Context(cli)
+    return [cli] + [c for name in cli.list_commands(ctx) if (c := cli.get_command(ctx, name)) is not None]
+
+
+def test_every_option_has_help_and_shows_its_default() -> None:
+    commands = _commands()
+    assert {c.name for c in commands} >= {"upload", "submit", "watch", "status", "result", "list", "cancel", "download"}
+    for command in commands:
+        if command.name == "up" or command.callback is None:
+            continue  # the server package's command (or its stand-in)
+        for param in command.params:
+            if isinstance(param, click.Option):
+                assert param.help and param.help.strip(), f"{command.name} {param.opts} has no help"
+                if not param.is_eager:
+                    assert param.show_default, f"{command.name} {param.opts} hides its default"
+
+
+def test_global_options_on_every_builtin_command() -> None:
+    for command in _commands():
+        if command.name == "up":
+            continue
+        opts = {o for p in command.params for o in p.opts}
+        assert {"--target", "--api-key", "--tls", "--ca-file", "--timeout", "--json"} <= opts, command.name
+
+
+def test_help_shows_export_choices_and_defaults(capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(["submit", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "keras|h5|saved_model|tflite|tflite_int8" in out
+    assert "[default: 0.8]" in out and "PRUNING_TARGET" in out
+    assert run(["download", "--help"]) == 0
+    assert "keras|h5|saved_model|tflite|tflite_int8" in capsys.readouterr().out
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"pruning {importlib.metadata.version('pruning-client')}"
+
+
+@pytest.mark.parametrize(
+    "argv, target, json_output",
+    [
+        (["--target", "before:1", "status", "j1"], "before:1", False),
+        (["status", "j1", "--target", "after:2"], "after:2", False),
+        (["--target", "before:1", "--json", "status", "j1", "--target", "after:2"], "after:2", True),
+        (["status", "--json", "j1"], "127.0.0.1:50051", True),
+    ],
+)
+def test_global_options_before_or_after_the_command(
+    fake: type[FakeClient], capsys: pytest.CaptureFixture[str], argv: list[str], target: str, json_output: bool
+) -> None:
+    assert run(argv) == 0
+    out = capsys.readouterr().out
+    assert [c.target for c in fake.made] == [target]
+    if json_output:
+        assert json.loads(out)["id"] == "j1"
+    else:
+        assert out.startswith("j1 RUNNING attempt 1")
+
+
+def test_environment_and_other_globals(
+    fake: type[FakeClient], monkeypatch: pytest.MonkeyPatch, tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ca = tmp_path / "ca.pem"
+    ca.write_bytes(b"PEM")
+    monkeypatch.setenv("PRUNING_TARGET", "env:3")
+    monkeypatch.setenv("PRUNING_API_KEY", "k1")
+    assert run(["--timeout", "5", "status", "j1", "--ca-file", str(ca)]) == 0
+    client = fake.made[-1]
+    assert (client.target, client.api_key, client.tls, client.roots, client.timeout) == (
+        "env:3",
+        "k1",
+        True,
+        b"PEM",
+        5.0,
+    )
+    assert run(["status", "j1", "--api-key", "k2", "--target", "cli:4"]) == 0
+    assert (fake.made[-1].target, fake.made[-1].api_key) == ("cli:4", "k2")
+
+
+def _one_error_line(capsys: pytest.CaptureFixture[str]) -> str:
+    captured = capsys.readouterr()
+    lines = captured.err.splitlines()
+    assert len(lines) == 1, captured.err
+    assert "Traceback" not in captured.err
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    "argv, needle",
+    [
+        (["upload", "model", "nope.keras"], "nope.keras"),
+        (["upload", "dataset", "missing/data.npz"], "missing/data.npz"),
+        (["submit", "--model", "nope.keras"], "nope.keras"),
+        (["submit", "--model", "a" * 64, "--dataset", "nope.npz"], "nope.npz"),
+        (["status", "j1", "--ca-file", "nope.pem"], "nope.pem"),
+    ],
+)
+def test_missing_local_file_is_exit_2_and_one_line(
+    fake: type[FakeClient], capsys: pytest.CaptureFixture[str], argv: list[str], needle: str
+) -> None:
+    assert run(argv) == 2
+    assert needle in _one_error_line(capsys)
+    assert not fake.made  # nothing was sent
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["status"],
+        ["--tagret", "x", "list"],
+        ["submit", "--model", "a" * 64, "--export", "onnx"],
+        ["submit", "--model", "a" * 64, "--label", "novalue"],
+        ["submit", "--model", "a" * 64, "--download", "out"],
+        ["download", "a" * 64, "--all"],
+        ["download", "job1", "--all", "--format", "h5"],
+        ["list", "--state", "sleeping"],
+    ],
+)
+def test_usage_errors_are_exit_2_and_one_line(
+    fake: type[FakeClient], capsys: pytest.CaptureFixture[str], argv: list[str]
+) -> None:
+    assert run(argv) == 2
+    assert _one_error_line(capsys).startswith("error: ")
+    assert not fake.made
+
+
+def test_export_format_type_accepts_file_style_names() -> None:
+    kind = cli_module.ExportFormatType()
+    assert kind.convert("saved_model.zip", None, None) == "saved_model"
+    assert kind.convert("SAVED_MODEL", None, None) == "saved_model"
+    assert kind.convert("tflite_int8", None, None) == "tflite_int8"
+    with pytest.raises(click.BadParameter):
+        kind.convert("onnx", None, None)
+
+
+def test_up_without_the_server_package(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr(cli_module, "_plugins", lambda: {})
+    cli_module._load_plugin.cache_clear()
+    try:
+        assert run(["up", "--listen", "127.0.0.1:0"]) == 2
+        line = _one_error_line(capsys)
+        assert "server package" in line
+        assert run(["--help"]) == 0
+        assert "up " in capsys.readouterr().out  # still listed, with what it needs
+    finally:
+        cli_module._load_plugin.cache_clear()
+
+
+def test_commands_from_entry_points(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    @click.command("hello", help="Say hello.")
+    @click.option("--name", default="world", help="Whom to greet.")
+    def hello(name: str) -> None:
+        click.echo(f"hello {name}")
+
+    class EntryPoint:
+        def __init__(self, name: str, value: object) -> None:
+            self.name, self.value, self._obj = name, f"fake:{name}", value
+
+        def load(self) -> object:
+            if isinstance(self._obj, Exception):
+                raise self._obj
+            return self._obj
+
+    plugins: dict[str, Any] = {
+        "hello": EntryPoint("hello", hello),
+        "broken": EntryPoint("broken", ImportError("nope")),
+        "odd": EntryPoint("odd", object()),
+    }
+    monkeypatch.setattr(cli_module, "_plugins", lambda: plugins)
+    cli_module._load_plugin.cache_clear()
+    try:
+        assert run(["hello", "--name", "you"]) == 0
+        assert capsys.readouterr().out == "hello you\n"
+        assert run(["broken"]) == 2
+        assert "nope" in _one_error_line(capsys)
+        assert run(["odd"]) == 2
+        assert "not a click command" in _one_error_line(capsys)
+        assert run(["--help"]) == 0
+        assert "Say hello." in capsys.readouterr().out
+    finally:
+        cli_module._load_plugin.cache_clear()
+
+
+def test_the_installed_up_comes_from_the_entry_point_group() -> None:
+    names = {ep.name: ep.value for ep in importlib.metadata.entry_points(group=cli_module.COMMAND_GROUP)}
+    if "up" not in names:
+        pytest.skip("the server package registers no `up` here")
+    command = cli.get_command(click.Context(cli), "up")
+    assert isinstance(command, click.Command) and command.callback is not None
+    assert "--listen" in {o for p in command.params for o in p.opts}
+
+
+def test_importing_the_cli_loads_no_server_code() -> None:
+    probe = (
+        "import sys\n"
+        "from pruning_client.cli import cli\n"
+        "cli.main(['list', '--help'], standalone_mode=False)\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in {'pruning_server', 'pruning_worker', "
+        "'pruning_core', 'tensorflow', 'celery'}))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60)
+    assert out.stdout.strip().splitlines()[-1] == "[]"
+    source = pathlib.Path(cli_module.__file__).read_text()
+    assert "import pruning_server" not in source and "from pruning_server" not in source

@@ -1,0 +1,249 @@
+"""The `pruning` CLI's output without a server: progress lines, JSON events, download names,
+broken pipes."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+
+import pytest
+
+from pruning.v1 import pruning_pb2 as pb
+from pruning_client import cli as cli_module
+from pruning_client.cli import follow, run
+from pruning_client.results import PruneResult
+
+JOB = "0123456789abcdef01234567"
+KERAS_ID, SAVED_ID, INT8_ID = "1" * 64, "2" * 64, "3" * 64
+
+
+def _progress(epoch: int, step: int, total: int = 100) -> pb.JobEvent:
+    return pb.JobEvent(
+        job_id=JOB,
+        progress=pb.Progress(
+            phase="fine_tune",
+            epoch=epoch,
+            total_epochs=2,
+            step=step,
+            total_steps=total,
+            loss=0.5,
+            accuracy=0.9,
+            sparsity=0.4,
+        ),
+    )
+
+
+def _events() -> list[pb.JobEvent]:
+    events = [
+        pb.JobEvent(id="1-0", job_id=JOB, state_change=pb.StateChange(to=pb.JOB_STATE_RUNNING)),
+        pb.JobEvent(id="2-0", job_id=JOB, log=pb.LogLine(level="INFO", message="fine-tuning")),
+    ]
+    events += [_progress(1 if step <= 50 else 2, step) for step in range(5, 101, 5)]
+    events.append(pb.JobEvent(id="9-0", job_id=JOB, state_change=pb.StateChange(to=pb.JOB_STATE_SUCCEEDED)))
+    return events
+
+
+def _result() -> pb.PruneResult:
+    return pb.PruneResult(
+        pruned_kernel_sparsity=0.5,
+        device="CPU",
+        artifacts=[
+            pb.Artifact(id=KERAS_ID, format="keras", filename="pruned_0.keras"),
+            pb.Artifact(id=SAVED_ID, format="saved_model.zip", filename="pruned_1_saved_model.zip"),
+            pb.Artifact(id=INT8_ID, format="tflite_int8", filename="pruned_2.int8.tflite"),
+        ],
+    )
+
+
+class FakeJob:
+    def __init__(self, client: FakeClient, job_id: str) -> None:
+        self.client, self.id = client, job_id
+
+    def watch(self) -> Iterator[pb.JobEvent]:
+        yield from _events()
+
+    def status(self) -> pb.Job:
+        return pb.Job(id=self.id, state=pb.JOB_STATE_SUCCEEDED, result=_result())
+
+    def result(self, timeout: float | None = None) -> PruneResult:
+        return PruneResult.from_proto(_result())
+
+
+class FakeClient:
+    downloads: list[tuple[str, pathlib.Path]] = []
+
+    def __init__(self, target: str, **options: object) -> None:
+        self.target = target
+
+    def __enter__(self) -> FakeClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+    def job(self, job_id: str) -> FakeJob:
+        return FakeJob(self, job_id)
+
+    def download(self, artifact_id: str, dest: os.PathLike[str] | str) -> pathlib.Path:
+        path = pathlib.Path(dest)
+        assert not path.is_dir()
+        path.write_text(artifact_id)
+        FakeClient.downloads.append((artifact_id, path))
+        return path
+
+
+@pytest.fixture()
+def fake(monkeypatch: pytest.MonkeyPatch, tmp_path: pathlib.Path) -> Iterator[type[FakeClient]]:
+    FakeClient.downloads = []
+    monkeypatch.setattr(cli_module, "Client", FakeClient)
+    monkeypatch.chdir(tmp_path)
+    yield FakeClient
+
+
+def test_plain_progress_is_one_line_per_epoch_and_the_last_step() -> None:
+    stream = io.StringIO()
+    progress = cli_module._Progress(live=False, stream=stream)
+    for event in _events():
+        if event.WhichOneof("kind") == "progress":
+            progress.update(event.progress)
+    progress.close()
+    lines = stream.getvalue().splitlines()
+    assert "\r" not in stream.getvalue()
+    assert [line.split(" (")[0] for line in lines] == [
+        "fine-tune step 5/100",
+        "fine-tune step 55/100",
+        "fine-tune step 100/100",
+    ]
+    assert "epoch 2/2" in lines[-1] and "(100%)" in lines[-1]
+
+
+def test_plain_progress_every_interval() -> None:
+    clock = iter(range(0, 1000, 4))  # 4 s between events
+    stream = io.StringIO()
+    progress = cli_module._Progress(live=False, stream=stream, clock=lambda: float(next(clock)))
+    for step in range(1, 11):
+        progress.update(_progress(1, step, total=1000).progress)
+    assert len(stream.getvalue().splitlines()) == 4  # at 0 s (first), 12 s, 24 s, 36 s
+
+
+def test_follow_piped_prints_lines_not_a_bar(fake: type[FakeClient], capsys: pytest.CaptureFixture[str]) -> None:
+    final = follow(FakeClient("t").job(JOB), show_bar=True, json_lines=False)  # stderr is no terminal here
+    assert final.state == pb.JOB_STATE_SUCCEEDED
+    captured = capsys.readouterr()
+    assert captured.out == "" and "\r" not in captured.err
+    assert f"job {JOB}: RUNNING" in captured.err and "[INFO] fine-tuning" in captured.err
+    assert "fine-tune step 100/100" in captured.err and f"job {JOB}: SUCCEEDED" in captured.err
+
+
+def test_follow_json_lines(fake: type[FakeClient], capsys: pytest.CaptureFixture[str]) -> None:
+    follow(FakeClient("t").job(JOB), show_bar=False, json_lines=True)
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == len(_events())
+    assert json.loads(lines[-1])["state_change"]["to"] == "JOB_STATE_SUCCEEDED"
+
+
+def test_artifact_names() -> None:
+    names = [cli_module._artifact_name(JOB, a) for a in _result().artifacts]
+    assert names == [f"pruned-{JOB}.keras", f"pruned-{JOB}.saved_model.zip", f"pruned-{JOB}.int8.tflite"]
+    assert cli_module._artifact_name(JOB, pb.Artifact(format="tflite")) == f"pruned-{JOB}.tflite"
+    assert cli_module._artifact_name("../x", pb.Artifact(format="h5", filename="a/../b.h5")) == "pruned-___x.h5"
+    assert (
+        cli_module._artifact_name(JOB, pb.Artifact(format="h5", filename="x.h5"), with_format=True)
+        == f"pruned-{JOB}-h5.h5"
+    )
+
+
+@pytest.mark.parametrize("wanted", ["saved_model", "saved_model.zip", "SAVED_MODEL"])
+def test_download_format_matches_old_and_new_format_names(
+    fake: type[FakeClient], tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str], wanted: str
+) -> None:
+    (tmp_path / "out").mkdir()
+    assert run(["download", JOB, "-o", "out", "--format", wanted, "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["path"] == f"out/pruned-{JOB}.saved_model.zip"
+    assert fake.downloads == [(SAVED_ID, pathlib.Path(data["path"]))]
+
+
+def test_download_destinations(
+    fake: type[FakeClient], tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run(["download", JOB]) == 0  # no -o: here, named after the job
+    assert capsys.readouterr().out.strip() == f"pruned-{JOB}.keras"
+    assert run(["download", JOB, "-o", "new/dir/"]) == 0  # a trailing slash: a directory
+    assert capsys.readouterr().out.strip() == f"new/dir/pruned-{JOB}.keras"
+    assert run(["download", JOB, "-o", "other/model.keras", "--format", "keras"]) == 0  # a file
+    assert capsys.readouterr().out.strip() == "other/model.keras"
+    assert run(["download", KERAS_ID, "-o", "new/dir"]) == 0  # an artifact id into an existing directory
+    assert capsys.readouterr().out.strip() == f"new/dir/{KERAS_ID}"
+    assert run(["download", KERAS_ID, "-o", "file.bin"]) == 0
+    assert capsys.readouterr().out.strip() == "file.bin"
+    assert pathlib.Path("file.bin").read_text() == KERAS_ID
+
+
+def test_download_all(fake: type[FakeClient], capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(["download", JOB, "--all", "-o", "all", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["paths"] == [
+        f"all/pruned-{JOB}.keras",
+        f"all/pruned-{JOB}.saved_model.zip",
+        f"all/pruned-{JOB}.int8.tflite",
+    ]
+    assert [a for a, _ in fake.downloads] == [KERAS_ID, SAVED_ID, INT8_ID]
+
+
+def test_download_a_missing_format_is_not_found(fake: type[FakeClient], capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(["download", JOB, "--format", "h5"]) == 3
+    assert "has no h5 export (it has: keras, saved_model, tflite_int8)" in capsys.readouterr().err
+
+
+def test_watch_piped_with_download(fake: type[FakeClient], capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(["watch", JOB, "--download", "dl"]) == 0
+    captured = capsys.readouterr()
+    assert "\r" not in captured.out + captured.err
+    assert f"pruned model (saved_model): dl/pruned-{JOB}.saved_model.zip" in captured.out
+    assert len(fake.downloads) == 3
+
+
+def test_broken_pipe_exits_0_without_a_traceback() -> None:
+    """``pruning watch --json | head -1`` with a job that keeps sending events."""
+    script = textwrap.dedent(
+        """
+        import sys, time
+        from pruning.v1 import pruning_pb2 as pb
+        from pruning_client import cli
+
+        class Job:
+            id = "j"
+            def watch(self):
+                for i in range(100000):
+                    yield pb.JobEvent(id=f"{i}-0", log=pb.LogLine(message="x" * 100))
+                    time.sleep(0.001 if i > 5 else 0.05)
+            def status(self):
+                return pb.Job(id="j", state=pb.JOB_STATE_SUCCEEDED)
+
+        class Client:
+            def __init__(self, *a, **k): pass
+            def __enter__(self): return self
+            def __exit__(self, *exc): pass
+            def job(self, job_id): return Job()
+
+        cli.Client = Client
+        cli.main(["watch", "j", "--json"])
+        """
+    )
+    out = subprocess.run(
+        ["bash", "-c", f'set -o pipefail; "{sys.executable}" -c "$SCRIPT" | head -1'],
+        env={**os.environ, "SCRIPT": script},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stderr == ""
+    assert json.loads(out.stdout)["id"] == "0-0"

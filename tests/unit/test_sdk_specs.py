@@ -1,0 +1,80 @@
+"""Spec builders leave the server's defaults to the server; the result's notebook view."""
+
+import pytest
+
+from pruning.v1 import pruning_pb2 as pb
+from pruning_client import PruneResult, constant_sparsity, export_format, job_spec, polynomial_decay
+
+MODEL = "ab" * 32
+
+
+def test_unset_parameters_stay_unset():
+    training = job_spec(MODEL).training
+    assert training == pb.TrainingSpec()
+    assert not training.HasField("validation_split")
+    assert list(job_spec(MODEL).export.formats) == []  # the server's default (keras)
+    schedule = polynomial_decay(0.2, 0.6).polynomial_decay
+    assert schedule.power == 0 and schedule.frequency == 0
+    assert constant_sparsity(0.5).constant_sparsity.frequency == 0
+
+
+def test_given_parameters_are_set():
+    spec = job_spec(
+        MODEL,
+        epochs=3,
+        batch_size=16,
+        optimizer="sgd",
+        learning_rate=0.01,
+        loss="mse",
+        seed=7,
+        max_train_samples=100,
+        validation_split=0.2,
+        exports=("h5", "saved_model.zip"),
+    )
+    t = spec.training
+    assert (t.epochs, t.batch_size, t.optimizer, t.loss, t.seed, t.max_train_samples) == (3, 16, "sgd", "mse", 7, 100)
+    assert t.learning_rate == pytest.approx(0.01) and t.validation_split == pytest.approx(0.2)
+    assert list(spec.export.formats) == [pb.EXPORT_FORMAT_H5, pb.EXPORT_FORMAT_SAVED_MODEL]
+
+
+def test_an_explicit_zero_validation_split_means_no_validation():
+    training = job_spec(MODEL, validation_split=0.0).training
+    assert training.HasField("validation_split") and training.validation_split == 0.0
+
+
+def test_dataset_is_an_id_or_a_builtin_name():
+    assert job_spec(MODEL, dataset="cd" * 32).dataset.artifact_id == "cd" * 32
+    assert job_spec(MODEL).dataset.builtin == "mnist"
+
+
+@pytest.mark.parametrize("name", ["saved_model", "saved_model.zip", "SAVED_MODEL", "EXPORT_FORMAT_SAVED_MODEL"])
+def test_export_format_names(name):
+    assert export_format(name) == pb.EXPORT_FORMAT_SAVED_MODEL
+
+
+def test_result_renders_as_an_escaped_html_table():
+    raw = pb.PruneResult(
+        baseline=pb.Metrics(accuracy=0.98, loss=0.07),
+        pruned=pb.Metrics(accuracy=0.97, loss=0.09),
+        accuracy_delta=-0.01,
+        overall_sparsity=0.79,
+        pruned_kernel_sparsity=0.8,
+        total_params=1000,
+        nonzero_params=210,
+        size_before=pb.SizeStats(raw_bytes=98765, gzip_bytes=90000),
+        size_after=pb.SizeStats(raw_bytes=98765, gzip_bytes=30000),
+        compression_ratio=3.0,
+        device="CPU & <GPU>",
+        layers=[
+            pb.LayerSparsity(
+                name="<script>alert(1)</script>", type="Dense", pruned=True, weights=800, nonzero=160, sparsity=0.8
+            )
+        ],
+    )
+    page = PruneResult.from_proto(raw)._repr_html_()
+    assert page.count("<table>") == 3
+    assert "<td>test accuracy</td><td>0.9800</td><td>0.9700</td>" in page
+    assert "<td>98,765</td><td>98,765</td>" in page and "<td>90,000</td><td>30,000</td>" in page
+    assert "<td>0.8000</td>" in page and "3.00x" in page
+    assert "<script>" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert "CPU &amp; &lt;GPU&gt;" in page

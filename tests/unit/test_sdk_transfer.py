@@ -1,0 +1,80 @@
+"""Client.download and uploads against a fake stub: partial files per artifact, directories,
+the sha256 checks."""
+
+import hashlib
+
+import pytest
+
+from pruning.v1 import pruning_pb2 as pb
+from pruning_client import Client, IntegrityError
+from pruning_client.client import _Download
+
+DATA = bytes(range(256)) * 40
+ID = hashlib.sha256(DATA).hexdigest()
+
+
+class FakeStub:
+    def __init__(self, data=DATA, chunk=1000):
+        self.data, self.chunk, self.offsets, self.uploaded = data, chunk, [], b""
+
+    def DownloadArtifact(self, request, metadata=()):
+        self.offsets.append(request.offset)
+        for start in range(request.offset, len(self.data), self.chunk):
+            yield pb.DownloadChunk(offset=start, data=self.data[start : start + self.chunk], total_size=len(self.data))
+
+    def UploadModel(self, requests, metadata=()):
+        header = next(requests).header
+        self.uploaded = b"".join(r.chunk for r in requests)
+        assert header.size == len(self.uploaded)
+        return pb.Artifact(id=hashlib.sha256(self.data).hexdigest(), filename=header.filename)
+
+
+@pytest.fixture()
+def client():
+    with Client("127.0.0.1:1") as c:  # never connects: the stub is replaced
+        c.stub = FakeStub()
+        yield c
+
+
+def test_download_to_a_file_checks_and_moves_it(client, tmp_path):
+    seen = []
+    path = client.download(ID, tmp_path / "model.keras", progress=lambda n, total: seen.append((n, total)))
+    assert path == tmp_path / "model.keras" and path.read_bytes() == DATA
+    assert sum(n for n, _ in seen) == len(DATA) and {t for _, t in seen} == {len(DATA)}
+    assert list(tmp_path.iterdir()) == [path]
+
+
+def test_download_into_a_directory_uses_the_artifact_file_name_or_id(client, tmp_path):
+    assert client.download(ID, tmp_path, filename="pruned_0.keras") == tmp_path / "pruned_0.keras"
+    assert client.download(ID, tmp_path) == tmp_path / ID
+    assert client.download(ID, tmp_path, filename="../../etc/passwd") == tmp_path / "passwd"
+
+
+def test_a_partial_file_is_resumed_only_for_its_own_artifact(client, tmp_path):
+    dest = tmp_path / "model.keras"
+    own = tmp_path / f"model.keras.{ID[:16]}.part"
+    own.write_bytes(DATA[:3000])
+    other = tmp_path / f"model.keras.{'0' * 16}.part"
+    other.write_bytes(b"another artifact's bytes")
+    assert client.download(ID, dest).read_bytes() == DATA
+    assert client.stub.offsets == [3000]
+    assert not own.exists() and other.read_bytes() == b"another artifact's bytes"
+    assert _Download("0" * 64, dest, filename=None, resume=True).offset == len(b"another artifact's bytes")
+
+
+def test_a_download_that_does_not_match_its_sha256_is_removed(client, tmp_path):
+    client.stub = FakeStub(data=DATA[:-1] + b"x")
+    with pytest.raises(IntegrityError):
+        client.download(ID, tmp_path / "model.keras")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_upload_checks_the_id_the_server_answers(client, tmp_path):
+    path = tmp_path / "model.keras"
+    path.write_bytes(DATA)
+    sent = []
+    assert client.upload_model(path, progress=sent.append).id == ID
+    assert client.stub.uploaded == DATA and sum(sent) == len(DATA)
+    client.stub = FakeStub(data=b"something else")
+    with pytest.raises(IntegrityError):
+        client.upload_model(path)
