@@ -22,7 +22,7 @@ def is_artifact_id(value: str) -> bool:
 class BlobWriter:
     """Accumulates chunks into a temporary file while hashing them."""
 
-    def __init__(self, store: "BlobStore"):
+    def __init__(self, store: BlobStore):
         self._store = store
         fd, name = tempfile.mkstemp(dir=store.tmp_dir, prefix="upload-")
         self._file = os.fdopen(fd, "wb")

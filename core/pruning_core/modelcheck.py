@@ -39,13 +39,13 @@ LayerNormalization GroupNormalization UnitNormalization Activation ReLU LeakyReL
 ThresholdedReLU Softmax Add Subtract Multiply Average Maximum Minimum Concatenate Dot
 ZeroPadding1D ZeroPadding2D ZeroPadding3D Cropping1D Cropping2D Cropping3D UpSampling1D
 UpSampling2D UpSampling3D Embedding LSTM GRU SimpleRNN Bidirectional TimeDistributed
-Masking Rescaling CenterCrop Resizing Identity
+Masking Rescaling Normalization CenterCrop Resizing Identity
 """
 _OTHERS = """
 GlorotUniform GlorotNormal HeUniform HeNormal LecunUniform LecunNormal RandomNormal
 RandomUniform TruncatedNormal Zeros Ones Constant VarianceScaling Orthogonal Identity
 L1 L2 L1L2 OrthogonalRegularizer MaxNorm MinMaxNorm NonNeg UnitNorm RadialConstraint
-Policy DTypePolicy FloatDTypePolicy __tuple__ __numpy__ __keras_tensor__ TensorShape
+Policy DTypePolicy FloatDTypePolicy __tuple__ __numpy__ __keras_tensor__ TensorShape NotEqual
 """
 ALLOWED_CLASSES = frozenset(_LAYERS.split()) | frozenset(_OTHERS.split())
 _ALLOWED_MODULE_ROOTS = ("keras", "tf_keras", "builtins")

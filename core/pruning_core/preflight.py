@@ -14,10 +14,12 @@ from pruning.v1 import pruning_pb2 as pb
 KERAS3_CONVERTIBLE = frozenset(
     ["InputLayer", "Sequential", "Functional", "Model", "Dense", "Conv1D", "Conv2D", "Conv3D", "Conv2DTranspose", "DepthwiseConv2D", "SeparableConv2D", "BatchNormalization", "LayerNormalization", "Dropout", "Flatten", "Reshape", "Permute", "MaxPooling1D", "MaxPooling2D", "MaxPooling3D", "AveragePooling1D", "AveragePooling2D", "AveragePooling3D", "GlobalMaxPooling1D", "GlobalMaxPooling2D", "GlobalMaxPooling3D", "GlobalAveragePooling1D", "GlobalAveragePooling2D", "GlobalAveragePooling3D", "ZeroPadding1D", "ZeroPadding2D", "ZeroPadding3D", "Activation", "ReLU", "LeakyReLU", "Softmax", "Add", "Concatenate", "Multiply", "Average", "Embedding", "LSTM", "GRU", "SimpleRNN", "Bidirectional", "Rescaling", "Normalization"]
 )
-# Layers TFMOT's prune_low_magnitude prunes (they carry a kernel).
+# Layers whose weights TFMOT's prune_low_magnitude prunes (its prune_registry: DepthwiseConv2D
+# and BatchNormalization pass through unpruned; Bidirectional is not supported).
 PRUNABLE = frozenset(
-    ["Dense", "Conv1D", "Conv2D", "Conv3D", "Conv1DTranspose", "Conv2DTranspose", "Conv3DTranspose", "DepthwiseConv2D", "SeparableConv1D", "SeparableConv2D", "Embedding", "LSTM", "GRU", "SimpleRNN", "Bidirectional"]
-)
+    ["Dense", "Conv1D", "Conv2D", "Conv3D", "Conv1DTranspose", "Conv2DTranspose", "Conv3DTranspose",
+     "SeparableConv1D", "SeparableConv2D", "Embedding", "LSTM", "GRU", "SimpleRNN"]
+)  # fmt: skip
 _CONTAINERS = frozenset({"Sequential", "Functional", "Model"})
 
 

@@ -7,6 +7,7 @@ Every setting comes from an environment variable with the ``PRUNING_`` prefix, f
 from __future__ import annotations
 
 import pathlib
+from typing import Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -44,6 +45,19 @@ class Settings(BaseSettings):
     reap_after_s: float = Field(
         120.0, description="a running job silent this long is re-queued (its worker is presumed dead); 0 = never"
     )
+    log_format: Literal["text", "json"] = Field(
+        "text", description="'json': one JSON object per log line, with the job id, attempt and Celery task id bound"
+    )
+    log_level: str = Field("INFO", description="level of the server's and the workers' logs")
+    worker_metrics_listen: str = Field(
+        "", description="host:port of a worker's own Prometheus /metrics endpoint (port 0 picks one); empty = off"
+    )
+    tracing: bool = Field(
+        False, description="OpenTelemetry tracing of RPCs and jobs; exporters from OTEL_TRACES_EXPORTER (default otlp)"
+    )
+    trace_file: pathlib.Path | None = Field(None, description="also write finished spans to this file as JSON lines")
+    mlflow_tracking_uri: str = Field("", description="log every succeeded job to this MLflow tracking URI; empty = off")
+    mlflow_experiment: str = Field("pruning", description="MLflow experiment the job runs go to")
 
     @field_validator("chunk_size")
     @classmethod

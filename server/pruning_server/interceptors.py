@@ -1,8 +1,13 @@
-"""Server interceptor: maps unexpected failures to status codes and counts every call.
+"""Server interceptors: error mapping, metrics and tracing, one wrapper per RPC.
 
 Handlers answer bad input themselves (INVALID_ARGUMENT, NOT_FOUND, ...). What escapes them
 is mapped here, in one place: a Redis or broker outage becomes UNAVAILABLE (clients retry
 it), anything else INTERNAL with the traceback in the server log, never UNKNOWN.
+
+Metrics follow the go-grpc-prometheus / py-grpc-prometheus names: ``grpc_server_started_total``,
+``grpc_server_handled_total`` (with ``grpc_code``), ``grpc_server_handling_seconds``,
+``grpc_server_msg_received_total`` and ``grpc_server_msg_sent_total``, labelled by
+``grpc_type``, ``grpc_service`` and ``grpc_method``.
 """
 
 from __future__ import annotations
@@ -10,28 +15,64 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import grpc
 import kombu.exceptions
 import redis
 from prometheus_client import Counter, Histogram
 
+from pruning.v1 import pruning_pb2 as pb
+
 log = logging.getLogger(__name__)
 
-RPCS = Counter("pruning_rpc_total", "gRPC calls handled", ["method", "code"])
-LATENCY = Histogram("pruning_rpc_seconds", "gRPC call duration (streams: until their end)", ["method"])
+_LABELS = ["grpc_type", "grpc_service", "grpc_method"]
+STARTED = Counter("grpc_server_started_total", "Total number of RPCs started on the server.", _LABELS)
+HANDLED = Counter(
+    "grpc_server_handled_total",
+    "Total number of RPCs completed on the server, regardless of success or failure.",
+    [*_LABELS, "grpc_code"],
+)
+HANDLING = Histogram(
+    "grpc_server_handling_seconds",
+    "Histogram of response latency (seconds) of gRPC that had been application-level handled by the server.",
+    _LABELS,
+)
+RECEIVED = Counter(
+    "grpc_server_msg_received_total", "Total number of RPC stream messages received on the server.", _LABELS
+)
+SENT = Counter("grpc_server_msg_sent_total", "Total number of gRPC stream messages sent by the server.", _LABELS)
+
 _TRANSIENT = (redis.ConnectionError, redis.TimeoutError, kombu.exceptions.OperationalError, ConnectionError)
+_OWN = "/pruning.v1."  # errors are mapped for our services only; health and reflection stay as grpc ships them
+_KINDS = {
+    "unary_unary": ("unary", grpc.unary_unary_rpc_method_handler),
+    "stream_unary": ("client_stream", grpc.stream_unary_rpc_method_handler),
+    "unary_stream": ("server_stream", grpc.unary_stream_rpc_method_handler),
+    "stream_stream": ("bidi_stream", grpc.stream_stream_rpc_method_handler),
+}
+
+Behaviour = Callable[[Any, grpc.aio.ServicerContext], Any]
+Wrapper = Callable[[Behaviour, str, str], Behaviour]  # (behaviour, method, grpc_type) -> behaviour
 
 
-async def _answer_failure(context, method: str, exc: Exception) -> None:
-    if isinstance(exc, _TRANSIENT):
-        log.warning("%s: backing store unavailable: %s", method, exc)
-        await context.abort(grpc.StatusCode.UNAVAILABLE, "the job store or broker is unavailable; retry shortly")
-    log.exception("%s failed", method)
-    await context.abort(grpc.StatusCode.INTERNAL, "internal error (see the server log)")
+def wrap_handler(handler: grpc.RpcMethodHandler, method: str, unary: Wrapper, stream: Wrapper) -> grpc.RpcMethodHandler:
+    """The same handler with its behaviour wrapped: ``unary`` for unary responses, ``stream``
+    for streamed ones."""
+    for attribute, (grpc_type, factory) in _KINDS.items():
+        behaviour = getattr(handler, attribute)
+        if behaviour:
+            wrap = stream if handler.response_streaming else unary
+            return factory(
+                wrap(behaviour, method, grpc_type),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+    return handler
 
 
-def _code(context, failed: bool) -> str:
+def code_name(context: grpc.aio.ServicerContext, failed: bool) -> str:
     code = context.code()
     if code is None:
         return "UNKNOWN" if failed else "OK"
@@ -40,53 +81,197 @@ def _code(context, failed: bool) -> str:
     return next((c.name for c in grpc.StatusCode if c.value[0] == code), str(code))
 
 
-def _wrap_unary(behaviour, method: str):
-    async def handler(request, context):
-        started, failed = time.perf_counter(), True
+async def _answer_failure(context: grpc.aio.ServicerContext, method: str, exc: Exception) -> None:
+    if isinstance(exc, _TRANSIENT):
+        log.warning("%s: backing store unavailable: %s", method, exc)
+        await context.abort(grpc.StatusCode.UNAVAILABLE, "the job store or broker is unavailable; retry shortly")
+    log.exception("%s failed", method)
+    await context.abort(grpc.StatusCode.INTERNAL, "internal error (see the server log)")
+
+
+class _Call:
+    """The metrics of one RPC."""
+
+    def __init__(self, method: str, grpc_type: str):
+        service, _, name = method.lstrip("/").rpartition("/")
+        self.labels = (grpc_type, service, name)
+        self.started = time.perf_counter()
+        self.received = RECEIVED.labels(*self.labels)
+        self.sent = SENT.labels(*self.labels)
+        STARTED.labels(*self.labels).inc()
+
+    def request(self, request: Any, grpc_type: str) -> Any:
+        if grpc_type in ("client_stream", "bidi_stream"):
+            return self._count(request)
+        self.received.inc()
+        return request
+
+    async def _count(self, requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
+        async for request in requests:
+            self.received.inc()
+            yield request
+
+    def done(self, code: str) -> None:
+        HANDLED.labels(*self.labels, code).inc()
+        HANDLING.labels(*self.labels).observe(time.perf_counter() - self.started)
+
+
+def _metrics_unary(behaviour: Behaviour, method: str, grpc_type: str) -> Behaviour:
+    map_errors = method.startswith(_OWN)
+
+    async def handler(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        call, code = _Call(method, grpc_type), None
         try:
-            response = await behaviour(request, context)
-            failed = False
+            response = await behaviour(call.request(request, grpc_type), context)
+            call.sent.inc()
+            code = code_name(context, failed=False)
             return response
-        except (grpc.aio.AbortError, asyncio.CancelledError):
+        except asyncio.CancelledError:
+            code = "CANCELLED"
             raise
-        except Exception as exc:  # noqa: BLE001 - mapped to a status here, in one place
+        except grpc.aio.AbortError:
+            raise
+        except Exception as exc:
+            if not map_errors:
+                raise
             await _answer_failure(context, method, exc)
         finally:
-            RPCS.labels(method, _code(context, failed)).inc()
-            LATENCY.labels(method).observe(time.perf_counter() - started)
+            call.done(code or code_name(context, failed=True))
 
     return handler
 
 
-def _wrap_stream(behaviour, method: str):
-    async def handler(request, context):
-        started, failed = time.perf_counter(), True
+def _metrics_stream(behaviour: Behaviour, method: str, grpc_type: str) -> Behaviour:
+    map_errors = method.startswith(_OWN)
+
+    async def handler(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        call, code = _Call(method, grpc_type), None
         try:
-            async for response in behaviour(request, context):
+            async for response in behaviour(call.request(request, grpc_type), context):
+                call.sent.inc()
                 yield response
-            failed = False
-        except (grpc.aio.AbortError, asyncio.CancelledError, GeneratorExit):
+            code = code_name(context, failed=False)
+        except (asyncio.CancelledError, GeneratorExit):
+            code = "CANCELLED"
             raise
-        except Exception as exc:  # noqa: BLE001
+        except grpc.aio.AbortError:
+            raise
+        except Exception as exc:
+            if not map_errors:
+                raise
             await _answer_failure(context, method, exc)
         finally:
-            RPCS.labels(method, _code(context, failed)).inc()
-            LATENCY.labels(method).observe(time.perf_counter() - started)
+            call.done(code or code_name(context, failed=True))
 
     return handler
 
 
 class ErrorsAndMetrics(grpc.aio.ServerInterceptor):
-    async def intercept_service(self, continuation, details):
+    """Maps what escapes our handlers to a status code and counts every RPC."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Any]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler | None:
         handler = await continuation(details)
-        method = details.method
-        if handler is None or not method.startswith("/pruning.v1."):
-            return handler  # health and reflection stay as grpc ships them
-        kwargs = dict(request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer)
-        if handler.unary_unary:
-            return grpc.unary_unary_rpc_method_handler(_wrap_unary(handler.unary_unary, method), **kwargs)
-        if handler.stream_unary:
-            return grpc.stream_unary_rpc_method_handler(_wrap_unary(handler.stream_unary, method), **kwargs)
-        if handler.unary_stream:
-            return grpc.unary_stream_rpc_method_handler(_wrap_stream(handler.unary_stream, method), **kwargs)
-        return grpc.stream_stream_rpc_method_handler(_wrap_stream(handler.stream_stream, method), **kwargs)
+        if handler is None:
+            return handler
+        return wrap_handler(handler, details.method, _metrics_unary, _metrics_stream)
+
+
+# -- tracing -------------------------------------------------------------------------------
+
+# Server-side codes that mark a span as an error (OpenTelemetry semantic conventions for gRPC).
+_ERROR_CODES = {"UNKNOWN", "DEADLINE_EXCEEDED", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS"}
+
+
+class Tracing(grpc.aio.ServerInterceptor):
+    """One SERVER span per RPC of our services, continuing the caller's trace (W3C
+    ``traceparent`` metadata). Put it before :class:`ErrorsAndMetrics` so that the span sees
+    the mapped status."""
+
+    def __init__(self) -> None:
+        from opentelemetry import trace
+
+        self.tracer = trace.get_tracer("pruning_server")
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Any]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler | None:
+        handler = await continuation(details)
+        if handler is None or not details.method.startswith(_OWN):
+            return handler
+        return wrap_handler(handler, details.method, self._unary, self._stream)
+
+    def _start(self, method: str, context: grpc.aio.ServicerContext) -> tuple[Any, Any]:
+        """A started SERVER span and the context that makes it current."""
+        from opentelemetry import propagate, trace
+
+        carrier = {key: value for key, value in (context.invocation_metadata() or ()) if isinstance(value, str)}
+        parent = propagate.extract(carrier)
+        service, _, name = method.lstrip("/").rpartition("/")
+        span = self.tracer.start_span(
+            method.lstrip("/"),
+            context=parent,
+            kind=trace.SpanKind.SERVER,
+            attributes={"rpc.system": "grpc", "rpc.service": service, "rpc.method": name},
+        )
+        return span, trace.set_span_in_context(span, parent)
+
+    @staticmethod
+    def _end(span: Any, context: grpc.aio.ServicerContext, failed: bool) -> None:
+        from opentelemetry.trace import Status, StatusCode
+
+        code = code_name(context, failed)
+        status = next((c for c in grpc.StatusCode if c.name == code), grpc.StatusCode.UNKNOWN)
+        span.set_attribute("rpc.grpc.status_code", status.value[0])
+        if code in _ERROR_CODES:
+            span.set_status(Status(StatusCode.ERROR, code))
+        span.end()
+
+    def _unary(self, behaviour: Behaviour, method: str, grpc_type: str) -> Behaviour:
+        async def handler(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            from opentelemetry import context as otel_context
+
+            span, current = self._start(method, context)
+            token = otel_context.attach(current)
+            failed = True
+            try:
+                response = await behaviour(request, context)
+                failed = False
+                if isinstance(response, pb.Job):
+                    span.set_attribute("pruning.job_id", response.id)
+                return response
+            finally:
+                otel_context.detach(token)
+                self._end(span, context, failed)
+
+        return handler
+
+    def _stream(self, behaviour: Behaviour, method: str, grpc_type: str) -> Behaviour:
+        async def handler(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            from opentelemetry import context as otel_context
+
+            span, current = self._start(method, context)
+            responses = aiter(behaviour(request, context))
+            failed = True
+            try:
+                while True:
+                    # The span is current while the handler runs, never across a yield: the
+                    # stream may be closed from another context.
+                    token = otel_context.attach(current)
+                    try:
+                        response = await anext(responses)
+                    except StopAsyncIteration:
+                        break
+                    finally:
+                        otel_context.detach(token)
+                    yield response
+                failed = False
+            finally:
+                self._end(span, context, failed)
+
+        return handler

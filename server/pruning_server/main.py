@@ -8,19 +8,18 @@ import logging
 import signal
 
 import grpc
-import prometheus_client
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from pruning.v1 import pruning_pb2 as pb
 from pruning.v1 import pruning_pb2_grpc as pb_grpc
-
-from . import reaper
+from pruning_core import telemetry as core_telemetry
 from pruning_core.blobs import BlobStore
 from pruning_core.settings import Settings
 from pruning_core.store import AsyncJobStore
 
-from .interceptors import ErrorsAndMetrics
+from . import reaper, telemetry
+from .interceptors import ErrorsAndMetrics, Tracing
 from .service import PruningService, make_celery
 
 log = logging.getLogger("pruning_server")
@@ -34,7 +33,7 @@ class Running:
     def __init__(self, server: grpc.aio.Server, port: int, health_servicer, store: AsyncJobStore, grace: float):
         self.server, self.port, self.health, self.store, self.grace = server, port, health_servicer, store, grace
         self.reaper: asyncio.Task | None = None
-        self.metrics = None
+        self.metrics: telemetry.MetricsEndpoint | None = None
         self.metrics_port: int | None = None
 
     async def stop(self) -> None:
@@ -52,20 +51,23 @@ async def create_server(settings: Settings, address: str | None = None) -> Runni
     store = AsyncJobStore.from_url(settings.redis_url, settings.key_prefix)
     await store.redis.ping()
     blobs = BlobStore(settings.artifacts_path)
+    interceptors: list[grpc.aio.ServerInterceptor] = [ErrorsAndMetrics()]
+    if settings.tracing:
+        telemetry.setup_tracing(settings)
+        interceptors.insert(0, Tracing())  # outermost: the span sees the status the errors map to
     server = grpc.aio.server(
-        interceptors=[ErrorsAndMetrics()],
-        options=[("grpc.max_receive_message_length", MAX_MESSAGE), ("grpc.max_send_message_length", MAX_MESSAGE)]
+        interceptors=interceptors,
+        options=[("grpc.max_receive_message_length", MAX_MESSAGE), ("grpc.max_send_message_length", MAX_MESSAGE)],
     )
     celery = make_celery(settings)
+    celery.conf.task_send_sent_event = True  # Flower sees a job's task from the moment it is queued
     pb_grpc.add_PruningServiceServicer_to_server(PruningService(settings, store, blobs, celery), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection([SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
     address = address or settings.listen
     if settings.tls_cert_file and settings.tls_key_file:
-        creds = grpc.ssl_server_credentials(
-            [(settings.tls_key_file.read_bytes(), settings.tls_cert_file.read_bytes())]
-        )
+        creds = grpc.ssl_server_credentials([(settings.tls_key_file.read_bytes(), settings.tls_cert_file.read_bytes())])
         port = server.add_secure_port(address, creds)
     else:
         port = server.add_insecure_port(address)
@@ -75,10 +77,8 @@ async def create_server(settings: Settings, address: str | None = None) -> Runni
     log.info("pruning server listening on port %d (artifacts in %s)", port, blobs.root)
     running = Running(server, port, health_servicer, store, settings.grace_s)
     if settings.metrics_listen:
-        host, _, metrics_port = settings.metrics_listen.rpartition(":")
-        running.metrics, _ = prometheus_client.start_http_server(int(metrics_port), addr=host or "0.0.0.0")
-        running.metrics_port = running.metrics.server_port
-        log.info("metrics on %s:%d/metrics", host, running.metrics_port)
+        running.metrics = telemetry.MetricsEndpoint(settings)
+        running.metrics_port = running.metrics.port
     if settings.reap_after_s > 0:
         running.reaper = asyncio.create_task(reaper.run(store, celery, settings.queue, settings.reap_after_s))
     return running
@@ -102,8 +102,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--listen", help="host:port (default: PRUNING_LISTEN or 127.0.0.1:50051)")
     parser.add_argument("--port-file", help="write the bound port to this file once serving")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = Settings()
+    core_telemetry.configure_logging(settings.log_format, settings.log_level)
 
     def ready(port: int) -> None:
         print(f"pruning server ready on port {port}", flush=True)

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import re
 import urllib.request
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import ServerThread, settings_for
 from pruning_client import Client, Unavailable
@@ -14,9 +14,9 @@ pytestmark = pytest.mark.integration
 
 
 def count(metrics: str, code: str, method: str) -> float:
-    pattern = rf'pruning_rpc_total{{code="{code}",method="/pruning.v1.PruningService/{method}"}} ([0-9.e+]+)'
-    match = re.search(pattern, metrics)
-    return float(match.group(1)) if match else 0.0
+    wanted = {"grpc_service": "pruning.v1.PruningService", "grpc_method": method, "grpc_code": code}
+    return sum(sample.value for family in text_string_to_metric_families(metrics) for sample in family.samples
+               if sample.name == "grpc_server_handled_total" and wanted.items() <= sample.labels.items())
 
 
 def test_redis_outage_is_unavailable_and_counted(env, files, tmp_path):

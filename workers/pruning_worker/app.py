@@ -15,6 +15,8 @@ from celery.signals import worker_process_init, worker_ready
 
 from pruning_core.settings import Settings
 
+from . import observability
+
 settings = Settings()
 app = Celery("pruning", broker=settings.celery_broker_url(), include=["pruning_worker.tasks"])
 app.conf.update(
@@ -28,11 +30,15 @@ app.conf.update(
     # reject_on_worker_lost, and the attempt number fences any duplicate.
     broker_transport_options={"visibility_timeout": 12 * 3600},
     worker_hijack_root_logger=False,
+    # Task events (received, started, succeeded, failed) for Flower and `celery events`.
+    worker_send_task_events=True,
+    task_send_sent_event=True,
 )
+observability.install(app, settings)
 
 
 def _warm_tensorflow(**_):
-    from . import pipeline  # noqa: F401  (imports TensorFlow once, in this process)
+    from . import pipeline
 
     logging.getLogger(__name__).info("TensorFlow ready: %s", pipeline.device_name())
 

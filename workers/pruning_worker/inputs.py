@@ -51,6 +51,17 @@ def head(data: Data, n: int) -> Data:
     return {k: v[:n] for k, v in data.items()} if isinstance(data, dict) else data[:n]
 
 
+def by_output(model: Any, y: Data) -> Data:
+    """Targets of a model of several outputs as a list in the order of its outputs (pruning
+    wraps, and so renames, the output layers that Keras would match a dict against)."""
+    if not isinstance(y, dict):
+        return y
+    names = list(model.output_names)
+    if sorted(y) != sorted(names):
+        raise JobInputError(f"dataset: y arrays for outputs {sorted(y)}; the model's outputs are {sorted(names)}")
+    return [y[name] for name in names]
+
+
 def _check_inputs(model: Any, name: str, x: Data) -> None:
     if isinstance(x, dict):
         wanted = {t.name.split(":")[0] for t in model.inputs} | set(getattr(model, "input_names", []))

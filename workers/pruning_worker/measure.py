@@ -30,16 +30,22 @@ def leaf_layers(model: Any) -> list[Any]:
     return out
 
 
+def is_kernel(name: str, value: np.ndarray) -> bool:
+    """A weight matrix pruning aims at: not a bias or a normalisation vector, and not a
+    depthwise kernel (TFMOT leaves those whole, in DepthwiseConv2D and SeparableConv2D)."""
+    return value.ndim >= 2 and "depthwise_kernel" not in name
+
+
 def fill_sparsity(result: pb.PruneResult, model: Any, pruned_layers: set[str]) -> None:
     """Per-layer kernel sparsity, overall sparsity and parameter counts of ``model``."""
     total = nonzero = kernel_total = kernel_nonzero = 0
     for layer in leaf_layers(model):
-        weights = [np.asarray(w) for w in layer.get_weights()]
-        if not weights:
+        named = [(w.name, np.asarray(w)) for w in layer.weights]
+        if not named:
             continue
-        total += sum(w.size for w in weights)
-        nonzero += sum(int(np.count_nonzero(w)) for w in weights)
-        kernels = [w for w in weights if w.ndim >= 2]
+        total += sum(w.size for _, w in named)
+        nonzero += sum(int(np.count_nonzero(w)) for _, w in named)
+        kernels = [w for name, w in named if is_kernel(name, w)]
         if not kernels:
             continue
         size = sum(w.size for w in kernels)

@@ -21,7 +21,7 @@ from .callbacks import ProgressCallback, Reporter
 from .errors import Cancelled
 from .evaluate import evaluate
 from .export import KERAS_FILES, as_keras3, export, load_export
-from .inputs import Inputs, check, head, length
+from .inputs import Inputs, by_output, check, head, length
 from .measure import device_name
 from .train import fine_tune
 
@@ -47,6 +47,7 @@ def run(
                      f"{loaded.conversion_diff:.2g} on a probe batch")
     check(model, inputs.data, t.loss)
     x_train, y_train, x_test, y_test = inputs.data
+    y_train, y_test = by_output(model, y_train), by_output(model, y_test)
     if t.max_train_samples:
         x_train, y_train = head(x_train, t.max_train_samples), head(y_train, t.max_train_samples)
     if t.seed:

@@ -43,9 +43,16 @@ def scheduled_sparsity(schedule: Schedule, step: int) -> float:
 
 
 def _prunable(layer: keras.layers.Layer) -> bool:
-    return bool(layer.trainable_weights) and (
-        isinstance(layer, tfmot.sparsity.keras.PrunableLayer) or prune_registry.PruneRegistry.supports(layer)
-    )
+    """A layer with weights TFMOT prunes: supported, and not one it only lets through
+    (DepthwiseConv2D, BatchNormalization, ... are supported with nothing to prune)."""
+    if not layer.trainable_weights:
+        return False
+    if isinstance(layer, tfmot.sparsity.keras.PrunableLayer):
+        return True
+    registry = prune_registry.PruneRegistry
+    if not registry.supports(layer):
+        return False
+    return registry._is_rnn_layer(layer) or bool(registry._LAYERS_WEIGHTS_MAP.get(layer.__class__))
 
 
 def apply_pruning(model: keras.Model, p: pb.PruningSpec, schedule: Schedule) -> tuple[keras.Model, list[str]]:

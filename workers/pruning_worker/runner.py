@@ -17,6 +17,7 @@ import traceback
 from google.rpc import code_pb2
 
 from pruning.v1 import pruning_pb2 as pb
+from pruning_core import telemetry
 from pruning_core.blobs import BlobStore
 from pruning_core.settings import Settings
 from pruning_core.store import (
@@ -51,6 +52,7 @@ class Reporter:
         self._last_sent = 0.0
         self._last_cancel_check = 0.0
         self._cancelled = False
+        self._phases = telemetry.SpanChain("pruning_worker")  # one child span per phase, when tracing
 
     def _fenced(self, change):
         def mutate(job: pb.Job):
@@ -74,12 +76,15 @@ class Reporter:
 
     def phase(self, phase: str, message: str) -> None:
         self.check_deadline()
+        self._phases.start(f"phase {phase}", **{"pruning.phase": str(phase), "pruning.job_id": self.job_id})
         self.log(message)
         self.progress(pb.Progress(phase=phase), force=True)
 
     def log(self, message: str, level: str = "INFO") -> None:
         log.info("job %s: %s", self.job_id, message)
-        self.store.update(self.job_id, self._fenced(lambda job: [make_event(job.id, log=pb.LogLine(level=level, message=message))]))
+        self.store.update(
+            self.job_id, self._fenced(lambda job: [make_event(job.id, log=pb.LogLine(level=level, message=message))])
+        )
 
     def check_deadline(self) -> None:
         if self.deadline is not None and time.monotonic() > self.deadline:
@@ -95,7 +100,15 @@ class Reporter:
             self._cancelled = self.store.cancel_requested(self.job_id)
         return self._cancelled
 
-    def finish(self, to: int, error: pb.JobError | None = None, result: pb.PruneResult | None = None) -> pb.Job:
+    def close(self, error: BaseException | None = None) -> None:
+        """Ends the current phase's span."""
+        self._phases.end(error)
+
+    def finish(
+        self, to: pb.JobState.ValueType, error: pb.JobError | None = None, result: pb.PruneResult | None = None
+    ) -> pb.Job:
+        self.close()
+
         def change(job: pb.Job):
             events = []
             target = to
@@ -113,7 +126,7 @@ class Reporter:
         return self.store.update(self.job_id, self._fenced(change))
 
 
-def _claim(store: JobStore, job_id: str, worker: str) -> pb.Job | None:
+def _claim(store: JobStore, job_id: str, worker: str, task_id: str = "") -> pb.Job | None:
     """Starts a new attempt; None when there is nothing to run."""
     cancel_asked = store.cancel_requested(job_id)
 
@@ -129,7 +142,8 @@ def _claim(store: JobStore, job_id: str, worker: str) -> pb.Job | None:
         job.attempt += 1
         job.ClearField("error")
         events.append(state_event(job, pb.JOB_STATE_RUNNING))
-        events.append(make_event(job.id, log=pb.LogLine(level="INFO", message=f"attempt {job.attempt} on {worker}")))
+        where = f"attempt {job.attempt} on {worker}" + (f", running as Celery task {task_id}" if task_id else "")
+        events.append(make_event(job.id, log=pb.LogLine(level="INFO", message=where)))
         return events
 
     job = store.update(job_id, claim)
@@ -141,7 +155,9 @@ def _store_outputs(settings: Settings, store: JobStore, tenant: str, outputs) ->
     artifacts = []
     for path, fmt in outputs:
         artifact_id, size = blobs.put_file(path)
-        record = ArtifactRecord(artifact_id, pb.ARTIFACT_KIND_EXPORT, fmt, pathlib.Path(path).name, size, time.time(), {})
+        record = ArtifactRecord(
+            artifact_id, pb.ARTIFACT_KIND_EXPORT, fmt, pathlib.Path(path).name, size, time.time(), {}
+        )
         store.put_artifact(tenant, record)
         artifacts.append(record.to_proto())
     return artifacts
@@ -160,11 +176,11 @@ class Heartbeat:
         while not self._stop.is_set():
             try:
                 self.store.heartbeat(self.job_id)
-            except Exception:  # noqa: BLE001 - a missed beat is retried on the next round
+            except Exception:
                 log.warning("job %s: heartbeat failed", self.job_id, exc_info=True)
             self._stop.wait(self.interval_s)
 
-    def __enter__(self) -> "Heartbeat":
+    def __enter__(self) -> Heartbeat:
         self._thread.start()
         return self
 
@@ -173,19 +189,34 @@ class Heartbeat:
         self._thread.join()
 
 
-def run_job(job_id: str, settings: Settings, worker: str) -> pb.Job | None:
+def run_job(job_id: str, settings: Settings, worker: str, task_id: str = "") -> pb.Job | None:
     """Runs job ``job_id`` to a terminal state; returns the final record (None if skipped)."""
     store = _store(settings)
-    job = _claim(store, job_id, worker)
+    job = _claim(store, job_id, worker, task_id)
     if job is None:
         log.info("job %s: nothing to run", job_id)
         store.done_running(job_id)
         return None
+    telemetry.bind(job_id=job_id, attempt=job.attempt)
+    telemetry.annotate(**{"pruning.job_id": job_id, "pruning.attempt": job.attempt})
+    log.info("job %s: attempt %d started", job_id, job.attempt)
     with Heartbeat(store, job_id, settings.heartbeat_interval_s):
         final = _run_claimed(store, job, settings)
     if final is not None:
         store.done_running(job_id)
+        _record_outcome(store, settings, final)
     return final
+
+
+def _record_outcome(store: JobStore, settings: Settings, job: pb.Job) -> None:
+    """Counts the finished job in the metrics every server reads (never fails the task)."""
+    state = telemetry.state_label(job.state)
+    telemetry.annotate(**{"pruning.state": state})
+    log.info("job %s: %s after %.1f s", job.id, state, telemetry.job_seconds(job))
+    try:
+        telemetry.JobMetrics(store.redis, settings.key_prefix).record_job(job)
+    except Exception:
+        log.warning("job %s: could not record its metrics", job.id, exc_info=True)
 
 
 def _run_claimed(store: JobStore, job: pb.Job, settings: Settings) -> pb.Job | None:
@@ -199,16 +230,26 @@ def _run_claimed(store: JobStore, job: pb.Job, settings: Settings) -> pb.Job | N
             inputs = pipeline.Inputs.resolve(job.spec, tenant, store, settings)
             result, outputs = pipeline.run(job.spec, inputs, reporter, pathlib.Path(workdir))
             result.artifacts.extend(_store_outputs(settings, store, tenant, outputs))
+            if settings.mlflow_tracking_uri:
+                from . import mlflow_hook
+
+                mlflow_hook.log_job(settings, job, result, outputs[0][0], reporter)
         return reporter.finish(pb.JOB_STATE_SUCCEEDED, result=result)
     except StaleAttempt as exc:
+        reporter.close(exc)
         log.warning("%s; stopping", exc)
     except Cancelled:
         return reporter.finish(pb.JOB_STATE_CANCELLED)
     except JobDeadlineExceeded as exc:
+        reporter.close(exc)
         return reporter.finish(pb.JOB_STATE_FAILED, pb.JobError(code=code_pb2.DEADLINE_EXCEEDED, message=str(exc)))
     except JobInputError as exc:
+        reporter.close(exc)
         return reporter.finish(pb.JOB_STATE_FAILED, pb.JobError(code=code_pb2.INVALID_ARGUMENT, message=str(exc)))
     except Exception as exc:  # noqa: BLE001 - any other failure ends the job as INTERNAL
+        reporter.close(exc)
         log.error("job %s failed:\n%s", job_id, traceback.format_exc())
-        return reporter.finish(pb.JOB_STATE_FAILED, pb.JobError(code=code_pb2.INTERNAL, message=f"{type(exc).__name__}: {exc}"))
+        return reporter.finish(
+            pb.JOB_STATE_FAILED, pb.JobError(code=code_pb2.INTERNAL, message=f"{type(exc).__name__}: {exc}")
+        )
     return None

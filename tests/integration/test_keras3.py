@@ -1,0 +1,117 @@
+"""Keras 3 models in and out through the real service: upload a model saved by Keras 3 ->
+prune to 0.80 -> download a Keras 3 .keras -> it loads in Keras 3 with no custom objects ->
+the kernels of the pruned layers are 0.80 sparse in the downloaded file -> the tf_keras
+translation matched the upload within 1e-5."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import keras3_models
+from pruning.v1 import pruning_pb2 as pb
+from pruning_client import constant_sparsity, job_spec
+
+FAMILIES = ["mnist_cnn", "residual_cnn", "mobilenet_block", "text_cnn", "rnn", "two_in_two_out", "nested",
+            "preprocessing"]
+
+
+def _input_name(tensor) -> str:
+    return tensor._keras_history[0].name
+
+
+def _dataset(model, path, n_train=96, n_test=32, seed=0):
+    """Random inputs the model takes (ids below the Embedding size), regression targets shaped
+    like its outputs: the job is about sparsity and the Keras round trip, not accuracy."""
+    import keras
+
+    rng = np.random.default_rng(seed)
+    ints = {t.name: 10 for t in model.inputs}
+    for layer in (model.layers if hasattr(model, "layers") else []):
+        if isinstance(layer, keras.layers.Embedding):
+            ints = {k: min(v, layer.input_dim) for k, v in ints.items()}
+    arrays = {}
+    for split, n in (("train", n_train), ("test", n_test)):
+        xs = []
+        for tensor in model.inputs:
+            shape = (n, *[d or 8 for d in tensor.shape[1:]])
+            if "int" in str(tensor.dtype):
+                xs.append(rng.integers(0, ints[tensor.name], shape).astype("int32"))
+            else:
+                xs.append(rng.standard_normal(shape).astype("float32"))
+        ys = [rng.standard_normal((n, *[d or 1 for d in t.shape[1:]])).astype("float32") for t in model.outputs]
+        if len(xs) == 1:
+            arrays[f"x_{split}"] = xs[0]
+        else:
+            arrays |= {f"x_{split}.{_input_name(t)}": x for t, x in zip(model.inputs, xs)}
+        if len(ys) == 1:
+            arrays[f"y_{split}"] = ys[0]
+        else:
+            arrays |= {f"y_{split}.{_input_name(t)}": y for t, y in zip(model.outputs, ys)}
+    np.savez(path, **arrays)
+    return path
+
+
+def _kernel_sparsity(model, names: set[str]) -> dict[str, float]:
+    out = {}
+
+    def walk(m):
+        for layer in m.layers:
+            if hasattr(layer, "layers") and layer.layers:
+                walk(layer)
+            elif layer.name in names:
+                kernels = [np.asarray(w) for w in layer.weights if np.ndim(w) >= 2 and "depthwise" not in w.name]
+                out[layer.name] = 1 - sum(np.count_nonzero(k) for k in kernels) / sum(k.size for k in kernels)
+
+    walk(model)
+    return out
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_keras3_model_round_trip(client, worker, tmp_path, family):
+    import keras
+
+    path, original = keras3_models.save(family, tmp_path / f"{family}.keras")
+    model = client.upload_model(path)
+    assert model.model.keras_version == 3 and all(layer.convertible for layer in model.model.layers)
+    data = client.upload_dataset(_dataset(original, tmp_path / "data.npz"))
+    spec = job_spec(model.id, dataset=data.id, schedule=constant_sparsity(0.8, frequency=1), epochs=2,
+                    batch_size=16, loss="mean_squared_error", validation_split=0.0, seed=1)
+    job = client.submit(spec, labels={"test": "keras3"})
+    result = job.result(timeout=600)
+    raw = result.raw
+    assert raw.keras_version_in == 3 and raw.keras_version_out == 3
+    assert raw.conversion_max_abs_diff <= 1e-5 and raw.export_conversion_max_abs_diff <= 1e-5
+    pruned = {layer.name for layer in raw.layers if layer.pruned}
+    assert pruned, "no layer was pruned"
+    downloaded = job.download(tmp_path / "pruned.keras")
+    loaded = keras.saving.load_model(downloaded)  # no custom objects
+    assert isinstance(loaded, keras.Model)
+    measured = _kernel_sparsity(loaded, pruned)
+    assert set(measured) == pruned
+    zeros, weights = 0.0, 0
+    for layer in raw.layers:
+        if layer.pruned:
+            # A layer of n kernel weights can only be k/n sparse: TFMOT rounds 0.8 n.
+            assert measured[layer.name] == pytest.approx(0.80, abs=max(0.01, 1 / layer.weights)), layer.name
+            assert layer.sparsity == pytest.approx(measured[layer.name], abs=1e-9)
+            zeros += measured[layer.name] * layer.weights
+            weights += layer.weights
+    assert zeros / weights == pytest.approx(0.80, abs=0.01)
+    assert raw.pruned_kernel_sparsity == pytest.approx(zeros / weights, abs=1e-6)
+
+
+def test_keras3_model_can_come_back_as_tf_keras(client, worker, tmp_path):
+    import tf_keras
+
+    path, original = keras3_models.save("mnist_cnn", tmp_path / "m.keras")
+    model = client.upload_model(path)
+    data = client.upload_dataset(_dataset(original, tmp_path / "data.npz"))
+    spec = job_spec(model.id, dataset=data.id, schedule=constant_sparsity(0.8, frequency=1), epochs=1,
+                    batch_size=16, loss="mean_squared_error", validation_split=0.0)
+    spec.export.keras_version = pb.KERAS_VERSION_2
+    result = client.submit(spec).result(timeout=300)
+    assert result.raw.keras_version_in == 3 and result.raw.keras_version_out == 2
+    loaded = tf_keras.models.load_model(client.download(result.raw.artifacts[0].id, tmp_path / "p.keras"),
+                                        compile=False)
+    assert [type(layer).__name__ for layer in loaded.layers][-1] == "Dense"

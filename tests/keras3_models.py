@@ -1,0 +1,248 @@
+"""Small Keras 3 models (``import keras``) for the Keras 3 <-> tf_keras bridge tests.
+
+Each ``build_*`` function returns the model in memory; :func:`save` writes one as a Keras 3
+``.keras`` (or ``.h5``). Nothing is trained: the weights are the random initialisation with
+noise added to every variable (biases, BatchNorm statistics and scales included) so that
+no translation mistake can hide behind a zero or a one. Together the builders use every
+class of ``pruning_worker.bridge.SUPPORTED``.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras
+
+L = keras.layers
+
+
+def randomise(model: Any, seed: int = 0) -> Any:
+    """Adds noise to every variable; variances get positive values (BatchNorm, Normalization)."""
+    rng = np.random.default_rng(seed)
+    for v in model.weights:
+        shape = tuple(v.shape)
+        if "variance" in v.name:
+            value = rng.uniform(0.5, 1.5, shape)
+        else:
+            value = np.asarray(v.numpy(), dtype=np.float64) + rng.normal(0.0, 0.1, shape)
+        v.assign(value.astype(v.dtype))
+    return model
+
+
+def mnist_cnn_model() -> Any:
+    """The TFMOT pruning guide's MNIST model."""
+    return keras.Sequential(
+        [
+            L.InputLayer(shape=(28, 28)),
+            L.Reshape((28, 28, 1)),
+            L.Conv2D(12, 3, activation="relu"),
+            L.MaxPooling2D(),
+            L.Flatten(),
+            L.Dense(10),
+        ],
+        name="mnist_cnn",
+    )
+
+
+def residual_cnn_model() -> Any:
+    """A functional residual CNN: Conv-BN-ReLU twice, an identity shortcut with Add."""
+    inputs = keras.Input((12, 12, 3), name="image")
+    x = L.Conv2D(8, 3, padding="same", use_bias=False, name="stem")(inputs)
+    x = L.BatchNormalization(name="stem_bn")(x)
+    shortcut = L.Activation("relu", name="stem_relu")(x)
+    x = L.Conv2D(8, 3, padding="same", name="res_conv1")(shortcut)
+    x = L.BatchNormalization(momentum=0.9, epsilon=1e-3, name="res_bn1")(x)
+    x = L.Activation("relu")(x)
+    x = L.Conv2D(8, 3, padding="same", kernel_regularizer=keras.regularizers.L2(1e-4), name="res_conv2")(x)
+    x = L.BatchNormalization(center=False, name="res_bn2")(x)
+    x = L.Add(name="residual")([x, shortcut])
+    x = L.ReLU()(x)
+    x = L.GlobalAveragePooling2D()(x)
+    x = L.Dropout(0.2)(x)
+    outputs = L.Dense(5, activation="softmax", name="head")(x)
+    return keras.Model(inputs, outputs, name="residual_cnn")
+
+
+def mobilenet_block_model() -> Any:
+    """A depthwise-separable MobileNet-like block."""
+    inputs = keras.Input((16, 16, 3))
+    x = L.Conv2D(8, 3, strides=2, padding="same", use_bias=False)(inputs)
+    x = L.BatchNormalization()(x)
+    x = L.ReLU(max_value=6.0)(x)
+    x = L.DepthwiseConv2D(3, padding="same", depth_multiplier=2, use_bias=False)(x)
+    x = L.BatchNormalization()(x)
+    x = L.ReLU(6.0)(x)
+    x = L.SeparableConv2D(16, 3, padding="same", activation="relu")(x)
+    x = L.BatchNormalization()(x)
+    x = L.GlobalAveragePooling2D(keepdims=True)(x)
+    x = L.Flatten()(x)
+    outputs = L.Dense(4)(x)
+    return keras.Model(inputs, outputs, name="mobilenet_block")
+
+
+def text_cnn_model() -> Any:
+    """Token ids -> Embedding -> Conv1D stack with 1-D pooling of every kind."""
+    inputs = keras.Input((20,), dtype="int32", name="tokens")
+    x = L.Embedding(50, 8, name="embed")(inputs)
+    x = L.ZeroPadding1D(1)(x)
+    x = L.Conv1D(16, 3, activation="relu")(x)
+    x = L.MaxPooling1D(2)(x)
+    x = L.Conv1D(16, 3, padding="same", activation="tanh")(x)
+    x = L.AveragePooling1D(2)(x)
+    a = L.GlobalMaxPooling1D()(x)
+    b = L.GlobalAveragePooling1D()(x)
+    x = L.Concatenate()([a, b])
+    outputs = L.Dense(3, activation="sigmoid")(x)
+    return keras.Model(inputs, outputs, name="text_cnn")
+
+
+def rnn_model() -> Any:
+    """Embedding (with a padding mask) -> Bidirectional LSTM -> GRU -> SimpleRNN -> Dense.
+
+    The GRU is the older variant (reset_after=False: one bias row, not two), which also spares
+    tf_keras the cuDNN function it registers for each default LSTM or GRU (seconds each)."""
+    inputs = keras.Input((7,), dtype="int32", name="tokens")
+    x = L.Embedding(30, 6, mask_zero=True)(inputs)
+    x = L.Bidirectional(L.LSTM(5, return_sequences=True), name="bilstm")(x)
+    x = L.GRU(4, return_sequences=True, reset_after=False)(x)
+    x = L.SimpleRNN(3)(x)
+    outputs = L.Dense(2)(x)
+    return keras.Model(inputs, outputs, name="rnn")
+
+
+def two_in_two_out_model() -> Any:
+    """Two inputs concatenated, then two heads."""
+    a = keras.Input((6,), name="numbers")
+    b = keras.Input((4,), name="flags")
+    x = L.Concatenate(name="joined")([L.Dense(8, activation="relu", name="numbers_dense")(a), b])
+    x = L.Dense(16, activation="gelu", name="trunk")(x)
+    label = L.Dense(3, activation="softmax", name="label")(x)
+    score = L.Dense(1, name="score")(x)
+    return keras.Model([a, b], [label, score], name="two_in_two_out")
+
+
+def nested_model() -> Any:
+    """A Sequential and a functional model used as layers inside a functional model, and one
+    Dense called twice (a shared layer)."""
+    encoder = keras.Sequential(
+        [L.InputLayer(shape=(10,)), L.Dense(12, activation="relu", name="enc_dense1"), L.Dense(6, name="enc_dense2")],
+        name="encoder",
+    )
+    head_in = keras.Input((12,), name="head_in")
+    head_out = L.Dense(1, activation="sigmoid", name="similarity")(
+        L.Dense(4, activation="relu", name="head_dense")(head_in)
+    )
+    head = keras.Model(head_in, head_out, name="head")
+    a = keras.Input((10,), name="left")
+    b = keras.Input((10,), name="right")
+    shared = L.Dense(6, activation="tanh", name="shared")
+    ea, eb = shared(encoder(a)), shared(encoder(b))
+    outputs = head(L.Concatenate()([ea, eb]))
+    return keras.Model([a, b], outputs, name="nested")
+
+
+def preprocessing_model() -> Any:
+    """Rescaling and an adapted Normalization in front of a small MLP."""
+    rng = np.random.default_rng(3)
+    norm = L.Normalization(name="norm")
+    norm.adapt(rng.normal(2.0, 3.0, (64, 5)).astype("float32"))
+    inputs = keras.Input((5,))
+    x = L.Rescaling(0.5, offset=-0.25)(inputs)
+    x = norm(x)
+    x = L.Dense(8, activation="elu")(x)
+    outputs = L.Dense(2)(x)
+    return keras.Model(inputs, outputs, name="preprocessing")
+
+
+def misc2d_model() -> Any:
+    """Conv2DTranspose, ZeroPadding2D, Permute, LayerNormalization, LeakyReLU, Softmax,
+    Multiply, Average and 2-D pooling variants."""
+    inputs = keras.Input((6, 6, 2))
+    x = L.ZeroPadding2D(((1, 0), (0, 1)))(inputs)
+    x = L.Conv2DTranspose(4, 3, strides=2, padding="same")(x)
+    x = L.LeakyReLU(negative_slope=0.2)(x)
+    x = L.AveragePooling2D(2)(x)
+    x = L.Permute((2, 1, 3))(x)
+    x = L.LayerNormalization()(x)
+    a = L.Conv2D(4, 1, activation="sigmoid")(x)
+    b = L.Conv2D(4, 1)(x)
+    x = L.Multiply()([x, a])
+    x = L.Average()([x, b])
+    x = L.MaxPooling2D(2, padding="same")(x)
+    m = L.GlobalMaxPooling2D()(x)
+    x = L.Dense(6)(m)
+    outputs = L.Softmax()(x)
+    return keras.Model(inputs, outputs, name="misc2d")
+
+
+def misc3d_model() -> Any:
+    """Conv3D with 3-D padding and pooling, and a Reshape into 1-D."""
+    inputs = keras.Input((4, 6, 6, 1))
+    x = L.ZeroPadding3D(1)(inputs)
+    x = L.Conv3D(4, 3, activation="relu")(x)
+    x = L.MaxPooling3D((1, 2, 2))(x)
+    y = L.AveragePooling3D((2, 1, 1), padding="same")(x)
+    a = L.GlobalMaxPooling3D()(y)
+    b = L.GlobalAveragePooling3D()(y)
+    x = L.Add()([a, b])
+    x = L.Reshape((2, 2))(x)
+    x = L.Flatten()(x)
+    outputs = L.Dense(3, activation="softplus")(x)
+    return keras.Model(inputs, outputs, name="misc3d")
+
+
+BUILDERS: dict[str, Callable[[], Any]] = {
+    "mnist_cnn": mnist_cnn_model,
+    "residual_cnn": residual_cnn_model,
+    "mobilenet_block": mobilenet_block_model,
+    "text_cnn": text_cnn_model,
+    "rnn": rnn_model,
+    "two_in_two_out": two_in_two_out_model,
+    "nested": nested_model,
+    "preprocessing": preprocessing_model,
+    "misc2d": misc2d_model,
+    "misc3d": misc3d_model,
+}
+
+
+def build(name: str, seed: int = 0) -> Any:
+    """The model ``name`` in memory, with its random (noisy) weights."""
+    keras.utils.set_random_seed(seed)
+    return randomise(BUILDERS[name](), seed)
+
+
+def save(name: str, path: pathlib.Path, seed: int = 0) -> tuple[pathlib.Path, Any]:
+    """Builds ``name`` and saves it with Keras 3 (format from the suffix); returns (path, model)."""
+    model = build(name, seed)
+    keras.saving.save_model(model, path)
+    return path, model
+
+
+def _file_builder(name: str) -> Callable[[pathlib.Path], pathlib.Path]:
+    def write(path: pathlib.Path) -> pathlib.Path:
+        return save(name, path)[0]
+
+    write.__name__ = write.__qualname__ = name
+    write.__doc__ = f"Saves the {name} model (Keras 3) at ``path``; returns ``path``."
+    return write
+
+
+# The builders that take a path: mnist_cnn(path), residual_cnn(path), ...
+mnist_cnn = _file_builder("mnist_cnn")
+residual_cnn = _file_builder("residual_cnn")
+mobilenet_block = _file_builder("mobilenet_block")
+text_cnn = _file_builder("text_cnn")
+rnn = _file_builder("rnn")
+two_in_two_out = _file_builder("two_in_two_out")
+nested = _file_builder("nested")
+preprocessing = _file_builder("preprocessing")
+misc2d = _file_builder("misc2d")
+misc3d = _file_builder("misc3d")

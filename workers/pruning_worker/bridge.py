@@ -1,0 +1,735 @@
+"""Translates Keras 3 models into tf_keras (Keras 2) models for TFMOT, and back.
+
+TFMOT prunes tf_keras models only, and a Keras 3 ``.keras`` file does not load in tf_keras
+(its configuration format differs). No maintained tool bridges the two, so this module does,
+for a fixed list of built-in layers (:data:`SUPPORTED`) and nothing else:
+
+* :func:`to_tf_keras` rebuilds the Keras 3 graph (Sequential, Functional, several inputs
+  and outputs, shared layers, nested models) out of tf_keras layers made from translated
+  configurations, then copies the weights variable by variable, paired by name and checked
+  by shape and dtype. Layer names stay identical.
+* :func:`check_equivalence` compares the two models' outputs on a probe batch.
+* :func:`to_keras3` copies the (pruned, stripped) tf_keras weights back into a clone of the
+  original Keras 3 model, so the result saves as a plain Keras 3 file.
+
+A layer, option or serialised object the bridge does not know is refused with
+:class:`UnsupportedLayer`, naming the layer and its class; nothing is guessed. A Keras 3
+option without a tf_keras counterpart is dropped only while it holds its default value.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+import pathlib
+import zipfile
+from collections.abc import Callable, Iterable
+from typing import Any, NoReturn
+
+import h5py
+import keras  # Keras 3
+import numpy as np
+import tensorflow as tf
+import tf_keras
+from keras.src.models.functional import Functional as _Functional3
+
+from .errors import JobInputError
+
+__all__ = [
+    "SUPPORTED",
+    "SUPPORTED_LAYERS",
+    "BridgeError",
+    "UnsupportedLayer",
+    "check_equivalence",
+    "keras_version_of",
+    "load_keras3",
+    "make_probe",
+    "to_keras3",
+    "to_tf_keras",
+]
+
+# The Keras 3 classes the bridge translates (layers, and the two model classes a nested model
+# may have). A plain literal: pruning_core's server-side check, which has no TensorFlow, may
+# hold the very same set.
+SUPPORTED: frozenset[str] = frozenset({
+    "InputLayer", "Dense", "Conv1D", "Conv2D", "Conv3D", "Conv2DTranspose", "DepthwiseConv2D",
+    "SeparableConv2D", "BatchNormalization", "LayerNormalization", "Dropout", "Flatten", "Reshape",
+    "Permute", "MaxPooling1D", "MaxPooling2D", "MaxPooling3D", "AveragePooling1D", "AveragePooling2D",
+    "AveragePooling3D", "GlobalMaxPooling1D", "GlobalMaxPooling2D", "GlobalMaxPooling3D",
+    "GlobalAveragePooling1D", "GlobalAveragePooling2D", "GlobalAveragePooling3D", "ZeroPadding1D",
+    "ZeroPadding2D", "ZeroPadding3D", "Activation", "ReLU", "LeakyReLU", "Softmax", "Add", "Concatenate",
+    "Multiply", "Average", "Embedding", "LSTM", "GRU", "SimpleRNN", "Bidirectional", "Rescaling",
+    "Normalization", "Sequential", "Functional",
+})  # fmt: skip
+SUPPORTED_LAYERS: tuple[str, ...] = tuple(sorted(SUPPORTED))
+
+_MODELS = frozenset({"Sequential", "Functional"})
+_RNNS = frozenset({"LSTM", "GRU", "SimpleRNN"})
+# Keras 3 activation names -> the tf_keras function computing the same thing. Left out on
+# purpose: hard_sigmoid (Keras 3: relu6(x + 3) / 6, tf_keras: clip(0.2 x + 0.5)) and those
+# tf_keras lacks (relu6, leaky_relu, log_softmax, hard_silu, ...).
+_ACTIVATIONS = {
+    "linear": "linear", "relu": "relu", "sigmoid": "sigmoid", "tanh": "tanh", "softmax": "softmax",
+    "softplus": "softplus", "softsign": "softsign", "elu": "elu", "selu": "selu",
+    "exponential": "exponential", "silu": "swish", "swish": "swish", "gelu": "gelu", "mish": "mish",
+}  # fmt: skip
+_OBJECTS = {
+    "initializers": frozenset({
+        "Zeros", "Ones", "Constant", "RandomNormal", "RandomUniform", "TruncatedNormal", "VarianceScaling",
+        "GlorotUniform", "GlorotNormal", "HeUniform", "HeNormal", "LecunUniform", "LecunNormal",
+        "Orthogonal", "Identity",
+    }),
+    "regularizers": frozenset({"L1", "L2", "L1L2", "OrthogonalRegularizer"}),
+    "constraints": frozenset({"MaxNorm", "MinMaxNorm", "NonNeg", "UnitNorm"}),
+}  # fmt: skip
+_FLOAT_POLICIES = frozenset({"float16", "bfloat16", "float32", "float64", "mixed_float16", "mixed_bfloat16"})
+# Keyword arguments tf_keras' base Layer takes (through **kwargs) besides those in signatures.
+_TF_KERAS_BASE_KWARGS = frozenset({
+    "name", "trainable", "dtype", "dynamic", "input_dim", "input_shape", "batch_input_shape", "batch_size",
+    "weights", "activity_regularizer", "autocast",
+})  # fmt: skip
+# tf_keras options taken from **kwargs by the class itself, out of sight of its signature.
+_TF_KERAS_EXTRA = {name: frozenset({"zero_output_for_mask"}) for name in _RNNS}
+_RENAMED = {"LeakyReLU": {"negative_slope": "alpha"}}
+# Keras 3 options that only steer training randomness: tf_keras RNNs take no seed.
+_TRAINING_ONLY = {name: frozenset({"seed"}) for name in _RNNS}
+# Keras 3 options read from **kwargs, out of sight of the signature, with their defaults.
+_KERAS3_HIDDEN_DEFAULTS = {"LayerNormalization": {"rms_scaling": False}}
+# Variables tf_keras has and Keras 3 has not (they matter only while adapting).
+_TF_KERAS_ONLY_VARIABLES = {"Normalization": frozenset({"count"})}
+# Keras 3 variable names -> tf_keras ones, where they differ.
+_VARIABLE_NAMES = {"DepthwiseConv2D": {"kernel": "depthwise_kernel"}}
+_PROBE_INT_HIGH = 10
+MAX_METADATA_BYTES = 1 << 16
+
+
+Refuse = Callable[[str], NoReturn]
+
+
+class BridgeError(ValueError):
+    """The model cannot be translated between Keras 3 and tf_keras."""
+
+
+class UnsupportedLayer(BridgeError):
+    """A layer (or an option or object in its configuration) the bridge does not translate."""
+
+    def __init__(self, layer: str, class_name: str, reason: str = "is not supported by the Keras 3 bridge"):
+        super().__init__(f"layer {layer!r} of class {class_name}: {reason}")
+        self.layer = layer
+        self.class_name = class_name
+
+
+# --- file version and loading -------------------------------------------------------------
+
+
+def keras_version_of(path: os.PathLike | str, limit: int = MAX_METADATA_BYTES) -> int:
+    """The major Keras version (2 or 3) that wrote a ``.keras`` or ``.h5`` model file.
+
+    Reads ``keras_version`` from the zip's ``metadata.json`` or the HDF5 root attributes,
+    never more than ``limit`` bytes of either.
+
+    Raises:
+        ValueError: not a Keras model file, no version recorded, or the record is too large.
+    """
+    with open(path, "rb") as f:
+        head = f.read(8)
+    if head.startswith(b"PK\x03\x04"):
+        try:
+            with zipfile.ZipFile(path) as archive:
+                info = archive.getinfo("metadata.json")
+                if info.file_size > limit:
+                    raise ValueError(f"metadata.json holds {info.file_size} bytes, over the limit of {limit}")
+                with archive.open(info) as member:
+                    raw = member.read(limit + 1)
+        except KeyError:
+            raise ValueError("the archive has no metadata.json") from None
+        except zipfile.BadZipFile as exc:
+            raise ValueError(f"the archive is corrupt: {exc}") from None
+        if len(raw) > limit:
+            raise ValueError(f"metadata.json is over the limit of {limit} bytes")
+        try:
+            version = json.loads(raw).get("keras_version")
+        except (ValueError, AttributeError):
+            raise ValueError("metadata.json is not a JSON object") from None
+    elif head.startswith(b"\x89HDF\r\n\x1a\n"):
+        try:
+            with h5py.File(path, "r") as f:
+                if "keras_version" not in f.attrs:
+                    raise ValueError("the HDF5 file records no keras_version")
+                # Fixed-length data: its size is known before reading. Both Keras versions write
+                # a variable-length string, which HDF5 only reads whole; it lies within the file,
+                # whose size the caller bounds, and its length is checked once read.
+                size = f.attrs.get_id("keras_version").get_storage_size()
+                if size > limit:
+                    raise ValueError(f"the keras_version attribute holds {size} bytes, over the limit of {limit}")
+                version = f.attrs["keras_version"]
+        except OSError as exc:
+            raise ValueError(f"the HDF5 file is unreadable: {exc}") from None
+        if isinstance(version, bytes):
+            version = version.decode("utf-8", "replace")
+        if isinstance(version, str) and len(version) > limit:
+            raise ValueError(f"the keras_version attribute is over the limit of {limit} bytes")
+    else:
+        raise ValueError("not a Keras model: expected a .keras (zip) or .h5 (HDF5) file")
+    if not isinstance(version, str) or not version.split(".")[0].isdigit():
+        raise ValueError(f"unreadable keras_version {version!r}")
+    major = int(version.split(".")[0])
+    if major not in (2, 3):
+        raise ValueError(f"keras_version {version} is neither Keras 2 nor Keras 3")
+    return major
+
+
+def load_keras3(path: os.PathLike | str, workdir: pathlib.Path, max_decompressed: int) -> Any:
+    """Loads a Keras 3 ``.keras`` or ``.h5`` file uncompiled, with Keras' safe mode on.
+
+    The server has inspected the configuration before the job started; this bounds the
+    archive's expanded size again and lets Keras 3 refuse code (``safe_mode=True``).
+    ``path`` may lack a suffix (the artifact store names files by hash).
+
+    Raises:
+        JobInputError: the file is not a loadable Keras 3 model.
+    """
+    path = pathlib.Path(path)
+    with open(path, "rb") as f:
+        head = f.read(8)
+    if head.startswith(b"PK\x03\x04"):
+        suffix = ".keras"
+        try:
+            with zipfile.ZipFile(path) as archive:
+                total = sum(info.file_size for info in archive.infolist())
+        except (zipfile.BadZipFile, OSError) as exc:
+            raise JobInputError(f"model: the archive is truncated or corrupt: {exc}") from None
+        if total > max_decompressed:
+            raise JobInputError(f"model: the archive expands to {total} bytes, over the limit of {max_decompressed}")
+    elif head.startswith(b"\x89HDF\r\n\x1a\n"):
+        suffix = ".h5"
+    else:
+        raise JobInputError("model: not a Keras model: expected a .keras (zip) or .h5 (HDF5) file")
+    named = workdir / f"model3{suffix}"  # Keras picks the format from the suffix
+    os.symlink(os.path.abspath(path), named)
+    try:
+        return keras.saving.load_model(named, compile=False, safe_mode=True)
+    except (ValueError, OSError, TypeError, KeyError, AttributeError) as exc:
+        raise JobInputError(f"model: cannot be loaded with Keras 3: {exc}") from None
+
+
+# --- configurations -----------------------------------------------------------------------
+
+
+def _class_name(op: Any) -> str:
+    """The class name of a supported Keras 3 layer or model; refuses anything else, subclasses
+    of built-in layers included."""
+    name = type(op).__name__
+    if name == "Functional":
+        builtin: Any = _Functional3
+    elif name == "Sequential":
+        builtin = keras.Sequential
+    else:
+        builtin = getattr(keras.layers, name, None)
+    if name not in SUPPORTED or type(op) is not builtin:
+        raise UnsupportedLayer(getattr(op, "name", "?"), name)
+    return name
+
+
+def _plain(value: Any) -> Any:
+    """Keras 3 serialised tuples and arrays as plain Python values."""
+    if isinstance(value, dict) and value.get("class_name") in ("__tuple__", "__numpy__"):
+        inner = value.get("config", {}).get("value")
+        return tuple(_plain(v) for v in inner) if value["class_name"] == "__tuple__" else np.asarray(inner).tolist()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, (list, tuple)):
+        return type(value)(_plain(v) for v in value)
+    return value
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Config values equal up to list/tuple and int/float differences (never bool/number)."""
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    if isinstance(a, bool) or isinstance(b, bool):
+        return a is b
+    return bool(a == b)
+
+
+def _parameters(cls: type) -> dict[str, inspect.Parameter]:
+    """The keyword parameters of ``cls.__init__`` and of the bases it forwards **kwargs to."""
+    found: dict[str, inspect.Parameter] = {}
+    for klass in cls.__mro__:
+        if "__init__" not in vars(klass) or klass is object:
+            continue
+        params = inspect.signature(vars(klass)["__init__"]).parameters
+        for name, param in params.items():
+            if name != "self" and param.kind not in (param.VAR_KEYWORD, param.VAR_POSITIONAL):
+                found.setdefault(name, param)
+        if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+            break
+    return found
+
+
+def _at_default(cls3: type, key: str, value: Any) -> bool:
+    hidden = _KERAS3_HIDDEN_DEFAULTS.get(cls3.__name__, {})
+    if key in hidden:
+        return _same(hidden[key], value)
+    param = _parameters(cls3).get(key)
+    if param is None or param.default is param.empty:
+        return False
+    if key == "data_format" and param.default is None:  # None means the global default: channels_last
+        return value in (None, "channels_last")
+    return _same(_plain(param.default), value)
+
+
+def _options(
+    cls3: type,
+    cls2: type,
+    config: dict,
+    refuse: Refuse,
+    extra: Iterable[str] = (),
+    renamed: dict[str, str] | None = None,
+    training_only: Iterable[str] = (),
+) -> dict:
+    """Keeps the options tf_keras takes (renamed where needed); drops the others only at
+    their Keras 3 default (or when they steer training randomness only)."""
+    accepted = set(_parameters(cls2)) | set(extra)
+    kept = {}
+    for key, value in config.items():
+        key2 = (renamed or {}).get(key, key)
+        if key2 in accepted:
+            kept[key2] = value
+        elif key not in training_only and not _at_default(cls3, key, _plain(value)):
+            refuse(f"option {key}={value!r} has no tf_keras equivalent")
+    return kept
+
+
+def _object(value: Any, kind: str, refuse: Refuse) -> dict | None:
+    """A Keras 3 initializer, regularizer or constraint as a tf_keras serialisation."""
+    if value is None:
+        return None
+    if not isinstance(value, dict) or not isinstance(value.get("config", {}), dict):
+        refuse(f"cannot translate the {kind[:-1]} {value!r}")
+    name = value.get("class_name")
+    builtin = value.get("module", f"keras.{kind}") == f"keras.{kind}" and value.get("registered_name") in (None, name)
+    if name not in _OBJECTS[kind] or not builtin:
+        refuse(f"the {kind[:-1]} {name!r} is not translated")
+    cls3, cls2 = getattr(getattr(keras, kind), name), getattr(getattr(tf_keras, kind), name)
+
+    def refuse_option(reason: str) -> NoReturn:
+        refuse(f"{kind[:-1]} {name}: {reason}")
+
+    config = {k: _plain(v) for k, v in value.get("config", {}).items()}
+    return {"class_name": name, "config": _options(cls3, cls2, config, refuse_option)}
+
+
+def _activation(value: Any, refuse: Refuse) -> str:
+    if isinstance(value, dict) and value.get("class_name") == "function":
+        value = value.get("config")
+    if value is None:
+        return "linear"
+    if not isinstance(value, str) or value not in _ACTIVATIONS:
+        refuse(f"the activation {value!r} is not translated")
+    return _ACTIVATIONS[value]
+
+
+def _dtype(value: Any, refuse: Refuse) -> str:
+    if isinstance(value, dict):
+        policy = value.get("class_name")
+        if policy not in ("DTypePolicy", "FloatDTypePolicy") or value.get("module") not in (None, "keras"):
+            refuse(f"the dtype policy {policy!r} is not translated")
+        value = value.get("config", {}).get("name")
+    if value not in _FLOAT_POLICIES:
+        refuse(f"the dtype policy {value!r} is not translated")
+    return str(value)
+
+
+def _layer_config(class_name: str, config3: dict) -> dict:
+    """A Keras 3 layer configuration translated into the tf_keras one."""
+    name = str(config3.get("name", "?"))
+
+    def refuse(reason: str) -> NoReturn:
+        raise UnsupportedLayer(name, class_name, reason)
+
+    out: dict[str, Any] = {}
+    for key, value in config3.items():
+        if key == "dtype":
+            out[key] = _dtype(value, refuse)
+        elif key.endswith("_initializer"):
+            out[key] = _object(value, "initializers", refuse)
+        elif key.endswith("_regularizer"):
+            out[key] = _object(value, "regularizers", refuse)
+        elif key.endswith("_constraint"):
+            out[key] = _object(value, "constraints", refuse)
+        elif key in ("activation", "recurrent_activation"):
+            out[key] = _activation(value, refuse)
+        elif class_name == "Bidirectional" and key in ("layer", "backward_layer"):
+            out[key] = _wrapped_config(value, key == "layer", refuse)
+        else:
+            out[key] = _plain(value)
+    return _options(
+        getattr(keras.layers, class_name),
+        getattr(tf_keras.layers, class_name),
+        out,
+        refuse,
+        extra=_TF_KERAS_EXTRA.get(class_name, frozenset()) | _TF_KERAS_BASE_KWARGS,
+        renamed=_RENAMED.get(class_name),
+        training_only=_TRAINING_ONLY.get(class_name, ()),
+    )
+
+
+def _wrapped_config(value: Any, forward: bool, refuse: Refuse) -> dict | None:
+    """The RNN inside a Bidirectional, as the tf_keras serialisation Bidirectional expects."""
+    if value is None and not forward:
+        return None
+    wrapped = value.get("class_name") if isinstance(value, dict) else value
+    if wrapped not in _RNNS or value.get("module") not in (None, "keras.layers"):
+        refuse(f"wraps {wrapped!r}, not a built-in LSTM, GRU or SimpleRNN")
+    config = _layer_config(value["class_name"], value.get("config", {}))
+    if forward:  # tf_keras adds the prefix itself
+        config["name"] = str(config.get("name", "")).removeprefix("forward_") or "rnn"
+    return {"class_name": value["class_name"], "config": config}
+
+
+def _tf_keras_layer(layer3: Any) -> Any:
+    """A fresh tf_keras layer configured like the Keras 3 ``layer3`` (no weights yet)."""
+    class_name = _class_name(layer3)
+    config = _layer_config(class_name, layer3.get_config())
+    try:
+        return getattr(tf_keras.layers, class_name).from_config(config)
+    except (ValueError, TypeError, KeyError) as exc:
+        raise UnsupportedLayer(
+            layer3.name, class_name, f"tf_keras refuses the translated configuration: {exc}"
+        ) from None
+
+
+def _input_options(input_layer: Any) -> dict:
+    """The options of a Keras 3 ``InputLayer`` as tf_keras' ``InputLayer`` and ``Input`` take them."""
+    config = input_layer.get_config()
+    name = input_layer.name
+    if config.get("optional") or config.get("ragged"):
+        raise UnsupportedLayer(name, "InputLayer", "optional and ragged inputs are not translated")
+    unknown = set(config) - {"batch_shape", "dtype", "sparse", "ragged", "name", "optional"}
+    if unknown:
+        raise UnsupportedLayer(name, "InputLayer", f"options {sorted(unknown)} are not translated")
+    return {
+        "batch_input_shape": tuple(config["batch_shape"]),
+        "dtype": config.get("dtype"),
+        "sparse": bool(config.get("sparse")),
+        "name": name,
+    }
+
+
+# --- graphs ---------------------------------------------------------------------------------
+
+
+def _mask_source(mask: Any) -> Any:
+    """What a Keras 3 mask tensor is: ("not_equal", id(x)) for ``x != 0``, else the tensor's id."""
+    if mask is None:
+        return None
+    history = getattr(mask, "_keras_history", None)
+    if history is not None and type(history.operation).__name__ == "NotEqual":
+        args = history.operation._inbound_nodes[history.node_index].arguments.args
+        if len(args) == 2 and isinstance(args[0], keras.KerasTensor) and _same(args[1], 0):
+            return ("not_equal", id(args[0]))
+    return ("tensor", id(mask))
+
+
+def _implicit_mask(inputs: Any, mask: Any) -> bool:
+    """Whether a recorded ``mask`` argument is the mask Keras propagates with ``inputs`` anyway."""
+    flat = keras.tree.flatten(inputs)
+    masks = list(mask) if isinstance(mask, (list, tuple)) else [mask]
+    return len(flat) == len(masks) and all(
+        _mask_source(m) == _mask_source(getattr(x, "_keras_mask", None)) for x, m in zip(flat, masks)
+    )
+
+
+def _check_mask_propagated(op: Any, inputs3: Any, tensors: dict[int, Any]) -> None:
+    for x in keras.tree.flatten(inputs3):
+        masked3 = getattr(x, "_keras_mask", None) is not None
+        if masked3 and id(x) in tensors and getattr(tensors[id(x)], "_keras_mask", None) is None:
+            raise BridgeError(f"layer {op.name!r}: tf_keras does not carry the input's mask along")
+
+
+def _refuse_skipped(tensors: Iterable[Any], skipped: dict[int, Any]) -> None:
+    """Refuses the first non-layer operation that made one of ``tensors``."""
+    for kt in tensors:
+        if id(kt) in skipped:
+            raise UnsupportedLayer(skipped[id(kt)].name, type(skipped[id(kt)]).__name__, "is not a layer")
+
+
+def _input_layers(model3: Any) -> list[Any]:
+    if isinstance(model3, keras.Sequential):
+        first = model3._layers[0] if model3._layers else None
+        if not isinstance(first, keras.layers.InputLayer):
+            raise UnsupportedLayer(model3.name, "Sequential", "has no input shape (build it with an Input first)")
+        return [first]
+    return [kt._keras_history.operation for kt in model3.inputs]
+
+
+class _Translator:
+    """Rebuilds Keras 3 graphs out of tf_keras layers; remembers each translated layer."""
+
+    def __init__(self, flatten_nested: bool):
+        self.flatten_nested = flatten_nested
+        self.layers: dict[int, Any] = {}  # id(Keras 3 layer) -> tf_keras layer or model
+        self.pairs: list[tuple[Any, Any]] = []  # (Keras 3 leaf layer, tf_keras leaf layer)
+
+    def model(self, model3: Any) -> Any:
+        """The tf_keras model of ``model3`` (unweighted)."""
+        class_name = _class_name(model3)
+        if class_name not in _MODELS:
+            raise UnsupportedLayer(model3.name, class_name, "is a layer, not a model")
+        nested = [op for op in self._operations(model3) if isinstance(op, keras.Model)]
+        if class_name == "Sequential" and not (self.flatten_nested and nested):
+            layers = [tf_keras.layers.InputLayer(**_input_options(_input_layers(model3)[0]))]
+            layers += [self.layer(op) for op in model3.layers]
+            return tf_keras.Sequential(layers, name=model3.name)
+        inputs = [tf_keras.Input(**_input_options(layer)) for layer in _input_layers(model3)]
+        outputs = self.run(model3, inputs)
+        if class_name == "Sequential":
+            return tf_keras.Model(inputs[0], outputs, name=model3.name)
+        structure = keras.tree.pack_sequence_as(model3._inputs_struct, inputs)
+        return tf_keras.Model(structure, outputs, name=model3.name)
+
+    @staticmethod
+    def _operations(model3: Any) -> list[Any]:
+        if isinstance(model3, keras.Sequential):
+            return list(model3.layers)
+        return [op for op in model3._operations if isinstance(op, keras.layers.Layer)]
+
+    def layer(self, op: Any) -> Any:
+        """The tf_keras counterpart of one Keras 3 layer or nested model, made once."""
+        if id(op) not in self.layers:
+            if _class_name(op) in _MODELS:
+                self.layers[id(op)] = self.model(op)
+            else:
+                layer2 = _tf_keras_layer(op)
+                self.layers[id(op)] = layer2
+                self.pairs.append((op, layer2))
+        return self.layers[id(op)]
+
+    def call(self, op: Any, args: tuple, kwargs: dict) -> Any:
+        if self.flatten_nested and _class_name(op) in _MODELS:
+            if kwargs:
+                raise BridgeError(f"nested model {op.name!r} is called with {sorted(kwargs)}; cannot flatten it")
+            return self.run(op, keras.tree.flatten(args))
+        return self.layer(op)(*args, **kwargs)
+
+    def run(self, model3: Any, inputs: list[Any]) -> Any:
+        """``model3``'s graph applied to tf_keras tensors; returns its output structure."""
+        if isinstance(model3, keras.Sequential):
+            (x,) = inputs
+            for op in model3.layers:
+                x = self.call(op, (x,), {})
+            return x
+        if len(inputs) != len(model3.inputs):
+            raise BridgeError(f"model {model3.name!r} takes {len(model3.inputs)} inputs, got {len(inputs)}")
+        tensors = {id(kt): t for kt, t in zip(model3.inputs, inputs)}
+        skipped: dict[int, Any] = {}  # outputs of non-layer operations -> the operation
+        for depth in sorted(model3._nodes_by_depth, reverse=True):
+            for node in model3._nodes_by_depth[depth]:
+                op = node.operation
+                if not op or node.is_input:
+                    continue
+                if not isinstance(op, keras.layers.Layer):
+                    # e.g. the not_equal that computes an Embedding's mask: needed only if used below
+                    skipped.update({id(kt): op for kt in node.outputs})
+                    continue
+                args3, kwargs3 = node.arguments.args, dict(node.arguments.kwargs)
+                if "mask" in kwargs3 and args3 and _implicit_mask(args3[0], kwargs3["mask"]):
+                    del kwargs3["mask"]  # tf_keras passes the same mask along by itself
+                    _check_mask_propagated(op, args3[0], tensors)
+                if kwargs3.get("training") is True:
+                    raise BridgeError(f"layer {op.name!r} is called with training=True, fixed in tf_keras")
+                # Keras 3 records the call signature's default (training=False for RNNs) and lets
+                # the model's own training flag override it; in tf_keras a recorded value would
+                # win, and TFMOT's masks would never update. Left out, tf_keras follows the model.
+                kwargs3.pop("training", None)
+                needed = [x for x in keras.tree.flatten((args3, kwargs3)) if isinstance(x, keras.KerasTensor)]
+                _refuse_skipped(needed, skipped)
+                if any(id(kt) not in tensors for kt in needed):
+                    continue  # not connected to the inputs (Keras skips it too)
+                args, kwargs = keras.tree.map_structure(
+                    lambda x: tensors[id(x)] if isinstance(x, keras.KerasTensor) else x, (args3, kwargs3)
+                )
+                outputs = tf.nest.flatten(self.call(op, args, kwargs))
+                if len(outputs) != len(node.outputs):
+                    n2, n3 = len(outputs), len(node.outputs)
+                    raise BridgeError(f"layer {op.name!r} gives {n2} outputs in tf_keras, {n3} in Keras 3")
+                tensors.update({id(kt): t for kt, t in zip(node.outputs, outputs)})
+        _refuse_skipped(model3.outputs, skipped)
+        if any(id(kt) not in tensors for kt in model3.outputs):
+            raise BridgeError(f"an output of model {model3.name!r} is not connected to its inputs")
+        flat = [tensors[id(kt)] for kt in model3.outputs]
+        return keras.tree.pack_sequence_as(model3._outputs_struct, flat)
+
+
+# --- weights ----------------------------------------------------------------------------------
+
+
+def _own_name(variable: Any) -> str:
+    """A variable's own name: ``kernel`` of ``dense/kernel:0`` (tf_keras) or ``kernel`` (Keras 3)."""
+    return str(variable.name).rsplit("/", 1)[-1].split(":", 1)[0]
+
+
+def _np_dtype(variable: Any) -> np.dtype:
+    return np.dtype(getattr(variable.dtype, "as_numpy_dtype", variable.dtype))
+
+
+def _variable_groups(layer: Any) -> list[list[Any]]:
+    """A layer's variables, one group per sub-layer whose variables share names."""
+    if type(layer).__name__ == "Bidirectional":
+        return [list(layer.forward_layer.weights), list(layer.backward_layer.weights)]
+    return [list(layer.weights)]
+
+
+def _copy_variables(src: Any, dst: Any, class_name: str) -> None:
+    """Assigns ``src``'s variable values to ``dst``'s (one of them Keras 3, the other tf_keras),
+    pairing them by name; refuses any difference of names, shapes or dtypes."""
+    skip = _TF_KERAS_ONLY_VARIABLES.get(class_name, frozenset())
+    renamed = _VARIABLE_NAMES.get(class_name, {})
+
+    def _short(variable: Any) -> str:
+        name = _own_name(variable)
+        if isinstance(variable, keras.Variable):
+            name = renamed.get(name, name)
+        return name
+
+    src_groups, dst_groups = _variable_groups(src), _variable_groups(dst)
+    if len(src_groups) != len(dst_groups):
+        raise BridgeError(f"layer {src.name!r}: the two versions hold different sub-layers")
+    for src_vars, dst_vars in zip(src_groups, dst_groups):
+        src_kept = [v for v in src_vars if _short(v) not in skip]
+        src_named = {_short(v): v for v in src_kept}
+        dst_named = {_short(v): v for v in dst_vars if _short(v) not in skip}
+        if len(src_named) != len(src_kept) or set(src_named) != set(dst_named):
+            found, wanted = sorted(src_named), sorted(dst_named)
+            raise BridgeError(f"layer {src.name!r} ({class_name}): variables {found} do not match {wanted}")
+        for name, v in src_named.items():
+            value = np.asarray(v.numpy())
+            target = dst_named[name]
+            if tuple(value.shape) != tuple(target.shape) or value.dtype != _np_dtype(target):
+                have, want = f"{value.dtype}{value.shape}", f"{_np_dtype(target)}{tuple(target.shape)}"
+                raise BridgeError(f"layer {src.name!r} ({class_name}) variable {name}: {have} vs {want}")
+            target.assign(value)
+    if class_name == "Normalization" and dst.weights:
+        dst.finalize_state()  # both versions cache mean and variance as tensors
+
+
+def _leaves(model: Any) -> dict[str, Any]:
+    """The layers that are not models, recursively, by name (input layers left out)."""
+    found: dict[str, Any] = {}
+    for layer in model.layers:
+        if isinstance(layer, (keras.Model, tf_keras.Model)):
+            nested = _leaves(layer)
+            clash = set(nested) & set(found)
+        else:
+            if isinstance(layer, (keras.layers.InputLayer, tf_keras.layers.InputLayer)):
+                continue
+            nested, clash = {layer.name: layer}, {layer.name} & set(found)
+        if clash:
+            raise BridgeError(f"layer names {sorted(clash)} occur twice among the nested models")
+        found.update(nested)
+    return found
+
+
+# --- public API -------------------------------------------------------------------------------
+
+
+def to_tf_keras(model3: Any, *, flatten_nested: bool = False) -> Any:
+    """An equivalent tf_keras model of a loaded Keras 3 model, weights copied.
+
+    Sequential models stay Sequential; Functional ones (several inputs and outputs, shared
+    layers, nested models used as layers) become tf_keras functional models with the same
+    layer names. With ``flatten_nested``, the layers of nested models join the outer graph
+    (TFMOT wraps only the outer model's layers).
+
+    Raises:
+        UnsupportedLayer: a layer, option or object outside what the bridge translates.
+        BridgeError: the graph or the weights do not map onto tf_keras.
+    """
+    translator = _Translator(flatten_nested)
+    model2 = translator.model(model3)
+    for layer3, layer2 in translator.pairs:
+        _copy_variables(layer3, layer2, type(layer3).__name__)
+    return model2
+
+
+def to_keras3(model2: Any, like: Any) -> Any:
+    """The tf_keras model's weights in a clone of ``like``, the Keras 3 model it was made
+    from (same layer names and architecture; TFMOT wrappers stripped first).
+
+    Raises:
+        BridgeError: the layers (by name, class or variables) differ between the two models.
+    """
+    clone = keras.models.clone_model(like)
+    sources, targets = _leaves(model2), _leaves(clone)
+    if set(sources) != set(targets):
+        extra, missing = sorted(set(sources) - set(targets)), sorted(set(targets) - set(sources))
+        raise BridgeError(
+            f"the tf_keras model does not match the Keras 3 one: extra layers {extra}, missing {missing} "
+            "(strip TFMOT's wrappers first)"
+        )
+    for name, layer3 in targets.items():
+        layer2 = sources[name]
+        class_name = type(layer3).__name__
+        if type(layer2).__name__ != class_name:
+            raise BridgeError(f"layer {name!r} is a {class_name} in Keras 3, a {type(layer2).__name__} in tf_keras")
+        _copy_variables(layer2, layer3, class_name)
+    return clone
+
+
+def _embedding_bound(input_layer: Any) -> int | None:
+    """The smallest Embedding input_dim among the layers an input feeds directly."""
+    bounds = []
+    for node in input_layer._outbound_nodes:
+        consumer = node.operation
+        if isinstance(consumer, keras.Model):
+            bounds += [layer.input_dim for layer in _leaves(consumer).values() if type(layer).__name__ == "Embedding"]
+        elif isinstance(consumer, keras.layers.Embedding):
+            bounds.append(consumer.input_dim)
+    return int(min(bounds)) if bounds else None
+
+
+def make_probe(model3: Any, batch: int = 2, seed: int = 0, length: int = 8) -> list[np.ndarray]:
+    """A deterministic input batch for ``model3``, one array per input: standard normal
+    floats, and integers in [0, input_dim) for inputs feeding an Embedding (in [0, 10)
+    otherwise). Unknown dimensions other than the batch get ``length``."""
+    rng = np.random.default_rng(seed)
+    probe = []
+    for layer in _input_layers(model3):
+        shape = (batch, *[d if d is not None else length for d in layer.get_config()["batch_shape"][1:]])
+        dtype = np.dtype(layer.get_config().get("dtype") or "float32")
+        if np.issubdtype(dtype, np.floating):
+            probe.append(rng.standard_normal(shape).astype(dtype))
+        else:
+            high = _embedding_bound(layer) or _PROBE_INT_HIGH
+            probe.append(rng.integers(0, high, shape).astype(dtype))
+    return probe
+
+
+def _pack(model: Any, arrays: list[np.ndarray]) -> Any:
+    """Probe arrays (in the order of the model's flattened inputs) as the model takes them."""
+    struct = getattr(model, "_inputs_struct", None)
+    if struct is None:
+        struct = getattr(model, "_nested_inputs", None)
+    if isinstance(struct, dict):
+        return dict(zip(sorted(struct), arrays))
+    return arrays[0] if len(arrays) == 1 else list(arrays)
+
+
+def check_equivalence(model3: Any, model2: Any, probe: list[np.ndarray] | None = None) -> float:
+    """The largest absolute difference between the two models' outputs on ``probe``
+    (default: :func:`make_probe` of ``model3``), in inference mode.
+
+    Raises:
+        BridgeError: the models' outputs differ in number or shape.
+    """
+    probe = make_probe(model3) if probe is None else probe
+    out3 = [np.asarray(o) for o in keras.tree.flatten(model3(_pack(model3, probe), training=False))]
+    out2 = [np.asarray(o) for o in tf.nest.flatten(model2(_pack(model2, probe), training=False))]
+    if len(out3) != len(out2) or any(a.shape != b.shape for a, b in zip(out3, out2)):
+        raise BridgeError(f"output shapes differ: {[a.shape for a in out3]} vs {[b.shape for b in out2]}")
+    diffs = [np.abs(a.astype(np.float64) - b.astype(np.float64)) for a, b in zip(out3, out2)]
+    return max((float(d.max()) for d in diffs if d.size), default=0.0)
