@@ -26,8 +26,8 @@ import time
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from pruning_client import Client, job_spec, polynomial_decay  # noqa: E402
-from pruning_client.cli import follow, format_table  # noqa: E402
+from pruning_client import Client, job_spec, polynomial_decay
+from pruning_client.cli import follow, format_table
 
 
 def train_baseline(path: pathlib.Path, data_dir: pathlib.Path, epochs: int) -> float:
@@ -46,8 +46,9 @@ def train_baseline(path: pathlib.Path, data_dir: pathlib.Path, epochs: int) -> f
             keras.layers.Dense(10),
         ]
     )
-    model.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                  metrics=["accuracy"])
+    model.compile(
+        optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"]
+    )
     model.fit(x_train, y_train, epochs=epochs, validation_split=0.1, verbose=2)
     _, accuracy = model.evaluate(x_test, y_test, verbose=0)
     model.save(path)
@@ -68,7 +69,9 @@ def check_download(path: pathlib.Path) -> list[str]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--target", help="a running server; default: start the embedded service")
-    parser.add_argument("--state-dir", type=pathlib.Path, default=pathlib.Path(os.environ.get("PRUNING_STATE_DIR", ".pruning")))
+    parser.add_argument(
+        "--state-dir", type=pathlib.Path, default=pathlib.Path(os.environ.get("PRUNING_STATE_DIR", ".pruning"))
+    )
     parser.add_argument("--baseline-epochs", type=int, default=4)
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     args = parser.parse_args()
@@ -80,8 +83,10 @@ def main() -> int:
     started = time.monotonic()
     with contextlib.redirect_stdout(sys.stderr):  # stdout carries only the result
         accuracy = train_baseline(baseline_path, args.state_dir / "data", args.baseline_epochs)
-    print(f"baseline trained: test accuracy {accuracy:.4f} in {time.monotonic() - started:.0f} s -> {baseline_path}",
-          file=sys.stderr)
+    print(
+        f"baseline trained: test accuracy {accuracy:.4f} in {time.monotonic() - started:.0f} s -> {baseline_path}",
+        file=sys.stderr,
+    )
 
     stack = None
     target = args.target
@@ -96,8 +101,14 @@ def main() -> int:
         with Client(target, api_key=os.environ.get("PRUNING_API_KEY")) as client:
             client.wait_ready(timeout=60)
             model = client.upload_model(baseline_path)
-            spec = job_spec(model.id, dataset="mnist", schedule=polynomial_decay(0.50, 0.80),
-                            epochs=2, batch_size=128, validation_split=0.1)
+            spec = job_spec(
+                model.id,
+                dataset="mnist",
+                schedule=polynomial_decay(0.50, 0.80),
+                epochs=2,
+                batch_size=128,
+                validation_split=0.1,
+            )
             job = client.submit(spec, labels={"example": "mnist"})
             print(f"job {job.id} submitted", file=sys.stderr)
             follow(job, show_bar=True, json_lines=False)
@@ -109,12 +120,23 @@ def main() -> int:
     with contextlib.redirect_stdout(sys.stderr):
         classes = check_download(pruned_path)
     if args.json:
-        print(json.dumps({"job_id": job.id, "result": result.to_dict(), "pruned_model": str(pruned_path),
-                          "pruned_layers": classes}, sort_keys=True))
+        print(
+            json.dumps(
+                {
+                    "job_id": job.id,
+                    "result": result.to_dict(),
+                    "pruned_model": str(pruned_path),
+                    "pruned_layers": classes,
+                },
+                sort_keys=True,
+            )
+        )
     else:
         print(format_table(result))
-        print(f"pruned model: {pruned_path} (loads in Keras {result.raw.keras_version_out}: {', '.join(classes)}; "
-              f"the tf_keras translation matched the upload within {result.raw.conversion_max_abs_diff:.1e})")
+        print(
+            f"pruned model: {pruned_path} (loads in Keras {result.raw.keras_version_out}: {', '.join(classes)}; "
+            f"the tf_keras translation matched the upload within {result.raw.conversion_max_abs_diff:.1e})"
+        )
     return 0
 
 

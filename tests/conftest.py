@@ -111,9 +111,25 @@ def start_worker(env: dict, log_path: pathlib.Path) -> subprocess.Popen:
     """A real Celery worker process (solo pool) on ``env``'s queue, once it is ready."""
     log = open(log_path, "w")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "pruning_worker.app", "worker", "--pool=solo", "--loglevel=INFO",
-         "-Q", env["PRUNING_QUEUE"], "-n", f"{uuid.uuid4().hex[:8]}@%h", "--without-gossip", "--without-mingle"],
-        env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT,
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "pruning_worker.app",
+            "worker",
+            "--pool=solo",
+            "--loglevel=INFO",
+            "-Q",
+            env["PRUNING_QUEUE"],
+            "-n",
+            f"{uuid.uuid4().hex[:8]}@%h",
+            "--without-gossip",
+            "--without-mingle",
+        ],
+        env={**os.environ, **env},
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     log.close()
     deadline = time.monotonic() + 180

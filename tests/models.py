@@ -62,7 +62,14 @@ def lambda_model(path: pathlib.Path, marker: pathlib.Path) -> pathlib.Path:
         open(marker_name, "w").close()
         return x * 2.0
 
-    model = keras.Sequential([keras.layers.InputLayer(input_shape=(8, 8)), keras.layers.Lambda(touch), keras.layers.Flatten(), keras.layers.Dense(4)])
+    model = keras.Sequential(
+        [
+            keras.layers.InputLayer(input_shape=(8, 8)),
+            keras.layers.Lambda(touch),
+            keras.layers.Flatten(),
+            keras.layers.Dense(4),
+        ]
+    )
     if path.suffix == ".h5":
         keras.models.save_model(model, path, save_format="h5")
     else:

@@ -75,8 +75,11 @@ class ModelInfo:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "format": self.format, "layers": self.layers, "input_shape": self.input_shape,
-            "keras_version": self.keras_version, "summary": json_format.MessageToDict(self.summary),
+            "format": self.format,
+            "layers": self.layers,
+            "input_shape": self.input_shape,
+            "keras_version": self.keras_version,
+            "summary": json_format.MessageToDict(self.summary),
         }
 
 
@@ -114,9 +117,11 @@ def _walk_classes(node, found: list[tuple[str, str]]):
                 raise ModelRejected("the model has a Lambda layer, which would run arbitrary code; refused")
             if cls not in ALLOWED_CLASSES or not str(module).startswith(_ALLOWED_MODULE_ROOTS):
                 raise ModelRejected(f"the model uses {cls!r}, which is not a built-in Keras class; refused")
-            if "registered_name" in node and node["registered_name"] not in (None, cls) and not str(
-                node["registered_name"]
-            ).startswith(("keras", "tf_keras")):
+            if (
+                "registered_name" in node
+                and node["registered_name"] not in (None, cls)
+                and not str(node["registered_name"]).startswith(("keras", "tf_keras"))
+            ):
                 raise ModelRejected(f"the model uses the custom object {node['registered_name']!r}; refused")
             config = node.get("config")
             if isinstance(config, dict) and "name" in config and cls in _LAYERS.split():
@@ -166,8 +171,9 @@ def check_model_config(
         except preflight.Unconvertible as exc:
             raise ModelRejected(str(exc)) from None
     summary = preflight.summarize(config, layers, weights or [], version, version_string)
-    return ModelInfo(format=fmt, layers=layers, input_shape=_input_shape(config), keras_version=version,
-                     summary=summary)
+    return ModelInfo(
+        format=fmt, layers=layers, input_shape=_input_shape(config), keras_version=version, summary=summary
+    )
 
 
 def _read_member(archive: zipfile.ZipFile, name: str, limit: int) -> bytes:
@@ -232,8 +238,9 @@ def inspect_model(path: pathlib.Path, max_decompressed: int) -> ModelInfo:
             try:
                 _verify_members(archive)
                 config = json.loads(_read_member(archive, "config.json", MAX_CONFIG_BYTES))
-                metadata = json.loads(_read_member(archive, "metadata.json", 1 << 20)) if (
-                    "metadata.json" in names) else {}
+                metadata = (
+                    json.loads(_read_member(archive, "metadata.json", 1 << 20)) if ("metadata.json" in names) else {}
+                )
                 weights = _zip_weight_shapes(archive)
             except ModelRejected:
                 raise
@@ -268,7 +275,8 @@ def _class_labels(shape: tuple[int, ...], dtype: np.dtype[Any]) -> bool:
 def _value_range(member: Any, shape: tuple[int, ...], dtype: np.dtype[Any]) -> list[int] | None:
     """Min and max of an integer array read in chunks from its .npy member; None when empty."""
     left = int(np.prod(shape)) * dtype.itemsize
-    low = high = None
+    low: int | None = None
+    high: int | None = None
     step = max(dtype.itemsize, _CHUNK // dtype.itemsize * dtype.itemsize)
     while left > 0:
         data = member.read(min(step, left))
@@ -278,7 +286,7 @@ def _value_range(member: Any, shape: tuple[int, ...], dtype: np.dtype[Any]) -> l
         values = np.frombuffer(data, dtype=dtype)
         low = int(values.min()) if low is None else min(low, int(values.min()))
         high = int(values.max()) if high is None else max(high, int(values.max()))
-    return None if low is None else [low, high]
+    return None if low is None or high is None else [low, high]
 
 
 def _npy_header(archive: zipfile.ZipFile, key: str, ranges: dict[str, Any]) -> dict[str, Any]:
@@ -320,8 +328,9 @@ def inspect_dataset(path: pathlib.Path, max_decompressed: int) -> dict:
         for name in DATASET_ARRAYS:
             keys = [name] if name in members else sorted(m for m in members if m.startswith(f"{name}."))
             if not keys:
-                raise ModelRejected(f"the dataset has no array {name!r} (nor {name}.<input or output name>)",
-                                    field="dataset")
+                raise ModelRejected(
+                    f"the dataset has no array {name!r} (nor {name}.<input or output name>)", field="dataset"
+                )
             headers = {key: _npy_header(archive, key, ranges) for key in keys}
             lengths = {h["shape"][0] if h["shape"] else None for h in headers.values()}
             if len(lengths) != 1:
@@ -333,7 +342,9 @@ def inspect_dataset(path: pathlib.Path, max_decompressed: int) -> dict:
         n_x, n_y = arrays[f"x_{split}"]["shape"][:1], arrays[f"y_{split}"]["shape"][:1]
         if n_x != n_y:
             raise ModelRejected(f"x_{split} and y_{split} differ in length: {n_x} vs {n_y}", field="dataset")
-    samples = {k: [h["shape"][1:] for h in arrays[k].get("parts", {k: arrays[k]}).values()] for k in ("x_train", "x_test")}
+    samples = {
+        k: [h["shape"][1:] for h in arrays[k].get("parts", {k: arrays[k]}).values()] for k in ("x_train", "x_test")
+    }
     if samples["x_train"] != samples["x_test"]:
         raise ModelRejected("x_train and x_test differ in sample shape", field="dataset")
     if ranges:

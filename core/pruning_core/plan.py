@@ -50,7 +50,9 @@ class DatasetFacts:
         arrays = info["arrays"]
         ranges = [r for r in (arrays.get("label_range") or {}).values() if r]
         return cls(
-            "spec.dataset.artifact_id", arrays["x_train"]["shape"][0], arrays["x_test"]["shape"][0],
+            "spec.dataset.artifact_id",
+            arrays["x_train"]["shape"][0],
+            arrays["x_test"]["shape"][0],
             None if "parts" in arrays["x_train"] else arrays["x_train"]["shape"][1:],
             [min(r[0] for r in ranges), max(r[1] for r in ranges)] if ranges else None,
         )
@@ -58,8 +60,9 @@ class DatasetFacts:
     @classmethod
     def of_builtin(cls, name: str) -> DatasetFacts:
         known = validation.BUILTIN_DATASETS[name]
-        return cls("spec.dataset.builtin", known["x_train"][0], known["x_test"][0], known["x_train"][1:],
-                   known["labels"])
+        return cls(
+            "spec.dataset.builtin", known["x_train"][0], known["x_test"][0], known["x_train"][1:], known["labels"]
+        )
 
 
 def _summary(model_info: dict[str, Any]) -> pb.ModelSummary:
@@ -88,8 +91,13 @@ def check(spec: pb.JobSpec, model_info: dict[str, Any], data: DatasetFacts) -> l
     if spec.training.loss in SPARSE_LOSSES and units > 0 and data.label_range is not None:
         low, high = data.label_range
         if low < 0 or high >= units:
-            out.append((data.field, f"labels run from {low} to {high}, but the model has {units} output units "
-                                    f"(labels must be in [0, {units - 1}])"))
+            out.append(
+                (
+                    data.field,
+                    f"labels run from {low} to {high}, but the model has {units} output units "
+                    f"(labels must be in [0, {units - 1}])",
+                )
+            )
     layers = _summary(model_info).layers
     if layers and not any(
         layer.prunable and validation.selected(layer.class_name, layer.name, spec.pruning.layers) for layer in layers
@@ -98,8 +106,13 @@ def check(spec: pb.JobSpec, model_info: dict[str, Any], data: DatasetFacts) -> l
     total = train_steps(_n_train(spec, data), spec.training) * spec.training.epochs
     prefix, begin, end = _schedule_steps(spec, total)
     if end > total:
-        out.append((f"{prefix}.end_step", f"ends at step {end}, after the last fine-tuning step {total} "
-                                          f"({spec.training.epochs} epochs of {total // spec.training.epochs} steps)"))
+        out.append(
+            (
+                f"{prefix}.end_step",
+                f"ends at step {end}, after the last fine-tuning step {total} "
+                f"({spec.training.epochs} epochs of {total // spec.training.epochs} steps)",
+            )
+        )
     if begin >= total:
         out.append((f"{prefix}.begin_step", f"starts at step {begin}, but fine-tuning has only {total} steps"))
     return out
@@ -115,9 +128,15 @@ def make_plan(spec: pb.JobSpec, model_info: dict[str, Any], data: DatasetFacts) 
     summary = _summary(model_info)
     target = validation.target_sparsity(spec.pruning)
     plan = pb.JobPlan(
-        train_samples=n_train - n_validation, validation_samples=n_validation, test_samples=data.n_test,
-        steps_per_epoch=steps, total_steps=steps * t.epochs, schedule_begin_step=begin, schedule_end_step=end,
-        keras_version=summary.keras_version or model_info.get("keras_version", 2), spec=spec,
+        train_samples=n_train - n_validation,
+        validation_samples=n_validation,
+        test_samples=data.n_test,
+        steps_per_epoch=steps,
+        total_steps=steps * t.epochs,
+        schedule_begin_step=begin,
+        schedule_end_step=end,
+        keras_version=summary.keras_version or model_info.get("keras_version", 2),
+        spec=spec,
         estimate_basis=ESTIMATE_BASIS,
     )
     for layer in summary.layers:

@@ -12,7 +12,55 @@ from pruning.v1 import pruning_pb2 as pb
 
 # Keras 3 layers the workers translate to tf_keras, layer by layer (workers/pruning_worker/bridge.py).
 KERAS3_CONVERTIBLE = frozenset(
-    ["InputLayer", "Sequential", "Functional", "Model", "Dense", "Conv1D", "Conv2D", "Conv3D", "Conv2DTranspose", "DepthwiseConv2D", "SeparableConv2D", "BatchNormalization", "LayerNormalization", "Dropout", "Flatten", "Reshape", "Permute", "MaxPooling1D", "MaxPooling2D", "MaxPooling3D", "AveragePooling1D", "AveragePooling2D", "AveragePooling3D", "GlobalMaxPooling1D", "GlobalMaxPooling2D", "GlobalMaxPooling3D", "GlobalAveragePooling1D", "GlobalAveragePooling2D", "GlobalAveragePooling3D", "ZeroPadding1D", "ZeroPadding2D", "ZeroPadding3D", "Activation", "ReLU", "LeakyReLU", "Softmax", "Add", "Concatenate", "Multiply", "Average", "Embedding", "LSTM", "GRU", "SimpleRNN", "Bidirectional", "Rescaling", "Normalization"]
+    [
+        "InputLayer",
+        "Sequential",
+        "Functional",
+        "Model",
+        "Dense",
+        "Conv1D",
+        "Conv2D",
+        "Conv3D",
+        "Conv2DTranspose",
+        "DepthwiseConv2D",
+        "SeparableConv2D",
+        "BatchNormalization",
+        "LayerNormalization",
+        "Dropout",
+        "Flatten",
+        "Reshape",
+        "Permute",
+        "MaxPooling1D",
+        "MaxPooling2D",
+        "MaxPooling3D",
+        "AveragePooling1D",
+        "AveragePooling2D",
+        "AveragePooling3D",
+        "GlobalMaxPooling1D",
+        "GlobalMaxPooling2D",
+        "GlobalMaxPooling3D",
+        "GlobalAveragePooling1D",
+        "GlobalAveragePooling2D",
+        "GlobalAveragePooling3D",
+        "ZeroPadding1D",
+        "ZeroPadding2D",
+        "ZeroPadding3D",
+        "Activation",
+        "ReLU",
+        "LeakyReLU",
+        "Softmax",
+        "Add",
+        "Concatenate",
+        "Multiply",
+        "Average",
+        "Embedding",
+        "LSTM",
+        "GRU",
+        "SimpleRNN",
+        "Bidirectional",
+        "Rescaling",
+        "Normalization",
+    ]
 )
 # Layers whose weights TFMOT's prune_low_magnitude prunes (its prune_registry: DepthwiseConv2D
 # and BatchNormalization pass through unpruned; Bidirectional is not supported).
@@ -73,9 +121,7 @@ def _weight_groups(config: Any, prefix: str = "") -> dict[str, str]:
     return out
 
 
-def _params_by_layer(
-    weights: list[tuple[str, list[int]]], names: set[str], groups: dict[str, str]
-) -> dict[str, int]:
+def _params_by_layer(weights: list[tuple[str, list[int]]], names: set[str], groups: dict[str, str]) -> dict[str, int]:
     """Attributes each weight to its layer: by the group path of a .keras weights file, else
     (legacy .h5, grouped by layer name) by the deepest layer name on its path."""
     out: dict[str, int] = {}
@@ -128,8 +174,11 @@ def _output_layers(config: dict[str, Any], layers: list[dict[str, Any]]) -> list
 
 
 def summarize(
-    config: dict[str, Any], all_layers: list[tuple[str, str]], weights: list[tuple[str, list[int]]],
-    keras_version: int, version_string: str,
+    config: dict[str, Any],
+    all_layers: list[tuple[str, str]],
+    weights: list[tuple[str, list[int]]],
+    keras_version: int,
+    version_string: str,
 ) -> pb.ModelSummary:
     """The summary of a checked model configuration and the shapes in its weights file."""
     summary = pb.ModelSummary(keras_version=keras_version, keras_version_string=version_string)
@@ -150,7 +199,10 @@ def summarize(
         summary.outputs.add(name=name, shape=[units] if isinstance(units, int) else [-1], dtype=_dtype(cfg))
     for cls, name in all_layers:
         summary.layers.add(
-            name=name, class_name=cls, params=params.get(name, 0), prunable=cls in PRUNABLE,
+            name=name,
+            class_name=cls,
+            params=params.get(name, 0),
+            prunable=cls in PRUNABLE,
             convertible=keras_version == 2 or cls in KERAS3_CONVERTIBLE,
         )
     summary.total_params = sum(params.values())

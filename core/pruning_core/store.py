@@ -244,8 +244,15 @@ class _Base:
         event = state_event(job, pb.JOB_STATE_QUEUED)
         idem = self.keys.idempotency(tenant, idempotency_key) if idempotency_key else ""
         keys = [self.keys.job(job.id), self.keys.events(job.id), self.keys.tenant_jobs(tenant), idem]
-        args = [job.SerializeToString(), job.state, tenant, event.SerializeToString(), job.id, IDEMPOTENCY_TTL_S,
-                fingerprint]
+        args = [
+            job.SerializeToString(),
+            job.state,
+            tenant,
+            event.SerializeToString(),
+            job.id,
+            IDEMPOTENCY_TTL_S,
+            fingerprint,
+        ]
         return keys, args
 
     @staticmethod

@@ -72,14 +72,17 @@ def _validate_pruning(spec: pb.PruningSpec, out: list[Violation]) -> None:
     names = set(spec.layers.include_names) & set(spec.layers.exclude_names)
     if names:
         out.append(("spec.pruning.layers", f"layers both included and excluded: {sorted(names)}"))
-    if spec.policy and (spec.layers.include_names or spec.layers.include_types or spec.layers.exclude_names
-                        or spec.layers.exclude_types):
+    if spec.policy and (
+        spec.layers.include_names or spec.layers.include_types or spec.layers.exclude_names or spec.layers.exclude_types
+    ):
         out.append(("spec.pruning.policy", "a pruning policy applies to the whole model: drop the layer selection"))
 
 
 def _validate_training(t: pb.TrainingSpec, out: list[Violation]) -> None:
     if not 0 <= t.epochs <= defaults.MAX_EPOCHS:
-        out.append(("spec.training.epochs", f"must be in [1, {defaults.MAX_EPOCHS}] (0 = {defaults.EPOCHS}), got {t.epochs}"))
+        out.append(
+            ("spec.training.epochs", f"must be in [1, {defaults.MAX_EPOCHS}] (0 = {defaults.EPOCHS}), got {t.epochs}")
+        )
     if not 0 <= t.batch_size <= defaults.MAX_BATCH_SIZE:
         out.append(("spec.training.batch_size", f"must be in [1, {defaults.MAX_BATCH_SIZE}], got {t.batch_size}"))
     if t.optimizer and t.optimizer.lower() not in OPTIMIZERS:
@@ -106,7 +109,9 @@ def validate_request(request: pb.CreateJobRequest) -> list[Violation]:
         out.append(("labels", f"at most {MAX_LABELS} labels, got {len(request.labels)}"))
     for key, value in request.labels.items():
         if not key or len(key) > MAX_LABEL_LENGTH or len(value) > MAX_LABEL_LENGTH:
-            out.append((f"labels[{key[:40]}]", f"keys must be 1-{MAX_LABEL_LENGTH} and values 0-{MAX_LABEL_LENGTH} characters"))
+            out.append(
+                (f"labels[{key[:40]}]", f"keys must be 1-{MAX_LABEL_LENGTH} and values 0-{MAX_LABEL_LENGTH} characters")
+            )
     if len(request.idempotency_key) > MAX_IDEMPOTENCY_KEY:
         out.append(("idempotency_key", f"at most {MAX_IDEMPOTENCY_KEY} characters"))
     return out
@@ -133,7 +138,9 @@ def validate_against_model(spec: pb.JobSpec, layers: list) -> list[Violation]:
     if list(spec.pruning.block_size) not in ([], [1, 1]):
         convs = sorted(name for kind, name in layers if "Conv" in kind and selected(kind, name, spec.pruning.layers))
         if convs:
-            out.append(("spec.pruning.block_size", f"block sparsity needs 2-D weights; exclude the conv layers {convs}"))
+            out.append(
+                ("spec.pruning.block_size", f"block sparsity needs 2-D weights; exclude the conv layers {convs}")
+            )
     return out
 
 

@@ -6,6 +6,7 @@ import hashlib
 
 from pruning.v1 import pruning_pb2 as pb
 
+
 def extension(filename: str) -> str:
     name = filename.rsplit("/", 1)[-1].rsplit("\\", 1)[-1]
     return "." + name.rsplit(".", 1)[-1].lower() if "." in name else ""

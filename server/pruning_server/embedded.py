@@ -34,8 +34,14 @@ class Stack:
         self.port: int | None = None
 
     @classmethod
-    def start(cls, *, listen: str | None = None, worker: bool = True, ready_timeout: float = 120,
-              log_path: pathlib.Path | None = None) -> "Stack":
+    def start(
+        cls,
+        *,
+        listen: str | None = None,
+        worker: bool = True,
+        ready_timeout: float = 120,
+        log_path: pathlib.Path | None = None,
+    ) -> Stack:
         """Starts the stack; with ``log_path`` the children's output goes there, not here."""
         settings = Settings()
         env = dict(os.environ)
@@ -47,7 +53,7 @@ class Stack:
             redis_server = _start_redis(state / "redis")
             env["PRUNING_REDIS_URL"] = f"unix://{redis_server.socket_file}?db=0"
             log.info("embedded Redis (pid %d) on %s", redis_server.pid, redis_server.socket_file)
-        stack = cls(settings, env, redis_server, open(log_path, "a") if log_path else None)
+        stack = cls(settings, env, redis_server, open(log_path, "a") if log_path else None)  # noqa: SIM115 - closed in stop()
         try:
             stack._start_server(state, listen, ready_timeout)
             if worker:
@@ -63,7 +69,9 @@ class Stack:
         cmd = [sys.executable, "-m", "pruning_server", "--port-file", str(port_file)]
         if listen:
             cmd += ["--listen", listen]
-        self.server = subprocess.Popen(cmd, env=self.env, start_new_session=True, stdout=self.log_file, stderr=self.log_file)
+        self.server = subprocess.Popen(
+            cmd, env=self.env, start_new_session=True, stdout=self.log_file, stderr=self.log_file
+        )
         deadline = time.monotonic() + timeout
         while not port_file.exists() or not port_file.read_text().strip():
             if self.server.poll() is not None:
@@ -75,10 +83,22 @@ class Stack:
 
     def _start_worker(self, state: pathlib.Path) -> None:
         cmd = [
-            sys.executable, "-m", "celery", "-A", "pruning_worker.app", "worker",
-            "--pool=solo", "--loglevel=INFO", "-Q", self.settings.queue, "-n", f"pruning-{os.getpid()}@%h",
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "pruning_worker.app",
+            "worker",
+            "--pool=solo",
+            "--loglevel=INFO",
+            "-Q",
+            self.settings.queue,
+            "-n",
+            f"pruning-{os.getpid()}@%h",
         ]
-        self.worker = subprocess.Popen(cmd, env=self.env, start_new_session=True, stdout=self.log_file, stderr=self.log_file)
+        self.worker = subprocess.Popen(
+            cmd, env=self.env, start_new_session=True, stdout=self.log_file, stderr=self.log_file
+        )
 
     def stop(self, timeout: float = 30) -> None:
         """Stops the worker (warm, then cold), the server, then Redis."""
@@ -137,7 +157,9 @@ def main(listen: str | None = None) -> int:
 
 
 @click.command("up", help="Run Redis (embedded unless PRUNING_REDIS_URL is set), the server and a worker here.")
-@click.option("--listen", default=None, show_default="PRUNING_LISTEN or 127.0.0.1:50051", help="host:port for the server")
+@click.option(
+    "--listen", default=None, show_default="PRUNING_LISTEN or 127.0.0.1:50051", help="host:port for the server"
+)
 def up_command(listen: str | None) -> None:
     """``pruning up``: the CLI finds this command through the ``pruning.commands`` entry points."""
     raise SystemExit(main(listen=listen))

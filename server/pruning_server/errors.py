@@ -15,9 +15,7 @@ async def abort_invalid(
 ) -> NoReturn:
     """Aborts with INVALID_ARGUMENT and a BadRequest listing (field, description) pairs."""
     detail = error_details_pb2.BadRequest(
-        field_violations=[
-            error_details_pb2.BadRequest.FieldViolation(field=f, description=d) for f, d in violations
-        ]
+        field_violations=[error_details_pb2.BadRequest.FieldViolation(field=f, description=d) for f, d in violations]
     )
     status = status_pb2.Status(
         code=code_pb2.INVALID_ARGUMENT,

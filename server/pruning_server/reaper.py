@@ -11,13 +11,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 
 from pruning.v1 import pruning_pb2 as pb
-
 from pruning_core import tasks
 from pruning_core.store import AsyncJobStore, make_event
 
 log = logging.getLogger(__name__)
+
+
+def _log_event(line: pb.LogLine) -> Callable[[pb.Job], list[pb.JobEvent]]:
+    return lambda job: [make_event(job.id, log=line)]
 
 
 async def requeue_silent_jobs(store: AsyncJobStore, celery, queue: str, silent_s: float) -> list[str]:
@@ -28,9 +32,11 @@ async def requeue_silent_jobs(store: AsyncJobStore, celery, queue: str, silent_s
         if tenant is None or job is None or job.state not in (pb.JOB_STATE_RUNNING, pb.JOB_STATE_CANCELLING):
             await store.forget_running(job_id)
             continue
-        message = f"no heartbeat from attempt {job.attempt} for {silent_s:.0f} s: its worker is presumed lost; re-queued"
+        message = (
+            f"no heartbeat from attempt {job.attempt} for {silent_s:.0f} s: its worker is presumed lost; re-queued"
+        )
         log.warning("job %s: %s", job_id, message)
-        await store.update(tenant, job_id, lambda j: [make_event(j.id, log=pb.LogLine(level="WARNING", message=message))])
+        await store.update(tenant, job_id, _log_event(pb.LogLine(level="WARNING", message=message)))
         await asyncio.to_thread(celery.send_task, tasks.PRUNE, args=[job_id], queue=queue)
         requeued.append(job_id)
     return requeued
@@ -42,5 +48,5 @@ async def run(store: AsyncJobStore, celery, queue: str, silent_s: float) -> None
         await asyncio.sleep(min(30.0, max(0.5, silent_s / 4)))
         try:
             await requeue_silent_jobs(store, celery, queue, silent_s)
-        except Exception:  # noqa: BLE001 - Redis or broker hiccup: try again next round
+        except Exception:
             log.exception("re-queueing silent jobs failed")

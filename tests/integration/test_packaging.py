@@ -13,8 +13,16 @@ import pytest
 
 from conftest import ROOT
 
-HEAVY = ("tensorflow", "tf_keras", "keras", "tensorflow_model_optimization", "celery", "pruning_core", "pruning_server",
-         "pruning_worker")
+HEAVY = (
+    "tensorflow",
+    "tf_keras",
+    "keras",
+    "tensorflow_model_optimization",
+    "celery",
+    "pruning_core",
+    "pruning_server",
+    "pruning_worker",
+)
 
 
 @pytest.mark.packaging
@@ -23,10 +31,20 @@ def test_client_installs_without_tensorflow_or_celery(tmp_path):
     venv.create(env_dir, with_pip=True)
     python = env_dir / "bin" / "python"
     subprocess.run([python, "-m", "pip", "install", "--quiet", str(ROOT / "client")], check=True, timeout=600)
-    installed = subprocess.run([python, "-m", "pip", "list", "--format=json"], check=True, capture_output=True, text=True)
+    installed = subprocess.run(
+        [python, "-m", "pip", "list", "--format=json"], check=True, capture_output=True, text=True
+    )
     names = {p["name"].lower() for p in json.loads(installed.stdout)}
     assert "pruning-client" in names
-    assert not names & {"tensorflow", "tensorflow-cpu", "tf-keras", "keras", "celery", "pruning-server", "pruning-worker"}
+    assert not names & {
+        "tensorflow",
+        "tensorflow-cpu",
+        "tf-keras",
+        "keras",
+        "celery",
+        "pruning-server",
+        "pruning-worker",
+    }
     probe = textwrap.dedent(
         f"""
         import sys
@@ -75,7 +93,11 @@ def test_server_process_never_imports_tensorflow(env, files, tmp_path):
     queue_env = {**os.environ, **env, "PRUNING_QUEUE": env["PRUNING_QUEUE"] + "-nobody"}
     out = subprocess.run(
         [sys.executable, "-c", script, str(files["keras"]), str(files["data"])],
-        env=queue_env, capture_output=True, text=True, timeout=120, cwd=tmp_path,
+        env=queue_env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
     )
     assert out.returncode == 0, out.stderr[-3000:]
     assert json.loads(out.stdout.strip().splitlines()[-1]) == []

@@ -9,8 +9,8 @@ import time
 import grpc
 import numpy as np
 import pytest
-from grpc_status import rpc_status
 from google.rpc import error_details_pb2
+from grpc_status import rpc_status
 
 from pruning.v1 import pruning_pb2 as pb
 from pruning_client import job_spec, polynomial_decay

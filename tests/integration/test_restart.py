@@ -30,8 +30,11 @@ def test_watch_survives_a_server_restart(env, worker, files):
         with Client(f"127.0.0.1:{port}") as client:
             model = client.upload_model(files["keras"])
             data = client.upload_dataset(files["big_data"])
-            job = client.submit(job_spec(model.id, dataset=data.id, epochs=2, batch_size=128,
-                                         schedule=constant_sparsity(0.5, frequency=20)))
+            job = client.submit(
+                job_spec(
+                    model.id, dataset=data.id, epochs=2, batch_size=128, schedule=constant_sparsity(0.5, frequency=20)
+                )
+            )
             seen = []
             restarted = threading.Event()
             for event in job.watch():

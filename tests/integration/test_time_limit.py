@@ -26,7 +26,9 @@ def test_job_time_limit(env, files, tmp_path):
             job = error.value.job
             assert job.finished_at.ToSeconds() - job.started_at.ToSeconds() < 30
             small = client.upload_dataset(files["data"])
-            quick = client.submit(job_spec(model.id, dataset=small.id, epochs=1, schedule=constant_sparsity(0.5, frequency=5)))
+            quick = client.submit(
+                job_spec(model.id, dataset=small.id, epochs=1, schedule=constant_sparsity(0.5, frequency=5))
+            )
             assert quick.result(timeout=120).pruned_kernel_sparsity > 0.4
     finally:
         stop_worker(worker)

@@ -23,8 +23,11 @@ def test_killed_worker_job_is_rerun_and_finishes(env, files, tmp_path):
         with Client(server.target) as client:
             model = client.upload_model(files["keras"])
             data = client.upload_dataset(files["big_data"])
-            job = client.submit(job_spec(model.id, dataset=data.id, epochs=3, batch_size=128,
-                                         schedule=constant_sparsity(0.5, frequency=20)))
+            job = client.submit(
+                job_spec(
+                    model.id, dataset=data.id, epochs=3, batch_size=128, schedule=constant_sparsity(0.5, frequency=20)
+                )
+            )
             deadline = time.monotonic() + 120
             while job.status().progress.step == 0:
                 assert time.monotonic() < deadline
@@ -37,8 +40,11 @@ def test_killed_worker_job_is_rerun_and_finishes(env, files, tmp_path):
             events = list(client.watch_events(job.id))
         assert final.state == pb.JOB_STATE_SUCCEEDED and final.attempt == 2
         assert result.pruned_kernel_sparsity == pytest.approx(0.5, abs=0.02)
-        runs = [e.state_change.attempt for e in events
-                if e.WhichOneof("kind") == "state_change" and e.state_change.to == pb.JOB_STATE_RUNNING]
+        runs = [
+            e.state_change.attempt
+            for e in events
+            if e.WhichOneof("kind") == "state_change" and e.state_change.to == pb.JOB_STATE_RUNNING
+        ]
         assert runs == [1, 2]
         assert any("presumed lost" in e.log.message for e in events if e.WhichOneof("kind") == "log")
     finally:

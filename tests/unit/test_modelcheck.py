@@ -27,7 +27,11 @@ def test_plain_model_is_accepted_and_described():
     "bad",
     [
         layer("Lambda", "l", function="..."),
-        {"module": "keras.layers", "class_name": "TimeDistributed", "config": {"name": "t", "layer": layer("Lambda", "x")}},
+        {
+            "module": "keras.layers",
+            "class_name": "TimeDistributed",
+            "config": {"name": "t", "layer": layer("Lambda", "x")},
+        },
         {"module": "my_package.layers", "class_name": "Dense", "config": {"name": "d"}},
         layer("MyCustomLayer", "c"),
         {"module": None, "class_name": "Dense", "registered_name": "Custom>Dense", "config": {"name": "d"}},
@@ -72,7 +76,13 @@ def test_dataset_lengths_must_agree(tmp_path):
 
 @pytest.mark.parametrize(
     "model, sample, fits",
-    [(None, [3], True), ([28, 28], [28, 28], True), ([None, 28], [5, 28], True), ([28, 28], [28, 28, 1], False), ([8, 8], [6, 6], False)],
+    [
+        (None, [3], True),
+        ([28, 28], [28, 28], True),
+        ([None, 28], [5, 28], True),
+        ([28, 28], [28, 28, 1], False),
+        ([8, 8], [6, 6], False),
+    ],
 )
 def test_shapes_fit(model, sample, fits):
     assert modelcheck.shapes_fit(model, sample) is fits
@@ -86,8 +96,14 @@ def test_shapes_fit(model, sample, fits):
         {"class_name": "Sequential", "config": []},
         {"class_name": "Sequential", "config": {"layers": "x"}},
         {"class_name": "Sequential", "config": {"layers": [3]}},
-        {"class_name": "Sequential", "config": {"layers": [{"class_name": "Dense", "config": {"batch_input_shape": "28"}}]}},
-        {"class_name": "Sequential", "config": {"layers": [{"class_name": "Dense", "config": {"batch_shape": {"config": 1}}}]}},
+        {
+            "class_name": "Sequential",
+            "config": {"layers": [{"class_name": "Dense", "config": {"batch_input_shape": "28"}}]},
+        },
+        {
+            "class_name": "Sequential",
+            "config": {"layers": [{"class_name": "Dense", "config": {"batch_shape": {"config": 1}}}]},
+        },
     ],
 )
 def test_malformed_configs_are_rejected_or_described_never_crash(tmp_path, config):

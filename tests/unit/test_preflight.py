@@ -33,7 +33,9 @@ def test_keras3_model_is_recognised_and_summarised(tmp_path, suffix):
     if suffix == ".keras":
         _keras3_cnn(path)
     else:
-        keras.Sequential([keras.Input((28, 28)), keras.layers.Flatten(), keras.layers.Dense(10, name="logits")]).save(path)
+        keras.Sequential([keras.Input((28, 28)), keras.layers.Flatten(), keras.layers.Dense(10, name="logits")]).save(
+            path
+        )
     info = modelcheck.inspect_model(path, 10**9)
     summary = info.summary
     assert info.keras_version == 3 and summary.keras_version == 3

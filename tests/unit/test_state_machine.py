@@ -56,8 +56,11 @@ def test_claim_runs_a_queued_job_once_per_delivery(redis_url, stores):
     # Terminal states never change again.
     assert _claim(store, job.id, "w3") is None
     assert store.get(job.id).state == pb.JOB_STATE_SUCCEEDED
-    changes = [(getattr(e.state_change, "from"), e.state_change.to, e.state_change.attempt)
-               for e in events(store, job.id) if e.WhichOneof("kind") == "state_change"]
+    changes = [
+        (getattr(e.state_change, "from"), e.state_change.to, e.state_change.attempt)
+        for e in events(store, job.id)
+        if e.WhichOneof("kind") == "state_change"
+    ]
     assert changes == [
         (pb.JOB_STATE_UNSPECIFIED, pb.JOB_STATE_QUEUED, 0),
         (pb.JOB_STATE_QUEUED, pb.JOB_STATE_RUNNING, 1),

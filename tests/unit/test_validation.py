@@ -36,27 +36,39 @@ def test_defaults_are_filled(schedule):
     assert validation.validate(full) == []
 
 
-@pytest.mark.parametrize("begin, end, ok", [(0, 0, True), (0, 10, True), (10, 10, False), (100, 50, False), (-1, 0, False)])
+@pytest.mark.parametrize(
+    "begin, end, ok", [(0, 0, True), (0, 10, True), (10, 10, False), (100, 50, False), (-1, 0, False)]
+)
 def test_step_range(schedule, begin, end, ok):
     assert (fields(job_spec(MODEL, schedule=schedule(begin_step=begin, end_step=end))) == []) is ok
 
 
 @pytest.mark.parametrize("value", [-0.01, 1.0, 1.5])
 def test_sparsity_range(value):
-    assert "spec.pruning.schedule.constant_sparsity.target_sparsity" in fields(job_spec(MODEL, schedule=constant_sparsity(value)))
-    assert "spec.pruning.schedule.polynomial_decay.final_sparsity" in fields(job_spec(MODEL, schedule=polynomial_decay(0.0, value)))
+    assert "spec.pruning.schedule.constant_sparsity.target_sparsity" in fields(
+        job_spec(MODEL, schedule=constant_sparsity(value))
+    )
+    assert "spec.pruning.schedule.polynomial_decay.final_sparsity" in fields(
+        job_spec(MODEL, schedule=polynomial_decay(0.0, value))
+    )
 
 
 def test_final_below_initial():
-    assert fields(job_spec(MODEL, schedule=polynomial_decay(0.8, 0.5))) == ["spec.pruning.schedule.polynomial_decay.final_sparsity"]
+    assert fields(job_spec(MODEL, schedule=polynomial_decay(0.8, 0.5))) == [
+        "spec.pruning.schedule.polynomial_decay.final_sparsity"
+    ]
 
 
 def test_every_problem_is_reported_at_once():
     spec = job_spec("", schedule=polynomial_decay(2.0, 3.0), epochs=-1, validation_split=1.0, optimizer="magic")
     spec.dataset.builtin = "cifar"
     assert set(fields(spec)) >= {
-        "spec.model_id", "spec.dataset.builtin", "spec.pruning.schedule.polynomial_decay.initial_sparsity",
-        "spec.training.epochs", "spec.training.validation_split", "spec.training.optimizer",
+        "spec.model_id",
+        "spec.dataset.builtin",
+        "spec.pruning.schedule.polynomial_decay.initial_sparsity",
+        "spec.training.epochs",
+        "spec.training.validation_split",
+        "spec.training.optimizer",
     }
 
 
@@ -80,10 +92,12 @@ def test_block_size_and_layers():
 def test_unknown_export_format_and_keras_version_are_refused():
     from pruning.v1 import pruning_pb2 as pb
 
-    spec = pb.JobSpec(model_id="ab" * 32, dataset=pb.DatasetRef(builtin="mnist"),
-                      pruning=pb.PruningSpec(schedule=pb.PruningSchedule(
-                          constant_sparsity=pb.ConstantSparsity(target_sparsity=0.5))),
-                      export=pb.ExportSpec(formats=[42], keras_version=7))
+    spec = pb.JobSpec(
+        model_id="ab" * 32,
+        dataset=pb.DatasetRef(builtin="mnist"),
+        pruning=pb.PruningSpec(schedule=pb.PruningSchedule(constant_sparsity=pb.ConstantSparsity(target_sparsity=0.5))),
+        export=pb.ExportSpec(formats=[42], keras_version=7),
+    )
     fields = {field for field, _ in validation.validate(spec)}
     assert {"spec.export.formats", "spec.export.keras_version"} <= fields
     spec.export.ClearField("formats")

@@ -32,8 +32,9 @@ def test_good_model_loads_uncompiled(tmp_path, suffix):
 
 def test_plain_keras_load_would_run_the_lambda(tmp_path):
     """The control for the test above: the marker does appear when Keras loads the file."""
-    import models
     import tf_keras as keras
+
+    import models
 
     marker = tmp_path / "ran"
     path = models.lambda_model(tmp_path / "lambda.h5", marker)
@@ -44,14 +45,17 @@ def test_plain_keras_load_would_run_the_lambda(tmp_path):
 def test_worker_checks_the_layer_selection_itself(tmp_path):
     """Exports carry no layer list for the server to check: the worker refuses bad selections."""
     import models
-
     from pruning.v1 import pruning_pb2 as pb
     from pruning_worker import recipe
 
     model = load_model(models.small_model(tmp_path / "m.keras"), tmp_path, 10**9)
     spec = pb.PruningSpec(block_size=[1, 1], layers=pb.LayerSelection(include_names=["hidden", "nope"]))
-    schedule = recipe.make_schedule(pb.PruningSpec(schedule=pb.PruningSchedule(
-        constant_sparsity=pb.ConstantSparsity(target_sparsity=0.5, frequency=1))), 10)
+    schedule = recipe.make_schedule(
+        pb.PruningSpec(
+            schedule=pb.PruningSchedule(constant_sparsity=pb.ConstantSparsity(target_sparsity=0.5, frequency=1))
+        ),
+        10,
+    )
     with pytest.raises(JobInputError, match="include_names"):
         recipe.apply_pruning(model, spec, schedule)
     spec.layers.include_names[:] = ["hidden"]

@@ -14,8 +14,18 @@ from pruning_worker.inputs import check
 
 
 def _poly(begin=10, end=110, initial=0.5, final=0.8, frequency=10):
-    return pb.PruningSpec(schedule=pb.PruningSchedule(polynomial_decay=pb.PolynomialDecay(
-        initial_sparsity=initial, final_sparsity=final, begin_step=begin, end_step=end, power=3, frequency=frequency)))
+    return pb.PruningSpec(
+        schedule=pb.PruningSchedule(
+            polynomial_decay=pb.PolynomialDecay(
+                initial_sparsity=initial,
+                final_sparsity=final,
+                begin_step=begin,
+                end_step=end,
+                power=3,
+                frequency=frequency,
+            )
+        )
+    )
 
 
 def test_scheduled_sparsity_follows_the_tfmot_schedule():
@@ -26,8 +36,12 @@ def test_scheduled_sparsity_follows_the_tfmot_schedule():
     assert recipe.scheduled_sparsity(schedule, 500) == pytest.approx(0.8)
     middle = recipe.scheduled_sparsity(schedule, 60)
     assert middle == pytest.approx(0.8 + (0.5 - 0.8) * 0.5**3, abs=1e-6)
-    constant = recipe.make_schedule(pb.PruningSpec(schedule=pb.PruningSchedule(
-        constant_sparsity=pb.ConstantSparsity(target_sparsity=0.6, frequency=5))), 100)
+    constant = recipe.make_schedule(
+        pb.PruningSpec(
+            schedule=pb.PruningSchedule(constant_sparsity=pb.ConstantSparsity(target_sparsity=0.6, frequency=5))
+        ),
+        100,
+    )
     assert recipe.scheduled_sparsity(constant, 50) == pytest.approx(0.6)
 
 

@@ -53,7 +53,10 @@ def _representative(model: Any, x: Any, n: int = 200) -> Any:
 
 
 def export(
-    model: Any, fmt: pb.ExportFormat.ValueType, path_base: pathlib.Path, x_sample: Any,
+    model: Any,
+    fmt: pb.ExportFormat.ValueType,
+    path_base: pathlib.Path,
+    x_sample: Any,
     keras3_model: Any = None,
 ) -> pathlib.Path:
     """Writes ``model`` (tf_keras) in one export format; returns the file (named ``path_base``

@@ -38,7 +38,7 @@ class Inputs:
             data = datasets.load_npz(blobs.path(spec.dataset.artifact_id))
         else:
             data = datasets.load_builtin(spec.dataset.builtin, settings.data_path)
-        return cls(blobs.path(spec.model_id), data, settings.max_decompressed_bytes)  # type: ignore[arg-type]
+        return cls(blobs.path(spec.model_id), data, settings.max_decompressed_bytes)
 
 
 def length(data: Data) -> int:
@@ -68,8 +68,10 @@ def _check_inputs(model: Any, name: str, x: Data) -> None:
         unknown = sorted(set(x) - wanted)
         missing = sorted(set(getattr(model, "input_names", [])) - set(x))
         if unknown or missing:
-            raise JobInputError(f"dataset: {name} has arrays for inputs {sorted(x)}; the model's inputs are "
-                                f"{sorted(getattr(model, 'input_names', wanted))}")
+            raise JobInputError(
+                f"dataset: {name} has arrays for inputs {sorted(x)}; the model's inputs are "
+                f"{sorted(getattr(model, 'input_names', wanted))}"
+            )
         return
     expected = list(model.input_shape[1:]) if not isinstance(model.input_shape, list) else None
     if not modelcheck.shapes_fit(expected, list(x.shape[1:])):

@@ -52,7 +52,11 @@ def fill_sparsity(result: pb.PruneResult, model: Any, pruned_layers: set[str]) -
         nz = sum(int(np.count_nonzero(w)) for w in kernels)
         pruned = layer.name in pruned_layers
         result.layers.add(
-            name=layer.name, type=type(layer).__name__, pruned=pruned, weights=size, nonzero=nz,
+            name=layer.name,
+            type=type(layer).__name__,
+            pruned=pruned,
+            weights=size,
+            nonzero=nz,
             sparsity=1.0 - nz / size,
         )
         if pruned:

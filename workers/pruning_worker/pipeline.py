@@ -43,8 +43,10 @@ def run(
     model = loaded.model
     version_out = spec.export.keras_version or loaded.keras_version
     if loaded.keras_version == 3:
-        reporter.log(f"Keras 3 model translated to tf_keras for pruning; outputs agree within "
-                     f"{loaded.conversion_diff:.2g} on a probe batch")
+        reporter.log(
+            f"Keras 3 model translated to tf_keras for pruning; outputs agree within "
+            f"{loaded.conversion_diff:.2g} on a probe batch"
+        )
     check(model, inputs.data, t.loss)
     x_train, y_train, x_test, y_test = inputs.data
     y_train, y_test = by_output(model, y_train), by_output(model, y_test)
@@ -54,8 +56,12 @@ def run(
         keras.utils.set_random_seed(t.seed)
     loss = recipe.make_loss(t.loss)
 
-    result = pb.PruneResult(device=device_name(), keras_version_in=loaded.keras_version,
-                            keras_version_out=version_out, conversion_max_abs_diff=loaded.conversion_diff)
+    result = pb.PruneResult(
+        device=device_name(),
+        keras_version_in=loaded.keras_version,
+        keras_version_out=version_out,
+        conversion_max_abs_diff=loaded.conversion_diff,
+    )
     if not t.skip_baseline:
         reporter.phase(Phase.BASELINE, f"evaluating the baseline on {length(x_test)} test samples")
         model.compile(optimizer=recipe.make_optimizer(t), loss=loss, metrics=["accuracy"])
@@ -105,8 +111,11 @@ def run(
     target = recipe.target_sparsity(spec.pruning)
     for layer in result.layers:
         if layer.pruned and abs(layer.sparsity - target) > FAR_FROM_TARGET:
-            reporter.log(f"layer {layer.name} ended at sparsity {layer.sparsity:.2f}, far from the target "
-                         f"{target:.2f} (its shape may not suit the block or m-by-n pattern)", level="WARNING")
+            reporter.log(
+                f"layer {layer.name} ended at sparsity {layer.sparsity:.2f}, far from the target "
+                f"{target:.2f} (its shape may not suit the block or m-by-n pattern)",
+                level="WARNING",
+            )
 
     result.size_after.CopyFrom(measure.sizes(outputs[0][0]))
     result.compression_ratio = result.size_before.gzip_bytes / max(1, result.size_after.gzip_bytes)

@@ -16,8 +16,16 @@ from pruning_core.validation import target_sparsity
 
 from .errors import JobInputError
 
-__all__ = ["Schedule", "apply_pruning", "make_loss", "make_optimizer", "make_schedule", "scheduled_sparsity",
-           "target_sparsity", "train_steps"]
+__all__ = [
+    "Schedule",
+    "apply_pruning",
+    "make_loss",
+    "make_optimizer",
+    "make_schedule",
+    "scheduled_sparsity",
+    "target_sparsity",
+    "train_steps",
+]
 
 Schedule = Any  # a tfmot.sparsity.keras.PruningSchedule (TFMOT ships no type hints)
 
@@ -30,7 +38,9 @@ def make_schedule(p: pb.PruningSpec, last_step: int) -> Schedule:
         raise JobInputError(f"spec.pruning.schedule: end step {end} is not after begin step {s.begin_step}")
     if which == "constant_sparsity":
         return tfmot.sparsity.keras.ConstantSparsity(s.target_sparsity, s.begin_step, end, s.frequency)
-    return tfmot.sparsity.keras.PolynomialDecay(s.initial_sparsity, s.final_sparsity, s.begin_step, end, s.power, s.frequency)
+    return tfmot.sparsity.keras.PolynomialDecay(
+        s.initial_sparsity, s.final_sparsity, s.begin_step, end, s.power, s.frequency
+    )
 
 
 def scheduled_sparsity(schedule: Schedule, step: int) -> float:
@@ -70,7 +80,8 @@ def apply_pruning(model: keras.Model, p: pb.PruningSpec, schedule: Schedule) -> 
     if violations:
         raise JobInputError("; ".join(f"{field}: {text}" for field, text in violations))
     chosen = [
-        layer.name for layer in model.layers
+        layer.name
+        for layer in model.layers
         if validation.selected(type(layer).__name__, layer.name, p.layers) and _prunable(layer)
     ]
     if not chosen:

@@ -70,8 +70,10 @@ def load(path: os.PathLike[str] | str, workdir: pathlib.Path, max_decompressed: 
             raise JobInputError(f"model: cannot be loaded: {exc}") from None
         diff = bridge.check_equivalence(original, model)
         if not diff <= CONVERSION_TOLERANCE:
-            raise ConversionError(f"the tf_keras translation of the Keras 3 model differs from it by {diff:.3g} "
-                                  f"on a probe batch (tolerance {CONVERSION_TOLERANCE:g})")
+            raise ConversionError(
+                f"the tf_keras translation of the Keras 3 model differs from it by {diff:.3g} "
+                f"on a probe batch (tolerance {CONVERSION_TOLERANCE:g})"
+            )
         return Loaded(model, 3, original, diff)
     try:
         if info.format == "keras":

@@ -18,7 +18,8 @@ def fine_tune(model: Any, x: np.ndarray, y: np.ndarray, t: pb.TrainingSpec, call
     started = time.monotonic()
     with tferrors.step("fine-tuning"):
         model.fit(
-            x, y,
+            x,
+            y,
             batch_size=t.batch_size,
             epochs=t.epochs,
             validation_split=t.validation_split,
