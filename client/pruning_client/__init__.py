@@ -35,7 +35,7 @@ from .exceptions import (
     from_rpc_error,
 )
 from .job import TERMINAL, JobHandle, is_terminal, is_terminal_event
-from .results import LayerSparsity, PruneResult
+from .results import JobPlan, LayerPlan, LayerSparsity, LayerSummary, ModelSummary, PruneResult, TensorSummary
 from .specs import EXPORT_FORMATS, constant_sparsity, export_format, export_format_name, job_spec, polynomial_decay
 
 __all__ = [
@@ -56,14 +56,19 @@ __all__ = [
     "JobCancelled",
     "JobFailed",
     "JobHandle",
+    "JobPlan",
     "JobTimeout",
+    "LayerPlan",
     "LayerSparsity",
+    "LayerSummary",
+    "ModelSummary",
     "NotFound",
     "OutOfRange",
     "PermissionDenied",
     "PruneResult",
     "PruningError",
     "ResourceExhausted",
+    "TensorSummary",
     "Unauthenticated",
     "Unavailable",
     "UploadProgress",

@@ -45,6 +45,7 @@ from .client import (
     _Download,
     _list_jobs_request,
     _Upload,
+    _validate_request,
 )
 from .exceptions import DeadlineExceeded, Unavailable, rpc_errors
 from .job import (
@@ -57,7 +58,7 @@ from .job import (
     _pick_artifact,
     is_terminal,
 )
-from .results import PruneResult
+from .results import JobPlan, PruneResult
 
 __all__ = ["AsyncClient", "AsyncJobHandle"]
 
@@ -238,7 +239,8 @@ class AsyncClient:
 
     @_rpc
     async def upload_model(self, path: os.PathLike[str] | str, progress: UploadProgress | None = None) -> pb.Artifact:
-        """Uploads a .keras or .h5 model; returns its Artifact (``.id`` for job specs)."""
+        """Uploads a .keras or .h5 model; returns its Artifact (``.id`` for job specs, ``.model``
+        the summary the service read from the file); see :meth:`pruning_client.Client.upload_model`."""
         return await self._upload(self.stub.UploadModel, path, progress)
 
     @_rpc
@@ -256,6 +258,16 @@ class AsyncClient:
         request = _create_job_request(spec, labels, idempotency_key)
         job = await self.stub.CreateJob(request, timeout=self.options.timeout, metadata=self._metadata)
         return AsyncJobHandle(self, job.id, job)
+
+    @_rpc
+    async def validate(self, spec: pb.JobSpec, *, labels: Mapping[str, str] | None = None) -> JobPlan:
+        """Checks the spec against its model and dataset and returns the plan, creating and
+        queueing nothing (InvalidArgument with ``field_violations`` otherwise); see
+        :meth:`pruning_client.Client.validate`."""
+        job = await self.stub.CreateJob(
+            _validate_request(spec, labels), timeout=self.options.timeout, metadata=self._metadata
+        )
+        return JobPlan.from_proto(job.plan)
 
     def job(self, job_id: str) -> AsyncJobHandle:
         """A handle on an existing job."""

@@ -35,13 +35,13 @@ from pruning.v1 import pruning_pb2 as pb
 from .client import Client
 from .exceptions import NotFound, PruningError
 from .job import JobHandle
-from .results import PruneResult
+from .results import JobPlan, ModelSummary, PruneResult
 from .specs import EXPORT_FORMATS, constant_sparsity, export_format, export_format_name, job_spec, polynomial_decay
 
 if TYPE_CHECKING:
     from tqdm import tqdm
 
-__all__ = ["COMMAND_GROUP", "cli", "follow", "format_table", "main", "run"]
+__all__ = ["COMMAND_GROUP", "cli", "follow", "format_plan", "format_summary", "format_table", "main", "run"]
 
 #: Entry-point group of the commands other packages add (``up`` from pruning-server).
 COMMAND_GROUP = "pruning.commands"
@@ -176,8 +176,12 @@ class ExportFormatType(click.Choice):  # type: ignore[type-arg,unused-ignore]  #
         return super().convert(value, param, ctx)  # fails with click's message, listing the choices
 
 
-def _dump(message: Message) -> dict[str, Any]:
-    return json_format.MessageToDict(message, preserving_proto_field_name=True)
+def _dump(message: Message, *, defaults: bool = False) -> dict[str, Any]:
+    """The message as JSON; ``defaults`` keeps the fields at their default value (a layer's
+    ``prunable: false``) instead of leaving them out."""
+    return json_format.MessageToDict(
+        message, preserving_proto_field_name=True, always_print_fields_with_no_presence=defaults
+    )
 
 
 def _emit(data: Any, text: str) -> None:
@@ -256,6 +260,7 @@ def format_table(result: PruneResult) -> str:
             f"{result.overall_sparsity:.4f} ({result.nonzero_params:,} of {result.total_params:,} non-zero)"
         ),
         f"fine-tuning: {result.fine_tune_seconds:.1f} s on {result.device}",
+        *(f"{label}: {value}" for label, value in result.conversion_lines()),  # Keras 3 only
         "",
         f"{'layer':24}{'type':16}{'pruned':>8}{'weights':>10}{'non-zero':>10}{'sparsity':>10}",
     ]
@@ -264,6 +269,55 @@ def format_table(result: PruneResult) -> str:
             f"{layer.name:24}{layer.type:16}{'yes' if layer.pruned else 'no':>8}{layer.weights:>10,}"
             f"{layer.nonzero:>10,}{layer.sparsity:>10.4f}"
         )
+    return "\n".join(lines)
+
+
+def _columns(header: Sequence[str], rows: Sequence[Sequence[str]], right: Sequence[bool]) -> list[str]:
+    """A plain-text table: each column as wide as its widest cell, two spaces between."""
+    widths = [max(len(c) for c in column) for column in zip(header, *rows, strict=True)]
+    return [
+        "  ".join(c.rjust(w) if r else c.ljust(w) for c, w, r in zip(cells, widths, right, strict=True)).rstrip()
+        for cells in (header, *rows)
+    ]
+
+
+def _yes(value: bool) -> str:
+    return "yes" if value else "no"
+
+
+def format_summary(summary: ModelSummary, artifact_id: str = "") -> str:
+    """An uploaded model's summary: Keras version, inputs and outputs, one row per layer."""
+    version = str(summary.keras_version) + (" (tf_keras)" if summary.keras_version == 2 else "")
+    if summary.keras_version_string:
+        version += f", saved by Keras {summary.keras_version_string}"
+    head = [("artifact", artifact_id)] if artifact_id else []
+    head.append(("keras version", version))
+    tensors = [("input", t.name, t.shape_text(), t.dtype) for t in summary.inputs]
+    tensors += [("output", t.name, t.shape_text(), t.dtype) for t in summary.outputs]
+    layers = [(x.name, x.class_name, f"{x.params:,}", _yes(x.prunable), _yes(x.convertible)) for x in summary.layers]
+    lines = [f"{label + ':':15}{value}" for label, value in head]
+    lines += [
+        f"{kind + ':':15}{name}  {shape}" + (f"  {dtype}" if dtype else "") for kind, name, shape, dtype in tensors
+    ]
+    lines.append("")
+    lines += _columns(("layer", "class", "params", "prunable", "convertible"), layers, (False, False, True, True, True))
+    lines += [
+        "",
+        f"total params: {summary.total_params:,} ({summary.prunable_params:,} in prunable layers)",
+    ]
+    return "\n".join(lines)
+
+
+def format_plan(plan: JobPlan) -> str:
+    """A dry run's plan: the figures, then the layers to prune."""
+    lines = ["dry run: the spec fits the model and dataset; nothing was submitted"]
+    lines += [f"{label + ':':18}{value}" for label, value in plan.summary_lines()]
+    lines.append("")
+    if plan.layers:
+        rows = [(x.name, x.class_name, f"{x.weights:,}", f"{x.final_sparsity:.4f}") for x in plan.layers]
+        lines += _columns(("layer", "class", "weights", "final sparsity"), rows, (False, False, True, True))
+    else:
+        lines.append("no layers to prune")
     return "\n".join(lines)
 
 
@@ -504,8 +558,16 @@ def _report(error: PruningError, *, json_output: bool) -> None:
             )
         )
         return
-    click.echo(f"error: {error.message}", err=True)
-    for field, description in error.field_violations:
+    violations = error.field_violations
+    if violations and error.details == "; ".join(f"{f}: {d}" for f, d in violations) and error.code is not None:
+        # The server's message only joins the violations: say each once.
+        if len(violations) == 1:
+            click.echo(f"error: {error.message}", err=True)
+            return
+        click.echo(f"error: {error.code.name}: {len(violations)} problems", err=True)
+    else:
+        click.echo(f"error: {error.message}", err=True)
+    for field, description in violations:
         click.echo(f"  {field}: {description}", err=True)
 
 
@@ -558,6 +620,23 @@ def upload(kind: str, path: pathlib.Path) -> None:
     _emit(_dump(artifact), artifact.id)
 
 
+@cli.command("inspect")
+@click.argument("model", type=click.Path(exists=True, dir_okay=False, path_type=pathlib.Path))
+@global_options
+def inspect(model: pathlib.Path) -> None:
+    """Show what the service reads from a model: Keras version, inputs, outputs, layers.
+
+    MODEL is a .keras or .h5 file; it is uploaded (content-addressed, so repeating this is
+    cheap) and the service answers with its summary without running it. For every layer: its
+    class, parameters, whether TFMOT can prune it and (Keras 3) whether the service can
+    translate it. A model the service refuses exits 2 with the reason.
+    """
+    with _client(_globals()) as client:
+        artifact = client.upload_model(model)
+    summary = ModelSummary.from_proto(artifact.model)
+    _emit({"artifact_id": artifact.id, **_dump(artifact.model, defaults=True)}, format_summary(summary, artifact.id))
+
+
 def _spec(
     client: Client,
     *,
@@ -580,6 +659,7 @@ def _spec(
     include_layer: tuple[str, ...],
     exclude_layer: tuple[str, ...],
     export: tuple[str, ...],
+    keras_version: str | None,
 ) -> pb.JobSpec:
     model_id = model if _is_id(model) else client.upload_model(model).id
     if not _is_id(dataset) and os.path.isfile(dataset):
@@ -606,6 +686,7 @@ def _spec(
         include_layers=include_layer,
         exclude_layers=exclude_layer,
         exports=export,
+        keras_version=int(keras_version) if keras_version else None,
     )
 
 
@@ -676,12 +757,25 @@ _DOWNLOAD_DIR = click.Path(file_okay=False, path_type=pathlib.Path)
     default=("keras",),
     help="Export format (repeatable); the first is the pruned model.",
 )
+@_option(
+    "--keras-version",
+    type=click.Choice(["2", "3"]),
+    default=None,
+    help="The Keras version of the .keras/.h5 exports: 2 (tf_keras) or 3; default: the uploaded model's.",
+)
 @_option("--label", multiple=True, callback=_labels, metavar="KEY=VALUE", help="Label of the job (repeatable).")
 @_option(
     "--idempotency-key",
     default=None,
     metavar="KEY",
     help="Retrying with the same key returns the same job (default: a fresh key).",
+)
+@_option(
+    "--dry-run",
+    is_flag=True,
+    default=False,
+    help="Check the spec against the model and dataset and print the plan (layers, steps, schedule, "
+    "estimate) instead of submitting; exit 2 with the problems.",
 )
 @_option("--wait", is_flag=True, default=False, help="Follow the job and print its result.")
 @_option(
@@ -693,16 +787,30 @@ _DOWNLOAD_DIR = click.Path(file_okay=False, path_type=pathlib.Path)
 )
 @global_options
 def submit(
-    *, label: dict[str, str], idempotency_key: str | None, wait: bool, download: pathlib.Path | None, **spec: Any
+    *,
+    label: dict[str, str],
+    idempotency_key: str | None,
+    dry_run: bool,
+    wait: bool,
+    download: pathlib.Path | None,
+    **spec: Any,
 ) -> None:
     """Create a pruning job; prints its id.
 
     With --wait, follows the job and prints its result (exit 8 if it failed, 9 if cancelled).
+    With --dry-run, checks everything a job would (spec, model, dataset) and prints the plan;
+    nothing is created or queued.
     """
     if download is not None and not wait:
         raise click.UsageError("--download needs --wait")
+    if dry_run and wait:
+        raise click.UsageError("--dry-run and --wait exclude each other")
     opts = _globals()
     with _client(opts) as client:
+        if dry_run:
+            plan = client.validate(_spec(client, **spec), labels=label)
+            _emit({"dry_run": True, "plan": _dump(plan.raw, defaults=True)}, format_plan(plan))
+            return
         job = client.submit(_spec(client, **spec), labels=label, idempotency_key=idempotency_key)
         if not wait:
             _emit({"job_id": job.id}, job.id)

@@ -23,6 +23,7 @@ from pruning.v1 import pruning_pb2_grpc as pb_grpc
 
 from .exceptions import IntegrityError, Unavailable, rpc_errors
 from .job import JobHandle
+from .results import JobPlan
 
 __all__ = ["Client", "ClientOptions", "DownloadProgress", "UploadProgress"]
 
@@ -175,6 +176,10 @@ def _create_job_request(
     )
 
 
+def _validate_request(spec: pb.JobSpec, labels: Mapping[str, str] | None) -> pb.CreateJobRequest:
+    return pb.CreateJobRequest(spec=spec, labels=dict(labels or {}), validate_only=True)
+
+
 def _list_jobs_request(
     states: Iterable[int] | None, labels: Mapping[str, str] | None, page_size: int, page_token: str
 ) -> pb.ListJobsRequest:
@@ -244,7 +249,15 @@ class Client:
 
     @_rpc
     def upload_model(self, path: os.PathLike[str] | str, progress: UploadProgress | None = None) -> pb.Artifact:
-        """Uploads a .keras or .h5 model; returns its Artifact (``.id`` for job specs)."""
+        """Uploads a .keras or .h5 model; returns its Artifact: ``.id`` for job specs, ``.model``
+        the summary the service read from the file (Keras version, inputs, outputs, layers;
+        ``pruning_client.ModelSummary.from_proto(artifact.model)`` for the typed view). The id
+        is the content's sha256, so uploading the same file again is cheap.
+
+        Raises:
+            InvalidArgument: the service refuses the model (a Lambda layer, a Keras 3 layer it
+                cannot translate, ...); the message names the layer.
+        """
         return self._upload(self.stub.UploadModel, path, progress)
 
     @_rpc
@@ -263,6 +276,25 @@ class Client:
         request = _create_job_request(spec, labels, idempotency_key)
         job = self.stub.CreateJob(request, timeout=self.options.timeout, metadata=self._metadata)
         return JobHandle(self, job.id, job)
+
+    @_rpc
+    def validate(self, spec: pb.JobSpec, *, labels: Mapping[str, str] | None = None) -> JobPlan:
+        """Checks the spec against its model and dataset as :meth:`submit` would and returns the
+        plan (layers to prune, samples, steps, schedule, an estimate); creates and queues
+        nothing (CreateJob with ``validate_only``).
+
+        Raises:
+            InvalidArgument: the spec does not fit; ``field_violations`` lists every problem.
+
+        Example:
+            >>> plan = client.validate(job_spec(model.id, epochs=2))    # doctest: +SKIP
+            >>> plan.total_steps, [layer.name for layer in plan.layers]
+            (844, ['conv2d', 'dense'])
+        """
+        job = self.stub.CreateJob(
+            _validate_request(spec, labels), timeout=self.options.timeout, metadata=self._metadata
+        )
+        return JobPlan.from_proto(job.plan)
 
     def job(self, job_id: str) -> JobHandle:
         """A handle on an existing job."""

@@ -1,4 +1,4 @@
-"""Typed views of job results; each keeps the proto as ``.raw``."""
+"""Typed views of job results, model summaries and job plans; each keeps the proto as ``.raw``."""
 
 from __future__ import annotations
 
@@ -7,9 +7,19 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from google.protobuf import json_format
+
 from pruning.v1 import pruning_pb2 as pb
 
-__all__ = ["LayerSparsity", "PruneResult"]
+__all__ = [
+    "JobPlan",
+    "LayerPlan",
+    "LayerSparsity",
+    "LayerSummary",
+    "ModelSummary",
+    "PruneResult",
+    "TensorSummary",
+]
 
 
 @dataclass(frozen=True)
@@ -59,7 +69,32 @@ class PruneResult:
     """The pruned model (the first export)."""
     artifact_ids: dict[str, str]
     """Export format name ("keras", "saved_model", ...) to artifact id."""
+    keras_version_in: int
+    """Keras version of the uploaded model: 2 (tf_keras) or 3 (0 from a server that does not say)."""
+    keras_version_out: int
+    """Keras version of the KERAS and H5 exports."""
+    conversion_max_abs_diff: float
+    """A Keras 3 model is pruned as an equivalent tf_keras model: the largest absolute
+    difference of the two models' outputs on a probe batch (0 without a conversion)."""
+    export_conversion_max_abs_diff: float
+    """The same for the pruned model converted back to Keras 3 on export."""
     raw: pb.PruneResult = field(repr=False)
+
+    @property
+    def converted(self) -> bool:
+        """Whether the model went through the Keras 3 <-> tf_keras translation (a Keras 3
+        model in, or Keras 3 exports)."""
+        return 3 in (self.keras_version_in, self.keras_version_out)
+
+    def conversion_lines(self) -> list[tuple[str, str]]:
+        """(label, value) rows about the Keras conversion; empty when none took place."""
+        if not self.converted:
+            return []
+        return [
+            ("keras version", f"{self.keras_version_in} in, {self.keras_version_out} out"),
+            ("conversion max |diff|", f"{self.conversion_max_abs_diff:.3g} (uploaded model as tf_keras)"),
+            ("export conversion max |diff|", f"{self.export_conversion_max_abs_diff:.3g} (pruned model exported)"),
+        ]
 
     @classmethod
     def from_proto(cls, r: pb.PruneResult) -> PruneResult:
@@ -83,6 +118,10 @@ class PruneResult:
             device=r.device,
             model_artifact_id=r.artifacts[0].id if r.artifacts else "",
             artifact_ids={a.format: a.id for a in r.artifacts},
+            keras_version_in=r.keras_version_in,
+            keras_version_out=r.keras_version_out,
+            conversion_max_abs_diff=r.conversion_max_abs_diff,
+            export_conversion_max_abs_diff=r.export_conversion_max_abs_diff,
             raw=r,
         )
 
@@ -107,6 +146,7 @@ class PruneResult:
             ("sparsity of all parameters", f"{self.overall_sparsity:.4f}"),
             ("non-zero parameters", f"{self.nonzero_params:,} of {self.total_params:,}"),
             ("fine-tuning", f"{self.fine_tune_seconds:.1f} s on {self.device}"),
+            *self.conversion_lines(),
         ]
         layers = [
             (x.name, x.type, "yes" if x.pruned else "no", f"{x.weights:,}", f"{x.nonzero:,}", f"{x.sparsity:.4f}")
@@ -119,6 +159,213 @@ class PruneResult:
                 _table(("layer", "type", "pruned", "weights", "non-zero", "sparsity"), layers),
             ]
         )
+
+
+@dataclass(frozen=True)
+class TensorSummary:
+    """An input or output of a model."""
+
+    name: str
+    shape: tuple[int, ...]
+    """Without the batch axis; -1 where unknown."""
+    dtype: str
+
+    @classmethod
+    def from_proto(cls, t: pb.TensorSummary) -> TensorSummary:
+        return cls(t.name, tuple(t.shape), t.dtype)
+
+    def shape_text(self) -> str:
+        """The shape as Keras prints it, with the batch axis: ``(None, 8, 8)``."""
+        return "(" + ", ".join(["None", *("?" if d < 0 else str(d) for d in self.shape)]) + ")"
+
+
+@dataclass(frozen=True)
+class LayerSummary:
+    """One layer of an uploaded model."""
+
+    name: str
+    class_name: str
+    params: int
+    """Weights of the layer (from the weights file)."""
+    prunable: bool
+    """TFMOT can prune it (a Dense, Conv, Embedding, recurrent... layer with a kernel)."""
+    convertible: bool
+    """A Keras 3 layer the service translates to tf_keras (always true for tf_keras models)."""
+
+    @classmethod
+    def from_proto(cls, layer: pb.LayerSummary) -> LayerSummary:
+        return cls(layer.name, layer.class_name, layer.params, layer.prunable, layer.convertible)
+
+
+@dataclass(frozen=True)
+class ModelSummary:
+    """What the service read from an uploaded model without running it (``Artifact.model``).
+
+    Example:
+        >>> summary = ModelSummary.from_proto(client.upload_model("model.keras").model)  # doctest: +SKIP
+        >>> summary.keras_version, summary.total_params                              # doctest: +SKIP
+        (3, 20410)
+    """
+
+    keras_version: int
+    """2 = tf_keras (Keras 2), 3 = Keras 3."""
+    keras_version_string: str
+    """As saved in the file ("3.15.1"); empty when the file does not say."""
+    inputs: list[TensorSummary]
+    outputs: list[TensorSummary]
+    """Shapes known from the configuration alone, else -1."""
+    layers: list[LayerSummary]
+    total_params: int
+    raw: pb.ModelSummary = field(repr=False)
+
+    @classmethod
+    def from_proto(cls, m: pb.ModelSummary) -> ModelSummary:
+        return cls(
+            keras_version=m.keras_version,
+            keras_version_string=m.keras_version_string,
+            inputs=[TensorSummary.from_proto(t) for t in m.inputs],
+            outputs=[TensorSummary.from_proto(t) for t in m.outputs],
+            layers=[LayerSummary.from_proto(x) for x in m.layers],
+            total_params=m.total_params,
+            raw=m,
+        )
+
+    @property
+    def prunable_params(self) -> int:
+        """Weights of the layers TFMOT can prune."""
+        return sum(x.params for x in self.layers if x.prunable)
+
+    @property
+    def unconvertible(self) -> list[LayerSummary]:
+        """Layers the service cannot translate to tf_keras (empty for a model it accepted)."""
+        return [x for x in self.layers if not x.convertible]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fields as plain JSON-ready values (without ``raw``)."""
+        return {
+            "keras_version": self.keras_version,
+            "keras_version_string": self.keras_version_string,
+            "inputs": [{"name": t.name, "shape": list(t.shape), "dtype": t.dtype} for t in self.inputs],
+            "outputs": [{"name": t.name, "shape": list(t.shape), "dtype": t.dtype} for t in self.outputs],
+            "layers": [dict(x.__dict__) for x in self.layers],
+            "total_params": self.total_params,
+        }
+
+    def _repr_html_(self) -> str:
+        """Tables for notebooks: the model's tensors, then one row per layer."""
+        version = f"{self.keras_version}" + (f" ({self.keras_version_string})" if self.keras_version_string else "")
+        tensors = [("input", t.name, t.shape_text(), t.dtype) for t in self.inputs]
+        tensors += [("output", t.name, t.shape_text(), t.dtype) for t in self.outputs]
+        layers = [
+            (x.name, x.class_name, f"{x.params:,}", "yes" if x.prunable else "no", "yes" if x.convertible else "no")
+            for x in self.layers
+        ]
+        return "\n".join(
+            [
+                _table(("", ""), [("Keras version", version), ("total params", f"{self.total_params:,}")]),
+                _table(("", "name", "shape", "dtype"), tensors),
+                _table(("layer", "class", "params", "prunable", "convertible"), layers),
+            ]
+        )
+
+
+@dataclass(frozen=True)
+class LayerPlan:
+    """A layer a job would prune."""
+
+    name: str
+    class_name: str
+    weights: int
+    """Weights of the layer's kernel."""
+    final_sparsity: float
+    """The sparsity it should end at."""
+
+
+@dataclass(frozen=True)
+class JobPlan:
+    """What a job would do, from :meth:`pruning_client.Client.validate` (nothing is queued).
+
+    Example:
+        >>> plan = client.validate(job_spec(model.id, epochs=2))         # doctest: +SKIP
+        >>> plan.total_steps, [layer.name for layer in plan.layers]     # doctest: +SKIP
+        (844, ['conv2d', 'dense'])
+    """
+
+    layers: list[LayerPlan]
+    """The layers to prune."""
+    train_samples: int
+    validation_samples: int
+    test_samples: int
+    steps_per_epoch: int
+    total_steps: int
+    schedule_begin_step: int
+    schedule_end_step: int
+    """The schedule's steps as they will run (end_step 0 resolved to the last step)."""
+    keras_version: int
+    """Keras version of the uploaded model (2 = tf_keras, 3 = Keras 3)."""
+    export_keras_version: int
+    """Keras version of the KERAS and H5 exports (the spec's, else the model's)."""
+    estimated_seconds: float
+    """A rough duration of the job."""
+    estimate_basis: str
+    """How ``estimated_seconds`` was estimated."""
+    spec: pb.JobSpec = field(repr=False)
+    """The spec with every default made explicit."""
+    raw: pb.JobPlan = field(repr=False)
+
+    @classmethod
+    def from_proto(cls, p: pb.JobPlan) -> JobPlan:
+        return cls(
+            layers=[LayerPlan(x.name, x.class_name, x.weights, x.final_sparsity) for x in p.layers],
+            train_samples=p.train_samples,
+            validation_samples=p.validation_samples,
+            test_samples=p.test_samples,
+            steps_per_epoch=p.steps_per_epoch,
+            total_steps=p.total_steps,
+            schedule_begin_step=p.schedule_begin_step,
+            schedule_end_step=p.schedule_end_step,
+            keras_version=p.keras_version,
+            export_keras_version=int(p.spec.export.keras_version) or p.keras_version,
+            estimated_seconds=p.estimated_seconds,
+            estimate_basis=p.estimate_basis,
+            spec=p.spec,
+            raw=p,
+        )
+
+    @property
+    def pruned_weights(self) -> int:
+        """Kernel weights of the layers to prune."""
+        return sum(x.weights for x in self.layers)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fields as plain JSON-ready values (``spec`` as its JSON mapping; without ``raw``)."""
+        out = {k: v for k, v in self.__dict__.items() if k not in ("raw", "spec")}
+        out["layers"] = [dict(x.__dict__) for x in self.layers]
+        out["spec"] = json_format.MessageToDict(self.spec, preserving_proto_field_name=True)
+        return out
+
+    def _repr_html_(self) -> str:
+        """Tables for notebooks: the figures, then the layers to prune."""
+        layers = [(x.name, x.class_name, f"{x.weights:,}", f"{x.final_sparsity:.4f}") for x in self.layers]
+        return "\n".join(
+            [_table(("", ""), self.summary_lines()), _table(("layer", "class", "weights", "final sparsity"), layers)]
+        )
+
+    def summary_lines(self) -> list[tuple[str, str]]:
+        """(label, value) rows of the plan's figures, as the CLI and the notebook view show them."""
+        versions = f"{self.keras_version}"
+        if self.export_keras_version != self.keras_version:
+            versions += f" (exports: {self.export_keras_version})"
+        return [
+            (
+                "samples",
+                f"{self.train_samples:,} train, {self.validation_samples:,} validation, {self.test_samples:,} test",
+            ),
+            ("steps", f"{self.steps_per_epoch:,} per epoch, {self.total_steps:,} in all"),
+            ("pruning schedule", f"steps {self.schedule_begin_step:,} to {self.schedule_end_step:,}"),
+            ("keras version", versions),
+            ("estimate", f"{self.estimated_seconds:.0f} s ({self.estimate_basis})"),
+        ]
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:

@@ -118,6 +118,7 @@ def job_spec(
     exclude_layers: Sequence[str] = (),
     block_size: tuple[int, int] | None = None,
     exports: Sequence[str] = (),
+    keras_version: int | None = None,
 ) -> pb.JobSpec:
     """A JobSpec. ``dataset`` is a built-in name ("mnist") or an uploaded dataset's id.
 
@@ -125,14 +126,17 @@ def job_spec(
     (epochs 2, batch size 128, optimizer adam, the optimizer's learning rate, sparse categorical
     cross-entropy from logits, validation split 0.1, no seed, all samples); an explicit
     ``validation_split=0.0`` turns validation off. ``exports`` are format names (see
-    :func:`export_format`); empty means the server's default, keras. Without ``schedule``,
-    ``polynomial_decay()`` (0.5 to 0.8).
+    :func:`export_format`); empty means the server's default, keras. ``keras_version`` (2 for
+    tf_keras, 3 for Keras 3) is the Keras version of the keras and h5 exports; None means the
+    uploaded model's. Without ``schedule``, ``polynomial_decay()`` (0.5 to 0.8).
 
     Example:
         >>> spec = job_spec("ab" * 32, schedule=polynomial_decay(0.5, 0.8), validation_split=0.0)
         >>> spec.training.HasField("validation_split"), spec.training.epochs
         (True, 0)
     """
+    if keras_version not in (None, 2, 3):
+        raise ValueError(f"keras_version must be 2, 3 or None, got {keras_version!r}")
     is_id = len(dataset) == 64 and all(c in "0123456789abcdef" for c in dataset)
     training = pb.TrainingSpec()
     given = _given(
@@ -156,5 +160,8 @@ def job_spec(
             layers=pb.LayerSelection(include_names=list(include_layers), exclude_names=list(exclude_layers)),
         ),
         training=training,
-        export=pb.ExportSpec(formats=[export_format(e) for e in exports]),
+        export=pb.ExportSpec(
+            formats=[export_format(e) for e in exports],
+            keras_version=pb.KerasVersion.ValueType(keras_version or pb.KERAS_VERSION_UNSPECIFIED),
+        ),
     )

@@ -995,7 +995,9 @@ class LayerPlan(_message.Message):
     name: _builtins.str
     class_name: _builtins.str
     weights: _builtins.int
-    """Weights of the layer's kernel and the sparsity it should end at."""
+    """Parameters of the layer (its kernel and bias, from the weights file) and the sparsity its
+    kernel should end at.
+    """
     final_sparsity: _builtins.float
     def __init__(
         self,
