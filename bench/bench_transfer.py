@@ -61,10 +61,19 @@ def main() -> None:
     prefix = f"pruning-bench-{uuid.uuid4().hex[:8]}"
     with tempfile.TemporaryDirectory() as tmp:
         tmp = pathlib.Path(tmp)
-        env = {**os.environ, "PRUNING_REDIS_URL": url, "PRUNING_KEY_PREFIX": prefix, "PRUNING_QUEUE": prefix,
-               "PRUNING_STATE_DIR": str(tmp / "state"), "PRUNING_MAX_UPLOAD_BYTES": str(8 << 30)}
-        server = subprocess.Popen([sys.executable, "-m", "pruning_server", "--listen", "127.0.0.1:0",
-                                   "--port-file", str(tmp / "port")], env=env, stderr=subprocess.DEVNULL)
+        env = {
+            **os.environ,
+            "PRUNING_REDIS_URL": url,
+            "PRUNING_KEY_PREFIX": prefix,
+            "PRUNING_QUEUE": prefix,
+            "PRUNING_STATE_DIR": str(tmp / "state"),
+            "PRUNING_MAX_UPLOAD_BYTES": str(8 << 30),
+        }
+        server = subprocess.Popen(
+            [sys.executable, "-m", "pruning_server", "--listen", "127.0.0.1:0", "--port-file", str(tmp / "port")],
+            env=env,
+            stderr=subprocess.DEVNULL,
+        )
         try:
             while not (tmp / "port").exists() or not (tmp / "port").read_text():
                 time.sleep(0.1)
@@ -99,8 +108,10 @@ def main() -> None:
     for label, size, up, down, growth in rows:
         print(f"{label:8}{size:>14,}{up:>10.0f}{down:>11.0f}{growth / 2**20:>17.1f} MiB")
     (_, small, *_, g_small), (_, large, *_, g_large) = rows
-    print(f"size ratio large/small: {large / small:.1f}x; "
-          f"server memory growth ratio: {(g_large + 2**20) / (g_small + 2**20):.2f}x (1 MiB floor)")
+    print(
+        f"size ratio large/small: {large / small:.1f}x; "
+        f"server memory growth ratio: {(g_large + 2**20) / (g_small + 2**20):.2f}x (1 MiB floor)"
+    )
 
 
 if __name__ == "__main__":
