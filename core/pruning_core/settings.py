@@ -34,7 +34,31 @@ class Settings(BaseSettings):
     queue: str = Field("pruning", description="Celery queue the jobs go to")
     max_upload_bytes: int = Field(1024 * MiB, description="largest accepted upload")
     max_decompressed_bytes: int = Field(4096 * MiB, description="largest decompressed content of an archive")
+    max_config_bytes: int = Field(
+        64 * MiB, description="largest model configuration (config.json, model_config) parsed at upload"
+    )
     chunk_size: int = Field(1 * MiB, description="download chunk size")
+    redis_max_connections: int = Field(100, description="connections in the server's Redis pool")
+    redis_pool_timeout_s: float = Field(
+        5.0, description="how long a request waits for a free pooled Redis connection (then UNAVAILABLE)"
+    )
+    max_watches: int = Field(4096, description="concurrent WatchJob streams per server process")
+    max_watches_per_tenant: int = Field(256, description="concurrent WatchJob streams of one tenant per server process")
+    max_uploads: int = Field(256, description="concurrent uploads per server process")
+    max_uploads_per_tenant: int = Field(16, description="concurrent uploads of one tenant per server process")
+    retry_after_s: float = Field(
+        5.0, description="the retry hint (google.rpc.RetryInfo) of a RESOURCE_EXHAUSTED answer"
+    )
+    watch_block_s: float = Field(5.0, description="longest single blocking read of the shared watch reader")
+    watch_buffer: int = Field(
+        1000, description="events buffered per watch stream before it reads the job's stream itself"
+    )
+    watch_recheck_s: float = Field(
+        30.0, description="an idle watch stream checks its job's state this often (ends it if the job ended)"
+    )
+    health_check_interval_s: float = Field(
+        2.0, description="how often the server pings Redis; health is NOT_SERVING while it cannot"
+    )
     api_keys: str = Field("", description="'key=tenant,key2=tenant2'; empty disables authentication")
     tls_cert_file: pathlib.Path | None = None
     tls_key_file: pathlib.Path | None = None

@@ -15,6 +15,7 @@ Keys (``P`` is the configured prefix)::
     P:artifact:<sha256>         hash: size, kind, format, filename, created, info (JSON)
     P:tenant:<t>:artifacts      set of artifact ids the tenant may read
     P:running                   sorted set: running job id -> last worker heartbeat (unix s)
+    P:watch-wake:<process>      stream a server appends to, to wake its own blocking watch read
 """
 
 from __future__ import annotations
@@ -115,6 +116,9 @@ class Keys:
 
     def tenant_artifacts(self, tenant: str) -> str:
         return f"{self.prefix}:tenant:{tenant}:artifacts"
+
+    def watch_wake(self, process: str) -> str:
+        return f"{self.prefix}:watch-wake:{process}"
 
 
 def new_job_id() -> str:
@@ -343,8 +347,25 @@ class AsyncJobStore(_Base):
         super().__init__(client, prefix)
 
     @classmethod
-    def from_url(cls, url: str, prefix: str) -> AsyncJobStore:
-        return cls(aioredis.Redis.from_url(url, socket_timeout=30, socket_connect_timeout=10), prefix)
+    def from_url(cls, url: str, prefix: str, max_connections: int = 100, pool_timeout_s: float = 5.0) -> AsyncJobStore:
+        """A store on a bounded pool: a caller waits up to ``pool_timeout_s`` for a free
+        connection (then redis.ConnectionError) instead of failing at once under a burst."""
+        pool = aioredis.BlockingConnectionPool.from_url(
+            url,
+            max_connections=max_connections,
+            timeout=pool_timeout_s,
+            socket_timeout=30,
+            socket_connect_timeout=10,
+        )
+        return cls(aioredis.Redis.from_pool(pool), prefix)
+
+    @classmethod
+    def single_connection(cls, url: str, prefix: str, socket_timeout_s: float) -> AsyncJobStore:
+        """A store on one connection of its own (for a long blocking read)."""
+        client = aioredis.Redis.from_url(
+            url, single_connection_client=True, socket_timeout=socket_timeout_s, socket_connect_timeout=10
+        )
+        return cls(client, prefix)
 
     async def create(
         self, tenant: str, job: pb.Job, idempotency_key: str = "", fingerprint: str = ""
@@ -416,6 +437,29 @@ class AsyncJobStore(_Base):
             return [decode_event(i, f) for i, f in await self.redis.xrange(key, start, "+", count=1000)]
         reply = await self.redis.xread({key: after or "0-0"}, count=1000, block=block_ms)
         return [decode_event(i, f) for _, entries in reply for i, f in entries]
+
+    async def read_streams(
+        self, cursors: dict[str, str], wake_key: str, wake_cursor: str, block_ms: int
+    ) -> dict[str | None, builtins.list[tuple[str, dict]]]:
+        """One blocking read of many jobs' event streams (job id -> entries after its cursor)
+        and of a wake-up stream (under the key None); raw entries, ids as text."""
+        streams = {self.keys.events(job_id): after for job_id, after in cursors.items()}
+        streams[wake_key] = wake_cursor
+        reply = await self.redis.xread(streams, count=1000, block=block_ms)
+        out: dict[str | None, builtins.list[tuple[str, dict]]] = {}
+        prefix = len(self.keys.events(""))
+        for key, entries in reply.items() if isinstance(reply, dict) else reply:
+            key = key.decode() if isinstance(key, bytes) else key
+            job_id = None if key == wake_key else key[prefix:]
+            out[job_id] = [(i.decode() if isinstance(i, bytes) else i, f) for i, f in entries]
+        return out
+
+    async def wake(self, wake_key: str, ttl_s: int = 24 * 3600) -> None:
+        """Wakes the blocking read that follows ``wake_key``."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.xadd(wake_key, {"w": 1}, maxlen=1, approximate=False)
+            pipe.expire(wake_key, ttl_s)
+            await pipe.execute()
 
     async def put_artifact(self, tenant: str, record: ArtifactRecord) -> None:
         await _drive_async(self._put_artifact(tenant, record))

@@ -21,6 +21,7 @@ from pruning_core.store import AsyncJobStore
 from . import reaper, telemetry
 from .interceptors import ErrorsAndMetrics, Tracing
 from .service import PruningService, make_celery
+from .watches import WatchHub
 
 log = logging.getLogger("pruning_server")
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["PruningService"].full_name
@@ -30,26 +31,57 @@ MAX_MESSAGE = 8 * 1024 * 1024
 class Running:
     """A started server with what it owns; ``stop()`` shuts it down gracefully."""
 
-    def __init__(self, server: grpc.aio.Server, port: int, health_servicer, store: AsyncJobStore, grace: float):
+    def __init__(
+        self, server: grpc.aio.Server, port: int, health_servicer, store: AsyncJobStore, hub: WatchHub, grace: float
+    ):
         self.server, self.port, self.health, self.store, self.grace = server, port, health_servicer, store, grace
+        self.hub = hub
         self.reaper: asyncio.Task | None = None
+        self.health_check: asyncio.Task | None = None
         self.metrics: telemetry.MetricsEndpoint | None = None
         self.metrics_port: int | None = None
 
     async def stop(self) -> None:
-        if self.reaper is not None:
-            self.reaper.cancel()
+        for task in (self.reaper, self.health_check):
+            if task is not None:
+                task.cancel()
         if self.metrics is not None:
             self.metrics.shutdown()
         await self.health.enter_graceful_shutdown()
         await self.server.stop(self.grace)
+        await self.hub.stop()
         await self.store.redis.aclose()
+
+
+async def watch_redis(store: AsyncJobStore, health_servicer, interval_s: float) -> None:
+    """Health follows Redis: NOT_SERVING while a ping fails, SERVING again once it answers."""
+    serving = True
+    while True:
+        await asyncio.sleep(interval_s)
+        try:
+            await asyncio.wait_for(store.redis.ping(), max(1.0, interval_s))
+            up = True
+        except Exception as exc:  # noqa: BLE001 - any failure to answer is "unreachable"
+            up = False
+            if serving:
+                log.warning("Redis unreachable (%s): health is NOT_SERVING", exc or type(exc).__name__)
+        if up != serving:
+            serving = up
+            status = health_pb2.HealthCheckResponse.SERVING if up else health_pb2.HealthCheckResponse.NOT_SERVING
+            for name in ("", SERVICE_NAME):
+                await health_servicer.set(name, status)
+            if up:
+                log.info("Redis reachable again: health is SERVING")
 
 
 async def create_server(settings: Settings, address: str | None = None) -> Running:
     """Builds and starts the server on ``address`` (port 0 picks a free port)."""
-    store = AsyncJobStore.from_url(settings.redis_url, settings.key_prefix)
+    store = AsyncJobStore.from_url(
+        settings.redis_url, settings.key_prefix, settings.redis_max_connections, settings.redis_pool_timeout_s
+    )
     await store.redis.ping()
+    reader = AsyncJobStore.single_connection(settings.redis_url, settings.key_prefix, settings.watch_block_s + 30)
+    hub = WatchHub(store, reader, int(settings.watch_block_s * 1000), settings.watch_buffer)
     blobs = BlobStore(settings.artifacts_path)
     interceptors: list[grpc.aio.ServerInterceptor] = [ErrorsAndMetrics()]
     if settings.tracing:
@@ -61,7 +93,7 @@ async def create_server(settings: Settings, address: str | None = None) -> Runni
     )
     celery = make_celery(settings)
     celery.conf.task_send_sent_event = True  # Flower sees a job's task from the moment it is queued
-    pb_grpc.add_PruningServiceServicer_to_server(PruningService(settings, store, blobs, celery), server)
+    pb_grpc.add_PruningServiceServicer_to_server(PruningService(settings, store, blobs, celery, hub), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection([SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
@@ -75,7 +107,9 @@ async def create_server(settings: Settings, address: str | None = None) -> Runni
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     log.info("pruning server listening on port %d (artifacts in %s)", port, blobs.root)
-    running = Running(server, port, health_servicer, store, settings.grace_s)
+    hub.start()
+    running = Running(server, port, health_servicer, store, hub, settings.grace_s)
+    running.health_check = asyncio.create_task(watch_redis(store, health_servicer, settings.health_check_interval_s))
     if settings.metrics_listen:
         running.metrics = telemetry.MetricsEndpoint(settings)
         running.metrics_port = running.metrics.port

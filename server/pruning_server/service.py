@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 import time
+from collections.abc import AsyncIterator
 from typing import NoReturn
 
 import grpc
@@ -17,15 +19,16 @@ from pruning.v1 import pruning_pb2_grpc as pb_grpc
 from pruning_core import formats, modelcheck, plan, tasks, validation
 from pruning_core.blobs import BlobStore, is_artifact_id
 from pruning_core.settings import Settings
-from pruning_core.store import TERMINAL, ArtifactRecord, AsyncJobStore, JobNotFound, new_job_id, state_event
+from pruning_core.store import ArtifactRecord, AsyncJobStore, JobNotFound, new_job_id, state_event
 
 from . import convert
-from .errors import abort, abort_invalid
+from .errors import abort, abort_exhausted, abort_invalid
+from .limits import Caps
+from .watches import WatchHub
 
 log = logging.getLogger(__name__)
 _EVENT_ID = re.compile(r"\d+-\d+")
 _JOB_ID = re.compile(r"[0-9a-f]{24}")
-WATCH_BLOCK_MS = 5000
 
 
 def make_celery(settings: Settings) -> Celery:
@@ -36,11 +39,14 @@ def make_celery(settings: Settings) -> Celery:
 
 
 class PruningService(pb_grpc.PruningServiceServicer):
-    def __init__(self, settings: Settings, store: AsyncJobStore, blobs: BlobStore, celery: Celery):
+    def __init__(self, settings: Settings, store: AsyncJobStore, blobs: BlobStore, celery: Celery, hub: WatchHub):
         self.settings = settings
         self.store = store
         self.blobs = blobs
         self.celery = celery
+        self.hub = hub
+        self.watches = Caps("watches", settings.max_watches_per_tenant, settings.max_watches)
+        self.uploads = Caps("uploads", settings.max_uploads_per_tenant, settings.max_uploads)
         self._tenants = settings.tenants_by_key()
 
     # -- helpers ---------------------------------------------------------------------------
@@ -62,6 +68,17 @@ class PruningService(pb_grpc.PruningServiceServicer):
             return await self.store.get(tenant, job_id)
         except JobNotFound:
             await abort(context, grpc.StatusCode.NOT_FOUND, f"no job {job_id}")
+
+    @contextlib.asynccontextmanager
+    async def _slot(self, context, caps: Caps, tenant: str) -> AsyncIterator[None]:
+        """Holds one of ``caps``'s slots for the call; RESOURCE_EXHAUSTED when none is free."""
+        refused = caps.try_acquire(tenant)
+        if refused:
+            await abort_exhausted(context, refused, self.settings.retry_after_s)
+        try:
+            yield
+        finally:
+            caps.release(tenant)
 
     async def _artifact(self, context, tenant: str, artifact_id: str, field: str) -> ArtifactRecord:
         if not is_artifact_id(artifact_id):
@@ -150,6 +167,10 @@ class PruningService(pb_grpc.PruningServiceServicer):
 
     async def UploadModel(self, request_iterator, context):
         tenant = await self._tenant(context)
+        async with self._slot(context, self.uploads, tenant):
+            return await self._upload_model(tenant, request_iterator, context)
+
+    async def _upload_model(self, tenant: str, request_iterator, context) -> pb.Artifact:
         writer, header = await self._receive(request_iterator, context, "model")
         named = formats.MODEL_SUFFIXES.get(convert.extension(header.filename))
 
@@ -164,9 +185,10 @@ class PruningService(pb_grpc.PruningServiceServicer):
 
     async def UploadDataset(self, request_iterator, context):
         tenant = await self._tenant(context)
-        writer, header = await self._receive(request_iterator, context, "dataset")
-        arrays = await self._inspect(context, writer, modelcheck.inspect_dataset)
-        return await self._store_upload(tenant, writer, header, pb.ARTIFACT_KIND_DATASET, "npz", {"arrays": arrays})
+        async with self._slot(context, self.uploads, tenant):
+            writer, header = await self._receive(request_iterator, context, "dataset")
+            arrays = await self._inspect(context, writer, modelcheck.inspect_dataset)
+            return await self._store_upload(tenant, writer, header, pb.ARTIFACT_KIND_DATASET, "npz", {"arrays": arrays})
 
     async def DownloadArtifact(self, request, context):
         tenant = await self._tenant(context)
@@ -255,18 +277,9 @@ class PruningService(pb_grpc.PruningServiceServicer):
         after = request.after_event_id
         if after and not _EVENT_ID.fullmatch(after):
             await abort_invalid(context, [("after_event_id", f"not an event id: {after!r}")])
-        events = await self.store.read_events(job.id, after, block_ms=None)
-        while True:
-            for event in events:
+        async with self._slot(context, self.watches, tenant):
+            async for event in self.hub.follow(tenant, job.id, after, self.settings.watch_recheck_s):
                 yield event
-                after = event.id
-                if event.WhichOneof("kind") == "state_change" and event.state_change.to in TERMINAL:
-                    return
-            events = await self.store.read_events(job.id, after, block_ms=WATCH_BLOCK_MS)
-            if not events and (await self.store.get(tenant, job.id)).state in TERMINAL:
-                events = await self.store.read_events(job.id, after, block_ms=None)
-                if not events:
-                    return
 
     async def CancelJob(self, request, context):
         tenant = await self._tenant(context)

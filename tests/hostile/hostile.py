@@ -1,0 +1,72 @@
+"""Helpers and fixtures of the hostile tests (imported by each module: a second conftest.py
+would shadow the root one), built without TensorFlow so the tests stay light.
+
+A model here is a .keras archive holding only a configuration (the server reads no weights
+to accept one); a dataset is a small .npz of float inputs and integer labels.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import pathlib
+import zipfile
+
+import numpy as np
+import pytest
+
+from conftest import ServerThread, settings_for
+
+KEYS = {"key-a": "tenant-a", "key-b": "tenant-b"}
+SAMPLE = 8
+CLASSES = 4
+
+
+def model_config(units: int = CLASSES) -> dict:
+    return {
+        "class_name": "Sequential",
+        "config": {
+            "name": "tiny",
+            "layers": [
+                {"class_name": "InputLayer", "config": {"batch_input_shape": [None, SAMPLE], "name": "input"}},
+                {"class_name": "Dense", "config": {"name": "hidden", "units": 16, "activation": "relu"}},
+                {"class_name": "Dense", "config": {"name": "out", "units": units}},
+            ],
+        },
+    }
+
+
+def keras_bytes(config: dict | None = None, version: str = "2.15.0") -> bytes:
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr("config.json", json.dumps(config or model_config()))
+        z.writestr("metadata.json", json.dumps({"keras_version": version}))
+    return out.getvalue()
+
+
+def npz_bytes(n_train: int = 64, n_test: int = 16, seed: int = 0) -> bytes:
+    rng = np.random.default_rng(seed)
+    out = io.BytesIO()
+    np.savez(
+        out,
+        x_train=rng.random((n_train, SAMPLE), dtype=np.float32),
+        y_train=rng.integers(0, CLASSES, n_train),
+        x_test=rng.random((n_test, SAMPLE), dtype=np.float32),
+        y_test=rng.integers(0, CLASSES, n_test),
+    )
+    return out.getvalue()
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> dict[str, pathlib.Path]:
+    d = tmp_path_factory.mktemp("tiny")
+    (d / "tiny.keras").write_bytes(keras_bytes())
+    (d / "tiny.npz").write_bytes(npz_bytes())
+    return {"keras": d / "tiny.keras", "data": d / "tiny.npz"}
+
+
+def hostile_server(env: dict, name: str, **overrides) -> ServerThread:
+    """A server of its own, on a queue no worker reads (jobs stay QUEUED), with two tenants."""
+    values = {"api_keys": ",".join(f"{k}={t}" for k, t in KEYS.items()), "queue": f"{env['PRUNING_QUEUE']}-{name}"}
+    values.update(overrides)
+    return ServerThread(settings_for(env, **values))

