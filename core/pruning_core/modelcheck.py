@@ -116,7 +116,12 @@ def _walk_classes(node, found: list[tuple[str, str]]):
             if cls == "Lambda" or cls.endswith(">Lambda"):
                 raise ModelRejected("the model has a Lambda layer, which would run arbitrary code; refused")
             if cls not in ALLOWED_CLASSES or not str(module).startswith(_ALLOWED_MODULE_ROOTS):
-                raise ModelRejected(f"the model uses {cls!r}, which is not a built-in Keras class; refused")
+                config = node.get("config")
+                name = config.get("name") if isinstance(config, dict) else None
+                where = f"layer {str(name)[:200]!r} " if name is not None else ""
+                raise ModelRejected(
+                    f"the model uses {where}({cls[:200]}), which is not a built-in Keras class; refused"
+                )
             if (
                 "registered_name" in node
                 and node["registered_name"] not in (None, cls)

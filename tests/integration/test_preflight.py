@@ -13,7 +13,7 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
 from pruning.v1 import pruning_pb2 as pb
-from pruning_client import job_spec, polynomial_decay
+from pruning_client import InvalidArgument, job_spec, polynomial_decay
 
 
 def _validate(client, spec):
@@ -112,3 +112,39 @@ def test_validate_only_catches_a_schedule_past_the_last_step(client, ids):
         _validate(client, spec)
     message = _violations(error.value)["spec.pruning.schedule.polynomial_decay.end_step"]
     assert "after the last fine-tuning step 15" in message
+
+
+def _keras3_with(layer_factory, path):
+    import keras
+
+    inputs = keras.Input((8,))
+    keras.Model(inputs, keras.layers.Dense(2)(layer_factory()(inputs))).save(path)
+    return path
+
+
+def _custom_layer():
+    import keras
+
+    @keras.saving.register_keras_serializable(package="user")
+    class Twice(keras.layers.Layer):
+        def call(self, x):
+            return 2 * x
+
+    return Twice(name="twice")
+
+
+@pytest.mark.parametrize(
+    ("factory", "name", "cls"),
+    [
+        (lambda: __import__("keras").layers.GaussianNoise(0.1, name="noisy"), "noisy", "GaussianNoise"),
+        (_custom_layer, "twice", "Twice"),
+    ],
+    ids=["layer-outside-the-bridge", "custom-subclass"],
+)
+def test_upload_refuses_a_keras3_layer_it_cannot_convert_by_name(client, tmp_path, factory, name, cls):
+    before = _job_count(client)
+    with pytest.raises(InvalidArgument) as error:
+        client.upload_model(_keras3_with(factory, tmp_path / "m.keras"))
+    assert error.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert any(name in text and cls in text for _, text in error.value.field_violations), error.value
+    assert _job_count(client) == before
