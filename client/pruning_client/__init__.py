@@ -36,10 +36,20 @@ from .exceptions import (
 )
 from .job import TERMINAL, JobHandle, is_terminal, is_terminal_event
 from .results import JobPlan, LayerPlan, LayerSparsity, LayerSummary, ModelSummary, PruneResult, TensorSummary
-from .specs import EXPORT_FORMATS, constant_sparsity, export_format, export_format_name, job_spec, polynomial_decay
+from .specs import (
+    EXPORT_FORMATS,
+    IMPORTANCE_CRITERIA,
+    constant_sparsity,
+    export_format,
+    export_format_name,
+    job_spec,
+    polynomial_decay,
+    structured,
+)
 
 __all__ = [
     "EXPORT_FORMATS",
+    "IMPORTANCE_CRITERIA",
     "TERMINAL",
     "AlreadyExists",
     "AsyncClient",
@@ -80,4 +90,5 @@ __all__ = [
     "is_terminal_event",
     "job_spec",
     "polynomial_decay",
+    "structured",
 ]

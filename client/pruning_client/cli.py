@@ -36,7 +36,16 @@ from .client import Client
 from .exceptions import NotFound, PruningError
 from .job import JobHandle
 from .results import JobPlan, ModelSummary, PruneResult
-from .specs import EXPORT_FORMATS, constant_sparsity, export_format, export_format_name, job_spec, polynomial_decay
+from .specs import (
+    EXPORT_FORMATS,
+    IMPORTANCE_CRITERIA,
+    constant_sparsity,
+    export_format,
+    export_format_name,
+    job_spec,
+    polynomial_decay,
+)
+from .specs import structured as structured_spec
 
 if TYPE_CHECKING:
     from tqdm import tqdm
@@ -213,6 +222,19 @@ def _labels(ctx: click.Context, param: click.Parameter, values: tuple[str, ...])
     return labels
 
 
+def _layer_ratios(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> dict[str, float]:
+    out = {}
+    for value in values:
+        name, sep, ratio = value.partition("=")
+        try:
+            out[name] = float(ratio)
+        except ValueError:
+            sep = ""
+        if not sep or not name:
+            raise click.BadParameter(f"expected NAME=RATIO, got {value!r}")
+    return out
+
+
 def _model_ref(ctx: click.Context, param: click.Parameter, value: str) -> str:
     if _is_id(value) or os.path.isfile(value):
         return value
@@ -261,6 +283,7 @@ def format_table(result: PruneResult) -> str:
         ),
         f"fine-tuning: {result.fine_tune_seconds:.1f} s on {result.device}",
         *(f"{label}: {value}" for label, value in result.conversion_lines()),  # Keras 3 only
+        *(f"{label}: {value}" for label, value in result.structured_lines()),  # structured only
         "",
         f"{'layer':24}{'type':16}{'pruned':>8}{'weights':>10}{'non-zero':>10}{'sparsity':>10}",
     ]
@@ -660,11 +683,19 @@ def _spec(
     exclude_layer: tuple[str, ...],
     export: tuple[str, ...],
     keras_version: str | None,
+    structured_ratio: float | None = None,
+    layer_ratio: dict[str, float] | None = None,
+    importance: str = "l1",
+    round_to: int = 0,
+    min_channels: int = 0,
 ) -> pb.JobSpec:
     model_id = model if _is_id(model) else client.upload_model(model).id
     if not _is_id(dataset) and os.path.isfile(dataset):
         dataset = client.upload_dataset(dataset).id
-    if schedule == "polynomial":
+    pruning_schedule: pb.PruningSchedule | None
+    if schedule == "none":
+        pruning_schedule = None
+    elif schedule == "polynomial":
         pruning_schedule = polynomial_decay(
             initial_sparsity, final_sparsity, begin_step=begin_step, end_step=end_step, power=power, frequency=frequency
         )
@@ -687,6 +718,15 @@ def _spec(
         exclude_layers=exclude_layer,
         exports=export,
         keras_version=int(keras_version) if keras_version else None,
+        structured=None
+        if structured_ratio is None and not layer_ratio
+        else structured_spec(
+            structured_ratio or 0.0,
+            layer_ratios=layer_ratio,
+            importance=importance,
+            round_to=round_to or None,
+            min_channels=min_channels or None,
+        ),
     )
 
 
@@ -731,9 +771,10 @@ _DOWNLOAD_DIR = click.Path(file_okay=False, path_type=pathlib.Path)
 )
 @_option(
     "--schedule",
-    type=click.Choice(["polynomial", "constant"]),
+    type=click.Choice(["polynomial", "constant", "none"]),
     default="polynomial",
-    help="Pruning schedule: PolynomialDecay or ConstantSparsity.",
+    help="Pruning schedule: PolynomialDecay or ConstantSparsity; none = structured pruning only "
+    "(with --structured-ratio).",
 )
 @_option("--initial-sparsity", type=float, default=0.5, help="Initial sparsity of the polynomial schedule.")
 @_option("--final-sparsity", type=float, default=0.8, help="Final (or constant target) sparsity.")
@@ -748,6 +789,28 @@ _DOWNLOAD_DIR = click.Path(file_okay=False, path_type=pathlib.Path)
 @_option("--learning-rate", type=float, default=0.0, help="Learning rate; 0 = the optimizer's default.")
 @_option("--seed", type=int, default=0, help="Random seed; 0 = no fixed seed.")
 @_option("--max-train-samples", type=int, default=0, help="Use at most this many training samples; 0 = all.")
+@_option(
+    "--structured-ratio",
+    type=float,
+    default=None,
+    help="Remove this fraction of the channels (filters, units) of every layer that can shrink, "
+    "before fine-tuning; unset = no structured pruning.",
+)
+@_option(
+    "--layer-ratio",
+    multiple=True,
+    callback=_layer_ratios,
+    metavar="NAME=RATIO",
+    help="Structured ratio of one layer, overriding --structured-ratio (repeatable).",
+)
+@_option(
+    "--importance",
+    type=click.Choice(list(IMPORTANCE_CRITERIA)),
+    default="l1",
+    help="How structured pruning ranks channels.",
+)
+@_option("--round-to", type=int, default=0, help="Round kept channel counts up to a multiple of this; 0 = 1.")
+@_option("--min-channels", type=int, default=0, help="Keep at least this many channels per layer; 0 = 1.")
 @_option("--include-layer", multiple=True, metavar="NAME", help="Prune only these layers (repeatable).")
 @_option("--exclude-layer", multiple=True, metavar="NAME", help="Never prune these layers (repeatable).")
 @_option(

@@ -86,6 +86,33 @@ class PruneResult:
         model in, or Keras 3 exports)."""
         return 3 in (self.keras_version_in, self.keras_version_out)
 
+    @property
+    def structured(self) -> pb.StructuredResult | None:
+        """What structured pruning did (widths, layers left whole, parameters, FLOPs,
+        latency before and after); None when the job did not ask for it."""
+        return self.raw.structured if self.raw.HasField("structured") else None
+
+    def structured_lines(self) -> list[tuple[str, str]]:
+        """(label, value) rows about structured pruning; empty when it did not run."""
+        s = self.structured
+        if s is None:
+            return []
+        rows = [
+            ("structured", f"{s.groups_pruned} of {s.groups} channel groups cut ({s.criterion})"),
+            ("parameters", f"{s.params_before:,} -> {s.params_after:,}"),
+            ("FLOPs per sample", f"{s.flops_before:,} -> {s.flops_after:,}"),
+        ]
+        for x in s.latency:
+            speedup = x.before_ms / x.after_ms if x.after_ms else 0.0
+            rows.append(
+                (
+                    f"latency {x.runtime} batch {x.batch_size}",
+                    f"{x.before_ms:.3f} -> {x.after_ms:.3f} ms ({speedup:.2f}x, {x.device}, median of {x.repeats})",
+                )
+            )
+        rows += [(f"left whole: {x.name}", x.reason) for x in s.left_whole]
+        return rows
+
     def conversion_lines(self) -> list[tuple[str, str]]:
         """(label, value) rows about the Keras conversion; empty when none took place."""
         if not self.converted:
@@ -129,6 +156,8 @@ class PruneResult:
         """The fields as plain JSON-ready values (without ``raw``)."""
         out = {k: v for k, v in self.__dict__.items() if k != "raw"}
         out["layers"] = [dict(layer.__dict__) for layer in self.layers]
+        if self.structured is not None:
+            out["structured"] = json_format.MessageToDict(self.structured, preserving_proto_field_name=True)
         return out
 
     def _repr_html_(self) -> str:
@@ -147,6 +176,7 @@ class PruneResult:
             ("non-zero parameters", f"{self.nonzero_params:,} of {self.total_params:,}"),
             ("fine-tuning", f"{self.fine_tune_seconds:.1f} s on {self.device}"),
             *self.conversion_lines(),
+            *self.structured_lines(),
         ]
         layers = [
             (x.name, x.type, "yes" if x.pruned else "no", f"{x.weights:,}", f"{x.nonzero:,}", f"{x.sparsity:.4f}")

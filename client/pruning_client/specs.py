@@ -6,18 +6,20 @@ server fills in its default (epochs 2, batch size 128, adam, validation split 0.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from pruning.v1 import pruning_pb2 as pb
 
 __all__ = [
     "EXPORT_FORMATS",
+    "IMPORTANCE_CRITERIA",
     "constant_sparsity",
     "export_format",
     "export_format_name",
     "job_spec",
     "polynomial_decay",
+    "structured",
 ]
 
 _PREFIX = "EXPORT_FORMAT_"
@@ -51,6 +53,17 @@ def export_format(name: str) -> pb.ExportFormat.ValueType:
 def export_format_name(value: int) -> str:
     """The name of an ExportFormat value ("saved_model" for EXPORT_FORMAT_SAVED_MODEL)."""
     return pb.ExportFormat.Name(pb.ExportFormat.ValueType(value)).removeprefix(_PREFIX).lower()
+
+
+_CRITERION_PREFIX = "IMPORTANCE_CRITERION_"
+
+#: Importance criterion names ("l1", "l2", "bn_scale", "taylor") to the contract's enum values,
+#: derived from its ImportanceCriterion enum.
+IMPORTANCE_CRITERIA: dict[str, pb.ImportanceCriterion.ValueType] = {
+    name.removeprefix(_CRITERION_PREFIX).lower(): value
+    for name, value in pb.ImportanceCriterion.items()
+    if value != pb.IMPORTANCE_CRITERION_UNSPECIFIED
+}
 
 
 def _given(**values: Any) -> dict[str, Any]:
@@ -101,6 +114,41 @@ def constant_sparsity(
     )
 
 
+def structured(
+    ratio: float = 0.5,
+    *,
+    layer_ratios: Mapping[str, float] | None = None,
+    min_channels: int | None = None,
+    round_to: int | None = None,
+    importance: str = "l1",
+    taylor_batches: int | None = None,
+    latency_repeats: int | None = None,
+) -> pb.StructuredPruning:
+    """Structured pruning: remove ``ratio`` of the channels (filters, units) of every layer
+    that can shrink safely, ``layer_ratios`` overriding it by layer name, keeping at least
+    ``min_channels`` and rounding kept counts up to a multiple of ``round_to``, ranked by
+    ``importance`` (see :data:`IMPORTANCE_CRITERIA`). None leaves the server's default.
+
+    Example:
+        >>> structured(0.5, round_to=8, importance="bn_scale").round_to
+        8
+    """
+    key = importance.strip().lower()
+    if key not in IMPORTANCE_CRITERIA:
+        raise ValueError(f"unknown importance {importance!r}; choose one of {', '.join(IMPORTANCE_CRITERIA)}")
+    return pb.StructuredPruning(
+        ratio=ratio,
+        layer_ratios=dict(layer_ratios or {}),
+        importance=IMPORTANCE_CRITERIA[key],
+        **_given(
+            min_channels=min_channels,
+            round_to=round_to,
+            taylor_batches=taylor_batches,
+            latency_repeats=latency_repeats,
+        ),
+    )
+
+
 def job_spec(
     model_id: str,
     *,
@@ -119,6 +167,7 @@ def job_spec(
     block_size: tuple[int, int] | None = None,
     exports: Sequence[str] = (),
     keras_version: int | None = None,
+    structured: pb.StructuredPruning | None = None,
 ) -> pb.JobSpec:
     """A JobSpec. ``dataset`` is a built-in name ("mnist") or an uploaded dataset's id.
 
@@ -128,7 +177,8 @@ def job_spec(
     ``validation_split=0.0`` turns validation off. ``exports`` are format names (see
     :func:`export_format`); empty means the server's default, keras. ``keras_version`` (2 for
     tf_keras, 3 for Keras 3) is the Keras version of the keras and h5 exports; None means the
-    uploaded model's. Without ``schedule``, ``polynomial_decay()`` (0.5 to 0.8).
+    uploaded model's. Without ``schedule``, ``polynomial_decay()`` (0.5 to 0.8), unless
+    ``structured`` (see :func:`structured`) is given: then the job removes channels only.
 
     Example:
         >>> spec = job_spec("ab" * 32, schedule=polynomial_decay(0.5, 0.8), validation_split=0.0)
@@ -155,7 +205,8 @@ def job_spec(
         model_id=model_id,
         dataset=pb.DatasetRef(artifact_id=dataset) if is_id else pb.DatasetRef(builtin=dataset),
         pruning=pb.PruningSpec(
-            schedule=schedule or polynomial_decay(),
+            schedule=schedule or (None if structured is not None else polynomial_decay()),
+            structured=structured,
             block_size=list(block_size or ()),
             layers=pb.LayerSelection(include_names=list(include_layers), exclude_names=list(exclude_layers)),
         ),

@@ -8,6 +8,7 @@ import enum
 class Phase(enum.StrEnum):
     LOAD = "load"
     BASELINE = "baseline"
+    STRUCTURE = "structure"  # structured pruning: channels removed before fine-tuning
     FINE_TUNE = "fine_tune"
     EVALUATE = "evaluate"
     EXPORT = "export"

@@ -82,12 +82,13 @@ def _schedule_steps(spec: pb.JobSpec, total: int) -> tuple[str, int, int]:
 
 def check(spec: pb.JobSpec, model_info: dict[str, Any], data: DatasetFacts) -> list[Violation]:
     """Every problem of a spec (with its defaults) on this model and dataset, at once."""
-    out = validation.validate_against_model(spec, model_info.get("layers") or [])
+    outputs = [o.name for o in _summary(model_info).outputs]
+    out = validation.validate_against_model(spec, model_info.get("layers") or [], outputs)
     model_input = model_info.get("input_shape")
     if data.sample_shape is not None and not modelcheck.shapes_fit(model_input, data.sample_shape):
         out.append((data.field, f"samples of shape {data.sample_shape} do not fit the model input {model_input}"))
-    outputs = _summary(model_info).outputs
-    units = outputs[0].shape[-1] if len(outputs) == 1 and outputs[0].shape else -1
+    summary_outputs = _summary(model_info).outputs
+    units = summary_outputs[0].shape[-1] if len(summary_outputs) == 1 and summary_outputs[0].shape else -1
     if spec.training.loss in SPARSE_LOSSES and units > 0 and data.label_range is not None:
         low, high = data.label_range
         if low < 0 or high >= units:

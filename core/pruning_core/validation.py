@@ -42,10 +42,37 @@ def _steps(begin: int, end: int, frequency: int, prefix: str, out: list[Violatio
         out.append((f"{prefix}.frequency", f"must be >= 1 (0 = {defaults.FREQUENCY}), got {frequency}"))
 
 
+def _validate_structured(s: pb.StructuredPruning, out: list[Violation]) -> None:
+    prefix = "spec.pruning.structured"
+    _sparsity(s.ratio, f"{prefix}.ratio", out)
+    for name, ratio in sorted(s.layer_ratios.items()):
+        if not name:
+            out.append((f"{prefix}.layer_ratios", "layer names must not be empty"))
+        _sparsity(ratio, f"{prefix}.layer_ratios[{name}]", out)
+    if s.min_channels < 0:
+        out.append((f"{prefix}.min_channels", f"must be >= 1 (0 = {defaults.MIN_CHANNELS}), got {s.min_channels}"))
+    if s.round_to < 0:
+        out.append((f"{prefix}.round_to", f"must be >= 1 (0 = {defaults.ROUND_TO}), got {s.round_to}"))
+    if s.importance not in pb.ImportanceCriterion.values():
+        out.append((f"{prefix}.importance", f"unknown criterion {s.importance}"))
+    if not 0 <= s.taylor_batches <= defaults.MAX_TAYLOR_BATCHES:
+        out.append(
+            (f"{prefix}.taylor_batches", f"must be in [1, {defaults.MAX_TAYLOR_BATCHES}], got {s.taylor_batches}")
+        )
+    if not 0 <= s.latency_repeats <= defaults.MAX_LATENCY_REPEATS:
+        out.append(
+            (f"{prefix}.latency_repeats", f"must be in [1, {defaults.MAX_LATENCY_REPEATS}], got {s.latency_repeats}")
+        )
+
+
 def _validate_pruning(spec: pb.PruningSpec, out: list[Violation]) -> None:
     which = spec.schedule.WhichOneof("schedule")
-    if which is None:
-        out.append(("spec.pruning.schedule", "choose constant_sparsity or polynomial_decay"))
+    if spec.HasField("structured"):
+        _validate_structured(spec.structured, out)
+    if which is None and spec.HasField("structured"):
+        pass  # structured pruning only
+    elif which is None:
+        out.append(("spec.pruning.schedule", "choose constant_sparsity or polynomial_decay (or set structured)"))
     elif which == "constant_sparsity":
         c = spec.schedule.constant_sparsity
         prefix = "spec.pruning.schedule.constant_sparsity"
@@ -126,11 +153,34 @@ def selected(kind: str, name: str, sel: pb.LayerSelection) -> bool:
     return True
 
 
-def validate_against_model(spec: pb.JobSpec, layers: list) -> list[Violation]:
+def _validate_structured_against_model(
+    spec: pb.PruningSpec, names: set[str], outputs: list[str], out: list[Violation]
+) -> None:
+    """A structured spec must not ask to shrink an output layer: its units are the model's
+    answer (classes, values), which callers rely on."""
+    prefix = "spec.pruning.structured.layer_ratios"
+    for name, ratio in sorted(spec.structured.layer_ratios.items()):
+        if name not in names:
+            out.append((f"{prefix}[{name}]", f"the model has no layer {name!r}"))
+        elif name in outputs and ratio > 0:
+            out.append((f"{prefix}[{name}]", f"{name!r} is a model output; its units cannot be removed"))
+    if not spec.HasField("schedule") and spec.structured.ratio > 0:
+        asked = sorted(set(spec.layers.include_names) & set(outputs))
+        if asked:
+            out.append(
+                (
+                    "spec.pruning.layers.include_names",
+                    f"{asked} are model outputs; structured pruning cannot shrink them",
+                )
+            )
+
+
+def validate_against_model(spec: pb.JobSpec, layers: list, outputs: list[str] | None = None) -> list[Violation]:
     """Problems only the model's layer list reveals: selected layers that do not exist,
-    block sparsity on layers whose weights are not 2-D."""
+    block sparsity on layers whose weights are not 2-D, structured pruning of ``outputs``
+    (the names of the model's output layers)."""
     names = {name for _, name in layers}
-    out = []
+    out: list[Violation] = []
     for field in ("include_names", "exclude_names"):
         missing = sorted(set(getattr(spec.pruning.layers, field)) - names)
         if missing:
@@ -141,6 +191,8 @@ def validate_against_model(spec: pb.JobSpec, layers: list) -> list[Violation]:
             out.append(
                 ("spec.pruning.block_size", f"block sparsity needs 2-D weights; exclude the conv layers {convs}")
             )
+    if spec.pruning.HasField("structured"):
+        _validate_structured_against_model(spec.pruning, names, outputs or [], out)
     return out
 
 
@@ -187,10 +239,18 @@ def with_defaults(spec: pb.JobSpec) -> pb.JobSpec:
     t.loss = t.loss or defaults.LOSS
     if not t.HasField("validation_split"):
         t.validation_split = defaults.VALIDATION_SPLIT
-    schedule = getattr(out.pruning.schedule, out.pruning.schedule.WhichOneof("schedule") or "polynomial_decay")
-    schedule.frequency = schedule.frequency or defaults.FREQUENCY
-    if out.pruning.schedule.HasField("polynomial_decay"):
-        schedule.power = schedule.power or defaults.POWER
+    if out.pruning.HasField("schedule") or not out.pruning.HasField("structured"):
+        schedule = getattr(out.pruning.schedule, out.pruning.schedule.WhichOneof("schedule") or "polynomial_decay")
+        schedule.frequency = schedule.frequency or defaults.FREQUENCY
+        if out.pruning.schedule.HasField("polynomial_decay"):
+            schedule.power = schedule.power or defaults.POWER
+    if out.pruning.HasField("structured"):
+        s = out.pruning.structured
+        s.min_channels = s.min_channels or defaults.MIN_CHANNELS
+        s.round_to = s.round_to or defaults.ROUND_TO
+        s.importance = s.importance or pb.IMPORTANCE_CRITERION_L1
+        s.taylor_batches = s.taylor_batches or defaults.TAYLOR_BATCHES
+        s.latency_repeats = s.latency_repeats or defaults.LATENCY_REPEATS
     if not out.pruning.block_size:
         out.pruning.block_size.extend(defaults.BLOCK_SIZE)
     if not out.pruning.block_pooling_type:

@@ -78,3 +78,44 @@ def test_result_renders_as_an_escaped_html_table():
     assert "<td>0.8000</td>" in page and "3.00x" in page
     assert "<script>" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
     assert "CPU &amp; &lt;GPU&gt;" in page
+
+
+def test_structured_spec_builder():
+    from pruning_client import IMPORTANCE_CRITERIA, structured
+
+    assert set(IMPORTANCE_CRITERIA) == {"l1", "l2", "bn_scale", "taylor"}
+    s = structured(0.5, layer_ratios={"conv": 0.25}, round_to=8, importance="Taylor")
+    assert (s.ratio, dict(s.layer_ratios), s.round_to, s.importance) == (
+        0.5,
+        {"conv": 0.25},
+        8,
+        pb.IMPORTANCE_CRITERION_TAYLOR,
+    )
+    assert s.min_channels == 0 and s.latency_repeats == 0  # left to the server
+    with pytest.raises(ValueError, match="importance"):
+        structured(0.5, importance="random")
+    only = job_spec("ab" * 32, structured=s)
+    assert only.pruning.HasField("structured") and not only.pruning.HasField("schedule")
+    both = job_spec("ab" * 32, schedule=constant_sparsity(0.5), structured=s)
+    assert both.pruning.HasField("schedule")
+
+
+def test_result_shows_structured_figures():
+    raw = pb.PruneResult(
+        structured=pb.StructuredResult(
+            params_before=1000,
+            params_after=400,
+            groups=3,
+            groups_pruned=2,
+            criterion="l1",
+            latency=[pb.Latency(runtime="tflite", batch_size=64, before_ms=4.0, after_ms=2.0, repeats=5)],
+            left_whole=[pb.LayerLeftWhole(name="logits", reason="reaches the model output 'logits'")],
+        )
+    )
+    result = PruneResult.from_proto(raw)
+    rows = dict(result.structured_lines())
+    assert rows["parameters"] == "1,000 -> 400"
+    assert "2.00x" in rows["latency tflite batch 64"]
+    assert "logits" in rows["left whole: logits"]
+    assert result.to_dict()["structured"]["params_after"] == "400"
+    assert PruneResult.from_proto(pb.PruneResult()).structured is None

@@ -103,3 +103,45 @@ def test_unknown_export_format_and_keras_version_are_refused():
     spec.export.ClearField("formats")
     spec.export.keras_version = pb.KERAS_VERSION_3
     assert validation.validate(spec) == []
+
+
+def _structured_spec(**kwargs):
+    from pruning_client import structured
+
+    return job_spec(MODEL, schedule=None, structured=structured(**kwargs))
+
+
+def test_structured_only_needs_no_schedule_and_keeps_none():
+    spec = _structured_spec(ratio=0.5)
+    assert not spec.pruning.HasField("schedule")
+    assert validation.validate(spec) == []
+    full = validation.with_defaults(spec)
+    assert not full.pruning.HasField("schedule")
+    s = full.pruning.structured
+    assert (s.min_channels, s.round_to, s.taylor_batches, s.latency_repeats) == (1, 1, 4, 10)
+    assert s.importance == pb.IMPORTANCE_CRITERION_L1
+    assert validation.validate(full) == []
+
+
+def test_structured_ranges_are_checked_all_at_once():
+    spec = _structured_spec(ratio=1.0, layer_ratios={"conv": -0.1}, min_channels=-1, round_to=-8, taylor_batches=-1)
+    assert sorted(fields(spec)) == [
+        "spec.pruning.structured.layer_ratios[conv]",
+        "spec.pruning.structured.min_channels",
+        "spec.pruning.structured.ratio",
+        "spec.pruning.structured.round_to",
+        "spec.pruning.structured.taylor_batches",
+    ]
+
+
+def test_structured_refuses_output_layers_and_unknown_names():
+    layers = [("Conv2D", "conv"), ("Dense", "hidden"), ("Dense", "logits")]
+    spec = _structured_spec(ratio=0.5, layer_ratios={"logits": 0.5, "nope": 0.2, "hidden": 0.3})
+    found = [f for f, _ in validation.validate_against_model(spec, layers, ["logits"])]
+    assert found == ["spec.pruning.structured.layer_ratios[logits]", "spec.pruning.structured.layer_ratios[nope]"]
+    keep_output = _structured_spec(ratio=0.5, layer_ratios={"logits": 0.0})
+    assert validation.validate_against_model(keep_output, layers, ["logits"]) == []
+    spec = _structured_spec(ratio=0.5)
+    spec.pruning.layers.include_names[:] = ["hidden", "logits"]
+    found = [f for f, _ in validation.validate_against_model(spec, layers, ["logits"])]
+    assert found == ["spec.pruning.layers.include_names"]

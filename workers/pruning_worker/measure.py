@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import gzip
+import os
 import pathlib
 import shutil
+import time
 from typing import Any
 
 import numpy as np
@@ -76,3 +78,69 @@ def sizes(path: pathlib.Path) -> pb.SizeStats:
     stats = pb.SizeStats(raw_bytes=path.stat().st_size, gzip_bytes=gz.stat().st_size)
     gz.unlink()
     return stats
+
+
+def _input_specs(model: Any, batch: int) -> list[Any]:
+    return [tf.TensorSpec([batch, *t.shape[1:]], t.dtype) for t in model.inputs]
+
+
+def _call(model: Any) -> Any:
+    # One input goes in bare, several as a list, as Keras functional models take them.
+    return tf.function(lambda *x: model(list(x) if len(x) > 1 else x[0], training=False))
+
+
+def flops(model: Any) -> int:
+    """Floating-point operations of one forward pass on one sample, counted by TensorFlow's
+    profiler on the frozen inference graph (a multiply-add counts 2)."""
+    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+
+    frozen = convert_variables_to_constants_v2(_call(model).get_concrete_function(*_input_specs(model, 1)))
+    options = tf.compat.v1.profiler.ProfileOptionBuilder.float_operation()
+    options["output"] = "none"
+    info = tf.compat.v1.profiler.profile(
+        graph=frozen.graph, run_meta=tf.compat.v1.RunMetadata(), cmd="op", options=options
+    )
+    return int(info.total_float_ops)
+
+
+def _probe(model: Any, batch: int) -> list[np.ndarray]:
+    rng = np.random.default_rng(0)
+    return [rng.random((batch, *t.shape[1:])).astype(t.dtype.as_numpy_dtype) for t in model.inputs]
+
+
+def _median_ms(run: Any, repeats: int, warmup: int = 2) -> float:
+    for _ in range(warmup):
+        run()
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - started)
+    return float(np.median(times) * 1000.0)
+
+
+def latency_tf(model: Any, batch: int, repeats: int) -> float:
+    """Median milliseconds of one inference call of ``model`` (a compiled tf.function) on a
+    batch of ``batch`` random samples, on TensorFlow's default device."""
+    fn = _call(model).get_concrete_function(*_input_specs(model, batch))
+    x = [tf.constant(a) for a in _probe(model, batch)]
+    return _median_ms(lambda: tf.nest.map_structure(lambda t: t.numpy(), fn(*x)), repeats)
+
+
+def tflite_bytes(model: Any) -> bytes:
+    """``model`` converted to a float TFLite flatbuffer."""
+    return bytes(tf.lite.TFLiteConverter.from_keras_model(model).convert())
+
+
+def latency_tflite(flatbuffer: bytes, batch: int, repeats: int) -> float:
+    """Median milliseconds of one invoke of the TFLite interpreter (XNNPACK, TFLite's default
+    CPU delegate for float models, on all cores) on a batch of ``batch`` random samples."""
+    interpreter = tf.lite.Interpreter(model_content=flatbuffer, num_threads=os.cpu_count() or 1)
+    details = interpreter.get_input_details()
+    for d in details:
+        interpreter.resize_tensor_input(d["index"], [batch, *d["shape"][1:]])
+    interpreter.allocate_tensors()
+    rng = np.random.default_rng(0)
+    for d in interpreter.get_input_details():
+        interpreter.set_tensor(d["index"], rng.random(d["shape"]).astype(d["dtype"]))
+    return _median_ms(interpreter.invoke, repeats)

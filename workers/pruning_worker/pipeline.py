@@ -1,5 +1,6 @@
 """The pruning pipeline: load (a Keras 3 model translated to tf_keras) -> check -> baseline ->
-prune_low_magnitude -> fine-tune -> evaluate -> strip_pruning -> export (back in the Keras
+structured pruning (channels removed, when asked) -> prune_low_magnitude (when a schedule is
+given) -> fine-tune -> evaluate -> strip_pruning -> export (back in the Keras
 version asked for) -> measure (on the exported file). Each step lives in its own module;
 this one only runs them in order. Plain TensorFlow code with no Celery import.
 """
@@ -13,7 +14,7 @@ import tensorflow_model_optimization as tfmot
 import tf_keras as keras
 
 from pruning.v1 import pruning_pb2 as pb
-from pruning_core import formats
+from pruning_core import defaults, formats
 from pruning_core.phases import Phase
 
 from . import measure, recipe, safe_load
@@ -23,6 +24,7 @@ from .evaluate import evaluate
 from .export import KERAS_FILES, as_keras3, export, load_export
 from .inputs import Inputs, by_output, check, head, length
 from .measure import device_name
+from .structured import step
 from .train import fine_tune
 
 __all__ = ["Inputs", "device_name", "run"]
@@ -75,10 +77,26 @@ def run(
     baseline_file = export(model, main_format, workdir / "baseline", x_train, baseline3)
     result.size_before.CopyFrom(measure.sizes(baseline_file))
 
+    original = model
+    if spec.pruning.HasField("structured"):
+        reporter.phase(Phase.STRUCTURE, "removing channels by dependency group")
+        model, structured = step.run(model, spec.pruning, head(x_train, 512), head(y_train, 512), loss)
+        result.structured.CopyFrom(structured)
+        reporter.log(
+            f"structured: {structured.groups_pruned} of {structured.groups} channel groups cut, parameters "
+            f"{structured.params_before} -> {structured.params_after}, FLOPs {structured.flops_before} -> "
+            f"{structured.flops_after}; left whole: "
+            + (", ".join(f"{x.name} ({x.reason})" for x in structured.left_whole) or "none")
+        )
+
     steps = recipe.train_steps(length(x_train), t)
-    schedule = recipe.make_schedule(spec.pruning, steps * t.epochs)
-    pruned, chosen = recipe.apply_pruning(model, spec.pruning, schedule)
-    reporter.log(f"pruning {len(chosen)} layers: {', '.join(chosen)}")
+    schedule = None
+    chosen: list[str] = []
+    pruned = model
+    if spec.pruning.HasField("schedule"):
+        schedule = recipe.make_schedule(spec.pruning, steps * t.epochs)
+        pruned, chosen = recipe.apply_pruning(model, spec.pruning, schedule)
+        reporter.log(f"pruning {len(chosen)} layers: {', '.join(chosen)}")
     pruned.compile(optimizer=recipe.make_optimizer(t), loss=loss, metrics=["accuracy"])
 
     reporter.phase(Phase.FINE_TUNE, f"fine-tuning {t.epochs} epochs x {steps} steps on {result.device}")
@@ -92,12 +110,15 @@ def run(
     if not t.skip_baseline:
         result.accuracy_delta = result.pruned.accuracy - result.baseline.accuracy
 
-    stripped = tfmot.sparsity.keras.strip_pruning(pruned)
+    stripped = tfmot.sparsity.keras.strip_pruning(pruned) if chosen else pruned
     stripped3 = None
     if version_out == 3 and any(fmt in KERAS_FILES for fmt in spec.export.formats):
         from . import bridge
 
-        stripped3 = as_keras3(stripped, loaded.original, workdir)
+        # A model with channels removed no longer fits a clone of the uploaded Keras 3 model:
+        # Keras 3 reads it from the tf_keras file instead.
+        like = None if spec.pruning.HasField("structured") else loaded.original
+        stripped3 = as_keras3(stripped, like, workdir)
         result.export_conversion_max_abs_diff = bridge.check_equivalence(stripped3, stripped)
 
     reporter.phase(Phase.EXPORT, "exporting")
@@ -118,6 +139,10 @@ def run(
             )
 
     result.size_after.CopyFrom(measure.sizes(outputs[0][0]))
+    if spec.pruning.HasField("structured"):
+        reporter.log("measuring latency before and after")
+        repeats = spec.pruning.structured.latency_repeats or defaults.LATENCY_REPEATS
+        step.fill_latency(result.structured, original, stripped, result.device, repeats)
     result.compression_ratio = result.size_before.gzip_bytes / max(1, result.size_after.gzip_bytes)
     reporter.log(
         f"pruned accuracy {result.pruned.accuracy:.4f}, kernel sparsity {result.pruned_kernel_sparsity:.3f}, "

@@ -43,10 +43,10 @@ def make_schedule(p: pb.PruningSpec, last_step: int) -> Schedule:
     )
 
 
-def scheduled_sparsity(schedule: Schedule, step: int) -> float:
-    """The target sparsity ``schedule`` sets at ``step`` (0 before its begin step), asked of
-    the schedule object itself."""
-    if step < schedule.get_config()["config"]["begin_step"]:
+def scheduled_sparsity(schedule: Schedule | None, step: int) -> float:
+    """The target sparsity ``schedule`` sets at ``step`` (0 before its begin step, and 0
+    without a schedule: structured pruning only), asked of the schedule object itself."""
+    if schedule is None or step < schedule.get_config()["config"]["begin_step"]:
         return 0.0
     _, sparsity = schedule(tf.constant(step, dtype=tf.int64))
     return float(sparsity)

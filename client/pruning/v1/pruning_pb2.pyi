@@ -78,6 +78,38 @@ PRUNING_POLICY_PRUNE_FOR_LATENCY_ON_XNNPACK: PruningPolicy.ValueType  # 1
 """tfmot.sparsity.keras.PruneForLatencyOnXNNPack"""
 Global___PruningPolicy: _TypeAlias = PruningPolicy  # noqa: Y015
 
+class _ImportanceCriterion:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ImportanceCriterionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ImportanceCriterion.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    IMPORTANCE_CRITERION_UNSPECIFIED: _ImportanceCriterion.ValueType  # 0
+    """L1"""
+    IMPORTANCE_CRITERION_L1: _ImportanceCriterion.ValueType  # 1
+    """Sum of |weights| of each filter (unit)."""
+    IMPORTANCE_CRITERION_L2: _ImportanceCriterion.ValueType  # 2
+    """Euclidean norm of each filter (unit)."""
+    IMPORTANCE_CRITERION_BN_SCALE: _ImportanceCriterion.ValueType  # 3
+    """|gamma| of the group's BatchNormalization layers (L1 where a group has none)."""
+    IMPORTANCE_CRITERION_TAYLOR: _ImportanceCriterion.ValueType  # 4
+    """First-order Taylor estimate |w * dloss/dw| over a few training batches."""
+
+class ImportanceCriterion(_ImportanceCriterion, metaclass=_ImportanceCriterionEnumTypeWrapper):
+    """How structured pruning ranks the channels of a group."""
+
+IMPORTANCE_CRITERION_UNSPECIFIED: ImportanceCriterion.ValueType  # 0
+"""L1"""
+IMPORTANCE_CRITERION_L1: ImportanceCriterion.ValueType  # 1
+"""Sum of |weights| of each filter (unit)."""
+IMPORTANCE_CRITERION_L2: ImportanceCriterion.ValueType  # 2
+"""Euclidean norm of each filter (unit)."""
+IMPORTANCE_CRITERION_BN_SCALE: ImportanceCriterion.ValueType  # 3
+"""|gamma| of the group's BatchNormalization layers (L1 where a group has none)."""
+IMPORTANCE_CRITERION_TAYLOR: ImportanceCriterion.ValueType  # 4
+"""First-order Taylor estimate |w * dloss/dw| over a few training batches."""
+Global___ImportanceCriterion: _TypeAlias = ImportanceCriterion  # noqa: Y015
+
 class _ExportFormat:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -566,6 +598,77 @@ class SparsityMByN(_message.Message):
 Global___SparsityMByN: _TypeAlias = SparsityMByN  # noqa: Y015
 
 @_typing.final
+class StructuredPruning(_message.Message):
+    """Structured pruning: whole channels (Conv filters, Dense units) are removed, and the layers
+    that must lose the same channels with them (BatchNormalization, depthwise followers, both
+    sides of Add/Multiply, Concatenate parts, the rows of a Dense after Flatten), so the
+    model gets smaller and faster. Layers feeding a model output keep their width.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class LayerRatiosEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.float
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.float = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    RATIO_FIELD_NUMBER: _builtins.int
+    LAYER_RATIOS_FIELD_NUMBER: _builtins.int
+    MIN_CHANNELS_FIELD_NUMBER: _builtins.int
+    ROUND_TO_FIELD_NUMBER: _builtins.int
+    IMPORTANCE_FIELD_NUMBER: _builtins.int
+    TAYLOR_BATCHES_FIELD_NUMBER: _builtins.int
+    LATENCY_REPEATS_FIELD_NUMBER: _builtins.int
+    ratio: _builtins.float
+    """Fraction of channels removed from every prunable layer, in [0, 1)."""
+    min_channels: _builtins.int
+    """No layer keeps fewer channels than this; 0 = 1."""
+    round_to: _builtins.int
+    """Kept channel counts rounded up to a multiple of this (8 suits SIMD); 0 = 1."""
+    importance: Global___ImportanceCriterion.ValueType
+    taylor_batches: _builtins.int
+    """Training batches the Taylor criterion looks at; 0 = 4."""
+    latency_repeats: _builtins.int
+    """Timed runs per latency figure (the median is reported); 0 = 10."""
+    @_builtins.property
+    def layer_ratios(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]:
+        """Per-layer overrides of `ratio`, by the name of a Conv or Dense layer, each in [0, 1)."""
+
+    def __init__(
+        self,
+        *,
+        ratio: _builtins.float = ...,
+        layer_ratios: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
+        min_channels: _builtins.int = ...,
+        round_to: _builtins.int = ...,
+        importance: Global___ImportanceCriterion.ValueType = ...,
+        taylor_batches: _builtins.int = ...,
+        latency_repeats: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["importance", b"importance", "latency_repeats", b"latency_repeats", "layer_ratios", b"layer_ratios", "min_channels", b"min_channels", "ratio", b"ratio", "round_to", b"round_to", "taylor_batches", b"taylor_batches"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StructuredPruning: _TypeAlias = StructuredPruning  # noqa: Y015
+
+@_typing.final
 class PruningSpec(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -575,10 +678,15 @@ class PruningSpec(_message.Message):
     LAYERS_FIELD_NUMBER: _builtins.int
     SPARSITY_M_BY_N_FIELD_NUMBER: _builtins.int
     POLICY_FIELD_NUMBER: _builtins.int
+    STRUCTURED_FIELD_NUMBER: _builtins.int
     block_pooling_type: Global___BlockPoolingType.ValueType
     policy: Global___PruningPolicy.ValueType
     @_builtins.property
-    def schedule(self) -> Global___PruningSchedule: ...
+    def schedule(self) -> Global___PruningSchedule:
+        """Unstructured (weight) pruning. May be left unset when `structured` is set: the job then
+        removes channels and fine-tunes without weight pruning on top.
+        """
+
     @_builtins.property
     def block_size(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
         """Block shape [rows, cols]; empty = [1, 1]."""
@@ -587,6 +695,10 @@ class PruningSpec(_message.Message):
     def layers(self) -> Global___LayerSelection: ...
     @_builtins.property
     def sparsity_m_by_n(self) -> Global___SparsityMByN: ...
+    @_builtins.property
+    def structured(self) -> Global___StructuredPruning:
+        """Remove whole channels first (before fine-tuning); `layers` selects the layers it may shrink."""
+
     def __init__(
         self,
         *,
@@ -596,10 +708,11 @@ class PruningSpec(_message.Message):
         layers: Global___LayerSelection | None = ...,
         sparsity_m_by_n: Global___SparsityMByN | None = ...,
         policy: Global___PruningPolicy.ValueType = ...,
+        structured: Global___StructuredPruning | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["layers", b"layers", "schedule", b"schedule", "sparsity_m_by_n", b"sparsity_m_by_n"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["layers", b"layers", "schedule", b"schedule", "sparsity_m_by_n", b"sparsity_m_by_n", "structured", b"structured"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["block_pooling_type", b"block_pooling_type", "block_size", b"block_size", "layers", b"layers", "policy", b"policy", "schedule", b"schedule", "sparsity_m_by_n", b"sparsity_m_by_n"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["block_pooling_type", b"block_pooling_type", "block_size", b"block_size", "layers", b"layers", "policy", b"policy", "schedule", b"schedule", "sparsity_m_by_n", b"sparsity_m_by_n", "structured", b"structured"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -783,7 +896,7 @@ class Progress(_message.Message):
     SPARSITY_FIELD_NUMBER: _builtins.int
     ETA_SECONDS_FIELD_NUMBER: _builtins.int
     phase: _builtins.str
-    """"load", "baseline", "fine_tune", "evaluate", "export"."""
+    """"load", "baseline", "structure" (structured pruning), "fine_tune", "evaluate", "export"."""
     epoch: _builtins.int
     total_epochs: _builtins.int
     step: _builtins.int
@@ -895,6 +1008,158 @@ class SizeStats(_message.Message):
 Global___SizeStats: _TypeAlias = SizeStats  # noqa: Y015
 
 @_typing.final
+class LayerWidth(_message.Message):
+    """A layer whose channels structured pruning removed (or could have)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    TYPE_FIELD_NUMBER: _builtins.int
+    CHANNELS_BEFORE_FIELD_NUMBER: _builtins.int
+    CHANNELS_AFTER_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    type: _builtins.str
+    channels_before: _builtins.int
+    """Output channels (filters, units) before and after."""
+    channels_after: _builtins.int
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        type: _builtins.str = ...,
+        channels_before: _builtins.int = ...,
+        channels_after: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["channels_after", b"channels_after", "channels_before", b"channels_before", "name", b"name", "type", b"type"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LayerWidth: _TypeAlias = LayerWidth  # noqa: Y015
+
+@_typing.final
+class LayerLeftWhole(_message.Message):
+    """A layer structured pruning left whole, and why (it feeds a model output, it is tied to a
+    layer the service cannot shrink, it was not selected).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    reason: _builtins.str
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LayerLeftWhole: _TypeAlias = LayerLeftWhole  # noqa: Y015
+
+@_typing.final
+class Latency(_message.Message):
+    """Inference latency of the model before and after pruning (median of timed runs)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RUNTIME_FIELD_NUMBER: _builtins.int
+    DEVICE_FIELD_NUMBER: _builtins.int
+    BATCH_SIZE_FIELD_NUMBER: _builtins.int
+    BEFORE_MS_FIELD_NUMBER: _builtins.int
+    AFTER_MS_FIELD_NUMBER: _builtins.int
+    REPEATS_FIELD_NUMBER: _builtins.int
+    runtime: _builtins.str
+    """"tf" (TensorFlow on the job's device) or "tflite" (TFLite with XNNPACK, on CPU)."""
+    device: _builtins.str
+    batch_size: _builtins.int
+    before_ms: _builtins.float
+    after_ms: _builtins.float
+    repeats: _builtins.int
+    def __init__(
+        self,
+        *,
+        runtime: _builtins.str = ...,
+        device: _builtins.str = ...,
+        batch_size: _builtins.int = ...,
+        before_ms: _builtins.float = ...,
+        after_ms: _builtins.float = ...,
+        repeats: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_ms", b"after_ms", "batch_size", b"batch_size", "before_ms", b"before_ms", "device", b"device", "repeats", b"repeats", "runtime", b"runtime"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Latency: _TypeAlias = Latency  # noqa: Y015
+
+@_typing.final
+class StructuredResult(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARAMS_BEFORE_FIELD_NUMBER: _builtins.int
+    PARAMS_AFTER_FIELD_NUMBER: _builtins.int
+    FLOPS_BEFORE_FIELD_NUMBER: _builtins.int
+    FLOPS_AFTER_FIELD_NUMBER: _builtins.int
+    GROUPS_FIELD_NUMBER: _builtins.int
+    GROUPS_PRUNED_FIELD_NUMBER: _builtins.int
+    LAYERS_FIELD_NUMBER: _builtins.int
+    LEFT_WHOLE_FIELD_NUMBER: _builtins.int
+    LATENCY_FIELD_NUMBER: _builtins.int
+    CRITERION_FIELD_NUMBER: _builtins.int
+    ZERO_RATIO_MAX_ABS_DIFF_FIELD_NUMBER: _builtins.int
+    params_before: _builtins.int
+    params_after: _builtins.int
+    flops_before: _builtins.int
+    """Floating-point operations of one forward pass on one sample."""
+    flops_after: _builtins.int
+    groups: _builtins.int
+    """Channel groups found, and how many lost channels."""
+    groups_pruned: _builtins.int
+    criterion: _builtins.str
+    """"l1", "l2", "bn_scale" or "taylor"."""
+    zero_ratio_max_abs_diff: _builtins.float
+    """Largest |difference| between the model's outputs and those of a surgery that removes no
+    channel, on a probe batch (checked before pruning; 0 expected).
+    """
+    @_builtins.property
+    def layers(self) -> _containers.RepeatedCompositeFieldContainer[Global___LayerWidth]: ...
+    @_builtins.property
+    def left_whole(self) -> _containers.RepeatedCompositeFieldContainer[Global___LayerLeftWhole]: ...
+    @_builtins.property
+    def latency(self) -> _containers.RepeatedCompositeFieldContainer[Global___Latency]: ...
+    def __init__(
+        self,
+        *,
+        params_before: _builtins.int = ...,
+        params_after: _builtins.int = ...,
+        flops_before: _builtins.int = ...,
+        flops_after: _builtins.int = ...,
+        groups: _builtins.int = ...,
+        groups_pruned: _builtins.int = ...,
+        layers: _abc.Iterable[Global___LayerWidth] | None = ...,
+        left_whole: _abc.Iterable[Global___LayerLeftWhole] | None = ...,
+        latency: _abc.Iterable[Global___Latency] | None = ...,
+        criterion: _builtins.str = ...,
+        zero_ratio_max_abs_diff: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["criterion", b"criterion", "flops_after", b"flops_after", "flops_before", b"flops_before", "groups", b"groups", "groups_pruned", b"groups_pruned", "latency", b"latency", "layers", b"layers", "left_whole", b"left_whole", "params_after", b"params_after", "params_before", b"params_before", "zero_ratio_max_abs_diff", b"zero_ratio_max_abs_diff"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StructuredResult: _TypeAlias = StructuredResult  # noqa: Y015
+
+@_typing.final
 class PruneResult(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -916,6 +1181,7 @@ class PruneResult(_message.Message):
     KERAS_VERSION_OUT_FIELD_NUMBER: _builtins.int
     CONVERSION_MAX_ABS_DIFF_FIELD_NUMBER: _builtins.int
     EXPORT_CONVERSION_MAX_ABS_DIFF_FIELD_NUMBER: _builtins.int
+    STRUCTURED_FIELD_NUMBER: _builtins.int
     accuracy_delta: _builtins.float
     """pruned.accuracy - baseline.accuracy."""
     overall_sparsity: _builtins.float
@@ -952,6 +1218,10 @@ class PruneResult(_message.Message):
     def artifacts(self) -> _containers.RepeatedCompositeFieldContainer[Global___Artifact]:
         """The pruned model first, then the other exports."""
 
+    @_builtins.property
+    def structured(self) -> Global___StructuredResult:
+        """Set when the spec asked for structured pruning."""
+
     def __init__(
         self,
         *,
@@ -973,10 +1243,11 @@ class PruneResult(_message.Message):
         keras_version_out: _builtins.int = ...,
         conversion_max_abs_diff: _builtins.float = ...,
         export_conversion_max_abs_diff: _builtins.float = ...,
+        structured: Global___StructuredResult | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["baseline", b"baseline", "pruned", b"pruned", "size_after", b"size_after", "size_before", b"size_before"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["baseline", b"baseline", "pruned", b"pruned", "size_after", b"size_after", "size_before", b"size_before", "structured", b"structured"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["accuracy_delta", b"accuracy_delta", "artifacts", b"artifacts", "baseline", b"baseline", "compression_ratio", b"compression_ratio", "conversion_max_abs_diff", b"conversion_max_abs_diff", "device", b"device", "export_conversion_max_abs_diff", b"export_conversion_max_abs_diff", "fine_tune_seconds", b"fine_tune_seconds", "keras_version_in", b"keras_version_in", "keras_version_out", b"keras_version_out", "layers", b"layers", "nonzero_params", b"nonzero_params", "overall_sparsity", b"overall_sparsity", "pruned", b"pruned", "pruned_kernel_sparsity", b"pruned_kernel_sparsity", "size_after", b"size_after", "size_before", b"size_before", "total_params", b"total_params"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accuracy_delta", b"accuracy_delta", "artifacts", b"artifacts", "baseline", b"baseline", "compression_ratio", b"compression_ratio", "conversion_max_abs_diff", b"conversion_max_abs_diff", "device", b"device", "export_conversion_max_abs_diff", b"export_conversion_max_abs_diff", "fine_tune_seconds", b"fine_tune_seconds", "keras_version_in", b"keras_version_in", "keras_version_out", b"keras_version_out", "layers", b"layers", "nonzero_params", b"nonzero_params", "overall_sparsity", b"overall_sparsity", "pruned", b"pruned", "pruned_kernel_sparsity", b"pruned_kernel_sparsity", "size_after", b"size_after", "size_before", b"size_before", "structured", b"structured", "total_params", b"total_params"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,0 +1,58 @@
+"""Structured pruning through the real server, Redis and Celery worker process."""
+
+from __future__ import annotations
+
+import pytest
+
+from pruning_client import InvalidArgument, constant_sparsity, job_spec, structured
+
+pytestmark = pytest.mark.integration
+
+
+def test_structured_job_shrinks_layers_and_reports(client, worker, files, tmp_path):
+    import tf_keras as keras
+
+    model = client.upload_model(files["keras"])
+    data = client.upload_dataset(files["data"])
+    spec = job_spec(
+        model.id,
+        dataset=data.id,
+        schedule=constant_sparsity(0.5, frequency=5),  # unstructured pruning on top
+        structured=structured(0.5, importance="l2", latency_repeats=2),
+        epochs=1,
+        batch_size=64,
+        seed=3,
+    )
+    job = client.submit(spec)
+    result = job.result(timeout=300)
+    s = result.structured
+    assert s is not None
+    widths = {x.name: (x.channels_before, x.channels_after) for x in s.layers}
+    assert widths == {"conv": (4, 2), "hidden": (32, 16), "logits": (4, 4)}
+    assert [(x.name, "model output 'logits'" in x.reason) for x in s.left_whole] == [("logits", True)]
+    # conv 3x3x1 -> 2, Flatten 6x6x2 = 72 rows into hidden 16, logits 16 -> 4.
+    expected = (9 * 2 + 2) + (72 * 16 + 16) + (16 * 4 + 4)
+    assert s.params_after == expected == result.total_params < s.params_before
+    assert 0 < s.flops_after < s.flops_before
+    assert s.zero_ratio_max_abs_diff == 0.0
+    assert {(x.runtime, x.batch_size) for x in s.latency} == {("tf", 1), ("tf", 64), ("tflite", 1), ("tflite", 64)}
+    assert all(x.before_ms > 0 and x.after_ms > 0 and x.repeats == 2 for x in s.latency)
+    assert result.size_after_raw < result.size_before_raw
+    assert {x.name: x.pruned for x in result.layers} == {"conv": True, "hidden": True, "logits": True}
+    assert {x.name: x.sparsity for x in result.layers}["hidden"] == pytest.approx(0.5, abs=0.03)
+    phases = {e.progress.phase for e in job.watch(after_event_id="") if e.WhichOneof("kind") == "progress"}
+    assert "structure" in phases
+
+    loaded = keras.models.load_model(job.download(tmp_path), compile=False)
+    assert loaded.get_layer("conv").kernel.shape == (3, 3, 1, 2)
+    assert loaded.get_layer("hidden").kernel.shape == (72, 16)
+    assert loaded.count_params() == expected
+
+
+def test_shrinking_an_output_layer_is_refused_at_create_job(client, files):
+    model = client.upload_model(files["keras"])
+    data = client.upload_dataset(files["data"])
+    spec = job_spec(model.id, dataset=data.id, structured=structured(0.5, layer_ratios={"logits": 0.5}))
+    with pytest.raises(InvalidArgument) as error:
+        client.submit(spec)
+    assert [f for f, _ in error.value.field_violations] == ["spec.pruning.structured.layer_ratios[logits]"]
