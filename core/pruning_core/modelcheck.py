@@ -55,6 +55,7 @@ _NOT_LOADED = frozenset({"compile_config", "training_config"})
 # is refused as it is read, and every member is decompressed in chunks against its declared size.
 MAX_CONFIG_BYTES = 64 * 1024 * 1024
 _CHUNK = 1024 * 1024
+_NUMERIC_KINDS = "biuf"  # bool, signed and unsigned integers, floats
 
 
 class ModelRejected(ValueError):
@@ -189,16 +190,21 @@ def _read_member(archive: zipfile.ZipFile, name: str, limit: int) -> bytes:
     return data
 
 
-def _verify_members(archive: zipfile.ZipFile) -> None:
-    """Decompresses every member in chunks (CRC checked at its end), stopping as soon as one
-    yields more than its declared size."""
+def _verify_members(archive: zipfile.ZipFile, max_decompressed: int) -> None:
+    """Decompresses every member in chunks (CRC checked at its end), counting the bytes it
+    really yields: a member past its declared size, or all of them past ``max_decompressed``,
+    stops the read at once, whatever the directory claims."""
+    total = 0
     for info in archive.infolist():
         produced = 0
         with archive.open(info) as member:
             while chunk := member.read(_CHUNK):
                 produced += len(chunk)
+                total += len(chunk)
                 if produced > info.file_size:
                     raise ModelRejected(f"the archive member {info.filename!r} expands past its declared size")
+                if total > max_decompressed:
+                    raise ModelRejected(f"the archive expands past the limit of {max_decompressed} bytes")
 
 
 def _h5_shapes(group: Any) -> list[tuple[str, list[int]]]:
@@ -227,22 +233,36 @@ def _zip_weight_shapes(archive: zipfile.ZipFile) -> list[tuple[str, list[int]]]:
             return _h5_shapes(f)
 
 
-def inspect_model(path: pathlib.Path, max_decompressed: int) -> ModelInfo:
-    """Reads a model file's configuration and checks it is safe to load.
+def inspect_model(path: pathlib.Path, max_decompressed: int, max_config: int | None = None) -> ModelInfo:
+    """Reads a model file's configuration and checks it is safe to load. Archive members are
+    streamed against ``max_decompressed``; the configuration is parsed only when it is at most
+    ``max_config`` bytes (default :data:`MAX_CONFIG_BYTES`).
 
     Raises:
-        ModelRejected: not a model, truncated, or using a Lambda layer or a custom object.
+        ModelRejected: not a model, truncated, too large, or using a Lambda layer or a custom object.
     """
     path = pathlib.Path(path)
+    max_config = MAX_CONFIG_BYTES if max_config is None else max_config
+    try:
+        return _inspect_model(path, max_decompressed, max_config)
+    except (ModelRejected, MemoryError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - whatever a hostile file makes the readers raise
+        raise ModelRejected(f"the model file is malformed: {type(exc).__name__}") from None
+
+
+def _inspect_model(path: pathlib.Path, max_decompressed: int, max_config: int) -> ModelInfo:
     kind = sniff_format(path)
     if kind == "zip":
         with _checked_zip(path, max_decompressed) as archive:
             names = set(archive.namelist())
             if "config.json" not in names:
                 raise ModelRejected("the archive is not a .keras model (no config.json)")
+            if archive.getinfo("config.json").file_size > max_config:
+                raise ModelRejected(f"the archive member 'config.json' is over the limit of {max_config} bytes")
             try:
-                _verify_members(archive)
-                config = json.loads(_read_member(archive, "config.json", MAX_CONFIG_BYTES))
+                _verify_members(archive, max_decompressed)
+                config = json.loads(_read_member(archive, "config.json", max_config))
                 metadata = (
                     json.loads(_read_member(archive, "metadata.json", 1 << 20)) if ("metadata.json" in names) else {}
                 )
@@ -257,12 +277,18 @@ def inspect_model(path: pathlib.Path, max_decompressed: int) -> ModelInfo:
 
     try:
         with h5py.File(path, "r") as f:
-            raw = f.attrs.get("model_config")
-            if raw is None:
+            if "model_config" not in f.attrs:
                 raise ModelRejected("the HDF5 file holds no Keras model (no model_config)")
-            config = json.loads(raw.decode() if isinstance(raw, bytes) else raw)
-            if "model_weights" not in f:
-                raise ModelRejected("the HDF5 file holds no weights")
+            if f.attrs.get_id("model_config").get_storage_size() > max_config:
+                raise ModelRejected(f"the HDF5 attribute model_config is over the limit of {max_config} bytes")
+            raw = f.attrs["model_config"]
+            if isinstance(raw, bytes):
+                raw = raw.decode()
+            if not isinstance(raw, str):
+                raise ModelRejected("the HDF5 attribute model_config is not a JSON string")
+            config = json.loads(raw)
+            if not isinstance(f.get("model_weights"), h5py.Group):
+                raise ModelRejected("the HDF5 file holds no weights (model_weights is not a group)")
             weights = _h5_shapes(f["model_weights"])
             version = f.attrs.get("keras_version", b"")
             version = version.decode() if isinstance(version, bytes) else str(version)
@@ -302,10 +328,16 @@ def _npy_header(archive: zipfile.ZipFile, key: str, ranges: dict[str, Any]) -> d
             shape, _, dtype = read(member)
             if dtype.hasobject:
                 raise ModelRejected(f"array {key!r} holds Python objects; refused", field="dataset")
+            if dtype.kind not in _NUMERIC_KINDS or dtype.subdtype is not None:
+                raise ModelRejected(f"array {key!r} holds {dtype.str}; only numbers can be trained on", field="dataset")
+            if any(d < 0 for d in shape):
+                raise ModelRejected(f"array {key!r} has a negative dimension in {shape}", field="dataset")
             if key.startswith("y_") and _class_labels(shape, dtype):
                 ranges[key] = _value_range(member, shape, dtype)
-    except (ValueError, zipfile.BadZipFile, OSError, EOFError) as exc:
-        raise ModelRejected(f"array {key!r} is unreadable: {exc}", field="dataset") from None
+    except ModelRejected:
+        raise
+    except Exception as exc:  # noqa: BLE001 - numpy's header parser raises many kinds on hostile input
+        raise ModelRejected(f"array {key!r} is unreadable: {type(exc).__name__}: {exc}", field="dataset") from None
     return {"shape": list(shape), "dtype": dtype.str}
 
 
@@ -329,6 +361,12 @@ def inspect_dataset(path: pathlib.Path, max_decompressed: int) -> dict:
     arrays: dict[str, Any] = {}
     ranges: dict[str, Any] = {}
     with archive:
+        try:
+            _verify_members(archive, max_decompressed)  # every CRC, and the real expanded size
+        except ModelRejected as exc:
+            raise ModelRejected(str(exc), field="dataset") from None
+        except Exception as exc:  # noqa: BLE001 - a corrupt archive, whatever zipfile raises
+            raise ModelRejected(f"the archive is truncated or corrupt: {exc}", field="dataset") from None
         members = {n[: -len(".npy")] for n in archive.namelist() if n.endswith(".npy")}
         for name in DATASET_ARRAYS:
             keys = [name] if name in members else sorted(m for m in members if m.startswith(f"{name}."))

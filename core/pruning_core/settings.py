@@ -56,6 +56,10 @@ class Settings(BaseSettings):
     watch_recheck_s: float = Field(
         30.0, description="an idle watch stream checks its job's state this often (ends it if the job ended)"
     )
+    max_error_bytes: int = Field(
+        200, description="echoed text in an error answer (message, each field and description) is cut to this"
+    )
+    max_violations: int = Field(10, description="field violations kept in one INVALID_ARGUMENT answer")
     health_check_interval_s: float = Field(
         2.0, description="how often the server pings Redis; health is NOT_SERVING while it cannot"
     )

@@ -122,6 +122,8 @@ def _validate_training(t: pb.TrainingSpec, out: list[Violation]) -> None:
         out.append(("spec.training.validation_split", f"must be in [0, 1), got {t.validation_split}"))
     if t.max_train_samples < 0:
         out.append(("spec.training.max_train_samples", f"must be >= 0, got {t.max_train_samples}"))
+    if not 0 <= t.seed < 2**32:
+        out.append(("spec.training.seed", f"must be in [0, 2^32) (0 = none), got {t.seed}"))
 
 
 MAX_LABELS = 64

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 
+from google.protobuf.message import Message
+
 from pruning.v1 import pruning_pb2 as pb
 
 
@@ -30,3 +32,30 @@ def job_matches(job: pb.Job, states, labels) -> bool:
     if states and job.state not in states:
         return False
     return all(job.labels.get(k) == v for k, v in labels.items())
+
+
+def unknown_enums(message: Message, prefix: str = "") -> list[tuple[str, str]]:
+    """(field, description) for every enum value the contract does not define, anywhere in
+    ``message`` (proto3 enums are open: an unknown number parses and would be taken as is)."""
+    out: list[tuple[str, str]] = []
+    for field, value in message.ListFields():
+        path = f"{prefix}{field.name}"
+        repeated = field.is_repeated
+        if field.enum_type is not None:
+            known = field.enum_type.values_by_number
+            values = list(value) if repeated else [value]
+            bad = [v for v in values if v not in known]
+            if bad:
+                names = ", ".join(v.name for v in field.enum_type.values)
+                out.append((path, f"unknown value {bad[0]}; known: {names}"))
+        elif field.message_type is not None:
+            if field.message_type.GetOptions().map_entry:
+                entries = value.values() if field.message_type.fields_by_name["value"].message_type else []
+                for entry in entries:
+                    out += unknown_enums(entry, f"{path}.")
+            elif repeated:
+                for i, item in enumerate(value):
+                    out += unknown_enums(item, f"{path}[{i}].")
+            else:
+                out += unknown_enums(value, f"{path}.")
+    return out

@@ -1,41 +1,83 @@
-"""gRPC error answers with google.rpc details, in one place."""
+"""gRPC error answers, in one place.
+
+Handlers raise :class:`Failure` (or :class:`Invalid`, :class:`Exhausted`); the errors
+interceptor turns them, and everything else that escapes a handler, into a status with
+``google.rpc`` details (:func:`to_status`). Echoed input is cut short there and the number
+of field violations capped, so a hostile value can never blow up the trailers.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import NoReturn
 
 import grpc
-from google.rpc import code_pb2, error_details_pb2, status_pb2
+from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 
-async def abort_invalid(
-    context: grpc.aio.ServicerContext, violations: Iterable[tuple[str, str]], message: str | None = None
-) -> NoReturn:
-    """Aborts with INVALID_ARGUMENT and a BadRequest listing (field, description) pairs."""
-    detail = error_details_pb2.BadRequest(
-        field_violations=[error_details_pb2.BadRequest.FieldViolation(field=f, description=d) for f, d in violations]
-    )
-    status = status_pb2.Status(
-        code=code_pb2.INVALID_ARGUMENT,
-        message=message or "; ".join(f"{f}: {d}" for f, d in violations),
-    )
-    status.details.add().Pack(detail)
-    await context.abort_with_status(rpc_status.to_status(status))
-    raise AssertionError("abort_with_status returned")  # it raises; this tells type checkers
+class Failure(Exception):
+    """An answer to the client: a status code, a message and optional ``google.rpc`` details."""
+
+    def __init__(self, code: grpc.StatusCode, message: str):
+        super().__init__(message)
+        self.code, self.message = code, message
+
+    def details(self, cut: Cut) -> list:
+        return []
 
 
-async def abort_exhausted(context: grpc.aio.ServicerContext, message: str, retry_after_s: float) -> NoReturn:
-    """Aborts with RESOURCE_EXHAUSTED and a ``google.rpc.RetryInfo`` hint."""
-    detail = error_details_pb2.RetryInfo()
-    detail.retry_delay.FromMilliseconds(int(retry_after_s * 1000))
-    status = status_pb2.Status(code=code_pb2.RESOURCE_EXHAUSTED, message=f"{message}; retry in {retry_after_s:g} s")
-    status.details.add().Pack(detail)
-    await context.abort_with_status(rpc_status.to_status(status))
-    raise AssertionError("abort_with_status returned")
+class Invalid(Failure):
+    """INVALID_ARGUMENT (or OUT_OF_RANGE) with a BadRequest of (field, description) pairs."""
+
+    def __init__(
+        self,
+        violations: Iterable[tuple[str, str]],
+        message: str | None = None,
+        code: grpc.StatusCode = grpc.StatusCode.INVALID_ARGUMENT,
+    ):
+        self.violations = list(violations)
+        super().__init__(code, message or "; ".join(f"{f}: {d}" for f, d in self.violations))
+
+    def details(self, cut: Cut) -> list:
+        kept = self.violations[: cut.max_violations]
+        pairs = [(cut(f), cut(d)) for f, d in kept]
+        if len(self.violations) > len(kept):
+            pairs.append(("", f"and {len(self.violations) - len(kept)} more problems"))
+        return [
+            error_details_pb2.BadRequest(
+                field_violations=[error_details_pb2.BadRequest.FieldViolation(field=f, description=d) for f, d in pairs]
+            )
+        ]
 
 
-async def abort(context: grpc.aio.ServicerContext, code: grpc.StatusCode, message: str) -> NoReturn:
-    await context.abort(code, message)
-    raise AssertionError("abort returned")
+class Exhausted(Failure):
+    """RESOURCE_EXHAUSTED with a ``google.rpc.RetryInfo`` hint."""
+
+    def __init__(self, message: str, retry_after_s: float):
+        super().__init__(grpc.StatusCode.RESOURCE_EXHAUSTED, f"{message}; retry in {retry_after_s:g} s")
+        self.retry_after_s = retry_after_s
+
+    def details(self, cut: Cut) -> list:
+        detail = error_details_pb2.RetryInfo()
+        detail.retry_delay.FromMilliseconds(int(self.retry_after_s * 1000))
+        return [detail]
+
+
+class Cut:
+    """Cuts echoed text to ``max_bytes`` of UTF-8 and keeps ``max_violations`` violations."""
+
+    def __init__(self, max_bytes: int, max_violations: int):
+        self.max_bytes, self.max_violations = max_bytes, max_violations
+
+    def __call__(self, text: str) -> str:
+        raw = text.encode("utf-8", "replace")
+        if len(raw) <= self.max_bytes:
+            return text
+        return raw[: max(0, self.max_bytes - 3)].decode("utf-8", "ignore") + "..."
+
+
+def to_status(failure: Failure, cut: Cut) -> grpc.Status:
+    status = status_pb2.Status(code=failure.code.value[0], message=cut(failure.message))
+    for detail in failure.details(cut):
+        status.details.add().Pack(detail)
+    return rpc_status.to_status(status)

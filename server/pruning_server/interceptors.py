@@ -1,8 +1,11 @@
 """Server interceptors: error mapping, metrics and tracing, one wrapper per RPC.
 
-Handlers answer bad input themselves (INVALID_ARGUMENT, NOT_FOUND, ...). What escapes them
-is mapped here, in one place: a Redis or broker outage becomes UNAVAILABLE (clients retry
-it), anything else INTERNAL with the traceback in the server log, never UNKNOWN.
+Handlers raise :class:`~pruning_server.errors.Failure` for bad input (INVALID_ARGUMENT,
+NOT_FOUND, ...). Everything that escapes them is answered here, in one place: a Failure with
+its code and details (echoed input cut short), a refused model or dataset INVALID_ARGUMENT
+with its field, a request that does not decode INVALID_ARGUMENT, a Redis or broker outage
+UNAVAILABLE (clients retry it), anything else INTERNAL with the traceback in the server log,
+never UNKNOWN.
 
 Metrics follow the go-grpc-prometheus / py-grpc-prometheus names: ``grpc_server_started_total``,
 ``grpc_server_handled_total`` (with ``grpc_code``), ``grpc_server_handling_seconds``,
@@ -24,6 +27,9 @@ import redis
 from prometheus_client import Counter, Histogram
 
 from pruning.v1 import pruning_pb2 as pb
+from pruning_core.modelcheck import ModelRejected
+
+from .errors import Cut, Failure, Invalid, to_status
 
 log = logging.getLogger(__name__)
 
@@ -57,16 +63,48 @@ Behaviour = Callable[[Any, grpc.aio.ServicerContext], Any]
 Wrapper = Callable[[Behaviour, str, str], Behaviour]  # (behaviour, method, grpc_type) -> behaviour
 
 
-def wrap_handler(handler: grpc.RpcMethodHandler, method: str, unary: Wrapper, stream: Wrapper) -> grpc.RpcMethodHandler:
+class Undecodable:
+    """Stands for a request message that did not decode; the handler wrapper refuses it."""
+
+    def __init__(self, error: Exception):
+        self.error = error
+
+
+def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    """A deserializer that never raises (grpc would answer UNKNOWN and log a traceback)."""
+    if deserializer is None:
+        return None
+    decode = deserializer
+
+    def tolerant(data: bytes) -> Any:
+        try:
+            return decode(data)
+        except Exception as exc:  # noqa: BLE001 - any decoding failure is the client's bad message
+            return Undecodable(exc)
+
+    return tolerant
+
+
+def _refuse_undecodable(request: Any) -> Any:
+    if isinstance(request, Undecodable):
+        raise Invalid([("request", f"the message does not decode as this RPC's request: {request.error}")])
+    return request
+
+
+def wrap_handler(
+    handler: grpc.RpcMethodHandler, method: str, unary: Wrapper, stream: Wrapper, tolerant: bool = False
+) -> grpc.RpcMethodHandler:
     """The same handler with its behaviour wrapped: ``unary`` for unary responses, ``stream``
-    for streamed ones."""
+    for streamed ones; ``tolerant`` hands undecodable requests to the wrapper."""
     for attribute, (grpc_type, factory) in _KINDS.items():
         behaviour = getattr(handler, attribute)
         if behaviour:
             wrap = stream if handler.response_streaming else unary
             return factory(
                 wrap(behaviour, method, grpc_type),
-                request_deserializer=handler.request_deserializer,
+                request_deserializer=_tolerant(handler.request_deserializer)
+                if tolerant
+                else handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
     return handler
@@ -81,7 +119,13 @@ def code_name(context: grpc.aio.ServicerContext, failed: bool) -> str:
     return next((c.name for c in grpc.StatusCode if c.value[0] == code), str(code))
 
 
-async def _answer_failure(context: grpc.aio.ServicerContext, method: str, exc: Exception) -> None:
+async def _answer_failure(context: grpc.aio.ServicerContext, method: str, exc: Exception, cut: Cut) -> None:
+    if isinstance(exc, ModelRejected):
+        exc = Invalid([(exc.field, str(exc))])
+    if isinstance(exc, Failure):
+        if exc.code in (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN):
+            log.error("%s: %s", method, cut(exc.message))
+        await context.abort_with_status(to_status(exc, cut))
     if isinstance(exc, _TRANSIENT):
         log.warning("%s: backing store unavailable: %s", method, exc)
         await context.abort(grpc.StatusCode.UNAVAILABLE, "the job store or broker is unavailable; retry shortly")
@@ -104,19 +148,19 @@ class _Call:
         if grpc_type in ("client_stream", "bidi_stream"):
             return self._count(request)
         self.received.inc()
-        return request
+        return _refuse_undecodable(request)
 
     async def _count(self, requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
         async for request in requests:
             self.received.inc()
-            yield request
+            yield _refuse_undecodable(request)
 
     def done(self, code: str) -> None:
         HANDLED.labels(*self.labels, code).inc()
         HANDLING.labels(*self.labels).observe(time.perf_counter() - self.started)
 
 
-def _metrics_unary(behaviour: Behaviour, method: str, grpc_type: str) -> Behaviour:
+def _metrics_unary(behaviour: Behaviour, method: str, grpc_type: str, cut: Cut) -> Behaviour:
     map_errors = method.startswith(_OWN)
 
     async def handler(request: Any, context: grpc.aio.ServicerContext) -> Any:
@@ -134,14 +178,14 @@ def _metrics_unary(behaviour: Behaviour, method: str, grpc_type: str) -> Behavio
         except Exception as exc:
             if not map_errors:
                 raise
-            await _answer_failure(context, method, exc)
+            await _answer_failure(context, method, exc, cut)
         finally:
             call.done(code or code_name(context, failed=True))
 
     return handler
 
 
-def _metrics_stream(behaviour: Behaviour, method: str, grpc_type: str) -> Behaviour:
+def _metrics_stream(behaviour: Behaviour, method: str, grpc_type: str, cut: Cut) -> Behaviour:
     map_errors = method.startswith(_OWN)
 
     async def handler(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
@@ -159,7 +203,7 @@ def _metrics_stream(behaviour: Behaviour, method: str, grpc_type: str) -> Behavi
         except Exception as exc:
             if not map_errors:
                 raise
-            await _answer_failure(context, method, exc)
+            await _answer_failure(context, method, exc, cut)
         finally:
             call.done(code or code_name(context, failed=True))
 
@@ -167,7 +211,16 @@ def _metrics_stream(behaviour: Behaviour, method: str, grpc_type: str) -> Behavi
 
 
 class ErrorsAndMetrics(grpc.aio.ServerInterceptor):
-    """Maps what escapes our handlers to a status code and counts every RPC."""
+    """Maps what escapes our handlers to a status code and counts every RPC.
+
+    Args:
+        max_error_bytes: echoed text in an answer (message, each field and description) is
+            cut to this many bytes of UTF-8.
+        max_violations: field violations kept in one answer (then "and N more").
+    """
+
+    def __init__(self, max_error_bytes: int = 200, max_violations: int = 10):
+        self.cut = Cut(max_error_bytes, max_violations)
 
     async def intercept_service(
         self,
@@ -177,7 +230,15 @@ class ErrorsAndMetrics(grpc.aio.ServerInterceptor):
         handler = await continuation(details)
         if handler is None:
             return handler
-        return wrap_handler(handler, details.method, _metrics_unary, _metrics_stream)
+        own = details.method.startswith(_OWN)
+
+        def unary(behaviour: Behaviour, method: str, grpc_type: str) -> Behaviour:
+            return _metrics_unary(behaviour, method, grpc_type, self.cut)
+
+        def stream(behaviour: Behaviour, method: str, grpc_type: str) -> Behaviour:
+            return _metrics_stream(behaviour, method, grpc_type, self.cut)
+
+        return wrap_handler(handler, details.method, unary, stream, tolerant=own)
 
 
 # -- tracing -------------------------------------------------------------------------------

@@ -83,7 +83,9 @@ async def create_server(settings: Settings, address: str | None = None) -> Runni
     reader = AsyncJobStore.single_connection(settings.redis_url, settings.key_prefix, settings.watch_block_s + 30)
     hub = WatchHub(store, reader, int(settings.watch_block_s * 1000), settings.watch_buffer)
     blobs = BlobStore(settings.artifacts_path)
-    interceptors: list[grpc.aio.ServerInterceptor] = [ErrorsAndMetrics()]
+    interceptors: list[grpc.aio.ServerInterceptor] = [
+        ErrorsAndMetrics(settings.max_error_bytes, settings.max_violations)
+    ]
     if settings.tracing:
         telemetry.setup_tracing(settings)
         interceptors.insert(0, Tracing())  # outermost: the span sees the status the errors map to

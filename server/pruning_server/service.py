@@ -16,19 +16,23 @@ from google.rpc import code_pb2
 
 from pruning.v1 import pruning_pb2 as pb
 from pruning.v1 import pruning_pb2_grpc as pb_grpc
-from pruning_core import formats, modelcheck, plan, tasks, validation
+from pruning_core import formats, modelcheck, plan, recipe, tasks, validation
 from pruning_core.blobs import BlobStore, is_artifact_id
 from pruning_core.settings import Settings
 from pruning_core.store import ArtifactRecord, AsyncJobStore, JobNotFound, new_job_id, state_event
 
 from . import convert
-from .errors import abort, abort_exhausted, abort_invalid
+from .errors import Exhausted, Failure, Invalid
 from .limits import Caps
 from .watches import WatchHub
 
 log = logging.getLogger(__name__)
 _EVENT_ID = re.compile(r"\d+-\d+")
 _JOB_ID = re.compile(r"[0-9a-f]{24}")
+
+
+def _is_event_id(value: str) -> bool:
+    return bool(_EVENT_ID.fullmatch(value)) and all(int(part) < 2**64 for part in value.split("-"))
 
 
 def make_celery(settings: Settings) -> Celery:
@@ -58,76 +62,76 @@ class PruningService(pb_grpc.PruningServiceServicer):
         key = metadata.get("x-api-key") or metadata.get("authorization", "").removeprefix("Bearer ").strip()
         tenant = self._tenants.get(key)
         if tenant is None:
-            await abort(context, grpc.StatusCode.UNAUTHENTICATED, "missing or unknown API key (x-api-key)")
+            raise Failure(grpc.StatusCode.UNAUTHENTICATED, "missing or unknown API key (x-api-key)")
         return tenant
 
-    async def _job(self, context, tenant: str, job_id: str) -> pb.Job:
+    async def _job(self, tenant: str, job_id: str) -> pb.Job:
         if not _JOB_ID.fullmatch(job_id):
-            await abort_invalid(context, [("job_id", f"not a job id: {job_id!r}")])
+            raise Invalid([("job_id", f"not a job id: {job_id!r}")])
         try:
             return await self.store.get(tenant, job_id)
         except JobNotFound:
-            await abort(context, grpc.StatusCode.NOT_FOUND, f"no job {job_id}")
+            raise Failure(grpc.StatusCode.NOT_FOUND, f"no job {job_id}") from None
 
     @contextlib.asynccontextmanager
-    async def _slot(self, context, caps: Caps, tenant: str) -> AsyncIterator[None]:
+    async def _slot(self, caps: Caps, tenant: str) -> AsyncIterator[None]:
         """Holds one of ``caps``'s slots for the call; RESOURCE_EXHAUSTED when none is free."""
         refused = caps.try_acquire(tenant)
         if refused:
-            await abort_exhausted(context, refused, self.settings.retry_after_s)
+            raise Exhausted(refused, self.settings.retry_after_s)
         try:
             yield
         finally:
             caps.release(tenant)
 
-    async def _artifact(self, context, tenant: str, artifact_id: str, field: str) -> ArtifactRecord:
+    async def _artifact(self, tenant: str, artifact_id: str, field: str) -> ArtifactRecord:
         if not is_artifact_id(artifact_id):
-            await abort_invalid(context, [(field, f"not an artifact id (64 hex digits): {artifact_id!r}")])
+            raise Invalid([(field, f"not an artifact id (64 hex digits): {artifact_id!r}")])
         try:
             return await self.store.get_artifact(tenant, artifact_id)
         except KeyError:
-            await abort(context, grpc.StatusCode.NOT_FOUND, f"{field}: no artifact {artifact_id}")
+            raise Failure(grpc.StatusCode.NOT_FOUND, f"{field}: no artifact {artifact_id}") from None
 
-    async def _receive(self, request_iterator, context, field: str):
+    async def _receive(self, request_iterator, field: str):
         """Streams an upload into a blob writer, enforcing the header and the size limit.
         A refused upload's temporary file is gone before the client hears why."""
         limit = self.settings.max_upload_bytes
         header = None
         writer = self.blobs.writer()
 
-        async def refuse(code: grpc.StatusCode, message: str, violation: str | None = None) -> NoReturn:
+        def refuse(code: grpc.StatusCode, message: str, violation: str | None = None) -> NoReturn:
             writer.discard()
             if violation:
-                await abort_invalid(context, [(violation, message)])
-            await abort(context, code, f"{field}: {message}")
+                raise Invalid([(violation, message)])
+            raise Failure(code, f"{field}: {message}")
 
         try:
             async for request in request_iterator:
                 if header is None:
                     if request.WhichOneof("payload") != "header":
-                        await refuse(
+                        refuse(
                             grpc.StatusCode.INVALID_ARGUMENT, "the first message must be the header", f"{field}.header"
                         )
                     header = request.header
                     if header.size > limit:
-                        await refuse(
+                        refuse(
                             grpc.StatusCode.RESOURCE_EXHAUSTED,
                             f"{header.size} bytes is over the upload limit of {limit}",
                         )
                     continue
                 if writer.size + len(request.chunk) > limit:
-                    await refuse(grpc.StatusCode.RESOURCE_EXHAUSTED, f"upload is over the limit of {limit} bytes")
+                    refuse(grpc.StatusCode.RESOURCE_EXHAUSTED, f"upload is over the limit of {limit} bytes")
                 await asyncio.to_thread(writer.write, request.chunk)
             if header is None or writer.size == 0:
-                await refuse(grpc.StatusCode.INVALID_ARGUMENT, "empty upload", field)
+                refuse(grpc.StatusCode.INVALID_ARGUMENT, "empty upload", field)
             if header.size and header.size != writer.size:
-                await refuse(
+                refuse(
                     grpc.StatusCode.INVALID_ARGUMENT,
                     f"announced {header.size} bytes, received {writer.size}",
                     f"{field}.header.size",
                 )
             if header.sha256 and header.sha256.lower() != writer.sha256:
-                await refuse(
+                refuse(
                     grpc.StatusCode.INVALID_ARGUMENT,
                     "content does not match the announced sha256",
                     f"{field}.header.sha256",
@@ -153,50 +157,48 @@ class PruningService(pb_grpc.PruningServiceServicer):
 
     # -- uploads and downloads -------------------------------------------------------------
 
-    async def _inspect(self, context, writer, inspect):
+    async def _inspect(self, writer, inspect):
         """Runs ``inspect(path, max_decompressed)`` on a received file; a refusal removes the
         file and answers INVALID_ARGUMENT."""
         try:
             return await asyncio.to_thread(inspect, writer.path, self.settings.max_decompressed_bytes)
         except modelcheck.ModelRejected as exc:
             writer.discard()
-            await abort_invalid(context, [(exc.field, str(exc))])
+            raise Invalid([(exc.field, str(exc))]) from None
         except BaseException:
             writer.discard()
             raise
 
     async def UploadModel(self, request_iterator, context):
         tenant = await self._tenant(context)
-        async with self._slot(context, self.uploads, tenant):
-            return await self._upload_model(tenant, request_iterator, context)
+        async with self._slot(self.uploads, tenant):
+            return await self._upload_model(tenant, request_iterator)
 
-    async def _upload_model(self, tenant: str, request_iterator, context) -> pb.Artifact:
-        writer, header = await self._receive(request_iterator, context, "model")
+    async def _upload_model(self, tenant: str, request_iterator) -> pb.Artifact:
+        writer, header = await self._receive(request_iterator, "model")
         named = formats.MODEL_SUFFIXES.get(convert.extension(header.filename))
 
         def inspect(path, max_decompressed):
-            info = modelcheck.inspect_model(path, max_decompressed)
+            info = modelcheck.inspect_model(path, max_decompressed, self.settings.max_config_bytes)
             if named and named != info.format:
                 raise modelcheck.ModelRejected(f"the file name says {named} but the content is {info.format}")
             return info
 
-        info = await self._inspect(context, writer, inspect)
+        info = await self._inspect(writer, inspect)
         return await self._store_upload(tenant, writer, header, pb.ARTIFACT_KIND_MODEL, info.format, info.to_dict())
 
     async def UploadDataset(self, request_iterator, context):
         tenant = await self._tenant(context)
-        async with self._slot(context, self.uploads, tenant):
-            writer, header = await self._receive(request_iterator, context, "dataset")
-            arrays = await self._inspect(context, writer, modelcheck.inspect_dataset)
+        async with self._slot(self.uploads, tenant):
+            writer, header = await self._receive(request_iterator, "dataset")
+            arrays = await self._inspect(writer, modelcheck.inspect_dataset)
             return await self._store_upload(tenant, writer, header, pb.ARTIFACT_KIND_DATASET, "npz", {"arrays": arrays})
 
     async def DownloadArtifact(self, request, context):
         tenant = await self._tenant(context)
-        record = await self._artifact(context, tenant, request.artifact_id, "artifact_id")
+        record = await self._artifact(tenant, request.artifact_id, "artifact_id")
         if not 0 <= request.offset <= record.size:
-            await abort(
-                context, grpc.StatusCode.OUT_OF_RANGE, f"offset must be in [0, {record.size}], got {request.offset}"
-            )
+            raise Failure(grpc.StatusCode.OUT_OF_RANGE, f"offset must be in [0, {record.size}], got {request.offset}")
         chunk = self.settings.chunk_size
         with open(self.blobs.path(record.id), "rb") as f:
             f.seek(request.offset)
@@ -207,32 +209,35 @@ class PruningService(pb_grpc.PruningServiceServicer):
 
     # -- jobs ------------------------------------------------------------------------------
 
-    async def _check_inputs(self, context, tenant: str, spec: pb.JobSpec) -> tuple[ArtifactRecord, plan.DatasetFacts]:
+    async def _check_inputs(self, tenant: str, spec: pb.JobSpec) -> tuple[ArtifactRecord, plan.DatasetFacts]:
         """The model and dataset exist for this tenant, and the spec (with its defaults) fits
         them: shapes, labels, selected layers, the schedule against the step count."""
-        model = await self._artifact(context, tenant, spec.model_id, "spec.model_id")
+        model = await self._artifact(tenant, spec.model_id, "spec.model_id")
         if model.kind == pb.ARTIFACT_KIND_DATASET or model.format not in formats.MODEL_SUFFIXES.values():
-            await abort_invalid(context, [("spec.model_id", "this artifact is not a .keras or .h5 model")])
+            raise Invalid([("spec.model_id", "this artifact is not a .keras or .h5 model")])
         if spec.dataset.WhichOneof("source") == "artifact_id":
             field = "spec.dataset.artifact_id"
-            data = await self._artifact(context, tenant, spec.dataset.artifact_id, field)
+            data = await self._artifact(tenant, spec.dataset.artifact_id, field)
             if data.kind != pb.ARTIFACT_KIND_DATASET:
-                await abort_invalid(context, [(field, "this artifact is not an uploaded dataset")])
+                raise Invalid([(field, "this artifact is not an uploaded dataset")])
             facts = plan.DatasetFacts.of_upload(data.info)
         else:
             facts = plan.DatasetFacts.of_builtin(spec.dataset.builtin)
         violations = plan.check(spec, model.info, facts)
         if violations:
-            await abort_invalid(context, violations)
+            raise Invalid(violations)
         return model, facts
 
     async def CreateJob(self, request, context):
         tenant = await self._tenant(context)
         violations = validation.validate_request(request)
+        named = {field for field, _ in violations}
+        violations += [v for v in convert.unknown_enums(request) if v[0] not in named]
         if violations:
-            await abort_invalid(context, violations)
+            raise Invalid(violations)
         spec = validation.with_defaults(request.spec)
-        model, facts = await self._check_inputs(context, tenant, spec)
+        model, facts = await self._check_inputs(tenant, spec)
+        recipe.resolve(spec, plan.steps_per_epoch(spec, facts))
         if request.validate_only:
             return pb.Job(spec=spec, labels=request.labels, plan=plan.make_plan(spec, model.info, facts))
         job = pb.Job(id=new_job_id(), spec=spec, labels=request.labels)
@@ -240,8 +245,7 @@ class PruningService(pb_grpc.PruningServiceServicer):
         fingerprint = convert.request_fingerprint(request)
         job, created = await self.store.create(tenant, job, request.idempotency_key, fingerprint)
         if not created and await self.store.fingerprint_of(job.id) != fingerprint:
-            await abort(
-                context,
+            raise Failure(
                 grpc.StatusCode.ALREADY_EXISTS,
                 f"idempotency_key was used for a different request (job {job.id})",
             )
@@ -254,14 +258,16 @@ class PruningService(pb_grpc.PruningServiceServicer):
 
     async def GetJob(self, request, context):
         tenant = await self._tenant(context)
-        return await self._job(context, tenant, request.job_id)
+        return await self._job(tenant, request.job_id)
 
     async def ListJobs(self, request, context):
         tenant = await self._tenant(context)
         if not 0 <= request.page_size <= 500:
-            await abort_invalid(context, [("page_size", f"must be in [0, 500], got {request.page_size}")])
+            raise Invalid([("page_size", f"must be in [0, 500], got {request.page_size}")])
+        if convert.unknown_enums(request):
+            raise Invalid(convert.unknown_enums(request))
         if request.page_token and not _JOB_ID.fullmatch(request.page_token):
-            await abort_invalid(context, [("page_token", "not a token this service returned")])
+            raise Invalid([("page_token", "not a token this service returned")])
         states = set(request.states)
         jobs, token = await self.store.list(
             tenant,
@@ -273,20 +279,19 @@ class PruningService(pb_grpc.PruningServiceServicer):
 
     async def WatchJob(self, request, context):
         tenant = await self._tenant(context)
-        job = await self._job(context, tenant, request.job_id)
+        job = await self._job(tenant, request.job_id)
         after = request.after_event_id
-        if after and not _EVENT_ID.fullmatch(after):
-            await abort_invalid(context, [("after_event_id", f"not an event id: {after!r}")])
-        async with self._slot(context, self.watches, tenant):
+        if after and not _is_event_id(after):
+            raise Invalid([("after_event_id", f"not an event id (<ms>-<seq>, each below 2^64): {after!r}")])
+        async with self._slot(self.watches, tenant):
             async for event in self.hub.follow(tenant, job.id, after, self.settings.watch_recheck_s):
                 yield event
 
     async def CancelJob(self, request, context):
         tenant = await self._tenant(context)
-        job = await self._job(context, tenant, request.job_id)
+        job = await self._job(tenant, request.job_id)
         if job.state in (pb.JOB_STATE_SUCCEEDED, pb.JOB_STATE_FAILED):
-            await abort(
-                context,
+            raise Failure(
                 grpc.StatusCode.FAILED_PRECONDITION,
                 f"job {job.id} already ended as {pb.JobState.Name(job.state)}",
             )

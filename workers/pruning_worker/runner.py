@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import pathlib
+import re
 import tempfile
 import threading
 import time
@@ -124,6 +125,25 @@ class Reporter:
             return events
 
         return self.store.update(self.job_id, self._fenced(change))
+
+
+_INPUT_ERROR_CHARS = 500  # input errors name the cause, as tferrors.root_cause cuts it
+_PATH = re.compile(r"(?:[A-Za-z]:)?(?:[\\/][^\s'\"\\/:,;()\[\]]+){2,}")
+
+
+def clean_line(text: str, limit: int) -> str:
+    """The first line of ``text`` with file paths cut to their last part, at most ``limit``
+    characters: job errors never show server paths or traces."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    first = _PATH.sub(lambda m: "<path>/" + re.split(r"[\\/]", m.group(0))[-1], lines[0] if lines else "")
+    return first if len(first) <= limit else first[: max(0, limit - 3)] + "..."
+
+
+def cause_line(exc: BaseException, limit: int = 200) -> str:
+    """One clean line for a failed job's error: the exception's class and the first line of
+    its message (see :func:`clean_line`). The traceback goes to the worker's log only."""
+    first = clean_line(str(exc), limit)
+    return clean_line(f"{type(exc).__name__}: {first}" if first else type(exc).__name__, limit)
 
 
 def _claim(store: JobStore, job_id: str, worker: str, task_id: str = "") -> pb.Job | None:
@@ -245,11 +265,13 @@ def _run_claimed(store: JobStore, job: pb.Job, settings: Settings) -> pb.Job | N
         return reporter.finish(pb.JOB_STATE_FAILED, pb.JobError(code=code_pb2.DEADLINE_EXCEEDED, message=str(exc)))
     except JobInputError as exc:
         reporter.close(exc)
-        return reporter.finish(pb.JOB_STATE_FAILED, pb.JobError(code=code_pb2.INVALID_ARGUMENT, message=str(exc)))
+        message = clean_line(str(exc), max(settings.max_error_bytes, _INPUT_ERROR_CHARS))
+        return reporter.finish(pb.JOB_STATE_FAILED, pb.JobError(code=exc.code, message=message))
     except Exception as exc:  # noqa: BLE001 - any other failure ends the job as INTERNAL
         reporter.close(exc)
         log.error("job %s failed:\n%s", job_id, traceback.format_exc())
         return reporter.finish(
-            pb.JOB_STATE_FAILED, pb.JobError(code=code_pb2.INTERNAL, message=f"{type(exc).__name__}: {exc}")
+            pb.JOB_STATE_FAILED,
+            pb.JobError(code=code_pb2.INTERNAL, message=cause_line(exc, settings.max_error_bytes)),
         )
     return None

@@ -1,0 +1,247 @@
+"""Every malformed input gets INVALID_ARGUMENT (or OUT_OF_RANGE) naming its field, never
+INTERNAL or UNKNOWN; echoed input is cut short and violations capped."""
+
+from __future__ import annotations
+
+import io
+import json
+import zipfile
+
+import grpc
+import h5py
+import numpy as np
+import pytest
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+from hostile import hostile_server, keras_bytes, model_config, npz_bytes
+
+from pruning.v1 import pruning_pb2 as pb
+from pruning.v1 import pruning_pb2_grpc as pb_grpc
+
+pytestmark = pytest.mark.integration
+KEY = (("x-api-key", "key-a"),)
+METHODS = (
+    "UploadModel",
+    "UploadDataset",
+    "CreateJob",
+    "GetJob",
+    "ListJobs",
+    "WatchJob",
+    "CancelJob",
+    "DownloadArtifact",
+)
+
+
+@pytest.fixture(scope="module")
+def server(env):
+    srv = hostile_server(env, "bad-inputs")
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="module")
+def channel(server):
+    with grpc.insecure_channel(server.target) as ch:
+        yield ch
+
+
+@pytest.fixture(scope="module")
+def stub(channel):
+    return pb_grpc.PruningServiceStub(channel)
+
+
+@pytest.fixture(scope="module")
+def ids(stub):
+    return {
+        "model": _upload(stub, "UploadModel", keras_bytes(), "m.keras").id,
+        "data": _upload(stub, "UploadDataset", npz_bytes(), "d.npz").id,
+    }
+
+
+def _upload(stub, method: str, data: bytes, filename: str):
+    requests = [pb.UploadRequest(header=pb.UploadHeader(filename=filename)), pb.UploadRequest(chunk=data)]
+    return getattr(stub, method)(iter(requests), metadata=KEY)
+
+
+def _refusal(call) -> tuple[grpc.StatusCode, list[str], grpc.RpcError]:
+    with pytest.raises(grpc.RpcError) as error:
+        result = call()
+        if hasattr(result, "__iter__") and not isinstance(result, pb.Artifact | pb.Job):
+            list(result)
+    status = rpc_status.from_call(error.value)
+    fields = []
+    for detail in status.details if status else ():
+        bad = error_details_pb2.BadRequest()
+        if detail.Unpack(bad):
+            fields += [v.field for v in bad.field_violations]
+    return error.value.code(), fields, error.value
+
+
+def _h5(config=None, weights_dataset: bool = False) -> bytes:
+    out = io.BytesIO()
+    with h5py.File(out, "w") as f:
+        f.attrs["model_config"] = json.dumps(model_config()) if config is None else config
+        f.attrs["keras_version"] = "2.15.0"
+        if weights_dataset:
+            f["model_weights"] = np.zeros(3)
+        else:
+            f.create_group("model_weights")
+    return out.getvalue()
+
+
+def _npz_with(member: str, data: bytes) -> bytes:
+    base = zipfile.ZipFile(io.BytesIO(npz_bytes()))
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as z:
+        for name in base.namelist():
+            z.writestr(name, data if name == member else base.read(name))
+    return out.getvalue()
+
+
+def _npy_header(header: str) -> bytes:
+    """An .npy member with the given header text (padded as numpy pads it)."""
+    text = header.encode("latin1")
+    text += b" " * (63 - (10 + len(text)) % 64) + b"\n"
+    return b"\x93NUMPY\x01\x00" + len(text).to_bytes(2, "little") + text + b"\0" * 64
+
+
+@pytest.mark.parametrize("config", [5, 1.5, np.arange(4)], ids=["int", "float", "array"])
+def test_h5_model_config_not_json(stub, config):
+    code, fields, _ = _refusal(lambda: _upload(stub, "UploadModel", _h5(config), "m.h5"))
+    assert (code, fields) == (grpc.StatusCode.INVALID_ARGUMENT, ["model"])
+
+
+def test_h5_model_weights_is_a_dataset(stub):
+    code, fields, _ = _refusal(lambda: _upload(stub, "UploadModel", _h5(weights_dataset=True), "m.h5"))
+    assert (code, fields) == (grpc.StatusCode.INVALID_ARGUMENT, ["model"])
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        "{'descr': '<f4', 'fortran_order': False, 'shape': (64,,}",  # the tokenizer fails
+        "{'descr': '<f4', 'fortran_order': False, 'shape': (-1, 8), }",
+        "{'descr': 'not a dtype', 'fortran_order': False, 'shape': (64, 8), }",
+        "{'a': 1}",
+        "[1, 2, 3]",
+    ],
+    ids=["syntax", "negative", "dtype", "keys", "list"],
+)
+def test_npz_with_malformed_npy_header(stub, header):
+    code, fields, _ = _refusal(
+        lambda: _upload(stub, "UploadDataset", _npz_with("x_train.npy", _npy_header(header)), "d.npz")
+    )
+    assert (code, fields) == (grpc.StatusCode.INVALID_ARGUMENT, ["dataset"])
+
+
+def test_string_dtype_dataset(stub):
+    strings = io.BytesIO()
+    np.save(strings, np.array([["a"] * 8] * 64))
+    code, fields, _ = _refusal(
+        lambda: _upload(stub, "UploadDataset", _npz_with("x_train.npy", strings.getvalue()), "d.npz")
+    )
+    assert (code, fields) == (grpc.StatusCode.INVALID_ARGUMENT, ["dataset"])
+
+
+def test_dataset_with_a_bad_crc(stub):
+    raw = bytearray(npz_bytes())
+    info = zipfile.ZipFile(io.BytesIO(bytes(raw))).getinfo("x_train.npy")
+    raw[info.header_offset + 30 + len(info.filename) + len(info.extra) + info.compress_size - 3] ^= 0xFF
+    code, fields, _ = _refusal(lambda: _upload(stub, "UploadDataset", bytes(raw), "d.npz"))
+    assert (code, fields) == (grpc.StatusCode.INVALID_ARGUMENT, ["dataset"])
+
+
+@pytest.mark.parametrize("after", ["18446744073709551616-0", "1-18446744073709551616"])
+def test_event_id_past_64_bits(stub, ids, after):
+    job = stub.CreateJob(pb.CreateJobRequest(spec=_spec(ids)), metadata=KEY)
+    code, fields, _ = _refusal(
+        lambda: stub.WatchJob(pb.WatchJobRequest(job_id=job.id, after_event_id=after), metadata=KEY)
+    )
+    assert code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.OUT_OF_RANGE) and fields == ["after_event_id"]
+
+
+def test_undecodable_upload_messages(channel):
+    for method in ("UploadModel", "UploadDataset"):
+        call = channel.stream_unary(f"/pruning.v1.PruningService/{method}")
+        code, fields, _ = _refusal(lambda call=call: call(iter([b"\xff\xff\xff\xff"]), metadata=KEY))
+        assert (code, fields) == (grpc.StatusCode.INVALID_ARGUMENT, ["request"]), method
+
+
+@pytest.mark.parametrize("method", ["CreateJob", "GetJob", "ListJobs", "CancelJob", "WatchJob", "DownloadArtifact"])
+def test_undecodable_unary_requests(channel, method):
+    kind = channel.unary_stream if method in ("WatchJob", "DownloadArtifact") else channel.unary_unary
+    call = kind(f"/pruning.v1.PruningService/{method}")
+    code, fields, _ = _refusal(lambda: call(b"\xff\xff\xff\xff", metadata=KEY))
+    assert (code, fields) == (grpc.StatusCode.INVALID_ARGUMENT, ["request"])
+
+
+def _spec(ids, **training) -> pb.JobSpec:
+    spec = pb.JobSpec(model_id=ids["model"])
+    spec.dataset.artifact_id = ids["data"]
+    spec.pruning.schedule.constant_sparsity.target_sparsity = 0.5
+    for name, value in training.items():
+        setattr(spec.training, name, value)
+    return spec
+
+
+@pytest.mark.parametrize(
+    "change, field",
+    [
+        (lambda s: setattr(s.training, "seed", -1), "spec.training.seed"),
+        (lambda s: s.export.formats.append(42), "spec.export.formats"),
+        (lambda s: setattr(s.pruning, "policy", 7), "spec.pruning.policy"),
+        (lambda s: setattr(s.pruning, "block_pooling_type", 9), "spec.pruning.block_pooling_type"),
+    ],
+    ids=["seed", "export-format", "policy", "pooling"],
+)
+def test_out_of_contract_spec_values(stub, ids, change, field):
+    spec = _spec(ids)
+    change(spec)
+    code, fields, _ = _refusal(lambda: stub.CreateJob(pb.CreateJobRequest(spec=spec), metadata=KEY))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and field in fields
+
+
+def test_unknown_state_filter(stub):
+    code, fields, _ = _refusal(lambda: stub.ListJobs(pb.ListJobsRequest(states=[99]), metadata=KEY))
+    assert (code, fields) == (grpc.StatusCode.INVALID_ARGUMENT, ["states"])
+
+
+def test_huge_echoed_values_are_cut(stub, ids, env):
+    from conftest import settings_for
+
+    settings = settings_for(env)
+    code, fields, error = _refusal(lambda: stub.GetJob(pb.GetJobRequest(job_id="a" * 10_000), metadata=KEY))
+    assert (code, fields) == (grpc.StatusCode.INVALID_ARGUMENT, ["job_id"])
+    assert len(error.details().encode()) <= settings.max_error_bytes
+    spec = _spec(ids)
+    spec.pruning.layers.include_names.extend(f"layer-{i}" for i in range(20_000))
+    spec.pruning.layers.exclude_names.extend(f"layer-{i}" for i in range(20_000))
+    code, fields, error = _refusal(lambda: stub.CreateJob(pb.CreateJobRequest(spec=spec), metadata=KEY))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and fields
+    trailer = sum(len(k) + len(v) for k, v in error.trailing_metadata())
+    assert trailer < 2 * (settings.max_violations + 1) * 2 * settings.max_error_bytes + 2 * settings.max_error_bytes
+
+
+def test_cli_prints_a_huge_id_as_an_invalid_argument(server, env, capsys):
+    from conftest import settings_for
+    from pruning_client import cli
+
+    code = cli.run(["--target", server.target, "--api-key", "key-a", "status", "a" * 10_000])
+    err = capsys.readouterr().err
+    assert code == 2  # the CLI's exit code for INVALID_ARGUMENT
+    assert "INVALID_ARGUMENT" in err and len(err) < 4 * settings_for(env).max_error_bytes
+
+
+def test_job_errors_are_one_clean_line():
+    from pruning_worker.runner import cause_line
+
+    try:
+        raise ValueError("could not read /srv/state/tmp/job-1/model.keras\nTraceback (most recent call last):\n  ...")
+    except ValueError as exc:
+        line = cause_line(exc, 200)
+    assert "\n" not in line and "/srv/state" not in line and len(line) <= 200
+    assert line.startswith("ValueError: ") and "model.keras" in line
+
+
+def test_every_rpc_is_tested_here():
+    assert set(METHODS) == set(pb.DESCRIPTOR.services_by_name["PruningService"].methods_by_name)
