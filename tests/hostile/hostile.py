@@ -9,7 +9,11 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import pathlib
+import subprocess
+import sys
+import time
 import zipfile
 
 import numpy as np
@@ -70,3 +74,48 @@ def hostile_server(env: dict, name: str, **overrides) -> ServerThread:
     values = {"api_keys": ",".join(f"{k}={t}" for k, t in KEYS.items()), "queue": f"{env['PRUNING_QUEUE']}-{name}"}
     values.update(overrides)
     return ServerThread(settings_for(env, **values))
+
+
+class ServerProcess:
+    """The server in a process of its own (its memory measured alone, its death seen), with
+    the two tenants, on a queue no worker reads."""
+
+    def __init__(self, env: dict, state: pathlib.Path, name: str, **overrides: str):
+        self.state, self.log = state, state / "server.log"
+        port_file = state / "port"
+        server_env = {
+            **os.environ,
+            **env,
+            "PRUNING_API_KEYS": ",".join(f"{k}={t}" for k, t in KEYS.items()),
+            "PRUNING_QUEUE": f"{env['PRUNING_QUEUE']}-{name}",
+            **overrides,
+        }
+        with open(self.log, "w") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "pruning_server", "--listen", "127.0.0.1:0", "--port-file", str(port_file)],
+                env=server_env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        deadline = time.monotonic() + 60
+        while not (port_file.exists() and port_file.read_text().strip()):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError("the server did not start:\n" + self.log.read_text()[-3000:])
+            time.sleep(0.1)
+        self.target = f"127.0.0.1:{port_file.read_text().strip()}"
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def __enter__(self) -> ServerProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -5,17 +5,13 @@ memory (its own process, VmHWM) grows by less than 100 MiB."""
 from __future__ import annotations
 
 import json
-import os
 import pathlib
 import struct
-import subprocess
-import sys
-import time
 import zipfile
 
 import grpc
 import pytest
-from hostile import KEYS, keras_bytes, model_config, npz_bytes
+from hostile import ServerProcess, keras_bytes, model_config, npz_bytes
 
 from pruning.v1 import pruning_pb2 as pb
 from pruning.v1 import pruning_pb2_grpc as pb_grpc
@@ -93,27 +89,8 @@ def _peak_rss(pid: int) -> int:
 @pytest.fixture(scope="module")
 def server_process(env, tmp_path_factory):
     """The server in a process of its own, so its memory is measured alone."""
-    state = tmp_path_factory.mktemp("archives")
-    port_file = state / "port"
-    server_env = {
-        **os.environ,
-        **env,
-        "PRUNING_API_KEYS": ",".join(f"{k}={t}" for k, t in KEYS.items()),
-        "PRUNING_QUEUE": env["PRUNING_QUEUE"] + "-archives",
-    }
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "pruning_server", "--listen", "127.0.0.1:0", "--port-file", str(port_file)],
-        env=server_env,
-        stdout=subprocess.DEVNULL,
-        stderr=open(state / "server.log", "w"),
-    )
-    deadline = time.monotonic() + 60
-    while not (port_file.exists() and port_file.read_text().strip()):
-        assert proc.poll() is None and time.monotonic() < deadline, (state / "server.log").read_text()[-2000:]
-        time.sleep(0.1)
-    yield proc, f"127.0.0.1:{port_file.read_text().strip()}"
-    proc.terminate()
-    proc.wait(30)
+    with ServerProcess(env, tmp_path_factory.mktemp("archives"), "archives") as server:
+        yield server.proc, server.target
 
 
 def _upload(stub, method: str, path: pathlib.Path):
