@@ -39,6 +39,7 @@ from .results import JobPlan, ModelSummary, PruneResult
 from .specs import (
     EXPORT_FORMATS,
     IMPORTANCE_CRITERIA,
+    RECIPES,
     constant_sparsity,
     export_format,
     export_format_name,
@@ -688,6 +689,8 @@ def _spec(
     importance: str = "l1",
     round_to: int = 0,
     min_channels: int = 0,
+    recipe: str = "keep_accuracy",
+    early_stopping_patience: int | None = None,
 ) -> pb.JobSpec:
     model_id = model if _is_id(model) else client.upload_model(model).id
     if not _is_id(dataset) and os.path.isfile(dataset):
@@ -718,6 +721,8 @@ def _spec(
         exclude_layers=exclude_layer,
         exports=export,
         keras_version=int(keras_version) if keras_version else None,
+        recipe=recipe,
+        early_stopping_patience=early_stopping_patience,
         structured=None
         if structured_ratio is None and not layer_ratio
         else structured_spec(
@@ -779,14 +784,40 @@ _DOWNLOAD_DIR = click.Path(file_okay=False, path_type=pathlib.Path)
 @_option("--initial-sparsity", type=float, default=0.5, help="Initial sparsity of the polynomial schedule.")
 @_option("--final-sparsity", type=float, default=0.8, help="Final (or constant target) sparsity.")
 @_option("--begin-step", type=int, default=0, help="Step at which pruning begins.")
-@_option("--end-step", type=int, default=0, help="Step at which pruning ends; 0 = the end of fine-tuning.")
+@_option(
+    "--end-step",
+    type=int,
+    default=0,
+    help="Step at which the final sparsity is reached; 0 = the recipe's (about 2/3 of the steps).",
+)
 @_option("--power", type=float, default=3.0, help="Exponent of the polynomial schedule.")
-@_option("--frequency", type=int, default=100, help="Prune every this many steps.")
+@_option(
+    "--frequency", type=int, default=0, help="Update the masks every this many steps; 0 = the recipe's (at most 100)."
+)
+@_option(
+    "--recipe",
+    type=click.Choice(sorted(RECIPES)),
+    default="keep_accuracy",
+    help="keep_accuracy: final sparsity at about 2/3 of the steps on a mask update, a third of the optimizer's "
+    "learning rate with cosine decay, early stop on validation accuracy; plain: the TFMOT guide's.",
+)
+@_option(
+    "--early-stopping-patience",
+    type=int,
+    default=None,
+    help="Epochs without a better validation accuracy (at the final sparsity) before stopping; 0 = never; "
+    "default: the recipe's (2).",
+)
 @_option("--epochs", type=int, default=2, help="Fine-tuning epochs.")
 @_option("--batch-size", type=int, default=128, help="Fine-tuning batch size.")
 @_option("--validation-split", type=float, default=0.1, help="Share of the training data held out; 0 = none.")
 @_option("--optimizer", default="adam", help="Keras optimizer name.")
-@_option("--learning-rate", type=float, default=0.0, help="Learning rate; 0 = the optimizer's default.")
+@_option(
+    "--learning-rate",
+    type=float,
+    default=0.0,
+    help="Learning rate; 0 = the recipe's (a third of the optimizer's default).",
+)
 @_option("--seed", type=int, default=0, help="Random seed; 0 = no fixed seed.")
 @_option("--max-train-samples", type=int, default=0, help="Use at most this many training samples; 0 = all.")
 @_option(

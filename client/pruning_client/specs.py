@@ -149,6 +149,10 @@ def structured(
     )
 
 
+#: Fine-tuning recipes by name (see the contract's ``Recipe``).
+RECIPES: dict[str, pb.Recipe.ValueType] = {"keep_accuracy": pb.RECIPE_KEEP_ACCURACY, "plain": pb.RECIPE_PLAIN}
+
+
 def job_spec(
     model_id: str,
     *,
@@ -168,6 +172,9 @@ def job_spec(
     exports: Sequence[str] = (),
     keras_version: int | None = None,
     structured: pb.StructuredPruning | None = None,
+    recipe: str | None = None,
+    early_stopping_patience: int | None = None,
+    learning_rate_decay: bool | None = None,
 ) -> pb.JobSpec:
     """A JobSpec. ``dataset`` is a built-in name ("mnist") or an uploaded dataset's id.
 
@@ -179,6 +186,10 @@ def job_spec(
     tf_keras, 3 for Keras 3) is the Keras version of the keras and h5 exports; None means the
     uploaded model's. Without ``schedule``, ``polynomial_decay()`` (0.5 to 0.8), unless
     ``structured`` (see :func:`structured`) is given: then the job removes channels only.
+    ``recipe`` is "keep_accuracy" (the server's default: final sparsity at about 2/3 of the
+    steps on a mask update, a third of the optimizer's learning rate with cosine decay, early
+    stop on validation accuracy) or "plain" (the TFMOT guide's); ``early_stopping_patience``
+    and ``learning_rate_decay`` override the recipe's choice.
 
     Example:
         >>> spec = job_spec("ab" * 32, schedule=polynomial_decay(0.5, 0.8), validation_split=0.0)
@@ -187,6 +198,8 @@ def job_spec(
     """
     if keras_version not in (None, 2, 3):
         raise ValueError(f"keras_version must be 2, 3 or None, got {keras_version!r}")
+    if recipe is not None and recipe not in RECIPES:
+        raise ValueError(f"recipe must be one of {sorted(RECIPES)} or None, got {recipe!r}")
     is_id = len(dataset) == 64 and all(c in "0123456789abcdef" for c in dataset)
     training = pb.TrainingSpec()
     given = _given(
@@ -198,9 +211,13 @@ def job_spec(
         loss=loss,
         seed=seed,
         max_train_samples=max_train_samples,
+        early_stopping_patience=early_stopping_patience,
+        learning_rate_decay=learning_rate_decay,
     )
     for name, value in given.items():
         setattr(training, name, value)
+    if recipe is not None:
+        training.recipe = RECIPES[recipe]
     return pb.JobSpec(
         model_id=model_id,
         dataset=pb.DatasetRef(artifact_id=dataset) if is_id else pb.DatasetRef(builtin=dataset),

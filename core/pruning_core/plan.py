@@ -12,7 +12,7 @@ from google.protobuf import json_format
 
 from pruning.v1 import pruning_pb2 as pb
 
-from . import modelcheck, validation
+from . import modelcheck, recipe, validation
 from .validation import Violation
 
 SPARSE_LOSSES = ("sparse_categorical_crossentropy", "sparse_categorical_crossentropy_from_logits")
@@ -116,7 +116,23 @@ def check(spec: pb.JobSpec, model_info: dict[str, Any], data: DatasetFacts) -> l
         )
     if begin >= total:
         out.append((f"{prefix}.begin_step", f"starts at step {begin}, but fine-tuning has only {total} steps"))
+    decay = spec.pruning.schedule.polynomial_decay
+    explicit = spec.pruning.schedule.HasField("polynomial_decay") and decay.end_step and decay.frequency
+    if explicit and not recipe.steps_reaching_final(decay):
+        out.append(
+            (
+                f"{prefix}.frequency",
+                f"masks are updated every {decay.frequency} steps from step {begin}, so none falls on "
+                f"end_step {decay.end_step} and the final sparsity would never be applied: make "
+                "end_step - begin_step a multiple of the frequency, or leave either unset",
+            )
+        )
     return out
+
+
+def steps_per_epoch(spec: pb.JobSpec, data: DatasetFacts) -> int:
+    """Optimizer steps per epoch of a spec (with its defaults) on this dataset."""
+    return train_steps(_n_train(spec, data), spec.training)
 
 
 def make_plan(spec: pb.JobSpec, model_info: dict[str, Any], data: DatasetFacts) -> pb.JobPlan:

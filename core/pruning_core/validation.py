@@ -6,6 +6,8 @@ client sees all of them in one INVALID_ARGUMENT answer.
 
 from __future__ import annotations
 
+import math
+
 from pruning.v1 import pruning_pb2 as pb
 
 from . import defaults
@@ -39,7 +41,7 @@ def _steps(begin: int, end: int, frequency: int, prefix: str, out: list[Violatio
     elif end and end <= begin:
         out.append((f"{prefix}.end_step", f"must be after begin_step ({begin}), got {end}"))
     if frequency < 0:
-        out.append((f"{prefix}.frequency", f"must be >= 1 (0 = {defaults.FREQUENCY}), got {frequency}"))
+        out.append((f"{prefix}.frequency", f"must be >= 1 (0 = the recipe's), got {frequency}"))
 
 
 def _validate_structured(s: pb.StructuredPruning, out: list[Violation]) -> None:
@@ -116,8 +118,19 @@ def _validate_training(t: pb.TrainingSpec, out: list[Violation]) -> None:
         out.append(("spec.training.optimizer", f"must be one of {', '.join(OPTIMIZERS)}, got {t.optimizer!r}"))
     if t.loss and t.loss not in LOSSES:
         out.append(("spec.training.loss", f"must be one of {', '.join(LOSSES)}, got {t.loss!r}"))
-    if t.learning_rate < 0:
-        out.append(("spec.training.learning_rate", f"must be >= 0, got {t.learning_rate}"))
+    if not (math.isfinite(t.learning_rate) and t.learning_rate >= 0):
+        out.append(
+            ("spec.training.learning_rate", f"must be a finite number >= 0 (0 = the recipe's), got {t.learning_rate}")
+        )
+    if t.recipe not in pb.Recipe.values():
+        out.append(("spec.training.recipe", f"unknown recipe {t.recipe}; known: {list(pb.Recipe.values())[1:]}"))
+    if t.HasField("early_stopping_patience") and not 0 <= t.early_stopping_patience <= defaults.MAX_EPOCHS:
+        out.append(
+            (
+                "spec.training.early_stopping_patience",
+                f"must be in [0, {defaults.MAX_EPOCHS}] (0 = never), got {t.early_stopping_patience}",
+            )
+        )
     if not 0 <= t.validation_split < 1:
         out.append(("spec.training.validation_split", f"must be in [0, 1), got {t.validation_split}"))
     if t.max_train_samples < 0:
@@ -243,7 +256,8 @@ def with_defaults(spec: pb.JobSpec) -> pb.JobSpec:
         t.validation_split = defaults.VALIDATION_SPLIT
     if out.pruning.HasField("schedule") or not out.pruning.HasField("structured"):
         schedule = getattr(out.pruning.schedule, out.pruning.schedule.WhichOneof("schedule") or "polynomial_decay")
-        schedule.frequency = schedule.frequency or defaults.FREQUENCY
+        # The frequency and end step are left to the recipe (``recipe.resolve``), which knows
+        # the step count.
         if out.pruning.schedule.HasField("polynomial_decay"):
             schedule.power = schedule.power or defaults.POWER
     if out.pruning.HasField("structured"):

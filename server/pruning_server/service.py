@@ -237,7 +237,9 @@ class PruningService(pb_grpc.PruningServiceServicer):
             raise Invalid(violations)
         spec = validation.with_defaults(request.spec)
         model, facts = await self._check_inputs(tenant, spec)
-        recipe.resolve(spec, plan.steps_per_epoch(spec, facts))
+        violations = recipe.resolve(spec, plan.steps_per_epoch(spec, facts))
+        if violations:
+            raise Invalid(violations)
         if request.validate_only:
             return pb.Job(spec=spec, labels=request.labels, plan=plan.make_plan(spec, model.info, facts))
         job = pb.Job(id=new_job_id(), spec=spec, labels=request.labels)

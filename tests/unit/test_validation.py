@@ -2,7 +2,7 @@ import pytest
 
 from pruning.v1 import pruning_pb2 as pb
 from pruning_client import constant_sparsity, job_spec, polynomial_decay
-from pruning_core import validation
+from pruning_core import recipe, validation
 
 MODEL = "a" * 64
 SCHEDULES = {
@@ -32,7 +32,9 @@ def test_defaults_are_filled(schedule):
     assert list(full.pruning.block_size) == [1, 1]
     assert list(full.export.formats) == [pb.EXPORT_FORMAT_KERAS]
     which = full.pruning.schedule.WhichOneof("schedule")
-    assert getattr(full.pruning.schedule, which).frequency == 100
+    assert getattr(full.pruning.schedule, which).frequency == 0  # the recipe's, once the steps are known
+    recipe.resolve(full, 100)
+    assert getattr(full.pruning.schedule, which).frequency >= 1
     assert validation.validate(full) == []
 
 

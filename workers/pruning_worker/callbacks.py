@@ -1,7 +1,9 @@
-"""Keras callbacks of a fine-tuning run: throttled progress events and prompt cancel."""
+"""Keras callbacks of a fine-tuning run: throttled progress events and prompt cancel, the
+history (with a stop on a non-finite loss) and early stopping."""
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Any, Protocol
 
@@ -10,7 +12,7 @@ import tf_keras as keras
 from pruning.v1 import pruning_pb2 as pb
 from pruning_core.phases import Phase
 
-from .recipe import Schedule, scheduled_sparsity
+from .recipe import Schedule, learning_rate, scheduled_sparsity
 
 
 class Reporter(Protocol):
@@ -75,3 +77,52 @@ class ProgressCallback(keras.callbacks.Callback):
         self.reporter.log(
             f"epoch {epoch + 1}/{self.epochs}: {figures}, target sparsity {scheduled_sparsity(self.schedule, step):.3f}"
         )
+
+
+class HistoryCallback(keras.callbacks.Callback):
+    """Keeps the per-epoch figures for the result, and stops at the first non-finite loss
+    (``diverged`` then says where), since nothing after it can be handed back."""
+
+    def __init__(self, schedule: Schedule, steps_per_epoch: int):
+        super().__init__()
+        self.schedule, self.steps_per_epoch = schedule, steps_per_epoch
+        self.history: list[pb.EpochSummary] = []
+        self.diverged = ""
+        self.epoch = 0
+
+    def on_epoch_begin(self, epoch: int, logs: Any = None) -> None:
+        self.epoch = epoch
+
+    def on_train_batch_end(self, batch: int, logs: Any = None) -> None:
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(float(loss)):
+            self.diverged = f"the loss became {float(loss)} at epoch {self.epoch + 1}, step {batch + 1}"
+            self.model.stop_training = True
+
+    def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
+        logs = logs or {}
+        summary = pb.EpochSummary(
+            epoch=epoch + 1,
+            loss=float(logs.get("loss", 0.0)),
+            accuracy=float(logs.get("accuracy", 0.0)),
+            sparsity=scheduled_sparsity(self.schedule, (epoch + 1) * self.steps_per_epoch - 1),
+            learning_rate=learning_rate(self.model.optimizer),
+        )
+        if "val_loss" in logs:
+            summary.val_loss = float(logs["val_loss"])
+        if "val_accuracy" in logs:
+            summary.val_accuracy = float(logs["val_accuracy"])
+        self.history.append(summary)
+
+
+def early_stopping(patience: int, final_step: int, steps_per_epoch: int) -> keras.callbacks.EarlyStopping:
+    """Stops once validation accuracy has not improved for ``patience`` epochs, watching only
+    the epochs that end at the final sparsity (from the one holding ``final_step``), and keeps
+    the best of them."""
+    return keras.callbacks.EarlyStopping(
+        monitor="val_accuracy",
+        mode="max",
+        patience=patience,
+        restore_best_weights=True,
+        start_from_epoch=max(0, final_step) // steps_per_epoch,
+    )

@@ -1,8 +1,19 @@
 """Outcomes of the pipeline other than success."""
 
+from google.rpc import code_pb2
+
 
 class JobInputError(ValueError):
     """The job's inputs are unusable (model, dataset or spec): the job fails, no retry."""
+
+    code: int = code_pb2.INVALID_ARGUMENT
+
+
+class OutcomeError(JobInputError):
+    """Training ran, but what came out is unusable (a non-finite loss or result, a sparsity short
+    of the target): the job fails rather than hand it back."""
+
+    code: int = code_pb2.FAILED_PRECONDITION
 
 
 class Cancelled(Exception):

@@ -78,12 +78,25 @@ def _check_inputs(model: Any, name: str, x: Data) -> None:
         raise JobInputError(f"dataset: {name} samples have shape {list(x.shape[1:])}, the model expects {expected}")
 
 
+def _check_finite(name: str, data: Data) -> None:
+    parts = data.items() if isinstance(data, dict) else [("", data)]
+    for part, a in parts:
+        if np.issubdtype(a.dtype, np.floating) and not np.isfinite(a).all():
+            bad = a.reshape(len(a), -1) if a.ndim else a.reshape(1, 1)
+            first = int(np.argmax(~np.isfinite(bad).all(axis=1)))
+            count = int(np.count_nonzero(~np.isfinite(a)))
+            label = f"{name}.{part}" if part else name
+            raise JobInputError(f"dataset: {label} holds {count} NaN or infinite values (the first in sample {first})")
+
+
 def check(model: Any, data: Arrays, loss: str) -> None:
-    """Refuses data the model cannot take before any step runs: sample shapes, empty splits,
-    and, for the sparse categorical losses, labels outside the model's output units."""
+    """Refuses data the model cannot take before any step runs: sample shapes, NaN or infinite
+    values, empty splits, and, for the sparse categorical losses, labels outside the model's output units."""
     x_train, y_train, x_test, y_test = data
     for name, x in (("x_train", x_train), ("x_test", x_test)):
         _check_inputs(model, name, x)
+    for name, arrays in (("x_train", x_train), ("y_train", y_train), ("x_test", x_test), ("y_test", y_test)):
+        _check_finite(name, arrays)
     if length(x_train) == 0 or length(x_test) == 0:
         raise JobInputError("dataset: x_train and x_test must not be empty")
     if loss in SPARSE_LOSSES and not isinstance(model.output_shape, list) and not isinstance(y_train, dict):

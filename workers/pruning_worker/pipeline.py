@@ -7,6 +7,7 @@ this one only runs them in order. Plain TensorFlow code with no Celery import.
 
 from __future__ import annotations
 
+import math
 import pathlib
 
 import tensorflow as tf
@@ -18,8 +19,8 @@ from pruning_core import defaults, formats
 from pruning_core.phases import Phase
 
 from . import measure, recipe, safe_load
-from .callbacks import ProgressCallback, Reporter
-from .errors import Cancelled
+from .callbacks import HistoryCallback, ProgressCallback, Reporter, early_stopping
+from .errors import Cancelled, OutcomeError
 from .evaluate import evaluate
 from .export import KERAS_FILES, as_keras3, export, load_export
 from .inputs import Inputs, by_output, check, head, length
@@ -97,16 +98,38 @@ def run(
         schedule = recipe.make_schedule(spec.pruning, steps * t.epochs)
         pruned, chosen = recipe.apply_pruning(model, spec.pruning, schedule)
         reporter.log(f"pruning {len(chosen)} layers: {', '.join(chosen)}")
-    pruned.compile(optimizer=recipe.make_optimizer(t), loss=loss, metrics=["accuracy"])
+    pruned.compile(optimizer=recipe.make_optimizer(t, steps * t.epochs), loss=loss, metrics=["accuracy"])
 
     reporter.phase(Phase.FINE_TUNE, f"fine-tuning {t.epochs} epochs x {steps} steps on {result.device}")
     progress = ProgressCallback(reporter, schedule, t.epochs, steps)
-    result.fine_tune_seconds = fine_tune(pruned, x_train, y_train, t, [progress])
+    history = HistoryCallback(schedule, steps)
+    final_step = recipe.final_step(spec.pruning)
+    callbacks = [progress, history]
+    stopper = None
+    if t.early_stopping_patience and t.validation_split > 0:
+        stopper = early_stopping(t.early_stopping_patience, final_step, steps)
+        callbacks.append(stopper)
+    result.fine_tune_seconds = fine_tune(pruned, x_train, y_train, t, callbacks)
     if progress.cancelled or reporter.should_stop():
         raise Cancelled()
+    if history.diverged:
+        raise OutcomeError(
+            f"fine-tuning diverged: {history.diverged}; lower spec.training.learning_rate or check the data"
+        )
+    result.history.extend(history.history)
+    result.recipe.CopyFrom(recipe.describe(spec, history.history, stopper))
+    reporter.log(
+        f"recipe {result.recipe.name}: {result.recipe.epochs_run} epochs run, weights of epoch "
+        f"{result.recipe.best_epoch} kept"
+    )
 
     reporter.phase(Phase.EVALUATE, "evaluating the pruned model")
     result.pruned.CopyFrom(evaluate(pruned, x_test, y_test, t, "evaluation of the pruned model"))
+    if not (math.isfinite(result.pruned.loss) and math.isfinite(result.pruned.accuracy)):
+        raise OutcomeError(
+            f"the pruned model's test loss is {result.pruned.loss} and accuracy {result.pruned.accuracy}: "
+            "it is broken, so it is not handed back"
+        )
     if not t.skip_baseline:
         result.accuracy_delta = result.pruned.accuracy - result.baseline.accuracy
 
@@ -130,6 +153,8 @@ def run(
     measured = load_export(outputs[0][0], version_out) if main_format in KERAS_FILES else stripped
     measure.fill_sparsity(result, measured, set(chosen))
     target = recipe.target_sparsity(spec.pruning)
+    if chosen:
+        recipe.check_target(result, spec.pruning)
     for layer in result.layers:
         if layer.pruned and abs(layer.sparsity - target) > FAR_FROM_TARGET:
             reporter.log(

@@ -2,23 +2,30 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
+import numpy as np
 import tensorflow as tf
 import tensorflow_model_optimization as tfmot
 import tf_keras as keras
 from tensorflow_model_optimization.python.core.sparsity.keras import prune_registry
 
 from pruning.v1 import pruning_pb2 as pb
-from pruning_core import validation
+from pruning_core import defaults, validation
+from pruning_core import recipe as core_recipe
 from pruning_core.plan import train_steps
 from pruning_core.validation import target_sparsity
 
-from .errors import JobInputError
+from .errors import JobInputError, OutcomeError
 
 __all__ = [
     "Schedule",
     "apply_pruning",
+    "check_target",
+    "describe",
+    "final_step",
+    "learning_rate",
     "make_loss",
     "make_optimizer",
     "make_schedule",
@@ -33,13 +40,15 @@ Schedule = Any  # a tfmot.sparsity.keras.PruningSchedule (TFMOT ships no type hi
 def make_schedule(p: pb.PruningSpec, last_step: int) -> Schedule:
     which = p.schedule.WhichOneof("schedule")
     s = getattr(p.schedule, which or "polynomial_decay")
+    # CreateJob resolves end step and frequency (pruning_core.recipe); older records may not.
     end = s.end_step or last_step
+    frequency = s.frequency or defaults.FREQUENCY
     if end <= s.begin_step:
         raise JobInputError(f"spec.pruning.schedule: end step {end} is not after begin step {s.begin_step}")
     if which == "constant_sparsity":
-        return tfmot.sparsity.keras.ConstantSparsity(s.target_sparsity, s.begin_step, end, s.frequency)
+        return tfmot.sparsity.keras.ConstantSparsity(s.target_sparsity, s.begin_step, end, frequency)
     return tfmot.sparsity.keras.PolynomialDecay(
-        s.initial_sparsity, s.final_sparsity, s.begin_step, end, s.power, s.frequency
+        s.initial_sparsity, s.final_sparsity, s.begin_step, end, s.power or defaults.POWER, frequency
     )
 
 
@@ -117,6 +126,74 @@ def make_loss(name: str) -> Any:
     return keras.losses.get(name)
 
 
-def make_optimizer(t: pb.TrainingSpec) -> Any:
-    config = {"learning_rate": t.learning_rate} if t.learning_rate else {}
+def make_optimizer(t: pb.TrainingSpec, total_steps: int = 0) -> Any:
+    """The spec's optimizer at its learning rate, decayed to a tenth over ``total_steps`` by a
+    cosine when the spec asks for decay (the recipe's choices are in the spec)."""
+    rate: Any = t.learning_rate or None
+    if rate and t.learning_rate_decay and total_steps > 1:
+        rate = keras.optimizers.schedules.CosineDecay(t.learning_rate, decay_steps=total_steps, alpha=0.1)
+    config = {"learning_rate": rate} if rate else {}
     return keras.optimizers.get({"class_name": t.optimizer, "config": config})
+
+
+def learning_rate(optimizer: Any) -> float:
+    """The optimizer's learning rate now (its schedule asked at the current iteration)."""
+    rate = optimizer.learning_rate
+    if isinstance(rate, keras.optimizers.schedules.LearningRateSchedule):
+        rate = rate(optimizer.iterations)
+    return float(keras.backend.get_value(rate))
+
+
+SPARSITY_TOLERANCE = 0.01
+
+
+def final_step(p: pb.PruningSpec) -> int:
+    """The step at which the schedule applies its final sparsity (0 without a schedule)."""
+    which = p.schedule.WhichOneof("schedule")
+    if which is None:
+        return 0
+    s = getattr(p.schedule, which)
+    return s.begin_step if which == "constant_sparsity" else s.end_step
+
+
+def describe(spec: pb.JobSpec, history: list[pb.EpochSummary], stopper: Any) -> pb.RecipeResult:
+    """The recipe as it ran: its resolved choices, the epochs run and the epoch kept."""
+    t, p = spec.training, spec.pruning
+    which = p.schedule.WhichOneof("schedule")
+    s = getattr(p.schedule, which) if which else None
+    kept = len(history)
+    if stopper is not None and stopper.stopped_epoch > 0 and stopper.best_epoch is not None:
+        kept = stopper.best_epoch + 1  # restore_best_weights put that epoch's weights back
+    return pb.RecipeResult(
+        recipe=t.recipe or pb.RECIPE_KEEP_ACCURACY,
+        name=core_recipe.name(t.recipe),
+        schedule_begin_step=s.begin_step if s else 0,
+        schedule_end_step=s.end_step if s else 0,
+        schedule_frequency=s.frequency if s else 0,
+        learning_rate=t.learning_rate,
+        learning_rate_decay=t.learning_rate_decay,
+        early_stopping_patience=t.early_stopping_patience if stopper is not None else 0,
+        epochs_run=len(history),
+        best_epoch=kept,
+    )
+
+
+def check_target(result: pb.PruneResult, p: pb.PruningSpec) -> None:
+    """Fails the job when the pruned kernels miss the target sparsity by more than
+    SPARSITY_TOLERANCE, beyond what rounding to whole blocks allows (TFMOT keeps a whole number
+    of blocks, or of m-by-n groups, per layer)."""
+    target = target_sparsity(p)
+    pruned = [layer for layer in result.layers if layer.pruned]
+    weights = sum(layer.weights for layer in pruned)
+    if not pruned or not weights:
+        return
+    unit = p.sparsity_m_by_n.n if p.HasField("sparsity_m_by_n") else max(1, int(np.prod(list(p.block_size) or [1])))
+    allowance = SPARSITY_TOLERANCE + unit * len(pruned) / weights
+    measured = result.pruned_kernel_sparsity
+    if not math.isfinite(measured) or abs(measured - target) > allowance:
+        worst = max(pruned, key=lambda layer: abs(layer.sparsity - target))
+        raise OutcomeError(
+            f"the pruned kernels are {measured:.4f} sparse, the target is {target:.4f} (tolerance "
+            f"{allowance:.4f}); furthest off: layer {worst.name} at {worst.sparsity:.4f}. Check that a mask "
+            "update falls on the schedule's end step and that the fine-tuning ran to it"
+        )

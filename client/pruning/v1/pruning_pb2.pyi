@@ -110,6 +110,37 @@ IMPORTANCE_CRITERION_TAYLOR: ImportanceCriterion.ValueType  # 4
 """First-order Taylor estimate |w * dloss/dw| over a few training batches."""
 Global___ImportanceCriterion: _TypeAlias = ImportanceCriterion  # noqa: Y015
 
+class _Recipe:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _RecipeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Recipe.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    RECIPE_UNSPECIFIED: _Recipe.ValueType  # 0
+    RECIPE_KEEP_ACCURACY: _Recipe.ValueType  # 1
+    """Reaches the final sparsity at about 2/3 of the steps, on a mask update (end step aligned
+    with the frequency), fine-tunes at a learning rate for a trained model (a third of the
+    optimizer's default) with cosine decay, and stops early on validation accuracy.
+    """
+    RECIPE_PLAIN: _Recipe.ValueType  # 2
+    """The TFMOT guide's: the schedule runs to the last step, the optimizer's default learning
+    rate, no decay, no early stop.
+    """
+
+class Recipe(_Recipe, metaclass=_RecipeEnumTypeWrapper): ...
+
+RECIPE_UNSPECIFIED: Recipe.ValueType  # 0
+RECIPE_KEEP_ACCURACY: Recipe.ValueType  # 1
+"""Reaches the final sparsity at about 2/3 of the steps, on a mask update (end step aligned
+with the frequency), fine-tunes at a learning rate for a trained model (a third of the
+optimizer's default) with cosine decay, and stops early on validation accuracy.
+"""
+RECIPE_PLAIN: Recipe.ValueType  # 2
+"""The TFMOT guide's: the schedule runs to the last step, the optimizer's default learning
+rate, no decay, no early stop.
+"""
+Global___Recipe: _TypeAlias = Recipe  # noqa: Y015
+
 class _ExportFormat:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -731,6 +762,9 @@ class TrainingSpec(_message.Message):
     SEED_FIELD_NUMBER: _builtins.int
     SKIP_BASELINE_FIELD_NUMBER: _builtins.int
     MAX_TRAIN_SAMPLES_FIELD_NUMBER: _builtins.int
+    RECIPE_FIELD_NUMBER: _builtins.int
+    EARLY_STOPPING_PATIENCE_FIELD_NUMBER: _builtins.int
+    LEARNING_RATE_DECAY_FIELD_NUMBER: _builtins.int
     epochs: _builtins.int
     """Fine-tuning epochs; 0 = 2."""
     batch_size: _builtins.int
@@ -749,6 +783,20 @@ class TrainingSpec(_message.Message):
     """Evaluate the model as uploaded before pruning (default true via `skip_baseline`)."""
     max_train_samples: _builtins.int
     """Use only the first N training samples; 0 = all."""
+    recipe: Global___Recipe.ValueType
+    """How fine-tuning is run; unspecified = RECIPE_KEEP_ACCURACY. CreateJob writes the recipe's
+    choices into the spec (schedule end step and frequency, learning rate, decay, patience),
+    so the stored spec says what ran; a field set here overrides the recipe's choice.
+    """
+    early_stopping_patience: _builtins.int
+    """Stop once validation accuracy has not improved for this many epochs after the final
+    sparsity is reached, keeping the best epoch's weights. Unset = the recipe's (2 under
+    KEEP_ACCURACY, never under PLAIN); 0 = never.
+    """
+    learning_rate_decay: _builtins.bool
+    """Cosine decay of the learning rate to a tenth over the fine-tuning steps. Unset = the
+    recipe's (on under KEEP_ACCURACY, off under PLAIN).
+    """
     def __init__(
         self,
         *,
@@ -761,13 +809,25 @@ class TrainingSpec(_message.Message):
         seed: _builtins.int = ...,
         skip_baseline: _builtins.bool = ...,
         max_train_samples: _builtins.int = ...,
+        recipe: Global___Recipe.ValueType = ...,
+        early_stopping_patience: _builtins.int | None = ...,
+        learning_rate_decay: _builtins.bool | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_validation_split", b"_validation_split", "validation_split", b"validation_split"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_early_stopping_patience", b"_early_stopping_patience", "_learning_rate_decay", b"_learning_rate_decay", "_validation_split", b"_validation_split", "early_stopping_patience", b"early_stopping_patience", "learning_rate_decay", b"learning_rate_decay", "validation_split", b"validation_split"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_validation_split", b"_validation_split", "batch_size", b"batch_size", "epochs", b"epochs", "learning_rate", b"learning_rate", "loss", b"loss", "max_train_samples", b"max_train_samples", "optimizer", b"optimizer", "seed", b"seed", "skip_baseline", b"skip_baseline", "validation_split", b"validation_split"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_early_stopping_patience", b"_early_stopping_patience", "_learning_rate_decay", b"_learning_rate_decay", "_validation_split", b"_validation_split", "batch_size", b"batch_size", "early_stopping_patience", b"early_stopping_patience", "epochs", b"epochs", "learning_rate", b"learning_rate", "learning_rate_decay", b"learning_rate_decay", "loss", b"loss", "max_train_samples", b"max_train_samples", "optimizer", b"optimizer", "recipe", b"recipe", "seed", b"seed", "skip_baseline", b"skip_baseline", "validation_split", b"validation_split"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__early_stopping_patience: _TypeAlias = _typing.Literal["early_stopping_patience"]  # noqa: Y015
+    _WhichOneofArgType__early_stopping_patience: _TypeAlias = _typing.Literal["_early_stopping_patience", b"_early_stopping_patience"]  # noqa: Y015
+    _WhichOneofReturnType__learning_rate_decay: _TypeAlias = _typing.Literal["learning_rate_decay"]  # noqa: Y015
+    _WhichOneofArgType__learning_rate_decay: _TypeAlias = _typing.Literal["_learning_rate_decay", b"_learning_rate_decay"]  # noqa: Y015
     _WhichOneofReturnType__validation_split: _TypeAlias = _typing.Literal["validation_split"]  # noqa: Y015
     _WhichOneofArgType__validation_split: _TypeAlias = _typing.Literal["_validation_split", b"_validation_split"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__early_stopping_patience) -> _WhichOneofReturnType__early_stopping_patience | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__learning_rate_decay) -> _WhichOneofReturnType__learning_rate_decay | None: ...
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__validation_split) -> _WhichOneofReturnType__validation_split | None: ...
 
 Global___TrainingSpec: _TypeAlias = TrainingSpec  # noqa: Y015
@@ -1182,6 +1242,8 @@ class PruneResult(_message.Message):
     CONVERSION_MAX_ABS_DIFF_FIELD_NUMBER: _builtins.int
     EXPORT_CONVERSION_MAX_ABS_DIFF_FIELD_NUMBER: _builtins.int
     STRUCTURED_FIELD_NUMBER: _builtins.int
+    RECIPE_FIELD_NUMBER: _builtins.int
+    HISTORY_FIELD_NUMBER: _builtins.int
     accuracy_delta: _builtins.float
     """pruned.accuracy - baseline.accuracy."""
     overall_sparsity: _builtins.float
@@ -1222,6 +1284,12 @@ class PruneResult(_message.Message):
     def structured(self) -> Global___StructuredResult:
         """Set when the spec asked for structured pruning."""
 
+    @_builtins.property
+    def recipe(self) -> Global___RecipeResult:
+        """The fine-tuning recipe with its resolved choices, and the per-epoch history."""
+
+    @_builtins.property
+    def history(self) -> _containers.RepeatedCompositeFieldContainer[Global___EpochSummary]: ...
     def __init__(
         self,
         *,
@@ -1244,14 +1312,114 @@ class PruneResult(_message.Message):
         conversion_max_abs_diff: _builtins.float = ...,
         export_conversion_max_abs_diff: _builtins.float = ...,
         structured: Global___StructuredResult | None = ...,
+        recipe: Global___RecipeResult | None = ...,
+        history: _abc.Iterable[Global___EpochSummary] | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["baseline", b"baseline", "pruned", b"pruned", "size_after", b"size_after", "size_before", b"size_before", "structured", b"structured"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["baseline", b"baseline", "pruned", b"pruned", "recipe", b"recipe", "size_after", b"size_after", "size_before", b"size_before", "structured", b"structured"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["accuracy_delta", b"accuracy_delta", "artifacts", b"artifacts", "baseline", b"baseline", "compression_ratio", b"compression_ratio", "conversion_max_abs_diff", b"conversion_max_abs_diff", "device", b"device", "export_conversion_max_abs_diff", b"export_conversion_max_abs_diff", "fine_tune_seconds", b"fine_tune_seconds", "keras_version_in", b"keras_version_in", "keras_version_out", b"keras_version_out", "layers", b"layers", "nonzero_params", b"nonzero_params", "overall_sparsity", b"overall_sparsity", "pruned", b"pruned", "pruned_kernel_sparsity", b"pruned_kernel_sparsity", "size_after", b"size_after", "size_before", b"size_before", "structured", b"structured", "total_params", b"total_params"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accuracy_delta", b"accuracy_delta", "artifacts", b"artifacts", "baseline", b"baseline", "compression_ratio", b"compression_ratio", "conversion_max_abs_diff", b"conversion_max_abs_diff", "device", b"device", "export_conversion_max_abs_diff", b"export_conversion_max_abs_diff", "fine_tune_seconds", b"fine_tune_seconds", "history", b"history", "keras_version_in", b"keras_version_in", "keras_version_out", b"keras_version_out", "layers", b"layers", "nonzero_params", b"nonzero_params", "overall_sparsity", b"overall_sparsity", "pruned", b"pruned", "pruned_kernel_sparsity", b"pruned_kernel_sparsity", "recipe", b"recipe", "size_after", b"size_after", "size_before", b"size_before", "structured", b"structured", "total_params", b"total_params"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___PruneResult: _TypeAlias = PruneResult  # noqa: Y015
+
+@_typing.final
+class EpochSummary(_message.Message):
+    """One fine-tuning epoch, from the Keras history."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EPOCH_FIELD_NUMBER: _builtins.int
+    LOSS_FIELD_NUMBER: _builtins.int
+    ACCURACY_FIELD_NUMBER: _builtins.int
+    VAL_LOSS_FIELD_NUMBER: _builtins.int
+    VAL_ACCURACY_FIELD_NUMBER: _builtins.int
+    SPARSITY_FIELD_NUMBER: _builtins.int
+    LEARNING_RATE_FIELD_NUMBER: _builtins.int
+    epoch: _builtins.int
+    loss: _builtins.float
+    accuracy: _builtins.float
+    val_loss: _builtins.float
+    """Absent without a validation split."""
+    val_accuracy: _builtins.float
+    sparsity: _builtins.float
+    """The schedule's target sparsity at the epoch's last step."""
+    learning_rate: _builtins.float
+    def __init__(
+        self,
+        *,
+        epoch: _builtins.int = ...,
+        loss: _builtins.float = ...,
+        accuracy: _builtins.float = ...,
+        val_loss: _builtins.float | None = ...,
+        val_accuracy: _builtins.float | None = ...,
+        sparsity: _builtins.float = ...,
+        learning_rate: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_val_accuracy", b"_val_accuracy", "_val_loss", b"_val_loss", "val_accuracy", b"val_accuracy", "val_loss", b"val_loss"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_val_accuracy", b"_val_accuracy", "_val_loss", b"_val_loss", "accuracy", b"accuracy", "epoch", b"epoch", "learning_rate", b"learning_rate", "loss", b"loss", "sparsity", b"sparsity", "val_accuracy", b"val_accuracy", "val_loss", b"val_loss"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__val_accuracy: _TypeAlias = _typing.Literal["val_accuracy"]  # noqa: Y015
+    _WhichOneofArgType__val_accuracy: _TypeAlias = _typing.Literal["_val_accuracy", b"_val_accuracy"]  # noqa: Y015
+    _WhichOneofReturnType__val_loss: _TypeAlias = _typing.Literal["val_loss"]  # noqa: Y015
+    _WhichOneofArgType__val_loss: _TypeAlias = _typing.Literal["_val_loss", b"_val_loss"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__val_accuracy) -> _WhichOneofReturnType__val_accuracy | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__val_loss) -> _WhichOneofReturnType__val_loss | None: ...
+
+Global___EpochSummary: _TypeAlias = EpochSummary  # noqa: Y015
+
+@_typing.final
+class RecipeResult(_message.Message):
+    """The recipe as it ran."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RECIPE_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    SCHEDULE_BEGIN_STEP_FIELD_NUMBER: _builtins.int
+    SCHEDULE_END_STEP_FIELD_NUMBER: _builtins.int
+    SCHEDULE_FREQUENCY_FIELD_NUMBER: _builtins.int
+    LEARNING_RATE_FIELD_NUMBER: _builtins.int
+    LEARNING_RATE_DECAY_FIELD_NUMBER: _builtins.int
+    EARLY_STOPPING_PATIENCE_FIELD_NUMBER: _builtins.int
+    EPOCHS_RUN_FIELD_NUMBER: _builtins.int
+    BEST_EPOCH_FIELD_NUMBER: _builtins.int
+    recipe: Global___Recipe.ValueType
+    name: _builtins.str
+    """"keep_accuracy" or "plain"."""
+    schedule_begin_step: _builtins.int
+    schedule_end_step: _builtins.int
+    schedule_frequency: _builtins.int
+    learning_rate: _builtins.float
+    learning_rate_decay: _builtins.bool
+    early_stopping_patience: _builtins.int
+    epochs_run: _builtins.int
+    """Epochs run (fewer than asked when it stopped early) and the epoch whose weights were kept."""
+    best_epoch: _builtins.int
+    def __init__(
+        self,
+        *,
+        recipe: Global___Recipe.ValueType = ...,
+        name: _builtins.str = ...,
+        schedule_begin_step: _builtins.int = ...,
+        schedule_end_step: _builtins.int = ...,
+        schedule_frequency: _builtins.int = ...,
+        learning_rate: _builtins.float = ...,
+        learning_rate_decay: _builtins.bool = ...,
+        early_stopping_patience: _builtins.int = ...,
+        epochs_run: _builtins.int = ...,
+        best_epoch: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["best_epoch", b"best_epoch", "early_stopping_patience", b"early_stopping_patience", "epochs_run", b"epochs_run", "learning_rate", b"learning_rate", "learning_rate_decay", b"learning_rate_decay", "name", b"name", "recipe", b"recipe", "schedule_begin_step", b"schedule_begin_step", "schedule_end_step", b"schedule_end_step", "schedule_frequency", b"schedule_frequency"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RecipeResult: _TypeAlias = RecipeResult  # noqa: Y015
 
 @_typing.final
 class LayerPlan(_message.Message):

@@ -1,0 +1,113 @@
+"""The fine-tuning recipe, resolved at CreateJob against the job's real step count and written
+into the spec, so the stored spec says what runs and the worker follows it without choices of
+its own. No TensorFlow.
+
+KEEP_ACCURACY (the default) reaches the final sparsity at about two thirds of the steps and
+recovers at it for the rest. TFMOT updates the masks only on steps ``begin + k * frequency``
+up to ``end_step`` (steps count from 0, so the last one is ``total - 1``): the end step is put
+on such a step, or the final sparsity is never applied. The learning rate is a third of the
+optimizer's default (a trained model needs smaller steps than a fresh one), decayed to a tenth
+by a cosine, and training stops early on validation accuracy once the final sparsity holds.
+PLAIN is the TFMOT guide's recipe. Whatever the client set explicitly is kept.
+"""
+
+from __future__ import annotations
+
+import math
+
+from pruning.v1 import pruning_pb2 as pb
+
+from . import defaults
+
+__all__ = ["DEFAULT_LEARNING_RATES", "name", "resolve", "steps_reaching_final"]
+
+# Keras's defaults for each optimizer the service offers.
+DEFAULT_LEARNING_RATES = {
+    "adam": 1e-3,
+    "adamw": 1e-3,
+    "nadam": 1e-3,
+    "rmsprop": 1e-3,
+    "adagrad": 1e-3,
+    "sgd": 1e-2,
+}
+FINE_TUNE_LR_FACTOR = 1 / 3
+RECOVERY_FRACTION = 1 / 3  # of the steps spent at the final sparsity
+MASK_UPDATES = 10  # in the ramp, when the frequency is left to the recipe
+PATIENCE = 2
+
+
+def name(recipe: int) -> str:
+    return "plain" if recipe == pb.RECIPE_PLAIN else "keep_accuracy"
+
+
+def _aligned_end(begin: int, goal: int, frequency: int, last: int) -> int:
+    """The mask-update step nearest below ``goal`` (and no later than ``last``)."""
+    k = max(1, (min(goal, last) - begin) // frequency)
+    while begin + k * frequency > last and k > 1:
+        k -= 1
+    return begin + k * frequency
+
+
+def _frequency_for(span: int) -> int:
+    """About MASK_UPDATES updates over ``span`` steps, at most every defaults.FREQUENCY."""
+    return max(1, min(defaults.FREQUENCY, span // MASK_UPDATES))
+
+
+def _divisor_near(span: int, wanted: int) -> int:
+    """The divisor of ``span`` closest to ``wanted`` from below (1 at worst)."""
+    for f in range(min(wanted, span), 0, -1):
+        if span % f == 0:
+            return f
+    return 1
+
+
+def resolve(spec: pb.JobSpec, steps_per_epoch: int) -> list[tuple[str, str]]:
+    """Writes the recipe's choices into ``spec`` (defaults already filled in) where the client
+    left them unset: schedule end step and frequency, learning rate, decay and patience.
+    Returns the violations of what the client set that no step count can satisfy (a frequency
+    that puts no mask update on a reachable end step)."""
+    t = spec.training
+    keep = t.recipe != pb.RECIPE_PLAIN
+    t.recipe = pb.RECIPE_KEEP_ACCURACY if keep else pb.RECIPE_PLAIN
+    if not t.learning_rate:
+        base = DEFAULT_LEARNING_RATES.get(t.optimizer, 1e-3)
+        t.learning_rate = base * FINE_TUNE_LR_FACTOR if keep else base
+    if not t.HasField("learning_rate_decay"):
+        t.learning_rate_decay = keep
+    if not t.HasField("early_stopping_patience"):
+        t.early_stopping_patience = PATIENCE if keep and t.validation_split > 0 else 0
+    which = spec.pruning.schedule.WhichOneof("schedule")
+    if which is None:
+        return []  # structured pruning only
+    s = getattr(spec.pruning.schedule, which)
+    total = steps_per_epoch * t.epochs
+    last = max(total - 1, s.begin_step + 1)
+    if which == "constant_sparsity":
+        s.end_step = s.end_step or last
+        s.frequency = s.frequency or _frequency_for(s.end_step - s.begin_step)
+        return []
+    if not keep:
+        s.end_step = s.end_step or last
+        s.frequency = s.frequency or defaults.FREQUENCY
+        return []
+    if s.end_step and not s.frequency:
+        span = s.end_step - s.begin_step
+        s.frequency = _divisor_near(span, _frequency_for(span))
+    elif not s.end_step:
+        goal = s.begin_step + math.ceil((total - s.begin_step) * (1 - RECOVERY_FRACTION))
+        s.frequency = s.frequency or _frequency_for(goal - s.begin_step)
+        s.end_step = _aligned_end(s.begin_step, goal, s.frequency, last)
+        if s.end_step > last:
+            return [
+                (
+                    "spec.pruning.schedule.polynomial_decay.frequency",
+                    f"masks are updated every {s.frequency} steps from step {s.begin_step}, but fine-tuning "
+                    f"has {total} steps: the final sparsity would never be reached; lower the frequency",
+                )
+            ]
+    return []
+
+
+def steps_reaching_final(s: pb.PolynomialDecay) -> bool:
+    """Whether a mask update falls on the end step, so the final sparsity is applied."""
+    return s.frequency > 0 and (s.end_step - s.begin_step) % s.frequency == 0

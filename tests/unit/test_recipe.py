@@ -1,0 +1,153 @@
+"""The fine-tuning recipe: resolved at CreateJob against the real step count, so the final
+sparsity falls on a mask update TFMOT really runs, early enough to recover; and the worker's
+checks of what training produced (non-finite data, a missed target)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from pruning.v1 import pruning_pb2 as pb
+from pruning_client import constant_sparsity, job_spec, polynomial_decay
+from pruning_core import recipe, validation
+from pruning_worker import recipe as worker_recipe
+from pruning_worker.errors import JobInputError, OutcomeError
+from pruning_worker.inputs import check
+
+
+def _resolved(steps_per_epoch: int, epochs: int = 2, **kwargs) -> pb.JobSpec:
+    kwargs.setdefault("schedule", polynomial_decay(0.5, 0.8))
+    spec = validation.with_defaults(job_spec("m" * 64, epochs=epochs, **kwargs))
+    recipe.resolve(spec, steps_per_epoch)
+    return spec
+
+
+def _tfmot_applies_final(spec: pb.JobSpec, total: int) -> tuple[int, float]:
+    """The last step in [0, total) on which TFMOT updates the masks, and the sparsity it sets."""
+    schedule = worker_recipe.make_schedule(spec.pruning, total)
+    last, sparsity = -1, 0.0
+    for step in range(total):
+        prune, value = schedule(np.int64(step))
+        if bool(prune):
+            last, sparsity = step, float(value)
+    return last, sparsity
+
+
+# 422 steps an epoch: MNIST at batch 128 with a tenth kept for validation; 7 and 1 are edge cases.
+@pytest.mark.parametrize("steps_per_epoch, epochs", [(422, 2), (422, 3), (47, 2), (7, 1), (1, 3)])
+def test_keep_accuracy_reaches_the_final_sparsity_on_a_mask_update_with_steps_left(steps_per_epoch, epochs):
+    spec = _resolved(steps_per_epoch, epochs)
+    total = steps_per_epoch * epochs
+    decay = spec.pruning.schedule.polynomial_decay
+    assert recipe.steps_reaching_final(decay)
+    assert decay.end_step <= max(total - 1, 1)
+    last, sparsity = _tfmot_applies_final(spec, total)
+    if total > 1:
+        assert last == decay.end_step and sparsity == pytest.approx(0.8)
+    if total >= 30:  # about a third of the steps is left to recover at the final sparsity
+        assert 0.55 * total <= decay.end_step <= 0.7 * total
+        assert 1 <= decay.frequency <= 100
+
+
+def test_a_frequency_given_is_kept_and_the_end_aligned_to_it():
+    spec = _resolved(422, schedule=polynomial_decay(0.5, 0.8, frequency=100))
+    decay = spec.pruning.schedule.polynomial_decay
+    assert decay.frequency == 100 and decay.end_step % 100 == 0
+    assert _tfmot_applies_final(spec, 844) == (decay.end_step, pytest.approx(0.8))
+
+
+def test_an_end_step_given_is_kept_and_the_frequency_divides_the_ramp():
+    spec = _resolved(422, schedule=polynomial_decay(0.5, 0.8, begin_step=3, end_step=503))
+    decay = spec.pruning.schedule.polynomial_decay
+    assert decay.end_step == 503 and (503 - 3) % decay.frequency == 0 and decay.frequency > 1
+    assert _tfmot_applies_final(spec, 844) == (503, pytest.approx(0.8))
+
+
+def test_keep_accuracy_learning_rate_decay_and_patience():
+    spec = _resolved(422)
+    t = spec.training
+    assert t.recipe == pb.RECIPE_KEEP_ACCURACY
+    assert t.learning_rate == pytest.approx(recipe.DEFAULT_LEARNING_RATES["adam"] / 3)
+    assert t.learning_rate_decay and t.early_stopping_patience == recipe.PATIENCE
+    assert not _resolved(422, validation_split=0.0).training.early_stopping_patience  # nothing to watch
+
+
+def test_plain_is_the_guide_recipe():
+    spec = _resolved(422, epochs=2)
+    spec.training.recipe = pb.RECIPE_PLAIN
+    plain = validation.with_defaults(job_spec("m" * 64, epochs=2, schedule=polynomial_decay(0.5, 0.8)))
+    plain.training.recipe = pb.RECIPE_PLAIN
+    recipe.resolve(plain, 422)
+    t = plain.training
+    assert t.learning_rate == pytest.approx(1e-3) and not t.learning_rate_decay and t.early_stopping_patience == 0
+    assert plain.pruning.schedule.polynomial_decay.end_step == 843
+
+
+def test_explicit_choices_win():
+    spec = validation.with_defaults(job_spec("m" * 64, schedule=polynomial_decay(0.5, 0.8), learning_rate=0.01))
+    spec.training.early_stopping_patience = 0
+    spec.training.learning_rate_decay = False
+    recipe.resolve(spec, 100)
+    t = spec.training
+    assert (t.learning_rate, t.early_stopping_patience, t.learning_rate_decay) == (0.01, 0, False)
+
+
+def test_constant_sparsity_gets_a_frequency_and_its_range():
+    spec = _resolved(10, schedule=constant_sparsity(0.6))
+    c = spec.pruning.schedule.constant_sparsity
+    assert c.frequency >= 1 and c.end_step == 19
+    assert _tfmot_applies_final(spec, 20)[1] == pytest.approx(0.6)
+
+
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf, -1.0])
+def test_a_non_finite_learning_rate_is_refused(value):
+    spec = job_spec("m" * 64, schedule=polynomial_decay(0.5, 0.8), learning_rate=0.001)
+    spec.training.learning_rate = value
+    assert "spec.training.learning_rate" in dict(validation.validate(spec))
+
+
+def _model():
+    import tf_keras as keras
+
+    inputs = keras.Input((3,))
+    return keras.Model(inputs, keras.layers.Dense(4)(inputs))
+
+
+@pytest.mark.parametrize("where", ["x_train", "x_test"])
+@pytest.mark.parametrize("value", [np.nan, np.inf])
+def test_non_finite_data_is_refused_before_any_step(where, value):
+    arrays = {
+        "x_train": np.zeros((8, 3), "float32"),
+        "y_train": np.zeros(8, "int64"),
+        "x_test": np.zeros((4, 3), "float32"),
+        "y_test": np.zeros(4, "int64"),
+    }
+    arrays[where][2, 1] = value
+    with pytest.raises(JobInputError, match=rf"{where} holds 1 NaN or infinite values \(the first in sample 2\)"):
+        check(_model(), tuple(arrays.values()), "sparse_categorical_crossentropy_from_logits")
+
+
+def _result(sparsities: dict[str, tuple[int, float]]) -> pb.PruneResult:
+    result = pb.PruneResult()
+    zeros = 0.0
+    for name, (weights, sparsity) in sparsities.items():
+        result.layers.add(name=name, pruned=True, weights=weights, sparsity=sparsity)
+        zeros += weights * sparsity
+    result.pruned_kernel_sparsity = zeros / sum(w for w, _ in sparsities.values())
+    return result
+
+
+def test_a_missed_target_fails_and_rounding_does_not():
+    p = polynomial_decay(0.5, 0.8)
+    spec = pb.PruningSpec(schedule=p)
+    worker_recipe.check_target(_result({"conv": (108, 86 / 108), "dense": (20280, 0.8)}), spec)
+    with pytest.raises(OutcomeError, match="layer dense"):
+        worker_recipe.check_target(_result({"conv": (108, 0.7963), "dense": (20280, 0.778)}), spec)
+
+
+def test_a_frequency_past_the_last_step_is_refused():
+    spec = validation.with_defaults(job_spec("m" * 64, epochs=1, schedule=polynomial_decay(0.5, 0.8, frequency=100)))
+    violations = dict(recipe.resolve(spec, 15))
+    assert "spec.pruning.schedule.polynomial_decay.frequency" in violations
