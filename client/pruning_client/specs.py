@@ -79,8 +79,9 @@ def polynomial_decay(
     power: float | None = None,
     frequency: int | None = None,
 ) -> pb.PruningSchedule:
-    """PolynomialDecay schedule; end_step 0 means the last fine-tuning step, ``power`` and
-    ``frequency`` left at None take the server's defaults (3 and 100).
+    """PolynomialDecay schedule; end_step 0 and ``frequency`` None leave them to the server's
+    recipe (keep_accuracy: final sparsity on a mask update at about 2/3 of the steps; plain:
+    the last step, every 100 steps), ``power`` None takes the server's default (3).
 
     Example:
         >>> polynomial_decay(0.5, 0.8).polynomial_decay.final_sparsity
