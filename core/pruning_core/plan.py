@@ -100,6 +100,10 @@ def check(spec: pb.JobSpec, model_info: dict[str, Any], data: DatasetFacts) -> l
                 )
             )
     layers = _summary(model_info).layers
+    pruned = pruned_layer_weights(spec, model_info)
+    unknown = sorted(set(spec.pruning.layer_sparsity) - set(pruned))
+    if layers and unknown:
+        out.append(("spec.pruning.layer_sparsity", f"names layers the job does not prune: {unknown[:20]}"))
     if layers and not any(
         layer.prunable and validation.selected(layer.class_name, layer.name, spec.pruning.layers) for layer in layers
     ):
@@ -130,6 +134,15 @@ def check(spec: pb.JobSpec, model_info: dict[str, Any], data: DatasetFacts) -> l
     return out
 
 
+def pruned_layer_weights(spec: pb.JobSpec, model_info: dict[str, Any]) -> dict[str, int]:
+    """Parameters of each layer the spec prunes, from the upload's summary."""
+    return {
+        layer.name: layer.params
+        for layer in _summary(model_info).layers
+        if layer.prunable and validation.selected(layer.class_name, layer.name, spec.pruning.layers)
+    }
+
+
 def steps_per_epoch(spec: pb.JobSpec, data: DatasetFacts) -> int:
     """Optimizer steps per epoch of a spec (with its defaults) on this dataset."""
     return train_steps(_n_train(spec, data), spec.training)
@@ -158,7 +171,8 @@ def make_plan(spec: pb.JobSpec, model_info: dict[str, Any], data: DatasetFacts) 
     )
     for layer in summary.layers:
         if layer.prunable and validation.selected(layer.class_name, layer.name, spec.pruning.layers):
-            plan.layers.add(name=layer.name, class_name=layer.class_name, weights=layer.params, final_sparsity=target)
+            final = spec.pruning.layer_sparsity.get(layer.name, target)
+            plan.layers.add(name=layer.name, class_name=layer.class_name, weights=layer.params, final_sparsity=final)
     samples = (n_train - n_validation) * t.epochs
     plan.estimated_seconds = FIXED_SECONDS + FLOPS_PER_PARAM_SAMPLE * summary.total_params * samples / ASSUMED_FLOPS
     return plan

@@ -17,9 +17,9 @@ import math
 
 from pruning.v1 import pruning_pb2 as pb
 
-from . import defaults
+from . import defaults, validation
 
-__all__ = ["DEFAULT_LEARNING_RATES", "name", "resolve", "steps_reaching_final"]
+__all__ = ["DEFAULT_LEARNING_RATES", "allocate", "name", "resolve", "steps_reaching_final"]
 
 # Keras's defaults for each optimizer the service offers.
 DEFAULT_LEARNING_RATES = {
@@ -34,6 +34,9 @@ FINE_TUNE_LR_FACTOR = 1 / 3
 RECOVERY_FRACTION = 1 / 3  # of the steps spent at the final sparsity
 MASK_UPDATES = 10  # in the ramp, when the frequency is left to the recipe
 PATIENCE = 2
+SMALL_LAYER_SHARE = 0.05
+SMALL_LAYER_SPARSITY = 0.5
+MAX_LAYER_SPARSITY = 0.99
 
 
 def name(recipe: int) -> str:
@@ -61,13 +64,37 @@ def _divisor_near(span: int, wanted: int) -> int:
     return 1
 
 
-def resolve(spec: pb.JobSpec, steps_per_epoch: int) -> list[tuple[str, str]]:
+def allocate(target: float, weights: dict[str, int]) -> dict[str, float]:
+    """Per-layer final sparsity with the same total as ``target`` over these layers: a layer
+    holding under SMALL_LAYER_SHARE of the weights (a first convolution of a hundred weights,
+    say) stays at most SMALL_LAYER_SPARSITY sparse, since a few lost weights there cost more
+    accuracy than many in a large layer; the others make up for it. Empty when there is
+    nothing to shift or the others cannot make up for it."""
+    total = sum(weights.values())
+    small = {name: n for name, n in weights.items() if n < SMALL_LAYER_SHARE * total}
+    if not total or not small or len(small) == len(weights) or target <= SMALL_LAYER_SPARSITY:
+        return {}
+    small_total = sum(small.values())
+    others = (target * total - SMALL_LAYER_SPARSITY * small_total) / (total - small_total)
+    if others > MAX_LAYER_SPARSITY:
+        return {}
+    return {name: SMALL_LAYER_SPARSITY if name in small else others for name in weights}
+
+
+def resolve(
+    spec: pb.JobSpec, steps_per_epoch: int, layer_weights: dict[str, int] | None = None
+) -> list[tuple[str, str]]:
     """Writes the recipe's choices into ``spec`` (defaults already filled in) where the client
-    left them unset: schedule end step and frequency, learning rate, decay and patience.
+    left them unset: schedule end step and frequency, learning rate, decay and patience, and
+    the per-layer sparsity over ``layer_weights`` (the pruned layers' parameter counts).
     Returns the violations of what the client set that no step count can satisfy (a frequency
     that puts no mask update on a reachable end step)."""
     t = spec.training
     keep = t.recipe != pb.RECIPE_PLAIN
+    p = spec.pruning
+    uniform = p.HasField("sparsity_m_by_n") or p.policy or list(p.block_size) not in ([], [1, 1])
+    if keep and layer_weights and p.HasField("schedule") and not p.layer_sparsity and not uniform:
+        p.layer_sparsity.update(allocate(validation.target_sparsity(p), layer_weights))
     t.recipe = pb.RECIPE_KEEP_ACCURACY if keep else pb.RECIPE_PLAIN
     if not t.learning_rate:
         base = DEFAULT_LEARNING_RATES.get(t.optimizer, 1e-3)

@@ -26,6 +26,7 @@ LOSSES = (
 )
 
 Violation = tuple[str, str]
+MAX_LAYER_SPARSITIES = 1000
 
 
 def _sparsity(value: float, field: str, out: list[Violation]) -> None:
@@ -98,6 +99,10 @@ def _validate_pruning(spec: pb.PruningSpec, out: list[Violation]) -> None:
             out.append(("spec.pruning.sparsity_m_by_n", f"needs 0 < m < n, got {mn.m}:{mn.n}"))
         if spec.block_size and list(spec.block_size) != [1, 1]:
             out.append(("spec.pruning.sparsity_m_by_n", "cannot be combined with block_size"))
+    for name, value in sorted(spec.layer_sparsity.items())[:MAX_LAYER_SPARSITIES]:
+        _sparsity(value, f"spec.pruning.layer_sparsity[{name[:200]}]", out)
+    if len(spec.layer_sparsity) > MAX_LAYER_SPARSITIES:
+        out.append(("spec.pruning.layer_sparsity", f"at most {MAX_LAYER_SPARSITIES} layers"))
     names = set(spec.layers.include_names) & set(spec.layers.exclude_names)
     if names:
         out.append(("spec.pruning.layers", f"layers both included and excluded: {sorted(names)}"))

@@ -237,7 +237,9 @@ class PruningService(pb_grpc.PruningServiceServicer):
             raise Invalid(violations)
         spec = validation.with_defaults(request.spec)
         model, facts = await self._check_inputs(tenant, spec)
-        violations = recipe.resolve(spec, plan.steps_per_epoch(spec, facts))
+        violations = recipe.resolve(
+            spec, plan.steps_per_epoch(spec, facts), plan.pruned_layer_weights(spec, model.info)
+        )
         if violations:
             raise Invalid(violations)
         if request.validate_only:

@@ -133,7 +133,7 @@ def _result(sparsities: dict[str, tuple[int, float]]) -> pb.PruneResult:
     result = pb.PruneResult()
     zeros = 0.0
     for name, (weights, sparsity) in sparsities.items():
-        result.layers.add(name=name, pruned=True, weights=weights, sparsity=sparsity)
+        result.layers.add(name=name, pruned=True, weights=weights, sparsity=sparsity, target_sparsity=0.8)
         zeros += weights * sparsity
     result.pruned_kernel_sparsity = zeros / sum(w for w, _ in sparsities.values())
     return result
@@ -151,3 +151,41 @@ def test_a_frequency_past_the_last_step_is_refused():
     spec = validation.with_defaults(job_spec("m" * 64, epochs=1, schedule=polynomial_decay(0.5, 0.8, frequency=100)))
     violations = dict(recipe.resolve(spec, 15))
     assert "spec.pruning.schedule.polynomial_decay.frequency" in violations
+
+
+def test_small_layers_stay_denser_and_the_total_holds():
+    weights = {"conv2d": 120, "dense": 20290}
+    for target in (0.8, 0.9, 0.95):
+        layers = recipe.allocate(target, weights)
+        assert layers["conv2d"] == recipe.SMALL_LAYER_SPARSITY < layers["dense"] < 1
+        total = sum(layers[n] * w for n, w in weights.items()) / sum(weights.values())
+        assert total == pytest.approx(target)
+    assert recipe.allocate(0.8, {"a": 1000, "b": 1200}) == {}  # no small layer
+    assert recipe.allocate(0.4, weights) == {}  # already at most the small layers' cap
+    assert recipe.allocate(0.99, {"a": 10, "b": 90}) == {}  # the big layer cannot make up for it
+
+
+def test_keep_accuracy_allocates_per_layer_unless_told_otherwise():
+    spec = _resolved(422)
+    assert not spec.pruning.layer_sparsity  # no layer weights given
+    spec = validation.with_defaults(job_spec("m" * 64, schedule=polynomial_decay(0.5, 0.9)))
+    recipe.resolve(spec, 422, {"conv2d": 120, "dense": 20290})
+    assert spec.pruning.layer_sparsity["conv2d"] == 0.5 and spec.pruning.layer_sparsity["dense"] > 0.9
+    spec = validation.with_defaults(job_spec("m" * 64, schedule=polynomial_decay(0.5, 0.9)))
+    spec.pruning.layer_sparsity["conv2d"] = 0.9
+    recipe.resolve(spec, 422, {"conv2d": 120, "dense": 20290})
+    assert dict(spec.pruning.layer_sparsity) == {"conv2d": pytest.approx(0.9)}  # the client's choice stands
+    plain = validation.with_defaults(job_spec("m" * 64, schedule=polynomial_decay(0.5, 0.9)))
+    plain.training.recipe = pb.RECIPE_PLAIN
+    recipe.resolve(plain, 422, {"conv2d": 120, "dense": 20290})
+    assert not plain.pruning.layer_sparsity
+
+
+def test_a_layer_schedule_ends_at_its_own_sparsity():
+    spec = _resolved(422)
+    schedule = worker_recipe.make_schedule(spec.pruning, 844)
+    end = spec.pruning.schedule.polynomial_decay.end_step
+    own = worker_recipe.for_layer(schedule, 0.5)
+    assert worker_recipe.scheduled_sparsity(own, end) == pytest.approx(0.5)
+    assert worker_recipe.scheduled_sparsity(own, 0) == pytest.approx(0.5)  # initial capped at the final
+    assert worker_recipe.scheduled_sparsity(schedule, end) == pytest.approx(0.8)

@@ -38,8 +38,11 @@ def is_kernel(name: str, value: np.ndarray) -> bool:
     return value.ndim >= 2 and "depthwise_kernel" not in name
 
 
-def fill_sparsity(result: pb.PruneResult, model: Any, pruned_layers: set[str]) -> None:
-    """Per-layer kernel sparsity, overall sparsity and parameter counts of ``model``."""
+def fill_sparsity(
+    result: pb.PruneResult, model: Any, pruned_layers: set[str], targets: dict[str, float] | None = None
+) -> None:
+    """Per-layer kernel sparsity (with each pruned layer's target), overall sparsity and
+    parameter counts of ``model``."""
     total = nonzero = kernel_total = kernel_nonzero = 0
     for layer in leaf_layers(model):
         named = [(w.name, np.asarray(w)) for w in layer.weights]
@@ -60,6 +63,7 @@ def fill_sparsity(result: pb.PruneResult, model: Any, pruned_layers: set[str]) -
             weights=size,
             nonzero=nz,
             sparsity=1.0 - nz / size,
+            target_sparsity=(targets or {}).get(layer.name, 0.0) if pruned else 0.0,
         )
         if pruned:
             kernel_total += size

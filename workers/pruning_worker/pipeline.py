@@ -151,15 +151,14 @@ def run(
     ]
     # Sparsity as the user will find it: measured on the downloaded file where it is a Keras model.
     measured = load_export(outputs[0][0], version_out) if main_format in KERAS_FILES else stripped
-    measure.fill_sparsity(result, measured, set(chosen))
-    target = recipe.target_sparsity(spec.pruning)
+    measure.fill_sparsity(result, measured, set(chosen), recipe.layer_targets(spec.pruning, chosen))
     if chosen:
         recipe.check_target(result, spec.pruning)
     for layer in result.layers:
-        if layer.pruned and abs(layer.sparsity - target) > FAR_FROM_TARGET:
+        if layer.pruned and abs(layer.sparsity - layer.target_sparsity) > FAR_FROM_TARGET:
             reporter.log(
                 f"layer {layer.name} ended at sparsity {layer.sparsity:.2f}, far from the target "
-                f"{target:.2f} (its shape may not suit the block or m-by-n pattern)",
+                f"{layer.target_sparsity:.2f} (its shape may not suit the block or m-by-n pattern)",
                 level="WARNING",
             )
 

@@ -25,6 +25,8 @@ __all__ = [
     "check_target",
     "describe",
     "final_step",
+    "for_layer",
+    "layer_targets",
     "learning_rate",
     "make_loss",
     "make_optimizer",
@@ -50,6 +52,22 @@ def make_schedule(p: pb.PruningSpec, last_step: int) -> Schedule:
     return tfmot.sparsity.keras.PolynomialDecay(
         s.initial_sparsity, s.final_sparsity, s.begin_step, end, s.power or defaults.POWER, frequency
     )
+
+
+def for_layer(schedule: Schedule, final: float) -> Schedule:
+    """``schedule`` ending at ``final`` instead (its initial sparsity capped at ``final``)."""
+    c = schedule.get_config()["config"]
+    if isinstance(schedule, tfmot.sparsity.keras.ConstantSparsity):
+        return tfmot.sparsity.keras.ConstantSparsity(final, c["begin_step"], c["end_step"], c["frequency"])
+    return tfmot.sparsity.keras.PolynomialDecay(
+        min(c["initial_sparsity"], final), final, c["begin_step"], c["end_step"], c["power"], c["frequency"]
+    )
+
+
+def layer_targets(p: pb.PruningSpec, layers: list[str]) -> dict[str, float]:
+    """The final sparsity of each pruned layer: its own where the spec gives one."""
+    target = target_sparsity(p)
+    return {name: p.layer_sparsity.get(name, target) for name in layers}
 
 
 def scheduled_sparsity(schedule: Schedule | None, step: int) -> float:
@@ -103,7 +121,14 @@ def apply_pruning(model: keras.Model, p: pb.PruningSpec, schedule: Schedule) -> 
             raise JobInputError(f"spec.pruning.policy: {exc}") from None
 
     def clone(layer: keras.layers.Layer) -> keras.layers.Layer:
-        return tfmot.sparsity.keras.prune_low_magnitude(layer, **params) if layer.name in chosen else layer
+        if layer.name not in chosen:
+            return layer
+        if layer.name in p.layer_sparsity:
+            final = p.layer_sparsity[layer.name]
+            return tfmot.sparsity.keras.prune_low_magnitude(
+                layer, **(params | {"pruning_schedule": for_layer(schedule, final)})
+            )
+        return tfmot.sparsity.keras.prune_low_magnitude(layer, **params)
 
     try:
         pruned = keras.models.clone_model(model, clone_function=clone)
@@ -182,18 +207,21 @@ def check_target(result: pb.PruneResult, p: pb.PruningSpec) -> None:
     """Fails the job when the pruned kernels miss the target sparsity by more than
     SPARSITY_TOLERANCE, beyond what rounding to whole blocks allows (TFMOT keeps a whole number
     of blocks, or of m-by-n groups, per layer)."""
-    target = target_sparsity(p)
     pruned = [layer for layer in result.layers if layer.pruned]
     weights = sum(layer.weights for layer in pruned)
     if not pruned or not weights:
         return
+    # The layers' own targets, weighted by their size: the schedule's target unless the spec
+    # (or the recipe) gave a layer its own.
+    target = sum(layer.target_sparsity * layer.weights for layer in pruned) / weights
     unit = p.sparsity_m_by_n.n if p.HasField("sparsity_m_by_n") else max(1, int(np.prod(list(p.block_size) or [1])))
     allowance = SPARSITY_TOLERANCE + unit * len(pruned) / weights
     measured = result.pruned_kernel_sparsity
     if not math.isfinite(measured) or abs(measured - target) > allowance:
-        worst = max(pruned, key=lambda layer: abs(layer.sparsity - target))
+        worst = max(pruned, key=lambda layer: abs(layer.sparsity - layer.target_sparsity))
         raise OutcomeError(
             f"the pruned kernels are {measured:.4f} sparse, the target is {target:.4f} (tolerance "
-            f"{allowance:.4f}); furthest off: layer {worst.name} at {worst.sparsity:.4f}. Check that a mask "
+            f"{allowance:.4f}); furthest off: layer {worst.name} at {worst.sparsity:.4f} for "
+            f"{worst.target_sparsity:.4f}. Check that a mask "
             "update falls on the schedule's end step and that the fine-tuning ran to it"
         )

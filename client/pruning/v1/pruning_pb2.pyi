@@ -703,6 +703,26 @@ Global___StructuredPruning: _TypeAlias = StructuredPruning  # noqa: Y015
 class PruningSpec(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class LayerSparsityEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.float
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.float = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     SCHEDULE_FIELD_NUMBER: _builtins.int
     BLOCK_SIZE_FIELD_NUMBER: _builtins.int
     BLOCK_POOLING_TYPE_FIELD_NUMBER: _builtins.int
@@ -710,6 +730,7 @@ class PruningSpec(_message.Message):
     SPARSITY_M_BY_N_FIELD_NUMBER: _builtins.int
     POLICY_FIELD_NUMBER: _builtins.int
     STRUCTURED_FIELD_NUMBER: _builtins.int
+    LAYER_SPARSITY_FIELD_NUMBER: _builtins.int
     block_pooling_type: Global___BlockPoolingType.ValueType
     policy: Global___PruningPolicy.ValueType
     @_builtins.property
@@ -730,6 +751,14 @@ class PruningSpec(_message.Message):
     def structured(self) -> Global___StructuredPruning:
         """Remove whole channels first (before fine-tuning); `layers` selects the layers it may shrink."""
 
+    @_builtins.property
+    def layer_sparsity(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]:
+        """Final sparsity of single layers, overriding the schedule's (its initial sparsity is capped
+        at it). Unset under KEEP_ACCURACY: CreateJob keeps layers that hold under 5% of the pruned
+        weights at most 0.5 sparse and raises the others so that all pruned kernels together
+        still reach the schedule's target.
+        """
+
     def __init__(
         self,
         *,
@@ -740,10 +769,11 @@ class PruningSpec(_message.Message):
         sparsity_m_by_n: Global___SparsityMByN | None = ...,
         policy: Global___PruningPolicy.ValueType = ...,
         structured: Global___StructuredPruning | None = ...,
+        layer_sparsity: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["layers", b"layers", "schedule", b"schedule", "sparsity_m_by_n", b"sparsity_m_by_n", "structured", b"structured"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["block_pooling_type", b"block_pooling_type", "block_size", b"block_size", "layers", b"layers", "policy", b"policy", "schedule", b"schedule", "sparsity_m_by_n", b"sparsity_m_by_n", "structured", b"structured"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["block_pooling_type", b"block_pooling_type", "block_size", b"block_size", "layer_sparsity", b"layer_sparsity", "layers", b"layers", "policy", b"policy", "schedule", b"schedule", "sparsity_m_by_n", b"sparsity_m_by_n", "structured", b"structured"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1019,6 +1049,7 @@ class LayerSparsity(_message.Message):
     WEIGHTS_FIELD_NUMBER: _builtins.int
     NONZERO_FIELD_NUMBER: _builtins.int
     SPARSITY_FIELD_NUMBER: _builtins.int
+    TARGET_SPARSITY_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     type: _builtins.str
     pruned: _builtins.bool
@@ -1027,6 +1058,8 @@ class LayerSparsity(_message.Message):
     """Kernel weights of the layer and how many are non-zero."""
     nonzero: _builtins.int
     sparsity: _builtins.float
+    target_sparsity: _builtins.float
+    """The final sparsity the layer was pruned to (0 for a layer not pruned)."""
     def __init__(
         self,
         *,
@@ -1036,10 +1069,11 @@ class LayerSparsity(_message.Message):
         weights: _builtins.int = ...,
         nonzero: _builtins.int = ...,
         sparsity: _builtins.float = ...,
+        target_sparsity: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "nonzero", b"nonzero", "pruned", b"pruned", "sparsity", b"sparsity", "type", b"type", "weights", b"weights"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "nonzero", b"nonzero", "pruned", b"pruned", "sparsity", b"sparsity", "target_sparsity", b"target_sparsity", "type", b"type", "weights", b"weights"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
