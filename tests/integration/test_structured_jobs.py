@@ -56,3 +56,43 @@ def test_shrinking_an_output_layer_is_refused_at_create_job(client, files):
     with pytest.raises(InvalidArgument) as error:
         client.submit(spec)
     assert [f for f, _ in error.value.field_violations] == ["spec.pruning.structured.layer_ratios[logits]"]
+
+
+def test_keras3_model_structured_only(client, worker, tmp_path):
+    """A Keras 3 residual model, channels removed without weight pruning, back as Keras 3."""
+    import keras
+    import keras3_models
+    import numpy as np
+
+    path, original = keras3_models.save("residual_cnn", tmp_path / "residual.keras")
+    rng = np.random.default_rng(0)
+    arrays = {
+        "x_train": rng.standard_normal((64, 12, 12, 3)).astype("float32"),
+        "y_train": rng.random((64, 5)).astype("float32"),
+        "x_test": rng.standard_normal((16, 12, 12, 3)).astype("float32"),
+        "y_test": rng.random((16, 5)).astype("float32"),
+    }
+    np.savez(tmp_path / "data.npz", **arrays)
+    model = client.upload_model(path)
+    data = client.upload_dataset(tmp_path / "data.npz")
+    spec = job_spec(
+        model.id,
+        dataset=data.id,
+        structured=structured(0.5, importance="bn_scale", latency_repeats=1),
+        epochs=1,
+        batch_size=16,
+        loss="mean_squared_error",
+        validation_split=0.0,
+    )
+    assert not spec.pruning.HasField("schedule")
+    job = client.submit(spec)
+    result = job.result(timeout=300)
+    assert result.raw.keras_version_out == 3
+    s = result.structured
+    assert s is not None and s.criterion == "bn_scale" and s.groups_pruned == 2
+    assert not any(x.pruned for x in result.layers)  # no weight pruning on top
+    loaded = keras.saving.load_model(job.download(tmp_path / "small.keras"))
+    assert isinstance(loaded, keras.Model)
+    # stem and res_conv2 meet at the Add: both 8 -> 4; res_conv1 8 -> 4; the head stays 5.
+    assert [loaded.get_layer(n).kernel.shape[-1] for n in ("stem", "res_conv1", "res_conv2", "head")] == [4, 4, 4, 5]
+    assert loaded.count_params() == s.params_after < original.count_params() == s.params_before

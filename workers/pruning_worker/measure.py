@@ -112,23 +112,29 @@ def _probe(model: Any, batch: int) -> list[np.ndarray]:
     return [rng.random((batch, *t.shape[1:])).astype(t.dtype.as_numpy_dtype) for t in model.inputs]
 
 
-def _median_ms(run: Any, repeats: int, warmup: int = 2) -> float:
+def paired_median_ms(run_a: Any, run_b: Any, repeats: int, warmup: int = 2) -> tuple[float, float]:
+    """Median milliseconds of ``run_a`` and of ``run_b`` over ``repeats`` timed runs each,
+    taken in alternation (a b, b a, ...) so that load drifting on a shared machine weighs
+    on both alike."""
     for _ in range(warmup):
-        run()
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - started)
-    return float(np.median(times) * 1000.0)
+        run_a()
+        run_b()
+    times: tuple[list[float], list[float]] = ([], [])
+    for i in range(repeats):
+        order = ((0, run_a), (1, run_b)) if i % 2 == 0 else ((1, run_b), (0, run_a))
+        for slot, run in order:
+            started = time.perf_counter()
+            run()
+            times[slot].append(time.perf_counter() - started)
+    return float(np.median(times[0]) * 1000.0), float(np.median(times[1]) * 1000.0)
 
 
-def latency_tf(model: Any, batch: int, repeats: int) -> float:
-    """Median milliseconds of one inference call of ``model`` (a compiled tf.function) on a
-    batch of ``batch`` random samples, on TensorFlow's default device."""
+def tf_runner(model: Any, batch: int) -> Any:
+    """A callable running one inference of ``model`` (a traced tf.function) on a batch of
+    ``batch`` random samples, on TensorFlow's default device, to the last output value."""
     fn = _call(model).get_concrete_function(*_input_specs(model, batch))
     x = [tf.constant(a) for a in _probe(model, batch)]
-    return _median_ms(lambda: tf.nest.map_structure(lambda t: t.numpy(), fn(*x)), repeats)
+    return lambda: tf.nest.map_structure(lambda t: t.numpy(), fn(*x))
 
 
 def tflite_bytes(model: Any) -> bytes:
@@ -136,15 +142,14 @@ def tflite_bytes(model: Any) -> bytes:
     return bytes(tf.lite.TFLiteConverter.from_keras_model(model).convert())
 
 
-def latency_tflite(flatbuffer: bytes, batch: int, repeats: int) -> float:
-    """Median milliseconds of one invoke of the TFLite interpreter (XNNPACK, TFLite's default
-    CPU delegate for float models, on all cores) on a batch of ``batch`` random samples."""
+def tflite_runner(flatbuffer: bytes, batch: int) -> Any:
+    """A callable running one invoke of the TFLite interpreter (XNNPACK, TFLite's default CPU
+    delegate for float models, on all cores) on a batch of ``batch`` random samples."""
     interpreter = tf.lite.Interpreter(model_content=flatbuffer, num_threads=os.cpu_count() or 1)
-    details = interpreter.get_input_details()
-    for d in details:
+    for d in interpreter.get_input_details():
         interpreter.resize_tensor_input(d["index"], [batch, *d["shape"][1:]])
     interpreter.allocate_tensors()
     rng = np.random.default_rng(0)
     for d in interpreter.get_input_details():
         interpreter.set_tensor(d["index"], rng.random(d["shape"]).astype(d["dtype"]))
-    return _median_ms(interpreter.invoke, repeats)
+    return interpreter.invoke

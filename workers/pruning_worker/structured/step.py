@@ -106,24 +106,27 @@ def run(model: Any, p: pb.PruningSpec, x: Any, y: Any, loss: Any) -> tuple[Any, 
 
 def fill_latency(result: pb.StructuredResult, before: Any, after: Any, device: str, repeats: int) -> None:
     """Latency of the models before and after pruning: TensorFlow on ``device`` and TFLite
-    (XNNPACK) on the CPU, at each of ``BATCHES``, the median of ``repeats`` timed runs."""
+    (XNNPACK) on the CPU, at each of ``BATCHES``, the median of ``repeats`` timed runs (the
+    two models timed in alternation)."""
     with tferrors.step("latency measurement"):
-        for batch in BATCHES:
-            result.latency.add(
-                runtime="tf",
-                device=device,
-                batch_size=batch,
-                before_ms=measure.latency_tf(before, batch, repeats),
-                after_ms=measure.latency_tf(after, batch, repeats),
-                repeats=repeats,
-            )
         flat_before, flat_after = measure.tflite_bytes(before), measure.tflite_bytes(after)
         for batch in BATCHES:
-            result.latency.add(
-                runtime="tflite",
-                device="CPU (XNNPACK)",
-                batch_size=batch,
-                before_ms=measure.latency_tflite(flat_before, batch, repeats),
-                after_ms=measure.latency_tflite(flat_after, batch, repeats),
-                repeats=repeats,
+            pairs = (
+                ("tf", device, measure.tf_runner(before, batch), measure.tf_runner(after, batch)),
+                (
+                    "tflite",
+                    "CPU (XNNPACK)",
+                    measure.tflite_runner(flat_before, batch),
+                    measure.tflite_runner(flat_after, batch),
+                ),
             )
+            for runtime, where, run_before, run_after in pairs:
+                before_ms, after_ms = measure.paired_median_ms(run_before, run_after, repeats)
+                result.latency.add(
+                    runtime=runtime,
+                    device=where,
+                    batch_size=batch,
+                    before_ms=before_ms,
+                    after_ms=after_ms,
+                    repeats=repeats,
+                )
