@@ -1,16 +1,22 @@
 """Content-addressed artifact files on disk: ``<root>/<sha[:2]>/<sha>``.
 
 Writers stream into a temporary file beside the blobs and rename it into place once the
-sha256 is known, so a reader never sees a partial blob and memory stays flat.
+sha256 is known, so a reader never sees a partial blob and memory stays flat. A writer holds
+an exclusive ``flock`` on its file until it commits or discards it: the lock dies with its
+process, so :meth:`BlobStore.sweep` tells the files of a killed process (removed) from those
+still being written, by any process on the host.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import pathlib
 import re
+import shutil
 import tempfile
+import time
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
@@ -25,6 +31,7 @@ class BlobWriter:
     def __init__(self, store: BlobStore):
         self._store = store
         fd, name = tempfile.mkstemp(dir=store.tmp_dir, prefix="upload-")
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a new file: nobody else holds it
         self._file = os.fdopen(fd, "wb")
         self.path = pathlib.Path(name)
         self.size = 0
@@ -40,9 +47,13 @@ class BlobWriter:
         return self._hash.hexdigest()
 
     def close(self) -> None:
+        """Flushes the file to disk; it stays open (and locked) until commit or discard."""
         if not self._file.closed:
             self._file.flush()
             os.fsync(self._file.fileno())
+
+    def _release(self) -> None:
+        if not self._file.closed:
             self._file.close()
 
     def commit(self) -> str:
@@ -52,11 +63,12 @@ class BlobWriter:
         target = self._store.path(sha)
         target.parent.mkdir(parents=True, exist_ok=True)
         os.replace(self.path, target)
+        self._release()
         return sha
 
     def discard(self) -> None:
-        self.close()
         self.path.unlink(missing_ok=True)
+        self._release()
 
 
 class BlobStore:
@@ -75,6 +87,29 @@ class BlobStore:
     def writer(self) -> BlobWriter:
         return BlobWriter(self)
 
+    def ids(self):
+        """Every stored blob's id."""
+        for path in self.root.glob("??/*"):
+            if is_artifact_id(path.name) and path.parent.name == path.name[:2]:
+                yield path.name
+
+    def remove(self, artifact_id: str, min_age_s: float = 60.0) -> bool:
+        """Deletes a blob no record points to; one younger than ``min_age_s`` is left alone
+        (it may have just been written again for a new record)."""
+        path = self.path(artifact_id)
+        try:
+            if time.time() - path.stat().st_mtime < min_age_s:
+                return False
+            path.unlink()
+        except FileNotFoundError:
+            return False
+        return True
+
+    def sweep(self, min_age_s: float = 60.0) -> int:
+        """Removes temporary files no live writer holds (their process died mid-upload);
+        returns how many. Files younger than ``min_age_s`` are left to their writer."""
+        return sweep_unlocked(self.tmp_dir.glob("upload-*"), min_age_s)
+
     def put_file(self, source: os.PathLike | str) -> tuple[str, int]:
         """Copies a local file into the store; returns (id, size)."""
         writer = self.writer()
@@ -86,3 +121,29 @@ class BlobStore:
         except BaseException:
             writer.discard()
             raise
+
+
+def sweep_unlocked(paths, min_age_s: float = 60.0) -> int:
+    """Removes each file or directory of ``paths`` whose lock no process holds (for a
+    directory, the lock is on its ``.lock`` file) and that is older than ``min_age_s``."""
+    removed = 0
+    for path in paths:
+        lock = path / ".lock" if path.is_dir() else path
+        try:
+            if time.time() - lock.stat().st_mtime < min_age_s:
+                continue
+            fd = os.open(lock, os.O_RDONLY)
+        except OSError:
+            continue  # gone meanwhile
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+            removed += 1
+        except BlockingIOError:
+            pass  # a live writer holds it
+        finally:
+            os.close(fd)
+    return removed

@@ -276,7 +276,7 @@ def _inspect_model(path: pathlib.Path, max_decompressed: int, max_config: int) -
     import h5py
 
     try:
-        with h5py.File(path, "r") as f:
+        with h5py.File(path, "r", locking=False) as f:  # the upload holds its own lock
             if "model_config" not in f.attrs:
                 raise ModelRejected("the HDF5 file holds no Keras model (no model_config)")
             if f.attrs.get_id("model_config").get_storage_size() > max_config:

@@ -7,6 +7,7 @@ Every setting comes from an environment variable with the ``PRUNING_`` prefix, f
 from __future__ import annotations
 
 import pathlib
+import tempfile
 from typing import Literal
 
 from pydantic import Field, field_validator
@@ -46,6 +47,28 @@ class Settings(BaseSettings):
     max_watches_per_tenant: int = Field(256, description="concurrent WatchJob streams of one tenant per server process")
     max_uploads: int = Field(256, description="concurrent uploads per server process")
     max_uploads_per_tenant: int = Field(16, description="concurrent uploads of one tenant per server process")
+    upload_idle_timeout_s: float = Field(
+        60.0, description="an upload with no message for this long is dropped (DEADLINE_EXCEEDED)"
+    )
+    work_dir: pathlib.Path | None = Field(
+        None, description="where workers keep a job's files while it runs; default <system temp>/pruning-jobs"
+    )
+    sweep_min_age_s: float = Field(
+        60.0,
+        description="upload temp files and job directories no live process holds are removed at start and by "
+        "the housekeeping once at least this old",
+    )
+    housekeeping_interval_s: float = Field(
+        300.0, description="how often a server sweeps orphaned temp files and enforces retention"
+    )
+    job_retention_s: float = Field(
+        30 * 86400.0, description="an ended job's record and events are deleted this long after it ended; 0 = kept"
+    )
+    artifact_retention_s: float = Field(
+        30 * 86400.0,
+        description="a tenant's artifact record is deleted this long after it was created (the bytes once no "
+        "record points to them); 0 = kept",
+    )
     retry_after_s: float = Field(
         5.0, description="the retry hint (google.rpc.RetryInfo) of a RESOURCE_EXHAUSTED answer"
     )
@@ -70,6 +93,9 @@ class Settings(BaseSettings):
     grace_s: float = Field(5.0, description="graceful shutdown period of the server")
     job_time_limit_s: float = Field(0.0, description="a job running longer fails with DEADLINE_EXCEEDED; 0 = no limit")
     heartbeat_interval_s: float = Field(10.0, description="how often a worker marks its running job alive")
+    sweep_interval_s: float = Field(
+        1.0, gt=0, description="how often a server checks the trials of running sweeps and queues the next ones"
+    )
     reap_after_s: float = Field(
         120.0, description="a running job silent this long is re-queued (its worker is presumed dead); 0 = never"
     )
@@ -97,6 +123,10 @@ class Settings(BaseSettings):
     @property
     def artifacts_path(self) -> pathlib.Path:
         return self.artifact_dir or self.state_dir / "artifacts"
+
+    @property
+    def work_path(self) -> pathlib.Path:
+        return self.work_dir or pathlib.Path(tempfile.gettempdir()) / "pruning-jobs"
 
     @property
     def data_path(self) -> pathlib.Path:

@@ -12,9 +12,17 @@ Keys (``P`` is the configured prefix)::
     P:tenant:<t>:jobs           sorted set of job ids (score 0, ids sort by creation time)
     P:idem:<t>:<key>            job id created with an idempotency key
     P:cancel:<id>               set while a cancel was asked for a running job
-    P:artifact:<sha256>         hash: size, kind, format, filename, created, info (JSON)
+    P:artifact:<t>:<sha256>     hash: one tenant's record of an artifact: size, kind, format,
+                                      filename, created, info (JSON). The bytes are shared by
+                                      content; the metadata is each tenant's own.
+    P:artifact:<sha256>         the same, shared by every tenant (records written before
+                                      per-tenant records; still read)
+    P:artifact-owners:<sha256>  set of tenants holding a record of the artifact (its blob may
+                                      go once it is empty)
+    P:artifacts-by-time         sorted set "<sha256>:<tenant>" -> record created (unix s)
     P:tenant:<t>:artifacts      set of artifact ids the tenant may read
     P:running                   sorted set: running job id -> last worker heartbeat (unix s)
+    P:finished                  sorted set: ended job id -> when it ended (unix s), for retention
     P:watch-wake:<process>      stream a server appends to, to wake its own blocking watch read
 """
 
@@ -44,7 +52,7 @@ if KEYS[4] ~= '' then
   if existing then return {0, existing} end
 end
 redis.call('HSET', KEYS[1], 'job', ARGV[1], 'version', 1, 'state', ARGV[2], 'attempt', 0,
-           'tenant', ARGV[3], 'enqueued', 0, 'fingerprint', ARGV[7])
+           'tenant', ARGV[3], 'enqueued', 0, 'fingerprint', ARGV[7], 'idem', KEYS[4])
 local eid = redis.call('XADD', KEYS[2], '*', 'e', ARGV[4])
 redis.call('HSET', KEYS[1], 'last_event_id', eid)
 redis.call('ZADD', KEYS[3], 0, ARGV[5])
@@ -52,14 +60,16 @@ if KEYS[4] ~= '' then redis.call('SET', KEYS[4], ARGV[5], 'EX', ARGV[6]) end
 return {1, ARGV[5]}
 """
 
-# KEYS: job, events ; ARGV: expected version, job bytes, state, attempt, event bytes...
+# KEYS: job, events, finished ; ARGV: expected version, job bytes, state, attempt,
+# ended at ('' while the job goes on), job id, event bytes...
 _UPDATE = """
 local version = redis.call('HGET', KEYS[1], 'version')
 if not version then return -1 end
 if version ~= ARGV[1] then return 0 end
 redis.call('HSET', KEYS[1], 'job', ARGV[2], 'version', tonumber(version) + 1,
            'state', ARGV[3], 'attempt', ARGV[4])
-for i = 5, #ARGV do
+if ARGV[5] ~= '' then redis.call('ZADD', KEYS[3], ARGV[5], ARGV[6]) end
+for i = 7, #ARGV do
   local eid = redis.call('XADD', KEYS[2], '*', 'e', ARGV[i])
   redis.call('HSET', KEYS[1], 'last_event_id', eid)
 end
@@ -116,6 +126,18 @@ class Keys:
 
     def tenant_artifacts(self, tenant: str) -> str:
         return f"{self.prefix}:tenant:{tenant}:artifacts"
+
+    def tenant_artifact(self, tenant: str, artifact_id: str) -> str:
+        return f"{self.prefix}:artifact:{tenant}:{artifact_id}"
+
+    def artifact_owners(self, artifact_id: str) -> str:
+        return f"{self.prefix}:artifact-owners:{artifact_id}"
+
+    def artifacts_by_time(self) -> str:
+        return f"{self.prefix}:artifacts-by-time"
+
+    def finished(self) -> str:
+        return f"{self.prefix}:finished"
 
     def watch_wake(self, process: str) -> str:
         return f"{self.prefix}:watch-wake:{process}"
@@ -276,14 +298,15 @@ class _Base:
     def _update_steps(self, job_id: str, tenant: str | None, mutate: Mutation) -> Steps[pb.Job]:
         """Applies ``mutate`` to the record and appends the events it returns, atomically;
         a concurrent writer makes it read and mutate again."""
-        keys = [self.keys.job(job_id), self.keys.events(job_id)]
+        keys = [self.keys.job(job_id), self.keys.events(job_id), self.keys.finished()]
         while True:
             raw = yield self.redis.hgetall(keys[0])
             if not self._owned(raw, tenant):
                 raise JobNotFound(job_id)
             job = _decode_job(raw)
             events = mutate(job)
-            args = [raw[b"version"], job.SerializeToString(), job.state, job.attempt]
+            ended = time.time() if job.state in TERMINAL else ""
+            args = [raw[b"version"], job.SerializeToString(), job.state, job.attempt, ended, job_id]
             outcome = yield self._update(keys=keys, args=args + [e.SerializeToString() for e in events])
             if outcome == 1:
                 return job
@@ -291,14 +314,22 @@ class _Base:
                 raise JobNotFound(job_id)
 
     def _put_artifact(self, tenant: str, record: ArtifactRecord) -> Steps[None]:
-        # The record first: a tenant never sees an artifact id without its record.
-        yield self.redis.hset(self.keys.artifact(record.id), mapping=record.to_mapping())
+        # The record first: a tenant never sees an artifact id without its record. Each tenant
+        # has its own record of shared bytes: another tenant's upload never changes it.
+        yield self.redis.hset(self.keys.tenant_artifact(tenant, record.id), mapping=record.to_mapping())
+        yield self.redis.sadd(self.keys.artifact_owners(record.id), tenant)
+        yield self.redis.zadd(self.keys.artifacts_by_time(), {f"{record.id}:{tenant}": record.created})
         yield self.redis.sadd(self.keys.tenant_artifacts(tenant), record.id)
 
     def _get_artifact(self, tenant: str, artifact_id: str) -> Steps[ArtifactRecord]:
         if not (yield self.redis.sismember(self.keys.tenant_artifacts(tenant), artifact_id)):
             raise KeyError(artifact_id)
-        return ArtifactRecord.from_mapping(artifact_id, (yield self.redis.hgetall(self.keys.artifact(artifact_id))))
+        raw = yield self.redis.hgetall(self.keys.tenant_artifact(tenant, artifact_id))
+        if not raw:  # a record from before per-tenant records
+            raw = yield self.redis.hgetall(self.keys.artifact(artifact_id))
+        if not raw:
+            raise KeyError(artifact_id)
+        return ArtifactRecord.from_mapping(artifact_id, raw)
 
 
 class JobStore(_Base):
@@ -460,6 +491,56 @@ class AsyncJobStore(_Base):
             pipe.xadd(wake_key, {"w": 1}, maxlen=1, approximate=False)
             pipe.expire(wake_key, ttl_s)
             await pipe.execute()
+
+    # -- retention ---------------------------------------------------------------------
+
+    async def expired_jobs(self, ended_before: float, limit: int = 500) -> builtins.list[str]:
+        """Ids of jobs that ended before ``ended_before`` (unix s), oldest first."""
+        ids = await self.redis.zrangebyscore(self.keys.finished(), "-inf", ended_before, start=0, num=limit)
+        return [i.decode() if isinstance(i, bytes) else i for i in ids]
+
+    async def delete_job(self, job_id: str) -> None:
+        """Removes an ended job: its record, events, index entries and idempotency key."""
+        tenant, idem = await self.redis.hmget(self.keys.job(job_id), "tenant", "idem")
+        if idem and (await self.redis.get(idem)) == job_id.encode():
+            await self.redis.delete(idem)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.delete(self.keys.job(job_id), self.keys.events(job_id), self.keys.cancel(job_id))
+            pipe.zrem(self.keys.finished(), job_id)
+            pipe.zrem(self.keys.running(), job_id)
+            if tenant:
+                pipe.zrem(self.keys.tenant_jobs(tenant.decode()), job_id)
+            await pipe.execute()
+
+    async def expired_artifacts(self, created_before: float, limit: int = 500) -> builtins.list[tuple[str, str]]:
+        """(tenant, artifact id) of records created before ``created_before`` (unix s)."""
+        members = await self.redis.zrangebyscore(
+            self.keys.artifacts_by_time(), "-inf", created_before, start=0, num=limit
+        )
+        out = []
+        for member in members:
+            text = member.decode() if isinstance(member, bytes) else member
+            out.append((text[65:], text[:64]))
+        return out
+
+    async def delete_artifact(self, tenant: str, artifact_id: str) -> bool:
+        """Removes one tenant's record of an artifact; True when no record of it is left
+        (its bytes may go)."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.srem(self.keys.tenant_artifacts(tenant), artifact_id)
+            pipe.delete(self.keys.tenant_artifact(tenant, artifact_id))
+            pipe.srem(self.keys.artifact_owners(artifact_id), tenant)
+            pipe.zrem(self.keys.artifacts_by_time(), f"{artifact_id}:{tenant}")
+            await pipe.execute()
+        return bool(await self.unowned([artifact_id]))
+
+    async def unowned(self, artifact_ids: builtins.list[str]) -> builtins.list[str]:
+        """The ids no record of any tenant points to."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for artifact_id in artifact_ids:
+                pipe.exists(self.keys.artifact_owners(artifact_id), self.keys.artifact(artifact_id))
+            counts = await pipe.execute()
+        return [a for a, n in zip(artifact_ids, counts, strict=True) if not n]
 
     async def put_artifact(self, tenant: str, record: ArtifactRecord) -> None:
         await _drive_async(self._put_artifact(tenant, record))

@@ -23,6 +23,10 @@ from pruning_core.settings import Settings
 log = logging.getLogger("pruning.up")
 
 
+class StartFailed(RuntimeError):
+    """A process of the stack did not start; the message says why."""
+
+
 class Stack:
     """The processes of one embedded deployment."""
 
@@ -75,9 +79,14 @@ class Stack:
         deadline = time.monotonic() + timeout
         while not port_file.exists() or not port_file.read_text().strip():
             if self.server.poll() is not None:
-                raise RuntimeError(f"the server exited with status {self.server.returncode}")
+                from .main import EXIT_ADDRESS_IN_USE  # not at import: `pruning up --help` stays light
+
+                if self.server.returncode == EXIT_ADDRESS_IN_USE:
+                    where = listen or self.settings.listen
+                    raise StartFailed(f"cannot listen on {where}: the address is in use (is a service already up?)")
+                raise StartFailed(f"the server exited with status {self.server.returncode}")
             if time.monotonic() > deadline:
-                raise TimeoutError("the server did not start in time")
+                raise StartFailed("the server did not start in time")
             time.sleep(0.1)
         self.port = int(port_file.read_text())
 
@@ -141,7 +150,11 @@ def main(listen: str | None = None) -> int:
 
     signal.signal(signal.SIGINT, handler)
     signal.signal(signal.SIGTERM, handler)
-    stack = Stack.start(listen=listen)
+    try:
+        stack = Stack.start(listen=listen)
+    except StartFailed as exc:
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        return 1
     print(f"pruning service up on 127.0.0.1:{stack.port} (Ctrl-C stops it)", flush=True)
     try:
         while not stop["now"]:

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import logging
 import signal
+import sys
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -26,6 +27,11 @@ from .watches import WatchHub
 log = logging.getLogger("pruning_server")
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["PruningService"].full_name
 MAX_MESSAGE = 8 * 1024 * 1024
+EXIT_ADDRESS_IN_USE = 3
+
+
+class AddressInUse(RuntimeError):
+    """The server's address is taken (by another pruning server or anything else)."""
 
 
 class Running:
@@ -38,11 +44,12 @@ class Running:
         self.hub = hub
         self.reaper: asyncio.Task | None = None
         self.health_check: asyncio.Task | None = None
+        self.housekeeping: asyncio.Task | None = None
         self.metrics: telemetry.MetricsEndpoint | None = None
         self.metrics_port: int | None = None
 
     async def stop(self) -> None:
-        for task in (self.reaper, self.health_check):
+        for task in (self.reaper, self.health_check, self.housekeeping):
             if task is not None:
                 task.cancel()
         if self.metrics is not None:
@@ -83,6 +90,7 @@ async def create_server(settings: Settings, address: str | None = None) -> Runni
     reader = AsyncJobStore.single_connection(settings.redis_url, settings.key_prefix, settings.watch_block_s + 30)
     hub = WatchHub(store, reader, int(settings.watch_block_s * 1000), settings.watch_buffer)
     blobs = BlobStore(settings.artifacts_path)
+    await asyncio.to_thread(reaper.sweep, blobs, settings)
     interceptors: list[grpc.aio.ServerInterceptor] = [
         ErrorsAndMetrics(settings.max_error_bytes, settings.max_violations)
     ]
@@ -91,7 +99,12 @@ async def create_server(settings: Settings, address: str | None = None) -> Runni
         interceptors.insert(0, Tracing())  # outermost: the span sees the status the errors map to
     server = grpc.aio.server(
         interceptors=interceptors,
-        options=[("grpc.max_receive_message_length", MAX_MESSAGE), ("grpc.max_send_message_length", MAX_MESSAGE)],
+        options=[
+            ("grpc.max_receive_message_length", MAX_MESSAGE),
+            ("grpc.max_send_message_length", MAX_MESSAGE),
+            # A second server on a taken port must fail, not share it and split the requests.
+            ("grpc.so_reuseport", 0),
+        ],
     )
     celery = make_celery(settings)
     celery.conf.task_send_sent_event = True  # Flower sees a job's task from the moment it is queued
@@ -100,11 +113,16 @@ async def create_server(settings: Settings, address: str | None = None) -> Runni
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection([SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
     address = address or settings.listen
-    if settings.tls_cert_file and settings.tls_key_file:
-        creds = grpc.ssl_server_credentials([(settings.tls_key_file.read_bytes(), settings.tls_cert_file.read_bytes())])
-        port = server.add_secure_port(address, creds)
-    else:
-        port = server.add_insecure_port(address)
+    try:
+        if settings.tls_cert_file and settings.tls_key_file:
+            key, cert = settings.tls_key_file.read_bytes(), settings.tls_cert_file.read_bytes()
+            port = server.add_secure_port(address, grpc.ssl_server_credentials([(key, cert)]))
+        else:
+            port = server.add_insecure_port(address)
+    except RuntimeError:
+        await store.redis.aclose()
+        await reader.redis.aclose()
+        raise AddressInUse(f"cannot listen on {address}: the address is in use (or not available here)") from None
     await server.start()
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -115,6 +133,7 @@ async def create_server(settings: Settings, address: str | None = None) -> Runni
     if settings.metrics_listen:
         running.metrics = telemetry.MetricsEndpoint(settings)
         running.metrics_port = running.metrics.port
+    running.housekeeping = asyncio.create_task(reaper.housekeeping(store, blobs, settings))
     if settings.reap_after_s > 0:
         running.reaper = asyncio.create_task(reaper.run(store, celery, settings.queue, settings.reap_after_s))
     return running
@@ -147,7 +166,11 @@ def main(argv: list[str] | None = None) -> None:
             with open(args.port_file, "w") as f:
                 f.write(str(port))
 
-    asyncio.run(serve(settings, args.listen, ready))
+    try:
+        asyncio.run(serve(settings, args.listen, ready))
+    except AddressInUse as exc:
+        print(f"pruning server: {exc}", file=sys.stderr, flush=True)
+        raise SystemExit(EXIT_ADDRESS_IN_USE) from None
 
 
 if __name__ == "__main__":

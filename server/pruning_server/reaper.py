@@ -1,4 +1,5 @@
-"""Re-queues running jobs whose worker stopped sending heartbeats.
+"""Re-queues running jobs whose worker stopped sending heartbeats, and keeps house: sweeps
+upload temp files left by killed servers and enforces the retention settings.
 
 A worker killed outright never acknowledges its Celery message, and the broker would only
 redeliver it after the visibility timeout (hours, so long GPU jobs are not duplicated). The
@@ -11,13 +12,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 
 from pruning.v1 import pruning_pb2 as pb
 from pruning_core import tasks
+from pruning_core.blobs import BlobStore
+from pruning_core.settings import Settings
 from pruning_core.store import AsyncJobStore, make_event
 
 log = logging.getLogger(__name__)
+_BATCH = 500
 
 
 def _log_event(line: pb.LogLine) -> Callable[[pb.Job], list[pb.JobEvent]]:
@@ -50,3 +55,46 @@ async def run(store: AsyncJobStore, celery, queue: str, silent_s: float) -> None
             await requeue_silent_jobs(store, celery, queue, silent_s)
         except Exception:
             log.exception("re-queueing silent jobs failed")
+
+
+def sweep(blobs: BlobStore, settings: Settings) -> int:
+    """Removes upload temp files no live writer holds (a server was killed mid-upload)."""
+    removed = blobs.sweep(settings.sweep_min_age_s)
+    if removed:
+        log.info("removed %d upload temp files left by killed servers", removed)
+    return removed
+
+
+async def enforce_retention(store: AsyncJobStore, blobs: BlobStore, settings: Settings) -> dict[str, int]:
+    """Deletes ended jobs and artifact records past their retention, then every blob no
+    record points to; returns the counts."""
+    now = time.time()
+    counts = {"jobs": 0, "records": 0, "blobs": 0}
+    if settings.job_retention_s > 0:
+        while ids := await store.expired_jobs(now - settings.job_retention_s):
+            for job_id in ids:
+                await store.delete_job(job_id)
+            counts["jobs"] += len(ids)
+    if settings.artifact_retention_s > 0:
+        while pairs := await store.expired_artifacts(now - settings.artifact_retention_s):
+            for tenant, artifact_id in pairs:
+                await store.delete_artifact(tenant, artifact_id)
+            counts["records"] += len(pairs)
+    ids = await asyncio.to_thread(lambda: list(blobs.ids()))
+    for start in range(0, len(ids), _BATCH):
+        for artifact_id in await store.unowned(ids[start : start + _BATCH]):
+            counts["blobs"] += await asyncio.to_thread(blobs.remove, artifact_id, settings.sweep_min_age_s)
+    if any(counts.values()):
+        log.info("retention: deleted %(jobs)d jobs, %(records)d artifact records, %(blobs)d blobs", counts)
+    return counts
+
+
+async def housekeeping(store: AsyncJobStore, blobs: BlobStore, settings: Settings) -> None:
+    """Sweeps and enforces retention every ``housekeeping_interval_s``, forever."""
+    while True:
+        await asyncio.sleep(settings.housekeeping_interval_s)
+        try:
+            await asyncio.to_thread(sweep, blobs, settings)
+            await enforce_retention(store, blobs, settings)
+        except Exception:
+            log.exception("housekeeping failed")

@@ -93,8 +93,8 @@ class PruningService(pb_grpc.PruningServiceServicer):
             raise Failure(grpc.StatusCode.NOT_FOUND, f"{field}: no artifact {artifact_id}") from None
 
     async def _receive(self, request_iterator, field: str):
-        """Streams an upload into a blob writer, enforcing the header and the size limit.
-        A refused upload's temporary file is gone before the client hears why."""
+        """Streams an upload into a blob writer, enforcing the header, the size limit and the
+        idle timeout. A refused upload's temporary file is gone before the client hears why."""
         limit = self.settings.max_upload_bytes
         header = None
         writer = self.blobs.writer()
@@ -105,8 +105,16 @@ class PruningService(pb_grpc.PruningServiceServicer):
                 raise Invalid([(violation, message)])
             raise Failure(code, f"{field}: {message}")
 
+        idle = self.settings.upload_idle_timeout_s
+        requests = aiter(request_iterator)
         try:
-            async for request in request_iterator:
+            while True:
+                try:
+                    request = await asyncio.wait_for(anext(requests), idle)
+                except StopAsyncIteration:
+                    break
+                except TimeoutError:
+                    refuse(grpc.StatusCode.DEADLINE_EXCEEDED, f"no message for {idle:g} s; the upload was dropped")
                 if header is None:
                     if request.WhichOneof("payload") != "header":
                         refuse(

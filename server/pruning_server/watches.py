@@ -66,6 +66,7 @@ class WatchHub:
         self._wake = store.keys.watch_wake(os.urandom(8).hex())
         self._wake_cursor = "0-0"
         self._task: asyncio.Task | None = None
+        self._stopping = False
 
     @property
     def watching(self) -> int:
@@ -75,13 +76,22 @@ class WatchHub:
         self._task = asyncio.create_task(self._run(), name="watch-hub")
 
     async def stop(self) -> None:
+        """Ends the reader: woken through its own stream rather than cancelled mid-read (a
+        cancelled blocking read can hold the connection until the read times out)."""
+        self._stopping = True
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            with contextlib.suppress(Exception):
+                await self.store.wake(self._wake)
+            try:
+                await asyncio.wait_for(asyncio.shield(self._task), self.block_ms / 1000 + 1)
+            except Exception:  # noqa: BLE001 - Redis gone or the read stuck: cancel it
+                self._task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await asyncio.wait_for(self._task, 1)
         with contextlib.suppress(Exception):
             await self.store.redis.delete(self._wake)
-        await self.reader.redis.aclose()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.reader.redis.aclose(), 1)
 
     async def _register(self, watcher: _Watcher, after: str) -> None:
         new = watcher.job_id not in self._watchers
@@ -100,7 +110,7 @@ class WatchHub:
             self._cursors.pop(watcher.job_id, None)
 
     async def _run(self) -> None:
-        while True:
+        while not self._stopping:
             cursors = dict(self._cursors)
             try:
                 replies = await self.reader.read_streams(cursors, self._wake, self._wake_cursor, self.block_ms)

@@ -83,6 +83,7 @@ class ServerProcess:
     def __init__(self, env: dict, state: pathlib.Path, name: str, **overrides: str):
         self.state, self.log = state, state / "server.log"
         port_file = state / "port"
+        port_file.unlink(missing_ok=True)  # a killed server's
         server_env = {
             **os.environ,
             **env,

@@ -105,6 +105,11 @@ def _npy_header(header: str) -> bytes:
     return b"\x93NUMPY\x01\x00" + len(text).to_bytes(2, "little") + text + b"\0" * 64
 
 
+def test_a_well_formed_h5_is_accepted(stub):
+    """The control for the refusals below: the same file with a proper model_config passes."""
+    assert len(_upload(stub, "UploadModel", _h5(), "m.h5").id) == 64
+
+
 @pytest.mark.parametrize("config", [5, 1.5, np.arange(4)], ids=["int", "float", "array"])
 def test_h5_model_config_not_json(stub, config):
     code, fields, _ = _refusal(lambda: _upload(stub, "UploadModel", _h5(config), "m.h5"))

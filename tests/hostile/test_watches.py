@@ -22,7 +22,7 @@ pytestmark = pytest.mark.integration
 
 WATCHES = 500
 OTHER_WATCHES = 20
-ROUNDS = 25  # x 4 calls each: Upload, Create, Get, List
+ROUNDS = 50  # x 4 calls each: Upload, Create, Get, List
 CHANNELS = 5
 
 
@@ -79,7 +79,7 @@ def test_idle_watches_leave_other_tenants_fast(env, tiny):  # noqa: F811
                     model = timed("upload", lambda: b.upload_model(tiny["keras"]))
                     job = timed("create", lambda: b.submit(job_spec(model.id, dataset=data.id)))  # noqa: B023
                     timed("get", lambda: b.get_job(job.id))  # noqa: B023
-                    timed("list", lambda: b.list_jobs(page_size=10))
+                    timed("list", lambda: b.stub.ListJobs(pb.ListJobsRequest(page_size=10), metadata=_meta("key-b")))
                 return job.id
 
         async def scenario():

@@ -7,19 +7,24 @@ overwriting the newer one.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import logging
+import os
 import pathlib
 import re
+import shutil
 import tempfile
 import threading
 import time
 import traceback
+from collections.abc import Iterator
 
 from google.rpc import code_pb2
 
 from pruning.v1 import pruning_pb2 as pb
 from pruning_core import telemetry
-from pruning_core.blobs import BlobStore
+from pruning_core.blobs import BlobStore, sweep_unlocked
 from pruning_core.settings import Settings
 from pruning_core.store import (
     TERMINAL,
@@ -209,9 +214,37 @@ class Heartbeat:
         self._thread.join()
 
 
+@contextlib.contextmanager
+def job_dir(root: pathlib.Path, job_id: str) -> Iterator[pathlib.Path]:
+    """A directory for one job's files, removed when the job ends. It holds a locked
+    ``.lock`` file while it is in use, so a sweep after the worker was killed removes it and
+    never the directory of a job still running."""
+    root.mkdir(parents=True, exist_ok=True)
+    path = pathlib.Path(tempfile.mkdtemp(prefix=f"job-{job_id}-", dir=root))
+    fd = os.open(path / ".lock", os.O_CREAT | os.O_RDWR, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+        os.close(fd)
+
+
+def sweep_job_dirs(settings: Settings) -> int:
+    """Removes the directories of jobs whose worker died (no process holds their lock)."""
+    removed = sweep_unlocked(settings.work_path.glob("job-*"), settings.sweep_min_age_s)
+    if removed:
+        log.info("removed %d directories left by killed workers in %s", removed, settings.work_path)
+    return removed
+
+
 def run_job(job_id: str, settings: Settings, worker: str, task_id: str = "") -> pb.Job | None:
     """Runs job ``job_id`` to a terminal state; returns the final record (None if skipped)."""
     store = _store(settings)
+    try:
+        sweep_job_dirs(settings)
+    except OSError:
+        log.warning("could not sweep %s", settings.work_path, exc_info=True)
     job = _claim(store, job_id, worker, task_id)
     if job is None:
         log.info("job %s: nothing to run", job_id)
@@ -246,9 +279,9 @@ def _run_claimed(store: JobStore, job: pb.Job, settings: Settings) -> pb.Job | N
     try:
         from . import pipeline
 
-        with tempfile.TemporaryDirectory(prefix=f"job-{job_id}-") as workdir:
+        with job_dir(settings.work_path, job_id) as workdir:
             inputs = pipeline.Inputs.resolve(job.spec, tenant, store, settings)
-            result, outputs = pipeline.run(job.spec, inputs, reporter, pathlib.Path(workdir))
+            result, outputs = pipeline.run(job.spec, inputs, reporter, workdir)
             result.artifacts.extend(_store_outputs(settings, store, tenant, outputs))
             if settings.mlflow_tracking_uri:
                 from . import mlflow_hook

@@ -1,0 +1,141 @@
+"""Nothing is held or left forever: an idle upload is dropped, and what a killed server or a
+killed worker leaves behind is removed by the next start."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import threading
+import time
+
+import grpc
+import pytest
+from hostile import ServerProcess, hostile_server, keras_bytes
+
+from conftest import ServerThread, settings_for, start_worker, stop_worker
+from pruning.v1 import pruning_pb2 as pb
+from pruning.v1 import pruning_pb2_grpc as pb_grpc
+from pruning_client import Client, constant_sparsity, job_spec
+
+pytestmark = pytest.mark.integration
+KEY = (("x-api-key", "key-a"),)
+
+
+def _uploads(artifacts) -> list:
+    return sorted((artifacts / "tmp").glob("upload-*"))
+
+
+def _wait(predicate, timeout: float = 60, what: str = "") -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def test_idle_upload_is_dropped(env, tmp_path):
+    server = hostile_server(env, "idle", artifact_dir=str(tmp_path / "artifacts"), upload_idle_timeout_s=2)
+    try:
+
+        async def scenario() -> grpc.StatusCode:
+            async with grpc.aio.insecure_channel(server.target) as channel:
+                call = pb_grpc.PruningServiceStub(channel).UploadModel(metadata=KEY)
+                await call.write(pb.UploadRequest(header=pb.UploadHeader(filename="m.keras")))
+                await call.write(pb.UploadRequest(chunk=keras_bytes()[:100]))
+                held = time.monotonic() + 1.5
+                while not _uploads(tmp_path / "artifacts") and time.monotonic() < held:
+                    await asyncio.sleep(0.02)
+                assert len(_uploads(tmp_path / "artifacts")) == 1  # held while it is being written
+                with pytest.raises(grpc.aio.AioRpcError) as error:
+                    await asyncio.wait_for(call, 30)  # then nothing more is sent
+                return error.value.code()
+
+        assert asyncio.run(scenario()) == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert _uploads(tmp_path / "artifacts") == []
+        with Client(server.target, api_key="key-a") as client:  # its slot came back
+            path = tmp_path / "m.keras"
+            path.write_bytes(keras_bytes())
+            assert len(client.upload_model(path).id) == 64
+    finally:
+        server.stop()
+
+
+def test_server_killed_mid_upload_leaves_nothing_after_restart(env, tmp_path):
+    artifacts = tmp_path / "artifacts"
+    overrides = {"PRUNING_ARTIFACT_DIR": str(artifacts), "PRUNING_SWEEP_MIN_AGE_S": "0"}
+    hold = threading.Event()
+    with ServerProcess(env, tmp_path, "killed-upload", **overrides) as first:
+
+        def requests():
+            yield pb.UploadRequest(header=pb.UploadHeader(filename="m.keras"))
+            yield pb.UploadRequest(chunk=keras_bytes()[:100])
+            hold.wait(60)
+
+        def upload():
+            with grpc.insecure_channel(first.target) as channel, pytest.raises(grpc.RpcError):
+                pb_grpc.PruningServiceStub(channel).UploadModel(requests(), metadata=KEY, timeout=60)
+
+        thread = threading.Thread(target=upload, daemon=True)
+        thread.start()
+        _wait(lambda: len(_uploads(artifacts)) == 1, what="the upload's temp file")
+        first.proc.send_signal(signal.SIGKILL)
+        first.proc.wait(30)
+        hold.set()
+        thread.join(30)
+    leftover = _uploads(artifacts)
+    assert len(leftover) == 1  # the killed server could not clean up
+    with ServerProcess(env, tmp_path, "killed-upload", **overrides):
+        assert _uploads(artifacts) == []
+
+
+def test_sweep_leaves_a_live_upload_alone(env, tmp_path):
+    """The sweep of a second server sharing the artifact directory spares uploads in flight."""
+    artifacts = tmp_path / "artifacts"
+    first = hostile_server(env, "live", artifact_dir=str(artifacts), sweep_min_age_s=0)
+    try:
+        from pruning_core.blobs import BlobStore
+
+        live = BlobStore(artifacts).writer()
+        live.write(b"partial")
+        second = hostile_server(env, "live", artifact_dir=str(artifacts), sweep_min_age_s=0)
+        second.stop()
+        assert live.path.exists()
+        live.discard()
+    finally:
+        first.stop()
+
+
+def test_worker_killed_mid_job_leaves_nothing_after_restart(env, files, tmp_path):
+    work = tmp_path / "work"
+    lossy = {
+        **env,
+        "PRUNING_QUEUE": env["PRUNING_QUEUE"] + "-workdirs",
+        "PRUNING_HEARTBEAT_INTERVAL_S": "0.5",
+        "PRUNING_WORK_DIR": str(work),
+        "PRUNING_SWEEP_MIN_AGE_S": "0",
+    }
+    server = ServerThread(settings_for(lossy, reap_after_s=4))
+    first = start_worker(lossy, tmp_path / "first.log")
+    second = None
+    try:
+        with Client(server.target) as client:
+            model = client.upload_model(files["keras"])
+            data = client.upload_dataset(files["big_data"])
+            job = client.submit(
+                job_spec(
+                    model.id, dataset=data.id, epochs=3, batch_size=128, schedule=constant_sparsity(0.5, frequency=20)
+                )
+            )
+            _wait(lambda: job.status().progress.step > 0, 120, "training to start")
+            (orphan,) = work.glob("job-*")
+            first.send_signal(signal.SIGKILL)
+            first.wait()
+            assert orphan.exists()  # the killed worker could not clean up
+            second = start_worker(lossy, tmp_path / "second.log")
+            job.result(timeout=300)
+        assert not orphan.exists()
+        assert list(work.glob("job-*")) == []  # the new attempt's directory went in its finally
+    finally:
+        for proc in (first, second):
+            if proc is not None and proc.poll() is None:
+                stop_worker(proc)
+        server.stop()

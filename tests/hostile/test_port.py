@@ -1,0 +1,47 @@
+"""A taken port is refused: no second server shares it (SO_REUSEPORT is off), and
+`pruning up` on it exits non-zero saying why."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ServerThread, settings_for
+
+pytestmark = pytest.mark.integration
+PRUNING = pathlib.Path(sys.executable).parent / "pruning"
+
+
+def test_second_server_on_a_taken_port_fails(env):
+    from pruning_server.main import AddressInUse
+
+    first = ServerThread(settings_for(env))
+    try:
+        with pytest.raises(AddressInUse):
+            ServerThread(settings_for(env), f"127.0.0.1:{first.port}")
+    finally:
+        first.stop()
+
+
+def test_pruning_up_on_a_taken_port_exits_non_zero(env, tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        address = f"127.0.0.1:{taken.getsockname()[1]}"
+        up_env = {k: v for k, v in os.environ.items() if not k.startswith("PRUNING_")}
+        up_env.update(
+            PRUNING_REDIS_URL=env["PRUNING_REDIS_URL"],  # no embedded Redis to start
+            PRUNING_KEY_PREFIX=env["PRUNING_KEY_PREFIX"],
+            PRUNING_QUEUE=env["PRUNING_QUEUE"] + "-port",
+            PRUNING_STATE_DIR=str(tmp_path / "state"),
+        )
+        done = subprocess.run(
+            [str(PRUNING), "up", "--listen", address], env=up_env, capture_output=True, text=True, timeout=120
+        )
+    assert done.returncode != 0
+    assert address in done.stderr and "Traceback" not in done.stderr

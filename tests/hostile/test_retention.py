@@ -1,0 +1,146 @@
+"""Per-tenant artifact records over shared bytes, and retention: ended jobs, their events and
+old artifact records go, and the bytes once no record points to them."""
+
+from __future__ import annotations
+
+import time
+
+import grpc
+import pytest
+import redis
+from hostile import hostile_server, keras_bytes, npz_bytes
+
+from conftest import settings_for
+from pruning.v1 import pruning_pb2 as pb
+from pruning.v1 import pruning_pb2_grpc as pb_grpc
+from pruning_core.blobs import BlobStore
+from pruning_core.store import JobStore
+
+pytestmark = pytest.mark.integration
+
+
+def _meta(key: str):
+    return (("x-api-key", key),)
+
+
+def _upload(stub, method: str, data: bytes, filename: str, key: str) -> pb.Artifact:
+    requests = [pb.UploadRequest(header=pb.UploadHeader(filename=filename)), pb.UploadRequest(chunk=data)]
+    return getattr(stub, method)(iter(requests), metadata=_meta(key))
+
+
+def _wait(predicate, timeout: float = 20, what: str = "") -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
+
+
+def test_two_tenants_uploading_the_same_bytes_each_keep_their_record(env, tmp_path):
+    server = hostile_server(env, "records", artifact_dir=str(tmp_path / "artifacts"))
+    store = JobStore.from_url(env["PRUNING_REDIS_URL"], env["PRUNING_KEY_PREFIX"])
+    try:
+        with grpc.insecure_channel(server.target) as channel:
+            stub = pb_grpc.PruningServiceStub(channel)
+            data = keras_bytes()
+            a = _upload(stub, "UploadModel", data, "from-a.keras", "key-a")
+            time.sleep(0.01)
+            b = _upload(stub, "UploadModel", data, "from-b.keras", "key-b")
+            assert a.id == b.id  # the same bytes, stored once
+            assert (a.filename, b.filename) == ("from-a.keras", "from-b.keras")
+            record_a, record_b = store.get_artifact("tenant-a", a.id), store.get_artifact("tenant-b", b.id)
+            assert record_a.filename == "from-a.keras" and record_b.filename == "from-b.keras"
+            assert record_a.created < record_b.created
+            assert len(list((tmp_path / "artifacts").glob("*/*"))) == 1
+    finally:
+        server.stop()
+
+
+def test_retention_deletes_ended_jobs_old_records_and_unowned_bytes(env, tmp_path):
+    artifacts = tmp_path / "artifacts"
+    prefix = f"{env['PRUNING_KEY_PREFIX']}:retention"  # its own keys: other tests' jobs are not its to expire
+    server = hostile_server(
+        env,
+        "retention",
+        key_prefix=prefix,
+        artifact_dir=str(artifacts),
+        job_retention_s=1,
+        artifact_retention_s=2,
+        housekeeping_interval_s=0.2,
+        sweep_min_age_s=0,
+    )
+    settings = settings_for(env, key_prefix=prefix)
+    client = redis.Redis.from_url(env["PRUNING_REDIS_URL"])
+    try:
+        with grpc.insecure_channel(server.target) as channel:
+            stub = pb_grpc.PruningServiceStub(channel)
+            model = _upload(stub, "UploadModel", keras_bytes(), "m.keras", "key-a")
+            data = _upload(stub, "UploadDataset", npz_bytes(seed=7), "d.npz", "key-a")
+            spec = pb.JobSpec(model_id=model.id)
+            spec.dataset.artifact_id = data.id
+            spec.pruning.schedule.constant_sparsity.target_sparsity = 0.5
+            ended = stub.CreateJob(pb.CreateJobRequest(spec=spec, idempotency_key="k1"), metadata=_meta("key-a"))
+            queued = stub.CreateJob(pb.CreateJobRequest(spec=spec), metadata=_meta("key-a"))
+            stub.CancelJob(pb.CancelJobRequest(job_id=ended.id), metadata=_meta("key-a"))
+            events_key = f"{settings.key_prefix}:events:{ended.id}"
+            assert client.exists(events_key)
+
+            def gone(job_id: str) -> bool:
+                try:
+                    stub.GetJob(pb.GetJobRequest(job_id=job_id), metadata=_meta("key-a"))
+                except grpc.RpcError as error:
+                    assert error.code() == grpc.StatusCode.NOT_FOUND
+                    return True
+                return False
+
+            _wait(lambda: gone(ended.id), what="the ended job to be deleted")
+            assert not client.exists(events_key)
+            listed = stub.ListJobs(pb.ListJobsRequest(), metadata=_meta("key-a")).jobs
+            assert [job.id for job in listed] == [queued.id]  # a job that has not ended stays
+            assert not gone(queued.id)
+            # The idempotency key went with its job: the same key makes a new one.
+            again = stub.CreateJob(pb.CreateJobRequest(spec=spec, idempotency_key="k1"), metadata=_meta("key-a"))
+            assert again.id != ended.id
+
+            blobs = BlobStore(artifacts)
+            _wait(lambda: not blobs.path(model.id).exists(), what="the unowned model bytes to be deleted")
+            with pytest.raises(grpc.RpcError) as error:
+                next(stub.DownloadArtifact(pb.DownloadArtifactRequest(artifact_id=model.id), metadata=_meta("key-a")))
+            assert error.value.code() == grpc.StatusCode.NOT_FOUND
+    finally:
+        server.stop()
+
+
+def test_bytes_stay_while_another_tenant_holds_a_record(env, tmp_path):
+    import asyncio
+
+    from pruning_core.store import AsyncJobStore
+    from pruning_server import reaper
+
+    artifacts = tmp_path / "artifacts"
+    server = hostile_server(env, "shared", artifact_dir=str(artifacts))
+    settings = settings_for(env, artifact_dir=str(artifacts), sweep_min_age_s=0, artifact_retention_s=0)
+    try:
+        with grpc.insecure_channel(server.target) as channel:
+            stub = pb_grpc.PruningServiceStub(channel)
+            data = keras_bytes(version="2.16.0")
+            shared = _upload(stub, "UploadModel", data, "a.keras", "key-a")
+            _upload(stub, "UploadModel", data, "b.keras", "key-b")
+
+            async def forget_a() -> tuple[bool, dict]:
+                store = AsyncJobStore.from_url(env["PRUNING_REDIS_URL"], env["PRUNING_KEY_PREFIX"])
+                try:
+                    last = await store.delete_artifact("tenant-a", shared.id)
+                    return last, await reaper.enforce_retention(store, BlobStore(artifacts), settings)
+                finally:
+                    await store.redis.aclose()
+
+            last, counts = asyncio.run(forget_a())
+            assert not last and counts["blobs"] == 0
+            assert BlobStore(artifacts).path(shared.id).exists()
+            chunks = stub.DownloadArtifact(pb.DownloadArtifactRequest(artifact_id=shared.id), metadata=_meta("key-b"))
+            assert b"".join(c.data for c in chunks) == data
+            with pytest.raises(grpc.RpcError) as error:
+                next(stub.DownloadArtifact(pb.DownloadArtifactRequest(artifact_id=shared.id), metadata=_meta("key-a")))
+            assert error.value.code() == grpc.StatusCode.NOT_FOUND
+    finally:
+        server.stop()
