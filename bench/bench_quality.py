@@ -71,6 +71,7 @@ def main() -> int:
     parser.add_argument("--sparsities", type=float, nargs="+", default=sorted(BARS_PP))
     parser.add_argument("--fine-tune-epochs", type=int, default=8)
     parser.add_argument("--baseline-epochs", type=int, default=4)
+    parser.add_argument("--learning-rate", type=float, default=0.0, help="0 = the recipe's")
     parser.add_argument(
         "--state-dir", type=pathlib.Path, default=pathlib.Path(os.environ.get("PRUNING_STATE_DIR", ".pruning"))
     )
@@ -102,6 +103,7 @@ def main() -> int:
                         dataset="mnist",
                         schedule=polynomial_decay(0.5, target),
                         epochs=args.fine_tune_epochs,
+                        learning_rate=args.learning_rate or None,
                         seed=seed,
                     )
                     started = time.monotonic()

@@ -46,6 +46,7 @@ from .specs import (
     polynomial_decay,
     structured,
 )
+from .sweeps import SweepHandle, sweep_spec
 
 __all__ = [
     "EXPORT_FORMATS",
@@ -78,6 +79,7 @@ __all__ = [
     "PruneResult",
     "PruningError",
     "ResourceExhausted",
+    "SweepHandle",
     "TensorSummary",
     "Unauthenticated",
     "Unavailable",
@@ -91,4 +93,5 @@ __all__ = [
     "job_spec",
     "polynomial_decay",
     "structured",
+    "sweep_spec",
 ]

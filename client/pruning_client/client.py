@@ -24,6 +24,8 @@ from pruning.v1 import pruning_pb2_grpc as pb_grpc
 from .exceptions import IntegrityError, Unavailable, rpc_errors
 from .job import JobHandle
 from .results import JobPlan
+from .sweeps import SweepHandle
+from .sweeps import create_request as create_sweep_request
 
 __all__ = ["Client", "ClientOptions", "DownloadProgress", "UploadProgress"]
 
@@ -218,6 +220,7 @@ class Client:
         else:
             self._channel = grpc.insecure_channel(target, options=self.options.channel_options)
         self.stub = pb_grpc.PruningServiceStub(self._channel)
+        self.sweep_stub = pb_grpc.SweepServiceStub(self._channel)
         self._metadata = self.options.metadata
 
     def close(self) -> None:
@@ -343,6 +346,57 @@ class Client:
                 yield from stream
         finally:
             stream.cancel()
+
+    # -- sweeps ------------------------------------------------------------------------------
+
+    @_rpc
+    def create_sweep(
+        self, spec: pb.SweepSpec, *, labels: Mapping[str, str] | None = None, idempotency_key: str | None = None
+    ) -> SweepHandle:
+        """Starts a sweep (see :func:`sweep_spec`); its trials are jobs spread over the workers.
+
+        Example:
+            >>> sweep = client.create_sweep(sweep_spec(job_spec(model.id), max_loss_pp=0.5))  # doctest: +SKIP
+            >>> done = sweep.result()                                                        # doctest: +SKIP
+            >>> done.trials[done.chosen_trial].sparsity                                     # doctest: +SKIP
+            0.9125
+        """
+        request = create_sweep_request(spec, labels, idempotency_key)
+        sweep = self.sweep_stub.CreateSweep(request, timeout=self.options.timeout, metadata=self._metadata)
+        return SweepHandle(self, sweep.id, sweep)
+
+    def sweep(self, sweep_id: str) -> SweepHandle:
+        """A handle on an existing sweep."""
+        return SweepHandle(self, sweep_id)
+
+    @_rpc
+    def get_sweep(self, sweep_id: str) -> pb.Sweep:
+        return self.sweep_stub.GetSweep(
+            pb.GetSweepRequest(sweep_id=sweep_id), timeout=self.options.timeout, metadata=self._metadata
+        )
+
+    @_rpc
+    def cancel_sweep(self, sweep_id: str) -> pb.Sweep:
+        """Cancels the sweep and every trial that has not ended."""
+        return self.sweep_stub.CancelSweep(
+            pb.CancelSweepRequest(sweep_id=sweep_id), timeout=self.options.timeout, metadata=self._metadata
+        )
+
+    def list_sweeps(self, *, state: int = 0, page_size: int = 50) -> Iterator[pb.Sweep]:
+        """Every sweep of the tenant (optionally in one state), newest first."""
+        token = ""
+        while True:
+            page = self._sweep_page(
+                pb.ListSweepsRequest(page_size=page_size, page_token=token, state=pb.JobState.ValueType(state))
+            )
+            yield from page.sweeps
+            token = page.next_page_token
+            if not token:
+                return
+
+    @_rpc
+    def _sweep_page(self, request: pb.ListSweepsRequest) -> pb.ListSweepsResponse:
+        return self.sweep_stub.ListSweeps(request, timeout=self.options.timeout, metadata=self._metadata)
 
     # -- downloads ---------------------------------------------------------------------------
 

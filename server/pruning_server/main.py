@@ -18,14 +18,17 @@ from pruning_core import telemetry as core_telemetry
 from pruning_core.blobs import BlobStore
 from pruning_core.settings import Settings
 from pruning_core.store import AsyncJobStore
+from pruning_core.sweeps import SweepStore
 
 from . import reaper, telemetry
 from .interceptors import ErrorsAndMetrics, Tracing
 from .service import PruningService, make_celery
+from .sweeps import SweepServicer, drive
 from .watches import WatchHub
 
 log = logging.getLogger("pruning_server")
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["PruningService"].full_name
+SWEEP_SERVICE_NAME = pb.DESCRIPTOR.services_by_name["SweepService"].full_name
 MAX_MESSAGE = 8 * 1024 * 1024
 EXIT_ADDRESS_IN_USE = 3
 
@@ -45,11 +48,12 @@ class Running:
         self.reaper: asyncio.Task | None = None
         self.health_check: asyncio.Task | None = None
         self.housekeeping: asyncio.Task | None = None
+        self.sweeps: asyncio.Task | None = None
         self.metrics: telemetry.MetricsEndpoint | None = None
         self.metrics_port: int | None = None
 
     async def stop(self) -> None:
-        for task in (self.reaper, self.health_check, self.housekeeping):
+        for task in (self.reaper, self.health_check, self.housekeeping, self.sweeps):
             if task is not None:
                 task.cancel()
         if self.metrics is not None:
@@ -108,10 +112,15 @@ async def create_server(settings: Settings, address: str | None = None) -> Runni
     )
     celery = make_celery(settings)
     celery.conf.task_send_sent_event = True  # Flower sees a job's task from the moment it is queued
-    pb_grpc.add_PruningServiceServicer_to_server(PruningService(settings, store, blobs, celery, hub), server)
+    jobs = PruningService(settings, store, blobs, celery, hub)
+    pb_grpc.add_PruningServiceServicer_to_server(jobs, server)
+    sweep_store = SweepStore(store.redis, settings.key_prefix)
+    pb_grpc.add_SweepServiceServicer_to_server(SweepServicer(jobs, sweep_store), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection([SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
+    reflection.enable_server_reflection(
+        [SERVICE_NAME, SWEEP_SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME], server
+    )
     address = address or settings.listen
     try:
         if settings.tls_cert_file and settings.tls_key_file:
@@ -134,6 +143,7 @@ async def create_server(settings: Settings, address: str | None = None) -> Runni
         running.metrics = telemetry.MetricsEndpoint(settings)
         running.metrics_port = running.metrics.port
     running.housekeeping = asyncio.create_task(reaper.housekeeping(store, blobs, settings))
+    running.sweeps = asyncio.create_task(drive(jobs, sweep_store, settings.sweep_interval_s))
     if settings.reap_after_s > 0:
         running.reaper = asyncio.create_task(reaper.run(store, celery, settings.queue, settings.reap_after_s))
     return running

@@ -237,7 +237,10 @@ class PruningService(pb_grpc.PruningServiceServicer):
         return model, facts
 
     async def CreateJob(self, request, context):
-        tenant = await self._tenant(context)
+        return await self.create_job(await self._tenant(context), request)
+
+    async def create_job(self, tenant: str, request: pb.CreateJobRequest, sweep_id: str = "") -> pb.Job:
+        """CreateJob for ``tenant``; sweeps create their trials through it too."""
         violations = validation.validate_request(request)
         named = {field for field, _ in violations}
         violations += [v for v in convert.unknown_enums(request) if v[0] not in named]
@@ -252,7 +255,7 @@ class PruningService(pb_grpc.PruningServiceServicer):
             raise Invalid(violations)
         if request.validate_only:
             return pb.Job(spec=spec, labels=request.labels, plan=plan.make_plan(spec, model.info, facts))
-        job = pb.Job(id=new_job_id(), spec=spec, labels=request.labels)
+        job = pb.Job(id=new_job_id(), spec=spec, labels=request.labels, sweep_id=sweep_id)
         job.created_at.GetCurrentTime()
         fingerprint = convert.request_fingerprint(request)
         job, created = await self.store.create(tenant, job, request.idempotency_key, fingerprint)
@@ -300,8 +303,10 @@ class PruningService(pb_grpc.PruningServiceServicer):
                 yield event
 
     async def CancelJob(self, request, context):
-        tenant = await self._tenant(context)
-        job = await self._job(tenant, request.job_id)
+        return await self.cancel_job(await self._tenant(context), request.job_id)
+
+    async def cancel_job(self, tenant: str, job_id: str) -> pb.Job:
+        job = await self._job(tenant, job_id)
         if job.state in (pb.JOB_STATE_SUCCEEDED, pb.JOB_STATE_FAILED):
             raise Failure(
                 grpc.StatusCode.FAILED_PRECONDITION,

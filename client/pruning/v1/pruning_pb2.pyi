@@ -1583,11 +1583,17 @@ class Job(_message.Message):
     RESULT_FIELD_NUMBER: _builtins.int
     LAST_EVENT_ID_FIELD_NUMBER: _builtins.int
     PLAN_FIELD_NUMBER: _builtins.int
+    WORKER_FIELD_NUMBER: _builtins.int
+    SWEEP_ID_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     state: Global___JobState.ValueType
     attempt: _builtins.int
     last_event_id: _builtins.str
     """Id of the last event appended to the job's stream."""
+    worker: _builtins.str
+    """The worker running (or that ran) the current attempt."""
+    sweep_id: _builtins.str
+    """Set on the trials of a sweep."""
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -1624,10 +1630,12 @@ class Job(_message.Message):
         result: Global___PruneResult | None = ...,
         last_event_id: _builtins.str = ...,
         plan: Global___JobPlan | None = ...,
+        worker: _builtins.str = ...,
+        sweep_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "error", b"error", "finished_at", b"finished_at", "plan", b"plan", "progress", b"progress", "result", b"result", "spec", b"spec", "started_at", b"started_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "created_at", b"created_at", "error", b"error", "finished_at", b"finished_at", "id", b"id", "labels", b"labels", "last_event_id", b"last_event_id", "plan", b"plan", "progress", b"progress", "result", b"result", "spec", b"spec", "started_at", b"started_at", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "created_at", b"created_at", "error", b"error", "finished_at", b"finished_at", "id", b"id", "labels", b"labels", "last_event_id", b"last_event_id", "plan", b"plan", "progress", b"progress", "result", b"result", "spec", b"spec", "started_at", b"started_at", "state", b"state", "sweep_id", b"sweep_id", "worker", b"worker"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1919,3 +1927,395 @@ class CancelJobRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CancelJobRequest: _TypeAlias = CancelJobRequest  # noqa: Y015
+
+@_typing.final
+class AccuracyBudget(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MAX_LOSS_PP_FIELD_NUMBER: _builtins.int
+    MAX_RELATIVE_LOSS_PERCENT_FIELD_NUMBER: _builtins.int
+    max_loss_pp: _builtins.float
+    """Test accuracy lost against the baseline, in percentage points."""
+    max_relative_loss_percent: _builtins.float
+    """Test accuracy lost relative to the baseline, in percent of it."""
+    def __init__(
+        self,
+        *,
+        max_loss_pp: _builtins.float = ...,
+        max_relative_loss_percent: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["limit", b"limit", "max_loss_pp", b"max_loss_pp", "max_relative_loss_percent", b"max_relative_loss_percent"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["limit", b"limit", "max_loss_pp", b"max_loss_pp", "max_relative_loss_percent", b"max_relative_loss_percent"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_limit: _TypeAlias = _typing.Literal["max_loss_pp", "max_relative_loss_percent"]  # noqa: Y015
+    _WhichOneofArgType_limit: _TypeAlias = _typing.Literal["limit", b"limit"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_limit) -> _WhichOneofReturnType_limit | None: ...
+
+Global___AccuracyBudget: _TypeAlias = AccuracyBudget  # noqa: Y015
+
+@_typing.final
+class SweepSpec(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BASE_FIELD_NUMBER: _builtins.int
+    SPARSITIES_FIELD_NUMBER: _builtins.int
+    BUDGET_FIELD_NUMBER: _builtins.int
+    SEARCH_LOW_FIELD_NUMBER: _builtins.int
+    SEARCH_HIGH_FIELD_NUMBER: _builtins.int
+    TOLERANCE_FIELD_NUMBER: _builtins.int
+    MAX_TRIALS_FIELD_NUMBER: _builtins.int
+    PARALLEL_TRIALS_FIELD_NUMBER: _builtins.int
+    search_low: _builtins.float
+    """0 = 0.5"""
+    search_high: _builtins.float
+    """0 = 0.95"""
+    tolerance: _builtins.float
+    """0 = 0.02"""
+    max_trials: _builtins.int
+    """0 = 8 (a search) or the number of sparsities"""
+    parallel_trials: _builtins.int
+    """0 = 2"""
+    @_builtins.property
+    def base(self) -> Global___JobSpec:
+        """The trial template: each trial is this job with its final (or constant) sparsity set to
+        the trial's. Its schedule must be unstructured (constant_sparsity or polynomial_decay).
+        """
+
+    @_builtins.property
+    def sparsities(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """Try these sparsities, lowest first; with a budget, the answer is the highest one within
+        it, and sparsities above the lowest one over it are skipped.
+        """
+
+    @_builtins.property
+    def budget(self) -> Global___AccuracyBudget:
+        """Without `sparsities`: search [search_low, search_high] for the highest sparsity within
+        the budget, by bisection with `parallel_trials` points a round, to `tolerance`.
+        """
+
+    def __init__(
+        self,
+        *,
+        base: Global___JobSpec | None = ...,
+        sparsities: _abc.Iterable[_builtins.float] | None = ...,
+        budget: Global___AccuracyBudget | None = ...,
+        search_low: _builtins.float = ...,
+        search_high: _builtins.float = ...,
+        tolerance: _builtins.float = ...,
+        max_trials: _builtins.int = ...,
+        parallel_trials: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["base", b"base", "budget", b"budget"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["base", b"base", "budget", b"budget", "max_trials", b"max_trials", "parallel_trials", b"parallel_trials", "search_high", b"search_high", "search_low", b"search_low", "sparsities", b"sparsities", "tolerance", b"tolerance"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SweepSpec: _TypeAlias = SweepSpec  # noqa: Y015
+
+@_typing.final
+class Trial(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INDEX_FIELD_NUMBER: _builtins.int
+    SPARSITY_FIELD_NUMBER: _builtins.int
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    WORKER_FIELD_NUMBER: _builtins.int
+    STARTED_AT_FIELD_NUMBER: _builtins.int
+    FINISHED_AT_FIELD_NUMBER: _builtins.int
+    BASELINE_ACCURACY_FIELD_NUMBER: _builtins.int
+    PRUNED_ACCURACY_FIELD_NUMBER: _builtins.int
+    ACCURACY_LOSS_PP_FIELD_NUMBER: _builtins.int
+    KERNEL_SPARSITY_FIELD_NUMBER: _builtins.int
+    GZIP_BYTES_FIELD_NUMBER: _builtins.int
+    COMPRESSION_RATIO_FIELD_NUMBER: _builtins.int
+    WITHIN_BUDGET_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    index: _builtins.int
+    sparsity: _builtins.float
+    job_id: _builtins.str
+    state: Global___JobState.ValueType
+    worker: _builtins.str
+    baseline_accuracy: _builtins.float
+    """From the trial's result."""
+    pruned_accuracy: _builtins.float
+    accuracy_loss_pp: _builtins.float
+    kernel_sparsity: _builtins.float
+    gzip_bytes: _builtins.int
+    compression_ratio: _builtins.float
+    within_budget: _builtins.bool
+    @_builtins.property
+    def started_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def finished_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def error(self) -> Global___JobError: ...
+    def __init__(
+        self,
+        *,
+        index: _builtins.int = ...,
+        sparsity: _builtins.float = ...,
+        job_id: _builtins.str = ...,
+        state: Global___JobState.ValueType = ...,
+        worker: _builtins.str = ...,
+        started_at: _timestamp_pb2.Timestamp | None = ...,
+        finished_at: _timestamp_pb2.Timestamp | None = ...,
+        baseline_accuracy: _builtins.float = ...,
+        pruned_accuracy: _builtins.float = ...,
+        accuracy_loss_pp: _builtins.float = ...,
+        kernel_sparsity: _builtins.float = ...,
+        gzip_bytes: _builtins.int = ...,
+        compression_ratio: _builtins.float = ...,
+        within_budget: _builtins.bool = ...,
+        error: Global___JobError | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "finished_at", b"finished_at", "started_at", b"started_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accuracy_loss_pp", b"accuracy_loss_pp", "baseline_accuracy", b"baseline_accuracy", "compression_ratio", b"compression_ratio", "error", b"error", "finished_at", b"finished_at", "gzip_bytes", b"gzip_bytes", "index", b"index", "job_id", b"job_id", "kernel_sparsity", b"kernel_sparsity", "pruned_accuracy", b"pruned_accuracy", "sparsity", b"sparsity", "started_at", b"started_at", "state", b"state", "within_budget", b"within_budget", "worker", b"worker"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Trial: _TypeAlias = Trial  # noqa: Y015
+
+@_typing.final
+class Sweep(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class LabelsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    ID_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    SPEC_FIELD_NUMBER: _builtins.int
+    LABELS_FIELD_NUMBER: _builtins.int
+    TRIALS_FIELD_NUMBER: _builtins.int
+    CHOSEN_TRIAL_FIELD_NUMBER: _builtins.int
+    CHOSEN_JOB_ID_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    CREATED_AT_FIELD_NUMBER: _builtins.int
+    FINISHED_AT_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    state: Global___JobState.ValueType
+    chosen_trial: _builtins.int
+    """The trial picked: the highest sparsity within the budget. Unset without a budget, or
+    when no trial kept it.
+    """
+    chosen_job_id: _builtins.str
+    message: _builtins.str
+    """What the sweep found, or why it ended."""
+    version: _builtins.int
+    """Grows with every change; WatchSweep resumes after it."""
+    @_builtins.property
+    def spec(self) -> Global___SweepSpec: ...
+    @_builtins.property
+    def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
+    @_builtins.property
+    def trials(self) -> _containers.RepeatedCompositeFieldContainer[Global___Trial]:
+        """In the order they were queued; together the curve (sparsity vs accuracy and size)."""
+
+    @_builtins.property
+    def created_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def finished_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        state: Global___JobState.ValueType = ...,
+        spec: Global___SweepSpec | None = ...,
+        labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        trials: _abc.Iterable[Global___Trial] | None = ...,
+        chosen_trial: _builtins.int | None = ...,
+        chosen_job_id: _builtins.str = ...,
+        message: _builtins.str = ...,
+        created_at: _timestamp_pb2.Timestamp | None = ...,
+        finished_at: _timestamp_pb2.Timestamp | None = ...,
+        version: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_chosen_trial", b"_chosen_trial", "chosen_trial", b"chosen_trial", "created_at", b"created_at", "finished_at", b"finished_at", "spec", b"spec"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_chosen_trial", b"_chosen_trial", "chosen_job_id", b"chosen_job_id", "chosen_trial", b"chosen_trial", "created_at", b"created_at", "finished_at", b"finished_at", "id", b"id", "labels", b"labels", "message", b"message", "spec", b"spec", "state", b"state", "trials", b"trials", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__chosen_trial: _TypeAlias = _typing.Literal["chosen_trial"]  # noqa: Y015
+    _WhichOneofArgType__chosen_trial: _TypeAlias = _typing.Literal["_chosen_trial", b"_chosen_trial"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__chosen_trial) -> _WhichOneofReturnType__chosen_trial | None: ...
+
+Global___Sweep: _TypeAlias = Sweep  # noqa: Y015
+
+@_typing.final
+class CreateSweepRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class LabelsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    SPEC_FIELD_NUMBER: _builtins.int
+    LABELS_FIELD_NUMBER: _builtins.int
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
+    idempotency_key: _builtins.str
+    """As for CreateJob: the same key and request return the same sweep."""
+    @_builtins.property
+    def spec(self) -> Global___SweepSpec: ...
+    @_builtins.property
+    def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        spec: Global___SweepSpec | None = ...,
+        labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        idempotency_key: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["spec", b"spec"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["idempotency_key", b"idempotency_key", "labels", b"labels", "spec", b"spec"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateSweepRequest: _TypeAlias = CreateSweepRequest  # noqa: Y015
+
+@_typing.final
+class GetSweepRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SWEEP_ID_FIELD_NUMBER: _builtins.int
+    sweep_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        sweep_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["sweep_id", b"sweep_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetSweepRequest: _TypeAlias = GetSweepRequest  # noqa: Y015
+
+@_typing.final
+class ListSweepsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    page_size: _builtins.int
+    """0 = 50, at most 500."""
+    page_token: _builtins.str
+    state: Global___JobState.ValueType
+    """Unspecified = every state."""
+    def __init__(
+        self,
+        *,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+        state: Global___JobState.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token", "state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListSweepsRequest: _TypeAlias = ListSweepsRequest  # noqa: Y015
+
+@_typing.final
+class ListSweepsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SWEEPS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    @_builtins.property
+    def sweeps(self) -> _containers.RepeatedCompositeFieldContainer[Global___Sweep]: ...
+    def __init__(
+        self,
+        *,
+        sweeps: _abc.Iterable[Global___Sweep] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "sweeps", b"sweeps"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListSweepsResponse: _TypeAlias = ListSweepsResponse  # noqa: Y015
+
+@_typing.final
+class WatchSweepRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SWEEP_ID_FIELD_NUMBER: _builtins.int
+    AFTER_VERSION_FIELD_NUMBER: _builtins.int
+    sweep_id: _builtins.str
+    after_version: _builtins.int
+    def __init__(
+        self,
+        *,
+        sweep_id: _builtins.str = ...,
+        after_version: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_version", b"after_version", "sweep_id", b"sweep_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchSweepRequest: _TypeAlias = WatchSweepRequest  # noqa: Y015
+
+@_typing.final
+class CancelSweepRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SWEEP_ID_FIELD_NUMBER: _builtins.int
+    sweep_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        sweep_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["sweep_id", b"sweep_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CancelSweepRequest: _TypeAlias = CancelSweepRequest  # noqa: Y015

@@ -402,3 +402,262 @@ class PruningService:
             timeout,
             metadata,
             _registered_method=True)
+
+
+class SweepServiceStub:
+    """Sweeps: trials are jobs (each its own Celery task, so they spread over all workers) made
+    from one template with the sparsity changed. A sweep either tries a list of sparsities (the
+    curve) or searches by bisection for the highest sparsity within an accuracy budget. Tenants,
+    paging and idempotency work as for jobs.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.CreateSweep = channel.unary_unary(
+                '/pruning.v1.SweepService/CreateSweep',
+                request_serializer=pruning_dot_v1_dot_pruning__pb2.CreateSweepRequest.SerializeToString,
+                response_deserializer=pruning_dot_v1_dot_pruning__pb2.Sweep.FromString,
+                _registered_method=True)
+        self.GetSweep = channel.unary_unary(
+                '/pruning.v1.SweepService/GetSweep',
+                request_serializer=pruning_dot_v1_dot_pruning__pb2.GetSweepRequest.SerializeToString,
+                response_deserializer=pruning_dot_v1_dot_pruning__pb2.Sweep.FromString,
+                _registered_method=True)
+        self.ListSweeps = channel.unary_unary(
+                '/pruning.v1.SweepService/ListSweeps',
+                request_serializer=pruning_dot_v1_dot_pruning__pb2.ListSweepsRequest.SerializeToString,
+                response_deserializer=pruning_dot_v1_dot_pruning__pb2.ListSweepsResponse.FromString,
+                _registered_method=True)
+        self.WatchSweep = channel.unary_stream(
+                '/pruning.v1.SweepService/WatchSweep',
+                request_serializer=pruning_dot_v1_dot_pruning__pb2.WatchSweepRequest.SerializeToString,
+                response_deserializer=pruning_dot_v1_dot_pruning__pb2.Sweep.FromString,
+                _registered_method=True)
+        self.CancelSweep = channel.unary_unary(
+                '/pruning.v1.SweepService/CancelSweep',
+                request_serializer=pruning_dot_v1_dot_pruning__pb2.CancelSweepRequest.SerializeToString,
+                response_deserializer=pruning_dot_v1_dot_pruning__pb2.Sweep.FromString,
+                _registered_method=True)
+
+
+class SweepServiceServicer:
+    """Sweeps: trials are jobs (each its own Celery task, so they spread over all workers) made
+    from one template with the sparsity changed. A sweep either tries a list of sparsities (the
+    curve) or searches by bisection for the highest sparsity within an accuracy budget. Tenants,
+    paging and idempotency work as for jobs.
+    """
+
+    def CreateSweep(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetSweep(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListSweeps(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WatchSweep(self, request, context):
+        """The sweep after every change (a trial queued, started or ended, the answer), from the one
+        after `after_version`, until it ends. Reconnect with the last version seen.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CancelSweep(self, request, context):
+        """Cancels every trial that has not ended.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_SweepServiceServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'CreateSweep': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateSweep,
+                    request_deserializer=pruning_dot_v1_dot_pruning__pb2.CreateSweepRequest.FromString,
+                    response_serializer=pruning_dot_v1_dot_pruning__pb2.Sweep.SerializeToString,
+            ),
+            'GetSweep': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetSweep,
+                    request_deserializer=pruning_dot_v1_dot_pruning__pb2.GetSweepRequest.FromString,
+                    response_serializer=pruning_dot_v1_dot_pruning__pb2.Sweep.SerializeToString,
+            ),
+            'ListSweeps': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListSweeps,
+                    request_deserializer=pruning_dot_v1_dot_pruning__pb2.ListSweepsRequest.FromString,
+                    response_serializer=pruning_dot_v1_dot_pruning__pb2.ListSweepsResponse.SerializeToString,
+            ),
+            'WatchSweep': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchSweep,
+                    request_deserializer=pruning_dot_v1_dot_pruning__pb2.WatchSweepRequest.FromString,
+                    response_serializer=pruning_dot_v1_dot_pruning__pb2.Sweep.SerializeToString,
+            ),
+            'CancelSweep': grpc.unary_unary_rpc_method_handler(
+                    servicer.CancelSweep,
+                    request_deserializer=pruning_dot_v1_dot_pruning__pb2.CancelSweepRequest.FromString,
+                    response_serializer=pruning_dot_v1_dot_pruning__pb2.Sweep.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'pruning.v1.SweepService', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('pruning.v1.SweepService', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class SweepService:
+    """Sweeps: trials are jobs (each its own Celery task, so they spread over all workers) made
+    from one template with the sparsity changed. A sweep either tries a list of sparsities (the
+    curve) or searches by bisection for the highest sparsity within an accuracy budget. Tenants,
+    paging and idempotency work as for jobs.
+    """
+
+    @staticmethod
+    def CreateSweep(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pruning.v1.SweepService/CreateSweep',
+            pruning_dot_v1_dot_pruning__pb2.CreateSweepRequest.SerializeToString,
+            pruning_dot_v1_dot_pruning__pb2.Sweep.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetSweep(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pruning.v1.SweepService/GetSweep',
+            pruning_dot_v1_dot_pruning__pb2.GetSweepRequest.SerializeToString,
+            pruning_dot_v1_dot_pruning__pb2.Sweep.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListSweeps(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pruning.v1.SweepService/ListSweeps',
+            pruning_dot_v1_dot_pruning__pb2.ListSweepsRequest.SerializeToString,
+            pruning_dot_v1_dot_pruning__pb2.ListSweepsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchSweep(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/pruning.v1.SweepService/WatchSweep',
+            pruning_dot_v1_dot_pruning__pb2.WatchSweepRequest.SerializeToString,
+            pruning_dot_v1_dot_pruning__pb2.Sweep.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CancelSweep(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pruning.v1.SweepService/CancelSweep',
+            pruning_dot_v1_dot_pruning__pb2.CancelSweepRequest.SerializeToString,
+            pruning_dot_v1_dot_pruning__pb2.Sweep.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)

@@ -133,3 +133,91 @@ class PruningServiceServicer(metaclass=_abc_1.ABCMeta):
         """Streams an artifact from `offset` (resumable downloads)."""
 
 def add_PruningServiceServicer_to_server(servicer: PruningServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
+
+class SweepServiceStub:
+    """Sweeps: trials are jobs (each its own Celery task, so they spread over all workers) made
+    from one template with the sparsity changed. A sweep either tries a list of sparsities (the
+    curve) or searches by bisection for the highest sparsity within an accuracy budget. Tenants,
+    paging and idempotency work as for jobs.
+    """
+
+    @_typing.overload
+    def __new__(cls, channel: _grpc.Channel) -> _Self: ...
+    @_typing.overload
+    def __new__(cls, channel: _aio.Channel) -> SweepServiceAsyncStub: ...
+    CreateSweep: _grpc.UnaryUnaryMultiCallable[_pruning_pb2.CreateSweepRequest, _pruning_pb2.Sweep]
+    GetSweep: _grpc.UnaryUnaryMultiCallable[_pruning_pb2.GetSweepRequest, _pruning_pb2.Sweep]
+    ListSweeps: _grpc.UnaryUnaryMultiCallable[_pruning_pb2.ListSweepsRequest, _pruning_pb2.ListSweepsResponse]
+    WatchSweep: _grpc.UnaryStreamMultiCallable[_pruning_pb2.WatchSweepRequest, _pruning_pb2.Sweep]
+    """The sweep after every change (a trial queued, started or ended, the answer), from the one
+    after `after_version`, until it ends. Reconnect with the last version seen.
+    """
+    CancelSweep: _grpc.UnaryUnaryMultiCallable[_pruning_pb2.CancelSweepRequest, _pruning_pb2.Sweep]
+    """Cancels every trial that has not ended."""
+
+@_typing.type_check_only
+class SweepServiceAsyncStub(SweepServiceStub):
+    """Sweeps: trials are jobs (each its own Celery task, so they spread over all workers) made
+    from one template with the sparsity changed. A sweep either tries a list of sparsities (the
+    curve) or searches by bisection for the highest sparsity within an accuracy budget. Tenants,
+    paging and idempotency work as for jobs.
+    """
+
+    def __init__(self, channel: _aio.Channel) -> None: ...
+    CreateSweep: _aio.UnaryUnaryMultiCallable[_pruning_pb2.CreateSweepRequest, _pruning_pb2.Sweep]  # type: ignore[assignment]
+    GetSweep: _aio.UnaryUnaryMultiCallable[_pruning_pb2.GetSweepRequest, _pruning_pb2.Sweep]  # type: ignore[assignment]
+    ListSweeps: _aio.UnaryUnaryMultiCallable[_pruning_pb2.ListSweepsRequest, _pruning_pb2.ListSweepsResponse]  # type: ignore[assignment]
+    WatchSweep: _aio.UnaryStreamMultiCallable[_pruning_pb2.WatchSweepRequest, _pruning_pb2.Sweep]  # type: ignore[assignment]
+    """The sweep after every change (a trial queued, started or ended, the answer), from the one
+    after `after_version`, until it ends. Reconnect with the last version seen.
+    """
+    CancelSweep: _aio.UnaryUnaryMultiCallable[_pruning_pb2.CancelSweepRequest, _pruning_pb2.Sweep]  # type: ignore[assignment]
+    """Cancels every trial that has not ended."""
+
+class SweepServiceServicer(metaclass=_abc_1.ABCMeta):
+    """Sweeps: trials are jobs (each its own Celery task, so they spread over all workers) made
+    from one template with the sparsity changed. A sweep either tries a list of sparsities (the
+    curve) or searches by bisection for the highest sparsity within an accuracy budget. Tenants,
+    paging and idempotency work as for jobs.
+    """
+
+    @_abc_1.abstractmethod
+    def CreateSweep(
+        self,
+        request: _pruning_pb2.CreateSweepRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_pruning_pb2.Sweep, _abc.Awaitable[_pruning_pb2.Sweep]]: ...
+
+    @_abc_1.abstractmethod
+    def GetSweep(
+        self,
+        request: _pruning_pb2.GetSweepRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_pruning_pb2.Sweep, _abc.Awaitable[_pruning_pb2.Sweep]]: ...
+
+    @_abc_1.abstractmethod
+    def ListSweeps(
+        self,
+        request: _pruning_pb2.ListSweepsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_pruning_pb2.ListSweepsResponse, _abc.Awaitable[_pruning_pb2.ListSweepsResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def WatchSweep(
+        self,
+        request: _pruning_pb2.WatchSweepRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_pruning_pb2.Sweep], _abc.AsyncIterator[_pruning_pb2.Sweep]]:
+        """The sweep after every change (a trial queued, started or ended, the answer), from the one
+        after `after_version`, until it ends. Reconnect with the last version seen.
+        """
+
+    @_abc_1.abstractmethod
+    def CancelSweep(
+        self,
+        request: _pruning_pb2.CancelSweepRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_pruning_pb2.Sweep, _abc.Awaitable[_pruning_pb2.Sweep]]:
+        """Cancels every trial that has not ended."""
+
+def add_SweepServiceServicer_to_server(servicer: SweepServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,0 +1,131 @@
+"""Sweeps in the SDK: the spec builder and a handle that follows a sweep to its end."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING
+
+import grpc
+
+from pruning.v1 import pruning_pb2 as pb
+
+from .exceptions import JobCancelled, JobFailed, PruningError, rpc_errors
+
+if TYPE_CHECKING:
+    from .client import Client
+
+__all__ = ["SweepHandle", "sweep_spec"]
+
+_TERMINAL = (pb.JOB_STATE_SUCCEEDED, pb.JOB_STATE_FAILED, pb.JOB_STATE_CANCELLED)
+_RETRIED = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+
+
+def sweep_spec(
+    base: pb.JobSpec,
+    *,
+    sparsities: Sequence[float] = (),
+    max_loss_pp: float | None = None,
+    max_relative_loss_percent: float | None = None,
+    search_low: float = 0.0,
+    search_high: float = 0.0,
+    tolerance: float = 0.0,
+    max_trials: int = 0,
+    parallel_trials: int = 0,
+) -> pb.SweepSpec:
+    """A SweepSpec: trials are ``base`` (see :func:`job_spec`) with the sparsity changed.
+
+    Give ``sparsities`` for a curve (with a budget, the answer is the highest one within it),
+    or only a budget (``max_loss_pp`` or ``max_relative_loss_percent``) to search
+    [``search_low``, ``search_high``] for the highest sparsity within it. Zeros take the
+    server's defaults (range 0.5 to 0.95, tolerance 0.02, 8 trials, 2 at a time).
+
+    Example:
+        >>> spec = sweep_spec(job_spec("ab" * 32), max_loss_pp=0.5, parallel_trials=2)
+        >>> spec.budget.max_loss_pp, list(spec.sparsities)
+        (0.5, [])
+    """
+    if max_loss_pp is not None and max_relative_loss_percent is not None:
+        raise ValueError("give max_loss_pp or max_relative_loss_percent, not both")
+    budget = pb.AccuracyBudget()
+    if max_loss_pp is not None:
+        budget.max_loss_pp = max_loss_pp
+    if max_relative_loss_percent is not None:
+        budget.max_relative_loss_percent = max_relative_loss_percent
+    return pb.SweepSpec(
+        base=base,
+        sparsities=list(sparsities),
+        budget=budget,
+        search_low=search_low,
+        search_high=search_high,
+        tolerance=tolerance,
+        max_trials=max_trials,
+        parallel_trials=parallel_trials,
+    )
+
+
+class SweepHandle:
+    """A sweep on the server: follow it with :meth:`watch`, wait with :meth:`result`."""
+
+    def __init__(self, client: Client, sweep_id: str, sweep: pb.Sweep | None = None) -> None:
+        self.client, self.id, self.last = client, sweep_id, sweep
+
+    def __repr__(self) -> str:
+        return f"SweepHandle({self.id!r})"
+
+    def get(self) -> pb.Sweep:
+        """The sweep now."""
+        self.last = self.client.get_sweep(self.id)
+        return self.last
+
+    def cancel(self) -> pb.Sweep:
+        """Cancels the sweep and every trial still going."""
+        self.last = self.client.cancel_sweep(self.id)
+        return self.last
+
+    def watch(self, *, reconnect_delay: float = 1.0) -> Iterator[pb.Sweep]:
+        """Every change of the sweep until it ends; reconnects after UNAVAILABLE and resumes
+        after the last version seen."""
+        seen = 0
+        while True:
+            stream = self.client.sweep_stub.WatchSweep(
+                pb.WatchSweepRequest(sweep_id=self.id, after_version=seen), metadata=self.client._metadata
+            )
+            try:
+                with rpc_errors():
+                    for sweep in stream:
+                        seen, self.last = sweep.version, sweep
+                        yield sweep
+                        if sweep.state in _TERMINAL:
+                            return
+            except PruningError as error:
+                if error.code not in _RETRIED:
+                    raise
+                time.sleep(reconnect_delay)
+            finally:
+                stream.cancel()
+
+    def result(self, timeout: float | None = None) -> pb.Sweep:
+        """Follows the sweep to its end and returns it (its trials are the curve, and
+        ``chosen_trial`` the answer). Raises JobCancelled for a cancelled sweep."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for sweep in self.watch():
+            if sweep.state in _TERMINAL:
+                break
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"sweep {self.id} still running after {timeout} s")
+        sweep = self.last if self.last is not None else self.get()
+        if sweep.state == pb.JOB_STATE_CANCELLED:
+            raise JobCancelled(f"sweep {self.id} was cancelled")
+        if sweep.state == pb.JOB_STATE_FAILED:
+            raise JobFailed(f"sweep {self.id} failed: {sweep.message}")
+        return sweep
+
+
+def create_request(
+    spec: pb.SweepSpec, labels: Mapping[str, str] | None, idempotency_key: str | None
+) -> pb.CreateSweepRequest:
+    return pb.CreateSweepRequest(
+        spec=spec, labels=dict(labels or {}), idempotency_key=idempotency_key or uuid.uuid4().hex
+    )

@@ -1,0 +1,218 @@
+"""The SweepService: sweeps whose trials are ordinary jobs, created through the job service's
+own path (validation, the recipe, idempotency, the queue), so they spread over every worker.
+
+What to try next is decided by ``pruning_core.sweeps``; the driver below applies it whenever a
+trial changes. It runs in every server process and takes a short Redis lock per sweep, so
+servers stay stateless and a sweep goes on when one of them stops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import re
+
+import grpc
+
+from pruning.v1 import pruning_pb2 as pb
+from pruning.v1 import pruning_pb2_grpc as pb_grpc
+from pruning_core import sweeps
+from pruning_core.store import TERMINAL, JobNotFound
+from pruning_core.sweeps import SweepNotFound, SweepStore
+
+from .errors import Failure, Invalid
+from .service import PruningService
+
+log = logging.getLogger(__name__)
+_SWEEP_ID = re.compile(r"[0-9a-f]{24}")
+WATCH_POLL_S = 0.3
+LOCK_MS = 30_000
+
+
+class SweepServicer(pb_grpc.SweepServiceServicer):
+    def __init__(self, jobs: PruningService, store: SweepStore):
+        self.jobs, self.store = jobs, store
+
+    async def _sweep(self, tenant: str, sweep_id: str) -> pb.Sweep:
+        if not _SWEEP_ID.fullmatch(sweep_id):
+            raise Invalid([("sweep_id", f"not a sweep id: {sweep_id[:64]!r}")])
+        try:
+            return await self.store.get(tenant, sweep_id)
+        except SweepNotFound:
+            raise Failure(grpc.StatusCode.NOT_FOUND, f"no sweep {sweep_id}") from None
+
+    async def CreateSweep(self, request: pb.CreateSweepRequest, context) -> pb.Sweep:
+        tenant = await self.jobs._tenant(context)
+        violations = sweeps.validate(request.spec)
+        violations += [(f"labels[{k[:64]}]", "too long") for k, v in request.labels.items() if len(k) + len(v) > 512]
+        if violations:
+            raise Invalid(violations)
+        spec = sweeps.with_defaults(request.spec)
+        first = (sorted(spec.sparsities) or [spec.search_high])[0]
+        try:  # the template on its model and dataset, exactly as a trial will be checked
+            await self.jobs.create_job(
+                tenant, pb.CreateJobRequest(spec=sweeps.trial_spec(spec.base, first), validate_only=True)
+            )
+        except Invalid as exc:
+            raise Invalid([(f"spec.base{f.removeprefix('spec')}", d) for f, d in exc.violations]) from None
+        sweep = pb.Sweep(id=sweeps.new_sweep_id(), state=pb.JOB_STATE_QUEUED, spec=spec, labels=request.labels)
+        sweep.created_at.GetCurrentTime()
+        fingerprint = hashlib.sha256(request.SerializeToString(deterministic=True)).hexdigest()
+        try:
+            sweep, created = await self.store.create(tenant, sweep, request.idempotency_key, fingerprint)
+        except ValueError as exc:
+            raise Failure(grpc.StatusCode.ALREADY_EXISTS, str(exc)) from None
+        if created:
+            log.info("sweep %s created for %s", sweep.id, tenant)
+            if await self.store.lock(sweep.id, LOCK_MS):  # else a driver is at it already
+                try:
+                    sweep = await advance(self.jobs, self.store, sweep.id)
+                finally:
+                    await self.store.unlock(sweep.id)
+        return sweep
+
+    async def GetSweep(self, request: pb.GetSweepRequest, context) -> pb.Sweep:
+        return await self._sweep(await self.jobs._tenant(context), request.sweep_id)
+
+    async def ListSweeps(self, request: pb.ListSweepsRequest, context) -> pb.ListSweepsResponse:
+        tenant = await self.jobs._tenant(context)
+        if not 0 <= request.page_size <= 500:
+            raise Invalid([("page_size", f"must be in [0, 500], got {request.page_size}")])
+        if request.state not in pb.JobState.values():
+            raise Invalid([("state", f"unknown state {request.state}")])
+        if request.page_token and not request.page_token.isdigit():
+            raise Invalid([("page_token", "not a page token from ListSweeps")])
+        found, token = await self.store.list(tenant, request.page_size or 50, request.page_token, request.state)
+        return pb.ListSweepsResponse(sweeps=found, next_page_token=token)
+
+    async def WatchSweep(self, request: pb.WatchSweepRequest, context):
+        tenant = await self.jobs._tenant(context)
+        seen = request.after_version
+        while True:
+            sweep = await self._sweep(tenant, request.sweep_id)
+            if sweep.version > seen:
+                seen = sweep.version
+                yield sweep
+            if sweep.state in TERMINAL:
+                return
+            await asyncio.sleep(WATCH_POLL_S)
+
+    async def CancelSweep(self, request: pb.CancelSweepRequest, context) -> pb.Sweep:
+        tenant = await self.jobs._tenant(context)
+        sweep = await self._sweep(tenant, request.sweep_id)
+        if sweep.state in TERMINAL:
+            raise Failure(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"sweep {sweep.id} already ended as {pb.JobState.Name(sweep.state)}",
+            )
+        # Ended first, so the driver queues nothing more; then every trial still going.
+        sweep = await self.store.update(tenant, sweep.id, _end_as_cancelled)
+        for trial in sweep.trials:
+            if trial.state not in TERMINAL:
+                with contextlib.suppress(Failure):
+                    await self.jobs.cancel_job(tenant, trial.job_id)
+        return await refresh(self.jobs, self.store, sweep.id)
+
+
+def _end_as_cancelled(sweep: pb.Sweep) -> bool:
+    if sweep.state in TERMINAL:
+        return False
+    sweep.state = pb.JOB_STATE_CANCELLED
+    sweep.message = "cancelled"
+    sweep.finished_at.GetCurrentTime()
+    return True
+
+
+async def _jobs_of(jobs: PruningService, tenant: str, sweep: pb.Sweep) -> dict[str, pb.Job]:
+    found = {}
+    for trial in sweep.trials:
+        if trial.job_id and trial.state not in TERMINAL:
+            with contextlib.suppress(JobNotFound):
+                found[trial.job_id] = await jobs.store.get(tenant, trial.job_id)
+    return found
+
+
+async def refresh(jobs: PruningService, store: SweepStore, sweep_id: str) -> pb.Sweep:
+    """Brings the trials' states and results up to date (nothing more)."""
+    tenant = await store.tenant_of(sweep_id)
+    current = await _jobs_of(jobs, tenant, await store.get(tenant, sweep_id))
+
+    def apply(sweep: pb.Sweep) -> bool:
+        before = sweep.SerializeToString()
+        for trial in sweep.trials:
+            if trial.job_id in current:
+                sweeps.record_job(trial, current[trial.job_id], sweep.spec.budget)
+        return sweep.SerializeToString() != before
+
+    return await store.update(tenant, sweep_id, apply)
+
+
+async def advance(jobs: PruningService, store: SweepStore, sweep_id: str) -> pb.Sweep:
+    """One step of a sweep: record what its trials did, queue the next ones, end it when the
+    answer is known. Safe to run twice (trial jobs are created with idempotency keys)."""
+    tenant = await store.tenant_of(sweep_id)
+    sweep = await refresh(jobs, store, sweep_id)
+    if sweep.state in TERMINAL:
+        return sweep
+    for sparsity in sweeps.next_sparsities(sweep):
+        index = len(sweep.trials)
+        trial = pb.Trial(index=index, sparsity=sparsity, state=pb.JOB_STATE_QUEUED)
+        request = pb.CreateJobRequest(
+            spec=sweeps.trial_spec(sweep.spec.base, sparsity),
+            labels={**sweep.labels, "sweep": sweep.id, "trial": str(index)},
+            idempotency_key=f"sweep-{sweep.id}-trial-{index}",
+        )
+        try:
+            job = await jobs.create_job(tenant, request, sweep_id=sweep.id)
+            trial.job_id = job.id
+        except Failure as exc:  # a trial refused does not sink the sweep
+            trial.state = pb.JOB_STATE_FAILED
+            trial.error.message = exc.message[:500]
+
+        def add(current: pb.Sweep, trial: pb.Trial = trial) -> bool:
+            if current.state in TERMINAL or len(current.trials) != trial.index:
+                return False
+            current.trials.append(trial)
+            current.state = pb.JOB_STATE_RUNNING
+            return True
+
+        sweep = await store.update(tenant, sweep_id, add)
+
+    def conclude(current: pb.Sweep) -> bool:
+        if current.state in TERMINAL or not sweeps.is_done(current):
+            return False
+        index = sweeps.chosen(current)
+        if index is not None:
+            current.chosen_trial = index
+            current.chosen_job_id = current.trials[index].job_id
+        current.message = sweeps.conclusion(current)
+        current.state = pb.JOB_STATE_SUCCEEDED
+        current.finished_at.GetCurrentTime()
+        return True
+
+    sweep = await store.update(tenant, sweep_id, conclude)
+    if sweep.state in TERMINAL:
+        log.info("sweep %s ended: %s", sweep.id, sweep.message)
+    return sweep
+
+
+async def drive(jobs: PruningService, store: SweepStore, interval_s: float) -> None:
+    """Advances every active sweep every ``interval_s``, one server at a time per sweep."""
+    while True:
+        try:
+            for sweep_id in await store.active():
+                if not await store.lock(sweep_id, LOCK_MS):
+                    continue
+                try:
+                    await advance(jobs, store, sweep_id)
+                except SweepNotFound:
+                    await store.redis.srem(store.active_key, sweep_id)
+                finally:
+                    await store.unlock(sweep_id)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.warning("sweep driver: step failed; retrying", exc_info=True)
+        await asyncio.sleep(interval_s)

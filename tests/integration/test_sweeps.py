@@ -1,0 +1,172 @@
+"""Sweeps through the real service with two worker processes: the seed CNN (Keras 3) on a slice
+of real MNIST, trials fanned out over both workers at once, the curve, an accuracy budget
+answered from it, a bisection search, cancel, and bad specs refused."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import grpc
+import numpy as np
+import pytest
+
+from conftest import ROOT, start_worker, stop_worker
+from pruning.v1 import pruning_pb2 as pb
+from pruning_client import InvalidArgument, JobCancelled, job_spec, polynomial_decay, sweep_spec
+
+pytestmark = pytest.mark.integration
+GRID = [0.5, 0.7, 0.8, 0.9, 0.95]
+
+
+@pytest.fixture(scope="module")
+def second_worker(env, worker, tmp_path_factory):
+    proc = start_worker(env, tmp_path_factory.mktemp("worker2") / "worker.log")
+    yield proc
+    stop_worker(proc)
+
+
+@pytest.fixture(scope="module")
+def mnist(client_module, tmp_path_factory):
+    """The seed CNN trained one epoch on 6,000 MNIST images, and 6,000 / 2,000 for the trials."""
+    import keras
+
+    d = tmp_path_factory.mktemp("mnist")
+    subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "fetch_mnist.py"), "--data-dir", str(d)],
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
+    with np.load(d / "mnist.npz") as f:
+        x_train, y_train = f["x_train"][:6000] / np.float32(255), f["y_train"][:6000].astype("int64")
+        x_test, y_test = f["x_test"][:2000] / np.float32(255), f["y_test"][:2000].astype("int64")
+    keras.utils.set_random_seed(1)
+    model = keras.Sequential(
+        [
+            keras.Input(shape=(28, 28)),
+            keras.layers.Reshape((28, 28, 1)),
+            keras.layers.Conv2D(12, 3, activation="relu"),
+            keras.layers.MaxPooling2D(2),
+            keras.layers.Flatten(),
+            keras.layers.Dense(10),
+        ]
+    )
+    model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
+    model.fit(x_train, y_train, epochs=1, batch_size=64, verbose=0)
+    model.save(d / "seed_cnn.keras")
+    # float16 keeps the upload under the tests' 16 MiB limit; the model takes it as float32.
+    half = {"x_train": x_train.astype("float16"), "x_test": x_test.astype("float16")}
+    np.savez(d / "mnist_slice.npz", y_train=y_train, y_test=y_test, **half)
+    model_id = client_module.upload_model(d / "seed_cnn.keras").id
+    data_id = client_module.upload_dataset(d / "mnist_slice.npz").id
+    return job_spec(model_id, dataset=data_id, schedule=polynomial_decay(0.5, 0.8), epochs=2, seed=1)
+
+
+@pytest.fixture(scope="module")
+def client_module(server):
+    from pruning_client import Client
+
+    with Client(server.target, timeout=30) as c:
+        yield c
+
+
+def _overlap(a: pb.Trial, b: pb.Trial) -> bool:
+    start = max(a.started_at.ToNanoseconds(), b.started_at.ToNanoseconds())
+    return start < min(a.finished_at.ToNanoseconds(), b.finished_at.ToNanoseconds())
+
+
+@pytest.fixture(scope="module")
+def curve(client_module, mnist, worker, second_worker):
+    sweep = client_module.create_sweep(sweep_spec(mnist, sparsities=GRID, parallel_trials=2), labels={"t": "curve"})
+    return sweep.result(timeout=900)
+
+
+def test_a_sweep_fans_trials_out_over_both_workers_and_returns_the_curve(client_module, curve):
+    assert curve.state == pb.JOB_STATE_SUCCEEDED, curve.message
+    assert sorted(t.sparsity for t in curve.trials) == GRID
+    assert all(t.state == pb.JOB_STATE_SUCCEEDED for t in curve.trials)
+    for t in curve.trials:
+        assert t.kernel_sparsity == pytest.approx(t.sparsity, abs=0.01)
+        assert 0 < t.pruned_accuracy <= 1 and t.gzip_bytes > 0
+        job = client_module.get_job(t.job_id)
+        assert job.sweep_id == curve.id and job.worker == t.worker
+    # Both worker processes held trials at the same time.
+    assert len({t.worker for t in curve.trials}) == 2
+    assert any(_overlap(a, b) for a in curve.trials for b in curve.trials if a.worker != b.worker)
+    assert not curve.HasField("chosen_trial")  # no budget, no answer: the curve is the result
+    # The events say it too: each trial's job ran on the worker the sweep records.
+    for t in curve.trials:
+        logs = [e.log.message for e in client_module.watch_events(t.job_id) if e.WhichOneof("kind") == "log"]
+        assert any(f"on {t.worker}" in m for m in logs)
+
+
+def test_a_budget_picks_the_highest_sparsity_that_keeps_it(client_module, mnist, curve):
+    budget = 0.5
+    sweep = client_module.create_sweep(sweep_spec(mnist, sparsities=GRID, max_loss_pp=budget, parallel_trials=2))
+    done = sweep.result(timeout=900)
+    assert done.state == pb.JOB_STATE_SUCCEEDED
+    kept = [t for t in done.trials if t.accuracy_loss_pp <= budget]
+    assert kept, [(t.sparsity, t.accuracy_loss_pp) for t in done.trials]  # 0.5 keeps it on this model
+    chosen = done.trials[done.chosen_trial]
+    assert chosen.accuracy_loss_pp <= budget and chosen.within_budget
+    assert chosen.sparsity == max(t.sparsity for t in kept)
+    # Checked against the curve: the same trial there is within the budget too, and every
+    # sparsity this sweep skipped lies above one that broke it.
+    by_sparsity = {t.sparsity: t for t in curve.trials}
+    assert by_sparsity[chosen.sparsity].accuracy_loss_pp == pytest.approx(chosen.accuracy_loss_pp, abs=0.3)
+    skipped = set(GRID) - {t.sparsity for t in done.trials}
+    over = [t.sparsity for t in done.trials if not t.within_budget]
+    assert all(over and s > min(over) for s in skipped)
+
+
+def test_a_search_finds_the_highest_sparsity_within_the_budget(client_module, mnist, worker, second_worker):
+    spec = sweep_spec(mnist, max_loss_pp=1.0, search_low=0.5, search_high=0.97, max_trials=6, parallel_trials=2)
+    done = client_module.create_sweep(spec).result(timeout=900)
+    assert done.state == pb.JOB_STATE_SUCCEEDED and len(done.trials) <= 6
+    assert done.trials[0].sparsity in (0.5, 0.97) and done.trials[1].sparsity in (0.5, 0.97)  # the ends first
+    assert done.HasField("chosen_trial"), [(t.sparsity, t.accuracy_loss_pp) for t in done.trials]
+    chosen = done.trials[done.chosen_trial]
+    assert chosen.within_budget and chosen.accuracy_loss_pp <= 1.0
+    assert all(not t.within_budget for t in done.trials if t.sparsity > chosen.sparsity)
+    assert f"{chosen.sparsity:.4f}" in done.message
+
+
+def test_cancel_stops_every_trial(client_module, mnist, worker, second_worker):
+    spec = sweep_spec(mnist, sparsities=[0.6, 0.7, 0.8, 0.9], parallel_trials=2)
+    spec.base.training.epochs = 50
+    sweep = client_module.create_sweep(spec)
+    cancelled = sweep.cancel()
+    assert cancelled.state == pb.JOB_STATE_CANCELLED
+    with pytest.raises(JobCancelled):
+        sweep.result(timeout=60)
+    for t in cancelled.trials:
+        job = client_module.job(t.job_id)
+        with pytest.raises(JobCancelled):
+            job.result(timeout=120)
+    assert len(client_module.get_sweep(sweep.id).trials) == len(cancelled.trials)  # nothing queued after
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        (lambda s: s.sparsities.append(1.5), "spec.sparsities[5]"),
+        (lambda s: s.ClearField("sparsities"), "spec.sparsities"),
+        (lambda s: setattr(s.base.training, "epochs", -1), "spec.base.training.epochs"),
+        (lambda s: setattr(s, "parallel_trials", 999), "spec.parallel_trials"),
+    ],
+)
+def test_bad_sweep_specs_are_refused_with_the_field(client_module, mnist, change, field):
+    spec = sweep_spec(mnist, sparsities=GRID)
+    change(spec)
+    before = len(list(client_module.list_sweeps()))
+    with pytest.raises(InvalidArgument) as error:
+        client_module.create_sweep(spec)
+    assert field in [f for f, _ in error.value.field_violations]
+    assert len(list(client_module.list_sweeps())) == before
+
+
+def test_unknown_sweep_is_not_found(client_module):
+    with pytest.raises(Exception) as error:
+        client_module.get_sweep("0" * 24)
+    assert error.value.code == grpc.StatusCode.NOT_FOUND
