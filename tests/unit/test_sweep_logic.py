@@ -1,0 +1,117 @@
+"""What a sweep queues next and when it stops, on synthetic trial results: the curve a
+parallel_trials at a time, skipping above the first sparsity over the budget, the bisection
+search narrowing to the tolerance, failed trials counted as over the budget, and the spec
+checks."""
+
+from __future__ import annotations
+
+import pytest
+
+from pruning.v1 import pruning_pb2 as pb
+from pruning_client import job_spec, sweep_spec
+from pruning_core import sweeps
+
+BASE = job_spec("ab" * 32)
+
+
+def _sweep(**kwargs) -> pb.Sweep:
+    return pb.Sweep(id="s", spec=sweeps.with_defaults(sweep_spec(BASE, **kwargs)))
+
+
+def _run(sweep: pb.Sweep, loss_at, fail=()) -> list[list[float]]:
+    """Plays the sweep to its end with ``loss_at(sparsity)`` as each trial's loss (pp); returns
+    the rounds of sparsities queued together."""
+    rounds = []
+    while not sweeps.is_done(sweep):
+        queued = sweeps.next_sparsities(sweep)
+        assert queued, "not done, yet nothing to queue"
+        rounds.append(queued)
+        for s in queued:
+            trial = sweep.trials.add(index=len(sweep.trials), sparsity=s)
+            job = pb.Job(state=pb.JOB_STATE_FAILED if s in fail else pb.JOB_STATE_SUCCEEDED)
+            job.result.baseline.accuracy = 0.98
+            job.result.pruned.accuracy = 0.98 - loss_at(s) / 100
+            sweeps.record_job(trial, job, sweep.spec.budget)
+    return rounds
+
+
+def test_a_curve_runs_parallel_trials_at_a_time_lowest_first():
+    sweep = _sweep(sparsities=[0.9, 0.5, 0.8, 0.7, 0.95], parallel_trials=2)
+    rounds = _run(sweep, lambda s: 10 * s)
+    assert rounds == [[0.5, 0.7], [0.8, 0.9], [0.95]]
+    assert sweeps.chosen(sweep) is None  # no budget, no answer
+
+
+def test_a_curve_with_a_budget_stops_above_the_first_sparsity_over_it():
+    sweep = _sweep(sparsities=[0.5, 0.7, 0.8, 0.9, 0.95], max_loss_pp=0.5, parallel_trials=1)
+    _run(sweep, lambda s: {0.5: -0.1, 0.7: 0.2, 0.8: 0.4, 0.9: 0.9, 0.95: 3.0}[s])
+    assert [t.sparsity for t in sweep.trials] == [0.5, 0.7, 0.8, 0.9]  # 0.95 skipped
+    assert sweep.trials[sweeps.chosen(sweep)].sparsity == 0.8
+
+
+def test_the_search_narrows_to_the_tolerance_and_finds_the_threshold():
+    threshold = 0.8731  # loss crosses 0.5 pp here
+    sweep = _sweep(max_loss_pp=0.5, search_low=0.5, search_high=0.95, tolerance=0.01, max_trials=20)
+    rounds = _run(sweep, lambda s: 0.5 * s / threshold)
+    assert sorted(rounds[0]) == [0.5, 0.95]  # the ends first
+    best = sweep.trials[sweeps.chosen(sweep)].sparsity
+    assert threshold - 0.01 <= best <= threshold
+    assert all(not t.within_budget for t in sweep.trials if t.sparsity > best)
+    assert "highest within the budget" in sweeps.conclusion(sweep)
+
+
+def test_the_search_stops_at_once_when_the_whole_range_keeps_the_budget_or_none_does():
+    easy = _sweep(max_loss_pp=5.0)
+    assert _run(easy, lambda s: 0.0) == [[0.95, 0.5]]
+    assert easy.trials[sweeps.chosen(easy)].sparsity == 0.95
+    hopeless = _sweep(max_loss_pp=0.1)
+    _run(hopeless, lambda s: 1.0)
+    assert sweeps.chosen(hopeless) is None and "no sparsity" in sweeps.conclusion(hopeless)
+
+
+def test_max_trials_bounds_the_search():
+    sweep = _sweep(max_loss_pp=0.5, tolerance=0.0001, max_trials=5, parallel_trials=2)
+    _run(sweep, lambda s: s - 0.3)
+    assert len(sweep.trials) == 5
+
+
+def test_a_failed_trial_counts_as_over_the_budget_and_the_sweep_goes_on():
+    sweep = _sweep(sparsities=[0.5, 0.7, 0.8], max_loss_pp=1.0, parallel_trials=3)
+    _run(sweep, lambda s: 0.0, fail={0.8})
+    assert [t.state for t in sweep.trials].count(pb.JOB_STATE_FAILED) == 1
+    assert sweep.trials[sweeps.chosen(sweep)].sparsity == 0.7
+
+
+def test_relative_budget():
+    sweep = _sweep(sparsities=[0.5, 0.9], max_relative_loss_percent=1.0, parallel_trials=2)
+    _run(sweep, lambda s: {0.5: 0.9, 0.9: 1.2}[s])  # 0.9 pp of 98% is 0.92%, 1.2 pp is 1.22%
+    assert sweep.trials[sweeps.chosen(sweep)].sparsity == 0.5
+
+
+def test_a_trial_spec_changes_the_sparsity_only():
+    spec = sweeps.trial_spec(BASE, 0.3)
+    decay = spec.pruning.schedule.polynomial_decay
+    assert decay.final_sparsity == pytest.approx(0.3) and decay.initial_sparsity == pytest.approx(0.3)
+    assert spec.model_id == BASE.model_id and spec.training == BASE.training
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({}, "spec.sparsities"),
+        ({"sparsities": [0.5, 0.5]}, "spec.sparsities"),
+        ({"sparsities": [1.0]}, "spec.sparsities[0]"),
+        ({"max_loss_pp": float("nan")}, "spec.budget.max_loss_pp"),
+        ({"max_loss_pp": 1.0, "search_low": 0.9, "search_high": 0.6}, "spec.search_low"),
+        ({"sparsities": [0.5], "max_trials": 101}, "spec.max_trials"),
+        ({"sparsities": [0.5], "parallel_trials": -1}, "spec.parallel_trials"),
+    ],
+)
+def test_spec_checks(kwargs, field):
+    assert field in dict(sweeps.validate(sweep_spec(BASE, **kwargs)))
+
+
+def test_the_template_is_checked_under_base():
+    base = job_spec("", epochs=-1)
+    fields = dict(sweeps.validate(sweep_spec(base, sparsities=[0.5])))
+    assert "spec.base.model_id" in fields and "spec.base.training.epochs" in fields
