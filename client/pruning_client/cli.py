@@ -33,7 +33,7 @@ from google.protobuf.message import Message
 from pruning.v1 import pruning_pb2 as pb
 
 from .client import Client
-from .exceptions import NotFound, PruningError
+from .exceptions import JobCancelled, NotFound, PruningError
 from .job import JobHandle
 from .results import JobPlan, ModelSummary, PruneResult
 from .specs import (
@@ -47,6 +47,7 @@ from .specs import (
     polynomial_decay,
 )
 from .specs import structured as structured_spec
+from .sweeps import SweepHandle, sweep_spec
 
 if TYPE_CHECKING:
     from tqdm import tqdm
@@ -759,104 +760,119 @@ def _finish(client: Client, job: JobHandle, final: pb.Job, download: pathlib.Pat
 _DOWNLOAD_DIR = click.Path(file_okay=False, path_type=pathlib.Path)
 
 
+# The options that make a JobSpec: `submit`, and the trial template of `sweep`.
+_SPEC_OPTIONS = [
+    _option(
+        "--model",
+        required=True,
+        callback=_model_ref,
+        metavar="FILE|ID",
+        help="Model file (.keras/.h5, uploaded first) or the id of an uploaded model.",
+    ),
+    _option(
+        "--dataset",
+        default="mnist",
+        callback=_dataset_ref,
+        metavar="NAME|FILE|ID",
+        help="A built-in dataset name, an .npz file (uploaded first) or the id of an uploaded dataset.",
+    ),
+    _option(
+        "--schedule",
+        type=click.Choice(["polynomial", "constant", "none"]),
+        default="polynomial",
+        help="Pruning schedule: PolynomialDecay or ConstantSparsity; none = structured pruning only "
+        "(with --structured-ratio).",
+    ),
+    _option("--initial-sparsity", type=float, default=0.5, help="Initial sparsity of the polynomial schedule."),
+    _option("--final-sparsity", type=float, default=0.8, help="Final (or constant target) sparsity."),
+    _option("--begin-step", type=int, default=0, help="Step at which pruning begins."),
+    _option(
+        "--end-step",
+        type=int,
+        default=0,
+        help="Step at which the final sparsity is reached; 0 = the recipe's (about 2/3 of the steps).",
+    ),
+    _option("--power", type=float, default=3.0, help="Exponent of the polynomial schedule."),
+    _option(
+        "--frequency",
+        type=int,
+        default=0,
+        help="Update the masks every this many steps; 0 = the recipe's (at most 100).",
+    ),
+    _option(
+        "--recipe",
+        type=click.Choice(sorted(RECIPES)),
+        default="keep_accuracy",
+        help="keep_accuracy: final sparsity at about 2/3 of the steps on a mask update, a third of the optimizer's "
+        "learning rate with cosine decay, early stop on validation accuracy; plain: the TFMOT guide's.",
+    ),
+    _option(
+        "--early-stopping-patience",
+        type=int,
+        default=None,
+        help="Epochs without a better validation accuracy (at the final sparsity) before stopping; 0 = never; "
+        "default: the recipe's (2).",
+    ),
+    _option("--epochs", type=int, default=2, help="Fine-tuning epochs."),
+    _option("--batch-size", type=int, default=128, help="Fine-tuning batch size."),
+    _option("--validation-split", type=float, default=0.1, help="Share of the training data held out; 0 = none."),
+    _option("--optimizer", default="adam", help="Keras optimizer name."),
+    _option(
+        "--learning-rate",
+        type=float,
+        default=0.0,
+        help="Learning rate; 0 = the recipe's (a third of the optimizer's default).",
+    ),
+    _option("--seed", type=int, default=0, help="Random seed; 0 = no fixed seed."),
+    _option("--max-train-samples", type=int, default=0, help="Use at most this many training samples; 0 = all."),
+    _option(
+        "--structured-ratio",
+        type=float,
+        default=None,
+        help="Remove this fraction of the channels (filters, units) of every layer that can shrink, "
+        "before fine-tuning; unset = no structured pruning.",
+    ),
+    _option(
+        "--layer-ratio",
+        multiple=True,
+        callback=_layer_ratios,
+        metavar="NAME=RATIO",
+        help="Structured ratio of one layer, overriding --structured-ratio (repeatable).",
+    ),
+    _option(
+        "--importance",
+        type=click.Choice(list(IMPORTANCE_CRITERIA)),
+        default="l1",
+        help="How structured pruning ranks channels.",
+    ),
+    _option("--round-to", type=int, default=0, help="Round kept channel counts up to a multiple of this; 0 = 1."),
+    _option("--min-channels", type=int, default=0, help="Keep at least this many channels per layer; 0 = 1."),
+    _option("--include-layer", multiple=True, metavar="NAME", help="Prune only these layers (repeatable)."),
+    _option("--exclude-layer", multiple=True, metavar="NAME", help="Never prune these layers (repeatable)."),
+    _option(
+        "--export",
+        type=ExportFormatType(),
+        multiple=True,
+        default=("keras",),
+        help="Export format (repeatable); the first is the pruned model.",
+    ),
+    _option(
+        "--keras-version",
+        type=click.Choice(["2", "3"]),
+        default=None,
+        help="The Keras version of the .keras/.h5 exports: 2 (tf_keras) or 3; default: the uploaded model's.",
+    ),
+]
+
+
+def _spec_options(f: F) -> F:
+    for option in reversed(_SPEC_OPTIONS):
+        f = option(f)
+    return f
+
+
 @cli.command("submit")
-@_option(
-    "--model",
-    required=True,
-    callback=_model_ref,
-    metavar="FILE|ID",
-    help="Model file (.keras/.h5, uploaded first) or the id of an uploaded model.",
-)
-@_option(
-    "--dataset",
-    default="mnist",
-    callback=_dataset_ref,
-    metavar="NAME|FILE|ID",
-    help="A built-in dataset name, an .npz file (uploaded first) or the id of an uploaded dataset.",
-)
-@_option(
-    "--schedule",
-    type=click.Choice(["polynomial", "constant", "none"]),
-    default="polynomial",
-    help="Pruning schedule: PolynomialDecay or ConstantSparsity; none = structured pruning only "
-    "(with --structured-ratio).",
-)
-@_option("--initial-sparsity", type=float, default=0.5, help="Initial sparsity of the polynomial schedule.")
-@_option("--final-sparsity", type=float, default=0.8, help="Final (or constant target) sparsity.")
-@_option("--begin-step", type=int, default=0, help="Step at which pruning begins.")
-@_option(
-    "--end-step",
-    type=int,
-    default=0,
-    help="Step at which the final sparsity is reached; 0 = the recipe's (about 2/3 of the steps).",
-)
-@_option("--power", type=float, default=3.0, help="Exponent of the polynomial schedule.")
-@_option(
-    "--frequency", type=int, default=0, help="Update the masks every this many steps; 0 = the recipe's (at most 100)."
-)
-@_option(
-    "--recipe",
-    type=click.Choice(sorted(RECIPES)),
-    default="keep_accuracy",
-    help="keep_accuracy: final sparsity at about 2/3 of the steps on a mask update, a third of the optimizer's "
-    "learning rate with cosine decay, early stop on validation accuracy; plain: the TFMOT guide's.",
-)
-@_option(
-    "--early-stopping-patience",
-    type=int,
-    default=None,
-    help="Epochs without a better validation accuracy (at the final sparsity) before stopping; 0 = never; "
-    "default: the recipe's (2).",
-)
-@_option("--epochs", type=int, default=2, help="Fine-tuning epochs.")
-@_option("--batch-size", type=int, default=128, help="Fine-tuning batch size.")
-@_option("--validation-split", type=float, default=0.1, help="Share of the training data held out; 0 = none.")
-@_option("--optimizer", default="adam", help="Keras optimizer name.")
-@_option(
-    "--learning-rate",
-    type=float,
-    default=0.0,
-    help="Learning rate; 0 = the recipe's (a third of the optimizer's default).",
-)
-@_option("--seed", type=int, default=0, help="Random seed; 0 = no fixed seed.")
-@_option("--max-train-samples", type=int, default=0, help="Use at most this many training samples; 0 = all.")
-@_option(
-    "--structured-ratio",
-    type=float,
-    default=None,
-    help="Remove this fraction of the channels (filters, units) of every layer that can shrink, "
-    "before fine-tuning; unset = no structured pruning.",
-)
-@_option(
-    "--layer-ratio",
-    multiple=True,
-    callback=_layer_ratios,
-    metavar="NAME=RATIO",
-    help="Structured ratio of one layer, overriding --structured-ratio (repeatable).",
-)
-@_option(
-    "--importance",
-    type=click.Choice(list(IMPORTANCE_CRITERIA)),
-    default="l1",
-    help="How structured pruning ranks channels.",
-)
-@_option("--round-to", type=int, default=0, help="Round kept channel counts up to a multiple of this; 0 = 1.")
-@_option("--min-channels", type=int, default=0, help="Keep at least this many channels per layer; 0 = 1.")
-@_option("--include-layer", multiple=True, metavar="NAME", help="Prune only these layers (repeatable).")
-@_option("--exclude-layer", multiple=True, metavar="NAME", help="Never prune these layers (repeatable).")
-@_option(
-    "--export",
-    type=ExportFormatType(),
-    multiple=True,
-    default=("keras",),
-    help="Export format (repeatable); the first is the pruned model.",
-)
-@_option(
-    "--keras-version",
-    type=click.Choice(["2", "3"]),
-    default=None,
-    help="The Keras version of the .keras/.h5 exports: 2 (tf_keras) or 3; default: the uploaded model's.",
-)
+@_spec_options
 @_option("--label", multiple=True, callback=_labels, metavar="KEY=VALUE", help="Label of the job (repeatable).")
 @_option(
     "--idempotency-key",
@@ -913,6 +929,172 @@ def submit(
             click.echo(f"job {job.id} submitted", err=True)
         final = follow(job, show_bar=not opts.json, json_lines=False)
         _finish(client, job, final, download)
+
+
+def _floats(ctx: click.Context, param: click.Parameter, value: str | None) -> list[float]:
+    if not value:
+        return []
+    try:
+        return [float(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise click.BadParameter(f"expected numbers separated by commas, got {value!r}") from None
+
+
+def _trial_line(t: pb.Trial) -> str:
+    state = pb.JobState.Name(t.state).removeprefix("JOB_STATE_").lower()
+    line = f"trial {t.index}: sparsity {t.sparsity:.4f} {state}"
+    if t.worker:
+        line += f" on {t.worker}"
+    if t.state == pb.JOB_STATE_SUCCEEDED:
+        line += (
+            f": accuracy {t.pruned_accuracy:.4f} ({t.accuracy_loss_pp:+.2f} pp), kernels "
+            f"{t.kernel_sparsity:.4f} sparse, gzip {t.gzip_bytes:,} bytes"
+            + (" within the budget" if t.within_budget else "")
+        )
+    elif t.error.message:
+        line += f": {t.error.message}"
+    return line
+
+
+def format_sweep(sweep: pb.Sweep) -> str:
+    """The sweep as a table: one row per trial (the curve), then the answer."""
+    rows = [
+        f"sweep {sweep.id} {pb.JobState.Name(sweep.state).removeprefix('JOB_STATE_').lower()}",
+        f"{'trial':>5}  {'sparsity':>8}  {'state':9}  {'accuracy':>8}  {'loss pp':>7}  {'kernels':>7}  "
+        f"{'gzip bytes':>10}  budget",
+    ]
+    for t in sorted(sweep.trials, key=lambda t: t.sparsity):
+        state = pb.JobState.Name(t.state).removeprefix("JOB_STATE_").lower()
+        done = t.state == pb.JOB_STATE_SUCCEEDED
+        rows.append(
+            f"{t.index:>5}  {t.sparsity:>8.4f}  {state:9}  "
+            + (
+                f"{t.pruned_accuracy:>8.4f}  {t.accuracy_loss_pp:>+7.2f}  {t.kernel_sparsity:>7.4f}  "
+                if done
+                else " " * 29
+            )
+            + (f"{t.gzip_bytes:>10,}  " if done else " " * 12)
+            + ("yes" if t.within_budget else "no" if done else "")
+        )
+    if sweep.message:
+        rows.append(sweep.message)
+    if sweep.HasField("chosen_trial"):
+        rows.append(f"chosen: trial {sweep.chosen_trial}, job {sweep.chosen_job_id}")
+    return "\n".join(rows)
+
+
+def _follow_sweep(handle: SweepHandle, json_lines: bool) -> pb.Sweep:
+    """Prints each trial as it changes (or each snapshot as a JSON line) until the sweep ends."""
+    shown: dict[int, str] = {}
+    final = None
+    for sweep in handle.watch():
+        final = sweep
+        if json_lines:
+            click.echo(json.dumps(_dump(sweep), sort_keys=True))
+            continue
+        for t in sweep.trials:
+            line = _trial_line(t)
+            if shown.get(t.index) != line:
+                shown[t.index] = line
+                click.echo(line, err=True)
+    return final if final is not None else handle.get()
+
+
+@cli.command("sweep")
+@_spec_options
+@_option(
+    "--sparsities",
+    callback=_floats,
+    default=None,
+    metavar="S1,S2,...",
+    help="Try these final sparsities (the curve); with a budget, the answer is the highest within it.",
+)
+@_option("--max-loss-pp", type=float, default=None, help="Accuracy budget: at most this many points lost.")
+@_option(
+    "--max-relative-loss", type=float, default=None, help="Accuracy budget: at most this percent of the baseline lost."
+)
+@_option("--search-low", type=float, default=0.0, help="Without --sparsities: the lowest sparsity searched; 0 = 0.5.")
+@_option(
+    "--search-high", type=float, default=0.0, help="Without --sparsities: the highest sparsity searched; 0 = 0.95."
+)
+@_option("--tolerance", type=float, default=0.0, help="The search stops this close to the answer; 0 = 0.02.")
+@_option("--max-trials", type=int, default=0, help="At most this many trials; 0 = 8 (or one per sparsity).")
+@_option("--parallel-trials", type=int, default=0, help="Trials running at once; 0 = 2.")
+@_option("--label", multiple=True, callback=_labels, metavar="KEY=VALUE", help="Label of the sweep (repeatable).")
+@_option(
+    "--idempotency-key",
+    default=None,
+    metavar="KEY",
+    help="Retrying with the same key returns the same sweep (default: a fresh key).",
+)
+@_option("--wait", is_flag=True, default=False, help="Follow the sweep, trial by trial, and print its table.")
+@global_options
+def sweep(
+    *,
+    sparsities: list[float],
+    max_loss_pp: float | None,
+    max_relative_loss: float | None,
+    search_low: float,
+    search_high: float,
+    tolerance: float,
+    max_trials: int,
+    parallel_trials: int,
+    label: dict[str, str],
+    idempotency_key: str | None,
+    wait: bool,
+    **spec: Any,
+) -> None:
+    """Run a sweep: trials of one job spec at several sparsities, spread over the workers.
+
+    Give --sparsities for the curve, or a budget (--max-loss-pp or --max-relative-loss) alone to
+    search for the highest sparsity within it. Prints the sweep id; with --wait, each trial as
+    it changes and the table at the end (exit 9 if it was cancelled). --final-sparsity is
+    replaced by each trial's.
+    """
+    opts = _globals()
+    with _client(opts) as client:
+        spec_ = sweep_spec(
+            _spec(client, **spec),
+            sparsities=sparsities,
+            max_loss_pp=max_loss_pp,
+            max_relative_loss_percent=max_relative_loss,
+            search_low=search_low,
+            search_high=search_high,
+            tolerance=tolerance,
+            max_trials=max_trials,
+            parallel_trials=parallel_trials,
+        )
+        handle = client.create_sweep(spec_, labels=label, idempotency_key=idempotency_key)
+        if not wait:
+            _emit({"sweep_id": handle.id}, handle.id)
+            return
+        if not opts.json:
+            click.echo(f"sweep {handle.id} started", err=True)
+        final = _follow_sweep(handle, json_lines=opts.json)
+        if not opts.json:
+            click.echo(format_sweep(final))
+        if final.state == pb.JOB_STATE_CANCELLED:
+            raise JobCancelled(f"sweep {final.id} was cancelled")
+
+
+@cli.command("sweep-status")
+@click.argument("sweep_id")
+@global_options
+def sweep_status(sweep_id: str) -> None:
+    """Show a sweep: its trials (the curve so far) and, once known, the answer."""
+    with _client(_globals()) as client:
+        found = client.get_sweep(sweep_id)
+    _emit(_dump(found), format_sweep(found))
+
+
+@cli.command("sweep-cancel")
+@click.argument("sweep_id")
+@global_options
+def sweep_cancel(sweep_id: str) -> None:
+    """Cancel a sweep and every trial that has not ended."""
+    with _client(_globals()) as client:
+        found = client.cancel_sweep(sweep_id)
+    _emit(_dump(found), format_sweep(found))
 
 
 @cli.command("watch")

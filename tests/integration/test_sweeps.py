@@ -4,6 +4,8 @@ answered from it, a bisection search, cancel, and bad specs refused."""
 
 from __future__ import annotations
 
+import json
+import pathlib
 import subprocess
 import sys
 
@@ -170,3 +172,23 @@ def test_unknown_sweep_is_not_found(client_module):
     with pytest.raises(Exception) as error:
         client_module.get_sweep("0" * 24)
     assert error.value.code == grpc.StatusCode.NOT_FOUND
+
+
+def test_the_cli_runs_a_sweep_and_prints_the_curve(server, mnist, worker, second_worker):
+    import os
+
+    pruning = pathlib.Path(sys.executable).parent / "pruning"
+    env = {**os.environ, "PRUNING_API_KEY": "", "PRUNING_TARGET": server.target}
+    args = [str(pruning), "sweep", "--model", mnist.model_id, "--dataset", mnist.dataset.artifact_id]
+    args += ["--epochs", "1", "--sparsities", "0.6,0.85", "--max-loss-pp", "100", "--wait"]
+    out = subprocess.run(args, capture_output=True, text=True, timeout=600, env=env)
+    assert out.returncode == 0, out.stderr
+    assert "\r" not in out.stdout + out.stderr  # piped: plain lines
+    assert "trial 0: sparsity 0.6000" in out.stderr and "trial 1: sparsity 0.8500" in out.stderr
+    table = out.stdout.splitlines()
+    assert any(" 0.6000 " in row and "succeeded" in row for row in table)
+    assert any(" 0.8500 " in row and "succeeded" in row for row in table)
+    assert "chosen: trial 1" in out.stdout  # a budget of 100 pp keeps the highest
+    sweep_id = table[0].split()[1]
+    status = subprocess.run([str(pruning), "sweep-status", sweep_id, "--json"], capture_output=True, text=True, env=env)
+    assert status.returncode == 0 and json.loads(status.stdout)["state"] == "JOB_STATE_SUCCEEDED"
