@@ -125,6 +125,11 @@ class Settings(BaseSettings):
         return self.artifact_dir or self.state_dir / "artifacts"
 
     @property
+    def checkpoints_path(self) -> pathlib.Path:
+        """Jobs' epoch checkpoints (<artifacts>/checkpoints/<job id>), read by every worker."""
+        return self.artifacts_path / "checkpoints"
+
+    @property
     def work_path(self) -> pathlib.Path:
         return self.work_dir or pathlib.Path(tempfile.gettempdir()) / "pruning-jobs"
 

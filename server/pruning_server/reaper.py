@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import shutil
 import time
 from collections.abc import Callable
 
@@ -74,6 +75,7 @@ async def enforce_retention(store: AsyncJobStore, blobs: BlobStore, settings: Se
         while ids := await store.expired_jobs(now - settings.job_retention_s):
             for job_id in ids:
                 await store.delete_job(job_id)
+                await asyncio.to_thread(shutil.rmtree, settings.checkpoints_path / job_id, True)
             counts["jobs"] += len(ids)
     if settings.artifact_retention_s > 0:
         while pairs := await store.expired_artifacts(now - settings.artifact_retention_s):

@@ -145,8 +145,8 @@ class WatchHub:
         """The job's events after ``after`` ('' = all), then live ones, until a terminal state
         change (or the job is found terminal with nothing left to read)."""
         watcher = _Watcher(job_id, self.buffer)
-        await self._register(watcher, after)
         try:
+            await self._register(watcher, after)
             last, replay = after, True
             while True:
                 if replay or watcher.overflowed:

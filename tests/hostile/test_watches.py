@@ -143,3 +143,46 @@ def test_health_follows_redis(env, tmp_path):
                 time.sleep(0.1)
     finally:
         server.stop()
+
+
+def test_a_slow_stream_misses_nothing_and_sees_nothing_twice(env, tiny):  # noqa: F811
+    """Events pile up past a stream's buffer while it is not read: it catches up from the job's
+    stream, in order, with no gap and no repeat, like a fresh replay."""
+    from pruning_core.store import JobStore, make_event
+
+    server = hostile_server(env, "overflow", watch_buffer=2)
+    store = JobStore.from_url(env["PRUNING_REDIS_URL"], env["PRUNING_KEY_PREFIX"])
+    try:
+        with Client(server.target, api_key="key-a", timeout=30) as a:
+            job = a.submit(job_spec(a.upload_model(tiny["keras"]).id, dataset=a.upload_dataset(tiny["data"]).id))
+
+            async def scenario() -> list[pb.JobEvent]:
+                async with grpc.aio.insecure_channel(server.target) as channel:
+                    call = pb_grpc.PruningServiceStub(channel).WatchJob(
+                        pb.WatchJobRequest(job_id=job.id), metadata=_meta("key-a")
+                    )
+                    seen = [await call.read()]
+                    for batch in range(20):  # 200 events while nobody reads the stream
+                        await asyncio.to_thread(
+                            store.update,
+                            job.id,
+                            lambda j, b=batch: [
+                                make_event(j.id, log=pb.LogLine(message=f"{b}.{i}")) for i in range(10)
+                            ],
+                        )
+                    await asyncio.sleep(0.5)
+                    await pb_grpc.PruningServiceStub(channel).CancelJob(
+                        pb.CancelJobRequest(job_id=job.id), metadata=_meta("key-a")
+                    )
+                    while (event := await call.read()) != grpc.aio.EOF:
+                        seen.append(event)
+                    return seen
+
+            seen = asyncio.run(scenario())
+            replay = list(a.watch_events(job.id))
+        assert [e.id for e in seen] == [e.id for e in replay]
+        assert sum(e.WhichOneof("kind") == "log" for e in seen) == 200
+        assert seen[-1].state_change.to == pb.JOB_STATE_CANCELLED
+    finally:
+        store.redis.close()
+        server.stop()

@@ -165,7 +165,6 @@ def _claim(store: JobStore, job_id: str, worker: str, task_id: str = "") -> pb.J
             message = f"attempt {job.attempt} was lost with its worker; running again"
             events.append(make_event(job.id, log=pb.LogLine(level="WARNING", message=message)))
         job.attempt += 1
-        job.worker = worker
         job.ClearField("error")
         events.append(state_event(job, pb.JOB_STATE_RUNNING))
         where = f"attempt {job.attempt} on {worker}" + (f", running as Celery task {task_id}" if task_id else "")
@@ -231,6 +230,12 @@ def job_dir(root: pathlib.Path, job_id: str) -> Iterator[pathlib.Path]:
         os.close(fd)
 
 
+def checkpoint_dir(settings: Settings, job_id: str) -> pathlib.Path:
+    """Where a job's epoch checkpoints live: beside the artifacts, which every worker reads,
+    so the next attempt finds them on whatever worker it runs."""
+    return settings.checkpoints_path / job_id
+
+
 def sweep_job_dirs(settings: Settings) -> int:
     """Removes the directories of jobs whose worker died (no process holds their lock)."""
     removed = sweep_unlocked(settings.work_path.glob("job-*"), settings.sweep_min_age_s)
@@ -258,6 +263,7 @@ def run_job(job_id: str, settings: Settings, worker: str, task_id: str = "") -> 
         final = _run_claimed(store, job, settings)
     if final is not None:
         store.done_running(job_id)
+        shutil.rmtree(checkpoint_dir(settings, job_id), ignore_errors=True)  # ended: nothing to resume
         _record_outcome(store, settings, final)
     return final
 
@@ -278,9 +284,10 @@ def _run_claimed(store: JobStore, job: pb.Job, settings: Settings) -> pb.Job | N
     reporter = Reporter(store, job_id, job.attempt, settings.event_interval_s, settings.job_time_limit_s)
     tenant = store.tenant_of(job_id)
     try:
-        from . import pipeline
+        from . import pipeline, train
 
-        with job_dir(settings.work_path, job_id) as workdir:
+        checkpoints = train.Checkpoints(checkpoint_dir(settings, job_id), reporter.log)
+        with job_dir(settings.work_path, job_id) as workdir, train.checkpointing(checkpoints):
             inputs = pipeline.Inputs.resolve(job.spec, tenant, store, settings)
             result, outputs = pipeline.run(job.spec, inputs, reporter, workdir)
             result.artifacts.extend(_store_outputs(settings, store, tenant, outputs))

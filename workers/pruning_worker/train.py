@@ -1,27 +1,138 @@
-"""Fine-tuning of the pruned model."""
+"""Fine-tuning of the pruned model, with a checkpoint after every epoch.
+
+When the runner sets :func:`checkpointing` for a job, every finished epoch writes the model's
+and the optimizer's variables (the pruning wrappers' masks and steps, the optimizer's step and
+moments) to the job's checkpoint directory. A later attempt of the same job (its worker was
+lost) restores the last one and goes on from the next epoch: the pruning schedule, the
+learning-rate schedule and the step count continue where they were, and no step is redone.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import json
+import logging
+import os
+import pathlib
+import shutil
 import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import tensorflow as tf
 import tensorflow_model_optimization as tfmot
+import tf_keras as keras
+from google.protobuf import json_format
 
 from pruning.v1 import pruning_pb2 as pb
 
 from . import tferrors
+from .callbacks import HistoryCallback
+
+log = logging.getLogger(__name__)
+_LATEST = "latest.json"
+
+
+@dataclass
+class Checkpoints:
+    """Where one job keeps its epoch checkpoints, and how to tell the job about them."""
+
+    directory: pathlib.Path
+    log: Callable[[str], None]
+
+    def latest(self) -> dict[str, Any] | None:
+        """{"epoch", "prefix", "history"} of the last checkpoint written, or None."""
+        try:
+            return json.loads((self.directory / _LATEST).read_text())
+        except (OSError, ValueError):
+            return None
+
+    def save(self, model: Any, epoch: int, history: list[pb.EpochSummary]) -> None:
+        """Writes the checkpoint of ``epoch`` (1-based), then points ``latest.json`` at it."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        prefix = f"epoch-{epoch}"
+        tf.train.Checkpoint(model=model, optimizer=model.optimizer).write(str(self.directory / prefix))
+        record = {"epoch": epoch, "prefix": prefix, "history": [json_format.MessageToDict(h) for h in history]}
+        tmp = self.directory / f".{_LATEST}.tmp"
+        tmp.write_text(json.dumps(record))
+        os.replace(tmp, self.directory / _LATEST)  # a reader sees the old checkpoint or the new, whole
+        for old in self.directory.glob("epoch-*"):
+            if not old.name.startswith(f"{prefix}."):
+                old.unlink(missing_ok=True)
+
+    def clear(self) -> None:
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+_CURRENT: contextvars.ContextVar[Checkpoints | None] = contextvars.ContextVar("checkpoints", default=None)
+
+
+@contextlib.contextmanager
+def checkpointing(checkpoints: Checkpoints) -> Iterator[Checkpoints]:
+    """Fine-tuning inside keeps its epoch checkpoints in ``checkpoints``."""
+    token = _CURRENT.set(checkpoints)
+    try:
+        yield checkpoints
+    finally:
+        _CURRENT.reset(token)
+
+
+class _Checkpoint(keras.callbacks.Callback):
+    def __init__(self, checkpoints: Checkpoints, history: HistoryCallback | None):
+        super().__init__()
+        self.checkpoints, self.history = checkpoints, history
+
+    def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
+        if self.model.stop_training:
+            return  # cancelled or diverged: nothing to resume from
+        self.checkpoints.save(self.model, epoch + 1, self.history.history if self.history else [])
+
+
+def _resume(model: Any, checkpoints: Checkpoints, epochs: int, history: HistoryCallback | None) -> int:
+    """Restores the last checkpoint into ``model``; returns the epoch to start from (0: none)."""
+    latest = checkpoints.latest()
+    if latest is None or not 0 < int(latest["epoch"]) < epochs:
+        return 0
+    if hasattr(model.optimizer, "build"):
+        model.optimizer.build(model.trainable_variables)  # its variables exist, so they restore now
+    status = tf.train.Checkpoint(model=model, optimizer=model.optimizer).read(
+        str(checkpoints.directory / latest["prefix"])
+    )
+    status.assert_existing_objects_matched()
+    if history is not None:
+        history.history[:0] = [json_format.ParseDict(h, pb.EpochSummary()) for h in latest["history"]]
+    epoch = int(latest["epoch"])
+    checkpoints.log(
+        f"resuming from the checkpoint of epoch {epoch}/{epochs} "
+        f"(step {int(model.optimizer.iterations.numpy())}): its steps are not run again"
+    )
+    return epoch
 
 
 def fine_tune(model: Any, x: np.ndarray, y: np.ndarray, t: pb.TrainingSpec, callbacks: list[Any]) -> float:
     """Fits ``model`` (its pruning wrappers stepped by UpdatePruningStep); returns the seconds."""
     started = time.monotonic()
+    checkpoints = _CURRENT.get()
+    initial_epoch = 0
+    callbacks = list(callbacks)
+    if checkpoints is not None:
+        history = next((c for c in callbacks if isinstance(c, HistoryCallback)), None)
+        try:
+            initial_epoch = _resume(model, checkpoints, t.epochs, history)
+        except (tf.errors.OpError, AssertionError, ValueError, KeyError) as exc:
+            log.warning("the checkpoint in %s does not fit this model (%s); starting over", checkpoints.directory, exc)
+            checkpoints.clear()
+        callbacks.append(_Checkpoint(checkpoints, history))
     with tferrors.step("fine-tuning"):
         model.fit(
             x,
             y,
             batch_size=t.batch_size,
             epochs=t.epochs,
+            initial_epoch=initial_epoch,
             validation_split=t.validation_split,
             callbacks=[tfmot.sparsity.keras.UpdatePruningStep(), *callbacks],
             verbose=0,
