@@ -803,7 +803,7 @@ _SPEC_OPTIONS = [
         "--recipe",
         type=click.Choice(sorted(RECIPES)),
         default="keep_accuracy",
-        help="keep_accuracy: final sparsity at about 2/3 of the steps on a mask update, a third of the optimizer's "
+        help="keep_accuracy: final sparsity at about 2/3 of the steps on a mask update, the optimizer's "
         "learning rate with cosine decay, early stop on validation accuracy; plain: the TFMOT guide's.",
     ),
     _option(
@@ -821,7 +821,7 @@ _SPEC_OPTIONS = [
         "--learning-rate",
         type=float,
         default=0.0,
-        help="Learning rate; 0 = the recipe's (a third of the optimizer's default).",
+        help="Learning rate; 0 = the recipe's (the optimizer's default, with cosine decay).",
     ),
     _option("--seed", type=int, default=0, help="Random seed; 0 = no fixed seed."),
     _option("--max-train-samples", type=int, default=0, help="Use at most this many training samples; 0 = all."),

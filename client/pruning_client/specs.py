@@ -188,7 +188,7 @@ def job_spec(
     uploaded model's. Without ``schedule``, ``polynomial_decay()`` (0.5 to 0.8), unless
     ``structured`` (see :func:`structured`) is given: then the job removes channels only.
     ``recipe`` is "keep_accuracy" (the server's default: final sparsity at about 2/3 of the
-    steps on a mask update, a third of the optimizer's learning rate with cosine decay, early
+    steps on a mask update, the optimizer's learning rate with cosine decay to a tenth, early
     stop on validation accuracy) or "plain" (the TFMOT guide's); ``early_stopping_patience``
     and ``learning_rate_decay`` override the recipe's choice.
 

@@ -69,7 +69,7 @@ def test_keep_accuracy_learning_rate_decay_and_patience():
     spec = _resolved(422)
     t = spec.training
     assert t.recipe == pb.RECIPE_KEEP_ACCURACY
-    assert t.learning_rate == pytest.approx(recipe.DEFAULT_LEARNING_RATES["adam"] / 3)
+    assert t.learning_rate == pytest.approx(recipe.DEFAULT_LEARNING_RATES["adam"] * recipe.FINE_TUNE_LR_FACTOR)
     assert t.learning_rate_decay and t.early_stopping_patience == recipe.PATIENCE
     assert not _resolved(422, validation_split=0.0).training.early_stopping_patience  # nothing to watch
 
