@@ -269,3 +269,30 @@ def test_criteria_rank_the_channels(criterion):
         gamma = np.abs(model.get_layer("b1_bn").gamma.numpy())
         kept = outcome.keep[outcome.graph.group_of("b1").id]
         assert gamma[kept].min() >= gamma[~kept].max()
+
+
+def test_job_step_on_a_two_output_model_with_taylor():
+    from pruning.v1 import pruning_pb2 as pb
+    from pruning_worker.inputs import head
+    from pruning_worker.structured import step
+
+    model, expected, _ = two_outputs()
+    _randomise(model)
+    x = _x(model, n=40)
+    y = head([np.arange(40) % 4, np.zeros((40, 2), "float32")], 32)  # by output, as by_output gives
+    assert [len(v) for v in y] == [32, 32]
+    losses = [keras.losses.SparseCategoricalCrossentropy(from_logits=True), keras.losses.MeanSquaredError()]
+
+    def loss(targets, outputs):
+        return losses[0](targets, outputs) if outputs.shape[-1] == 4 else losses[1](targets, outputs)
+
+    spec = pb.PruningSpec(structured=pb.StructuredPruning(ratio=0.5, importance=pb.IMPORTANCE_CRITERION_TAYLOR))
+    small, result = step.run(model, spec, x[:32], y, loss)
+    assert result.params_after == small.count_params() == expected
+    assert result.params_before == model.count_params()
+    assert 0 < result.flops_after < result.flops_before
+    assert result.criterion == "taylor" and result.zero_ratio_max_abs_diff <= step.IDENTITY_TOLERANCE
+    assert sorted(x.name for x in result.left_whole) == ["aux", "classes"]
+    refused = pb.PruningSpec(structured=pb.StructuredPruning(ratio=0.5, layer_ratios={"classes": 0.5}))
+    with pytest.raises(ValueError, match=r"layer_ratios\[classes\]"):
+        step.run(model, refused, x, y, loss)

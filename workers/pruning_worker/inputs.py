@@ -47,7 +47,9 @@ def length(data: Data) -> int:
 
 
 def head(data: Data, n: int) -> Data:
-    """The first ``n`` samples."""
+    """The first ``n`` samples (of each array, for a dict by name or a list by output)."""
+    if isinstance(data, list):
+        return [v[:n] for v in data]
     return {k: v[:n] for k, v in data.items()} if isinstance(data, dict) else data[:n]
 
 
