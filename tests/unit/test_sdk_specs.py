@@ -1,5 +1,6 @@
 """Spec builders leave the server's defaults to the server; the result's notebook view."""
 
+import click
 import pytest
 
 from pruning.v1 import pruning_pb2 as pb
@@ -119,3 +120,33 @@ def test_result_shows_structured_figures():
     assert "logits" in rows["left whole: logits"]
     assert result.to_dict()["structured"]["params_after"] == "400"
     assert PruneResult.from_proto(pb.PruneResult()).structured is None
+
+
+def _submit_spec(*args: str) -> pb.JobSpec:
+    """The spec `pruning submit ARGS` would send (a model id, so nothing is uploaded)."""
+    import inspect
+
+    import click
+
+    from pruning_client.cli import _spec, cli
+
+    with click.Context(cli) as parent:
+        command = cli.get_command(parent, "submit")
+        assert command is not None
+        ctx = command.make_context("submit", ["--model", "ab" * 32, *args], parent=parent)
+    wanted = inspect.signature(_spec).parameters
+    return _spec(None, **{k: v for k, v in ctx.params.items() if k in wanted})  # type: ignore[arg-type]
+
+
+def test_cli_structured_flags():
+    spec = _submit_spec(
+        "--schedule", "none", "--structured-ratio", "0.5", "--layer-ratio", "conv=0.25", "--importance", "taylor"
+    )
+    s = spec.pruning.structured
+    assert not spec.pruning.HasField("schedule")
+    assert (s.ratio, dict(s.layer_ratios), s.importance) == (0.5, {"conv": 0.25}, pb.IMPORTANCE_CRITERION_TAYLOR)
+    assert not _submit_spec().pruning.HasField("structured")
+    both = _submit_spec("--structured-ratio", "0.25", "--round-to", "8")
+    assert both.pruning.HasField("schedule") and both.pruning.structured.round_to == 8
+    with pytest.raises(click.BadParameter):
+        _submit_spec("--layer-ratio", "conv")
