@@ -12,7 +12,7 @@ import pytest
 from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
-from hostile import hostile_server, tiny  # noqa: F401 - fixture
+from hostile import hostile_server, keras_bytes, tiny  # noqa: F401 - fixture
 
 from pruning.v1 import pruning_pb2 as pb
 from pruning.v1 import pruning_pb2_grpc as pb_grpc
@@ -185,4 +185,43 @@ def test_a_slow_stream_misses_nothing_and_sees_nothing_twice(env, tiny):  # noqa
         assert seen[-1].state_change.to == pb.JOB_STATE_CANCELLED
     finally:
         store.redis.close()
+        server.stop()
+
+
+def test_uploads_over_the_tenant_cap_are_refused_with_a_retry_hint(env):
+    server = hostile_server(env, "upload-caps", max_uploads_per_tenant=2, max_uploads=3)
+
+    async def scenario() -> None:
+        async with grpc.aio.insecure_channel(server.target) as channel:
+            stub = pb_grpc.PruningServiceStub(channel)
+
+            async def open_upload(key: str):
+                call = stub.UploadModel(metadata=_meta(key))
+                await call.write(pb.UploadRequest(header=pb.UploadHeader(filename="m.keras")))
+                return call
+
+            async def refused(key: str) -> grpc.StatusCode:
+                call = await open_upload(key)
+                with pytest.raises(grpc.aio.AioRpcError) as error:
+                    await asyncio.wait_for(call, 10)
+                assert rpc_status.from_call(error.value).details[0].Is(error_details_pb2.RetryInfo.DESCRIPTOR)
+                return error.value.code()
+
+            held = [await open_upload("key-a") for _ in range(2)]
+            await asyncio.sleep(0.3)  # the server has taken both slots
+            assert await refused("key-a") == grpc.StatusCode.RESOURCE_EXHAUSTED  # the tenant's cap
+            other = await open_upload("key-b")  # the other tenant still uploads
+            await asyncio.sleep(0.3)
+            assert await refused("key-b") == grpc.StatusCode.RESOURCE_EXHAUSTED  # the server's cap
+            for call in [*held, other]:
+                call.cancel()
+            await asyncio.sleep(0.3)
+            call = await open_upload("key-a")  # slots come back when uploads end
+            await call.write(pb.UploadRequest(chunk=keras_bytes()))
+            await call.done_writing()
+            assert len((await asyncio.wait_for(call, 10)).id) == 64
+
+    try:
+        asyncio.run(scenario())
+    finally:
         server.stop()
