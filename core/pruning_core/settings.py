@@ -10,7 +10,7 @@ import pathlib
 import tempfile
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 MiB = 1024 * 1024
@@ -112,6 +112,26 @@ class Settings(BaseSettings):
     trace_file: pathlib.Path | None = Field(None, description="also write finished spans to this file as JSON lines")
     mlflow_tracking_uri: str = Field("", description="log every succeeded job to this MLflow tracking URI; empty = off")
     mlflow_experiment: str = Field("pruning", description="MLflow experiment the job runs go to")
+    artifact_store: Literal["local", "s3"] = Field(
+        "local",
+        description="where artifacts live: 'local' (artifact_dir, one host) or 's3' (an S3-compatible object "
+        "store; servers and workers then share no disk)",
+    )
+    s3_endpoint: str = Field("", description="S3 endpoint URL (http:// allowed); empty = AWS S3 for s3_region")
+    s3_bucket: str = Field("", description="bucket of the artifacts (DNS-style name; it must exist)")
+    s3_prefix: str = Field("pruning", description="key prefix of every artifact object in the bucket")
+    s3_region: str = Field("us-east-1", description="region the requests are signed for")
+    s3_access_key_id: str = Field("", description="S3 access key; empty = AWS_* variables or instance credentials")
+    s3_secret_access_key: SecretStr = Field(SecretStr(""), description="S3 secret key")
+    s3_part_size: int = Field(16 * MiB, description="multipart upload part size (S3 needs at least 5 MiB)")
+    s3_max_concurrency: int = Field(8, description="parts of one transfer in flight at once")
+    download_readahead: int = Field(4, description="chunks a download reads ahead of what gRPC has sent")
+    cache_dir: pathlib.Path | None = Field(
+        None, description="a worker's content-addressed cache of fetched inputs; default <state_dir>/cache"
+    )
+    cache_max_bytes: int = Field(
+        10 * 1024 * MiB, description="size bound of a worker's input cache (least recently used files go first)"
+    )
 
     @field_validator("chunk_size")
     @classmethod
@@ -128,6 +148,17 @@ class Settings(BaseSettings):
     def checkpoints_path(self) -> pathlib.Path:
         """Jobs' epoch checkpoints (<artifacts>/checkpoints/<job id>), read by every worker."""
         return self.artifacts_path / "checkpoints"
+
+    @field_validator("s3_part_size")
+    @classmethod
+    def _part_size_in_s3_range(cls, value: int) -> int:
+        if not 5 * MiB <= value <= 5 * 1024 * MiB:
+            raise ValueError(f"s3_part_size must be in [5 MiB, 5 GiB], got {value}")
+        return value
+
+    @property
+    def cache_path(self) -> pathlib.Path:
+        return self.cache_dir or self.state_dir / "cache"
 
     @property
     def work_path(self) -> pathlib.Path:

@@ -15,7 +15,7 @@ from grpc_reflection.v1alpha import reflection
 from pruning.v1 import pruning_pb2 as pb
 from pruning.v1 import pruning_pb2_grpc as pb_grpc
 from pruning_core import telemetry as core_telemetry
-from pruning_core.blobs import BlobStore
+from pruning_core.objectstore import open_store
 from pruning_core.settings import Settings
 from pruning_core.store import AsyncJobStore
 from pruning_core.sweeps import SweepStore
@@ -93,7 +93,7 @@ async def create_server(settings: Settings, address: str | None = None) -> Runni
     await store.redis.ping()
     reader = AsyncJobStore.single_connection(settings.redis_url, settings.key_prefix, settings.watch_block_s + 30)
     hub = WatchHub(store, reader, int(settings.watch_block_s * 1000), settings.watch_buffer)
-    blobs = BlobStore(settings.artifacts_path)
+    blobs = open_store(settings)
     await asyncio.to_thread(reaper.sweep, blobs, settings)
     interceptors: list[grpc.aio.ServerInterceptor] = [
         ErrorsAndMetrics(settings.max_error_bytes, settings.max_violations)

@@ -17,7 +17,8 @@ from google.rpc import code_pb2
 from pruning.v1 import pruning_pb2 as pb
 from pruning.v1 import pruning_pb2_grpc as pb_grpc
 from pruning_core import formats, modelcheck, plan, recipe, tasks, validation
-from pruning_core.blobs import BlobStore, is_artifact_id
+from pruning_core.blobs import is_artifact_id
+from pruning_core.objectstore import LocalStore
 from pruning_core.settings import Settings
 from pruning_core.store import ArtifactRecord, AsyncJobStore, JobNotFound, new_job_id, state_event
 
@@ -43,7 +44,7 @@ def make_celery(settings: Settings) -> Celery:
 
 
 class PruningService(pb_grpc.PruningServiceServicer):
-    def __init__(self, settings: Settings, store: AsyncJobStore, blobs: BlobStore, celery: Celery, hub: WatchHub):
+    def __init__(self, settings: Settings, store: AsyncJobStore, blobs: LocalStore, celery: Celery, hub: WatchHub):
         self.settings = settings
         self.store = store
         self.blobs = blobs
@@ -121,6 +122,8 @@ class PruningService(pb_grpc.PruningServiceServicer):
                             grpc.StatusCode.INVALID_ARGUMENT, "the first message must be the header", f"{field}.header"
                         )
                     header = request.header
+                    if header.sha256:
+                        await asyncio.to_thread(writer.announce, header.sha256)
                     if header.size > limit:
                         refuse(
                             grpc.StatusCode.RESOURCE_EXHAUSTED,
@@ -207,13 +210,10 @@ class PruningService(pb_grpc.PruningServiceServicer):
         record = await self._artifact(tenant, request.artifact_id, "artifact_id")
         if not 0 <= request.offset <= record.size:
             raise Failure(grpc.StatusCode.OUT_OF_RANGE, f"offset must be in [0, {record.size}], got {request.offset}")
-        chunk = self.settings.chunk_size
-        with open(self.blobs.path(record.id), "rb") as f:
-            f.seek(request.offset)
-            offset = request.offset
-            while data := f.read(chunk):
-                yield pb.DownloadChunk(offset=offset, data=data, total_size=record.size, sha256=record.id)
-                offset += len(data)
+        offset = request.offset
+        async for data in self.blobs.read(record.id, offset, self.settings.chunk_size, record.size):
+            yield pb.DownloadChunk(offset=offset, data=data, total_size=record.size, sha256=record.id)
+            offset += len(data)
 
     # -- jobs ------------------------------------------------------------------------------
 

@@ -10,10 +10,10 @@ import numpy as np
 
 from pruning.v1 import pruning_pb2 as pb
 from pruning_core import modelcheck
-from pruning_core.blobs import BlobStore
 from pruning_core.settings import Settings
 
 from . import datasets
+from .cache import InputCache
 from .errors import JobInputError
 
 Data = Any  # an array, or a dict of arrays by input (output) name
@@ -29,16 +29,17 @@ class Inputs:
 
     @classmethod
     def resolve(cls, spec: pb.JobSpec, tenant: str, store: Any, settings: Settings) -> Inputs:
-        blobs = BlobStore(settings.artifacts_path)
+        inputs = InputCache.for_settings(settings)  # fetched from the store once per host
         try:
             store.get_artifact(tenant, spec.model_id)
         except KeyError:
             raise JobInputError(f"model: no artifact {spec.model_id}") from None
+        model_path = inputs.path(spec.model_id)
         if spec.dataset.WhichOneof("source") == "artifact_id":
-            data = datasets.load_npz(blobs.path(spec.dataset.artifact_id))
+            data = datasets.load_npz(inputs.path(spec.dataset.artifact_id, keep=(spec.model_id,)))
         else:
             data = datasets.load_builtin(spec.dataset.builtin, settings.data_path)
-        return cls(blobs.path(spec.model_id), data, settings.max_decompressed_bytes)
+        return cls(model_path, data, settings.max_decompressed_bytes)
 
 
 def length(data: Data) -> int:

@@ -24,7 +24,8 @@ from google.rpc import code_pb2
 
 from pruning.v1 import pruning_pb2 as pb
 from pruning_core import telemetry
-from pruning_core.blobs import BlobStore, sweep_unlocked
+from pruning_core.blobs import sweep_unlocked
+from pruning_core.objectstore import open_store
 from pruning_core.settings import Settings
 from pruning_core.store import (
     TERMINAL,
@@ -176,7 +177,7 @@ def _claim(store: JobStore, job_id: str, worker: str, task_id: str = "") -> pb.J
 
 
 def _store_outputs(settings: Settings, store: JobStore, tenant: str, outputs) -> list[pb.Artifact]:
-    blobs = BlobStore(settings.artifacts_path)
+    blobs = open_store(settings)  # exports go straight to the artifact store
     artifacts = []
     for path, fmt in outputs:
         artifact_id, size = blobs.put_file(path)

@@ -1,0 +1,357 @@
+"""Artifact storage behind one small interface, with two backends.
+
+* :class:`LocalStore`: a directory, ``<root>/<sha[:2]>/<sha>`` (the embedded default). It is
+  :class:`~pruning_core.blobs.BlobStore` plus streaming reads.
+* :class:`S3Store`: an S3-compatible object store (AWS S3, MinIO, SeaweedFS, ...), through
+  `obstore <https://developmentseed.org/obstore/>`_: Rust's ``object_store`` crate, async
+  without threads, the GIL released during transfers, multipart uploads and ranged reads
+  built in, and one small wheel with no botocore to keep up to date.
+
+Both answer the same calls: :meth:`writer` (an upload being received: hashed on the way,
+committed under its sha256 only once the hash is known), :meth:`read` (async, from an
+offset, reading ahead), :meth:`fetch` (into a local file, verified), :meth:`put_file`,
+:meth:`exists`, :meth:`ids`, :meth:`remove` and :meth:`sweep`. Choose with
+``PRUNING_ARTIFACT_STORE`` (see :func:`open_store`). Nothing assumes that the server and a
+worker share a disk: with S3 the server's directory only holds uploads being received (so that
+they can be inspected) and each worker fetches what it needs into its own cache.
+
+An upload to S3 streams into a multipart upload as it arrives. When the client announced the
+sha256 in its header the multipart upload targets the final key and is completed only after
+the received bytes hash to it (aborted otherwise); without one it targets a temporary key
+and is copied under its sha256 once known. Either way nothing is readable under a content id
+before its hash was verified, and a dropped upload is aborted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import datetime
+import hashlib
+import os
+import pathlib
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from typing import TYPE_CHECKING, Any
+
+from .blobs import BlobStore, BlobWriter, is_artifact_id
+from .settings import Settings
+
+if TYPE_CHECKING:
+    from obstore import WritableFile
+    from obstore.store import ClientConfig
+    from obstore.store import S3Store as _ObjectStore
+
+MiB = 1 << 20
+
+
+class Upload(BlobWriter):
+    """An upload being received: :class:`~pruning_core.blobs.BlobWriter` (hashed on the way,
+    committed under its sha256) that may be told the sha256 the client announced."""
+
+    def announce(self, sha256: str) -> None:
+        """The sha256 the client announced (the commit still checks what arrived)."""
+
+
+class LocalStore(BlobStore):
+    """The artifact store in one directory (the embedded default)."""
+
+    def __init__(self, root: os.PathLike | str, readahead: int = 4):
+        super().__init__(root)
+        self.readahead = readahead
+
+    def writer(self) -> Upload:
+        return Upload(self)
+
+    def exists(self, artifact_id: str) -> bool:
+        return self.path(artifact_id).is_file()
+
+    def local_path(self, artifact_id: str) -> pathlib.Path | None:
+        """The blob's file when it lives on this host's disk (None for remote stores)."""
+        return self.path(artifact_id)
+
+    async def read(
+        self, artifact_id: str, offset: int = 0, chunk: int = MiB, size: int | None = None
+    ) -> AsyncIterator[bytes]:
+        """The blob's bytes from ``offset`` in chunks of ``chunk``, read ahead off the event
+        loop (``readahead`` positional reads in flight); ``size``, when known, spares a request."""
+        fd = os.open(self.path(artifact_id), os.O_RDONLY)
+        try:
+            loop = asyncio.get_running_loop()
+            pending: collections.deque[asyncio.Future[bytes]] = collections.deque()
+            position = offset
+            while True:
+                while len(pending) < self.readahead:
+                    pending.append(loop.run_in_executor(None, os.pread, fd, chunk, position))
+                    position += chunk
+                data = await pending.popleft()
+                if not data:
+                    break
+                yield data
+        finally:
+            for future in pending:
+                future.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)  # no read left on a closed fd
+            os.close(fd)
+
+    def fetch(self, artifact_id: str, dest: pathlib.Path) -> None:
+        """Copies the blob to ``dest`` (a file on this host)."""
+        with open(self.path(artifact_id), "rb") as src, open(dest, "wb") as out:
+            while data := src.read(8 * MiB):
+                out.write(data)
+
+
+class _S3Writer(Upload):
+    """An upload received for S3: spooled to a local temporary file (hashed, and inspected
+    before it is accepted) and streamed into a multipart upload at the same time."""
+
+    def __init__(self, store: S3Store):
+        super().__init__(store)
+        self._s3 = store
+        self._key: str | None = None
+        self._remote: WritableFile | None = None
+        self._present = False  # the announced content is already stored: nothing to send
+
+    def announce(self, sha256: str) -> None:
+        """Targets the final key when the client announced the content's sha256."""
+        sha256 = sha256.lower()
+        if self._remote is None and is_artifact_id(sha256):
+            self._key = self._s3.key(sha256)
+            self._present = self._s3.exists(sha256)
+
+    def write(self, data: bytes) -> None:
+        super().write(data)
+        if self._present:
+            return
+        if self._remote is None:
+            import obstore
+
+            self._key = self._key or self._s3.tmp_key()
+            self._remote = obstore.open_writer(
+                self._s3.objects,
+                self._key,
+                buffer_size=self._s3.part_size,
+                max_concurrency=self._s3.max_concurrency,
+            )
+        self._remote.write(data)
+
+    def close(self) -> None:
+        """Flushes the spool file; no fsync, it is scratch (S3 keeps the bytes)."""
+        if not self._file.closed:
+            self._file.flush()
+
+    def _abort(self) -> None:
+        if self._remote is not None and not self._remote.closed():
+            # obstore aborts the multipart upload when its writer exits with an exception
+            self._remote.__exit__(RuntimeError, RuntimeError("upload dropped"), None)
+        self._remote = None
+
+    def commit(self) -> str:
+        import obstore
+
+        self.close()
+        sha = self.sha256
+        final = self._s3.key(sha)
+        try:
+            announced = self._key is not None and not self._key.startswith(self._s3.tmp_prefix)
+            if announced and self._key != final:
+                raise ValueError("the content does not match the announced sha256")
+            if self._remote is None:
+                if not self._present:
+                    obstore.put(self._s3.objects, final, b"")  # an empty file
+            elif self._key == final:
+                self._remote.close()  # completes the multipart upload: the hash matched
+            else:
+                self._remote.close()
+                assert self._key is not None
+                if self._s3.exists(sha):
+                    obstore.delete(self._s3.objects, self._key)
+                else:
+                    obstore.rename(self._s3.objects, self._key, final)
+        except BaseException:
+            self.discard()
+            raise
+        self._remote = None
+        super().discard()  # the spool file: S3 holds the bytes now
+        return sha
+
+    def discard(self) -> None:
+        try:
+            self._abort()
+        finally:
+            super().discard()
+
+
+class S3Store(LocalStore):
+    """Artifacts in an S3-compatible bucket under ``prefix``; ``root`` is a local directory
+    that only holds uploads being received."""
+
+    tmp_prefix = "tmp/"
+
+    def __init__(
+        self,
+        root: os.PathLike | str,
+        objects: _ObjectStore,
+        *,
+        part_size: int = 16 * MiB,
+        max_concurrency: int = 8,
+        readahead: int = 4,
+    ):
+        super().__init__(root, readahead)
+        self.objects = objects
+        self.part_size = part_size
+        self.max_concurrency = max_concurrency
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> S3Store:
+        from obstore.store import S3Store as ObjectStore
+
+        if not settings.s3_bucket:
+            raise ValueError("artifact_store 's3' needs s3_bucket (PRUNING_S3_BUCKET)")
+        options: dict[str, Any] = {"region": settings.s3_region, "virtual_hosted_style_request": False}
+        if settings.s3_endpoint:
+            options["endpoint"] = settings.s3_endpoint
+        if settings.s3_access_key_id:
+            options["access_key_id"] = settings.s3_access_key_id
+            options["secret_access_key"] = settings.s3_secret_access_key.get_secret_value()
+        client_options: ClientConfig = {"allow_http": settings.s3_endpoint.startswith("http://"), "timeout": "300s"}
+        objects = ObjectStore(
+            settings.s3_bucket, prefix=settings.s3_prefix or None, client_options=client_options, **options
+        )
+        return cls(
+            settings.artifacts_path,
+            objects,
+            part_size=settings.s3_part_size,
+            max_concurrency=settings.s3_max_concurrency,
+            readahead=settings.download_readahead,
+        )
+
+    def key(self, artifact_id: str) -> str:
+        if not is_artifact_id(artifact_id):
+            raise ValueError(f"artifact id must be 64 lowercase hex digits, got {artifact_id!r}")
+        return artifact_id
+
+    def tmp_key(self) -> str:
+        return f"{self.tmp_prefix}upload-{uuid.uuid4().hex}"
+
+    def path(self, artifact_id: str) -> pathlib.Path:
+        raise NotImplementedError("artifacts in S3 have no local path: use read() or fetch()")
+
+    def local_path(self, artifact_id: str) -> pathlib.Path | None:
+        return None
+
+    def writer(self) -> Upload:
+        return _S3Writer(self)
+
+    def exists(self, artifact_id: str) -> bool:
+        import obstore
+
+        try:
+            obstore.head(self.objects, self.key(artifact_id))
+        except FileNotFoundError:
+            return False
+        return True
+
+    async def read(
+        self, artifact_id: str, offset: int = 0, chunk: int = MiB, size: int | None = None
+    ) -> AsyncIterator[bytes]:
+        """A ranged GET from ``offset`` (a resumed download re-reads nothing before it),
+        streamed by obstore off the event loop and cut into chunks of at most ``chunk``."""
+        import obstore
+
+        if size is not None and offset >= size:
+            return  # S3 refuses an empty range
+
+        result = await obstore.get_async(self.objects, self.key(artifact_id), options={"range": {"offset": offset}})
+        pending = bytearray()
+        async for part in result.stream(min_chunk_size=chunk):
+            if not pending and len(part) == chunk:
+                yield bytes(part)
+                continue
+            pending += part
+            while len(pending) >= chunk:
+                yield bytes(pending[:chunk])
+                del pending[:chunk]
+        if pending:
+            yield bytes(pending)
+
+    def fetch(self, artifact_id: str, dest: pathlib.Path) -> None:
+        """Downloads the object into ``dest``, checking it against its sha256."""
+        import obstore
+
+        digest = hashlib.sha256()
+        result = obstore.get(self.objects, self.key(artifact_id))
+        with open(dest, "wb") as out:
+            for part in result.stream(min_chunk_size=8 * MiB):
+                digest.update(part)
+                out.write(part)
+        if digest.hexdigest() != artifact_id:
+            dest.unlink(missing_ok=True)
+            raise OSError(f"artifact {artifact_id} read back from S3 does not match its sha256")
+
+    def put_file(self, source: os.PathLike | str) -> tuple[str, int]:
+        """Hashes a local file and uploads it under its sha256 (a multipart upload when
+        large); a file already stored is not sent again."""
+        import obstore
+
+        digest = hashlib.sha256()
+        with open(source, "rb") as src:
+            while data := src.read(8 * MiB):
+                digest.update(data)
+        sha, size = digest.hexdigest(), os.path.getsize(source)
+        if not self.exists(sha):
+            obstore.put(
+                self.objects,
+                self.key(sha),
+                pathlib.Path(source),
+                chunk_size=self.part_size,
+                max_concurrency=self.max_concurrency,
+            )
+        return sha, size
+
+    def ids(self) -> Iterator[str]:
+        import obstore
+
+        for page in obstore.list(self.objects):
+            for meta in page:
+                if is_artifact_id(meta["path"]):
+                    yield meta["path"]
+
+    def remove(self, artifact_id: str, min_age_s: float = 60.0) -> bool:
+        import obstore
+
+        key = self.key(artifact_id)
+        try:
+            meta = obstore.head(self.objects, key)
+        except FileNotFoundError:
+            return False
+        if _age_s(meta["last_modified"]) < min_age_s:
+            return False
+        obstore.delete(self.objects, key)
+        return True
+
+    def sweep(self, min_age_s: float = 60.0) -> int:
+        """Removes the local spool files of dead uploads and temporary objects older than
+        ``min_age_s`` (left by a server killed between completing and renaming an upload).
+        Parts of multipart uploads a killed server never aborted are the bucket lifecycle
+        rule's (AbortIncompleteMultipartUpload)."""
+        import obstore
+
+        removed = super().sweep(min_age_s)
+        for page in obstore.list(self.objects, prefix=self.tmp_prefix):
+            for meta in page:
+                if _age_s(meta["last_modified"]) >= min_age_s:
+                    obstore.delete(self.objects, meta["path"])
+                    removed += 1
+        return removed
+
+
+def _age_s(when: datetime.datetime) -> float:
+    return (datetime.datetime.now(datetime.UTC) - when).total_seconds()
+
+
+def open_store(settings: Settings) -> LocalStore:
+    """The artifact store the settings name: ``local`` (``artifacts_path``) or ``s3``."""
+    if settings.artifact_store == "s3":
+        return S3Store.from_settings(settings)
+    return LocalStore(settings.artifacts_path, settings.download_readahead)

@@ -1,0 +1,227 @@
+"""Artifacts in a real S3 server (SeaweedFS started here, on free ports), and two worker
+"hosts": the server and each worker have their own state directory, cache and work directory,
+and share no path, only Redis and the bucket."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pathlib
+import threading
+import time
+import uuid
+
+import grpc
+import obstore
+import pytest
+import redis
+from seaweed import SeaweedFS
+
+from conftest import ServerThread, settings_for, start_worker, stop_worker
+from pruning.v1 import pruning_pb2 as pb
+from pruning_client import Client, ResourceExhausted, constant_sparsity, job_spec
+
+pytestmark = pytest.mark.integration
+MiB = 1 << 20
+
+
+@pytest.fixture(scope="module")
+def seaweed(tmp_path_factory):
+    server = SeaweedFS(tmp_path_factory.mktemp("seaweed"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def s3_env(env, seaweed, tmp_path_factory):
+    """A deployment of its own (key prefix, queue) with its artifacts in S3."""
+    run = uuid.uuid4().hex[:8]
+    values = {
+        **env,
+        **seaweed.env(prefix=f"test-{run}"),
+        "PRUNING_KEY_PREFIX": f"pruning-s3-{run}",
+        "PRUNING_QUEUE": f"pruning-s3-{run}",
+        "PRUNING_STATE_DIR": str(tmp_path_factory.mktemp("server-host")),
+        "PRUNING_S3_PART_SIZE": str(5 * MiB),  # several parts in flight for a 16 MiB upload
+    }
+    yield values
+    client = redis.Redis.from_url(values["PRUNING_REDIS_URL"])
+    keys = [*client.scan_iter(f"{values['PRUNING_KEY_PREFIX']}:*"), *client.scan_iter(f"{values['PRUNING_QUEUE']}*")]
+    keys += list(client.scan_iter(f"_kombu.binding.{values['PRUNING_QUEUE']}*"))
+    if keys:
+        client.delete(*keys)
+
+
+@pytest.fixture(scope="module")
+def s3_server(s3_env):
+    server = ServerThread(settings_for(s3_env))
+    yield server
+    server.stop()
+
+
+def _host_env(s3_env: dict, root: pathlib.Path) -> dict:
+    return {
+        **s3_env,
+        "PRUNING_STATE_DIR": str(root / "state"),
+        "PRUNING_WORK_DIR": str(root / "work"),
+        "PRUNING_CACHE_DIR": str(root / "cache"),
+    }
+
+
+@pytest.fixture(scope="module")
+def hosts(s3_env, tmp_path_factory):
+    """Two workers, each on its own "host" (directories of its own)."""
+    roots = [tmp_path_factory.mktemp(f"worker-host-{i}") for i in range(2)]
+    procs = []
+    try:
+        for root in roots:
+            procs.append(start_worker(_host_env(s3_env, root), root / "worker.log"))
+        yield list(zip(roots, procs, strict=True))
+    finally:
+        for proc in procs:
+            stop_worker(proc)
+
+
+@pytest.fixture()
+def s3_client(s3_server):
+    with Client(s3_server.target, timeout=60) as c:
+        yield c
+
+
+def _objects(seaweed, s3_env) -> list[str]:
+    store = seaweed.object_store(prefix=s3_env["PRUNING_S3_PREFIX"])
+    return sorted(meta["path"] for page in obstore.list(store) for meta in page)
+
+
+def _spool(s3_env) -> list[pathlib.Path]:
+    return list(settings_for(s3_env).artifacts_path.joinpath("tmp").glob("upload-*"))
+
+
+def _wait(predicate, timeout=30.0):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        time.sleep(0.1)
+
+
+def test_upload_lands_in_s3_under_its_sha256_and_nowhere_on_the_server(s3_client, seaweed, s3_env, files):
+    artifact = s3_client.upload_dataset(files["data"])
+    assert artifact.id == hashlib.sha256(files["data"].read_bytes()).hexdigest()
+    assert artifact.id in _objects(seaweed, s3_env)
+    store = seaweed.object_store(prefix=s3_env["PRUNING_S3_PREFIX"])
+    assert bytes(obstore.get(store, artifact.id).bytes()) == files["data"].read_bytes()
+    server_dir = settings_for(s3_env).artifacts_path
+    assert [p for p in server_dir.rglob("*") if p.is_file()] == []
+    assert seaweed.pending_uploads() == [] and not [k for k in _objects(seaweed, s3_env) if k.startswith("tmp/")]
+
+
+def test_announced_sha256_is_verified_before_anything_is_readable(s3_client, seaweed, s3_env, tmp_path):
+    data = os.urandom(12 * MiB)  # more than a part: a multipart upload to the final key
+    sha = hashlib.sha256(data).hexdigest()
+    chunks = [data[i : i + MiB] for i in range(0, len(data), MiB)]
+
+    def upload(announced: str):
+        header = pb.UploadRequest(header=pb.UploadHeader(filename="d.npz", size=len(data), sha256=announced))
+        return s3_client.stub.UploadDataset(iter([header, *(pb.UploadRequest(chunk=c) for c in chunks)]))
+
+    wrong = hashlib.sha256(b"something else").hexdigest()
+    with pytest.raises(grpc.RpcError) as error:
+        upload(wrong)
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert wrong not in _objects(seaweed, s3_env) and sha not in _objects(seaweed, s3_env)
+    _wait(lambda: seaweed.pending_uploads() == [])
+    assert _spool(s3_env) == []
+
+
+def test_full_job_on_s3(s3_client, hosts, seaweed, s3_env, files, tmp_path):
+    import models
+
+    model = s3_client.upload_model(files["keras"])
+    data = s3_client.upload_dataset(files["data"])
+    spec = job_spec(
+        model.id, dataset=data.id, schedule=constant_sparsity(0.5, frequency=5), epochs=2, batch_size=64,
+        validation_split=0.1, seed=3, exports=("keras", "h5"),
+    )  # fmt: skip
+    job = s3_client.submit(spec)
+    result = job.result(timeout=300)
+    assert {"keras", "h5"} <= set(result.artifact_ids)
+    assert set(result.artifact_ids.values()) <= set(_objects(seaweed, s3_env))  # written straight to S3
+    path = job.download(tmp_path)
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == result.artifact_ids["keras"]
+    assert models.weights_sparsity(path)["hidden"] == pytest.approx(0.5, abs=0.02)
+
+
+def test_download_resumes_with_a_ranged_read(s3_client, files, tmp_path):
+    artifact = s3_client.upload_dataset(files["big_data"])
+    whole = files["big_data"].read_bytes()
+    offset = len(whole) // 3 + 7
+    request = pb.DownloadArtifactRequest(artifact_id=artifact.id, offset=offset)
+    chunks = list(s3_client.stub.DownloadArtifact(request))
+    assert chunks[0].offset == offset and chunks[0].total_size == len(whole)
+    assert [c.offset for c in chunks] == [offset + sum(len(c.data) for c in chunks[:i]) for i in range(len(chunks))]
+    assert b"".join(c.data for c in chunks) == whole[offset:]
+
+    dest = tmp_path / "data.npz"
+    (tmp_path / f"data.npz.{artifact.id[:16]}.part").write_bytes(whole[:offset])
+    assert s3_client.download(artifact.id, dest).read_bytes() == whole
+    end = pb.DownloadArtifactRequest(artifact_id=artifact.id, offset=len(whole))
+    assert b"".join(c.data for c in s3_client.stub.DownloadArtifact(end)) == b""
+    with pytest.raises(grpc.RpcError) as error:
+        list(
+            s3_client.stub.DownloadArtifact(pb.DownloadArtifactRequest(artifact_id=artifact.id, offset=len(whole) + 1))
+        )
+    assert error.value.code() == grpc.StatusCode.OUT_OF_RANGE
+
+
+def test_over_limit_upload_is_refused_and_leaves_nothing(s3_client, seaweed, s3_env, tmp_path):
+    before = _objects(seaweed, s3_env)
+    path = tmp_path / "huge.npz"
+    path.write_bytes(os.urandom(int(s3_env["PRUNING_MAX_UPLOAD_BYTES"]) + 1))
+    with pytest.raises(ResourceExhausted):
+        s3_client.upload_dataset(path)
+    assert _objects(seaweed, s3_env) == before
+    _wait(lambda: seaweed.pending_uploads() == [])
+    assert _spool(s3_env) == []
+
+
+def test_dropped_upload_is_aborted_and_cleaned_up(s3_client, seaweed, s3_env):
+    before = _objects(seaweed, s3_env)
+    sent = threading.Event()
+    release = threading.Event()
+
+    def requests():
+        yield pb.UploadRequest(header=pb.UploadHeader(filename="d.npz"))
+        for _ in range(12):  # 12 MiB: two 5 MiB parts are already in S3
+            yield pb.UploadRequest(chunk=os.urandom(MiB))
+        sent.set()
+        release.wait(30)
+
+    call = s3_client.stub.UploadDataset.future(requests())
+    assert sent.wait(30)
+    _wait(lambda: len(_spool(s3_env)) == 1)  # the server is receiving it
+    _wait(lambda: len(seaweed.pending_uploads()) == 1)  # and streaming it into a multipart upload
+    call.cancel()  # the client goes away
+    release.set()
+    _wait(lambda: seaweed.pending_uploads() == [] and _spool(s3_env) == [])
+    assert _objects(seaweed, s3_env) == before
+
+
+def test_two_hosts_without_a_shared_path_both_run_jobs(s3_client, hosts, seaweed, s3_env, files):
+    model = s3_client.upload_model(files["keras"])
+    data = s3_client.upload_dataset(files["data"])
+    spec = job_spec(model.id, dataset=data.id, schedule=constant_sparsity(0.5, frequency=5), epochs=1, batch_size=64)
+    jobs = [s3_client.submit(spec, labels={"n": str(i)}) for i in range(4)]
+    for job in jobs:
+        assert job.result(timeout=300).artifact_ids["keras"] in _objects(seaweed, s3_env)
+
+    ran_on = []
+    for root, proc in hosts:
+        log = pathlib.Path(proc.log_path).read_text()
+        ran_on.append({job.id for job in jobs if f"job {job.id}: attempt 1 started" in log})
+        cached = {p.name for p in (root / "cache").rglob("*") if p.is_file()}
+        assert {model.id, data.id} <= cached  # each host fetched the inputs into its own cache
+        assert log.count(f"fetched artifact {model.id}") == 1  # once per host, whatever the job count
+    assert ran_on[0] and ran_on[1] and ran_on[0] | ran_on[1] == {job.id for job in jobs}
+    paths = [pathlib.Path(s3_env["PRUNING_STATE_DIR"]), *(root for root, _ in hosts)]
+    assert not any(a != b and (a in b.parents or b in a.parents) for a in paths for b in paths)
