@@ -225,3 +225,26 @@ def test_two_hosts_without_a_shared_path_both_run_jobs(s3_client, hosts, seaweed
     assert ran_on[0] and ran_on[1] and ran_on[0] | ran_on[1] == {job.id for job in jobs}
     paths = [pathlib.Path(s3_env["PRUNING_STATE_DIR"]), *(root for root, _ in hosts)]
     assert not any(a != b and (a in b.parents or b in a.parents) for a in paths for b in paths)
+
+
+def test_input_cache_fetches_once_verifies_and_keeps_its_bound(seaweed, s3_env, tmp_path):
+    from pruning_core.objectstore import open_store
+    from pruning_worker.cache import InputCache
+
+    store = open_store(settings_for(s3_env, state_dir=str(tmp_path / "state")))
+    blobs = []
+    for i in range(3):
+        path = tmp_path / f"blob{i}"
+        path.write_bytes(os.urandom(MiB + i))
+        blobs.append(store.put_file(path)[0])
+    cache = InputCache(store, tmp_path / "cache", max_bytes=2 * MiB + 10)
+    first = cache.path(blobs[0])
+    assert hashlib.sha256(first.read_bytes()).hexdigest() == blobs[0]
+    assert cache.path(blobs[0]) == first and cache.fetched == 1  # a hit fetches nothing
+    cache.path(blobs[1])
+    os.utime(first, (time.time() + 5, time.time() + 5))  # blob 0 used last: blob 1 goes first
+    cache.path(blobs[2])
+    cached = {p.name for p in (tmp_path / "cache").rglob("*") if p.is_file()}
+    assert cached == {blobs[0], blobs[2]} and cache.fetched == 3
+    assert cache.path(blobs[1], keep=(blobs[2],)).exists()  # blob 0 evicted, never the kept one
+    assert {p.name for p in (tmp_path / "cache").rglob("*") if p.is_file()} == {blobs[1], blobs[2]}
