@@ -24,7 +24,7 @@ def test_valid_against_compose_schema(compose):
 
 
 def test_services_are_all_there(compose):
-    assert set(compose["services"]) == {"redis", "server", "worker", "flower"}
+    assert set(compose["services"]) == {"redis", "s3", "s3-bucket", "server", "worker", "flower"}
     redis_cmd = compose["services"]["redis"]["command"]
     assert "--appendonly" in redis_cmd and redis_cmd[redis_cmd.index("--appendonly") + 1] == "yes"
     assert any(v.endswith(":/data") for v in compose["services"]["redis"]["volumes"])
@@ -46,11 +46,20 @@ def test_environment_names_real_settings(compose):
         assert host in compose["services"]
 
 
-def test_server_and_worker_share_the_artifact_store(compose):
+def test_server_and_worker_share_no_volume_only_the_object_store(compose):
     server, worker = compose["services"]["server"], compose["services"]["worker"]
-    state = server["environment"]["PRUNING_STATE_DIR"]
-    assert worker["environment"]["PRUNING_STATE_DIR"] == state
-    assert f"artifacts:{state}" in server["volumes"] and f"artifacts:{state}" in worker["volumes"]
+    mounted = [{v.split(":")[0] for v in service.get("volumes", [])} for service in (server, worker)]
+    assert not mounted[0] & mounted[1]
+    for name in ("PRUNING_ARTIFACT_STORE", "PRUNING_S3_ENDPOINT", "PRUNING_S3_BUCKET", "PRUNING_S3_PREFIX"):
+        assert server["environment"][name] == worker["environment"][name]
+    assert server["environment"]["PRUNING_ARTIFACT_STORE"] == "s3"
+    endpoint = re.match(r"https?://([^:/]+):(\d+)", server["environment"]["PRUNING_S3_ENDPOINT"])
+    assert endpoint.group(1) in compose["services"]
+    assert any(p.endswith(f":{endpoint.group(2)}") for p in compose["services"][endpoint.group(1)]["ports"])
+    for service in (server, worker):
+        assert service["depends_on"]["s3-bucket"]["condition"] == "service_completed_successfully"
+    bucket = server["environment"]["PRUNING_S3_BUCKET"]
+    assert f"/buckets/{bucket}/" in " ".join(compose["services"]["s3-bucket"]["entrypoint"])
 
 
 def test_commands_match_the_code(compose):

@@ -61,6 +61,34 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end }}
 - name: PRUNING_STATE_DIR
   value: {{ .Values.persistence.mountPath | quote }}
+- name: PRUNING_ARTIFACT_STORE
+  value: {{ .Values.artifactStore.type | quote }}
+{{- if eq .Values.artifactStore.type "s3" }}
+- name: PRUNING_S3_ENDPOINT
+  value: {{ .Values.artifactStore.s3.endpoint | quote }}
+- name: PRUNING_S3_BUCKET
+  value: {{ required "artifactStore.s3.bucket is required when artifactStore.type=s3" .Values.artifactStore.s3.bucket | quote }}
+- name: PRUNING_S3_PREFIX
+  value: {{ .Values.artifactStore.s3.prefix | quote }}
+- name: PRUNING_S3_REGION
+  value: {{ .Values.artifactStore.s3.region | quote }}
+- name: PRUNING_S3_PART_SIZE
+  value: {{ .Values.artifactStore.s3.partSize | toString | quote }}
+- name: PRUNING_CACHE_MAX_BYTES
+  value: {{ .Values.artifactStore.cacheMaxBytes | toString | quote }}
+{{- if .Values.artifactStore.s3.existingSecret }}
+- name: PRUNING_S3_ACCESS_KEY_ID
+  valueFrom:
+    secretKeyRef:
+      name: {{ .Values.artifactStore.s3.existingSecret }}
+      key: {{ .Values.artifactStore.s3.accessKeyIdKey }}
+- name: PRUNING_S3_SECRET_ACCESS_KEY
+  valueFrom:
+    secretKeyRef:
+      name: {{ .Values.artifactStore.s3.existingSecret }}
+      key: {{ .Values.artifactStore.s3.secretAccessKeyKey }}
+{{- end }}
+{{- end }}
 {{- range $name, $value := .Values.config }}
 - name: {{ $name }}
   value: {{ $value | toString | quote }}
@@ -68,8 +96,13 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end }}
 
 {{/* The artifact volume, mounted by the server and the workers. */}}
+{{/* With artifactStore.type=s3 each pod keeps only its own scratch (upload spool, input cache). */}}
 {{- define "pruning.artifactVolume" -}}
 - name: artifacts
+{{- if eq .Values.artifactStore.type "s3" }}
+  emptyDir: {}
+{{- else }}
   persistentVolumeClaim:
     claimName: {{ include "pruning.claimName" . }}
+{{- end }}
 {{- end }}
