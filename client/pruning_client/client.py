@@ -11,10 +11,12 @@ import hashlib
 import json
 import os
 import pathlib
+import queue
+import threading
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import IO, Any, ParamSpec, TypeVar
+from typing import IO, Any, Generic, ParamSpec, TypeVar
 
 import grpc
 
@@ -62,6 +64,7 @@ DownloadProgress = Callable[[int, int], None]
 
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
+_T = TypeVar("_T")
 
 
 def _rpc(method: Callable[_P, _R]) -> Callable[_P, _R]:
@@ -100,6 +103,87 @@ class ClientOptions:
         return grpc.ssl_channel_credentials(root_certificates=self.root_certificates)
 
 
+PIPELINE = 8  # chunks read ahead of an upload's sender / received ahead of a download's writer
+_END = object()
+
+
+class _Ahead(Generic[_T]):
+    """Iterates ``items`` in a thread of its own, at most ``PIPELINE`` items ahead of the
+    consumer; an error there is raised here. Leaving the ``with`` stops the thread."""
+
+    def __init__(self, items: Iterator[_T]) -> None:
+        self._items = items
+        self._queue: queue.Queue[Any] = queue.Queue(PIPELINE)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="upload-reader", daemon=True)
+
+    def _run(self) -> None:
+        try:
+            for item in self._items:
+                if not self._put(item):
+                    return
+            self._put(_END)
+        except BaseException as exc:  # noqa: BLE001 - raised in the consumer
+            self._put(exc)
+
+    def _put(self, item: Any) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def __enter__(self) -> Iterator[_T]:
+        self._thread.start()
+        return self._iterate()
+
+    def _iterate(self) -> Iterator[_T]:
+        while (item := self._queue.get()) is not _END:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+class _Behind:
+    """Calls ``consume`` on each item put, in a thread of its own behind a queue of at most
+    ``PIPELINE`` items; leaving the ``with`` waits for the rest and raises its error, if any."""
+
+    def __init__(self, consume: Callable[[bytes], None]) -> None:
+        self._consume = consume
+        self._queue: queue.Queue[Any] = queue.Queue(PIPELINE)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="download-writer", daemon=True)
+
+    def _run(self) -> None:
+        while (item := self._queue.get()) is not _END:
+            if self._error is None:
+                try:
+                    self._consume(item)
+                except BaseException as exc:  # noqa: BLE001 - raised in the producer
+                    self._error = exc
+
+    def put(self, item: bytes) -> None:
+        if self._error is not None:
+            raise self._error
+        self._queue.put(item)
+
+    def __enter__(self) -> Callable[[bytes], None]:
+        self._thread.start()
+        return self.put
+
+    def __exit__(self, *exc: object) -> None:
+        self._queue.put(_END)
+        self._thread.join()
+        if self._error is not None and exc[0] is None:
+            raise self._error
+
+
 class _Upload:
     """The file side of an upload: one pass over the file, hashed as it is sent, so the id the
     server answers (its sha256 of what it received) can be checked against what was sent."""
@@ -123,6 +207,12 @@ class _Upload:
         with open(self.path, "rb") as f:
             while data := f.read(CHUNK):
                 yield self.chunk(data)
+
+    def pipelined(self) -> Iterator[pb.UploadRequest]:
+        """:meth:`requests`, read, hashed and built ahead by a thread of their own (at most
+        ``PIPELINE`` chunks), so that gRPC sends one chunk while the next is prepared."""
+        with _Ahead(self.requests()) as ahead:
+            yield from ahead
 
     def check(self, artifact: pb.Artifact) -> pb.Artifact:
         if artifact.id != self.digest.hexdigest():
@@ -157,10 +247,27 @@ class _Download:
         return open(self.part, "ab" if self.offset else "wb")
 
     def write(self, f: IO[bytes], chunk: pb.DownloadChunk, progress: DownloadProgress | None) -> None:
-        f.write(chunk.data)
-        self.digest.update(chunk.data)
+        data = chunk.data  # each read of a bytes field is a copy
+        f.write(data)
+        self.digest.update(data)
         if progress:
-            progress(len(chunk.data), chunk.total_size)
+            progress(len(data), chunk.total_size)
+
+    def receive(self, chunks: Iterator[pb.DownloadChunk], progress: DownloadProgress | None) -> None:
+        """Writes and hashes ``chunks`` into the partial file in a thread of its own, behind a
+        queue of at most ``PIPELINE`` chunks, while this thread receives the next ones."""
+        with self.open() as f:
+
+            def write(data: bytes) -> None:
+                f.write(data)
+                self.digest.update(data)
+
+            with _Behind(write) as put:
+                for chunk in chunks:
+                    data = chunk.data
+                    put(data)
+                    if progress:
+                        progress(len(data), chunk.total_size)
 
     def finish(self) -> pathlib.Path:
         if self.digest.hexdigest() != self.artifact_id:
@@ -248,7 +355,7 @@ class Client:
         progress: UploadProgress | None,
     ) -> pb.Artifact:
         upload = _Upload(path, progress)
-        return upload.check(method(upload.requests(), metadata=self._metadata))
+        return upload.check(method(upload.pipelined(), metadata=self._metadata))
 
     @_rpc
     def upload_model(self, path: os.PathLike[str] | str, progress: UploadProgress | None = None) -> pb.Artifact:
@@ -420,7 +527,5 @@ class Client:
             PosixPath('out/e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855')
         """
         download = _Download(artifact_id, dest, filename=filename, resume=resume)
-        with download.open() as f:
-            for chunk in self.stub.DownloadArtifact(download.request(), metadata=self._metadata):
-                download.write(f, chunk, progress)
+        download.receive(self.stub.DownloadArtifact(download.request(), metadata=self._metadata), progress)
         return download.finish()

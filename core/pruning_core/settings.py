@@ -126,6 +126,9 @@ class Settings(BaseSettings):
     s3_part_size: int = Field(16 * MiB, description="multipart upload part size (S3 needs at least 5 MiB)")
     s3_max_concurrency: int = Field(8, description="parts of one transfer in flight at once")
     download_readahead: int = Field(4, description="chunks a download reads ahead of what gRPC has sent")
+    upload_pipeline_depth: int = Field(
+        8, description="chunks of one upload received but not yet hashed and written (memory per upload)"
+    )
     cache_dir: pathlib.Path | None = Field(
         None, description="a worker's content-addressed cache of fetched inputs; default <state_dir>/cache"
     )

@@ -21,6 +21,7 @@ from pruning_core.blobs import is_artifact_id
 from pruning_core.objectstore import LocalStore
 from pruning_core.settings import Settings
 from pruning_core.store import ArtifactRecord, AsyncJobStore, JobNotFound, new_job_id, state_event
+from pruning_core.transfer import WritePipeline
 
 from . import convert
 from .errors import Exhausted, Failure, Invalid
@@ -99,8 +100,11 @@ class PruningService(pb_grpc.PruningServiceServicer):
         limit = self.settings.max_upload_bytes
         header = None
         writer = self.blobs.writer()
+        # hashing and writing overlap with receiving, in one thread behind a bounded queue
+        pipe = WritePipeline(writer.write, self.settings.upload_pipeline_depth)
 
         def refuse(code: grpc.StatusCode, message: str, violation: str | None = None) -> NoReturn:
+            pipe.abandon()
             writer.discard()
             if violation:
                 raise Invalid([(violation, message)])
@@ -130,9 +134,11 @@ class PruningService(pb_grpc.PruningServiceServicer):
                             f"{header.size} bytes is over the upload limit of {limit}",
                         )
                     continue
-                if writer.size + len(request.chunk) > limit:
+                chunk = request.chunk
+                if pipe.accepted + len(chunk) > limit:
                     refuse(grpc.StatusCode.RESOURCE_EXHAUSTED, f"upload is over the limit of {limit} bytes")
-                await asyncio.to_thread(writer.write, request.chunk)
+                await pipe.write(chunk)
+            await pipe.drain()
             if header is None or writer.size == 0:
                 refuse(grpc.StatusCode.INVALID_ARGUMENT, "empty upload", field)
             if header.size and header.size != writer.size:
@@ -150,6 +156,7 @@ class PruningService(pb_grpc.PruningServiceServicer):
             writer.close()
             return writer, header
         except BaseException:
+            pipe.abandon()
             writer.discard()  # the client went away, or an abort above
             raise
 
