@@ -59,6 +59,7 @@ from .job import (
     is_terminal,
 )
 from .results import JobPlan, PruneResult
+from .specs import exports
 
 __all__ = ["AsyncClient", "AsyncJobHandle"]
 
@@ -170,7 +171,8 @@ class AsyncJobHandle(_BaseHandle["AsyncClient"]):
         """Downloads every export into ``directory``; returns the files, the pruned model first."""
         result = await self.result()
         return [
-            await self.client.download(a.id, path) for a, path in _all_dests(self.id, result.raw.artifacts, directory)
+            await self.client.download(a.id, path)
+            for a, path in _all_dests(self.id, exports(result.raw.artifacts), directory)
         ]
 
 

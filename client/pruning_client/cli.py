@@ -35,14 +35,17 @@ from pruning.v1 import pruning_pb2 as pb
 from .client import Client
 from .exceptions import JobCancelled, NotFound, PruningError
 from .job import JobHandle
+from .report import job_report, sweep_report
 from .results import JobPlan, ModelSummary, PruneResult
 from .specs import (
     EXPORT_FORMATS,
     IMPORTANCE_CRITERIA,
     RECIPES,
+    REPORT_FORMATS,
     constant_sparsity,
     export_format,
     export_format_name,
+    exports,
     job_spec,
     polynomial_decay,
 )
@@ -486,10 +489,10 @@ def _select(job_id: str, result: pb.PruneResult, fmt: str | None) -> pb.Artifact
         raise NotFound(f"job {job_id} has no exports")
     if fmt is None:
         return result.artifacts[0]
-    for artifact in result.artifacts:
+    for artifact in exports(result.artifacts):
         if _same_format(artifact.format, fmt):
             return artifact
-    have = ", ".join(_format_name(a.format) for a in result.artifacts)
+    have = ", ".join(_format_name(a.format) for a in exports(result.artifacts))
     raise NotFound(f"job {job_id} has no {fmt} export (it has: {have})")
 
 
@@ -584,8 +587,12 @@ def _report(error: PruningError, *, json_output: bool) -> None:
         )
         return
     violations = error.field_violations
-    if violations and error.details == "; ".join(f"{f}: {d}" for f, d in violations) and error.code is not None:
-        # The server's message only joins the violations: say each once.
+    joined = "; ".join(f"{f}: {d}" for f, d in violations)
+    # The server's message only joins the violations (each cut short on its own): say each once.
+    only_joined = error.details == joined or (
+        len(violations) == 1 and error.details.startswith(f"{violations[0][0]}: ") and len(error.details) <= 1000
+    )
+    if violations and only_joined and error.code is not None:
         if len(violations) == 1:
             click.echo(f"error: {error.message}", err=True)
             return
@@ -743,7 +750,9 @@ def _finish(client: Client, job: JobHandle, final: pb.Job, download: pathlib.Pat
         job.result()  # raises JobFailed or JobCancelled, whose exit codes say which
         raise PruningError(f"job {job.id} ended {_state(final)}")
     result = PruneResult.from_proto(final.result)
-    paths = _fetch_job(client, job.id, final.result.artifacts, str(download), directory=True) if download else []
+    paths = (
+        _fetch_job(client, job.id, exports(final.result.artifacts), str(download), directory=True) if download else []
+    )
     data = {
         "job_id": job.id,
         "state": "SUCCEEDED",
@@ -1097,6 +1106,82 @@ def sweep_cancel(sweep_id: str) -> None:
     _emit(_dump(found), format_sweep(found))
 
 
+def _sweep_curve_png(found: pb.Sweep, path: pathlib.Path) -> str | None:
+    """The sweep curve (accuracy and gzip size against sparsity) as a PNG, when matplotlib is
+    installed (the report has the same figures as a table either way)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    done = sorted((t for t in found.trials if t.state == pb.JOB_STATE_SUCCEEDED), key=lambda t: t.sparsity)
+    if not done:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 4))
+    xs = [t.sparsity for t in done]
+    ax.plot(xs, [t.pruned_accuracy for t in done], "o-", label="accuracy")
+    if found.HasField("chosen_trial"):
+        chosen = found.trials[found.chosen_trial]
+        ax.plot([chosen.sparsity], [chosen.pruned_accuracy], "r*", markersize=14, label="chosen")
+    ax.set_xlabel("sparsity")
+    ax.set_ylabel("test accuracy")
+    size = ax.twinx()
+    size.plot(xs, [t.gzip_bytes for t in done], "s--", color="gray", label="gzip bytes")
+    size.set_ylabel("gzip bytes")
+    ax.legend(loc="lower left", fontsize="small")
+    ax.set_title(f"sweep {found.id}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path.name
+
+
+@cli.command("report")
+@click.argument("ident", metavar="JOB_ID|SWEEP_ID")
+@_option("--sweep", "is_sweep", is_flag=True, default=False, help="The id is a sweep's.")
+@_option(
+    "-o",
+    "--output",
+    type=_DOWNLOAD_DIR,
+    default=pathlib.Path("."),
+    metavar="DIR",
+    help="Where report.md, report.html and the plots go (created if missing).",
+)
+@global_options
+def report_(ident: str, is_sweep: bool, output: pathlib.Path) -> None:
+    """Write a one-page report of a job (or a sweep) as Markdown and HTML.
+
+    A job's report holds the outcome, baseline vs pruned, the measured latency, the recipe, the
+    history and the per-layer sparsity, with its plots and TensorBoard logs downloaded beside
+    it; a sweep's holds the curve and the answer (and a plot of the curve when matplotlib is
+    installed).
+    """
+    output.mkdir(parents=True, exist_ok=True)
+    written: dict[str, str] = {}
+    with _client(_globals()) as client:
+        if is_sweep:
+            found = client.get_sweep(ident)
+            png = _sweep_curve_png(found, output / f"{found.id}.curve.png")
+            markdown, page = sweep_report(found, png)
+            if png:
+                written["curve_png"] = str(output / png)
+        else:
+            job = client.get_job(ident)
+            files = {}
+            for artifact in job.result.artifacts:
+                if artifact.format in REPORT_FORMATS:
+                    path = client.download(artifact.id, output / f"{job.id}-{artifact.filename}")
+                    files[artifact.format] = path.name
+                    written[artifact.format] = str(path)
+            markdown, page = job_report(job, files)
+    for name, text in (("report.md", markdown), ("report.html", page)):
+        (output / name).write_text(text)
+        written[name.replace(".", "_")] = str(output / name)
+    _emit(written, "\n".join(f"{k}: {v}" for k, v in written.items()))
+
+
 @cli.command("watch")
 @click.argument("job_id")
 @_option(
@@ -1123,7 +1208,7 @@ def watch(job_id: str, download: pathlib.Path | None) -> None:
         if final.state != pb.JOB_STATE_SUCCEEDED:
             job.result()  # raises JobFailed or JobCancelled, whose exit codes say which
         if download is not None:
-            _fetch_job(client, job.id, final.result.artifacts, str(download), directory=True)
+            _fetch_job(client, job.id, exports(final.result.artifacts), str(download), directory=True)
 
 
 @cli.command("status")
@@ -1229,7 +1314,7 @@ def download(id_: str, output: str | None, fmt: str | None, all_: bool) -> None:
             paths = [_fetch(client, id_, _destination(output, id_))]
         else:
             outcome = client.job(id_).result().raw  # waits; a failed or cancelled job exits 8 or 9
-            artifacts = list(outcome.artifacts) if all_ else [_select(id_, outcome, fmt)]
+            artifacts = exports(outcome.artifacts) if all_ else [_select(id_, outcome, fmt)]
             paths = _fetch_job(client, id_, artifacts, output, directory=all_)
     _emit({"path": str(paths[0]), "paths": [str(p) for p in paths]}, "\n".join(str(p) for p in paths))
 

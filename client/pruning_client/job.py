@@ -19,7 +19,7 @@ from pruning.v1 import pruning_pb2 as pb
 
 from .exceptions import DeadlineExceeded, JobCancelled, JobFailed, JobTimeout, NotFound, PruningError, Unavailable
 from .results import PruneResult
-from .specs import export_format
+from .specs import export_format, exports
 
 if TYPE_CHECKING:
     from .client import Client
@@ -250,4 +250,7 @@ class JobHandle(_BaseHandle["Client"]):
     def download_all(self, directory: os.PathLike[str] | str) -> list[pathlib.Path]:
         """Downloads every export into ``directory``; returns the files, the pruned model first."""
         result = self.result()
-        return [self.client.download(a.id, path) for a, path in _all_dests(self.id, result.raw.artifacts, directory)]
+        return [
+            self.client.download(a.id, path)
+            for a, path in _all_dests(self.id, exports(result.raw.artifacts), directory)
+        ]

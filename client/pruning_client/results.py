@@ -11,6 +11,8 @@ from google.protobuf import json_format
 
 from pruning.v1 import pruning_pb2 as pb
 
+from .specs import REPORT_FORMATS, exports
+
 __all__ = [
     "JobPlan",
     "LayerPlan",
@@ -69,6 +71,8 @@ class PruneResult:
     """The pruned model (the first export)."""
     artifact_ids: dict[str, str]
     """Export format name ("keras", "saved_model", ...) to artifact id."""
+    report_ids: dict[str, str]
+    """The report's files ("history_png", "layers_png", "tensorboard") to artifact id."""
     keras_version_in: int
     """Keras version of the uploaded model: 2 (tf_keras) or 3 (0 from a server that does not say)."""
     keras_version_out: int
@@ -144,7 +148,8 @@ class PruneResult:
             fine_tune_seconds=r.fine_tune_seconds,
             device=r.device,
             model_artifact_id=r.artifacts[0].id if r.artifacts else "",
-            artifact_ids={a.format: a.id for a in r.artifacts},
+            artifact_ids={a.format: a.id for a in exports(r.artifacts)},
+            report_ids={a.format: a.id for a in r.artifacts if a.format in REPORT_FORMATS},
             keras_version_in=r.keras_version_in,
             keras_version_out=r.keras_version_out,
             conversion_max_abs_diff=r.conversion_max_abs_diff,

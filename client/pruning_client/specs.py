@@ -6,7 +6,7 @@ server fills in its default (epochs 2, batch size 128, adam, validation split 0.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from pruning.v1 import pruning_pb2 as pb
@@ -32,6 +32,18 @@ EXPORT_FORMATS: dict[str, pb.ExportFormat.ValueType] = {
     for name, value in pb.ExportFormat.items()
     if value != pb.EXPORT_FORMAT_UNSPECIFIED
 }
+
+
+#: The job report's file formats (the contract's ``ReportFile``), among a job's artifacts.
+REPORT_FORMATS: frozenset[str] = frozenset(
+    name.removeprefix("REPORT_FILE_").lower() for name, value in pb.ReportFile.items() if value
+)
+
+
+def exports(artifacts: Iterable[pb.Artifact]) -> list[pb.Artifact]:
+    """A job's exported models among its artifacts (the report's files left out), the pruned
+    model first."""
+    return [a for a in artifacts if a.format not in REPORT_FORMATS]
 
 
 def export_format(name: str) -> pb.ExportFormat.ValueType:

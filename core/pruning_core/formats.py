@@ -58,3 +58,15 @@ def model_suffix(format_name: str) -> str:
 
 
 assert set(EXPORTS) == set(pb.ExportFormat.values()) - {pb.EXPORT_FORMAT_UNSPECIFIED}, "registry out of date"
+
+_REPORT_SUFFIXES = {
+    pb.REPORT_FILE_TENSORBOARD: ".tensorboard.zip",
+    pb.REPORT_FILE_HISTORY_PNG: ".history.png",
+    pb.REPORT_FILE_LAYERS_PNG: ".layers.png",
+}
+#: The job report's artifacts (after the exports): format names (the contract's ``ReportFile``)
+#: to file name suffixes.
+REPORT_FILES: dict[str, str] = {
+    pb.ReportFile.Name(value).removeprefix("REPORT_FILE_").lower(): suffix for value, suffix in _REPORT_SUFFIXES.items()
+}
+assert set(_REPORT_SUFFIXES) == set(pb.ReportFile.values()) - {pb.REPORT_FILE_UNSPECIFIED}, "registry out of date"

@@ -235,6 +235,14 @@ def validate(spec: pb.JobSpec) -> list[Violation]:
     unknown = [f for f in spec.export.formats if f not in pb.ExportFormat.values()]
     if unknown:
         out.append(("spec.export.formats", f"unknown formats {unknown}; known: {list(pb.ExportFormat.values())[1:]}"))
+    if not 0 <= spec.report.latency_repeats <= defaults.MAX_LATENCY_REPEATS:
+        out.append(
+            (
+                "spec.report.latency_repeats",
+                f"must be in [1, {defaults.MAX_LATENCY_REPEATS}] (0 = {defaults.LATENCY_REPEATS}), "
+                f"got {spec.report.latency_repeats}",
+            )
+        )
     if spec.export.keras_version not in pb.KerasVersion.values():
         out.append(("spec.export.keras_version", f"must be 2, 3 or unset, got {spec.export.keras_version}"))
     return out
@@ -278,4 +286,7 @@ def with_defaults(spec: pb.JobSpec) -> pb.JobSpec:
         out.pruning.block_pooling_type = pb.BLOCK_POOLING_TYPE_AVG
     if not out.export.formats:
         out.export.formats.append(pb.EXPORT_FORMAT_KERAS)
+    if not out.report.HasField("enabled"):
+        out.report.enabled = True
+    out.report.latency_repeats = out.report.latency_repeats or defaults.LATENCY_REPEATS
     return out

@@ -75,7 +75,13 @@ def test_validate_only_answers_with_the_plan_and_queues_nothing(client, ids):
     assert 0.5 * plan.total_steps <= plan.schedule_end_step <= 0.75 * plan.total_steps
     assert plan.spec.training.recipe == pb.RECIPE_KEEP_ACCURACY and plan.spec.training.learning_rate > 0
     assert {layer.name for layer in plan.layers} == {"conv", "hidden", "logits"}
-    assert all(layer.final_sparsity == pytest.approx(0.8) for layer in plan.layers)
+    # The recipe's split: the layers under 5% of the weights at 0.5, the rest making up 0.8 overall.
+    finals = {layer.name: layer.final_sparsity for layer in plan.layers}
+    assert finals["conv"] == finals["logits"] == pytest.approx(0.5) and finals["hidden"] > 0.8
+    weights = {layer.name: layer.weights for layer in plan.layers}
+    overall = sum(finals[n] * weights[n] for n in finals) / sum(weights.values())
+    assert overall == pytest.approx(0.8)
+    assert dict(plan.spec.pruning.layer_sparsity) == pytest.approx(finals)
     assert plan.estimated_seconds > 0 and "heuristic" in plan.estimate_basis
     assert plan.spec.training.epochs == 2 and plan.spec.training.validation_split == pytest.approx(0.1)
     assert _job_count(client) == before

@@ -192,3 +192,27 @@ def test_the_cli_runs_a_sweep_and_prints_the_curve(server, mnist, worker, second
     sweep_id = table[0].split()[1]
     status = subprocess.run([str(pruning), "sweep-status", sweep_id, "--json"], capture_output=True, text=True, env=env)
     assert status.returncode == 0 and json.loads(status.stdout)["state"] == "JOB_STATE_SUCCEEDED"
+
+
+def test_the_sweep_report_holds_the_curve_with_latency(server, curve, tmp_path):
+    import os
+
+    assert all(t.tflite_latency_ms > 0 for t in curve.trials)  # the curve has latency too
+    pruning = pathlib.Path(sys.executable).parent / "pruning"
+    env = {**os.environ, "PRUNING_API_KEY": "", "PRUNING_TARGET": server.target}
+    out = subprocess.run(
+        [str(pruning), "report", curve.id, "--sweep", "-o", str(tmp_path), "--json"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    written = json.loads(out.stdout)
+    markdown = pathlib.Path(written["report_md"]).read_text()
+    for t in curve.trials:
+        assert f"| {t.sparsity:.4f} |" in markdown and t.job_id in markdown
+    from PIL import Image
+
+    with Image.open(written["curve_png"]) as image:
+        assert image.format == "PNG" and image.width > 300

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import pathlib
+from typing import Any
 
 import tensorflow as tf
 import tensorflow_model_optimization as tfmot
@@ -18,7 +19,7 @@ from pruning.v1 import pruning_pb2 as pb
 from pruning_core import defaults, formats
 from pruning_core.phases import Phase
 
-from . import measure, recipe, safe_load
+from . import measure, recipe, report, safe_load, tferrors
 from .callbacks import HistoryCallback, ProgressCallback, Reporter, early_stopping
 from .errors import Cancelled, OutcomeError
 from .evaluate import evaluate
@@ -105,6 +106,10 @@ def run(
     history = HistoryCallback(schedule, steps)
     final_step = recipe.final_step(spec.pruning)
     callbacks = [progress, history]
+    reporting = spec.report.enabled or not spec.report.HasField("enabled")
+    log_dir = workdir / "tensorboard"
+    if reporting:
+        callbacks += report.tensorboard_callbacks(log_dir, pruned=bool(chosen))
     stopper = None
     if t.early_stopping_patience and t.validation_split > 0:
         stopper = early_stopping(t.early_stopping_patience, final_step, steps)
@@ -168,8 +173,42 @@ def run(
         repeats = spec.pruning.structured.latency_repeats or defaults.LATENCY_REPEATS
         step.fill_latency(result.structured, original, stripped, result.device, repeats)
     result.compression_ratio = result.size_before.gzip_bytes / max(1, result.size_after.gzip_bytes)
+    if reporting:
+        outputs += _report(spec, result, original, stripped, workdir, log_dir, reporter)
     reporter.log(
         f"pruned accuracy {result.pruned.accuracy:.4f}, kernel sparsity {result.pruned_kernel_sparsity:.3f}, "
         f"gzip {result.size_before.gzip_bytes} -> {result.size_after.gzip_bytes} bytes"
     )
     return result, outputs
+
+
+def _report(
+    spec: pb.JobSpec,
+    result: pb.PruneResult,
+    before: Any,
+    after: Any,
+    workdir: pathlib.Path,
+    log_dir: pathlib.Path,
+    reporter: Reporter,
+) -> list[tuple[pathlib.Path, str]]:
+    """Latency into ``result``; plots and TensorBoard logs as artifacts. A part that fails is a
+    WARNING event, never a failed job: the pruned model is what the job is for."""
+
+    def warn(message: str) -> None:
+        reporter.log(message, level="WARNING")
+
+    outputs: list[tuple[pathlib.Path, str]] = []
+    reporter.log("measuring latency of the baseline and the pruned model")
+    repeats = spec.report.latency_repeats or defaults.LATENCY_REPEATS
+    try:
+        result.latency.extend(report.latency(before, after, result.device, spec.training.batch_size, repeats, warn))
+    except Exception as exc:  # noqa: BLE001
+        warn(f"no latency figures: {tferrors.root_cause(exc)}")
+    try:
+        outputs += report.plots(result, workdir)
+    except Exception as exc:  # noqa: BLE001
+        warn(f"no plots: {type(exc).__name__}: {exc}")
+    archive = report.tensorboard_archive(log_dir, workdir)
+    if archive is not None:
+        outputs.append((archive, "tensorboard"))
+    return outputs

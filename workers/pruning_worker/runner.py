@@ -166,6 +166,7 @@ def _claim(store: JobStore, job_id: str, worker: str, task_id: str = "") -> pb.J
             message = f"attempt {job.attempt} was lost with its worker; running again"
             events.append(make_event(job.id, log=pb.LogLine(level="WARNING", message=message)))
         job.attempt += 1
+        job.worker = worker
         job.ClearField("error")
         events.append(state_event(job, pb.JOB_STATE_RUNNING))
         where = f"attempt {job.attempt} on {worker}" + (f", running as Celery task {task_id}" if task_id else "")

@@ -185,6 +185,32 @@ KERAS_VERSION_2: KerasVersion.ValueType  # 2
 KERAS_VERSION_3: KerasVersion.ValueType  # 3
 Global___KerasVersion: _TypeAlias = KerasVersion  # noqa: Y015
 
+class _ReportFile:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ReportFileEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ReportFile.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    REPORT_FILE_UNSPECIFIED: _ReportFile.ValueType  # 0
+    REPORT_FILE_TENSORBOARD: _ReportFile.ValueType  # 1
+    """The fine-tuning's TensorBoard logs, zipped."""
+    REPORT_FILE_HISTORY_PNG: _ReportFile.ValueType  # 2
+    """Training curves and per-layer sparsity."""
+    REPORT_FILE_LAYERS_PNG: _ReportFile.ValueType  # 3
+
+class ReportFile(_ReportFile, metaclass=_ReportFileEnumTypeWrapper):
+    """The job report's files, among a job's artifacts after the exports. An artifact's `format`
+    is the name without the prefix, lowercased ("history_png").
+    """
+
+REPORT_FILE_UNSPECIFIED: ReportFile.ValueType  # 0
+REPORT_FILE_TENSORBOARD: ReportFile.ValueType  # 1
+"""The fine-tuning's TensorBoard logs, zipped."""
+REPORT_FILE_HISTORY_PNG: ReportFile.ValueType  # 2
+"""Training curves and per-layer sparsity."""
+REPORT_FILE_LAYERS_PNG: ReportFile.ValueType  # 3
+Global___ReportFile: _TypeAlias = ReportFile  # noqa: Y015
+
 class _JobState:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -923,6 +949,7 @@ class JobSpec(_message.Message):
     PRUNING_FIELD_NUMBER: _builtins.int
     TRAINING_FIELD_NUMBER: _builtins.int
     EXPORT_FIELD_NUMBER: _builtins.int
+    REPORT_FIELD_NUMBER: _builtins.int
     model_id: _builtins.str
     @_builtins.property
     def dataset(self) -> Global___DatasetRef: ...
@@ -932,6 +959,8 @@ class JobSpec(_message.Message):
     def training(self) -> Global___TrainingSpec: ...
     @_builtins.property
     def export(self) -> Global___ExportSpec: ...
+    @_builtins.property
+    def report(self) -> Global___ReportSpec: ...
     def __init__(
         self,
         *,
@@ -940,14 +969,47 @@ class JobSpec(_message.Message):
         pruning: Global___PruningSpec | None = ...,
         training: Global___TrainingSpec | None = ...,
         export: Global___ExportSpec | None = ...,
+        report: Global___ReportSpec | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["dataset", b"dataset", "export", b"export", "pruning", b"pruning", "training", b"training"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["dataset", b"dataset", "export", b"export", "pruning", b"pruning", "report", b"report", "training", b"training"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["dataset", b"dataset", "export", b"export", "model_id", b"model_id", "pruning", b"pruning", "training", b"training"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dataset", b"dataset", "export", b"export", "model_id", b"model_id", "pruning", b"pruning", "report", b"report", "training", b"training"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___JobSpec: _TypeAlias = JobSpec  # noqa: Y015
+
+@_typing.final
+class ReportSpec(_message.Message):
+    """What the job measures and writes beside the pruned model."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENABLED_FIELD_NUMBER: _builtins.int
+    LATENCY_REPEATS_FIELD_NUMBER: _builtins.int
+    enabled: _builtins.bool
+    """Unset = true: latency of the baseline and the pruned model (TensorFlow on the job's device
+    and TFLite with XNNPACK on CPU, batch 1 and the training batch size), TensorBoard logs
+    (Keras and TFMOT's pruning summaries) and PNG plots (training curves, per-layer sparsity)
+    as artifacts after the exports.
+    """
+    latency_repeats: _builtins.int
+    """Timed runs per latency figure (their median); 0 = 10."""
+    def __init__(
+        self,
+        *,
+        enabled: _builtins.bool | None = ...,
+        latency_repeats: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_enabled", b"_enabled", "enabled", b"enabled"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_enabled", b"_enabled", "enabled", b"enabled", "latency_repeats", b"latency_repeats"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__enabled: _TypeAlias = _typing.Literal["enabled"]  # noqa: Y015
+    _WhichOneofArgType__enabled: _TypeAlias = _typing.Literal["_enabled", b"_enabled"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__enabled) -> _WhichOneofReturnType__enabled | None: ...
+
+Global___ReportSpec: _TypeAlias = ReportSpec  # noqa: Y015
 
 @_typing.final
 class JobError(_message.Message):
@@ -1278,6 +1340,7 @@ class PruneResult(_message.Message):
     STRUCTURED_FIELD_NUMBER: _builtins.int
     RECIPE_FIELD_NUMBER: _builtins.int
     HISTORY_FIELD_NUMBER: _builtins.int
+    LATENCY_FIELD_NUMBER: _builtins.int
     accuracy_delta: _builtins.float
     """pruned.accuracy - baseline.accuracy."""
     overall_sparsity: _builtins.float
@@ -1324,6 +1387,10 @@ class PruneResult(_message.Message):
 
     @_builtins.property
     def history(self) -> _containers.RepeatedCompositeFieldContainer[Global___EpochSummary]: ...
+    @_builtins.property
+    def latency(self) -> _containers.RepeatedCompositeFieldContainer[Global___Latency]:
+        """Measured on the worker (ReportSpec): before = the model as uploaded, after = pruned."""
+
     def __init__(
         self,
         *,
@@ -1348,10 +1415,11 @@ class PruneResult(_message.Message):
         structured: Global___StructuredResult | None = ...,
         recipe: Global___RecipeResult | None = ...,
         history: _abc.Iterable[Global___EpochSummary] | None = ...,
+        latency: _abc.Iterable[Global___Latency] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["baseline", b"baseline", "pruned", b"pruned", "recipe", b"recipe", "size_after", b"size_after", "size_before", b"size_before", "structured", b"structured"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["accuracy_delta", b"accuracy_delta", "artifacts", b"artifacts", "baseline", b"baseline", "compression_ratio", b"compression_ratio", "conversion_max_abs_diff", b"conversion_max_abs_diff", "device", b"device", "export_conversion_max_abs_diff", b"export_conversion_max_abs_diff", "fine_tune_seconds", b"fine_tune_seconds", "history", b"history", "keras_version_in", b"keras_version_in", "keras_version_out", b"keras_version_out", "layers", b"layers", "nonzero_params", b"nonzero_params", "overall_sparsity", b"overall_sparsity", "pruned", b"pruned", "pruned_kernel_sparsity", b"pruned_kernel_sparsity", "recipe", b"recipe", "size_after", b"size_after", "size_before", b"size_before", "structured", b"structured", "total_params", b"total_params"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accuracy_delta", b"accuracy_delta", "artifacts", b"artifacts", "baseline", b"baseline", "compression_ratio", b"compression_ratio", "conversion_max_abs_diff", b"conversion_max_abs_diff", "device", b"device", "export_conversion_max_abs_diff", b"export_conversion_max_abs_diff", "fine_tune_seconds", b"fine_tune_seconds", "history", b"history", "keras_version_in", b"keras_version_in", "keras_version_out", b"keras_version_out", "latency", b"latency", "layers", b"layers", "nonzero_params", b"nonzero_params", "overall_sparsity", b"overall_sparsity", "pruned", b"pruned", "pruned_kernel_sparsity", b"pruned_kernel_sparsity", "recipe", b"recipe", "size_after", b"size_after", "size_before", b"size_before", "structured", b"structured", "total_params", b"total_params"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -2033,6 +2101,7 @@ class Trial(_message.Message):
     COMPRESSION_RATIO_FIELD_NUMBER: _builtins.int
     WITHIN_BUDGET_FIELD_NUMBER: _builtins.int
     ERROR_FIELD_NUMBER: _builtins.int
+    TFLITE_LATENCY_MS_FIELD_NUMBER: _builtins.int
     index: _builtins.int
     sparsity: _builtins.float
     job_id: _builtins.str
@@ -2046,6 +2115,8 @@ class Trial(_message.Message):
     gzip_bytes: _builtins.int
     compression_ratio: _builtins.float
     within_budget: _builtins.bool
+    tflite_latency_ms: _builtins.float
+    """TFLite (XNNPACK) latency of one sample, median ms, when the trial measured it."""
     @_builtins.property
     def started_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -2070,10 +2141,11 @@ class Trial(_message.Message):
         compression_ratio: _builtins.float = ...,
         within_budget: _builtins.bool = ...,
         error: Global___JobError | None = ...,
+        tflite_latency_ms: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "finished_at", b"finished_at", "started_at", b"started_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["accuracy_loss_pp", b"accuracy_loss_pp", "baseline_accuracy", b"baseline_accuracy", "compression_ratio", b"compression_ratio", "error", b"error", "finished_at", b"finished_at", "gzip_bytes", b"gzip_bytes", "index", b"index", "job_id", b"job_id", "kernel_sparsity", b"kernel_sparsity", "pruned_accuracy", b"pruned_accuracy", "sparsity", b"sparsity", "started_at", b"started_at", "state", b"state", "within_budget", b"within_budget", "worker", b"worker"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accuracy_loss_pp", b"accuracy_loss_pp", "baseline_accuracy", b"baseline_accuracy", "compression_ratio", b"compression_ratio", "error", b"error", "finished_at", b"finished_at", "gzip_bytes", b"gzip_bytes", "index", b"index", "job_id", b"job_id", "kernel_sparsity", b"kernel_sparsity", "pruned_accuracy", b"pruned_accuracy", "sparsity", b"sparsity", "started_at", b"started_at", "state", b"state", "tflite_latency_ms", b"tflite_latency_ms", "within_budget", b"within_budget", "worker", b"worker"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,0 +1,212 @@
+"""One-page reports of a job or a sweep, in Markdown and in HTML (no dependency), for a
+pipeline to publish: what went in, what came out, measured latency, the history, the plots."""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Sequence
+
+from pruning.v1 import pruning_pb2 as pb
+
+__all__ = ["job_report", "sweep_report"]
+
+Table = tuple[Sequence[str], Sequence[Sequence[str]]]
+
+
+def _state(value: int) -> str:
+    return pb.JobState.Name(pb.JobState.ValueType(value)).removeprefix("JOB_STATE_").lower()
+
+
+def _md_table(table: Table) -> str:
+    head, rows = table
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _html_table(table: Table) -> str:
+    head, rows = table
+    cells = "".join(f"<th>{html.escape(h)}</th>" for h in head)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table><tr>{cells}</tr>{body}</table>"
+
+
+def _render(title: str, sections: list[tuple[str, Table | str]], images: Sequence[tuple[str, str]]) -> tuple[str, str]:
+    md = [f"# {title}"]
+    page = [
+        "<!doctype html><html><head><meta charset='utf-8'>",
+        f"<title>{html.escape(title)}</title><style>body{{font-family:sans-serif;max-width:60em;margin:auto}}",
+        "table{border-collapse:collapse;margin:0.5em 0}td,th{border:1px solid #ccc;padding:2px 8px;",
+        "text-align:right}th{background:#eee}img{max-width:100%}</style></head><body>",
+        f"<h1>{html.escape(title)}</h1>",
+    ]
+    for heading, content in sections:
+        md += ["", f"## {heading}", ""]
+        page.append(f"<h2>{html.escape(heading)}</h2>")
+        if isinstance(content, str):
+            md.append(content)
+            page.append(f"<p>{html.escape(content)}</p>")
+        else:
+            md.append(_md_table(content))
+            page.append(_html_table(content))
+    for caption, src in images:
+        md += ["", f"![{caption}]({src})"]
+        page.append(f"<figure><img src='{html.escape(src)}' alt='{html.escape(caption)}'>")
+        page.append(f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+    page.append("</body></html>")
+    return "\n".join(md) + "\n", "\n".join(page) + "\n"
+
+
+def job_report(job: pb.Job, files: dict[str, str] | None = None) -> tuple[str, str]:
+    """(Markdown, HTML) of ``job``; ``files`` maps artifact formats ("history_png",
+    "layers_png", "tensorboard", ...) to file names beside the report, for links and images."""
+    r, files = job.result, files or {}
+    sections: list[tuple[str, Table | str]] = []
+    outcome = (
+        f"{_state(job.state)}"
+        + (f": {job.error.message}" if job.error.message else "")
+        + f"; {len(r.history)} epochs on {r.device or 'an unknown device'}"
+    )
+    sections.append(("Outcome", outcome))
+    sections.append(
+        (
+            "Baseline and pruned",
+            (
+                ("", "baseline", "pruned"),
+                [
+                    ("test accuracy", f"{r.baseline.accuracy:.4f}", f"{r.pruned.accuracy:.4f}"),
+                    ("test loss", f"{r.baseline.loss:.4f}", f"{r.pruned.loss:.4f}"),
+                    ("file size (gzip)", f"{r.size_before.gzip_bytes:,}", f"{r.size_after.gzip_bytes:,}"),
+                    ("accuracy delta (pp)", "", f"{100 * r.accuracy_delta:+.2f}"),
+                    ("pruned kernel sparsity", "", f"{r.pruned_kernel_sparsity:.4f}"),
+                    ("compression (gzip)", "", f"{r.compression_ratio:.2f}x"),
+                ],
+            ),
+        )
+    )
+    if r.latency:
+        sections.append(
+            (
+                "Latency (median ms, measured on the worker)",
+                (
+                    ("runtime", "device", "batch", "baseline", "pruned", "speed-up", "runs"),
+                    [
+                        (
+                            x.runtime,
+                            x.device,
+                            str(x.batch_size),
+                            f"{x.before_ms:.3f}",
+                            f"{x.after_ms:.3f}",
+                            f"{x.before_ms / x.after_ms:.2f}x" if x.after_ms else "",
+                            str(x.repeats),
+                        )
+                        for x in r.latency
+                    ],
+                ),
+            )
+        )
+    rc = r.recipe
+    if rc.name:
+        sections.append(
+            (
+                "Recipe",
+                f"{rc.name}: schedule steps {rc.schedule_begin_step} to {rc.schedule_end_step} every "
+                f"{rc.schedule_frequency}, learning rate {rc.learning_rate:g}"
+                + (" with cosine decay" if rc.learning_rate_decay else "")
+                + (f", early stop after {rc.early_stopping_patience} epochs" if rc.early_stopping_patience else "")
+                + f"; {rc.epochs_run} epochs run, weights of epoch {rc.best_epoch} kept",
+            )
+        )
+    if r.history:
+        sections.append(
+            (
+                "History",
+                (
+                    ("epoch", "loss", "accuracy", "val loss", "val accuracy", "target sparsity", "learning rate"),
+                    [
+                        (
+                            str(e.epoch),
+                            f"{e.loss:.4f}",
+                            f"{e.accuracy:.4f}",
+                            f"{e.val_loss:.4f}" if e.HasField("val_loss") else "",
+                            f"{e.val_accuracy:.4f}" if e.HasField("val_accuracy") else "",
+                            f"{e.sparsity:.3f}",
+                            f"{e.learning_rate:.2e}",
+                        )
+                        for e in r.history
+                    ],
+                ),
+            )
+        )
+    if r.layers:
+        sections.append(
+            (
+                "Layers",
+                (
+                    ("layer", "type", "pruned", "weights", "non-zero", "sparsity", "target"),
+                    [
+                        (
+                            x.name,
+                            x.type,
+                            "yes" if x.pruned else "no",
+                            f"{x.weights:,}",
+                            f"{x.nonzero:,}",
+                            f"{x.sparsity:.4f}",
+                            f"{x.target_sparsity:.4f}" if x.pruned else "",
+                        )
+                        for x in r.layers
+                    ],
+                ),
+            )
+        )
+    if "tensorboard" in files:
+        sections.append(("TensorBoard", f"unzip {files['tensorboard']} and run tensorboard --logdir on it"))
+    images = [(caption, files[fmt]) for fmt, caption in (("history_png", "training"), ("layers_png", "layers"))]
+    return _render(f"Pruning job {job.id}", sections, [(c, f) for c, f in images if f])
+
+
+_CURVE_HEAD = (
+    "trial",
+    "sparsity",
+    "state",
+    "accuracy",
+    "loss (pp)",
+    "gzip bytes",
+    "TFLite ms (batch 1)",
+    "in budget",
+    "worker",
+    "job",
+)
+
+
+def sweep_report(sweep: pb.Sweep, curve_png: str | None = None) -> tuple[str, str]:
+    """(Markdown, HTML) of ``sweep``: the curve (one row per trial, by sparsity) and the answer."""
+    rows = [
+        (
+            str(t.index),
+            f"{t.sparsity:.4f}",
+            _state(t.state),
+            f"{t.pruned_accuracy:.4f}" if t.state == pb.JOB_STATE_SUCCEEDED else "",
+            f"{t.accuracy_loss_pp:+.2f}" if t.state == pb.JOB_STATE_SUCCEEDED else "",
+            f"{t.gzip_bytes:,}" if t.gzip_bytes else "",
+            f"{t.tflite_latency_ms:.3f}" if t.tflite_latency_ms else "",
+            "yes" if t.within_budget else "no",
+            t.worker,
+            t.job_id,
+        )
+        for t in sorted(sweep.trials, key=lambda t: t.sparsity)
+    ]
+    answer = sweep.message or _state(sweep.state)
+    if sweep.HasField("chosen_trial"):
+        answer += f" (trial {sweep.chosen_trial}, job {sweep.chosen_job_id})"
+    sections: list[tuple[str, Table | str]] = [
+        ("Answer", answer),
+        (
+            "Curve",
+            (
+                _CURVE_HEAD,
+                rows,
+            ),
+        ),
+    ]
+    return _render(f"Sweep {sweep.id}", sections, [("sweep curve", curve_png)] if curve_png else [])
