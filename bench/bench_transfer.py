@@ -1,20 +1,30 @@
-"""Upload/download throughput and server memory against upload size, measured side by side.
+"""Upload/download throughput of the service against a bare grpc.aio echo, per artifact backend.
 
-Starts a real server process (against the Redis in $PRUNING_REDIS_URL, default
-redis://127.0.0.1:6379/9, under a throwaway key prefix), uploads a small and a large .npz
-dataset through the SDK, samples the server's resident memory while each upload runs, then
-downloads both. Prints MB/s for each direction and the ratio of the memory growth for the
-large upload to the small one next to the ratio of their sizes: flat memory means the first
-ratio stays near 1 while the second is large.
+In one run, for each backend (``local``: the artifact directory; ``s3``: a SeaweedFS started
+here on free ports), with client and server in separate processes:
 
-Usage: python bench/bench_transfer.py [--small-mb 32] [--large-mb 512]
+* a bare grpc.aio server process that only receives (upload) or sends (download) the same
+  bytes in 1 MiB chunks: the wire's speed on this machine;
+* the service (a real ``pruning_server`` process, against the Redis in $PRUNING_REDIS_URL,
+  default redis://127.0.0.1:6379/9, under a throwaway key prefix): the SDK uploads a .npz
+  dataset (sha256 and model checks included) and downloads it back to a file (sha256 checked);
+* with ``s3``, a raw S3 client (obstore) PUT (multipart, from the file) and GET (to a file) of
+  the same bytes;
+* the service's peak RSS growth over its RSS before the round while it uploads and downloads
+  (the largest of the rounds).
+
+Prints medians of ``--repeat`` rounds and the service/echo ratios.
+
+Usage: python bench/bench_transfer.py [--mb 1024] [--backend local,s3] [--repeat 3]
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import pathlib
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -22,11 +32,17 @@ import threading
 import time
 import uuid
 
+import grpc
 import numpy as np
 import psutil
 import redis
 
 from pruning_client import Client
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+MiB = 1 << 20
+_UP, _DOWN = "/echo.Echo/Upload", "/echo.Echo/Download"
 
 
 def make_npz(path: pathlib.Path, megabytes: int) -> pathlib.Path:
@@ -34,6 +50,61 @@ def make_npz(path: pathlib.Path, megabytes: int) -> pathlib.Path:
     x = rng.integers(0, 255, size=(megabytes, 1024, 1024), dtype=np.uint8)
     np.savez(path, x_train=x, y_train=np.zeros(megabytes), x_test=x[:1], y_test=np.zeros(1))
     return path
+
+
+# -- the bare echo (its own process) ---------------------------------------------------------
+
+
+async def _echo_server(port_file: str) -> None:
+    async def upload(requests, context):
+        n = 0
+        async for chunk in requests:
+            n += len(chunk)
+        return str(n).encode()
+
+    async def download(request, context):
+        size = int(request)
+        block = os.urandom(MiB)
+        for offset in range(0, size, MiB):
+            yield block[: min(MiB, size - offset)]
+
+    handler = grpc.method_handlers_generic_handler(
+        "echo.Echo",
+        {
+            "Upload": grpc.stream_unary_rpc_method_handler(upload),
+            "Download": grpc.unary_stream_rpc_method_handler(download),
+        },
+    )
+    options = [("grpc.max_receive_message_length", 8 * MiB), ("grpc.max_send_message_length", 8 * MiB)]
+    server = grpc.aio.server(options=options)
+    server.add_generic_rpc_handlers([handler])
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    pathlib.Path(port_file).write_text(str(port))
+    await server.wait_for_termination()
+
+
+def echo_round(target: str, path: pathlib.Path) -> tuple[float, float]:
+    """Seconds to send the file's bytes in 1 MiB chunks, and to receive as many."""
+    size = path.stat().st_size
+    with grpc.insecure_channel(target, options=[("grpc.max_receive_message_length", 8 * MiB)]) as channel:
+        upload = channel.stream_unary(_UP)
+        download = channel.unary_stream(_DOWN)
+
+        def chunks():
+            with open(path, "rb") as f:
+                while data := f.read(MiB):
+                    yield data
+
+        started = time.perf_counter()
+        assert int(upload(chunks())) == size
+        up_s = time.perf_counter() - started
+        started = time.perf_counter()
+        assert sum(len(c) for c in download(str(size).encode())) == size
+        return up_s, time.perf_counter() - started
+
+
+# -- measurement helpers ---------------------------------------------------------------------
 
 
 class PeakRss(threading.Thread):
@@ -52,67 +123,155 @@ class PeakRss(threading.Thread):
         return self.peak
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--small-mb", type=int, default=32)
-    parser.add_argument("--large-mb", type=int, default=512)
-    args = parser.parse_args()
+def _wait_port(path: pathlib.Path, process: subprocess.Popen) -> int:
+    while not path.exists() or not path.read_text():
+        if process.poll() is not None:
+            raise RuntimeError(f"{process.args[:3]} exited with {process.returncode}")
+        time.sleep(0.05)
+    return int(path.read_text())
+
+
+def raw_s3_round(seaweed, path: pathlib.Path, back: pathlib.Path) -> tuple[float, float]:
+    import obstore
+
+    store = seaweed.object_store(prefix="raw")
+    key = uuid.uuid4().hex
+    started = time.perf_counter()
+    obstore.put(store, key, path)  # obstore's defaults: 5 MB parts, 12 in flight
+    up_s = time.perf_counter() - started
+    started = time.perf_counter()
+    with open(back, "wb") as out:
+        for part in obstore.get(store, key).stream(min_chunk_size=8 * MiB):
+            out.write(part)
+    down_s = time.perf_counter() - started
+    obstore.delete(store, key)
+    return up_s, down_s
+
+
+def bench_backend(backend: str, args, tmp: pathlib.Path, path: pathlib.Path) -> dict[str, list[float]]:
     url = os.environ.get("PRUNING_REDIS_URL", "redis://127.0.0.1:6379/9")
     prefix = f"pruning-bench-{uuid.uuid4().hex[:8]}"
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp = pathlib.Path(tmp)
-        env = {
-            **os.environ,
-            "PRUNING_REDIS_URL": url,
-            "PRUNING_KEY_PREFIX": prefix,
-            "PRUNING_QUEUE": prefix,
-            "PRUNING_STATE_DIR": str(tmp / "state"),
-            "PRUNING_MAX_UPLOAD_BYTES": str(8 << 30),
-        }
-        server = subprocess.Popen(
-            [sys.executable, "-m", "pruning_server", "--listen", "127.0.0.1:0", "--port-file", str(tmp / "port")],
-            env=env,
-            stderr=subprocess.DEVNULL,
-        )
-        try:
-            while not (tmp / "port").exists() or not (tmp / "port").read_text():
-                time.sleep(0.1)
-            target = f"127.0.0.1:{(tmp / 'port').read_text()}"
-            rows = []
-            with Client(target, timeout=600) as client:
-                client.wait_ready(30)
-                for label, mb in (("small", args.small_mb), ("large", args.large_mb)):
-                    path = make_npz(tmp / f"{label}.npz", mb)
-                    size = path.stat().st_size
-                    before = psutil.Process(server.pid).memory_info().rss
-                    sampler = PeakRss(server.pid)
-                    sampler.start()
-                    started = time.perf_counter()
-                    artifact = client.upload_dataset(path)
-                    up_s = time.perf_counter() - started
-                    growth = max(0, sampler.stop() - before)
-                    started = time.perf_counter()
-                    client.download(artifact.id, tmp / f"{label}.back", resume=False)
-                    down_s = time.perf_counter() - started
-                    rows.append((label, size, size / up_s / 1e6, size / down_s / 1e6, growth))
-                    path.unlink()
-                    (tmp / f"{label}.back").unlink()
-        finally:
-            server.terminate()
-            server.wait()
-            r = redis.Redis.from_url(url)
-            keys = list(r.scan_iter(f"{prefix}*"))
-            if keys:
-                r.delete(*keys)
-    print(f"{'upload':8}{'bytes':>14}{'up MB/s':>10}{'down MB/s':>11}{'server RSS growth':>20}")
-    for label, size, up, down, growth in rows:
-        print(f"{label:8}{size:>14,}{up:>10.0f}{down:>11.0f}{growth / 2**20:>17.1f} MiB")
-    (_, small, *_, g_small), (_, large, *_, g_large) = rows
-    print(
-        f"size ratio large/small: {large / small:.1f}x; "
-        f"server memory growth ratio: {(g_large + 2**20) / (g_small + 2**20):.2f}x (1 MiB floor)"
+    env = {
+        **os.environ,
+        "PRUNING_REDIS_URL": url,
+        "PRUNING_KEY_PREFIX": prefix,
+        "PRUNING_QUEUE": prefix,
+        "PRUNING_STATE_DIR": str(tmp / f"state-{backend}"),
+        "PRUNING_MAX_UPLOAD_BYTES": str(8 << 30),
+        "PRUNING_MAX_DECOMPRESSED_BYTES": str(16 << 30),
+    }
+    seaweed = None
+    if backend == "s3":
+        from seaweed import SeaweedFS
+
+        seaweed = SeaweedFS(tmp / "seaweed")
+        env.update(seaweed.env(prefix=prefix))
+    port_file = tmp / f"port-{backend}"
+    server = subprocess.Popen(
+        [sys.executable, "-m", "pruning_server", "--listen", "127.0.0.1:0", "--port-file", str(port_file)],
+        env=env,
+        stderr=subprocess.DEVNULL,
     )
+    results: dict[str, list[float]] = {k: [] for k in ("up", "down", "raw_up", "raw_down", "rss")}
+    try:
+        target = f"127.0.0.1:{_wait_port(port_file, server)}"
+        with Client(target, timeout=600) as client:
+            client.wait_ready(30)
+            for _ in range(args.repeat):
+                before = psutil.Process(server.pid).memory_info().rss
+                sampler = PeakRss(server.pid)
+                sampler.start()
+                started = time.perf_counter()
+                artifact = client.upload_dataset(path)
+                results["up"].append(time.perf_counter() - started)
+                back = tmp / "back.npz"
+                started = time.perf_counter()
+                client.download(artifact.id, back, resume=False)
+                results["down"].append(time.perf_counter() - started)
+                results["rss"].append(max(0, sampler.stop() - before))
+                back.unlink()
+                if seaweed is not None:
+                    up_s, down_s = raw_s3_round(seaweed, path, back)
+                    results["raw_up"].append(up_s)
+                    results["raw_down"].append(down_s)
+                    back.unlink()
+                # a new artifact each round: the same bytes again would be a cheap duplicate
+                r = redis.Redis.from_url(url)
+                r.delete(*r.scan_iter(f"{prefix}:*"), "-")
+                _forget(artifact.id, backend, env, seaweed, prefix)
+    finally:
+        server.terminate()
+        server.wait()
+        if seaweed is not None:
+            seaweed.stop()
+        r = redis.Redis.from_url(url)
+        keys = list(r.scan_iter(f"{prefix}*"))
+        if keys:
+            r.delete(*keys)
+    return results
+
+
+def _forget(artifact_id: str, backend: str, env: dict, seaweed, prefix: str) -> None:
+    if backend == "s3":
+        import obstore
+
+        obstore.delete(seaweed.object_store(prefix=prefix), artifact_id)
+    else:
+        pathlib.Path(env["PRUNING_STATE_DIR"], "artifacts", artifact_id[:2], artifact_id).unlink()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--mb", type=int, default=1024, help="size of the dataset moved each way")
+    parser.add_argument("--backend", default="local,s3", help="comma-separated: local, s3")
+    parser.add_argument("--repeat", type=int, default=3, help="rounds; medians are printed")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = pathlib.Path(tmp_name)
+        path = make_npz(tmp / "data.npz", args.mb)
+        size = path.stat().st_size
+        echo = subprocess.Popen([sys.executable, __file__, "--echo-server", str(tmp / "echo-port")])
+        try:
+            target = f"127.0.0.1:{_wait_port(tmp / 'echo-port', echo)}"
+            rows = []
+            for backend in args.backend.split(","):
+                echo_up, echo_down = [], []
+                for _ in range(args.repeat):
+                    up_s, down_s = echo_round(target, path)
+                    echo_up.append(up_s)
+                    echo_down.append(down_s)
+                measured = bench_backend(backend, args, tmp, path)
+                rows.append((backend, echo_up, echo_down, measured))
+        finally:
+            echo.kill()
+            echo.wait()
+
+    def rate(seconds: list[float]) -> float:
+        return size / statistics.median(seconds) / 1e6
+
+    print(f"{size:,} bytes each way, medians of {args.repeat}, client and server in separate processes")
+    header = ("backend", "echo up", "up", "ratio", "echo down", "down", "ratio", "RSS growth", "raw S3 PUT", "raw GET")
+    print("| " + " | ".join(header) + " |")
+    print("|" + " --- |" * len(header))
+    for backend, echo_up, echo_down, m in rows:
+        up, down, e_up, e_down = rate(m["up"]), rate(m["down"]), rate(echo_up), rate(echo_down)
+        raw = (f"{rate(m['raw_up']):.0f} MB/s", f"{rate(m['raw_down']):.0f} MB/s") if m["raw_up"] else ("-", "-")
+        cells = (
+            backend,
+            f"{e_up:.0f} MB/s",
+            f"{up:.0f} MB/s",
+            f"{up / e_up:.2f}x",
+            f"{e_down:.0f} MB/s",
+            f"{down:.0f} MB/s",
+            f"{down / e_down:.2f}x",
+            f"{max(m['rss']) / MiB:.1f} MiB",
+            *raw,
+        )
+        print("| " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":
-    main()
+    if len(sys.argv) == 3 and sys.argv[1] == "--echo-server":
+        asyncio.run(_echo_server(sys.argv[2]))
+    else:
+        main()

@@ -123,8 +123,12 @@ class Settings(BaseSettings):
     s3_region: str = Field("us-east-1", description="region the requests are signed for")
     s3_access_key_id: str = Field("", description="S3 access key; empty = AWS_* variables or instance credentials")
     s3_secret_access_key: SecretStr = Field(SecretStr(""), description="S3 secret key")
-    s3_part_size: int = Field(16 * MiB, description="multipart upload part size (S3 needs at least 5 MiB)")
-    s3_max_concurrency: int = Field(8, description="parts of one transfer in flight at once")
+    s3_part_size: int = Field(
+        8 * MiB,
+        description="multipart upload part size (S3 needs at least 5 MiB); an upload holds up to "
+        "part size x (s3_max_concurrency + 1) in memory",
+    )
+    s3_max_concurrency: int = Field(2, description="parts of one transfer in flight at once")
     download_readahead: int = Field(4, description="chunks a download reads ahead of what gRPC has sent")
     upload_pipeline_depth: int = Field(
         8, description="chunks of one upload received but not yet hashed and written (memory per upload)"
