@@ -14,7 +14,7 @@ Needs the MNIST file ``scripts/fetch_mnist.py`` builds. Not a test: it trains, s
 minutes (about 25 on two busy CPU cores with the defaults).
 
 Usage: python bench/bench_structured.py [--seeds 1 2 3] [--ratio 0.5] [--train-samples 20000]
-       [--epochs 4] [--fine-tune-epochs 2] [--repeats 20] [--mnist PATH]
+       [--epochs 4] [--fine-tune-epochs 2] [--repeats 20] [--control] [--mnist PATH]
 """
 
 from __future__ import annotations
@@ -119,6 +119,12 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=4, help="baseline training epochs")
     parser.add_argument("--fine-tune-epochs", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=20, help="timed runs per latency figure")
+    parser.add_argument(
+        "--control",
+        action="store_true",
+        help="also run each seed's job at ratio 0 (the same fine-tuning, no channel removed), so the "
+        "cost of pruning shows apart from the gain of the extra epochs",
+    )
     default_mnist = pathlib.Path(os.environ.get("PRUNING_DATA_DIR", ".pruning/data")) / "mnist.npz"
     parser.add_argument("--mnist", type=pathlib.Path, default=default_mnist)
     args = parser.parse_args()
@@ -178,6 +184,17 @@ def main() -> None:
                         batch_size=128,
                         seed=seed,
                     )
+                    control = None
+                    if args.control:
+                        same = job_spec(
+                            model.id,
+                            dataset=dataset.id,
+                            structured=structured(0.0, latency_repeats=1),
+                            epochs=args.fine_tune_epochs,
+                            batch_size=128,
+                            seed=seed,
+                        )
+                        control = client.submit(same, labels={"bench": "control"}).result(timeout=3600)
                     job = client.submit(spec, labels={"bench": "structured"})
                     result = job.result(timeout=3600)
                     s = result.structured
@@ -189,6 +206,7 @@ def main() -> None:
                             "baseline": result.baseline_accuracy * 100,
                             "pruned": result.pruned_accuracy * 100,
                             "delta": result.accuracy_delta * 100,
+                            "control": control.pruned_accuracy * 100 if control else None,
                             "params": (s.params_before, s.params_after),
                             "flops": (s.flops_before, s.flops_after),
                             "size": (result.size_before_raw, result.size_after_raw),
@@ -239,6 +257,12 @@ def report(rows: list[dict], args: argparse.Namespace) -> None:
     median = ["median", "", "", f"{-loss:+.2f}", "", "", ""] + [f"{speedups[k]:.2f}x" for k in keys]
     print("| " + " | ".join(median) + " |")
     print(f"\nlayers left whole: {', '.join(rows[0]['left_whole']) or 'none'}")
+    if rows[0]["control"] is not None:
+        print("\nthe same fine-tuning at ratio 0 (no channel removed), test accuracy %:")
+        for r in rows:
+            print(f"seed {r['seed']}: {r['control']:.2f} (pruned {r['pruned'] - r['control']:+.2f} pp against it)")
+        against = statistics.median(r["pruned"] - r["control"] for r in rows)
+        print(f"median pruned - control: {against:+.2f} pp")
     ok = loss <= ACCURACY_BAR_PP and all(v >= SPEEDUP_BAR for v in speedups.values())
     print(
         f"bar (every median speed-up >= {SPEEDUP_BAR}x, median accuracy loss <= {ACCURACY_BAR_PP} pp): "
