@@ -296,3 +296,14 @@ def test_job_step_on_a_two_output_model_with_taylor():
     refused = pb.PruningSpec(structured=pb.StructuredPruning(ratio=0.5, layer_ratios={"classes": 0.5}))
     with pytest.raises(ValueError, match=r"layer_ratios\[classes\]"):
         step.run(model, refused, x, y, loss)
+
+
+def test_job_step_refuses_a_ratio_for_a_layer_without_channels_of_its_own():
+    from pruning.v1 import pruning_pb2 as pb
+    from pruning_worker.errors import JobInputError
+    from pruning_worker.structured import step
+
+    model, _, _ = residual()
+    spec = pb.PruningSpec(structured=pb.StructuredPruning(ratio=0.5, layer_ratios={"stem_bn": 0.5}))
+    with pytest.raises(JobInputError, match="stem_bn"):
+        step.run(model, spec, _x(model), np.zeros(3), keras.losses.MeanSquaredError())

@@ -84,6 +84,12 @@ def run(model: Any, p: pb.PruningSpec, x: Any, y: Any, loss: Any) -> tuple[Any, 
     with tferrors.step("structured pruning"):
         outcome = prune_channels(model, opts, data=(x, y, loss))
         diff = _check_identity(outcome, _head(x, 8))
+    not_producers = sorted(set(opts.layer_ratios) - set(outcome.graph.outputs))
+    if not_producers:
+        raise JobInputError(
+            f"spec.pruning.structured.layer_ratios: {not_producers} are not layers with channels of their own "
+            "(Conv, Dense); name the layer that makes the channels"
+        )
     small = outcome.model
     layers = {name: i for i, name in enumerate(names)}
     result = pb.StructuredResult(
