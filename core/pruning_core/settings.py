@@ -130,6 +130,12 @@ class Settings(BaseSettings):
     )
     s3_max_concurrency: int = Field(2, description="parts of one transfer in flight at once")
     download_readahead: int = Field(4, description="chunks a download reads ahead of what gRPC has sent")
+    http2_bdp_probe: bool = Field(
+        False,
+        description="let gRPC grow each stream's HTTP/2 window by its bandwidth-delay estimate; off keeps "
+        "what a slow upload buffers in the server small (tens of MiB otherwise) and is as fast on fast links; "
+        "turn on for clients far away (high latency)",
+    )
     upload_pipeline_depth: int = Field(
         8, description="chunks of one upload received but not yet hashed and written (memory per upload)"
     )

@@ -108,6 +108,8 @@ async def create_server(settings: Settings, address: str | None = None) -> Runni
             ("grpc.max_send_message_length", MAX_MESSAGE),
             # A second server on a taken port must fail, not share it and split the requests.
             ("grpc.so_reuseport", 0),
+            # Without BDP probing a stream's window stays fixed: a slow upload buffers little.
+            ("grpc.http2.bdp_probe", int(settings.http2_bdp_probe)),
         ],
     )
     celery = make_celery(settings)
