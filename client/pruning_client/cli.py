@@ -699,6 +699,7 @@ def _spec(
     min_channels: int = 0,
     recipe: str = "keep_accuracy",
     early_stopping_patience: int | None = None,
+    sensitivity_scan: bool = False,
 ) -> pb.JobSpec:
     model_id = model if _is_id(model) else client.upload_model(model).id
     if not _is_id(dataset) and os.path.isfile(dataset):
@@ -731,6 +732,7 @@ def _spec(
         keras_version=int(keras_version) if keras_version else None,
         recipe=recipe,
         early_stopping_patience=early_stopping_patience,
+        sensitivity_scan=sensitivity_scan,
         structured=None
         if structured_ratio is None and not layer_ratio
         else structured_spec(
@@ -814,6 +816,12 @@ _SPEC_OPTIONS = [
         default="keep_accuracy",
         help="keep_accuracy: final sparsity at about 2/3 of the steps on a mask update, the optimizer's "
         "learning rate with cosine decay, early stop on validation accuracy; plain: the TFMOT guide's.",
+    ),
+    _option(
+        "--sensitivity-scan",
+        is_flag=True,
+        default=False,
+        help="Split the target over the layers from a quick per-layer sensitivity scan on the worker.",
     ),
     _option(
         "--early-stopping-patience",

@@ -188,6 +188,7 @@ def job_spec(
     recipe: str | None = None,
     early_stopping_patience: int | None = None,
     learning_rate_decay: bool | None = None,
+    sensitivity_scan: bool = False,
 ) -> pb.JobSpec:
     """A JobSpec. ``dataset`` is a built-in name ("mnist") or an uploaded dataset's id.
 
@@ -202,7 +203,8 @@ def job_spec(
     ``recipe`` is "keep_accuracy" (the server's default: final sparsity at about 2/3 of the
     steps on a mask update, the optimizer's learning rate with cosine decay to a tenth, early
     stop on validation accuracy) or "plain" (the TFMOT guide's); ``early_stopping_patience``
-    and ``learning_rate_decay`` override the recipe's choice.
+    and ``learning_rate_decay`` override the recipe's choice. ``sensitivity_scan`` lets the
+    worker split the target over the layers from a quick per-layer scan.
 
     Example:
         >>> spec = job_spec("ab" * 32, schedule=polynomial_decay(0.5, 0.8), validation_split=0.0)
@@ -231,7 +233,7 @@ def job_spec(
         setattr(training, name, value)
     if recipe is not None:
         training.recipe = RECIPES[recipe]
-    return pb.JobSpec(
+    spec = pb.JobSpec(
         model_id=model_id,
         dataset=pb.DatasetRef(artifact_id=dataset) if is_id else pb.DatasetRef(builtin=dataset),
         pruning=pb.PruningSpec(
@@ -246,3 +248,5 @@ def job_spec(
             keras_version=pb.KerasVersion.ValueType(keras_version or pb.KERAS_VERSION_UNSPECIFIED),
         ),
     )
+    spec.pruning.sensitivity_scan = sensitivity_scan
+    return spec

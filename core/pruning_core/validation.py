@@ -99,6 +99,20 @@ def _validate_pruning(spec: pb.PruningSpec, out: list[Violation]) -> None:
             out.append(("spec.pruning.sparsity_m_by_n", f"needs 0 < m < n, got {mn.m}:{mn.n}"))
         if spec.block_size and list(spec.block_size) != [1, 1]:
             out.append(("spec.pruning.sparsity_m_by_n", "cannot be combined with block_size"))
+    if spec.sensitivity_scan and (
+        spec.layer_sparsity
+        or spec.HasField("sparsity_m_by_n")
+        or spec.policy
+        or list(spec.block_size) not in ([], [1, 1])
+        or not spec.HasField("schedule")
+    ):
+        out.append(
+            (
+                "spec.pruning.sensitivity_scan",
+                "splits a schedule's target over the layers itself: it needs a schedule, 1x1 blocks, no m-by-n "
+                "pattern, no policy and no layer_sparsity",
+            )
+        )
     for name, value in sorted(spec.layer_sparsity.items())[:MAX_LAYER_SPARSITIES]:
         _sparsity(value, f"spec.pruning.layer_sparsity[{name[:200]}]", out)
     if len(spec.layer_sparsity) > MAX_LAYER_SPARSITIES:

@@ -107,3 +107,18 @@ def test_a_diverging_loss_fails_the_job(client, worker, files, tmp_path):
     assert failed.state == pb.JOB_STATE_FAILED
     assert failed.error.code == grpc.StatusCode.FAILED_PRECONDITION.value[0], failed.error.message
     assert "diverged" in failed.error.message
+
+
+def test_a_sensitivity_scan_splits_the_target_over_the_layers(client, worker, files):
+    model, data = _ids(client, files)
+    job = client.submit(_spec(model, data, epochs=3, sensitivity_scan=True))
+    result = job.result(timeout=300).raw
+    pruned = [layer for layer in result.layers if layer.pruned]
+    targets = {layer.name: layer.target_sparsity for layer in pruned}
+    assert len(set(targets.values())) > 1, targets  # not one sparsity for all
+    weights = sum(layer.weights for layer in pruned)
+    assert sum(layer.target_sparsity * layer.weights for layer in pruned) / weights == pytest.approx(0.8, abs=0.005)
+    assert result.pruned_kernel_sparsity == pytest.approx(0.8, abs=0.01)
+    assert all(abs(layer.sparsity - layer.target_sparsity) <= max(0.01, 1 / layer.weights) for layer in pruned)
+    logs = [e.log.message for e in client.watch_events(job.id) if e.WhichOneof("kind") == "log"]
+    assert any(m.startswith("sensitivity scan: ") for m in logs)

@@ -189,3 +189,46 @@ def test_a_layer_schedule_ends_at_its_own_sparsity():
     assert worker_recipe.scheduled_sparsity(own, end) == pytest.approx(0.5)
     assert worker_recipe.scheduled_sparsity(own, 0) == pytest.approx(0.5)  # initial capped at the final
     assert worker_recipe.scheduled_sparsity(schedule, end) == pytest.approx(0.8)
+
+
+def test_the_sensitivity_split_gives_the_robust_layer_the_most():
+    from pruning_worker import sensitivity
+
+    grid = sensitivity.GRID
+    losses = {"fragile": [1.0 + 10 * s**2 for s in grid], "robust": [1.0 + 0.1 * s**2 for s in grid]}
+    sizes = {"fragile": 1000, "robust": 1000}
+    split = sensitivity.allocate(0.7, losses, sizes)
+    assert split["robust"] > 0.7 > split["fragile"]
+    assert (split["fragile"] * 1000 + split["robust"] * 1000) / 2000 == pytest.approx(0.7)
+
+
+def test_the_sensitivity_scan_measures_a_real_model_and_restores_it():
+    import tf_keras as keras
+
+    from pruning_worker import sensitivity
+
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((6,))
+    hidden = keras.layers.Dense(16, activation="relu", name="hidden")(inputs)
+    model = keras.Model(inputs, keras.layers.Dense(3, name="logits")(hidden))
+    before = [w.copy() for w in model.get_weights()]
+    x = np.random.default_rng(0).random((64, 6)).astype("float32")
+    y = np.random.default_rng(1).integers(0, 3, 64)
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    losses = sensitivity.scan(model, ["hidden", "logits"], x, y, loss)
+    assert set(losses) == {"hidden", "logits"} and all(len(v) == len(sensitivity.GRID) for v in losses.values())
+    assert losses["hidden"][0] == pytest.approx(losses["logits"][0])  # sparsity 0: the model as it is
+    assert losses["hidden"][-1] != losses["hidden"][0]
+    assert all(np.array_equal(a, b) for a, b in zip(before, model.get_weights()))
+
+
+def test_sensitivity_scan_needs_a_plain_schedule():
+    spec = job_spec("m" * 64, schedule=polynomial_decay(0.5, 0.8), block_size=(1, 4))
+    spec.pruning.sensitivity_scan = True
+    assert "spec.pruning.sensitivity_scan" in dict(validation.validate(spec))
+    ok = job_spec("m" * 64, schedule=polynomial_decay(0.5, 0.8))
+    ok.pruning.sensitivity_scan = True
+    assert validation.validate(ok) == []
+    full = validation.with_defaults(ok)
+    recipe.resolve(full, 422, {"conv2d": 120, "dense": 20290})
+    assert not full.pruning.layer_sparsity  # left to the worker's scan

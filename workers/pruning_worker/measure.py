@@ -38,6 +38,11 @@ def is_kernel(name: str, value: np.ndarray) -> bool:
     return value.ndim >= 2 and "depthwise_kernel" not in name
 
 
+def kernel_size(layer: Any) -> int:
+    """Kernel weights of ``layer`` (what pruning counts)."""
+    return sum(int(np.asarray(w).size) for w in layer.weights if is_kernel(w.name, np.asarray(w)))
+
+
 def fill_sparsity(
     result: pb.PruneResult, model: Any, pruned_layers: set[str], targets: dict[str, float] | None = None
 ) -> None:

@@ -19,7 +19,7 @@ from pruning.v1 import pruning_pb2 as pb
 from pruning_core import defaults, formats
 from pruning_core.phases import Phase
 
-from . import measure, recipe, report, safe_load, tferrors
+from . import measure, recipe, report, safe_load, sensitivity, tferrors
 from .callbacks import HistoryCallback, ProgressCallback, Reporter, early_stopping
 from .errors import Cancelled, OutcomeError
 from .evaluate import evaluate
@@ -95,6 +95,8 @@ def run(
     schedule = None
     chosen: list[str] = []
     pruned = model
+    if spec.pruning.HasField("schedule") and spec.pruning.sensitivity_scan:
+        _scan(model, spec.pruning, x_train, y_train, loss, reporter)
     if spec.pruning.HasField("schedule"):
         schedule = recipe.make_schedule(spec.pruning, steps * t.epochs)
         pruned, chosen = recipe.apply_pruning(model, spec.pruning, schedule)
@@ -212,3 +214,22 @@ def _report(
     if archive is not None:
         outputs.append((archive, "tensorboard"))
     return outputs
+
+
+SCAN_SAMPLES = 1024
+
+
+def _scan(model: Any, p: pb.PruningSpec, x: Any, y: Any, loss: Any, reporter: Reporter) -> None:
+    """Splits the schedule's target over the layers from a sensitivity scan on the last
+    training samples (what Keras holds out for validation), into ``p.layer_sparsity``."""
+    if isinstance(y, dict) or isinstance(x, dict):
+        reporter.log("sensitivity scan skipped: it measures single-input, single-output models", level="WARNING")
+        return
+    names = recipe.selected_layers(model, p)
+    n = min(SCAN_SAMPLES, length(x))
+    losses = sensitivity.scan(model, names, x[-n:], y[-n:], loss)
+    sizes = {name: measure.kernel_size(model.get_layer(name)) for name in names}
+    split = sensitivity.allocate(recipe.target_sparsity(p), losses, sizes)
+    p.layer_sparsity.clear()
+    p.layer_sparsity.update(split)
+    reporter.log("sensitivity scan: " + ", ".join(f"{name} {s:.3f}" for name, s in split.items()))

@@ -32,6 +32,7 @@ __all__ = [
     "make_optimizer",
     "make_schedule",
     "scheduled_sparsity",
+    "selected_layers",
     "target_sparsity",
     "train_steps",
 ]
@@ -92,6 +93,15 @@ def _prunable(layer: keras.layers.Layer) -> bool:
     return registry._is_rnn_layer(layer) or bool(registry._LAYERS_WEIGHTS_MAP.get(layer.__class__))
 
 
+def selected_layers(model: keras.Model, p: pb.PruningSpec) -> list[str]:
+    """The layers the spec prunes: selected by name or type, and prunable."""
+    return [
+        layer.name
+        for layer in model.layers
+        if validation.selected(type(layer).__name__, layer.name, p.layers) and _prunable(layer)
+    ]
+
+
 def apply_pruning(model: keras.Model, p: pb.PruningSpec, schedule: Schedule) -> tuple[keras.Model, list[str]]:
     """Wraps the selected prunable layers; returns the model and the wrapped layer names."""
     params: dict[str, Any] = {
@@ -106,11 +116,7 @@ def apply_pruning(model: keras.Model, p: pb.PruningSpec, schedule: Schedule) -> 
     violations = validation.validate_against_model(pb.JobSpec(pruning=p), layers)
     if violations:
         raise JobInputError("; ".join(f"{field}: {text}" for field, text in violations))
-    chosen = [
-        layer.name
-        for layer in model.layers
-        if validation.selected(type(layer).__name__, layer.name, p.layers) and _prunable(layer)
-    ]
+    chosen = selected_layers(model, p)
     if not chosen:
         raise JobInputError("spec.pruning.layers: selects no prunable layer (Dense, Conv, ...)")
     if p.policy == pb.PRUNING_POLICY_PRUNE_FOR_LATENCY_ON_XNNPACK:

@@ -757,8 +757,14 @@ class PruningSpec(_message.Message):
     POLICY_FIELD_NUMBER: _builtins.int
     STRUCTURED_FIELD_NUMBER: _builtins.int
     LAYER_SPARSITY_FIELD_NUMBER: _builtins.int
+    SENSITIVITY_SCAN_FIELD_NUMBER: _builtins.int
     block_pooling_type: Global___BlockPoolingType.ValueType
     policy: Global___PruningPolicy.ValueType
+    sensitivity_scan: _builtins.bool
+    """Choose layer_sparsity on the worker from a quick sensitivity scan instead: each layer's
+    kernel cut alone to a few sparsities, the loss measured on held-out training samples, and
+    the target split so that the layers that lose least take the most.
+    """
     @_builtins.property
     def schedule(self) -> Global___PruningSchedule:
         """Unstructured (weight) pruning. May be left unset when `structured` is set: the job then
@@ -796,10 +802,11 @@ class PruningSpec(_message.Message):
         policy: Global___PruningPolicy.ValueType = ...,
         structured: Global___StructuredPruning | None = ...,
         layer_sparsity: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
+        sensitivity_scan: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["layers", b"layers", "schedule", b"schedule", "sparsity_m_by_n", b"sparsity_m_by_n", "structured", b"structured"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["block_pooling_type", b"block_pooling_type", "block_size", b"block_size", "layer_sparsity", b"layer_sparsity", "layers", b"layers", "policy", b"policy", "schedule", b"schedule", "sparsity_m_by_n", b"sparsity_m_by_n", "structured", b"structured"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["block_pooling_type", b"block_pooling_type", "block_size", b"block_size", "layer_sparsity", b"layer_sparsity", "layers", b"layers", "policy", b"policy", "schedule", b"schedule", "sensitivity_scan", b"sensitivity_scan", "sparsity_m_by_n", b"sparsity_m_by_n", "structured", b"structured"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
