@@ -148,7 +148,9 @@ def raw_s3_round(seaweed, path: pathlib.Path, back: pathlib.Path) -> tuple[float
     return up_s, down_s
 
 
-def bench_backend(backend: str, args, tmp: pathlib.Path, path: pathlib.Path) -> dict[str, list[float]]:
+def bench_backend(
+    backend: str, args, tmp: pathlib.Path, path: pathlib.Path, client_dir: pathlib.Path
+) -> dict[str, list[float]]:
     url = os.environ.get("PRUNING_REDIS_URL", "redis://127.0.0.1:6379/9")
     prefix = f"pruning-bench-{uuid.uuid4().hex[:8]}"
     env = {
@@ -184,7 +186,7 @@ def bench_backend(backend: str, args, tmp: pathlib.Path, path: pathlib.Path) -> 
                 started = time.perf_counter()
                 artifact = client.upload_dataset(path)
                 results["up"].append(time.perf_counter() - started)
-                back = tmp / "back.npz"
+                back = client_dir / "back.npz"
                 started = time.perf_counter()
                 client.download(artifact.id, back, resume=False)
                 results["down"].append(time.perf_counter() - started)
@@ -225,10 +227,16 @@ def main() -> None:
     parser.add_argument("--mb", type=int, default=1024, help="size of the dataset moved each way")
     parser.add_argument("--backend", default="local,s3", help="comma-separated: local, s3")
     parser.add_argument("--repeat", type=int, default=3, help="rounds; medians are printed")
+    parser.add_argument(
+        "--client-dir",
+        default=None,
+        help="where the client keeps the file it uploads and the downloads (default: a temporary "
+        "directory beside the server's; /dev/shm takes the client's disk out of the figures)",
+    )
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp_name:
-        tmp = pathlib.Path(tmp_name)
-        path = make_npz(tmp / "data.npz", args.mb)
+    with tempfile.TemporaryDirectory() as tmp_name, tempfile.TemporaryDirectory(dir=args.client_dir) as client_name:
+        tmp, client_dir = pathlib.Path(tmp_name), pathlib.Path(client_name)
+        path = make_npz(client_dir / "data.npz", args.mb)
         size = path.stat().st_size
         echo = subprocess.Popen([sys.executable, __file__, "--echo-server", str(tmp / "echo-port")])
         try:
@@ -240,7 +248,7 @@ def main() -> None:
                     up_s, down_s = echo_round(target, path)
                     echo_up.append(up_s)
                     echo_down.append(down_s)
-                measured = bench_backend(backend, args, tmp, path)
+                measured = bench_backend(backend, args, tmp, path, client_dir)
                 rows.append((backend, echo_up, echo_down, measured))
         finally:
             echo.kill()
@@ -249,7 +257,8 @@ def main() -> None:
     def rate(seconds: list[float]) -> float:
         return size / statistics.median(seconds) / 1e6
 
-    print(f"{size:,} bytes each way, medians of {args.repeat}, client and server in separate processes")
+    where = f"client files in {args.client_dir}" if args.client_dir else "client files on the server's disk"
+    print(f"{size:,} bytes each way, medians of {args.repeat}, client and server in separate processes, {where}")
     header = ("backend", "echo up", "up", "ratio", "echo down", "down", "ratio", "RSS growth", "raw S3 PUT", "raw GET")
     print("| " + " | ".join(header) + " |")
     print("|" + " --- |" * len(header))

@@ -263,17 +263,22 @@ class S3Store(LocalStore):
             return  # S3 refuses an empty range
 
         result = await obstore.get_async(self.objects, self.key(artifact_id), options={"range": {"offset": offset}})
-        pending = bytearray()
+        carry = bytearray()  # the tail of a part, completed by the next one
         async for part in result.stream(min_chunk_size=chunk):
-            if not pending and len(part) == chunk:
-                yield bytes(part)
-                continue
-            pending += part
-            while len(pending) >= chunk:
-                yield bytes(pending[:chunk])
-                del pending[:chunk]
-        if pending:
-            yield bytes(pending)
+            view, start = memoryview(part), 0  # a view: each byte is copied once, into its chunk
+            if carry:
+                start = chunk - len(carry)
+                carry += view[:start]
+                if len(carry) < chunk:
+                    continue
+                yield bytes(carry)
+                carry.clear()
+            while len(view) - start >= chunk:
+                yield bytes(view[start : start + chunk])
+                start += chunk
+            carry += view[start:]
+        if carry:
+            yield bytes(carry)
 
     def fetch(self, artifact_id: str, dest: pathlib.Path) -> None:
         """Downloads the object into ``dest``, checking it against its sha256."""

@@ -139,6 +139,10 @@ class Settings(BaseSettings):
     upload_pipeline_depth: int = Field(
         8, description="chunks of one upload received but not yet hashed and written (memory per upload)"
     )
+    dataset_cache_bytes: int = Field(
+        2048 * MiB,
+        description="datasets a worker process keeps loaded (read-only) for the next job on the same data; 0 = none",
+    )
     cache_dir: pathlib.Path | None = Field(
         None, description="a worker's content-addressed cache of fetched inputs; default <state_dir>/cache"
     )

