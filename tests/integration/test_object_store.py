@@ -248,3 +248,15 @@ def test_input_cache_fetches_once_verifies_and_keeps_its_bound(seaweed, s3_env, 
     assert cached == {blobs[0], blobs[2]} and cache.fetched == 3
     assert cache.path(blobs[1], keep=(blobs[2],)).exists()  # blob 0 evicted, never the kept one
     assert {p.name for p in (tmp_path / "cache").rglob("*") if p.is_file()} == {blobs[1], blobs[2]}
+
+
+def test_a_missing_object_is_a_job_input_error(seaweed, s3_env, tmp_path):
+    from pruning_core.objectstore import open_store
+    from pruning_worker.cache import InputCache
+    from pruning_worker.errors import JobInputError
+
+    store = open_store(settings_for(s3_env, state_dir=str(tmp_path / "state")))
+    cache = InputCache(store, tmp_path / "cache", max_bytes=MiB)
+    with pytest.raises(JobInputError):
+        cache.path(hashlib.sha256(b"never uploaded").hexdigest())
+    assert [p for p in (tmp_path / "cache").rglob("*") if p.is_file()] == []

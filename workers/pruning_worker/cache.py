@@ -19,6 +19,8 @@ from pruning_core.blobs import is_artifact_id
 from pruning_core.objectstore import LocalStore, open_store
 from pruning_core.settings import Settings
 
+from .errors import JobInputError
+
 log = logging.getLogger(__name__)
 
 
@@ -51,6 +53,9 @@ class InputCache:
         try:
             self.store.fetch(artifact_id, pathlib.Path(name))
             os.replace(name, target)
+        except FileNotFoundError:
+            pathlib.Path(name).unlink(missing_ok=True)
+            raise JobInputError(f"artifact {artifact_id} is missing from the artifact store") from None
         except BaseException:
             pathlib.Path(name).unlink(missing_ok=True)
             raise
