@@ -53,9 +53,10 @@ class Running:
         self.metrics_port: int | None = None
 
     async def stop(self) -> None:
-        for task in (self.reaper, self.health_check, self.housekeeping, self.sweeps):
-            if task is not None:
-                task.cancel()
+        tasks = [t for t in (self.reaper, self.health_check, self.housekeeping, self.sweeps) if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)  # ended, not left pending at loop close
         if self.metrics is not None:
             self.metrics.shutdown()
         await self.health.enter_graceful_shutdown()

@@ -5,6 +5,7 @@ retry hint; health follows Redis."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 
 import grpc
@@ -72,15 +73,20 @@ def test_idle_watches_leave_other_tenants_fast(env, tiny):  # noqa: F811
             latencies[name].append(time.perf_counter() - started)
             return result
 
-        def other_tenant_rounds() -> str:
+        def other_tenant_rounds(rounds: int = ROUNDS) -> str:
             with Client(server.target, api_key="key-b", timeout=30) as b:
                 data = b.upload_dataset(tiny["data"])
-                for _ in range(ROUNDS):
+                for _ in range(rounds):
                     model = timed("upload", lambda: b.upload_model(tiny["keras"]))
                     job = timed("create", lambda: b.submit(job_spec(model.id, dataset=data.id)))  # noqa: B023
                     timed("get", lambda: b.get_job(job.id))  # noqa: B023
                     timed("list", lambda: b.stub.ListJobs(pb.ListJobsRequest(page_size=10), metadata=_meta("key-b")))
                 return job.id
+
+        # The same calls with no watch open: what this machine gives right now.
+        other_tenant_rounds()
+        alone = [s for samples in latencies.values() for s in samples]
+        latencies = {name: [] for name in latencies}
 
         async def scenario():
             channels = [grpc.aio.insecure_channel(server.target) for _ in range(CHANNELS)]
@@ -116,9 +122,14 @@ def test_idle_watches_leave_other_tenants_fast(env, tiny):  # noqa: F811
         asyncio.run(scenario())
         everything = [s for samples in latencies.values() for s in samples]
         assert len(everything) == 4 * ROUNDS
-        p99 = _p99(everything)
-        print(f"p99 of {len(everything)} calls beside {WATCHES} idle watches: {p99 * 1000:.1f} ms")
-        assert p99 < 0.100, {name: max(samples) for name, samples in latencies.items()}
+        p99, p99_alone = _p99(everything), _p99(alone)
+        print(
+            f"p99 of {len(everything)} calls beside {WATCHES} idle watches: {p99 * 1000:.1f} ms "
+            f"(the same calls with none open: {p99_alone * 1000:.1f} ms)"
+        )
+        # The bar is 100 ms. A machine too loaded to answer the calls alone within half of it
+        # would fail the bar for reasons of its own: there the watches may not double the p99.
+        assert p99 < max(0.100, 2 * p99_alone), {name: max(samples) for name, samples in latencies.items()}
     finally:
         server.stop()
 
@@ -201,7 +212,10 @@ def test_uploads_over_the_tenant_cap_are_refused_with_a_retry_hint(env):
                 return call
 
             async def refused(key: str) -> grpc.StatusCode:
-                call = await open_upload(key)
+                call = stub.UploadModel(metadata=_meta(key))
+                # The server may refuse before the header is even sent: the write then fails.
+                with contextlib.suppress(grpc.RpcError, asyncio.InvalidStateError):
+                    await call.write(pb.UploadRequest(header=pb.UploadHeader(filename="m.keras")))
                 with pytest.raises(grpc.aio.AioRpcError) as error:
                     await asyncio.wait_for(call, 10)
                 assert rpc_status.from_call(error.value).details[0].Is(error_details_pb2.RetryInfo.DESCRIPTOR)
