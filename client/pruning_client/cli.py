@@ -273,6 +273,29 @@ def _format_name(artifact_format: str) -> str:
         return artifact_format
 
 
+def _recipe_lines(raw: pb.PruneResult) -> list[str]:
+    r = raw.recipe
+    if not r.name:
+        return []
+    return [
+        f"recipe: {r.name}, final sparsity at step {r.schedule_end_step} (masks every {r.schedule_frequency}), "
+        f"learning rate {r.learning_rate:g}{' with cosine decay' if r.learning_rate_decay else ''}; "
+        f"{r.epochs_run} epochs run, weights of epoch {r.best_epoch} kept"
+    ]
+
+
+def _latency_lines(raw: pb.PruneResult) -> list[str]:
+    if not raw.latency:
+        return []
+    lines = ["latency (median ms, baseline -> pruned):"]
+    for x in raw.latency:
+        lines.append(
+            f"  {x.runtime:7}{x.device:22} batch {x.batch_size:<5}{x.before_ms:>9.3f} ->{x.after_ms:>9.3f}"
+            f"  ({x.before_ms / x.after_ms if x.after_ms else 0:.2f}x)"
+        )
+    return lines
+
+
 def format_table(result: PruneResult) -> str:
     """The result as the table the reference job prints."""
     lines = [
@@ -289,6 +312,8 @@ def format_table(result: PruneResult) -> str:
         f"fine-tuning: {result.fine_tune_seconds:.1f} s on {result.device}",
         *(f"{label}: {value}" for label, value in result.conversion_lines()),  # Keras 3 only
         *(f"{label}: {value}" for label, value in result.structured_lines()),  # structured only
+        *_recipe_lines(result.raw),
+        *_latency_lines(result.raw),
         "",
         f"{'layer':24}{'type':16}{'pruned':>8}{'weights':>10}{'non-zero':>10}{'sparsity':>10}",
     ]
