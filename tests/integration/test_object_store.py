@@ -179,7 +179,17 @@ def test_over_limit_upload_is_refused_and_leaves_nothing(s3_client, seaweed, s3_
     path = tmp_path / "huge.npz"
     path.write_bytes(os.urandom(int(s3_env["PRUNING_MAX_UPLOAD_BYTES"]) + 1))
     with pytest.raises(ResourceExhausted):
-        s3_client.upload_dataset(path)
+        s3_client.upload_dataset(path)  # the header announces the size: refused at once
+    assert _objects(seaweed, s3_env) == before
+
+    def unannounced():  # refused only when the bytes pass the limit, with parts already in S3
+        yield pb.UploadRequest(header=pb.UploadHeader(filename="huge.npz"))
+        for _ in range(int(s3_env["PRUNING_MAX_UPLOAD_BYTES"]) // MiB + 1):
+            yield pb.UploadRequest(chunk=os.urandom(MiB))
+
+    with pytest.raises(grpc.RpcError) as error:
+        s3_client.stub.UploadDataset(unannounced())
+    assert error.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert _objects(seaweed, s3_env) == before
     _wait(lambda: seaweed.pending_uploads() == [])
     assert _spool(s3_env) == []
