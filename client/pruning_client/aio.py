@@ -37,13 +37,15 @@ from pruning.v1 import pruning_pb2 as pb
 from pruning.v1 import pruning_pb2_grpc as pb_grpc
 
 from .client import (
-    CHUNK,
     ClientOptions,
     DownloadProgress,
     UploadProgress,
+    _Ahead,
+    _Behind,
     _create_job_request,
     _Download,
     _list_jobs_request,
+    _take,
     _Upload,
     _validate_request,
 )
@@ -232,10 +234,11 @@ class AsyncClient:
         upload = _Upload(path, progress)
 
         async def requests() -> AsyncIterator[pb.UploadRequest]:
-            yield await asyncio.to_thread(upload.header)
-            with open(upload.path, "rb") as f:
-                while data := await asyncio.to_thread(f.read, CHUNK):
-                    yield upload.chunk(data)
+            # read and hashed ahead in a thread, a few chunks at a time off the loop
+            with _Ahead(upload.requests()) as ahead:
+                while batch := await asyncio.to_thread(_take, ahead, 4):
+                    for request in batch:
+                        yield request
 
         return upload.check(await method(requests(), metadata=self._metadata))
 
@@ -338,6 +341,21 @@ class AsyncClient:
         a partial ``<dest>.<artifact_id[:16]>.part``; the sha256 is checked before the move."""
         download = await asyncio.to_thread(_Download, artifact_id, dest, filename=filename, resume=resume)
         with download.open() as f:
-            async for chunk in self.stub.DownloadArtifact(download.request(), metadata=self._metadata):
-                download.write(f, chunk, progress)
-        return download.finish()
+
+            def write(data: bytes) -> None:
+                f.write(data)
+                download.digest.update(data)
+
+            behind = _Behind(write)  # written and hashed in a thread behind the receiver
+            behind.__enter__()
+            try:
+                async for chunk in self.stub.DownloadArtifact(download.request(), metadata=self._metadata):
+                    data = chunk.data
+                    await behind.aput(data)
+                    if progress:
+                        progress(len(data), chunk.total_size)
+            except BaseException as exc:
+                await asyncio.to_thread(behind.__exit__, type(exc), exc, None)  # keeps what arrived
+                raise
+            await asyncio.to_thread(behind.__exit__, None, None, None)
+        return await asyncio.to_thread(download.finish)

@@ -6,8 +6,10 @@ uploads and downloads) are shared with the asyncio client in :mod:`pruning_clien
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import hashlib
+import itertools
 import json
 import os
 import pathlib
@@ -150,6 +152,11 @@ class _Ahead(Generic[_T]):
         self._thread.join()
 
 
+def _take(items: Iterator[_T], n: int) -> list[_T]:
+    """Up to ``n`` next items (fewer at the end)."""
+    return list(itertools.islice(items, n))
+
+
 class _Behind:
     """Calls ``consume`` on each item put, in a thread of its own behind a queue of at most
     ``PIPELINE`` items; leaving the ``with`` waits for the rest and raises its error, if any."""
@@ -172,6 +179,15 @@ class _Behind:
         if self._error is not None:
             raise self._error
         self._queue.put(item)
+
+    async def aput(self, item: bytes) -> None:
+        """:meth:`put` from an event loop: waits off the loop only when the queue is full."""
+        if self._error is not None:
+            raise self._error
+        try:
+            self._queue.put_nowait(item)
+        except queue.Full:
+            await asyncio.to_thread(self._queue.put, item)
 
     def __enter__(self) -> Callable[[bytes], None]:
         self._thread.start()
