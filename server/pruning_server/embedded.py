@@ -59,9 +59,9 @@ class Stack:
             log.info("embedded Redis (pid %d) on %s", redis_server.pid, redis_server.socket_file)
         stack = cls(settings, env, redis_server, open(log_path, "a") if log_path else None)  # noqa: SIM115 - closed in stop()
         try:
-            stack._start_server(state, listen, ready_timeout)
-            if worker:
+            if worker:  # first: it imports TensorFlow while the server comes up
                 stack._start_worker(state)
+            stack._start_server(state, listen, ready_timeout)
         except BaseException:
             stack.stop()
             raise
@@ -104,6 +104,9 @@ class Stack:
             self.settings.queue,
             "-n",
             f"pruning-{os.getpid()}@%h",
+            # the only worker here: no peers to sync with at start (mingle) or to hear from
+            "--without-mingle",
+            "--without-gossip",
         ]
         self.worker = subprocess.Popen(
             cmd, env=self.env, start_new_session=True, stdout=self.log_file, stderr=self.log_file
