@@ -56,7 +56,8 @@ class Running:
         tasks = [t for t in (self.reaper, self.health_check, self.housekeeping, self.sweeps) if t is not None]
         for task in tasks:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)  # ended, not left pending at loop close
+        if tasks:  # let them end (not be left pending at loop close), but never wait on one for long
+            await asyncio.wait(tasks, timeout=2)
         if self.metrics is not None:
             self.metrics.shutdown()
         await self.health.enter_graceful_shutdown()
