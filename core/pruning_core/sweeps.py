@@ -242,7 +242,7 @@ class SweepStore:
         return f"{self.prefix}:sweeps:active"
 
     async def create(
-        self, tenant: str, sweep: pb.Sweep, idempotency_key: str, fingerprint: str
+        self, tenant: str, sweep: pb.Sweep, idempotency_key: str, fingerprint: str, queue: str = ""
     ) -> tuple[pb.Sweep, bool]:
         """Stores a new sweep; with a known idempotency key returns that sweep instead."""
         if idempotency_key:
@@ -255,7 +255,9 @@ class SweepStore:
                 return found, False
         sweep.version = 1
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hset(self._key(sweep.id), mapping={"tenant": tenant, "sweep": sweep.SerializeToString()})
+            pipe.hset(
+                self._key(sweep.id), mapping={"tenant": tenant, "sweep": sweep.SerializeToString(), "queue": queue}
+            )
             pipe.zadd(self._tenant_index(tenant), {sweep.id: time.time()})
             pipe.sadd(self.active_key, sweep.id)
             await pipe.execute()
@@ -300,6 +302,11 @@ class SweepStore:
                     if type(exc).__name__ == "WatchError":
                         continue
                     raise
+
+    async def queue_of(self, sweep_id: str) -> str:
+        """The Celery queue the sweep's trials go to (the creating server's)."""
+        queue = await self.redis.hget(self._key(sweep_id), "queue")
+        return str(queue.decode()) if queue else ""
 
     async def active(self) -> list[str]:
         return sorted(m.decode() for m in await self.redis.smembers(self.active_key))

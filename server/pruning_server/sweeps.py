@@ -61,7 +61,9 @@ class SweepServicer(pb_grpc.SweepServiceServicer):
         sweep.created_at.GetCurrentTime()
         fingerprint = hashlib.sha256(request.SerializeToString(deterministic=True)).hexdigest()
         try:
-            sweep, created = await self.store.create(tenant, sweep, request.idempotency_key, fingerprint)
+            sweep, created = await self.store.create(
+                tenant, sweep, request.idempotency_key, fingerprint, self.jobs.settings.queue
+            )
         except ValueError as exc:
             raise Failure(grpc.StatusCode.ALREADY_EXISTS, str(exc)) from None
         if created:
@@ -203,6 +205,10 @@ async def drive(jobs: PruningService, store: SweepStore, interval_s: float) -> N
     while True:
         try:
             for sweep_id in await store.active():
+                # Trials go to the queue of the server that created the sweep: a server set up
+                # for another queue (sharing the key prefix) leaves the sweep alone.
+                if await store.queue_of(sweep_id) not in ("", jobs.settings.queue):
+                    continue
                 if not await store.lock(sweep_id, LOCK_MS):
                     continue
                 try:
