@@ -119,3 +119,16 @@ def test_pruning_report_writes_markdown_and_html_with_the_plots(server, reported
         assert path.stat().st_size > 0 and path.parent == tmp_path / "r"
         if fmt.endswith("png"):
             assert f"({path.name})" in markdown and f"src='{path.name}'" in page
+
+
+def test_phase_timings_show_a_second_job_reads_no_data(client, worker, files):
+    model, data = client.upload_model(files["keras"]).id, client.upload_dataset(files["data"]).id
+    spec = job_spec(model, dataset=data, epochs=1, batch_size=64)
+    spec.report.enabled = False
+    first = client.submit(spec).result(timeout=300).raw
+    second = client.submit(spec).result(timeout=300).raw
+    for result in (first, second):
+        assert {"inputs", "load", "fine_tune", "evaluate", "export"} <= set(result.phase_seconds)
+        assert all(s >= 0 for s in result.phase_seconds.values())
+    assert result.phase_seconds["fine_tune"] > 0
+    assert second.phase_seconds["inputs"] < 0.05, dict(second.phase_seconds)  # the worker kept the dataset

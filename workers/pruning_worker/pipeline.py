@@ -177,6 +177,8 @@ def run(
     result.compression_ratio = result.size_before.gzip_bytes / max(1, result.size_after.gzip_bytes)
     if reporting:
         outputs += _report(spec, result, original, stripped, workdir, log_dir, reporter)
+    result.phase_seconds["inputs"] = inputs.seconds
+    result.phase_seconds.update(reporter.timings())
     reporter.log(
         f"pruned accuracy {result.pruned.accuracy:.4f}, kernel sparsity {result.pruned_kernel_sparsity:.3f}, "
         f"gzip {result.size_before.gzip_bytes} -> {result.size_after.gzip_bytes} bytes"

@@ -60,6 +60,8 @@ class Reporter:
         self._last_cancel_check = 0.0
         self._cancelled = False
         self._phases = telemetry.SpanChain("pruning_worker")  # one child span per phase, when tracing
+        self._phase: tuple[str, float] | None = None
+        self._seconds: dict[str, float] = {}
 
     def _fenced(self, change):
         def mutate(job: pb.Job):
@@ -81,8 +83,18 @@ class Reporter:
 
         self.store.update(self.job_id, self._fenced(change))
 
+    def timings(self) -> dict[str, float]:
+        """Seconds spent in each phase so far (the current one up to now)."""
+        out = dict(self._seconds)
+        if self._phase is not None:
+            name, started = self._phase
+            out[name] = out.get(name, 0.0) + time.monotonic() - started
+        return out
+
     def phase(self, phase: str, message: str) -> None:
         self.check_deadline()
+        self._seconds = self.timings()
+        self._phase = (str(phase), time.monotonic())
         self._phases.start(f"phase {phase}", **{"pruning.phase": str(phase), "pruning.job_id": self.job_id})
         self.log(message)
         self.progress(pb.Progress(phase=phase), force=True)

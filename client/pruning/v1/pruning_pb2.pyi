@@ -1326,6 +1326,26 @@ Global___StructuredResult: _TypeAlias = StructuredResult  # noqa: Y015
 class PruneResult(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class PhaseSecondsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.float
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.float = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     BASELINE_FIELD_NUMBER: _builtins.int
     PRUNED_FIELD_NUMBER: _builtins.int
     ACCURACY_DELTA_FIELD_NUMBER: _builtins.int
@@ -1348,6 +1368,7 @@ class PruneResult(_message.Message):
     RECIPE_FIELD_NUMBER: _builtins.int
     HISTORY_FIELD_NUMBER: _builtins.int
     LATENCY_FIELD_NUMBER: _builtins.int
+    PHASE_SECONDS_FIELD_NUMBER: _builtins.int
     accuracy_delta: _builtins.float
     """pruned.accuracy - baseline.accuracy."""
     overall_sparsity: _builtins.float
@@ -1398,6 +1419,12 @@ class PruneResult(_message.Message):
     def latency(self) -> _containers.RepeatedCompositeFieldContainer[Global___Latency]:
         """Measured on the worker (ReportSpec): before = the model as uploaded, after = pruned."""
 
+    @_builtins.property
+    def phase_seconds(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]:
+        """Seconds the worker spent in each phase ("inputs": fetching the model and reading the
+        dataset, cached per worker process; then load, baseline, fine_tune, evaluate, export ...).
+        """
+
     def __init__(
         self,
         *,
@@ -1423,10 +1450,11 @@ class PruneResult(_message.Message):
         recipe: Global___RecipeResult | None = ...,
         history: _abc.Iterable[Global___EpochSummary] | None = ...,
         latency: _abc.Iterable[Global___Latency] | None = ...,
+        phase_seconds: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["baseline", b"baseline", "pruned", b"pruned", "recipe", b"recipe", "size_after", b"size_after", "size_before", b"size_before", "structured", b"structured"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["accuracy_delta", b"accuracy_delta", "artifacts", b"artifacts", "baseline", b"baseline", "compression_ratio", b"compression_ratio", "conversion_max_abs_diff", b"conversion_max_abs_diff", "device", b"device", "export_conversion_max_abs_diff", b"export_conversion_max_abs_diff", "fine_tune_seconds", b"fine_tune_seconds", "history", b"history", "keras_version_in", b"keras_version_in", "keras_version_out", b"keras_version_out", "latency", b"latency", "layers", b"layers", "nonzero_params", b"nonzero_params", "overall_sparsity", b"overall_sparsity", "pruned", b"pruned", "pruned_kernel_sparsity", b"pruned_kernel_sparsity", "recipe", b"recipe", "size_after", b"size_after", "size_before", b"size_before", "structured", b"structured", "total_params", b"total_params"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accuracy_delta", b"accuracy_delta", "artifacts", b"artifacts", "baseline", b"baseline", "compression_ratio", b"compression_ratio", "conversion_max_abs_diff", b"conversion_max_abs_diff", "device", b"device", "export_conversion_max_abs_diff", b"export_conversion_max_abs_diff", "fine_tune_seconds", b"fine_tune_seconds", "history", b"history", "keras_version_in", b"keras_version_in", "keras_version_out", b"keras_version_out", "latency", b"latency", "layers", b"layers", "nonzero_params", b"nonzero_params", "overall_sparsity", b"overall_sparsity", "phase_seconds", b"phase_seconds", "pruned", b"pruned", "pruned_kernel_sparsity", b"pruned_kernel_sparsity", "recipe", b"recipe", "size_after", b"size_after", "size_before", b"size_before", "structured", b"structured", "total_params", b"total_params"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
