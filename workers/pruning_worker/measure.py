@@ -7,6 +7,7 @@ import os
 import pathlib
 import shutil
 import time
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -158,3 +159,29 @@ def tflite_runner(flatbuffer: bytes, batch: int) -> Any:
     for d in interpreter.get_input_details():
         interpreter.set_tensor(d["index"], rng.random(d["shape"]).astype(d["dtype"]))
     return interpreter.invoke
+
+
+def latency_pairs(
+    before: Any, after: Any, device: str, batches: Iterable[int], repeats: int, flat: tuple[bytes, bytes] | None
+) -> list[pb.Latency]:
+    """Median milliseconds of one inference of ``before`` and ``after``, timed in alternation
+    (:func:`paired_median_ms`), for each batch size: TensorFlow on ``device``, and TFLite
+    (XNNPACK) on the CPU from the flatbuffers ``flat`` of both models when given."""
+    out = []
+    for batch in dict.fromkeys(batches):
+        pairs = [("tf", device, tf_runner(before, batch), tf_runner(after, batch))]
+        if flat is not None:
+            pairs.append(("tflite", "CPU (XNNPACK)", tflite_runner(flat[0], batch), tflite_runner(flat[1], batch)))
+        for runtime, where, run_before, run_after in pairs:
+            before_ms, after_ms = paired_median_ms(run_before, run_after, repeats)
+            out.append(
+                pb.Latency(
+                    runtime=runtime,
+                    device=where,
+                    batch_size=batch,
+                    before_ms=before_ms,
+                    after_ms=after_ms,
+                    repeats=repeats,
+                )
+            )
+    return out

@@ -26,37 +26,13 @@ def latency(
     TensorFlow on the job's device and TFLite (XNNPACK) on the CPU, for one sample and for a
     batch of ``batch_size``. A model TFLite cannot convert gets the TensorFlow figures only
     (``warn`` says why): the report never fails a job."""
-    out = []
     try:
         flat: tuple[bytes, bytes] | None = (measure.tflite_bytes(before), measure.tflite_bytes(after))
     except Exception as exc:  # noqa: BLE001 - TFLite's converter raises many kinds
         flat = None
         warn(f"no TFLite latency: the model does not convert ({tferrors.root_cause(exc)})")
     with tferrors.step("latency measurement"):
-        for batch in dict.fromkeys((1, batch_size)):
-            pairs = [("tf", device, measure.tf_runner(before, batch), measure.tf_runner(after, batch))]
-            if flat is not None:
-                pairs.append(
-                    (
-                        "tflite",
-                        "CPU (XNNPACK)",
-                        measure.tflite_runner(flat[0], batch),
-                        measure.tflite_runner(flat[1], batch),
-                    )
-                )
-            for runtime, where, run_before, run_after in pairs:
-                before_ms, after_ms = measure.paired_median_ms(run_before, run_after, repeats)
-                out.append(
-                    pb.Latency(
-                        runtime=runtime,
-                        device=where,
-                        batch_size=batch,
-                        before_ms=before_ms,
-                        after_ms=after_ms,
-                        repeats=repeats,
-                    )
-                )
-    return out
+        return measure.latency_pairs(before, after, device, (1, batch_size), repeats, flat)
 
 
 def tensorboard_callbacks(log_dir: pathlib.Path, pruned: bool) -> list[Any]:

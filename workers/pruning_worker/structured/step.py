@@ -115,24 +115,5 @@ def fill_latency(result: pb.StructuredResult, before: Any, after: Any, device: s
     (XNNPACK) on the CPU, at each of ``BATCHES``, the median of ``repeats`` timed runs (the
     two models timed in alternation)."""
     with tferrors.step("latency measurement"):
-        flat_before, flat_after = measure.tflite_bytes(before), measure.tflite_bytes(after)
-        for batch in BATCHES:
-            pairs = (
-                ("tf", device, measure.tf_runner(before, batch), measure.tf_runner(after, batch)),
-                (
-                    "tflite",
-                    "CPU (XNNPACK)",
-                    measure.tflite_runner(flat_before, batch),
-                    measure.tflite_runner(flat_after, batch),
-                ),
-            )
-            for runtime, where, run_before, run_after in pairs:
-                before_ms, after_ms = measure.paired_median_ms(run_before, run_after, repeats)
-                result.latency.add(
-                    runtime=runtime,
-                    device=where,
-                    batch_size=batch,
-                    before_ms=before_ms,
-                    after_ms=after_ms,
-                    repeats=repeats,
-                )
+        flat = (measure.tflite_bytes(before), measure.tflite_bytes(after))
+        result.latency.extend(measure.latency_pairs(before, after, device, BATCHES, repeats, flat))
