@@ -94,9 +94,8 @@ def resolve(
     t = spec.training
     keep = t.recipe != pb.RECIPE_PLAIN
     p = spec.pruning
-    uniform = p.HasField("sparsity_m_by_n") or p.policy or list(p.block_size) not in ([], [1, 1])
-    scanned = p.sensitivity_scan  # the worker splits the target itself
-    if keep and layer_weights and p.HasField("schedule") and not p.layer_sparsity and not uniform and not scanned:
+    split = keep and p.HasField("schedule") and validation.per_weight(p)
+    if split and layer_weights and not p.layer_sparsity and not p.sensitivity_scan:  # a scan splits on the worker
         p.layer_sparsity.update(allocate(validation.target_sparsity(p), layer_weights))
     t.recipe = pb.RECIPE_KEEP_ACCURACY if keep else pb.RECIPE_PLAIN
     if not t.learning_rate:

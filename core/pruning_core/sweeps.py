@@ -17,6 +17,8 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import redis
+
 from pruning.v1 import pruning_pb2 as pb
 
 from . import validation
@@ -298,10 +300,8 @@ class SweepStore:
                         pipe.srem(self.active_key, sweep_id)
                     await pipe.execute()
                     return sweep
-                except Exception as exc:
-                    if type(exc).__name__ == "WatchError":
-                        continue
-                    raise
+                except redis.WatchError:
+                    continue  # changed meanwhile: read it again
 
     async def queue_of(self, sweep_id: str) -> str:
         """The Celery queue the sweep's trials go to (the creating server's)."""

@@ -99,13 +99,7 @@ def _validate_pruning(spec: pb.PruningSpec, out: list[Violation]) -> None:
             out.append(("spec.pruning.sparsity_m_by_n", f"needs 0 < m < n, got {mn.m}:{mn.n}"))
         if spec.block_size and list(spec.block_size) != [1, 1]:
             out.append(("spec.pruning.sparsity_m_by_n", "cannot be combined with block_size"))
-    if spec.sensitivity_scan and (
-        spec.layer_sparsity
-        or spec.HasField("sparsity_m_by_n")
-        or spec.policy
-        or list(spec.block_size) not in ([], [1, 1])
-        or not spec.HasField("schedule")
-    ):
+    if spec.sensitivity_scan and (spec.layer_sparsity or not per_weight(spec) or not spec.HasField("schedule")):
         out.append(
             (
                 "spec.pruning.sensitivity_scan",
@@ -260,6 +254,12 @@ def validate(spec: pb.JobSpec) -> list[Violation]:
     if spec.export.keras_version not in pb.KerasVersion.values():
         out.append(("spec.export.keras_version", f"must be 2, 3 or unset, got {spec.export.keras_version}"))
     return out
+
+
+def per_weight(p: pb.PruningSpec) -> bool:
+    """Whether each weight is pruned on its own (no block, m-by-n pattern or policy), so a
+    layer can be given any sparsity of its own."""
+    return not (p.HasField("sparsity_m_by_n") or p.policy or list(p.block_size) not in ([], [1, 1]))
 
 
 def target_sparsity(p: pb.PruningSpec) -> float:

@@ -136,9 +136,9 @@ async def _jobs_of(jobs: PruningService, tenant: str, sweep: pb.Sweep) -> dict[s
     return found
 
 
-async def refresh(jobs: PruningService, store: SweepStore, sweep_id: str) -> pb.Sweep:
+async def refresh(jobs: PruningService, store: SweepStore, sweep_id: str, tenant: str | None = None) -> pb.Sweep:
     """Brings the trials' states and results up to date (nothing more)."""
-    tenant = await store.tenant_of(sweep_id)
+    tenant = tenant or await store.tenant_of(sweep_id)
     current = await _jobs_of(jobs, tenant, await store.get(tenant, sweep_id))
 
     def apply(sweep: pb.Sweep) -> bool:
@@ -155,7 +155,7 @@ async def advance(jobs: PruningService, store: SweepStore, sweep_id: str) -> pb.
     """One step of a sweep: record what its trials did, queue the next ones, end it when the
     answer is known. Safe to run twice (trial jobs are created with idempotency keys)."""
     tenant = await store.tenant_of(sweep_id)
-    sweep = await refresh(jobs, store, sweep_id)
+    sweep = await refresh(jobs, store, sweep_id, tenant)
     if sweep.state in TERMINAL:
         return sweep
     for sparsity in sweeps.next_sparsities(sweep):
