@@ -7,6 +7,7 @@ client sees all of them in one INVALID_ARGUMENT answer.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 
 from pruning.v1 import pruning_pb2 as pb
 
@@ -159,15 +160,20 @@ MAX_IDEMPOTENCY_KEY = 256
 
 def validate_request(request: pb.CreateJobRequest) -> list[Violation]:
     """Every problem of a CreateJob request: its spec, labels and idempotency key."""
-    out = validate(request.spec)
-    if len(request.labels) > MAX_LABELS:
-        out.append(("labels", f"at most {MAX_LABELS} labels, got {len(request.labels)}"))
-    for key, value in request.labels.items():
+    return validate(request.spec) + validate_metadata(request.labels, request.idempotency_key)
+
+
+def validate_metadata(labels: Mapping[str, str], idempotency_key: str, max_labels: int = MAX_LABELS) -> list[Violation]:
+    """The problems of a request's labels and idempotency key (jobs and sweeps alike)."""
+    out: list[Violation] = []
+    if len(labels) > max_labels:
+        out.append(("labels", f"at most {max_labels} labels, got {len(labels)}"))
+    for key, value in labels.items():
         if not key or len(key) > MAX_LABEL_LENGTH or len(value) > MAX_LABEL_LENGTH:
             out.append(
                 (f"labels[{key[:40]}]", f"keys must be 1-{MAX_LABEL_LENGTH} and values 0-{MAX_LABEL_LENGTH} characters")
             )
-    if len(request.idempotency_key) > MAX_IDEMPOTENCY_KEY:
+    if len(idempotency_key) > MAX_IDEMPOTENCY_KEY:
         out.append(("idempotency_key", f"at most {MAX_IDEMPOTENCY_KEY} characters"))
     return out
 

@@ -18,7 +18,7 @@ import grpc
 
 from pruning.v1 import pruning_pb2 as pb
 from pruning.v1 import pruning_pb2_grpc as pb_grpc
-from pruning_core import sweeps
+from pruning_core import sweeps, validation
 from pruning_core.store import TERMINAL, JobNotFound
 from pruning_core.sweeps import SweepNotFound, SweepStore
 
@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 _SWEEP_ID = re.compile(r"[0-9a-f]{24}")
 WATCH_POLL_S = 0.3
 LOCK_MS = 30_000
+TRIAL_LABELS = ("sweep", "trial")
 
 
 class SweepServicer(pb_grpc.SweepServiceServicer):
@@ -46,7 +47,10 @@ class SweepServicer(pb_grpc.SweepServiceServicer):
     async def CreateSweep(self, request: pb.CreateSweepRequest, context) -> pb.Sweep:
         tenant = await self.jobs._tenant(context)
         violations = sweeps.validate(request.spec)
-        violations += [(f"labels[{k[:64]}]", "too long") for k, v in request.labels.items() if len(k) + len(v) > 512]
+        # Trials carry the sweep's labels and two of their own ("sweep", "trial").
+        violations += validation.validate_metadata(
+            request.labels, request.idempotency_key, validation.MAX_LABELS - len(TRIAL_LABELS)
+        )
         if violations:
             raise Invalid(violations)
         spec = sweeps.with_defaults(request.spec)
@@ -163,7 +167,7 @@ async def advance(jobs: PruningService, store: SweepStore, sweep_id: str) -> pb.
         trial = pb.Trial(index=index, sparsity=sparsity, state=pb.JOB_STATE_QUEUED)
         request = pb.CreateJobRequest(
             spec=sweeps.trial_spec(sweep.spec.base, sparsity),
-            labels={**sweep.labels, "sweep": sweep.id, "trial": str(index)},
+            labels={**sweep.labels, TRIAL_LABELS[0]: sweep.id, TRIAL_LABELS[1]: str(index)},
             idempotency_key=f"sweep-{sweep.id}-trial-{index}",
         )
         try:

@@ -216,3 +216,13 @@ def test_the_sweep_report_holds_the_curve_with_latency(server, curve, tmp_path):
 
     with Image.open(written["curve_png"]) as image:
         assert image.format == "PNG" and image.width > 300
+
+
+def test_sweep_labels_leave_room_for_the_trials(client_module, mnist):
+    labels = {f"k{i}": "v" for i in range(63)}  # its trials would carry 65, over CreateJob's 64
+    with pytest.raises(InvalidArgument) as error:
+        client_module.create_sweep(sweep_spec(mnist, sparsities=GRID), labels=labels)
+    assert "labels" in [f for f, _ in error.value.field_violations]
+    with pytest.raises(InvalidArgument) as error:
+        client_module.create_sweep(sweep_spec(mnist, sparsities=GRID), idempotency_key="k" * 300)
+    assert "idempotency_key" in [f for f, _ in error.value.field_violations]
