@@ -10,6 +10,14 @@ Keys (``P`` is the configured prefix)::
                                       last_event_id, enqueued
     P:events:<id>               stream of JobEvent proto bytes (field "e"); ids are event ids
     P:tenant:<t>:jobs           sorted set of job ids (score 0, ids sort by creation time)
+    P:tenant:<t>:state:<n>      the same, of the tenant's jobs now in state ``n`` (the JobState
+                                      number); moved with the record in the same script
+    P:tenant:<t>:label:<len>:<k>=<v>
+                                the same, of the tenant's jobs with label ``k`` = ``v`` (``len``
+                                      is len(k), so no key/value pair reads as another);
+                                      written at create (labels never change)
+    P:index-version             the job indexes' layout (INDEX_VERSION) once every job
+                                      recorded before them is in them (``backfill_indexes``)
     P:idem:<t>:<key>            job id created with an idempotency key
     P:cancel:<id>               set while a cancel was asked for a running job
     P:artifact:<t>:<sha256>     hash: one tenant's record of an artifact: size, kind, format,
@@ -32,7 +40,7 @@ import builtins
 import json
 import os
 import time
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Collection, Generator, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -44,8 +52,13 @@ from pruning.v1 import pruning_pb2 as pb
 
 TERMINAL = frozenset({pb.JOB_STATE_SUCCEEDED, pb.JOB_STATE_FAILED, pb.JOB_STATE_CANCELLED})
 IDEMPOTENCY_TTL_S = 7 * 24 * 3600
+# 1: jobs indexed by tenant, by state and by label.
+INDEX_VERSION = 1
+STATES = tuple(pb.JobState.values())
+_MAX_LIST_BATCH = 1000
 
-# KEYS: job, events, index, idem ; ARGV: job bytes, state, tenant, event bytes, job id, ttl, fingerprint
+# KEYS: job, events, index, idem, state index, label indexes... ;
+# ARGV: job bytes, state, tenant, event bytes, job id, ttl, fingerprint
 _CREATE = """
 if KEYS[4] ~= '' then
   local existing = redis.call('GET', KEYS[4])
@@ -55,19 +68,23 @@ redis.call('HSET', KEYS[1], 'job', ARGV[1], 'version', 1, 'state', ARGV[2], 'att
            'tenant', ARGV[3], 'enqueued', 0, 'fingerprint', ARGV[7], 'idem', KEYS[4])
 local eid = redis.call('XADD', KEYS[2], '*', 'e', ARGV[4])
 redis.call('HSET', KEYS[1], 'last_event_id', eid)
+for i = 5, #KEYS do redis.call('ZADD', KEYS[i], 0, ARGV[5]) end
 redis.call('ZADD', KEYS[3], 0, ARGV[5])
 if KEYS[4] ~= '' then redis.call('SET', KEYS[4], ARGV[5], 'EX', ARGV[6]) end
 return {1, ARGV[5]}
 """
 
-# KEYS: job, events, finished ; ARGV: expected version, job bytes, state, attempt,
-# ended at ('' while the job goes on), job id, event bytes...
+# KEYS: job, events, finished, index of the state read, index of the new state ;
+# ARGV: expected version, job bytes, state, attempt, ended at ('' while the job goes on),
+# job id, event bytes...
 _UPDATE = """
 local version = redis.call('HGET', KEYS[1], 'version')
 if not version then return -1 end
 if version ~= ARGV[1] then return 0 end
 redis.call('HSET', KEYS[1], 'job', ARGV[2], 'version', tonumber(version) + 1,
            'state', ARGV[3], 'attempt', ARGV[4])
+if KEYS[4] ~= KEYS[5] then redis.call('ZREM', KEYS[4], ARGV[6]) end
+redis.call('ZADD', KEYS[5], 0, ARGV[6])
 if ARGV[5] ~= '' then redis.call('ZADD', KEYS[3], ARGV[5], ARGV[6]) end
 for i = 7, #ARGV do
   local eid = redis.call('XADD', KEYS[2], '*', 'e', ARGV[i])
@@ -76,6 +93,13 @@ end
 return 1
 """
 
+
+# KEYS: job, its state's index ; ARGV: that state, job id. Indexes a job recorded before the
+# state index, unless its state changed since it was read (the change indexed it).
+_BACKFILL = """
+if redis.call('HGET', KEYS[1], 'state') ~= ARGV[1] then return 0 end
+return redis.call('ZADD', KEYS[2], 0, ARGV[2])
+"""
 
 # KEYS: running ; ARGV: cutoff, now. Claims the silent jobs (one server wins each).
 _REAP = """
@@ -111,6 +135,15 @@ class Keys:
 
     def tenant_jobs(self, tenant: str) -> str:
         return f"{self.prefix}:tenant:{tenant}:jobs"
+
+    def tenant_state(self, tenant: str, state: int) -> str:
+        return f"{self.prefix}:tenant:{tenant}:state:{state}"
+
+    def tenant_label(self, tenant: str, key: str, value: str) -> str:
+        return f"{self.prefix}:tenant:{tenant}:label:{len(key)}:{key}={value}"
+
+    def index_version(self) -> str:
+        return f"{self.prefix}:index-version"
 
     def idempotency(self, tenant: str, key: str) -> str:
         return f"{self.prefix}:idem:{tenant}:{key}"
@@ -179,6 +212,10 @@ def decode_event(event_id, fields) -> pb.JobEvent:
     event = pb.JobEvent.FromString(fields[b"e"])
     event.id = event_id.decode() if isinstance(event_id, bytes) else event_id
     return event
+
+
+def _glob_escape(text: str) -> str:
+    return "".join(f"\\{c}" if c in "*?[]\\" else c for c in text)
 
 
 def _decode_job(raw: dict) -> pb.Job:
@@ -263,6 +300,7 @@ class _Base:
         self._create = client.register_script(_CREATE)
         self._update = client.register_script(_UPDATE)
         self._reap = client.register_script(_REAP)
+        self._backfill = client.register_script(_BACKFILL)
 
     def _create_args(
         self, tenant: str, job: pb.Job, idempotency_key: str, fingerprint: str = ""
@@ -270,6 +308,8 @@ class _Base:
         event = state_event(job, pb.JOB_STATE_QUEUED)
         idem = self.keys.idempotency(tenant, idempotency_key) if idempotency_key else ""
         keys = [self.keys.job(job.id), self.keys.events(job.id), self.keys.tenant_jobs(tenant), idem]
+        keys.append(self.keys.tenant_state(tenant, job.state))
+        keys += [self.keys.tenant_label(tenant, k, v) for k, v in job.labels.items()]
         args = [
             job.SerializeToString(),
             job.state,
@@ -306,8 +346,10 @@ class _Base:
             job = _decode_job(raw)
             events = mutate(job)
             ended = time.time() if job.state in TERMINAL else ""
+            owner = raw[b"tenant"].decode()
+            indexes = [self.keys.tenant_state(owner, int(raw[b"state"])), self.keys.tenant_state(owner, job.state)]
             args = [raw[b"version"], job.SerializeToString(), job.state, job.attempt, ended, job_id]
-            outcome = yield self._update(keys=keys, args=args + [e.SerializeToString() for e in events])
+            outcome = yield self._update(keys=keys + indexes, args=args + [e.SerializeToString() for e in events])
             if outcome == 1:
                 return job
             if outcome == -1:
@@ -441,24 +483,118 @@ class AsyncJobStore(_Base):
         await self.redis.set(self.keys.cancel(job_id), 1, ex=IDEMPOTENCY_TTL_S)
 
     async def list(
-        self, tenant: str, page_size: int, page_token: str, accept: Callable[[pb.Job], bool]
+        self,
+        tenant: str,
+        page_size: int,
+        page_token: str,
+        accept: Callable[[pb.Job], bool],
+        *,
+        states: Collection[int] = (),
+        labels: Mapping[str, str] | None = None,
     ) -> tuple[builtins.list[pb.Job], str]:
-        """Newest first; ``page_token`` is the last id of the previous page."""
+        """Newest first; ``page_token`` is the last id of the previous page.
+
+        ``states`` and ``labels`` say which indexes may hold the jobs ``accept`` takes: the
+        states' indexes merged, or one label's, whichever holds fewer ids. ``accept`` still
+        decides on every record read, so an index that lags the records never lets a wrong
+        job through.
+
+        Example::
+
+            jobs, token = await store.list("acme", 50, "", lambda j: j.state == RUNNING, states=[RUNNING])
+        """
+        sources = await self._list_sources(tenant, states, labels or {})
         jobs: list[pb.Job] = []
         upper = f"({page_token}" if page_token else "+"
+        batch = page_size
         while len(jobs) < page_size:
-            ids = await self.redis.zrevrangebylex(self.keys.tenant_jobs(tenant), upper, "-", start=0, num=page_size)
+            ids = await self._newest_ids(sources, upper, batch)
             if not ids:
                 return jobs, ""
-            for raw_id in ids:
-                job_id = raw_id.decode()
-                upper = f"({job_id}"
-                raw = await self.redis.hgetall(self.keys.job(job_id))
-                if raw and accept(job := _decode_job(raw)):
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for job_id in ids:
+                    pipe.hgetall(self.keys.job(job_id))
+                records = await pipe.execute()
+            for job_id, raw in zip(ids, records, strict=True):
+                if self._owned(raw, tenant) and accept(job := _decode_job(raw)):
                     jobs.append(job)
                     if len(jobs) == page_size:
                         return jobs, job_id
+            upper = f"({ids[-1]}"
+            batch = min(2 * batch, _MAX_LIST_BATCH)  # the index held few matches: read wider
         return jobs, ""
+
+    async def _list_sources(
+        self, tenant: str, states: Collection[int], labels: Mapping[str, str]
+    ) -> builtins.list[str]:
+        """The index keys whose union holds every candidate: the smallest choice."""
+        choices = [[self.keys.tenant_label(tenant, k, v)] for k, v in labels.items()]
+        if states:
+            choices.append([self.keys.tenant_state(tenant, s) for s in sorted(set(states))])
+        if not choices:
+            return [self.keys.tenant_jobs(tenant)]
+        if len(choices) == 1:
+            return choices[0]
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for keys in choices:
+                for key in keys:
+                    pipe.zcard(key)
+            sizes = iter(await pipe.execute())
+        counted = [(sum(next(sizes) for _ in keys), keys) for keys in choices]
+        size, keys = min(counted, key=lambda c: c[0])
+        return keys if size else []
+
+    async def _newest_ids(self, sources: builtins.list[str], upper: str, count: int) -> builtins.list[str]:
+        """The ``count`` newest ids below ``upper`` in the union of ``sources``."""
+        if len(sources) == 1:
+            found = await self.redis.zrevrangebylex(sources[0], upper, "-", start=0, num=count)
+        else:
+            # A page from each, merged: the union's newest ``count`` are each among their own
+            # index's newest ``count``.
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for key in sources:
+                    pipe.zrevrangebylex(key, upper, "-", start=0, num=count)
+                found = {i for page in await pipe.execute() for i in page}
+        ids = sorted((i.decode() if isinstance(i, bytes) else i for i in found), reverse=True)
+        return ids[:count]
+
+    async def backfill_indexes(self, batch: int = 500) -> int:
+        """Puts every job recorded before the state and label indexes into them, once (a
+        version key under the prefix records that it ran); returns the jobs read. Safe to run
+        again, and beside servers that create and move jobs meanwhile."""
+        if int(await self.redis.get(self.keys.index_version()) or 0) >= INDEX_VERSION:
+            return 0
+        seen = 0
+        pattern = _glob_escape(self.keys.job("")) + "*"
+        job_keys: builtins.list[bytes] = []
+        async for key in self.redis.scan_iter(match=pattern, count=1000):
+            job_keys.append(key)
+            if len(job_keys) >= batch:
+                seen += await self._backfill_batch(job_keys)
+                job_keys = []
+        seen += await self._backfill_batch(job_keys)
+        await self.redis.set(self.keys.index_version(), INDEX_VERSION)
+        return seen
+
+    async def _backfill_batch(self, job_keys: builtins.list[bytes]) -> int:
+        if not job_keys:
+            return 0
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for key in job_keys:
+                pipe.hmget(key, "tenant", "state", "job")
+            records = await pipe.execute()
+        start = len(self.keys.job(""))
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for key, (tenant, state, data) in zip(job_keys, records, strict=True):
+                if tenant is None or state is None or data is None:
+                    continue  # deleted meanwhile
+                job_id, owner = key.decode()[start:], tenant.decode()
+                index = self.keys.tenant_state(owner, int(state))
+                await self._backfill(keys=[key, index], args=[state, job_id], client=pipe)
+                for k, v in pb.Job.FromString(data).labels.items():
+                    pipe.zadd(self.keys.tenant_label(owner, k, v), {job_id: 0})
+            await pipe.execute()
+        return len(job_keys)
 
     async def read_events(self, job_id: str, after: str, block_ms: int | None) -> builtins.list[pb.JobEvent]:
         """Events after id ``after`` ('' = from the start), waiting up to ``block_ms``."""
@@ -501,7 +637,7 @@ class AsyncJobStore(_Base):
 
     async def delete_job(self, job_id: str) -> None:
         """Removes an ended job: its record, events, index entries and idempotency key."""
-        tenant, idem = await self.redis.hmget(self.keys.job(job_id), "tenant", "idem")
+        tenant, idem, data = await self.redis.hmget(self.keys.job(job_id), "tenant", "idem", "job")
         if idem and (await self.redis.get(idem)) == job_id.encode():
             await self.redis.delete(idem)
         async with self.redis.pipeline(transaction=True) as pipe:
@@ -509,7 +645,12 @@ class AsyncJobStore(_Base):
             pipe.zrem(self.keys.finished(), job_id)
             pipe.zrem(self.keys.running(), job_id)
             if tenant:
-                pipe.zrem(self.keys.tenant_jobs(tenant.decode()), job_id)
+                owner = tenant.decode()
+                pipe.zrem(self.keys.tenant_jobs(owner), job_id)
+                for state in STATES:  # every state's: an entry left behind would never go
+                    pipe.zrem(self.keys.tenant_state(owner, state), job_id)
+                for k, v in (pb.Job.FromString(data).labels if data else {}).items():
+                    pipe.zrem(self.keys.tenant_label(owner, k, v), job_id)
             await pipe.execute()
 
     async def expired_artifacts(self, created_before: float, limit: int = 500) -> builtins.list[tuple[str, str]]:

@@ -296,6 +296,8 @@ class PruningService(pb_grpc.PruningServiceServicer):
             request.page_size or 50,
             request.page_token,
             lambda job: convert.job_matches(job, states, request.labels),
+            states=states,
+            labels=request.labels,
         )
         return pb.ListJobsResponse(jobs=jobs, next_page_token=token)
 
