@@ -56,6 +56,7 @@ IDEMPOTENCY_TTL_S = 7 * 24 * 3600
 INDEX_VERSION = 1
 STATES = tuple(pb.JobState.values())
 _MAX_LIST_BATCH = 1000
+_LISTED_FIELDS = (b"job", b"last_event_id", b"tenant")
 
 # KEYS: job, events, index, idem, state index, label indexes... ;
 # ARGV: job bytes, state, tenant, event bytes, job id, ttl, fingerprint
@@ -513,10 +514,12 @@ class AsyncJobStore(_Base):
                 return jobs, ""
             async with self.redis.pipeline(transaction=False) as pipe:
                 for job_id in ids:
-                    pipe.hgetall(self.keys.job(job_id))
+                    # Three fields, not HGETALL's ten: parsing the reply was most of a call's time.
+                    pipe.hmget(self.keys.job(job_id), *_LISTED_FIELDS)
                 records = await pipe.execute()
-            for job_id, raw in zip(ids, records, strict=True):
-                if self._owned(raw, tenant) and accept(job := _decode_job(raw)):
+            for job_id, values in zip(ids, records, strict=True):
+                raw = {k: v for k, v in zip(_LISTED_FIELDS, values, strict=True) if v is not None}
+                if b"job" in raw and self._owned(raw, tenant) and accept(job := _decode_job(raw)):
                     jobs.append(job)
                     if len(jobs) == page_size:
                         return jobs, job_id

@@ -105,6 +105,8 @@ def test_filtered_lists_answer_what_a_walk_of_every_job_answers(redis_url, prefi
                     for page_size in (1, 7, 50):
                         indexed = await _pages(store, tenant, page_size, accept, states=states, labels=labels)
                         assert indexed == expected, (tenant, states, labels, page_size)
+                page, _ = await store.list(tenant, 20, "", _matches([S], {}), states=[S])
+                assert page and page == [await store.get(tenant, job.id) for job in page]  # every field
             return made
         finally:
             await store.redis.aclose()
