@@ -39,6 +39,7 @@ from .results import JobPlan, LayerPlan, LayerSparsity, LayerSummary, ModelSumma
 from .specs import (
     EXPORT_FORMATS,
     IMPORTANCE_CRITERIA,
+    accuracy_budget,
     constant_sparsity,
     export_format,
     export_format_name,
@@ -84,6 +85,7 @@ __all__ = [
     "Unauthenticated",
     "Unavailable",
     "UploadProgress",
+    "accuracy_budget",
     "constant_sparsity",
     "export_format",
     "export_format_name",

@@ -42,6 +42,7 @@ from .specs import (
     IMPORTANCE_CRITERIA,
     RECIPES,
     REPORT_FORMATS,
+    accuracy_budget,
     constant_sparsity,
     export_format,
     export_format_name,
@@ -931,6 +932,19 @@ def _spec_options(f: F) -> F:
 )
 @_option("--wait", is_flag=True, default=False, help="Follow the job and print its result.")
 @_option(
+    "--max-loss-pp",
+    type=float,
+    default=None,
+    help="Accuracy budget: find the highest sparsity losing at most this many points (a search sweep; "
+    "--final-sparsity is then searched for).",
+)
+@_option(
+    "--max-relative-loss",
+    type=float,
+    default=None,
+    help="Accuracy budget: find the highest sparsity losing at most this percent of the baseline.",
+)
+@_option(
     "--download",
     type=_DOWNLOAD_DIR,
     default=None,
@@ -945,25 +959,33 @@ def submit(
     dry_run: bool,
     wait: bool,
     download: pathlib.Path | None,
+    max_loss_pp: float | None,
+    max_relative_loss: float | None,
     **spec: Any,
 ) -> None:
     """Create a pruning job; prints its id.
 
     With --wait, follows the job and prints its result (exit 8 if it failed, 9 if cancelled).
     With --dry-run, checks everything a job would (spec, model, dataset) and prints the plan;
-    nothing is created or queued.
+    nothing is created or queued. With a budget (--max-loss-pp or --max-relative-loss) the job
+    searches for the highest sparsity within it (see `pruning sweep`) and ends with the result
+    of the trial it picked.
     """
     if download is not None and not wait:
         raise click.UsageError("--download needs --wait")
     if dry_run and wait:
         raise click.UsageError("--dry-run and --wait exclude each other")
+    if max_loss_pp is not None and max_relative_loss is not None:
+        raise click.UsageError("give --max-loss-pp or --max-relative-loss, not both")
     opts = _globals()
     with _client(opts) as client:
+        job_spec_ = _spec(client, **spec)
+        job_spec_.budget.CopyFrom(accuracy_budget(max_loss_pp, max_relative_loss))
         if dry_run:
-            plan = client.validate(_spec(client, **spec), labels=label)
+            plan = client.validate(job_spec_, labels=label)
             _emit({"dry_run": True, "plan": _dump(plan.raw, defaults=True)}, format_plan(plan))
             return
-        job = client.submit(_spec(client, **spec), labels=label, idempotency_key=idempotency_key)
+        job = client.submit(job_spec_, labels=label, idempotency_key=idempotency_key)
         if not wait:
             _emit({"job_id": job.id}, job.id)
             return

@@ -14,6 +14,7 @@ from pruning.v1 import pruning_pb2 as pb
 __all__ = [
     "EXPORT_FORMATS",
     "IMPORTANCE_CRITERIA",
+    "accuracy_budget",
     "constant_sparsity",
     "export_format",
     "export_format_name",
@@ -162,6 +163,26 @@ def structured(
     )
 
 
+def accuracy_budget(
+    max_loss_pp: float | None = None, max_relative_loss_percent: float | None = None
+) -> pb.AccuracyBudget:
+    """An accuracy budget: at most ``max_loss_pp`` points of test accuracy lost against the
+    baseline, or at most ``max_relative_loss_percent`` percent of it; empty with neither.
+
+    Example:
+        >>> accuracy_budget(max_loss_pp=0.5).max_loss_pp
+        0.5
+    """
+    if max_loss_pp is not None and max_relative_loss_percent is not None:
+        raise ValueError("give max_loss_pp or max_relative_loss_percent, not both")
+    budget = pb.AccuracyBudget()
+    if max_loss_pp is not None:
+        budget.max_loss_pp = max_loss_pp
+    if max_relative_loss_percent is not None:
+        budget.max_relative_loss_percent = max_relative_loss_percent
+    return budget
+
+
 #: Fine-tuning recipes by name (see the contract's ``Recipe``).
 RECIPES: dict[str, pb.Recipe.ValueType] = {"keep_accuracy": pb.RECIPE_KEEP_ACCURACY, "plain": pb.RECIPE_PLAIN}
 
@@ -189,6 +210,7 @@ def job_spec(
     early_stopping_patience: int | None = None,
     learning_rate_decay: bool | None = None,
     sensitivity_scan: bool = False,
+    budget: pb.AccuracyBudget | None = None,
 ) -> pb.JobSpec:
     """A JobSpec. ``dataset`` is a built-in name ("mnist") or an uploaded dataset's id.
 
@@ -204,7 +226,10 @@ def job_spec(
     steps on a mask update, the optimizer's learning rate with cosine decay to a tenth, early
     stop on validation accuracy) or "plain" (the TFMOT guide's); ``early_stopping_patience``
     and ``learning_rate_decay`` override the recipe's choice. ``sensitivity_scan`` lets the
-    worker split the target over the layers from a quick per-layer scan.
+    worker split the target over the layers from a quick per-layer scan. With ``budget`` (see
+    :func:`accuracy_budget`) the job searches for the highest sparsity within it instead of
+    pruning to the schedule's: the server runs a search sweep and the job ends with the result
+    of the trial it picked.
 
     Example:
         >>> spec = job_spec("ab" * 32, schedule=polynomial_decay(0.5, 0.8), validation_split=0.0)
@@ -249,4 +274,6 @@ def job_spec(
         ),
     )
     spec.pruning.sensitivity_scan = sensitivity_scan
+    if budget is not None:
+        spec.budget.CopyFrom(budget)
     return spec

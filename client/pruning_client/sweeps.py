@@ -12,6 +12,7 @@ import grpc
 from pruning.v1 import pruning_pb2 as pb
 
 from .exceptions import JobCancelled, JobFailed, PruningError, rpc_errors
+from .specs import accuracy_budget
 
 if TYPE_CHECKING:
     from .client import Client
@@ -46,17 +47,10 @@ def sweep_spec(
         >>> spec.budget.max_loss_pp, list(spec.sparsities)
         (0.5, [])
     """
-    if max_loss_pp is not None and max_relative_loss_percent is not None:
-        raise ValueError("give max_loss_pp or max_relative_loss_percent, not both")
-    budget = pb.AccuracyBudget()
-    if max_loss_pp is not None:
-        budget.max_loss_pp = max_loss_pp
-    if max_relative_loss_percent is not None:
-        budget.max_relative_loss_percent = max_relative_loss_percent
     return pb.SweepSpec(
         base=base,
         sparsities=list(sparsities),
-        budget=budget,
+        budget=accuracy_budget(max_loss_pp, max_relative_loss_percent),
         search_low=search_low,
         search_high=search_high,
         tolerance=tolerance,

@@ -30,6 +30,7 @@ __all__ = [
     "chosen",
     "is_done",
     "next_sparsities",
+    "search_for",
     "trial_spec",
     "validate",
     "with_defaults",
@@ -60,11 +61,10 @@ def validate(spec: pb.SweepSpec) -> list[Violation]:
             out.append((f"spec.sparsities[{i}]", f"must be in [0, 1), got {s}"))
     if len({round(s, 4) for s in spec.sparsities}) != len(spec.sparsities):
         out.append(("spec.sparsities", "lists a sparsity twice"))
+    if validation.has_budget(spec.base):
+        out.append(("spec.base.budget", "a trial template has no budget of its own: set spec.budget"))
+    validation.validate_budget(spec.budget, "spec.budget", out)
     which = spec.budget.WhichOneof("limit")
-    if which is not None:
-        value = getattr(spec.budget, which)
-        if not (math.isfinite(value) and value >= 0):
-            out.append((f"spec.budget.{which}", f"must be a finite number >= 0, got {value}"))
     if not spec.sparsities and which is None:
         out.append(("spec.sparsities", "give the sparsities to try, or a budget to search for"))
     low, high = spec.search_low or SEARCH_LOW, spec.search_high or SEARCH_HIGH
@@ -97,6 +97,7 @@ def trial_spec(base: pb.JobSpec, sparsity: float) -> pb.JobSpec:
     per-layer split is made again for it at CreateJob."""
     spec = pb.JobSpec()
     spec.CopyFrom(base)
+    spec.ClearField("budget")  # a trial prunes to its sparsity: it searches for nothing
     schedule = spec.pruning.schedule
     if schedule.HasField("constant_sparsity"):
         schedule.constant_sparsity.target_sparsity = sparsity
@@ -106,6 +107,14 @@ def trial_spec(base: pb.JobSpec, sparsity: float) -> pb.JobSpec:
         decay.final_sparsity = sparsity
     spec.pruning.ClearField("layer_sparsity")
     return spec
+
+
+def search_for(spec: pb.JobSpec) -> pb.SweepSpec:
+    """The search sweep of a job with a budget (JobSpec.budget), the sweep defaults else."""
+    base = pb.JobSpec()
+    base.CopyFrom(spec)
+    base.ClearField("budget")
+    return with_defaults(pb.SweepSpec(base=base, budget=spec.budget))
 
 
 def within_budget(trial: pb.Trial, budget: pb.AccuracyBudget) -> bool:

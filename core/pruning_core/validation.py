@@ -230,9 +230,27 @@ def validate_against_model(spec: pb.JobSpec, layers: list, outputs: list[str] | 
     return out
 
 
+def validate_budget(budget: pb.AccuracyBudget, field: str, out: list[Violation]) -> None:
+    which = budget.WhichOneof("limit")
+    if which is not None:
+        value = getattr(budget, which)
+        if not (math.isfinite(value) and value >= 0):
+            out.append((f"{field}.{which}", f"must be a finite number >= 0, got {value}"))
+
+
+def has_budget(spec: pb.JobSpec) -> bool:
+    return spec.budget.WhichOneof("limit") is not None
+
+
 def validate(spec: pb.JobSpec) -> list[Violation]:
     """Every problem of ``spec`` as (field, description); empty when it is valid."""
     out: list[Violation] = []
+    if has_budget(spec):
+        validate_budget(spec.budget, "spec.budget", out)
+        if not spec.pruning.HasField("schedule"):
+            out.append(("spec.pruning.schedule", "a budget is searched by varying the schedule's sparsity: give one"))
+        if spec.pruning.HasField("sparsity_m_by_n"):
+            out.append(("spec.budget", "sparsity_m_by_n fixes the sparsity, so there is nothing to search"))
     if not spec.model_id:
         out.append(("spec.model_id", "required: the id UploadModel returned"))
     which = spec.dataset.WhichOneof("source")

@@ -8,7 +8,7 @@ import logging
 import re
 import time
 from collections.abc import AsyncIterator
-from typing import NoReturn
+from typing import NoReturn, Protocol
 
 import grpc
 from celery import Celery
@@ -44,6 +44,14 @@ def make_celery(settings: Settings) -> Celery:
     return app
 
 
+class Searches(Protocol):
+    """What the job service asks of the sweep service for a job with a budget."""
+
+    async def create_search(self, tenant: str, request: pb.CreateJobRequest) -> pb.Job: ...
+
+    async def cancel_search(self, tenant: str, job: pb.Job) -> pb.Job: ...
+
+
 class PruningService(pb_grpc.PruningServiceServicer):
     def __init__(self, settings: Settings, store: AsyncJobStore, blobs: LocalStore, celery: Celery, hub: WatchHub):
         self.settings = settings
@@ -54,6 +62,8 @@ class PruningService(pb_grpc.PruningServiceServicer):
         self.watches = Caps("watches", settings.max_watches_per_tenant, settings.max_watches)
         self.uploads = Caps("uploads", settings.max_uploads_per_tenant, settings.max_uploads)
         self._tenants = settings.tenants_by_key()
+        # Runs jobs with a budget (JobSpec.budget) as search sweeps; set by the SweepService.
+        self.searches: Searches | None = None
 
     # -- helpers ---------------------------------------------------------------------------
 
@@ -253,6 +263,10 @@ class PruningService(pb_grpc.PruningServiceServicer):
         violations += [v for v in convert.unknown_enums(request) if v[0] not in named]
         if violations:
             raise Invalid(violations)
+        if validation.has_budget(request.spec) and not sweep_id:
+            if self.searches is None:
+                raise Failure(grpc.StatusCode.UNIMPLEMENTED, "this server runs no sweeps, so no budget search")
+            return await self.searches.create_search(tenant, request)
         spec = validation.with_defaults(request.spec)
         model, facts = await self._check_inputs(tenant, spec)
         violations = recipe.resolve(
@@ -321,6 +335,8 @@ class PruningService(pb_grpc.PruningServiceServicer):
                 grpc.StatusCode.FAILED_PRECONDITION,
                 f"job {job.id} already ended as {pb.JobState.Name(job.state)}",
             )
+        if job.search_sweep_id and self.searches is not None:
+            return await self.searches.cancel_search(tenant, job)
         await self.store.request_cancel(job.id)
 
         def cancel(current: pb.Job):

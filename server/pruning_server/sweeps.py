@@ -15,13 +15,15 @@ import logging
 import re
 
 import grpc
+from google.rpc import code_pb2
 
 from pruning.v1 import pruning_pb2 as pb
 from pruning.v1 import pruning_pb2_grpc as pb_grpc
 from pruning_core import sweeps, validation
-from pruning_core.store import TERMINAL, JobNotFound
+from pruning_core.store import TERMINAL, JobNotFound, make_event, new_job_id, state_event
 from pruning_core.sweeps import SweepNotFound, SweepStore
 
+from . import convert
 from .errors import Failure, Invalid
 from .service import PruningService
 
@@ -30,11 +32,13 @@ _SWEEP_ID = re.compile(r"[0-9a-f]{24}")
 WATCH_POLL_S = 0.3
 LOCK_MS = 30_000
 TRIAL_LABELS = ("sweep", "trial")
+SEARCH_PHASE = "search"  # Progress.phase of a job with a budget while its sweep runs
 
 
 class SweepServicer(pb_grpc.SweepServiceServicer):
     def __init__(self, jobs: PruningService, store: SweepStore):
         self.jobs, self.store = jobs, store
+        jobs.searches = self  # CreateJob and CancelJob of a job with a budget come here
 
     async def _sweep(self, tenant: str, sweep_id: str) -> pb.Sweep:
         if not _SWEEP_ID.fullmatch(sweep_id):
@@ -44,29 +48,22 @@ class SweepServicer(pb_grpc.SweepServiceServicer):
         except SweepNotFound:
             raise Failure(grpc.StatusCode.NOT_FOUND, f"no sweep {sweep_id}") from None
 
-    async def CreateSweep(self, request: pb.CreateSweepRequest, context) -> pb.Sweep:
-        tenant = await self.jobs._tenant(context)
-        violations = sweeps.validate(request.spec)
-        # Trials carry the sweep's labels and two of their own ("sweep", "trial").
-        violations += validation.validate_metadata(
-            request.labels, request.idempotency_key, validation.MAX_LABELS - len(TRIAL_LABELS)
-        )
-        if violations:
-            raise Invalid(violations)
-        spec = sweeps.with_defaults(request.spec)
+    async def _check_template(self, tenant: str, spec: pb.SweepSpec, prefix: str) -> pb.Job:
+        """The template on its model and dataset, exactly as its first trial will be checked;
+        the answer of CreateJob with validate_only for that trial."""
         first = (sorted(spec.sparsities) or [spec.search_high])[0]
-        try:  # the template on its model and dataset, exactly as a trial will be checked
-            await self.jobs.create_job(
+        try:
+            return await self.jobs.create_job(
                 tenant, pb.CreateJobRequest(spec=sweeps.trial_spec(spec.base, first), validate_only=True)
             )
         except Invalid as exc:
-            raise Invalid([(f"spec.base{f.removeprefix('spec')}", d) for f, d in exc.violations]) from None
-        sweep = pb.Sweep(id=sweeps.new_sweep_id(), state=pb.JOB_STATE_QUEUED, spec=spec, labels=request.labels)
+            raise Invalid([(f"{prefix}{f.removeprefix('spec')}", d) for f, d in exc.violations]) from None
+
+    async def _start(self, tenant: str, sweep: pb.Sweep, idempotency_key: str, fingerprint: str) -> pb.Sweep:
         sweep.created_at.GetCurrentTime()
-        fingerprint = hashlib.sha256(request.SerializeToString(deterministic=True)).hexdigest()
         try:
             sweep, created = await self.store.create(
-                tenant, sweep, request.idempotency_key, fingerprint, self.jobs.settings.queue
+                tenant, sweep, idempotency_key, fingerprint, self.jobs.settings.queue
             )
         except ValueError as exc:
             raise Failure(grpc.StatusCode.ALREADY_EXISTS, str(exc)) from None
@@ -78,6 +75,73 @@ class SweepServicer(pb_grpc.SweepServiceServicer):
                 finally:
                     await self.store.unlock(sweep.id)
         return sweep
+
+    async def CreateSweep(self, request: pb.CreateSweepRequest, context) -> pb.Sweep:
+        tenant = await self.jobs._tenant(context)
+        violations = sweeps.validate(request.spec)
+        # Trials carry the sweep's labels and two of their own ("sweep", "trial").
+        violations += validation.validate_metadata(
+            request.labels, request.idempotency_key, validation.MAX_LABELS - len(TRIAL_LABELS)
+        )
+        if violations:
+            raise Invalid(violations)
+        spec = sweeps.with_defaults(request.spec)
+        await self._check_template(tenant, spec, "spec.base")
+        sweep = pb.Sweep(id=sweeps.new_sweep_id(), state=pb.JOB_STATE_QUEUED, spec=spec, labels=request.labels)
+        fingerprint = hashlib.sha256(request.SerializeToString(deterministic=True)).hexdigest()
+        return await self._start(tenant, sweep, request.idempotency_key, fingerprint)
+
+    # -- jobs with a budget (JobSpec.budget) -------------------------------------------------
+
+    async def create_search(self, tenant: str, request: pb.CreateJobRequest) -> pb.Job:
+        """CreateJob for a job with a budget: the job's record (no worker runs it) and the sweep
+        that searches for its sparsity; the driver ends the job with the sweep."""
+        violations = validation.validate_metadata(
+            request.labels, request.idempotency_key, validation.MAX_LABELS - len(TRIAL_LABELS)
+        )
+        if violations:
+            raise Invalid(violations)
+        spec = sweeps.search_for(validation.with_defaults(request.spec))
+        checked = await self._check_template(tenant, spec, "spec")
+        if request.validate_only:
+            checked.spec.budget.CopyFrom(request.spec.budget)
+            return checked
+        job = pb.Job(
+            id=new_job_id(),
+            spec=validation.with_defaults(request.spec),
+            labels=request.labels,
+            search_sweep_id=sweeps.new_sweep_id(),
+        )
+        job.created_at.GetCurrentTime()
+        fingerprint = convert.request_fingerprint(request)
+        job, created = await self.jobs.store.create(tenant, job, request.idempotency_key, fingerprint)
+        if not created and await self.jobs.store.fingerprint_of(job.id) != fingerprint:
+            raise Failure(
+                grpc.StatusCode.ALREADY_EXISTS,
+                f"idempotency_key was used for a different request (job {job.id})",
+            )
+        await self.jobs.store.mark_enqueued(job.id)  # the sweep runs it, never a worker
+        sweep = pb.Sweep(
+            id=job.search_sweep_id, state=pb.JOB_STATE_QUEUED, spec=spec, labels=request.labels, job_id=job.id
+        )
+        # Keyed by the job: a retry of CreateJob (or a crash between the two writes) starts
+        # no second search.
+        await self._start(tenant, sweep, f"search-for-job-{job.id}", job.id)
+        log.info(
+            "job %s %s for %s: searching by sweep %s",
+            job.id,
+            "created" if created else "returned again",
+            tenant,
+            sweep.id,
+        )
+        return await self.jobs.store.get(tenant, job.id)
+
+    async def cancel_search(self, tenant: str, job: pb.Job) -> pb.Job:
+        with contextlib.suppress(Failure):  # already ended: the job follows it below
+            await self._cancel(tenant, job.search_sweep_id)
+        with contextlib.suppress(SweepNotFound):
+            await settle(self.jobs, tenant, await self.store.get(tenant, job.search_sweep_id))
+        return await self.jobs.store.get(tenant, job.id)
 
     async def GetSweep(self, request: pb.GetSweepRequest, context) -> pb.Sweep:
         return await self._sweep(await self.jobs._tenant(context), request.sweep_id)
@@ -107,7 +171,13 @@ class SweepServicer(pb_grpc.SweepServiceServicer):
 
     async def CancelSweep(self, request: pb.CancelSweepRequest, context) -> pb.Sweep:
         tenant = await self.jobs._tenant(context)
-        sweep = await self._sweep(tenant, request.sweep_id)
+        sweep = await self._cancel(tenant, request.sweep_id)
+        if sweep.job_id:
+            await settle(self.jobs, tenant, sweep)
+        return sweep
+
+    async def _cancel(self, tenant: str, sweep_id: str) -> pb.Sweep:
+        sweep = await self._sweep(tenant, sweep_id)
         if sweep.state in TERMINAL:
             raise Failure(
                 grpc.StatusCode.FAILED_PRECONDITION,
@@ -201,7 +271,67 @@ async def advance(jobs: PruningService, store: SweepStore, sweep_id: str) -> pb.
     sweep = await store.update(tenant, sweep_id, conclude)
     if sweep.state in TERMINAL:
         log.info("sweep %s ended: %s", sweep.id, sweep.message)
+    if sweep.job_id:
+        await settle(jobs, tenant, sweep)
     return sweep
+
+
+def _told(trial: pb.Trial, sweep: pb.Sweep) -> str:
+    head = f"search trial {trial.index} at sparsity {trial.sparsity:.4f}"
+    if trial.state != pb.JOB_STATE_SUCCEEDED:
+        return f"{head} {pb.JobState.Name(trial.state).removeprefix('JOB_STATE_')}: {trial.error.message}"
+    verdict = "within the budget" if trial.within_budget else "over the budget"
+    return f"{head}: accuracy {trial.pruned_accuracy:.4f} ({trial.accuracy_loss_pp:+.2f} pp lost), {verdict}"
+
+
+async def settle(jobs: PruningService, tenant: str, sweep: pb.Sweep) -> None:
+    """The job a search sweep runs for follows it: RUNNING once trials run, a log line per
+    trial that ended, and at the sweep's end the result and artifacts of the trial picked
+    (SUCCEEDED), FAILED when no trial kept the budget, CANCELLED with the sweep."""
+    picked = None
+    if sweep.state == pb.JOB_STATE_SUCCEEDED and sweep.chosen_job_id:
+        with contextlib.suppress(JobNotFound):
+            picked = await jobs.store.get(tenant, sweep.chosen_job_id)
+
+    def follow(job: pb.Job) -> list[pb.JobEvent]:
+        if job.state in TERMINAL:
+            return []
+        events = []
+        if job.state == pb.JOB_STATE_QUEUED and sweep.state != pb.JOB_STATE_QUEUED:
+            events.append(state_event(job, pb.JOB_STATE_RUNNING))
+        # Progress counts the trials ended (the job's progress.step says how many were told).
+        ended = sorted(
+            (t for t in sweep.trials if t.state in TERMINAL),
+            key=lambda t: (t.finished_at.ToNanoseconds(), t.index),
+        )
+        for trial in ended[job.progress.step :]:
+            events.append(make_event(job.id, log=pb.LogLine(level="INFO", message=_told(trial, sweep))))
+        if len(ended) != job.progress.step:
+            best = sweeps.chosen(sweep)
+            job.progress.CopyFrom(
+                pb.Progress(
+                    phase=SEARCH_PHASE,
+                    step=len(ended),
+                    total_steps=sweep.spec.max_trials,
+                    sparsity=sweep.trials[best].sparsity if best is not None else 0.0,
+                    accuracy=sweep.trials[best].pruned_accuracy if best is not None else 0.0,
+                )
+            )
+            events.append(make_event(job.id, progress=job.progress))
+        if sweep.state == pb.JOB_STATE_CANCELLED:
+            error = pb.JobError(code=code_pb2.CANCELLED, message="cancelled: the search stopped")
+            events.append(state_event(job, pb.JOB_STATE_CANCELLED, error))
+        elif sweep.state == pb.JOB_STATE_SUCCEEDED and picked is not None and picked.state == pb.JOB_STATE_SUCCEEDED:
+            job.result.CopyFrom(picked.result)
+            events.append(make_event(job.id, result=picked.result))
+            events.append(state_event(job, pb.JOB_STATE_SUCCEEDED))
+        elif sweep.state in TERMINAL:
+            error = pb.JobError(code=code_pb2.FAILED_PRECONDITION, message=sweep.message)
+            events.append(state_event(job, pb.JOB_STATE_FAILED, error))
+        return events
+
+    with contextlib.suppress(JobNotFound):
+        await jobs.store.update(tenant, sweep.job_id, follow)
 
 
 async def drive(jobs: PruningService, store: SweepStore, interval_s: float) -> None:

@@ -15,7 +15,7 @@ import pytest
 
 from conftest import ROOT, start_worker, stop_worker
 from pruning.v1 import pruning_pb2 as pb
-from pruning_client import InvalidArgument, JobCancelled, job_spec, polynomial_decay, sweep_spec
+from pruning_client import InvalidArgument, JobCancelled, accuracy_budget, job_spec, polynomial_decay, sweep_spec
 
 pytestmark = pytest.mark.integration
 GRID = [0.5, 0.7, 0.8, 0.9, 0.95]
@@ -226,3 +226,84 @@ def test_sweep_labels_leave_room_for_the_trials(client_module, mnist):
     with pytest.raises(InvalidArgument) as error:
         client_module.create_sweep(sweep_spec(mnist, sparsities=GRID), idempotency_key="k" * 300)
     assert "idempotency_key" in [f for f, _ in error.value.field_violations]
+
+
+# -- a job with a budget (JobSpec.budget) ------------------------------------------------------
+
+
+def _budget_job(mnist: pb.JobSpec, **budget: float) -> pb.JobSpec:
+    spec = pb.JobSpec()
+    spec.CopyFrom(mnist)
+    spec.budget.CopyFrom(accuracy_budget(**budget))
+    return spec
+
+
+def test_a_job_with_a_budget_ends_with_the_highest_sparsity_that_keeps_it(client_module, mnist, worker, second_worker):
+    job = client_module.submit(_budget_job(mnist, max_loss_pp=1.0), idempotency_key="budget-job-1")
+    again = client_module.submit(_budget_job(mnist, max_loss_pp=1.0), idempotency_key="budget-job-1")
+    assert again.id == job.id  # a retry starts no second search
+    result = job.result(timeout=900)
+    done = client_module.get_job(job.id)
+    assert done.state == pb.JOB_STATE_SUCCEEDED and done.search_sweep_id and not done.sweep_id
+    sweep = client_module.get_sweep(done.search_sweep_id)
+    assert sweep.job_id == job.id and sweep.state == pb.JOB_STATE_SUCCEEDED
+    assert sweep.spec.budget.max_loss_pp == 1.0 and not sweep.spec.base.HasField("budget")
+    assert [s.id for s in client_module.list_sweeps() if s.job_id == job.id] == [sweep.id]
+    # The answer is the search's: the highest sparsity tried within the budget, and every trial
+    # above it broke the budget.
+    chosen = sweep.trials[sweep.chosen_trial]
+    assert chosen.within_budget and chosen.accuracy_loss_pp <= 1.0
+    assert all(not t.within_budget for t in sweep.trials if t.sparsity > chosen.sparsity)
+    # The job holds the chosen trial's own result and artifacts, and downloads like any job.
+    trial_job = client_module.get_job(chosen.job_id)
+    assert done.result == trial_job.result
+    assert result.raw.pruned_kernel_sparsity == pytest.approx(chosen.sparsity, abs=0.01)
+    assert 100 * (result.raw.baseline.accuracy - result.raw.pruned.accuracy) <= 1.0 + 1e-9
+    # The job's own events tell the search: running, one line per trial, progress, the result.
+    events = list(client_module.watch_events(job.id))
+    kinds = [e.WhichOneof("kind") for e in events]
+    assert kinds[-1] == "state_change" and events[-1].state_change.to == pb.JOB_STATE_SUCCEEDED
+    lines = [e.log.message for e in events if e.WhichOneof("kind") == "log"]
+    assert len([m for m in lines if m.startswith("search trial")]) == len(sweep.trials)
+    assert f"at sparsity {chosen.sparsity:.4f}" in " ".join(lines)
+    progress = [e.progress for e in events if e.WhichOneof("kind") == "progress"]
+    assert progress and progress[-1].phase == "search" and progress[-1].step == len(sweep.trials)
+
+
+def test_cancelling_a_job_with_a_budget_cancels_its_search(client_module, mnist, worker, second_worker):
+    spec = _budget_job(mnist, max_relative_loss_percent=1.0)
+    spec.training.epochs = 50
+    job = client_module.submit(spec)
+    cancelled = job.cancel()
+    assert cancelled.state == pb.JOB_STATE_CANCELLED
+    sweep = client_module.get_sweep(cancelled.search_sweep_id)
+    assert sweep.state == pb.JOB_STATE_CANCELLED
+    for t in sweep.trials:
+        with pytest.raises(JobCancelled):
+            client_module.job(t.job_id).result(timeout=120)
+    with pytest.raises(JobCancelled):
+        job.result(timeout=10)
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        (lambda s: setattr(s.budget, "max_loss_pp", float("nan")), "spec.budget.max_loss_pp"),
+        (lambda s: setattr(s.budget, "max_relative_loss_percent", -1.0), "spec.budget.max_relative_loss_percent"),
+        (lambda s: s.pruning.ClearField("schedule") or s.pruning.structured.SetInParent(), "spec.pruning.schedule"),
+        (lambda s: setattr(s.training, "epochs", -1), "spec.training.epochs"),
+    ],
+)
+def test_bad_budget_jobs_are_refused_with_the_field(client_module, mnist, change, field):
+    spec = _budget_job(mnist, max_loss_pp=0.5)
+    change(spec)
+    before = len(list(client_module.list_sweeps()))
+    with pytest.raises(InvalidArgument) as error:
+        client_module.submit(spec)
+    assert field in [f for f, _ in error.value.field_violations]
+    assert len(list(client_module.list_sweeps())) == before  # no search started
+
+
+def test_a_dry_run_of_a_budget_job_plans_its_first_trial(client_module, mnist):
+    plan = client_module.validate(_budget_job(mnist, max_loss_pp=0.5))
+    assert plan.raw.layers  # the plan of the template at the top of the range

@@ -957,6 +957,7 @@ class JobSpec(_message.Message):
     TRAINING_FIELD_NUMBER: _builtins.int
     EXPORT_FIELD_NUMBER: _builtins.int
     REPORT_FIELD_NUMBER: _builtins.int
+    BUDGET_FIELD_NUMBER: _builtins.int
     model_id: _builtins.str
     @_builtins.property
     def dataset(self) -> Global___DatasetRef: ...
@@ -968,6 +969,16 @@ class JobSpec(_message.Message):
     def export(self) -> Global___ExportSpec: ...
     @_builtins.property
     def report(self) -> Global___ReportSpec: ...
+    @_builtins.property
+    def budget(self) -> Global___AccuracyBudget:
+        """Set: the job finds the highest sparsity within this budget instead of pruning to the
+        schedule's own. The service runs a search sweep for it (Job.search_sweep_id: bisection over
+        [0.5, 0.95] to 0.02, two trials at a time, at most 8), whose trials are this spec with the
+        schedule's final (or constant) sparsity changed; the job ends SUCCEEDED with the result and
+        artifacts of the trial picked, or FAILED (FAILED_PRECONDITION) when no sparsity tried keeps
+        the budget. The schedule must be unstructured. Cancelling the job cancels the search.
+        """
+
     def __init__(
         self,
         *,
@@ -977,10 +988,11 @@ class JobSpec(_message.Message):
         training: Global___TrainingSpec | None = ...,
         export: Global___ExportSpec | None = ...,
         report: Global___ReportSpec | None = ...,
+        budget: Global___AccuracyBudget | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["dataset", b"dataset", "export", b"export", "pruning", b"pruning", "report", b"report", "training", b"training"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["budget", b"budget", "dataset", b"dataset", "export", b"export", "pruning", b"pruning", "report", b"report", "training", b"training"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["dataset", b"dataset", "export", b"export", "model_id", b"model_id", "pruning", b"pruning", "report", b"report", "training", b"training"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["budget", b"budget", "dataset", b"dataset", "export", b"export", "model_id", b"model_id", "pruning", b"pruning", "report", b"report", "training", b"training"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1688,6 +1700,7 @@ class Job(_message.Message):
     PLAN_FIELD_NUMBER: _builtins.int
     WORKER_FIELD_NUMBER: _builtins.int
     SWEEP_ID_FIELD_NUMBER: _builtins.int
+    SEARCH_SWEEP_ID_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     state: Global___JobState.ValueType
     attempt: _builtins.int
@@ -1697,6 +1710,10 @@ class Job(_message.Message):
     """The worker running (or that ran) the current attempt."""
     sweep_id: _builtins.str
     """Set on the trials of a sweep."""
+    search_sweep_id: _builtins.str
+    """Set on a job with spec.budget: the sweep searching for its sparsity (GetSweep and
+    WatchSweep show the trials).
+    """
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -1735,10 +1752,11 @@ class Job(_message.Message):
         plan: Global___JobPlan | None = ...,
         worker: _builtins.str = ...,
         sweep_id: _builtins.str = ...,
+        search_sweep_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "error", b"error", "finished_at", b"finished_at", "plan", b"plan", "progress", b"progress", "result", b"result", "spec", b"spec", "started_at", b"started_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "created_at", b"created_at", "error", b"error", "finished_at", b"finished_at", "id", b"id", "labels", b"labels", "last_event_id", b"last_event_id", "plan", b"plan", "progress", b"progress", "result", b"result", "spec", b"spec", "started_at", b"started_at", "state", b"state", "sweep_id", b"sweep_id", "worker", b"worker"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "created_at", b"created_at", "error", b"error", "finished_at", b"finished_at", "id", b"id", "labels", b"labels", "last_event_id", b"last_event_id", "plan", b"plan", "progress", b"progress", "result", b"result", "search_sweep_id", b"search_sweep_id", "spec", b"spec", "started_at", b"started_at", "state", b"state", "sweep_id", b"sweep_id", "worker", b"worker"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -2221,6 +2239,7 @@ class Sweep(_message.Message):
     CREATED_AT_FIELD_NUMBER: _builtins.int
     FINISHED_AT_FIELD_NUMBER: _builtins.int
     VERSION_FIELD_NUMBER: _builtins.int
+    JOB_ID_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     state: Global___JobState.ValueType
     chosen_trial: _builtins.int
@@ -2232,6 +2251,8 @@ class Sweep(_message.Message):
     """What the sweep found, or why it ended."""
     version: _builtins.int
     """Grows with every change; WatchSweep resumes after it."""
+    job_id: _builtins.str
+    """Set when the sweep searches for a job's budget (JobSpec.budget): the job ends with it."""
     @_builtins.property
     def spec(self) -> Global___SweepSpec: ...
     @_builtins.property
@@ -2258,10 +2279,11 @@ class Sweep(_message.Message):
         created_at: _timestamp_pb2.Timestamp | None = ...,
         finished_at: _timestamp_pb2.Timestamp | None = ...,
         version: _builtins.int = ...,
+        job_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_chosen_trial", b"_chosen_trial", "chosen_trial", b"chosen_trial", "created_at", b"created_at", "finished_at", b"finished_at", "spec", b"spec"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_chosen_trial", b"_chosen_trial", "chosen_job_id", b"chosen_job_id", "chosen_trial", b"chosen_trial", "created_at", b"created_at", "finished_at", b"finished_at", "id", b"id", "labels", b"labels", "message", b"message", "spec", b"spec", "state", b"state", "trials", b"trials", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_chosen_trial", b"_chosen_trial", "chosen_job_id", b"chosen_job_id", "chosen_trial", b"chosen_trial", "created_at", b"created_at", "finished_at", b"finished_at", "id", b"id", "job_id", b"job_id", "labels", b"labels", "message", b"message", "spec", b"spec", "state", b"state", "trials", b"trials", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__chosen_trial: _TypeAlias = _typing.Literal["chosen_trial"]  # noqa: Y015
     _WhichOneofArgType__chosen_trial: _TypeAlias = _typing.Literal["_chosen_trial", b"_chosen_trial"]  # noqa: Y015
