@@ -51,7 +51,7 @@ from .specs import (
     polynomial_decay,
 )
 from .specs import structured as structured_spec
-from .sweeps import SweepHandle, sweep_spec
+from .sweeps import SEARCH_METHODS, SweepHandle, sweep_spec
 
 if TYPE_CHECKING:
     from tqdm import tqdm
@@ -1007,6 +1007,8 @@ def _floats(ctx: click.Context, param: click.Parameter, value: str | None) -> li
 def _trial_line(t: pb.Trial) -> str:
     state = pb.JobState.Name(t.state).removeprefix("JOB_STATE_").lower()
     line = f"trial {t.index}: sparsity {t.sparsity:.4f} {state}"
+    if t.epochs:
+        line += f" (rung {t.rung}, {t.epochs} epochs)"
     if t.worker:
         line += f" on {t.worker}"
     if t.state == pb.JOB_STATE_SUCCEEDED:
@@ -1084,6 +1086,14 @@ def _follow_sweep(handle: SweepHandle, json_lines: bool) -> pb.Sweep:
 @_option("--tolerance", type=float, default=0.0, help="The search stops this close to the answer; 0 = 0.02.")
 @_option("--max-trials", type=int, default=0, help="At most this many trials; 0 = 8 (or one per sparsity).")
 @_option("--parallel-trials", type=int, default=0, help="Trials running at once; 0 = 2.")
+@_option(
+    "--method",
+    type=click.Choice(sorted(SEARCH_METHODS)),
+    default="bisection",
+    show_default=True,
+    help="With a budget: bisection, or successive halving (many sparsities on few epochs, the best on more).",
+)
+@_option("--halving-rate", type=int, default=0, help="Successive halving: keep 1/rate of a rung; 0 = 3.")
 @_option("--label", multiple=True, callback=_labels, metavar="KEY=VALUE", help="Label of the sweep (repeatable).")
 @_option(
     "--idempotency-key",
@@ -1103,6 +1113,8 @@ def sweep(
     tolerance: float,
     max_trials: int,
     parallel_trials: int,
+    method: str,
+    halving_rate: int,
     label: dict[str, str],
     idempotency_key: str | None,
     wait: bool,
@@ -1127,6 +1139,8 @@ def sweep(
             tolerance=tolerance,
             max_trials=max_trials,
             parallel_trials=parallel_trials,
+            method=method,
+            halving_rate=halving_rate,
         )
         handle = client.create_sweep(spec_, labels=label, idempotency_key=idempotency_key)
         if not wait:

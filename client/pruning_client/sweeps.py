@@ -17,7 +17,13 @@ from .specs import accuracy_budget
 if TYPE_CHECKING:
     from .client import Client
 
-__all__ = ["SweepHandle", "sweep_spec"]
+__all__ = ["SEARCH_METHODS", "SweepHandle", "sweep_spec"]
+
+#: Search methods of a sweep by name (see the contract's ``SearchMethod``).
+SEARCH_METHODS: dict[str, pb.SearchMethod.ValueType] = {
+    "bisection": pb.SEARCH_METHOD_BISECTION,
+    "successive_halving": pb.SEARCH_METHOD_SUCCESSIVE_HALVING,
+}
 
 _TERMINAL = (pb.JOB_STATE_SUCCEEDED, pb.JOB_STATE_FAILED, pb.JOB_STATE_CANCELLED)
 _RETRIED = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
@@ -34,21 +40,30 @@ def sweep_spec(
     tolerance: float = 0.0,
     max_trials: int = 0,
     parallel_trials: int = 0,
+    method: str = "bisection",
+    halving_rate: int = 0,
 ) -> pb.SweepSpec:
     """A SweepSpec: trials are ``base`` (see :func:`job_spec`) with the sparsity changed.
 
     Give ``sparsities`` for a curve (with a budget, the answer is the highest one within it),
     or only a budget (``max_loss_pp`` or ``max_relative_loss_percent``) to search
     [``search_low``, ``search_high``] for the highest sparsity within it. Zeros take the
-    server's defaults (range 0.5 to 0.95, tolerance 0.02, 8 trials, 2 at a time).
+    server's defaults (range 0.5 to 0.95, tolerance 0.02, 8 trials, 2 at a time). ``method``
+    is "bisection" or "successive_halving" (with a budget: many sparsities on few epochs, the
+    best 1/``halving_rate`` of them on ``halving_rate`` times more, up to the template's epochs;
+    0 = 3).
 
     Example:
         >>> spec = sweep_spec(job_spec("ab" * 32), max_loss_pp=0.5, parallel_trials=2)
         >>> spec.budget.max_loss_pp, list(spec.sparsities)
         (0.5, [])
     """
+    if method not in SEARCH_METHODS:
+        raise ValueError(f"method must be one of {sorted(SEARCH_METHODS)}, got {method!r}")
     return pb.SweepSpec(
         base=base,
+        method=SEARCH_METHODS[method],
+        halving_rate=halving_rate,
         sparsities=list(sparsities),
         budget=accuracy_budget(max_loss_pp, max_relative_loss_percent),
         search_low=search_low,

@@ -6,8 +6,11 @@ sparsities above the lowest one over it are skipped (accuracy falls with sparsit
 sweep stops once its answer is known. Without a list it searches: the ends of the range first,
 then ``parallel_trials`` points evenly inside the interval between the highest sparsity within
 the budget and the lowest one over it, round after round, until that interval is narrower than
-the tolerance or ``max_trials`` ran. A failed trial counts as over the budget and never sinks
-the sweep.
+the tolerance or ``max_trials`` ran. Successive halving (``method``) runs many sparsities on
+few epochs, then a third of them (``halving_rate``: the highest sparsity within the budget and those just
+above it, since fewer epochs overstate the loss) on three times the epochs, rung after rung
+up to the template's epochs, and answers from the last rung only. A failed trial counts as
+over the budget and never sinks the sweep.
 """
 
 from __future__ import annotations
@@ -21,15 +24,18 @@ import redis
 
 from pruning.v1 import pruning_pb2 as pb
 
-from . import validation
+from . import defaults, validation
 from .store import IDEMPOTENCY_TTL_S, TERMINAL, new_job_id
 
 __all__ = [
     "SweepNotFound",
     "SweepStore",
     "chosen",
+    "halving_rungs",
     "is_done",
     "next_sparsities",
+    "next_trials",
+    "rung_epochs",
     "search_for",
     "trial_spec",
     "validate",
@@ -40,6 +46,7 @@ __all__ = [
 SEARCH_LOW, SEARCH_HIGH, TOLERANCE = 0.5, 0.95, 0.02
 MAX_TRIALS, PARALLEL_TRIALS = 8, 2
 LIMIT_TRIALS, LIMIT_PARALLEL, LIMIT_SPARSITIES = 100, 32, 100
+HALVING_RATE, LIMIT_HALVING_RATE = 3, 10
 Violation = tuple[str, str]
 
 
@@ -74,6 +81,26 @@ def validate(spec: pb.SweepSpec) -> list[Violation]:
         out.append(("spec.tolerance", f"must be a finite number >= 0 (0 = {TOLERANCE}), got {spec.tolerance}"))
     if not 0 <= spec.max_trials <= LIMIT_TRIALS:
         out.append(("spec.max_trials", f"must be in [1, {LIMIT_TRIALS}] (0 = the default), got {spec.max_trials}"))
+    if spec.method not in pb.SearchMethod.values():
+        out.append(("spec.method", f"unknown search method {spec.method}"))
+    if _halving(spec):
+        if which is None:
+            out.append(("spec.budget", "successive halving ranks trials against a budget: give one"))
+        if spec.halving_rate and not 2 <= spec.halving_rate <= LIMIT_HALVING_RATE:
+            out.append(
+                (
+                    "spec.halving_rate",
+                    f"must be in [2, {LIMIT_HALVING_RATE}] (0 = {HALVING_RATE}), got {spec.halving_rate}",
+                )
+            )
+        elif spec.sparsities and spec.max_trials and sum(halving_rungs(spec)) > spec.max_trials:
+            out.append(
+                (
+                    "spec.max_trials",
+                    f"successive halving over {len(spec.sparsities)} sparsities runs {sum(halving_rungs(spec))} "
+                    f"trials; max_trials is {spec.max_trials}",
+                )
+            )
     if not 0 <= spec.parallel_trials <= LIMIT_PARALLEL:
         out.append(
             ("spec.parallel_trials", f"must be in [1, {LIMIT_PARALLEL}] (0 = the default), got {spec.parallel_trials}")
@@ -87,7 +114,10 @@ def with_defaults(spec: pb.SweepSpec) -> pb.SweepSpec:
     out.search_low = out.search_low or SEARCH_LOW
     out.search_high = out.search_high or SEARCH_HIGH
     out.tolerance = out.tolerance or TOLERANCE
+    if _halving(out) and out.sparsities:
+        out.max_trials = out.max_trials or sum(halving_rungs(out))
     out.max_trials = out.max_trials or (len(out.sparsities) if out.sparsities else MAX_TRIALS)
+    out.halving_rate = out.halving_rate or (HALVING_RATE if _halving(out) else 0)
     out.parallel_trials = out.parallel_trials or PARALLEL_TRIALS
     return out
 
@@ -166,15 +196,103 @@ def _search_next(sweep: pb.Sweep) -> list[float]:
     return [s for s in dict.fromkeys(points) if s not in _tried(sweep)]
 
 
-def next_sparsities(sweep: pb.Sweep) -> list[float]:
-    """The sparsities to queue now (within ``parallel_trials`` and ``max_trials``)."""
+# -- successive halving ------------------------------------------------------------------------
+
+
+def _halving(spec: pb.SweepSpec) -> bool:
+    return spec.method == pb.SEARCH_METHOD_SUCCESSIVE_HALVING
+
+
+def _rung_sizes(n: int, rate: int) -> list[int]:
+    sizes = [n]
+    while sizes[-1] > 1:
+        sizes.append(math.ceil(sizes[-1] / rate))
+    return sizes
+
+
+def halving_rungs(spec: pb.SweepSpec) -> list[int]:
+    """Trials per rung: rung 0 as many as ``max_trials`` allows (or one per listed sparsity),
+    each next a 1/``halving_rate`` of the last, rounded up, down to one."""
+    rate = spec.halving_rate or HALVING_RATE
+    if spec.sparsities:
+        return _rung_sizes(len({round(s, 4) for s in spec.sparsities}), rate)
+    n = 1
+    while sum(_rung_sizes(n + 1, rate)) <= spec.max_trials:
+        n += 1
+    return _rung_sizes(n, rate)
+
+
+def rung_epochs(spec: pb.SweepSpec, rung: int) -> int:
+    """The template's epochs divided by halving_rate once per rung still to come (at least 1)."""
+    rate = spec.halving_rate or HALVING_RATE
+    last = len(halving_rungs(spec)) - 1
+    return max(1, round((spec.base.training.epochs or defaults.EPOCHS) / rate ** (last - rung)))
+
+
+def _halving_candidates(sweep: pb.Sweep, rung: int) -> list[float] | None:
+    """The sparsities of ``rung``, or None while the rung before it still runs."""
+    spec = sweep.spec
+    size = halving_rungs(spec)[rung]
+    if rung == 0:
+        if spec.sparsities:
+            return sorted({round(s, 4) for s in spec.sparsities})
+        low, high = spec.search_low, spec.search_high
+        return [round(low + (high - low) * i / max(1, size - 1), 4) for i in range(size)]
+    before = [t for t in sweep.trials if t.rung == rung - 1]
+    if any(not _ended(t) for t in before):
+        return None
+    # Fewer epochs overstate the loss, so the answer at the template's epochs lies at or above
+    # the highest sparsity within the budget at these: keep it and the ones just above it.
+    done = sorted((t for t in before if t.state == pb.JOB_STATE_SUCCEEDED), key=lambda t: t.sparsity)
+    kept = [i for i, t in enumerate(done) if t.within_budget]
+    start = max(0, min(kept[-1] if kept else 0, len(done) - size))
+    return [round(t.sparsity, 4) for t in done[start : start + size]]
+
+
+def _halving_next(sweep: pb.Sweep) -> list[tuple[float, int]]:
+    for rung in range(len(halving_rungs(sweep.spec))):
+        candidates = _halving_candidates(sweep, rung)
+        if candidates is None:
+            return []
+        queued = {round(t.sparsity, 4) for t in sweep.trials if t.rung == rung}
+        pending = [(s, rung) for s in candidates if s not in queued]
+        if pending:
+            return pending
+    return []
+
+
+def _last_rung(sweep: pb.Sweep) -> int:
+    return len(halving_rungs(sweep.spec)) - 1 if _halving(sweep.spec) else 0
+
+
+# -- what to queue, when to stop, the answer ---------------------------------------------------
+
+
+def _wanted(sweep: pb.Sweep) -> list[tuple[float, int]]:
+    """(sparsity, rung) to queue, before the limits on trials."""
+    if _halving(sweep.spec):
+        return _halving_next(sweep)
+    return [(s, 0) for s in (_grid_next(sweep) if sweep.spec.sparsities else _search_next(sweep))]
+
+
+def next_trials(sweep: pb.Sweep) -> list[pb.Trial]:
+    """The trials to queue now (within ``parallel_trials`` and ``max_trials``): sparsity, and
+    with successive halving the rung and its epochs; indexes follow the sweep's trials."""
     spec = sweep.spec
     running = sum(1 for t in sweep.trials if not _ended(t))
     room = min(spec.parallel_trials - running, spec.max_trials - len(sweep.trials))
-    if room <= 0:
-        return []
-    wanted = _grid_next(sweep) if spec.sparsities else _search_next(sweep)
-    return wanted[:room]
+    out = []
+    for i, (sparsity, rung) in enumerate(_wanted(sweep)[: max(0, room)]):
+        trial = pb.Trial(index=len(sweep.trials) + i, sparsity=sparsity, state=pb.JOB_STATE_QUEUED, rung=rung)
+        if _halving(spec):
+            trial.epochs = rung_epochs(spec, rung)
+        out.append(trial)
+    return out
+
+
+def next_sparsities(sweep: pb.Sweep) -> list[float]:
+    """The sparsities to queue now (see :func:`next_trials`)."""
+    return [t.sparsity for t in next_trials(sweep)]
 
 
 def is_done(sweep: pb.Sweep) -> bool:
@@ -182,14 +300,16 @@ def is_done(sweep: pb.Sweep) -> bool:
         return False
     if len(sweep.trials) >= sweep.spec.max_trials:
         return True
-    return not (_grid_next(sweep) if sweep.spec.sparsities else _search_next(sweep))
+    return not _wanted(sweep)
 
 
 def chosen(sweep: pb.Sweep) -> int | None:
-    """Index of the trial with the highest sparsity within the budget (None without one)."""
+    """Index of the trial with the highest sparsity within the budget (None without one);
+    with successive halving, among the trials of the last rung (the template's epochs)."""
     if not _has_budget(sweep.spec):
         return None
-    kept = [t for t in sweep.trials if t.within_budget]
+    last = _last_rung(sweep)
+    kept = [t for t in sweep.trials if t.within_budget and t.rung == last]
     return max(kept, key=lambda t: t.sparsity).index if kept else None
 
 

@@ -232,11 +232,13 @@ async def advance(jobs: PruningService, store: SweepStore, sweep_id: str) -> pb.
     sweep = await refresh(jobs, store, sweep_id, tenant)
     if sweep.state in TERMINAL:
         return sweep
-    for sparsity in sweeps.next_sparsities(sweep):
-        index = len(sweep.trials)
-        trial = pb.Trial(index=index, sparsity=sparsity, state=pb.JOB_STATE_QUEUED)
+    for trial in sweeps.next_trials(sweep):
+        index = trial.index = len(sweep.trials)
+        spec = sweeps.trial_spec(sweep.spec.base, trial.sparsity)
+        if trial.epochs:  # a rung of successive halving
+            spec.training.epochs = trial.epochs
         request = pb.CreateJobRequest(
-            spec=sweeps.trial_spec(sweep.spec.base, sparsity),
+            spec=spec,
             labels={**sweep.labels, TRIAL_LABELS[0]: sweep.id, TRIAL_LABELS[1]: str(index)},
             idempotency_key=f"sweep-{sweep.id}-trial-{index}",
         )

@@ -307,3 +307,24 @@ def test_bad_budget_jobs_are_refused_with_the_field(client_module, mnist, change
 def test_a_dry_run_of_a_budget_job_plans_its_first_trial(client_module, mnist):
     plan = client_module.validate(_budget_job(mnist, max_loss_pp=0.5))
     assert plan.raw.layers  # the plan of the template at the top of the range
+
+
+def test_successive_halving_runs_its_rungs_as_jobs_with_their_epochs(client_module, mnist, worker, second_worker):
+    base = pb.JobSpec()
+    base.CopyFrom(mnist)
+    base.training.epochs = 3
+    spec = sweep_spec(base, max_loss_pp=1.0, method="successive_halving", max_trials=4, parallel_trials=3)
+    done = client_module.create_sweep(spec).result(timeout=900)
+    assert done.state == pb.JOB_STATE_SUCCEEDED, done.message
+    assert [(t.rung, t.epochs) for t in done.trials] == [(0, 1)] * 3 + [(1, 3)]
+    assert [t.sparsity for t in done.trials[:3]] == [0.5, 0.725, 0.95]
+    for t in done.trials:  # each trial's job ran with its rung's epochs
+        assert client_module.get_job(t.job_id).spec.training.epochs == t.epochs
+    last = done.trials[3]
+    rung0 = sorted((t for t in done.trials[:3] if t.state == pb.JOB_STATE_SUCCEEDED), key=lambda t: t.sparsity)
+    within = [t.sparsity for t in rung0 if t.within_budget]
+    assert last.sparsity == (max(within) if within else rung0[0].sparsity)
+    if last.within_budget:
+        assert done.chosen_trial == 3  # only the last rung answers
+    else:
+        assert not done.HasField("chosen_trial")

@@ -115,3 +115,80 @@ def test_the_template_is_checked_under_base():
     base = job_spec("", epochs=-1)
     fields = dict(sweeps.validate(sweep_spec(base, sparsities=[0.5])))
     assert "spec.base.model_id" in fields and "spec.base.training.epochs" in fields
+
+
+# -- successive halving ----------------------------------------------------------------------
+
+
+def _play(sweep: pb.Sweep, loss_at) -> list[list[pb.Trial]]:
+    """Like _run, with a loss that depends on the epochs too: ``loss_at(sparsity, epochs)``."""
+    rounds = []
+    while not sweeps.is_done(sweep):
+        queued = sweeps.next_trials(sweep)
+        assert queued, "not done, yet nothing to queue"
+        rounds.append(queued)
+        for t in queued:
+            trial = sweep.trials.add()
+            trial.CopyFrom(t)
+            job = pb.Job(state=pb.JOB_STATE_SUCCEEDED)
+            job.result.baseline.accuracy = 0.98
+            job.result.pruned.accuracy = 0.98 - loss_at(t.sparsity, t.epochs) / 100
+            sweeps.record_job(trial, job, sweep.spec.budget)
+    return rounds
+
+
+def test_successive_halving_runs_rungs_of_more_epochs_on_the_best_and_answers_from_the_last():
+    spec = sweep_spec(BASE, max_loss_pp=0.5, method="successive_halving", max_trials=8, parallel_trials=8)
+    spec.base.training.epochs = 9
+    sweep = pb.Sweep(id="s", spec=sweeps.with_defaults(spec))
+    assert sweeps.halving_rungs(sweep.spec) == [5, 2, 1]  # 8 trials: 5, then 2, then 1
+    # The loss grows with sparsity and shrinks with epochs: at 9 epochs it crosses 0.5 pp at 0.85.
+    rounds = _play(sweep, lambda s, e: max(0.0, (s - 0.5) * 10 / 7) * (9 / e) ** 0.3)
+    assert [[t.rung for t in r] for r in rounds] == [[0] * 5, [1] * 2, [2]]
+    assert [t.epochs for t in sweep.trials] == [1] * 5 + [3] * 2 + [9]
+    assert [t.sparsity for t in rounds[0]] == [0.5, 0.6125, 0.725, 0.8375, 0.95]
+    # Rung 1 keeps the highest sparsity within the budget at 1 epoch (0.6125) and the one just
+    # above it (0.725: over at 1 epoch, within at 3); rung 2 the highest within at 3 epochs.
+    assert [t.sparsity for t in rounds[1]] == [0.6125, 0.725]
+    assert [t.sparsity for t in rounds[2]] == [0.725]
+    answer = sweep.trials[sweeps.chosen(sweep)]
+    assert answer.rung == 2 and answer.epochs == 9 and answer.within_budget and answer.sparsity == 0.725
+    # A low rung's trial is never the answer, even where it kept the budget at a higher sparsity.
+    assert all(sweeps.chosen(sweep) != t.index for t in sweep.trials if t.rung < 2)
+
+
+def test_successive_halving_over_listed_sparsities_skips_a_failed_trial():
+    spec = sweep_spec(BASE, sparsities=[0.6, 0.7, 0.8], max_loss_pp=1.0, method="successive_halving")
+    sweep = pb.Sweep(id="s", spec=sweeps.with_defaults(spec))
+    assert sweeps.halving_rungs(sweep.spec) == [3, 1] and sweep.spec.max_trials == 4
+    first = sweeps.next_trials(sweep)
+    for t in first[:2]:  # parallel_trials 2: 0.6 and 0.7 first
+        trial = sweep.trials.add()
+        trial.CopyFrom(t)
+        job = pb.Job(state=pb.JOB_STATE_FAILED if t.sparsity == 0.7 else pb.JOB_STATE_SUCCEEDED)
+        job.result.baseline.accuracy, job.result.pruned.accuracy = 0.98, 0.975
+        sweeps.record_job(trial, job, sweep.spec.budget)
+    assert [t.sparsity for t in sweeps.next_trials(sweep)] == [0.8]
+    trial = sweep.trials.add()
+    trial.CopyFrom(sweeps.next_trials(sweep)[0])
+    job = pb.Job(state=pb.JOB_STATE_SUCCEEDED)
+    job.result.baseline.accuracy, job.result.pruned.accuracy = 0.98, 0.95  # 3 pp: over
+    sweeps.record_job(trial, job, sweep.spec.budget)
+    last = sweeps.next_trials(sweep)
+    assert [(t.sparsity, t.rung, t.epochs) for t in last] == [(0.6, 1, 2)]  # the highest within it
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"method": "successive_halving"}, "spec.budget"),
+        ({"method": "successive_halving", "max_loss_pp": 1.0, "halving_rate": 1}, "spec.halving_rate"),
+        (
+            {"method": "successive_halving", "max_loss_pp": 1.0, "sparsities": [0.5, 0.6, 0.7, 0.8], "max_trials": 4},
+            "spec.max_trials",
+        ),
+    ],
+)
+def test_bad_halving_specs_name_the_field(kwargs, field):
+    kwargs.setdefault("sparsities", [0.5, 0.9])
+    assert field in [f for f, _ in sweeps.validate(sweep_spec(BASE, **kwargs))]

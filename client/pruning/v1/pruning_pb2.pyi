@@ -237,6 +237,45 @@ JOB_STATE_FAILED: JobState.ValueType  # 5
 JOB_STATE_CANCELLED: JobState.ValueType  # 6
 Global___JobState: _TypeAlias = JobState  # noqa: Y015
 
+class _SearchMethod:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _SearchMethodEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_SearchMethod.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    SEARCH_METHOD_UNSPECIFIED: _SearchMethod.ValueType  # 0
+    """Bisection."""
+    SEARCH_METHOD_BISECTION: _SearchMethod.ValueType  # 1
+    """The ends of the range first, then `parallel_trials` points a round inside the interval
+    between the highest sparsity within the budget and the lowest over it, to `tolerance`.
+    """
+    SEARCH_METHOD_SUCCESSIVE_HALVING: _SearchMethod.ValueType  # 2
+    """Many sparsities on few epochs, then the most promising on more, rung after rung: rung 0
+    tries sparsities spread evenly over the range (or `sparsities`) with the template's epochs
+    divided by halving_rate^(rungs - 1); each next rung keeps 1/halving_rate of them (the
+    highest sparsity within the budget and those just above it, since fewer epochs overstate
+    the loss) and multiplies the epochs by halving_rate, up to the template's in the last rung,
+    whose trials alone answer. Needs a budget.
+    """
+
+class SearchMethod(_SearchMethod, metaclass=_SearchMethodEnumTypeWrapper): ...
+
+SEARCH_METHOD_UNSPECIFIED: SearchMethod.ValueType  # 0
+"""Bisection."""
+SEARCH_METHOD_BISECTION: SearchMethod.ValueType  # 1
+"""The ends of the range first, then `parallel_trials` points a round inside the interval
+between the highest sparsity within the budget and the lowest over it, to `tolerance`.
+"""
+SEARCH_METHOD_SUCCESSIVE_HALVING: SearchMethod.ValueType  # 2
+"""Many sparsities on few epochs, then the most promising on more, rung after rung: rung 0
+tries sparsities spread evenly over the range (or `sparsities`) with the template's epochs
+divided by halving_rate^(rungs - 1); each next rung keeps 1/halving_rate of them (the
+highest sparsity within the budget and those just above it, since fewer epochs overstate
+the loss) and multiplies the epochs by halving_rate, up to the template's in the last rung,
+whose trials alone answer. Needs a budget.
+"""
+Global___SearchMethod: _TypeAlias = SearchMethod  # noqa: Y015
+
 @_typing.final
 class UploadHeader(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
@@ -2087,6 +2126,8 @@ class SweepSpec(_message.Message):
     TOLERANCE_FIELD_NUMBER: _builtins.int
     MAX_TRIALS_FIELD_NUMBER: _builtins.int
     PARALLEL_TRIALS_FIELD_NUMBER: _builtins.int
+    METHOD_FIELD_NUMBER: _builtins.int
+    HALVING_RATE_FIELD_NUMBER: _builtins.int
     search_low: _builtins.float
     """0 = 0.5"""
     search_high: _builtins.float
@@ -2097,6 +2138,11 @@ class SweepSpec(_message.Message):
     """0 = 8 (a search) or the number of sparsities"""
     parallel_trials: _builtins.int
     """0 = 2"""
+    method: Global___SearchMethod.ValueType
+    halving_rate: _builtins.int
+    """Successive halving: the share of a rung's trials the next keeps (1/rate) and the factor
+    of its epochs; 0 = 3.
+    """
     @_builtins.property
     def base(self) -> Global___JobSpec:
         """The trial template: each trial is this job with its final (or constant) sparsity set to
@@ -2126,10 +2172,12 @@ class SweepSpec(_message.Message):
         tolerance: _builtins.float = ...,
         max_trials: _builtins.int = ...,
         parallel_trials: _builtins.int = ...,
+        method: Global___SearchMethod.ValueType = ...,
+        halving_rate: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["base", b"base", "budget", b"budget"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["base", b"base", "budget", b"budget", "max_trials", b"max_trials", "parallel_trials", b"parallel_trials", "search_high", b"search_high", "search_low", b"search_low", "sparsities", b"sparsities", "tolerance", b"tolerance"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["base", b"base", "budget", b"budget", "halving_rate", b"halving_rate", "max_trials", b"max_trials", "method", b"method", "parallel_trials", b"parallel_trials", "search_high", b"search_high", "search_low", b"search_low", "sparsities", b"sparsities", "tolerance", b"tolerance"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -2155,6 +2203,8 @@ class Trial(_message.Message):
     WITHIN_BUDGET_FIELD_NUMBER: _builtins.int
     ERROR_FIELD_NUMBER: _builtins.int
     TFLITE_LATENCY_MS_FIELD_NUMBER: _builtins.int
+    RUNG_FIELD_NUMBER: _builtins.int
+    EPOCHS_FIELD_NUMBER: _builtins.int
     index: _builtins.int
     sparsity: _builtins.float
     job_id: _builtins.str
@@ -2170,6 +2220,11 @@ class Trial(_message.Message):
     within_budget: _builtins.bool
     tflite_latency_ms: _builtins.float
     """TFLite (XNNPACK) latency of one sample, median ms, when the trial measured it."""
+    rung: _builtins.int
+    """Successive halving: the rung (0 first) and the fine-tuning epochs the trial ran with.
+    Only trials of the last rung (the template's epochs) can be chosen.
+    """
+    epochs: _builtins.int
     @_builtins.property
     def started_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -2195,10 +2250,12 @@ class Trial(_message.Message):
         within_budget: _builtins.bool = ...,
         error: Global___JobError | None = ...,
         tflite_latency_ms: _builtins.float = ...,
+        rung: _builtins.int = ...,
+        epochs: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "finished_at", b"finished_at", "started_at", b"started_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["accuracy_loss_pp", b"accuracy_loss_pp", "baseline_accuracy", b"baseline_accuracy", "compression_ratio", b"compression_ratio", "error", b"error", "finished_at", b"finished_at", "gzip_bytes", b"gzip_bytes", "index", b"index", "job_id", b"job_id", "kernel_sparsity", b"kernel_sparsity", "pruned_accuracy", b"pruned_accuracy", "sparsity", b"sparsity", "started_at", b"started_at", "state", b"state", "tflite_latency_ms", b"tflite_latency_ms", "within_budget", b"within_budget", "worker", b"worker"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accuracy_loss_pp", b"accuracy_loss_pp", "baseline_accuracy", b"baseline_accuracy", "compression_ratio", b"compression_ratio", "epochs", b"epochs", "error", b"error", "finished_at", b"finished_at", "gzip_bytes", b"gzip_bytes", "index", b"index", "job_id", b"job_id", "kernel_sparsity", b"kernel_sparsity", "pruned_accuracy", b"pruned_accuracy", "rung", b"rung", "sparsity", b"sparsity", "started_at", b"started_at", "state", b"state", "tflite_latency_ms", b"tflite_latency_ms", "within_budget", b"within_budget", "worker", b"worker"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
