@@ -1090,7 +1090,6 @@ def _follow_sweep(handle: SweepHandle, json_lines: bool) -> pb.Sweep:
     "--method",
     type=click.Choice(sorted(SEARCH_METHODS)),
     default="bisection",
-    show_default=True,
     help="With a budget: bisection, or successive halving (many sparsities on few epochs, the best on more).",
 )
 @_option("--halving-rate", type=int, default=0, help="Successive halving: keep 1/rate of a rung; 0 = 3.")
