@@ -12,10 +12,10 @@ same MNIST file):
 * plain: a fresh Python process that does the same pruning with TensorFlow and TFMOT and no
   service: load the Keras 3 model and translate it to tf_keras (the service's bridge; tf_keras
   cannot read a Keras 3 file), evaluate the baseline, wrap it with ``prune_low_magnitude`` on
-  the schedule and learning rate the service resolved for its job (end step, frequency, Adam
-  with cosine decay), fine-tune 2 epochs with the same batch and validation split, evaluate,
-  strip, translate back to Keras 3 and save. The clock runs from the process's start to its
-  exit.
+  the schedule and learning rate the service resolved for its job (end step, frequency, each
+  layer's sparsity, Adam with cosine decay, distillation from the baseline), fine-tune 2
+  epochs with the same batch and validation split, evaluate, strip, translate back to Keras 3
+  and save. The clock runs from the process's start to its exit.
 
 Prints every round, the medians, the ratio service/plain against the bar (at most 1.1x) and the
 service job's phase timings (where its time went). Not a test: it trains, so it takes minutes.
@@ -62,6 +62,11 @@ model = to_tf_keras(model3)
 loss = tf_keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 model.compile(optimizer="adam", loss=loss, metrics=["accuracy"])
 baseline = model.evaluate(x_test, y_test, verbose=0)[1]
+taught = None
+if args["distillation"]:  # the teacher's outputs before pruning, as the recipe does
+    from pruning_worker.distill import prepare
+    taught = prepare(model, x_train, y_train, "sparse_categorical_crossentropy_from_logits",
+                     args["distillation_alpha"], args["distillation_temperature"], args["batch"])
 def prune(layer):
     final = args["layers"].get(layer.name)
     if final is None:
@@ -73,12 +78,15 @@ def prune(layer):
 pruned = tf_keras.models.clone_model(model, clone_function=prune)
 steps = args["steps"]
 lr = tf_keras.optimizers.schedules.CosineDecay(args["learning_rate"], steps, alpha=0.1)
-pruned.compile(optimizer=tf_keras.optimizers.Adam(lr), loss=loss, metrics=["accuracy"])
+pruned.compile(optimizer=tf_keras.optimizers.Adam(lr), loss=taught.loss if taught else loss,
+               metrics=taught.metrics() if taught else ["accuracy"])
 fit_started = time.perf_counter()
-pruned.fit(x_train, y_train, batch_size=args["batch"], epochs=args["epochs"],
+pruned.fit(x_train, taught.targets if taught else y_train, batch_size=args["batch"], epochs=args["epochs"],
            validation_split=args["validation_split"], verbose=0,
            callbacks=[tfmot.sparsity.keras.UpdatePruningStep()])
 fit_seconds = time.perf_counter() - fit_started
+if taught:
+    pruned.compile(optimizer=pruned.optimizer, loss=loss, metrics=["accuracy"])
 accuracy = pruned.evaluate(x_test, y_test, verbose=0)[1]
 out = to_keras3(tfmot.sparsity.keras.strip_pruning(pruned), model3)
 out.save(args["out"])
@@ -160,6 +168,9 @@ def service_round(model: pathlib.Path, data_dir: pathlib.Path, work: pathlib.Pat
             "end_step": s.end_step,
             "frequency": s.frequency,
             "learning_rate": resolved.training.learning_rate,
+            "distillation": resolved.training.distillation,
+            "distillation_alpha": resolved.training.distillation_alpha,
+            "distillation_temperature": resolved.training.distillation_temperature,
             # the layers the service pruned, each with its own final sparsity
             "layers": {layer.name: layer.target_sparsity for layer in result.raw.layers if layer.pruned},
         },

@@ -9,7 +9,9 @@ on such a step, or the final sparsity is never applied. The learning rate starts
 optimizer's default and a cosine takes it down to a tenth, so the masked model moves far while
 the sparsity rises and settles while it recovers (measured on the seed CNN: a third of the
 default lost 0.75 pp at 90% where this loses 0.34); training stops early on validation
-accuracy once the final sparsity holds.
+accuracy once the final sparsity holds. A classifier with a sparse categorical cross-entropy
+loss also distills from the model as uploaded (alpha 0.5, temperature 4; the worker checks the
+model has one output and integer labels).
 PLAIN is the TFMOT guide's recipe. Whatever the client set explicitly is kept.
 """
 
@@ -36,6 +38,7 @@ FINE_TUNE_LR_FACTOR = 1.0
 RECOVERY_FRACTION = 1 / 3  # of the steps spent at the final sparsity
 MASK_UPDATES = 10  # in the ramp, when the frequency is left to the recipe
 PATIENCE = 2
+DISTILLATION_ALPHA, DISTILLATION_TEMPERATURE = 0.5, 4.0
 SMALL_LAYER_SHARE = 0.05
 SMALL_LAYER_SPARSITY = 0.5
 MAX_LAYER_SPARSITY = 0.99
@@ -105,6 +108,11 @@ def resolve(
         t.learning_rate_decay = keep
     if not t.HasField("early_stopping_patience"):
         t.early_stopping_patience = PATIENCE if keep and t.validation_split > 0 else 0
+    if not t.HasField("distillation"):
+        t.distillation = keep and (t.loss or defaults.LOSS).startswith("sparse_categorical_crossentropy")
+    if t.distillation:
+        t.distillation_alpha = t.distillation_alpha or DISTILLATION_ALPHA
+        t.distillation_temperature = t.distillation_temperature or DISTILLATION_TEMPERATURE
     which = spec.pruning.schedule.WhichOneof("schedule")
     if which is None:
         return []  # structured pruning only

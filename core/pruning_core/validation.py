@@ -151,6 +151,20 @@ def _validate_training(t: pb.TrainingSpec, out: list[Violation]) -> None:
         out.append(("spec.training.max_train_samples", f"must be >= 0, got {t.max_train_samples}"))
     if not 0 <= t.seed < 2**32:
         out.append(("spec.training.seed", f"must be in [0, 2^32) (0 = none), got {t.seed}"))
+    if not (math.isfinite(t.distillation_alpha) and 0 <= t.distillation_alpha <= 1):
+        out.append(
+            ("spec.training.distillation_alpha", f"must be in (0, 1] (0 = the recipe's), got {t.distillation_alpha}")
+        )
+    if not (
+        math.isfinite(t.distillation_temperature)
+        and (t.distillation_temperature == 0 or t.distillation_temperature >= 1)
+    ):
+        out.append(
+            (
+                "spec.training.distillation_temperature",
+                f"must be >= 1 (0 = the recipe's), got {t.distillation_temperature}",
+            )
+        )
 
 
 MAX_LABELS = 64

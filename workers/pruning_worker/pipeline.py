@@ -19,7 +19,7 @@ from pruning.v1 import pruning_pb2 as pb
 from pruning_core import defaults, formats
 from pruning_core.phases import Phase
 
-from . import measure, recipe, report, safe_load, sensitivity, tferrors
+from . import distill, measure, recipe, report, safe_load, sensitivity, tferrors
 from .callbacks import HistoryCallback, ProgressCallback, Reporter, early_stopping
 from .errors import Cancelled, OutcomeError
 from .evaluate import evaluate
@@ -80,6 +80,19 @@ def run(
     result.size_before.CopyFrom(measure.sizes(baseline_file))
 
     original = model
+    taught: distill.Distillation | None = None
+    if t.distillation:  # the teacher's outputs now, before pruning changes a weight
+        prepared = distill.prepare(
+            model, x_train, y_train, t.loss, t.distillation_alpha, t.distillation_temperature, t.batch_size
+        )
+        if isinstance(prepared, str):
+            reporter.log(f"fine-tuning without distillation: {prepared}", level="WARNING")
+        else:
+            taught = prepared
+            reporter.log(
+                f"distilling from the model as uploaded: alpha {t.distillation_alpha:g}, "
+                f"temperature {t.distillation_temperature:g}"
+            )
     if spec.pruning.HasField("structured"):
         reporter.phase(Phase.STRUCTURE, "removing channels by dependency group")
         model, structured = step.run(model, spec.pruning, head(x_train, 512), head(y_train, 512), loss)
@@ -101,7 +114,11 @@ def run(
         schedule = recipe.make_schedule(spec.pruning, steps * t.epochs)
         pruned, chosen = recipe.apply_pruning(model, spec.pruning, schedule)
         reporter.log(f"pruning {len(chosen)} layers: {', '.join(chosen)}")
-    pruned.compile(optimizer=recipe.make_optimizer(t, steps * t.epochs), loss=loss, metrics=["accuracy"])
+    pruned.compile(
+        optimizer=recipe.make_optimizer(t, steps * t.epochs),
+        loss=taught.loss if taught else loss,
+        metrics=taught.metrics() if taught else ["accuracy"],
+    )
 
     reporter.phase(Phase.FINE_TUNE, f"fine-tuning {t.epochs} epochs x {steps} steps on {result.device}")
     progress = ProgressCallback(reporter, schedule, t.epochs, steps)
@@ -116,7 +133,9 @@ def run(
     if t.early_stopping_patience and t.validation_split > 0:
         stopper = early_stopping(t.early_stopping_patience, final_step, steps)
         callbacks.append(stopper)
-    result.fine_tune_seconds = fine_tune(pruned, x_train, y_train, t, callbacks)
+    result.fine_tune_seconds = fine_tune(pruned, x_train, taught.targets if taught else y_train, t, callbacks)
+    if taught:  # evaluated on the task's own loss, like the baseline
+        pruned.compile(optimizer=pruned.optimizer, loss=loss, metrics=["accuracy"])
     if progress.cancelled or reporter.should_stop():
         raise Cancelled()
     if history.diverged:
@@ -124,7 +143,7 @@ def run(
             f"fine-tuning diverged: {history.diverged}; lower spec.training.learning_rate or check the data"
         )
     result.history.extend(history.history)
-    result.recipe.CopyFrom(recipe.describe(spec, history.history, stopper))
+    result.recipe.CopyFrom(recipe.describe(spec, history.history, stopper, distilled=taught is not None))
     reporter.log(
         f"recipe {result.recipe.name}: {result.recipe.epochs_run} epochs run, weights of epoch "
         f"{result.recipe.best_epoch} kept"

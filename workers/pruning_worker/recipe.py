@@ -187,7 +187,9 @@ def final_step(p: pb.PruningSpec) -> int:
     return s.begin_step if which == "constant_sparsity" else s.end_step
 
 
-def describe(spec: pb.JobSpec, history: list[pb.EpochSummary], stopper: Any) -> pb.RecipeResult:
+def describe(
+    spec: pb.JobSpec, history: list[pb.EpochSummary], stopper: Any, distilled: bool = False
+) -> pb.RecipeResult:
     """The recipe as it ran: its resolved choices, the epochs run and the epoch kept."""
     t, p = spec.training, spec.pruning
     which = p.schedule.WhichOneof("schedule")
@@ -206,6 +208,9 @@ def describe(spec: pb.JobSpec, history: list[pb.EpochSummary], stopper: Any) -> 
         early_stopping_patience=t.early_stopping_patience if stopper is not None else 0,
         epochs_run=len(history),
         best_epoch=kept,
+        distillation=distilled,
+        distillation_alpha=t.distillation_alpha if distilled else 0.0,
+        distillation_temperature=t.distillation_temperature if distilled else 0.0,
     )
 
 

@@ -867,6 +867,9 @@ class TrainingSpec(_message.Message):
     RECIPE_FIELD_NUMBER: _builtins.int
     EARLY_STOPPING_PATIENCE_FIELD_NUMBER: _builtins.int
     LEARNING_RATE_DECAY_FIELD_NUMBER: _builtins.int
+    DISTILLATION_FIELD_NUMBER: _builtins.int
+    DISTILLATION_ALPHA_FIELD_NUMBER: _builtins.int
+    DISTILLATION_TEMPERATURE_FIELD_NUMBER: _builtins.int
     epochs: _builtins.int
     """Fine-tuning epochs; 0 = 2."""
     batch_size: _builtins.int
@@ -899,6 +902,19 @@ class TrainingSpec(_message.Message):
     """Cosine decay of the learning rate to a tenth over the fine-tuning steps. Unset = the
     recipe's (on under KEEP_ACCURACY, off under PLAIN).
     """
+    distillation: _builtins.bool
+    """Knowledge distillation from the model as uploaded (its outputs on the training data,
+    computed once before pruning): the fine-tuning loss becomes alpha x the task loss +
+    (1 - alpha) x T^2 x KL(softmax(teacher / T) || softmax(student / T)). For single-output
+    classifiers with integer labels (sparse categorical cross-entropy); elsewhere the worker
+    fine-tunes on the task loss alone and says so in a WARNING event. The history's loss is
+    then the distillation loss; accuracy is the labels'. Unset = the recipe's (on under
+    KEEP_ACCURACY with a sparse categorical cross-entropy loss, off under PLAIN).
+    """
+    distillation_alpha: _builtins.float
+    """With distillation: the task loss's weight alpha in (0, 1]; 0 = 0.5."""
+    distillation_temperature: _builtins.float
+    """With distillation: the softening temperature T >= 1; 0 = 4."""
     def __init__(
         self,
         *,
@@ -914,17 +930,24 @@ class TrainingSpec(_message.Message):
         recipe: Global___Recipe.ValueType = ...,
         early_stopping_patience: _builtins.int | None = ...,
         learning_rate_decay: _builtins.bool | None = ...,
+        distillation: _builtins.bool | None = ...,
+        distillation_alpha: _builtins.float = ...,
+        distillation_temperature: _builtins.float = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_early_stopping_patience", b"_early_stopping_patience", "_learning_rate_decay", b"_learning_rate_decay", "_validation_split", b"_validation_split", "early_stopping_patience", b"early_stopping_patience", "learning_rate_decay", b"learning_rate_decay", "validation_split", b"validation_split"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_distillation", b"_distillation", "_early_stopping_patience", b"_early_stopping_patience", "_learning_rate_decay", b"_learning_rate_decay", "_validation_split", b"_validation_split", "distillation", b"distillation", "early_stopping_patience", b"early_stopping_patience", "learning_rate_decay", b"learning_rate_decay", "validation_split", b"validation_split"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_early_stopping_patience", b"_early_stopping_patience", "_learning_rate_decay", b"_learning_rate_decay", "_validation_split", b"_validation_split", "batch_size", b"batch_size", "early_stopping_patience", b"early_stopping_patience", "epochs", b"epochs", "learning_rate", b"learning_rate", "learning_rate_decay", b"learning_rate_decay", "loss", b"loss", "max_train_samples", b"max_train_samples", "optimizer", b"optimizer", "recipe", b"recipe", "seed", b"seed", "skip_baseline", b"skip_baseline", "validation_split", b"validation_split"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_distillation", b"_distillation", "_early_stopping_patience", b"_early_stopping_patience", "_learning_rate_decay", b"_learning_rate_decay", "_validation_split", b"_validation_split", "batch_size", b"batch_size", "distillation", b"distillation", "distillation_alpha", b"distillation_alpha", "distillation_temperature", b"distillation_temperature", "early_stopping_patience", b"early_stopping_patience", "epochs", b"epochs", "learning_rate", b"learning_rate", "learning_rate_decay", b"learning_rate_decay", "loss", b"loss", "max_train_samples", b"max_train_samples", "optimizer", b"optimizer", "recipe", b"recipe", "seed", b"seed", "skip_baseline", b"skip_baseline", "validation_split", b"validation_split"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__distillation: _TypeAlias = _typing.Literal["distillation"]  # noqa: Y015
+    _WhichOneofArgType__distillation: _TypeAlias = _typing.Literal["_distillation", b"_distillation"]  # noqa: Y015
     _WhichOneofReturnType__early_stopping_patience: _TypeAlias = _typing.Literal["early_stopping_patience"]  # noqa: Y015
     _WhichOneofArgType__early_stopping_patience: _TypeAlias = _typing.Literal["_early_stopping_patience", b"_early_stopping_patience"]  # noqa: Y015
     _WhichOneofReturnType__learning_rate_decay: _TypeAlias = _typing.Literal["learning_rate_decay"]  # noqa: Y015
     _WhichOneofArgType__learning_rate_decay: _TypeAlias = _typing.Literal["_learning_rate_decay", b"_learning_rate_decay"]  # noqa: Y015
     _WhichOneofReturnType__validation_split: _TypeAlias = _typing.Literal["validation_split"]  # noqa: Y015
     _WhichOneofArgType__validation_split: _TypeAlias = _typing.Literal["_validation_split", b"_validation_split"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__distillation) -> _WhichOneofReturnType__distillation | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__early_stopping_patience) -> _WhichOneofReturnType__early_stopping_patience | None: ...
     @_typing.overload
@@ -1575,6 +1598,9 @@ class RecipeResult(_message.Message):
     EARLY_STOPPING_PATIENCE_FIELD_NUMBER: _builtins.int
     EPOCHS_RUN_FIELD_NUMBER: _builtins.int
     BEST_EPOCH_FIELD_NUMBER: _builtins.int
+    DISTILLATION_FIELD_NUMBER: _builtins.int
+    DISTILLATION_ALPHA_FIELD_NUMBER: _builtins.int
+    DISTILLATION_TEMPERATURE_FIELD_NUMBER: _builtins.int
     recipe: Global___Recipe.ValueType
     name: _builtins.str
     """"keep_accuracy" or "plain"."""
@@ -1587,6 +1613,10 @@ class RecipeResult(_message.Message):
     epochs_run: _builtins.int
     """Epochs run (fewer than asked when it stopped early) and the epoch whose weights were kept."""
     best_epoch: _builtins.int
+    distillation: _builtins.bool
+    """Whether fine-tuning distilled from the model as uploaded, and with what."""
+    distillation_alpha: _builtins.float
+    distillation_temperature: _builtins.float
     def __init__(
         self,
         *,
@@ -1600,10 +1630,13 @@ class RecipeResult(_message.Message):
         early_stopping_patience: _builtins.int = ...,
         epochs_run: _builtins.int = ...,
         best_epoch: _builtins.int = ...,
+        distillation: _builtins.bool = ...,
+        distillation_alpha: _builtins.float = ...,
+        distillation_temperature: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["best_epoch", b"best_epoch", "early_stopping_patience", b"early_stopping_patience", "epochs_run", b"epochs_run", "learning_rate", b"learning_rate", "learning_rate_decay", b"learning_rate_decay", "name", b"name", "recipe", b"recipe", "schedule_begin_step", b"schedule_begin_step", "schedule_end_step", b"schedule_end_step", "schedule_frequency", b"schedule_frequency"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["best_epoch", b"best_epoch", "distillation", b"distillation", "distillation_alpha", b"distillation_alpha", "distillation_temperature", b"distillation_temperature", "early_stopping_patience", b"early_stopping_patience", "epochs_run", b"epochs_run", "learning_rate", b"learning_rate", "learning_rate_decay", b"learning_rate_decay", "name", b"name", "recipe", b"recipe", "schedule_begin_step", b"schedule_begin_step", "schedule_end_step", b"schedule_end_step", "schedule_frequency", b"schedule_frequency"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
