@@ -280,8 +280,13 @@ def _recipe_lines(raw: pb.PruneResult) -> list[str]:
         return []
     return [
         f"recipe: {r.name}, final sparsity at step {r.schedule_end_step} (masks every {r.schedule_frequency}), "
-        f"learning rate {r.learning_rate:g}{' with cosine decay' if r.learning_rate_decay else ''}; "
-        f"{r.epochs_run} epochs run, weights of epoch {r.best_epoch} kept"
+        f"learning rate {r.learning_rate:g}{' with cosine decay' if r.learning_rate_decay else ''}"
+        + (
+            f", distilled from the baseline (alpha {r.distillation_alpha:g}, T {r.distillation_temperature:g})"
+            if r.distillation
+            else ""
+        )
+        + f"; {r.epochs_run} epochs run, weights of epoch {r.best_epoch} kept"
     ]
 
 

@@ -209,6 +209,7 @@ def job_spec(
     recipe: str | None = None,
     early_stopping_patience: int | None = None,
     learning_rate_decay: bool | None = None,
+    distillation: bool | None = None,
     sensitivity_scan: bool = False,
     budget: pb.AccuracyBudget | None = None,
 ) -> pb.JobSpec:
@@ -224,9 +225,10 @@ def job_spec(
     ``structured`` (see :func:`structured`) is given: then the job removes channels only.
     ``recipe`` is "keep_accuracy" (the server's default: final sparsity at about 2/3 of the
     steps on a mask update, the optimizer's learning rate with cosine decay to a tenth, early
-    stop on validation accuracy) or "plain" (the TFMOT guide's); ``early_stopping_patience``
-    and ``learning_rate_decay`` override the recipe's choice. ``sensitivity_scan`` lets the
-    worker split the target over the layers from a quick per-layer scan. With ``budget`` (see
+    stop on validation accuracy, distillation from the model as uploaded for classifiers) or
+    "plain" (the TFMOT guide's); ``early_stopping_patience``, ``learning_rate_decay`` and
+    ``distillation`` override the recipe's choice. ``sensitivity_scan`` lets the worker split
+    the target over the layers from a quick per-layer scan. With ``budget`` (see
     :func:`accuracy_budget`) the job searches for the highest sparsity within it instead of
     pruning to the schedule's: the server runs a search sweep and the job ends with the result
     of the trial it picked.
@@ -253,6 +255,7 @@ def job_spec(
         max_train_samples=max_train_samples,
         early_stopping_patience=early_stopping_patience,
         learning_rate_decay=learning_rate_decay,
+        distillation=distillation,
     )
     for name, value in given.items():
         setattr(training, name, value)
