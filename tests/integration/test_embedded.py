@@ -53,3 +53,31 @@ def test_up_runs_a_job_and_stops_cleanly(files, tmp_path):
     assert not [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
     assert (tmp_path / "state" / "redis" / "pruning.rdb").exists()  # Redis saved its data on the way out
     assert list((tmp_path / "state" / "artifacts").glob("*/*"))
+
+
+def test_a_socket_left_by_a_dead_stack_is_removed_and_a_live_one_refused(tmp_path):
+    import socket as sockets
+
+    from pruning_server.embedded import StartFailed, _claim, _socket_path
+
+    path = _socket_path(tmp_path / "redis")
+    listener = sockets.socket(sockets.AF_UNIX, sockets.SOCK_STREAM)
+    listener.bind(str(path))
+    listener.listen()
+    try:
+        with pytest.raises(StartFailed, match="another `pruning up`"):
+            _claim(path, tmp_path)
+        assert path.exists()  # the live one's socket is left alone
+    finally:
+        listener.close()
+    assert path.exists()  # closed without unlinking: what a killed Redis leaves
+    _claim(path, tmp_path)
+    assert not path.exists()
+
+
+def test_a_long_state_directory_gets_a_short_socket_path(tmp_path):
+    from pruning_server.embedded import _socket_path
+
+    deep = tmp_path / ("d" * 60) / ("e" * 60)
+    path = _socket_path(deep / "redis")
+    assert len(str(path)) <= 100 and path != _socket_path(tmp_path / "other" / ("d" * 60) / ("e" * 60) / "redis")
