@@ -832,7 +832,7 @@ _SPEC_OPTIONS = [
         "--end-step",
         type=int,
         default=0,
-        help="Step at which the final sparsity is reached; 0 = the recipe's (about 2/3 of the steps).",
+        help="Step at which the final sparsity is reached; 0 = the recipe's (about half of the steps).",
     ),
     _option("--power", type=float, default=3.0, help="Exponent of the polynomial schedule."),
     _option(
@@ -845,8 +845,9 @@ _SPEC_OPTIONS = [
         "--recipe",
         type=click.Choice(sorted(RECIPES)),
         default="keep_accuracy",
-        help="keep_accuracy: final sparsity at about 2/3 of the steps on a mask update, the optimizer's "
-        "learning rate with cosine decay, early stop on validation accuracy; plain: the TFMOT guide's.",
+        help="keep_accuracy: final sparsity at about half of the steps on a mask update, twice the optimizer's "
+        "learning rate with cosine decay, distillation from the model as uploaded, early stop on validation "
+        "accuracy; plain: the TFMOT guide's.",
     ),
     _option(
         "--sensitivity-scan",
@@ -869,7 +870,7 @@ _SPEC_OPTIONS = [
         "--learning-rate",
         type=float,
         default=0.0,
-        help="Learning rate; 0 = the recipe's (the optimizer's default, with cosine decay).",
+        help="Learning rate; 0 = the recipe's (twice the optimizer's default, with cosine decay).",
     ),
     _option("--seed", type=int, default=0, help="Random seed; 0 = no fixed seed."),
     _option("--max-train-samples", type=int, default=0, help="Use at most this many training samples; 0 = all."),

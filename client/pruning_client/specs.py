@@ -93,7 +93,7 @@ def polynomial_decay(
     frequency: int | None = None,
 ) -> pb.PruningSchedule:
     """PolynomialDecay schedule; end_step 0 and ``frequency`` None leave them to the server's
-    recipe (keep_accuracy: final sparsity on a mask update at about 2/3 of the steps; plain:
+    recipe (keep_accuracy: final sparsity on a mask update at about half of the steps; plain:
     the last step, every 100 steps), ``power`` None takes the server's default (3).
 
     Example:
@@ -223,8 +223,8 @@ def job_spec(
     tf_keras, 3 for Keras 3) is the Keras version of the keras and h5 exports; None means the
     uploaded model's. Without ``schedule``, ``polynomial_decay()`` (0.5 to 0.8), unless
     ``structured`` (see :func:`structured`) is given: then the job removes channels only.
-    ``recipe`` is "keep_accuracy" (the server's default: final sparsity at about 2/3 of the
-    steps on a mask update, the optimizer's learning rate with cosine decay to a tenth, early
+    ``recipe`` is "keep_accuracy" (the server's default: final sparsity at about half of the
+    steps on a mask update, twice the optimizer's learning rate with cosine decay to a tenth, early
     stop on validation accuracy, distillation from the model as uploaded for classifiers) or
     "plain" (the TFMOT guide's); ``early_stopping_patience``, ``learning_rate_decay`` and
     ``distillation`` override the recipe's choice. ``sensitivity_scan`` lets the worker split

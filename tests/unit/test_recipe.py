@@ -46,8 +46,8 @@ def test_keep_accuracy_reaches_the_final_sparsity_on_a_mask_update_with_steps_le
     last, sparsity = _tfmot_applies_final(spec, total)
     if total > 1:
         assert last == decay.end_step and sparsity == pytest.approx(0.8)
-    if total >= 30:  # about a third of the steps is left to recover at the final sparsity
-        assert 0.55 * total <= decay.end_step <= 0.7 * total
+    if total >= 30:  # about half of the steps is left to recover at the final sparsity
+        assert 0.4 * total <= decay.end_step <= 0.5 * total
         assert 1 <= decay.frequency <= 100
 
 

@@ -118,9 +118,10 @@ class _RecipeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Recipe.ValueTy
     DESCRIPTOR: _descriptor.EnumDescriptor
     RECIPE_UNSPECIFIED: _Recipe.ValueType  # 0
     RECIPE_KEEP_ACCURACY: _Recipe.ValueType  # 1
-    """Reaches the final sparsity at about 2/3 of the steps, on a mask update (end step aligned
-    with the frequency), fine-tunes from the optimizer's default learning rate down to a tenth
-    of it (cosine decay), and stops early on validation accuracy.
+    """Reaches the final sparsity at about half of the steps, on a mask update (end step aligned
+    with the frequency), fine-tunes from twice the optimizer's default learning rate down to a
+    tenth of that (cosine decay), distills from the model as uploaded (classifiers), and stops
+    early on validation accuracy.
     """
     RECIPE_PLAIN: _Recipe.ValueType  # 2
     """The TFMOT guide's: the schedule runs to the last step, the optimizer's default learning
@@ -131,9 +132,10 @@ class Recipe(_Recipe, metaclass=_RecipeEnumTypeWrapper): ...
 
 RECIPE_UNSPECIFIED: Recipe.ValueType  # 0
 RECIPE_KEEP_ACCURACY: Recipe.ValueType  # 1
-"""Reaches the final sparsity at about 2/3 of the steps, on a mask update (end step aligned
-with the frequency), fine-tunes from the optimizer's default learning rate down to a tenth
-of it (cosine decay), and stops early on validation accuracy.
+"""Reaches the final sparsity at about half of the steps, on a mask update (end step aligned
+with the frequency), fine-tunes from twice the optimizer's default learning rate down to a
+tenth of that (cosine decay), distills from the model as uploaded (classifiers), and stops
+early on validation accuracy.
 """
 RECIPE_PLAIN: Recipe.ValueType  # 2
 """The TFMOT guide's: the schedule runs to the last step, the optimizer's default learning
