@@ -13,6 +13,7 @@ import pytest
 
 from pruning.v1 import pruning_pb2 as pb
 from pruning_client import JobFailed, job_spec, polynomial_decay
+from pruning_core import recipe
 
 pytestmark = pytest.mark.integration
 
@@ -44,7 +45,9 @@ def test_plain_recipe_misses_the_target_and_fails_where_keep_accuracy_meets_it(c
     r = result.recipe
     assert r.recipe == pb.RECIPE_KEEP_ACCURACY and r.name == "keep_accuracy"
     assert (r.schedule_end_step - r.schedule_begin_step) % r.schedule_frequency == 0
-    assert r.schedule_end_step < 150 and r.learning_rate == pytest.approx(1e-3) and r.learning_rate_decay
+    assert r.schedule_end_step < 150 and r.learning_rate_decay
+    assert r.learning_rate == pytest.approx(recipe.DEFAULT_LEARNING_RATES["adam"] * recipe.FINE_TUNE_LR_FACTOR)
+    assert r.distillation and r.distillation_alpha == 0.5 and r.distillation_temperature == 4.0
     assert result.pruned_kernel_sparsity == pytest.approx(0.8, abs=0.01)
     # Small layers stay denser (the recipe's split) and the large one makes up for them.
     pruned = [layer for layer in result.layers if layer.pruned]
