@@ -860,7 +860,7 @@ _SPEC_OPTIONS = [
         type=int,
         default=None,
         help="Epochs without a better validation accuracy (at the final sparsity) before stopping; 0 = never; "
-        "default: the recipe's (2).",
+        "default: the recipe's (a fifth of the epochs, at least 2).",
     ),
     _option("--epochs", type=int, default=2, help="Fine-tuning epochs."),
     _option("--batch-size", type=int, default=128, help="Fine-tuning batch size."),

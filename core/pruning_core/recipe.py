@@ -25,7 +25,7 @@ from pruning.v1 import pruning_pb2 as pb
 
 from . import defaults, validation
 
-__all__ = ["DEFAULT_LEARNING_RATES", "allocate", "name", "resolve", "steps_reaching_final"]
+__all__ = ["DEFAULT_LEARNING_RATES", "allocate", "name", "patience", "resolve", "steps_reaching_final"]
 
 # Keras's defaults for each optimizer the service offers.
 DEFAULT_LEARNING_RATES = {
@@ -39,11 +39,19 @@ DEFAULT_LEARNING_RATES = {
 FINE_TUNE_LR_FACTOR = 2.0
 RECOVERY_FRACTION = 1 / 2  # of the steps spent at the final sparsity
 MASK_UPDATES = 10  # in the ramp, when the frequency is left to the recipe
-PATIENCE = 2
+PATIENCE, PATIENCE_SHARE = 2, 0.2  # epochs without progress: at least 2, a fifth of the epochs
 DISTILLATION_ALPHA, DISTILLATION_TEMPERATURE = 0.5, 4.0
 SMALL_LAYER_SHARE = 0.05
 SMALL_LAYER_SPARSITY = 0.5
 MAX_LAYER_SPARSITY = 0.99
+
+
+def patience(epochs: int) -> int:
+    """Epochs without a better validation accuracy before stopping: a fifth of the epochs, at
+    least PATIENCE. The decaying rate keeps improving a long run slowly (on the seed CNN at 95%
+    over 30 epochs, a patience of 2 stopped at epochs 18-21 and lost 0.2 pp more than the full
+    run)."""
+    return max(PATIENCE, math.ceil(PATIENCE_SHARE * epochs))
 
 
 def name(recipe: int) -> str:
@@ -109,7 +117,7 @@ def resolve(
     if not t.HasField("learning_rate_decay"):
         t.learning_rate_decay = keep
     if not t.HasField("early_stopping_patience"):
-        t.early_stopping_patience = PATIENCE if keep and t.validation_split > 0 else 0
+        t.early_stopping_patience = patience(t.epochs) if keep and t.validation_split > 0 else 0
     if not t.HasField("distillation"):
         t.distillation = keep and (t.loss or defaults.LOSS).startswith("sparse_categorical_crossentropy")
     if t.distillation:

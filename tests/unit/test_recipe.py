@@ -70,8 +70,9 @@ def test_keep_accuracy_learning_rate_decay_and_patience():
     t = spec.training
     assert t.recipe == pb.RECIPE_KEEP_ACCURACY
     assert t.learning_rate == pytest.approx(recipe.DEFAULT_LEARNING_RATES["adam"] * recipe.FINE_TUNE_LR_FACTOR)
-    assert t.learning_rate_decay and t.early_stopping_patience == recipe.PATIENCE
+    assert t.learning_rate_decay and t.early_stopping_patience == recipe.patience(t.epochs) == recipe.PATIENCE
     assert not _resolved(422, validation_split=0.0).training.early_stopping_patience  # nothing to watch
+    assert _resolved(422, epochs=30).training.early_stopping_patience == 6  # a fifth of a long run
 
 
 def test_plain_is_the_guide_recipe():

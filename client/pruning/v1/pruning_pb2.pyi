@@ -897,8 +897,8 @@ class TrainingSpec(_message.Message):
     """
     early_stopping_patience: _builtins.int
     """Stop once validation accuracy has not improved for this many epochs after the final
-    sparsity is reached, keeping the best epoch's weights. Unset = the recipe's (2 under
-    KEEP_ACCURACY, never under PLAIN); 0 = never.
+    sparsity is reached, keeping the best epoch's weights. Unset = the recipe's (a fifth of
+    the epochs, at least 2, under KEEP_ACCURACY; never under PLAIN); 0 = never.
     """
     learning_rate_decay: _builtins.bool
     """Cosine decay of the learning rate to a tenth over the fine-tuning steps. Unset = the
