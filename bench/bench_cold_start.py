@@ -61,7 +61,7 @@ model3 = keras.saving.load_model(args["model"])
 model = to_tf_keras(model3)
 loss = tf_keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 model.compile(optimizer="adam", loss=loss, metrics=["accuracy"])
-baseline = model.evaluate(x_test, y_test, verbose=0)[1]
+baseline = model.evaluate(x_test, y_test, batch_size=args["batch"], verbose=0)[1]
 taught = None
 if args["distillation"]:  # the teacher's outputs before pruning, as the recipe does
     from pruning_worker.distill import prepare
@@ -87,7 +87,7 @@ pruned.fit(x_train, taught.targets if taught else y_train, batch_size=args["batc
 fit_seconds = time.perf_counter() - fit_started
 if taught:
     pruned.compile(optimizer=pruned.optimizer, loss=loss, metrics=["accuracy"])
-accuracy = pruned.evaluate(x_test, y_test, verbose=0)[1]
+accuracy = pruned.evaluate(x_test, y_test, batch_size=args["batch"], verbose=0)[1]
 out = to_keras3(tfmot.sparsity.keras.strip_pruning(pruned), model3)
 out.save(args["out"])
 print(json.dumps({"baseline": baseline, "pruned": accuracy, "fit_seconds": fit_seconds}))
