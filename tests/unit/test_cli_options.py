@@ -260,3 +260,35 @@ def test_importing_the_cli_loads_no_server_code() -> None:
     assert out.stdout.strip().splitlines()[-1] == "[]"
     source = pathlib.Path(cli_module.__file__).read_text()
     assert "import pruning_server" not in source and "from pruning_server" not in source
+
+
+class SubmittingClient(FakeClient):
+    """Keeps the spec `pruning submit` sends."""
+
+    sent: list[pb.JobSpec] = []
+
+    def submit(self, spec: pb.JobSpec, **_: Any) -> Any:
+        SubmittingClient.sent.append(spec)
+        return type("Handle", (), {"id": "0" * 24})()
+
+
+@pytest.mark.parametrize(
+    ("args", "limit"),
+    [
+        (["--max-loss-pp", "0.5"], ("max_loss_pp", 0.5)),
+        (["--max-relative-loss", "2"], ("max_relative_loss_percent", 2.0)),
+    ],
+)
+def test_submit_with_a_budget_sends_it_in_the_spec(
+    monkeypatch: pytest.MonkeyPatch, args: list[str], limit: tuple[str, float]
+) -> None:
+    SubmittingClient.sent = []
+    monkeypatch.setattr(cli_module, "Client", SubmittingClient)
+    assert run(["submit", "--model", "a" * 64, *args]) == 0
+    (spec,) = SubmittingClient.sent
+    assert spec.budget.WhichOneof("limit") == limit[0] and getattr(spec.budget, limit[0]) == limit[1]
+
+
+def test_submit_refuses_two_budgets(capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(["submit", "--model", "a" * 64, "--max-loss-pp", "1", "--max-relative-loss", "1"]) == 2
+    assert "not both" in capsys.readouterr().err
