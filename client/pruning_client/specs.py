@@ -94,7 +94,7 @@ def polynomial_decay(
 ) -> pb.PruningSchedule:
     """PolynomialDecay schedule; end_step 0 and ``frequency`` None leave them to the server's
     recipe (keep_accuracy: final sparsity on a mask update at about half of the steps; plain:
-    the last step, every 100 steps), ``power`` None takes the server's default (3).
+    the last step, every 100 steps), ``power`` None takes the recipe's (keep_accuracy 5, plain 3).
 
     Example:
         >>> polynomial_decay(0.5, 0.8).polynomial_decay.final_sparsity

@@ -319,12 +319,8 @@ def with_defaults(spec: pb.JobSpec) -> pb.JobSpec:
     t.loss = t.loss or defaults.LOSS
     if not t.HasField("validation_split"):
         t.validation_split = defaults.VALIDATION_SPLIT
-    if out.pruning.HasField("schedule") or not out.pruning.HasField("structured"):
-        schedule = getattr(out.pruning.schedule, out.pruning.schedule.WhichOneof("schedule") or "polynomial_decay")
-        # The frequency and end step are left to the recipe (``recipe.resolve``), which knows
-        # the step count.
-        if out.pruning.schedule.HasField("polynomial_decay"):
-            schedule.power = schedule.power or defaults.POWER
+    # The schedule's frequency, end step and power are left to the recipe (``recipe.resolve``),
+    # which knows the step count.
     if out.pruning.HasField("structured"):
         s = out.pruning.structured
         s.min_channels = s.min_channels or defaults.MIN_CHANNELS
