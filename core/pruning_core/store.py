@@ -338,18 +338,23 @@ class _Base:
 
     def _update_steps(self, job_id: str, tenant: str | None, mutate: Mutation) -> Steps[pb.Job]:
         """Applies ``mutate`` to the record and appends the events it returns, atomically;
-        a concurrent writer makes it read and mutate again."""
+        a concurrent writer makes it read and mutate again. A mutation that changes nothing
+        and returns no event writes nothing."""
         keys = [self.keys.job(job_id), self.keys.events(job_id), self.keys.finished()]
         while True:
             raw = yield self.redis.hgetall(keys[0])
             if not self._owned(raw, tenant):
                 raise JobNotFound(job_id)
             job = _decode_job(raw)
+            before = job.SerializeToString()
             events = mutate(job)
+            after = job.SerializeToString()
+            if not events and after == before:
+                return job  # e.g. a sweep driver's step that found nothing new for the job
             ended = time.time() if job.state in TERMINAL else ""
             owner = raw[b"tenant"].decode()
             indexes = [self.keys.tenant_state(owner, int(raw[b"state"])), self.keys.tenant_state(owner, job.state)]
-            args = [raw[b"version"], job.SerializeToString(), job.state, job.attempt, ended, job_id]
+            args = [raw[b"version"], after, job.state, job.attempt, ended, job_id]
             outcome = yield self._update(keys=keys + indexes, args=args + [e.SerializeToString() for e in events])
             if outcome == 1:
                 return job

@@ -73,7 +73,10 @@ def test_the_job_runs_tells_each_trial_and_ends_with_the_picked_trials_result(st
         await settle(jobs, TENANT, _sweep(job, pb.JOB_STATE_RUNNING, [*trials[:1], pb.Trial(index=1, sparsity=0.95)]))
         running = await store.get(TENANT, job.id)
         assert running.state == pb.JOB_STATE_RUNNING and running.progress.step == 1
+        version = await store.redis.hget(store.keys.job(job.id), "version")
         await settle(jobs, TENANT, _sweep(job, pb.JOB_STATE_RUNNING, [*trials[:1], pb.Trial(index=1, sparsity=0.95)]))
+        # the same sweep again: nothing new for the job, so nothing written
+        assert await store.redis.hget(store.keys.job(job.id), "version") == version
         # the picked trial's job, as a worker leaves it
         picked = pb.Job(id=trials[0].job_id, state=pb.JOB_STATE_QUEUED)
         await store.create(TENANT, picked)
