@@ -253,6 +253,20 @@ class PruningService(pb_grpc.PruningServiceServicer):
             raise Invalid(violations)
         return model, facts
 
+    async def record(self, tenant: str, job: pb.Job, request: pb.CreateJobRequest) -> tuple[pb.Job, bool]:
+        """Stores the new ``job`` made for ``request``, or returns the job its idempotency key
+        already made (ALREADY_EXISTS when that key came with a different request); and whether
+        it is new."""
+        job.created_at.GetCurrentTime()
+        fingerprint = convert.request_fingerprint(request)
+        job, created = await self.store.create(tenant, job, request.idempotency_key, fingerprint)
+        if not created and await self.store.fingerprint_of(job.id) != fingerprint:
+            raise Failure(
+                grpc.StatusCode.ALREADY_EXISTS,
+                f"idempotency_key was used for a different request (job {job.id})",
+            )
+        return job, created
+
     async def CreateJob(self, request, context):
         return await self.create_job(await self._tenant(context), request)
 
@@ -276,15 +290,9 @@ class PruningService(pb_grpc.PruningServiceServicer):
             raise Invalid(violations)
         if request.validate_only:
             return pb.Job(spec=spec, labels=request.labels, plan=plan.make_plan(spec, model.info, facts))
-        job = pb.Job(id=new_job_id(), spec=spec, labels=request.labels, sweep_id=sweep_id)
-        job.created_at.GetCurrentTime()
-        fingerprint = convert.request_fingerprint(request)
-        job, created = await self.store.create(tenant, job, request.idempotency_key, fingerprint)
-        if not created and await self.store.fingerprint_of(job.id) != fingerprint:
-            raise Failure(
-                grpc.StatusCode.ALREADY_EXISTS,
-                f"idempotency_key was used for a different request (job {job.id})",
-            )
+        job, created = await self.record(
+            tenant, pb.Job(id=new_job_id(), spec=spec, labels=request.labels, sweep_id=sweep_id), request
+        )
         # A retry with the same key also repairs a job whose first enqueue failed.
         if not await self.store.is_enqueued(job.id):
             await asyncio.to_thread(self.celery.send_task, tasks.PRUNE, args=[job.id], queue=self.settings.queue)

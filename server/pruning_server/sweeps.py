@@ -23,7 +23,6 @@ from pruning_core import sweeps, validation
 from pruning_core.store import TERMINAL, JobNotFound, make_event, new_job_id, state_event
 from pruning_core.sweeps import SweepNotFound, SweepStore
 
-from . import convert
 from .errors import Failure, Invalid
 from .service import PruningService
 
@@ -101,25 +100,14 @@ class SweepServicer(pb_grpc.SweepServiceServicer):
         )
         if violations:
             raise Invalid(violations)
-        spec = sweeps.search_for(validation.with_defaults(request.spec))
+        job_spec = validation.with_defaults(request.spec)
+        spec = sweeps.search_for(job_spec)
         checked = await self._check_template(tenant, spec, "spec")
         if request.validate_only:
             checked.spec.budget.CopyFrom(request.spec.budget)
             return checked
-        job = pb.Job(
-            id=new_job_id(),
-            spec=validation.with_defaults(request.spec),
-            labels=request.labels,
-            search_sweep_id=sweeps.new_sweep_id(),
-        )
-        job.created_at.GetCurrentTime()
-        fingerprint = convert.request_fingerprint(request)
-        job, created = await self.jobs.store.create(tenant, job, request.idempotency_key, fingerprint)
-        if not created and await self.jobs.store.fingerprint_of(job.id) != fingerprint:
-            raise Failure(
-                grpc.StatusCode.ALREADY_EXISTS,
-                f"idempotency_key was used for a different request (job {job.id})",
-            )
+        job = pb.Job(id=new_job_id(), spec=job_spec, labels=request.labels, search_sweep_id=sweeps.new_sweep_id())
+        job, created = await self.jobs.record(tenant, job, request)
         await self.jobs.store.mark_enqueued(job.id)  # the sweep runs it, never a worker
         sweep = pb.Sweep(
             id=job.search_sweep_id, state=pb.JOB_STATE_QUEUED, spec=spec, labels=request.labels, job_id=job.id
