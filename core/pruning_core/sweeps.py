@@ -33,7 +33,6 @@ __all__ = [
     "chosen",
     "halving_rungs",
     "is_done",
-    "next_sparsities",
     "next_trials",
     "rung_epochs",
     "search_for",
@@ -288,11 +287,6 @@ def next_trials(sweep: pb.Sweep) -> list[pb.Trial]:
             trial.epochs = rung_epochs(spec, rung)
         out.append(trial)
     return out
-
-
-def next_sparsities(sweep: pb.Sweep) -> list[float]:
-    """The sparsities to queue now (see :func:`next_trials`)."""
-    return [t.sparsity for t in next_trials(sweep)]
 
 
 def is_done(sweep: pb.Sweep) -> bool:

@@ -23,7 +23,7 @@ def _run(sweep: pb.Sweep, loss_at, fail=()) -> list[list[float]]:
     the rounds of sparsities queued together."""
     rounds = []
     while not sweeps.is_done(sweep):
-        queued = sweeps.next_sparsities(sweep)
+        queued = [t.sparsity for t in sweeps.next_trials(sweep)]
         assert queued, "not done, yet nothing to queue"
         rounds.append(queued)
         for s in queued:
