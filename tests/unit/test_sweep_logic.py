@@ -18,21 +18,27 @@ def _sweep(**kwargs) -> pb.Sweep:
     return pb.Sweep(id="s", spec=sweeps.with_defaults(sweep_spec(BASE, **kwargs)))
 
 
-def _run(sweep: pb.Sweep, loss_at, fail=()) -> list[list[float]]:
-    """Plays the sweep to its end with ``loss_at(sparsity)`` as each trial's loss (pp); returns
-    the rounds of sparsities queued together."""
+def _play(sweep: pb.Sweep, loss_at, fail=()) -> list[list[pb.Trial]]:
+    """Plays the sweep to its end with ``loss_at(sparsity, epochs)`` as each trial's loss (pp),
+    the sparsities in ``fail`` failing; returns the rounds of trials queued together."""
     rounds = []
     while not sweeps.is_done(sweep):
-        queued = [t.sparsity for t in sweeps.next_trials(sweep)]
+        queued = sweeps.next_trials(sweep)
         assert queued, "not done, yet nothing to queue"
         rounds.append(queued)
-        for s in queued:
-            trial = sweep.trials.add(index=len(sweep.trials), sparsity=s)
-            job = pb.Job(state=pb.JOB_STATE_FAILED if s in fail else pb.JOB_STATE_SUCCEEDED)
+        for t in queued:
+            trial = sweep.trials.add()
+            trial.CopyFrom(t)
+            job = pb.Job(state=pb.JOB_STATE_FAILED if t.sparsity in fail else pb.JOB_STATE_SUCCEEDED)
             job.result.baseline.accuracy = 0.98
-            job.result.pruned.accuracy = 0.98 - loss_at(s) / 100
+            job.result.pruned.accuracy = 0.98 - loss_at(t.sparsity, t.epochs) / 100
             sweeps.record_job(trial, job, sweep.spec.budget)
     return rounds
+
+
+def _run(sweep: pb.Sweep, loss_at, fail=()) -> list[list[float]]:
+    """:func:`_play` with ``loss_at(sparsity)``; returns the rounds of sparsities."""
+    return [[t.sparsity for t in r] for r in _play(sweep, lambda s, _epochs: loss_at(s), fail)]
 
 
 def test_a_curve_runs_parallel_trials_at_a_time_lowest_first():
@@ -118,23 +124,6 @@ def test_the_template_is_checked_under_base():
 
 
 # -- successive halving ----------------------------------------------------------------------
-
-
-def _play(sweep: pb.Sweep, loss_at) -> list[list[pb.Trial]]:
-    """Like _run, with a loss that depends on the epochs too: ``loss_at(sparsity, epochs)``."""
-    rounds = []
-    while not sweeps.is_done(sweep):
-        queued = sweeps.next_trials(sweep)
-        assert queued, "not done, yet nothing to queue"
-        rounds.append(queued)
-        for t in queued:
-            trial = sweep.trials.add()
-            trial.CopyFrom(t)
-            job = pb.Job(state=pb.JOB_STATE_SUCCEEDED)
-            job.result.baseline.accuracy = 0.98
-            job.result.pruned.accuracy = 0.98 - loss_at(t.sparsity, t.epochs) / 100
-            sweeps.record_job(trial, job, sweep.spec.budget)
-    return rounds
 
 
 def test_successive_halving_runs_rungs_of_more_epochs_on_the_best_and_answers_from_the_last():
