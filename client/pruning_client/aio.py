@@ -341,12 +341,7 @@ class AsyncClient:
         a partial ``<dest>.<artifact_id[:16]>.part``; the sha256 is checked before the move."""
         download = await asyncio.to_thread(_Download, artifact_id, dest, filename=filename, resume=resume)
         with download.open() as f:
-
-            def write(data: bytes) -> None:
-                f.write(data)
-                download.digest.update(data)
-
-            behind = _Behind(write)  # written and hashed in a thread behind the receiver
+            behind = _Behind(f.write, download.digest.update)  # written and hashed in threads behind the receiver
             behind.__enter__()
             try:
                 async for chunk in self.stub.DownloadArtifact(download.request(), metadata=self._metadata):

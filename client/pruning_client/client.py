@@ -158,44 +158,55 @@ def _take(items: Iterator[_T], n: int) -> list[_T]:
 
 
 class _Behind:
-    """Calls ``consume`` on each item put, in a thread of its own behind a queue of at most
-    ``PIPELINE`` items; leaving the ``with`` waits for the rest and raises its error, if any."""
+    """Calls each of ``consumers`` on every item put, each in a thread of its own behind a
+    queue of at most ``PIPELINE`` items (so writing the file and hashing overlap with each
+    other and with receiving); leaving the ``with`` waits for the rest and raises the first
+    error, if any."""
 
-    def __init__(self, consume: Callable[[bytes], None]) -> None:
-        self._consume = consume
-        self._queue: queue.Queue[Any] = queue.Queue(PIPELINE)
+    def __init__(self, *consumers: Callable[[bytes], object]) -> None:
+        self._consumers = consumers
+        self._queues: list[queue.Queue[Any]] = [queue.Queue(PIPELINE) for _ in consumers]
         self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="download-writer", daemon=True)
+        self._threads = [
+            threading.Thread(target=self._run, args=(i,), name=f"download-writer-{i}", daemon=True)
+            for i in range(len(consumers))
+        ]
 
-    def _run(self) -> None:
-        while (item := self._queue.get()) is not _END:
+    def _run(self, index: int) -> None:
+        consume, items = self._consumers[index], self._queues[index]
+        while (item := items.get()) is not _END:
             if self._error is None:
                 try:
-                    self._consume(item)
+                    consume(item)
                 except BaseException as exc:  # noqa: BLE001 - raised in the producer
                     self._error = exc
 
     def put(self, item: bytes) -> None:
         if self._error is not None:
             raise self._error
-        self._queue.put(item)
+        for items in self._queues:
+            items.put(item)
 
     async def aput(self, item: bytes) -> None:
-        """:meth:`put` from an event loop: waits off the loop only when the queue is full."""
+        """:meth:`put` from an event loop: waits off the loop only when a queue is full."""
         if self._error is not None:
             raise self._error
-        try:
-            self._queue.put_nowait(item)
-        except queue.Full:
-            await asyncio.to_thread(self._queue.put, item)
+        for items in self._queues:
+            try:
+                items.put_nowait(item)
+            except queue.Full:
+                await asyncio.to_thread(items.put, item)
 
     def __enter__(self) -> Callable[[bytes], None]:
-        self._thread.start()
+        for thread in self._threads:
+            thread.start()
         return self.put
 
     def __exit__(self, *exc: object) -> None:
-        self._queue.put(_END)
-        self._thread.join()
+        for items in self._queues:
+            items.put(_END)
+        for thread in self._threads:
+            thread.join()
         if self._error is not None and exc[0] is None:
             raise self._error
 
@@ -213,15 +224,17 @@ class _Upload:
         return pb.UploadRequest(header=pb.UploadHeader(filename=self.path.name, size=self.path.stat().st_size))
 
     def chunk(self, data: bytes) -> pb.UploadRequest:
-        self.digest.update(data)
         if self.progress:
             self.progress(len(data))
         return pb.UploadRequest(chunk=data)
 
     def requests(self) -> Iterator[pb.UploadRequest]:
+        """The header, then the file's chunks; the sha256 is computed in a thread beside the
+        reader and complete once the last request is taken."""
         yield self.header()
-        with open(self.path, "rb") as f:
+        with open(self.path, "rb") as f, _Behind(self.digest.update) as digest:
             while data := f.read(CHUNK):
+                digest(data)
                 yield self.chunk(data)
 
     def pipelined(self) -> Iterator[pb.UploadRequest]:
@@ -270,20 +283,14 @@ class _Download:
             progress(len(data), chunk.total_size)
 
     def receive(self, chunks: Iterator[pb.DownloadChunk], progress: DownloadProgress | None) -> None:
-        """Writes and hashes ``chunks`` into the partial file in a thread of its own, behind a
-        queue of at most ``PIPELINE`` chunks, while this thread receives the next ones."""
-        with self.open() as f:
-
-            def write(data: bytes) -> None:
-                f.write(data)
-                self.digest.update(data)
-
-            with _Behind(write) as put:
-                for chunk in chunks:
-                    data = chunk.data
-                    put(data)
-                    if progress:
-                        progress(len(data), chunk.total_size)
+        """Writes and hashes ``chunks`` into the partial file, each in a thread of its own
+        behind a queue of at most ``PIPELINE`` chunks, while this thread receives the next ones."""
+        with self.open() as f, _Behind(f.write, self.digest.update) as put:
+            for chunk in chunks:
+                data = chunk.data
+                put(data)
+                if progress:
+                    progress(len(data), chunk.total_size)
 
     def finish(self) -> pathlib.Path:
         if self.digest.hexdigest() != self.artifact_id:

@@ -17,6 +17,7 @@ import re
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
@@ -37,10 +38,18 @@ class BlobWriter:
         self.size = 0
         self._hash = hashlib.sha256()
 
-    def write(self, data: bytes) -> None:
+    def _write_file(self, data: bytes) -> None:
         self._file.write(data)
-        self._hash.update(data)
         self.size += len(data)
+
+    def sinks(self) -> list[Callable[[bytes], object]]:
+        """The consumers of each chunk, in order, each safe to run in a thread of its own
+        (:class:`~pruning_core.transfer.WritePipeline`): the file, and the sha256."""
+        return [self._write_file, self._hash.update]
+
+    def write(self, data: bytes) -> None:
+        for sink in self.sinks():
+            sink(data)
 
     @property
     def sha256(self) -> str:

@@ -31,7 +31,7 @@ import hashlib
 import os
 import pathlib
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from .blobs import BlobStore, BlobWriter, is_artifact_id
@@ -119,8 +119,11 @@ class _S3Writer(Upload):
             self._key = self._s3.key(sha256)
             self._present = self._s3.exists(sha256)
 
-    def write(self, data: bytes) -> None:
-        super().write(data)
+    def sinks(self) -> list[Callable[[bytes], object]]:
+        """The file (spooled for inspection), the sha256, and the multipart upload."""
+        return [*super().sinks(), self._send]
+
+    def _send(self, data: bytes) -> None:
         if self._present:
             return
         if self._remote is None:

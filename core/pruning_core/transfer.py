@@ -1,11 +1,14 @@
-"""A bounded pipeline from an event loop to a blocking writer.
+"""A bounded pipeline from an event loop to blocking consumers.
 
 An upload's chunks arrive on the event loop; hashing them and writing them to disk or to an
-object store blocks. :class:`WritePipeline` hands the chunks to one background thread through
-a queue of at most ``depth`` chunks, so receiving the next chunk overlaps with hashing and
-writing the previous ones, memory stays bounded (``depth`` chunks), and the hot path costs the
-loop no thread hop per chunk (a full queue makes the receiver wait, which is back-pressure on
-the client through gRPC's flow control).
+object store blocks. :class:`WritePipeline` hands each chunk to every consumer ("sink": the
+sha256, the file, the object store's multipart upload), each in a thread of its own behind a
+queue. So receiving the next chunk overlaps with hashing and writing the previous ones, and
+hashing overlaps with writing (``hashlib`` and file writes release the GIL). Memory stays
+bounded: a chunk holds its slot until every sink is done with it, and at most ``depth`` slots
+exist. The hot path costs the loop no thread hop per chunk: a put on a queue, and a slot
+taken (a full pipeline makes the receiver wait, which is back-pressure on the client through
+gRPC's flow control).
 """
 
 from __future__ import annotations
@@ -14,64 +17,85 @@ import asyncio
 import concurrent.futures
 import queue
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 _STOP = object()
 
+Sink = Callable[[bytes], object]
+
 
 class WritePipeline:
-    """Feeds ``write`` from a thread of its own. Create it on the event loop."""
+    """Feeds each of ``sinks`` from a thread of its own. Create it on the event loop."""
 
-    def __init__(self, write: Callable[[bytes], None], depth: int = 8):
-        self._write = write
+    def __init__(self, sinks: Sink | Sequence[Sink], depth: int = 8):
+        self._sinks = [sinks] if callable(sinks) else list(sinks)
+        if not self._sinks:
+            raise ValueError("a pipeline needs at least one sink")
         self._loop = asyncio.get_running_loop()
         self._slots = asyncio.Semaphore(depth)
-        self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
+        self._queues: list[queue.SimpleQueue[object]] = [queue.SimpleQueue() for _ in self._sinks]
+        self._done = [0] * len(self._sinks)  # chunks each sink has finished (written by its thread)
+        self._released = 0  # slots given back: chunks every sink has finished
         self._error: BaseException | None = None
         self._abandoned = False
-        self._finished: concurrent.futures.Future[None] = concurrent.futures.Future()
+        self._finished = [concurrent.futures.Future[None]() for _ in self._sinks]
         self.accepted = 0  # bytes handed to the pipeline so far
-        self._thread = threading.Thread(target=self._run, name="write-pipeline", daemon=True)
-        self._thread.start()
+        self._threads = [
+            threading.Thread(target=self._run, args=(i,), name=f"write-pipeline-{i}", daemon=True)
+            for i in range(len(self._sinks))
+        ]
+        for thread in self._threads:
+            thread.start()
 
     def _release(self) -> None:
-        self._slots.release()
+        """On the loop: gives back the slots of the chunks that every sink has finished."""
+        while self._released < min(self._done):
+            self._released += 1
+            self._slots.release()
 
-    def _run(self) -> None:
+    def _run(self, index: int) -> None:
+        sink, items = self._sinks[index], self._queues[index]
         try:
-            while (item := self._queue.get()) is not _STOP:
+            while (item := items.get()) is not _STOP:
                 try:
                     if self._error is None and not self._abandoned:
-                        self._write(item)  # type: ignore[arg-type]
+                        sink(item)  # type: ignore[arg-type]
                 except BaseException as exc:  # noqa: BLE001 - handed to the loop by drain()
                     self._error = exc
                 finally:
+                    self._done[index] += 1
                     try:
                         self._loop.call_soon_threadsafe(self._release)
                     except RuntimeError:
                         pass  # the loop is closed: nobody waits any more
         finally:
-            self._finished.set_result(None)
+            self._finished[index].set_result(None)
 
     async def write(self, data: bytes) -> None:
-        """Queues ``data``; waits while ``depth`` chunks are still unwritten."""
+        """Queues ``data`` for every sink; waits while ``depth`` chunks are still unfinished."""
         if self._error is not None:
             raise self._error
         await self._slots.acquire()
         self.accepted += len(data)
-        self._queue.put(data)
+        for items in self._queues:
+            items.put(data)
+
+    def _stop(self) -> None:
+        for items in self._queues:
+            items.put(_STOP)
 
     async def drain(self) -> None:
-        """Waits until every queued chunk is written; raises the writer's error if any."""
-        self._queue.put(_STOP)
-        await asyncio.wrap_future(self._finished)
+        """Waits until every sink has taken every queued chunk; raises a sink's error if any."""
+        self._stop()
+        await asyncio.gather(*(asyncio.wrap_future(f) for f in self._finished))
         if self._error is not None:
             raise self._error
 
     def abandon(self) -> None:
-        """Stops: chunks still queued are dropped and the thread is gone on return (it may
-        finish the one chunk it is writing), so the writer can be discarded safely."""
+        """Stops: chunks still queued are dropped and the threads are gone on return (each
+        may finish the one chunk it is on), so the sinks' owner can be discarded safely."""
         self._abandoned = True
-        if not self._finished.done():
-            self._queue.put(_STOP)
-            self._thread.join()
+        if not all(f.done() for f in self._finished):
+            self._stop()
+            for thread in self._threads:
+                thread.join()

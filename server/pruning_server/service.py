@@ -110,8 +110,8 @@ class PruningService(pb_grpc.PruningServiceServicer):
         limit = self.settings.max_upload_bytes
         header = None
         writer = self.blobs.writer()
-        # hashing and writing overlap with receiving, in one thread behind a bounded queue
-        pipe = WritePipeline(writer.write, self.settings.upload_pipeline_depth)
+        # hashing and writing overlap with receiving and with each other, behind bounded queues
+        pipe = WritePipeline(writer.sinks(), self.settings.upload_pipeline_depth)
 
         def refuse(code: grpc.StatusCode, message: str, violation: str | None = None) -> NoReturn:
             pipe.abandon()

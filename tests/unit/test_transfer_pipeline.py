@@ -1,0 +1,126 @@
+"""The upload pipeline (server) and the download fan-out (SDK): every sink sees every chunk
+in order, memory stays within its bound, and an error stops the rest and reaches the caller."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import threading
+import time
+
+import pytest
+
+from pruning_client.client import PIPELINE, _Behind
+from pruning_core.transfer import WritePipeline
+
+CHUNKS = [bytes([i]) * (1000 + i) for i in range(50)]
+
+
+def test_every_sink_gets_every_chunk_in_order_each_in_its_own_thread():
+    seen: dict[str, list[bytes]] = {"a": [], "b": []}
+    threads: dict[str, set[str]] = {"a": set(), "b": set()}
+    digest = hashlib.sha256()
+
+    def sink(name):
+        def take(data):
+            threads[name].add(threading.current_thread().name)
+            seen[name].append(data)
+
+        return take
+
+    async def main():
+        pipe = WritePipeline([sink("a"), sink("b"), digest.update], depth=4)
+        for chunk in CHUNKS:
+            await pipe.write(chunk)
+        await pipe.drain()
+        return pipe.accepted
+
+    accepted = asyncio.run(main())
+    assert seen["a"] == CHUNKS and seen["b"] == CHUNKS
+    assert digest.hexdigest() == hashlib.sha256(b"".join(CHUNKS)).hexdigest()
+    assert accepted == sum(map(len, CHUNKS))
+    assert len(threads["a"]) == 1 and threads["a"] != threads["b"]
+    assert threading.current_thread().name not in threads["a"] | threads["b"]
+
+
+def test_a_slow_sink_holds_the_writer_to_depth_unfinished_chunks():
+    depth = 3
+    fast_done: list[int] = []
+    slow_done: list[int] = []
+    most_ahead = 0
+
+    def slow(data):
+        time.sleep(0.01)
+        slow_done.append(len(data))
+
+    async def main():
+        nonlocal most_ahead
+        pipe = WritePipeline([fast_done.append, slow], depth=depth)
+        for i, chunk in enumerate(CHUNKS[:20]):
+            await pipe.write(chunk)
+            # taken so far (i + 1) minus what the slowest sink finished: chunks held in memory
+            most_ahead = max(most_ahead, i + 1 - len(slow_done))
+        await pipe.drain()
+
+    asyncio.run(main())
+    assert len(slow_done) == 20
+    assert most_ahead <= depth
+
+
+def test_a_failing_sink_stops_the_pipeline_and_its_error_reaches_the_receiver():
+    taken: list[bytes] = []
+
+    def broken(data):
+        if len(taken) >= 3:
+            raise OSError("disk full")
+        taken.append(data)
+
+    async def main():
+        pipe = WritePipeline([broken, lambda data: None], depth=2)
+        with pytest.raises(OSError, match="disk full"):
+            for chunk in CHUNKS:
+                await pipe.write(chunk)
+            await pipe.drain()
+        pipe.abandon()
+
+    asyncio.run(main())
+    assert len(taken) == 3
+
+
+def test_abandon_returns_with_every_thread_gone():
+    started = threading.Event()
+    release = threading.Event()
+
+    def blocking(data):
+        started.set()
+        release.wait(5)
+
+    async def main():
+        pipe = WritePipeline([blocking, lambda data: None], depth=8)
+        for chunk in CHUNKS[:5]:
+            await pipe.write(chunk)
+        await asyncio.to_thread(started.wait, 5)
+        threading.Timer(0.05, release.set).start()
+        await asyncio.to_thread(pipe.abandon)
+        return pipe
+
+    pipe = asyncio.run(main())
+    assert not any(t.is_alive() for t in pipe._threads)
+
+
+def test_the_sdk_fan_out_feeds_each_consumer_and_raises_the_first_error():
+    a: list[bytes] = []
+    digest = hashlib.sha256()
+    with _Behind(a.append, digest.update) as put:
+        for chunk in CHUNKS:
+            put(chunk)
+    assert a == CHUNKS
+    assert digest.hexdigest() == hashlib.sha256(b"".join(CHUNKS)).hexdigest()
+
+    def broken(data):
+        raise OSError("no space left")
+
+    with pytest.raises(OSError, match="no space left"):
+        with _Behind(broken, a.append) as put:
+            for chunk in CHUNKS * (PIPELINE + 1):
+                put(chunk)
