@@ -14,6 +14,7 @@ from grpc_reflection.v1alpha import reflection
 
 from pruning.v1 import pruning_pb2 as pb
 from pruning.v1 import pruning_pb2_grpc as pb_grpc
+from pruning_core import allocator
 from pruning_core import telemetry as core_telemetry
 from pruning_core.objectstore import open_store
 from pruning_core.settings import Settings
@@ -157,6 +158,8 @@ async def create_server(settings: Settings, address: str | None = None) -> Runni
 
 
 async def serve(settings: Settings, address: str | None = None, ready=None) -> None:
+    if settings.keep_freed_buffers:
+        allocator.keep_freed_buffers()
     running = await create_server(settings, address)
     if ready is not None:
         ready(running.port)
