@@ -11,7 +11,8 @@ here on free ports), with client and server in separate processes:
 * with ``s3``, a raw S3 client (obstore) PUT (multipart, from the file) and GET (to a file) of
   the same bytes;
 * the service's peak RSS growth over its RSS before the round while it uploads and downloads
-  (the largest of the rounds).
+  (the largest of the rounds; a small upload and download first warm the server up, so what
+  it sets up once is not counted).
 
 Prints medians of ``--repeat`` rounds and the service/echo ratios.
 
@@ -179,6 +180,7 @@ def bench_backend(
         target = f"127.0.0.1:{_wait_port(port_file, server)}"
         with Client(target, timeout=600) as client:
             client.wait_ready(30)
+            _warm_up(client, tmp / "warm-up.npz", client_dir / "warm-up-back.npz")
             for _ in range(args.repeat):
                 before = psutil.Process(server.pid).memory_info().rss
                 sampler = PeakRss(server.pid)
@@ -211,6 +213,15 @@ def bench_backend(
         if keys:
             r.delete(*keys)
     return results
+
+
+def _warm_up(client: Client, path: pathlib.Path, back: pathlib.Path) -> None:
+    """One small upload and download before the measured rounds, so that what a server
+    process sets up once (the S3 client and its threads, gRPC's buffers, the thread pools)
+    does not count as the growth of a transfer."""
+    artifact = client.upload_dataset(make_npz(path, 4))
+    client.download(artifact.id, back, resume=False)
+    back.unlink()
 
 
 def _forget(artifact_id: str, backend: str, env: dict, seaweed, prefix: str) -> None:

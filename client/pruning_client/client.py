@@ -127,6 +127,10 @@ class _Ahead(Generic[_T]):
             self._put(_END)
         except BaseException as exc:  # noqa: BLE001 - raised in the consumer
             self._put(exc)
+        finally:
+            close = getattr(self._items, "close", None)
+            if close is not None:
+                close()  # a generator left early runs its cleanup here, in this thread
 
     def _put(self, item: Any) -> bool:
         while not self._stop.is_set():
@@ -168,7 +172,7 @@ class _Behind:
         self._queues: list[queue.Queue[Any]] = [queue.Queue(PIPELINE) for _ in consumers]
         self._error: BaseException | None = None
         self._threads = [
-            threading.Thread(target=self._run, args=(i,), name=f"download-writer-{i}", daemon=True)
+            threading.Thread(target=self._run, args=(i,), name=f"sdk-transfer-{i}", daemon=True)
             for i in range(len(consumers))
         ]
 

@@ -124,3 +124,31 @@ def test_the_sdk_fan_out_feeds_each_consumer_and_raises_the_first_error():
         with _Behind(broken, a.append) as put:
             for chunk in CHUNKS * (PIPELINE + 1):
                 put(chunk)
+
+
+def test_an_upload_left_early_leaves_no_thread_behind(tmp_path):
+    from pruning_client.client import CHUNK, _Upload
+
+    path = tmp_path / "data.bin"
+    path.write_bytes(b"x" * (CHUNK * (PIPELINE + 4)))
+    before = set(threading.enumerate())
+    requests = _Upload(path, None).pipelined()
+    assert next(requests).WhichOneof("payload") == "header"
+    assert next(requests).WhichOneof("payload") == "chunk"
+    requests.close()  # what gRPC does when the call fails mid-upload
+    deadline = time.monotonic() + 5
+    while set(threading.enumerate()) - before and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not set(threading.enumerate()) - before
+
+
+def test_an_upload_hashes_the_whole_file_before_its_last_request_is_taken(tmp_path):
+    from pruning_client.client import CHUNK, _Upload
+
+    content = bytes(range(256)) * (CHUNK // 128 + 7)
+    path = tmp_path / "data.bin"
+    path.write_bytes(content)
+    upload = _Upload(path, None)
+    sent = b"".join(r.chunk for r in upload.pipelined())
+    assert sent == content
+    assert upload.digest.hexdigest() == hashlib.sha256(content).hexdigest()
