@@ -13,6 +13,7 @@ import pathlib
 import shutil
 import tempfile
 import zipfile
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -190,12 +191,23 @@ def _read_member(archive: zipfile.ZipFile, name: str, limit: int) -> bytes:
     return data
 
 
-def _verify_members(archive: zipfile.ZipFile, max_decompressed: int) -> None:
+def _verify_members(
+    archive: zipfile.ZipFile, max_decompressed: int, checked: Mapping[int, tuple[int, int]] | None = None
+) -> None:
     """Decompresses every member in chunks (CRC checked at its end), counting the bytes it
     really yields: a member past its declared size, or all of them past ``max_decompressed``,
-    stops the read at once, whatever the directory claims."""
+    stops the read at once, whatever the directory claims.
+
+    ``checked`` (from :class:`~pruning_core.zipscan.StoredMembers`, as the upload streamed in)
+    spares the read of a stored member whose CRC was computed then, at the same offset and size,
+    and matches the directory's."""
     total = 0
     for info in archive.infolist():
+        if checked and _already_checked(info, checked):
+            total += info.file_size
+            if total > max_decompressed:
+                raise ModelRejected(f"the archive expands past the limit of {max_decompressed} bytes")
+            continue
         produced = 0
         with archive.open(info) as member:
             while chunk := member.read(_CHUNK):
@@ -205,6 +217,14 @@ def _verify_members(archive: zipfile.ZipFile, max_decompressed: int) -> None:
                     raise ModelRejected(f"the archive member {info.filename!r} expands past its declared size")
                 if total > max_decompressed:
                     raise ModelRejected(f"the archive expands past the limit of {max_decompressed} bytes")
+
+
+def _already_checked(info: zipfile.ZipInfo, checked: Mapping[int, tuple[int, int]]) -> bool:
+    return (
+        info.compress_type == zipfile.ZIP_STORED
+        and info.file_size == info.compress_size
+        and checked.get(info.header_offset) == (info.CRC, info.compress_size)
+    )
 
 
 def _h5_shapes(group: Any) -> list[tuple[str, list[int]]]:
@@ -341,10 +361,14 @@ def _npy_header(archive: zipfile.ZipFile, key: str, ranges: dict[str, Any]) -> d
     return {"shape": list(shape), "dtype": dtype.str}
 
 
-def inspect_dataset(path: pathlib.Path, max_decompressed: int) -> dict:
+def inspect_dataset(
+    path: pathlib.Path, max_decompressed: int, checked: Mapping[int, tuple[int, int]] | None = None
+) -> dict:
     """Reads the array headers of an .npz dataset (no pickle), and the range of integer class
     labels, streamed in chunks. A model with several inputs or outputs takes one array per
     input or output, named ``x_train.<input name>`` (``y_train.<output name>``, ...).
+    ``checked``: the CRCs of stored members computed while the upload arrived
+    (:class:`~pruning_core.zipscan.StoredMembers`); those members are not read again.
 
     Returns:
         {"x_train": {"shape": [...], "dtype": "...", "parts": {name: {"shape", "dtype"}}?}, ...,
@@ -362,7 +386,7 @@ def inspect_dataset(path: pathlib.Path, max_decompressed: int) -> dict:
     ranges: dict[str, Any] = {}
     with archive:
         try:
-            _verify_members(archive, max_decompressed)  # every CRC, and the real expanded size
+            _verify_members(archive, max_decompressed, checked)  # every CRC, and the real expanded size
         except ModelRejected as exc:
             raise ModelRejected(str(exc), field="dataset") from None
         except Exception as exc:  # noqa: BLE001 - a corrupt archive, whatever zipfile raises

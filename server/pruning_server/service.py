@@ -7,7 +7,7 @@ import contextlib
 import logging
 import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import NoReturn, Protocol
 
 import grpc
@@ -16,12 +16,12 @@ from google.rpc import code_pb2
 
 from pruning.v1 import pruning_pb2 as pb
 from pruning.v1 import pruning_pb2_grpc as pb_grpc
-from pruning_core import formats, modelcheck, plan, recipe, tasks, validation
+from pruning_core import formats, modelcheck, plan, recipe, tasks, validation, zipscan
 from pruning_core.blobs import is_artifact_id
 from pruning_core.objectstore import LocalStore
 from pruning_core.settings import Settings
 from pruning_core.store import ArtifactRecord, AsyncJobStore, JobNotFound, new_job_id, state_event
-from pruning_core.transfer import WritePipeline
+from pruning_core.transfer import Sink, WritePipeline
 
 from . import convert
 from .errors import Exhausted, Failure, Invalid
@@ -104,14 +104,15 @@ class PruningService(pb_grpc.PruningServiceServicer):
         except KeyError:
             raise Failure(grpc.StatusCode.NOT_FOUND, f"{field}: no artifact {artifact_id}") from None
 
-    async def _receive(self, request_iterator, field: str):
-        """Streams an upload into a blob writer, enforcing the header, the size limit and the
-        idle timeout. A refused upload's temporary file is gone before the client hears why."""
+    async def _receive(self, request_iterator, field: str, also: Sequence[Sink] = ()):
+        """Streams an upload into a blob writer (and each of ``also``), enforcing the header,
+        the size limit and the idle timeout. A refused upload's temporary file is gone before
+        the client hears why."""
         limit = self.settings.max_upload_bytes
         header = None
         writer = self.blobs.writer()
         # hashing and writing overlap with receiving and with each other, behind bounded queues
-        pipe = WritePipeline(writer.sinks(), self.settings.upload_pipeline_depth)
+        pipe = WritePipeline([*writer.sinks(), *also], self.settings.upload_pipeline_depth)
 
         def refuse(code: grpc.StatusCode, message: str, violation: str | None = None) -> NoReturn:
             pipe.abandon()
@@ -218,8 +219,13 @@ class PruningService(pb_grpc.PruningServiceServicer):
     async def UploadDataset(self, request_iterator, context):
         tenant = await self._tenant(context)
         async with self._slot(self.uploads, tenant):
-            writer, header = await self._receive(request_iterator, "dataset")
-            arrays = await self._inspect(writer, modelcheck.inspect_dataset)
+            # the CRCs of the .npz's stored arrays are computed as it arrives, not re-read after
+            members = zipscan.StoredMembers()
+            writer, header = await self._receive(request_iterator, "dataset", also=[members])
+            arrays = await self._inspect(
+                writer,
+                lambda path, max_decompressed: modelcheck.inspect_dataset(path, max_decompressed, members.checked),
+            )
             return await self._store_upload(tenant, writer, header, pb.ARTIFACT_KIND_DATASET, "npz", {"arrays": arrays})
 
     async def DownloadArtifact(self, request, context):

@@ -1,0 +1,143 @@
+"""The CRCs of an upload's stored archive members, computed as its bytes stream past: they
+agree with the archive's directory for what np.savez writes, whatever the chunking, and
+anything the scan cannot follow (or a corrupt member) is still read back and judged."""
+
+from __future__ import annotations
+
+import io
+import random
+import struct
+import zipfile
+
+import numpy as np
+import pytest
+
+from pruning_core import modelcheck
+from pruning_core.zipscan import StoredMembers
+
+
+def _npz(path, compressed=False, n=64):
+    rng = np.random.default_rng(0)
+    arrays = {
+        "x_train": rng.random((n, 4, 4, 1), dtype=np.float32),
+        "y_train": rng.integers(0, 3, n),
+        "x_test": rng.random((8, 4, 4, 1), dtype=np.float32),
+        "y_test": rng.integers(0, 3, 8),
+    }
+    (np.savez_compressed if compressed else np.savez)(path, **arrays)
+    return path
+
+
+def _scan(data: bytes, sizes) -> StoredMembers:
+    members, i = StoredMembers(), 0
+    while i < len(data):
+        step = next(sizes)
+        members(data[i : i + step])
+        i += step
+    return members
+
+
+def _directory(path) -> dict[int, tuple[int, int]]:
+    with zipfile.ZipFile(path) as archive:
+        return {info.header_offset: (info.CRC, info.compress_size) for info in archive.infolist()}
+
+
+@pytest.mark.parametrize("chunking", ["whole", "1 byte", "odd", "random"])
+def test_every_stored_member_of_an_npz_is_checked_whatever_the_chunks(tmp_path, chunking):
+    path = _npz(tmp_path / "data.npz")
+    data = path.read_bytes()
+    rng = random.Random(1)
+    sizes = {
+        "whole": iter(lambda: len(data), None),
+        "1 byte": iter(lambda: 1, None),
+        "odd": iter(lambda: 29, None),
+        "random": iter(lambda: rng.randint(1, 300), None),
+    }[chunking]
+    members = _scan(data, sizes)
+    assert members.checked == _directory(path)
+    assert members.stopped  # at the central directory
+
+
+def test_zip64_headers_as_np_savez_writes_them_for_large_arrays(tmp_path):
+    path = tmp_path / "data.zip"
+    with zipfile.ZipFile(path, "w") as archive:
+        with archive.open("x_train.npy", "w", force_zip64=True) as member:
+            member.write(b"a" * 5000)
+        archive.writestr("y_train.npy", b"b" * 10)
+    data = path.read_bytes()
+    assert struct.unpack_from("<I", data, 18)[0] == 0xFFFFFFFF  # the sizes live in the zip64 extra
+    assert _scan(data, iter(lambda: 1000, None)).checked == _directory(path)
+
+
+def test_compressed_members_stop_the_scan_and_are_left_to_the_read_back(tmp_path):
+    path = _npz(tmp_path / "data.npz", compressed=True)
+    members = _scan(path.read_bytes(), iter(lambda: 4096, None))
+    assert members.stopped and members.checked == {}
+    assert modelcheck.inspect_dataset(path, 1 << 30, members.checked)["x_train"]["shape"] == [64, 4, 4, 1]
+
+
+def test_a_prefix_before_the_archive_stops_the_scan(tmp_path):
+    data = b"not a zip" + _npz(tmp_path / "data.npz").read_bytes()
+    members = _scan(data, iter(lambda: 100, None))
+    assert members.stopped and members.checked == {}
+
+
+def test_a_corrupt_stored_member_is_still_refused(tmp_path):
+    path = _npz(tmp_path / "data.npz")
+    data = bytearray(path.read_bytes())
+    with zipfile.ZipFile(path) as archive:
+        info = archive.getinfo("x_train.npy")
+    name_len, extra_len = struct.unpack_from("<HH", data, info.header_offset + 26)
+    start = info.header_offset + 30 + name_len + extra_len  # the member's data
+    data[start + 2000] ^= 0xFF  # deep inside x_train's data, past the .npy header
+    path.write_bytes(bytes(data))
+    members = _scan(bytes(data), iter(lambda: 512, None))
+    assert members.checked[info.header_offset][0] != info.CRC
+    with pytest.raises(modelcheck.ModelRejected, match="corrupt"):
+        modelcheck.inspect_dataset(path, 1 << 30, members.checked)
+
+
+def test_checked_members_are_not_read_again_and_the_others_are(tmp_path, monkeypatch):
+    path = _npz(tmp_path / "data.npz")
+    members = _scan(path.read_bytes(), iter(lambda: 1 << 20, None))
+    opened: list[str] = []
+    real_open = zipfile.ZipFile.open
+
+    def counting_open(self, name, *args, **kwargs):
+        opened.append(name if isinstance(name, str) else name.filename)
+        return real_open(self, name, *args, **kwargs)
+
+    monkeypatch.setattr(zipfile.ZipFile, "open", counting_open)
+    with zipfile.ZipFile(path) as archive:
+        modelcheck._verify_members(archive, 1 << 30, members.checked)
+        assert opened == []
+        # a directory entry that disagrees with what was scanned (another CRC) is read back
+        forged = dict(members.checked)
+        first = archive.infolist()[0]
+        forged[first.header_offset] = (first.CRC ^ 1, first.compress_size)
+        modelcheck._verify_members(archive, 1 << 30, forged)
+        assert opened == [first.filename]
+
+
+def test_the_expanded_size_limit_still_holds_for_checked_members(tmp_path):
+    path = _npz(tmp_path / "data.npz")
+    members = _scan(path.read_bytes(), iter(lambda: 1 << 20, None))
+    total = sum(i.file_size for i in zipfile.ZipFile(path).infolist())
+    with zipfile.ZipFile(path) as archive, pytest.raises(modelcheck.ModelRejected, match="limit"):
+        modelcheck._verify_members(archive, total - 1, members.checked)
+
+
+def test_a_data_descriptor_stops_the_scan():
+    buffer = io.BytesIO()
+
+    class Unseekable(io.RawIOBase):
+        def writable(self):
+            return True
+
+        def write(self, b):
+            return buffer.write(b)
+
+    with zipfile.ZipFile(Unseekable(), "w") as archive:  # streaming: sizes after the data
+        archive.writestr("x_train.npy", b"a" * 100)
+    members = _scan(buffer.getvalue(), iter(lambda: 64, None))
+    assert members.stopped and members.checked == {}
