@@ -192,7 +192,7 @@ def _read_member(archive: zipfile.ZipFile, name: str, limit: int) -> bytes:
 
 
 def _verify_members(
-    archive: zipfile.ZipFile, max_decompressed: int, checked: Mapping[int, tuple[int, int]] | None = None
+    archive: zipfile.ZipFile, max_decompressed: int, checked: Mapping[int, tuple[int, int, str]] | None = None
 ) -> None:
     """Decompresses every member in chunks (CRC checked at its end), counting the bytes it
     really yields: a member past its declared size, or all of them past ``max_decompressed``,
@@ -219,11 +219,12 @@ def _verify_members(
                     raise ModelRejected(f"the archive expands past the limit of {max_decompressed} bytes")
 
 
-def _already_checked(info: zipfile.ZipInfo, checked: Mapping[int, tuple[int, int]]) -> bool:
+def _already_checked(info: zipfile.ZipInfo, checked: Mapping[int, tuple[int, int, str]]) -> bool:
     return (
         info.compress_type == zipfile.ZIP_STORED
+        and not info.flag_bits & 0x1  # encrypted
         and info.file_size == info.compress_size
-        and checked.get(info.header_offset) == (info.CRC, info.compress_size)
+        and checked.get(info.header_offset) == (info.CRC, info.compress_size, info.orig_filename)
     )
 
 
@@ -362,7 +363,7 @@ def _npy_header(archive: zipfile.ZipFile, key: str, ranges: dict[str, Any]) -> d
 
 
 def inspect_dataset(
-    path: pathlib.Path, max_decompressed: int, checked: Mapping[int, tuple[int, int]] | None = None
+    path: pathlib.Path, max_decompressed: int, checked: Mapping[int, tuple[int, int, str]] | None = None
 ) -> dict:
     """Reads the array headers of an .npz dataset (no pickle), and the range of integer class
     labels, streamed in chunks. A model with several inputs or outputs takes one array per

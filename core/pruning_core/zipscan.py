@@ -8,8 +8,8 @@ headers as the bytes arrive and computes the CRC of each stored (uncompressed) m
 way, so the pass after receipt only re-reads what it could not follow.
 
 It is only a shortcut, never the judge: a member counts as checked after receipt only where
-the central directory agrees with what was followed here (same header offset, stored, same
-size and the CRC computed here equal to the directory's). Anything else (compressed members,
+the central directory agrees with what was followed here (same header offset and name, stored,
+not encrypted, same size, and the CRC computed here equal to the directory's). Anything else (compressed members,
 data descriptors, encryption, a prefix before the archive, headers that disagree with the
 directory) stops the scan or is simply read back in full as before.
 """
@@ -22,17 +22,18 @@ import zlib
 _LOCAL = struct.Struct("<4sHHHHHIIIHH")  # a local file header's fixed part (30 bytes)
 _LOCAL_SIGNATURE = b"PK\x03\x04"
 _ZIP64_EXTRA = 0x0001
-_FLAG_ENCRYPTED, _FLAG_DATA_DESCRIPTOR = 0x01, 0x08
+_FLAG_ENCRYPTED, _FLAG_DATA_DESCRIPTOR, _FLAG_UTF8 = 0x01, 0x08, 0x800
 _STORED = 0
 _MAX32 = 0xFFFFFFFF
 
 
 class StoredMembers:
     """Feed it the archive's bytes in order (any chunking). ``checked`` maps a member's local
-    header offset to (CRC-32 of its data, its size) for each stored member seen whole."""
+    header offset to (CRC-32 of its data, its size, its name in the local header) for each
+    stored member seen whole."""
 
     def __init__(self) -> None:
-        self.checked: dict[int, tuple[int, int]] = {}
+        self.checked: dict[int, tuple[int, int, str]] = {}
         self._position = 0  # stream offset of the next byte fed
         self._header = bytearray()
         self._header_at = 0  # stream offset where the header being read starts
@@ -40,6 +41,7 @@ class StoredMembers:
         self._remaining = 0  # data bytes of the current member still to come
         self._size = 0
         self._crc = 0
+        self._name = ""
         self._in_member = False
         self.stopped = False
 
@@ -67,7 +69,7 @@ class StoredMembers:
         self._wanted = _LOCAL.size
 
     def _member_done(self) -> None:
-        self.checked[self._header_at] = (self._crc, self._size)
+        self.checked[self._header_at] = (self._crc, self._size, self._name)
         self._in_member = False
         self._next_header(self._header_at + len(self._header) + self._size)
 
@@ -89,6 +91,8 @@ class StoredMembers:
         if csize != usize:
             self.stopped = True  # a stored member's sizes must agree
             return
+        raw_name = bytes(self._header[_LOCAL.size : _LOCAL.size + name_len])
+        self._name = raw_name.decode("utf-8" if flags & _FLAG_UTF8 else "cp437", errors="replace")
         self._size = self._remaining = csize
         self._crc = 0
         self._in_member = True

@@ -37,9 +37,9 @@ def _scan(data: bytes, sizes) -> StoredMembers:
     return members
 
 
-def _directory(path) -> dict[int, tuple[int, int]]:
+def _directory(path) -> dict[int, tuple[int, int, str]]:
     with zipfile.ZipFile(path) as archive:
-        return {info.header_offset: (info.CRC, info.compress_size) for info in archive.infolist()}
+        return {info.header_offset: (info.CRC, info.compress_size, info.orig_filename) for info in archive.infolist()}
 
 
 @pytest.mark.parametrize("chunking", ["whole", "1 byte", "odd", "random"])
@@ -114,7 +114,13 @@ def test_checked_members_are_not_read_again_and_the_others_are(tmp_path, monkeyp
         # a directory entry that disagrees with what was scanned (another CRC) is read back
         forged = dict(members.checked)
         first = archive.infolist()[0]
-        forged[first.header_offset] = (first.CRC ^ 1, first.compress_size)
+        forged[first.header_offset] = (first.CRC ^ 1, first.compress_size, first.orig_filename)
+        modelcheck._verify_members(archive, 1 << 30, forged)
+        assert opened == [first.filename]
+        # so is one whose local header names another member than the directory does
+        forged = dict(members.checked)
+        forged[first.header_offset] = (first.CRC, first.compress_size, "other.npy")
+        opened.clear()
         modelcheck._verify_members(archive, 1 << 30, forged)
         assert opened == [first.filename]
 
@@ -141,3 +147,18 @@ def test_a_data_descriptor_stops_the_scan():
         archive.writestr("x_train.npy", b"a" * 100)
     members = _scan(buffer.getvalue(), iter(lambda: 64, None))
     assert members.stopped and members.checked == {}
+
+
+def test_a_local_name_that_differs_from_the_directory_is_still_refused(tmp_path):
+    path = _npz(tmp_path / "data.npz")
+    data = bytearray(path.read_bytes())
+    with zipfile.ZipFile(path) as archive:
+        info = archive.getinfo("y_test.npy")
+    name_at = info.header_offset + 30
+    assert data[name_at : name_at + 10] == b"y_test.npy"
+    data[name_at + 6] = ord("X")  # the local header says y_testXnpy
+    path.write_bytes(bytes(data))
+    members = _scan(bytes(data), iter(lambda: 700, None))
+    assert members.checked[info.header_offset][2] == "y_testXnpy"
+    with pytest.raises(modelcheck.ModelRejected):
+        modelcheck.inspect_dataset(path, 1 << 30, members.checked)
