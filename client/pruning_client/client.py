@@ -170,7 +170,8 @@ class _Behind:
     def __init__(self, *consumers: Callable[[bytes], object]) -> None:
         self._consumers = consumers
         self._queues: list[queue.Queue[Any]] = [queue.Queue(PIPELINE) for _ in consumers]
-        self._error: BaseException | None = None
+        self._error: BaseException | None = None  # the first consumer's error
+        self._error_lock = threading.Lock()
         self._threads = [
             threading.Thread(target=self._run, args=(i,), name=f"sdk-transfer-{i}", daemon=True)
             for i in range(len(consumers))
@@ -183,7 +184,8 @@ class _Behind:
                 try:
                     consume(item)
                 except BaseException as exc:  # noqa: BLE001 - raised in the producer
-                    self._error = exc
+                    with self._error_lock:
+                        self._error = self._error or exc
 
     def put(self, item: bytes) -> None:
         if self._error is not None:

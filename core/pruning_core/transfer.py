@@ -36,7 +36,8 @@ class WritePipeline:
         self._queues: list[queue.SimpleQueue[object]] = [queue.SimpleQueue() for _ in self._sinks]
         self._done = [0] * len(self._sinks)  # chunks each sink has finished (written by its thread)
         self._released = 0  # slots given back: chunks every sink has finished
-        self._error: BaseException | None = None
+        self._error: BaseException | None = None  # the first sink's error: the others stop
+        self._error_lock = threading.Lock()
         self._abandoned = False
         self._finished = [concurrent.futures.Future[None]() for _ in self._sinks]
         self.accepted = 0  # bytes handed to the pipeline so far
@@ -61,7 +62,8 @@ class WritePipeline:
                     if self._error is None and not self._abandoned:
                         sink(item)  # type: ignore[arg-type]
                 except BaseException as exc:  # noqa: BLE001 - handed to the loop by drain()
-                    self._error = exc
+                    with self._error_lock:
+                        self._error = self._error or exc
                 finally:
                     self._done[index] += 1
                     try:
@@ -75,6 +77,8 @@ class WritePipeline:
         """Queues ``data`` for every sink; waits while ``depth`` chunks are still unfinished."""
         if self._error is not None:
             raise self._error
+        if self._abandoned:
+            raise RuntimeError("the pipeline was abandoned")
         await self._slots.acquire()
         self.accepted += len(data)
         for items in self._queues:
@@ -93,7 +97,8 @@ class WritePipeline:
 
     def abandon(self) -> None:
         """Stops: chunks still queued are dropped and the threads are gone on return (each
-        may finish the one chunk it is on), so the sinks' owner can be discarded safely."""
+        may finish the one chunk it is on), so the sinks' owner can be discarded safely. It
+        blocks while a sink finishes its chunk: from the event loop, run it in a thread."""
         self._abandoned = True
         if not all(f.done() for f in self._finished):
             self._stop()

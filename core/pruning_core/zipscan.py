@@ -7,7 +7,8 @@ pipeline (:class:`~pruning_core.transfer.WritePipeline`) that follows the archiv
 headers as the bytes arrive and computes the CRC of each stored (uncompressed) member on the
 way, so the pass after receipt only re-reads what it could not follow.
 
-It is only a shortcut, never the judge: a member counts as checked after receipt only where
+It is only a shortcut, never the judge: zipfile still opens every member after receipt (its
+header, flags, name and overlap checks), and a member's data is spared the read only where
 the central directory agrees with what was followed here (same header offset and name, stored,
 not encrypted, same size, and the CRC computed here equal to the directory's). Anything else (compressed members,
 data descriptors, encryption, a prefix before the archive, headers that disagree with the
@@ -34,7 +35,6 @@ class StoredMembers:
 
     def __init__(self) -> None:
         self.checked: dict[int, tuple[int, int, str]] = {}
-        self._position = 0  # stream offset of the next byte fed
         self._header = bytearray()
         self._header_at = 0  # stream offset where the header being read starts
         self._wanted = _LOCAL.size  # bytes of header needed before it can be parsed
@@ -61,7 +61,6 @@ class StoredMembers:
                 i += take
                 if len(self._header) == self._wanted:
                     self._parse_header()
-        self._position += len(view)
 
     def _next_header(self, at: int) -> None:
         self._header.clear()

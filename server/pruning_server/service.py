@@ -37,6 +37,11 @@ def _is_event_id(value: str) -> bool:
     return bool(_EVENT_ID.fullmatch(value)) and all(int(part) < 2**64 for part in value.split("-"))
 
 
+def _drop(pipe: WritePipeline, writer) -> None:
+    pipe.abandon()
+    writer.discard()
+
+
 def make_celery(settings: Settings) -> Celery:
     """A Celery app that only sends: the server never imports the worker's tasks."""
     app = Celery("pruning", broker=settings.celery_broker_url())
@@ -115,8 +120,6 @@ class PruningService(pb_grpc.PruningServiceServicer):
         pipe = WritePipeline([*writer.sinks(), *also], self.settings.upload_pipeline_depth)
 
         def refuse(code: grpc.StatusCode, message: str, violation: str | None = None) -> NoReturn:
-            pipe.abandon()
-            writer.discard()
             if violation:
                 raise Invalid([(violation, message)])
             raise Failure(code, f"{field}: {message}")
@@ -167,8 +170,9 @@ class PruningService(pb_grpc.PruningServiceServicer):
             writer.close()
             return writer, header
         except BaseException:
-            pipe.abandon()
-            writer.discard()  # the client went away, or an abort above
+            # A refusal above, or the client went away: the partial upload is gone before the
+            # error leaves. Off the loop, since a sink may be finishing a chunk (an S3 part).
+            await asyncio.shield(asyncio.to_thread(_drop, pipe, writer))
             raise
 
     async def _store_upload(self, tenant, writer, header, kind, fmt, info) -> pb.Artifact:

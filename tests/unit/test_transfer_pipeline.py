@@ -152,3 +152,28 @@ def test_an_upload_hashes_the_whole_file_before_its_last_request_is_taken(tmp_pa
     sent = b"".join(r.chunk for r in upload.pipelined())
     assert sent == content
     assert upload.digest.hexdigest() == hashlib.sha256(content).hexdigest()
+
+
+def test_the_first_error_is_the_one_raised_and_a_write_after_abandon_is_refused():
+    def early(data):
+        raise OSError("first")
+
+    def late(data):
+        time.sleep(0.1)
+        raise ValueError("second")
+
+    async def main():
+        pipe = WritePipeline([late, early], depth=4)
+        await pipe.write(b"x")
+        with pytest.raises(OSError, match="first"):
+            await pipe.drain()
+        pipe = WritePipeline([lambda data: None], depth=4)
+        await asyncio.to_thread(pipe.abandon)
+        with pytest.raises(RuntimeError, match="abandoned"):
+            await pipe.write(b"x")
+
+    asyncio.run(main())
+
+    with pytest.raises(OSError, match="first"):
+        with _Behind(late, early) as put:
+            put(b"x")

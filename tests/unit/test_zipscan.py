@@ -100,29 +100,30 @@ def test_a_corrupt_stored_member_is_still_refused(tmp_path):
 def test_checked_members_are_not_read_again_and_the_others_are(tmp_path, monkeypatch):
     path = _npz(tmp_path / "data.npz")
     members = _scan(path.read_bytes(), iter(lambda: 1 << 20, None))
-    opened: list[str] = []
-    real_open = zipfile.ZipFile.open
+    read: dict[str, int] = {}
+    real_read = zipfile.ZipExtFile.read
 
-    def counting_open(self, name, *args, **kwargs):
-        opened.append(name if isinstance(name, str) else name.filename)
-        return real_open(self, name, *args, **kwargs)
+    def counting_read(self, n=-1):
+        data = real_read(self, n)
+        read[self.name] = read.get(self.name, 0) + len(data)
+        return data
 
-    monkeypatch.setattr(zipfile.ZipFile, "open", counting_open)
+    monkeypatch.setattr(zipfile.ZipExtFile, "read", counting_read)
     with zipfile.ZipFile(path) as archive:
         modelcheck._verify_members(archive, 1 << 30, members.checked)
-        assert opened == []
+        assert sum(read.values()) == 0
         # a directory entry that disagrees with what was scanned (another CRC) is read back
         forged = dict(members.checked)
         first = archive.infolist()[0]
         forged[first.header_offset] = (first.CRC ^ 1, first.compress_size, first.orig_filename)
         modelcheck._verify_members(archive, 1 << 30, forged)
-        assert opened == [first.filename]
+        assert read == {first.filename: first.file_size}
         # so is one whose local header names another member than the directory does
         forged = dict(members.checked)
         forged[first.header_offset] = (first.CRC, first.compress_size, "other.npy")
-        opened.clear()
+        read.clear()
         modelcheck._verify_members(archive, 1 << 30, forged)
-        assert opened == [first.filename]
+        assert read == {first.filename: first.file_size}
 
 
 def test_the_expanded_size_limit_still_holds_for_checked_members(tmp_path):
@@ -161,4 +162,27 @@ def test_a_local_name_that_differs_from_the_directory_is_still_refused(tmp_path)
     members = _scan(bytes(data), iter(lambda: 700, None))
     assert members.checked[info.header_offset][2] == "y_testXnpy"
     with pytest.raises(modelcheck.ModelRejected):
+        modelcheck.inspect_dataset(path, 1 << 30, members.checked)
+
+
+def test_zipfile_still_judges_the_flags_of_a_checked_member(tmp_path):
+    # an extra member whose directory entry says "strong encryption": its data was checked as it
+    # streamed in, but zipfile refuses to open it, so the dataset is refused as without the scan
+    path = tmp_path / "data.npz"
+    arrays = dict(np.load(_npz(tmp_path / "base.npz")))
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, array in arrays.items():
+            with archive.open(f"{name}.npy", "w") as member:
+                np.lib.format.write_array(member, array)
+        archive.writestr("notes.txt", b"hello")
+    data = bytearray(path.read_bytes())
+    entry = data.rindex(b"PK\x01\x02")  # the directory entry of notes.txt, the last member
+    assert data[entry + 46 : entry + 55] == b"notes.txt"
+    data[entry + 8] |= 0x40
+    path.write_bytes(bytes(data))
+    members = _scan(bytes(data), iter(lambda: 333, None))
+    assert len(members.checked) == 5
+    with pytest.raises(modelcheck.ModelRejected, match="encryption"):
+        modelcheck.inspect_dataset(path, 1 << 30)
+    with pytest.raises(modelcheck.ModelRejected, match="encryption"):
         modelcheck.inspect_dataset(path, 1 << 30, members.checked)
