@@ -54,3 +54,15 @@ def test_zero_keeps_nothing():
     for _ in range(2):
         cache.get("a", lambda: calls.append(1) or _arrays(10))
     assert calls == [1, 1]
+
+
+def test_only_npy_members_are_arrays_as_the_upload_check_reads_them(tmp_path):
+    import zipfile
+
+    path = tmp_path / "d.npz"
+    x = np.zeros((3, 2), np.float32)
+    np.savez(path, **{"x_train.a": x, "x_train.b": x, "y_train": np.zeros(3), "x_test.a": x, "x_test.b": x}, y_test=x)
+    with zipfile.ZipFile(path, "a") as archive:
+        archive.writestr("x_train.notes", b"not an array")  # ignored, as the upload's check ignores it
+    x_train, _, x_test, _ = datasets.load_npz(path)
+    assert sorted(x_train) == ["a", "b"] and sorted(x_test) == ["a", "b"]

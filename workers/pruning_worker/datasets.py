@@ -67,12 +67,14 @@ def load_npz(path: os.PathLike | str) -> tuple[Any, ...]:
     name where the file holds ``x_train.<name>`` arrays for a model of several inputs (outputs)."""
     try:
         with np.load(path, allow_pickle=False) as data:
+            # the arrays are the .npy members, as the upload's check reads them; others are ignored
+            arrays = {n[: -len(".npy")] for n in data.zip.namelist() if n.endswith(".npy")}
             out: list[Any] = []
             for name in DATASET_ARRAYS:
-                if name in data.files:
+                if name in arrays:
                     out.append(data[name])
                 else:
-                    parts = {k.split(".", 1)[1]: data[k] for k in data.files if k.startswith(f"{name}.")}
+                    parts = {k.split(".", 1)[1]: data[k] for k in sorted(arrays) if k.startswith(f"{name}.")}
                     if not parts:
                         raise KeyError(name)
                     out.append(parts)
