@@ -196,7 +196,7 @@ class S3Store(LocalStore):
         root: os.PathLike | str,
         objects: _ObjectStore,
         *,
-        part_size: int = 16 * MiB,
+        part_size: int = 5 * MiB,
         max_concurrency: int = 8,
         readahead: int = 4,
     ):

@@ -10,10 +10,11 @@ import pathlib
 import tempfile
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 MiB = 1024 * 1024
+S3_MAX_PARTS = 10_000  # parts of one multipart upload
 
 
 class Settings(BaseSettings):
@@ -124,9 +125,9 @@ class Settings(BaseSettings):
     s3_access_key_id: str = Field("", description="S3 access key; empty = AWS_* variables or instance credentials")
     s3_secret_access_key: SecretStr = Field(SecretStr(""), description="S3 secret key")
     s3_part_size: int = Field(
-        8 * MiB,
-        description="multipart upload part size (S3 needs at least 5 MiB); an upload holds up to "
-        "part size x (s3_max_concurrency + 1) in memory",
+        5 * MiB,
+        description="multipart upload part size (S3 needs at least 5 MiB, and allows 10,000 parts, so it must "
+        "cover max_upload_bytes / 10,000); an upload holds up to part size x (s3_max_concurrency + 1) in memory",
     )
     s3_max_concurrency: int = Field(2, description="parts of one transfer in flight at once")
     download_readahead: int = Field(4, description="chunks a download reads ahead of what gRPC has sent")
@@ -177,6 +178,16 @@ class Settings(BaseSettings):
         if not 5 * MiB <= value <= 5 * 1024 * MiB:
             raise ValueError(f"s3_part_size must be in [5 MiB, 5 GiB], got {value}")
         return value
+
+    @model_validator(mode="after")
+    def _parts_cover_the_largest_upload(self) -> Settings:
+        if self.artifact_store == "s3" and self.max_upload_bytes > S3_MAX_PARTS * self.s3_part_size:
+            raise ValueError(
+                f"max_upload_bytes {self.max_upload_bytes} needs more than S3's {S3_MAX_PARTS} parts of "
+                f"s3_part_size {self.s3_part_size}: raise s3_part_size to at least "
+                f"{-(-self.max_upload_bytes // S3_MAX_PARTS)}"
+            )
+        return self
 
     @property
     def cache_path(self) -> pathlib.Path:

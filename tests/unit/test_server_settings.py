@@ -1,4 +1,4 @@
-"""The server's allocator setting: glibc takes it; elsewhere it is a no-op that says so."""
+"""Server settings: the allocator setting (glibc takes it; elsewhere a no-op) and the S3 part size against the upload limit."""
 
 from __future__ import annotations
 
@@ -29,3 +29,20 @@ def test_the_server_setting_is_on_by_default_and_can_be_turned_off(monkeypatch):
     assert Settings().keep_freed_buffers is True
     monkeypatch.setenv("PRUNING_KEEP_FREED_BUFFERS", "false")
     assert Settings().keep_freed_buffers is False
+
+
+def test_s3_parts_must_cover_the_largest_upload(monkeypatch):
+    from pydantic import ValidationError
+
+    from pruning_core.settings import MiB, Settings
+
+    monkeypatch.setenv("PRUNING_ARTIFACT_STORE", "s3")
+    assert Settings().s3_part_size == 5 * MiB  # 10,000 x 5 MiB covers the default 1 GiB limit
+    monkeypatch.setenv("PRUNING_MAX_UPLOAD_BYTES", str(100 * 1024 * MiB))
+    with pytest.raises(ValidationError, match="raise s3_part_size to at least 10737419"):
+        Settings()
+    monkeypatch.setenv("PRUNING_S3_PART_SIZE", str(11 * MiB))
+    assert Settings().max_upload_bytes == 100 * 1024 * MiB
+    monkeypatch.setenv("PRUNING_ARTIFACT_STORE", "local")
+    monkeypatch.setenv("PRUNING_S3_PART_SIZE", str(5 * MiB))
+    assert Settings().artifact_store == "local"  # the local store has no parts
