@@ -8,6 +8,8 @@ here on free ports), with client and server in separate processes:
 * the service (a real ``pruning_server`` process, against the Redis in $PRUNING_REDIS_URL,
   default redis://127.0.0.1:6379/9, under a throwaway key prefix): the SDK uploads a .npz
   dataset (sha256 and model checks included) and downloads it back to a file (sha256 checked);
+* the same download to a client that only counts the bytes (no sha256, no file): the
+  server's side alone;
 * with ``s3``, a raw S3 client (obstore) PUT (multipart, from the file) and GET (to a file) of
   the same bytes;
 * the service's peak RSS growth over its RSS before the round while it uploads and downloads
@@ -38,6 +40,7 @@ import numpy as np
 import psutil
 import redis
 
+from pruning.v1 import pruning_pb2 as pb
 from pruning_client import Client
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -175,7 +178,7 @@ def bench_backend(
         env=env,
         stderr=subprocess.DEVNULL,
     )
-    results: dict[str, list[float]] = {k: [] for k in ("up", "down", "raw_up", "raw_down", "rss")}
+    results: dict[str, list[float]] = {k: [] for k in ("up", "down", "bare_down", "raw_up", "raw_down", "rss")}
     try:
         target = f"127.0.0.1:{_wait_port(port_file, server)}"
         with Client(target, timeout=600) as client:
@@ -193,6 +196,11 @@ def bench_backend(
                 client.download(artifact.id, back, resume=False)
                 results["down"].append(time.perf_counter() - started)
                 results["rss"].append(max(0, sampler.stop() - before))
+                # the server's side alone: the same download to a client that only counts bytes
+                started = time.perf_counter()
+                request = pb.DownloadArtifactRequest(artifact_id=artifact.id)
+                assert sum(len(chunk.data) for chunk in client.stub.DownloadArtifact(request)) == artifact.size
+                results["bare_down"].append(time.perf_counter() - started)
                 back.unlink()
                 if seaweed is not None:
                     up_s, down_s = raw_s3_round(seaweed, path, back)
@@ -272,11 +280,25 @@ def main() -> None:
 
     where = f"client files in {args.client_dir}" if args.client_dir else "client files on the server's disk"
     print(f"{size:,} bytes each way, medians of {args.repeat}, client and server in separate processes, {where}")
-    header = ("backend", "echo up", "up", "ratio", "echo down", "down", "ratio", "RSS growth", "raw S3 PUT", "raw GET")
+    header = (
+        "backend",
+        "echo up",
+        "up",
+        "ratio",
+        "echo down",
+        "down",
+        "ratio",
+        "down, bytes only",
+        "ratio",
+        "RSS growth",
+        "raw S3 PUT",
+        "raw GET",
+    )
     print("| " + " | ".join(header) + " |")
     print("|" + " --- |" * len(header))
     for backend, echo_up, echo_down, m in rows:
         up, down, e_up, e_down = rate(m["up"]), rate(m["down"]), rate(echo_up), rate(echo_down)
+        bare = rate(m["bare_down"])
         raw = (f"{rate(m['raw_up']):.0f} MB/s", f"{rate(m['raw_down']):.0f} MB/s") if m["raw_up"] else ("-", "-")
         cells = (
             backend,
@@ -286,6 +308,8 @@ def main() -> None:
             f"{e_down:.0f} MB/s",
             f"{down:.0f} MB/s",
             f"{down / e_down:.2f}x",
+            f"{bare:.0f} MB/s",
+            f"{bare / e_down:.2f}x",
             f"{max(m['rss']) / MiB:.1f} MiB",
             *raw,
         )
