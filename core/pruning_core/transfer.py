@@ -71,7 +71,8 @@ class WritePipeline:
                     except RuntimeError:
                         pass  # the loop is closed: nobody waits any more
         finally:
-            self._finished[index].set_result(None)
+            if not self._finished[index].done():
+                self._finished[index].set_result(None)
 
     async def write(self, data: bytes) -> None:
         """Queues ``data`` for every sink; waits while ``depth`` chunks are still unfinished."""
@@ -89,9 +90,11 @@ class WritePipeline:
             items.put(_STOP)
 
     async def drain(self) -> None:
-        """Waits until every sink has taken every queued chunk; raises a sink's error if any."""
+        """Waits until every sink has taken every queued chunk; raises a sink's error if any.
+        Cancelled (the client went away), the sinks go on: :meth:`abandon` stops them."""
         self._stop()
-        await asyncio.gather(*(asyncio.wrap_future(f) for f in self._finished))
+        # shielded: a cancellation must not mark the threads' futures done while they still run
+        await asyncio.shield(asyncio.gather(*(asyncio.wrap_future(f) for f in self._finished)))
         if self._error is not None:
             raise self._error
 
@@ -100,7 +103,7 @@ class WritePipeline:
         may finish the one chunk it is on), so the sinks' owner can be discarded safely. It
         blocks while a sink finishes its chunk: from the event loop, run it in a thread."""
         self._abandoned = True
-        if not all(f.done() for f in self._finished):
+        if any(thread.is_alive() for thread in self._threads):
             self._stop()
             for thread in self._threads:
                 thread.join()

@@ -177,3 +177,37 @@ def test_the_first_error_is_the_one_raised_and_a_write_after_abandon_is_refused(
     with pytest.raises(OSError, match="first"):
         with _Behind(late, early) as put:
             put(b"x")
+
+
+def test_a_drain_cancelled_midway_leaves_abandon_to_wait_for_the_sink():
+    # the client goes away while the server drains: the cleanup after it must not run while a
+    # sink is still on its chunk (an S3 part upload, a slow disk)
+    events: list[str] = []
+    errors: list[str] = []
+    previous_hook = threading.excepthook
+    threading.excepthook = lambda args: errors.append(repr(args.exc_value))
+
+    def slow(data):
+        events.append("sink starts")
+        time.sleep(0.3)
+        events.append("sink ends")
+
+    async def main():
+        pipe = WritePipeline([slow], depth=4)
+        await pipe.write(b"x")
+        await asyncio.sleep(0.05)
+        draining = asyncio.create_task(pipe.drain())
+        await asyncio.sleep(0.05)
+        draining.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await draining
+        await asyncio.to_thread(pipe.abandon)
+        events.append("abandoned")
+        return pipe
+
+    try:
+        pipe = asyncio.run(main())
+    finally:
+        threading.excepthook = previous_hook
+    assert events == ["sink starts", "sink ends", "abandoned"]
+    assert not any(t.is_alive() for t in pipe._threads) and errors == []
