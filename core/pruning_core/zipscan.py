@@ -26,6 +26,7 @@ _ZIP64_EXTRA = 0x0001
 _FLAG_ENCRYPTED, _FLAG_DATA_DESCRIPTOR, _FLAG_UTF8 = 0x01, 0x08, 0x800
 _STORED = 0
 _MAX32 = 0xFFFFFFFF
+MAX_MEMBERS = 1024  # an .npz has one member per array; past this the scan stops (bounded memory and CPU)
 
 
 class StoredMembers:
@@ -70,6 +71,8 @@ class StoredMembers:
     def _member_done(self) -> None:
         self.checked[self._header_at] = (self._crc, self._size, self._name)
         self._in_member = False
+        if len(self.checked) >= MAX_MEMBERS:
+            self.stopped = True  # the rest is left to the check after receipt
         self._next_header(self._header_at + len(self._header) + self._size)
 
     def _parse_header(self) -> None:

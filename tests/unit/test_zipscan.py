@@ -186,3 +186,11 @@ def test_zipfile_still_judges_the_flags_of_a_checked_member(tmp_path):
         modelcheck.inspect_dataset(path, 1 << 30)
     with pytest.raises(modelcheck.ModelRejected, match="encryption"):
         modelcheck.inspect_dataset(path, 1 << 30, members.checked)
+
+
+def test_a_stream_of_empty_members_stops_the_scan_at_its_bound():
+    from pruning_core.zipscan import MAX_MEMBERS
+
+    empty = struct.pack("<4sHHHHHIIIHH", b"PK\x03\x04", 20, 0, 0, 0, 0, 0, 0, 0, 0, 0)
+    members = _scan(empty * (MAX_MEMBERS * 10), iter(lambda: 1 << 16, None))
+    assert members.stopped and len(members.checked) == MAX_MEMBERS
