@@ -66,3 +66,15 @@ def test_only_npy_members_are_arrays_as_the_upload_check_reads_them(tmp_path):
         archive.writestr("x_train.notes", b"not an array")  # ignored, as the upload's check ignores it
     x_train, _, x_test, _ = datasets.load_npz(path)
     assert sorted(x_train) == ["a", "b"] and sorted(x_test) == ["a", "b"]
+
+
+def test_a_member_without_npy_does_not_shadow_the_array(tmp_path):
+    import zipfile
+
+    path = tmp_path / "d.npz"
+    x = np.ones((3, 2), np.float32)
+    np.savez(path, x_train=x, y_train=np.zeros(3), x_test=x, y_test=np.zeros(3))
+    with zipfile.ZipFile(path, "a") as archive:
+        archive.writestr("x_train", b"not the array the upload's check read")
+    x_train, *_ = datasets.load_npz(path)
+    assert x_train.shape == (3, 2) and x_train.dtype == np.float32

@@ -71,10 +71,13 @@ def load_npz(path: os.PathLike | str) -> tuple[Any, ...]:
             arrays = {n[: -len(".npy")] for n in data.zip.namelist() if n.endswith(".npy")}
             out: list[Any] = []
             for name in DATASET_ARRAYS:
+                # by the member's full name: np.load's short name would prefer a member "x_train"
                 if name in arrays:
-                    out.append(data[name])
+                    out.append(data[f"{name}.npy"])
                 else:
-                    parts = {k.split(".", 1)[1]: data[k] for k in sorted(arrays) if k.startswith(f"{name}.")}
+                    parts = {
+                        k.split(".", 1)[1]: data[f"{k}.npy"] for k in sorted(arrays) if k.startswith(f"{name}.")
+                    }
                     if not parts:
                         raise KeyError(name)
                     out.append(parts)
