@@ -99,7 +99,8 @@ def _checked_zip(path: pathlib.Path, max_decompressed: int) -> zipfile.ZipFile:
     try:
         archive = zipfile.ZipFile(path)
         infos = archive.infolist()
-    except (zipfile.BadZipFile, OSError) as exc:
+    except (zipfile.BadZipFile, OSError, ValueError, NotImplementedError, EOFError) as exc:
+        # ValueError: a name flagged UTF-8 that is not; NotImplementedError: an unknown zip version
         raise ModelRejected(f"the archive is truncated or corrupt: {exc}") from None
     total = sum(info.file_size for info in infos)
     if total > max_decompressed:

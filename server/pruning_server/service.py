@@ -37,9 +37,22 @@ def _is_event_id(value: str) -> bool:
     return bool(_EVENT_ID.fullmatch(value)) and all(int(part) < 2**64 for part in value.split("-"))
 
 
-def _drop(pipe: WritePipeline, writer) -> None:
-    pipe.abandon()
-    writer.discard()
+def _drop(pipe: WritePipeline | None, writer) -> None:
+    """Stops an upload's pipeline and removes what it wrote. A failure here (an S3 abort over
+    a broken network) is logged, never answered in place of the refusal; the housekeeping and
+    the bucket's lifecycle rule remove what is left."""
+    try:
+        if pipe is not None:
+            pipe.abandon()
+        writer.discard()
+    except Exception:
+        log.exception("could not remove a dropped upload")
+
+
+async def _drop_off_loop(pipe: WritePipeline | None, writer) -> None:
+    # off the loop (a sink may be finishing a chunk; an S3 abort is a round trip), and done
+    # even if the caller is cancelled meanwhile
+    await asyncio.shield(asyncio.to_thread(_drop, pipe, writer))
 
 
 def make_celery(settings: Settings) -> Celery:
@@ -167,19 +180,19 @@ class PruningService(pb_grpc.PruningServiceServicer):
                     "content does not match the announced sha256",
                     f"{field}.header.sha256",
                 )
-            writer.close()
+            await asyncio.to_thread(writer.close)  # flush and fsync: seconds for a large file
             return writer, header
         except BaseException:
             # A refusal above, or the client went away: the partial upload is gone before the
-            # error leaves. Off the loop, since a sink may be finishing a chunk (an S3 part).
-            await asyncio.shield(asyncio.to_thread(_drop, pipe, writer))
+            # error leaves.
+            await _drop_off_loop(pipe, writer)
             raise
 
     async def _store_upload(self, tenant, writer, header, kind, fmt, info) -> pb.Artifact:
         try:
             artifact_id = await asyncio.to_thread(writer.commit)
         except BaseException:
-            writer.discard()
+            await _drop_off_loop(None, writer)
             raise
         record = ArtifactRecord(
             artifact_id, kind, fmt, convert.safe_filename(header.filename), writer.size, time.time(), info
@@ -196,10 +209,10 @@ class PruningService(pb_grpc.PruningServiceServicer):
         try:
             return await asyncio.to_thread(inspect, writer.path, self.settings.max_decompressed_bytes)
         except modelcheck.ModelRejected as exc:
-            writer.discard()
+            await _drop_off_loop(None, writer)
             raise Invalid([(exc.field, str(exc))]) from None
         except BaseException:
-            writer.discard()
+            await _drop_off_loop(None, writer)
             raise
 
     async def UploadModel(self, request_iterator, context):

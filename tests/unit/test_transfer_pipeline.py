@@ -211,3 +211,21 @@ def test_a_drain_cancelled_midway_leaves_abandon_to_wait_for_the_sink():
         threading.excepthook = previous_hook
     assert events == ["sink starts", "sink ends", "abandoned"]
     assert not any(t.is_alive() for t in pipe._threads) and errors == []
+
+
+def test_a_failed_cleanup_is_logged_not_raised_in_place_of_the_refusal(caplog):
+    from pruning_server.service import _drop
+
+    class BrokenWriter:
+        def discard(self):
+            raise ConnectionError("the S3 abort failed")
+
+    async def main():
+        pipe = WritePipeline([lambda data: None], depth=2)
+        await pipe.write(b"x")
+        await asyncio.to_thread(_drop, pipe, BrokenWriter())
+        return pipe
+
+    pipe = asyncio.run(main())
+    assert not any(t.is_alive() for t in pipe._threads)
+    assert "could not remove a dropped upload" in caplog.text and "the S3 abort failed" in caplog.text

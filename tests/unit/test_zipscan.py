@@ -194,3 +194,19 @@ def test_a_stream_of_empty_members_stops_the_scan_at_its_bound():
     empty = struct.pack("<4sHHHHHIIIHH", b"PK\x03\x04", 20, 0, 0, 0, 0, 0, 0, 0, 0, 0)
     members = _scan(empty * (MAX_MEMBERS * 10), iter(lambda: 1 << 16, None))
     assert members.stopped and len(members.checked) == MAX_MEMBERS
+
+
+@pytest.mark.parametrize("damage", ["zip version 6.4 needed", "a name flagged UTF-8 that is not"])
+def test_directory_entries_zipfile_cannot_read_are_refused_as_corrupt(tmp_path, damage):
+    path = _npz(tmp_path / "data.npz")
+    data = bytearray(path.read_bytes())
+    entry = data.index(b"PK\x01\x02")
+    if damage.startswith("zip version"):
+        data[entry + 6 : entry + 8] = struct.pack("<H", 64)
+    else:
+        data[entry + 8 : entry + 10] = struct.pack("<H", struct.unpack_from("<H", data, entry + 8)[0] | 0x800)
+        data[entry + 46] = 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(modelcheck.ModelRejected, match="corrupt") as refused:
+        modelcheck.inspect_dataset(path, 1 << 30)
+    assert refused.value.field == "dataset"

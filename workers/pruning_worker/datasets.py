@@ -75,9 +75,7 @@ def load_npz(path: os.PathLike | str) -> tuple[Any, ...]:
                 if name in arrays:
                     out.append(data[f"{name}.npy"])
                 else:
-                    parts = {
-                        k.split(".", 1)[1]: data[f"{k}.npy"] for k in sorted(arrays) if k.startswith(f"{name}.")
-                    }
+                    parts = {k.split(".", 1)[1]: data[f"{k}.npy"] for k in sorted(arrays) if k.startswith(f"{name}.")}
                     if not parts:
                         raise KeyError(name)
                     out.append(parts)
