@@ -209,7 +209,7 @@ def _verify_members(
             if total > max_decompressed:
                 raise ModelRejected(f"the archive expands past the limit of {max_decompressed} bytes")
             with archive.open(info):
-                pass  # zipfile still judges the member's header, flags, name and overlaps; no data read
+                pass  # zipfile still judges the member's header, flags and name (and overlaps); no data read
             continue
         produced = 0
         with archive.open(info) as member:

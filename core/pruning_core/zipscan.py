@@ -8,7 +8,8 @@ headers as the bytes arrive and computes the CRC of each stored (uncompressed) m
 way, so the pass after receipt only re-reads what it could not follow.
 
 It is only a shortcut, never the judge: zipfile still opens every member after receipt (its
-header, flags, name and overlap checks), and a member's data is spared the read only where
+header, flags and name checks, and its overlapped-entries check on the Python versions that
+have it), and a member's data is spared the read only where
 the central directory agrees with what was followed here (same header offset and name, stored,
 not encrypted, same size, and the CRC computed here equal to the directory's). Anything else (compressed members,
 data descriptors, encryption, a prefix before the archive, headers that disagree with the
