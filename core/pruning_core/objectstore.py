@@ -45,6 +45,14 @@ if TYPE_CHECKING:
 MiB = 1 << 20
 
 
+Frame = Callable[[int, bytes], bytes]  # (offset, chunk) -> the bytes to send
+
+
+def _pread(fd: int, size: int, offset: int, frame: Frame | None) -> bytes:
+    data = os.pread(fd, size, offset)
+    return frame(offset, data) if frame is not None and data else data
+
+
 class Upload(BlobWriter):
     """An upload being received: :class:`~pruning_core.blobs.BlobWriter` (hashed on the way,
     committed under its sha256) that may be told the sha256 the client announced."""
@@ -71,10 +79,17 @@ class LocalStore(BlobStore):
         return self.path(artifact_id)
 
     async def read(
-        self, artifact_id: str, offset: int = 0, chunk: int = MiB, size: int | None = None
+        self,
+        artifact_id: str,
+        offset: int = 0,
+        chunk: int = MiB,
+        size: int | None = None,
+        frame: Frame | None = None,
     ) -> AsyncIterator[bytes]:
         """The blob's bytes from ``offset`` in chunks of ``chunk``, read ahead off the event
-        loop (``readahead`` positional reads in flight); ``size``, when known, spares a request."""
+        loop (``readahead`` positional reads in flight); ``size``, when known, spares a request.
+        With ``frame``, each chunk comes as ``frame(its offset, its bytes)``, built in the
+        reading thread (a download's serialized message)."""
         fd = os.open(self.path(artifact_id), os.O_RDONLY)
         try:
             loop = asyncio.get_running_loop()
@@ -82,7 +97,7 @@ class LocalStore(BlobStore):
             position = offset
             while True:
                 while len(pending) < self.readahead:
-                    pending.append(loop.run_in_executor(None, os.pread, fd, chunk, position))
+                    pending.append(loop.run_in_executor(None, _pread, fd, chunk, position, frame))
                     position += chunk
                 data = await pending.popleft()
                 if not data:
@@ -256,10 +271,26 @@ class S3Store(LocalStore):
         return True
 
     async def read(
-        self, artifact_id: str, offset: int = 0, chunk: int = MiB, size: int | None = None
+        self,
+        artifact_id: str,
+        offset: int = 0,
+        chunk: int = MiB,
+        size: int | None = None,
+        frame: Frame | None = None,
     ) -> AsyncIterator[bytes]:
         """A ranged GET from ``offset`` (a resumed download re-reads nothing before it),
-        streamed by obstore off the event loop and cut into chunks of at most ``chunk``."""
+        streamed by obstore off the event loop and cut into chunks of at most ``chunk``
+        (each ``frame(its offset, its bytes)`` when ``frame`` is given)."""
+        if frame is None:
+            async for data in self._read(artifact_id, offset, chunk, size):
+                yield data
+            return
+        position = offset
+        async for data in self._read(artifact_id, offset, chunk, size):
+            yield frame(position, data)
+            position += len(data)
+
+    async def _read(self, artifact_id: str, offset: int, chunk: int, size: int | None) -> AsyncIterator[bytes]:
         import obstore
 
         if size is not None and offset >= size:

@@ -19,6 +19,8 @@ import queue
 import threading
 from collections.abc import Callable, Sequence
 
+from pruning.v1 import pruning_pb2 as pb
+
 _STOP = object()
 
 Sink = Callable[[bytes], object]
@@ -107,3 +109,23 @@ class WritePipeline:
             self._stop()
             for thread in self._threads:
                 thread.join()
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+_DATA_TAG = b"\x12"  # DownloadChunk.data: field 2, length-delimited
+
+
+def download_chunk(offset: int, data: bytes, total_size: int, sha256: str) -> bytes:
+    """A serialized ``DownloadChunk`` built with one copy of ``data``: protobuf's own path
+    copies it into the message and again into the serialized bytes. Fields may come in any
+    order on the wire, so the small ones are serialized by protobuf and ``data`` follows."""
+    head = pb.DownloadChunk(offset=offset, total_size=total_size, sha256=sha256).SerializeToString()
+    return b"".join((head, _DATA_TAG, _varint(len(data)), data))

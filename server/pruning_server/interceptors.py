@@ -105,9 +105,23 @@ def wrap_handler(
                 request_deserializer=_tolerant(handler.request_deserializer)
                 if tolerant
                 else handler.request_deserializer,
-                response_serializer=handler.response_serializer,
+                response_serializer=_passthrough(handler.response_serializer),
             )
     return handler
+
+
+def _passthrough(serializer: Callable[[Any], bytes] | None) -> Callable[[Any], bytes] | None:
+    """The serializer, except that a response already serialized (``bytes``: a download's
+    chunks, framed as they are read) goes out as it is."""
+    if serializer is None or getattr(serializer, "passes_bytes", False):
+        return serializer
+    encode = serializer
+
+    def serialize(message: Any) -> bytes:
+        return message if type(message) is bytes else encode(message)
+
+    serialize.passes_bytes = True  # type: ignore[attr-defined]
+    return serialize
 
 
 def code_name(context: grpc.aio.ServicerContext, failed: bool) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import re
 import time
@@ -21,7 +22,7 @@ from pruning_core.blobs import is_artifact_id
 from pruning_core.objectstore import LocalStore
 from pruning_core.settings import Settings
 from pruning_core.store import ArtifactRecord, AsyncJobStore, JobNotFound, new_job_id, state_event
-from pruning_core.transfer import Sink, WritePipeline
+from pruning_core.transfer import Sink, WritePipeline, download_chunk
 
 from . import convert
 from .errors import Exhausted, Failure, Invalid
@@ -250,10 +251,10 @@ class PruningService(pb_grpc.PruningServiceServicer):
         record = await self._artifact(tenant, request.artifact_id, "artifact_id")
         if not 0 <= request.offset <= record.size:
             raise Failure(grpc.StatusCode.OUT_OF_RANGE, f"offset must be in [0, {record.size}], got {request.offset}")
-        offset = request.offset
-        async for data in self.blobs.read(record.id, offset, self.settings.chunk_size, record.size):
-            yield pb.DownloadChunk(offset=offset, data=data, total_size=record.size, sha256=record.id)
-            offset += len(data)
+        # each chunk leaves serialized, framed in the reading thread with one copy of its bytes
+        frame = functools.partial(download_chunk, total_size=record.size, sha256=record.id)
+        async for message in self.blobs.read(record.id, request.offset, self.settings.chunk_size, record.size, frame):
+            yield message
 
     # -- jobs ------------------------------------------------------------------------------
 

@@ -229,3 +229,13 @@ def test_a_failed_cleanup_is_logged_not_raised_in_place_of_the_refusal(caplog):
     pipe = asyncio.run(main())
     assert not any(t.is_alive() for t in pipe._threads)
     assert "could not remove a dropped upload" in caplog.text and "the S3 abort failed" in caplog.text
+
+
+@pytest.mark.parametrize("size", [0, 1, 127, 128, 300, 16383, 16384, 1 << 20, (1 << 20) + 3])
+def test_a_framed_download_chunk_parses_as_the_message(size):
+    from pruning.v1 import pruning_pb2 as pb
+    from pruning_core.transfer import download_chunk
+
+    data = bytes(i % 251 for i in range(size))
+    message = pb.DownloadChunk.FromString(download_chunk(12345678901, data, 98765432109, "ab" * 32))
+    assert message == pb.DownloadChunk(offset=12345678901, data=data, total_size=98765432109, sha256="ab" * 32)
