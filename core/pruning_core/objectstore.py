@@ -281,13 +281,9 @@ class S3Store(LocalStore):
         """A ranged GET from ``offset`` (a resumed download re-reads nothing before it),
         streamed by obstore off the event loop and cut into chunks of at most ``chunk``
         (each ``frame(its offset, its bytes)`` when ``frame`` is given)."""
-        if frame is None:
-            async for data in self._read(artifact_id, offset, chunk, size):
-                yield data
-            return
         position = offset
         async for data in self._read(artifact_id, offset, chunk, size):
-            yield frame(position, data)
+            yield data if frame is None else frame(position, data)
             position += len(data)
 
     async def _read(self, artifact_id: str, offset: int, chunk: int, size: int | None) -> AsyncIterator[bytes]:

@@ -29,8 +29,8 @@ Sink = Callable[[bytes], object]
 class WritePipeline:
     """Feeds each of ``sinks`` from a thread of its own. Create it on the event loop."""
 
-    def __init__(self, sinks: Sink | Sequence[Sink], depth: int = 8):
-        self._sinks = [sinks] if callable(sinks) else list(sinks)
+    def __init__(self, sinks: Sequence[Sink], depth: int = 8):
+        self._sinks = list(sinks)
         if not self._sinks:
             raise ValueError("a pipeline needs at least one sink")
         self._loop = asyncio.get_running_loop()
