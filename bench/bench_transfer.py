@@ -10,6 +10,9 @@ here on free ports), with client and server in separate processes:
   dataset (sha256 and model checks included) and downloads it back to a file (sha256 checked);
 * the same download to a client that only counts the bytes (no sha256, no file): the
   server's side alone;
+* the disk alone: the same bytes copied to a new file beside the server's artifacts, in
+  1 MiB writes, and fsynced once (what the local backend must do with an upload before it
+  answers; its ceiling);
 * with ``s3``, a raw S3 client (obstore) PUT (multipart, from the file) and GET (to a file) of
   the same bytes;
 * the service's peak RSS growth over its RSS before the round while it uploads and downloads
@@ -135,6 +138,20 @@ def _wait_port(path: pathlib.Path, process: subprocess.Popen) -> int:
     return int(path.read_text())
 
 
+def disk_round(path: pathlib.Path, directory: pathlib.Path) -> float:
+    """Seconds to copy ``path`` to a new file in ``directory`` in 1 MiB writes, fsynced once."""
+    target = directory / f"disk-{uuid.uuid4().hex}"
+    started = time.perf_counter()
+    with open(path, "rb") as source, open(target, "wb") as out:
+        while data := source.read(MiB):
+            out.write(data)
+        out.flush()
+        os.fsync(out.fileno())
+    seconds = time.perf_counter() - started
+    target.unlink()
+    return seconds
+
+
 def raw_s3_round(seaweed, path: pathlib.Path, back: pathlib.Path) -> tuple[float, float]:
     import obstore
 
@@ -178,7 +195,7 @@ def bench_backend(
         env=env,
         stderr=subprocess.DEVNULL,
     )
-    results: dict[str, list[float]] = {k: [] for k in ("up", "down", "bare_down", "raw_up", "raw_down", "rss")}
+    results: dict[str, list[float]] = {k: [] for k in ("up", "down", "bare_down", "disk", "raw_up", "raw_down", "rss")}
     try:
         target = f"127.0.0.1:{_wait_port(port_file, server)}"
         with Client(target, timeout=600) as client:
@@ -202,6 +219,7 @@ def bench_backend(
                 assert sum(len(chunk.data) for chunk in client.stub.DownloadArtifact(request)) == artifact.size
                 results["bare_down"].append(time.perf_counter() - started)
                 back.unlink()
+                results["disk"].append(disk_round(path, tmp))
                 if seaweed is not None:
                     up_s, down_s = raw_s3_round(seaweed, path, back)
                     results["raw_up"].append(up_s)
@@ -291,6 +309,7 @@ def main() -> None:
         "down, bytes only",
         "ratio",
         "RSS growth",
+        "disk write + fsync",
         "raw S3 PUT",
         "raw GET",
     )
@@ -311,6 +330,7 @@ def main() -> None:
             f"{bare:.0f} MB/s",
             f"{bare / e_down:.2f}x",
             f"{max(m['rss']) / MiB:.1f} MiB",
+            f"{rate(m['disk']):.0f} MB/s",
             *raw,
         )
         print("| " + " | ".join(cells) + " |")

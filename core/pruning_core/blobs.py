@@ -9,6 +9,7 @@ still being written, by any process on the host.
 
 from __future__ import annotations
 
+import ctypes
 import fcntl
 import hashlib
 import os
@@ -21,13 +22,38 @@ from collections.abc import Callable
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
+WRITEBACK_EVERY = 16 << 20  # bytes written between two starts of their writeback
+_SYNC_FILE_RANGE_WRITE = 2
+
+
+def _libc_sync_file_range() -> Callable[[int, int, int, int], int] | None:
+    """Linux's ``sync_file_range`` (the os module has none), or None elsewhere."""
+    try:
+        function = ctypes.CDLL(None, use_errno=True).sync_file_range
+    except (OSError, AttributeError):
+        return None
+    function.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    function.restype = ctypes.c_int
+    return function
+
+
+_sync_file_range = _libc_sync_file_range()
+
 
 def is_artifact_id(value: str) -> bool:
     return bool(_SHA256.fullmatch(value))
 
 
 class BlobWriter:
-    """Accumulates chunks into a temporary file while hashing them."""
+    """Accumulates chunks into a temporary file while hashing them.
+
+    The file is fsynced once, when it is closed. So that the disk does not start on a large
+    upload only then (1.1-1.7 s for 1 GiB here, after the last byte is in), the writeback of
+    every ``WRITEBACK_EVERY`` bytes is started as they are written (Linux's
+    ``sync_file_range``, which does not wait for it), and the fsync finds little left to do.
+    """
+
+    durable = True  # fsynced on close; a scratch file (a spool) sets False and skips writeback
 
     def __init__(self, store: BlobStore):
         self._store = store
@@ -36,11 +62,23 @@ class BlobWriter:
         self._file = os.fdopen(fd, "wb")
         self.path = pathlib.Path(name)
         self.size = 0
+        self.written_back = 0  # bytes whose writeback has been started
         self._hash = hashlib.sha256()
 
     def _write_file(self, data: bytes) -> None:
         self._file.write(data)
         self.size += len(data)
+        if self.durable and self.size - self.written_back >= WRITEBACK_EVERY:
+            self._start_writeback()
+
+    def _start_writeback(self) -> None:
+        """Starts writing the bytes since the last start to disk, without waiting: only a
+        head start for the fsync in :meth:`close`, so a failure here is ignored."""
+        if _sync_file_range is None:
+            return
+        self._file.flush()
+        _sync_file_range(self._file.fileno(), self.written_back, self.size - self.written_back, _SYNC_FILE_RANGE_WRITE)
+        self.written_back = self.size
 
     def sinks(self) -> list[Callable[[bytes], object]]:
         """The consumers of each chunk, in order, each safe to run in a thread of its own

@@ -120,6 +120,8 @@ class _S3Writer(Upload):
     """An upload received for S3: spooled to a local temporary file (hashed, and inspected
     before it is accepted) and streamed into a multipart upload at the same time."""
 
+    durable = False  # the spool is scratch: S3 keeps the bytes
+
     def __init__(self, store: S3Store):
         super().__init__(store)
         self._s3 = store

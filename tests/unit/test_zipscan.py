@@ -210,3 +210,15 @@ def test_directory_entries_zipfile_cannot_read_are_refused_as_corrupt(tmp_path, 
     with pytest.raises(modelcheck.ModelRejected, match="corrupt") as refused:
         modelcheck.inspect_dataset(path, 1 << 30)
     assert refused.value.field == "dataset"
+
+
+def test_the_scan_uses_zlib_ng_s_crc_which_agrees_with_zlib_s():
+    import zlib
+
+    from zlib_ng import zlib_ng
+
+    from pruning_core import zipscan
+
+    assert zipscan.crc32 is zlib_ng.crc32  # the dependency is there: the fast path is taken
+    data = random.Random(0).randbytes(1 << 20)
+    assert zipscan.crc32(data, 12345) == zlib.crc32(data, 12345)
