@@ -120,7 +120,7 @@ class _S3Writer(Upload):
     """An upload received for S3: spooled to a local temporary file (hashed, and inspected
     before it is accepted) and streamed into a multipart upload at the same time."""
 
-    durable = False  # the spool is scratch: S3 keeps the bytes
+    durable = False  # the spool is scratch, not fsynced: S3 keeps the bytes
 
     def __init__(self, store: S3Store):
         super().__init__(store)
@@ -154,11 +154,6 @@ class _S3Writer(Upload):
                 max_concurrency=self._s3.max_concurrency,
             )
         self._remote.write(data)
-
-    def close(self) -> None:
-        """Flushes the spool file; no fsync, it is scratch (S3 keeps the bytes)."""
-        if not self._file.closed:
-            self._file.flush()
 
     def _abort(self) -> None:
         if self._remote is not None and not self._remote.closed():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import os
 import sys
@@ -22,7 +23,11 @@ def calls(monkeypatch):
 
     def record(fd: int, offset: int, length: int, flags: int) -> int:
         seen.append((offset, length))
-        return real(fd, offset, length, flags) if real is not None else 0
+        if real is None:
+            return 0
+        rc = real(fd, offset, length, flags)
+        assert rc == 0, os.strerror(ctypes.get_errno())  # the real call took its arguments
+        return rc
 
     monkeypatch.setattr(blobs, "_sync_file_range", record)
     return seen
@@ -60,11 +65,18 @@ def test_odd_chunk_sizes_start_writeback_once_a_step_is_reached(tmp_path, calls)
     writer.discard()
 
 
-def test_a_scratch_spool_starts_no_writeback(tmp_path, calls):
+def test_a_scratch_spool_is_neither_written_back_nor_fsynced(tmp_path, calls, monkeypatch):
     assert objectstore._S3Writer.durable is False  # the S3 backend's spool: S3 keeps the bytes
     writer = LocalStore(tmp_path).writer()
     writer.durable = False
     for _ in range(2 * blobs.WRITEBACK_EVERY // MiB):
         writer.write(b"x" * MiB)
     assert calls == [] and writer.written_back == 0
+    synced = []
+    monkeypatch.setattr(os, "fsync", synced.append)
+    writer.close()
+    assert synced == []  # scratch: flushed, not fsynced
+    writer.durable = True
+    writer.close()
+    assert len(synced) == 1
     writer.discard()
