@@ -281,13 +281,6 @@ class _Download:
     def open(self) -> IO[bytes]:
         return open(self.part, "ab" if self.offset else "wb")
 
-    def write(self, f: IO[bytes], chunk: pb.DownloadChunk, progress: DownloadProgress | None) -> None:
-        data = chunk.data  # each read of a bytes field is a copy
-        f.write(data)
-        self.digest.update(data)
-        if progress:
-            progress(len(data), chunk.total_size)
-
     def receive(self, chunks: Iterator[pb.DownloadChunk], progress: DownloadProgress | None) -> None:
         """Writes and hashes ``chunks`` into the partial file, each in a thread of its own
         behind a queue of at most ``PIPELINE`` chunks, while this thread receives the next ones."""
