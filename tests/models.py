@@ -39,7 +39,7 @@ def small_model(path: pathlib.Path, shape=(8, 8)) -> pathlib.Path:
             keras.layers.InputLayer(input_shape=shape),
             keras.layers.Reshape((*shape, 1)),
             keras.layers.Conv2D(4, 3, activation="relu", name="conv"),
-            keras.layers.Flatten(),
+            keras.layers.Flatten(name="flatten"),  # named: a process that built other models numbers it
             keras.layers.Dense(32, activation="relu", name="hidden"),
             keras.layers.Dense(4, name="logits"),
         ]

@@ -101,7 +101,7 @@ def _globals(ctx: click.Context | None = None) -> GlobalOptions:
 
 def _option(*decls: str, help: str, **attrs: Any) -> Callable[[F], F]:
     """click.option with help and the default shown (every option of this CLI has both)."""
-    return click.option(*decls, help=help, show_default=True, **attrs)
+    return click.option(*decls, help=help, **{"show_default": True, **attrs})
 
 
 _GLOBAL_OPTIONS: list[Callable[[F], F]] = [
@@ -710,7 +710,7 @@ def _spec(
     final_sparsity: float,
     begin_step: int,
     end_step: int,
-    power: float,
+    power: float | None,
     frequency: int,
     epochs: int,
     batch_size: int,
@@ -834,7 +834,13 @@ _SPEC_OPTIONS = [
         default=0,
         help="Step at which the final sparsity is reached; 0 = the recipe's (about half of the steps).",
     ),
-    _option("--power", type=float, default=3.0, help="Exponent of the polynomial schedule."),
+    _option(
+        "--power",
+        type=float,
+        default=None,
+        show_default="the recipe's: 5 with keep_accuracy, 3 with plain",
+        help="Exponent of the polynomial schedule.",
+    ),
     _option(
         "--frequency",
         type=int,

@@ -115,7 +115,7 @@ def constant_sparsity(
     target_sparsity: float, *, begin_step: int = 0, end_step: int = 0, frequency: int | None = None
 ) -> pb.PruningSchedule:
     """ConstantSparsity schedule; end_step 0 means the last fine-tuning step, ``frequency``
-    None the server's default (100).
+    None the server's (about 10 mask updates over the span, at most every 100 steps).
 
     Example:
         >>> constant_sparsity(0.5, frequency=5).constant_sparsity.frequency

@@ -93,6 +93,10 @@ def test_keras3_model_round_trip(client, worker, tmp_path, family):
         validation_split=0.0,
         seed=1,
     )
+    # The report (latency, plots) is test_report.py's. Here it runs for every family but the
+    # RNN, whose TFLite conversion fails after about 30 s of tracing the LSTM's two
+    # implementations: the job then only warns, which this test would not check anyway.
+    spec.report.enabled = family != "rnn"
     job = client.submit(spec, labels={"test": "keras3"})
     result = job.result(timeout=600)
     raw = result.raw

@@ -289,6 +289,17 @@ def test_submit_with_a_budget_sends_it_in_the_spec(
     assert spec.budget.WhichOneof("limit") == limit[0] and getattr(spec.budget, limit[0]) == limit[1]
 
 
+@pytest.mark.parametrize(("args", "power"), [([], 0.0), (["--power", "2"], 2.0)])
+def test_submit_leaves_the_power_to_the_recipe_unless_given(
+    monkeypatch: pytest.MonkeyPatch, args: list[str], power: float
+) -> None:
+    SubmittingClient.sent = []
+    monkeypatch.setattr(cli_module, "Client", SubmittingClient)
+    assert run(["submit", "--model", "a" * 64, *args]) == 0
+    (spec,) = SubmittingClient.sent
+    assert spec.pruning.schedule.polynomial_decay.power == power  # 0: unset, the server's recipe picks
+
+
 def test_submit_refuses_two_budgets(capsys: pytest.CaptureFixture[str]) -> None:
     assert run(["submit", "--model", "a" * 64, "--max-loss-pp", "1", "--max-relative-loss", "1"]) == 2
     assert "not both" in capsys.readouterr().err

@@ -46,7 +46,7 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- default (printf "%s-artifacts" (include "pruning.fullname" .)) .Values.persistence.existingClaim }}
 {{- end }}
 
-{{/* Environment shared by the server and the workers (names from pruning_server.config.Settings). */}}
+{{/* Environment shared by the server and the workers (names from pruning_core.settings.Settings). */}}
 {{- define "pruning.env" -}}
 - name: PRUNING_REDIS_URL
 {{- if .Values.redis.enabled }}
