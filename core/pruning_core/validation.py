@@ -89,8 +89,8 @@ def _validate_pruning(spec: pb.PruningSpec, out: list[Violation]) -> None:
         _sparsity(s.final_sparsity, f"{prefix}.final_sparsity", out)
         if s.final_sparsity < s.initial_sparsity:
             out.append((f"{prefix}.final_sparsity", "must not be below initial_sparsity"))
-        if s.power < 0:
-            out.append((f"{prefix}.power", f"must be > 0 (0 = {defaults.POWER}), got {s.power}"))
+        if not (math.isfinite(s.power) and s.power >= 0):
+            out.append((f"{prefix}.power", f"must be a finite number > 0 (0 = the recipe's), got {s.power}"))
         _steps(s.begin_step, s.end_step, s.frequency, prefix, out)
     if spec.block_size and (len(spec.block_size) != 2 or min(spec.block_size) < 1):
         out.append(("spec.pruning.block_size", f"must be two positive ints, got {list(spec.block_size)}"))

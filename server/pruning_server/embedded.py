@@ -184,7 +184,8 @@ def _start_redis(directory: pathlib.Path, socket: pathlib.Path):
 
 
 def main(listen: str | None = None) -> int:
-    """Runs the stack until Ctrl-C or SIGTERM."""
+    """Runs the stack until Ctrl-C or SIGTERM (exit 0), or until its server or worker exits
+    (exit 1, after stopping the rest: a supervisor sees the stack failed)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     stop = {"now": False}
 
@@ -199,17 +200,18 @@ def main(listen: str | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         return 1
     print(f"pruning service up on 127.0.0.1:{stack.port} (Ctrl-C stops it)", flush=True)
+    failed = False
     try:
         while not stop["now"]:
             for name, proc in (("server", stack.server), ("worker", stack.worker)):
                 if proc is not None and proc.poll() is not None:
                     log.error("the %s exited with status %s", name, proc.returncode)
-                    stop["now"] = True
+                    stop["now"] = failed = True
             time.sleep(0.2)
     finally:
         print("stopping the pruning service", flush=True)
         stack.stop()
-    return 0
+    return 1 if failed else 0
 
 
 @click.command("up", help="Run Redis (embedded unless PRUNING_REDIS_URL is set), the server and a worker here.")

@@ -19,18 +19,26 @@ pytestmark = pytest.mark.integration
 PRUNING = pathlib.Path(sys.executable).parent / "pruning"
 
 
-def test_up_runs_a_job_and_stops_cleanly(files, tmp_path):
+def _up(tmp_path: pathlib.Path) -> tuple[subprocess.Popen, str]:
+    """A `pruning up` on its own state directory and queue, once it says it is up; its address."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PRUNING_")}
-    env.update(PRUNING_STATE_DIR=str(tmp_path / "state"), PRUNING_QUEUE=f"embedded-{os.getpid()}")
-    log = open(tmp_path / "up.log", "w+")
-    proc = subprocess.Popen(
-        [str(PRUNING), "up", "--listen", "127.0.0.1:0"], env=env, stdout=log, stderr=subprocess.STDOUT
-    )
+    env.update(PRUNING_STATE_DIR=str(tmp_path / "state"), PRUNING_QUEUE=f"embedded-{os.getpid()}-{tmp_path.name}")
+    with open(tmp_path / "up.log", "w") as log:
+        proc = subprocess.Popen(
+            [str(PRUNING), "up", "--listen", "127.0.0.1:0"], env=env, stdout=log, stderr=subprocess.STDOUT
+        )
+    deadline = time.monotonic() + 120
+    while not (match := re.search(r"pruning service up on (\S+)", (tmp_path / "up.log").read_text())):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError((tmp_path / "up.log").read_text()[-3000:])
+        time.sleep(0.2)
+    return proc, match.group(1)
+
+
+def test_up_runs_a_job_and_stops_cleanly(files, tmp_path):
+    proc, target = _up(tmp_path)
     try:
-        deadline = time.monotonic() + 120
-        while not (match := re.search(r"pruning service up on (\S+)", (tmp_path / "up.log").read_text())):
-            assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "up.log").read_text()[-3000:]
-            time.sleep(0.2)
         children = psutil.Process(proc.pid).children(recursive=True)
         names = " ".join(" ".join(c.cmdline()) for c in children)
         assert "pruning_server" in names and "celery" in names
@@ -39,7 +47,7 @@ def test_up_runs_a_job_and_stops_cleanly(files, tmp_path):
         assert "redis-server" in " ".join(redis_server.cmdline())
         children.append(redis_server)
 
-        with Client(match.group(1)) as client:
+        with Client(target) as client:
             model = client.upload_model(files["keras"])
             data = client.upload_dataset(files["data"])
             job = client.submit(
@@ -53,6 +61,21 @@ def test_up_runs_a_job_and_stops_cleanly(files, tmp_path):
     assert not [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
     assert (tmp_path / "state" / "redis" / "pruning.rdb").exists()  # Redis saved its data on the way out
     assert list((tmp_path / "state" / "artifacts").glob("*/*"))
+
+
+def test_up_exits_1_and_stops_the_rest_when_its_worker_dies(tmp_path):
+    proc, _ = _up(tmp_path)
+    try:
+        children = psutil.Process(proc.pid).children(recursive=True)
+        (worker,) = [c for c in children if "celery" in " ".join(c.cmdline())]
+        worker.kill()
+        code = proc.wait(90)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert code == 1  # a supervisor sees the stack failed
+    assert "the worker exited with status -9" in (tmp_path / "up.log").read_text()
+    assert not [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
 
 
 def test_a_socket_left_by_a_dead_stack_is_removed_and_a_live_one_refused(tmp_path):

@@ -233,3 +233,22 @@ def test_sensitivity_scan_needs_a_plain_schedule():
     full = validation.with_defaults(ok)
     recipe.resolve(full, 422, {"conv2d": 120, "dense": 20290})
     assert not full.pruning.layer_sparsity  # left to the worker's scan
+
+
+def test_a_model_pruning_cannot_wrap_names_the_cause_and_mixed_precision():
+    import tf_keras as keras
+
+    model = keras.Sequential(
+        [
+            keras.layers.InputLayer(input_shape=(8,)),
+            keras.layers.Dense(16, dtype="mixed_float16", name="half"),
+            keras.layers.Dense(3, dtype="float32", name="out"),
+        ]
+    )
+    spec = validation.with_defaults(job_spec("a" * 64, schedule=polynomial_decay(0.5, 0.8)))
+    schedule = worker_recipe.make_schedule(spec.pruning, 100)
+    with pytest.raises(JobInputError) as error:
+        worker_recipe.apply_pruning(model, spec.pruning, schedule)
+    message = str(error.value)
+    assert "layers half compute in mixed precision" in message and "MatMul" in message
+    assert "Call arguments" not in message and "\n" not in message

@@ -55,6 +55,17 @@ def test_sparsity_range(value):
     )
 
 
+@pytest.mark.parametrize(
+    ("power", "ok"), [(0.0, True), (2.5, True), (-1.0, False), (float("nan"), False), (float("inf"), False)]
+)
+def test_power_is_a_finite_number_at_least_0(power, ok):
+    assert (fields(job_spec(MODEL, schedule=polynomial_decay(0.5, 0.8, power=power))) == []) is ok
+    if not ok:
+        assert fields(job_spec(MODEL, schedule=polynomial_decay(0.5, 0.8, power=power))) == [
+            "spec.pruning.schedule.polynomial_decay.power"
+        ]
+
+
 def test_final_below_initial():
     assert fields(job_spec(MODEL, schedule=polynomial_decay(0.8, 0.5))) == [
         "spec.pruning.schedule.polynomial_decay.final_sparsity"

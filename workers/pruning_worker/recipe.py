@@ -18,6 +18,7 @@ from pruning_core.plan import train_steps
 from pruning_core.validation import target_sparsity
 
 from .errors import JobInputError, OutcomeError
+from .tferrors import root_cause
 
 __all__ = [
     "Schedule",
@@ -139,7 +140,11 @@ def apply_pruning(model: keras.Model, p: pb.PruningSpec, schedule: Schedule) -> 
     try:
         pruned = keras.models.clone_model(model, clone_function=clone)
     except (ValueError, TypeError) as exc:
-        raise JobInputError(f"spec.pruning: {exc}") from None
+        mixed = sorted(layer.name for layer in model.layers if "mixed" in getattr(layer.dtype_policy, "name", ""))
+        hint = f" (layers {', '.join(mixed)} compute in mixed precision, which pruning does not take)" if mixed else ""
+        raise JobInputError(
+            f"spec.pruning: the layers cannot be wrapped for pruning{hint}: {root_cause(exc)}"
+        ) from None
     return pruned, chosen
 
 
