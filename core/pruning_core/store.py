@@ -50,6 +50,7 @@ from google.protobuf import json_format, timestamp_pb2
 
 from pruning.v1 import pruning_pb2 as pb
 
+LAST_STREAM_ID = f"{2**64 - 1}-{2**64 - 1}"  # the largest id a Redis stream entry can have
 TERMINAL = frozenset({pb.JOB_STATE_SUCCEEDED, pb.JOB_STATE_FAILED, pb.JOB_STATE_CANCELLED})
 IDEMPOTENCY_TTL_S = 7 * 24 * 3600
 # 1: jobs indexed by tenant, by state and by label.
@@ -77,7 +78,8 @@ return {1, ARGV[5]}
 
 # KEYS: job, events, finished, index of the state read, index of the new state ;
 # ARGV: expected version, job bytes, state, attempt, ended at ('' while the job goes on),
-# job id, event bytes...
+# job id, event bytes... Returns {1, the last event's id ('' for none)}, 0 on a version
+# conflict, -1 for a missing job.
 _UPDATE = """
 local version = redis.call('HGET', KEYS[1], 'version')
 if not version then return -1 end
@@ -87,11 +89,12 @@ redis.call('HSET', KEYS[1], 'job', ARGV[2], 'version', tonumber(version) + 1,
 if KEYS[4] ~= KEYS[5] then redis.call('ZREM', KEYS[4], ARGV[6]) end
 redis.call('ZADD', KEYS[5], 0, ARGV[6])
 if ARGV[5] ~= '' then redis.call('ZADD', KEYS[3], ARGV[5], ARGV[6]) end
+local eid = ''
 for i = 7, #ARGV do
-  local eid = redis.call('XADD', KEYS[2], '*', 'e', ARGV[i])
+  eid = redis.call('XADD', KEYS[2], '*', 'e', ARGV[i])
   redis.call('HSET', KEYS[1], 'last_event_id', eid)
 end
-return 1
+return {1, eid}
 """
 
 
@@ -356,7 +359,9 @@ class _Base:
             indexes = [self.keys.tenant_state(owner, int(raw[b"state"])), self.keys.tenant_state(owner, job.state)]
             args = [raw[b"version"], after, job.state, job.attempt, ended, job_id]
             outcome = yield self._update(keys=keys + indexes, args=args + [e.SerializeToString() for e in events])
-            if outcome == 1:
+            if isinstance(outcome, list):
+                last = outcome[1].decode() if isinstance(outcome[1], bytes) else outcome[1]
+                job.last_event_id = last or job.last_event_id  # the record as stored, its new events included
                 return job
             if outcome == -1:
                 raise JobNotFound(job_id)
@@ -608,6 +613,8 @@ class AsyncJobStore(_Base):
         """Events after id ``after`` ('' = from the start), waiting up to ``block_ms``."""
         key = self.keys.events(job_id)
         if block_ms is None:
+            if after == LAST_STREAM_ID:
+                return []  # nothing comes after it (and Redis refuses it as an exclusive start)
             start = f"({after}" if after else "-"
             return [decode_event(i, f) for i, f in await self.redis.xrange(key, start, "+", count=1000)]
         reply = await self.redis.xread({key: after or "0-0"}, count=1000, block=block_ms)

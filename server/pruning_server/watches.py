@@ -141,13 +141,16 @@ class WatchHub:
                     for event in events:
                         watcher.deliver(event)
 
+    async def _has_ended(self, tenant: str, job_id: str) -> bool:
+        return (await self.store.get(tenant, job_id)).state in TERMINAL
+
     async def follow(self, tenant: str, job_id: str, after: str, recheck_s: float) -> AsyncIterator[pb.JobEvent]:
         """The job's events after ``after`` ('' = all), then live ones, until a terminal state
         change (or the job is found terminal with nothing left to read)."""
         watcher = _Watcher(job_id, self.buffer)
         try:
             await self._register(watcher, after)
-            last, replay = after, True
+            last, replay, first = after, True, True
             while True:
                 if replay or watcher.overflowed:
                     # Registered first, read second: what the reader delivers from now on is
@@ -163,12 +166,21 @@ class WatchHub:
                                 return
                         if len(events) < REPLAY_BATCH:
                             break
+                if first:
+                    # A job that had already ended, watched from its last event (or past it),
+                    # ends the stream now instead of after recheck_s.
+                    first = False
+                    if await self._has_ended(tenant, job_id):
+                        if not await self.store.read_events(job_id, last, block_ms=None):
+                            return
+                        replay = True  # ended while the replay ran: read the rest
+                        continue
                 try:
                     item = await asyncio.wait_for(watcher.queue.get(), recheck_s)
                 except TimeoutError:
                     # Nothing for a while: a job that ended with its last events already read
                     # (or trimmed) must not hold the stream open.
-                    replay = (await self.store.get(tenant, job_id)).state in TERMINAL
+                    replay = await self._has_ended(tenant, job_id)
                     if replay and not await self.store.read_events(job_id, last, block_ms=None):
                         return
                     continue

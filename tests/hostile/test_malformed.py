@@ -165,6 +165,20 @@ def test_event_id_past_64_bits(stub, ids, after):
     assert code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.OUT_OF_RANGE) and fields == ["after_event_id"]
 
 
+@pytest.mark.parametrize("after", ["last", "18446744073709551615-18446744073709551615"])
+def test_watching_an_ended_job_from_its_end_or_past_it_ends_at_once(stub, ids, after):
+    import time
+
+    job = stub.CreateJob(pb.CreateJobRequest(spec=_spec(ids)), metadata=KEY)
+    ended = stub.CancelJob(pb.CancelJobRequest(job_id=job.id), metadata=KEY)
+    assert ended == stub.GetJob(pb.GetJobRequest(job_id=job.id), metadata=KEY)  # the record as stored
+    assert ended.state == pb.JOB_STATE_CANCELLED and ended.last_event_id
+    after = ended.last_event_id if after == "last" else after  # the largest id a stream can hold
+    started = time.monotonic()
+    events = list(stub.WatchJob(pb.WatchJobRequest(job_id=job.id, after_event_id=after), metadata=KEY, timeout=20))
+    assert events == [] and time.monotonic() - started < 5  # not the 30 s of an idle stream's recheck
+
+
 def test_undecodable_upload_messages(channel):
     for method in ("UploadModel", "UploadDataset"):
         call = channel.stream_unary(f"/pruning.v1.PruningService/{method}")
