@@ -43,12 +43,13 @@ def load_export(path: pathlib.Path, keras_version: int) -> Any:
 
 
 def _representative(model: Any, x: Any, n: int = 200) -> Any:
-    """Calibration batches for int8 conversion: one sample at a time, one array per input."""
+    """Calibration batches for int8 conversion: one sample at a time, one array per input, in
+    the dtype of its model input (the converter takes nothing else; Keras casts in training)."""
     if isinstance(x, dict):
         arrays = [np.asarray(x[name][:n]) for name in model.input_names]
     else:
         arrays = [np.asarray(x[:n])]
-    arrays = [a.astype("float32") if np.issubdtype(a.dtype, np.floating) else a for a in arrays]
+    arrays = [a.astype(t.dtype.as_numpy_dtype) for a, t in zip(arrays, model.inputs, strict=True)]
     return lambda: ([a[i : i + 1] for a in arrays] for i in range(len(arrays[0])))
 
 
