@@ -49,7 +49,7 @@ from .client import (
     _Upload,
     _validate_request,
 )
-from .exceptions import DeadlineExceeded, Unavailable, rpc_errors
+from .exceptions import DeadlineExceeded, OutOfRange, Unavailable, rpc_errors
 from .job import (
     MAX_RECONNECTS,
     _all_dests,
@@ -165,7 +165,7 @@ class AsyncJobHandle(_BaseHandle["AsyncClient"]):
 
     async def download(self, dest: os.PathLike[str] | str, fmt: str | None = None) -> pathlib.Path:
         """Downloads the pruned model (or the export of format ``fmt``) to a file, or into a
-        directory as ``pruned-<job id><suffix>``."""
+        directory (an existing one, or a path ending with a separator) as ``pruned-<job id><suffix>``."""
         artifact = _pick_artifact(self.id, await self.result(), fmt)
         return await self.client.download(artifact.id, _artifact_dest(self.id, artifact, dest))
 
@@ -231,7 +231,7 @@ class AsyncClient:
         path: os.PathLike[str] | str,
         progress: UploadProgress | None,
     ) -> pb.Artifact:
-        upload = _Upload(path, progress)
+        upload = await asyncio.to_thread(_Upload, path, progress)
 
         async def requests() -> AsyncIterator[pb.UploadRequest]:
             # read and hashed ahead in a thread, a few chunks at a time off the loop
@@ -337,9 +337,21 @@ class AsyncClient:
         progress: DownloadProgress | None = None,
         filename: str | None = None,
     ) -> pathlib.Path:
-        """Downloads an artifact to ``dest`` (a file, or a directory to write it into), resuming
-        a partial ``<dest>.<artifact_id[:16]>.part``; the sha256 is checked before the move."""
+        """Downloads an artifact to ``dest`` (a file, or a directory to write it into: an existing
+        one, or a path ending with a separator, created if missing), resuming a partial
+        ``<dest>.<artifact_id[:16]>.part``; the sha256 is checked before the move; see
+        :meth:`pruning_client.Client.download`."""
         download = await asyncio.to_thread(_Download, artifact_id, dest, filename=filename, resume=resume)
+        try:
+            with rpc_errors():
+                await self._receive(download, progress)
+        except OutOfRange:
+            if not await asyncio.to_thread(download.restart):
+                raise
+            await self._receive(download, progress)
+        return await asyncio.to_thread(download.finish)
+
+    async def _receive(self, download: _Download, progress: DownloadProgress | None) -> None:
         with download.open() as f:
             behind = _Behind(f.write, download.digest.update)  # written and hashed in threads behind the receiver
             behind.__enter__()
@@ -353,4 +365,3 @@ class AsyncClient:
                 await asyncio.to_thread(behind.__exit__, type(exc), exc, None)  # keeps what arrived
                 raise
             await asyncio.to_thread(behind.__exit__, None, None, None)
-        return await asyncio.to_thread(download.finish)

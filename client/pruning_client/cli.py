@@ -2,10 +2,10 @@
 
 Every command takes ``--json`` for machine-readable output, and the connection options
 (``--target``, ``--api-key``, ``--tls``, ``--ca-file``, ``--timeout``, ``--json``) before or
-after the command name. Exit codes: 0 success, 2 invalid argument (or a local file that does
-not exist), 3 not found, 4 unauthenticated, 5 resource exhausted, 6 failed precondition or
-already exists, 7 unavailable, 8 job failed, 9 job cancelled, 10 timeout, 11 integrity error
-(a download that fails its sha256 check), 130 interrupted, 1 anything else.
+after the command name. Exit codes: 0 success, 2 invalid argument (or a local file that cannot
+be read or written), 3 not found, 4 unauthenticated, 5 resource exhausted, 6 failed
+precondition or already exists, 7 unavailable, 8 job failed, 9 job cancelled, 10 timeout, 11
+integrity error (a download that fails its sha256 check), 130 interrupted, 1 anything else.
 
 Commands other packages install (``pruning up`` from the server package) come from the
 ``pruning.commands`` entry-point group; each entry point names a :class:`click.Command`.
@@ -32,9 +32,9 @@ from google.protobuf.message import Message
 
 from pruning.v1 import pruning_pb2 as pb
 
-from .client import Client
+from .client import Client, _api_key_problem
 from .exceptions import JobCancelled, NotFound, PruningError
-from .job import JobHandle
+from .job import JobHandle, _is_directory
 from .report import job_report, sweep_report
 from .results import JobPlan, ModelSummary, PruneResult
 from .specs import (
@@ -64,6 +64,8 @@ DEFAULT_TARGET = "127.0.0.1:50051"
 #: Without a terminal, the progress is one line per epoch and at least every this many seconds.
 PLAIN_PROGRESS_INTERVAL_S = 10.0
 _GLOBALS_KEY = "pruning_client.cli.globals"
+# A local file that cannot be read or written exits as click's own check of a missing one does.
+_LOCAL_FILE_EXIT = click.UsageError.exit_code
 _STATES = [s.removeprefix("JOB_STATE_").lower() for s, v in pb.JobState.items() if v != pb.JOB_STATE_UNSPECIFIED]
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -92,6 +94,13 @@ def _remember(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
     if param.name not in store or ctx.get_parameter_source(param.name) is ParameterSource.COMMANDLINE:
         store[param.name] = value
     return value
+
+
+def _api_key(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
+    problem = _api_key_problem(value)
+    if problem is not None:
+        raise click.BadParameter(problem, ctx=ctx, param=param, param_hint="--api-key / PRUNING_API_KEY")
+    return _remember(ctx, param, value)
 
 
 def _globals(ctx: click.Context | None = None) -> GlobalOptions:
@@ -123,7 +132,7 @@ _GLOBAL_OPTIONS: list[Callable[[F], F]] = [
         metavar="KEY",
         help="API key (sent as x-api-key; selects the tenant).",
         expose_value=False,
-        callback=_remember,
+        callback=_api_key,
     ),
     _option(
         "--tls",
@@ -490,9 +499,7 @@ def _destination(output: str | None, name: str, *, directory: bool = False) -> p
     if output is None:
         return pathlib.Path(name)
     path = pathlib.Path(output)
-    if directory or output.endswith(("/", os.sep)) or path.is_dir():
-        return path / name
-    return path
+    return path / name if directory or _is_directory(output) else path
 
 
 def _fetch(client: Client, artifact_id: str, dest: pathlib.Path) -> pathlib.Path:
@@ -607,6 +614,12 @@ class PruningGroup(click.Group):
         except BrokenPipeError:
             _silence_stdout()
             ctx.exit(0)
+        except OSError as error:  # a local file or directory the command could not use
+            try:
+                _report_local(error, json_output=_globals(ctx).json)
+            except BrokenPipeError:
+                _silence_stdout()
+            ctx.exit(_LOCAL_FILE_EXIT)
 
 
 def _report(error: PruningError, *, json_output: bool) -> None:
@@ -634,6 +647,15 @@ def _report(error: PruningError, *, json_output: bool) -> None:
         click.echo(f"  {field}: {description}", err=True)
 
 
+def _report_local(error: OSError, *, json_output: bool) -> None:
+    names = " -> ".join(str(n) for n in (error.filename, error.filename2) if n is not None)
+    message = f"{error.strerror}: {names}" if error.strerror and names else _one_line(str(error))
+    if json_output:
+        click.echo(json.dumps({"error": type(error).__name__, "message": message, "field_violations": []}))
+    else:
+        click.echo(f"error: {message}", err=True)
+
+
 def _silence_stdout() -> None:
     """After a broken pipe (``pruning watch --json | head -1``): point stdout at /dev/null so
     the interpreter's last flush cannot fail again (see the Python docs on SIGPIPE)."""
@@ -647,9 +669,9 @@ def _silence_stdout() -> None:
 @click.group(
     cls=PruningGroup,
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 120, "show_default": True},
-    epilog="Exit codes: 0 success, 2 invalid argument, 3 not found, 4 unauthenticated, 5 resource exhausted, "
-    "6 failed precondition or already exists, 7 unavailable, 8 job failed, 9 job cancelled, 10 timeout, "
-    "11 integrity error, 1 anything else.",
+    epilog="Exit codes: 0 success, 2 invalid argument (or a local file that cannot be read or written), "
+    "3 not found, 4 unauthenticated, 5 resource exhausted, 6 failed precondition or already exists, "
+    "7 unavailable, 8 job failed, 9 job cancelled, 10 timeout, 11 integrity error, 1 anything else.",
 )
 @click.option(
     "--version",
@@ -732,6 +754,8 @@ def _spec(
     early_stopping_patience: int | None = None,
     sensitivity_scan: bool = False,
 ) -> pb.JobSpec:
+    if schedule == "none" and structured_ratio is None and not layer_ratio:
+        raise click.UsageError("--schedule none (structured pruning only) needs --structured-ratio or --layer-ratio")
     model_id = model if _is_id(model) else client.upload_model(model).id
     if not _is_id(dataset) and os.path.isfile(dataset):
         dataset = client.upload_dataset(dataset).id
@@ -823,7 +847,7 @@ _SPEC_OPTIONS = [
         type=click.Choice(["polynomial", "constant", "none"]),
         default="polynomial",
         help="Pruning schedule: PolynomialDecay or ConstantSparsity; none = structured pruning only "
-        "(with --structured-ratio).",
+        "(needs --structured-ratio or --layer-ratio).",
     ),
     _option("--initial-sparsity", type=float, default=0.5, help="Initial sparsity of the polynomial schedule."),
     _option("--final-sparsity", type=float, default=0.8, help="Final (or constant target) sparsity."),

@@ -25,8 +25,8 @@ import grpc
 from pruning.v1 import pruning_pb2 as pb
 from pruning.v1 import pruning_pb2_grpc as pb_grpc
 
-from .exceptions import IntegrityError, Unavailable, rpc_errors
-from .job import JobHandle
+from .exceptions import IntegrityError, OutOfRange, Unavailable, rpc_errors
+from .job import JobHandle, _is_directory
 from .results import JobPlan
 from .sweeps import SweepHandle
 from .sweeps import create_request as create_sweep_request
@@ -69,6 +69,14 @@ _R = TypeVar("_R")
 _T = TypeVar("_T")
 
 
+def _api_key_problem(api_key: str | None) -> str | None:
+    """Why ``api_key`` cannot be sent as gRPC metadata (printable ASCII only), or None."""
+    for i, c in enumerate(api_key or ""):
+        if not " " <= c <= "~":
+            return f"must be printable ASCII (it is sent as gRPC metadata); character {i + 1} is not"
+    return None
+
+
 def _rpc(method: Callable[_P, _R]) -> Callable[_P, _R]:
     @functools.wraps(method)
     def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _R:
@@ -92,6 +100,11 @@ class ClientOptions:
     """Deadline in seconds of each unary call."""
     channel_options: list[tuple[str, Any]] = field(default_factory=lambda: list(_CHANNEL_OPTIONS))
     """gRPC channel arguments (retry policy for the unary calls, message size)."""
+
+    def __post_init__(self) -> None:
+        problem = _api_key_problem(self.api_key)
+        if problem is not None:
+            raise ValueError(f"api_key {problem}")
 
     @property
     def metadata(self) -> tuple[tuple[str, str], ...]:
@@ -219,15 +232,19 @@ class _Behind:
 
 class _Upload:
     """The file side of an upload: one pass over the file, hashed as it is sent, so the id the
-    server answers (its sha256 of what it received) can be checked against what was sent."""
+    server answers (its sha256 of what it received) can be checked against what was sent. A
+    file that cannot be read raises its OSError here, before any call: read in the request
+    stream, gRPC would only report UNKNOWN."""
 
     def __init__(self, path: os.PathLike[str] | str, progress: UploadProgress | None) -> None:
         self.path = pathlib.Path(path)
         self.progress = progress
         self.digest = hashlib.sha256()
+        with open(self.path, "rb") as f:
+            self.size = os.fstat(f.fileno()).st_size
 
     def header(self) -> pb.UploadRequest:
-        return pb.UploadRequest(header=pb.UploadHeader(filename=self.path.name, size=self.path.stat().st_size))
+        return pb.UploadRequest(header=pb.UploadHeader(filename=self.path.name, size=self.size))
 
     def chunk(self, data: bytes) -> pb.UploadRequest:
         if self.progress:
@@ -257,12 +274,14 @@ class _Upload:
 
 class _Download:
     """The file side of a resumable download: where it goes, the partial file it resumes (one
-    per artifact, ``<dest>.<artifact_id[:16]>.part``), and the sha256 check before the move."""
+    per artifact, ``<dest>.<artifact_id[:16]>.part``), and the sha256 check before the move.
+    A directory ``dest`` (an existing one, or one ending with a separator) is created if missing."""
 
     def __init__(self, artifact_id: str, dest: os.PathLike[str] | str, *, filename: str | None, resume: bool) -> None:
         self.artifact_id = artifact_id
         target = pathlib.Path(dest)
-        if target.is_dir():
+        if _is_directory(dest):
+            target.mkdir(parents=True, exist_ok=True)
             # Only the last component of a name the server gave: it never becomes a path.
             name = pathlib.PurePosixPath((filename or "").replace("\\", "/")).name
             target = target / (name if name not in ("", ".", "..") else artifact_id)
@@ -280,6 +299,15 @@ class _Download:
 
     def open(self) -> IO[bytes]:
         return open(self.part, "ab" if self.offset else "wb")
+
+    def restart(self) -> bool:
+        """After OUT_OF_RANGE: the partial file is longer than the artifact, so it is removed
+        and the download starts again from 0. False when nothing was resumed (the error stands)."""
+        if not self.offset:
+            return False
+        self.part.unlink(missing_ok=True)
+        self.offset, self.digest = 0, hashlib.sha256()
+        return True
 
     def receive(self, chunks: Iterator[pb.DownloadChunk], progress: DownloadProgress | None) -> None:
         """Writes and hashes ``chunks`` into the partial file, each in a thread of its own
@@ -540,14 +568,21 @@ class Client:
         filename: str | None = None,
     ) -> pathlib.Path:
         """Downloads an artifact to the file ``dest``, or into ``dest`` when it is a directory
-        (named ``filename``, else the artifact id). A partial download is kept beside it as
-        ``<dest>.<artifact_id[:16]>.part`` and resumed; the sha256 is checked before the file
-        is moved into place.
+        (an existing one, or a path ending with a separator, created if missing), named
+        ``filename``, else the artifact id. A partial download is kept beside it as
+        ``<dest>.<artifact_id[:16]>.part`` and resumed (started again from 0 if it is longer
+        than the artifact); the sha256 is checked before the file is moved into place.
 
         Example:
             >>> client.download(result.model_artifact_id, "out/")   # doctest: +SKIP
             PosixPath('out/e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855')
         """
         download = _Download(artifact_id, dest, filename=filename, resume=resume)
-        download.receive(self.stub.DownloadArtifact(download.request(), metadata=self._metadata), progress)
+        try:
+            with rpc_errors():
+                download.receive(self.stub.DownloadArtifact(download.request(), metadata=self._metadata), progress)
+        except OutOfRange:
+            if not download.restart():
+                raise
+            download.receive(self.stub.DownloadArtifact(download.request(), metadata=self._metadata), progress)
         return download.finish()

@@ -117,10 +117,19 @@ def _artifact_suffix(artifact: pb.Artifact) -> str:
     return "." + name.split(".", 1)[1] if "." in name else "." + (artifact.format or "bin")
 
 
+def _is_directory(dest: os.PathLike[str] | str) -> bool:
+    """Whether a download's ``dest`` names a directory: an existing one, or a path ending with
+    a separator ("out/", which need not exist yet)."""
+    return os.fspath(dest).endswith(("/", os.sep)) or pathlib.Path(dest).is_dir()
+
+
 def _artifact_dest(job_id: str, artifact: pb.Artifact, dest: os.PathLike[str] | str) -> pathlib.Path:
-    """``dest``, or ``dest/pruned-<job id><suffix>`` when it is a directory."""
+    """``dest``, or ``dest/pruned-<job id><suffix>`` when it is a directory (created if missing)."""
     target = pathlib.Path(dest)
-    return target / f"pruned-{job_id}{_artifact_suffix(artifact)}" if target.is_dir() else target
+    if not _is_directory(dest):
+        return target
+    target.mkdir(parents=True, exist_ok=True)
+    return target / f"pruned-{job_id}{_artifact_suffix(artifact)}"
 
 
 def _all_dests(
@@ -243,7 +252,8 @@ class JobHandle(_BaseHandle["Client"]):
 
     def download(self, dest: os.PathLike[str] | str, fmt: str | None = None) -> pathlib.Path:
         """Downloads the pruned model (or the export of format ``fmt``: "saved_model",
-        "tflite_int8", ...) to a file, or into a directory as ``pruned-<job id><suffix>``."""
+        "tflite_int8", ...) to a file, or into a directory (an existing one, or a path ending
+        with a separator, created if missing) as ``pruned-<job id><suffix>``."""
         artifact = _pick_artifact(self.id, self.result(), fmt)
         return self.client.download(artifact.id, _artifact_dest(self.id, artifact, dest))
 

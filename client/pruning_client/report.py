@@ -59,7 +59,8 @@ def _render(title: str, sections: list[tuple[str, Table | str]], images: Sequenc
 
 def job_report(job: pb.Job, files: dict[str, str] | None = None) -> tuple[str, str]:
     """(Markdown, HTML) of ``job``; ``files`` maps artifact formats ("history_png",
-    "layers_png", "tensorboard", ...) to file names beside the report, for links and images."""
+    "layers_png", "tensorboard", ...) to file names beside the report, for links and images
+    (a format left out has none; a job that stored no plots says so)."""
     r, files = job.result, files or {}
     sections: list[tuple[str, Table | str]] = []
     outcome = (
@@ -161,8 +162,11 @@ def job_report(job: pb.Job, files: dict[str, str] | None = None) -> tuple[str, s
         )
     if "tensorboard" in files:
         sections.append(("TensorBoard", f"unzip {files['tensorboard']} and run tensorboard --logdir on it"))
-    images = [(caption, files[fmt]) for fmt, caption in (("history_png", "training"), ("layers_png", "layers"))]
-    return _render(f"Pruning job {job.id}", sections, [(c, f) for c, f in images if f])
+    plots = (("history_png", "training"), ("layers_png", "layers"))
+    images = [(caption, files[fmt]) for fmt, caption in plots if files.get(fmt)]
+    if not {a.format for a in r.artifacts} & {fmt for fmt, _ in plots}:
+        sections.append(("Plots", "none stored: a job makes them when it succeeds with its report enabled"))
+    return _render(f"Pruning job {job.id}", sections, images)
 
 
 _CURVE_HEAD = (

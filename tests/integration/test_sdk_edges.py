@@ -1,0 +1,49 @@
+"""SDK edges against the real server (no worker): an unreadable upload fails before any call,
+a partial file longer than the artifact is discarded, a destination ending with a separator is
+a directory."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+import models
+from pruning_client.aio import AsyncClient
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture()
+def data(tmp_path_factory):
+    return models.dataset(tmp_path_factory.mktemp("edges") / "data.npz")
+
+
+def test_an_upload_of_a_missing_file_raises_file_not_found(client, tmp_path):
+    missing = tmp_path / "nonexistent.keras"
+    with pytest.raises(FileNotFoundError) as raised:
+        client.upload_model(missing)
+    assert raised.value.filename == str(missing)
+    with pytest.raises(IsADirectoryError):
+        client.upload_dataset(tmp_path)
+
+
+def test_a_partial_file_longer_than_the_artifact_is_discarded(server, client, data, tmp_path):
+    artifact = client.upload_dataset(data)
+    content = data.read_bytes()
+    for name in ("sync.npz", "async.npz"):
+        (tmp_path / f"{name}.{artifact.id[:16]}.part").write_bytes(content + b"more than the artifact")
+    assert client.download(artifact.id, tmp_path / "sync.npz").read_bytes() == content
+
+    async def download():
+        async with AsyncClient(server.target) as aclient:
+            return await aclient.download(artifact.id, tmp_path / "async.npz")
+
+    assert asyncio.run(download()).read_bytes() == content
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["async.npz", "sync.npz"]
+
+
+def test_a_destination_ending_with_a_separator_is_a_directory(client, data, tmp_path):
+    artifact = client.upload_dataset(data)
+    path = client.download(artifact.id, f"{tmp_path}/out/", filename="data.npz")
+    assert path == tmp_path / "out" / "data.npz" and path.read_bytes() == data.read_bytes()
