@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import pathlib
+import re
 import shutil
 import tempfile
 import zipfile
@@ -108,6 +109,11 @@ def _checked_zip(path: pathlib.Path, max_decompressed: int) -> zipfile.ZipFile:
     return archive
 
 
+# What TensorFlow takes as the name of a scope at the root of a graph: every layer's name is one
+# when the model is traced for training.
+_TF_NAME = re.compile(r"[A-Za-z0-9.][A-Za-z0-9_.\\/>-]*")
+
+
 def _walk_classes(node, found: list[tuple[str, str]]):
     """Checks every ``class_name`` in a Keras config tree; collects (class, name) of layers."""
     if isinstance(node, dict):
@@ -172,6 +178,12 @@ def check_model_config(
         _walk_classes(config, layers)
     except RecursionError:
         raise ModelRejected("the model configuration is nested too deeply") from None
+    for _, name in layers:
+        if not _TF_NAME.fullmatch(name):
+            raise ModelRejected(
+                f"the layer name {name[:200]!r} cannot name a TensorFlow scope, which pruning needs: use ASCII "
+                "letters, digits and . _ - / >, starting with a letter, a digit or a dot"
+            )
     version = preflight.major_version(version_string, 2)
     if version == 3:
         try:

@@ -44,24 +44,29 @@ class DatasetFacts:
     n_test: int
     sample_shape: list[int] | None  # None for several inputs (x_train.<input name> arrays)
     label_range: list[int] | None  # min and max class label over both splits, when integers
+    label_shape: list[int] | None = None  # of one y_train sample; None for y_train.<output name> arrays
+    label_parts: list[str] | None = None  # the <output name>s of y_train.<output name> arrays
 
     @classmethod
     def of_upload(cls, info: dict[str, Any]) -> DatasetFacts:
         arrays = info["arrays"]
         ranges = [r for r in (arrays.get("label_range") or {}).values() if r]
+        y = arrays["y_train"]
         return cls(
             "spec.dataset.artifact_id",
             arrays["x_train"]["shape"][0],
             arrays["x_test"]["shape"][0],
             None if "parts" in arrays["x_train"] else arrays["x_train"]["shape"][1:],
             [min(r[0] for r in ranges), max(r[1] for r in ranges)] if ranges else None,
+            None if "parts" in y else y["shape"][1:],
+            sorted(y["parts"]) if "parts" in y else None,
         )
 
     @classmethod
     def of_builtin(cls, name: str) -> DatasetFacts:
         known = validation.BUILTIN_DATASETS[name]
         return cls(
-            "spec.dataset.builtin", known["x_train"][0], known["x_test"][0], known["x_train"][1:], known["labels"]
+            "spec.dataset.builtin", known["x_train"][0], known["x_test"][0], known["x_train"][1:], known["labels"], []
         )
 
 
@@ -87,9 +92,19 @@ def check(spec: pb.JobSpec, model_info: dict[str, Any], data: DatasetFacts) -> l
     model_input = model_info.get("input_shape")
     if data.sample_shape is not None and not modelcheck.shapes_fit(model_input, data.sample_shape):
         out.append((data.field, f"samples of shape {data.sample_shape} do not fit the model input {model_input}"))
+    out += _dataset_fits(spec, outputs, data)
     summary_outputs = _summary(model_info).outputs
     units = summary_outputs[0].shape[-1] if len(summary_outputs) == 1 and summary_outputs[0].shape else -1
-    if spec.training.loss in SPARSE_LOSSES and units > 0 and data.label_range is not None:
+    sparse = spec.training.loss in SPARSE_LOSSES
+    if sparse and units > 0 and data.label_shape is not None and data.label_shape not in ([], [1]):
+        out.append(
+            (
+                data.field,
+                f"y_train samples have shape {data.label_shape}, but a sparse categorical loss takes one class "
+                "index per sample (shape [] or [1]); one-hot labels take the loss categorical_crossentropy",
+            )
+        )
+    if sparse and units > 0 and data.label_range is not None:
         low, high = data.label_range
         if low < 0 or high >= units:
             out.append(
@@ -131,6 +146,34 @@ def check(spec: pb.JobSpec, model_info: dict[str, Any], data: DatasetFacts) -> l
                 "end_step - begin_step a multiple of the frequency, or leave either unset",
             )
         )
+    return out
+
+
+def _dataset_fits(spec: pb.JobSpec, outputs: list[str], data: DatasetFacts) -> list[Violation]:
+    """Samples on both sides of the splits, and one label array per output of a model of several."""
+    out: list[Violation] = []
+    if data.n_train == 0 or data.n_test == 0:
+        out.append((data.field, f"x_train and x_test need a sample each; they hold {data.n_train} and {data.n_test}"))
+    n, split = _n_train(spec, data), spec.training.validation_split
+    kept = math.floor(n * (1.0 - split))
+    if n and split > 0 and not 0 < kept < n:
+        out.append(
+            (
+                "spec.training.validation_split",
+                f"{split:g} of {n} training samples leaves {kept} to train on and {n - kept} to validate on; "
+                "both need at least one",
+            )
+        )
+    if len(outputs) > 1 and data.label_parts is None:
+        out.append(
+            (
+                data.field,
+                f"the model has {len(outputs)} outputs {sorted(outputs)}; store one array per output, named "
+                "y_train.<output name> and y_test.<output name>",
+            )
+        )
+    elif len(outputs) > 1 and data.label_parts is not None and data.label_parts != sorted(outputs):
+        out.append((data.field, f"y arrays for outputs {data.label_parts}; the model's outputs are {sorted(outputs)}"))
     return out
 
 

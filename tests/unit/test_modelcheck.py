@@ -42,6 +42,17 @@ def test_lambda_and_custom_objects_are_refused(bad):
         modelcheck.check_model_config(sequential(layer("Dense", "ok"), bad), "keras")
 
 
+@pytest.mark.parametrize("name", ["dénse", "a b", "_under", "-dash", "d\u0000"])
+def test_layer_names_tensorflow_cannot_scope_are_refused(name):
+    with pytest.raises(ModelRejected, match="cannot name a TensorFlow scope"):
+        modelcheck.check_model_config(sequential(layer("Dense", "ok"), layer("Dense", name)), "keras")
+
+
+@pytest.mark.parametrize("name", ["dense_1", "Conv2D.3", "block/conv", "x>y-z", "7"])
+def test_layer_names_tensorflow_scopes_are_taken(name):
+    assert ("Dense", name) in modelcheck.check_model_config(sequential(layer("Dense", name)), "keras").layers
+
+
 def test_compile_config_is_not_inspected():
     config = sequential(layer("Dense", "d"))
     config["compile_config"] = {"loss": {"class_name": "MyLoss"}}

@@ -73,6 +73,43 @@ def test_labels_past_the_output_units_are_refused_before_any_step():
     check(model, (x, good + 4, x, good + 4), "mean_squared_error")  # not class labels: not checked
 
 
+def test_class_labels_must_be_whole_indices_of_the_right_shape():
+    model, loss = _model(), "sparse_categorical_crossentropy_from_logits"
+    x = np.zeros((8, 3), "float32")
+    good = np.arange(8) % 4
+    check(model, (x, good.astype("float32"), x, good[:, None]), loss)  # whole floats and (n, 1) are indices
+    with pytest.raises(JobInputError, match=r"y_train holds 1.5 \(sample 3\).*whole class indices"):
+        check(model, (x, np.where(np.arange(8) == 3, 1.5, good), x, good), loss)
+    one_hot = np.eye(4, dtype="float32")[good]
+    with pytest.raises(JobInputError, match=r"y_test samples have shape \[4\].*categorical_crossentropy"):
+        check(model, (x, good, x, one_hot), loss)
+    check(model, (x, one_hot, x, one_hot), "categorical_crossentropy")
+
+
+@pytest.mark.parametrize(("n", "split", "ok"), [(1, 0.1, False), (2, 0.5, True), (10, 0.95, False), (1, 0.0, True)])
+def test_a_validation_split_must_leave_samples_on_both_sides(n, split, ok):
+    from pruning_worker.inputs import check_split
+
+    if ok:
+        check_split(n, split)
+    else:
+        with pytest.raises(JobInputError, match="spec.training.validation_split"):
+            check_split(n, split)
+
+
+def test_a_model_of_several_outputs_takes_one_label_array_per_output():
+    import tf_keras as keras
+
+    from pruning_worker.inputs import by_output
+
+    inputs = keras.Input((3,))
+    model = keras.Model(inputs, [keras.layers.Dense(2, name="a")(inputs), keras.layers.Dense(1, name="b")(inputs)])
+    y = np.zeros((8, 2), "float32")
+    with pytest.raises(JobInputError, match=r"2 outputs \['a', 'b'\].*y_train.<output name>"):
+        by_output(model, y)
+    assert by_output(model, {"b": y[:, :1], "a": y})[0] is not None
+
+
 def test_baseline_evaluation_maps_tensorflow_errors_to_job_errors():
     """Even past the pre-check, a TF error in evaluation is the job's input error, not INTERNAL."""
     x = np.zeros((8, 3), "float32")

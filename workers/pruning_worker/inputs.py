@@ -63,9 +63,14 @@ def head(data: Data, n: int) -> Data:
 def by_output(model: Any, y: Data) -> Data:
     """Targets of a model of several outputs as a list in the order of its outputs (pruning
     wraps, and so renames, the output layers that Keras would match a dict against)."""
-    if not isinstance(y, dict):
-        return y
     names = list(model.output_names)
+    if not isinstance(y, dict):
+        if len(names) > 1:
+            raise JobInputError(
+                f"dataset: the model has {len(names)} outputs {sorted(names)}; store one array per output, "
+                "named y_train.<output name> and y_test.<output name>"
+            )
+        return y
     if sorted(y) != sorted(names):
         raise JobInputError(f"dataset: y arrays for outputs {sorted(y)}; the model's outputs are {sorted(names)}")
     return [y[name] for name in names]
@@ -98,9 +103,42 @@ def _check_finite(name: str, data: Data) -> None:
             raise JobInputError(f"dataset: {label} holds {count} NaN or infinite values (the first in sample {first})")
 
 
+def check_split(n_train: int, validation_split: float) -> None:
+    """Refuses a validation split that leaves no sample to train on or none to validate on."""
+    kept = int(np.floor(n_train * (1.0 - validation_split)))
+    if validation_split > 0 and not 0 < kept < n_train:
+        raise JobInputError(
+            f"spec.training.validation_split: {validation_split:g} of {n_train} training samples leaves "
+            f"{kept} to train on and {n_train - kept} to validate on; both need at least one"
+        )
+
+
+def _check_class_indices(model: Any, name: str, y: Any) -> None:
+    """Labels of a sparse categorical loss: whole class indices, one per output position."""
+    position = list(model.output_shape[1:-1])
+    sample = list(y.shape[1:])
+    if not (modelcheck.shapes_fit(position, sample) or modelcheck.shapes_fit([*position, 1], sample)):
+        raise JobInputError(
+            f"dataset: {name} samples have shape {sample}, but a sparse categorical loss takes one class index "
+            f"per output position (shape {position} or {[*position, 1]}); one-hot labels take the loss "
+            "categorical_crossentropy"
+        )
+    if np.issubdtype(y.dtype, np.floating) and y.size:
+        flat = y.reshape(len(y), -1)
+        bad = flat != np.floor(flat)
+        if bad.any():
+            first = int(np.argmax(bad.any(axis=1)))
+            value = flat[first][bad[first]][0]
+            raise JobInputError(
+                f"dataset: {name} holds {value:g} (sample {first}), but a sparse categorical loss takes whole "
+                "class indices"
+            )
+
+
 def check(model: Any, data: Arrays, loss: str) -> None:
     """Refuses data the model cannot take before any step runs: sample shapes, NaN or infinite
-    values, empty splits, and, for the sparse categorical losses, labels outside the model's output units."""
+    values, empty splits, and, for the sparse categorical losses, labels that are not whole class
+    indices of the model's output units."""
     x_train, y_train, x_test, y_test = data
     for name, x in (("x_train", x_train), ("x_test", x_test)):
         _check_inputs(model, name, x)
@@ -111,6 +149,7 @@ def check(model: Any, data: Arrays, loss: str) -> None:
     if loss in SPARSE_LOSSES and not isinstance(model.output_shape, list) and not isinstance(y_train, dict):
         units = model.output_shape[-1]
         for name, y in (("y_train", y_train), ("y_test", y_test)):
+            _check_class_indices(model, name, y)
             if units and y.size and np.issubdtype(y.dtype, np.number) and (y.min() < 0 or y.max() >= units):
                 raise JobInputError(
                     f"dataset: {name} holds labels in [{y.min()}, {y.max()}], "

@@ -24,7 +24,7 @@ from .callbacks import HistoryCallback, ProgressCallback, Reporter, early_stoppi
 from .errors import Cancelled, OutcomeError
 from .evaluate import evaluate
 from .export import KERAS_FILES, as_keras3, export, load_export
-from .inputs import Inputs, by_output, check, head, length
+from .inputs import Inputs, by_output, check, check_split, head, length
 from .measure import device_name
 from .structured import step
 from .train import fine_tune
@@ -56,6 +56,7 @@ def run(
     y_train, y_test = by_output(model, y_train), by_output(model, y_test)
     if t.max_train_samples:
         x_train, y_train = head(x_train, t.max_train_samples), head(y_train, t.max_train_samples)
+    check_split(length(x_train), t.validation_split)
     if t.seed:
         keras.utils.set_random_seed(t.seed)
     loss = recipe.make_loss(t.loss)
