@@ -31,6 +31,7 @@ from .watches import WatchHub
 
 log = logging.getLogger(__name__)
 _EVENT_ID = re.compile(r"\d+-\d+")
+_SHA256 = re.compile(r"[0-9a-fA-F]{64}")
 _JOB_ID = re.compile(r"[0-9a-f]{24}")
 
 
@@ -154,6 +155,18 @@ class PruningService(pb_grpc.PruningServiceServicer):
                             grpc.StatusCode.INVALID_ARGUMENT, "the first message must be the header", f"{field}.header"
                         )
                     header = request.header
+                    if header.size < 0:
+                        refuse(
+                            grpc.StatusCode.INVALID_ARGUMENT,
+                            f"must be >= 0 (0 = not announced), got {header.size}",
+                            f"{field}.header.size",
+                        )
+                    if header.sha256 and not _SHA256.fullmatch(header.sha256):
+                        refuse(
+                            grpc.StatusCode.INVALID_ARGUMENT,
+                            f"must be 64 hex digits (or empty), got {header.sha256[:80]!r}",
+                            f"{field}.header.sha256",
+                        )
                     if header.sha256:
                         await asyncio.to_thread(writer.announce, header.sha256)
                     if header.size > limit:
@@ -162,6 +175,10 @@ class PruningService(pb_grpc.PruningServiceServicer):
                             f"{header.size} bytes is over the upload limit of {limit}",
                         )
                     continue
+                if request.HasField("header"):
+                    refuse(
+                        grpc.StatusCode.INVALID_ARGUMENT, "only the first message may be the header", f"{field}.header"
+                    )
                 chunk = request.chunk
                 if pipe.accepted + len(chunk) > limit:
                     refuse(grpc.StatusCode.RESOURCE_EXHAUSTED, f"upload is over the limit of {limit} bytes")

@@ -179,6 +179,24 @@ def test_watching_an_ended_job_from_its_end_or_past_it_ends_at_once(stub, ids, a
     assert events == [] and time.monotonic() - started < 5  # not the 30 s of an idle stream's recheck
 
 
+@pytest.mark.parametrize(
+    ("messages", "field"),
+    [
+        ([pb.UploadHeader(filename="m.keras", size=-1)], "model.header.size"),
+        ([pb.UploadHeader(filename="m.keras", sha256="zz")], "model.header.sha256"),
+        ([pb.UploadHeader(filename="m.keras", sha256="0" * 63 + "g")], "model.header.sha256"),
+        ([pb.UploadHeader(filename="m.keras"), b"PK", pb.UploadHeader(filename="n.keras", size=5)], "model.header"),
+    ],
+)
+def test_a_malformed_upload_header_is_refused_with_its_field(stub, messages, field):
+    requests = [
+        pb.UploadRequest(header=m) if isinstance(m, pb.UploadHeader) else pb.UploadRequest(chunk=m) for m in messages
+    ]
+    requests.append(pb.UploadRequest(chunk=keras_bytes()))
+    code, fields, _ = _refusal(lambda: stub.UploadModel(iter(requests), metadata=KEY))
+    assert (code, fields) == (grpc.StatusCode.INVALID_ARGUMENT, [field])
+
+
 def test_undecodable_upload_messages(channel):
     for method in ("UploadModel", "UploadDataset"):
         call = channel.stream_unary(f"/pruning.v1.PruningService/{method}")
