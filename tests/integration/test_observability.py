@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import pytest
 import redis
 from prometheus_client.parser import text_string_to_metric_families
@@ -263,13 +264,20 @@ def test_one_trace_from_create_job_to_the_phases(deployment, client, files):
     assert any(r.get("attempt") == 1 and r.get("trace_id") == trace_id for r in records)
 
 
-def test_celery_task_state_follows_the_job(deployment, client, files):
+def test_celery_task_state_follows_the_job(deployment, client, files, tmp_path):
     cancelled = start_long_job(client, files)
     assert cancelled.cancel().state == pb.JOB_STATE_CANCELLING
     assert cancelled.wait(timeout=60).state == pb.JOB_STATE_CANCELLED
 
-    # One training sample, half of it for validation: only fitting finds out (INVALID_ARGUMENT).
-    failed = client.submit(small_spec(client, files, max_train_samples=1, validation_split=0.5))
+    # A class label of 1.5: only the worker reads the values (INVALID_ARGUMENT).
+    with np.load(files["data"]) as f:
+        arrays = dict(f)
+    arrays["y_train"] = arrays["y_train"].astype("float32")
+    arrays["y_train"][7] = 1.5
+    np.savez(tmp_path / "half_label.npz", **arrays)
+    spec = small_spec(client, files)
+    spec.dataset.artifact_id = client.upload_dataset(tmp_path / "half_label.npz").id
+    failed = client.submit(spec)
     with pytest.raises(JobFailed):
         failed.result(timeout=120)
 
