@@ -337,3 +337,30 @@ def test_load_keras3_bounds_the_archive(tmp_path):
     path, _ = km.save("mnist_cnn", tmp_path / "m.keras")
     with pytest.raises(JobInputError, match="over the limit"):
         bridge.load_keras3(path, tmp_path, 1000)
+
+
+@pytest.mark.parametrize(
+    ("make", "shape"),
+    [
+        pytest.param(lambda L: L.DepthwiseConv2D(3), (8, 8, 2), id="DepthwiseConv2D"),
+        pytest.param(lambda L: L.SeparableConv2D(4, 3), (8, 8, 2), id="SeparableConv2D"),
+        pytest.param(lambda L: L.Conv2DTranspose(4, 3), (8, 8, 2), id="Conv2DTranspose"),
+        pytest.param(lambda L: L.DepthwiseConv1D(3), (8, 2), id="DepthwiseConv1D"),
+        pytest.param(lambda L: L.SeparableConv1D(4, 3), (8, 2), id="SeparableConv1D"),
+        pytest.param(lambda L: L.Conv1DTranspose(4, 3), (8, 2), id="Conv1DTranspose"),
+    ],
+)
+def test_a_tf_keras_model_comes_back_as_keras3_without_a_keras3_original(tmp_path, make, shape):
+    """What a tf_keras upload exported as Keras 3, or a structured job's model, goes through:
+    Keras 3's loader of Keras 2 files, which refuses tf_keras options it does not take."""
+    import tf_keras
+
+    from pruning_worker.bridge import check_equivalence
+    from pruning_worker.export import as_keras3
+
+    inputs = tf_keras.Input(shape)
+    made = make(tf_keras.layers)
+    model = tf_keras.Model(inputs, tf_keras.layers.Dense(2)(tf_keras.layers.Flatten()(made(inputs))))
+    model3 = as_keras3(model, None, tmp_path)
+    assert type(model3.layers[1]).__name__ == type(made).__name__
+    assert check_equivalence(model3, model) <= 1e-5

@@ -680,6 +680,32 @@ def to_keras3(model2: Any, like: Any) -> Any:
     return clone
 
 
+def for_keras3_loader(config: Any) -> Any:
+    """A tf_keras model configuration (an HDF5 file's ``model_config``) that Keras 3's loader
+    of Keras 2 files takes. An option Keras 3's layer class does not take is dropped where it
+    changes nothing: at tf_keras's default (``groups`` 1 of the depthwise, separable and
+    transposed convolutions), or an initializer (the weights are loaded; the separable
+    convolutions' unused ``kernel_initializer``). Anywhere else it stays and the loader refuses it."""
+    if isinstance(config, list):
+        return [for_keras3_loader(item) for item in config]
+    if not isinstance(config, dict):
+        return config
+    out = {key: for_keras3_loader(value) for key, value in config.items()}
+    cls3, cls2 = (
+        getattr(keras.layers, str(out.get("class_name")), None),
+        getattr(tf_keras.layers, str(out.get("class_name")), None),
+    )
+    layer_config = out.get("config")
+    if isinstance(cls3, type) and isinstance(cls2, type) and isinstance(layer_config, dict):
+        taken, given = _parameters(cls3), _parameters(cls2)
+        for key in [k for k in layer_config if k not in taken and k in given]:
+            default = given[key].default
+            at_default = default is not inspect.Parameter.empty and _same(_plain(default), layer_config[key])
+            if at_default or key.endswith("_initializer"):
+                del layer_config[key]
+    return out
+
+
 def _embedding_bound(input_layer: Any) -> int | None:
     """The smallest Embedding input_dim among the layers an input feeds directly."""
     bounds = []

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import pathlib
 import shutil
 from typing import Any
 
+import h5py
 import numpy as np
 import tensorflow as tf
 import tf_keras as keras
@@ -30,6 +32,9 @@ def as_keras3(model: Any, like: Any, workdir: pathlib.Path) -> Any:
         return bridge.to_keras3(model, like)
     path = workdir / "as_keras3.h5"
     keras.models.save_model(model, path, include_optimizer=False, save_format="h5")
+    with h5py.File(path, "r+") as f:
+        config = json.loads(f.attrs["model_config"])
+        f.attrs["model_config"] = json.dumps(bridge.for_keras3_loader(config))
     return keras3.saving.load_model(path, compile=False)
 
 
