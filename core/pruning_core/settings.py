@@ -156,6 +156,14 @@ class Settings(BaseSettings):
         10 * 1024 * MiB, description="size bound of a worker's input cache (least recently used files go first)"
     )
 
+    @field_validator("metrics_listen", "worker_metrics_listen")
+    @classmethod
+    def _host_and_port(cls, value: str) -> str:
+        _, colon, port = value.rpartition(":")
+        if value and not (colon and port.isascii() and port.isdigit() and int(port) <= 65535):
+            raise ValueError(f"must be host:port (or empty for none), got {value!r}")
+        return value
+
     @field_validator("chunk_size")
     @classmethod
     def _chunk_size_positive(cls, value: int) -> int:

@@ -11,6 +11,7 @@ import sys
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from pydantic import ValidationError
 
 from pruning.v1 import pruning_pb2 as pb
 from pruning.v1 import pruning_pb2_grpc as pb_grpc
@@ -140,16 +141,28 @@ async def create_server(settings: Settings, address: str | None = None) -> Runni
         await store.redis.aclose()
         await reader.redis.aclose()
         raise AddressInUse(f"cannot listen on {address}: the address is in use (or not available here)") from None
+    metrics = None
+    if settings.metrics_listen:
+        try:
+            metrics = telemetry.MetricsEndpoint(settings)
+        except OSError as exc:
+            await store.redis.aclose()
+            await reader.redis.aclose()
+            raise AddressInUse(f"cannot serve metrics on {settings.metrics_listen}: {exc.strerror or exc}") from None
     await server.start()
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    log.info("pruning server listening on port %d (artifacts in %s)", port, blobs.root)
+    where = (
+        f"S3 bucket {settings.s3_bucket}, prefix {settings.s3_prefix!r}"
+        if settings.artifact_store == "s3"
+        else blobs.root
+    )
+    log.info("pruning server listening on port %d (artifacts in %s)", port, where)
     hub.start()
     running = Running(server, port, health_servicer, store, hub, settings.grace_s)
     running.health_check = asyncio.create_task(watch_redis(store, health_servicer, settings.health_check_interval_s))
-    if settings.metrics_listen:
-        running.metrics = telemetry.MetricsEndpoint(settings)
-        running.metrics_port = running.metrics.port
+    if metrics is not None:
+        running.metrics, running.metrics_port = metrics, metrics.port
     running.housekeeping = asyncio.create_task(reaper.housekeeping(store, blobs, settings))
     running.sweeps = asyncio.create_task(drive(jobs, sweep_store, settings.sweep_interval_s))
     if settings.reap_after_s > 0:
@@ -177,7 +190,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--listen", help="host:port (default: PRUNING_LISTEN or 127.0.0.1:50051)")
     parser.add_argument("--port-file", help="write the bound port to this file once serving")
     args = parser.parse_args(argv)
-    settings = Settings()
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        problems = "; ".join(f"PRUNING_{'_'.join(map(str, e['loc'])).upper()}: {e['msg']}" for e in exc.errors())
+        print(f"pruning server: invalid settings: {problems}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
     core_telemetry.configure_logging(settings.log_format, settings.log_level)
 
     def ready(port: int) -> None:

@@ -45,3 +45,32 @@ def test_pruning_up_on_a_taken_port_exits_non_zero(env, tmp_path):
         )
     assert done.returncode != 0
     assert address in done.stderr and "Traceback" not in done.stderr
+
+
+def _server_process(env: dict, **settings: str) -> subprocess.CompletedProcess:
+    server_env = {**os.environ, **env, **settings}
+    return subprocess.run(
+        [sys.executable, "-m", "pruning_server.main", "--listen", "127.0.0.1:0"],
+        env=server_env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_a_taken_metrics_port_stops_the_server_saying_why(env):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        address = f"127.0.0.1:{taken.getsockname()[1]}"
+        done = _server_process(env, PRUNING_METRICS_LISTEN=address)
+    assert done.returncode == 3, done.stderr[-2000:]
+    assert f"cannot serve metrics on {address}" in done.stderr and "Traceback" not in done.stderr
+    assert "ready on port" not in done.stdout
+
+
+@pytest.mark.parametrize("value", ["notaport", "127.0.0.1:http", "127.0.0.1:70000"])
+def test_a_malformed_metrics_address_is_a_settings_error(env, value):
+    done = _server_process(env, PRUNING_METRICS_LISTEN=value)
+    assert done.returncode == 2
+    assert "invalid settings: PRUNING_METRICS_LISTEN" in done.stderr and "Traceback" not in done.stderr
