@@ -12,7 +12,7 @@ Example:
 The asyncio client is :class:`pruning_client.aio.AsyncClient`.
 """
 
-from .aio import AsyncClient, AsyncJobHandle
+from .aio import AsyncClient, AsyncJobHandle, AsyncSweepHandle
 from .client import Client, ClientOptions, DownloadProgress, UploadProgress
 from .exceptions import (
     AlreadyExists,
@@ -56,6 +56,7 @@ __all__ = [
     "AlreadyExists",
     "AsyncClient",
     "AsyncJobHandle",
+    "AsyncSweepHandle",
     "Cancelled",
     "Client",
     "ClientOptions",

@@ -2,8 +2,8 @@
 with coroutines and async iterators.
 
 Requests, credentials, result parsing, exception mapping and the stream-following logic are
-the sync client's (private helpers in :mod:`pruning_client.client` and
-:mod:`pruning_client.job`); only the I/O differs.
+the sync client's (private helpers in :mod:`pruning_client.client`, :mod:`pruning_client.job`
+and :mod:`pruning_client.sweeps`); only the I/O differs.
 
 Example:
     >>> import asyncio                                        # doctest: +SKIP
@@ -49,9 +49,10 @@ from .client import (
     _Upload,
     _validate_request,
 )
-from .exceptions import DeadlineExceeded, OutOfRange, Unavailable, rpc_errors
+from .exceptions import DeadlineExceeded, OutOfRange, PruningError, Unavailable, rpc_errors
 from .job import (
     MAX_RECONNECTS,
+    TERMINAL,
     _all_dests,
     _artifact_dest,
     _BaseHandle,
@@ -62,8 +63,11 @@ from .job import (
 )
 from .results import JobPlan, PruneResult
 from .specs import exports
+from .sweeps import _RETRIED, _BaseSweepHandle, outcome, watch_request
+from .sweeps import create_request as create_sweep_request
+from .sweeps import list_request as list_sweeps_request
 
-__all__ = ["AsyncClient", "AsyncJobHandle"]
+__all__ = ["AsyncClient", "AsyncJobHandle", "AsyncSweepHandle"]
 
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
@@ -178,6 +182,65 @@ class AsyncJobHandle(_BaseHandle["AsyncClient"]):
         ]
 
 
+class AsyncSweepHandle(_BaseSweepHandle["AsyncClient"]):
+    """A sweep from asyncio code: the coroutine twin of :class:`pruning_client.SweepHandle`.
+
+    Example:
+        >>> sweep = await client.create_sweep(sweep_spec(job_spec(model.id), sparsities=[0.5, 0.8]))  # doctest: +SKIP
+        >>> async for snapshot in sweep.watch():
+        ...     print(len(snapshot.trials))
+        >>> [t.pruned_accuracy for t in (await sweep.result(timeout=900)).trials]
+        [0.97, 0.95]
+    """
+
+    client: AsyncClient
+
+    async def get(self) -> pb.Sweep:
+        """The sweep now."""
+        self.last = await self.client.get_sweep(self.id)
+        return self.last
+
+    async def cancel(self) -> pb.Sweep:
+        """Cancels the sweep and every trial still going."""
+        self.last = await self.client.cancel_sweep(self.id)
+        return self.last
+
+    async def watch(self, *, reconnect_delay: float = 1.0) -> AsyncGenerator[pb.Sweep, None]:
+        """Every change of the sweep until it ends; reconnects after UNAVAILABLE and resumes
+        after the last version seen."""
+        seen = 0
+        while True:
+            call = self.client.sweep_stub.WatchSweep(watch_request(self.id, seen), metadata=self.client._metadata)
+            try:
+                with rpc_errors():
+                    async for sweep in call:
+                        seen, self.last = sweep.version, sweep
+                        yield sweep
+                        if sweep.state in TERMINAL:
+                            return
+            except PruningError as error:
+                if error.code not in _RETRIED:
+                    raise
+                await asyncio.sleep(reconnect_delay)
+            finally:
+                call.cancel()
+
+    async def result(self, timeout: float | None = None) -> pb.Sweep:
+        """Follows the sweep to its end and returns it (its trials are the curve, and
+        ``chosen_trial`` the answer). Raises JobCancelled for a cancelled sweep, JobFailed for a
+        failed one, TimeoutError after ``timeout`` seconds."""
+        try:
+            await asyncio.wait_for(self._follow(), timeout)
+        except asyncio.TimeoutError as error:  # noqa: UP041 (not the builtin TimeoutError before 3.11)
+            raise TimeoutError(f"sweep {self.id} still running after {timeout} s") from error
+        return outcome(self.last if self.last is not None else await self.get())
+
+    async def _follow(self) -> None:
+        async with contextlib.aclosing(self.watch()) as sweeps:
+            async for _ in sweeps:
+                pass
+
+
 class AsyncClient:
     """Talks to a pruning server from asyncio code. Create it inside the event loop that uses
     it (``async with AsyncClient(...)``).
@@ -205,6 +268,7 @@ class AsyncClient:
         else:
             self._channel = grpc.aio.insecure_channel(target, options=self.options.channel_options)
         self.stub = pb_grpc.PruningServiceStub(self._channel)
+        self.sweep_stub = pb_grpc.SweepServiceStub(self._channel)
         self._metadata = self.options.metadata
 
     async def close(self) -> None:
@@ -240,7 +304,8 @@ class AsyncClient:
                     for request in batch:
                         yield request
 
-        return upload.check(await method(requests(), metadata=self._metadata))
+        deadline = upload.deadline(self.options.timeout)
+        return upload.check(await method(requests(), timeout=deadline, metadata=self._metadata))
 
     @_rpc
     async def upload_model(self, path: os.PathLike[str] | str, progress: UploadProgress | None = None) -> pb.Artifact:
@@ -324,6 +389,51 @@ class AsyncClient:
                     yield event
         finally:
             call.cancel()
+
+    # -- sweeps ------------------------------------------------------------------------------
+
+    @_rpc
+    async def create_sweep(
+        self, spec: pb.SweepSpec, *, labels: Mapping[str, str] | None = None, idempotency_key: str | None = None
+    ) -> AsyncSweepHandle:
+        """Starts a sweep (see :func:`pruning_client.sweep_spec`) and returns its handle;
+        see :meth:`pruning_client.Client.create_sweep`."""
+        request = create_sweep_request(spec, labels, idempotency_key)
+        sweep = await self.sweep_stub.CreateSweep(request, timeout=self.options.timeout, metadata=self._metadata)
+        return AsyncSweepHandle(self, sweep.id, sweep)
+
+    def sweep(self, sweep_id: str) -> AsyncSweepHandle:
+        """A handle on an existing sweep."""
+        return AsyncSweepHandle(self, sweep_id)
+
+    @_rpc
+    async def get_sweep(self, sweep_id: str) -> pb.Sweep:
+        """The sweep now."""
+        return await self.sweep_stub.GetSweep(
+            pb.GetSweepRequest(sweep_id=sweep_id), timeout=self.options.timeout, metadata=self._metadata
+        )
+
+    @_rpc
+    async def cancel_sweep(self, sweep_id: str) -> pb.Sweep:
+        """Cancels the sweep and every trial that has not ended."""
+        return await self.sweep_stub.CancelSweep(
+            pb.CancelSweepRequest(sweep_id=sweep_id), timeout=self.options.timeout, metadata=self._metadata
+        )
+
+    async def list_sweeps(self, *, state: int = 0, page_size: int = 50) -> AsyncGenerator[pb.Sweep, None]:
+        """Every sweep of the tenant (optionally in one state), newest first."""
+        token = ""
+        while True:
+            page = await self._sweep_page(list_sweeps_request(state, page_size, token))
+            for sweep in page.sweeps:
+                yield sweep
+            token = page.next_page_token
+            if not token:
+                return
+
+    @_rpc
+    async def _sweep_page(self, request: pb.ListSweepsRequest) -> pb.ListSweepsResponse:
+        return await self.sweep_stub.ListSweeps(request, timeout=self.options.timeout, metadata=self._metadata)
 
     # -- downloads ---------------------------------------------------------------------------
 

@@ -51,7 +51,7 @@ from .specs import (
     polynomial_decay,
 )
 from .specs import structured as structured_spec
-from .sweeps import SEARCH_METHODS, SweepHandle, sweep_spec
+from .sweeps import SEARCH_METHODS, SweepHandle, curve, curve_lines, has_budget, in_budget, is_halving, sweep_spec
 
 if TYPE_CHECKING:
     from tqdm import tqdm
@@ -1040,7 +1040,7 @@ def _floats(ctx: click.Context, param: click.Parameter, value: str | None) -> li
         raise click.BadParameter(f"expected numbers separated by commas, got {value!r}") from None
 
 
-def _trial_line(t: pb.Trial) -> str:
+def _trial_line(t: pb.Trial, budget: bool) -> str:
     state = pb.JobState.Name(t.state).removeprefix("JOB_STATE_").lower()
     line = f"trial {t.index}: sparsity {t.sparsity:.4f} {state}"
     if t.epochs:
@@ -1051,7 +1051,7 @@ def _trial_line(t: pb.Trial) -> str:
         line += (
             f": accuracy {t.pruned_accuracy:.4f} ({t.accuracy_loss_pp:+.2f} pp), kernels "
             f"{t.kernel_sparsity:.4f} sparse, gzip {t.gzip_bytes:,} bytes"
-            + (" within the budget" if t.within_budget else "")
+            + (" within the budget" if budget and t.within_budget else "")
         )
     elif t.error.message:
         line += f": {t.error.message}"
@@ -1059,25 +1059,34 @@ def _trial_line(t: pb.Trial) -> str:
 
 
 def format_sweep(sweep: pb.Sweep) -> str:
-    """The sweep as a table: one row per trial (the curve), then the answer."""
+    """The sweep as a table: one row per trial (the curve; with successive halving by rung,
+    with its epochs), then the answer. The budget column is "-" without a budget."""
+    halving = is_halving(sweep)
+    header = ["trial", *(("rung", "epochs") if halving else ()), "sparsity", "state"]
+    header += ["accuracy", "loss pp", "kernels", "gzip bytes", "budget"]
+    table = []
+    for t in curve(sweep):
+        done = t.state == pb.JOB_STATE_SUCCEEDED
+        table.append(
+            [
+                str(t.index),
+                *((str(t.rung), str(t.epochs)) if halving else ()),
+                f"{t.sparsity:.4f}",
+                pb.JobState.Name(t.state).removeprefix("JOB_STATE_").lower(),
+                *(
+                    (f"{t.pruned_accuracy:.4f}", f"{t.accuracy_loss_pp:+.2f}", f"{t.kernel_sparsity:.4f}")
+                    if done
+                    else ("", "", "")
+                ),
+                f"{t.gzip_bytes:,}" if done else "",
+                in_budget(sweep, t),
+            ]
+        )
+    right = [True, *((True, True) if halving else ()), True, False, True, True, True, True, False]
     rows = [
         f"sweep {sweep.id} {pb.JobState.Name(sweep.state).removeprefix('JOB_STATE_').lower()}",
-        f"{'trial':>5}  {'sparsity':>8}  {'state':9}  {'accuracy':>8}  {'loss pp':>7}  {'kernels':>7}  "
-        f"{'gzip bytes':>10}  budget",
+        *_columns(header, table, right),
     ]
-    for t in sorted(sweep.trials, key=lambda t: t.sparsity):
-        state = pb.JobState.Name(t.state).removeprefix("JOB_STATE_").lower()
-        done = t.state == pb.JOB_STATE_SUCCEEDED
-        rows.append(
-            f"{t.index:>5}  {t.sparsity:>8.4f}  {state:9}  "
-            + (
-                f"{t.pruned_accuracy:>8.4f}  {t.accuracy_loss_pp:>+7.2f}  {t.kernel_sparsity:>7.4f}  "
-                if done
-                else " " * 29
-            )
-            + (f"{t.gzip_bytes:>10,}  " if done else " " * 12)
-            + ("yes" if t.within_budget else "no" if done else "")
-        )
     if sweep.message:
         rows.append(sweep.message)
     if sweep.HasField("chosen_trial"):
@@ -1095,7 +1104,7 @@ def _follow_sweep(handle: SweepHandle, json_lines: bool) -> pb.Sweep:
             click.echo(json.dumps(_dump(sweep), sort_keys=True))
             continue
         for t in sweep.trials:
-            line = _trial_line(t)
+            line = _trial_line(t, has_budget(sweep))
             if shown.get(t.index) != line:
                 shown[t.index] = line
                 click.echo(line, err=True)
@@ -1212,7 +1221,8 @@ def sweep_cancel(sweep_id: str) -> None:
 
 def _sweep_curve_png(found: pb.Sweep, path: pathlib.Path) -> str | None:
     """The sweep curve (accuracy and gzip size against sparsity) as a PNG, when matplotlib is
-    installed (the report has the same figures as a table either way)."""
+    installed (the report has the same figures as a table either way). With successive halving,
+    one line per rung: trials of different epochs are not one curve."""
     try:
         import matplotlib
 
@@ -1220,19 +1230,20 @@ def _sweep_curve_png(found: pb.Sweep, path: pathlib.Path) -> str | None:
         import matplotlib.pyplot as plt
     except ImportError:
         return None
-    done = sorted((t for t in found.trials if t.state == pb.JOB_STATE_SUCCEEDED), key=lambda t: t.sparsity)
-    if not done:
+    lines = curve_lines(found)
+    if not lines:
         return None
     fig, ax = plt.subplots(figsize=(7, 4))
-    xs = [t.sparsity for t in done]
-    ax.plot(xs, [t.pruned_accuracy for t in done], "o-", label="accuracy")
+    size = ax.twinx()
+    for i, (label, trials) in enumerate(lines):
+        xs = [t.sparsity for t in trials]
+        ax.plot(xs, [t.pruned_accuracy for t in trials], "o-", label=label)
+        size.plot(xs, [t.gzip_bytes for t in trials], "s--", color="gray", label="gzip bytes" if i == 0 else None)
     if found.HasField("chosen_trial"):
         chosen = found.trials[found.chosen_trial]
         ax.plot([chosen.sparsity], [chosen.pruned_accuracy], "r*", markersize=14, label="chosen")
     ax.set_xlabel("sparsity")
     ax.set_ylabel("test accuracy")
-    size = ax.twinx()
-    size.plot(xs, [t.gzip_bytes for t in done], "s--", color="gray", label="gzip bytes")
     size.set_ylabel("gzip bytes")
     ax.legend(loc="lower left", fontsize="small")
     ax.set_title(f"sweep {found.id}")

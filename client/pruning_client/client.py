@@ -30,10 +30,15 @@ from .job import JobHandle, _is_directory
 from .results import JobPlan
 from .sweeps import SweepHandle
 from .sweeps import create_request as create_sweep_request
+from .sweeps import list_request as list_sweeps_request
 
 __all__ = ["Client", "ClientOptions", "DownloadProgress", "UploadProgress"]
 
 CHUNK = 1024 * 1024
+UPLOAD_FLOOR_RATE = 256 * 1024
+"""Bytes per second an upload is granted at the least (about 2 Mbit/s): its deadline is the
+client's timeout plus its size at this rate, so a stalled server ends it with
+DEADLINE_EXCEEDED while a large file on a slow link still arrives (1 GiB gets 68 minutes)."""
 _RETRY_CONFIG = json.dumps(
     {
         "methodConfig": [
@@ -97,7 +102,8 @@ class ClientOptions:
     root_certificates: bytes | None = None
     """PEM roots for TLS."""
     timeout: float = 30.0
-    """Deadline in seconds of each unary call."""
+    """Deadline in seconds of each unary call; an upload gets this plus its size at
+    ``UPLOAD_FLOOR_RATE``."""
     channel_options: list[tuple[str, Any]] = field(default_factory=lambda: list(_CHANNEL_OPTIONS))
     """gRPC channel arguments (retry policy for the unary calls, message size)."""
 
@@ -266,6 +272,10 @@ class _Upload:
         with _Ahead(self.requests()) as ahead:
             yield from ahead
 
+    def deadline(self, timeout: float) -> float:
+        """Seconds the upload call is given: ``timeout`` plus the file at ``UPLOAD_FLOOR_RATE``."""
+        return timeout + self.size / UPLOAD_FLOOR_RATE
+
     def check(self, artifact: pb.Artifact) -> pb.Artifact:
         if artifact.id != self.digest.hexdigest():
             raise IntegrityError(f"the server stored {artifact.id} but {self.path} hashes to {self.digest.hexdigest()}")
@@ -405,7 +415,8 @@ class Client:
         progress: UploadProgress | None,
     ) -> pb.Artifact:
         upload = _Upload(path, progress)
-        return upload.check(method(upload.pipelined(), metadata=self._metadata))
+        deadline = upload.deadline(self.options.timeout)
+        return upload.check(method(upload.pipelined(), timeout=deadline, metadata=self._metadata))
 
     @_rpc
     def upload_model(self, path: os.PathLike[str] | str, progress: UploadProgress | None = None) -> pb.Artifact:
@@ -417,6 +428,8 @@ class Client:
         Raises:
             InvalidArgument: the service refuses the model (a Lambda layer, a Keras 3 layer it
                 cannot translate, ...); the message names the layer.
+            DeadlineExceeded: the upload outlived its deadline, the client's timeout plus the
+                file at ``UPLOAD_FLOOR_RATE`` (a stalled server).
         """
         return self._upload(self.stub.UploadModel, path, progress)
 
@@ -528,6 +541,7 @@ class Client:
 
     @_rpc
     def get_sweep(self, sweep_id: str) -> pb.Sweep:
+        """The sweep now."""
         return self.sweep_stub.GetSweep(
             pb.GetSweepRequest(sweep_id=sweep_id), timeout=self.options.timeout, metadata=self._metadata
         )
@@ -543,9 +557,7 @@ class Client:
         """Every sweep of the tenant (optionally in one state), newest first."""
         token = ""
         while True:
-            page = self._sweep_page(
-                pb.ListSweepsRequest(page_size=page_size, page_token=token, state=pb.JobState.ValueType(state))
-            )
+            page = self._sweep_page(list_sweeps_request(state, page_size, token))
             yield from page.sweeps
             token = page.next_page_token
             if not token:

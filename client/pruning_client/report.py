@@ -8,6 +8,8 @@ from collections.abc import Sequence
 
 from pruning.v1 import pruning_pb2 as pb
 
+from .sweeps import curve, in_budget, is_halving
+
 __all__ = ["job_report", "sweep_report"]
 
 Table = tuple[Sequence[str], Sequence[Sequence[str]]]
@@ -169,48 +171,34 @@ def job_report(job: pb.Job, files: dict[str, str] | None = None) -> tuple[str, s
     return _render(f"Pruning job {job.id}", sections, images)
 
 
-_CURVE_HEAD = (
-    "trial",
-    "sparsity",
-    "state",
-    "accuracy",
-    "loss (pp)",
-    "gzip bytes",
-    "TFLite ms (batch 1)",
-    "in budget",
-    "worker",
-    "job",
-)
-
-
 def sweep_report(sweep: pb.Sweep, curve_png: str | None = None) -> tuple[str, str]:
-    """(Markdown, HTML) of ``sweep``: the curve (one row per trial, by sparsity) and the answer."""
+    """(Markdown, HTML) of ``sweep``: the curve (one row per trial, by sparsity; with successive
+    halving by rung first, with the rung's epochs) and the answer. Without a budget, "in
+    budget" is "-"."""
+    halving = is_halving(sweep)
+    head = ("trial", *(("rung", "epochs") if halving else ()), "sparsity", "state", "accuracy", "loss (pp)")
+    head += ("gzip bytes", "TFLite ms (batch 1)", "in budget", "worker", "job")
     rows = [
         (
             str(t.index),
+            *((str(t.rung), str(t.epochs)) if halving else ()),
             f"{t.sparsity:.4f}",
             _state(t.state),
             f"{t.pruned_accuracy:.4f}" if t.state == pb.JOB_STATE_SUCCEEDED else "",
             f"{t.accuracy_loss_pp:+.2f}" if t.state == pb.JOB_STATE_SUCCEEDED else "",
             f"{t.gzip_bytes:,}" if t.gzip_bytes else "",
             f"{t.tflite_latency_ms:.3f}" if t.tflite_latency_ms else "",
-            "yes" if t.within_budget else "no",
+            in_budget(sweep, t),
             t.worker,
             t.job_id,
         )
-        for t in sorted(sweep.trials, key=lambda t: t.sparsity)
+        for t in curve(sweep)
     ]
     answer = sweep.message or _state(sweep.state)
     if sweep.HasField("chosen_trial"):
         answer += f" (trial {sweep.chosen_trial}, job {sweep.chosen_job_id})"
     sections: list[tuple[str, Table | str]] = [
         ("Answer", answer),
-        (
-            "Curve",
-            (
-                _CURVE_HEAD,
-                rows,
-            ),
-        ),
+        ("Curve", (head, rows)),
     ]
     return _render(f"Sweep {sweep.id}", sections, [("sweep curve", curve_png)] if curve_png else [])

@@ -1,17 +1,24 @@
-"""Sweeps in the SDK: the spec builder and a handle that follows a sweep to its end."""
+"""Sweeps in the SDK: the spec builder, a handle that follows a sweep to its end, and what
+the CLI and the reports read off a sweep (its budget, its rungs).
+
+The asyncio handle, :class:`pruning_client.aio.AsyncSweepHandle`, shares the requests and the
+outcome here.
+"""
 
 from __future__ import annotations
 
+import itertools
 import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Generic, TypeVar
 
 import grpc
 
 from pruning.v1 import pruning_pb2 as pb
 
 from .exceptions import JobCancelled, JobFailed, PruningError, rpc_errors
+from .job import TERMINAL
 from .specs import accuracy_budget
 
 if TYPE_CHECKING:
@@ -19,13 +26,14 @@ if TYPE_CHECKING:
 
 __all__ = ["SEARCH_METHODS", "SweepHandle", "sweep_spec"]
 
+_C = TypeVar("_C")
+
 #: Search methods of a sweep by name (see the contract's ``SearchMethod``).
 SEARCH_METHODS: dict[str, pb.SearchMethod.ValueType] = {
     "bisection": pb.SEARCH_METHOD_BISECTION,
     "successive_halving": pb.SEARCH_METHOD_SUCCESSIVE_HALVING,
 }
 
-_TERMINAL = (pb.JOB_STATE_SUCCEEDED, pb.JOB_STATE_FAILED, pb.JOB_STATE_CANCELLED)
 _RETRIED = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 
 
@@ -74,14 +82,23 @@ def sweep_spec(
     )
 
 
-class SweepHandle:
-    """A sweep on the server: follow it with :meth:`watch`, wait with :meth:`result`."""
-
-    def __init__(self, client: Client, sweep_id: str, sweep: pb.Sweep | None = None) -> None:
-        self.client, self.id, self.last = client, sweep_id, sweep
+class _BaseSweepHandle(Generic[_C]):
+    def __init__(self, client: _C, sweep_id: str, sweep: pb.Sweep | None = None) -> None:
+        self.client = client
+        """The client the handle calls through."""
+        self.id = sweep_id
+        """The sweep's id."""
+        self.last = sweep
+        """The last snapshot of the sweep read, if any."""
 
     def __repr__(self) -> str:
-        return f"SweepHandle({self.id!r})"
+        return f"{type(self).__name__}({self.id!r})"
+
+
+class SweepHandle(_BaseSweepHandle["Client"]):
+    """A sweep on the server: follow it with :meth:`watch`, wait with :meth:`result`."""
+
+    client: Client
 
     def get(self) -> pb.Sweep:
         """The sweep now."""
@@ -98,15 +115,13 @@ class SweepHandle:
         after the last version seen."""
         seen = 0
         while True:
-            stream = self.client.sweep_stub.WatchSweep(
-                pb.WatchSweepRequest(sweep_id=self.id, after_version=seen), metadata=self.client._metadata
-            )
+            stream = self.client.sweep_stub.WatchSweep(watch_request(self.id, seen), metadata=self.client._metadata)
             try:
                 with rpc_errors():
                     for sweep in stream:
                         seen, self.last = sweep.version, sweep
                         yield sweep
-                        if sweep.state in _TERMINAL:
+                        if sweep.state in TERMINAL:
                             return
             except PruningError as error:
                 if error.code not in _RETRIED:
@@ -120,16 +135,20 @@ class SweepHandle:
         ``chosen_trial`` the answer). Raises JobCancelled for a cancelled sweep."""
         deadline = None if timeout is None else time.monotonic() + timeout
         for sweep in self.watch():
-            if sweep.state in _TERMINAL:
+            if sweep.state in TERMINAL:
                 break
             if deadline is not None and time.monotonic() > deadline:
                 raise TimeoutError(f"sweep {self.id} still running after {timeout} s")
-        sweep = self.last if self.last is not None else self.get()
-        if sweep.state == pb.JOB_STATE_CANCELLED:
-            raise JobCancelled(f"sweep {self.id} was cancelled")
-        if sweep.state == pb.JOB_STATE_FAILED:
-            raise JobFailed(f"sweep {self.id} failed: {sweep.message}")
-        return sweep
+        return outcome(self.last if self.last is not None else self.get())
+
+
+def outcome(sweep: pb.Sweep) -> pb.Sweep:
+    """``sweep`` once it has ended: JobCancelled or JobFailed unless it succeeded."""
+    if sweep.state == pb.JOB_STATE_CANCELLED:
+        raise JobCancelled(f"sweep {sweep.id} was cancelled")
+    if sweep.state == pb.JOB_STATE_FAILED:
+        raise JobFailed(f"sweep {sweep.id} failed: {sweep.message}")
+    return sweep
 
 
 def create_request(
@@ -138,3 +157,53 @@ def create_request(
     return pb.CreateSweepRequest(
         spec=spec, labels=dict(labels or {}), idempotency_key=idempotency_key or uuid.uuid4().hex
     )
+
+
+def watch_request(sweep_id: str, after_version: int) -> pb.WatchSweepRequest:
+    return pb.WatchSweepRequest(sweep_id=sweep_id, after_version=after_version)
+
+
+def list_request(state: int, page_size: int, page_token: str) -> pb.ListSweepsRequest:
+    return pb.ListSweepsRequest(page_size=page_size, page_token=page_token, state=pb.JobState.ValueType(state))
+
+
+# -- what the CLI and the reports show ---------------------------------------------------------
+
+
+def has_budget(sweep: pb.Sweep) -> bool:
+    """Whether the sweep has an accuracy budget. Without one, ``Trial.within_budget`` is true
+    of every trial that succeeded and means nothing."""
+    return sweep.spec.budget.WhichOneof("limit") is not None
+
+
+def is_halving(sweep: pb.Sweep) -> bool:
+    """Whether the sweep runs successive halving (its trials have a rung and their epochs)."""
+    return sweep.spec.method == pb.SEARCH_METHOD_SUCCESSIVE_HALVING
+
+
+def in_budget(sweep: pb.Sweep, trial: pb.Trial) -> str:
+    """A trial's budget cell: "yes" or "no" once it succeeded, "" before (or when it did
+    not succeed), "-" for every trial of a sweep without a budget."""
+    if not has_budget(sweep):
+        return "-"
+    if trial.state != pb.JOB_STATE_SUCCEEDED:
+        return ""
+    return "yes" if trial.within_budget else "no"
+
+
+def curve(sweep: pb.Sweep) -> list[pb.Trial]:
+    """The trials by rung, then by sparsity (every trial is of rung 0 but with successive halving)."""
+    return sorted(sweep.trials, key=lambda t: (t.rung, t.sparsity))
+
+
+def curve_lines(sweep: pb.Sweep) -> list[tuple[str, list[pb.Trial]]]:
+    """The succeeded trials as the lines of a curve plot, each with its label: one line, or
+    with successive halving one per rung, so no line joins trials of different epochs."""
+    done = [t for t in curve(sweep) if t.state == pb.JOB_STATE_SUCCEEDED]
+    if not is_halving(sweep):
+        return [("accuracy", done)] if done else []
+    lines = []
+    for rung, group in itertools.groupby(done, key=lambda t: t.rung):
+        trials = list(group)
+        lines.append((f"rung {rung} ({trials[0].epochs} epochs)", trials))
+    return lines

@@ -247,3 +247,41 @@ def test_broken_pipe_exits_0_without_a_traceback() -> None:
     assert out.returncode == 0, out.stderr
     assert out.stderr == ""
     assert json.loads(out.stdout)["id"] == "0-0"
+
+
+# -- the upload deadline ------------------------------------------------------------------------
+
+
+def test_an_upload_stalled_past_its_deadline_exits_7(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--timeout plus the file's size at the floor rate is the upload's deadline; the stub
+    answers as gRPC does when it passes."""
+    import grpc
+    import grpc.aio
+
+    from pruning_client import Client
+    from pruning_client.client import UPLOAD_FLOOR_RATE
+
+    got: list[float | None] = []
+
+    class Stub:
+        def UploadDataset(self, requests: Iterator[pb.UploadRequest], timeout: float | None = None, metadata=()):
+            got.append(timeout)
+            for _ in requests:
+                pass
+            raise grpc.aio.AioRpcError(
+                grpc.StatusCode.DEADLINE_EXCEEDED, grpc.aio.Metadata(), grpc.aio.Metadata(), "Deadline Exceeded"
+            )
+
+    class StubbedClient(Client):
+        def __init__(self, target: str, **options: object) -> None:
+            super().__init__(target, **options)  # type: ignore[arg-type]
+            self.stub = Stub()  # type: ignore[assignment]
+
+    path = tmp_path / "data.npz"
+    path.write_bytes(b"\0" * (2 * 1024 * 1024 + 5))
+    monkeypatch.setattr(cli_module, "Client", StubbedClient)
+    assert run(["--target", "127.0.0.1:1", "--timeout", "5", "--json", "upload", "dataset", str(path)]) == 7
+    assert got == [pytest.approx(5 + path.stat().st_size / UPLOAD_FLOOR_RATE)]
+    assert json.loads(capsys.readouterr().out)["error"] == "DeadlineExceeded"

@@ -22,7 +22,7 @@ class FakeStub:
         for start in range(request.offset, len(self.data), self.chunk):
             yield pb.DownloadChunk(offset=start, data=self.data[start : start + self.chunk], total_size=len(self.data))
 
-    def UploadModel(self, requests, metadata=()):
+    def UploadModel(self, requests, timeout=None, metadata=()):
         header = next(requests).header
         self.uploaded = b"".join(r.chunk for r in requests)
         assert header.size == len(self.uploaded)
