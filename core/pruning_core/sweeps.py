@@ -71,6 +71,8 @@ def validate(spec: pb.SweepSpec) -> list[Violation]:
         out.append(("spec.base.budget", "a trial template has no budget of its own: set spec.budget"))
     validation.validate_budget(spec.budget, "spec.budget", out)
     which = spec.budget.WhichOneof("limit")
+    if which is not None and spec.base.training.skip_baseline:
+        out.append(("spec.base.training.skip_baseline", "a budget is a loss from the baseline: evaluate it"))
     if not spec.sparsities and which is None:
         out.append(("spec.sparsities", "give the sparsities to try, or a budget to search for"))
     low, high = spec.search_low or SEARCH_LOW, spec.search_high or SEARCH_HIGH
@@ -147,15 +149,19 @@ def search_for(spec: pb.JobSpec) -> pb.SweepSpec:
 
 
 def within_budget(trial: pb.Trial, budget: pb.AccuracyBudget) -> bool:
+    """Whether a trial that succeeded kept the budget; one without a baseline (accuracy 0,
+    skip_baseline) never does, since its loss cannot be told."""
     if trial.state != pb.JOB_STATE_SUCCEEDED:
         return False
     which = budget.WhichOneof("limit")
+    if which is None:
+        return True
+    base = trial.baseline_accuracy
+    if base <= 0:
+        return False
     if which == "max_loss_pp":
         return trial.accuracy_loss_pp <= budget.max_loss_pp + 1e-9
-    if which == "max_relative_loss_percent":
-        base = trial.baseline_accuracy
-        return base > 0 and 100 * (base - trial.pruned_accuracy) / base <= budget.max_relative_loss_percent + 1e-9
-    return True
+    return 100 * (base - trial.pruned_accuracy) / base <= budget.max_relative_loss_percent + 1e-9
 
 
 def _has_budget(spec: pb.SweepSpec) -> bool:
@@ -350,8 +356,9 @@ class SweepNotFound(KeyError):
 
 class SweepStore:
     """Sweep records in Redis (asyncio): the sweep as one protobuf under its key, changed by
-    optimistic transactions (WATCH), a per-tenant index by creation time, and the set of sweeps
-    still to drive."""
+    optimistic transactions (WATCH), a per-tenant index by creation time, the set of sweeps
+    still to drive (an ended one until its last trial ends too) and, for retention, when each
+    sweep left it."""
 
     def __init__(self, redis: Any, prefix: str):
         self.redis, self.prefix = redis, prefix
@@ -366,22 +373,26 @@ class SweepStore:
     def active_key(self) -> str:
         return f"{self.prefix}:sweeps:active"
 
+    @property
+    def finished_key(self) -> str:
+        return f"{self.prefix}:sweeps:finished"
+
     async def create(
         self, tenant: str, sweep: pb.Sweep, idempotency_key: str, fingerprint: str, queue: str = ""
     ) -> tuple[pb.Sweep, bool]:
         """Stores a new sweep; with a known idempotency key returns that sweep instead."""
-        if idempotency_key:
-            idem = f"{self.prefix}:sweep-idem:{tenant}:{idempotency_key}"
-            if not await self.redis.set(idem, f"{sweep.id} {fingerprint}", nx=True, ex=IDEMPOTENCY_TTL_S):
-                existing = (await self.redis.get(idem)).decode().split(" ", 1)
-                found = await self.get(tenant, existing[0])
-                if existing[1] != fingerprint:
-                    raise ValueError(f"idempotency_key was used for a different request (sweep {found.id})")
-                return found, False
+        idem = f"{self.prefix}:sweep-idem:{tenant}:{idempotency_key}" if idempotency_key else ""
+        if idem and not await self.redis.set(idem, f"{sweep.id} {fingerprint}", nx=True, ex=IDEMPOTENCY_TTL_S):
+            existing = (await self.redis.get(idem)).decode().split(" ", 1)
+            found = await self.get(tenant, existing[0])
+            if existing[1] != fingerprint:
+                raise ValueError(f"idempotency_key was used for a different request (sweep {found.id})")
+            return found, False
         sweep.version = 1
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.hset(
-                self._key(sweep.id), mapping={"tenant": tenant, "sweep": sweep.SerializeToString(), "queue": queue}
+                self._key(sweep.id),
+                mapping={"tenant": tenant, "sweep": sweep.SerializeToString(), "queue": queue, "idem": idem},
             )
             pipe.zadd(self._tenant_index(tenant), {sweep.id: time.time()})
             pipe.sadd(self.active_key, sweep.id)
@@ -419,8 +430,10 @@ class SweepStore:
                     sweep.version += 1
                     pipe.multi()
                     pipe.hset(key, "sweep", sweep.SerializeToString())
-                    if sweep.state in TERMINAL:
+                    # A cancelled sweep is driven on until its trials' jobs have ended too.
+                    if sweep.state in TERMINAL and all(_ended(t) for t in sweep.trials):
                         pipe.srem(self.active_key, sweep_id)
+                        pipe.zadd(self.finished_key, {sweep_id: time.time()}, nx=True)
                     await pipe.execute()
                     return sweep
                 except redis.WatchError:
@@ -433,6 +446,25 @@ class SweepStore:
 
     async def active(self) -> list[str]:
         return sorted(m.decode() for m in await self.redis.smembers(self.active_key))
+
+    async def expired(self, ended_before: float, limit: int = 500) -> list[str]:
+        """Ids of sweeps that ended (their trials too) before ``ended_before`` (unix s)."""
+        ids = await self.redis.zrangebyscore(self.finished_key, "-inf", ended_before, start=0, num=limit)
+        return [i.decode() for i in ids]
+
+    async def delete(self, sweep_id: str) -> None:
+        """Removes a sweep: its record, index entries and idempotency key (its trials are jobs,
+        deleted as jobs)."""
+        tenant, idem = await self.redis.hmget(self._key(sweep_id), "tenant", "idem")
+        if idem and (await self.redis.get(idem) or b"").startswith(f"{sweep_id} ".encode()):
+            await self.redis.delete(idem)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.delete(self._key(sweep_id), f"{self._key(sweep_id)}:lock")
+            pipe.zrem(self.finished_key, sweep_id)
+            pipe.srem(self.active_key, sweep_id)
+            if tenant:
+                pipe.zrem(self._tenant_index(tenant.decode()), sweep_id)
+            await pipe.execute()
 
     async def lock(self, sweep_id: str, ttl_ms: int) -> bool:
         return bool(await self.redis.set(f"{self._key(sweep_id)}:lock", "1", nx=True, px=ttl_ms))

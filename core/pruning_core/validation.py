@@ -261,6 +261,8 @@ def validate(spec: pb.JobSpec) -> list[Violation]:
     out: list[Violation] = []
     if has_budget(spec):
         validate_budget(spec.budget, "spec.budget", out)
+        if spec.training.skip_baseline:
+            out.append(("spec.training.skip_baseline", "a budget is a loss from the baseline: evaluate it"))
         if not spec.pruning.HasField("schedule"):
             out.append(("spec.pruning.schedule", "a budget is searched by varying the schedule's sparsity: give one"))
         if spec.pruning.HasField("sparsity_m_by_n"):

@@ -21,6 +21,7 @@ from pruning_core import tasks
 from pruning_core.blobs import BlobStore
 from pruning_core.settings import Settings
 from pruning_core.store import AsyncJobStore, make_event
+from pruning_core.sweeps import SweepStore
 
 log = logging.getLogger(__name__)
 _BATCH = 500
@@ -67,16 +68,21 @@ def sweep(blobs: BlobStore, settings: Settings) -> int:
 
 
 async def enforce_retention(store: AsyncJobStore, blobs: BlobStore, settings: Settings) -> dict[str, int]:
-    """Deletes ended jobs and artifact records past their retention, then every blob no
-    record points to; returns the counts."""
+    """Deletes ended jobs, ended sweeps (by the job retention) and artifact records past their
+    retention, then every blob no record points to; returns the counts."""
     now = time.time()
-    counts = {"jobs": 0, "records": 0, "blobs": 0}
+    counts = {"jobs": 0, "sweeps": 0, "records": 0, "blobs": 0}
     if settings.job_retention_s > 0:
         while ids := await store.expired_jobs(now - settings.job_retention_s):
             for job_id in ids:
                 await store.delete_job(job_id)
                 await asyncio.to_thread(shutil.rmtree, settings.checkpoints_path / job_id, True)
             counts["jobs"] += len(ids)
+        sweeps = SweepStore(store.redis, store.keys.prefix)
+        while ids := await sweeps.expired(now - settings.job_retention_s):
+            for sweep_id in ids:
+                await sweeps.delete(sweep_id)
+            counts["sweeps"] += len(ids)
     if settings.artifact_retention_s > 0:
         while pairs := await store.expired_artifacts(now - settings.artifact_retention_s):
             for tenant, artifact_id in pairs:
@@ -87,7 +93,10 @@ async def enforce_retention(store: AsyncJobStore, blobs: BlobStore, settings: Se
         for artifact_id in await store.unowned(ids[start : start + _BATCH]):
             counts["blobs"] += await asyncio.to_thread(blobs.remove, artifact_id, settings.sweep_min_age_s)
     if any(counts.values()):
-        log.info("retention: deleted %(jobs)d jobs, %(records)d artifact records, %(blobs)d blobs", counts)
+        log.info(
+            "retention: deleted %(jobs)d jobs, %(sweeps)d sweeps, %(records)d artifact records, %(blobs)d blobs",
+            counts,
+        )
     return counts
 
 

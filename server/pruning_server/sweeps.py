@@ -28,6 +28,7 @@ from .service import PruningService
 
 log = logging.getLogger(__name__)
 _SWEEP_ID = re.compile(r"[0-9a-f]{24}")
+_PAGE_TOKEN = re.compile(r"[0-9]{1,12}")  # an offset ListSweeps returned; Redis takes it as int64
 WATCH_POLL_S = 0.3
 LOCK_MS = 30_000
 TRIAL_LABELS = ("sweep", "trial")
@@ -140,7 +141,7 @@ class SweepServicer(pb_grpc.SweepServiceServicer):
             raise Invalid([("page_size", f"must be in [0, 500], got {request.page_size}")])
         if request.state not in pb.JobState.values():
             raise Invalid([("state", f"unknown state {request.state}")])
-        if request.page_token and not request.page_token.isdigit():
+        if request.page_token and not _PAGE_TOKEN.fullmatch(request.page_token):
             raise Invalid([("page_token", "not a page token from ListSweeps")])
         found, token = await self.store.list(tenant, request.page_size or 50, request.page_token, request.state)
         return pb.ListSweepsResponse(sweeps=found, next_page_token=token)
@@ -171,7 +172,8 @@ class SweepServicer(pb_grpc.SweepServiceServicer):
                 grpc.StatusCode.FAILED_PRECONDITION,
                 f"sweep {sweep.id} already ended as {pb.JobState.Name(sweep.state)}",
             )
-        # Ended first, so the driver queues nothing more; then every trial still going.
+        # Ended first, so the driver queues nothing more; then every trial still going. The
+        # driver refreshes the sweep until those trials' jobs have ended too.
         sweep = await self.store.update(tenant, sweep.id, _end_as_cancelled)
         for trial in sweep.trials:
             if trial.state not in TERMINAL:
@@ -245,6 +247,11 @@ async def advance(jobs: PruningService, store: SweepStore, sweep_id: str) -> pb.
             return True
 
         sweep = await store.update(tenant, sweep_id, add)
+        if sweep.state in TERMINAL:  # cancelled meanwhile: its job is no trial, so it goes too
+            if trial.job_id and trial.job_id not in {t.job_id for t in sweep.trials}:
+                with contextlib.suppress(Failure):
+                    await jobs.cancel_job(tenant, trial.job_id)
+            break
 
     def conclude(current: pb.Sweep) -> bool:
         if current.state in TERMINAL or not sweeps.is_done(current):

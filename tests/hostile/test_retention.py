@@ -144,3 +144,51 @@ def test_bytes_stay_while_another_tenant_holds_a_record(env, tmp_path):
             assert error.value.code() == grpc.StatusCode.NOT_FOUND
     finally:
         server.stop()
+
+
+def test_retention_deletes_ended_sweeps_with_their_index_entries_and_idempotency_key(env, tmp_path):
+    prefix = f"{env['PRUNING_KEY_PREFIX']}:sweep-retention"
+    server = hostile_server(
+        env,
+        "sweep-retention",
+        key_prefix=prefix,
+        artifact_dir=str(tmp_path / "artifacts"),
+        job_retention_s=1,
+        housekeeping_interval_s=0.2,
+    )
+    client = redis.Redis.from_url(env["PRUNING_REDIS_URL"])
+    try:
+        with grpc.insecure_channel(server.target) as channel:
+            jobs, stub = pb_grpc.PruningServiceStub(channel), pb_grpc.SweepServiceStub(channel)
+            model = _upload(jobs, "UploadModel", keras_bytes(), "m.keras", "key-a")
+            data = _upload(jobs, "UploadDataset", npz_bytes(seed=7), "d.npz", "key-a")
+            base = pb.JobSpec(model_id=model.id)
+            base.dataset.artifact_id = data.id
+            base.pruning.schedule.constant_sparsity.target_sparsity = 0.5
+            request = pb.CreateSweepRequest(spec=pb.SweepSpec(base=base, sparsities=[0.5, 0.7]), idempotency_key="s1")
+            ended = stub.CreateSweep(request, metadata=_meta("key-a"))
+            going = stub.CreateSweep(pb.CreateSweepRequest(spec=request.spec), metadata=_meta("key-a"))
+            stub.CancelSweep(pb.CancelSweepRequest(sweep_id=ended.id), metadata=_meta("key-a"))
+
+            def gone(sweep_id: str) -> bool:
+                try:
+                    stub.GetSweep(pb.GetSweepRequest(sweep_id=sweep_id), metadata=_meta("key-a"))
+                except grpc.RpcError as error:
+                    assert error.code() == grpc.StatusCode.NOT_FOUND
+                    return True
+                return False
+
+            _wait(lambda: gone(ended.id), what="the ended sweep to be deleted")
+            assert not client.exists(f"{prefix}:sweep:{ended.id}")
+            listed = stub.ListSweeps(pb.ListSweepsRequest(), metadata=_meta("key-a")).sweeps
+            assert [s.id for s in listed] == [going.id]  # a sweep that has not ended stays
+            assert client.zrange(f"{prefix}:tenant:tenant-a:sweeps", 0, -1) == [going.id.encode()]
+            assert ended.trials
+            for trial in ended.trials:  # its trials went as jobs
+                with pytest.raises(grpc.RpcError) as error:
+                    jobs.GetJob(pb.GetJobRequest(job_id=trial.job_id), metadata=_meta("key-a"))
+                assert error.value.code() == grpc.StatusCode.NOT_FOUND
+            again = stub.CreateSweep(request, metadata=_meta("key-a"))  # the key went with its sweep
+            assert again.id != ended.id
+    finally:
+        server.stop()

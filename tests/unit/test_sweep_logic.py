@@ -9,7 +9,7 @@ import pytest
 
 from pruning.v1 import pruning_pb2 as pb
 from pruning_client import job_spec, sweep_spec
-from pruning_core import sweeps
+from pruning_core import sweeps, validation
 
 BASE = job_spec("ab" * 32)
 
@@ -121,6 +121,31 @@ def test_the_template_is_checked_under_base():
     base = job_spec("", epochs=-1)
     fields = dict(sweeps.validate(sweep_spec(base, sparsities=[0.5])))
     assert "spec.base.model_id" in fields and "spec.base.training.epochs" in fields
+
+
+@pytest.mark.parametrize("budget", [{"max_loss_pp": 1.0}, {"max_relative_loss_percent": 1.0}])
+def test_a_budget_needs_the_baseline(budget):
+    base = job_spec("ab" * 32)
+    base.training.skip_baseline = True
+    assert "spec.base.training.skip_baseline" in dict(sweeps.validate(sweep_spec(base, sparsities=[0.5], **budget)))
+    assert not sweeps.validate(sweep_spec(base, sparsities=[0.5]))  # a curve without a budget needs none
+    job = pb.JobSpec()
+    job.CopyFrom(base)
+    job.budget.CopyFrom(pb.AccuracyBudget(**budget))
+    assert "spec.training.skip_baseline" in dict(validation.validate(job))
+
+
+@pytest.mark.parametrize("budget", [{"max_loss_pp": 1.0}, {"max_relative_loss_percent": 1.0}])
+def test_a_trial_without_a_baseline_is_never_within_the_budget(budget):
+    sweep = _sweep(sparsities=[0.5, 0.95], parallel_trials=2, **budget)
+    for t in sweeps.next_trials(sweep):
+        trial = sweep.trials.add()
+        trial.CopyFrom(t)
+        job = pb.Job(state=pb.JOB_STATE_SUCCEEDED)  # skip_baseline: no result.baseline
+        job.result.pruned.accuracy = 0.88
+        sweeps.record_job(trial, job, sweep.spec.budget)
+    assert not any(t.within_budget for t in sweep.trials)
+    assert sweeps.is_done(sweep) and sweeps.chosen(sweep) is None
 
 
 # -- successive halving ----------------------------------------------------------------------

@@ -1,0 +1,190 @@
+"""Sweeps on a real Redis and a real server of their own, with no worker: trials are written
+as a worker would leave them. A budget without a baseline is refused; a cancelled sweep's
+trials follow their jobs to their end (for a sweep and for the search of a job with a budget);
+a trial queued while its sweep is cancelled is cancelled with it; a page token that is no
+offset is refused with its field."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import types
+import uuid
+
+import grpc
+import pytest
+from google.rpc import code_pb2, error_details_pb2
+from grpc_status import rpc_status
+
+from conftest import ServerThread, settings_for
+from pruning.v1 import pruning_pb2 as pb
+from pruning.v1 import pruning_pb2_grpc as pb_grpc
+from pruning_core import sweeps
+from pruning_core.store import AsyncJobStore, JobStore, new_job_id, state_event
+from pruning_core.sweeps import SweepStore
+from pruning_server.sweeps import advance
+
+pytestmark = pytest.mark.integration
+TENANT = "default"  # a server without API keys
+
+
+@pytest.fixture
+def deployment(env):
+    """A server on keys and a queue of its own; yields it and its key prefix."""
+    prefix = f"{env['PRUNING_KEY_PREFIX']}:sweep-fixes-{uuid.uuid4().hex[:8]}"
+    server = ServerThread(
+        settings_for(env, key_prefix=prefix, queue=f"{env['PRUNING_QUEUE']}-sweep-fixes", sweep_interval_s=0.1)
+    )
+    yield server, prefix
+    server.stop()
+
+
+def _with_stores(url: str, prefix: str, work):
+    async def run():
+        store = AsyncJobStore.from_url(url, prefix)
+        try:
+            return await work(store, SweepStore(store.redis, prefix))
+        finally:
+            await store.redis.aclose()
+
+    return asyncio.run(run())
+
+
+def _running_sweep(url: str, prefix: str, for_a_job: bool) -> tuple[str, str, str]:
+    """A sweep whose one trial's job a worker runs; with ``for_a_job`` the search of a job with
+    a budget. Returns the ids of the sweep, the trial's job and the job searched for."""
+
+    async def work(store: AsyncJobStore, sweep_store: SweepStore) -> tuple[str, str, str]:
+        trial_job, _ = await store.create(TENANT, pb.Job(id=new_job_id(), state=pb.JOB_STATE_QUEUED))
+        await store.update(TENANT, trial_job.id, lambda j: [state_event(j, pb.JOB_STATE_RUNNING)])
+        budget = pb.AccuracyBudget(max_loss_pp=1.0)
+        spec = sweeps.with_defaults(pb.SweepSpec(sparsities=[0.5], budget=budget))
+        sweep = pb.Sweep(id=sweeps.new_sweep_id(), state=pb.JOB_STATE_RUNNING, spec=spec)
+        sweep.trials.add(index=0, sparsity=0.5, job_id=trial_job.id, state=pb.JOB_STATE_RUNNING)
+        if for_a_job:
+            parent = pb.Job(id=new_job_id(), state=pb.JOB_STATE_QUEUED, search_sweep_id=sweep.id)
+            parent.spec.budget.CopyFrom(budget)
+            await store.create(TENANT, parent)
+            sweep.job_id = parent.id
+        await sweep_store.create(TENANT, sweep, "", "")
+        return sweep.id, trial_job.id, sweep.job_id
+
+    return _with_stores(url, prefix, work)
+
+
+@pytest.mark.parametrize("cancel", ["CancelSweep", "CancelJob of a job with a budget"])
+def test_a_cancelled_sweeps_trials_follow_their_jobs_to_the_end(deployment, redis_url, cancel):
+    server, prefix = deployment
+    sweep_id, trial_job_id, job_id = _running_sweep(redis_url, prefix, for_a_job=cancel != "CancelSweep")
+    with grpc.insecure_channel(server.target) as channel:
+        stub = pb_grpc.SweepServiceStub(channel)
+        if job_id:
+            cancelled_job = pb_grpc.PruningServiceStub(channel).CancelJob(pb.CancelJobRequest(job_id=job_id))
+            assert cancelled_job.state == pb.JOB_STATE_CANCELLED
+        else:
+            stub.CancelSweep(pb.CancelSweepRequest(sweep_id=sweep_id))
+        sweep = stub.GetSweep(pb.GetSweepRequest(sweep_id=sweep_id))
+        assert sweep.state == pb.JOB_STATE_CANCELLED
+        assert sweep.trials[0].state == pb.JOB_STATE_CANCELLING  # its worker has yet to stop
+
+        jobs = JobStore.from_url(redis_url, prefix)
+        error = pb.JobError(code=code_pb2.CANCELLED, message="cancelled while running")
+        jobs.update(trial_job_id, lambda j: [state_event(j, pb.JOB_STATE_CANCELLED, error)])  # the worker stops
+
+        deadline = time.monotonic() + 10
+        while (trial := stub.GetSweep(pb.GetSweepRequest(sweep_id=sweep_id)).trials[0]).state != pb.JOB_STATE_CANCELLED:
+            assert time.monotonic() < deadline, f"the trial stayed {pb.JobState.Name(trial.state)}"
+            time.sleep(0.1)
+        assert trial.error.code == code_pb2.CANCELLED
+
+
+def test_a_trial_queued_as_its_sweep_is_cancelled_is_cancelled_too(redis_url):
+    prefix = f"test-sweep-fixes-{uuid.uuid4().hex[:8]}"
+    created: list[str] = []
+    cancelled: list[str] = []
+
+    async def work(store: AsyncJobStore, sweep_store: SweepStore) -> pb.Sweep:
+        spec = sweeps.with_defaults(pb.SweepSpec(sparsities=[0.5, 0.6], parallel_trials=2))
+        sweep = pb.Sweep(id=sweeps.new_sweep_id(), state=pb.JOB_STATE_QUEUED, spec=spec)
+        await sweep_store.create(TENANT, sweep, "", "")
+
+        def end(current: pb.Sweep) -> bool:
+            current.state = pb.JOB_STATE_CANCELLED
+            return True
+
+        async def create_job(tenant: str, request: pb.CreateJobRequest, sweep_id: str = "") -> pb.Job:
+            job, _ = await store.create(tenant, pb.Job(id=new_job_id(), state=pb.JOB_STATE_QUEUED))
+            created.append(job.id)
+            await sweep_store.update(tenant, sweep_id, end)  # CancelSweep lands meanwhile
+            return job
+
+        async def cancel_job(tenant: str, job_id: str) -> None:
+            cancelled.append(job_id)
+
+        jobs = types.SimpleNamespace(store=store, create_job=create_job, cancel_job=cancel_job)
+        try:
+            return await advance(jobs, sweep_store, sweep.id)
+        finally:
+            await store.redis.delete(*[k async for k in store.redis.scan_iter(f"{prefix}:*")])
+
+    done = _with_stores(redis_url, prefix, work)
+    assert done.state == pb.JOB_STATE_CANCELLED and not done.trials
+    assert len(created) == 1 and cancelled == created  # cancelled, and no second trial queued
+
+
+def _fields(error: grpc.RpcError) -> list[str]:
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    bad = error_details_pb2.BadRequest()
+    rpc_status.from_call(error).details[0].Unpack(bad)
+    return [v.field for v in bad.field_violations]
+
+
+def test_a_budget_without_the_baseline_is_refused(deployment):
+    server, _ = deployment
+    spec = pb.JobSpec(model_id="ab" * 32, budget=pb.AccuracyBudget(max_relative_loss_percent=1.0))
+    spec.dataset.builtin = "mnist"
+    spec.pruning.schedule.constant_sparsity.target_sparsity = 0.5
+    spec.training.skip_baseline = True
+    with grpc.insecure_channel(server.target) as channel:
+        with pytest.raises(grpc.RpcError) as job_error:
+            pb_grpc.PruningServiceStub(channel).CreateJob(pb.CreateJobRequest(spec=spec))
+        base = pb.JobSpec()
+        base.CopyFrom(spec)
+        base.ClearField("budget")
+        sweep = pb.SweepSpec(base=base, sparsities=[0.5], budget=spec.budget)
+        with pytest.raises(grpc.RpcError) as sweep_error:
+            pb_grpc.SweepServiceStub(channel).CreateSweep(pb.CreateSweepRequest(spec=sweep))
+    assert "spec.training.skip_baseline" in _fields(job_error.value)
+    assert "spec.base.training.skip_baseline" in _fields(sweep_error.value)
+
+
+@pytest.mark.parametrize("token", ["99999999999999999999", "9223372036854775807", "²", "-1", " 1"])
+def test_a_page_token_that_is_no_offset_is_refused(deployment, token):
+    server, _ = deployment
+    with grpc.insecure_channel(server.target) as channel:
+        with pytest.raises(grpc.RpcError) as error:
+            pb_grpc.SweepServiceStub(channel).ListSweeps(pb.ListSweepsRequest(page_token=token))
+    assert _fields(error.value) == ["page_token"]
+
+
+def test_the_page_tokens_listsweeps_returns_page_through_the_sweeps(deployment, redis_url):
+    server, prefix = deployment
+
+    async def work(store: AsyncJobStore, sweep_store: SweepStore) -> list[str]:
+        ids = []
+        for _ in range(3):
+            sweep = pb.Sweep(id=sweeps.new_sweep_id(), state=pb.JOB_STATE_CANCELLED)
+            await sweep_store.create(TENANT, sweep, "", "")
+            ids.append(sweep.id)
+        return ids
+
+    ids = _with_stores(redis_url, prefix, work)
+    seen, token = [], ""
+    with grpc.insecure_channel(server.target) as channel:
+        stub = pb_grpc.SweepServiceStub(channel)
+        while True:
+            page = stub.ListSweeps(pb.ListSweepsRequest(page_size=2, page_token=token))
+            seen += [s.id for s in page.sweeps]
+            if not (token := page.next_page_token):
+                break
+    assert sorted(seen) == sorted(ids)
