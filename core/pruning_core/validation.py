@@ -201,15 +201,40 @@ def selected(kind: str, name: str, sel: pb.LayerSelection) -> bool:
     return True
 
 
+# Layers that make channels of their own, which structured pruning removes (the worker's
+# structured.graph.PRODUCERS and their subclasses, by class name).
+CHANNEL_MAKERS = frozenset(
+    [
+        "Conv1D",
+        "Conv2D",
+        "Conv3D",
+        "Conv1DTranspose",
+        "Conv2DTranspose",
+        "Conv3DTranspose",
+        "Dense",
+        "SeparableConv1D",
+        "SeparableConv2D",
+    ]
+)
+
+
 def _validate_structured_against_model(
-    spec: pb.PruningSpec, names: set[str], outputs: list[str], out: list[Violation]
+    spec: pb.PruningSpec, kinds: dict[str, str], outputs: list[str], out: list[Violation]
 ) -> None:
-    """A structured spec must not ask to shrink an output layer: its units are the model's
-    answer (classes, values), which callers rely on."""
+    """A structured spec names layers that make channels, and must not ask to shrink an output
+    layer: its units are the model's answer (classes, values), which callers rely on."""
     prefix = "spec.pruning.structured.layer_ratios"
     for name, ratio in sorted(spec.structured.layer_ratios.items()):
-        if name not in names:
+        if name not in kinds:
             out.append((f"{prefix}[{name}]", f"the model has no layer {name!r}"))
+        elif kinds[name] not in CHANNEL_MAKERS:
+            out.append(
+                (
+                    f"{prefix}[{name}]",
+                    f"{name!r} is a {kinds[name]}, not a layer with channels of its own (Conv, Dense); name the "
+                    "layer that makes the channels",
+                )
+            )
         elif name in outputs and ratio > 0:
             out.append((f"{prefix}[{name}]", f"{name!r} is a model output; its units cannot be removed"))
     if not spec.HasField("schedule") and spec.structured.ratio > 0:
@@ -240,7 +265,7 @@ def validate_against_model(spec: pb.JobSpec, layers: list, outputs: list[str] | 
                 ("spec.pruning.block_size", f"block sparsity needs 2-D weights; exclude the conv layers {convs}")
             )
     if spec.pruning.HasField("structured"):
-        _validate_structured_against_model(spec.pruning, names, outputs or [], out)
+        _validate_structured_against_model(spec.pruning, {name: kind for kind, name in layers}, outputs or [], out)
     return out
 
 

@@ -147,6 +147,17 @@ def test_structured_ranges_are_checked_all_at_once():
     ]
 
 
+def test_structured_layer_ratios_name_layers_that_make_channels():
+    layers = [("Conv2D", "stem"), ("BatchNormalization", "bn"), ("DepthwiseConv2D", "dw"), ("Dense", "logits")]
+    spec = _structured_spec(ratio=0.5, layer_ratios={"stem": 0.5, "bn": 0.5, "dw": 0.25})
+    found = validation.validate_against_model(spec, layers, ["logits"])
+    assert [f for f, _ in found] == [
+        "spec.pruning.structured.layer_ratios[bn]",
+        "spec.pruning.structured.layer_ratios[dw]",
+    ]
+    assert "is a BatchNormalization, not a layer with channels of its own" in found[0][1]
+
+
 def test_structured_refuses_output_layers_and_unknown_names():
     layers = [("Conv2D", "conv"), ("Dense", "hidden"), ("Dense", "logits")]
     spec = _structured_spec(ratio=0.5, layer_ratios={"logits": 0.5, "nope": 0.2, "hidden": 0.3})
