@@ -113,9 +113,19 @@ class SweepHandle(_BaseSweepHandle["Client"]):
     def watch(self, *, reconnect_delay: float = 1.0) -> Iterator[pb.Sweep]:
         """Every change of the sweep until it ends; reconnects after UNAVAILABLE and resumes
         after the last version seen."""
+        return self._follow(reconnect_delay, None)
+
+    def _follow(self, reconnect_delay: float, timeout: float | None) -> Iterator[pb.Sweep]:
+        """:meth:`watch`, within ``timeout`` seconds in all (TimeoutError after them, even
+        while the stream is silent: each call's deadline is what is left)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
         seen = 0
         while True:
-            stream = self.client.sweep_stub.WatchSweep(watch_request(self.id, seen), metadata=self.client._metadata)
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                raise TimeoutError(f"sweep {self.id} still running after {timeout} s")
+            request = watch_request(self.id, seen)
+            stream = self.client.sweep_stub.WatchSweep(request, timeout=left, metadata=self.client._metadata)
             try:
                 with rpc_errors():
                     for sweep in stream:
@@ -126,19 +136,17 @@ class SweepHandle(_BaseSweepHandle["Client"]):
             except PruningError as error:
                 if error.code not in _RETRIED:
                     raise
-                time.sleep(reconnect_delay)
+                if deadline is None or time.monotonic() < deadline:
+                    time.sleep(reconnect_delay)
             finally:
                 stream.cancel()
 
     def result(self, timeout: float | None = None) -> pb.Sweep:
         """Follows the sweep to its end and returns it (its trials are the curve, and
-        ``chosen_trial`` the answer). Raises JobCancelled for a cancelled sweep."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        for sweep in self.watch():
-            if sweep.state in TERMINAL:
-                break
-            if deadline is not None and time.monotonic() > deadline:
-                raise TimeoutError(f"sweep {self.id} still running after {timeout} s")
+        ``chosen_trial`` the answer). Raises JobCancelled for a cancelled sweep, TimeoutError
+        once ``timeout`` seconds passed."""
+        for _ in self._follow(1.0, timeout):
+            pass
         return outcome(self.last if self.last is not None else self.get())
 
 
