@@ -48,6 +48,7 @@ from .client import (
     _take,
     _Upload,
     _validate_request,
+    idle_error,
 )
 from .exceptions import DeadlineExceeded, OutOfRange, PruningError, Unavailable, rpc_errors
 from .job import (
@@ -465,8 +466,19 @@ class AsyncClient:
         with download.open() as f:
             behind = _Behind(f.write, download.digest.update)  # written and hashed in threads behind the receiver
             behind.__enter__()
+            limit = self.options.timeout
             try:
-                async for chunk in self.stub.DownloadArtifact(download.request(), metadata=self._metadata):
+                call = self.stub.DownloadArtifact(download.request(), metadata=self._metadata)
+                chunks = aiter(call)
+                while True:
+                    try:
+                        async with asyncio.timeout(limit):  # a stalled server must not hold it forever
+                            chunk = await anext(chunks)
+                    except StopAsyncIteration:
+                        break
+                    except TimeoutError:
+                        call.cancel()
+                        raise idle_error(limit) from None
                     data = chunk.data
                     await behind.aput(data)
                     if progress:

@@ -15,6 +15,7 @@ import os
 import pathlib
 import queue
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -25,7 +26,7 @@ import grpc
 from pruning.v1 import pruning_pb2 as pb
 from pruning.v1 import pruning_pb2_grpc as pb_grpc
 
-from .exceptions import IntegrityError, OutOfRange, Unavailable, rpc_errors
+from .exceptions import DeadlineExceeded, IntegrityError, OutOfRange, Unavailable, rpc_errors
 from .job import JobHandle, _is_directory
 from .results import JobPlan
 from .sweeps import SweepHandle
@@ -337,6 +338,41 @@ class _Download:
         return self.dest
 
 
+class _IdleWatch:
+    """Cancels a streaming call once no message came for ``limit`` seconds (a stalled server
+    would hold a download forever). One polling thread per call; the receiver only stamps the
+    time of each message, so the hot path gains no thread hop."""
+
+    def __init__(self, call: Any, limit: float) -> None:
+        self.call, self.limit = call, limit
+        self.last = time.monotonic()
+        self.fired = False
+        self._done = threading.Event()
+        threading.Thread(target=self._watch, daemon=True, name="pruning-idle-watch").start()
+
+    def _watch(self) -> None:
+        while not self._done.wait(min(1.0, self.limit / 4)):
+            if time.monotonic() - self.last > self.limit:
+                self.fired = True
+                self.call.cancel()
+                return
+
+    def stamped(self, messages: Iterable[_T]) -> Iterator[_T]:
+        for message in messages:
+            self.last = time.monotonic()
+            yield message
+
+    def close(self) -> None:
+        self._done.set()
+
+
+def idle_error(limit: float) -> DeadlineExceeded:
+    return DeadlineExceeded(
+        f"the download got no data for {limit:g} s and was stopped; its partial file is kept for a retry",
+        code=grpc.StatusCode.DEADLINE_EXCEEDED,
+    )
+
+
 def _create_job_request(
     spec: pb.JobSpec, labels: Mapping[str, str] | None, idempotency_key: str | None
 ) -> pb.CreateJobRequest:
@@ -591,10 +627,25 @@ class Client:
         """
         download = _Download(artifact_id, dest, filename=filename, resume=resume)
         try:
-            with rpc_errors():
-                download.receive(self.stub.DownloadArtifact(download.request(), metadata=self._metadata), progress)
+            self._receive(download, progress)
         except OutOfRange:
             if not download.restart():
                 raise
-            download.receive(self.stub.DownloadArtifact(download.request(), metadata=self._metadata), progress)
+            self._receive(download, progress)
         return download.finish()
+
+    def _receive(self, download: _Download, progress: DownloadProgress | None) -> None:
+        """One DownloadArtifact call into ``download``; stopped (DeadlineExceeded) once no chunk
+        came for the client's ``timeout``."""
+        call = self.stub.DownloadArtifact(download.request(), metadata=self._metadata)
+        idle = _IdleWatch(call, self.options.timeout)
+        try:
+            with rpc_errors():
+                try:
+                    download.receive(idle.stamped(call), progress)
+                except grpc.RpcError:
+                    if idle.fired:
+                        raise idle_error(self.options.timeout) from None
+                    raise
+        finally:
+            idle.close()
