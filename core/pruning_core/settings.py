@@ -48,6 +48,10 @@ class Settings(BaseSettings):
     max_watches_per_tenant: int = Field(256, description="concurrent WatchJob streams of one tenant per server process")
     max_uploads: int = Field(256, description="concurrent uploads per server process")
     max_uploads_per_tenant: int = Field(16, description="concurrent uploads of one tenant per server process")
+    max_downloads: int = Field(256, description="concurrent downloads per server process")
+    max_downloads_per_tenant: int = Field(
+        16, description="concurrent downloads of one tenant per server process (each holds its read-ahead chunks)"
+    )
     upload_idle_timeout_s: float = Field(
         60.0, description="an upload with no message for this long is dropped (DEADLINE_EXCEEDED)"
     )

@@ -81,6 +81,7 @@ class PruningService(pb_grpc.PruningServiceServicer):
         self.hub = hub
         self.watches = Caps("watches", settings.max_watches_per_tenant, settings.max_watches)
         self.uploads = Caps("uploads", settings.max_uploads_per_tenant, settings.max_uploads)
+        self.downloads = Caps("downloads", settings.max_downloads_per_tenant, settings.max_downloads)
         self._tenants = settings.tenants_by_key()
         # Runs jobs with a budget (JobSpec.budget) as search sweeps; set by the SweepService.
         self.searches: Searches | None = None
@@ -270,8 +271,10 @@ class PruningService(pb_grpc.PruningServiceServicer):
             raise Failure(grpc.StatusCode.OUT_OF_RANGE, f"offset must be in [0, {record.size}], got {request.offset}")
         # each chunk leaves serialized, framed in the reading thread with one copy of its bytes
         frame = functools.partial(download_chunk, total_size=record.size, sha256=record.id)
-        async for message in self.blobs.read(record.id, request.offset, self.settings.chunk_size, record.size, frame):
-            yield message
+        async with self._slot(self.downloads, tenant):
+            chunks = self.blobs.read(record.id, request.offset, self.settings.chunk_size, record.size, frame)
+            async for message in chunks:
+                yield message
 
     # -- jobs ------------------------------------------------------------------------------
 

@@ -13,7 +13,7 @@ import pytest
 from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
-from hostile import hostile_server, keras_bytes, tiny  # noqa: F401 - fixture
+from hostile import hostile_server, keras_bytes, npz_bytes, tiny  # noqa: F401 - fixture
 
 from pruning.v1 import pruning_pb2 as pb
 from pruning.v1 import pruning_pb2_grpc as pb_grpc
@@ -234,6 +234,52 @@ def test_uploads_over_the_tenant_cap_are_refused_with_a_retry_hint(env):
             await call.write(pb.UploadRequest(chunk=keras_bytes()))
             await call.done_writing()
             assert len((await asyncio.wait_for(call, 10)).id) == 64
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        server.stop()
+
+
+def test_downloads_over_the_tenant_cap_are_refused_with_a_retry_hint(env):
+    server = hostile_server(env, "download-caps", max_downloads_per_tenant=2, max_downloads=3)
+    data = npz_bytes(n_train=40000)  # MiBs: past the stream's fixed window, an unread stream stays open
+
+    async def scenario() -> None:
+        async with grpc.aio.insecure_channel(server.target, options=[("grpc.http2.bdp_probe", 0)]) as channel:
+            stub = pb_grpc.PruningServiceStub(channel)
+
+            async def upload(key: str) -> str:
+                call = stub.UploadDataset(metadata=_meta(key))
+                await call.write(pb.UploadRequest(header=pb.UploadHeader(filename="d.npz")))
+                await call.write(pb.UploadRequest(chunk=data))
+                await call.done_writing()
+                return (await asyncio.wait_for(call, 30)).id
+
+            ids = {key: await upload(key) for key in ("key-a", "key-b")}
+
+            async def open_download(key: str):
+                call = stub.DownloadArtifact(pb.DownloadArtifactRequest(artifact_id=ids[key]), metadata=_meta(key))
+                assert (await asyncio.wait_for(call.read(), 10)).data  # started, and then left unread
+                return call
+
+            async def refused(key: str) -> grpc.StatusCode:
+                call = stub.DownloadArtifact(pb.DownloadArtifactRequest(artifact_id=ids[key]), metadata=_meta(key))
+                with pytest.raises(grpc.aio.AioRpcError) as error:
+                    await asyncio.wait_for(call.read(), 10)
+                assert rpc_status.from_call(error.value).details[0].Is(error_details_pb2.RetryInfo.DESCRIPTOR)
+                return error.value.code()
+
+            held = [await open_download("key-a") for _ in range(2)]
+            assert await refused("key-a") == grpc.StatusCode.RESOURCE_EXHAUSTED  # the tenant's cap
+            other = await open_download("key-b")  # the other tenant still downloads
+            assert await refused("key-b") == grpc.StatusCode.RESOURCE_EXHAUSTED  # the server's cap
+            for call in [*held, other]:
+                call.cancel()
+            await asyncio.sleep(0.3)
+            call = stub.DownloadArtifact(pb.DownloadArtifactRequest(artifact_id=ids["key-a"]), metadata=_meta("key-a"))
+            received = b"".join([chunk.data async for chunk in call])  # slots come back when downloads end
+            assert received == data
 
     try:
         asyncio.run(scenario())
