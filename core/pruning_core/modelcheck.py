@@ -75,11 +75,13 @@ class ModelInfo:
     input_shape: list[int | None] | None = None
     keras_version: int = 2
     summary: pb.ModelSummary = field(default_factory=pb.ModelSummary)
+    mixed_precision: list[str] = field(default_factory=list)  # layers computing in float16 or bfloat16
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "format": self.format,
             "layers": self.layers,
+            "mixed_precision": self.mixed_precision,
             "input_shape": self.input_shape,
             "keras_version": self.keras_version,
             "summary": json_format.MessageToDict(self.summary),
@@ -192,8 +194,32 @@ def check_model_config(
             raise ModelRejected(str(exc)) from None
     summary = preflight.summarize(config, layers, weights or [], version, version_string)
     return ModelInfo(
-        format=fmt, layers=layers, input_shape=_input_shape(config), keras_version=version, summary=summary
+        format=fmt,
+        layers=layers,
+        input_shape=_input_shape(config),
+        keras_version=version,
+        summary=summary,
+        mixed_precision=_mixed_precision(config),
     )
+
+
+def _mixed_precision(node: Any, found: list[str] | None = None) -> list[str]:
+    """Names of the layers whose dtype policy is a mixed one (``mixed_float16``, ...)."""
+    found = [] if found is None else found
+    if isinstance(node, dict):
+        config = node.get("config")
+        if isinstance(config, dict) and "name" in config:
+            dtype = config.get("dtype")
+            policy = dtype.get("config", {}).get("name") if isinstance(dtype, dict) else dtype
+            if isinstance(policy, str) and policy.startswith("mixed_") and node.get("class_name") in _LAYERS.split():
+                found.append(str(config["name"]))
+        for key, value in node.items():
+            if key not in _NOT_LOADED:
+                _mixed_precision(value, found)
+    elif isinstance(node, list):
+        for value in node:
+            _mixed_precision(value, found)
+    return found
 
 
 def _read_member(archive: zipfile.ZipFile, name: str, limit: int) -> bytes:

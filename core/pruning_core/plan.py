@@ -93,6 +93,15 @@ def check(spec: pb.JobSpec, model_info: dict[str, Any], data: DatasetFacts) -> l
     if data.sample_shape is not None and not modelcheck.shapes_fit(model_input, data.sample_shape):
         out.append((data.field, f"samples of shape {data.sample_shape} do not fit the model input {model_input}"))
     out += _dataset_fits(spec, outputs, data)
+    mixed = model_info.get("mixed_precision") or []
+    if mixed and spec.pruning.HasField("schedule"):
+        out.append(
+            (
+                "spec.model_id",
+                f"layers {mixed[:20]} compute in mixed precision, which weight pruning (TFMOT) does not take: "
+                "save the model with the float32 dtype policy",
+            )
+        )
     summary_outputs = _summary(model_info).outputs
     units = summary_outputs[0].shape[-1] if len(summary_outputs) == 1 and summary_outputs[0].shape else -1
     sparse = spec.training.loss in SPARSE_LOSSES

@@ -71,3 +71,20 @@ def test_a_model_of_several_outputs_takes_a_label_array_per_output(tmp_path):
         by_output |= {f"y_{split}.head0": np.zeros((n, 4), "f4"), f"y_{split}.zzz": np.zeros((n, 4), "f4")}
     ((_, text),) = _violations(model, _facts(tmp_path, **by_output), loss="mean_squared_error")
     assert "['head0', 'zzz']" in text
+
+
+@pytest.mark.parametrize("keras_version", [2, 3])
+def test_a_model_in_mixed_precision_is_refused_for_weight_pruning(tmp_path, keras_version):
+    if keras_version == 3:
+        import keras
+    else:
+        import tf_keras as keras
+    inputs = keras.Input((3,))
+    hidden = keras.layers.Dense(8, dtype="mixed_float16", name="half")(inputs)
+    model = keras.Model(inputs, keras.layers.Dense(4, dtype="float32", name="out")(hidden))
+    model.save(tmp_path / "m.keras")
+    info = modelcheck.inspect_model(tmp_path / "m.keras", 1 << 30).to_dict()
+    assert info["mixed_precision"] == ["half"]
+    ((field, text),) = _violations(info, _facts(tmp_path, **_data()))
+    assert field == "spec.model_id" and "mixed precision" in text
+    assert _violations(_model(tmp_path), _facts(tmp_path, **_data())) == []  # float32 throughout
