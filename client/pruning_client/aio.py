@@ -306,7 +306,11 @@ class AsyncClient:
                         yield request
 
         deadline = upload.deadline(self.options.timeout)
-        return upload.check(await method(requests(), timeout=deadline, metadata=self._metadata))
+        try:
+            return upload.check(await method(requests(), timeout=deadline, metadata=self._metadata))
+        except grpc.RpcError:
+            upload.raise_read_error()
+            raise
 
     @_rpc
     async def upload_model(self, path: os.PathLike[str] | str, progress: UploadProgress | None = None) -> pb.Artifact:

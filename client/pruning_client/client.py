@@ -247,6 +247,7 @@ class _Upload:
         self.path = pathlib.Path(path)
         self.progress = progress
         self.digest = hashlib.sha256()
+        self.read_error: OSError | None = None
         with open(self.path, "rb") as f:
             self.size = os.fstat(f.fileno()).st_size
 
@@ -263,9 +264,21 @@ class _Upload:
         reader and complete once the last request is taken."""
         yield self.header()
         with open(self.path, "rb") as f, _Behind(self.digest.update) as digest:
-            while data := f.read(CHUNK):
+            while data := self._read(f):
                 digest(data)
                 yield self.chunk(data)
+
+    def _read(self, f: IO[bytes]) -> bytes:
+        try:
+            return f.read(CHUNK)
+        except OSError as error:  # gRPC would report only UNKNOWN: the call raises this instead
+            self.read_error = error
+            raise
+
+    def raise_read_error(self) -> None:
+        """After a failed call: the file's own read error, when that is what ended it."""
+        if self.read_error is not None:
+            raise self.read_error
 
     def pipelined(self) -> Iterator[pb.UploadRequest]:
         """:meth:`requests`, read, hashed and built ahead by a thread of their own (at most
@@ -452,7 +465,11 @@ class Client:
     ) -> pb.Artifact:
         upload = _Upload(path, progress)
         deadline = upload.deadline(self.options.timeout)
-        return upload.check(method(upload.pipelined(), timeout=deadline, metadata=self._metadata))
+        try:
+            return upload.check(method(upload.pipelined(), timeout=deadline, metadata=self._metadata))
+        except grpc.RpcError:
+            upload.raise_read_error()
+            raise
 
     @_rpc
     def upload_model(self, path: os.PathLike[str] | str, progress: UploadProgress | None = None) -> pb.Artifact:

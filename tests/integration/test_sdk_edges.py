@@ -47,3 +47,31 @@ def test_a_destination_ending_with_a_separator_is_a_directory(client, data, tmp_
     artifact = client.upload_dataset(data)
     path = client.download(artifact.id, f"{tmp_path}/out/", filename="data.npz")
     assert path == tmp_path / "out" / "data.npz" and path.read_bytes() == data.read_bytes()
+
+
+def test_a_read_error_mid_upload_raises_that_error_not_unknown(client, data, monkeypatch):
+    import errno
+
+    from pruning_client.client import _Upload
+
+    read = _Upload._read
+    calls = {"n": 0}
+
+    class Failing:
+        """The file, failing its second read as a disk that goes away would."""
+
+        def __init__(self, f, path):
+            self.f, self.path = f, path
+
+        def read(self, n):
+            calls["n"] += 1
+            if calls["n"] == 2:  # after the first chunk went out
+                raise OSError(errno.EIO, "Input/output error", self.path)
+            return self.f.read(n)
+
+    monkeypatch.setattr(_Upload, "_read", lambda self, f: read(self, Failing(f, str(self.path))))
+    big = data.parent / "big.npz"
+    big.write_bytes(data.read_bytes() * 4 + b"\0" * (3 << 20))  # more than one chunk
+    with pytest.raises(OSError) as raised:
+        client.upload_dataset(big)
+    assert raised.value.errno == errno.EIO and raised.value.filename == str(big)
