@@ -17,6 +17,21 @@ MiB = 1024 * 1024
 S3_MAX_PARTS = 10_000  # parts of one multipart upload
 
 
+def _tenants_by_key(api_keys: str) -> dict[str, str]:
+    """``key=tenant,key2=tenant2`` as a map; a malformed entry, an empty key or tenant (what a
+    template leaves of an unset variable, which would let callers without a key in) or a key
+    given twice is refused."""
+    out: dict[str, str] = {}
+    for i, item in enumerate(item for item in api_keys.split(",") if item.strip()):
+        key, equals, tenant = (part.strip() for part in item.partition("="))
+        if not equals or not key or not tenant:
+            raise ValueError(f"api_keys entry {i + 1} must be key=tenant with neither empty")
+        if key in out:
+            raise ValueError(f"api_keys entry {i + 1} repeats a key")
+        out[key] = tenant
+    return out
+
+
 class Settings(BaseSettings):
     """Configuration of one deployment (server, workers and launcher read the same)."""
 
@@ -191,6 +206,25 @@ class Settings(BaseSettings):
             raise ValueError(f"s3_part_size must be in [5 MiB, 5 GiB], got {value}")
         return value
 
+    @field_validator("api_keys")
+    @classmethod
+    def _api_keys_parse(cls, value: str) -> str:
+        _tenants_by_key(value)
+        return value
+
+    @model_validator(mode="after")
+    def _tls_needs_both_files(self) -> Settings:
+        given = {"tls_cert_file": self.tls_cert_file, "tls_key_file": self.tls_key_file}
+        if any(given.values()) and not all(given.values()):
+            missing = next(name for name, path in given.items() if not path)
+            raise ValueError(
+                f"TLS needs both tls_cert_file and tls_key_file; {missing} is not set (the server would serve plaintext)"
+            )
+        for name, path in given.items():
+            if path is not None and not path.is_file():
+                raise ValueError(f"{name} {str(path)!r} is not a file")
+        return self
+
     @model_validator(mode="after")
     def _parts_cover_the_largest_upload(self) -> Settings:
         if self.artifact_store == "s3" and self.max_upload_bytes > S3_MAX_PARTS * self.s3_part_size:
@@ -215,8 +249,7 @@ class Settings(BaseSettings):
 
     def tenants_by_key(self) -> dict[str, str]:
         """Maps API keys to tenants; empty when authentication is off."""
-        pairs = (item.split("=", 1) for item in self.api_keys.split(",") if item.strip())
-        return {key.strip(): tenant.strip() for key, tenant in pairs}
+        return _tenants_by_key(self.api_keys)
 
     def celery_broker_url(self) -> str:
         """The Redis URL in the form kombu expects (unix sockets use redis+socket://)."""

@@ -140,7 +140,10 @@ async def create_server(settings: Settings, address: str | None = None) -> Runni
     except RuntimeError:
         await store.redis.aclose()
         await reader.redis.aclose()
-        raise AddressInUse(f"cannot listen on {address}: the address is in use (or not available here)") from None
+        why = "the address is in use (or not available here)"
+        if settings.tls_cert_file:
+            why += ", or the TLS certificate and key are not a valid PEM pair"
+        raise AddressInUse(f"cannot listen on {address}: {why}") from None
     metrics = None
     if settings.metrics_listen:
         try:

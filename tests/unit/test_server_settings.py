@@ -46,3 +46,47 @@ def test_s3_parts_must_cover_the_largest_upload(monkeypatch):
     monkeypatch.setenv("PRUNING_ARTIFACT_STORE", "local")
     monkeypatch.setenv("PRUNING_S3_PART_SIZE", str(5 * MiB))
     assert Settings().artifact_store == "local"  # the local store has no parts
+
+
+@pytest.mark.parametrize(
+    ("value", "why"),
+    [
+        ("keyA=tenantA,=tenantZ", "entry 2 must be key=tenant"),  # an unset variable in a template
+        ("keyA=tenantA,keyB", "entry 2 must be key=tenant"),
+        ("keyA=", "entry 1 must be key=tenant"),
+        ("keyA=a,keyA=b", "entry 2 repeats a key"),
+    ],
+)
+def test_api_keys_that_would_let_callers_in_or_cannot_be_read_are_refused(monkeypatch, value, why):
+    from pydantic import ValidationError
+
+    from pruning_core.settings import Settings
+
+    monkeypatch.setenv("PRUNING_API_KEYS", value)
+    with pytest.raises(ValidationError, match=why) as error:
+        Settings()
+    assert "keyA" not in str(error.value).replace(value, "")  # no key echoed beyond pydantic's input
+
+
+def test_api_keys_map_keys_to_tenants(monkeypatch):
+    from pruning_core.settings import Settings
+
+    monkeypatch.setenv("PRUNING_API_KEYS", " k1 = t1 , k2=t2 ,")
+    assert Settings().tenants_by_key() == {"k1": "t1", "k2": "t2"}
+
+
+def test_tls_needs_both_files_and_files(monkeypatch, tmp_path):
+    from pydantic import ValidationError
+
+    from pruning_core.settings import Settings
+
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert.write_text("cert"), key.write_text("key")
+    monkeypatch.setenv("PRUNING_TLS_CERT_FILE", str(cert))
+    with pytest.raises(ValidationError, match="tls_key_file is not set"):
+        Settings()
+    monkeypatch.setenv("PRUNING_TLS_KEY_FILE", "")
+    with pytest.raises(ValidationError, match="is not a file|is not set"):
+        Settings()
+    monkeypatch.setenv("PRUNING_TLS_KEY_FILE", str(key))
+    assert Settings().tls_key_file == key
