@@ -172,10 +172,10 @@ def run(
         result.export_conversion_max_abs_diff = bridge.check_equivalence(stripped3, stripped)
 
     reporter.phase(Phase.EXPORT, "exporting")
-    outputs = [
-        (export(stripped, fmt, workdir / f"pruned_{i}", x_train, stripped3), formats.export(fmt).name)
-        for i, fmt in enumerate(spec.export.formats)
-    ]
+    outputs = []
+    for i, fmt in enumerate(spec.export.formats):
+        reporter.check_deadline()  # the time limit holds through the exports and the report too
+        outputs.append((export(stripped, fmt, workdir / f"pruned_{i}", x_train, stripped3), formats.export(fmt).name))
     # Sparsity as the user will find it: measured on the downloaded file where it is a Keras model.
     measured = load_export(outputs[0][0], version_out) if main_format in KERAS_FILES else stripped
     measure.fill_sparsity(result, measured, set(chosen), recipe.layer_targets(spec.pruning, chosen))
@@ -196,7 +196,9 @@ def run(
         step.fill_latency(result.structured, original, stripped, result.device, repeats)
     result.compression_ratio = result.size_before.gzip_bytes / max(1, result.size_after.gzip_bytes)
     if reporting:
+        reporter.check_deadline()
         outputs += _report(spec, result, original, stripped, workdir, log_dir, reporter)
+    reporter.check_deadline()
     result.phase_seconds["inputs"] = inputs.seconds
     result.phase_seconds.update(reporter.timings())
     reporter.log(
@@ -228,6 +230,7 @@ def _report(
         result.latency.extend(report.latency(before, after, result.device, spec.training.batch_size, repeats, warn))
     except Exception as exc:  # noqa: BLE001
         warn(f"no latency figures: {tferrors.root_cause(exc)}")
+    reporter.check_deadline()  # outside the try: the time limit is no report warning
     try:
         outputs += report.plots(result, workdir)
     except Exception as exc:  # noqa: BLE001
