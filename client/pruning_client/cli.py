@@ -1448,8 +1448,9 @@ def _one_line(text: str) -> str:
 
 def run(argv: Sequence[str] | None = None) -> int:
     """Runs the CLI on ``argv`` (default: the process's arguments); returns the exit code."""
+    args = list(argv) if argv is not None else sys.argv[1:]
     try:
-        rv = cli.main(args=list(argv) if argv is not None else None, prog_name="pruning", standalone_mode=False)
+        rv = cli.main(args=args, prog_name="pruning", standalone_mode=False)
         sys.stdout.flush()
     except BrokenPipeError:
         _silence_stdout()
@@ -1461,12 +1462,24 @@ def run(argv: Sequence[str] | None = None) -> int:
             error.show()
             return error.exit_code
         hint = f" (see '{error.ctx.command_path} --help')" if error.ctx is not None else ""
-        click.echo(f"error: {_one_line(error.format_message())}{hint}", err=True)
+        _usage_error(error, hint, json_output="--json" in args)
         return error.exit_code
     except click.ClickException as error:
-        click.echo(f"error: {_one_line(error.format_message())}", err=True)
+        _usage_error(error, "", json_output="--json" in args)
         return error.exit_code
     return rv if isinstance(rv, int) else 0
+
+
+def _usage_error(error: click.ClickException, hint: str, *, json_output: bool) -> None:
+    """A mistake in the command line: one line on stderr, and with ``--json`` also the error
+    object on stdout (the shape of every other error), so a pipeline reading stdout sees it."""
+    message = _one_line(error.format_message())
+    if json_output:
+        param = getattr(error, "param", None)
+        field = getattr(param, "opts", None) or ([param.name] if param is not None and param.name else [])
+        violations = [[field[0], message]] if field else []
+        click.echo(json.dumps({"error": type(error).__name__, "message": message, "field_violations": violations}))
+    click.echo(f"error: {message}{hint}", err=True)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -182,6 +182,26 @@ def test_usage_errors_are_exit_2_and_one_line(
     assert not fake.made
 
 
+@pytest.mark.parametrize(
+    ("argv", "field"),
+    [
+        (["list", "--state", "bogus", "--json"], "--state"),
+        (["--json", "status"], "job_id"),
+        (["--json", "--timeout", "0", "list"], "--timeout"),
+        (["--json", "no-such-command"], None),
+    ],
+)
+def test_usage_errors_with_json_print_the_error_object_on_stdout(
+    fake: type[FakeClient], capsys: pytest.CaptureFixture[str], argv: list[str], field: str | None
+) -> None:
+    assert run(argv) == 2
+    out, err = capsys.readouterr()
+    error = json.loads(out)  # stdout holds the error object and nothing else
+    assert set(error) == {"error", "message", "field_violations"} and error["message"]
+    assert [f for f, _ in error["field_violations"]] == ([field] if field else [])
+    assert err.startswith("error: ") and not fake.made
+
+
 def test_export_format_type_accepts_file_style_names() -> None:
     kind = cli_module.ExportFormatType()
     assert kind.convert("saved_model.zip", None, None) == "saved_model"
