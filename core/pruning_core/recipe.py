@@ -141,6 +141,15 @@ def resolve(
         s.end_step = s.end_step or last
         s.frequency = s.frequency or defaults.FREQUENCY
         s.power = s.power or defaults.POWER
+        if s.frequency > s.end_step - s.begin_step:
+            return [
+                (
+                    "spec.pruning.schedule.polynomial_decay.frequency",
+                    f"masks are updated every {s.frequency} steps from step {s.begin_step}, but the schedule ends "
+                    f"at step {s.end_step} ({total} fine-tuning steps): no update would apply the sparsity; set a "
+                    f"frequency of at most {max(1, s.end_step - s.begin_step)}, or use the keep_accuracy recipe",
+                )
+            ]
         return []
     s.power = s.power or KEEP_POWER
     if s.end_step and not s.frequency:

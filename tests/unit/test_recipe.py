@@ -86,6 +86,16 @@ def test_plain_is_the_guide_recipe():
     assert plain.pruning.schedule.polynomial_decay.end_step == 843
 
 
+def test_plain_refuses_a_frequency_longer_than_its_schedule():
+    plain = validation.with_defaults(job_spec("m" * 64, epochs=1, schedule=polynomial_decay(0.5, 0.8)))
+    plain.training.recipe = pb.RECIPE_PLAIN
+    ((field, text),) = recipe.resolve(plain, 9)  # 9 steps, masks every 100: none would apply the sparsity
+    assert field == "spec.pruning.schedule.polynomial_decay.frequency" and "at most 8" in text
+    enough = validation.with_defaults(job_spec("m" * 64, epochs=1, schedule=polynomial_decay(0.5, 0.8)))
+    enough.training.recipe = pb.RECIPE_PLAIN
+    assert recipe.resolve(enough, 150) == []  # the guide's recipe: it runs, and may miss (test_recipe_jobs.py)
+
+
 def test_explicit_choices_win():
     spec = validation.with_defaults(job_spec("m" * 64, schedule=polynomial_decay(0.5, 0.8), learning_rate=0.01))
     spec.training.early_stopping_patience = 0
