@@ -624,11 +624,15 @@ class PruningGroup(click.Group):
 
 def _report(error: PruningError, *, json_output: bool) -> None:
     if json_output:
-        click.echo(
-            json.dumps(
-                {"error": type(error).__name__, "message": error.message, "field_violations": error.field_violations}
-            )
-        )
+        payload: dict[str, Any] = {
+            "error": type(error).__name__,
+            "message": error.message,
+            "field_violations": error.field_violations,
+        }
+        job = getattr(error, "job", None)
+        if isinstance(job, pb.Job) and job.id:
+            payload["job_id"] = job.id  # a failed or cancelled job: which one, without parsing the message
+        click.echo(json.dumps(payload))
         return
     violations = error.field_violations
     joined = "; ".join(f"{f}: {d}" for f, d in violations)
@@ -1321,7 +1325,12 @@ def watch(job_id: str, download: pathlib.Path | None) -> None:
             _finish(client, job, final, download)
             return
         if final.state != pb.JOB_STATE_SUCCEEDED:
-            job.result()  # raises JobFailed or JobCancelled, whose exit codes say which
+            try:
+                job.result()  # raises JobFailed or JobCancelled, whose exit codes say which
+            except PruningError as error:
+                # stdout holds events only (its last line the state change): the error goes to stderr
+                click.echo(f"error: {error.message}", err=True)
+                click.get_current_context().exit(error.exit_code)
         if download is not None:
             _fetch_job(client, job.id, exports(final.result.artifacts), str(download), directory=True)
 

@@ -285,3 +285,31 @@ def test_an_upload_stalled_past_its_deadline_exits_7(
     assert run(["--target", "127.0.0.1:1", "--timeout", "5", "--json", "upload", "dataset", str(path)]) == 7
     assert got == [pytest.approx(5 + path.stat().st_size / UPLOAD_FLOOR_RATE)]
     assert json.loads(capsys.readouterr().out)["error"] == "DeadlineExceeded"
+
+
+class FailedJob(FakeJob):
+    def watch(self) -> Iterator[pb.JobEvent]:
+        yield from _events()[:-1]
+        yield pb.JobEvent(id="9-0", job_id=JOB, state_change=pb.StateChange(to=pb.JOB_STATE_FAILED))
+
+    def status(self) -> pb.Job:
+        return pb.Job(id=self.id, state=pb.JOB_STATE_FAILED)
+
+    def result(self, timeout: float | None = None) -> PruneResult:
+        from pruning_client import JobFailed
+
+        raise JobFailed(f"job {self.id} failed: the labels are not class indices", job_code=3, job=self.status())
+
+
+def test_watch_json_of_a_failed_job_keeps_stdout_to_events(
+    fake: type[FakeClient], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(FakeClient, "job", lambda self, job_id: FailedJob(self, job_id))
+    assert run(["watch", JOB, "--json"]) == 8
+    out, err = capsys.readouterr()
+    events = [json.loads(line) for line in out.splitlines()]
+    assert all(e["job_id"] == JOB for e in events) and events[-1]["state_change"]["to"] == "JOB_STATE_FAILED"
+    assert err.startswith("error: job") and "class indices" in err
+    assert run(["result", JOB, "--json"]) == 8
+    error = json.loads(capsys.readouterr().out)
+    assert error["error"] == "JobFailed" and error["job_id"] == JOB  # which job, without parsing the message
