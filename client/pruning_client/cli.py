@@ -214,6 +214,9 @@ def _emit(data: Any, text: str) -> None:
 
 def _client(opts: GlobalOptions) -> Client:
     roots = opts.ca_file.read_bytes() if opts.ca_file else None
+    if roots is not None and b"-----BEGIN CERTIFICATE-----" not in roots:
+        # gRPC would only fail the handshake later, as UNAVAILABLE
+        raise click.BadParameter(f"{opts.ca_file} holds no PEM certificate", param_hint="--ca-file")
     return Client(
         opts.target,
         api_key=opts.api_key or None,
@@ -1486,6 +1489,8 @@ def _usage_error(error: click.ClickException, hint: str, *, json_output: bool) -
     if json_output:
         param = getattr(error, "param", None)
         field = getattr(param, "opts", None) or ([param.name] if param is not None and param.name else [])
+        named = getattr(error, "param_hint", None)
+        field = field or ([named.split(" / ")[0]] if isinstance(named, str) else [])
         violations = [[field[0], message]] if field else []
         click.echo(json.dumps({"error": type(error).__name__, "message": message, "field_violations": violations}))
     click.echo(f"error: {message}{hint}", err=True)

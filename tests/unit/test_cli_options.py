@@ -119,7 +119,8 @@ def test_environment_and_other_globals(
     fake: type[FakeClient], monkeypatch: pytest.MonkeyPatch, tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     ca = tmp_path / "ca.pem"
-    ca.write_bytes(b"PEM")
+    pem = b"-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
+    ca.write_bytes(pem)
     monkeypatch.setenv("PRUNING_TARGET", "env:3")
     monkeypatch.setenv("PRUNING_API_KEY", "k1")
     assert run(["--timeout", "5", "status", "j1", "--ca-file", str(ca)]) == 0
@@ -128,7 +129,7 @@ def test_environment_and_other_globals(
         "env:3",
         "k1",
         True,
-        b"PEM",
+        pem,
         5.0,
     )
     assert run(["status", "j1", "--api-key", "k2", "--target", "cli:4"]) == 0
@@ -323,3 +324,14 @@ def test_submit_leaves_the_power_to_the_recipe_unless_given(
 def test_submit_refuses_two_budgets(capsys: pytest.CaptureFixture[str]) -> None:
     assert run(["submit", "--model", "a" * 64, "--max-loss-pp", "1", "--max-relative-loss", "1"]) == 2
     assert "not both" in capsys.readouterr().err
+
+
+def test_a_ca_file_without_a_certificate_is_a_usage_error(
+    fake: type[FakeClient], capsys: pytest.CaptureFixture[str], tmp_path: pathlib.Path
+) -> None:
+    bad = tmp_path / "bad.pem"
+    bad.write_text("not a certificate")
+    assert run(["--json", "--ca-file", str(bad), "status", "0" * 24]) == 2
+    error = json.loads(capsys.readouterr().out)
+    assert error["field_violations"][0][0] == "--ca-file" and "holds no PEM certificate" in error["message"]
+    assert not fake.made
