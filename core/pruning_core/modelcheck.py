@@ -116,8 +116,9 @@ def _checked_zip(path: pathlib.Path, max_decompressed: int) -> zipfile.ZipFile:
 _TF_NAME = re.compile(r"[A-Za-z0-9.][A-Za-z0-9_.\\/>-]*")
 
 
-def _walk_classes(node, found: list[tuple[str, str]]):
-    """Checks every ``class_name`` in a Keras config tree; collects (class, name) of layers."""
+def _walk_classes(node, found: list[tuple[str, str]], mixed: list[str]):
+    """Checks every ``class_name`` in a Keras config tree; collects (class, name) of layers,
+    and into ``mixed`` the names of those whose dtype policy is a mixed one (``mixed_float16``)."""
     if isinstance(node, dict):
         if "class_name" in node:
             cls = node["class_name"]
@@ -142,12 +143,16 @@ def _walk_classes(node, found: list[tuple[str, str]]):
             config = node.get("config")
             if isinstance(config, dict) and "name" in config and cls in _LAYERS.split():
                 found.append((cls, str(config["name"])))
+                dtype = config.get("dtype")
+                policy = dtype.get("config", {}).get("name") if isinstance(dtype, dict) else dtype
+                if isinstance(policy, str) and policy.startswith("mixed_"):
+                    mixed.append(str(config["name"]))
         for key, value in node.items():
             if key not in _NOT_LOADED:
-                _walk_classes(value, found)
+                _walk_classes(value, found, mixed)
     elif isinstance(node, list):
         for value in node:
-            _walk_classes(value, found)
+            _walk_classes(value, found, mixed)
 
 
 def _input_shape(config: dict) -> list[int | None] | None:
@@ -176,8 +181,9 @@ def check_model_config(
     if not isinstance(config, dict) or "class_name" not in config:
         raise ModelRejected("the file holds no Keras model configuration")
     layers: list[tuple[str, str]] = []
+    mixed: list[str] = []
     try:
-        _walk_classes(config, layers)
+        _walk_classes(config, layers, mixed)
     except RecursionError:
         raise ModelRejected("the model configuration is nested too deeply") from None
     for _, name in layers:
@@ -199,27 +205,8 @@ def check_model_config(
         input_shape=_input_shape(config),
         keras_version=version,
         summary=summary,
-        mixed_precision=_mixed_precision(config),
+        mixed_precision=mixed,
     )
-
-
-def _mixed_precision(node: Any, found: list[str] | None = None) -> list[str]:
-    """Names of the layers whose dtype policy is a mixed one (``mixed_float16``, ...)."""
-    found = [] if found is None else found
-    if isinstance(node, dict):
-        config = node.get("config")
-        if isinstance(config, dict) and "name" in config:
-            dtype = config.get("dtype")
-            policy = dtype.get("config", {}).get("name") if isinstance(dtype, dict) else dtype
-            if isinstance(policy, str) and policy.startswith("mixed_") and node.get("class_name") in _LAYERS.split():
-                found.append(str(config["name"]))
-        for key, value in node.items():
-            if key not in _NOT_LOADED:
-                _mixed_precision(value, found)
-    elif isinstance(node, list):
-        for value in node:
-            _mixed_precision(value, found)
-    return found
 
 
 def _read_member(archive: zipfile.ZipFile, name: str, limit: int) -> bytes:
