@@ -31,8 +31,24 @@ ESTIMATE_BASIS = (
 
 def train_steps(n_samples: int, t: pb.TrainingSpec) -> int:
     """Optimizer steps per epoch, as Keras splits off the validation data."""
-    kept = math.floor(n_samples * (1.0 - t.validation_split))
-    return max(1, math.ceil(kept / t.batch_size))
+    return max(1, math.ceil(_kept(n_samples, t.validation_split) / t.batch_size))
+
+
+def _kept(n_samples: int, validation_split: float) -> int:
+    """Training samples Keras keeps after splitting off ``validation_split`` for validation."""
+    return math.floor(n_samples * (1.0 - validation_split))
+
+
+def split_problem(n_samples: int, validation_split: float) -> str | None:
+    """Why ``validation_split`` of ``n_samples`` leaves no sample to train on or none to
+    validate on; None when both sides get some (or there is no split)."""
+    kept = _kept(n_samples, validation_split)
+    if validation_split > 0 and not 0 < kept < n_samples:
+        return (
+            f"{validation_split:g} of {n_samples} training samples leaves {kept} to train on and "
+            f"{n_samples - kept} to validate on; both need at least one"
+        )
+    return None
 
 
 @dataclass
@@ -163,16 +179,9 @@ def _dataset_fits(spec: pb.JobSpec, outputs: list[str], data: DatasetFacts) -> l
     out: list[Violation] = []
     if data.n_train == 0 or data.n_test == 0:
         out.append((data.field, f"x_train and x_test need a sample each; they hold {data.n_train} and {data.n_test}"))
-    n, split = _n_train(spec, data), spec.training.validation_split
-    kept = math.floor(n * (1.0 - split))
-    if n and split > 0 and not 0 < kept < n:
-        out.append(
-            (
-                "spec.training.validation_split",
-                f"{split:g} of {n} training samples leaves {kept} to train on and {n - kept} to validate on; "
-                "both need at least one",
-            )
-        )
+    n = _n_train(spec, data)
+    if n and (problem := split_problem(n, spec.training.validation_split)):
+        out.append(("spec.training.validation_split", problem))
     if len(outputs) > 1 and data.label_parts is None:
         out.append(
             (

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from pruning.v1 import pruning_pb2 as pb
-from pruning_core import modelcheck
+from pruning_core import modelcheck, plan
 from pruning_core.settings import Settings
 
 from . import datasets
@@ -104,13 +104,11 @@ def _check_finite(name: str, data: Data) -> None:
 
 
 def check_split(n_train: int, validation_split: float) -> None:
-    """Refuses a validation split that leaves no sample to train on or none to validate on."""
-    kept = int(np.floor(n_train * (1.0 - validation_split)))
-    if validation_split > 0 and not 0 < kept < n_train:
-        raise JobInputError(
-            f"spec.training.validation_split: {validation_split:g} of {n_train} training samples leaves "
-            f"{kept} to train on and {n_train - kept} to validate on; both need at least one"
-        )
+    """Refuses a validation split that leaves no sample to train on or none to validate on (as
+    CreateJob does from the upload's headers)."""
+    problem = plan.split_problem(n_train, validation_split)
+    if problem:
+        raise JobInputError(f"spec.training.validation_split: {problem}")
 
 
 def _check_class_indices(model: Any, name: str, y: Any) -> None:
