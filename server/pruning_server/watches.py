@@ -141,16 +141,15 @@ class WatchHub:
                     for event in events:
                         watcher.deliver(event)
 
-    async def _has_ended(self, tenant: str, job_id: str) -> bool:
-        return (await self.store.get(tenant, job_id)).state in TERMINAL
-
     async def follow(self, tenant: str, job_id: str, after: str, recheck_s: float) -> AsyncIterator[pb.JobEvent]:
         """The job's events after ``after`` ('' = all), then live ones, until a terminal state
         change (or the job is found terminal with nothing left to read)."""
         watcher = _Watcher(job_id, self.buffer)
         try:
             await self._register(watcher, after)
-            last, replay, first = after, True, True
+            # check: once after the first replay (a job that had already ended, watched from its
+            # last event or past it), and after each recheck_s without events.
+            last, replay, check = after, True, True
             while True:
                 if replay or watcher.overflowed:
                     # Registered first, read second: what the reader delivers from now on is
@@ -166,23 +165,19 @@ class WatchHub:
                                 return
                         if len(events) < REPLAY_BATCH:
                             break
-                if first:
-                    # A job that had already ended, watched from its last event (or past it),
-                    # ends the stream now instead of after recheck_s.
-                    first = False
-                    if await self._has_ended(tenant, job_id):
-                        if not await self.store.read_events(job_id, last, block_ms=None):
-                            return
-                        replay = True  # ended while the replay ran: read the rest
+                if check:
+                    # A job that ended with its last events already read (or trimmed) must not
+                    # hold the stream open; one that ended with events left replays them.
+                    check = False
+                    replay = (await self.store.get(tenant, job_id)).state in TERMINAL
+                    if replay and not await self.store.read_events(job_id, last, block_ms=None):
+                        return
+                    if replay:
                         continue
                 try:
                     item = await asyncio.wait_for(watcher.queue.get(), recheck_s)
                 except TimeoutError:
-                    # Nothing for a while: a job that ended with its last events already read
-                    # (or trimmed) must not hold the stream open.
-                    replay = await self._has_ended(tenant, job_id)
-                    if replay and not await self.store.read_events(job_id, last, block_ms=None):
-                        return
+                    check = True
                     continue
                 if isinstance(item, BaseException):
                     raise item
