@@ -131,6 +131,7 @@ async def create_server(settings: Settings, address: str | None = None) -> Runni
         [SERVICE_NAME, SWEEP_SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME], server
     )
     address = address or settings.listen
+    refused, metrics = None, None
     try:
         if settings.tls_cert_file and settings.tls_key_file:
             key, cert = settings.tls_key_file.read_bytes(), settings.tls_cert_file.read_bytes()
@@ -138,20 +139,19 @@ async def create_server(settings: Settings, address: str | None = None) -> Runni
         else:
             port = server.add_insecure_port(address)
     except RuntimeError:
-        await store.redis.aclose()
-        await reader.redis.aclose()
         why = "the address is in use (or not available here)"
         if settings.tls_cert_file:
             why += ", or the TLS certificate and key are not a valid PEM pair"
-        raise AddressInUse(f"cannot listen on {address}: {why}") from None
-    metrics = None
-    if settings.metrics_listen:
+        refused = f"cannot listen on {address}: {why}"
+    if refused is None and settings.metrics_listen:
         try:
             metrics = telemetry.MetricsEndpoint(settings)
         except OSError as exc:
-            await store.redis.aclose()
-            await reader.redis.aclose()
-            raise AddressInUse(f"cannot serve metrics on {settings.metrics_listen}: {exc.strerror or exc}") from None
+            refused = f"cannot serve metrics on {settings.metrics_listen}: {exc.strerror or exc}"
+    if refused is not None:
+        await store.redis.aclose()
+        await reader.redis.aclose()
+        raise AddressInUse(refused)
     await server.start()
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
