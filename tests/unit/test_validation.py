@@ -169,3 +169,13 @@ def test_structured_refuses_output_layers_and_unknown_names():
     spec.pruning.layers.include_names[:] = ["hidden", "logits"]
     found = [f for f, _ in validation.validate_against_model(spec, layers, ["logits"])]
     assert found == ["spec.pruning.layers.include_names"]
+
+
+def test_the_channel_makers_createjob_names_are_the_worker_s_producers():
+    """core.validation lists by name (no TensorFlow on the server) what the worker's channel
+    graph takes as a layer with channels of its own: the two lists must not drift apart."""
+    from pruning_worker.structured import graph
+
+    producers = {c.__name__ for c in graph.PRODUCERS + graph.TRANSPOSED}
+    assert validation.CHANNEL_MAKERS == producers
+    assert not validation.CHANNEL_MAKERS & {c.__name__ for c in graph.NOT_PRODUCERS}
