@@ -10,7 +10,9 @@
 Both answer the same calls: :meth:`writer` (an upload being received: hashed on the way,
 committed under its sha256 only once the hash is known), :meth:`read` (async, from an
 offset, reading ahead), :meth:`fetch` (into a local file, verified), :meth:`put_file`,
-:meth:`exists`, :meth:`ids`, :meth:`remove` and :meth:`sweep`. Choose with
+:meth:`exists`, :meth:`ids`, :meth:`remove` and :meth:`sweep`, and keep a job's epoch
+checkpoints where its next attempt finds them (:meth:`push_checkpoint`, :meth:`pull_checkpoint`,
+:meth:`drop_checkpoints`). Choose with
 ``PRUNING_ARTIFACT_STORE`` (see :func:`open_store`). Nothing assumes that the server and a
 worker share a disk: with S3 the server's directory only holds uploads being received (so that
 they can be inspected) and each worker fetches what it needs into its own cache.
@@ -28,8 +30,11 @@ import asyncio
 import collections
 import datetime
 import hashlib
+import json
 import os
 import pathlib
+import re
+import shutil
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import TYPE_CHECKING, Any
@@ -43,6 +48,8 @@ if TYPE_CHECKING:
     from obstore.store import S3Store as _ObjectStore
 
 MiB = 1 << 20
+CHECKPOINT_LATEST = "latest.json"  # names the last checkpoint's files; written after them
+_JOB_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")  # a path component, never ``..``
 
 
 Frame = Callable[[int, bytes], bytes]  # (offset, chunk) -> the bytes to send
@@ -114,6 +121,26 @@ class LocalStore(BlobStore):
         with open(self.path(artifact_id), "rb") as src, open(dest, "wb") as out:
             while data := src.read(8 * MiB):
                 out.write(data)
+
+    # A job's epoch checkpoints: written to a directory on the worker's disk, and kept where
+    # the next attempt finds them, whatever host it runs on. Here that directory is the
+    # store's own (one host, or a shared disk), so there is nothing to send or fetch.
+
+    def checkpoint_dir(self, job_id: str) -> pathlib.Path:
+        """The local directory of job ``job_id``'s checkpoints."""
+        if not _JOB_ID.fullmatch(job_id):
+            raise ValueError(f"not a job id: {job_id!r}")
+        return self.root / "checkpoints" / job_id
+
+    def push_checkpoint(self, job_id: str, prefix: str) -> None:
+        """Keeps the checkpoint files ``prefix*`` and ``latest.json`` just written locally."""
+
+    def pull_checkpoint(self, job_id: str) -> None:
+        """Brings the job's last checkpoint into :meth:`checkpoint_dir` when it is not there."""
+
+    def drop_checkpoints(self, job_id: str) -> None:
+        """Deletes the job's checkpoints (the job ended, or its record went)."""
+        shutil.rmtree(self.checkpoint_dir(job_id), ignore_errors=True)
 
 
 class _S3Writer(Upload):
@@ -202,6 +229,7 @@ class S3Store(LocalStore):
     that only holds uploads being received."""
 
     tmp_prefix = "tmp/"
+    checkpoint_prefix = "checkpoints/"
 
     def __init__(
         self,
@@ -320,6 +348,55 @@ class S3Store(LocalStore):
         if digest.hexdigest() != artifact_id:
             dest.unlink(missing_ok=True)
             raise OSError(f"artifact {artifact_id} read back from S3 does not match its sha256")
+
+    def _checkpoint_key(self, job_id: str, name: str = "") -> str:
+        self.checkpoint_dir(job_id)  # checks the id
+        return f"{self.checkpoint_prefix}{job_id}/{name}"
+
+    def push_checkpoint(self, job_id: str, prefix: str) -> None:
+        """Sends the checkpoint's files, then ``latest.json`` (a reader that finds it finds
+        the files it names), then deletes the older epochs' objects."""
+        import obstore
+
+        directory = self.checkpoint_dir(job_id)
+        files = sorted(p for p in directory.iterdir() if p.name.startswith(f"{prefix}."))
+        for path in [*files, directory / CHECKPOINT_LATEST]:
+            obstore.put(self.objects, self._checkpoint_key(job_id, path.name), path)
+        for page in obstore.list(self.objects, prefix=self._checkpoint_key(job_id)):
+            for meta in page:
+                name = meta["path"].rsplit("/", 1)[-1]
+                if name != CHECKPOINT_LATEST and not name.startswith(f"{prefix}."):
+                    obstore.delete(self.objects, meta["path"])
+
+    def pull_checkpoint(self, job_id: str) -> None:
+        """Fetches the last checkpoint of the job from the bucket (a previous attempt ran on
+        another host), ``latest.json`` last."""
+        import obstore
+
+        directory = self.checkpoint_dir(job_id)
+        if (directory / CHECKPOINT_LATEST).exists():
+            return
+        try:
+            latest = bytes(obstore.get(self.objects, self._checkpoint_key(job_id, CHECKPOINT_LATEST)).bytes())
+            prefix = str(json.loads(latest)["prefix"])
+        except FileNotFoundError:
+            return
+        directory.mkdir(parents=True, exist_ok=True)
+        for page in obstore.list(self.objects, prefix=self._checkpoint_key(job_id)):  # a prefix is whole segments
+            for meta in page:
+                name = meta["path"].rsplit("/", 1)[-1]
+                if name.startswith(f"{prefix}."):
+                    (directory / name).write_bytes(bytes(obstore.get(self.objects, meta["path"]).bytes()))
+        tmp = directory / f".{CHECKPOINT_LATEST}.tmp"
+        tmp.write_bytes(latest)
+        os.replace(tmp, directory / CHECKPOINT_LATEST)
+
+    def drop_checkpoints(self, job_id: str) -> None:
+        import obstore
+
+        super().drop_checkpoints(job_id)
+        for page in obstore.list(self.objects, prefix=self._checkpoint_key(job_id)):
+            obstore.delete(self.objects, [meta["path"] for meta in page])
 
     def put_file(self, source: os.PathLike | str) -> tuple[str, int]:
         """Hashes a local file and uploads it under its sha256 (a multipart upload when

@@ -196,7 +196,7 @@ class Settings(BaseSettings):
 
     @property
     def checkpoints_path(self) -> pathlib.Path:
-        """Jobs' epoch checkpoints (<artifacts>/checkpoints/<job id>), read by every worker."""
+        """Jobs' epoch checkpoints on this host (<artifacts>/checkpoints/<job id>); with S3 also kept in the bucket."""
         return self.artifacts_path / "checkpoints"
 
     @field_validator("s3_part_size")

@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import shutil
 import time
 from collections.abc import Callable
 
 from pruning.v1 import pruning_pb2 as pb
 from pruning_core import tasks
-from pruning_core.blobs import BlobStore
+from pruning_core.objectstore import LocalStore
 from pruning_core.settings import Settings
 from pruning_core.store import AsyncJobStore, make_event
 from pruning_core.sweeps import SweepStore
@@ -59,7 +58,7 @@ async def run(store: AsyncJobStore, celery, queue: str, silent_s: float) -> None
             log.exception("re-queueing silent jobs failed")
 
 
-def sweep(blobs: BlobStore, settings: Settings) -> int:
+def sweep(blobs: LocalStore, settings: Settings) -> int:
     """Removes upload temp files no live writer holds (a server was killed mid-upload)."""
     removed = blobs.sweep(settings.sweep_min_age_s)
     if removed:
@@ -67,7 +66,7 @@ def sweep(blobs: BlobStore, settings: Settings) -> int:
     return removed
 
 
-async def enforce_retention(store: AsyncJobStore, blobs: BlobStore, settings: Settings) -> dict[str, int]:
+async def enforce_retention(store: AsyncJobStore, blobs: LocalStore, settings: Settings) -> dict[str, int]:
     """Deletes ended jobs, ended sweeps (by the job retention) and artifact records past their
     retention, then every blob no record points to; returns the counts."""
     now = time.time()
@@ -76,7 +75,7 @@ async def enforce_retention(store: AsyncJobStore, blobs: BlobStore, settings: Se
         while ids := await store.expired_jobs(now - settings.job_retention_s):
             for job_id in ids:
                 await store.delete_job(job_id)
-                await asyncio.to_thread(shutil.rmtree, settings.checkpoints_path / job_id, True)
+                await asyncio.to_thread(blobs.drop_checkpoints, job_id)
             counts["jobs"] += len(ids)
         sweeps = SweepStore(store.redis, store.keys.prefix)
         while ids := await sweeps.expired(now - settings.job_retention_s):
@@ -100,7 +99,7 @@ async def enforce_retention(store: AsyncJobStore, blobs: BlobStore, settings: Se
     return counts
 
 
-async def housekeeping(store: AsyncJobStore, blobs: BlobStore, settings: Settings) -> None:
+async def housekeeping(store: AsyncJobStore, blobs: LocalStore, settings: Settings) -> None:
     """Sweeps and enforces retention every ``housekeeping_interval_s``, forever."""
     while True:
         await asyncio.sleep(settings.housekeeping_interval_s)

@@ -14,6 +14,7 @@ from conftest import settings_for
 from pruning.v1 import pruning_pb2 as pb
 from pruning.v1 import pruning_pb2_grpc as pb_grpc
 from pruning_core.blobs import BlobStore
+from pruning_core.objectstore import LocalStore
 from pruning_core.store import JobStore
 
 pytestmark = pytest.mark.integration
@@ -130,7 +131,7 @@ def test_bytes_stay_while_another_tenant_holds_a_record(env, tmp_path):
                 store = AsyncJobStore.from_url(env["PRUNING_REDIS_URL"], env["PRUNING_KEY_PREFIX"])
                 try:
                     last = await store.delete_artifact("tenant-a", shared.id)
-                    return last, await reaper.enforce_retention(store, BlobStore(artifacts), settings)
+                    return last, await reaper.enforce_retention(store, LocalStore(artifacts), settings)
                 finally:
                     await store.redis.aclose()
 

@@ -270,3 +270,102 @@ def test_a_missing_object_is_a_job_input_error(seaweed, s3_env, tmp_path):
     with pytest.raises(JobInputError):
         cache.path(hashlib.sha256(b"never uploaded").hexdigest())
     assert [p for p in (tmp_path / "cache").rglob("*") if p.is_file()] == []
+
+
+def test_checkpoints_travel_through_the_bucket_between_hosts(seaweed, s3_env, tmp_path):
+    from pruning_core.objectstore import open_store
+
+    a = open_store(settings_for(s3_env, state_dir=str(tmp_path / "a")))
+    b = open_store(settings_for(s3_env, state_dir=str(tmp_path / "b")))
+    job_id = uuid.uuid4().hex[:24]
+    key = f"checkpoints/{job_id}/"
+
+    def write(epoch: int) -> None:
+        directory = a.checkpoint_dir(job_id)
+        directory.mkdir(parents=True, exist_ok=True)
+        for old in directory.glob("epoch-*"):
+            old.unlink()
+        for suffix in (".index", ".data-00000-of-00001"):
+            (directory / f"epoch-{epoch}{suffix}").write_bytes(f"{epoch}{suffix}".encode())
+        (directory / "latest.json").write_text(f'{{"epoch": {epoch}, "prefix": "epoch-{epoch}", "history": []}}')
+        a.push_checkpoint(job_id, f"epoch-{epoch}")
+
+    b.pull_checkpoint(job_id)
+    assert not b.checkpoint_dir(job_id).exists()  # nothing kept yet: nothing fetched
+    write(1)
+    write(2)
+    assert sorted(p.removeprefix(key) for p in _objects(seaweed, s3_env) if p.startswith(key)) == [
+        "epoch-2.data-00000-of-00001",
+        "epoch-2.index",
+        "latest.json",
+    ]  # epoch 1's objects went once epoch 2's were kept
+    b.pull_checkpoint(job_id)
+    fetched = {p.name: p.read_bytes() for p in b.checkpoint_dir(job_id).iterdir()}
+    assert fetched == {p.name: p.read_bytes() for p in a.checkpoint_dir(job_id).iterdir()}
+    assert b.checkpoint_dir(job_id) != a.checkpoint_dir(job_id)
+    b.drop_checkpoints(job_id)
+    assert not b.checkpoint_dir(job_id).exists()
+    assert not [p for p in _objects(seaweed, s3_env) if p.startswith(key)]
+    with pytest.raises(ValueError):
+        a.checkpoint_dir("../x")
+
+
+def test_a_rerun_attempt_on_another_host_resumes_from_the_bucket(seaweed, s3_env, files, tmp_path):
+    """A worker killed in epoch 2 of 3 on one host; the next attempt runs on another host
+    (no shared path) and resumes from epoch 1's checkpoint, fetched from the bucket."""
+    import signal
+
+    from pruning_core.phases import Phase
+
+    epochs = 3
+    lossy = {**s3_env, "PRUNING_QUEUE": s3_env["PRUNING_QUEUE"] + "-resume", "PRUNING_HEARTBEAT_INTERVAL_S": "0.5"}
+    server = ServerThread(settings_for(lossy, reap_after_s=4))
+    first = start_worker(_host_env(lossy, tmp_path / "host-a"), tmp_path / "first.log")
+    second = None
+    try:
+        with Client(server.target, timeout=60) as client:
+            model = client.upload_model(files["keras"])
+            data = client.upload_dataset(files["big_data"])
+            spec = job_spec(
+                model.id, dataset=data.id, epochs=epochs, batch_size=128, schedule=constant_sparsity(0.5, frequency=20)
+            )
+            job = client.submit(spec)
+            key = f"checkpoints/{job.id}/latest.json"
+            deadline = time.monotonic() + 180
+            while (progress := job.status().progress).epoch < 2 or progress.phase != Phase.FINE_TUNE:
+                assert time.monotonic() < deadline, "epoch 2 never started"
+                time.sleep(0.05)
+            _wait(lambda: key in _objects(seaweed, s3_env))
+            per_epoch = progress.total_steps // epochs
+            first.send_signal(signal.SIGKILL)
+            first.wait()
+            second = start_worker(_host_env(lossy, tmp_path / "host-b"), tmp_path / "second.log")
+            result = job.result(timeout=300)
+            final = job.status()
+            events = list(client.watch_events(job.id))
+        assert final.state == pb.JOB_STATE_SUCCEEDED and final.attempt == 2
+        assert any(
+            f"resuming from the checkpoint of epoch 1/{epochs}" in e.log.message
+            for e in events
+            if e.WhichOneof("kind") == "log"
+        )
+        second_run = max(
+            i
+            for i, e in enumerate(events)
+            if e.WhichOneof("kind") == "state_change" and e.state_change.to == pb.JOB_STATE_RUNNING
+        )
+        steps = [
+            e.progress.step
+            for e in events[second_run:]
+            if e.WhichOneof("kind") == "progress" and e.progress.phase == Phase.FINE_TUNE and e.progress.step
+        ]
+        assert steps and min(steps) > per_epoch  # epoch 1 was not run again on host b
+        assert [h.epoch for h in final.result.history] == list(range(1, epochs + 1))
+        assert result.pruned_kernel_sparsity == pytest.approx(0.5, abs=0.02)
+        assert not [p for p in _objects(seaweed, s3_env) if p.startswith(f"checkpoints/{job.id}/")]  # ended: gone
+        assert not list((tmp_path / "host-b").glob(f"**/checkpoints/{job.id}/*"))
+    finally:
+        for proc in (first, second):
+            if proc is not None and proc.poll() is None:
+                stop_worker(proc)
+        server.stop()

@@ -244,12 +244,6 @@ def job_dir(root: pathlib.Path, job_id: str) -> Iterator[pathlib.Path]:
         os.close(fd)
 
 
-def checkpoint_dir(settings: Settings, job_id: str) -> pathlib.Path:
-    """Where a job's epoch checkpoints live: beside the artifacts, which every worker reads,
-    so the next attempt finds them on whatever worker it runs."""
-    return settings.checkpoints_path / job_id
-
-
 def sweep_job_dirs(settings: Settings) -> int:
     """Removes the directories of jobs whose worker died (no process holds their lock)."""
     removed = sweep_unlocked(settings.work_path.glob("job-*"), settings.sweep_min_age_s)
@@ -277,7 +271,10 @@ def run_job(job_id: str, settings: Settings, worker: str, task_id: str = "") -> 
         final = _run_claimed(store, job, settings)
     if final is not None:
         store.done_running(job_id)
-        shutil.rmtree(checkpoint_dir(settings, job_id), ignore_errors=True)  # ended: nothing to resume
+        try:
+            open_store(settings).drop_checkpoints(job_id)  # ended: nothing to resume
+        except Exception:
+            log.warning("job %s: could not delete its checkpoints", job_id, exc_info=True)
         _record_outcome(store, settings, final)
     return final
 
@@ -300,7 +297,7 @@ def _run_claimed(store: JobStore, job: pb.Job, settings: Settings) -> pb.Job | N
     try:
         from . import pipeline, train
 
-        checkpoints = train.Checkpoints(checkpoint_dir(settings, job_id), reporter.log)
+        checkpoints = train.Checkpoints(open_store(settings), job_id, reporter.log)
         with job_dir(settings.work_path, job_id) as workdir, train.checkpointing(checkpoints):
             inputs = pipeline.Inputs.resolve(job.spec, tenant, store, settings)
             result, outputs = pipeline.run(job.spec, inputs, reporter, workdir)

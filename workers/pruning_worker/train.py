@@ -15,7 +15,6 @@ import json
 import logging
 import os
 import pathlib
-import shutil
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -28,25 +27,36 @@ import tf_keras as keras
 from google.protobuf import json_format
 
 from pruning.v1 import pruning_pb2 as pb
+from pruning_core.objectstore import CHECKPOINT_LATEST, LocalStore
 
 from . import tferrors
 from .callbacks import HistoryCallback
 
 log = logging.getLogger(__name__)
-_LATEST = "latest.json"
 
 
 @dataclass
 class Checkpoints:
-    """Where one job keeps its epoch checkpoints, and how to tell the job about them."""
+    """Where one job keeps its epoch checkpoints, and how to tell the job about them. They are
+    written to the store's local directory for the job and kept in the artifact store, so the
+    next attempt finds them on any host (with S3: sent to the bucket after each epoch)."""
 
-    directory: pathlib.Path
+    store: LocalStore
+    job_id: str
     log: Callable[[str], None]
+
+    @property
+    def directory(self) -> pathlib.Path:
+        return self.store.checkpoint_dir(self.job_id)
 
     def latest(self) -> dict[str, Any] | None:
         """{"epoch", "prefix", "history"} of the last checkpoint written, or None."""
         try:
-            return json.loads((self.directory / _LATEST).read_text())
+            self.store.pull_checkpoint(self.job_id)
+        except Exception as exc:  # noqa: BLE001 - unreachable checkpoints: the job starts over
+            log.warning("could not fetch the checkpoint of job %s: %s", self.job_id, exc)
+        try:
+            return json.loads((self.directory / CHECKPOINT_LATEST).read_text())
         except (OSError, ValueError):
             return None
 
@@ -56,15 +66,19 @@ class Checkpoints:
         prefix = f"epoch-{epoch}"
         tf.train.Checkpoint(model=model, optimizer=model.optimizer).write(str(self.directory / prefix))
         record = {"epoch": epoch, "prefix": prefix, "history": [json_format.MessageToDict(h) for h in history]}
-        tmp = self.directory / f".{_LATEST}.tmp"
+        tmp = self.directory / f".{CHECKPOINT_LATEST}.tmp"
         tmp.write_text(json.dumps(record))
-        os.replace(tmp, self.directory / _LATEST)  # a reader sees the old checkpoint or the new, whole
+        os.replace(tmp, self.directory / CHECKPOINT_LATEST)  # a reader sees the old checkpoint or the new, whole
         for old in self.directory.glob("epoch-*"):
             if not old.name.startswith(f"{prefix}."):
                 old.unlink(missing_ok=True)
+        try:
+            self.store.push_checkpoint(self.job_id, prefix)
+        except Exception as exc:  # noqa: BLE001 - a checkpoint only saves time: the job goes on
+            self.log(f"the checkpoint of epoch {epoch} was not kept in the artifact store: {exc}")
 
     def clear(self) -> None:
-        shutil.rmtree(self.directory, ignore_errors=True)
+        self.store.drop_checkpoints(self.job_id)
 
 
 _CURRENT: contextvars.ContextVar[Checkpoints | None] = contextvars.ContextVar("checkpoints", default=None)
