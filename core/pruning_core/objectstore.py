@@ -123,24 +123,30 @@ class LocalStore(BlobStore):
                 out.write(data)
 
     # A job's epoch checkpoints: written to a directory on the worker's disk, and kept where
-    # the next attempt finds them, whatever host it runs on. Here that directory is the
-    # store's own (one host, or a shared disk), so there is nothing to send or fetch.
+    # the next attempt finds them, whatever host it runs on. Here that directory is in the
+    # store itself (one host, or a disk every worker mounts), so nothing is sent or fetched.
 
-    def checkpoint_dir(self, job_id: str) -> pathlib.Path:
-        """The local directory of job ``job_id``'s checkpoints."""
-        if not _JOB_ID.fullmatch(job_id):
-            raise ValueError(f"not a job id: {job_id!r}")
+    def checkpoint_dir(self, job_id: str, scratch: pathlib.Path) -> pathlib.Path:
+        """Where a worker writes job ``job_id``'s checkpoints; ``scratch`` is the attempt's own
+        directory (removed when the attempt ends), for stores that keep them elsewhere."""
+        _check_job_id(job_id)
         return self.root / "checkpoints" / job_id
 
-    def push_checkpoint(self, job_id: str, prefix: str) -> None:
-        """Keeps the checkpoint files ``prefix*`` and ``latest.json`` just written locally."""
+    def push_checkpoint(self, job_id: str, directory: pathlib.Path, prefix: str) -> None:
+        """Keeps the checkpoint files ``prefix.*`` and ``latest.json`` just written to ``directory``."""
 
-    def pull_checkpoint(self, job_id: str) -> None:
-        """Brings the job's last checkpoint into :meth:`checkpoint_dir` when it is not there."""
+    def pull_checkpoint(self, job_id: str, directory: pathlib.Path) -> None:
+        """Brings the job's last kept checkpoint into ``directory`` when it is not there."""
 
     def drop_checkpoints(self, job_id: str) -> None:
         """Deletes the job's checkpoints (the job ended, or its record went)."""
-        shutil.rmtree(self.checkpoint_dir(job_id), ignore_errors=True)
+        _check_job_id(job_id)
+        shutil.rmtree(self.root / "checkpoints" / job_id, ignore_errors=True)
+
+
+def _check_job_id(job_id: str) -> None:
+    if not _JOB_ID.fullmatch(job_id):
+        raise ValueError(f"not a job id: {job_id!r}")
 
 
 class _S3Writer(Upload):
@@ -350,15 +356,20 @@ class S3Store(LocalStore):
             raise OSError(f"artifact {artifact_id} read back from S3 does not match its sha256")
 
     def _checkpoint_key(self, job_id: str, name: str = "") -> str:
-        self.checkpoint_dir(job_id)  # checks the id
+        _check_job_id(job_id)
         return f"{self.checkpoint_prefix}{job_id}/{name}"
 
-    def push_checkpoint(self, job_id: str, prefix: str) -> None:
+    def checkpoint_dir(self, job_id: str, scratch: pathlib.Path) -> pathlib.Path:
+        """In the attempt's own directory: the bucket keeps them, and a worker killed outright
+        leaves nothing behind that the next job's sweep does not remove."""
+        _check_job_id(job_id)
+        return scratch / "checkpoints"
+
+    def push_checkpoint(self, job_id: str, directory: pathlib.Path, prefix: str) -> None:
         """Sends the checkpoint's files, then ``latest.json`` (a reader that finds it finds
         the files it names), then deletes the older epochs' objects."""
         import obstore
 
-        directory = self.checkpoint_dir(job_id)
         files = sorted(p for p in directory.iterdir() if p.name.startswith(f"{prefix}."))
         for path in [*files, directory / CHECKPOINT_LATEST]:
             obstore.put(self.objects, self._checkpoint_key(job_id, path.name), path)
@@ -368,12 +379,11 @@ class S3Store(LocalStore):
                 if name != CHECKPOINT_LATEST and not name.startswith(f"{prefix}."):
                     obstore.delete(self.objects, meta["path"])
 
-    def pull_checkpoint(self, job_id: str) -> None:
-        """Fetches the last checkpoint of the job from the bucket (a previous attempt ran on
-        another host), ``latest.json`` last."""
+    def pull_checkpoint(self, job_id: str, directory: pathlib.Path) -> None:
+        """Fetches the job's last checkpoint from the bucket (a previous attempt ran on
+        another host, or was killed on this one), ``latest.json`` last."""
         import obstore
 
-        directory = self.checkpoint_dir(job_id)
         if (directory / CHECKPOINT_LATEST).exists():
             return
         try:

@@ -275,23 +275,23 @@ def test_a_missing_object_is_a_job_input_error(seaweed, s3_env, tmp_path):
 def test_checkpoints_travel_through_the_bucket_between_hosts(seaweed, s3_env, tmp_path):
     from pruning_core.objectstore import open_store
 
-    a = open_store(settings_for(s3_env, state_dir=str(tmp_path / "a")))
-    b = open_store(settings_for(s3_env, state_dir=str(tmp_path / "b")))
+    store = open_store(settings_for(s3_env, state_dir=str(tmp_path / "state")))
     job_id = uuid.uuid4().hex[:24]
     key = f"checkpoints/{job_id}/"
+    on_a, on_b = store.checkpoint_dir(job_id, tmp_path / "a"), store.checkpoint_dir(job_id, tmp_path / "b")
+    assert on_a != on_b and tmp_path / "a" in on_a.parents  # in the attempt's own directory
 
     def write(epoch: int) -> None:
-        directory = a.checkpoint_dir(job_id)
-        directory.mkdir(parents=True, exist_ok=True)
-        for old in directory.glob("epoch-*"):
+        on_a.mkdir(parents=True, exist_ok=True)
+        for old in on_a.glob("epoch-*"):
             old.unlink()
         for suffix in (".index", ".data-00000-of-00001"):
-            (directory / f"epoch-{epoch}{suffix}").write_bytes(f"{epoch}{suffix}".encode())
-        (directory / "latest.json").write_text(f'{{"epoch": {epoch}, "prefix": "epoch-{epoch}", "history": []}}')
-        a.push_checkpoint(job_id, f"epoch-{epoch}")
+            (on_a / f"epoch-{epoch}{suffix}").write_bytes(f"{epoch}{suffix}".encode())
+        (on_a / "latest.json").write_text(f'{{"epoch": {epoch}, "prefix": "epoch-{epoch}", "history": []}}')
+        store.push_checkpoint(job_id, on_a, f"epoch-{epoch}")
 
-    b.pull_checkpoint(job_id)
-    assert not b.checkpoint_dir(job_id).exists()  # nothing kept yet: nothing fetched
+    store.pull_checkpoint(job_id, on_b)
+    assert not on_b.exists()  # nothing kept yet: nothing fetched
     write(1)
     write(2)
     assert sorted(p.removeprefix(key) for p in _objects(seaweed, s3_env) if p.startswith(key)) == [
@@ -299,15 +299,14 @@ def test_checkpoints_travel_through_the_bucket_between_hosts(seaweed, s3_env, tm
         "epoch-2.index",
         "latest.json",
     ]  # epoch 1's objects went once epoch 2's were kept
-    b.pull_checkpoint(job_id)
-    fetched = {p.name: p.read_bytes() for p in b.checkpoint_dir(job_id).iterdir()}
-    assert fetched == {p.name: p.read_bytes() for p in a.checkpoint_dir(job_id).iterdir()}
-    assert b.checkpoint_dir(job_id) != a.checkpoint_dir(job_id)
-    b.drop_checkpoints(job_id)
-    assert not b.checkpoint_dir(job_id).exists()
+    store.pull_checkpoint(job_id, on_b)
+    assert {p.name: p.read_bytes() for p in on_b.iterdir()} == {p.name: p.read_bytes() for p in on_a.iterdir()}
+    store.drop_checkpoints(job_id)
     assert not [p for p in _objects(seaweed, s3_env) if p.startswith(key)]
     with pytest.raises(ValueError):
-        a.checkpoint_dir("../x")
+        store.checkpoint_dir("../x", tmp_path)
+    with pytest.raises(ValueError):
+        store.drop_checkpoints("a/b")
 
 
 def test_a_rerun_attempt_on_another_host_resumes_from_the_bucket(seaweed, s3_env, files, tmp_path):
@@ -363,7 +362,7 @@ def test_a_rerun_attempt_on_another_host_resumes_from_the_bucket(seaweed, s3_env
         assert [h.epoch for h in final.result.history] == list(range(1, epochs + 1))
         assert result.pruned_kernel_sparsity == pytest.approx(0.5, abs=0.02)
         assert not [p for p in _objects(seaweed, s3_env) if p.startswith(f"checkpoints/{job.id}/")]  # ended: gone
-        assert not list((tmp_path / "host-b").glob(f"**/checkpoints/{job.id}/*"))
+        assert not list((tmp_path / "host-b" / "work").glob("job-*"))  # host a's goes with its next job's sweep
     finally:
         for proc in (first, second):
             if proc is not None and proc.poll() is None:

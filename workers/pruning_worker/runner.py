@@ -297,8 +297,11 @@ def _run_claimed(store: JobStore, job: pb.Job, settings: Settings) -> pb.Job | N
     try:
         from . import pipeline, train
 
-        checkpoints = train.Checkpoints(open_store(settings), job_id, reporter.log)
-        with job_dir(settings.work_path, job_id) as workdir, train.checkpointing(checkpoints):
+        blobs = open_store(settings)
+        with (
+            job_dir(settings.work_path, job_id) as workdir,
+            train.checkpointing(train.Checkpoints(blobs, job_id, blobs.checkpoint_dir(job_id, workdir), reporter.log)),
+        ):
             inputs = pipeline.Inputs.resolve(job.spec, tenant, store, settings)
             result, outputs = pipeline.run(job.spec, inputs, reporter, workdir)
             result.artifacts.extend(_store_outputs(settings, store, tenant, outputs))

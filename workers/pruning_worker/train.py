@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import pathlib
+import shutil
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -38,21 +39,18 @@ log = logging.getLogger(__name__)
 @dataclass
 class Checkpoints:
     """Where one job keeps its epoch checkpoints, and how to tell the job about them. They are
-    written to the store's local directory for the job and kept in the artifact store, so the
-    next attempt finds them on any host (with S3: sent to the bucket after each epoch)."""
+    written to ``directory`` and kept in the artifact store, so the next attempt finds them on
+    any host (with S3: sent to the bucket after each epoch)."""
 
     store: LocalStore
     job_id: str
+    directory: pathlib.Path  # the store's checkpoint_dir for the job
     log: Callable[[str], None]
-
-    @property
-    def directory(self) -> pathlib.Path:
-        return self.store.checkpoint_dir(self.job_id)
 
     def latest(self) -> dict[str, Any] | None:
         """{"epoch", "prefix", "history"} of the last checkpoint written, or None."""
         try:
-            self.store.pull_checkpoint(self.job_id)
+            self.store.pull_checkpoint(self.job_id, self.directory)
         except Exception as exc:  # noqa: BLE001 - unreachable checkpoints: the job starts over
             log.warning("could not fetch the checkpoint of job %s: %s", self.job_id, exc)
         try:
@@ -73,11 +71,12 @@ class Checkpoints:
             if not old.name.startswith(f"{prefix}."):
                 old.unlink(missing_ok=True)
         try:
-            self.store.push_checkpoint(self.job_id, prefix)
+            self.store.push_checkpoint(self.job_id, self.directory, prefix)
         except Exception as exc:  # noqa: BLE001 - a checkpoint only saves time: the job goes on
             self.log(f"the checkpoint of epoch {epoch} was not kept in the artifact store: {exc}")
 
     def clear(self) -> None:
+        shutil.rmtree(self.directory, ignore_errors=True)
         self.store.drop_checkpoints(self.job_id)
 
 
