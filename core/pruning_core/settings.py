@@ -119,6 +119,12 @@ class Settings(BaseSettings):
     reap_after_s: float = Field(
         120.0, description="a running job silent this long is re-queued (its worker is presumed dead); 0 = never"
     )
+    max_attempts: int = Field(
+        3,
+        ge=0,
+        description="attempts a job gets when its workers are lost: a job silent in its last attempt fails (ABORTED) "
+        "instead of being re-queued again; 0 = no limit",
+    )
     log_format: Literal["text", "json"] = Field(
         "text", description="'json': one JSON object per log line, with the job id, attempt and Celery task id bound"
     )

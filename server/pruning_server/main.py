@@ -169,7 +169,7 @@ async def create_server(settings: Settings, address: str | None = None) -> Runni
     running.housekeeping = asyncio.create_task(reaper.housekeeping(store, blobs, settings))
     running.sweeps = asyncio.create_task(drive(jobs, sweep_store, settings.sweep_interval_s))
     if settings.reap_after_s > 0:
-        running.reaper = asyncio.create_task(reaper.run(store, celery, settings.queue, settings.reap_after_s))
+        running.reaper = asyncio.create_task(reaper.run(store, celery, settings))
     return running
 
 

@@ -15,12 +15,16 @@ import logging
 import time
 from collections.abc import Callable
 
+import redis
+from google.rpc import code_pb2
+
 from pruning.v1 import pruning_pb2 as pb
 from pruning_core import tasks
 from pruning_core.objectstore import LocalStore
 from pruning_core.settings import Settings
-from pruning_core.store import AsyncJobStore, make_event
+from pruning_core.store import TERMINAL, AsyncJobStore, make_event, state_event
 from pruning_core.sweeps import SweepStore
+from pruning_core.telemetry import JobMetrics
 
 log = logging.getLogger(__name__)
 _BATCH = 500
@@ -30,7 +34,17 @@ def _log_event(line: pb.LogLine) -> Callable[[pb.Job], list[pb.JobEvent]]:
     return lambda job: [make_event(job.id, log=line)]
 
 
-async def requeue_silent_jobs(store: AsyncJobStore, celery, queue: str, silent_s: float) -> list[str]:
+async def requeue_silent_jobs(
+    store: AsyncJobStore,
+    celery,
+    queue: str,
+    silent_s: float,
+    max_attempts: int = 0,
+    settings: Settings | None = None,
+) -> list[str]:
+    """Re-queues the jobs whose worker went silent; a job silent in its ``max_attempts``-th
+    attempt ends instead (FAILED, ABORTED; CANCELLED if a cancel was asked), so a job that
+    kills every worker it runs on is not sent round the fleet forever."""
     requeued = []
     for job_id in await store.claim_silent(silent_s):
         tenant = await store.tenant_of(job_id)
@@ -38,22 +52,57 @@ async def requeue_silent_jobs(store: AsyncJobStore, celery, queue: str, silent_s
         if tenant is None or job is None or job.state not in (pb.JOB_STATE_RUNNING, pb.JOB_STATE_CANCELLING):
             await store.forget_running(job_id)
             continue
-        message = (
-            f"no heartbeat from attempt {job.attempt} for {silent_s:.0f} s: its worker is presumed lost; re-queued"
-        )
-        log.warning("job %s: %s", job_id, message)
-        await store.update(tenant, job_id, _log_event(pb.LogLine(level="WARNING", message=message)))
+        silent = f"no heartbeat from attempt {job.attempt} for {silent_s:.0f} s: its worker is presumed lost"
+        if max_attempts and job.attempt >= max_attempts:
+            ended = await store.update(tenant, job_id, _give_up(silent, job.attempt, max_attempts))
+            await store.forget_running(job_id)
+            log.warning("job %s: %s; %s after %d attempts", job_id, silent, ended.error.message, job.attempt)
+            if settings is not None and ended.state in TERMINAL:
+                await asyncio.to_thread(_record, settings, ended)
+            continue
+        log.warning("job %s: %s; re-queued", job_id, silent)
+        await store.update(tenant, job_id, _log_event(pb.LogLine(level="WARNING", message=f"{silent}; re-queued")))
         await asyncio.to_thread(celery.send_task, tasks.PRUNE, args=[job_id], queue=queue)
         requeued.append(job_id)
     return requeued
 
 
-async def run(store: AsyncJobStore, celery, queue: str, silent_s: float) -> None:
-    """Checks forever, a few times per ``silent_s``."""
+def _give_up(silent: str, attempt: int, max_attempts: int) -> Callable[[pb.Job], list[pb.JobEvent]]:
+    def mutate(job: pb.Job) -> list[pb.JobEvent]:
+        if job.state in TERMINAL or job.attempt != attempt:
+            return []  # ended meanwhile, or a new attempt claimed it
+        note = make_event(job.id, log=pb.LogLine(level="WARNING", message=f"{silent}; not re-queued"))
+        if job.state == pb.JOB_STATE_CANCELLING:
+            return [note, state_event(job, pb.JOB_STATE_CANCELLED)]
+        error = pb.JobError(
+            code=code_pb2.ABORTED,
+            message=f"the job's worker was lost in each of its {attempt} attempts "
+            f"(at most {max_attempts}, PRUNING_MAX_ATTEMPTS): the job may be too large for a worker, "
+            "or crash it",
+        )
+        return [note, state_event(job, pb.JOB_STATE_FAILED, error)]
+
+    return mutate
+
+
+def _record(settings: Settings, job: pb.Job) -> None:
+    """Counts a job the reaper ended in the job metrics (workers count the others)."""
+    client = redis.Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=2)
+    try:
+        JobMetrics(client, settings.key_prefix).record_job(job)
+    except Exception:
+        log.warning("job %s: could not record its metrics", job.id, exc_info=True)
+    finally:
+        client.close()
+
+
+async def run(store: AsyncJobStore, celery, settings: Settings) -> None:
+    """Checks forever, a few times per ``reap_after_s``."""
+    silent_s = settings.reap_after_s
     while True:
         await asyncio.sleep(min(30.0, max(0.5, silent_s / 4)))
         try:
-            await requeue_silent_jobs(store, celery, queue, silent_s)
+            await requeue_silent_jobs(store, celery, settings.queue, silent_s, settings.max_attempts, settings)
         except Exception:
             log.exception("re-queueing silent jobs failed")
 

@@ -6,6 +6,7 @@ import signal
 import time
 
 import pytest
+from google.rpc import code_pb2
 
 from conftest import ServerThread, settings_for, start_worker, stop_worker
 from pruning.v1 import pruning_pb2 as pb
@@ -52,3 +53,87 @@ def test_killed_worker_job_is_rerun_and_finishes(env, files, tmp_path):
             if proc is not None and proc.poll() is None:
                 stop_worker(proc)
         server.stop()
+
+
+def _kill_when_running(job, proc, attempt: int) -> None:
+    deadline = time.monotonic() + 120
+    while (status := job.status()).attempt != attempt or status.progress.step == 0:
+        assert time.monotonic() < deadline, f"attempt {attempt} never trained"
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+
+def test_a_job_that_loses_its_worker_in_every_attempt_fails_after_max_attempts(env, files, tmp_path):
+    """A job that kills each worker it runs on is not sent round the fleet forever."""
+    import redis
+
+    from pruning_core.telemetry import JobMetrics
+
+    lossy = {**env, "PRUNING_QUEUE": env["PRUNING_QUEUE"] + "-poison", "PRUNING_HEARTBEAT_INTERVAL_S": "0.5"}
+    server = ServerThread(settings_for(lossy, reap_after_s=3, max_attempts=2))
+    workers = []
+    metrics = JobMetrics(redis.Redis.from_url(lossy["PRUNING_REDIS_URL"]), lossy["PRUNING_KEY_PREFIX"])
+    aborted_before = metrics.failures().get("ABORTED", 0)
+    try:
+        with Client(server.target) as client:
+            model = client.upload_model(files["keras"])
+            data = client.upload_dataset(files["big_data"])
+            job = client.submit(
+                job_spec(
+                    model.id, dataset=data.id, epochs=5, batch_size=128, schedule=constant_sparsity(0.5, frequency=20)
+                )
+            )
+            for attempt in (1, 2):
+                workers.append(start_worker(lossy, tmp_path / f"w{attempt}.log"))
+                _kill_when_running(job, workers[-1], attempt)
+            deadline = time.monotonic() + 60
+            while (final := job.status()).state == pb.JOB_STATE_RUNNING:
+                assert time.monotonic() < deadline, "the job was never given up"
+                time.sleep(0.2)
+            events = list(client.watch_events(job.id))
+        assert final.state == pb.JOB_STATE_FAILED and final.attempt == 2
+        assert final.error.code == code_pb2.ABORTED and "lost in each of its 2 attempts" in final.error.message
+        logs = [e.log.message for e in events if e.WhichOneof("kind") == "log"]
+        assert (
+            sum(m.endswith("; re-queued") for m in logs) == 1 and sum(m.endswith("; not re-queued") for m in logs) == 1
+        )
+        assert metrics.failures().get("ABORTED", 0) == aborted_before + 1
+    finally:
+        for proc in workers:
+            if proc.poll() is None:
+                stop_worker(proc)
+        server.stop()
+        metrics.redis.close()
+
+
+def test_a_cancelling_job_silent_in_its_last_attempt_ends_cancelled(env):
+    import asyncio
+    import uuid
+
+    from pruning_core.store import AsyncJobStore, new_job_id, state_event
+    from pruning_server import reaper
+
+    prefix = f"{env['PRUNING_KEY_PREFIX']}-giveup-{uuid.uuid4().hex[:6]}"
+
+    async def scenario() -> tuple[pb.Job, list[str]]:
+        store = AsyncJobStore.from_url(env["PRUNING_REDIS_URL"], prefix)
+        try:
+            job, _ = await store.create("t", pb.Job(id=new_job_id(), state=pb.JOB_STATE_QUEUED))
+
+            def running_then_cancelling(j: pb.Job) -> list[pb.JobEvent]:
+                j.attempt = 2
+                return [state_event(j, pb.JOB_STATE_RUNNING), state_event(j, pb.JOB_STATE_CANCELLING)]
+
+            await store.update("t", job.id, running_then_cancelling)
+            await store.redis.zadd(store.keys.running(), {job.id: 1.0})  # silent since 1970
+            requeued = await reaper.requeue_silent_jobs(store, None, "nowhere", 1.0, max_attempts=2)
+            return await store.get("t", job.id), requeued
+        finally:
+            keys = [k async for k in store.redis.scan_iter(f"{prefix}:*")]
+            if keys:
+                await store.redis.delete(*keys)
+            await store.redis.aclose()
+
+    final, requeued = asyncio.run(scenario())
+    assert requeued == [] and final.state == pb.JOB_STATE_CANCELLED and final.attempt == 2
