@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import os
 import pathlib
+import re
 import shutil
 import time
 from collections.abc import Iterable
@@ -33,10 +34,16 @@ def leaf_layers(model: Any) -> list[Any]:
     return out
 
 
+# The weights TFMOT prunes (its prune_registry): a layer's kernel, an RNN cell's kernel and
+# recurrent kernel, a separable convolution's pointwise kernel, an embedding table. Never a
+# bias (a GRU's is 2-D), a depthwise kernel, a PReLU's alpha or a normalisation's scale.
+_PRUNED_WEIGHT = re.compile(r"(kernel|recurrent_kernel|pointwise_kernel|embeddings)(_\d+)?")
+
+
 def is_kernel(name: str, value: np.ndarray) -> bool:
-    """A weight matrix pruning aims at: not a bias or a normalisation vector, and not a
-    depthwise kernel (TFMOT leaves those whole, in DepthwiseConv2D and SeparableConv2D)."""
-    return value.ndim >= 2 and "depthwise_kernel" not in name
+    """A weight matrix pruning aims at, by its name (``dense/kernel:0``, ``kernel``)."""
+    short = name.rsplit("/", 1)[-1].split(":", 1)[0]
+    return value.ndim >= 2 and _PRUNED_WEIGHT.fullmatch(short) is not None
 
 
 def kernel_size(layer: Any) -> int:
