@@ -55,6 +55,11 @@ def _representative(model: Any, x: Any, n: int = 200) -> Any:
     else:
         arrays = [np.asarray(x[:n])]
     arrays = [a.astype(t.dtype.as_numpy_dtype) for a, t in zip(arrays, model.inputs, strict=True)]
+    if len(arrays) > 1:  # by name: the converted model's inputs need not come in the Keras order
+        names = list(model.input_names)
+        return lambda: (
+            {name: a[i : i + 1] for name, a in zip(names, arrays, strict=True)} for i in range(len(arrays[0]))
+        )
     return lambda: ([a[i : i + 1] for a in arrays] for i in range(len(arrays[0])))
 
 
