@@ -44,3 +44,20 @@ def test_int8_export_of_a_two_input_model_calibrates_each_input_with_its_own_dat
     for i in range(3):
         out = next(iter(runner(**{k: v[i : i + 1] for k, v in data.items()}).values()))
         assert np.abs(out - expected[i : i + 1]).max() < 0.1
+
+
+def test_structured_latency_of_a_model_tflite_cannot_convert_has_tensorflow_figures_and_a_warning():
+    import tensorflow as tf
+    import tf_keras as keras
+
+    from pruning_worker.structured.step import BATCHES, fill_latency
+
+    inputs = keras.Input((4, 4))
+    det = keras.layers.Lambda(lambda t: tf.expand_dims(tf.linalg.det(t), -1))(inputs)  # no TFLite kernel
+    model = keras.Model(inputs, keras.layers.Dense(2)(det))
+    warnings: list[str] = []
+    result = pb.StructuredResult()
+    fill_latency(result, model, model, "CPU", 3, warnings.append)
+    assert [(f.runtime, f.batch_size) for f in result.latency] == [("tf", b) for b in BATCHES]
+    assert all(f.before_ms > 0 and f.after_ms > 0 for f in result.latency)
+    assert len(warnings) == 1 and "MatrixDeterminant" in warnings[0] and "does not convert" in warnings[0]

@@ -8,13 +8,15 @@ import pathlib
 import re
 import shutil
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import numpy as np
 import tensorflow as tf
 
 from pruning.v1 import pruning_pb2 as pb
+
+from . import tferrors
 
 
 def device_name() -> str:
@@ -153,6 +155,16 @@ def tf_runner(model: Any, batch: int) -> Any:
 def tflite_bytes(model: Any) -> bytes:
     """``model`` converted to a float TFLite flatbuffer."""
     return bytes(tf.lite.TFLiteConverter.from_keras_model(model).convert())
+
+
+def tflite_pair(before: Any, after: Any, warn: Callable[[str], None]) -> tuple[bytes, bytes] | None:
+    """Both models as float TFLite flatbuffers, or None (``warn`` says why) when TFLite cannot
+    convert them: latency then has TensorFlow's figures only, never a failed job."""
+    try:
+        return tflite_bytes(before), tflite_bytes(after)
+    except Exception as exc:  # noqa: BLE001 - TFLite's converter raises many kinds
+        warn(f"no TFLite latency: the model does not convert ({tferrors.root_cause(exc)})")
+        return None
 
 
 def tflite_runner(flatbuffer: bytes, batch: int) -> Any:

@@ -193,7 +193,9 @@ def run(
     if spec.pruning.HasField("structured"):
         reporter.log("measuring latency before and after")
         repeats = spec.pruning.structured.latency_repeats or defaults.LATENCY_REPEATS
-        step.fill_latency(result.structured, original, stripped, result.device, repeats)
+        step.fill_latency(
+            result.structured, original, stripped, result.device, repeats, lambda m: reporter.log(m, level="WARNING")
+        )
     result.compression_ratio = result.size_before.gzip_bytes / max(1, result.size_after.gzip_bytes)
     if reporting:
         reporter.check_deadline()

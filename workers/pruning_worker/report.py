@@ -26,11 +26,7 @@ def latency(
     TensorFlow on the job's device and TFLite (XNNPACK) on the CPU, for one sample and for a
     batch of ``batch_size``. A model TFLite cannot convert gets the TensorFlow figures only
     (``warn`` says why): the report never fails a job."""
-    try:
-        flat: tuple[bytes, bytes] | None = (measure.tflite_bytes(before), measure.tflite_bytes(after))
-    except Exception as exc:  # noqa: BLE001 - TFLite's converter raises many kinds
-        flat = None
-        warn(f"no TFLite latency: the model does not convert ({tferrors.root_cause(exc)})")
+    flat = measure.tflite_pair(before, after, warn)
     with tferrors.step("latency measurement"):
         return measure.latency_pairs(before, after, device, (1, batch_size), repeats, flat)
 

@@ -20,6 +20,9 @@ def root_cause(exc: BaseException) -> str:
     causes = [line for line in lines if re.match(r"^[A-Za-z]+(Error|Exception): ", line)]
     if causes:
         return causes[-1][:500]
+    converter = [m.group(1) for line in lines if (m := re.search(r"\berror: (.+)", line))]  # MLIR's diagnostics
+    if converter:
+        return converter[0][:500]
     noise = ("File ", "[[", "Detected at node", "Graph execution error", "Call arguments", "•", "in user code")
     rest = [line for line in lines if not line.startswith(noise)]
     return (rest[-1] if rest else type(exc).__name__)[:500]

@@ -4,6 +4,7 @@ report (widths, layers left whole, parameters, FLOPs, latency before and after).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -110,10 +111,13 @@ def run(model: Any, p: pb.PruningSpec, x: Any, y: Any, loss: Any) -> tuple[Any, 
     return small, result
 
 
-def fill_latency(result: pb.StructuredResult, before: Any, after: Any, device: str, repeats: int) -> None:
+def fill_latency(
+    result: pb.StructuredResult, before: Any, after: Any, device: str, repeats: int, warn: Callable[[str], None]
+) -> None:
     """Latency of the models before and after pruning: TensorFlow on ``device`` and TFLite
     (XNNPACK) on the CPU, at each of ``BATCHES``, the median of ``repeats`` timed runs (the
-    two models timed in alternation)."""
+    two models timed in alternation). A model TFLite cannot convert gets TensorFlow's figures
+    (``warn`` says why)."""
+    flat = measure.tflite_pair(before, after, warn)
     with tferrors.step("latency measurement"):
-        flat = (measure.tflite_bytes(before), measure.tflite_bytes(after))
         result.latency.extend(measure.latency_pairs(before, after, device, BATCHES, repeats, flat))
