@@ -129,6 +129,15 @@ def two_in_two_out_model() -> Any:
     return keras.Model([a, b], [label, score], name="two_in_two_out")
 
 
+def dict_outputs_model() -> Any:
+    """Outputs as a dict whose keys are not the layers' names: labels go by the keys."""
+    inputs = keras.Input((6,), name="features")
+    x = L.Dense(16, activation="relu", name="trunk")(inputs)
+    return keras.Model(
+        inputs, {"main": L.Dense(3, name="main_head")(x), "extra": L.Dense(2, name="extra_head")(x)}, name="dict_out"
+    )
+
+
 def nested_model() -> Any:
     """A Sequential and a functional model used as layers inside a functional model, and one
     Dense called twice (a shared layer)."""
@@ -206,6 +215,7 @@ BUILDERS: dict[str, Callable[[], Any]] = {
     "text_cnn": text_cnn_model,
     "rnn": rnn_model,
     "two_in_two_out": two_in_two_out_model,
+    "dict_outputs": dict_outputs_model,
     "nested": nested_model,
     "preprocessing": preprocessing_model,
     "misc2d": misc2d_model,

@@ -162,15 +162,19 @@ def _top_layers(config: dict[str, Any]) -> list[dict[str, Any]]:
     return [layer for layer in layers or [] if isinstance(layer, dict)]
 
 
-def _output_layers(config: dict[str, Any], layers: list[dict[str, Any]]) -> list[str]:
+def _output_layers(config: dict[str, Any], layers: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    """(output name, layer name) of each output: the dict's key for ``Model(x, {"cls": ...})``
+    (labels go by it), else the layer's name."""
     inner = config.get("config")
     named = inner.get("output_layers") if isinstance(inner, dict) else None
+    if isinstance(named, dict) and named:
+        return [(str(k), str(v[0]) if isinstance(v, list) and v else str(k)) for k, v in named.items()]
     if isinstance(named, list) and named:
         if isinstance(named[0], str):  # a single output: [name, node, tensor]
             named = [named]
-        return [str(item[0]) for item in named if isinstance(item, list) and item]
+        return [(str(item[0]), str(item[0])) for item in named if isinstance(item, list) and item]
     last = layers[-1].get("config") if layers else None
-    return [str(last.get("name"))] if isinstance(last, dict) else []
+    return [(str(last.get("name")), str(last.get("name")))] if isinstance(last, dict) else []
 
 
 def summarize(
@@ -192,8 +196,8 @@ def summarize(
             if shape:
                 summary.inputs.add(name=str(cfg.get("name", "")), shape=shape, dtype=_dtype(cfg))
     by_name = {str(layer["config"].get("name")): layer for layer in top if isinstance(layer.get("config"), dict)}
-    for name in _output_layers(config, top):
-        layer = by_name.get(name, {})
+    for name, layer_name in _output_layers(config, top):
+        layer = by_name.get(layer_name, {})
         cfg = layer.get("config", {})
         units = cfg.get("units") if layer.get("class_name") == "Dense" else None
         summary.outputs.add(name=name, shape=[units] if isinstance(units, int) else [-1], dtype=_dtype(cfg))

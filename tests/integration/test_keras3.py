@@ -19,6 +19,7 @@ FAMILIES = [
     "text_cnn",
     "rnn",
     "two_in_two_out",
+    "dict_outputs",
     "nested",
     "preprocessing",
 ]
@@ -48,13 +49,19 @@ def _dataset(model, path, n_train=96, n_test=32, seed=0):
             else:
                 xs.append(rng.standard_normal(shape).astype("float32"))
         ys = [rng.standard_normal((n, *[d or 1 for d in t.shape[1:]])).astype("float32") for t in model.outputs]
+        if isinstance(model._outputs_struct, dict):  # labels by the dict's keys
+            arrays |= {
+                f"y_{split}.{key}": rng.standard_normal((n, *[d or 1 for d in t.shape[1:]])).astype("float32")
+                for key, t in model._outputs_struct.items()
+            }
+            ys = []
         if len(xs) == 1:
             arrays[f"x_{split}"] = xs[0]
         else:
             arrays |= {f"x_{split}.{_input_name(t)}": x for t, x in zip(model.inputs, xs)}
         if len(ys) == 1:
             arrays[f"y_{split}"] = ys[0]
-        else:
+        elif ys:
             arrays |= {f"y_{split}.{_input_name(t)}": y for t, y in zip(model.outputs, ys)}
     np.savez(path, **arrays)
     return path

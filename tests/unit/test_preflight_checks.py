@@ -94,3 +94,14 @@ def test_oversized_config_is_refused_as_it_is_read(tmp_path, monkeypatch):
     monkeypatch.setattr(modelcheck, "MAX_CONFIG_BYTES", size - 1)
     with pytest.raises(ModelRejected, match="config.json"):
         modelcheck.inspect_model(path, 10**9)
+
+
+def test_a_model_with_dict_outputs_names_its_outputs_by_the_keys(tmp_path):
+    import keras
+
+    inputs = keras.Input((6,), name="features")
+    x = keras.layers.Dense(8, name="trunk")(inputs)
+    outputs = {"main": keras.layers.Dense(3, name="main_head")(x), "extra": keras.layers.Dense(2, name="extra_head")(x)}
+    keras.Model(inputs, outputs).save(tmp_path / "m.keras")
+    summary = modelcheck.inspect_model(tmp_path / "m.keras", 10**9).summary
+    assert sorted((o.name, list(o.shape)) for o in summary.outputs) == [("extra", [2]), ("main", [3])]

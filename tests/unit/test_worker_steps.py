@@ -122,3 +122,19 @@ def test_step_passes_other_errors_through():
     with pytest.raises(KeyError):
         with tferrors.step("x"):
             raise KeyError("not an input error")
+
+
+def test_a_model_with_dict_outputs_takes_labels_by_its_keys():
+    import tf_keras as keras
+
+    from pruning_worker.inputs import by_output
+
+    inputs = keras.Input((3,))
+    model = keras.Model(inputs, {"main": keras.layers.Dense(2, name="m")(inputs), "x": keras.layers.Dense(1)(inputs)})
+    y = {"x": np.zeros((8, 1), "float32"), "main": np.zeros((8, 2), "float32")}
+    assert sorted(by_output(model, y)) == ["main", "x"]
+    with pytest.raises(JobInputError, match=r"outputs \['m', 'x'\].*outputs are \['main', 'x'\]"):
+        by_output(model, {"m": y["main"], "x": y["x"]})  # a layer's name is not the output's key
+    single = keras.Model(inputs, {"only": keras.layers.Dense(2)(inputs)})
+    assert list(by_output(single, y["main"])) == ["only"]
+    check(single, (np.zeros((4, 3)), np.zeros(4), np.zeros((4, 3)), np.zeros(4)), "sparse_categorical_crossentropy")

@@ -60,20 +60,29 @@ def head(data: Data, n: int) -> Data:
     return {k: v[:n] for k, v in data.items()} if isinstance(data, dict) else data[:n]
 
 
+def output_keys(model: Any) -> list[str] | None:
+    """The keys of a model whose outputs are a dict (``Model(x, {"cls": ..., "aux": ...})``),
+    else None."""
+    nested = getattr(model, "_nested_outputs", None)
+    return sorted(nested) if isinstance(nested, dict) else None
+
+
 def by_output(model: Any, y: Data) -> Data:
-    """Targets of a model of several outputs as a list in the order of its outputs (pruning
-    wraps, and so renames, the output layers that Keras would match a dict against)."""
-    names = list(model.output_names)
+    """Targets of a model of several outputs: for dict outputs a dict by the same keys (pruning
+    leaves them as they are); otherwise a list in the order of its outputs (pruning wraps, and
+    so renames, the output layers that Keras would match a dict against)."""
+    keys = output_keys(model)
+    names = keys if keys is not None else list(model.output_names)
     if not isinstance(y, dict):
         if len(names) > 1:
             raise JobInputError(
                 f"dataset: the model has {len(names)} outputs {sorted(names)}; store one array per output, "
                 "named y_train.<output name> and y_test.<output name>"
             )
-        return y
+        return {names[0]: y} if keys is not None else y
     if sorted(y) != sorted(names):
         raise JobInputError(f"dataset: y arrays for outputs {sorted(y)}; the model's outputs are {sorted(names)}")
-    return [y[name] for name in names]
+    return {name: y[name] for name in names} if keys is not None else [y[name] for name in names]
 
 
 def _check_inputs(model: Any, name: str, x: Data) -> None:
@@ -144,7 +153,7 @@ def check(model: Any, data: Arrays, loss: str) -> None:
         _check_finite(name, arrays)
     if length(x_train) == 0 or length(x_test) == 0:
         raise JobInputError("dataset: x_train and x_test must not be empty")
-    if loss in SPARSE_LOSSES and not isinstance(model.output_shape, list) and not isinstance(y_train, dict):
+    if loss in SPARSE_LOSSES and isinstance(model.output_shape, tuple) and not isinstance(y_train, dict):
         units = model.output_shape[-1]
         for name, y in (("y_train", y_train), ("y_test", y_test)):
             _check_class_indices(model, name, y)
