@@ -262,3 +262,39 @@ def test_a_model_pruning_cannot_wrap_names_the_cause_and_mixed_precision():
     message = str(error.value)
     assert "layers half compute in mixed precision" in message and "MatMul" in message
     assert "Call arguments" not in message and "\n" not in message
+
+
+def test_pruning_keeps_the_padding_mask_of_a_text_model():
+    """Embedding(mask_zero) -> LSTM (sequences) -> Dense -> GRU: wrapped for pruning, the model
+    computes what it did before on padded data, trains, and the stripped model computes what
+    the trained wrapped one did (TFMOT's wrapper dropped the mask, or failed on the Dense)."""
+    import tensorflow_model_optimization as tfmot
+    import tf_keras as keras
+
+    rng = np.random.default_rng(0)
+    x = rng.integers(1, 50, (32, 10)).astype("int32")
+    x[:, 6:] = 0  # padding
+    inputs = keras.Input((10,), dtype="int32")
+    h = keras.layers.Embedding(50, 8, mask_zero=True, name="emb")(inputs)
+    h = keras.layers.LSTM(6, return_sequences=True, name="lstm")(h)
+    h = keras.layers.Dense(5, name="per_step")(h)
+    h = keras.layers.GRU(6, name="gru")(h)
+    model = keras.Model(inputs, keras.layers.Dense(2, name="out")(h))
+    before = model.predict(x, verbose=0)
+    spec = pb.PruningSpec(schedule=constant_sparsity(0.5, frequency=1), block_size=[1, 1])
+    schedule = worker_recipe.make_schedule(spec, 4)
+    pruned, chosen = worker_recipe.apply_pruning(model, spec, schedule)
+    assert set(chosen) == {"emb", "lstm", "per_step", "gru", "out"}
+    assert np.abs(pruned.predict(x, verbose=0) - before).max() < 1e-6  # the mask still flows
+    pruned.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    pruned.fit(
+        x,
+        rng.integers(0, 2, 32),
+        batch_size=8,
+        epochs=1,
+        verbose=0,
+        callbacks=[tfmot.sparsity.keras.UpdatePruningStep()],
+    )
+    stripped = tfmot.sparsity.keras.strip_pruning(pruned)
+    assert np.abs(stripped.predict(x, verbose=0) - pruned.predict(x, verbose=0)).max() < 1e-6
+    assert (stripped.get_layer("emb").get_weights()[0] == 0).mean() == pytest.approx(0.5, abs=0.01)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 from typing import Any
 
@@ -9,7 +10,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_model_optimization as tfmot
 import tf_keras as keras
-from tensorflow_model_optimization.python.core.sparsity.keras import prune_registry
+from tensorflow_model_optimization.python.core.sparsity.keras import prune_registry, pruning_wrapper
 
 from pruning.v1 import pruning_pb2 as pb
 from pruning_core import defaults, validation
@@ -21,6 +22,7 @@ from .errors import JobInputError, OutcomeError
 from .tferrors import root_cause
 
 __all__ = [
+    "MaskedPruneLowMagnitude",
     "Schedule",
     "apply_pruning",
     "check_target",
@@ -103,6 +105,26 @@ def selected_layers(model: keras.Model, p: pb.PruningSpec) -> list[str]:
     ]
 
 
+class MaskedPruneLowMagnitude(pruning_wrapper.PruneLowMagnitude):
+    """TFMOT's pruning wrapper, passing Keras masks (``Embedding(mask_zero=True)``,
+    ``Masking``) through as the wrapped layer does. TFMOT's own drops the mask the layer
+    computes, so fine-tuning and evaluation ran without the padding mask the stripped model
+    applies again, and hands a mask to layers whose ``call`` takes none (a TypeError)."""
+
+    def __init__(self, layer: keras.layers.Layer, **kwargs: Any):
+        super().__init__(layer, **kwargs)
+        self.supports_masking = True
+        self._takes_mask = "mask" in inspect.signature(layer.call).parameters
+
+    def call(self, inputs: Any, training: Any = None, mask: Any = None, **kwargs: Any) -> Any:
+        if mask is not None and self._takes_mask:
+            kwargs["mask"] = mask
+        return super().call(inputs, training=training, **kwargs)
+
+    def compute_mask(self, inputs: Any, mask: Any = None) -> Any:
+        return self.layer.compute_mask(inputs, mask)
+
+
 def apply_pruning(model: keras.Model, p: pb.PruningSpec, schedule: Schedule) -> tuple[keras.Model, list[str]]:
     """Wraps the selected prunable layers; returns the model and the wrapped layer names."""
     params: dict[str, Any] = {
@@ -132,10 +154,8 @@ def apply_pruning(model: keras.Model, p: pb.PruningSpec, schedule: Schedule) -> 
             return layer
         if layer.name in p.layer_sparsity:
             final = p.layer_sparsity[layer.name]
-            return tfmot.sparsity.keras.prune_low_magnitude(
-                layer, **(params | {"pruning_schedule": for_layer(schedule, final)})
-            )
-        return tfmot.sparsity.keras.prune_low_magnitude(layer, **params)
+            return MaskedPruneLowMagnitude(layer, **(params | {"pruning_schedule": for_layer(schedule, final)}))
+        return MaskedPruneLowMagnitude(layer, **params)
 
     try:
         pruned = keras.models.clone_model(model, clone_function=clone)
