@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pruning_client import job_spec, polynomial_decay
+from pruning_client import job_spec, polynomial_decay, specs
 from pruning_core import modelcheck, plan, validation
 
 
@@ -86,5 +86,8 @@ def test_a_model_in_mixed_precision_is_refused_for_weight_pruning(tmp_path, kera
     info = modelcheck.inspect_model(tmp_path / "m.keras", 1 << 30).to_dict()
     assert info["mixed_precision"] == ["half"]
     ((field, text),) = _violations(info, _facts(tmp_path, **_data()))
+    assert field == "spec.model_id" and "mixed precision" in text and "float32 dtype policy" in text[:120]
+    structured = validation.with_defaults(job_spec("a" * 64, schedule=None, structured=specs.structured(0.5)))
+    ((field, text),) = plan.check(structured, info, _facts(tmp_path, **_data()))
     assert field == "spec.model_id" and "mixed precision" in text
     assert _violations(_model(tmp_path), _facts(tmp_path, **_data())) == []  # float32 throughout
