@@ -116,9 +116,10 @@ def _checked_zip(path: pathlib.Path, max_decompressed: int) -> zipfile.ZipFile:
 _TF_NAME = re.compile(r"[A-Za-z0-9.][A-Za-z0-9_.\\/>-]*")
 
 
-def _walk_classes(node, found: list[tuple[str, str]], mixed: list[str]):
+def _walk_classes(node, found: list[tuple[str, str]], mixed: list[str], options: list[tuple[str, str, str]]):
     """Checks every ``class_name`` in a Keras config tree; collects (class, name) of layers,
-    and into ``mixed`` the names of those whose dtype policy is a mixed one (``mixed_float16``)."""
+    into ``mixed`` the names of those whose dtype policy is a mixed one (``mixed_float16``),
+    and into ``options`` (name, class, why) the options a Keras 3 layer has that tf_keras lacks."""
     if isinstance(node, dict):
         if "class_name" in node:
             cls = node["class_name"]
@@ -147,12 +148,15 @@ def _walk_classes(node, found: list[tuple[str, str]], mixed: list[str]):
                 policy = dtype.get("config", {}).get("name") if isinstance(dtype, dict) else dtype
                 if isinstance(policy, str) and policy.startswith("mixed_"):
                     mixed.append(str(config["name"]))
+                problem = preflight.option_problem(cls, config)
+                if problem is not None:
+                    options.append((str(config["name"]), cls, problem))
         for key, value in node.items():
             if key not in _NOT_LOADED:
-                _walk_classes(value, found, mixed)
+                _walk_classes(value, found, mixed, options)
     elif isinstance(node, list):
         for value in node:
-            _walk_classes(value, found, mixed)
+            _walk_classes(value, found, mixed, options)
 
 
 def _input_shape(config: dict) -> list[int | None] | None:
@@ -182,8 +186,9 @@ def check_model_config(
         raise ModelRejected("the file holds no Keras model configuration")
     layers: list[tuple[str, str]] = []
     mixed: list[str] = []
+    options: list[tuple[str, str, str]] = []
     try:
-        _walk_classes(config, layers, mixed)
+        _walk_classes(config, layers, mixed, options)
     except RecursionError:
         raise ModelRejected("the model configuration is nested too deeply") from None
     for _, name in layers:
@@ -198,6 +203,10 @@ def check_model_config(
             preflight.check_convertible(layers)
         except preflight.Unconvertible as exc:
             raise ModelRejected(str(exc)) from None
+        if options:
+            name, cls, problem = options[0]
+            more = f" (and {len(options) - 1} more layers)" if len(options) > 1 else ""
+            raise ModelRejected(f"layer {name[:200]!r} of class {cls}: {problem}{more}; refused")
     summary = preflight.summarize(config, layers, weights or [], version, version_string)
     return ModelInfo(
         format=fmt,

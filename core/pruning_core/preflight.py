@@ -83,6 +83,36 @@ class Unconvertible(ValueError):
         self.layers = layers
 
 
+# Keras 3 activation names -> the tf_keras function computing the same thing (the workers'
+# bridge translates with this table). Left out on purpose: hard_sigmoid (Keras 3: relu6(x + 3)
+# / 6, tf_keras: clip(0.2 x + 0.5)) and those tf_keras lacks (relu6, leaky_relu, log_softmax,
+# hard_silu, ...).
+KERAS3_ACTIVATIONS = {
+    "linear": "linear", "relu": "relu", "sigmoid": "sigmoid", "tanh": "tanh", "softmax": "softmax",
+    "softplus": "softplus", "softsign": "softsign", "elu": "elu", "selu": "selu",
+    "exponential": "exponential", "silu": "swish", "swish": "swish", "gelu": "gelu", "mish": "mish",
+}  # fmt: skip
+
+
+def option_problem(class_name: str, config: dict[str, Any]) -> str | None:
+    """Why an option of a Keras 3 layer cannot be translated to tf_keras, read from the
+    configuration (the bridge refuses the same when a job loads the model), or None."""
+    for key in ("activation", "recurrent_activation"):
+        value = config.get(key)
+        if isinstance(value, dict) and value.get("class_name") == "function":
+            value = value.get("config")
+        if value is not None and (not isinstance(value, str) or value not in KERAS3_ACTIVATIONS):
+            return (
+                f"the activation {str(value)[:60]!r} is not translated to tf_keras "
+                f"(translated: {', '.join(sorted(KERAS3_ACTIVATIONS))})"
+            )
+    if config.get("lora_rank") not in (None, 0):
+        return f"option lora_rank={config['lora_rank']!r} (LoRA) has no tf_keras equivalent"
+    if class_name == "LayerNormalization" and config.get("rms_scaling"):
+        return "option rms_scaling=True has no tf_keras equivalent"
+    return None
+
+
 def major_version(version: str, fmt_default: int) -> int:
     head = version.strip().split(".", 1)[0]
     return int(head) if head.isdigit() and int(head) in (2, 3) else fmt_default

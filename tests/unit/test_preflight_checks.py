@@ -4,11 +4,12 @@ outputs, layers with parameters, and refusal of Keras 3 layers the service canno
 from __future__ import annotations
 
 import json
+import re
 import zipfile
 
 import pytest
 
-from pruning_core import modelcheck
+from pruning_core import modelcheck, preflight
 from pruning_core.modelcheck import ModelRejected
 
 
@@ -105,3 +106,49 @@ def test_a_model_with_dict_outputs_names_its_outputs_by_the_keys(tmp_path):
     keras.Model(inputs, outputs).save(tmp_path / "m.keras")
     summary = modelcheck.inspect_model(tmp_path / "m.keras", 10**9).summary
     assert sorted((o.name, list(o.shape)) for o in summary.outputs) == [("extra", [2]), ("main", [3])]
+
+
+@pytest.mark.parametrize(
+    ("layer", "cause"),
+    [
+        ("dense_relu6", "the activation 'relu6' is not translated"),
+        ("activation_relu6", "the activation 'relu6' is not translated"),
+        ("layernorm_rms", "rms_scaling=True"),
+        ("lora", "lora_rank=2"),
+    ],
+)
+def test_keras3_options_the_bridge_refuses_are_refused_at_upload(tmp_path, layer, cause):
+    import keras
+
+    inputs = keras.Input((6,))
+    if layer == "dense_relu6":
+        x = keras.layers.Dense(4, activation="relu6", name=layer)(inputs)
+    elif layer == "activation_relu6":
+        x = keras.layers.Activation("relu6", name=layer)(keras.layers.Dense(4)(inputs))
+    elif layer == "layernorm_rms":
+        x = keras.layers.LayerNormalization(rms_scaling=True, name=layer)(inputs)
+    else:
+        dense = keras.layers.Dense(4, name=layer)
+        x = dense(inputs)
+        dense.enable_lora(2)
+    keras.Model(inputs, x).save(tmp_path / "m.keras")
+    with pytest.raises(ModelRejected, match=rf"layer '{layer}' of class \w+: .*{re.escape(cause)}"):
+        modelcheck.inspect_model(tmp_path / "m.keras", 10**9)
+
+
+def test_the_preflight_and_the_bridge_refuse_the_same_options():
+    """Each option the preflight refuses, the bridge refuses too (and translates the rest)."""
+    import keras
+
+    from pruning_worker import bridge
+
+    inputs = keras.Input((6,))
+    for activation in ["relu6", "hard_sigmoid", *preflight.KERAS3_ACTIVATIONS]:
+        model = keras.Model(inputs, keras.layers.Dense(4, activation=activation, name="d")(inputs))
+        refused = preflight.option_problem("Dense", model.get_layer("d").get_config()) is not None
+        try:
+            bridge.to_tf_keras(model)
+            translated = True
+        except bridge.BridgeError:
+            translated = False
+        assert refused != translated, activation

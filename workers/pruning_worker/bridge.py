@@ -34,6 +34,8 @@ import tensorflow as tf
 import tf_keras
 from keras.src.models.functional import Functional as _Functional3
 
+from pruning_core import preflight
+
 from .errors import JobInputError
 
 __all__ = [
@@ -66,14 +68,7 @@ SUPPORTED_LAYERS: tuple[str, ...] = tuple(sorted(SUPPORTED))
 
 _MODELS = frozenset({"Sequential", "Functional"})
 _RNNS = frozenset({"LSTM", "GRU", "SimpleRNN"})
-# Keras 3 activation names -> the tf_keras function computing the same thing. Left out on
-# purpose: hard_sigmoid (Keras 3: relu6(x + 3) / 6, tf_keras: clip(0.2 x + 0.5)) and those
-# tf_keras lacks (relu6, leaky_relu, log_softmax, hard_silu, ...).
-_ACTIVATIONS = {
-    "linear": "linear", "relu": "relu", "sigmoid": "sigmoid", "tanh": "tanh", "softmax": "softmax",
-    "softplus": "softplus", "softsign": "softsign", "elu": "elu", "selu": "selu",
-    "exponential": "exponential", "silu": "swish", "swish": "swish", "gelu": "gelu", "mish": "mish",
-}  # fmt: skip
+_ACTIVATIONS = preflight.KERAS3_ACTIVATIONS
 _OBJECTS = {
     "initializers": frozenset({
         "Zeros", "Ones", "Constant", "RandomNormal", "RandomUniform", "TruncatedNormal", "VarianceScaling",
