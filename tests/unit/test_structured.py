@@ -307,3 +307,20 @@ def test_job_step_refuses_a_ratio_for_a_layer_without_channels_of_its_own():
     spec = pb.PruningSpec(structured=pb.StructuredPruning(ratio=0.5, layer_ratios={"stem_bn": 0.5}))
     with pytest.raises(JobInputError, match="stem_bn"):
         step.run(model, spec, _x(model), np.zeros(3), keras.losses.MeanSquaredError())
+
+
+def test_job_step_says_a_shared_layer_in_layer_ratios_is_shared():
+    from pruning.v1 import pruning_pb2 as pb
+    from pruning_worker.errors import JobInputError
+    from pruning_worker.structured import step
+
+    a, b = keras.Input((8, 8, 3), name="a"), keras.Input((8, 8, 3), name="b")
+    shared = keras.layers.Conv2D(8, 3, name="shared_conv")
+    joined = keras.layers.Concatenate()([shared(a), shared(b)])
+    out = keras.layers.Dense(2, name="out")(keras.layers.GlobalAveragePooling2D()(joined))
+    model = keras.Model([a, b], out)
+    x = [np.zeros((4, 8, 8, 3), "float32")] * 2
+    spec = pb.PruningSpec(structured=pb.StructuredPruning(ratio=0.0, layer_ratios={"shared_conv": 0.5}))
+    with pytest.raises(JobInputError, match=r"\['shared_conv'\] are shared \(called more than once\)") as caught:
+        step.run(model, spec, x, np.zeros(4), keras.losses.MeanSquaredError())
+    assert "not layers with channels" not in str(caught.value)

@@ -87,10 +87,7 @@ def run(model: Any, p: pb.PruningSpec, x: Any, y: Any, loss: Any) -> tuple[Any, 
         diff = _check_identity(outcome, _head(x, 8))
     not_producers = sorted(set(opts.layer_ratios) - set(outcome.graph.outputs))
     if not_producers:
-        raise JobInputError(
-            f"spec.pruning.structured.layer_ratios: {not_producers} are not layers with channels of their own "
-            "(Conv, Dense); name the layer that makes the channels"
-        )
+        raise JobInputError(f"spec.pruning.structured.layer_ratios: {_why_not_cut(model, not_producers)}")
     small = outcome.model
     layers = {name: i for i, name in enumerate(names)}
     result = pb.StructuredResult(
@@ -109,6 +106,20 @@ def run(model: Any, p: pb.PruningSpec, x: Any, y: Any, loss: Any) -> tuple[Any, 
     for name, reason in sorted(outcome.left_whole, key=lambda w: layers[w[0]]):
         result.left_whole.add(name=name, reason=reason)
     return small, result
+
+
+def _why_not_cut(model: Any, names: list[str]) -> str:
+    """Why the layers ``names`` of ``layer_ratios`` have no channels to cut, layer by layer."""
+    shared = [n for n in names if len(model.get_layer(n).inbound_nodes) > 1]
+    others = [n for n in names if n not in shared]
+    parts = []
+    if shared:
+        parts.append(f"{shared} are shared (called more than once), so their channels are left whole")
+    if others:
+        parts.append(
+            f"{others} are not layers with channels of their own (Conv, Dense); name the layer that makes the channels"
+        )
+    return "; ".join(parts)
 
 
 def fill_latency(
