@@ -131,10 +131,10 @@ def _walk_classes(node, found: list[tuple[str, str]], mixed: list[str], options:
             if cls not in ALLOWED_CLASSES or not str(module).startswith(_ALLOWED_MODULE_ROOTS):
                 config = node.get("config")
                 name = config.get("name") if isinstance(config, dict) else None
-                where = f"layer {str(name)[:200]!r} " if name is not None else ""
-                raise ModelRejected(
-                    f"the model uses {where}({cls[:200]}), which is not a built-in Keras class; refused"
-                )
+                what = f"layer {str(name)[:200]!r} ({cls[:200]})" if name is not None else f"the class {cls[:200]}"
+                builtin = str(module).startswith("keras") and node.get("registered_name") in (None, cls)
+                why = "a Keras class the service does not take" if builtin else "not a built-in Keras class"
+                raise ModelRejected(f"the model uses {what}, {why}; refused")
             if (
                 "registered_name" in node
                 and node["registered_name"] not in (None, cls)

@@ -152,3 +152,22 @@ def test_the_preflight_and_the_bridge_refuse_the_same_options():
         except bridge.BridgeError:
             translated = False
         assert refused != translated, activation
+
+
+def test_a_refused_class_says_whether_it_is_a_keras_one_and_names_the_layer(tmp_path):
+    import keras
+
+    inputs = keras.Input((4, 8))
+    attended = keras.layers.MultiHeadAttention(2, 4, name="attention")(inputs, inputs)
+    keras.Model(inputs, attended).save(tmp_path / "mha.keras")
+    with pytest.raises(ModelRejected, match=r"layer 'attention' \(MultiHeadAttention\), a Keras class the service"):
+        modelcheck.inspect_model(tmp_path / "mha.keras", 10**9)
+
+    @keras.saving.register_keras_serializable(package="mine")
+    class Doubled(keras.layers.Layer):
+        def call(self, x):
+            return x * 2
+
+    keras.Sequential([keras.Input((3,)), Doubled(name="twice")]).save(tmp_path / "custom.keras")
+    with pytest.raises(ModelRejected, match=r"twice.*not a built-in Keras class|custom object"):
+        modelcheck.inspect_model(tmp_path / "custom.keras", 10**9)
