@@ -747,6 +747,7 @@ def _spec(
     optimizer: str,
     learning_rate: float,
     seed: int,
+    loss: str | None = None,
     max_train_samples: int,
     include_layer: tuple[str, ...],
     exclude_layer: tuple[str, ...],
@@ -786,6 +787,7 @@ def _spec(
         validation_split=validation_split,
         optimizer=optimizer,
         learning_rate=learning_rate,
+        loss=loss,
         seed=seed,
         max_train_samples=max_train_samples,
         include_layers=include_layer,
@@ -903,6 +905,13 @@ _SPEC_OPTIONS = [
     _option("--batch-size", type=int, default=128, help="Fine-tuning batch size."),
     _option("--validation-split", type=float, default=0.1, help="Share of the training data held out; 0 = none."),
     _option("--optimizer", default="adam", help="Keras optimizer name."),
+    _option(
+        "--loss",
+        default=None,
+        help="Loss the model is fine-tuned and evaluated with: sparse_categorical_crossentropy_from_logits "
+        "(default), sparse_categorical_crossentropy (softmax outputs), categorical_crossentropy[_from_logits], "
+        "binary_crossentropy[_from_logits], mean_squared_error, mean_absolute_error.",
+    ),
     _option(
         "--learning-rate",
         type=float,

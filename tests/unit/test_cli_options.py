@@ -335,3 +335,14 @@ def test_a_ca_file_without_a_certificate_is_a_usage_error(
     error = json.loads(capsys.readouterr().out)
     assert error["field_violations"][0][0] == "--ca-file" and "holds no PEM certificate" in error["message"]
     assert not fake.made
+
+
+@pytest.mark.parametrize(
+    ("args", "loss"), [([], ""), (["--loss", "sparse_categorical_crossentropy"], "sparse_categorical_crossentropy")]
+)
+def test_submit_sends_the_loss_when_given(monkeypatch: pytest.MonkeyPatch, args: list[str], loss: str) -> None:
+    SubmittingClient.sent = []
+    monkeypatch.setattr(cli_module, "Client", SubmittingClient)
+    assert run(["submit", "--model", "a" * 64, *args]) == 0
+    (spec,) = SubmittingClient.sent
+    assert spec.training.loss == loss  # "": the server's default
