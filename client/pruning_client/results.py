@@ -386,6 +386,23 @@ class JobPlan:
             [_table(("", ""), self.summary_lines()), _table(("layer", "class", "weights", "final sparsity"), layers)]
         )
 
+    def _schedule_line(self) -> str:
+        if not self.spec.pruning.HasField("schedule"):
+            return "none (structured pruning only)"
+        return f"steps {self.schedule_begin_step:,} to {self.schedule_end_step:,}"
+
+    def _structured_line(self) -> str:
+        s = self.spec.pruning.structured
+        criterion = (
+            pb.ImportanceCriterion.Name(s.importance or pb.IMPORTANCE_CRITERION_L1)
+            .removeprefix("IMPORTANCE_CRITERION_")
+            .lower()
+        )
+        line = f"channel ratio {s.ratio:g}, importance {criterion}"
+        if s.layer_ratios:
+            line += ", " + ", ".join(f"{k} {v:g}" for k, v in sorted(s.layer_ratios.items()))
+        return line + " (the worker finds the channel groups)"
+
     def summary_lines(self) -> list[tuple[str, str]]:
         """(label, value) rows of the plan's figures, as the CLI and the notebook view show them."""
         versions = f"{self.keras_version}"
@@ -397,7 +414,8 @@ class JobPlan:
                 f"{self.train_samples:,} train, {self.validation_samples:,} validation, {self.test_samples:,} test",
             ),
             ("steps", f"{self.steps_per_epoch:,} per epoch, {self.total_steps:,} in all"),
-            ("pruning schedule", f"steps {self.schedule_begin_step:,} to {self.schedule_end_step:,}"),
+            ("pruning schedule", self._schedule_line()),
+            *([("structured", self._structured_line())] if self.spec.pruning.HasField("structured") else []),
             ("keras version", versions),
             ("estimate", f"{self.estimated_seconds:.0f} s ({self.estimate_basis})"),
         ]

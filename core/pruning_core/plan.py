@@ -232,7 +232,7 @@ def make_plan(spec: pb.JobSpec, model_info: dict[str, Any], data: DatasetFacts) 
         spec=spec,
         estimate_basis=ESTIMATE_BASIS,
     )
-    for layer in summary.layers:
+    for layer in summary.layers if spec.pruning.HasField("schedule") else []:  # weight pruning's layers
         if layer.prunable and validation.selected(layer.class_name, layer.name, spec.pruning.layers):
             final = spec.pruning.layer_sparsity.get(layer.name, target)
             plan.layers.add(name=layer.name, class_name=layer.class_name, weights=layer.params, final_sparsity=final)

@@ -91,3 +91,19 @@ def test_a_model_in_mixed_precision_is_refused_for_weight_pruning(tmp_path, kera
     ((field, text),) = plan.check(structured, info, _facts(tmp_path, **_data()))
     assert field == "spec.model_id" and "mixed precision" in text
     assert _violations(_model(tmp_path), _facts(tmp_path, **_data())) == []  # float32 throughout
+
+
+def test_the_plan_of_structured_pruning_only_lists_no_weight_schedule(tmp_path):
+    from pruning_client.results import JobPlan
+
+    model, facts = _model(tmp_path), _facts(tmp_path, **_data())
+    only = validation.with_defaults(
+        job_spec("a" * 64, schedule=None, structured=specs.structured(0.25, layer_ratios={"head0": 0.5}))
+    )
+    shown = dict(JobPlan.from_proto(plan.make_plan(only, model, facts)).summary_lines())
+    assert plan.make_plan(only, model, facts).layers == []  # no layer gets a final sparsity of 0
+    assert shown["pruning schedule"] == "none (structured pruning only)"
+    assert shown["structured"].startswith("channel ratio 0.25, importance l1, head0 0.5")
+    weights = validation.with_defaults(job_spec("a" * 64, schedule=polynomial_decay(0.5, 0.8)))
+    assert [x.name for x in plan.make_plan(weights, model, facts).layers] == ["head0"]
+    assert "structured" not in dict(JobPlan.from_proto(plan.make_plan(weights, model, facts)).summary_lines())
