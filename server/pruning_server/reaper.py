@@ -30,10 +30,6 @@ log = logging.getLogger(__name__)
 _BATCH = 500
 
 
-def _log_event(line: pb.LogLine) -> Callable[[pb.Job], list[pb.JobEvent]]:
-    return lambda job: [make_event(job.id, log=line)]
-
-
 async def requeue_silent_jobs(
     store: AsyncJobStore,
     celery,
@@ -42,9 +38,11 @@ async def requeue_silent_jobs(
     max_attempts: int = 0,
     settings: Settings | None = None,
 ) -> list[str]:
-    """Re-queues the jobs whose worker went silent; a job silent in its ``max_attempts``-th
-    attempt ends instead (FAILED, ABORTED; CANCELLED if a cancel was asked), so a job that
-    kills every worker it runs on is not sent round the fleet forever."""
+    """Re-queues the jobs whose worker went silent: the job goes back to QUEUED (its old
+    attempt is fenced out) and leaves the running set until a worker claims it, so it is sent
+    once however long it waits for a free worker. A job being cancelled ends CANCELLED, and a
+    job silent in its ``max_attempts``-th attempt ends FAILED (ABORTED), so a job that kills
+    every worker it runs on is not sent round the fleet forever."""
     requeued = []
     for job_id in await store.claim_silent(silent_s):
         tenant = await store.tenant_of(job_id)
@@ -53,27 +51,33 @@ async def requeue_silent_jobs(
             await store.forget_running(job_id)
             continue
         silent = f"no heartbeat from attempt {job.attempt} for {silent_s:.0f} s: its worker is presumed lost"
-        if max_attempts and job.attempt >= max_attempts:
-            ended = await store.update(tenant, job_id, _give_up(silent, job.attempt, max_attempts))
-            await store.forget_running(job_id)
-            log.warning("job %s: %s; %s after %d attempts", job_id, silent, ended.error.message, job.attempt)
-            if settings is not None and ended.state in TERMINAL:
-                await asyncio.to_thread(_record, settings, ended)
-            continue
-        log.warning("job %s: %s; re-queued", job_id, silent)
-        await store.update(tenant, job_id, _log_event(pb.LogLine(level="WARNING", message=f"{silent}; re-queued")))
-        await asyncio.to_thread(celery.send_task, tasks.PRUNE, args=[job_id], queue=queue)
-        requeued.append(job_id)
+        again = job.state == pb.JOB_STATE_RUNNING and not (max_attempts and job.attempt >= max_attempts)
+        after = await store.update(tenant, job_id, _after_loss(silent, job.attempt, max_attempts, again))
+        await store.forget_running(job_id)
+        if after.state == pb.JOB_STATE_QUEUED and after.attempt == job.attempt:
+            log.warning("job %s: %s; re-queued", job_id, silent)
+            await asyncio.to_thread(celery.send_task, tasks.PRUNE, args=[job_id], queue=queue)
+            requeued.append(job_id)
+        elif after.state in TERMINAL and after.attempt == job.attempt:
+            log.warning("job %s: %s; %s", job_id, silent, pb.JobState.Name(after.state))
+            if settings is not None:
+                await asyncio.to_thread(_record, settings, after)
     return requeued
 
 
-def _give_up(silent: str, attempt: int, max_attempts: int) -> Callable[[pb.Job], list[pb.JobEvent]]:
+def _after_loss(silent: str, attempt: int, max_attempts: int, again: bool) -> Callable[[pb.Job], list[pb.JobEvent]]:
     def mutate(job: pb.Job) -> list[pb.JobEvent]:
-        if job.state in TERMINAL or job.attempt != attempt:
+        if job.state not in (pb.JOB_STATE_RUNNING, pb.JOB_STATE_CANCELLING) or job.attempt != attempt:
             return []  # ended meanwhile, or a new attempt claimed it
+        if again:
+            note = make_event(job.id, log=pb.LogLine(level="WARNING", message=f"{silent}; re-queued"))
+            return [note, state_event(job, pb.JOB_STATE_QUEUED)]
         note = make_event(job.id, log=pb.LogLine(level="WARNING", message=f"{silent}; not re-queued"))
         if job.state == pb.JOB_STATE_CANCELLING:
-            return [note, state_event(job, pb.JOB_STATE_CANCELLED)]
+            return [
+                note,
+                state_event(job, pb.JOB_STATE_CANCELLED, pb.JobError(code=code_pb2.CANCELLED, message="cancelled")),
+            ]
         error = pb.JobError(
             code=code_pb2.ABORTED,
             message=f"the job's worker was lost in each of its {attempt} attempts "

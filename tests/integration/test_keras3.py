@@ -49,10 +49,11 @@ def _dataset(model, path, n_train=96, n_test=32, seed=0):
             else:
                 xs.append(rng.standard_normal(shape).astype("float32"))
         ys = [rng.standard_normal((n, *[d or 1 for d in t.shape[1:]])).astype("float32") for t in model.outputs]
-        if isinstance(model._outputs_struct, dict):  # labels by the dict's keys
+        structure = getattr(model, "_outputs_struct", None)
+        if isinstance(structure, dict):  # labels by the dict's keys
             arrays |= {
                 f"y_{split}.{key}": rng.standard_normal((n, *[d or 1 for d in t.shape[1:]])).astype("float32")
-                for key, t in model._outputs_struct.items()
+                for key, t in structure.items()
             }
             ys = []
         if len(xs) == 1:

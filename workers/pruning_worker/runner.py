@@ -65,7 +65,7 @@ class Reporter:
 
     def _fenced(self, change):
         def mutate(job: pb.Job):
-            if job.attempt != self.attempt or job.state in TERMINAL:
+            if job.attempt != self.attempt or job.state in TERMINAL or job.state == pb.JOB_STATE_QUEUED:
                 raise StaleAttempt(f"job {job.id} attempt {self.attempt} is stale")
             return change(job)
 
