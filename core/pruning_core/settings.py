@@ -119,6 +119,12 @@ class Settings(BaseSettings):
     reap_after_s: float = Field(
         120.0, description="a running job silent this long is re-queued (its worker is presumed dead); 0 = never"
     )
+    worker_redis_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        description="a worker's Redis calls give up after this long; the attempt then stops (never failing the "
+        "job) and its task is retried, resuming from the last checkpoint",
+    )
     max_attempts: int = Field(
         3,
         ge=0,

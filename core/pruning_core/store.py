@@ -392,8 +392,8 @@ class JobStore(_Base):
         super().__init__(client, prefix)
 
     @classmethod
-    def from_url(cls, url: str, prefix: str) -> JobStore:
-        return cls(redis.Redis.from_url(url, socket_timeout=30, socket_connect_timeout=10), prefix)
+    def from_url(cls, url: str, prefix: str, socket_timeout_s: float = 30.0) -> JobStore:
+        return cls(redis.Redis.from_url(url, socket_timeout=socket_timeout_s, socket_connect_timeout=10), prefix)
 
     def get(self, job_id: str) -> pb.Job:
         return _drive(self._get(job_id, None))

@@ -36,7 +36,7 @@ from pruning_core.store import (
     state_event,
 )
 
-from .errors import Cancelled, JobDeadlineExceeded, JobInputError
+from .errors import STORE_ERRORS, Cancelled, JobDeadlineExceeded, JobInputError
 
 log = logging.getLogger(__name__)
 _stores: dict[tuple[str, str], JobStore] = {}
@@ -45,7 +45,7 @@ _stores: dict[tuple[str, str], JobStore] = {}
 def _store(settings: Settings) -> JobStore:
     key = (settings.redis_url, settings.key_prefix)
     if key not in _stores:
-        _stores[key] = JobStore.from_url(*key)
+        _stores[key] = JobStore.from_url(*key, socket_timeout_s=settings.worker_redis_timeout_s)
     return _stores[key]
 
 
@@ -175,7 +175,10 @@ def _claim(store: JobStore, job_id: str, worker: str, task_id: str = "") -> pb.J
             return [state_event(job, pb.JOB_STATE_CANCELLED, pb.JobError(code=code_pb2.CANCELLED, message="cancelled"))]
         events = []
         if job.state == pb.JOB_STATE_RUNNING:
-            message = f"attempt {job.attempt} was lost with its worker; running again"
+            message = (
+                f"attempt {job.attempt} did not finish (its worker was lost, or the job store stopped answering it); "
+                "running again"
+            )
             events.append(make_event(job.id, log=pb.LogLine(level="WARNING", message=message)))
         job.attempt += 1
         job.worker = worker
@@ -318,6 +321,13 @@ def _run_claimed(store: JobStore, job: pb.Job, settings: Settings) -> pb.Job | N
     except JobDeadlineExceeded as exc:
         reporter.close(exc)
         return reporter.finish(pb.JOB_STATE_FAILED, pb.JobError(code=code_pb2.DEADLINE_EXCEEDED, message=str(exc)))
+    except STORE_ERRORS as exc:
+        # The job store did not answer (an outage, a hang past the socket timeout): no outcome
+        # can be recorded, and none is earned. The task is retried (a new attempt, resuming
+        # from the last checkpoint); the reaper re-queues the job if the retries run out.
+        reporter.close(exc)
+        log.warning("job %s: attempt %d stopped, the job store is unavailable: %s", job_id, job.attempt, exc)
+        raise
     except JobInputError as exc:
         reporter.close(exc)
         message = clean_line(str(exc), max(settings.max_error_bytes, _INPUT_ERROR_CHARS))

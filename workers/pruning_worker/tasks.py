@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import redis
-
 from pruning.v1 import pruning_pb2 as pb
 from pruning_core import tasks, telemetry
 
 from . import observability
 from .app import app, settings
+from .errors import STORE_ERRORS
 
 
 class JobFailedError(Exception):
@@ -28,7 +27,7 @@ def check_outcome(job: pb.Job | None) -> None:
     bind=True,
     acks_late=True,
     reject_on_worker_lost=True,
-    autoretry_for=(redis.ConnectionError, redis.TimeoutError),
+    autoretry_for=STORE_ERRORS,
     retry_backoff=True,
     max_retries=5,
     throws=(JobFailedError,),  # an expected outcome: logged without a traceback

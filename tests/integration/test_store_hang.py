@@ -1,0 +1,100 @@
+"""A job store that hangs mid-job (Redis stopped, not down) never fails the job: the attempt
+stops when its Redis calls time out, the task is retried, and the job finishes as a new
+attempt resuming from its checkpoint."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import subprocess
+import time
+
+import pytest
+import redis
+from seaweed import _free_ports
+
+from conftest import ServerThread, settings_for, start_worker, stop_worker
+from pruning.v1 import pruning_pb2 as pb
+from pruning_client import Client, constant_sparsity, job_spec
+from pruning_core.phases import Phase
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture()
+def own_redis(tmp_path):
+    """A Redis of this test's own, so that it can be stopped (SIGSTOP) without touching others."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.skip("no redis-server binary")
+    (port,) = _free_ports(1)
+    proc = subprocess.Popen(
+        [
+            binary,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(tmp_path),
+        ],
+        stdout=subprocess.DEVNULL,
+    )
+    client = redis.Redis(port=port)
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            client.ping()
+            break
+        except redis.ConnectionError:
+            assert time.monotonic() < deadline, "redis-server did not start"
+            time.sleep(0.1)
+    yield proc, f"redis://127.0.0.1:{port}/0"
+    proc.send_signal(signal.SIGCONT)
+    proc.kill()
+    proc.wait()
+    client.close()
+
+
+def test_a_hung_job_store_stops_the_attempt_and_the_job_finishes(env, files, tmp_path, own_redis):
+    proc, url = own_redis
+    hung = {
+        **env,
+        "PRUNING_REDIS_URL": url,
+        "PRUNING_WORKER_REDIS_TIMEOUT_S": "2",
+        "PRUNING_HEARTBEAT_INTERVAL_S": "0.5",
+    }
+    server = ServerThread(settings_for(hung, reap_after_s=120))
+    worker = start_worker(hung, tmp_path / "worker.log")
+    try:
+        with Client(server.target, timeout=60) as client:
+            model = client.upload_model(files["keras"])
+            data = client.upload_dataset(files["big_data"])
+            job = client.submit(
+                job_spec(
+                    model.id, dataset=data.id, epochs=3, batch_size=128, schedule=constant_sparsity(0.5, frequency=20)
+                )
+            )
+            deadline = time.monotonic() + 180
+            while (progress := job.status().progress).epoch < 2 or progress.phase != Phase.FINE_TUNE:
+                assert time.monotonic() < deadline, "epoch 2 never started"
+                time.sleep(0.05)
+            proc.send_signal(signal.SIGSTOP)  # Redis hangs: connections stay open, nothing answers
+            time.sleep(3)  # past the 2 s timeout, so the attempt stops; short enough that its last write lands
+            proc.send_signal(signal.SIGCONT)
+            result = job.result(timeout=300)
+            final = job.status()
+            events = list(client.watch_events(job.id))
+        assert final.state == pb.JOB_STATE_SUCCEEDED and final.attempt >= 2
+        assert result.pruned_kernel_sparsity == pytest.approx(0.5, abs=0.02)
+        states = [e.state_change.to for e in events if e.WhichOneof("kind") == "state_change"]
+        assert pb.JOB_STATE_FAILED not in states
+        log = (tmp_path / "worker.log").read_text()
+        assert "the job store is unavailable" in log
+    finally:
+        stop_worker(worker)
+        server.stop()
