@@ -123,7 +123,7 @@ class Settings(BaseSettings):
         30.0,
         gt=0,
         description="a worker's Redis calls give up after this long; the attempt then stops (never failing the "
-        "job) and its task is retried, resuming from the last checkpoint",
+        "job), and the reaper re-queues the silent job, which resumes from its last checkpoint",
     )
     max_attempts: int = Field(
         3,

@@ -414,6 +414,11 @@ class JobStore(_Base):
     def done_running(self, job_id: str) -> None:
         self.redis.zrem(self.keys.running(), job_id)
 
+    def last_heartbeat(self, job_id: str) -> float | None:
+        """When the job's running attempt last marked itself alive (None: no attempt runs)."""
+        value = self.redis.zscore(self.keys.running(), job_id)
+        return None if value is None else float(value)
+
     def cancel_requested(self, job_id: str) -> bool:
         return bool(self.redis.exists(self.keys.cancel(job_id)))
 

@@ -1,6 +1,7 @@
 """A job store that hangs mid-job (Redis stopped, not down) never fails the job: the attempt
-stops when its Redis calls time out, the task is retried, and the job finishes as a new
-attempt resuming from its checkpoint."""
+stops when its Redis calls time out, the reaper puts the silent job back in the queue, and it
+finishes as a new attempt resuming from its checkpoint. A second delivery of a task never
+takes over an attempt that is alive."""
 
 from __future__ import annotations
 
@@ -67,8 +68,9 @@ def test_a_hung_job_store_stops_the_attempt_and_the_job_finishes(env, files, tmp
         "PRUNING_REDIS_URL": url,
         "PRUNING_WORKER_REDIS_TIMEOUT_S": "2",
         "PRUNING_HEARTBEAT_INTERVAL_S": "0.5",
+        "PRUNING_REAP_AFTER_S": "4",
     }
-    server = ServerThread(settings_for(hung, reap_after_s=120))
+    server = ServerThread(settings_for(hung))
     worker = start_worker(hung, tmp_path / "worker.log")
     try:
         with Client(server.target, timeout=60) as client:
@@ -97,4 +99,39 @@ def test_a_hung_job_store_stops_the_attempt_and_the_job_finishes(env, files, tmp
         assert "the job store is unavailable" in log
     finally:
         stop_worker(worker)
+        server.stop()
+
+
+def test_a_second_delivery_never_takes_over_a_live_attempt(env, files, tmp_path):
+    """As the broker redelivers an unacknowledged task after its visibility timeout (12 h) while
+    the first attempt still runs: the copy is refused, and the job ends on attempt 1."""
+    from pruning_core import tasks
+    from pruning_server.service import make_celery
+
+    live = {**env, "PRUNING_QUEUE": env["PRUNING_QUEUE"] + "-dup", "PRUNING_HEARTBEAT_INTERVAL_S": "0.5"}
+    server = ServerThread(settings_for(live))
+    first, second = start_worker(live, tmp_path / "first.log"), start_worker(live, tmp_path / "second.log")
+    celery = make_celery(settings_for(live))
+    try:
+        with Client(server.target, timeout=60) as client:
+            model = client.upload_model(files["keras"])
+            data = client.upload_dataset(files["big_data"])
+            job = client.submit(
+                job_spec(
+                    model.id, dataset=data.id, epochs=2, batch_size=128, schedule=constant_sparsity(0.5, frequency=20)
+                )
+            )
+            deadline = time.monotonic() + 180
+            while job.status().progress.step == 0:
+                assert time.monotonic() < deadline, "the job never trained"
+                time.sleep(0.05)
+            celery.send_task(tasks.PRUNE, args=[job.id], queue=live["PRUNING_QUEUE"])  # the duplicate
+            final = job.wait(timeout=300)
+        assert final.state == pb.JOB_STATE_SUCCEEDED and final.attempt == 1
+        logs = (tmp_path / "first.log").read_text() + (tmp_path / "second.log").read_text()
+        assert "this delivery is a duplicate" in logs
+    finally:
+        celery.close()
+        stop_worker(first)
+        stop_worker(second)
         server.stop()

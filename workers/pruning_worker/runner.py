@@ -164,12 +164,21 @@ def cause_line(exc: BaseException, limit: int = 200) -> str:
     return clean_line(f"{type(exc).__name__}: {first}" if first else type(exc).__name__, limit)
 
 
-def _claim(store: JobStore, job_id: str, worker: str, task_id: str = "") -> pb.Job | None:
-    """Starts a new attempt; None when there is nothing to run."""
+def _claim(store: JobStore, job_id: str, worker: str, task_id: str = "", alive_s: float = 0.0) -> pb.Job | None:
+    """Starts a new attempt; None when there is nothing to run: the job ended, or an attempt
+    that marked itself alive less than ``alive_s`` ago still runs it (a second delivery of the
+    task, such as the broker's after its visibility timeout, never takes over a live attempt;
+    the reaper puts a job whose attempt went silent back in the queue)."""
     cancel_asked = store.cancel_requested(job_id)
+    beat = store.last_heartbeat(job_id)
+    alive = beat is not None and time.time() - beat < alive_s
+    claimed = False
 
     def claim(job: pb.Job):
+        nonlocal claimed
         if job.state in TERMINAL:
+            return []
+        if alive and job.state in (pb.JOB_STATE_RUNNING, pb.JOB_STATE_CANCELLING):
             return []
         if job.state == pb.JOB_STATE_CANCELLING or cancel_asked:
             return [state_event(job, pb.JOB_STATE_CANCELLED, pb.JobError(code=code_pb2.CANCELLED, message="cancelled"))]
@@ -186,10 +195,20 @@ def _claim(store: JobStore, job_id: str, worker: str, task_id: str = "") -> pb.J
         events.append(state_event(job, pb.JOB_STATE_RUNNING))
         where = f"attempt {job.attempt} on {worker}" + (f", running as Celery task {task_id}" if task_id else "")
         events.append(make_event(job.id, log=pb.LogLine(level="INFO", message=where)))
+        claimed = True
         return events
 
     job = store.update(job_id, claim)
-    return job if job.state == pb.JOB_STATE_RUNNING else None
+    if job.state in TERMINAL:
+        store.done_running(job_id)
+    if not claimed and job.state == pb.JOB_STATE_RUNNING:
+        log.warning(
+            "job %s: attempt %d is alive (heartbeat %.0f s ago); this delivery is a duplicate",
+            job_id,
+            job.attempt,
+            time.time() - (beat or 0),
+        )
+    return job if claimed and job.state == pb.JOB_STATE_RUNNING else None
 
 
 def _store_outputs(settings: Settings, store: JobStore, tenant: str, outputs) -> list[pb.Artifact]:
@@ -262,10 +281,10 @@ def run_job(job_id: str, settings: Settings, worker: str, task_id: str = "") -> 
         sweep_job_dirs(settings)
     except OSError:
         log.warning("could not sweep %s", settings.work_path, exc_info=True)
-    job = _claim(store, job_id, worker, task_id)
+    alive_s = max(settings.reap_after_s, 3 * settings.heartbeat_interval_s)
+    job = _claim(store, job_id, worker, task_id, alive_s)
     if job is None:
         log.info("job %s: nothing to run", job_id)
-        store.done_running(job_id)
         return None
     telemetry.bind(job_id=job_id, attempt=job.attempt)
     telemetry.annotate(**{"pruning.job_id": job_id, "pruning.attempt": job.attempt})
@@ -323,8 +342,8 @@ def _run_claimed(store: JobStore, job: pb.Job, settings: Settings) -> pb.Job | N
         return reporter.finish(pb.JOB_STATE_FAILED, pb.JobError(code=code_pb2.DEADLINE_EXCEEDED, message=str(exc)))
     except STORE_ERRORS as exc:
         # The job store did not answer (an outage, a hang past the socket timeout): no outcome
-        # can be recorded, and none is earned. The task is retried (a new attempt, resuming
-        # from the last checkpoint); the reaper re-queues the job if the retries run out.
+        # can be recorded, and none is earned. The attempt's heartbeats stop, and the reaper puts
+        # the job back in the queue (a new attempt, resuming from the last checkpoint).
         reporter.close(exc)
         log.warning("job %s: attempt %d stopped, the job store is unavailable: %s", job_id, job.attempt, exc)
         raise
