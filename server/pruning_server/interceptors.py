@@ -16,6 +16,7 @@ Metrics follow the go-grpc-prometheus / py-grpc-prometheus names: ``grpc_server_
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -140,6 +141,12 @@ async def _answer_failure(context: grpc.aio.ServicerContext, method: str, exc: E
         if exc.code in (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN):
             log.error("%s: %s", method, cut(exc.message))
         await context.abort_with_status(to_status(exc, cut))
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        log.error("%s: the server's disk is full: %s", method, exc)
+        await context.abort(
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            "the server's storage is full; retry later (the operator must free space)",
+        )
     if isinstance(exc, _TRANSIENT):
         log.warning("%s: backing store unavailable: %s", method, exc)
         await context.abort(grpc.StatusCode.UNAVAILABLE, "the job store or broker is unavailable; retry shortly")

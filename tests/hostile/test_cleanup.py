@@ -139,3 +139,51 @@ def test_worker_killed_mid_job_leaves_nothing_after_restart(env, files, tmp_path
             if proc is not None and proc.poll() is None:
                 stop_worker(proc)
         server.stop()
+
+
+@pytest.fixture()
+def small_disk(tmp_path):
+    """An 8 MiB tmpfs (needs root; skipped where mounting is not allowed)."""
+    import subprocess
+
+    mount = tmp_path / "small"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mount)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_an_upload_to_a_full_disk_is_resource_exhausted_and_leaves_nothing(env, tmp_path, small_disk):
+    import numpy as np
+
+    from pruning_client import ResourceExhausted
+
+    server = hostile_server(env, "full", artifact_dir=str(small_disk / "artifacts"))
+    try:
+        big = tmp_path / "big.npz"
+        rng = np.random.default_rng(0)
+        np.savez(big, x_train=rng.random((3000, 28, 28), "float32"), y_train=np.zeros(3000, "int64"),
+                 x_test=rng.random((10, 28, 28), "float32"), y_test=np.zeros(10, "int64"))  # fmt: skip
+        with Client(server.target, api_key="key-a") as client:
+            with pytest.raises(ResourceExhausted, match="storage is full"):
+                client.upload_dataset(big)
+            assert _uploads(small_disk / "artifacts") == []  # the partial file went
+            small = tmp_path / "small.npz"
+            np.savez(small, x_train=np.zeros((8, 4), "float32"), y_train=np.zeros(8, "int64"),
+                     x_test=np.zeros((2, 4), "float32"), y_test=np.zeros(2, "int64"))  # fmt: skip
+            assert client.upload_dataset(small).id  # the server goes on, space freed
+    finally:
+        server.stop()
+
+
+def test_a_job_failing_on_a_full_disk_says_so():
+    import errno
+
+    from pruning_worker.runner import failure
+
+    error = failure(OSError(errno.ENOSPC, "No space left on device", "/var/work/job-1/pruned.keras"))
+    assert error.code == grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
+    assert error.message == "the worker's disk is full (<path>/job-1): No space left on device"  # no server paths
+    other = failure(ValueError("boom"))
+    assert other.code == grpc.StatusCode.INTERNAL.value[0] and other.message == "ValueError: boom"

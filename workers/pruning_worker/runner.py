@@ -8,6 +8,7 @@ overwriting the newer one.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import logging
 import os
@@ -155,6 +156,19 @@ def clean_line(text: str, limit: int) -> str:
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     first = _PATH.sub(lambda m: "<path>/" + re.split(r"[\\/]", m.group(0))[-1], lines[0] if lines else "")
     return first if len(first) <= limit else first[: max(0, limit - 3)] + "..."
+
+
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def failure(exc: BaseException, limit: int = 200) -> pb.JobError:
+    """The error of a job that failed on ``exc``: RESOURCE_EXHAUSTED when a disk the worker
+    writes to is full (the operator's to fix, not the job's input), INTERNAL otherwise."""
+    if isinstance(exc, OSError) and exc.errno in _DISK_FULL:
+        where = f" ({pathlib.Path(exc.filename).parent})" if exc.filename else ""
+        message = clean_line(f"the worker's disk is full{where}: {exc.strerror or exc}", limit)
+        return pb.JobError(code=code_pb2.RESOURCE_EXHAUSTED, message=message)
+    return pb.JobError(code=code_pb2.INTERNAL, message=cause_line(exc, limit))
 
 
 def cause_line(exc: BaseException, limit: int = 200) -> str:
@@ -354,8 +368,5 @@ def _run_claimed(store: JobStore, job: pb.Job, settings: Settings) -> pb.Job | N
     except Exception as exc:  # noqa: BLE001 - any other failure ends the job as INTERNAL
         reporter.close(exc)
         log.error("job %s failed:\n%s", job_id, traceback.format_exc())
-        return reporter.finish(
-            pb.JOB_STATE_FAILED,
-            pb.JobError(code=code_pb2.INTERNAL, message=cause_line(exc, settings.max_error_bytes)),
-        )
+        return reporter.finish(pb.JOB_STATE_FAILED, failure(exc, settings.max_error_bytes))
     return None
