@@ -143,12 +143,14 @@ class BlobStore:
             if is_artifact_id(path.name) and path.parent.name == path.name[:2]:
                 yield path.name
 
-    def remove(self, artifact_id: str, min_age_s: float = 60.0) -> bool:
+    def remove(self, artifact_id: str, min_age_s: float = 60.0, not_before: float = 0.0) -> bool:
         """Deletes a blob no record points to; one younger than ``min_age_s`` is left alone
-        (it may have just been written again for a new record)."""
+        (it may have just been written again for a new record), and so is one written before
+        ``not_before`` (unix s)."""
         path = self.path(artifact_id)
         try:
-            if time.time() - path.stat().st_mtime < min_age_s:
+            mtime = path.stat().st_mtime
+            if time.time() - mtime < min_age_s or mtime < not_before:
                 return False
             path.unlink()
         except FileNotFoundError:

@@ -436,7 +436,7 @@ class S3Store(LocalStore):
                 if is_artifact_id(meta["path"]):
                     yield meta["path"]
 
-    def remove(self, artifact_id: str, min_age_s: float = 60.0) -> bool:
+    def remove(self, artifact_id: str, min_age_s: float = 60.0, not_before: float = 0.0) -> bool:
         import obstore
 
         key = self.key(artifact_id)
@@ -444,7 +444,7 @@ class S3Store(LocalStore):
             meta = obstore.head(self.objects, key)
         except FileNotFoundError:
             return False
-        if _age_s(meta["last_modified"]) < min_age_s:
+        if _age_s(meta["last_modified"]) < min_age_s or meta["last_modified"].timestamp() < not_before:
             return False
         obstore.delete(self.objects, key)
         return True

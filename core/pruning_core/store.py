@@ -695,6 +695,14 @@ class AsyncJobStore(_Base):
             await pipe.execute()
         return bool(await self.unowned([artifact_id]))
 
+    async def born(self) -> float:
+        """When this job store first held data (unix s), recorded once. A store wiped or lost
+        and started afresh is born again, later than every blob written before."""
+        key = f"{self.keys.prefix}:born"
+        await self.redis.set(key, repr(time.time()), nx=True)
+        value = await self.redis.get(key)
+        return float(value) if value is not None else time.time()
+
     async def unowned(self, artifact_ids: builtins.list[str]) -> builtins.list[str]:
         """The ids no record of any tenant points to."""
         async with self.redis.pipeline(transaction=False) as pipe:

@@ -135,15 +135,22 @@ async def enforce_retention(store: AsyncJobStore, blobs: LocalStore, settings: S
             for sweep_id in ids:
                 await sweeps.delete(sweep_id)
             counts["sweeps"] += len(ids)
+    released: set[str] = set()  # blobs whose last record the retention just deleted
     if settings.artifact_retention_s > 0:
         while pairs := await store.expired_artifacts(now - settings.artifact_retention_s):
             for tenant, artifact_id in pairs:
-                await store.delete_artifact(tenant, artifact_id)
+                if await store.delete_artifact(tenant, artifact_id):
+                    released.add(artifact_id)
             counts["records"] += len(pairs)
+    # Any other blob with no record goes only if it was written after the job store was born:
+    # a Redis that lost its data (wiped, or replaced empty) knows none of the older blobs'
+    # records, and must not take every model with it.
+    born = await store.born()
     ids = await asyncio.to_thread(lambda: list(blobs.ids()))
     for start in range(0, len(ids), _BATCH):
         for artifact_id in await store.unowned(ids[start : start + _BATCH]):
-            counts["blobs"] += await asyncio.to_thread(blobs.remove, artifact_id, settings.sweep_min_age_s)
+            not_before = 0.0 if artifact_id in released else born
+            counts["blobs"] += await asyncio.to_thread(blobs.remove, artifact_id, settings.sweep_min_age_s, not_before)
     if any(counts.values()):
         log.info(
             "retention: deleted %(jobs)d jobs, %(sweeps)d sweeps, %(records)d artifact records, %(blobs)d blobs",

@@ -193,3 +193,47 @@ def test_retention_deletes_ended_sweeps_with_their_index_entries_and_idempotency
             assert again.id != ended.id
     finally:
         server.stop()
+
+
+def test_a_job_store_that_lost_its_data_does_not_take_the_blobs_with_it(env, tmp_path):
+    """Redis wiped (or replaced empty): no record of the blobs written before is left, and the
+    housekeeping keeps them; a blob with no record written since still goes."""
+    import asyncio
+
+    from pruning_core.store import AsyncJobStore
+    from pruning_server import reaper
+
+    prefix = f"{env['PRUNING_KEY_PREFIX']}:wiped"
+    artifacts = tmp_path / "artifacts"
+    settings = settings_for(env, key_prefix=prefix, artifact_dir=str(artifacts), sweep_min_age_s=0)
+    server = hostile_server(env, "wiped", key_prefix=prefix, artifact_dir=str(artifacts))
+    try:
+        with grpc.insecure_channel(server.target) as channel:
+            stub = pb_grpc.PruningServiceStub(channel)
+            model = _upload(stub, "UploadModel", keras_bytes(version="2.16.0"), "a.keras", "key-a")
+    finally:
+        server.stop()
+    client = redis.Redis.from_url(env["PRUNING_REDIS_URL"])
+    client.delete(*client.scan_iter(f"{prefix}:*"))  # the job store loses everything
+    time.sleep(0.05)
+
+    async def housekeeping() -> dict:
+        store = AsyncJobStore.from_url(env["PRUNING_REDIS_URL"], prefix)
+        try:
+            return await reaper.enforce_retention(store, LocalStore(artifacts), settings)
+        finally:
+            await store.redis.aclose()
+
+    try:
+        assert asyncio.run(housekeeping())["blobs"] == 0
+        assert BlobStore(artifacts).path(model.id).exists()  # kept: written before the store was born again
+        orphan = tmp_path / "orphan.bin"
+        orphan.write_bytes(b"no record points here")
+        orphan_id, _ = LocalStore(artifacts).put_file(orphan)
+        assert asyncio.run(housekeeping())["blobs"] == 1
+        assert not BlobStore(artifacts).path(orphan_id).exists() and BlobStore(artifacts).path(model.id).exists()
+    finally:
+        keys = list(client.scan_iter(f"{prefix}:*"))
+        if keys:
+            client.delete(*keys)
+        client.close()
