@@ -164,7 +164,7 @@ async def create_server(settings: Settings, address: str | None = None) -> Runni
     hub.start()
     try:
         await store.born()  # before the first upload: see reaper.enforce_retention
-    except Exception:  # noqa: BLE001 - Redis down at start: the housekeeping records it later
+    except Exception:  # Redis down at start: the housekeeping records it later
         log.warning("could not record the job store's birth", exc_info=True)
     running = Running(server, port, health_servicer, store, hub, settings.grace_s)
     running.health_check = asyncio.create_task(watch_redis(store, health_servicer, settings.health_check_interval_s))
