@@ -429,6 +429,11 @@ class JobStore(_Base):
         return _drive(self._get_artifact(tenant, artifact_id))
 
 
+# Below a client's default deadline (30 s): a Redis that hangs answers UNAVAILABLE (retry),
+# not DEADLINE_EXCEEDED after the whole deadline. Every call the server makes is short.
+SERVER_REDIS_TIMEOUT_S = 10.0
+
+
 class AsyncJobStore(_Base):
     """asyncio access, for the gRPC server."""
 
@@ -443,8 +448,8 @@ class AsyncJobStore(_Base):
             url,
             max_connections=max_connections,
             timeout=pool_timeout_s,
-            socket_timeout=30,
-            socket_connect_timeout=10,
+            socket_timeout=SERVER_REDIS_TIMEOUT_S,
+            socket_connect_timeout=SERVER_REDIS_TIMEOUT_S,
         )
         return cls(aioredis.Redis.from_pool(pool), prefix)
 

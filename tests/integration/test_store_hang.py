@@ -135,3 +135,30 @@ def test_a_second_delivery_never_takes_over_a_live_attempt(env, files, tmp_path)
         stop_worker(first)
         stop_worker(second)
         server.stop()
+
+
+def test_a_hung_job_store_is_unavailable_before_the_clients_deadline(env, own_redis):
+    """The server's answer itself (no SDK retries): UNAVAILABLE, which clients retry, after the
+    server's Redis timeout, not DEADLINE_EXCEEDED after the client's whole deadline."""
+    import grpc
+
+    from pruning.v1 import pruning_pb2_grpc as pb_grpc
+    from pruning_core.store import SERVER_REDIS_TIMEOUT_S
+
+    proc, url = own_redis
+    server = ServerThread(settings_for({**env, "PRUNING_REDIS_URL": url}))
+    try:
+        with grpc.insecure_channel(server.target) as channel:
+            stub = pb_grpc.PruningServiceStub(channel)
+            assert not stub.ListJobs(pb.ListJobsRequest(), timeout=30).jobs
+            proc.send_signal(signal.SIGSTOP)
+            started = time.monotonic()
+            with pytest.raises(grpc.RpcError) as error:
+                stub.ListJobs(pb.ListJobsRequest(), timeout=30)
+            assert error.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert time.monotonic() - started < SERVER_REDIS_TIMEOUT_S + 5 < 30
+            proc.send_signal(signal.SIGCONT)
+            assert not stub.ListJobs(pb.ListJobsRequest(), timeout=30).jobs
+    finally:
+        proc.send_signal(signal.SIGCONT)
+        server.stop()
