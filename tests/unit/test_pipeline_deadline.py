@@ -39,7 +39,7 @@ class Reporter:
     def timings(self) -> dict[str, float]:
         return {}
 
-    def check_deadline(self) -> None:
+    def check_between_steps(self) -> None:
         if self.phases and self.phases[-1] == "export":
             self.checks_in_export += 1
             raise JobDeadlineExceeded("the job ran past its time limit")

@@ -105,3 +105,27 @@ def test_progress_events_are_throttled(redis_url, stores):
     steps = [e.progress.step for e in events(store, job.id) if e.WhichOneof("kind") == "progress"]
     assert steps == [1, 50]
     assert store.get(job.id).progress.step == 50
+
+
+def test_a_cancel_is_seen_at_the_next_phase_and_between_exports(redis_url, stores):
+    from pruning_worker.errors import Cancelled
+
+    store, prefix = stores
+    job, _ = create(redis_url, prefix)
+    _claim(store, job.id, "w1")
+    reporter = Reporter(store, job.id, attempt=1, interval_s=60)
+    reporter.phase("load", "loading the model")  # no cancel asked: goes on
+    reporter.check_between_steps()
+
+    async def cancel():
+        client = AsyncJobStore.from_url(redis_url, prefix)
+        try:
+            await client.request_cancel(job.id)
+        finally:
+            await client.redis.aclose()
+
+    asyncio.run(cancel())
+    with pytest.raises(Cancelled):
+        reporter.phase("baseline", "evaluating the baseline")  # not only while training
+    with pytest.raises(Cancelled):
+        reporter.check_between_steps()  # before each export and before storing them

@@ -174,7 +174,7 @@ def run(
     reporter.phase(Phase.EXPORT, "exporting")
     outputs = []
     for i, fmt in enumerate(spec.export.formats):
-        reporter.check_deadline()  # the time limit holds through the exports and the report too
+        reporter.check_between_steps()  # the time limit holds through the exports and the report too
         outputs.append((export(stripped, fmt, workdir / f"pruned_{i}", x_train, stripped3), formats.export(fmt).name))
     # Sparsity as the user will find it: measured on the downloaded file where it is a Keras model.
     measured = load_export(outputs[0][0], version_out) if main_format in KERAS_FILES else stripped
@@ -198,9 +198,9 @@ def run(
         )
     result.compression_ratio = result.size_before.gzip_bytes / max(1, result.size_after.gzip_bytes)
     if reporting:
-        reporter.check_deadline()
+        reporter.check_between_steps()
         outputs += _report(spec, result, original, stripped, workdir, log_dir, reporter)
-    reporter.check_deadline()
+    reporter.check_between_steps()
     result.phase_seconds["inputs"] = inputs.seconds
     result.phase_seconds.update(reporter.timings())
     reporter.log(
@@ -232,7 +232,7 @@ def _report(
         result.latency.extend(report.latency(before, after, result.device, spec.training.batch_size, repeats, warn))
     except Exception as exc:  # noqa: BLE001
         warn(f"no latency figures: {tferrors.root_cause(exc)}")
-    reporter.check_deadline()  # outside the try: the time limit is no report warning
+    reporter.check_between_steps()  # outside the try: the time limit is no report warning
     try:
         outputs += report.plots(result, workdir)
     except Exception as exc:  # noqa: BLE001

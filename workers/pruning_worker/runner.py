@@ -93,7 +93,7 @@ class Reporter:
         return out
 
     def phase(self, phase: str, message: str) -> None:
-        self.check_deadline()
+        self.check_between_steps()
         self._seconds = self.timings()
         self._phase = (str(phase), time.monotonic())
         self._phases.start(f"phase {phase}", **{"pruning.phase": str(phase), "pruning.job_id": self.job_id})
@@ -106,14 +106,22 @@ class Reporter:
             self.job_id, self._fenced(lambda job: [make_event(job.id, log=pb.LogLine(level=level, message=message))])
         )
 
-    def check_deadline(self) -> None:
+    def check_between_steps(self) -> None:
+        """Raises JobDeadlineExceeded past the job's time limit, and Cancelled once a cancel
+        was asked (at each phase, export and part of the report, not only while training)."""
+        self._check_deadline()
+        if self._cancelled or self.store.cancel_requested(self.job_id):
+            self._cancelled = True
+            raise Cancelled()
+
+    def _check_deadline(self) -> None:
         if self.deadline is not None and time.monotonic() > self.deadline:
             raise JobDeadlineExceeded(f"the job ran past its time limit of {self.time_limit_s:.0f} s")
 
     def should_stop(self) -> bool:
         """True once a cancel was asked (checked at most every interval); raises
         JobDeadlineExceeded past the job's time limit."""
-        self.check_deadline()
+        self._check_deadline()
         now = time.monotonic()
         if not self._cancelled and now - self._last_cancel_check >= min(self.interval_s, 0.5):
             self._last_cancel_check = now
@@ -340,6 +348,7 @@ def _run_claimed(store: JobStore, job: pb.Job, settings: Settings) -> pb.Job | N
         ):
             inputs = pipeline.Inputs.resolve(job.spec, tenant, store, settings)
             result, outputs = pipeline.run(job.spec, inputs, reporter, workdir)
+            reporter.check_between_steps()  # a job cancelled during its exports stores none of them
             result.artifacts.extend(_store_outputs(settings, store, tenant, outputs))
             if settings.mlflow_tracking_uri:
                 from . import mlflow_hook
