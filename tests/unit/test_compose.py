@@ -86,3 +86,9 @@ def test_dockerfile_targets_exist(compose):
         assert compose["services"][name]["build"]["target"] in stages
     cmd = re.findall(r"^CMD (\[.*\])$", dockerfile, re.M)
     assert [json.loads(c)[0] for c in cmd] == ["pruning-server", "celery"]
+
+
+def test_a_stopping_worker_has_time_to_finish_its_job(compose):
+    """Docker's default 10 s would kill a worker mid-job; the Helm chart gives 300 s too."""
+    grace = compose["services"]["worker"]["stop_grace_period"]
+    assert grace == "5m"

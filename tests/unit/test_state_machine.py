@@ -129,3 +129,18 @@ def test_a_cancel_is_seen_at_the_next_phase_and_between_exports(redis_url, store
         reporter.phase("baseline", "evaluating the baseline")  # not only while training
     with pytest.raises(Cancelled):
         reporter.check_between_steps()  # before each export and before storing them
+
+
+def test_scratch_files_of_a_job_live_in_its_directory(tmp_path):
+    """TensorFlow's scratch directories (Python's tempfile) go under the job's directory, which
+    the next job's sweep removes if the worker is killed, not the system's temp directory."""
+    import pathlib
+    import tempfile
+
+    from pruning_worker.runner import job_dir
+
+    before = tempfile.gettempdir()
+    with job_dir(tmp_path / "work", "j1") as path:
+        scratch = pathlib.Path(tempfile.mkdtemp())
+        assert path in scratch.parents
+    assert not path.exists() and tempfile.gettempdir() == before

@@ -280,10 +280,16 @@ def job_dir(root: pathlib.Path, job_id: str) -> Iterator[pathlib.Path]:
     root.mkdir(parents=True, exist_ok=True)
     path = pathlib.Path(tempfile.mkdtemp(prefix=f"job-{job_id}-", dir=root))
     fd = os.open(path / ".lock", os.O_CREAT | os.O_RDWR, 0o600)
+    scratch, before = path / "tmp", tempfile.tempdir
+    scratch.mkdir()
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
+        # TensorFlow's own scratch files (the TFLite converter's SavedModel, ...) go here too,
+        # not to the system's temp directory, where a killed worker's would stay forever.
+        tempfile.tempdir = str(scratch)
         yield path
     finally:
+        tempfile.tempdir = before
         shutil.rmtree(path, ignore_errors=True)
         os.close(fd)
 
