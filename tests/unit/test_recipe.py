@@ -298,3 +298,18 @@ def test_pruning_keeps_the_padding_mask_of_a_text_model():
     stripped = tfmot.sparsity.keras.strip_pruning(pruned)
     assert np.abs(stripped.predict(x, verbose=0) - pruned.predict(x, verbose=0)).max() < 1e-6
     assert (stripped.get_layer("emb").get_weights()[0] == 0).mean() == pytest.approx(0.5, abs=0.01)
+
+
+def test_a_mask_ends_at_a_wrapped_layer_that_does_not_support_masking():
+    """Embedding(mask_zero) -> Conv1D -> pooling: the convolution ends the mask, wrapped or not."""
+    import tf_keras as keras
+
+    x = np.random.default_rng(0).integers(1, 50, (8, 10)).astype("int32")
+    x[:, 7:] = 0
+    inputs = keras.Input((10,), dtype="int32")
+    h = keras.layers.Embedding(50, 8, mask_zero=True, name="emb")(inputs)
+    h = keras.layers.Conv1D(4, 3, name="conv")(h)
+    model = keras.Model(inputs, keras.layers.Dense(2, name="out")(keras.layers.GlobalMaxPooling1D()(h)))
+    spec = pb.PruningSpec(schedule=constant_sparsity(0.5, frequency=1), block_size=[1, 1])
+    pruned, _ = worker_recipe.apply_pruning(model, spec, worker_recipe.make_schedule(spec, 4))
+    assert np.abs(pruned.predict(x, verbose=0) - model.predict(x, verbose=0)).max() < 1e-6

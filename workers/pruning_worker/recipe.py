@@ -113,7 +113,7 @@ class MaskedPruneLowMagnitude(pruning_wrapper.PruneLowMagnitude):
 
     def __init__(self, layer: keras.layers.Layer, **kwargs: Any):
         super().__init__(layer, **kwargs)
-        self.supports_masking = True
+        self.supports_masking = layer.supports_masking
         self._takes_mask = "mask" in inspect.signature(layer.call).parameters
 
     def call(self, inputs: Any, training: Any = None, mask: Any = None, **kwargs: Any) -> Any:
@@ -122,7 +122,8 @@ class MaskedPruneLowMagnitude(pruning_wrapper.PruneLowMagnitude):
         return super().call(inputs, training=training, **kwargs)
 
     def compute_mask(self, inputs: Any, mask: Any = None) -> Any:
-        return self.layer.compute_mask(inputs, mask)
+        # A layer that does not support masking ends the mask, as it does unwrapped.
+        return self.layer.compute_mask(inputs, mask) if self.layer.supports_masking else None
 
 
 def apply_pruning(model: keras.Model, p: pb.PruningSpec, schedule: Schedule) -> tuple[keras.Model, list[str]]:
