@@ -122,14 +122,14 @@ class Settings(BaseSettings):
     worker_redis_timeout_s: float = Field(
         30.0,
         gt=0,
-        description="a worker's Redis calls give up after this long; the attempt then stops (never failing the "
-        "job), and the reaper re-queues the silent job, which resumes from its last checkpoint",
+        description="a worker's Redis calls give up after this long; the attempt then stops (not failing the "
+        "job) and re-queues it once the store answers, to resume from its last checkpoint",
     )
     max_attempts: int = Field(
         3,
         ge=0,
-        description="attempts a job gets when its workers are lost: a job silent in its last attempt fails (ABORTED) "
-        "instead of being re-queued again; 0 = no limit",
+        description="times a job's worker may be lost: at the last the job fails (ABORTED) instead of being "
+        "re-queued again; 0 = no limit",
     )
     log_format: Literal["text", "json"] = Field(
         "text", description="'json': one JSON object per log line, with the job id, attempt and Celery task id bound"

@@ -152,6 +152,9 @@ class Keys:
     def idempotency(self, tenant: str, key: str) -> str:
         return f"{self.prefix}:idem:{tenant}:{key}"
 
+    def lost(self, job_id: str) -> str:
+        return f"{self.prefix}:lost:{job_id}"
+
     def cancel(self, job_id: str) -> str:
         return f"{self.prefix}:cancel:{job_id}"
 
@@ -210,6 +213,13 @@ def state_event(job: pb.Job, to: pb.JobState.ValueType, error: pb.JobError | Non
     if to in TERMINAL:
         job.finished_at.CopyFrom(now())
     return make_event(job.id, state_change=change)
+
+
+def last_event_age_s(job: pb.Job) -> float:
+    """Seconds since the job's last event (its stream id starts with the time in ms); a claim,
+    a progress or a log line all write one. Infinite when the job has none."""
+    head = job.last_event_id.split("-", 1)[0]
+    return time.time() - int(head) / 1000 if head.isdigit() else float("inf")
 
 
 def decode_event(event_id, fields) -> pb.JobEvent:
@@ -497,6 +507,17 @@ class AsyncJobStore(_Base):
     async def tenant_of(self, job_id: str) -> str | None:
         return await _drive_async(self._tenant_of(job_id))
 
+    async def count_lost(self, job_id: str) -> int:
+        """Counts one more attempt of the job lost with its worker; returns how many so far."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.incr(self.keys.lost(job_id))
+            pipe.expire(self.keys.lost(job_id), IDEMPOTENCY_TTL_S)
+            count, _ = await pipe.execute()
+        return int(count)
+
+    async def lost_so_far(self, job_id: str) -> int:
+        return int(await self.redis.get(self.keys.lost(job_id)) or 0)
+
     async def forget_running(self, job_id: str) -> None:
         await self.redis.zrem(self.keys.running(), job_id)
 
@@ -666,7 +687,9 @@ class AsyncJobStore(_Base):
         if idem and (await self.redis.get(idem)) == job_id.encode():
             await self.redis.delete(idem)
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.delete(self.keys.job(job_id), self.keys.events(job_id), self.keys.cancel(job_id))
+            pipe.delete(
+                self.keys.job(job_id), self.keys.events(job_id), self.keys.cancel(job_id), self.keys.lost(job_id)
+            )
             pipe.zrem(self.keys.finished(), job_id)
             pipe.zrem(self.keys.running(), job_id)
             if tenant:

@@ -13,16 +13,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
 
 import redis
 from google.rpc import code_pb2
 
 from pruning.v1 import pruning_pb2 as pb
 from pruning_core import tasks
-from pruning_core.objectstore import LocalStore
+from pruning_core.objectstore import LocalStore, open_store
 from pruning_core.settings import Settings
-from pruning_core.store import TERMINAL, AsyncJobStore, make_event, state_event
+from pruning_core.store import AsyncJobStore, last_event_age_s, make_event, state_event
 from pruning_core.sweeps import SweepStore
 from pruning_core.telemetry import JobMetrics
 
@@ -39,54 +38,86 @@ async def requeue_silent_jobs(
     settings: Settings | None = None,
 ) -> list[str]:
     """Re-queues the jobs whose worker went silent: the job goes back to QUEUED (its old
-    attempt is fenced out) and leaves the running set until a worker claims it, so it is sent
+    attempt is fenced out), its task is sent, and only then it leaves the running set (a
+    server stopped in between leaves it there, and the next pass sends it again). It is sent
     once however long it waits for a free worker. A job being cancelled ends CANCELLED, and a
-    job silent in its ``max_attempts``-th attempt ends FAILED (ABORTED), so a job that kills
+    job whose worker was lost ``max_attempts`` times ends FAILED (ABORTED), so a job that kills
     every worker it runs on is not sent round the fleet forever."""
     requeued = []
     for job_id in await store.claim_silent(silent_s):
         tenant = await store.tenant_of(job_id)
         job = await store.get(tenant, job_id) if tenant is not None else None
+        if tenant is not None and job is not None and job.state == pb.JOB_STATE_QUEUED:
+            # Re-queued by a pass that may have stopped before sending it: send it (again; a
+            # second copy is dropped by the claim that finds the first one's attempt alive).
+            await asyncio.to_thread(celery.send_task, tasks.PRUNE, args=[job_id], queue=queue)
+            await store.forget_running(job_id)
+            continue
         if tenant is None or job is None or job.state not in (pb.JOB_STATE_RUNNING, pb.JOB_STATE_CANCELLING):
             await store.forget_running(job_id)
             continue
+        if last_event_age_s(job) < silent_s / 2:
+            continue  # a new attempt claimed it (or wrote) since the silence was seen: alive
+        lost = await store.lost_so_far(job_id) + 1
         silent = f"no heartbeat from attempt {job.attempt} for {silent_s:.0f} s: its worker is presumed lost"
-        again = job.state == pb.JOB_STATE_RUNNING and not (max_attempts and job.attempt >= max_attempts)
-        after = await store.update(tenant, job_id, _after_loss(silent, job.attempt, max_attempts, again))
-        await store.forget_running(job_id)
-        if after.state == pb.JOB_STATE_QUEUED and after.attempt == job.attempt:
+        decision = _after_loss(silent, job.attempt, silent_s, lost, max_attempts)
+        after = await store.update(tenant, job_id, decision)
+        if not decision.applied:
+            continue  # the job moved on meanwhile: its running entry is the new attempt's
+        await store.count_lost(job_id)
+        if after.state == pb.JOB_STATE_QUEUED:
             log.warning("job %s: %s; re-queued", job_id, silent)
             await asyncio.to_thread(celery.send_task, tasks.PRUNE, args=[job_id], queue=queue)
             requeued.append(job_id)
-        elif after.state in TERMINAL and after.attempt == job.attempt:
+        else:
             log.warning("job %s: %s; %s", job_id, silent, pb.JobState.Name(after.state))
             if settings is not None:
-                await asyncio.to_thread(_record, settings, after)
+                await asyncio.to_thread(_ended_by_reaper, settings, after)
+        await store.forget_running(job_id)
     return requeued
 
 
-def _after_loss(silent: str, attempt: int, max_attempts: int, again: bool) -> Callable[[pb.Job], list[pb.JobEvent]]:
-    def mutate(job: pb.Job) -> list[pb.JobEvent]:
-        if job.state not in (pb.JOB_STATE_RUNNING, pb.JOB_STATE_CANCELLING) or job.attempt != attempt:
+class _after_loss:
+    """What becomes of a job whose attempt was lost, decided on the record as it is when
+    written (``applied`` tells whether anything was)."""
+
+    def __init__(self, silent: str, attempt: int, silent_s: float, lost: int, max_attempts: int):
+        self.silent, self.attempt, self.silent_s = silent, attempt, silent_s
+        self.lost, self.max_attempts = lost, max_attempts
+        self.applied = False
+
+    def __call__(self, job: pb.Job) -> list[pb.JobEvent]:
+        self.applied = False
+        if job.state not in (pb.JOB_STATE_RUNNING, pb.JOB_STATE_CANCELLING) or job.attempt != self.attempt:
             return []  # ended meanwhile, or a new attempt claimed it
-        if again:
-            note = make_event(job.id, log=pb.LogLine(level="WARNING", message=f"{silent}; re-queued"))
-            return [note, state_event(job, pb.JOB_STATE_QUEUED)]
-        note = make_event(job.id, log=pb.LogLine(level="WARNING", message=f"{silent}; not re-queued"))
+        if last_event_age_s(job) < self.silent_s / 2:
+            return []  # it wrote since: alive after all
+        self.applied = True
         if job.state == pb.JOB_STATE_CANCELLING:
+            note = make_event(job.id, log=pb.LogLine(level="WARNING", message=f"{self.silent}; not re-queued"))
             return [
                 note,
                 state_event(job, pb.JOB_STATE_CANCELLED, pb.JobError(code=code_pb2.CANCELLED, message="cancelled")),
             ]
+        if not (self.max_attempts and self.lost >= self.max_attempts):
+            note = make_event(job.id, log=pb.LogLine(level="WARNING", message=f"{self.silent}; re-queued"))
+            return [note, state_event(job, pb.JOB_STATE_QUEUED)]
+        note = make_event(job.id, log=pb.LogLine(level="WARNING", message=f"{self.silent}; not re-queued"))
         error = pb.JobError(
             code=code_pb2.ABORTED,
-            message=f"the job's worker was lost in each of its {attempt} attempts "
-            f"(at most {max_attempts}, PRUNING_MAX_ATTEMPTS): the job may be too large for a worker, "
-            "or crash it",
+            message=f"the job's worker was lost {self.lost} times (at most {self.max_attempts}, "
+            "PRUNING_MAX_ATTEMPTS): the job may be too large for a worker, or crash it",
         )
         return [note, state_event(job, pb.JOB_STATE_FAILED, error)]
 
-    return mutate
+
+def _ended_by_reaper(settings: Settings, job: pb.Job) -> None:
+    """A job the reaper ended: counted in the metrics, its checkpoints deleted."""
+    _record(settings, job)
+    try:
+        open_store(settings).drop_checkpoints(job.id)
+    except Exception:
+        log.warning("job %s: could not delete its checkpoints", job.id, exc_info=True)
 
 
 def _record(settings: Settings, job: pb.Job) -> None:

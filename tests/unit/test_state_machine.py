@@ -144,3 +144,17 @@ def test_scratch_files_of_a_job_live_in_its_directory(tmp_path):
         scratch = pathlib.Path(tempfile.mkdtemp())
         assert path in scratch.parents
     assert not path.exists() and tempfile.gettempdir() == before
+
+
+def test_a_second_claim_never_takes_over_an_attempt_that_shows_itself_alive(redis_url, stores):
+    store, prefix = stores
+    job, _ = create(redis_url, prefix)
+    first = _claim(store, job.id, "w1", alive_s=60)
+    assert first is not None and first.attempt == 1
+    assert _claim(store, job.id, "w2", alive_s=60) is None  # its claim event is fresh
+    assert store.get(job.id).attempt == 1 and store.get(job.id).worker == "w1"
+    assert _claim(store, job.id, "w2", alive_s=0) is not None  # silent for longer than alive_s: taken over
+    store.update(job.id, lambda j: [state_event(j, pb.JOB_STATE_QUEUED)])  # the reaper's re-queue
+    store.heartbeat(job.id)  # however fresh the old attempt's last heartbeat
+    again = _claim(store, job.id, "w3", alive_s=60)
+    assert again is not None and again.attempt == 3

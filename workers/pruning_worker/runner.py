@@ -24,6 +24,7 @@ from collections.abc import Iterator
 from google.rpc import code_pb2
 
 from pruning.v1 import pruning_pb2 as pb
+from pruning_core import tasks as task_names
 from pruning_core import telemetry
 from pruning_core.blobs import sweep_unlocked
 from pruning_core.objectstore import open_store
@@ -33,6 +34,7 @@ from pruning_core.store import (
     ArtifactRecord,
     JobStore,
     StaleAttempt,
+    last_event_age_s,
     make_event,
     state_event,
 )
@@ -188,19 +190,23 @@ def cause_line(exc: BaseException, limit: int = 200) -> str:
 
 def _claim(store: JobStore, job_id: str, worker: str, task_id: str = "", alive_s: float = 0.0) -> pb.Job | None:
     """Starts a new attempt; None when there is nothing to run: the job ended, or an attempt
-    that marked itself alive less than ``alive_s`` ago still runs it (a second delivery of the
-    task, such as the broker's after its visibility timeout, never takes over a live attempt;
-    the reaper puts a job whose attempt went silent back in the queue)."""
+    that showed itself alive (a heartbeat or an event) less than ``alive_s`` ago still runs it
+    (a second delivery of the task, such as the broker's after its visibility timeout, never
+    takes over a live attempt; the reaper puts a job whose attempt went silent back in the
+    queue). Decided on the record as it is when written."""
     cancel_asked = store.cancel_requested(job_id)
-    beat = store.last_heartbeat(job_id)
-    alive = beat is not None and time.time() - beat < alive_s
     claimed = False
+
+    def alive(job: pb.Job) -> bool:
+        if job.state not in (pb.JOB_STATE_RUNNING, pb.JOB_STATE_CANCELLING):
+            return False
+        beat = store.last_heartbeat(job_id)
+        return last_event_age_s(job) < alive_s or (beat is not None and time.time() - beat < alive_s)
 
     def claim(job: pb.Job):
         nonlocal claimed
-        if job.state in TERMINAL:
-            return []
-        if alive and job.state in (pb.JOB_STATE_RUNNING, pb.JOB_STATE_CANCELLING):
+        claimed = False  # a write that lost a race runs this again on the newer record
+        if job.state in TERMINAL or alive(job):
             return []
         if job.state == pb.JOB_STATE_CANCELLING or cancel_asked:
             return [state_event(job, pb.JOB_STATE_CANCELLED, pb.JobError(code=code_pb2.CANCELLED, message="cancelled"))]
@@ -224,13 +230,39 @@ def _claim(store: JobStore, job_id: str, worker: str, task_id: str = "", alive_s
     if job.state in TERMINAL:
         store.done_running(job_id)
     if not claimed and job.state == pb.JOB_STATE_RUNNING:
-        log.warning(
-            "job %s: attempt %d is alive (heartbeat %.0f s ago); this delivery is a duplicate",
-            job_id,
-            job.attempt,
-            time.time() - (beat or 0),
-        )
+        log.warning("job %s: attempt %d is alive; this delivery is a duplicate", job_id, job.attempt)
     return job if claimed and job.state == pb.JOB_STATE_RUNNING else None
+
+
+def _release(store: JobStore, job: pb.Job, settings: Settings, wait_s: float = 30.0) -> bool:
+    """Puts a job whose attempt stopped because the job store did not answer back in the queue
+    as soon as the store answers again (for up to ``wait_s``): the job resumes from its last
+    checkpoint, and the stop is not counted as a lost worker. False when the store stayed away."""
+    from .app import app
+
+    def back(record: pb.Job) -> list[pb.JobEvent]:
+        if record.attempt != job.attempt or record.state not in (pb.JOB_STATE_RUNNING, pb.JOB_STATE_CANCELLING):
+            return []  # ended, re-queued or claimed again meanwhile
+        message = f"attempt {job.attempt} stopped: the job store did not answer it; re-queued"
+        return [
+            make_event(record.id, log=pb.LogLine(level="WARNING", message=message)),
+            state_event(record, pb.JOB_STATE_QUEUED),
+        ]
+
+    deadline, delay = time.monotonic() + wait_s, 0.5
+    while True:
+        try:
+            after = store.update(job.id, back)
+            if after.state == pb.JOB_STATE_QUEUED and after.attempt == job.attempt:
+                app.send_task(task_names.PRUNE, args=[job.id], queue=settings.queue)
+                store.done_running(job.id)
+                log.warning("job %s: attempt %d stopped by the job store; re-queued", job.id, job.attempt)
+            return True
+        except STORE_ERRORS:
+            if time.monotonic() + delay > deadline:
+                return False
+            time.sleep(delay)
+            delay = min(2 * delay, 5.0)
 
 
 def _store_outputs(settings: Settings, store: JobStore, tenant: str, outputs) -> list[pb.Artifact]:
@@ -317,8 +349,13 @@ def run_job(job_id: str, settings: Settings, worker: str, task_id: str = "") -> 
     telemetry.bind(job_id=job_id, attempt=job.attempt)
     telemetry.annotate(**{"pruning.job_id": job_id, "pruning.attempt": job.attempt})
     log.info("job %s: attempt %d started", job_id, job.attempt)
-    with Heartbeat(store, job_id, settings.heartbeat_interval_s):
-        final = _run_claimed(store, job, settings)
+    try:
+        with Heartbeat(store, job_id, settings.heartbeat_interval_s):
+            final = _run_claimed(store, job, settings)
+    except STORE_ERRORS:
+        if _release(store, job, settings):
+            return None
+        raise  # the store is still away: the reaper re-queues the job once its silence shows
     if final is not None:
         store.done_running(job_id)
         try:
