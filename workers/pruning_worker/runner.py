@@ -174,10 +174,14 @@ _DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 def failure(exc: BaseException, limit: int = 200) -> pb.JobError:
     """The error of a job that failed on ``exc``: RESOURCE_EXHAUSTED when a disk the worker
     writes to is full (the operator's to fix, not the job's input), INTERNAL otherwise."""
-    if isinstance(exc, OSError) and exc.errno in _DISK_FULL:
-        where = f" ({pathlib.Path(exc.filename).parent})" if exc.filename else ""
-        message = clean_line(f"the worker's disk is full{where}: {exc.strerror or exc}", limit)
-        return pb.JobError(code=code_pb2.RESOURCE_EXHAUSTED, message=message)
+    seen: BaseException | None = exc
+    while seen is not None:  # the OSError itself, or TensorFlow's and h5py's errors wrapping ENOSPC
+        if (isinstance(seen, OSError) and seen.errno in _DISK_FULL) or "No space left on device" in str(seen):
+            name = getattr(seen, "filename", None)
+            where = f" ({pathlib.Path(os.fsdecode(name)).parent})" if isinstance(name, (str, bytes)) and name else ""
+            message = clean_line(f"the worker's disk is full{where}: No space left on device", limit)
+            return pb.JobError(code=code_pb2.RESOURCE_EXHAUSTED, message=message)
+        seen = seen.__cause__ or seen.__context__
     return pb.JobError(code=code_pb2.INTERNAL, message=cause_line(exc, limit))
 
 

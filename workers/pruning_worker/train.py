@@ -77,7 +77,10 @@ class Checkpoints:
 
     def clear(self) -> None:
         shutil.rmtree(self.directory, ignore_errors=True)
-        self.store.drop_checkpoints(self.job_id)
+        try:
+            self.store.drop_checkpoints(self.job_id)
+        except Exception as exc:  # noqa: BLE001 - the job starts over either way; retention deletes them
+            log.warning("could not delete the checkpoints of job %s: %s", self.job_id, exc)
 
 
 _CURRENT: contextvars.ContextVar[Checkpoints | None] = contextvars.ContextVar("checkpoints", default=None)
