@@ -4,7 +4,7 @@ import redis
 from google.rpc import code_pb2
 
 # The job store did not answer: never a job's outcome. The task is retried on these.
-STORE_ERRORS = (redis.ConnectionError, redis.TimeoutError)
+STORE_ERRORS = (redis.ConnectionError, redis.TimeoutError, redis.ReadOnlyError)  # ReadOnly: a failover
 
 
 class JobInputError(ValueError):
