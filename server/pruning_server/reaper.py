@@ -131,13 +131,37 @@ def _record(settings: Settings, job: pb.Job) -> None:
         client.close()
 
 
+class Reaper:
+    """Re-queues silent jobs, pass after pass. After the job store did not answer a pass, no
+    job is presumed lost until the store has answered again for ``reap_after_s``: the workers
+    were as cut off as this server, their heartbeats resume, and an attempt the outage stopped
+    puts its job back in the queue itself. Only a worker still silent after that is lost."""
+
+    def __init__(self, store: AsyncJobStore, celery, settings: Settings):
+        self.store, self.celery, self.settings = store, celery, settings
+        self.grace_until = 0.0
+
+    async def step(self) -> list[str]:
+        if time.monotonic() < self.grace_until:
+            return []
+        silent_s = self.settings.reap_after_s
+        try:
+            return await requeue_silent_jobs(
+                self.store, self.celery, self.settings.queue, silent_s, self.settings.max_attempts, self.settings
+            )
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            self.grace_until = time.monotonic() + silent_s
+            log.warning("the job store did not answer (%s): no job is presumed lost for %.0f s", exc, silent_s)
+            return []
+
+
 async def run(store: AsyncJobStore, celery, settings: Settings) -> None:
     """Checks forever, a few times per ``reap_after_s``."""
-    silent_s = settings.reap_after_s
+    reaper = Reaper(store, celery, settings)
     while True:
-        await asyncio.sleep(min(30.0, max(0.5, silent_s / 4)))
+        await asyncio.sleep(min(30.0, max(0.5, settings.reap_after_s / 4)))
         try:
-            await requeue_silent_jobs(store, celery, settings.queue, silent_s, settings.max_attempts, settings)
+            await reaper.step()
         except Exception:
             log.exception("re-queueing silent jobs failed")
 

@@ -11,6 +11,7 @@ from google.rpc import code_pb2
 from conftest import ServerThread, settings_for, start_worker, stop_worker
 from pruning.v1 import pruning_pb2 as pb
 from pruning_client import Client, constant_sparsity, job_spec
+from pruning_server.service import make_celery
 
 pytestmark = pytest.mark.integration
 
@@ -147,3 +148,52 @@ def test_a_cancelling_job_whose_worker_is_lost_ends_cancelled_without_a_rerun(en
 
     final, requeued = asyncio.run(scenario())
     assert requeued == [] and final.state == pb.JOB_STATE_CANCELLED and final.attempt == attempt
+
+
+def test_after_an_outage_of_the_job_store_no_job_is_presumed_lost_at_once(env):
+    """A pass the store did not answer starts a grace of reap_after_s: a job silent through the
+    outage is not re-queued (nor counted lost) at once when the store answers again."""
+    import asyncio
+    import uuid
+
+    from seaweed import _free_ports
+
+    from pruning_core.store import AsyncJobStore, new_job_id, state_event
+    from pruning_server import reaper
+
+    prefix = f"{env['PRUNING_KEY_PREFIX']}-grace-{uuid.uuid4().hex[:6]}"
+    settings = settings_for(env, key_prefix=prefix, queue=prefix, reap_after_s=1.5, max_attempts=0)  # no worker
+
+    async def scenario() -> tuple[list[str], list[str], list[str]]:
+        store = AsyncJobStore.from_url(env["PRUNING_REDIS_URL"], prefix)
+        (port,) = _free_ports(1)
+        away = AsyncJobStore.from_url(f"redis://127.0.0.1:{port}/0", prefix)  # nothing listens: refused
+        celery = make_celery(settings)
+        try:
+            job, _ = await store.create("t", pb.Job(id=new_job_id(), state=pb.JOB_STATE_QUEUED))
+
+            def running(j: pb.Job) -> list[pb.JobEvent]:
+                j.attempt = 1
+                return [state_event(j, pb.JOB_STATE_RUNNING)]
+
+            await store.update("t", job.id, running)
+            await store.redis.zadd(store.keys.running(), {job.id: 1.0})
+            await asyncio.sleep(1.0)  # no event for over half the silence
+            watcher = reaper.Reaper(away, celery, settings)
+            during = await watcher.step()  # the store does not answer
+            watcher.store = store  # it answers again
+            after = await watcher.step()
+            await asyncio.sleep(1.6)  # the grace ends
+            later = await watcher.step()
+            return during, after, later
+        finally:
+            celery.close()
+            keys = [k async for k in store.redis.scan_iter(f"{prefix}*")]
+            keys += [k async for k in store.redis.scan_iter(f"_kombu.binding*{prefix}*")]
+            if keys:
+                await store.redis.delete(*keys)
+            await store.redis.aclose()
+            await away.redis.aclose()
+
+    during, after, later = asyncio.run(scenario())
+    assert during == [] and after == [] and len(later) == 1

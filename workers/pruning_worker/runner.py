@@ -238,10 +238,12 @@ def _claim(store: JobStore, job_id: str, worker: str, task_id: str = "", alive_s
     return job if claimed and job.state == pb.JOB_STATE_RUNNING else None
 
 
-def _release(store: JobStore, job: pb.Job, settings: Settings, wait_s: float = 30.0) -> bool:
+def _release(store: JobStore, job: pb.Job, settings: Settings, wait_s: float = 3600.0) -> bool:
     """Puts a job whose attempt stopped because the job store did not answer back in the queue
-    as soon as the store answers again (for up to ``wait_s``): the job resumes from its last
-    checkpoint, and the stop is not counted as a lost worker. False when the store stayed away."""
+    as soon as the store answers again (for up to ``wait_s``; the worker can take no other job
+    while its broker, the same Redis, is away): the job resumes from its last checkpoint, and
+    the stop is not counted as a lost worker (the reaper waits after an outage). False when the
+    store stayed away."""
     from .app import app
 
     def back(record: pb.Job) -> list[pb.JobEvent]:
