@@ -297,6 +297,8 @@ class Heartbeat:
         while not self._stop.is_set():
             try:
                 self.store.heartbeat(self.job_id)
+            except STORE_ERRORS as exc:  # an outage: one line per beat, not a traceback
+                log.warning("job %s: heartbeat failed: %s", self.job_id, exc)
             except Exception:
                 log.warning("job %s: heartbeat failed", self.job_id, exc_info=True)
             self._stop.wait(self.interval_s)
