@@ -144,6 +144,14 @@ class LocalStore(BlobStore):
         shutil.rmtree(self.root / "checkpoints" / job_id, ignore_errors=True)
 
 
+def write_checkpoint_record(directory: pathlib.Path, record: bytes) -> None:
+    """Points ``latest.json`` in ``directory`` at a checkpoint whose files are written: a reader
+    sees the old record or the new one, whole."""
+    tmp = directory / f".{CHECKPOINT_LATEST}.tmp"
+    tmp.write_bytes(record)
+    os.replace(tmp, directory / CHECKPOINT_LATEST)
+
+
 def _check_job_id(job_id: str) -> None:
     if not _JOB_ID.fullmatch(job_id):
         raise ValueError(f"not a job id: {job_id!r}")
@@ -365,6 +373,14 @@ class S3Store(LocalStore):
         _check_job_id(job_id)
         return scratch / "checkpoints"
 
+    def _checkpoint_objects(self, job_id: str) -> Iterator[tuple[str, str]]:
+        """(key, file name) of each object kept for the job's checkpoints."""
+        import obstore
+
+        for page in obstore.list(self.objects, prefix=self._checkpoint_key(job_id)):  # a prefix is whole segments
+            for meta in page:
+                yield meta["path"], meta["path"].rsplit("/", 1)[-1]
+
     def push_checkpoint(self, job_id: str, directory: pathlib.Path, prefix: str) -> None:
         """Sends the checkpoint's files, then ``latest.json`` (a reader that finds it finds
         the files it names), then deletes the older epochs' objects."""
@@ -373,11 +389,13 @@ class S3Store(LocalStore):
         files = sorted(p for p in directory.iterdir() if p.name.startswith(f"{prefix}."))
         for path in [*files, directory / CHECKPOINT_LATEST]:
             obstore.put(self.objects, self._checkpoint_key(job_id, path.name), path)
-        for page in obstore.list(self.objects, prefix=self._checkpoint_key(job_id)):
-            for meta in page:
-                name = meta["path"].rsplit("/", 1)[-1]
-                if name != CHECKPOINT_LATEST and not name.startswith(f"{prefix}."):
-                    obstore.delete(self.objects, meta["path"])
+        old = [
+            key
+            for key, name in self._checkpoint_objects(job_id)
+            if name != CHECKPOINT_LATEST and not name.startswith(f"{prefix}.")
+        ]
+        if old:
+            obstore.delete(self.objects, old)
 
     def pull_checkpoint(self, job_id: str, directory: pathlib.Path) -> None:
         """Fetches the job's last checkpoint from the bucket (a previous attempt ran on
@@ -392,21 +410,18 @@ class S3Store(LocalStore):
         except FileNotFoundError:
             return
         directory.mkdir(parents=True, exist_ok=True)
-        for page in obstore.list(self.objects, prefix=self._checkpoint_key(job_id)):  # a prefix is whole segments
-            for meta in page:
-                name = meta["path"].rsplit("/", 1)[-1]
-                if name.startswith(f"{prefix}."):
-                    (directory / name).write_bytes(bytes(obstore.get(self.objects, meta["path"]).bytes()))
-        tmp = directory / f".{CHECKPOINT_LATEST}.tmp"
-        tmp.write_bytes(latest)
-        os.replace(tmp, directory / CHECKPOINT_LATEST)
+        for key, name in self._checkpoint_objects(job_id):
+            if name.startswith(f"{prefix}."):
+                (directory / name).write_bytes(bytes(obstore.get(self.objects, key).bytes()))
+        write_checkpoint_record(directory, latest)
 
     def drop_checkpoints(self, job_id: str) -> None:
         import obstore
 
         super().drop_checkpoints(job_id)
-        for page in obstore.list(self.objects, prefix=self._checkpoint_key(job_id)):
-            obstore.delete(self.objects, [meta["path"] for meta in page])
+        keys = [key for key, _ in self._checkpoint_objects(job_id)]
+        if keys:
+            obstore.delete(self.objects, keys)
 
     def put_file(self, source: os.PathLike | str) -> tuple[str, int]:
         """Hashes a local file and uploads it under its sha256 (a multipart upload when

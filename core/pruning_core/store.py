@@ -152,6 +152,9 @@ class Keys:
     def idempotency(self, tenant: str, key: str) -> str:
         return f"{self.prefix}:idem:{tenant}:{key}"
 
+    def born(self) -> str:
+        return f"{self.prefix}:born"
+
     def lost(self, job_id: str) -> str:
         return f"{self.prefix}:lost:{job_id}"
 
@@ -437,6 +440,11 @@ class JobStore(_Base):
 
     def get_artifact(self, tenant: str, artifact_id: str) -> ArtifactRecord:
         return _drive(self._get_artifact(tenant, artifact_id))
+
+
+# The job store did not answer (down, hung past the socket timeout, a read-only replica in a
+# failover): an outage, never a job's outcome.
+STORE_ERRORS = (redis.ConnectionError, redis.TimeoutError, redis.ReadOnlyError)
 
 
 # Below a client's default deadline (30 s): a Redis that hangs answers UNAVAILABLE (retry),
@@ -726,7 +734,7 @@ class AsyncJobStore(_Base):
     async def born(self) -> float:
         """When this job store first held data (unix s), recorded once. A store wiped or lost
         and started afresh is born again, later than every blob written before."""
-        key = f"{self.keys.prefix}:born"
+        key = self.keys.born()
         await self.redis.set(key, repr(time.time()), nx=True)
         value = await self.redis.get(key)
         return float(value) if value is not None else time.time()

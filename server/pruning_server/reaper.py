@@ -21,7 +21,7 @@ from pruning.v1 import pruning_pb2 as pb
 from pruning_core import tasks
 from pruning_core.objectstore import LocalStore, open_store
 from pruning_core.settings import Settings
-from pruning_core.store import AsyncJobStore, last_event_age_s, make_event, state_event
+from pruning_core.store import STORE_ERRORS, AsyncJobStore, last_event_age_s, make_event, state_event
 from pruning_core.sweeps import SweepStore
 from pruning_core.telemetry import JobMetrics
 
@@ -56,14 +56,12 @@ async def requeue_silent_jobs(
         if tenant is None or job is None or job.state not in (pb.JOB_STATE_RUNNING, pb.JOB_STATE_CANCELLING):
             await store.forget_running(job_id)
             continue
-        if last_event_age_s(job) < silent_s / 2:
-            continue  # a new attempt claimed it (or wrote) since the silence was seen: alive
         lost = await store.lost_so_far(job_id) + 1
         silent = f"no heartbeat from attempt {job.attempt} for {silent_s:.0f} s: its worker is presumed lost"
         decision = _after_loss(silent, job.attempt, silent_s, lost, max_attempts)
         after = await store.update(tenant, job_id, decision)
         if not decision.applied:
-            continue  # the job moved on meanwhile: its running entry is the new attempt's
+            continue  # claimed again or written since the silence was seen: its entry is a live attempt's
         await store.count_lost(job_id)
         if after.state == pb.JOB_STATE_QUEUED:
             log.warning("job %s: %s; re-queued", job_id, silent)
@@ -93,16 +91,18 @@ class _after_loss:
         if last_event_age_s(job) < self.silent_s / 2:
             return []  # it wrote since: alive after all
         self.applied = True
+        capped = bool(self.max_attempts) and self.lost >= self.max_attempts
+        again = job.state == pb.JOB_STATE_RUNNING and not capped
+        note = make_event(
+            job.id, log=pb.LogLine(level="WARNING", message=f"{self.silent}; {'' if again else 'not '}re-queued")
+        )
+        if again:
+            return [note, state_event(job, pb.JOB_STATE_QUEUED)]
         if job.state == pb.JOB_STATE_CANCELLING:
-            note = make_event(job.id, log=pb.LogLine(level="WARNING", message=f"{self.silent}; not re-queued"))
             return [
                 note,
                 state_event(job, pb.JOB_STATE_CANCELLED, pb.JobError(code=code_pb2.CANCELLED, message="cancelled")),
             ]
-        if not (self.max_attempts and self.lost >= self.max_attempts):
-            note = make_event(job.id, log=pb.LogLine(level="WARNING", message=f"{self.silent}; re-queued"))
-            return [note, state_event(job, pb.JOB_STATE_QUEUED)]
-        note = make_event(job.id, log=pb.LogLine(level="WARNING", message=f"{self.silent}; not re-queued"))
         error = pb.JobError(
             code=code_pb2.ABORTED,
             message=f"the job's worker was lost {self.lost} times (at most {self.max_attempts}, "
@@ -149,7 +149,7 @@ class Reaper:
             return await requeue_silent_jobs(
                 self.store, self.celery, self.settings.queue, silent_s, self.settings.max_attempts, self.settings
             )
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
+        except STORE_ERRORS as exc:
             self.grace_until = time.monotonic() + silent_s
             log.warning("the job store did not answer (%s): no job is presumed lost for %.0f s", exc, silent_s)
             return []

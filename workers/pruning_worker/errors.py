@@ -1,10 +1,10 @@
 """Outcomes of the pipeline other than success."""
 
-import redis
 from google.rpc import code_pb2
 
-# The job store did not answer: never a job's outcome. The task is retried on these.
-STORE_ERRORS = (redis.ConnectionError, redis.TimeoutError, redis.ReadOnlyError)  # ReadOnly: a failover
+from pruning_core.store import STORE_ERRORS
+
+__all__ = ["STORE_ERRORS", "Cancelled", "ConversionError", "JobDeadlineExceeded", "JobInputError", "OutcomeError"]
 
 
 class JobInputError(ValueError):

@@ -416,8 +416,8 @@ def _run_claimed(store: JobStore, job: pb.Job, settings: Settings) -> pb.Job | N
         return reporter.finish(pb.JOB_STATE_FAILED, pb.JobError(code=code_pb2.DEADLINE_EXCEEDED, message=str(exc)))
     except STORE_ERRORS as exc:
         # The job store did not answer (an outage, a hang past the socket timeout): no outcome
-        # can be recorded, and none is earned. The attempt's heartbeats stop, and the reaper puts
-        # the job back in the queue (a new attempt, resuming from the last checkpoint).
+        # can be recorded, and none is earned. run_job puts the job back in the queue once the
+        # store answers (a new attempt, resuming from the last checkpoint).
         reporter.close(exc)
         log.warning("job %s: attempt %d stopped, the job store is unavailable: %s", job_id, job.attempt, exc)
         raise

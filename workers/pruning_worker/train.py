@@ -13,7 +13,6 @@ import contextlib
 import contextvars
 import json
 import logging
-import os
 import pathlib
 import shutil
 import time
@@ -28,7 +27,7 @@ import tf_keras as keras
 from google.protobuf import json_format
 
 from pruning.v1 import pruning_pb2 as pb
-from pruning_core.objectstore import CHECKPOINT_LATEST, LocalStore
+from pruning_core.objectstore import CHECKPOINT_LATEST, LocalStore, write_checkpoint_record
 
 from . import tferrors
 from .callbacks import HistoryCallback
@@ -64,9 +63,7 @@ class Checkpoints:
         prefix = f"epoch-{epoch}"
         tf.train.Checkpoint(model=model, optimizer=model.optimizer).write(str(self.directory / prefix))
         record = {"epoch": epoch, "prefix": prefix, "history": [json_format.MessageToDict(h) for h in history]}
-        tmp = self.directory / f".{CHECKPOINT_LATEST}.tmp"
-        tmp.write_text(json.dumps(record))
-        os.replace(tmp, self.directory / CHECKPOINT_LATEST)  # a reader sees the old checkpoint or the new, whole
+        write_checkpoint_record(self.directory, json.dumps(record).encode())
         for old in self.directory.glob("epoch-*"):
             if not old.name.startswith(f"{prefix}."):
                 old.unlink(missing_ok=True)
