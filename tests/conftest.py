@@ -71,6 +71,36 @@ def env(redis_url, tmp_path_factory):
             client.zrem("unacked_index", tag)
 
 
+def wait_for(predicate, timeout: float = 30.0, what: str = "the condition", interval: float = 0.1) -> None:
+    """Polls ``predicate`` until it holds; fails the test after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(interval)
+
+
+def training_job(client, files: dict, epochs: int):
+    """The small test model pruned at a constant 0.5 over ``epochs`` epochs of the big dataset
+    (several seconds an epoch: time to kill or stop things mid-training); its handle."""
+    from pruning_client import constant_sparsity, job_spec
+
+    model = client.upload_model(files["keras"])
+    data = client.upload_dataset(files["big_data"])
+    spec = job_spec(
+        model.id, dataset=data.id, epochs=epochs, batch_size=128, schedule=constant_sparsity(0.5, frequency=20)
+    )
+    return client.submit(spec)
+
+
+def fine_tuning(job, epoch: int) -> bool:
+    """True once ``job`` fine-tunes in epoch ``epoch`` or later (the checkpoints of the epochs
+    before are written)."""
+    from pruning_core.phases import Phase
+
+    progress = job.status().progress
+    return progress.epoch >= epoch and progress.phase == Phase.FINE_TUNE
+
+
 def settings_for(env: dict, **overrides):
     from pruning_core.settings import Settings
 

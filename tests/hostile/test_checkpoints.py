@@ -4,13 +4,12 @@
 from __future__ import annotations
 
 import signal
-import time
 
 import pytest
 
-from conftest import ServerThread, settings_for, start_worker, stop_worker
+from conftest import ServerThread, fine_tuning, settings_for, start_worker, stop_worker, training_job, wait_for
 from pruning.v1 import pruning_pb2 as pb
-from pruning_client import Client, constant_sparsity, job_spec
+from pruning_client import Client
 from pruning_core.phases import Phase
 
 pytestmark = pytest.mark.integration
@@ -25,21 +24,9 @@ def test_rerun_attempt_resumes_from_the_last_epoch_checkpoint(env, files, tmp_pa
     second = None
     try:
         with Client(server.target) as client:
-            model = client.upload_model(files["keras"])
-            data = client.upload_dataset(files["big_data"])
-            job = client.submit(
-                job_spec(
-                    model.id,
-                    dataset=data.id,
-                    epochs=EPOCHS,
-                    batch_size=128,
-                    schedule=constant_sparsity(0.5, frequency=20),
-                )
-            )
-            deadline = time.monotonic() + 180
-            while (progress := job.status().progress).epoch < 2 or progress.phase != Phase.FINE_TUNE:
-                assert time.monotonic() < deadline, "epoch 2 never started"
-                time.sleep(0.05)
+            job = training_job(client, files, epochs=EPOCHS)
+            wait_for(lambda: fine_tuning(job, epoch=2), 180, "epoch 2", 0.05)
+            progress = job.status().progress
             per_epoch = progress.total_steps // EPOCHS
             first.send_signal(signal.SIGKILL)  # in epoch 2: epoch 1's checkpoint is written
             first.wait()

@@ -12,7 +12,7 @@ import grpc
 import pytest
 from hostile import ServerProcess, hostile_server, keras_bytes
 
-from conftest import ServerThread, settings_for, start_worker, stop_worker
+from conftest import ServerThread, settings_for, start_worker, stop_worker, wait_for
 from pruning.v1 import pruning_pb2 as pb
 from pruning.v1 import pruning_pb2_grpc as pb_grpc
 from pruning_client import Client, constant_sparsity, job_spec
@@ -23,13 +23,6 @@ KEY = (("x-api-key", "key-a"),)
 
 def _uploads(artifacts) -> list:
     return sorted((artifacts / "tmp").glob("upload-*"))
-
-
-def _wait(predicate, timeout: float = 60, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
 
 
 def test_idle_upload_is_dropped(env, tmp_path):
@@ -76,7 +69,7 @@ def test_server_killed_mid_upload_leaves_nothing_after_restart(env, tmp_path):
 
         thread = threading.Thread(target=upload, daemon=True)
         thread.start()
-        _wait(lambda: len(_uploads(artifacts)) == 1, what="the upload's temp file")
+        wait_for(lambda: len(_uploads(artifacts)) == 1, 60, "the upload's temp file", 0.05)
         first.proc.send_signal(signal.SIGKILL)
         first.proc.wait(30)
         hold.set()
@@ -125,7 +118,7 @@ def test_worker_killed_mid_job_leaves_nothing_after_restart(env, files, tmp_path
                     model.id, dataset=data.id, epochs=3, batch_size=128, schedule=constant_sparsity(0.5, frequency=20)
                 )
             )
-            _wait(lambda: job.status().progress.step > 0, 120, "training to start")
+            wait_for(lambda: job.status().progress.step > 0, 120, "training to start", 0.05)
             (orphan,) = work.glob("job-*")
             first.send_signal(signal.SIGKILL)
             first.wait()

@@ -10,7 +10,7 @@ import pytest
 import redis
 from hostile import hostile_server, keras_bytes, npz_bytes
 
-from conftest import settings_for
+from conftest import settings_for, wait_for
 from pruning.v1 import pruning_pb2 as pb
 from pruning.v1 import pruning_pb2_grpc as pb_grpc
 from pruning_core.blobs import BlobStore
@@ -27,13 +27,6 @@ def _meta(key: str):
 def _upload(stub, method: str, data: bytes, filename: str, key: str) -> pb.Artifact:
     requests = [pb.UploadRequest(header=pb.UploadHeader(filename=filename)), pb.UploadRequest(chunk=data)]
     return getattr(stub, method)(iter(requests), metadata=_meta(key))
-
-
-def _wait(predicate, timeout: float = 20, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)
 
 
 def test_two_tenants_uploading_the_same_bytes_each_keep_their_record(env, tmp_path):
@@ -93,7 +86,7 @@ def test_retention_deletes_ended_jobs_old_records_and_unowned_bytes(env, tmp_pat
                     return True
                 return False
 
-            _wait(lambda: gone(ended.id), what="the ended job to be deleted")
+            wait_for(lambda: gone(ended.id), 20, what="the ended job to be deleted")
             assert not client.exists(events_key)
             listed = stub.ListJobs(pb.ListJobsRequest(), metadata=_meta("key-a")).jobs
             assert [job.id for job in listed] == [queued.id]  # a job that has not ended stays
@@ -103,7 +96,7 @@ def test_retention_deletes_ended_jobs_old_records_and_unowned_bytes(env, tmp_pat
             assert again.id != ended.id
 
             blobs = BlobStore(artifacts)
-            _wait(lambda: not blobs.path(model.id).exists(), what="the unowned model bytes to be deleted")
+            wait_for(lambda: not blobs.path(model.id).exists(), 20, what="the unowned model bytes to be deleted")
             with pytest.raises(grpc.RpcError) as error:
                 next(stub.DownloadArtifact(pb.DownloadArtifactRequest(artifact_id=model.id), metadata=_meta("key-a")))
             assert error.value.code() == grpc.StatusCode.NOT_FOUND
@@ -179,7 +172,7 @@ def test_retention_deletes_ended_sweeps_with_their_index_entries_and_idempotency
                     return True
                 return False
 
-            _wait(lambda: gone(ended.id), what="the ended sweep to be deleted")
+            wait_for(lambda: gone(ended.id), 20, what="the ended sweep to be deleted")
             assert not client.exists(f"{prefix}:sweep:{ended.id}")
             listed = stub.ListSweeps(pb.ListSweepsRequest(), metadata=_meta("key-a")).sweeps
             assert [s.id for s in listed] == [going.id]  # a sweep that has not ended stays

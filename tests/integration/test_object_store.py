@@ -17,7 +17,7 @@ import pytest
 import redis
 from seaweed import SeaweedFS
 
-from conftest import ServerThread, settings_for, start_worker, stop_worker
+from conftest import ServerThread, fine_tuning, settings_for, start_worker, stop_worker, training_job, wait_for
 from pruning.v1 import pruning_pb2 as pb
 from pruning_client import Client, ResourceExhausted, constant_sparsity, job_spec
 
@@ -97,14 +97,6 @@ def _spool(s3_env) -> list[pathlib.Path]:
     return list(settings_for(s3_env).artifacts_path.joinpath("tmp").glob("upload-*"))
 
 
-def _wait(predicate, timeout=30.0):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.1)
-
-
 def test_upload_lands_in_s3_under_its_sha256_and_nowhere_on_the_server(s3_client, seaweed, s3_env, files):
     artifact = s3_client.upload_dataset(files["data"])
     assert artifact.id == hashlib.sha256(files["data"].read_bytes()).hexdigest()
@@ -130,7 +122,7 @@ def test_announced_sha256_is_verified_before_anything_is_readable(s3_client, sea
         upload(wrong)
     assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert wrong not in _objects(seaweed, s3_env) and sha not in _objects(seaweed, s3_env)
-    _wait(lambda: seaweed.pending_uploads() == [])
+    wait_for(lambda: seaweed.pending_uploads() == [])
     assert _spool(s3_env) == []
 
 
@@ -191,7 +183,7 @@ def test_over_limit_upload_is_refused_and_leaves_nothing(s3_client, seaweed, s3_
         s3_client.stub.UploadDataset(unannounced())
     assert error.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert _objects(seaweed, s3_env) == before
-    _wait(lambda: seaweed.pending_uploads() == [])
+    wait_for(lambda: seaweed.pending_uploads() == [])
     assert _spool(s3_env) == []
 
 
@@ -209,11 +201,11 @@ def test_dropped_upload_is_aborted_and_cleaned_up(s3_client, seaweed, s3_env):
 
     call = s3_client.stub.UploadDataset.future(requests())
     assert sent.wait(30)
-    _wait(lambda: len(_spool(s3_env)) == 1)  # the server is receiving it
-    _wait(lambda: len(seaweed.pending_uploads()) == 1)  # and streaming it into a multipart upload
+    wait_for(lambda: len(_spool(s3_env)) == 1)  # the server is receiving it
+    wait_for(lambda: len(seaweed.pending_uploads()) == 1)  # and streaming it into a multipart upload
     call.cancel()  # the client goes away
     release.set()
-    _wait(lambda: seaweed.pending_uploads() == [] and _spool(s3_env) == [])
+    wait_for(lambda: seaweed.pending_uploads() == [] and _spool(s3_env) == [])
     assert _objects(seaweed, s3_env) == before
 
 
@@ -323,18 +315,11 @@ def test_a_rerun_attempt_on_another_host_resumes_from_the_bucket(seaweed, s3_env
     second = None
     try:
         with Client(server.target, timeout=60) as client:
-            model = client.upload_model(files["keras"])
-            data = client.upload_dataset(files["big_data"])
-            spec = job_spec(
-                model.id, dataset=data.id, epochs=epochs, batch_size=128, schedule=constant_sparsity(0.5, frequency=20)
-            )
-            job = client.submit(spec)
+            job = training_job(client, files, epochs=epochs)
             key = f"checkpoints/{job.id}/latest.json"
-            deadline = time.monotonic() + 180
-            while (progress := job.status().progress).epoch < 2 or progress.phase != Phase.FINE_TUNE:
-                assert time.monotonic() < deadline, "epoch 2 never started"
-                time.sleep(0.05)
-            _wait(lambda: key in _objects(seaweed, s3_env))
+            wait_for(lambda: fine_tuning(job, epoch=2), 180, "epoch 2", 0.05)
+            progress = job.status().progress
+            wait_for(lambda: key in _objects(seaweed, s3_env))
             per_epoch = progress.total_steps // epochs
             first.send_signal(signal.SIGKILL)
             first.wait()

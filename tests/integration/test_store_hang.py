@@ -14,10 +14,9 @@ import pytest
 import redis
 from seaweed import _free_ports
 
-from conftest import ServerThread, settings_for, start_worker, stop_worker
+from conftest import ServerThread, fine_tuning, settings_for, start_worker, stop_worker, training_job, wait_for
 from pruning.v1 import pruning_pb2 as pb
-from pruning_client import Client, constant_sparsity, job_spec
-from pruning_core.phases import Phase
+from pruning_client import Client
 
 pytestmark = pytest.mark.integration
 
@@ -74,17 +73,8 @@ def test_a_hung_job_store_stops_the_attempt_and_the_job_finishes(env, files, tmp
     worker = start_worker(hung, tmp_path / "worker.log")
     try:
         with Client(server.target, timeout=60) as client:
-            model = client.upload_model(files["keras"])
-            data = client.upload_dataset(files["big_data"])
-            job = client.submit(
-                job_spec(
-                    model.id, dataset=data.id, epochs=3, batch_size=128, schedule=constant_sparsity(0.5, frequency=20)
-                )
-            )
-            deadline = time.monotonic() + 180
-            while (progress := job.status().progress).epoch < 2 or progress.phase != Phase.FINE_TUNE:
-                assert time.monotonic() < deadline, "epoch 2 never started"
-                time.sleep(0.05)
+            job = training_job(client, files, epochs=3)
+            wait_for(lambda: fine_tuning(job, epoch=2), 180, "epoch 2", 0.05)
             proc.send_signal(signal.SIGSTOP)  # Redis hangs: connections stay open, nothing answers
             time.sleep(8)  # well past the 2 s timeout, whatever the step time: the attempt stops
             proc.send_signal(signal.SIGCONT)
@@ -117,17 +107,8 @@ def test_a_second_delivery_never_takes_over_a_live_attempt(env, files, tmp_path)
     celery = make_celery(settings_for(live))
     try:
         with Client(server.target, timeout=60) as client:
-            model = client.upload_model(files["keras"])
-            data = client.upload_dataset(files["big_data"])
-            job = client.submit(
-                job_spec(
-                    model.id, dataset=data.id, epochs=2, batch_size=128, schedule=constant_sparsity(0.5, frequency=20)
-                )
-            )
-            deadline = time.monotonic() + 180
-            while job.status().progress.step == 0:
-                assert time.monotonic() < deadline, "the job never trained"
-                time.sleep(0.05)
+            job = training_job(client, files, epochs=2)
+            wait_for(lambda: job.status().progress.step > 0, 180, "the job to train", 0.05)
             celery.send_task(tasks.PRUNE, args=[job.id], queue=live["PRUNING_QUEUE"])  # the duplicate
             final = job.wait(timeout=300)
         assert final.state == pb.JOB_STATE_SUCCEEDED and final.attempt == 1

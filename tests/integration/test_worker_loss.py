@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import signal
-import time
 
 import pytest
 from google.rpc import code_pb2
 
-from conftest import ServerThread, settings_for, start_worker, stop_worker
+from conftest import ServerThread, settings_for, start_worker, stop_worker, training_job, wait_for
 from pruning.v1 import pruning_pb2 as pb
-from pruning_client import Client, constant_sparsity, job_spec
+from pruning_client import Client
 from pruning_server.service import make_celery
 
 pytestmark = pytest.mark.integration
@@ -23,17 +22,8 @@ def test_killed_worker_job_is_rerun_and_finishes(env, files, tmp_path):
     second = None
     try:
         with Client(server.target) as client:
-            model = client.upload_model(files["keras"])
-            data = client.upload_dataset(files["big_data"])
-            job = client.submit(
-                job_spec(
-                    model.id, dataset=data.id, epochs=3, batch_size=128, schedule=constant_sparsity(0.5, frequency=20)
-                )
-            )
-            deadline = time.monotonic() + 120
-            while job.status().progress.step == 0:
-                assert time.monotonic() < deadline
-                time.sleep(0.1)
+            job = training_job(client, files, epochs=3)
+            wait_for(lambda: job.status().progress.step > 0, 120, "the job to train")
             first.send_signal(signal.SIGKILL)
             first.wait()
             second = start_worker(lossy, tmp_path / "second.log")
@@ -57,10 +47,7 @@ def test_killed_worker_job_is_rerun_and_finishes(env, files, tmp_path):
 
 
 def _kill_when_running(job, proc, attempt: int) -> None:
-    deadline = time.monotonic() + 120
-    while (status := job.status()).attempt != attempt or status.progress.step == 0:
-        assert time.monotonic() < deadline, f"attempt {attempt} never trained"
-        time.sleep(0.1)
+    wait_for(lambda: (s := job.status()).attempt == attempt and s.progress.step > 0, 120, f"attempt {attempt} to train")
     proc.send_signal(signal.SIGKILL)
     proc.wait()
 
@@ -78,20 +65,12 @@ def test_a_job_that_loses_its_worker_in_every_attempt_fails_after_max_attempts(e
     aborted_before = metrics.failures().get("ABORTED", 0)
     try:
         with Client(server.target) as client:
-            model = client.upload_model(files["keras"])
-            data = client.upload_dataset(files["big_data"])
-            job = client.submit(
-                job_spec(
-                    model.id, dataset=data.id, epochs=5, batch_size=128, schedule=constant_sparsity(0.5, frequency=20)
-                )
-            )
+            job = training_job(client, files, epochs=5)
             for attempt in (1, 2):
                 workers.append(start_worker(lossy, tmp_path / f"w{attempt}.log"))
                 _kill_when_running(job, workers[-1], attempt)
-            deadline = time.monotonic() + 60
-            while (final := job.status()).state == pb.JOB_STATE_RUNNING:
-                assert time.monotonic() < deadline, "the job was never given up"
-                time.sleep(0.2)
+            wait_for(lambda: job.status().state != pb.JOB_STATE_RUNNING, 60, "the job to be given up", 0.2)
+            final = job.status()
             events = list(client.watch_events(job.id))
         assert final.state == pb.JOB_STATE_FAILED and final.attempt == 2
         assert final.error.code == code_pb2.ABORTED and "lost 2 times" in final.error.message
