@@ -387,6 +387,14 @@ class _Base:
         yield self.redis.zadd(self.keys.artifacts_by_time(), {f"{record.id}:{tenant}": record.created})
         yield self.redis.sadd(self.keys.tenant_artifacts(tenant), record.id)
 
+    def _drop_artifact(self, tenant: str, artifact_id: str) -> Steps[None]:
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.srem(self.keys.tenant_artifacts(tenant), artifact_id)
+        pipe.delete(self.keys.tenant_artifact(tenant, artifact_id))
+        pipe.srem(self.keys.artifact_owners(artifact_id), tenant)
+        pipe.zrem(self.keys.artifacts_by_time(), f"{artifact_id}:{tenant}")
+        yield pipe.execute()
+
     def _get_artifact(self, tenant: str, artifact_id: str) -> Steps[ArtifactRecord]:
         if not (yield self.redis.sismember(self.keys.tenant_artifacts(tenant), artifact_id)):
             raise KeyError(artifact_id)
@@ -440,6 +448,14 @@ class JobStore(_Base):
 
     def get_artifact(self, tenant: str, artifact_id: str) -> ArtifactRecord:
         return _drive(self._get_artifact(tenant, artifact_id))
+
+    def has_artifact(self, tenant: str, artifact_id: str) -> bool:
+        return bool(self.redis.sismember(self.keys.tenant_artifacts(tenant), artifact_id))
+
+    def drop_artifact(self, tenant: str, artifact_id: str) -> None:
+        """Removes one tenant's record of an artifact (its bytes go with the retention's next
+        sweep once no record points to them)."""
+        _drive(self._drop_artifact(tenant, artifact_id))
 
 
 # The job store did not answer (down, hung past the socket timeout, a read-only replica in a
@@ -723,12 +739,7 @@ class AsyncJobStore(_Base):
     async def delete_artifact(self, tenant: str, artifact_id: str) -> bool:
         """Removes one tenant's record of an artifact; True when no record of it is left
         (its bytes may go)."""
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.srem(self.keys.tenant_artifacts(tenant), artifact_id)
-            pipe.delete(self.keys.tenant_artifact(tenant, artifact_id))
-            pipe.srem(self.keys.artifact_owners(artifact_id), tenant)
-            pipe.zrem(self.keys.artifacts_by_time(), f"{artifact_id}:{tenant}")
-            await pipe.execute()
+        await _drive_async(self._drop_artifact(tenant, artifact_id))
         return bool(await self.unowned([artifact_id]))
 
     async def born(self) -> float:

@@ -158,3 +158,32 @@ def test_a_second_claim_never_takes_over_an_attempt_that_shows_itself_alive(redi
     store.heartbeat(job.id)  # however fresh the old attempt's last heartbeat
     again = _claim(store, job.id, "w3", alive_s=60)
     assert again is not None and again.attempt == 3
+
+
+def test_a_failed_store_of_exports_leaves_no_record_it_added(stores, tmp_path):
+    """The second export fails to store: the first one's new record goes too (a failed job
+    lists no export), while a record the tenant held before stays."""
+    from pruning_core.settings import Settings
+    from pruning_core.store import ArtifactRecord
+    from pruning_worker.runner import _store_outputs
+
+    store, prefix = stores
+    settings = Settings(state_dir=tmp_path / "state", key_prefix=prefix)
+    held = tmp_path / "held.keras"
+    held.write_bytes(b"a model the tenant stored before")
+    fresh = tmp_path / "fresh.tflite"
+    fresh.write_bytes(b"an export of this job")
+    first = _store_outputs(settings, store, "t", [(held, "keras")])[0]
+    assert store.has_artifact("t", first.id)
+
+    outputs = [(held, "keras"), (fresh, "tflite"), (tmp_path / "missing.onnx", "onnx")]
+    with pytest.raises(FileNotFoundError):
+        _store_outputs(settings, store, "t", outputs)
+    assert store.has_artifact("t", first.id)
+    assert isinstance(store.get_artifact("t", first.id), ArtifactRecord)
+    fresh_id = __import__("hashlib").sha256(fresh.read_bytes()).hexdigest()
+    assert not store.has_artifact("t", fresh_id)
+    with pytest.raises(KeyError):
+        store.get_artifact("t", fresh_id)
+    assert not store.redis.exists(store.keys.artifact_owners(fresh_id))
+    assert store.redis.zscore(store.keys.artifacts_by_time(), f"{fresh_id}:t") is None

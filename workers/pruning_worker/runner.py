@@ -272,15 +272,27 @@ def _release(store: JobStore, job: pb.Job, settings: Settings, wait_s: float = 3
 
 
 def _store_outputs(settings: Settings, store: JobStore, tenant: str, outputs) -> list[pb.Artifact]:
+    """Stores the job's exports and their records; when one fails, the records this call
+    added go too (a failed job lists none of its exports), and the error goes on."""
     blobs = open_store(settings)  # exports go straight to the artifact store
-    artifacts = []
-    for path, fmt in outputs:
-        artifact_id, size = blobs.put_file(path)
-        record = ArtifactRecord(
-            artifact_id, pb.ARTIFACT_KIND_EXPORT, fmt, pathlib.Path(path).name, size, time.time(), {}
-        )
-        store.put_artifact(tenant, record)
-        artifacts.append(record.to_proto())
+    artifacts, added = [], []
+    try:
+        for path, fmt in outputs:
+            artifact_id, size = blobs.put_file(path)
+            record = ArtifactRecord(
+                artifact_id, pb.ARTIFACT_KIND_EXPORT, fmt, pathlib.Path(path).name, size, time.time(), {}
+            )
+            if not store.has_artifact(tenant, artifact_id):
+                added.append(artifact_id)  # a record the tenant held before stays
+            store.put_artifact(tenant, record)
+            artifacts.append(record.to_proto())
+    except BaseException:
+        for artifact_id in added:
+            try:
+                store.drop_artifact(tenant, artifact_id)
+            except STORE_ERRORS:
+                log.warning("could not remove the record of export %s after a failed store", artifact_id)
+        raise
     return artifacts
 
 
