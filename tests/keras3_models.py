@@ -118,6 +118,16 @@ def rnn_model() -> Any:
     return keras.Model(inputs, outputs, name="rnn")
 
 
+def masked_sequence_model() -> Any:
+    """Float sequences padded with zeros: Masking -> LSTM -> Dense (the mask must reach the
+    LSTM, before and after pruning)."""
+    inputs = keras.Input((6, 3), name="steps")
+    x = L.Masking(mask_value=0.0)(inputs)
+    x = L.LSTM(5)(x)
+    outputs = L.Dense(2)(x)
+    return keras.Model(inputs, outputs, name="masked_sequence")
+
+
 def two_in_two_out_model() -> Any:
     """Two inputs concatenated, then two heads."""
     a = keras.Input((6,), name="numbers")
@@ -214,6 +224,7 @@ BUILDERS: dict[str, Callable[[], Any]] = {
     "mobilenet_block": mobilenet_block_model,
     "text_cnn": text_cnn_model,
     "rnn": rnn_model,
+    "masked_sequence": masked_sequence_model,
     "two_in_two_out": two_in_two_out_model,
     "dict_outputs": dict_outputs_model,
     "nested": nested_model,

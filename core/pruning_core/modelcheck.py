@@ -47,8 +47,10 @@ _OTHERS = """
 GlorotUniform GlorotNormal HeUniform HeNormal LecunUniform LecunNormal RandomNormal
 RandomUniform TruncatedNormal Zeros Ones Constant VarianceScaling Orthogonal Identity
 L1 L2 L1L2 OrthogonalRegularizer MaxNorm MinMaxNorm NonNeg UnitNorm RadialConstraint
-Policy DTypePolicy FloatDTypePolicy __tuple__ __numpy__ __keras_tensor__ TensorShape NotEqual
+Policy DTypePolicy FloatDTypePolicy __tuple__ __numpy__ __keras_tensor__ TensorShape NotEqual Any
 """
+# NotEqual and Any: the operations a Keras 3 file records for the masks of Embedding(mask_zero)
+# and Masking (the bridge refuses any other use of them, as of every operation not a layer).
 ALLOWED_CLASSES = frozenset(_LAYERS.split()) | frozenset(_OTHERS.split())
 _ALLOWED_MODULE_ROOTS = ("keras", "tf_keras", "builtins")
 # Workers load models uncompiled: the saved compile settings are never deserialised.

@@ -54,6 +54,7 @@ KERAS3_CONVERTIBLE = frozenset(
         "Multiply",
         "Average",
         "Embedding",
+        "Masking",
         "LSTM",
         "GRU",
         "SimpleRNN",

@@ -52,18 +52,8 @@ __all__ = [
 ]
 
 # The Keras 3 classes the bridge translates (layers, and the two model classes a nested model
-# may have). A plain literal: pruning_core's server-side check, which has no TensorFlow, may
-# hold the very same set.
-SUPPORTED: frozenset[str] = frozenset({
-    "InputLayer", "Dense", "Conv1D", "Conv2D", "Conv3D", "Conv2DTranspose", "DepthwiseConv2D",
-    "SeparableConv2D", "BatchNormalization", "LayerNormalization", "Dropout", "Flatten", "Reshape",
-    "Permute", "MaxPooling1D", "MaxPooling2D", "MaxPooling3D", "AveragePooling1D", "AveragePooling2D",
-    "AveragePooling3D", "GlobalMaxPooling1D", "GlobalMaxPooling2D", "GlobalMaxPooling3D",
-    "GlobalAveragePooling1D", "GlobalAveragePooling2D", "GlobalAveragePooling3D", "ZeroPadding1D",
-    "ZeroPadding2D", "ZeroPadding3D", "Activation", "ReLU", "LeakyReLU", "Softmax", "Add", "Concatenate",
-    "Multiply", "Average", "Embedding", "LSTM", "GRU", "SimpleRNN", "Bidirectional", "Rescaling",
-    "Normalization", "Sequential", "Functional",
-})  # fmt: skip
+# may have): pruning_core's list, which the server checks uploads against without TensorFlow.
+SUPPORTED: frozenset[str] = preflight.KERAS3_CONVERTIBLE - {"Model"}
 SUPPORTED_LAYERS: tuple[str, ...] = tuple(sorted(SUPPORTED))
 
 _MODELS = frozenset({"Sequential", "Functional"})
@@ -418,25 +408,48 @@ def _input_options(input_layer: Any) -> dict:
 # --- graphs ---------------------------------------------------------------------------------
 
 
+def _made_by(tensor: Any, class_name: str) -> tuple[Any, tuple] | None:
+    """(the operation, its call's arguments) when ``tensor`` is the output of a ``class_name``."""
+    history = getattr(tensor, "_keras_history", None)
+    if history is None or type(history.operation).__name__ != class_name:
+        return None
+    return history.operation, tuple(history.operation._inbound_nodes[history.node_index].arguments.args)
+
+
 def _mask_source(mask: Any) -> Any:
-    """What a Keras 3 mask tensor is: ("not_equal", id(x)) for ``x != 0``, else the tensor's id."""
+    """What a Keras 3 mask tensor is: ("not_equal", id(x)) for ``x != 0`` (an Embedding's),
+    ("masking", id(x), v) for ``any(x != v, axis=-1)`` (a Masking layer's), else the tensor's id."""
     if mask is None:
         return None
-    history = getattr(mask, "_keras_history", None)
-    if history is not None and type(history.operation).__name__ == "NotEqual":
-        args = history.operation._inbound_nodes[history.node_index].arguments.args
+    if (made := _made_by(mask, "NotEqual")) is not None:
+        args = made[1]
         if len(args) == 2 and isinstance(args[0], keras.KerasTensor) and _same(args[1], 0):
             return ("not_equal", id(args[0]))
+    if (made := _made_by(mask, "Any")) is not None:
+        op, args = made
+        inner = _made_by(args[0], "NotEqual") if len(args) == 1 else None
+        if inner is not None and list(np.atleast_1d(op.axis)) == [-1] and not op.keepdims:
+            x, value = (inner[1] + (None, None))[:2]
+            if isinstance(x, keras.KerasTensor) and value is not None and np.ndim(value) == 0:
+                return ("masking", id(x), float(value))
     return ("tensor", id(mask))
+
+
+def _carried_mask(x: Any) -> Any:
+    """The source of the mask Keras carries along with ``x`` (a Masking layer's output carries
+    ``any(input != mask_value, axis=-1)``; a reloaded model records that graph, not the tensor)."""
+    if (made := _made_by(x, "Masking")) is not None:
+        op, args = made
+        if len(args) == 1 and isinstance(args[0], keras.KerasTensor):
+            return ("masking", id(args[0]), float(op.mask_value))
+    return _mask_source(getattr(x, "_keras_mask", None))
 
 
 def _implicit_mask(inputs: Any, mask: Any) -> bool:
     """Whether a recorded ``mask`` argument is the mask Keras propagates with ``inputs`` anyway."""
     flat = keras.tree.flatten(inputs)
     masks = list(mask) if isinstance(mask, (list, tuple)) else [mask]
-    return len(flat) == len(masks) and all(
-        _mask_source(m) == _mask_source(getattr(x, "_keras_mask", None)) for x, m in zip(flat, masks)
-    )
+    return len(flat) == len(masks) and all(_mask_source(m) == _carried_mask(x) for x, m in zip(flat, masks))
 
 
 def _check_mask_propagated(op: Any, inputs3: Any, tensors: dict[int, Any]) -> None:
