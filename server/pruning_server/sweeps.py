@@ -13,6 +13,7 @@ import contextlib
 import hashlib
 import logging
 import re
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import grpc
 from google.rpc import code_pb2
@@ -35,10 +36,82 @@ TRIAL_LABELS = ("sweep", "trial")
 SEARCH_PHASE = "search"  # Progress.phase of a job with a budget while its sweep runs
 
 
+class _Poll:
+    def __init__(self) -> None:
+        self.latest: pb.Sweep | None = None
+        self.error: BaseException | None = None
+        self.watchers = 0
+        self.changed = asyncio.Condition()
+
+
+class SweepWatches:
+    """One reader per watched sweep, however many streams follow it: it reads the sweep every
+    ``interval_s`` while anyone watches, until the sweep ends, and each stream takes the
+    versions newer than it has seen (a tenant's hundred watches of one sweep cost one read per
+    interval, not a hundred)."""
+
+    def __init__(self, read: Callable[[str, str], Awaitable[pb.Sweep]], interval_s: float = WATCH_POLL_S):
+        self._read, self.interval_s = read, interval_s
+        self._polls: dict[tuple[str, str], _Poll] = {}
+
+    async def follow(self, tenant: str, sweep_id: str, after_version: int) -> AsyncIterator[pb.Sweep]:
+        key = (tenant, sweep_id)
+        poll = self._polls.get(key)
+        if poll is None:
+            poll = self._polls[key] = _Poll()
+            asyncio.get_running_loop().create_task(self._run(key, poll), name=f"watch-sweep-{sweep_id}")
+        poll.watchers += 1
+        seen = after_version
+
+        def ready() -> bool:
+            return poll.error is not None or _news(poll.latest, seen)
+
+        try:
+            while True:
+                async with poll.changed:
+                    await poll.changed.wait_for(ready)
+                    sweep, error = poll.latest, poll.error
+                if error is not None:
+                    raise error
+                assert sweep is not None
+                if sweep.version > seen:
+                    seen = sweep.version
+                    yield sweep
+                if sweep.state in TERMINAL:
+                    return
+        finally:
+            poll.watchers -= 1
+
+    async def _run(self, key: tuple[str, str], poll: _Poll) -> None:
+        try:
+            while poll.watchers:
+                try:
+                    sweep = await self._read(*key)
+                except Exception as exc:  # noqa: BLE001 - each watcher raises it (NOT_FOUND once deleted, an outage)
+                    async with poll.changed:
+                        poll.error = exc
+                        poll.changed.notify_all()
+                    return
+                async with poll.changed:
+                    poll.latest = sweep
+                    poll.changed.notify_all()
+                if sweep.state in TERMINAL:
+                    return
+                await asyncio.sleep(self.interval_s)
+        finally:
+            if self._polls.get(key) is poll:
+                del self._polls[key]
+
+
+def _news(sweep: pb.Sweep | None, seen: int) -> bool:
+    return sweep is not None and (sweep.version > seen or sweep.state in TERMINAL)
+
+
 class SweepServicer(pb_grpc.SweepServiceServicer):
     def __init__(self, jobs: PruningService, store: SweepStore):
         self.jobs, self.store = jobs, store
         jobs.searches = self  # CreateJob and CancelJob of a job with a budget come here
+        self.watches = SweepWatches(self._sweep)
 
     async def _sweep(self, tenant: str, sweep_id: str) -> pb.Sweep:
         if not _SWEEP_ID.fullmatch(sweep_id):
@@ -148,15 +221,11 @@ class SweepServicer(pb_grpc.SweepServiceServicer):
 
     async def WatchSweep(self, request: pb.WatchSweepRequest, context):
         tenant = await self.jobs._tenant(context)
-        seen = request.after_version
-        while True:
-            sweep = await self._sweep(tenant, request.sweep_id)
-            if sweep.version > seen:
-                seen = sweep.version
+        sweep_id = (await self._sweep(tenant, request.sweep_id)).id  # INVALID_ARGUMENT, NOT_FOUND
+        # A sweep's watch takes one of the same slots as a job's (PRUNING_MAX_WATCHES...).
+        async with self.jobs._slot(self.jobs.watches, tenant):
+            async for sweep in self.watches.follow(tenant, sweep_id, request.after_version):
                 yield sweep
-            if sweep.state in TERMINAL:
-                return
-            await asyncio.sleep(WATCH_POLL_S)
 
     async def CancelSweep(self, request: pb.CancelSweepRequest, context) -> pb.Sweep:
         tenant = await self.jobs._tenant(context)
@@ -167,6 +236,8 @@ class SweepServicer(pb_grpc.SweepServiceServicer):
 
     async def _cancel(self, tenant: str, sweep_id: str) -> pb.Sweep:
         sweep = await self._sweep(tenant, sweep_id)
+        if sweep.state == pb.JOB_STATE_CANCELLED:
+            return sweep  # as for a job: cancelling twice answers the record
         if sweep.state in TERMINAL:
             raise Failure(
                 grpc.StatusCode.FAILED_PRECONDITION,

@@ -285,3 +285,59 @@ def test_downloads_over_the_tenant_cap_are_refused_with_a_retry_hint(env):
         asyncio.run(scenario())
     finally:
         server.stop()
+
+
+def test_sweep_watches_take_the_same_slots_and_a_second_cancel_answers_the_record(env, tiny):  # noqa: F811
+    from pruning_client import sweep_spec
+
+    server = hostile_server(env, "sweep-watch-caps", max_watches_per_tenant=3, max_watches=10)
+    try:
+        with Client(server.target, api_key="key-a", timeout=30) as a, Client(server.target, api_key="key-b") as b:
+            spec = job_spec(a.upload_model(tiny["keras"]).id, dataset=a.upload_dataset(tiny["data"]).id)
+            job = a.submit(spec)
+            sweep = a.create_sweep(sweep_spec(spec, sparsities=[0.5, 0.8]))
+            spec_b = job_spec(b.upload_model(tiny["keras"]).id, dataset=b.upload_dataset(tiny["data"]).id)
+            sweep_b = b.create_sweep(sweep_spec(spec_b, sparsities=[0.5]))
+
+        async def scenario():
+            async with grpc.aio.insecure_channel(server.target) as channel:
+                jobs, sweeps = pb_grpc.PruningServiceStub(channel), pb_grpc.SweepServiceStub(channel)
+
+                def watch_sweep(sweep_id: str, key: str):
+                    return sweeps.WatchSweep(pb.WatchSweepRequest(sweep_id=sweep_id), metadata=_meta(key))
+
+                held = [watch_sweep(sweep.id, "key-a") for _ in range(2)]
+                firsts = [await call.read() for call in held]
+                assert {s.id for s in firsts} == {sweep.id}
+                job_watch = jobs.WatchJob(pb.WatchJobRequest(job_id=job.id), metadata=_meta("key-a"))
+                await job_watch.read()
+                # The tenant's three slots are taken, by sweeps and a job alike.
+                for call in (
+                    watch_sweep(sweep.id, "key-a"),
+                    jobs.WatchJob(pb.WatchJobRequest(job_id=job.id), metadata=_meta("key-a")),
+                ):
+                    with pytest.raises(grpc.aio.AioRpcError) as over:
+                        await call.read()
+                    assert over.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+                other = watch_sweep(sweep_b.id, "key-b")  # another tenant still watches
+                assert (await other.read()).id == sweep_b.id
+                other.cancel()
+                # Cancelled: every stream of the sweep sees the end; a second cancel answers it.
+                ended = await sweeps.CancelSweep(pb.CancelSweepRequest(sweep_id=sweep.id), metadata=_meta("key-a"))
+                again = await sweeps.CancelSweep(pb.CancelSweepRequest(sweep_id=sweep.id), metadata=_meta("key-a"))
+                assert again.state == pb.JOB_STATE_CANCELLED and again.id == ended.id
+                for call in held:
+                    last = None
+                    while (snapshot := await call.read()) is not grpc.aio.EOF:
+                        last = snapshot
+                    assert last is not None and last.state == pb.JOB_STATE_CANCELLED
+                    assert await call.code() == grpc.StatusCode.OK
+                job_watch.cancel()
+                await asyncio.sleep(0.3)
+                # The slots came back: a late watch gets the ended sweep and ends.
+                late = [s async for s in watch_sweep(sweep.id, "key-a")]
+                assert [s.state for s in late] == [pb.JOB_STATE_CANCELLED]
+
+        asyncio.run(scenario())
+    finally:
+        server.stop()

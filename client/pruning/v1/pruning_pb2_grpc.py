@@ -471,14 +471,16 @@ class SweepServiceServicer:
 
     def WatchSweep(self, request, context):
         """The sweep after every change (a trial queued, started or ended, the answer), from the one
-        after `after_version`, until it ends. Reconnect with the last version seen.
+        after `after_version`, until it ends. Reconnect with the last version seen. Takes one of
+        the tenant's watch slots (RESOURCE_EXHAUSTED over the cap, as WatchJob).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def CancelSweep(self, request, context):
-        """Cancels every trial that has not ended.
+        """Cancels every trial that has not ended. A cancelled sweep answers its record again; one
+        that succeeded or failed gives FAILED_PRECONDITION.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

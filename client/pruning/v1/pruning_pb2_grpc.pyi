@@ -150,10 +150,13 @@ class SweepServiceStub:
     ListSweeps: _grpc.UnaryUnaryMultiCallable[_pruning_pb2.ListSweepsRequest, _pruning_pb2.ListSweepsResponse]
     WatchSweep: _grpc.UnaryStreamMultiCallable[_pruning_pb2.WatchSweepRequest, _pruning_pb2.Sweep]
     """The sweep after every change (a trial queued, started or ended, the answer), from the one
-    after `after_version`, until it ends. Reconnect with the last version seen.
+    after `after_version`, until it ends. Reconnect with the last version seen. Takes one of
+    the tenant's watch slots (RESOURCE_EXHAUSTED over the cap, as WatchJob).
     """
     CancelSweep: _grpc.UnaryUnaryMultiCallable[_pruning_pb2.CancelSweepRequest, _pruning_pb2.Sweep]
-    """Cancels every trial that has not ended."""
+    """Cancels every trial that has not ended. A cancelled sweep answers its record again; one
+    that succeeded or failed gives FAILED_PRECONDITION.
+    """
 
 @_typing.type_check_only
 class SweepServiceAsyncStub(SweepServiceStub):
@@ -169,10 +172,13 @@ class SweepServiceAsyncStub(SweepServiceStub):
     ListSweeps: _aio.UnaryUnaryMultiCallable[_pruning_pb2.ListSweepsRequest, _pruning_pb2.ListSweepsResponse]  # type: ignore[assignment]
     WatchSweep: _aio.UnaryStreamMultiCallable[_pruning_pb2.WatchSweepRequest, _pruning_pb2.Sweep]  # type: ignore[assignment]
     """The sweep after every change (a trial queued, started or ended, the answer), from the one
-    after `after_version`, until it ends. Reconnect with the last version seen.
+    after `after_version`, until it ends. Reconnect with the last version seen. Takes one of
+    the tenant's watch slots (RESOURCE_EXHAUSTED over the cap, as WatchJob).
     """
     CancelSweep: _aio.UnaryUnaryMultiCallable[_pruning_pb2.CancelSweepRequest, _pruning_pb2.Sweep]  # type: ignore[assignment]
-    """Cancels every trial that has not ended."""
+    """Cancels every trial that has not ended. A cancelled sweep answers its record again; one
+    that succeeded or failed gives FAILED_PRECONDITION.
+    """
 
 class SweepServiceServicer(metaclass=_abc_1.ABCMeta):
     """Sweeps: trials are jobs (each its own Celery task, so they spread over all workers) made
@@ -209,7 +215,8 @@ class SweepServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_pruning_pb2.Sweep], _abc.AsyncIterator[_pruning_pb2.Sweep]]:
         """The sweep after every change (a trial queued, started or ended, the answer), from the one
-        after `after_version`, until it ends. Reconnect with the last version seen.
+        after `after_version`, until it ends. Reconnect with the last version seen. Takes one of
+        the tenant's watch slots (RESOURCE_EXHAUSTED over the cap, as WatchJob).
         """
 
     @_abc_1.abstractmethod
@@ -218,6 +225,8 @@ class SweepServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _pruning_pb2.CancelSweepRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_pruning_pb2.Sweep, _abc.Awaitable[_pruning_pb2.Sweep]]:
-        """Cancels every trial that has not ended."""
+        """Cancels every trial that has not ended. A cancelled sweep answers its record again; one
+        that succeeded or failed gives FAILED_PRECONDITION.
+        """
 
 def add_SweepServiceServicer_to_server(servicer: SweepServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
