@@ -352,6 +352,12 @@ class PruningService(pb_grpc.PruningServiceServicer):
         tenant = await self._tenant(context)
         if not 0 <= request.page_size <= 500:
             raise Invalid([("page_size", f"must be in [0, 500], got {request.page_size}")])
+        # Filters as bounded as what they match: no job has more labels, and a request naming
+        # thousands of them (or of states) would cost the server's loop, not Redis.
+        if len(request.states) > len(pb.JobState.values()):
+            raise Invalid([("states", f"at most {len(pb.JobState.values())} states, got {len(request.states)}")])
+        if violations := validation.validate_metadata(request.labels, ""):
+            raise Invalid(violations)
         if convert.unknown_enums(request):
             raise Invalid(convert.unknown_enums(request))
         if request.page_token and not _JOB_ID.fullmatch(request.page_token):

@@ -224,3 +224,23 @@ def test_upload_header_is_checked(client, files, header, field):
     bad = error_details_pb2.BadRequest()
     rpc_status.from_call(error.value).details[0].Unpack(bad)
     assert [v.field for v in bad.field_violations] == [field]
+
+
+def test_list_filters_are_bounded(client):
+    """A ListJobs filter naming more labels than a job may carry, or more states than there
+    are, is INVALID_ARGUMENT before any work (120,000 labels stalled the server's loop)."""
+    from pruning.v1 import pruning_pb2 as pb
+
+    def listed(request):
+        return client.stub.ListJobs(request, metadata=client._metadata, timeout=30)
+
+    with pytest.raises(grpc.RpcError) as error:
+        listed(pb.ListJobsRequest(labels={f"k{i}": "v" for i in range(100_000)}))
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "labels" in error.value.details()
+    with pytest.raises(grpc.RpcError) as error:
+        listed(pb.ListJobsRequest(states=[pb.JOB_STATE_QUEUED] * 1_000_000))
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "states" in error.value.details()
+    with pytest.raises(grpc.RpcError) as error:
+        listed(pb.ListJobsRequest(labels={"k": "v" * 1000}))
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert listed(pb.ListJobsRequest(labels={f"k{i}": "v" for i in range(64)}, states=[1, 2, 3])).jobs == []
