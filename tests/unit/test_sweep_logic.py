@@ -206,3 +206,24 @@ def test_successive_halving_over_listed_sparsities_skips_a_failed_trial():
 def test_bad_halving_specs_name_the_field(kwargs, field):
     kwargs.setdefault("sparsities", [0.5, 0.9])
     assert field in [f for f, _ in sweeps.validate(sweep_spec(BASE, **kwargs))]
+
+
+@pytest.mark.parametrize(
+    "budget, baseline, pruned, kept",
+    [
+        # Keras' float32 accuracies of 9,779 and 9,749 correct of 10,000: 0.30 pp exactly.
+        ({"max_loss_pp": 0.3}, 0.9779000282287598, 0.9749000072479248, True),
+        ({"max_loss_pp": 0.3}, 0.9779000282287598, 0.9748000502586365, False),  # 0.31 pp
+        # 0.49 pp of 0.98 is 0.5 % exactly, in float32 too.
+        ({"max_relative_loss_percent": 0.5}, 0.9800000190734863, 0.9750999808311462, True),
+        ({"max_relative_loss_percent": 0.5}, 0.9800000190734863, 0.9749999642372131, False),
+    ],
+)
+def test_a_loss_exactly_on_the_budget_keeps_it(budget, baseline, pruned, kept):
+    job = pb.Job(state=pb.JOB_STATE_SUCCEEDED)
+    job.result.baseline.accuracy, job.result.pruned.accuracy = baseline, pruned
+    trial = pb.Trial()
+    sweeps.record_job(trial, job, pb.AccuracyBudget(**budget))
+    assert trial.within_budget is kept
+    if "max_loss_pp" in budget and kept:
+        assert trial.accuracy_loss_pp == 0.3  # shown as it is, not 0.3000021
