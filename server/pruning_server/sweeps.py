@@ -182,6 +182,8 @@ class SweepServicer(pb_grpc.SweepServiceServicer):
             return checked
         job = pb.Job(id=new_job_id(), spec=job_spec, labels=request.labels, search_sweep_id=sweeps.new_sweep_id())
         job, created = await self.jobs.record(tenant, job, request)
+        if job.state in TERMINAL:
+            return job  # a retry of a job cancelled before its search started: none starts now
         await self.jobs.store.mark_enqueued(job.id)  # the sweep runs it, never a worker
         sweep = pb.Sweep(
             id=job.search_sweep_id, state=pb.JOB_STATE_QUEUED, spec=spec, labels=request.labels, job_id=job.id
@@ -189,6 +191,10 @@ class SweepServicer(pb_grpc.SweepServiceServicer):
         # Keyed by the job: a retry of CreateJob (or a crash between the two writes) starts
         # no second search.
         await self._start(tenant, sweep, f"search-for-job-{job.id}", job.id)
+        if (await self.jobs.store.get(tenant, job.id)).state == pb.JOB_STATE_CANCELLED:
+            # Cancelled while its search was being created (cancel_search found none yet).
+            with contextlib.suppress(Failure):
+                await self._cancel(tenant, sweep.id)
         log.info(
             "job %s %s for %s: searching by sweep %s",
             job.id,
@@ -199,6 +205,17 @@ class SweepServicer(pb_grpc.SweepServiceServicer):
         return await self.jobs.store.get(tenant, job.id)
 
     async def cancel_search(self, tenant: str, job: pb.Job) -> pb.Job:
+        try:
+            await self.store.get(tenant, job.search_sweep_id)
+        except SweepNotFound:
+            # CreateJob recorded the job and has not created its search yet: the job ends now.
+            # Each side writes first and reads the other's after, so one of them sees both: if
+            # the search appeared meanwhile it is cancelled here, else create_search sees the
+            # cancelled job and cancels the search it made.
+            job = await self.jobs.store.update(tenant, job.id, _cancel_before_search)
+            with contextlib.suppress(Failure):  # NOT_FOUND: create_search cancels it
+                await self._cancel(tenant, job.search_sweep_id)
+            return job
         with contextlib.suppress(Failure):  # already ended: the job follows it below
             await self._cancel(tenant, job.search_sweep_id)
         with contextlib.suppress(SweepNotFound):
@@ -251,6 +268,13 @@ class SweepServicer(pb_grpc.SweepServiceServicer):
                 with contextlib.suppress(Failure):
                     await self.jobs.cancel_job(tenant, trial.job_id)
         return await refresh(self.jobs, self.store, sweep.id)
+
+
+def _cancel_before_search(job: pb.Job) -> list[pb.JobEvent]:
+    if job.state in TERMINAL:
+        return []
+    error = pb.JobError(code=code_pb2.CANCELLED, message="cancelled before its search started")
+    return [state_event(job, pb.JOB_STATE_CANCELLED, error)]
 
 
 def _end_as_cancelled(sweep: pb.Sweep) -> bool:
