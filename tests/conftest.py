@@ -113,6 +113,7 @@ class ServerThread:
     """The real grpc.aio server, on its own event loop in a thread, bound to port 0."""
 
     def __init__(self, settings, address: str = "127.0.0.1:0"):
+        self.settings = settings
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()

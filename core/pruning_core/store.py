@@ -158,6 +158,9 @@ class Keys:
     def lost(self, job_id: str) -> str:
         return f"{self.prefix}:lost:{job_id}"
 
+    def sending(self, job_id: str) -> str:
+        return f"{self.prefix}:sending:{job_id}"
+
     def cancel(self, job_id: str) -> str:
         return f"{self.prefix}:cancel:{job_id}"
 
@@ -517,6 +520,15 @@ class AsyncJobStore(_Base):
 
     async def mark_enqueued(self, job_id: str) -> None:
         await self.redis.hset(self.keys.job(job_id), "enqueued", 1)
+
+    async def claim_send(self, job_id: str, lease_s: int = 30) -> bool:
+        """Whether this caller is the one to send the job's task now: concurrent CreateJob
+        calls of one idempotency key send it once. The lease expires, so a sender that died
+        before sending leaves the job to a later retry; ``release_send`` after a failed send."""
+        return bool(await self.redis.set(self.keys.sending(job_id), 1, nx=True, ex=lease_s))
+
+    async def release_send(self, job_id: str) -> None:
+        await self.redis.delete(self.keys.sending(job_id))
 
     async def update(self, tenant: str, job_id: str, mutate: Mutation) -> pb.Job:
         return await _drive_async(self._update_steps(job_id, tenant, mutate))

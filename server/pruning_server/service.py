@@ -337,10 +337,18 @@ class PruningService(pb_grpc.PruningServiceServicer):
         job, created = await self.record(
             tenant, pb.Job(id=new_job_id(), spec=spec, labels=request.labels, sweep_id=sweep_id), request
         )
-        # A retry with the same key also repairs a job whose first enqueue failed.
-        if not await self.store.is_enqueued(job.id):
-            await asyncio.to_thread(self.celery.send_task, tasks.PRUNE, args=[job.id], queue=self.settings.queue)
-            await self.store.mark_enqueued(job.id)
+        # A retry with the same key also repairs a job whose first enqueue failed; of
+        # concurrent calls with the key, one sends.
+        if not await self.store.is_enqueued(job.id) and await self.store.claim_send(job.id):
+            try:
+                if not await self.store.is_enqueued(job.id):  # sent by a caller whose lease ended
+                    await asyncio.to_thread(
+                        self.celery.send_task, tasks.PRUNE, args=[job.id], queue=self.settings.queue
+                    )
+                    await self.store.mark_enqueued(job.id)
+            except BaseException:
+                await self.store.release_send(job.id)
+                raise
         log.info("job %s %s for %s", job.id, "created" if created else "returned again", tenant)
         return job
 
