@@ -55,6 +55,9 @@ def test_s3_parts_must_cover_the_largest_upload(monkeypatch):
         ("keyA=tenantA,keyB", "entry 2 must be key=tenant"),
         ("keyA=", "entry 1 must be key=tenant"),
         ("keyA=a,keyA=b", "entry 2 repeats a key"),
+        # A tenant "alpha:team" would share Redis keys with tenant "alpha" (idempotency keys).
+        ("keyA=alpha,keyB=alpha:team", "entry 2: a tenant is letters"),
+        ("keyA=a b", "entry 1: a tenant is letters"),
     ],
 )
 def test_api_keys_that_would_let_callers_in_or_cannot_be_read_are_refused(monkeypatch, value, why):
@@ -66,6 +69,18 @@ def test_api_keys_that_would_let_callers_in_or_cannot_be_read_are_refused(monkey
     with pytest.raises(ValidationError, match=why) as error:
         Settings()
     assert "keyA" not in str(error.value).replace(value, "")  # no key echoed beyond pydantic's input
+
+
+def test_a_tenant_name_is_at_most_64_characters(monkeypatch):
+    from pydantic import ValidationError
+
+    from pruning_core.settings import Settings
+
+    monkeypatch.setenv("PRUNING_API_KEYS", "k=" + "t" * 64)
+    assert Settings().tenants_by_key() == {"k": "t" * 64}
+    monkeypatch.setenv("PRUNING_API_KEYS", "k=" + "t" * 65)
+    with pytest.raises(ValidationError, match="at most 64"):
+        Settings()
 
 
 def test_api_keys_map_keys_to_tenants(monkeypatch):
