@@ -32,6 +32,24 @@ log = logging.getLogger("pruning_server")
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["PruningService"].full_name
 SWEEP_SERVICE_NAME = pb.DESCRIPTOR.services_by_name["SweepService"].full_name
 MAX_MESSAGE = 8 * 1024 * 1024
+
+
+class ClientGone(logging.Filter):
+    """grpc.aio logs an ERROR with a traceback when a message cannot be sent because the
+    client cancelled the stream or went away (``ExecuteBatchError`` on a SendMessageOperation):
+    anyone could fill the log with them. It becomes one INFO line; other errors pass as they are."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if type(exc).__name__ == "ExecuteBatchError" and "SendMessageOperation" in str(exc):
+            method = record.getMessage().rpartition(" ")[2].strip("[]")
+            record.msg, record.args = "the client of %s went away before its stream ended", (method,)
+            record.exc_info, record.exc_text = None, None
+            record.levelno, record.levelname = logging.INFO, "INFO"
+        return True
+
+
+_CLIENT_GONE = ClientGone()
 EXIT_ADDRESS_IN_USE = 3
 
 
@@ -108,6 +126,7 @@ async def create_server(settings: Settings, address: str | None = None) -> Runni
     if settings.tracing:
         telemetry.setup_tracing(settings)
         interceptors.insert(0, Tracing())  # outermost: the span sees the status the errors map to
+    logging.getLogger("grpc._cython.cygrpc").addFilter(_CLIENT_GONE)  # once however many servers
     server = grpc.aio.server(
         interceptors=interceptors,
         options=[
