@@ -15,7 +15,9 @@ over the budget and never sinks the sweep.
 
 from __future__ import annotations
 
+import builtins
 import math
+import re
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -485,25 +487,52 @@ class SweepStore:
         await self.redis.delete(f"{self._key(sweep_id)}:lock")
 
     async def list(self, tenant: str, page_size: int, page_token: str, state: int) -> tuple[list[pb.Sweep], str]:
-        """Newest first; the page token is the offset into the tenant's index."""
-        start = int(page_token or 0)
-        out: list[pb.Sweep] = []
+        """Newest first. The page token is where the previous page ended (its last sweep's
+        place in the tenant's index, ``<score>:<id>``, see :func:`parse_page_token`), so sweeps
+        created or deleted between pages neither come twice nor push others out."""
         index = self._tenant_index(tenant)
-        while len(out) < page_size:
-            ids = await self.redis.zrevrange(index, start, start + page_size - 1)
-            if not ids:
+        bound = parse_page_token(page_token)
+        out: list[pb.Sweep] = []
+        while True:
+            entries = await self._after(index, bound, page_size)
+            if not entries:
                 return out, ""
-            for i, raw_id in enumerate(ids):
+            for raw_id, score in entries:
+                bound = (score, raw_id.decode())
                 try:
-                    sweep = await self.get(tenant, raw_id.decode())
+                    sweep = await self.get(tenant, bound[1])
                 except SweepNotFound:
                     continue
                 if not state or sweep.state == state:
                     out.append(sweep)
                     if len(out) == page_size:
-                        return out, str(start + i + 1)
-            start += len(ids)
-        return out, str(start)
+                        return out, f"{score!r}:{bound[1]}"
+
+    async def _after(
+        self, index: str, bound: tuple[float, str] | None, count: int
+    ) -> builtins.list[tuple[bytes, float]]:
+        """Up to ``count`` entries of ``index`` after ``bound`` in its newest-first order (score,
+        then id, both descending, as ZREVRANGEBYSCORE orders them)."""
+        if bound is None:
+            return await self.redis.zrevrangebyscore(index, "+inf", "-inf", start=0, num=count, withscores=True)
+        score, last = bound
+        ties = await self.redis.zrevrangebyscore(index, repr(score), repr(score))  # ids sharing the score
+        skip = sum(1 for t in ties if t.decode() >= last)
+        return await self.redis.zrevrangebyscore(index, repr(score), "-inf", start=skip, num=count, withscores=True)
+
+
+_PAGE_TOKEN = re.compile(r"(-?[0-9]+(?:\.[0-9]+)?(?:e[-+]?[0-9]+)?):([0-9a-f]{24})")
+
+
+def parse_page_token(token: str) -> tuple[float, str] | None:
+    """A ListSweeps page token as (score, sweep id); None for the first page. ValueError
+    for anything else."""
+    if not token:
+        return None
+    match = _PAGE_TOKEN.fullmatch(token)
+    if match is None or not math.isfinite(float(match.group(1))):
+        raise ValueError("not a page token from ListSweeps")
+    return float(match.group(1)), match.group(2)
 
 
 def new_sweep_id() -> str:

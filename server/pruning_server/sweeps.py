@@ -29,7 +29,6 @@ from .service import PruningService
 
 log = logging.getLogger(__name__)
 _SWEEP_ID = re.compile(r"[0-9a-f]{24}")
-_PAGE_TOKEN = re.compile(r"[0-9]{1,12}")  # an offset ListSweeps returned; Redis takes it as int64
 WATCH_POLL_S = 0.3
 LOCK_MS = 30_000
 TRIAL_LABELS = ("sweep", "trial")
@@ -231,8 +230,10 @@ class SweepServicer(pb_grpc.SweepServiceServicer):
             raise Invalid([("page_size", f"must be in [0, 500], got {request.page_size}")])
         if request.state not in pb.JobState.values():
             raise Invalid([("state", f"unknown state {request.state}")])
-        if request.page_token and not _PAGE_TOKEN.fullmatch(request.page_token):
-            raise Invalid([("page_token", "not a page token from ListSweeps")])
+        try:
+            sweeps.parse_page_token(request.page_token)
+        except ValueError as exc:
+            raise Invalid([("page_token", str(exc))]) from None
         found, token = await self.store.list(tenant, request.page_size or 50, request.page_token, request.state)
         return pb.ListSweepsResponse(sweeps=found, next_page_token=token)
 

@@ -1,8 +1,8 @@
 """Sweeps on a real Redis and a real server of their own, with no worker: trials are written
 as a worker would leave them. A budget without a baseline is refused; a cancelled sweep's
 trials follow their jobs to their end (for a sweep and for the search of a job with a budget);
-a trial queued while its sweep is cancelled is cancelled with it; a page token that is no
-offset is refused with its field."""
+a trial queued while its sweep is cancelled is cancelled with it; ListSweeps pages by where the
+last page ended, and a page token it did not make is refused with its field."""
 
 from __future__ import annotations
 
@@ -158,8 +158,11 @@ def test_a_budget_without_the_baseline_is_refused(deployment):
     assert "spec.base.training.skip_baseline" in _fields(sweep_error.value)
 
 
-@pytest.mark.parametrize("token", ["99999999999999999999", "9223372036854775807", "²", "-1", " 1"])
-def test_a_page_token_that_is_no_offset_is_refused(deployment, token):
+@pytest.mark.parametrize(
+    "token",
+    ["99999999999999999999", "9223372036854775807", "²", "-1", " 1", "1e999:" + "a" * 24, "1.5:" + "z" * 24, "1.5:ab"],
+)
+def test_a_page_token_listsweeps_did_not_make_is_refused(deployment, token):
     server, _ = deployment
     with grpc.insecure_channel(server.target) as channel:
         with pytest.raises(grpc.RpcError) as error:
@@ -188,3 +191,42 @@ def test_the_page_tokens_listsweeps_returns_page_through_the_sweeps(deployment, 
             if not (token := page.next_page_token):
                 break
     assert sorted(seen) == sorted(ids)
+
+
+def test_sweeps_made_or_deleted_between_pages_neither_repeat_nor_hide_others(deployment, redis_url):
+    """Pages by where the last one ended, not by offset: a sweep created between pages came
+    again on the next page (4 repeats in 14 entries), one deleted hid another. Sweeps sharing
+    one creation time (a tie in the index) are paged through too."""
+    server, prefix = deployment
+
+    async def make(store: AsyncJobStore, sweep_store: SweepStore, n: int = 1) -> list[str]:
+        ids = []
+        for _ in range(n):
+            sweep = pb.Sweep(id=sweeps.new_sweep_id(), state=pb.JOB_STATE_CANCELLED)
+            await sweep_store.create(TENANT, sweep, "", "")
+            ids.append(sweep.id)
+        return ids
+
+    first = _with_stores(redis_url, prefix, lambda store, ss: make(store, ss, 9))
+
+    async def tie(store: AsyncJobStore, sweep_store: SweepStore) -> None:  # three share a score
+        index = sweep_store._tenant_index(TENANT)
+        score = await store.redis.zscore(index, first[4])
+        await store.redis.zadd(index, {first[3]: score, first[5]: score}, xx=True)
+
+    _with_stores(redis_url, prefix, tie)
+    seen, token, pages = [], "", 0
+    with grpc.insecure_channel(server.target) as channel:
+        stub = pb_grpc.SweepServiceStub(channel)
+        while True:
+            page = stub.ListSweeps(pb.ListSweepsRequest(page_size=2, page_token=token))
+            seen += [s.id for s in page.sweeps]
+            pages += 1
+            if pages == 2:  # between pages: two new sweeps, and one not listed yet deleted
+                _with_stores(redis_url, prefix, lambda store, ss: make(store, ss, 2))
+                _with_stores(redis_url, prefix, lambda store, ss: ss.delete(first[0]))
+            if not (token := page.next_page_token):
+                break
+    assert len(seen) == len(set(seen)), "a sweep came twice"
+    assert set(first[1:]) <= set(seen), "a sweep was skipped"
+    assert first[0] not in seen
