@@ -130,6 +130,10 @@ class SweepServicer(pb_grpc.SweepServiceServicer):
             )
         except Invalid as exc:
             raise Invalid([(f"{prefix}{f.removeprefix('spec')}", d) for f, d in exc.violations]) from None
+        except Failure as exc:  # NOT_FOUND "spec.model_id: no artifact ..." names the field too
+            if not exc.message.startswith("spec."):
+                raise
+            raise Failure(exc.code, f"{prefix}{exc.message.removeprefix('spec')}") from None
 
     async def _start(self, tenant: str, sweep: pb.Sweep, idempotency_key: str, fingerprint: str) -> pb.Sweep:
         sweep.created_at.GetCurrentTime()

@@ -230,3 +230,22 @@ def test_sweeps_made_or_deleted_between_pages_neither_repeat_nor_hide_others(dep
     assert len(seen) == len(set(seen)), "a sweep came twice"
     assert set(first[1:]) <= set(seen), "a sweep was skipped"
     assert first[0] not in seen
+
+
+def test_an_unknown_model_is_named_where_the_request_has_it(deployment):
+    server, _ = deployment
+    spec = pb.JobSpec(model_id="ab" * 32)
+    spec.dataset.builtin = "mnist"
+    spec.pruning.schedule.constant_sparsity.target_sparsity = 0.5
+    with grpc.insecure_channel(server.target) as channel:
+        with pytest.raises(grpc.RpcError) as sweep_error:
+            pb_grpc.SweepServiceStub(channel).CreateSweep(
+                pb.CreateSweepRequest(spec=pb.SweepSpec(base=spec, sparsities=[0.5]))
+            )
+        spec.budget.max_loss_pp = 1.0
+        with pytest.raises(grpc.RpcError) as job_error:
+            pb_grpc.PruningServiceStub(channel).CreateJob(pb.CreateJobRequest(spec=spec))
+    assert sweep_error.value.code() == grpc.StatusCode.NOT_FOUND
+    assert sweep_error.value.details().startswith("spec.base.model_id: no artifact")
+    assert job_error.value.code() == grpc.StatusCode.NOT_FOUND
+    assert job_error.value.details().startswith("spec.model_id: no artifact")
