@@ -36,7 +36,7 @@ from .client import Client, _api_key_problem
 from .exceptions import JobCancelled, NotFound, PruningError
 from .job import JobHandle, _is_directory
 from .report import job_report, sweep_report
-from .results import JobPlan, ModelSummary, PruneResult
+from .results import JobPlan, ModelSummary, PruneResult, speed_up
 from .specs import (
     EXPORT_FORMATS,
     IMPORTANCE_CRITERIA,
@@ -309,7 +309,7 @@ def _latency_lines(raw: pb.PruneResult) -> list[str]:
     for x in raw.latency:
         lines.append(
             f"  {x.runtime:7}{x.device:22} batch {x.batch_size:<5}{x.before_ms:>9.3f} ->{x.after_ms:>9.3f}"
-            f"  ({x.before_ms / x.after_ms if x.after_ms else 0:.2f}x)"
+            f"  ({speed_up(x)})"
         )
     return lines
 

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 
 from pruning.v1 import pruning_pb2 as pb
 
+from .results import speed_up
 from .sweeps import curve, in_budget, is_halving
 
 __all__ = ["job_report", "sweep_report"]
@@ -100,7 +101,7 @@ def job_report(job: pb.Job, files: dict[str, str] | None = None) -> tuple[str, s
                             str(x.batch_size),
                             f"{x.before_ms:.3f}",
                             f"{x.after_ms:.3f}",
-                            f"{x.before_ms / x.after_ms:.2f}x" if x.after_ms else "",
+                            speed_up(x),
                             str(x.repeats),
                         )
                         for x in r.latency

@@ -9,6 +9,7 @@ import re
 import shutil
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -127,21 +128,48 @@ def _probe(model: Any, batch: int) -> list[np.ndarray]:
     return [rng.random((batch, *t.shape[1:])).astype(t.dtype.as_numpy_dtype) for t in model.inputs]
 
 
-def paired_median_ms(run_a: Any, run_b: Any, repeats: int, warmup: int = 2) -> tuple[float, float]:
-    """Median milliseconds of ``run_a`` and of ``run_b`` over ``repeats`` timed runs each,
-    taken in alternation (a b, b a, ...) so that load drifting on a shared machine weighs
-    on both alike."""
+# A timed sample lasts at least this long: one call of a small model takes microseconds, too
+# close to the timer's own cost and the scheduler's jitter to time alone.
+SAMPLE_S = 0.002
+MAX_CALLS_PER_SAMPLE = 1000
+
+
+@dataclass
+class Paired:
+    """Median milliseconds per call of two runs timed side by side, and whether their middle
+    halves (25th to 75th percentile of the samples) overlap: a difference then is not told
+    apart from the machine's noise."""
+
+    a_ms: float
+    b_ms: float
+    within_noise: bool
+    calls_per_sample: int
+
+
+def paired_median_ms(run_a: Any, run_b: Any, repeats: int, warmup: int = 2) -> Paired:
+    """``repeats`` samples of ``run_a`` and of ``run_b``, taken in alternation (a b, b a, ...)
+    so that load drifting on a shared machine weighs on both alike; each sample calls its run
+    enough times to last :data:`SAMPLE_S` (the same count for both)."""
     for _ in range(warmup):
         run_a()
         run_b()
+    once = []
+    for run in (run_a, run_b):
+        started = time.perf_counter()
+        run()
+        once.append(time.perf_counter() - started)
+    calls = max(1, min(MAX_CALLS_PER_SAMPLE, int(SAMPLE_S / max(min(once), 1e-7))))
     times: tuple[list[float], list[float]] = ([], [])
     for i in range(repeats):
         order = ((0, run_a), (1, run_b)) if i % 2 == 0 else ((1, run_b), (0, run_a))
         for slot, run in order:
             started = time.perf_counter()
-            run()
-            times[slot].append(time.perf_counter() - started)
-    return float(np.median(times[0]) * 1000.0), float(np.median(times[1]) * 1000.0)
+            for _ in range(calls):
+                run()
+            times[slot].append((time.perf_counter() - started) / calls)
+    a25, a50, a75 = np.percentile(times[0], (25, 50, 75)) * 1000.0
+    b25, b50, b75 = np.percentile(times[1], (25, 50, 75)) * 1000.0
+    return Paired(float(a50), float(b50), bool(a25 <= b75 and b25 <= a75), calls)
 
 
 def tf_runner(model: Any, batch: int) -> Any:
@@ -192,15 +220,17 @@ def latency_pairs(
         if flat is not None:
             pairs.append(("tflite", "CPU (XNNPACK)", tflite_runner(flat[0], batch), tflite_runner(flat[1], batch)))
         for runtime, where, run_before, run_after in pairs:
-            before_ms, after_ms = paired_median_ms(run_before, run_after, repeats)
+            timed = paired_median_ms(run_before, run_after, repeats)
             out.append(
                 pb.Latency(
                     runtime=runtime,
                     device=where,
                     batch_size=batch,
-                    before_ms=before_ms,
-                    after_ms=after_ms,
+                    before_ms=timed.a_ms,
+                    after_ms=timed.b_ms,
                     repeats=repeats,
+                    within_noise=timed.within_noise,
+                    calls_per_run=timed.calls_per_sample,
                 )
             )
     return out

@@ -1317,13 +1317,22 @@ class Latency(_message.Message):
     BEFORE_MS_FIELD_NUMBER: _builtins.int
     AFTER_MS_FIELD_NUMBER: _builtins.int
     REPEATS_FIELD_NUMBER: _builtins.int
+    WITHIN_NOISE_FIELD_NUMBER: _builtins.int
+    CALLS_PER_RUN_FIELD_NUMBER: _builtins.int
     runtime: _builtins.str
     """"tf" (TensorFlow on the job's device) or "tflite" (TFLite with XNNPACK, on CPU)."""
     device: _builtins.str
     batch_size: _builtins.int
     before_ms: _builtins.float
+    """Medians per call over `repeats` timed runs of each model, taken in alternation."""
     after_ms: _builtins.float
     repeats: _builtins.int
+    within_noise: _builtins.bool
+    """The middle halves (25th to 75th percentile) of the two models' runs overlap: the
+    difference is within the machine's noise, not a speed-up or a slow-down.
+    """
+    calls_per_run: _builtins.int
+    """Calls in one timed run (a small model's call is timed in runs of at least 2 ms)."""
     def __init__(
         self,
         *,
@@ -1333,10 +1342,12 @@ class Latency(_message.Message):
         before_ms: _builtins.float = ...,
         after_ms: _builtins.float = ...,
         repeats: _builtins.int = ...,
+        within_noise: _builtins.bool = ...,
+        calls_per_run: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_ms", b"after_ms", "batch_size", b"batch_size", "before_ms", b"before_ms", "device", b"device", "repeats", b"repeats", "runtime", b"runtime"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_ms", b"after_ms", "batch_size", b"batch_size", "before_ms", b"before_ms", "calls_per_run", b"calls_per_run", "device", b"device", "repeats", b"repeats", "runtime", b"runtime", "within_noise", b"within_noise"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
