@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from google.protobuf import json_format
+from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.message import Message
 
 from pruning.v1 import pruning_pb2 as pb
 
@@ -157,11 +159,18 @@ class PruneResult:
         )
 
     def to_dict(self) -> dict[str, Any]:
-        """The fields as plain JSON-ready values (without ``raw``)."""
+        """The fields as plain JSON-ready values (without ``raw``), and what only ``raw`` has:
+        ``structured``, ``recipe``, ``history``, ``latency`` and ``phase_seconds`` (counts as
+        numbers, not the strings proto3's JSON makes of 64-bit integers)."""
         out = {k: v for k, v in self.__dict__.items() if k != "raw"}
         out["layers"] = [dict(layer.__dict__) for layer in self.layers]
-        if self.structured is not None:
-            out["structured"] = json_format.MessageToDict(self.structured, preserving_proto_field_name=True)
+        r = self.raw
+        for name in ("structured", "recipe"):
+            if r.HasField(name):
+                out[name] = plain(getattr(r, name))
+        out["history"] = [plain(epoch) for epoch in r.history]
+        out["latency"] = [plain(x) for x in r.latency]
+        out["phase_seconds"] = dict(r.phase_seconds)
         return out
 
     def _repr_html_(self) -> str:
@@ -418,6 +427,31 @@ class JobPlan:
             ("keras version", versions),
             ("estimate", f"{self.estimated_seconds:.0f} s ({self.estimate_basis})"),
         ]
+
+
+_INT64 = {FieldDescriptor.CPPTYPE_INT64, FieldDescriptor.CPPTYPE_UINT64}
+
+
+def plain(message: Message) -> dict[str, Any]:
+    """``message`` as JSON-ready values, with field names as in the contract and 64-bit
+    integers as numbers (proto3's JSON writes them as strings)."""
+    return _numbers(message.DESCRIPTOR, json_format.MessageToDict(message, preserving_proto_field_name=True))
+
+
+def _numbers(descriptor: Any, data: dict[str, Any]) -> dict[str, Any]:
+    for fd in descriptor.fields:
+        if fd.name not in data:
+            continue
+        value, repeated = data[fd.name], fd.is_repeated
+        if fd.cpp_type in _INT64:
+            data[fd.name] = [int(v) for v in value] if repeated else int(value)
+        elif fd.message_type is not None and not fd.message_type.GetOptions().map_entry:
+            if fd.message_type.full_name.startswith("google.protobuf."):
+                continue  # Timestamp, Duration: their own JSON forms
+            items = value if repeated else [value]
+            for item in items:
+                _numbers(fd.message_type, item)
+    return data
 
 
 def speed_up(latency: pb.Latency) -> str:

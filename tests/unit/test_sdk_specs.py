@@ -118,8 +118,29 @@ def test_result_shows_structured_figures():
     assert rows["parameters"] == "1,000 -> 400"
     assert "2.00x" in rows["latency tflite batch 64"]
     assert "logits" in rows["left whole: logits"]
-    assert result.to_dict()["structured"]["params_after"] == "400"
+    assert result.to_dict()["structured"]["params_after"] == 400  # a number, as in the table
     assert PruneResult.from_proto(pb.PruneResult()).structured is None
+
+
+def test_result_json_carries_what_the_table_shows():
+    """`pruning result --json` is the table's result as JSON: latency, the recipe, the
+    history and the phase timings included (they were left out)."""
+    import json
+
+    raw = pb.PruneResult(
+        recipe=pb.RecipeResult(name="keep_accuracy", schedule_end_step=420, schedule_frequency=42),
+        history=[pb.EpochSummary(epoch=1, loss=0.3), pb.EpochSummary(epoch=2, loss=0.2)],
+        latency=[pb.Latency(runtime="tf", batch_size=1, before_ms=0.5, after_ms=0.5, repeats=10, within_noise=True)],
+        phase_seconds={"load": 0.01, "fine_tune": 6.3},
+        total_params=20410,
+    )
+    data = json.loads(json.dumps(PruneResult.from_proto(raw).to_dict()))
+    assert data["recipe"]["name"] == "keep_accuracy" and data["recipe"]["schedule_end_step"] == 420
+    assert [e["epoch"] for e in data["history"]] == [1, 2]
+    assert data["latency"][0]["within_noise"] is True and data["latency"][0]["repeats"] == 10
+    assert data["phase_seconds"] == {"load": 0.01, "fine_tune": 6.3}
+    assert data["total_params"] == 20410
+    assert "structured" not in data
 
 
 def _submit_spec(*args: str) -> pb.JobSpec:
