@@ -36,7 +36,7 @@ from .client import Client, _api_key_problem
 from .exceptions import JobCancelled, NotFound, PruningError
 from .job import JobHandle, _is_directory
 from .report import job_report, sweep_report
-from .results import JobPlan, ModelSummary, PruneResult, speed_up
+from .results import JobPlan, ModelSummary, PruneResult, recipe_text, speed_up
 from .specs import (
     EXPORT_FORMATS,
     IMPORTANCE_CRITERIA,
@@ -290,16 +290,7 @@ def _recipe_lines(raw: pb.PruneResult) -> list[str]:
     r = raw.recipe
     if not r.name:
         return []
-    return [
-        f"recipe: {r.name}, final sparsity at step {r.schedule_end_step} (masks every {r.schedule_frequency}), "
-        f"learning rate {r.learning_rate:g}{' with cosine decay' if r.learning_rate_decay else ''}"
-        + (
-            f", distilled from the baseline (alpha {r.distillation_alpha:g}, T {r.distillation_temperature:g})"
-            if r.distillation
-            else ""
-        )
-        + f"; {r.epochs_run} epochs run, weights of epoch {r.best_epoch} kept"
-    ]
+    return [f"recipe: {recipe_text(r)}"]
 
 
 def _latency_lines(raw: pb.PruneResult) -> list[str]:
@@ -387,6 +378,8 @@ def format_plan(plan: JobPlan) -> str:
     if plan.layers:
         rows = [(x.name, x.class_name, f"{x.weights:,}", f"{x.final_sparsity:.4f}") for x in plan.layers]
         lines += _columns(("layer", "class", "weights", "final sparsity"), rows, (False, False, True, True))
+    elif plan.spec.pruning.HasField("structured"):
+        lines.append("no layers to prune by weight: structured pruning picks the channels to cut as the job runs")
     else:
         lines.append("no layers to prune")
     return "\n".join(lines)

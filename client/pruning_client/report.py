@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 from pruning.v1 import pruning_pb2 as pb
 
-from .results import speed_up
+from .results import PruneResult, recipe_text, speed_up
 from .sweeps import curve, in_budget, is_halving
 
 __all__ = ["job_report", "sweep_report"]
@@ -88,6 +88,18 @@ def job_report(job: pb.Job, files: dict[str, str] | None = None) -> tuple[str, s
             ),
         )
     )
+    if r.HasField("structured"):
+        st = r.structured
+        sections.append(("Structured pruning", (("", "figure"), PruneResult.from_proto(r).structured_lines())))
+        sections.append(
+            (
+                "Layer widths (output channels)",
+                (
+                    ("layer", "type", "baseline", "pruned"),
+                    [(x.name, x.type, str(x.channels_before), str(x.channels_after)) for x in st.layers],
+                ),
+            )
+        )
     if r.latency:
         sections.append(
             (
@@ -114,11 +126,7 @@ def job_report(job: pb.Job, files: dict[str, str] | None = None) -> tuple[str, s
         sections.append(
             (
                 "Recipe",
-                f"{rc.name}: schedule steps {rc.schedule_begin_step} to {rc.schedule_end_step} every "
-                f"{rc.schedule_frequency}, learning rate {rc.learning_rate:g}"
-                + (" with cosine decay" if rc.learning_rate_decay else "")
-                + (f", early stop after {rc.early_stopping_patience} epochs" if rc.early_stopping_patience else "")
-                + f"; {rc.epochs_run} epochs run, weights of epoch {rc.best_epoch} kept",
+                recipe_text(rc),
             )
         )
     if r.history:

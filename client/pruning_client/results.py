@@ -454,6 +454,25 @@ def _numbers(descriptor: Any, data: dict[str, Any]) -> dict[str, Any]:
     return data
 
 
+def recipe_text(r: pb.RecipeResult) -> str:
+    """How the job fine-tuned, in one line (the CLI's result and the report say the same):
+    the sparsity schedule (none for structured pruning alone), learning rate, distillation,
+    early stopping, and the epochs run and kept."""
+    if r.schedule_frequency:
+        schedule = f"final sparsity at step {r.schedule_end_step} (masks every {r.schedule_frequency})"
+    else:
+        schedule = "no sparsity schedule (structured pruning only)"
+    parts = [
+        f"{r.name}, {schedule}",
+        f"learning rate {r.learning_rate:g}{' with cosine decay' if r.learning_rate_decay else ''}",
+    ]
+    if r.distillation:
+        parts.append(f"distilled from the baseline (alpha {r.distillation_alpha:g}, T {r.distillation_temperature:g})")
+    if r.early_stopping_patience:
+        parts.append(f"early stopping with a patience of {r.early_stopping_patience} epochs")
+    return ", ".join(parts) + f"; {r.epochs_run} epochs run, weights of epoch {r.best_epoch} kept"
+
+
 def speed_up(latency: pb.Latency) -> str:
     """Baseline over pruned time, "1.32x"; "1.47x, within noise" when the two models' timed
     runs overlap in their middle halves (the figure is then no speed-up to count on)."""

@@ -326,3 +326,36 @@ def test_a_message_of_its_own_is_kept(capsys: pytest.CaptureFixture[str]) -> Non
         "message": "INVALID_ARGUMENT: bad spec",
         "field_violations": [["spec.x", "wrong"]],
     }
+
+
+def test_a_structured_plan_says_structured_pruning_picks_the_channels() -> None:
+    plan = pb.JobPlan(keras_version=2)
+    plan.spec.pruning.structured.ratio = 0.5
+    text = format_plan(JobPlan.from_proto(plan))
+    assert "structured pruning picks the channels" in text and "no layers to prune\n" not in text + "\n"
+
+
+def test_the_recipe_line_reads_right_for_every_kind_of_job() -> None:
+    from pruning_client.results import recipe_text
+
+    weights = pb.RecipeResult(
+        name="keep_accuracy",
+        schedule_end_step=420,
+        schedule_frequency=42,
+        learning_rate=0.002,
+        learning_rate_decay=True,
+        distillation=True,
+        distillation_alpha=0.5,
+        distillation_temperature=4,
+        early_stopping_patience=2,
+        epochs_run=2,
+        best_epoch=2,
+    )
+    assert recipe_text(weights) == (
+        "keep_accuracy, final sparsity at step 420 (masks every 42), learning rate 0.002 with cosine decay, "
+        "distilled from the baseline (alpha 0.5, T 4), early stopping with a patience of 2 epochs; "
+        "2 epochs run, weights of epoch 2 kept"
+    )
+    channels = pb.RecipeResult(name="keep_accuracy", learning_rate=0.002, epochs_run=2, best_epoch=1)
+    text = recipe_text(channels)
+    assert "no sparsity schedule (structured pruning only)" in text and "step 0" not in text
