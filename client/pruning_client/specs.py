@@ -216,7 +216,7 @@ def job_spec(
     """A JobSpec. ``dataset`` is a built-in name ("mnist") or an uploaded dataset's id.
 
     Every training parameter left at None stays unset, so the server applies its default
-    (epochs 2, batch size 128, optimizer adam, the optimizer's learning rate, sparse categorical
+    (epochs 2, batch size 128, optimizer adam, the recipe's learning rate, sparse categorical
     cross-entropy from logits, validation split 0.1, no seed, all samples); an explicit
     ``validation_split=0.0`` turns validation off. ``exports`` are format names (see
     :func:`export_format`); empty means the server's default, keras. ``keras_version`` (2 for

@@ -319,6 +319,16 @@ def test_one_artifact_volume_for_server_and_workers(templates):
     assert templates["pvc.yaml"].startswith("{{- if not .Values.persistence.existingClaim }}")
 
 
+def test_a_workers_job_files_live_in_its_own_empty_dir(templates, values):
+    """PRUNING_WORK_DIR (TensorFlow's scratch, epoch checkpoints) on an emptyDir of the pod:
+    neither the container's writable layer nor the shared artifact volume."""
+    worker = templates["worker-deployment.yaml"]
+    assert re.search(r"name: PRUNING_WORK_DIR\n\s+value: {{ \.Values\.worker\.workDir\.mountPath \| quote }}", worker)
+    assert re.search(r"- name: work\n\s+mountPath: {{ \.Values\.worker\.workDir\.mountPath }}", worker)
+    assert re.search(r"- name: work\n\s+emptyDir:", worker)
+    assert values["worker"]["workDir"]["mountPath"] != values["persistence"]["mountPath"]
+
+
 def test_builtin_redis_is_optional(templates):
     redis = templates["redis.yaml"]
     assert redis.startswith("{{- if .Values.redis.enabled }}")
@@ -388,7 +398,13 @@ def test_helm_template_default():
             }
         )
     assert {e["name"]: e["value"] for e in worker_c["env"]}["TF_USE_LEGACY_KERAS"] == "1"
-    claims = {v["persistentVolumeClaim"]["claimName"] for spec in (server, worker) for v in spec["volumes"]}
+    claims = {
+        v["persistentVolumeClaim"]["claimName"]
+        for spec in (server, worker)
+        for v in spec["volumes"]
+        if "persistentVolumeClaim" in v
+    }
+    assert "emptyDir" in {v["name"]: v for v in worker["volumes"]}["work"]
     assert claims == set(by_kind(docs, "PersistentVolumeClaim"))
 
 

@@ -555,7 +555,7 @@ class ConstantSparsity(_message.Message):
     end_step: _builtins.int
     """0 = the last step of fine-tuning."""
     frequency: _builtins.int
-    """Steps between mask updates; 0 = 100."""
+    """Steps between mask updates; 0 = about a tenth of the schedule's steps, at most 100."""
     def __init__(
         self,
         *,
@@ -588,13 +588,17 @@ class PolynomialDecay(_message.Message):
     final_sparsity: _builtins.float
     begin_step: _builtins.int
     end_step: _builtins.int
-    """0 = the last step of fine-tuning."""
+    """0 = the recipe's: under KEEP_ACCURACY about half of the fine-tuning steps, on a mask
+    update (the rest recovers at the final sparsity); under PLAIN the last step.
+    """
     power: _builtins.float
     """0 = the recipe's: 5 under KEEP_ACCURACY (most of the sparsity early in the ramp), 3 (TFMOT's
     default) under PLAIN.
     """
     frequency: _builtins.int
-    """Steps between mask updates; 0 = 100."""
+    """Steps between mask updates; 0 = the recipe's: about ten updates over the ramp under
+    KEEP_ACCURACY, 100 under PLAIN.
+    """
     def __init__(
         self,
         *,
@@ -881,7 +885,9 @@ class TrainingSpec(_message.Message):
     optimizer: _builtins.str
     """"adam", "sgd", "rmsprop"; empty = "adam"."""
     learning_rate: _builtins.float
-    """0 = the optimizer's default."""
+    """0 = the recipe's: twice the optimizer's default under KEEP_ACCURACY (with cosine decay),
+    the optimizer's default under PLAIN.
+    """
     loss: _builtins.str
     """Keras loss name; empty = sparse categorical cross-entropy from logits."""
     validation_split: _builtins.float
@@ -1712,7 +1718,7 @@ class JobPlan(_message.Message):
     steps_per_epoch: _builtins.int
     total_steps: _builtins.int
     schedule_begin_step: _builtins.int
-    """The schedule's steps as they will run (end_step 0 resolved to the last step)."""
+    """The schedule's steps as they will run (end_step and frequency 0 resolved by the recipe)."""
     schedule_end_step: _builtins.int
     keras_version: _builtins.int
     estimated_seconds: _builtins.float
