@@ -176,6 +176,13 @@ class Settings(BaseSettings):
         "what a slow upload buffers in the server small (tens of MiB otherwise) and is as fast on fast links; "
         "turn on for clients far away (high latency)",
     )
+    keepalive_s: float = Field(
+        60.0,
+        gt=0,
+        description="the server pings every client connection this often; one whose client vanished "
+        "(a host powered off, a dropped network) is closed after keepalive_timeout_s, freeing its streams' slots",
+    )
+    keepalive_timeout_s: float = Field(20.0, gt=0, description="how long a keepalive ping may go unanswered")
     upload_pipeline_depth: int = Field(
         8, description="chunks of one upload received but not yet hashed and written (memory per upload)"
     )

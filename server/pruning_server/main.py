@@ -136,6 +136,14 @@ async def create_server(settings: Settings, address: str | None = None) -> Runni
             ("grpc.so_reuseport", 0),
             # Without BDP probing a stream's window stays fixed: a slow upload buffers little.
             ("grpc.http2.bdp_probe", int(settings.http2_bdp_probe)),
+            # A client that vanished without closing its connection (no FIN, no RST) would hold
+            # its watches' and transfers' slots forever: pings find it gone. Sent also while a
+            # stream is silent (an idle watch), however long.
+            ("grpc.keepalive_time_ms", int(settings.keepalive_s * 1000)),
+            ("grpc.keepalive_timeout_ms", int(settings.keepalive_timeout_s * 1000)),
+            ("grpc.http2.ping_timeout_ms", int(settings.keepalive_timeout_s * 1000)),  # else 60 s
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.http2.max_pings_without_data", 0),
         ],
     )
     celery = make_celery(settings)

@@ -1,0 +1,95 @@
+"""A client that vanishes without closing its connection (a host powered off, a dropped
+network: no FIN, no RST) does not hold its watch slot forever: the server's keepalive pings go
+unanswered and it closes the connection. Simulated by a TCP relay that stops relaying."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+
+import grpc
+import pytest
+from hostile import hostile_server, tiny  # noqa: F401 - fixture
+
+from pruning.v1 import pruning_pb2 as pb
+from pruning.v1 import pruning_pb2_grpc as pb_grpc
+from pruning_client import Client, job_spec
+
+pytestmark = pytest.mark.integration
+META = (("x-api-key", "key-a"),)
+
+
+class FreezingRelay:
+    """Relays one TCP connection to ``target`` until ``freeze()``; then reads and writes
+    nothing more but keeps both sockets open, as a vanished peer does."""
+
+    def __init__(self, target: tuple[str, int]):
+        self.target, self.frozen = target, threading.Event()
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.sockets: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        client, _ = self.listener.accept()
+        upstream = socket.create_connection(self.target)
+        self.sockets += [client, upstream]
+        for a, b in ((client, upstream), (upstream, client)):
+            threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
+        src.settimeout(0.1)
+        while not self.frozen.is_set():
+            try:
+                data = src.recv(65536)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            if not data:
+                return
+            dst.sendall(data)
+
+    def freeze(self) -> None:
+        self.frozen.set()
+
+    def close(self) -> None:
+        for s in [self.listener, *self.sockets]:
+            s.close()
+
+
+def _watch_opens(stub, job_id: str) -> bool:
+    call = stub.WatchJob(pb.WatchJobRequest(job_id=job_id), metadata=META, timeout=5)
+    try:
+        next(call)
+        return True
+    except grpc.RpcError as error:
+        assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, error
+        return False
+    finally:
+        call.cancel()
+
+
+def test_a_vanished_clients_watch_frees_its_slot(env, tiny):  # noqa: F811
+    server = hostile_server(env, "vanished", max_watches_per_tenant=1, keepalive_s=1.0, keepalive_timeout_s=1.0)
+    relay = FreezingRelay(("127.0.0.1", server.port))
+    try:
+        with Client(server.target, api_key="key-a", timeout=30) as client:
+            job = client.submit(
+                job_spec(client.upload_model(tiny["keras"]).id, dataset=client.upload_dataset(tiny["data"]).id)
+            )
+            direct = pb_grpc.PruningServiceStub(client._channel)
+            with grpc.insecure_channel(f"127.0.0.1:{relay.port}") as far:
+                held = pb_grpc.PruningServiceStub(far).WatchJob(pb.WatchJobRequest(job_id=job.id), metadata=META)
+                assert next(held).state_change.to == pb.JOB_STATE_QUEUED  # the slot is taken
+                assert not _watch_opens(direct, job.id)
+                relay.freeze()  # the far client is gone, its connection never closed
+                deadline = time.monotonic() + 20
+                while not _watch_opens(direct, job.id):
+                    assert time.monotonic() < deadline, "the vanished client still holds the slot"
+                    time.sleep(0.5)
+                held.cancel()
+    finally:
+        relay.close()
+        server.stop()
