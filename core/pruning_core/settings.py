@@ -75,6 +75,12 @@ class Settings(BaseSettings):
     max_downloads_per_tenant: int = Field(
         16, description="concurrent downloads of one tenant per server process (each holds its read-ahead chunks)"
     )
+    max_active_jobs_per_tenant: int = Field(
+        1000,
+        ge=0,
+        description="jobs of one tenant queued or running at once; CreateJob and CreateSweep past it get "
+        "RESOURCE_EXHAUSTED (a sweep's own trials are not refused); 0 = no limit",
+    )
     upload_idle_timeout_s: float = Field(
         60.0, description="an upload with no message for this long is dropped (DEADLINE_EXCEEDED)"
     )

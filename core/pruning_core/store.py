@@ -521,6 +521,16 @@ class AsyncJobStore(_Base):
     async def mark_enqueued(self, job_id: str) -> None:
         await self.redis.hset(self.keys.job(job_id), "enqueued", 1)
 
+    async def active_jobs(self, tenant: str) -> int:
+        """The tenant's jobs queued, running or being cancelled (its state indexes)."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for state in (pb.JOB_STATE_QUEUED, pb.JOB_STATE_RUNNING, pb.JOB_STATE_CANCELLING):
+                pipe.zcard(self.keys.tenant_state(tenant, state))
+            return sum(await pipe.execute())
+
+    async def knows_idempotency_key(self, tenant: str, key: str) -> bool:
+        return bool(key) and bool(await self.redis.exists(self.keys.idempotency(tenant, key)))
+
     async def claim_send(self, job_id: str, lease_s: int = 30) -> bool:
         """Whether this caller is the one to send the job's task now: concurrent CreateJob
         calls of one idempotency key send it once. The lease expires, so a sender that died

@@ -380,6 +380,12 @@ class SweepStore:
     def _key(self, sweep_id: str) -> str:
         return f"{self.prefix}:sweep:{sweep_id}"
 
+    def _idempotency(self, tenant: str, key: str) -> str:
+        return f"{self.prefix}:sweep-idem:{tenant}:{key}"
+
+    async def knows_idempotency_key(self, tenant: str, key: str) -> bool:
+        return bool(key) and bool(await self.redis.exists(self._idempotency(tenant, key)))
+
     def _tenant_index(self, tenant: str) -> str:
         return f"{self.prefix}:tenant:{tenant}:sweeps"
 
@@ -395,7 +401,7 @@ class SweepStore:
         self, tenant: str, sweep: pb.Sweep, idempotency_key: str, fingerprint: str, queue: str = ""
     ) -> tuple[pb.Sweep, bool]:
         """Stores a new sweep; with a known idempotency key returns that sweep instead."""
-        idem = f"{self.prefix}:sweep-idem:{tenant}:{idempotency_key}" if idempotency_key else ""
+        idem = self._idempotency(tenant, idempotency_key) if idempotency_key else ""
         if idem and not await self.redis.set(idem, f"{sweep.id} {fingerprint}", nx=True, ex=IDEMPOTENCY_TTL_S):
             existing = (await self.redis.get(idem)).decode().split(" ", 1)
             found = await self.get(tenant, existing[0])

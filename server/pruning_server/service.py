@@ -312,7 +312,22 @@ class PruningService(pb_grpc.PruningServiceServicer):
         return job, created
 
     async def CreateJob(self, request, context):
-        return await self.create_job(await self._tenant(context), request)
+        tenant = await self._tenant(context)
+        if not request.validate_only and not await self.store.knows_idempotency_key(tenant, request.idempotency_key):
+            await self.check_active_jobs(tenant)  # a retry returns the job it made
+        return await self.create_job(tenant, request)
+
+    async def check_active_jobs(self, tenant: str) -> None:
+        """RESOURCE_EXHAUSTED when the tenant has ``max_active_jobs_per_tenant`` jobs queued or
+        running. A soft bound: concurrent calls may pass it by a few."""
+        cap = self.settings.max_active_jobs_per_tenant
+        if not cap:
+            return
+        active = await self.store.active_jobs(tenant)
+        if active >= cap:
+            raise Exhausted(
+                f"{active} jobs of this tenant are queued or running, the most allowed", self.settings.retry_after_s
+            )
 
     async def create_job(self, tenant: str, request: pb.CreateJobRequest, sweep_id: str = "") -> pb.Job:
         """CreateJob for ``tenant``; sweeps create their trials through it too."""

@@ -1,0 +1,36 @@
+"""One tenant cannot fill the queue: past PRUNING_MAX_ACTIVE_JOBS_PER_TENANT jobs queued or
+running, CreateJob and CreateSweep get RESOURCE_EXHAUSTED with a retry hint, while retries
+of what it made, dry runs and other tenants go on; a job that ends makes room."""
+
+from __future__ import annotations
+
+import pytest
+from hostile import hostile_server, tiny  # noqa: F401 - fixture
+
+from pruning.v1 import pruning_pb2 as pb
+from pruning_client import Client, ResourceExhausted, job_spec, sweep_spec
+
+pytestmark = pytest.mark.integration
+CAP = 3
+
+
+def test_a_tenant_past_its_active_jobs_is_refused_and_others_are_not(env, tiny):  # noqa: F811
+    server = hostile_server(env, "quota", max_active_jobs_per_tenant=CAP)
+    try:
+        with Client(server.target, api_key="key-a", timeout=30) as a, Client(server.target, api_key="key-b") as b:
+            spec = job_spec(a.upload_model(tiny["keras"]).id, dataset=a.upload_dataset(tiny["data"]).id)
+            jobs = [a.submit(spec, idempotency_key=f"k{i}") for i in range(CAP)]
+            with pytest.raises(ResourceExhausted, match="3 jobs of this tenant are queued or running"):
+                a.submit(spec)
+            with pytest.raises(ResourceExhausted):
+                a.create_sweep(sweep_spec(spec, sparsities=[0.5]))
+            assert a.submit(spec, idempotency_key="k0").id == jobs[0].id  # a retry gets its job
+            assert a.validate(spec).layers  # a dry run queues nothing
+            spec_b = job_spec(b.upload_model(tiny["keras"]).id, dataset=b.upload_dataset(tiny["data"]).id)
+            assert b.submit(spec_b).status().state == pb.JOB_STATE_QUEUED  # another tenant is not held up
+            a.cancel_job(jobs[0].id)  # ended: room for one more
+            assert a.submit(spec).status().state == pb.JOB_STATE_QUEUED
+            with pytest.raises(ResourceExhausted):
+                a.submit(spec)
+    finally:
+        server.stop()
