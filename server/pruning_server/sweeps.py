@@ -422,6 +422,12 @@ async def settle(jobs: PruningService, tenant: str, sweep: pb.Sweep) -> None:
             events.append(state_event(job, pb.JOB_STATE_CANCELLED, error))
         elif sweep.state == pb.JOB_STATE_SUCCEEDED and picked is not None and picked.state == pb.JOB_STATE_SUCCEEDED:
             job.result.CopyFrom(picked.result)
+            # The spec says what ran: the picked trial's (its sparsity, the steps as resolved),
+            # with the budget it was picked by.
+            budget = pb.AccuracyBudget()
+            budget.CopyFrom(job.spec.budget)
+            job.spec.CopyFrom(picked.spec)
+            job.spec.budget.CopyFrom(budget)
             events.append(make_event(job.id, result=picked.result))
             events.append(state_event(job, pb.JOB_STATE_SUCCEEDED))
         elif sweep.state in TERMINAL:

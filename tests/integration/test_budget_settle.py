@@ -79,6 +79,8 @@ def test_the_job_runs_tells_each_trial_and_ends_with_the_picked_trials_result(st
         assert await store.redis.hget(store.keys.job(job.id), "version") == version
         # the picked trial's job, as a worker leaves it
         picked = pb.Job(id=trials[0].job_id, state=pb.JOB_STATE_QUEUED)
+        picked.spec.pruning.schedule.polynomial_decay.final_sparsity = 0.5  # the sparsity it ran at
+        picked.spec.pruning.schedule.polynomial_decay.end_step = 420
         await store.create(TENANT, picked)
         picked.result.pruned_kernel_sparsity = 0.5
         picked.result.artifacts.add(id="b" * 64, format="keras")
@@ -94,6 +96,10 @@ def test_the_job_runs_tells_each_trial_and_ends_with_the_picked_trials_result(st
 
     done, events = asyncio.run(run())
     assert done.state == pb.JOB_STATE_SUCCEEDED and done.result.pruned_kernel_sparsity == 0.5
+    # The job's spec says what ran (the searched sparsity), not the template's 0.8.
+    decay = done.spec.pruning.schedule.polynomial_decay
+    assert decay.final_sparsity == 0.5 and decay.end_step == 420
+    assert done.spec.budget.max_loss_pp == 0.5
     assert [a.id for a in done.result.artifacts] == ["b" * 64]
     lines = [e.log.message for e in events if e.WhichOneof("kind") == "log"]
     assert len(lines) == 2  # one per trial, each told once although settle ran three times
