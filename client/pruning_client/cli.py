@@ -321,6 +321,7 @@ def format_table(result: PruneResult) -> str:
         f"fine-tuning: {result.fine_tune_seconds:.1f} s on {result.device}",
         *(f"{label}: {value}" for label, value in result.conversion_lines()),  # Keras 3 only
         *(f"{label}: {value}" for label, value in result.structured_lines()),  # structured only
+        *(f"{label}: {value}" for label, value in result.export_accuracy_lines()),  # TFLite exports
         *_recipe_lines(result.raw),
         *_latency_lines(result.raw),
         "",

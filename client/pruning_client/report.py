@@ -84,6 +84,10 @@ def job_report(job: pb.Job, files: dict[str, str] | None = None) -> tuple[str, s
                     ("accuracy delta (pp)", "", f"{100 * r.accuracy_delta:+.2f}"),
                     ("pruned kernel sparsity", "", f"{r.pruned_kernel_sparsity:.4f}"),
                     ("compression (gzip)", "", f"{r.compression_ratio:.2f}x"),
+                    *(
+                        (f"test accuracy, {x.format} export ({x.samples:,} samples)", "", f"{x.accuracy:.4f}")
+                        for x in r.export_accuracy
+                    ),
                 ],
             ),
         )

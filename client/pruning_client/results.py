@@ -118,6 +118,18 @@ class PruneResult:
         rows += [(f"left whole: {x.name}", x.reason) for x in s.left_whole]
         return rows
 
+    def export_accuracy_lines(self) -> list[tuple[str, str]]:
+        """(label, value) rows of the TFLite exports' own test accuracy, beside the Keras
+        model's; empty without a TFLite export (or for a model the check does not fit)."""
+        return [
+            (
+                f"{x.format} export",
+                f"test accuracy {x.accuracy:.4f} on {x.samples:,} samples "
+                f"({100 * (x.accuracy - self.pruned_accuracy):+.2f} pp against the Keras model)",
+            )
+            for x in self.raw.export_accuracy
+        ]
+
     def conversion_lines(self) -> list[tuple[str, str]]:
         """(label, value) rows about the Keras conversion; empty when none took place."""
         if not self.converted:
@@ -171,6 +183,7 @@ class PruneResult:
         out["history"] = [plain(epoch) for epoch in r.history]
         out["latency"] = [plain(x) for x in r.latency]
         out["phase_seconds"] = dict(r.phase_seconds)
+        out["export_accuracy"] = [plain(x) for x in r.export_accuracy]
         return out
 
     def _repr_html_(self) -> str:

@@ -181,6 +181,11 @@ def test_every_export_format(client, worker, files, tmp_path):
         assert "saved_model.pb" in zipfile.ZipFile(saved).namelist()
     sizes = {a.format: a.size for a in result.raw.artifacts}
     assert sizes["tflite_int8"] < sizes["tflite"]
+    # Each TFLite file's own test accuracy: the float one scores what the Keras model scores.
+    checked = {x.format: x for x in result.raw.export_accuracy}
+    assert set(checked) == {"tflite", "tflite_int8"}
+    assert checked["tflite"].samples == checked["tflite_int8"].samples > 0
+    assert abs(checked["tflite"].accuracy - result.pruned_accuracy) <= 2 / checked["tflite"].samples
 
 
 @pytest.mark.parametrize("variant", ["m_by_n", "block", "selection"])

@@ -61,3 +61,32 @@ def test_structured_latency_of_a_model_tflite_cannot_convert_has_tensorflow_figu
     assert [(f.runtime, f.batch_size) for f in result.latency] == [("tf", b) for b in BATCHES]
     assert all(f.before_ms > 0 and f.after_ms > 0 for f in result.latency)
     assert len(warnings) == 1 and "MatrixDeterminant" in warnings[0] and "does not convert" in warnings[0]
+
+
+def test_a_tflite_exports_own_test_accuracy_is_measured_on_the_file(tmp_path):
+    """The float export scores what the Keras model scores on the same samples; the int8
+    export is measured too, not assumed (its figure is its own)."""
+    import tf_keras as keras
+
+    from pruning_worker.export import export
+    from pruning_worker.measure import tflite_accuracy
+
+    rng = np.random.default_rng(0)
+    x = rng.random((600, 6), np.float32)
+    y = (x[:, 0] + x[:, 1] > x[:, 2] + 0.5).astype(np.int64)  # a rule a Dense layer can learn partly
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.layers.InputLayer(input_shape=(6,)), keras.layers.Dense(2)])
+    model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
+    model.fit(x, y, epochs=3, verbose=0)
+    keras_accuracy = float(np.mean(model.predict(x, verbose=0).argmax(1) == y))
+
+    float_file = export(model, pb.EXPORT_FORMAT_TFLITE, tmp_path / "f", x)
+    accuracy, samples = tflite_accuracy(float_file, x, y)
+    assert samples == 600 and abs(accuracy - keras_accuracy) <= 2 / 600  # float rounding at a boundary
+    int8_file = export(model, pb.EXPORT_FORMAT_TFLITE_INT8, tmp_path / "q", x)
+    accuracy8, samples8 = tflite_accuracy(int8_file, x, y, limit=500)
+    assert samples8 == 500 and abs(accuracy8 - keras_accuracy) < 0.1
+
+    assert tflite_accuracy(float_file, x, y.astype(np.float32)) is None  # not integer classes
+    one = keras.Sequential([keras.layers.InputLayer(input_shape=(6,)), keras.layers.Dense(1)])
+    assert tflite_accuracy(export(one, pb.EXPORT_FORMAT_TFLITE, tmp_path / "one", x), x, y) is None

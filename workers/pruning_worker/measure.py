@@ -208,6 +208,43 @@ def tflite_runner(flatbuffer: bytes, batch: int) -> Any:
     return interpreter.invoke
 
 
+EXPORT_EVAL_SAMPLES = 10_000
+_EVAL_BATCH = 256
+
+
+def tflite_accuracy(path: pathlib.Path, x: Any, y: Any, limit: int = EXPORT_EVAL_SAMPLES) -> tuple[float, int] | None:
+    """Test accuracy of the TFLite file ``path`` on up to ``limit`` samples, run by the TFLite
+    interpreter (quantized inputs quantized as the file says); None when the model is not one
+    input to one output of class scores, or the labels are not integer classes."""
+    labels = np.asarray(y)
+    if isinstance(x, (dict, list, tuple)) or labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
+        return None
+    interpreter = tf.lite.Interpreter(model_path=str(path), num_threads=os.cpu_count() or 1)
+    inputs, outputs = interpreter.get_input_details(), interpreter.get_output_details()
+    if len(inputs) != 1 or len(outputs) != 1:
+        return None
+    (inp,), (out,) = inputs, outputs
+    n = min(len(labels), limit)
+    correct, shape = 0, None
+    for start in range(0, n, _EVAL_BATCH):
+        batch = np.asarray(x[start : min(n, start + _EVAL_BATCH)])
+        if np.issubdtype(inp["dtype"], np.integer) and inp["quantization"][0]:
+            scale, zero = inp["quantization"]
+            batch = np.round(batch / scale + zero)
+        batch = batch.astype(inp["dtype"])
+        if batch.shape != shape:
+            interpreter.resize_tensor_input(inp["index"], batch.shape)
+            interpreter.allocate_tensors()
+            shape = batch.shape
+        interpreter.set_tensor(inp["index"], batch)
+        interpreter.invoke()
+        scores = interpreter.get_tensor(out["index"])  # quantized or not: the same argmax
+        if scores.ndim != 2 or scores.shape[1] < 2:
+            return None
+        correct += int(np.sum(scores.argmax(axis=1) == labels[start : start + len(batch)]))
+    return (correct / n, n) if n else None
+
+
 def latency_pairs(
     before: Any, after: Any, device: str, batches: Iterable[int], repeats: int, flat: tuple[bytes, bytes] | None
 ) -> list[pb.Latency]:

@@ -189,6 +189,14 @@ def run(
                 level="WARNING",
             )
 
+    for path, name in outputs:
+        if name in ("tflite", "tflite_int8"):
+            reporter.check_between_steps()
+            measured_tflite = measure.tflite_accuracy(path, x_test, y_test)
+            if measured_tflite is not None:
+                accuracy, samples = measured_tflite
+                result.export_accuracy.add(format=name, accuracy=accuracy, samples=samples)
+                reporter.log(f"{name} export: test accuracy {accuracy:.4f} on {samples} samples (TFLite interpreter)")
     result.size_after.CopyFrom(measure.sizes(outputs[0][0]))
     if spec.pruning.HasField("structured"):
         reporter.log("measuring latency before and after")

@@ -1418,6 +1418,37 @@ class StructuredResult(_message.Message):
 Global___StructuredResult: _TypeAlias = StructuredResult  # noqa: Y015
 
 @_typing.final
+class ExportAccuracy(_message.Message):
+    """A TFLite export's own test accuracy: the file run by the TFLite interpreter on the test
+    samples (up to 10,000), so what quantization costs is seen, not assumed. Only for a model of
+    one input and one output of class scores with integer labels.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FORMAT_FIELD_NUMBER: _builtins.int
+    ACCURACY_FIELD_NUMBER: _builtins.int
+    SAMPLES_FIELD_NUMBER: _builtins.int
+    format: _builtins.str
+    """"tflite" or "tflite_int8"."""
+    accuracy: _builtins.float
+    samples: _builtins.int
+    def __init__(
+        self,
+        *,
+        format: _builtins.str = ...,
+        accuracy: _builtins.float = ...,
+        samples: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accuracy", b"accuracy", "format", b"format", "samples", b"samples"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExportAccuracy: _TypeAlias = ExportAccuracy  # noqa: Y015
+
+@_typing.final
 class PruneResult(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -1464,6 +1495,7 @@ class PruneResult(_message.Message):
     HISTORY_FIELD_NUMBER: _builtins.int
     LATENCY_FIELD_NUMBER: _builtins.int
     PHASE_SECONDS_FIELD_NUMBER: _builtins.int
+    EXPORT_ACCURACY_FIELD_NUMBER: _builtins.int
     accuracy_delta: _builtins.float
     """pruned.accuracy - baseline.accuracy."""
     overall_sparsity: _builtins.float
@@ -1520,6 +1552,10 @@ class PruneResult(_message.Message):
         dataset, cached per worker process; then load, baseline, fine_tune, evaluate, export ...).
         """
 
+    @_builtins.property
+    def export_accuracy(self) -> _containers.RepeatedCompositeFieldContainer[Global___ExportAccuracy]:
+        """The TFLite exports' test accuracy, measured on the files (see ExportAccuracy)."""
+
     def __init__(
         self,
         *,
@@ -1546,10 +1582,11 @@ class PruneResult(_message.Message):
         history: _abc.Iterable[Global___EpochSummary] | None = ...,
         latency: _abc.Iterable[Global___Latency] | None = ...,
         phase_seconds: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
+        export_accuracy: _abc.Iterable[Global___ExportAccuracy] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["baseline", b"baseline", "pruned", b"pruned", "recipe", b"recipe", "size_after", b"size_after", "size_before", b"size_before", "structured", b"structured"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["accuracy_delta", b"accuracy_delta", "artifacts", b"artifacts", "baseline", b"baseline", "compression_ratio", b"compression_ratio", "conversion_max_abs_diff", b"conversion_max_abs_diff", "device", b"device", "export_conversion_max_abs_diff", b"export_conversion_max_abs_diff", "fine_tune_seconds", b"fine_tune_seconds", "history", b"history", "keras_version_in", b"keras_version_in", "keras_version_out", b"keras_version_out", "latency", b"latency", "layers", b"layers", "nonzero_params", b"nonzero_params", "overall_sparsity", b"overall_sparsity", "phase_seconds", b"phase_seconds", "pruned", b"pruned", "pruned_kernel_sparsity", b"pruned_kernel_sparsity", "recipe", b"recipe", "size_after", b"size_after", "size_before", b"size_before", "structured", b"structured", "total_params", b"total_params"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accuracy_delta", b"accuracy_delta", "artifacts", b"artifacts", "baseline", b"baseline", "compression_ratio", b"compression_ratio", "conversion_max_abs_diff", b"conversion_max_abs_diff", "device", b"device", "export_accuracy", b"export_accuracy", "export_conversion_max_abs_diff", b"export_conversion_max_abs_diff", "fine_tune_seconds", b"fine_tune_seconds", "history", b"history", "keras_version_in", b"keras_version_in", "keras_version_out", b"keras_version_out", "latency", b"latency", "layers", b"layers", "nonzero_params", b"nonzero_params", "overall_sparsity", b"overall_sparsity", "phase_seconds", b"phase_seconds", "pruned", b"pruned", "pruned_kernel_sparsity", b"pruned_kernel_sparsity", "recipe", b"recipe", "size_after", b"size_after", "size_before", b"size_before", "structured", b"structured", "total_params", b"total_params"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
