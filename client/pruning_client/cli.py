@@ -1255,7 +1255,9 @@ def _sweep_curve_png(found: pb.Sweep, path: pathlib.Path) -> str | None:
     ax.set_xlabel("sparsity")
     ax.set_ylabel("test accuracy")
     size.set_ylabel("gzip bytes")
-    ax.legend(loc="lower left", fontsize="small")
+    handles, labels = ax.get_legend_handles_labels()
+    more, more_labels = size.get_legend_handles_labels()  # the twin axis' gzip line
+    ax.legend(handles + more, labels + more_labels, loc="lower left", fontsize="small")
     ax.set_title(f"sweep {found.id}")
     fig.tight_layout()
     fig.savefig(path, dpi=100)

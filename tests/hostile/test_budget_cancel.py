@@ -28,7 +28,9 @@ def test_a_budget_job_cancelled_before_its_search_exists_stays_cancelled(env, ti
         return await start(self, tenant, sweep, idempotency_key, fingerprint)
 
     monkeypatch.setattr(server_sweeps.SweepServicer, "_start", held_start)
-    server = hostile_server(env, "budget-cancel")
+    server = hostile_server(
+        env, "budget-cancel", key_prefix=f"{env['PRUNING_KEY_PREFIX']}:budget-cancel"
+    )  # its own jobs only
     try:
         with Client(server.target, api_key="key-a", timeout=30) as client:
             spec = job_spec(client.upload_model(tiny["keras"]).id, dataset=client.upload_dataset(tiny["data"]).id)

@@ -16,7 +16,7 @@ CALLS = 40
 
 
 def test_concurrent_retries_send_one_task(env, tiny):  # noqa: F811
-    server = hostile_server(env, "idem-send")
+    server = hostile_server(env, "idem-send", key_prefix=f"{env['PRUNING_KEY_PREFIX']}:idem-send")
     broker = redis.Redis.from_url(server.settings.celery_broker_url())
     queue = server.settings.queue
     try:

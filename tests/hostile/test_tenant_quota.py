@@ -15,7 +15,9 @@ CAP = 3
 
 
 def test_a_tenant_past_its_active_jobs_is_refused_and_others_are_not(env, tiny):  # noqa: F811
-    server = hostile_server(env, "quota", max_active_jobs_per_tenant=CAP)
+    server = hostile_server(
+        env, "quota", max_active_jobs_per_tenant=CAP, key_prefix=f"{env['PRUNING_KEY_PREFIX']}:quota"
+    )  # its own jobs only
     try:
         with Client(server.target, api_key="key-a", timeout=30) as a, Client(server.target, api_key="key-b") as b:
             spec = job_spec(a.upload_model(tiny["keras"]).id, dataset=a.upload_dataset(tiny["data"]).id)

@@ -10,6 +10,7 @@ import zipfile
 import numpy as np
 import pytest
 
+from pruning.v1 import pruning_pb2 as pb
 from pruning_client import job_spec, polynomial_decay
 
 pytestmark = pytest.mark.integration
@@ -76,6 +77,8 @@ def test_the_pruned_model_stays_first(reported):
     result, _, _ = reported
     assert result.artifacts[0].format == "keras"
     assert [a.format for a in result.artifacts[-3:]] == ["history_png", "layers_png", "tensorboard"]
+    # The report's files are of their own kind, not exports.
+    assert [a.kind for a in result.artifacts] == [pb.ARTIFACT_KIND_EXPORT] + [pb.ARTIFACT_KIND_REPORT] * 3
 
 
 def test_a_job_can_go_without_the_report(client, worker, files):

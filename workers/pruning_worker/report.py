@@ -52,6 +52,13 @@ def tensorboard_archive(log_dir: pathlib.Path, workdir: pathlib.Path) -> pathlib
     )
 
 
+def _both_legends(ax, twin) -> tuple[list, list]:
+    """The lines of an axis and of its twin, for one legend (each axis' own shows only its own)."""
+    lines, labels = ax.get_legend_handles_labels()
+    more, more_labels = twin.get_legend_handles_labels()
+    return lines + more, labels + more_labels
+
+
 def plots(result: pb.PruneResult, workdir: pathlib.Path) -> list[tuple[pathlib.Path, str]]:
     """PNGs of the training curves (loss, accuracy, the schedule's sparsity per epoch) and of
     the per-layer sparsity against each layer's target."""
@@ -77,7 +84,8 @@ def plots(result: pb.PruneResult, workdir: pathlib.Path) -> list[tuple[pathlib.P
         for ax, title in ((ax_loss, "loss"), (ax_acc, "accuracy")):
             ax.set_xlabel("epoch")
             ax.set_title(title)
-            ax.legend(loc="best", fontsize="small")
+        ax_loss.legend(loc="best", fontsize="small")
+        ax_acc.legend(*_both_legends(ax_acc, sparsity), loc="best", fontsize="small")
         fig.suptitle(f"fine-tuning ({result.recipe.name or 'recipe'})")
         fig.tight_layout()
         path = workdir / f"report{formats.REPORT_FILES['history_png']}"

@@ -24,8 +24,8 @@ from collections.abc import Iterator
 from google.rpc import code_pb2
 
 from pruning.v1 import pruning_pb2 as pb
+from pruning_core import formats, telemetry
 from pruning_core import tasks as task_names
-from pruning_core import telemetry
 from pruning_core.blobs import sweep_unlocked
 from pruning_core.objectstore import open_store
 from pruning_core.settings import Settings
@@ -279,9 +279,8 @@ def _store_outputs(settings: Settings, store: JobStore, tenant: str, outputs) ->
     try:
         for path, fmt in outputs:
             artifact_id, size = blobs.put_file(path)
-            record = ArtifactRecord(
-                artifact_id, pb.ARTIFACT_KIND_EXPORT, fmt, pathlib.Path(path).name, size, time.time(), {}
-            )
+            kind = pb.ARTIFACT_KIND_REPORT if fmt in formats.REPORT_FILES else pb.ARTIFACT_KIND_EXPORT
+            record = ArtifactRecord(artifact_id, kind, fmt, pathlib.Path(path).name, size, time.time(), {})
             if not store.has_artifact(tenant, artifact_id):
                 added.append(artifact_id)  # a record the tenant held before stays
             store.put_artifact(tenant, record)

@@ -32,6 +32,8 @@ class _ArtifactKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Artifact
     ARTIFACT_KIND_MODEL: _ArtifactKind.ValueType  # 1
     ARTIFACT_KIND_DATASET: _ArtifactKind.ValueType  # 2
     ARTIFACT_KIND_EXPORT: _ArtifactKind.ValueType  # 3
+    ARTIFACT_KIND_REPORT: _ArtifactKind.ValueType  # 4
+    """A file of a job's report (plots, TensorBoard logs): its format is a ReportFile name."""
 
 class ArtifactKind(_ArtifactKind, metaclass=_ArtifactKindEnumTypeWrapper):
     """---- artifacts -------------------------------------------------------------------------"""
@@ -40,6 +42,8 @@ ARTIFACT_KIND_UNSPECIFIED: ArtifactKind.ValueType  # 0
 ARTIFACT_KIND_MODEL: ArtifactKind.ValueType  # 1
 ARTIFACT_KIND_DATASET: ArtifactKind.ValueType  # 2
 ARTIFACT_KIND_EXPORT: ArtifactKind.ValueType  # 3
+ARTIFACT_KIND_REPORT: ArtifactKind.ValueType  # 4
+"""A file of a job's report (plots, TensorBoard logs): its format is a ReportFile name."""
 Global___ArtifactKind: _TypeAlias = ArtifactKind  # noqa: Y015
 
 class _BlockPoolingType:
