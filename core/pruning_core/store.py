@@ -59,8 +59,8 @@ STATES = tuple(pb.JobState.values())
 _MAX_LIST_BATCH = 1000
 _LISTED_FIELDS = (b"job", b"last_event_id", b"tenant")
 
-# KEYS: job, events, index, idem, state index, label indexes... ;
-# ARGV: job bytes, state, tenant, event bytes, job id, ttl, fingerprint
+# KEYS: job, events, index, idem, unsent, state index, label indexes... ;
+# ARGV: job bytes, state, tenant, event bytes, job id, ttl, fingerprint, now
 _CREATE = """
 if KEYS[4] ~= '' then
   local existing = redis.call('GET', KEYS[4])
@@ -70,8 +70,9 @@ redis.call('HSET', KEYS[1], 'job', ARGV[1], 'version', 1, 'state', ARGV[2], 'att
            'tenant', ARGV[3], 'enqueued', 0, 'fingerprint', ARGV[7], 'idem', KEYS[4])
 local eid = redis.call('XADD', KEYS[2], '*', 'e', ARGV[4])
 redis.call('HSET', KEYS[1], 'last_event_id', eid)
-for i = 5, #KEYS do redis.call('ZADD', KEYS[i], 0, ARGV[5]) end
+for i = 6, #KEYS do redis.call('ZADD', KEYS[i], 0, ARGV[5]) end
 redis.call('ZADD', KEYS[3], 0, ARGV[5])
+redis.call('ZADD', KEYS[5], ARGV[8], ARGV[5])
 if KEYS[4] ~= '' then redis.call('SET', KEYS[4], ARGV[5], 'EX', ARGV[6]) end
 return {1, ARGV[5]}
 """
@@ -157,6 +158,10 @@ class Keys:
 
     def lost(self, job_id: str) -> str:
         return f"{self.prefix}:lost:{job_id}"
+
+    def unsent(self) -> str:
+        """Jobs recorded whose task is not known to be sent yet, by when they were recorded."""
+        return f"{self.prefix}:unsent"
 
     def sending(self, job_id: str) -> str:
         return f"{self.prefix}:sending:{job_id}"
@@ -328,6 +333,7 @@ class _Base:
         event = state_event(job, pb.JOB_STATE_QUEUED)
         idem = self.keys.idempotency(tenant, idempotency_key) if idempotency_key else ""
         keys = [self.keys.job(job.id), self.keys.events(job.id), self.keys.tenant_jobs(tenant), idem]
+        keys.append(self.keys.unsent())  # until its task is sent (mark_enqueued)
         keys.append(self.keys.tenant_state(tenant, job.state))
         keys += [self.keys.tenant_label(tenant, k, v) for k, v in job.labels.items()]
         args = [
@@ -338,6 +344,7 @@ class _Base:
             job.id,
             IDEMPOTENCY_TTL_S,
             fingerprint,
+            repr(time.time()),
         ]
         return keys, args
 
@@ -519,7 +526,25 @@ class AsyncJobStore(_Base):
         return (await self.redis.hget(self.keys.job(job_id), "enqueued")) == b"1"
 
     async def mark_enqueued(self, job_id: str) -> None:
-        await self.redis.hset(self.keys.job(job_id), "enqueued", 1)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(self.keys.job(job_id), "enqueued", 1)
+            pipe.zrem(self.keys.unsent(), job_id)
+            await pipe.execute()
+
+    async def unsent_before(self, recorded_before: float, limit: int = 100) -> builtins.list[str]:
+        """Jobs recorded before ``recorded_before`` (unix s) whose task was never marked sent:
+        their CreateJob died between the record and the send, or lost the send to a call that did."""
+        ids = await self.redis.zrangebyscore(self.keys.unsent(), "-inf", recorded_before, start=0, num=limit)
+        return [i.decode() if isinstance(i, bytes) else i for i in ids]
+
+    async def still_unsent(self, job_id: str) -> bool:
+        """Whether the job waits for its task to be sent (QUEUED, never sent); forgets it as
+        unsent otherwise (ended, cancelled, deleted)."""
+        state, enqueued = await self.redis.hmget(self.keys.job(job_id), "state", "enqueued")
+        if state is not None and int(state) == pb.JOB_STATE_QUEUED and enqueued != b"1":
+            return True
+        await self.redis.zrem(self.keys.unsent(), job_id)
+        return False
 
     async def active_jobs(self, tenant: str) -> int:
         """The tenant's jobs queued, running or being cancelled (its state indexes)."""
@@ -738,6 +763,7 @@ class AsyncJobStore(_Base):
             )
             pipe.zrem(self.keys.finished(), job_id)
             pipe.zrem(self.keys.running(), job_id)
+            pipe.zrem(self.keys.unsent(), job_id)
             if tenant:
                 owner = tenant.decode()
                 pipe.zrem(self.keys.tenant_jobs(owner), job_id)

@@ -199,8 +199,8 @@ async def create_server(settings: Settings, address: str | None = None) -> Runni
         running.metrics, running.metrics_port = metrics, metrics.port
     running.housekeeping = asyncio.create_task(reaper.housekeeping(store, blobs, settings))
     running.sweeps = asyncio.create_task(drive(jobs, sweep_store, settings.sweep_interval_s))
-    if settings.reap_after_s > 0:
-        running.reaper = asyncio.create_task(reaper.run(store, celery, settings))
+    # Always: it also sends the task of a job whose CreateJob died before sending it.
+    running.reaper = asyncio.create_task(reaper.run(store, celery, settings))
     return running
 
 

@@ -146,6 +146,9 @@ class Reaper:
             return []
         silent_s = self.settings.reap_after_s
         try:
+            await send_unsent_jobs(self.store, self.celery, self.settings.queue)
+            if silent_s <= 0:  # PRUNING_REAP_AFTER_S=0: lost workers' jobs are never re-queued
+                return []
             return await requeue_silent_jobs(
                 self.store, self.celery, self.settings.queue, silent_s, self.settings.max_attempts, self.settings
             )
@@ -155,11 +158,33 @@ class Reaper:
             return []
 
 
+UNSENT_AFTER_S = 60.0  # past the send lease (30 s) of the CreateJob that recorded the job
+
+
+async def send_unsent_jobs(store: AsyncJobStore, celery, queue: str, after_s: float = UNSENT_AFTER_S) -> list[str]:
+    """Sends the task of every job recorded ``after_s`` ago or more and never sent: its
+    CreateJob died between the record and the send (a killed server), or its send failed
+    after a concurrent retry had answered. Without this such a job stayed QUEUED forever."""
+    sent = []
+    for job_id in await store.unsent_before(time.time() - after_s):
+        if not await store.still_unsent(job_id) or not await store.claim_send(job_id):
+            continue
+        try:
+            await asyncio.to_thread(celery.send_task, tasks.PRUNE, args=[job_id], queue=queue)
+            await store.mark_enqueued(job_id)
+        except BaseException:
+            await store.release_send(job_id)
+            raise
+        log.warning("job %s was recorded but its task never sent; sent now", job_id)
+        sent.append(job_id)
+    return sent
+
+
 async def run(store: AsyncJobStore, celery, settings: Settings) -> None:
     """Checks forever, a few times per ``reap_after_s``."""
     reaper = Reaper(store, celery, settings)
     while True:
-        await asyncio.sleep(min(30.0, max(0.5, settings.reap_after_s / 4)))
+        await asyncio.sleep(min(30.0, max(0.5, settings.reap_after_s / 4)) if settings.reap_after_s > 0 else 30.0)
         try:
             await reaper.step()
         except Exception:

@@ -31,3 +31,45 @@ def test_concurrent_retries_send_one_task(env, tiny):  # noqa: F811
         server.stop()
         broker.delete(queue)
         broker.close()
+
+
+def test_a_job_recorded_but_never_sent_is_sent_by_the_reaper(env):
+    """A CreateJob that died between recording the job and sending its task (a killed server;
+    a concurrent retry had answered with the job) left it QUEUED forever: the reaper sends it,
+    once, and forgets jobs that ended meanwhile."""
+    import asyncio
+
+    from conftest import settings_for
+    from pruning.v1 import pruning_pb2 as pb
+    from pruning_core.store import AsyncJobStore, new_job_id, state_event
+    from pruning_server import reaper
+    from pruning_server.service import make_celery
+
+    settings = settings_for(
+        env, key_prefix=f"{env['PRUNING_KEY_PREFIX']}:unsent", queue=f"{env['PRUNING_QUEUE']}-unsent"
+    )
+    celery = make_celery(settings)
+    broker = redis.Redis.from_url(settings.celery_broker_url())
+
+    async def scenario() -> tuple[list[str], list[str], str, str]:
+        store = AsyncJobStore.from_url(settings.redis_url, settings.key_prefix)
+        try:
+            lost, _ = await store.create("t", pb.Job(id=new_job_id(), state=pb.JOB_STATE_QUEUED))
+            ended, _ = await store.create("t", pb.Job(id=new_job_id(), state=pb.JOB_STATE_QUEUED))
+            await store.update("t", ended.id, lambda j: [state_event(j, pb.JOB_STATE_CANCELLED)])
+            assert await reaper.send_unsent_jobs(store, celery, settings.queue) == []  # too recent to judge
+            first = await reaper.send_unsent_jobs(store, celery, settings.queue, after_s=0)
+            again = await reaper.send_unsent_jobs(store, celery, settings.queue, after_s=0)
+            assert await store.redis.zcard(store.keys.unsent()) == 0
+            assert await store.is_enqueued(lost.id)
+            return first, again, lost.id, ended.id
+        finally:
+            await store.redis.aclose()
+
+    try:
+        first, again, lost, ended = asyncio.run(scenario())
+        assert first == [lost] and again == []
+        assert broker.llen(settings.queue) == 1
+    finally:
+        broker.delete(settings.queue)
+        broker.close()
