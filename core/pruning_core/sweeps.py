@@ -498,6 +498,11 @@ class SweepStore:
         created or deleted between pages neither come twice nor push others out."""
         index = self._tenant_index(tenant)
         bound = parse_page_token(page_token)
+        if isinstance(bound, int):  # an offset from a server before cursors (a rolling upgrade)
+            last = await self.redis.zrevrange(index, bound - 1, bound - 1, withscores=True) if bound else []
+            bound = (last[0][1], last[0][0].decode()) if last else None
+            if bound is None and page_token != "0":
+                return [], ""
         out: list[pb.Sweep] = []
         while True:
             entries = await self._after(index, bound, page_size)
@@ -530,11 +535,17 @@ class SweepStore:
 _PAGE_TOKEN = re.compile(r"(-?[0-9]+(?:\.[0-9]+)?(?:e[-+]?[0-9]+)?):([0-9a-f]{24})")
 
 
-def parse_page_token(token: str) -> tuple[float, str] | None:
-    """A ListSweeps page token as (score, sweep id); None for the first page. ValueError
-    for anything else."""
+_LEGACY_TOKEN = re.compile(r"[0-9]{1,12}")  # an offset, as servers before cursors made them
+
+
+def parse_page_token(token: str) -> tuple[float, str] | int | None:
+    """A ListSweeps page token as (score, sweep id); an int for an offset made by an older
+    server (honoured through a rolling upgrade); None for the first page. ValueError for
+    anything else."""
     if not token:
         return None
+    if _LEGACY_TOKEN.fullmatch(token):
+        return int(token)
     match = _PAGE_TOKEN.fullmatch(token)
     if match is None or not math.isfinite(float(match.group(1))):
         raise ValueError("not a page token from ListSweeps")

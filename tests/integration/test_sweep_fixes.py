@@ -249,3 +249,22 @@ def test_an_unknown_model_is_named_where_the_request_has_it(deployment):
     assert sweep_error.value.details().startswith("spec.base.model_id: no artifact")
     assert job_error.value.code() == grpc.StatusCode.NOT_FOUND
     assert job_error.value.details().startswith("spec.model_id: no artifact")
+
+
+def test_an_offset_token_of_an_older_server_still_pages(deployment, redis_url):
+    """Through a rolling upgrade a client may bring a page token an older server made (an
+    offset into the newest-first list): it goes on after that many sweeps."""
+    server, prefix = deployment
+
+    async def make(store: AsyncJobStore, sweep_store: SweepStore) -> list[str]:
+        for _ in range(4):
+            await sweep_store.create(TENANT, pb.Sweep(id=sweeps.new_sweep_id(), state=pb.JOB_STATE_CANCELLED), "", "")
+        return [i.decode() for i in await store.redis.zrevrange(sweep_store._tenant_index(TENANT), 0, -1)]
+
+    newest_first = _with_stores(redis_url, prefix, make)
+    with grpc.insecure_channel(server.target) as channel:
+        stub = pb_grpc.SweepServiceStub(channel)
+        rest = stub.ListSweeps(pb.ListSweepsRequest(page_size=10, page_token="2"))
+        past = stub.ListSweeps(pb.ListSweepsRequest(page_size=10, page_token="40"))
+    assert [s.id for s in rest.sweeps] == newest_first[2:] and not rest.next_page_token
+    assert not past.sweeps
