@@ -446,9 +446,13 @@ _INT64 = {FieldDescriptor.CPPTYPE_INT64, FieldDescriptor.CPPTYPE_UINT64}
 
 
 def plain(message: Message) -> dict[str, Any]:
-    """``message`` as JSON-ready values, with field names as in the contract and 64-bit
-    integers as numbers (proto3's JSON writes them as strings)."""
-    return _numbers(message.DESCRIPTOR, json_format.MessageToDict(message, preserving_proto_field_name=True))
+    """``message`` as JSON-ready values, with field names as in the contract, every field
+    present (``within_noise: false`` too, not left out as proto3's JSON does with defaults)
+    and 64-bit integers as numbers (proto3's JSON writes them as strings)."""
+    data = json_format.MessageToDict(
+        message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+    )
+    return _numbers(message.DESCRIPTOR, data)
 
 
 def _numbers(descriptor: Any, data: dict[str, Any]) -> dict[str, Any]:

@@ -76,7 +76,7 @@ class Settings(BaseSettings):
     max_active_jobs_per_tenant: int = Field(
         1000,
         ge=0,
-        description="jobs of one tenant queued or running at once; CreateJob and CreateSweep past it get "
+        description="jobs of one tenant queued, running or being cancelled at once; CreateJob and CreateSweep past it get "
         "RESOURCE_EXHAUSTED (a sweep's own trials are not refused); 0 = no limit",
     )
     upload_idle_timeout_s: float = Field(

@@ -312,21 +312,19 @@ class PruningService(pb_grpc.PruningServiceServicer):
         return job, created
 
     async def CreateJob(self, request, context):
-        tenant = await self._tenant(context)
-        if not request.validate_only and not await self.store.knows_idempotency_key(tenant, request.idempotency_key):
-            await self.check_active_jobs(tenant)  # a retry returns the job it made
-        return await self.create_job(tenant, request)
+        return await self.create_job(await self._tenant(context), request)
 
     async def check_active_jobs(self, tenant: str) -> None:
-        """RESOURCE_EXHAUSTED when the tenant has ``max_active_jobs_per_tenant`` jobs queued or
-        running. A soft bound: concurrent calls may pass it by a few."""
+        """RESOURCE_EXHAUSTED when the tenant has ``max_active_jobs_per_tenant`` jobs queued,
+        running or being cancelled. A soft bound: concurrent calls may pass it by a few."""
         cap = self.settings.max_active_jobs_per_tenant
         if not cap:
             return
         active = await self.store.active_jobs(tenant)
         if active >= cap:
             raise Exhausted(
-                f"{active} jobs of this tenant are queued or running, the most allowed", self.settings.retry_after_s
+                f"{active} jobs of this tenant are queued, running or being cancelled, the most allowed",
+                self.settings.retry_after_s,
             )
 
     async def create_job(self, tenant: str, request: pb.CreateJobRequest, sweep_id: str = "") -> pb.Job:
@@ -336,6 +334,9 @@ class PruningService(pb_grpc.PruningServiceServicer):
         violations += [v for v in convert.unknown_enums(request) if v[0] not in named]
         if violations:
             raise Invalid(violations)
+        if not sweep_id and not request.validate_only:  # a sweep's trials are bounded by the sweep
+            if not await self.store.knows_idempotency_key(tenant, request.idempotency_key):
+                await self.check_active_jobs(tenant)  # a retry returns the job it made
         if validation.has_budget(request.spec) and not sweep_id:
             if self.searches is None:
                 raise Failure(grpc.StatusCode.UNIMPLEMENTED, "this server runs no sweeps, so no budget search")

@@ -154,8 +154,6 @@ class SweepServicer(pb_grpc.SweepServiceServicer):
 
     async def CreateSweep(self, request: pb.CreateSweepRequest, context) -> pb.Sweep:
         tenant = await self.jobs._tenant(context)
-        if not await self.store.knows_idempotency_key(tenant, request.idempotency_key):
-            await self.jobs.check_active_jobs(tenant)  # a retry returns the sweep it made
         violations = sweeps.validate(request.spec)
         # Trials carry the sweep's labels and two of their own ("sweep", "trial").
         violations += validation.validate_metadata(
@@ -163,6 +161,8 @@ class SweepServicer(pb_grpc.SweepServiceServicer):
         )
         if violations:
             raise Invalid(violations)
+        if not await self.store.knows_idempotency_key(tenant, request.idempotency_key):
+            await self.jobs.check_active_jobs(tenant)  # a retry returns the sweep it made
         spec = sweeps.with_defaults(request.spec)
         await self._check_template(tenant, spec, "spec.base")
         sweep = pb.Sweep(id=sweeps.new_sweep_id(), state=pb.JOB_STATE_QUEUED, spec=spec, labels=request.labels)

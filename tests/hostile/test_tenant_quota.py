@@ -8,7 +8,7 @@ import pytest
 from hostile import hostile_server, tiny  # noqa: F401 - fixture
 
 from pruning.v1 import pruning_pb2 as pb
-from pruning_client import Client, ResourceExhausted, job_spec, sweep_spec
+from pruning_client import Client, InvalidArgument, ResourceExhausted, constant_sparsity, job_spec, sweep_spec
 
 pytestmark = pytest.mark.integration
 CAP = 3
@@ -22,10 +22,12 @@ def test_a_tenant_past_its_active_jobs_is_refused_and_others_are_not(env, tiny):
         with Client(server.target, api_key="key-a", timeout=30) as a, Client(server.target, api_key="key-b") as b:
             spec = job_spec(a.upload_model(tiny["keras"]).id, dataset=a.upload_dataset(tiny["data"]).id)
             jobs = [a.submit(spec, idempotency_key=f"k{i}") for i in range(CAP)]
-            with pytest.raises(ResourceExhausted, match="3 jobs of this tenant are queued or running"):
+            with pytest.raises(ResourceExhausted, match="3 jobs of this tenant are queued, running or being cancelled"):
                 a.submit(spec)
             with pytest.raises(ResourceExhausted):
                 a.create_sweep(sweep_spec(spec, sparsities=[0.5]))
+            with pytest.raises(InvalidArgument):  # a bad request hears what is wrong with it first
+                a.submit(job_spec(spec.model_id, dataset=spec.dataset.artifact_id, schedule=constant_sparsity(1.0)))
             assert a.submit(spec, idempotency_key="k0").id == jobs[0].id  # a retry gets its job
             assert a.validate(spec).layers  # a dry run queues nothing
             spec_b = job_spec(b.upload_model(tiny["keras"]).id, dataset=b.upload_dataset(tiny["data"]).id)

@@ -87,6 +87,8 @@ def test_a_tflite_exports_own_test_accuracy_is_measured_on_the_file(tmp_path):
     accuracy8, samples8 = tflite_accuracy(int8_file, x, y, limit=500)
     assert samples8 == 500 and abs(accuracy8 - keras_accuracy) < 0.1
 
-    assert tflite_accuracy(float_file, x, y.astype(np.float32)) is None  # not integer classes
+    assert tflite_accuracy(float_file, x, y.astype(np.float32)) == (accuracy, samples)  # integral floats
+    assert tflite_accuracy(float_file, x, y[:, None]) == (accuracy, samples)  # (n, 1) labels
+    assert tflite_accuracy(float_file, x, y + 0.5) is None  # not class labels
     one = keras.Sequential([keras.layers.InputLayer(input_shape=(6,)), keras.layers.Dense(1)])
     assert tflite_accuracy(export(one, pb.EXPORT_FORMAT_TFLITE, tmp_path / "one", x), x, y) is None

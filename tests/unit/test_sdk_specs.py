@@ -138,6 +138,7 @@ def test_result_json_carries_what_the_table_shows():
     assert data["recipe"]["name"] == "keep_accuracy" and data["recipe"]["schedule_end_step"] == 420
     assert [e["epoch"] for e in data["history"]] == [1, 2]
     assert data["latency"][0]["within_noise"] is True and data["latency"][0]["repeats"] == 10
+    assert data["latency"][0]["calls_per_run"] == 0  # at its default, still there
     assert data["phase_seconds"] == {"load": 0.01, "fine_tune": 6.3}
     assert data["total_params"] == 20410
     assert "structured" not in data

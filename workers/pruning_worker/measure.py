@@ -132,6 +132,7 @@ def _probe(model: Any, batch: int) -> list[np.ndarray]:
 # close to the timer's own cost and the scheduler's jitter to time alone.
 SAMPLE_S = 0.002
 MAX_CALLS_PER_SAMPLE = 1000
+MIN_SPREAD_SAMPLES = 5
 
 
 @dataclass
@@ -169,7 +170,9 @@ def paired_median_ms(run_a: Any, run_b: Any, repeats: int, warmup: int = 2) -> P
             times[slot].append((time.perf_counter() - started) / calls)
     a25, a50, a75 = np.percentile(times[0], (25, 50, 75)) * 1000.0
     b25, b50, b75 = np.percentile(times[1], (25, 50, 75)) * 1000.0
-    return Paired(float(a50), float(b50), bool(a25 <= b75 and b25 <= a75), calls)
+    # Below MIN_SPREAD_SAMPLES runs the quartiles say nothing: the difference is not told apart.
+    told_apart = repeats >= MIN_SPREAD_SAMPLES and (a75 < b25 or b75 < a25)
+    return Paired(float(a50), float(b50), not told_apart, calls)
 
 
 def tf_runner(model: Any, batch: int) -> Any:
@@ -217,8 +220,14 @@ def tflite_accuracy(path: pathlib.Path, x: Any, y: Any, limit: int = EXPORT_EVAL
     interpreter (quantized inputs quantized as the file says); None when the model is not one
     input to one output of class scores, or the labels are not integer classes."""
     labels = np.asarray(y)
-    if isinstance(x, (dict, list, tuple)) or labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
+    if labels.ndim == 2 and labels.shape[1] == 1:
+        labels = labels[:, 0]  # (n, 1) class labels, as Keras takes them
+    if isinstance(x, (dict, list, tuple)) or labels.ndim != 1 or labels.dtype.kind not in "iuf":
         return None
+    if labels.dtype.kind == "f":
+        if not np.all(np.isfinite(labels)) or not np.array_equal(labels, np.round(labels)):
+            return None  # not class labels
+        labels = labels.astype(np.int64)
     interpreter = tf.lite.Interpreter(model_path=str(path), num_threads=os.cpu_count() or 1)
     inputs, outputs = interpreter.get_input_details(), interpreter.get_output_details()
     if len(inputs) != 1 or len(outputs) != 1:
@@ -230,7 +239,8 @@ def tflite_accuracy(path: pathlib.Path, x: Any, y: Any, limit: int = EXPORT_EVAL
         batch = np.asarray(x[start : min(n, start + _EVAL_BATCH)])
         if np.issubdtype(inp["dtype"], np.integer) and inp["quantization"][0]:
             scale, zero = inp["quantization"]
-            batch = np.round(batch / scale + zero)
+            limits = np.iinfo(inp["dtype"])
+            batch = np.clip(np.round(batch / scale + zero), limits.min, limits.max)  # no wrap-around
         batch = batch.astype(inp["dtype"])
         if batch.shape != shape:
             interpreter.resize_tensor_input(inp["index"], batch.shape)

@@ -1338,8 +1338,8 @@ class Latency(_message.Message):
     after_ms: _builtins.float
     repeats: _builtins.int
     within_noise: _builtins.bool
-    """The middle halves (25th to 75th percentile) of the two models' runs overlap: the
-    difference is within the machine's noise, not a speed-up or a slow-down.
+    """The middle halves (25th to 75th percentile) of the two models' runs overlap, or fewer
+    than 5 runs were timed: the difference is not told apart from the machine's noise.
     """
     calls_per_run: _builtins.int
     """Calls in one timed run (a small model's call is timed in runs of at least 2 ms)."""
