@@ -334,9 +334,10 @@ class PruningService(pb_grpc.PruningServiceServicer):
         violations += [v for v in convert.unknown_enums(request) if v[0] not in named]
         if violations:
             raise Invalid(violations)
-        if not sweep_id and not request.validate_only:  # a sweep's trials are bounded by the sweep
-            if not await self.store.knows_idempotency_key(tenant, request.idempotency_key):
-                await self.check_active_jobs(tenant)  # a retry returns the job it made
+        # A sweep's trials are bounded by the sweep; a retry returns the job it made.
+        retry = await self.store.knows_idempotency_key(tenant, request.idempotency_key)
+        if not sweep_id and not request.validate_only and not retry:
+            await self.check_active_jobs(tenant)
         if validation.has_budget(request.spec) and not sweep_id:
             if self.searches is None:
                 raise Failure(grpc.StatusCode.UNIMPLEMENTED, "this server runs no sweeps, so no budget search")
