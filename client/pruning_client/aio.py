@@ -50,7 +50,7 @@ from .client import (
     _validate_request,
     idle_error,
 )
-from .exceptions import DeadlineExceeded, OutOfRange, PruningError, Unavailable, rpc_errors
+from .exceptions import DeadlineExceeded, OutOfRange, PruningError, ResourceExhausted, Unavailable, rpc_errors
 from .job import (
     MAX_RECONNECTS,
     TERMINAL,
@@ -138,7 +138,7 @@ class AsyncJobHandle(_BaseHandle["AsyncClient"]):
                 if is_terminal(ended):
                     return
                 delay = cursor.backoff(None)
-            except (Unavailable, DeadlineExceeded) as error:
+            except (Unavailable, DeadlineExceeded, ResourceExhausted) as error:  # the last: no watch slot free
                 delay = cursor.backoff(error)
             if cursor.expired():
                 job = ended if ended is not None else await self.status()

@@ -17,7 +17,16 @@ from typing import TYPE_CHECKING, Final, Generic, TypeVar
 
 from pruning.v1 import pruning_pb2 as pb
 
-from .exceptions import DeadlineExceeded, JobCancelled, JobFailed, JobTimeout, NotFound, PruningError, Unavailable
+from .exceptions import (
+    DeadlineExceeded,
+    JobCancelled,
+    JobFailed,
+    JobTimeout,
+    NotFound,
+    PruningError,
+    ResourceExhausted,
+    Unavailable,
+)
 from .results import PruneResult
 from .specs import export_format, exports
 
@@ -217,7 +226,7 @@ class JobHandle(_BaseHandle["Client"]):
                 if is_terminal(ended):
                     return
                 delay = cursor.backoff(None)
-            except (Unavailable, DeadlineExceeded) as error:
+            except (Unavailable, DeadlineExceeded, ResourceExhausted) as error:  # the last: no watch slot free
                 delay = cursor.backoff(error)
             if cursor.expired():
                 job = ended if ended is not None else self.status()

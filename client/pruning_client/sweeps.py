@@ -34,7 +34,8 @@ SEARCH_METHODS: dict[str, pb.SearchMethod.ValueType] = {
     "successive_halving": pb.SEARCH_METHOD_SUCCESSIVE_HALVING,
 }
 
-_RETRIED = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+# RESOURCE_EXHAUSTED: no watch slot free for the moment (the server's cap on watches).
+_RETRIED = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED)
 
 
 def sweep_spec(

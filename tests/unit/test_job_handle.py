@@ -253,3 +253,23 @@ def test_download_all_writes_every_artifact_to_a_distinct_file(tmp_path):
     ]
     assert [a for a, _ in fake.downloads] == [a.id for a in DownloadClient.ARTIFACTS]
     assert (tmp_path / "out").is_dir()
+
+
+def test_a_watch_refused_for_want_of_a_slot_is_retried():
+    """RESOURCE_EXHAUSTED on WatchJob (the tenant's watches all taken) is a wait, not a failed
+    result: the handle tries again as after a dropped stream."""
+    from pruning_client import ResourceExhausted
+
+    class Busy(FakeClient):
+        refusals = 2
+
+        def watch_events(self, job_id, after, *, timeout=None):
+            if self.refusals:
+                self.refusals -= 1
+                self.calls.append(after)
+                raise ResourceExhausted("256 concurrent watches of this tenant, the most allowed")
+            yield from super().watch_events(job_id, after, timeout=timeout)
+
+    fake = Busy(EVENTS)
+    assert [e.id for e in JobHandle(fake, "j").watch()] == [e.id for e in EVENTS]
+    assert fake.calls == ["", "", ""]
