@@ -476,7 +476,8 @@ def recipe_text(r: pb.RecipeResult) -> str:
     the sparsity schedule (none for structured pruning alone), learning rate, distillation,
     early stopping, and the epochs run and kept."""
     if r.schedule_frequency:
-        schedule = f"final sparsity at step {r.schedule_end_step} (masks every {r.schedule_frequency})"
+        start = f"from step {r.schedule_begin_step}, " if r.schedule_begin_step else ""
+        schedule = f"{start}final sparsity at step {r.schedule_end_step} (masks every {r.schedule_frequency})"
     else:
         schedule = "no sparsity schedule (structured pruning only)"
     parts = [

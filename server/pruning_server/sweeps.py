@@ -195,6 +195,8 @@ class SweepServicer(pb_grpc.SweepServiceServicer):
         )
         # Keyed by the job: a retry of CreateJob (or a crash between the two writes) starts
         # no second search.
+        if (await self.jobs.store.get(tenant, job.id)).state in TERMINAL:
+            return await self.jobs.store.get(tenant, job.id)  # cancelled meanwhile: no search to start
         await self._start(tenant, sweep, f"search-for-job-{job.id}", job.id)
         if (await self.jobs.store.get(tenant, job.id)).state == pb.JOB_STATE_CANCELLED:
             # Cancelled while its search was being created (cancel_search found none yet).
@@ -280,7 +282,7 @@ class SweepServicer(pb_grpc.SweepServiceServicer):
 def _cancel_before_search(job: pb.Job) -> list[pb.JobEvent]:
     if job.state in TERMINAL:
         return []
-    error = pb.JobError(code=code_pb2.CANCELLED, message="cancelled before its search started")
+    error = pb.JobError(code=code_pb2.CANCELLED, message="cancelled while its search was being set up")
     return [state_event(job, pb.JOB_STATE_CANCELLED, error)]
 
 

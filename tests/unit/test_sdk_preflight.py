@@ -356,6 +356,8 @@ def test_the_recipe_line_reads_right_for_every_kind_of_job() -> None:
         "distilled from the baseline (alpha 0.5, T 4), early stopping with a patience of 2 epochs; "
         "2 epochs run, weights of epoch 2 kept"
     )
+    weights.schedule_begin_step = 100
+    assert "keep_accuracy, from step 100, final sparsity at step 420" in recipe_text(weights)
     channels = pb.RecipeResult(name="keep_accuracy", learning_rate=0.002, epochs_run=2, best_epoch=1)
     text = recipe_text(channels)
     assert "no sparsity schedule (structured pruning only)" in text and "step 0" not in text
