@@ -77,6 +77,18 @@ if KEYS[4] ~= '' then redis.call('SET', KEYS[4], ARGV[5], 'EX', ARGV[6]) end
 return {1, ARGV[5]}
 """
 
+# KEYS: the tenant's record of an artifact, the tenant's artifacts, the artifact's owners, the
+# records by time ; ARGV: the record's 'created' as written, artifact id, tenant, "<id>:<tenant>".
+# Removes the record only if no one wrote it again since (an identical export of another job).
+_DROP_IF_UNCHANGED = """
+if redis.call('HGET', KEYS[1], 'created') ~= ARGV[1] then return 0 end
+redis.call('DEL', KEYS[1])
+redis.call('SREM', KEYS[2], ARGV[2])
+redis.call('SREM', KEYS[3], ARGV[3])
+redis.call('ZREM', KEYS[4], ARGV[4])
+return 1
+"""
+
 # KEYS: job, events, finished, index of the state read, index of the new state ;
 # ARGV: expected version, job bytes, state, attempt, ended at ('' while the job goes on),
 # job id, event bytes... Returns {1, the last event's id ('' for none)}, 0 on a version
@@ -326,6 +338,7 @@ class _Base:
         self._update = client.register_script(_UPDATE)
         self._reap = client.register_script(_REAP)
         self._backfill = client.register_script(_BACKFILL)
+        self._drop_if_unchanged = client.register_script(_DROP_IF_UNCHANGED)
 
     def _create_args(
         self, tenant: str, job: pb.Job, idempotency_key: str, fingerprint: str = ""
@@ -462,10 +475,18 @@ class JobStore(_Base):
     def has_artifact(self, tenant: str, artifact_id: str) -> bool:
         return bool(self.redis.sismember(self.keys.tenant_artifacts(tenant), artifact_id))
 
-    def drop_artifact(self, tenant: str, artifact_id: str) -> None:
-        """Removes one tenant's record of an artifact (its bytes go with the retention's next
-        sweep once no record points to them)."""
-        _drive(self._drop_artifact(tenant, artifact_id))
+    def drop_artifact_if_unchanged(self, tenant: str, record: ArtifactRecord) -> bool:
+        """Removes one tenant's record of an artifact as ``record`` wrote it, unless someone
+        wrote it again since (another job's identical export); its bytes go with the
+        retention's next sweep once no record points to them."""
+        keys = [
+            self.keys.tenant_artifact(tenant, record.id),
+            self.keys.tenant_artifacts(tenant),
+            self.keys.artifact_owners(record.id),
+            self.keys.artifacts_by_time(),
+        ]
+        args = [record.created, record.id, tenant, f"{record.id}:{tenant}"]
+        return bool(self._drop_if_unchanged(keys=keys, args=args))
 
 
 # The job store did not answer (down, hung past the socket timeout, a read-only replica in a

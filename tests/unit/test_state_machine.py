@@ -187,3 +187,22 @@ def test_a_failed_store_of_exports_leaves_no_record_it_added(stores, tmp_path):
         store.get_artifact("t", fresh_id)
     assert not store.redis.exists(store.keys.artifact_owners(fresh_id))
     assert store.redis.zscore(store.keys.artifacts_by_time(), f"{fresh_id}:t") is None
+
+
+def test_a_record_written_again_by_another_job_is_not_rolled_back(stores):
+    """Two jobs of a tenant store byte-identical exports; the first fails and rolls back what
+    it added: the record the second job wrote again (and returns in its result) stays."""
+    import time
+
+    from pruning_core.store import ArtifactRecord
+
+    store, _ = stores
+    first = ArtifactRecord("ab" * 32, pb.ARTIFACT_KIND_EXPORT, "keras", "m.keras", 10, time.time(), {})
+    second = ArtifactRecord("ab" * 32, pb.ARTIFACT_KIND_EXPORT, "keras", "m.keras", 10, first.created + 1, {})
+    store.put_artifact("t", first)
+    store.put_artifact("t", second)  # the other job's identical export
+    assert not store.drop_artifact_if_unchanged("t", first)
+    assert store.has_artifact("t", first.id) and store.get_artifact("t", first.id).created == second.created
+    assert store.drop_artifact_if_unchanged("t", second)
+    assert not store.has_artifact("t", first.id)
+    assert not store.redis.exists(store.keys.artifact_owners(first.id))

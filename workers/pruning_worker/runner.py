@@ -282,15 +282,15 @@ def _store_outputs(settings: Settings, store: JobStore, tenant: str, outputs) ->
             kind = pb.ARTIFACT_KIND_REPORT if fmt in formats.REPORT_FILES else pb.ARTIFACT_KIND_EXPORT
             record = ArtifactRecord(artifact_id, kind, fmt, pathlib.Path(path).name, size, time.time(), {})
             if not store.has_artifact(tenant, artifact_id):
-                added.append(artifact_id)  # a record the tenant held before stays
+                added.append(record)  # a record the tenant held before stays
             store.put_artifact(tenant, record)
             artifacts.append(record.to_proto())
     except BaseException:
-        for artifact_id in added:
+        for record in added:
             try:
-                store.drop_artifact(tenant, artifact_id)
+                store.drop_artifact_if_unchanged(tenant, record)
             except STORE_ERRORS:
-                log.warning("could not remove the record of export %s after a failed store", artifact_id)
+                log.warning("could not remove the record of export %s after a failed store", record.id)
         raise
     return artifacts
 
