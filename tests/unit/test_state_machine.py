@@ -173,7 +173,7 @@ def test_a_failed_store_of_exports_leaves_no_record_it_added(stores, tmp_path):
     held.write_bytes(b"a model the tenant stored before")
     fresh = tmp_path / "fresh.tflite"
     fresh.write_bytes(b"an export of this job")
-    first = _store_outputs(settings, store, "t", [(held, "keras")])[0]
+    first = _store_outputs(settings, store, "t", [(held, "keras")])[0][0]
     assert store.has_artifact("t", first.id)
 
     outputs = [(held, "keras"), (fresh, "tflite"), (tmp_path / "missing.onnx", "onnx")]
@@ -206,3 +206,33 @@ def test_a_record_written_again_by_another_job_is_not_rolled_back(stores):
     assert store.drop_artifact_if_unchanged("t", second)
     assert not store.has_artifact("t", first.id)
     assert not store.redis.exists(store.keys.artifact_owners(first.id))
+
+
+def test_a_job_cancelled_as_it_ends_lists_no_export(redis_url, stores, tmp_path, monkeypatch):
+    """A cancel that lands after the exports were stored (here while MLflow logs the run) ends
+    the job CANCELLED, and the export records it added go with it."""
+    import hashlib
+
+    from pruning_core.settings import Settings
+    from pruning_core.store import state_event
+    from pruning_worker import mlflow_hook, pipeline
+    from pruning_worker.runner import _run_claimed
+
+    store, prefix = stores
+    job, _ = create(redis_url, prefix)
+    claimed = _claim(store, job.id, "w1")
+    export = tmp_path / "pruned.keras"
+    export.write_bytes(b"the pruned model of a job cancelled as it ended")
+    monkeypatch.setattr(pipeline.Inputs, "resolve", staticmethod(lambda *a, **k: None))
+    monkeypatch.setattr(pipeline, "run", lambda *a, **k: (pb.PruneResult(device="CPU"), [(export, "keras")]))
+
+    def cancelled_meanwhile(*args, **kwargs) -> None:
+        store.update(job.id, lambda j: [state_event(j, pb.JOB_STATE_CANCELLING)])
+
+    monkeypatch.setattr(mlflow_hook, "log_job", cancelled_meanwhile)
+    settings = Settings(
+        state_dir=tmp_path / "state", key_prefix=prefix, work_dir=tmp_path / "work", mlflow_tracking_uri="file:///x"
+    )
+    final = _run_claimed(store, claimed, settings)
+    assert final is not None and final.state == pb.JOB_STATE_CANCELLED
+    assert not store.has_artifact("t", hashlib.sha256(export.read_bytes()).hexdigest())

@@ -271,9 +271,12 @@ def _release(store: JobStore, job: pb.Job, settings: Settings, wait_s: float = 3
             delay = min(2 * delay, 5.0)
 
 
-def _store_outputs(settings: Settings, store: JobStore, tenant: str, outputs) -> list[pb.Artifact]:
-    """Stores the job's exports and their records; when one fails, the records this call
-    added go too (a failed job lists none of its exports), and the error goes on."""
+def _store_outputs(
+    settings: Settings, store: JobStore, tenant: str, outputs
+) -> tuple[list[pb.Artifact], list[ArtifactRecord]]:
+    """Stores the job's exports and their records; returns them and the records this call
+    added (to take back should the job not succeed after all). When one fails, the records
+    added so far go, and the error goes on."""
     blobs = open_store(settings)  # exports go straight to the artifact store
     artifacts, added = [], []
     try:
@@ -286,13 +289,19 @@ def _store_outputs(settings: Settings, store: JobStore, tenant: str, outputs) ->
             store.put_artifact(tenant, record)
             artifacts.append(record.to_proto())
     except BaseException:
-        for record in added:
-            try:
-                store.drop_artifact_if_unchanged(tenant, record)
-            except STORE_ERRORS:
-                log.warning("could not remove the record of export %s after a failed store", record.id)
+        _forget(store, tenant, added)
         raise
-    return artifacts
+    return artifacts, added
+
+
+def _forget(store: JobStore, tenant: str, added: list[ArtifactRecord]) -> None:
+    """Takes back the export records a job that did not succeed added (a failed or cancelled
+    job lists none), each only as this job wrote it."""
+    for record in added:
+        try:
+            store.drop_artifact_if_unchanged(tenant, record)
+        except STORE_ERRORS:
+            log.warning("could not remove the record of export %s of a job that did not succeed", record.id)
 
 
 class Heartbeat:
@@ -411,12 +420,24 @@ def _run_claimed(store: JobStore, job: pb.Job, settings: Settings) -> pb.Job | N
             inputs = pipeline.Inputs.resolve(job.spec, tenant, store, settings)
             result, outputs = pipeline.run(job.spec, inputs, reporter, workdir)
             reporter.check_between_steps()  # a job cancelled during its exports stores none of them
-            result.artifacts.extend(_store_outputs(settings, store, tenant, outputs))
-            if settings.mlflow_tracking_uri:
-                from . import mlflow_hook
+            artifacts, added = _store_outputs(settings, store, tenant, outputs)
+            result.artifacts.extend(artifacts)
+            try:
+                if settings.mlflow_tracking_uri:
+                    from . import mlflow_hook
 
-                mlflow_hook.log_job(settings, job, result, outputs[0][0], reporter)
-        return reporter.finish(pb.JOB_STATE_SUCCEEDED, result=result)
+                    mlflow_hook.log_job(settings, job, result, outputs[0][0], reporter)
+            except BaseException:
+                _forget(store, tenant, added)
+                raise
+        try:
+            final = reporter.finish(pb.JOB_STATE_SUCCEEDED, result=result)
+        except BaseException:
+            _forget(store, tenant, added)
+            raise
+        if final.state != pb.JOB_STATE_SUCCEEDED:  # cancelled as it ended
+            _forget(store, tenant, added)
+        return final
     except StaleAttempt as exc:
         reporter.close(exc)
         log.warning("%s; stopping", exc)
