@@ -56,21 +56,40 @@ IDEMPOTENCY_TTL_S = 7 * 24 * 3600
 # 1: jobs indexed by tenant, by state and by label.
 INDEX_VERSION = 1
 STATES = tuple(pb.JobState.values())
+ACTIVE = (pb.JOB_STATE_QUEUED, pb.JOB_STATE_RUNNING, pb.JOB_STATE_CANCELLING)  # a tenant's jobs in flight
+
+
+class TooManyActiveJobs(Exception):
+    """The tenant has as many jobs queued, running or being cancelled as it may."""
+
+    def __init__(self, active: int):
+        super().__init__(f"{active} jobs of this tenant are queued, running or being cancelled, the most allowed")
+        self.active = active
+
+
 _MAX_LIST_BATCH = 1000
 _LISTED_FIELDS = (b"job", b"last_event_id", b"tenant")
 
-# KEYS: job, events, index, idem, unsent, state index, label indexes... ;
-# ARGV: job bytes, state, tenant, event bytes, job id, ttl, fingerprint, now
+# KEYS: job, events, index, idem, unsent, the tenant's QUEUED, RUNNING and CANCELLING indexes,
+# the job's state index, label indexes... ;
+# ARGV: job bytes, state, tenant, event bytes, job id, ttl, fingerprint, now, the most active
+# jobs the tenant may have (0 = no limit), the queue its task goes to.
+# Returns {1, id} (created), {0, id} (the idempotency key's job), {-1, active jobs} (over the limit).
 _CREATE = """
 if KEYS[4] ~= '' then
   local existing = redis.call('GET', KEYS[4])
   if existing then return {0, existing} end
 end
+local most = tonumber(ARGV[9])
+if most > 0 then
+  local active = redis.call('ZCARD', KEYS[6]) + redis.call('ZCARD', KEYS[7]) + redis.call('ZCARD', KEYS[8])
+  if active >= most then return {-1, active} end
+end
 redis.call('HSET', KEYS[1], 'job', ARGV[1], 'version', 1, 'state', ARGV[2], 'attempt', 0,
-           'tenant', ARGV[3], 'enqueued', 0, 'fingerprint', ARGV[7], 'idem', KEYS[4])
+           'tenant', ARGV[3], 'enqueued', 0, 'fingerprint', ARGV[7], 'idem', KEYS[4], 'queue', ARGV[10])
 local eid = redis.call('XADD', KEYS[2], '*', 'e', ARGV[4])
 redis.call('HSET', KEYS[1], 'last_event_id', eid)
-for i = 6, #KEYS do redis.call('ZADD', KEYS[i], 0, ARGV[5]) end
+for i = 9, #KEYS do redis.call('ZADD', KEYS[i], 0, ARGV[5]) end
 redis.call('ZADD', KEYS[3], 0, ARGV[5])
 redis.call('ZADD', KEYS[5], ARGV[8], ARGV[5])
 if KEYS[4] ~= '' then redis.call('SET', KEYS[4], ARGV[5], 'EX', ARGV[6]) end
@@ -341,12 +360,19 @@ class _Base:
         self._drop_if_unchanged = client.register_script(_DROP_IF_UNCHANGED)
 
     def _create_args(
-        self, tenant: str, job: pb.Job, idempotency_key: str, fingerprint: str = ""
+        self,
+        tenant: str,
+        job: pb.Job,
+        idempotency_key: str,
+        fingerprint: str = "",
+        max_active: int = 0,
+        queue: str = "",
     ) -> tuple[list[str], list[Any]]:
         event = state_event(job, pb.JOB_STATE_QUEUED)
         idem = self.keys.idempotency(tenant, idempotency_key) if idempotency_key else ""
         keys = [self.keys.job(job.id), self.keys.events(job.id), self.keys.tenant_jobs(tenant), idem]
         keys.append(self.keys.unsent())  # until its task is sent (mark_enqueued)
+        keys += [self.keys.tenant_state(tenant, s) for s in ACTIVE]  # counted against max_active
         keys.append(self.keys.tenant_state(tenant, job.state))
         keys += [self.keys.tenant_label(tenant, k, v) for k, v in job.labels.items()]
         args = [
@@ -358,6 +384,8 @@ class _Base:
             IDEMPOTENCY_TTL_S,
             fingerprint,
             repr(time.time()),
+            max_active,
+            queue,
         ]
         return keys, args
 
@@ -527,12 +555,23 @@ class AsyncJobStore(_Base):
         return cls(client, prefix)
 
     async def create(
-        self, tenant: str, job: pb.Job, idempotency_key: str = "", fingerprint: str = ""
+        self,
+        tenant: str,
+        job: pb.Job,
+        idempotency_key: str = "",
+        fingerprint: str = "",
+        *,
+        max_active: int = 0,
+        queue: str = "",
     ) -> tuple[pb.Job, bool]:
         """Records a new QUEUED job; returns (job, created). An idempotency key seen before
-        returns the job it created instead (compare ``fingerprint_of`` to tell a true retry)."""
-        keys, args = self._create_args(tenant, job, idempotency_key, fingerprint)
+        returns the job it created instead (compare ``fingerprint_of`` to tell a true retry).
+        With ``max_active``, a tenant with that many jobs queued, running or being cancelled
+        gets :class:`TooManyActiveJobs` instead, decided in the same script as the record."""
+        keys, args = self._create_args(tenant, job, idempotency_key, fingerprint, max_active, queue)
         created, job_id = await self._create(keys=keys, args=args)
+        if created == -1:
+            raise TooManyActiveJobs(int(job_id))
         job_id = job_id.decode() if isinstance(job_id, bytes) else job_id
         return await self.get(tenant, job_id), bool(created)
 
@@ -558,6 +597,11 @@ class AsyncJobStore(_Base):
         ids = await self.redis.zrangebyscore(self.keys.unsent(), "-inf", recorded_before, start=0, num=limit)
         return [i.decode() if isinstance(i, bytes) else i for i in ids]
 
+    async def queue_of(self, job_id: str) -> str:
+        """The queue the job's task goes to ("" for a job recorded before queues were kept)."""
+        value = await self.redis.hget(self.keys.job(job_id), "queue")
+        return value.decode() if value else ""
+
     async def still_unsent(self, job_id: str) -> bool:
         """Whether the job waits for its task to be sent (QUEUED, never sent); forgets it as
         unsent otherwise (ended, cancelled, deleted)."""
@@ -570,7 +614,7 @@ class AsyncJobStore(_Base):
     async def active_jobs(self, tenant: str) -> int:
         """The tenant's jobs queued, running or being cancelled (its state indexes)."""
         async with self.redis.pipeline(transaction=False) as pipe:
-            for state in (pb.JOB_STATE_QUEUED, pb.JOB_STATE_RUNNING, pb.JOB_STATE_CANCELLING):
+            for state in ACTIVE:
                 pipe.zcard(self.keys.tenant_state(tenant, state))
             return sum(await pipe.execute())
 

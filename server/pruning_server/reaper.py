@@ -167,16 +167,23 @@ async def send_unsent_jobs(store: AsyncJobStore, celery, queue: str, after_s: fl
     after a concurrent retry had answered. Without this such a job stayed QUEUED forever."""
     sent = []
     for job_id in await store.unsent_before(time.time() - after_s):
-        if not await store.still_unsent(job_id) or not await store.claim_send(job_id):
+        # A server on another queue (sharing the key prefix) leaves the job to its own servers.
+        if await store.queue_of(job_id) not in ("", queue) or not await store.still_unsent(job_id):
+            continue
+        if not await store.claim_send(job_id):
             continue
         try:
-            await asyncio.to_thread(celery.send_task, tasks.PRUNE, args=[job_id], queue=queue)
-            await store.mark_enqueued(job_id)
-        except BaseException:
+            if await store.still_unsent(job_id):  # not cancelled or sent while claiming
+                await asyncio.to_thread(celery.send_task, tasks.PRUNE, args=[job_id], queue=queue)
+                await store.mark_enqueued(job_id)
+                log.warning("job %s was recorded but its task never sent; sent now", job_id)
+                sent.append(job_id)
+        except STORE_ERRORS:
             await store.release_send(job_id)
-            raise
-        log.warning("job %s was recorded but its task never sent; sent now", job_id)
-        sent.append(job_id)
+            raise  # the pass stops; the next one tries again
+        except Exception:  # the broker: this job waits for the next pass, not the others
+            await store.release_send(job_id)
+            log.warning("job %s: its task could not be sent; trying again at the next pass", job_id, exc_info=True)
     return sent
 
 

@@ -21,7 +21,7 @@ from pruning_core import formats, modelcheck, plan, recipe, tasks, validation, z
 from pruning_core.blobs import is_artifact_id
 from pruning_core.objectstore import LocalStore
 from pruning_core.settings import Settings
-from pruning_core.store import ArtifactRecord, AsyncJobStore, JobNotFound, new_job_id, state_event
+from pruning_core.store import ArtifactRecord, AsyncJobStore, JobNotFound, TooManyActiveJobs, new_job_id, state_event
 from pruning_core.transfer import Sink, WritePipeline, download_chunk
 
 from . import convert
@@ -297,13 +297,22 @@ class PruningService(pb_grpc.PruningServiceServicer):
             raise Invalid(violations)
         return model, facts
 
-    async def record(self, tenant: str, job: pb.Job, request: pb.CreateJobRequest) -> tuple[pb.Job, bool]:
+    async def record(
+        self, tenant: str, job: pb.Job, request: pb.CreateJobRequest, *, bounded: bool = True
+    ) -> tuple[pb.Job, bool]:
         """Stores the new ``job`` made for ``request``, or returns the job its idempotency key
         already made (ALREADY_EXISTS when that key came with a different request); and whether
-        it is new."""
+        it is new. ``bounded``: RESOURCE_EXHAUSTED when the tenant has its most active jobs
+        (decided with the record, so concurrent calls cannot all pass); a sweep's trials are not."""
         job.created_at.GetCurrentTime()
         fingerprint = convert.request_fingerprint(request)
-        job, created = await self.store.create(tenant, job, request.idempotency_key, fingerprint)
+        most = self.settings.max_active_jobs_per_tenant if bounded else 0
+        try:
+            job, created = await self.store.create(
+                tenant, job, request.idempotency_key, fingerprint, max_active=most, queue=self.settings.queue
+            )
+        except TooManyActiveJobs as exc:
+            raise Exhausted(str(exc), self.settings.retry_after_s) from None
         if not created and await self.store.fingerprint_of(job.id) != fingerprint:
             raise Failure(
                 grpc.StatusCode.ALREADY_EXISTS,
@@ -316,16 +325,14 @@ class PruningService(pb_grpc.PruningServiceServicer):
 
     async def check_active_jobs(self, tenant: str) -> None:
         """RESOURCE_EXHAUSTED when the tenant has ``max_active_jobs_per_tenant`` jobs queued,
-        running or being cancelled. A soft bound: concurrent calls may pass it by a few."""
+        running or being cancelled: an early answer before the request's work; the record
+        itself is bounded in the same script that writes it (:meth:`record`)."""
         cap = self.settings.max_active_jobs_per_tenant
         if not cap:
             return
         active = await self.store.active_jobs(tenant)
         if active >= cap:
-            raise Exhausted(
-                f"{active} jobs of this tenant are queued, running or being cancelled, the most allowed",
-                self.settings.retry_after_s,
-            )
+            raise Exhausted(str(TooManyActiveJobs(active)), self.settings.retry_after_s)
 
     async def create_job(self, tenant: str, request: pb.CreateJobRequest, sweep_id: str = "") -> pb.Job:
         """CreateJob for ``tenant``; sweeps create their trials through it too."""
@@ -352,7 +359,10 @@ class PruningService(pb_grpc.PruningServiceServicer):
         if request.validate_only:
             return pb.Job(spec=spec, labels=request.labels, plan=plan.make_plan(spec, model.info, facts))
         job, created = await self.record(
-            tenant, pb.Job(id=new_job_id(), spec=spec, labels=request.labels, sweep_id=sweep_id), request
+            tenant,
+            pb.Job(id=new_job_id(), spec=spec, labels=request.labels, sweep_id=sweep_id),
+            request,
+            bounded=not sweep_id,
         )
         # A retry with the same key also repairs a job whose first enqueue failed; of
         # concurrent calls with the key, one sends.

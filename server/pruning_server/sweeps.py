@@ -24,7 +24,7 @@ from pruning_core import sweeps, validation
 from pruning_core.store import TERMINAL, JobNotFound, make_event, new_job_id, state_event
 from pruning_core.sweeps import SweepNotFound, SweepStore
 
-from .errors import Failure, Invalid
+from .errors import Exhausted, Failure, Invalid
 from .service import PruningService
 
 log = logging.getLogger(__name__)
@@ -161,13 +161,32 @@ class SweepServicer(pb_grpc.SweepServiceServicer):
         )
         if violations:
             raise Invalid(violations)
-        if not await self.store.knows_idempotency_key(tenant, request.idempotency_key):
-            await self.jobs.check_active_jobs(tenant)  # a retry returns the sweep it made
-        spec = sweeps.with_defaults(request.spec)
-        await self._check_template(tenant, spec, "spec.base")
-        sweep = pb.Sweep(id=sweeps.new_sweep_id(), state=pb.JOB_STATE_QUEUED, spec=spec, labels=request.labels)
-        fingerprint = hashlib.sha256(request.SerializeToString(deterministic=True)).hexdigest()
-        return await self._start(tenant, sweep, request.idempotency_key, fingerprint)
+        # One CreateSweep of a tenant at a time: its first trials are queued before the next
+        # one counts the tenant's active jobs, so a burst cannot pass the bound together.
+        async with self._creating(tenant):
+            if not await self.store.knows_idempotency_key(tenant, request.idempotency_key):
+                await self.jobs.check_active_jobs(tenant)  # a retry returns the sweep it made
+            spec = sweeps.with_defaults(request.spec)
+            await self._check_template(tenant, spec, "spec.base")
+            sweep = pb.Sweep(id=sweeps.new_sweep_id(), state=pb.JOB_STATE_QUEUED, spec=spec, labels=request.labels)
+            fingerprint = hashlib.sha256(request.SerializeToString(deterministic=True)).hexdigest()
+            return await self._start(tenant, sweep, request.idempotency_key, fingerprint)
+
+    @contextlib.asynccontextmanager
+    async def _creating(self, tenant: str, wait_s: float = 10.0) -> AsyncIterator[None]:
+        """Holds the tenant's sweep-creation lock (a Redis key, so across server processes);
+        RESOURCE_EXHAUSTED when another creation holds it past ``wait_s``."""
+        key, token = f"{self.store.prefix}:sweep-create:{tenant}", new_job_id()
+        deadline = asyncio.get_running_loop().time() + wait_s
+        while not await self.store.redis.set(key, token, nx=True, px=LOCK_MS):
+            if asyncio.get_running_loop().time() > deadline:
+                raise Exhausted("another sweep of this tenant is being created", self.jobs.settings.retry_after_s)
+            await asyncio.sleep(0.02)
+        try:
+            yield
+        finally:
+            if await self.store.redis.get(key) == token.encode():
+                await self.store.redis.delete(key)
 
     # -- jobs with a budget (JobSpec.budget) -------------------------------------------------
 

@@ -54,14 +54,16 @@ def test_a_job_recorded_but_never_sent_is_sent_by_the_reaper(env):
     async def scenario() -> tuple[list[str], list[str], str, str]:
         store = AsyncJobStore.from_url(settings.redis_url, settings.key_prefix)
         try:
-            lost, _ = await store.create("t", pb.Job(id=new_job_id(), state=pb.JOB_STATE_QUEUED))
+            lost, _ = await store.create("t", pb.Job(id=new_job_id(), state=pb.JOB_STATE_QUEUED), queue=settings.queue)
+            # A job of a server on another queue sharing the prefix is left to that queue's servers.
+            elsewhere, _ = await store.create("t", pb.Job(id=new_job_id(), state=pb.JOB_STATE_QUEUED), queue="other")
             ended, _ = await store.create("t", pb.Job(id=new_job_id(), state=pb.JOB_STATE_QUEUED))
             await store.update("t", ended.id, lambda j: [state_event(j, pb.JOB_STATE_CANCELLED)])
             assert await reaper.send_unsent_jobs(store, celery, settings.queue) == []  # too recent to judge
             first = await reaper.send_unsent_jobs(store, celery, settings.queue, after_s=0)
             again = await reaper.send_unsent_jobs(store, celery, settings.queue, after_s=0)
-            assert await store.redis.zcard(store.keys.unsent()) == 0
-            assert await store.is_enqueued(lost.id)
+            assert await store.redis.zrange(store.keys.unsent(), 0, -1) == [elsewhere.id.encode()]
+            assert await store.is_enqueued(lost.id) and not await store.is_enqueued(elsewhere.id)
             return first, again, lost.id, ended.id
         finally:
             await store.redis.aclose()

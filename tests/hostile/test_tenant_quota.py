@@ -38,3 +38,42 @@ def test_a_tenant_past_its_active_jobs_is_refused_and_others_are_not(env, tiny):
                 a.submit(spec)
     finally:
         server.stop()
+
+
+def test_a_burst_of_creates_stops_at_the_bound(env, tiny):  # noqa: F811
+    """Concurrent CreateJob and CreateSweep calls cannot pass the bound together (40 calls
+    made 35 jobs at a bound of 5, 20 sweeps 61 jobs): a job's record is bounded in the script
+    that writes it, and a tenant's sweeps are created one at a time."""
+    import concurrent.futures
+
+    prefix = f"{env['PRUNING_KEY_PREFIX']}:quota-burst"
+    server = hostile_server(env, "quota-burst", max_active_jobs_per_tenant=5, key_prefix=prefix)
+    try:
+        with Client(server.target, api_key="key-a", timeout=60) as a, Client(server.target, api_key="key-b") as b:
+            spec = job_spec(a.upload_model(tiny["keras"]).id, dataset=a.upload_dataset(tiny["data"]).id)
+
+            def submit(_):
+                try:
+                    return a.submit(spec).id
+                except ResourceExhausted:
+                    return None
+
+            with concurrent.futures.ThreadPoolExecutor(40) as pool:
+                made = [i for i in pool.map(submit, range(40)) if i]
+            assert len(made) == 5
+            assert len([j for j in a.list_jobs() if j.state == pb.JOB_STATE_QUEUED]) == 5
+
+            spec_b = job_spec(b.upload_model(tiny["keras"]).id, dataset=b.upload_dataset(tiny["data"]).id)
+
+            def sweep(_):
+                try:
+                    return b.create_sweep(sweep_spec(spec_b, sparsities=[0.5, 0.8], parallel_trials=2)).id
+                except ResourceExhausted:
+                    return None
+
+            with concurrent.futures.ThreadPoolExecutor(20) as pool:
+                sweeps = [i for i in pool.map(sweep, range(20)) if i]
+            active = [j for j in b.list_jobs() if j.state == pb.JOB_STATE_QUEUED]
+            assert len(sweeps) == 3 and len(active) == 6  # over by at most a sweep's parallel trials - 1
+    finally:
+        server.stop()
