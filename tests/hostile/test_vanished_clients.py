@@ -93,3 +93,43 @@ def test_a_vanished_clients_watch_frees_its_slot(env, tiny):  # noqa: F811
     finally:
         relay.close()
         server.stop()
+
+
+def test_a_vanished_clients_download_frees_its_slot(env, tmp_path):
+    from hostile import npz_bytes
+
+    server = hostile_server(
+        env, "vanished-download", max_downloads_per_tenant=1, keepalive_s=1.0, keepalive_timeout_s=1.0
+    )
+    relay = FreezingRelay(("127.0.0.1", server.port))
+    data = tmp_path / "big.npz"
+    data.write_bytes(npz_bytes(n_train=400_000))  # ~14 MiB: more than the sockets and windows hold
+    try:
+        with Client(server.target, api_key="key-a", timeout=30) as client:
+            artifact = client.upload_dataset(data)
+            request = pb.DownloadArtifactRequest(artifact_id=artifact.id)
+
+            def download_opens() -> bool:
+                chunks = pb_grpc.PruningServiceStub(client._channel).DownloadArtifact(request, metadata=META, timeout=5)
+                try:
+                    next(chunks)
+                    return True
+                except grpc.RpcError as error:
+                    assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, error
+                    return False
+                finally:
+                    chunks.cancel()
+
+            with grpc.insecure_channel(f"127.0.0.1:{relay.port}") as far:
+                held = pb_grpc.PruningServiceStub(far).DownloadArtifact(request, metadata=META)
+                next(held)  # the slot is taken, the stream under way
+                relay.freeze()  # the far client is gone mid-download, its connection never closed
+                assert not download_opens()
+                deadline = time.monotonic() + 20
+                while not download_opens():
+                    assert time.monotonic() < deadline, "the vanished client still holds the download slot"
+                    time.sleep(0.5)
+                held.cancel()
+    finally:
+        relay.close()
+        server.stop()
