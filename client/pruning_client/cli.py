@@ -1411,6 +1411,20 @@ def cancel(job_id: str) -> None:
     _emit(_dump(job), f"{job.id} {_state(job)}")
 
 
+@cli.command("delete")
+@click.argument("artifact_id")
+@global_options
+def delete(artifact_id: str) -> None:
+    """Delete an uploaded model or dataset, or an export (this tenant's record of it).
+
+    Its bytes go at the server's next housekeeping once no tenant's record points to them; a
+    job still queued with it fails. Exit 3 when the tenant has no such artifact.
+    """
+    with _client(_globals()) as client:
+        artifact = client.delete_artifact(artifact_id)
+    _emit(_dump(artifact), f"deleted {artifact.id} ({artifact.filename})")
+
+
 @cli.command("download")
 @click.argument("id_", metavar="ID")
 @_option(

@@ -623,6 +623,14 @@ class Client:
     # -- downloads ---------------------------------------------------------------------------
 
     @_rpc
+    def delete_artifact(self, artifact_id: str) -> pb.Artifact:
+        """Deletes this tenant's record of an artifact and returns it; the bytes go once no
+        tenant's record points to them. NotFound when the tenant has no such artifact."""
+        return self.stub.DeleteArtifact(
+            pb.DeleteArtifactRequest(artifact_id=artifact_id), timeout=self.options.timeout, metadata=self._metadata
+        )
+
+    @_rpc
     def download(
         self,
         artifact_id: str,

@@ -276,6 +276,13 @@ class PruningService(pb_grpc.PruningServiceServicer):
             async for message in chunks:
                 yield message
 
+    async def DeleteArtifact(self, request, context):
+        tenant = await self._tenant(context)
+        record = await self._artifact(tenant, request.artifact_id, "artifact_id")
+        await self.store.delete_artifact(tenant, record.id)
+        log.info("deleted the record of artifact %s for %s", record.id, tenant)
+        return record.to_proto()
+
     # -- jobs ------------------------------------------------------------------------------
 
     async def _check_inputs(self, tenant: str, spec: pb.JobSpec) -> tuple[ArtifactRecord, plan.DatasetFacts]:

@@ -27,4 +27,5 @@ def test_service_has_every_method():
         "WatchJob": (False, True),
         "CancelJob": (False, False),
         "DownloadArtifact": (False, True),
+        "DeleteArtifact": (False, False),
     }

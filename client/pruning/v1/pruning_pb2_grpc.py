@@ -74,6 +74,11 @@ class PruningServiceStub:
                 request_serializer=pruning_dot_v1_dot_pruning__pb2.DownloadArtifactRequest.SerializeToString,
                 response_deserializer=pruning_dot_v1_dot_pruning__pb2.DownloadChunk.FromString,
                 _registered_method=True)
+        self.DeleteArtifact = channel.unary_unary(
+                '/pruning.v1.PruningService/DeleteArtifact',
+                request_serializer=pruning_dot_v1_dot_pruning__pb2.DeleteArtifactRequest.SerializeToString,
+                response_deserializer=pruning_dot_v1_dot_pruning__pb2.Artifact.FromString,
+                _registered_method=True)
 
 
 class PruningServiceServicer:
@@ -133,6 +138,15 @@ class PruningServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DeleteArtifact(self, request, context):
+        """Deletes the tenant's record of an artifact and answers it; its bytes go at the next
+        housekeeping once no tenant's record points to them. NOT_FOUND when the tenant has none.
+        A job still queued with it fails when its worker looks for it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PruningServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -175,6 +189,11 @@ def add_PruningServiceServicer_to_server(servicer, server):
                     servicer.DownloadArtifact,
                     request_deserializer=pruning_dot_v1_dot_pruning__pb2.DownloadArtifactRequest.FromString,
                     response_serializer=pruning_dot_v1_dot_pruning__pb2.DownloadChunk.SerializeToString,
+            ),
+            'DeleteArtifact': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteArtifact,
+                    request_deserializer=pruning_dot_v1_dot_pruning__pb2.DeleteArtifactRequest.FromString,
+                    response_serializer=pruning_dot_v1_dot_pruning__pb2.Artifact.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -393,6 +412,33 @@ class PruningService:
             '/pruning.v1.PruningService/DownloadArtifact',
             pruning_dot_v1_dot_pruning__pb2.DownloadArtifactRequest.SerializeToString,
             pruning_dot_v1_dot_pruning__pb2.DownloadChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteArtifact(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pruning.v1.PruningService/DeleteArtifact',
+            pruning_dot_v1_dot_pruning__pb2.DeleteArtifactRequest.SerializeToString,
+            pruning_dot_v1_dot_pruning__pb2.Artifact.FromString,
             options,
             channel_credentials,
             insecure,

@@ -48,6 +48,11 @@ class PruningServiceStub:
     CancelJob: _grpc.UnaryUnaryMultiCallable[_pruning_pb2.CancelJobRequest, _pruning_pb2.Job]
     DownloadArtifact: _grpc.UnaryStreamMultiCallable[_pruning_pb2.DownloadArtifactRequest, _pruning_pb2.DownloadChunk]
     """Streams an artifact from `offset` (resumable downloads)."""
+    DeleteArtifact: _grpc.UnaryUnaryMultiCallable[_pruning_pb2.DeleteArtifactRequest, _pruning_pb2.Artifact]
+    """Deletes the tenant's record of an artifact and answers it; its bytes go at the next
+    housekeeping once no tenant's record points to them. NOT_FOUND when the tenant has none.
+    A job still queued with it fails when its worker looks for it.
+    """
 
 @_typing.type_check_only
 class PruningServiceAsyncStub(PruningServiceStub):
@@ -67,6 +72,11 @@ class PruningServiceAsyncStub(PruningServiceStub):
     CancelJob: _aio.UnaryUnaryMultiCallable[_pruning_pb2.CancelJobRequest, _pruning_pb2.Job]  # type: ignore[assignment]
     DownloadArtifact: _aio.UnaryStreamMultiCallable[_pruning_pb2.DownloadArtifactRequest, _pruning_pb2.DownloadChunk]  # type: ignore[assignment]
     """Streams an artifact from `offset` (resumable downloads)."""
+    DeleteArtifact: _aio.UnaryUnaryMultiCallable[_pruning_pb2.DeleteArtifactRequest, _pruning_pb2.Artifact]  # type: ignore[assignment]
+    """Deletes the tenant's record of an artifact and answers it; its bytes go at the next
+    housekeeping once no tenant's record points to them. NOT_FOUND when the tenant has none.
+    A job still queued with it fails when its worker looks for it.
+    """
 
 class PruningServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -131,6 +141,17 @@ class PruningServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_pruning_pb2.DownloadChunk], _abc.AsyncIterator[_pruning_pb2.DownloadChunk]]:
         """Streams an artifact from `offset` (resumable downloads)."""
+
+    @_abc_1.abstractmethod
+    def DeleteArtifact(
+        self,
+        request: _pruning_pb2.DeleteArtifactRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_pruning_pb2.Artifact, _abc.Awaitable[_pruning_pb2.Artifact]]:
+        """Deletes the tenant's record of an artifact and answers it; its bytes go at the next
+        housekeeping once no tenant's record points to them. NOT_FOUND when the tenant has none.
+        A job still queued with it fails when its worker looks for it.
+        """
 
 def add_PruningServiceServicer_to_server(servicer: PruningServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
 
