@@ -73,6 +73,12 @@ class Settings(BaseSettings):
     max_downloads_per_tenant: int = Field(
         16, description="concurrent downloads of one tenant per server process (each holds its read-ahead chunks)"
     )
+    max_stored_bytes_per_tenant: int = Field(
+        50 * 1024 * MiB,
+        ge=0,
+        description="bytes of the artifacts one tenant holds records of (uploads and exports, each record "
+        "counting its bytes); an upload past it gets RESOURCE_EXHAUSTED; 0 = no limit",
+    )
     max_active_jobs_per_tenant: int = Field(
         1000,
         ge=0,

@@ -101,11 +101,22 @@ return {1, ARGV[5]}
 # Removes the record only if no one wrote it again since (an identical export of another job).
 _DROP_IF_UNCHANGED = """
 if redis.call('HGET', KEYS[1], 'created') ~= ARGV[1] then return 0 end
+local size = redis.call('HGET', KEYS[1], 'size')
 redis.call('DEL', KEYS[1])
-redis.call('SREM', KEYS[2], ARGV[2])
+local removed = redis.call('SREM', KEYS[2], ARGV[2])
 redis.call('SREM', KEYS[3], ARGV[3])
 redis.call('ZREM', KEYS[4], ARGV[4])
+if removed == 1 and size and redis.call('EXISTS', KEYS[5]) == 1 then
+  redis.call('DECRBY', KEYS[5], size)
+end
 return 1
+"""
+
+# KEYS: a tenant's byte count ; ARGV: bytes to add (negative: to take off). A count not yet
+# made (see stored_bytes) stays unmade: it is made from the records when first read.
+_ADJUST_BYTES = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return redis.call('INCRBY', KEYS[1], ARGV[1]) end
+return false
 """
 
 # KEYS: job, events, finished, index of the state read, index of the new state ;
@@ -208,6 +219,10 @@ class Keys:
 
     def tenant_artifacts(self, tenant: str) -> str:
         return f"{self.prefix}:tenant:{tenant}:artifacts"
+
+    def tenant_bytes(self, tenant: str) -> str:
+        """Bytes of the artifacts the tenant holds records of (each record counts its bytes)."""
+        return f"{self.prefix}:tenant:{tenant}:bytes"
 
     def tenant_artifact(self, tenant: str, artifact_id: str) -> str:
         return f"{self.prefix}:artifact:{tenant}:{artifact_id}"
@@ -358,6 +373,7 @@ class _Base:
         self._reap = client.register_script(_REAP)
         self._backfill = client.register_script(_BACKFILL)
         self._drop_if_unchanged = client.register_script(_DROP_IF_UNCHANGED)
+        self._adjust_bytes = client.register_script(_ADJUST_BYTES)
 
     def _create_args(
         self,
@@ -436,15 +452,19 @@ class _Base:
         yield self.redis.hset(self.keys.tenant_artifact(tenant, record.id), mapping=record.to_mapping())
         yield self.redis.sadd(self.keys.artifact_owners(record.id), tenant)
         yield self.redis.zadd(self.keys.artifacts_by_time(), {f"{record.id}:{tenant}": record.created})
-        yield self.redis.sadd(self.keys.tenant_artifacts(tenant), record.id)
+        if (yield self.redis.sadd(self.keys.tenant_artifacts(tenant), record.id)):
+            yield self._adjust_bytes(keys=[self.keys.tenant_bytes(tenant)], args=[record.size])
 
     def _drop_artifact(self, tenant: str, artifact_id: str) -> Steps[None]:
+        size = yield self.redis.hget(self.keys.tenant_artifact(tenant, artifact_id), "size")
         pipe = self.redis.pipeline(transaction=True)
         pipe.srem(self.keys.tenant_artifacts(tenant), artifact_id)
         pipe.delete(self.keys.tenant_artifact(tenant, artifact_id))
         pipe.srem(self.keys.artifact_owners(artifact_id), tenant)
         pipe.zrem(self.keys.artifacts_by_time(), f"{artifact_id}:{tenant}")
-        yield pipe.execute()
+        removed, *_ = yield pipe.execute()
+        if removed and size:
+            yield self._adjust_bytes(keys=[self.keys.tenant_bytes(tenant)], args=[-int(size)])
 
     def _get_artifact(self, tenant: str, artifact_id: str) -> Steps[ArtifactRecord]:
         if not (yield self.redis.sismember(self.keys.tenant_artifacts(tenant), artifact_id)):
@@ -512,6 +532,7 @@ class JobStore(_Base):
             self.keys.tenant_artifacts(tenant),
             self.keys.artifact_owners(record.id),
             self.keys.artifacts_by_time(),
+            self.keys.tenant_bytes(tenant),
         ]
         args = [record.created, record.id, tenant, f"{record.id}:{tenant}"]
         return bool(self._drop_if_unchanged(keys=keys, args=args))
@@ -854,6 +875,21 @@ class AsyncJobStore(_Base):
         (its bytes may go)."""
         await _drive_async(self._drop_artifact(tenant, artifact_id))
         return bool(await self.unowned([artifact_id]))
+
+    async def stored_bytes(self, tenant: str) -> int:
+        """Bytes of the artifacts the tenant holds records of. The count is kept as records come
+        and go; a deployment from before it makes it from the records on first read."""
+        key = self.keys.tenant_bytes(tenant)
+        value = await self.redis.get(key)
+        if value is None:
+            ids = [i.decode() for i in await self.redis.smembers(self.keys.tenant_artifacts(tenant))]
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for artifact_id in ids:
+                    pipe.hget(self.keys.tenant_artifact(tenant, artifact_id), "size")
+                sizes = await pipe.execute()
+            await self.redis.set(key, sum(int(size or 0) for size in sizes), nx=True)
+            value = await self.redis.get(key)
+        return int(value or 0)
 
     async def born(self) -> float:
         """When this job store first held data (unix s), recorded once. A store wiped or lost

@@ -125,11 +125,24 @@ class PruningService(pb_grpc.PruningServiceServicer):
         except KeyError:
             raise Failure(grpc.StatusCode.NOT_FOUND, f"{field}: no artifact {artifact_id}") from None
 
-    async def _receive(self, request_iterator, field: str, also: Sequence[Sink] = ()):
+    async def _room(self, tenant: str, field: str) -> int:
+        """Bytes the tenant may still store (``max_stored_bytes_per_tenant``); RESOURCE_EXHAUSTED
+        at once when none. Checked as each upload starts: concurrent uploads of one tenant (at
+        most ``max_uploads_per_tenant``) may pass it together."""
+        quota = self.settings.max_stored_bytes_per_tenant
+        if not quota:
+            return self.settings.max_upload_bytes
+        stored = await self.store.stored_bytes(tenant)
+        if stored >= quota:
+            raise Exhausted(_over_quota(field, stored, quota), self.settings.retry_after_s)
+        return quota - stored
+
+    async def _receive(self, request_iterator, field: str, room: int, also: Sequence[Sink] = ()):
         """Streams an upload into a blob writer (and each of ``also``), enforcing the header,
-        the size limit and the idle timeout. A refused upload's temporary file is gone before
-        the client hears why."""
+        the size limit, the tenant's ``room`` and the idle timeout. A refused upload's
+        temporary file is gone before the client hears why."""
         limit = self.settings.max_upload_bytes
+        quota = self.settings.max_stored_bytes_per_tenant
         header = None
         writer = self.blobs.writer()
         # hashing and writing overlap with receiving and with each other, behind bounded queues
@@ -175,6 +188,10 @@ class PruningService(pb_grpc.PruningServiceServicer):
                             grpc.StatusCode.RESOURCE_EXHAUSTED,
                             f"{header.size} bytes is over the upload limit of {limit}",
                         )
+                    if header.size > room:
+                        raise Exhausted(
+                            _over_quota(field, quota - room, quota, header.size), self.settings.retry_after_s
+                        )
                     continue
                 if request.HasField("header"):
                     refuse(
@@ -183,6 +200,11 @@ class PruningService(pb_grpc.PruningServiceServicer):
                 chunk = request.chunk
                 if pipe.accepted + len(chunk) > limit:
                     refuse(grpc.StatusCode.RESOURCE_EXHAUSTED, f"upload is over the limit of {limit} bytes")
+                if pipe.accepted + len(chunk) > room:
+                    raise Exhausted(
+                        _over_quota(field, quota - room, quota, pipe.accepted + len(chunk)),
+                        self.settings.retry_after_s,
+                    )
                 await pipe.write(chunk)
             await pipe.drain()
             if header is None or writer.size == 0:
@@ -240,7 +262,7 @@ class PruningService(pb_grpc.PruningServiceServicer):
             return await self._upload_model(tenant, request_iterator)
 
     async def _upload_model(self, tenant: str, request_iterator) -> pb.Artifact:
-        writer, header = await self._receive(request_iterator, "model")
+        writer, header = await self._receive(request_iterator, "model", await self._room(tenant, "model"))
         named = formats.MODEL_SUFFIXES.get(convert.extension(header.filename))
 
         def inspect(path, max_decompressed):
@@ -257,7 +279,9 @@ class PruningService(pb_grpc.PruningServiceServicer):
         async with self._slot(self.uploads, tenant):
             # the CRCs of the .npz's stored arrays are computed as it arrives, not re-read after
             members = zipscan.StoredMembers()
-            writer, header = await self._receive(request_iterator, "dataset", also=[members])
+            writer, header = await self._receive(
+                request_iterator, "dataset", await self._room(tenant, "dataset"), also=[members]
+            )
             arrays = await self._inspect(
                 writer,
                 lambda path, max_decompressed: modelcheck.inspect_dataset(path, max_decompressed, members.checked),
@@ -453,3 +477,11 @@ class PruningService(pb_grpc.PruningServiceServicer):
             return []
 
         return await self.store.update(tenant, job.id, cancel)
+
+
+def _over_quota(field: str, stored: int, quota: int, more: int = 0) -> str:
+    adding = f"; this upload adds {more} more" if more else ""
+    return (
+        f"{field}: this tenant stores {stored} bytes of artifacts, its quota is {quota}{adding}; delete some "
+        "(DeleteArtifact, pruning delete) or wait for the retention"
+    )

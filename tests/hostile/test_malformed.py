@@ -29,6 +29,7 @@ METHODS = (
     "WatchJob",
     "CancelJob",
     "DownloadArtifact",
+    "DeleteArtifact",
 )
 
 
@@ -204,7 +205,9 @@ def test_undecodable_upload_messages(channel):
         assert (code, fields) == (grpc.StatusCode.INVALID_ARGUMENT, ["request"]), method
 
 
-@pytest.mark.parametrize("method", ["CreateJob", "GetJob", "ListJobs", "CancelJob", "WatchJob", "DownloadArtifact"])
+@pytest.mark.parametrize(
+    "method", ["CreateJob", "GetJob", "ListJobs", "CancelJob", "WatchJob", "DownloadArtifact", "DeleteArtifact"]
+)
 def test_undecodable_unary_requests(channel, method):
     kind = channel.unary_stream if method in ("WatchJob", "DownloadArtifact") else channel.unary_unary
     call = kind(f"/pruning.v1.PruningService/{method}")

@@ -77,3 +77,47 @@ def test_a_burst_of_creates_stops_at_the_bound(env, tiny):  # noqa: F811
             assert len(sweeps) == 3 and len(active) == 6  # over by at most a sweep's parallel trials - 1
     finally:
         server.stop()
+
+
+def test_a_tenant_past_its_stored_bytes_is_refused_until_it_deletes(env, tmp_path):
+    """PRUNING_MAX_STORED_BYTES_PER_TENANT: an upload that would take the tenant past it gets
+    RESOURCE_EXHAUSTED (its partial file removed), another tenant is not held up, and deleting
+    an artifact makes room; the count follows records as they come and go, and a deployment
+    from before the count makes it from the records."""
+    import asyncio
+
+    from hostile import npz_bytes
+
+    files = []
+    for seed in range(3):
+        path = tmp_path / f"d{seed}.npz"
+        path.write_bytes(npz_bytes(seed=seed))
+        files.append(path)
+    size = files[0].stat().st_size
+    prefix = f"{env['PRUNING_KEY_PREFIX']}:bytes"
+    server = hostile_server(env, "bytes", key_prefix=prefix, max_stored_bytes_per_tenant=2 * size + size // 2)
+
+    def stored(tenant: str) -> int:
+        return asyncio.run_coroutine_threadsafe(server.running.store.stored_bytes(tenant), server.loop).result(10)
+
+    try:
+        with Client(server.target, api_key="key-a", timeout=30) as a, Client(server.target, api_key="key-b") as b:
+            first = a.upload_dataset(files[0])
+            assert a.upload_dataset(files[0]).id == first.id  # its own record again: no more bytes
+            assert stored("tenant-a") == size
+            a.upload_dataset(files[1])
+            assert stored("tenant-a") == 2 * size
+            with pytest.raises(ResourceExhausted, match="this tenant stores .* its quota is"):
+                a.upload_dataset(files[2])
+            assert b.upload_dataset(files[2]).size == size  # the other tenant has its own room
+            a.delete_artifact(first.id)
+            assert stored("tenant-a") == size
+            assert a.upload_dataset(files[2]).size == size
+            assert stored("tenant-a") == 2 * size
+            # A count lost (or never made, before this version) is made again from the records.
+            asyncio.run_coroutine_threadsafe(
+                server.running.store.redis.delete(server.running.store.keys.tenant_bytes("tenant-a")), server.loop
+            ).result(10)
+            assert stored("tenant-a") == 2 * size
+    finally:
+        server.stop()
