@@ -40,7 +40,7 @@ import builtins
 import json
 import os
 import time
-from collections.abc import Callable, Collection, Generator, Mapping
+from collections.abc import Callable, Collection, Generator, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -96,27 +96,46 @@ if KEYS[4] ~= '' then redis.call('SET', KEYS[4], ARGV[5], 'EX', ARGV[6]) end
 return {1, ARGV[5]}
 """
 
-# KEYS: the tenant's record of an artifact, the tenant's artifacts, the artifact's owners, the
-# records by time ; ARGV: the record's 'created' as written, artifact id, tenant, "<id>:<tenant>".
-# Removes the record only if no one wrote it again since (an identical export of another job).
-_DROP_IF_UNCHANGED = """
-if redis.call('HGET', KEYS[1], 'created') ~= ARGV[1] then return 0 end
-local size = redis.call('HGET', KEYS[1], 'size')
-redis.call('DEL', KEYS[1])
-local removed = redis.call('SREM', KEYS[2], ARGV[2])
-redis.call('SREM', KEYS[3], ARGV[3])
-redis.call('ZREM', KEYS[4], ARGV[4])
-if removed == 1 and size and redis.call('EXISTS', KEYS[5]) == 1 then
-  redis.call('DECRBY', KEYS[5], size)
-end
-return 1
+# One tenant's record of an artifact, and the count of the bytes its records hold, change
+# together in these scripts (a record counts its size while its hash exists).
+# KEYS: the record, the tenant's artifacts, the artifact's owners, the records by time, the
+# tenant's byte count ; ARGV: artifact id, tenant, created, "<id>:<tenant>", size, then the
+# record's fields and values.
+_PUT_RECORD = """
+local new = redis.call('EXISTS', KEYS[1]) == 0
+redis.call('HSET', KEYS[1], unpack(ARGV, 6))
+redis.call('SADD', KEYS[3], ARGV[2])
+redis.call('ZADD', KEYS[4], ARGV[3], ARGV[4])
+redis.call('SADD', KEYS[2], ARGV[1])
+if new and redis.call('EXISTS', KEYS[5]) == 1 then redis.call('INCRBY', KEYS[5], ARGV[5]) end
+return new and 1 or 0
 """
 
-# KEYS: a tenant's byte count ; ARGV: bytes to add (negative: to take off). A count not yet
-# made (see stored_bytes) stays unmade: it is made from the records when first read.
-_ADJUST_BYTES = """
-if redis.call('EXISTS', KEYS[1]) == 1 then return redis.call('INCRBY', KEYS[1], ARGV[1]) end
-return false
+# KEYS: as _PUT_RECORD ; ARGV: artifact id, tenant, "<id>:<tenant>", the 'created' the record
+# must still have ('' = any). Returns 1 when it removed the record, 0 when it was written
+# again since (another job's identical export) or there was none.
+_DROP_RECORD = """
+if ARGV[4] ~= '' and redis.call('HGET', KEYS[1], 'created') ~= ARGV[4] then return 0 end
+local size = redis.call('HGET', KEYS[1], 'size')
+local existed = redis.call('DEL', KEYS[1])
+redis.call('SREM', KEYS[2], ARGV[1])
+redis.call('SREM', KEYS[3], ARGV[2])
+redis.call('ZREM', KEYS[4], ARGV[3])
+if existed == 1 and size and redis.call('EXISTS', KEYS[5]) == 1 then redis.call('DECRBY', KEYS[5], size) end
+return existed
+"""
+
+# KEYS: the tenant's byte count, the tenant's artifacts ; ARGV: the key of a record less its id.
+# The count, made from the records the first time (a deployment from before the count).
+_COUNT_BYTES = """
+local count = redis.call('GET', KEYS[1])
+if count then return tonumber(count) end
+local total = 0
+for _, id in ipairs(redis.call('SMEMBERS', KEYS[2])) do
+  total = total + tonumber(redis.call('HGET', ARGV[1] .. id, 'size') or 0)
+end
+redis.call('SET', KEYS[1], total)
+return total
 """
 
 # KEYS: job, events, finished, index of the state read, index of the new state ;
@@ -200,6 +219,10 @@ class Keys:
 
     def lost(self, job_id: str) -> str:
         return f"{self.prefix}:lost:{job_id}"
+
+    def released(self) -> str:
+        """Artifacts whose last record a DeleteArtifact removed: their bytes may go, however old."""
+        return f"{self.prefix}:released"
 
     def unsent(self) -> str:
         """Jobs recorded whose task is not known to be sent yet, by when they were recorded."""
@@ -372,8 +395,9 @@ class _Base:
         self._update = client.register_script(_UPDATE)
         self._reap = client.register_script(_REAP)
         self._backfill = client.register_script(_BACKFILL)
-        self._drop_if_unchanged = client.register_script(_DROP_IF_UNCHANGED)
-        self._adjust_bytes = client.register_script(_ADJUST_BYTES)
+        self._put_record = client.register_script(_PUT_RECORD)
+        self._drop_record = client.register_script(_DROP_RECORD)
+        self._count_bytes = client.register_script(_COUNT_BYTES)
 
     def _create_args(
         self,
@@ -446,25 +470,26 @@ class _Base:
             if outcome == -1:
                 raise JobNotFound(job_id)
 
-    def _put_artifact(self, tenant: str, record: ArtifactRecord) -> Steps[None]:
-        # The record first: a tenant never sees an artifact id without its record. Each tenant
-        # has its own record of shared bytes: another tenant's upload never changes it.
-        yield self.redis.hset(self.keys.tenant_artifact(tenant, record.id), mapping=record.to_mapping())
-        yield self.redis.sadd(self.keys.artifact_owners(record.id), tenant)
-        yield self.redis.zadd(self.keys.artifacts_by_time(), {f"{record.id}:{tenant}": record.created})
-        if (yield self.redis.sadd(self.keys.tenant_artifacts(tenant), record.id)):
-            yield self._adjust_bytes(keys=[self.keys.tenant_bytes(tenant)], args=[record.size])
+    def _record_keys(self, tenant: str, artifact_id: str) -> list[str]:
+        return [
+            self.keys.tenant_artifact(tenant, artifact_id),
+            self.keys.tenant_artifacts(tenant),
+            self.keys.artifact_owners(artifact_id),
+            self.keys.artifacts_by_time(),
+            self.keys.tenant_bytes(tenant),
+        ]
 
-    def _drop_artifact(self, tenant: str, artifact_id: str) -> Steps[None]:
-        size = yield self.redis.hget(self.keys.tenant_artifact(tenant, artifact_id), "size")
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.srem(self.keys.tenant_artifacts(tenant), artifact_id)
-        pipe.delete(self.keys.tenant_artifact(tenant, artifact_id))
-        pipe.srem(self.keys.artifact_owners(artifact_id), tenant)
-        pipe.zrem(self.keys.artifacts_by_time(), f"{artifact_id}:{tenant}")
-        removed, *_ = yield pipe.execute()
-        if removed and size:
-            yield self._adjust_bytes(keys=[self.keys.tenant_bytes(tenant)], args=[-int(size)])
+    def _put_artifact(self, tenant: str, record: ArtifactRecord) -> Steps[bool]:
+        """Writes the tenant's record (True when it had none): each tenant has its own record
+        of shared bytes, which another tenant's upload never changes. Record, indexes and byte
+        count in one script."""
+        fields = [x for kv in record.to_mapping().items() for x in kv]
+        args = [record.id, tenant, record.created, f"{record.id}:{tenant}", record.size, *fields]
+        return bool((yield self._put_record(keys=self._record_keys(tenant, record.id), args=args)))
+
+    def _drop_artifact(self, tenant: str, artifact_id: str, created: float | str = "") -> Steps[bool]:
+        args = [artifact_id, tenant, f"{artifact_id}:{tenant}", created]
+        return bool((yield self._drop_record(keys=self._record_keys(tenant, artifact_id), args=args)))
 
     def _get_artifact(self, tenant: str, artifact_id: str) -> Steps[ArtifactRecord]:
         if not (yield self.redis.sismember(self.keys.tenant_artifacts(tenant), artifact_id)):
@@ -514,8 +539,9 @@ class JobStore(_Base):
     def cancel_requested(self, job_id: str) -> bool:
         return bool(self.redis.exists(self.keys.cancel(job_id)))
 
-    def put_artifact(self, tenant: str, record: ArtifactRecord) -> None:
-        _drive(self._put_artifact(tenant, record))
+    def put_artifact(self, tenant: str, record: ArtifactRecord) -> bool:
+        """Writes the tenant's record of an artifact; True when the tenant had none."""
+        return _drive(self._put_artifact(tenant, record))
 
     def get_artifact(self, tenant: str, artifact_id: str) -> ArtifactRecord:
         return _drive(self._get_artifact(tenant, artifact_id))
@@ -527,15 +553,7 @@ class JobStore(_Base):
         """Removes one tenant's record of an artifact as ``record`` wrote it, unless someone
         wrote it again since (another job's identical export); its bytes go with the
         retention's next sweep once no record points to them."""
-        keys = [
-            self.keys.tenant_artifact(tenant, record.id),
-            self.keys.tenant_artifacts(tenant),
-            self.keys.artifact_owners(record.id),
-            self.keys.artifacts_by_time(),
-            self.keys.tenant_bytes(tenant),
-        ]
-        args = [record.created, record.id, tenant, f"{record.id}:{tenant}"]
-        return bool(self._drop_if_unchanged(keys=keys, args=args))
+        return _drive(self._drop_artifact(tenant, record.id, record.created))
 
 
 # The job store did not answer (down, hung past the socket timeout, a read-only replica in a
@@ -870,26 +888,34 @@ class AsyncJobStore(_Base):
             out.append((text[65:], text[:64]))
         return out
 
-    async def delete_artifact(self, tenant: str, artifact_id: str) -> bool:
+    async def delete_artifact(self, tenant: str, artifact_id: str, *, release: bool = False) -> bool:
         """Removes one tenant's record of an artifact; True when no record of it is left
-        (its bytes may go)."""
+        (its bytes may go). With ``release``, such bytes are marked for the next housekeeping
+        however old they are (blobs from before the job store's birth are otherwise kept)."""
         await _drive_async(self._drop_artifact(tenant, artifact_id))
-        return bool(await self.unowned([artifact_id]))
+        last = bool(await self.unowned([artifact_id]))
+        if last and release:
+            await self.redis.sadd(self.keys.released(), artifact_id)
+        return last
+
+    async def released_ids(self) -> set[str]:
+        return {i.decode() for i in await self.redis.smembers(self.keys.released())}
+
+    async def forget_released(self, artifact_ids: Iterable[str]) -> None:
+        ids = list(artifact_ids)
+        if ids:
+            await self.redis.srem(self.keys.released(), *ids)
 
     async def stored_bytes(self, tenant: str) -> int:
-        """Bytes of the artifacts the tenant holds records of. The count is kept as records come
-        and go; a deployment from before it makes it from the records on first read."""
-        key = self.keys.tenant_bytes(tenant)
-        value = await self.redis.get(key)
-        if value is None:
-            ids = [i.decode() for i in await self.redis.smembers(self.keys.tenant_artifacts(tenant))]
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for artifact_id in ids:
-                    pipe.hget(self.keys.tenant_artifact(tenant, artifact_id), "size")
-                sizes = await pipe.execute()
-            await self.redis.set(key, sum(int(size or 0) for size in sizes), nx=True)
-            value = await self.redis.get(key)
-        return int(value or 0)
+        """Bytes of the artifacts the tenant holds records of. The count changes with the
+        records, in the same scripts; a deployment from before it makes it from the records
+        on first read, in one script too."""
+        prefix = self.keys.tenant_artifact(tenant, "")
+        return int(
+            await self._count_bytes(
+                keys=[self.keys.tenant_bytes(tenant), self.keys.tenant_artifacts(tenant)], args=[prefix]
+            )
+        )
 
     async def born(self) -> float:
         """When this job store first held data (unix s), recorded once. A store wiped or lost
@@ -907,8 +933,9 @@ class AsyncJobStore(_Base):
             counts = await pipe.execute()
         return [a for a, n in zip(artifact_ids, counts, strict=True) if not n]
 
-    async def put_artifact(self, tenant: str, record: ArtifactRecord) -> None:
-        await _drive_async(self._put_artifact(tenant, record))
+    async def put_artifact(self, tenant: str, record: ArtifactRecord) -> bool:
+        """Writes the tenant's record of an artifact; True when the tenant had none."""
+        return await _drive_async(self._put_artifact(tenant, record))
 
     async def get_artifact(self, tenant: str, artifact_id: str) -> ArtifactRecord:
         return await _drive_async(self._get_artifact(tenant, artifact_id))

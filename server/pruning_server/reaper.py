@@ -232,12 +232,18 @@ async def enforce_retention(store: AsyncJobStore, blobs: LocalStore, settings: S
     # Any other blob with no record goes only if it was written after the job store was born:
     # a Redis that lost its data (wiped, or replaced empty) knows none of the older blobs'
     # records, and must not take every model with it.
+    deleted = await store.released_ids()  # whose last record a DeleteArtifact removed
+    released |= deleted
     ids = await asyncio.to_thread(lambda: list(blobs.ids()))
     for start in range(0, len(ids), _BATCH):
         born = await store.born()  # each batch: a store lost during a long sweep is born again
         for artifact_id in await store.unowned(ids[start : start + _BATCH]):
             not_before = 0.0 if artifact_id in released else born
             counts["blobs"] += await asyncio.to_thread(blobs.remove, artifact_id, settings.sweep_min_age_s, not_before)
+    # Forget the deleted ones that are gone, or owned again (an upload of the same bytes).
+    owned_again = deleted - set(await store.unowned(sorted(deleted)))
+    gone = {a for a in deleted if not await asyncio.to_thread(blobs.exists, a)}
+    await store.forget_released(owned_again | gone)
     if any(counts.values()):
         log.info(
             "retention: deleted %(jobs)d jobs, %(sweeps)d sweeps, %(records)d artifact records, %(blobs)d blobs",

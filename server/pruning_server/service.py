@@ -134,7 +134,7 @@ class PruningService(pb_grpc.PruningServiceServicer):
             return self.settings.max_upload_bytes
         stored = await self.store.stored_bytes(tenant)
         if stored >= quota:
-            raise Exhausted(_over_quota(field, stored, quota), self.settings.retry_after_s)
+            raise Failure(grpc.StatusCode.RESOURCE_EXHAUSTED, _over_quota(field, stored, quota))
         return quota - stored
 
     async def _receive(self, request_iterator, field: str, room: int, also: Sequence[Sink] = ()):
@@ -189,8 +189,8 @@ class PruningService(pb_grpc.PruningServiceServicer):
                             f"{header.size} bytes is over the upload limit of {limit}",
                         )
                     if header.size > room:
-                        raise Exhausted(
-                            _over_quota(field, quota - room, quota, header.size), self.settings.retry_after_s
+                        raise Failure(
+                            grpc.StatusCode.RESOURCE_EXHAUSTED, _over_quota(field, quota - room, quota, header.size)
                         )
                     continue
                 if request.HasField("header"):
@@ -201,9 +201,9 @@ class PruningService(pb_grpc.PruningServiceServicer):
                 if pipe.accepted + len(chunk) > limit:
                     refuse(grpc.StatusCode.RESOURCE_EXHAUSTED, f"upload is over the limit of {limit} bytes")
                 if pipe.accepted + len(chunk) > room:
-                    raise Exhausted(
+                    raise Failure(
+                        grpc.StatusCode.RESOURCE_EXHAUSTED,
                         _over_quota(field, quota - room, quota, pipe.accepted + len(chunk)),
-                        self.settings.retry_after_s,
                     )
                 await pipe.write(chunk)
             await pipe.drain()
@@ -303,7 +303,7 @@ class PruningService(pb_grpc.PruningServiceServicer):
     async def DeleteArtifact(self, request, context):
         tenant = await self._tenant(context)
         record = await self._artifact(tenant, request.artifact_id, "artifact_id")
-        await self.store.delete_artifact(tenant, record.id)
+        await self.store.delete_artifact(tenant, record.id, release=True)
         log.info("deleted the record of artifact %s for %s", record.id, tenant)
         return record.to_proto()
 

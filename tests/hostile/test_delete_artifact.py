@@ -9,6 +9,7 @@ import asyncio
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 from hostile import hostile_server, keras_bytes
@@ -27,6 +28,12 @@ def test_a_tenant_deletes_its_record_and_no_one_elses(env, tmp_path):
         with Client(server.target, api_key="key-a", timeout=30) as a, Client(server.target, api_key="key-b") as b:
             mine, theirs = a.upload_model(model), b.upload_model(model)
             assert mine.id == theirs.id
+            # Make the blob older than the job store's birth, as one kept from before a Redis
+            # that lost its data: the housekeeping keeps such blobs, unless a delete released them.
+            store = server.running.store
+            asyncio.run_coroutine_threadsafe(
+                store.redis.set(store.keys.born(), repr(time.time() + 1)), server.loop
+            ).result(10)
             assert a.delete_artifact(mine.id).filename == "m.keras"
             with pytest.raises(NotFound):
                 a.download(mine.id, tmp_path / "gone.keras")
@@ -50,8 +57,7 @@ def test_a_tenant_deletes_its_record_and_no_one_elses(env, tmp_path):
             counts = asyncio.run_coroutine_threadsafe(
                 enforce_retention(server.running.store, blobs, server.settings), server.loop
             ).result(30)
-            assert not blobs.exists(mine.id)
-            assert counts["blobs"] == 1
+            assert not blobs.exists(mine.id) and counts["blobs"] >= 1
             env_cli = {**os.environ, "PRUNING_TARGET": server.target, "PRUNING_API_KEY": "key-a"}
             again = a.upload_model(model)
             cli = os.path.join(os.path.dirname(sys.executable), "pruning")

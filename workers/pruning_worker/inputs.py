@@ -41,6 +41,10 @@ class Inputs:
         loaded = datasets.loaded(settings.dataset_cache_bytes)  # a second job on the data reads nothing
         if spec.dataset.WhichOneof("source") == "artifact_id":
             data_id = spec.dataset.artifact_id
+            try:
+                store.get_artifact(tenant, data_id)  # deleted since the job was created: not used
+            except KeyError:
+                raise JobInputError(f"dataset: no artifact {data_id}") from None
             data = loaded.get(f"npz:{data_id}", lambda: datasets.load_npz(inputs.path(data_id, keep=(spec.model_id,))))
         else:
             name = spec.dataset.builtin

@@ -284,9 +284,8 @@ def _store_outputs(
             artifact_id, size = blobs.put_file(path)
             kind = pb.ARTIFACT_KIND_REPORT if fmt in formats.REPORT_FILES else pb.ARTIFACT_KIND_EXPORT
             record = ArtifactRecord(artifact_id, kind, fmt, pathlib.Path(path).name, size, time.time(), {})
-            if not store.has_artifact(tenant, artifact_id):
+            if store.put_artifact(tenant, record):
                 added.append(record)  # a record the tenant held before stays
-            store.put_artifact(tenant, record)
             artifacts.append(record.to_proto())
     except BaseException:
         _forget(store, tenant, added)

@@ -50,8 +50,9 @@ class PruningServiceStub:
     """Streams an artifact from `offset` (resumable downloads)."""
     DeleteArtifact: _grpc.UnaryUnaryMultiCallable[_pruning_pb2.DeleteArtifactRequest, _pruning_pb2.Artifact]
     """Deletes the tenant's record of an artifact and answers it; its bytes go at the next
-    housekeeping once no tenant's record points to them. NOT_FOUND when the tenant has none.
-    A job still queued with it fails when its worker looks for it.
+    housekeeping once no tenant's record points to them. NOT_FOUND when the tenant has none,
+    INVALID_ARGUMENT for an id that is not 64 lowercase hex digits. A job still queued with it
+    (its model or dataset) fails when its worker looks for it.
     """
 
 @_typing.type_check_only
@@ -74,8 +75,9 @@ class PruningServiceAsyncStub(PruningServiceStub):
     """Streams an artifact from `offset` (resumable downloads)."""
     DeleteArtifact: _aio.UnaryUnaryMultiCallable[_pruning_pb2.DeleteArtifactRequest, _pruning_pb2.Artifact]  # type: ignore[assignment]
     """Deletes the tenant's record of an artifact and answers it; its bytes go at the next
-    housekeeping once no tenant's record points to them. NOT_FOUND when the tenant has none.
-    A job still queued with it fails when its worker looks for it.
+    housekeeping once no tenant's record points to them. NOT_FOUND when the tenant has none,
+    INVALID_ARGUMENT for an id that is not 64 lowercase hex digits. A job still queued with it
+    (its model or dataset) fails when its worker looks for it.
     """
 
 class PruningServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -149,8 +151,9 @@ class PruningServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_pruning_pb2.Artifact, _abc.Awaitable[_pruning_pb2.Artifact]]:
         """Deletes the tenant's record of an artifact and answers it; its bytes go at the next
-        housekeeping once no tenant's record points to them. NOT_FOUND when the tenant has none.
-        A job still queued with it fails when its worker looks for it.
+        housekeeping once no tenant's record points to them. NOT_FOUND when the tenant has none,
+        INVALID_ARGUMENT for an id that is not 64 lowercase hex digits. A job still queued with it
+        (its model or dataset) fails when its worker looks for it.
         """
 
 def add_PruningServiceServicer_to_server(servicer: PruningServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
