@@ -186,6 +186,17 @@ class Settings(BaseSettings):
         "what a slow upload buffers in the server small (tens of MiB otherwise) and is as fast on fast links; "
         "turn on for clients far away (high latency)",
     )
+    max_concurrent_rpcs: int = Field(
+        8192,
+        gt=0,
+        description="calls a server process serves at once, of every kind; gRPC refuses more (RESOURCE_EXHAUSTED)",
+    )
+    max_streams_per_connection: int = Field(
+        1024, gt=0, description="calls one client connection may have open at once (HTTP/2 streams); more wait"
+    )
+    connection_idle_s: float = Field(
+        900.0, ge=0, description="a client connection with no call this long is closed (clients reconnect); 0 = kept"
+    )
     keepalive_s: float = Field(
         60.0,
         gt=0,

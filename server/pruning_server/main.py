@@ -127,9 +127,16 @@ async def create_server(settings: Settings, address: str | None = None) -> Runni
         telemetry.setup_tracing(settings)
         interceptors.insert(0, Tracing())  # outermost: the span sees the status the errors map to
     logging.getLogger("grpc._cython.cygrpc").addFilter(_CLIENT_GONE)  # once however many servers
+    idle = (
+        [("grpc.max_connection_idle_ms", int(settings.connection_idle_s * 1000))] if settings.connection_idle_s else []
+    )
     server = grpc.aio.server(
         interceptors=interceptors,
+        # Bounds on what clients open: calls in all, calls per connection, idle connections.
+        maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
         options=[
+            *idle,
+            ("grpc.max_concurrent_streams", settings.max_streams_per_connection),
             ("grpc.max_receive_message_length", MAX_MESSAGE),
             ("grpc.max_send_message_length", MAX_MESSAGE),
             # A second server on a taken port must fail, not share it and split the requests.
