@@ -546,9 +546,6 @@ class JobStore(_Base):
     def get_artifact(self, tenant: str, artifact_id: str) -> ArtifactRecord:
         return _drive(self._get_artifact(tenant, artifact_id))
 
-    def has_artifact(self, tenant: str, artifact_id: str) -> bool:
-        return bool(self.redis.sismember(self.keys.tenant_artifacts(tenant), artifact_id))
-
     def drop_artifact_if_unchanged(self, tenant: str, record: ArtifactRecord) -> bool:
         """Removes one tenant's record of an artifact as ``record`` wrote it, unless someone
         wrote it again since (another job's identical export); its bytes go with the
@@ -656,9 +653,6 @@ class AsyncJobStore(_Base):
             for state in ACTIVE:
                 pipe.zcard(self.keys.tenant_state(tenant, state))
             return sum(await pipe.execute())
-
-    async def knows_idempotency_key(self, tenant: str, key: str) -> bool:
-        return bool(key) and bool(await self.redis.exists(self.keys.idempotency(tenant, key)))
 
     async def claim_send(self, job_id: str, lease_s: int = 30) -> bool:
         """Whether this caller is the one to send the job's task now: concurrent CreateJob

@@ -356,8 +356,8 @@ class PruningService(pb_grpc.PruningServiceServicer):
 
     async def check_active_jobs(self, tenant: str) -> None:
         """RESOURCE_EXHAUSTED when the tenant has ``max_active_jobs_per_tenant`` jobs queued,
-        running or being cancelled: an early answer before the request's work; the record
-        itself is bounded in the same script that writes it (:meth:`record`)."""
+        running or being cancelled, for CreateSweep (a sweep is no job record; a job's own
+        record is bounded in the script that writes it, :meth:`record`)."""
         cap = self.settings.max_active_jobs_per_tenant
         if not cap:
             return
@@ -372,10 +372,6 @@ class PruningService(pb_grpc.PruningServiceServicer):
         violations += [v for v in convert.unknown_enums(request) if v[0] not in named]
         if violations:
             raise Invalid(violations)
-        # A sweep's trials are bounded by the sweep; a retry returns the job it made.
-        retry = await self.store.knows_idempotency_key(tenant, request.idempotency_key)
-        if not sweep_id and not request.validate_only and not retry:
-            await self.check_active_jobs(tenant)
         if validation.has_budget(request.spec) and not sweep_id:
             if self.searches is None:
                 raise Failure(grpc.StatusCode.UNIMPLEMENTED, "this server runs no sweeps, so no budget search")
