@@ -214,8 +214,8 @@ class SweepServicer(pb_grpc.SweepServiceServicer):
         )
         # Keyed by the job: a retry of CreateJob (or a crash between the two writes) starts
         # no second search.
-        if (await self.jobs.store.get(tenant, job.id)).state in TERMINAL:
-            return await self.jobs.store.get(tenant, job.id)  # cancelled meanwhile: no search to start
+        if (current := await self.jobs.store.get(tenant, job.id)).state in TERMINAL:
+            return current  # cancelled meanwhile: no search to start
         await self._start(tenant, sweep, f"search-for-job-{job.id}", job.id)
         if (await self.jobs.store.get(tenant, job.id)).state == pb.JOB_STATE_CANCELLED:
             # Cancelled while its search was being created (cancel_search found none yet).

@@ -33,18 +33,12 @@ class Inputs:
     def resolve(cls, spec: pb.JobSpec, tenant: str, store: Any, settings: Settings) -> Inputs:
         started = time.monotonic()
         inputs = InputCache.for_settings(settings)  # fetched from the store once per host
-        try:
-            store.get_artifact(tenant, spec.model_id)
-        except KeyError:
-            raise JobInputError(f"model: no artifact {spec.model_id}") from None
+        _recorded(store, tenant, spec.model_id, "model")
         model_path = inputs.path(spec.model_id)
         loaded = datasets.loaded(settings.dataset_cache_bytes)  # a second job on the data reads nothing
         if spec.dataset.WhichOneof("source") == "artifact_id":
             data_id = spec.dataset.artifact_id
-            try:
-                store.get_artifact(tenant, data_id)  # deleted since the job was created: not used
-            except KeyError:
-                raise JobInputError(f"dataset: no artifact {data_id}") from None
+            _recorded(store, tenant, data_id, "dataset")
             data = loaded.get(f"npz:{data_id}", lambda: datasets.load_npz(inputs.path(data_id, keep=(spec.model_id,))))
         else:
             name = spec.dataset.builtin
@@ -166,3 +160,12 @@ def check(model: Any, data: Arrays, loss: str) -> None:
                     f"dataset: {name} holds labels in [{y.min()}, {y.max()}], "
                     f"but the model has {units} output units (labels must be in [0, {units - 1}])"
                 )
+
+
+def _recorded(store: Any, tenant: str, artifact_id: str, what: str) -> None:
+    """The tenant still holds a record of the artifact (one deleted since the job was created
+    is not used, even while its bytes remain)."""
+    try:
+        store.get_artifact(tenant, artifact_id)
+    except KeyError:
+        raise JobInputError(f"{what}: no artifact {artifact_id}") from None

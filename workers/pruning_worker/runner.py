@@ -408,28 +408,27 @@ def _run_claimed(store: JobStore, job: pb.Job, settings: Settings) -> pb.Job | N
     job_id = job.id
     reporter = Reporter(store, job_id, job.attempt, settings.event_interval_s, settings.job_time_limit_s)
     tenant = store.tenant_of(job_id)
+    added: list[ArtifactRecord] = []  # export records this attempt wrote: gone unless it succeeds
     try:
         from . import pipeline, train
 
         blobs = open_store(settings)
-        with (
-            job_dir(settings.work_path, job_id) as workdir,
-            train.checkpointing(train.Checkpoints(blobs, job_id, blobs.checkpoint_dir(job_id, workdir), reporter.log)),
-        ):
-            inputs = pipeline.Inputs.resolve(job.spec, tenant, store, settings)
-            result, outputs = pipeline.run(job.spec, inputs, reporter, workdir)
-            reporter.check_between_steps()  # a job cancelled during its exports stores none of them
-            artifacts, added = _store_outputs(settings, store, tenant, outputs)
-            result.artifacts.extend(artifacts)
-            try:
+        try:
+            with (
+                job_dir(settings.work_path, job_id) as workdir,
+                train.checkpointing(
+                    train.Checkpoints(blobs, job_id, blobs.checkpoint_dir(job_id, workdir), reporter.log)
+                ),
+            ):
+                inputs = pipeline.Inputs.resolve(job.spec, tenant, store, settings)
+                result, outputs = pipeline.run(job.spec, inputs, reporter, workdir)
+                reporter.check_between_steps()  # a job cancelled during its exports stores none of them
+                artifacts, added = _store_outputs(settings, store, tenant, outputs)
+                result.artifacts.extend(artifacts)
                 if settings.mlflow_tracking_uri:
                     from . import mlflow_hook
 
                     mlflow_hook.log_job(settings, job, result, outputs[0][0], reporter)
-            except BaseException:
-                _forget(store, tenant, added)
-                raise
-        try:
             final = reporter.finish(pb.JOB_STATE_SUCCEEDED, result=result)
         except BaseException:
             _forget(store, tenant, added)
