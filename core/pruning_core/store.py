@@ -127,16 +127,43 @@ return existed
 
 # KEYS: the tenant's byte count, the tenant's artifacts ; ARGV: the key of a record less its id.
 # The count, made from the records the first time (a deployment from before the count).
-_COUNT_BYTES = """
+_COUNT = """
 local count = redis.call('GET', KEYS[1])
-if count then return tonumber(count) end
-local total = 0
-for _, id in ipairs(redis.call('SMEMBERS', KEYS[2])) do
-  total = total + tonumber(redis.call('HGET', ARGV[1] .. id, 'size') or 0)
+if count then
+  count = tonumber(count)
+else
+  count = 0
+  for _, id in ipairs(redis.call('SMEMBERS', KEYS[2])) do
+    count = count + tonumber(redis.call('HGET', ARGV[1] .. id, 'size') or 0)
+  end
+  redis.call('SET', KEYS[1], count)
 end
-redis.call('SET', KEYS[1], total)
-return total
 """
+_COUNT_BYTES = _COUNT + "return count"
+
+# KEYS: as _COUNT_BYTES, then the tenant's reservations (token -> "<bytes> <until, ms>") ;
+# ARGV: as _COUNT_BYTES, then the upload's token, the bytes it reserves in all, the quota, and
+# how long the reservation holds (ms). Reservations past their time (a server that died
+# mid-upload) are dropped. Returns {1 when reserved else 0, the count, the others' reservations}.
+_RESERVE = (
+    _COUNT
+    + """
+local now = redis.call('TIME')
+now = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+local others = 0
+local all = redis.call('HGETALL', KEYS[3])
+for i = 1, #all, 2 do
+  if all[i] ~= ARGV[2] then
+    local bytes, ends = string.match(all[i + 1], '(%d+) (%d+)')
+    if tonumber(ends) < now then redis.call('HDEL', KEYS[3], all[i]) else others = others + tonumber(bytes) end
+  end
+end
+if count + others + tonumber(ARGV[3]) > tonumber(ARGV[4]) then return {0, count, others} end
+redis.call('HSET', KEYS[3], ARGV[2], ARGV[3] .. ' ' .. (now + tonumber(ARGV[5])))
+redis.call('PEXPIRE', KEYS[3], ARGV[5])
+return {1, count, others}
+"""
+)
 
 # KEYS: job, events, finished, index of the state read, index of the new state ;
 # ARGV: expected version, job bytes, state, attempt, ended at ('' while the job goes on),
@@ -246,6 +273,10 @@ class Keys:
     def tenant_bytes(self, tenant: str) -> str:
         """Bytes of the artifacts the tenant holds records of (each record counts its bytes)."""
         return f"{self.prefix}:tenant:{tenant}:bytes"
+
+    def tenant_reserved(self, tenant: str) -> str:
+        """Bytes the tenant's uploads under way have reserved of its quota, by upload."""
+        return f"{self.prefix}:tenant:{tenant}:reserved"
 
     def tenant_artifact(self, tenant: str, artifact_id: str) -> str:
         return f"{self.prefix}:artifact:{tenant}:{artifact_id}"
@@ -398,6 +429,7 @@ class _Base:
         self._put_record = client.register_script(_PUT_RECORD)
         self._drop_record = client.register_script(_DROP_RECORD)
         self._count_bytes = client.register_script(_COUNT_BYTES)
+        self._reserve = client.register_script(_RESERVE)
 
     def _create_args(
         self,
@@ -910,6 +942,21 @@ class AsyncJobStore(_Base):
                 keys=[self.keys.tenant_bytes(tenant), self.keys.tenant_artifacts(tenant)], args=[prefix]
             )
         )
+
+    async def reserve_bytes(
+        self, tenant: str, token: str, size: int, quota: int, hold_s: float
+    ) -> tuple[bool, int, int]:
+        """Reserves ``size`` bytes in all for the upload ``token`` if the tenant's stored bytes,
+        the other uploads' reservations and ``size`` stay within ``quota``; the reservation
+        holds ``hold_s`` unless renewed. Returns (reserved, stored bytes, others' reservations)."""
+        keys = [self.keys.tenant_bytes(tenant), self.keys.tenant_artifacts(tenant), self.keys.tenant_reserved(tenant)]
+        args = [self.keys.tenant_artifact(tenant, ""), token, size, quota, max(1, int(hold_s * 1000))]
+        ok, stored, others = await self._reserve(keys=keys, args=args)
+        return bool(ok), int(stored), int(others)
+
+    async def release_bytes(self, tenant: str, token: str) -> None:
+        """Ends the upload ``token``'s reservation (its bytes count in its record, if any)."""
+        await self.redis.hdel(self.keys.tenant_reserved(tenant), token)
 
     async def born(self) -> float:
         """When this job store first held data (unix s), recorded once. A store wiped or lost

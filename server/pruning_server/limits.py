@@ -1,12 +1,25 @@
-"""Caps on concurrent long-lived calls (watches, uploads), per tenant and in all.
+"""Caps on concurrent long-lived calls (watches, uploads), per tenant and in all, and the
+bytes an upload under way holds of its tenant's stored-bytes quota.
 
-Counted in this server process: each replica bounds what it holds itself. Over a cap the
-call answers RESOURCE_EXHAUSTED with a retry hint, and nothing else is affected.
+Caps are counted in this server process: each replica bounds what it holds itself. Over a
+cap the call answers RESOURCE_EXHAUSTED with a retry hint, and nothing else is affected.
+Reservations are kept in Redis, so that all replicas' uploads share one quota.
 """
 
 from __future__ import annotations
 
+import logging
+import time
+import uuid
 from collections import Counter
+
+import grpc
+
+from pruning_core.store import AsyncJobStore
+
+from .errors import Failure
+
+log = logging.getLogger(__name__)
 
 
 class Caps:
@@ -33,3 +46,52 @@ class Caps:
         self._held[tenant] -= 1
         if self._held[tenant] <= 0:
             del self._held[tenant]
+
+
+class Reservation:
+    """What one upload holds of its tenant's ``PRUNING_MAX_STORED_BYTES_PER_TENANT``, in Redis,
+    ahead of the bytes that arrive: ``need(n)`` before the upload holds ``n`` bytes in all,
+    ``release()`` once its record counts them or it failed. Concurrent uploads (on any server
+    replica) cannot pass the quota together: a reservation is granted only while the stored
+    bytes, every other upload's reservation and this one fit. A reservation is taken
+    ``step`` bytes ahead of what arrived (at most what was announced), renewed while the
+    upload goes on, and lapses ``hold_s`` after its server stopped renewing it (a server that
+    died mid-upload)."""
+
+    def __init__(self, store: AsyncJobStore, tenant: str, field: str, quota: int, hold_s: float, step: int):
+        self.store, self.tenant, self.field, self.quota = store, tenant, field, quota
+        self.hold_s, self.step = hold_s, step
+        self.token = uuid.uuid4().hex
+        self.held = 0
+        self.announced = 0
+        self._renew_at = 0.0
+
+    async def need(self, size: int) -> None:
+        """The upload will hold ``size`` bytes in all: reserved, or RESOURCE_EXHAUSTED naming
+        what the tenant stores, what its other uploads hold and the quota."""
+        if not self.quota or (size <= self.held and time.monotonic() < self._renew_at):
+            return
+        ahead = self.announced if self.announced else size + self.step
+        for want in dict.fromkeys((max(ahead, size), size)):  # ahead if it fits, else just enough
+            ok, stored, others = await self.store.reserve_bytes(self.tenant, self.token, want, self.quota, self.hold_s)
+            if ok:
+                self.held, self._renew_at = want, time.monotonic() + self.hold_s / 3
+                return
+        raise Failure(grpc.StatusCode.RESOURCE_EXHAUSTED, over_quota(self.field, stored, self.quota, size, others))
+
+    async def release(self) -> None:
+        if not self.quota:
+            return
+        try:
+            await self.store.release_bytes(self.tenant, self.token)
+        except Exception:  # it lapses on its own after hold_s
+            log.warning("could not release upload %s's reservation of %d bytes", self.token, self.held, exc_info=True)
+
+
+def over_quota(field: str, stored: int, quota: int, more: int = 0, others: int = 0) -> str:
+    adding = f"; this upload adds {more} more" if more else ""
+    pending = f" (and {others} in other uploads under way)" if others else ""
+    return (
+        f"{field}: this tenant stores {stored} bytes of artifacts{pending}, its quota is {quota}{adding}; "
+        "delete some (DeleteArtifact, pruning delete) or wait for the retention"
+    )

@@ -26,13 +26,14 @@ from pruning_core.transfer import Sink, WritePipeline, download_chunk
 
 from . import convert
 from .errors import Exhausted, Failure, Invalid
-from .limits import Caps
+from .limits import Caps, Reservation
 from .watches import WatchHub
 
 log = logging.getLogger(__name__)
 _EVENT_ID = re.compile(r"\d+-\d+")
 _SHA256 = re.compile(r"[0-9a-fA-F]{64}")
 _JOB_ID = re.compile(r"[0-9a-f]{24}")
+_RESERVE_AHEAD = 64 * 1024 * 1024  # an upload of unannounced size reserves its quota this far ahead
 
 
 def _is_event_id(value: str) -> bool:
@@ -125,24 +126,26 @@ class PruningService(pb_grpc.PruningServiceServicer):
         except KeyError:
             raise Failure(grpc.StatusCode.NOT_FOUND, f"{field}: no artifact {artifact_id}") from None
 
-    async def _room(self, tenant: str, field: str) -> int:
-        """Bytes the tenant may still store (``max_stored_bytes_per_tenant``); RESOURCE_EXHAUSTED
-        at once when none. Checked as each upload starts: concurrent uploads of one tenant (at
-        most ``max_uploads_per_tenant``) may pass it together."""
-        quota = self.settings.max_stored_bytes_per_tenant
-        if not quota:
-            return self.settings.max_upload_bytes
-        stored = await self.store.stored_bytes(tenant)
-        if stored >= quota:
-            raise Failure(grpc.StatusCode.RESOURCE_EXHAUSTED, _over_quota(field, stored, quota))
-        return quota - stored
+    @contextlib.asynccontextmanager
+    async def _reservation(self, tenant: str, field: str) -> AsyncIterator[Reservation]:
+        """The upload's hold on the tenant's stored-bytes quota, released once its record
+        counts its bytes or it failed."""
+        settings = self.settings
+        hold_s = 2 * settings.upload_idle_timeout_s + 30
+        reservation = Reservation(
+            self.store, tenant, field, settings.max_stored_bytes_per_tenant, hold_s, _RESERVE_AHEAD
+        )
+        try:
+            yield reservation
+        finally:
+            await reservation.release()
 
-    async def _receive(self, request_iterator, field: str, room: int, also: Sequence[Sink] = ()):
+    async def _receive(self, request_iterator, field: str, quota: Reservation, also: Sequence[Sink] = ()):
         """Streams an upload into a blob writer (and each of ``also``), enforcing the header,
-        the size limit, the tenant's ``room`` and the idle timeout. A refused upload's
-        temporary file is gone before the client hears why."""
+        the size limit, the tenant's stored-bytes quota (reserved ahead of what arrives) and
+        the idle timeout. A refused upload's temporary file is gone before the client hears
+        why."""
         limit = self.settings.max_upload_bytes
-        quota = self.settings.max_stored_bytes_per_tenant
         header = None
         writer = self.blobs.writer()
         # hashing and writing overlap with receiving and with each other, behind bounded queues
@@ -188,10 +191,8 @@ class PruningService(pb_grpc.PruningServiceServicer):
                             grpc.StatusCode.RESOURCE_EXHAUSTED,
                             f"{header.size} bytes is over the upload limit of {limit}",
                         )
-                    if header.size > room:
-                        raise Failure(
-                            grpc.StatusCode.RESOURCE_EXHAUSTED, _over_quota(field, quota - room, quota, header.size)
-                        )
+                    quota.announced = header.size
+                    await quota.need(max(header.size, 1))
                     continue
                 if request.HasField("header"):
                     refuse(
@@ -200,11 +201,7 @@ class PruningService(pb_grpc.PruningServiceServicer):
                 chunk = request.chunk
                 if pipe.accepted + len(chunk) > limit:
                     refuse(grpc.StatusCode.RESOURCE_EXHAUSTED, f"upload is over the limit of {limit} bytes")
-                if pipe.accepted + len(chunk) > room:
-                    raise Failure(
-                        grpc.StatusCode.RESOURCE_EXHAUSTED,
-                        _over_quota(field, quota - room, quota, pipe.accepted + len(chunk)),
-                    )
+                await quota.need(pipe.accepted + len(chunk))
                 await pipe.write(chunk)
             await pipe.drain()
             if header is None or writer.size == 0:
@@ -262,31 +259,33 @@ class PruningService(pb_grpc.PruningServiceServicer):
             return await self._upload_model(tenant, request_iterator)
 
     async def _upload_model(self, tenant: str, request_iterator) -> pb.Artifact:
-        writer, header = await self._receive(request_iterator, "model", await self._room(tenant, "model"))
-        named = formats.MODEL_SUFFIXES.get(convert.extension(header.filename))
+        async with self._reservation(tenant, "model") as quota:
+            writer, header = await self._receive(request_iterator, "model", quota)
+            named = formats.MODEL_SUFFIXES.get(convert.extension(header.filename))
 
-        def inspect(path, max_decompressed):
-            info = modelcheck.inspect_model(path, max_decompressed, self.settings.max_config_bytes)
-            if named and named != info.format:
-                raise modelcheck.ModelRejected(f"the file name says {named} but the content is {info.format}")
-            return info
+            def inspect(path, max_decompressed):
+                info = modelcheck.inspect_model(path, max_decompressed, self.settings.max_config_bytes)
+                if named and named != info.format:
+                    raise modelcheck.ModelRejected(f"the file name says {named} but the content is {info.format}")
+                return info
 
-        info = await self._inspect(writer, inspect)
-        return await self._store_upload(tenant, writer, header, pb.ARTIFACT_KIND_MODEL, info.format, info.to_dict())
+            info = await self._inspect(writer, inspect)
+            return await self._store_upload(tenant, writer, header, pb.ARTIFACT_KIND_MODEL, info.format, info.to_dict())
 
     async def UploadDataset(self, request_iterator, context):
         tenant = await self._tenant(context)
         async with self._slot(self.uploads, tenant):
             # the CRCs of the .npz's stored arrays are computed as it arrives, not re-read after
             members = zipscan.StoredMembers()
-            writer, header = await self._receive(
-                request_iterator, "dataset", await self._room(tenant, "dataset"), also=[members]
-            )
-            arrays = await self._inspect(
-                writer,
-                lambda path, max_decompressed: modelcheck.inspect_dataset(path, max_decompressed, members.checked),
-            )
-            return await self._store_upload(tenant, writer, header, pb.ARTIFACT_KIND_DATASET, "npz", {"arrays": arrays})
+            async with self._reservation(tenant, "dataset") as quota:
+                writer, header = await self._receive(request_iterator, "dataset", quota, also=[members])
+                arrays = await self._inspect(
+                    writer,
+                    lambda path, max_decompressed: modelcheck.inspect_dataset(path, max_decompressed, members.checked),
+                )
+                return await self._store_upload(
+                    tenant, writer, header, pb.ARTIFACT_KIND_DATASET, "npz", {"arrays": arrays}
+                )
 
     async def DownloadArtifact(self, request, context):
         tenant = await self._tenant(context)
@@ -473,11 +472,3 @@ class PruningService(pb_grpc.PruningServiceServicer):
             return []
 
         return await self.store.update(tenant, job.id, cancel)
-
-
-def _over_quota(field: str, stored: int, quota: int, more: int = 0) -> str:
-    adding = f"; this upload adds {more} more" if more else ""
-    return (
-        f"{field}: this tenant stores {stored} bytes of artifacts, its quota is {quota}{adding}; delete some "
-        "(DeleteArtifact, pruning delete) or wait for the retention"
-    )

@@ -121,3 +121,69 @@ def test_a_tenant_past_its_stored_bytes_is_refused_until_it_deletes(env, tmp_pat
             assert stored("tenant-a") == 2 * size
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize("announced", [True, False])
+def test_concurrent_uploads_cannot_pass_the_stored_bytes_together(env, tmp_path, announced):
+    """Four uploads of one tenant under way at once, each of a size the quota holds two and a
+    half times: at most two are stored, whether their size was announced or not (before, each
+    looked at the stored bytes as it started, and all four were stored). Each upload reserves
+    its bytes in Redis ahead of what arrives; a refused or finished upload's reservation ends,
+    and one left by a server that died lapses."""
+    import asyncio
+    import threading
+
+    import grpc
+
+    from hostile import npz_bytes
+
+    blobs = [npz_bytes(n_train=256, seed=seed) for seed in range(4)]
+    size = len(blobs[0])
+    prefix = f"{env['PRUNING_KEY_PREFIX']}:reserve-{announced}"
+    server = hostile_server(env, f"reserve-{announced}", key_prefix=prefix, max_stored_bytes_per_tenant=5 * size // 2)
+    store = server.running.store
+
+    def on_loop(coro):
+        return asyncio.run_coroutine_threadsafe(coro, server.loop).result(10)
+
+    started = threading.Barrier(len(blobs), timeout=30)
+
+    def requests(blob: bytes):
+        yield pb.UploadRequest(header=pb.UploadHeader(filename="d.npz", size=size if announced else 0))
+        yield pb.UploadRequest(chunk=blob[:100])
+        started.wait()  # every upload is under way before any sends the rest
+        for at in range(100, len(blob), 4096):
+            yield pb.UploadRequest(chunk=blob[at : at + 4096])
+
+    outcomes: list = [None] * len(blobs)
+
+    def upload(i: int, client: Client) -> None:
+        try:
+            outcomes[i] = client.stub.UploadDataset(requests(blobs[i]), metadata=client._metadata, timeout=60).size
+        except grpc.RpcError as error:
+            outcomes[i] = error
+
+    try:
+        with Client(server.target, api_key="key-a", timeout=30) as a:
+            threads = [threading.Thread(target=upload, args=(i, a)) for i in range(len(blobs))]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(90)
+            stored = [o for o in outcomes if o == size]
+            refused = [o for o in outcomes if isinstance(o, grpc.RpcError)]
+            assert len(stored) == 2 and len(refused) == 2, outcomes
+            for error in refused:
+                assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+                assert "its quota is" in error.details()
+            assert on_loop(store.stored_bytes("tenant-a")) == 2 * size
+            assert on_loop(store.redis.hlen(store.keys.tenant_reserved("tenant-a"))) == 0  # all ended
+            # A reservation its server left behind (it died mid-upload) holds room until it lapses.
+            key = store.keys.tenant_reserved("tenant-a")
+            on_loop(store.redis.hset(key, "dead-server", f"{size} 1"))  # lapsed long ago
+            free = tmp_path / "free.npz"
+            free.write_bytes(npz_bytes(n_train=64, seed=9))
+            assert a.upload_dataset(free).size == free.stat().st_size  # the lapsed one is not counted
+            assert on_loop(store.redis.hexists(key, "dead-server")) == 0
+    finally:
+        server.stop()
