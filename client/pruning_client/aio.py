@@ -483,12 +483,11 @@ class AsyncClient:
                 call = self.stub.DownloadArtifact(download.request(), metadata=self._metadata)
                 chunks = aiter(call)
                 while True:
-                    try:
-                        async with asyncio.timeout(limit):  # a stalled server must not hold it forever
-                            chunk = await anext(chunks)
+                    try:  # a stalled server must not hold it forever
+                        chunk = await asyncio.wait_for(anext(chunks), limit)
                     except StopAsyncIteration:
                         break
-                    except TimeoutError:
+                    except asyncio.TimeoutError:  # noqa: UP041 (not the builtin TimeoutError before 3.11)
                         call.cancel()
                         raise idle_error(limit) from None
                     data = chunk.data
