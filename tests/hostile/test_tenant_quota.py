@@ -134,7 +134,6 @@ def test_concurrent_uploads_cannot_pass_the_stored_bytes_together(env, tmp_path,
     import threading
 
     import grpc
-
     from hostile import npz_bytes
 
     blobs = [npz_bytes(n_train=256, seed=seed) for seed in range(4)]
