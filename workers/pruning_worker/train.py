@@ -105,9 +105,10 @@ class _Checkpoint(keras.callbacks.Callback):
 
 
 def _resume(model: Any, checkpoints: Checkpoints, epochs: int, history: HistoryCallback | None) -> int:
-    """Restores the last checkpoint into ``model``; returns the epoch to start from (0: none)."""
+    """Restores the last checkpoint into ``model``; returns the epoch to start from (0: none;
+    ``epochs`` when fine-tuning had ended: an attempt lost while exporting goes on from there)."""
     latest = checkpoints.latest()
-    if latest is None or not 0 < int(latest["epoch"]) < epochs:
+    if latest is None or not 0 < int(latest["epoch"]) <= epochs:
         return 0
     if hasattr(model.optimizer, "build"):
         model.optimizer.build(model.trainable_variables)  # its variables exist, so they restore now
@@ -118,9 +119,10 @@ def _resume(model: Any, checkpoints: Checkpoints, epochs: int, history: HistoryC
     if history is not None:
         history.history[:0] = [json_format.ParseDict(h, pb.EpochSummary()) for h in latest["history"]]
     epoch = int(latest["epoch"])
+    ahead = "no epoch is left to run" if epoch == epochs else "its steps are not run again"
     checkpoints.log(
         f"resuming from the checkpoint of epoch {epoch}/{epochs} "
-        f"(step {int(model.optimizer.iterations.numpy())}): its steps are not run again"
+        f"(step {int(model.optimizer.iterations.numpy())}): {ahead}"
     )
     return epoch
 

@@ -1,0 +1,67 @@
+"""A re-run attempt restores the last epoch checkpoint; one lost after fine-tuning ended
+(while exporting or measuring) goes on from the restored model and runs no epoch again."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pruning.v1 import pruning_pb2 as pb
+
+EPOCHS = 2
+
+
+def _model():
+    import tensorflow_model_optimization as tfmot
+    import tf_keras as keras
+
+    plain = keras.Sequential([keras.layers.InputLayer(input_shape=(6,)), keras.layers.Dense(4)])
+    schedule = tfmot.sparsity.keras.ConstantSparsity(0.5, 0, frequency=1)
+    model = tfmot.sparsity.keras.prune_low_magnitude(plain, pruning_schedule=schedule)
+    model.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    return model
+
+
+def _fine_tune(model, checkpoints, x, y) -> list[int]:
+    """Fine-tunes for EPOCHS epochs from what ``checkpoints`` holds; the batches it ran."""
+    import tf_keras as keras
+
+    from pruning_worker import train
+
+    steps: list[int] = []
+
+    class Steps(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            steps.append(batch)
+
+    with train.checkpointing(checkpoints):
+        train.fine_tune(model, x, y, pb.TrainingSpec(epochs=EPOCHS, batch_size=8, validation_split=0.25), [Steps()])
+    return steps
+
+
+@pytest.mark.parametrize("lost_after", [1, EPOCHS])
+def test_a_rerun_attempt_runs_only_the_epochs_left(tmp_path, lost_after):
+    from pruning_core.objectstore import LocalStore
+    from pruning_worker import train
+
+    rng = np.random.default_rng(0)
+    x, y = rng.random((64, 6), dtype=np.float32), rng.integers(0, 4, 64)
+    store = LocalStore(tmp_path / "artifacts")
+    job_id = "0" * 24
+    logs: list[str] = []
+    checkpoints = train.Checkpoints(store, job_id, store.checkpoint_dir(job_id, tmp_path / "work"), logs.append)
+
+    first = _model()
+    training = pb.TrainingSpec(epochs=lost_after, batch_size=8, validation_split=0.25)
+    with train.checkpointing(checkpoints):  # the lost attempt got this far
+        train.fine_tune(first, x, y, training, [])
+    kept = [w.copy() for w in first.get_weights()]
+
+    again = _model()
+    steps = _fine_tune(again, checkpoints, x, y)
+    per_epoch = 6  # 48 training samples in batches of 8
+    assert len(steps) == (EPOCHS - lost_after) * per_epoch  # no epoch is run twice
+    assert int(again.optimizer.iterations.numpy()) == EPOCHS * per_epoch
+    assert any(f"resuming from the checkpoint of epoch {lost_after}/{EPOCHS}" in line for line in logs)
+    if lost_after == EPOCHS:
+        assert all(np.array_equal(a, b) for a, b in zip(kept, again.get_weights(), strict=True))
