@@ -8,6 +8,7 @@ worker (solo pool) as child processes, and stops them all cleanly on Ctrl-C or S
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import pathlib
@@ -17,6 +18,7 @@ import sys
 import time
 
 import click
+import psutil
 
 from pruning_core.settings import Settings
 
@@ -36,6 +38,21 @@ class Stack:
         self.server: subprocess.Popen | None = None
         self.worker: subprocess.Popen | None = None
         self.port: int | None = None
+        self.state: pathlib.Path | None = None
+
+    def _record(self) -> None:
+        """Writes which processes run this stack (``<state>/up.json``): a `pruning up` killed
+        outright leaves its Redis (a daemon) running, and the next one stops it from this."""
+        if self.state is None:
+            return
+        pids = {"up": os.getpid()}
+        for name, proc in (("worker", self.worker), ("server", self.server), ("redis", self.redis_server)):
+            if proc is not None and proc.pid:
+                pids[name] = proc.pid
+        record = {name: [pid, _started(pid)] for name, pid in pids.items()}
+        temporary = self.state / f"{_STACK_FILE}.tmp"
+        temporary.write_text(json.dumps(record))
+        temporary.replace(self.state / _STACK_FILE)
 
     @classmethod
     def start(
@@ -52,6 +69,7 @@ class Stack:
         state = settings.state_dir.resolve()
         state.mkdir(parents=True, exist_ok=True)
         env["PRUNING_STATE_DIR"] = str(state)
+        _stop_leftovers(state)
         socket = None
         if not os.environ.get("PRUNING_REDIS_URL"):
             # Named before Redis runs: the worker starts first and imports TensorFlow (seconds)
@@ -60,13 +78,17 @@ class Stack:
             _claim(socket, state)
             env["PRUNING_REDIS_URL"] = f"unix://{socket}?db=0"
         stack = cls(settings, env, None, open(log_path, "a") if log_path else None)  # noqa: SIM115 - closed in stop()
+        stack.state = state
         try:
             if worker:
                 stack._start_worker(state)
+                stack._record()
             if socket is not None:
                 stack.redis_server = _start_redis(state / "redis", socket)
                 log.info("embedded Redis (pid %d) on %s", stack.redis_server.pid, socket)
+                stack._record()
             stack._start_server(state, listen, ready_timeout)
+            stack._record()
         except BaseException:
             stack.stop()
             raise
@@ -79,7 +101,12 @@ class Stack:
         if listen:
             cmd += ["--listen", listen]
         self.server = subprocess.Popen(
-            cmd, env=self.env, start_new_session=True, stdout=self.log_file, stderr=self.log_file
+            cmd,
+            env=self.env,
+            start_new_session=True,
+            stdout=self.log_file,
+            stderr=self.log_file,
+            preexec_fn=_die_with_parent,
         )
         deadline = time.monotonic() + timeout
         while not port_file.exists() or not port_file.read_text().strip():
@@ -114,7 +141,12 @@ class Stack:
             "--without-gossip",
         ]
         self.worker = subprocess.Popen(
-            cmd, env=self.env, start_new_session=True, stdout=self.log_file, stderr=self.log_file
+            cmd,
+            env=self.env,
+            start_new_session=True,
+            stdout=self.log_file,
+            stderr=self.log_file,
+            preexec_fn=_die_with_parent,
         )
 
     def stop(self, timeout: float = 30) -> None:
@@ -132,6 +164,8 @@ class Stack:
             with contextlib.suppress(Exception):
                 self.redis_server.shutdown(save=True)
             self.redis_server = None
+        if self.state is not None:
+            (self.state / _STACK_FILE).unlink(missing_ok=True)
         if self.log_file is not None:
             self.log_file.close()
 
@@ -151,6 +185,64 @@ def _socket_path(directory: pathlib.Path) -> pathlib.Path:
 
     tag = hashlib.sha256(str(directory).encode()).hexdigest()[:16]
     return pathlib.Path(tempfile.gettempdir()) / f"pruning-redis-{tag}.sock"
+
+
+_STACK_FILE = "up.json"
+
+
+def _die_with_parent() -> None:
+    """In a child before it runs (Linux): SIGTERM when `pruning up` dies, even by SIGKILL."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def _started(pid: int) -> float | None:
+    try:
+        return psutil.Process(pid).create_time()
+    except psutil.Error:
+        return None
+
+
+def _running(entry) -> psutil.Process | None:
+    """The process ``[pid, started]`` names, if it still runs (not a later one with its pid)."""
+    try:
+        pid, started = int(entry[0]), entry[1]
+        process = psutil.Process(pid)
+        if started is not None and abs(process.create_time() - float(started)) > 1e-3:
+            return None
+        return None if process.status() == psutil.STATUS_ZOMBIE else process
+    except (psutil.Error, TypeError, ValueError, IndexError):
+        return None
+
+
+def _stop_leftovers(state: pathlib.Path, grace_s: float = 30) -> None:
+    """Stops what a `pruning up` killed outright left running on ``state`` (its Redis is a
+    daemon; its server and worker, elsewhere than Linux, run on too); refuses when that
+    `pruning up` itself still runs."""
+    path = state / _STACK_FILE
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return
+    if not isinstance(record, dict):
+        record = {}
+    up = _running(record.get("up"))
+    if up is not None and up.pid != os.getpid():
+        raise StartFailed(f"another `pruning up` (pid {up.pid}) is running on the state directory {state}")
+    for name in ("worker", "server", "redis"):
+        process = _running(record.get(name))
+        if process is None:
+            continue
+        log.warning("stopping the %s (pid %d) that a `pruning up` killed outright left running", name, process.pid)
+        process.terminate()
+        try:
+            process.wait(grace_s)
+        except psutil.TimeoutExpired:
+            process.kill()
+            process.wait(grace_s)
+    path.unlink(missing_ok=True)
 
 
 def _claim(socket: pathlib.Path, state: pathlib.Path) -> None:

@@ -135,3 +135,33 @@ def test_a_stack_killed_outright_keeps_what_it_was_told(files, tmp_path):
     finally:
         proc.send_signal(signal.SIGINT)
         proc.wait(90)
+
+
+def test_a_stack_whose_up_was_killed_starts_again(files, tmp_path):
+    """`pruning up` alone killed with SIGKILL: its server and worker stop with it, and the
+    next `pruning up` on the same state directory stops the Redis it left running (a daemon)
+    and starts, with what the first one stored (before, the three ran on and the next
+    `pruning up` refused to start until someone found and killed them)."""
+    proc, target = _up(tmp_path)
+    children = psutil.Process(proc.pid).children(recursive=True)
+    redis_pid = int(re.search(r"embedded Redis \(pid (\d+)\)", (tmp_path / "up.log").read_text()).group(1))
+    leftover_redis = psutil.Process(redis_pid)
+    with Client(target) as client:
+        model = client.upload_model(files["keras"])
+    proc.kill()
+    proc.wait()
+    gone, alive = psutil.wait_procs(children, timeout=60)
+    assert not [c for c in alive if c.status() != psutil.STATUS_ZOMBIE]  # server and worker went with it
+    assert leftover_redis.is_running()  # a daemon: only the next `pruning up` can stop it
+
+    proc, target = _up(tmp_path)
+    try:
+        assert "that a `pruning up` killed outright left running" in (tmp_path / "up.log").read_text()
+        assert not leftover_redis.is_running() or leftover_redis.status() == psutil.STATUS_ZOMBIE
+        with Client(target) as client:
+            back = client.download(model.id, tmp_path / "back.keras")
+        assert back.read_bytes() == pathlib.Path(files["keras"]).read_bytes()
+    finally:
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(90) == 0
+    assert not (tmp_path / "state" / "up.json").exists()
