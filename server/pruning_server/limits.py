@@ -8,8 +8,9 @@ Reservations are kept in Redis, so that all replicas' uploads share one quota.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
-import time
 import uuid
 from collections import Counter
 
@@ -17,7 +18,7 @@ import grpc
 
 from pruning_core.store import AsyncJobStore
 
-from .errors import Failure
+from .errors import Exhausted, Failure
 
 log = logging.getLogger(__name__)
 
@@ -54,33 +55,55 @@ class Reservation:
     ``release()`` once its record counts them or it failed. Concurrent uploads (on any server
     replica) cannot pass the quota together: a reservation is granted only while the stored
     bytes, every other upload's reservation and this one fit. A reservation is taken
-    ``step`` bytes ahead of what arrived (at most what was announced), renewed while the
-    upload goes on, and lapses ``hold_s`` after its server stopped renewing it (a server that
-    died mid-upload)."""
+    ``step`` bytes ahead of what arrived (at most what was announced), renewed every
+    ``hold_s / 3`` while the upload goes on, and lapses ``hold_s`` after its server stopped
+    renewing it (a server that died mid-upload)."""
 
-    def __init__(self, store: AsyncJobStore, tenant: str, field: str, quota: int, hold_s: float, step: int):
+    def __init__(
+        self, store: AsyncJobStore, tenant: str, field: str, quota: int, hold_s: float, step: int, retry_after_s: float
+    ):
         self.store, self.tenant, self.field, self.quota = store, tenant, field, quota
-        self.hold_s, self.step = hold_s, step
+        self.hold_s, self.step, self.retry_after_s = hold_s, step, retry_after_s
         self.token = uuid.uuid4().hex
         self.held = 0
         self.announced = 0
-        self._renew_at = 0.0
+        self._renewing: asyncio.Task | None = None
 
     async def need(self, size: int) -> None:
         """The upload will hold ``size`` bytes in all: reserved, or RESOURCE_EXHAUSTED naming
-        what the tenant stores, what its other uploads hold and the quota."""
-        if not self.quota or (size <= self.held and time.monotonic() < self._renew_at):
+        what the tenant stores, what its other uploads hold and the quota (with a retry hint
+        when only other uploads under way stand in the way: they end, or lapse)."""
+        if not self.quota or size <= self.held:
             return
         ahead = self.announced if self.announced else size + self.step
         for want in dict.fromkeys((max(ahead, size), size)):  # ahead if it fits, else just enough
-            ok, stored, others = await self.store.reserve_bytes(self.tenant, self.token, want, self.quota, self.hold_s)
+            ok, stored, others = await self._reserve(want)
             if ok:
-                self.held, self._renew_at = want, time.monotonic() + self.hold_s / 3
+                self.held = want
+                if self._renewing is None:
+                    self._renewing = asyncio.create_task(self._renew())
                 return
+        if stored + size <= self.quota:  # it fits once other uploads end: worth a retry
+            raise Exhausted(over_quota(self.field, stored, self.quota, size, others, waiting=True), self.retry_after_s)
         raise Failure(grpc.StatusCode.RESOURCE_EXHAUSTED, over_quota(self.field, stored, self.quota, size, others))
 
+    async def _reserve(self, size: int) -> tuple[bool, int, int]:
+        return await self.store.reserve_bytes(self.tenant, self.token, size, self.quota, self.hold_s)
+
+    async def _renew(self) -> None:
+        while True:
+            await asyncio.sleep(self.hold_s / 3)
+            try:
+                await self._reserve(self.held)
+            except Exception:  # the next chunk's need() answers for a store that went away
+                log.warning("could not renew upload %s's reservation", self.token, exc_info=True)
+
     async def release(self) -> None:
-        if not self.quota:
+        if self._renewing is not None:
+            self._renewing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._renewing
+        if not self.quota or not self.held:
             return
         try:
             await self.store.release_bytes(self.tenant, self.token)
@@ -88,10 +111,12 @@ class Reservation:
             log.warning("could not release upload %s's reservation of %d bytes", self.token, self.held, exc_info=True)
 
 
-def over_quota(field: str, stored: int, quota: int, more: int = 0, others: int = 0) -> str:
+def over_quota(field: str, stored: int, quota: int, more: int = 0, others: int = 0, waiting: bool = False) -> str:
     adding = f"; this upload adds {more} more" if more else ""
     pending = f" (and {others} in other uploads under way)" if others else ""
-    return (
-        f"{field}: this tenant stores {stored} bytes of artifacts{pending}, its quota is {quota}{adding}; "
-        "delete some (DeleteArtifact, pruning delete) or wait for the retention"
+    advice = (
+        "the other uploads' bytes count until they end"
+        if waiting
+        else "delete some (DeleteArtifact, pruning delete) or wait for the retention"
     )
+    return f"{field}: this tenant stores {stored} bytes of artifacts{pending}, its quota is {quota}{adding}; {advice}"

@@ -34,6 +34,7 @@ _EVENT_ID = re.compile(r"\d+-\d+")
 _SHA256 = re.compile(r"[0-9a-fA-F]{64}")
 _JOB_ID = re.compile(r"[0-9a-f]{24}")
 _RESERVE_AHEAD = 64 * 1024 * 1024  # an upload of unannounced size reserves its quota this far ahead
+_RESERVATION_HOLD_S = 15.0  # renewed every 5 s while its upload goes on; lapses this long after a server died
 
 
 def _is_event_id(value: str) -> bool:
@@ -131,9 +132,14 @@ class PruningService(pb_grpc.PruningServiceServicer):
         """The upload's hold on the tenant's stored-bytes quota, released once its record
         counts its bytes or it failed."""
         settings = self.settings
-        hold_s = 2 * settings.upload_idle_timeout_s + 30
         reservation = Reservation(
-            self.store, tenant, field, settings.max_stored_bytes_per_tenant, hold_s, _RESERVE_AHEAD
+            self.store,
+            tenant,
+            field,
+            settings.max_stored_bytes_per_tenant,
+            _RESERVATION_HOLD_S,
+            _RESERVE_AHEAD,
+            settings.retry_after_s,
         )
         try:
             yield reservation
