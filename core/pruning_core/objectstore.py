@@ -35,6 +35,7 @@ import os
 import pathlib
 import re
 import shutil
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import TYPE_CHECKING, Any
@@ -142,6 +143,18 @@ class LocalStore(BlobStore):
         """Deletes the job's checkpoints (the job ended, or its record went)."""
         _check_job_id(job_id)
         shutil.rmtree(self.root / "checkpoints" / job_id, ignore_errors=True)
+
+    def checkpoint_jobs(self, min_age_s: float = 60.0) -> list[str]:
+        """The jobs whose checkpoints are kept here, last written ``min_age_s`` ago or more."""
+        root = self.root / "checkpoints"
+        if not root.is_dir():
+            return []
+        now = time.time()
+        return [
+            d.name
+            for d in root.iterdir()
+            if _JOB_ID.fullmatch(d.name) and d.is_dir() and now - d.stat().st_mtime >= min_age_s
+        ]
 
 
 def write_checkpoint_record(directory: pathlib.Path, record: bytes) -> None:
@@ -414,6 +427,17 @@ class S3Store(LocalStore):
             if name.startswith(f"{prefix}."):
                 (directory / name).write_bytes(bytes(obstore.get(self.objects, key).bytes()))
         write_checkpoint_record(directory, latest)
+
+    def checkpoint_jobs(self, min_age_s: float = 60.0) -> list[str]:
+        import obstore
+
+        newest: dict[str, float] = {}
+        for page in obstore.list(self.objects, prefix=self.checkpoint_prefix):
+            for meta in page:
+                job_id = meta["path"][len(self.checkpoint_prefix) :].split("/", 1)[0]
+                if _JOB_ID.fullmatch(job_id):
+                    newest[job_id] = min(newest.get(job_id, float("inf")), _age_s(meta["last_modified"]))
+        return [job_id for job_id, age in newest.items() if age >= min_age_s]
 
     def drop_checkpoints(self, job_id: str) -> None:
         import obstore

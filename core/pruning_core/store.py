@@ -99,8 +99,9 @@ return {1, ARGV[5]}
 # One tenant's record of an artifact, and the count of the bytes its records hold, change
 # together in these scripts (a record counts its size while its hash exists).
 # KEYS: the record, the tenant's artifacts, the artifact's owners, the records by time, the
-# tenant's byte count ; ARGV: artifact id, tenant, created, "<id>:<tenant>", size, then the
-# record's fields and values.
+# tenant's byte count, then a job's staged exports ('' for none: a new record is staged there,
+# id -> created, until the job succeeds) ; ARGV: artifact id, tenant, created,
+# "<id>:<tenant>", size, then the record's fields and values.
 _PUT_RECORD = """
 local new = redis.call('EXISTS', KEYS[1]) == 0
 redis.call('HSET', KEYS[1], unpack(ARGV, 6))
@@ -108,6 +109,7 @@ redis.call('SADD', KEYS[3], ARGV[2])
 redis.call('ZADD', KEYS[4], ARGV[3], ARGV[4])
 redis.call('SADD', KEYS[2], ARGV[1])
 if new and redis.call('EXISTS', KEYS[5]) == 1 then redis.call('INCRBY', KEYS[5], ARGV[5]) end
+if new and KEYS[6] ~= '' then redis.call('HSET', KEYS[6], ARGV[1], ARGV[3]) end
 return new and 1 or 0
 """
 
@@ -260,6 +262,11 @@ class Keys:
 
     def cancel(self, job_id: str) -> str:
         return f"{self.prefix}:cancel:{job_id}"
+
+    def staged(self, job_id: str) -> str:
+        """Export records a job's attempts added (id -> created), until the job succeeds: a
+        worker lost while storing them leaves records the job never lists."""
+        return f"{self.prefix}:staged:{job_id}"
 
     def running(self) -> str:
         return f"{self.prefix}:running"
@@ -511,13 +518,24 @@ class _Base:
             self.keys.tenant_bytes(tenant),
         ]
 
-    def _put_artifact(self, tenant: str, record: ArtifactRecord) -> Steps[bool]:
+    def _put_artifact(self, tenant: str, record: ArtifactRecord, staged_for: str = "") -> Steps[bool]:
         """Writes the tenant's record (True when it had none): each tenant has its own record
         of shared bytes, which another tenant's upload never changes. Record, indexes and byte
-        count in one script."""
+        count in one script; a new record of job ``staged_for``'s export is staged too."""
         fields = [x for kv in record.to_mapping().items() for x in kv]
         args = [record.id, tenant, record.created, f"{record.id}:{tenant}", record.size, *fields]
-        return bool((yield self._put_record(keys=self._record_keys(tenant, record.id), args=args)))
+        keys = [*self._record_keys(tenant, record.id), self.keys.staged(staged_for) if staged_for else ""]
+        return bool((yield self._put_record(keys=keys, args=args)))
+
+    def _take_back_exports(self, job_id: str, tenant: str) -> Steps[int]:
+        """Removes the export records the job's attempts added, each only as the job wrote it
+        (another job's identical export, written since, stays); how many went."""
+        staged = yield self.redis.hgetall(self.keys.staged(job_id))
+        removed = 0
+        for artifact_id, created in staged.items():
+            removed += bool((yield from self._drop_artifact(tenant, artifact_id.decode(), created.decode())))
+        yield self.redis.delete(self.keys.staged(job_id))
+        return removed
 
     def _drop_artifact(self, tenant: str, artifact_id: str, created: float | str = "") -> Steps[bool]:
         args = [artifact_id, tenant, f"{artifact_id}:{tenant}", created]
@@ -571,9 +589,19 @@ class JobStore(_Base):
     def cancel_requested(self, job_id: str) -> bool:
         return bool(self.redis.exists(self.keys.cancel(job_id)))
 
-    def put_artifact(self, tenant: str, record: ArtifactRecord) -> bool:
-        """Writes the tenant's record of an artifact; True when the tenant had none."""
-        return _drive(self._put_artifact(tenant, record))
+    def put_artifact(self, tenant: str, record: ArtifactRecord, staged_for: str = "") -> bool:
+        """Writes the tenant's record of an artifact; True when the tenant had none (then,
+        with ``staged_for``, staged as that job's export until :meth:`keep_exports`)."""
+        return _drive(self._put_artifact(tenant, record, staged_for))
+
+    def take_back_exports(self, job_id: str, tenant: str) -> int:
+        """Removes the export records the job staged (it did not succeed, or an earlier
+        attempt was lost while storing them)."""
+        return _drive(self._take_back_exports(job_id, tenant))
+
+    def keep_exports(self, job_id: str) -> None:
+        """The job succeeded: its staged export records are its results."""
+        self.redis.delete(self.keys.staged(job_id))
 
     def get_artifact(self, tenant: str, artifact_id: str) -> ArtifactRecord:
         return _drive(self._get_artifact(tenant, artifact_id))
@@ -889,7 +917,11 @@ class AsyncJobStore(_Base):
             await self.redis.delete(idem)
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.delete(
-                self.keys.job(job_id), self.keys.events(job_id), self.keys.cancel(job_id), self.keys.lost(job_id)
+                self.keys.job(job_id),
+                self.keys.events(job_id),
+                self.keys.cancel(job_id),
+                self.keys.lost(job_id),
+                self.keys.staged(job_id),
             )
             pipe.zrem(self.keys.finished(), job_id)
             pipe.zrem(self.keys.running(), job_id)
@@ -977,6 +1009,10 @@ class AsyncJobStore(_Base):
     async def put_artifact(self, tenant: str, record: ArtifactRecord) -> bool:
         """Writes the tenant's record of an artifact; True when the tenant had none."""
         return await _drive_async(self._put_artifact(tenant, record))
+
+    async def take_back_exports(self, job_id: str, tenant: str) -> int:
+        """Removes the export records the job staged (see :meth:`JobStore.take_back_exports`)."""
+        return await _drive_async(self._take_back_exports(job_id, tenant))
 
     async def get_artifact(self, tenant: str, artifact_id: str) -> ArtifactRecord:
         return await _drive_async(self._get_artifact(tenant, artifact_id))

@@ -21,7 +21,7 @@ from pruning.v1 import pruning_pb2 as pb
 from pruning_core import tasks
 from pruning_core.objectstore import LocalStore, open_store
 from pruning_core.settings import Settings
-from pruning_core.store import STORE_ERRORS, AsyncJobStore, last_event_age_s, make_event, state_event
+from pruning_core.store import STORE_ERRORS, TERMINAL, AsyncJobStore, last_event_age_s, make_event, state_event
 from pruning_core.sweeps import SweepStore
 from pruning_core.telemetry import JobMetrics
 
@@ -69,6 +69,7 @@ async def requeue_silent_jobs(
             requeued.append(job_id)
         else:
             log.warning("job %s: %s; %s", job_id, silent, pb.JobState.Name(after.state))
+            await store.take_back_exports(job_id, tenant)  # the lost attempt may have stored some
             if settings is not None:
                 await asyncio.to_thread(_ended_by_reaper, settings, after)
         await store.forget_running(job_id)
@@ -244,9 +245,18 @@ async def enforce_retention(store: AsyncJobStore, blobs: LocalStore, settings: S
     owned_again = deleted - set(await store.unowned(sorted(deleted)))
     gone = {a for a in deleted if not await asyncio.to_thread(blobs.exists, a)}
     await store.forget_released(owned_again | gone)
+    # Checkpoints of a job that ended, or that the job store no longer knows (it lost its
+    # data): whoever ended the job was gone before deleting them, and nobody else would.
+    counts["checkpoints"] = 0
+    for job_id in await asyncio.to_thread(blobs.checkpoint_jobs, settings.sweep_min_age_s):
+        owner = await store.tenant_of(job_id)
+        if owner is None or (await store.get(owner, job_id)).state in TERMINAL:
+            await asyncio.to_thread(blobs.drop_checkpoints, job_id)
+            counts["checkpoints"] += 1
     if any(counts.values()):
         log.info(
-            "retention: deleted %(jobs)d jobs, %(sweeps)d sweeps, %(records)d artifact records, %(blobs)d blobs",
+            "retention: deleted %(jobs)d jobs, %(sweeps)d sweeps, %(records)d artifact records, %(blobs)d blobs, "
+            "the checkpoints of %(checkpoints)d ended or unknown jobs",
             counts,
         )
     return counts

@@ -466,15 +466,22 @@ class PruningService(pb_grpc.PruningServiceServicer):
 
         def cancel(current: pb.Job):
             if current.state == pb.JOB_STATE_QUEUED:
+                message = (
+                    f"cancelled while queued again after attempt {current.attempt} was lost"
+                    if current.attempt
+                    else "cancelled before it started"
+                )
                 return [
-                    state_event(
-                        current,
-                        pb.JOB_STATE_CANCELLED,
-                        pb.JobError(code=code_pb2.CANCELLED, message="cancelled before it started"),
-                    )
+                    state_event(current, pb.JOB_STATE_CANCELLED, pb.JobError(code=code_pb2.CANCELLED, message=message))
                 ]
             if current.state == pb.JOB_STATE_RUNNING:
                 return [state_event(current, pb.JOB_STATE_CANCELLING)]
             return []
 
-        return await self.store.update(tenant, job.id, cancel)
+        after = await self.store.update(tenant, job.id, cancel)
+        if after.state == pb.JOB_STATE_CANCELLED and after.attempt and job.state != pb.JOB_STATE_CANCELLED:
+            # An attempt ran and was lost: what it left (checkpoints, exports stored as it died)
+            # goes now; no worker will run the job again to clear it.
+            await self.store.take_back_exports(job.id, tenant)
+            await asyncio.to_thread(self.blobs.drop_checkpoints, job.id)
+        return after

@@ -6,10 +6,11 @@ from __future__ import annotations
 import signal
 
 import pytest
+from hostile import tiny  # noqa: F401 - fixture
 
 from conftest import ServerThread, fine_tuning, settings_for, start_worker, stop_worker, training_job, wait_for
 from pruning.v1 import pruning_pb2 as pb
-from pruning_client import Client
+from pruning_client import Client, job_spec
 from pruning_core.phases import Phase
 
 pytestmark = pytest.mark.integration
@@ -56,4 +57,43 @@ def test_rerun_attempt_resumes_from_the_last_epoch_checkpoint(env, files, tmp_pa
         for proc in (first, second):
             if proc is not None and proc.poll() is None:
                 stop_worker(proc)
+        server.stop()
+
+
+def test_a_job_cancelled_while_queued_again_leaves_nothing(env, tiny, tmp_path):  # noqa: F811
+    """Its worker was lost, the reaper re-queued it, and the user cancels it before a worker
+    takes it: the error says an attempt ran, and the lost attempt's checkpoints and the export
+    records it stored as it died go at once (no worker will run the job to clear them)."""
+    import hashlib
+
+    from hostile import hostile_server
+
+    from pruning_core.store import ArtifactRecord, JobStore, state_event
+    from pruning_worker.runner import _claim
+
+    server = hostile_server(env, "requeued-cancel")
+    settings = server.settings
+    store = JobStore.from_url(settings.redis_url, settings.key_prefix)
+    try:
+        with Client(server.target, api_key="key-a") as client:
+            spec = job_spec(client.upload_model(tiny["keras"]).id, dataset=client.upload_dataset(tiny["data"]).id)
+            job = client.submit(spec)
+            _claim(store, job.id, "lost-worker")
+            checkpoints = settings.checkpoints_path / job.id
+            checkpoints.mkdir(parents=True)
+            (checkpoints / "latest.json").write_text("{}")
+            left = b"an export stored as the worker died"
+            record = ArtifactRecord(
+                hashlib.sha256(left).hexdigest(), pb.ARTIFACT_KIND_EXPORT, "keras", "m.keras", len(left), 1.0, {}
+            )
+            store.put_artifact("tenant-a", record, staged_for=job.id)
+            store.update(job.id, lambda j: [state_event(j, pb.JOB_STATE_QUEUED)])  # the reaper's re-queue
+
+            cancelled = client.cancel_job(job.id)
+            assert cancelled.state == pb.JOB_STATE_CANCELLED
+            assert cancelled.error.message == "cancelled while queued again after attempt 1 was lost"
+            assert not checkpoints.exists()
+            with pytest.raises(KeyError):
+                store.get_artifact("tenant-a", record.id)
+    finally:
         server.stop()

@@ -8,7 +8,7 @@ import time
 import grpc
 import pytest
 import redis
-from hostile import hostile_server, keras_bytes, npz_bytes
+from hostile import hostile_server, keras_bytes, npz_bytes, tiny  # noqa: F401 - fixture
 
 from conftest import settings_for, wait_for
 from pruning.v1 import pruning_pb2 as pb
@@ -231,3 +231,40 @@ def test_a_job_store_that_lost_its_data_does_not_take_the_blobs_with_it(env, tmp
         if keys:
             client.delete(*keys)
         client.close()
+
+
+def test_checkpoints_of_ended_and_unknown_jobs_go(env, tiny, tmp_path):  # noqa: F811
+    """Checkpoints whose job ended (its worker died before deleting them) or that the job store
+    no longer knows (Redis lost its data mid-job) go at housekeeping; a live job's stay."""
+    import asyncio
+
+    from pruning_client import Client, job_spec
+    from pruning_core.store import AsyncJobStore
+    from pruning_server import reaper
+
+    artifacts = tmp_path / "artifacts"
+    server = hostile_server(env, "checkpoints", artifact_dir=str(artifacts))
+    settings = settings_for(env, artifact_dir=str(artifacts), sweep_min_age_s=0, artifact_retention_s=0)
+    try:
+        with Client(server.target, api_key="key-a") as client:
+            spec = job_spec(client.upload_model(tiny["keras"]).id, dataset=client.upload_dataset(tiny["data"]).id)
+            live, ended = client.submit(spec), client.submit(spec)
+            client.cancel_job(ended.id)
+        unknown = "0123456789abcdef01234567"
+        for job_id in (live.id, ended.id, unknown):
+            (artifacts / "checkpoints" / job_id).mkdir(parents=True)
+            (artifacts / "checkpoints" / job_id / "latest.json").write_text("{}")
+
+        async def housekeeping() -> dict:
+            store = AsyncJobStore.from_url(env["PRUNING_REDIS_URL"], env["PRUNING_KEY_PREFIX"])
+            try:
+                return await reaper.enforce_retention(store, LocalStore(artifacts), settings)
+            finally:
+                await store.redis.aclose()
+
+        counts = asyncio.run(housekeeping())
+        assert counts["checkpoints"] == 2
+        assert sorted(p.name for p in (artifacts / "checkpoints").iterdir()) == [live.id]
+    finally:
+        server.stop()
+

@@ -165,7 +165,7 @@ def test_a_failed_store_of_exports_leaves_no_record_it_added(stores, tmp_path):
     lists no export), while a record the tenant held before stays."""
     from pruning_core.settings import Settings
     from pruning_core.store import ArtifactRecord
-    from pruning_worker.runner import _store_outputs
+    from pruning_worker.runner import _store_outputs, _take_back
 
     store, prefix = stores
     settings = Settings(state_dir=tmp_path / "state", key_prefix=prefix)
@@ -173,12 +173,14 @@ def test_a_failed_store_of_exports_leaves_no_record_it_added(stores, tmp_path):
     held.write_bytes(b"a model the tenant stored before")
     fresh = tmp_path / "fresh.tflite"
     fresh.write_bytes(b"an export of this job")
-    first = _store_outputs(settings, store, "t", [(held, "keras")])[0][0]
+    first = _store_outputs(settings, store, "j" * 24, "t", [(held, "keras")])[0]
+    store.keep_exports("j" * 24)  # that job succeeded
     assert _holds(store, "t", first.id)
 
     outputs = [(held, "keras"), (fresh, "tflite"), (tmp_path / "missing.onnx", "onnx")]
     with pytest.raises(FileNotFoundError):
-        _store_outputs(settings, store, "t", outputs)
+        _store_outputs(settings, store, "k" * 24, "t", outputs)
+    _take_back(store, "k" * 24, "t")  # what the runner does as the job fails
     assert _holds(store, "t", first.id)
     assert isinstance(store.get_artifact("t", first.id), ArtifactRecord)
     fresh_id = __import__("hashlib").sha256(fresh.read_bytes()).hexdigest()
@@ -241,3 +243,35 @@ def test_a_job_cancelled_as_it_ends_lists_no_export(redis_url, stores, tmp_path,
 def _holds(store: JobStore, tenant: str, artifact_id: str) -> bool:
     """Whether the tenant holds a record of the artifact."""
     return bool(store.redis.sismember(store.keys.tenant_artifacts(tenant), artifact_id))
+
+
+def test_exports_of_an_attempt_lost_while_storing_them_are_taken_back(redis_url, stores, tmp_path, monkeypatch):
+    """A worker killed while storing its exports left a record the job never lists (it
+    counted against the tenant's bytes for 30 days): the next attempt takes it back, and
+    keeps its own exports once it succeeds."""
+    import hashlib
+
+    from pruning_core.settings import Settings
+    from pruning_worker import pipeline
+    from pruning_worker.runner import _run_claimed, _store_outputs
+
+    store, prefix = stores
+    settings = Settings(state_dir=tmp_path / "state", key_prefix=prefix, work_dir=tmp_path / "work")
+    job, _ = create(redis_url, prefix)
+    lost = tmp_path / "lost.keras"
+    lost.write_bytes(b"attempt 1's export, stored as its worker was killed")
+    _claim(store, job.id, "w1")
+    _store_outputs(settings, store, job.id, "t", [(lost, "keras")])  # then the worker died
+    assert _holds(store, "t", hashlib.sha256(lost.read_bytes()).hexdigest())
+    store.update(job.id, lambda j: [state_event(j, pb.JOB_STATE_QUEUED)])  # the reaper's re-queue
+
+    export = tmp_path / "pruned.keras"
+    export.write_bytes(b"attempt 2's export")
+    monkeypatch.setattr(pipeline.Inputs, "resolve", staticmethod(lambda *a, **k: None))
+    monkeypatch.setattr(pipeline, "run", lambda *a, **k: (pb.PruneResult(device="CPU"), [(export, "keras")]))
+    final = _run_claimed(store, _claim(store, job.id, "w2", alive_s=0), settings)
+    assert final is not None and final.state == pb.JOB_STATE_SUCCEEDED
+    assert not _holds(store, "t", hashlib.sha256(lost.read_bytes()).hexdigest())
+    kept = hashlib.sha256(export.read_bytes()).hexdigest()
+    assert _holds(store, "t", kept) and [a.id for a in final.result.artifacts] == [kept]
+    assert not store.redis.exists(store.keys.staged(job.id))

@@ -32,6 +32,7 @@ from pruning_core.settings import Settings
 from pruning_core.store import (
     TERMINAL,
     ArtifactRecord,
+    JobNotFound,
     JobStore,
     StaleAttempt,
     last_event_age_s,
@@ -264,6 +265,11 @@ def _release(store: JobStore, job: pb.Job, settings: Settings, wait_s: float = 3
                 store.done_running(job.id)
                 log.warning("job %s: attempt %d stopped by the job store; re-queued", job.id, job.attempt)
             return True
+        except JobNotFound:  # the store answers again without the job: it lost its data
+            log.warning("job %s: the job store no longer knows it (its data was lost); nothing to re-queue", job.id)
+            with contextlib.suppress(Exception):
+                open_store(settings).drop_checkpoints(job.id)
+            return True
         except STORE_ERRORS:
             if time.monotonic() + delay > deadline:
                 return False
@@ -271,36 +277,28 @@ def _release(store: JobStore, job: pb.Job, settings: Settings, wait_s: float = 3
             delay = min(2 * delay, 5.0)
 
 
-def _store_outputs(
-    settings: Settings, store: JobStore, tenant: str, outputs
-) -> tuple[list[pb.Artifact], list[ArtifactRecord]]:
-    """Stores the job's exports and their records; returns them and the records this call
-    added (to take back should the job not succeed after all). When one fails, the records
-    added so far go, and the error goes on."""
+def _store_outputs(settings: Settings, store: JobStore, job_id: str, tenant: str, outputs) -> list[pb.Artifact]:
+    """Stores the job's exports and their records; a record the tenant did not hold before is
+    staged as the job's until it succeeds (taken back otherwise, by whichever process sees
+    the job end: this attempt, the next one, the reaper or a cancel)."""
     blobs = open_store(settings)  # exports go straight to the artifact store
-    artifacts, added = [], []
+    artifacts = []
+    for path, fmt in outputs:
+        artifact_id, size = blobs.put_file(path)
+        kind = pb.ARTIFACT_KIND_REPORT if fmt in formats.REPORT_FILES else pb.ARTIFACT_KIND_EXPORT
+        record = ArtifactRecord(artifact_id, kind, fmt, pathlib.Path(path).name, size, time.time(), {})
+        store.put_artifact(tenant, record, staged_for=job_id)
+        artifacts.append(record.to_proto())
+    return artifacts
+
+
+def _take_back(store: JobStore, job_id: str, tenant: str) -> None:
+    """Takes back the export records a job that did not succeed staged (a failed or cancelled
+    job lists none), each only as the job wrote it."""
     try:
-        for path, fmt in outputs:
-            artifact_id, size = blobs.put_file(path)
-            kind = pb.ARTIFACT_KIND_REPORT if fmt in formats.REPORT_FILES else pb.ARTIFACT_KIND_EXPORT
-            record = ArtifactRecord(artifact_id, kind, fmt, pathlib.Path(path).name, size, time.time(), {})
-            if store.put_artifact(tenant, record):
-                added.append(record)  # a record the tenant held before stays
-            artifacts.append(record.to_proto())
-    except BaseException:
-        _forget(store, tenant, added)
-        raise
-    return artifacts, added
-
-
-def _forget(store: JobStore, tenant: str, added: list[ArtifactRecord]) -> None:
-    """Takes back the export records a job that did not succeed added (a failed or cancelled
-    job lists none), each only as this job wrote it."""
-    for record in added:
-        try:
-            store.drop_artifact_if_unchanged(tenant, record)
-        except STORE_ERRORS:
-            log.warning("could not remove the record of export %s of a job that did not succeed", record.id)
+        store.take_back_exports(job_id, tenant)
+    except STORE_ERRORS:
+        log.warning("job %s: could not remove the records of its exports; the retention will", job_id)
 
 
 class Heartbeat:
@@ -408,9 +406,10 @@ def _run_claimed(store: JobStore, job: pb.Job, settings: Settings) -> pb.Job | N
     job_id = job.id
     reporter = Reporter(store, job_id, job.attempt, settings.event_interval_s, settings.job_time_limit_s)
     tenant = store.tenant_of(job_id)
-    added: list[ArtifactRecord] = []  # export records this attempt wrote: gone unless it succeeds
     try:
         from . import pipeline, train
+
+        store.take_back_exports(job_id, tenant)  # an earlier attempt lost while storing its exports
 
         blobs = open_store(settings)
         try:
@@ -423,18 +422,19 @@ def _run_claimed(store: JobStore, job: pb.Job, settings: Settings) -> pb.Job | N
                 inputs = pipeline.Inputs.resolve(job.spec, tenant, store, settings)
                 result, outputs = pipeline.run(job.spec, inputs, reporter, workdir)
                 reporter.check_between_steps()  # a job cancelled during its exports stores none of them
-                artifacts, added = _store_outputs(settings, store, tenant, outputs)
-                result.artifacts.extend(artifacts)
+                result.artifacts.extend(_store_outputs(settings, store, job_id, tenant, outputs))
                 if settings.mlflow_tracking_uri:
                     from . import mlflow_hook
 
                     mlflow_hook.log_job(settings, job, result, outputs[0][0], reporter)
             final = reporter.finish(pb.JOB_STATE_SUCCEEDED, result=result)
         except BaseException:
-            _forget(store, tenant, added)
+            _take_back(store, job_id, tenant)
             raise
-        if final.state != pb.JOB_STATE_SUCCEEDED:  # cancelled as it ended
-            _forget(store, tenant, added)
+        if final.state == pb.JOB_STATE_SUCCEEDED:
+            store.keep_exports(job_id)
+        else:  # cancelled as it ended
+            _take_back(store, job_id, tenant)
         return final
     except StaleAttempt as exc:
         reporter.close(exc)
