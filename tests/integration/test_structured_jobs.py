@@ -96,3 +96,33 @@ def test_keras3_model_structured_only(client, worker, tmp_path):
     # stem and res_conv2 meet at the Add: both 8 -> 4; res_conv1 8 -> 4; the head stays 5.
     assert [loaded.get_layer(n).kernel.shape[-1] for n in ("stem", "res_conv1", "res_conv2", "head")] == [4, 4, 4, 5]
     assert loaded.count_params() == s.params_after < original.count_params() == s.params_before
+
+
+def test_structured_job_of_a_model_with_open_image_size(client, worker, tmp_path):
+    """A convolutional model taking images of any size (Input((None, None, 1))): its latency
+    and FLOPs are measured on images of the data's size (before, the latency step failed the
+    job after fine-tuning and export: 'NoneType' object cannot be interpreted as an integer)."""
+    import keras
+    import numpy as np
+
+    inputs = keras.Input((None, None, 1))
+    h = keras.layers.Conv2D(8, 3, padding="same", activation="relu", name="c1")(inputs)
+    h = keras.layers.Conv2D(8, 3, padding="same", activation="relu", name="c2")(h)
+    outputs = keras.layers.Dense(3, name="out")(keras.layers.GlobalMaxPooling2D()(h))
+    keras.Model(inputs, outputs).save(tmp_path / "open.keras")
+    rng = np.random.default_rng(0)
+    np.savez(
+        tmp_path / "open.npz",
+        x_train=rng.random((64, 10, 10, 1), dtype=np.float32),
+        y_train=rng.integers(0, 3, 64),
+        x_test=rng.random((16, 10, 10, 1), dtype=np.float32),
+        y_test=rng.integers(0, 3, 16),
+    )
+    model = client.upload_model(tmp_path / "open.keras")
+    data = client.upload_dataset(tmp_path / "open.npz")
+    spec = job_spec(model.id, dataset=data.id, structured=structured(0.5, latency_repeats=1), epochs=1, batch_size=16)
+    job = client.submit(spec)
+    s = job.result(timeout=300).structured
+    assert s is not None and s.params_after < s.params_before
+    assert s.flops_after < s.flops_before and s.flops_before > 10 * 10 * 8 * 9 * 2  # the convolutions counted
+    assert {(x.runtime, x.batch_size) for x in s.latency} >= {("tf", 1), ("tf", 64)}

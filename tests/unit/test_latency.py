@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import time
 
+import numpy as np
+
 from pruning.v1 import pruning_pb2 as pb
 from pruning_client.results import speed_up
 from pruning_worker import measure
@@ -49,3 +51,62 @@ def test_a_speed_up_within_noise_is_shown_as_such():
     assert speed_up(pb.Latency(before_ms=0.3, after_ms=0.2)) == "1.50x"
     assert speed_up(pb.Latency(before_ms=0.3, after_ms=0.2, within_noise=True)) == "1.50x, within noise"
     assert speed_up(pb.Latency(before_ms=0.3)) == ""
+
+
+def _open_models():
+    """Models whose inputs leave a dimension open, with data of a fixed shape: an image CNN
+    of any size, a text model of any length, and both as one two-input model."""
+    import tf_keras as keras
+
+    layers = keras.layers
+    image = keras.Input((None, None, 1), name="image")
+    h = layers.Conv2D(16, 3, activation="relu")(layers.Conv2D(8, 3, activation="relu")(image))
+    image_features = layers.GlobalMaxPooling2D()(h)
+    tokens = keras.Input((None,), dtype="int32", name="tokens")
+    h = layers.Conv1D(16, 3, padding="same", activation="relu")(layers.Embedding(50, 8)(tokens))
+    text_features = layers.GlobalAveragePooling1D()(h)
+    rng = np.random.default_rng(0)
+    images, texts = rng.random((8, 12, 12, 1), np.float32), rng.integers(0, 50, (8, 20)).astype("int32")
+    both = layers.Concatenate()([image_features, text_features])
+    return [
+        ("image", keras.Model(image, layers.Dense(4)(image_features)), images, {"image": [64, 12, 12, 1]}),
+        ("text", keras.Model(tokens, layers.Dense(4)(text_features)), texts, {"tokens": [64, 20]}),
+        (
+            "both",
+            keras.Model({"image": image, "tokens": tokens}, layers.Dense(4)(both)),
+            {"image": images, "tokens": texts},
+            {"image": [64, 12, 12, 1], "tokens": [64, 20]},
+        ),
+    ]
+
+
+def test_open_input_dimensions_are_measured_at_the_shape_of_the_jobs_samples():
+    from pruning_worker.structured.step import BATCHES, fill_latency
+
+    for name, model, x, shapes in _open_models():
+        assert measure.input_shapes(model, 64, x) == shapes, name
+        flat = measure.tflite_bytes(model)
+        run = measure.tflite_runner(flat, 64, shapes)
+        run()
+        interpreter = run.__self__  # the TFLite interpreter invoked, resized to the data's shape
+        assert sorted(list(d["shape"]) for d in interpreter.get_input_details()) == sorted(shapes.values()), name
+        assert measure.flops(model, x) > 10_000, name  # the convolutions too, at the data's size (~132 without)
+        warnings: list[str] = []
+        result = pb.StructuredResult()
+        fill_latency(result, model, model, "CPU", 3, warnings.append, x)
+        assert not warnings, (name, warnings)
+        assert sorted((f.runtime, f.batch_size) for f in result.latency) == sorted(
+            (runtime, b) for runtime in ("tf", "tflite") for b in BATCHES
+        )
+        assert all(f.before_ms > 0 and f.after_ms > 0 for f in result.latency)
+
+
+def test_a_model_that_cannot_be_measured_gets_a_warning_and_no_figures_not_a_failed_job():
+    from pruning_worker.structured.step import fill_latency
+
+    _, model, _, _ = _open_models()[0]
+    warnings: list[str] = []
+    result = pb.StructuredResult()
+    fill_latency(result, model, model, "CPU", 3, warnings.append)  # no data to give the open dimensions
+    assert not result.latency
+    assert len(warnings) == 1 and warnings[0].startswith("no latency figures") and "'image'" in warnings[0]

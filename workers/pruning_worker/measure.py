@@ -100,8 +100,35 @@ def sizes(path: pathlib.Path) -> pb.SizeStats:
     return stats
 
 
-def _input_specs(model: Any, batch: int) -> list[Any]:
-    return [tf.TensorSpec([batch, *t.shape[1:]], t.dtype) for t in model.inputs]
+def input_shapes(model: Any, batch: int, x: Any = None) -> dict[str, list[int]]:
+    """The shape of a batch of ``batch`` samples for each input of ``model``, by input name:
+    the model's own, with the dimensions it leaves open (a sequence length, an image size)
+    taken from the samples of the job's data ``x`` (an array, a list or a dict by input name).
+
+    Example:
+        >>> input_shapes(text_model, 64, x_train)  # Input((None,)), samples of 40 tokens
+        {'tokens': [64, 40]}
+    """
+    names = list(model.input_names)
+    if isinstance(x, dict):
+        data = x
+    else:
+        data = dict(zip(names, [] if x is None else x if isinstance(x, list | tuple) else [x]))
+    out = {}
+    for name, t in zip(names, model.inputs, strict=True):
+        shape = list(t.shape[1:])
+        if None in shape:
+            if name not in data:
+                raise ValueError(f"input {name!r} has shape {shape} with open dimensions and no data to take them from")
+            sample = np.shape(data[name])[1:]
+            shape = [s if d is None else d for d, s in zip(shape, sample, strict=True)]
+        out[name] = [batch, *shape]
+    return out
+
+
+def _input_specs(model: Any, batch: int, x: Any = None) -> list[Any]:
+    shapes = input_shapes(model, batch, x).values()
+    return [tf.TensorSpec(shape, t.dtype) for shape, t in zip(shapes, model.inputs, strict=True)]
 
 
 def _call(model: Any) -> Any:
@@ -109,12 +136,13 @@ def _call(model: Any) -> Any:
     return tf.function(lambda *x: model(list(x) if len(x) > 1 else x[0], training=False))
 
 
-def flops(model: Any) -> int:
-    """Floating-point operations of one forward pass on one sample, counted by TensorFlow's
-    profiler on the frozen inference graph (a multiply-add counts 2)."""
+def flops(model: Any, x: Any = None) -> int:
+    """Floating-point operations of one forward pass on one sample (of the shape of the samples
+    of ``x`` where the model leaves a dimension open), counted by TensorFlow's profiler on the
+    frozen inference graph (a multiply-add counts 2)."""
     from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
-    frozen = convert_variables_to_constants_v2(_call(model).get_concrete_function(*_input_specs(model, 1)))
+    frozen = convert_variables_to_constants_v2(_call(model).get_concrete_function(*_input_specs(model, 1, x)))
     options = tf.compat.v1.profiler.ProfileOptionBuilder.float_operation()
     options["output"] = "none"
     info = tf.compat.v1.profiler.profile(
@@ -123,9 +151,10 @@ def flops(model: Any) -> int:
     return int(info.total_float_ops)
 
 
-def _probe(model: Any, batch: int) -> list[np.ndarray]:
+def _probe(model: Any, batch: int, x: Any = None) -> list[np.ndarray]:
     rng = np.random.default_rng(0)
-    return [rng.random((batch, *t.shape[1:])).astype(t.dtype.as_numpy_dtype) for t in model.inputs]
+    shapes = input_shapes(model, batch, x).values()
+    return [rng.random(shape).astype(t.dtype.as_numpy_dtype) for shape, t in zip(shapes, model.inputs, strict=True)]
 
 
 # A timed sample lasts at least this long: one call of a small model takes microseconds, too
@@ -175,12 +204,13 @@ def paired_median_ms(run_a: Any, run_b: Any, repeats: int, warmup: int = 2) -> P
     return Paired(float(a50), float(b50), not told_apart, calls)
 
 
-def tf_runner(model: Any, batch: int) -> Any:
+def tf_runner(model: Any, batch: int, x: Any = None) -> Any:
     """A callable running one inference of ``model`` (a traced tf.function) on a batch of
-    ``batch`` random samples, on TensorFlow's default device, to the last output value."""
-    fn = _call(model).get_concrete_function(*_input_specs(model, batch))
-    x = [tf.constant(a) for a in _probe(model, batch)]
-    return lambda: tf.nest.map_structure(lambda t: t.numpy(), fn(*x))
+    ``batch`` random samples (shaped as :func:`input_shapes` says), on TensorFlow's default
+    device, to the last output value."""
+    fn = _call(model).get_concrete_function(*_input_specs(model, batch, x))
+    probe = [tf.constant(a) for a in _probe(model, batch, x)]
+    return lambda: tf.nest.map_structure(lambda t: t.numpy(), fn(*probe))
 
 
 def tflite_bytes(model: Any) -> bytes:
@@ -198,12 +228,19 @@ def tflite_pair(before: Any, after: Any, warn: Callable[[str], None]) -> tuple[b
         return None
 
 
-def tflite_runner(flatbuffer: bytes, batch: int) -> Any:
+def tflite_runner(flatbuffer: bytes, batch: int, shapes: dict[str, list[int]] | None = None) -> Any:
     """A callable running one invoke of the TFLite interpreter (XNNPACK, TFLite's default CPU
-    delegate for float models, on all cores) on a batch of ``batch`` random samples."""
+    delegate for float models, on all cores) on a batch of ``batch`` random samples, of the
+    shapes ``shapes`` (by Keras input name, from :func:`input_shapes`) where given."""
     interpreter = tf.lite.Interpreter(model_content=flatbuffer, num_threads=os.cpu_count() or 1)
-    for d in interpreter.get_input_details():
-        interpreter.resize_tensor_input(d["index"], [batch, *d["shape"][1:]])
+    details = interpreter.get_input_details()
+    for d in details:
+        # The converter names an input "serving_default_<Keras name>:0", in an order of its own.
+        name = d["name"].removeprefix("serving_default_").rsplit(":", 1)[0]
+        shape = (shapes or {}).get(name)
+        if shape is None and shapes and len(shapes) == len(details) == 1:
+            (shape,) = shapes.values()
+        interpreter.resize_tensor_input(d["index"], shape or [batch, *d["shape"][1:]])
     interpreter.allocate_tensors()
     rng = np.random.default_rng(0)
     for d in interpreter.get_input_details():
@@ -256,16 +293,25 @@ def tflite_accuracy(path: pathlib.Path, x: Any, y: Any, limit: int = EXPORT_EVAL
 
 
 def latency_pairs(
-    before: Any, after: Any, device: str, batches: Iterable[int], repeats: int, flat: tuple[bytes, bytes] | None
+    before: Any,
+    after: Any,
+    device: str,
+    batches: Iterable[int],
+    repeats: int,
+    flat: tuple[bytes, bytes] | None,
+    x: Any = None,
 ) -> list[pb.Latency]:
     """Median milliseconds of one inference of ``before`` and ``after``, timed in alternation
     (:func:`paired_median_ms`), for each batch size: TensorFlow on ``device``, and TFLite
-    (XNNPACK) on the CPU from the flatbuffers ``flat`` of both models when given."""
+    (XNNPACK) on the CPU from the flatbuffers ``flat`` of both models when given. Samples
+    have the shape of those of the job's data ``x`` where the model leaves a dimension open."""
     out = []
     for batch in dict.fromkeys(batches):
-        pairs = [("tf", device, tf_runner(before, batch), tf_runner(after, batch))]
+        shapes = input_shapes(before, batch, x)
+        pairs = [("tf", device, tf_runner(before, batch, x), tf_runner(after, batch, x))]
         if flat is not None:
-            pairs.append(("tflite", "CPU (XNNPACK)", tflite_runner(flat[0], batch), tflite_runner(flat[1], batch)))
+            runners = tflite_runner(flat[0], batch, shapes), tflite_runner(flat[1], batch, shapes)
+            pairs.append(("tflite", "CPU (XNNPACK)", *runners))
         for runtime, where, run_before, run_after in pairs:
             timed = paired_median_ms(run_before, run_after, repeats)
             out.append(

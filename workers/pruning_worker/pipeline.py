@@ -206,12 +206,18 @@ def run(
         reporter.log("measuring latency before and after")
         repeats = spec.pruning.structured.latency_repeats or defaults.LATENCY_REPEATS
         step.fill_latency(
-            result.structured, original, stripped, result.device, repeats, lambda m: reporter.log(m, level="WARNING")
+            result.structured,
+            original,
+            stripped,
+            result.device,
+            repeats,
+            lambda m: reporter.log(m, level="WARNING"),
+            x_test,  # open dimensions (a sequence length, an image size) take the data's
         )
     result.compression_ratio = result.size_before.gzip_bytes / max(1, result.size_after.gzip_bytes)
     if reporting:
         reporter.check_between_steps()
-        outputs += _report(spec, result, original, stripped, workdir, log_dir, reporter)
+        outputs += _report(spec, result, original, stripped, workdir, log_dir, reporter, x_test)
     reporter.check_between_steps()
     result.phase_seconds["inputs"] = inputs.seconds
     result.phase_seconds.update(reporter.timings())
@@ -230,6 +236,7 @@ def _report(
     workdir: pathlib.Path,
     log_dir: pathlib.Path,
     reporter: Reporter,
+    x: Any = None,
 ) -> list[tuple[pathlib.Path, str]]:
     """Latency into ``result``; plots and TensorBoard logs as artifacts. A part that fails is a
     WARNING event, never a failed job: the pruned model is what the job is for."""
@@ -241,7 +248,7 @@ def _report(
     reporter.log("measuring latency of the baseline and the pruned model")
     repeats = spec.report.latency_repeats or defaults.LATENCY_REPEATS
     try:
-        result.latency.extend(report.latency(before, after, result.device, spec.training.batch_size, repeats, warn))
+        result.latency.extend(report.latency(before, after, result.device, spec.training.batch_size, repeats, warn, x))
     except Exception as exc:  # noqa: BLE001
         warn(f"no latency figures: {tferrors.root_cause(exc)}")
     reporter.check_between_steps()  # outside the try: the time limit is no report warning

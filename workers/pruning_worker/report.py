@@ -20,15 +20,16 @@ __all__ = ["latency", "plots", "tensorboard_archive", "tensorboard_callbacks"]
 
 
 def latency(
-    before: Any, after: Any, device: str, batch_size: int, repeats: int, warn: Callable[[str], None]
+    before: Any, after: Any, device: str, batch_size: int, repeats: int, warn: Callable[[str], None], x: Any = None
 ) -> list[pb.Latency]:
     """Median milliseconds of one inference of ``before`` and ``after``, timed in alternation:
     TensorFlow on the job's device and TFLite (XNNPACK) on the CPU, for one sample and for a
-    batch of ``batch_size``. A model TFLite cannot convert gets the TensorFlow figures only
-    (``warn`` says why): the report never fails a job."""
+    batch of ``batch_size`` (samples shaped like those of ``x`` where the model leaves a
+    dimension open). A model TFLite cannot convert gets the TensorFlow figures only (``warn``
+    says why): the report never fails a job."""
     flat = measure.tflite_pair(before, after, warn)
     with tferrors.step("latency measurement"):
-        return measure.latency_pairs(before, after, device, (1, batch_size), repeats, flat)
+        return measure.latency_pairs(before, after, device, (1, batch_size), repeats, flat, x)
 
 
 def tensorboard_callbacks(log_dir: pathlib.Path, pruned: bool) -> list[Any]:

@@ -102,7 +102,10 @@ def prune_channels(model: Any, options: Options, data: tuple[Any, Any, Any] | No
     ranked = scores(graph, options.criterion, data, options.taylor_batches) if cut else {}
     keep = keep_masks(graph, ranked, cut, options.min_channels, options.round_to)
     small = shrink(graph, keep)
-    widths = [
-        (name, graph.group_of(name).size, int(graph.mask(layout, keep).sum())) for name, layout in graph.outputs.items()
-    ]
+    widths = [(name, _channels(model.get_layer(name)), _channels(small.get_layer(name))) for name in graph.outputs]
     return Outcome(small, graph, keep, widths, left)
+
+
+def _channels(layer: Any) -> int:
+    # Not the last axis: a channels_first convolution's channels come first.
+    return int(getattr(layer, "units", None) or layer.filters)

@@ -115,6 +115,9 @@ class Graph:
     space_group: dict[int, int]  # space id -> group id
     inputs: dict[str, Layout]  # layer name -> layout of its (first) input's last axis
     outputs: dict[str, Layout]  # producer name -> layout of its output
+    # Layers the walk left whole (not understood, or shared): copied as they are, as their
+    # weights need not index the layouts above (a depth multiplier, groups, channels_first).
+    whole: set[str] = field(default_factory=set)
 
     def mask(self, layout: Layout, keep: dict[int, np.ndarray]) -> np.ndarray:
         """Which entries of ``layout`` survive when group g keeps the channels ``keep[g]``
@@ -210,6 +213,7 @@ def build(model: Any) -> Graph:
     layouts: dict[tuple[str, int, int], Layout] = {}
     inputs: dict[str, Layout] = {}
     outputs: dict[str, Layout] = {}
+    whole: set[str] = set()
 
     def key(tensor: Any) -> tuple[str, int, int]:
         h = tensor._keras_history
@@ -225,6 +229,7 @@ def build(model: Any) -> Graph:
                 if isinstance(layer, keras.Model)
                 else f"layer {layer.name!r} is shared (called {len(nodes)} times)"
             )
+            whole.add(layer.name)
             for node in nodes:
                 for t in node.keras_inputs:
                     if key(t) in layouts:
@@ -283,10 +288,11 @@ def build(model: Any) -> Graph:
         else:
             reason = f"{type(layer).__name__} {layer.name!r} is not a layer structured pruning can shrink"
         if out is None:
+            whole.add(layer.name)
             for layout in ins:
                 walk.block(layout, reason)
             out = (walk.space(outs[0].shape[-1] or 0, reason),)
-            if isinstance(layer, PRODUCERS + TRANSPOSED):
+            if isinstance(layer, PRODUCERS + TRANSPOSED) and not isinstance(layer, NOT_PRODUCERS):
                 walk.producer_of[out[0].id] = layer.name
                 outputs[layer.name] = out
         for n in range(len(outs)):
@@ -313,4 +319,4 @@ def build(model: Any) -> Graph:
         for space in _spaces(layout):
             if name not in groups[space_group[space.id]].consumers:
                 groups[space_group[space.id]].consumers.append(name)
-    return Graph(model, groups, space_group, inputs, outputs)
+    return Graph(model, groups, space_group, inputs, outputs, whole)

@@ -93,8 +93,8 @@ def run(model: Any, p: pb.PruningSpec, x: Any, y: Any, loss: Any) -> tuple[Any, 
     result = pb.StructuredResult(
         params_before=model.count_params(),
         params_after=small.count_params(),
-        flops_before=measure.flops(model),
-        flops_after=measure.flops(small),
+        flops_before=measure.flops(model, x),
+        flops_after=measure.flops(small, x),
         groups=sum(1 for g in outcome.graph.groups if g.producers),
         groups_pruned=len(outcome.keep),
         criterion=opts.criterion,
@@ -123,12 +123,21 @@ def _why_not_cut(model: Any, names: list[str]) -> str:
 
 
 def fill_latency(
-    result: pb.StructuredResult, before: Any, after: Any, device: str, repeats: int, warn: Callable[[str], None]
+    result: pb.StructuredResult,
+    before: Any,
+    after: Any,
+    device: str,
+    repeats: int,
+    warn: Callable[[str], None],
+    x: Any = None,
 ) -> None:
     """Latency of the models before and after pruning: TensorFlow on ``device`` and TFLite
     (XNNPACK) on the CPU, at each of ``BATCHES``, the median of ``repeats`` timed runs (the
-    two models timed in alternation). A model TFLite cannot convert gets TensorFlow's figures
-    (``warn`` says why)."""
-    flat = measure.tflite_pair(before, after, warn)
-    with tferrors.step("latency measurement"):
-        result.latency.extend(measure.latency_pairs(before, after, device, BATCHES, repeats, flat))
+    two models timed in alternation), on samples shaped like those of the job's data ``x``
+    where the model leaves a dimension open. A model TFLite cannot convert gets TensorFlow's
+    figures, and one that cannot be measured none: ``warn`` says why, the job goes on."""
+    try:
+        flat = measure.tflite_pair(before, after, warn)
+        result.latency.extend(measure.latency_pairs(before, after, device, BATCHES, repeats, flat, x))
+    except Exception as exc:  # noqa: BLE001 - a figure the job can go without
+        warn(f"no latency figures: {tferrors.root_cause(exc)}")

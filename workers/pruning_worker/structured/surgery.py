@@ -72,7 +72,9 @@ def shrink(graph: Graph, keep: dict[int, np.ndarray]) -> Any:
     """
     model = graph.model
     config = copy.deepcopy(model.get_config())
-    widths = {name: int(graph.mask(layout, keep).sum()) for name, layout in graph.outputs.items()}
+    widths = {
+        name: int(graph.mask(layout, keep).sum()) for name, layout in graph.outputs.items() if name not in graph.whole
+    }
     for entry in config["layers"]:
         name = entry["config"]["name"]
         if name in widths:
@@ -83,7 +85,7 @@ def shrink(graph: Graph, keep: dict[int, np.ndarray]) -> Any:
         weights = layer.get_weights()
         if not weights:
             continue
-        if layer.name in graph.outputs or isinstance(layer, PER_CHANNEL):
+        if layer.name not in graph.whole and (layer.name in graph.outputs or isinstance(layer, PER_CHANNEL)):
             in_mask = graph.mask(graph.inputs[layer.name], keep)
             out_mask = graph.mask(graph.outputs[layer.name], keep) if layer.name in graph.outputs else in_mask
             weights = [_slice(layer, v.name, w, in_mask, out_mask) for v, w in zip(layer.weights, weights, strict=True)]
