@@ -14,7 +14,7 @@ import re
 import shutil
 import tempfile
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,9 +50,10 @@ L1 L2 L1L2 OrthogonalRegularizer MaxNorm MinMaxNorm NonNeg UnitNorm RadialConstr
 Policy DTypePolicy FloatDTypePolicy __tuple__ __numpy__ __keras_tensor__ TensorShape NotEqual Any
 """
 # NotEqual and Any: the operations a Keras 3 file records for the masks of Embedding(mask_zero)
-# and Masking (the bridge refuses any other use of them, as of every operation not a layer).
+# and Masking (the bridge refuses any other use of them); every other operation is refused here.
 ALLOWED_CLASSES = frozenset(_LAYERS.split()) | frozenset(_OTHERS.split())
 _ALLOWED_MODULE_ROOTS = ("keras", "tf_keras", "builtins")
+_OPERATION_MODULES = ("keras.src.ops", "keras.ops")  # keras.ops calls and operators, recorded as nodes
 # Workers load models uncompiled: the saved compile settings are never deserialised.
 _NOT_LOADED = frozenset({"compile_config", "training_config"})
 # Archive members are read through these bounds, never whole: a configuration larger than this
@@ -78,12 +79,14 @@ class ModelInfo:
     keras_version: int = 2
     summary: pb.ModelSummary = field(default_factory=pb.ModelSummary)
     mixed_precision: list[str] = field(default_factory=list)  # layers computing in float16 or bfloat16
+    left_whole: dict[str, str] = field(default_factory=dict)  # prunable-class layers no job prunes -> why
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "format": self.format,
             "layers": self.layers,
             "mixed_precision": self.mixed_precision,
+            "left_whole": self.left_whole,
             "input_shape": self.input_shape,
             "keras_version": self.keras_version,
             "summary": json_format.MessageToDict(self.summary),
@@ -130,6 +133,8 @@ def _walk_classes(node, found: list[tuple[str, str]], mixed: list[str], options:
             module = node.get("module") or "keras"
             if cls == "Lambda" or cls.endswith(">Lambda"):
                 raise ModelRejected("the model has a Lambda layer, which would run arbitrary code; refused")
+            if str(module).startswith(_OPERATION_MODULES) and cls not in preflight.MASK_OPERATIONS:
+                raise ModelRejected(_operation_refused(node, cls))
             if cls not in ALLOWED_CLASSES or not str(module).startswith(_ALLOWED_MODULE_ROOTS):
                 config = node.get("config")
                 name = config.get("name") if isinstance(config, dict) else None
@@ -159,6 +164,16 @@ def _walk_classes(node, found: list[tuple[str, str]], mixed: list[str], options:
     elif isinstance(node, list):
         for value in node:
             _walk_classes(value, found, mixed, options)
+
+
+def _operation_refused(node: dict, cls: str) -> str:
+    config = node.get("config")
+    name = config.get("name") if isinstance(config, dict) else node.get("name")
+    instead = preflight.OPERATION_LAYERS.get(cls)
+    return (
+        f"the model uses {str(name)[:60]!r} ({cls[:60]}), a keras.ops call or an operator on tensors (a + b), "
+        f"not a layer; use {instead or 'a layer'} instead; refused"
+    )
 
 
 def _input_shape(config: dict) -> list[int | None] | None:
@@ -217,6 +232,7 @@ def check_model_config(
         keras_version=version,
         summary=summary,
         mixed_precision=mixed,
+        left_whole=preflight.left_whole(config, version),
     )
 
 
@@ -359,28 +375,46 @@ def _inspect_model(path: pathlib.Path, max_decompressed: int, max_config: int) -
     return check_model_config(config, "h5", version, weights)
 
 
-def _class_labels(shape: tuple[int, ...], dtype: np.dtype[Any]) -> bool:
-    return np.issubdtype(dtype, np.integer) and (len(shape) == 1 or (len(shape) == 2 and shape[1] == 1))
+def _label_column(shape: tuple[int, ...]) -> bool:
+    return len(shape) == 1 or (len(shape) == 2 and shape[1] == 1)
 
 
-def _value_range(member: Any, shape: tuple[int, ...], dtype: np.dtype[Any]) -> list[int] | None:
-    """Min and max of an integer array read in chunks from its .npy member; None when empty."""
+def _chunks(member: Any, shape: tuple[int, ...], dtype: np.dtype[Any]) -> Iterator[np.ndarray]:
+    """The values of an array, read in chunks from its .npy member."""
     left = int(np.prod(shape)) * dtype.itemsize
-    low: int | None = None
-    high: int | None = None
     step = max(dtype.itemsize, _CHUNK // dtype.itemsize * dtype.itemsize)
     while left > 0:
         data = member.read(min(step, left))
         if not data or len(data) % dtype.itemsize:
             raise ValueError("the array data ends early")
         left -= len(data)
-        values = np.frombuffer(data, dtype=dtype)
+        yield np.frombuffer(data, dtype=dtype)
+
+
+def _value_range(member: Any, shape: tuple[int, ...], dtype: np.dtype[Any]) -> list[int] | None:
+    """Min and max of an integer array read in chunks from its .npy member; None when empty."""
+    low: int | None = None
+    high: int | None = None
+    for values in _chunks(member, shape, dtype):
         low = int(values.min()) if low is None else min(low, int(values.min()))
         high = int(values.max()) if high is None else max(high, int(values.max()))
     return None if low is None or high is None else [low, high]
 
 
-def _npy_header(archive: zipfile.ZipFile, key: str, ranges: dict[str, Any]) -> dict[str, Any]:
+def _first_fraction(member: Any, shape: tuple[int, ...], dtype: np.dtype[Any]) -> float | None:
+    """The first finite value of a float array that is not a whole number (no class index can be
+    it); None when there is none. NaN and infinities are the worker's to refuse, by sample."""
+    for values in _chunks(member, shape, dtype):
+        finite = values[np.isfinite(values)]
+        bad = finite[finite != np.floor(finite)]
+        if bad.size:
+            return float(bad[0])
+    return None
+
+
+def _npy_header(
+    archive: zipfile.ZipFile, key: str, ranges: dict[str, Any], fractions: dict[str, Any]
+) -> dict[str, Any]:
     try:
         with archive.open(f"{key}.npy") as member:
             version = np.lib.format.read_magic(member)
@@ -392,8 +426,12 @@ def _npy_header(archive: zipfile.ZipFile, key: str, ranges: dict[str, Any]) -> d
                 raise ModelRejected(f"array {key!r} holds {dtype.str}; only numbers can be trained on", field="dataset")
             if any(d < 0 for d in shape):
                 raise ModelRejected(f"array {key!r} has a negative dimension in {shape}", field="dataset")
-            if key.startswith("y_") and _class_labels(shape, dtype):
+            if key.startswith("y_") and _label_column(shape) and np.issubdtype(dtype, np.integer):
                 ranges[key] = _value_range(member, shape, dtype)
+            elif key.startswith("y_") and _label_column(shape) and np.issubdtype(dtype, np.floating):
+                fraction = _first_fraction(member, shape, dtype)
+                if fraction is not None:
+                    fractions[key] = fraction
     except ModelRejected:
         raise
     except Exception as exc:  # noqa: BLE001 - numpy's header parser raises many kinds on hostile input
@@ -404,15 +442,16 @@ def _npy_header(archive: zipfile.ZipFile, key: str, ranges: dict[str, Any]) -> d
 def inspect_dataset(
     path: pathlib.Path, max_decompressed: int, checked: Mapping[int, tuple[int, int, str]] | None = None
 ) -> dict:
-    """Reads the array headers of an .npz dataset (no pickle), and the range of integer class
-    labels, streamed in chunks. A model with several inputs or outputs takes one array per
-    input or output, named ``x_train.<input name>`` (``y_train.<output name>``, ...).
+    """Reads the array headers of an .npz dataset (no pickle), the range of integer class
+    labels and the first float label that is not a whole number, streamed in chunks. A model
+    with several inputs or outputs takes one array per input or output, named
+    ``x_train.<input name>`` (``y_train.<output name>``, ...).
     ``checked``: the CRCs of stored members computed while the upload arrived
     (:class:`~pruning_core.zipscan.StoredMembers`); those members are not read again.
 
     Returns:
         {"x_train": {"shape": [...], "dtype": "...", "parts": {name: {"shape", "dtype"}}?}, ...,
-         "label_range": {"y_train": [min, max], ...}}
+         "label_range": {"y_train": [min, max], ...}, "label_fraction": {"y_test.reg": 0.25, ...}}
     """
     path = pathlib.Path(path)
     with open(path, "rb") as f:
@@ -424,6 +463,7 @@ def inspect_dataset(
         raise ModelRejected(str(exc), field="dataset") from None
     arrays: dict[str, Any] = {}
     ranges: dict[str, Any] = {}
+    fractions: dict[str, Any] = {}
     with archive:
         try:
             _verify_members(archive, max_decompressed, checked)  # every CRC, and the real expanded size
@@ -438,7 +478,7 @@ def inspect_dataset(
                 raise ModelRejected(
                     f"the dataset has no array {name!r} (nor {name}.<input or output name>)", field="dataset"
                 )
-            headers = {key: _npy_header(archive, key, ranges) for key in keys}
+            headers = {key: _npy_header(archive, key, ranges, fractions) for key in keys}
             lengths = {h["shape"][0] if h["shape"] else None for h in headers.values()}
             if len(lengths) != 1:
                 raise ModelRejected(f"the arrays of {name} differ in length", field="dataset")
@@ -456,6 +496,8 @@ def inspect_dataset(
         raise ModelRejected("x_train and x_test differ in sample shape", field="dataset")
     if ranges:
         arrays["label_range"] = ranges
+    if fractions:
+        arrays["label_fraction"] = fractions
     return arrays
 
 

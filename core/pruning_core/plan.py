@@ -4,7 +4,9 @@ real step count) and the plan CreateJob answers with ``validate_only``. No Tenso
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,6 +54,16 @@ def split_problem(n_samples: int, validation_split: float) -> str | None:
 
 
 @dataclass
+class LabelFacts:
+    """What is known of the labels of one output without loading them."""
+
+    arrays: list[str]  # the label arrays: y_train and y_test, or y_train.<output name> and y_test.<output name>
+    shape: list[int]  # of one sample
+    range: list[int] | None = None  # min and max over both splits, when integers
+    fraction: tuple[str, float] | None = None  # the first float label that is no whole number, and its array
+
+
+@dataclass
 class DatasetFacts:
     """What is known of a dataset without loading it."""
 
@@ -62,6 +74,7 @@ class DatasetFacts:
     label_range: list[int] | None  # min and max class label over both splits, when integers
     label_shape: list[int] | None = None  # of one y_train sample; None for y_train.<output name> arrays
     label_parts: list[str] | None = None  # the <output name>s of y_train.<output name> arrays
+    labels: dict[str, LabelFacts] = dataclasses.field(default_factory=dict)  # by <output name>; "" for plain y arrays
 
     @classmethod
     def of_upload(cls, info: dict[str, Any]) -> DatasetFacts:
@@ -76,14 +89,36 @@ class DatasetFacts:
             [min(r[0] for r in ranges), max(r[1] for r in ranges)] if ranges else None,
             None if "parts" in y else y["shape"][1:],
             sorted(y["parts"]) if "parts" in y else None,
+            _labels(arrays),
         )
 
     @classmethod
     def of_builtin(cls, name: str) -> DatasetFacts:
         known = validation.BUILTIN_DATASETS[name]
+        labels = {"": LabelFacts(["y_train", "y_test"], [], known["labels"])}
         return cls(
-            "spec.dataset.builtin", known["x_train"][0], known["x_test"][0], known["x_train"][1:], known["labels"], []
+            "spec.dataset.builtin",
+            known["x_train"][0],
+            known["x_test"][0],
+            known["x_train"][1:],
+            known["labels"],
+            [],
+            labels=labels,
         )
+
+
+def _labels(arrays: dict[str, Any]) -> dict[str, LabelFacts]:
+    """The labels of each output, from the upload's headers (:func:`modelcheck.inspect_dataset`)."""
+    ranges, fractions = arrays.get("label_range") or {}, arrays.get("label_fraction") or {}
+    y = arrays["y_train"]
+    out: dict[str, LabelFacts] = {}
+    for part, header in y.get("parts", {"": y}).items():
+        keys = [f"y_{split}.{part}" if part else f"y_{split}" for split in ("train", "test")]
+        found = [ranges[k] for k in keys if ranges.get(k)]
+        fraction = next(((k, fractions[k]) for k in keys if k in fractions), None)
+        span = [min(r[0] for r in found), max(r[1] for r in found)] if found else None
+        out[part] = LabelFacts(keys, header["shape"][1:], span, fraction)
+    return out
 
 
 def _summary(model_info: dict[str, Any]) -> pb.ModelSummary:
@@ -120,27 +155,7 @@ def check(spec: pb.JobSpec, model_info: dict[str, Any], data: DatasetFacts) -> l
                 f"float32 dtype policy (layers {', '.join(mixed[:5])}{', ...' if len(mixed) > 5 else ''})",
             )
         )
-    summary_outputs = _summary(model_info).outputs
-    units = summary_outputs[0].shape[-1] if len(summary_outputs) == 1 and summary_outputs[0].shape else -1
-    sparse = spec.training.loss in SPARSE_LOSSES
-    if sparse and units > 0 and data.label_shape is not None and data.label_shape not in ([], [1]):
-        out.append(
-            (
-                data.field,
-                f"y_train samples have shape {data.label_shape}, but a sparse categorical loss takes one class "
-                "index per sample (shape [] or [1]); one-hot labels take the loss categorical_crossentropy",
-            )
-        )
-    if sparse and units > 0 and data.label_range is not None:
-        low, high = data.label_range
-        if low < 0 or high >= units:
-            out.append(
-                (
-                    data.field,
-                    f"labels run from {low} to {high}, but the model has {units} output units "
-                    f"(labels must be in [0, {units - 1}])",
-                )
-            )
+    out += _labels_fit(spec, _summary(model_info).outputs, data)
     layers = _summary(model_info).layers
     pruned = pruned_layer_weights(spec, model_info)
     unknown = sorted(set(spec.pruning.layer_sparsity) - set(pruned))
@@ -149,7 +164,16 @@ def check(spec: pb.JobSpec, model_info: dict[str, Any], data: DatasetFacts) -> l
     if layers and not any(
         layer.prunable and validation.selected(layer.class_name, layer.name, spec.pruning.layers) for layer in layers
     ):
-        out.append(("spec.pruning.layers", "selects no prunable layer (Dense, Conv, Embedding, recurrent ...)"))
+        whole = model_info.get("left_whole") or {}
+        kinds = {layer.name: layer.class_name for layer in layers}
+        left = sorted(n for n in whole if n in kinds and validation.selected(kinds[n], n, spec.pruning.layers))
+        why = f"; left whole: {', '.join(f'{n} ({whole[n]})' for n in left[:5])}{', ...' if len(left) > 5 else ''}"
+        out.append(
+            (
+                "spec.pruning.layers",
+                "selects no prunable layer (Dense, Conv, Embedding, recurrent ...)" + (why if left else ""),
+            )
+        )
     total = train_steps(_n_train(spec, data), spec.training) * spec.training.epochs
     prefix, begin, end = _schedule_steps(spec, total)
     if end > total:
@@ -176,6 +200,48 @@ def check(spec: pb.JobSpec, model_info: dict[str, Any], data: DatasetFacts) -> l
     return out
 
 
+def _labels_fit(spec: pb.JobSpec, outputs: Sequence[pb.TensorSummary], data: DatasetFacts) -> list[Violation]:
+    """Under a sparse categorical loss, each output's labels: one whole class index per sample,
+    within the output's units (where the configuration tells them)."""
+    if spec.training.loss not in SPARSE_LOSSES:
+        return []
+    out: list[Violation] = []
+    for output in outputs:
+        labels = data.labels.get(output.name, data.labels.get("") if len(outputs) == 1 else None)
+        if labels is None:
+            continue  # no such label arrays: _dataset_fits says so
+        units = output.shape[-1] if output.shape else -1
+        which = f"output {output.name!r} ({', '.join(labels.arrays)})" if labels.arrays[0] != "y_train" else ""
+        if units > 0 and labels.shape not in ([], [1]):
+            out.append(
+                (
+                    data.field,
+                    f"{labels.arrays[0]} samples have shape {labels.shape}, but a sparse categorical loss takes one "
+                    "class index per sample (shape [] or [1]); one-hot labels take the loss categorical_crossentropy",
+                )
+            )
+        if labels.fraction is not None:
+            array, value = labels.fraction
+            out.append(
+                (
+                    data.field,
+                    f"{array} holds {value:g}, but a sparse categorical loss takes whole class indices; "
+                    "targets of a regression take a loss such as mean_squared_error",
+                )
+            )
+        if units > 0 and labels.range is not None and (labels.range[0] < 0 or labels.range[1] >= units):
+            low, high = labels.range
+            out.append(
+                (
+                    data.field,
+                    f"labels {f'of {which} ' if which else ''}run from {low} to {high}, but "
+                    f"{'it has' if which else 'the model has'} {units} output units "
+                    f"(labels must be in [0, {units - 1}])",
+                )
+            )
+    return out
+
+
 def _dataset_fits(spec: pb.JobSpec, outputs: list[str], data: DatasetFacts) -> list[Violation]:
     """Samples on both sides of the splits, and one label array per output of a model of several."""
     out: list[Violation] = []
@@ -192,7 +258,7 @@ def _dataset_fits(spec: pb.JobSpec, outputs: list[str], data: DatasetFacts) -> l
                 "y_train.<output name> and y_test.<output name>",
             )
         )
-    elif len(outputs) > 1 and data.label_parts is not None and data.label_parts != sorted(outputs):
+    elif outputs and data.label_parts is not None and data.label_parts != sorted(outputs):
         out.append((data.field, f"y arrays for outputs {data.label_parts}; the model's outputs are {sorted(outputs)}"))
     return out
 

@@ -70,17 +70,48 @@ PRUNABLE = frozenset(
      "SeparableConv1D", "SeparableConv2D", "Embedding", "LSTM", "GRU", "SimpleRNN"]
 )  # fmt: skip
 _CONTAINERS = frozenset({"Sequential", "Functional", "Model"})
+# Layers that hold another layer in their configuration; TFMOT prunes neither them nor it.
+_WRAPPERS = frozenset({"Bidirectional", "TimeDistributed"})
+# The server cuts the text of an error answer at 200 bytes (``max_error_bytes``), ``model: `` included:
+# a refusal that lists names stops at a whole one before that.
+MESSAGE_CHARS = 190
+# Operations a Keras 3 functional model records for keras.ops calls and Python operators on
+# tensors (``a + b``), whose class names may be a layer's: the layer that does the same.
+OPERATION_LAYERS = {
+    "Add": "keras.layers.Add", "Multiply": "keras.layers.Multiply (or Rescaling, for a constant)",
+    "TrueDivide": "keras.layers.Rescaling(1 / c)", "Divide": "keras.layers.Rescaling(1 / c)",
+    "Concatenate": "keras.layers.Concatenate", "Reshape": "keras.layers.Reshape", "Transpose": "keras.layers.Permute",
+    "Softmax": "keras.layers.Softmax", "Relu": "keras.layers.ReLU", "Sigmoid": "keras.layers.Activation('sigmoid')",
+    "Tanh": "keras.layers.Activation('tanh')",
+}  # fmt: skip
+# The operations Keras 3 records for the masks of Embedding(mask_zero) and Masking, which the
+# bridge translates (and refuses in any other use).
+MASK_OPERATIONS = frozenset({"NotEqual", "Any"})
+
+
+def _names_within(prefix: str, names: list[str], limit: int = MESSAGE_CHARS) -> str:
+    """``prefix`` and as many of ``names`` as fit in ``limit`` characters, cut at a whole name."""
+    shown = list(names)
+    while shown and len(prefix + _listed(shown, len(names))) > limit:
+        shown.pop()
+    return prefix + _listed(shown, len(names))
+
+
+def _listed(shown: list[str], total: int) -> str:
+    rest = total - len(shown)
+    return ", ".join([*shown, f"... ({rest} more)"] if rest else shown)
 
 
 class Unconvertible(ValueError):
     """Keras 3 layers the service cannot translate to tf_keras."""
 
     def __init__(self, layers: list[tuple[str, str]]):
-        named = ", ".join(f"{name!r} ({cls})" for cls, name in layers)
-        super().__init__(
-            f"the Keras 3 model has layers the service cannot translate to tf_keras for pruning: {named}; "
-            f"supported: {', '.join(sorted(KERAS3_CONVERTIBLE - _CONTAINERS))}"
-        )
+        named = ", ".join(f"{name[:60]!r} ({cls[:60]})" for cls, name in layers[:3])
+        if len(layers) > 3:
+            named += f" and {len(layers) - 3} more"
+        head = f"the Keras 3 model has layers the service cannot translate to tf_keras for pruning: {named}; "
+        head += "supported: "
+        super().__init__(_names_within(head, sorted(KERAS3_CONVERTIBLE - _CONTAINERS)))
         self.layers = layers
 
 
@@ -123,6 +154,40 @@ def check_convertible(layers: Iterable[tuple[str, str]]) -> None:
     bad = [(cls, name) for cls, name in layers if cls not in KERAS3_CONVERTIBLE]
     if bad:
         raise Unconvertible(bad)
+
+
+def left_whole(config: Any, keras_version: int) -> dict[str, str]:
+    """The layers of a prunable class that a job leaves whole, by name, with the reason:
+    "frozen" (``trainable`` false, or in a frozen model: the worker prunes trainable weights only),
+    "wrapped" (inside a Bidirectional or TimeDistributed, which TFMOT does not prune), "nested"
+    (inside a model nested in a tf_keras one: TFMOT wraps the outer model's layers only; the
+    bridge opens nested Keras 3 models up)."""
+    found: dict[str, str] = {}
+
+    def walk(node: Any, why: str, depth: int) -> None:
+        if isinstance(node, list):
+            for value in node:
+                walk(value, why, depth)
+            return
+        if not isinstance(node, dict):
+            return
+        cls, cfg = node.get("class_name"), node.get("config")
+        if not (isinstance(cls, str) and isinstance(cfg, dict) and "name" in cfg):
+            for value in node.values():
+                walk(value, why, depth)
+            return
+        why = "frozen" if cfg.get("trainable") is False else why
+        if cls in PRUNABLE and why:
+            found[str(cfg["name"])] = why
+        if cls in _WRAPPERS:
+            why = why or "wrapped"
+        elif cls in _CONTAINERS:
+            why = why or ("nested" if depth and keras_version == 2 else "")
+            depth += 1
+        walk(cfg, why, depth)
+
+    walk(config, "", 0)
+    return found
 
 
 def _snake(class_name: str) -> str:
@@ -218,6 +283,7 @@ def summarize(
     """The summary of a checked model configuration and the shapes in its weights file."""
     summary = pb.ModelSummary(keras_version=keras_version, keras_version_string=version_string)
     params = _params_by_layer(weights, {name for _, name in all_layers}, _weight_groups(config))
+    whole = left_whole(config, keras_version)
     top = _top_layers(config)
     for layer in top:
         cfg = layer.get("config") if isinstance(layer.get("config"), dict) else {}
@@ -237,7 +303,7 @@ def summarize(
             name=name,
             class_name=cls,
             params=params.get(name, 0),
-            prunable=cls in PRUNABLE,
+            prunable=cls in PRUNABLE and name not in whole,
             convertible=keras_version == 2 or cls in KERAS3_CONVERTIBLE,
         )
     summary.total_params = sum(params.values())

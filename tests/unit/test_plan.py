@@ -107,3 +107,119 @@ def test_the_plan_of_structured_pruning_only_lists_no_weight_schedule(tmp_path):
     weights = validation.with_defaults(job_spec("a" * 64, schedule=polynomial_decay(0.5, 0.8)))
     assert [x.name for x in plan.make_plan(weights, model, facts).layers] == ["head0"]
     assert "structured" not in dict(JobPlan.from_proto(plan.make_plan(weights, model, facts)).summary_lines())
+
+
+def _keras3_two_heads(tmp_path, units=(4, 1)):
+    """A Keras 3 model with dict outputs {"cls": Dense(4), "reg": Dense(1)}."""
+    import keras
+
+    inputs = keras.Input((3,), name="x")
+    hidden = keras.layers.Dense(8, name="fc")(inputs)
+    heads = {
+        "cls": keras.layers.Dense(units[0], name="cls")(hidden),
+        "reg": keras.layers.Dense(units[1], name="reg")(hidden),
+    }
+    keras.Model(inputs, heads).save(tmp_path / "heads.keras")
+    return modelcheck.inspect_model(tmp_path / "heads.keras", 1 << 30).to_dict()
+
+
+def _by_output(reg, n_train=8, n_test=4):
+    arrays = {"x_train": np.zeros((n_train, 3), "f4"), "x_test": np.zeros((n_test, 3), "f4")}
+    for split, n in (("train", n_train), ("test", n_test)):
+        arrays |= {f"y_{split}.cls": np.arange(n) % 4, f"y_{split}.reg": reg(n)}
+    return arrays
+
+
+def test_each_output_s_labels_are_checked_against_its_units_naming_the_output(tmp_path):
+    model = _keras3_two_heads(tmp_path)
+    ((field, text),) = _violations(model, _facts(tmp_path, **_by_output(lambda n: np.arange(n) % 4)))
+    assert field == "spec.dataset.artifact_id"
+    assert "output 'reg' (y_train.reg, y_test.reg) run from 0 to 3" in text and "1 output units" in text
+    assert _violations(model, _facts(tmp_path, **_by_output(lambda n: np.zeros(n, "i8")))) == []
+    wider = _keras3_two_heads(tmp_path, units=(4, 4))
+    assert _violations(wider, _facts(tmp_path, **_by_output(lambda n: np.arange(n) % 4))) == []
+
+
+def test_regression_labels_under_a_sparse_loss_are_refused_naming_the_array(tmp_path):
+    model = _keras3_two_heads(tmp_path)
+    facts = _facts(tmp_path, **_by_output(lambda n: np.linspace(0.1, 1.6, n).astype("f4")))
+    ((field, text),) = _violations(model, facts)
+    assert field == "spec.dataset.artifact_id" and text.startswith("y_train.reg holds 0.1,")
+    assert _violations(model, facts, loss="mean_squared_error") == []
+    whole = _facts(tmp_path, **_by_output(lambda n: np.zeros(n, "f4")))  # whole numbers in floats are class indices
+    assert _violations(model, whole) == []
+
+
+def test_a_list_output_model_s_labels_are_checked_per_output(tmp_path):
+    model = _model(tmp_path, outputs=2)
+    arrays = {k: v for k, v in _data().items() if k.startswith("x_")}
+    for split, n in (("train", 8), ("test", 4)):
+        arrays |= {f"y_{split}.head0": np.arange(n) % 4, f"y_{split}.head1": np.arange(n) % 6}
+    ((_, text),) = _violations(model, _facts(tmp_path, **arrays))
+    assert "output 'head1' (y_train.head1, y_test.head1) run from 0 to 5" in text
+
+
+def test_the_one_output_s_labels_may_be_named_after_it(tmp_path):
+    model = _model(tmp_path)
+    named = {k: v for k, v in _data().items() if k.startswith("x_")}
+    named |= {"y_train.head0": np.arange(8) % 4, "y_test.head0": np.arange(4) % 4}
+    assert _violations(model, _facts(tmp_path, **named)) == []
+    named["y_train.head0"] = np.arange(8) % 6
+    ((_, text),) = _violations(model, _facts(tmp_path, **named))
+    assert "output 'head0' (y_train.head0, y_test.head0) run from 0 to 5" in text
+    other = {k.replace("head0", "other"): v for k, v in named.items()}
+    ((_, text),) = _violations(model, _facts(tmp_path, **other))
+    assert "y arrays for outputs ['other']; the model's outputs are ['head0']" in text
+
+
+def _keras3_with_frozen_layers(tmp_path):
+    """Trainable layers around a frozen nested backbone, a frozen Dense and a Bidirectional LSTM."""
+    import keras
+
+    inner = keras.Input((6,))
+    backbone = keras.Model(inner, keras.layers.Dense(64, name="bb_fc")(inner), name="backbone")
+    backbone.trainable = False
+    sequence, vector = keras.Input((5, 6), name="sequence"), keras.Input((6,), name="vector")
+    seq = keras.layers.Bidirectional(keras.layers.LSTM(4, name="lstm"), name="bi")(sequence)
+    flat = keras.layers.Dense(32, trainable=False, name="frozen_fc")(vector)
+    x = keras.layers.Concatenate(name="cat")([seq, flat, backbone(vector)])
+    x = keras.layers.Dense(16, name="fc")(x)
+    keras.Model([sequence, vector], keras.layers.Dense(4, name="out")(x)).save(tmp_path / "frozen.keras")
+    return tmp_path / "frozen.keras"
+
+
+def test_the_plan_prunes_and_splits_the_sparsity_over_the_layers_the_job_prunes(tmp_path):
+    """Frozen layers (nested ones too) and the RNNs of a Bidirectional stay whole in the job, so
+    the plan leaves them out, and the recipe's per-layer split reaches the target without them."""
+    from pruning_core import recipe
+    from pruning_worker import bridge
+    from pruning_worker import recipe as worker_recipe
+
+    path = _keras3_with_frozen_layers(tmp_path)
+    model = modelcheck.inspect_model(path, 1 << 30).to_dict()
+    x = {"x_train.sequence": np.zeros((8, 5, 6), "f4"), "x_test.sequence": np.zeros((4, 5, 6), "f4")}
+    x |= {"x_train.vector": np.zeros((8, 6), "f4"), "x_test.vector": np.zeros((4, 6), "f4")}
+    facts = _facts(tmp_path, **x, y_train=np.arange(8) % 4, y_test=np.arange(4) % 4)
+    spec = validation.with_defaults(job_spec("a" * 64, schedule=polynomial_decay(0.5, 0.8)))
+    assert plan.check(spec, model, facts) == []
+    assert recipe.resolve(spec, plan.steps_per_epoch(spec, facts), plan.pruned_layer_weights(spec, model)) == []
+    planned = plan.make_plan(spec, model, facts).layers
+    work = tmp_path / "work"
+    work.mkdir()
+    translated = bridge.to_tf_keras(bridge.load_keras3(path, work, 1 << 30), flatten_nested=True)
+    assert sorted(x.name for x in planned) == sorted(worker_recipe.selected_layers(translated, spec.pruning))
+    assert sorted(spec.pruning.layer_sparsity) == ["fc", "out"]
+    weights = sum(x.weights for x in planned)
+    assert abs(sum(x.final_sparsity * x.weights for x in planned) / weights - 0.8) < 1e-6
+
+
+def test_a_selection_of_frozen_layers_only_is_refused_saying_why(tmp_path):
+    model = modelcheck.inspect_model(_keras3_with_frozen_layers(tmp_path), 1 << 30).to_dict()
+    x = {"x_train.sequence": np.zeros((8, 5, 6), "f4"), "x_test.sequence": np.zeros((4, 5, 6), "f4")}
+    x |= {"x_train.vector": np.zeros((8, 6), "f4"), "x_test.vector": np.zeros((4, 6), "f4")}
+    facts = _facts(tmp_path, **x, y_train=np.arange(8) % 4, y_test=np.arange(4) % 4)
+    spec = validation.with_defaults(
+        job_spec("a" * 64, schedule=polynomial_decay(0.5, 0.8), include_layers=["frozen_fc", "bb_fc"])
+    )
+    ((field, text),) = plan.check(spec, model, facts)
+    assert field == "spec.pruning.layers" and "left whole: bb_fc (frozen), frozen_fc (frozen)" in text

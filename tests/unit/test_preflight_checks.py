@@ -171,3 +171,88 @@ def test_a_refused_class_says_whether_it_is_a_keras_one_and_names_the_layer(tmp_
     keras.Sequential([keras.Input((3,)), Doubled(name="twice")]).save(tmp_path / "custom.keras")
     with pytest.raises(ModelRejected, match=r"twice.*not a built-in Keras class|custom object"):
         modelcheck.inspect_model(tmp_path / "custom.keras", 10**9)
+
+
+@pytest.mark.parametrize(
+    ("operation", "instead"),
+    [
+        ("add", "keras.layers.Add"),
+        ("multiply", "keras.layers.Multiply"),
+        ("concatenate", "keras.layers.Concatenate"),
+        ("reshape", "keras.layers.Reshape"),
+        ("softmax", "keras.layers.Softmax"),
+        ("divide", "keras.layers.Rescaling"),
+    ],
+)
+def test_keras_ops_calls_and_operators_are_refused_at_upload_naming_the_layer_to_use(tmp_path, operation, instead):
+    """A Keras 3 file records ``a + b`` or ``keras.ops.concatenate`` as an operation whose class
+    name may be a layer's (Add, Concatenate, ...); the bridge has no operation to translate."""
+    import keras
+
+    inputs = keras.Input((8,))
+    a, b = keras.layers.Dense(8, name="a")(inputs), keras.layers.Dense(8, name="b")(inputs)
+    x = {
+        "add": lambda: a + b,
+        "multiply": lambda: a * b,
+        "concatenate": lambda: keras.ops.concatenate([a, b], axis=-1),
+        "reshape": lambda: keras.layers.Flatten()(keras.ops.reshape(a, (-1, 2, 4))),
+        "softmax": lambda: keras.ops.softmax(a),
+        "divide": lambda: a / 4.0,
+    }[operation]()
+    keras.Model(inputs, keras.layers.Dense(2, name="out")(x)).save(tmp_path / "m.keras")
+    with pytest.raises(ModelRejected, match=r"keras\.ops call or an operator") as refused:
+        modelcheck.inspect_model(tmp_path / "m.keras", 10**9)
+    assert refused.value.field == "model" and instead in str(refused.value)
+    assert len(f"model: {refused.value}") <= 200  # the server's default cut of an error's text
+
+
+def test_the_mask_operations_of_embedding_and_masking_are_still_taken(tmp_path):
+    import keras
+
+    inputs = keras.Input((6,), dtype="int32")
+    x = keras.layers.Embedding(20, 4, mask_zero=True, name="emb")(inputs)
+    x = keras.layers.LSTM(4, name="lstm")(x)
+    keras.Model(inputs, keras.layers.Dense(2, name="out")(x)).save(tmp_path / "m.keras")
+    assert ("LSTM", "lstm") in modelcheck.inspect_model(tmp_path / "m.keras", 10**9).layers
+
+
+def test_the_refusal_of_unconvertible_layers_lists_whole_names_within_an_error_answer():
+    with pytest.raises(preflight.Unconvertible) as refused:
+        preflight.check_convertible([("Dense", "d"), ("GroupNormalization", "gn")])
+    text = str(refused.value)
+    assert "'gn' (GroupNormalization)" in text and len(f"model: {text}") <= 200
+    listed = text.split("supported: ", 1)[1].split(", ")
+    assert listed[-1].startswith("... (") and all(name in preflight.KERAS3_CONVERTIBLE for name in listed[:-1])
+
+
+def test_frozen_and_wrapped_layers_are_not_prunable_in_the_summary(tmp_path):
+    """The worker prunes trainable weights only (a frozen layer, or one in a frozen nested
+    model, stays whole), and TFMOT never prunes the RNNs inside a Bidirectional."""
+    import keras
+
+    inner = keras.Input((6,))
+    backbone = keras.Model(inner, keras.layers.Dense(8, name="bb_fc")(inner), name="backbone")
+    backbone.trainable = False
+    sequence, vector = keras.Input((5, 6), name="sequence"), keras.Input((6,), name="vector")
+    seq = keras.layers.Bidirectional(keras.layers.LSTM(4, name="lstm"), name="bi")(sequence)
+    flat = keras.layers.Dense(8, trainable=False, name="frozen_fc")(vector)
+    x = keras.layers.Concatenate(name="cat")([seq, flat, backbone(vector)])
+    keras.Model([sequence, vector], keras.layers.Dense(2, name="out")(x)).save(tmp_path / "m.keras")
+    info = modelcheck.inspect_model(tmp_path / "m.keras", 10**9)
+    assert {layer.name for layer in info.summary.layers if layer.prunable} == {"out"}
+    assert info.left_whole == {
+        "bb_fc": "frozen", "frozen_fc": "frozen", "forward_lstm": "wrapped", "backward_lstm": "wrapped"
+    }  # fmt: skip
+
+
+def test_the_layers_of_a_model_nested_in_a_tf_keras_one_are_not_prunable(tmp_path):
+    """TFMOT wraps a tf_keras model's own layers, not those of a model inside it."""
+    import tf_keras
+
+    inner = tf_keras.Input((6,))
+    backbone = tf_keras.Model(inner, tf_keras.layers.Dense(8, name="bb_fc")(inner), name="backbone")
+    inputs = tf_keras.Input((6,))
+    tf_keras.Model(inputs, tf_keras.layers.Dense(2, name="out")(backbone(inputs))).save(tmp_path / "m.keras")
+    info = modelcheck.inspect_model(tmp_path / "m.keras", 10**9)
+    assert {layer.name for layer in info.summary.layers if layer.prunable} == {"out"}
+    assert info.left_whole == {"bb_fc": "nested"}

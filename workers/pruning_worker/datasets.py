@@ -64,7 +64,9 @@ def loaded(max_bytes: int) -> LoadedCache:
 
 def load_npz(path: os.PathLike | str) -> tuple[Any, ...]:
     """x_train, y_train, x_test, y_test: each an array, or a dict of arrays by input (output)
-    name where the file holds ``x_train.<name>`` arrays for a model of several inputs (outputs)."""
+    name where the file holds ``x_train.<name>`` arrays for a model of several inputs (outputs).
+    A single ``y_train.<name>`` array (CreateJob checked the name against the model's one
+    output) is the labels of that output, as a plain ``y_train`` would be."""
     try:
         with np.load(path, allow_pickle=False) as data:
             # the arrays are the .npy members, as the upload's check reads them; others are ignored
@@ -78,7 +80,8 @@ def load_npz(path: os.PathLike | str) -> tuple[Any, ...]:
                     parts = {k.split(".", 1)[1]: data[f"{k}.npy"] for k in sorted(arrays) if k.startswith(f"{name}.")}
                     if not parts:
                         raise KeyError(name)
-                    out.append(parts)
+                    single = name.startswith("y_") and len(parts) == 1
+                    out.append(next(iter(parts.values())) if single else parts)
             return tuple(out)
     except (KeyError, ValueError, OSError) as exc:
         raise JobInputError(f"dataset: unreadable .npz: {exc}") from None

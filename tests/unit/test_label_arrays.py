@@ -1,0 +1,35 @@
+"""Label arrays named after a model's outputs (``y_train.<output name>``): one per output of a
+model of several, and, as the README's naming invites, the one array of a single-output model."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from pruning.v1 import pruning_pb2 as pb
+from pruning_worker import datasets, inputs
+from pruning_worker.evaluate import evaluate
+
+
+def _save(path, **labels):
+    x = {"x_train": np.random.default_rng(0).normal(size=(16, 3)).astype("f4"), "x_test": np.zeros((8, 3), "f4")}
+    np.savez(path, **x, **labels)
+    return path
+
+
+def test_the_one_named_label_array_of_a_single_output_model_is_its_labels(tmp_path):
+    import tf_keras
+
+    path = _save(tmp_path / "d.npz", **{"y_train.out": np.arange(16) % 4, "y_test.out": np.arange(8) % 4})
+    x_train, y_train, x_test, y_test = datasets.load_npz(path)
+    model = tf_keras.Sequential([tf_keras.Input((3,)), tf_keras.layers.Dense(4, name="out")])
+    model.compile(loss=tf_keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
+    inputs.check(model, (x_train, y_train, x_test, y_test), "sparse_categorical_crossentropy_from_logits")
+    metrics = evaluate(model, x_test, inputs.by_output(model, y_test), pb.TrainingSpec(batch_size=4), "baseline")
+    assert 0.0 <= metrics.accuracy <= 1.0
+    assert isinstance(y_train, np.ndarray) and isinstance(y_test, np.ndarray)
+
+
+def test_several_named_label_arrays_stay_by_output(tmp_path):
+    labels = {f"y_{s}.{k}": np.zeros(n, "i8") for s, n in (("train", 16), ("test", 8)) for k in ("a", "b")}
+    _, y_train, _, y_test = datasets.load_npz(_save(tmp_path / "d.npz", **labels))
+    assert sorted(y_train) == sorted(y_test) == ["a", "b"]
