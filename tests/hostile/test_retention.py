@@ -267,4 +267,3 @@ def test_checkpoints_of_ended_and_unknown_jobs_go(env, tiny, tmp_path):  # noqa:
         assert sorted(p.name for p in (artifacts / "checkpoints").iterdir()) == [live.id]
     finally:
         server.stop()
-

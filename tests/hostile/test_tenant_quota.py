@@ -200,6 +200,7 @@ def test_a_reservation_is_renewed_while_its_upload_goes_on_and_lapses_after(env)
     hold), and one no server renews any more lapses after the hold."""
     import asyncio
 
+    from pruning_server.errors import Failure
     from pruning_server.limits import Reservation
 
     prefix = f"{env['PRUNING_KEY_PREFIX']}:renew"
@@ -214,7 +215,7 @@ def test_a_reservation_is_renewed_while_its_upload_goes_on_and_lapses_after(env)
         try:
             await other.need(100)
             refused_while_renewed = False
-        except Exception:
+        except Failure:
             refused_while_renewed = True
         if slow._renewing is not None:
             slow._renewing.cancel()  # its server died: nobody renews it
