@@ -138,3 +138,22 @@ def test_a_model_with_dict_outputs_takes_labels_by_its_keys():
     single = keras.Model(inputs, {"only": keras.layers.Dense(2)(inputs)})
     assert list(by_output(single, y["main"])) == ["only"]
     check(single, (np.zeros((4, 3)), np.zeros(4), np.zeros((4, 3)), np.zeros(4)), "sparse_categorical_crossentropy")
+
+
+def test_labels_of_each_output_are_checked_by_name():
+    """A model of two outputs: float labels past one output's units are refused before any step,
+    naming the output (before, dict labels were not checked and TensorFlow failed mid-job
+    without naming it)."""
+    import tf_keras as keras
+
+    inputs = keras.Input((3,))
+    model = keras.Model(
+        inputs, {"cls": keras.layers.Dense(4, name="cls")(inputs), "aux": keras.layers.Dense(2, name="aux")(inputs)}
+    )
+    x = np.zeros((8, 3), "float32")
+    good = {"cls": (np.arange(8) % 4).astype("float32"), "aux": (np.arange(8) % 2).astype("float32")}
+    loss = "sparse_categorical_crossentropy_from_logits"
+    check(model, (x, good, x, good), loss)
+    bad = {**good, "aux": good["aux"] + 2}
+    with pytest.raises(JobInputError, match=r"y_test\.aux holds labels in \[2, 3\], but output 'aux' has 2 output"):
+        check(model, (x, good, x, bad), loss)

@@ -118,9 +118,9 @@ def check_split(n_train: int, validation_split: float) -> None:
         raise JobInputError(f"spec.training.validation_split: {problem}")
 
 
-def _check_class_indices(model: Any, name: str, y: Any) -> None:
+def _check_class_indices(output_shape: Any, name: str, y: Any) -> None:
     """Labels of a sparse categorical loss: whole class indices, one per output position."""
-    position = list(model.output_shape[1:-1])
+    position = list(output_shape[1:-1])
     sample = list(y.shape[1:])
     if not (modelcheck.shapes_fit(position, sample) or modelcheck.shapes_fit([*position, 1], sample)):
         raise JobInputError(
@@ -140,10 +140,26 @@ def _check_class_indices(model: Any, name: str, y: Any) -> None:
             )
 
 
+def _label_pairs(model: Any, y_train: Any, y_test: Any) -> list[tuple[str, Any, str, Any]]:
+    """(array name, labels, what they are for, the output's shape) of each output's labels."""
+    outputs = {name: tuple(t.shape) for name, t in zip(model.output_names, model.outputs, strict=True)}
+    if not isinstance(y_train, dict):
+        if len(outputs) != 1:
+            return []
+        (shape,) = outputs.values()
+        return [(name, y, "the model has", shape) for name, y in (("y_train", y_train), ("y_test", y_test))]
+    return [
+        (f"{split}.{output}", labels[output], f"output {output!r} has", shape)
+        for output, shape in outputs.items()
+        for split, labels in (("y_train", y_train), ("y_test", y_test))
+        if isinstance(labels, dict) and output in labels
+    ]
+
+
 def check(model: Any, data: Arrays, loss: str) -> None:
     """Refuses data the model cannot take before any step runs: sample shapes, NaN or infinite
     values, empty splits, and, for the sparse categorical losses, labels that are not whole class
-    indices of the model's output units."""
+    indices of each output's units."""
     x_train, y_train, x_test, y_test = data
     for name, x in (("x_train", x_train), ("x_test", x_test)):
         _check_inputs(model, name, x)
@@ -151,15 +167,16 @@ def check(model: Any, data: Arrays, loss: str) -> None:
         _check_finite(name, arrays)
     if length(x_train) == 0 or length(x_test) == 0:
         raise JobInputError("dataset: x_train and x_test must not be empty")
-    if loss in SPARSE_LOSSES and isinstance(model.output_shape, tuple) and not isinstance(y_train, dict):
-        units = model.output_shape[-1]
-        for name, y in (("y_train", y_train), ("y_test", y_test)):
-            _check_class_indices(model, name, y)
-            if units and y.size and np.issubdtype(y.dtype, np.number) and (y.min() < 0 or y.max() >= units):
-                raise JobInputError(
-                    f"dataset: {name} holds labels in [{y.min()}, {y.max()}], "
-                    f"but the model has {units} output units (labels must be in [0, {units - 1}])"
-                )
+    if loss not in SPARSE_LOSSES:
+        return
+    for name, y, owner, shape in _label_pairs(model, y_train, y_test):
+        _check_class_indices(shape, name, y)
+        units = shape[-1] if shape else None
+        if units and y.size and np.issubdtype(y.dtype, np.number) and (y.min() < 0 or y.max() >= units):
+            raise JobInputError(
+                f"dataset: {name} holds labels in [{y.min():g}, {y.max():g}], "
+                f"but {owner} {units} output units (labels must be in [0, {units - 1}])"
+            )
 
 
 def _recorded(store: Any, tenant: str, artifact_id: str, what: str) -> None:
