@@ -269,5 +269,11 @@ async def housekeeping(store: AsyncJobStore, blobs: LocalStore, settings: Settin
         try:
             await asyncio.to_thread(sweep, blobs, settings)
             await enforce_retention(store, blobs, settings)
+        except STORE_ERRORS as exc:
+            log.warning(
+                "housekeeping: the job store did not answer (%s); next pass in %g s",
+                exc,
+                settings.housekeeping_interval_s,
+            )
         except Exception:
             log.exception("housekeeping failed")

@@ -21,7 +21,7 @@ from google.rpc import code_pb2
 from pruning.v1 import pruning_pb2 as pb
 from pruning.v1 import pruning_pb2_grpc as pb_grpc
 from pruning_core import sweeps, validation
-from pruning_core.store import TERMINAL, JobNotFound, make_event, new_job_id, state_event
+from pruning_core.store import STORE_ERRORS, TERMINAL, JobNotFound, make_event, new_job_id, state_event
 from pruning_core.sweeps import SweepNotFound, SweepStore
 
 from .errors import Exhausted, Failure, Invalid
@@ -479,6 +479,8 @@ async def drive(jobs: PruningService, store: SweepStore, interval_s: float) -> N
                     await store.unlock(sweep_id)
         except asyncio.CancelledError:
             raise
+        except STORE_ERRORS as exc:  # an outage: one line a step, not a traceback a second
+            log.warning("sweep driver: the job store did not answer (%s); retrying", exc)
         except Exception:
             log.warning("sweep driver: step failed; retrying", exc_info=True)
         await asyncio.sleep(interval_s)

@@ -154,10 +154,12 @@ def test_a_second_claim_never_takes_over_an_attempt_that_shows_itself_alive(redi
     assert _claim(store, job.id, "w2", alive_s=60) is None  # its claim event is fresh
     assert store.get(job.id).attempt == 1 and store.get(job.id).worker == "w1"
     assert _claim(store, job.id, "w2", alive_s=0) is not None  # silent for longer than alive_s: taken over
+    store.update(job.id, lambda j: (j.progress.CopyFrom(pb.Progress(phase="fine_tune", epoch=2)), [])[1])
     store.update(job.id, lambda j: [state_event(j, pb.JOB_STATE_QUEUED)])  # the reaper's re-queue
     store.heartbeat(job.id)  # however fresh the old attempt's last heartbeat
     again = _claim(store, job.id, "w3", alive_s=60)
     assert again is not None and again.attempt == 3
+    assert not again.HasField("progress")  # the lost attempt's progress is not shown as this one's
 
 
 def test_a_failed_store_of_exports_leaves_no_record_it_added(stores, tmp_path):

@@ -180,7 +180,7 @@ def failure(exc: BaseException, limit: int = 200) -> pb.JobError:
         if (isinstance(seen, OSError) and seen.errno in _DISK_FULL) or "No space left on device" in str(seen):
             name = getattr(seen, "filename", None)
             where = f" ({pathlib.Path(os.fsdecode(name)).parent})" if isinstance(name, (str, bytes)) and name else ""
-            message = clean_line(f"the worker's disk is full{where}: No space left on device", limit)
+            message = clean_line(f"a disk the worker writes to is full{where}: No space left on device", limit)
             return pb.JobError(code=code_pb2.RESOURCE_EXHAUSTED, message=message)
         seen = seen.__cause__ or seen.__context__
     return pb.JobError(code=code_pb2.INTERNAL, message=cause_line(exc, limit))
@@ -225,6 +225,7 @@ def _claim(store: JobStore, job_id: str, worker: str, task_id: str = "", alive_s
         job.attempt += 1
         job.worker = worker
         job.ClearField("error")
+        job.ClearField("progress")  # the lost attempt's, until this one reports its own
         events.append(state_event(job, pb.JOB_STATE_RUNNING))
         where = f"attempt {job.attempt} on {worker}" + (f", running as Celery task {task_id}" if task_id else "")
         events.append(make_event(job.id, log=pb.LogLine(level="INFO", message=where)))
