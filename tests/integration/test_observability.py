@@ -269,14 +269,14 @@ def test_celery_task_state_follows_the_job(deployment, client, files, tmp_path):
     assert cancelled.cancel().state == pb.JOB_STATE_CANCELLING
     assert cancelled.wait(timeout=60).state == pb.JOB_STATE_CANCELLED
 
-    # A class label of 1.5: only the worker reads the values (INVALID_ARGUMENT).
+    # A NaN sample: only the worker reads the values (INVALID_ARGUMENT).
     with np.load(files["data"]) as f:
         arrays = dict(f)
-    arrays["y_train"] = arrays["y_train"].astype("float32")
-    arrays["y_train"][7] = 1.5
-    np.savez(tmp_path / "half_label.npz", **arrays)
+    arrays["x_train"] = arrays["x_train"].astype("float32")
+    arrays["x_train"][7].flat[0] = np.nan
+    np.savez(tmp_path / "nan_sample.npz", **arrays)
     spec = small_spec(client, files)
-    spec.dataset.artifact_id = client.upload_dataset(tmp_path / "half_label.npz").id
+    spec.dataset.artifact_id = client.upload_dataset(tmp_path / "nan_sample.npz").id
     failed = client.submit(spec)
     with pytest.raises(JobFailed):
         failed.result(timeout=120)
