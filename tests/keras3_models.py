@@ -218,6 +218,22 @@ def misc3d_model() -> Any:
     return keras.Model(inputs, outputs, name="misc3d")
 
 
+def arithmetic_model() -> Any:
+    """Arithmetic on tensors, which Keras 3 saves as operations, not layers: pixels / 255 and
+    a shift, a residual h + r, a gate a * b, a difference and a scaled branch."""
+    inputs = keras.Input((8, 8, 1), dtype="uint8")
+    x = inputs / 255.0
+    x = x - 0.5
+    h = L.Conv2D(4, 3, padding="same", activation="relu")(x)
+    r = L.Conv2D(4, 3, padding="same")(h)
+    h = h + r
+    g = L.Conv2D(4, 1, activation="sigmoid")(h)
+    h = h * g
+    h = 2.0 * h - L.Conv2D(4, 1)(h)
+    outputs = L.Dense(3)(L.GlobalAveragePooling2D()(h))
+    return keras.Model(inputs, outputs, name="arithmetic")
+
+
 BUILDERS: dict[str, Callable[[], Any]] = {
     "mnist_cnn": mnist_cnn_model,
     "residual_cnn": residual_cnn_model,
@@ -231,6 +247,7 @@ BUILDERS: dict[str, Callable[[], Any]] = {
     "preprocessing": preprocessing_model,
     "misc2d": misc2d_model,
     "misc3d": misc3d_model,
+    "arithmetic": arithmetic_model,
 }
 
 

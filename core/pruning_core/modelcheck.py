@@ -134,7 +134,9 @@ def _walk_classes(node, found: list[tuple[str, str]], mixed: list[str], options:
             if cls == "Lambda" or cls.endswith(">Lambda"):
                 raise ModelRejected("the model has a Lambda layer, which would run arbitrary code; refused")
             if str(module).startswith(_OPERATION_MODULES) and cls not in preflight.MASK_OPERATIONS:
-                raise ModelRejected(_operation_refused(node, cls))
+                if not preflight.operation_translated(cls, node.get("inbound_nodes")):
+                    raise ModelRejected(_operation_refused(node, cls))
+                return  # arithmetic the bridge makes a layer of: tensors and a number, nothing else
             if cls not in ALLOWED_CLASSES or not str(module).startswith(_ALLOWED_MODULE_ROOTS):
                 config = node.get("config")
                 name = config.get("name") if isinstance(config, dict) else None

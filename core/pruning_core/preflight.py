@@ -78,8 +78,9 @@ MESSAGE_CHARS = 190
 # Operations a Keras 3 functional model records for keras.ops calls and Python operators on
 # tensors (``a + b``), whose class names may be a layer's: the layer that does the same.
 OPERATION_LAYERS = {
-    "Add": "keras.layers.Add", "Multiply": "keras.layers.Multiply (or Rescaling, for a constant)",
-    "TrueDivide": "keras.layers.Rescaling(1 / c)", "Divide": "keras.layers.Rescaling(1 / c)",
+    "Add": "keras.layers.Add", "Subtract": "keras.layers.Subtract",
+    "Multiply": "keras.layers.Multiply (or Rescaling, for a constant)",
+    "TrueDivide": "a layer (x / c: Rescaling(1 / c))", "Divide": "a layer (x / c: Rescaling(1 / c))",
     "Concatenate": "keras.layers.Concatenate", "Reshape": "keras.layers.Reshape", "Transpose": "keras.layers.Permute",
     "Softmax": "keras.layers.Softmax", "Relu": "keras.layers.ReLU", "Sigmoid": "keras.layers.Activation('sigmoid')",
     "Tanh": "keras.layers.Activation('tanh')",
@@ -87,6 +88,30 @@ OPERATION_LAYERS = {
 # The operations Keras 3 records for the masks of Embedding(mask_zero) and Masking, which the
 # bridge translates (and refuses in any other use).
 MASK_OPERATIONS = frozenset({"NotEqual", "Any"})
+# Arithmetic on tensors the bridge turns into layers (``pruning_worker.bridge._arithmetic``):
+# two tensors of one shape (Add, Subtract, Multiply layers), or a float tensor and a number
+# (``x / 255.0``, ``x - 0.5``: Rescaling).
+_TWO_TENSORS = frozenset({"Add", "Subtract", "Multiply"})
+_WITH_A_NUMBER = frozenset({"Add", "Subtract", "Multiply", "TrueDivide", "Divide"})
+
+
+def operation_translated(class_name: str, inbound_nodes: Any) -> bool:
+    """Whether the bridge turns an operation node of a Keras 3 configuration into a layer."""
+    if class_name not in _WITH_A_NUMBER or not isinstance(inbound_nodes, list) or len(inbound_nodes) != 1:
+        return False
+    call = inbound_nodes[0]
+    args = call.get("args") if isinstance(call, dict) else None
+    if not isinstance(args, list) or len(args) != 2 or call.get("kwargs"):
+        return False
+    tensors = [a.get("config") or {} for a in args if isinstance(a, dict) and a.get("class_name") == "__keras_tensor__"]
+    if len(tensors) == 2:
+        return class_name in _TWO_TENSORS and tensors[0].get("shape") == tensors[1].get("shape")
+    numbers = [a for a in args if isinstance(a, int | float) and not isinstance(a, bool)]
+    if len(tensors) != 1 or len(numbers) != 1:
+        return False
+    if class_name in ("TrueDivide", "Divide"):
+        return isinstance(args[0], dict) and numbers[0] != 0  # x / c (of any dtype: the result is a float)
+    return str(tensors[0].get("dtype", "")).startswith(("float", "bfloat"))
 
 
 def _names_within(prefix: str, names: list[str], limit: int = MESSAGE_CHARS) -> str:

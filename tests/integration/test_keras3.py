@@ -23,6 +23,7 @@ FAMILIES = [
     "dict_outputs",
     "nested",
     "preprocessing",
+    "arithmetic",
 ]
 
 

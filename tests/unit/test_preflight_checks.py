@@ -176,34 +176,47 @@ def test_a_refused_class_says_whether_it_is_a_keras_one_and_names_the_layer(tmp_
 @pytest.mark.parametrize(
     ("operation", "instead"),
     [
-        ("add", "keras.layers.Add"),
-        ("multiply", "keras.layers.Multiply"),
+        ("broadcast add", "keras.layers.Add"),
+        ("number / tensor", "use a layer"),
         ("concatenate", "keras.layers.Concatenate"),
         ("reshape", "keras.layers.Reshape"),
         ("softmax", "keras.layers.Softmax"),
-        ("divide", "keras.layers.Rescaling"),
     ],
 )
 def test_keras_ops_calls_and_operators_are_refused_at_upload_naming_the_layer_to_use(tmp_path, operation, instead):
-    """A Keras 3 file records ``a + b`` or ``keras.ops.concatenate`` as an operation whose class
-    name may be a layer's (Add, Concatenate, ...); the bridge has no operation to translate."""
+    """A Keras 3 file records ``keras.ops.concatenate`` or ``a + b`` as an operation whose class
+    name may be a layer's (Add, Concatenate, ...); the bridge translates only arithmetic of two
+    tensors of one shape, or of a float tensor and a number."""
     import keras
 
     inputs = keras.Input((8,))
     a, b = keras.layers.Dense(8, name="a")(inputs), keras.layers.Dense(8, name="b")(inputs)
     x = {
-        "add": lambda: a + b,
-        "multiply": lambda: a * b,
+        "broadcast add": lambda: a + keras.layers.Dense(1, name="c")(inputs),
+        "number / tensor": lambda: 4.0 / a,
         "concatenate": lambda: keras.ops.concatenate([a, b], axis=-1),
         "reshape": lambda: keras.layers.Flatten()(keras.ops.reshape(a, (-1, 2, 4))),
         "softmax": lambda: keras.ops.softmax(a),
-        "divide": lambda: a / 4.0,
     }[operation]()
     keras.Model(inputs, keras.layers.Dense(2, name="out")(x)).save(tmp_path / "m.keras")
     with pytest.raises(ModelRejected, match=r"keras\.ops call or an operator") as refused:
         modelcheck.inspect_model(tmp_path / "m.keras", 10**9)
     assert refused.value.field == "model" and instead in str(refused.value)
     assert len(f"model: {refused.value}") <= 200  # the server's default cut of an error's text
+
+
+def test_arithmetic_on_tensors_is_taken_at_upload(tmp_path):
+    """``h + r``, ``a * b``, ``x / 255.0``, ``x - 0.5``, ``2.0 * x``: the bridge makes layers of
+    them (Add, Multiply, Subtract, Rescaling), so the upload takes them."""
+    import keras
+
+    inputs = keras.Input((8,), dtype="uint8")
+    x = inputs / 255.0 - 0.5
+    a, b = keras.layers.Dense(8, name="a")(x), keras.layers.Dense(8, name="b")(x)
+    h = 2.0 * (a + b) * a - b
+    keras.Model(inputs, keras.layers.Dense(2, name="out")(h)).save(tmp_path / "m.keras")
+    info = modelcheck.inspect_model(tmp_path / "m.keras", 10**9)
+    assert info.keras_version == 3
 
 
 def test_the_mask_operations_of_embedding_and_masking_are_still_taken(tmp_path):

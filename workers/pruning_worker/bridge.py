@@ -475,6 +475,47 @@ def _input_layers(model3: Any) -> list[Any]:
     return [kt._keras_history.operation for kt in model3.inputs]
 
 
+def _arithmetic(op: Any, args: Any, kwargs: Any, outputs: Any) -> tuple[Any, tuple] | None:
+    """The tf_keras layer doing what a Keras 3 arithmetic operation on tensors does (``h + r``,
+    ``x / 255.0``, ``keras.ops.multiply(a, b)``), and what it is called on: two tensors of one
+    shape (Add, Subtract, Multiply), or a float tensor and a number (Rescaling); None for any
+    other operation (``core/pruning_core/preflight.operation_translated`` says the same of a
+    configuration)."""
+    name = type(op).__name__
+    if kwargs or len(args) != 2 or len(outputs) != 1 or name not in _ARITHMETIC:
+        return None
+    a, b = args
+    if isinstance(a, keras.KerasTensor) and isinstance(b, keras.KerasTensor):
+        layer = _ELEMENTWISE.get(name)
+        if layer is None or tuple(a.shape) != tuple(b.shape):
+            return None
+        return layer(name=op.name), ([a, b],)
+    x, number = (a, b) if isinstance(a, keras.KerasTensor) else (b, a)
+    if (
+        not isinstance(x, keras.KerasTensor)
+        or isinstance(number, bool)
+        or not isinstance(number, int | float)
+        or not np.issubdtype(np.dtype(outputs[0].dtype), np.floating)
+    ):
+        return None
+    first = x is a
+    if name == "Add":
+        scale, offset = 1.0, float(number)
+    elif name == "Subtract":
+        scale, offset = (1.0, -float(number)) if first else (-1.0, float(number))
+    elif name == "Multiply":
+        scale, offset = float(number), 0.0
+    elif first and number != 0:  # x / c; c / x is no rescaling
+        scale, offset = 1.0 / float(number), 0.0
+    else:
+        return None
+    return tf_keras.layers.Rescaling(scale, offset, name=op.name, dtype=str(outputs[0].dtype)), (x,)
+
+
+_ELEMENTWISE = {"Add": tf_keras.layers.Add, "Subtract": tf_keras.layers.Subtract, "Multiply": tf_keras.layers.Multiply}
+_ARITHMETIC = frozenset({*_ELEMENTWISE, "TrueDivide", "Divide"})
+
+
 class _Translator:
     """Rebuilds Keras 3 graphs out of tf_keras layers; remembers each translated layer."""
 
@@ -541,8 +582,18 @@ class _Translator:
                 if not op or node.is_input:
                     continue
                 if not isinstance(op, keras.layers.Layer):
-                    # e.g. the not_equal that computes an Embedding's mask: needed only if used below
-                    skipped.update({id(kt): op for kt in node.outputs})
+                    translated = _arithmetic(op, node.arguments.args, node.arguments.kwargs, node.outputs)
+                    if translated is None:
+                        # e.g. the not_equal that computes an Embedding's mask: needed only if used below
+                        skipped.update({id(kt): op for kt in node.outputs})
+                        continue
+                    layer2, args3 = translated
+                    needed = [x for x in keras.tree.flatten(args3) if isinstance(x, keras.KerasTensor)]
+                    _refuse_skipped(needed, skipped)
+                    if any(id(kt) not in tensors for kt in needed):
+                        continue
+                    args = keras.tree.map_structure(lambda x: tensors[id(x)], args3)
+                    tensors[id(node.outputs[0])] = layer2(*args)
                     continue
                 args3, kwargs3 = node.arguments.args, dict(node.arguments.kwargs)
                 if "mask" in kwargs3 and args3 and _implicit_mask(args3[0], kwargs3["mask"]):
@@ -625,6 +676,17 @@ def _copy_variables(src: Any, dst: Any, class_name: str) -> None:
         dst.finalize_state()  # both versions cache mean and variance as tensors
 
 
+def _operations_of(model: Any) -> set[str]:
+    """Names of the operations that are not layers in a Keras 3 model, nested models' too."""
+    names: set[str] = set()
+    for op in getattr(model, "_operations", []):
+        if isinstance(op, keras.Model):
+            names |= _operations_of(op)
+        elif not isinstance(op, keras.layers.Layer):
+            names.add(op.name)
+    return names
+
+
 def _leaves(model: Any) -> dict[str, Any]:
     """The layers that are not models, recursively, by name (input layers left out)."""
     found: dict[str, Any] = {}
@@ -673,6 +735,9 @@ def to_keras3(model2: Any, like: Any) -> Any:
     """
     clone = keras.models.clone_model(like)
     sources, targets = _leaves(model2), _leaves(clone)
+    for name in _operations_of(like):  # arithmetic the bridge made layers of: no weights, ops again
+        if name in sources and not sources[name].weights and name not in targets:
+            del sources[name]
     if set(sources) != set(targets):
         extra, missing = sorted(set(sources) - set(targets)), sorted(set(targets) - set(sources))
         raise BridgeError(
