@@ -167,6 +167,15 @@ return {1, count, others}
 """
 )
 
+# KEYS: the tenant's reservations ; ARGV: the upload's token, its bytes, how long it holds (ms).
+# Renews an upload's reservation without asking the quota again: what it was granted stays its.
+_RENEW = """
+local now = redis.call('TIME')
+now = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2] .. ' ' .. (now + tonumber(ARGV[3])))
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+"""
+
 # KEYS: job, events, finished, index of the state read, index of the new state ;
 # ARGV: expected version, job bytes, state, attempt, ended at ('' while the job goes on),
 # job id, event bytes... Returns {1, the last event's id ('' for none)}, 0 on a version
@@ -437,6 +446,7 @@ class _Base:
         self._drop_record = client.register_script(_DROP_RECORD)
         self._count_bytes = client.register_script(_COUNT_BYTES)
         self._reserve = client.register_script(_RESERVE)
+        self._renew = client.register_script(_RENEW)
 
     def _create_args(
         self,
@@ -985,6 +995,10 @@ class AsyncJobStore(_Base):
         args = [self.keys.tenant_artifact(tenant, ""), token, size, quota, max(1, int(hold_s * 1000))]
         ok, stored, others = await self._reserve(keys=keys, args=args)
         return bool(ok), int(stored), int(others)
+
+    async def renew_bytes(self, tenant: str, token: str, size: int, hold_s: float) -> None:
+        """Keeps the upload ``token``'s reservation of ``size`` bytes for ``hold_s`` more."""
+        await self._renew(keys=[self.keys.tenant_reserved(tenant)], args=[token, size, max(1, int(hold_s * 1000))])
 
     async def release_bytes(self, tenant: str, token: str) -> None:
         """Ends the upload ``token``'s reservation (its bytes count in its record, if any)."""

@@ -93,8 +93,8 @@ class Reservation:
     async def _renew(self) -> None:
         while True:
             await asyncio.sleep(self.hold_s / 3)
-            try:
-                await self._reserve(self.held)
+            try:  # what was granted stays granted: exports stored meanwhile do not take it back
+                await self.store.renew_bytes(self.tenant, self.token, self.held, self.hold_s)
             except Exception:  # the next chunk's need() answers for a store that went away
                 log.warning("could not renew upload %s's reservation", self.token, exc_info=True)
 

@@ -145,12 +145,18 @@ def test_concurrent_uploads_cannot_pass_the_stored_bytes_together(env, tmp_path,
     def on_loop(coro):
         return asyncio.run_coroutine_threadsafe(coro, server.loop).result(10)
 
-    started = threading.Barrier(len(blobs), timeout=30)
+    under_way, lock, everyone = [0], threading.Lock(), threading.Event()
 
     def requests(blob: bytes):
         yield pb.UploadRequest(header=pb.UploadHeader(filename="d.npz", size=size if announced else 0))
         yield pb.UploadRequest(chunk=blob[:100])
-        started.wait()  # every upload is under way before any sends the rest
+        with lock:
+            under_way[0] += 1
+            if under_way[0] == len(blobs):
+                everyone.set()
+        # Every upload is under way before any sends the rest (one refused at its header is
+        # never asked for more: the others go on after a while).
+        everyone.wait(5)
         for at in range(100, len(blob), 4096):
             yield pb.UploadRequest(chunk=blob[at : at + 4096])
 
@@ -210,7 +216,11 @@ def test_a_reservation_is_renewed_while_its_upload_goes_on_and_lapses_after(env)
     async def scenario():
         slow = Reservation(store, "tenant-r", "dataset", 150, hold_s=0.3, step=0, retry_after_s=1)
         await slow.need(100)
-        await asyncio.sleep(1.2)  # four holds: only renewals keep it
+        await store.stored_bytes("tenant-r")  # the count exists: a job's exports add to it
+        await store.redis.incrby(store.keys.tenant_bytes("tenant-r"), 100)  # never refused
+        await asyncio.sleep(1.2)  # four holds: only renewals keep it, past the quota or not
+        kept = await store.redis.hexists(store.keys.tenant_reserved("tenant-r"), slow.token)
+        await store.redis.delete(store.keys.tenant_bytes("tenant-r"))
         other = Reservation(store, "tenant-r", "dataset", 150, hold_s=0.3, step=0, retry_after_s=1)
         try:
             await other.need(100)
@@ -222,10 +232,11 @@ def test_a_reservation_is_renewed_while_its_upload_goes_on_and_lapses_after(env)
         await asyncio.sleep(0.6)
         await other.need(100)  # lapsed: room again
         await other.release()
-        return refused_while_renewed, await store.redis.hlen(store.keys.tenant_reserved("tenant-r"))
+        return kept, refused_while_renewed, await store.redis.hlen(store.keys.tenant_reserved("tenant-r"))
 
     try:
-        refused, left = asyncio.run_coroutine_threadsafe(scenario(), server.loop).result(30)
+        kept, refused, left = asyncio.run_coroutine_threadsafe(scenario(), server.loop).result(30)
+        assert kept  # what was granted stays granted (a renewal asking the quota again lost it)
         assert refused
         assert left == 0
     finally:

@@ -82,14 +82,6 @@ def _interpreters() -> dict[str, str]:
 INTERPRETERS = _interpreters()
 
 
-def test_the_claimed_minimum_is_checked():
-    """The oldest Python the SDK claims is one this suite runs it on (here, or in CI)."""
-    minimum = "{}.{}".format(*_minimum())
-    if minimum not in INTERPRETERS:
-        pytest.skip(f"no Python {minimum} on this machine")
-    assert minimum in INTERPRETERS
-
-
 @pytest.mark.parametrize("version", sorted(INTERPRETERS) or ["none"])
 def test_sdk_and_cli_run_a_job_on_another_python(version, server, worker, files, tmp_path):
     if version == "none":
