@@ -100,16 +100,16 @@ return {1, ARGV[5]}
 # together in these scripts (a record counts its size while its hash exists).
 # KEYS: the record, the tenant's artifacts, the artifact's owners, the records by time, the
 # tenant's byte count, then a job's staged exports ('' for none: a new record is staged there,
-# id -> created, until the job succeeds) ; ARGV: artifact id, tenant, created,
-# "<id>:<tenant>", size, then the record's fields and values.
+# id -> "<attempt> <created>", until the job succeeds) ; ARGV: artifact id, tenant, created,
+# "<id>:<tenant>", size, the attempt that stages it, then the record's fields and values.
 _PUT_RECORD = """
 local new = redis.call('EXISTS', KEYS[1]) == 0
-redis.call('HSET', KEYS[1], unpack(ARGV, 6))
+redis.call('HSET', KEYS[1], unpack(ARGV, 7))
 redis.call('SADD', KEYS[3], ARGV[2])
 redis.call('ZADD', KEYS[4], ARGV[3], ARGV[4])
 redis.call('SADD', KEYS[2], ARGV[1])
 if new and redis.call('EXISTS', KEYS[5]) == 1 then redis.call('INCRBY', KEYS[5], ARGV[5]) end
-if new and KEYS[6] ~= '' then redis.call('HSET', KEYS[6], ARGV[1], ARGV[3]) end
+if new and KEYS[6] ~= '' then redis.call('HSET', KEYS[6], ARGV[1], ARGV[6] .. ' ' .. ARGV[3]) end
 return new and 1 or 0
 """
 
@@ -528,23 +528,29 @@ class _Base:
             self.keys.tenant_bytes(tenant),
         ]
 
-    def _put_artifact(self, tenant: str, record: ArtifactRecord, staged_for: str = "") -> Steps[bool]:
+    def _put_artifact(self, tenant: str, record: ArtifactRecord, staged_for: str = "", attempt: int = 0) -> Steps[bool]:
         """Writes the tenant's record (True when it had none): each tenant has its own record
         of shared bytes, which another tenant's upload never changes. Record, indexes and byte
-        count in one script; a new record of job ``staged_for``'s export is staged too."""
+        count in one script; a new record of job ``staged_for``'s export is staged too, as
+        ``attempt``'s."""
         fields = [x for kv in record.to_mapping().items() for x in kv]
-        args = [record.id, tenant, record.created, f"{record.id}:{tenant}", record.size, *fields]
+        args = [record.id, tenant, record.created, f"{record.id}:{tenant}", record.size, attempt, *fields]
         keys = [*self._record_keys(tenant, record.id), self.keys.staged(staged_for) if staged_for else ""]
         return bool((yield self._put_record(keys=keys, args=args)))
 
-    def _take_back_exports(self, job_id: str, tenant: str) -> Steps[int]:
-        """Removes the export records the job's attempts added, each only as the job wrote it
-        (another job's identical export, written since, stays); how many went."""
-        staged = yield self.redis.hgetall(self.keys.staged(job_id))
+    def _take_back_exports(self, job_id: str, tenant: str, attempts: Callable[[int], bool] | None) -> Steps[int]:
+        """Removes the export records the job's attempts (those ``attempts`` selects; all when
+        None) staged, each only as the job wrote it (another job's identical export, written
+        since, stays); how many went."""
+        key = self.keys.staged(job_id)
+        staged = yield self.redis.hgetall(key)
         removed = 0
-        for artifact_id, created in staged.items():
-            removed += bool((yield from self._drop_artifact(tenant, artifact_id.decode(), created.decode())))
-        yield self.redis.delete(self.keys.staged(job_id))
+        for artifact_id, value in staged.items():
+            attempt, _, created = value.decode().partition(" ")
+            if attempts is not None and not attempts(int(attempt)):
+                continue  # another attempt's: it answers for its own
+            removed += bool((yield from self._drop_artifact(tenant, artifact_id.decode(), created)))
+            yield self.redis.hdel(key, artifact_id)
         return removed
 
     def _drop_artifact(self, tenant: str, artifact_id: str, created: float | str = "") -> Steps[bool]:
@@ -599,15 +605,16 @@ class JobStore(_Base):
     def cancel_requested(self, job_id: str) -> bool:
         return bool(self.redis.exists(self.keys.cancel(job_id)))
 
-    def put_artifact(self, tenant: str, record: ArtifactRecord, staged_for: str = "") -> bool:
+    def put_artifact(self, tenant: str, record: ArtifactRecord, staged_for: str = "", attempt: int = 0) -> bool:
         """Writes the tenant's record of an artifact; True when the tenant had none (then,
-        with ``staged_for``, staged as that job's export until :meth:`keep_exports`)."""
-        return _drive(self._put_artifact(tenant, record, staged_for))
+        with ``staged_for``, staged as that job's export, of ``attempt``, until
+        :meth:`keep_exports`)."""
+        return _drive(self._put_artifact(tenant, record, staged_for, attempt))
 
-    def take_back_exports(self, job_id: str, tenant: str) -> int:
+    def take_back_exports(self, job_id: str, tenant: str, attempts: Callable[[int], bool] | None = None) -> int:
         """Removes the export records the job staged (it did not succeed, or an earlier
-        attempt was lost while storing them)."""
-        return _drive(self._take_back_exports(job_id, tenant))
+        attempt was lost while storing them); ``attempts`` selects whose (all when None)."""
+        return _drive(self._take_back_exports(job_id, tenant, attempts))
 
     def keep_exports(self, job_id: str) -> None:
         """The job succeeded: its staged export records are its results."""
@@ -1025,8 +1032,8 @@ class AsyncJobStore(_Base):
         return await _drive_async(self._put_artifact(tenant, record))
 
     async def take_back_exports(self, job_id: str, tenant: str) -> int:
-        """Removes the export records the job staged (see :meth:`JobStore.take_back_exports`)."""
-        return await _drive_async(self._take_back_exports(job_id, tenant))
+        """Removes every export record the job staged (see :meth:`JobStore.take_back_exports`)."""
+        return await _drive_async(self._take_back_exports(job_id, tenant, None))
 
     async def get_artifact(self, tenant: str, artifact_id: str) -> ArtifactRecord:
         return await _drive_async(self._get_artifact(tenant, artifact_id))

@@ -182,7 +182,7 @@ def test_a_failed_store_of_exports_leaves_no_record_it_added(stores, tmp_path):
     outputs = [(held, "keras"), (fresh, "tflite"), (tmp_path / "missing.onnx", "onnx")]
     with pytest.raises(FileNotFoundError):
         _store_outputs(settings, store, "k" * 24, "t", outputs)
-    _take_back(store, "k" * 24, "t")  # what the runner does as the job fails
+    _take_back(store, "k" * 24, "t", 0)  # what the runner does as the attempt fails
     assert _holds(store, "t", first.id)
     assert isinstance(store.get_artifact("t", first.id), ArtifactRecord)
     fresh_id = __import__("hashlib").sha256(fresh.read_bytes()).hexdigest()
@@ -263,7 +263,7 @@ def test_exports_of_an_attempt_lost_while_storing_them_are_taken_back(redis_url,
     lost = tmp_path / "lost.keras"
     lost.write_bytes(b"attempt 1's export, stored as its worker was killed")
     _claim(store, job.id, "w1")
-    _store_outputs(settings, store, job.id, "t", [(lost, "keras")])  # then the worker died
+    _store_outputs(settings, store, job.id, "t", [(lost, "keras")], attempt=1)  # then the worker died
     assert _holds(store, "t", hashlib.sha256(lost.read_bytes()).hexdigest())
     store.update(job.id, lambda j: [state_event(j, pb.JOB_STATE_QUEUED)])  # the reaper's re-queue
 
@@ -277,3 +277,24 @@ def test_exports_of_an_attempt_lost_while_storing_them_are_taken_back(redis_url,
     kept = hashlib.sha256(export.read_bytes()).hexdigest()
     assert _holds(store, "t", kept) and [a.id for a in final.result.artifacts] == [kept]
     assert not store.redis.exists(store.keys.staged(job.id))
+
+
+def test_a_stale_attempt_takes_back_only_its_own_exports(stores, tmp_path):
+    """Attempt 1 was presumed lost (frozen), attempt 2 stored its exports; attempt 1 wakes,
+    finds itself stale and takes back what it staged, never attempt 2's records."""
+    import hashlib
+
+    from pruning_core.settings import Settings
+    from pruning_worker.runner import _store_outputs, _take_back
+
+    store, prefix = stores
+    settings = Settings(state_dir=tmp_path / "state", key_prefix=prefix)
+    job_id = "s" * 24
+    mine, live = tmp_path / "stale.keras", tmp_path / "live.keras"
+    mine.write_bytes(b"the stale attempt's export")
+    live.write_bytes(b"the live attempt's export")
+    _store_outputs(settings, store, job_id, "t", [(live, "keras")], attempt=2)
+    _store_outputs(settings, store, job_id, "t", [(mine, "keras")], attempt=1)
+    _take_back(store, job_id, "t", 1)
+    assert _holds(store, "t", hashlib.sha256(live.read_bytes()).hexdigest())
+    assert not _holds(store, "t", hashlib.sha256(mine.read_bytes()).hexdigest())

@@ -278,26 +278,29 @@ def _release(store: JobStore, job: pb.Job, settings: Settings, wait_s: float = 3
             delay = min(2 * delay, 5.0)
 
 
-def _store_outputs(settings: Settings, store: JobStore, job_id: str, tenant: str, outputs) -> list[pb.Artifact]:
+def _store_outputs(
+    settings: Settings, store: JobStore, job_id: str, tenant: str, outputs, attempt: int = 0
+) -> list[pb.Artifact]:
     """Stores the job's exports and their records; a record the tenant did not hold before is
-    staged as the job's until it succeeds (taken back otherwise, by whichever process sees
-    the job end: this attempt, the next one, the reaper or a cancel)."""
+    staged as ``attempt``'s until the job succeeds (taken back otherwise, by whichever process
+    sees the attempt end: itself, the next one, the reaper or a cancel)."""
     blobs = open_store(settings)  # exports go straight to the artifact store
     artifacts = []
     for path, fmt in outputs:
         artifact_id, size = blobs.put_file(path)
         kind = pb.ARTIFACT_KIND_REPORT if fmt in formats.REPORT_FILES else pb.ARTIFACT_KIND_EXPORT
         record = ArtifactRecord(artifact_id, kind, fmt, pathlib.Path(path).name, size, time.time(), {})
-        store.put_artifact(tenant, record, staged_for=job_id)
+        store.put_artifact(tenant, record, staged_for=job_id, attempt=attempt)
         artifacts.append(record.to_proto())
     return artifacts
 
 
-def _take_back(store: JobStore, job_id: str, tenant: str) -> None:
-    """Takes back the export records a job that did not succeed staged (a failed or cancelled
-    job lists none), each only as the job wrote it."""
+def _take_back(store: JobStore, job_id: str, tenant: str, attempt: int) -> None:
+    """Takes back the export records an attempt that did not succeed staged (a failed or
+    cancelled job lists none), each only as it wrote it; another attempt's stay (a stale
+    attempt must not take back what the live one stored)."""
     try:
-        store.take_back_exports(job_id, tenant)
+        store.take_back_exports(job_id, tenant, lambda staged_by: staged_by == attempt)
     except STORE_ERRORS:
         log.warning("job %s: could not remove the records of its exports; the retention will", job_id)
 
@@ -410,7 +413,8 @@ def _run_claimed(store: JobStore, job: pb.Job, settings: Settings) -> pb.Job | N
     try:
         from . import pipeline, train
 
-        store.take_back_exports(job_id, tenant)  # an earlier attempt lost while storing its exports
+        # exports an earlier attempt stored as it was lost
+        store.take_back_exports(job_id, tenant, lambda staged_by: staged_by < job.attempt)
 
         blobs = open_store(settings)
         try:
@@ -423,19 +427,19 @@ def _run_claimed(store: JobStore, job: pb.Job, settings: Settings) -> pb.Job | N
                 inputs = pipeline.Inputs.resolve(job.spec, tenant, store, settings)
                 result, outputs = pipeline.run(job.spec, inputs, reporter, workdir)
                 reporter.check_between_steps()  # a job cancelled during its exports stores none of them
-                result.artifacts.extend(_store_outputs(settings, store, job_id, tenant, outputs))
+                result.artifacts.extend(_store_outputs(settings, store, job_id, tenant, outputs, job.attempt))
                 if settings.mlflow_tracking_uri:
                     from . import mlflow_hook
 
                     mlflow_hook.log_job(settings, job, result, outputs[0][0], reporter)
             final = reporter.finish(pb.JOB_STATE_SUCCEEDED, result=result)
         except BaseException:
-            _take_back(store, job_id, tenant)
+            _take_back(store, job_id, tenant, job.attempt)
             raise
         if final.state == pb.JOB_STATE_SUCCEEDED:
             store.keep_exports(job_id)
         else:  # cancelled as it ended
-            _take_back(store, job_id, tenant)
+            _take_back(store, job_id, tenant, job.attempt)
         return final
     except StaleAttempt as exc:
         reporter.close(exc)
