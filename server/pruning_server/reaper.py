@@ -21,7 +21,15 @@ from pruning.v1 import pruning_pb2 as pb
 from pruning_core import tasks
 from pruning_core.objectstore import LocalStore, open_store
 from pruning_core.settings import Settings
-from pruning_core.store import STORE_ERRORS, TERMINAL, AsyncJobStore, last_event_age_s, make_event, state_event
+from pruning_core.store import (
+    STORE_ERRORS,
+    TERMINAL,
+    AsyncJobStore,
+    JobNotFound,
+    last_event_age_s,
+    make_event,
+    state_event,
+)
 from pruning_core.sweeps import SweepStore
 from pruning_core.telemetry import JobMetrics
 
@@ -250,7 +258,11 @@ async def enforce_retention(store: AsyncJobStore, blobs: LocalStore, settings: S
     counts["checkpoints"] = 0
     for job_id in await asyncio.to_thread(blobs.checkpoint_jobs, settings.sweep_min_age_s):
         owner = await store.tenant_of(job_id)
-        if owner is None or (await store.get(owner, job_id)).state in TERMINAL:
+        try:
+            ended = owner is None or (await store.get(owner, job_id)).state in TERMINAL
+        except JobNotFound:  # deleted meanwhile (another replica's retention)
+            ended = True
+        if ended:
             await asyncio.to_thread(blobs.drop_checkpoints, job_id)
             counts["checkpoints"] += 1
     if any(counts.values()):

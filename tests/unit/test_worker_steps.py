@@ -147,8 +147,9 @@ def test_labels_of_each_output_are_checked_by_name():
     import tf_keras as keras
 
     inputs = keras.Input((3,))
+    # the dict's keys are not the layers' names: labels go by the keys
     model = keras.Model(
-        inputs, {"cls": keras.layers.Dense(4, name="cls")(inputs), "aux": keras.layers.Dense(2, name="aux")(inputs)}
+        inputs, {"cls": keras.layers.Dense(4, name="dense_a")(inputs), "aux": keras.layers.Dense(2, name="b")(inputs)}
     )
     x = np.zeros((8, 3), "float32")
     good = {"cls": (np.arange(8) % 4).astype("float32"), "aux": (np.arange(8) % 2).astype("float32")}

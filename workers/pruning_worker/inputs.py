@@ -142,7 +142,11 @@ def _check_class_indices(output_shape: Any, name: str, y: Any) -> None:
 
 def _label_pairs(model: Any, y_train: Any, y_test: Any) -> list[tuple[str, Any, str, Any]]:
     """(array name, labels, what they are for, the output's shape) of each output's labels."""
-    outputs = {name: tuple(t.shape) for name, t in zip(model.output_names, model.outputs, strict=True)}
+    nested = getattr(model, "_nested_outputs", None)
+    if isinstance(nested, dict):  # labels go by the dict's keys, which need not be the layers' names
+        outputs = {str(key): tuple(t.shape) for key, t in nested.items()}
+    else:
+        outputs = {name: tuple(t.shape) for name, t in zip(model.output_names, model.outputs, strict=True)}
     if not isinstance(y_train, dict):
         if len(outputs) != 1:
             return []
