@@ -186,8 +186,11 @@ def left_whole(config: Any, keras_version: int) -> dict[str, str]:
     "frozen" (``trainable`` false, or in a frozen model: the worker prunes trainable weights only),
     "wrapped" (inside a Bidirectional or TimeDistributed, which TFMOT does not prune), "nested"
     (inside a model nested in a tf_keras one: TFMOT wraps the outer model's layers only; the
-    bridge opens nested Keras 3 models up)."""
+    bridge opens nested Keras 3 models up). A name a pruned layer has too (a head named
+    ``dense`` over a frozen base with its own ``dense``) is not listed: names are all the
+    summary and the plan go by, and a layer the job prunes is never shown left whole."""
     found: dict[str, str] = {}
+    pruned: set[str] = set()
 
     def walk(node: Any, why: str, depth: int) -> None:
         if isinstance(node, list):
@@ -202,8 +205,11 @@ def left_whole(config: Any, keras_version: int) -> dict[str, str]:
                 walk(value, why, depth)
             return
         why = "frozen" if cfg.get("trainable") is False else why
-        if cls in PRUNABLE and why:
-            found[str(cfg["name"])] = why
+        if cls in PRUNABLE:
+            if why:
+                found[str(cfg["name"])] = why
+            else:
+                pruned.add(str(cfg["name"]))
         if cls in _WRAPPERS:
             why = why or "wrapped"
         elif cls in _CONTAINERS:
@@ -212,7 +218,7 @@ def left_whole(config: Any, keras_version: int) -> dict[str, str]:
         walk(cfg, why, depth)
 
     walk(config, "", 0)
-    return found
+    return {name: why for name, why in found.items() if name not in pruned}
 
 
 def _snake(class_name: str) -> str:

@@ -269,3 +269,21 @@ def test_the_layers_of_a_model_nested_in_a_tf_keras_one_are_not_prunable(tmp_pat
     info = modelcheck.inspect_model(tmp_path / "m.keras", 10**9)
     assert {layer.name for layer in info.summary.layers if layer.prunable} == {"out"}
     assert info.left_whole == {"bb_fc": "nested"}
+
+
+def test_a_trainable_head_named_like_a_frozen_base_layer_stays_prunable(tmp_path):
+    """Transfer learning in a fresh session: the head is auto-named ``dense`` like a layer of
+    the frozen base; the head is pruned, so it is not shown left whole (nor the plan refused)."""
+    import keras
+
+    base_in = keras.Input((6,))
+    base = keras.Model(base_in, keras.layers.Dense(8, name="dense")(base_in), name="base")
+    base.trainable = False
+    inputs = keras.Input((6,))
+    head = keras.layers.Dense(3, name="dense")
+    model = keras.Model(inputs, head(base(inputs)))
+    # the names collide only across the nesting: Keras allows it
+    model.save(tmp_path / "m.keras")
+    info = modelcheck.inspect_model(tmp_path / "m.keras", 10**9)
+    assert "dense" not in info.left_whole
+    assert any(layer.name == "dense" and layer.prunable for layer in info.summary.layers)
