@@ -112,7 +112,9 @@ def resolve(
     keep = t.recipe != pb.RECIPE_PLAIN
     p = spec.pruning
     split = keep and p.HasField("schedule") and validation.per_weight(p)
-    if split and layer_weights and not p.layer_sparsity and not p.sensitivity_scan:  # a scan splits on the worker
+    # A scan splits on the worker, and so does structured pruning: over the layers as the
+    # channel surgery leaves them (a split over the uploaded sizes missed the target).
+    if split and layer_weights and not p.layer_sparsity and not p.sensitivity_scan and not p.HasField("structured"):
         p.layer_sparsity.update(allocate(validation.target_sparsity(p), layer_weights))
     t.recipe = pb.RECIPE_KEEP_ACCURACY if keep else pb.RECIPE_PLAIN
     if not t.learning_rate:

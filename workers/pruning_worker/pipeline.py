@@ -16,7 +16,8 @@ import tensorflow_model_optimization as tfmot
 import tf_keras as keras
 
 from pruning.v1 import pruning_pb2 as pb
-from pruning_core import defaults, formats
+from pruning_core import defaults, formats, validation
+from pruning_core import recipe as core_recipe
 from pruning_core.phases import Phase
 
 from . import distill, measure, recipe, report, safe_load, sensitivity, tferrors
@@ -104,6 +105,7 @@ def run(
             f"{structured.flops_after}; left whole: "
             + (", ".join(f"{x.name} ({x.reason})" for x in structured.left_whole) or "none")
         )
+        _split_after_surgery(model, spec, reporter)
 
     steps = recipe.train_steps(length(x_train), t)
     schedule = None
@@ -226,6 +228,29 @@ def run(
         f"gzip {result.size_before.gzip_bytes} -> {result.size_after.gzip_bytes} bytes"
     )
     return result, outputs
+
+
+def _split_after_surgery(model: Any, spec: pb.JobSpec, reporter: Reporter) -> None:
+    """The keep-accuracy recipe's per-layer sparsity (``pruning_core.recipe.allocate``) of a job
+    that also removes channels, over the layers as the surgery left them: CreateJob leaves it
+    to the worker, as the uploaded sizes no longer hold."""
+    p = spec.pruning
+    if not (
+        p.HasField("schedule")
+        and spec.training.recipe == pb.RECIPE_KEEP_ACCURACY
+        and validation.per_weight(p)
+        and not p.layer_sparsity
+        and not p.sensitivity_scan
+    ):
+        return
+    names = recipe.selected_layers(model, p)
+    split = core_recipe.allocate(recipe.target_sparsity(p), {n: model.get_layer(n).count_params() for n in names})
+    if split:
+        p.layer_sparsity.update(split)
+        reporter.log(
+            "per-layer sparsity over the layers channel removal left: "
+            + ", ".join(f"{name} {value:.4f}" for name, value in split.items())
+        )
 
 
 def _report(
