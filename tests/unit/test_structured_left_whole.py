@@ -61,7 +61,17 @@ def shared_batch_norm():
     return keras.Model(inputs, outputs), "bn", widths, {"a": "shared", "b": "shared"}
 
 
-MODELS = [depth_multiplier, grouped, channels_first, shared_batch_norm]
+def frozen():
+    """A frozen stem (transfer learning): its channels stay, as the user froze its weights."""
+    inputs = keras.Input((8, 8, 3))
+    x = L.Conv2D(8, 3, padding="same", activation="relu", name="stem", trainable=False)(inputs)
+    x = L.Conv2D(16, 3, padding="same", activation="relu", name="c2")(x)
+    outputs = L.Dense(4, name="out")(L.GlobalAveragePooling2D()(x))
+    widths = {"stem": (8, 8), "c2": (16, 8), "out": (4, 4)}
+    return keras.Model(inputs, outputs), "stem", widths, {"stem": "frozen"}
+
+
+MODELS = [depth_multiplier, grouped, channels_first, shared_batch_norm, frozen]
 
 
 @pytest.fixture(params=MODELS, ids=[m.__name__ for m in MODELS])

@@ -184,6 +184,8 @@ def _last_axis(layer: Any, axis: Any, rank: int) -> bool:
 def _why_not(layer: Any, in_shapes: list[Any]) -> str:
     """Why a known layer cannot pass channels through here, or '' when it can."""
     rank = len(in_shapes[0]) if in_shapes and in_shapes[0] is not None else 0
+    if layer.weights and not layer.trainable:
+        return f"{type(layer).__name__} {layer.name!r} is frozen (trainable=False)"
     if getattr(layer, "data_format", "channels_last") != "channels_last":
         return f"{type(layer).__name__} {layer.name!r} is channels_first"
     if isinstance(layer, L.BatchNormalization) and not _last_axis(layer, layer.axis, rank):
