@@ -28,6 +28,15 @@ LOSSES = (
 
 Violation = tuple[str, str]
 MAX_LAYER_SPARSITIES = 1000
+# Losses of a regression: no accuracy to measure, so no accuracy budget to keep.
+REGRESSION_LOSSES = ("mean_squared_error", "mean_absolute_error")
+
+
+def budget_loss_problem(loss: str) -> str | None:
+    """Why an accuracy budget cannot be kept under ``loss`` ('' = the default), or None."""
+    if loss in REGRESSION_LOSSES:
+        return f"an accuracy budget needs a classification loss; under {loss} there is no accuracy to keep"
+    return None
 
 
 def _sparsity(value: float, field: str, out: list[Violation]) -> None:
@@ -292,6 +301,8 @@ def validate(spec: pb.JobSpec) -> list[Violation]:
             out.append(("spec.pruning.schedule", "a budget is searched by varying the schedule's sparsity: give one"))
         if spec.pruning.HasField("sparsity_m_by_n"):
             out.append(("spec.budget", "sparsity_m_by_n fixes the sparsity, so there is nothing to search"))
+        if problem := budget_loss_problem(spec.training.loss):
+            out.append(("spec.training.loss", problem))
     if not spec.model_id:
         out.append(("spec.model_id", "required: the id UploadModel returned"))
     which = spec.dataset.WhichOneof("source")

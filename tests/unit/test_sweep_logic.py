@@ -135,6 +135,19 @@ def test_a_budget_needs_the_baseline(budget):
     assert "spec.training.skip_baseline" in dict(validation.validate(job))
 
 
+@pytest.mark.parametrize("loss", ["mean_squared_error", "mean_absolute_error"])
+def test_a_budget_needs_a_classification_loss(loss):
+    """Under a regression loss the accuracy is 0 throughout: a budget search ran every trial and
+    failed with 'no sparsity tried keeps the accuracy budget'. Refused before it starts."""
+    base = job_spec("ab" * 32, loss=loss)
+    assert "spec.base.training.loss" in dict(sweeps.validate(sweep_spec(base, sparsities=[0.5], max_loss_pp=1.0)))
+    assert not sweeps.validate(sweep_spec(base, sparsities=[0.5]))  # a curve of its losses is fine
+    job = pb.JobSpec()
+    job.CopyFrom(base)
+    job.budget.max_loss_pp = 1.0
+    assert "no accuracy to keep" in dict(validation.validate(job))["spec.training.loss"]
+
+
 @pytest.mark.parametrize("budget", [{"max_loss_pp": 1.0}, {"max_relative_loss_percent": 1.0}])
 def test_a_trial_without_a_baseline_is_never_within_the_budget(budget):
     sweep = _sweep(sparsities=[0.5, 0.95], parallel_trials=2, **budget)
