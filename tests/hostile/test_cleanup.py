@@ -177,7 +177,9 @@ def test_a_job_failing_on_a_full_disk_says_so():
 
     error = failure(OSError(errno.ENOSPC, "No space left on device", "/var/work/job-1/pruned.keras"))
     assert error.code == grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
-    assert error.message == "a disk the worker writes to is full (<path>/job-1): No space left on device"  # no server paths
+    assert (
+        error.message == "a disk the worker writes to is full (<path>/job-1): No space left on device"
+    )  # no server paths
     import tensorflow as tf
 
     wrapped = tf.errors.ResourceExhaustedError(None, None, "ckpt.data-00000-of-00001; No space left on device")
