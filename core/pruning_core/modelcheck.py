@@ -168,6 +168,16 @@ def _walk_classes(node, found: list[tuple[str, str]], mixed: list[str], options:
             _walk_classes(value, found, mixed, options)
 
 
+def _names_twice(layers: list[tuple[str, str]]) -> list[str]:
+    """Names two layers have (inputs and nested models aside): in different models nested in
+    one another, as a model cannot hold two."""
+    seen: dict[str, int] = {}
+    for cls, name in layers:
+        if cls not in ("InputLayer", "Functional", "Sequential", "Model"):
+            seen[name] = seen.get(name, 0) + 1
+    return sorted(name for name, n in seen.items() if n > 1)
+
+
 def _operation_refused(node: dict, cls: str) -> str:
     config = node.get("config")
     name = config.get("name") if isinstance(config, dict) else node.get("name")
@@ -222,6 +232,18 @@ def check_model_config(
             preflight.check_convertible(layers)
         except preflight.Unconvertible as exc:
             raise ModelRejected(str(exc)) from None
+        if (operation := preflight.masked_arithmetic(config)) is not None:
+            raise ModelRejected(
+                f"the model adds, subtracts or multiplies tensors ({operation[:60]!r}) and has a padding mask "
+                "(Embedding mask_zero or Masking), which Keras 3's operations drop and layers pass on; "
+                "use keras.layers.Add (Subtract, Multiply) instead; refused"
+            )
+        twice = _names_twice(layers)
+        if twice:
+            raise ModelRejected(
+                f"layer names {twice[:5]} occur in the model and in a model nested in it; pruning opens nested "
+                "models up, so names must differ: rename one; refused"
+            )
         if options:
             name, cls, problem = options[0]
             more = f" (and {len(options) - 1} more layers)" if len(options) > 1 else ""

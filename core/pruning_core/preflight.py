@@ -105,7 +105,8 @@ def operation_translated(class_name: str, inbound_nodes: Any) -> bool:
         return False
     tensors = [a.get("config") or {} for a in args if isinstance(a, dict) and a.get("class_name") == "__keras_tensor__"]
     if len(tensors) == 2:
-        return class_name in _TWO_TENSORS and tensors[0].get("shape") == tensors[1].get("shape")
+        same = tensors[0].get("shape") == tensors[1].get("shape") and tensors[0].get("dtype") == tensors[1].get("dtype")
+        return class_name in _TWO_TENSORS and same
     numbers = [a for a in args if isinstance(a, int | float) and not isinstance(a, bool)]
     if len(tensors) != 1 or len(numbers) != 1:
         return False
@@ -204,21 +205,48 @@ def left_whole(config: Any, keras_version: int) -> dict[str, str]:
             for value in node.values():
                 walk(value, why, depth)
             return
-        why = "frozen" if cfg.get("trainable") is False else why
+        # A frozen tf_keras model freezes what it holds; in Keras 3 each layer's own flag
+        # counts (a frozen base with its last block unfrozen trains that block).
+        own = "frozen" if cfg.get("trainable") is False else why
         if cls in PRUNABLE:
-            if why:
-                found[str(cfg["name"])] = why
+            if own:
+                found[str(cfg["name"])] = own
             else:
                 pruned.add(str(cfg["name"]))
+        inner = own if keras_version == 2 else why
         if cls in _WRAPPERS:
-            why = why or "wrapped"
+            inner = own or "wrapped"
         elif cls in _CONTAINERS:
-            why = why or ("nested" if depth and keras_version == 2 else "")
+            inner = inner or ("nested" if depth and keras_version == 2 else "")
             depth += 1
-        walk(cfg, why, depth)
+        walk(cfg, inner, depth)
 
     walk(config, "", 0)
     return {name: why for name, why in found.items() if name not in pruned}
+
+
+def masked_arithmetic(config: Any) -> str | None:
+    """The first arithmetic operation on two tensors in a Keras 3 configuration that also
+    computes a padding mask (``Embedding(mask_zero=True)``, ``Masking``), or None: Keras 3's
+    operations drop the mask, the layers the bridge would make of them pass it on."""
+    masks, operations = False, []
+
+    def walk(node: Any) -> None:
+        nonlocal masks
+        if isinstance(node, list):
+            for value in node:
+                walk(value)
+        elif isinstance(node, dict):
+            cls, cfg = node.get("class_name"), node.get("config")
+            if isinstance(cfg, dict) and (cls == "Masking" or (cls == "Embedding" and cfg.get("mask_zero"))):
+                masks = True
+            if cls in _TWO_TENSORS and str(node.get("module", "")).startswith("keras.src.ops"):
+                operations.append(str(cfg.get("name") if isinstance(cfg, dict) else node.get("name")))
+            for value in node.values():
+                walk(value)
+
+    walk(config)
+    return operations[0] if masks and operations else None
 
 
 def _snake(class_name: str) -> str:

@@ -271,19 +271,70 @@ def test_the_layers_of_a_model_nested_in_a_tf_keras_one_are_not_prunable(tmp_pat
     assert info.left_whole == {"bb_fc": "nested"}
 
 
-def test_a_trainable_head_named_like_a_frozen_base_layer_stays_prunable(tmp_path):
-    """Transfer learning in a fresh session: the head is auto-named ``dense`` like a layer of
-    the frozen base; the head is pruned, so it is not shown left whole (nor the plan refused)."""
+@pytest.mark.parametrize(
+    ("build", "words"),
+    [
+        ("masked", "padding mask"),  # the merge layer would pass on a mask Keras 3's operation drops
+        ("dtypes", "keras.ops call or an operator"),  # int32 + float32: Keras 3 promotes, Add would not
+    ],
+)
+def test_arithmetic_the_bridge_cannot_match_is_refused_at_upload(tmp_path, build, words):
+    import keras
+
+    if build == "masked":
+        tokens = keras.Input((6,), dtype="int32")
+        a = keras.layers.Embedding(20, 4, mask_zero=True, name="e1")(tokens)
+        b = keras.layers.Embedding(20, 4, name="e2")(tokens)
+        outputs = keras.layers.Dense(2, name="out")(keras.layers.GlobalAveragePooling1D()(a + b))
+        model = keras.Model(tokens, outputs)
+    else:
+        ints, floats = keras.Input((4,), dtype="int32"), keras.Input((4,))
+        model = keras.Model([ints, floats], keras.layers.Dense(2, name="out")(ints + floats))
+    model.save(tmp_path / "m.keras")
+    with pytest.raises(ModelRejected, match=words):
+        modelcheck.inspect_model(tmp_path / "m.keras", 10**9)
+
+
+def test_layer_names_shared_across_nesting_are_refused_for_keras3(tmp_path):
+    """Pruning opens nested Keras 3 models up: a head named like a layer of its base would be
+    two layers of one name (the job failed at load); refused at upload, naming it."""
     import keras
 
     base_in = keras.Input((6,))
     base = keras.Model(base_in, keras.layers.Dense(8, name="dense")(base_in), name="base")
-    base.trainable = False
     inputs = keras.Input((6,))
-    head = keras.layers.Dense(3, name="dense")
-    model = keras.Model(inputs, head(base(inputs)))
-    # the names collide only across the nesting: Keras allows it
-    model.save(tmp_path / "m.keras")
+    keras.Model(inputs, keras.layers.Dense(3, name="dense")(base(inputs))).save(tmp_path / "m.keras")
+    with pytest.raises(ModelRejected, match=r"layer names \['dense'\] occur in the model and in a model nested"):
+        modelcheck.inspect_model(tmp_path / "m.keras", 10**9)
+
+
+def test_a_keras3_layer_unfrozen_inside_a_frozen_base_is_pruned(tmp_path):
+    """Keras 3 counts each layer's own trainable flag: the last block of a frozen base, unfrozen,
+    trains and is pruned (it was shown left whole)."""
+    import keras
+
+    base_in = keras.Input((6,))
+    h = keras.layers.Dense(8, name="b1")(base_in)
+    base = keras.Model(base_in, keras.layers.Dense(8, name="b2")(h), name="base")
+    base.trainable = False
+    base.get_layer("b2").trainable = True
+    inputs = keras.Input((6,))
+    keras.Model(inputs, keras.layers.Dense(3, name="head")(base(inputs))).save(tmp_path / "m.keras")
     info = modelcheck.inspect_model(tmp_path / "m.keras", 10**9)
+    assert info.left_whole == {"b1": "frozen"}
+
+
+def test_a_tf_keras_head_named_like_a_layer_of_its_frozen_base_stays_prunable(tmp_path):
+    """tf_keras models keep nested models whole, so names may repeat across nesting: the head
+    the job prunes is not shown left whole for its namesake in the frozen base."""
+    import tf_keras
+
+    base_in = tf_keras.Input((6,))
+    base = tf_keras.Model(base_in, tf_keras.layers.Dense(8, name="dense")(base_in), name="base")
+    base.trainable = False
+    inputs = tf_keras.Input((6,))
+    model = tf_keras.Model(inputs, tf_keras.layers.Dense(3, name="dense")(base(inputs)))
+    model.save(tmp_path / "m.h5")
+    info = modelcheck.inspect_model(tmp_path / "m.h5", 10**9)
     assert "dense" not in info.left_whole
     assert any(layer.name == "dense" and layer.prunable for layer in info.summary.layers)

@@ -485,17 +485,18 @@ def _arithmetic(op: Any, args: Any, kwargs: Any, outputs: Any) -> tuple[Any, tup
     if kwargs or len(args) != 2 or len(outputs) != 1 or name not in _ARITHMETIC:
         return None
     a, b = args
+    dtype = str(outputs[0].dtype)
     if isinstance(a, keras.KerasTensor) and isinstance(b, keras.KerasTensor):
         layer = _ELEMENTWISE.get(name)
-        if layer is None or tuple(a.shape) != tuple(b.shape):
+        if layer is None or tuple(a.shape) != tuple(b.shape) or a.dtype != b.dtype:
             return None
-        return layer(name=op.name), ([a, b],)
+        return layer(name=op.name, dtype=dtype), ([a, b],)
     x, number = (a, b) if isinstance(a, keras.KerasTensor) else (b, a)
     if (
         not isinstance(x, keras.KerasTensor)
         or isinstance(number, bool)
         or not isinstance(number, int | float)
-        or not np.issubdtype(np.dtype(outputs[0].dtype), np.floating)
+        or not dtype.startswith(("float", "bfloat"))
     ):
         return None
     first = x is a
@@ -509,7 +510,7 @@ def _arithmetic(op: Any, args: Any, kwargs: Any, outputs: Any) -> tuple[Any, tup
         scale, offset = 1.0 / float(number), 0.0
     else:
         return None
-    return tf_keras.layers.Rescaling(scale, offset, name=op.name, dtype=str(outputs[0].dtype)), (x,)
+    return tf_keras.layers.Rescaling(scale, offset, name=op.name, dtype=dtype), (x,)
 
 
 _ELEMENTWISE = {"Add": tf_keras.layers.Add, "Subtract": tf_keras.layers.Subtract, "Multiply": tf_keras.layers.Multiply}
@@ -593,6 +594,10 @@ class _Translator:
                     if any(id(kt) not in tensors for kt in needed):
                         continue
                     args = keras.tree.map_structure(lambda x: tensors[id(x)], args3)
+                    masked = any(getattr(t, "_keras_mask", None) is not None for t in tf.nest.flatten(args))
+                    if masked and not isinstance(layer2, tf_keras.layers.Rescaling):
+                        # Keras 3's operation drops the padding mask, the merge layer would pass it on
+                        raise UnsupportedLayer(op.name, type(op).__name__, "is arithmetic on a masked tensor")
                     tensors[id(node.outputs[0])] = layer2(*args)
                     continue
                 args3, kwargs3 = node.arguments.args, dict(node.arguments.kwargs)
