@@ -546,8 +546,8 @@ class _Base:
         staged = yield self.redis.hgetall(key)
         removed = 0
         for artifact_id, value in staged.items():
-            attempt, _, created = value.decode().partition(" ")
-            if attempts is not None and not attempts(int(attempt)):
+            attempt, _, created = value.decode().rpartition(" ")  # "<attempt> <created>"
+            if attempts is not None and not attempts(int(attempt or 0)):
                 continue  # another attempt's: it answers for its own
             removed += bool((yield from self._drop_artifact(tenant, artifact_id.decode(), created)))
             yield self.redis.hdel(key, artifact_id)

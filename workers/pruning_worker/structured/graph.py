@@ -184,7 +184,9 @@ def _last_axis(layer: Any, axis: Any, rank: int) -> bool:
 def _why_not(layer: Any, in_shapes: list[Any]) -> str:
     """Why a known layer cannot pass channels through here, or '' when it can."""
     rank = len(in_shapes[0]) if in_shapes and in_shapes[0] is not None else 0
-    if layer.weights and not layer.trainable:
+    if isinstance(layer, PRODUCERS + TRANSPOSED) and layer.weights and not layer.trainable:
+        # a frozen kernel's filters are the user's; a frozen BatchNormalization's statistics
+        # (common under trainable convolutions) lose nothing with the channels they follow
         return f"{type(layer).__name__} {layer.name!r} is frozen (trainable=False)"
     if getattr(layer, "data_format", "channels_last") != "channels_last":
         return f"{type(layer).__name__} {layer.name!r} is channels_first"
