@@ -118,3 +118,20 @@ def test_the_job_step_prunes_around_the_layer_left_whole(case):
     assert {w.name: (w.channels_before, w.channels_after) for w in result.layers} == widths
     assert set(reasons) <= {w.name for w in result.left_whole}
     assert result.params_after == small.count_params() < result.params_before
+
+
+def test_a_scaled_residual_is_pruned_through_its_rescaling():
+    """``x + 0.1 * h`` (a Keras 3 operation the bridge makes a Rescaling): one scale for every
+    channel, so the channels pass through and the residual group is pruned, not left whole."""
+    inputs = keras.Input((8, 8, 3))
+    x = L.Conv2D(8, 3, padding="same", activation="relu", name="c1")(inputs)
+    h = L.Conv2D(8, 3, padding="same", name="c2")(x)
+    x = L.Add(name="add")([x, L.Rescaling(0.1, name="scaled")(h)])
+    outputs = L.Dense(4, name="out")(L.GlobalAveragePooling2D()(x))
+    model = keras.Model(inputs, outputs)
+    outcome = prune_channels(model, Options(ratio=0.5))
+    widths = {name: (before, after) for name, before, after in outcome.widths}
+    assert widths["c1"] == widths["c2"] == (8, 4)
+    x_in = np.random.default_rng(0).random((2, 8, 8, 3), dtype=np.float32)
+    same = shrink(outcome.graph, {})
+    np.testing.assert_allclose(same(x_in, training=False).numpy(), model(x_in, training=False).numpy(), atol=1e-5)

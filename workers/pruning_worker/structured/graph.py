@@ -67,6 +67,7 @@ PASS = (
     L.UpSampling1D,
     L.UpSampling2D,
     L.UpSampling3D,
+    L.Rescaling,  # one scale and offset for every channel (checked in _why_not); x * 0.1 of Keras 3 too
 )
 
 
@@ -188,6 +189,8 @@ def _why_not(layer: Any, in_shapes: list[Any]) -> str:
         # a frozen kernel's filters are the user's; a frozen BatchNormalization's statistics
         # (common under trainable convolutions) lose nothing with the channels they follow
         return f"{type(layer).__name__} {layer.name!r} is frozen (trainable=False)"
+    if isinstance(layer, L.Rescaling) and (np.ndim(layer.scale) or np.ndim(layer.offset)):
+        return f"Rescaling {layer.name!r} scales each channel on its own"
     if getattr(layer, "data_format", "channels_last") != "channels_last":
         return f"{type(layer).__name__} {layer.name!r} is channels_first"
     if isinstance(layer, L.BatchNormalization) and not _last_axis(layer, layer.axis, rank):
