@@ -1,8 +1,9 @@
 """SDK exceptions: one class per gRPC status code, raised as soon as a call returns.
 
 An error from a call keeps what the server said: ``code`` (a ``grpc.StatusCode``), ``details``
-(the server's message), ``field_violations`` (from a ``google.rpc.BadRequest`` detail) and the
-original ``grpc.RpcError`` as ``rpc_error`` (also the exception's ``__cause__``).
+(the server's message), ``field_violations`` (from a ``google.rpc.BadRequest`` detail),
+``retry_after_s`` (from a ``google.rpc.RetryInfo`` detail) and the original ``grpc.RpcError``
+as ``rpc_error`` (also the exception's ``__cause__``).
 
 The CLI maps each class to an exit code (``exit_code``), so pipelines can branch on it.
 """
@@ -82,6 +83,9 @@ class PruningError(Exception):
         """``(field path, description)`` pairs of a ``google.rpc.BadRequest`` detail."""
         self.rpc_error = rpc_error
         """The original ``grpc.RpcError`` (None when the SDK raised this itself)."""
+        self.retry_after_s: float | None = None
+        """Seconds the server asks to wait before a retry (a ``google.rpc.RetryInfo`` detail,
+        on RESOURCE_EXHAUSTED from a busy cap); None when waiting would not help."""
 
 
 class InvalidArgument(PruningError):
@@ -175,22 +179,28 @@ def _call_value(error: grpc.RpcError, name: str) -> Any:
     return method() if callable(method) else None
 
 
-def _field_violations(error: grpc.RpcError) -> list[tuple[str, str]]:
-    """The BadRequest field violations in the call's ``google.rpc.Status`` trailer."""
-    out: list[tuple[str, str]] = []
+def _status_details(error: grpc.RpcError) -> tuple[list[tuple[str, str]], float | None]:
+    """The BadRequest field violations and the RetryInfo delay (seconds) in the call's
+    ``google.rpc.Status`` trailer."""
+    violations: list[tuple[str, str]] = []
+    retry_after: float | None = None
     for key, value in _call_value(error, "trailing_metadata") or ():
         if key != _STATUS_DETAILS_KEY:
             continue
         try:
             status = _status_pb2.Status.FromString(value)
         except DecodeError:  # a malformed trailer must not hide the error itself
-            return out
+            break
         for detail in status.details:
             if detail.Is(_error_details_pb2.BadRequest.DESCRIPTOR):
                 bad = _error_details_pb2.BadRequest()
                 detail.Unpack(bad)
-                out += [(str(v.field), str(v.description)) for v in bad.field_violations]
-    return out
+                violations += [(str(v.field), str(v.description)) for v in bad.field_violations]
+            elif detail.Is(_error_details_pb2.RetryInfo.DESCRIPTOR):
+                info = _error_details_pb2.RetryInfo()
+                detail.Unpack(info)
+                retry_after = info.retry_delay.seconds + info.retry_delay.nanos / 1e9
+    return violations, retry_after
 
 
 def from_rpc_error(error: grpc.RpcError) -> PruningError:
@@ -208,13 +218,10 @@ def from_rpc_error(error: grpc.RpcError) -> PruningError:
         code = grpc.StatusCode.UNKNOWN
     details = str(_call_value(error, "details") or "") if callable(getattr(error, "details", None)) else str(error)
     cls = _BY_CODE.get(code, PruningError)
-    return cls(
-        f"{code.name}: {details}",
-        code=code,
-        details=details,
-        field_violations=_field_violations(error),
-        rpc_error=error,
-    )
+    violations, retry_after = _status_details(error)
+    out = cls(f"{code.name}: {details}", code=code, details=details, field_violations=violations, rpc_error=error)
+    out.retry_after_s = retry_after
+    return out
 
 
 @contextlib.contextmanager

@@ -107,8 +107,9 @@ def test_a_tenant_past_its_stored_bytes_is_refused_until_it_deletes(env, tmp_pat
             assert stored("tenant-a") == size
             a.upload_dataset(files[1])
             assert stored("tenant-a") == 2 * size
-            with pytest.raises(ResourceExhausted, match="this tenant stores .* its quota is"):
+            with pytest.raises(ResourceExhausted, match="this tenant stores .* its quota is") as full:
                 a.upload_dataset(files[2])
+            assert full.value.retry_after_s is None  # waiting frees nothing: no hint
             assert b.upload_dataset(files[2]).size == size  # the other tenant has its own room
             a.delete_artifact(first.id)
             assert stored("tenant-a") == size
@@ -191,8 +192,9 @@ def test_concurrent_uploads_cannot_pass_the_stored_bytes_together(env, tmp_path,
             on_loop(store.redis.hset(key, "elsewhere", f"{5 * size // 2} {2**50}"))
             free = tmp_path / "free.npz"
             free.write_bytes(npz_bytes(n_train=64, seed=9))
-            with pytest.raises(ResourceExhausted, match="in other uploads under way.*retry in"):
+            with pytest.raises(ResourceExhausted, match="in other uploads under way.*retry in") as busy:
                 a.upload_dataset(free)
+            assert busy.value.retry_after_s == server.settings.retry_after_s  # the SDK reads the hint
             # One its server left behind (it died mid-upload) no longer counts once it lapsed.
             on_loop(store.redis.hset(key, "elsewhere", f"{size} 1"))
             assert a.upload_dataset(free).size == free.stat().st_size
