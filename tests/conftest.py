@@ -119,7 +119,8 @@ class ServerThread:
         self.thread.start()
         from pruning_server.main import create_server
 
-        self.running = asyncio.run_coroutine_threadsafe(create_server(settings, address), self.loop).result(30)
+        # generous: on a loaded 2-core machine (another test installing venvs, training) it once took >30 s
+        self.running = asyncio.run_coroutine_threadsafe(create_server(settings, address), self.loop).result(120)
         self.port = self.running.port
         self.target = f"127.0.0.1:{self.port}"
 

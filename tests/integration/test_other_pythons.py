@@ -90,7 +90,16 @@ def test_sdk_and_cli_run_a_job_on_another_python(version, server, worker, files,
     subprocess.run([INTERPRETERS[version], "-m", "venv", str(venv)], check=True)
     python = venv / "bin" / "python"
     install = subprocess.run(
-        [str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check", str(ROOT / "client")],
+        [
+            str(python),
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--no-compile",
+            "--disable-pip-version-check",
+            str(ROOT / "client"),
+        ],
         capture_output=True,
         text=True,
         timeout=600,
