@@ -53,7 +53,6 @@ Policy DTypePolicy FloatDTypePolicy __tuple__ __numpy__ __keras_tensor__ TensorS
 # and Masking (the bridge refuses any other use of them); every other operation is refused here.
 ALLOWED_CLASSES = frozenset(_LAYERS.split()) | frozenset(_OTHERS.split())
 _ALLOWED_MODULE_ROOTS = ("keras", "tf_keras", "builtins")
-_OPERATION_MODULES = ("keras.src.ops", "keras.ops")  # keras.ops calls and operators, recorded as nodes
 # Workers load models uncompiled: the saved compile settings are never deserialised.
 _NOT_LOADED = frozenset({"compile_config", "training_config"})
 # Archive members are read through these bounds, never whole: a configuration larger than this
@@ -133,7 +132,7 @@ def _walk_classes(node, found: list[tuple[str, str]], mixed: list[str], options:
             module = node.get("module") or "keras"
             if cls == "Lambda" or cls.endswith(">Lambda"):
                 raise ModelRejected("the model has a Lambda layer, which would run arbitrary code; refused")
-            if str(module).startswith(_OPERATION_MODULES) and cls not in preflight.MASK_OPERATIONS:
+            if str(module).startswith(preflight.OPERATION_MODULES) and cls not in preflight.MASK_OPERATIONS:
                 if not preflight.operation_translated(cls, node.get("inbound_nodes")):
                     raise ModelRejected(_operation_refused(node, cls))
                 return  # arithmetic the bridge makes a layer of: tensors and a number, nothing else

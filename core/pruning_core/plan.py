@@ -71,39 +71,33 @@ class DatasetFacts:
     n_train: int
     n_test: int
     sample_shape: list[int] | None  # None for several inputs (x_train.<input name> arrays)
-    label_range: list[int] | None  # min and max class label over both splits, when integers
-    label_shape: list[int] | None = None  # of one y_train sample; None for y_train.<output name> arrays
-    label_parts: list[str] | None = None  # the <output name>s of y_train.<output name> arrays
     labels: dict[str, LabelFacts] = dataclasses.field(default_factory=dict)  # by <output name>; "" for plain y arrays
+
+    @property
+    def label_parts(self) -> list[str] | None:
+        """The <output name>s of y_train.<output name> arrays; None for plain y arrays."""
+        return None if not self.labels or "" in self.labels else sorted(self.labels)
 
     @classmethod
     def of_upload(cls, info: dict[str, Any]) -> DatasetFacts:
         arrays = info["arrays"]
-        ranges = [r for r in (arrays.get("label_range") or {}).values() if r]
-        y = arrays["y_train"]
         return cls(
             "spec.dataset.artifact_id",
             arrays["x_train"]["shape"][0],
             arrays["x_test"]["shape"][0],
             None if "parts" in arrays["x_train"] else arrays["x_train"]["shape"][1:],
-            [min(r[0] for r in ranges), max(r[1] for r in ranges)] if ranges else None,
-            None if "parts" in y else y["shape"][1:],
-            sorted(y["parts"]) if "parts" in y else None,
             _labels(arrays),
         )
 
     @classmethod
     def of_builtin(cls, name: str) -> DatasetFacts:
         known = validation.BUILTIN_DATASETS[name]
-        labels = {"": LabelFacts(["y_train", "y_test"], [], known["labels"])}
         return cls(
             "spec.dataset.builtin",
             known["x_train"][0],
             known["x_test"][0],
             known["x_train"][1:],
-            known["labels"],
-            [],
-            labels=labels,
+            {"": LabelFacts(["y_train", "y_test"], [], known["labels"])},
         )
 
 

@@ -91,13 +91,15 @@ MASK_OPERATIONS = frozenset({"NotEqual", "Any"})
 # Arithmetic on tensors the bridge turns into layers (``pruning_worker.bridge._arithmetic``):
 # two tensors of one shape (Add, Subtract, Multiply layers), or a float tensor and a number
 # (``x / 255.0``, ``x - 0.5``: Rescaling).
-_TWO_TENSORS = frozenset({"Add", "Subtract", "Multiply"})
-_WITH_A_NUMBER = frozenset({"Add", "Subtract", "Multiply", "TrueDivide", "Divide"})
+TWO_TENSOR_OPERATIONS = frozenset({"Add", "Subtract", "Multiply"})  # each the name of its tf_keras layer
+NUMBER_OPERATIONS = TWO_TENSOR_OPERATIONS | {"TrueDivide", "Divide"}
+# The modules of a Keras 3 configuration's operation nodes (keras.ops calls and operators).
+OPERATION_MODULES = ("keras.src.ops", "keras.ops")
 
 
 def operation_translated(class_name: str, inbound_nodes: Any) -> bool:
     """Whether the bridge turns an operation node of a Keras 3 configuration into a layer."""
-    if class_name not in _WITH_A_NUMBER or not isinstance(inbound_nodes, list) or len(inbound_nodes) != 1:
+    if class_name not in NUMBER_OPERATIONS or not isinstance(inbound_nodes, list) or len(inbound_nodes) != 1:
         return False
     call = inbound_nodes[0]
     args = call.get("args") if isinstance(call, dict) else None
@@ -106,7 +108,7 @@ def operation_translated(class_name: str, inbound_nodes: Any) -> bool:
     tensors = [a.get("config") or {} for a in args if isinstance(a, dict) and a.get("class_name") == "__keras_tensor__"]
     if len(tensors) == 2:
         same = tensors[0].get("shape") == tensors[1].get("shape") and tensors[0].get("dtype") == tensors[1].get("dtype")
-        return class_name in _TWO_TENSORS and same
+        return class_name in TWO_TENSOR_OPERATIONS and same
     numbers = [a for a in args if isinstance(a, int | float) and not isinstance(a, bool)]
     if len(tensors) != 1 or len(numbers) != 1:
         return False
@@ -240,7 +242,7 @@ def masked_arithmetic(config: Any) -> str | None:
             cls, cfg = node.get("class_name"), node.get("config")
             if isinstance(cfg, dict) and (cls == "Masking" or (cls == "Embedding" and cfg.get("mask_zero"))):
                 masks = True
-            if cls in _TWO_TENSORS and str(node.get("module", "")).startswith("keras.src.ops"):
+            if cls in TWO_TENSOR_OPERATIONS and str(node.get("module", "")).startswith(OPERATION_MODULES):
                 operations.append(str(cfg.get("name") if isinstance(cfg, dict) else node.get("name")))
             for value in node.values():
                 walk(value)

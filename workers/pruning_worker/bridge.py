@@ -475,6 +475,17 @@ def _input_layers(model3: Any) -> list[Any]:
     return [kt._keras_history.operation for kt in model3.inputs]
 
 
+def _bound(structure: Any, tensors: dict[int, Any], skipped: dict[int, Any]) -> Any:
+    """``structure`` (a call's arguments) with each Keras 3 tensor replaced by its tf_keras
+    one; None when one is not connected to the inputs (Keras skips the call too). Refuses a
+    tensor made by an operation the bridge did not translate."""
+    needed = [x for x in keras.tree.flatten(structure) if isinstance(x, keras.KerasTensor)]
+    _refuse_skipped(needed, skipped)
+    if any(id(kt) not in tensors for kt in needed):
+        return None
+    return keras.tree.map_structure(lambda x: tensors[id(x)] if isinstance(x, keras.KerasTensor) else x, structure)
+
+
 def _arithmetic(op: Any, args: Any, kwargs: Any, outputs: Any) -> tuple[Any, tuple] | None:
     """The tf_keras layer doing what a Keras 3 arithmetic operation on tensors does (``h + r``,
     ``x / 255.0``, ``keras.ops.multiply(a, b)``), and what it is called on: two tensors of one
@@ -482,7 +493,7 @@ def _arithmetic(op: Any, args: Any, kwargs: Any, outputs: Any) -> tuple[Any, tup
     other operation (``core/pruning_core/preflight.operation_translated`` says the same of a
     configuration)."""
     name = type(op).__name__
-    if kwargs or len(args) != 2 or len(outputs) != 1 or name not in _ARITHMETIC:
+    if kwargs or len(args) != 2 or len(outputs) != 1 or name not in preflight.NUMBER_OPERATIONS:
         return None
     a, b = args
     dtype = str(outputs[0].dtype)
@@ -513,8 +524,7 @@ def _arithmetic(op: Any, args: Any, kwargs: Any, outputs: Any) -> tuple[Any, tup
     return tf_keras.layers.Rescaling(scale, offset, name=op.name, dtype=dtype), (x,)
 
 
-_ELEMENTWISE = {"Add": tf_keras.layers.Add, "Subtract": tf_keras.layers.Subtract, "Multiply": tf_keras.layers.Multiply}
-_ARITHMETIC = frozenset({*_ELEMENTWISE, "TrueDivide", "Divide"})
+_ELEMENTWISE = {name: getattr(tf_keras.layers, name) for name in preflight.TWO_TENSOR_OPERATIONS}
 
 
 class _Translator:
@@ -589,11 +599,9 @@ class _Translator:
                         skipped.update({id(kt): op for kt in node.outputs})
                         continue
                     layer2, args3 = translated
-                    needed = [x for x in keras.tree.flatten(args3) if isinstance(x, keras.KerasTensor)]
-                    _refuse_skipped(needed, skipped)
-                    if any(id(kt) not in tensors for kt in needed):
+                    args = _bound(args3, tensors, skipped)
+                    if args is None:
                         continue
-                    args = keras.tree.map_structure(lambda x: tensors[id(x)], args3)
                     masked = any(getattr(t, "_keras_mask", None) is not None for t in tf.nest.flatten(args))
                     if masked and not isinstance(layer2, tf_keras.layers.Rescaling):
                         # Keras 3's operation drops the padding mask, the merge layer would pass it on
@@ -610,13 +618,10 @@ class _Translator:
                 # the model's own training flag override it; in tf_keras a recorded value would
                 # win, and TFMOT's masks would never update. Left out, tf_keras follows the model.
                 kwargs3.pop("training", None)
-                needed = [x for x in keras.tree.flatten((args3, kwargs3)) if isinstance(x, keras.KerasTensor)]
-                _refuse_skipped(needed, skipped)
-                if any(id(kt) not in tensors for kt in needed):
-                    continue  # not connected to the inputs (Keras skips it too)
-                args, kwargs = keras.tree.map_structure(
-                    lambda x: tensors[id(x)] if isinstance(x, keras.KerasTensor) else x, (args3, kwargs3)
-                )
+                bound = _bound((args3, kwargs3), tensors, skipped)
+                if bound is None:
+                    continue
+                args, kwargs = bound
                 outputs = tf.nest.flatten(self.call(op, args, kwargs))
                 if len(outputs) != len(node.outputs):
                     n2, n3 = len(outputs), len(node.outputs)

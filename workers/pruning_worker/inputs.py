@@ -142,9 +142,9 @@ def _check_class_indices(output_shape: Any, name: str, y: Any) -> None:
 
 def _label_pairs(model: Any, y_train: Any, y_test: Any) -> list[tuple[str, Any, str, Any]]:
     """(array name, labels, what they are for, the output's shape) of each output's labels."""
-    nested = getattr(model, "_nested_outputs", None)
-    if isinstance(nested, dict):  # labels go by the dict's keys, which need not be the layers' names
-        outputs = {str(key): tuple(t.shape) for key, t in nested.items()}
+    keys = output_keys(model)
+    if keys is not None:  # labels go by the dict's keys, which need not be the layers' names
+        outputs = {key: tuple(model._nested_outputs[key].shape) for key in keys}
     else:
         outputs = {name: tuple(t.shape) for name, t in zip(model.output_names, model.outputs, strict=True)}
     if not isinstance(y_train, dict):
