@@ -147,11 +147,15 @@ _COUNT_BYTES = _COUNT + "return count"
 # ARGV: as _COUNT_BYTES, then the upload's token, the bytes it reserves in all, the quota, and
 # how long the reservation holds (ms). Reservations past their time (a server that died
 # mid-upload) are dropped. Returns {1 when reserved else 0, the count, the others' reservations}.
-_RESERVE = (
-    _COUNT
-    + """
+# Redis's clock in ms: one clock for every server's reservations.
+_NOW = """
 local now = redis.call('TIME')
 now = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+"""
+_RESERVE = (
+    _COUNT
+    + _NOW
+    + """
 local others = 0
 local all = redis.call('HGETALL', KEYS[3])
 for i = 1, #all, 2 do
@@ -169,12 +173,13 @@ return {1, count, others}
 
 # KEYS: the tenant's reservations ; ARGV: the upload's token, its bytes, how long it holds (ms).
 # Renews an upload's reservation without asking the quota again: what it was granted stays its.
-_RENEW = """
-local now = redis.call('TIME')
-now = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+_RENEW = (
+    _NOW
+    + """
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2] .. ' ' .. (now + tonumber(ARGV[3])))
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
 """
+)
 
 # KEYS: job, events, finished, index of the state read, index of the new state ;
 # ARGV: expected version, job bytes, state, attempt, ended at ('' while the job goes on),
@@ -273,8 +278,8 @@ class Keys:
         return f"{self.prefix}:cancel:{job_id}"
 
     def staged(self, job_id: str) -> str:
-        """Export records a job's attempts added (id -> created), until the job succeeds: a
-        worker lost while storing them leaves records the job never lists."""
+        """Export records a job's attempts added (id -> "<attempt> <created>"), until the job
+        succeeds: a worker lost while storing them leaves records the job never lists."""
         return f"{self.prefix}:staged:{job_id}"
 
     def running(self) -> str:
@@ -414,6 +419,11 @@ T = TypeVar("T")
 # sent its result. Blocking clients return results, asyncio clients awaitables; the two
 # drivers below tell them apart, so the logic has one copy.
 Steps = Generator[Any, Any, T]
+
+
+def _ms(seconds: float) -> int:
+    """A duration for Redis (PEXPIRE and the reservation scripts): whole ms, at least 1."""
+    return max(1, int(seconds * 1000))
 
 
 def _drive(steps: Steps[T]) -> T:
@@ -622,12 +632,6 @@ class JobStore(_Base):
 
     def get_artifact(self, tenant: str, artifact_id: str) -> ArtifactRecord:
         return _drive(self._get_artifact(tenant, artifact_id))
-
-    def drop_artifact_if_unchanged(self, tenant: str, record: ArtifactRecord) -> bool:
-        """Removes one tenant's record of an artifact as ``record`` wrote it, unless someone
-        wrote it again since (another job's identical export); its bytes go with the
-        retention's next sweep once no record points to them."""
-        return _drive(self._drop_artifact(tenant, record.id, record.created))
 
 
 # The job store did not answer (down, hung past the socket timeout, a read-only replica in a
@@ -985,12 +989,14 @@ class AsyncJobStore(_Base):
         """Bytes of the artifacts the tenant holds records of. The count changes with the
         records, in the same scripts; a deployment from before it makes it from the records
         on first read, in one script too."""
-        prefix = self.keys.tenant_artifact(tenant, "")
-        return int(
-            await self._count_bytes(
-                keys=[self.keys.tenant_bytes(tenant), self.keys.tenant_artifacts(tenant)], args=[prefix]
-            )
-        )
+        keys, args = self._count_args(tenant)
+        return int(await self._count_bytes(keys=keys, args=args))
+
+    def _count_args(self, tenant: str) -> tuple[builtins.list[str], builtins.list[str]]:
+        """KEYS and ARGV of the count (``_COUNT``) that ``_COUNT_BYTES`` and ``_RESERVE`` open with."""
+        return [self.keys.tenant_bytes(tenant), self.keys.tenant_artifacts(tenant)], [
+            self.keys.tenant_artifact(tenant, "")
+        ]
 
     async def reserve_bytes(
         self, tenant: str, token: str, size: int, quota: int, hold_s: float
@@ -998,14 +1004,15 @@ class AsyncJobStore(_Base):
         """Reserves ``size`` bytes in all for the upload ``token`` if the tenant's stored bytes,
         the other uploads' reservations and ``size`` stay within ``quota``; the reservation
         holds ``hold_s`` unless renewed. Returns (reserved, stored bytes, others' reservations)."""
-        keys = [self.keys.tenant_bytes(tenant), self.keys.tenant_artifacts(tenant), self.keys.tenant_reserved(tenant)]
-        args = [self.keys.tenant_artifact(tenant, ""), token, size, quota, max(1, int(hold_s * 1000))]
-        ok, stored, others = await self._reserve(keys=keys, args=args)
+        keys, args = self._count_args(tenant)
+        ok, stored, others = await self._reserve(
+            keys=[*keys, self.keys.tenant_reserved(tenant)], args=[*args, token, size, quota, _ms(hold_s)]
+        )
         return bool(ok), int(stored), int(others)
 
     async def renew_bytes(self, tenant: str, token: str, size: int, hold_s: float) -> None:
         """Keeps the upload ``token``'s reservation of ``size`` bytes for ``hold_s`` more."""
-        await self._renew(keys=[self.keys.tenant_reserved(tenant)], args=[token, size, max(1, int(hold_s * 1000))])
+        await self._renew(keys=[self.keys.tenant_reserved(tenant)], args=[token, size, _ms(hold_s)])
 
     async def release_bytes(self, tenant: str, token: str) -> None:
         """Ends the upload ``token``'s reservation (its bytes count in its record, if any)."""

