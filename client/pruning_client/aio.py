@@ -33,6 +33,7 @@ from typing import Any, ParamSpec, TypeVar
 import grpc
 import grpc.aio
 
+from pruning import wire
 from pruning.v1 import pruning_pb2 as pb
 from pruning.v1 import pruning_pb2_grpc as pb_grpc
 
@@ -270,6 +271,7 @@ class AsyncClient:
             self._channel = grpc.aio.insecure_channel(target, options=self.options.channel_options)
         self.stub = pb_grpc.PruningServiceStub(self._channel)
         self.sweep_stub = pb_grpc.SweepServiceStub(self._channel)
+        self._transfers = wire.FramedCalls(self._channel)  # chunks framed by hand: fewer copies
         self._metadata = self.options.metadata
 
     async def close(self) -> None:
@@ -292,13 +294,13 @@ class AsyncClient:
 
     async def _upload(
         self,
-        method: grpc.aio.StreamUnaryMultiCallable[pb.UploadRequest, pb.Artifact],
+        method: grpc.aio.StreamUnaryMultiCallable[pb.UploadRequest | bytes, pb.Artifact],
         path: os.PathLike[str] | str,
         progress: UploadProgress | None,
     ) -> pb.Artifact:
         upload = await asyncio.to_thread(_Upload, path, progress)
 
-        async def requests() -> AsyncIterator[pb.UploadRequest]:
+        async def requests() -> AsyncIterator[pb.UploadRequest | bytes]:
             # read and hashed ahead in a thread, a few chunks at a time off the loop
             with _Ahead(upload.requests()) as ahead:
                 while batch := await asyncio.to_thread(_take, ahead, 4):
@@ -316,12 +318,12 @@ class AsyncClient:
     async def upload_model(self, path: os.PathLike[str] | str, progress: UploadProgress | None = None) -> pb.Artifact:
         """Uploads a .keras or .h5 model; returns its Artifact (``.id`` for job specs, ``.model``
         the summary the service read from the file); see :meth:`pruning_client.Client.upload_model`."""
-        return await self._upload(self.stub.UploadModel, path, progress)
+        return await self._upload(self._transfers.upload_model, path, progress)
 
     @_rpc
     async def upload_dataset(self, path: os.PathLike[str] | str, progress: UploadProgress | None = None) -> pb.Artifact:
         """Uploads an .npz with x_train, y_train, x_test, y_test."""
-        return await self._upload(self.stub.UploadDataset, path, progress)
+        return await self._upload(self._transfers.upload_dataset, path, progress)
 
     # -- jobs --------------------------------------------------------------------------------
 
@@ -480,7 +482,7 @@ class AsyncClient:
             behind.__enter__()
             limit = self.options.timeout
             try:
-                call = self.stub.DownloadArtifact(download.request(), metadata=self._metadata)
+                call = self._transfers.download(download.request(), metadata=self._metadata)
                 chunks = aiter(call)
                 while True:
                     try:  # a stalled server must not hold it forever

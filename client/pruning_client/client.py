@@ -23,6 +23,7 @@ from typing import IO, Any, Generic, ParamSpec, TypeVar
 
 import grpc
 
+from pruning import wire
 from pruning.v1 import pruning_pb2 as pb
 from pruning.v1 import pruning_pb2_grpc as pb_grpc
 
@@ -187,7 +188,7 @@ class _Behind:
     other and with receiving); leaving the ``with`` waits for the rest and raises the first
     error, if any."""
 
-    def __init__(self, *consumers: Callable[[bytes], object]) -> None:
+    def __init__(self, *consumers: Callable[[bytes | memoryview], object]) -> None:
         self._consumers = consumers
         self._queues: list[queue.Queue[Any]] = [queue.Queue(PIPELINE) for _ in consumers]
         self._error: BaseException | None = None  # the first consumer's error
@@ -207,13 +208,13 @@ class _Behind:
                     with self._error_lock:
                         self._error = self._error or exc
 
-    def put(self, item: bytes) -> None:
+    def put(self, item: bytes | memoryview) -> None:
         if self._error is not None:
             raise self._error
         for items in self._queues:
             items.put(item)
 
-    async def aput(self, item: bytes) -> None:
+    async def aput(self, item: bytes | memoryview) -> None:
         """:meth:`put` from an event loop: waits off the loop only when a queue is full."""
         if self._error is not None:
             raise self._error
@@ -223,7 +224,7 @@ class _Behind:
             except queue.Full:
                 await asyncio.to_thread(items.put, item)
 
-    def __enter__(self) -> Callable[[bytes], None]:
+    def __enter__(self) -> Callable[[bytes | memoryview], None]:
         for thread in self._threads:
             thread.start()
         return self.put
@@ -254,12 +255,13 @@ class _Upload:
     def header(self) -> pb.UploadRequest:
         return pb.UploadRequest(header=pb.UploadHeader(filename=self.path.name, size=self.size))
 
-    def chunk(self, data: bytes) -> pb.UploadRequest:
+    def chunk(self, data: bytes) -> bytes:
+        """The serialized ``UploadRequest`` of a chunk (:func:`pruning.wire.upload_chunk`)."""
         if self.progress:
             self.progress(len(data))
-        return pb.UploadRequest(chunk=data)
+        return wire.upload_chunk(data)
 
-    def requests(self) -> Iterator[pb.UploadRequest]:
+    def requests(self) -> Iterator[pb.UploadRequest | bytes]:
         """The header, then the file's chunks; the sha256 is computed in a thread beside the
         reader and complete once the last request is taken."""
         yield self.header()
@@ -280,7 +282,7 @@ class _Upload:
         if self.read_error is not None:
             raise self.read_error
 
-    def pipelined(self) -> Iterator[pb.UploadRequest]:
+    def pipelined(self) -> Iterator[pb.UploadRequest | bytes]:
         """:meth:`requests`, read, hashed and built ahead by a thread of their own (at most
         ``PIPELINE`` chunks), so that gRPC sends one chunk while the next is prepared."""
         with _Ahead(self.requests()) as ahead:
@@ -333,7 +335,7 @@ class _Download:
         self.offset, self.digest = 0, hashlib.sha256()
         return True
 
-    def receive(self, chunks: Iterator[pb.DownloadChunk], progress: DownloadProgress | None) -> None:
+    def receive(self, chunks: Iterator[wire.Chunk], progress: DownloadProgress | None) -> None:
         """Writes and hashes ``chunks`` into the partial file, each in a thread of its own
         behind a queue of at most ``PIPELINE`` chunks, while this thread receives the next ones."""
         with self.open() as f, _Behind(f.write, self.digest.update) as put:
@@ -437,6 +439,7 @@ class Client:
             self._channel = grpc.insecure_channel(target, options=self.options.channel_options)
         self.stub = pb_grpc.PruningServiceStub(self._channel)
         self.sweep_stub = pb_grpc.SweepServiceStub(self._channel)
+        self._transfers = wire.FramedCalls(self._channel)  # chunks framed by hand: fewer copies
         self._metadata = self.options.metadata
 
     def close(self) -> None:
@@ -459,7 +462,7 @@ class Client:
 
     def _upload(
         self,
-        method: grpc.StreamUnaryMultiCallable[pb.UploadRequest, pb.Artifact],
+        method: grpc.StreamUnaryMultiCallable[pb.UploadRequest | bytes, pb.Artifact],
         path: os.PathLike[str] | str,
         progress: UploadProgress | None,
     ) -> pb.Artifact:
@@ -484,12 +487,12 @@ class Client:
             DeadlineExceeded: the upload outlived its deadline, the client's timeout plus the
                 file at ``UPLOAD_FLOOR_RATE`` (a stalled server).
         """
-        return self._upload(self.stub.UploadModel, path, progress)
+        return self._upload(self._transfers.upload_model, path, progress)
 
     @_rpc
     def upload_dataset(self, path: os.PathLike[str] | str, progress: UploadProgress | None = None) -> pb.Artifact:
         """Uploads an .npz with x_train, y_train, x_test, y_test."""
-        return self._upload(self.stub.UploadDataset, path, progress)
+        return self._upload(self._transfers.upload_dataset, path, progress)
 
     # -- jobs --------------------------------------------------------------------------------
 
@@ -662,7 +665,7 @@ class Client:
     def _receive(self, download: _Download, progress: DownloadProgress | None) -> None:
         """One DownloadArtifact call into ``download``; stopped (DeadlineExceeded) once no chunk
         came for the client's ``timeout``."""
-        call = self.stub.DownloadArtifact(download.request(), metadata=self._metadata)
+        call = self._transfers.download(download.request(), metadata=self._metadata)
         idle = _IdleWatch(call, self.options.timeout)
         try:
             with rpc_errors():

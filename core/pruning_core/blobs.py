@@ -20,6 +20,8 @@ import tempfile
 import time
 from collections.abc import Callable
 
+from .transfer import Buffer, Sink
+
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 WRITEBACK_EVERY = 16 << 20  # bytes written between two starts of their writeback
@@ -66,7 +68,7 @@ class BlobWriter:
         self.written_back = 0  # bytes whose writeback has been started
         self._hash = hashlib.sha256()
 
-    def _write_file(self, data: bytes) -> None:
+    def _write_file(self, data: Buffer) -> None:
         self._file.write(data)
         self.size += len(data)
         if self.durable and self.size - self.written_back >= WRITEBACK_EVERY:
@@ -81,7 +83,7 @@ class BlobWriter:
         _sync_file_range(self._file.fileno(), self.written_back, self.size - self.written_back, _SYNC_FILE_RANGE_WRITE)
         self.written_back = self.size
 
-    def sinks(self) -> list[Callable[[bytes], object]]:
+    def sinks(self) -> list[Sink]:
         """The consumers of each chunk, in order, each safe to run in a thread of its own
         (:class:`~pruning_core.transfer.WritePipeline`): the file, and the sha256."""
         return [self._write_file, self._hash.update]

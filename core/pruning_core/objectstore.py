@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Any
 
 from .blobs import BlobStore, BlobWriter, is_artifact_id
 from .settings import Settings
+from .transfer import Buffer, Sink
 
 if TYPE_CHECKING:
     from obstore import WritableFile
@@ -190,11 +191,11 @@ class _S3Writer(Upload):
             self._key = self._s3.key(sha256)
             self._present = self._s3.exists(sha256)
 
-    def sinks(self) -> list[Callable[[bytes], object]]:
+    def sinks(self) -> list[Sink]:
         """The file (spooled for inspection), the sha256, and the multipart upload."""
         return [*super().sinks(), self._send]
 
-    def _send(self, data: bytes) -> None:
+    def _send(self, data: Buffer) -> None:
         if self._present:
             return
         if self._remote is None:

@@ -19,11 +19,10 @@ import queue
 import threading
 from collections.abc import Callable, Sequence
 
-from pruning.v1 import pruning_pb2 as pb
-
 _STOP = object()
 
-Sink = Callable[[bytes], object]
+Buffer = bytes | memoryview  # an upload's chunk: a view of the received message (pruning.wire)
+Sink = Callable[[Buffer], object]
 
 
 class WritePipeline:
@@ -76,7 +75,7 @@ class WritePipeline:
             if not self._finished[index].done():
                 self._finished[index].set_result(None)
 
-    async def write(self, data: bytes) -> None:
+    async def write(self, data: Buffer) -> None:
         """Queues ``data`` for every sink; waits while ``depth`` chunks are still unfinished."""
         if self._error is not None:
             raise self._error
@@ -109,23 +108,3 @@ class WritePipeline:
             self._stop()
             for thread in self._threads:
                 thread.join()
-
-
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while value > 0x7F:
-        out.append(value & 0x7F | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
-_DATA_TAG = b"\x12"  # DownloadChunk.data: field 2, length-delimited
-
-
-def download_chunk(offset: int, data: bytes, total_size: int, sha256: str) -> bytes:
-    """A serialized ``DownloadChunk`` built with one copy of ``data``: protobuf's own path
-    copies it into the message and again into the serialized bytes. Fields may come in any
-    order on the wire, so the small ones are serialized by protobuf and ``data`` follows."""
-    head = pb.DownloadChunk(offset=offset, total_size=total_size, sha256=sha256).SerializeToString()
-    return b"".join((head, _DATA_TAG, _varint(len(data)), data))

@@ -51,7 +51,7 @@ class StoredMembers:
         self._in_member = False
         self.stopped = False
 
-    def __call__(self, data: bytes) -> None:
+    def __call__(self, data: bytes | memoryview) -> None:
         view, i = memoryview(data), 0
         while i < len(view) and not self.stopped:
             if self._in_member:

@@ -27,6 +27,7 @@ import kombu.exceptions
 import redis
 from prometheus_client import Counter, Histogram
 
+from pruning import wire
 from pruning.v1 import pruning_pb2 as pb
 from pruning_core.modelcheck import ModelRejected
 
@@ -58,6 +59,13 @@ _KINDS = {
     "stream_unary": ("client_stream", grpc.stream_unary_rpc_method_handler),
     "unary_stream": ("server_stream", grpc.unary_stream_rpc_method_handler),
     "stream_stream": ("bidi_stream", grpc.stream_stream_rpc_method_handler),
+}
+
+# An upload's chunks are read by hand: the handler gets a view of the received bytes, not two
+# copies made by protobuf (pruning.wire); the wire format is protobuf's.
+_FRAMED_REQUESTS: dict[str, Callable[[bytes], Any]] = {
+    f"/{pb.DESCRIPTOR.services_by_name['PruningService'].full_name}/{name}": wire.parse_upload_request
+    for name in ("UploadModel", "UploadDataset")
 }
 
 Behaviour = Callable[[Any, grpc.aio.ServicerContext], Any]
@@ -96,16 +104,16 @@ def wrap_handler(
     handler: grpc.RpcMethodHandler, method: str, unary: Wrapper, stream: Wrapper, tolerant: bool = False
 ) -> grpc.RpcMethodHandler:
     """The same handler with its behaviour wrapped: ``unary`` for unary responses, ``stream``
-    for streamed ones; ``tolerant`` hands undecodable requests to the wrapper."""
+    for streamed ones; ``tolerant`` hands undecodable requests to the wrapper (and reads the
+    uploads' chunks by hand)."""
     for attribute, (grpc_type, factory) in _KINDS.items():
         behaviour = getattr(handler, attribute)
         if behaviour:
             wrap = stream if handler.response_streaming else unary
+            decode = handler.request_deserializer
             return factory(
                 wrap(behaviour, method, grpc_type),
-                request_deserializer=_tolerant(handler.request_deserializer)
-                if tolerant
-                else handler.request_deserializer,
+                request_deserializer=_tolerant(_FRAMED_REQUESTS.get(method, decode)) if tolerant else decode,
                 response_serializer=_passthrough(handler.response_serializer),
             )
     return handler

@@ -17,12 +17,13 @@ from google.rpc import code_pb2
 
 from pruning.v1 import pruning_pb2 as pb
 from pruning.v1 import pruning_pb2_grpc as pb_grpc
+from pruning.wire import download_chunk
 from pruning_core import formats, modelcheck, plan, recipe, tasks, validation, zipscan
 from pruning_core.blobs import is_artifact_id
 from pruning_core.objectstore import LocalStore
 from pruning_core.settings import Settings
 from pruning_core.store import ArtifactRecord, AsyncJobStore, JobNotFound, TooManyActiveJobs, new_job_id, state_event
-from pruning_core.transfer import Sink, WritePipeline, download_chunk
+from pruning_core.transfer import Sink, WritePipeline
 
 from . import convert
 from .errors import Exhausted, Failure, Invalid
@@ -172,8 +173,10 @@ class PruningService(pb_grpc.PruningServiceServicer):
                     break
                 except TimeoutError:
                     refuse(grpc.StatusCode.DEADLINE_EXCEEDED, f"no message for {idle:g} s; the upload was dropped")
+                # a chunk-only message arrives as a view of its bytes (pruning.wire)
+                chunk = request if isinstance(request, memoryview) else None
                 if header is None:
-                    if request.WhichOneof("payload") != "header":
+                    if chunk is not None or request.WhichOneof("payload") != "header":
                         refuse(
                             grpc.StatusCode.INVALID_ARGUMENT, "the first message must be the header", f"{field}.header"
                         )
@@ -200,11 +203,14 @@ class PruningService(pb_grpc.PruningServiceServicer):
                     quota.announced = header.size
                     await quota.need(max(header.size, 1))
                     continue
-                if request.HasField("header"):
-                    refuse(
-                        grpc.StatusCode.INVALID_ARGUMENT, "only the first message may be the header", f"{field}.header"
-                    )
-                chunk = request.chunk
+                if chunk is None:
+                    if request.HasField("header"):
+                        refuse(
+                            grpc.StatusCode.INVALID_ARGUMENT,
+                            "only the first message may be the header",
+                            f"{field}.header",
+                        )
+                    chunk = request.chunk
                 if pipe.accepted + len(chunk) > limit:
                     refuse(grpc.StatusCode.RESOURCE_EXHAUSTED, f"upload is over the limit of {limit} bytes")
                 await quota.need(pipe.accepted + len(chunk))

@@ -198,7 +198,7 @@ def test_an_async_upload_gets_the_timeout_plus_the_file_at_the_floor_rate(tmp_pa
 
     async def work():
         async with AsyncClient("127.0.0.1:1", timeout=5) as client:
-            client.stub.UploadModel = upload_model
+            client._transfers.upload_model = upload_model
             return await client.upload_model(path)
 
     assert asyncio.run(work()).id == hashlib.sha256(data).hexdigest()

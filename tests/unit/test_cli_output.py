@@ -266,7 +266,7 @@ def test_an_upload_stalled_past_its_deadline_exits_7(
     got: list[float | None] = []
 
     class Stub:
-        def UploadDataset(self, requests: Iterator[pb.UploadRequest], timeout: float | None = None, metadata=()):
+        def upload_dataset(self, requests: Iterator[bytes], timeout: float | None = None, metadata=()):
             got.append(timeout)
             for _ in requests:
                 pass
@@ -277,7 +277,7 @@ def test_an_upload_stalled_past_its_deadline_exits_7(
     class StubbedClient(Client):
         def __init__(self, target: str, **options: object) -> None:
             super().__init__(target, **options)  # type: ignore[arg-type]
-            self.stub = Stub()  # type: ignore[assignment]
+            self._transfers = Stub()  # type: ignore[assignment]
 
     path = tmp_path / "data.npz"
     path.write_bytes(b"\0" * (2 * 1024 * 1024 + 5))

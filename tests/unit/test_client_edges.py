@@ -57,6 +57,12 @@ class FakeStub:
 
     UploadDataset = UploadModel
 
+    # the client's transfer calls (pruning.wire.FramedCalls) are these too
+    def download(self, request: pb.DownloadArtifactRequest, metadata: Any = ()) -> Any:
+        return self.DownloadArtifact(request, metadata)
+
+    upload_model = upload_dataset = UploadModel
+
 
 class FakeAsyncStub(FakeStub):
     def DownloadArtifact(self, request: pb.DownloadArtifactRequest, metadata: Any = ()) -> Any:
@@ -75,6 +81,7 @@ class StubClient(Client):
     def __init__(self, target: str = "127.0.0.1:1", **options: Any) -> None:
         super().__init__(target, **options)
         self.stub: Any = FakeStub()
+        self._transfers: Any = self.stub
 
 
 def _async(test: Any) -> Any:
@@ -82,7 +89,7 @@ def _async(test: Any) -> Any:
 
     async def main() -> Any:
         async with AsyncClient("127.0.0.1:1") as client:
-            client.stub = stub = FakeAsyncStub()
+            client.stub = client._transfers = stub = FakeAsyncStub()
             return await test(client), stub
 
     return asyncio.run(main())
@@ -307,7 +314,7 @@ def test_async_a_partial_file_longer_than_the_artifact_is_discarded(tmp_path: pa
 
 def test_out_of_range_from_offset_0_stands(tmp_path: pathlib.Path) -> None:
     with StubClient() as client:
-        client.stub = FakeStub(size=-1)
+        client.stub = client._transfers = FakeStub(size=-1)
         with pytest.raises(OutOfRange):
             client.download(ID, tmp_path / "model.keras", resume=False)
         assert client.stub.offsets == [0]

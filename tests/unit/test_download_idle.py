@@ -45,19 +45,19 @@ class StalledCall:
 
 
 class StalledStub:
-    def DownloadArtifact(self, request, metadata=()):
+    def download(self, request, metadata=()):
         self.call = StalledCall()
         return self.call
 
 
 def test_a_stalled_download_ends_after_the_timeout_and_keeps_what_arrived(tmp_path):
     with Client("127.0.0.1:1", timeout=0.5) as client:  # never connects: the stub is replaced
-        client.stub = StalledStub()
+        client._transfers = StalledStub()
         started = time.monotonic()
         with pytest.raises(DeadlineExceeded, match="no data for 0.5 s") as error:
             client.download(ID, tmp_path / "m.keras")
     assert time.monotonic() - started < 5 and error.value.exit_code == 7
-    assert client.stub.call.cancelled.is_set()
+    assert client._transfers.call.cancelled.is_set()
     assert (tmp_path / f"m.keras.{ID[:16]}.part").read_bytes() == DATA[:FIRST]
 
 
@@ -77,7 +77,7 @@ class AsyncStalledCall:
 
 
 class AsyncStalledStub:
-    def DownloadArtifact(self, request, metadata=()):
+    def download(self, request, metadata=()):
         self.call = AsyncStalledCall()
         return self.call
 
@@ -85,10 +85,10 @@ class AsyncStalledStub:
 def test_a_stalled_async_download_ends_after_the_timeout_and_keeps_what_arrived(tmp_path):
     async def run() -> AsyncStalledStub:
         async with AsyncClient("127.0.0.1:1", timeout=0.5) as client:
-            client.stub = AsyncStalledStub()
+            client._transfers = AsyncStalledStub()
             with pytest.raises(DeadlineExceeded, match="no data for 0.5 s"):
                 await asyncio.wait_for(client.download(ID, tmp_path / "m.keras"), 10)
-            return client.stub
+            return client._transfers
 
     stub = asyncio.run(run())
     assert stub.call.cancelled

@@ -23,16 +23,20 @@ class FakeStub:
             yield pb.DownloadChunk(offset=start, data=self.data[start : start + self.chunk], total_size=len(self.data))
 
     def UploadModel(self, requests, timeout=None, metadata=()):
+        requests = (pb.UploadRequest.FromString(r) if isinstance(r, bytes) else r for r in requests)
         header = next(requests).header
         self.uploaded = b"".join(r.chunk for r in requests)
         assert header.size == len(self.uploaded)
         return pb.Artifact(id=hashlib.sha256(self.data).hexdigest(), filename=header.filename)
 
+    # the client's transfer calls (pruning.wire.FramedCalls)
+    download, upload_model = DownloadArtifact, UploadModel
+
 
 @pytest.fixture()
 def client():
     with Client("127.0.0.1:1") as c:  # never connects: the stub is replaced
-        c.stub = FakeStub()
+        c.stub = c._transfers = FakeStub()
         yield c
 
 
@@ -63,7 +67,7 @@ def test_a_partial_file_is_resumed_only_for_its_own_artifact(client, tmp_path):
 
 
 def test_a_download_that_does_not_match_its_sha256_is_removed(client, tmp_path):
-    client.stub = FakeStub(data=DATA[:-1] + b"x")
+    client.stub = client._transfers = FakeStub(data=DATA[:-1] + b"x")
     with pytest.raises(IntegrityError):
         client.download(ID, tmp_path / "model.keras")
     assert list(tmp_path.iterdir()) == []
@@ -75,6 +79,6 @@ def test_upload_checks_the_id_the_server_answers(client, tmp_path):
     sent = []
     assert client.upload_model(path, progress=sent.append).id == ID
     assert client.stub.uploaded == DATA and sum(sent) == len(DATA)
-    client.stub = FakeStub(data=b"something else")
+    client.stub = client._transfers = FakeStub(data=b"something else")
     with pytest.raises(IntegrityError):
         client.upload_model(path)
