@@ -7,8 +7,11 @@ import asyncio
 import logging
 import signal
 import sys
+import urllib.parse
 
 import grpc
+import redis
+import redis.asyncio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from pydantic import ValidationError
@@ -107,12 +110,41 @@ async def watch_redis(store: AsyncJobStore, health_servicer, interval_s: float) 
                 log.info("Redis reachable again: health is SERVING")
 
 
+async def volatile_redis(client: redis.asyncio.Redis) -> str | None:
+    """What makes ``client``'s Redis keep nothing on disk (no append-only file and no snapshot
+    points), or None when it persists or will not say (CONFIG refused, as on some hosted Redis)."""
+    try:
+        config = {**await client.config_get("appendonly"), **await client.config_get("save")}  # one each: Redis 6
+    except redis.ResponseError:
+        return None
+    if config.get("appendonly") == "no" and not (config.get("save") or "").strip():
+        return "appendonly no, no save points"
+    return None
+
+
+def _where(url: str) -> str:
+    """A Redis URL without its credentials, for logs."""
+    parts = urllib.parse.urlsplit(url)
+    host = parts.hostname or ""
+    netloc = f"[{host}]" if ":" in host else host
+    if parts.port:
+        netloc += f":{parts.port}"
+    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
 async def create_server(settings: Settings, address: str | None = None) -> Running:
     """Builds and starts the server on ``address`` (port 0 picks a free port)."""
     store = AsyncJobStore.from_url(
         settings.redis_url, settings.key_prefix, settings.redis_max_connections, settings.redis_pool_timeout_s
     )
     await store.redis.ping()
+    if volatile := await volatile_redis(store.redis):
+        log.warning(
+            "the job store at %s keeps nothing on disk (%s): a restart of that Redis loses every job, "
+            "artifact record and queued task; turn on its append-only file (appendonly yes)",
+            _where(settings.redis_url),
+            volatile,
+        )
     # Jobs recorded before the state and label indexes: in them before a filtered list runs.
     if backfilled := await store.backfill_indexes():
         log.info("indexed %d jobs recorded before the state and label indexes", backfilled)
