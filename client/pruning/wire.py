@@ -23,7 +23,8 @@ _LEN = 2  # wire type of a length-delimited field
 _VARINT = 0
 _UPLOAD_CHUNK_TAG = 2 << 3 | _LEN  # UploadRequest.chunk
 _DOWNLOAD_DATA_TAG = bytes((2 << 3 | _LEN,))  # DownloadChunk.data
-_MAX_VARINT = 10
+_MAX_VARINT = 10  # an int64 value
+_MAX_SHORT_VARINT = 5  # a tag or a length: protobuf refuses longer ones
 
 
 def varint(value: int) -> bytes:
@@ -36,10 +37,11 @@ def varint(value: int) -> bytes:
     return bytes(out)
 
 
-def _read_varint(buf: bytes, i: int) -> tuple[int, int]:
-    """The varint at ``buf[i]`` and the index after it; ValueError when it is cut short or too long."""
+def _read_varint(buf: bytes, i: int, most: int = _MAX_SHORT_VARINT) -> tuple[int, int]:
+    """The varint at ``buf[i]`` (at most ``most`` bytes) and the index after it; ValueError when
+    it is cut short or too long."""
     value = shift = 0
-    for n in range(_MAX_VARINT):
+    for n in range(most):
         if i + n >= len(buf):
             raise ValueError("truncated varint")
         byte = buf[i + n]
@@ -47,7 +49,7 @@ def _read_varint(buf: bytes, i: int) -> tuple[int, int]:
         if not byte & 0x80:
             return value, i + n + 1
         shift += 7
-    raise ValueError("varint longer than 10 bytes")
+    raise ValueError(f"varint longer than {most} bytes")
 
 
 # -- uploads ---------------------------------------------------------------------------------
@@ -107,13 +109,17 @@ def parse_download_chunk(raw: bytes) -> Chunk:
     """The response deserializer of a download call."""
     varints = {1: 0, 3: 0}  # offset, total_size
     spans: dict[int, memoryview] = {}  # data, sha256
+    seen: set[int] = set()
     i = 0
     try:
         while i < len(raw):
             tag, i = _read_varint(raw, i)
             number, kind = tag >> 3, tag & 7
+            if number in seen:
+                raise ValueError("a repeated field")  # protobuf judges every copy
+            seen.add(number)
             if number in varints and kind == _VARINT:
-                varints[number], i = _read_varint(raw, i)
+                varints[number], i = _read_varint(raw, i, _MAX_VARINT)
             elif number in (2, 4) and kind == _LEN:
                 length, i = _read_varint(raw, i)
                 if i + length > len(raw):

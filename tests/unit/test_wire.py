@@ -118,3 +118,31 @@ def test_a_download_chunk_with_unknown_fields_or_repeats_reads_as_protobuf_does(
             expected.total_size,
             expected.sha256,
         )
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"\x12\x83\x80\x80\x80\x80\x80\x80\x80\x80\x00abc",  # a length in 10 bytes
+        b"\x12\x83\x80\x80\x80\x80\x00abc",  # in 6 bytes
+        b"\x92\x80\x80\x80\x80\x00\x03abc",  # a tag in 6 bytes
+        b"\x22\x01\xff\x22\x01a",  # sha256 twice, the first not UTF-8
+    ],
+)
+def test_crafted_messages_protobuf_refuses_are_refused(raw):
+    """Over-long tags and lengths, and repeated fields, which random bytes seldom produce."""
+    with pytest.raises(DecodeError):
+        pb.DownloadChunk.FromString(raw)
+    with pytest.raises(DecodeError):
+        wire.parse_download_chunk(raw)
+    if raw.startswith(b"\x12"):
+        with pytest.raises(DecodeError):
+            pb.UploadRequest.FromString(raw)
+        with pytest.raises(DecodeError):
+            wire.parse_upload_request(raw)
+
+
+def test_lengths_in_up_to_five_bytes_read_as_protobuf_reads_them():
+    raw = b"\x12\x83\x80\x80\x80\x00abc"  # a length of 3 in 5 bytes
+    assert bytes(wire.parse_upload_request(raw)) == pb.UploadRequest.FromString(raw).chunk == b"abc"  # type: ignore[arg-type]
+    assert bytes(wire.parse_download_chunk(raw).data) == b"abc"
