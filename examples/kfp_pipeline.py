@@ -34,7 +34,8 @@ def prune(
     epochs: int = 2,
     timeout_s: float = 6 * 3600,
 ) -> float:
-    """Prunes ``model`` with the service at ``target``; returns the pruned model's accuracy."""
+    """Prunes ``model`` with the service at ``target``; returns the pruned model's accuracy
+    (NaN under a regression loss, which has none: its test losses are logged instead)."""
     import os
 
     from pruning_client import Client, job_spec, polynomial_decay
@@ -54,6 +55,8 @@ def prune(
         "baseline_accuracy",
         "pruned_accuracy",
         "accuracy_delta",
+        "baseline_loss",
+        "pruned_loss",
         "overall_sparsity",
         "pruned_kernel_sparsity",
         "compression_ratio",
@@ -61,8 +64,9 @@ def prune(
         "size_after_gzip",
         "fine_tune_seconds",
     ):
-        metrics.log_metric(name, float(getattr(result, name)))
-    return result.pruned_accuracy
+        if (value := getattr(result, name)) is not None:  # the accuracies: None under a regression loss
+            metrics.log_metric(name, float(value))
+    return result.pruned_accuracy if result.pruned_accuracy is not None else float("nan")
 
 
 @dsl.pipeline(name="prune-model", description="Prune a Keras model with the pruning service")

@@ -36,7 +36,7 @@ from .client import Client, _api_key_problem
 from .exceptions import JobCancelled, NotFound, PruningError
 from .job import JobHandle, _is_directory
 from .report import job_report, sweep_report
-from .results import JobPlan, ModelSummary, PruneResult, recipe_text, speed_up
+from .results import JobPlan, ModelSummary, PruneResult, figure, points, recipe_text, speed_up
 from .specs import (
     EXPORT_FORMATS,
     IMPORTANCE_CRITERIA,
@@ -51,7 +51,17 @@ from .specs import (
     polynomial_decay,
 )
 from .specs import structured as structured_spec
-from .sweeps import SEARCH_METHODS, SweepHandle, curve, curve_lines, has_budget, in_budget, is_halving, sweep_spec
+from .sweeps import (
+    SEARCH_METHODS,
+    SweepHandle,
+    curve,
+    curve_lines,
+    has_budget,
+    in_budget,
+    is_halving,
+    sweep_spec,
+    trial_figures,
+)
 
 if TYPE_CHECKING:
     from tqdm import tqdm
@@ -309,11 +319,11 @@ def format_table(result: PruneResult) -> str:
     """The result as the table the reference job prints."""
     lines = [
         f"{'':24}{'baseline':>12}{'pruned':>12}",
-        f"{'test accuracy':24}{result.baseline_accuracy:>12.4f}{result.pruned_accuracy:>12.4f}",
+        f"{'test accuracy':24}{figure(result.baseline_accuracy):>12}{figure(result.pruned_accuracy):>12}",
         f"{'test loss':24}{result.baseline_loss:>12.4f}{result.pruned_loss:>12.4f}",
         f"{'model size (raw)':24}{result.size_before_raw:>12,}{result.size_after_raw:>12,}",
         f"{'model size (gzip)':24}{result.size_before_gzip:>12,}{result.size_after_gzip:>12,}",
-        f"accuracy delta: {result.accuracy_delta * 100:+.2f} pp;  gzip compression: {result.compression_ratio:.2f}x",
+        f"accuracy delta: {points(result.accuracy_delta)};  gzip compression: {result.compression_ratio:.2f}x",
         (
             f"sparsity: pruned kernels {result.pruned_kernel_sparsity:.4f}, all parameters "
             f"{result.overall_sparsity:.4f} ({result.nonzero_params:,} of {result.total_params:,} non-zero)"
@@ -408,7 +418,8 @@ class _Progress:
             print(message, file=self.stream, flush=True)
 
     def update(self, p: pb.Progress) -> None:
-        summary = f"epoch {p.epoch}/{p.total_epochs} loss {p.loss:.4f} acc {p.accuracy:.4f} sparsity {p.sparsity:.3f}"
+        acc = f" acc {p.accuracy:.4f}" if p.HasField("accuracy") else ""  # none under a regression loss
+        summary = f"epoch {p.epoch}/{p.total_epochs} loss {p.loss:.4f}{acc} sparsity {p.sparsity:.3f}"
         if self.live:
             if self.bar is None:
                 from tqdm import tqdm
@@ -1058,10 +1069,14 @@ def _trial_line(t: pb.Trial, budget: bool) -> str:
     if t.worker:
         line += f" on {t.worker}"
     if t.state == pb.JOB_STATE_SUCCEEDED:
-        line += (
-            f": accuracy {t.pruned_accuracy:.4f} ({t.accuracy_loss_pp:+.2f} pp), kernels "
-            f"{t.kernel_sparsity:.4f} sparse, gzip {t.gzip_bytes:,} bytes"
-            + (" within the budget" if budget and t.within_budget else "")
+        quality = (
+            f"accuracy {t.pruned_accuracy:.4f}"
+            + (f" ({t.accuracy_loss_pp:+.2f} pp)" if t.HasField("accuracy_loss_pp") else "")
+            if t.HasField("pruned_accuracy")
+            else f"test loss {t.pruned_loss:.4f}"  # a regression
+        )
+        line += f": {quality}, kernels {t.kernel_sparsity:.4f} sparse, gzip {t.gzip_bytes:,} bytes" + (
+            " within the budget" if budget and t.within_budget else ""
         )
     elif t.error.message:
         line += f": {t.error.message}"
@@ -1073,7 +1088,7 @@ def format_sweep(sweep: pb.Sweep) -> str:
     with its epochs), then the answer. The budget column is "-" without a budget."""
     halving = is_halving(sweep)
     header = ["trial", *(("rung", "epochs") if halving else ()), "sparsity", "state"]
-    header += ["accuracy", "loss pp", "kernels", "gzip bytes", "budget"]
+    header += ["accuracy", "loss pp", "test loss", "kernels", "gzip bytes", "budget"]
     table = []
     for t in curve(sweep):
         done = t.state == pb.JOB_STATE_SUCCEEDED
@@ -1083,16 +1098,12 @@ def format_sweep(sweep: pb.Sweep) -> str:
                 *((str(t.rung), str(t.epochs)) if halving else ()),
                 f"{t.sparsity:.4f}",
                 pb.JobState.Name(t.state).removeprefix("JOB_STATE_").lower(),
-                *(
-                    (f"{t.pruned_accuracy:.4f}", f"{t.accuracy_loss_pp:+.2f}", f"{t.kernel_sparsity:.4f}")
-                    if done
-                    else ("", "", "")
-                ),
+                *((*trial_figures(t), f"{t.kernel_sparsity:.4f}") if done else ("", "", "", "")),
                 f"{t.gzip_bytes:,}" if done else "",
                 in_budget(sweep, t),
             ]
         )
-    right = [True, *((True, True) if halving else ()), True, False, True, True, True, True, False]
+    right = [True, *((True, True) if halving else ()), True, False, True, True, True, True, True, False]
     rows = [
         f"sweep {sweep.id} {pb.JobState.Name(sweep.state).removeprefix('JOB_STATE_').lower()}",
         *_columns(header, table, right),
@@ -1245,15 +1256,18 @@ def _sweep_curve_png(found: pb.Sweep, path: pathlib.Path) -> str | None:
         return None
     fig, ax = plt.subplots(figsize=(7, 4))
     size = ax.twinx()
+    # a regression's trials have no accuracy: their test loss is the curve
+    accuracy = all(t.HasField("pruned_accuracy") for _, trials in lines for t in trials)
+    quality = "pruned_accuracy" if accuracy else "pruned_loss"
     for i, (label, trials) in enumerate(lines):
         xs = [t.sparsity for t in trials]
-        ax.plot(xs, [t.pruned_accuracy for t in trials], "o-", label=label)
+        ax.plot(xs, [getattr(t, quality) for t in trials], "o-", label=label)
         size.plot(xs, [t.gzip_bytes for t in trials], "s--", color="gray", label="gzip bytes" if i == 0 else None)
     if found.HasField("chosen_trial"):
         chosen = found.trials[found.chosen_trial]
-        ax.plot([chosen.sparsity], [chosen.pruned_accuracy], "r*", markersize=14, label="chosen")
+        ax.plot([chosen.sparsity], [getattr(chosen, quality)], "r*", markersize=14, label="chosen")
     ax.set_xlabel("sparsity")
-    ax.set_ylabel("test accuracy")
+    ax.set_ylabel("test accuracy" if accuracy else "test loss")
     size.set_ylabel("gzip bytes")
     handles, labels = ax.get_legend_handles_labels()
     more, more_labels = size.get_legend_handles_labels()  # the twin axis' gzip line

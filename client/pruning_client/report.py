@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from pruning.v1 import pruning_pb2 as pb
 
 from .results import PruneResult, recipe_text, speed_up
-from .sweeps import curve, in_budget, is_halving
+from .sweeps import curve, in_budget, is_halving, trial_figures
 
 __all__ = ["job_report", "sweep_report"]
 
@@ -78,10 +78,14 @@ def job_report(job: pb.Job, files: dict[str, str] | None = None) -> tuple[str, s
             (
                 ("", "baseline", "pruned"),
                 [
-                    ("test accuracy", f"{r.baseline.accuracy:.4f}", f"{r.pruned.accuracy:.4f}"),
+                    ("test accuracy", *(_accuracy(m) for m in (r.baseline, r.pruned))),
                     ("test loss", f"{r.baseline.loss:.4f}", f"{r.pruned.loss:.4f}"),
                     ("file size (gzip)", f"{r.size_before.gzip_bytes:,}", f"{r.size_after.gzip_bytes:,}"),
-                    ("accuracy delta (pp)", "", f"{100 * r.accuracy_delta:+.2f}"),
+                    (
+                        "accuracy delta (pp)",
+                        "",
+                        f"{100 * r.accuracy_delta:+.2f}" if r.HasField("accuracy_delta") else "n/a",
+                    ),
                     ("pruned kernel sparsity", "", f"{r.pruned_kernel_sparsity:.4f}"),
                     ("compression (gzip)", "", f"{r.compression_ratio:.2f}x"),
                     *(
@@ -143,7 +147,7 @@ def job_report(job: pb.Job, files: dict[str, str] | None = None) -> tuple[str, s
                         (
                             str(e.epoch),
                             f"{e.loss:.4f}",
-                            f"{e.accuracy:.4f}",
+                            f"{e.accuracy:.4f}" if e.HasField("accuracy") else "",
                             f"{e.val_loss:.4f}" if e.HasField("val_loss") else "",
                             f"{e.val_accuracy:.4f}" if e.HasField("val_accuracy") else "",
                             f"{e.sparsity:.3f}",
@@ -184,12 +188,25 @@ def job_report(job: pb.Job, files: dict[str, str] | None = None) -> tuple[str, s
     return _render(f"Pruning job {job.id}", sections, images)
 
 
+def _accuracy(metrics: pb.Metrics) -> str:
+    """A test accuracy, or "n/a" (a regression loss has none; a skipped baseline neither)."""
+    return f"{metrics.accuracy:.4f}" if metrics.HasField("accuracy") else "n/a"
+
+
 def sweep_report(sweep: pb.Sweep, curve_png: str | None = None) -> tuple[str, str]:
     """(Markdown, HTML) of ``sweep``: the curve (one row per trial, by sparsity; with successive
     halving by rung first, with the rung's epochs) and the answer. Without a budget, "in
     budget" is "-"."""
     halving = is_halving(sweep)
-    head = ("trial", *(("rung", "epochs") if halving else ()), "sparsity", "state", "accuracy", "loss (pp)")
+    head = (
+        "trial",
+        *(("rung", "epochs") if halving else ()),
+        "sparsity",
+        "state",
+        "accuracy",
+        "loss (pp)",
+        "test loss",
+    )
     head += ("gzip bytes", "TFLite ms (batch 1)", "in budget", "worker", "job")
     rows = [
         (
@@ -197,8 +214,7 @@ def sweep_report(sweep: pb.Sweep, curve_png: str | None = None) -> tuple[str, st
             *((str(t.rung), str(t.epochs)) if halving else ()),
             f"{t.sparsity:.4f}",
             _state(t.state),
-            f"{t.pruned_accuracy:.4f}" if t.state == pb.JOB_STATE_SUCCEEDED else "",
-            f"{t.accuracy_loss_pp:+.2f}" if t.state == pb.JOB_STATE_SUCCEEDED else "",
+            *(trial_figures(t) if t.state == pb.JOB_STATE_SUCCEEDED else ("", "", "")),
             f"{t.gzip_bytes:,}" if t.gzip_bytes else "",
             f"{t.tflite_latency_ms:.3f}" if t.tflite_latency_ms else "",
             in_budget(sweep, t),

@@ -49,11 +49,15 @@ class PruneResult:
         0.9712 3.02
     """
 
-    baseline_accuracy: float
+    baseline_accuracy: float | None
+    """None under a regression loss (mean_squared_error, mean_absolute_error): the losses
+    are then the quality figures. Also None for a job that skipped its baseline."""
     baseline_loss: float
-    pruned_accuracy: float
+    pruned_accuracy: float | None
+    """None under a regression loss."""
     pruned_loss: float
-    accuracy_delta: float
+    accuracy_delta: float | None
+    """pruned_accuracy - baseline_accuracy; None when either is."""
     overall_sparsity: float
     """Zero fraction over all parameters of the stripped model."""
     pruned_kernel_sparsity: float
@@ -121,11 +125,12 @@ class PruneResult:
     def export_accuracy_lines(self) -> list[tuple[str, str]]:
         """(label, value) rows of the TFLite exports' own test accuracy, beside the Keras
         model's; empty without a TFLite export (or for a model the check does not fit)."""
+        keras = self.pruned_accuracy
         return [
             (
                 f"{x.format} export",
-                f"test accuracy {x.accuracy:.4f} on {x.samples:,} samples "
-                f"({100 * (x.accuracy - self.pruned_accuracy):+.2f} pp against the Keras model)",
+                f"test accuracy {x.accuracy:.4f} on {x.samples:,} samples"
+                + (f" ({100 * (x.accuracy - keras):+.2f} pp against the Keras model)" if keras is not None else ""),
             )
             for x in self.raw.export_accuracy
         ]
@@ -143,11 +148,11 @@ class PruneResult:
     @classmethod
     def from_proto(cls, r: pb.PruneResult) -> PruneResult:
         return cls(
-            baseline_accuracy=r.baseline.accuracy,
+            baseline_accuracy=r.baseline.accuracy if r.baseline.HasField("accuracy") else None,
             baseline_loss=r.baseline.loss,
-            pruned_accuracy=r.pruned.accuracy,
+            pruned_accuracy=r.pruned.accuracy if r.pruned.HasField("accuracy") else None,
             pruned_loss=r.pruned.loss,
-            accuracy_delta=r.accuracy_delta,
+            accuracy_delta=r.accuracy_delta if r.HasField("accuracy_delta") else None,
             overall_sparsity=r.overall_sparsity,
             pruned_kernel_sparsity=r.pruned_kernel_sparsity,
             layers=[LayerSparsity(x.name, x.type, x.pruned, x.weights, x.nonzero, x.sparsity) for x in r.layers],
@@ -189,13 +194,13 @@ class PruneResult:
     def _repr_html_(self) -> str:
         """A table for notebooks: baseline against pruned, then one row per layer."""
         rows = [
-            ("test accuracy", f"{self.baseline_accuracy:.4f}", f"{self.pruned_accuracy:.4f}"),
+            ("test accuracy", figure(self.baseline_accuracy), figure(self.pruned_accuracy)),
             ("test loss", f"{self.baseline_loss:.4f}", f"{self.pruned_loss:.4f}"),
             ("model size (raw bytes)", f"{self.size_before_raw:,}", f"{self.size_after_raw:,}"),
             ("model size (gzip bytes)", f"{self.size_before_gzip:,}", f"{self.size_after_gzip:,}"),
         ]
         summary = [
-            ("accuracy delta", f"{self.accuracy_delta * 100:+.2f} pp"),
+            ("accuracy delta", points(self.accuracy_delta)),
             ("gzip compression", f"{self.compression_ratio:.2f}x"),
             ("sparsity of the pruned kernels", f"{self.pruned_kernel_sparsity:.4f}"),
             ("sparsity of all parameters", f"{self.overall_sparsity:.4f}"),
@@ -489,6 +494,16 @@ def recipe_text(r: pb.RecipeResult) -> str:
     if r.early_stopping_patience:
         parts.append(f"early stopping with a patience of {r.early_stopping_patience} epochs")
     return ", ".join(parts) + f"; {r.epochs_run} epochs run, weights of epoch {r.best_epoch} kept"
+
+
+def figure(value: float | None) -> str:
+    """An accuracy to four places, or "n/a" where there is none (a regression loss, no baseline)."""
+    return "n/a" if value is None else f"{value:.4f}"
+
+
+def points(delta: float | None) -> str:
+    """An accuracy difference in percentage points, or "n/a"."""
+    return "n/a" if delta is None else f"{delta * 100:+.2f} pp"
 
 
 def speed_up(latency: pb.Latency) -> str:

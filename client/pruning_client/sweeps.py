@@ -200,6 +200,16 @@ def in_budget(sweep: pb.Sweep, trial: pb.Trial) -> str:
     return "yes" if trial.within_budget else "no"
 
 
+def trial_figures(t: pb.Trial) -> tuple[str, str, str]:
+    """A succeeded trial's (accuracy, accuracy lost in pp, test loss) as table cells; the
+    accuracies "n/a" under a regression loss, where the test loss tells."""
+    return (
+        f"{t.pruned_accuracy:.4f}" if t.HasField("pruned_accuracy") else "n/a",
+        f"{t.accuracy_loss_pp:+.2f}" if t.HasField("accuracy_loss_pp") else "n/a",
+        f"{t.pruned_loss:.4f}",
+    )
+
+
 def curve(sweep: pb.Sweep) -> list[pb.Trial]:
     """The trials by rung, then by sparsity (every trial is of rung 0 but with successive halving)."""
     return sorted(sweep.trials, key=lambda t: (t.rung, t.sparsity))

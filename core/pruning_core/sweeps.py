@@ -357,8 +357,12 @@ def record_job(trial: pb.Trial, job: pb.Job, budget: pb.AccuracyBudget) -> None:
         trial.error.CopyFrom(job.error)
     if job.state == pb.JOB_STATE_SUCCEEDED:
         r = job.result
-        trial.baseline_accuracy, trial.pruned_accuracy = r.baseline.accuracy, r.pruned.accuracy
-        trial.accuracy_loss_pp = loss_pp(r.baseline.accuracy, r.pruned.accuracy)
+        trial.baseline_loss, trial.pruned_loss = r.baseline.loss, r.pruned.loss
+        if r.pruned.HasField("accuracy"):  # none under a regression loss
+            trial.pruned_accuracy = r.pruned.accuracy
+            if r.baseline.HasField("accuracy"):
+                trial.baseline_accuracy = r.baseline.accuracy
+                trial.accuracy_loss_pp = loss_pp(r.baseline.accuracy, r.pruned.accuracy)
         trial.kernel_sparsity = r.pruned_kernel_sparsity
         trial.gzip_bytes, trial.compression_ratio = r.size_after.gzip_bytes, r.compression_ratio
         single = [x.after_ms for x in r.latency if x.runtime == "tflite" and x.batch_size == 1]

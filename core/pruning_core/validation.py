@@ -32,9 +32,15 @@ MAX_LAYER_SPARSITIES = 1000
 REGRESSION_LOSSES = ("mean_squared_error", "mean_absolute_error")
 
 
+def is_regression(loss: str) -> bool:
+    """Whether ``loss`` ('' = the default) is a regression's: the job then reports its losses
+    and no accuracy (there is none to measure)."""
+    return loss in REGRESSION_LOSSES
+
+
 def budget_loss_problem(loss: str) -> str | None:
     """Why an accuracy budget cannot be kept under ``loss`` ('' = the default), or None."""
-    if loss in REGRESSION_LOSSES:
+    if is_regression(loss):
         return f"an accuracy budget needs a classification loss; under {loss} there is no accuracy to keep"
     return None
 

@@ -5,6 +5,8 @@ translation matched the upload within 1e-5."""
 
 from __future__ import annotations
 
+import math
+
 import keras3_models
 import numpy as np
 import pytest
@@ -111,6 +113,12 @@ def test_keras3_model_round_trip(client, worker, tmp_path, family):
     result = job.result(timeout=600)
     raw = result.raw
     assert raw.keras_version_in == 3 and raw.keras_version_out == 3
+    # A regression loss: no accuracy anywhere (not 0, not Keras' binary accuracy of real
+    # targets); the test losses are the figures.
+    assert not raw.baseline.HasField("accuracy") and not raw.pruned.HasField("accuracy")
+    assert not raw.HasField("accuracy_delta") and result.pruned_accuracy is None
+    assert math.isfinite(raw.pruned.loss) and math.isfinite(raw.baseline.loss) and raw.baseline.loss > 0
+    assert raw.history and not any(e.HasField("accuracy") for e in raw.history)
     assert raw.conversion_max_abs_diff <= 1e-5 and raw.export_conversion_max_abs_diff <= 1e-5
     pruned = {layer.name for layer in raw.layers if layer.pruned}
     assert pruned, "no layer was pruned"

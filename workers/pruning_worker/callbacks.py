@@ -12,6 +12,7 @@ import tf_keras as keras
 from pruning.v1 import pruning_pb2 as pb
 from pruning_core.phases import Phase
 
+from .evaluate import accuracy
 from .recipe import Schedule, learning_rate, scheduled_sparsity
 
 
@@ -59,7 +60,7 @@ class ProgressCallback(keras.callbacks.Callback):
                 step=step,
                 total_steps=self.total,
                 loss=float((logs or {}).get("loss", 0.0)),
-                accuracy=float((logs or {}).get("accuracy", 0.0)),
+                accuracy=accuracy(logs or {}),
                 sparsity=scheduled_sparsity(self.schedule, step),
                 eta_seconds=eta,
             ),
@@ -106,24 +107,27 @@ class HistoryCallback(keras.callbacks.Callback):
         summary = pb.EpochSummary(
             epoch=epoch + 1,
             loss=float(logs.get("loss", 0.0)),
-            accuracy=float(logs.get("accuracy", 0.0)),
+            accuracy=accuracy(logs),
+            val_accuracy=accuracy(logs, "val_"),
             sparsity=scheduled_sparsity(self.schedule, (epoch + 1) * self.steps_per_epoch - 1),
             learning_rate=learning_rate(self.model.optimizer),
         )
         if "val_loss" in logs:
             summary.val_loss = float(logs["val_loss"])
-        if "val_accuracy" in logs:
-            summary.val_accuracy = float(logs["val_accuracy"])
         self.history.append(summary)
 
 
-def early_stopping(patience: int, final_step: int, steps_per_epoch: int) -> keras.callbacks.EarlyStopping:
-    """Stops once validation accuracy has not improved for ``patience`` epochs, watching only
+def early_stopping(
+    patience: int, final_step: int, steps_per_epoch: int, on_accuracy: bool
+) -> keras.callbacks.EarlyStopping:
+    """Stops once the validation accuracy (``on_accuracy``: a classification of one output;
+    else the validation loss, for a regression or a model of several outputs, whose
+    accuracies Keras logs per output) has not improved for ``patience`` epochs, watching only
     the epochs that end at the final sparsity (from the one holding ``final_step``), and keeps
     the best of them."""
     return keras.callbacks.EarlyStopping(
-        monitor="val_accuracy",
-        mode="max",
+        monitor="val_accuracy" if on_accuracy else "val_loss",
+        mode="max" if on_accuracy else "min",
         patience=patience,
         restore_best_weights=True,
         start_from_epoch=max(0, final_step) // steps_per_epoch,

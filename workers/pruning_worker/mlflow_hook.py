@@ -51,12 +51,20 @@ def params(spec: pb.JobSpec) -> dict[str, str]:
 
 
 def metrics(result: pb.PruneResult) -> dict[str, float]:
+    # the accuracies only where there are some (none under a regression loss)
+    present = {
+        name: value
+        for name, value, there in (
+            ("baseline_accuracy", result.baseline.accuracy, result.baseline.HasField("accuracy")),
+            ("pruned_accuracy", result.pruned.accuracy, result.pruned.HasField("accuracy")),
+            ("accuracy_delta", result.accuracy_delta, result.HasField("accuracy_delta")),
+        )
+        if there
+    }
     figures = {
-        "baseline_accuracy": result.baseline.accuracy,
+        **present,
         "baseline_loss": result.baseline.loss,
-        "pruned_accuracy": result.pruned.accuracy,
         "pruned_loss": result.pruned.loss,
-        "accuracy_delta": result.accuracy_delta,
         "overall_sparsity": result.overall_sparsity,
         "pruned_kernel_sparsity": result.pruned_kernel_sparsity,
         "total_params": result.total_params,

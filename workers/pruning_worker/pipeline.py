@@ -23,7 +23,7 @@ from pruning_core.phases import Phase
 from . import distill, measure, recipe, report, safe_load, sensitivity, tferrors
 from .callbacks import HistoryCallback, ProgressCallback, Reporter, early_stopping
 from .errors import Cancelled, OutcomeError
-from .evaluate import evaluate
+from .evaluate import evaluate, metrics
 from .export import KERAS_FILES, as_keras3, export, load_export
 from .inputs import Inputs, by_output, check, check_split, head, length
 from .measure import device_name
@@ -70,7 +70,7 @@ def run(
     )
     if not t.skip_baseline:
         reporter.phase(Phase.BASELINE, f"evaluating the baseline on {length(x_test)} test samples")
-        model.compile(optimizer=recipe.make_optimizer(t), loss=loss, metrics=["accuracy"])
+        model.compile(optimizer=recipe.make_optimizer(t), loss=loss, metrics=metrics(t.loss))
         result.baseline.CopyFrom(evaluate(model, x_test, y_test, t, "baseline evaluation"))
 
     # Measured now: pruning wraps these very layers and masks their kernels in place.
@@ -120,7 +120,7 @@ def run(
     pruned.compile(
         optimizer=recipe.make_optimizer(t, steps * t.epochs),
         loss=taught.loss if taught else loss,
-        metrics=taught.metrics() if taught else ["accuracy"],
+        metrics=taught.metrics() if taught else metrics(t.loss),
     )
 
     reporter.phase(Phase.FINE_TUNE, f"fine-tuning {t.epochs} epochs x {steps} steps on {result.device}")
@@ -134,11 +134,12 @@ def run(
         callbacks += report.tensorboard_callbacks(log_dir, pruned=bool(chosen))
     stopper = None
     if t.early_stopping_patience and t.validation_split > 0:
-        stopper = early_stopping(t.early_stopping_patience, final_step, steps)
+        on_accuracy = not validation.is_regression(t.loss) and len(pruned.outputs) == 1
+        stopper = early_stopping(t.early_stopping_patience, final_step, steps, on_accuracy)
         callbacks.append(stopper)
     result.fine_tune_seconds = fine_tune(pruned, x_train, taught.targets if taught else y_train, t, callbacks)
     if taught:  # evaluated on the task's own loss, like the baseline
-        pruned.compile(optimizer=pruned.optimizer, loss=loss, metrics=["accuracy"])
+        pruned.compile(optimizer=pruned.optimizer, loss=loss, metrics=metrics(t.loss))
     if progress.cancelled or reporter.should_stop():
         raise Cancelled()
     if history.diverged:
@@ -155,11 +156,11 @@ def run(
     reporter.phase(Phase.EVALUATE, "evaluating the pruned model")
     result.pruned.CopyFrom(evaluate(pruned, x_test, y_test, t, "evaluation of the pruned model"))
     if not (math.isfinite(result.pruned.loss) and math.isfinite(result.pruned.accuracy)):
+        also = f" and accuracy {result.pruned.accuracy}" if result.pruned.HasField("accuracy") else ""
         raise OutcomeError(
-            f"the pruned model's test loss is {result.pruned.loss} and accuracy {result.pruned.accuracy}: "
-            "it is broken, so it is not handed back"
+            f"the pruned model's test loss is {result.pruned.loss}{also}: it is broken, so it is not handed back"
         )
-    if not t.skip_baseline:
+    if result.pruned.HasField("accuracy") and result.baseline.HasField("accuracy"):
         result.accuracy_delta = result.pruned.accuracy - result.baseline.accuracy
 
     stripped = tfmot.sparsity.keras.strip_pruning(pruned) if chosen else pruned
@@ -192,7 +193,7 @@ def run(
             )
 
     for path, name in outputs:
-        if name in ("tflite", "tflite_int8"):
+        if name in ("tflite", "tflite_int8") and not validation.is_regression(t.loss):
             reporter.check_between_steps()
             try:
                 measured_tflite = measure.tflite_accuracy(path, x_test, y_test)
@@ -223,8 +224,13 @@ def run(
     reporter.check_between_steps()
     result.phase_seconds["inputs"] = inputs.seconds
     result.phase_seconds.update(reporter.timings())
+    quality = (
+        f"pruned accuracy {result.pruned.accuracy:.4f}"
+        if result.pruned.HasField("accuracy")
+        else f"pruned test loss {result.pruned.loss:.4f}"
+    )
     reporter.log(
-        f"pruned accuracy {result.pruned.accuracy:.4f}, kernel sparsity {result.pruned_kernel_sparsity:.3f}, "
+        f"{quality}, kernel sparsity {result.pruned_kernel_sparsity:.3f}, "
         f"gzip {result.size_before.gzip_bytes} -> {result.size_after.gzip_bytes} bytes"
     )
     return result, outputs

@@ -75,7 +75,8 @@ def plots(result: pb.PruneResult, workdir: pathlib.Path) -> list[tuple[pathlib.P
         ax_loss.plot(epochs, [e.loss for e in result.history], "o-", label="loss")
         if all(e.HasField("val_loss") for e in result.history):
             ax_loss.plot(epochs, [e.val_loss for e in result.history], "o--", label="validation loss")
-        ax_acc.plot(epochs, [e.accuracy for e in result.history], "o-", label="accuracy")
+        if all(e.HasField("accuracy") for e in result.history):  # none under a regression loss
+            ax_acc.plot(epochs, [e.accuracy for e in result.history], "o-", label="accuracy")
         if all(e.HasField("val_accuracy") for e in result.history):
             ax_acc.plot(epochs, [e.val_accuracy for e in result.history], "o--", label="validation accuracy")
         sparsity = ax_acc.twinx()

@@ -1169,6 +1169,7 @@ class Progress(_message.Message):
     total_steps: _builtins.int
     loss: _builtins.float
     accuracy: _builtins.float
+    """Absent under a regression loss (mean_squared_error, mean_absolute_error): no accuracy."""
     sparsity: _builtins.float
     """Current target sparsity of the pruning schedule."""
     eta_seconds: _builtins.float
@@ -1181,15 +1182,17 @@ class Progress(_message.Message):
         step: _builtins.int = ...,
         total_steps: _builtins.int = ...,
         loss: _builtins.float = ...,
-        accuracy: _builtins.float = ...,
+        accuracy: _builtins.float | None = ...,
         sparsity: _builtins.float = ...,
         eta_seconds: _builtins.float = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_accuracy", b"_accuracy", "accuracy", b"accuracy"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["accuracy", b"accuracy", "epoch", b"epoch", "eta_seconds", b"eta_seconds", "loss", b"loss", "phase", b"phase", "sparsity", b"sparsity", "step", b"step", "total_epochs", b"total_epochs", "total_steps", b"total_steps"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_accuracy", b"_accuracy", "accuracy", b"accuracy", "epoch", b"epoch", "eta_seconds", b"eta_seconds", "loss", b"loss", "phase", b"phase", "sparsity", b"sparsity", "step", b"step", "total_epochs", b"total_epochs", "total_steps", b"total_steps"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__accuracy: _TypeAlias = _typing.Literal["accuracy"]  # noqa: Y015
+    _WhichOneofArgType__accuracy: _TypeAlias = _typing.Literal["_accuracy", b"_accuracy"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__accuracy) -> _WhichOneofReturnType__accuracy | None: ...
 
 Global___Progress: _TypeAlias = Progress  # noqa: Y015
 
@@ -1200,18 +1203,22 @@ class Metrics(_message.Message):
     LOSS_FIELD_NUMBER: _builtins.int
     ACCURACY_FIELD_NUMBER: _builtins.int
     loss: _builtins.float
+    """The test loss: under a regression loss, the quality figure."""
     accuracy: _builtins.float
+    """Absent under a regression loss (mean_squared_error, mean_absolute_error): no accuracy."""
     def __init__(
         self,
         *,
         loss: _builtins.float = ...,
-        accuracy: _builtins.float = ...,
+        accuracy: _builtins.float | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_accuracy", b"_accuracy", "accuracy", b"accuracy"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["accuracy", b"accuracy", "loss", b"loss"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_accuracy", b"_accuracy", "accuracy", b"accuracy", "loss", b"loss"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__accuracy: _TypeAlias = _typing.Literal["accuracy"]  # noqa: Y015
+    _WhichOneofArgType__accuracy: _TypeAlias = _typing.Literal["_accuracy", b"_accuracy"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__accuracy) -> _WhichOneofReturnType__accuracy | None: ...
 
 Global___Metrics: _TypeAlias = Metrics  # noqa: Y015
 
@@ -1520,7 +1527,7 @@ class PruneResult(_message.Message):
     PHASE_SECONDS_FIELD_NUMBER: _builtins.int
     EXPORT_ACCURACY_FIELD_NUMBER: _builtins.int
     accuracy_delta: _builtins.float
-    """pruned.accuracy - baseline.accuracy."""
+    """pruned.accuracy - baseline.accuracy; absent when either has no accuracy."""
     overall_sparsity: _builtins.float
     """Zero fraction over all parameters of the stripped model."""
     pruned_kernel_sparsity: _builtins.float
@@ -1584,7 +1591,7 @@ class PruneResult(_message.Message):
         *,
         baseline: Global___Metrics | None = ...,
         pruned: Global___Metrics | None = ...,
-        accuracy_delta: _builtins.float = ...,
+        accuracy_delta: _builtins.float | None = ...,
         overall_sparsity: _builtins.float = ...,
         pruned_kernel_sparsity: _builtins.float = ...,
         layers: _abc.Iterable[Global___LayerSparsity] | None = ...,
@@ -1607,11 +1614,13 @@ class PruneResult(_message.Message):
         phase_seconds: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
         export_accuracy: _abc.Iterable[Global___ExportAccuracy] | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["baseline", b"baseline", "pruned", b"pruned", "recipe", b"recipe", "size_after", b"size_after", "size_before", b"size_before", "structured", b"structured"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_accuracy_delta", b"_accuracy_delta", "accuracy_delta", b"accuracy_delta", "baseline", b"baseline", "pruned", b"pruned", "recipe", b"recipe", "size_after", b"size_after", "size_before", b"size_before", "structured", b"structured"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["accuracy_delta", b"accuracy_delta", "artifacts", b"artifacts", "baseline", b"baseline", "compression_ratio", b"compression_ratio", "conversion_max_abs_diff", b"conversion_max_abs_diff", "device", b"device", "export_accuracy", b"export_accuracy", "export_conversion_max_abs_diff", b"export_conversion_max_abs_diff", "fine_tune_seconds", b"fine_tune_seconds", "history", b"history", "keras_version_in", b"keras_version_in", "keras_version_out", b"keras_version_out", "latency", b"latency", "layers", b"layers", "nonzero_params", b"nonzero_params", "overall_sparsity", b"overall_sparsity", "phase_seconds", b"phase_seconds", "pruned", b"pruned", "pruned_kernel_sparsity", b"pruned_kernel_sparsity", "recipe", b"recipe", "size_after", b"size_after", "size_before", b"size_before", "structured", b"structured", "total_params", b"total_params"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_accuracy_delta", b"_accuracy_delta", "accuracy_delta", b"accuracy_delta", "artifacts", b"artifacts", "baseline", b"baseline", "compression_ratio", b"compression_ratio", "conversion_max_abs_diff", b"conversion_max_abs_diff", "device", b"device", "export_accuracy", b"export_accuracy", "export_conversion_max_abs_diff", b"export_conversion_max_abs_diff", "fine_tune_seconds", b"fine_tune_seconds", "history", b"history", "keras_version_in", b"keras_version_in", "keras_version_out", b"keras_version_out", "latency", b"latency", "layers", b"layers", "nonzero_params", b"nonzero_params", "overall_sparsity", b"overall_sparsity", "phase_seconds", b"phase_seconds", "pruned", b"pruned", "pruned_kernel_sparsity", b"pruned_kernel_sparsity", "recipe", b"recipe", "size_after", b"size_after", "size_before", b"size_before", "structured", b"structured", "total_params", b"total_params"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__accuracy_delta: _TypeAlias = _typing.Literal["accuracy_delta"]  # noqa: Y015
+    _WhichOneofArgType__accuracy_delta: _TypeAlias = _typing.Literal["_accuracy_delta", b"_accuracy_delta"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__accuracy_delta) -> _WhichOneofReturnType__accuracy_delta | None: ...
 
 Global___PruneResult: _TypeAlias = PruneResult  # noqa: Y015
 
@@ -1631,6 +1640,7 @@ class EpochSummary(_message.Message):
     epoch: _builtins.int
     loss: _builtins.float
     accuracy: _builtins.float
+    """Absent under a regression loss."""
     val_loss: _builtins.float
     """Absent without a validation split."""
     val_accuracy: _builtins.float
@@ -1642,20 +1652,24 @@ class EpochSummary(_message.Message):
         *,
         epoch: _builtins.int = ...,
         loss: _builtins.float = ...,
-        accuracy: _builtins.float = ...,
+        accuracy: _builtins.float | None = ...,
         val_loss: _builtins.float | None = ...,
         val_accuracy: _builtins.float | None = ...,
         sparsity: _builtins.float = ...,
         learning_rate: _builtins.float = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_val_accuracy", b"_val_accuracy", "_val_loss", b"_val_loss", "val_accuracy", b"val_accuracy", "val_loss", b"val_loss"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_accuracy", b"_accuracy", "_val_accuracy", b"_val_accuracy", "_val_loss", b"_val_loss", "accuracy", b"accuracy", "val_accuracy", b"val_accuracy", "val_loss", b"val_loss"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_val_accuracy", b"_val_accuracy", "_val_loss", b"_val_loss", "accuracy", b"accuracy", "epoch", b"epoch", "learning_rate", b"learning_rate", "loss", b"loss", "sparsity", b"sparsity", "val_accuracy", b"val_accuracy", "val_loss", b"val_loss"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_accuracy", b"_accuracy", "_val_accuracy", b"_val_accuracy", "_val_loss", b"_val_loss", "accuracy", b"accuracy", "epoch", b"epoch", "learning_rate", b"learning_rate", "loss", b"loss", "sparsity", b"sparsity", "val_accuracy", b"val_accuracy", "val_loss", b"val_loss"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__accuracy: _TypeAlias = _typing.Literal["accuracy"]  # noqa: Y015
+    _WhichOneofArgType__accuracy: _TypeAlias = _typing.Literal["_accuracy", b"_accuracy"]  # noqa: Y015
     _WhichOneofReturnType__val_accuracy: _TypeAlias = _typing.Literal["val_accuracy"]  # noqa: Y015
     _WhichOneofArgType__val_accuracy: _TypeAlias = _typing.Literal["_val_accuracy", b"_val_accuracy"]  # noqa: Y015
     _WhichOneofReturnType__val_loss: _TypeAlias = _typing.Literal["val_loss"]  # noqa: Y015
     _WhichOneofArgType__val_loss: _TypeAlias = _typing.Literal["_val_loss", b"_val_loss"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__accuracy) -> _WhichOneofReturnType__accuracy | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__val_accuracy) -> _WhichOneofReturnType__val_accuracy | None: ...
     @_typing.overload
@@ -2319,13 +2333,15 @@ class Trial(_message.Message):
     TFLITE_LATENCY_MS_FIELD_NUMBER: _builtins.int
     RUNG_FIELD_NUMBER: _builtins.int
     EPOCHS_FIELD_NUMBER: _builtins.int
+    BASELINE_LOSS_FIELD_NUMBER: _builtins.int
+    PRUNED_LOSS_FIELD_NUMBER: _builtins.int
     index: _builtins.int
     sparsity: _builtins.float
     job_id: _builtins.str
     state: Global___JobState.ValueType
     worker: _builtins.str
     baseline_accuracy: _builtins.float
-    """From the trial's result."""
+    """From the trial's result; the accuracies absent under a regression loss (the losses tell)."""
     pruned_accuracy: _builtins.float
     accuracy_loss_pp: _builtins.float
     kernel_sparsity: _builtins.float
@@ -2339,6 +2355,9 @@ class Trial(_message.Message):
     Only trials of the last rung (the template's epochs) can be chosen.
     """
     epochs: _builtins.int
+    baseline_loss: _builtins.float
+    """The test losses of the trial's result."""
+    pruned_loss: _builtins.float
     @_builtins.property
     def started_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -2355,9 +2374,9 @@ class Trial(_message.Message):
         worker: _builtins.str = ...,
         started_at: _timestamp_pb2.Timestamp | None = ...,
         finished_at: _timestamp_pb2.Timestamp | None = ...,
-        baseline_accuracy: _builtins.float = ...,
-        pruned_accuracy: _builtins.float = ...,
-        accuracy_loss_pp: _builtins.float = ...,
+        baseline_accuracy: _builtins.float | None = ...,
+        pruned_accuracy: _builtins.float | None = ...,
+        accuracy_loss_pp: _builtins.float | None = ...,
         kernel_sparsity: _builtins.float = ...,
         gzip_bytes: _builtins.int = ...,
         compression_ratio: _builtins.float = ...,
@@ -2366,12 +2385,25 @@ class Trial(_message.Message):
         tflite_latency_ms: _builtins.float = ...,
         rung: _builtins.int = ...,
         epochs: _builtins.int = ...,
+        baseline_loss: _builtins.float = ...,
+        pruned_loss: _builtins.float = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "finished_at", b"finished_at", "started_at", b"started_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_accuracy_loss_pp", b"_accuracy_loss_pp", "_baseline_accuracy", b"_baseline_accuracy", "_pruned_accuracy", b"_pruned_accuracy", "accuracy_loss_pp", b"accuracy_loss_pp", "baseline_accuracy", b"baseline_accuracy", "error", b"error", "finished_at", b"finished_at", "pruned_accuracy", b"pruned_accuracy", "started_at", b"started_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["accuracy_loss_pp", b"accuracy_loss_pp", "baseline_accuracy", b"baseline_accuracy", "compression_ratio", b"compression_ratio", "epochs", b"epochs", "error", b"error", "finished_at", b"finished_at", "gzip_bytes", b"gzip_bytes", "index", b"index", "job_id", b"job_id", "kernel_sparsity", b"kernel_sparsity", "pruned_accuracy", b"pruned_accuracy", "rung", b"rung", "sparsity", b"sparsity", "started_at", b"started_at", "state", b"state", "tflite_latency_ms", b"tflite_latency_ms", "within_budget", b"within_budget", "worker", b"worker"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_accuracy_loss_pp", b"_accuracy_loss_pp", "_baseline_accuracy", b"_baseline_accuracy", "_pruned_accuracy", b"_pruned_accuracy", "accuracy_loss_pp", b"accuracy_loss_pp", "baseline_accuracy", b"baseline_accuracy", "baseline_loss", b"baseline_loss", "compression_ratio", b"compression_ratio", "epochs", b"epochs", "error", b"error", "finished_at", b"finished_at", "gzip_bytes", b"gzip_bytes", "index", b"index", "job_id", b"job_id", "kernel_sparsity", b"kernel_sparsity", "pruned_accuracy", b"pruned_accuracy", "pruned_loss", b"pruned_loss", "rung", b"rung", "sparsity", b"sparsity", "started_at", b"started_at", "state", b"state", "tflite_latency_ms", b"tflite_latency_ms", "within_budget", b"within_budget", "worker", b"worker"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__accuracy_loss_pp: _TypeAlias = _typing.Literal["accuracy_loss_pp"]  # noqa: Y015
+    _WhichOneofArgType__accuracy_loss_pp: _TypeAlias = _typing.Literal["_accuracy_loss_pp", b"_accuracy_loss_pp"]  # noqa: Y015
+    _WhichOneofReturnType__baseline_accuracy: _TypeAlias = _typing.Literal["baseline_accuracy"]  # noqa: Y015
+    _WhichOneofArgType__baseline_accuracy: _TypeAlias = _typing.Literal["_baseline_accuracy", b"_baseline_accuracy"]  # noqa: Y015
+    _WhichOneofReturnType__pruned_accuracy: _TypeAlias = _typing.Literal["pruned_accuracy"]  # noqa: Y015
+    _WhichOneofArgType__pruned_accuracy: _TypeAlias = _typing.Literal["_pruned_accuracy", b"_pruned_accuracy"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__accuracy_loss_pp) -> _WhichOneofReturnType__accuracy_loss_pp | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__baseline_accuracy) -> _WhichOneofReturnType__baseline_accuracy | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__pruned_accuracy) -> _WhichOneofReturnType__pruned_accuracy | None: ...
 
 Global___Trial: _TypeAlias = Trial  # noqa: Y015
 
