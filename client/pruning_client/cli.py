@@ -79,6 +79,7 @@ _LOCAL_FILE_EXIT = click.UsageError.exit_code
 _STATES = [s.removeprefix("JOB_STATE_").lower() for s, v in pb.JobState.items() if v != pb.JOB_STATE_UNSPECIFIED]
 
 F = TypeVar("F", bound=Callable[..., Any])
+_V = TypeVar("_V")
 
 
 # -- options shared by every command -----------------------------------------------------------
@@ -250,17 +251,22 @@ def _labels(ctx: click.Context, param: click.Parameter, values: tuple[str, ...])
     return labels
 
 
-def _layer_ratios(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> dict[str, float]:
+def _name_values(values: tuple[str, ...], what: str, kind: Callable[[str], _V]) -> dict[str, _V]:
+    """NAME=VALUE options as a dict."""
     out = {}
     for value in values:
-        name, sep, ratio = value.partition("=")
+        name, sep, text = value.partition("=")
         try:
-            out[name] = float(ratio)
+            out[name] = kind(text)
         except ValueError:
             sep = ""
-        if not sep or not name:
-            raise click.BadParameter(f"expected NAME=RATIO, got {value!r}")
+        if not sep or not name or not text:
+            raise click.BadParameter(f"expected NAME={what}, got {value!r}")
     return out
+
+
+def _layer_ratios(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> dict[str, float]:
+    return _name_values(values, "RATIO", float)
 
 
 def _model_ref(ctx: click.Context, param: click.Parameter, value: str) -> str:
@@ -753,6 +759,7 @@ def _spec(
     learning_rate: float,
     seed: int,
     loss: str | None = None,
+    output_loss: dict[str, str] | None = None,
     max_train_samples: int,
     include_layer: tuple[str, ...],
     exclude_layer: tuple[str, ...],
@@ -793,6 +800,7 @@ def _spec(
         optimizer=optimizer,
         learning_rate=learning_rate,
         loss=loss,
+        output_losses=output_loss,
         seed=seed,
         max_train_samples=max_train_samples,
         include_layers=include_layer,
@@ -931,6 +939,13 @@ _SPEC_OPTIONS = [
         default=None,
         help="Remove this fraction of the channels (filters, units) of every layer that can shrink, "
         "before fine-tuning; unset = no structured pruning.",
+    ),
+    _option(
+        "--output-loss",
+        multiple=True,
+        callback=lambda ctx, param, values: _name_values(values, "LOSS", str),
+        metavar="NAME=LOSS",
+        help="Loss of one output of a model of several (repeatable); the others take --loss.",
     ),
     _option(
         "--layer-ratio",

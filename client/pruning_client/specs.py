@@ -198,6 +198,7 @@ def job_spec(
     optimizer: str | None = None,
     learning_rate: float | None = None,
     loss: str | None = None,
+    output_losses: Mapping[str, str] | None = None,
     seed: int | None = None,
     max_train_samples: int | None = None,
     include_layers: Sequence[str] = (),
@@ -231,7 +232,9 @@ def job_spec(
     the target over the layers from a quick per-layer scan. With ``budget`` (see
     :func:`accuracy_budget`) the job searches for the highest sparsity within it instead of
     pruning to the schedule's: the server runs a search sweep and the job ends with the result
-    of the trial it picked.
+    of the trial it picked. ``output_losses`` gives a model of several outputs a loss per output
+    name (say ``{"class": "sparse_categorical_crossentropy_from_logits", "box":
+    "mean_squared_error"}``); the outputs it does not name take ``loss``.
 
     Example:
         >>> spec = job_spec("ab" * 32, schedule=polynomial_decay(0.5, 0.8), validation_split=0.0)
@@ -261,6 +264,7 @@ def job_spec(
         setattr(training, name, value)
     if recipe is not None:
         training.recipe = RECIPES[recipe]
+    training.output_losses.update(output_losses or {})
     spec = pb.JobSpec(
         model_id=model_id,
         dataset=pb.DatasetRef(artifact_id=dataset) if is_id else pb.DatasetRef(builtin=dataset),

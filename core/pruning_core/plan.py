@@ -138,6 +138,7 @@ def check(spec: pb.JobSpec, model_info: dict[str, Any], data: DatasetFacts) -> l
     if data.sample_shape is not None and not modelcheck.shapes_fit(model_input, data.sample_shape):
         out.append((data.field, f"samples of shape {data.sample_shape} do not fit the model input {model_input}"))
     out += _dataset_fits(spec, outputs, data)
+    out += _losses_fit(spec, outputs)
     mixed = model_info.get("mixed_precision") or []
     if mixed and (spec.pruning.HasField("schedule") or spec.pruning.HasField("structured")):
         # Weight pruning: TFMOT's wrappers do not take the policy. Structured: float16 rounding
@@ -197,10 +198,10 @@ def check(spec: pb.JobSpec, model_info: dict[str, Any], data: DatasetFacts) -> l
 def _labels_fit(spec: pb.JobSpec, outputs: Sequence[pb.TensorSummary], data: DatasetFacts) -> list[Violation]:
     """Under a sparse categorical loss, each output's labels: one whole class index per sample,
     within the output's units (where the configuration tells them)."""
-    if spec.training.loss not in SPARSE_LOSSES:
-        return []
     out: list[Violation] = []
     for output in outputs:
+        if validation.output_loss(spec.training, output.name) not in SPARSE_LOSSES:
+            continue
         labels = data.labels.get(output.name, data.labels.get("") if len(outputs) == 1 else None)
         if labels is None:
             continue  # no such label arrays: _dataset_fits says so
@@ -233,6 +234,20 @@ def _labels_fit(spec: pb.JobSpec, outputs: Sequence[pb.TensorSummary], data: Dat
                     f"(labels must be in [0, {units - 1}])",
                 )
             )
+    return out
+
+
+def _losses_fit(spec: pb.JobSpec, outputs: list[str]) -> list[Violation]:
+    """``output_losses`` names outputs of the model; a budget has an accuracy to keep (a
+    classification loss on some output)."""
+    t = spec.training
+    out: list[Violation] = [
+        (f"spec.training.output_losses[{name[:200]}]", f"names no output of the model; its outputs are {outputs[:20]}")
+        for name in sorted(set(t.output_losses) - set(outputs))[:20]
+    ]
+    regression = outputs and all(validation.is_regression(validation.output_loss(t, o)) for o in outputs)
+    if validation.has_budget(spec) and regression and not out:
+        out.append(("spec.training.output_losses", "an accuracy budget needs a classification loss on some output"))
     return out
 
 

@@ -75,7 +75,7 @@ def validate(spec: pb.SweepSpec) -> list[Violation]:
     which = spec.budget.WhichOneof("limit")
     if which is not None and spec.base.training.skip_baseline:
         out.append(("spec.base.training.skip_baseline", "a budget is a loss from the baseline: evaluate it"))
-    if which is not None and (problem := validation.budget_loss_problem(spec.base.training.loss)):
+    if which is not None and (problem := validation.budget_loss_problem(spec.base.training)):
         out.append(("spec.base.training.loss", problem))
     if not spec.sparsities and which is None:
         out.append(("spec.sparsities", "give the sparsities to try, or a budget to search for"))

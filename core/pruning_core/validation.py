@@ -38,10 +38,23 @@ def is_regression(loss: str) -> bool:
     return loss in REGRESSION_LOSSES
 
 
-def budget_loss_problem(loss: str) -> str | None:
-    """Why an accuracy budget cannot be kept under ``loss`` ('' = the default), or None."""
-    if is_regression(loss):
-        return f"an accuracy budget needs a classification loss; under {loss} there is no accuracy to keep"
+MAX_OUTPUT_LOSSES = 64
+
+
+def output_loss(t: pb.TrainingSpec, output: str) -> str:
+    """The loss of ``output`` ('' = the default): its own in ``output_losses``, else ``loss``."""
+    return t.output_losses.get(output) or t.loss
+
+
+def budget_loss_problem(t: pb.TrainingSpec) -> str | None:
+    """Why an accuracy budget cannot be kept under ``t``'s losses, or None: it needs an
+    accuracy, so a classification loss on at least one output."""
+    losses = {t.loss, *t.output_losses.values()}
+    if all(is_regression(loss) for loss in losses):
+        return (
+            f"an accuracy budget needs a classification loss; under {', '.join(sorted(losses))} "
+            "there is no accuracy to keep"
+        )
     return None
 
 
@@ -147,6 +160,14 @@ def _validate_training(t: pb.TrainingSpec, out: list[Violation]) -> None:
         out.append(("spec.training.optimizer", f"must be one of {', '.join(OPTIMIZERS)}, got {t.optimizer!r}"))
     if t.loss and t.loss not in LOSSES:
         out.append(("spec.training.loss", f"must be one of {', '.join(LOSSES)}, got {t.loss!r}"))
+    for output, loss in sorted(t.output_losses.items())[:MAX_OUTPUT_LOSSES]:
+        field = f"spec.training.output_losses[{output[:200]}]"
+        if not output:
+            out.append((field, "an output's name, not empty"))
+        elif loss not in LOSSES:
+            out.append((field, f"must be one of {', '.join(LOSSES)}, got {loss[:200]!r}"))
+    if len(t.output_losses) > MAX_OUTPUT_LOSSES:
+        out.append(("spec.training.output_losses", f"at most {MAX_OUTPUT_LOSSES} outputs"))
     if not (math.isfinite(t.learning_rate) and t.learning_rate >= 0):
         out.append(
             ("spec.training.learning_rate", f"must be a finite number >= 0 (0 = the recipe's), got {t.learning_rate}")
@@ -307,7 +328,7 @@ def validate(spec: pb.JobSpec) -> list[Violation]:
             out.append(("spec.pruning.schedule", "a budget is searched by varying the schedule's sparsity: give one"))
         if spec.pruning.HasField("sparsity_m_by_n"):
             out.append(("spec.budget", "sparsity_m_by_n fixes the sparsity, so there is nothing to search"))
-        if problem := budget_loss_problem(spec.training.loss):
+        if problem := budget_loss_problem(spec.training):
             out.append(("spec.training.loss", problem))
     if not spec.model_id:
         out.append(("spec.model_id", "required: the id UploadModel returned"))

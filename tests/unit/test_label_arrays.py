@@ -23,7 +23,9 @@ def test_the_one_named_label_array_of_a_single_output_model_is_its_labels(tmp_pa
     x_train, y_train, x_test, y_test = datasets.load_npz(path)
     model = tf_keras.Sequential([tf_keras.Input((3,)), tf_keras.layers.Dense(4, name="out")])
     model.compile(loss=tf_keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
-    inputs.check(model, (x_train, y_train, x_test, y_test), "sparse_categorical_crossentropy_from_logits")
+    inputs.check(
+        model, (x_train, y_train, x_test, y_test), pb.TrainingSpec(loss="sparse_categorical_crossentropy_from_logits")
+    )
     metrics = evaluate(model, x_test, inputs.by_output(model, y_test), pb.TrainingSpec(batch_size=4), "baseline")
     assert 0.0 <= metrics.accuracy <= 1.0
     assert isinstance(y_train, np.ndarray) and isinstance(y_test, np.ndarray)

@@ -150,6 +150,40 @@ def test_regression_labels_under_a_sparse_loss_are_refused_naming_the_array(tmp_
     assert _violations(model, whole) == []
 
 
+def test_each_output_takes_its_own_loss(tmp_path):
+    """A classification head and a regression head: the regression's real-valued targets pass
+    under its own loss, the class labels are still checked under theirs."""
+    model = _keras3_two_heads(tmp_path)
+    facts = _facts(tmp_path, **_by_output(lambda n: np.linspace(0.1, 1.6, n).astype("f4")))
+    assert _violations(model, facts, output_losses={"reg": "mean_squared_error"}) == []
+    bad_classes = dict(_by_output(lambda n: np.linspace(0.1, 1.6, n).astype("f4")))
+    bad_classes["y_train.cls"] = np.arange(8) % 7
+    ((_, text),) = _violations(model, _facts(tmp_path, **bad_classes), output_losses={"reg": "mean_squared_error"})
+    assert "output 'cls' (y_train.cls, y_test.cls) run from 0 to 6" in text
+    ((field, text),) = _violations(
+        model, facts, output_losses={"reg": "mean_squared_error", "box": "mean_squared_error"}
+    )
+    assert field == "spec.training.output_losses[box]" and "its outputs are ['cls', 'reg']" in text
+
+
+def test_output_losses_are_losses_the_service_knows_and_a_budget_needs_a_classification(tmp_path):
+    spec = validation.with_defaults(
+        job_spec("a" * 64, output_losses={"reg": "huber", "": "mean_squared_error"}, loss="mean_squared_error")
+    )
+    found = dict(validation.validate(spec))
+    assert "must be one of" in found["spec.training.output_losses[reg]"]
+    assert found["spec.training.output_losses[]"] == "an output's name, not empty"
+    model = _keras3_two_heads(tmp_path)
+    facts = _facts(tmp_path, **_by_output(lambda n: np.linspace(0.1, 1.6, n).astype("f4")))
+    budget = specs.accuracy_budget(max_loss_pp=1.0)
+    regression = {"cls": "mean_squared_error", "reg": "mean_squared_error"}
+    assert ("spec.training.output_losses", "an accuracy budget needs a classification loss on some output") in (
+        _violations(model, facts, output_losses=regression, budget=budget)
+    )
+    mixed = _violations(model, facts, output_losses={"reg": "mean_squared_error"}, budget=budget)
+    assert not [v for v in mixed if "budget" in v[1]]
+
+
 def test_a_list_output_model_s_labels_are_checked_per_output(tmp_path):
     model = _model(tmp_path, outputs=2)
     arrays = {k: v for k, v in _data().items() if k.startswith("x_")}

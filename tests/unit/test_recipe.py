@@ -137,7 +137,7 @@ def test_non_finite_data_is_refused_before_any_step(where, value):
     }
     arrays[where][2, 1] = value
     with pytest.raises(JobInputError, match=rf"{where} holds 1 NaN or infinite values \(the first in sample 2\)"):
-        check(_model(), tuple(arrays.values()), "sparse_categorical_crossentropy_from_logits")
+        check(_model(), tuple(arrays.values()), pb.TrainingSpec(loss="sparse_categorical_crossentropy_from_logits"))
 
 
 def _result(sparsities: dict[str, tuple[int, float]]) -> pb.PruneResult:

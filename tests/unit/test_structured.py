@@ -281,10 +281,12 @@ def test_job_step_on_a_two_output_model_with_taylor():
     x = _x(model, n=40)
     y = head([np.arange(40) % 4, np.zeros((40, 2), "float32")], 32)  # by output, as by_output gives
     assert [len(v) for v in y] == [32, 32]
-    losses = [keras.losses.SparseCategoricalCrossentropy(from_logits=True), keras.losses.MeanSquaredError()]
+    from pruning_worker.losses import JobLoss
 
-    def loss(targets, outputs):
-        return losses[0](targets, outputs) if outputs.shape[-1] == 4 else losses[1](targets, outputs)
+    training = pb.TrainingSpec(
+        loss="mean_squared_error", output_losses={"classes": "sparse_categorical_crossentropy_from_logits"}
+    )
+    loss = JobLoss.of(model, training).function()  # the job's loss, summed over the two outputs
 
     spec = pb.PruningSpec(structured=pb.StructuredPruning(ratio=0.5, importance=pb.IMPORTANCE_CRITERION_TAYLOR))
     small, result = step.run(model, spec, x[:32], y, loss)

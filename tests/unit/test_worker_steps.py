@@ -65,25 +65,29 @@ def test_labels_past_the_output_units_are_refused_before_any_step():
     model = _model()
     x = np.zeros((8, 3), "float32")
     good = np.arange(8) % 4
-    check(model, (x, good, x, good), "sparse_categorical_crossentropy_from_logits")
+    check(model, (x, good, x, good), pb.TrainingSpec(loss="sparse_categorical_crossentropy_from_logits"))
     with pytest.raises(JobInputError, match=r"y_test .*4 output units"):
-        check(model, (x, good, x, good + 4), "sparse_categorical_crossentropy_from_logits")
+        check(model, (x, good, x, good + 4), pb.TrainingSpec(loss="sparse_categorical_crossentropy_from_logits"))
     with pytest.raises(JobInputError, match="y_train"):
-        check(model, (x, good - 1, x, good), "sparse_categorical_crossentropy")
-    check(model, (x, good + 4, x, good + 4), "mean_squared_error")  # not class labels: not checked
+        check(model, (x, good - 1, x, good), pb.TrainingSpec(loss="sparse_categorical_crossentropy"))
+    check(
+        model, (x, good + 4, x, good + 4), pb.TrainingSpec(loss="mean_squared_error")
+    )  # not class labels: not checked
 
 
 def test_class_labels_must_be_whole_indices_of_the_right_shape():
     model, loss = _model(), "sparse_categorical_crossentropy_from_logits"
     x = np.zeros((8, 3), "float32")
     good = np.arange(8) % 4
-    check(model, (x, good.astype("float32"), x, good[:, None]), loss)  # whole floats and (n, 1) are indices
+    check(
+        model, (x, good.astype("float32"), x, good[:, None]), pb.TrainingSpec(loss=loss)
+    )  # whole floats and (n, 1) are indices
     with pytest.raises(JobInputError, match=r"y_train holds 1.5 \(sample 3\).*whole class indices"):
-        check(model, (x, np.where(np.arange(8) == 3, 1.5, good), x, good), loss)
+        check(model, (x, np.where(np.arange(8) == 3, 1.5, good), x, good), pb.TrainingSpec(loss=loss))
     one_hot = np.eye(4, dtype="float32")[good]
     with pytest.raises(JobInputError, match=r"y_test samples have shape \[4\].*categorical_crossentropy"):
-        check(model, (x, good, x, one_hot), loss)
-    check(model, (x, one_hot, x, one_hot), "categorical_crossentropy")
+        check(model, (x, good, x, one_hot), pb.TrainingSpec(loss=loss))
+    check(model, (x, one_hot, x, one_hot), pb.TrainingSpec(loss="categorical_crossentropy"))
 
 
 @pytest.mark.parametrize(("n", "split", "ok"), [(1, 0.1, False), (2, 0.5, True), (10, 0.95, False), (1, 0.0, True)])
@@ -137,7 +141,11 @@ def test_a_model_with_dict_outputs_takes_labels_by_its_keys():
         by_output(model, {"m": y["main"], "x": y["x"]})  # a layer's name is not the output's key
     single = keras.Model(inputs, {"only": keras.layers.Dense(2)(inputs)})
     assert list(by_output(single, y["main"])) == ["only"]
-    check(single, (np.zeros((4, 3)), np.zeros(4), np.zeros((4, 3)), np.zeros(4)), "sparse_categorical_crossentropy")
+    check(
+        single,
+        (np.zeros((4, 3)), np.zeros(4), np.zeros((4, 3)), np.zeros(4)),
+        pb.TrainingSpec(loss="sparse_categorical_crossentropy"),
+    )
 
 
 def test_labels_of_each_output_are_checked_by_name():
@@ -154,7 +162,7 @@ def test_labels_of_each_output_are_checked_by_name():
     x = np.zeros((8, 3), "float32")
     good = {"cls": (np.arange(8) % 4).astype("float32"), "aux": (np.arange(8) % 2).astype("float32")}
     loss = "sparse_categorical_crossentropy_from_logits"
-    check(model, (x, good, x, good), loss)
+    check(model, (x, good, x, good), pb.TrainingSpec(loss=loss))
     bad = {**good, "aux": good["aux"] + 2}
     with pytest.raises(JobInputError, match=r"y_test\.aux holds labels in \[2, 3\], but output 'aux' has 2 output"):
-        check(model, (x, good, x, bad), loss)
+        check(model, (x, good, x, bad), pb.TrainingSpec(loss=loss))

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from pruning.v1 import pruning_pb2 as pb
-from pruning_core import modelcheck, plan
+from pruning_core import modelcheck, plan, validation
 from pruning_core.settings import Settings
 
 from . import datasets
@@ -140,8 +140,8 @@ def _check_class_indices(output_shape: Any, name: str, y: Any) -> None:
             )
 
 
-def _label_pairs(model: Any, y_train: Any, y_test: Any) -> list[tuple[str, Any, str, Any]]:
-    """(array name, labels, what they are for, the output's shape) of each output's labels."""
+def _label_pairs(model: Any, y_train: Any, y_test: Any) -> list[tuple[str, str, Any, str, Any]]:
+    """(output, array name, labels, what they are for, the output's shape) of each output's labels."""
     keys = output_keys(model)
     if keys is not None:  # labels go by the dict's keys, which need not be the layers' names
         outputs = {key: tuple(model._nested_outputs[key].shape) for key in keys}
@@ -150,20 +150,20 @@ def _label_pairs(model: Any, y_train: Any, y_test: Any) -> list[tuple[str, Any, 
     if not isinstance(y_train, dict):
         if len(outputs) != 1:
             return []
-        (shape,) = outputs.values()
-        return [(name, y, "the model has", shape) for name, y in (("y_train", y_train), ("y_test", y_test))]
+        ((output, shape),) = outputs.items()
+        return [(output, name, y, "the model has", shape) for name, y in (("y_train", y_train), ("y_test", y_test))]
     return [
-        (f"{split}.{output}", labels[output], f"output {output!r} has", shape)
+        (output, f"{split}.{output}", labels[output], f"output {output!r} has", shape)
         for output, shape in outputs.items()
         for split, labels in (("y_train", y_train), ("y_test", y_test))
         if isinstance(labels, dict) and output in labels
     ]
 
 
-def check(model: Any, data: Arrays, loss: str) -> None:
+def check(model: Any, data: Arrays, t: pb.TrainingSpec) -> None:
     """Refuses data the model cannot take before any step runs: sample shapes, NaN or infinite
-    values, empty splits, and, for the sparse categorical losses, labels that are not whole class
-    indices of each output's units."""
+    values, empty splits, and, for the outputs of a sparse categorical loss, labels that are not
+    whole class indices of the output's units."""
     x_train, y_train, x_test, y_test = data
     for name, x in (("x_train", x_train), ("x_test", x_test)):
         _check_inputs(model, name, x)
@@ -171,9 +171,9 @@ def check(model: Any, data: Arrays, loss: str) -> None:
         _check_finite(name, arrays)
     if length(x_train) == 0 or length(x_test) == 0:
         raise JobInputError("dataset: x_train and x_test must not be empty")
-    if loss not in SPARSE_LOSSES:
-        return
-    for name, y, owner, shape in _label_pairs(model, y_train, y_test):
+    for output, name, y, owner, shape in _label_pairs(model, y_train, y_test):
+        if validation.output_loss(t, output) not in SPARSE_LOSSES:
+            continue
         _check_class_indices(shape, name, y)
         units = shape[-1] if shape else None
         if units and y.size and np.issubdtype(y.dtype, np.number) and (y.min() < 0 or y.max() >= units):

@@ -23,9 +23,10 @@ from pruning_core.phases import Phase
 from . import distill, measure, recipe, report, safe_load, sensitivity, tferrors
 from .callbacks import HistoryCallback, ProgressCallback, Reporter, early_stopping
 from .errors import Cancelled, OutcomeError
-from .evaluate import evaluate, metrics
+from .evaluate import evaluate
 from .export import KERAS_FILES, as_keras3, export, load_export
 from .inputs import Inputs, by_output, check, check_split, head, length
+from .losses import JobLoss
 from .measure import device_name
 from .structured import step
 from .train import fine_tune
@@ -52,7 +53,7 @@ def run(
             f"Keras 3 model translated to tf_keras for pruning; outputs agree within "
             f"{loaded.conversion_diff:.2g} on a probe batch"
         )
-    check(model, inputs.data, t.loss)
+    check(model, inputs.data, t)
     x_train, y_train, x_test, y_test = inputs.data
     y_train, y_test = by_output(model, y_train), by_output(model, y_test)
     if t.max_train_samples:
@@ -60,7 +61,8 @@ def run(
     check_split(length(x_train), t.validation_split)
     if t.seed:
         keras.utils.set_random_seed(t.seed)
-    loss = recipe.make_loss(t.loss)
+    job_loss = JobLoss.of(model, t)  # one loss, or one per output
+    loss = job_loss.keras_loss()
 
     result = pb.PruneResult(
         device=device_name(),
@@ -70,7 +72,7 @@ def run(
     )
     if not t.skip_baseline:
         reporter.phase(Phase.BASELINE, f"evaluating the baseline on {length(x_test)} test samples")
-        model.compile(optimizer=recipe.make_optimizer(t), loss=loss, metrics=metrics(t.loss))
+        model.compile(optimizer=recipe.make_optimizer(t), loss=loss, metrics=job_loss.keras_metrics())
         result.baseline.CopyFrom(evaluate(model, x_test, y_test, t, "baseline evaluation"))
 
     # Measured now: pruning wraps these very layers and masks their kernels in place.
@@ -85,7 +87,13 @@ def run(
     taught: distill.Distillation | None = None
     if t.distillation:  # the teacher's outputs now, before pruning changes a weight
         prepared = distill.prepare(
-            model, x_train, y_train, t.loss, t.distillation_alpha, t.distillation_temperature, t.batch_size
+            model,
+            x_train,
+            y_train,
+            job_loss.single or "set per output",
+            t.distillation_alpha,
+            t.distillation_temperature,
+            t.batch_size,
         )
         if isinstance(prepared, str):
             reporter.log(f"fine-tuning without distillation: {prepared}", level="WARNING")
@@ -97,7 +105,7 @@ def run(
             )
     if spec.pruning.HasField("structured"):
         reporter.phase(Phase.STRUCTURE, "removing channels by dependency group")
-        model, structured = step.run(model, spec.pruning, head(x_train, 512), head(y_train, 512), loss)
+        model, structured = step.run(model, spec.pruning, head(x_train, 512), head(y_train, 512), job_loss.function())
         result.structured.CopyFrom(structured)
         reporter.log(
             f"structured: {structured.groups_pruned} of {structured.groups} channel groups cut, parameters "
@@ -112,7 +120,7 @@ def run(
     chosen: list[str] = []
     pruned = model
     if spec.pruning.HasField("schedule") and spec.pruning.sensitivity_scan:
-        _scan(model, spec.pruning, x_train, y_train, loss, reporter)
+        _scan(model, spec.pruning, x_train, y_train, job_loss.function(), reporter)
     if spec.pruning.HasField("schedule"):
         schedule = recipe.make_schedule(spec.pruning, steps * t.epochs)
         pruned, chosen = recipe.apply_pruning(model, spec.pruning, schedule)
@@ -120,7 +128,7 @@ def run(
     pruned.compile(
         optimizer=recipe.make_optimizer(t, steps * t.epochs),
         loss=taught.loss if taught else loss,
-        metrics=taught.metrics() if taught else metrics(t.loss),
+        metrics=taught.metrics() if taught else job_loss.keras_metrics(),
     )
 
     reporter.phase(Phase.FINE_TUNE, f"fine-tuning {t.epochs} epochs x {steps} steps on {result.device}")
@@ -134,12 +142,12 @@ def run(
         callbacks += report.tensorboard_callbacks(log_dir, pruned=bool(chosen))
     stopper = None
     if t.early_stopping_patience and t.validation_split > 0:
-        on_accuracy = not validation.is_regression(t.loss) and len(pruned.outputs) == 1
+        on_accuracy = job_loss.has_accuracy and len(job_loss.names) == 1
         stopper = early_stopping(t.early_stopping_patience, final_step, steps, on_accuracy)
         callbacks.append(stopper)
     result.fine_tune_seconds = fine_tune(pruned, x_train, taught.targets if taught else y_train, t, callbacks)
     if taught:  # evaluated on the task's own loss, like the baseline
-        pruned.compile(optimizer=pruned.optimizer, loss=loss, metrics=metrics(t.loss))
+        pruned.compile(optimizer=pruned.optimizer, loss=loss, metrics=job_loss.keras_metrics())
     if progress.cancelled or reporter.should_stop():
         raise Cancelled()
     if history.diverged:
@@ -193,7 +201,7 @@ def run(
             )
 
     for path, name in outputs:
-        if name in ("tflite", "tflite_int8") and not validation.is_regression(t.loss):
+        if name in ("tflite", "tflite_int8") and job_loss.has_accuracy:
             reporter.check_between_steps()
             try:
                 measured_tflite = measure.tflite_accuracy(path, x_test, y_test)
@@ -299,7 +307,7 @@ SCAN_SAMPLES = 1024
 def _scan(model: Any, p: pb.PruningSpec, x: Any, y: Any, loss: Any, reporter: Reporter) -> None:
     """Splits the schedule's target over the layers from a sensitivity scan on the last
     training samples (what Keras holds out for validation), into ``p.layer_sparsity``."""
-    if isinstance(y, dict) or isinstance(x, dict):
+    if isinstance(y, (dict, list)) or isinstance(x, dict):
         reporter.log("sensitivity scan skipped: it measures single-input, single-output models", level="WARNING")
         return
     names = recipe.selected_layers(model, p)

@@ -886,6 +886,26 @@ Global___PruningSpec: _TypeAlias = PruningSpec  # noqa: Y015
 class TrainingSpec(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class OutputLossesEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     EPOCHS_FIELD_NUMBER: _builtins.int
     BATCH_SIZE_FIELD_NUMBER: _builtins.int
     OPTIMIZER_FIELD_NUMBER: _builtins.int
@@ -901,6 +921,7 @@ class TrainingSpec(_message.Message):
     DISTILLATION_FIELD_NUMBER: _builtins.int
     DISTILLATION_ALPHA_FIELD_NUMBER: _builtins.int
     DISTILLATION_TEMPERATURE_FIELD_NUMBER: _builtins.int
+    OUTPUT_LOSSES_FIELD_NUMBER: _builtins.int
     epochs: _builtins.int
     """Fine-tuning epochs; 0 = 2."""
     batch_size: _builtins.int
@@ -927,7 +948,8 @@ class TrainingSpec(_message.Message):
     so the stored spec says what ran; a field set here overrides the recipe's choice.
     """
     early_stopping_patience: _builtins.int
-    """Stop once validation accuracy has not improved for this many epochs after the final
+    """Stop once validation accuracy (the validation loss under a regression loss, or for a
+    model of several outputs) has not improved for this many epochs after the final
     sparsity is reached, keeping the best epoch's weights. Unset = the recipe's (a fifth of
     the epochs, at least 2, under KEEP_ACCURACY; never under PLAIN); 0 = never.
     """
@@ -948,6 +970,14 @@ class TrainingSpec(_message.Message):
     """With distillation: the task loss's weight alpha in (0, 1]; 0 = 0.5."""
     distillation_temperature: _builtins.float
     """With distillation: the softening temperature T >= 1; 0 = 4."""
+    @_builtins.property
+    def output_losses(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """A model of several outputs: a loss per output, by the output's name (a classification
+        head and a regression head take different losses); an output not named takes `loss`.
+        The names must be the model's outputs. The fine-tuning loss is their sum; the accuracy
+        reported is the mean over the outputs of a classification loss (none if there is none).
+        """
+
     def __init__(
         self,
         *,
@@ -966,10 +996,11 @@ class TrainingSpec(_message.Message):
         distillation: _builtins.bool | None = ...,
         distillation_alpha: _builtins.float = ...,
         distillation_temperature: _builtins.float = ...,
+        output_losses: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_distillation", b"_distillation", "_early_stopping_patience", b"_early_stopping_patience", "_learning_rate_decay", b"_learning_rate_decay", "_validation_split", b"_validation_split", "distillation", b"distillation", "early_stopping_patience", b"early_stopping_patience", "learning_rate_decay", b"learning_rate_decay", "validation_split", b"validation_split"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_distillation", b"_distillation", "_early_stopping_patience", b"_early_stopping_patience", "_learning_rate_decay", b"_learning_rate_decay", "_validation_split", b"_validation_split", "batch_size", b"batch_size", "distillation", b"distillation", "distillation_alpha", b"distillation_alpha", "distillation_temperature", b"distillation_temperature", "early_stopping_patience", b"early_stopping_patience", "epochs", b"epochs", "learning_rate", b"learning_rate", "learning_rate_decay", b"learning_rate_decay", "loss", b"loss", "max_train_samples", b"max_train_samples", "optimizer", b"optimizer", "recipe", b"recipe", "seed", b"seed", "skip_baseline", b"skip_baseline", "validation_split", b"validation_split"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_distillation", b"_distillation", "_early_stopping_patience", b"_early_stopping_patience", "_learning_rate_decay", b"_learning_rate_decay", "_validation_split", b"_validation_split", "batch_size", b"batch_size", "distillation", b"distillation", "distillation_alpha", b"distillation_alpha", "distillation_temperature", b"distillation_temperature", "early_stopping_patience", b"early_stopping_patience", "epochs", b"epochs", "learning_rate", b"learning_rate", "learning_rate_decay", b"learning_rate_decay", "loss", b"loss", "max_train_samples", b"max_train_samples", "optimizer", b"optimizer", "output_losses", b"output_losses", "recipe", b"recipe", "seed", b"seed", "skip_baseline", b"skip_baseline", "validation_split", b"validation_split"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__distillation: _TypeAlias = _typing.Literal["distillation"]  # noqa: Y015
     _WhichOneofArgType__distillation: _TypeAlias = _typing.Literal["_distillation", b"_distillation"]  # noqa: Y015

@@ -55,14 +55,13 @@ def _taylor(graph: Graph, producers: list[str], data: tuple[Any, Any, Any], batc
     size = max(1, min(64, n // max(1, batches)))
     for start in range(0, min(n, size * batches), size):
         xb = {k: v[start : start + size] for k, v in x.items()} if isinstance(x, dict) else x[start : start + size]
-        yb = [v[start : start + size] for v in y] if isinstance(y, list) else y[start : start + size]
+        if isinstance(y, dict):
+            yb: Any = {k: v[start : start + size] for k, v in y.items()}
+        else:
+            yb = [v[start : start + size] for v in y] if isinstance(y, list) else y[start : start + size]
         with tf.GradientTape() as tape:
             out = graph.model(xb, training=False)
-            loss = (
-                tf.add_n([loss_fn(t, o) for t, o in zip(yb, out, strict=True)])
-                if isinstance(yb, list)
-                else loss_fn(yb, out)
-            )
+            loss = loss_fn(yb, out)  # summed over the outputs (pruning_worker.losses.JobLoss.function)
         grads = tape.gradient(loss, [v for v, _ in variables.values()])
         for (name, (v, axis)), g in zip(variables.items(), grads, strict=True):
             if g is not None:
