@@ -173,11 +173,19 @@ return {1, count, others}
 
 # KEYS: the tenant's reservations ; ARGV: the upload's token, its bytes, how long it holds (ms).
 # Renews an upload's reservation without asking the quota again: what it was granted stays its.
+# One that lapsed (its renewals came too late: Redis or the server stalled) is not brought back,
+# since other uploads may have been granted its room meanwhile: returns 0, else 1.
 _RENEW = (
     _NOW
     + """
+local held = redis.call('HGET', KEYS[1], ARGV[1])
+if not held or tonumber(string.match(held, '%d+ (%d+)')) < now then
+  redis.call('HDEL', KEYS[1], ARGV[1])
+  return 0
+end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2] .. ' ' .. (now + tonumber(ARGV[3])))
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
+return 1
 """
 )
 
@@ -1010,9 +1018,10 @@ class AsyncJobStore(_Base):
         )
         return bool(ok), int(stored), int(others)
 
-    async def renew_bytes(self, tenant: str, token: str, size: int, hold_s: float) -> None:
-        """Keeps the upload ``token``'s reservation of ``size`` bytes for ``hold_s`` more."""
-        await self._renew(keys=[self.keys.tenant_reserved(tenant)], args=[token, size, _ms(hold_s)])
+    async def renew_bytes(self, tenant: str, token: str, size: int, hold_s: float) -> bool:
+        """Keeps the upload ``token``'s reservation of ``size`` bytes for ``hold_s`` more; False
+        when it had lapsed (it is not renewed: the upload must reserve again)."""
+        return bool(await self._renew(keys=[self.keys.tenant_reserved(tenant)], args=[token, size, _ms(hold_s)]))
 
     async def release_bytes(self, tenant: str, token: str) -> None:
         """Ends the upload ``token``'s reservation (its bytes count in its record, if any)."""

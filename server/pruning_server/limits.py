@@ -94,9 +94,15 @@ class Reservation:
         while True:
             await asyncio.sleep(self.hold_s / 3)
             try:  # what was granted stays granted: exports stored meanwhile do not take it back
-                await self.store.renew_bytes(self.tenant, self.token, self.held, self.hold_s)
+                renewed = await self.store.renew_bytes(self.tenant, self.token, self.held, self.hold_s)
             except Exception:  # the next chunk's need() answers for a store that went away
                 log.warning("could not renew upload %s's reservation", self.token, exc_info=True)
+                continue
+            if not renewed:
+                # It lapsed (renewals came too late): its room may be another upload's now, so
+                # the next chunk reserves again, against the quota.
+                log.warning("upload %s's reservation of %d bytes lapsed; reserving again", self.token, self.held)
+                self.held = 0
 
     async def release(self) -> None:
         if self._renewing is not None:

@@ -243,3 +243,45 @@ def test_a_reservation_is_renewed_while_its_upload_goes_on_and_lapses_after(env)
         assert left == 0
     finally:
         server.stop()
+
+
+def test_a_lapsed_reservation_is_not_renewed_back_over_the_quota(env):
+    """A renewal that comes after its reservation lapsed (Redis or the server stalled past the
+    hold) does not bring it back: another upload may hold its room by then. The upload reserves
+    again with its next chunk, against the quota."""
+    import asyncio
+
+    from pruning_server.errors import Failure
+    from pruning_server.limits import Reservation
+
+    prefix = f"{env['PRUNING_KEY_PREFIX']}:lapsed"
+    server = hostile_server(env, "lapsed", key_prefix=prefix)
+    store = server.running.store
+    key = store.keys.tenant_reserved("tenant-l")
+
+    async def scenario():
+        late = Reservation(store, "tenant-l", "dataset", 150, hold_s=0.2, step=0, retry_after_s=1)
+        await late.need(100)
+        late._renewing.cancel()  # its renewals stall past the hold
+        await asyncio.sleep(0.4)
+        taker = Reservation(store, "tenant-l", "dataset", 150, hold_s=30, step=0, retry_after_s=1)
+        await taker.need(100)  # the lapsed room is granted to another upload
+        renewed = await store.renew_bytes("tenant-l", late.token, 100, 30)  # the stalled renewal arrives
+        after = await store.redis.hkeys(key)
+        late.held = 0  # as _renew does on a lapse: the next chunk reserves again
+        try:
+            await late.need(110)
+            refused = False
+        except Failure:
+            refused = True
+        await taker.release()
+        return renewed, sorted(k.decode() if isinstance(k, bytes) else k for k in after), refused, taker.token
+
+    try:
+        renewed, after, refused, taker = asyncio.run_coroutine_threadsafe(scenario(), server.loop).result(30)
+        assert renewed is False and after == [taker]  # not brought back over the quota
+        assert refused  # reserving again meets the quota: 100 held by the other upload + 110 > 150
+    finally:
+        on_loop = server.loop
+        asyncio.run_coroutine_threadsafe(store.redis.delete(key), on_loop).result(10)
+        server.stop()
