@@ -326,7 +326,7 @@ def format_table(result: PruneResult) -> str:
     lines = [
         f"{'':24}{'baseline':>12}{'pruned':>12}",
         f"{'test accuracy':24}{figure(result.baseline_accuracy):>12}{figure(result.pruned_accuracy):>12}",
-        f"{'test loss':24}{result.baseline_loss:>12.4f}{result.pruned_loss:>12.4f}",
+        f"{'test loss':24}{figure(result.baseline_loss):>12}{result.pruned_loss:>12.4f}",
         f"{'model size (raw)':24}{result.size_before_raw:>12,}{result.size_after_raw:>12,}",
         f"{'model size (gzip)':24}{result.size_before_gzip:>12,}{result.size_after_gzip:>12,}",
         f"accuracy delta: {points(result.accuracy_delta)};  gzip compression: {result.compression_ratio:.2f}x",

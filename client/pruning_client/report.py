@@ -79,7 +79,11 @@ def job_report(job: pb.Job, files: dict[str, str] | None = None) -> tuple[str, s
                 ("", "baseline", "pruned"),
                 [
                     ("test accuracy", *(_accuracy(m) for m in (r.baseline, r.pruned))),
-                    ("test loss", f"{r.baseline.loss:.4f}", f"{r.pruned.loss:.4f}"),
+                    (
+                        "test loss",
+                        f"{r.baseline.loss:.4f}" if r.HasField("baseline") else "n/a",
+                        f"{r.pruned.loss:.4f}",
+                    ),
                     ("file size (gzip)", f"{r.size_before.gzip_bytes:,}", f"{r.size_after.gzip_bytes:,}"),
                     (
                         "accuracy delta (pp)",

@@ -52,7 +52,8 @@ class PruneResult:
     baseline_accuracy: float | None
     """None under a regression loss (mean_squared_error, mean_absolute_error): the losses
     are then the quality figures. Also None for a job that skipped its baseline."""
-    baseline_loss: float
+    baseline_loss: float | None
+    """None for a job that skipped its baseline."""
     pruned_accuracy: float | None
     """None under a regression loss."""
     pruned_loss: float
@@ -149,7 +150,7 @@ class PruneResult:
     def from_proto(cls, r: pb.PruneResult) -> PruneResult:
         return cls(
             baseline_accuracy=r.baseline.accuracy if r.baseline.HasField("accuracy") else None,
-            baseline_loss=r.baseline.loss,
+            baseline_loss=r.baseline.loss if r.HasField("baseline") else None,
             pruned_accuracy=r.pruned.accuracy if r.pruned.HasField("accuracy") else None,
             pruned_loss=r.pruned.loss,
             accuracy_delta=r.accuracy_delta if r.HasField("accuracy_delta") else None,
@@ -195,7 +196,7 @@ class PruneResult:
         """A table for notebooks: baseline against pruned, then one row per layer."""
         rows = [
             ("test accuracy", figure(self.baseline_accuracy), figure(self.pruned_accuracy)),
-            ("test loss", f"{self.baseline_loss:.4f}", f"{self.pruned_loss:.4f}"),
+            ("test loss", figure(self.baseline_loss), f"{self.pruned_loss:.4f}"),
             ("model size (raw bytes)", f"{self.size_before_raw:,}", f"{self.size_after_raw:,}"),
             ("model size (gzip bytes)", f"{self.size_before_gzip:,}", f"{self.size_after_gzip:,}"),
         ]
@@ -497,7 +498,8 @@ def recipe_text(r: pb.RecipeResult) -> str:
 
 
 def figure(value: float | None) -> str:
-    """An accuracy to four places, or "n/a" where there is none (a regression loss, no baseline)."""
+    """An accuracy (or a loss) to four places, or "n/a" where there is none (a regression
+    loss has no accuracy; a skipped baseline neither)."""
     return "n/a" if value is None else f"{value:.4f}"
 
 

@@ -238,17 +238,21 @@ def _labels_fit(spec: pb.JobSpec, outputs: Sequence[pb.TensorSummary], data: Dat
 
 
 def _losses_fit(spec: pb.JobSpec, outputs: list[str]) -> list[Violation]:
-    """``output_losses`` names outputs of the model; a budget has an accuracy to keep (a
-    classification loss on some output)."""
-    t = spec.training
-    out: list[Violation] = [
+    """``output_losses`` names outputs of the model."""
+    return [
         (f"spec.training.output_losses[{name[:200]}]", f"names no output of the model; its outputs are {outputs[:20]}")
-        for name in sorted(set(t.output_losses) - set(outputs))[:20]
+        for name in sorted(set(spec.training.output_losses) - set(outputs))[:20]
     ]
-    regression = outputs and all(validation.is_regression(validation.output_loss(t, o)) for o in outputs)
-    if validation.has_budget(spec) and regression and not out:
-        out.append(("spec.training.output_losses", "an accuracy budget needs a classification loss on some output"))
-    return out
+
+
+def budget_problem(t: pb.TrainingSpec, model_info: dict[str, Any]) -> str | None:
+    """Why an accuracy budget cannot be kept on this model under ``t``'s losses (none of its
+    outputs has a classification loss, so there is no accuracy), or None."""
+    outputs = [o.name for o in _summary(model_info).outputs]
+    if outputs and all(validation.is_regression(validation.output_loss(t, o)) for o in outputs):
+        losses = sorted({validation.output_loss(t, o) for o in outputs})
+        return f"an accuracy budget needs a classification loss on some output; its outputs take {', '.join(losses)}"
+    return None
 
 
 def _dataset_fits(spec: pb.JobSpec, outputs: list[str], data: DatasetFacts) -> list[Violation]:

@@ -125,9 +125,8 @@ def resolve(
     if not t.HasField("early_stopping_patience"):
         t.early_stopping_patience = patience(t.epochs) if keep and t.validation_split > 0 else 0
     if not t.HasField("distillation"):
-        t.distillation = (
-            keep and not t.output_losses and (t.loss or defaults.LOSS).startswith("sparse_categorical_crossentropy")
-        )
+        losses = {t.loss or defaults.LOSS, *t.output_losses.values()}  # the worker checks one output
+        t.distillation = keep and all(loss.startswith("sparse_categorical_crossentropy") for loss in losses)
     if t.distillation:
         t.distillation_alpha = t.distillation_alpha or DISTILLATION_ALPHA
         t.distillation_temperature = t.distillation_temperature or DISTILLATION_TEMPERATURE

@@ -357,7 +357,9 @@ def record_job(trial: pb.Trial, job: pb.Job, budget: pb.AccuracyBudget) -> None:
         trial.error.CopyFrom(job.error)
     if job.state == pb.JOB_STATE_SUCCEEDED:
         r = job.result
-        trial.baseline_loss, trial.pruned_loss = r.baseline.loss, r.pruned.loss
+        trial.pruned_loss = r.pruned.loss
+        if r.HasField("baseline"):  # absent when the baseline was skipped
+            trial.baseline_loss = r.baseline.loss
         if r.pruned.HasField("accuracy"):  # none under a regression loss
             trial.pruned_accuracy = r.pruned.accuracy
             if r.baseline.HasField("accuracy"):

@@ -20,7 +20,7 @@ from google.rpc import code_pb2
 
 from pruning.v1 import pruning_pb2 as pb
 from pruning.v1 import pruning_pb2_grpc as pb_grpc
-from pruning_core import sweeps, validation
+from pruning_core import plan, sweeps, validation
 from pruning_core.store import STORE_ERRORS, TERMINAL, JobNotFound, make_event, new_job_id, state_event
 from pruning_core.sweeps import SweepNotFound, SweepStore
 
@@ -125,7 +125,7 @@ class SweepServicer(pb_grpc.SweepServiceServicer):
         the answer of CreateJob with validate_only for that trial."""
         first = (sorted(spec.sparsities) or [spec.search_high])[0]
         try:
-            return await self.jobs.create_job(
+            checked = await self.jobs.create_job(
                 tenant, pb.CreateJobRequest(spec=sweeps.trial_spec(spec.base, first), validate_only=True)
             )
         except Invalid as exc:
@@ -134,6 +134,11 @@ class SweepServicer(pb_grpc.SweepServiceServicer):
             if not exc.message.startswith("spec."):
                 raise
             raise Failure(exc.code, f"{prefix}{exc.message.removeprefix('spec')}") from None
+        if spec.budget.WhichOneof("limit") is not None:  # the trials' specs have no budget: asked here
+            model = await self.jobs._artifact(tenant, spec.base.model_id, f"{prefix}.model_id")
+            if problem := plan.budget_problem(spec.base.training, model.info):
+                raise Invalid([(f"{prefix}.training.output_losses", problem)])
+        return checked
 
     async def _start(self, tenant: str, sweep: pb.Sweep, idempotency_key: str, fingerprint: str) -> pb.Sweep:
         sweep.created_at.GetCurrentTime()
@@ -401,6 +406,8 @@ def _told(trial: pb.Trial, sweep: pb.Sweep) -> str:
     if trial.state != pb.JOB_STATE_SUCCEEDED:
         return f"{head} {pb.JobState.Name(trial.state).removeprefix('JOB_STATE_')}: {trial.error.message}"
     verdict = "within the budget" if trial.within_budget else "over the budget"
+    if not trial.HasField("accuracy_loss_pp"):
+        return f"{head}: no accuracy to compare (test loss {trial.pruned_loss:.4f}), {verdict}"
     return f"{head}: accuracy {trial.pruned_accuracy:.4f} ({trial.accuracy_loss_pp:+.2f} pp lost), {verdict}"
 
 
@@ -434,7 +441,7 @@ async def settle(jobs: PruningService, tenant: str, sweep: pb.Sweep) -> None:
                     step=len(ended),
                     total_steps=sweep.spec.max_trials,
                     sparsity=sweep.trials[best].sparsity if best is not None else 0.0,
-                    accuracy=sweep.trials[best].pruned_accuracy if best is not None else 0.0,
+                    accuracy=sweep.trials[best].pruned_accuracy if best is not None else None,
                 )
             )
             events.append(make_event(job.id, progress=job.progress))

@@ -73,3 +73,18 @@ def test_a_classifier_and_a_regressor_prune_under_their_own_losses(client, worke
         reg_mse(client.download(raw.artifacts[0].id, tmp_path / "p.keras")),
     )
     assert after < 0.5 * before, (before, after)
+
+
+def test_a_budget_on_a_model_whose_outputs_all_regress_is_refused(client, tmp_path):
+    """No output has a classification loss, so there is no accuracy to keep: refused at once,
+    not after every trial of the search failed to find one."""
+    from pruning_client import accuracy_budget
+
+    model = client.upload_model(_two_heads(tmp_path / "heads.keras"))
+    data = client.upload_dataset(_dataset(tmp_path / "data.npz"))
+    regress = {"cls": "mean_squared_error", "reg": "mean_squared_error"}
+    spec = job_spec(model.id, dataset=data.id, output_losses=regress, budget=accuracy_budget(max_loss_pp=1.0))
+    with pytest.raises(InvalidArgument) as refused:
+        client.submit(spec)
+    ((field, text),) = refused.value.field_violations
+    assert field == "spec.training.output_losses" and "needs a classification loss on some output" in text

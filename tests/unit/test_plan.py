@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from pruning.v1 import pruning_pb2 as pb
 from pruning_client import job_spec, polynomial_decay, specs
 from pruning_core import modelcheck, plan, validation
 
@@ -175,13 +176,12 @@ def test_output_losses_are_losses_the_service_knows_and_a_budget_needs_a_classif
     assert found["spec.training.output_losses[]"] == "an output's name, not empty"
     model = _keras3_two_heads(tmp_path)
     facts = _facts(tmp_path, **_by_output(lambda n: np.linspace(0.1, 1.6, n).astype("f4")))
-    budget = specs.accuracy_budget(max_loss_pp=1.0)
-    regression = {"cls": "mean_squared_error", "reg": "mean_squared_error"}
-    assert ("spec.training.output_losses", "an accuracy budget needs a classification loss on some output") in (
-        _violations(model, facts, output_losses=regression, budget=budget)
+    regression = pb.TrainingSpec(output_losses={"cls": "mean_squared_error", "reg": "mean_squared_error"})
+    assert plan.budget_problem(regression, model) == (
+        "an accuracy budget needs a classification loss on some output; its outputs take mean_squared_error"
     )
-    mixed = _violations(model, facts, output_losses={"reg": "mean_squared_error"}, budget=budget)
-    assert not [v for v in mixed if "budget" in v[1]]
+    assert plan.budget_problem(pb.TrainingSpec(output_losses={"reg": "mean_squared_error"}), model) is None
+    assert _violations(model, facts, output_losses={"reg": "mean_squared_error"}) == []
 
 
 def test_a_list_output_model_s_labels_are_checked_per_output(tmp_path):

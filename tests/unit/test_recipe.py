@@ -313,3 +313,13 @@ def test_a_mask_ends_at_a_wrapped_layer_that_does_not_support_masking():
     spec = pb.PruningSpec(schedule=constant_sparsity(0.5, frequency=1), block_size=[1, 1])
     pruned, _ = worker_recipe.apply_pruning(model, spec, worker_recipe.make_schedule(spec, 4))
     assert np.abs(pruned.predict(x, verbose=0) - model.predict(x, verbose=0)).max() < 1e-6
+
+
+def test_distillation_is_the_default_only_where_every_loss_given_is_a_sparse_cross_entropy():
+    def distills(**training):
+        return _resolved(422, **training).training.distillation
+
+    assert distills()
+    assert distills(output_losses={"out": "sparse_categorical_crossentropy"})
+    assert not distills(output_losses={"box": "mean_squared_error"})
+    assert not distills(loss="mean_squared_error")

@@ -115,3 +115,27 @@ def test_mlflow_gets_no_accuracy_for_a_regression():
     assert "pruned_accuracy" not in figures and "accuracy_delta" not in figures
     assert figures["pruned_loss"] == pytest.approx(0.31)
     assert metrics(_classification())["pruned_accuracy"] == pytest.approx(0.96)
+
+
+def test_a_skipped_baseline_reads_n_a_not_zero():
+    r = pb.PruneResult(pruned=pb.Metrics(loss=0.31, accuracy=0.9), device="CPU")  # no baseline at all
+    result = PruneResult.from_proto(r)
+    assert result.baseline_loss is None and result.baseline_accuracy is None and result.accuracy_delta is None
+    table = cli_module.format_table(result)
+    assert "test loss" in table and "n/a" in table.split("test loss")[1].splitlines()[0]
+    assert "| test loss | n/a | 0.3100 |" in job_report(pb.Job(id="j", state=pb.JOB_STATE_SUCCEEDED, result=r))[0]
+    trial = pb.Trial(index=0, sparsity=0.5)
+    sweeps.record_job(trial, pb.Job(state=pb.JOB_STATE_SUCCEEDED, result=r), pb.AccuracyBudget())
+    assert not trial.HasField("baseline_loss") and trial.pruned_accuracy == pytest.approx(0.9)
+    from pruning_worker.mlflow_hook import metrics
+
+    assert "baseline_loss" not in metrics(r) and "baseline_loss" in metrics(_regression())
+
+
+def test_a_search_trial_without_an_accuracy_is_told_so():
+    from pruning_server.sweeps import _told
+
+    sweep = pb.Sweep(id="s")
+    trial = sweep.trials.add(index=0, sparsity=0.5)
+    sweeps.record_job(trial, pb.Job(state=pb.JOB_STATE_SUCCEEDED, result=_regression()), pb.AccuracyBudget())
+    assert _told(trial, sweep).endswith("no accuracy to compare (test loss 0.3100), within the budget")

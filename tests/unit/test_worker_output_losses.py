@@ -76,3 +76,14 @@ def test_an_unknown_output_is_refused_and_labels_are_checked_under_their_own_los
     inputs.check(model, (x, y, x, y), TRAINING)  # real-valued targets under the regression's loss
     with pytest.raises(JobInputError, match="y_train.reg holds"):
         inputs.check(model, (x, y, x, y), pb.TrainingSpec(loss=TRAINING.loss))
+
+
+def test_the_summed_loss_squeezes_targets_as_compile_does():
+    """Targets of shape (n,) against an output of (n, 1): a bare loss function would broadcast
+    them to (n, n) and report 2.5 for perfect predictions."""
+    import tensorflow as tf
+
+    model = _two_heads()
+    job_loss = JobLoss.of(model, pb.TrainingSpec(loss="mean_squared_error"))
+    y = np.arange(4, dtype="f4")
+    assert float(job_loss.function()([y, y], [tf.constant(y[:, None]), tf.constant(y[:, None])])) == 0.0

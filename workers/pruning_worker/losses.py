@@ -70,8 +70,8 @@ class JobLoss:
         fns = self.keras_loss()
 
         def mean(fn: Any, target: Any, prediction: Any) -> Any:
-            # a loss function gives per-sample values: reduced as compile reduces them
-            return tf.reduce_mean(fn(target, prediction))
+            # a tensor, so the Loss object squeezes (n,) against (n, 1) as compile does
+            return tf.reduce_mean(fn(tf.convert_to_tensor(target), prediction))
 
         def loss(y: Any, predictions: Any) -> Any:
             if isinstance(y, dict):

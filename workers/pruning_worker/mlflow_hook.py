@@ -51,19 +51,19 @@ def params(spec: pb.JobSpec) -> dict[str, str]:
 
 
 def metrics(result: pb.PruneResult) -> dict[str, float]:
-    # the accuracies only where there are some (none under a regression loss)
+    # only the figures measured: no accuracy under a regression loss, no baseline when skipped
     present = {
         name: value
         for name, value, there in (
             ("baseline_accuracy", result.baseline.accuracy, result.baseline.HasField("accuracy")),
             ("pruned_accuracy", result.pruned.accuracy, result.pruned.HasField("accuracy")),
             ("accuracy_delta", result.accuracy_delta, result.HasField("accuracy_delta")),
+            ("baseline_loss", result.baseline.loss, result.HasField("baseline")),
         )
         if there
     }
     figures = {
         **present,
-        "baseline_loss": result.baseline.loss,
         "pruned_loss": result.pruned.loss,
         "overall_sparsity": result.overall_sparsity,
         "pruned_kernel_sparsity": result.pruned_kernel_sparsity,

@@ -174,12 +174,21 @@ _LOSSES = {
     "categorical_crossentropy": keras.losses.CategoricalCrossentropy,
     "binary_crossentropy": keras.losses.BinaryCrossentropy,
 }
+# Loss objects, not keras.losses.get's bare functions: called directly (the sensitivity scan,
+# Taylor importance) they squeeze a target of shape (n,) against an output of (n, 1) as
+# compile does, where the function would broadcast them to (n, n).
+_REGRESSION_LOSSES = {
+    "mean_squared_error": keras.losses.MeanSquaredError,
+    "mean_absolute_error": keras.losses.MeanAbsoluteError,
+}
 
 
 def make_loss(name: str) -> Any:
     base = name.removesuffix("_from_logits")
     if base in _LOSSES:
         return _LOSSES[base](from_logits=name.endswith("_from_logits"))
+    if name in _REGRESSION_LOSSES:
+        return _REGRESSION_LOSSES[name]()
     return keras.losses.get(name)
 
 

@@ -2387,7 +2387,7 @@ class Trial(_message.Message):
     """
     epochs: _builtins.int
     baseline_loss: _builtins.float
-    """The test losses of the trial's result."""
+    """The test losses of the trial's result (the baseline's absent when it was skipped)."""
     pruned_loss: _builtins.float
     @_builtins.property
     def started_at(self) -> _timestamp_pb2.Timestamp: ...
@@ -2416,23 +2416,27 @@ class Trial(_message.Message):
         tflite_latency_ms: _builtins.float = ...,
         rung: _builtins.int = ...,
         epochs: _builtins.int = ...,
-        baseline_loss: _builtins.float = ...,
+        baseline_loss: _builtins.float | None = ...,
         pruned_loss: _builtins.float = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_accuracy_loss_pp", b"_accuracy_loss_pp", "_baseline_accuracy", b"_baseline_accuracy", "_pruned_accuracy", b"_pruned_accuracy", "accuracy_loss_pp", b"accuracy_loss_pp", "baseline_accuracy", b"baseline_accuracy", "error", b"error", "finished_at", b"finished_at", "pruned_accuracy", b"pruned_accuracy", "started_at", b"started_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_accuracy_loss_pp", b"_accuracy_loss_pp", "_baseline_accuracy", b"_baseline_accuracy", "_baseline_loss", b"_baseline_loss", "_pruned_accuracy", b"_pruned_accuracy", "accuracy_loss_pp", b"accuracy_loss_pp", "baseline_accuracy", b"baseline_accuracy", "baseline_loss", b"baseline_loss", "error", b"error", "finished_at", b"finished_at", "pruned_accuracy", b"pruned_accuracy", "started_at", b"started_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_accuracy_loss_pp", b"_accuracy_loss_pp", "_baseline_accuracy", b"_baseline_accuracy", "_pruned_accuracy", b"_pruned_accuracy", "accuracy_loss_pp", b"accuracy_loss_pp", "baseline_accuracy", b"baseline_accuracy", "baseline_loss", b"baseline_loss", "compression_ratio", b"compression_ratio", "epochs", b"epochs", "error", b"error", "finished_at", b"finished_at", "gzip_bytes", b"gzip_bytes", "index", b"index", "job_id", b"job_id", "kernel_sparsity", b"kernel_sparsity", "pruned_accuracy", b"pruned_accuracy", "pruned_loss", b"pruned_loss", "rung", b"rung", "sparsity", b"sparsity", "started_at", b"started_at", "state", b"state", "tflite_latency_ms", b"tflite_latency_ms", "within_budget", b"within_budget", "worker", b"worker"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_accuracy_loss_pp", b"_accuracy_loss_pp", "_baseline_accuracy", b"_baseline_accuracy", "_baseline_loss", b"_baseline_loss", "_pruned_accuracy", b"_pruned_accuracy", "accuracy_loss_pp", b"accuracy_loss_pp", "baseline_accuracy", b"baseline_accuracy", "baseline_loss", b"baseline_loss", "compression_ratio", b"compression_ratio", "epochs", b"epochs", "error", b"error", "finished_at", b"finished_at", "gzip_bytes", b"gzip_bytes", "index", b"index", "job_id", b"job_id", "kernel_sparsity", b"kernel_sparsity", "pruned_accuracy", b"pruned_accuracy", "pruned_loss", b"pruned_loss", "rung", b"rung", "sparsity", b"sparsity", "started_at", b"started_at", "state", b"state", "tflite_latency_ms", b"tflite_latency_ms", "within_budget", b"within_budget", "worker", b"worker"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__accuracy_loss_pp: _TypeAlias = _typing.Literal["accuracy_loss_pp"]  # noqa: Y015
     _WhichOneofArgType__accuracy_loss_pp: _TypeAlias = _typing.Literal["_accuracy_loss_pp", b"_accuracy_loss_pp"]  # noqa: Y015
     _WhichOneofReturnType__baseline_accuracy: _TypeAlias = _typing.Literal["baseline_accuracy"]  # noqa: Y015
     _WhichOneofArgType__baseline_accuracy: _TypeAlias = _typing.Literal["_baseline_accuracy", b"_baseline_accuracy"]  # noqa: Y015
+    _WhichOneofReturnType__baseline_loss: _TypeAlias = _typing.Literal["baseline_loss"]  # noqa: Y015
+    _WhichOneofArgType__baseline_loss: _TypeAlias = _typing.Literal["_baseline_loss", b"_baseline_loss"]  # noqa: Y015
     _WhichOneofReturnType__pruned_accuracy: _TypeAlias = _typing.Literal["pruned_accuracy"]  # noqa: Y015
     _WhichOneofArgType__pruned_accuracy: _TypeAlias = _typing.Literal["_pruned_accuracy", b"_pruned_accuracy"]  # noqa: Y015
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__accuracy_loss_pp) -> _WhichOneofReturnType__accuracy_loss_pp | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__baseline_accuracy) -> _WhichOneofReturnType__baseline_accuracy | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__baseline_loss) -> _WhichOneofReturnType__baseline_loss | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__pruned_accuracy) -> _WhichOneofReturnType__pruned_accuracy | None: ...
 
