@@ -129,7 +129,11 @@ class Settings(BaseSettings):
     tls_key_file: pathlib.Path | None = None
     event_interval_s: float = Field(0.5, description="least time between two progress events of a job")
     grace_s: float = Field(5.0, description="graceful shutdown period of the server")
-    job_time_limit_s: float = Field(0.0, description="a job running longer fails with DEADLINE_EXCEEDED; 0 = no limit")
+    job_time_limit_s: float = Field(
+        0.0,
+        description="an attempt of a job running longer fails it with DEADLINE_EXCEEDED (an attempt resumed "
+        "after its worker was lost has the limit anew); 0 = no limit",
+    )
     heartbeat_interval_s: float = Field(10.0, description="how often a worker marks its running job alive")
     sweep_interval_s: float = Field(
         1.0, gt=0, description="how often a server checks the trials of running sweeps and queues the next ones"

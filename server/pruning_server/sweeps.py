@@ -21,7 +21,7 @@ from google.rpc import code_pb2
 from pruning.v1 import pruning_pb2 as pb
 from pruning.v1 import pruning_pb2_grpc as pb_grpc
 from pruning_core import plan, sweeps, validation
-from pruning_core.store import STORE_ERRORS, TERMINAL, JobNotFound, make_event, new_job_id, state_event
+from pruning_core.store import ACTIVE, STORE_ERRORS, TERMINAL, JobNotFound, make_event, new_job_id, state_event
 from pruning_core.sweeps import SweepNotFound, SweepStore
 
 from .errors import Exhausted, Failure, Invalid
@@ -328,6 +328,22 @@ async def _jobs_of(jobs: PruningService, tenant: str, sweep: pb.Sweep) -> dict[s
     return found
 
 
+async def _room(jobs: PruningService, tenant: str, sweep: pb.Sweep) -> int | None:
+    """How many trials the tenant's ``max_active_jobs_per_tenant`` lets the sweep queue now
+    (None: no cap). Its trials count against the cap like any job, so a sweep never takes the
+    tenant past it; the job a search runs for, which no worker runs, does not count. A sweep
+    without room waits for the next step."""
+    cap = jobs.settings.max_active_jobs_per_tenant
+    if not cap:
+        return None
+    active = await jobs.store.active_jobs(tenant)
+    if sweep.job_id:
+        with contextlib.suppress(JobNotFound):
+            if (await jobs.store.get(tenant, sweep.job_id)).state in ACTIVE:
+                active -= 1
+    return max(0, cap - active)
+
+
 async def refresh(jobs: PruningService, store: SweepStore, sweep_id: str, tenant: str | None = None) -> pb.Sweep:
     """Brings the trials' states and results up to date (nothing more)."""
     tenant = tenant or await store.tenant_of(sweep_id)
@@ -350,7 +366,9 @@ async def advance(jobs: PruningService, store: SweepStore, sweep_id: str) -> pb.
     sweep = await refresh(jobs, store, sweep_id, tenant)
     if sweep.state in TERMINAL:
         return sweep
-    for trial in sweeps.next_trials(sweep):
+    queue = sweeps.next_trials(sweep)
+    room = await _room(jobs, tenant, sweep) if queue else None
+    for trial in queue[:room]:
         index = trial.index = len(sweep.trials)
         spec = sweeps.trial_spec(sweep.spec.base, trial.sparsity)
         if trial.epochs:  # a rung of successive halving

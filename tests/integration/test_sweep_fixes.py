@@ -121,7 +121,12 @@ def test_a_trial_queued_as_its_sweep_is_cancelled_is_cancelled_too(redis_url):
         async def cancel_job(tenant: str, job_id: str) -> None:
             cancelled.append(job_id)
 
-        jobs = types.SimpleNamespace(store=store, create_job=create_job, cancel_job=cancel_job)
+        jobs = types.SimpleNamespace(
+            store=store,
+            create_job=create_job,
+            cancel_job=cancel_job,
+            settings=types.SimpleNamespace(max_active_jobs_per_tenant=0),
+        )
         try:
             return await advance(jobs, sweep_store, sweep.id)
         finally:
@@ -268,3 +273,38 @@ def test_an_offset_token_of_an_older_server_still_pages(deployment, redis_url):
         past = stub.ListSweeps(pb.ListSweepsRequest(page_size=10, page_token="40"))
     assert [s.id for s in rest.sweeps] == newest_first[2:] and not rest.next_page_token
     assert not past.sweeps
+
+
+def test_a_sweep_queues_trials_only_within_the_tenant_s_cap_on_active_jobs(redis_url):
+    """A tenant at its cap less one, a sweep of three parallel trials: one trial is queued, the
+    others once room frees up. The search job of a job with a budget does not count."""
+    prefix = f"test-sweep-cap-{uuid.uuid4().hex[:8]}"
+
+    async def work(store: AsyncJobStore, sweep_store: SweepStore) -> list[int]:
+        other, _ = await store.create(TENANT, pb.Job(id=new_job_id(), state=pb.JOB_STATE_QUEUED))
+        parent, _ = await store.create(TENANT, pb.Job(id=new_job_id(), state=pb.JOB_STATE_QUEUED))
+        spec = sweeps.with_defaults(pb.SweepSpec(sparsities=[0.5, 0.6, 0.7], parallel_trials=3))
+        sweep = pb.Sweep(id=sweeps.new_sweep_id(), state=pb.JOB_STATE_QUEUED, spec=spec, job_id=parent.id)
+        await sweep_store.create(TENANT, sweep, "", "")
+
+        async def create_job(tenant: str, request: pb.CreateJobRequest, sweep_id: str = "") -> pb.Job:
+            job, _ = await store.create(tenant, pb.Job(id=new_job_id(), state=pb.JOB_STATE_QUEUED))
+            return job
+
+        jobs = types.SimpleNamespace(
+            store=store,
+            create_job=create_job,
+            cancel_job=None,
+            settings=types.SimpleNamespace(max_active_jobs_per_tenant=2),
+        )
+        queued = []
+        try:
+            queued.append(len((await advance(jobs, sweep_store, sweep.id)).trials))
+            queued.append(len((await advance(jobs, sweep_store, sweep.id)).trials))  # no room yet
+            await store.update(TENANT, other.id, lambda j: [state_event(j, pb.JOB_STATE_CANCELLED)])
+            queued.append(len((await advance(jobs, sweep_store, sweep.id)).trials))
+            return queued
+        finally:
+            await store.redis.delete(*[k async for k in store.redis.scan_iter(f"{prefix}:*")])
+
+    assert _with_stores(redis_url, prefix, work) == [1, 1, 2]
