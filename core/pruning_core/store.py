@@ -634,8 +634,11 @@ class JobStore(_Base):
         attempt was lost while storing them); ``attempts`` selects whose (all when None)."""
         return _drive(self._take_back_exports(job_id, tenant, attempts))
 
-    def keep_exports(self, job_id: str) -> None:
-        """The job succeeded: its staged export records are its results."""
+    def keep_exports(self, job_id: str, tenant: str, attempt: int) -> None:
+        """The job succeeded: the export records ``attempt`` staged are its results. Those an
+        earlier attempt staged (one thought lost that went on storing) are taken back: no
+        result lists them."""
+        self.take_back_exports(job_id, tenant, attempts=lambda staged_by: staged_by != attempt)
         self.redis.delete(self.keys.staged(job_id))
 
     def get_artifact(self, tenant: str, artifact_id: str) -> ArtifactRecord:

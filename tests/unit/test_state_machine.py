@@ -176,7 +176,7 @@ def test_a_failed_store_of_exports_leaves_no_record_it_added(stores, tmp_path):
     fresh = tmp_path / "fresh.tflite"
     fresh.write_bytes(b"an export of this job")
     first = _store_outputs(settings, store, "j" * 24, "t", [(held, "keras")])[0]
-    store.keep_exports("j" * 24)  # that job succeeded
+    store.keep_exports("j" * 24, "t", attempt=0)  # that job succeeded
     assert _holds(store, "t", first.id)
 
     outputs = [(held, "keras"), (fresh, "tflite"), (tmp_path / "missing.onnx", "onnx")]
@@ -211,6 +211,24 @@ def test_a_record_written_again_by_another_job_is_not_rolled_back(stores):
     assert store.take_back_exports("b" * 24, "t") == 1
     assert not _holds(store, "t", first.id)
     assert not store.redis.exists(store.keys.artifact_owners(first.id))
+
+
+def test_a_success_keeps_its_own_attempt_s_exports_and_takes_back_a_stale_one_s(stores):
+    """An attempt thought lost went on and stored an export before the next attempt succeeded:
+    the success keeps its own records (its result lists them) and takes back the stale one's."""
+    import time
+
+    from pruning_core.store import ArtifactRecord
+
+    store, _ = stores
+    now = time.time()
+    stale = ArtifactRecord("cd" * 32, pb.ARTIFACT_KIND_EXPORT, "keras", "old.keras", 10, now, {})
+    own = ArtifactRecord("ef" * 32, pb.ARTIFACT_KIND_EXPORT, "keras", "new.keras", 10, now, {})
+    store.put_artifact("t", stale, staged_for="c" * 24, attempt=1)
+    store.put_artifact("t", own, staged_for="c" * 24, attempt=2)
+    store.keep_exports("c" * 24, "t", attempt=2)
+    assert _holds(store, "t", own.id) and not _holds(store, "t", stale.id)
+    assert not store.redis.exists(store.keys.staged("c" * 24))
 
 
 def test_a_job_cancelled_as_it_ends_lists_no_export(redis_url, stores, tmp_path, monkeypatch):

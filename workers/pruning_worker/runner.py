@@ -437,7 +437,7 @@ def _run_claimed(store: JobStore, job: pb.Job, settings: Settings) -> pb.Job | N
             _take_back(store, job_id, tenant, job.attempt)
             raise
         if final.state == pb.JOB_STATE_SUCCEEDED:
-            store.keep_exports(job_id)
+            store.keep_exports(job_id, tenant, job.attempt)
         else:  # cancelled as it ended
             _take_back(store, job_id, tenant, job.attempt)
         return final
