@@ -18,6 +18,21 @@ from . import modelcheck, recipe, validation
 from .validation import Violation
 
 SPARSE_LOSSES = ("sparse_categorical_crossentropy", "sparse_categorical_crossentropy_from_logits")
+CATEGORICAL_LOSSES = ("categorical_crossentropy", "categorical_crossentropy_from_logits")  # one-hot labels
+
+
+def one_hot_problem(array: str, sample_shape: list[int], units: int) -> str | None:
+    """Why labels whose samples have ``sample_shape`` cannot be one-hot labels of an output of
+    ``units`` units (unknown: <= 0) under a categorical cross-entropy, or None."""
+    if units <= 1 or (sample_shape and sample_shape[-1] == units):
+        return None
+    return (
+        f"{array} samples have shape {sample_shape}, but a categorical cross-entropy takes one-hot labels of "
+        f"the output's {units} units (shape [..., {units}]); class indices take the loss "
+        "sparse_categorical_crossentropy"
+    )
+
+
 # The time estimate: a documented heuristic, not a measurement. Fine-tuning costs about six
 # floating-point operations per parameter and training sample (forward and backward), at the
 # rate below, plus a fixed cost for loading, evaluation and export.
@@ -200,12 +215,17 @@ def _labels_fit(spec: pb.JobSpec, outputs: Sequence[pb.TensorSummary], data: Dat
     within the output's units (where the configuration tells them)."""
     out: list[Violation] = []
     for output in outputs:
-        if validation.output_loss(spec.training, output.name) not in SPARSE_LOSSES:
+        loss = validation.output_loss(spec.training, output.name)
+        if loss not in SPARSE_LOSSES + CATEGORICAL_LOSSES:
             continue
         labels = data.labels.get(output.name, data.labels.get("") if len(outputs) == 1 else None)
         if labels is None:
             continue  # no such label arrays: _dataset_fits says so
         units = output.shape[-1] if output.shape else -1
+        if loss in CATEGORICAL_LOSSES:
+            if problem := one_hot_problem(labels.arrays[0], labels.shape, units):
+                out.append((data.field, problem))
+            continue
         which = f"output {output.name!r} ({', '.join(labels.arrays)})" if labels.arrays[0] != "y_train" else ""
         if units > 0 and labels.shape not in ([], [1]):
             out.append(

@@ -167,6 +167,23 @@ def test_each_output_takes_its_own_loss(tmp_path):
     assert field == "spec.training.output_losses[box]" and "its outputs are ['cls', 'reg']" in text
 
 
+def test_class_indices_under_a_categorical_cross_entropy_are_refused_up_front(tmp_path):
+    """A categorical cross-entropy takes one-hot labels: class indices would fail the worker's
+    first step (shapes (n, 1) and (n, 4) are incompatible)."""
+    model = _keras3_two_heads(tmp_path)
+    indices = _facts(tmp_path, **_by_output(lambda n: np.linspace(0.1, 1.6, n).astype("f4")))
+    losses = {"cls": "categorical_crossentropy", "reg": "mean_squared_error"}
+    ((field, text),) = _violations(model, indices, output_losses=losses)
+    assert field == "spec.dataset.artifact_id"
+    assert text.startswith("y_train.cls samples have shape [], but a categorical cross-entropy takes one-hot")
+    one_hot = dict(_by_output(lambda n: np.linspace(0.1, 1.6, n).astype("f4")))
+    one_hot |= {
+        "y_train.cls": np.eye(4, dtype="f4")[np.arange(8) % 4],
+        "y_test.cls": np.eye(4, dtype="f4")[[0, 1, 2, 3]],
+    }
+    assert _violations(model, _facts(tmp_path, **one_hot), output_losses=losses) == []
+
+
 def test_output_losses_are_losses_the_service_knows_and_a_budget_needs_a_classification(tmp_path):
     spec = validation.with_defaults(
         job_spec("a" * 64, output_losses={"reg": "huber", "": "mean_squared_error"}, loss="mean_squared_error")

@@ -87,3 +87,13 @@ def test_the_summed_loss_squeezes_targets_as_compile_does():
     job_loss = JobLoss.of(model, pb.TrainingSpec(loss="mean_squared_error"))
     y = np.arange(4, dtype="f4")
     assert float(job_loss.function()([y, y], [tf.constant(y[:, None]), tf.constant(y[:, None])])) == 0.0
+
+
+def test_the_worker_refuses_class_indices_under_a_categorical_cross_entropy():
+    model = _two_heads()
+    x, y = _data()
+    categorical = pb.TrainingSpec(loss="categorical_crossentropy", output_losses={"reg": "mean_squared_error"})
+    with pytest.raises(JobInputError, match=r"y_train.cls samples have shape \[\], but a categorical cross-entropy"):
+        inputs.check(model, (x, y, x, y), categorical)
+    one_hot = {**y, "cls": np.eye(4, dtype="f4")[y["cls"]]}
+    inputs.check(model, (x, one_hot, x, one_hot), categorical)

@@ -19,7 +19,7 @@ from .errors import JobInputError
 
 Data = Any  # an array, or a dict of arrays by input (output) name
 Arrays = tuple[Data, Data, Data, Data]
-SPARSE_LOSSES = ("sparse_categorical_crossentropy", "sparse_categorical_crossentropy_from_logits")
+SPARSE_LOSSES = plan.SPARSE_LOSSES
 
 
 @dataclass
@@ -172,7 +172,13 @@ def check(model: Any, data: Arrays, t: pb.TrainingSpec) -> None:
     if length(x_train) == 0 or length(x_test) == 0:
         raise JobInputError("dataset: x_train and x_test must not be empty")
     for output, name, y, owner, shape in _label_pairs(model, y_train, y_test):
-        if validation.output_loss(t, output) not in SPARSE_LOSSES:
+        loss = validation.output_loss(t, output)
+        if loss in plan.CATEGORICAL_LOSSES:
+            units = shape[-1] if shape and shape[-1] else 0
+            if problem := plan.one_hot_problem(name, list(y.shape[1:]), units):
+                raise JobInputError(f"dataset: {problem}")
+            continue
+        if loss not in SPARSE_LOSSES:
             continue
         _check_class_indices(shape, name, y)
         units = shape[-1] if shape else None
