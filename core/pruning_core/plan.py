@@ -18,17 +18,27 @@ from . import modelcheck, recipe, validation
 from .validation import Violation
 
 SPARSE_LOSSES = ("sparse_categorical_crossentropy", "sparse_categorical_crossentropy_from_logits")
-CATEGORICAL_LOSSES = ("categorical_crossentropy", "categorical_crossentropy_from_logits")  # one-hot labels
+# Losses whose labels have the output's units as their last axis (one-hot; 0/1 per unit).
+CATEGORICAL_LOSSES = ("categorical_crossentropy", "categorical_crossentropy_from_logits")
+BINARY_LOSSES = ("binary_crossentropy", "binary_crossentropy_from_logits")
 
 
-def one_hot_problem(array: str, sample_shape: list[int], units: int) -> str | None:
-    """Why labels whose samples have ``sample_shape`` cannot be one-hot labels of an output of
-    ``units`` units (unknown: <= 0) under a categorical cross-entropy, or None."""
-    if units <= 1 or (sample_shape and sample_shape[-1] == units):
+def unit_labels_problem(loss: str, array: str, sample_shape: list[int], units: int) -> str | None:
+    """Why labels whose samples have ``sample_shape`` do not fit an output of ``units`` units
+    (unknown: <= 0) under ``loss``, a categorical or binary cross-entropy, or None."""
+    if loss not in CATEGORICAL_LOSSES + BINARY_LOSSES or units <= 1:
         return None
+    if sample_shape and sample_shape[-1] == units:
+        return None
+    if loss in CATEGORICAL_LOSSES:
+        return (
+            f"{array} samples have shape {sample_shape}, but a categorical cross-entropy takes one-hot labels of "
+            f"the output's {units} units (shape [..., {units}]); class indices take the loss "
+            "sparse_categorical_crossentropy"
+        )
     return (
-        f"{array} samples have shape {sample_shape}, but a categorical cross-entropy takes one-hot labels of "
-        f"the output's {units} units (shape [..., {units}]); class indices take the loss "
+        f"{array} samples have shape {sample_shape}, but a binary cross-entropy on an output of {units} units "
+        f"takes a 0/1 label per unit (shape [..., {units}]); class indices take the loss "
         "sparse_categorical_crossentropy"
     )
 
@@ -216,14 +226,14 @@ def _labels_fit(spec: pb.JobSpec, outputs: Sequence[pb.TensorSummary], data: Dat
     out: list[Violation] = []
     for output in outputs:
         loss = validation.output_loss(spec.training, output.name)
-        if loss not in SPARSE_LOSSES + CATEGORICAL_LOSSES:
+        if loss not in SPARSE_LOSSES + CATEGORICAL_LOSSES + BINARY_LOSSES:
             continue
         labels = data.labels.get(output.name, data.labels.get("") if len(outputs) == 1 else None)
         if labels is None:
             continue  # no such label arrays: _dataset_fits says so
         units = output.shape[-1] if output.shape else -1
-        if loss in CATEGORICAL_LOSSES:
-            if problem := one_hot_problem(labels.arrays[0], labels.shape, units):
+        if loss not in SPARSE_LOSSES:
+            if problem := unit_labels_problem(loss, labels.arrays[0], labels.shape, units):
                 out.append((data.field, problem))
             continue
         which = f"output {output.name!r} ({', '.join(labels.arrays)})" if labels.arrays[0] != "y_train" else ""

@@ -182,6 +182,10 @@ def test_class_indices_under_a_categorical_cross_entropy_are_refused_up_front(tm
         "y_test.cls": np.eye(4, dtype="f4")[[0, 1, 2, 3]],
     }
     assert _violations(model, _facts(tmp_path, **one_hot), output_losses=losses) == []
+    binary = {"cls": "binary_crossentropy_from_logits", "reg": "mean_squared_error"}
+    ((_, text),) = _violations(model, indices, output_losses=binary)
+    assert "a binary cross-entropy on an output of 4 units takes a 0/1 label per unit" in text
+    assert _violations(model, _facts(tmp_path, **one_hot), output_losses=binary) == []
 
 
 def test_output_losses_are_losses_the_service_knows_and_a_budget_needs_a_classification(tmp_path):

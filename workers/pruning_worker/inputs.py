@@ -173,11 +173,9 @@ def check(model: Any, data: Arrays, t: pb.TrainingSpec) -> None:
         raise JobInputError("dataset: x_train and x_test must not be empty")
     for output, name, y, owner, shape in _label_pairs(model, y_train, y_test):
         loss = validation.output_loss(t, output)
-        if loss in plan.CATEGORICAL_LOSSES:
-            units = shape[-1] if shape and shape[-1] else 0
-            if problem := plan.one_hot_problem(name, list(y.shape[1:]), units):
-                raise JobInputError(f"dataset: {problem}")
-            continue
+        units = shape[-1] if shape and shape[-1] else 0
+        if problem := plan.unit_labels_problem(loss, name, list(y.shape[1:]), units):
+            raise JobInputError(f"dataset: {problem}")
         if loss not in SPARSE_LOSSES:
             continue
         _check_class_indices(shape, name, y)
