@@ -172,3 +172,15 @@ def test_cli_structured_flags():
     assert both.pruning.HasField("schedule") and both.pruning.structured.round_to == 8
     with pytest.raises(click.BadParameter):
         _submit_spec("--layer-ratio", "conv")
+
+
+def test_cli_output_losses():
+    spec = _submit_spec("--loss", "sparse_categorical_crossentropy", "--output-loss", "box=mean_squared_error")
+    assert spec.training.loss == "sparse_categorical_crossentropy"
+    assert dict(spec.training.output_losses) == {"box": "mean_squared_error"}
+    assert not _submit_spec().training.output_losses
+    for bad in ("box", "=mean_squared_error", "box="):
+        with pytest.raises(click.BadParameter, match="expected NAME=LOSS"):
+            _submit_spec("--output-loss", bad)
+    sdk = job_spec("ab" * 32, output_losses={"box": "mean_absolute_error"})
+    assert dict(sdk.training.output_losses) == {"box": "mean_absolute_error"}
