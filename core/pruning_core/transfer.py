@@ -67,10 +67,14 @@ class WritePipeline:
                         self._error = self._error or exc
                 finally:
                     self._done[index] += 1
-                    try:
-                        self._loop.call_soon_threadsafe(self._release)
-                    except RuntimeError:
-                        pass  # the loop is closed: nobody waits any more
+                    # Only the sink that finished a chunk last wakes the loop (one wake-up per
+                    # chunk, not one per sink): each checks after its own count, so the last to
+                    # check sees every count and never misses (two may both wake it: harmless).
+                    if self._done[index] <= min(self._done):
+                        try:
+                            self._loop.call_soon_threadsafe(self._release)
+                        except RuntimeError:
+                            pass  # the loop is closed: nobody waits any more
         finally:
             if not self._finished[index].done():
                 self._finished[index].set_result(None)

@@ -232,3 +232,30 @@ def test_a_failed_cleanup_is_logged_not_raised_in_place_of_the_refusal(caplog):
     pipe = asyncio.run(main())
     assert not any(t.is_alive() for t in pipe._threads)
     assert "could not remove a dropped upload" in caplog.text and "the S3 abort failed" in caplog.text
+
+
+def test_the_loop_is_woken_about_once_per_chunk_not_once_per_sink():
+    """Only the sink that finishes a chunk last gives its slot back (three sinks woke the loop
+    three times a chunk before); the slots still all come back."""
+    wakes = 0
+
+    class Counting(WritePipeline):
+        def _release(self) -> None:
+            nonlocal wakes
+            wakes += 1
+            super()._release()
+
+    def slow(data):
+        time.sleep(0.001)
+
+    async def main():
+        pipe = Counting([slow, hashlib.sha256().update, len], depth=2)
+        for chunk in CHUNKS:
+            await pipe.write(chunk)  # depth 2: waits on the slots coming back
+        await pipe.drain()
+        await asyncio.sleep(0.05)  # the last wake-ups land
+        return pipe
+
+    pipe = asyncio.run(main())
+    assert pipe._released == len(CHUNKS)
+    assert len(CHUNKS) <= wakes < 2 * len(CHUNKS)
