@@ -340,15 +340,24 @@ class PruningService(pb_grpc.PruningServiceServicer):
         return model, facts
 
     async def record(
-        self, tenant: str, job: pb.Job, request: pb.CreateJobRequest, *, bounded: bool = True
+        self,
+        tenant: str,
+        job: pb.Job,
+        request: pb.CreateJobRequest,
+        *,
+        bounded: bool = True,
+        max_active: int | None = None,
     ) -> tuple[pb.Job, bool]:
         """Stores the new ``job`` made for ``request``, or returns the job its idempotency key
         already made (ALREADY_EXISTS when that key came with a different request); and whether
         it is new. ``bounded``: RESOURCE_EXHAUSTED when the tenant has its most active jobs
-        (decided with the record, so concurrent calls cannot all pass); a sweep's trials are not."""
+        (decided with the record, so concurrent calls cannot all pass); ``max_active``, when
+        given, is the bound instead (a sweep's trials: one more where their search job counts)."""
         job.created_at.GetCurrentTime()
         fingerprint = convert.request_fingerprint(request)
         most = self.settings.max_active_jobs_per_tenant if bounded else 0
+        if max_active is not None:
+            most = max_active
         try:
             job, created = await self.store.create(
                 tenant, job, request.idempotency_key, fingerprint, max_active=most, queue=self.settings.queue
@@ -376,8 +385,11 @@ class PruningService(pb_grpc.PruningServiceServicer):
         if active >= cap:
             raise Exhausted(str(TooManyActiveJobs(active)), self.settings.retry_after_s)
 
-    async def create_job(self, tenant: str, request: pb.CreateJobRequest, sweep_id: str = "") -> pb.Job:
-        """CreateJob for ``tenant``; sweeps create their trials through it too."""
+    async def create_job(
+        self, tenant: str, request: pb.CreateJobRequest, sweep_id: str = "", max_active: int | None = None
+    ) -> pb.Job:
+        """CreateJob for ``tenant``; sweeps create their trials through it too, ``max_active``
+        their bound on the tenant's active jobs (0 = none)."""
         violations = validation.validate_request(request)
         named = {field for field, _ in violations}
         violations += [v for v in convert.unknown_enums(request) if v[0] not in named]
@@ -401,6 +413,7 @@ class PruningService(pb_grpc.PruningServiceServicer):
             pb.Job(id=new_job_id(), spec=spec, labels=request.labels, sweep_id=sweep_id),
             request,
             bounded=not sweep_id,
+            max_active=max_active,
         )
         # A retry with the same key also repairs a job whose first enqueue failed; of
         # concurrent calls with the key, one sends.

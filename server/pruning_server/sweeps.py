@@ -328,20 +328,21 @@ async def _jobs_of(jobs: PruningService, tenant: str, sweep: pb.Sweep) -> dict[s
     return found
 
 
-async def _room(jobs: PruningService, tenant: str, sweep: pb.Sweep) -> int | None:
-    """How many trials the tenant's ``max_active_jobs_per_tenant`` lets the sweep queue now
-    (None: no cap). Its trials count against the cap like any job, so a sweep never takes the
-    tenant past it; the job a search runs for, which no worker runs, does not count. A sweep
-    without room waits for the next step."""
+async def _trial_bound(jobs: PruningService, tenant: str, sweep: pb.Sweep) -> tuple[int, int | None]:
+    """The bound on the tenant's active jobs that the sweep's trials are created under (0: no
+    cap), and how many trials fit under it now (None: any). Trials count against the tenant's
+    ``max_active_jobs_per_tenant`` like any job; the job a search runs for, which no worker
+    runs, does not (the bound is one more while it is active). The bound is checked again in
+    the script that writes each trial's record, so sweeps advanced side by side cannot pass it
+    together; a sweep without room waits for a later step."""
     cap = jobs.settings.max_active_jobs_per_tenant
     if not cap:
-        return None
-    active = await jobs.store.active_jobs(tenant)
+        return 0, None
     if sweep.job_id:
         with contextlib.suppress(JobNotFound):
             if (await jobs.store.get(tenant, sweep.job_id)).state in ACTIVE:
-                active -= 1
-    return max(0, cap - active)
+                cap += 1
+    return cap, max(0, cap - await jobs.store.active_jobs(tenant))
 
 
 async def refresh(jobs: PruningService, store: SweepStore, sweep_id: str, tenant: str | None = None) -> pb.Sweep:
@@ -367,7 +368,7 @@ async def advance(jobs: PruningService, store: SweepStore, sweep_id: str) -> pb.
     if sweep.state in TERMINAL:
         return sweep
     queue = sweeps.next_trials(sweep)
-    room = await _room(jobs, tenant, sweep) if queue else None
+    bound, room = await _trial_bound(jobs, tenant, sweep) if queue else (0, None)
     for trial in queue[:room]:
         index = trial.index = len(sweep.trials)
         spec = sweeps.trial_spec(sweep.spec.base, trial.sparsity)
@@ -379,8 +380,10 @@ async def advance(jobs: PruningService, store: SweepStore, sweep_id: str) -> pb.
             idempotency_key=f"sweep-{sweep.id}-trial-{index}",
         )
         try:
-            job = await jobs.create_job(tenant, request, sweep_id=sweep.id)
+            job = await jobs.create_job(tenant, request, sweep_id=sweep.id, max_active=bound)
             trial.job_id = job.id
+        except Exhausted:
+            break  # another sweep of the tenant took the room meanwhile: a later step queues it
         except Failure as exc:  # a trial refused does not sink the sweep
             trial.state = pb.JOB_STATE_FAILED
             trial.error.message = exc.message[:500]

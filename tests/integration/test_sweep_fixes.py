@@ -112,7 +112,7 @@ def test_a_trial_queued_as_its_sweep_is_cancelled_is_cancelled_too(redis_url):
             current.state = pb.JOB_STATE_CANCELLED
             return True
 
-        async def create_job(tenant: str, request: pb.CreateJobRequest, sweep_id: str = "") -> pb.Job:
+        async def create_job(tenant: str, request: pb.CreateJobRequest, sweep_id: str = "", max_active=None) -> pb.Job:
             job, _ = await store.create(tenant, pb.Job(id=new_job_id(), state=pb.JOB_STATE_QUEUED))
             created.append(job.id)
             await sweep_store.update(tenant, sweep_id, end)  # CancelSweep lands meanwhile
@@ -275,6 +275,31 @@ def test_an_offset_token_of_an_older_server_still_pages(deployment, redis_url):
     assert not past.sweeps
 
 
+def _bounded_jobs(store: AsyncJobStore, cap: int, pause_s: float = 0.0) -> types.SimpleNamespace:
+    """What advance() needs of the service: trials written under the bound it passes, refused
+    as the service refuses them (Exhausted); ``pause_s`` before each write lets sweeps
+    advanced side by side interleave."""
+    from pruning_core.store import TooManyActiveJobs
+    from pruning_server.errors import Exhausted
+
+    async def create_job(tenant: str, request: pb.CreateJobRequest, sweep_id: str = "", max_active=None) -> pb.Job:
+        await asyncio.sleep(pause_s)  # the service's checks take time: another sweep runs meanwhile
+        try:
+            job, _ = await store.create(
+                tenant, pb.Job(id=new_job_id(), state=pb.JOB_STATE_QUEUED), max_active=max_active or 0
+            )
+        except TooManyActiveJobs as exc:
+            raise Exhausted(str(exc), 1.0) from None
+        return job
+
+    return types.SimpleNamespace(
+        store=store,
+        create_job=create_job,
+        cancel_job=None,
+        settings=types.SimpleNamespace(max_active_jobs_per_tenant=cap),
+    )
+
+
 def test_a_sweep_queues_trials_only_within_the_tenant_s_cap_on_active_jobs(redis_url):
     """A tenant at its cap less one, a sweep of three parallel trials: one trial is queued, the
     others once room frees up. The search job of a job with a budget does not count."""
@@ -286,17 +311,7 @@ def test_a_sweep_queues_trials_only_within_the_tenant_s_cap_on_active_jobs(redis
         spec = sweeps.with_defaults(pb.SweepSpec(sparsities=[0.5, 0.6, 0.7], parallel_trials=3))
         sweep = pb.Sweep(id=sweeps.new_sweep_id(), state=pb.JOB_STATE_QUEUED, spec=spec, job_id=parent.id)
         await sweep_store.create(TENANT, sweep, "", "")
-
-        async def create_job(tenant: str, request: pb.CreateJobRequest, sweep_id: str = "") -> pb.Job:
-            job, _ = await store.create(tenant, pb.Job(id=new_job_id(), state=pb.JOB_STATE_QUEUED))
-            return job
-
-        jobs = types.SimpleNamespace(
-            store=store,
-            create_job=create_job,
-            cancel_job=None,
-            settings=types.SimpleNamespace(max_active_jobs_per_tenant=2),
-        )
+        jobs = _bounded_jobs(store, cap=2)
         queued = []
         try:
             queued.append(len((await advance(jobs, sweep_store, sweep.id)).trials))
@@ -308,3 +323,29 @@ def test_a_sweep_queues_trials_only_within_the_tenant_s_cap_on_active_jobs(redis
             await store.redis.delete(*[k async for k in store.redis.scan_iter(f"{prefix}:*")])
 
     assert _with_stores(redis_url, prefix, work) == [1, 1, 2]
+
+
+def test_sweeps_advanced_side_by_side_cannot_pass_the_cap_together(redis_url):
+    """Two sweeps of one tenant advanced at once both see the same room; the bound checked in
+    the script that writes each trial's record keeps them within it, and the trial that found
+    no room waits for a later step instead of failing."""
+    prefix = f"test-sweep-race-{uuid.uuid4().hex[:8]}"
+
+    async def work(store: AsyncJobStore, sweep_store: SweepStore) -> tuple[int, list[int]]:
+        ids = []
+        for _ in range(2):
+            spec = sweeps.with_defaults(pb.SweepSpec(sparsities=[0.5, 0.6], parallel_trials=2))
+            sweep = pb.Sweep(id=sweeps.new_sweep_id(), state=pb.JOB_STATE_QUEUED, spec=spec)
+            await sweep_store.create(TENANT, sweep, "", "")
+            ids.append(sweep.id)
+        jobs = _bounded_jobs(store, cap=3, pause_s=0.05)
+        try:
+            done = await asyncio.gather(*(advance(jobs, sweep_store, i) for i in ids))
+            failed = [t for s in done for t in s.trials if t.state == pb.JOB_STATE_FAILED]
+            assert not failed, "a trial without room was failed instead of waiting"
+            return await store.active_jobs(TENANT), sorted(len(s.trials) for s in done)
+        finally:
+            await store.redis.delete(*[k async for k in store.redis.scan_iter(f"{prefix}:*")])
+
+    active, trials = _with_stores(redis_url, prefix, work)
+    assert active == 3 and trials == [1, 2]
