@@ -497,12 +497,19 @@ class S3Store(LocalStore):
         import obstore
 
         removed = super().sweep(min_age_s)
+        # Their age is the S3 server's clock (Last-Modified) against this one: a server whose
+        # clock runs ahead must not take the object another server is renaming this second.
+        # One lives for the seconds of a rename, so an orphan can wait an hour.
+        oldest = max(min_age_s, TMP_OBJECT_MIN_AGE_S)
         for page in obstore.list(self.objects, prefix=self.tmp_prefix):
             for meta in page:
-                if _age_s(meta["last_modified"]) >= min_age_s:
+                if _age_s(meta["last_modified"]) >= oldest:
                     obstore.delete(self.objects, meta["path"])
                     removed += 1
         return removed
+
+
+TMP_OBJECT_MIN_AGE_S = 3600.0  # clocks an hour apart still leave a temporary object alone
 
 
 def _age_s(when: datetime.datetime) -> float:

@@ -252,6 +252,25 @@ def test_input_cache_fetches_once_verifies_and_keeps_its_bound(seaweed, s3_env, 
     assert {p.name for p in (tmp_path / "cache").rglob("*") if p.is_file()} == {blobs[1], blobs[2]}
 
 
+def test_a_temporary_object_is_swept_only_when_clocks_an_hour_apart_agree_it_is_old(
+    seaweed, s3_env, tmp_path, monkeypatch
+):
+    """Temporary objects (an upload completed, not yet renamed) age by the S3 server's clock:
+    a sweep with no minimum age leaves one made now alone; past the floor it goes."""
+    import obstore
+
+    from pruning_core import objectstore
+
+    store = objectstore.open_store(settings_for(s3_env, state_dir=str(tmp_path / "state")))
+    key = store.tmp_key()
+    obstore.put(store.objects, key, b"an upload being renamed")
+    assert store.sweep(0.0) == 0 and obstore.head(store.objects, key)
+    monkeypatch.setattr(objectstore, "TMP_OBJECT_MIN_AGE_S", 0.0)
+    assert store.sweep(0.0) == 1
+    with pytest.raises(FileNotFoundError):
+        obstore.head(store.objects, key)
+
+
 def test_a_missing_object_is_a_job_input_error(seaweed, s3_env, tmp_path):
     from pruning_core.objectstore import open_store
     from pruning_worker.cache import InputCache
