@@ -138,6 +138,8 @@ def parse_download_chunk(raw: bytes) -> Chunk:
 # -- calls -----------------------------------------------------------------------------------
 
 _SERVICE = f"/{pb.DESCRIPTOR.services_by_name['PruningService'].full_name}/"
+UPLOAD_MODEL, UPLOAD_DATASET = _SERVICE + "UploadModel", _SERVICE + "UploadDataset"
+UPLOAD_METHODS = (UPLOAD_MODEL, UPLOAD_DATASET)  # their requests: serialize_/parse_upload_request
 
 
 class FramedCalls:
@@ -146,15 +148,13 @@ class FramedCalls:
     (and messages), downloads yield :class:`Chunk`."""
 
     def __init__(self, channel: Any) -> None:
-        def upload(name: str) -> Any:
+        def upload(method: str) -> Any:
             return channel.stream_unary(
-                _SERVICE + name,
-                request_serializer=serialize_upload_request,
-                response_deserializer=pb.Artifact.FromString,
+                method, request_serializer=serialize_upload_request, response_deserializer=pb.Artifact.FromString
             )
 
-        self.upload_model = upload("UploadModel")
-        self.upload_dataset = upload("UploadDataset")
+        self.upload_model = upload(UPLOAD_MODEL)
+        self.upload_dataset = upload(UPLOAD_DATASET)
         self.download = channel.unary_stream(
             _SERVICE + "DownloadArtifact",
             request_serializer=pb.DownloadArtifactRequest.SerializeToString,

@@ -225,16 +225,14 @@ def _labels_fit(spec: pb.JobSpec, outputs: Sequence[pb.TensorSummary], data: Dat
     within the output's units (where the configuration tells them)."""
     out: list[Violation] = []
     for output in outputs:
-        loss = validation.output_loss(spec.training, output.name)
-        if loss not in SPARSE_LOSSES + CATEGORICAL_LOSSES + BINARY_LOSSES:
-            continue
         labels = data.labels.get(output.name, data.labels.get("") if len(outputs) == 1 else None)
         if labels is None:
             continue  # no such label arrays: _dataset_fits says so
+        loss = validation.output_loss(spec.training, output.name)
         units = output.shape[-1] if output.shape else -1
+        if problem := unit_labels_problem(loss, labels.arrays[0], labels.shape, units):
+            out.append((data.field, problem))
         if loss not in SPARSE_LOSSES:
-            if problem := unit_labels_problem(loss, labels.arrays[0], labels.shape, units):
-                out.append((data.field, problem))
             continue
         which = f"output {output.name!r} ({', '.join(labels.arrays)})" if labels.arrays[0] != "y_train" else ""
         if units > 0 and labels.shape not in ([], [1]):

@@ -63,10 +63,7 @@ _KINDS = {
 
 # An upload's chunks are read by hand: the handler gets a view of the received bytes, not two
 # copies made by protobuf (pruning.wire); the wire format is protobuf's.
-_FRAMED_REQUESTS: dict[str, Callable[[bytes], Any]] = {
-    f"/{pb.DESCRIPTOR.services_by_name['PruningService'].full_name}/{name}": wire.parse_upload_request
-    for name in ("UploadModel", "UploadDataset")
-}
+_FRAMED_REQUESTS: dict[str, Callable[[bytes], Any]] = dict.fromkeys(wire.UPLOAD_METHODS, wire.parse_upload_request)
 
 Behaviour = Callable[[Any, grpc.aio.ServicerContext], Any]
 Wrapper = Callable[[Behaviour, str, str], Behaviour]  # (behaviour, method, grpc_type) -> behaviour

@@ -345,19 +345,16 @@ class PruningService(pb_grpc.PruningServiceServicer):
         job: pb.Job,
         request: pb.CreateJobRequest,
         *,
-        bounded: bool = True,
         max_active: int | None = None,
     ) -> tuple[pb.Job, bool]:
         """Stores the new ``job`` made for ``request``, or returns the job its idempotency key
         already made (ALREADY_EXISTS when that key came with a different request); and whether
-        it is new. ``bounded``: RESOURCE_EXHAUSTED when the tenant has its most active jobs
-        (decided with the record, so concurrent calls cannot all pass); ``max_active``, when
-        given, is the bound instead (a sweep's trials: one more where their search job counts)."""
+        it is new. RESOURCE_EXHAUSTED when the tenant has its most active jobs (decided with the
+        record, so concurrent calls cannot all pass): ``max_active`` of them when given (a sweep's
+        trials: one more while their search job counts; 0 = no bound), else the tenant's cap."""
         job.created_at.GetCurrentTime()
         fingerprint = convert.request_fingerprint(request)
-        most = self.settings.max_active_jobs_per_tenant if bounded else 0
-        if max_active is not None:
-            most = max_active
+        most = self.settings.max_active_jobs_per_tenant if max_active is None else max_active
         try:
             job, created = await self.store.create(
                 tenant, job, request.idempotency_key, fingerprint, max_active=most, queue=self.settings.queue
@@ -389,7 +386,7 @@ class PruningService(pb_grpc.PruningServiceServicer):
         self, tenant: str, request: pb.CreateJobRequest, sweep_id: str = "", max_active: int | None = None
     ) -> pb.Job:
         """CreateJob for ``tenant``; sweeps create their trials through it too, ``max_active``
-        their bound on the tenant's active jobs (0 = none)."""
+        their bound on the tenant's active jobs (0 = none; None = the tenant's cap)."""
         violations = validation.validate_request(request)
         named = {field for field, _ in violations}
         violations += [v for v in convert.unknown_enums(request) if v[0] not in named]
@@ -412,7 +409,6 @@ class PruningService(pb_grpc.PruningServiceServicer):
             tenant,
             pb.Job(id=new_job_id(), spec=spec, labels=request.labels, sweep_id=sweep_id),
             request,
-            bounded=not sweep_id,
             max_active=max_active,
         )
         # A retry with the same key also repairs a job whose first enqueue failed; of

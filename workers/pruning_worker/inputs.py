@@ -19,7 +19,6 @@ from .errors import JobInputError
 
 Data = Any  # an array, or a dict of arrays by input (output) name
 Arrays = tuple[Data, Data, Data, Data]
-SPARSE_LOSSES = plan.SPARSE_LOSSES
 
 
 @dataclass
@@ -51,11 +50,16 @@ def length(data: Data) -> int:
     return len(next(iter(data.values())) if isinstance(data, dict) else data)
 
 
+def rows(data: Data, start: int, stop: int) -> Data:
+    """Samples ``start`` to ``stop`` (of each array, for a dict by name or a list by output)."""
+    if isinstance(data, list):
+        return [v[start:stop] for v in data]
+    return {k: v[start:stop] for k, v in data.items()} if isinstance(data, dict) else data[start:stop]
+
+
 def head(data: Data, n: int) -> Data:
     """The first ``n`` samples (of each array, for a dict by name or a list by output)."""
-    if isinstance(data, list):
-        return [v[:n] for v in data]
-    return {k: v[:n] for k, v in data.items()} if isinstance(data, dict) else data[:n]
+    return rows(data, 0, n)
 
 
 def output_keys(model: Any) -> list[str] | None:
@@ -176,10 +180,9 @@ def check(model: Any, data: Arrays, t: pb.TrainingSpec) -> None:
         units = shape[-1] if shape and shape[-1] else 0
         if problem := plan.unit_labels_problem(loss, name, list(y.shape[1:]), units):
             raise JobInputError(f"dataset: {problem}")
-        if loss not in SPARSE_LOSSES:
+        if loss not in plan.SPARSE_LOSSES:
             continue
         _check_class_indices(shape, name, y)
-        units = shape[-1] if shape else None
         if units and y.size and np.issubdtype(y.dtype, np.number) and (y.min() < 0 or y.max() >= units):
             raise JobInputError(
                 f"dataset: {name} holds labels in [{y.min():g}, {y.max():g}], "

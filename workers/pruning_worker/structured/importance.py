@@ -11,6 +11,7 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
+from ..inputs import rows
 from .graph import TRANSPOSED, Graph
 
 __all__ = ["CRITERIA", "scores"]
@@ -54,11 +55,7 @@ def _taylor(graph: Graph, producers: list[str], data: tuple[Any, Any, Any], batc
     n = len(next(iter(x.values())) if isinstance(x, dict) else x)
     size = max(1, min(64, n // max(1, batches)))
     for start in range(0, min(n, size * batches), size):
-        xb = {k: v[start : start + size] for k, v in x.items()} if isinstance(x, dict) else x[start : start + size]
-        if isinstance(y, dict):
-            yb: Any = {k: v[start : start + size] for k, v in y.items()}
-        else:
-            yb = [v[start : start + size] for v in y] if isinstance(y, list) else y[start : start + size]
+        xb, yb = rows(x, start, start + size), rows(y, start, start + size)
         with tf.GradientTape() as tape:
             out = graph.model(xb, training=False)
             loss = loss_fn(yb, out)  # summed over the outputs (pruning_worker.losses.JobLoss.function)
