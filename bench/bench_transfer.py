@@ -8,6 +8,9 @@ here on free ports), with client and server in separate processes:
 * the service (a real ``pruning_server`` process, against the Redis in $PRUNING_REDIS_URL,
   default redis://127.0.0.1:6379/9, under a throwaway key prefix): the SDK uploads a .npz
   dataset (sha256 and model checks included) and downloads it back to a file (sha256 checked);
+  the upload as the SDK makes it by default (the file hashed first, its sha256 announced), the
+  same content uploaded again (held: answered after the header) and, as a new artifact, the
+  upload hashed on the way (``hash_first=False``);
 * the same download to a client that only counts the bytes (no sha256, no file): the
   server's side alone;
 * the disk alone: the same bytes copied to a new file beside the server's artifacts, in
@@ -195,10 +198,18 @@ def bench_backend(
         env=env,
         stderr=subprocess.DEVNULL,
     )
-    results: dict[str, list[float]] = {k: [] for k in ("up", "down", "bare_down", "disk", "raw_up", "raw_down", "rss")}
+    names = ("up", "up_streamed", "again", "down", "bare_down", "disk", "raw_up", "raw_down", "rss")
+    results: dict[str, list[float]] = {k: [] for k in names}
+
+    def forget(artifact_id: str) -> None:
+        # a new artifact each time: the same bytes again would be answered after the header
+        r = redis.Redis.from_url(url)
+        r.delete(*r.scan_iter(f"{prefix}:*"), "-")
+        _forget(artifact_id, backend, env, seaweed, prefix)
+
     try:
         target = f"127.0.0.1:{_wait_port(port_file, server)}"
-        with Client(target, timeout=600) as client:
+        with Client(target, timeout=600) as client, Client(target, timeout=600, hash_first=False) as streaming:
             client.wait_ready(30)
             _warm_up(client, tmp / "warm-up.npz", client_dir / "warm-up-back.npz")
             for _ in range(args.repeat):
@@ -208,6 +219,9 @@ def bench_backend(
                 started = time.perf_counter()
                 artifact = client.upload_dataset(path)
                 results["up"].append(time.perf_counter() - started)
+                started = time.perf_counter()
+                assert client.upload_dataset(path).id == artifact.id  # held: answered after the header
+                results["again"].append(time.perf_counter() - started)
                 back = client_dir / "back.npz"
                 started = time.perf_counter()
                 client.download(artifact.id, back, resume=False)
@@ -225,10 +239,12 @@ def bench_backend(
                     results["raw_up"].append(up_s)
                     results["raw_down"].append(down_s)
                     back.unlink()
-                # a new artifact each round: the same bytes again would be a cheap duplicate
-                r = redis.Redis.from_url(url)
-                r.delete(*r.scan_iter(f"{prefix}:*"), "-")
-                _forget(artifact.id, backend, env, seaweed, prefix)
+                forget(artifact.id)
+                # the same upload hashed on the way instead of before (hash_first=False)
+                started = time.perf_counter()
+                assert streaming.upload_dataset(path).id == artifact.id
+                results["up_streamed"].append(time.perf_counter() - started)
+                forget(artifact.id)
     finally:
         server.terminate()
         server.wait()
@@ -303,6 +319,9 @@ def main() -> None:
         "echo up",
         "up",
         "ratio",
+        "up, hashed on the way",
+        "ratio",
+        "again (held)",
         "echo down",
         "down",
         "ratio",
@@ -324,6 +343,9 @@ def main() -> None:
             f"{e_up:.0f} MB/s",
             f"{up:.0f} MB/s",
             f"{up / e_up:.2f}x",
+            f"{rate(m['up_streamed']):.0f} MB/s",
+            f"{rate(m['up_streamed']) / e_up:.2f}x",
+            f"{statistics.median(m['again']):.2f} s",
             f"{e_down:.0f} MB/s",
             f"{down:.0f} MB/s",
             f"{down / e_down:.2f}x",

@@ -27,7 +27,7 @@ import contextlib
 import functools
 import os
 import pathlib
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine, Iterable, Mapping
 from typing import Any, ParamSpec, TypeVar
 
 import grpc
@@ -261,9 +261,10 @@ class AsyncClient:
         tls: bool = False,
         root_certificates: bytes | None = None,
         timeout: float = 30.0,
+        hash_first: bool = True,
     ) -> None:
         self.target = target
-        self.options = ClientOptions(api_key, tls, root_certificates, timeout)
+        self.options = ClientOptions(api_key, tls, root_certificates, timeout, hash_first=hash_first)
         creds = self.options.credentials()
         if creds is not None:
             self._channel = grpc.aio.secure_channel(target, creds, options=self.options.channel_options)
@@ -299,20 +300,27 @@ class AsyncClient:
         progress: UploadProgress | None,
     ) -> pb.Artifact:
         upload = await asyncio.to_thread(_Upload, path, progress)
+        if self.options.hash_first:
+            await asyncio.to_thread(upload.hash)
 
-        async def requests() -> AsyncIterator[pb.UploadRequest | bytes]:
-            # read and hashed ahead in a thread, a few chunks at a time off the loop
+        async def requests() -> AsyncGenerator[pb.UploadRequest | bytes, None]:
+            # read (and hashed) ahead in a thread, a few chunks at a time off the loop
             with _Ahead(upload.requests()) as ahead:
                 while batch := await asyncio.to_thread(_take, ahead, 4):
                     for request in batch:
                         yield request
 
         deadline = upload.deadline(self.options.timeout)
+        stream = requests()
         try:
-            return upload.check(await method(requests(), timeout=deadline, metadata=self._metadata))
+            return upload.check(await method(stream, timeout=deadline, metadata=self._metadata))
         except grpc.RpcError:
             upload.raise_read_error()
             raise
+        finally:
+            # answered before the last chunk (content already held): stop reading ahead now
+            with contextlib.suppress(RuntimeError):  # still being iterated: collection closes it
+                await stream.aclose()
 
     @_rpc
     async def upload_model(self, path: os.PathLike[str] | str, progress: UploadProgress | None = None) -> pb.Artifact:

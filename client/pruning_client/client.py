@@ -7,6 +7,7 @@ uploads and downloads) are shared with the asyncio client in :mod:`pruning_clien
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import hashlib
 import itertools
@@ -17,7 +18,7 @@ import queue
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import IO, Any, Generic, ParamSpec, TypeVar
 
@@ -108,6 +109,12 @@ class ClientOptions:
     ``UPLOAD_FLOOR_RATE``."""
     channel_options: list[tuple[str, Any]] = field(default_factory=lambda: list(_CHANNEL_OPTIONS))
     """gRPC channel arguments (retry policy for the unary calls, message size)."""
+    hash_first: bool = True
+    """Hash a file before uploading it and announce its sha256 in the upload's header: content
+    the tenant already holds (of the same kind) is answered after the header and not sent
+    again, and a server on S3 writes it straight to its final key (no copy once it arrived).
+    False sends at once and hashes on the way, which ends a first upload of a large file to a
+    server on local disk sooner (one pass over the file instead of two)."""
 
     def __post_init__(self) -> None:
         problem = _api_key_problem(self.api_key)
@@ -174,6 +181,9 @@ class _Ahead(Generic[_T]):
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
+        with contextlib.suppress(queue.Empty):  # a put waiting for room returns at once
+            while True:
+                self._queue.get_nowait()
         self._thread.join()
 
 
@@ -239,36 +249,61 @@ class _Behind:
 
 
 class _Upload:
-    """The file side of an upload: one pass over the file, hashed as it is sent, so the id the
-    server answers (its sha256 of what it received) can be checked against what was sent. A
-    file that cannot be read raises its OSError here, before any call: read in the request
-    stream, gRPC would only report UNKNOWN."""
+    """The file side of an upload. The id the server answers (its sha256 of what it received)
+    is checked against the file's: hashed before the call (:meth:`hash`, then announced in the
+    header, ``ClientOptions.hash_first``) or as it is sent. A file that cannot be read raises
+    its OSError here, before any call: read in the request stream, gRPC would only report
+    UNKNOWN."""
 
     def __init__(self, path: os.PathLike[str] | str, progress: UploadProgress | None) -> None:
         self.path = pathlib.Path(path)
         self.progress = progress
         self.digest = hashlib.sha256()
+        self.announced = ""  # the sha256 hashed before the call, announced in the header
+        self.sent = 0  # bytes reported to ``progress``
+        self._lock = threading.Lock()
         self.read_error: OSError | None = None
         with open(self.path, "rb") as f:
             self.size = os.fstat(f.fileno()).st_size
 
+    def hash(self) -> None:
+        """Hashes the whole file before the call, for the header to announce."""
+        buffer = bytearray(CHUNK)
+        view = memoryview(buffer)
+        with open(self.path, "rb") as f:
+            while n := f.readinto(buffer):
+                self.digest.update(view[:n])
+        self.announced = self.digest.hexdigest()
+
     def header(self) -> pb.UploadRequest:
-        return pb.UploadRequest(header=pb.UploadHeader(filename=self.path.name, size=self.size))
+        return pb.UploadRequest(header=pb.UploadHeader(filename=self.path.name, size=self.size, sha256=self.announced))
 
     def chunk(self, data: bytes) -> bytes:
         """The serialized ``UploadRequest`` of a chunk (:func:`pruning.wire.upload_chunk`)."""
-        if self.progress:
-            self.progress(len(data))
+        self._report(len(data))
         return wire.upload_chunk(data)
 
+    def _report(self, count: int) -> None:
+        """Progress, never past the file's size (chunks read ahead of an early answer)."""
+        with self._lock:
+            count = min(count, self.size - self.sent)
+            self.sent += count
+        if count and self.progress:
+            self.progress(count)
+
     def requests(self) -> Iterator[pb.UploadRequest | bytes]:
-        """The header, then the file's chunks; the sha256 is computed in a thread beside the
-        reader and complete once the last request is taken."""
+        """The header, then the file's chunks; unless hashed before, the sha256 is computed in
+        a thread beside the reader and complete once the last request is taken."""
         yield self.header()
-        with open(self.path, "rb") as f, _Behind(self.digest.update) as digest:
-            while data := self._read(f):
-                digest(data)
-                yield self.chunk(data)
+        with open(self.path, "rb") as f:
+            if self.announced:
+                while data := self._read(f):
+                    yield self.chunk(data)
+                return
+            with _Behind(self.digest.update) as digest:
+                while data := self._read(f):
+                    digest(data)
+                    yield self.chunk(data)
 
     def _read(self, f: IO[bytes]) -> bytes:
         try:
@@ -282,7 +317,7 @@ class _Upload:
         if self.read_error is not None:
             raise self.read_error
 
-    def pipelined(self) -> Iterator[pb.UploadRequest | bytes]:
+    def pipelined(self) -> Generator[pb.UploadRequest | bytes, None, None]:
         """:meth:`requests`, read, hashed and built ahead by a thread of their own (at most
         ``PIPELINE`` chunks), so that gRPC sends one chunk while the next is prepared."""
         with _Ahead(self.requests()) as ahead:
@@ -293,8 +328,12 @@ class _Upload:
         return timeout + self.size / UPLOAD_FLOOR_RATE
 
     def check(self, artifact: pb.Artifact) -> pb.Artifact:
-        if artifact.id != self.digest.hexdigest():
-            raise IntegrityError(f"the server stored {artifact.id} but {self.path} hashes to {self.digest.hexdigest()}")
+        """The answer, once its id is the file's sha256. An announced upload the server
+        answered after the header (it holds the content) reports its unsent bytes as sent."""
+        expected = self.announced or self.digest.hexdigest()
+        if artifact.id != expected:
+            raise IntegrityError(f"the server stored {artifact.id} but {self.path} hashes to {expected}")
+        self._report(self.size)
         return artifact
 
 
@@ -429,9 +468,10 @@ class Client:
         tls: bool = False,
         root_certificates: bytes | None = None,
         timeout: float = 30.0,
+        hash_first: bool = True,
     ) -> None:
         self.target = target
-        self.options = ClientOptions(api_key, tls, root_certificates, timeout)
+        self.options = ClientOptions(api_key, tls, root_certificates, timeout, hash_first=hash_first)
         creds = self.options.credentials()
         if creds is not None:
             self._channel = grpc.secure_channel(target, creds, options=self.options.channel_options)
@@ -467,12 +507,20 @@ class Client:
         progress: UploadProgress | None,
     ) -> pb.Artifact:
         upload = _Upload(path, progress)
+        if self.options.hash_first:
+            upload.hash()
         deadline = upload.deadline(self.options.timeout)
+        requests = upload.pipelined()
         try:
-            return upload.check(method(upload.pipelined(), timeout=deadline, metadata=self._metadata))
+            return upload.check(method(requests, timeout=deadline, metadata=self._metadata))
         except grpc.RpcError:
             upload.raise_read_error()
             raise
+        finally:
+            # answered before the last chunk (content already held): stop reading ahead now;
+            # if gRPC's sender is still inside the iterator, collection closes it instead
+            with contextlib.suppress(ValueError):
+                requests.close()
 
     @_rpc
     def upload_model(self, path: os.PathLike[str] | str, progress: UploadProgress | None = None) -> pb.Artifact:

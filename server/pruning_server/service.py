@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import logging
 import re
@@ -36,6 +37,14 @@ _SHA256 = re.compile(r"[0-9a-fA-F]{64}")
 _JOB_ID = re.compile(r"[0-9a-f]{24}")
 _RESERVE_AHEAD = 64 * 1024 * 1024  # an upload of unannounced size reserves its quota this far ahead
 _RESERVATION_HOLD_S = 15.0  # renewed every 5 s while its upload goes on; lapses this long after a server died
+
+
+class _Held(Exception):
+    """The upload announced content the tenant already holds: answered without the rest."""
+
+    def __init__(self, artifact: pb.Artifact):
+        super().__init__(artifact.id)
+        self.artifact = artifact
 
 
 def _is_event_id(value: str) -> bool:
@@ -147,11 +156,41 @@ class PruningService(pb_grpc.PruningServiceServicer):
         finally:
             await reservation.release()
 
-    async def _receive(self, request_iterator, field: str, quota: Reservation, also: Sequence[Sink] = ()):
+    async def _held(self, tenant: str, kind: pb.ArtifactKind.ValueType, header: pb.UploadHeader) -> pb.Artifact | None:
+        """The tenant's artifact of the content the header announces, when it holds one of this
+        kind, of the announced size, whose bytes are stored: its record is written again (under
+        the new file name, its retention starting over) and answered."""
+        try:
+            record = await self.store.get_artifact(tenant, header.sha256.lower())
+        except KeyError:
+            return None
+        if record.kind != kind or header.size not in (0, record.size):
+            return None
+        named = formats.MODEL_SUFFIXES.get(convert.extension(header.filename))
+        if kind == pb.ARTIFACT_KIND_MODEL and named and named != record.format:
+            return None  # read on, and refused as any upload so misnamed
+        if not await asyncio.to_thread(self.blobs.exists, record.id):
+            return None
+        record = dataclasses.replace(record, filename=convert.safe_filename(header.filename), created=time.time())
+        await self.store.put_artifact(tenant, record)
+        log.info("%s already holds artifact %s: answered after the upload's header", tenant, record.id)
+        return record.to_proto()
+
+    async def _receive(
+        self,
+        request_iterator,
+        field: str,
+        quota: Reservation,
+        also: Sequence[Sink] = (),
+        *,
+        tenant: str,
+        kind: pb.ArtifactKind.ValueType,
+    ):
         """Streams an upload into a blob writer (and each of ``also``), enforcing the header,
         the size limit, the tenant's stored-bytes quota (reserved ahead of what arrives) and
         the idle timeout. A refused upload's temporary file is gone before the client hears
-        why."""
+        why. A header announcing content the tenant already holds (:meth:`_held`) ends the
+        upload there: :class:`_Held` carries the answer, and the rest is never read."""
         limit = self.settings.max_upload_bytes
         header = None
         writer = self.blobs.writer()
@@ -194,6 +233,8 @@ class PruningService(pb_grpc.PruningServiceServicer):
                             f"{field}.header.sha256",
                         )
                     if header.sha256:
+                        if (artifact := await self._held(tenant, kind, header)) is not None:
+                            raise _Held(artifact)
                         await asyncio.to_thread(writer.announce, header.sha256)
                     if header.size > limit:
                         refuse(
@@ -268,11 +309,16 @@ class PruningService(pb_grpc.PruningServiceServicer):
     async def UploadModel(self, request_iterator, context):
         tenant = await self._tenant(context)
         async with self._slot(self.uploads, tenant):
-            return await self._upload_model(tenant, request_iterator)
+            try:
+                return await self._upload_model(tenant, request_iterator)
+            except _Held as held:
+                return held.artifact
 
     async def _upload_model(self, tenant: str, request_iterator) -> pb.Artifact:
         async with self._reservation(tenant, "model") as quota:
-            writer, header = await self._receive(request_iterator, "model", quota)
+            writer, header = await self._receive(
+                request_iterator, "model", quota, tenant=tenant, kind=pb.ARTIFACT_KIND_MODEL
+            )
             named = formats.MODEL_SUFFIXES.get(convert.extension(header.filename))
 
             def inspect(path, max_decompressed):
@@ -290,7 +336,12 @@ class PruningService(pb_grpc.PruningServiceServicer):
             # the CRCs of the .npz's stored arrays are computed as it arrives, not re-read after
             members = zipscan.StoredMembers()
             async with self._reservation(tenant, "dataset") as quota:
-                writer, header = await self._receive(request_iterator, "dataset", quota, also=[members])
+                try:
+                    writer, header = await self._receive(
+                        request_iterator, "dataset", quota, [members], tenant=tenant, kind=pb.ARTIFACT_KIND_DATASET
+                    )
+                except _Held as held:
+                    return held.artifact
                 arrays = await self._inspect(
                     writer,
                     lambda path, max_decompressed: modelcheck.inspect_dataset(path, max_decompressed, members.checked),

@@ -97,12 +97,19 @@ def _spool(s3_env) -> list[pathlib.Path]:
     return list(settings_for(s3_env).artifacts_path.joinpath("tmp").glob("upload-*"))
 
 
-def test_upload_lands_in_s3_under_its_sha256_and_nowhere_on_the_server(s3_client, seaweed, s3_env, files):
-    artifact = s3_client.upload_dataset(files["data"])
-    assert artifact.id == hashlib.sha256(files["data"].read_bytes()).hexdigest()
+@pytest.mark.parametrize("hash_first", [True, False])  # to the final key / to a temporary one, then renamed
+def test_upload_lands_in_s3_under_its_sha256_and_nowhere_on_the_server(
+    s3_server, seaweed, s3_env, tmp_path, hash_first
+):
+    import models
+
+    data = models.dataset(tmp_path / "data.npz", seed=10 + hash_first)  # content new to the bucket
+    with Client(s3_server.target, timeout=60, hash_first=hash_first) as client:
+        artifact = client.upload_dataset(data)
+    assert artifact.id == hashlib.sha256(data.read_bytes()).hexdigest()
     assert artifact.id in _objects(seaweed, s3_env)
     store = seaweed.object_store(prefix=s3_env["PRUNING_S3_PREFIX"])
-    assert bytes(obstore.get(store, artifact.id).bytes()) == files["data"].read_bytes()
+    assert bytes(obstore.get(store, artifact.id).bytes()) == data.read_bytes()
     server_dir = settings_for(s3_env).artifacts_path
     assert [p for p in server_dir.rglob("*") if p.is_file()] == []
     assert seaweed.pending_uploads() == [] and not [k for k in _objects(seaweed, s3_env) if k.startswith("tmp/")]

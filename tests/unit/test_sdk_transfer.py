@@ -24,7 +24,7 @@ class FakeStub:
 
     def UploadModel(self, requests, timeout=None, metadata=()):
         requests = (pb.UploadRequest.FromString(r) if isinstance(r, bytes) else r for r in requests)
-        header = next(requests).header
+        header = self.header = next(requests).header
         self.uploaded = b"".join(r.chunk for r in requests)
         assert header.size == len(self.uploaded)
         return pb.Artifact(id=hashlib.sha256(self.data).hexdigest(), filename=header.filename)
@@ -82,3 +82,13 @@ def test_upload_checks_the_id_the_server_answers(client, tmp_path):
     client.stub = client._transfers = FakeStub(data=b"something else")
     with pytest.raises(IntegrityError):
         client.upload_model(path)
+
+
+@pytest.mark.parametrize("hash_first", [True, False])
+def test_upload_announces_the_sha256_when_hashing_first(client, tmp_path, hash_first):
+    path = tmp_path / "model.keras"
+    path.write_bytes(DATA)
+    client.options.hash_first = hash_first
+    assert client.upload_model(path).id == ID
+    assert client.stub.header.sha256 == (ID if hash_first else "")
+    assert client.stub.uploaded == DATA

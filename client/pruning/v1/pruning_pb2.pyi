@@ -294,7 +294,11 @@ class UploadHeader(_message.Message):
     size: _builtins.int
     """Expected total size in bytes; 0 = not checked."""
     sha256: _builtins.str
-    """Expected lowercase hex sha256; empty = not checked."""
+    """Expected lowercase hex sha256; empty = not checked. When the tenant already holds this
+    content as the call's kind (a model for UploadModel, a dataset for UploadDataset), of
+    `size` (when given), the server answers that artifact after the header and reads nothing
+    more; its record is written again (this file name, its retention starting over).
+    """
     def __init__(
         self,
         *,

@@ -1,0 +1,133 @@
+"""An upload whose header announces content the tenant already holds is answered after the
+header: nothing more is read, the record's retention starts over. Another tenant's content,
+another kind, or a misnamed model is read and checked as any upload."""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+
+import grpc
+import pytest
+import redis
+
+from conftest import ServerThread, settings_for
+from pruning.v1 import pruning_pb2 as pb
+from pruning_client import Client
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def tenants(env):
+    srv = ServerThread(
+        settings_for(
+            env,
+            api_keys="key-a=alpha,key-b=beta",
+            queue=env["PRUNING_QUEUE"] + "-held",
+            max_upload_bytes=128 << 20,
+        )
+    )
+    yield srv
+    srv.stop()
+
+
+def _announced(stub_call, filename: str, content: bytes, chunks, metadata):
+    """Calls ``stub_call`` with a header announcing ``content`` (sha256, size), then ``chunks``."""
+    header = pb.UploadHeader(filename=filename, size=len(content), sha256=hashlib.sha256(content).hexdigest())
+    return stub_call(iter([pb.UploadRequest(header=header), *chunks]), timeout=30, metadata=metadata)
+
+
+def test_held_content_is_answered_after_the_header(tenants, env, files):
+    data = files["data"].read_bytes()
+    alpha_key = (("x-api-key", "key-a"),)
+    with Client(tenants.target, api_key="key-a") as alpha:
+        first = alpha.upload_dataset(files["data"])
+        time.sleep(0.01)
+        # chunks that are not the content: read, they would fail the announced sha256
+        garbage = [pb.UploadRequest(chunk=b"\0" * len(data))]
+        again = _announced(alpha.stub.UploadDataset, "renamed.npz", data, garbage, alpha_key)
+        assert again.id == first.id and again.kind == pb.ARTIFACT_KIND_DATASET
+        assert again.filename == "renamed.npz"
+        assert again.created_at.ToNanoseconds() > first.created_at.ToNanoseconds()
+        prefix = settings_for(env).key_prefix
+        by_time = redis.Redis.from_url(env["PRUNING_REDIS_URL"]).zscore(
+            f"{prefix}:artifacts-by-time", f"{first.id}:alpha"
+        )
+        assert by_time == pytest.approx(again.created_at.ToNanoseconds() / 1e9)
+
+        # a stream that never ends after its header: answered all the same
+        never = threading.Event()
+
+        def forever():
+            yield pb.UploadRequest(
+                header=pb.UploadHeader(filename="d.npz", size=len(data), sha256=hashlib.sha256(data).hexdigest())
+            )
+            never.wait(60)
+
+        assert alpha.stub.UploadDataset(forever(), timeout=30, metadata=alpha_key).id == first.id
+        never.set()
+
+        # the same bytes as a model: another kind, read and inspected (not a model)
+        with pytest.raises(grpc.RpcError) as error:
+            _announced(alpha.stub.UploadModel, "d.keras", data, [pb.UploadRequest(chunk=data)], alpha_key)
+        assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+    with Client(tenants.target, api_key="key-b") as beta:
+        # another tenant's content: read and checked, so garbage is refused
+        with pytest.raises(grpc.RpcError) as error:
+            _announced(beta.stub.UploadDataset, "d.npz", data, garbage, (("x-api-key", "key-b"),))
+        assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "sha256" in (error.value.details() or "")
+
+
+def test_a_held_model_misnamed_is_read_and_refused(tenants, files):
+    model = files["keras"].read_bytes()
+    key = (("x-api-key", "key-a"),)
+    with Client(tenants.target, api_key="key-a") as alpha:
+        alpha.upload_model(files["keras"])
+        with pytest.raises(grpc.RpcError) as error:
+            _announced(alpha.stub.UploadModel, "model.h5", model, [pb.UploadRequest(chunk=model)], key)
+        assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "h5" in (error.value.details() or "")
+
+
+@pytest.mark.parametrize("hash_first", [True, False])
+def test_sdk_uploads_again_without_sending_when_hashing_first(tenants, files, tmp_path, hash_first):
+    import models
+
+    path = models.dataset(tmp_path / "data.npz", n_train=200_000, n_test=64, seed=2)  # 51 MB
+    size = path.stat().st_size
+    with Client(tenants.target, api_key="key-a", hash_first=hash_first) as alpha:
+        first = alpha.upload_dataset(path)
+        reported: list[int] = []
+        readers_before = {t for t in threading.enumerate() if t.name == "upload-reader"}
+        again = alpha.upload_dataset(path, progress=reported.append)
+        assert again.id == first.id == hashlib.sha256(path.read_bytes()).hexdigest()
+        assert sum(reported) == size
+        # hashing first, the answer came after the header: at most the chunks read ahead went
+        # out before it (progress reports the rest at once); otherwise every chunk was sent
+        if hash_first:
+            assert reported[-1] >= size - 16 * 1024 * 1024
+        else:
+            assert max(reported) <= 1024 * 1024
+        time.sleep(0.5)  # the reader thread is stopped, not left blocked on its queue
+        assert {t for t in threading.enumerate() if t.name == "upload-reader"} <= readers_before
+
+
+def test_async_sdk_uploads_again_without_sending(tenants, files):
+    import asyncio
+
+    from pruning_client.aio import AsyncClient
+
+    async def main():
+        async with AsyncClient(tenants.target, api_key="key-a") as alpha:
+            first = await alpha.upload_model(files["keras"])
+            reported: list[int] = []
+            again = await alpha.upload_model(files["keras"], progress=reported.append)
+            return first, again, reported
+
+    first, again, reported = asyncio.run(main())
+    assert again.id == first.id and sum(reported) == files["keras"].stat().st_size
+    assert again.model.layers == first.model.layers  # the summary the first upload's inspection wrote
