@@ -314,8 +314,8 @@ class AsyncClient:
         stream = requests()
         try:
             return upload.check(await method(stream, timeout=deadline, metadata=self._metadata))
-        except grpc.RpcError:
-            upload.raise_read_error()
+        except grpc.RpcError as error:
+            upload.raise_read_error(error)
             raise
         finally:
             # answered before the last chunk (content already held): stop reading ahead now

@@ -5,7 +5,7 @@ Every command takes ``--json`` for machine-readable output, and the connection o
 after the command name. Exit codes: 0 success, 2 invalid argument (or a local file that cannot
 be read or written), 3 not found, 4 unauthenticated, 5 resource exhausted, 6 failed
 precondition or already exists, 7 unavailable, 8 job failed, 9 job cancelled, 10 timeout, 11
-integrity error (a download that fails its sha256 check), 130 interrupted, 1 anything else.
+integrity error (a download that fails its sha256 check, a file that changed while uploaded), 130 interrupted, 1 anything else.
 
 Commands other packages install (``pruning up`` from the server package) come from the
 ``pruning.commands`` entry-point group; each entry point names a :class:`click.Command`.

@@ -312,10 +312,17 @@ class _Upload:
             self.read_error = error
             raise
 
-    def raise_read_error(self) -> None:
-        """After a failed call: the file's own read error, when that is what ended it."""
+    def raise_read_error(self, error: grpc.RpcError) -> None:
+        """After a failed call: the file's own read error, when that is what ended it; an
+        IntegrityError when the file changed after it was hashed (the server refused the
+        bytes for not matching the sha256 announced)."""
         if self.read_error is not None:
             raise self.read_error
+        details = error.details() if isinstance(error, grpc.Call) else ""
+        if self.announced and "does not match the announced sha256" in (details or ""):
+            raise IntegrityError(
+                f"{self.path} changed while it was uploaded: it no longer hashes to {self.announced}; nothing was stored"
+            ) from error
 
     def pipelined(self) -> Generator[pb.UploadRequest | bytes, None, None]:
         """:meth:`requests`, read, hashed and built ahead by a thread of their own (at most
@@ -513,8 +520,8 @@ class Client:
         requests = upload.pipelined()
         try:
             return upload.check(method(requests, timeout=deadline, metadata=self._metadata))
-        except grpc.RpcError:
-            upload.raise_read_error()
+        except grpc.RpcError as error:
+            upload.raise_read_error(error)
             raise
         finally:
             # answered before the last chunk (content already held): stop reading ahead now;

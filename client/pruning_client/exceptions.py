@@ -163,7 +163,8 @@ class JobTimeout(PruningError):
 
 
 class IntegrityError(PruningError):
-    """A downloaded artifact does not match its sha256."""
+    """A downloaded artifact does not match its sha256, the server stored an upload under
+    another id than the file's, or the file changed while it was uploaded."""
 
     exit_code = 11
 

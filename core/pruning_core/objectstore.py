@@ -182,22 +182,20 @@ class _S3Writer(Upload):
         self._s3 = store
         self._key: str | None = None
         self._remote: WritableFile | None = None
-        self._present = False  # the announced content is already stored: nothing to send
 
     def announce(self, sha256: str) -> None:
-        """Targets the final key when the client announced the content's sha256."""
+        """Targets the final key when the client announced the content's sha256. Bytes already
+        stored there are written again all the same: the fresh object is what keeps the
+        housekeeping, which may be taking the old one as unowned, from removing it."""
         sha256 = sha256.lower()
         if self._remote is None and is_artifact_id(sha256):
             self._key = self._s3.key(sha256)
-            self._present = self._s3.exists(sha256)
 
     def sinks(self) -> list[Sink]:
         """The file (spooled for inspection), the sha256, and the multipart upload."""
         return [*super().sinks(), self._send]
 
     def _send(self, data: Buffer) -> None:
-        if self._present:
-            return
         if self._remote is None:
             import obstore
 
@@ -227,17 +225,14 @@ class _S3Writer(Upload):
             if announced and self._key != final:
                 raise ValueError("the content does not match the announced sha256")
             if self._remote is None:
-                if not self._present:
-                    obstore.put(self._s3.objects, final, b"")  # an empty file
+                obstore.put(self._s3.objects, final, b"")  # an empty file
             elif self._key == final:
                 self._remote.close()  # completes the multipart upload: the hash matched
             else:
                 self._remote.close()
                 assert self._key is not None
-                if self._s3.exists(sha):
-                    obstore.delete(self._s3.objects, self._key)
-                else:
-                    obstore.rename(self._s3.objects, self._key, final)
+                # over the same bytes if stored: written anew, the housekeeping leaves them
+                obstore.rename(self._s3.objects, self._key, final)
         except BaseException:
             self.discard()
             raise

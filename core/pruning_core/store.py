@@ -114,10 +114,18 @@ return new and 1 or 0
 """
 
 # KEYS: as _PUT_RECORD ; ARGV: artifact id, tenant, "<id>:<tenant>", the 'created' the record
-# must still have ('' = any). Returns 1 when it removed the record, 0 when it was written
-# again since (another job's identical export) or there was none.
+# must still have ('' = any), and a time it must have been created before ('' = any: the
+# retention's cutoff). Returns 1 when it removed the record, 0 when it was written again since
+# (another job's identical export, an upload of the same bytes) or there was none.
 _DROP_RECORD = """
 if ARGV[4] ~= '' and redis.call('HGET', KEYS[1], 'created') ~= ARGV[4] then return 0 end
+if ARGV[5] ~= '' then
+  local created = tonumber(redis.call('HGET', KEYS[1], 'created') or '0')
+  if created >= tonumber(ARGV[5]) then
+    redis.call('ZADD', KEYS[4], created, ARGV[3])  -- the index says when it was written
+    return 0
+  end
+end
 local size = redis.call('HGET', KEYS[1], 'size')
 local existed = redis.call('DEL', KEYS[1])
 redis.call('SREM', KEYS[2], ARGV[1])
@@ -125,6 +133,17 @@ redis.call('SREM', KEYS[3], ARGV[2])
 redis.call('ZREM', KEYS[4], ARGV[3])
 if existed == 1 and size and redis.call('EXISTS', KEYS[5]) == 1 then redis.call('DECRBY', KEYS[5], size) end
 return existed
+"""
+
+# The tenant's own record of an artifact written again (new file name, created now), only if
+# it still exists: one the retention or a DeleteArtifact just removed is not brought back.
+# KEYS: the record, the records by time ; ARGV: created, "<id>:<tenant>", then the fields and
+# values to set. Returns 1 when it wrote, 0 when there was no record.
+_REFRESH_RECORD = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], unpack(ARGV, 3))
+redis.call('ZADD', KEYS[2], ARGV[1], ARGV[2])
+return 1
 """
 
 # KEYS: the tenant's byte count, the tenant's artifacts ; ARGV: the key of a record less its id.
@@ -462,6 +481,7 @@ class _Base:
         self._backfill = client.register_script(_BACKFILL)
         self._put_record = client.register_script(_PUT_RECORD)
         self._drop_record = client.register_script(_DROP_RECORD)
+        self._refresh_record = client.register_script(_REFRESH_RECORD)
         self._count_bytes = client.register_script(_COUNT_BYTES)
         self._reserve = client.register_script(_RESERVE)
         self._renew = client.register_script(_RENEW)
@@ -571,8 +591,10 @@ class _Base:
             yield self.redis.hdel(key, artifact_id)
         return removed
 
-    def _drop_artifact(self, tenant: str, artifact_id: str, created: float | str = "") -> Steps[bool]:
-        args = [artifact_id, tenant, f"{artifact_id}:{tenant}", created]
+    def _drop_artifact(
+        self, tenant: str, artifact_id: str, created: float | str = "", created_before: float | str = ""
+    ) -> Steps[bool]:
+        args = [artifact_id, tenant, f"{artifact_id}:{tenant}", created, created_before]
         return bool((yield self._drop_record(keys=self._record_keys(tenant, artifact_id), args=args)))
 
     def _get_artifact(self, tenant: str, artifact_id: str) -> Steps[ArtifactRecord]:
@@ -978,11 +1000,16 @@ class AsyncJobStore(_Base):
             out.append((text[65:], text[:64]))
         return out
 
-    async def delete_artifact(self, tenant: str, artifact_id: str, *, release: bool = False) -> bool:
-        """Removes one tenant's record of an artifact; True when no record of it is left
-        (its bytes may go). With ``release``, such bytes are marked for the next housekeeping
-        however old they are (blobs from before the job store's birth are otherwise kept)."""
-        await _drive_async(self._drop_artifact(tenant, artifact_id))
+    async def delete_artifact(
+        self, tenant: str, artifact_id: str, *, release: bool = False, created_before: float | None = None
+    ) -> bool:
+        """Removes one tenant's record of an artifact (with ``created_before``, only if it was
+        created before then: the retention leaves one written again since it looked); True
+        when no record of it is left (its bytes may go). With ``release``, such bytes are
+        marked for the next housekeeping however old they are (blobs from before the job
+        store's birth are otherwise kept)."""
+        cutoff = "" if created_before is None else created_before
+        await _drive_async(self._drop_artifact(tenant, artifact_id, created_before=cutoff))
         last = bool(await self.unowned([artifact_id]))
         if last and release:
             await self.redis.sadd(self.keys.released(), artifact_id)
@@ -1056,3 +1083,12 @@ class AsyncJobStore(_Base):
 
     async def get_artifact(self, tenant: str, artifact_id: str) -> ArtifactRecord:
         return await _drive_async(self._get_artifact(tenant, artifact_id))
+
+    async def refresh_artifact(self, tenant: str, record: ArtifactRecord) -> bool:
+        """Writes the tenant's own record of ``record.id`` again as ``record`` (its file name,
+        its creation time) only if it still exists; False when it does not (removed meanwhile,
+        or only a shared record from before per-tenant records: its bytes are not counted)."""
+        fields = [x for kv in record.to_mapping().items() for x in kv]
+        keys = [self.keys.tenant_artifact(tenant, record.id), self.keys.artifacts_by_time()]
+        args = [record.created, f"{record.id}:{tenant}", *fields]
+        return bool(await self._refresh_record(keys=keys, args=args))

@@ -233,9 +233,11 @@ async def enforce_retention(store: AsyncJobStore, blobs: LocalStore, settings: S
             counts["sweeps"] += len(ids)
     released: set[str] = set()  # blobs whose last record the retention just deleted
     if settings.artifact_retention_s > 0:
-        while pairs := await store.expired_artifacts(now - settings.artifact_retention_s):
+        cutoff = now - settings.artifact_retention_s
+        while pairs := await store.expired_artifacts(cutoff):
             for tenant, artifact_id in pairs:
-                if await store.delete_artifact(tenant, artifact_id):
+                # one written again since it was listed (the same bytes uploaded again) stays
+                if await store.delete_artifact(tenant, artifact_id, created_before=cutoff):
                     released.add(artifact_id)
             counts["records"] += len(pairs)
     # Any other blob with no record goes only if it was written after the job store was born:

@@ -166,13 +166,19 @@ class PruningService(pb_grpc.PruningServiceServicer):
             return None
         if record.kind != kind or header.size not in (0, record.size):
             return None
+        if record.info.get("inspection") != modelcheck.INSPECTION:
+            return None  # inspected by other code: read on and inspected again
         named = formats.MODEL_SUFFIXES.get(convert.extension(header.filename))
         if kind == pb.ARTIFACT_KIND_MODEL and named and named != record.format:
             return None  # read on, and refused as any upload so misnamed
         if not await asyncio.to_thread(self.blobs.exists, record.id):
             return None
         record = dataclasses.replace(record, filename=convert.safe_filename(header.filename), created=time.time())
-        await self.store.put_artifact(tenant, record)
+        # Only while the record exists: one removed since (the retention, a DeleteArtifact) is
+        # not brought back over bytes the housekeeping may be taking; the retention in turn
+        # leaves a record written again after it looked.
+        if not await self.store.refresh_artifact(tenant, record):
+            return None
         log.info("%s already holds artifact %s: answered after the upload's header", tenant, record.id)
         return record.to_proto()
 
@@ -285,6 +291,7 @@ class PruningService(pb_grpc.PruningServiceServicer):
         except BaseException:
             await _drop_off_loop(None, writer)
             raise
+        info = {**info, "inspection": modelcheck.INSPECTION}  # which code inspected it (see _held)
         record = ArtifactRecord(
             artifact_id, kind, fmt, convert.safe_filename(header.filename), writer.size, time.time(), info
         )

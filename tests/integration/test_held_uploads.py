@@ -4,6 +4,7 @@ another kind, or a misnamed model is read and checked as any upload."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import threading
 import time
@@ -20,15 +21,28 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-def tenants(env):
-    srv = ServerThread(
-        settings_for(
-            env,
-            api_keys="key-a=alpha,key-b=beta",
-            queue=env["PRUNING_QUEUE"] + "-held",
-            max_upload_bytes=128 << 20,
-        )
+def held_settings(env, tmp_path_factory):
+    """A deployment of its own (key prefix, artifacts), which the retention below may sweep."""
+    settings = settings_for(
+        env,
+        api_keys="key-a=alpha,key-b=beta",
+        queue=env["PRUNING_QUEUE"] + "-held",
+        key_prefix=env["PRUNING_KEY_PREFIX"] + "-held",
+        state_dir=tmp_path_factory.mktemp("held"),
+        max_upload_bytes=128 << 20,
+        artifact_retention_s=100,
+        sweep_min_age_s=0,
     )
+    yield settings
+    client = redis.Redis.from_url(env["PRUNING_REDIS_URL"])
+    keys = list(client.scan_iter(f"{settings.key_prefix}:*"))
+    if keys:
+        client.delete(*keys)
+
+
+@pytest.fixture(scope="module")
+def tenants(held_settings):
+    srv = ServerThread(held_settings)
     yield srv
     srv.stop()
 
@@ -51,7 +65,7 @@ def test_held_content_is_answered_after_the_header(tenants, env, files):
         assert again.id == first.id and again.kind == pb.ARTIFACT_KIND_DATASET
         assert again.filename == "renamed.npz"
         assert again.created_at.ToNanoseconds() > first.created_at.ToNanoseconds()
-        prefix = settings_for(env).key_prefix
+        prefix = tenants.settings.key_prefix
         by_time = redis.Redis.from_url(env["PRUNING_REDIS_URL"]).zscore(
             f"{prefix}:artifacts-by-time", f"{first.id}:alpha"
         )
@@ -117,8 +131,6 @@ def test_sdk_uploads_again_without_sending_when_hashing_first(tenants, files, tm
 
 
 def test_async_sdk_uploads_again_without_sending(tenants, files):
-    import asyncio
-
     from pruning_client.aio import AsyncClient
 
     async def main():
@@ -131,3 +143,110 @@ def test_async_sdk_uploads_again_without_sending(tenants, files):
     first, again, reported = asyncio.run(main())
     assert again.id == first.id and sum(reported) == files["keras"].stat().st_size
     assert again.model.layers == first.model.layers  # the summary the first upload's inspection wrote
+
+
+def _age(env, settings, tenant: str, artifact_id: str, seconds: float) -> None:
+    """Makes the tenant's record of the artifact ``seconds`` old (the hash and the index)."""
+    client = redis.Redis.from_url(env["PRUNING_REDIS_URL"])
+    created = time.time() - seconds
+    client.hset(f"{settings.key_prefix}:artifact:{tenant}:{artifact_id}", "created", repr(created))
+    client.zadd(f"{settings.key_prefix}:artifacts-by-time", {f"{artifact_id}:{tenant}": created})
+
+
+def test_a_held_upload_while_the_retention_runs_keeps_record_and_bytes(tenants, held_settings, env, files, tmp_path):
+    import models
+    from pruning_core.objectstore import open_store
+    from pruning_core.store import AsyncJobStore
+    from pruning_server.reaper import enforce_retention
+
+    path = models.dataset(tmp_path / "kept.npz", seed=21)
+    with Client(tenants.target, api_key="key-a") as alpha:
+        artifact = alpha.upload_dataset(path)
+        _age(env, held_settings, "alpha", artifact.id, 1000)  # past the retention of 100 s
+        blobs = open_store(held_settings)
+
+        async def retention():
+            store = AsyncJobStore.from_url(env["PRUNING_REDIS_URL"], held_settings.key_prefix)
+            listed = store.expired_artifacts
+            uploaded = []
+
+            async def listed_then_uploaded(cutoff, limit=500):
+                pairs = await listed(cutoff, limit)
+                if ("alpha", artifact.id) in pairs and not uploaded:
+                    # the same bytes uploaded again after the retention listed their record
+                    uploaded.append(await asyncio.to_thread(alpha.upload_dataset, path))
+                return pairs
+
+            store.expired_artifacts = listed_then_uploaded
+            try:
+                counts = await enforce_retention(store, blobs, held_settings)
+            finally:
+                await store.redis.aclose()
+            return uploaded, counts
+
+        uploaded, counts = asyncio.run(retention())
+        assert [a.id for a in uploaded] == [artifact.id]
+        assert counts["records"] >= 1 and counts["blobs"] == 0
+        assert blobs.exists(artifact.id)
+        assert alpha.upload_dataset(path).id == artifact.id  # still held: its record stands
+        client = redis.Redis.from_url(env["PRUNING_REDIS_URL"])
+        score = client.zscore(f"{held_settings.key_prefix}:artifacts-by-time", f"{artifact.id}:alpha")
+        assert score > time.time() - 60
+
+
+def test_records_inspected_by_other_code_or_shared_from_before_are_read_again(tenants, held_settings, env, tmp_path):
+    import json
+
+    import models
+
+    client = redis.Redis.from_url(env["PRUNING_REDIS_URL"])
+    prefix = held_settings.key_prefix
+    key = (("x-api-key", "key-a"),)
+    with Client(tenants.target, api_key="key-a") as alpha:
+        path = models.dataset(tmp_path / "other.npz", seed=22)
+        data = path.read_bytes()
+        artifact = alpha.upload_dataset(path)
+        record = f"{prefix}:artifact:alpha:{artifact.id}"
+        info = json.loads(client.hget(record, "info"))
+        client.hset(record, "info", json.dumps({**info, "inspection": "older-code"}))
+        garbage = [pb.UploadRequest(chunk=b"\0" * len(data))]
+        with pytest.raises(grpc.RpcError) as error:  # read, so the garbage is refused
+            _announced(alpha.stub.UploadDataset, "d.npz", data, garbage, key)
+        assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        alpha.upload_dataset(path)  # read and inspected again: held from now on
+        assert json.loads(client.hget(record, "info"))["inspection"] != "older-code"
+        assert _announced(alpha.stub.UploadDataset, "d.npz", data, garbage, key).id == artifact.id
+
+        # a shared record from before per-tenant records (its bytes counted by no tenant)
+        shared = models.dataset(tmp_path / "shared.npz", seed=23)
+        shared_data = shared.read_bytes()
+        legacy = alpha.upload_dataset(shared)
+        fields = client.hgetall(f"{prefix}:artifact:alpha:{legacy.id}")
+        client.delete(f"{prefix}:artifact:alpha:{legacy.id}")
+        client.hset(f"{prefix}:artifact:{legacy.id}", mapping=fields)
+        try:
+            with pytest.raises(grpc.RpcError) as error:
+                _announced(alpha.stub.UploadDataset, "d.npz", shared_data, garbage, key)
+            assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        finally:
+            client.delete(f"{prefix}:artifact:{legacy.id}")
+
+
+def test_a_file_changed_after_it_was_hashed_is_an_integrity_error(tenants, tmp_path, monkeypatch):
+    import models
+    from pruning_client import IntegrityError
+    from pruning_client.client import _Upload
+
+    path = models.dataset(tmp_path / "changing.npz", seed=24)
+    hash_file = _Upload.hash
+
+    def hash_then_change(upload):
+        hash_file(upload)
+        content = bytearray(path.read_bytes())
+        content[-1] ^= 0xFF  # the same size, other bytes
+        path.write_bytes(bytes(content))
+
+    monkeypatch.setattr(_Upload, "hash", hash_then_change)
+    with Client(tenants.target, api_key="key-a") as alpha:
+        with pytest.raises(IntegrityError, match="changed while it was uploaded"):
+            alpha.upload_dataset(path)

@@ -115,6 +115,24 @@ def test_upload_lands_in_s3_under_its_sha256_and_nowhere_on_the_server(
     assert seaweed.pending_uploads() == [] and not [k for k in _objects(seaweed, s3_env) if k.startswith("tmp/")]
 
 
+@pytest.mark.parametrize("hash_first", [True, False])
+def test_bytes_already_in_the_bucket_are_written_again(s3_server, seaweed, s3_env, tmp_path, hash_first):
+    """A record deleted, then the same bytes uploaded again: the object is written anew (a
+    fresh Last-Modified), so the housekeeping, which may be taking it as unowned, leaves it."""
+    import models
+
+    data = models.dataset(tmp_path / "again.npz", seed=12 + hash_first)
+    store = seaweed.object_store(prefix=s3_env["PRUNING_S3_PREFIX"])
+    with Client(s3_server.target, timeout=60, hash_first=hash_first) as client:
+        artifact = client.upload_dataset(data)
+        before = obstore.head(store, artifact.id)["last_modified"]
+        client.delete_artifact(artifact.id)
+        time.sleep(1.1)  # Last-Modified counts whole seconds
+        assert client.upload_dataset(data).id == artifact.id
+    assert obstore.head(store, artifact.id)["last_modified"] > before
+    assert not [k for k in _objects(seaweed, s3_env) if k.startswith("tmp/")]
+
+
 def test_announced_sha256_is_verified_before_anything_is_readable(s3_client, seaweed, s3_env, tmp_path):
     data = os.urandom(12 * MiB)  # more than a part: a multipart upload to the final key
     sha = hashlib.sha256(data).hexdigest()
