@@ -451,6 +451,64 @@ class _Progress:
             self.bar = None
 
 
+class _Bytes:
+    """A live bar of the bytes of a file moving (upload or download) on stderr, on a terminal
+    and without ``--json`` only; elsewhere nothing, so logs and pipes stay clean."""
+
+    def __init__(self, label: str, total: int | None = None, *, live: bool, stream: IO[str] | None = None) -> None:
+        self.label, self.total, self.live = label, total, live
+        self.stream = stream or sys.stderr
+        self.bar: tqdm[Any] | None = None
+
+    def sent(self, count: int) -> None:
+        """An upload's progress (:data:`pruning_client.UploadProgress`)."""
+        self._advance(count, self.total)
+
+    def received(self, count: int, total: int) -> None:
+        """A download's progress (:data:`pruning_client.DownloadProgress`)."""
+        self._advance(count, total)
+
+    def _advance(self, count: int, total: int | None) -> None:
+        if not self.live:
+            return
+        if self.bar is None:
+            from tqdm import tqdm
+
+            self.bar = tqdm(
+                total=total,
+                desc=self.label,
+                unit="B",
+                unit_scale=True,
+                unit_divisor=1024,
+                file=self.stream,
+                dynamic_ncols=True,
+                mininterval=0.5,
+                leave=False,
+            )
+        self.bar.update(count)
+
+    def __enter__(self) -> _Bytes:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def _live() -> bool:
+    """Whether transfer bars show: stderr is a terminal and the output is not JSON."""
+    return not _globals().json and sys.stderr.isatty()
+
+
+def _upload(client: Client, kind: str, path: os.PathLike[str] | str) -> pb.Artifact:
+    """Uploads a model or a dataset with a bar of the bytes sent on a terminal."""
+    with _Bytes(f"upload {pathlib.Path(path).name}", os.path.getsize(path), live=_live()) as bar:
+        if kind == "model":
+            return client.upload_model(path, progress=bar.sent)
+        return client.upload_dataset(path, progress=bar.sent)
+
+
 class Followable(Protocol):
     """What :func:`follow` needs of a job handle (a :class:`JobHandle` has it)."""
 
@@ -521,7 +579,8 @@ def _fetch(client: Client, artifact_id: str, dest: pathlib.Path) -> pathlib.Path
     beside it keyed by the artifact id (``<dest>.<artifact_id[:16]>.part``), so only the same
     artifact ever resumes from it."""
     dest.parent.mkdir(parents=True, exist_ok=True)
-    return client.download(artifact_id, dest)
+    with _Bytes(f"download {dest.name}", live=_live()) as bar:
+        return client.download(artifact_id, dest, progress=bar.received)
 
 
 def _fetch_job(
@@ -719,7 +778,7 @@ def upload(kind: str, path: pathlib.Path) -> None:
     y_test. The artifact id is the file's sha256.
     """
     with _client(_globals()) as client:
-        artifact = client.upload_model(path) if kind == "model" else client.upload_dataset(path)
+        artifact = _upload(client, kind, path)
     _emit(_dump(artifact), artifact.id)
 
 
@@ -735,7 +794,7 @@ def inspect(model: pathlib.Path) -> None:
     translate it. A model the service refuses exits 2 with the reason.
     """
     with _client(_globals()) as client:
-        artifact = client.upload_model(model)
+        artifact = _upload(client, "model", model)
     summary = ModelSummary.from_proto(artifact.model)
     _emit({"artifact_id": artifact.id, **_dump(artifact.model, defaults=True)}, format_summary(summary, artifact.id))
 
@@ -776,9 +835,9 @@ def _spec(
 ) -> pb.JobSpec:
     if schedule == "none" and structured_ratio is None and not layer_ratio:
         raise click.UsageError("--schedule none (structured pruning only) needs --structured-ratio or --layer-ratio")
-    model_id = model if _is_id(model) else client.upload_model(model).id
+    model_id = model if _is_id(model) else _upload(client, "model", model).id
     if not _is_id(dataset) and os.path.isfile(dataset):
-        dataset = client.upload_dataset(dataset).id
+        dataset = _upload(client, "dataset", dataset).id
     pruning_schedule: pb.PruningSchedule | None
     if schedule == "none":
         pruning_schedule = None

@@ -90,12 +90,20 @@ class FakeClient:
     def job(self, job_id: str) -> FakeJob:
         return FakeJob(self, job_id)
 
-    def download(self, artifact_id: str, dest: os.PathLike[str] | str) -> pathlib.Path:
+    def download(self, artifact_id: str, dest: os.PathLike[str] | str, progress=None) -> pathlib.Path:  # type: ignore[no-untyped-def]
         path = pathlib.Path(dest)
         assert not path.is_dir()
         path.write_text(artifact_id)
+        if progress is not None:
+            progress(len(artifact_id), len(artifact_id))
         FakeClient.downloads.append((artifact_id, path))
         return path
+
+    def upload_model(self, path: os.PathLike[str] | str, progress=None) -> pb.Artifact:  # type: ignore[no-untyped-def]
+        size = os.path.getsize(path)
+        if progress is not None:
+            progress(size)
+        return pb.Artifact(id=KERAS_ID, size=size, filename=pathlib.Path(path).name)
 
 
 @pytest.fixture()
@@ -313,3 +321,41 @@ def test_watch_json_of_a_failed_job_keeps_stdout_to_events(
     assert run(["result", JOB, "--json"]) == 8
     error = json.loads(capsys.readouterr().out)
     assert error["error"] == "JobFailed" and error["job_id"] == JOB  # which job, without parsing the message
+
+
+def test_transfer_bar_shows_bytes_on_a_terminal_and_nothing_elsewhere() -> None:
+    stream = io.StringIO()
+    with cli_module._Bytes("upload model.keras", 3 * 1024 * 1024, live=True, stream=stream) as bar:
+        for _ in range(3):
+            bar.sent(1024 * 1024)
+        assert bar.bar is not None and bar.bar.n == 3 * 1024 * 1024
+    shown = stream.getvalue()
+    assert "upload model.keras" in shown and "3.00M" in shown
+    quiet = io.StringIO()
+    with cli_module._Bytes("download x", live=False, stream=quiet) as bar:
+        bar.received(1024, 4096)
+    assert quiet.getvalue() == ""
+
+
+def test_cli_upload_and_download_show_a_bar_only_on_a_terminal(
+    fake: type[FakeClient], monkeypatch: pytest.MonkeyPatch, tmp_path: pathlib.Path
+) -> None:
+    labels: list[tuple[str, bool]] = []
+    opened = cli_module._Bytes.__init__
+
+    def record(self, label, total=None, *, live, stream=None):  # type: ignore[no-untyped-def]
+        labels.append((label, live))
+        opened(self, label, total, live=live, stream=stream)
+
+    monkeypatch.setattr(cli_module._Bytes, "__init__", record)
+    model = tmp_path / "model.keras"
+    model.write_bytes(b"model")
+    for tty in (False, True):
+        monkeypatch.setattr(sys.stderr, "isatty", lambda tty=tty: tty)
+        assert run(["upload", "model", str(model)]) == 0
+        assert run(["upload", "model", str(model), "--json"]) == 0
+    # piped: no bar, with or without --json; on a terminal: a bar, unless --json
+    assert labels == [("upload model.keras", live) for live in (False, False, True, False)]
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    assert run(["download", KERAS_ID, "-o", str(tmp_path / "back.keras")]) == 0
+    assert labels[-1] == ("download back.keras", True)
