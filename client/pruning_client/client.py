@@ -15,6 +15,7 @@ import json
 import os
 import pathlib
 import queue
+import re
 import threading
 import time
 import uuid
@@ -248,6 +249,11 @@ class _Behind:
             raise self._error
 
 
+# The server's refusals of bytes other than the header announced (the file's size and, hashed
+# first, its sha256): the file changed under the upload.
+_CHANGED = re.compile(r"does not match the announced sha256|announced \d+ bytes, received \d+")
+
+
 class _Upload:
     """The file side of an upload. The id the server answers (its sha256 of what it received)
     is checked against the file's: hashed before the call (:meth:`hash`, then announced in the
@@ -314,14 +320,16 @@ class _Upload:
 
     def raise_read_error(self, error: grpc.RpcError) -> None:
         """After a failed call: the file's own read error, when that is what ended it; an
-        IntegrityError when the file changed after it was hashed (the server refused the
-        bytes for not matching the sha256 announced)."""
+        IntegrityError when the file changed under the upload (the server refused the
+        bytes for not matching the size or the sha256 the header announced)."""
         if self.read_error is not None:
             raise self.read_error
-        details = error.details() if isinstance(error, grpc.Call) else ""
-        if self.announced and "does not match the announced sha256" in (details or ""):
+        details = error.details() if callable(getattr(error, "details", None)) else ""  # grpc.aio's too
+        if _CHANGED.search(details or ""):
             raise IntegrityError(
-                f"{self.path} changed while it was uploaded: it no longer hashes to {self.announced}; nothing was stored"
+                f"{self.path} changed while it was uploaded: it is no longer the {self.size} bytes "
+                f"{'hashing to ' + self.announced + ' ' if self.announced else ''}it was when the upload began; "
+                "nothing was stored"
             ) from error
 
     def pipelined(self) -> Generator[pb.UploadRequest | bytes, None, None]:

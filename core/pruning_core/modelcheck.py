@@ -13,7 +13,9 @@ import json
 import pathlib
 import re
 import shutil
+import sys
 import tempfile
+import uuid
 import zipfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -24,7 +26,7 @@ from google.protobuf import json_format
 
 from pruning.v1 import pruning_pb2 as pb
 
-from . import preflight
+from . import preflight, zipscan
 
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 ZIP_SIGNATURE = b"PK\x03\x04"
@@ -64,11 +66,19 @@ _NUMERIC_KINDS = "biuf"  # bool, signed and unsigned integers, floats
 
 
 def _inspection() -> str:
-    """A fingerprint of the code that inspects uploads (this module and the preflight): a
-    record written by other code is inspected again when its content is uploaded again."""
+    """A fingerprint of the code that inspects uploads (this module, the preflight, the
+    archive scan): a record written by other code is inspected again when its content is
+    uploaded again. Where a module's source cannot be read (an unusual install), a value of
+    this process alone: nothing inspected before counts as inspected by it."""
     digest = hashlib.sha256()
-    for source in (__file__, preflight.__file__ or ""):
-        digest.update(pathlib.Path(source).read_bytes())
+    try:
+        for module in (sys.modules[__name__], preflight, zipscan):
+            get_data = getattr(module.__loader__, "get_data", None)
+            if module.__file__ is None or get_data is None:
+                raise OSError(f"no source for {module.__name__}")
+            digest.update(get_data(module.__file__))
+    except (OSError, AttributeError):
+        return uuid.uuid4().hex[:16]
     return digest.hexdigest()[:16]
 
 

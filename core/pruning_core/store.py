@@ -990,9 +990,10 @@ class AsyncJobStore(_Base):
             await pipe.execute()
 
     async def expired_artifacts(self, created_before: float, limit: int = 500) -> builtins.list[tuple[str, str]]:
-        """(tenant, artifact id) of records created before ``created_before`` (unix s)."""
+        """(tenant, artifact id) of records created before ``created_before`` (unix s; one
+        created at that very time is not listed, as :meth:`expire_artifact` keeps it)."""
         members = await self.redis.zrangebyscore(
-            self.keys.artifacts_by_time(), "-inf", created_before, start=0, num=limit
+            self.keys.artifacts_by_time(), "-inf", f"({created_before!r}", start=0, num=limit
         )
         out = []
         for member in members:
@@ -1000,16 +1001,18 @@ class AsyncJobStore(_Base):
             out.append((text[65:], text[:64]))
         return out
 
-    async def delete_artifact(
-        self, tenant: str, artifact_id: str, *, release: bool = False, created_before: float | None = None
-    ) -> bool:
-        """Removes one tenant's record of an artifact (with ``created_before``, only if it was
-        created before then: the retention leaves one written again since it looked); True
-        when no record of it is left (its bytes may go). With ``release``, such bytes are
-        marked for the next housekeeping however old they are (blobs from before the job
-        store's birth are otherwise kept)."""
-        cutoff = "" if created_before is None else created_before
-        await _drive_async(self._drop_artifact(tenant, artifact_id, created_before=cutoff))
+    async def expire_artifact(self, tenant: str, artifact_id: str, created_before: float) -> tuple[bool, bool]:
+        """Removes one tenant's record of an artifact if it was still created before
+        ``created_before`` (the retention leaves one written again since it looked): whether it
+        removed it, and whether no record of the artifact is left (its bytes may go)."""
+        removed = await _drive_async(self._drop_artifact(tenant, artifact_id, created_before=repr(created_before)))
+        return removed, bool(await self.unowned([artifact_id]))
+
+    async def delete_artifact(self, tenant: str, artifact_id: str, *, release: bool = False) -> bool:
+        """Removes one tenant's record of an artifact; True when no record of it is left
+        (its bytes may go). With ``release``, such bytes are marked for the next housekeeping
+        however old they are (blobs from before the job store's birth are otherwise kept)."""
+        await _drive_async(self._drop_artifact(tenant, artifact_id))
         last = bool(await self.unowned([artifact_id]))
         if last and release:
             await self.redis.sadd(self.keys.released(), artifact_id)

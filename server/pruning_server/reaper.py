@@ -237,9 +237,10 @@ async def enforce_retention(store: AsyncJobStore, blobs: LocalStore, settings: S
         while pairs := await store.expired_artifacts(cutoff):
             for tenant, artifact_id in pairs:
                 # one written again since it was listed (the same bytes uploaded again) stays
-                if await store.delete_artifact(tenant, artifact_id, created_before=cutoff):
+                removed, last = await store.expire_artifact(tenant, artifact_id, cutoff)
+                counts["records"] += removed
+                if last:
                     released.add(artifact_id)
-            counts["records"] += len(pairs)
     # Any other blob with no record goes only if it was written after the job store was born:
     # a Redis that lost its data (wiped, or replaced empty) knows none of the older blobs'
     # records, and must not take every model with it.

@@ -95,6 +95,10 @@ class PruningService(pb_grpc.PruningServiceServicer):
         self.uploads = Caps("uploads", settings.max_uploads_per_tenant, settings.max_uploads)
         self.downloads = Caps("downloads", settings.max_downloads_per_tenant, settings.max_downloads)
         self._tenants = settings.tenants_by_key()
+        # The code that inspects uploads and the limits it applies: a record of content that
+        # passed other ones is read and inspected again when the content is uploaded again.
+        limits = (settings.max_upload_bytes, settings.max_decompressed_bytes, settings.max_config_bytes)
+        self._inspection = ":".join(map(str, (modelcheck.INSPECTION, *limits)))
         # Runs jobs with a budget (JobSpec.budget) as search sweeps; set by the SweepService.
         self.searches: Searches | None = None
 
@@ -166,8 +170,8 @@ class PruningService(pb_grpc.PruningServiceServicer):
             return None
         if record.kind != kind or header.size not in (0, record.size):
             return None
-        if record.info.get("inspection") != modelcheck.INSPECTION:
-            return None  # inspected by other code: read on and inspected again
+        if record.info.get("inspection") != self._inspection:
+            return None  # inspected by other code or under other limits: read on and inspected again
         named = formats.MODEL_SUFFIXES.get(convert.extension(header.filename))
         if kind == pb.ARTIFACT_KIND_MODEL and named and named != record.format:
             return None  # read on, and refused as any upload so misnamed
@@ -238,15 +242,15 @@ class PruningService(pb_grpc.PruningServiceServicer):
                             f"must be 64 hex digits (or empty), got {header.sha256[:80]!r}",
                             f"{field}.header.sha256",
                         )
-                    if header.sha256:
-                        if (artifact := await self._held(tenant, kind, header)) is not None:
-                            raise _Held(artifact)
-                        await asyncio.to_thread(writer.announce, header.sha256)
                     if header.size > limit:
                         refuse(
                             grpc.StatusCode.RESOURCE_EXHAUSTED,
                             f"{header.size} bytes is over the upload limit of {limit}",
                         )
+                    if header.sha256:
+                        if (artifact := await self._held(tenant, kind, header)) is not None:
+                            raise _Held(artifact)
+                        await asyncio.to_thread(writer.announce, header.sha256)
                     quota.announced = header.size
                     await quota.need(max(header.size, 1))
                     continue
@@ -291,7 +295,7 @@ class PruningService(pb_grpc.PruningServiceServicer):
         except BaseException:
             await _drop_off_loop(None, writer)
             raise
-        info = {**info, "inspection": modelcheck.INSPECTION}  # which code inspected it (see _held)
+        info = {**info, "inspection": self._inspection}  # which code and limits passed it (see _held)
         record = ArtifactRecord(
             artifact_id, kind, fmt, convert.safe_filename(header.filename), writer.size, time.time(), info
         )

@@ -186,7 +186,7 @@ def test_a_held_upload_while_the_retention_runs_keeps_record_and_bytes(tenants, 
 
         uploaded, counts = asyncio.run(retention())
         assert [a.id for a in uploaded] == [artifact.id]
-        assert counts["records"] >= 1 and counts["blobs"] == 0
+        assert counts["records"] == 0 and counts["blobs"] == 0  # the record listed was kept
         assert blobs.exists(artifact.id)
         assert alpha.upload_dataset(path).id == artifact.id  # still held: its record stands
         client = redis.Redis.from_url(env["PRUNING_REDIS_URL"])
@@ -250,3 +250,87 @@ def test_a_file_changed_after_it_was_hashed_is_an_integrity_error(tenants, tmp_p
     with Client(tenants.target, api_key="key-a") as alpha:
         with pytest.raises(IntegrityError, match="changed while it was uploaded"):
             alpha.upload_dataset(path)
+
+
+def test_a_record_created_at_the_very_cutoff_ends_the_retention_pass(
+    tenants, held_settings, env, tmp_path, monkeypatch
+):
+    import models
+    from pruning_core.objectstore import open_store
+    from pruning_core.store import AsyncJobStore
+    from pruning_server import reaper
+
+    with Client(tenants.target, api_key="key-a") as alpha:
+        artifact = alpha.upload_dataset(models.dataset(tmp_path / "edge.npz", seed=25))
+    _age(env, held_settings, "alpha", artifact.id, 0)
+    created = float(
+        redis.Redis.from_url(env["PRUNING_REDIS_URL"]).hget(
+            f"{held_settings.key_prefix}:artifact:alpha:{artifact.id}", "created"
+        )
+    )
+    monkeypatch.setattr(reaper.time, "time", lambda: created + held_settings.artifact_retention_s)
+
+    async def retention():
+        store = AsyncJobStore.from_url(env["PRUNING_REDIS_URL"], held_settings.key_prefix)
+        try:
+            return await asyncio.wait_for(reaper.enforce_retention(store, open_store(held_settings), held_settings), 20)
+        finally:
+            await store.redis.aclose()
+
+    asyncio.run(retention())  # a pass that keeps listing the record it keeps never ends
+    # the records of the tests before went (created before the cutoff); this one stays
+    assert redis.Redis.from_url(env["PRUNING_REDIS_URL"]).exists(
+        f"{held_settings.key_prefix}:artifact:alpha:{artifact.id}"
+    )
+
+
+def test_limits_changed_since_are_applied_to_held_content(tenants, held_settings, env, tmp_path):
+    import models
+
+    small = models.dataset(tmp_path / "small.npz", seed=26)
+    big = models.dataset(tmp_path / "big.npz", n_train=8000, seed=27)
+    assert small.stat().st_size < (1 << 20) < big.stat().st_size
+    with Client(tenants.target, api_key="key-a") as alpha:
+        alpha.upload_dataset(small)
+        alpha.upload_dataset(big)
+    stricter = ServerThread(held_settings.model_copy(update={"max_upload_bytes": 1 << 20}))
+    key = (("x-api-key", "key-a"),)
+    try:
+        with Client(stricter.target, api_key="key-a") as alpha:
+            data = small.read_bytes()
+            garbage = [pb.UploadRequest(chunk=b"\0" * len(data))]
+            with pytest.raises(grpc.RpcError) as error:  # passed other limits: read and checked again
+                _announced(alpha.stub.UploadDataset, "d.npz", data, garbage, key)
+            assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            with pytest.raises(grpc.RpcError) as error:  # over today's upload limit
+                _announced(alpha.stub.UploadDataset, "d.npz", big.read_bytes(), [], key)
+            assert error.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    finally:
+        stricter.stop()
+
+
+def test_a_file_changed_in_size_or_under_the_async_client_is_an_integrity_error(tenants, tmp_path, monkeypatch):
+    import models
+    from pruning_client import IntegrityError
+    from pruning_client.aio import AsyncClient
+    from pruning_client.client import _Upload
+
+    path = models.dataset(tmp_path / "growing.npz", seed=28)
+    hash_file = _Upload.hash
+
+    def hash_then_grow(upload):
+        hash_file(upload)
+        with open(path, "ab") as f:
+            f.write(b"more")
+
+    monkeypatch.setattr(_Upload, "hash", hash_then_grow)
+    with Client(tenants.target, api_key="key-a") as alpha:
+        with pytest.raises(IntegrityError, match="changed while it was uploaded"):
+            alpha.upload_dataset(path)
+
+    async def main():
+        async with AsyncClient(tenants.target, api_key="key-a") as alpha:
+            await alpha.upload_dataset(path)
+
+    with pytest.raises(IntegrityError, match="changed while it was uploaded"):
+        asyncio.run(main())

@@ -296,10 +296,11 @@ class UploadHeader(_message.Message):
     sha256: _builtins.str
     """Expected lowercase hex sha256; empty = not checked. When the tenant already holds this
     content as the call's kind (a model for UploadModel, a dataset for UploadDataset), of
-    `size` (when given), with its bytes stored, inspected by the server's current code, and a
-    model's file name not naming another format, the server answers that artifact after the
-    header and reads nothing more; its record is written again (this file name, its retention
-    starting over). Otherwise the upload is read and checked as any other.
+    `size` (when given, and within the upload limit), with its bytes stored, inspected by the
+    server's current code under its current limits, and a model's file name not naming
+    another format, the server answers that artifact after the header and reads nothing
+    more; its record is written again (this file name, its retention starting over).
+    Otherwise the upload is read and checked as any other.
     """
     def __init__(
         self,
