@@ -86,6 +86,8 @@ def test_a_job_that_loses_its_worker_in_every_attempt_fails_after_max_attempts(e
         assert (
             sum(m.endswith("; re-queued") for m in logs) == 1 and sum(m.endswith("; not re-queued") for m in logs) == 1
         )
+        # counted once the reaper has written the outcome (just after it): waited for, once
+        wait_for(lambda: metrics.failures().get("ABORTED", 0) >= aborted_before + 1, 10, "the failure counted")
         assert metrics.failures().get("ABORTED", 0) == aborted_before + 1
     finally:
         for proc in workers:
