@@ -276,11 +276,7 @@ def _losses_fit(spec: pb.JobSpec, outputs: list[str]) -> list[Violation]:
 def budget_problem(t: pb.TrainingSpec, model_info: dict[str, Any]) -> str | None:
     """Why an accuracy budget cannot be kept on this model under ``t``'s losses (none of its
     outputs has a classification loss, so there is no accuracy), or None."""
-    outputs = [o.name for o in _summary(model_info).outputs]
-    if outputs and all(validation.is_regression(validation.output_loss(t, o)) for o in outputs):
-        losses = sorted({validation.output_loss(t, o) for o in outputs})
-        return f"an accuracy budget needs a classification loss on some output; its outputs take {', '.join(losses)}"
-    return None
+    return validation.budget_loss_problem(t, [o.name for o in _summary(model_info).outputs])
 
 
 def _dataset_fits(spec: pb.JobSpec, outputs: list[str], data: DatasetFacts) -> list[Violation]:

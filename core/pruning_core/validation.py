@@ -7,7 +7,7 @@ client sees all of them in one INVALID_ARGUMENT answer.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from pruning.v1 import pruning_pb2 as pb
 
@@ -46,13 +46,14 @@ def output_loss(t: pb.TrainingSpec, output: str) -> str:
     return t.output_losses.get(output) or t.loss
 
 
-def budget_loss_problem(t: pb.TrainingSpec) -> str | None:
+def budget_loss_problem(t: pb.TrainingSpec, outputs: Sequence[str] = ()) -> str | None:
     """Why an accuracy budget cannot be kept under ``t``'s losses, or None: it needs an
-    accuracy, so a classification loss on at least one output."""
-    losses = {t.loss, *t.output_losses.values()}
+    accuracy, so a classification loss on at least one output. With the model's ``outputs``,
+    the loss each of them takes; without (the spec alone), every loss the spec names."""
+    losses = {output_loss(t, o) for o in outputs} if outputs else {t.loss, *t.output_losses.values()}
     if all(is_regression(loss) for loss in losses):
         return (
-            f"an accuracy budget needs a classification loss; under {', '.join(sorted(losses))} "
+            f"an accuracy budget needs a classification loss on some output; under {', '.join(sorted(losses))} "
             "there is no accuracy to keep"
         )
     return None

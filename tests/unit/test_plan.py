@@ -199,7 +199,8 @@ def test_output_losses_are_losses_the_service_knows_and_a_budget_needs_a_classif
     facts = _facts(tmp_path, **_by_output(lambda n: np.linspace(0.1, 1.6, n).astype("f4")))
     regression = pb.TrainingSpec(output_losses={"cls": "mean_squared_error", "reg": "mean_squared_error"})
     assert plan.budget_problem(regression, model) == (
-        "an accuracy budget needs a classification loss on some output; its outputs take mean_squared_error"
+        "an accuracy budget needs a classification loss on some output; under mean_squared_error there is no "
+        "accuracy to keep"
     )
     assert plan.budget_problem(pb.TrainingSpec(output_losses={"reg": "mean_squared_error"}), model) is None
     assert _violations(model, facts, output_losses={"reg": "mean_squared_error"}) == []
