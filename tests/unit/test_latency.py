@@ -110,3 +110,28 @@ def test_a_model_that_cannot_be_measured_gets_a_warning_and_no_figures_not_a_fai
     fill_latency(result, model, model, "CPU", 3, warnings.append)  # no data to give the open dimensions
     assert not result.latency
     assert len(warnings) == 1 and warnings[0].startswith("no latency figures") and "'image'" in warnings[0]
+
+
+def test_flops_count_grouped_and_depthwise_convolutions_and_what_follows_them():
+    import tensorflow as tf
+
+    keras = tf.keras
+
+    def model(groups: int, depthwise: bool = False):
+        inputs = keras.Input((16, 16, 8))
+        x = keras.layers.Conv2D(16, 3, padding="same", groups=groups, use_bias=False)(inputs)
+        if depthwise:
+            x = keras.layers.DepthwiseConv2D(3, padding="same", use_bias=False)(x)
+        x = keras.layers.Conv2D(8, 1, use_bias=False)(x)
+        x = keras.layers.Flatten()(x)
+        return keras.Model(inputs, keras.layers.Dense(4, use_bias=False)(x))
+
+    pointwise, dense = 2 * 16 * 16 * 16 * 8, 2 * 16 * 16 * 8 * 4
+    for groups in (1, 2, 4):
+        grouped = 2 * 16 * 16 * 16 * 3 * 3 * 8 // groups
+        assert measure.flops(model(groups)) == grouped + pointwise + dense, groups
+    depthwise = 2 * 16 * 16 * 16 * 3 * 3
+    assert measure.flops(model(2, depthwise=True)) == 2 * 16 * 16 * 16 * 3 * 3 * 4 + depthwise + pointwise + dense
+    # the layer runs as before once counted (its nested function is back)
+    grouped_model = model(2)
+    assert grouped_model(np.ones((1, 16, 16, 8), "float32")).shape == (1, 4)
