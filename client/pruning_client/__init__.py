@@ -36,6 +36,7 @@ from .exceptions import (
 )
 from .job import TERMINAL, JobHandle, is_terminal, is_terminal_event
 from .results import JobPlan, LayerPlan, LayerSparsity, LayerSummary, ModelSummary, PruneResult, TensorSummary
+from .sources import DatasetSource, ModelSource
 from .specs import (
     EXPORT_FORMATS,
     IMPORTANCE_CRITERIA,
@@ -60,6 +61,7 @@ __all__ = [
     "Cancelled",
     "Client",
     "ClientOptions",
+    "DatasetSource",
     "DeadlineExceeded",
     "DownloadProgress",
     "FailedPrecondition",
@@ -74,6 +76,7 @@ __all__ = [
     "LayerPlan",
     "LayerSparsity",
     "LayerSummary",
+    "ModelSource",
     "ModelSummary",
     "NotFound",
     "OutOfRange",

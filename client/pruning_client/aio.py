@@ -27,7 +27,7 @@ import contextlib
 import functools
 import os
 import pathlib
-from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine, Iterable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Mapping
 from typing import Any, ParamSpec, TypeVar
 
 import grpc
@@ -64,6 +64,7 @@ from .job import (
     is_terminal,
 )
 from .results import JobPlan, PruneResult
+from .sources import DatasetSource, ModelSource, dataset_file, model_file
 from .specs import exports
 from .sweeps import _RETRIED, _BaseSweepHandle, outcome, watch_request
 from .sweeps import create_request as create_sweep_request
@@ -73,6 +74,7 @@ __all__ = ["AsyncClient", "AsyncJobHandle", "AsyncSweepHandle"]
 
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
+_T = TypeVar("_T")
 
 
 def _rpc(method: Callable[_P, Awaitable[_R]]) -> Callable[_P, Coroutine[Any, Any, _R]]:
@@ -243,6 +245,17 @@ class AsyncSweepHandle(_BaseSweepHandle["AsyncClient"]):
                 pass
 
 
+@contextlib.asynccontextmanager
+async def _off_loop(manager: contextlib.AbstractContextManager[_T]) -> AsyncIterator[_T]:
+    """``manager`` entered and left in a thread: saving a model or arrays, removing the files."""
+    stack = contextlib.ExitStack()
+    value = await asyncio.to_thread(stack.enter_context, manager)
+    try:
+        yield value
+    finally:
+        await asyncio.to_thread(stack.close)
+
+
 class AsyncClient:
     """Talks to a pruning server from asyncio code. Create it inside the event loop that uses
     it (``async with AsyncClient(...)``).
@@ -323,15 +336,20 @@ class AsyncClient:
                 await stream.aclose()
 
     @_rpc
-    async def upload_model(self, path: os.PathLike[str] | str, progress: UploadProgress | None = None) -> pb.Artifact:
-        """Uploads a .keras or .h5 model; returns its Artifact (``.id`` for job specs, ``.model``
-        the summary the service read from the file); see :meth:`pruning_client.Client.upload_model`."""
-        return await self._upload(self._transfers.upload_model, path, progress)
+    async def upload_model(self, model: ModelSource, progress: UploadProgress | None = None) -> pb.Artifact:
+        """Uploads a .keras or .h5 model (its path, or a Keras model object); returns its
+        Artifact (``.id`` for job specs, ``.model`` the summary the service read from the
+        file); see :meth:`pruning_client.Client.upload_model`. A model object is saved off the
+        event loop."""
+        async with _off_loop(model_file(model)) as path:
+            return await self._upload(self._transfers.upload_model, path, progress)
 
     @_rpc
-    async def upload_dataset(self, path: os.PathLike[str] | str, progress: UploadProgress | None = None) -> pb.Artifact:
-        """Uploads an .npz with x_train, y_train, x_test, y_test."""
-        return await self._upload(self._transfers.upload_dataset, path, progress)
+    async def upload_dataset(self, data: DatasetSource, progress: UploadProgress | None = None) -> pb.Artifact:
+        """Uploads a dataset: an .npz's path or its arrays (saved off the event loop); see
+        :meth:`pruning_client.Client.upload_dataset`."""
+        async with _off_loop(dataset_file(data)) as path:
+            return await self._upload(self._transfers.upload_dataset, path, progress)
 
     # -- jobs --------------------------------------------------------------------------------
 

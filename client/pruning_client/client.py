@@ -32,6 +32,7 @@ from pruning.v1 import pruning_pb2_grpc as pb_grpc
 from .exceptions import DeadlineExceeded, IntegrityError, OutOfRange, Unavailable, rpc_errors
 from .job import JobHandle, _is_directory
 from .results import JobPlan
+from .sources import DatasetSource, ModelSource, dataset_file, model_file
 from .sweeps import SweepHandle
 from .sweeps import create_request as create_sweep_request
 from .sweeps import list_request as list_sweeps_request
@@ -538,11 +539,12 @@ class Client:
                 requests.close()
 
     @_rpc
-    def upload_model(self, path: os.PathLike[str] | str, progress: UploadProgress | None = None) -> pb.Artifact:
-        """Uploads a .keras or .h5 model; returns its Artifact: ``.id`` for job specs, ``.model``
-        the summary the service read from the file (Keras version, inputs, outputs, layers;
-        ``pruning_client.ModelSummary.from_proto(artifact.model)`` for the typed view). The id
-        is the content's sha256, so uploading the same file again is cheap.
+    def upload_model(self, model: ModelSource, progress: UploadProgress | None = None) -> pb.Artifact:
+        """Uploads a .keras or .h5 model (its path, or a Keras model object, saved as
+        ``<its name>.keras`` for the upload); returns its Artifact: ``.id`` for job specs,
+        ``.model`` the summary the service read from the file (Keras version, inputs, outputs,
+        layers; ``pruning_client.ModelSummary.from_proto(artifact.model)`` for the typed view).
+        The id is the content's sha256, so uploading the same file again is cheap.
 
         Raises:
             InvalidArgument: the service refuses the model (a Lambda layer, a Keras 3 layer it
@@ -550,12 +552,16 @@ class Client:
             DeadlineExceeded: the upload outlived its deadline, the client's timeout plus the
                 file at ``UPLOAD_FLOOR_RATE`` (a stalled server).
         """
-        return self._upload(self._transfers.upload_model, path, progress)
+        with model_file(model) as path:
+            return self._upload(self._transfers.upload_model, path, progress)
 
     @_rpc
-    def upload_dataset(self, path: os.PathLike[str] | str, progress: UploadProgress | None = None) -> pb.Artifact:
-        """Uploads an .npz with x_train, y_train, x_test, y_test."""
-        return self._upload(self._transfers.upload_dataset, path, progress)
+    def upload_dataset(self, data: DatasetSource, progress: UploadProgress | None = None) -> pb.Artifact:
+        """Uploads a dataset: an .npz with x_train, y_train, x_test, y_test, or its arrays (a
+        mapping, or ``((x_train, y_train), (x_test, y_test))`` as ``keras.datasets``'
+        ``load_data()`` returns; saved as ``dataset.npz`` for the upload)."""
+        with dataset_file(data) as path:
+            return self._upload(self._transfers.upload_dataset, path, progress)
 
     # -- jobs --------------------------------------------------------------------------------
 

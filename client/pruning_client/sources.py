@@ -1,0 +1,89 @@
+"""What an upload takes besides a file: a Keras model object, or the dataset's arrays.
+
+A model object is saved as ``<its name>.keras`` (by its own ``save``: Keras 3 or tf_keras), and
+arrays into an ``.npz`` (numpy, which arrays come with), in a temporary directory removed once
+the upload ends. The SDK itself needs neither Keras nor numpy for files.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pathlib
+import re
+import tempfile
+from collections.abc import Iterator, Mapping
+from typing import Any, Protocol, Union
+
+__all__ = ["DatasetSource", "ModelSource", "SavesModel", "dataset_arrays", "dataset_file", "model_file"]
+
+_SPLITS = ("x_train", "y_train", "x_test", "y_test")
+_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
+
+
+class SavesModel(Protocol):
+    """A model that saves itself to a ``.keras`` file: ``keras.Model`` (3) or tf_keras'."""
+
+    def save(self, filepath: str, /) -> object: ...
+
+
+ModelSource = Union[str, "os.PathLike[str]", SavesModel]
+"""A ``.keras``/``.h5`` file's path, or a Keras model object."""
+
+DatasetSource = Union[str, "os.PathLike[str]", Mapping[str, Any], tuple[tuple[Any, Any], tuple[Any, Any]]]
+"""An ``.npz`` file's path; a mapping of its arrays (``x_train``, ``y_train``, ``x_test``,
+``y_test``; ``x_train.<input name>`` and so on for a model of several inputs or outputs); or
+``((x_train, y_train), (x_test, y_test))``, as ``keras.datasets.<name>.load_data()`` returns,
+where an ``x`` or ``y`` may be a mapping of input or output names to arrays."""
+
+
+@contextlib.contextmanager
+def model_file(model: ModelSource) -> Iterator[pathlib.Path]:
+    """The file to upload for ``model``: its own path, or the model object saved as
+    ``<name>.keras`` in a temporary directory (removed when the ``with`` ends)."""
+    if isinstance(model, (str, os.PathLike)):
+        yield pathlib.Path(model)
+        return
+    if not callable(getattr(model, "save", None)):
+        raise TypeError(f"a model is a .keras or .h5 file's path or a Keras model object, not {type(model).__name__}")
+    name = _UNSAFE.sub("_", str(getattr(model, "name", "") or "")).strip("._") or "model"
+    with tempfile.TemporaryDirectory(prefix="pruning-upload-") as directory:
+        path = pathlib.Path(directory) / f"{name}.keras"
+        model.save(str(path))
+        yield path
+
+
+def dataset_arrays(data: Mapping[str, Any] | tuple[tuple[Any, Any], tuple[Any, Any]]) -> dict[str, Any]:
+    """The ``.npz`` members of a dataset given as arrays (see :data:`DatasetSource`)."""
+    if isinstance(data, Mapping):
+        return dict(data)
+    if isinstance(data, tuple) and len(data) == 2 and all(isinstance(p, tuple) and len(p) == 2 for p in data):
+        (x_train, y_train), (x_test, y_test) = data
+        out: dict[str, Any] = {}
+        for split, value in zip(_SPLITS, (x_train, y_train, x_test, y_test), strict=True):
+            if isinstance(value, Mapping):
+                out.update({f"{split}.{name}": array for name, array in value.items()})
+            else:
+                out[split] = value
+        return out
+    raise TypeError(
+        "a dataset is an .npz file's path, a mapping of its arrays (x_train, y_train, x_test, y_test), "
+        f"or ((x_train, y_train), (x_test, y_test)) as keras.datasets load_data() returns; not {type(data).__name__}"
+    )
+
+
+@contextlib.contextmanager
+def dataset_file(data: DatasetSource) -> Iterator[pathlib.Path]:
+    """The file to upload for ``data``: its own path, or its arrays saved as ``dataset.npz``
+    in a temporary directory (removed when the ``with`` ends)."""
+    if isinstance(data, (str, os.PathLike)):
+        yield pathlib.Path(data)
+        return
+    arrays = dataset_arrays(data)
+    import numpy as np
+
+    with tempfile.TemporaryDirectory(prefix="pruning-upload-") as directory:
+        path = pathlib.Path(directory) / "dataset.npz"
+        members: dict[str, Any] = {name: np.asarray(array) for name, array in arrays.items()}
+        np.savez(path, **members)
+        yield path
