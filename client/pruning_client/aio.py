@@ -490,9 +490,12 @@ class AsyncClient:
     ) -> pathlib.Path:
         """Downloads an artifact to ``dest`` (a file, or a directory to write it into: an existing
         one, or a path ending with a separator, created if missing), resuming a partial
-        ``<dest>.<artifact_id[:16]>.part``; the sha256 is checked before the move; see
+        ``<dest>.<artifact_id[:16]>.part``; the sha256 is checked before the move; a file
+        already there with the artifact's content is kept; see
         :meth:`pruning_client.Client.download`."""
         download = await asyncio.to_thread(_Download, artifact_id, dest, filename=filename, resume=resume)
+        if await asyncio.to_thread(download.present, progress):
+            return download.dest
         try:
             with rpc_errors():
                 await self._receive(download, progress)

@@ -250,6 +250,17 @@ class _Behind:
             raise self._error
 
 
+def _file_sha256(path: pathlib.Path) -> hashlib._Hash:
+    """The sha256 of a file, read in chunks into one buffer."""
+    digest = hashlib.sha256()
+    buffer = bytearray(CHUNK)
+    view = memoryview(buffer)
+    with open(path, "rb") as f:
+        while n := f.readinto(buffer):
+            digest.update(view[:n])
+    return digest
+
+
 # The server's refusals of bytes other than the header announced (the file's size and, hashed
 # first, its sha256): the file changed under the upload.
 _CHANGED = re.compile(r"does not match the announced sha256|announced \d+ bytes, received \d+")
@@ -275,11 +286,7 @@ class _Upload:
 
     def hash(self) -> None:
         """Hashes the whole file before the call, for the header to announce."""
-        buffer = bytearray(CHUNK)
-        view = memoryview(buffer)
-        with open(self.path, "rb") as f:
-            while n := f.readinto(buffer):
-                self.digest.update(view[:n])
+        self.digest = _file_sha256(self.path)
         self.announced = self.digest.hexdigest()
 
     def header(self) -> pb.UploadRequest:
@@ -374,6 +381,18 @@ class _Download:
             with open(self.part, "rb") as f:
                 while block := f.read(CHUNK):
                     self.digest.update(block)
+
+    def present(self, progress: DownloadProgress | None) -> bool:
+        """Whether ``dest`` already holds the artifact (a file whose sha256 is its id): then
+        nothing is downloaded, a partial file of it is removed, and ``progress`` hears the
+        whole size at once."""
+        if not self.dest.is_file() or _file_sha256(self.dest).hexdigest() != self.artifact_id:
+            return False
+        self.part.unlink(missing_ok=True)
+        if progress:
+            size = self.dest.stat().st_size
+            progress(size, size)
+        return True
 
     def request(self) -> pb.DownloadArtifactRequest:
         return pb.DownloadArtifactRequest(artifact_id=self.artifact_id, offset=self.offset)
@@ -716,13 +735,17 @@ class Client:
         (an existing one, or a path ending with a separator, created if missing), named
         ``filename``, else the artifact id. A partial download is kept beside it as
         ``<dest>.<artifact_id[:16]>.part`` and resumed (started again from 0 if it is longer
-        than the artifact); the sha256 is checked before the file is moved into place.
+        than the artifact); the sha256 is checked before the file is moved into place. A file
+        already there with the artifact's content (its sha256 is the id) is kept as it is:
+        nothing is downloaded.
 
         Example:
             >>> client.download(result.model_artifact_id, "out/")   # doctest: +SKIP
             PosixPath('out/e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855')
         """
         download = _Download(artifact_id, dest, filename=filename, resume=resume)
+        if download.present(progress):
+            return download.dest
         try:
             self._receive(download, progress)
         except OutOfRange:

@@ -44,6 +44,10 @@ def test_async_client_runs_a_job_and_downloads_its_exports(server, worker, files
             model_path = await job.download(tmp_path)
             h5_path = await job.download(tmp_path / "model.h5", fmt="h5")
             every = await job.download_all(tmp_path / "all")
+            kept: list[tuple[int, int]] = []  # the file already holds it: no download, all at once
+            pruned = (await job.result()).raw.artifacts[0]
+            await client.download(pruned.id, model_path, progress=lambda n, total: kept.append((n, total)))
+            assert kept == [(pruned.size, pruned.size)]
             listed = [j.id async for j in client.list_jobs(labels={"test": "aio"}, page_size=1)]
             replay = [e.id async for e in client.watch_events(job.id)]
             return job, events, result, done, record, model_path, h5_path, every, listed, replay

@@ -92,3 +92,18 @@ def test_upload_announces_the_sha256_when_hashing_first(client, tmp_path, hash_f
     assert client.upload_model(path).id == ID
     assert client.stub.header.sha256 == (ID if hash_first else "")
     assert client.stub.uploaded == DATA
+
+
+def test_a_file_already_holding_the_artifact_is_kept_without_a_download(client, tmp_path):
+    dest = tmp_path / "model.keras"
+    client.download(ID, dest)
+    assert client.stub.offsets == [0]
+    stale = tmp_path / f"model.keras.{ID[:16]}.part"
+    stale.write_bytes(DATA[:10])
+    seen = []
+    assert client.download(ID, dest, progress=lambda n, total: seen.append((n, total))) == dest
+    assert client.stub.offsets == [0]  # no call
+    assert seen == [(len(DATA), len(DATA))] and not stale.exists() and dest.read_bytes() == DATA
+    dest.write_bytes(DATA[:-1] + b"x")  # other bytes: downloaded again, replaced
+    assert client.download(ID, dest).read_bytes() == DATA
+    assert client.stub.offsets == [0, 0]
