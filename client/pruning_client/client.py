@@ -183,10 +183,16 @@ class _Ahead(Generic[_T]):
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
-        with contextlib.suppress(queue.Empty):  # a put waiting for room returns at once
+        self._drain()  # a put waiting for room returns at once
+        self._thread.join()
+        # a consumer still waiting for an item (a thread of a cancelled asyncio upload) ends
+        self._drain()
+        self._queue.put_nowait(_END)
+
+    def _drain(self) -> None:
+        with contextlib.suppress(queue.Empty):
             while True:
                 self._queue.get_nowait()
-        self._thread.join()
 
 
 def _take(items: Iterator[_T], n: int) -> list[_T]:
@@ -386,7 +392,10 @@ class _Download:
         """Whether ``dest`` already holds the artifact (a file whose sha256 is its id): then
         nothing is downloaded, a partial file of it is removed, and ``progress`` hears the
         whole size at once."""
-        if not self.dest.is_file() or _file_sha256(self.dest).hexdigest() != self.artifact_id:
+        try:
+            if not self.dest.is_file() or _file_sha256(self.dest).hexdigest() != self.artifact_id:
+                return False
+        except OSError:  # unreadable: downloaded and replaced, as before
             return False
         self.part.unlink(missing_ok=True)
         if progress:
@@ -563,7 +572,8 @@ class Client:
         ``<its name>.keras`` for the upload); returns its Artifact: ``.id`` for job specs,
         ``.model`` the summary the service read from the file (Keras version, inputs, outputs,
         layers; ``pruning_client.ModelSummary.from_proto(artifact.model)`` for the typed view).
-        The id is the content's sha256, so uploading the same file again is cheap.
+        The id is the content's sha256, so uploading the same file again is cheap (not the
+        same model object: Keras writes the time of saving into each file).
 
         Raises:
             InvalidArgument: the service refuses the model (a Lambda layer, a Keras 3 layer it

@@ -46,7 +46,7 @@ def model_file(model: ModelSource) -> Iterator[pathlib.Path]:
         return
     if not callable(getattr(model, "save", None)):
         raise TypeError(f"a model is a .keras or .h5 file's path or a Keras model object, not {type(model).__name__}")
-    name = _UNSAFE.sub("_", str(getattr(model, "name", "") or "")).strip("._") or "model"
+    name = _UNSAFE.sub("_", str(getattr(model, "name", "") or "")).strip("._")[:100] or "model"
     with tempfile.TemporaryDirectory(prefix="pruning-upload-") as directory:
         path = pathlib.Path(directory) / f"{name}.keras"
         model.save(str(path))
@@ -54,22 +54,42 @@ def model_file(model: ModelSource) -> Iterator[pathlib.Path]:
 
 
 def dataset_arrays(data: Mapping[str, Any] | tuple[tuple[Any, Any], tuple[Any, Any]]) -> dict[str, Any]:
-    """The ``.npz`` members of a dataset given as arrays (see :data:`DatasetSource`)."""
+    """The ``.npz`` members of a dataset given as arrays (see :data:`DatasetSource`): a
+    mapping under a name (``{"x_train": {"pixels": ...}}``) becomes ``x_train.pixels``."""
     if isinstance(data, Mapping):
-        return dict(data)
-    if isinstance(data, tuple) and len(data) == 2 and all(isinstance(p, tuple) and len(p) == 2 for p in data):
+        members = data
+    elif isinstance(data, tuple) and len(data) == 2 and all(isinstance(p, tuple) and len(p) == 2 for p in data):
         (x_train, y_train), (x_test, y_test) = data
-        out: dict[str, Any] = {}
-        for split, value in zip(_SPLITS, (x_train, y_train, x_test, y_test), strict=True):
-            if isinstance(value, Mapping):
-                out.update({f"{split}.{name}": array for name, array in value.items()})
-            else:
-                out[split] = value
-        return out
-    raise TypeError(
-        "a dataset is an .npz file's path, a mapping of its arrays (x_train, y_train, x_test, y_test), "
-        f"or ((x_train, y_train), (x_test, y_test)) as keras.datasets load_data() returns; not {type(data).__name__}"
-    )
+        members = dict(zip(_SPLITS, (x_train, y_train, x_test, y_test), strict=True))
+    else:
+        raise TypeError(_NOT_A_DATASET.format(type(data).__name__))
+    out: dict[str, Any] = {}
+    for split, value in members.items():
+        if isinstance(value, Mapping):
+            out.update({f"{split}.{name}": array for name, array in value.items()})
+        else:
+            out[split] = value
+    return out
+
+
+_NOT_A_DATASET = (
+    "a dataset is an .npz file's path, a mapping of its arrays (x_train, y_train, x_test, y_test), "
+    "or ((x_train, y_train), (x_test, y_test)) as keras.datasets load_data() returns; not {}"
+)
+
+
+def _array(name: str, value: Any) -> Any:
+    """``value`` as a numpy array the service reads: numbers, not Python objects (which
+    ``.npz`` would pickle and the service refuses only once they were sent)."""
+    import numpy as np
+
+    try:
+        array = np.asarray(value)
+    except ValueError as error:  # ragged nesting
+        raise TypeError(f"{name}: not an array of numbers ({error})") from None
+    if array.dtype.hasobject:
+        raise TypeError(f"{name}: holds Python objects (dtype object); give it an array of numbers")
+    return array
 
 
 @contextlib.contextmanager
@@ -79,11 +99,10 @@ def dataset_file(data: DatasetSource) -> Iterator[pathlib.Path]:
     if isinstance(data, (str, os.PathLike)):
         yield pathlib.Path(data)
         return
-    arrays = dataset_arrays(data)
     import numpy as np
 
+    members: dict[str, Any] = {name: _array(name, value) for name, value in dataset_arrays(data).items()}
     with tempfile.TemporaryDirectory(prefix="pruning-upload-") as directory:
         path = pathlib.Path(directory) / "dataset.npz"
-        members: dict[str, Any] = {name: np.asarray(array) for name, array in arrays.items()}
         np.savez(path, **members)
         yield path

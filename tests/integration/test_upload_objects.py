@@ -106,3 +106,32 @@ def test_a_model_object_is_saved_under_a_file_name_made_safe(tmp_path):
     assert not directory.exists()
     with model_file(tmp_path / "m.keras") as path:  # a path is itself
         assert path == tmp_path / "m.keras"
+
+
+def test_arrays_that_the_service_would_refuse_are_refused_before_sending():
+    from pruning_client.sources import dataset_arrays, dataset_file
+
+    x = np.zeros((4, 2), "float32")
+    assert sorted(dataset_arrays({"x_train": {"a": x, "b": x}, "y_train": x})) == ["x_train.a", "x_train.b", "y_train"]
+    with pytest.raises(TypeError, match="Python objects"):
+        with dataset_file({"x_train": np.array([object()] * 4)}):
+            pass
+    with pytest.raises(TypeError, match="not an array of numbers"):
+        with dataset_file({"x_train": [[1, 2], [3]]}):
+            pass
+    with pytest.raises(TypeError, match="Python objects"):  # a mapping two levels deep
+        with dataset_file({"x_train": {"a": {"b": x}}}):
+            pass
+
+
+def test_a_long_model_name_is_cut_to_a_file_name():
+    from pruning_client.sources import model_file
+
+    class Saves:
+        name = "m" * 300
+
+        def save(self, filepath: str) -> None:
+            pathlib.Path(filepath).write_bytes(b"saved")
+
+    with model_file(Saves()) as path:
+        assert path.name == "m" * 100 + ".keras"

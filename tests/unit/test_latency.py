@@ -112,7 +112,7 @@ def test_a_model_that_cannot_be_measured_gets_a_warning_and_no_figures_not_a_fai
     assert len(warnings) == 1 and warnings[0].startswith("no latency figures") and "'image'" in warnings[0]
 
 
-def test_flops_count_grouped_and_depthwise_convolutions_and_what_follows_them():
+def test_flops_count_grouped_and_depthwise_convolutions_and_what_follows_them(monkeypatch):
     import tensorflow as tf
 
     keras = tf.keras
@@ -132,6 +132,21 @@ def test_flops_count_grouped_and_depthwise_convolutions_and_what_follows_them():
         assert measure.flops(model(groups)) == grouped + pointwise + dense, groups
     depthwise = 2 * 16 * 16 * 16 * 3 * 3
     assert measure.flops(model(2, depthwise=True)) == 2 * 16 * 16 * 16 * 3 * 3 * 4 + depthwise + pointwise + dense
-    # the layer runs as before once counted (its nested function is back)
+    # only the counted model's layers change, and only while it is traced: the class keeps its
+    # nested function throughout, and the layer runs as before once counted
+    from tf_keras.src.layers.convolutional.base_conv import Conv
+
+    nested = Conv.__dict__["_jit_compiled_convolution_op"]
+    class_kept_while_traced = []
+    trace = measure._call
+
+    def spy(m):
+        class_kept_while_traced.append(Conv.__dict__["_jit_compiled_convolution_op"] is nested)
+        return trace(m)
+
+    monkeypatch.setattr(measure, "_call", spy)
     grouped_model = model(2)
+    assert measure.flops(grouped_model) > 0
+    assert class_kept_while_traced == [True] and Conv.__dict__["_jit_compiled_convolution_op"] is nested
+    assert all("_jit_compiled_convolution_op" not in vars(layer) for layer in grouped_model.layers)
     assert grouped_model(np.ones((1, 16, 16, 8), "float32")).shape == (1, 4)

@@ -107,3 +107,38 @@ def test_a_file_already_holding_the_artifact_is_kept_without_a_download(client, 
     dest.write_bytes(DATA[:-1] + b"x")  # other bytes: downloaded again, replaced
     assert client.download(ID, dest).read_bytes() == DATA
     assert client.stub.offsets == [0, 0]
+
+
+def test_an_unreadable_destination_is_downloaded_over(client, tmp_path, monkeypatch):
+    from pruning_client import client as client_module
+
+    dest = tmp_path / "model.keras"
+    dest.write_bytes(b"old")
+
+    def unreadable(path):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(client_module, "_file_sha256", unreadable)
+    assert client.download(ID, dest).read_bytes() == DATA
+
+
+def test_a_reader_thread_left_waiting_for_an_item_ends_when_the_stream_closes():
+    import threading
+
+    from pruning_client.client import _Ahead
+
+    release = threading.Event()
+
+    def slow():
+        release.wait(5)  # a read that takes a moment
+        yield b"chunk"
+
+    ahead = _Ahead(slow())
+    items = ahead.__enter__()
+    taken: list[object] = []
+    consumer = threading.Thread(target=lambda: taken.extend(items))  # waits in the queue, as to_thread(_take) does
+    consumer.start()
+    threading.Timer(0.2, release.set).start()
+    ahead.__exit__(None, None, None)  # the asyncio upload cancelled: its generator closed
+    consumer.join(5)
+    assert not consumer.is_alive()

@@ -138,19 +138,23 @@ def _call(model: Any) -> Any:
 
 
 @contextlib.contextmanager
-def _grouped_convolutions_in_line() -> Iterator[None]:
-    """While a graph is traced only to be counted: tf_keras runs a grouped convolution
-    (``groups`` > 1) in a nested XLA function, whose output shape the graph does not know, so
-    the profiler counted nothing of it nor of what follows it. Traced as the plain convolution
-    op (which knows groups from the kernel's shape), it is counted as any other."""
+def _grouped_convolutions_in_line(model: Any) -> Iterator[None]:
+    """While ``model``'s graph is traced only to be counted: tf_keras runs a grouped
+    convolution (``groups`` > 1) in a nested XLA function, whose output shape the graph does
+    not know, so the profiler counted nothing of it nor of what follows it. Traced as the plain
+    convolution op (which knows groups from the kernel's shape), it is counted as any other.
+    Only this model's layers are changed (an attribute of each, removed after): another
+    model traced meanwhile keeps the nested function its CPU needs."""
     from tf_keras.src.layers.convolutional.base_conv import Conv
 
-    nested = Conv.__dict__["_jit_compiled_convolution_op"]
-    Conv._jit_compiled_convolution_op = Conv.convolution_op
+    grouped = [layer for layer in model._flatten_layers() if isinstance(layer, Conv) and layer.groups > 1]
+    for layer in grouped:  # past Keras' attribute tracking: not a weight, not a sublayer
+        object.__setattr__(layer, "_jit_compiled_convolution_op", layer.convolution_op)
     try:
         yield
     finally:
-        Conv._jit_compiled_convolution_op = nested
+        for layer in grouped:
+            object.__delattr__(layer, "_jit_compiled_convolution_op")
 
 
 def flops(model: Any, x: Any = None) -> int:
@@ -159,7 +163,7 @@ def flops(model: Any, x: Any = None) -> int:
     frozen inference graph (a multiply-add counts 2; a grouped convolution its own share)."""
     from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
-    with _grouped_convolutions_in_line():
+    with _grouped_convolutions_in_line(model):
         traced = _call(model).get_concrete_function(*_input_specs(model, 1, x))
     frozen = convert_variables_to_constants_v2(traced)
     options = tf.compat.v1.profiler.ProfileOptionBuilder.float_operation()
