@@ -45,6 +45,7 @@ from .client import (
     _Behind,
     _create_job_request,
     _Download,
+    _list_artifacts_request,
     _list_jobs_request,
     _take,
     _Upload,
@@ -476,6 +477,29 @@ class AsyncClient:
         tenant's record points to them. NotFound when the tenant has no such artifact."""
         return await self.stub.DeleteArtifact(
             pb.DeleteArtifactRequest(artifact_id=artifact_id), timeout=self.options.timeout, metadata=self._metadata
+        )
+
+    async def list_artifacts(
+        self, *, kind: int | None = None, page_size: int = 100
+    ) -> AsyncGenerator[pb.Artifact, None]:
+        """This tenant's artifacts, newest first, page by page; see
+        :meth:`pruning_client.Client.list_artifacts`."""
+        token = ""
+        while True:
+            page = await self.artifacts_page(kind=kind, page_size=page_size, page_token=token)
+            for artifact in page.artifacts:
+                yield artifact
+            token = page.next_page_token
+            if not token:
+                return
+
+    @_rpc
+    async def artifacts_page(
+        self, *, kind: int | None = None, page_size: int = 100, page_token: str = ""
+    ) -> pb.ListArtifactsResponse:
+        """One page of :meth:`list_artifacts`, with ``stored_bytes`` and ``quota_bytes``."""
+        return await self.stub.ListArtifacts(
+            _list_artifacts_request(kind, page_size, page_token), timeout=self.options.timeout, metadata=self._metadata
         )
 
     @_rpc

@@ -1499,6 +1499,48 @@ def cancel(job_id: str) -> None:
     _emit(_dump(job), f"{job.id} {_state(job)}")
 
 
+_KINDS = ("model", "dataset", "export", "report")
+
+
+def _size(count: int) -> str:
+    """Bytes for people: 1.5 GiB, 320.0 KiB, 12 B."""
+    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if count >= scale:
+            return f"{count / scale:.1f} {unit}"
+    return f"{count} B"
+
+
+@cli.command("artifacts")
+@_option("--kind", type=click.Choice(_KINDS), default=None, help="Only artifacts of this kind.")
+@_option("--limit", type=click.IntRange(min=1), default=100, help="Show at most this many artifacts.")
+@global_options
+def artifacts(kind: str | None, limit: int) -> None:
+    """List this tenant's artifacts, newest first, and the bytes they hold against its quota."""
+    kind_value = int(pb.ArtifactKind.Value("ARTIFACT_KIND_" + kind.upper())) if kind else None
+    with _client(_globals()) as client:
+        first = client.artifacts_page(kind=kind_value, page_size=min(limit, 500))
+        listed = list(first.artifacts)
+        token = first.next_page_token
+        while token and len(listed) < limit:
+            page = client.artifacts_page(kind=kind_value, page_size=min(limit - len(listed), 500), page_token=token)
+            listed.extend(page.artifacts)
+            token = page.next_page_token
+    listed = listed[:limit]
+    quota = f" of {_size(first.quota_bytes)}" if first.quota_bytes else ""
+    lines = [
+        f"{a.id}  {pb.ArtifactKind.Name(a.kind).removeprefix('ARTIFACT_KIND_').lower():8} {a.format:12} "
+        f"{_size(a.size):>10}  {a.created_at.ToDatetime():%Y-%m-%d %H:%M:%S}  {a.filename}"
+        for a in listed
+    ]
+    lines.append(f"stored: {_size(first.stored_bytes)}{quota}")
+    data = {
+        "artifacts": [_dump(a) for a in listed],
+        "stored_bytes": first.stored_bytes,
+        "quota_bytes": first.quota_bytes,
+    }
+    _emit(data, "\n".join(lines))
+
+
 @cli.command("delete")
 @click.argument("artifact_id")
 @global_options

@@ -483,6 +483,12 @@ def _validate_request(spec: pb.JobSpec, labels: Mapping[str, str] | None) -> pb.
     return pb.CreateJobRequest(spec=spec, labels=dict(labels or {}), validate_only=True)
 
 
+def _list_artifacts_request(kind: int | None, page_size: int, page_token: str) -> pb.ListArtifactsRequest:
+    return pb.ListArtifactsRequest(
+        page_size=page_size, page_token=page_token, kind=pb.ArtifactKind.ValueType(kind or 0)
+    )
+
+
 def _list_jobs_request(
     states: Iterable[int] | None, labels: Mapping[str, str] | None, page_size: int, page_token: str
 ) -> pb.ListJobsRequest:
@@ -729,6 +735,28 @@ class Client:
         tenant's record points to them. NotFound when the tenant has no such artifact."""
         return self.stub.DeleteArtifact(
             pb.DeleteArtifactRequest(artifact_id=artifact_id), timeout=self.options.timeout, metadata=self._metadata
+        )
+
+    def list_artifacts(self, *, kind: int | None = None, page_size: int = 100) -> Iterator[pb.Artifact]:
+        """This tenant's artifacts (uploads, exports, report files; ``kind`` one
+        ``ARTIFACT_KIND_*`` only), newest first, page by page; without model summaries.
+        :meth:`artifacts_page` also tells the bytes they hold against the quota."""
+        token = ""
+        while True:
+            page = self.artifacts_page(kind=kind, page_size=page_size, page_token=token)
+            yield from page.artifacts
+            token = page.next_page_token
+            if not token:
+                return
+
+    @_rpc
+    def artifacts_page(
+        self, *, kind: int | None = None, page_size: int = 100, page_token: str = ""
+    ) -> pb.ListArtifactsResponse:
+        """One page of :meth:`list_artifacts`, with ``stored_bytes`` (all the tenant's
+        artifacts) and ``quota_bytes`` (0 = no limit)."""
+        return self.stub.ListArtifacts(
+            _list_artifacts_request(kind, page_size, page_token), timeout=self.options.timeout, metadata=self._metadata
         )
 
     @_rpc

@@ -1087,6 +1087,25 @@ class AsyncJobStore(_Base):
     async def get_artifact(self, tenant: str, artifact_id: str) -> ArtifactRecord:
         return await _drive_async(self._get_artifact(tenant, artifact_id))
 
+    async def artifacts(self, tenant: str) -> builtins.list[ArtifactRecord]:
+        """Every record the tenant holds (a shared one from before per-tenant records where it
+        has no own), in no order."""
+        ids = sorted(
+            i.decode() if isinstance(i, bytes) else i
+            for i in await self.redis.smembers(self.keys.tenant_artifacts(tenant))
+        )
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for artifact_id in ids:
+                pipe.hgetall(self.keys.tenant_artifact(tenant, artifact_id))
+                pipe.hgetall(self.keys.artifact(artifact_id))
+            raws = await pipe.execute()
+        records = []
+        for i, artifact_id in enumerate(ids):
+            raw = raws[2 * i] or raws[2 * i + 1]
+            if raw:  # gone meanwhile (a DeleteArtifact, the retention): not listed
+                records.append(ArtifactRecord.from_mapping(artifact_id, raw))
+        return records
+
     async def refresh_artifact(self, tenant: str, record: ArtifactRecord) -> bool:
         """Writes the tenant's own record of ``record.id`` again as ``record`` (its file name,
         its creation time) only if it still exists; False when it does not (removed meanwhile,

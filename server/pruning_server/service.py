@@ -7,6 +7,7 @@ import contextlib
 import dataclasses
 import functools
 import logging
+import math
 import re
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -45,6 +46,21 @@ class _Held(Exception):
     def __init__(self, artifact: pb.Artifact):
         super().__init__(artifact.id)
         self.artifact = artifact
+
+
+def _newest_first(record: ArtifactRecord) -> tuple[float, str]:
+    return (-record.created, record.id)
+
+
+_ARTIFACT_CURSOR = re.compile(r"(\d+(?:\.\d+)?(?:e[+-]?\d+)?):([0-9a-f]{64})")
+
+
+def _artifact_cursor(token: str) -> tuple[float, str]:
+    """Where a page of ListArtifacts ended (its last record's time and id), from its token."""
+    match = _ARTIFACT_CURSOR.fullmatch(token)
+    if match is None or not math.isfinite(created := float(match.group(1))):
+        raise Invalid([("page_token", "not a token this service returned")])
+    return (-created, match.group(2))
 
 
 def _is_event_id(value: str) -> bool:
@@ -379,6 +395,33 @@ class PruningService(pb_grpc.PruningServiceServicer):
         await self.store.delete_artifact(tenant, record.id, release=True)
         log.info("deleted the record of artifact %s for %s", record.id, tenant)
         return record.to_proto()
+
+    async def ListArtifacts(self, request, context):
+        tenant = await self._tenant(context)
+        if not 0 <= request.page_size <= 500:
+            raise Invalid([("page_size", f"must be in [0, 500], got {request.page_size}")])
+        if convert.unknown_enums(request):
+            raise Invalid(convert.unknown_enums(request))
+        after = _artifact_cursor(request.page_token) if request.page_token else None
+        records = sorted(
+            (r for r in await self.store.artifacts(tenant) if not request.kind or r.kind == request.kind),
+            key=_newest_first,
+        )
+        if after is not None:
+            records = [r for r in records if _newest_first(r) > after]
+        size = request.page_size or 50
+        page = records[:size]
+        answer = pb.ListArtifactsResponse(
+            stored_bytes=await self.store.stored_bytes(tenant),
+            quota_bytes=self.settings.max_stored_bytes_per_tenant,
+        )
+        for record in page:
+            artifact = answer.artifacts.add()
+            artifact.CopyFrom(record.to_proto())
+            artifact.ClearField("model")  # the summaries of 500 models would pass a message's bound
+        if len(records) > size:
+            answer.next_page_token = f"{page[-1].created!r}:{page[-1].id}"
+        return answer
 
     # -- jobs ------------------------------------------------------------------------------
 

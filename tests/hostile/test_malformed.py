@@ -30,6 +30,7 @@ METHODS = (
     "CancelJob",
     "DownloadArtifact",
     "DeleteArtifact",
+    "ListArtifacts",
 )
 
 
@@ -206,7 +207,8 @@ def test_undecodable_upload_messages(channel):
 
 
 @pytest.mark.parametrize(
-    "method", ["CreateJob", "GetJob", "ListJobs", "CancelJob", "WatchJob", "DownloadArtifact", "DeleteArtifact"]
+    "method",
+    ["CreateJob", "GetJob", "ListJobs", "CancelJob", "WatchJob", "DownloadArtifact", "DeleteArtifact", "ListArtifacts"],
 )
 def test_undecodable_unary_requests(channel, method):
     kind = channel.unary_stream if method in ("WatchJob", "DownloadArtifact") else channel.unary_unary
@@ -285,3 +287,19 @@ def test_job_errors_are_one_clean_line():
 
 def test_every_rpc_is_tested_here():
     assert set(METHODS) == set(pb.DESCRIPTOR.services_by_name["PruningService"].methods_by_name)
+
+
+@pytest.mark.parametrize(
+    "request_, field",
+    [
+        (pb.ListArtifactsRequest(page_size=501), "page_size"),
+        (pb.ListArtifactsRequest(page_size=-5), "page_size"),
+        (pb.ListArtifactsRequest(page_token="1e400:" + "a" * 64), "page_token"),
+        (pb.ListArtifactsRequest(page_token="x" * 10_000), "page_token"),
+        (pb.ListArtifactsRequest(kind=77), "kind"),
+    ],
+    ids=["page-size-high", "page-size-negative", "token-overflow", "token-long", "kind"],
+)
+def test_bad_artifact_listings(stub, request_, field):
+    code, fields, _ = _refusal(lambda: stub.ListArtifacts(request_, metadata=KEY))
+    assert (code, fields) == (grpc.StatusCode.INVALID_ARGUMENT, [field])

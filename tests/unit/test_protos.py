@@ -28,4 +28,5 @@ def test_service_has_every_method():
         "CancelJob": (False, False),
         "DownloadArtifact": (False, True),
         "DeleteArtifact": (False, False),
+        "ListArtifacts": (False, False),
     }

@@ -79,6 +79,11 @@ class PruningServiceStub:
                 request_serializer=pruning_dot_v1_dot_pruning__pb2.DeleteArtifactRequest.SerializeToString,
                 response_deserializer=pruning_dot_v1_dot_pruning__pb2.Artifact.FromString,
                 _registered_method=True)
+        self.ListArtifacts = channel.unary_unary(
+                '/pruning.v1.PruningService/ListArtifacts',
+                request_serializer=pruning_dot_v1_dot_pruning__pb2.ListArtifactsRequest.SerializeToString,
+                response_deserializer=pruning_dot_v1_dot_pruning__pb2.ListArtifactsResponse.FromString,
+                _registered_method=True)
 
 
 class PruningServiceServicer:
@@ -148,6 +153,15 @@ class PruningServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListArtifacts(self, request, context):
+        """This tenant's artifacts (uploads, exports, report files), newest first, without the model
+        summaries (an upload's answer carries its own), and the bytes they hold against the
+        tenant's quota. INVALID_ARGUMENT for a page_size out of range or a token it did not return.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PruningServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -195,6 +209,11 @@ def add_PruningServiceServicer_to_server(servicer, server):
                     servicer.DeleteArtifact,
                     request_deserializer=pruning_dot_v1_dot_pruning__pb2.DeleteArtifactRequest.FromString,
                     response_serializer=pruning_dot_v1_dot_pruning__pb2.Artifact.SerializeToString,
+            ),
+            'ListArtifacts': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListArtifacts,
+                    request_deserializer=pruning_dot_v1_dot_pruning__pb2.ListArtifactsRequest.FromString,
+                    response_serializer=pruning_dot_v1_dot_pruning__pb2.ListArtifactsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -440,6 +459,33 @@ class PruningService:
             '/pruning.v1.PruningService/DeleteArtifact',
             pruning_dot_v1_dot_pruning__pb2.DeleteArtifactRequest.SerializeToString,
             pruning_dot_v1_dot_pruning__pb2.Artifact.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListArtifacts(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pruning.v1.PruningService/ListArtifacts',
+            pruning_dot_v1_dot_pruning__pb2.ListArtifactsRequest.SerializeToString,
+            pruning_dot_v1_dot_pruning__pb2.ListArtifactsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -54,6 +54,11 @@ class PruningServiceStub:
     INVALID_ARGUMENT for an id that is not 64 lowercase hex digits. A job still queued with it
     (its model or dataset) fails when its worker looks for it.
     """
+    ListArtifacts: _grpc.UnaryUnaryMultiCallable[_pruning_pb2.ListArtifactsRequest, _pruning_pb2.ListArtifactsResponse]
+    """This tenant's artifacts (uploads, exports, report files), newest first, without the model
+    summaries (an upload's answer carries its own), and the bytes they hold against the
+    tenant's quota. INVALID_ARGUMENT for a page_size out of range or a token it did not return.
+    """
 
 @_typing.type_check_only
 class PruningServiceAsyncStub(PruningServiceStub):
@@ -78,6 +83,11 @@ class PruningServiceAsyncStub(PruningServiceStub):
     housekeeping once no tenant's record points to them. NOT_FOUND when the tenant has none,
     INVALID_ARGUMENT for an id that is not 64 lowercase hex digits. A job still queued with it
     (its model or dataset) fails when its worker looks for it.
+    """
+    ListArtifacts: _aio.UnaryUnaryMultiCallable[_pruning_pb2.ListArtifactsRequest, _pruning_pb2.ListArtifactsResponse]  # type: ignore[assignment]
+    """This tenant's artifacts (uploads, exports, report files), newest first, without the model
+    summaries (an upload's answer carries its own), and the bytes they hold against the
+    tenant's quota. INVALID_ARGUMENT for a page_size out of range or a token it did not return.
     """
 
 class PruningServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -154,6 +164,17 @@ class PruningServiceServicer(metaclass=_abc_1.ABCMeta):
         housekeeping once no tenant's record points to them. NOT_FOUND when the tenant has none,
         INVALID_ARGUMENT for an id that is not 64 lowercase hex digits. A job still queued with it
         (its model or dataset) fails when its worker looks for it.
+        """
+
+    @_abc_1.abstractmethod
+    def ListArtifacts(
+        self,
+        request: _pruning_pb2.ListArtifactsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_pruning_pb2.ListArtifactsResponse, _abc.Awaitable[_pruning_pb2.ListArtifactsResponse]]:
+        """This tenant's artifacts (uploads, exports, report files), newest first, without the model
+        summaries (an upload's answer carries its own), and the bytes they hold against the
+        tenant's quota. INVALID_ARGUMENT for a page_size out of range or a token it did not return.
         """
 
 def add_PruningServiceServicer_to_server(servicer: PruningServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,0 +1,93 @@
+"""ListArtifacts: a tenant's own artifacts, newest first, page by page, by kind, with the bytes
+they hold against its quota; bad pages refused; the CLI's table and JSON."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+
+import grpc
+import pytest
+import redis
+
+from conftest import ServerThread, settings_for
+from pruning.v1 import pruning_pb2 as pb
+from pruning_client import Client, InvalidArgument
+from pruning_client.aio import AsyncClient
+from pruning_client.cli import run
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def listing(env, tmp_path_factory):
+    settings = settings_for(
+        env,
+        api_keys="key-a=alpha,key-b=beta",
+        key_prefix=f"{env['PRUNING_KEY_PREFIX']}-list-{uuid.uuid4().hex[:6]}",
+        state_dir=tmp_path_factory.mktemp("list"),
+        max_stored_bytes_per_tenant=1 << 30,
+    )
+    server = ServerThread(settings)
+    yield server
+    server.stop()
+    client = redis.Redis.from_url(env["PRUNING_REDIS_URL"])
+    keys = list(client.scan_iter(f"{settings.key_prefix}:*"))
+    if keys:
+        client.delete(*keys)
+
+
+def test_a_tenant_lists_its_own_artifacts_newest_first_page_by_page(listing, files, tmp_path):
+    import models
+
+    with Client(listing.target, api_key="key-a") as alpha, Client(listing.target, api_key="key-b") as beta:
+        model = alpha.upload_model(files["keras"])
+        datasets = []
+        for seed in range(5):
+            time.sleep(0.01)
+            datasets.append(alpha.upload_dataset(models.dataset(tmp_path / f"d{seed}.npz", n_train=64, seed=seed)))
+        beta_only = beta.upload_dataset(models.dataset(tmp_path / "beta.npz", n_train=64, seed=99))
+
+        listed = list(alpha.list_artifacts(page_size=2))  # three pages and a bit
+        assert [a.id for a in listed] == [d.id for d in reversed(datasets)] + [model.id]
+        assert beta_only.id not in {a.id for a in listed}
+        assert all(not a.HasField("model") for a in listed)  # no summaries in a listing
+        assert [a.id for a in alpha.list_artifacts(kind=pb.ARTIFACT_KIND_MODEL)] == [model.id]
+
+        page = alpha.artifacts_page(page_size=500)
+        assert page.stored_bytes == sum(a.size for a in listed) and page.quota_bytes == 1 << 30
+        assert [a.id for a in beta.list_artifacts()] == [beta_only.id]
+
+        for bad in ({"page_size": 501}, {"page_size": -1}, {"page_token": "junk"}, {"page_token": "1.5:" + "g" * 64}):
+            with pytest.raises(InvalidArgument) as refused:
+                alpha.artifacts_page(**bad)  # type: ignore[arg-type]
+            assert next(iter(bad)) in str(refused.value)
+        with pytest.raises(grpc.RpcError) as unknown_kind:
+            alpha.stub.ListArtifacts(pb.ListArtifactsRequest(kind=99), metadata=(("x-api-key", "key-a"),))
+        assert unknown_kind.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+        # deleted: gone from the listing and from the bytes held
+        alpha.delete_artifact(datasets[0].id)
+        after = alpha.artifacts_page(page_size=500)
+        assert datasets[0].id not in {a.id for a in after.artifacts}
+        assert after.stored_bytes == page.stored_bytes - datasets[0].size
+
+    async def listed_async():
+        async with AsyncClient(listing.target, api_key="key-a") as client:
+            return [a.id async for a in client.list_artifacts(page_size=3)]
+
+    assert asyncio.run(listed_async()) == [a.id for a in listed if a.id != datasets[0].id]
+
+
+def test_cli_lists_artifacts_as_a_table_or_json(listing, files, capsys):
+    with Client(listing.target, api_key="key-a") as alpha:
+        model = alpha.upload_model(files["keras"])
+    common = ["--target", listing.target, "--api-key", "key-a"]
+    assert run(["artifacts", "--kind", "model", *common]) == 0
+    out = capsys.readouterr().out
+    assert model.id in out and "model" in out and "stored:" in out and "of 1.0 GiB" in out
+    assert run(["artifacts", "--limit", "1", "--json", *common]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert len(data["artifacts"]) == 1 and data["quota_bytes"] == 1 << 30 and data["stored_bytes"] > 0
