@@ -1515,7 +1515,10 @@ def _size(count: int) -> str:
 @_option("--limit", type=click.IntRange(min=1), default=100, help="Show at most this many artifacts.")
 @global_options
 def artifacts(kind: str | None, limit: int) -> None:
-    """List this tenant's artifacts, newest first, and the bytes they hold against its quota."""
+    """List this tenant's artifacts, newest first, and the bytes they hold against its quota.
+
+    At most --limit (100) of them; a last line says when there are more (JSON: "truncated").
+    """
     kind_value = int(pb.ArtifactKind.Value("ARTIFACT_KIND_" + kind.upper())) if kind else None
     with _client(_globals()) as client:
         first = client.artifacts_page(kind=kind_value, page_size=min(limit, 500))
@@ -1525,6 +1528,7 @@ def artifacts(kind: str | None, limit: int) -> None:
             page = client.artifacts_page(kind=kind_value, page_size=min(limit - len(listed), 500), page_token=token)
             listed.extend(page.artifacts)
             token = page.next_page_token
+    truncated = bool(token) or len(listed) > limit
     listed = listed[:limit]
     quota = f" of {_size(first.quota_bytes)}" if first.quota_bytes else ""
     lines = [
@@ -1532,11 +1536,14 @@ def artifacts(kind: str | None, limit: int) -> None:
         f"{_size(a.size):>10}  {a.created_at.ToDatetime():%Y-%m-%d %H:%M:%S}  {a.filename}"
         for a in listed
     ]
+    if truncated:
+        lines.append(f"... more than {limit} (raise --limit)")
     lines.append(f"stored: {_size(first.stored_bytes)}{quota}")
     data = {
-        "artifacts": [_dump(a) for a in listed],
+        "artifacts": [{**_dump(a), "size": a.size} for a in listed],  # a number, as the totals (not int64's string)
         "stored_bytes": first.stored_bytes,
         "quota_bytes": first.quota_bytes,
+        "truncated": truncated,
     }
     _emit(data, "\n".join(lines))
 

@@ -1087,23 +1087,33 @@ class AsyncJobStore(_Base):
     async def get_artifact(self, tenant: str, artifact_id: str) -> ArtifactRecord:
         return await _drive_async(self._get_artifact(tenant, artifact_id))
 
+    _LISTED = ("kind", "format", "filename", "size", "created")
+
     async def artifacts(self, tenant: str) -> builtins.list[ArtifactRecord]:
         """Every record the tenant holds (a shared one from before per-tenant records where it
-        has no own), in no order."""
-        ids = sorted(
-            i.decode() if isinstance(i, bytes) else i
-            for i in await self.redis.smembers(self.keys.tenant_artifacts(tenant))
-        )
+        has no own), in no order, without its ``info`` (a model's summary is the bulk of a
+        record: a listing neither reads nor parses it). One read of the tenant's set and one
+        of each record, pipelined."""
+        members = await self.redis.smembers(self.keys.tenant_artifacts(tenant))
+        ids = [i.decode() if isinstance(i, bytes) else i for i in members]
+        fields = self._LISTED
         async with self.redis.pipeline(transaction=False) as pipe:
             for artifact_id in ids:
-                pipe.hgetall(self.keys.tenant_artifact(tenant, artifact_id))
-                pipe.hgetall(self.keys.artifact(artifact_id))
-            raws = await pipe.execute()
+                pipe.hmget(self.keys.tenant_artifact(tenant, artifact_id), fields)
+            own = await pipe.execute()
+        shared_ids = [a for a, values in zip(ids, own, strict=True) if values[0] is None]
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for artifact_id in shared_ids:
+                pipe.hmget(self.keys.artifact(artifact_id), fields)
+            shared = dict(zip(shared_ids, await pipe.execute(), strict=True))
         records = []
-        for i, artifact_id in enumerate(ids):
-            raw = raws[2 * i] or raws[2 * i + 1]
-            if raw:  # gone meanwhile (a DeleteArtifact, the retention): not listed
-                records.append(ArtifactRecord.from_mapping(artifact_id, raw))
+        for artifact_id, values in zip(ids, own, strict=True):
+            if values[0] is None:
+                values = shared[artifact_id]
+            if values[0] is None:  # gone meanwhile (a DeleteArtifact, the retention): not listed
+                continue
+            raw = {name.encode(): value for name, value in zip(fields, values, strict=True)}
+            records.append(ArtifactRecord.from_mapping(artifact_id, {**raw, b"info": b"{}"}))
         return records
 
     async def refresh_artifact(self, tenant: str, record: ArtifactRecord) -> bool:

@@ -91,3 +91,8 @@ def test_cli_lists_artifacts_as_a_table_or_json(listing, files, capsys):
     assert run(["artifacts", "--limit", "1", "--json", *common]) == 0
     data = json.loads(capsys.readouterr().out)
     assert len(data["artifacts"]) == 1 and data["quota_bytes"] == 1 << 30 and data["stored_bytes"] > 0
+    assert data["truncated"] and isinstance(data["artifacts"][0]["size"], int)
+    assert run(["artifacts", "--limit", "1", *common]) == 0
+    assert "more than 1 (raise --limit)" in capsys.readouterr().out
+    assert run(["artifacts", "--limit", "500", "--json", *common]) == 0
+    assert not json.loads(capsys.readouterr().out)["truncated"]

@@ -574,7 +574,9 @@ class ListArtifactsResponse(_message.Message):
     QUOTA_BYTES_FIELD_NUMBER: _builtins.int
     next_page_token: _builtins.str
     stored_bytes: _builtins.int
-    """Bytes of all the tenant's artifacts (every kind): what counts against its quota."""
+    """Bytes of all the tenant's artifacts (every kind), as the quota counts them: uploads under
+    way count too when the quota is checked, and records from before per-tenant records not.
+    """
     quota_bytes: _builtins.int
     """The tenant's quota (PRUNING_MAX_STORED_BYTES_PER_TENANT); 0 = no limit."""
     @_builtins.property

@@ -156,7 +156,9 @@ class PruningServiceServicer:
     def ListArtifacts(self, request, context):
         """This tenant's artifacts (uploads, exports, report files), newest first, without the model
         summaries (an upload's answer carries its own), and the bytes they hold against the
-        tenant's quota. INVALID_ARGUMENT for a page_size out of range or a token it did not return.
+        tenant's quota. An artifact written again during a listing (a re-upload, an identical
+        export) moves to its head, so a listing begun before may not reach it. INVALID_ARGUMENT
+        for a page_size out of range, a malformed page_token or an unknown kind.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

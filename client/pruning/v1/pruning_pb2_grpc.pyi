@@ -57,7 +57,9 @@ class PruningServiceStub:
     ListArtifacts: _grpc.UnaryUnaryMultiCallable[_pruning_pb2.ListArtifactsRequest, _pruning_pb2.ListArtifactsResponse]
     """This tenant's artifacts (uploads, exports, report files), newest first, without the model
     summaries (an upload's answer carries its own), and the bytes they hold against the
-    tenant's quota. INVALID_ARGUMENT for a page_size out of range or a token it did not return.
+    tenant's quota. An artifact written again during a listing (a re-upload, an identical
+    export) moves to its head, so a listing begun before may not reach it. INVALID_ARGUMENT
+    for a page_size out of range, a malformed page_token or an unknown kind.
     """
 
 @_typing.type_check_only
@@ -87,7 +89,9 @@ class PruningServiceAsyncStub(PruningServiceStub):
     ListArtifacts: _aio.UnaryUnaryMultiCallable[_pruning_pb2.ListArtifactsRequest, _pruning_pb2.ListArtifactsResponse]  # type: ignore[assignment]
     """This tenant's artifacts (uploads, exports, report files), newest first, without the model
     summaries (an upload's answer carries its own), and the bytes they hold against the
-    tenant's quota. INVALID_ARGUMENT for a page_size out of range or a token it did not return.
+    tenant's quota. An artifact written again during a listing (a re-upload, an identical
+    export) moves to its head, so a listing begun before may not reach it. INVALID_ARGUMENT
+    for a page_size out of range, a malformed page_token or an unknown kind.
     """
 
 class PruningServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -174,7 +178,9 @@ class PruningServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_pruning_pb2.ListArtifactsResponse, _abc.Awaitable[_pruning_pb2.ListArtifactsResponse]]:
         """This tenant's artifacts (uploads, exports, report files), newest first, without the model
         summaries (an upload's answer carries its own), and the bytes they hold against the
-        tenant's quota. INVALID_ARGUMENT for a page_size out of range or a token it did not return.
+        tenant's quota. An artifact written again during a listing (a re-upload, an identical
+        export) moves to its head, so a listing begun before may not reach it. INVALID_ARGUMENT
+        for a page_size out of range, a malformed page_token or an unknown kind.
         """
 
 def add_PruningServiceServicer_to_server(servicer: PruningServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
