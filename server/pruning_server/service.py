@@ -22,7 +22,7 @@ from pruning.v1 import pruning_pb2_grpc as pb_grpc
 from pruning.wire import download_chunk
 from pruning_core import formats, modelcheck, plan, recipe, tasks, validation, zipscan
 from pruning_core.blobs import is_artifact_id
-from pruning_core.objectstore import LocalStore
+from pruning_core.objectstore import LocalStore, Upload
 from pruning_core.settings import Settings
 from pruning_core.store import ArtifactRecord, AsyncJobStore, JobNotFound, TooManyActiveJobs, new_job_id, state_event
 from pruning_core.transfer import Sink, WritePipeline
@@ -219,9 +219,10 @@ class PruningService(pb_grpc.PruningServiceServicer):
         upload there: :class:`_Held` carries the answer, and the rest is never read."""
         limit = self.settings.max_upload_bytes
         header = None
-        writer = self.blobs.writer()
-        # hashing and writing overlap with receiving and with each other, behind bounded queues
-        pipe = WritePipeline([*writer.sinks(), *also], self.settings.upload_pipeline_depth)
+        # The file and the pipeline come once the header is accepted: a refused or held header
+        # costs no file and no threads.
+        writer: Upload | None = None
+        pipe: WritePipeline | None = None
 
         def refuse(code: grpc.StatusCode, message: str, violation: str | None = None) -> NoReturn:
             if violation:
@@ -263,9 +264,12 @@ class PruningService(pb_grpc.PruningServiceServicer):
                             grpc.StatusCode.RESOURCE_EXHAUSTED,
                             f"{header.size} bytes is over the upload limit of {limit}",
                         )
+                    if header.sha256 and (artifact := await self._held(tenant, kind, header)) is not None:
+                        raise _Held(artifact)
+                    writer = self.blobs.writer()
+                    # hashing and writing overlap with receiving and with each other, behind bounded queues
+                    pipe = WritePipeline([*writer.sinks(), *also], self.settings.upload_pipeline_depth)
                     if header.sha256:
-                        if (artifact := await self._held(tenant, kind, header)) is not None:
-                            raise _Held(artifact)
                         await asyncio.to_thread(writer.announce, header.sha256)
                     quota.announced = header.size
                     await quota.need(max(header.size, 1))
@@ -278,12 +282,16 @@ class PruningService(pb_grpc.PruningServiceServicer):
                             f"{field}.header",
                         )
                     chunk = request.chunk
+                assert pipe is not None  # made with the header
                 if pipe.accepted + len(chunk) > limit:
                     refuse(grpc.StatusCode.RESOURCE_EXHAUSTED, f"upload is over the limit of {limit} bytes")
                 await quota.need(pipe.accepted + len(chunk))
                 await pipe.write(chunk)
+            if header is None:
+                refuse(grpc.StatusCode.INVALID_ARGUMENT, "empty upload", field)
+            assert writer is not None and pipe is not None  # made with the header
             await pipe.drain()
-            if header is None or writer.size == 0:
+            if writer.size == 0:
                 refuse(grpc.StatusCode.INVALID_ARGUMENT, "empty upload", field)
             if header.size and header.size != writer.size:
                 refuse(
@@ -302,7 +310,8 @@ class PruningService(pb_grpc.PruningServiceServicer):
         except BaseException:
             # A refusal above, or the client went away: the partial upload is gone before the
             # error leaves.
-            await _drop_off_loop(pipe, writer)
+            if writer is not None:
+                await _drop_off_loop(pipe, writer)
             raise
 
     async def _store_upload(self, tenant, writer, header, kind, fmt, info) -> pb.Artifact:

@@ -334,3 +334,30 @@ def test_a_file_changed_in_size_or_under_the_async_client_is_an_integrity_error(
 
     with pytest.raises(IntegrityError, match="changed while it was uploaded"):
         asyncio.run(main())
+
+
+def test_a_held_or_refused_header_costs_no_file_and_no_threads(tenants, held_settings, files):
+    def pipelines() -> int:  # the server runs in this process (ServerThread)
+        return sum(t.name.startswith("write-pipeline-") for t in threading.enumerate())
+
+    data = files["data"].read_bytes()
+    key = (("x-api-key", "key-a"),)
+    with Client(tenants.target, api_key="key-a") as alpha:
+        alpha.upload_dataset(files["data"])
+        started = []
+        real = threading.Thread.start
+
+        def counting_start(self):  # type: ignore[no-untyped-def]
+            started.append(self.name)
+            return real(self)
+
+        threading.Thread.start = counting_start  # type: ignore[method-assign]
+        try:
+            assert _announced(alpha.stub.UploadDataset, "d.npz", data, [], key).id
+            with pytest.raises(grpc.RpcError):  # over the limit: refused at its header
+                _announced(alpha.stub.UploadDataset, "d.npz", b"x" * (129 << 20), [], key)
+        finally:
+            threading.Thread.start = real  # type: ignore[method-assign]
+        assert not [name for name in started if name.startswith("write-pipeline-")]
+    assert pipelines() == 0
+    assert list((held_settings.artifacts_path / "tmp").glob("upload-*")) == []
