@@ -101,6 +101,15 @@ def fine_tuning(job, epoch: int) -> bool:
     return progress.epoch >= epoch and progress.phase == Phase.FINE_TUNE
 
 
+def delete_keys(redis_url: str, prefix: str) -> None:
+    """Removes every key of a deployment with its own ``prefix`` (a test's own, once done)."""
+    client = redis.Redis.from_url(redis_url)
+    keys = list(client.scan_iter(f"{prefix}:*"))
+    if keys:
+        client.delete(*keys)
+    client.close()
+
+
 def settings_for(env: dict, **overrides):
     from pruning_core.settings import Settings
 

@@ -382,11 +382,7 @@ class _Download:
         self.dest = target
         self.part = target.with_name(f"{target.name}.{artifact_id[:16]}.part")
         self.offset = self.part.stat().st_size if resume and self.part.exists() else 0
-        self.digest = hashlib.sha256()
-        if self.offset:
-            with open(self.part, "rb") as f:
-                while block := f.read(CHUNK):
-                    self.digest.update(block)
+        self.digest = _file_sha256(self.part) if self.offset else hashlib.sha256()
 
     def present(self, progress: DownloadProgress | None) -> bool:
         """Whether ``dest`` already holds the artifact (a file whose sha256 is its id): then

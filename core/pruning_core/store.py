@@ -426,6 +426,10 @@ class ArtifactRecord:
             "info": json.dumps(self.info),
         }
 
+    def fields(self) -> list[Any]:
+        """:meth:`to_mapping` flattened, field then value, as HSET takes them in a script."""
+        return [x for kv in self.to_mapping().items() for x in kv]
+
     @classmethod
     def from_mapping(cls, artifact_id: str, raw: dict) -> ArtifactRecord:
         text = {k.decode(): v.decode() for k, v in raw.items()}
@@ -571,8 +575,7 @@ class _Base:
         of shared bytes, which another tenant's upload never changes. Record, indexes and byte
         count in one script; a new record of job ``staged_for``'s export is staged too, as
         ``attempt``'s."""
-        fields = [x for kv in record.to_mapping().items() for x in kv]
-        args = [record.id, tenant, record.created, f"{record.id}:{tenant}", record.size, attempt, *fields]
+        args = [record.id, tenant, record.created, f"{record.id}:{tenant}", record.size, attempt, *record.fields()]
         keys = [*self._record_keys(tenant, record.id), self.keys.staged(staged_for) if staged_for else ""]
         return bool((yield self._put_record(keys=keys, args=args)))
 
@@ -1120,7 +1123,6 @@ class AsyncJobStore(_Base):
         """Writes the tenant's own record of ``record.id`` again as ``record`` (its file name,
         its creation time) only if it still exists; False when it does not (removed meanwhile,
         or only a shared record from before per-tenant records: its bytes are not counted)."""
-        fields = [x for kv in record.to_mapping().items() for x in kv]
         keys = [self.keys.tenant_artifact(tenant, record.id), self.keys.artifacts_by_time()]
-        args = [record.created, f"{record.id}:{tenant}", *fields]
+        args = [record.created, f"{record.id}:{tenant}", *record.fields()]
         return bool(await self._refresh_record(keys=keys, args=args))

@@ -48,6 +48,15 @@ class _Held(Exception):
         self.artifact = artifact
 
 
+def _misnamed(filename: str, fmt: str) -> str | None:
+    """Why a model file named ``filename`` whose content is ``fmt`` is refused (its name says
+    another format), or None."""
+    named = formats.MODEL_SUFFIXES.get(convert.extension(filename))
+    if named and named != fmt:
+        return f"the file name says {named} but the content is {fmt}"
+    return None
+
+
 def _newest_first(record: ArtifactRecord) -> tuple[float, str]:
     return (-record.created, record.id)
 
@@ -188,8 +197,7 @@ class PruningService(pb_grpc.PruningServiceServicer):
             return None
         if record.info.get("inspection") != self._inspection:
             return None  # inspected by other code or under other limits: read on and inspected again
-        named = formats.MODEL_SUFFIXES.get(convert.extension(header.filename))
-        if kind == pb.ARTIFACT_KIND_MODEL and named and named != record.format:
+        if kind == pb.ARTIFACT_KIND_MODEL and _misnamed(header.filename, record.format):
             return None  # read on, and refused as any upload so misnamed
         if not await asyncio.to_thread(self.blobs.exists, record.id):
             return None
@@ -355,12 +363,11 @@ class PruningService(pb_grpc.PruningServiceServicer):
             writer, header = await self._receive(
                 request_iterator, "model", quota, tenant=tenant, kind=pb.ARTIFACT_KIND_MODEL
             )
-            named = formats.MODEL_SUFFIXES.get(convert.extension(header.filename))
 
             def inspect(path, max_decompressed):
                 info = modelcheck.inspect_model(path, max_decompressed, self.settings.max_config_bytes)
-                if named and named != info.format:
-                    raise modelcheck.ModelRejected(f"the file name says {named} but the content is {info.format}")
+                if problem := _misnamed(header.filename, info.format):
+                    raise modelcheck.ModelRejected(problem)
                 return info
 
             info = await self._inspect(writer, inspect)
@@ -409,8 +416,8 @@ class PruningService(pb_grpc.PruningServiceServicer):
         tenant = await self._tenant(context)
         if not 0 <= request.page_size <= 500:
             raise Invalid([("page_size", f"must be in [0, 500], got {request.page_size}")])
-        if convert.unknown_enums(request):
-            raise Invalid(convert.unknown_enums(request))
+        if violations := convert.unknown_enums(request):
+            raise Invalid(violations)
         after = _artifact_cursor(request.page_token) if request.page_token else None
         records = sorted(
             (r for r in await self.store.artifacts(tenant) if not request.kind or r.kind == request.kind),
@@ -551,8 +558,8 @@ class PruningService(pb_grpc.PruningServiceServicer):
             raise Invalid([("states", f"at most {len(pb.JobState.values())} states, got {len(request.states)}")])
         if violations := validation.validate_metadata(request.labels, ""):
             raise Invalid(violations)
-        if convert.unknown_enums(request):
-            raise Invalid(convert.unknown_enums(request))
+        if violations := convert.unknown_enums(request):
+            raise Invalid(violations)
         if request.page_token and not _JOB_ID.fullmatch(request.page_token):
             raise Invalid([("page_token", "not a token this service returned")])
         states = set(request.states)

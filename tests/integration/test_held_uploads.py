@@ -13,7 +13,7 @@ import grpc
 import pytest
 import redis
 
-from conftest import ServerThread, settings_for
+from conftest import ServerThread, delete_keys, settings_for
 from pruning.v1 import pruning_pb2 as pb
 from pruning_client import Client
 
@@ -34,10 +34,7 @@ def held_settings(env, tmp_path_factory):
         sweep_min_age_s=0,
     )
     yield settings
-    client = redis.Redis.from_url(env["PRUNING_REDIS_URL"])
-    keys = list(client.scan_iter(f"{settings.key_prefix}:*"))
-    if keys:
-        client.delete(*keys)
+    delete_keys(env["PRUNING_REDIS_URL"], settings.key_prefix)
 
 
 @pytest.fixture(scope="module")

@@ -10,9 +10,8 @@ import uuid
 
 import grpc
 import pytest
-import redis
 
-from conftest import ServerThread, settings_for
+from conftest import ServerThread, delete_keys, settings_for
 from pruning.v1 import pruning_pb2 as pb
 from pruning_client import Client, InvalidArgument
 from pruning_client.aio import AsyncClient
@@ -33,10 +32,7 @@ def listing(env, tmp_path_factory):
     server = ServerThread(settings)
     yield server
     server.stop()
-    client = redis.Redis.from_url(env["PRUNING_REDIS_URL"])
-    keys = list(client.scan_iter(f"{settings.key_prefix}:*"))
-    if keys:
-        client.delete(*keys)
+    delete_keys(env["PRUNING_REDIS_URL"], settings.key_prefix)
 
 
 def test_a_tenant_lists_its_own_artifacts_newest_first_page_by_page(listing, files, tmp_path):
