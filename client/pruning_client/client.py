@@ -256,6 +256,10 @@ class _Behind:
             raise self._error
 
 
+def _ignore(data: bytes | memoryview) -> None:
+    """What an upload hashed before does with each chunk it sends (:meth:`_Upload.requests`)."""
+
+
 def _file_sha256(path: pathlib.Path) -> hashlib._Hash:
     """The sha256 of a file, read in chunks into one buffer."""
     digest = hashlib.sha256()
@@ -315,15 +319,11 @@ class _Upload:
         """The header, then the file's chunks; unless hashed before, the sha256 is computed in
         a thread beside the reader and complete once the last request is taken."""
         yield self.header()
-        with open(self.path, "rb") as f:
-            if self.announced:
-                while data := self._read(f):
-                    yield self.chunk(data)
-                return
-            with _Behind(self.digest.update) as digest:
-                while data := self._read(f):
-                    digest(data)
-                    yield self.chunk(data)
+        hashing = contextlib.nullcontext(_ignore) if self.announced else _Behind(self.digest.update)
+        with open(self.path, "rb") as f, hashing as digest:
+            while data := self._read(f):
+                digest(data)
+                yield self.chunk(data)
 
     def _read(self, f: IO[bytes]) -> bytes:
         try:
@@ -359,7 +359,7 @@ class _Upload:
     def check(self, artifact: pb.Artifact) -> pb.Artifact:
         """The answer, once its id is the file's sha256. An announced upload the server
         answered after the header (it holds the content) reports its unsent bytes as sent."""
-        expected = self.announced or self.digest.hexdigest()
+        expected = self.digest.hexdigest()  # complete: hashed before, or the last chunk taken
         if artifact.id != expected:
             raise IntegrityError(f"the server stored {artifact.id} but {self.path} hashes to {expected}")
         self._report(self.size)
