@@ -1,4 +1,5 @@
-"""ListJobs latency with a state or label filter at 10,000 jobs, read through the indexes.
+"""ListJobs latency with a state or label filter at 10,000 jobs, read through the indexes;
+ListArtifacts at 10,000 artifact records, read through the tenant's time indexes.
 
 In one run, with client and server in separate processes:
 
@@ -14,11 +15,16 @@ In one run, with client and server in separate processes:
 * beside each, ``--old-repeat`` runs of the walk ListJobs made before the indexes (every job
   of the tenant newest first, one HGETALL at a time, the predicate on each), timed in this
   process against the same Redis, without gRPC (so a little below what the RPC took);
-* the time the server's start-up backfill takes to index the same jobs again.
+* the time the server's start-up backfill takes to index the same jobs again;
+* ``--artifacts`` records of the same tenant written through the store (a quarter of each
+  kind, each with a model summary of 2 KB as an uploaded model's record holds), then
+  ``--repeat`` ListArtifacts calls for the first page of every kind, of models only, and for
+  the 20th page of every kind (its token from the 19th), beside the walk ListArtifacts made
+  before the time indexes (every record of the tenant read, then sorted), in-process.
 
 Prints p50/p99 ms per query and whether p99 meets the bar (<= 20 ms with a filter).
 
-Usage: python bench/bench_list_jobs.py [--jobs 10000] [--repeat 500] [--old-repeat 10]
+Usage: python bench/bench_list_jobs.py [--jobs 10000] [--artifacts 10000] [--repeat 500] [--old-repeat 10]
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import functools
+import hashlib
 import math
 import os
 import pathlib
@@ -41,7 +48,7 @@ import redis
 
 from pruning.v1 import pruning_pb2 as pb
 from pruning.v1 import pruning_pb2_grpc as pb_grpc
-from pruning_core.store import AsyncJobStore, new_job_id, state_event
+from pruning_core.store import ArtifactRecord, AsyncJobStore, new_job_id, state_event
 from pruning_server import convert
 
 TENANT = "default"  # the server's one tenant while authentication is off
@@ -62,6 +69,71 @@ def _path(i: int) -> list[pb.JobState.ValueType]:
     if i % 40 == 20:
         return [pb.JOB_STATE_RUNNING]
     return [pb.JOB_STATE_RUNNING, pb.JOB_STATE_FAILED if i % 4 == 1 else pb.JOB_STATE_SUCCEEDED]
+
+
+KINDS = (pb.ARTIFACT_KIND_MODEL, pb.ARTIFACT_KIND_DATASET, pb.ARTIFACT_KIND_EXPORT, pb.ARTIFACT_KIND_REPORT)
+ARTIFACT_QUERIES = {
+    "first page": pb.ListArtifactsRequest(page_size=PAGE),
+    "kind=MODEL": pb.ListArtifactsRequest(page_size=PAGE, kind=pb.ARTIFACT_KIND_MODEL),
+    "20th page": pb.ListArtifactsRequest(page_size=PAGE),  # its token is found first
+}
+
+
+async def populate_artifacts(store: AsyncJobStore, n: int, concurrency: int = 64) -> None:
+    summary = {"summary": {"name": "m", "layers": [{"name": f"dense_{i}", "params": i} for i in range(60)]}}
+    base = time.time() - n
+
+    async def one(i: int) -> None:
+        artifact_id = hashlib.sha256(f"{i}".encode()).hexdigest()
+        record = ArtifactRecord(artifact_id, KINDS[i % 4], "keras", f"m{i}.keras", 1 << 20, base + i, summary)
+        await store.put_artifact(TENANT, record)
+
+    for start in range(0, n, concurrency):
+        await asyncio.gather(*(one(i) for i in range(start, min(n, start + concurrency))))
+
+
+async def old_artifacts_walk(store: AsyncJobStore, request: pb.ListArtifactsRequest) -> list[str]:
+    """The page as ListArtifacts read it before the time indexes: every record of the tenant
+    (five fields each, pipelined), then filtered and sorted newest first."""
+    ids = [i.decode() for i in await store.redis.smembers(store.keys.tenant_artifacts(TENANT))]
+    fields = ("kind", "format", "filename", "size", "created")
+    async with store.redis.pipeline(transaction=False) as pipe:
+        for artifact_id in ids:
+            pipe.hmget(store.keys.tenant_artifact(TENANT, artifact_id), fields)
+        rows = await pipe.execute()
+    records = sorted(
+        (
+            (-float(row[4]), artifact_id)
+            for artifact_id, row in zip(ids, rows, strict=True)
+            if not request.kind or int(row[0]) == request.kind
+        ),
+    )
+    if request.page_token:
+        created, _, last = request.page_token.partition(":")
+        records = [r for r in records if r > (-float(created), last)]
+    return [artifact_id for _, artifact_id in records[: request.page_size]]
+
+
+async def time_old_artifacts(
+    store: AsyncJobStore, request: pb.ListArtifactsRequest, repeat: int
+) -> tuple[list[float], list[str]]:
+    seconds, ids = [], []
+    for _ in range(repeat):
+        started = time.perf_counter()
+        ids = await old_artifacts_walk(store, request)
+        seconds.append(time.perf_counter() - started)
+    return seconds, ids
+
+
+def time_list_artifacts(stub, request: pb.ListArtifactsRequest, repeat: int) -> tuple[list[float], list[str]]:
+    for _ in range(min(20, repeat)):
+        stub.ListArtifacts(request)
+    seconds = []
+    for _ in range(repeat):
+        started = time.perf_counter()
+        reply = stub.ListArtifacts(request)
+        seconds.append(time.perf_counter() - started)
+    return seconds, [a.id for a in reply.artifacts]
 
 
 def _move(job: pb.Job, to: pb.JobState.ValueType) -> list[pb.JobEvent]:
@@ -146,6 +218,7 @@ def _wait_port(path: pathlib.Path, process: subprocess.Popen) -> int:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=10000, help="jobs of the one tenant")
+    parser.add_argument("--artifacts", type=int, default=10000, help="artifact records of the one tenant")
     parser.add_argument("--repeat", type=int, default=500, help="timed ListJobs calls per query")
     parser.add_argument(
         "--old-repeat", type=int, default=10, help="timed runs of the walk before the indexes per query (0: none)"
@@ -156,6 +229,7 @@ def main() -> None:
     store = AsyncJobStore.from_url(url, prefix)
     loop = asyncio.new_event_loop()
     rows = []
+    artifact_rows = []
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = pathlib.Path(tmp_name)
         env = {
@@ -185,6 +259,25 @@ def main() -> None:
                         assert new_ids == old_ids, f"{name}: the two paths listed different jobs"
                     rows.append((name, len(new_ids), new, old))
             backfill_s = loop.run_until_complete(time_backfill(store))
+            if args.artifacts:
+                started = time.perf_counter()
+                loop.run_until_complete(populate_artifacts(store, args.artifacts))
+                print(f"{args.artifacts:,} artifact records written in {time.perf_counter() - started:.1f} s")
+                with grpc.insecure_channel(target) as channel:
+                    stub = pb_grpc.PruningServiceStub(channel)
+                    token = ""
+                    for _ in range(19):
+                        token = stub.ListArtifacts(
+                            pb.ListArtifactsRequest(page_size=PAGE, page_token=token)
+                        ).next_page_token
+                    ARTIFACT_QUERIES["20th page"].page_token = token
+                    for name, request in ARTIFACT_QUERIES.items():
+                        new, new_ids = time_list_artifacts(stub, request, args.repeat)
+                        old = []
+                        if args.old_repeat:
+                            old, old_ids = loop.run_until_complete(time_old_artifacts(store, request, args.old_repeat))
+                            assert new_ids == old_ids, f"{name}: the two paths listed different artifacts"
+                        artifact_rows.append((name, len(new_ids), new, old))
         finally:
             server.terminate()
             server.wait()
@@ -212,6 +305,29 @@ def main() -> None:
             + " |"
         )
     print(f"start-up backfill of the same {args.jobs:,} jobs: {backfill_s:.2f} s")
+    if artifact_rows:
+        print()
+        print(
+            f"{args.artifacts:,} artifact records of one tenant, pages of {PAGE}, {args.repeat} ListArtifacts calls each"
+        )
+        header = (
+            "query",
+            "artifacts on the page",
+            "p50 ms",
+            "p99 ms",
+            "bar (p99 <= 20 ms)",
+            "old walk p50 ms",
+            "old p99 ms",
+        )
+        print("| " + " | ".join(header) + " |")
+        print("|" + " --- |" * len(header))
+        for name, found, new, old in artifact_rows:
+            p99 = percentile(new, 99)
+            old_cells = (f"{statistics.median(old) * 1000:.1f}", f"{percentile(old, 99):.1f}") if old else ("-", "-")
+            print(
+                f"| {name} | {found} | {statistics.median(new) * 1000:.2f} | {p99:.2f} | "
+                f"{'yes' if p99 <= BAR_MS else '**no**'} | " + " | ".join(old_cells) + " |"
+            )
 
 
 if __name__ == "__main__":

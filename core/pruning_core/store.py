@@ -29,6 +29,13 @@ Keys (``P`` is the configured prefix)::
                                       go once it is empty)
     P:artifacts-by-time         sorted set "<sha256>:<tenant>" -> record created (unix s)
     P:tenant:<t>:artifacts      set of artifact ids the tenant may read
+    P:tenant:<t>:artifacts-by-time
+                                sorted set: the tenant's artifact ids -> record created (unix s);
+                                      moved with the record in the same scripts
+    P:tenant:<t>:artifacts-by-time:<n>
+                                the same, of the tenant's artifacts of kind ``n`` (ArtifactKind)
+    P:artifact-index-version    ARTIFACT_INDEX_VERSION once every record written before those
+                                      two is in them (``backfill_artifact_index``)
     P:running                   sorted set: running job id -> last worker heartbeat (unix s)
     P:finished                  sorted set: ended job id -> when it ended (unix s), for retention
     P:watch-wake:<process>      stream a server appends to, to wake its own blocking watch read
@@ -55,6 +62,9 @@ TERMINAL = frozenset({pb.JOB_STATE_SUCCEEDED, pb.JOB_STATE_FAILED, pb.JOB_STATE_
 IDEMPOTENCY_TTL_S = 7 * 24 * 3600
 # 1: jobs indexed by tenant, by state and by label.
 INDEX_VERSION = 1
+# 1: artifact records indexed by tenant and time, and by kind.
+ARTIFACT_INDEX_VERSION = 1
+ARTIFACT_KINDS = tuple(k for k in pb.ArtifactKind.values() if k)
 STATES = tuple(pb.JobState.values())
 ACTIVE = (pb.JOB_STATE_QUEUED, pb.JOB_STATE_RUNNING, pb.JOB_STATE_CANCELLING)  # a tenant's jobs in flight
 
@@ -99,21 +109,28 @@ return {1, ARGV[5]}
 # One tenant's record of an artifact, and the count of the bytes its records hold, change
 # together in these scripts (a record counts its size while its hash exists).
 # KEYS: the record, the tenant's artifacts, the artifact's owners, the records by time, the
-# tenant's byte count, then a job's staged exports ('' for none: a new record is staged there,
-# id -> "<attempt> <created>", until the job succeeds) ; ARGV: artifact id, tenant, created,
-# "<id>:<tenant>", size, the attempt that stages it, then the record's fields and values.
+# tenant's byte count, the tenant's artifacts by time, the same of each kind, then a job's
+# staged exports ('' for none: a new record is staged there, id -> "<attempt> <created>", until
+# the job succeeds) ; ARGV: artifact id, tenant, created, "<id>:<tenant>", size, the attempt
+# that stages it, the key of the record's kind by time, then the record's fields and values.
+# A record written again as another kind leaves the other kinds' sets.
 _PUT_RECORD = """
 local new = redis.call('EXISTS', KEYS[1]) == 0
-redis.call('HSET', KEYS[1], unpack(ARGV, 7))
+local staged = KEYS[#KEYS]
+redis.call('HSET', KEYS[1], unpack(ARGV, 8))
 redis.call('SADD', KEYS[3], ARGV[2])
 redis.call('ZADD', KEYS[4], ARGV[3], ARGV[4])
 redis.call('SADD', KEYS[2], ARGV[1])
+redis.call('ZADD', KEYS[6], ARGV[3], ARGV[1])
+for i = 7, #KEYS - 1 do
+  if KEYS[i] == ARGV[7] then redis.call('ZADD', KEYS[i], ARGV[3], ARGV[1]) else redis.call('ZREM', KEYS[i], ARGV[1]) end
+end
 if new and redis.call('EXISTS', KEYS[5]) == 1 then redis.call('INCRBY', KEYS[5], ARGV[5]) end
-if new and KEYS[6] ~= '' then redis.call('HSET', KEYS[6], ARGV[1], ARGV[6] .. ' ' .. ARGV[3]) end
+if new and staged ~= '' then redis.call('HSET', staged, ARGV[1], ARGV[6] .. ' ' .. ARGV[3]) end
 return new and 1 or 0
 """
 
-# KEYS: as _PUT_RECORD ; ARGV: artifact id, tenant, "<id>:<tenant>", the 'created' the record
+# KEYS: as _PUT_RECORD, without the staged exports ; ARGV: artifact id, tenant, "<id>:<tenant>", the 'created' the record
 # must still have ('' = any), and a time it must have been created before ('' = any: the
 # retention's cutoff). Returns 1 when it removed the record, 0 when it was written again since
 # (another job's identical export, an upload of the same bytes) or there was none.
@@ -131,18 +148,41 @@ local existed = redis.call('DEL', KEYS[1])
 redis.call('SREM', KEYS[2], ARGV[1])
 redis.call('SREM', KEYS[3], ARGV[2])
 redis.call('ZREM', KEYS[4], ARGV[3])
+for i = 6, #KEYS do redis.call('ZREM', KEYS[i], ARGV[1]) end
 if existed == 1 and size and redis.call('EXISTS', KEYS[5]) == 1 then redis.call('DECRBY', KEYS[5], size) end
 return existed
 """
 
 # The tenant's own record of an artifact written again (new file name, created now), only if
 # it still exists: one the retention or a DeleteArtifact just removed is not brought back.
-# KEYS: the record, the records by time ; ARGV: created, "<id>:<tenant>", then the fields and
-# values to set. Returns 1 when it wrote, 0 when there was no record.
+# KEYS: the record, the records by time, the tenant's artifacts by time, the same of each kind ;
+# ARGV: created, "<id>:<tenant>", artifact id, the key of the record's kind by time, then the
+# fields and values to set. Returns 1 when it wrote, 0 when there was no record.
 _REFRESH_RECORD = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 3))
+redis.call('HSET', KEYS[1], unpack(ARGV, 5))
 redis.call('ZADD', KEYS[2], ARGV[1], ARGV[2])
+redis.call('ZADD', KEYS[3], ARGV[1], ARGV[3])
+for i = 4, #KEYS do
+  if KEYS[i] == ARGV[4] then redis.call('ZADD', KEYS[i], ARGV[1], ARGV[3]) else redis.call('ZREM', KEYS[i], ARGV[3]) end
+end
+return 1
+"""
+
+# KEYS: the tenant's record, the shared record (from before per-tenant records), the tenant's
+# artifacts, the tenant's artifacts by time, the same of each kind ; ARGV: artifact id, then
+# the kind of each of those sets. Puts a record written before the sets into them, as it is now
+# (one removed or written again meanwhile is left to the scripts that did it).
+_BACKFILL_ARTIFACT = """
+if redis.call('SISMEMBER', KEYS[3], ARGV[1]) == 0 then return 0 end
+local record = KEYS[1]
+if redis.call('EXISTS', record) == 0 then record = KEYS[2] end
+local kind, created = unpack(redis.call('HMGET', record, 'kind', 'created'))
+if not created then return 0 end
+redis.call('ZADD', KEYS[4], created, ARGV[1])
+for i = 5, #KEYS do
+  if ARGV[i - 3] == kind then redis.call('ZADD', KEYS[i], created, ARGV[1]) end
+end
 return 1
 """
 
@@ -329,6 +369,14 @@ class Keys:
     def tenant_artifact(self, tenant: str, artifact_id: str) -> str:
         return f"{self.prefix}:artifact:{tenant}:{artifact_id}"
 
+    def tenant_artifacts_by_time(self, tenant: str, kind: int = 0) -> str:
+        """The tenant's artifact ids by record time; of one kind, unless ``kind`` is 0."""
+        key = f"{self.prefix}:tenant:{tenant}:artifacts-by-time"
+        return f"{key}:{kind}" if kind else key
+
+    def artifact_index_version(self) -> str:
+        return f"{self.prefix}:artifact-index-version"
+
     def artifact_owners(self, artifact_id: str) -> str:
         return f"{self.prefix}:artifact-owners:{artifact_id}"
 
@@ -383,8 +431,13 @@ def last_event_age_s(job: pb.Job) -> float:
 
 def decode_event(event_id, fields) -> pb.JobEvent:
     event = pb.JobEvent.FromString(fields[b"e"])
-    event.id = event_id.decode() if isinstance(event_id, bytes) else event_id
+    event.id = _text(event_id)
     return event
+
+
+def _text(value: bytes | str) -> str:
+    """A name or id as Redis answered it (bytes), or as given."""
+    return value.decode() if isinstance(value, bytes) else value
 
 
 def _glob_escape(text: str) -> str:
@@ -486,6 +539,7 @@ class _Base:
         self._put_record = client.register_script(_PUT_RECORD)
         self._drop_record = client.register_script(_DROP_RECORD)
         self._refresh_record = client.register_script(_REFRESH_RECORD)
+        self._backfill_artifact = client.register_script(_BACKFILL_ARTIFACT)
         self._count_bytes = client.register_script(_COUNT_BYTES)
         self._reserve = client.register_script(_RESERVE)
         self._renew = client.register_script(_RENEW)
@@ -568,14 +622,23 @@ class _Base:
             self.keys.artifact_owners(artifact_id),
             self.keys.artifacts_by_time(),
             self.keys.tenant_bytes(tenant),
+            *self._time_keys(tenant),
         ]
+
+    def _time_keys(self, tenant: str) -> list[str]:
+        """The tenant's artifacts by time: all of them, then of each kind (ARTIFACT_KINDS)."""
+        return [self.keys.tenant_artifacts_by_time(tenant, kind) for kind in (0, *ARTIFACT_KINDS)]
 
     def _put_artifact(self, tenant: str, record: ArtifactRecord, staged_for: str = "", attempt: int = 0) -> Steps[bool]:
         """Writes the tenant's record (True when it had none): each tenant has its own record
         of shared bytes, which another tenant's upload never changes. Record, indexes and byte
         count in one script; a new record of job ``staged_for``'s export is staged too, as
         ``attempt``'s."""
-        args = [record.id, tenant, record.created, f"{record.id}:{tenant}", record.size, attempt, *record.fields()]
+        args = [
+            *(record.id, tenant, record.created, f"{record.id}:{tenant}", record.size, attempt),
+            self.keys.tenant_artifacts_by_time(tenant, record.kind),
+            *record.fields(),
+        ]
         keys = [*self._record_keys(tenant, record.id), self.keys.staged(staged_for) if staged_for else ""]
         return bool((yield self._put_record(keys=keys, args=args)))
 
@@ -725,7 +788,7 @@ class AsyncJobStore(_Base):
         created, job_id = await self._create(keys=keys, args=args)
         if created == -1:
             raise TooManyActiveJobs(int(job_id))
-        job_id = job_id.decode() if isinstance(job_id, bytes) else job_id
+        job_id = _text(job_id)
         return await self.get(tenant, job_id), bool(created)
 
     async def fingerprint_of(self, job_id: str) -> str:
@@ -748,7 +811,7 @@ class AsyncJobStore(_Base):
         """Jobs recorded before ``recorded_before`` (unix s) whose task was never marked sent:
         their CreateJob died between the record and the send, or lost the send to a call that did."""
         ids = await self.redis.zrangebyscore(self.keys.unsent(), "-inf", recorded_before, start=0, num=limit)
-        return [i.decode() if isinstance(i, bytes) else i for i in ids]
+        return [_text(i) for i in ids]
 
     async def queue_of(self, job_id: str) -> str:
         """The queue the job's task goes to ("" for a job recorded before queues were kept)."""
@@ -788,7 +851,7 @@ class AsyncJobStore(_Base):
         caller only (its heartbeat is reset)."""
         now = time.time()
         ids = await self._reap(keys=[self.keys.running()], args=[now - silent_s, now])
-        return [i.decode() if isinstance(i, bytes) else i for i in ids]
+        return [_text(i) for i in ids]
 
     async def tenant_of(self, job_id: str) -> str | None:
         return await _drive_async(self._tenant_of(job_id))
@@ -885,7 +948,7 @@ class AsyncJobStore(_Base):
                 for key in sources:
                     pipe.zrevrangebylex(key, upper, "-", start=0, num=count)
                 found = {i for page in await pipe.execute() for i in page}
-        ids = sorted((i.decode() if isinstance(i, bytes) else i for i in found), reverse=True)
+        ids = sorted((_text(i) for i in found), reverse=True)
         return ids[:count]
 
     async def backfill_indexes(self, batch: int = 500) -> int:
@@ -948,9 +1011,9 @@ class AsyncJobStore(_Base):
         out: dict[str | None, builtins.list[tuple[str, dict]]] = {}
         prefix = len(self.keys.events(""))
         for key, entries in reply.items() if isinstance(reply, dict) else reply:
-            key = key.decode() if isinstance(key, bytes) else key
+            key = _text(key)
             job_id = None if key == wake_key else key[prefix:]
-            out[job_id] = [(i.decode() if isinstance(i, bytes) else i, f) for i, f in entries]
+            out[job_id] = [(_text(i), f) for i, f in entries]
         return out
 
     async def wake(self, wake_key: str, ttl_s: int = 24 * 3600) -> None:
@@ -965,7 +1028,7 @@ class AsyncJobStore(_Base):
     async def expired_jobs(self, ended_before: float, limit: int = 500) -> builtins.list[str]:
         """Ids of jobs that ended before ``ended_before`` (unix s), oldest first."""
         ids = await self.redis.zrangebyscore(self.keys.finished(), "-inf", ended_before, start=0, num=limit)
-        return [i.decode() if isinstance(i, bytes) else i for i in ids]
+        return [_text(i) for i in ids]
 
     async def delete_job(self, job_id: str) -> None:
         """Removes an ended job: its record, events, index entries and idempotency key."""
@@ -1000,7 +1063,7 @@ class AsyncJobStore(_Base):
         )
         out = []
         for member in members:
-            text = member.decode() if isinstance(member, bytes) else member
+            text = _text(member)
             out.append((text[65:], text[:64]))
         return out
 
@@ -1090,15 +1153,34 @@ class AsyncJobStore(_Base):
     async def get_artifact(self, tenant: str, artifact_id: str) -> ArtifactRecord:
         return await _drive_async(self._get_artifact(tenant, artifact_id))
 
+    async def artifacts_page(
+        self, tenant: str, kind: int, after: tuple[float, str] | None, size: int
+    ) -> tuple[builtins.list[ArtifactRecord], tuple[float, str] | None]:
+        """Up to ``size`` of the tenant's records (of ``kind``; 0 = every kind), newest first,
+        the same time by id descending, after the record ``after`` (its created and id) if
+        given; and where the next page starts (None at the end). Read through the tenant's time
+        index: a page costs its own records, whatever the tenant holds. Records without their
+        ``info`` (a model's summary is the bulk of a record: a listing neither reads nor parses
+        it); a shared record from before per-tenant records where the tenant has no own."""
+        index = self.keys.tenant_artifacts_by_time(tenant, kind)
+        if after is None:
+            found = await self.redis.zrevrange(index, 0, size, withscores=True)
+        else:
+            created, last = after
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.zrevrangebyscore(index, created, created, withscores=True)  # ids descending
+                pipe.zrevrangebyscore(index, f"({created!r}", "-inf", start=0, num=size + 1, withscores=True)
+                same, older = await pipe.execute()
+            found = [(i, t) for i, t in same if _text(i) < last] + older
+        page = [(_text(i), float(t)) for i, t in found[:size]]
+        records = await self._listed(tenant, [i for i, _ in page])
+        return records, ((page[-1][1], page[-1][0]) if len(found) > size else None)
+
     _LISTED = ("kind", "format", "filename", "size", "created")
 
-    async def artifacts(self, tenant: str) -> builtins.list[ArtifactRecord]:
-        """Every record the tenant holds (a shared one from before per-tenant records where it
-        has no own), in no order, without its ``info`` (a model's summary is the bulk of a
-        record: a listing neither reads nor parses it). One read of the tenant's set and one
-        of each record, pipelined."""
-        members = await self.redis.smembers(self.keys.tenant_artifacts(tenant))
-        ids = [i.decode() if isinstance(i, bytes) else i for i in members]
+    async def _listed(self, tenant: str, ids: builtins.list[str]) -> builtins.list[ArtifactRecord]:
+        """The records of ``ids`` in that order, without ``info``; those gone meanwhile (a
+        DeleteArtifact, the retention) left out. One read of each record, pipelined."""
         fields = self._LISTED
         async with self.redis.pipeline(transaction=False) as pipe:
             for artifact_id in ids:
@@ -1113,16 +1195,45 @@ class AsyncJobStore(_Base):
         for artifact_id, values in zip(ids, own, strict=True):
             if values[0] is None:
                 values = shared[artifact_id]
-            if values[0] is None:  # gone meanwhile (a DeleteArtifact, the retention): not listed
+            if values[0] is None:
                 continue
             raw = {name.encode(): value for name, value in zip(fields, values, strict=True)}
             records.append(ArtifactRecord.from_mapping(artifact_id, {**raw, b"info": b"{}"}))
         return records
 
+    async def backfill_artifact_index(self) -> int:
+        """Puts every artifact record written before the tenants' time indexes into them, once
+        (a version key under the prefix records that it ran); returns the records read. Safe
+        to run again, and beside servers that write and remove records meanwhile."""
+        if int(await self.redis.get(self.keys.artifact_index_version()) or 0) >= ARTIFACT_INDEX_VERSION:
+            return 0
+        head, tail = self.keys.tenant_artifacts("|").split("|")
+        seen = 0
+        async for key in self.redis.scan_iter(match=_glob_escape(head) + "*" + _glob_escape(tail), count=1000):
+            if _text(await self.redis.type(key)) != "set":
+                continue  # a job index whose label ends so (those are sorted sets)
+            tenant = _text(key)[len(head) : -len(tail)]
+            ids = [_text(i) for i in await self.redis.smembers(key)]
+            indexes = self._time_keys(tenant)
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for artifact_id in ids:
+                    records = [self.keys.tenant_artifact(tenant, artifact_id), self.keys.artifact(artifact_id)]
+                    await self._backfill_artifact(
+                        keys=[*records, key, *indexes], args=[artifact_id, *ARTIFACT_KINDS], client=pipe
+                    )
+                await pipe.execute()
+            seen += len(ids)
+        await self.redis.set(self.keys.artifact_index_version(), ARTIFACT_INDEX_VERSION)
+        return seen
+
     async def refresh_artifact(self, tenant: str, record: ArtifactRecord) -> bool:
         """Writes the tenant's own record of ``record.id`` again as ``record`` (its file name,
         its creation time) only if it still exists; False when it does not (removed meanwhile,
         or only a shared record from before per-tenant records: its bytes are not counted)."""
-        keys = [self.keys.tenant_artifact(tenant, record.id), self.keys.artifacts_by_time()]
-        args = [record.created, f"{record.id}:{tenant}", *record.fields()]
+        keys = [self.keys.tenant_artifact(tenant, record.id), self.keys.artifacts_by_time(), *self._time_keys(tenant)]
+        args = [
+            *(record.created, f"{record.id}:{tenant}", record.id),
+            self.keys.tenant_artifacts_by_time(tenant, record.kind),
+            *record.fields(),
+        ]
         return bool(await self._refresh_record(keys=keys, args=args))

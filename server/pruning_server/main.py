@@ -148,6 +148,8 @@ async def create_server(settings: Settings, address: str | None = None) -> Runni
     # Jobs recorded before the state and label indexes: in them before a filtered list runs.
     if backfilled := await store.backfill_indexes():
         log.info("indexed %d jobs recorded before the state and label indexes", backfilled)
+    if backfilled := await store.backfill_artifact_index():
+        log.info("indexed %d artifact records written before the time indexes", backfilled)
     reader = AsyncJobStore.single_connection(settings.redis_url, settings.key_prefix, settings.watch_block_s + 30)
     hub = WatchHub(store, reader, int(settings.watch_block_s * 1000), settings.watch_buffer)
     blobs = open_store(settings)

@@ -57,10 +57,6 @@ def _misnamed(filename: str, fmt: str) -> str | None:
     return None
 
 
-def _newest_first(record: ArtifactRecord) -> tuple[float, str]:
-    return (-record.created, record.id)
-
-
 _ARTIFACT_CURSOR = re.compile(r"(\d+(?:\.\d+)?(?:e[+-]?\d+)?):([0-9a-f]{64})")
 
 
@@ -69,7 +65,7 @@ def _artifact_cursor(token: str) -> tuple[float, str]:
     match = _ARTIFACT_CURSOR.fullmatch(token)
     if match is None or not math.isfinite(created := float(match.group(1))):
         raise Invalid([("page_token", "not a token this service returned")])
-    return (-created, match.group(2))
+    return (created, match.group(2))
 
 
 def _is_event_id(value: str) -> bool:
@@ -419,21 +415,14 @@ class PruningService(pb_grpc.PruningServiceServicer):
         if violations := convert.unknown_enums(request):
             raise Invalid(violations)
         after = _artifact_cursor(request.page_token) if request.page_token else None
-        records = sorted(
-            (r for r in await self.store.artifacts(tenant) if not request.kind or r.kind == request.kind),
-            key=_newest_first,
-        )
-        if after is not None:
-            records = [r for r in records if _newest_first(r) > after]
-        size = request.page_size or 50
-        page = records[:size]
+        page, following = await self.store.artifacts_page(tenant, request.kind, after, request.page_size or 50)
         answer = pb.ListArtifactsResponse(
             stored_bytes=await self.store.stored_bytes(tenant),
             quota_bytes=self.settings.max_stored_bytes_per_tenant,
         )
         answer.artifacts.extend(record.to_proto() for record in page)  # read without their info: no summaries
-        if len(records) > size:
-            answer.next_page_token = f"{page[-1].created!r}:{page[-1].id}"
+        if following is not None:
+            answer.next_page_token = f"{following[0]!r}:{following[1]}"
         return answer
 
     # -- jobs ------------------------------------------------------------------------------
