@@ -394,7 +394,7 @@ class AsyncClient:
     cancel = cancel_job
 
     async def list_jobs(
-        self, *, states: Iterable[int] | None = None, labels: Mapping[str, str] | None = None, page_size: int = 50
+        self, *, states: Iterable[int | str] | None = None, labels: Mapping[str, str] | None = None, page_size: int = 50
     ) -> AsyncGenerator[pb.Job, None]:
         """Every matching job, newest first, fetched page by page."""
         token = ""
@@ -480,7 +480,7 @@ class AsyncClient:
         )
 
     async def list_artifacts(
-        self, *, kind: int | None = None, page_size: int = 100
+        self, *, kind: int | str | None = None, page_size: int = 100
     ) -> AsyncGenerator[pb.Artifact, None]:
         """This tenant's artifacts, newest first, page by page; see
         :meth:`pruning_client.Client.list_artifacts`."""
@@ -495,7 +495,7 @@ class AsyncClient:
 
     @_rpc
     async def artifacts_page(
-        self, *, kind: int | None = None, page_size: int = 100, page_token: str = ""
+        self, *, kind: int | str | None = None, page_size: int = 100, page_token: str = ""
     ) -> pb.ListArtifactsResponse:
         """One page of :meth:`list_artifacts`, with ``stored_bytes`` and ``quota_bytes``."""
         return await self.stub.ListArtifacts(

@@ -381,6 +381,9 @@ class _Download:
             target = target / (name if name not in ("", ".", "..") else artifact_id)
         self.dest = target
         self.part = target.with_name(f"{target.name}.{artifact_id[:16]}.part")
+        if self.part.is_symlink() or (self.part.exists() and not self.part.is_file()):
+            # not a partial download of ours (a link, a FIFO that would block the open): replaced
+            self.part.unlink()
         self.offset = self.part.stat().st_size if resume and self.part.exists() else 0
         self.digest = _file_sha256(self.part) if self.offset else hashlib.sha256()
 
@@ -479,20 +482,33 @@ def _validate_request(spec: pb.JobSpec, labels: Mapping[str, str] | None) -> pb.
     return pb.CreateJobRequest(spec=spec, labels=dict(labels or {}), validate_only=True)
 
 
-def _list_artifacts_request(kind: int | None, page_size: int, page_token: str) -> pb.ListArtifactsRequest:
-    return pb.ListArtifactsRequest(
-        page_size=page_size, page_token=page_token, kind=pb.ArtifactKind.ValueType(kind or 0)
-    )
+def _enum_value(enum: Any, prefix: str, value: int | str, what: str) -> int:
+    """``value`` of a proto enum: its number, or its name less ``prefix`` in any case
+    (``"model"`` for ``ARTIFACT_KIND_MODEL``); ValueError naming the choices otherwise."""
+    if not isinstance(value, str):
+        return int(value)
+    names = [name for name in enum.keys() if not name.endswith("_UNSPECIFIED")]  # noqa: SIM118 - a proto enum, not a dict
+    if prefix + value.upper() not in names:
+        choices = ", ".join(name.removeprefix(prefix).lower() for name in names)
+        raise ValueError(f"{what} must be one of {choices} (or a {prefix}* number), got {value!r}")
+    return int(enum.Value(prefix + value.upper()))
+
+
+def _list_artifacts_request(kind: int | str | None, page_size: int, page_token: str) -> pb.ListArtifactsRequest:
+    value = _enum_value(pb.ArtifactKind, "ARTIFACT_KIND_", kind, "kind") if kind is not None else 0
+    return pb.ListArtifactsRequest(page_size=page_size, page_token=page_token, kind=pb.ArtifactKind.ValueType(value))
 
 
 def _list_jobs_request(
-    states: Iterable[int] | None, labels: Mapping[str, str] | None, page_size: int, page_token: str
+    states: Iterable[int | str] | None, labels: Mapping[str, str] | None, page_size: int, page_token: str
 ) -> pb.ListJobsRequest:
+    if isinstance(states, (str, int)):
+        raise TypeError(f"states is a list of states, not one: [{states!r}]")
     return pb.ListJobsRequest(
         page_size=page_size,
         page_token=page_token,
         labels=dict(labels or {}),
-        states=[pb.JobState.ValueType(s) for s in states or ()],
+        states=[pb.JobState.ValueType(_enum_value(pb.JobState, "JOB_STATE_", s, "states")) for s in states or ()],
     )
 
 
@@ -575,7 +591,7 @@ class Client:
         ``.model`` the summary the service read from the file (Keras version, inputs, outputs,
         layers; ``pruning_client.ModelSummary.from_proto(artifact.model)`` for the typed view).
         The id is the content's sha256, so uploading the same file again is cheap (not the
-        same model object: Keras writes the time of saving into each file).
+        same model object saved in another second: Keras writes the time of saving into each file).
 
         Raises:
             InvalidArgument: the service refuses the model (a Lambda layer, a Keras 3 layer it
@@ -644,9 +660,10 @@ class Client:
     cancel = cancel_job
 
     def list_jobs(
-        self, *, states: Iterable[int] | None = None, labels: Mapping[str, str] | None = None, page_size: int = 50
+        self, *, states: Iterable[int | str] | None = None, labels: Mapping[str, str] | None = None, page_size: int = 50
     ) -> Iterator[pb.Job]:
-        """Every matching job, newest first, fetched page by page."""
+        """Every matching job, newest first, fetched page by page; ``states`` by number or
+        name (``["running", "queued"]``)."""
         token = ""
         while True:
             page = self._list_page(_list_jobs_request(states, labels, page_size, token))
@@ -733,9 +750,11 @@ class Client:
             pb.DeleteArtifactRequest(artifact_id=artifact_id), timeout=self.options.timeout, metadata=self._metadata
         )
 
-    def list_artifacts(self, *, kind: int | None = None, page_size: int = 100) -> Iterator[pb.Artifact]:
-        """This tenant's artifacts (uploads, exports, report files; ``kind`` one
-        ``ARTIFACT_KIND_*`` only), newest first, page by page; without model summaries.
+    def list_artifacts(self, *, kind: int | str | None = None, page_size: int = 100) -> Iterator[pb.Artifact]:
+        """This tenant's artifacts (uploads, exports, report files; ``kind`` one only:
+        ``"model"``, ``"dataset"``, ``"export"``, ``"report"`` or its ``ARTIFACT_KIND_*``
+        number), newest first by when the tenant first stored each, page by page; without
+        model summaries.
         :meth:`artifacts_page` also tells the bytes they hold against the quota."""
         token = ""
         while True:
@@ -747,7 +766,7 @@ class Client:
 
     @_rpc
     def artifacts_page(
-        self, *, kind: int | None = None, page_size: int = 100, page_token: str = ""
+        self, *, kind: int | str | None = None, page_size: int = 100, page_token: str = ""
     ) -> pb.ListArtifactsResponse:
         """One page of :meth:`list_artifacts`, with ``stored_bytes`` (all the tenant's
         artifacts) and ``quota_bytes`` (0 = no limit)."""

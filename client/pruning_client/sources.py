@@ -12,6 +12,7 @@ import os
 import pathlib
 import re
 import tempfile
+import zipfile
 from collections.abc import Iterator, Mapping
 from typing import Any, Protocol, Union
 
@@ -65,10 +66,12 @@ def dataset_arrays(data: Mapping[str, Any] | tuple[tuple[Any, Any], tuple[Any, A
         raise TypeError(_NOT_A_DATASET.format(type(data).__name__))
     out: dict[str, Any] = {}
     for split, value in members.items():
-        if isinstance(value, Mapping):
-            out.update({f"{split}.{name}": array for name, array in value.items()})
-        else:
-            out[split] = value
+        named = value.items() if isinstance(value, Mapping) else [(None, value)]
+        for name, array in named:
+            member = split if name is None else f"{split}.{name}"
+            if member in out:
+                raise ValueError(f"{member}: given twice (as {member!r} and under {split!r})")
+            out[member] = array
     return out
 
 
@@ -104,5 +107,10 @@ def dataset_file(data: DatasetSource) -> Iterator[pathlib.Path]:
     members: dict[str, Any] = {name: _array(name, value) for name, value in dataset_arrays(data).items()}
     with tempfile.TemporaryDirectory(prefix="pruning-upload-") as directory:
         path = pathlib.Path(directory) / "dataset.npz"
-        np.savez(path, **members)
+        # as numpy.savez writes it (stored members <name>.npy, zip64), by name: savez's own
+        # keywords (file, allow_pickle) would take arrays so named
+        with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
+            for name, array in members.items():
+                with archive.open(f"{name}.npy", "w", force_zip64=True) as member:
+                    np.lib.format.write_array(member, array, allow_pickle=False)
         yield path

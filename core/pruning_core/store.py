@@ -30,8 +30,9 @@ Keys (``P`` is the configured prefix)::
     P:artifacts-by-time         sorted set "<sha256>:<tenant>" -> record created (unix s)
     P:tenant:<t>:artifacts      set of artifact ids the tenant may read
     P:tenant:<t>:artifacts-by-time
-                                sorted set: the tenant's artifact ids -> record created (unix s);
-                                      moved with the record in the same scripts
+                                sorted set: the tenant's artifact ids -> when the tenant first
+                                      stored each (unix s: a record written again keeps its
+                                      place); changed with the record in the same scripts
     P:tenant:<t>:artifacts-by-time:<n>
                                 the same, of the tenant's artifacts of kind ``n`` (ArtifactKind)
     P:artifact-index-version    ARTIFACT_INDEX_VERSION once every record written before those
@@ -113,7 +114,8 @@ return {1, ARGV[5]}
 # staged exports ('' for none: a new record is staged there, id -> "<attempt> <created>", until
 # the job succeeds) ; ARGV: artifact id, tenant, created, "<id>:<tenant>", size, the attempt
 # that stages it, the key of the record's kind by time, then the record's fields and values.
-# A record written again as another kind leaves the other kinds' sets.
+# A record written again keeps its place in the tenant's sets by time (when it was first
+# stored); one written again as another kind moves to that kind's set.
 _PUT_RECORD = """
 local new = redis.call('EXISTS', KEYS[1]) == 0
 local staged = KEYS[#KEYS]
@@ -121,9 +123,10 @@ redis.call('HSET', KEYS[1], unpack(ARGV, 8))
 redis.call('SADD', KEYS[3], ARGV[2])
 redis.call('ZADD', KEYS[4], ARGV[3], ARGV[4])
 redis.call('SADD', KEYS[2], ARGV[1])
-redis.call('ZADD', KEYS[6], ARGV[3], ARGV[1])
+redis.call('ZADD', KEYS[6], 'NX', ARGV[3], ARGV[1])
+local first = redis.call('ZSCORE', KEYS[6], ARGV[1])
 for i = 7, #KEYS - 1 do
-  if KEYS[i] == ARGV[7] then redis.call('ZADD', KEYS[i], ARGV[3], ARGV[1]) else redis.call('ZREM', KEYS[i], ARGV[1]) end
+  if KEYS[i] == ARGV[7] then redis.call('ZADD', KEYS[i], first, ARGV[1]) else redis.call('ZREM', KEYS[i], ARGV[1]) end
 end
 if new and redis.call('EXISTS', KEYS[5]) == 1 then redis.call('INCRBY', KEYS[5], ARGV[5]) end
 if new and staged ~= '' then redis.call('HSET', staged, ARGV[1], ARGV[6] .. ' ' .. ARGV[3]) end
@@ -157,31 +160,34 @@ return existed
 # it still exists: one the retention or a DeleteArtifact just removed is not brought back.
 # KEYS: the record, the records by time, the tenant's artifacts by time, the same of each kind ;
 # ARGV: created, "<id>:<tenant>", artifact id, the key of the record's kind by time, then the
-# fields and values to set. Returns 1 when it wrote, 0 when there was no record.
+# fields and values to set. Returns 1 when it wrote, 0 when there was no record. The record
+# keeps its place in the tenant's sets by time, as in _PUT_RECORD.
 _REFRESH_RECORD = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 redis.call('HSET', KEYS[1], unpack(ARGV, 5))
 redis.call('ZADD', KEYS[2], ARGV[1], ARGV[2])
-redis.call('ZADD', KEYS[3], ARGV[1], ARGV[3])
+redis.call('ZADD', KEYS[3], 'NX', ARGV[1], ARGV[3])
+local first = redis.call('ZSCORE', KEYS[3], ARGV[3])
 for i = 4, #KEYS do
-  if KEYS[i] == ARGV[4] then redis.call('ZADD', KEYS[i], ARGV[1], ARGV[3]) else redis.call('ZREM', KEYS[i], ARGV[3]) end
+  if KEYS[i] == ARGV[4] then redis.call('ZADD', KEYS[i], first, ARGV[3]) else redis.call('ZREM', KEYS[i], ARGV[3]) end
 end
 return 1
 """
 
 # KEYS: the tenant's record, the shared record (from before per-tenant records), the tenant's
 # artifacts, the tenant's artifacts by time, the same of each kind ; ARGV: artifact id, then
-# the kind of each of those sets. Puts a record written before the sets into them, as it is now
-# (one removed or written again meanwhile is left to the scripts that did it).
+# the kind of each of those sets. Puts a record written before the sets into them, at its time
+# (the first store is not known), as it is now (one removed or written again meanwhile is left
+# to the scripts that did it).
 _BACKFILL_ARTIFACT = """
 if redis.call('SISMEMBER', KEYS[3], ARGV[1]) == 0 then return 0 end
 local record = KEYS[1]
 if redis.call('EXISTS', record) == 0 then record = KEYS[2] end
 local kind, created = unpack(redis.call('HMGET', record, 'kind', 'created'))
 if not created then return 0 end
-redis.call('ZADD', KEYS[4], created, ARGV[1])
+redis.call('ZADD', KEYS[4], 'NX', created, ARGV[1])
 for i = 5, #KEYS do
-  if ARGV[i - 3] == kind then redis.call('ZADD', KEYS[i], created, ARGV[1]) end
+  if ARGV[i - 3] == kind then redis.call('ZADD', KEYS[i], 'NX', created, ARGV[1]) end
 end
 return 1
 """
@@ -1156,9 +1162,11 @@ class AsyncJobStore(_Base):
     async def artifacts_page(
         self, tenant: str, kind: int, after: tuple[float, str] | None, size: int
     ) -> tuple[builtins.list[ArtifactRecord], tuple[float, str] | None]:
-        """Up to ``size`` of the tenant's records (of ``kind``; 0 = every kind), newest first,
-        the same time by id descending, after the record ``after`` (its created and id) if
-        given; and where the next page starts (None at the end). Read through the tenant's time
+        """Up to ``size`` of the tenant's records (of ``kind``; 0 = every kind), newest first
+        by when the tenant first stored each (a record written again keeps its place, so a
+        listing reaches every record held throughout), the same time by id descending, after
+        the record ``after`` (that time and its id) if given; and where the next page starts
+        (None at the end). Read through the tenant's time
         index: a page costs its own records, whatever the tenant holds. Records without their
         ``info`` (a model's summary is the bulk of a record: a listing neither reads nor parses
         it); a shared record from before per-tenant records where the tenant has no own."""

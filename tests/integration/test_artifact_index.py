@@ -1,7 +1,8 @@
 """The per-tenant time indexes of artifact records on a real Redis: a page of ListArtifacts
 reads the tenant's time index (of all kinds, or of one kind) and answers what sorting every
-record answers, page by page; a record written again moves to the head (and between kinds),
-one removed leaves every index; records written before the indexes are backfilled once."""
+record answers, page by page; a record written again keeps its place (so a listing reaches it)
+and moves between kinds, one removed leaves every index; records written before the indexes
+are backfilled once."""
 
 from __future__ import annotations
 
@@ -93,36 +94,59 @@ def test_pages_follow_the_time_index_of_every_kind_and_of_each(redis_url, prefix
     asyncio.run(run())
 
 
-def test_a_record_written_again_moves_to_the_head_and_between_kinds_and_one_removed_leaves(redis_url, prefix):
+def test_a_record_written_again_keeps_its_place_moves_between_kinds_and_one_removed_leaves(redis_url, prefix):
     async def run():
         store = AsyncJobStore.from_url(redis_url, prefix)
         try:
             records = await _populate(store, "a", 12, 3)
+            first = {i: r.created for i, r in records.items()}  # when each was first stored
+
+            def expected(kind: int) -> list[tuple[float, str, int]]:
+                return sorted(
+                    ((first[i], i, r.kind) for i, r in records.items() if not kind or r.kind == kind), reverse=True
+                )
+
+            async def listed(kind: int, size: int) -> list[tuple[float, str, int]]:
+                walked = await _walk(store, "a", kind, size)
+                assert [i for _, i, _ in walked] == [i for _, i, _ in expected(kind)], kind
+                return walked
+
             oldest = min(records.values(), key=lambda r: r.created)
             other = D if oldest.kind != D else M
-            # refreshed (a held upload): same kind, new time
+            # a listing begun before the record is written again still reaches it
+            page, after = await store.artifacts_page("a", 0, None, 4)
+            # written again (a held upload): same kind, new time; it keeps its place
             refreshed = ArtifactRecord(oldest.id, oldest.kind, "keras", "again.keras", oldest.size, 1.8e9, {})
             assert await store.refresh_artifact("a", refreshed)
             records[oldest.id] = refreshed
-            assert (await _walk(store, "a", 0, 5))[0] == (1.8e9, oldest.id, oldest.kind)
-            # written again as another kind: it leaves its old kind's index
+            rest = []
+            while after is not None:
+                more, after = await store.artifacts_page("a", 0, after, 4)
+                rest += more
+            assert [r.id for r in page + rest] == [i for _, i, _ in expected(0)]
+            assert rest[-1].id == oldest.id and rest[-1].created == 1.8e9  # its record as written again
+            # written again as another kind: it moves to that kind's index, at its place
             moved = ArtifactRecord(oldest.id, other, "keras", "moved.keras", oldest.size, 1.9e9, {})
             await store.put_artifact("a", moved)
             records[oldest.id] = moved
             for kind in (0, *ARTIFACT_KINDS):
-                assert await _walk(store, "a", kind, 4) == _expected(records, kind), kind
+                await listed(kind, 4)
             # refreshing a record that is gone brings nothing back
             await store.delete_artifact("a", oldest.id)
             del records[oldest.id]
             assert not await store.refresh_artifact("a", refreshed)
             for kind in (0, *ARTIFACT_KINDS):
-                assert await _walk(store, "a", kind, 4) == _expected(records, kind), kind
+                await listed(kind, 4)
+            # stored again after its removal: a new artifact of the tenant's, at the head
+            await store.put_artifact("a", moved)
+            records[oldest.id], first[oldest.id] = moved, moved.created
+            assert (await listed(0, 5))[0][1] == oldest.id
             # the retention's removal too
             newest = max(records.values(), key=lambda r: r.created)
             removed, _ = await store.expire_artifact("a", newest.id, newest.created + 1)
             assert removed
             del records[newest.id]
-            assert await _walk(store, "a", 0, 100) == _expected(records, 0)
+            await listed(0, 100)
             for kind in (0, *ARTIFACT_KINDS):
                 members = await store.redis.zrange(store.keys.tenant_artifacts_by_time("a", kind), 0, -1)
                 assert sorted(m.decode() for m in members) == sorted(

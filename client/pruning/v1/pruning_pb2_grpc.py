@@ -154,10 +154,11 @@ class PruningServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListArtifacts(self, request, context):
-        """This tenant's artifacts (uploads, exports, report files), newest first, without the model
-        summaries (an upload's answer carries its own), and the bytes they hold against the
-        tenant's quota. An artifact written again during a listing (a re-upload, an identical
-        export) moves to its head, so a listing begun before may not reach it. INVALID_ARGUMENT
+        """This tenant's artifacts (uploads, exports, report files), newest first by when the tenant
+        first stored each, without the model summaries (an upload's answer carries its own), and
+        the bytes they hold against the tenant's quota. An artifact written again (a re-upload, an
+        identical export: its created_at and retention start over) keeps its place, so a listing
+        from its first page to its last reaches every artifact held throughout. INVALID_ARGUMENT
         for a page_size out of range, a malformed page_token or an unknown kind.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)

@@ -55,10 +55,11 @@ class PruningServiceStub:
     (its model or dataset) fails when its worker looks for it.
     """
     ListArtifacts: _grpc.UnaryUnaryMultiCallable[_pruning_pb2.ListArtifactsRequest, _pruning_pb2.ListArtifactsResponse]
-    """This tenant's artifacts (uploads, exports, report files), newest first, without the model
-    summaries (an upload's answer carries its own), and the bytes they hold against the
-    tenant's quota. An artifact written again during a listing (a re-upload, an identical
-    export) moves to its head, so a listing begun before may not reach it. INVALID_ARGUMENT
+    """This tenant's artifacts (uploads, exports, report files), newest first by when the tenant
+    first stored each, without the model summaries (an upload's answer carries its own), and
+    the bytes they hold against the tenant's quota. An artifact written again (a re-upload, an
+    identical export: its created_at and retention start over) keeps its place, so a listing
+    from its first page to its last reaches every artifact held throughout. INVALID_ARGUMENT
     for a page_size out of range, a malformed page_token or an unknown kind.
     """
 
@@ -87,10 +88,11 @@ class PruningServiceAsyncStub(PruningServiceStub):
     (its model or dataset) fails when its worker looks for it.
     """
     ListArtifacts: _aio.UnaryUnaryMultiCallable[_pruning_pb2.ListArtifactsRequest, _pruning_pb2.ListArtifactsResponse]  # type: ignore[assignment]
-    """This tenant's artifacts (uploads, exports, report files), newest first, without the model
-    summaries (an upload's answer carries its own), and the bytes they hold against the
-    tenant's quota. An artifact written again during a listing (a re-upload, an identical
-    export) moves to its head, so a listing begun before may not reach it. INVALID_ARGUMENT
+    """This tenant's artifacts (uploads, exports, report files), newest first by when the tenant
+    first stored each, without the model summaries (an upload's answer carries its own), and
+    the bytes they hold against the tenant's quota. An artifact written again (a re-upload, an
+    identical export: its created_at and retention start over) keeps its place, so a listing
+    from its first page to its last reaches every artifact held throughout. INVALID_ARGUMENT
     for a page_size out of range, a malformed page_token or an unknown kind.
     """
 
@@ -176,10 +178,11 @@ class PruningServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _pruning_pb2.ListArtifactsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_pruning_pb2.ListArtifactsResponse, _abc.Awaitable[_pruning_pb2.ListArtifactsResponse]]:
-        """This tenant's artifacts (uploads, exports, report files), newest first, without the model
-        summaries (an upload's answer carries its own), and the bytes they hold against the
-        tenant's quota. An artifact written again during a listing (a re-upload, an identical
-        export) moves to its head, so a listing begun before may not reach it. INVALID_ARGUMENT
+        """This tenant's artifacts (uploads, exports, report files), newest first by when the tenant
+        first stored each, without the model summaries (an upload's answer carries its own), and
+        the bytes they hold against the tenant's quota. An artifact written again (a re-upload, an
+        identical export: its created_at and retention start over) keeps its place, so a listing
+        from its first page to its last reaches every artifact held throughout. INVALID_ARGUMENT
         for a page_size out of range, a malformed page_token or an unknown kind.
         """
 
