@@ -154,7 +154,13 @@ def _walk_classes(node, found: list[tuple[str, str]], mixed: list[str], options:
                 raise ModelRejected("the model configuration is malformed (class_name is not a string)")
             module = node.get("module") or "keras"
             if cls == "Lambda" or cls.endswith(">Lambda"):
-                raise ModelRejected("the model has a Lambda layer, which would run arbitrary code; refused")
+                config = node.get("config")
+                name = config.get("name") if isinstance(config, dict) else None
+                which = f"layer {str(name)[:200]!r} (Lambda)" if name is not None else "a Lambda layer"
+                raise ModelRejected(
+                    f"{which} would run arbitrary code; refused (rebuild it from built-in layers "
+                    "or a registered layer class)"
+                )
             if str(module).startswith(preflight.OPERATION_MODULES) and cls not in preflight.MASK_OPERATIONS:
                 if not preflight.operation_translated(cls, node.get("inbound_nodes")):
                     raise ModelRejected(_operation_refused(node, cls))

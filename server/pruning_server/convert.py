@@ -59,3 +59,8 @@ def unknown_enums(message: Message, prefix: str = "") -> list[tuple[str, str]]:
             else:
                 out += unknown_enums(value, f"{path}.")
     return out
+
+
+def kind_name(kind: int) -> str:
+    """An ArtifactKind as users name it: ``model``, ``dataset``, ``export``, ``report``."""
+    return pb.ArtifactKind.Name(kind).removeprefix("ARTIFACT_KIND_").lower()  # type: ignore[arg-type]

@@ -319,11 +319,26 @@ class PruningService(pb_grpc.PruningServiceServicer):
             raise
 
     async def _store_upload(self, tenant, writer, header, kind, fmt, info) -> pb.Artifact:
+        """Commits the upload's bytes and writes the tenant's record of them. Content the
+        tenant holds as another kind (a file valid as both a model and a dataset) is refused:
+        one record per content would change kind under the jobs that name it."""
         try:
             artifact_id = await asyncio.to_thread(writer.commit)
         except BaseException:
             await _drop_off_loop(None, writer)
             raise
+        try:
+            held = await self.store.get_artifact(tenant, artifact_id)
+        except KeyError:
+            held = None
+        if held is not None and held.kind != kind:
+            # its bytes stay: the record held points to them
+            field = "model" if kind == pb.ARTIFACT_KIND_MODEL else "dataset"
+            raise Failure(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"{field}: this content is already held as a {convert.kind_name(held.kind)} "
+                f"(artifact {artifact_id}); delete that one to store it as a {convert.kind_name(kind)}",
+            )
         info = {**info, "inspection": self._inspection}  # which code and limits passed it (see _held)
         record = ArtifactRecord(
             artifact_id, kind, fmt, convert.safe_filename(header.filename), writer.size, time.time(), info

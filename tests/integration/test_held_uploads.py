@@ -358,3 +358,39 @@ def test_a_held_or_refused_header_costs_no_file_and_no_threads(tenants, held_set
         assert not [name for name in started if name.startswith("write-pipeline-")]
     assert pipelines() == 0
     assert list((held_settings.artifacts_path / "tmp").glob("upload-*")) == []
+
+
+def test_content_held_as_another_kind_is_refused_and_keeps_its_record(tenants, files, tmp_path):
+    """A file valid as both a .keras model and an .npz dataset (both are zip archives)."""
+    import io
+    import shutil
+    import zipfile
+
+    import numpy as np
+
+    from pruning_client import FailedPrecondition
+
+    both = tmp_path / "both.keras"
+    shutil.copy(files["keras"], both)
+    rng = np.random.default_rng(0)
+    arrays = {"x_train": rng.random((64, 28, 28), dtype=np.float32), "y_train": rng.integers(0, 10, 64)}
+    arrays |= {"x_test": rng.random((16, 28, 28), dtype=np.float32), "y_test": rng.integers(0, 10, 16)}
+    with zipfile.ZipFile(both, "a") as archive:
+        for name, array in arrays.items():
+            buffer = io.BytesIO()
+            np.save(buffer, array)
+            archive.writestr(f"{name}.npy", buffer.getvalue())
+    with Client(tenants.target, api_key="key-a") as alpha:
+        dataset = alpha.upload_dataset(both)
+        for hash_first in (True, False):
+            alpha.options.hash_first = hash_first
+            with pytest.raises(FailedPrecondition, match="already held as a dataset") as refused:
+                alpha.upload_model(both)
+            assert dataset.id in refused.value.details
+        listed = {a.id: a.kind for a in alpha.list_artifacts()}
+        assert listed[dataset.id] == pb.ARTIFACT_KIND_DATASET
+        assert alpha.upload_dataset(both).id == dataset.id  # as its own kind: held
+        alpha.delete_artifact(dataset.id)
+        model = alpha.upload_model(both)
+        assert model.id == dataset.id and model.kind == pb.ARTIFACT_KIND_MODEL
+        alpha.delete_artifact(model.id)

@@ -42,6 +42,14 @@ def test_lambda_and_custom_objects_are_refused(bad):
         modelcheck.check_model_config(sequential(layer("Dense", "ok"), bad), "keras")
 
 
+@pytest.mark.parametrize(
+    ("bad", "named"), [(layer("Lambda", "lam", function="..."), "'lam'"), ({"class_name": "Lambda"}, "a Lambda")]
+)
+def test_a_lambda_layer_is_named(bad, named):
+    with pytest.raises(ModelRejected, match=f"{named}.* would run arbitrary code"):
+        modelcheck.check_model_config(sequential(layer("Dense", "ok"), bad), "keras")
+
+
 @pytest.mark.parametrize("name", ["dénse", "a b", "_under", "-dash", "d\u0000"])
 def test_layer_names_tensorflow_cannot_scope_are_refused(name):
     with pytest.raises(ModelRejected, match="cannot name a TensorFlow scope"):

@@ -97,7 +97,9 @@ class PruningServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def UploadDataset(self, request_iterator, context):
-        """Streams a dataset (.npz with x_train, y_train, x_test, y_test).
+        """Streams a dataset (.npz with x_train, y_train, x_test, y_test). Either upload answers
+        FAILED_PRECONDITION for content the tenant holds as the other kind (a file valid as both):
+        that artifact must be deleted first.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -36,7 +36,10 @@ class PruningServiceStub:
     UploadModel: _grpc.StreamUnaryMultiCallable[_pruning_pb2.UploadRequest, _pruning_pb2.Artifact]
     """Streams a model file (.keras or .h5): first message a header, then chunks."""
     UploadDataset: _grpc.StreamUnaryMultiCallable[_pruning_pb2.UploadRequest, _pruning_pb2.Artifact]
-    """Streams a dataset (.npz with x_train, y_train, x_test, y_test)."""
+    """Streams a dataset (.npz with x_train, y_train, x_test, y_test). Either upload answers
+    FAILED_PRECONDITION for content the tenant holds as the other kind (a file valid as both):
+    that artifact must be deleted first.
+    """
     CreateJob: _grpc.UnaryUnaryMultiCallable[_pruning_pb2.CreateJobRequest, _pruning_pb2.Job]
     """Validates the spec, records the job (QUEUED) and hands it to a worker."""
     GetJob: _grpc.UnaryUnaryMultiCallable[_pruning_pb2.GetJobRequest, _pruning_pb2.Job]
@@ -69,7 +72,10 @@ class PruningServiceAsyncStub(PruningServiceStub):
     UploadModel: _aio.StreamUnaryMultiCallable[_pruning_pb2.UploadRequest, _pruning_pb2.Artifact]  # type: ignore[assignment]
     """Streams a model file (.keras or .h5): first message a header, then chunks."""
     UploadDataset: _aio.StreamUnaryMultiCallable[_pruning_pb2.UploadRequest, _pruning_pb2.Artifact]  # type: ignore[assignment]
-    """Streams a dataset (.npz with x_train, y_train, x_test, y_test)."""
+    """Streams a dataset (.npz with x_train, y_train, x_test, y_test). Either upload answers
+    FAILED_PRECONDITION for content the tenant holds as the other kind (a file valid as both):
+    that artifact must be deleted first.
+    """
     CreateJob: _aio.UnaryUnaryMultiCallable[_pruning_pb2.CreateJobRequest, _pruning_pb2.Job]  # type: ignore[assignment]
     """Validates the spec, records the job (QUEUED) and hands it to a worker."""
     GetJob: _aio.UnaryUnaryMultiCallable[_pruning_pb2.GetJobRequest, _pruning_pb2.Job]  # type: ignore[assignment]
@@ -111,7 +117,10 @@ class PruningServiceServicer(metaclass=_abc_1.ABCMeta):
         request_iterator: _MaybeAsyncIterator[_pruning_pb2.UploadRequest],
         context: _ServicerContext,
     ) -> _typing.Union[_pruning_pb2.Artifact, _abc.Awaitable[_pruning_pb2.Artifact]]:
-        """Streams a dataset (.npz with x_train, y_train, x_test, y_test)."""
+        """Streams a dataset (.npz with x_train, y_train, x_test, y_test). Either upload answers
+        FAILED_PRECONDITION for content the tenant holds as the other kind (a file valid as both):
+        that artifact must be deleted first.
+        """
 
     @_abc_1.abstractmethod
     def CreateJob(
