@@ -10,7 +10,7 @@ import pathlib
 import tempfile
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 MiB = 1024 * 1024
@@ -308,3 +308,14 @@ class Settings(BaseSettings):
         if self.redis_url.startswith("unix://"):
             return "redis+socket://" + self.redis_url[len("unix://") :]
         return self.redis_url
+
+
+def settings_problems(error: ValidationError) -> str:
+    """A settings error as a line for the operator: each problem under the variable it came
+    from (``PRUNING_CHUNK_SIZE: ...``), one between settings under none."""
+    problems = []
+    for e in error.errors():
+        message = str(e["msg"]).removeprefix("Value error, ")
+        where = "_".join(map(str, e["loc"])).upper()
+        problems.append(f"PRUNING_{where}: {message}" if where else message)
+    return "; ".join(problems)

@@ -20,8 +20,9 @@ import time
 
 import click
 import psutil
+from pydantic import ValidationError
 
-from pruning_core.settings import Settings
+from pruning_core.settings import Settings, settings_problems
 
 log = logging.getLogger("pruning.up")
 
@@ -350,6 +351,9 @@ def main(listen: str | None = None) -> int:
     except StartFailed as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         return 1
+    except ValidationError as exc:
+        print(f"error: invalid settings: {settings_problems(exc)}", file=sys.stderr, flush=True)
+        return 2
     print(f"pruning service up on 127.0.0.1:{stack.port} (Ctrl-C stops it)", flush=True)
     failed = False
     try:

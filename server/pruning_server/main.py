@@ -21,7 +21,7 @@ from pruning.v1 import pruning_pb2_grpc as pb_grpc
 from pruning_core import allocator
 from pruning_core import telemetry as core_telemetry
 from pruning_core.objectstore import open_store
-from pruning_core.settings import Settings
+from pruning_core.settings import Settings, settings_problems
 from pruning_core.store import AsyncJobStore
 from pruning_core.sweeps import SweepStore
 
@@ -268,8 +268,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         settings = Settings()
     except ValidationError as exc:
-        problems = "; ".join(f"PRUNING_{'_'.join(map(str, e['loc'])).upper()}: {e['msg']}" for e in exc.errors())
-        print(f"pruning server: invalid settings: {problems}", file=sys.stderr, flush=True)
+        print(f"pruning server: invalid settings: {settings_problems(exc)}", file=sys.stderr, flush=True)
         raise SystemExit(2) from None
     core_telemetry.configure_logging(settings.log_format, settings.log_level)
 

@@ -74,3 +74,24 @@ def test_a_malformed_metrics_address_is_a_settings_error(env, value):
     done = _server_process(env, PRUNING_METRICS_LISTEN=value)
     assert done.returncode == 2
     assert "invalid settings: PRUNING_METRICS_LISTEN" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_a_problem_between_settings_is_said_without_a_variable_name(env, tmp_path):
+    cert = tmp_path / "cert.pem"
+    cert.write_text("x")
+    done = _server_process(env, PRUNING_TLS_CERT_FILE=str(cert))
+    assert done.returncode == 2
+    assert "invalid settings: TLS needs both tls_cert_file and tls_key_file" in done.stderr, done.stderr[-2000:]
+    assert "PRUNING_:" not in done.stderr and "Value error" not in done.stderr and "Traceback" not in done.stderr
+
+
+def test_pruning_up_says_a_settings_problem_without_a_traceback(env, tmp_path):
+    done = subprocess.run(
+        [sys.executable, "-c", "from pruning_server.embedded import main; raise SystemExit(main())"],
+        env={**os.environ, **env, "PRUNING_CHUNK_SIZE": "-1", "PRUNING_STATE_DIR": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "error: invalid settings: PRUNING_CHUNK_SIZE" in done.stderr and "Traceback" not in done.stderr
