@@ -34,9 +34,9 @@ from pruning.v1 import pruning_pb2 as pb
 
 from .client import Client, _api_key_problem
 from .exceptions import JobCancelled, NotFound, PruningError
-from .job import JobHandle, _is_directory
+from .job import JobHandle, _is_directory, is_terminal
 from .report import job_report, sweep_report
-from .results import JobPlan, ModelSummary, PruneResult, figure, points, recipe_text, speed_up
+from .results import JobPlan, ModelSummary, PruneResult, figure, plural, points, recipe_text, speed_up
 from .specs import (
     EXPORT_FORMATS,
     IMPORTANCE_CRITERIA,
@@ -394,7 +394,7 @@ def format_plan(plan: JobPlan) -> str:
     lines.append("")
     if plan.layers:
         rows = [(x.name, x.class_name, f"{x.weights:,}", f"{x.final_sparsity:.4f}") for x in plan.layers]
-        lines += _columns(("layer", "class", "weights", "final sparsity"), rows, (False, False, True, True))
+        lines += _columns(("layer", "class", "params", "final sparsity"), rows, (False, False, True, True))
     elif plan.spec.pruning.HasField("structured"):
         lines.append("no layers to prune by weight: structured pruning picks the channels to cut as the job runs")
     else:
@@ -1139,7 +1139,7 @@ def _trial_line(t: pb.Trial, budget: bool) -> str:
     state = pb.JobState.Name(t.state).removeprefix("JOB_STATE_").lower()
     line = f"trial {t.index}: sparsity {t.sparsity:.4f} {state}"
     if t.epochs:
-        line += f" (rung {t.rung}, {t.epochs} epochs)"
+        line += f" (rung {t.rung}, {plural(t.epochs, 'epoch')})"
     if t.worker:
         line += f" on {t.worker}"
     if t.state == pb.JOB_STATE_SUCCEEDED:
@@ -1443,7 +1443,9 @@ def status(job_id: str) -> None:
     if p.phase:
         text += f" phase {p.phase}"
     if p.total_steps:
-        text += f" step {p.step}/{p.total_steps} sparsity {p.sparsity:.3f} eta {p.eta_seconds:.0f}s"
+        text += f" step {p.step}/{p.total_steps} sparsity {p.sparsity:.3f}"
+        if not is_terminal(job):  # an ended job's last progress still holds its ETA
+            text += f" eta {p.eta_seconds:.0f}s"
     if job.error.message:
         text += f" error: {job.error.message}"
     _emit(_dump(job), text)

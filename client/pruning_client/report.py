@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 from pruning.v1 import pruning_pb2 as pb
 
-from .results import PruneResult, recipe_text, speed_up
+from .results import PruneResult, plural, recipe_text, speed_up
 from .sweeps import curve, in_budget, is_halving, trial_figures
 
 __all__ = ["job_report", "sweep_report"]
@@ -65,13 +65,10 @@ def job_report(job: pb.Job, files: dict[str, str] | None = None) -> tuple[str, s
     "layers_png", "tensorboard", ...) to file names beside the report, for links and images
     (a format left out has none; a job that stored no plots says so)."""
     r, files = job.result, files or {}
+    # A job that ended before its evaluation has its figures at their zero defaults: "n/a"
+    evaluated = job.state == pb.JOB_STATE_SUCCEEDED or r.HasField("pruned")
     sections: list[tuple[str, Table | str]] = []
-    outcome = (
-        f"{_state(job.state)}"
-        + (f": {job.error.message}" if job.error.message else "")
-        + f"; {len(r.history)} epochs on {r.device or 'an unknown device'}"
-    )
-    sections.append(("Outcome", outcome))
+    sections.append(("Outcome", _outcome(job)))
     sections.append(
         (
             "Baseline and pruned",
@@ -82,16 +79,16 @@ def job_report(job: pb.Job, files: dict[str, str] | None = None) -> tuple[str, s
                     (
                         "test loss",
                         f"{r.baseline.loss:.4f}" if r.HasField("baseline") else "n/a",
-                        f"{r.pruned.loss:.4f}",
+                        f"{r.pruned.loss:.4f}" if evaluated else "n/a",
                     ),
-                    ("file size (gzip)", f"{r.size_before.gzip_bytes:,}", f"{r.size_after.gzip_bytes:,}"),
+                    ("file size (gzip)", _gzip_bytes(r.size_before), _gzip_bytes(r.size_after)),
                     (
                         "accuracy delta (pp)",
                         "",
                         f"{100 * r.accuracy_delta:+.2f}" if r.HasField("accuracy_delta") else "n/a",
                     ),
-                    ("pruned kernel sparsity", "", f"{r.pruned_kernel_sparsity:.4f}"),
-                    ("compression (gzip)", "", f"{r.compression_ratio:.2f}x"),
+                    ("pruned kernel sparsity", "", f"{r.pruned_kernel_sparsity:.4f}" if evaluated else "n/a"),
+                    ("compression (gzip)", "", f"{r.compression_ratio:.2f}x" if r.compression_ratio else "n/a"),
                     *(
                         (f"test accuracy, {x.format} export ({x.samples:,} samples)", "", f"{x.accuracy:.4f}")
                         for x in r.export_accuracy
@@ -190,6 +187,24 @@ def job_report(job: pb.Job, files: dict[str, str] | None = None) -> tuple[str, s
     if not {a.format for a in r.artifacts} & {fmt for fmt, _ in plots}:
         sections.append(("Plots", "none stored: a job makes them when it succeeds with its report enabled"))
     return _render(f"Pruning job {job.id}", sections, images)
+
+
+def _outcome(job: pb.Job) -> str:
+    """The state, its error, and how far the job got: the epochs and device where the result
+    has them, else (a job that ended early) the step it stopped at."""
+    r, p = job.result, job.progress
+    text = _state(job.state) + (f": {job.error.message}" if job.error.message else "")
+    ran = [plural(len(r.history), "epoch")] if r.history else []
+    if r.device:
+        ran.append(f"on {r.device}")
+    if not ran and job.state != pb.JOB_STATE_SUCCEEDED and p.total_steps:
+        ran.append(f"stopped at step {p.step:,} of {p.total_steps:,}" + (f" ({p.phase})" if p.phase else ""))
+    return text + (f"; {' '.join(ran)}" if ran else "")
+
+
+def _gzip_bytes(size: pb.SizeStats) -> str:
+    """A gzip size, or "n/a" where none was measured (no file is 0 bytes gzipped)."""
+    return f"{size.gzip_bytes:,}" if size.gzip_bytes else "n/a"
 
 
 def _accuracy(metrics: pb.Metrics) -> str:

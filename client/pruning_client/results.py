@@ -35,6 +35,7 @@ class LayerSparsity:
     pruned: bool
     """Whether the layer was wrapped for pruning."""
     weights: int
+    """Weights of the layer's kernel (its bias left out)."""
     nonzero: int
     sparsity: float
 
@@ -338,7 +339,8 @@ class LayerPlan:
     name: str
     class_name: str
     weights: int
-    """Weights of the layer's kernel."""
+    """Parameters of the layer, kernel and bias (the sparsity split goes by them; the result's
+    :attr:`LayerSparsity.weights` counts the kernel alone)."""
     final_sparsity: float
     """The sparsity it should end at."""
 
@@ -396,7 +398,7 @@ class JobPlan:
 
     @property
     def pruned_weights(self) -> int:
-        """Kernel weights of the layers to prune."""
+        """Parameters (kernel and bias) of the layers to prune."""
         return sum(x.weights for x in self.layers)
 
     def to_dict(self) -> dict[str, Any]:
@@ -410,7 +412,7 @@ class JobPlan:
         """Tables for notebooks: the figures, then the layers to prune."""
         layers = [(x.name, x.class_name, f"{x.weights:,}", f"{x.final_sparsity:.4f}") for x in self.layers]
         return "\n".join(
-            [_table(("", ""), self.summary_lines()), _table(("layer", "class", "weights", "final sparsity"), layers)]
+            [_table(("", ""), self.summary_lines()), _table(("layer", "class", "params", "final sparsity"), layers)]
         )
 
     def _schedule_line(self) -> str:
@@ -493,8 +495,13 @@ def recipe_text(r: pb.RecipeResult) -> str:
     if r.distillation:
         parts.append(f"distilled from the baseline (alpha {r.distillation_alpha:g}, T {r.distillation_temperature:g})")
     if r.early_stopping_patience:
-        parts.append(f"early stopping with a patience of {r.early_stopping_patience} epochs")
-    return ", ".join(parts) + f"; {r.epochs_run} epochs run, weights of epoch {r.best_epoch} kept"
+        parts.append(f"early stopping with a patience of {plural(r.early_stopping_patience, 'epoch')}")
+    return ", ".join(parts) + f"; {plural(r.epochs_run, 'epoch')} run, weights of epoch {r.best_epoch} kept"
+
+
+def plural(n: int, noun: str) -> str:
+    """``n`` and ``noun``, with an "s" unless ``n`` is 1: "1 epoch", "2 epochs"."""
+    return f"{n:,} {noun}{'' if n == 1 else 's'}"
 
 
 def figure(value: float | None) -> str:

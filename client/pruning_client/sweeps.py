@@ -19,6 +19,7 @@ from pruning.v1 import pruning_pb2 as pb
 
 from .exceptions import JobCancelled, JobFailed, PruningError, rpc_errors
 from .job import TERMINAL
+from .results import plural
 from .specs import accuracy_budget
 
 if TYPE_CHECKING:
@@ -224,5 +225,5 @@ def curve_lines(sweep: pb.Sweep) -> list[tuple[str, list[pb.Trial]]]:
     lines = []
     for rung, group in itertools.groupby(done, key=lambda t: t.rung):
         trials = list(group)
-        lines.append((f"rung {rung} ({trials[0].epochs} epochs)", trials))
+        lines.append((f"rung {rung} ({plural(trials[0].epochs, 'epoch')})", trials))
     return lines

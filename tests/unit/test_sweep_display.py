@@ -156,7 +156,7 @@ def curve_figure(sweep: pb.Sweep, tmp_path: pathlib.Path, monkeypatch: pytest.Mo
 
 def test_the_curve_of_successive_halving_is_one_line_per_rung(tmp_path, monkeypatch):
     lines, size = curve_figure(halving(), tmp_path, monkeypatch)
-    assert lines == {"rung 0 (1 epochs)": [0.5, 0.725, 0.95], "rung 1 (3 epochs)": [0.725], "chosen": [0.725]}
+    assert lines == {"rung 0 (1 epoch)": [0.5, 0.725, 0.95], "rung 1 (3 epochs)": [0.725], "chosen": [0.725]}
     assert [list(line.get_xdata()) for line in size] == [[0.5, 0.725, 0.95], [0.725]]
 
 
