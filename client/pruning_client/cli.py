@@ -748,7 +748,8 @@ def _silence_stdout() -> None:
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 120, "show_default": True},
     epilog="Exit codes: 0 success, 2 invalid argument (or a local file that cannot be read or written), "
     "3 not found, 4 unauthenticated, 5 resource exhausted, 6 failed precondition or already exists, "
-    "7 unavailable, 8 job failed, 9 job cancelled, 10 timeout, 11 integrity error, 1 anything else.",
+    "7 unavailable, 8 job failed, 9 job cancelled, 10 timeout, 11 integrity error, 130 interrupted (Ctrl-C), "
+    "1 anything else.",
 )
 @click.option(
     "--version",
@@ -759,12 +760,21 @@ def _silence_stdout() -> None:
     help="Print the version of pruning-client and exit.",
 )
 @global_options
-def cli() -> None:
+@click.pass_context
+def cli(ctx: click.Context) -> None:
     """Prune Keras models with the pruning service.
 
     The connection options (--target, --api-key, --tls, --ca-file, --timeout, --json) go
     before or after the command name.
     """
+    if ctx.invoked_subcommand == "up":
+        given = [
+            f"--{name.replace('_', '-')}"
+            for name in GlobalOptions.__dataclass_fields__
+            if ctx.get_parameter_source(name) is ParameterSource.COMMANDLINE
+        ]
+        if given:
+            raise click.UsageError(f"`pruning up` takes only --listen, not {', '.join(given)}", ctx=ctx)
 
 
 @cli.command("upload")
@@ -1149,9 +1159,10 @@ def _trial_line(t: pb.Trial, budget: bool) -> str:
             if t.HasField("pruned_accuracy")
             else f"test loss {t.pruned_loss:.4f}"  # a regression
         )
-        line += f": {quality}, kernels {t.kernel_sparsity:.4f} sparse, gzip {t.gzip_bytes:,} bytes" + (
-            " within the budget" if budget and t.within_budget else ""
-        )
+        line += f": {quality}, kernels {t.kernel_sparsity:.4f} sparse, gzip {t.gzip_bytes:,} bytes"
+        if t.tflite_latency_ms:
+            line += f", TFLite {t.tflite_latency_ms:.3f} ms"
+        line += " within the budget" if budget and t.within_budget else ""
     elif t.error.message:
         line += f": {t.error.message}"
     return line

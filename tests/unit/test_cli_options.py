@@ -346,3 +346,15 @@ def test_submit_sends_the_loss_when_given(monkeypatch: pytest.MonkeyPatch, args:
     assert run(["submit", "--model", "a" * 64, *args]) == 0
     (spec,) = SubmittingClient.sent
     assert spec.training.loss == loss  # "": the server's default
+
+
+@pytest.mark.parametrize("given", [["--json"], ["--target", "h:1"], ["--timeout", "5"]])
+def test_pruning_up_refuses_the_client_options(given: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    assert run([*given, "up"]) == 2
+    assert f"`pruning up` takes only --listen, not {given[0]}" in capsys.readouterr().err
+
+
+def test_help_lists_every_exit_code(capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(["--help"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "11 integrity error, 130 interrupted (Ctrl-C), 1 anything else" in out

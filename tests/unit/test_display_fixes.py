@@ -143,3 +143,10 @@ def test_status_shows_an_eta_only_while_the_job_runs(
     out = capsys.readouterr().out
     assert "phase fine_tune step 422/844 sparsity 0.800" in out
     assert ("eta 4s" in out) is eta
+
+
+def test_a_trial_line_gives_its_tflite_latency_when_measured() -> None:
+    done = pb.Trial(index=2, sparsity=0.8, state=pb.JOB_STATE_SUCCEEDED, pruned_accuracy=0.97, gzip_bytes=1000)
+    assert "TFLite" not in _trial_line(done, False)
+    done.tflite_latency_ms = 0.0421
+    assert "gzip 1,000 bytes, TFLite 0.042 ms" in _trial_line(done, False)
