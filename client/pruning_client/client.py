@@ -26,6 +26,7 @@ from typing import IO, Any, Generic, ParamSpec, TypeVar
 import grpc
 
 from pruning import wire
+from pruning.files import DirectWriter
 from pruning.v1 import pruning_pb2 as pb
 from pruning.v1 import pruning_pb2_grpc as pb_grpc
 
@@ -405,8 +406,10 @@ class _Download:
     def request(self) -> pb.DownloadArtifactRequest:
         return pb.DownloadArtifactRequest(artifact_id=self.artifact_id, offset=self.offset)
 
-    def open(self) -> IO[bytes]:
-        return open(self.part, "ab" if self.offset else "wb")
+    def open(self) -> DirectWriter:
+        """The partial file, written past the page cache where the file system allows it
+        (:mod:`pruning.files`: a GiB costs the SDK a tenth of the CPU on a cold cache)."""
+        return DirectWriter(self.part, append=bool(self.offset))
 
     def restart(self) -> bool:
         """After OUT_OF_RANGE: the partial file is longer than the artifact, so it is removed

@@ -20,6 +20,8 @@ import tempfile
 import time
 from collections.abc import Callable
 
+from pruning.files import DirectWriter
+
 from .transfer import Buffer, Sink
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
@@ -49,21 +51,30 @@ def is_artifact_id(value: str) -> bool:
 class BlobWriter:
     """Accumulates chunks into a temporary file while hashing them.
 
-    The file is fsynced once, when it is closed. So that the disk does not start on a large
-    upload only then (1.4-1.7 s for 1 GiB here, after the last byte is in), the writeback of
-    every ``WRITEBACK_EVERY`` bytes is started as they are written (Linux's
-    ``sync_file_range``: it does not wait for the writes, only for room in the disk's queue
-    when that is full), and the fsync finds little left to do.
+    The file is written past the page cache where the file system allows it
+    (:class:`pruning.files.DirectWriter`: the disk reads the bytes from an aligned buffer, and a
+    GiB costs the server about 0.13 s of CPU instead of 0.3 to 1.6 s of page-cache copies) and
+    fsynced once, when it is closed. Written through the page cache instead (a file system
+    without ``O_DIRECT``), the writeback of every ``WRITEBACK_EVERY`` bytes is started as they
+    are written (Linux's ``sync_file_range``: it does not wait for the writes, only for room in
+    the disk's queue when that is full), so that the disk does not start on a large upload only
+    at the fsync (1.4-1.7 s for 1 GiB here, after the last byte is in).
     """
 
     durable = True  # False for a scratch file (a spool): no writeback and no fsync
+    direct = True  # past the page cache where the file system allows it
 
     def __init__(self, store: BlobStore):
         self._store = store
         fd, name = tempfile.mkstemp(dir=store.tmp_dir, prefix="upload-")
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a new file: nobody else holds it
-        self._file = os.fdopen(fd, "wb")
+        self._lock = fd  # held open, and so locked, until commit or discard
         self.path = pathlib.Path(name)
+        try:
+            self._file = DirectWriter(name, direct=self.direct)
+        except BaseException:
+            os.close(fd)
+            raise
         self.size = 0
         self.written_back = 0  # bytes whose writeback has been started
         self._hash = hashlib.sha256()
@@ -71,7 +82,7 @@ class BlobWriter:
     def _write_file(self, data: Buffer) -> None:
         self._file.write(data)
         self.size += len(data)
-        if self.durable and self.size - self.written_back >= WRITEBACK_EVERY:
+        if self.durable and not self._file.direct and self.size - self.written_back >= WRITEBACK_EVERY:
             self._start_writeback()
 
     def _start_writeback(self) -> None:
@@ -79,8 +90,7 @@ class BlobWriter:
         head start for the fsync in :meth:`close`, so a failure here is ignored."""
         if _sync_file_range is None:
             return
-        self._file.flush()
-        _sync_file_range(self._file.fileno(), self.written_back, self.size - self.written_back, _SYNC_FILE_RANGE_WRITE)
+        _sync_file_range(self._file.fd, self.written_back, self.size - self.written_back, _SYNC_FILE_RANGE_WRITE)
         self.written_back = self.size
 
     def sinks(self) -> list[Sink]:
@@ -97,16 +107,15 @@ class BlobWriter:
         return self._hash.hexdigest()
 
     def close(self) -> None:
-        """Flushes the file (to disk, unless it is scratch); it stays open (and locked) until
-        commit or discard."""
-        if not self._file.closed:
-            self._file.flush()
-            if self.durable:
-                os.fsync(self._file.fileno())
+        """Writes what is left to the file (to disk, unless it is scratch) and closes it; the
+        file stays locked until commit or discard."""
+        self._file.close(fsync=self.durable)
 
     def _release(self) -> None:
-        if not self._file.closed:
-            self._file.close()
+        self._file.close()
+        if self._lock >= 0:
+            os.close(self._lock)
+            self._lock = -1
 
     def commit(self) -> str:
         """Moves the finished file into place and returns its id (sha256)."""

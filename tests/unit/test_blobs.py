@@ -1,4 +1,6 @@
-"""The local artifact store's writer: one fsync, with the disk's writeback started early."""
+"""The local artifact store's writer: past the page cache where the file system allows it
+(pruning.files.DirectWriter), else through it with the disk's writeback started early; one
+fsync either way."""
 
 from __future__ import annotations
 
@@ -17,7 +19,9 @@ MiB = 1 << 20
 
 @pytest.fixture
 def calls(monkeypatch):
-    """The ranges whose writeback the writer starts (the real call is still made)."""
+    """The ranges whose writeback a writer through the page cache starts (the real call is
+    still made)."""
+    monkeypatch.setattr(blobs.BlobWriter, "direct", False)
     seen: list[tuple[int, int]] = []
     real = blobs._sync_file_range
 
@@ -75,8 +79,30 @@ def test_a_scratch_spool_is_neither_written_back_nor_fsynced(tmp_path, calls, mo
     synced = []
     monkeypatch.setattr(os, "fsync", synced.append)
     writer.close()
-    assert synced == []  # scratch: flushed, not fsynced
-    writer.durable = True
-    writer.close()
-    assert len(synced) == 1
+    assert synced == []  # scratch: written, not fsynced
     writer.discard()
+    durable = LocalStore(tmp_path).writer()
+    durable.write(b"x" * MiB)
+    durable.close()
+    assert len(synced) == 1
+    durable.discard()
+
+
+@pytest.mark.parametrize("sizes", [[3 * MiB + 7] * 12, [1] * 5000, [4 << 20], [(4 << 20) + 4096, 4095], []])
+def test_a_direct_writer_writes_the_whole_file_and_fsyncs_once(tmp_path, monkeypatch, sizes):
+    synced = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd)))
+    writer = LocalStore(tmp_path).writer()
+    expected = hashlib.sha256()
+    for i, size in enumerate(sizes):
+        chunk = bytes([i % 251]) * size
+        writer.write(chunk)
+        expected.update(chunk)
+    assert writer.written_back == 0  # written past the page cache: no writeback to start
+    artifact_id = writer.commit()
+    assert artifact_id == expected.hexdigest() and len(synced) == 1
+    path = tmp_path / artifact_id[:2] / artifact_id
+    assert path.stat().st_size == sum(sizes)
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == artifact_id
+    assert list((tmp_path / "tmp").iterdir()) == []

@@ -1,0 +1,116 @@
+"""pruning.files.DirectWriter: whole files past the page cache where O_DIRECT is allowed (any
+sizes, a tail that is not aligned, appends), and plain files where it is not (tmpfs, an
+unaligned start, a write refused after the open)."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import pathlib
+
+import pytest
+
+from pruning import files
+from pruning.files import ALIGN, BLOCK, DirectWriter
+
+
+def _direct_allowed(directory: pathlib.Path) -> bool:
+    if not files._O_DIRECT:
+        return False
+    try:
+        fd = os.open(directory / "probe", os.O_WRONLY | os.O_CREAT | files._O_DIRECT, 0o644)
+    except OSError:
+        return False
+    os.close(fd)
+    (directory / "probe").unlink()
+    return True
+
+
+def _pieces(sizes: list[int]) -> list[bytes]:
+    return [os.urandom(size) for size in sizes]
+
+
+@pytest.mark.parametrize(
+    "sizes",
+    [[], [1], [ALIGN], [BLOCK], [BLOCK + 1], [3 << 20] * 5, [1] * 10_000, [BLOCK - 1, 2, BLOCK * 2 + 5]],
+)
+@pytest.mark.parametrize("direct", [True, False])
+def test_the_file_holds_every_byte_written(tmp_path, sizes, direct):
+    path = tmp_path / "out"
+    pieces = _pieces(sizes)
+    with DirectWriter(path, direct=direct) as writer:
+        assert writer.direct == (direct and _direct_allowed(tmp_path))
+        for piece in pieces:
+            assert writer.write(memoryview(piece)) == len(piece)
+    assert path.read_bytes() == b"".join(pieces)
+
+
+@pytest.mark.parametrize("start", [0, BLOCK, ALIGN * 3, 1000])
+def test_appending_writes_after_the_end_direct_only_from_an_aligned_one(tmp_path, start):
+    path = tmp_path / "part"
+    head = os.urandom(start)
+    path.write_bytes(head)
+    tail = os.urandom(BLOCK + 12345)
+    with DirectWriter(path, append=True) as writer:
+        assert writer.size == start
+        assert writer.direct == (start % ALIGN == 0 and _direct_allowed(tmp_path))
+        writer.write(tail)
+    assert path.read_bytes() == head + tail
+
+
+def test_a_new_file_replaces_what_was_there(tmp_path):
+    path = tmp_path / "out"
+    path.write_bytes(b"old" * 10_000)
+    with DirectWriter(path) as writer:
+        writer.write(b"new")
+    assert path.read_bytes() == b"new"
+
+
+@pytest.mark.skipif(not pathlib.Path("/dev/shm").is_dir(), reason="no tmpfs at /dev/shm")
+def test_tmpfs_refuses_o_direct_and_gets_a_plain_file():
+    directory = pathlib.Path("/dev/shm")
+    path = directory / f"pruning-direct-{os.getpid()}"
+    try:
+        data = os.urandom(BLOCK + 7)
+        with DirectWriter(path) as writer:
+            assert writer.direct == _direct_allowed(directory)
+            writer.write(data)
+        assert path.read_bytes() == data
+    finally:
+        path.unlink(missing_ok=True)
+
+
+def test_a_write_refused_after_the_open_goes_on_plainly(tmp_path, monkeypatch):
+    if not _direct_allowed(tmp_path):
+        pytest.skip("O_DIRECT is not allowed here")
+    real_write = os.write
+    refused = []
+
+    def write(fd: int, data) -> int:
+        if not refused:
+            refused.append(fd)
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real_write(fd, data)
+
+    monkeypatch.setattr(os, "write", write)
+    data = os.urandom(2 * BLOCK + 3)
+    path = tmp_path / "out"
+    with DirectWriter(path) as writer:
+        writer.write(data)
+        assert not writer.direct and refused
+    assert hashlib.sha256(path.read_bytes()).digest() == hashlib.sha256(data).digest()
+
+
+def test_another_error_stands_and_the_file_is_closed(tmp_path, monkeypatch):
+    def full(fd: int, data) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    writer = DirectWriter(tmp_path / "out")
+    monkeypatch.setattr(os, "write", full)
+    with pytest.raises(OSError, match="No space"):
+        writer.write(os.urandom(BLOCK))
+    with pytest.raises(OSError, match="No space"):
+        writer.close()
+    assert writer.fd < 0  # closed all the same
+    writer.close()  # again: nothing to do
