@@ -157,11 +157,11 @@ def test_dry_run_prints_the_plan_and_creates_no_job(server: Any, files: dict[str
     assert ramp and 0 < int(ramp.group(1).replace(",", "")) < 2 * steps  # the recipe ends the ramp early
     assert "keras version:    2" in text and "heuristic" in text
     rows = {line.split()[0]: line.split() for line in text.splitlines() if line.split()}
-    # The weights column is the plan's, whatever it counts (see test_dry_run_json for the match).
+    # The params column is the plan's, whatever it counts (see test_dry_run_json for the match).
     # The recipe keeps the small layers at 0.5 and the large one makes up for them.
     assert rows["logits"][:2] == ["logits", "Dense"] and rows["logits"][3] == "0.5000"
     assert float(rows["hidden"][3]) > 0.75
-    assert rows["layer"] == ["layer", "class", "weights", "final", "sparsity"]
+    assert rows["layer"] == ["layer", "class", "params", "final", "sparsity"]
     assert {"conv", "hidden", "logits"} <= rows.keys() and "flatten" not in rows
     assert job_count(server) == before
 
