@@ -18,8 +18,8 @@ import contextlib
 import errno
 import mmap
 import os
+import threading
 from types import TracebackType
-from typing import Any
 
 try:
     import fcntl
@@ -34,12 +34,17 @@ _O_DIRECT: int = getattr(os, "O_DIRECT", 0) if fcntl is not None else 0
 class DirectWriter:
     """Writes ``path`` from its current end (a new file: from 0) in ``BLOCK``-byte writes
     through ``O_DIRECT``, or as a plain file where that is not possible; :meth:`close` writes
-    what is left (the unaligned tail as a plain write) and, with ``fsync``, makes it durable.
-    Not thread-safe: one writer thread."""
+    what is left (the unaligned tail as a plain write) and, with ``fsync``, makes it durable;
+    :meth:`abort` closes without writing more. The file always holds exactly the bytes written
+    so far, in order, even after a failed write (what a write could not put in the file stays
+    collected, and a later call tries it again from where it stopped). One lock orders the
+    calls: a close from another thread waits for a write under way, and a write after the close
+    raises ValueError (never a write to a file descriptor reused since)."""
 
     def __init__(self, path: os.PathLike[str] | str, *, append: bool = False, direct: bool = True) -> None:
         flags = os.O_WRONLY | os.O_CREAT | (0 if append else os.O_TRUNC) | getattr(os, "O_CLOEXEC", 0)
         self._fd = -1
+        self._lock = threading.Lock()
         self.direct = False
         if direct and _O_DIRECT:
             try:
@@ -50,11 +55,15 @@ class DirectWriter:
                     raise
         if self._fd < 0:
             self._fd = os.open(path, flags, 0o644)
-        self.size = os.lseek(self._fd, 0, os.SEEK_END)  # where the writes start
-        if self.direct and self.size % ALIGN:
-            self._plain()
-        self._buffer: mmap.mmap | None = mmap.mmap(-1, BLOCK) if self.direct else None  # page-aligned
-        self._fill = 0
+        try:
+            self.size = os.lseek(self._fd, 0, os.SEEK_END)  # bytes in the file; the writes start there
+            if self.direct and self.size % ALIGN:
+                self._plain()
+            self._buffer: mmap.mmap | None = mmap.mmap(-1, BLOCK) if self.direct else None  # page-aligned
+        except BaseException:
+            os.close(self._fd)
+            raise
+        self._fill = 0  # bytes collected in the buffer, not yet in the file
 
     @property
     def fd(self) -> int:
@@ -62,68 +71,86 @@ class DirectWriter:
 
     def write(self, data: bytes | bytearray | memoryview) -> int:
         """Writes ``data`` (collected until a block is full when writing directly)."""
-        view = memoryview(data).cast("B")
-        count = len(view)
-        if self._buffer is None:
-            self._write_all(view)
+        with self._lock:
+            if self._fd < 0:
+                raise ValueError("write to a closed file")
+            view = memoryview(data).cast("B")
+            count = len(view)
+            if self._buffer is None:
+                while view:  # plain: each byte goes to the file as it is taken
+                    written = os.write(self._fd, view)
+                    self.size += written
+                    view = view[written:]
+                return count
+            while view:
+                take = min(len(view), BLOCK - self._fill)
+                self._buffer[self._fill : self._fill + take] = view[:take]
+                self._fill += take
+                view = view[take:]
+                if self._fill == BLOCK:
+                    self._flush(BLOCK)
             return count
-        while view:
-            take = min(len(view), BLOCK - self._fill)
-            self._buffer[self._fill : self._fill + take] = view[:take]
-            self._fill += take
-            view = view[take:]
-            if self._fill == BLOCK:
-                self._flush_block(BLOCK)
-        return count
 
-    def _flush_block(self, length: int) -> None:
-        """Writes the buffer's first ``length`` bytes (a multiple of ALIGN) directly."""
+    def _flush(self, length: int) -> None:
+        """Writes the buffer's first ``length`` bytes (a multiple of ALIGN while writing
+        directly); whatever was written leaves the buffer, even when a write then fails."""
         assert self._buffer is not None
-        with memoryview(self._buffer) as whole:
-            try:
-                self._write_all(whole[:length])
-            except OSError as error:
-                if error.errno != errno.EINVAL:
-                    raise
-                # accepted at open, refused at the write (some FUSE file systems): plain from here
-                self._plain()
-                self._write_all(whole[:length])
-        self._fill -= length
-        if self._fill:
-            self._buffer.move(0, length, self._fill)
-
-    def _write_all(self, view: memoryview) -> None:
-        while view:
-            written = os.write(self._fd, view)
-            self.size += written
-            view = view[written:]
+        done = 0
+        try:
+            with memoryview(self._buffer) as whole:
+                while done < length:
+                    try:
+                        written = os.write(self._fd, whole[done:length])
+                    except OSError as error:
+                        if error.errno != errno.EINVAL or not self.direct:
+                            raise
+                        # accepted at open, refused at the write (some FUSE file systems)
+                        self._plain()
+                        continue
+                    done += written
+                    self.size += written
+        finally:
+            if done:
+                self._fill -= done
+                if self._fill:
+                    self._buffer.move(0, done, self._fill)
 
     def _plain(self) -> None:
         """From now on, plain writes (the page cache)."""
+        assert fcntl is not None  # O_DIRECT is used only where fcntl is
         fcntl.fcntl(self._fd, fcntl.F_SETFL, fcntl.fcntl(self._fd, fcntl.F_GETFL) & ~_O_DIRECT)
         self.direct = False
 
     def close(self, *, fsync: bool = False) -> None:
         """Writes what is collected (its aligned part directly, the rest plainly), fsyncs
-        when asked, and closes the file. Safe to call again."""
-        if self._fd < 0:
-            return
-        try:
-            if self._buffer is not None:
-                aligned = self._fill - self._fill % ALIGN
-                if aligned:
-                    self._flush_block(aligned)
+        when asked, and closes the file, which is closed even when a write fails. Safe to call
+        again."""
+        with self._lock:
+            if self._fd < 0:
+                return
+            try:
+                if self._fill and self.direct:
+                    self._flush(self._fill - self._fill % ALIGN)
                 if self._fill:
                     if self.direct:
                         self._plain()
-                    with memoryview(self._buffer) as whole:
-                        self._write_all(whole[: self._fill])
-                    self._fill = 0
-            if fsync:
-                os.fsync(self._fd)
+                    self._flush(self._fill)
+                if fsync:
+                    os.fsync(self._fd)
+            finally:
+                self._close()
+
+    def abort(self) -> None:
+        """Closes the file without writing what is collected (a file being thrown away)."""
+        with self._lock:
+            if self._fd >= 0:
+                self._close()
+
+    def _close(self) -> None:
+        fd, self._fd, self._fill = self._fd, -1, 0
+        try:
+            os.close(fd)
         finally:
-            os.close(self._fd)
-            self._fd = -1
             if self._buffer is not None:
                 # a view of it may live on in an error's traceback: then it goes with that
                 with contextlib.suppress(BufferError):
@@ -136,6 +163,6 @@ class DirectWriter:
     def __exit__(self, kind: type[BaseException] | None, value: BaseException | None, tb: TracebackType | None) -> None:
         self.close()
 
-    def __del__(self, *_: Any) -> None:
+    def __del__(self) -> None:
         if getattr(self, "_fd", -1) >= 0:
             os.close(self._fd)

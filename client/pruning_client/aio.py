@@ -34,6 +34,7 @@ import grpc
 import grpc.aio
 
 from pruning import wire
+from pruning.files import DirectWriter
 from pruning.v1 import pruning_pb2 as pb
 from pruning.v1 import pruning_pb2_grpc as pb_grpc
 
@@ -255,6 +256,15 @@ async def _off_loop(manager: contextlib.AbstractContextManager[_T]) -> AsyncIter
         yield value
     finally:
         await asyncio.to_thread(stack.close)
+
+
+def _written(behind: _Behind, f: DirectWriter, error: BaseException | None) -> None:
+    """Waits for a download's writer and hasher to finish what they were given, then closes
+    the file: in one thread, so that the file is never closed under a write."""
+    try:
+        behind.__exit__(type(error) if error else None, error, None)
+    finally:
+        f.close()
 
 
 class AsyncClient:
@@ -530,26 +540,31 @@ class AsyncClient:
         return await asyncio.to_thread(download.finish)
 
     async def _receive(self, download: _Download, progress: DownloadProgress | None) -> None:
-        with download.open() as f:
-            behind = _Behind(f.write, download.digest.update)  # written and hashed in threads behind the receiver
+        f = download.open()
+        behind = _Behind(f.write, download.digest.update)  # written and hashed in threads behind the receiver
+        try:
             behind.__enter__()
-            limit = self.options.timeout
-            try:
-                call = self._transfers.download(download.request(), metadata=self._metadata)
-                chunks = aiter(call)
-                while True:
-                    try:  # a stalled server must not hold it forever
-                        chunk = await asyncio.wait_for(anext(chunks), limit)
-                    except StopAsyncIteration:
-                        break
-                    except asyncio.TimeoutError:  # noqa: UP041 (not the builtin TimeoutError before 3.11)
-                        call.cancel()
-                        raise idle_error(limit) from None
-                    data = chunk.data
-                    await behind.aput(data)
-                    if progress:
-                        progress(len(data), chunk.total_size)
-            except BaseException as exc:
-                await asyncio.to_thread(behind.__exit__, type(exc), exc, None)  # keeps what arrived
-                raise
-            await asyncio.to_thread(behind.__exit__, None, None, None)
+        except BaseException:
+            f.close()
+            raise
+        limit = self.options.timeout
+        try:
+            call = self._transfers.download(download.request(), metadata=self._metadata)
+            chunks = aiter(call)
+            while True:
+                try:  # a stalled server must not hold it forever
+                    chunk = await asyncio.wait_for(anext(chunks), limit)
+                except StopAsyncIteration:
+                    break
+                except asyncio.TimeoutError:  # noqa: UP041 (not the builtin TimeoutError before 3.11)
+                    call.cancel()
+                    raise idle_error(limit) from None
+                data = chunk.data
+                await behind.aput(data)
+                if progress:
+                    progress(len(data), chunk.total_size)
+        except BaseException as exc:
+            # keeps what arrived; a second cancellation cannot close the file under the writer
+            await asyncio.shield(asyncio.to_thread(_written, behind, f, exc))
+            raise
+        await asyncio.to_thread(_written, behind, f, None)

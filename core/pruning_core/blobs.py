@@ -73,6 +73,7 @@ class BlobWriter:
         try:
             self._file = DirectWriter(name, direct=self.direct)
         except BaseException:
+            self.path.unlink(missing_ok=True)
             os.close(fd)
             raise
         self.size = 0
@@ -112,10 +113,13 @@ class BlobWriter:
         self._file.close(fsync=self.durable)
 
     def _release(self) -> None:
-        self._file.close()
-        if self._lock >= 0:
-            os.close(self._lock)
-            self._lock = -1
+        """Closes the file without writing more, then lets go of its lock."""
+        try:
+            self._file.abort()
+        finally:
+            if self._lock >= 0:
+                os.close(self._lock)
+                self._lock = -1
 
     def commit(self) -> str:
         """Moves the finished file into place and returns its id (sha256)."""
@@ -128,8 +132,12 @@ class BlobWriter:
         return sha
 
     def discard(self) -> None:
-        self.path.unlink(missing_ok=True)
-        self._release()
+        """Removes the file; what was not written yet is dropped (a disk that is full stays
+        so no longer than this file's bytes held it)."""
+        try:
+            self.path.unlink(missing_ok=True)
+        finally:
+            self._release()
 
 
 class BlobStore:

@@ -72,6 +72,22 @@ def _is_event_id(value: str) -> bool:
     return bool(_EVENT_ID.fullmatch(value)) and all(int(part) < 2**64 for part in value.split("-"))
 
 
+_UPLOAD_KINDS = (pb.ARTIFACT_KIND_MODEL, pb.ARTIFACT_KIND_DATASET)
+
+
+def _refuse_other_upload_kind(held: ArtifactRecord, kind: pb.ArtifactKind.ValueType) -> None:
+    """FAILED_PRECONDITION for an upload of content the tenant holds as the other upload kind
+    (a file valid as both a model and a dataset): one record per content would change kind
+    under the jobs naming it. An export or report file uploaded as a model becomes one."""
+    if held.kind in _UPLOAD_KINDS and held.kind != kind:
+        field = "model" if kind == pb.ARTIFACT_KIND_MODEL else "dataset"
+        raise Failure(
+            grpc.StatusCode.FAILED_PRECONDITION,
+            f"{field}: this content is already held as a {convert.kind_name(held.kind)} "
+            f"(artifact {held.id}); delete that one to store it as a {convert.kind_name(kind)}",
+        )
+
+
 def _drop(pipe: WritePipeline | None, writer) -> None:
     """Stops an upload's pipeline and removes what it wrote. A failure here (an S3 abort over
     a broken network) is logged, never answered in place of the refusal; the housekeeping and
@@ -189,6 +205,7 @@ class PruningService(pb_grpc.PruningServiceServicer):
             record = await self.store.get_artifact(tenant, header.sha256.lower())
         except KeyError:
             return None
+        _refuse_other_upload_kind(record, kind)  # said now, before the bytes are read
         if record.kind != kind or header.size not in (0, record.size):
             return None
         if record.info.get("inspection") != self._inspection:
@@ -331,14 +348,8 @@ class PruningService(pb_grpc.PruningServiceServicer):
             held = await self.store.get_artifact(tenant, artifact_id)
         except KeyError:
             held = None
-        if held is not None and held.kind != kind:
-            # its bytes stay: the record held points to them
-            field = "model" if kind == pb.ARTIFACT_KIND_MODEL else "dataset"
-            raise Failure(
-                grpc.StatusCode.FAILED_PRECONDITION,
-                f"{field}: this content is already held as a {convert.kind_name(held.kind)} "
-                f"(artifact {artifact_id}); delete that one to store it as a {convert.kind_name(kind)}",
-            )
+        if held is not None:
+            _refuse_other_upload_kind(held, kind)  # its bytes stay: the record held points to them
         info = {**info, "inspection": self._inspection}  # which code and limits passed it (see _held)
         record = ArtifactRecord(
             artifact_id, kind, fmt, convert.safe_filename(header.filename), writer.size, time.time(), info

@@ -1,6 +1,7 @@
 """An upload whose header announces content the tenant already holds is answered after the
-header: nothing more is read, the record's retention starts over. Another tenant's content,
-another kind, or a misnamed model is read and checked as any upload."""
+header: nothing more is read, the record's retention starts over. Another tenant's content or
+a misnamed model is read and checked as any upload; content held as the other upload kind is
+refused."""
 
 from __future__ import annotations
 
@@ -80,10 +81,11 @@ def test_held_content_is_answered_after_the_header(tenants, env, files):
         assert alpha.stub.UploadDataset(forever(), timeout=30, metadata=alpha_key).id == first.id
         never.set()
 
-        # the same bytes as a model: another kind, read and inspected (not a model)
+        # the same bytes as a model: held as a dataset, refused at the header
         with pytest.raises(grpc.RpcError) as error:
             _announced(alpha.stub.UploadModel, "d.keras", data, [pb.UploadRequest(chunk=data)], alpha_key)
-        assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert error.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "already held as a dataset" in (error.value.details() or "")
 
     with Client(tenants.target, api_key="key-b") as beta:
         # another tenant's content: read and checked, so garbage is refused
@@ -394,3 +396,20 @@ def test_content_held_as_another_kind_is_refused_and_keeps_its_record(tenants, f
         model = alpha.upload_model(both)
         assert model.id == dataset.id and model.kind == pb.ARTIFACT_KIND_MODEL
         alpha.delete_artifact(model.id)
+
+
+def test_an_export_uploaded_as_a_model_becomes_one(tenants, held_settings, env, files):
+    """A job's pruned model, downloaded and uploaded to be pruned again."""
+    from pruning_core.store import ArtifactRecord, JobStore
+
+    content = files["keras"].read_bytes()
+    export_id = hashlib.sha256(content).hexdigest()
+    store = JobStore(redis.Redis.from_url(env["PRUNING_REDIS_URL"]), held_settings.key_prefix)
+    store.put_artifact(
+        "alpha", ArtifactRecord(export_id, pb.ARTIFACT_KIND_EXPORT, "keras", "p.keras", len(content), 1.0, {})
+    )
+    with Client(tenants.target, api_key="key-a") as alpha:
+        model = alpha.upload_model(files["keras"])
+        assert model.id == export_id and model.kind == pb.ARTIFACT_KIND_MODEL
+        assert {a.id: a.kind for a in alpha.list_artifacts(kind="model")}[export_id] == pb.ARTIFACT_KIND_MODEL
+        alpha.delete_artifact(export_id)

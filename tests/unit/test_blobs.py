@@ -106,3 +106,31 @@ def test_a_direct_writer_writes_the_whole_file_and_fsyncs_once(tmp_path, monkeyp
     assert path.stat().st_size == sum(sizes)
     assert hashlib.sha256(path.read_bytes()).hexdigest() == artifact_id
     assert list((tmp_path / "tmp").iterdir()) == []
+
+
+def test_a_write_failing_midway_is_discarded_without_keeping_the_file_open(tmp_path, monkeypatch):
+    """A full disk: the upload is dropped, and its file's space and descriptors go with it."""
+    import errno
+
+    store = LocalStore(tmp_path)
+    before = set(os.listdir("/proc/self/fd"))
+    writer = store.writer()
+    real_write = os.write
+    state = {"left": 6 * MiB}
+
+    def write(fd, data):
+        if state["left"] <= 0:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        n = min(len(data), state["left"])
+        state["left"] -= n
+        return real_write(fd, memoryview(data)[:n])
+
+    monkeypatch.setattr(os, "write", write)
+    with pytest.raises(OSError, match="No space"):
+        for _ in range(3):
+            writer.write(os.urandom(4 * MiB))
+    writer.discard()  # the failed block is not tried again: nothing raised
+    assert not writer.path.exists()
+    after = set(os.listdir("/proc/self/fd"))
+    assert after <= before  # no descriptor left on the removed file
+    assert writer._lock == -1 and writer._file.fd == -1

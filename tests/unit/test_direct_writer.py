@@ -114,3 +114,62 @@ def test_another_error_stands_and_the_file_is_closed(tmp_path, monkeypatch):
         writer.close()
     assert writer.fd < 0  # closed all the same
     writer.close()  # again: nothing to do
+
+
+@pytest.mark.parametrize("direct", [True, False])
+def test_after_a_write_fails_midway_the_file_holds_exactly_the_bytes_written(tmp_path, monkeypatch, direct):
+    """A short write, then an error (a full disk): nothing is written twice, and a later close
+    writes the rest from where it stopped."""
+    real_write = os.write
+    budget = {"left": 6 << 20}
+
+    def write(fd: int, data) -> int:
+        if budget["left"] <= 0:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        n = min(len(data), budget["left"])
+        budget["left"] -= n
+        return real_write(fd, memoryview(data)[:n])
+
+    path = tmp_path / "part"
+    data = os.urandom(3 * BLOCK + 5)
+    writer = DirectWriter(path, direct=direct)
+    monkeypatch.setattr(os, "write", write)
+    with pytest.raises(OSError, match="No space"):
+        writer.write(data)
+    held = path.read_bytes()
+    assert held == data[: len(held)] and writer.size == len(held)  # a prefix, once
+    budget["left"] = 1 << 40  # room again
+    taken = len(held) + (writer._fill if writer._buffer is not None else 0)
+    writer.close()
+    assert path.read_bytes() == data[:taken]
+
+
+def test_a_close_from_another_thread_waits_for_the_write_under_way(tmp_path, monkeypatch):
+    import threading
+    import time
+
+    real_write = os.write
+    entered, release = threading.Event(), threading.Event()
+
+    def slow(fd: int, data) -> int:
+        entered.set()
+        release.wait(10)
+        return real_write(fd, data)
+
+    path = tmp_path / "out"
+    data = os.urandom(BLOCK)
+    writer = DirectWriter(path)
+    monkeypatch.setattr(os, "write", slow)
+    worker = threading.Thread(target=writer.write, args=(data,))
+    worker.start()
+    assert entered.wait(10)
+    closer = threading.Thread(target=writer.close)
+    closer.start()
+    time.sleep(0.2)
+    assert closer.is_alive()  # waits for the write
+    release.set()
+    worker.join(10)
+    closer.join(10)
+    assert path.read_bytes() == data
+    with pytest.raises(ValueError, match="closed"):
+        writer.write(b"late")

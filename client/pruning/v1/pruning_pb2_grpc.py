@@ -98,8 +98,9 @@ class PruningServiceServicer:
 
     def UploadDataset(self, request_iterator, context):
         """Streams a dataset (.npz with x_train, y_train, x_test, y_test). Either upload answers
-        FAILED_PRECONDITION for content the tenant holds as the other kind (a file valid as both):
-        that artifact must be deleted first.
+        FAILED_PRECONDITION for content the tenant holds as the other of the two kinds (a file
+        valid as both; said after the header when it announces the sha256): that artifact must be
+        deleted first. An export or report file uploaded as a model becomes one.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

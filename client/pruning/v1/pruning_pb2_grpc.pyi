@@ -37,8 +37,9 @@ class PruningServiceStub:
     """Streams a model file (.keras or .h5): first message a header, then chunks."""
     UploadDataset: _grpc.StreamUnaryMultiCallable[_pruning_pb2.UploadRequest, _pruning_pb2.Artifact]
     """Streams a dataset (.npz with x_train, y_train, x_test, y_test). Either upload answers
-    FAILED_PRECONDITION for content the tenant holds as the other kind (a file valid as both):
-    that artifact must be deleted first.
+    FAILED_PRECONDITION for content the tenant holds as the other of the two kinds (a file
+    valid as both; said after the header when it announces the sha256): that artifact must be
+    deleted first. An export or report file uploaded as a model becomes one.
     """
     CreateJob: _grpc.UnaryUnaryMultiCallable[_pruning_pb2.CreateJobRequest, _pruning_pb2.Job]
     """Validates the spec, records the job (QUEUED) and hands it to a worker."""
@@ -73,8 +74,9 @@ class PruningServiceAsyncStub(PruningServiceStub):
     """Streams a model file (.keras or .h5): first message a header, then chunks."""
     UploadDataset: _aio.StreamUnaryMultiCallable[_pruning_pb2.UploadRequest, _pruning_pb2.Artifact]  # type: ignore[assignment]
     """Streams a dataset (.npz with x_train, y_train, x_test, y_test). Either upload answers
-    FAILED_PRECONDITION for content the tenant holds as the other kind (a file valid as both):
-    that artifact must be deleted first.
+    FAILED_PRECONDITION for content the tenant holds as the other of the two kinds (a file
+    valid as both; said after the header when it announces the sha256): that artifact must be
+    deleted first. An export or report file uploaded as a model becomes one.
     """
     CreateJob: _aio.UnaryUnaryMultiCallable[_pruning_pb2.CreateJobRequest, _pruning_pb2.Job]  # type: ignore[assignment]
     """Validates the spec, records the job (QUEUED) and hands it to a worker."""
@@ -118,8 +120,9 @@ class PruningServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_pruning_pb2.Artifact, _abc.Awaitable[_pruning_pb2.Artifact]]:
         """Streams a dataset (.npz with x_train, y_train, x_test, y_test). Either upload answers
-        FAILED_PRECONDITION for content the tenant holds as the other kind (a file valid as both):
-        that artifact must be deleted first.
+        FAILED_PRECONDITION for content the tenant holds as the other of the two kinds (a file
+        valid as both; said after the header when it announces the sha256): that artifact must be
+        deleted first. An export or report file uploaded as a model becomes one.
         """
 
     @_abc_1.abstractmethod
