@@ -186,9 +186,19 @@ if redis.call('EXISTS', record) == 0 then record = KEYS[2] end
 local kind, created = unpack(redis.call('HMGET', record, 'kind', 'created'))
 if not created then return 0 end
 redis.call('ZADD', KEYS[4], 'NX', created, ARGV[1])
+local first = redis.call('ZSCORE', KEYS[4], ARGV[1])
 for i = 5, #KEYS do
-  if ARGV[i - 3] == kind then redis.call('ZADD', KEYS[i], 'NX', created, ARGV[1]) end
+  if ARGV[i - 3] == kind then redis.call('ZADD', KEYS[i], first, ARGV[1]) else redis.call('ZREM', KEYS[i], ARGV[1]) end
 end
+return 1
+"""
+
+# KEYS: the tenant's artifacts, the tenant's artifacts by time, the same of each kind ; ARGV:
+# artifact id. Drops an id the tenant holds no record of from its sets by time (left there by
+# a process from before them removing the record). Returns 1 when it dropped it.
+_UNINDEX_ARTIFACT = """
+if redis.call('SISMEMBER', KEYS[1], ARGV[1]) == 1 then return 0 end
+for i = 2, #KEYS do redis.call('ZREM', KEYS[i], ARGV[1]) end
 return 1
 """
 
@@ -546,6 +556,7 @@ class _Base:
         self._drop_record = client.register_script(_DROP_RECORD)
         self._refresh_record = client.register_script(_REFRESH_RECORD)
         self._backfill_artifact = client.register_script(_BACKFILL_ARTIFACT)
+        self._unindex_artifact = client.register_script(_UNINDEX_ARTIFACT)
         self._count_bytes = client.register_script(_COUNT_BYTES)
         self._reserve = client.register_script(_RESERVE)
         self._renew = client.register_script(_RENEW)
@@ -1172,6 +1183,7 @@ class AsyncJobStore(_Base):
         it); a shared record from before per-tenant records where the tenant has no own."""
         index = self.keys.tenant_artifacts_by_time(tenant, kind)
         if after is None:
+            await self._keep_indexed(tenant)
             found = await self.redis.zrevrange(index, 0, size, withscores=True)
         else:
             created, last = after
@@ -1220,19 +1232,40 @@ class AsyncJobStore(_Base):
         async for key in self.redis.scan_iter(match=_glob_escape(head) + "*" + _glob_escape(tail), count=1000):
             if _text(await self.redis.type(key)) != "set":
                 continue  # a job index whose label ends so (those are sorted sets)
-            tenant = _text(key)[len(head) : -len(tail)]
-            ids = [_text(i) for i in await self.redis.smembers(key)]
-            indexes = self._time_keys(tenant)
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for artifact_id in ids:
-                    records = [self.keys.tenant_artifact(tenant, artifact_id), self.keys.artifact(artifact_id)]
-                    await self._backfill_artifact(
-                        keys=[*records, key, *indexes], args=[artifact_id, *ARTIFACT_KINDS], client=pipe
-                    )
-                await pipe.execute()
-            seen += len(ids)
+            seen += await self._index_tenant(_text(key)[len(head) : -len(tail)])
         await self.redis.set(self.keys.artifact_index_version(), ARTIFACT_INDEX_VERSION)
         return seen
+
+    async def _keep_indexed(self, tenant: str) -> None:
+        """Indexes the tenant's records again when its set of artifacts and its index by time
+        disagree in size: a process from before the index (a rolling upgrade: an old worker
+        storing its job's exports, an old server removing a record) wrote or removed records
+        after the backfill, which never runs again. Two counts a listing; the set's records
+        when they differ."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.scard(self.keys.tenant_artifacts(tenant))
+            pipe.zcard(self.keys.tenant_artifacts_by_time(tenant))
+            held, indexed = await pipe.execute()
+        if held != indexed:
+            await self._index_tenant(tenant)
+
+    async def _index_tenant(self, tenant: str) -> int:
+        """Every record of the tenant in its sets by time, as it is now (:data:`_BACKFILL_ARTIFACT`),
+        and no id it holds no record of; returns the records read."""
+        held = self.keys.tenant_artifacts(tenant)
+        indexes = self._time_keys(tenant)
+        ids = [_text(i) for i in await self.redis.smembers(held)]
+        listed = {_text(i) for i in await self.redis.zrange(indexes[0], 0, -1)}
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for artifact_id in ids:
+                records = [self.keys.tenant_artifact(tenant, artifact_id), self.keys.artifact(artifact_id)]
+                await self._backfill_artifact(
+                    keys=[*records, held, *indexes], args=[artifact_id, *ARTIFACT_KINDS], client=pipe
+                )
+            for artifact_id in listed.difference(ids):
+                await self._unindex_artifact(keys=[held, *indexes], args=[artifact_id], client=pipe)
+            await pipe.execute()
+        return len(ids)
 
     async def refresh_artifact(self, tenant: str, record: ArtifactRecord) -> bool:
         """Writes the tenant's own record of ``record.id`` again as ``record`` (its file name,

@@ -172,7 +172,7 @@ def test_records_written_before_the_indexes_are_backfilled_once(redis_url, prefi
             await store.redis.zadd(f"{prefix}:tenant:a:label:1:k=x:artifacts", {"job": 0})
             indexes = [k async for k in store.redis.scan_iter(f"{prefix}:tenant:*:artifacts-by-time*")]
             await store.redis.delete(*indexes)
-            assert await _walk(store, "a", 0, 10) == []  # what the backfill is for
+            assert not await store.redis.exists(store.keys.tenant_artifacts_by_time("a"))  # what the backfill is for
             assert await store.backfill_artifact_index() == 81
             assert await store.backfill_artifact_index() == 0  # once
             for tenant, records in made.items():
@@ -184,6 +184,40 @@ def test_records_written_before_the_indexes_are_backfilled_once(redis_url, prefi
             assert await store.backfill_artifact_index() == 81  # again: nothing changes
             for tenant, records in made.items():
                 assert await _walk(store, tenant, 0, 500) == _expected(records, 0)
+        finally:
+            await store.redis.aclose()
+
+    asyncio.run(run())
+
+
+def test_a_listing_indexes_again_what_a_process_from_before_the_index_wrote_or_removed(redis_url, prefix):
+    """A rolling upgrade: an old worker stores an export, an old server removes a record, both
+    without the sets by time, after the backfill ran."""
+
+    async def run():
+        store = AsyncJobStore.from_url(redis_url, prefix)
+        try:
+            records = await _populate(store, "a", 20, 7)
+            await store.backfill_artifact_index()
+            # an old process's record: the record and the tenant's set, no index
+            old = _record("old-export", E, 1.8e9)
+            await store.redis.hset(store.keys.tenant_artifact("a", old.id), mapping=old.to_mapping())
+            await store.redis.sadd(store.keys.tenant_artifacts("a"), old.id)
+            records[old.id] = old
+            for kind in (0, *ARTIFACT_KINDS):
+                assert await _walk(store, "a", kind, 6) == _expected(records, kind), kind
+            # an old process's removal: the record and its set entry, the index left
+            gone = next(iter(records))
+            await store.redis.delete(store.keys.tenant_artifact("a", gone))
+            await store.redis.srem(store.keys.tenant_artifacts("a"), gone)
+            del records[gone]
+            for kind in (0, *ARTIFACT_KINDS):
+                assert await _walk(store, "a", kind, 6) == _expected(records, kind), kind
+            for kind in (0, *ARTIFACT_KINDS):
+                members = {
+                    m.decode() for m in await store.redis.zrange(store.keys.tenant_artifacts_by_time("a", kind), 0, -1)
+                }
+                assert members == {i for i, r in records.items() if not kind or r.kind == kind}
         finally:
             await store.redis.aclose()
 
