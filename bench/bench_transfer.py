@@ -24,7 +24,10 @@ here on free ports), with client and server in separate processes:
 
 Prints medians of ``--repeat`` rounds and the service/echo ratios.
 
-Usage: python bench/bench_transfer.py [--mb 1024] [--backend local,s3] [--repeat 3]
+``--writes direct,plain`` adds rows with both ends writing through the page cache (the server
+with ``PRUNING_DIRECT_WRITES=false``, the SDK without ``O_DIRECT``), for a side-by-side view.
+
+Usage: python bench/bench_transfer.py [--mb 1024] [--backend local,s3] [--repeat 3] [--writes direct,plain]
 """
 
 from __future__ import annotations
@@ -46,12 +49,14 @@ import numpy as np
 import psutil
 import redis
 
+from pruning import files
 from pruning.v1 import pruning_pb2 as pb
 from pruning_client import Client
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 MiB = 1 << 20
+direct_flag = files._O_DIRECT
 _UP, _DOWN = "/echo.Echo/Upload", "/echo.Echo/Download"
 
 
@@ -173,7 +178,7 @@ def raw_s3_round(seaweed, path: pathlib.Path, back: pathlib.Path) -> tuple[float
 
 
 def bench_backend(
-    backend: str, args, tmp: pathlib.Path, path: pathlib.Path, client_dir: pathlib.Path
+    backend: str, args, tmp: pathlib.Path, path: pathlib.Path, client_dir: pathlib.Path, *, direct: bool = True
 ) -> dict[str, list[float]]:
     url = os.environ.get("PRUNING_REDIS_URL", "redis://127.0.0.1:6379/9")
     prefix = f"pruning-bench-{uuid.uuid4().hex[:8]}"
@@ -182,9 +187,10 @@ def bench_backend(
         "PRUNING_REDIS_URL": url,
         "PRUNING_KEY_PREFIX": prefix,
         "PRUNING_QUEUE": prefix,
-        "PRUNING_STATE_DIR": str(tmp / f"state-{backend}"),
+        "PRUNING_STATE_DIR": str(tmp / f"state-{backend}-{'direct' if direct else 'plain'}"),
         "PRUNING_MAX_UPLOAD_BYTES": str(8 << 30),
         "PRUNING_MAX_DECOMPRESSED_BYTES": str(16 << 30),
+        "PRUNING_DIRECT_WRITES": str(direct).lower(),
     }
     seaweed = None
     if backend == "s3":
@@ -192,7 +198,7 @@ def bench_backend(
 
         seaweed = SeaweedFS(tmp / "seaweed")
         env.update(seaweed.env(prefix=prefix))
-    port_file = tmp / f"port-{backend}"
+    port_file = tmp / f"port-{backend}-{uuid.uuid4().hex[:8]}"
     server = subprocess.Popen(
         [sys.executable, "-m", "pruning_server", "--listen", "127.0.0.1:0", "--port-file", str(port_file)],
         env=env,
@@ -283,6 +289,12 @@ def main() -> None:
     parser.add_argument("--backend", default="local,s3", help="comma-separated: local, s3")
     parser.add_argument("--repeat", type=int, default=3, help="rounds; medians are printed")
     parser.add_argument(
+        "--writes",
+        default="direct",
+        help="comma-separated: direct (the default: uploads on the server and downloads in the SDK written past "
+        "the page cache where the file system allows it), plain (both through the page cache); each a row",
+    )
+    parser.add_argument(
         "--client-dir",
         default=None,
         help="where the client keeps the file it uploads and the downloads (default: a temporary "
@@ -298,13 +310,16 @@ def main() -> None:
             target = f"127.0.0.1:{_wait_port(tmp / 'echo-port', echo)}"
             rows = []
             for backend in args.backend.split(","):
-                echo_up, echo_down = [], []
-                for _ in range(args.repeat):
-                    up_s, down_s = echo_round(target, path)
-                    echo_up.append(up_s)
-                    echo_down.append(down_s)
-                measured = bench_backend(backend, args, tmp, path, client_dir)
-                rows.append((backend, echo_up, echo_down, measured))
+                for writes in args.writes.split(","):
+                    echo_up, echo_down = [], []
+                    for _ in range(args.repeat):
+                        up_s, down_s = echo_round(target, path)
+                        echo_up.append(up_s)
+                        echo_down.append(down_s)
+                    files._O_DIRECT = direct_flag if writes == "direct" else 0  # the SDK's downloads
+                    measured = bench_backend(backend, args, tmp, path, client_dir, direct=writes == "direct")
+                    name = backend if args.writes == "direct" else f"{backend} ({writes} writes)"
+                    rows.append((name, echo_up, echo_down, measured))
         finally:
             echo.kill()
             echo.wait()

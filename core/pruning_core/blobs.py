@@ -71,7 +71,7 @@ class BlobWriter:
         self._lock = fd  # held open, and so locked, until commit or discard
         self.path = pathlib.Path(name)
         try:
-            self._file = DirectWriter(name, direct=self.direct)
+            self._file = DirectWriter(name, direct=self.direct and store.direct)
         except BaseException:
             self.path.unlink(missing_ok=True)
             os.close(fd)
@@ -143,8 +143,9 @@ class BlobWriter:
 class BlobStore:
     """The artifact store rooted at one directory."""
 
-    def __init__(self, root: os.PathLike | str):
+    def __init__(self, root: os.PathLike | str, direct: bool = True):
         self.root = pathlib.Path(root)
+        self.direct = direct  # uploads written past the page cache where the file system allows
         self.tmp_dir = self.root / "tmp"
         self.tmp_dir.mkdir(parents=True, exist_ok=True)
 

@@ -73,8 +73,8 @@ class Upload(BlobWriter):
 class LocalStore(BlobStore):
     """The artifact store in one directory (the embedded default)."""
 
-    def __init__(self, root: os.PathLike | str, readahead: int = 4):
-        super().__init__(root)
+    def __init__(self, root: os.PathLike | str, readahead: int = 4, direct: bool = True):
+        super().__init__(root, direct)
         self.readahead = readahead
 
     def writer(self) -> Upload:
@@ -262,8 +262,9 @@ class S3Store(LocalStore):
         part_size: int = 5 * MiB,
         max_concurrency: int = 8,
         readahead: int = 4,
+        direct: bool = True,
     ):
-        super().__init__(root, readahead)
+        super().__init__(root, readahead, direct)
         self.objects = objects
         self.part_size = part_size
         self.max_concurrency = max_concurrency
@@ -290,6 +291,7 @@ class S3Store(LocalStore):
             part_size=settings.s3_part_size,
             max_concurrency=settings.s3_max_concurrency,
             readahead=settings.download_readahead,
+            direct=settings.direct_writes,
         )
 
     def key(self, artifact_id: str) -> str:
@@ -515,4 +517,4 @@ def open_store(settings: Settings) -> LocalStore:
     """The artifact store the settings name: ``local`` (``artifacts_path``) or ``s3``."""
     if settings.artifact_store == "s3":
         return S3Store.from_settings(settings)
-    return LocalStore(settings.artifacts_path, settings.download_readahead)
+    return LocalStore(settings.artifacts_path, settings.download_readahead, settings.direct_writes)

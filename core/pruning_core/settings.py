@@ -216,6 +216,11 @@ class Settings(BaseSettings):
         description="the server's allocator keeps freed transfer chunks for reuse instead of returning them to the "
         "kernel and faulting them in again (glibc only; halves a download's server CPU)",
     )
+    direct_writes: bool = Field(
+        True,
+        description="uploads are written to disk past the page cache (O_DIRECT) where the file system allows it: "
+        "a GiB costs the server about 0.13 s of CPU instead of 0.3-1.6 s; off where direct writes are slow",
+    )
     dataset_cache_bytes: int = Field(
         2048 * MiB,
         description="datasets a worker process keeps loaded (read-only) for the next job on the same data; 0 = none",
