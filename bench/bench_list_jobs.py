@@ -125,17 +125,6 @@ async def time_old_artifacts(
     return seconds, ids
 
 
-def time_list_artifacts(stub, request: pb.ListArtifactsRequest, repeat: int) -> tuple[list[float], list[str]]:
-    for _ in range(min(20, repeat)):
-        stub.ListArtifacts(request)
-    seconds = []
-    for _ in range(repeat):
-        started = time.perf_counter()
-        reply = stub.ListArtifacts(request)
-        seconds.append(time.perf_counter() - started)
-    return seconds, [a.id for a in reply.artifacts]
-
-
 def _move(job: pb.Job, to: pb.JobState.ValueType) -> list[pb.JobEvent]:
     return [state_event(job, to)]
 
@@ -191,15 +180,17 @@ async def time_backfill(store: AsyncJobStore) -> float:
     return time.perf_counter() - started
 
 
-def time_rpc(stub, request: pb.ListJobsRequest, repeat: int) -> tuple[list[float], list[str]]:
+def time_rpc(call, request, repeat: int) -> tuple[list[float], list[str]]:
+    """Seconds of each of ``repeat`` calls, and the ids the last page listed (jobs or artifacts)."""
     for _ in range(min(20, repeat)):  # warm the channel and the server's code paths
-        stub.ListJobs(request)
+        call(request)
     seconds = []
     for _ in range(repeat):
         started = time.perf_counter()
-        reply = stub.ListJobs(request)
+        reply = call(request)
         seconds.append(time.perf_counter() - started)
-    return seconds, [j.id for j in reply.jobs]
+    listed = reply.jobs if isinstance(reply, pb.ListJobsResponse) else reply.artifacts
+    return seconds, [x.id for x in listed]
 
 
 def percentile(seconds: list[float], p: float) -> float:
@@ -252,7 +243,7 @@ def main() -> None:
             with grpc.insecure_channel(target) as channel:
                 stub = pb_grpc.PruningServiceStub(channel)
                 for name, request in QUERIES.items():
-                    new, new_ids = time_rpc(stub, request, args.repeat)
+                    new, new_ids = time_rpc(stub.ListJobs, request, args.repeat)
                     old: list[float] = []
                     if args.old_repeat:
                         old, old_ids = loop.run_until_complete(time_old(store, request, args.old_repeat))
@@ -272,7 +263,7 @@ def main() -> None:
                         ).next_page_token
                     ARTIFACT_QUERIES["20th page"].page_token = token
                     for name, request in ARTIFACT_QUERIES.items():
-                        new, new_ids = time_list_artifacts(stub, request, args.repeat)
+                        new, new_ids = time_rpc(stub.ListArtifacts, request, args.repeat)
                         old = []
                         if args.old_repeat:
                             old, old_ids = loop.run_until_complete(time_old_artifacts(store, request, args.old_repeat))
