@@ -11,6 +11,11 @@ no TensorFlow): build one, or use the server image (the Dockerfile's ``server`` 
 has it, and set PRUNING_CLIENT_IMAGE before compiling. Compile with
 ``python examples/kfp_pipeline.py pruning_pipeline.yaml`` (needs ``pip install kfp``), then
 upload the YAML to Kubeflow Pipelines and run it with ``model_uri`` pointing at a .keras file.
+
+kfp 2.17 pins protobuf < 7 and the client needs protobuf 7, so pip refuses both in one
+environment: compile in an environment of kfp alone (it does not import the client). To run
+the component's function locally, install the client and then ``pip install --no-deps kfp``, as
+the compiled component does inside its image.
 """
 
 import os

@@ -10,7 +10,7 @@
    wrappers. (The service prunes it as an equivalent tf_keras model, since TFMOT runs on
    tf_keras only, and hands it back as Keras 3.)
 
-Usage: python examples/mnist_prune.py [--target HOST:PORT] [--json]
+Usage: python examples/mnist_prune.py [--target HOST:PORT] [--state-dir DIR] [--baseline-epochs N] [--json]
 """
 
 from __future__ import annotations

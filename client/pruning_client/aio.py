@@ -531,12 +531,16 @@ class AsyncClient:
         if await asyncio.to_thread(download.present, progress):
             return download.dest
         try:
-            with rpc_errors():
+            try:
+                with rpc_errors():
+                    await self._receive(download, progress)
+            except OutOfRange:
+                if not await asyncio.to_thread(download.restart):
+                    raise
                 await self._receive(download, progress)
-        except OutOfRange:
-            if not await asyncio.to_thread(download.restart):
-                raise
-            await self._receive(download, progress)
+        except BaseException:
+            download.drop_empty()  # one stat: on the loop, cancelled or not
+            raise
         return await asyncio.to_thread(download.finish)
 
     async def _receive(self, download: _Download, progress: DownloadProgress | None) -> None:

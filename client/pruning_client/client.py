@@ -411,6 +411,13 @@ class _Download:
         (:mod:`pruning.files`: a GiB costs the SDK a tenth of the CPU on a cold cache)."""
         return DirectWriter(self.part, append=bool(self.offset))
 
+    def drop_empty(self) -> None:
+        """After a failed call: a partial file that received nothing (NOT_FOUND, a refused key)
+        is removed, as there is nothing to resume; one holding bytes stays for the retry."""
+        with contextlib.suppress(OSError):
+            if self.part.stat().st_size == 0:
+                self.part.unlink()
+
     def restart(self) -> bool:
         """After OUT_OF_RANGE: the partial file is longer than the artifact, so it is removed
         and the download starts again from 0. False when nothing was resumed (the error stands)."""
@@ -803,11 +810,15 @@ class Client:
         if download.present(progress):
             return download.dest
         try:
-            self._receive(download, progress)
-        except OutOfRange:
-            if not download.restart():
-                raise
-            self._receive(download, progress)
+            try:
+                self._receive(download, progress)
+            except OutOfRange:
+                if not download.restart():
+                    raise
+                self._receive(download, progress)
+        except BaseException:
+            download.drop_empty()
+            raise
         return download.finish()
 
     def _receive(self, download: _Download, progress: DownloadProgress | None) -> None:

@@ -54,10 +54,26 @@ class ClientGone(logging.Filter):
 
 _CLIENT_GONE = ClientGone()
 EXIT_ADDRESS_IN_USE = 3
+EXIT_UNREACHABLE = 4
 
 
 class AddressInUse(RuntimeError):
     """The server's address is taken (by another pruning server or anything else)."""
+
+
+class StartFailed(RuntimeError):
+    """The server cannot start: said in one line, with its exit code (2: a setting is wrong,
+    EXIT_UNREACHABLE: the job store or the artifact store does not answer)."""
+
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def _first_line(error: BaseException) -> str:
+    """An error's own first line (the S3 client's run to dozens), at most 300 characters."""
+    text = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    return text[:300]
 
 
 class Running:
@@ -137,7 +153,13 @@ async def create_server(settings: Settings, address: str | None = None) -> Runni
     store = AsyncJobStore.from_url(
         settings.redis_url, settings.key_prefix, settings.redis_max_connections, settings.redis_pool_timeout_s
     )
-    await store.redis.ping()
+    try:
+        await store.redis.ping()
+    except (redis.RedisError, OSError) as exc:
+        raise StartFailed(
+            f"cannot reach the job store at {_where(settings.redis_url)} (PRUNING_REDIS_URL): {_first_line(exc)}",
+            EXIT_UNREACHABLE,
+        ) from exc
     if volatile := await volatile_redis(store.redis):
         log.warning(
             "the job store at %s keeps nothing on disk (%s): a restart of that Redis loses every job, "
@@ -152,8 +174,16 @@ async def create_server(settings: Settings, address: str | None = None) -> Runni
         log.info("indexed %d artifact records written before the time indexes", backfilled)
     reader = AsyncJobStore.single_connection(settings.redis_url, settings.key_prefix, settings.watch_block_s + 30)
     hub = WatchHub(store, reader, int(settings.watch_block_s * 1000), settings.watch_buffer)
-    blobs = open_store(settings)
-    await asyncio.to_thread(reaper.sweep, blobs, settings)
+    try:
+        blobs = open_store(settings)
+    except ValueError as exc:
+        raise StartFailed(f"invalid settings: {exc}", 2) from exc
+    try:
+        await asyncio.to_thread(reaper.sweep, blobs, settings)
+    except Exception as exc:
+        raise StartFailed(
+            f"cannot use the artifact store ({settings.artifact_store}): {_first_line(exc)}", EXIT_UNREACHABLE
+        ) from exc
     interceptors: list[grpc.aio.ServerInterceptor] = [
         ErrorsAndMetrics(settings.max_error_bytes, settings.max_violations)
     ]
@@ -283,6 +313,9 @@ def main(argv: list[str] | None = None) -> None:
     except AddressInUse as exc:
         print(f"pruning server: {exc}", file=sys.stderr, flush=True)
         raise SystemExit(EXIT_ADDRESS_IN_USE) from None
+    except StartFailed as exc:
+        print(f"pruning server: {exc}", file=sys.stderr, flush=True)
+        raise SystemExit(exc.exit_code) from None
 
 
 if __name__ == "__main__":

@@ -95,3 +95,19 @@ def test_pruning_up_says_a_settings_problem_without_a_traceback(env, tmp_path):
     )
     assert done.returncode == 2, done.stderr[-2000:]
     assert "error: invalid settings: PRUNING_CHUNK_SIZE" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_an_unreachable_job_store_is_one_line_and_exit_4(env):
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]  # closed once the block ends: nothing listens there
+    done = _server_process(env, PRUNING_REDIS_URL=f"redis://127.0.0.1:{port}/0")
+    assert done.returncode == 4, done.stderr[-2000:]
+    assert f"cannot reach the job store at redis://127.0.0.1:{port}/0 (PRUNING_REDIS_URL)" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_an_s3_store_without_a_bucket_is_a_settings_error(env):
+    done = _server_process(env, PRUNING_ARTIFACT_STORE="s3", PRUNING_S3_BUCKET="")
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "invalid settings: artifact_store 's3' needs s3_bucket" in done.stderr and "Traceback" not in done.stderr

@@ -72,9 +72,12 @@ def test_async_client_runs_a_job_and_downloads_its_exports(server, worker, files
     assert listed == [job.id]
 
 
-def test_async_client_maps_errors_and_keeps_the_original(server):
+def test_async_client_maps_errors_and_keeps_the_original(server, tmp_path):
     async def run():
         async with AsyncClient(server.target, timeout=30) as client:
+            with pytest.raises(NotFound):
+                await client.download("0" * 64, tmp_path / "x")
+            assert list(tmp_path.iterdir()) == []  # no empty partial file: nothing to resume
             with pytest.raises(NotFound) as missing:
                 await client.get_job("0" * 24)
             spec = job_spec("ab" * 32, schedule=constant_sparsity(1.5))

@@ -80,6 +80,7 @@ def test_unknown_artifact_id(client, ids, tmp_path):
         client.submit(job_spec(ids["model"], dataset=unknown))
     with pytest.raises(NotFound):
         client.download(unknown, tmp_path / "x")
+    assert list(tmp_path.iterdir()) == []  # no empty partial file: nothing to resume
     with pytest.raises(NotFound):
         client.get_job("0" * 24)
 

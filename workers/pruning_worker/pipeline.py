@@ -131,7 +131,10 @@ def run(
         metrics=taught.metrics() if taught else job_loss.keras_metrics(),
     )
 
-    reporter.phase(Phase.FINE_TUNE, f"fine-tuning {t.epochs} epochs x {steps} steps on {result.device}")
+    reporter.phase(
+        Phase.FINE_TUNE,
+        f"fine-tuning {t.epochs} epoch{'s' if t.epochs != 1 else ''} x {steps} steps on {result.device}",
+    )
     progress = ProgressCallback(reporter, schedule, t.epochs, steps)
     history = HistoryCallback(schedule, steps)
     final_step = recipe.final_step(spec.pruning)
