@@ -42,13 +42,11 @@ from .client import (
     ClientOptions,
     DownloadProgress,
     UploadProgress,
-    _Ahead,
     _Behind,
     _create_job_request,
     _Download,
     _list_artifacts_request,
     _list_jobs_request,
-    _take,
     _Upload,
     _validate_request,
     idle_error,
@@ -258,6 +256,11 @@ async def _off_loop(manager: contextlib.AbstractContextManager[_T]) -> AsyncIter
         await asyncio.to_thread(stack.close)
 
 
+def _settle(done: asyncio.Future[None]) -> None:
+    if not done.done():
+        done.set_result(None)
+
+
 def _written(behind: _Behind, f: DirectWriter, error: BaseException | None) -> None:
     """Waits for a download's writer and hasher to finish what they were given, then closes
     the file: in one thread, so that the file is never closed under a write."""
@@ -298,9 +301,13 @@ class AsyncClient:
         self.sweep_stub = pb_grpc.SweepServiceStub(self._channel)
         self._transfers = wire.FramedCalls(self._channel)  # chunks framed by hand: fewer copies
         self._metadata = self.options.metadata
+        self._upload_channel: grpc.Channel | None = None  # see _upload
+        self._upload_calls: wire.FramedCalls | None = None
 
     async def close(self) -> None:
         await self._channel.close()
+        if self._upload_channel is not None:
+            self._upload_channel.close()
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -317,34 +324,47 @@ class AsyncClient:
 
     # -- uploads -----------------------------------------------------------------------------
 
-    async def _upload(
-        self,
-        method: grpc.aio.StreamUnaryMultiCallable[pb.UploadRequest | bytes, pb.Artifact],
-        path: os.PathLike[str] | str,
-        progress: UploadProgress | None,
-    ) -> pb.Artifact:
+    def _uploads(self) -> wire.FramedCalls:
+        """Uploads go over a blocking channel of their own, made on first use. grpc.aio loses a
+        server's early answer to a client-streaming call while the client still writes (an
+        upload refused at its header, a full disk): the write's failure turns it into
+        INTERNAL ("Internal error from Core", grpc/grpc#36066), half the time here, where the
+        blocking stub reports the server's status every time."""
+        if self._upload_calls is None:
+            creds = self.options.credentials()
+            options = self.options.channel_options
+            channel = (
+                grpc.secure_channel(self.target, creds, options=options)
+                if creds is not None
+                else grpc.insecure_channel(self.target, options=options)
+            )
+            self._upload_channel, self._upload_calls = channel, wire.FramedCalls(channel)
+        return self._upload_calls
+
+    async def _upload(self, which: str, path: os.PathLike[str] | str, progress: UploadProgress | None) -> pb.Artifact:
+        """:meth:`pruning_client.Client._upload` off the loop: the file read, hashed and sent by
+        threads, the call a blocking one (see :meth:`_uploads`) that a cancelled task cancels."""
         upload = await asyncio.to_thread(_Upload, path, progress)
         if self.options.hash_first:
             await asyncio.to_thread(upload.hash)
-
-        async def requests() -> AsyncGenerator[pb.UploadRequest | bytes, None]:
-            # read (and hashed) ahead in a thread, a few chunks at a time off the loop
-            with _Ahead(upload.requests()) as ahead:
-                while batch := await asyncio.to_thread(_take, ahead, 4):
-                    for request in batch:
-                        yield request
-
-        deadline = upload.deadline(self.options.timeout)
-        stream = requests()
+        method = getattr(self._uploads(), which)
+        requests = upload.pipelined()
+        call = method.future(requests, timeout=upload.deadline(self.options.timeout), metadata=self._metadata)
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+        call.add_done_callback(lambda _: loop.call_soon_threadsafe(_settle, done))
         try:
-            return upload.check(await method(stream, timeout=deadline, metadata=self._metadata))
+            await done
+            return upload.check(call.result())
         except grpc.RpcError as error:
             upload.raise_read_error(error)
             raise
         finally:
-            # answered before the last chunk (content already held): stop reading ahead now
-            with contextlib.suppress(RuntimeError):  # still being iterated: collection closes it
-                await stream.aclose()
+            call.cancel()  # a cancelled task (nothing once the call ended)
+            # answered before the last chunk (content already held): stop reading ahead now;
+            # if gRPC's sender is still inside the iterator, collection closes it instead
+            with contextlib.suppress(ValueError):
+                requests.close()
 
     @_rpc
     async def upload_model(self, model: ModelSource, progress: UploadProgress | None = None) -> pb.Artifact:
@@ -353,14 +373,14 @@ class AsyncClient:
         file); see :meth:`pruning_client.Client.upload_model`. A model object is saved off the
         event loop."""
         async with _off_loop(model_file(model)) as path:
-            return await self._upload(self._transfers.upload_model, path, progress)
+            return await self._upload("upload_model", path, progress)
 
     @_rpc
     async def upload_dataset(self, data: DatasetSource, progress: UploadProgress | None = None) -> pb.Artifact:
         """Uploads a dataset: an .npz's path or its arrays (saved off the event loop); see
         :meth:`pruning_client.Client.upload_dataset`."""
         async with _off_loop(dataset_file(data)) as path:
-            return await self._upload(self._transfers.upload_dataset, path, progress)
+            return await self._upload("upload_dataset", path, progress)
 
     # -- jobs --------------------------------------------------------------------------------
 
@@ -568,7 +588,15 @@ class AsyncClient:
                 if progress:
                     progress(len(data), chunk.total_size)
         except BaseException as exc:
-            # keeps what arrived; a second cancellation cannot close the file under the writer
-            await asyncio.shield(asyncio.to_thread(_written, behind, f, exc))
+            # keeps what arrived: the caller hears only once the file no longer changes (at most
+            # PIPELINE chunks to write), however often the task is cancelled meanwhile
+            finishing = asyncio.ensure_future(asyncio.to_thread(_written, behind, f, exc))
+            while not finishing.done():
+                try:
+                    await asyncio.shield(finishing)
+                except asyncio.CancelledError:
+                    continue
+                except Exception:  # noqa: BLE001 - closing failed too: the first error stands
+                    break
             raise
         await asyncio.to_thread(_written, behind, f, None)

@@ -10,7 +10,6 @@ import asyncio
 import contextlib
 import functools
 import hashlib
-import itertools
 import json
 import os
 import pathlib
@@ -194,11 +193,6 @@ class _Ahead(Generic[_T]):
         with contextlib.suppress(queue.Empty):
             while True:
                 self._queue.get_nowait()
-
-
-def _take(items: Iterator[_T], n: int) -> list[_T]:
-    """Up to ``n`` next items (fewer at the end)."""
-    return list(itertools.islice(items, n))
 
 
 class _Behind:

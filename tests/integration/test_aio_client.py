@@ -90,3 +90,99 @@ def test_async_client_maps_errors_and_keeps_the_original(server, tmp_path):
     assert missing.code == grpc.StatusCode.NOT_FOUND and missing.details
     fields = [f for f, _ in invalid.field_violations]
     assert "spec.pruning.schedule.constant_sparsity.target_sparsity" in fields
+
+
+def test_an_upload_refused_early_says_the_servers_status_every_time(server, tmp_path):
+    """Refused at its header (over the upload limit) while the client still sends: grpc.aio
+    would turn the answer into INTERNAL about half the time."""
+    from pruning_client import ResourceExhausted
+
+    big = tmp_path / "big.npz"
+    big.write_bytes(b"\0" * (server.settings.max_upload_bytes + (4 << 20)))
+
+    async def run():
+        async with AsyncClient(server.target, timeout=30) as client:
+            codes = []
+            for hash_first in (True, False) * 6:
+                client.options.hash_first = hash_first
+                try:
+                    await client.upload_dataset(big)
+                except ResourceExhausted as refused:
+                    codes.append(refused.code)
+                    assert "over the upload limit" in refused.details
+            return codes
+
+    assert asyncio.run(run()) == [grpc.StatusCode.RESOURCE_EXHAUSTED] * 12
+
+
+def test_a_cancelled_async_upload_cancels_its_call(server, tmp_path):
+    import os
+    import time
+
+    from conftest import wait_for
+
+    data = tmp_path / "slow.npz"
+    data.write_bytes(os.urandom(12 << 20))
+    sha = hashlib.sha256(data.read_bytes()).hexdigest()
+
+    async def run():
+        async with AsyncClient(server.target, timeout=30, hash_first=False) as client:
+            loop = asyncio.get_running_loop()
+            started = asyncio.Event()
+
+            def progress(_: int) -> None:  # in the reader thread: slows the upload down
+                loop.call_soon_threadsafe(started.set)
+                time.sleep(0.05)
+
+            task = asyncio.create_task(client.upload_dataset(data, progress=progress))
+            await started.wait()
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            return [a.id async for a in client.list_artifacts(kind="dataset")]
+
+    assert sha not in asyncio.run(run())
+    tmp = server.settings.artifacts_path / "tmp"
+    wait_for(lambda: not list(tmp.glob("upload-*")), 10, "the dropped upload's file removed")
+
+
+def test_a_download_cancelled_twice_returns_once_its_file_is_still(server, tmp_path, monkeypatch):
+    """However often the task is cancelled, it ends once its writer has written what it was
+    given: a resume right after never races a writer still extending the partial file."""
+    import time
+
+    import models
+    from pruning.files import DirectWriter
+
+    data = models.dataset(tmp_path / "d.npz", n_train=2600, n_test=16, shape=(28, 28))  # 8 MiB
+    real_write = DirectWriter.write
+
+    def slow_write(self, chunk):  # a slow disk
+        time.sleep(0.1)
+        return real_write(self, chunk)
+
+    async def run():
+        async with AsyncClient(server.target, timeout=30) as client:
+            artifact = await client.upload_dataset(data)
+            monkeypatch.setattr(DirectWriter, "write", slow_write)
+            loop = asyncio.get_running_loop()
+            started = asyncio.Event()
+            dest = tmp_path / "back.npz"
+            task = asyncio.create_task(
+                client.download(artifact.id, dest, progress=lambda n, total: loop.call_soon_threadsafe(started.set))
+            )
+            await started.wait()
+            task.cancel()
+            await asyncio.sleep(0.05)
+            task.cancel()  # again, while the file is being finished
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            part = next(tmp_path.glob("back.npz.*.part"))
+            size = part.stat().st_size
+            await asyncio.sleep(0.5)
+            assert part.stat().st_size == size  # still: nothing writes it any more
+            monkeypatch.setattr(DirectWriter, "write", real_write)
+            await client.download(artifact.id, dest)  # resumed
+            return hashlib.sha256(dest.read_bytes()).hexdigest() == artifact.id
+
+    assert asyncio.run(run())

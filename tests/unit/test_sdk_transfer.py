@@ -136,9 +136,9 @@ def test_a_reader_thread_left_waiting_for_an_item_ends_when_the_stream_closes():
     ahead = _Ahead(slow())
     items = ahead.__enter__()
     taken: list[object] = []
-    consumer = threading.Thread(target=lambda: taken.extend(items))  # waits in the queue, as to_thread(_take) does
+    consumer = threading.Thread(target=lambda: taken.extend(items))  # waits in the queue, as gRPC's sender does
     consumer.start()
     threading.Timer(0.2, release.set).start()
-    ahead.__exit__(None, None, None)  # the asyncio upload cancelled: its generator closed
+    ahead.__exit__(None, None, None)  # the upload cancelled: its generator closed
     consumer.join(5)
     assert not consumer.is_alive()
