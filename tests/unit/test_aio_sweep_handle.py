@@ -190,15 +190,31 @@ def test_an_async_upload_gets_the_timeout_plus_the_file_at_the_floor_rate(tmp_pa
     path.write_bytes(data)
     got: list[float | None] = []
 
-    async def upload_model(requests, timeout=None, metadata=()):
-        got.append(timeout)
-        async for _ in requests:
-            pass
-        return pb.Artifact(id=hashlib.sha256(data).hexdigest())
+    class Call:  # the blocking channel's call (AsyncClient._uploads), done at once
+        def __init__(self, requests, timeout):
+            got.append(timeout)
+            for _ in requests:
+                pass
+            self.artifact = pb.Artifact(id=hashlib.sha256(data).hexdigest())
+
+        def add_done_callback(self, callback):
+            callback(self)
+
+        def result(self):
+            return self.artifact
+
+        def cancel(self):
+            return False
+
+    class Calls:
+        class upload_model:  # the attribute it stands for
+            @staticmethod
+            def future(requests, timeout=None, metadata=()):
+                return Call(requests, timeout)
 
     async def work():
         async with AsyncClient("127.0.0.1:1", timeout=5) as client:
-            client._transfers.upload_model = upload_model
+            client._upload_calls = Calls()
             return await client.upload_model(path)
 
     assert asyncio.run(work()).id == hashlib.sha256(data).hexdigest()
