@@ -27,6 +27,7 @@ import contextlib
 import functools
 import os
 import pathlib
+import sys
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Mapping
 from typing import Any, ParamSpec, TypeVar
 
@@ -256,9 +257,26 @@ async def _off_loop(manager: contextlib.AbstractContextManager[_T]) -> AsyncIter
         await asyncio.to_thread(stack.close)
 
 
+async def _next_within(items: AsyncIterator[_T], limit: float) -> _T:
+    """The next item, or asyncio.TimeoutError after ``limit`` seconds. On Python 3.11 and later
+    through ``asyncio.timeout``: ``wait_for`` there may swallow a cancellation of the task that
+    comes as the item does (CPython gh-86296), and a cancelled download would go on."""
+    if sys.version_info >= (3, 11):  # noqa: UP036 - the SDK runs on 3.10 too
+        async with asyncio.timeout(limit):
+            return await anext(items)
+    return await asyncio.wait_for(anext(items), limit)
+
+
 def _settle(done: asyncio.Future[None]) -> None:
     if not done.done():
         done.set_result(None)
+
+
+def _wake(loop: asyncio.AbstractEventLoop, done: asyncio.Future[None]) -> None:
+    """From gRPC's thread, once a call ended: settles ``done`` on its loop, unless that loop
+    is closed already (its task gone with it)."""
+    with contextlib.suppress(RuntimeError):
+        loop.call_soon_threadsafe(_settle, done)
 
 
 def _written(behind: _Behind, f: DirectWriter, error: BaseException | None) -> None:
@@ -352,7 +370,7 @@ class AsyncClient:
         call = method.future(requests, timeout=upload.deadline(self.options.timeout), metadata=self._metadata)
         loop = asyncio.get_running_loop()
         done: asyncio.Future[None] = loop.create_future()
-        call.add_done_callback(lambda _: loop.call_soon_threadsafe(_settle, done))
+        call.add_done_callback(lambda _: _wake(loop, done))
         try:
             await done
             return upload.check(call.result())
@@ -572,12 +590,13 @@ class AsyncClient:
             f.close()
             raise
         limit = self.options.timeout
+        error: BaseException | None = None
         try:
             call = self._transfers.download(download.request(), metadata=self._metadata)
             chunks = aiter(call)
             while True:
                 try:  # a stalled server must not hold it forever
-                    chunk = await asyncio.wait_for(anext(chunks), limit)
+                    chunk = await _next_within(chunks, limit)
                 except StopAsyncIteration:
                     break
                 except asyncio.TimeoutError:  # noqa: UP041 (not the builtin TimeoutError before 3.11)
@@ -587,16 +606,24 @@ class AsyncClient:
                 await behind.aput(data)
                 if progress:
                     progress(len(data), chunk.total_size)
-        except BaseException as exc:
-            # keeps what arrived: the caller hears only once the file no longer changes (at most
-            # PIPELINE chunks to write), however often the task is cancelled meanwhile
-            finishing = asyncio.ensure_future(asyncio.to_thread(_written, behind, f, exc))
-            while not finishing.done():
-                try:
-                    await asyncio.shield(finishing)
-                except asyncio.CancelledError:
-                    continue
-                except Exception:  # noqa: BLE001 - closing failed too: the first error stands
-                    break
-            raise
-        await asyncio.to_thread(_written, behind, f, None)
+        except BaseException as exc:  # noqa: BLE001 - raised below, once the file is still
+            error = exc
+        # What arrived is written and the file closed before the caller hears, however often the
+        # task is cancelled meanwhile (at most PIPELINE chunks to write): a retry never meets a
+        # file still growing, nor finds it empty while its bytes wait in the writer's buffer.
+        finishing = asyncio.ensure_future(asyncio.to_thread(_written, behind, f, error))
+        cancelled = False
+        while not finishing.done():
+            try:
+                await asyncio.shield(finishing)
+            except asyncio.CancelledError:
+                cancelled = True
+            except Exception:  # noqa: BLE001 - raised below, unless an earlier error stands
+                break
+        failure = finishing.exception()  # the writer's, the hasher's or the close's, if any
+        if error is not None:
+            raise error
+        if cancelled:
+            raise asyncio.CancelledError
+        if failure is not None:
+            raise failure

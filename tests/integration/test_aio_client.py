@@ -186,3 +186,49 @@ def test_a_download_cancelled_twice_returns_once_its_file_is_still(server, tmp_p
             return hashlib.sha256(dest.read_bytes()).hexdigest() == artifact.id
 
     assert asyncio.run(run())
+
+
+def test_a_download_cancelled_after_its_last_chunk_keeps_every_byte(server, tmp_path, monkeypatch):
+    """Cancelled while its writer finishes (every chunk received): the partial file holds all
+    of it once the task ends, never an empty file a retry would drop."""
+    import time
+
+    import models
+    from pruning.files import DirectWriter
+
+    data = models.dataset(tmp_path / "d.npz", n_train=2600, n_test=16, shape=(28, 28))  # 8 MiB
+    real_write = DirectWriter.write
+
+    def slow_write(self, chunk):
+        time.sleep(0.1)
+        return real_write(self, chunk)
+
+    async def run():
+        async with AsyncClient(server.target, timeout=30) as client:
+            artifact = await client.upload_dataset(data)
+            monkeypatch.setattr(DirectWriter, "write", slow_write)
+            loop = asyncio.get_running_loop()
+            all_in = asyncio.Event()
+            seen = [0]
+
+            def progress(n: int, total: int) -> None:
+                seen[0] += n
+                if seen[0] == total:
+                    loop.call_soon_threadsafe(all_in.set)
+
+            dest = tmp_path / "back.npz"
+            task = asyncio.create_task(client.download(artifact.id, dest, progress=progress))
+            await all_in.wait()
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            parts = list(tmp_path.glob("back.npz.*.part"))
+            if dest.exists():  # the cancel came after the file was moved into place
+                assert not parts
+            else:
+                assert len(parts) == 1 and parts[0].stat().st_size == artifact.size
+            monkeypatch.setattr(DirectWriter, "write", real_write)
+            await client.download(artifact.id, dest)
+            return hashlib.sha256(dest.read_bytes()).hexdigest() == artifact.id
+
+    assert asyncio.run(run())
