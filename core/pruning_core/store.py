@@ -107,6 +107,19 @@ if KEYS[4] ~= '' then redis.call('SET', KEYS[4], ARGV[5], 'EX', ARGV[6]) end
 return {1, ARGV[5]}
 """
 
+# Lua: puts artifact ``id`` in the tenant's set by time KEYS[all] at ``score`` unless it is
+# there (a record written again keeps its place: when the tenant first stored it), then in its
+# kind's set (the key ``kind_key``) at that place and out of the other kinds' (KEYS[from..to]).
+_PLACE = """
+local function place(all, from, to, kind_key, score, id)
+  redis.call('ZADD', KEYS[all], 'NX', score, id)
+  local first = redis.call('ZSCORE', KEYS[all], id)
+  for i = from, to do
+    if KEYS[i] == kind_key then redis.call('ZADD', KEYS[i], first, id) else redis.call('ZREM', KEYS[i], id) end
+  end
+end
+"""
+
 # One tenant's record of an artifact, and the count of the bytes its records hold, change
 # together in these scripts (a record counts its size while its hash exists).
 # KEYS: the record, the tenant's artifacts, the artifact's owners, the records by time, the
@@ -116,22 +129,21 @@ return {1, ARGV[5]}
 # that stages it, the key of the record's kind by time, then the record's fields and values.
 # A record written again keeps its place in the tenant's sets by time (when it was first
 # stored); one written again as another kind moves to that kind's set.
-_PUT_RECORD = """
+_PUT_RECORD = (
+    _PLACE
+    + """
 local new = redis.call('EXISTS', KEYS[1]) == 0
 local staged = KEYS[#KEYS]
 redis.call('HSET', KEYS[1], unpack(ARGV, 8))
 redis.call('SADD', KEYS[3], ARGV[2])
 redis.call('ZADD', KEYS[4], ARGV[3], ARGV[4])
 redis.call('SADD', KEYS[2], ARGV[1])
-redis.call('ZADD', KEYS[6], 'NX', ARGV[3], ARGV[1])
-local first = redis.call('ZSCORE', KEYS[6], ARGV[1])
-for i = 7, #KEYS - 1 do
-  if KEYS[i] == ARGV[7] then redis.call('ZADD', KEYS[i], first, ARGV[1]) else redis.call('ZREM', KEYS[i], ARGV[1]) end
-end
+place(6, 7, #KEYS - 1, ARGV[7], ARGV[3], ARGV[1])
 if new and redis.call('EXISTS', KEYS[5]) == 1 then redis.call('INCRBY', KEYS[5], ARGV[5]) end
 if new and staged ~= '' then redis.call('HSET', staged, ARGV[1], ARGV[6] .. ' ' .. ARGV[3]) end
 return new and 1 or 0
 """
+)
 
 # KEYS: as _PUT_RECORD, without the staged exports ; ARGV: artifact id, tenant, "<id>:<tenant>", the 'created' the record
 # must still have ('' = any), and a time it must have been created before ('' = any: the
@@ -162,36 +174,38 @@ return existed
 # ARGV: created, "<id>:<tenant>", artifact id, the key of the record's kind by time, then the
 # fields and values to set. Returns 1 when it wrote, 0 when there was no record. The record
 # keeps its place in the tenant's sets by time, as in _PUT_RECORD.
-_REFRESH_RECORD = """
+_REFRESH_RECORD = (
+    _PLACE
+    + """
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 redis.call('HSET', KEYS[1], unpack(ARGV, 5))
 redis.call('ZADD', KEYS[2], ARGV[1], ARGV[2])
-redis.call('ZADD', KEYS[3], 'NX', ARGV[1], ARGV[3])
-local first = redis.call('ZSCORE', KEYS[3], ARGV[3])
-for i = 4, #KEYS do
-  if KEYS[i] == ARGV[4] then redis.call('ZADD', KEYS[i], first, ARGV[3]) else redis.call('ZREM', KEYS[i], ARGV[3]) end
-end
+place(3, 4, #KEYS, ARGV[4], ARGV[1], ARGV[3])
 return 1
 """
+)
 
 # KEYS: the tenant's record, the shared record (from before per-tenant records), the tenant's
 # artifacts, the tenant's artifacts by time, the same of each kind ; ARGV: artifact id, then
 # the kind of each of those sets. Puts a record written before the sets into them, at its time
 # (the first store is not known), as it is now (one removed or written again meanwhile is left
 # to the scripts that did it).
-_BACKFILL_ARTIFACT = """
+_BACKFILL_ARTIFACT = (
+    _PLACE
+    + """
 if redis.call('SISMEMBER', KEYS[3], ARGV[1]) == 0 then return 0 end
 local record = KEYS[1]
 if redis.call('EXISTS', record) == 0 then record = KEYS[2] end
 local kind, created = unpack(redis.call('HMGET', record, 'kind', 'created'))
 if not created then return 0 end
-redis.call('ZADD', KEYS[4], 'NX', created, ARGV[1])
-local first = redis.call('ZSCORE', KEYS[4], ARGV[1])
+local kind_key = ''
 for i = 5, #KEYS do
-  if ARGV[i - 3] == kind then redis.call('ZADD', KEYS[i], first, ARGV[1]) else redis.call('ZREM', KEYS[i], ARGV[1]) end
+  if ARGV[i - 3] == kind then kind_key = KEYS[i] end
 end
+place(4, 5, #KEYS, kind_key, created, ARGV[1])
 return 1
 """
+)
 
 # KEYS: the tenant's artifacts, the tenant's artifacts by time, the same of each kind ; ARGV:
 # artifact id. Drops an id the tenant holds no record of from its sets by time (left there by
