@@ -185,7 +185,7 @@ class _Ahead(Generic[_T]):
         self._stop.set()
         self._drain()  # a put waiting for room returns at once
         self._thread.join()
-        # a consumer still waiting for an item (a thread of a cancelled asyncio upload) ends
+        # a consumer still waiting for an item (gRPC's sender of a cancelled upload) ends
         self._drain()
         self._queue.put_nowait(_END)
 

@@ -62,7 +62,6 @@ class BlobWriter:
     """
 
     durable = True  # False for a scratch file (a spool): no writeback and no fsync
-    direct = True  # past the page cache where the file system allows it
 
     def __init__(self, store: BlobStore):
         self._store = store
@@ -71,7 +70,7 @@ class BlobWriter:
         self._lock = fd  # held open, and so locked, until commit or discard
         self.path = pathlib.Path(name)
         try:
-            self._file = DirectWriter(name, direct=self.direct and store.direct)
+            self._file = DirectWriter(name, direct=store.direct)
         except BaseException:
             self.path.unlink(missing_ok=True)
             os.close(fd)

@@ -21,7 +21,6 @@ MiB = 1 << 20
 def calls(monkeypatch):
     """The ranges whose writeback a writer through the page cache starts (the real call is
     still made)."""
-    monkeypatch.setattr(blobs.BlobWriter, "direct", False)
     seen: list[tuple[int, int]] = []
     real = blobs._sync_file_range
 
@@ -43,7 +42,7 @@ def test_sync_file_range_is_found_on_linux():
 
 
 def test_writeback_starts_every_step_and_the_file_is_whole(tmp_path, calls):
-    writer = LocalStore(tmp_path).writer()
+    writer = LocalStore(tmp_path, direct=False).writer()
     data = os.urandom(MiB)
     step = blobs.WRITEBACK_EVERY // MiB
     for _ in range(2 * step + 3):
@@ -58,7 +57,7 @@ def test_writeback_starts_every_step_and_the_file_is_whole(tmp_path, calls):
 
 
 def test_odd_chunk_sizes_start_writeback_once_a_step_is_reached(tmp_path, calls):
-    writer = LocalStore(tmp_path).writer()
+    writer = LocalStore(tmp_path, direct=False).writer()
     sizes = [3 * MiB + 7] * 12  # 36 MiB and change, in chunks that do not divide a step
     for size in sizes:
         writer.write(b"x" * size)
@@ -71,7 +70,7 @@ def test_odd_chunk_sizes_start_writeback_once_a_step_is_reached(tmp_path, calls)
 
 def test_a_scratch_spool_is_neither_written_back_nor_fsynced(tmp_path, calls, monkeypatch):
     assert objectstore._S3Writer.durable is False  # the S3 backend's spool: S3 keeps the bytes
-    writer = LocalStore(tmp_path).writer()
+    writer = LocalStore(tmp_path, direct=False).writer()
     writer.durable = False
     for _ in range(2 * blobs.WRITEBACK_EVERY // MiB):
         writer.write(b"x" * MiB)
@@ -81,7 +80,7 @@ def test_a_scratch_spool_is_neither_written_back_nor_fsynced(tmp_path, calls, mo
     writer.close()
     assert synced == []  # scratch: written, not fsynced
     writer.discard()
-    durable = LocalStore(tmp_path).writer()
+    durable = LocalStore(tmp_path, direct=False).writer()
     durable.write(b"x" * MiB)
     durable.close()
     assert len(synced) == 1
