@@ -80,6 +80,7 @@ def test_a_tenant_lists_its_own_artifacts_newest_first_page_by_page(listing, fil
 def test_cli_lists_artifacts_as_a_table_or_json(listing, files, capsys):
     with Client(listing.target, api_key="key-a") as alpha:
         model = alpha.upload_model(files["keras"])
+        alpha.upload_dataset(files["data"])  # two at least: --limit 1 cuts the list
     common = ["--target", listing.target, "--api-key", "key-a"]
     assert run(["artifacts", "--kind", "model", *common]) == 0
     out = capsys.readouterr().out
