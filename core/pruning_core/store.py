@@ -66,8 +66,23 @@ INDEX_VERSION = 1
 # 1: artifact records indexed by tenant and time, and by kind.
 ARTIFACT_INDEX_VERSION = 1
 ARTIFACT_KINDS = tuple(k for k in pb.ArtifactKind.values() if k)
+UPLOAD_KINDS = (pb.ARTIFACT_KIND_MODEL, pb.ARTIFACT_KIND_DATASET)  # what a client uploads; jobs name them
 STATES = tuple(pb.JobState.values())
 ACTIVE = (pb.JOB_STATE_QUEUED, pb.JOB_STATE_RUNNING, pb.JOB_STATE_CANCELLING)  # a tenant's jobs in flight
+
+
+class HeldAsAnotherKind(Exception):
+    """The tenant holds this content as a kind that the write may not change (one record per
+    content: a model's record turned into a dataset's would change under the jobs naming it)."""
+
+    def __init__(self, artifact_id: str, kind: int):
+        super().__init__(f"artifact {artifact_id} is held as kind {kind}")
+        self.artifact_id, self.kind = artifact_id, kind
+
+
+def _kind_list(kinds: Iterable[int]) -> str:
+    """Kinds as the record scripts match them: ",1,2,"."""
+    return "," + "".join(f"{int(k)}," for k in kinds)
 
 
 class TooManyActiveJobs(Exception):
@@ -126,22 +141,28 @@ end
 # tenant's byte count, the tenant's artifacts by time, the same of each kind, then a job's
 # staged exports ('' for none: a new record is staged there, id -> "<attempt> <created>", until
 # the job succeeds) ; ARGV: artifact id, tenant, created, "<id>:<tenant>", size, the attempt
-# that stages it, the key of the record's kind by time, then the record's fields and values.
-# A record written again keeps its place in the tenant's sets by time (when it was first
-# stored); one written again as another kind moves to that kind's set.
+# that stages it, the key of the record's kind by time, the kinds a record held refuses the
+# write as (",1,2," style), the kinds a record held is kept as (the write changes nothing),
+# then the record's fields and values. Returns {1 or 0: the tenant had no record / had one,
+# 0}, or {-1: refused / -2: kept, the kind held}. A record written again keeps its place in
+# the tenant's sets by time (when it was first stored); one written again as another kind
+# moves to that kind's set.
 _PUT_RECORD = (
     _PLACE
     + """
-local new = redis.call('EXISTS', KEYS[1]) == 0
+local held = redis.call('HGET', KEYS[1], 'kind')
+if held and string.find(ARGV[8], ',' .. held .. ',', 1, true) then return {-1, tonumber(held)} end
+if held and string.find(ARGV[9], ',' .. held .. ',', 1, true) then return {-2, tonumber(held)} end
+local new = not held
 local staged = KEYS[#KEYS]
-redis.call('HSET', KEYS[1], unpack(ARGV, 8))
+redis.call('HSET', KEYS[1], unpack(ARGV, 10))
 redis.call('SADD', KEYS[3], ARGV[2])
 redis.call('ZADD', KEYS[4], ARGV[3], ARGV[4])
 redis.call('SADD', KEYS[2], ARGV[1])
 place(6, 7, #KEYS - 1, ARGV[7], ARGV[3], ARGV[1])
 if new and redis.call('EXISTS', KEYS[5]) == 1 then redis.call('INCRBY', KEYS[5], ARGV[5]) end
 if new and staged ~= '' then redis.call('HSET', staged, ARGV[1], ARGV[6] .. ' ' .. ARGV[3]) end
-return new and 1 or 0
+return {new and 1 or 0, 0}
 """
 )
 
@@ -171,14 +192,14 @@ return existed
 # The tenant's own record of an artifact written again (new file name, created now), only if
 # it still exists: one the retention or a DeleteArtifact just removed is not brought back.
 # KEYS: the record, the records by time, the tenant's artifacts by time, the same of each kind ;
-# ARGV: created, "<id>:<tenant>", artifact id, the key of the record's kind by time, then the
-# fields and values to set. Returns 1 when it wrote, 0 when there was no record. The record
-# keeps its place in the tenant's sets by time, as in _PUT_RECORD.
+# ARGV: created, "<id>:<tenant>", artifact id, the key of the record's kind by time, the kind,
+# then the fields and values to set. Returns 1 when it wrote, 0 when there was no record of
+# that kind. The record keeps its place in the tenant's sets by time, as in _PUT_RECORD.
 _REFRESH_RECORD = (
     _PLACE
     + """
-if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 5))
+if redis.call('HGET', KEYS[1], 'kind') ~= ARGV[5] then return 0 end
+redis.call('HSET', KEYS[1], unpack(ARGV, 6))
 redis.call('ZADD', KEYS[2], ARGV[1], ARGV[2])
 place(3, 4, #KEYS, ARGV[4], ARGV[1], ARGV[3])
 return 1
@@ -660,18 +681,32 @@ class _Base:
         """The tenant's artifacts by time: all of them, then of each kind (ARTIFACT_KINDS)."""
         return [self.keys.tenant_artifacts_by_time(tenant, kind) for kind in (0, *ARTIFACT_KINDS)]
 
-    def _put_artifact(self, tenant: str, record: ArtifactRecord, staged_for: str = "", attempt: int = 0) -> Steps[bool]:
+    def _put_artifact(
+        self,
+        tenant: str,
+        record: ArtifactRecord,
+        staged_for: str = "",
+        attempt: int = 0,
+        refuse: Iterable[int] = (),
+        keep: Iterable[int] = (),
+    ) -> Steps[bool]:
         """Writes the tenant's record (True when it had none): each tenant has its own record
         of shared bytes, which another tenant's upload never changes. Record, indexes and byte
         count in one script; a new record of job ``staged_for``'s export is staged too, as
-        ``attempt``'s."""
+        ``attempt``'s. A record the tenant holds as one of the kinds ``refuse`` names raises
+        :class:`HeldAsAnotherKind`; one held as a kind ``keep`` names stays as it is (False)."""
         args = [
             *(record.id, tenant, record.created, f"{record.id}:{tenant}", record.size, attempt),
             self.keys.tenant_artifacts_by_time(tenant, record.kind),
+            _kind_list(refuse),
+            _kind_list(keep),
             *record.fields(),
         ]
         keys = [*self._record_keys(tenant, record.id), self.keys.staged(staged_for) if staged_for else ""]
-        return bool((yield self._put_record(keys=keys, args=args)))
+        outcome, held = yield self._put_record(keys=keys, args=args)
+        if outcome == -1:
+            raise HeldAsAnotherKind(record.id, held)
+        return outcome == 1
 
     def _take_back_exports(self, job_id: str, tenant: str, attempts: Callable[[int], bool] | None) -> Steps[int]:
         """Removes the export records the job's attempts (those ``attempts`` selects; all when
@@ -742,11 +777,20 @@ class JobStore(_Base):
     def cancel_requested(self, job_id: str) -> bool:
         return bool(self.redis.exists(self.keys.cancel(job_id)))
 
-    def put_artifact(self, tenant: str, record: ArtifactRecord, staged_for: str = "", attempt: int = 0) -> bool:
+    def put_artifact(
+        self,
+        tenant: str,
+        record: ArtifactRecord,
+        staged_for: str = "",
+        attempt: int = 0,
+        *,
+        refuse: Iterable[int] = (),
+        keep: Iterable[int] = (),
+    ) -> bool:
         """Writes the tenant's record of an artifact; True when the tenant had none (then,
         with ``staged_for``, staged as that job's export, of ``attempt``, until
-        :meth:`keep_exports`)."""
-        return _drive(self._put_artifact(tenant, record, staged_for, attempt))
+        :meth:`keep_exports`). ``refuse`` and ``keep``: as in :meth:`_put_artifact`."""
+        return _drive(self._put_artifact(tenant, record, staged_for, attempt, refuse, keep))
 
     def take_back_exports(self, job_id: str, tenant: str, attempts: Callable[[int], bool] | None = None) -> int:
         """Removes the export records the job staged (it did not succeed, or an earlier
@@ -1173,9 +1217,12 @@ class AsyncJobStore(_Base):
             counts = await pipe.execute()
         return [a for a, n in zip(artifact_ids, counts, strict=True) if not n]
 
-    async def put_artifact(self, tenant: str, record: ArtifactRecord) -> bool:
-        """Writes the tenant's record of an artifact; True when the tenant had none."""
-        return await _drive_async(self._put_artifact(tenant, record))
+    async def put_artifact(
+        self, tenant: str, record: ArtifactRecord, *, refuse: Iterable[int] = (), keep: Iterable[int] = ()
+    ) -> bool:
+        """Writes the tenant's record of an artifact; True when the tenant had none.
+        ``refuse`` and ``keep``: as in :meth:`JobStore._put_artifact`."""
+        return await _drive_async(self._put_artifact(tenant, record, refuse=refuse, keep=keep))
 
     async def take_back_exports(self, job_id: str, tenant: str) -> int:
         """Removes every export record the job staged (see :meth:`JobStore.take_back_exports`)."""
@@ -1289,6 +1336,7 @@ class AsyncJobStore(_Base):
         args = [
             *(record.created, f"{record.id}:{tenant}", record.id),
             self.keys.tenant_artifacts_by_time(tenant, record.kind),
+            str(record.kind),
             *record.fields(),
         ]
         return bool(await self._refresh_record(keys=keys, args=args))

@@ -24,7 +24,16 @@ from pruning_core import formats, modelcheck, plan, recipe, tasks, validation, z
 from pruning_core.blobs import is_artifact_id
 from pruning_core.objectstore import LocalStore, Upload
 from pruning_core.settings import Settings
-from pruning_core.store import ArtifactRecord, AsyncJobStore, JobNotFound, TooManyActiveJobs, new_job_id, state_event
+from pruning_core.store import (
+    UPLOAD_KINDS,
+    ArtifactRecord,
+    AsyncJobStore,
+    HeldAsAnotherKind,
+    JobNotFound,
+    TooManyActiveJobs,
+    new_job_id,
+    state_event,
+)
 from pruning_core.transfer import Sink, WritePipeline
 
 from . import convert
@@ -72,19 +81,20 @@ def _is_event_id(value: str) -> bool:
     return bool(_EVENT_ID.fullmatch(value)) and all(int(part) < 2**64 for part in value.split("-"))
 
 
-_UPLOAD_KINDS = (pb.ARTIFACT_KIND_MODEL, pb.ARTIFACT_KIND_DATASET)
+def _other_upload_kinds(kind: pb.ArtifactKind.ValueType) -> tuple[int, ...]:
+    return tuple(k for k in UPLOAD_KINDS if k != kind)
 
 
-def _refuse_other_upload_kind(held: ArtifactRecord, kind: pb.ArtifactKind.ValueType) -> None:
+def _refuse_other_upload_kind(artifact_id: str, held: int, kind: pb.ArtifactKind.ValueType) -> None:
     """FAILED_PRECONDITION for an upload of content the tenant holds as the other upload kind
     (a file valid as both a model and a dataset): one record per content would change kind
     under the jobs naming it. An export or report file uploaded as a model becomes one."""
-    if held.kind in _UPLOAD_KINDS and held.kind != kind:
+    if held in _other_upload_kinds(kind):
         field = "model" if kind == pb.ARTIFACT_KIND_MODEL else "dataset"
         raise Failure(
             grpc.StatusCode.FAILED_PRECONDITION,
-            f"{field}: this content is already held as a {convert.kind_name(held.kind)} "
-            f"(artifact {held.id}); delete that one to store it as a {convert.kind_name(kind)}",
+            f"{field}: this content is already held as a {convert.kind_name(held)} "
+            f"(artifact {artifact_id}); delete that one to store it as a {convert.kind_name(kind)}",
         )
 
 
@@ -205,7 +215,7 @@ class PruningService(pb_grpc.PruningServiceServicer):
             record = await self.store.get_artifact(tenant, header.sha256.lower())
         except KeyError:
             return None
-        _refuse_other_upload_kind(record, kind)  # said now, before the bytes are read
+        _refuse_other_upload_kind(record.id, record.kind, kind)  # said now, before the bytes are read
         if record.kind != kind or header.size not in (0, record.size):
             return None
         if record.info.get("inspection") != self._inspection:
@@ -337,24 +347,24 @@ class PruningService(pb_grpc.PruningServiceServicer):
 
     async def _store_upload(self, tenant, writer, header, kind, fmt, info) -> pb.Artifact:
         """Commits the upload's bytes and writes the tenant's record of them. Content the
-        tenant holds as another kind (a file valid as both a model and a dataset) is refused:
-        one record per content would change kind under the jobs that name it."""
+        tenant holds as the other upload kind (a file valid as both a model and a dataset) is
+        refused, in the record's own script (two such uploads at once cannot both pass): one
+        record per content would change kind under the jobs that name it. Its bytes stay: the
+        record held points to them."""
         try:
             artifact_id = await asyncio.to_thread(writer.commit)
         except BaseException:
             await _drop_off_loop(None, writer)
             raise
-        try:
-            held = await self.store.get_artifact(tenant, artifact_id)
-        except KeyError:
-            held = None
-        if held is not None:
-            _refuse_other_upload_kind(held, kind)  # its bytes stay: the record held points to them
         info = {**info, "inspection": self._inspection}  # which code and limits passed it (see _held)
         record = ArtifactRecord(
             artifact_id, kind, fmt, convert.safe_filename(header.filename), writer.size, time.time(), info
         )
-        await self.store.put_artifact(tenant, record)
+        try:
+            await self.store.put_artifact(tenant, record, refuse=_other_upload_kinds(kind))
+        except HeldAsAnotherKind as held:
+            _refuse_other_upload_kind(artifact_id, held.kind, kind)
+            raise
         log.info("stored %s artifact %s (%d bytes) for %s", fmt, artifact_id, writer.size, tenant)
         return record.to_proto()
 

@@ -231,6 +231,86 @@ def test_a_success_keeps_its_own_attempt_s_exports_and_takes_back_a_stale_one_s(
     assert not store.redis.exists(store.keys.staged("c" * 24))
 
 
+def test_a_record_held_as_an_upload_kind_refuses_the_other_and_outlives_an_export(stores, tmp_path):
+    """One record per content: a model's record must not turn into a dataset's (a file can be
+    both) or an export's under the jobs naming it, whoever writes second, all in one script."""
+    import hashlib
+    import time
+
+    from pruning_core.settings import Settings
+    from pruning_core.store import UPLOAD_KINDS, ArtifactRecord, HeldAsAnotherKind
+    from pruning_worker.runner import _store_outputs
+
+    store, prefix = stores
+    both = tmp_path / "both.keras"
+    both.write_bytes(b"valid as a model and as a dataset")
+    artifact_id = hashlib.sha256(both.read_bytes()).hexdigest()
+    model = ArtifactRecord(artifact_id, pb.ARTIFACT_KIND_MODEL, "keras", "m.keras", 33, time.time(), {"a": 1})
+    dataset = ArtifactRecord(artifact_id, pb.ARTIFACT_KIND_DATASET, "npz", "d.npz", 33, time.time(), {})
+    assert store.put_artifact("t", model, refuse=[pb.ARTIFACT_KIND_DATASET])
+    with pytest.raises(HeldAsAnotherKind) as refused:
+        store.put_artifact("t", dataset, refuse=[pb.ARTIFACT_KIND_MODEL])
+    assert refused.value.kind == pb.ARTIFACT_KIND_MODEL and refused.value.artifact_id == artifact_id
+    assert store.get_artifact("t", artifact_id) == model
+    by_kind = store.keys.tenant_artifacts_by_time("t", pb.ARTIFACT_KIND_DATASET)
+    assert store.redis.zscore(by_kind, artifact_id) is None
+    assert store.put_artifact("other-tenant", dataset, refuse=[pb.ARTIFACT_KIND_MODEL])  # its own record
+
+    # a job's export of the same bytes: the tenant's model stays a model, and is not staged
+    settings = Settings(state_dir=tmp_path / "state", key_prefix=prefix)
+    exported = _store_outputs(settings, store, "j" * 24, "t", [(both, "keras")])[0]
+    assert exported.id == artifact_id
+    assert store.get_artifact("t", artifact_id) == model
+    assert not store.redis.exists(store.keys.staged("j" * 24))
+    store.take_back_exports("j" * 24, "t")  # the job fails: the model stays
+    assert _holds(store, "t", artifact_id)
+
+    # an export's record is no upload's: an upload of it as a model takes it over
+    export = ArtifactRecord("12" * 32, pb.ARTIFACT_KIND_EXPORT, "keras", "p.keras", 5, time.time(), {})
+    assert store.put_artifact("t", export, keep=UPLOAD_KINDS)
+    as_model = ArtifactRecord("12" * 32, pb.ARTIFACT_KIND_MODEL, "keras", "p.keras", 5, time.time(), {})
+    assert not store.put_artifact("t", as_model, refuse=[pb.ARTIFACT_KIND_DATASET])
+    assert store.get_artifact("t", "12" * 32).kind == pb.ARTIFACT_KIND_MODEL
+
+
+def test_uploads_of_one_content_as_both_kinds_at_once_leave_one_kind(redis_url, stores):
+    """Many concurrent writes, half as a model and half as a dataset: one kind wins every
+    time, the others are refused, and the record and the sets by kind agree."""
+    import time
+
+    from pruning_core.store import ArtifactRecord, HeldAsAnotherKind
+
+    _, prefix = stores
+    kinds = (pb.ARTIFACT_KIND_MODEL, pb.ARTIFACT_KIND_DATASET)
+
+    async def race(artifact_id: str) -> list[str]:
+        store = AsyncJobStore.from_url(redis_url, prefix)
+
+        async def write(kind: int) -> str:
+            record = ArtifactRecord(artifact_id, kind, "keras", "f", 1, time.time(), {})
+            try:
+                await store.put_artifact("t", record, refuse=[k for k in kinds if k != kind])
+                return f"stored {kind}"
+            except HeldAsAnotherKind as held:
+                return f"refused {held.kind}"
+
+        try:
+            return await asyncio.gather(*(write(kinds[n % 2]) for n in range(20)))
+        finally:
+            await store.redis.aclose()
+
+    for n in range(5):
+        artifact_id = f"{n:02d}" * 32
+        outcomes = asyncio.run(race(artifact_id))
+        sync, _ = stores
+        held = sync.get_artifact("t", artifact_id).kind
+        assert sorted(set(outcomes)) == [f"refused {held}", f"stored {held}"], outcomes
+        assert outcomes.count(f"stored {held}") == 10
+        for kind in kinds:
+            listed = sync.redis.zscore(sync.keys.tenant_artifacts_by_time("t", kind), artifact_id) is not None
+            assert listed == (kind == held)
+
+
 def test_a_job_cancelled_as_it_ends_lists_no_export(redis_url, stores, tmp_path, monkeypatch):
     """A cancel that lands after the exports were stored (here while MLflow logs the run) ends
     the job CANCELLED, and the export records it added go with it."""

@@ -31,6 +31,7 @@ from pruning_core.objectstore import open_store
 from pruning_core.settings import Settings
 from pruning_core.store import (
     TERMINAL,
+    UPLOAD_KINDS,
     ArtifactRecord,
     JobNotFound,
     JobStore,
@@ -290,7 +291,8 @@ def _store_outputs(
         artifact_id, size = blobs.put_file(path)
         kind = pb.ARTIFACT_KIND_REPORT if fmt in formats.REPORT_FILES else pb.ARTIFACT_KIND_EXPORT
         record = ArtifactRecord(artifact_id, kind, fmt, pathlib.Path(path).name, size, time.time(), {})
-        store.put_artifact(tenant, record, staged_for=job_id, attempt=attempt)
+        # content the tenant holds as a model or dataset keeps that record (jobs may name it)
+        store.put_artifact(tenant, record, staged_for=job_id, attempt=attempt, keep=UPLOAD_KINDS)
         artifacts.append(record.to_proto())
     return artifacts
 
