@@ -393,8 +393,13 @@ def format_plan(plan: JobPlan) -> str:
     lines += [f"{label + ':':18}{value}" for label, value in plan.summary_lines()]
     lines.append("")
     if plan.layers:
-        rows = [(x.name, x.class_name, f"{x.weights:,}", f"{x.final_sparsity:.4f}") for x in plan.layers]
-        lines += _columns(("layer", "class", "params", "final sparsity"), rows, (False, False, True, True))
+        by = plan.split_on_worker()
+        lines += _columns(
+            ("layer", "class", "params", "final sparsity"), plan.layer_rows(), (False, False, True, not by)
+        )
+        if by:  # then every layer's final sparsity in the plan is the target
+            target = plan.layers[0].final_sparsity
+            lines.append(f"the worker splits the target ({target:.4f}) over these layers after {by}")
     elif plan.spec.pruning.HasField("structured"):
         lines.append("no layers to prune by weight: structured pruning picks the channels to cut as the job runs")
     else:

@@ -408,11 +408,32 @@ class JobPlan:
         out["spec"] = json_format.MessageToDict(self.spec, preserving_proto_field_name=True)
         return out
 
+    def split_on_worker(self) -> str:
+        """What the worker splits the target over the layers by as the job starts ('' when the
+        plan's final sparsities are the job's): a sensitivity scan, or the keep-accuracy
+        recipe over the layers as channel removal leaves them. The plan then knows the layers,
+        not their shares (its final sparsity is the target)."""
+        p = self.spec.pruning
+        if p.sensitivity_scan:
+            return "the scan"
+        if p.HasField("structured") and self.spec.training.recipe == pb.RECIPE_KEEP_ACCURACY and not p.layer_sparsity:
+            return "channel removal"
+        return ""
+
+    def layer_rows(self) -> list[tuple[str, str, str, str]]:
+        """(layer, class, params, final sparsity) of each layer to prune, as the CLI and the
+        notebook view show them (see :meth:`split_on_worker`)."""
+        by = self.split_on_worker()
+        share = f"after {by}" if by else ""
+        return [(x.name, x.class_name, f"{x.weights:,}", share or f"{x.final_sparsity:.4f}") for x in self.layers]
+
     def _repr_html_(self) -> str:
         """Tables for notebooks: the figures, then the layers to prune."""
-        layers = [(x.name, x.class_name, f"{x.weights:,}", f"{x.final_sparsity:.4f}") for x in self.layers]
         return "\n".join(
-            [_table(("", ""), self.summary_lines()), _table(("layer", "class", "params", "final sparsity"), layers)]
+            [
+                _table(("", ""), self.summary_lines()),
+                _table(("layer", "class", "params", "final sparsity"), self.layer_rows()),
+            ]
         )
 
     def _schedule_line(self) -> str:

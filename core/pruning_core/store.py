@@ -140,26 +140,36 @@ end
 # KEYS: the record, the tenant's artifacts, the artifact's owners, the records by time, the
 # tenant's byte count, the tenant's artifacts by time, the same of each kind, then a job's
 # staged exports ('' for none: a new record is staged there, id -> "<attempt> <created>", until
-# the job succeeds) ; ARGV: artifact id, tenant, created, "<id>:<tenant>", size, the attempt
-# that stages it, the key of the record's kind by time, the kinds a record held refuses the
-# write as (",1,2," style), the kinds a record held is kept as (the write changes nothing),
-# then the record's fields and values. Returns {1 or 0: the tenant had no record / had one,
-# 0}, or {-1: refused / -2: kept, the kind held}. A record written again keeps its place in
-# the tenant's sets by time (when it was first stored); one written again as another kind
-# moves to that kind's set.
+# the job succeeds), then the artifact's shared record (from before per-tenant records) ;
+# ARGV: artifact id, tenant, created, "<id>:<tenant>", size, the attempt that stages it, the
+# key of the record's kind by time, the kinds a record held refuses the write as (",1,2,"
+# style), the kinds a record held is kept as, then the record's fields and values.
+# Returns {1 or 0: the tenant had no record / had one, 0}, or {-1: refused / -2: kept, the
+# kind held}. A record kept stays as it is but for its time: its retention starts over (a
+# shared record from before per-tenant records is left as it is). A record written again
+# keeps its place in the tenant's sets by time (when it was first stored); one written again
+# as another kind moves to that kind's set.
 _PUT_RECORD = (
     _PLACE
     + """
+local staged, shared = KEYS[#KEYS - 1], KEYS[#KEYS]
 local held = redis.call('HGET', KEYS[1], 'kind')
+local own = held
+if not held and redis.call('SISMEMBER', KEYS[2], ARGV[1]) == 1 then held = redis.call('HGET', shared, 'kind') end
 if held and string.find(ARGV[8], ',' .. held .. ',', 1, true) then return {-1, tonumber(held)} end
-if held and string.find(ARGV[9], ',' .. held .. ',', 1, true) then return {-2, tonumber(held)} end
-local new = not held
-local staged = KEYS[#KEYS]
+if held and string.find(ARGV[9], ',' .. held .. ',', 1, true) then
+  if own then
+    redis.call('HSET', KEYS[1], 'created', ARGV[3])
+    redis.call('ZADD', KEYS[4], ARGV[3], ARGV[4])
+  end
+  return {-2, tonumber(held)}
+end
+local new = not own
 redis.call('HSET', KEYS[1], unpack(ARGV, 10))
 redis.call('SADD', KEYS[3], ARGV[2])
 redis.call('ZADD', KEYS[4], ARGV[3], ARGV[4])
 redis.call('SADD', KEYS[2], ARGV[1])
-place(6, 7, #KEYS - 1, ARGV[7], ARGV[3], ARGV[1])
+place(6, 7, #KEYS - 2, ARGV[7], ARGV[3], ARGV[1])
 if new and redis.call('EXISTS', KEYS[5]) == 1 then redis.call('INCRBY', KEYS[5], ARGV[5]) end
 if new and staged ~= '' then redis.call('HSET', staged, ARGV[1], ARGV[6] .. ' ' .. ARGV[3]) end
 return {new and 1 or 0, 0}
@@ -694,7 +704,9 @@ class _Base:
         of shared bytes, which another tenant's upload never changes. Record, indexes and byte
         count in one script; a new record of job ``staged_for``'s export is staged too, as
         ``attempt``'s. A record the tenant holds as one of the kinds ``refuse`` names raises
-        :class:`HeldAsAnotherKind`; one held as a kind ``keep`` names stays as it is (False)."""
+        :class:`HeldAsAnotherKind`; one held as a kind ``keep`` names stays as it is, but for
+        its time: its retention starts over (False). A shared record from before per-tenant
+        records counts as the tenant's."""
         args = [
             *(record.id, tenant, record.created, f"{record.id}:{tenant}", record.size, attempt),
             self.keys.tenant_artifacts_by_time(tenant, record.kind),
@@ -702,7 +714,11 @@ class _Base:
             _kind_list(keep),
             *record.fields(),
         ]
-        keys = [*self._record_keys(tenant, record.id), self.keys.staged(staged_for) if staged_for else ""]
+        keys = [
+            *self._record_keys(tenant, record.id),
+            self.keys.staged(staged_for) if staged_for else "",
+            self.keys.artifact(record.id),
+        ]
         outcome, held = yield self._put_record(keys=keys, args=args)
         if outcome == -1:
             raise HeldAsAnotherKind(record.id, held)

@@ -90,12 +90,16 @@ def _refuse_other_upload_kind(artifact_id: str, held: int, kind: pb.ArtifactKind
     (a file valid as both a model and a dataset): one record per content would change kind
     under the jobs naming it. An export or report file uploaded as a model becomes one."""
     if held in _other_upload_kinds(kind):
-        field = "model" if kind == pb.ARTIFACT_KIND_MODEL else "dataset"
-        raise Failure(
-            grpc.StatusCode.FAILED_PRECONDITION,
-            f"{field}: this content is already held as a {convert.kind_name(held)} "
-            f"(artifact {artifact_id}); delete that one to store it as a {convert.kind_name(kind)}",
-        )
+        raise _held_as_another_kind(artifact_id, held, kind)
+
+
+def _held_as_another_kind(artifact_id: str, held: int, kind: pb.ArtifactKind.ValueType) -> Failure:
+    field = "model" if kind == pb.ARTIFACT_KIND_MODEL else "dataset"
+    return Failure(
+        grpc.StatusCode.FAILED_PRECONDITION,
+        f"{field}: this content is already held as a {convert.kind_name(held)} "
+        f"(artifact {artifact_id}); delete that one to store it as a {convert.kind_name(kind)}",
+    )
 
 
 def _drop(pipe: WritePipeline | None, writer) -> None:
@@ -363,8 +367,7 @@ class PruningService(pb_grpc.PruningServiceServicer):
         try:
             await self.store.put_artifact(tenant, record, refuse=_other_upload_kinds(kind))
         except HeldAsAnotherKind as held:
-            _refuse_other_upload_kind(artifact_id, held.kind, kind)
-            raise
+            raise _held_as_another_kind(artifact_id, held.kind, kind) from None
         log.info("stored %s artifact %s (%d bytes) for %s", fmt, artifact_id, writer.size, tenant)
         return record.to_proto()
 

@@ -177,6 +177,18 @@ def test_format_plan() -> None:
     rows = {line.split()[0]: line.split() for line in text.splitlines() if line.strip()}
     assert rows["dense"] == ["dense", "Dense", "20,280", "0.8000"]
     assert "no layers to prune" in format_plan(JobPlan.from_proto(pb.JobPlan(keras_version=2)))
+    scanned = plan_proto()
+    scanned.spec.pruning.sensitivity_scan = True  # the shares come from the worker's scan
+    text = format_plan(JobPlan.from_proto(scanned))
+    assert text.splitlines()[-2].split() == ["dense", "Dense", "20,280", "after", "the", "scan"]
+    assert text.splitlines()[-1] == "the worker splits the target (0.8000) over these layers after the scan"
+    assert "after the scan" in JobPlan.from_proto(scanned)._repr_html_()
+    structured = plan_proto()
+    structured.spec.pruning.structured.ratio = 0.5  # the recipe splits over the layers surgery leaves
+    structured.spec.training.recipe = pb.RECIPE_KEEP_ACCURACY
+    assert "after channel removal" in format_plan(JobPlan.from_proto(structured)).splitlines()[-1]
+    structured.spec.training.recipe = pb.RECIPE_PLAIN  # the plain recipe: the plan's sparsities hold
+    assert format_plan(JobPlan.from_proto(structured)).splitlines()[-1].split()[-1] == "0.8000"
     page = JobPlan.from_proto(plan_proto())._repr_html_()
     assert page.count("<table>") == 2 and "<td>20,280</td><td>0.8000</td>" in page
 

@@ -234,6 +234,7 @@ def test_a_success_keeps_its_own_attempt_s_exports_and_takes_back_a_stale_one_s(
 def test_a_record_held_as_an_upload_kind_refuses_the_other_and_outlives_an_export(stores, tmp_path):
     """One record per content: a model's record must not turn into a dataset's (a file can be
     both) or an export's under the jobs naming it, whoever writes second, all in one script."""
+    import dataclasses
     import hashlib
     import time
 
@@ -256,14 +257,28 @@ def test_a_record_held_as_an_upload_kind_refuses_the_other_and_outlives_an_expor
     assert store.redis.zscore(by_kind, artifact_id) is None
     assert store.put_artifact("other-tenant", dataset, refuse=[pb.ARTIFACT_KIND_MODEL])  # its own record
 
-    # a job's export of the same bytes: the tenant's model stays a model, and is not staged
+    # a job's export of the same bytes: the tenant's model stays a model, and is not staged;
+    # its retention starts over (the job's result lists it), and the result says what it is
     settings = Settings(state_dir=tmp_path / "state", key_prefix=prefix)
     exported = _store_outputs(settings, store, "j" * 24, "t", [(both, "keras")])[0]
-    assert exported.id == artifact_id
-    assert store.get_artifact("t", artifact_id) == model
+    kept = store.get_artifact("t", artifact_id)
+    assert kept == dataclasses.replace(model, created=kept.created) and kept.created > model.created
+    assert store.redis.zscore(store.keys.artifacts_by_time(), f"{artifact_id}:t") == kept.created
+    assert (exported.id, exported.kind, exported.filename) == (artifact_id, pb.ARTIFACT_KIND_MODEL, "m.keras")
     assert not store.redis.exists(store.keys.staged("j" * 24))
     store.take_back_exports("j" * 24, "t")  # the job fails: the model stays
     assert _holds(store, "t", artifact_id)
+
+    # a shared record from before per-tenant records counts as the tenant's
+    legacy = ArtifactRecord("34" * 32, pb.ARTIFACT_KIND_MODEL, "keras", "old.keras", 5, 1.0, {})
+    store.redis.hset(store.keys.artifact(legacy.id), mapping=legacy.to_mapping())
+    store.redis.sadd(store.keys.tenant_artifacts("t"), legacy.id)
+    with pytest.raises(HeldAsAnotherKind):
+        store.put_artifact("t", dataclasses.replace(legacy, kind=pb.ARTIFACT_KIND_DATASET), refuse=[1])
+    as_export = dataclasses.replace(legacy, kind=pb.ARTIFACT_KIND_EXPORT)
+    assert not store.put_artifact("t", as_export, staged_for="k" * 24, keep=UPLOAD_KINDS)
+    store.take_back_exports("k" * 24, "t")  # nothing staged: the tenant keeps its model
+    assert store.get_artifact("t", legacy.id) == legacy
 
     # an export's record is no upload's: an upload of it as a model takes it over
     export = ArtifactRecord("12" * 32, pb.ARTIFACT_KIND_EXPORT, "keras", "p.keras", 5, time.time(), {})

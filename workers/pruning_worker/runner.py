@@ -291,8 +291,11 @@ def _store_outputs(
         artifact_id, size = blobs.put_file(path)
         kind = pb.ARTIFACT_KIND_REPORT if fmt in formats.REPORT_FILES else pb.ARTIFACT_KIND_EXPORT
         record = ArtifactRecord(artifact_id, kind, fmt, pathlib.Path(path).name, size, time.time(), {})
-        # content the tenant holds as a model or dataset keeps that record (jobs may name it)
-        store.put_artifact(tenant, record, staged_for=job_id, attempt=attempt, keep=UPLOAD_KINDS)
+        # content the tenant holds as a model or dataset keeps that record (jobs may name it):
+        # the result lists the artifact as the tenant holds it
+        if not store.put_artifact(tenant, record, staged_for=job_id, attempt=attempt, keep=UPLOAD_KINDS):
+            with contextlib.suppress(KeyError):  # removed since: the record as written
+                record = store.get_artifact(tenant, artifact_id)
         artifacts.append(record.to_proto())
     return artifacts
 

@@ -1849,7 +1849,8 @@ class LayerPlan(_message.Message):
     class_name: _builtins.str
     weights: _builtins.int
     """Parameters of the layer (its kernel and bias, from the weights file) and the sparsity its
-    kernel should end at.
+    kernel should end at (under sensitivity_scan: the target, which the scan splits over the
+    layers as the job starts).
     """
     final_sparsity: _builtins.float
     def __init__(
