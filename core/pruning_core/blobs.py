@@ -17,6 +17,7 @@ import pathlib
 import re
 import shutil
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 
@@ -68,6 +69,7 @@ class BlobWriter:
         fd, name = tempfile.mkstemp(dir=store.tmp_dir, prefix="upload-")
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a new file: nobody else holds it
         self._lock = fd  # held open, and so locked, until commit or discard
+        self._releasing = threading.Lock()
         self.path = pathlib.Path(name)
         try:
             self._file = DirectWriter(name, direct=store.direct)
@@ -116,9 +118,10 @@ class BlobWriter:
         try:
             self._file.abort()
         finally:
-            if self._lock >= 0:
-                os.close(self._lock)
-                self._lock = -1
+            with self._releasing:  # once, whoever calls: a descriptor closed twice may be another's
+                fd, self._lock = self._lock, -1
+            if fd >= 0:
+                os.close(fd)
 
     def commit(self) -> str:
         """Moves the finished file into place and returns its id (sha256)."""

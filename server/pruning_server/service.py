@@ -10,8 +10,8 @@ import logging
 import math
 import re
 import time
-from collections.abc import AsyncIterator, Sequence
-from typing import NoReturn, Protocol
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any, NoReturn, Protocol, TypeVar
 
 import grpc
 from celery import Celery
@@ -42,6 +42,7 @@ from .limits import Caps, Reservation
 from .watches import WatchHub
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 _EVENT_ID = re.compile(r"\d+-\d+")
 _SHA256 = re.compile(r"[0-9a-fA-F]{64}")
 _JOB_ID = re.compile(r"[0-9a-f]{24}")
@@ -112,6 +113,22 @@ def _drop(pipe: WritePipeline | None, writer) -> None:
         writer.discard()
     except Exception:
         log.exception("could not remove a dropped upload")
+
+
+async def _to_the_end(fn: Callable[..., T], *args: Any) -> T:
+    """``fn(*args)`` in a thread. A caller cancelled meanwhile (the client went away) waits for
+    the thread to end before the cancellation goes on: what the caller then does to the same
+    upload (discard it: abort, close, remove) must not run beside it."""
+    future = asyncio.ensure_future(asyncio.to_thread(fn, *args))
+    try:
+        return await asyncio.shield(future)
+    except asyncio.CancelledError:
+        while not future.done():  # a thread cannot be stopped: wait, through more cancellations
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.wait([future])
+        if not future.cancelled():
+            future.exception()  # retrieved: the cancellation is what the caller hears
+        raise
 
 
 async def _drop_off_loop(pipe: WritePipeline | None, writer) -> None:
@@ -305,7 +322,7 @@ class PruningService(pb_grpc.PruningServiceServicer):
                     # hashing and writing overlap with receiving and with each other, behind bounded queues
                     pipe = WritePipeline([*writer.sinks(), *also], self.settings.upload_pipeline_depth)
                     if header.sha256:
-                        await asyncio.to_thread(writer.announce, header.sha256)
+                        await _to_the_end(writer.announce, header.sha256)
                     quota.announced = header.size
                     await quota.need(max(header.size, 1))
                     continue
@@ -340,7 +357,7 @@ class PruningService(pb_grpc.PruningServiceServicer):
                     "content does not match the announced sha256",
                     f"{field}.header.sha256",
                 )
-            await asyncio.to_thread(writer.close)  # flush and fsync: seconds for a large file
+            await _to_the_end(writer.close)  # flush and fsync: seconds for a large file
             return writer, header
         except BaseException:
             # A refusal above, or the client went away: the partial upload is gone before the
@@ -356,7 +373,7 @@ class PruningService(pb_grpc.PruningServiceServicer):
         record per content would change kind under the jobs that name it. Its bytes stay: the
         record held points to them."""
         try:
-            artifact_id = await asyncio.to_thread(writer.commit)
+            artifact_id = await _to_the_end(writer.commit)
         except BaseException:
             await _drop_off_loop(None, writer)
             raise
@@ -377,7 +394,7 @@ class PruningService(pb_grpc.PruningServiceServicer):
         """Runs ``inspect(path, max_decompressed)`` on a received file; a refusal removes the
         file and answers INVALID_ARGUMENT."""
         try:
-            return await asyncio.to_thread(inspect, writer.path, self.settings.max_decompressed_bytes)
+            return await _to_the_end(inspect, writer.path, self.settings.max_decompressed_bytes)
         except modelcheck.ModelRejected as exc:
             await _drop_off_loop(None, writer)
             raise Invalid([(exc.field, str(exc))]) from None

@@ -259,3 +259,42 @@ def test_the_loop_is_woken_about_once_per_chunk_not_once_per_sink():
     pipe = asyncio.run(main())
     assert pipe._released == len(CHUNKS)
     assert len(CHUNKS) <= wakes < 2 * len(CHUNKS)
+
+
+def test_a_cancelled_upload_step_waits_for_its_thread_before_the_cleanup():
+    """A client gone while its upload commits (an S3 that stalls): the cleanup that follows the
+    cancellation must not run beside the commit's thread (it closed the writer's descriptor
+    twice and aborted an upload the thread then completed)."""
+    from pruning_server.service import _to_the_end
+
+    async def run(outcome):
+        started, release, ended = threading.Event(), threading.Event(), []
+
+        def commit():
+            started.set()
+            release.wait(10)
+            ended.append(True)
+            if outcome == "raises":
+                raise OSError("the store went away")
+            return "sha"
+
+        task = asyncio.create_task(_to_the_end(commit))
+        await asyncio.to_thread(started.wait, 10)
+        for _ in range(2):  # cancelled, then cancelled again while it waits
+            task.cancel()
+            await asyncio.sleep(0.05)
+            assert not task.done() and not ended
+        release.set()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert ended
+
+    asyncio.run(run("returns"))
+    asyncio.run(run("raises"))
+
+    async def plain():  # not cancelled: its result, or its error, as to_thread gives them
+        assert await _to_the_end(lambda: 5) == 5
+        with pytest.raises(ZeroDivisionError):
+            await _to_the_end(lambda: 1 / 0)
+
+    asyncio.run(plain())
