@@ -268,13 +268,108 @@ def test_input_cache_fetches_once_verifies_and_keeps_its_bound(seaweed, s3_env, 
     first = cache.path(blobs[0])
     assert hashlib.sha256(first.read_bytes()).hexdigest() == blobs[0]
     assert cache.path(blobs[0]) == first and cache.fetched == 1  # a hit fetches nothing
+    cache.release()  # the job ended: eviction may take its files
     cache.path(blobs[1])
-    os.utime(first, (time.time() + 5, time.time() + 5))  # blob 0 used last: blob 1 goes first
+    cache.release()
+    ok = first.with_name(f".{first.name}.ok")
+    os.utime(ok, (time.time() + 5, time.time() + 5))  # blob 0 used last: blob 1 goes first
     cache.path(blobs[2])
-    cached = {p.name for p in (tmp_path / "cache").rglob("*") if p.is_file()}
-    assert cached == {blobs[0], blobs[2]} and cache.fetched == 3
+    assert _cached(tmp_path / "cache") == {blobs[0], blobs[2]} and cache.fetched == 3
     assert cache.path(blobs[1], keep=(blobs[2],)).exists()  # blob 0 evicted, never the kept one
-    assert {p.name for p in (tmp_path / "cache").rglob("*") if p.is_file()} == {blobs[1], blobs[2]}
+    assert _cached(tmp_path / "cache") == {blobs[1], blobs[2]}
+
+
+def _cached(root: pathlib.Path) -> set[str]:
+    """The artifacts in a worker's cache (not the records of their checks)."""
+    return {p.name for p in root.rglob("*") if p.is_file() and not p.name.startswith(".")}
+
+
+def test_a_cached_input_changed_since_its_check_is_fetched_again(seaweed, s3_env, tmp_path):
+    """Truncated, rewritten in place with other bytes of the same size, or replaced: a job
+    never reads it (it failed as the user's corrupt model, or trained on other data)."""
+    import stat
+
+    from pruning_core.objectstore import open_store
+    from pruning_worker.cache import InputCache
+
+    store = open_store(settings_for(s3_env, state_dir=str(tmp_path / "state")))
+    source = tmp_path / "data.npz"
+    source.write_bytes(os.urandom(MiB))
+    artifact_id = store.put_file(source)[0]
+    cache = InputCache(store, tmp_path / "cache", max_bytes=8 * MiB)
+    path = cache.path(artifact_id)
+    assert not path.stat().st_mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH)  # read-only
+    cache.release()
+
+    def tamper_by(how) -> None:
+        path.chmod(0o644)
+        how()
+        fetched = cache.fetched
+        assert cache.path(artifact_id) == path and cache.fetched == fetched + 1
+        assert hashlib.sha256(path.read_bytes()).hexdigest() == artifact_id
+        cache.release()
+
+    tamper_by(lambda: os.truncate(path, 1000))
+    tamper_by(lambda: path.write_bytes(os.urandom(MiB)))  # the same size, the same file
+    other = tmp_path / "other"
+    other.write_bytes(os.urandom(MiB))
+    tamper_by(lambda: os.replace(other, path))
+    tamper_by(lambda: path.with_name(f".{path.name}.ok").unlink())  # no record of a check
+    fetched = cache.fetched
+    cache.path(artifact_id)  # untouched: a hit
+    assert cache.fetched == fetched
+
+
+def test_eviction_leaves_the_inputs_a_job_of_another_process_holds(seaweed, s3_env, tmp_path):
+    """Worker processes share a host's cache: one's fetch must not remove the model another
+    resolved and is about to load; a fetch that died leaves no temporary file for good."""
+    import subprocess
+    import sys
+
+    from pruning_core.objectstore import open_store
+    from pruning_worker import cache as cache_module
+    from pruning_worker.cache import InputCache
+
+    store = open_store(settings_for(s3_env, state_dir=str(tmp_path / "state")))
+    ids = []
+    for i in range(2):
+        path = tmp_path / f"blob{i}"
+        path.write_bytes(os.urandom(MiB + i))
+        ids.append(store.put_file(path)[0])
+    root = tmp_path / "cache"
+    held = InputCache(store, root, max_bytes=MiB + 10).path(ids[0])
+    # another process (a worker's job) holds blob 0 while this one fetches blob 1 past the bound
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            f"import fcntl,sys,time; f=open({str(held)!r}); fcntl.flock(f, fcntl.LOCK_SH); "
+            "print('held', flush=True); sys.stdin.read()",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        import gc
+
+        gc.collect()  # this process's first cache is gone: only the other process holds blob 0
+        fetching = InputCache(store, root, max_bytes=MiB + 10)
+        fetching.path(ids[1])
+        assert _cached(root) == set(ids)  # over the bound rather than pull it from under the job
+    finally:
+        holder.communicate("")
+    fetching.release()
+    stale = root / "ab" / ".fetch-left-by-a-killed-worker"
+    stale.parent.mkdir(exist_ok=True)
+    stale.write_bytes(b"x" * 1000)
+    fresh = root / "ab" / ".fetch-under-way"
+    fresh.write_bytes(b"y")
+    old = time.time() - cache_module.STALE_FETCH_S - 5
+    os.utime(stale, (old, old))
+    assert fetching.evict() == 1  # now blob 0 goes (used first), with the stale temporary file
+    assert _cached(root) == {ids[1]} and not stale.exists() and fresh.exists()
 
 
 def test_a_temporary_object_is_swept_only_when_clocks_an_hour_apart_agree_it_is_old(

@@ -341,7 +341,7 @@ def test_a_job_cancelled_as_it_ends_lists_no_export(redis_url, stores, tmp_path,
     claimed = _claim(store, job.id, "w1")
     export = tmp_path / "pruned.keras"
     export.write_bytes(b"the pruned model of a job cancelled as it ended")
-    monkeypatch.setattr(pipeline.Inputs, "resolve", staticmethod(lambda *a, **k: None))
+    monkeypatch.setattr(pipeline.Inputs, "resolve", staticmethod(lambda *a, **k: pipeline.Inputs(tmp_path, (), 0)))
     monkeypatch.setattr(pipeline, "run", lambda *a, **k: (pb.PruneResult(device="CPU"), [(export, "keras")]))
 
     def cancelled_meanwhile(*args, **kwargs) -> None:
@@ -383,7 +383,7 @@ def test_exports_of_an_attempt_lost_while_storing_them_are_taken_back(redis_url,
 
     export = tmp_path / "pruned.keras"
     export.write_bytes(b"attempt 2's export")
-    monkeypatch.setattr(pipeline.Inputs, "resolve", staticmethod(lambda *a, **k: None))
+    monkeypatch.setattr(pipeline.Inputs, "resolve", staticmethod(lambda *a, **k: pipeline.Inputs(tmp_path, (), 0)))
     monkeypatch.setattr(pipeline, "run", lambda *a, **k: (pb.PruneResult(device="CPU"), [(export, "keras")]))
     final = _run_claimed(store, _claim(store, job.id, "w2", alive_s=0), settings)
     assert final is not None and final.state == pb.JOB_STATE_SUCCEEDED

@@ -3,17 +3,32 @@
 A model or dataset used by many jobs (the trials of a sweep) is fetched from the artifact
 store once per host. A fetch goes into a temporary file, is checked against its sha256 and
 renamed into place, so a reader never sees a partial file, and concurrent worker processes on
-one host at worst fetch the same file twice. The cache keeps at most ``max_bytes``: the files
-used least recently go first, never the ones the current job holds. With the local store
-there is nothing to fetch and the store's own file is used.
+one host at worst fetch the same file twice. With the local store there is nothing to fetch
+and the store's own file is used.
+
+Beside each file, ``.<sha>.ok`` holds what the file was when its hash was checked (inode,
+size, change time; the file is read-only). A hit compares the two, which costs a ``stat``
+instead of a hash: a file changed, truncated or replaced since (the change time moves with
+any write, and no process can set it back) is fetched again, never handed to a job. The
+``.ok`` file's modification time is the file's last use.
+
+The cache keeps at most ``max_bytes``: the files used least recently go first, never one that
+a job of any worker process on the host holds. A job holds each input it resolved under a
+shared ``flock`` until its :class:`InputCache` is released (or collected); eviction takes the
+lock exclusively, without waiting, before removing a file. A fetch holds its temporary file
+the same way, so one left by a killed process (unlocked) is swept.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import logging
 import os
 import pathlib
 import tempfile
+import time
+import weakref
 
 from pruning_core.blobs import is_artifact_id
 from pruning_core.objectstore import LocalStore, open_store
@@ -23,6 +38,33 @@ from .errors import JobInputError
 
 log = logging.getLogger(__name__)
 
+STALE_FETCH_S = 60.0  # an unlocked temporary file this old was left by a process that died
+
+
+def _signature(fd: int) -> str:
+    stat = os.fstat(fd)
+    return f"{stat.st_ino} {stat.st_size} {stat.st_ctime_ns}"
+
+
+def _close_all(fds: list[int]) -> None:
+    while fds:
+        with contextlib.suppress(OSError):
+            os.close(fds.pop())
+
+
+def _try_lock(path: pathlib.Path) -> int | None:
+    """An open descriptor of ``path`` locked exclusively, or None: gone, or held by a job."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
+
 
 class InputCache:
     def __init__(self, store: LocalStore, root: os.PathLike | str, max_bytes: int):
@@ -30,58 +72,118 @@ class InputCache:
         self.root = pathlib.Path(root)
         self.max_bytes = max_bytes
         self.fetched = 0  # files fetched by this process (read by tests and logs)
+        self._held: list[int] = []  # descriptors of the files this cache's job holds, shared-locked
+        self._finalizer = weakref.finalize(self, _close_all, self._held)
 
     @classmethod
     def for_settings(cls, settings: Settings) -> InputCache:
         return cls(open_store(settings), settings.cache_path, settings.cache_max_bytes)
 
+    def release(self) -> None:
+        """Lets go of the files this cache's job holds: eviction may take them again."""
+        _close_all(self._held)
+
+    @staticmethod
+    def _ok(target: pathlib.Path) -> pathlib.Path:
+        return target.with_name(f".{target.name}.ok")
+
     def path(self, artifact_id: str, keep: tuple[str, ...] = ()) -> pathlib.Path:
-        """A local file with the artifact's bytes, fetched when this host has none. ``keep``
-        names other files the caller holds, which eviction leaves alone."""
+        """A local file with the artifact's bytes, fetched when this host has none that is still
+        as it was checked; held until :meth:`release`. ``keep`` names other files the caller
+        holds (as this process's eviction already leaves the held ones, only a hint)."""
         local = self.store.local_path(artifact_id)
         if local is not None:
             return local
         if not is_artifact_id(artifact_id):
             raise ValueError(f"artifact id must be 64 lowercase hex digits, got {artifact_id!r}")
         target = self.root / artifact_id[:2] / artifact_id
-        if target.is_file():
-            os.utime(target)  # most recently used
+        if self._hold_if_checked(target):
             return target
         target.parent.mkdir(parents=True, exist_ok=True)
         fd, name = tempfile.mkstemp(dir=target.parent, prefix=".fetch-")
-        os.close(fd)
+        fcntl.flock(fd, fcntl.LOCK_SH)  # held from the start: a sweep or eviction needs it alone
         try:
             self.store.fetch(artifact_id, pathlib.Path(name))
-            os.replace(name, target)
+            os.chmod(name, 0o444)
+            os.replace(name, target)  # the same file, held: the job's input from now on
+            self._write_ok(target, _signature(fd))
         except FileNotFoundError:
+            os.close(fd)
             pathlib.Path(name).unlink(missing_ok=True)
             raise JobInputError(f"artifact {artifact_id} is missing from the artifact store") from None
         except BaseException:
+            os.close(fd)
             pathlib.Path(name).unlink(missing_ok=True)
             raise
+        self._held.append(fd)
         self.fetched += 1
-        log.info("fetched artifact %s into the cache (%d bytes)", artifact_id, target.stat().st_size)
+        log.info("fetched artifact %s into the cache (%d bytes)", artifact_id, os.fstat(fd).st_size)
         self.evict(keep=(artifact_id, *keep))
         return target
 
+    def _write_ok(self, target: pathlib.Path, signature: str) -> None:
+        ok = self._ok(target)
+        fd, name = tempfile.mkstemp(dir=target.parent, prefix=".ok-")
+        with os.fdopen(fd, "w") as out:
+            out.write(signature)
+        os.replace(name, ok)
+
+    def _hold_if_checked(self, target: pathlib.Path) -> bool:
+        """Holds ``target`` when it is the file whose hash was checked, unchanged since."""
+        try:
+            fd = os.open(target, os.O_RDONLY)
+        except FileNotFoundError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH)  # an eviction holds it only while it removes it
+            signature = _signature(fd)
+            held = os.stat(target).st_ino == os.fstat(fd).st_ino  # not removed or replaced meanwhile
+            ok = self._ok(target)
+            if held and ok.read_text() == signature:
+                os.utime(ok)  # most recently used
+                self._held.append(fd)
+                return True
+            log.warning("cached artifact %s changed since its hash was checked: fetching it again", target.name)
+        except FileNotFoundError:  # no record of its check (removed, or a cache from before)
+            pass
+        os.close(fd)
+        return False
+
     def evict(self, keep: tuple[str, ...] = ()) -> int:
-        """Removes the least recently used files until the cache fits ``max_bytes``."""
+        """Removes the least recently used files until the cache fits ``max_bytes``, and the
+        temporary files of fetches that died."""
         entries = []
+        now = time.time()
         for path in self.root.glob("??/*"):
-            if is_artifact_id(path.name):
-                try:
-                    stat = path.stat()
-                except FileNotFoundError:
-                    continue
-                entries.append((stat.st_mtime, stat.st_size, path))
+            if path.name.startswith((".fetch-", ".ok-")):
+                with contextlib.suppress(FileNotFoundError):
+                    if now - path.stat().st_mtime > STALE_FETCH_S and (fd := _try_lock(path)) is not None:
+                        path.unlink(missing_ok=True)
+                        os.close(fd)
+                continue
+            if not is_artifact_id(path.name):
+                continue
+            try:
+                size = path.stat().st_size
+            except FileNotFoundError:
+                continue
+            try:
+                used = self._ok(path).stat().st_mtime
+            except FileNotFoundError:
+                used = 0.0  # never checked here: first to go
+            entries.append((used, size, path))
         total = sum(size for _, size, _ in entries)
         removed = 0
         for _, size, path in sorted(entries):
             if total <= self.max_bytes:
                 break
-            if path.name in keep:
-                continue
-            path.unlink(missing_ok=True)
+            if path.name in keep or (fd := _try_lock(path)) is None:
+                continue  # held by a job of this or another worker process
+            try:
+                self._ok(path).unlink(missing_ok=True)
+                path.unlink(missing_ok=True)
+            finally:
+                os.close(fd)
             total -= size
             removed += 1
         return removed

@@ -27,22 +27,34 @@ class Inputs:
     data: Arrays
     max_decompressed: int
     seconds: float = 0.0  # what resolving took (a dataset cached in this process costs nothing)
+    cache: InputCache | None = None  # holds the files the job reads from the host's cache
 
     @classmethod
     def resolve(cls, spec: pb.JobSpec, tenant: str, store: Any, settings: Settings) -> Inputs:
         started = time.monotonic()
         inputs = InputCache.for_settings(settings)  # fetched from the store once per host
-        _recorded(store, tenant, spec.model_id, "model")
-        model_path = inputs.path(spec.model_id)
-        loaded = datasets.loaded(settings.dataset_cache_bytes)  # a second job on the data reads nothing
-        if spec.dataset.WhichOneof("source") == "artifact_id":
-            data_id = spec.dataset.artifact_id
-            _recorded(store, tenant, data_id, "dataset")
-            data = loaded.get(f"npz:{data_id}", lambda: datasets.load_npz(inputs.path(data_id, keep=(spec.model_id,))))
-        else:
-            name = spec.dataset.builtin
-            data = loaded.get(f"builtin:{name}", lambda: datasets.load_builtin(name, settings.data_path))
-        return cls(model_path, data, settings.max_decompressed_bytes, time.monotonic() - started)
+        try:
+            _recorded(store, tenant, spec.model_id, "model")
+            model_path = inputs.path(spec.model_id)
+            loaded = datasets.loaded(settings.dataset_cache_bytes)  # a second job on the data reads nothing
+            if spec.dataset.WhichOneof("source") == "artifact_id":
+                data_id = spec.dataset.artifact_id
+                _recorded(store, tenant, data_id, "dataset")
+                data = loaded.get(
+                    f"npz:{data_id}", lambda: datasets.load_npz(inputs.path(data_id, keep=(spec.model_id,)))
+                )
+            else:
+                name = spec.dataset.builtin
+                data = loaded.get(f"builtin:{name}", lambda: datasets.load_builtin(name, settings.data_path))
+        except BaseException:
+            inputs.release()
+            raise
+        return cls(model_path, data, settings.max_decompressed_bytes, time.monotonic() - started, inputs)
+
+    def release(self) -> None:
+        """Lets go of the host's cached files the job held (eviction may take them again)."""
+        if self.cache is not None:
+            self.cache.release()
 
 
 def length(data: Data) -> int:

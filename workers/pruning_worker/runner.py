@@ -430,7 +430,10 @@ def _run_claimed(store: JobStore, job: pb.Job, settings: Settings) -> pb.Job | N
                 ),
             ):
                 inputs = pipeline.Inputs.resolve(job.spec, tenant, store, settings)
-                result, outputs = pipeline.run(job.spec, inputs, reporter, workdir)
+                try:
+                    result, outputs = pipeline.run(job.spec, inputs, reporter, workdir)
+                finally:
+                    inputs.release()
                 reporter.check_between_steps()  # a job cancelled during its exports stores none of them
                 result.artifacts.extend(_store_outputs(settings, store, job_id, tenant, outputs, job.attempt))
                 if settings.mlflow_tracking_uri:
