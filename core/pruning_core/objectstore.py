@@ -50,6 +50,27 @@ if TYPE_CHECKING:
     from obstore.store import S3Store as _ObjectStore
 
 MiB = 1 << 20
+
+
+class CorruptArtifact(OSError):
+    """An artifact's bytes read back from the store do not hash to its id."""
+
+
+def unavailable_errors() -> tuple[type[BaseException], ...]:
+    """What the S3 client raises when the object store does not answer, or refuses the
+    server's credentials: a connection refused or reset, a timeout, a 5xx, a 403."""
+    from obstore.exceptions import GenericError, PermissionDeniedError, UnauthenticatedError
+
+    return (GenericError, PermissionDeniedError, UnauthenticatedError)
+
+
+def missing_errors() -> tuple[type[BaseException], ...]:
+    """What either backend raises for bytes that are not there."""
+    from obstore.exceptions import NotFoundError
+
+    return (FileNotFoundError, NotFoundError)
+
+
 CHECKPOINT_LATEST = "latest.json"  # names the last checkpoint's files; written after them
 _JOB_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")  # a path component, never ``..``
 
@@ -372,7 +393,7 @@ class S3Store(LocalStore):
                 out.write(part)
         if digest.hexdigest() != artifact_id:
             dest.unlink(missing_ok=True)
-            raise OSError(f"artifact {artifact_id} read back from S3 does not match its sha256")
+            raise CorruptArtifact(f"artifact {artifact_id} read back from S3 does not match its sha256")
 
     def _checkpoint_key(self, job_id: str, name: str = "") -> str:
         _check_job_id(job_id)

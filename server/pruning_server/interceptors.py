@@ -29,6 +29,7 @@ from prometheus_client import Counter, Histogram
 
 from pruning import wire
 from pruning.v1 import pruning_pb2 as pb
+from pruning_core import objectstore
 from pruning_core.modelcheck import ModelRejected
 
 from .errors import Cut, Failure, Invalid, to_status
@@ -155,6 +156,9 @@ async def _answer_failure(context: grpc.aio.ServicerContext, method: str, exc: E
     if isinstance(exc, _TRANSIENT):
         log.warning("%s: backing store unavailable: %s", method, exc)
         await context.abort(grpc.StatusCode.UNAVAILABLE, "the job store or broker is unavailable; retry shortly")
+    if isinstance(exc, objectstore.unavailable_errors()):
+        log.warning("%s: the artifact store did not answer: %s", method, cut(str(exc)))
+        await context.abort(grpc.StatusCode.UNAVAILABLE, "the artifact store is unavailable; retry shortly")
     log.exception("%s failed", method)
     await context.abort(grpc.StatusCode.INTERNAL, "internal error (see the server log)")
 

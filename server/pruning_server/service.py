@@ -20,7 +20,7 @@ from google.rpc import code_pb2
 from pruning.v1 import pruning_pb2 as pb
 from pruning.v1 import pruning_pb2_grpc as pb_grpc
 from pruning.wire import download_chunk
-from pruning_core import formats, modelcheck, plan, recipe, tasks, validation, zipscan
+from pruning_core import formats, modelcheck, objectstore, plan, recipe, tasks, validation, zipscan
 from pruning_core.blobs import is_artifact_id
 from pruning_core.objectstore import LocalStore, Upload
 from pruning_core.settings import Settings
@@ -454,8 +454,14 @@ class PruningService(pb_grpc.PruningServiceServicer):
         frame = functools.partial(download_chunk, total_size=record.size, sha256=record.id)
         async with self._slot(self.downloads, tenant):
             chunks = self.blobs.read(record.id, request.offset, self.settings.chunk_size, record.size, frame)
-            async for message in chunks:
-                yield message
+            try:
+                async for message in chunks:
+                    yield message
+            except objectstore.missing_errors():
+                log.error("artifact %s has a record but its bytes are gone from the artifact store", record.id)
+                raise Failure(
+                    grpc.StatusCode.DATA_LOSS, f"artifact {record.id}: its bytes are missing from the artifact store"
+                ) from None
 
     async def DeleteArtifact(self, request, context):
         tenant = await self._tenant(context)

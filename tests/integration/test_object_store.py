@@ -391,16 +391,45 @@ def test_a_temporary_object_is_swept_only_when_clocks_an_hour_apart_agree_it_is_
         obstore.head(store.objects, key)
 
 
-def test_a_missing_object_is_a_job_input_error(seaweed, s3_env, tmp_path):
+def test_a_missing_or_tampered_object_is_data_loss_for_a_job(seaweed, s3_env, tmp_path):
+    from google.rpc import code_pb2
+
     from pruning_core.objectstore import open_store
     from pruning_worker.cache import InputCache
-    from pruning_worker.errors import JobInputError
+    from pruning_worker.errors import InputDataLoss
 
     store = open_store(settings_for(s3_env, state_dir=str(tmp_path / "state")))
     cache = InputCache(store, tmp_path / "cache", max_bytes=MiB)
-    with pytest.raises(JobInputError):
+    with pytest.raises(InputDataLoss, match="is missing in the artifact store") as lost:
         cache.path(hashlib.sha256(b"never uploaded").hexdigest())
+    assert lost.value.code == code_pb2.DATA_LOSS
+    genuine = hashlib.sha256(b"the bytes uploaded").hexdigest()
+    obstore.put(store.objects, store.key(genuine), b"other bytes behind the service's back")
+    with pytest.raises(InputDataLoss, match="does not match its sha256"):
+        cache.path(genuine)
     assert [p for p in (tmp_path / "cache").rglob("*") if p.is_file()] == []
+    obstore.delete(store.objects, store.key(genuine))
+
+
+def test_a_download_whose_object_is_gone_is_data_loss(s3_client, seaweed, s3_env, tmp_path):
+    """The record is there, the bucket lost the bytes (deleted behind the service's back): not
+    INTERNAL, and the SDK keeps no file."""
+    import numpy as np
+
+    from pruning_client import PruningError
+
+    source = tmp_path / "gone.npz"
+    np.savez(source, x_train=np.zeros((4, 2)), y_train=np.zeros(4), x_test=np.zeros((2, 2)), y_test=np.zeros(2))
+    artifact = s3_client.upload_dataset(source)
+    obstore.delete(seaweed.object_store(prefix=s3_env["PRUNING_S3_PREFIX"]), artifact.id)
+    with pytest.raises(grpc.RpcError) as error:
+        list(s3_client.stub.DownloadArtifact(pb.DownloadArtifactRequest(artifact_id=artifact.id)))
+    assert error.value.code() == grpc.StatusCode.DATA_LOSS and artifact.id in error.value.details()
+    with pytest.raises(PruningError) as sdk:
+        s3_client.download(artifact.id, tmp_path / "back.npz")
+    assert sdk.value.code == grpc.StatusCode.DATA_LOSS
+    assert not list(tmp_path.glob("back.npz*"))
+    s3_client.delete_artifact(artifact.id)
 
 
 def test_checkpoints_travel_through_the_bucket_between_hosts(seaweed, s3_env, tmp_path):

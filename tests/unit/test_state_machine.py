@@ -4,6 +4,7 @@ import asyncio
 import uuid
 
 import pytest
+from google.rpc import code_pb2
 
 from pruning.v1 import pruning_pb2 as pb
 from pruning_core.store import AsyncJobStore, JobStore, StaleAttempt, new_job_id, state_event
@@ -412,3 +413,39 @@ def test_a_stale_attempt_takes_back_only_its_own_exports(stores, tmp_path):
     _take_back(store, job_id, "t", 1)
     assert _holds(store, "t", hashlib.sha256(live.read_bytes()).hexdigest())
     assert not _holds(store, "t", hashlib.sha256(mine.read_bytes()).hexdigest())
+
+
+def test_an_attempt_the_artifact_store_stopped_is_retried_later_then_fails_unavailable(
+    redis_url, stores, tmp_path, monkeypatch
+):
+    """S3 down at a job's start or export: not INTERNAL at once, but the job back in the queue
+    to start again after a backoff (from its last checkpoint); at max_attempts FAILED with
+    UNAVAILABLE and the store's error."""
+    from obstore.exceptions import GenericError
+
+    from pruning_core.settings import Settings
+    from pruning_worker import pipeline
+    from pruning_worker.app import app
+    from pruning_worker.runner import ARTIFACT_STORE_RETRY_S, _run_claimed
+
+    store, prefix = stores
+    settings = Settings(state_dir=tmp_path / "state", key_prefix=prefix, work_dir=tmp_path / "work", max_attempts=2)
+    job, _ = create(redis_url, prefix)
+    sent = []
+    monkeypatch.setattr(app, "send_task", lambda name, **options: sent.append(options))  # the broker
+    monkeypatch.setattr(pipeline.Inputs, "resolve", staticmethod(lambda *a, **k: pipeline.Inputs(tmp_path, (), 0)))
+
+    def down(*args, **kwargs):
+        raise GenericError("Generic S3 error: error sending request: Connection refused")
+
+    monkeypatch.setattr(pipeline, "run", down)
+    assert _run_claimed(store, _claim(store, job.id, "w1"), settings) is None
+    record = store.get(job.id)
+    assert record.state == pb.JOB_STATE_QUEUED and record.attempt == 1
+    assert sent == [{"args": [job.id], "queue": settings.queue, "countdown": ARTIFACT_STORE_RETRY_S}]
+    assert any("artifact store did not answer" in e.log.message for e in events(store, job.id))
+
+    final = _run_claimed(store, _claim(store, job.id, "w2"), settings)  # attempt 2 of at most 2
+    assert final is not None and final.state == pb.JOB_STATE_FAILED
+    assert final.error.code == code_pb2.UNAVAILABLE and "Connection refused" in final.error.message
+    assert len(sent) == 1

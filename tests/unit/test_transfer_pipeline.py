@@ -298,3 +298,26 @@ def test_a_cancelled_upload_step_waits_for_its_thread_before_the_cleanup():
             await _to_the_end(lambda: 1 / 0)
 
     asyncio.run(plain())
+
+
+@pytest.mark.parametrize("which", ["GenericError", "PermissionDeniedError", "UnauthenticatedError"])
+def test_an_artifact_store_that_does_not_answer_is_unavailable_not_internal(which):
+    """S3 down, stalled past its timeout, or refusing rotated credentials: clients retry
+    UNAVAILABLE; INTERNAL said the service was broken."""
+    import grpc
+    from obstore import exceptions
+
+    from pruning_server.errors import Cut
+    from pruning_server.interceptors import _answer_failure
+
+    class Context:
+        async def abort(self, code, details):
+            raise _Aborted(code, details)
+
+    class _Aborted(Exception):
+        pass
+
+    error = getattr(exceptions, which)("Generic S3 error: error sending request: Connection refused")
+    with pytest.raises(_Aborted) as aborted:
+        asyncio.run(_answer_failure(Context(), "/pruning.v1.PruningService/UploadDataset", error, Cut(4096, 10)))
+    assert aborted.value.args == (grpc.StatusCode.UNAVAILABLE, "the artifact store is unavailable; retry shortly")

@@ -31,13 +31,14 @@ import time
 import weakref
 
 from pruning_core.blobs import is_artifact_id
-from pruning_core.objectstore import LocalStore, open_store
+from pruning_core.objectstore import CorruptArtifact, LocalStore, missing_errors, open_store
 from pruning_core.settings import Settings
 
-from .errors import JobInputError
+from .errors import InputDataLoss
 
 log = logging.getLogger(__name__)
 
+_LOST: tuple[type[BaseException], ...] = (*missing_errors(), CorruptArtifact)  # bytes no retry brings back
 STALE_FETCH_S = 60.0  # an unlocked temporary file this old was left by a process that died
 
 
@@ -107,10 +108,11 @@ class InputCache:
             os.chmod(name, 0o444)
             os.replace(name, target)  # the same file, held: the job's input from now on
             self._write_ok(target, _signature(fd))
-        except FileNotFoundError:
+        except _LOST as exc:
             os.close(fd)
             pathlib.Path(name).unlink(missing_ok=True)
-            raise JobInputError(f"artifact {artifact_id} is missing from the artifact store") from None
+            what = "does not match its sha256" if isinstance(exc, CorruptArtifact) else "is missing"
+            raise InputDataLoss(f"artifact {artifact_id} {what} in the artifact store") from None
         except BaseException:
             os.close(fd)
             pathlib.Path(name).unlink(missing_ok=True)

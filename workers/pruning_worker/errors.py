@@ -4,7 +4,15 @@ from google.rpc import code_pb2
 
 from pruning_core.store import STORE_ERRORS
 
-__all__ = ["STORE_ERRORS", "Cancelled", "ConversionError", "JobDeadlineExceeded", "JobInputError", "OutcomeError"]
+__all__ = [
+    "STORE_ERRORS",
+    "Cancelled",
+    "ConversionError",
+    "InputDataLoss",
+    "JobDeadlineExceeded",
+    "JobInputError",
+    "OutcomeError",
+]
 
 
 class JobInputError(ValueError):
@@ -18,6 +26,13 @@ class OutcomeError(JobInputError):
     of the target): the job fails rather than hand it back."""
 
     code: int = code_pb2.FAILED_PRECONDITION
+
+
+class InputDataLoss(JobInputError):
+    """A job input the tenant holds a record of whose bytes the artifact store no longer has,
+    or has other bytes of: no retry brings them back."""
+
+    code: int = code_pb2.DATA_LOSS
 
 
 class Cancelled(Exception):

@@ -27,7 +27,7 @@ from pruning.v1 import pruning_pb2 as pb
 from pruning_core import formats, telemetry
 from pruning_core import tasks as task_names
 from pruning_core.blobs import sweep_unlocked
-from pruning_core.objectstore import open_store
+from pruning_core.objectstore import open_store, unavailable_errors
 from pruning_core.settings import Settings
 from pruning_core.store import (
     TERMINAL,
@@ -44,6 +44,7 @@ from pruning_core.store import (
 from .errors import STORE_ERRORS, Cancelled, JobDeadlineExceeded, JobInputError
 
 log = logging.getLogger(__name__)
+ARTIFACT_STORE_RETRY_S = 30.0  # an attempt the artifact store stopped starts again after this, doubled each time
 _stores: dict[tuple[str, str], JobStore] = {}
 
 
@@ -241,18 +242,29 @@ def _claim(store: JobStore, job_id: str, worker: str, task_id: str = "", alive_s
     return job if claimed and job.state == pb.JOB_STATE_RUNNING else None
 
 
-def _release(store: JobStore, job: pb.Job, settings: Settings, wait_s: float = 3600.0) -> bool:
+def _release(
+    store: JobStore,
+    job: pb.Job,
+    settings: Settings,
+    wait_s: float = 3600.0,
+    *,
+    which: str = "job store",
+    countdown: float = 0.0,
+) -> bool:
     """Puts a job whose attempt stopped because the job store did not answer back in the queue
     as soon as the store answers again (for up to ``wait_s``; the worker can take no other job
     while its broker, the same Redis, is away): the job resumes from its last checkpoint, and
     the stop is not counted as a lost worker (the reaper waits after an outage). False when the
-    store stayed away."""
+    store stayed away. ``which``: the store that did not answer; ``countdown``: seconds before
+    the next attempt may start."""
     from .app import app
 
     def back(record: pb.Job) -> list[pb.JobEvent]:
         if record.attempt != job.attempt or record.state not in (pb.JOB_STATE_RUNNING, pb.JOB_STATE_CANCELLING):
             return []  # ended, re-queued or claimed again meanwhile
-        message = f"attempt {job.attempt} stopped: the job store did not answer it; re-queued"
+        message = f"attempt {job.attempt} stopped: the {which} did not answer it; re-queued"
+        if countdown:
+            message += f" to start again in {countdown:g} s"
         return [
             make_event(record.id, log=pb.LogLine(level="WARNING", message=message)),
             state_event(record, pb.JOB_STATE_QUEUED),
@@ -263,9 +275,9 @@ def _release(store: JobStore, job: pb.Job, settings: Settings, wait_s: float = 3
         try:
             after = store.update(job.id, back)
             if after.state == pb.JOB_STATE_QUEUED and after.attempt == job.attempt:
-                app.send_task(task_names.PRUNE, args=[job.id], queue=settings.queue)
+                app.send_task(task_names.PRUNE, args=[job.id], queue=settings.queue, countdown=countdown or None)
                 store.done_running(job.id)
-                log.warning("job %s: attempt %d stopped by the job store; re-queued", job.id, job.attempt)
+                log.warning("job %s: attempt %d stopped by the %s; re-queued", job.id, job.attempt, which)
             return True
         except JobNotFound:  # the store answers again without the job: it lost its data
             log.warning("job %s: the job store no longer knows it (its data was lost); nothing to re-queue", job.id)
@@ -468,6 +480,18 @@ def _run_claimed(store: JobStore, job: pb.Job, settings: Settings) -> pb.Job | N
         reporter.close(exc)
         message = clean_line(str(exc), max(settings.max_error_bytes, _INPUT_ERROR_CHARS))
         return reporter.finish(pb.JOB_STATE_FAILED, pb.JobError(code=exc.code, message=message))
+    except unavailable_errors() as exc:
+        # The artifact store did not answer (an outage, rotated credentials): a later attempt
+        # may find it back, resuming from the last checkpoint; at max_attempts the job fails.
+        reporter.close(exc)
+        last = bool(settings.max_attempts) and job.attempt >= settings.max_attempts
+        countdown = min(ARTIFACT_STORE_RETRY_S * 2 ** (job.attempt - 1), 300.0)
+        if not last and _release(store, job, settings, which="artifact store", countdown=countdown):
+            return None
+        message = clean_line(
+            f"the artifact store did not answer attempt {job.attempt}: {exc}", settings.max_error_bytes
+        )
+        return reporter.finish(pb.JOB_STATE_FAILED, pb.JobError(code=code_pb2.UNAVAILABLE, message=message))
     except Exception as exc:  # noqa: BLE001 - any other failure ends the job as INTERNAL
         reporter.close(exc)
         log.error("job %s failed:\n%s", job_id, traceback.format_exc())
