@@ -321,14 +321,19 @@ def _latency_lines(raw: pb.PruneResult) -> list[str]:
     return lines
 
 
+def _one_budget(max_loss_pp: float | None, max_relative_loss: float | None) -> None:
+    if max_loss_pp is not None and max_relative_loss is not None:
+        raise click.UsageError("give --max-loss-pp or --max-relative-loss, not both")
+
+
 def format_table(result: PruneResult) -> str:
     """The result as the table the reference job prints."""
     lines = [
-        f"{'':24}{'baseline':>12}{'pruned':>12}",
-        f"{'test accuracy':24}{figure(result.baseline_accuracy):>12}{figure(result.pruned_accuracy):>12}",
-        f"{'test loss':24}{figure(result.baseline_loss):>12}{result.pruned_loss:>12.4f}",
-        f"{'model size (raw)':24}{result.size_before_raw:>12,}{result.size_after_raw:>12,}",
-        f"{'model size (gzip)':24}{result.size_before_gzip:>12,}{result.size_after_gzip:>12,}",
+        f"{'':24}{'baseline':>12} {'pruned':>11}",  # a space between the columns, whatever the widths
+        f"{'test accuracy':24}{figure(result.baseline_accuracy):>12} {figure(result.pruned_accuracy):>11}",
+        f"{'test loss':24}{figure(result.baseline_loss):>12} {figure(result.pruned_loss):>11}",
+        f"{'model size (raw)':24}{result.size_before_raw:>12,} {result.size_after_raw:>11,}",
+        f"{'model size (gzip)':24}{result.size_before_gzip:>12,} {result.size_after_gzip:>11,}",
         f"accuracy delta: {points(result.accuracy_delta)};  gzip compression: {result.compression_ratio:.2f}x",
         (
             f"sparsity: pruned kernels {result.pruned_kernel_sparsity:.4f}, all parameters "
@@ -1121,8 +1126,7 @@ def submit(
         raise click.UsageError("--download needs --wait")
     if dry_run and wait:
         raise click.UsageError("--dry-run and --wait exclude each other")
-    if max_loss_pp is not None and max_relative_loss is not None:
-        raise click.UsageError("give --max-loss-pp or --max-relative-loss, not both")
+    _one_budget(max_loss_pp, max_relative_loss)
     opts = _globals()
     with _client(opts) as client:
         job_spec_ = _spec(client, **spec)
@@ -1282,6 +1286,7 @@ def sweep(
     it changes and the table at the end (exit 9 if it was cancelled). --final-sparsity is
     replaced by each trial's.
     """
+    _one_budget(max_loss_pp, max_relative_loss)
     opts = _globals()
     with _client(opts) as client:
         spec_ = sweep_spec(

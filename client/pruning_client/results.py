@@ -197,7 +197,7 @@ class PruneResult:
         """A table for notebooks: baseline against pruned, then one row per layer."""
         rows = [
             ("test accuracy", figure(self.baseline_accuracy), figure(self.pruned_accuracy)),
-            ("test loss", figure(self.baseline_loss), f"{self.pruned_loss:.4f}"),
+            ("test loss", figure(self.baseline_loss), figure(self.pruned_loss)),
             ("model size (raw bytes)", f"{self.size_before_raw:,}", f"{self.size_after_raw:,}"),
             ("model size (gzip bytes)", f"{self.size_before_gzip:,}", f"{self.size_after_gzip:,}"),
         ]
@@ -528,7 +528,9 @@ def plural(n: int, noun: str) -> str:
 def figure(value: float | None) -> str:
     """An accuracy (or a loss) to four places, or "n/a" where there is none (a regression
     loss has no accuracy; a skipped baseline neither)."""
-    return "n/a" if value is None else f"{value:.4f}"
+    if value is None:
+        return "n/a"
+    return f"{value:.4f}" if abs(value) < 1e6 else f"{value:.4g}"  # a diverged loss: 2.924e+13
 
 
 def points(delta: float | None) -> str:

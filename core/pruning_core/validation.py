@@ -310,8 +310,8 @@ def validate_budget(budget: pb.AccuracyBudget, field: str, out: list[Violation])
     which = budget.WhichOneof("limit")
     if which is not None:
         value = getattr(budget, which)
-        if not (math.isfinite(value) and value >= 0):
-            out.append((f"{field}.{which}", f"must be a finite number >= 0, got {value}"))
+        if not (math.isfinite(value) and 0 <= value <= 100):  # no accuracy loses more than all of it
+            out.append((f"{field}.{which}", f"must be a number in [0, 100], got {value}"))
 
 
 def has_budget(spec: pb.JobSpec) -> bool:

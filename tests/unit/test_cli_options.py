@@ -321,9 +321,25 @@ def test_submit_leaves_the_power_to_the_recipe_unless_given(
     assert spec.pruning.schedule.polynomial_decay.power == power  # 0: unset, the server's recipe picks
 
 
-def test_submit_refuses_two_budgets(capsys: pytest.CaptureFixture[str]) -> None:
-    assert run(["submit", "--model", "a" * 64, "--max-loss-pp", "1", "--max-relative-loss", "1"]) == 2
-    assert "not both" in capsys.readouterr().err
+@pytest.mark.parametrize("command", ["submit", "sweep"])
+def test_submit_and_sweep_refuse_two_budgets(command: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """A usage error (exit 2, one line), before any call; sweep printed a ValueError traceback."""
+    assert run([command, "--model", "a" * 64, "--max-loss-pp", "1", "--max-relative-loss", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "not both" in err and "Traceback" not in err
+
+
+def test_a_budget_over_all_of_the_accuracy_is_refused() -> None:
+    from pruning_core.validation import validate_budget
+
+    for budget in (pb.AccuracyBudget(max_relative_loss_percent=150), pb.AccuracyBudget(max_loss_pp=100.5)):
+        problems: list = []
+        validate_budget(budget, "spec.budget", problems)
+        ((field, message),) = problems
+        assert field.startswith("spec.budget.max_") and "[0, 100]" in message
+    problems = []
+    validate_budget(pb.AccuracyBudget(max_relative_loss_percent=100), "spec.budget", problems)
+    assert problems == []
 
 
 def test_a_ca_file_without_a_certificate_is_a_usage_error(

@@ -236,6 +236,11 @@ def test_result_with_a_conversion() -> None:
     assert page.count("<table>") == 3 and "<td>3 in, 3 out</td>" in page
     # tf_keras in, Keras 3 out is a conversion too (on export).
     assert PruneResult.from_proto(result_proto(2, 3)).converted
+    # a diverged loss keeps its column apart (it ran into the baseline's)
+    diverged = result_proto(3, 3)
+    diverged.baseline.loss, diverged.pruned.loss = 0.3474302, 29242127548416.0
+    row = next(line for line in format_table(PruneResult.from_proto(diverged)).splitlines() if "test loss" in line)
+    assert row.split() == ["test", "loss", "0.3474", "2.924e+13"]
 
 
 # -- validate() without a server ---------------------------------------------------------------
