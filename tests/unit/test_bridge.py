@@ -367,3 +367,27 @@ def test_a_tf_keras_model_comes_back_as_keras3_without_a_keras3_original(tmp_pat
     model3 = as_keras3(model, None, tmp_path)
     assert type(model3.layers[1]).__name__ == type(made).__name__
     assert check_equivalence(model3, model) <= 1e-5
+
+
+def test_an_op_the_cpu_cannot_run_fails_the_load_step_with_its_cause(tmp_path):
+    """A channels_first Conv2D passes the upload's checks, and a CPU worker cannot run it: the
+    job says why (it failed INTERNAL with 'Exception encountered when calling Conv2D.call()')."""
+    import tensorflow as tf
+
+    from pruning_worker import safe_load, tferrors
+    from pruning_worker.errors import JobInputError
+
+    if tf.config.list_physical_devices("GPU"):
+        pytest.skip("a GPU runs channels_first convolutions")
+    inputs = keras.Input((1, 12, 12))
+    outputs = keras.layers.Dense(3)(
+        keras.layers.Flatten()(keras.layers.Conv2D(4, 3, data_format="channels_first")(inputs))
+    )
+    path = tmp_path / "nchw.keras"
+    keras.Model(inputs, outputs).save(path)
+    with pytest.raises(JobInputError) as failed, tferrors.step("loading the model"):
+        safe_load.load(path, tmp_path, 1 << 30)
+    assert str(failed.value) == (
+        "loading the model failed on this model, data and spec: The Conv2D op currently only supports the NHWC "
+        "tensor format on the CPU. The op was given the format: NCHW"
+    )

@@ -326,3 +326,20 @@ def test_job_step_says_a_shared_layer_in_layer_ratios_is_shared():
     with pytest.raises(JobInputError, match=r"\['shared_conv'\] are shared \(called more than once\)") as caught:
         step.run(model, spec, x, np.zeros(4), keras.losses.MeanSquaredError())
     assert "not layers with channels" not in str(caught.value)
+
+
+def test_job_step_on_a_model_with_dict_outputs():
+    """Keras 3's ``Model(x, {"cls": ..., "box": ...})`` arrives as dict outputs: the step
+    compared them as lists and failed the job as the user's input."""
+    from pruning.v1 import pruning_pb2 as pb
+    from pruning_worker.structured import step
+
+    inputs = keras.Input((8, 8, 3))
+    features = L.Flatten()(L.Conv2D(8, 3, activation="relu", name="conv")(inputs))
+    model = keras.Model(inputs, {"cls": L.Dense(4, name="cls")(features), "box": L.Dense(1, name="box")(features)})
+    _randomise(model)
+    x = _x(model, n=16)
+    spec = pb.PruningSpec(structured=pb.StructuredPruning(ratio=0.5))
+    small, result = step.run(model, spec, x, None, None)
+    assert result.zero_ratio_max_abs_diff <= step.IDENTITY_TOLERANCE
+    assert small.get_layer("conv").filters == 4 and sorted(small(x[:2])) == ["box", "cls"]

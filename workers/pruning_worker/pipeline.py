@@ -45,7 +45,8 @@ def run(
     """Runs the whole pipeline; returns (PruneResult without artifacts, [(file, format name)])."""
     t = spec.training
     reporter.phase(Phase.LOAD, "loading the model")
-    loaded = safe_load.load(inputs.model_path, workdir, inputs.max_decompressed)
+    with tferrors.step("loading the model"):  # an op the worker's device cannot run, say
+        loaded = safe_load.load(inputs.model_path, workdir, inputs.max_decompressed)
     model = loaded.model
     version_out = spec.export.keras_version or loaded.keras_version
     if loaded.keras_version == 3:

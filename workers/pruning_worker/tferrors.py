@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import re
 from collections.abc import Iterator
 
@@ -10,8 +11,13 @@ import tensorflow as tf
 
 from .errors import JobInputError
 
+log = logging.getLogger(__name__)
+
 # What a model, its data or its spec can make TensorFlow raise: the job's inputs are at fault.
 INPUT_ERRORS = (ValueError, TypeError, tf.errors.InvalidArgumentError, tf.errors.UnimplementedError)
+
+
+_OP_NOISE = re.compile(r"\x1b\[[0-9;]*m|\{\{function_node [^}]*\}\}\s*|\s*\[Op:\w+\]")
 
 
 def root_cause(exc: BaseException) -> str:
@@ -20,6 +26,9 @@ def root_cause(exc: BaseException) -> str:
     causes = [line for line in lines if re.match(r"^[A-Za-z]+(Error|Exception): ", line)]
     if causes:
         return causes[-1][:500]
+    kernels = [_OP_NOISE.sub("", line) for line in lines if "{{function_node" in line]  # an op's own message
+    if kernels:
+        return kernels[-1].strip()[:500]
     converter = [m.group(1) for line in lines if (m := re.search(r"\berror: (.+)", line))]  # MLIR's diagnostics
     if converter:
         return converter[0][:500]
@@ -37,4 +46,5 @@ def step(what: str) -> Iterator[None]:
     except JobInputError:
         raise
     except INPUT_ERRORS as exc:
+        log.info("%s failed on the job's inputs", what, exc_info=True)  # the whole trace, for the operator
         raise JobInputError(f"{what} failed on this model, data and spec: {root_cause(exc)}") from exc

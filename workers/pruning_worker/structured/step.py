@@ -43,7 +43,10 @@ def options(p: pb.PruningSpec, model: Any) -> Options:
 
 
 def _outputs(model: Any, x: Any) -> list[np.ndarray]:
+    """The model's outputs on ``x`` as arrays: one, a list or tuple, or a dict (by key, sorted)."""
     out = model(x, training=False)
+    if isinstance(out, dict):
+        out = [out[key] for key in sorted(out)]
     return [np.asarray(o) for o in (out if isinstance(out, list | tuple) else [out])]
 
 
