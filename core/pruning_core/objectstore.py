@@ -38,6 +38,7 @@ import shutil
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
+from stat import S_ISREG
 from typing import TYPE_CHECKING, Any
 
 from .blobs import BlobStore, BlobWriter, is_artifact_id
@@ -101,8 +102,14 @@ class LocalStore(BlobStore):
     def writer(self) -> Upload:
         return Upload(self)
 
-    def exists(self, artifact_id: str) -> bool:
-        return self.path(artifact_id).is_file()
+    def exists(self, artifact_id: str, size: int | None = None) -> bool:
+        """Whether the store holds the blob (of ``size`` bytes, when given: one truncated or
+        grown behind the service's back is not the artifact)."""
+        try:
+            info = self.path(artifact_id).stat()
+        except FileNotFoundError:
+            return False
+        return S_ISREG(info.st_mode) and (size is None or info.st_size == size)
 
     def local_path(self, artifact_id: str) -> pathlib.Path | None:
         """The blob's file when it lives on this host's disk (None for remote stores)."""
@@ -332,14 +339,14 @@ class S3Store(LocalStore):
     def writer(self) -> Upload:
         return _S3Writer(self)
 
-    def exists(self, artifact_id: str) -> bool:
+    def exists(self, artifact_id: str, size: int | None = None) -> bool:
         import obstore
 
         try:
-            obstore.head(self.objects, self.key(artifact_id))
+            meta = obstore.head(self.objects, self.key(artifact_id))
         except FileNotFoundError:
             return False
-        return True
+        return meta["size"] == size if size is not None else True
 
     async def read(
         self,
@@ -468,7 +475,8 @@ class S3Store(LocalStore):
 
     def put_file(self, source: os.PathLike | str) -> tuple[str, int]:
         """Hashes a local file and uploads it under its sha256 (a multipart upload when
-        large); a file already stored is not sent again."""
+        large). Bytes already stored are written again, as an upload's are: the housekeeping,
+        which may be taking the old object as unowned, leaves one written this minute."""
         import obstore
 
         digest = hashlib.sha256()
@@ -476,14 +484,13 @@ class S3Store(LocalStore):
             while data := src.read(8 * MiB):
                 digest.update(data)
         sha, size = digest.hexdigest(), os.path.getsize(source)
-        if not self.exists(sha):
-            obstore.put(
-                self.objects,
-                self.key(sha),
-                pathlib.Path(source),
-                chunk_size=self.part_size,
-                max_concurrency=self.max_concurrency,
-            )
+        obstore.put(
+            self.objects,
+            self.key(sha),
+            pathlib.Path(source),
+            chunk_size=self.part_size,
+            max_concurrency=self.max_concurrency,
+        )
         return sha, size
 
     def ids(self) -> Iterator[str]:

@@ -243,8 +243,8 @@ class PruningService(pb_grpc.PruningServiceServicer):
             return None  # inspected by other code or under other limits: read on and inspected again
         if kind == pb.ARTIFACT_KIND_MODEL and _misnamed(header.filename, record.format):
             return None  # read on, and refused as any upload so misnamed
-        if not await asyncio.to_thread(self.blobs.exists, record.id):
-            return None
+        if not await asyncio.to_thread(self.blobs.exists, record.id, record.size):
+            return None  # gone, or not the bytes stored (cut or grown): read on, and stored again
         record = dataclasses.replace(record, filename=convert.safe_filename(header.filename), created=time.time())
         # Only while the record exists: one removed since (the retention, a DeleteArtifact) is
         # not brought back over bytes the housekeeping may be taking; the retention in turn

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
 import threading
 import time
 
@@ -413,3 +414,20 @@ def test_an_export_uploaded_as_a_model_becomes_one(tenants, held_settings, env, 
         assert model.id == export_id and model.kind == pb.ARTIFACT_KIND_MODEL
         assert {a.id: a.kind for a in alpha.list_artifacts(kind="model")}[export_id] == pb.ARTIFACT_KIND_MODEL
         alpha.delete_artifact(export_id)
+
+
+def test_stored_bytes_cut_behind_the_service_s_back_are_stored_again_by_an_upload(tenants, files):
+    """The record is there, but the file is not what was stored (truncated on disk): an upload
+    of the content is read and stored again instead of answered after its header."""
+    data = files["data"].read_bytes()
+    with Client(tenants.target, api_key="key-a") as alpha:
+        first = alpha.upload_dataset(files["data"])
+        stored = tenants.settings.artifacts_path / first.id[:2] / first.id
+        os.truncate(stored, 1000)
+        garbage = [pb.UploadRequest(chunk=b"\0" * len(data))]  # read on, these fail the announced sha256
+        with pytest.raises(grpc.RpcError) as refused:
+            _announced(alpha.stub.UploadDataset, "d.npz", data, garbage, (("x-api-key", "key-a"),))
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert alpha.upload_dataset(files["data"]).id == first.id
+        assert stored.read_bytes() == data
+        alpha.delete_artifact(first.id)

@@ -519,3 +519,21 @@ def test_a_rerun_attempt_on_another_host_resumes_from_the_bucket(seaweed, s3_env
             if proc is not None and proc.poll() is None:
                 stop_worker(proc)
         server.stop()
+
+
+def test_an_export_of_bytes_already_in_the_bucket_writes_them_again(seaweed, s3_env, tmp_path):
+    """A job's export identical to an object no record owns (a deleted artifact's): skipped as
+    already there, the housekeeping could take it right after the job's record pointed to it;
+    written again it is new, and the housekeeping leaves objects written this minute."""
+    from pruning_core.objectstore import open_store
+
+    store = open_store(settings_for(s3_env, state_dir=str(tmp_path / "state")))
+    export = tmp_path / "pruned.tflite"
+    export.write_bytes(os.urandom(4096))
+    artifact_id, _ = store.put_file(export)
+    before = obstore.head(store.objects, store.key(artifact_id))["last_modified"]
+    time.sleep(1.1)  # Last-Modified counts whole seconds
+    assert store.put_file(export)[0] == artifact_id
+    assert obstore.head(store.objects, store.key(artifact_id))["last_modified"] > before
+    assert not store.remove(artifact_id, min_age_s=60.0)  # as the housekeeping asks
+    obstore.delete(store.objects, store.key(artifact_id))
