@@ -151,7 +151,8 @@ class Settings(BaseSettings):
         3,
         ge=0,
         description="times a job's worker may be lost: at the last the job fails (ABORTED) instead of being "
-        "re-queued again; 0 = no limit",
+        "re-queued again; and, counted apart, times the artifact store may stop its attempts before it fails "
+        "(UNAVAILABLE); 0 = no limit",
     )
     log_format: Literal["text", "json"] = Field(
         "text", description="'json': one JSON object per log line, with the job id, attempt and Celery task id bound"

@@ -164,14 +164,14 @@ if held and string.find(ARGV[9], ',' .. held .. ',', 1, true) then
   end
   return {-2, tonumber(held)}
 end
-local new = not own
+local new = not own  -- counted from now on; a shared record from before was not, nor staged
 redis.call('HSET', KEYS[1], unpack(ARGV, 10))
 redis.call('SADD', KEYS[3], ARGV[2])
 redis.call('ZADD', KEYS[4], ARGV[3], ARGV[4])
 redis.call('SADD', KEYS[2], ARGV[1])
 place(6, 7, #KEYS - 2, ARGV[7], ARGV[3], ARGV[1])
 if new and redis.call('EXISTS', KEYS[5]) == 1 then redis.call('INCRBY', KEYS[5], ARGV[5]) end
-if new and staged ~= '' then redis.call('HSET', staged, ARGV[1], ARGV[6] .. ' ' .. ARGV[3]) end
+if not held and staged ~= '' then redis.call('HSET', staged, ARGV[1], ARGV[6] .. ' ' .. ARGV[3]) end
 return {new and 1 or 0, 0}
 """
 )
@@ -404,6 +404,10 @@ class Keys:
 
     def cancel(self, job_id: str) -> str:
         return f"{self.prefix}:cancel:{job_id}"
+
+    def artifact_store_stops(self, job_id: str) -> str:
+        """How many attempts of the job the artifact store stopped (it did not answer)."""
+        return f"{self.prefix}:artifact-store-stops:{job_id}"
 
     def staged(self, job_id: str) -> str:
         """Export records a job's attempts added (id -> "<attempt> <created>"), until the job
@@ -792,6 +796,16 @@ class JobStore(_Base):
 
     def cancel_requested(self, job_id: str) -> bool:
         return bool(self.redis.exists(self.keys.cancel(job_id)))
+
+    def count_artifact_store_stop(self, job_id: str) -> int:
+        """Counts one more attempt of the job that the artifact store stopped; how many so far
+        (kept a week, longer than any job waits to run again)."""
+        key = self.keys.artifact_store_stops(job_id)
+        with self.redis.pipeline() as pipe:
+            pipe.incr(key)
+            pipe.expire(key, 7 * 86400)
+            count, _ = pipe.execute()
+        return int(count)
 
     def put_artifact(
         self,

@@ -119,7 +119,8 @@ async def _to_the_end(fn: Callable[..., T], *args: Any) -> T:
     """``fn(*args)`` in a thread. A caller cancelled meanwhile (the client went away) waits for
     the thread to end before the cancellation goes on: what the caller then does to the same
     upload (discard it: abort, close, remove) must not run beside it."""
-    future = asyncio.ensure_future(asyncio.to_thread(fn, *args))
+    # a future of the executor, not a task: a loop closing cancels tasks, and this must not be
+    future = asyncio.get_running_loop().run_in_executor(None, functools.partial(fn, *args))
     try:
         return await asyncio.shield(future)
     except asyncio.CancelledError:

@@ -407,7 +407,8 @@ def test_a_missing_or_tampered_object_is_data_loss_for_a_job(seaweed, s3_env, tm
     obstore.put(store.objects, store.key(genuine), b"other bytes behind the service's back")
     with pytest.raises(InputDataLoss, match="does not match its sha256"):
         cache.path(genuine)
-    assert [p for p in (tmp_path / "cache").rglob("*") if p.is_file()] == []
+    left = [p.name for p in (tmp_path / "cache").rglob("*") if p.is_file()]
+    assert all(name.endswith(".lock") for name in left), left  # no file, no temporary one
     obstore.delete(store.objects, store.key(genuine))
 
 
@@ -537,3 +538,32 @@ def test_an_export_of_bytes_already_in_the_bucket_writes_them_again(seaweed, s3_
     assert obstore.head(store.objects, store.key(artifact_id))["last_modified"] > before
     assert not store.remove(artifact_id, min_age_s=60.0)  # as the housekeeping asks
     obstore.delete(store.objects, store.key(artifact_id))
+
+
+def test_one_fetch_of_an_id_at_a_time_on_a_host(seaweed, s3_env, tmp_path):
+    """Two jobs (here two threads, each with its own cache, as two worker processes have) want
+    the same input at once: one fetches, the other waits and finds it checked."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from pruning_core.objectstore import open_store
+    from pruning_worker.cache import InputCache
+
+    store = open_store(settings_for(s3_env, state_dir=str(tmp_path / "state")))
+    source = tmp_path / "data.npz"
+    source.write_bytes(os.urandom(4 * MiB))
+    artifact_id = store.put_file(source)[0]
+    caches = [InputCache(store, tmp_path / "cache", max_bytes=64 * MiB) for _ in range(4)]
+    with ThreadPoolExecutor(4) as pool:
+        paths = list(pool.map(lambda cache: cache.path(artifact_id), caches))
+    assert len(set(paths)) == 1 and sum(cache.fetched for cache in caches) == 1
+    assert hashlib.sha256(paths[0].read_bytes()).hexdigest() == artifact_id
+
+
+def test_a_local_input_gone_from_the_store_is_data_loss(tmp_path):
+    from pruning_core.objectstore import LocalStore
+    from pruning_worker.cache import InputCache
+    from pruning_worker.errors import InputDataLoss
+
+    cache = InputCache(LocalStore(tmp_path / "artifacts"), tmp_path / "cache", max_bytes=MiB)
+    with pytest.raises(InputDataLoss, match="is missing"):
+        cache.path(hashlib.sha256(b"recorded, then removed behind the service's back").hexdigest())

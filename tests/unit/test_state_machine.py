@@ -419,18 +419,23 @@ def test_an_attempt_the_artifact_store_stopped_is_retried_later_then_fails_unava
     redis_url, stores, tmp_path, monkeypatch
 ):
     """S3 down at a job's start or export: not INTERNAL at once, but the job back in the queue
-    to start again after a backoff (from its last checkpoint); at max_attempts FAILED with
-    UNAVAILABLE and the store's error."""
+    (once its heartbeat stopped) to start again after a backoff, from its last checkpoint;
+    once the store stopped max_attempts attempts, FAILED with UNAVAILABLE and the store's
+    error. Attempts lost otherwise do not count."""
     from obstore.exceptions import GenericError
 
     from pruning_core.settings import Settings
     from pruning_worker import pipeline
     from pruning_worker.app import app
-    from pruning_worker.runner import ARTIFACT_STORE_RETRY_S, _run_claimed
+    from pruning_worker.runner import ARTIFACT_STORE_RETRY_S, run_job
 
     store, prefix = stores
-    settings = Settings(state_dir=tmp_path / "state", key_prefix=prefix, work_dir=tmp_path / "work", max_attempts=2)
+    settings = Settings(
+        state_dir=tmp_path / "state", key_prefix=prefix, work_dir=tmp_path / "work", max_attempts=2, redis_url=redis_url
+    )
     job, _ = create(redis_url, prefix)
+    _claim(store, job.id, "lost-worker")  # an attempt lost otherwise (the reaper re-queued it)
+    store.update(job.id, lambda j: [state_event(j, pb.JOB_STATE_QUEUED)])
     sent = []
     monkeypatch.setattr(app, "send_task", lambda name, **options: sent.append(options))  # the broker
     monkeypatch.setattr(pipeline.Inputs, "resolve", staticmethod(lambda *a, **k: pipeline.Inputs(tmp_path, (), 0)))
@@ -439,13 +444,14 @@ def test_an_attempt_the_artifact_store_stopped_is_retried_later_then_fails_unava
         raise GenericError("Generic S3 error: error sending request: Connection refused")
 
     monkeypatch.setattr(pipeline, "run", down)
-    assert _run_claimed(store, _claim(store, job.id, "w1"), settings) is None
+    assert run_job(job.id, settings, "w1") is None
     record = store.get(job.id)
-    assert record.state == pb.JOB_STATE_QUEUED and record.attempt == 1
+    assert record.state == pb.JOB_STATE_QUEUED and record.attempt == 2
     assert sent == [{"args": [job.id], "queue": settings.queue, "countdown": ARTIFACT_STORE_RETRY_S}]
     assert any("artifact store did not answer" in e.log.message for e in events(store, job.id))
+    assert store.redis.zscore(store.keys.running(), job.id) is None  # no heartbeat after the release
 
-    final = _run_claimed(store, _claim(store, job.id, "w2"), settings)  # attempt 2 of at most 2
+    final = run_job(job.id, settings, "w2")  # the second stop of at most 2
     assert final is not None and final.state == pb.JOB_STATE_FAILED
     assert final.error.code == code_pb2.UNAVAILABLE and "Connection refused" in final.error.message
-    assert len(sent) == 1
+    assert "2 attempts" in final.error.message and len(sent) == 1

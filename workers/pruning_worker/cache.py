@@ -61,7 +61,7 @@ def _try_lock(path: pathlib.Path) -> int | None:
         return None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
+    except OSError:  # held (or, on a file system that cannot lock so, taken as held)
         os.close(fd)
         return None
     return fd
@@ -94,6 +94,8 @@ class InputCache:
         holds (as this process's eviction already leaves the held ones, only a hint)."""
         local = self.store.local_path(artifact_id)
         if local is not None:
+            if not local.is_file():
+                raise InputDataLoss(f"artifact {artifact_id} is missing in the artifact store")
             return local
         if not is_artifact_id(artifact_id):
             raise ValueError(f"artifact id must be 64 lowercase hex digits, got {artifact_id!r}")
@@ -101,9 +103,26 @@ class InputCache:
         if self._hold_if_checked(target):
             return target
         target.parent.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(dir=target.parent, prefix=".fetch-")
-        fcntl.flock(fd, fcntl.LOCK_SH)  # held from the start: a sweep or eviction needs it alone
+        # One fetch of an id at a time on the host: the others wait, then find it checked.
+        with open(target.with_name(f".{target.name}.lock"), "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if self._hold_if_checked(target):
+                return target
+            fd = self._fetch(artifact_id, target)
+        self._held.append(fd)
+        self.fetched += 1
+        log.info("fetched artifact %s into the cache (%d bytes)", artifact_id, os.fstat(fd).st_size)
         try:
+            self.evict(keep=(artifact_id, *keep))
+        except OSError:  # a file system without these locks, say: over the bound rather than fail the job
+            log.warning("could not evict from the input cache %s", self.root, exc_info=True)
+        return target
+
+    def _fetch(self, artifact_id: str, target: pathlib.Path) -> int:
+        """Fetches the artifact to ``target``, checked; returns its descriptor, held."""
+        fd, name = tempfile.mkstemp(dir=target.parent, prefix=".fetch-")
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH)  # held from the start: a sweep or eviction needs it alone
             self.store.fetch(artifact_id, pathlib.Path(name))
             os.chmod(name, 0o444)
             os.replace(name, target)  # the same file, held: the job's input from now on
@@ -117,11 +136,7 @@ class InputCache:
             os.close(fd)
             pathlib.Path(name).unlink(missing_ok=True)
             raise
-        self._held.append(fd)
-        self.fetched += 1
-        log.info("fetched artifact %s into the cache (%d bytes)", artifact_id, os.fstat(fd).st_size)
-        self.evict(keep=(artifact_id, *keep))
-        return target
+        return fd
 
     def _write_ok(self, target: pathlib.Path, signature: str) -> None:
         ok = self._ok(target)
@@ -145,9 +160,13 @@ class InputCache:
                 os.utime(ok)  # most recently used
                 self._held.append(fd)
                 return True
-            log.warning("cached artifact %s changed since its hash was checked: fetching it again", target.name)
-        except FileNotFoundError:  # no record of its check (removed, or a cache from before)
+            if held:
+                log.warning("cached artifact %s changed since its hash was checked: fetching it again", target.name)
+        except FileNotFoundError:  # no record of its check (being fetched, or a cache from before)
             pass
+        except BaseException:
+            os.close(fd)
+            raise
         os.close(fd)
         return False
 
@@ -157,7 +176,7 @@ class InputCache:
         entries = []
         now = time.time()
         for path in self.root.glob("??/*"):
-            if path.name.startswith((".fetch-", ".ok-")):
+            if path.name.startswith((".fetch-", ".ok-")):  # swept by a fetch a minute after their writer died
                 with contextlib.suppress(FileNotFoundError):
                     if now - path.stat().st_mtime > STALE_FETCH_S and (fd := _try_lock(path)) is not None:
                         path.unlink(missing_ok=True)
@@ -182,8 +201,12 @@ class InputCache:
             if path.name in keep or (fd := _try_lock(path)) is None:
                 continue  # held by a job of this or another worker process
             try:
+                if os.stat(path).st_ino != os.fstat(fd).st_ino:
+                    continue  # fetched again since it was opened: that one is new
                 self._ok(path).unlink(missing_ok=True)
                 path.unlink(missing_ok=True)
+            except FileNotFoundError:
+                continue
             finally:
                 os.close(fd)
             total -= size

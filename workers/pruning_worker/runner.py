@@ -45,6 +45,17 @@ from .errors import STORE_ERRORS, Cancelled, JobDeadlineExceeded, JobInputError
 
 log = logging.getLogger(__name__)
 ARTIFACT_STORE_RETRY_S = 30.0  # an attempt the artifact store stopped starts again after this, doubled each time
+
+
+class ArtifactStoreStopped(Exception):
+    """The artifact store stopped an attempt: the job goes back to the queue, to start again
+    ``countdown`` seconds later."""
+
+    def __init__(self, countdown: float):
+        super().__init__(f"the artifact store did not answer; again in {countdown:g} s")
+        self.countdown = countdown
+
+
 _stores: dict[tuple[str, str], JobStore] = {}
 
 
@@ -398,6 +409,9 @@ def run_job(job_id: str, settings: Settings, worker: str, task_id: str = "") -> 
     try:
         with Heartbeat(store, job_id, settings.heartbeat_interval_s):
             final = _run_claimed(store, job, settings)
+    except ArtifactStoreStopped as stop:
+        _release(store, job, settings, which="artifact store", countdown=stop.countdown)
+        return None  # or, the job store away too, the reaper re-queues it once its silence shows
     except STORE_ERRORS:
         if _release(store, job, settings):
             return None
@@ -482,14 +496,16 @@ def _run_claimed(store: JobStore, job: pb.Job, settings: Settings) -> pb.Job | N
         return reporter.finish(pb.JOB_STATE_FAILED, pb.JobError(code=exc.code, message=message))
     except unavailable_errors() as exc:
         # The artifact store did not answer (an outage, rotated credentials): a later attempt
-        # may find it back, resuming from the last checkpoint; at max_attempts the job fails.
+        # may find it back, resuming from the last checkpoint; once it stopped max_attempts
+        # attempts the job fails. run_job re-queues it once the heartbeat has stopped.
         reporter.close(exc)
-        last = bool(settings.max_attempts) and job.attempt >= settings.max_attempts
-        countdown = min(ARTIFACT_STORE_RETRY_S * 2 ** (job.attempt - 1), 300.0)
-        if not last and _release(store, job, settings, which="artifact store", countdown=countdown):
-            return None
+        stops = store.count_artifact_store_stop(job_id)
+        if store.cancel_requested(job_id):
+            return reporter.finish(pb.JOB_STATE_CANCELLED)
+        if not settings.max_attempts or stops < settings.max_attempts:
+            raise ArtifactStoreStopped(min(ARTIFACT_STORE_RETRY_S * 2 ** min(stops - 1, 10), 300.0)) from exc
         message = clean_line(
-            f"the artifact store did not answer attempt {job.attempt}: {exc}", settings.max_error_bytes
+            f"the artifact store did not answer {stops} attempts, the last with: {exc}", settings.max_error_bytes
         )
         return reporter.finish(pb.JOB_STATE_FAILED, pb.JobError(code=code_pb2.UNAVAILABLE, message=message))
     except Exception as exc:  # noqa: BLE001 - any other failure ends the job as INTERNAL
