@@ -7,5 +7,15 @@ PYTHON=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
+# uv (pinned in requirements.lock) installs the pinned set from its cache in about 20 s where pip
+# takes over two minutes (measured on a clean clone here: 22 s against 136 s, the same packages
+# and versions); pip does it when uv cannot.
+uv_pin=$(grep -E '^uv==' requirements.lock)
+if .venv/bin/python -m pip install --quiet --disable-pip-version-check "$uv_pin" \
+  && VIRTUAL_ENV="$PWD/.venv" .venv/bin/uv pip install --quiet --python .venv/bin/python \
+    -c requirements.lock -r requirements-dev.txt; then
+  exit 0
+fi
+echo "bootstrap: uv could not install the pinned set; pip does" >&2
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet -c requirements.lock -r requirements-dev.txt
