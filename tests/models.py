@@ -29,8 +29,8 @@ def dataset(path: pathlib.Path, n_train: int = 1024, n_test: int = 256, shape=(8
     return path
 
 
-def small_model(path: pathlib.Path, shape=(8, 8)) -> pathlib.Path:
-    """Flatten -> Dense 32 relu -> Dense 4 (logits), trained a little."""
+def small_model(path: pathlib.Path, shape=(8, 8), activation: str | None = None) -> pathlib.Path:
+    """Flatten -> Dense 32 relu -> Dense 4 (logits, or ``activation``'s output), trained a little."""
     import tf_keras as keras
 
     keras.utils.set_random_seed(1)
@@ -41,7 +41,7 @@ def small_model(path: pathlib.Path, shape=(8, 8)) -> pathlib.Path:
             keras.layers.Conv2D(4, 3, activation="relu", name="conv"),
             keras.layers.Flatten(name="flatten"),  # named: a process that built other models numbers it
             keras.layers.Dense(32, activation="relu", name="hidden"),
-            keras.layers.Dense(4, name="logits"),
+            keras.layers.Dense(4, activation=activation, name="logits"),
         ]
     )
     model.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))

@@ -112,6 +112,21 @@ def test_a_diverging_loss_fails_the_job(client, worker, files, tmp_path):
     assert "diverged" in failed.error.message
 
 
+def test_a_softmax_output_under_a_loss_from_logits_is_warned_of(client, worker, files, tmp_path):
+    """Nothing fails (it learns, slowly and badly), so the job's log says it."""
+    from models import small_model
+
+    model = client.upload_model(small_model(tmp_path / "softmax.keras", activation="softmax")).id
+    job = client.submit(_spec(model, client.upload_dataset(files["data"]).id, epochs=1, max_train_samples=256))
+    job.result(timeout=300)
+    warnings = [e.log.message for e in client.watch_events(job.id) if e.log.level == "WARNING"]
+    assert any(
+        "output 'logits' ends in softmax, but its loss sparse_categorical_crossentropy_from_logits takes logits" in w
+        and w.endswith("give the loss sparse_categorical_crossentropy")
+        for w in warnings
+    ), warnings
+
+
 def test_a_sensitivity_scan_splits_the_target_over_the_layers(client, worker, files):
     model, data = _ids(client, files)
     job = client.submit(_spec(model, data, epochs=3, sensitivity_scan=True))

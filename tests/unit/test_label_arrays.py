@@ -35,3 +35,25 @@ def test_several_named_label_arrays_stay_by_output(tmp_path):
     labels = {f"y_{s}.{k}": np.zeros(n, "i8") for s, n in (("train", 16), ("test", 8)) for k in ("a", "b")}
     _, y_train, _, y_test = datasets.load_npz(_save(tmp_path / "d.npz", **labels))
     assert sorted(y_train) == sorted(y_test) == ["a", "b"]
+
+
+def test_outputs_that_end_in_probabilities_are_named():
+    """A model ending in softmax trained with the default loss (from logits) learns on
+    probabilities taken as logits; the job warns, naming the output and the loss to give."""
+    import tf_keras
+
+    layers = tf_keras.layers
+    x = tf_keras.Input((4,))
+    h = layers.Dense(8, activation="relu")(x)
+    model = tf_keras.Model(
+        x,
+        [
+            layers.Dense(3, activation="softmax", name="cls")(h),
+            layers.Dense(1, activation="sigmoid", name="flag")(h),
+            layers.Dense(2, name="logits")(h),
+            layers.Softmax(name="probs")(layers.Dense(2)(h)),
+        ],
+    )
+    assert inputs.probability_outputs(model) == {"cls": "softmax", "flag": "sigmoid", "probs": "softmax"}
+    keyed = tf_keras.Model(x, {"a": layers.Dense(2, activation="softmax")(h), "b": layers.Dense(2)(h)})
+    assert inputs.probability_outputs(keyed) == {"a": "softmax"}

@@ -115,6 +115,27 @@ def _check_inputs(model: Any, name: str, x: Data) -> None:
         raise JobInputError(f"dataset: {name} samples have shape {list(x.shape[1:])}, the model expects {expected}")
 
 
+def probability_outputs(model: Any) -> dict[str, str]:
+    """The outputs (by the names their losses go by) that end in a softmax or a sigmoid, with
+    which: a loss ``*_from_logits`` on one of them trains on probabilities as if they were
+    logits (it still learns, slowly and badly, and nothing fails)."""
+    keys = output_keys(model)
+    if keys is not None:
+        tensors = [(key, model._nested_outputs[key]) for key in keys]
+    else:
+        tensors = list(zip(model.output_names, model.outputs, strict=True))
+    out = {}
+    for name, tensor in tensors:
+        layer = getattr(getattr(tensor, "_keras_history", None), "layer", None)
+        if layer is None:
+            continue
+        if type(layer).__name__ == "Softmax":
+            out[name] = "softmax"
+        elif getattr(getattr(layer, "activation", None), "__name__", "") in ("softmax", "sigmoid"):
+            out[name] = layer.activation.__name__
+    return out
+
+
 def _check_finite(name: str, data: Data) -> None:
     parts = data.items() if isinstance(data, dict) else [("", data)]
     for part, a in parts:

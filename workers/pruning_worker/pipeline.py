@@ -25,7 +25,7 @@ from .callbacks import HistoryCallback, ProgressCallback, Reporter, early_stoppi
 from .errors import Cancelled, OutcomeError
 from .evaluate import evaluate
 from .export import KERAS_FILES, as_keras3, export, load_export
-from .inputs import Inputs, by_output, check, check_split, head, length
+from .inputs import Inputs, by_output, check, check_split, head, length, probability_outputs
 from .losses import JobLoss
 from .measure import device_name
 from .structured import step
@@ -64,6 +64,14 @@ def run(
         keras.utils.set_random_seed(t.seed)
     job_loss = JobLoss.of(model, t)  # one loss, or one per output
     loss = job_loss.keras_loss()
+    for output, activation in probability_outputs(model).items():
+        output_loss = validation.output_loss(t, output) or defaults.LOSS
+        if output_loss.endswith("_from_logits"):
+            reporter.log(
+                f"output {output!r} ends in {activation}, but its loss {output_loss} takes logits: it trains on "
+                f"probabilities as if they were logits; give the loss {output_loss.removesuffix('_from_logits')}",
+                level="WARNING",
+            )
 
     result = pb.PruneResult(
         device=device_name(),
