@@ -15,6 +15,7 @@ from pruning_core import telemetry
 
 @pytest.fixture()
 def capture():
+    telemetry.clear()  # a job run by an earlier test in this process may have bound its fields
     stream = io.StringIO()
     root = logging.getLogger()
     level, handlers = root.level, list(root.handlers)

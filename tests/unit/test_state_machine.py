@@ -422,8 +422,11 @@ def test_an_attempt_the_artifact_store_stopped_is_retried_later_then_fails_unava
     (once its heartbeat stopped) to start again after a backoff, from its last checkpoint;
     once the store stopped max_attempts attempts, FAILED with UNAVAILABLE and the store's
     error. Attempts lost otherwise do not count."""
+    import contextvars
+
     from obstore.exceptions import GenericError
 
+    from pruning_core import telemetry
     from pruning_core.settings import Settings
     from pruning_worker import pipeline
     from pruning_worker.app import app
@@ -444,7 +447,8 @@ def test_an_attempt_the_artifact_store_stopped_is_retried_later_then_fails_unava
         raise GenericError("Generic S3 error: error sending request: Connection refused")
 
     monkeypatch.setattr(pipeline, "run", down)
-    assert run_job(job.id, settings, "w1") is None
+    monkeypatch.setattr(telemetry, "_context", contextvars.ContextVar("test-log-context", default=None))
+    assert run_job(job.id, settings, "w1") is None  # it binds the job's fields to the logs: not past this test
     record = store.get(job.id)
     assert record.state == pb.JOB_STATE_QUEUED and record.attempt == 2
     assert sent == [{"args": [job.id], "queue": settings.queue, "countdown": ARTIFACT_STORE_RETRY_S}]
