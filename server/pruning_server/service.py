@@ -135,7 +135,7 @@ async def _to_the_end(fn: Callable[..., T], *args: Any) -> T:
 async def _drop_off_loop(pipe: WritePipeline | None, writer) -> None:
     # off the loop (a sink may be finishing a chunk; an S3 abort is a round trip), and done
     # even if the caller is cancelled meanwhile
-    await asyncio.shield(asyncio.to_thread(_drop, pipe, writer))
+    await _to_the_end(_drop, pipe, writer)
 
 
 def make_celery(settings: Settings) -> Celery:
