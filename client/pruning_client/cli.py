@@ -13,6 +13,7 @@ Commands other packages install (``pruning up`` from the server package) come fr
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import importlib.metadata
@@ -59,6 +60,7 @@ from .sweeps import (
     has_budget,
     in_budget,
     is_halving,
+    setup_lines,
     sweep_spec,
     trial_figures,
 )
@@ -1200,6 +1202,7 @@ def format_sweep(sweep: pb.Sweep) -> str:
     right = [True, *((True, True) if halving else ()), True, False, True, True, True, True, True, False]
     rows = [
         f"sweep {sweep.id} {pb.JobState.Name(sweep.state).removeprefix('JOB_STATE_').lower()}",
+        *(f"{label}: {value}" for label, value in setup_lines(sweep)),
         *_columns(header, table, right),
     ]
     if sweep.message:
@@ -1411,7 +1414,11 @@ def report_(ident: str, is_sweep: bool, output: pathlib.Path) -> None:
                     path = client.download(artifact.id, output / f"{job.id}-{artifact.filename}")
                     files[artifact.format] = path.name
                     written[artifact.format] = str(path)
-            markdown, page = job_report(job, files)
+            search = None
+            if job.search_sweep_id:  # a job with an accuracy budget: the trials behind its sparsity
+                with contextlib.suppress(NotFound):  # its record went before the job's
+                    search = client.get_sweep(job.search_sweep_id)
+            markdown, page = job_report(job, files, search)
     for name, text in (("report.md", markdown), ("report.html", page)):
         (output / name).write_text(text)
         written[name.replace(".", "_")] = str(output / name)

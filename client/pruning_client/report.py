@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from pruning.v1 import pruning_pb2 as pb
 
 from .results import PruneResult, plural, recipe_text, speed_up
-from .sweeps import curve, in_budget, is_halving, trial_figures
+from .sweeps import budget_text, curve, in_budget, is_halving, setup_lines, trial_figures
 
 __all__ = ["job_report", "sweep_report"]
 
@@ -60,15 +60,18 @@ def _render(title: str, sections: list[tuple[str, Table | str]], images: Sequenc
     return "\n".join(md) + "\n", "\n".join(page) + "\n"
 
 
-def job_report(job: pb.Job, files: dict[str, str] | None = None) -> tuple[str, str]:
+def job_report(job: pb.Job, files: dict[str, str] | None = None, search: pb.Sweep | None = None) -> tuple[str, str]:
     """(Markdown, HTML) of ``job``; ``files`` maps artifact formats ("history_png",
     "layers_png", "tensorboard", ...) to file names beside the report, for links and images
-    (a format left out has none; a job that stored no plots says so)."""
+    (a format left out has none; a job that stored no plots says so). A job with an accuracy
+    budget states it, with the trials of ``search`` (its ``search_sweep_id``) where given."""
     r, files = job.result, files or {}
     # A job that ended before its evaluation has its figures at their zero defaults: "n/a"
     evaluated = job.state == pb.JOB_STATE_SUCCEEDED or r.HasField("pruned")
     sections: list[tuple[str, Table | str]] = []
     sections.append(("Outcome", _outcome(job)))
+    if job.spec.budget.WhichOneof("limit") is not None:
+        sections += _budget_sections(job, search)
     sections.append(
         (
             "Baseline and pruned",
@@ -180,6 +183,13 @@ def job_report(job: pb.Job, files: dict[str, str] | None = None) -> tuple[str, s
                 ),
             )
         )
+    if r.phase_seconds:
+        sections.append(
+            (
+                "Time on the worker (seconds per phase, the last attempt)",
+                (("phase", "seconds"), [(name, f"{seconds:.2f}") for name, seconds in r.phase_seconds.items()]),
+            )
+        )
     if "tensorboard" in files:
         sections.append(("TensorBoard", f"unzip {files['tensorboard']} and run tensorboard --logdir on it"))
     plots = (("history_png", "training"), ("layers_png", "layers"))
@@ -187,6 +197,19 @@ def job_report(job: pb.Job, files: dict[str, str] | None = None) -> tuple[str, s
     if not {a.format for a in r.artifacts} & {fmt for fmt, _ in plots}:
         sections.append(("Plots", "none stored: a job makes them when it succeeds with its report enabled"))
     return _render(f"Pruning job {job.id}", sections, images)
+
+
+def _budget_sections(job: pb.Job, search: pb.Sweep | None) -> list[tuple[str, Table | str]]:
+    """A budget job's budget and the search behind its sparsity: the search's setup and its
+    trials when ``search`` is given, else where to find them."""
+    text = f"{budget_text(job.spec.budget)}, searched by sweep {job.search_sweep_id}"
+    if job.state == pb.JOB_STATE_SUCCEEDED and search is not None and search.HasField("chosen_trial"):
+        picked = next((t for t in search.trials if t.index == search.chosen_trial), None)
+        if picked is not None:
+            text += f": sparsity {picked.sparsity:.4f} (trial {picked.index}) is the highest within it"
+    if search is None:
+        return [("Accuracy budget", text + f" (pruning report {job.search_sweep_id} --sweep shows its trials)")]
+    return [("Accuracy budget", text), ("Search", (("", ""), setup_lines(search))), ("Search trials", _curve(search))]
 
 
 def _outcome(job: pb.Job) -> str:
@@ -213,9 +236,23 @@ def _accuracy(metrics: pb.Metrics) -> str:
 
 
 def sweep_report(sweep: pb.Sweep, curve_png: str | None = None) -> tuple[str, str]:
-    """(Markdown, HTML) of ``sweep``: the curve (one row per trial, by sparsity; with successive
-    halving by rung first, with the rung's epochs) and the answer. Without a budget, "in
-    budget" is "-"."""
+    """(Markdown, HTML) of ``sweep``: the answer, what it asked (the budget, the baseline's
+    accuracy, the sparsities or range, the method) and the curve (one row per trial, by
+    sparsity; with successive halving by rung first, with the rung's epochs). Without a
+    budget, "in budget" is "-"."""
+    answer = sweep.message or _state(sweep.state)
+    if sweep.HasField("chosen_trial"):
+        answer += f" (trial {sweep.chosen_trial}, job {sweep.chosen_job_id})"
+    sections: list[tuple[str, Table | str]] = [
+        ("Answer", answer),
+        ("Setup", (("", ""), setup_lines(sweep))),
+        ("Curve", _curve(sweep)),
+    ]
+    return _render(f"Sweep {sweep.id}", sections, [("sweep curve", curve_png)] if curve_png else [])
+
+
+def _curve(sweep: pb.Sweep) -> Table:
+    """The trials as a table, by rung then sparsity."""
     halving = is_halving(sweep)
     head = (
         "trial",
@@ -242,11 +279,4 @@ def sweep_report(sweep: pb.Sweep, curve_png: str | None = None) -> tuple[str, st
         )
         for t in curve(sweep)
     ]
-    answer = sweep.message or _state(sweep.state)
-    if sweep.HasField("chosen_trial"):
-        answer += f" (trial {sweep.chosen_trial}, job {sweep.chosen_job_id})"
-    sections: list[tuple[str, Table | str]] = [
-        ("Answer", answer),
-        ("Curve", (head, rows)),
-    ]
-    return _render(f"Sweep {sweep.id}", sections, [("sweep curve", curve_png)] if curve_png else [])
+    return head, rows

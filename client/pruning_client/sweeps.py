@@ -25,7 +25,7 @@ from .specs import accuracy_budget
 if TYPE_CHECKING:
     from .client import Client
 
-__all__ = ["SEARCH_METHODS", "SweepHandle", "sweep_spec"]
+__all__ = ["SEARCH_METHODS", "SweepHandle", "budget_text", "sweep_spec"]
 
 _C = TypeVar("_C")
 
@@ -184,6 +184,46 @@ def has_budget(sweep: pb.Sweep) -> bool:
     """Whether the sweep has an accuracy budget. Without one, ``Trial.within_budget`` is true
     of every trial that succeeded and means nothing."""
     return sweep.spec.budget.WhichOneof("limit") is not None
+
+
+def budget_text(budget: pb.AccuracyBudget) -> str:
+    """An accuracy budget in words ("" for none).
+
+    Example:
+        >>> budget_text(accuracy_budget(max_loss_pp=0.5))
+        'at most 0.5 pp of test accuracy lost against the baseline'
+    """
+    which = budget.WhichOneof("limit")
+    if which == "max_loss_pp":
+        return f"at most {budget.max_loss_pp:g} pp of test accuracy lost against the baseline"
+    if which == "max_relative_loss_percent":
+        return f"at most {budget.max_relative_loss_percent:g}% of the baseline's test accuracy lost"
+    return ""
+
+
+def baseline_accuracy(sweep: pb.Sweep) -> float | None:
+    """The baseline's test accuracy as the sweep's trials measured it (the model as uploaded,
+    the same test data: the median over the trials that measured it), or None (no trial has
+    yet, a regression loss, a skipped baseline)."""
+    seen = sorted(t.baseline_accuracy for t in sweep.trials if t.HasField("baseline_accuracy"))
+    return seen[(len(seen) - 1) // 2] if seen else None
+
+
+def setup_lines(sweep: pb.Sweep) -> list[tuple[str, str]]:
+    """What the sweep asked and what it compares with, as (label, value) rows: the budget, the
+    baseline's accuracy, the sparsities tried or the range searched, the method."""
+    spec = sweep.spec
+    rows = [("budget", budget_text(spec.budget) or "none (a curve: every trial counts)")]
+    if (base := baseline_accuracy(sweep)) is not None:
+        rows.append(("baseline test accuracy", f"{base:.4f}"))
+    if spec.sparsities:
+        rows.append(("sparsities", ", ".join(f"{x:g}" for x in spec.sparsities)))
+    else:
+        # as the service stored it: its defaults in place of the zeros
+        rows.append(("searched", f"{spec.search_low:g} to {spec.search_high:g}, to within {spec.tolerance:g}"))
+    method = "successive halving" if is_halving(sweep) else ("bisection" if has_budget(sweep) else "grid")
+    rows.append(("method", f"{method}, {plural(len(sweep.trials), 'trial')}"))
+    return rows
 
 
 def is_halving(sweep: pb.Sweep) -> bool:

@@ -195,21 +195,10 @@ def test_the_cli_runs_a_sweep_and_prints_the_curve(server, mnist, worker, second
 
 
 def test_the_sweep_report_holds_the_curve_with_latency(server, curve, tmp_path):
-    import os
-
     assert all(t.tflite_latency_ms > 0 for t in curve.trials)  # the curve has latency too
-    pruning = pathlib.Path(sys.executable).parent / "pruning"
-    env = {**os.environ, "PRUNING_API_KEY": "", "PRUNING_TARGET": server.target}
-    out = subprocess.run(
-        [str(pruning), "report", curve.id, "--sweep", "-o", str(tmp_path), "--json"],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-    )
-    assert out.returncode == 0, out.stderr
-    written = json.loads(out.stdout)
+    written = _report(server, curve.id, tmp_path, "--sweep")
     markdown = pathlib.Path(written["report_md"]).read_text()
+    assert "| baseline test accuracy |" in markdown
     for t in curve.trials:
         assert f"| {t.sparsity:.4f} |" in markdown and t.job_id in markdown
     from PIL import Image
@@ -238,7 +227,9 @@ def _budget_job(mnist: pb.JobSpec, **budget: float) -> pb.JobSpec:
     return spec
 
 
-def test_a_job_with_a_budget_ends_with_the_highest_sparsity_that_keeps_it(client_module, mnist, worker, second_worker):
+def test_a_job_with_a_budget_ends_with_the_highest_sparsity_that_keeps_it(
+    client_module, server, mnist, worker, second_worker, tmp_path
+):
     job = client_module.submit(_budget_job(mnist, max_loss_pp=1.0), idempotency_key="budget-job-1")
     again = client_module.submit(_budget_job(mnist, max_loss_pp=1.0), idempotency_key="budget-job-1")
     assert again.id == job.id  # a retry starts no second search
@@ -268,6 +259,29 @@ def test_a_job_with_a_budget_ends_with_the_highest_sparsity_that_keeps_it(client
     assert f"at sparsity {chosen.sparsity:.4f}" in " ".join(lines)
     progress = [e.progress for e in events if e.WhichOneof("kind") == "progress"]
     assert progress and progress[-1].phase == "search" and progress[-1].step == len(sweep.trials)
+    # Its report states the budget and shows the search's trials.
+    markdown = pathlib.Path(_report(server, job.id, tmp_path)["report_md"]).read_text()
+    assert "at most 1 pp of test accuracy lost against the baseline, searched by sweep " + sweep.id in markdown
+    assert f"sparsity {chosen.sparsity:.4f} (trial {chosen.index}) is the highest within it" in markdown
+    trials = markdown[markdown.index("## Search trials") :]
+    assert all(t.job_id in trials for t in sweep.trials)
+
+
+def _report(server, ident: str, out: pathlib.Path, *flags: str) -> dict[str, str]:
+    """What `pruning report` wrote (its --json output)."""
+    import os
+
+    pruning = pathlib.Path(sys.executable).parent / "pruning"
+    env = {**os.environ, "PRUNING_API_KEY": "", "PRUNING_TARGET": server.target}
+    done = subprocess.run(
+        [str(pruning), "report", ident, *flags, "-o", str(out), "--json"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
 
 
 def test_cancelling_a_job_with_a_budget_cancels_its_search(client_module, mnist, worker, second_worker):

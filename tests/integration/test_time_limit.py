@@ -1,4 +1,5 @@
-"""A job past the configured time limit fails with DEADLINE_EXCEEDED; the worker goes on."""
+"""A job past the configured time limit fails with DEADLINE_EXCEEDED, keeping what it measured
+before (its baseline, the seconds per phase); the worker goes on."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import pytest
 
 from conftest import ServerThread, settings_for, start_worker, stop_worker
 from pruning_client import Client, JobFailed, constant_sparsity, job_spec
+from pruning_client.report import job_report
 
 pytestmark = pytest.mark.integration
 
@@ -25,6 +27,13 @@ def test_job_time_limit(env, files, tmp_path):
             assert error.value.job_code == grpc.StatusCode.DEADLINE_EXCEEDED.value[0]
             job = error.value.job
             assert job.finished_at.ToSeconds() - job.started_at.ToSeconds() < 50
+            # What it measured before it ran out of time is kept, and said to be no more
+            kept = client.get_job(job.id).result
+            assert kept.baseline.HasField("accuracy") and kept.size_before.gzip_bytes > 0
+            assert kept.phase_seconds["fine_tune"] > 5 and kept.phase_seconds["baseline"] > 0
+            assert not kept.HasField("pruned") and not kept.artifacts
+            markdown, _ = job_report(client.get_job(job.id))
+            assert f"| test accuracy | {kept.baseline.accuracy:.4f} | n/a |" in markdown
             small = client.upload_dataset(files["data"])
             quick = client.submit(
                 job_spec(model.id, dataset=small.id, epochs=1, schedule=constant_sparsity(0.5, frequency=5))

@@ -39,3 +39,42 @@ def test_a_structured_job_report_shows_what_was_cut():
     assert "no sparsity schedule (structured pruning only)" in markdown and "steps 0 to 0" not in markdown
     assert "1.47x, within noise" in markdown
     assert "Structured pruning" in html
+
+
+def _budget_job() -> tuple[pb.Job, pb.Sweep]:
+    job = pb.Job(id="b" * 24, state=pb.JOB_STATE_SUCCEEDED, search_sweep_id="s" * 24)
+    job.spec.budget.max_loss_pp = 0.5
+    job.result.baseline.accuracy = 0.99
+    job.result.phase_seconds.update({"inputs": 0.01, "fine_tune": 12.5})
+    spec = pb.SweepSpec(base=pb.JobSpec(model_id="ab" * 32), search_low=0.5, search_high=0.95, tolerance=0.02)
+    spec.budget.max_loss_pp = 0.5
+    trials = [
+        pb.Trial(index=0, sparsity=0.5, state=pb.JOB_STATE_SUCCEEDED, baseline_accuracy=0.99, pruned_accuracy=0.988),
+        pb.Trial(index=1, sparsity=0.95, state=pb.JOB_STATE_SUCCEEDED, baseline_accuracy=0.99, pruned_accuracy=0.9),
+        pb.Trial(index=2, sparsity=0.725, state=pb.JOB_STATE_SUCCEEDED, baseline_accuracy=0.99, pruned_accuracy=0.987),
+    ]
+    for t, within in zip(trials, (True, False, True), strict=True):
+        t.within_budget, t.job_id = within, f"job{t.index}"
+    search = pb.Sweep(id="s" * 24, state=pb.JOB_STATE_SUCCEEDED, spec=spec, trials=trials, chosen_trial=2)
+    return job, search
+
+
+def test_a_budget_job_report_states_its_budget_and_the_search_behind_it():
+    job, search = _budget_job()
+    markdown, html = job_report(job, search=search)
+    assert "at most 0.5 pp of test accuracy lost against the baseline, searched by sweep " + "s" * 24 in markdown
+    assert "sparsity 0.7250 (trial 2) is the highest within it" in markdown
+    assert "| searched | 0.5 to 0.95, to within 0.02 |" in markdown and "| method | bisection, 3 trials |" in markdown
+    trials = markdown[markdown.index("## Search trials") :]
+    assert trials.index("| 0.5000 |") < trials.index("| 0.7250 |") < trials.index("| 0.9500 |")
+    assert "Search trials" in html
+    # Without the sweep (its record gone), the budget is still told, with where the trials were
+    markdown, _ = job_report(job)
+    assert (
+        "at most 0.5 pp" in markdown and "--sweep shows its trials" in markdown and "## Search trials" not in markdown
+    )
+    # A job without a budget has no such section; every job shows its seconds per phase
+    plain = pb.Job(id="p" * 24, state=pb.JOB_STATE_SUCCEEDED)
+    plain.result.phase_seconds["fine_tune"] = 3.0
+    markdown, _ = job_report(plain)
+    assert "Accuracy budget" not in markdown and "| fine_tune | 3.00 |" in markdown

@@ -39,6 +39,9 @@ class Reporter:
     def timings(self) -> dict[str, float]:
         return {}
 
+    def measured(self, result) -> None:
+        pass
+
     def check_between_steps(self) -> None:
         if self.phases and self.phases[-1] == "export":
             self.checks_in_export += 1

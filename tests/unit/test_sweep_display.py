@@ -25,6 +25,7 @@ def trial(index: int, sparsity: float, state: int = OK, *, within: bool = True, 
         state=state,
         job_id=f"job{index}",
         pruned_accuracy=0.9 - sparsity / 10 if done else 0,
+        baseline_accuracy=0.9 + index / 1000 if done else None,
         accuracy_loss_pp=-sparsity if done else 0,
         kernel_sparsity=sparsity if done else 0,
         gzip_bytes=int(10_000 * (1 - sparsity)) if done else 0,
@@ -59,14 +60,16 @@ def halving() -> pb.Sweep:
 
 def table(text: str) -> tuple[list[str], list[list[str]]]:
     """The header and the trial rows of format_sweep's table, as cells (empty cells dropped)."""
-    lines = text.splitlines()[1:]
+    lines = text.splitlines()
+    lines = lines[next(i for i, line in enumerate(lines) if line.lstrip().startswith("trial")) :]
     return [c.strip() for c in lines[0].split("  ") if c.strip()], [
         line.split() for line in lines[1:] if line.split()[0].isdigit()
     ]
 
 
 def markdown_curve(markdown: str) -> tuple[list[str], list[list[str]]]:
-    rows = [line.strip("|").split("|") for line in markdown.splitlines() if line.startswith("| ")]
+    curve = markdown[markdown.index("## Curve") :]
+    rows = [line.strip("|").split("|") for line in curve.splitlines() if line.startswith("| ")]
     cells = [[c.strip() for c in row] for row in rows]
     return cells[0], cells[1:]
 
@@ -101,6 +104,24 @@ def test_successive_halving_shows_rung_and_epochs_by_rung():
     head, rows = markdown_curve(sweep_report(halving())[0])
     assert head[:4] == ["trial", "rung", "epochs", "sparsity"]
     assert [row[:3] for row in rows] == [["0", "0", "1"], ["1", "0", "1"], ["2", "0", "1"], ["3", "1", "3"]]
+
+
+def test_the_table_and_the_report_say_what_the_sweep_asked():
+    text = format_sweep(with_budget())
+    assert "budget: at most 0.6 pp of test accuracy lost against the baseline" in text
+    assert "baseline test accuracy: 0.9000" in text  # the median of what the trials measured
+    assert "sparsities: 0.5, 0.7, 0.9" in text and "method: bisection, 3 trials" in text
+    assert "budget: none (a curve: every trial counts)" in format_sweep(no_budget())
+    search = sweep_spec(pb.JobSpec(model_id="ab" * 32), max_relative_loss_percent=2, search_low=0.6, search_high=0.9)
+    search.tolerance = 0.05
+    text = format_sweep(pb.Sweep(id="s4", state=RUNNING, spec=search))
+    assert "budget: at most 2% of the baseline's test accuracy lost" in text
+    assert "searched: 0.6 to 0.9, to within 0.05" in text and "baseline test accuracy" not in text
+    markdown, page = sweep_report(halving())
+    assert "| budget | at most 1 pp of test accuracy lost against the baseline |" in markdown
+    assert "| baseline test accuracy | 0.9010 |" in markdown
+    assert "| method | successive halving, 4 trials |" in markdown
+    assert "baseline test accuracy" in page
 
 
 def test_trial_lines_claim_the_budget_only_with_one():

@@ -79,6 +79,8 @@ def run(
         keras_version_out=version_out,
         conversion_max_abs_diff=loaded.conversion_diff,
     )
+    result.phase_seconds["inputs"] = inputs.seconds
+    reporter.measured(result)  # a job failing from here on keeps what was measured
     if not t.skip_baseline:
         reporter.phase(Phase.BASELINE, f"evaluating the baseline on {length(x_test)} test samples")
         model.compile(optimizer=recipe.make_optimizer(t), loss=loss, metrics=job_loss.keras_metrics())
@@ -242,7 +244,6 @@ def run(
         reporter.check_between_steps()
         outputs += _report(spec, result, original, stripped, workdir, log_dir, reporter, x_test)
     reporter.check_between_steps()
-    result.phase_seconds["inputs"] = inputs.seconds
     result.phase_seconds.update(reporter.timings())
     quality = (
         f"pruned accuracy {result.pruned.accuracy:.4f}"

@@ -79,6 +79,7 @@ class Reporter:
         self._phases = telemetry.SpanChain("pruning_worker")  # one child span per phase, when tracing
         self._phase: tuple[str, float] | None = None
         self._seconds: dict[str, float] = {}
+        self._measured: pb.PruneResult | None = None
 
     def _fenced(self, change):
         def mutate(job: pb.Job):
@@ -144,6 +145,20 @@ class Reporter:
             self._cancelled = self.store.cancel_requested(self.job_id)
         return self._cancelled
 
+    def measured(self, result: pb.PruneResult) -> None:
+        """The result the pipeline fills as it goes: a job that fails keeps what it holds then
+        (the baseline's figures and size, the device, the seconds per phase)."""
+        self._measured = result
+
+    def _failed_result(self) -> pb.PruneResult | None:
+        if self._measured is None:
+            return None
+        kept = pb.PruneResult()
+        kept.CopyFrom(self._measured)
+        del kept.artifacts[:]  # none is kept by a failed job
+        kept.phase_seconds.update(self.timings())
+        return kept
+
     def close(self, error: BaseException | None = None) -> None:
         """Ends the current phase's span."""
         self._phases.end(error)
@@ -161,6 +176,8 @@ class Reporter:
             if result is not None and target == pb.JOB_STATE_SUCCEEDED:
                 job.result.CopyFrom(result)
                 events.append(make_event(job.id, result=result))
+            elif target == pb.JOB_STATE_FAILED and (kept := self._failed_result()) is not None:
+                job.result.CopyFrom(kept)
             err = error
             if target == pb.JOB_STATE_CANCELLED and err is None:
                 err = pb.JobError(code=code_pb2.CANCELLED, message="cancelled while running")

@@ -1995,7 +1995,12 @@ class Job(_message.Message):
     @_builtins.property
     def error(self) -> Global___JobError: ...
     @_builtins.property
-    def result(self) -> Global___PruneResult: ...
+    def result(self) -> Global___PruneResult:
+        """Set once the job SUCCEEDED. A job that FAILED keeps what its last attempt measured before
+        the failure (the baseline's figures and size, the device, the seconds per phase; the
+        pruned model's figures only where it got that far) and no artifacts.
+        """
+
     @_builtins.property
     def plan(self) -> Global___JobPlan:
         """Only in the answer to CreateJob with validate_only (the job has no id then)."""
