@@ -48,9 +48,18 @@ _RETRY_CONFIG = json.dumps(
     {
         "methodConfig": [
             {
+                # Calls safe to send again: reads, cancels, and creates under an idempotency key
+                # (the SDK always sends one). Uploads resume on their own; a delete is not retried
+                # (a second try of one that went through would answer NOT_FOUND).
                 "name": [
-                    {"service": "pruning.v1.PruningService", "method": m}
-                    for m in ("CreateJob", "GetJob", "ListJobs", "CancelJob")
+                    *(
+                        {"service": "pruning.v1.PruningService", "method": m}
+                        for m in ("CreateJob", "GetJob", "ListJobs", "CancelJob", "ListArtifacts")
+                    ),
+                    *(
+                        {"service": "pruning.v1.SweepService", "method": m}
+                        for m in ("CreateSweep", "GetSweep", "ListSweeps", "CancelSweep")
+                    ),
                 ],
                 "retryPolicy": {
                     "maxAttempts": 5,

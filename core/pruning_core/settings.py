@@ -65,8 +65,10 @@ class Settings(BaseSettings):
     redis_pool_timeout_s: float = Field(
         5.0, description="how long a request waits for a free pooled Redis connection (then UNAVAILABLE)"
     )
-    max_watches: int = Field(4096, description="concurrent WatchJob streams per server process")
-    max_watches_per_tenant: int = Field(256, description="concurrent WatchJob streams of one tenant per server process")
+    max_watches: int = Field(4096, description="concurrent WatchJob and WatchSweep streams per server process")
+    max_watches_per_tenant: int = Field(
+        256, description="concurrent WatchJob and WatchSweep streams of one tenant per server process"
+    )
     max_uploads: int = Field(256, description="concurrent uploads per server process")
     max_uploads_per_tenant: int = Field(16, description="concurrent uploads of one tenant per server process")
     max_downloads: int = Field(256, description="concurrent downloads per server process")
@@ -254,7 +256,8 @@ class Settings(BaseSettings):
 
     @property
     def checkpoints_path(self) -> pathlib.Path:
-        """Jobs' epoch checkpoints on this host (<artifacts>/checkpoints/<job id>); with S3 also kept in the bucket."""
+        """Where the local artifact store keeps jobs' epoch checkpoints (<artifacts>/checkpoints/<job id>,
+        shared by the server and the workers); the S3 store keeps them in each job's work directory."""
         return self.artifacts_path / "checkpoints"
 
     @field_validator("s3_part_size")

@@ -118,3 +118,14 @@ def test_settings_read_the_log_format(monkeypatch):
     monkeypatch.setenv("PRUNING_LOG_FORMAT", "xml")
     with pytest.raises(ValueError):
         Settings()
+
+
+def test_a_worker_logs_at_pruning_log_level_over_celery_s_loglevel(monkeypatch):
+    from pruning_core.settings import Settings
+    from pruning_worker.observability import log_level
+
+    monkeypatch.delenv("PRUNING_LOG_LEVEL", raising=False)
+    assert log_level(Settings(), "WARNING") == "WARNING"  # unset: Celery's --loglevel
+    assert log_level(Settings(), None) == "INFO"
+    monkeypatch.setenv("PRUNING_LOG_LEVEL", "DEBUG")
+    assert log_level(Settings(), "INFO") == "DEBUG"  # set: it wins over the command line

@@ -110,12 +110,20 @@ def _end_task_span(task_id: str, state: str | None) -> None:
 # -- signals -------------------------------------------------------------------------------
 
 
+def log_level(settings: Settings, celery_level: int | str | None) -> int | str:
+    """The workers' log level: ``PRUNING_LOG_LEVEL`` where it is set, else Celery's
+    ``--loglevel`` (which Celery always passes, WARNING by default)."""
+    if "log_level" in settings.model_fields_set or not celery_level:
+        return settings.log_level
+    return celery_level
+
+
 def install(app: Celery, settings: Settings) -> None:
     """Connects the handlers to ``app``'s worker signals."""
 
     def on_setup_logging(loglevel: int | str | None = None, **_: Any) -> None:
         # Connected, this receiver replaces Celery's own logging setup.
-        telemetry.configure_logging(settings.log_format, loglevel or settings.log_level)
+        telemetry.configure_logging(settings.log_format, log_level(settings, loglevel))
 
     def on_worker_init(**_: Any) -> None:
         if settings.tracing:
