@@ -49,8 +49,8 @@ _RETRY_CONFIG = json.dumps(
         "methodConfig": [
             {
                 # Calls safe to send again: reads, cancels, and creates under an idempotency key
-                # (the SDK always sends one). Uploads resume on their own; a delete is not retried
-                # (a second try of one that went through would answer NOT_FOUND).
+                # (the SDK always sends one). Not an upload (a stream) nor a delete (a second try
+                # of one that went through would answer NOT_FOUND).
                 "name": [
                     *(
                         {"service": "pruning.v1.PruningService", "method": m}

@@ -47,7 +47,7 @@ from .transfer import Buffer, Sink
 
 if TYPE_CHECKING:
     from obstore import WritableFile
-    from obstore.store import ClientConfig
+    from obstore.store import ClientConfig, RetryConfig
     from obstore.store import S3Store as _ObjectStore
 
 MiB = 1 << 20
@@ -309,9 +309,24 @@ class S3Store(LocalStore):
         if settings.s3_access_key_id:
             options["access_key_id"] = settings.s3_access_key_id
             options["secret_access_key"] = settings.s3_secret_access_key.get_secret_value()
-        client_options: ClientConfig = {"allow_http": settings.s3_endpoint.startswith("http://"), "timeout": "300s"}
+        timeout = datetime.timedelta(seconds=settings.s3_timeout_s)
+        client_options: ClientConfig = {
+            "allow_http": settings.s3_endpoint.startswith("http://"),
+            "timeout": timeout,
+            "connect_timeout": min(timeout, datetime.timedelta(seconds=5)),
+        }
+        # A store that stops answering (paused, a network partition) fails a call after about
+        # s3_timeout_s x (1 + s3_max_retries), not obstore's defaults (10 retries over 3 min).
+        retries: RetryConfig = {
+            "max_retries": settings.s3_max_retries,
+            "retry_timeout": timeout * (settings.s3_max_retries + 1),
+        }
         objects = ObjectStore(
-            settings.s3_bucket, prefix=settings.s3_prefix or None, client_options=client_options, **options
+            settings.s3_bucket,
+            prefix=settings.s3_prefix or None,
+            client_options=client_options,
+            retry_config=retries,
+            **options,
         )
         return cls(
             settings.artifacts_path,

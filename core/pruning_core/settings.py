@@ -186,6 +186,13 @@ class Settings(BaseSettings):
         "cover max_upload_bytes / 10,000); an upload holds up to part size x (s3_max_concurrency + 1) in memory",
     )
     s3_max_concurrency: int = Field(2, description="parts of one transfer in flight at once")
+    s3_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        description="an S3 request (a part's upload included; a download's stream is not bound by it) not "
+        "answered within this is sent again, up to s3_max_retries times; then the call is UNAVAILABLE",
+    )
+    s3_max_retries: int = Field(2, ge=0, description="times a failed or timed-out S3 request is sent again")
     download_readahead: int = Field(4, description="chunks a download reads ahead of what gRPC has sent")
     http2_bdp_probe: bool = Field(
         False,

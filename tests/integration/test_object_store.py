@@ -567,3 +567,27 @@ def test_a_local_input_gone_from_the_store_is_data_loss(tmp_path):
     cache = InputCache(LocalStore(tmp_path / "artifacts"), tmp_path / "cache", max_bytes=MiB)
     with pytest.raises(InputDataLoss, match="is missing"):
         cache.path(hashlib.sha256(b"recorded, then removed behind the service's back").hexdigest())
+
+
+def test_a_store_that_stops_answering_fails_a_call_within_its_timeout_and_retries(seaweed, s3_env, tmp_path):
+    """A paused S3 (it accepts connections and never answers) held each call for 5 min; now a
+    request is given PRUNING_S3_TIMEOUT_S and sent again PRUNING_S3_MAX_RETRIES times, then the
+    call fails with an error the server answers UNAVAILABLE and a worker retries later."""
+    import signal
+
+    from pruning_core.objectstore import open_store, unavailable_errors
+
+    env = {**s3_env, "PRUNING_S3_TIMEOUT_S": "1.5", "PRUNING_S3_MAX_RETRIES": "1"}
+    store = open_store(settings_for(env, state_dir=str(tmp_path / "state")))
+    artifact_id = hashlib.sha256(b"never uploaded").hexdigest()
+    assert not store.exists(artifact_id)  # answering
+    seaweed.process.send_signal(signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        with pytest.raises(unavailable_errors()):
+            store.exists(artifact_id)
+        took = time.monotonic() - started
+    finally:
+        seaweed.process.send_signal(signal.SIGCONT)
+    assert 2 * 1.5 <= took < 10, took  # two tries of 1.5 s (and a backoff), not minutes
+    assert not store.exists(artifact_id)  # answering again
