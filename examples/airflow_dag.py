@@ -2,8 +2,9 @@
 
 submit -> watch -> result -> download, one BashOperator each:
 
-* ``submit`` creates the job with ``--idempotency-key {{ run_id }}``, so a retried task (or a
-  cleared one) gets the same job back instead of starting a second one; its JSON line
+* ``submit`` creates the job with ``--idempotency-key {{ dag.dag_id }}/{{ run_id }}``, so a
+  retried task (or a cleared one) gets the same job back instead of starting a second one (the
+  DAG's id in the key: scheduled runs of two DAGs share their run_id); its JSON line
   ``{"job_id": ...}`` is the task's XCom.
 * ``watch`` follows the job (one JSON event per line in the task log) and fails with exit 8 if
   the job failed, 9 if it was cancelled; a retry resumes watching the same job.
@@ -40,7 +41,7 @@ SUBMIT = (
     "pruning submit --model '{{ params.model }}' --dataset '{{ params.dataset }}'"
     " --initial-sparsity {{ params.initial_sparsity }} --final-sparsity {{ params.final_sparsity }}"
     " --epochs {{ params.epochs }} --label airflow_dag={{ dag.dag_id }}"
-    " --idempotency-key '{{ run_id }}' " + COMMON
+    " --idempotency-key '{{ dag.dag_id }}/{{ run_id }}' " + COMMON
 )
 WATCH = f"pruning watch {JOB_ID} {COMMON}"
 RESULT = f"pruning result {JOB_ID} --wait-timeout {{{{ params.timeout_s }}}} {COMMON}"

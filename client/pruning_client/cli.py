@@ -692,7 +692,7 @@ class PruningGroup(click.Group):
             return super().invoke(ctx)
         except PruningError as error:
             try:
-                _report(error, json_output=_globals(ctx).json)
+                _report(error, json_output=_globals(ctx).json, stream=ctx.meta.get(_EVENTS_ON_STDOUT, False))
             except BrokenPipeError:
                 _silence_stdout()
             ctx.exit(error.exit_code)
@@ -707,7 +707,16 @@ class PruningGroup(click.Group):
             ctx.exit(_LOCAL_FILE_EXIT)
 
 
-def _report(error: PruningError, *, json_output: bool) -> None:
+_EVENTS_ON_STDOUT = "pruning.events_on_stdout"  # ctx.meta: stdout holds a stream of JSON lines
+
+
+def _events_on_stdout() -> None:
+    """Marks the command's stdout as a stream of events (``watch --json``): an error's JSON
+    object goes to stderr instead, so a file of events holds events only."""
+    click.get_current_context().meta[_EVENTS_ON_STDOUT] = True
+
+
+def _report(error: PruningError, *, json_output: bool, stream: bool = False) -> None:
     if json_output:
         payload: dict[str, Any] = {
             "error": type(error).__name__,
@@ -717,7 +726,7 @@ def _report(error: PruningError, *, json_output: bool) -> None:
         job = getattr(error, "job", None)
         if isinstance(job, pb.Job) and job.id:
             payload["job_id"] = job.id  # a failed or cancelled job: which one, without parsing the message
-        click.echo(json.dumps(payload))
+        click.echo(json.dumps(payload), err=stream)
         return
     violations = error.field_violations
     joined = "; ".join(f"{f}: {d}" for f, d in violations)
@@ -1311,6 +1320,8 @@ def sweep(
             return
         if not opts.json:
             click.echo(f"sweep {handle.id} started", err=True)
+        else:
+            _events_on_stdout()
         final = _follow_sweep(handle, json_lines=opts.json)
         if not opts.json:
             click.echo(format_sweep(final))
@@ -1442,6 +1453,8 @@ def watch(job_id: str, download: pathlib.Path | None) -> None:
     one event per line. Exit 8 if the job failed, 9 if it was cancelled.
     """
     opts = _globals()
+    if opts.json:
+        _events_on_stdout()  # any error's JSON object goes to stderr, the events' file stays clean
     with _client(opts) as client:
         job = client.job(job_id)
         final = follow(job, show_bar=not opts.json, json_lines=opts.json)
@@ -1449,14 +1462,10 @@ def watch(job_id: str, download: pathlib.Path | None) -> None:
             _finish(client, job, final, download)
             return
         if final.state != pb.JOB_STATE_SUCCEEDED:
-            try:
-                job.result()  # raises JobFailed or JobCancelled, whose exit codes say which
-            except PruningError as error:
-                # stdout holds events only (its last line the state change): the error goes to stderr
-                click.echo(f"error: {error.message}", err=True)
-                click.get_current_context().exit(error.exit_code)
+            job.result()  # raises JobFailed or JobCancelled, whose exit codes say which
         if download is not None:
-            _fetch_job(client, job.id, exports(final.result.artifacts), str(download), directory=True)
+            for path in _fetch_job(client, job.id, exports(final.result.artifacts), str(download), directory=True):
+                click.echo(f"downloaded: {path}", err=True)  # stdout holds the events only
 
 
 @cli.command("status")

@@ -317,7 +317,8 @@ def test_watch_json_of_a_failed_job_keeps_stdout_to_events(
     out, err = capsys.readouterr()
     events = [json.loads(line) for line in out.splitlines()]
     assert all(e["job_id"] == JOB for e in events) and events[-1]["state_change"]["to"] == "JOB_STATE_FAILED"
-    assert err.startswith("error: job") and "class indices" in err
+    error = json.loads(err)  # the error as --json says every error, on stderr
+    assert error["error"] == "JobFailed" and error["job_id"] == JOB and "class indices" in error["message"]
     assert run(["result", JOB, "--json"]) == 8
     error = json.loads(capsys.readouterr().out)
     assert error["error"] == "JobFailed" and error["job_id"] == JOB  # which job, without parsing the message
@@ -359,3 +360,20 @@ def test_cli_upload_and_download_show_a_bar_only_on_a_terminal(
     monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
     assert run(["download", KERAS_ID, "-o", str(tmp_path / "back.keras")]) == 0
     assert labels[-1] == ("download back.keras", True)
+
+
+class UnknownJob(FakeJob):
+    def watch(self) -> Iterator[pb.JobEvent]:
+        from pruning_client import NotFound
+
+        raise NotFound(f"no job {self.id}")
+        yield  # a generator, as the SDK's
+
+
+def test_watch_json_says_any_error_on_stderr_so_the_events_file_holds_events_only(
+    fake: type[FakeClient], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(FakeClient, "job", lambda self, job_id: UnknownJob(self, job_id))
+    assert run(["watch", JOB, "--json"]) == 3
+    out, err = capsys.readouterr()
+    assert out == "" and json.loads(err)["error"] == "NotFound"

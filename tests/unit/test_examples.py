@@ -141,7 +141,8 @@ def test_dag_structure(dag):
     assert dag.kwargs["schedule"] is None
     assert dag.kwargs["user_defined_filters"]["fromjson"]('{"job_id": "x"}') == {"job_id": "x"}
     submit = dag.tasks["submit"].bash_command
-    assert "--idempotency-key '{{ run_id }}'" in submit, "a retried submit must get the same job"
+    # a retried submit gets the same job; two DAGs' scheduled runs share a run_id, not a key
+    assert "--idempotency-key '{{ dag.dag_id }}/{{ run_id }}'" in submit
     assert "--json" in submit and "--final-sparsity" in submit
     for name in ("watch", "result", "download"):
         assert "ti.xcom_pull(task_ids='submit')" in dag.tasks[name].bash_command

@@ -37,6 +37,7 @@ class ProgressCallback(keras.callbacks.Callback):
         self.epochs, self.steps_per_epoch = epochs, steps_per_epoch
         self.total = epochs * steps_per_epoch
         self.epoch = 0
+        self.step = 0  # the last step trained
         self.cancelled = False
         self.started = self._last = time.monotonic()
 
@@ -69,13 +70,21 @@ class ProgressCallback(keras.callbacks.Callback):
         )
 
     def on_train_batch_end(self, batch: int, logs: Any = None) -> None:
-        self._send(self.epoch * self.steps_per_epoch + batch + 1, logs, force=False)
+        self.step = self.epoch * self.steps_per_epoch + batch + 1
+        self._send(self.step, logs, force=False)
         if self.reporter.should_stop():
             self.cancelled = True
             self.model.stop_training = True
 
     def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
         step = (epoch + 1) * self.steps_per_epoch
+        if self.model.stop_training and epoch * self.steps_per_epoch < self.step < step:
+            # Stopped inside the epoch (a cancel, a loss gone non-finite): Keras still ends the
+            # epoch, with the figures of the steps it ran; they are not an epoch's.
+            self._send(self.step, logs, force=True)
+            ran = self.step - epoch * self.steps_per_epoch
+            self.reporter.log(f"epoch {epoch + 1}/{self.epochs} stopped after {ran} of {self.steps_per_epoch} steps")
+            return
         self._send(step, logs, force=True)
         figures = ", ".join(f"{k} {v:.4f}" for k, v in sorted((logs or {}).items()))
         self.reporter.log(

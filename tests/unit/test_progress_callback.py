@@ -1,0 +1,55 @@
+"""Training stopped inside an epoch (a cancel) reports the step it reached, not the epoch's
+end, and logs no epoch summary for the steps it did not run (real tf_keras training)."""
+
+from __future__ import annotations
+
+import numpy as np
+import tf_keras as keras
+
+from pruning.v1 import pruning_pb2 as pb
+from pruning_worker.callbacks import ProgressCallback
+
+
+class Reporter:
+    interval_s = 0.0
+
+    def __init__(self, stop_after: int) -> None:
+        self.stop_after, self.checks = stop_after, 0
+        self.sent: list[pb.Progress] = []
+        self.lines: list[str] = []
+
+    def progress(self, progress: pb.Progress, force: bool = False) -> None:
+        self.sent.append(progress)
+
+    def log(self, message: str, level: str = "INFO") -> None:
+        self.lines.append(message)
+
+    def should_stop(self) -> bool:
+        self.checks += 1
+        return self.checks >= self.stop_after
+
+
+def _fit(reporter: Reporter, epochs: int = 3, steps: int = 10) -> ProgressCallback:
+    model = keras.Sequential([keras.layers.Input((4,)), keras.layers.Dense(2)])
+    model.compile("sgd", keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
+    x, y = np.zeros((steps * 8, 4), "float32"), np.zeros(steps * 8, "int64")
+    callback = ProgressCallback(reporter, None, epochs, steps)  # type: ignore[arg-type]  # no schedule: sparsity 0
+    model.fit(x, y, batch_size=8, epochs=epochs, callbacks=[callback], verbose=0, validation_split=0.0)
+    return callback
+
+
+def test_a_cancel_inside_an_epoch_reports_the_step_it_reached():
+    reporter = Reporter(stop_after=14)  # the 4th step of the 2nd epoch
+    callback = _fit(reporter)
+    assert callback.cancelled and callback.step == 14
+    assert max(p.step for p in reporter.sent) == 14 and reporter.sent[-1].epoch == 2
+    assert any(line.startswith("epoch 1/3: ") for line in reporter.lines)  # the whole first epoch
+    assert not any(line.startswith("epoch 2/3: ") for line in reporter.lines)
+    assert "epoch 2/3 stopped after 4 of 10 steps" in reporter.lines
+
+
+def test_epochs_that_ran_whole_are_reported_whole():
+    reporter = Reporter(stop_after=10**9)
+    callback = _fit(reporter, epochs=2)
+    assert not callback.cancelled and reporter.sent[-1].step == 20
+    assert [line.split(":")[0] for line in reporter.lines] == ["epoch 1/2", "epoch 2/2"]
