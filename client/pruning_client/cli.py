@@ -607,11 +607,38 @@ def _fetch_job(
     return paths
 
 
-def _select(job_id: str, result: pb.PruneResult, fmt: str | None) -> pb.Artifact:
+# File suffixes of the export formats: an -o naming one picks the export it names
+_MODEL_SUFFIXES = (".keras", ".h5", ".tflite", ".zip")
+
+
+def _file_suffix(filename: str) -> str:
+    return "".join(pathlib.PurePosixPath(filename).suffixes[-2:]).lower()  # ".int8.tflite"
+
+
+def _named_by(job_id: str, result: pb.PruneResult, output: str) -> pb.Artifact | None:
+    """The export the file name ``output`` asks for by its suffix (the longest that fits:
+    ``m.int8.tflite`` is the int8 export, ``m.tflite`` the float one); None for a name without a
+    model suffix. A model suffix no export has is a usage error, not another format's bytes
+    under that name."""
+    name = pathlib.PurePosixPath(output).name.lower()
+    if not name.endswith(_MODEL_SUFFIXES):
+        return None
+    fits = [a for a in exports(result.artifacts) if name.endswith(_file_suffix(a.filename) or "\0")]
+    if fits:
+        return max(fits, key=lambda a: len(_file_suffix(a.filename)))
+    have = ", ".join(f"{_format_name(a.format)} ({_file_suffix(a.filename)})" for a in exports(result.artifacts))
+    raise click.UsageError(
+        f"-o {output} names a {pathlib.PurePosixPath(name).suffix} file, but job {job_id} has no such export "
+        f"(it has: {have}); give a name with one of their suffixes, or --format"
+    )
+
+
+def _select(job_id: str, result: pb.PruneResult, fmt: str | None, output: str | None = None) -> pb.Artifact:
     if not result.artifacts:
         raise NotFound(f"job {job_id} has no exports")
     if fmt is None:
-        return result.artifacts[0]
+        named = _named_by(job_id, result, output) if output and not _is_directory(output) else None
+        return named or result.artifacts[0]
     for artifact in exports(result.artifacts):
         if _same_format(artifact.format, fmt):
             return artifact
@@ -1615,7 +1642,8 @@ def delete(artifact_id: str) -> None:
     "fmt",
     type=ExportFormatType(),
     default=None,
-    help="Which export of a job (default: the pruned model, its first export).",
+    help="Which export of a job (default: the one -o's suffix names, .keras, .h5, .tflite, .int8.tflite or "
+    ".zip; else the pruned model, its first export).",
 )
 @_option(
     "--all", "all_", is_flag=True, default=False, help="Every export of a job, into the directory -o (default: here)."
@@ -1636,7 +1664,7 @@ def download(id_: str, output: str | None, fmt: str | None, all_: bool) -> None:
             paths = [_fetch(client, id_, _destination(output, id_))]
         else:
             outcome = client.job(id_).result().raw  # waits; a failed or cancelled job exits 8 or 9
-            artifacts = exports(outcome.artifacts) if all_ else [_select(id_, outcome, fmt)]
+            artifacts = exports(outcome.artifacts) if all_ else [_select(id_, outcome, fmt, output)]
             paths = _fetch_job(client, id_, artifacts, output, directory=all_)
     _emit({"path": str(paths[0]), "paths": [str(p) for p in paths]}, "\n".join(str(p) for p in paths))
 

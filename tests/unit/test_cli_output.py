@@ -178,6 +178,34 @@ def test_download_format_matches_old_and_new_format_names(
     assert fake.downloads == [(SAVED_ID, pathlib.Path(data["path"]))]
 
 
+@pytest.mark.parametrize(
+    ("name", "wanted"),
+    [
+        ("m.keras", KERAS_ID),
+        ("m.zip", SAVED_ID),
+        ("m.int8.tflite", INT8_ID),
+        ("m.bin", KERAS_ID),
+    ],
+)
+def test_download_to_a_file_name_picks_the_export_its_suffix_names(
+    fake: type[FakeClient], capsys: pytest.CaptureFixture[str], name: str, wanted: str
+) -> None:
+    assert run(["download", JOB, "-o", name]) == 0
+    assert fake.downloads == [(wanted, pathlib.Path(name))]
+
+
+def test_download_to_a_file_name_of_a_format_the_job_lacks_is_refused(
+    fake: type[FakeClient], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run(["download", JOB, "-o", "model.h5"]) == 2  # not the .keras bytes under an .h5 name
+    err = capsys.readouterr().err
+    assert "names a .h5 file" in err and "keras (.keras)" in err and "tflite_int8 (.int8.tflite)" in err
+    assert not fake.downloads and not pathlib.Path("model.h5").exists()
+    assert run(["download", JOB, "-o", "model.tflite"]) == 2  # the int8 export is named .int8.tflite
+    assert "names a .tflite file" in capsys.readouterr().err
+    assert run(["download", JOB, "-o", "model.h5", "--format", "keras"]) == 0  # asked for: as asked
+
+
 def test_download_destinations(
     fake: type[FakeClient], tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
