@@ -60,6 +60,7 @@ from .sweeps import (
     has_budget,
     in_budget,
     is_halving,
+    lost_or_gained,
     setup_lines,
     sweep_spec,
     trial_figures,
@@ -1031,8 +1032,8 @@ _SPEC_OPTIONS = [
         help="Epochs without a better validation accuracy (at the final sparsity) before stopping; 0 = never; "
         "default: the recipe's (a fifth of the epochs, at least 2).",
     ),
-    _option("--epochs", type=int, default=2, help="Fine-tuning epochs."),
-    _option("--batch-size", type=int, default=128, help="Fine-tuning batch size."),
+    _option("--epochs", type=click.IntRange(min=1), default=2, help="Fine-tuning epochs."),
+    _option("--batch-size", type=click.IntRange(min=1), default=128, help="Fine-tuning batch size."),
     _option("--validation-split", type=float, default=0.1, help="Share of the training data held out; 0 = none."),
     _option("--optimizer", default="adam", help="Keras optimizer name."),
     _option(
@@ -1202,7 +1203,7 @@ def _trial_line(t: pb.Trial, budget: bool) -> str:
     if t.state == pb.JOB_STATE_SUCCEEDED:
         quality = (
             f"accuracy {t.pruned_accuracy:.4f}"
-            + (f" ({t.accuracy_loss_pp:+.2f} pp)" if t.HasField("accuracy_loss_pp") else "")
+            + (f" ({lost_or_gained(t.accuracy_loss_pp)})" if t.HasField("accuracy_loss_pp") else "")
             if t.HasField("pruned_accuracy")
             else f"test loss {t.pruned_loss:.4f}"  # a regression
         )
@@ -1433,19 +1434,26 @@ def report_(ident: str, is_sweep: bool, output: pathlib.Path) -> None:
     A job's report holds the outcome, baseline vs pruned, the measured latency, the recipe, the
     history and the per-layer sparsity, with its plots and TensorBoard logs downloaded beside
     it; a sweep's holds the curve and the answer (and a plot of the curve when matplotlib is
-    installed).
+    installed). A sweep's id is taken as one without --sweep too.
     """
     output.mkdir(parents=True, exist_ok=True)
     written: dict[str, str] = {}
     with _client(_globals()) as client:
-        if is_sweep:
-            found = client.get_sweep(ident)
+        job, found = None, client.get_sweep(ident) if is_sweep else None
+        if found is None:
+            try:
+                job = client.get_job(ident)
+            except NotFound as missing:  # a sweep's id given without --sweep: its report, not "no job"
+                try:
+                    found = client.get_sweep(ident)
+                except NotFound:
+                    raise missing from None
+        if found is not None:
             png = _sweep_curve_png(found, output / f"{found.id}.curve.png")
             markdown, page = sweep_report(found, png)
             if png:
                 written["curve_png"] = str(output / png)
-        else:
-            job = client.get_job(ident)
+        elif job is not None:
             files = {}
             for artifact in job.result.artifacts:
                 if artifact.format in REPORT_FORMATS:
@@ -1504,8 +1512,8 @@ def status(job_id: str) -> None:
         job = client.get_job(job_id)
     p = job.progress
     text = f"{job.id} {_state(job)} attempt {job.attempt}"
-    if p.phase:
-        text += f" phase {p.phase}"
+    if p.phase and job.state != pb.JOB_STATE_SUCCEEDED:  # a job that succeeded went through them all
+        text += f" {'stopped in ' if is_terminal(job) else ''}phase {p.phase}"
     if p.total_steps:
         text += f" step {p.step}/{p.total_steps} sparsity {p.sparsity:.3f}"
         if not is_terminal(job):  # an ended job's last progress still holds its ETA

@@ -117,7 +117,8 @@ def _pick_artifact(job_id: str, result: PruneResult, fmt: str | None) -> pb.Arti
     for artifact in artifacts:
         if _same_format(artifact, wanted):
             return artifact
-    raise NotFound(f"job {job_id} has no {fmt} export (it has {', '.join(a.format for a in artifacts) or 'none'})")
+    have = ", ".join(a.format for a in exports(artifacts)) or "none"
+    raise NotFound(f"job {job_id} has no {fmt} export (it has {have})")
 
 
 def _artifact_suffix(artifact: pb.Artifact) -> str:

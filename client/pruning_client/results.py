@@ -535,7 +535,9 @@ def figure(value: float | None) -> str:
 
 def points(delta: float | None) -> str:
     """An accuracy difference in percentage points, or "n/a"."""
-    return "n/a" if delta is None else f"{delta * 100:+.2f} pp"
+    if delta is None:
+        return "n/a"
+    return f"{round(delta * 100, 2) + 0.0:+.2f} pp"  # + 0.0: a loss that rounds to nothing is +0.00, not -0.00
 
 
 def speed_up(latency: pb.Latency) -> str:

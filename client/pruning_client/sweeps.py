@@ -241,6 +241,19 @@ def in_budget(sweep: pb.Sweep, trial: pb.Trial) -> str:
     return "yes" if trial.within_budget else "no"
 
 
+def lost_or_gained(loss_pp: float) -> str:
+    """An accuracy loss in percentage points in words, so its sign cannot be misread.
+
+    Example:
+        >>> lost_or_gained(2.29), lost_or_gained(-0.25), lost_or_gained(0.001)
+        ('2.29 pp lost', '0.25 pp gained', 'no change')
+    """
+    rounded = round(loss_pp, 2)
+    if rounded == 0:
+        return "no change"
+    return f"{abs(rounded):.2f} pp {'lost' if rounded > 0 else 'gained'}"
+
+
 def trial_figures(t: pb.Trial) -> tuple[str, str, str]:
     """A succeeded trial's (accuracy, accuracy lost in pp, test loss) as table cells; the
     accuracies "n/a" under a regression loss, where the test loss tells."""

@@ -643,7 +643,7 @@ class PruningService(pb_grpc.PruningServiceServicer):
         if job.state in (pb.JOB_STATE_SUCCEEDED, pb.JOB_STATE_FAILED):
             raise Failure(
                 grpc.StatusCode.FAILED_PRECONDITION,
-                f"job {job.id} already ended as {pb.JobState.Name(job.state)}",
+                f"job {job.id} already ended {pb.JobState.Name(job.state).removeprefix('JOB_STATE_')}",
             )
         if job.search_sweep_id and self.searches is not None:
             return await self.searches.cancel_search(tenant, job)

@@ -199,6 +199,9 @@ def test_the_sweep_report_holds_the_curve_with_latency(server, curve, tmp_path):
     written = _report(server, curve.id, tmp_path, "--sweep")
     markdown = pathlib.Path(written["report_md"]).read_text()
     assert "| baseline test accuracy |" in markdown
+    # its id without --sweep: the sweep's report, not "no job"
+    plain = pathlib.Path(_report(server, curve.id, tmp_path / "plain")["report_md"]).read_text()
+    assert plain.startswith(f"# Sweep {curve.id}")
     for t in curve.trials:
         assert f"| {t.sparsity:.4f} |" in markdown and t.job_id in markdown
     from PIL import Image

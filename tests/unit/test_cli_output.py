@@ -405,3 +405,20 @@ def test_watch_json_says_any_error_on_stderr_so_the_events_file_holds_events_onl
     assert run(["watch", JOB, "--json"]) == 3
     out, err = capsys.readouterr()
     assert out == "" and json.loads(err)["error"] == "NotFound"
+
+
+@pytest.mark.parametrize(
+    ("state", "said"),
+    [
+        (pb.JOB_STATE_RUNNING, " phase export step"),
+        (pb.JOB_STATE_FAILED, " stopped in phase export step"),
+        (pb.JOB_STATE_SUCCEEDED, "attempt 1 step"),  # went through every phase: none named
+    ],
+)
+def test_status_names_the_phase_a_job_is_in_or_stopped_in(
+    fake: type[FakeClient], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], state: int, said: str
+) -> None:
+    job = pb.Job(id=JOB, state=state, attempt=1, progress=pb.Progress(phase="export", step=4, total_steps=4))
+    monkeypatch.setattr(FakeClient, "get_job", lambda self, job_id: job, raising=False)
+    assert run(["status", JOB]) == 0
+    assert said in capsys.readouterr().out

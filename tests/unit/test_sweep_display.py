@@ -184,3 +184,16 @@ def test_the_curve_of_successive_halving_is_one_line_per_rung(tmp_path, monkeypa
 def test_the_curve_of_a_grid_is_one_line(tmp_path, monkeypatch):
     lines, _ = curve_figure(no_budget(), tmp_path, monkeypatch)
     assert lines == {"accuracy": [0.5, 0.9]}
+
+
+def test_a_trial_line_says_lost_or_gained_in_words():
+    # trial(): accuracy_loss_pp = -sparsity, a gain
+    assert "accuracy 0.8500 (0.50 pp gained)" in _trial_line(trial(0, 0.5), budget=False)
+    lost = trial(1, 0.9)
+    lost.accuracy_loss_pp = 2.294
+    assert "(2.29 pp lost)" in _trial_line(lost, budget=False)
+    lost.accuracy_loss_pp = -0.001
+    assert "(no change)" in _trial_line(lost, budget=False)
+    from pruning_client.results import points
+
+    assert points(-0.00001) == "+0.00 pp" and points(-0.011) == "-1.10 pp"  # never "-0.00 pp"

@@ -171,7 +171,8 @@ def run(
     result.history.extend(history.history)
     result.recipe.CopyFrom(recipe.describe(spec, history.history, stopper, distilled=taught is not None))
     reporter.log(
-        f"recipe {result.recipe.name}: {result.recipe.epochs_run} epochs run, weights of epoch "
+        f"recipe {result.recipe.name}: {result.recipe.epochs_run} epoch{'s' * (result.recipe.epochs_run != 1)} run, "
+        "weights of epoch "
         f"{result.recipe.best_epoch} kept"
     )
 
