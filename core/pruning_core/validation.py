@@ -32,6 +32,18 @@ MAX_LAYER_SPARSITIES = 1000
 REGRESSION_LOSSES = ("mean_squared_error", "mean_absolute_error")
 
 
+def loss_names() -> str:
+    """The losses in short, each with its ``_from_logits`` twin as ``[_from_logits]``, so the
+    list fits an error answer's cut (200 bytes by default) whole.
+
+    Example:
+        >>> loss_names().split(", ")[:2]
+        ['sparse_categorical_crossentropy[_from_logits]', 'categorical_crossentropy[_from_logits]']
+    """
+    names = [n for n in LOSSES if not n.endswith("_from_logits")]
+    return ", ".join(n + ("[_from_logits]" if f"{n}_from_logits" in LOSSES else "") for n in names)
+
+
 def is_regression(loss: str) -> bool:
     """Whether ``loss`` ('' = the default) is a regression's: the job then reports its losses
     and no accuracy (there is none to measure)."""
@@ -160,13 +172,13 @@ def _validate_training(t: pb.TrainingSpec, out: list[Violation]) -> None:
     if t.optimizer and t.optimizer.lower() not in OPTIMIZERS:
         out.append(("spec.training.optimizer", f"must be one of {', '.join(OPTIMIZERS)}, got {t.optimizer!r}"))
     if t.loss and t.loss not in LOSSES:
-        out.append(("spec.training.loss", f"must be one of {', '.join(LOSSES)}, got {t.loss!r}"))
+        out.append(("spec.training.loss", f"{t.loss[:24]!r}: not one of {loss_names()}"))
     for output, loss in sorted(t.output_losses.items())[:MAX_OUTPUT_LOSSES]:
         field = f"spec.training.output_losses[{output[:200]}]"
         if not output:
             out.append((field, "an output's name, not empty"))
         elif loss not in LOSSES:
-            out.append((field, f"must be one of {', '.join(LOSSES)}, got {loss[:200]!r}"))
+            out.append((field, f"{loss[:24]!r}: not one of {loss_names()}"))
     if len(t.output_losses) > MAX_OUTPUT_LOSSES:
         out.append(("spec.training.output_losses", f"at most {MAX_OUTPUT_LOSSES} outputs"))
     if not (math.isfinite(t.learning_rate) and t.learning_rate >= 0):

@@ -98,8 +98,9 @@ def _held_as_another_kind(artifact_id: str, held: int, kind: pb.ArtifactKind.Val
     field = "model" if kind == pb.ARTIFACT_KIND_MODEL else "dataset"
     return Failure(
         grpc.StatusCode.FAILED_PRECONDITION,
-        f"{field}: this content is already held as a {convert.kind_name(held)} "
-        f"(artifact {artifact_id}); delete that one to store it as a {convert.kind_name(kind)}",
+        f"{field}: this content is already held as a {convert.kind_name(held)} (artifact {artifact_id}), and one "
+        f"content is one kind: check that this is the {convert.kind_name(kind)} file you meant (if it is both, "
+        f"delete the {convert.kind_name(held)} first)",
     )
 
 

@@ -42,8 +42,10 @@ def test_fallback_when_the_keras_download_fails(offline_mnist, monkeypatch):
     monkeypatch.setattr(datasets, "_keras_mnist", unreachable)
     x_train, _, x_test, _ = datasets.load_builtin("mnist", offline_mnist)
     assert x_train.dtype == np.float32 and 0.0 <= x_train.min() and x_train.max() == 1.0
-    with pytest.raises(JobInputError, match="fetch_mnist"):
+    with pytest.raises(JobInputError, match="fetch_mnist.py --data-dir DIR") as missing:
         datasets.load_builtin("mnist", offline_mnist / "missing")
+    # It names the setting that places the file, never the worker's own paths
+    assert "PRUNING_DATA_DIR" in str(missing.value) and str(offline_mnist) not in str(missing.value)
 
 
 def test_offline_copy_first_and_the_keras_loader_only_without_one(offline_mnist, monkeypatch, tmp_path):

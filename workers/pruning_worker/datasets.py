@@ -111,9 +111,13 @@ def load_mnist_raw(data_dir: os.PathLike | str) -> tuple[np.ndarray, ...]:
     try:
         return _keras_mnist()
     except Exception as exc:  # noqa: BLE001 - no network, blocked host, bad cache
+        log.warning("MNIST: the Keras download failed (%s) and %s is missing", exc, offline)
+        # The job's error names no path of the worker's host: the setting that places it
         raise JobInputError(
-            f"MNIST is unavailable: the Keras download failed ({exc}) and {offline} is missing; "
-            "run `python scripts/fetch_mnist.py` to build it offline"
+            f"MNIST is unavailable on this worker: the Keras download failed ({type(exc).__name__}) and its "
+            "data directory (PRUNING_DATA_DIR, default <state dir>/data) holds no mnist.npz; run "
+            "`python scripts/fetch_mnist.py --data-dir DIR` on the worker's host with that directory, "
+            "or upload the dataset as a .npz"
         ) from None
 
 
