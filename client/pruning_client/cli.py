@@ -37,7 +37,7 @@ from .client import Client, _api_key_problem
 from .exceptions import JobCancelled, NotFound, PruningError
 from .job import JobHandle, _is_directory, is_terminal
 from .report import job_report, sweep_report
-from .results import JobPlan, ModelSummary, PruneResult, figure, plural, points, recipe_text, speed_up
+from .results import JobPlan, ModelSummary, PruneResult, figure, int64_as_numbers, plural, points, recipe_text, speed_up
 from .specs import (
     EXPORT_FORMATS,
     IMPORTANCE_CRITERIA,
@@ -215,11 +215,13 @@ class ExportFormatType(click.Choice):  # type: ignore[type-arg,unused-ignore]  #
 
 
 def _dump(message: Message, *, defaults: bool = False) -> dict[str, Any]:
-    """The message as JSON; ``defaults`` keeps the fields at their default value (a layer's
-    ``prunable: false``) instead of leaving them out."""
-    return json_format.MessageToDict(
+    """The message as JSON, with 64-bit integers as numbers (proto3's JSON writes them as
+    strings: ``jq '.size > 10'`` compared a string); ``defaults`` keeps the fields at their
+    default value (a layer's ``prunable: false``) instead of leaving them out."""
+    data = json_format.MessageToDict(
         message, preserving_proto_field_name=True, always_print_fields_with_no_presence=defaults
     )
+    return int64_as_numbers(message.DESCRIPTOR, data)
 
 
 def _emit(data: Any, text: str) -> None:
@@ -952,7 +954,7 @@ def _finish(client: Client, job: JobHandle, final: pb.Job, download: pathlib.Pat
     )
     data = {
         "job_id": job.id,
-        "state": "SUCCEEDED",
+        "state": pb.JobState.Name(final.state),  # as status, list and watch write it
         "result": result.to_dict(),
         "downloaded": str(paths[0]) if paths else None,
         "downloads": [str(p) for p in paths],

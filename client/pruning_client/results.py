@@ -481,10 +481,10 @@ def plain(message: Message) -> dict[str, Any]:
     data = json_format.MessageToDict(
         message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
     )
-    return _numbers(message.DESCRIPTOR, data)
+    return int64_as_numbers(message.DESCRIPTOR, data)
 
 
-def _numbers(descriptor: Any, data: dict[str, Any]) -> dict[str, Any]:
+def int64_as_numbers(descriptor: Any, data: dict[str, Any]) -> dict[str, Any]:
     for fd in descriptor.fields:
         if fd.name not in data:
             continue
@@ -496,7 +496,7 @@ def _numbers(descriptor: Any, data: dict[str, Any]) -> dict[str, Any]:
                 continue  # Timestamp, Duration: their own JSON forms
             items = value if repeated else [value]
             for item in items:
-                _numbers(fd.message_type, item)
+                int64_as_numbers(fd.message_type, item)
     return data
 
 

@@ -100,7 +100,7 @@ def test_submit_wait_download(server: Any, worker: Any, files: dict[str, pathlib
     )
     assert out.returncode == 0, out.stderr[-2000:]
     data = json.loads(out.stdout)
-    assert data["state"] == "SUCCEEDED"
+    assert data["state"] == "JOB_STATE_SUCCEEDED"  # as status, list and watch write it
     assert data["result"]["pruned_kernel_sparsity"] == pytest.approx(0.6, abs=0.02)
     assert pathlib.Path(data["downloaded"]).exists()
     assert data["downloads"] == [data["downloaded"]]

@@ -422,3 +422,12 @@ def test_status_names_the_phase_a_job_is_in_or_stopped_in(
     monkeypatch.setattr(FakeClient, "get_job", lambda self, job_id: job, raising=False)
     assert run(["status", JOB]) == 0
     assert said in capsys.readouterr().out
+
+
+def test_json_output_writes_64_bit_integers_as_numbers() -> None:
+    job = pb.Job(id=JOB, progress=pb.Progress(step=4, total_steps=22))
+    job.plan.total_steps = 22
+    job.plan.layers.add(name="dense", weights=120)
+    dumped = cli_module._dump(job)
+    assert dumped["progress"]["total_steps"] == 22 and dumped["plan"]["layers"][0]["weights"] == 120
+    assert cli_module._dump(pb.Artifact(id="a" * 64, size=103202))["size"] == 103202  # not "103202"
