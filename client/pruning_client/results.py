@@ -373,6 +373,8 @@ class JobPlan:
     """A rough duration of the job."""
     estimate_basis: str
     """How ``estimated_seconds`` was estimated."""
+    warnings: list[str]
+    """What the job would warn of as it runs (an output ending in a softmax under a loss from logits)."""
     spec: pb.JobSpec = field(repr=False)
     """The spec with every default made explicit."""
     raw: pb.JobPlan = field(repr=False)
@@ -392,6 +394,7 @@ class JobPlan:
             export_keras_version=int(p.spec.export.keras_version) or p.keras_version,
             estimated_seconds=p.estimated_seconds,
             estimate_basis=p.estimate_basis,
+            warnings=list(p.warnings),
             spec=p.spec,
             raw=p,
         )
@@ -468,6 +471,7 @@ class JobPlan:
             *([("structured", self._structured_line())] if self.spec.pruning.HasField("structured") else []),
             ("keras version", versions),
             ("estimate", f"{self.estimated_seconds:.0f} s ({self.estimate_basis})"),
+            *(("warning", w) for w in self.warnings),
         ]
 
 

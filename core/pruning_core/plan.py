@@ -14,7 +14,7 @@ from google.protobuf import json_format
 
 from pruning.v1 import pruning_pb2 as pb
 
-from . import modelcheck, recipe, validation
+from . import defaults, modelcheck, recipe, validation
 from .validation import Violation
 
 SPARSE_LOSSES = ("sparse_categorical_crossentropy", "sparse_categorical_crossentropy_from_logits")
@@ -339,6 +339,11 @@ def make_plan(spec: pb.JobSpec, model_info: dict[str, Any], data: DatasetFacts) 
         if layer.prunable and validation.selected(layer.class_name, layer.name, spec.pruning.layers):
             final = spec.pruning.layer_sparsity.get(layer.name, target)
             plan.layers.add(name=layer.name, class_name=layer.class_name, weights=layer.params, final_sparsity=final)
+    for output in summary.outputs:
+        if warning := validation.logits_warning(
+            output.name, output.activation, validation.output_loss(t, output.name) or defaults.LOSS
+        ):
+            plan.warnings.append(warning)
     samples = (n_train - n_validation) * t.epochs
     plan.estimated_seconds = FIXED_SECONDS + FLOPS_PER_PARAM_SAMPLE * summary.total_params * samples / ASSUMED_FLOPS
     return plan

@@ -305,6 +305,18 @@ def _shape(value: Any) -> list[int]:
     return []
 
 
+def _activation(layer: dict[str, Any]) -> str:
+    """A layer's activation as its configuration names it ("softmax" for a Softmax layer),
+    else ""."""
+    if layer.get("class_name") == "Softmax":
+        return "softmax"
+    config = layer.get("config")
+    value = config.get("activation") if isinstance(config, dict) else None
+    if isinstance(value, dict):  # Keras 3 may write {"class_name": "function", "config": "softmax"}
+        value = value.get("config") if value.get("class_name") == "function" else value.get("class_name")
+    return value if isinstance(value, str) else ""
+
+
 def _dtype(config: dict[str, Any]) -> str:
     dtype = config.get("dtype")
     if isinstance(dtype, dict):
@@ -358,7 +370,12 @@ def summarize(
         layer = by_name.get(layer_name, {})
         cfg = layer.get("config", {})
         units = cfg.get("units") if layer.get("class_name") == "Dense" else None
-        summary.outputs.add(name=name, shape=[units] if isinstance(units, int) else [-1], dtype=_dtype(cfg))
+        summary.outputs.add(
+            name=name,
+            shape=[units] if isinstance(units, int) else [-1],
+            dtype=_dtype(cfg),
+            activation=_activation(layer),
+        )
     for cls, name in all_layers:
         summary.layers.add(
             name=name,

@@ -53,6 +53,18 @@ def is_regression(loss: str) -> bool:
 MAX_OUTPUT_LOSSES = 64
 
 
+def logits_warning(output: str, activation: str, loss: str) -> str | None:
+    """The warning for an output ending in ``activation`` under ``loss``, or None: a loss
+    ``*_from_logits`` on probabilities (a softmax or sigmoid) trains as if they were logits,
+    slowly and badly, and nothing fails."""
+    if activation not in ("softmax", "sigmoid") or not loss.endswith("_from_logits"):
+        return None
+    return (
+        f"output {output!r} ends in {activation}, but its loss {loss} takes logits: it trains on "
+        f"probabilities as if they were logits; give the loss {loss.removesuffix('_from_logits')}"
+    )
+
+
 def output_loss(t: pb.TrainingSpec, output: str) -> str:
     """The loss of ``output`` ('' = the default): its own in ``output_losses``, else ``loss``."""
     return t.output_losses.get(output) or t.loss

@@ -117,7 +117,10 @@ def test_a_softmax_output_under_a_loss_from_logits_is_warned_of(client, worker, 
     from models import small_model
 
     model = client.upload_model(small_model(tmp_path / "softmax.keras", activation="softmax")).id
-    job = client.submit(_spec(model, client.upload_dataset(files["data"]).id, epochs=1, max_train_samples=256))
+    spec = _spec(model, client.upload_dataset(files["data"]).id, epochs=1, max_train_samples=256)
+    planned = client.validate(spec).warnings  # the dry run says it first
+    assert len(planned) == 1 and planned[0].startswith("output 'logits' ends in softmax"), planned
+    job = client.submit(spec)
     job.result(timeout=300)
     warnings = [e.log.message for e in client.watch_events(job.id) if e.log.level == "WARNING"]
     assert any(
@@ -125,6 +128,7 @@ def test_a_softmax_output_under_a_loss_from_logits_is_warned_of(client, worker, 
         and w.endswith("give the loss sparse_categorical_crossentropy")
         for w in warnings
     ), warnings
+    assert planned[0] in warnings  # the same words
 
 
 def test_a_sensitivity_scan_splits_the_target_over_the_layers(client, worker, files):

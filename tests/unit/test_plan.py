@@ -279,3 +279,34 @@ def test_a_selection_of_frozen_layers_only_is_refused_saying_why(tmp_path):
     )
     ((field, text),) = plan.check(spec, model, facts)
     assert field == "spec.pruning.layers" and "left whole: bb_fc (frozen), frozen_fc (frozen)" in text
+
+
+@pytest.mark.parametrize("keras_version", [2, 3])
+def test_the_plan_warns_of_a_softmax_output_under_a_loss_from_logits(tmp_path, keras_version):
+    """What the job would warn of as it starts, the dry run says first (it said the spec fit)."""
+    import keras as keras3
+    import tf_keras
+
+    keras = tf_keras if keras_version == 2 else keras3
+    inputs = keras.Input((3,), name="x")
+    hidden = keras.layers.Dense(8, activation="relu", name="fc")(inputs)
+    heads = {
+        "cls": keras.layers.Dense(4, activation="softmax", name="cls")(hidden),
+        "gate": keras.layers.Softmax(name="gate")(keras.layers.Dense(2, name="gate_logits")(hidden)),
+        "raw": keras.layers.Dense(4, name="raw")(hidden),
+    }
+    keras.Model(inputs, heads).save(tmp_path / "m.keras")
+    model = modelcheck.inspect_model(tmp_path / "m.keras", 1 << 30).to_dict()
+    arrays = {"x_train": np.zeros((8, 3), "f4"), "x_test": np.zeros((4, 3), "f4")}
+    for split, n in (("train", 8), ("test", 4)):
+        arrays |= {f"y_{split}.{name}": np.arange(n) % 2 for name in ("cls", "gate", "raw")}
+    facts = _facts(tmp_path, **arrays)
+    spec = validation.with_defaults(job_spec("a" * 64, schedule=polynomial_decay(0.5, 0.8)))
+    warnings = list(plan.make_plan(spec, model, facts).warnings)
+    assert len(warnings) == 2, warnings  # "raw" ends in no activation
+    assert warnings[0].startswith(
+        "output 'cls' ends in softmax, but its loss sparse_categorical_crossentropy_from_logits"
+    )
+    assert warnings[1].startswith("output 'gate' ends in softmax")
+    spec.training.output_losses["cls"] = "sparse_categorical_crossentropy"  # probabilities: right
+    assert [w.split("'")[1] for w in plan.make_plan(spec, model, facts).warnings] == ["gate"]

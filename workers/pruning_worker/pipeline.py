@@ -65,13 +65,8 @@ def run(
     job_loss = JobLoss.of(model, t)  # one loss, or one per output
     loss = job_loss.keras_loss()
     for output, activation in probability_outputs(model).items():
-        output_loss = validation.output_loss(t, output) or defaults.LOSS
-        if output_loss.endswith("_from_logits"):
-            reporter.log(
-                f"output {output!r} ends in {activation}, but its loss {output_loss} takes logits: it trains on "
-                f"probabilities as if they were logits; give the loss {output_loss.removesuffix('_from_logits')}",
-                level="WARNING",
-            )
+        if warning := validation.logits_warning(output, activation, validation.output_loss(t, output) or defaults.LOSS):
+            reporter.log(warning, level="WARNING")
 
     result = pb.PruneResult(
         device=device_name(),

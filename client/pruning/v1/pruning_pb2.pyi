@@ -399,8 +399,13 @@ class TensorSummary(_message.Message):
     NAME_FIELD_NUMBER: _builtins.int
     SHAPE_FIELD_NUMBER: _builtins.int
     DTYPE_FIELD_NUMBER: _builtins.int
+    ACTIVATION_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     dtype: _builtins.str
+    activation: _builtins.str
+    """An output's last activation where the configuration says ("softmax", "sigmoid",
+    "linear", ...); empty for inputs and where it does not.
+    """
     @_builtins.property
     def shape(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
     def __init__(
@@ -409,10 +414,11 @@ class TensorSummary(_message.Message):
         name: _builtins.str = ...,
         shape: _abc.Iterable[_builtins.int] | None = ...,
         dtype: _builtins.str = ...,
+        activation: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["dtype", b"dtype", "name", b"name", "shape", b"shape"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["activation", b"activation", "dtype", b"dtype", "name", b"name", "shape", b"shape"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1885,6 +1891,7 @@ class JobPlan(_message.Message):
     ESTIMATED_SECONDS_FIELD_NUMBER: _builtins.int
     ESTIMATE_BASIS_FIELD_NUMBER: _builtins.int
     SPEC_FIELD_NUMBER: _builtins.int
+    WARNINGS_FIELD_NUMBER: _builtins.int
     train_samples: _builtins.int
     validation_samples: _builtins.int
     test_samples: _builtins.int
@@ -1903,6 +1910,12 @@ class JobPlan(_message.Message):
     def spec(self) -> Global___JobSpec:
         """The spec with every default made explicit."""
 
+    @_builtins.property
+    def warnings(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """What the job would warn of as it runs, known from the model's configuration: an output
+        ending in a softmax or sigmoid under a loss that takes logits.
+        """
+
     def __init__(
         self,
         *,
@@ -1918,10 +1931,11 @@ class JobPlan(_message.Message):
         estimated_seconds: _builtins.float = ...,
         estimate_basis: _builtins.str = ...,
         spec: Global___JobSpec | None = ...,
+        warnings: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["spec", b"spec"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["estimate_basis", b"estimate_basis", "estimated_seconds", b"estimated_seconds", "keras_version", b"keras_version", "layers", b"layers", "schedule_begin_step", b"schedule_begin_step", "schedule_end_step", b"schedule_end_step", "spec", b"spec", "steps_per_epoch", b"steps_per_epoch", "test_samples", b"test_samples", "total_steps", b"total_steps", "train_samples", b"train_samples", "validation_samples", b"validation_samples"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["estimate_basis", b"estimate_basis", "estimated_seconds", b"estimated_seconds", "keras_version", b"keras_version", "layers", b"layers", "schedule_begin_step", b"schedule_begin_step", "schedule_end_step", b"schedule_end_step", "spec", b"spec", "steps_per_epoch", b"steps_per_epoch", "test_samples", b"test_samples", "total_steps", b"total_steps", "train_samples", b"train_samples", "validation_samples", b"validation_samples", "warnings", b"warnings"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
