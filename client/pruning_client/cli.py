@@ -35,7 +35,7 @@ from pruning.v1 import pruning_pb2 as pb
 
 from .client import Client, _api_key_problem
 from .exceptions import JobCancelled, NotFound, PruningError
-from .job import JobHandle, _is_directory, is_terminal
+from .job import JobHandle, _is_directory, is_terminal, named_export
 from .report import job_report, sweep_report
 from .results import JobPlan, ModelSummary, PruneResult, figure, int64_as_numbers, plural, points, recipe_text, speed_up
 from .specs import (
@@ -610,37 +610,14 @@ def _fetch_job(
     return paths
 
 
-# File suffixes of the export formats: an -o naming one picks the export it names
-_MODEL_SUFFIXES = (".keras", ".h5", ".tflite", ".zip")
-
-
-def _file_suffix(filename: str) -> str:
-    return "".join(pathlib.PurePosixPath(filename).suffixes[-2:]).lower()  # ".int8.tflite"
-
-
-def _named_by(job_id: str, result: pb.PruneResult, output: str) -> pb.Artifact | None:
-    """The export the file name ``output`` asks for by its suffix (the longest that fits:
-    ``m.int8.tflite`` is the int8 export, ``m.tflite`` the float one); None for a name without a
-    model suffix. A model suffix no export has is a usage error, not another format's bytes
-    under that name."""
-    name = pathlib.PurePosixPath(output).name.lower()
-    if not name.endswith(_MODEL_SUFFIXES):
-        return None
-    fits = [a for a in exports(result.artifacts) if name.endswith(_file_suffix(a.filename) or "\0")]
-    if fits:
-        return max(fits, key=lambda a: len(_file_suffix(a.filename)))
-    have = ", ".join(f"{_format_name(a.format)} ({_file_suffix(a.filename)})" for a in exports(result.artifacts))
-    raise click.UsageError(
-        f"-o {output} names a {pathlib.PurePosixPath(name).suffix} file, but job {job_id} has no such export "
-        f"(it has: {have}); give a name with one of their suffixes, or --format"
-    )
-
-
 def _select(job_id: str, result: pb.PruneResult, fmt: str | None, output: str | None = None) -> pb.Artifact:
     if not result.artifacts:
         raise NotFound(f"job {job_id} has no exports")
     if fmt is None:
-        named = _named_by(job_id, result, output) if output and not _is_directory(output) else None
+        try:
+            named = named_export(job_id, result.artifacts, output) if output and not _is_directory(output) else None
+        except ValueError as error:  # a model suffix the job has no export of
+            raise click.UsageError(str(error)) from None
         return named or result.artifacts[0]
     for artifact in exports(result.artifacts):
         if _same_format(artifact.format, fmt):
@@ -731,7 +708,7 @@ class PruningGroup(click.Group):
             ctx.exit(0)
         except OSError as error:  # a local file or directory the command could not use
             try:
-                _report_local(error, json_output=_globals(ctx).json)
+                _report_local(error, json_output=_globals(ctx).json, stream=ctx.meta.get(_EVENTS_ON_STDOUT, False))
             except BrokenPipeError:
                 _silence_stdout()
             ctx.exit(_LOCAL_FILE_EXIT)
@@ -775,11 +752,12 @@ def _report(error: PruningError, *, json_output: bool, stream: bool = False) -> 
         click.echo(f"  {field}: {description}", err=True)
 
 
-def _report_local(error: OSError, *, json_output: bool) -> None:
+def _report_local(error: OSError, *, json_output: bool, stream: bool = False) -> None:
     names = " -> ".join(str(n) for n in (error.filename, error.filename2) if n is not None)
     message = f"{error.strerror}: {names}" if error.strerror and names else _one_line(str(error))
     if json_output:
-        click.echo(json.dumps({"error": type(error).__name__, "message": message, "field_violations": []}))
+        payload = {"error": type(error).__name__, "message": message, "field_violations": []}
+        click.echo(json.dumps(payload), err=stream)
     else:
         click.echo(f"error: {message}", err=True)
 

@@ -28,7 +28,7 @@ from .exceptions import (
     Unavailable,
 )
 from .results import PruneResult
-from .specs import export_format, exports
+from .specs import export_format, export_format_name, exports
 
 if TYPE_CHECKING:
     from .client import Client
@@ -106,12 +106,54 @@ def _same_format(artifact: pb.Artifact, wanted: int) -> bool:
         return False
 
 
-def _pick_artifact(job_id: str, result: PruneResult, fmt: str | None) -> pb.Artifact:
-    """The pruned model, or the export of format ``fmt`` (any name export_format() accepts)."""
+# The file suffix of each export format (the longer first: ".int8.tflite" is not ".tflite")
+_FORMAT_SUFFIXES = (
+    (".int8.tflite", pb.EXPORT_FORMAT_TFLITE_INT8),
+    (".tflite", pb.EXPORT_FORMAT_TFLITE),
+    (".keras", pb.EXPORT_FORMAT_KERAS),
+    (".hdf5", pb.EXPORT_FORMAT_H5),
+    (".h5", pb.EXPORT_FORMAT_H5),
+    (".zip", pb.EXPORT_FORMAT_SAVED_MODEL),
+)
+
+
+def _format_name(artifact: pb.Artifact) -> str:
+    try:
+        return export_format_name(export_format(artifact.format))
+    except ValueError:
+        return artifact.format
+
+
+def named_export(job_id: str, artifacts: Sequence[pb.Artifact], dest: os.PathLike[str] | str) -> pb.Artifact | None:
+    """The export a destination file's suffix names (``model.tflite``: the TFLite export;
+    ``model.int8.tflite`` the int8 one; ``model.zip`` the SavedModel), or None for a name
+    without a model suffix. Raises ValueError for a suffix the job has no export of, rather
+    than write another format's bytes under that name."""
+    name = pathlib.PurePath(dest).name.lower()
+    suffix, wanted = next(((s, f) for s, f in _FORMAT_SUFFIXES if name.endswith(s)), ("", None))
+    if wanted is None:
+        return None
+    for artifact in exports(artifacts):
+        if _same_format(artifact, wanted):
+            return artifact
+    have = ", ".join(_format_name(a) for a in exports(artifacts)) or "none"
+    raise ValueError(
+        f"{pathlib.PurePath(dest).name} names a {suffix} file, but job {job_id} has no {export_format_name(wanted)} "
+        f"export (it has: {have}); name the file for one of them, or ask for a format"
+    )
+
+
+def _pick_artifact(
+    job_id: str, result: PruneResult, fmt: str | None, dest: os.PathLike[str] | str | None = None
+) -> pb.Artifact:
+    """The export of format ``fmt`` (any name export_format() accepts); without one, the
+    export a destination file's suffix names (see :func:`named_export`), else the pruned model."""
     artifacts = result.raw.artifacts
     if fmt is None:
         if not artifacts:
             raise NotFound(f"job {job_id} has no artifacts")
+        if dest is not None and not _is_directory(dest):
+            return named_export(job_id, artifacts, dest) or artifacts[0]
         return artifacts[0]
     wanted = export_format(fmt)
     for artifact in artifacts:
@@ -263,8 +305,10 @@ class JobHandle(_BaseHandle["Client"]):
     def download(self, dest: os.PathLike[str] | str, fmt: str | None = None) -> pathlib.Path:
         """Downloads the pruned model (or the export of format ``fmt``: "saved_model",
         "tflite_int8", ...) to a file, or into a directory (an existing one, or a path ending
-        with a separator, created if missing) as ``pruned-<job id><suffix>``."""
-        artifact = _pick_artifact(self.id, self.result(), fmt)
+        with a separator, created if missing) as ``pruned-<job id><suffix>``. Without ``fmt``, a
+        file named with a model suffix gets the export it names (``model.tflite``), and
+        ValueError when the job has none."""
+        artifact = _pick_artifact(self.id, self.result(), fmt, dest)
         return self.client.download(artifact.id, _artifact_dest(self.id, artifact, dest))
 
     def download_all(self, directory: os.PathLike[str] | str) -> list[pathlib.Path]:

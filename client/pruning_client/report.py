@@ -90,7 +90,12 @@ def job_report(job: pb.Job, files: dict[str, str] | None = None, search: pb.Swee
                         "",
                         f"{100 * r.accuracy_delta:+.2f}" if r.HasField("accuracy_delta") else "n/a",
                     ),
-                    ("pruned kernel sparsity", "", f"{r.pruned_kernel_sparsity:.4f}" if evaluated else "n/a"),
+                    (
+                        "pruned kernel sparsity",
+                        "",
+                        # measured after the exports: a job failing in them has none
+                        f"{r.pruned_kernel_sparsity:.4f}" if job.state == pb.JOB_STATE_SUCCEEDED or r.layers else "n/a",
+                    ),
                     ("compression (gzip)", "", f"{r.compression_ratio:.2f}x" if r.compression_ratio else "n/a"),
                     *(
                         (f"test accuracy, {x.format} export ({x.samples:,} samples)", "", f"{x.accuracy:.4f}")
@@ -220,9 +225,10 @@ def _outcome(job: pb.Job) -> str:
     ran = [plural(len(r.history), "epoch")] if r.history else []
     if r.device:
         ran.append(f"on {r.device}")
-    if not ran and job.state != pb.JOB_STATE_SUCCEEDED and p.total_steps:
-        ran.append(f"stopped at step {p.step:,} of {p.total_steps:,}" + (f" ({p.phase})" if p.phase else ""))
-    return text + (f"; {' '.join(ran)}" if ran else "")
+    said = [" ".join(ran)] if ran else []
+    if not r.history and job.state != pb.JOB_STATE_SUCCEEDED and p.total_steps:  # (a failed job keeps its device)
+        said.append(f"stopped at step {p.step:,} of {p.total_steps:,}" + (f" ({p.phase})" if p.phase else ""))
+    return "; ".join([text, *said])
 
 
 def _gzip_bytes(size: pb.SizeStats) -> str:

@@ -221,7 +221,10 @@ def setup_lines(sweep: pb.Sweep) -> list[tuple[str, str]]:
     else:
         # as the service stored it: its defaults in place of the zeros
         rows.append(("searched", f"{spec.search_low:g} to {spec.search_high:g}, to within {spec.tolerance:g}"))
-    method = "successive halving" if is_halving(sweep) else ("bisection" if has_budget(sweep) else "grid")
+    if is_halving(sweep):
+        method = "successive halving"
+    else:  # a list of sparsities is tried as it is, with a budget too (the first over it ends it)
+        method = "grid" if spec.sparsities or not has_budget(sweep) else "bisection"
     rows.append(("method", f"{method}, {plural(len(sweep.trials), 'trial')}"))
     return rows
 

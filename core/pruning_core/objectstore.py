@@ -312,8 +312,12 @@ class S3Store(LocalStore):
         timeout = datetime.timedelta(seconds=settings.s3_timeout_s)
         client_options: ClientConfig = {
             "allow_http": settings.s3_endpoint.startswith("http://"),
-            "timeout": timeout,
+            # A stall, not a duration: no byte for s3_timeout_s. obstore's "timeout" bounds a
+            # whole request, body included, and a download's GET streams as slowly as its
+            # client reads (a 1 GiB download at 2 MB/s is one GET of 9 minutes), so it is a day.
+            "read_timeout": timeout,
             "connect_timeout": min(timeout, datetime.timedelta(seconds=5)),
+            "timeout": datetime.timedelta(days=1),
         }
         # A store that stops answering (paused, a network partition) fails a call after about
         # s3_timeout_s x (1 + s3_max_retries), not obstore's defaults (10 retries over 3 min).

@@ -189,8 +189,9 @@ class Settings(BaseSettings):
     s3_timeout_s: float = Field(
         30.0,
         gt=0,
-        description="an S3 request (a part's upload included; a download's stream is not bound by it) not "
-        "answered within this is sent again, up to s3_max_retries times; then the call is UNAVAILABLE",
+        description="an S3 request that connects, or reads a byte, no sooner than this (a store paused or cut "
+        "off) is sent again, up to s3_max_retries times; then the call is UNAVAILABLE. A stream read as slowly "
+        "as its reader takes it (a download to a slow client) is not bound by it",
     )
     s3_max_retries: int = Field(2, ge=0, description="times a failed or timed-out S3 request is sent again")
     download_readahead: int = Field(4, description="chunks a download reads ahead of what gRPC has sent")

@@ -376,6 +376,20 @@ class SweepNotFound(KeyError):
     pass
 
 
+# KEYS: idempotency key, sweep record, tenant index, active set. ARGV: "<id> <fingerprint>", the
+# key's TTL, tenant, the serialized sweep, queue, now, id. Returns the key's value when it was
+# already taken (nothing written), else nil.
+_CREATE_SWEEP = """
+local held = redis.call('GET', KEYS[1])
+if held then return held end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+redis.call('HSET', KEYS[2], 'tenant', ARGV[3], 'sweep', ARGV[4], 'queue', ARGV[5], 'idem', KEYS[1])
+redis.call('ZADD', KEYS[3], ARGV[6], ARGV[7])
+redis.call('SADD', KEYS[4], ARGV[7])
+return false
+"""
+
+
 class SweepStore:
     """Sweep records in Redis (asyncio): the sweep as one protobuf under its key, changed by
     optimistic transactions (WATCH), a per-tenant index by creation time, the set of sweeps
@@ -384,6 +398,7 @@ class SweepStore:
 
     def __init__(self, redis: Any, prefix: str):
         self.redis, self.prefix = redis, prefix
+        self._create = redis.register_script(_CREATE_SWEEP)
 
     def _key(self, sweep_id: str) -> str:
         return f"{self.prefix}:sweep:{sweep_id}"
@@ -410,13 +425,29 @@ class SweepStore:
     ) -> tuple[pb.Sweep, bool]:
         """Stores a new sweep; with a known idempotency key returns that sweep instead."""
         idem = self._idempotency(tenant, idempotency_key) if idempotency_key else ""
-        if idem and not await self.redis.set(idem, f"{sweep.id} {fingerprint}", nx=True, ex=IDEMPOTENCY_TTL_S):
-            existing = (await self.redis.get(idem)).decode().split(" ", 1)
+        sweep.version = 1
+        if idem:
+            # The key and the record in one script: a retry (the SDK sends CreateSweep again
+            # after UNAVAILABLE) never finds a key without its sweep
+            held = await self._create(
+                keys=[idem, self._key(sweep.id), self._tenant_index(tenant), self.active_key],
+                args=[
+                    f"{sweep.id} {fingerprint}",
+                    IDEMPOTENCY_TTL_S,
+                    tenant,
+                    sweep.SerializeToString(),
+                    queue,
+                    time.time(),
+                    sweep.id,
+                ],
+            )
+            if held is None:
+                return sweep, True
+            existing = held.decode().split(" ", 1)
             found = await self.get(tenant, existing[0])
             if existing[1] != fingerprint:
                 raise ValueError(f"idempotency_key was used for a different request (sweep {found.id})")
             return found, False
-        sweep.version = 1
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.hset(
                 self._key(sweep.id),

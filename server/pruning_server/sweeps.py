@@ -286,16 +286,16 @@ class SweepServicer(pb_grpc.SweepServiceServicer):
 
     async def _cancel(self, tenant: str, sweep_id: str) -> pb.Sweep:
         sweep = await self._sweep(tenant, sweep_id)
-        if sweep.state == pb.JOB_STATE_CANCELLED:
-            return sweep  # as for a job: cancelling twice answers the record
-        if sweep.state in TERMINAL:
+        if sweep.state in TERMINAL and sweep.state != pb.JOB_STATE_CANCELLED:
             raise Failure(
                 grpc.StatusCode.FAILED_PRECONDITION,
-                f"sweep {sweep.id} already ended as {pb.JobState.Name(sweep.state)}",
+                f"sweep {sweep.id} already ended {pb.JobState.Name(sweep.state).removeprefix('JOB_STATE_')}",
             )
         # Ended first, so the driver queues nothing more; then every trial still going. The
-        # driver refreshes the sweep until those trials' jobs have ended too.
-        sweep = await self.store.update(tenant, sweep.id, _end_as_cancelled)
+        # driver refreshes the sweep until those trials' jobs have ended too. Cancelling twice
+        # answers the record, and cancels again what a first call cut short left going.
+        if sweep.state != pb.JOB_STATE_CANCELLED:
+            sweep = await self.store.update(tenant, sweep.id, _end_as_cancelled)
         for trial in sweep.trials:
             if trial.state not in TERMINAL:
                 with contextlib.suppress(Failure):

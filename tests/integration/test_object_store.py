@@ -591,3 +591,28 @@ def test_a_store_that_stops_answering_fails_a_call_within_its_timeout_and_retrie
         seaweed.process.send_signal(signal.SIGCONT)
     assert 2 * 1.5 <= took < 10, took  # two tries of 1.5 s (and a backoff), not minutes
     assert not store.exists(artifact_id)  # answering again
+
+
+def test_a_download_read_slower_than_the_s3_timeout_is_not_cut(seaweed, s3_env, tmp_path):
+    """The server reads an object as fast as its client takes the bytes: a stream paused longer
+    than PRUNING_S3_TIMEOUT_S between reads is a slow client, not a stalled store."""
+    import asyncio
+
+    from pruning_core.objectstore import open_store
+
+    source = tmp_path / "slow.bin"
+    source.write_bytes(os.urandom(24 * MiB))
+    artifact_id, size = open_store(settings_for(s3_env, state_dir=str(tmp_path / "state"))).put_file(source)
+    env = {**s3_env, "PRUNING_S3_TIMEOUT_S": "1", "PRUNING_S3_MAX_RETRIES": "0"}
+    store = open_store(settings_for(env, state_dir=str(tmp_path / "state")))
+
+    async def read_slowly() -> bytes:
+        got = bytearray()
+        async for data in store.read(artifact_id, chunk=4 * MiB, size=size):
+            got += data
+            await asyncio.sleep(1.0)  # the client takes 4 MiB a second: 6 s for the whole GET
+        return bytes(got)
+
+    started = time.monotonic()
+    assert hashlib.sha256(asyncio.run(read_slowly())).hexdigest() == artifact_id
+    assert time.monotonic() - started > 5  # longer than the timeout x (1 + retries)

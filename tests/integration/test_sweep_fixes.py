@@ -349,3 +349,61 @@ def test_sweeps_advanced_side_by_side_cannot_pass_the_cap_together(redis_url):
 
     active, trials = _with_stores(redis_url, prefix, work)
     assert active == 3 and trials == [1, 2]
+
+
+def test_creates_under_one_idempotency_key_make_one_sweep_even_all_at_once(redis_url):
+    """The key and the record are written together: a retry (the SDK sends CreateSweep again
+    after UNAVAILABLE) or a concurrent twin finds the sweep, never a key without it."""
+    prefix = f"test-sweep-idem-{uuid.uuid4().hex[:8]}"
+    spec = sweeps.with_defaults(pb.SweepSpec(sparsities=[0.5, 0.6]))
+
+    async def work(store: AsyncJobStore, sweep_store: SweepStore) -> tuple[list, str]:
+        try:
+
+            async def create(fingerprint: str) -> tuple[pb.Sweep, bool]:
+                sweep = pb.Sweep(id=sweeps.new_sweep_id(), state=pb.JOB_STATE_QUEUED, spec=spec)
+                return await sweep_store.create(TENANT, sweep, "key-1", fingerprint)
+
+            made = await asyncio.gather(*(create("f") for _ in range(20)))
+            try:
+                await create("another request")
+                other = ""
+            except ValueError as error:
+                other = str(error)
+            return made, other
+        finally:
+            await store.redis.delete(*[k async for k in store.redis.scan_iter(f"{prefix}:*")])
+
+    made, other = _with_stores(redis_url, prefix, work)
+    assert [created for _, created in made].count(True) == 1
+    assert len({sweep.id for sweep, _ in made}) == 1
+    assert "idempotency_key was used for a different request" in other
+
+
+def test_cancelling_a_cancelled_sweep_cancels_the_trials_a_first_call_left_going(redis_url):
+    """The SDK sends CancelSweep again after UNAVAILABLE: a first call that ended the sweep and
+    then broke off before its trials leaves them to the second, which answered the record and
+    left them running."""
+    from pruning_server.sweeps import SweepServicer
+
+    prefix = f"test-sweep-recancel-{uuid.uuid4().hex[:8]}"
+
+    async def work(store: AsyncJobStore, sweep_store: SweepStore) -> tuple[pb.Sweep, list[str], str]:
+        try:
+            job, _ = await store.create(TENANT, pb.Job(id=new_job_id(), state=pb.JOB_STATE_QUEUED))
+            trial = pb.Trial(index=0, sparsity=0.5, job_id=job.id, state=pb.JOB_STATE_QUEUED)
+            spec = sweeps.with_defaults(pb.SweepSpec(sparsities=[0.5]))
+            sweep = pb.Sweep(id=sweeps.new_sweep_id(), state=pb.JOB_STATE_CANCELLED, spec=spec, trials=[trial])
+            await sweep_store.create(TENANT, sweep, "", "")  # ended by the first call, its trial still queued
+            cancelled: list[str] = []
+
+            async def cancel_job(tenant: str, job_id: str) -> None:
+                cancelled.append(job_id)
+
+            servicer = SweepServicer(types.SimpleNamespace(store=store, cancel_job=cancel_job), sweep_store)  # type: ignore[arg-type]
+            return await servicer._cancel(TENANT, sweep.id), cancelled, job.id
+        finally:
+            await store.redis.delete(*[k async for k in store.redis.scan_iter(f"{prefix}:*")])
+
+    answered, cancelled, job_id = _with_stores(redis_url, prefix, work)
+    assert answered.state == pb.JOB_STATE_CANCELLED and cancelled == [job_id]

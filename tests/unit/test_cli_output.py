@@ -199,7 +199,7 @@ def test_download_to_a_file_name_of_a_format_the_job_lacks_is_refused(
 ) -> None:
     assert run(["download", JOB, "-o", "model.h5"]) == 2  # not the .keras bytes under an .h5 name
     err = capsys.readouterr().err
-    assert "names a .h5 file" in err and "keras (.keras)" in err and "tflite_int8 (.int8.tflite)" in err
+    assert "model.h5 names a .h5 file" in err and "(it has: keras, saved_model, tflite_int8)" in err
     assert not fake.downloads and not pathlib.Path("model.h5").exists()
     assert run(["download", JOB, "-o", "model.tflite"]) == 2  # the int8 export is named .int8.tflite
     assert "names a .tflite file" in capsys.readouterr().err
@@ -431,3 +431,16 @@ def test_json_output_writes_64_bit_integers_as_numbers() -> None:
     dumped = cli_module._dump(job)
     assert dumped["progress"]["total_steps"] == 22 and dumped["plan"]["layers"][0]["weights"] == 120
     assert cli_module._dump(pb.Artifact(id="a" * 64, size=103202))["size"] == 103202  # not "103202"
+
+
+def test_watch_json_says_a_local_file_error_on_stderr_too(
+    fake: type[FakeClient], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def refused(self, artifact_id, dest, progress=None):  # type: ignore[no-untyped-def]
+        raise PermissionError(13, "Permission denied", str(dest))
+
+    monkeypatch.setattr(FakeClient, "download", refused)
+    assert run(["watch", JOB, "--json", "--download", "out"]) == 2
+    out, err = capsys.readouterr()
+    assert all("job_id" in json.loads(line) for line in out.splitlines())  # events only
+    assert json.loads(err)["error"] == "PermissionError"

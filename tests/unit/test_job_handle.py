@@ -232,6 +232,32 @@ def test_download_to_a_file_path_keeps_it(tmp_path):
     assert JobHandle(fake, "j").download(tmp_path / "model.bin", fmt="keras") == tmp_path / "model.bin"
 
 
+@pytest.mark.parametrize(
+    "name, artifact_id",
+    [
+        ("m.tflite", "3" * 64),
+        ("m.int8.tflite", "4" * 64),
+        ("m.zip", "2" * 64),
+        ("m.hdf5", "5" * 64),
+        ("m.bin", "1" * 64),
+    ],
+)
+def test_download_to_a_file_name_gets_the_export_its_suffix_names(tmp_path, name, artifact_id):
+    fake = DownloadClient()
+    assert JobHandle(fake, "j").download(tmp_path / name) == tmp_path / name
+    assert fake.downloads == [(artifact_id, tmp_path / name)]
+
+
+def test_download_to_a_file_name_of_a_format_the_job_lacks_is_refused(tmp_path):
+    fake = DownloadClient()
+    fake.ARTIFACTS = fake.ARTIFACTS[:2]  # keras, saved_model
+    with pytest.raises(
+        ValueError, match=r"m.h5 names a .h5 file, but job j has no h5 export \(it has: keras, saved_model\)"
+    ):
+        JobHandle(fake, "j").download(tmp_path / "m.h5")
+    assert not fake.downloads
+
+
 def test_download_of_a_format_the_job_did_not_export(tmp_path):
     fake = DownloadClient()
     fake.ARTIFACTS = fake.ARTIFACTS[:1]

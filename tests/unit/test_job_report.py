@@ -78,3 +78,17 @@ def test_a_budget_job_report_states_its_budget_and_the_search_behind_it():
     plain.result.phase_seconds["fine_tune"] = 3.0
     markdown, _ = job_report(plain)
     assert "Accuracy budget" not in markdown and "| fine_tune | 3.00 |" in markdown
+
+
+def test_a_failed_job_report_shows_what_it_measured_and_where_it_stopped():
+    job = pb.Job(id="f" * 24, state=pb.JOB_STATE_FAILED, error=pb.JobError(code=4, message="ran past its time limit"))
+    job.progress.CopyFrom(pb.Progress(phase="fine_tune", step=422, total_steps=844))
+    job.result.device = "CPU"
+    job.result.baseline.accuracy, job.result.baseline.loss = 0.9812, 0.07
+    markdown, _ = job_report(job)
+    assert "failed: ran past its time limit; on CPU; stopped at step 422 of 844 (fine_tune)" in markdown
+    assert "| test accuracy | 0.9812 | n/a |" in markdown
+    assert "| pruned kernel sparsity |  | n/a |" in markdown  # never measured: not 0.0000
+    job.result.pruned.accuracy = 0.97  # failed in its exports: evaluated, its sparsity still unmeasured
+    markdown, _ = job_report(job)
+    assert "| test accuracy | 0.9812 | 0.9700 |" in markdown and "| pruned kernel sparsity |  | n/a |" in markdown

@@ -110,7 +110,7 @@ def test_the_table_and_the_report_say_what_the_sweep_asked():
     text = format_sweep(with_budget())
     assert "budget: at most 0.6 pp of test accuracy lost against the baseline" in text
     assert "baseline test accuracy: 0.9000" in text  # the median of what the trials measured
-    assert "sparsities: 0.5, 0.7, 0.9" in text and "method: bisection, 3 trials" in text
+    assert "sparsities: 0.5, 0.7, 0.9" in text and "method: grid, 3 trials" in text  # a list with a budget too
     assert "budget: none (a curve: every trial counts)" in format_sweep(no_budget())
     search = sweep_spec(pb.JobSpec(model_id="ab" * 32), max_relative_loss_percent=2, search_low=0.6, search_high=0.9)
     search.tolerance = 0.05
