@@ -9,11 +9,13 @@ processes, and stops them all cleanly on Ctrl-C or SIGTERM.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import os
 import pathlib
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -67,6 +69,7 @@ class Stack:
     ) -> Stack:
         """Starts the stack; with ``log_path`` the children's output goes there, not here."""
         settings = Settings()
+        _port_free(listen or settings.listen)  # before anything starts (a worker imports TensorFlow)
         env = dict(os.environ)
         state = settings.state_dir.resolve()
         state.mkdir(parents=True, exist_ok=True)
@@ -109,8 +112,7 @@ class Stack:
                 from .main import EXIT_ADDRESS_IN_USE  # not at import: `pruning up --help` stays light
 
                 if self.server.returncode == EXIT_ADDRESS_IN_USE:
-                    where = listen or self.settings.listen
-                    raise StartFailed(f"cannot listen on {where}: the address is in use (is a service already up?)")
+                    raise AddressTaken(listen or self.settings.listen)
                 raise StartFailed(f"the server exited with status {self.server.returncode}")
             if time.monotonic() > deadline:
                 raise StartFailed("the server did not start in time")
@@ -171,6 +173,30 @@ class Stack:
 
 
 _MAX_SOCKET_PATH = 100  # sun_path holds 108 bytes on Linux, 104 on macOS
+
+
+class AddressTaken(StartFailed):
+    def __init__(self, where: str):
+        super().__init__(f"cannot listen on {where}: the address is in use (is a service already up?)")
+
+
+def _port_free(listen: str) -> None:
+    """Raises AddressTaken when something listens on ``listen`` (host:port, [v6]:port) now; a
+    port 0, or an address this check cannot judge, is left to the server."""
+    host, _, port = listen.rpartition(":")
+    if not port.isdigit() or int(port) == 0:
+        return
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host.strip("[]") or None, int(port), type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+        with socket.socket(family, kind, proto) as probe:
+            # As gRPC binds: a port left in TIME_WAIT is free, one something listens on is not
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind(address)
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            raise AddressTaken(listen) from None
 
 
 def _socket_path(directory: pathlib.Path) -> pathlib.Path:
@@ -348,6 +374,9 @@ def main(listen: str | None = None) -> int:
     signal.signal(signal.SIGTERM, handler)
     try:
         stack = Stack.start(listen=listen)
+    except AddressTaken as exc:
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        return 3  # as the server's own exit for a taken port
     except StartFailed as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         return 1
