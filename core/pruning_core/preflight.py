@@ -376,7 +376,11 @@ def summarize(
             dtype=_dtype(cfg),
             activation=_activation(layer),
         )
+    inner = config.get("config")
+    root = (config.get("class_name"), inner.get("name") if isinstance(inner, dict) else None)
     for cls, name in all_layers:
+        if (cls, name) == root:
+            continue  # the model itself is no layer of its own
         summary.layers.add(
             name=name,
             class_name=cls,

@@ -309,6 +309,9 @@ def _validate_structured_against_model(
             )
 
 
+_CONTAINERS = ("InputLayer", "Sequential", "Functional", "Model")
+
+
 def validate_against_model(spec: pb.JobSpec, layers: list, outputs: list[str] | None = None) -> list[Violation]:
     """Problems only the model's layer list reveals: selected layers that do not exist,
     block sparsity on layers whose weights are not 2-D, structured pruning of ``outputs``
@@ -318,7 +321,9 @@ def validate_against_model(spec: pb.JobSpec, layers: list, outputs: list[str] | 
     for field in ("include_names", "exclude_names"):
         missing = sorted(set(getattr(spec.pruning.layers, field)) - names)
         if missing:
-            out.append((f"spec.pruning.layers.{field}", f"the model has no layers {missing}; it has {sorted(names)}"))
+            # its layers by name: not the model itself, nor its inputs and nested models
+            have = sorted(name for kind, name in layers if kind not in _CONTAINERS)
+            out.append((f"spec.pruning.layers.{field}", f"the model has no layers {missing[:5]}; it has {have[:20]}"))
     if list(spec.pruning.block_size) not in ([], [1, 1]):
         convs = sorted(name for kind, name in layers if "Conv" in kind and selected(kind, name, spec.pruning.layers))
         if convs:

@@ -9,7 +9,7 @@ import zipfile
 
 import pytest
 
-from pruning_core import modelcheck, preflight
+from pruning_core import modelcheck, preflight, validation
 from pruning_core.modelcheck import ModelRejected
 
 
@@ -53,6 +53,20 @@ def test_keras3_model_is_recognised_and_summarised(tmp_path, suffix):
     prunable = {layer.name for layer in summary.layers if layer.prunable}
     assert "logits" in prunable and not any(layer.class_name == "Flatten" for layer in summary.layers if layer.prunable)
     assert all(layer.convertible for layer in summary.layers)
+    assert not {"Sequential", "Functional"} & {layer.class_name for layer in summary.layers}  # not the model itself
+
+
+def test_a_layer_selection_naming_no_layer_lists_the_layers_not_the_model(tmp_path):
+    import keras
+
+    from pruning_client import job_spec, polynomial_decay
+
+    keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, name="d")], name="seq").save(tmp_path / "m.keras")
+    info = modelcheck.inspect_model(tmp_path / "m.keras", 10**9)
+    spec = job_spec("a" * 64, schedule=polynomial_decay(0.5, 0.8), include_layers=["dense"])
+    found = dict(validation.validate_against_model(spec, info.layers))
+    assert found["spec.pruning.layers.include_names"] == "the model has no layers ['dense']; it has ['d']"
+    assert [layer.class_name for layer in info.summary.layers] == ["InputLayer", "Dense"]
 
 
 def test_tf_keras_model_is_version_2(tmp_path):
