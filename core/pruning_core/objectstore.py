@@ -102,6 +102,11 @@ class LocalStore(BlobStore):
     def writer(self) -> Upload:
         return Upload(self)
 
+    def answers(self) -> bool:
+        """Whether the store can take artifacts now (the metrics ask at each scrape): its
+        directory is there and writable."""
+        return self.root.is_dir() and os.access(self.root, os.W_OK)
+
     def exists(self, artifact_id: str, size: int | None = None) -> bool:
         """Whether the store holds the blob (of ``size`` bytes, when given: one truncated or
         grown behind the service's back is not the artifact)."""
@@ -340,6 +345,20 @@ class S3Store(LocalStore):
             readahead=settings.download_readahead,
             direct=settings.direct_writes,
         )
+
+    def answers(self) -> bool:
+        """Whether the bucket answers now: a HEAD of a key no artifact has comes back (found or
+        not) within this store's timeout; a store down, stalled or refusing the credentials
+        does not. Open the store with a short timeout for it (the metrics use 3 s)."""
+        import obstore
+
+        try:
+            obstore.head(self.objects, "probe")  # a name no artifact, upload or checkpoint takes
+        except missing_errors():
+            return True
+        except unavailable_errors():
+            return False
+        return True
 
     def key(self, artifact_id: str) -> str:
         if not is_artifact_id(artifact_id):

@@ -616,3 +616,30 @@ def test_a_download_read_slower_than_the_s3_timeout_is_not_cut(seaweed, s3_env, 
     started = time.monotonic()
     assert hashlib.sha256(asyncio.run(read_slowly())).hexdigest() == artifact_id
     assert time.monotonic() - started > 5  # longer than the timeout x (1 + retries)
+
+
+def test_the_metrics_say_whether_the_artifact_store_answers(seaweed, s3_env, tmp_path):
+    """pruning_artifact_store_up: 1 while the bucket answers, 0 within the scrape's 3 s when it
+    stops (paused), 1 again after."""
+    import signal
+
+    from pruning_server.telemetry import JobMetricsCollector
+
+    collector = JobMetricsCollector(settings_for(s3_env, state_dir=str(tmp_path / "state")))
+
+    def up() -> float:
+        found = [m for m in collector.collect() if m.name == "pruning_artifact_store_up"]
+        return found[0].samples[0].value
+
+    try:
+        assert up() == 1
+        seaweed.process.send_signal(signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            assert up() == 0
+            assert time.monotonic() - started < 8
+        finally:
+            seaweed.process.send_signal(signal.SIGCONT)
+        assert up() == 1
+    finally:
+        collector.close()

@@ -217,7 +217,11 @@ def test_metrics_follow_the_queue_and_the_jobs(deployment, client, files):
     service = "pruning.v1.PruningService"
     assert value(after, "grpc_server_started_total", grpc_service=service, grpc_method="CreateJob") >= 2
     assert value(after, "grpc_server_handled_total", grpc_method="CreateJob", grpc_code="OK", grpc_type="unary") >= 2
-    assert value(after, "grpc_server_msg_received_total", grpc_method="UploadModel", grpc_type="client_stream") >= 4
+    # Each upload sends its header; the first of a content its bytes too (again, it is held:
+    # answered after the header, so the count depends on what ran before in this deployment)
+    uploads = value(after, "grpc_server_started_total", grpc_method="UploadModel", grpc_type="client_stream")
+    received = value(after, "grpc_server_msg_received_total", grpc_method="UploadModel", grpc_type="client_stream")
+    assert uploads >= 2 and received > uploads
     assert value(after, "grpc_server_msg_sent_total", grpc_method="WatchJob", grpc_type="server_stream") >= 3
     assert value(after, "grpc_server_handling_seconds_count", grpc_method="GetJob") >= 1
 
