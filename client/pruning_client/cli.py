@@ -742,8 +742,10 @@ def _report(error: PruningError, *, json_output: bool, stream: bool = False) -> 
         len(violations) == 1 and error.details.startswith(f"{violations[0][0]}: ") and len(error.details) <= 1000
     )
     if violations and only_joined and error.code is not None:
-        if len(violations) == 1:
-            click.echo(f"error: {error.message}", err=True)
+        if (
+            len(violations) == 1
+        ):  # from the violation: the message is cut as a whole, the field and its description each
+            click.echo(f"error: {error.code.name}: {violations[0][0]}: {violations[0][1]}", err=True)
             return
         click.echo(f"error: {error.code.name}: {len(violations)} problems", err=True)
     else:

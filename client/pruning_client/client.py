@@ -373,7 +373,8 @@ class _Upload:
 class _Download:
     """The file side of a resumable download: where it goes, the partial file it resumes (one
     per artifact, ``<dest>.<artifact_id[:16]>.part``), and the sha256 check before the move.
-    A directory ``dest`` (an existing one, or one ending with a separator) is created if missing."""
+    A directory ``dest`` (an existing one, or one ending with a separator) is created if missing,
+    and so is the directory of a file ``dest``, as the CLI's ``-o`` does."""
 
     def __init__(self, artifact_id: str, dest: os.PathLike[str] | str, *, filename: str | None, resume: bool) -> None:
         self.artifact_id = artifact_id
@@ -383,6 +384,8 @@ class _Download:
             # Only the last component of a name the server gave: it never becomes a path.
             name = pathlib.PurePosixPath((filename or "").replace("\\", "/")).name
             target = target / (name if name not in ("", ".", "..") else artifact_id)
+        else:
+            target.parent.mkdir(parents=True, exist_ok=True)
         self.dest = target
         self.part = target.with_name(f"{target.name}.{artifact_id[:16]}.part")
         if self.part.is_symlink() or (self.part.exists() and not self.part.is_file()):

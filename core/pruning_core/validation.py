@@ -32,6 +32,12 @@ MAX_LAYER_SPARSITIES = 1000
 REGRESSION_LOSSES = ("mean_squared_error", "mean_absolute_error")
 
 
+def _shown(value: str, limit: int = 20) -> str:
+    """``value`` quoted, cut to ``limit`` characters with an ellipsis that says so (a loss name
+    cut short could read as one of the valid ones)."""
+    return repr(value if len(value) <= limit else value[: limit - 1] + "…")
+
+
 def loss_names() -> str:
     """The losses in short, each with its ``_from_logits`` twin as ``[_from_logits]``, so the
     list fits an error answer's cut (200 bytes by default) whole.
@@ -184,13 +190,13 @@ def _validate_training(t: pb.TrainingSpec, out: list[Violation]) -> None:
     if t.optimizer and t.optimizer.lower() not in OPTIMIZERS:
         out.append(("spec.training.optimizer", f"must be one of {', '.join(OPTIMIZERS)}, got {t.optimizer!r}"))
     if t.loss and t.loss not in LOSSES:
-        out.append(("spec.training.loss", f"{t.loss[:24]!r}: not one of {loss_names()}"))
+        out.append(("spec.training.loss", f"{_shown(t.loss)}: not one of {loss_names()}"))
     for output, loss in sorted(t.output_losses.items())[:MAX_OUTPUT_LOSSES]:
         field = f"spec.training.output_losses[{output[:200]}]"
         if not output:
             out.append((field, "an output's name, not empty"))
         elif loss not in LOSSES:
-            out.append((field, f"{loss[:24]!r}: not one of {loss_names()}"))
+            out.append((field, f"{_shown(loss)}: not one of {loss_names()}"))
     if len(t.output_losses) > MAX_OUTPUT_LOSSES:
         out.append(("spec.training.output_losses", f"at most {MAX_OUTPUT_LOSSES} outputs"))
     if not (math.isfinite(t.learning_rate) and t.learning_rate >= 0):

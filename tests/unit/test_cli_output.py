@@ -444,3 +444,22 @@ def test_watch_json_says_a_local_file_error_on_stderr_too(
     out, err = capsys.readouterr()
     assert all("job_id" in json.loads(line) for line in out.splitlines())  # events only
     assert json.loads(err)["error"] == "PermissionError"
+
+
+def test_one_violation_is_printed_whole_though_the_message_was_cut(capsys: pytest.CaptureFixture[str]) -> None:
+    """The server cuts its message as a whole (200 bytes), each violation on its own: a field
+    path and a description of 190 bytes come back whole only in the violation."""
+    import grpc
+
+    from pruning_client import InvalidArgument
+
+    description = "'mse': not one of " + "x" * 160 + ", mean_absolute_error"
+    cut = f"spec.training.loss: {description}"[:197] + "..."
+    error = InvalidArgument(
+        f"INVALID_ARGUMENT: {cut}",
+        code=grpc.StatusCode.INVALID_ARGUMENT,
+        details=cut,
+        field_violations=[("spec.training.loss", description)],
+    )
+    cli_module._report(error, json_output=False)
+    assert capsys.readouterr().err.strip() == f"error: INVALID_ARGUMENT: spec.training.loss: {description}"

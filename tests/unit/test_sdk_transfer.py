@@ -48,6 +48,11 @@ def test_download_to_a_file_checks_and_moves_it(client, tmp_path):
     assert list(tmp_path.iterdir()) == [path]
 
 
+def test_download_to_a_file_in_a_directory_not_there_yet_creates_it(client, tmp_path):
+    path = client.download(ID, tmp_path / "out" / "sub" / "model.keras")  # as the CLI's -o does
+    assert path.read_bytes() == DATA
+
+
 def test_download_into_a_directory_uses_the_artifact_file_name_or_id(client, tmp_path):
     assert client.download(ID, tmp_path, filename="pruned_0.keras") == tmp_path / "pruned_0.keras"
     assert client.download(ID, tmp_path) == tmp_path / ID

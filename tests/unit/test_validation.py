@@ -191,3 +191,6 @@ def test_an_unknown_loss_is_answered_with_every_loss_within_the_error_cut():
     assert "binary_crossentropy[_from_logits]" in said
     long = found["spec.training.output_losses[box]"]
     assert len(long.encode()) <= 200 and long.endswith("mean_absolute_error")  # the echo cut, not the list
+    # a name cut short says so: "categorical_crossentropy" alone would read as a valid loss
+    cut = dict(validation.validate(job_spec("a" * 64, loss="categorical_crossentropy_logits")))["spec.training.loss"]
+    assert cut.startswith("'categorical_crossen\u2026': not one of ") and len(cut.encode()) <= 200
