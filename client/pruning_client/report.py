@@ -4,7 +4,7 @@ pipeline to publish: what went in, what came out, measured latency, the history,
 from __future__ import annotations
 
 import html
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from pruning.v1 import pruning_pb2 as pb
 
@@ -192,7 +192,7 @@ def job_report(job: pb.Job, files: dict[str, str] | None = None, search: pb.Swee
         sections.append(
             (
                 "Time on the worker (seconds per phase, the last attempt)",
-                (("phase", "seconds"), [(name, f"{seconds:.2f}") for name, seconds in r.phase_seconds.items()]),
+                (("phase", "seconds"), [(name, f"{r.phase_seconds[name]:.2f}") for name in _in_order(r.phase_seconds)]),
             )
         )
     if "tensorboard" in files:
@@ -215,6 +215,14 @@ def _budget_sections(job: pb.Job, search: pb.Sweep | None) -> list[tuple[str, Ta
     if search is None:
         return [("Accuracy budget", text + f" (pruning report {job.search_sweep_id} --sweep shows its trials)")]
     return [("Accuracy budget", text), ("Search", (("", ""), setup_lines(search))), ("Search trials", _curve(search))]
+
+
+# The phases in the order a job runs them (a map keeps none); others after, by name
+_PHASES = ("inputs", "load", "baseline", "structure", "fine_tune", "evaluate", "export")  # pruning_core.phases
+
+
+def _in_order(seconds: Mapping[str, float]) -> list[str]:
+    return sorted(seconds, key=lambda name: (_PHASES.index(name) if name in _PHASES else len(_PHASES), name))
 
 
 def _outcome(job: pb.Job) -> str:

@@ -408,7 +408,8 @@ class JobPlan:
         """The fields as plain JSON-ready values (``spec`` as its JSON mapping; without ``raw``)."""
         out = {k: v for k, v in self.__dict__.items() if k not in ("raw", "spec")}
         out["layers"] = [dict(x.__dict__) for x in self.layers]
-        out["spec"] = json_format.MessageToDict(self.spec, preserving_proto_field_name=True)
+        spec = json_format.MessageToDict(self.spec, preserving_proto_field_name=True)
+        out["spec"] = int64_as_numbers(self.spec.DESCRIPTOR, spec)  # "end_step": 15, not "15"
         return out
 
     def split_on_worker(self) -> str:

@@ -220,7 +220,8 @@ def setup_lines(sweep: pb.Sweep) -> list[tuple[str, str]]:
         rows.append(("sparsities", ", ".join(f"{x:g}" for x in spec.sparsities)))
     else:
         # as the service stored it: its defaults in place of the zeros
-        rows.append(("searched", f"{spec.search_low:g} to {spec.search_high:g}, to within {spec.tolerance:g}"))
+        within = "" if is_halving(sweep) else f", to within {spec.tolerance:g}"  # halving runs rungs, not to a width
+        rows.append(("searched", f"{spec.search_low:g} to {spec.search_high:g}{within}"))
     if is_halving(sweep):
         method = "successive halving"
     else:  # a list of sparsities is tried as it is, with a budget too (the first over it ends it)

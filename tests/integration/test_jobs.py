@@ -114,6 +114,12 @@ def test_cancel_queued_and_running_jobs(client, worker, files):
     assert final.progress.step < final.progress.total_steps
     with pytest.raises(JobCancelled):
         running.result()
+    # It keeps what it measured before (its baseline, the time in each phase), no artifacts;
+    # the queued one ran nothing and keeps nothing
+    assert final.result.baseline.HasField("accuracy") and final.result.phase_seconds["fine_tune"] > 0
+    assert not final.result.artifacts and not final.result.HasField("pruned")
+    assert all(e.epoch <= final.progress.epoch for e in final.result.history)
+    assert not queued.status().HasField("result")
 
     # The worker skips the cancelled queued job and goes on serving.
     after = client.submit(small_spec(client, files, epochs=1))

@@ -75,9 +75,11 @@ def test_a_budget_job_report_states_its_budget_and_the_search_behind_it():
     )
     # A job without a budget has no such section; every job shows its seconds per phase
     plain = pb.Job(id="p" * 24, state=pb.JOB_STATE_SUCCEEDED)
-    plain.result.phase_seconds["fine_tune"] = 3.0
+    plain.result.phase_seconds.update({"export": 1.0, "fine_tune": 3.0, "inputs": 0.01, "load": 0.5})
     markdown, _ = job_report(plain)
     assert "Accuracy budget" not in markdown and "| fine_tune | 3.00 |" in markdown
+    phases = [line.split("|")[1].strip() for line in markdown.split("## Time on the worker")[1].splitlines()[4:8]]
+    assert phases == ["inputs", "load", "fine_tune", "export"]  # the order a job runs them
 
 
 def test_a_failed_job_report_shows_what_it_measured_and_where_it_stopped():

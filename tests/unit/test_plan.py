@@ -107,6 +107,9 @@ def test_the_plan_of_structured_pruning_only_lists_no_weight_schedule(tmp_path):
     assert shown["structured"].startswith("channel ratio 0.25, importance l1, head0 0.5")
     weights = validation.with_defaults(job_spec("a" * 64, schedule=polynomial_decay(0.5, 0.8)))
     assert [x.name for x in plan.make_plan(weights, model, facts).layers] == ["head0"]
+    weights.pruning.schedule.polynomial_decay.end_step = 15
+    dumped = JobPlan.from_proto(plan.make_plan(weights, model, facts)).to_dict()["spec"]
+    assert isinstance(dumped["pruning"]["schedule"]["polynomial_decay"]["end_step"], int)  # a number, not "15"
     assert "structured" not in dict(JobPlan.from_proto(plan.make_plan(weights, model, facts)).summary_lines())
 
 

@@ -7,7 +7,7 @@ import numpy as np
 import tf_keras as keras
 
 from pruning.v1 import pruning_pb2 as pb
-from pruning_worker.callbacks import ProgressCallback
+from pruning_worker.callbacks import HistoryCallback, ProgressCallback
 
 
 class Reporter:
@@ -29,18 +29,23 @@ class Reporter:
         return self.checks >= self.stop_after
 
 
-def _fit(reporter: Reporter, epochs: int = 3, steps: int = 10) -> ProgressCallback:
+def _fit(
+    reporter: Reporter, epochs: int = 3, steps: int = 10, history: HistoryCallback | None = None
+) -> ProgressCallback:
     model = keras.Sequential([keras.layers.Input((4,)), keras.layers.Dense(2)])
     model.compile("sgd", keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
     x, y = np.zeros((steps * 8, 4), "float32"), np.zeros(steps * 8, "int64")
     callback = ProgressCallback(reporter, None, epochs, steps)  # type: ignore[arg-type]  # no schedule: sparsity 0
-    model.fit(x, y, batch_size=8, epochs=epochs, callbacks=[callback], verbose=0, validation_split=0.0)
+    more = [history] if history is not None else []
+    model.fit(x, y, batch_size=8, epochs=epochs, callbacks=[callback, *more], verbose=0, validation_split=0.0)
     return callback
 
 
 def test_a_cancel_inside_an_epoch_reports_the_step_it_reached():
     reporter = Reporter(stop_after=14)  # the 4th step of the 2nd epoch
-    callback = _fit(reporter)
+    history = HistoryCallback(None, 10)
+    callback = _fit(reporter, history=history)
+    assert [e.epoch for e in history.history] == [1]  # the epoch cut short is no epoch of the history
     assert callback.cancelled and callback.step == 14
     assert max(p.step for p in reporter.sent) == 14 and reporter.sent[-1].epoch == 2
     assert any(line.startswith("epoch 1/3: ") for line in reporter.lines)  # the whole first epoch

@@ -121,6 +121,7 @@ def test_the_table_and_the_report_say_what_the_sweep_asked():
     assert "| budget | at most 1 pp of test accuracy lost against the baseline |" in markdown
     assert "| baseline test accuracy | 0.9010 |" in markdown
     assert "| method | successive halving, 4 trials |" in markdown
+    assert "to within" not in markdown  # halving runs its rungs, not to a width
     assert "baseline test accuracy" in page
 
 

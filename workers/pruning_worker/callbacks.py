@@ -102,17 +102,21 @@ class HistoryCallback(keras.callbacks.Callback):
         self.history: list[pb.EpochSummary] = []
         self.diverged = ""
         self.epoch = 0
+        self.batches = 0  # steps of the current epoch run
 
     def on_epoch_begin(self, epoch: int, logs: Any = None) -> None:
-        self.epoch = epoch
+        self.epoch, self.batches = epoch, 0
 
     def on_train_batch_end(self, batch: int, logs: Any = None) -> None:
+        self.batches = batch + 1
         loss = (logs or {}).get("loss")
         if loss is not None and not math.isfinite(float(loss)):
             self.diverged = f"the loss became {float(loss)} at epoch {self.epoch + 1}, step {batch + 1}"
             self.model.stop_training = True
 
     def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
+        if self.model.stop_training and self.batches < self.steps_per_epoch and not self.diverged:
+            return  # cancelled inside the epoch: its figures are not an epoch's
         logs = logs or {}
         summary = pb.EpochSummary(
             epoch=epoch + 1,

@@ -154,7 +154,10 @@ def run(
         on_accuracy = job_loss.has_accuracy and len(job_loss.names) == 1
         stopper = early_stopping(t.early_stopping_patience, final_step, steps, on_accuracy)
         callbacks.append(stopper)
-    result.fine_tune_seconds = fine_tune(pruned, x_train, taught.targets if taught else y_train, t, callbacks)
+    try:
+        result.fine_tune_seconds = fine_tune(pruned, x_train, taught.targets if taught else y_train, t, callbacks)
+    finally:  # a job failing in training (its time limit) keeps the epochs it ran
+        result.history.extend(history.history)
     if taught:  # evaluated on the task's own loss, like the baseline
         pruned.compile(optimizer=pruned.optimizer, loss=loss, metrics=job_loss.keras_metrics())
     if progress.cancelled or reporter.should_stop():
@@ -163,7 +166,6 @@ def run(
         raise OutcomeError(
             f"fine-tuning diverged: {history.diverged}; lower spec.training.learning_rate or check the data"
         )
-    result.history.extend(history.history)
     result.recipe.CopyFrom(recipe.describe(spec, history.history, stopper, distilled=taught is not None))
     reporter.log(
         f"recipe {result.recipe.name}: {result.recipe.epochs_run} epoch{'s' * (result.recipe.epochs_run != 1)} run, "

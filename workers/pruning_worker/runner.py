@@ -146,8 +146,9 @@ class Reporter:
         return self._cancelled
 
     def measured(self, result: pb.PruneResult) -> None:
-        """The result the pipeline fills as it goes: a job that fails keeps what it holds then
-        (the baseline's figures and size, the device, the seconds per phase)."""
+        """The result the pipeline fills as it goes: a job that fails or is cancelled keeps
+        what it holds then (the baseline's figures and size, the device, the epochs run, the
+        seconds per phase), without artifacts."""
         self._measured = result
 
     def _failed_result(self) -> pb.PruneResult | None:
@@ -176,7 +177,9 @@ class Reporter:
             if result is not None and target == pb.JOB_STATE_SUCCEEDED:
                 job.result.CopyFrom(result)
                 events.append(make_event(job.id, result=result))
-            elif target == pb.JOB_STATE_FAILED and (kept := self._failed_result()) is not None:
+            elif (
+                target in (pb.JOB_STATE_FAILED, pb.JOB_STATE_CANCELLED) and (kept := self._failed_result()) is not None
+            ):
                 job.result.CopyFrom(kept)
             err = error
             if target == pb.JOB_STATE_CANCELLED and err is None:

@@ -2010,9 +2010,10 @@ class Job(_message.Message):
     def error(self) -> Global___JobError: ...
     @_builtins.property
     def result(self) -> Global___PruneResult:
-        """Set once the job SUCCEEDED. A job that FAILED keeps what its last attempt measured before
-        the failure (the baseline's figures and size, the device, the seconds per phase; the
-        pruned model's figures only where it got that far) and no artifacts.
+        """Set once the job SUCCEEDED. A job that FAILED or was CANCELLED while running keeps what its
+        last attempt measured before it stopped (the baseline's figures and size, the device, the
+        epochs run, the seconds per phase; the pruned model's figures only where it got that far)
+        and no artifacts.
         """
 
     @_builtins.property
