@@ -339,6 +339,19 @@ def make_plan(spec: pb.JobSpec, model_info: dict[str, Any], data: DatasetFacts) 
         if layer.prunable and validation.selected(layer.class_name, layer.name, spec.pruning.layers):
             final = spec.pruning.layer_sparsity.get(layer.name, target)
             plan.layers.add(name=layer.name, class_name=layer.class_name, weights=layer.params, final_sparsity=final)
+    decay = spec.pruning.schedule.polynomial_decay
+    if (
+        spec.pruning.schedule.HasField("polynomial_decay")
+        and decay.frequency
+        and not recipe.steps_reaching_final(decay)
+    ):
+        # The plain recipe's (the TFMOT guide's: end at the last step, masks every 100)
+        plan.warnings.append(
+            f"no mask update falls on the schedule's end step {decay.end_step} (masks every {decay.frequency} "
+            f"steps from step {decay.begin_step}): the final sparsity {decay.final_sparsity:g} is not reached, "
+            "and the job fails its sparsity check; give an end_step a multiple of the frequency after "
+            "begin_step, or use the keep_accuracy recipe"
+        )
     for output in summary.outputs:
         if warning := validation.logits_warning(
             output.name, output.activation, validation.output_loss(t, output.name) or defaults.LOSS

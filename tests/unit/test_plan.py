@@ -8,7 +8,7 @@ import pytest
 
 from pruning.v1 import pruning_pb2 as pb
 from pruning_client import job_spec, polynomial_decay, specs
-from pruning_core import modelcheck, plan, validation
+from pruning_core import modelcheck, plan, recipe, validation
 
 
 def _model(tmp_path, outputs=1):
@@ -313,3 +313,21 @@ def test_the_plan_warns_of_a_softmax_output_under_a_loss_from_logits(tmp_path, k
     assert warnings[1].startswith("output 'gate' ends in softmax")
     spec.training.output_losses["cls"] = "sparse_categorical_crossentropy"  # probabilities: right
     assert [w.split("'")[1] for w in plan.make_plan(spec, model, facts).warnings] == ["gate"]
+
+
+def test_the_plan_warns_when_the_plain_recipe_s_schedule_misses_its_end_step(tmp_path):
+    """The plain recipe is the TFMOT guide's (end at the last step, masks every 100): on 170
+    steps no update falls on step 169, and the job fails its sparsity check. The dry run says so."""
+    model, facts = _model(tmp_path), _facts(tmp_path, **_data(n_train=85 * 8, n_test=4))
+
+    def planned(recipe_name: int) -> list[str]:
+        spec = validation.with_defaults(
+            job_spec("a" * 64, schedule=polynomial_decay(0.5, 0.8), epochs=2, batch_size=8, validation_split=0.0)
+        )
+        spec.training.recipe = recipe_name
+        recipe.resolve(spec, plan.steps_per_epoch(spec, facts))
+        return list(plan.make_plan(spec, model, facts).warnings)
+
+    (warning,) = planned(pb.RECIPE_PLAIN)
+    assert warning.startswith("no mask update falls on the schedule's end step 169 (masks every 100 steps from step 0)")
+    assert planned(pb.RECIPE_KEEP_ACCURACY) == []  # it aligns its end step with its updates
