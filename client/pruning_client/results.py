@@ -13,7 +13,7 @@ from google.protobuf.message import Message
 
 from pruning.v1 import pruning_pb2 as pb
 
-from .specs import REPORT_FORMATS, exports
+from .specs import REPORT_FORMATS, budget_text, exports
 
 __all__ = [
     "JobPlan",
@@ -471,6 +471,11 @@ class JobPlan:
             ("pruning schedule", self._schedule_line()),
             *([("structured", self._structured_line())] if self.spec.pruning.HasField("structured") else []),
             ("keras version", versions),
+            *(
+                [("accuracy budget", budget_text(self.spec.budget) + ": a search (see the estimate)")]
+                if self.spec.budget.WhichOneof("limit")
+                else []
+            ),
             ("estimate", f"{self.estimated_seconds:.0f} s ({self.estimate_basis})"),
             *(("warning", w) for w in self.warnings),
         ]

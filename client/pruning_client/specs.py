@@ -284,3 +284,18 @@ def job_spec(
     if budget is not None:
         spec.budget.CopyFrom(budget)
     return spec
+
+
+def budget_text(budget: pb.AccuracyBudget) -> str:
+    """An accuracy budget in words ("" for none).
+
+    Example:
+        >>> budget_text(accuracy_budget(max_loss_pp=0.5))
+        'at most 0.5 pp of test accuracy lost against the baseline'
+    """
+    which = budget.WhichOneof("limit")
+    if which == "max_loss_pp":
+        return f"at most {budget.max_loss_pp:g} pp of test accuracy lost against the baseline"
+    if which == "max_relative_loss_percent":
+        return f"at most {budget.max_relative_loss_percent:g}% of the baseline's test accuracy lost"
+    return ""

@@ -20,7 +20,7 @@ from pruning.v1 import pruning_pb2 as pb
 from .exceptions import JobCancelled, JobFailed, PruningError, rpc_errors
 from .job import TERMINAL
 from .results import plural
-from .specs import accuracy_budget
+from .specs import accuracy_budget, budget_text
 
 if TYPE_CHECKING:
     from .client import Client
@@ -184,21 +184,6 @@ def has_budget(sweep: pb.Sweep) -> bool:
     """Whether the sweep has an accuracy budget. Without one, ``Trial.within_budget`` is true
     of every trial that succeeded and means nothing."""
     return sweep.spec.budget.WhichOneof("limit") is not None
-
-
-def budget_text(budget: pb.AccuracyBudget) -> str:
-    """An accuracy budget in words ("" for none).
-
-    Example:
-        >>> budget_text(accuracy_budget(max_loss_pp=0.5))
-        'at most 0.5 pp of test accuracy lost against the baseline'
-    """
-    which = budget.WhichOneof("limit")
-    if which == "max_loss_pp":
-        return f"at most {budget.max_loss_pp:g} pp of test accuracy lost against the baseline"
-    if which == "max_relative_loss_percent":
-        return f"at most {budget.max_relative_loss_percent:g}% of the baseline's test accuracy lost"
-    return ""
 
 
 def baseline_accuracy(sweep: pb.Sweep) -> float | None:

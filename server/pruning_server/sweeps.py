@@ -208,6 +208,12 @@ class SweepServicer(pb_grpc.SweepServiceServicer):
         checked = await self._check_template(tenant, spec, "spec")
         if request.validate_only:
             checked.spec.budget.CopyFrom(request.spec.budget)
+            checked.plan.spec.budget.CopyFrom(request.spec.budget)
+            # The plan is one trial's (at the top of the range): say what the search runs
+            checked.plan.estimate_basis += (
+                f"; one trial of the search for the budget, which runs up to {spec.max_trials} trials "
+                f"({spec.parallel_trials} at a time) over sparsities {spec.search_low:g} to {spec.search_high:g}"
+            )
             return checked
         job = pb.Job(id=new_job_id(), spec=job_spec, labels=request.labels, search_sweep_id=sweeps.new_sweep_id())
         job, created = await self.jobs.record(tenant, job, request)

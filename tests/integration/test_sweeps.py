@@ -233,6 +233,9 @@ def _budget_job(mnist: pb.JobSpec, **budget: float) -> pb.JobSpec:
 def test_a_job_with_a_budget_ends_with_the_highest_sparsity_that_keeps_it(
     client_module, server, mnist, worker, second_worker, tmp_path
 ):
+    planned = client_module.validate(_budget_job(mnist, max_loss_pp=1.0))  # the dry run says it is a search
+    assert "one trial of the search for the budget, which runs up to 8 trials" in planned.estimate_basis
+    assert dict(planned.summary_lines())["accuracy budget"].startswith("at most 1 pp of test accuracy lost")
     job = client_module.submit(_budget_job(mnist, max_loss_pp=1.0), idempotency_key="budget-job-1")
     again = client_module.submit(_budget_job(mnist, max_loss_pp=1.0), idempotency_key="budget-job-1")
     assert again.id == job.id  # a retry starts no second search
