@@ -575,7 +575,14 @@ class PruningService(pb_grpc.PruningServiceServicer):
         if violations:
             raise Invalid(violations)
         if request.validate_only:
-            return pb.Job(spec=spec, labels=request.labels, plan=plan.make_plan(spec, model.info, facts))
+            planned = plan.make_plan(spec, model.info, facts)
+            limit = self.settings.job_time_limit_s
+            if limit and planned.estimated_seconds > limit:
+                planned.warnings.append(
+                    f"the estimate ({planned.estimated_seconds:.0f} s) is over this service's time limit for a job "
+                    f"({limit:g} s, PRUNING_JOB_TIME_LIMIT_S): it may fail with DEADLINE_EXCEEDED"
+                )
+            return pb.Job(spec=spec, labels=request.labels, plan=planned)
         job, created = await self.record(
             tenant,
             pb.Job(id=new_job_id(), spec=spec, labels=request.labels, sweep_id=sweep_id),

@@ -21,7 +21,10 @@ def test_job_time_limit(env, files, tmp_path):
         with Client(server.target) as client:
             model = client.upload_model(files["keras"])
             big = client.upload_dataset(files["big_data"])
-            slow = client.submit(job_spec(model.id, dataset=big.id, epochs=200, batch_size=16))
+            spec = job_spec(model.id, dataset=big.id, epochs=200, batch_size=16)
+            (warning,) = client.validate(spec).warnings  # the dry run says so first
+            assert "is over this service's time limit for a job (20 s" in warning
+            slow = client.submit(spec)
             with pytest.raises(JobFailed) as error:
                 slow.result(timeout=120)
             assert error.value.job_code == grpc.StatusCode.DEADLINE_EXCEEDED.value[0]
@@ -35,9 +38,9 @@ def test_job_time_limit(env, files, tmp_path):
             markdown, _ = job_report(client.get_job(job.id))
             assert f"| test accuracy | {kept.baseline.accuracy:.4f} | n/a |" in markdown
             small = client.upload_dataset(files["data"])
-            quick = client.submit(
-                job_spec(model.id, dataset=small.id, epochs=1, schedule=constant_sparsity(0.5, frequency=5))
-            )
+            quick_spec = job_spec(model.id, dataset=small.id, epochs=1, schedule=constant_sparsity(0.5, frequency=5))
+            assert client.validate(quick_spec).warnings == []  # within it
+            quick = client.submit(quick_spec)
             assert quick.result(timeout=120).pruned_kernel_sparsity > 0.4
     finally:
         stop_worker(worker)
