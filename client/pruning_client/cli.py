@@ -873,6 +873,7 @@ def _spec(
     recipe: str = "keep_accuracy",
     early_stopping_patience: int | None = None,
     sensitivity_scan: bool = False,
+    report: bool = True,
 ) -> pb.JobSpec:
     if schedule == "none" and structured_ratio is None and not layer_ratio:
         raise click.UsageError("--schedule none (structured pruning only) needs --structured-ratio or --layer-ratio")
@@ -910,6 +911,7 @@ def _spec(
         recipe=recipe,
         early_stopping_patience=early_stopping_patience,
         sensitivity_scan=sensitivity_scan,
+        report=None if report else False,
         structured=None
         if structured_ratio is None and not layer_ratio
         else structured_spec(
@@ -1006,6 +1008,11 @@ _SPEC_OPTIONS = [
         is_flag=True,
         default=False,
         help="Split the target over the layers from a quick per-layer sensitivity scan on the worker.",
+    ),
+    _option(
+        "--report/--no-report",
+        default=True,
+        help="Measure latency and write TensorBoard logs and plots after the exports (--no-report: faster).",
     ),
     _option(
         "--early-stopping-patience",

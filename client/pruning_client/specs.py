@@ -213,6 +213,8 @@ def job_spec(
     distillation: bool | None = None,
     sensitivity_scan: bool = False,
     budget: pb.AccuracyBudget | None = None,
+    report: bool | None = None,
+    latency_repeats: int = 0,
 ) -> pb.JobSpec:
     """A JobSpec. ``dataset`` is a built-in name ("mnist") or an uploaded dataset's id.
 
@@ -234,7 +236,9 @@ def job_spec(
     pruning to the schedule's: the server runs a search sweep and the job ends with the result
     of the trial it picked. ``output_losses`` gives a model of several outputs a loss per output
     name (say ``{"class": "sparse_categorical_crossentropy_from_logits", "box":
-    "mean_squared_error"}``); the outputs it does not name take ``loss``.
+    "mean_squared_error"}``); the outputs it does not name take ``loss``. ``report=False``
+    skips the report (latency, TensorBoard logs, plots; None = the server's default, on);
+    ``latency_repeats`` sets its timed runs per latency figure (0 = 10).
 
     Example:
         >>> spec = job_spec("ab" * 32, schedule=polynomial_decay(0.5, 0.8), validation_split=0.0)
@@ -283,6 +287,9 @@ def job_spec(
     spec.pruning.sensitivity_scan = sensitivity_scan
     if budget is not None:
         spec.budget.CopyFrom(budget)
+    if report is not None:
+        spec.report.enabled = report
+    spec.report.latency_repeats = latency_repeats
     return spec
 
 

@@ -374,3 +374,22 @@ def test_help_lists_every_exit_code(capsys: pytest.CaptureFixture[str]) -> None:
     assert run(["--help"]) == 0
     out = " ".join(capsys.readouterr().out.split())
     assert "11 integrity error, 130 interrupted (Ctrl-C), 1 anything else" in out
+
+
+@pytest.mark.parametrize(("args", "enabled"), [([], None), (["--no-report"], False), (["--report"], None)])
+def test_submit_turns_the_report_off_with_no_report(
+    monkeypatch: pytest.MonkeyPatch, args: list[str], enabled: bool | None
+) -> None:
+    SubmittingClient.sent = []
+    monkeypatch.setattr(cli_module, "Client", SubmittingClient)
+    assert run(["submit", "--model", "a" * 64, *args]) == 0
+    (spec,) = SubmittingClient.sent
+    assert (spec.report.enabled if spec.report.HasField("enabled") else None) == enabled  # unset: the server's on
+
+
+def test_job_spec_sets_the_report():
+    from pruning_client import job_spec
+
+    assert not job_spec("a" * 64).report.HasField("enabled")
+    spec = job_spec("a" * 64, report=False, latency_repeats=3)
+    assert spec.report.HasField("enabled") and not spec.report.enabled and spec.report.latency_repeats == 3
