@@ -194,7 +194,9 @@ class PruneResult:
         return out
 
     def _repr_html_(self) -> str:
-        """A table for notebooks: baseline against pruned, then one row per layer."""
+        """Tables for notebooks, as the CLI prints the result: baseline against pruned, the
+        figures (the TFLite exports' own accuracy, the recipe as run), the measured latency,
+        then one row per layer."""
         rows = [
             ("test accuracy", figure(self.baseline_accuracy), figure(self.pruned_accuracy)),
             ("test loss", figure(self.baseline_loss), figure(self.pruned_loss)),
@@ -208,8 +210,14 @@ class PruneResult:
             ("sparsity of all parameters", f"{self.overall_sparsity:.4f}"),
             ("non-zero parameters", f"{self.nonzero_params:,} of {self.total_params:,}"),
             ("fine-tuning", f"{self.fine_tune_seconds:.1f} s on {self.device}"),
+            *self.export_accuracy_lines(),
+            *([("recipe", recipe_text(self.raw.recipe))] if self.raw.HasField("recipe") else []),
             *self.conversion_lines(),
             *self.structured_lines(),
+        ]
+        latency = [
+            (x.runtime, x.device, str(x.batch_size), f"{x.before_ms:.3f}", f"{x.after_ms:.3f}", speed_up(x))
+            for x in self.raw.latency
         ]
         layers = [
             (x.name, x.type, "yes" if x.pruned else "no", f"{x.weights:,}", f"{x.nonzero:,}", f"{x.sparsity:.4f}")
@@ -219,6 +227,11 @@ class PruneResult:
             [
                 _table(("", "baseline", "pruned"), rows),
                 _table(("", ""), summary),
+                *(
+                    [_table(("latency (median ms)", "device", "batch", "baseline", "pruned", "speed-up"), latency)]
+                    if latency
+                    else []
+                ),
                 _table(("layer", "type", "pruned", "weights", "non-zero", "sparsity"), layers),
             ]
         )
@@ -441,9 +454,18 @@ class JobPlan:
         )
 
     def _schedule_line(self) -> str:
-        if not self.spec.pruning.HasField("schedule"):
+        schedule = self.spec.pruning.schedule
+        which = schedule.WhichOneof("schedule")
+        if which is None:
             return "none (structured pruning only)"
-        return f"steps {self.schedule_begin_step:,} to {self.schedule_end_step:,}"
+        steps = f"steps {self.schedule_begin_step:,} to {self.schedule_end_step:,}"
+        if which == "polynomial_decay":
+            s = schedule.polynomial_decay
+            line, every = f"polynomial decay {s.initial_sparsity:g} -> {s.final_sparsity:g}, {steps}", s.frequency
+        else:
+            c = schedule.constant_sparsity
+            line, every = f"constant {c.target_sparsity:g}, {steps}", c.frequency
+        return line + (f", masks every {every} steps" if every else "")
 
     def _structured_line(self) -> str:
         s = self.spec.pruning.structured
@@ -453,6 +475,10 @@ class JobPlan:
             .lower()
         )
         line = f"channel ratio {s.ratio:g}, importance {criterion}"
+        if s.round_to > 1:
+            line += f", widths rounded to {s.round_to}"
+        if s.min_channels > 1:
+            line += f", at least {s.min_channels} channels a layer"
         if s.layer_ratios:
             line += ", " + ", ".join(f"{k} {v:g}" for k, v in sorted(s.layer_ratios.items()))
         return line + " (the worker finds the channel groups)"

@@ -151,3 +151,15 @@ def test_a_trial_line_gives_its_tflite_latency_when_measured() -> None:
     assert "TFLite" not in _trial_line(done, False)
     done.tflite_latency_ms = 0.0421
     assert "gzip 1,000 bytes, TFLite 0.042 ms" in _trial_line(done, False)
+
+
+def test_the_notebook_view_of_a_result_shows_what_the_cli_prints() -> None:
+    result = pb.PruneResult(device="CPU")
+    result.pruned.accuracy = 0.9208
+    result.export_accuracy.add(format="tflite", accuracy=0.9208, samples=10_000)
+    result.recipe.CopyFrom(pb.RecipeResult(name="keep_accuracy", learning_rate=0.002, epochs_run=2, best_epoch=2))
+    result.latency.add(runtime="tflite", device="CPU", batch_size=1, before_ms=0.05, after_ms=0.02, repeats=10)
+    page = PruneResult.from_proto(result)._repr_html_()
+    assert "tflite export" in page and "10,000 samples" in page  # the file's own accuracy
+    assert "<td>recipe</td>" in page and "keep_accuracy" in page
+    assert "<th>latency (median ms)</th>" in page and "<td>0.050</td>" in page and "2.50x" in page

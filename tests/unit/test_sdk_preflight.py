@@ -171,7 +171,7 @@ def test_format_plan() -> None:
     assert "nothing was submitted" in text.splitlines()[0]
     assert "samples:          54,000 train, 6,000 validation, 10,000 test" in text
     assert "steps:            422 per epoch, 844 in all" in text
-    assert "pruning schedule: steps 0 to 844" in text
+    assert "pruning schedule: polynomial decay 0.5 -> 0.8, steps 0 to 844" in text
     assert "keras version:    2 (exports: 3)" in text
     assert "estimate:         42 s (heuristic: a guess)" in text
     rows = {line.split()[0]: line.split() for line in text.splitlines() if line.strip()}
