@@ -60,15 +60,21 @@ MAX_OUTPUT_LOSSES = 64
 
 
 def logits_warning(output: str, activation: str, loss: str) -> str | None:
-    """The warning for an output ending in ``activation`` under ``loss``, or None: a loss
+    """The warning for an output ending in ``activation`` under ``loss``, or None. A loss
     ``*_from_logits`` on probabilities (a softmax or sigmoid) trains as if they were logits,
-    slowly and badly, and nothing fails."""
-    if activation not in ("softmax", "sigmoid") or not loss.endswith("_from_logits"):
-        return None
-    return (
-        f"output {output!r} ends in {activation}, but its loss {loss} takes logits: it trains on "
-        f"probabilities as if they were logits; give the loss {loss.removesuffix('_from_logits')}"
-    )
+    slowly and badly; a cross-entropy taking probabilities on logits (no activation) clips or
+    normalises them into nonsense. Nothing fails either way."""
+    if activation in ("softmax", "sigmoid") and loss.endswith("_from_logits"):
+        return (
+            f"output {output!r} ends in {activation}, but its loss {loss} takes logits: it trains on "
+            f"probabilities as if they were logits; give the loss {loss.removesuffix('_from_logits')}"
+        )
+    if activation == "linear" and loss.endswith("crossentropy") and f"{loss}_from_logits" in LOSSES:
+        return (
+            f"output {output!r} ends in no activation (logits), but its loss {loss} takes probabilities: it "
+            f"trains on logits as if they were probabilities; give the loss {loss}_from_logits"
+        )
+    return None
 
 
 def output_loss(t: pb.TrainingSpec, output: str) -> str:

@@ -54,6 +54,18 @@ def test_outputs_that_end_in_probabilities_are_named():
             layers.Softmax(name="probs")(layers.Dense(2)(h)),
         ],
     )
-    assert inputs.probability_outputs(model) == {"cls": "softmax", "flag": "sigmoid", "probs": "softmax"}
+    found = inputs.output_activations(model)
+    assert found == {"cls": "softmax", "flag": "sigmoid", "logits": "linear", "probs": "softmax"}
     keyed = tf_keras.Model(x, {"a": layers.Dense(2, activation="softmax")(h), "b": layers.Dense(2)(h)})
-    assert inputs.probability_outputs(keyed) == {"a": "softmax"}
+    assert inputs.output_activations(keyed) == {"a": "softmax", "b": "linear"}
+
+
+def test_logits_under_a_loss_taking_probabilities_are_warned_of_too():
+    from pruning_core.validation import logits_warning
+
+    said = logits_warning("logits", "linear", "sparse_categorical_crossentropy")
+    assert said is not None and said.endswith("give the loss sparse_categorical_crossentropy_from_logits")
+    assert logits_warning("logits", "linear", "sparse_categorical_crossentropy_from_logits") is None  # right
+    assert logits_warning("box", "linear", "mean_squared_error") is None  # a regression takes values
+    assert logits_warning("cls", "softmax", "sparse_categorical_crossentropy") is None  # right
+    assert logits_warning("h", "relu", "sparse_categorical_crossentropy") is None  # neither: no claim

@@ -115,10 +115,11 @@ def _check_inputs(model: Any, name: str, x: Data) -> None:
         raise JobInputError(f"dataset: {name} samples have shape {list(x.shape[1:])}, the model expects {expected}")
 
 
-def probability_outputs(model: Any) -> dict[str, str]:
-    """The outputs (by the names their losses go by) that end in a softmax or a sigmoid, with
-    which: a loss ``*_from_logits`` on one of them trains on probabilities as if they were
-    logits (it still learns, slowly and badly, and nothing fails)."""
+def output_activations(model: Any) -> dict[str, str]:
+    """The last activation of each output (by the names their losses go by) where its layer
+    says: "softmax", "sigmoid", "linear" (logits), ... A loss ``*_from_logits`` on
+    probabilities, or one taking probabilities on logits, trains badly and fails nothing
+    (see :func:`pruning_core.validation.logits_warning`)."""
     keys = output_keys(model)
     if keys is not None:
         tensors = [(key, model._nested_outputs[key]) for key in keys]
@@ -131,8 +132,8 @@ def probability_outputs(model: Any) -> dict[str, str]:
             continue
         if type(layer).__name__ == "Softmax":
             out[name] = "softmax"
-        elif getattr(getattr(layer, "activation", None), "__name__", "") in ("softmax", "sigmoid"):
-            out[name] = layer.activation.__name__
+        elif activation := getattr(getattr(layer, "activation", None), "__name__", ""):
+            out[name] = activation
     return out
 
 

@@ -25,7 +25,7 @@ from .callbacks import HistoryCallback, ProgressCallback, Reporter, early_stoppi
 from .errors import Cancelled, OutcomeError
 from .evaluate import evaluate
 from .export import KERAS_FILES, as_keras3, export, load_export
-from .inputs import Inputs, by_output, check, check_split, head, length, probability_outputs
+from .inputs import Inputs, by_output, check, check_split, head, length, output_activations
 from .losses import JobLoss
 from .measure import device_name
 from .structured import step
@@ -64,7 +64,7 @@ def run(
         keras.utils.set_random_seed(t.seed)
     job_loss = JobLoss.of(model, t)  # one loss, or one per output
     loss = job_loss.keras_loss()
-    for output, activation in probability_outputs(model).items():
+    for output, activation in output_activations(model).items():
         if warning := validation.logits_warning(output, activation, validation.output_loss(t, output) or defaults.LOSS):
             reporter.log(warning, level="WARNING")
 

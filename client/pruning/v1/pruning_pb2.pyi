@@ -1913,7 +1913,8 @@ class JobPlan(_message.Message):
     @_builtins.property
     def warnings(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """What the job would warn of as it runs, or fail of: an output ending in a softmax or
-        sigmoid under a loss that takes logits (from the model's configuration), a schedule with
+        sigmoid under a loss that takes logits, or in no activation under a cross-entropy that
+        takes probabilities (from the model's configuration), a schedule with
         no mask update on its end step, an estimate over the service's time limit for a job.
         """
 
