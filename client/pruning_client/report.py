@@ -234,7 +234,7 @@ def _outcome(job: pb.Job) -> str:
     if r.device:
         ran.append(f"on {r.device}")
     said = [" ".join(ran)] if ran else []
-    if not r.history and job.state != pb.JOB_STATE_SUCCEEDED and p.total_steps:  # (a failed job keeps its device)
+    if job.state != pb.JOB_STATE_SUCCEEDED and p.total_steps and p.step < p.total_steps:
         said.append(f"stopped at step {p.step:,} of {p.total_steps:,}" + (f" ({p.phase})" if p.phase else ""))
     return "; ".join([text, *said])
 

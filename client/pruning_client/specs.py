@@ -289,7 +289,8 @@ def job_spec(
         spec.budget.CopyFrom(budget)
     if report is not None:
         spec.report.enabled = report
-    spec.report.latency_repeats = latency_repeats
+    if latency_repeats:  # else no report message: the same bytes as before, for idempotency keys
+        spec.report.latency_repeats = latency_repeats
     return spec
 
 

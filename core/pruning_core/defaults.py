@@ -11,6 +11,7 @@ LOSS = "sparse_categorical_crossentropy_from_logits"
 VALIDATION_SPLIT = 0.1  # when the optional field is unset; an explicit 0 means no validation
 FREQUENCY = 100
 POWER = 3.0
+SPARSITY_TOLERANCE = 0.01  # a job whose kernels end further than this from the target fails
 BLOCK_SIZE = (1, 1)
 DATASET = "mnist"
 # Structured pruning.

@@ -69,12 +69,12 @@ class Stack:
     ) -> Stack:
         """Starts the stack; with ``log_path`` the children's output goes there, not here."""
         settings = Settings()
-        _port_free(listen or settings.listen)  # before anything starts (a worker imports TensorFlow)
         env = dict(os.environ)
         state = settings.state_dir.resolve()
         state.mkdir(parents=True, exist_ok=True)
         env["PRUNING_STATE_DIR"] = str(state)
-        _stop_leftovers(state)
+        _stop_leftovers(state)  # a killed `pruning up`'s server may hold the port: stopped first
+        _port_free(listen or settings.listen)  # before anything starts (a worker imports TensorFlow)
         socket = None
         if not os.environ.get("PRUNING_REDIS_URL"):
             # Named before Redis runs: the worker starts first and imports TensorFlow (seconds)
@@ -187,16 +187,20 @@ def _port_free(listen: str) -> None:
     if not port.isdigit() or int(port) == 0:
         return
     try:
-        family, kind, proto, _, address = socket.getaddrinfo(
+        found = socket.getaddrinfo(
             host.strip("[]") or None, int(port), type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-        )[0]
-        with socket.socket(family, kind, proto) as probe:
-            # As gRPC binds: a port left in TIME_WAIT is free, one something listens on is not
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            probe.bind(address)
-    except OSError as exc:
-        if exc.errno == errno.EADDRINUSE:
-            raise AddressTaken(listen) from None
+        )
+    except OSError:
+        return
+    for family, kind, proto, _, address in found:  # localhost: ::1 and 127.0.0.1, the server binds both
+        try:
+            with socket.socket(family, kind, proto) as probe:
+                # As gRPC binds: a port left in TIME_WAIT is free, one something listens on is not
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                probe.bind(address)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise AddressTaken(listen) from None
 
 
 def _socket_path(directory: pathlib.Path) -> pathlib.Path:
@@ -398,7 +402,11 @@ def main(listen: str | None = None) -> int:
     return 1 if failed else 0
 
 
-@click.command("up", help="Run Redis (embedded unless PRUNING_REDIS_URL is set), the server and a worker here.")
+@click.command(
+    "up",
+    help="Run Redis (embedded unless PRUNING_REDIS_URL is set), the server and a worker here. Exits as the "
+    "server does: 2 for a wrong setting, 3 when its port is taken, 1 when a part of it stopped.",
+)
 @click.option(
     "--listen", default=None, show_default="PRUNING_LISTEN or 127.0.0.1:50051", help="host:port for the server"
 )

@@ -36,7 +36,12 @@ class JobMetricsCollector(Collector):
         store_up = GaugeMetricFamily(
             "pruning_artifact_store_up", "1 when the artifact store answered this scrape (S3: a HEAD within 3 s)"
         )
-        store_up.add_metric([], 1 if self.artifacts.answers() else 0)
+        try:
+            answers = self.artifacts.answers()
+        except Exception:
+            log.warning("metrics: the artifact store probe failed", exc_info=True)
+            answers = False
+        store_up.add_metric([], 1 if answers else 0)
         yield store_up
         up = GaugeMetricFamily("pruning_redis_up", "1 when the job store answered this scrape")
         try:

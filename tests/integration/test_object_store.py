@@ -631,6 +631,13 @@ def test_the_metrics_say_whether_the_artifact_store_answers(seaweed, s3_env, tmp
         found = [m for m in collector.collect() if m.name == "pruning_artifact_store_up"]
         return found[0].samples[0].value
 
+    missing = JobMetricsCollector(
+        settings_for({**s3_env, "PRUNING_S3_BUCKET": "no-such-bucket"}, state_dir=str(tmp_path / "other"))
+    )
+    try:
+        assert next(m for m in missing.collect() if m.name == "pruning_artifact_store_up").samples[0].value == 0
+    finally:
+        missing.close()
     try:
         assert up() == 1
         seaweed.process.send_signal(signal.SIGSTOP)

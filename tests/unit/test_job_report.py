@@ -91,6 +91,9 @@ def test_a_failed_job_report_shows_what_it_measured_and_where_it_stopped():
     assert "failed: ran past its time limit; on CPU; stopped at step 422 of 844 (fine_tune)" in markdown
     assert "| test accuracy | 0.9812 | n/a |" in markdown
     assert "| pruned kernel sparsity |  | n/a |" in markdown  # never measured: not 0.0000
+    job.result.history.add(epoch=1, loss=0.2)  # an epoch ran whole before it stopped: still said where
+    markdown, _ = job_report(job)
+    assert "failed: ran past its time limit; 1 epoch on CPU; stopped at step 422 of 844 (fine_tune)" in markdown
     job.result.pruned.accuracy = 0.97  # failed in its exports: evaluated, its sparsity still unmeasured
     markdown, _ = job_report(job)
     assert "| test accuracy | 0.9812 | 0.9700 |" in markdown and "| pruned kernel sparsity |  | n/a |" in markdown

@@ -210,7 +210,7 @@ def learning_rate(optimizer: Any) -> float:
     return float(keras.backend.get_value(rate))
 
 
-SPARSITY_TOLERANCE = 0.01
+SPARSITY_TOLERANCE = defaults.SPARSITY_TOLERANCE
 
 
 def final_step(p: pb.PruningSpec) -> int:
