@@ -153,6 +153,21 @@ class SeaweedFS:
             raise
         return [entry["FullPath"] for entry in listing.get("Entries") or []]
 
+    def pause(self, timeout_s: float = 10.0) -> None:
+        """SIGSTOP, and wait until the kernel shows the process stopped (on a loaded machine a
+        request sent at once could still be answered): it accepts connections and answers nothing."""
+        import psutil
+
+        self.process.send_signal(signal.SIGSTOP)
+        deadline = time.monotonic() + timeout_s
+        while psutil.Process(self.process.pid).status() != psutil.STATUS_STOPPED:
+            if time.monotonic() > deadline:
+                raise RuntimeError("SeaweedFS did not stop on SIGSTOP")
+            time.sleep(0.01)
+
+    def resume(self) -> None:
+        self.process.send_signal(signal.SIGCONT)
+
     def stop(self) -> None:
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)

@@ -573,7 +573,6 @@ def test_a_store_that_stops_answering_fails_a_call_within_its_timeout_and_retrie
     """A paused S3 (it accepts connections and never answers) held each call for 5 min; now a
     request is given PRUNING_S3_TIMEOUT_S and sent again PRUNING_S3_MAX_RETRIES times, then the
     call fails with an error the server answers UNAVAILABLE and a worker retries later."""
-    import signal
 
     from pruning_core.objectstore import open_store, unavailable_errors
 
@@ -581,14 +580,14 @@ def test_a_store_that_stops_answering_fails_a_call_within_its_timeout_and_retrie
     store = open_store(settings_for(env, state_dir=str(tmp_path / "state")))
     artifact_id = hashlib.sha256(b"never uploaded").hexdigest()
     assert not store.exists(artifact_id)  # answering
-    seaweed.process.send_signal(signal.SIGSTOP)
+    seaweed.pause()
     try:
         started = time.monotonic()
         with pytest.raises(unavailable_errors()):
             store.exists(artifact_id)
         took = time.monotonic() - started
     finally:
-        seaweed.process.send_signal(signal.SIGCONT)
+        seaweed.resume()
     assert 2 * 1.5 <= took < 10, took  # two tries of 1.5 s (and a backoff), not minutes
     assert not store.exists(artifact_id)  # answering again
 
@@ -621,7 +620,6 @@ def test_a_download_read_slower_than_the_s3_timeout_is_not_cut(seaweed, s3_env, 
 def test_the_metrics_say_whether_the_artifact_store_answers(seaweed, s3_env, tmp_path):
     """pruning_artifact_store_up: 1 while the bucket answers, 0 within the scrape's 3 s when it
     stops (paused), 1 again after."""
-    import signal
 
     from pruning_server.telemetry import JobMetricsCollector
 
@@ -640,13 +638,13 @@ def test_the_metrics_say_whether_the_artifact_store_answers(seaweed, s3_env, tmp
         missing.close()
     try:
         assert up() == 1
-        seaweed.process.send_signal(signal.SIGSTOP)
+        seaweed.pause()
         try:
             started = time.monotonic()
             assert up() == 0
             assert time.monotonic() - started < 8
         finally:
-            seaweed.process.send_signal(signal.SIGCONT)
+            seaweed.resume()
         assert up() == 1
     finally:
         collector.close()
