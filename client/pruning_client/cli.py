@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import IO, TYPE_CHECKING, Any, Protocol, TypeVar
 
 import click
+import grpc
 from click.core import ParameterSource
 from google.protobuf import json_format
 from google.protobuf.message import Message
@@ -698,8 +699,12 @@ class PruningGroup(click.Group):
         try:
             return super().invoke(ctx)
         except PruningError as error:
+            opts = _globals(ctx)
+            if error.code == grpc.StatusCode.DEADLINE_EXCEEDED and error.details == "Deadline Exceeded":
+                # gRPC's bare word: nothing answered (a refused connection is retried until then)
+                error.message += f" (no answer from {opts.target} within {opts.timeout:g} s: is the server up there?)"
             try:
-                _report(error, json_output=_globals(ctx).json, stream=ctx.meta.get(_EVENTS_ON_STDOUT, False))
+                _report(error, json_output=opts.json, stream=ctx.meta.get(_EVENTS_ON_STDOUT, False))
             except BrokenPipeError:
                 _silence_stdout()
             ctx.exit(error.exit_code)

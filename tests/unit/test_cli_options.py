@@ -393,3 +393,15 @@ def test_job_spec_sets_the_report():
     assert not job_spec("a" * 64).HasField("report")  # the same bytes as before: idempotency keys match
     spec = job_spec("a" * 64, report=False, latency_repeats=3)
     assert spec.report.HasField("enabled") and not spec.report.enabled and spec.report.latency_repeats == 3
+
+
+def test_a_call_nothing_answered_says_where_it_asked(capsys: pytest.CaptureFixture[str]) -> None:
+    """A refused connection is retried until the deadline: gRPC then says only "Deadline
+    Exceeded", which hid the cause behind a short --timeout."""
+    import socket
+
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        target = f"127.0.0.1:{probe.getsockname()[1]}"
+    assert run(["--target", target, "--timeout", "1", "list"]) == 7
+    assert f"(no answer from {target} within 1 s: is the server up there?)" in capsys.readouterr().err
