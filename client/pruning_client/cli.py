@@ -36,7 +36,7 @@ from pruning.v1 import pruning_pb2 as pb
 
 from .client import Client, _api_key_problem
 from .exceptions import JobCancelled, NotFound, PruningError
-from .job import JobHandle, _is_directory, is_terminal, named_export
+from .job import JobHandle, _is_directory, format_name, is_terminal, named_export
 from .report import job_report, sweep_report
 from .results import JobPlan, ModelSummary, PruneResult, figure, int64_as_numbers, plural, points, recipe_text, speed_up
 from .specs import (
@@ -301,13 +301,6 @@ def _same_format(artifact_format: str, wanted: str) -> bool:
         return artifact_format == wanted
 
 
-def _format_name(artifact_format: str) -> str:
-    try:
-        return export_format_name(export_format(artifact_format))
-    except ValueError:
-        return artifact_format
-
-
 def _recipe_lines(raw: pb.PruneResult) -> list[str]:
     r = raw.recipe
     if not r.name:
@@ -569,7 +562,7 @@ def _artifact_name(job_id: str, artifact: pb.Artifact, *, with_format: bool = Fa
     suffix (".keras", ".int8.tflite"), else its format name; an archive suffix gets the format
     in front (".saved_model.zip")."""
     job_id = "".join(c if c.isalnum() or c in "-_" else "_" for c in job_id)  # never a path
-    fmt = _format_name(artifact.format)
+    fmt = format_name(artifact.format)
     suffixes = [
         s
         for s in pathlib.PurePosixPath(artifact.filename).suffixes
@@ -623,7 +616,7 @@ def _select(job_id: str, result: pb.PruneResult, fmt: str | None, output: str | 
     for artifact in exports(result.artifacts):
         if _same_format(artifact.format, fmt):
             return artifact
-    have = ", ".join(_format_name(a.format) for a in exports(result.artifacts))
+    have = ", ".join(format_name(a.format) for a in exports(result.artifacts))
     raise NotFound(f"job {job_id} has no {fmt} export (it has: {have})")
 
 
@@ -747,9 +740,9 @@ def _report(error: PruningError, *, json_output: bool, stream: bool = False) -> 
         len(violations) == 1 and error.details.startswith(f"{violations[0][0]}: ") and len(error.details) <= 1000
     )
     if violations and only_joined and error.code is not None:
-        if (
-            len(violations) == 1
-        ):  # from the violation: the message is cut as a whole, the field and its description each
+        # One violation is said from itself: the message is cut as a whole, its field and its
+        # description each on their own
+        if len(violations) == 1:
             click.echo(f"error: {error.code.name}: {violations[0][0]}: {violations[0][1]}", err=True)
             return
         click.echo(f"error: {error.code.name}: {len(violations)} problems", err=True)
@@ -948,7 +941,7 @@ def _finish(client: Client, job: JobHandle, final: pb.Job, download: pathlib.Pat
     }
     text = format_table(result)
     for artifact, path in zip(final.result.artifacts, paths, strict=False):
-        text += f"\npruned model ({_format_name(artifact.format)}): {path}"
+        text += f"\npruned model ({format_name(artifact.format)}): {path}"
     _emit(data, text)
 
 

@@ -117,11 +117,13 @@ _FORMAT_SUFFIXES = (
 )
 
 
-def _format_name(artifact: pb.Artifact) -> str:
+def format_name(artifact_format: str) -> str:
+    """An artifact's format as export format names go ("saved_model" for "saved_model.zip"), or
+    as it is when it names none (a report file's)."""
     try:
-        return export_format_name(export_format(artifact.format))
+        return export_format_name(export_format(artifact_format))
     except ValueError:
-        return artifact.format
+        return artifact_format
 
 
 def named_export(job_id: str, artifacts: Sequence[pb.Artifact], dest: os.PathLike[str] | str) -> pb.Artifact | None:
@@ -136,7 +138,7 @@ def named_export(job_id: str, artifacts: Sequence[pb.Artifact], dest: os.PathLik
     for artifact in exports(artifacts):
         if _same_format(artifact, wanted):
             return artifact
-    have = ", ".join(_format_name(a) for a in exports(artifacts)) or "none"
+    have = ", ".join(format_name(a.format) for a in exports(artifacts)) or "none"
     raise ValueError(
         f"{pathlib.PurePath(dest).name} names a {suffix} file, but job {job_id} has no {export_format_name(wanted)} "
         f"export (it has: {have}); name the file for one of them, or ask for a format"

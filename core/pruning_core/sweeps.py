@@ -376,13 +376,15 @@ class SweepNotFound(KeyError):
     pass
 
 
-# KEYS: idempotency key, sweep record, tenant index, active set. ARGV: "<id> <fingerprint>", the
-# key's TTL, tenant, the serialized sweep, queue, now, id. Returns the key's value when it was
-# already taken (nothing written), else nil.
+# KEYS: idempotency key ('' for none), sweep record, tenant index, active set. ARGV:
+# "<id> <fingerprint>", the key's TTL, tenant, the serialized sweep, queue, now, id. Returns
+# the key's value when it was already taken (nothing written), else nil.
 _CREATE_SWEEP = """
-local held = redis.call('GET', KEYS[1])
-if held then return held end
-redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+if KEYS[1] ~= '' then
+  local held = redis.call('GET', KEYS[1])
+  if held then return held end
+  redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+end
 redis.call('HSET', KEYS[2], 'tenant', ARGV[3], 'sweep', ARGV[4], 'queue', ARGV[5], 'idem', KEYS[1])
 redis.call('ZADD', KEYS[3], ARGV[6], ARGV[7])
 redis.call('SADD', KEYS[4], ARGV[7])
@@ -426,37 +428,27 @@ class SweepStore:
         """Stores a new sweep; with a known idempotency key returns that sweep instead."""
         idem = self._idempotency(tenant, idempotency_key) if idempotency_key else ""
         sweep.version = 1
-        if idem:
-            # The key and the record in one script: a retry (the SDK sends CreateSweep again
-            # after UNAVAILABLE) never finds a key without its sweep
-            held = await self._create(
-                keys=[idem, self._key(sweep.id), self._tenant_index(tenant), self.active_key],
-                args=[
-                    f"{sweep.id} {fingerprint}",
-                    IDEMPOTENCY_TTL_S,
-                    tenant,
-                    sweep.SerializeToString(),
-                    queue,
-                    time.time(),
-                    sweep.id,
-                ],
-            )
-            if held is None:
-                return sweep, True
-            existing = held.decode().split(" ", 1)
-            found = await self.get(tenant, existing[0])
-            if existing[1] != fingerprint:
-                raise ValueError(f"idempotency_key was used for a different request (sweep {found.id})")
-            return found, False
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hset(
-                self._key(sweep.id),
-                mapping={"tenant": tenant, "sweep": sweep.SerializeToString(), "queue": queue, "idem": idem},
-            )
-            pipe.zadd(self._tenant_index(tenant), {sweep.id: time.time()})
-            pipe.sadd(self.active_key, sweep.id)
-            await pipe.execute()
-        return sweep, True
+        # The key and the record in one script: a retry (the SDK sends CreateSweep again after
+        # UNAVAILABLE) never finds a key without its sweep
+        held = await self._create(
+            keys=[idem, self._key(sweep.id), self._tenant_index(tenant), self.active_key],
+            args=[
+                f"{sweep.id} {fingerprint}",
+                IDEMPOTENCY_TTL_S,
+                tenant,
+                sweep.SerializeToString(),
+                queue,
+                time.time(),
+                sweep.id,
+            ],
+        )
+        if held is None:
+            return sweep, True
+        existing = held.decode().split(" ", 1)
+        found = await self.get(tenant, existing[0])
+        if existing[1] != fingerprint:
+            raise ValueError(f"idempotency_key was used for a different request (sweep {found.id})")
+        return found, False
 
     async def get(self, tenant: str | None, sweep_id: str) -> pb.Sweep:
         raw = await self.redis.hgetall(self._key(sweep_id))

@@ -34,7 +34,8 @@ class JobMetricsCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         store_up = GaugeMetricFamily(
-            "pruning_artifact_store_up", "1 when the artifact store answered this scrape (S3: a HEAD within 3 s)"
+            "pruning_artifact_store_up",
+            "1 when the artifact store answered this scrape (S3: a one-key listing within 3 s)",
         )
         try:
             answers = self.artifacts.answers()

@@ -151,12 +151,12 @@ class Reporter:
         seconds per phase), without artifacts."""
         self._measured = result
 
-    def _failed_result(self) -> pb.PruneResult | None:
+    def _kept_result(self) -> pb.PruneResult | None:
         if self._measured is None:
             return None
         kept = pb.PruneResult()
         kept.CopyFrom(self._measured)
-        del kept.artifacts[:]  # none is kept by a failed job
+        del kept.artifacts[:]  # a job that stopped keeps none (those of one cancelled as it ended are taken back)
         kept.phase_seconds.update(self.timings())
         return kept
 
@@ -177,9 +177,7 @@ class Reporter:
             if result is not None and target == pb.JOB_STATE_SUCCEEDED:
                 job.result.CopyFrom(result)
                 events.append(make_event(job.id, result=result))
-            elif (
-                target in (pb.JOB_STATE_FAILED, pb.JOB_STATE_CANCELLED) and (kept := self._failed_result()) is not None
-            ):
+            elif target in (pb.JOB_STATE_FAILED, pb.JOB_STATE_CANCELLED) and (kept := self._kept_result()) is not None:
                 job.result.CopyFrom(kept)
             err = error
             if target == pb.JOB_STATE_CANCELLED and err is None:
