@@ -345,11 +345,11 @@ def format_table(result: PruneResult) -> str:
         *_recipe_lines(result.raw),
         *_latency_lines(result.raw),
         "",
-        f"{'layer':24}{'type':16}{'pruned':>8}{'weights':>10}{'non-zero':>10}{'sparsity':>10}",
+        f"{'layer':24}{'type':16}{'pruned':>14}{'weights':>10}{'non-zero':>10}{'sparsity':>10}",
     ]
     for layer in result.layers:
         lines.append(
-            f"{layer.name:24}{layer.type:16}{'yes' if layer.pruned else 'no':>8}{layer.weights:>10,}"
+            f"{layer.name:24}{layer.type:16}{result.how_pruned(layer):>14}{layer.weights:>10,}"
             f"{layer.nonzero:>10,}{layer.sparsity:>10.4f}"
         )
     return "\n".join(lines)

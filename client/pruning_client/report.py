@@ -66,6 +66,7 @@ def job_report(job: pb.Job, files: dict[str, str] | None = None, search: pb.Swee
     (a format left out has none; a job that stored no plots says so). A job with an accuracy
     budget states it, with the trials of ``search`` (its ``search_sweep_id``) where given."""
     r, files = job.result, files or {}
+    result = PruneResult.from_proto(r)
     # A job that ended before its evaluation has its figures at their zero defaults: "n/a"
     evaluated = job.state == pb.JOB_STATE_SUCCEEDED or r.HasField("pruned")
     sections: list[tuple[str, Table | str]] = []
@@ -107,7 +108,7 @@ def job_report(job: pb.Job, files: dict[str, str] | None = None, search: pb.Swee
     )
     if r.HasField("structured"):
         st = r.structured
-        sections.append(("Structured pruning", (("", "figure"), PruneResult.from_proto(r).structured_lines())))
+        sections.append(("Structured pruning", (("", "figure"), result.structured_lines())))
         sections.append(
             (
                 "Layer widths (output channels)",
@@ -177,7 +178,7 @@ def job_report(job: pb.Job, files: dict[str, str] | None = None, search: pb.Swee
                         (
                             x.name,
                             x.type,
-                            "yes" if x.pruned else "no",
+                            result.how_pruned(x),
                             f"{x.weights:,}",
                             f"{x.nonzero:,}",
                             f"{x.sparsity:.4f}",

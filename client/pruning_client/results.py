@@ -104,6 +104,16 @@ class PruneResult:
         latency before and after); None when the job did not ask for it."""
         return self.raw.structured if self.raw.HasField("structured") else None
 
+    def how_pruned(self, layer: LayerSparsity | pb.LayerSparsity) -> str:
+        """The layer table's "pruned" word: "yes" (magnitude pruned), "channels" (output
+        channels cut by structured pruning, its kernel left dense), "yes, channels" (both) or
+        "no"."""
+        s = self.structured
+        cut = s is not None and any(x.name == layer.name and x.channels_after < x.channels_before for x in s.layers)
+        return {(True, True): "yes, channels", (True, False): "yes", (False, True): "channels"}.get(
+            (bool(layer.pruned), cut), "no"
+        )
+
     def structured_lines(self) -> list[tuple[str, str]]:
         """(label, value) rows about structured pruning; empty when it did not run."""
         s = self.structured
@@ -220,7 +230,7 @@ class PruneResult:
             for x in self.raw.latency
         ]
         layers = [
-            (x.name, x.type, "yes" if x.pruned else "no", f"{x.weights:,}", f"{x.nonzero:,}", f"{x.sparsity:.4f}")
+            (x.name, x.type, self.how_pruned(x), f"{x.weights:,}", f"{x.nonzero:,}", f"{x.sparsity:.4f}")
             for x in self.layers
         ]
         return "\n".join(

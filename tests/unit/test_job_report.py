@@ -27,6 +27,12 @@ def _structured_job() -> pb.Job:
         )
     )
     r.latency.append(pb.Latency(runtime="tflite", batch_size=1, before_ms=0.014, after_ms=0.0095, within_noise=True))
+    r.layers.extend(
+        [
+            pb.LayerSparsity(name="stem", type="Conv2D", weights=144, nonzero=144),
+            pb.LayerSparsity(name="logits", type="Dense", weights=160, nonzero=160),
+        ]
+    )
     return job
 
 
@@ -39,6 +45,16 @@ def test_a_structured_job_report_shows_what_was_cut():
     assert "no sparsity schedule (structured pruning only)" in markdown and "steps 0 to 0" not in markdown
     assert "1.47x, within noise" in markdown
     assert "Structured pruning" in html
+    # the layer table names the cut layer's pruning (it said "no": its kernel is dense)
+    assert "| stem | Conv2D | channels | 144 |" in markdown and "| logits | Dense | no | 160 |" in markdown
+
+
+def test_the_notebook_view_names_a_layer_whose_channels_were_cut():
+    from pruning_client.results import PruneResult
+
+    page = PruneResult.from_proto(_structured_job().result)._repr_html_()
+    assert "<tr><td>stem</td><td>Conv2D</td><td>channels</td>" in page
+    assert "<tr><td>logits</td><td>Dense</td><td>no</td>" in page
 
 
 def _budget_job() -> tuple[pb.Job, pb.Sweep]:
@@ -97,3 +113,15 @@ def test_a_failed_job_report_shows_what_it_measured_and_where_it_stopped():
     job.result.pruned.accuracy = 0.97  # failed in its exports: evaluated, its sparsity still unmeasured
     markdown, _ = job_report(job)
     assert "| test accuracy | 0.9812 | 0.9700 |" in markdown and "| pruned kernel sparsity |  | n/a |" in markdown
+
+
+def test_the_cli_result_table_names_a_layer_whose_channels_were_cut():
+    from pruning_client.cli import format_table
+    from pruning_client.results import PruneResult
+
+    rows = {
+        line.split()[0]: line.split()
+        for line in format_table(PruneResult.from_proto(_structured_job().result)).splitlines()
+        if line.startswith(("stem ", "logits "))
+    }
+    assert rows["stem"][2] == "channels" and rows["logits"][2] == "no"
