@@ -520,6 +520,14 @@ class AsyncClient:
     # -- downloads ---------------------------------------------------------------------------
 
     @_rpc
+    async def get_artifact(self, artifact_id: str) -> pb.Artifact:
+        """This tenant's record of an artifact: kind, format, file name, size, when stored,
+        and a model's summary. NotFound when the tenant has no such artifact."""
+        return await self.stub.GetArtifact(
+            pb.GetArtifactRequest(artifact_id=artifact_id), timeout=self.options.timeout, metadata=self._metadata
+        )
+
+    @_rpc
     async def delete_artifact(self, artifact_id: str) -> pb.Artifact:
         """Deletes this tenant's record of an artifact and returns it; the bytes go once no
         tenant's record points to them. NotFound when the tenant has no such artifact."""

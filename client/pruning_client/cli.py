@@ -21,6 +21,7 @@ import itertools
 import json
 import os
 import pathlib
+import re
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -583,6 +584,20 @@ def _destination(output: str | None, name: str, *, directory: bool = False) -> p
     return path / name if directory or _is_directory(output) else path
 
 
+def _stored_name(client: Client, artifact_id: str) -> str:
+    """The name the artifact was uploaded or exported under, as a file name here (its last
+    part, without characters a file system or shell would take for more); its id where it
+    has none that is safe or the server has no GetArtifact."""
+    try:
+        filename = client.get_artifact(artifact_id).filename
+    except PruningError as error:
+        if error.code != grpc.StatusCode.UNIMPLEMENTED:
+            raise
+        return artifact_id
+    name = "".join(c if c.isalnum() or c in "-_.+" else "_" for c in re.split(r"[\\/]", filename)[-1])
+    return name if name.strip("._") else artifact_id
+
+
 def _fetch(client: Client, artifact_id: str, dest: pathlib.Path) -> pathlib.Path:
     """Downloads an artifact to the file ``dest``. Client.download keeps the partial file
     beside it keyed by the artifact id (``<dest>.<artifact_id[:16]>.part``), so only the same
@@ -822,18 +837,32 @@ def upload(kind: str, path: pathlib.Path) -> None:
 
 
 @cli.command("inspect")
-@click.argument("model", type=click.Path(exists=True, dir_okay=False, path_type=pathlib.Path))
+@click.argument("model")
 @global_options
-def inspect(model: pathlib.Path) -> None:
+def inspect(model: str) -> None:
     """Show what the service reads from a model: Keras version, inputs, outputs, layers.
 
-    MODEL is a .keras or .h5 file; it is uploaded (content-addressed, so repeating this is
-    cheap) and the service answers with its summary without running it. For every layer: its
-    class, parameters, whether TFMOT can prune it and (Keras 3) whether the service can
-    translate it. A model the service refuses exits 2 with the reason.
+    MODEL is a .keras or .h5 file, or the artifact id of a model uploaded before. A file is
+    uploaded (content-addressed, so repeating this is cheap) and the service answers with its
+    summary without running it. For every layer: its class, parameters, whether TFMOT can
+    prune it and (Keras 3) whether the service can translate it. A model the service refuses
+    exits 2 with the reason; an id the tenant has no artifact of exits 3.
     """
+    path = pathlib.Path(model)
+    if not path.exists() and not _is_id(model):
+        raise click.BadParameter(f"no file {model!r} (and not an artifact id)", param_hint="'MODEL'")
+    if path.is_dir():
+        raise click.BadParameter(f"{model!r} is a directory, not a model file", param_hint="'MODEL'")
     with _client(_globals()) as client:
-        artifact = _upload(client, "model", model)
+        artifact = _upload(client, "model", path) if path.exists() else client.get_artifact(model)
+    if artifact.kind != pb.ARTIFACT_KIND_MODEL:
+        kind = pb.ArtifactKind.Name(artifact.kind).removeprefix("ARTIFACT_KIND_").lower()
+        hint = ": download it (pruning download ID) and inspect the file" if kind == "export" else ""
+        raise click.BadParameter(
+            f"artifact {model} is {'an' if kind[0] in 'aeiou' else 'a'} {kind} ({artifact.filename}), "
+            f"not an uploaded model{hint}",
+            param_hint="'MODEL'",
+        )
     summary = ModelSummary.from_proto(artifact.model)
     _emit({"artifact_id": artifact.id, **_dump(artifact.model, defaults=True)}, format_summary(summary, artifact.id))
 
@@ -1647,7 +1676,8 @@ def delete(artifact_id: str) -> None:
 def download(id_: str, output: str | None, fmt: str | None, all_: bool) -> None:
     """Download an artifact or a job's exports; prints the paths.
 
-    ID is an artifact id (its sha256) or a job id (waits for the job). An interrupted
+    ID is an artifact id (its sha256) or a job id (waits for the job). An artifact is saved
+    under the name it was uploaded or exported under unless -o names a file. An interrupted
     download resumes from its partial file (<file>.<artifact id prefix>.part).
     """
     if _is_id(id_) and (fmt is not None or all_):
@@ -1656,7 +1686,8 @@ def download(id_: str, output: str | None, fmt: str | None, all_: bool) -> None:
         raise click.UsageError("--format and --all exclude each other")
     with _client(_globals()) as client:
         if _is_id(id_):
-            paths = [_fetch(client, id_, _destination(output, id_))]
+            named = output is not None and not _is_directory(output)
+            paths = [_fetch(client, id_, _destination(output, id_ if named else _stored_name(client, id_)))]
         else:
             outcome = client.job(id_).result().raw  # waits; a failed or cancelled job exits 8 or 9
             artifacts = exports(outcome.artifacts) if all_ else [_select(id_, outcome, fmt, output)]

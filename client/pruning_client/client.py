@@ -54,7 +54,7 @@ _RETRY_CONFIG = json.dumps(
                 "name": [
                     *(
                         {"service": "pruning.v1.PruningService", "method": m}
-                        for m in ("CreateJob", "GetJob", "ListJobs", "CancelJob", "ListArtifacts")
+                        for m in ("CreateJob", "GetJob", "ListJobs", "CancelJob", "GetArtifact", "ListArtifacts")
                     ),
                     *(
                         {"service": "pruning.v1.SweepService", "method": m}
@@ -757,6 +757,14 @@ class Client:
         return self.sweep_stub.ListSweeps(request, timeout=self.options.timeout, metadata=self._metadata)
 
     # -- downloads ---------------------------------------------------------------------------
+
+    @_rpc
+    def get_artifact(self, artifact_id: str) -> pb.Artifact:
+        """This tenant's record of an artifact: kind, format, file name, size, when stored,
+        and a model's summary. NotFound when the tenant has no such artifact."""
+        return self.stub.GetArtifact(
+            pb.GetArtifactRequest(artifact_id=artifact_id), timeout=self.options.timeout, metadata=self._metadata
+        )
 
     @_rpc
     def delete_artifact(self, artifact_id: str) -> pb.Artifact:

@@ -472,6 +472,10 @@ class PruningService(pb_grpc.PruningServiceServicer):
         log.info("deleted the record of artifact %s for %s", record.id, tenant)
         return record.to_proto()
 
+    async def GetArtifact(self, request, context):
+        tenant = await self._tenant(context)
+        return (await self._artifact(tenant, request.artifact_id, "artifact_id")).to_proto()
+
     async def ListArtifacts(self, request, context):
         tenant = await self._tenant(context)
         if not 0 <= request.page_size <= 500:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import pathlib
 import time
 import uuid
 
@@ -13,7 +14,7 @@ import pytest
 
 from conftest import ServerThread, delete_keys, settings_for
 from pruning.v1 import pruning_pb2 as pb
-from pruning_client import Client, InvalidArgument
+from pruning_client import Client, InvalidArgument, NotFound
 from pruning_client.aio import AsyncClient
 from pruning_client.cli import run
 
@@ -93,3 +94,52 @@ def test_cli_lists_artifacts_as_a_table_or_json(listing, files, capsys):
     assert "more than 1 (raise --limit)" in capsys.readouterr().out
     assert run(["artifacts", "--limit", "500", "--json", *common]) == 0
     assert not json.loads(capsys.readouterr().out)["truncated"]
+
+
+def test_get_artifact_answers_one_record_of_the_tenant_with_its_model_summary(listing, files):
+    with Client(listing.target, api_key="key-a") as alpha, Client(listing.target, api_key="key-b") as beta:
+        model = alpha.upload_model(files["keras"])
+        got = alpha.get_artifact(model.id)
+        assert (got.id, got.kind, got.format, got.size, got.filename) == (
+            model.id,
+            pb.ARTIFACT_KIND_MODEL,
+            model.format,
+            model.size,
+            model.filename,
+        )
+        assert got.model == model.model and got.model.layers  # the summary the upload answered with
+        with pytest.raises(NotFound):
+            beta.get_artifact(model.id)  # another tenant's
+        with pytest.raises(InvalidArgument) as refused:
+            alpha.get_artifact("not-an-id")
+        assert refused.value.field_violations[0][0] == "artifact_id"
+
+    async def got_async():
+        async with AsyncClient(listing.target, api_key="key-a") as client:
+            return await client.get_artifact(model.id)
+
+    assert asyncio.run(got_async()).id == model.id
+
+
+def test_cli_inspects_an_uploaded_model_by_id_and_downloads_an_artifact_under_its_name(
+    listing, files, tmp_path, capsys
+):
+    with Client(listing.target, api_key="key-a") as alpha:
+        model = alpha.upload_model(files["keras"])
+        data = alpha.upload_dataset(files["data"])
+    common = ["--target", listing.target, "--api-key", "key-a"]
+    assert run(["inspect", model.id, "--json", *common]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["artifact_id"] == model.id and shown["layers"]
+    assert run(["inspect", data.id, *common]) == 2
+    assert "is a dataset" in capsys.readouterr().err
+    assert run(["inspect", "f" * 64, *common]) == 3
+    assert run(["inspect", str(tmp_path / "missing.keras"), *common]) == 2
+    assert "no file" in capsys.readouterr().err
+
+    out = tmp_path / "into"
+    assert run(["download", model.id, "-o", f"{out}/", "--json", *common]) == 0
+    path = pathlib.Path(json.loads(capsys.readouterr().out)["path"])
+    assert path == out / files["keras"].name and path.read_bytes() == files["keras"].read_bytes()
+    assert run(["download", model.id, "-o", str(tmp_path / "mine.keras"), *common]) == 0  # a file named: that name
+    assert (tmp_path / "mine.keras").read_bytes() == files["keras"].read_bytes()

@@ -544,6 +544,25 @@ class DeleteArtifactRequest(_message.Message):
 Global___DeleteArtifactRequest: _TypeAlias = DeleteArtifactRequest  # noqa: Y015
 
 @_typing.final
+class GetArtifactRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ARTIFACT_ID_FIELD_NUMBER: _builtins.int
+    artifact_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        artifact_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifact_id", b"artifact_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetArtifactRequest: _TypeAlias = GetArtifactRequest  # noqa: Y015
+
+@_typing.final
 class ListArtifactsRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

@@ -79,6 +79,11 @@ class PruningServiceStub:
                 request_serializer=pruning_dot_v1_dot_pruning__pb2.DeleteArtifactRequest.SerializeToString,
                 response_deserializer=pruning_dot_v1_dot_pruning__pb2.Artifact.FromString,
                 _registered_method=True)
+        self.GetArtifact = channel.unary_unary(
+                '/pruning.v1.PruningService/GetArtifact',
+                request_serializer=pruning_dot_v1_dot_pruning__pb2.GetArtifactRequest.SerializeToString,
+                response_deserializer=pruning_dot_v1_dot_pruning__pb2.Artifact.FromString,
+                _registered_method=True)
         self.ListArtifacts = channel.unary_unary(
                 '/pruning.v1.PruningService/ListArtifacts',
                 request_serializer=pruning_dot_v1_dot_pruning__pb2.ListArtifactsRequest.SerializeToString,
@@ -156,6 +161,15 @@ class PruningServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetArtifact(self, request, context):
+        """The tenant's record of one artifact: kind, format, file name, size, when stored, and for
+        a model the summary its upload answered with. NOT_FOUND when the tenant has none,
+        INVALID_ARGUMENT for an id that is not 64 lowercase hex digits.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListArtifacts(self, request, context):
         """This tenant's artifacts (uploads, exports, report files), newest first by when the tenant
         first stored each, without the model summaries (an upload's answer carries its own), and
@@ -214,6 +228,11 @@ def add_PruningServiceServicer_to_server(servicer, server):
             'DeleteArtifact': grpc.unary_unary_rpc_method_handler(
                     servicer.DeleteArtifact,
                     request_deserializer=pruning_dot_v1_dot_pruning__pb2.DeleteArtifactRequest.FromString,
+                    response_serializer=pruning_dot_v1_dot_pruning__pb2.Artifact.SerializeToString,
+            ),
+            'GetArtifact': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetArtifact,
+                    request_deserializer=pruning_dot_v1_dot_pruning__pb2.GetArtifactRequest.FromString,
                     response_serializer=pruning_dot_v1_dot_pruning__pb2.Artifact.SerializeToString,
             ),
             'ListArtifacts': grpc.unary_unary_rpc_method_handler(
@@ -464,6 +483,33 @@ class PruningService:
             target,
             '/pruning.v1.PruningService/DeleteArtifact',
             pruning_dot_v1_dot_pruning__pb2.DeleteArtifactRequest.SerializeToString,
+            pruning_dot_v1_dot_pruning__pb2.Artifact.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetArtifact(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pruning.v1.PruningService/GetArtifact',
+            pruning_dot_v1_dot_pruning__pb2.GetArtifactRequest.SerializeToString,
             pruning_dot_v1_dot_pruning__pb2.Artifact.FromString,
             options,
             channel_credentials,

@@ -58,6 +58,11 @@ class PruningServiceStub:
     INVALID_ARGUMENT for an id that is not 64 lowercase hex digits. A job still queued with it
     (its model or dataset) fails when its worker looks for it.
     """
+    GetArtifact: _grpc.UnaryUnaryMultiCallable[_pruning_pb2.GetArtifactRequest, _pruning_pb2.Artifact]
+    """The tenant's record of one artifact: kind, format, file name, size, when stored, and for
+    a model the summary its upload answered with. NOT_FOUND when the tenant has none,
+    INVALID_ARGUMENT for an id that is not 64 lowercase hex digits.
+    """
     ListArtifacts: _grpc.UnaryUnaryMultiCallable[_pruning_pb2.ListArtifactsRequest, _pruning_pb2.ListArtifactsResponse]
     """This tenant's artifacts (uploads, exports, report files), newest first by when the tenant
     first stored each, without the model summaries (an upload's answer carries its own), and
@@ -94,6 +99,11 @@ class PruningServiceAsyncStub(PruningServiceStub):
     housekeeping once no tenant's record points to them. NOT_FOUND when the tenant has none,
     INVALID_ARGUMENT for an id that is not 64 lowercase hex digits. A job still queued with it
     (its model or dataset) fails when its worker looks for it.
+    """
+    GetArtifact: _aio.UnaryUnaryMultiCallable[_pruning_pb2.GetArtifactRequest, _pruning_pb2.Artifact]  # type: ignore[assignment]
+    """The tenant's record of one artifact: kind, format, file name, size, when stored, and for
+    a model the summary its upload answered with. NOT_FOUND when the tenant has none,
+    INVALID_ARGUMENT for an id that is not 64 lowercase hex digits.
     """
     ListArtifacts: _aio.UnaryUnaryMultiCallable[_pruning_pb2.ListArtifactsRequest, _pruning_pb2.ListArtifactsResponse]  # type: ignore[assignment]
     """This tenant's artifacts (uploads, exports, report files), newest first by when the tenant
@@ -182,6 +192,17 @@ class PruningServiceServicer(metaclass=_abc_1.ABCMeta):
         housekeeping once no tenant's record points to them. NOT_FOUND when the tenant has none,
         INVALID_ARGUMENT for an id that is not 64 lowercase hex digits. A job still queued with it
         (its model or dataset) fails when its worker looks for it.
+        """
+
+    @_abc_1.abstractmethod
+    def GetArtifact(
+        self,
+        request: _pruning_pb2.GetArtifactRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_pruning_pb2.Artifact, _abc.Awaitable[_pruning_pb2.Artifact]]:
+        """The tenant's record of one artifact: kind, format, file name, size, when stored, and for
+        a model the summary its upload answered with. NOT_FOUND when the tenant has none,
+        INVALID_ARGUMENT for an id that is not 64 lowercase hex digits.
         """
 
     @_abc_1.abstractmethod
