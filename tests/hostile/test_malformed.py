@@ -30,6 +30,7 @@ METHODS = (
     "CancelJob",
     "DownloadArtifact",
     "DeleteArtifact",
+    "GetArtifact",
     "ListArtifacts",
 )
 
@@ -208,7 +209,17 @@ def test_undecodable_upload_messages(channel):
 
 @pytest.mark.parametrize(
     "method",
-    ["CreateJob", "GetJob", "ListJobs", "CancelJob", "WatchJob", "DownloadArtifact", "DeleteArtifact", "ListArtifacts"],
+    [
+        "CreateJob",
+        "GetJob",
+        "ListJobs",
+        "CancelJob",
+        "WatchJob",
+        "DownloadArtifact",
+        "DeleteArtifact",
+        "GetArtifact",
+        "ListArtifacts",
+    ],
 )
 def test_undecodable_unary_requests(channel, method):
     kind = channel.unary_stream if method in ("WatchJob", "DownloadArtifact") else channel.unary_unary

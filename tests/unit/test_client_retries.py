@@ -32,6 +32,10 @@ class Jobs(pb_grpc.PruningServiceServicer, Flaky):
         self._first_fails("ListArtifacts", context)
         return pb.ListArtifactsResponse(artifacts=[pb.Artifact(id="a" * 64)])
 
+    def GetArtifact(self, request, context):
+        self._first_fails("GetArtifact", context)
+        return pb.Artifact(id=request.artifact_id)
+
     def DeleteArtifact(self, request, context):
         self._first_fails("DeleteArtifact", context)
         return pb.Artifact(id=request.artifact_id)
@@ -68,7 +72,9 @@ def test_calls_safe_to_repeat_are_sent_again_after_unavailable(flaky):
         assert client.get_sweep("s" * 24).id == "s" * 24
         assert client.create_sweep(pb.SweepSpec(sparsities=[0.5])).id == "s" * 24
         assert [a.id for a in client.list_artifacts()] == ["a" * 64]
+        assert client.get_artifact("b" * 64).id == "b" * 64
     assert sweeps.calls == {"GetSweep": 2, "CreateSweep": 2} and jobs.calls["ListArtifacts"] == 2
+    assert jobs.calls["GetArtifact"] == 2
 
 
 def test_a_delete_is_not_sent_again(flaky):

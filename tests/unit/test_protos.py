@@ -28,5 +28,6 @@ def test_service_has_every_method():
         "CancelJob": (False, False),
         "DownloadArtifact": (False, True),
         "DeleteArtifact": (False, False),
+        "GetArtifact": (False, False),
         "ListArtifacts": (False, False),
     }
