@@ -901,6 +901,7 @@ def _spec(
     early_stopping_patience: int | None = None,
     sensitivity_scan: bool = False,
     report: bool = True,
+    time_limit: float = 0.0,
 ) -> pb.JobSpec:
     if schedule == "none" and structured_ratio is None and not layer_ratio:
         raise click.UsageError("--schedule none (structured pruning only) needs --structured-ratio or --layer-ratio")
@@ -939,6 +940,7 @@ def _spec(
         early_stopping_patience=early_stopping_patience,
         sensitivity_scan=sensitivity_scan,
         report=None if report else False,
+        time_limit_s=time_limit,
         structured=None
         if structured_ratio is None and not layer_ratio
         else structured_spec(
@@ -1047,6 +1049,14 @@ _SPEC_OPTIONS = [
         default=None,
         help="Epochs without a better validation accuracy (at the final sparsity) before stopping; 0 = never; "
         "default: the recipe's (a fifth of the epochs, at least 2).",
+    ),
+    _option(
+        "--time-limit",
+        type=click.FloatRange(min=0),
+        default=0.0,
+        metavar="SECONDS",
+        help="Fail the job (DEADLINE_EXCEEDED) when an attempt runs longer on its worker; 0 = the service's "
+        "limit alone (the lower applies); a sweep's trials each have it.",
     ),
     _option("--epochs", type=click.IntRange(min=1), default=2, help="Fine-tuning epochs."),
     _option("--batch-size", type=click.IntRange(min=1), default=128, help="Fine-tuning batch size."),

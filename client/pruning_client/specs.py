@@ -215,6 +215,7 @@ def job_spec(
     budget: pb.AccuracyBudget | None = None,
     report: bool | None = None,
     latency_repeats: int = 0,
+    time_limit_s: float = 0.0,
 ) -> pb.JobSpec:
     """A JobSpec. ``dataset`` is a built-in name ("mnist") or an uploaded dataset's id.
 
@@ -238,7 +239,9 @@ def job_spec(
     name (say ``{"class": "sparse_categorical_crossentropy_from_logits", "box":
     "mean_squared_error"}``); the outputs it does not name take ``loss``. ``report=False``
     skips the report (latency, TensorBoard logs, plots; None = the server's default, on);
-    ``latency_repeats`` sets its timed runs per latency figure (0 = 10).
+    ``latency_repeats`` sets its timed runs per latency figure (0 = 10). ``time_limit_s`` fails
+    an attempt of the job running longer with DEADLINE_EXCEEDED (0 = the service's limit alone;
+    where both are set the lower applies).
 
     Example:
         >>> spec = job_spec("ab" * 32, schedule=polynomial_decay(0.5, 0.8), validation_split=0.0)
@@ -291,6 +294,7 @@ def job_spec(
         spec.report.enabled = report
     if latency_repeats:  # else no report message: the same bytes as before, for idempotency keys
         spec.report.latency_repeats = latency_repeats
+    spec.time_limit_s = time_limit_s  # 0 is not serialized: the same bytes as before
     return spec
 
 

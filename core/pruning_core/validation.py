@@ -398,7 +398,23 @@ def validate(spec: pb.JobSpec) -> list[Violation]:
         )
     if spec.export.keras_version not in pb.KerasVersion.values():
         out.append(("spec.export.keras_version", f"must be 2, 3 or unset, got {spec.export.keras_version}"))
+    if not (math.isfinite(spec.time_limit_s) and spec.time_limit_s >= 0):
+        out.append(
+            ("spec.time_limit_s", f"must be a finite number of seconds >= 0 (0 = none), got {spec.time_limit_s}")
+        )
     return out
+
+
+def time_limit(spec: pb.JobSpec, service_limit_s: float) -> tuple[float, str]:
+    """The time limit of an attempt of the job, seconds (0 = none), and whose it is: the
+    spec's ``time_limit_s`` or the service's (``PRUNING_JOB_TIME_LIMIT_S``), the lower where
+    both are set."""
+    own = spec.time_limit_s if math.isfinite(spec.time_limit_s) and spec.time_limit_s > 0 else 0.0
+    if own and (not service_limit_s or own <= service_limit_s):
+        return own, "the job's time_limit_s"
+    if service_limit_s:
+        return service_limit_s, "this service's PRUNING_JOB_TIME_LIMIT_S"
+    return 0.0, ""
 
 
 def per_weight(p: pb.PruningSpec) -> bool:

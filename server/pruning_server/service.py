@@ -580,11 +580,11 @@ class PruningService(pb_grpc.PruningServiceServicer):
             raise Invalid(violations)
         if request.validate_only:
             planned = plan.make_plan(spec, model.info, facts)
-            limit = self.settings.job_time_limit_s
+            limit, whose = validation.time_limit(spec, self.settings.job_time_limit_s)
             if limit and planned.estimated_seconds > limit:
                 planned.warnings.append(
-                    f"the estimate ({planned.estimated_seconds:.0f} s) is over this service's time limit for a job "
-                    f"({limit:g} s, PRUNING_JOB_TIME_LIMIT_S): it may fail with DEADLINE_EXCEEDED"
+                    f"the estimate ({planned.estimated_seconds:.0f} s) is over {whose} ({limit:g} s): "
+                    "it may fail with DEADLINE_EXCEEDED"
                 )
             return pb.Job(spec=spec, labels=request.labels, plan=planned)
         job, created = await self.record(

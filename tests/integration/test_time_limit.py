@@ -23,7 +23,7 @@ def test_job_time_limit(env, files, tmp_path):
             big = client.upload_dataset(files["big_data"])
             spec = job_spec(model.id, dataset=big.id, epochs=200, batch_size=16)
             (warning,) = client.validate(spec).warnings  # the dry run says so first
-            assert "is over this service's time limit for a job (20 s" in warning
+            assert "is over this service's PRUNING_JOB_TIME_LIMIT_S (20 s)" in warning
             slow = client.submit(spec)
             with pytest.raises(JobFailed) as error:
                 slow.result(timeout=120)
@@ -37,6 +37,16 @@ def test_job_time_limit(env, files, tmp_path):
             assert not kept.HasField("pruned") and not kept.artifacts
             markdown, _ = job_report(client.get_job(job.id))
             assert f"| test accuracy | {kept.baseline.accuracy:.4f} | n/a |" in markdown
+            # the job's own limit, under the service's: the lower applies, and is named
+            spec.time_limit_s = 6
+            (warning,) = client.validate(spec).warnings
+            assert "is over the job's time_limit_s (6 s)" in warning
+            with pytest.raises(JobFailed) as error:
+                client.submit(spec).result(timeout=120)
+            job = error.value.job
+            assert error.value.job_code == grpc.StatusCode.DEADLINE_EXCEEDED.value[0]
+            assert "time limit of 6 s (the job's time_limit_s)" in job.error.message
+            assert job.finished_at.ToSeconds() - job.started_at.ToSeconds() < 18  # not the service's 20 s
             small = client.upload_dataset(files["data"])
             quick_spec = job_spec(model.id, dataset=small.id, epochs=1, schedule=constant_sparsity(0.5, frequency=5))
             assert client.validate(quick_spec).warnings == []  # within it

@@ -387,10 +387,25 @@ def test_submit_turns_the_report_off_with_no_report(
     assert (spec.report.enabled if spec.report.HasField("enabled") else None) == enabled  # unset: the server's on
 
 
+@pytest.mark.parametrize(("args", "limit"), [([], 0.0), (["--time-limit", "90"], 90.0), (["--time-limit", "0.5"], 0.5)])
+def test_submit_sets_the_job_s_time_limit(monkeypatch: pytest.MonkeyPatch, args: list[str], limit: float) -> None:
+    SubmittingClient.sent = []
+    monkeypatch.setattr(cli_module, "Client", SubmittingClient)
+    assert run(["submit", "--model", "a" * 64, *args]) == 0
+    (spec,) = SubmittingClient.sent
+    assert spec.time_limit_s == limit
+
+
+def test_a_negative_time_limit_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(["submit", "--model", "a" * 64, "--time-limit", "-1"]) == 2
+    assert "--time-limit" in capsys.readouterr().err
+
+
 def test_job_spec_sets_the_report():
     from pruning_client import job_spec
 
     assert not job_spec("a" * 64).HasField("report")  # the same bytes as before: idempotency keys match
+    assert job_spec("a" * 64).SerializeToString() == job_spec("a" * 64, time_limit_s=0).SerializeToString()
     spec = job_spec("a" * 64, report=False, latency_repeats=3)
     assert spec.report.HasField("enabled") and not spec.report.enabled and spec.report.latency_repeats == 3
 

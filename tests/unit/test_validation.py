@@ -194,3 +194,25 @@ def test_an_unknown_loss_is_answered_with_every_loss_within_the_error_cut():
     # a name cut short says so: "categorical_crossentropy" alone would read as a valid loss
     cut = dict(validation.validate(job_spec("a" * 64, loss="categorical_crossentropy_logits")))["spec.training.loss"]
     assert cut.startswith("'categorical_crossen\u2026': not one of ") and len(cut.encode()) <= 200
+
+
+@pytest.mark.parametrize(
+    "value, ok", [(0, True), (30, True), (0.5, True), (-1, False), (float("nan"), False), (float("inf"), False)]
+)
+def test_a_job_time_limit_is_finite_seconds_at_least_0(value, ok):
+    spec = job_spec(MODEL, time_limit_s=value)
+    assert ("spec.time_limit_s" not in fields(spec)) == ok
+
+
+@pytest.mark.parametrize(
+    "own, service, expected",
+    [
+        (0, 0, (0.0, "")),
+        (30, 0, (30, "the job's time_limit_s")),
+        (0, 60, (60, "this service's PRUNING_JOB_TIME_LIMIT_S")),
+        (30, 60, (30, "the job's time_limit_s")),
+        (90, 60, (60, "this service's PRUNING_JOB_TIME_LIMIT_S")),
+    ],
+)
+def test_the_lower_of_the_job_s_and_the_service_s_time_limits_applies(own, service, expected):
+    assert validation.time_limit(job_spec(MODEL, time_limit_s=own), service) == expected

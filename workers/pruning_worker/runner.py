@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from google.rpc import code_pb2
 
 from pruning.v1 import pruning_pb2 as pb
-from pruning_core import formats, telemetry
+from pruning_core import formats, telemetry, validation
 from pruning_core import tasks as task_names
 from pruning_core.blobs import sweep_unlocked
 from pruning_core.objectstore import open_store, unavailable_errors
@@ -69,10 +69,18 @@ def _store(settings: Settings) -> JobStore:
 class Reporter:
     """Appends a job's progress and log events, throttled, and tells when to stop."""
 
-    def __init__(self, store: JobStore, job_id: str, attempt: int, interval_s: float, time_limit_s: float = 0.0):
+    def __init__(
+        self,
+        store: JobStore,
+        job_id: str,
+        attempt: int,
+        interval_s: float,
+        time_limit_s: float = 0.0,
+        whose_limit: str = "its time limit",
+    ):
         self.store, self.job_id, self.attempt, self.interval_s = store, job_id, attempt, interval_s
         self.deadline = time.monotonic() + time_limit_s if time_limit_s > 0 else None
-        self.time_limit_s = time_limit_s
+        self.time_limit_s, self.whose_limit = time_limit_s, whose_limit
         self._last_sent = 0.0
         self._last_cancel_check = 0.0
         self._cancelled = False
@@ -133,7 +141,9 @@ class Reporter:
 
     def _check_deadline(self) -> None:
         if self.deadline is not None and time.monotonic() > self.deadline:
-            raise JobDeadlineExceeded(f"the job ran past its time limit of {self.time_limit_s:.0f} s")
+            raise JobDeadlineExceeded(
+                f"the job ran past its time limit of {self.time_limit_s:g} s ({self.whose_limit})"
+            )
 
     def should_stop(self) -> bool:
         """True once a cancel was asked (checked at most every interval); raises
@@ -457,7 +467,8 @@ def _record_outcome(store: JobStore, settings: Settings, job: pb.Job) -> None:
 
 def _run_claimed(store: JobStore, job: pb.Job, settings: Settings) -> pb.Job | None:
     job_id = job.id
-    reporter = Reporter(store, job_id, job.attempt, settings.event_interval_s, settings.job_time_limit_s)
+    limit, whose = validation.time_limit(job.spec, settings.job_time_limit_s)
+    reporter = Reporter(store, job_id, job.attempt, settings.event_interval_s, limit, whose)
     tenant = store.tenant_of(job_id)
     try:
         from . import pipeline, train

@@ -1176,7 +1176,14 @@ class JobSpec(_message.Message):
     EXPORT_FIELD_NUMBER: _builtins.int
     REPORT_FIELD_NUMBER: _builtins.int
     BUDGET_FIELD_NUMBER: _builtins.int
+    TIME_LIMIT_S_FIELD_NUMBER: _builtins.int
     model_id: _builtins.str
+    time_limit_s: _builtins.float
+    """Seconds an attempt of the job may run on its worker before the job fails with
+    DEADLINE_EXCEEDED, keeping what it measured (an attempt resumed after its worker was lost
+    has the limit anew); 0 = the service's limit (PRUNING_JOB_TIME_LIMIT_S) alone. Where both
+    are set the lower one applies. A sweep's trials and a budget's search trials each have it.
+    """
     @_builtins.property
     def dataset(self) -> Global___DatasetRef: ...
     @_builtins.property
@@ -1207,10 +1214,11 @@ class JobSpec(_message.Message):
         export: Global___ExportSpec | None = ...,
         report: Global___ReportSpec | None = ...,
         budget: Global___AccuracyBudget | None = ...,
+        time_limit_s: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["budget", b"budget", "dataset", b"dataset", "export", b"export", "pruning", b"pruning", "report", b"report", "training", b"training"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["budget", b"budget", "dataset", b"dataset", "export", b"export", "model_id", b"model_id", "pruning", b"pruning", "report", b"report", "training", b"training"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["budget", b"budget", "dataset", b"dataset", "export", b"export", "model_id", b"model_id", "pruning", b"pruning", "report", b"report", "time_limit_s", b"time_limit_s", "training", b"training"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
