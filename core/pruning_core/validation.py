@@ -32,6 +32,10 @@ MAX_LAYER_SPARSITIES = 1000
 REGRESSION_LOSSES = ("mean_squared_error", "mean_absolute_error")
 
 
+MAX_M_BY_N = 64  # n of m-by-n sparsity (2:4, 1:4, 4:8 are the patterns hardware takes)
+MAX_BLOCK = 1024  # rows or columns of a pruning block
+
+
 def _shown(value: str, limit: int = 20) -> str:
     """``value`` quoted, cut to ``limit`` characters with an ellipsis that says so (a loss name
     cut short could read as one of the valid ones)."""
@@ -157,12 +161,21 @@ def _validate_pruning(spec: pb.PruningSpec, out: list[Violation]) -> None:
         if not (math.isfinite(s.power) and s.power >= 0):
             out.append((f"{prefix}.power", f"must be a finite number > 0 (0 = the recipe's), got {s.power}"))
         _steps(s.begin_step, s.end_step, s.frequency, prefix, out)
-    if spec.block_size and (len(spec.block_size) != 2 or min(spec.block_size) < 1):
-        out.append(("spec.pruning.block_size", f"must be two positive ints, got {list(spec.block_size)}"))
+    if spec.block_size and (
+        len(spec.block_size) != 2 or not 1 <= min(spec.block_size) <= max(spec.block_size) <= MAX_BLOCK
+    ):
+        out.append(
+            ("spec.pruning.block_size", f"must be two ints in [1, {MAX_BLOCK}], got {list(spec.block_size)[:4]}")
+        )
     mn = spec.sparsity_m_by_n
     if spec.HasField("sparsity_m_by_n"):
-        if not 0 < mn.m < mn.n:
-            out.append(("spec.pruning.sparsity_m_by_n", f"needs 0 < m < n, got {mn.m}:{mn.n}"))
+        if not 0 < mn.m < mn.n <= MAX_M_BY_N:
+            out.append(
+                (
+                    "spec.pruning.sparsity_m_by_n",
+                    f"needs 0 < m < n <= {MAX_M_BY_N} (m zeros of every n), got {mn.m}:{mn.n}",
+                )
+            )
         if spec.block_size and list(spec.block_size) != [1, 1]:
             out.append(("spec.pruning.sparsity_m_by_n", "cannot be combined with block_size"))
     if spec.sensitivity_scan and (spec.layer_sparsity or not per_weight(spec) or not spec.HasField("schedule")):
@@ -425,8 +438,8 @@ def per_weight(p: pb.PruningSpec) -> bool:
 
 def target_sparsity(p: pb.PruningSpec) -> float:
     """The sparsity the spec aims at by the end of fine-tuning."""
-    if p.HasField("sparsity_m_by_n"):
-        return 1.0 - p.sparsity_m_by_n.m / p.sparsity_m_by_n.n
+    if p.HasField("sparsity_m_by_n"):  # m zeros of every n (TFMOT's sparsity_m_by_n)
+        return p.sparsity_m_by_n.m / p.sparsity_m_by_n.n
     s = p.schedule
     return s.constant_sparsity.target_sparsity if s.HasField("constant_sparsity") else s.polynomial_decay.final_sparsity
 

@@ -323,3 +323,73 @@ def test_distillation_is_the_default_only_where_every_loss_given_is_a_sparse_cro
     assert distills(output_losses={"out": "sparse_categorical_crossentropy"})
     assert not distills(output_losses={"box": "mean_squared_error"})
     assert not distills(loss="mean_squared_error")
+
+
+@pytest.mark.parametrize("m, n", [(1, 4), (2, 4), (3, 4), (3, 5)])
+def test_m_by_n_sparsity_is_m_zeros_of_every_n_and_the_job_s_targets_match_tfmot(m, n):
+    """TFMOT zeroes m of every n input-channel weights: the job's target was 1 - m/n, so every
+    pattern but 2:4 trained in full and then failed its sparsity check. Layers whose input
+    channels are not a multiple of n end in a shorter group, which the per-layer targets count."""
+    import tensorflow_model_optimization as tfmot
+    import tf_keras as keras
+
+    from pruning_worker import measure
+
+    rng = np.random.default_rng(0)
+    inputs = keras.Input((6, 6, 3))
+    h = keras.layers.Conv2D(8, 3, name="conv_in3")(inputs)  # 3 input channels
+    h = keras.layers.Conv2D(10, 3, name="conv")(h)  # 8
+    h = keras.layers.Flatten()(h)
+    h = keras.layers.Dense(10, name="hidden")(h)  # 40
+    model = keras.Model(inputs, keras.layers.Dense(3, name="out")(h))  # 10: not a multiple of 4
+    spec = pb.PruningSpec(
+        schedule=constant_sparsity(0.5, frequency=1), sparsity_m_by_n=pb.SparsityMByN(m=m, n=n), block_size=[1, 1]
+    )
+    assert (
+        validation.validate(pb.JobSpec(pruning=spec, model_id="a" * 64, dataset=pb.DatasetRef(builtin="mnist"))) == []
+    )
+    pruned, chosen = worker_recipe.apply_pruning(model, spec, worker_recipe.make_schedule(spec, 4))
+    pruned.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    x, y = rng.normal(size=(16, 6, 6, 3)).astype("float32"), rng.integers(0, 3, 16)
+    pruned.fit(x, y, batch_size=4, epochs=1, verbose=0, callbacks=[tfmot.sparsity.keras.UpdatePruningStep()])
+    stripped = tfmot.sparsity.keras.strip_pruning(pruned)
+    result = pb.PruneResult()
+    measure.fill_sparsity(result, stripped, set(chosen), worker_recipe.layer_targets(spec, chosen, stripped))
+    layers = {x.name: x for x in result.layers}
+    assert layers["hidden"].target_sparsity == pytest.approx(m / n)  # 40 input channels: whole groups
+    for layer in layers.values():
+        assert layer.sparsity == pytest.approx(layer.target_sparsity, abs=1e-9), layer.name
+    worker_recipe.check_target(result, spec)  # raised "0.2500 sparse, the target is 0.7500" for 1:4
+    assert validation.target_sparsity(spec) == pytest.approx(m / n)
+    notes = worker_recipe.check_shapes(model, spec, chosen)
+    assert any("conv_in3" in note for note in notes) == (3 <= n - m)
+
+
+def test_patterns_a_kernel_cannot_take_are_refused_before_fine_tuning():
+    import tf_keras as keras
+
+    inputs = keras.Input((10, 4))
+    h = keras.layers.Conv1D(4, 3, name="conv1d")(inputs)
+    model = keras.Model(inputs, keras.layers.Dense(2, name="out")(keras.layers.Flatten()(h)))
+    spec = pb.PruningSpec(
+        schedule=constant_sparsity(0.5, frequency=1), sparsity_m_by_n=pb.SparsityMByN(m=2, n=4), block_size=[1, 1]
+    )
+    with pytest.raises(JobInputError, match=r"sparsity_m_by_n: layer conv1d \(Conv1D, kernel \(3, 4, 4\)\)"):
+        worker_recipe.apply_pruning(model, spec, worker_recipe.make_schedule(spec, 4))
+    spec = pb.PruningSpec(schedule=constant_sparsity(0.5, frequency=1), block_size=[64, 1])
+    spec.layers.exclude_types.append("Conv1D")
+    with pytest.raises(JobInputError, match=r"block_size: \[64, 1\] is larger than the kernel of layer out"):
+        worker_recipe.apply_pruning(model, spec, worker_recipe.make_schedule(spec, 4))
+
+
+@pytest.mark.parametrize(
+    "change, field",
+    [
+        (lambda p: p.sparsity_m_by_n.MergeFrom(pb.SparsityMByN(m=1, n=1_000_000_000)), "spec.pruning.sparsity_m_by_n"),
+        (lambda p: p.block_size.extend([1_000_000_000, 1_000_000_000]), "spec.pruning.block_size"),
+    ],
+)
+def test_patterns_past_any_kernel_are_refused_at_createjob(change, field):
+    spec = job_spec("a" * 64, schedule=constant_sparsity(0.5))
+    change(spec.pruning)
+    assert field in [f for f, _ in validation.validate(spec)]

@@ -131,6 +131,8 @@ def run(
         schedule = recipe.make_schedule(spec.pruning, steps * t.epochs)
         pruned, chosen = recipe.apply_pruning(model, spec.pruning, schedule)
         reporter.log(f"pruning {len(chosen)} layers: {', '.join(chosen)}")
+        for note in recipe.check_shapes(model, spec.pruning, chosen):
+            reporter.log(note, "WARNING")
     pruned.compile(
         optimizer=recipe.make_optimizer(t, steps * t.epochs),
         loss=taught.loss if taught else loss,
@@ -201,7 +203,7 @@ def run(
         outputs.append((export(stripped, fmt, workdir / f"pruned_{i}", x_train, stripped3), formats.export(fmt).name))
     # Sparsity as the user will find it: measured on the downloaded file where it is a Keras model.
     measured = load_export(outputs[0][0], version_out) if main_format in KERAS_FILES else stripped
-    measure.fill_sparsity(result, measured, set(chosen), recipe.layer_targets(spec.pruning, chosen))
+    measure.fill_sparsity(result, measured, set(chosen), recipe.layer_targets(spec.pruning, chosen, measured))
     if chosen:
         recipe.check_target(result, spec.pruning)
     for layer in result.layers:

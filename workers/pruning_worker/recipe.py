@@ -19,6 +19,7 @@ from pruning_core.plan import train_steps
 from pruning_core.validation import target_sparsity
 
 from .errors import JobInputError, OutcomeError
+from .measure import is_kernel
 from .tferrors import root_cause
 
 __all__ = [
@@ -68,10 +69,56 @@ def for_layer(schedule: Schedule, final: float) -> Schedule:
     )
 
 
-def layer_targets(p: pb.PruningSpec, layers: list[str]) -> dict[str, float]:
-    """The final sparsity of each pruned layer: its own where the spec gives one."""
+def layer_targets(p: pb.PruningSpec, layers: list[str], model: keras.Model | None = None) -> dict[str, float]:
+    """The final sparsity of each pruned layer: its own where the spec gives one; under
+    m-by-n sparsity what the pattern leaves of the layer's kernels (given ``model``)."""
+    if p.HasField("sparsity_m_by_n") and model is not None:
+        return {name: m_by_n_sparsity(model.get_layer(name), p.sparsity_m_by_n) for name in layers}
     target = target_sparsity(p)
     return {name: p.layer_sparsity.get(name, target) for name in layers}
+
+
+def _kernels(layer: keras.layers.Layer) -> list[np.ndarray]:
+    return [np.asarray(w) for w in layer.weights if is_kernel(w.name, np.asarray(w))]
+
+
+def m_by_n_sparsity(layer: keras.layers.Layer, mn: pb.SparsityMByN) -> float:
+    """The zero share m-by-n sparsity gives the layer's kernels: TFMOT zeroes m of every n
+    consecutive input-channel weights, and of a last group shorter than n (the input channels
+    not a multiple of n) only what exceeds n - m."""
+    zeros = size = 0
+    for w in _kernels(layer):
+        cols = w.shape[0] if w.ndim == 2 else w.shape[2]
+        rows = w.size // cols
+        zeros += rows * ((cols // mn.n) * mn.m + max(0, cols % mn.n - (mn.n - mn.m)))
+        size += w.size
+    return zeros / size if size else 0.0
+
+
+def check_shapes(model: keras.Model, p: pb.PruningSpec, chosen: list[str]) -> list[str]:
+    """Refuses before fine-tuning a pattern the chosen layers' kernels cannot take (TFMOT
+    fails on it only at the first mask update): m-by-n sparsity on a kernel neither 2-D nor
+    4-D, a block larger than a kernel. Returns what to warn of: layers with fewer input
+    channels than n - m + 1, which m-by-n sparsity leaves dense."""
+    block, notes = list(p.block_size), []
+    for name in chosen:
+        layer = model.get_layer(name)
+        for w in _kernels(layer):
+            what = f"layer {name} ({type(layer).__name__}, kernel {tuple(w.shape)})"
+            if p.HasField("sparsity_m_by_n"):
+                mn = p.sparsity_m_by_n
+                if w.ndim not in (2, 4):
+                    raise JobInputError(
+                        f"spec.pruning.sparsity_m_by_n: {what}: takes 2-D (Dense) and 4-D (Conv2D) kernels only"
+                    )
+                cols = w.shape[0] if w.ndim == 2 else w.shape[2]
+                if cols <= mn.n - mn.m:
+                    notes.append(
+                        f"{what} has {cols} input channels: {mn.m}:{mn.n} sparsity (m zeros of every n) leaves it dense"
+                    )
+            if block not in ([], [1, 1]) and w.ndim == 2 and (block[0] > w.shape[0] or block[1] > w.shape[1]):
+                raise JobInputError(f"spec.pruning.block_size: {block} is larger than the kernel of {what}")
+    return notes
 
 
 def scheduled_sparsity(schedule: Schedule | None, step: int) -> float:
@@ -143,6 +190,7 @@ def apply_pruning(model: keras.Model, p: pb.PruningSpec, schedule: Schedule) -> 
     chosen = selected_layers(model, p)
     if not chosen:
         raise JobInputError("spec.pruning.layers: selects no prunable layer (Dense, Conv, ...)")
+    check_shapes(model, p, chosen)  # raises; the pipeline logs what it warns of
     if p.policy == pb.PRUNING_POLICY_PRUNE_FOR_LATENCY_ON_XNNPACK:
         params["pruning_policy"] = tfmot.sparsity.keras.PruneForLatencyOnXNNPack()
         try:

@@ -794,7 +794,12 @@ Global___LayerSelection: _TypeAlias = LayerSelection  # noqa: Y015
 
 @_typing.final
 class SparsityMByN(_message.Message):
-    """Structured m-by-n sparsity (for example 2 of every 4 weights)."""
+    """Structured m-by-n sparsity (for example 2 of every 4 weights).
+    m zeros in every n consecutive weights along a kernel's input channels (TFMOT's
+    sparsity_m_by_n): 2:4 leaves half of them, 1:4 a quarter zero; 0 < m < n <= 64. Dense and
+    Conv2D kernels only; input channels not a multiple of n end in a shorter group, of which
+    only what exceeds n - m is zeroed (the job's per-layer targets count it so).
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -935,7 +940,7 @@ class PruningSpec(_message.Message):
 
     @_builtins.property
     def block_size(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
-        """Block shape [rows, cols]; empty = [1, 1]."""
+        """Block shape [rows, cols], each in [1, 1024]; empty = [1, 1]."""
 
     @_builtins.property
     def layers(self) -> Global___LayerSelection: ...
