@@ -112,6 +112,18 @@ def test_constant_sparsity_gets_a_frequency_and_its_range():
     assert _tfmot_applies_final(spec, 20)[1] == pytest.approx(0.6)
 
 
+@pytest.mark.parametrize("frequency, ok", [(2**62, False), (20, False), (19, True), (5, True)])
+def test_constant_sparsity_refuses_a_frequency_that_puts_no_update_in_the_fine_tuning(frequency, ok):
+    """TFMOT updates at begin_step + k * frequency: a frequency past the fine-tuning's steps
+    trained in full and then failed the sparsity check (0.0000 sparse)."""
+    spec = validation.with_defaults(job_spec("m" * 64, epochs=2, schedule=constant_sparsity(0.6, frequency=frequency)))
+    violations = recipe.resolve(spec, 10)  # 20 steps: the last is 19
+    assert (violations == []) == ok
+    if not ok:
+        ((field, text),) = violations
+        assert field == "spec.pruning.schedule.constant_sparsity.frequency" and "at most 19" in text
+
+
 @pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf, -1.0])
 def test_a_non_finite_learning_rate_is_refused(value):
     spec = job_spec("m" * 64, schedule=polynomial_decay(0.5, 0.8), learning_rate=0.001)
