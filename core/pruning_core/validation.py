@@ -7,6 +7,7 @@ client sees all of them in one INVALID_ARGUMENT answer.
 from __future__ import annotations
 
 import math
+import unicodedata
 from collections.abc import Mapping, Sequence
 
 from pruning.v1 import pruning_pb2 as pb
@@ -263,18 +264,32 @@ def validate_request(request: pb.CreateJobRequest) -> list[Violation]:
     return validate(request.spec) + validate_metadata(request.labels, request.idempotency_key)
 
 
+def _control(text: str) -> bool:
+    return any(unicodedata.category(c) == "Cc" for c in text)
+
+
+def _printable(text: str) -> str:
+    return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in text)
+
+
 def validate_metadata(labels: Mapping[str, str], idempotency_key: str, max_labels: int = MAX_LABELS) -> list[Violation]:
     """The problems of a request's labels and idempotency key (jobs and sweeps alike)."""
     out: list[Violation] = []
     if len(labels) > max_labels:
         out.append(("labels", f"at most {max_labels} labels, got {len(labels)}"))
     for key, value in labels.items():
+        shown = _printable(key[:40])
         if not key or len(key) > MAX_LABEL_LENGTH or len(value) > MAX_LABEL_LENGTH:
             out.append(
-                (f"labels[{key[:40]}]", f"keys must be 1-{MAX_LABEL_LENGTH} and values 0-{MAX_LABEL_LENGTH} characters")
+                (f"labels[{shown}]", f"keys must be 1-{MAX_LABEL_LENGTH} and values 0-{MAX_LABEL_LENGTH} characters")
             )
+        elif _control(key) or _control(value):
+            # printed by every listing; and NUL would make two label sets one request fingerprint
+            out.append((f"labels[{shown}]", "keys and values must hold no control characters (NUL, newline, ...)"))
     if len(idempotency_key) > MAX_IDEMPOTENCY_KEY:
         out.append(("idempotency_key", f"at most {MAX_IDEMPOTENCY_KEY} characters"))
+    elif _control(idempotency_key):
+        out.append(("idempotency_key", "must hold no control characters (NUL, newline, ...)"))
     return out
 
 

@@ -180,6 +180,11 @@ def test_unknown_layer_names_and_oversized_labels(client, ids):
     with pytest.raises(InvalidArgument) as error:
         client.submit(job_spec(ids["model"], dataset=ids["data"]), labels={"k": "v" * 1000})
     assert fields(error) == ["labels[k]"]
+    # NUL made {"a\0b": "c"} and {"a": "b\0c"} one request under one idempotency key
+    for labels in ({"a\0b": "c"}, {"a": "b\0c"}, {"team": "vision\n"}):
+        with pytest.raises(InvalidArgument) as error:
+            client.submit(job_spec(ids["model"], dataset=ids["data"]), labels=labels)
+        assert fields(error)[0].startswith("labels[") and "control characters" in str(error.value)
 
 
 def test_block_sparsity_on_conv_layers(client, ids):

@@ -216,3 +216,10 @@ def test_a_job_time_limit_is_finite_seconds_at_least_0(value, ok):
 )
 def test_the_lower_of_the_job_s_and_the_service_s_time_limits_applies(own, service, expected):
     assert validation.time_limit(job_spec(MODEL, time_limit_s=own), service) == expected
+
+
+def test_labels_and_idempotency_keys_with_control_characters_are_refused():
+    assert validation.validate_metadata({"team": "vision", "note": "déjà vu ✓"}, "key-1") == []
+    ((field, text),) = validation.validate_metadata({"a\0b": "c"}, "")
+    assert field == "labels[a\\x00b]" and "control characters" in text
+    assert [f for f, _ in validation.validate_metadata({"a": "b\tc"}, "k\n")] == ["labels[a]", "idempotency_key"]
