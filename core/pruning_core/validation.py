@@ -34,6 +34,7 @@ REGRESSION_LOSSES = ("mean_squared_error", "mean_absolute_error")
 
 
 MAX_M_BY_N = 64  # n of m-by-n sparsity (2:4, 1:4, 4:8 are the patterns hardware takes)
+MAX_DISTILLATION_TEMPERATURE = 100.0  # the loss is scaled by T^2: far past it, it overflows
 MAX_BLOCK = 1024  # rows or columns of a pruning block
 
 
@@ -244,12 +245,12 @@ def _validate_training(t: pb.TrainingSpec, out: list[Violation]) -> None:
         )
     if not (
         math.isfinite(t.distillation_temperature)
-        and (t.distillation_temperature == 0 or t.distillation_temperature >= 1)
+        and (t.distillation_temperature == 0 or 1 <= t.distillation_temperature <= MAX_DISTILLATION_TEMPERATURE)
     ):
         out.append(
             (
                 "spec.training.distillation_temperature",
-                f"must be >= 1 (0 = the recipe's), got {t.distillation_temperature}",
+                f"must be in [1, {MAX_DISTILLATION_TEMPERATURE:g}] (0 = the recipe's), got {t.distillation_temperature}",
             )
         )
 

@@ -128,7 +128,12 @@ def test_the_recipe_distills_classifiers_by_default_and_never_under_plain():
 
 @pytest.mark.parametrize(
     ("field", "value"),
-    [("distillation_alpha", 1.5), ("distillation_alpha", float("nan")), ("distillation_temperature", 0.5)],
+    [
+        ("distillation_alpha", 1.5),
+        ("distillation_alpha", float("nan")),
+        ("distillation_temperature", 0.5),
+        ("distillation_temperature", 1e300),
+    ],
 )
 def test_bad_distillation_settings_name_the_field(field, value):
     spec = job_spec("ab" * 32)

@@ -1066,7 +1066,7 @@ class TrainingSpec(_message.Message):
     distillation_alpha: _builtins.float
     """With distillation: the task loss's weight alpha in (0, 1]; 0 = 0.5."""
     distillation_temperature: _builtins.float
-    """With distillation: the softening temperature T >= 1; 0 = 4."""
+    """With distillation: the softening temperature T in [1, 100]; 0 = 4."""
     @_builtins.property
     def output_losses(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """A model of several outputs: a loss per output, by the output's name (a classification
