@@ -61,3 +61,51 @@ def test_worker_checks_the_layer_selection_itself(tmp_path):
     spec.layers.include_names[:] = ["hidden"]
     _, chosen = recipe.apply_pruning(model, spec, schedule)
     assert chosen == ["hidden"]
+
+
+@pytest.mark.parametrize("version", [2, 3])
+def test_a_model_with_a_nan_weight_is_the_client_s_mistake(tmp_path, version):
+    """A NaN kernel failed a Keras 3 job as INTERNAL ("the translation differs by nan")."""
+    import numpy as np
+
+    if version == 3:
+        import keras
+    else:
+        import tf_keras as keras
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, name="hidden"), keras.layers.Dense(2)])
+    kernel = model.get_layer("hidden").get_weights()
+    kernel[0][1, 2] = np.nan
+    model.get_layer("hidden").set_weights(kernel)
+    path = tmp_path / "nan.keras"
+    model.save(path)
+    work = tmp_path / "work"
+    work.mkdir()
+    with pytest.raises(JobInputError, match=r"model: weight .*hidden.*kernel.* holds 1 NaN or infinite value:"):
+        load_model(path, work, 10**9)
+
+
+def test_weights_that_do_not_fit_the_configuration_are_named_with_their_cause(tmp_path):
+    """The Keras 3 load error is several lines: its cause is on the second; and it was wrapped
+    twice ("model: cannot be loaded: model: cannot be loaded with Keras 3: ...")."""
+    import zipfile
+
+    import keras
+
+    from pruning_worker.runner import clean_line
+
+    small = keras.Sequential([keras.Input((4,)), keras.layers.Dense(16, name="hidden"), keras.layers.Dense(2)])
+    large = keras.Sequential([keras.Input((4,)), keras.layers.Dense(32, name="hidden"), keras.layers.Dense(2)])
+    small.save(tmp_path / "small.keras")
+    large.save(tmp_path / "large.keras")
+    mixed = tmp_path / "mixed.keras"
+    with zipfile.ZipFile(tmp_path / "small.keras") as a, zipfile.ZipFile(tmp_path / "large.keras") as b:
+        with zipfile.ZipFile(mixed, "w") as out:
+            for name in a.namelist():
+                out.writestr(name, (b if name == "model.weights.h5" else a).read(name))
+    work = tmp_path / "work"
+    work.mkdir()
+    with pytest.raises(JobInputError) as error:
+        load_model(mixed, work, 10**9)
+    line = clean_line(str(error.value), 500)
+    assert line.startswith("model: cannot be loaded with Keras 3:") and "model: cannot be loaded:" not in line
+    assert line.count("hidden") >= 2 and not line.endswith(":")  # the object and what went wrong with it

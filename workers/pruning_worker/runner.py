@@ -203,9 +203,11 @@ _PATH = re.compile(r"(?:[A-Za-z]:)?(?:[\\/][^\s'\"\\/:,;()\[\]]+){2,}")
 
 
 def clean_line(text: str, limit: int) -> str:
-    """The first line of ``text`` with file paths cut to their last part, at most ``limit``
+    """The first line of ``text`` (with the next where it ends in a colon) with file paths cut to their last part, at most ``limit``
     characters: job errors never show server paths or traces."""
     lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if len(lines) > 1 and lines[0].endswith(":"):  # "... Example error message for object <Dense>:" + the cause
+        lines[0] += " " + lines[1]
     first = _PATH.sub(lambda m: "<path>/" + re.split(r"[\\/]", m.group(0))[-1], lines[0] if lines else "")
     return first if len(first) <= limit else first[: max(0, limit - 3)] + "..."
 

@@ -8,6 +8,7 @@ import pathlib
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import tf_keras as keras
 
 from pruning_core import formats, modelcheck
@@ -66,8 +67,11 @@ def load(path: os.PathLike[str] | str, workdir: pathlib.Path, max_decompressed: 
             model = bridge.to_tf_keras(original, flatten_nested=True)
         except bridge.BridgeError as exc:
             raise JobInputError(f"model: {exc}") from None
+        except JobInputError:
+            raise  # it names its cause ("model: cannot be loaded with Keras 3: ...")
         except (ValueError, OSError, TypeError, KeyError) as exc:
             raise JobInputError(f"model: cannot be loaded: {exc}") from None
+        check_finite(original)
         diff = bridge.check_equivalence(original, model)
         if not diff <= CONVERSION_TOLERANCE:
             raise ConversionError(
@@ -77,7 +81,24 @@ def load(path: os.PathLike[str] | str, workdir: pathlib.Path, max_decompressed: 
         return Loaded(model, 3, original, diff)
     try:
         if info.format == "keras":
-            return Loaded(keras.models.load_model(named, compile=False, safe_mode=True), 2)
-        return Loaded(keras.models.load_model(named, compile=False), 2)
+            loaded = keras.models.load_model(named, compile=False, safe_mode=True)
+        else:
+            loaded = keras.models.load_model(named, compile=False)
     except (ValueError, OSError, TypeError, KeyError) as exc:
         raise JobInputError(f"model: cannot be loaded: {exc}") from None
+    check_finite(loaded)
+    return Loaded(loaded, 2)
+
+
+def check_finite(model: Any) -> None:
+    """Refuses a model with a NaN or infinite weight (tf_keras or Keras 3): nothing it computes
+    can be evaluated, and its Keras 3 translation "differs by nan", which read as the
+    service's fault."""
+    for weight in model.weights:
+        value = np.asarray(weight)
+        if value.dtype.kind == "f" and not np.isfinite(value).all():
+            bad = int(value.size - np.count_nonzero(np.isfinite(value)))
+            raise JobInputError(
+                f"model: weight {weight.path if hasattr(weight, 'path') else weight.name} holds {bad} NaN or "
+                f"infinite value{'s' if bad != 1 else ''}: the uploaded model is broken (retrain or re-save it)"
+            )
