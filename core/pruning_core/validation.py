@@ -35,7 +35,8 @@ REGRESSION_LOSSES = ("mean_squared_error", "mean_absolute_error")
 
 MAX_M_BY_N = 64  # n of m-by-n sparsity (2:4, 1:4, 4:8 are the patterns hardware takes)
 MAX_DISTILLATION_TEMPERATURE = 100.0  # the loss is scaled by T^2: far past it, it overflows
-MAX_BLOCK = 1024  # rows or columns of a pruning block
+MAX_BLOCK = 1024
+MAX_CHANNELS = 65536  # structured pruning's round_to and min_channels: past any layer's width  # rows or columns of a pruning block
 
 
 def _shown(value: str, limit: int = 20) -> str:
@@ -124,10 +125,17 @@ def _validate_structured(s: pb.StructuredPruning, out: list[Violation]) -> None:
         if not name:
             out.append((f"{prefix}.layer_ratios", "layer names must not be empty"))
         _sparsity(ratio, f"{prefix}.layer_ratios[{name}]", out)
-    if s.min_channels < 0:
-        out.append((f"{prefix}.min_channels", f"must be >= 1 (0 = {defaults.MIN_CHANNELS}), got {s.min_channels}"))
-    if s.round_to < 0:
-        out.append((f"{prefix}.round_to", f"must be >= 1 (0 = {defaults.ROUND_TO}), got {s.round_to}"))
+    if not 0 <= s.min_channels <= MAX_CHANNELS:
+        out.append(
+            (
+                f"{prefix}.min_channels",
+                f"must be in [1, {MAX_CHANNELS}] (0 = {defaults.MIN_CHANNELS}), got {s.min_channels}",
+            )
+        )
+    if not 0 <= s.round_to <= MAX_CHANNELS:
+        out.append(
+            (f"{prefix}.round_to", f"must be in [1, {MAX_CHANNELS}] (0 = {defaults.ROUND_TO}), got {s.round_to}")
+        )
     if s.importance not in pb.ImportanceCriterion.values():
         out.append((f"{prefix}.importance", f"unknown criterion {s.importance}"))
     if not 0 <= s.taylor_batches <= defaults.MAX_TAYLOR_BATCHES:

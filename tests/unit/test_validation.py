@@ -145,6 +145,8 @@ def test_structured_ranges_are_checked_all_at_once():
         "spec.pruning.structured.round_to",
         "spec.pruning.structured.taylor_batches",
     ]
+    huge = _structured_spec(ratio=0.5, min_channels=2**31 - 1, round_to=2**31 - 1)
+    assert sorted(fields(huge)) == ["spec.pruning.structured.min_channels", "spec.pruning.structured.round_to"]
 
 
 def test_structured_layer_ratios_name_layers_that_make_channels():

@@ -861,9 +861,11 @@ class StructuredPruning(_message.Message):
     ratio: _builtins.float
     """Fraction of channels removed from every prunable layer, in [0, 1)."""
     min_channels: _builtins.int
-    """No layer keeps fewer channels than this; 0 = 1."""
+    """No layer keeps fewer channels than this, at most 65536; 0 = 1."""
     round_to: _builtins.int
-    """Kept channel counts rounded up to a multiple of this (8 suits SIMD); 0 = 1."""
+    """Kept channel counts rounded up to a multiple of this (8 suits SIMD), at most 65536; 0 = 1.
+    Where rounding keeps every channel of every group, the job warns that it removed none.
+    """
     importance: Global___ImportanceCriterion.ValueType
     taylor_batches: _builtins.int
     """Training batches the Taylor criterion looks at; 0 = 4."""
