@@ -329,19 +329,29 @@ def chosen(sweep: pb.Sweep) -> int | None:
     return max(kept, key=lambda t: t.sparsity).index if kept else None
 
 
+def first_failure(sweep: pb.Sweep) -> pb.Trial | None:
+    """The first trial that failed when no trial succeeded (a sweep of them failed), else None."""
+    if any(t.state == pb.JOB_STATE_SUCCEEDED for t in sweep.trials):
+        return None
+    return next((t for t in sweep.trials if t.state == pb.JOB_STATE_FAILED), None)
+
+
 def conclusion(sweep: pb.Sweep) -> str:
     index = chosen(sweep)
     done = sum(1 for t in sweep.trials if t.state == pb.JOB_STATE_SUCCEEDED)
     failed = sum(1 for t in sweep.trials if t.state == pb.JOB_STATE_FAILED)
-    tail = f" ({done} trials succeeded, {failed} failed)"
+    tail = f" ({done} trial{'' if done == 1 else 's'} succeeded, {failed} failed)"
+    if (first := first_failure(sweep)) is not None:
+        return f"no trial succeeded{tail}; trial {first.index} (job {first.job_id}): {first.error.message}"
     if not _has_budget(sweep.spec):
         return "every sparsity tried" + tail
     if index is None:
         return "no sparsity tried keeps the accuracy budget" + tail
     t = sweep.trials[index]
+    change = round(t.accuracy_loss_pp, 2)
+    said = f"{abs(change):.2f} pp {'lost' if change > 0 else 'gained'}" if change else "no accuracy lost"
     return (
-        f"sparsity {t.sparsity:.4f} is the highest within the budget: accuracy {t.pruned_accuracy:.4f}, "
-        f"{t.accuracy_loss_pp:+.2f} pp lost" + tail
+        f"sparsity {t.sparsity:.4f} is the highest within the budget: accuracy {t.pruned_accuracy:.4f}, {said}" + tail
     )
 
 

@@ -416,7 +416,11 @@ async def advance(jobs: PruningService, store: SweepStore, sweep_id: str) -> pb.
             current.chosen_trial = index
             current.chosen_job_id = current.trials[index].job_id
         current.message = sweeps.conclusion(current)
-        current.state = pb.JOB_STATE_SUCCEEDED
+        # A sweep none of whose trials succeeded found nothing: it fails (a broken model or
+        # dataset, a spec no trial could run), where a trial that fails among others is only
+        # over the budget.
+        failed = sweeps.first_failure(current) is not None
+        current.state = pb.JOB_STATE_FAILED if failed else pb.JOB_STATE_SUCCEEDED
         current.finished_at.GetCurrentTime()
         return True
 
@@ -443,7 +447,8 @@ def _told(trial: pb.Trial, sweep: pb.Sweep) -> str:
 async def settle(jobs: PruningService, tenant: str, sweep: pb.Sweep) -> None:
     """The job a search sweep runs for follows it: RUNNING once trials run, a log line per
     trial that ended, and at the sweep's end the result and artifacts of the trial picked
-    (SUCCEEDED), FAILED when no trial kept the budget, CANCELLED with the sweep."""
+    (SUCCEEDED), FAILED when no trial kept the budget or none succeeded, CANCELLED with the
+    sweep."""
     picked = None
     if sweep.state == pb.JOB_STATE_SUCCEEDED and sweep.chosen_job_id:
         with contextlib.suppress(JobNotFound):
@@ -488,8 +493,11 @@ async def settle(jobs: PruningService, tenant: str, sweep: pb.Sweep) -> None:
             events.append(make_event(job.id, result=picked.result))
             events.append(state_event(job, pb.JOB_STATE_SUCCEEDED))
         elif sweep.state in TERMINAL:
-            error = pb.JobError(code=code_pb2.FAILED_PRECONDITION, message=sweep.message)
-            events.append(state_event(job, pb.JOB_STATE_FAILED, error))
+            # no trial kept the budget, or none ran at all: then the trials' own code (the
+            # model is broken: INVALID_ARGUMENT)
+            first = sweeps.first_failure(sweep)
+            code = first.error.code if first is not None and first.error.code else code_pb2.FAILED_PRECONDITION
+            events.append(state_event(job, pb.JOB_STATE_FAILED, pb.JobError(code=code, message=sweep.message)))
         return events
 
     with contextlib.suppress(JobNotFound):

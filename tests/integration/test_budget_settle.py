@@ -126,6 +126,26 @@ def test_no_trial_within_the_budget_fails_the_job_with_the_reason(store):
     assert "no sparsity tried keeps the accuracy budget" in done.error.message
 
 
+def test_a_search_whose_every_trial_failed_fails_the_job_with_the_trials_code(store):
+    """A broken model fails every trial with INVALID_ARGUMENT: the job says so, with the first
+    trial's error, not "no sparsity keeps the budget" (FAILED_PRECONDITION)."""
+    make = store
+
+    async def run():
+        store = make()
+        job = await _parent(store)
+        trials = [_trial(i, s, None, pb.JOB_STATE_FAILED) for i, s in enumerate((0.5, 0.95))]
+        for t in trials:
+            t.error.code, t.error.message = code_pb2.INVALID_ARGUMENT, "model: cannot be loaded: broken"
+        await settle(types.SimpleNamespace(store=store), TENANT, _sweep(job, pb.JOB_STATE_FAILED, trials))
+        return await store.get(TENANT, job.id)
+
+    done = asyncio.run(run())
+    assert done.state == pb.JOB_STATE_FAILED and done.error.code == code_pb2.INVALID_ARGUMENT
+    assert done.error.message.startswith("no trial succeeded (0 trials succeeded, 2 failed); trial 0")
+    assert done.error.message.endswith("model: cannot be loaded: broken")
+
+
 def test_a_cancelled_search_cancels_the_job_and_an_ended_job_never_changes(store):
     make = store
 

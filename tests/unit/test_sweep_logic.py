@@ -240,3 +240,20 @@ def test_a_loss_exactly_on_the_budget_keeps_it(budget, baseline, pruned, kept):
     assert trial.within_budget is kept
     if "max_loss_pp" in budget and kept:
         assert trial.accuracy_loss_pp == 0.3  # shown as it is, not 0.3000021
+
+
+def test_the_conclusion_of_a_sweep_no_trial_of_which_succeeded_names_the_first_failure():
+    sweep = _sweep(sparsities=[0.5, 0.7])
+    _run(sweep, lambda s: 0.1, fail=(0.5, 0.7))
+    assert sweeps.first_failure(sweep) is sweep.trials[0]
+    assert sweeps.conclusion(sweep).startswith("no trial succeeded (0 trials succeeded, 2 failed); trial 0")
+    some = _sweep(sparsities=[0.5, 0.7])
+    _run(some, lambda s: 0.1, fail=(0.7,))
+    assert sweeps.first_failure(some) is None and sweeps.conclusion(some).startswith("every sparsity tried")
+
+
+@pytest.mark.parametrize("loss, said", [(0.25, "0.25 pp lost"), (-0.25, "0.25 pp gained"), (0.001, "no accuracy lost")])
+def test_the_conclusion_words_a_loss_as_a_loss_and_a_gain_as_a_gain(loss, said):
+    sweep = _sweep(sparsities=[0.5], max_loss_pp=0.5)
+    _run(sweep, lambda s: loss)
+    assert f"accuracy {0.98 - loss / 100:.4f}, {said} (1 trial succeeded" in sweeps.conclusion(sweep)
