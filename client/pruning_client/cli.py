@@ -564,15 +564,23 @@ def _artifact_name(job_id: str, artifact: pb.Artifact, *, with_format: bool = Fa
     in front (".saved_model.zip")."""
     job_id = "".join(c if c.isalnum() or c in "-_" else "_" for c in job_id)  # never a path
     fmt = format_name(artifact.format)
+    suffix = _suffix(artifact)
+    return f"pruned-{job_id}-{fmt}{suffix}" if with_format else f"pruned-{job_id}{suffix}"
+
+
+def _suffix(artifact: pb.Artifact) -> str:
+    """The artifact's file suffix (".keras", ".int8.tflite"), else its format name; an archive
+    suffix gets the format in front (".saved_model.zip")."""
+    fmt = format_name(artifact.format)
     suffixes = [
         s
         for s in pathlib.PurePosixPath(artifact.filename).suffixes
         if any(c.isalpha() for c in s) and s[1:].replace("_", "").isalnum() and len(s) <= 16
     ][-2:]
-    suffix = "".join(suffixes) or f".{fmt}"
+    suffix = "".join(suffixes) or (f".{fmt}" if fmt else "")
     if suffixes in ([".zip"], [".tar"], [".tgz"], [".gz"]) and fmt:
         suffix = f".{fmt}{suffix}"
-    return f"pruned-{job_id}-{fmt}{suffix}" if with_format else f"pruned-{job_id}{suffix}"
+    return suffix
 
 
 def _destination(output: str | None, name: str, *, directory: bool = False) -> pathlib.Path:
@@ -585,16 +593,19 @@ def _destination(output: str | None, name: str, *, directory: bool = False) -> p
 
 
 def _stored_name(client: Client, artifact_id: str) -> str:
-    """The name the artifact was uploaded or exported under, as a file name here (its last
-    part, without characters a file system or shell would take for more); its id where it
-    has none that is safe or the server has no GetArtifact."""
+    """An upload's file name as it was uploaded (its last part, without characters a file
+    system or shell would take for more); an export's or report file's id with its suffix
+    ("<id>.keras": the worker's own names would collide). The id alone where the server has
+    no GetArtifact."""
     try:
-        filename = client.get_artifact(artifact_id).filename
+        artifact = client.get_artifact(artifact_id)
     except PruningError as error:
         if error.code != grpc.StatusCode.UNIMPLEMENTED:
             raise
         return artifact_id
-    name = "".join(c if c.isalnum() or c in "-_.+" else "_" for c in re.split(r"[\\/]", filename)[-1])
+    if artifact.kind in (pb.ARTIFACT_KIND_EXPORT, pb.ARTIFACT_KIND_REPORT):
+        return artifact_id + _suffix(artifact)
+    name = "".join(c if c.isalnum() or c in "-_.+" else "_" for c in re.split(r"[\\/]", artifact.filename)[-1])
     return name if name.strip("._") else artifact_id
 
 

@@ -124,7 +124,7 @@ def test_submit_wait_download(server: Any, worker: Any, files: dict[str, pathlib
     assert pathlib.Path(fetched["path"]).read_bytes() == pathlib.Path(data["downloaded"]).read_bytes()
     artifact_id = data["result"]["model_artifact_id"]
     by_id = json.loads(cli(server, "download", artifact_id, "-o", str(tmp_path / "by-id") + "/").stdout)
-    assert by_id["path"] == str(tmp_path / "by-id" / artifact_id)
+    assert by_id["path"] == str(tmp_path / "by-id" / f"{artifact_id}.keras")  # an export: its id and suffix
     assert pathlib.Path(by_id["path"]).read_bytes() == pathlib.Path(data["downloaded"]).read_bytes()
 
 

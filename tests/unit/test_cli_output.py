@@ -99,6 +99,9 @@ class FakeClient:
         FakeClient.downloads.append((artifact_id, path))
         return path
 
+    def get_artifact(self, artifact_id: str) -> pb.Artifact:
+        return pb.Artifact(id=artifact_id, kind=pb.ARTIFACT_KIND_MODEL, format="keras", filename="../my model.keras")
+
     def upload_model(self, path: os.PathLike[str] | str, progress=None) -> pb.Artifact:  # type: ignore[no-untyped-def]
         size = os.path.getsize(path)
         if progress is not None:
@@ -216,7 +219,7 @@ def test_download_destinations(
     assert run(["download", JOB, "-o", "other/model.keras", "--format", "keras"]) == 0  # a file
     assert capsys.readouterr().out.strip() == "other/model.keras"
     assert run(["download", KERAS_ID, "-o", "new/dir"]) == 0  # an artifact id into an existing directory
-    assert capsys.readouterr().out.strip() == f"new/dir/{KERAS_ID}"
+    assert capsys.readouterr().out.strip() == "new/dir/my_model.keras"  # as uploaded, made a plain file name
     assert run(["download", KERAS_ID, "-o", "file.bin"]) == 0
     assert capsys.readouterr().out.strip() == "file.bin"
     assert pathlib.Path("file.bin").read_text() == KERAS_ID
