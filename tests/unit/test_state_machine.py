@@ -459,3 +459,31 @@ def test_an_attempt_the_artifact_store_stopped_is_retried_later_then_fails_unava
     assert final is not None and final.state == pb.JOB_STATE_FAILED
     assert final.error.code == code_pb2.UNAVAILABLE and "Connection refused" in final.error.message
     assert "2 attempts" in final.error.message and len(sent) == 1
+
+
+def test_a_failure_while_an_attempt_is_set_up_fails_the_job_at_once(redis_url, stores, tmp_path, monkeypatch):
+    """An exception before the job's own handling (setting the attempt up) left it RUNNING: the
+    reaper took it for a lost worker, re-queued it after its silence max_attempts times, and it
+    ended minutes later as "the job's worker was lost"."""
+    import contextvars
+
+    from pruning_core import telemetry, validation
+    from pruning_core.settings import Settings
+    from pruning_worker.runner import run_job
+
+    store, prefix = stores
+    settings = Settings(
+        state_dir=tmp_path / "state", key_prefix=prefix, work_dir=tmp_path / "work", redis_url=redis_url
+    )
+    job, _ = create(redis_url, prefix)
+
+    def broken(*args, **kwargs):
+        raise AttributeError("module 'pruning_core.validation' has no attribute 'time_limit'")
+
+    monkeypatch.setattr(validation, "time_limit", broken)
+    monkeypatch.setattr(telemetry, "_context", contextvars.ContextVar("test-log-context", default=None))
+    final = run_job(job.id, settings, "w1")
+    assert final is not None and final.state == pb.JOB_STATE_FAILED
+    assert final.error.code == code_pb2.INTERNAL and "AttributeError" in final.error.message
+    assert store.get(job.id).state == pb.JOB_STATE_FAILED
+    assert store.redis.zscore(store.keys.running(), job.id) is None  # nothing for the reaper

@@ -446,6 +446,17 @@ def run_job(job_id: str, settings: Settings, worker: str, task_id: str = "") -> 
         if _release(store, job, settings):
             return None
         raise  # the store is still away: the reaper re-queues the job once its silence shows
+    except Exception as exc:  # noqa: BLE001 - a failure before the job's own handling (setting it up)
+        # Left RUNNING, the job would look like a lost worker to the reaper: re-queued after its
+        # silence, max_attempts times, minutes later. It fails now, as INTERNAL.
+        log.error("job %s failed before it started:\n%s", job_id, traceback.format_exc())
+        try:
+            final = Reporter(store, job_id, job.attempt, settings.event_interval_s).finish(
+                pb.JOB_STATE_FAILED, failure(exc, settings.max_error_bytes)
+            )
+        except (StaleAttempt, *STORE_ERRORS):  # taken over, or the store away: the reaper's then
+            log.warning("job %s: could not record its failure", job_id, exc_info=True)
+            return None
     if final is not None:
         store.done_running(job_id)
         try:
