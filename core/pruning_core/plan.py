@@ -97,6 +97,7 @@ class DatasetFacts:
     n_test: int
     sample_shape: list[int] | None  # None for several inputs (x_train.<input name> arrays)
     labels: dict[str, LabelFacts] = dataclasses.field(default_factory=dict)  # by <output name>; "" for plain y arrays
+    input_parts: dict[str, list[int]] | None = None  # sample shape by <input name> of x_train.<input name> arrays
 
     @property
     def label_parts(self) -> list[str] | None:
@@ -112,6 +113,9 @@ class DatasetFacts:
             arrays["x_test"]["shape"][0],
             None if "parts" in arrays["x_train"] else arrays["x_train"]["shape"][1:],
             _labels(arrays),
+            {name: h["shape"][1:] for name, h in arrays["x_train"]["parts"].items()}
+            if "parts" in arrays["x_train"]
+            else None,
         )
 
     @classmethod
@@ -160,7 +164,10 @@ def check(spec: pb.JobSpec, model_info: dict[str, Any], data: DatasetFacts) -> l
     outputs = [o.name for o in _summary(model_info).outputs]
     out = validation.validate_against_model(spec, model_info.get("layers") or [], outputs)
     model_input = model_info.get("input_shape")
-    if data.sample_shape is not None and not modelcheck.shapes_fit(model_input, data.sample_shape):
+    inputs = _summary(model_info).inputs
+    if len(inputs) > 1:
+        out += _inputs_fit(inputs, data)
+    elif data.sample_shape is not None and not modelcheck.shapes_fit(model_input, data.sample_shape):
         out.append((data.field, f"samples of shape {data.sample_shape} do not fit the model input {model_input}"))
     out += _dataset_fits(spec, outputs, data)
     out += _losses_fit(spec, outputs)
@@ -277,6 +284,32 @@ def budget_problem(t: pb.TrainingSpec, model_info: dict[str, Any]) -> str | None
     """Why an accuracy budget cannot be kept on this model under ``t``'s losses (none of its
     outputs has a classification loss, so there is no accuracy), or None."""
     return validation.budget_loss_problem(t, [o.name for o in _summary(model_info).outputs])
+
+
+def _inputs_fit(inputs: Sequence[pb.TensorSummary], data: DatasetFacts) -> list[Violation]:
+    """One x array per input of a model of several, each of the input's sample shape."""
+    names = sorted(t.name for t in inputs)
+    if data.input_parts is None:
+        return [
+            (
+                data.field,
+                f"the model has {len(inputs)} inputs {names}; store one array per input, named "
+                "x_train.<input name> and x_test.<input name>",
+            )
+        ]
+    if sorted(data.input_parts) != names:
+        return [(data.field, f"x arrays for inputs {sorted(data.input_parts)}; the model's inputs are {names}")]
+    out: list[Violation] = []
+    for t in inputs:
+        wanted = [None if d < 0 else int(d) for d in t.shape] if t.shape else None
+        if not modelcheck.shapes_fit(wanted, data.input_parts[t.name]):
+            out.append(
+                (
+                    data.field,
+                    f"x_train.{t.name} samples of shape {data.input_parts[t.name]} do not fit the input {wanted}",
+                )
+            )
+    return out
 
 
 def _dataset_fits(spec: pb.JobSpec, outputs: list[str], data: DatasetFacts) -> list[Violation]:

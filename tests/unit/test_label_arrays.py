@@ -69,3 +69,16 @@ def test_logits_under_a_loss_taking_probabilities_are_warned_of_too():
     assert logits_warning("box", "linear", "mean_squared_error") is None  # a regression takes values
     assert logits_warning("cls", "softmax", "sparse_categorical_crossentropy") is None  # right
     assert logits_warning("h", "relu", "sparse_categorical_crossentropy") is None  # neither: no claim
+
+
+def test_one_x_array_for_a_model_of_two_inputs_is_the_dataset_s_mistake():
+    import pytest
+    import tf_keras as keras
+
+    from pruning_worker.errors import JobInputError
+
+    left, right = keras.Input((3,), name="left"), keras.Input((2,), name="right")
+    model = keras.Model([left, right], keras.layers.Dense(4)(keras.layers.Concatenate()([left, right])))
+    with pytest.raises(JobInputError, match=r"2 inputs \['left', 'right'\]; store one array per input, named x_train"):
+        inputs._check_inputs(model, "x_train", np.zeros((8, 3), "f4"))
+    inputs._check_inputs(model, "x_train", {"left": np.zeros((8, 3), "f4"), "right": np.zeros((8, 2), "f4")})

@@ -342,3 +342,31 @@ def test_the_plan_warns_when_the_plain_recipe_s_schedule_misses_its_end_step(tmp
     recipe.resolve(spec, plan.steps_per_epoch(spec, longer))
     assert spec.pruning.schedule.polynomial_decay.end_step == 843
     assert list(plan.make_plan(spec, model, longer).warnings) == []
+
+
+@pytest.mark.parametrize("keras_version", [2, 3])
+def test_a_model_of_several_inputs_takes_an_x_array_per_input(tmp_path, keras_version):
+    """One plain x_train for a two-input model passed the dry run ("fits") and failed the job on
+    the worker with TensorFlow's "expects 2 input(s), but it received 1"."""
+    if keras_version == 3:
+        import keras
+    else:
+        import tf_keras as keras
+    left, right = keras.Input((3,), name="left"), keras.Input((2,), name="right")
+    joined = keras.layers.Concatenate()([left, right])
+    keras.Model([left, right], keras.layers.Dense(4, name="out")(joined)).save(tmp_path / "m.keras")
+    info = modelcheck.inspect_model(tmp_path / "m.keras", 1 << 30).to_dict()
+    data = _data()
+    ((field, text),) = _violations(info, _facts(tmp_path, **data))
+    assert field == "spec.dataset.artifact_id" and "2 inputs ['left', 'right']" in text and "x_train.<input" in text
+
+    def split(left_width: int, names=("left", "right")) -> dict:
+        x = {f"x_{s}.{names[0]}": np.zeros((n, left_width), "f4") for s, n in (("train", 8), ("test", 4))}
+        x |= {f"x_{s}.{names[1]}": np.zeros((n, 2), "f4") for s, n in (("train", 8), ("test", 4))}
+        return x | {"y_train": data["y_train"], "y_test": data["y_test"]}
+
+    assert _violations(info, _facts(tmp_path, **split(3))) == []
+    ((_, text),) = _violations(info, _facts(tmp_path, **split(5)))
+    assert text == "x_train.left samples of shape [5] do not fit the input [3]"
+    ((_, text),) = _violations(info, _facts(tmp_path, **split(3, names=("left", "other"))))
+    assert text == "x arrays for inputs ['left', 'other']; the model's inputs are ['left', 'right']"

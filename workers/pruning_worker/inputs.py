@@ -110,6 +110,11 @@ def _check_inputs(model: Any, name: str, x: Data) -> None:
                 f"{sorted(getattr(model, 'input_names', wanted))}"
             )
         return
+    if len(model.inputs) > 1:
+        names = sorted(getattr(model, "input_names", None) or [t.name.split(":")[0] for t in model.inputs])
+        raise JobInputError(
+            f"dataset: the model has {len(names)} inputs {names}; store one array per input, named {name}.<input name>"
+        )
     expected = list(model.input_shape[1:]) if not isinstance(model.input_shape, list) else None
     if not modelcheck.shapes_fit(expected, list(x.shape[1:])):
         raise JobInputError(f"dataset: {name} samples have shape {list(x.shape[1:])}, the model expects {expected}")
