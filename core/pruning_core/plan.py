@@ -170,7 +170,7 @@ def check(spec: pb.JobSpec, model_info: dict[str, Any], data: DatasetFacts) -> l
     elif data.sample_shape is not None and not modelcheck.shapes_fit(model_input, data.sample_shape):
         out.append((data.field, f"samples of shape {data.sample_shape} do not fit the model input {model_input}"))
     out += _dataset_fits(spec, outputs, data)
-    out += _losses_fit(spec, outputs)
+    out += _losses_fit(spec, _summary(model_info).outputs)
     mixed = model_info.get("mixed_precision") or []
     if mixed and (spec.pruning.HasField("schedule") or spec.pruning.HasField("structured")):
         # Weight pruning: TFMOT's wrappers do not take the policy. Structured: float16 rounding
@@ -272,12 +272,35 @@ def _labels_fit(spec: pb.JobSpec, outputs: Sequence[pb.TensorSummary], data: Dat
     return out
 
 
-def _losses_fit(spec: pb.JobSpec, outputs: list[str]) -> list[Violation]:
-    """``output_losses`` names outputs of the model."""
-    return [
+def _units(output: pb.TensorSummary) -> int | None:
+    """An output's last dimension where the configuration gives it."""
+    return int(output.shape[-1]) if output.shape and output.shape[-1] > 0 else None
+
+
+def _losses_fit(spec: pb.JobSpec, summary_outputs: Sequence[pb.TensorSummary]) -> list[Violation]:
+    """``output_losses`` names outputs of the model; no output of one unit has a sparse
+    categorical cross-entropy (a softmax over one unit is 1 whatever it learns: labels past 0
+    fail the job, and the binary classifier it is takes the binary cross-entropy)."""
+    outputs = [o.name for o in summary_outputs]
+    out = [
         (f"spec.training.output_losses[{name[:200]}]", f"names no output of the model; its outputs are {outputs[:20]}")
         for name in sorted(set(spec.training.output_losses) - set(outputs))[:20]
     ]
+    for o in summary_outputs:
+        loss = validation.output_loss(spec.training, o.name) or defaults.LOSS
+        if _units(o) == 1 and loss.startswith("sparse_categorical_crossentropy"):
+            field = (
+                f"spec.training.output_losses[{o.name[:200]}]"
+                if o.name in spec.training.output_losses
+                else "spec.training.loss"
+            )
+            fix = (
+                "binary_crossentropy (a sigmoid: a binary classifier)"
+                if o.activation == "sigmoid"
+                else "binary_crossentropy_from_logits (a binary classifier) or mean_squared_error (a regression)"
+            )
+            out.append((field, f"output {o.name!r} has 1 unit, but {loss} needs one unit per class: give {fix}"))
+    return out
 
 
 def budget_problem(t: pb.TrainingSpec, model_info: dict[str, Any]) -> str | None:
@@ -401,7 +424,7 @@ def make_plan(spec: pb.JobSpec, model_info: dict[str, Any], data: DatasetFacts) 
         plan.warnings.append(warning)
     for output in summary.outputs:
         if warning := validation.logits_warning(
-            output.name, output.activation, validation.output_loss(t, output.name) or defaults.LOSS
+            output.name, output.activation, validation.output_loss(t, output.name) or defaults.LOSS, _units(output)
         ):
             plan.warnings.append(warning)
     samples = (n_train - n_validation) * t.epochs

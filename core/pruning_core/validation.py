@@ -66,15 +66,19 @@ def is_regression(loss: str) -> bool:
 MAX_OUTPUT_LOSSES = 64
 
 
-def logits_warning(output: str, activation: str, loss: str) -> str | None:
+def logits_warning(output: str, activation: str, loss: str, units: int | None = None) -> str | None:
     """The warning for an output ending in ``activation`` under ``loss``, or None. A loss
     ``*_from_logits`` on probabilities (a softmax or sigmoid) trains as if they were logits,
     slowly and badly; a cross-entropy taking probabilities on logits (no activation) clips or
-    normalises them into nonsense. Nothing fails either way."""
+    normalises them into nonsense. Nothing fails either way. A sigmoid of one unit (``units``,
+    where known) is a binary classifier: its loss is the binary cross-entropy."""
     if activation in ("softmax", "sigmoid") and loss.endswith("_from_logits"):
+        fix = loss.removesuffix("_from_logits")
+        if activation == "sigmoid" and units == 1:
+            fix = "binary_crossentropy"
         return (
             f"output {output!r} ends in {activation}, but its loss {loss} takes logits: it trains on "
-            f"probabilities as if they were logits; give the loss {loss.removesuffix('_from_logits')}"
+            f"probabilities as if they were logits; give the loss {fix}"
         )
     if activation == "linear" and loss.endswith("crossentropy") and f"{loss}_from_logits" in LOSSES:
         return (

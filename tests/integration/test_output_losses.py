@@ -48,7 +48,12 @@ def test_a_classifier_and_a_regressor_prune_under_their_own_losses(client, worke
     )
     with pytest.raises(InvalidArgument) as refused:  # one classification loss: reg's targets are no classes
         client.submit(job_spec(model.id, **common))
-    assert "y_train.reg holds" in str(refused.value)
+    fields = dict(refused.value.field_violations)
+    assert "y_train.reg holds" in fields["spec.dataset.artifact_id"]
+    assert (
+        "output 'reg' has 1 unit" in fields["spec.training.loss"]
+        and "mean_squared_error" in fields["spec.training.loss"]
+    )
     spec = job_spec(model.id, output_losses={"reg": "mean_squared_error"}, **common)
     result = client.submit(spec, labels={"test": "output-losses"}).result(timeout=600)
     raw = result.raw

@@ -113,8 +113,8 @@ def test_the_plan_of_structured_pruning_only_lists_no_weight_schedule(tmp_path):
     assert "structured" not in dict(JobPlan.from_proto(plan.make_plan(weights, model, facts)).summary_lines())
 
 
-def _keras3_two_heads(tmp_path, units=(4, 1)):
-    """A Keras 3 model with dict outputs {"cls": Dense(4), "reg": Dense(1)}."""
+def _keras3_two_heads(tmp_path, units=(4, 2)):
+    """A Keras 3 model with dict outputs {"cls": Dense(4), "reg": Dense(2)}."""
     import keras
 
     inputs = keras.Input((3,), name="x")
@@ -138,7 +138,7 @@ def test_each_output_s_labels_are_checked_against_its_units_naming_the_output(tm
     model = _keras3_two_heads(tmp_path)
     ((field, text),) = _violations(model, _facts(tmp_path, **_by_output(lambda n: np.arange(n) % 4)))
     assert field == "spec.dataset.artifact_id"
-    assert "output 'reg' (y_train.reg, y_test.reg) run from 0 to 3" in text and "1 output units" in text
+    assert "output 'reg' (y_train.reg, y_test.reg) run from 0 to 3" in text and "2 output units" in text
     assert _violations(model, _facts(tmp_path, **_by_output(lambda n: np.zeros(n, "i8")))) == []
     wider = _keras3_two_heads(tmp_path, units=(4, 4))
     assert _violations(wider, _facts(tmp_path, **_by_output(lambda n: np.arange(n) % 4))) == []
@@ -370,3 +370,26 @@ def test_a_model_of_several_inputs_takes_an_x_array_per_input(tmp_path, keras_ve
     assert text == "x_train.left samples of shape [5] do not fit the input [3]"
     ((_, text),) = _violations(info, _facts(tmp_path, **split(3, names=("left", "other"))))
     assert text == "x arrays for inputs ['left', 'other']; the model's inputs are ['left', 'right']"
+
+
+@pytest.mark.parametrize("keras_version", [2, 3])
+def test_a_binary_classifier_of_one_sigmoid_unit_is_pointed_to_the_binary_cross_entropy(tmp_path, keras_version):
+    """The warning advised sparse_categorical_crossentropy, which passed the dry run and failed
+    the job ("labels must be in [0, 0]"): a sparse categorical loss over one unit is refused."""
+    import keras as keras3
+    import tf_keras
+
+    keras = tf_keras if keras_version == 2 else keras3
+    inputs = keras.Input((3,), name="x")
+    keras.Model(inputs, keras.layers.Dense(1, activation="sigmoid", name="yes")(inputs)).save(tmp_path / "m.keras")
+    model = modelcheck.inspect_model(tmp_path / "m.keras", 1 << 30).to_dict()
+    facts = _facts(tmp_path, **_data(y=lambda n: (np.arange(n) % 2).astype("f4")))
+    for loss in (None, "sparse_categorical_crossentropy"):
+        ((field, text),) = _violations(model, facts, loss=loss)
+        assert field == "spec.training.loss" and "has 1 unit" in text and "give binary_crossentropy (a sigmoid" in text
+    assert _violations(model, facts, loss="binary_crossentropy") == []
+    spec = validation.with_defaults(
+        job_spec("a" * 64, schedule=polynomial_decay(0.5, 0.8), loss="binary_crossentropy_from_logits")
+    )
+    (warning,) = plan.make_plan(spec, model, facts).warnings
+    assert warning.endswith("give the loss binary_crossentropy")
