@@ -247,7 +247,8 @@ def _labels_fit(spec: pb.JobSpec, outputs: Sequence[pb.TensorSummary], data: Dat
                 (
                     data.field,
                     f"{labels.arrays[0]} samples have shape {labels.shape}, but a sparse categorical loss takes one "
-                    "class index per sample (shape [] or [1]); one-hot labels take the loss categorical_crossentropy",
+                    "class index per sample (shape [] or [1]); one-hot labels take the loss categorical_crossentropy"
+                    + ("" if output.activation == "softmax" else " (categorical_crossentropy_from_logits for logits)"),
                 )
             )
         if labels.fraction is not None:

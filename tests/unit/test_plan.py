@@ -59,7 +59,7 @@ def test_one_hot_labels_with_a_sparse_loss_are_refused(tmp_path):
     data = _data(y=lambda n: np.eye(4, dtype="f4")[np.arange(n) % 4])
     model, facts = _model(tmp_path), _facts(tmp_path, **data)
     ((field, text),) = _violations(model, facts)
-    assert field == "spec.dataset.artifact_id" and "categorical_crossentropy" in text
+    assert field == "spec.dataset.artifact_id" and "categorical_crossentropy_from_logits for logits" in text
     assert _violations(model, facts, loss="categorical_crossentropy") == []
 
 

@@ -169,7 +169,7 @@ def _check_class_indices(output_shape: Any, name: str, y: Any) -> None:
         raise JobInputError(
             f"dataset: {name} samples have shape {sample}, but a sparse categorical loss takes one class index "
             f"per output position (shape {position} or {[*position, 1]}); one-hot labels take the loss "
-            "categorical_crossentropy"
+            "categorical_crossentropy (categorical_crossentropy_from_logits for an output of logits)"
         )
     if np.issubdtype(y.dtype, np.floating) and y.size:
         flat = y.reshape(len(y), -1)
