@@ -58,3 +58,34 @@ def test_epochs_that_ran_whole_are_reported_whole():
     callback = _fit(reporter, epochs=2)
     assert not callback.cancelled and reporter.sent[-1].step == 20
     assert [line.split(":")[0] for line in reporter.lines] == ["epoch 1/2", "epoch 2/2"]
+
+
+def test_the_epoch_line_names_a_wrapped_output_s_metrics_by_the_output():
+    """Keras names an output's metrics by its layer, which the pruning wrapper renames: the log
+    read "masked_prune_low_magnitude_cls_accuracy"."""
+    from pruning.v1 import pruning_pb2 as pb
+    from pruning_client import constant_sparsity
+    from pruning_worker import recipe
+
+    inputs = keras.layers.Input((4,))
+    model = keras.Model(inputs, [keras.layers.Dense(2, name="cls")(inputs), keras.layers.Dense(1, name="reg")(inputs)])
+    spec = pb.PruningSpec(schedule=constant_sparsity(0.5, frequency=1), block_size=[1, 1])
+    pruned, _ = recipe.apply_pruning(model, spec, recipe.make_schedule(spec, 4))
+    pruned.compile(
+        "sgd", [keras.losses.SparseCategoricalCrossentropy(from_logits=True), "mse"], metrics=[["accuracy"], []]
+    )
+    import tensorflow_model_optimization as tfmot
+
+    reporter = Reporter(stop_after=10**9)
+    callback = ProgressCallback(reporter, None, 1, 4)  # type: ignore[arg-type]
+    x = np.zeros((32, 4), "float32")
+    pruned.fit(
+        x,
+        [np.zeros(32, "int64"), np.zeros(32, "float32")],
+        batch_size=8,
+        epochs=1,
+        verbose=0,
+        callbacks=[callback, tfmot.sparsity.keras.UpdatePruningStep()],
+    )
+    (line,) = reporter.lines
+    assert "cls_accuracy" in line and "reg_loss" in line and "prune_low_magnitude" not in line

@@ -4,6 +4,7 @@ history (with a stop on a non-finite loss) and early stopping."""
 from __future__ import annotations
 
 import math
+import re
 import time
 from typing import Any, Protocol
 
@@ -14,6 +15,14 @@ from pruning_core.phases import Phase
 
 from .evaluate import accuracy
 from .recipe import Schedule, learning_rate, scheduled_sparsity
+
+_WRAPPER = re.compile(r"(?:masked_)?prune_low_magnitude_")
+
+
+def metric_name(key: str) -> str:
+    """A Keras log key as the model's outputs name it: Keras names an output's metrics by its
+    layer, which the pruning wrapper renames ("masked_prune_low_magnitude_cls_accuracy")."""
+    return _WRAPPER.sub("", key)
 
 
 class Reporter(Protocol):
@@ -86,7 +95,7 @@ class ProgressCallback(keras.callbacks.Callback):
             self.reporter.log(f"epoch {epoch + 1}/{self.epochs} stopped after {ran} of {self.steps_per_epoch} steps")
             return
         self._send(step, logs, force=True)
-        figures = ", ".join(f"{k} {v:.4f}" for k, v in sorted((logs or {}).items()))
+        figures = ", ".join(f"{metric_name(k)} {v:.4f}" for k, v in sorted((logs or {}).items()))
         self.reporter.log(
             f"epoch {epoch + 1}/{self.epochs}: {figures}, target sparsity {scheduled_sparsity(self.schedule, step):.3f}"
         )
