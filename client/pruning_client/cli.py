@@ -916,6 +916,18 @@ def _spec(
 ) -> pb.JobSpec:
     if schedule == "none" and structured_ratio is None and not layer_ratio:
         raise click.UsageError("--schedule none (structured pruning only) needs --structured-ratio or --layer-ratio")
+    ctx = click.get_current_context(silent=True)
+    if schedule != "polynomial" and ctx is not None:
+        given = [
+            f"--{name.replace('_', '-')}"
+            for name in ("initial_sparsity", "power")
+            if ctx.get_parameter_source(name) not in (None, ParameterSource.DEFAULT)
+        ]
+        if given:
+            raise click.UsageError(
+                f"{' and '.join(given)} shape{'s' if len(given) == 1 else ''} the polynomial schedule only; "
+                f"--schedule {schedule} does not take {'it' if len(given) == 1 else 'them'}"
+            )
     model_id = model if _is_id(model) else _upload(client, "model", model).id
     if not _is_id(dataset) and os.path.isfile(dataset):
         dataset = _upload(client, "dataset", dataset).id

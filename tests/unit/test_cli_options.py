@@ -420,3 +420,14 @@ def test_a_call_nothing_answered_says_where_it_asked(capsys: pytest.CaptureFixtu
         target = f"127.0.0.1:{probe.getsockname()[1]}"
     assert run(["--target", target, "--timeout", "1", "list"]) == 7
     assert f"(no answer from {target} within 1 s: is the server up there?)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args", [["--initial-sparsity", "0.2"], ["--power", "2"]])
+def test_a_polynomial_only_flag_with_a_constant_schedule_is_a_usage_error(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], args: list[str]
+) -> None:
+    SubmittingClient.sent = []
+    monkeypatch.setattr(cli_module, "Client", SubmittingClient)
+    assert run(["submit", "--model", "a" * 64, "--schedule", "constant", *args]) == 2  # it was silently ignored
+    assert f"{args[0]} shapes the polynomial schedule only" in capsys.readouterr().err and not SubmittingClient.sent
+    assert run(["submit", "--model", "a" * 64, "--schedule", "polynomial", *args]) == 0
