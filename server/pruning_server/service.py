@@ -98,9 +98,8 @@ def _held_as_another_kind(artifact_id: str, held: int, kind: pb.ArtifactKind.Val
     field = "model" if kind == pb.ARTIFACT_KIND_MODEL else "dataset"
     return Failure(
         grpc.StatusCode.FAILED_PRECONDITION,
-        f"{field}: this content is already held as a {convert.kind_name(held)} (artifact {artifact_id}), and one "
-        f"content is one kind: check that this is the {convert.kind_name(kind)} file you meant (if it is both, "
-        f"delete the {convert.kind_name(held)} first)",
+        f"{field}: this content is held as a {convert.kind_name(held)} (artifact {artifact_id}): is it the "
+        f"{convert.kind_name(kind)} file you meant? (if it is both, delete the {convert.kind_name(held)} first)",
     )
 
 

@@ -86,7 +86,8 @@ def test_held_content_is_answered_after_the_header(tenants, env, files):
         with pytest.raises(grpc.RpcError) as error:
             _announced(alpha.stub.UploadModel, "d.keras", data, [pb.UploadRequest(chunk=data)], alpha_key)
         assert error.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-        assert "already held as a dataset" in (error.value.details() or "")
+        assert "is held as a dataset" in (error.value.details() or "")
+        assert (error.value.details() or "").endswith("delete the dataset first)")  # within PRUNING_MAX_ERROR_BYTES
 
     with Client(tenants.target, api_key="key-b") as beta:
         # another tenant's content: read and checked, so garbage is refused
@@ -387,7 +388,7 @@ def test_content_held_as_another_kind_is_refused_and_keeps_its_record(tenants, f
         dataset = alpha.upload_dataset(both)
         for hash_first in (True, False):
             alpha.options.hash_first = hash_first
-            with pytest.raises(FailedPrecondition, match="already held as a dataset") as refused:
+            with pytest.raises(FailedPrecondition, match="is held as a dataset") as refused:
                 alpha.upload_model(both)
             assert dataset.id in refused.value.details
         listed = {a.id: a.kind for a in alpha.list_artifacts()}
