@@ -372,11 +372,18 @@ def inspect_model(path: pathlib.Path, max_decompressed: int, max_config: int | N
     path = pathlib.Path(path)
     max_config = MAX_CONFIG_BYTES if max_config is None else max_config
     try:
-        return _inspect_model(path, max_decompressed, max_config)
+        info = _inspect_model(path, max_decompressed, max_config)
     except (ModelRejected, MemoryError):
         raise
     except Exception as exc:  # noqa: BLE001 - whatever a hostile file makes the readers raise
         raise ModelRejected(f"the model file is malformed: {type(exc).__name__}") from None
+    if not info.summary.inputs and not info.summary.total_params:
+        # a Sequential saved before it was built: no input shape, no weights (the job failed on it)
+        raise ModelRejected(
+            "the model has no input shape and no weights: build it before saving (start it with "
+            "keras.Input(shape), or call model.build(input_shape))"
+        )
+    return info
 
 
 def _inspect_model(path: pathlib.Path, max_decompressed: int, max_config: int) -> ModelInfo:

@@ -152,3 +152,17 @@ def test_deeply_nested_config_is_rejected(tmp_path):
         z.writestr("config.json", '{"class_name": "Sequential", "config": ' + "[" * 100000 + "]" * 100000 + "}")
     with pytest.raises(ModelRejected):
         modelcheck.inspect_model(path, 10**9)
+
+
+def test_a_model_saved_before_it_was_built_is_refused_at_upload(tmp_path):
+    """No Input and never built: no input shape, no weights. It was accepted, planned as
+    fitting, and failed on the worker ("has no input shape")."""
+    import keras
+
+    keras.Sequential([keras.layers.Flatten(), keras.layers.Dense(10)]).save(tmp_path / "unbuilt.keras")
+    with pytest.raises(modelcheck.ModelRejected, match="no input shape and no weights: build it before saving"):
+        modelcheck.inspect_model(tmp_path / "unbuilt.keras", 1 << 30)
+    built = keras.Sequential([keras.layers.Flatten(), keras.layers.Dense(10)])
+    built.build((None, 28, 28))
+    built.save(tmp_path / "built.keras")
+    assert modelcheck.inspect_model(tmp_path / "built.keras", 1 << 30).summary.total_params == 7850
