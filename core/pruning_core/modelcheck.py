@@ -143,7 +143,9 @@ def _checked_zip(path: pathlib.Path, max_decompressed: int) -> zipfile.ZipFile:
 _TF_NAME = re.compile(r"[A-Za-z0-9.][A-Za-z0-9_.\\/>-]*")
 
 
-def _walk_classes(node, found: list[tuple[str, str]], mixed: list[str], options: list[tuple[str, str, str]]):
+def _walk_classes(
+    node, found: list[tuple[str, str]], mixed: list[str], options: list[tuple[str, str, str]], root: bool = False
+):
     """Checks every ``class_name`` in a Keras config tree; collects (class, name) of layers,
     into ``mixed`` the names of those whose dtype policy is a mixed one (``mixed_float16``),
     and into ``options`` (name, class, why) the options a Keras 3 layer has that tf_keras lacks."""
@@ -158,8 +160,8 @@ def _walk_classes(node, found: list[tuple[str, str]], mixed: list[str], options:
                 name = config.get("name") if isinstance(config, dict) else None
                 which = f"layer {str(name)[:200]!r} (Lambda)" if name is not None else "a Lambda layer"
                 raise ModelRejected(
-                    f"{which} would run arbitrary code; refused (rebuild it from built-in layers "
-                    "or a registered layer class)"
+                    f"{which} would run arbitrary code; refused: rebuild what it computes from built-in "
+                    "Keras layers (custom layer classes, registered or not, are refused too)"
                 )
             if str(module).startswith(preflight.OPERATION_MODULES) and cls not in preflight.MASK_OPERATIONS:
                 if not preflight.operation_translated(cls, node.get("inbound_nodes")):
@@ -170,7 +172,18 @@ def _walk_classes(node, found: list[tuple[str, str]], mixed: list[str], options:
                 name = config.get("name") if isinstance(config, dict) else None
                 what = f"layer {str(name)[:200]!r} ({cls[:200]})" if name is not None else f"the class {cls[:200]}"
                 builtin = str(module).startswith("keras") and node.get("registered_name") in (None, cls)
-                why = "a Keras class the service does not take" if builtin else "not a built-in Keras class"
+                if builtin:
+                    why = "a Keras class the service does not take"
+                elif root:
+                    why = (
+                        "not a built-in Keras class (a subclassed model runs its own code): rebuild it as a "
+                        "Functional or Sequential model of built-in layers"
+                    )
+                else:
+                    why = (
+                        "not a built-in Keras class (its code would run on the worker): rebuild what it computes "
+                        "from built-in layers"
+                    )
                 raise ModelRejected(f"the model uses {what}, {why}; refused")
             if (
                 "registered_name" in node
@@ -245,7 +258,7 @@ def check_model_config(
     mixed: list[str] = []
     options: list[tuple[str, str, str]] = []
     try:
-        _walk_classes(config, layers, mixed, options)
+        _walk_classes(config, layers, mixed, options, root=True)
     except RecursionError:
         raise ModelRejected("the model configuration is nested too deeply") from None
     for _, name in layers:

@@ -166,3 +166,38 @@ def test_a_model_saved_before_it_was_built_is_refused_at_upload(tmp_path):
     built.build((None, 28, 28))
     built.save(tmp_path / "built.keras")
     assert modelcheck.inspect_model(tmp_path / "built.keras", 1 << 30).summary.total_params == 7850
+
+
+def test_refusals_of_custom_code_say_what_to_build_instead(tmp_path):
+    """The Lambda refusal advised "a registered layer class", which is refused too; a subclassed
+    model got no advice."""
+    import keras
+
+    @keras.saving.register_keras_serializable(package="mine")
+    class Scale(keras.layers.Layer):
+        def call(self, x):
+            return x * 2.0
+
+    class Net(keras.Model):
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            self.dense = keras.layers.Dense(2)
+
+        def call(self, x):
+            return self.dense(x)
+
+    inputs = keras.Input((3,))
+    keras.Model(inputs, Scale(name="scale")(inputs)).save(tmp_path / "registered.keras")
+    with pytest.raises(ModelRejected, match=r"layer 'scale' \(Scale\), not a built-in .*rebuild what it computes"):
+        modelcheck.inspect_model(tmp_path / "registered.keras", 1 << 30)
+    net = Net()
+    net(np.zeros((1, 3), "float32"))
+    net.save(tmp_path / "net.keras")
+    with pytest.raises(ModelRejected, match="rebuild it as a Functional or Sequential model of built-in layers"):
+        modelcheck.inspect_model(tmp_path / "net.keras", 1 << 30)
+    keras.Model(inputs, keras.layers.Lambda(lambda x: x + 1, name="plus")(inputs)).save(tmp_path / "lambda.keras")
+    with pytest.raises(ModelRejected) as lam:
+        modelcheck.inspect_model(tmp_path / "lambda.keras", 1 << 30)
+    assert "registered or not, are refused too" in str(lam.value) and "or a registered layer class" not in str(
+        lam.value
+    )
