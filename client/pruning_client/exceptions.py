@@ -137,13 +137,19 @@ class Internal(PruningError):
 
 
 class JobFailed(PruningError):
-    """The job ended FAILED; ``job_code`` is the google.rpc code of its error."""
+    """The job ended FAILED; ``job_code`` is the google.rpc code of its error (3), and
+    ``job_status`` the same as a ``grpc.StatusCode`` (INVALID_ARGUMENT)."""
 
     exit_code = 8
 
     def __init__(self, message: str, *, job_code: int = 0, job: pb.Job | None = None) -> None:
         super().__init__(message)
         self.job_code, self.job = job_code, job
+
+    @property
+    def job_status(self) -> grpc.StatusCode | None:
+        """The job error's code as a ``grpc.StatusCode``; None for a code gRPC does not know."""
+        return next((c for c in grpc.StatusCode if c.value[0] == self.job_code), None)
 
 
 class JobCancelled(PruningError):

@@ -252,6 +252,16 @@ def job_spec(
         raise ValueError(f"keras_version must be 2, 3 or None, got {keras_version!r}")
     if recipe is not None and recipe not in RECIPES:
         raise ValueError(f"recipe must be one of {sorted(RECIPES)} or None, got {recipe!r}")
+    if not isinstance(dataset, str):
+        raise TypeError(
+            f"dataset must be a built-in dataset's name or an uploaded dataset's id, got {type(dataset).__name__}: "
+            "upload arrays first (client.upload_dataset(...).id)"
+        )
+    if not isinstance(model_id, str):
+        raise TypeError(
+            f"model_id must be an uploaded model's id, got {type(model_id).__name__}: upload the model first "
+            "(client.upload_model(...).id)"
+        )
     is_id = len(dataset) == 64 and all(c in "0123456789abcdef" for c in dataset)
     training = pb.TrainingSpec()
     given = _given(

@@ -98,3 +98,22 @@ def test_a_malformed_status_detail_does_not_hide_the_error():
 def test_sdk_raised_errors_have_no_rpc_error():
     error = exceptions.JobTimeout("still RUNNING")
     assert error.code is None and error.rpc_error is None and error.details == "still RUNNING"
+
+
+def test_a_failed_job_s_code_is_also_a_grpc_status():
+    import grpc
+
+    from pruning_client import JobFailed
+
+    assert JobFailed("x", job_code=3).job_status == grpc.StatusCode.INVALID_ARGUMENT
+    assert JobFailed("x", job_code=4).job_status == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert JobFailed("x", job_code=99).job_status is None
+
+
+def test_job_spec_says_what_a_dataset_is_when_given_arrays():
+    import numpy as np
+
+    from pruning_client import job_spec
+
+    with pytest.raises(TypeError, match="upload arrays first"):
+        job_spec("a" * 64, dataset=(np.zeros(3), np.zeros(3)))  # type: ignore[arg-type]
