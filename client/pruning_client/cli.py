@@ -1090,7 +1090,7 @@ _SPEC_OPTIONS = [
         default=None,
         help="Loss the model is fine-tuned and evaluated with: sparse_categorical_crossentropy_from_logits "
         "(default), sparse_categorical_crossentropy (softmax outputs), categorical_crossentropy[_from_logits], "
-        "binary_crossentropy[_from_logits], mean_squared_error, mean_absolute_error.",
+        "binary_crossentropy[_from_logits], mean_squared_error (mse), mean_absolute_error (mae).",
     ),
     _option(
         "--learning-rate",

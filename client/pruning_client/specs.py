@@ -187,6 +187,10 @@ def accuracy_budget(
 RECIPES: dict[str, pb.Recipe.ValueType] = {"keep_accuracy": pb.RECIPE_KEEP_ACCURACY, "plain": pb.RECIPE_PLAIN}
 
 
+LOSS_ALIASES = {"mse": "mean_squared_error", "mae": "mean_absolute_error"}
+"""Keras' short names, sent as the service's."""
+
+
 def job_spec(
     model_id: str,
     *,
@@ -237,7 +241,8 @@ def job_spec(
     pruning to the schedule's: the server runs a search sweep and the job ends with the result
     of the trial it picked. ``output_losses`` gives a model of several outputs a loss per output
     name (say ``{"class": "sparse_categorical_crossentropy_from_logits", "box":
-    "mean_squared_error"}``); the outputs it does not name take ``loss``. ``report=False``
+    "mean_squared_error"}``); the outputs it does not name take ``loss`` (``"mse"`` and ``"mae"`` are
+    taken for ``"mean_squared_error"`` and ``"mean_absolute_error"``). ``report=False``
     skips the report (latency, TensorBoard logs, plots; None = the server's default, on);
     ``latency_repeats`` sets its timed runs per latency figure (0 = 10). ``time_limit_s`` fails
     an attempt of the job running longer with DEADLINE_EXCEEDED (0 = the service's limit alone;
@@ -270,7 +275,7 @@ def job_spec(
         validation_split=validation_split,
         optimizer=optimizer,
         learning_rate=learning_rate,
-        loss=loss,
+        loss=LOSS_ALIASES.get(loss, loss) if loss is not None else None,
         seed=seed,
         max_train_samples=max_train_samples,
         early_stopping_patience=early_stopping_patience,
@@ -281,7 +286,7 @@ def job_spec(
         setattr(training, name, value)
     if recipe is not None:
         training.recipe = RECIPES[recipe]
-    training.output_losses.update(output_losses or {})
+    training.output_losses.update({name: LOSS_ALIASES.get(v, v) for name, v in (output_losses or {}).items()})
     spec = pb.JobSpec(
         model_id=model_id,
         dataset=pb.DatasetRef(artifact_id=dataset) if is_id else pb.DatasetRef(builtin=dataset),

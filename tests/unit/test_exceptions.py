@@ -117,3 +117,11 @@ def test_job_spec_says_what_a_dataset_is_when_given_arrays():
 
     with pytest.raises(TypeError, match="upload arrays first"):
         job_spec("a" * 64, dataset=(np.zeros(3), np.zeros(3)))  # type: ignore[arg-type]
+
+
+def test_job_spec_takes_keras_short_names_of_the_regression_losses():
+    from pruning_client import job_spec
+
+    spec = job_spec("a" * 64, loss="mse", output_losses={"box": "mae", "cls": "sparse_categorical_crossentropy"})
+    assert spec.training.loss == "mean_squared_error"
+    assert dict(spec.training.output_losses) == {"box": "mean_absolute_error", "cls": "sparse_categorical_crossentropy"}
