@@ -1440,24 +1440,23 @@ def _sweep_curve_png(found: pb.Sweep, path: pathlib.Path) -> str | None:
     lines = curve_lines(found)
     if not lines:
         return None
-    fig, ax = plt.subplots(figsize=(7, 4))
-    size = ax.twinx()
+    # Two panels on one sparsity axis: on twin axes that scale themselves, two points of each
+    # drew the accuracy line exactly under the size line.
+    fig, (ax, size) = plt.subplots(2, 1, sharex=True, figsize=(7, 5.5), height_ratios=(3, 2))
     # a regression's trials have no accuracy: their test loss is the curve
     accuracy = all(t.HasField("pruned_accuracy") for _, trials in lines for t in trials)
     quality = "pruned_accuracy" if accuracy else "pruned_loss"
-    for i, (label, trials) in enumerate(lines):
+    for label, trials in lines:
         xs = [t.sparsity for t in trials]
         ax.plot(xs, [getattr(t, quality) for t in trials], "o-", label=label)
-        size.plot(xs, [t.gzip_bytes for t in trials], "s--", color="gray", label="gzip bytes" if i == 0 else None)
+        size.plot(xs, [t.gzip_bytes for t in trials], "s--", label=label)
     if found.HasField("chosen_trial"):
         chosen = found.trials[found.chosen_trial]
         ax.plot([chosen.sparsity], [getattr(chosen, quality)], "r*", markersize=14, label="chosen")
-    ax.set_xlabel("sparsity")
+    size.set_xlabel("sparsity")
     ax.set_ylabel("test accuracy" if accuracy else "test loss")
     size.set_ylabel("gzip bytes")
-    handles, labels = ax.get_legend_handles_labels()
-    more, more_labels = size.get_legend_handles_labels()  # the twin axis' gzip line
-    ax.legend(handles + more, labels + more_labels, loc="lower left", fontsize="small")
+    ax.legend(loc="best", fontsize="small")
     ax.set_title(f"sweep {found.id}")
     fig.tight_layout()
     fig.savefig(path, dpi=100)

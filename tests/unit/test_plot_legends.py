@@ -1,5 +1,5 @@
 """Every line of a plot is in its legend, those drawn on a twin axis too (the history plot's
-target sparsity and the sweep plot's gzip bytes were left out)."""
+target sparsity was left out); the sweep plot's gzip bytes have a panel of their own."""
 
 from __future__ import annotations
 
@@ -40,13 +40,28 @@ def test_the_history_plot_names_the_target_sparsity(tmp_path, legends):
     assert {"loss", "accuracy", "target sparsity"} <= set(texts), legends
 
 
-def test_the_sweep_plot_names_the_gzip_bytes(tmp_path, legends):
+def test_the_sweep_plot_draws_accuracy_and_gzip_bytes_on_panels_of_their_own(tmp_path, monkeypatch):
+    """On twin axes that scale themselves, two trials drew the accuracy line exactly under the
+    gzip bytes line: one could not be seen."""
     from pruning_client.cli import _sweep_curve_png
 
+    saved: list[Figure] = []
+    save = Figure.savefig
+
+    def recording(self, path, *args, **kwargs):
+        saved.append(self)
+        return save(self, path, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", recording)
     sweep = pb.Sweep(id="s" * 24)
     for i, sparsity in enumerate((0.5, 0.8)):
         sweep.trials.add(
-            index=i, sparsity=sparsity, state=pb.JOB_STATE_SUCCEEDED, pruned_accuracy=0.9, gzip_bytes=1000 - i
+            index=i, sparsity=sparsity, state=pb.JOB_STATE_SUCCEEDED, pruned_accuracy=0.9 - i / 10, gzip_bytes=1000 - i
         )
     _sweep_curve_png(sweep, tmp_path / "curve.png")
-    assert "gzip bytes" in legends["curve.png"], legends
+    (figure,) = saved
+    top, bottom = figure.axes
+    assert top.get_ylabel() == "test accuracy" and bottom.get_ylabel() == "gzip bytes"
+    assert [list(line.get_ydata()) for line in top.get_lines()] == [[0.9, 0.8]]
+    assert [list(line.get_ydata()) for line in bottom.get_lines()] == [[1000, 999]]
+    assert top.bbox.y0 >= bottom.bbox.y1  # one above the other, not on top of each other
