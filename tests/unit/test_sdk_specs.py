@@ -33,7 +33,14 @@ def test_given_parameters_are_set():
         exports=("h5", "saved_model.zip"),
     )
     t = spec.training
-    assert (t.epochs, t.batch_size, t.optimizer, t.loss, t.seed, t.max_train_samples) == (3, 16, "sgd", "mse", 7, 100)
+    assert (t.epochs, t.batch_size, t.optimizer, t.loss, t.seed, t.max_train_samples) == (
+        3,
+        16,
+        "sgd",
+        "mean_squared_error",
+        7,
+        100,
+    )
     assert t.learning_rate == pytest.approx(0.01) and t.validation_split == pytest.approx(0.2)
     assert list(spec.export.formats) == [pb.EXPORT_FORMAT_H5, pb.EXPORT_FORMAT_SAVED_MODEL]
 

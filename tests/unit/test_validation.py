@@ -184,12 +184,12 @@ def test_the_channel_makers_createjob_names_are_the_worker_s_producers():
 
 
 def test_an_unknown_loss_is_answered_with_every_loss_within_the_error_cut():
-    spec = job_spec("a" * 64, loss="mse")
+    spec = job_spec("a" * 64, loss="msq")
     spec.training.output_losses["box"] = "x" * 500
     found = dict(validation.validate(spec))
     said = f"spec.training.loss: {found['spec.training.loss']}"
     assert len(said.encode()) <= 200, said  # the server's default cut (200 bytes) keeps it whole
-    assert said.startswith("spec.training.loss: 'mse': not one of ") and said.endswith("mean_absolute_error")
+    assert said.startswith("spec.training.loss: 'msq': not one of ") and said.endswith("mean_absolute_error")
     assert "binary_crossentropy[_from_logits]" in said
     long = found["spec.training.output_losses[box]"]
     assert len(long.encode()) <= 200 and long.endswith("mean_absolute_error")  # the echo cut, not the list
