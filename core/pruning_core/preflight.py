@@ -358,10 +358,15 @@ def summarize(
     params = _params_by_layer(weights, {name for _, name in all_layers}, _weight_groups(config))
     whole = left_whole(config, keras_version)
     top = _top_layers(config)
+    # The inputs are the InputLayers; a layer given input_shape= is one only where the
+    # configuration has no InputLayer (tf_keras writes both for a Sequential built so: one input).
+    has_input_layer = any(layer.get("class_name") == "InputLayer" for layer in top)
     for layer in top:
         cfg = layer.get("config") if isinstance(layer.get("config"), dict) else {}
         assert isinstance(cfg, dict)
-        if layer.get("class_name") == "InputLayer" or "batch_input_shape" in cfg or "batch_shape" in cfg:
+        if layer.get("class_name") == "InputLayer" or (
+            not has_input_layer and ("batch_input_shape" in cfg or "batch_shape" in cfg)
+        ):
             shape = _shape(cfg.get("batch_input_shape") or cfg.get("batch_shape"))
             if shape:
                 summary.inputs.add(name=str(cfg.get("name", "")), shape=shape, dtype=_dtype(cfg))

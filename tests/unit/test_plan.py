@@ -393,3 +393,16 @@ def test_a_binary_classifier_of_one_sigmoid_unit_is_pointed_to_the_binary_cross_
     )
     (warning,) = plan.make_plan(spec, model, facts).warnings
     assert warning.endswith("give the loss binary_crossentropy")
+
+
+@pytest.mark.parametrize("suffix", [".keras", ".h5"])
+def test_a_sequential_built_with_input_shape_has_one_input(tmp_path, suffix):
+    """tf_keras writes an InputLayer and the first layer's batch_input_shape: the summary
+    counted two inputs, and the multi-input check refused the commonest Keras 2 model."""
+    import tf_keras as keras
+
+    model = keras.Sequential([keras.layers.Dense(8, input_shape=(3,), name="fc"), keras.layers.Dense(4, name="out")])
+    model.save(tmp_path / f"m{suffix}")
+    info = modelcheck.inspect_model(tmp_path / f"m{suffix}", 1 << 30)
+    assert [(t.name, list(t.shape)) for t in info.summary.inputs] == [("fc_input", [3])]
+    assert _violations(info.to_dict(), _facts(tmp_path, **_data())) == []
