@@ -139,14 +139,18 @@ def resolve(
     if which == "constant_sparsity":
         s.end_step = s.end_step or last
         s.frequency = s.frequency or _frequency_for(s.end_step - s.begin_step)
-        reach = min(s.end_step, last)  # TFMOT updates the masks at begin_step + k * frequency
-        if s.begin_step + s.frequency > reach:
+        # TFMOT updates the masks at steps begin_step + k * frequency up to end_step, and counts
+        # the fine-tuning's steps from 1: the first update is begin_step itself, or frequency
+        # when the schedule begins at 0.
+        reach = min(s.end_step, total)
+        first = s.begin_step if s.begin_step >= 1 else s.frequency
+        if first > reach:
             return [
                 (
                     "spec.pruning.schedule.constant_sparsity.frequency",
                     f"masks are updated every {s.frequency} steps from step {s.begin_step}, but the fine-tuning "
                     f"ends at step {reach} ({total} steps, schedule end {s.end_step}): no update would apply the "
-                    f"sparsity; set a frequency of at most {max(1, reach - s.begin_step)}",
+                    f"sparsity; set a frequency of at most {max(1, reach)}",
                 )
             ]
         return []

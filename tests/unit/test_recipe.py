@@ -124,6 +124,19 @@ def test_constant_sparsity_refuses_a_frequency_that_puts_no_update_in_the_fine_t
         assert field == "spec.pruning.schedule.constant_sparsity.frequency" and "at most 19" in text
 
 
+# (begin_step, end_step, frequency) on 20 steps, and whether TFMOT applied the sparsity there
+# (a tf_keras Dense fine-tuned 20 steps with UpdatePruningStep: 0.5 sparse, or 0.0): it counts
+# the steps from 1, and updates at begin_step itself when that is not 0.
+@pytest.mark.parametrize(
+    "begin, end, frequency, applied",
+    [(5, 19, 100, True), (0, 20, 20, True), (0, 19, 20, False), (20, 20, 100, True), (0, 19, 19, True)],
+)
+def test_constant_sparsity_s_first_update_is_where_tfmot_makes_it(begin, end, frequency, applied):
+    schedule = constant_sparsity(0.6, begin_step=begin, end_step=end, frequency=frequency)
+    spec = validation.with_defaults(job_spec("m" * 64, epochs=2, schedule=schedule))
+    assert (recipe.resolve(spec, 10) == []) == applied
+
+
 @pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf, -1.0])
 def test_a_non_finite_learning_rate_is_refused(value):
     spec = job_spec("m" * 64, schedule=polynomial_decay(0.5, 0.8), learning_rate=0.001)
@@ -390,8 +403,14 @@ def test_patterns_a_kernel_cannot_take_are_refused_before_fine_tuning():
         worker_recipe.apply_pruning(model, spec, worker_recipe.make_schedule(spec, 4))
     spec = pb.PruningSpec(schedule=constant_sparsity(0.5, frequency=1), block_size=[64, 1])
     spec.layers.exclude_types.append("Conv1D")
-    with pytest.raises(JobInputError, match=r"block_size: \[64, 1\] is larger than the kernel of layer out"):
+    with pytest.raises(JobInputError, match=r"block_size: \[64, 1\] is not smaller than the kernel of layer out"):
         worker_recipe.apply_pruning(model, spec, worker_recipe.make_schedule(spec, 4))
+    # equal to a side fails in TFMOT too (a pooled side of 1): the out kernel is (32, 2)
+    spec.block_size[:] = [2, 2]
+    with pytest.raises(JobInputError, match=r"block_size: \[2, 2\] is not smaller"):
+        worker_recipe.apply_pruning(model, spec, worker_recipe.make_schedule(spec, 4))
+    spec.block_size[:] = [4, 1]
+    worker_recipe.apply_pruning(model, spec, worker_recipe.make_schedule(spec, 4))
 
 
 @pytest.mark.parametrize(

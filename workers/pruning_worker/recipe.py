@@ -98,7 +98,7 @@ def m_by_n_sparsity(layer: keras.layers.Layer, mn: pb.SparsityMByN) -> float:
 def check_shapes(model: keras.Model, p: pb.PruningSpec, chosen: list[str]) -> list[str]:
     """Refuses before fine-tuning a pattern the chosen layers' kernels cannot take (TFMOT
     fails on it only at the first mask update): m-by-n sparsity on a kernel neither 2-D nor
-    4-D, a block larger than a kernel. Returns what to warn of: layers with fewer input
+    4-D, a block not smaller than a kernel on each side. Returns what to warn of: layers with fewer input
     channels than n - m + 1, which m-by-n sparsity leaves dense."""
     block, notes = list(p.block_size), []
     for name in chosen:
@@ -116,8 +116,12 @@ def check_shapes(model: keras.Model, p: pb.PruningSpec, chosen: list[str]) -> li
                     notes.append(
                         f"{what} has {cols} input channels: {mn.m}:{mn.n} sparsity (m zeros of every n) leaves it dense"
                     )
-            if block not in ([], [1, 1]) and w.ndim == 2 and (block[0] > w.shape[0] or block[1] > w.shape[1]):
-                raise JobInputError(f"spec.pruning.block_size: {block} is larger than the kernel of {what}")
+            # TFMOT pools the kernel by blocks and fails where a pooled side is 1 (it squeezes it)
+            if block not in ([], [1, 1]) and w.ndim == 2 and (block[0] >= w.shape[0] or block[1] >= w.shape[1]):
+                raise JobInputError(
+                    f"spec.pruning.block_size: {block} is not smaller than the kernel of {what} on each side: "
+                    "exclude the layer or take a smaller block"
+                )
     return notes
 
 

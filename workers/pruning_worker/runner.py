@@ -446,6 +446,9 @@ def run_job(job_id: str, settings: Settings, worker: str, task_id: str = "") -> 
         if _release(store, job, settings):
             return None
         raise  # the store is still away: the reaper re-queues the job once its silence shows
+    except StaleAttempt:  # a newer attempt took the job over as this one ended: it is that one's
+        log.warning("job %s: attempt %d was taken over", job_id, job.attempt)
+        return None
     except Exception as exc:  # noqa: BLE001 - a failure before the job's own handling (setting it up)
         # Left RUNNING, the job would look like a lost worker to the reaper: re-queued after its
         # silence, max_attempts times, minutes later. It fails now, as INTERNAL.
