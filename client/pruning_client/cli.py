@@ -36,7 +36,7 @@ from google.protobuf.message import Message
 from pruning.v1 import pruning_pb2 as pb
 
 from .client import Client, _api_key_problem
-from .exceptions import JobCancelled, NotFound, PruningError
+from .exceptions import NotFound, PruningError
 from .job import JobHandle, _is_directory, format_name, is_terminal, named_export
 from .report import job_report, sweep_report
 from .results import JobPlan, ModelSummary, PruneResult, figure, int64_as_numbers, plural, points, recipe_text, speed_up
@@ -66,6 +66,9 @@ from .sweeps import (
     setup_lines,
     sweep_spec,
     trial_figures,
+)
+from .sweeps import (
+    outcome as sweep_outcome,
 )
 
 if TYPE_CHECKING:
@@ -1402,8 +1405,7 @@ def sweep(
         final = _follow_sweep(handle, json_lines=opts.json)
         if not opts.json:
             click.echo(format_sweep(final))
-        if final.state == pb.JOB_STATE_CANCELLED:
-            raise JobCancelled(f"sweep {final.id} was cancelled")
+        sweep_outcome(final)  # exit 9 for a cancelled sweep, 8 for one no trial of which succeeded
 
 
 @cli.command("sweep-status")

@@ -145,8 +145,9 @@ class SweepHandle(_BaseSweepHandle["Client"]):
 
     def result(self, timeout: float | None = None) -> pb.Sweep:
         """Follows the sweep to its end and returns it (its trials are the curve, and
-        ``chosen_trial`` the answer). Raises JobCancelled for a cancelled sweep, TimeoutError
-        once ``timeout`` seconds passed."""
+        ``chosen_trial`` the answer). Raises JobCancelled for a cancelled sweep, JobFailed
+        for one none of whose trials succeeded (``job_code``: the first failed trial's),
+        TimeoutError once ``timeout`` seconds passed."""
         for _ in self._follow(1.0, timeout):
             pass
         return outcome(self.last if self.last is not None else self.get())
@@ -156,8 +157,9 @@ def outcome(sweep: pb.Sweep) -> pb.Sweep:
     """``sweep`` once it has ended: JobCancelled or JobFailed unless it succeeded."""
     if sweep.state == pb.JOB_STATE_CANCELLED:
         raise JobCancelled(f"sweep {sweep.id} was cancelled")
-    if sweep.state == pb.JOB_STATE_FAILED:
-        raise JobFailed(f"sweep {sweep.id} failed: {sweep.message}")
+    if sweep.state == pb.JOB_STATE_FAILED:  # no trial succeeded: the first failure's code
+        first = next((t for t in sweep.trials if t.state == pb.JOB_STATE_FAILED), None)
+        raise JobFailed(f"sweep {sweep.id} failed: {sweep.message}", job_code=first.error.code if first else 0)
     return sweep
 
 

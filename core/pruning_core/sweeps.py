@@ -342,7 +342,9 @@ def conclusion(sweep: pb.Sweep) -> str:
     failed = sum(1 for t in sweep.trials if t.state == pb.JOB_STATE_FAILED)
     tail = f" ({done} trial{'' if done == 1 else 's'} succeeded, {failed} failed)"
     if (first := first_failure(sweep)) is not None:
-        return f"no trial succeeded{tail}; trial {first.index} (job {first.job_id}): {first.error.message}"
+        # a job's error of at most 500 characters, as a job input error's
+        cause = first.error.message if len(first.error.message) <= 380 else first.error.message[:377] + "..."
+        return f"no trial succeeded ({failed} failed); trial {first.index} (job {first.job_id}): {cause}"
     if not _has_budget(sweep.spec):
         return "every sparsity tried" + tail
     if index is None:

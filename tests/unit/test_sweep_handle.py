@@ -77,3 +77,15 @@ def test_result_resumes_after_a_reconnect_and_returns_the_end(monkeypatch):
     done = SweepHandle(_Client(stub), SWEEP).result(timeout=30)
     assert done.version == 3 and done.state == pb.JOB_STATE_SUCCEEDED
     assert [after for after, _ in stub.requests] == [0, 2]
+
+
+def test_a_sweep_no_trial_of_which_succeeded_raises_with_the_first_failure_s_code():
+    from pruning_client import JobFailed
+    from pruning_client.sweeps import outcome
+
+    sweep = pb.Sweep(id="s" * 24, state=pb.JOB_STATE_FAILED, message="no trial succeeded (2 failed)")
+    sweep.trials.add(index=0, state=pb.JOB_STATE_FAILED, error=pb.JobError(code=3, message="model: broken"))
+    sweep.trials.add(index=1, state=pb.JOB_STATE_FAILED, error=pb.JobError(code=13, message="other"))
+    with pytest.raises(JobFailed) as failed:
+        outcome(sweep)
+    assert failed.value.job_code == 3 and failed.value.exit_code == 8 and "no trial succeeded" in str(failed.value)
