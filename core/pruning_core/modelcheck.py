@@ -172,18 +172,16 @@ def _walk_classes(
                 name = config.get("name") if isinstance(config, dict) else None
                 what = f"layer {str(name)[:200]!r} ({cls[:200]})" if name is not None else f"the class {cls[:200]}"
                 builtin = str(module).startswith("keras") and node.get("registered_name") in (None, cls)
+                if root and not builtin:
+                    raise ModelRejected(
+                        f"the model subclasses keras.Model ({cls[:40]}): its code would run on the worker; "
+                        "refused: rebuild it as a Functional or Sequential model of built-in layers"
+                    )
                 if builtin:
                     why = "a Keras class the service does not take"
-                elif root:
-                    why = (
-                        "not a built-in Keras class (a subclassed model runs its own code): rebuild it as a "
-                        "Functional or Sequential model of built-in layers"
-                    )
                 else:
-                    why = (
-                        "not a built-in Keras class (its code would run on the worker): rebuild what it computes "
-                        "from built-in layers"
-                    )
+                    what = f"layer {str(name)[:60]!r} ({cls[:60]})" if name is not None else f"the class {cls[:60]}"
+                    why = "not a built-in Keras class (its code would run on the worker): build it from built-in layers"
                 raise ModelRejected(f"the model uses {what}, {why}; refused")
             if (
                 "registered_name" in node

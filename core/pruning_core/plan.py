@@ -246,9 +246,13 @@ def _labels_fit(spec: pb.JobSpec, outputs: Sequence[pb.TensorSummary], data: Dat
             out.append(
                 (
                     data.field,
-                    f"{labels.arrays[0]} samples have shape {labels.shape}, but a sparse categorical loss takes one "
-                    "class index per sample (shape [] or [1]); one-hot labels take the loss categorical_crossentropy"
-                    + ("" if output.activation == "softmax" else " (categorical_crossentropy_from_logits for logits)"),
+                    f"{labels.arrays[0][:40]} samples have shape {labels.shape[:4]}, but a sparse categorical loss "
+                    "takes a class index per sample (shape [] or [1]); one-hot labels take the loss "
+                    + (
+                        "categorical_crossentropy"
+                        if output.activation == "softmax"
+                        else "categorical_crossentropy_from_logits"
+                    ),
                 )
             )
         if labels.fraction is not None:
@@ -295,12 +299,13 @@ def _losses_fit(spec: pb.JobSpec, summary_outputs: Sequence[pb.TensorSummary]) -
                 if o.name in spec.training.output_losses
                 else "spec.training.loss"
             )
-            fix = (
-                "binary_crossentropy (a sigmoid: a binary classifier)"
-                if o.activation == "sigmoid"
-                else "binary_crossentropy_from_logits (a binary classifier) or mean_squared_error (a regression)"
+            fix = {
+                "sigmoid": "give binary_crossentropy",
+                "softmax": "a softmax of 1 unit is always 1: end it in a sigmoid, with binary_crossentropy",
+            }.get(
+                o.activation, "give binary_crossentropy_from_logits (a classifier) or mean_squared_error (a regression)"
             )
-            out.append((field, f"output {o.name!r} has 1 unit, but {loss} needs one unit per class: give {fix}"))
+            out.append((field, f"output {o.name[:40]!r} has 1 unit: {loss} needs one per class; {fix}"))
     return out
 
 

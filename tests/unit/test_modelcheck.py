@@ -188,7 +188,7 @@ def test_refusals_of_custom_code_say_what_to_build_instead(tmp_path):
 
     inputs = keras.Input((3,))
     keras.Model(inputs, Scale(name="scale")(inputs)).save(tmp_path / "registered.keras")
-    with pytest.raises(ModelRejected, match=r"layer 'scale' \(Scale\), not a built-in .*rebuild what it computes"):
+    with pytest.raises(ModelRejected, match=r"layer .scale. \(Scale\), not a built-in .*build it from built-in layers"):
         modelcheck.inspect_model(tmp_path / "registered.keras", 1 << 30)
     net = Net()
     net(np.zeros((1, 3), "float32"))
@@ -201,3 +201,23 @@ def test_refusals_of_custom_code_say_what_to_build_instead(tmp_path):
     assert "registered or not, are refused too" in str(lam.value) and "or a registered layer class" not in str(
         lam.value
     )
+
+
+def test_the_refusal_of_a_subclassed_model_fits_the_error_cut(tmp_path):
+    import keras
+
+    class AVeryLongNameForAClassifierModelOfOurTeam(keras.Model):
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            self.dense = keras.layers.Dense(2)
+
+        def call(self, x):
+            return self.dense(x)
+
+    net = AVeryLongNameForAClassifierModelOfOurTeam(name="my_classifier_with_a_long_name")
+    net(np.zeros((1, 3), "float32"))
+    net.save(tmp_path / "net.keras")
+    with pytest.raises(ModelRejected) as refused:
+        modelcheck.inspect_model(tmp_path / "net.keras", 1 << 30)
+    said = f"model: {refused.value}"
+    assert len(said.encode()) <= 200 and said.endswith("model of built-in layers"), said
