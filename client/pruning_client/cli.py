@@ -596,20 +596,24 @@ def _destination(output: str | None, name: str, *, directory: bool = False) -> p
 
 
 def _stored_name(client: Client, artifact_id: str) -> str:
-    """An upload's file name as it was uploaded (its last part, without characters a file
-    system or shell would take for more); an export's or report file's id with its suffix
-    ("<id>.keras": the worker's own names would collide). The id alone where the server has
-    no GetArtifact."""
+    """A file name for an artifact downloaded by id: an upload's name as uploaded with the id's
+    first 12 digits before its suffix ("mnist-eec011953304.keras": never the user's own file of
+    that name, which a retrained model may have replaced since), an export's or report file's
+    id with its suffix ("<id>.keras": the worker's own names collide). The id alone where the
+    server has no GetArtifact."""
     try:
         artifact = client.get_artifact(artifact_id)
     except PruningError as error:
         if error.code != grpc.StatusCode.UNIMPLEMENTED:
             raise
         return artifact_id
+    suffix = _suffix(artifact)
     if artifact.kind in (pb.ARTIFACT_KIND_EXPORT, pb.ARTIFACT_KIND_REPORT):
-        return artifact_id + _suffix(artifact)
-    name = "".join(c if c.isalnum() or c in "-_.+" else "_" for c in re.split(r"[\\/]", artifact.filename)[-1])
-    return name if name.strip("._") else artifact_id
+        return artifact_id + suffix
+    base = re.split(r"[\\/]", artifact.filename)[-1]
+    stem = base[: len(base) - len(suffix)] if suffix and base.endswith(suffix) else base
+    stem = "".join(c if c.isalnum() or c in "-_.+" else "_" for c in stem).strip("._")[:100]
+    return f"{stem}-{artifact_id[:12]}{suffix}" if stem else artifact_id + suffix
 
 
 def _fetch(client: Client, artifact_id: str, dest: pathlib.Path) -> pathlib.Path:
@@ -1710,8 +1714,8 @@ def delete(artifact_id: str) -> None:
 def download(id_: str, output: str | None, fmt: str | None, all_: bool) -> None:
     """Download an artifact or a job's exports; prints the paths.
 
-    ID is an artifact id (its sha256) or a job id (waits for the job). An artifact is saved
-    under the name it was uploaded or exported under unless -o names a file. An interrupted
+    ID is an artifact id (its sha256) or a job id (waits for the job). Unless -o names a file,
+    an upload by id is saved as <its uploaded name>-<id prefix><suffix>, an export as <id><suffix>. An interrupted
     download resumes from its partial file (<file>.<artifact id prefix>.part).
     """
     if _is_id(id_) and (fmt is not None or all_):

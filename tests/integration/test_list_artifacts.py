@@ -140,6 +140,9 @@ def test_cli_inspects_an_uploaded_model_by_id_and_downloads_an_artifact_under_it
     out = tmp_path / "into"
     assert run(["download", model.id, "-o", f"{out}/", "--json", *common]) == 0
     path = pathlib.Path(json.loads(capsys.readouterr().out)["path"])
-    assert path == out / files["keras"].name and path.read_bytes() == files["keras"].read_bytes()
+    assert (
+        path == out / f"{files['keras'].stem}-{model.id[:12]}.keras"
+        and path.read_bytes() == files["keras"].read_bytes()
+    )
     assert run(["download", model.id, "-o", str(tmp_path / "mine.keras"), *common]) == 0  # a file named: that name
     assert (tmp_path / "mine.keras").read_bytes() == files["keras"].read_bytes()

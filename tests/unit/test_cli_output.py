@@ -219,7 +219,8 @@ def test_download_destinations(
     assert run(["download", JOB, "-o", "other/model.keras", "--format", "keras"]) == 0  # a file
     assert capsys.readouterr().out.strip() == "other/model.keras"
     assert run(["download", KERAS_ID, "-o", "new/dir"]) == 0  # an artifact id into an existing directory
-    assert capsys.readouterr().out.strip() == "new/dir/my_model.keras"  # as uploaded, made a plain file name
+    # as uploaded, made a plain file name, with the id's prefix: never the user's own my model.keras
+    assert capsys.readouterr().out.strip() == f"new/dir/my_model-{KERAS_ID[:12]}.keras"
     assert run(["download", KERAS_ID, "-o", "file.bin"]) == 0
     assert capsys.readouterr().out.strip() == "file.bin"
     assert pathlib.Path("file.bin").read_text() == KERAS_ID
