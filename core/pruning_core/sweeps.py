@@ -350,11 +350,17 @@ def conclusion(sweep: pb.Sweep) -> str:
     if index is None:
         return "no sparsity tried keeps the accuracy budget" + tail
     t = sweep.trials[index]
-    change = round(t.accuracy_loss_pp, 2)
-    said = f"{abs(change):.2f} pp {'lost' if change > 0 else 'gained'}" if change else "no accuracy lost"
     return (
-        f"sparsity {t.sparsity:.4f} is the highest within the budget: accuracy {t.pruned_accuracy:.4f}, {said}" + tail
+        f"sparsity {t.sparsity:.4f} is the highest within the budget: accuracy {t.pruned_accuracy:.4f}, "
+        f"{lost_or_gained(t.accuracy_loss_pp)}" + tail
     )
+
+
+def lost_or_gained(loss_pp: float) -> str:
+    """An accuracy loss in words: "2.29 pp lost", "0.25 pp gained", "no change" (to 0.01 pp).
+    The SDK words it the same (pruning_client.sweeps.lost_or_gained)."""
+    change = round(loss_pp, 2)
+    return f"{abs(change):.2f} pp {'lost' if change > 0 else 'gained'}" if change else "no change"
 
 
 def record_job(trial: pb.Trial, job: pb.Job, budget: pb.AccuracyBudget) -> None:

@@ -439,9 +439,7 @@ def _told(trial: pb.Trial, sweep: pb.Sweep) -> str:
     verdict = "within the budget" if trial.within_budget else "over the budget"
     if not trial.HasField("accuracy_loss_pp"):
         return f"{head}: no accuracy to compare (test loss {trial.pruned_loss:.4f}), {verdict}"
-    change = round(trial.accuracy_loss_pp, 2)
-    said = f"{abs(change):.2f} pp {'lost' if change > 0 else 'gained'}" if change else "no change"
-    return f"{head}: accuracy {trial.pruned_accuracy:.4f} ({said}), {verdict}"
+    return f"{head}: accuracy {trial.pruned_accuracy:.4f} ({sweeps.lost_or_gained(trial.accuracy_loss_pp)}), {verdict}"
 
 
 async def settle(jobs: PruningService, tenant: str, sweep: pb.Sweep) -> None:

@@ -252,7 +252,7 @@ def test_the_conclusion_of_a_sweep_no_trial_of_which_succeeded_names_the_first_f
     assert sweeps.first_failure(some) is None and sweeps.conclusion(some).startswith("every sparsity tried")
 
 
-@pytest.mark.parametrize("loss, said", [(0.25, "0.25 pp lost"), (-0.25, "0.25 pp gained"), (0.001, "no accuracy lost")])
+@pytest.mark.parametrize("loss, said", [(0.25, "0.25 pp lost"), (-0.25, "0.25 pp gained"), (0.001, "no change")])
 def test_the_conclusion_words_a_loss_as_a_loss_and_a_gain_as_a_gain(loss, said):
     sweep = _sweep(sparsities=[0.5], max_loss_pp=0.5)
     _run(sweep, lambda s: loss)
