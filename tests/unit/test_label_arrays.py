@@ -58,6 +58,13 @@ def test_outputs_that_end_in_probabilities_are_named():
     assert found == {"cls": "softmax", "flag": "sigmoid", "logits": "linear", "probs": "softmax"}
     keyed = tf_keras.Model(x, {"a": layers.Dense(2, activation="softmax")(h), "b": layers.Dense(2)(h)})
     assert inputs.output_activations(keyed) == {"a": "softmax", "b": "linear"}
+    # the job's warning names the loss the dry run names: binary for a sigmoid of one unit
+    units = inputs.output_units(model)
+    assert units == {"cls": 3, "flag": 1, "logits": 2, "probs": 2}
+    from pruning_core.validation import logits_warning
+
+    warning = logits_warning("flag", found["flag"], "categorical_crossentropy_from_logits", units["flag"])
+    assert warning is not None and warning.endswith("give the loss binary_crossentropy")
 
 
 def test_logits_under_a_loss_taking_probabilities_are_warned_of_too():

@@ -120,18 +120,21 @@ def _check_inputs(model: Any, name: str, x: Data) -> None:
         raise JobInputError(f"dataset: {name} samples have shape {list(x.shape[1:])}, the model expects {expected}")
 
 
+def _output_tensors(model: Any) -> list[tuple[str, Any]]:
+    """(the name its loss goes by, tensor) of each output."""
+    keys = output_keys(model)
+    if keys is not None:
+        return [(key, model._nested_outputs[key]) for key in keys]
+    return list(zip(model.output_names, model.outputs, strict=True))
+
+
 def output_activations(model: Any) -> dict[str, str]:
     """The last activation of each output (by the names their losses go by) where its layer
     says: "softmax", "sigmoid", "linear" (logits), ... A loss ``*_from_logits`` on
     probabilities, or one taking probabilities on logits, trains badly and fails nothing
     (see :func:`pruning_core.validation.logits_warning`)."""
-    keys = output_keys(model)
-    if keys is not None:
-        tensors = [(key, model._nested_outputs[key]) for key in keys]
-    else:
-        tensors = list(zip(model.output_names, model.outputs, strict=True))
     out = {}
-    for name, tensor in tensors:
+    for name, tensor in _output_tensors(model):
         layer = getattr(getattr(tensor, "_keras_history", None), "layer", None)
         if layer is None:
             continue
@@ -139,6 +142,15 @@ def output_activations(model: Any) -> dict[str, str]:
             out[name] = "softmax"
         elif activation := getattr(getattr(layer, "activation", None), "__name__", ""):
             out[name] = activation
+    return out
+
+
+def output_units(model: Any) -> dict[str, int | None]:
+    """The last dimension of each output (by the names their losses go by), where known."""
+    out: dict[str, int | None] = {}
+    for name, tensor in _output_tensors(model):
+        last = tensor.shape[-1] if tensor.shape.rank else None
+        out[name] = int(last) if last is not None else None
     return out
 
 

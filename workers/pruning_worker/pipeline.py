@@ -25,7 +25,7 @@ from .callbacks import HistoryCallback, ProgressCallback, Reporter, early_stoppi
 from .errors import Cancelled, OutcomeError
 from .evaluate import evaluate
 from .export import KERAS_FILES, as_keras3, export, load_export
-from .inputs import Inputs, by_output, check, check_split, head, length, output_activations
+from .inputs import Inputs, by_output, check, check_split, head, length, output_activations, output_units
 from .losses import JobLoss
 from .measure import device_name
 from .structured import step
@@ -64,8 +64,10 @@ def run(
         keras.utils.set_random_seed(t.seed)
     job_loss = JobLoss.of(model, t)  # one loss, or one per output
     loss = job_loss.keras_loss()
+    units = output_units(model)
     for output, activation in output_activations(model).items():
-        if warning := validation.logits_warning(output, activation, validation.output_loss(t, output) or defaults.LOSS):
+        loss_name = validation.output_loss(t, output) or defaults.LOSS
+        if warning := validation.logits_warning(output, activation, loss_name, units.get(output)):
             reporter.log(warning, level="WARNING")
 
     result = pb.PruneResult(
