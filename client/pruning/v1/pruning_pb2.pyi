@@ -794,11 +794,13 @@ Global___LayerSelection: _TypeAlias = LayerSelection  # noqa: Y015
 
 @_typing.final
 class SparsityMByN(_message.Message):
-    """Structured m-by-n sparsity (for example 2 of every 4 weights).
-    m zeros in every n consecutive weights along a kernel's input channels (TFMOT's
-    sparsity_m_by_n): 2:4 leaves half of them, 1:4 a quarter zero; 0 < m < n <= 64. Dense and
-    Conv2D kernels only; input channels not a multiple of n end in a shorter group, of which
-    only what exceeds n - m is zeroed (the job's per-layer targets count it so).
+    """Structured m-by-n sparsity: m zeros in every n consecutive weights along a kernel's input
+    channels (TFMOT's sparsity_m_by_n): 2:4 leaves half of them, 1:4 a quarter zero;
+    0 < m < n <= 64. Kernels of two or four dimensions (Dense, Conv2D, Embedding, the recurrent
+    layers); a job pruning a Conv1D or Conv3D kernel so is refused before fine-tuning. Input
+    channels not a multiple of n end in a shorter group, of which only what exceeds n - m is
+    zeroed (the job's per-layer targets count it so; a layer of n - m input channels or fewer
+    stays dense, with a warning).
     """
 
     DESCRIPTOR: _descriptor.Descriptor
