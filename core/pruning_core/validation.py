@@ -35,8 +35,8 @@ REGRESSION_LOSSES = ("mean_squared_error", "mean_absolute_error")
 
 MAX_M_BY_N = 64  # n of m-by-n sparsity (2:4, 1:4, 4:8 are the patterns hardware takes)
 MAX_DISTILLATION_TEMPERATURE = 100.0  # the loss is scaled by T^2: far past it, it overflows
-MAX_BLOCK = 1024
-MAX_CHANNELS = 65536  # structured pruning's round_to and min_channels: past any layer's width  # rows or columns of a pruning block
+MAX_BLOCK = 1024  # rows or columns of a pruning block
+MAX_CHANNELS = 65536  # structured pruning's round_to and min_channels: past any layer's width
 
 
 def _shown(value: str, limit: int = 20) -> str:
@@ -277,8 +277,13 @@ def validate_request(request: pb.CreateJobRequest) -> list[Violation]:
     return validate(request.spec) + validate_metadata(request.labels, request.idempotency_key)
 
 
+# Direction marks, embeddings, overrides and isolates: they reorder what a listing shows.
+_BIDI = frozenset("\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
 def _control(text: str) -> bool:
-    return any(unicodedata.category(c) == "Cc" for c in text)
+    """Holds a control character, a line or paragraph separator, or a bidi control."""
+    return any(unicodedata.category(c) in ("Cc", "Zl", "Zp") or c in _BIDI for c in text)
 
 
 def _printable(text: str) -> str:

@@ -225,3 +225,8 @@ def test_labels_and_idempotency_keys_with_control_characters_are_refused():
     ((field, text),) = validation.validate_metadata({"a\0b": "c"}, "")
     assert field == "labels[a\\x00b]" and "control characters" in text
     assert [f for f, _ in validation.validate_metadata({"a": "b\tc"}, "k\n")] == ["labels[a]", "idempotency_key"]
+    # what reorders or breaks a listing's lines: a bidi override, a line separator
+    assert [f for f, _ in validation.validate_metadata({"x": "evil\u202etxt", "y": "a\u2028b"}, "")] == [
+        "labels[x]",
+        "labels[y]",
+    ]

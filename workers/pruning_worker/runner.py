@@ -141,9 +141,8 @@ class Reporter:
 
     def _check_deadline(self) -> None:
         if self.deadline is not None and time.monotonic() > self.deadline:
-            raise JobDeadlineExceeded(
-                f"the job ran past its time limit of {self.time_limit_s:g} s ({self.whose_limit})"
-            )
+            limit = f"{self.time_limit_s:.0f}" if self.time_limit_s >= 10 else f"{self.time_limit_s:g}"
+            raise JobDeadlineExceeded(f"the job ran past its time limit of {limit} s ({self.whose_limit})")
 
     def should_stop(self) -> bool:
         """True once a cancel was asked (checked at most every interval); raises
