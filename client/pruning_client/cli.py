@@ -763,8 +763,10 @@ def _report(error: PruningError, *, json_output: bool, stream: bool = False) -> 
         }
         job = getattr(error, "job", None)
         if isinstance(job, pb.Job) and job.id:
-            payload["job_id"] = job.id  # a failed or cancelled job: which one, without parsing the message
+            payload["job_id"] = job.id  # a failed, cancelled or unfinished job: which one
         click.echo(json.dumps(payload), err=stream)
+        if not stream:  # a step's log (stderr) says why too, where its stdout went to a parser
+            click.echo(f"error: {_one_line(error.message)}", err=True)
         return
     violations = error.field_violations
     joined = "; ".join(f"{f}: {d}" for f, d in violations)
@@ -791,7 +793,7 @@ def _report_local(error: OSError, *, json_output: bool, stream: bool = False) ->
     if json_output:
         payload = {"error": type(error).__name__, "message": message, "field_violations": []}
         click.echo(json.dumps(payload), err=stream)
-    else:
+    if not json_output or not stream:
         click.echo(f"error: {message}", err=True)
 
 
@@ -1605,16 +1607,23 @@ def result(job_id: str, wait_timeout: float | None) -> None:
 @_option("--limit", type=click.IntRange(min=1), default=100, help="Show at most this many jobs.")
 @global_options
 def list_(state: tuple[str, ...], label: dict[str, str], limit: int) -> None:
-    """List jobs, newest first."""
+    """List jobs, newest first.
+
+    At most --limit (100) of them; a last line says when there are more (JSON: "truncated").
+    """
     states = [int(pb.JobState.Value("JOB_STATE_" + s.upper())) for s in state]
     with _client(_globals()) as client:
-        jobs = list(itertools.islice(client.list_jobs(states=states, labels=label), limit))
+        jobs = list(itertools.islice(client.list_jobs(states=states, labels=label), limit + 1))
+    truncated = len(jobs) > limit
+    jobs = jobs[:limit]
     lines = [
         f"{j.id}  {_state(j):11} {j.created_at.ToDatetime():%Y-%m-%d %H:%M:%S}  "
         + " ".join(f"{k}={v}" for k, v in sorted(j.labels.items()))
         for j in jobs
     ]
-    _emit({"jobs": [_dump(j) for j in jobs]}, "\n".join(lines) or "no jobs")
+    if truncated:
+        lines.append(f"... more than {limit} (raise --limit)")
+    _emit({"jobs": [_dump(j) for j in jobs], "truncated": truncated}, "\n".join(lines) or "no jobs")
 
 
 @cli.command("cancel")

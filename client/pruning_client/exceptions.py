@@ -163,9 +163,13 @@ class JobCancelled(PruningError):
 
 
 class JobTimeout(PruningError):
-    """``result(timeout=)`` ran out before the job ended."""
+    """``result(timeout=)`` ran out before the job ended; ``job`` is its record as last seen."""
 
     exit_code = 10
+
+    def __init__(self, message: str, *, job: pb.Job | None = None) -> None:
+        super().__init__(message)
+        self.job = job
 
 
 class IntegrityError(PruningError):

@@ -108,7 +108,7 @@ def test_submit_wait_download(server: Any, worker: Any, files: dict[str, pathlib
     assert not list(tmp_path.glob("*.part"))
 
     listed = json.loads(cli(server, "list", "--label", "via=cli").stdout)
-    assert [j["id"] for j in listed["jobs"]] == [data["job_id"]]
+    assert [j["id"] for j in listed["jobs"]] == [data["job_id"]] and listed["truncated"] is False
     status = json.loads(cli(server, "status", data["job_id"]).stdout)
     assert status["state"] == "JOB_STATE_SUCCEEDED"
     events = [json.loads(line) for line in cli(server, "watch", data["job_id"]).stdout.splitlines()]
@@ -136,6 +136,10 @@ def test_exit_codes(server: Any, files: dict[str, pathlib.Path]) -> None:
     assert ["spec.pruning.schedule.polynomial_decay.final_sparsity", "must be in [0, 1), got 1.5"] in error[
         "field_violations"
     ]
+    # the step's log (stderr) says why too: a pipeline reads stdout with a parser
+    assert bad.stderr.startswith("error: INVALID_ARGUMENT: spec.pruning.schedule.polynomial_decay.final_sparsity")
+    unknown = cli(server, "status", "0" * 24)
+    assert unknown.returncode == 3 and unknown.stderr.startswith("error: NOT_FOUND")
     assert cli(server, "status", "0" * 24).returncode == 3
     assert cli(server, "download", "0" * 64, "-o", "/tmp/nothing").returncode == 3
 

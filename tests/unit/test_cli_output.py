@@ -99,6 +99,10 @@ class FakeClient:
         FakeClient.downloads.append((artifact_id, path))
         return path
 
+    def list_jobs(self, *, states=None, labels=None, page_size: int = 50):  # type: ignore[no-untyped-def]
+        for i in range(3):
+            yield pb.Job(id=f"{i}" * 24, state=pb.JOB_STATE_QUEUED)
+
     def get_artifact(self, artifact_id: str) -> pb.Artifact:
         return pb.Artifact(id=artifact_id, kind=pb.ARTIFACT_KIND_MODEL, format="keras", filename="../my model.keras")
 
@@ -467,3 +471,23 @@ def test_one_violation_is_printed_whole_though_the_message_was_cut(capsys: pytes
     )
     cli_module._report(error, json_output=False)
     assert capsys.readouterr().err.strip() == f"error: INVALID_ARGUMENT: spec.training.loss: {description}"
+
+
+def test_list_says_when_it_left_jobs_out(fake: type[FakeClient], capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(["list", "--limit", "2", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert [j["id"] for j in data["jobs"]] == ["0" * 24, "1" * 24] and data["truncated"] is True
+    assert run(["list", "--limit", "3", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["truncated"] is False
+    assert run(["list", "--limit", "2"]) == 0
+    assert capsys.readouterr().out.rstrip().endswith("... more than 2 (raise --limit)")
+
+
+def test_an_unfinished_job_s_timeout_names_the_job_in_json_and_on_stderr(capsys: pytest.CaptureFixture[str]) -> None:
+    from pruning_client.cli import _report
+    from pruning_client.exceptions import JobTimeout
+
+    _report(JobTimeout("job x still JOB_STATE_RUNNING after 2s", job=pb.Job(id="j" * 24)), json_output=True)
+    out, err = capsys.readouterr()
+    assert json.loads(out)["job_id"] == "j" * 24 and json.loads(out)["error"] == "JobTimeout"
+    assert err == "error: job x still JOB_STATE_RUNNING after 2s\n"
