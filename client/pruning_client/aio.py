@@ -115,13 +115,13 @@ class AsyncJobHandle(_BaseHandle["AsyncClient"]):
         return self._job
 
     async def watch(
-        self, after_event_id: str | None = None, *, max_reconnects: int = MAX_RECONNECTS
+        self, after_event_id: str | None = None, *, max_reconnects: int = MAX_RECONNECTS, timeout: float | None = None
     ) -> AsyncGenerator[pb.JobEvent, None]:
         """Yields the job's events until it ends, resuming a dropped stream from the last event
-        id seen."""
+        id seen; JobTimeout once ``timeout`` seconds passed with the job not ended."""
         if after_event_id is not None:
             self.last_event_id = after_event_id
-        cursor = _Cursor(self.last_event_id, max_reconnects=max_reconnects)
+        cursor = _Cursor(self.last_event_id, max_reconnects=max_reconnects, timeout=timeout)
         async with contextlib.aclosing(self._follow(cursor)) as events:
             async for event in events:
                 self.last_event_id = event.id

@@ -522,24 +522,34 @@ def _upload(client: Client, kind: str, path: os.PathLike[str] | str) -> pb.Artif
         return client.upload_dataset(path, progress=bar.sent)
 
 
+_WAIT_TIMEOUT = _option(
+    "--wait-timeout",
+    type=click.FloatRange(min=0),
+    default=None,
+    metavar="SECONDS",
+    help="Give up waiting after this long (exit 10; the job goes on); default: until the job ends.",
+)
+
+
 class Followable(Protocol):
     """What :func:`follow` needs of a job handle (a :class:`JobHandle` has it)."""
 
     @property
     def id(self) -> str: ...
 
-    def watch(self) -> Iterator[pb.JobEvent]: ...
+    def watch(self, *, timeout: float | None = None) -> Iterator[pb.JobEvent]: ...
 
     def status(self) -> pb.Job: ...
 
 
-def follow(job: Followable, *, show_bar: bool, json_lines: bool) -> pb.Job:
-    """Follows a job's events until it ends and returns its final record. With ``json_lines``,
-    each event is one JSON line on stdout; otherwise logs and state changes go to stderr, with
-    a progress bar when ``show_bar`` and stderr is a terminal (plain lines otherwise)."""
+def follow(job: Followable, *, show_bar: bool, json_lines: bool, timeout: float | None = None) -> pb.Job:
+    """Follows a job's events until it ends and returns its final record (JobTimeout, exit
+    10, after ``timeout`` seconds). With ``json_lines``, each event is one JSON line on stdout;
+    otherwise logs and state changes go to stderr, with a progress bar when ``show_bar`` and
+    stderr is a terminal (plain lines otherwise)."""
     progress = _Progress(live=show_bar and sys.stderr.isatty())
     try:
-        for event in job.watch():
+        for event in job.watch(timeout=timeout):
             kind = event.WhichOneof("kind")
             if json_lines:
                 click.echo(json.dumps(_dump(event), sort_keys=True))
@@ -1199,6 +1209,7 @@ def _spec_options(f: F) -> F:
     metavar="DIR",
     help="With --wait: download every export of the job into DIR.",
 )
+@_WAIT_TIMEOUT
 @global_options
 def submit(
     *,
@@ -1207,13 +1218,15 @@ def submit(
     dry_run: bool,
     wait: bool,
     download: pathlib.Path | None,
+    wait_timeout: float | None,
     max_loss_pp: float | None,
     max_relative_loss: float | None,
     **spec: Any,
 ) -> None:
     """Create a pruning job; prints its id.
 
-    With --wait, follows the job and prints its result (exit 8 if it failed, 9 if cancelled).
+    With --wait, follows the job and prints its result (exit 8 if it failed, 9 if cancelled,
+    10 after --wait-timeout: the job goes on).
     With --dry-run, checks everything a job would (spec, model, dataset) and prints the plan;
     nothing is created or queued. With a budget (--max-loss-pp or --max-relative-loss) the job
     searches for the highest sparsity within it (see `pruning sweep`) and ends with the result
@@ -1221,6 +1234,8 @@ def submit(
     """
     if download is not None and not wait:
         raise click.UsageError("--download needs --wait")
+    if wait_timeout is not None and not wait:
+        raise click.UsageError("--wait-timeout needs --wait")
     if dry_run and wait:
         raise click.UsageError("--dry-run and --wait exclude each other")
     _one_budget(max_loss_pp, max_relative_loss)
@@ -1238,7 +1253,7 @@ def submit(
             return
         if not opts.json:
             click.echo(f"job {job.id} submitted", err=True)
-        final = follow(job, show_bar=not opts.json, json_lines=False)
+        final = follow(job, show_bar=not opts.json, json_lines=False, timeout=wait_timeout)
         _finish(client, job, final, download)
 
 
@@ -1536,19 +1551,21 @@ def report_(ident: str, is_sweep: bool, output: pathlib.Path) -> None:
     metavar="DIR",
     help="When the job succeeds, download every export into DIR.",
 )
+@_WAIT_TIMEOUT
 @global_options
-def watch(job_id: str, download: pathlib.Path | None) -> None:
+def watch(job_id: str, download: pathlib.Path | None, wait_timeout: float | None) -> None:
     """Follow a job until it ends.
 
     Shows a progress bar on a terminal (plain lines otherwise) and the result; with --json,
-    one event per line. Exit 8 if the job failed, 9 if it was cancelled.
+    one event per line. Exit 8 if the job failed, 9 if it was cancelled, 10 after
+    --wait-timeout (the job goes on).
     """
     opts = _globals()
     if opts.json:
         _events_on_stdout()  # any error's JSON object goes to stderr, the events' file stays clean
     with _client(opts) as client:
         job = client.job(job_id)
-        final = follow(job, show_bar=not opts.json, json_lines=opts.json)
+        final = follow(job, show_bar=not opts.json, json_lines=opts.json, timeout=wait_timeout)
         if not opts.json:
             _finish(client, job, final, download)
             return
@@ -1581,13 +1598,7 @@ def status(job_id: str) -> None:
 
 @cli.command("result")
 @click.argument("job_id")
-@_option(
-    "--wait-timeout",
-    type=click.FloatRange(min=0),
-    default=None,
-    metavar="SECONDS",
-    help="Give up after this long (exit 10); default: wait until the job ends.",
-)
+@_WAIT_TIMEOUT
 @global_options
 def result(job_id: str, wait_timeout: float | None) -> None:
     """Wait for a job and print its result.

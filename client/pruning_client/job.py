@@ -248,13 +248,14 @@ class JobHandle(_BaseHandle["Client"]):
         return self._job
 
     def watch(
-        self, after_event_id: str | None = None, *, max_reconnects: int = MAX_RECONNECTS
+        self, after_event_id: str | None = None, *, max_reconnects: int = MAX_RECONNECTS, timeout: float | None = None
     ) -> Iterator[pb.JobEvent]:
         """Yields the job's events until it ends. A dropped stream (UNAVAILABLE, DEADLINE_EXCEEDED)
-        is resumed from the last event id seen, so no event is missed or repeated."""
+        is resumed from the last event id seen, so no event is missed or repeated. Raises
+        JobTimeout once ``timeout`` seconds passed with the job not ended."""
         if after_event_id is not None:
             self.last_event_id = after_event_id
-        for event in self._follow(_Cursor(self.last_event_id, max_reconnects=max_reconnects)):
+        for event in self._follow(_Cursor(self.last_event_id, max_reconnects=max_reconnects, timeout=timeout)):
             self.last_event_id = event.id
             yield event
 

@@ -65,7 +65,7 @@ class FakeJob:
     def __init__(self, client: FakeClient, job_id: str) -> None:
         self.client, self.id = client, job_id
 
-    def watch(self) -> Iterator[pb.JobEvent]:
+    def watch(self, *, timeout: float | None = None) -> Iterator[pb.JobEvent]:
         yield from _events()
 
     def status(self) -> pb.Job:
@@ -264,7 +264,7 @@ def test_broken_pipe_exits_0_without_a_traceback() -> None:
 
         class Job:
             id = "j"
-            def watch(self):
+            def watch(self, timeout=None):
                 for i in range(100000):
                     yield pb.JobEvent(id=f"{i}-0", log=pb.LogLine(message="x" * 100))
                     time.sleep(0.001 if i > 5 else 0.05)
@@ -332,7 +332,7 @@ def test_an_upload_stalled_past_its_deadline_exits_7(
 
 
 class FailedJob(FakeJob):
-    def watch(self) -> Iterator[pb.JobEvent]:
+    def watch(self, *, timeout: float | None = None) -> Iterator[pb.JobEvent]:
         yield from _events()[:-1]
         yield pb.JobEvent(id="9-0", job_id=JOB, state_change=pb.StateChange(to=pb.JOB_STATE_FAILED))
 
@@ -399,7 +399,7 @@ def test_cli_upload_and_download_show_a_bar_only_on_a_terminal(
 
 
 class UnknownJob(FakeJob):
-    def watch(self) -> Iterator[pb.JobEvent]:
+    def watch(self, *, timeout: float | None = None) -> Iterator[pb.JobEvent]:
         from pruning_client import NotFound
 
         raise NotFound(f"no job {self.id}")

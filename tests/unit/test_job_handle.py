@@ -299,3 +299,40 @@ def test_a_watch_refused_for_want_of_a_slot_is_retried():
     fake = Busy(EVENTS)
     assert [e.id for e in JobHandle(fake, "j").watch()] == [e.id for e in EVENTS]
     assert fake.calls == ["", "", ""]
+
+
+def test_watch_gives_up_after_its_timeout_with_the_events_seen_yielded():
+    """A pipeline bounds `pruning watch` / `submit --wait` (exit 10) as `result` was."""
+    fake = FakeClient(EVENTS[:3], hang=True)
+    seen = []
+    with pytest.raises(JobTimeout) as raised:
+        for e in JobHandle(fake, "j").watch(timeout=0.05):
+            seen.append(e.id)
+    assert seen == [e.id for e in EVENTS[:3]] and raised.value.job is not None and raised.value.exit_code == 10
+
+
+def test_the_cli_watch_and_submit_take_a_wait_timeout(monkeypatch, capsys):
+    import json
+
+    from pruning_client import cli as cli_module
+    from pruning_client.cli import run
+
+    class Client:
+        def __init__(self, target, **options):
+            pass
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            pass
+
+        def job(self, job_id):
+            return JobHandle(FakeClient(EVENTS[:3], hang=True), job_id)
+
+    monkeypatch.setattr(cli_module, "Client", Client)
+    assert run(["watch", "j" * 24, "--wait-timeout", "0.05", "--json"]) == 10
+    out, err = capsys.readouterr()
+    assert [json.loads(line)["id"] for line in out.splitlines()] == [e.id for e in EVENTS[:3]]  # events only
+    assert json.loads(err.splitlines()[0])["error"] == "JobTimeout"
+    assert run(["submit", "--model", "a" * 64, "--wait-timeout", "5"]) == 2  # needs --wait
