@@ -37,6 +37,28 @@ def test_fast_calls_are_timed_in_runs_long_enough_to_time():
     assert 0 < timed.a_ms < 0.01 and 0 < timed.b_ms < 0.01
 
 
+def test_medians_within_two_percent_are_noise_however_tight_the_samples(monkeypatch):
+    """Identical busy-waits came apart by 0.05% (quartiles a microsecond wide, disjoint) on a
+    loaded CI machine: that is no speed-up to count on."""
+    clock = iter(x / 1e6 for x in range(10**6))  # a clock whose every reading is 1 us on
+
+    monkeypatch.setattr(measure.time, "perf_counter", lambda: next(clock))
+    calls = {"a": 0, "b": 0}
+
+    def run(name: str, extra: int):
+        def go() -> None:
+            calls[name] += 1
+            for _ in range(extra):
+                next(clock)
+
+        return go
+
+    close = measure.paired_median_ms(run("a", 1000), run("b", 1005), repeats=9)  # 0.5% apart, no spread
+    assert close.within_noise, close
+    apart = measure.paired_median_ms(run("a", 1000), run("b", 1100), repeats=9)  # 10% apart
+    assert not apart.within_noise, apart
+
+
 def test_the_same_work_is_within_noise_and_twice_the_work_is_not():
     same = measure.paired_median_ms(_busy(0.0005), _busy(0.0005), repeats=15)
     assert same.within_noise, same
