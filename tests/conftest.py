@@ -63,7 +63,9 @@ def env(redis_url, tmp_path_factory):
     client = redis.Redis.from_url(redis_url)
     keys = list(client.scan_iter(f"{values['PRUNING_KEY_PREFIX']}:*"))
     keys += list(client.scan_iter(f"{values['PRUNING_QUEUE']}*"))  # Celery queues (and priority lists)
+    # the exchanges' bindings: kombu writes both patterns (binding_permanent for durable queues)
     keys += list(client.scan_iter(f"_kombu.binding.{values['PRUNING_QUEUE']}*"))
+    keys += list(client.scan_iter(f"_kombu.binding_permanent.{values['PRUNING_QUEUE']}*"))
     if keys:
         client.delete(*keys)
     for tag, raw in client.hgetall("unacked").items():  # left by workers the tests killed
