@@ -60,18 +60,25 @@ def env(redis_url, tmp_path_factory):
         "PRUNING_EVENT_INTERVAL_S": "0.2",
     }
     yield values
+    delete_deployment(redis_url, values["PRUNING_KEY_PREFIX"], values["PRUNING_QUEUE"])
+
+
+def delete_deployment(redis_url: str, key_prefix: str, queue: str) -> None:
+    """Removes what a test deployment left in the shared Redis: its keys, its Celery queues
+    and their exchange bindings, and the unacked entries of workers the tests killed."""
     client = redis.Redis.from_url(redis_url)
-    keys = list(client.scan_iter(f"{values['PRUNING_KEY_PREFIX']}:*"))
-    keys += list(client.scan_iter(f"{values['PRUNING_QUEUE']}*"))  # Celery queues (and priority lists)
+    keys = list(client.scan_iter(f"{key_prefix}:*"))
+    keys += list(client.scan_iter(f"{queue}*"))  # Celery queues (and priority lists)
     # the exchanges' bindings: kombu writes both patterns (binding_permanent for durable queues)
-    keys += list(client.scan_iter(f"_kombu.binding.{values['PRUNING_QUEUE']}*"))
-    keys += list(client.scan_iter(f"_kombu.binding_permanent.{values['PRUNING_QUEUE']}*"))
+    keys += list(client.scan_iter(f"_kombu.binding.{queue}*"))
+    keys += list(client.scan_iter(f"_kombu.binding_permanent.{queue}*"))
     if keys:
         client.delete(*keys)
-    for tag, raw in client.hgetall("unacked").items():  # left by workers the tests killed
-        if values["PRUNING_QUEUE"].encode() in raw:
+    for tag, raw in client.hgetall("unacked").items():
+        if queue.encode() in raw:
             client.hdel("unacked", tag)
             client.zrem("unacked_index", tag)
+    client.close()
 
 
 def wait_for(predicate, timeout: float = 30.0, what: str = "the condition", interval: float = 0.1) -> None:

@@ -14,10 +14,18 @@ import uuid
 import grpc
 import obstore
 import pytest
-import redis
 from seaweed import SeaweedFS
 
-from conftest import ServerThread, fine_tuning, settings_for, start_worker, stop_worker, training_job, wait_for
+from conftest import (
+    ServerThread,
+    delete_deployment,
+    fine_tuning,
+    settings_for,
+    start_worker,
+    stop_worker,
+    training_job,
+    wait_for,
+)
 from pruning.v1 import pruning_pb2 as pb
 from pruning_client import Client, ResourceExhausted, constant_sparsity, job_spec
 
@@ -45,11 +53,7 @@ def s3_env(env, seaweed, tmp_path_factory):
         "PRUNING_S3_PART_SIZE": str(5 * MiB),  # several parts in flight for a 16 MiB upload
     }
     yield values
-    client = redis.Redis.from_url(values["PRUNING_REDIS_URL"])
-    keys = [*client.scan_iter(f"{values['PRUNING_KEY_PREFIX']}:*"), *client.scan_iter(f"{values['PRUNING_QUEUE']}*")]
-    keys += list(client.scan_iter(f"_kombu.binding.{values['PRUNING_QUEUE']}*"))
-    if keys:
-        client.delete(*keys)
+    delete_deployment(values["PRUNING_REDIS_URL"], values["PRUNING_KEY_PREFIX"], values["PRUNING_QUEUE"])
 
 
 @pytest.fixture(scope="module")
