@@ -168,6 +168,20 @@ def test_a_model_saved_before_it_was_built_is_refused_at_upload(tmp_path):
     assert modelcheck.inspect_model(tmp_path / "built.keras", 1 << 30).summary.total_params == 7850
 
 
+def _subclassed_model(class_name: str, **kwargs):
+    """A built subclass of keras.Model named ``class_name``, one Dense inside."""
+    import keras
+
+    def init(self, **kw):
+        keras.Model.__init__(self, **kw)
+        self.dense = keras.layers.Dense(2)
+
+    cls = type(class_name, (keras.Model,), {"__init__": init, "call": lambda self, x: self.dense(x)})
+    model = cls(**kwargs)
+    model(np.zeros((1, 3), "float32"))
+    return model
+
+
 def test_refusals_of_custom_code_say_what_to_build_instead(tmp_path):
     """The Lambda refusal advised "a registered layer class", which is refused too; a subclassed
     model got no advice."""
@@ -178,21 +192,11 @@ def test_refusals_of_custom_code_say_what_to_build_instead(tmp_path):
         def call(self, x):
             return x * 2.0
 
-    class Net(keras.Model):
-        def __init__(self, **kwargs):
-            super().__init__(**kwargs)
-            self.dense = keras.layers.Dense(2)
-
-        def call(self, x):
-            return self.dense(x)
-
     inputs = keras.Input((3,))
     keras.Model(inputs, Scale(name="scale")(inputs)).save(tmp_path / "registered.keras")
     with pytest.raises(ModelRejected, match=r"layer .scale. \(Scale\), not a built-in .*build it from built-in layers"):
         modelcheck.inspect_model(tmp_path / "registered.keras", 1 << 30)
-    net = Net()
-    net(np.zeros((1, 3), "float32"))
-    net.save(tmp_path / "net.keras")
+    _subclassed_model("Net").save(tmp_path / "net.keras")
     with pytest.raises(ModelRejected, match="rebuild it as a Functional or Sequential model of built-in layers"):
         modelcheck.inspect_model(tmp_path / "net.keras", 1 << 30)
     keras.Model(inputs, keras.layers.Lambda(lambda x: x + 1, name="plus")(inputs)).save(tmp_path / "lambda.keras")
@@ -204,18 +208,7 @@ def test_refusals_of_custom_code_say_what_to_build_instead(tmp_path):
 
 
 def test_the_refusal_of_a_subclassed_model_fits_the_error_cut(tmp_path):
-    import keras
-
-    class AVeryLongNameForAClassifierModelOfOurTeam(keras.Model):
-        def __init__(self, **kwargs):
-            super().__init__(**kwargs)
-            self.dense = keras.layers.Dense(2)
-
-        def call(self, x):
-            return self.dense(x)
-
-    net = AVeryLongNameForAClassifierModelOfOurTeam(name="my_classifier_with_a_long_name")
-    net(np.zeros((1, 3), "float32"))
+    net = _subclassed_model("AVeryLongNameForAClassifierModelOfOurTeam", name="my_classifier_with_a_long_name")
     net.save(tmp_path / "net.keras")
     with pytest.raises(ModelRejected) as refused:
         modelcheck.inspect_model(tmp_path / "net.keras", 1 << 30)

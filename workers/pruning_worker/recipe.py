@@ -82,13 +82,18 @@ def _kernels(layer: keras.layers.Layer) -> list[np.ndarray]:
     return [np.asarray(w) for w in layer.weights if is_kernel(w.name, np.asarray(w))]
 
 
+def _input_channels(w: np.ndarray) -> int:
+    """The axis m-by-n groups run along, as TFMOT lays a 2-D or 4-D kernel out."""
+    return int(w.shape[0] if w.ndim == 2 else w.shape[2])
+
+
 def m_by_n_sparsity(layer: keras.layers.Layer, mn: pb.SparsityMByN) -> float:
     """The zero share m-by-n sparsity gives the layer's kernels: TFMOT zeroes m of every n
     consecutive input-channel weights, and of a last group shorter than n (the input channels
     not a multiple of n) only what exceeds n - m."""
     zeros = size = 0
     for w in _kernels(layer):
-        cols = w.shape[0] if w.ndim == 2 else w.shape[2]
+        cols = _input_channels(w)
         rows = w.size // cols
         zeros += rows * ((cols // mn.n) * mn.m + max(0, cols % mn.n - (mn.n - mn.m)))
         size += w.size
@@ -111,7 +116,7 @@ def check_shapes(model: keras.Model, p: pb.PruningSpec, chosen: list[str]) -> li
                     raise JobInputError(
                         f"spec.pruning.sparsity_m_by_n: {what}: takes 2-D (Dense) and 4-D (Conv2D) kernels only"
                     )
-                cols = w.shape[0] if w.ndim == 2 else w.shape[2]
+                cols = _input_channels(w)
                 if cols <= mn.n - mn.m:
                     notes.append(
                         f"{what} has {cols} input channels: {mn.m}:{mn.n} sparsity (m zeros of every n) leaves it dense"
