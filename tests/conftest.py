@@ -91,13 +91,19 @@ def wait_for(predicate, timeout: float = 30.0, what: str = "the condition", inte
 
 def training_job(client, files: dict, epochs: int):
     """The small test model pruned at a constant 0.5 over ``epochs`` epochs of the big dataset
-    (several seconds an epoch: time to kill or stop things mid-training); its handle."""
+    (a few seconds an epoch: time to kill or stop things mid-training), without the report
+    (latency, plots: the tests of the report run it); its handle."""
     from pruning_client import constant_sparsity, job_spec
 
     model = client.upload_model(files["keras"])
     data = client.upload_dataset(files["big_data"])
     spec = job_spec(
-        model.id, dataset=data.id, epochs=epochs, batch_size=128, schedule=constant_sparsity(0.5, frequency=20)
+        model.id,
+        dataset=data.id,
+        epochs=epochs,
+        batch_size=128,
+        schedule=constant_sparsity(0.5, frequency=20),
+        report=False,
     )
     return client.submit(spec)
 
@@ -227,7 +233,7 @@ def files(tmp_path_factory):
         "keras": models.small_model(d / "small.keras"),
         "h5": models.small_model(d / "small.h5"),
         "data": models.dataset(d / "data.npz"),
-        "big_data": models.dataset(d / "big.npz", n_train=40000, n_test=64, seed=1),
+        "big_data": models.dataset(d / "big.npz", n_train=20000, n_test=64, seed=1),
         "wrong_shape": models.dataset(d / "wrong.npz", shape=(6, 6)),
         "dir": d,
     }

@@ -12,10 +12,10 @@ import grpc
 import pytest
 from hostile import ServerProcess, hostile_server, keras_bytes
 
-from conftest import ServerThread, settings_for, start_worker, stop_worker, wait_for
+from conftest import ServerThread, settings_for, start_worker, stop_worker, training_job, wait_for
 from pruning.v1 import pruning_pb2 as pb
 from pruning.v1 import pruning_pb2_grpc as pb_grpc
-from pruning_client import Client, constant_sparsity, job_spec
+from pruning_client import Client
 
 pytestmark = pytest.mark.integration
 KEY = (("x-api-key", "key-a"),)
@@ -111,13 +111,7 @@ def test_worker_killed_mid_job_leaves_nothing_after_restart(env, files, tmp_path
     second = None
     try:
         with Client(server.target) as client:
-            model = client.upload_model(files["keras"])
-            data = client.upload_dataset(files["big_data"])
-            job = client.submit(
-                job_spec(
-                    model.id, dataset=data.id, epochs=3, batch_size=128, schedule=constant_sparsity(0.5, frequency=20)
-                )
-            )
+            job = training_job(client, files, epochs=1)
             wait_for(lambda: job.status().progress.step > 0, 120, "training to start", 0.05)
             (orphan,) = work.glob("job-*")
             first.send_signal(signal.SIGKILL)

@@ -18,7 +18,13 @@ async def _base(client: AsyncClient, files: dict, epochs: int) -> pb.JobSpec:
     model = await client.upload_model(files["keras"])
     data = await client.upload_dataset(files["data"])
     return job_spec(
-        model.id, dataset=data.id, schedule=constant_sparsity(0.5, frequency=5), epochs=epochs, batch_size=64, seed=3
+        model.id,
+        dataset=data.id,
+        schedule=constant_sparsity(0.5, frequency=5),
+        epochs=epochs,
+        batch_size=64,
+        seed=3,
+        report=False,
     )
 
 

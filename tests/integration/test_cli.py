@@ -92,6 +92,7 @@ def test_submit_wait_download(server: Any, worker: Any, files: dict[str, pathlib
         "1",
         "--batch-size",
         "64",
+        "--no-report",
         "--label",
         "via=cli",
         "--wait",
@@ -268,9 +269,10 @@ def test_watch_json_into_head_exits_0_without_a_traceback(
         "--frequency",
         "5",
         "--epochs",
-        "3",
+        "1",
         "--batch-size",
         "16",
+        "--no-report",
     )
     assert submitted.returncode == 0, submitted.stderr
     job_id = json.loads(submitted.stdout)["job_id"]

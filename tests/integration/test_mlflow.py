@@ -43,7 +43,9 @@ def tracking(env, tmp_path_factory) -> Iterator[tuple[Client, str]]:
 def run_job(client: Client, files: dict) -> tuple[pb.Job, list[pb.JobEvent]]:
     model = client.upload_model(files["keras"])
     data = client.upload_dataset(files["data"])
-    spec = job_spec(model.id, dataset=data.id, schedule=constant_sparsity(0.5, frequency=5), epochs=1, batch_size=64)
+    spec = job_spec(
+        model.id, dataset=data.id, schedule=constant_sparsity(0.5, frequency=5), epochs=1, batch_size=64, report=False
+    )
     job = client.submit(spec, labels={"team": "vision"})
     job.result(timeout=120)
     return job.status(), list(client.watch_events(job.id))

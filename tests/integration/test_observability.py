@@ -161,7 +161,7 @@ def client(deployment):
 def small_spec(client, files, **kwargs):
     model = client.upload_model(files["keras"])
     data = client.upload_dataset(files["data"])
-    options = dict(schedule=constant_sparsity(0.5, frequency=5), epochs=1, batch_size=64, seed=3)
+    options = dict(schedule=constant_sparsity(0.5, frequency=5), epochs=1, batch_size=64, seed=3, report=False)
     options.update(kwargs)
     return job_spec(model.id, dataset=data.id, **options)
 

@@ -28,7 +28,7 @@ out = pathlib.Path(out)
 with Client(target, timeout=30) as client:
     model = client.upload_model(model_path)
     data = client.upload_dataset(data_path)
-    spec = job_spec(model.id, dataset=data.id, epochs=1, schedule=constant_sparsity(0.5, frequency=5))
+    spec = job_spec(model.id, dataset=data.id, epochs=1, schedule=constant_sparsity(0.5, frequency=5), report=False)
     job = client.submit(spec, labels={"python": sys.version.split()[0]})
     result = job.result(timeout=300)
     path = job.download(out / "sync")

@@ -45,6 +45,7 @@ def test_a_classifier_and_a_regressor_prune_under_their_own_losses(client, worke
         batch_size=16,
         seed=1,
         learning_rate=0.01,
+        report=False,
     )
     with pytest.raises(InvalidArgument) as refused:  # one classification loss: reg's targets are no classes
         client.submit(job_spec(model.id, **common))

@@ -24,7 +24,8 @@ def _ids(client, files, data=None):
 
 def _spec(model, data, **kwargs):
     # 1024 training samples, a tenth for validation, batch 64: 15 steps an epoch.
-    options = dict(schedule=polynomial_decay(0.2, 0.8, power=1), epochs=10, batch_size=64, seed=3)
+    # The report (latency, plots) is test_report.py's.
+    options = dict(schedule=polynomial_decay(0.2, 0.8, power=1), epochs=10, batch_size=64, seed=3, report=False)
     options.update(kwargs)
     return job_spec(model, dataset=data, **options)
 

@@ -107,7 +107,7 @@ def test_a_second_delivery_never_takes_over_a_live_attempt(env, files, tmp_path)
     celery = make_celery(settings_for(live))
     try:
         with Client(server.target, timeout=60) as client:
-            job = training_job(client, files, epochs=2)
+            job = training_job(client, files, epochs=1)
             wait_for(lambda: job.status().progress.step > 0, 180, "the job to train", 0.05)
             celery.send_task(tasks.PRUNE, args=[job.id], queue=live["PRUNING_QUEUE"])  # the duplicate
             final = job.wait(timeout=300)

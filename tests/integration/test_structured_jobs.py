@@ -83,6 +83,7 @@ def test_keras3_model_structured_only(client, worker, tmp_path):
         batch_size=16,
         loss="mean_squared_error",
         validation_split=0.0,
+        report=False,  # the structured latency is measured all the same
     )
     assert not spec.pruning.HasField("schedule")
     job = client.submit(spec)
@@ -120,7 +121,9 @@ def test_structured_job_of_a_model_with_open_image_size(client, worker, tmp_path
     )
     model = client.upload_model(tmp_path / "open.keras")
     data = client.upload_dataset(tmp_path / "open.npz")
-    spec = job_spec(model.id, dataset=data.id, structured=structured(0.5, latency_repeats=1), epochs=1, batch_size=16)
+    spec = job_spec(
+        model.id, dataset=data.id, structured=structured(0.5, latency_repeats=1), epochs=1, batch_size=16, report=False
+    )
     job = client.submit(spec)
     s = job.result(timeout=300).structured
     assert s is not None and s.params_after < s.params_before
@@ -142,6 +145,7 @@ def test_structured_and_weight_pruning_reach_the_target_over_the_shrunk_layers(c
         epochs=2,
         batch_size=64,
         seed=3,
+        report=False,
     )
     job = client.submit(spec)
     result = job.result(timeout=300)

@@ -73,6 +73,15 @@ def client_module(server):
         yield c
 
 
+def _no_report(spec: pb.JobSpec) -> pb.JobSpec:
+    """``spec`` without the report (latency, plots): the searches' tests look at the choice,
+    and the curve's trials measure latency for the report's tests."""
+    out = pb.JobSpec()
+    out.CopyFrom(spec)
+    out.report.enabled = False
+    return out
+
+
 def _overlap(a: pb.Trial, b: pb.Trial) -> bool:
     start = max(a.started_at.ToNanoseconds(), b.started_at.ToNanoseconds())
     return start < min(a.finished_at.ToNanoseconds(), b.finished_at.ToNanoseconds())
@@ -105,7 +114,8 @@ def test_a_sweep_fans_trials_out_over_both_workers_and_returns_the_curve(client_
 
 def test_a_budget_picks_the_highest_sparsity_that_keeps_it(client_module, mnist, curve):
     budget = 0.5
-    sweep = client_module.create_sweep(sweep_spec(mnist, sparsities=GRID, max_loss_pp=budget, parallel_trials=2))
+    spec = sweep_spec(_no_report(mnist), sparsities=GRID, max_loss_pp=budget, parallel_trials=2)
+    sweep = client_module.create_sweep(spec)
     done = sweep.result(timeout=900)
     assert done.state == pb.JOB_STATE_SUCCEEDED
     kept = [t for t in done.trials if t.accuracy_loss_pp <= budget]
@@ -123,7 +133,9 @@ def test_a_budget_picks_the_highest_sparsity_that_keeps_it(client_module, mnist,
 
 
 def test_a_search_finds_the_highest_sparsity_within_the_budget(client_module, mnist, worker, second_worker):
-    spec = sweep_spec(mnist, max_loss_pp=1.0, search_low=0.5, search_high=0.97, max_trials=6, parallel_trials=2)
+    spec = sweep_spec(
+        _no_report(mnist), max_loss_pp=1.0, search_low=0.5, search_high=0.97, max_trials=6, parallel_trials=2
+    )
     done = client_module.create_sweep(spec).result(timeout=900)
     assert done.state == pb.JOB_STATE_SUCCEEDED and len(done.trials) <= 6
     assert done.trials[0].sparsity in (0.5, 0.97) and done.trials[1].sparsity in (0.5, 0.97)  # the ends first
@@ -180,7 +192,7 @@ def test_the_cli_runs_a_sweep_and_prints_the_curve(server, mnist, worker, second
     pruning = pathlib.Path(sys.executable).parent / "pruning"
     env = {**os.environ, "PRUNING_API_KEY": "", "PRUNING_TARGET": server.target}
     args = [str(pruning), "sweep", "--model", mnist.model_id, "--dataset", mnist.dataset.artifact_id]
-    args += ["--epochs", "1", "--sparsities", "0.6,0.85", "--max-loss-pp", "100", "--wait"]
+    args += ["--epochs", "1", "--sparsities", "0.6,0.85", "--max-loss-pp", "100", "--no-report", "--wait"]
     out = subprocess.run(args, capture_output=True, text=True, timeout=600, env=env)
     assert out.returncode == 0, out.stderr
     assert "\r" not in out.stdout + out.stderr  # piped: plain lines
@@ -224,8 +236,7 @@ def test_sweep_labels_leave_room_for_the_trials(client_module, mnist):
 
 
 def _budget_job(mnist: pb.JobSpec, **budget: float) -> pb.JobSpec:
-    spec = pb.JobSpec()
-    spec.CopyFrom(mnist)
+    spec = _no_report(mnist)
     spec.budget.CopyFrom(accuracy_budget(**budget))
     return spec
 
@@ -330,8 +341,7 @@ def test_a_dry_run_of_a_budget_job_plans_its_first_trial(client_module, mnist):
 
 
 def test_successive_halving_runs_its_rungs_as_jobs_with_their_epochs(client_module, mnist, worker, second_worker):
-    base = pb.JobSpec()
-    base.CopyFrom(mnist)
+    base = _no_report(mnist)
     base.training.epochs = 3
     spec = sweep_spec(base, max_loss_pp=1.0, method="successive_halving", max_trials=4, parallel_trials=3)
     done = client_module.create_sweep(spec).result(timeout=900)

@@ -22,7 +22,7 @@ def test_killed_worker_job_is_rerun_and_finishes(env, files, tmp_path):
     second = None
     try:
         with Client(server.target) as client:
-            job = training_job(client, files, epochs=3)
+            job = training_job(client, files, epochs=1)
             wait_for(lambda: job.status().progress.step > 0, 120, "the job to train")
             first.send_signal(signal.SIGKILL)
             first.wait()
