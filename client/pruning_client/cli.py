@@ -324,6 +324,22 @@ def _latency_lines(raw: pb.PruneResult) -> list[str]:
     return lines
 
 
+_SEARCH_OPTIONS = (
+    _option("--search-low", type=float, default=0.0, help="A search's lowest sparsity; 0 = 0.5."),
+    _option("--search-high", type=float, default=0.0, help="A search's highest sparsity; 0 = 0.95."),
+    _option("--tolerance", type=float, default=0.0, help="A search stops this close to the answer; 0 = 0.02."),
+    _option("--max-trials", type=int, default=0, help="At most this many trials; 0 = 8 (or one per sparsity)."),
+    _option("--parallel-trials", type=int, default=0, help="Trials running at once; 0 = 2."),
+)
+
+
+def _search_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """The options of a search for a budget (a sweep's, or a job's with --max-loss-pp)."""
+    for option in reversed(_SEARCH_OPTIONS):
+        command = option(command)
+    return command
+
+
 def _one_budget(max_loss_pp: float | None, max_relative_loss: float | None) -> None:
     if max_loss_pp is not None and max_relative_loss is not None:
         raise click.UsageError("give --max-loss-pp or --max-relative-loss, not both")
@@ -1202,6 +1218,7 @@ def _spec_options(f: F) -> F:
     default=None,
     help="Accuracy budget: find the highest sparsity losing at most this percent of the baseline.",
 )
+@_search_options
 @_option(
     "--download",
     type=_DOWNLOAD_DIR,
@@ -1221,6 +1238,11 @@ def submit(
     wait_timeout: float | None,
     max_loss_pp: float | None,
     max_relative_loss: float | None,
+    search_low: float,
+    search_high: float,
+    tolerance: float,
+    max_trials: int,
+    parallel_trials: int,
     **spec: Any,
 ) -> None:
     """Create a pruning job; prints its id.
@@ -1229,8 +1251,9 @@ def submit(
     10 after --wait-timeout: the job goes on).
     With --dry-run, checks everything a job would (spec, model, dataset) and prints the plan;
     nothing is created or queued. With a budget (--max-loss-pp or --max-relative-loss) the job
-    searches for the highest sparsity within it (see `pruning sweep`) and ends with the result
-    of the trial it picked.
+    searches for the highest sparsity within it (see `pruning sweep`; --search-low,
+    --search-high, --tolerance, --max-trials and --parallel-trials bound the search) and ends
+    with the result of the trial it picked.
     """
     if download is not None and not wait:
         raise click.UsageError("--download needs --wait")
@@ -1239,10 +1262,20 @@ def submit(
     if dry_run and wait:
         raise click.UsageError("--dry-run and --wait exclude each other")
     _one_budget(max_loss_pp, max_relative_loss)
+    search: dict[str, Any] = dict(
+        search_low=search_low,
+        search_high=search_high,
+        tolerance=tolerance,
+        max_trials=max_trials,
+        parallel_trials=parallel_trials,
+    )
+    if max_loss_pp is None and max_relative_loss is None and (given := [n for n, v in search.items() if v]):
+        flag = "--" + given[0].replace("_", "-")
+        raise click.UsageError(f"{flag} bounds the search for a budget: give --max-loss-pp or --max-relative-loss")
     opts = _globals()
     with _client(opts) as client:
         job_spec_ = _spec(client, **spec)
-        job_spec_.budget.CopyFrom(accuracy_budget(max_loss_pp, max_relative_loss))
+        job_spec_.budget.CopyFrom(accuracy_budget(max_loss_pp, max_relative_loss, **search))
         if dry_run:
             plan = client.validate(job_spec_, labels=label)
             _emit({"dry_run": True, "plan": _dump(plan.raw, defaults=True)}, format_plan(plan))
@@ -1352,13 +1385,7 @@ def _follow_sweep(handle: SweepHandle, json_lines: bool) -> pb.Sweep:
 @_option(
     "--max-relative-loss", type=float, default=None, help="Accuracy budget: at most this percent of the baseline lost."
 )
-@_option("--search-low", type=float, default=0.0, help="Without --sparsities: the lowest sparsity searched; 0 = 0.5.")
-@_option(
-    "--search-high", type=float, default=0.0, help="Without --sparsities: the highest sparsity searched; 0 = 0.95."
-)
-@_option("--tolerance", type=float, default=0.0, help="The search stops this close to the answer; 0 = 0.02.")
-@_option("--max-trials", type=int, default=0, help="At most this many trials; 0 = 8 (or one per sparsity).")
-@_option("--parallel-trials", type=int, default=0, help="Trials running at once; 0 = 2.")
+@_search_options
 @_option(
     "--method",
     type=click.Choice(sorted(SEARCH_METHODS)),

@@ -164,18 +164,40 @@ def structured(
 
 
 def accuracy_budget(
-    max_loss_pp: float | None = None, max_relative_loss_percent: float | None = None
+    max_loss_pp: float | None = None,
+    max_relative_loss_percent: float | None = None,
+    *,
+    search_low: float = 0.0,
+    search_high: float = 0.0,
+    tolerance: float = 0.0,
+    max_trials: int = 0,
+    parallel_trials: int = 0,
 ) -> pb.AccuracyBudget:
     """An accuracy budget: at most ``max_loss_pp`` points of test accuracy lost against the
     baseline, or at most ``max_relative_loss_percent`` percent of it; empty with neither.
 
+    For a job's budget (``job_spec(budget=...)``) the rest bound its search, as
+    :func:`sweep_spec`'s arguments of the same names bound a sweep's: the sparsities searched
+    (``search_low`` to ``search_high``), how close the answer must be (``tolerance``), and how
+    many trials it may run (``max_trials``) and at once (``parallel_trials``); 0 = the
+    service's defaults (0.5 to 0.95, 0.02, 8 trials, 2 at a time). A sweep's budget leaves
+    them 0.
+
     Example:
         >>> accuracy_budget(max_loss_pp=0.5).max_loss_pp
         0.5
+        >>> accuracy_budget(max_loss_pp=1.0, max_trials=4).max_trials
+        4
     """
     if max_loss_pp is not None and max_relative_loss_percent is not None:
         raise ValueError("give max_loss_pp or max_relative_loss_percent, not both")
-    budget = pb.AccuracyBudget()
+    budget = pb.AccuracyBudget(
+        search_low=search_low,
+        search_high=search_high,
+        tolerance=tolerance,
+        max_trials=max_trials,
+        parallel_trials=parallel_trials,
+    )
     if max_loss_pp is not None:
         budget.max_loss_pp = max_loss_pp
     if max_relative_loss_percent is not None:

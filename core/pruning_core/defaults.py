@@ -19,6 +19,10 @@ MIN_CHANNELS = 1
 ROUND_TO = 1
 TAYLOR_BATCHES = 4
 LATENCY_REPEATS = 10  # also the job report's
+# Searches: a sweep's (SweepSpec), and a job's for its budget (AccuracyBudget).
+SEARCH_LOW, SEARCH_HIGH, SEARCH_TOLERANCE = 0.5, 0.95, 0.02
+MAX_TRIALS, PARALLEL_TRIALS = 8, 2
+LIMIT_TRIALS, LIMIT_PARALLEL = 100, 32
 
 MAX_EPOCHS = 1000
 MAX_BATCH_SIZE = 65536

@@ -44,9 +44,9 @@ __all__ = [
     "within_budget",
 ]
 
-SEARCH_LOW, SEARCH_HIGH, TOLERANCE = 0.5, 0.95, 0.02
-MAX_TRIALS, PARALLEL_TRIALS = 8, 2
-LIMIT_TRIALS, LIMIT_PARALLEL, LIMIT_SPARSITIES = 100, 32, 100
+SEARCH_LOW, SEARCH_HIGH, TOLERANCE = defaults.SEARCH_LOW, defaults.SEARCH_HIGH, defaults.SEARCH_TOLERANCE
+MAX_TRIALS, PARALLEL_TRIALS = defaults.MAX_TRIALS, defaults.PARALLEL_TRIALS
+LIMIT_TRIALS, LIMIT_PARALLEL, LIMIT_SPARSITIES = defaults.LIMIT_TRIALS, defaults.LIMIT_PARALLEL, 100
 HALVING_RATE, LIMIT_HALVING_RATE = 3, 10
 Violation = tuple[str, str]
 
@@ -79,13 +79,10 @@ def validate(spec: pb.SweepSpec) -> list[Violation]:
         out.append(("spec.base.training.loss", problem))
     if not spec.sparsities and which is None:
         out.append(("spec.sparsities", "give the sparsities to try, or a budget to search for"))
-    low, high = spec.search_low or SEARCH_LOW, spec.search_high or SEARCH_HIGH
-    if not (0 <= low < high < 1):
-        out.append(("spec.search_low", f"needs 0 <= search_low < search_high < 1, got {low} and {high}"))
-    if not (math.isfinite(spec.tolerance) and spec.tolerance >= 0):
-        out.append(("spec.tolerance", f"must be a finite number >= 0 (0 = {TOLERANCE}), got {spec.tolerance}"))
-    if not 0 <= spec.max_trials <= LIMIT_TRIALS:
-        out.append(("spec.max_trials", f"must be in [1, {LIMIT_TRIALS}] (0 = the default), got {spec.max_trials}"))
+    validation.validate_search(spec, "spec", out)
+    for name in validation.SEARCH_FIELDS:
+        if getattr(spec.budget, name):
+            out.append((f"spec.budget.{name}", f"a sweep searches by its own fields: set spec.{name}"))
     if spec.method not in pb.SearchMethod.values():
         out.append(("spec.method", f"unknown search method {spec.method}"))
     if _halving(spec):
@@ -106,10 +103,6 @@ def validate(spec: pb.SweepSpec) -> list[Violation]:
                     f"trials; max_trials is {spec.max_trials}",
                 )
             )
-    if not 0 <= spec.parallel_trials <= LIMIT_PARALLEL:
-        out.append(
-            ("spec.parallel_trials", f"must be in [1, {LIMIT_PARALLEL}] (0 = the default), got {spec.parallel_trials}")
-        )
     return out
 
 
@@ -145,11 +138,18 @@ def trial_spec(base: pb.JobSpec, sparsity: float) -> pb.JobSpec:
 
 
 def search_for(spec: pb.JobSpec) -> pb.SweepSpec:
-    """The search sweep of a job with a budget (JobSpec.budget), the sweep defaults else."""
+    """The search sweep of a job with a budget (JobSpec.budget): the budget's search fields
+    become the sweep's own, the sweep defaults where they are 0."""
     base = pb.JobSpec()
     base.CopyFrom(spec)
     base.ClearField("budget")
-    return with_defaults(pb.SweepSpec(base=base, budget=spec.budget))
+    sweep = pb.SweepSpec(base=base)
+    limit = spec.budget.WhichOneof("limit")
+    if limit is not None:
+        setattr(sweep.budget, limit, getattr(spec.budget, limit))
+    for name in validation.SEARCH_FIELDS:
+        setattr(sweep, name, getattr(spec.budget, name))
+    return with_defaults(sweep)
 
 
 # Accuracies come from Keras' float32 metrics, each off the exact count by up to about 1e-7:

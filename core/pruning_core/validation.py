@@ -401,6 +401,37 @@ def validate_budget(budget: pb.AccuracyBudget, field: str, out: list[Violation])
             out.append((f"{field}.{which}", f"must be a number in [0, 100], got {value}"))
 
 
+SEARCH_FIELDS = ("search_low", "search_high", "tolerance", "max_trials", "parallel_trials")
+
+
+def validate_search(search: pb.SweepSpec | pb.AccuracyBudget, field: str, out: list[Violation]) -> None:
+    """The search fields (``SEARCH_FIELDS``) of a sweep, or of a job's budget; 0 is the default."""
+    low, high = search.search_low or defaults.SEARCH_LOW, search.search_high or defaults.SEARCH_HIGH
+    if not (0 <= low < high < 1):
+        out.append((f"{field}.search_low", f"needs 0 <= search_low < search_high < 1, got {low} and {high}"))
+    if not (math.isfinite(search.tolerance) and search.tolerance >= 0):
+        out.append(
+            (
+                f"{field}.tolerance",
+                f"must be a finite number >= 0 (0 = {defaults.SEARCH_TOLERANCE}), got {search.tolerance}",
+            )
+        )
+    if not 0 <= search.max_trials <= defaults.LIMIT_TRIALS:
+        out.append(
+            (
+                f"{field}.max_trials",
+                f"must be in [1, {defaults.LIMIT_TRIALS}] (0 = the default), got {search.max_trials}",
+            )
+        )
+    if not 0 <= search.parallel_trials <= defaults.LIMIT_PARALLEL:
+        out.append(
+            (
+                f"{field}.parallel_trials",
+                f"must be in [1, {defaults.LIMIT_PARALLEL}] (0 = the default), got {search.parallel_trials}",
+            )
+        )
+
+
 def has_budget(spec: pb.JobSpec) -> bool:
     return spec.budget.WhichOneof("limit") is not None
 
@@ -410,6 +441,7 @@ def validate(spec: pb.JobSpec) -> list[Violation]:
     out: list[Violation] = []
     if has_budget(spec):
         validate_budget(spec.budget, "spec.budget", out)
+        validate_search(spec.budget, "spec.budget", out)
         if spec.training.skip_baseline:
             out.append(("spec.training.skip_baseline", "a budget is a loss from the baseline: evaluate it"))
         if not spec.pruning.HasField("schedule"):
@@ -418,6 +450,15 @@ def validate(spec: pb.JobSpec) -> list[Violation]:
             out.append(("spec.budget", "sparsity_m_by_n fixes the sparsity, so there is nothing to search"))
         if problem := budget_loss_problem(spec.training):
             out.append(("spec.training.loss", problem))
+    else:
+        out += [
+            (
+                f"spec.budget.{name}",
+                "says how a budget is searched for: give the budget (max_loss_pp or max_relative_loss_percent)",
+            )
+            for name in SEARCH_FIELDS
+            if getattr(spec.budget, name)
+        ]
     if not spec.model_id:
         out.append(("spec.model_id", "required: the id UploadModel returned"))
     which = spec.dataset.WhichOneof("source")

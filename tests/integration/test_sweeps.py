@@ -244,11 +244,12 @@ def _budget_job(mnist: pb.JobSpec, **budget: float) -> pb.JobSpec:
 def test_a_job_with_a_budget_ends_with_the_highest_sparsity_that_keeps_it(
     client_module, server, mnist, worker, second_worker, tmp_path
 ):
-    planned = client_module.validate(_budget_job(mnist, max_loss_pp=1.0))  # the dry run says it is a search
-    assert "one trial of the search for the budget, which runs up to 8 trials" in planned.estimate_basis
+    # the budget bounds its search: 4 trials, not the default 8
+    planned = client_module.validate(_budget_job(mnist, max_loss_pp=1.0, max_trials=4))  # the dry run says so
+    assert "one trial of the search for the budget, which runs up to 4 trials" in planned.estimate_basis
     assert dict(planned.summary_lines())["accuracy budget"].startswith("at most 1 pp of test accuracy lost")
-    job = client_module.submit(_budget_job(mnist, max_loss_pp=1.0), idempotency_key="budget-job-1")
-    again = client_module.submit(_budget_job(mnist, max_loss_pp=1.0), idempotency_key="budget-job-1")
+    job = client_module.submit(_budget_job(mnist, max_loss_pp=1.0, max_trials=4), idempotency_key="budget-job-1")
+    again = client_module.submit(_budget_job(mnist, max_loss_pp=1.0, max_trials=4), idempotency_key="budget-job-1")
     assert again.id == job.id  # a retry starts no second search
     result = job.result(timeout=900)
     done = client_module.get_job(job.id)
@@ -256,6 +257,7 @@ def test_a_job_with_a_budget_ends_with_the_highest_sparsity_that_keeps_it(
     sweep = client_module.get_sweep(done.search_sweep_id)
     assert sweep.job_id == job.id and sweep.state == pb.JOB_STATE_SUCCEEDED
     assert sweep.spec.budget.max_loss_pp == 1.0 and not sweep.spec.base.HasField("budget")
+    assert sweep.spec.max_trials == 4 and len(sweep.trials) <= 4
     assert [s.id for s in client_module.list_sweeps() if s.job_id == job.id] == [sweep.id]
     # The answer is the search's: the highest sparsity tried within the budget, and every trial
     # above it broke the budget.

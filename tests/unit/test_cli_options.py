@@ -310,6 +310,21 @@ def test_submit_with_a_budget_sends_it_in_the_spec(
     assert spec.budget.WhichOneof("limit") == limit[0] and getattr(spec.budget, limit[0]) == limit[1]
 
 
+def test_submit_bounds_its_budgets_search(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    SubmittingClient.sent = []
+    monkeypatch.setattr(cli_module, "Client", SubmittingClient)
+    bounds = ["--search-low", "0.7", "--search-high", "0.9", "--tolerance", "0.05", "--max-trials", "4"]
+    assert run(["submit", "--model", "a" * 64, "--max-loss-pp", "1", *bounds, "--parallel-trials", "3"]) == 0
+    (spec,) = SubmittingClient.sent
+    assert spec.budget == pb.AccuracyBudget(
+        max_loss_pp=1.0, search_low=0.7, search_high=0.9, tolerance=0.05, max_trials=4, parallel_trials=3
+    )
+    # without a budget there is no search to bound: a usage error before any call
+    assert run(["submit", "--model", "a" * 64, "--max-trials", "4"]) == 2
+    assert "--max-trials bounds the search for a budget" in capsys.readouterr().err
+    assert len(SubmittingClient.sent) == 1
+
+
 @pytest.mark.parametrize(("args", "power"), [([], 0.0), (["--power", "2"], 2.0)])
 def test_submit_leaves_the_power_to_the_recipe_unless_given(
     monkeypatch: pytest.MonkeyPatch, args: list[str], power: float

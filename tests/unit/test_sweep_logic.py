@@ -257,3 +257,47 @@ def test_the_conclusion_words_a_loss_as_a_loss_and_a_gain_as_a_gain(loss, said):
     sweep = _sweep(sparsities=[0.5], max_loss_pp=0.5)
     _run(sweep, lambda s: loss)
     assert f"accuracy {0.98 - loss / 100:.4f}, {said} (1 trial succeeded" in sweeps.conclusion(sweep)
+
+
+def test_a_jobs_budget_bounds_its_search_and_zeros_take_the_sweep_defaults():
+    from pruning_client import accuracy_budget
+
+    job = job_spec("ab" * 32, budget=accuracy_budget(max_loss_pp=1.0, search_low=0.6, max_trials=3, parallel_trials=3))
+    assert validation.validate(job) == []
+    search = sweeps.search_for(job)
+    assert (search.search_low, search.search_high, search.tolerance) == (0.6, sweeps.SEARCH_HIGH, sweeps.TOLERANCE)
+    assert (search.max_trials, search.parallel_trials) == (3, 3)
+    # the sweep's budget is the limit alone: its search is the sweep's own fields
+    assert search.budget == pb.AccuracyBudget(max_loss_pp=1.0) and sweeps.validate(search) == []
+    assert not search.base.HasField("budget")
+    played = _run(pb.Sweep(id="s", spec=search), lambda s: 0.0 if s < 0.8 else 5.0)
+    assert sum(map(len, played)) == 3 and sorted(played[0]) == [0.6, sweeps.SEARCH_HIGH]  # the ends, then one
+    plain = sweeps.search_for(job_spec("ab" * 32, budget=accuracy_budget(max_loss_pp=1.0)))
+    assert (plain.search_low, plain.max_trials, plain.parallel_trials) == (0.5, 8, 2)
+
+
+@pytest.mark.parametrize(
+    ("search", "field"),
+    [
+        ({"search_low": 0.9, "search_high": 0.6}, "spec.budget.search_low"),
+        ({"search_high": 1.0}, "spec.budget.search_low"),
+        ({"tolerance": float("nan")}, "spec.budget.tolerance"),
+        ({"max_trials": 101}, "spec.budget.max_trials"),
+        ({"parallel_trials": 33}, "spec.budget.parallel_trials"),
+    ],
+)
+def test_a_jobs_search_bounds_are_checked_with_the_budgets_field(search, field):
+    from pruning_client import accuracy_budget
+
+    job = job_spec("ab" * 32, budget=accuracy_budget(max_loss_pp=1.0, **search))
+    assert field in dict(validation.validate(job))
+
+
+def test_search_bounds_without_a_budget_or_on_a_sweeps_budget_are_refused():
+    job = job_spec("ab" * 32)
+    job.budget.max_trials = 4  # no limit: nothing to search for, and it would be ignored
+    (violation,) = validation.validate(job)
+    assert violation[0] == "spec.budget.max_trials" and "give the budget" in violation[1]
+    spec = sweep_spec(BASE, max_loss_pp=1.0)
+    spec.budget.search_low = 0.7  # a sweep's search is its own search_low
+    assert "set spec.search_low" in dict(sweeps.validate(spec))["spec.budget.search_low"]

@@ -2379,19 +2379,38 @@ class AccuracyBudget(_message.Message):
 
     MAX_LOSS_PP_FIELD_NUMBER: _builtins.int
     MAX_RELATIVE_LOSS_PERCENT_FIELD_NUMBER: _builtins.int
+    SEARCH_LOW_FIELD_NUMBER: _builtins.int
+    SEARCH_HIGH_FIELD_NUMBER: _builtins.int
+    TOLERANCE_FIELD_NUMBER: _builtins.int
+    MAX_TRIALS_FIELD_NUMBER: _builtins.int
+    PARALLEL_TRIALS_FIELD_NUMBER: _builtins.int
     max_loss_pp: _builtins.float
     """Test accuracy lost against the baseline, in percentage points."""
     max_relative_loss_percent: _builtins.float
     """Test accuracy lost relative to the baseline, in percent of it."""
+    search_low: _builtins.float
+    """How a job's search for its budget runs (JobSpec.budget), as the SweepSpec fields of the
+    same names; 0 = the same defaults (sparsities 0.5 to 0.95 by bisection to 0.02, at most 8
+    trials, 2 at a time). A sweep's budget leaves them 0: the sweep's own fields say it.
+    """
+    search_high: _builtins.float
+    tolerance: _builtins.float
+    max_trials: _builtins.int
+    parallel_trials: _builtins.int
     def __init__(
         self,
         *,
         max_loss_pp: _builtins.float = ...,
         max_relative_loss_percent: _builtins.float = ...,
+        search_low: _builtins.float = ...,
+        search_high: _builtins.float = ...,
+        tolerance: _builtins.float = ...,
+        max_trials: _builtins.int = ...,
+        parallel_trials: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["limit", b"limit", "max_loss_pp", b"max_loss_pp", "max_relative_loss_percent", b"max_relative_loss_percent"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["limit", b"limit", "max_loss_pp", b"max_loss_pp", "max_relative_loss_percent", b"max_relative_loss_percent"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["limit", b"limit", "max_loss_pp", b"max_loss_pp", "max_relative_loss_percent", b"max_relative_loss_percent", "max_trials", b"max_trials", "parallel_trials", b"parallel_trials", "search_high", b"search_high", "search_low", b"search_low", "tolerance", b"tolerance"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_limit: _TypeAlias = _typing.Literal["max_loss_pp", "max_relative_loss_percent"]  # noqa: Y015
     _WhichOneofArgType_limit: _TypeAlias = _typing.Literal["limit", b"limit"]  # noqa: Y015
