@@ -17,7 +17,7 @@ import sys
 import tempfile
 import uuid
 import zipfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -86,11 +86,17 @@ INSPECTION = _inspection()
 
 
 class ModelRejected(ValueError):
-    """The file is not a model this service accepts; ``field`` names what is wrong."""
+    """The file is not a model this service accepts; ``field`` names what is wrong, and
+    ``violations`` holds each problem found as (field, description): the refused layers of a
+    model, all of them, not only the first."""
 
-    def __init__(self, message: str, field: str = "model"):
+    def __init__(self, message: str, field: str = "model", more: Sequence[str] = ()):
         super().__init__(message)
         self.field = field
+        self.violations = [(field, message), *((field, m) for m in more)]
+
+
+MAX_LAYER_PROBLEMS = 20  # refused layers said in one answer (the service's violation cap applies too)
 
 
 @dataclass
@@ -144,11 +150,18 @@ _TF_NAME = re.compile(r"[A-Za-z0-9.][A-Za-z0-9_.\\/>-]*")
 
 
 def _walk_classes(
-    node, found: list[tuple[str, str]], mixed: list[str], options: list[tuple[str, str, str]], root: bool = False
+    node,
+    found: list[tuple[str, str]],
+    mixed: list[str],
+    options: list[tuple[str, str, str]],
+    refused: list[str],
+    root: bool = False,
 ):
     """Checks every ``class_name`` in a Keras config tree; collects (class, name) of layers,
     into ``mixed`` the names of those whose dtype policy is a mixed one (``mixed_float16``),
-    and into ``options`` (name, class, why) the options a Keras 3 layer has that tf_keras lacks."""
+    into ``options`` (name, class, why) the options a Keras 3 layer has that tf_keras lacks,
+    and into ``refused`` why each layer the service does not take is refused (a Lambda, a
+    custom class, an operation it does not translate), walking on past them."""
     if isinstance(node, dict):
         if "class_name" in node:
             cls = node["class_name"]
@@ -159,13 +172,14 @@ def _walk_classes(
                 config = node.get("config")
                 name = config.get("name") if isinstance(config, dict) else None
                 which = f"layer {str(name)[:200]!r} (Lambda)" if name is not None else "a Lambda layer"
-                raise ModelRejected(
+                refused.append(
                     f"{which} would run arbitrary code; refused: rebuild what it computes from built-in "
                     "Keras layers (custom layer classes, registered or not, are refused too)"
                 )
+                return
             if str(module).startswith(preflight.OPERATION_MODULES) and cls not in preflight.MASK_OPERATIONS:
                 if not preflight.operation_translated(cls, node.get("inbound_nodes")):
-                    raise ModelRejected(_operation_refused(node, cls))
+                    refused.append(_operation_refused(node, cls))
                 return  # arithmetic the bridge makes a layer of: tensors and a number, nothing else
             if cls not in ALLOWED_CLASSES or not str(module).startswith(_ALLOWED_MODULE_ROOTS):
                 config = node.get("config")
@@ -182,13 +196,15 @@ def _walk_classes(
                 else:
                     what = f"layer {str(name)[:60]!r} ({cls[:60]})" if name is not None else f"the class {cls[:60]}"
                     why = "not a built-in Keras class (its code would run on the worker): build it from built-in layers"
-                raise ModelRejected(f"the model uses {what}, {why}; refused")
+                refused.append(f"the model uses {what}, {why}; refused")
+                return
             if (
                 "registered_name" in node
                 and node["registered_name"] not in (None, cls)
                 and not str(node["registered_name"]).startswith(("keras", "tf_keras"))
             ):
-                raise ModelRejected(f"the model uses the custom object {node['registered_name']!r}; refused")
+                refused.append(f"the model uses the custom object {str(node['registered_name'])[:200]!r}; refused")
+                return
             config = node.get("config")
             if isinstance(config, dict) and "name" in config and cls in _LAYERS.split():
                 found.append((cls, str(config["name"])))
@@ -201,10 +217,21 @@ def _walk_classes(
                     options.append((str(config["name"]), cls, problem))
         for key, value in node.items():
             if key not in _NOT_LOADED:
-                _walk_classes(value, found, mixed, options)
+                _walk_classes(value, found, mixed, options, refused)
     elif isinstance(node, list):
         for value in node:
-            _walk_classes(value, found, mixed, options)
+            _walk_classes(value, found, mixed, options, refused)
+
+
+def _refuse(problems: list[str]) -> None:
+    """Refuses the model for each of ``problems`` (one a layer; the first MAX_LAYER_PROBLEMS),
+    so that a model with several is fixed in one go, not one upload per layer."""
+    if len(problems) > MAX_LAYER_PROBLEMS:
+        problems = [
+            *problems[: MAX_LAYER_PROBLEMS - 1],
+            f"and {len(problems) - MAX_LAYER_PROBLEMS + 1} more layers refused",
+        ]
+    raise ModelRejected(problems[0], more=problems[1:])
 
 
 def _names_twice(layers: list[tuple[str, str]]) -> list[str]:
@@ -255,10 +282,13 @@ def check_model_config(
     layers: list[tuple[str, str]] = []
     mixed: list[str] = []
     options: list[tuple[str, str, str]] = []
+    refused: list[str] = []
     try:
-        _walk_classes(config, layers, mixed, options, root=True)
+        _walk_classes(config, layers, mixed, options, refused, root=True)
     except RecursionError:
         raise ModelRejected("the model configuration is nested too deeply") from None
+    if refused:
+        _refuse(list(dict.fromkeys(refused)))
     for _, name in layers:
         if not _TF_NAME.fullmatch(name):
             raise ModelRejected(
@@ -284,9 +314,7 @@ def check_model_config(
                 "models up, so names must differ: rename one; refused"
             )
         if options:
-            name, cls, problem = options[0]
-            more = f" (and {len(options) - 1} more layers)" if len(options) > 1 else ""
-            raise ModelRejected(f"layer {name[:200]!r} of class {cls}: {problem}{more}; refused")
+            _refuse([f"layer {name[:200]!r} of class {cls}: {problem}; refused" for name, cls, problem in options])
     summary = preflight.summarize(config, layers, weights or [], version, version_string)
     return ModelInfo(
         format=fmt,

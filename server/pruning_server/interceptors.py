@@ -142,7 +142,7 @@ def code_name(context: grpc.aio.ServicerContext, failed: bool) -> str:
 
 async def _answer_failure(context: grpc.aio.ServicerContext, method: str, exc: Exception, cut: Cut) -> None:
     if isinstance(exc, ModelRejected):
-        exc = Invalid([(exc.field, str(exc))])
+        exc = Invalid(exc.violations)
     if isinstance(exc, Failure):
         if exc.code in (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN):
             log.error("%s: %s", method, cut(exc.message))

@@ -120,6 +120,29 @@ def test_lambda_layer_is_refused_unexecuted(client, tmp_path, suffix):
     assert not marker.exists()
 
 
+def test_every_refused_layer_comes_back_in_one_answer(client, tmp_path):
+    """Two Lambda layers and a custom one: three field violations, each naming its layer, so
+    the user fixes all three before the next upload."""
+    import keras
+
+    @keras.saving.register_keras_serializable(package="mine")
+    class Doubler(keras.layers.Layer):
+        def call(self, x):
+            return 2 * x
+
+    inputs = keras.Input((4,))
+    h = keras.layers.Lambda(lambda x: x + 1, name="plus_one")(inputs)
+    h = Doubler(name="doubler")(keras.layers.Dense(4, name="dense")(h))
+    outputs = keras.layers.Lambda(lambda x: x * 3, name="times_three")(h)
+    keras.Model(inputs, outputs).save(tmp_path / "three.keras")
+    with pytest.raises(InvalidArgument) as error:
+        client.upload_model(tmp_path / "three.keras")
+    violations = error.value.field_violations
+    assert [f for f, _ in violations] == ["model"] * 3
+    for name, (_, text) in zip(("plus_one", "doubler", "times_three"), violations, strict=True):
+        assert repr(name) in text and text.endswith(("refused", "refused too)", "built-in layers"))
+
+
 def test_dataset_shape_does_not_fit_model(client, files, ids):
     data = client.upload_dataset(files["wrong_shape"])
     with pytest.raises(InvalidArgument) as error:

@@ -42,6 +42,29 @@ def test_lambda_and_custom_objects_are_refused(bad):
         modelcheck.check_model_config(sequential(layer("Dense", "ok"), bad), "keras")
 
 
+def test_every_refused_layer_is_named_not_only_the_first():
+    """A model with several layers the service refuses is fixed in one go: one violation each
+    (it used to name the first only, one upload per layer)."""
+    config = sequential(
+        layer("Dense", "ok"),
+        layer("Lambda", "lam", function="..."),
+        layer("MyCustomLayer", "mine"),
+        layer("Dense", "also_ok"),
+        layer("Lambda", "lam2", function="..."),
+    )
+    with pytest.raises(ModelRejected) as refused:
+        modelcheck.check_model_config(config, "keras")
+    problems = [d for f, d in refused.value.violations]
+    assert {f for f, _ in refused.value.violations} == {"model"} and len(problems) == 3
+    assert "'lam'" in problems[0] and "'mine'" in problems[1] and "'lam2'" in problems[2]
+    assert str(refused.value) == problems[0]  # the first, as before, for one-line readers
+    many = sequential(*(layer("Lambda", f"l{i}", function="...") for i in range(50)))
+    with pytest.raises(ModelRejected) as refused:
+        modelcheck.check_model_config(many, "keras")
+    assert len(refused.value.violations) == modelcheck.MAX_LAYER_PROBLEMS
+    assert refused.value.violations[-1][1] == f"and {50 - modelcheck.MAX_LAYER_PROBLEMS + 1} more layers refused"
+
+
 @pytest.mark.parametrize(
     ("bad", "named"), [(layer("Lambda", "lam", function="..."), "'lam'"), ({"class_name": "Lambda"}, "a Lambda")]
 )
