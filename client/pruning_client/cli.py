@@ -669,8 +669,8 @@ def _select(job_id: str, result: pb.PruneResult, fmt: str | None, output: str | 
     if fmt is None:
         try:
             named = named_export(job_id, result.artifacts, output) if output and not _is_directory(output) else None
-        except ValueError as error:  # a model suffix the job has no export of
-            raise click.UsageError(str(error)) from None
+        except ValueError as error:  # a model suffix the job has no export of: as --format's, exit 3
+            raise NotFound(str(error)) from None
         return named or result.artifacts[0]
     for artifact in exports(result.artifacts):
         if _same_format(artifact.format, fmt):

@@ -204,11 +204,12 @@ def test_download_to_a_file_name_picks_the_export_its_suffix_names(
 def test_download_to_a_file_name_of_a_format_the_job_lacks_is_refused(
     fake: type[FakeClient], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert run(["download", JOB, "-o", "model.h5"]) == 2  # not the .keras bytes under an .h5 name
+    # not the .keras bytes under an .h5 name: exit 3 (not found), as with --format h5
+    assert run(["download", JOB, "-o", "model.h5"]) == 3
     err = capsys.readouterr().err
     assert "model.h5 names a .h5 file" in err and "(it has: keras, saved_model, tflite_int8)" in err
     assert not fake.downloads and not pathlib.Path("model.h5").exists()
-    assert run(["download", JOB, "-o", "model.tflite"]) == 2  # the int8 export is named .int8.tflite
+    assert run(["download", JOB, "-o", "model.tflite"]) == 3  # the int8 export is named .int8.tflite
     assert "names a .tflite file" in capsys.readouterr().err
     assert run(["download", JOB, "-o", "model.h5", "--format", "keras"]) == 0  # asked for: as asked
 
