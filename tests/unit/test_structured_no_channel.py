@@ -1,0 +1,67 @@
+"""A structured job whose rounding keeps every channel says so (a WARNING naming round_to and
+min_channels) and goes on with the model whole, rather than claim a cut it did not make."""
+
+from __future__ import annotations
+
+import numpy as np
+
+import models
+from pruning_client import job_spec, structured
+from pruning_core.validation import with_defaults
+from pruning_worker.inputs import Inputs
+from pruning_worker.pipeline import run
+
+
+class Reporter:
+    """Keeps the log lines; never stops the job."""
+
+    interval_s = 1.0
+
+    def __init__(self) -> None:
+        self.lines: list[tuple[str, str]] = []
+
+    def progress(self, progress, force: bool = False) -> None:
+        pass
+
+    def log(self, message: str, level: str = "INFO") -> None:
+        self.lines.append((level, message))
+
+    def phase(self, phase: str, message: str) -> None:
+        pass
+
+    def should_stop(self) -> bool:
+        return False
+
+    def timings(self) -> dict[str, float]:
+        return {}
+
+    def measured(self, result) -> None:
+        pass
+
+    def check_between_steps(self) -> None:
+        pass
+
+
+def test_a_structured_job_that_removes_no_channel_warns_and_keeps_the_model_whole(tmp_path):
+    model = models.small_model(tmp_path / "m.keras")  # conv of 4 filters, hidden of 32 units
+    with np.load(models.dataset(tmp_path / "d.npz", n_train=128, n_test=32)) as f:
+        data = (f["x_train"], f["y_train"], f["x_test"], f["y_test"])
+    # half of each layer's channels, rounded up to a multiple of 64: all of them
+    spec = with_defaults(
+        job_spec(
+            "a" * 64,
+            structured=structured(0.5, round_to=64, latency_repeats=1),
+            epochs=1,
+            batch_size=32,
+            report=False,
+        )
+    )
+    reporter = Reporter()
+    work = tmp_path / "work"
+    work.mkdir()
+    result, _ = run(spec, Inputs(model, data, 1 << 30), reporter, work)
+    warnings = [m for level, m in reporter.lines if level == "WARNING"]
+    assert any(m.startswith("structured pruning removed no channel") and "round_to (64)" in m for m in warnings)
+    s = result.structured
+    assert s.groups_pruned == 0 and s.params_after == s.params_before
+    assert all(x.channels_after == x.channels_before for x in s.layers)
