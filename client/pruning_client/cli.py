@@ -325,10 +325,22 @@ def _latency_lines(raw: pb.PruneResult) -> list[str]:
 
 
 _SEARCH_OPTIONS = (
-    _option("--search-low", type=float, default=0.0, help="A search's lowest sparsity; 0 = 0.5."),
-    _option("--search-high", type=float, default=0.0, help="A search's highest sparsity; 0 = 0.95."),
-    _option("--tolerance", type=float, default=0.0, help="A search stops this close to the answer; 0 = 0.02."),
-    _option("--max-trials", type=int, default=0, help="At most this many trials; 0 = 8 (or one per sparsity)."),
+    _option(
+        "--search-low",
+        type=float,
+        default=0.0,
+        help="With a budget and no --sparsities: the lowest sparsity searched; 0 = 0.5.",
+    ),
+    _option(
+        "--search-high",
+        type=float,
+        default=0.0,
+        help="With a budget and no --sparsities: the highest sparsity searched; 0 = 0.95.",
+    ),
+    _option("--tolerance", type=float, default=0.0, help="The search stops this close to the answer; 0 = 0.02."),
+    _option(
+        "--max-trials", type=int, default=0, help="At most this many trials; 0 = 8 (a sweep's --sparsities: one each)."
+    ),
     _option("--parallel-trials", type=int, default=0, help="Trials running at once; 0 = 2."),
 )
 
@@ -1275,7 +1287,8 @@ def submit(
     opts = _globals()
     with _client(opts) as client:
         job_spec_ = _spec(client, **spec)
-        job_spec_.budget.CopyFrom(accuracy_budget(max_loss_pp, max_relative_loss, **search))
+        if max_loss_pp is not None or max_relative_loss is not None:  # else no budget field at all
+            job_spec_.budget.CopyFrom(accuracy_budget(max_loss_pp, max_relative_loss, **search))
         if dry_run:
             plan = client.validate(job_spec_, labels=label)
             _emit({"dry_run": True, "plan": _dump(plan.raw, defaults=True)}, format_plan(plan))

@@ -88,15 +88,34 @@ INSPECTION = _inspection()
 class ModelRejected(ValueError):
     """The file is not a model this service accepts; ``field`` names what is wrong, and
     ``violations`` holds each problem found as (field, description): the refused layers of a
-    model, all of them, not only the first."""
+    model, all of them (the first MAX_LAYER_PROBLEMS; ``unlisted`` counts the rest)."""
 
-    def __init__(self, message: str, field: str = "model", more: Sequence[str] = ()):
+    def __init__(self, message: str, field: str = "model", more: Sequence[str] = (), unlisted: int = 0):
         super().__init__(message)
         self.field = field
         self.violations = [(field, message), *((field, m) for m in more)]
+        self.unlisted = unlisted
+
+    @property
+    def total(self) -> int:
+        return len(self.violations) + self.unlisted
 
 
-MAX_LAYER_PROBLEMS = 20  # refused layers said in one answer (the service's violation cap applies too)
+MAX_LAYER_PROBLEMS = 100  # refused layers kept, then only counted (an answer lists PRUNING_MAX_VIOLATIONS)
+
+
+class _Refusals:
+    """Why each refused layer is refused: the first MAX_LAYER_PROBLEMS, and how many more."""
+
+    def __init__(self) -> None:
+        self.problems: list[str] = []
+        self.unlisted = 0
+
+    def append(self, problem: str) -> None:
+        if len(self.problems) < MAX_LAYER_PROBLEMS:
+            self.problems.append(problem)
+        else:
+            self.unlisted += 1
 
 
 @dataclass
@@ -154,7 +173,7 @@ def _walk_classes(
     found: list[tuple[str, str]],
     mixed: list[str],
     options: list[tuple[str, str, str]],
-    refused: list[str],
+    refused: _Refusals,
     root: bool = False,
 ):
     """Checks every ``class_name`` in a Keras config tree; collects (class, name) of layers,
@@ -223,17 +242,6 @@ def _walk_classes(
             _walk_classes(value, found, mixed, options, refused)
 
 
-def _refuse(problems: list[str]) -> None:
-    """Refuses the model for each of ``problems`` (one a layer; the first MAX_LAYER_PROBLEMS),
-    so that a model with several is fixed in one go, not one upload per layer."""
-    if len(problems) > MAX_LAYER_PROBLEMS:
-        problems = [
-            *problems[: MAX_LAYER_PROBLEMS - 1],
-            f"and {len(problems) - MAX_LAYER_PROBLEMS + 1} more layers refused",
-        ]
-    raise ModelRejected(problems[0], more=problems[1:])
-
-
 def _names_twice(layers: list[tuple[str, str]]) -> list[str]:
     """Names two layers have (inputs and nested models aside): in different models nested in
     one another, as a model cannot hold two."""
@@ -282,13 +290,13 @@ def check_model_config(
     layers: list[tuple[str, str]] = []
     mixed: list[str] = []
     options: list[tuple[str, str, str]] = []
-    refused: list[str] = []
+    refused = _Refusals()
     try:
         _walk_classes(config, layers, mixed, options, refused, root=True)
     except RecursionError:
         raise ModelRejected("the model configuration is nested too deeply") from None
-    if refused:
-        _refuse(list(dict.fromkeys(refused)))
+    if refused.problems:
+        raise ModelRejected(refused.problems[0], more=refused.problems[1:], unlisted=refused.unlisted)
     for _, name in layers:
         if not _TF_NAME.fullmatch(name):
             raise ModelRejected(
@@ -314,7 +322,12 @@ def check_model_config(
                 "models up, so names must differ: rename one; refused"
             )
         if options:
-            _refuse([f"layer {name[:200]!r} of class {cls}: {problem}; refused" for name, cls, problem in options])
+            problems = [f"layer {name[:200]!r} of class {cls}: {problem}; refused" for name, cls, problem in options]
+            raise ModelRejected(
+                problems[0],
+                more=problems[1:MAX_LAYER_PROBLEMS],
+                unlisted=max(0, len(problems) - MAX_LAYER_PROBLEMS),
+            )
     summary = preflight.summarize(config, layers, weights or [], version, version_string)
     return ModelInfo(
         format=fmt,

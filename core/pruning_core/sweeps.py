@@ -57,7 +57,11 @@ def _ended(trial: pb.Trial) -> bool:
 
 def validate(spec: pb.SweepSpec) -> list[Violation]:
     """Every problem of a sweep spec, the template's own problems under ``spec.base``."""
-    out = [(f"spec.base{field.removeprefix('spec')}", text) for field, text in validation.validate(spec.base)]
+    out = [
+        (f"spec.base{field.removeprefix('spec')}", text)
+        for field, text in validation.validate(spec.base)
+        if not field.startswith("spec.budget.")  # the template's budget: said once, below
+    ]
     if not spec.base.pruning.HasField("schedule"):
         out.append(("spec.base.pruning.schedule", "a sweep varies the schedule's sparsity: give one"))
     if spec.base.pruning.HasField("sparsity_m_by_n"):
@@ -71,6 +75,9 @@ def validate(spec: pb.SweepSpec) -> list[Violation]:
         out.append(("spec.sparsities", "lists a sparsity twice"))
     if validation.has_budget(spec.base):
         out.append(("spec.base.budget", "a trial template has no budget of its own: set spec.budget"))
+    for name in validation.SEARCH_FIELDS:
+        if getattr(spec.base.budget, name):
+            out.append((f"spec.base.budget.{name}", f"a trial template has no search of its own: set spec.{name}"))
     validation.validate_budget(spec.budget, "spec.budget", out)
     which = spec.budget.WhichOneof("limit")
     if which is not None and spec.base.training.skip_baseline:

@@ -34,20 +34,31 @@ class Invalid(Failure):
         violations: Iterable[tuple[str, str]],
         message: str | None = None,
         code: grpc.StatusCode = grpc.StatusCode.INVALID_ARGUMENT,
+        unlisted: int = 0,
     ):
         self.violations = list(violations)
+        self.unlisted = unlisted  # problems counted beyond ``violations``, not described
         super().__init__(code, message or "; ".join(f"{f}: {d}" for f, d in self.violations))
 
     def details(self, cut: Cut) -> list:
         kept = self.violations[: cut.max_violations]
         pairs = [(cut(f), cut(d)) for f, d in kept]
-        if len(self.violations) > len(kept):
-            pairs.append(("", f"and {len(self.violations) - len(kept)} more problems"))
+        if (more := len(self.violations) - len(kept) + self.unlisted) > 0:
+            pairs.append(("", f"and {more} more problems"))
         return [
             error_details_pb2.BadRequest(
                 field_violations=[error_details_pb2.BadRequest.FieldViolation(field=f, description=d) for f, d in pairs]
             )
         ]
+
+
+def model_refused(field: str, violations: list[tuple[str, str]], unlisted: int = 0) -> Invalid:
+    """A model refused at upload (``modelcheck.ModelRejected``'s violations): with several
+    refused layers, a message that counts them, each described in its own violation."""
+    total = len(violations) + unlisted
+    if total == 1:
+        return Invalid(violations)
+    return Invalid(violations, f"{field}: the model has {total} refused layers", unlisted=unlisted)
 
 
 class Exhausted(Failure):

@@ -32,7 +32,7 @@ from pruning.v1 import pruning_pb2 as pb
 from pruning_core import objectstore
 from pruning_core.modelcheck import ModelRejected
 
-from .errors import Cut, Failure, Invalid, to_status
+from .errors import Cut, Failure, Invalid, model_refused, to_status
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +142,7 @@ def code_name(context: grpc.aio.ServicerContext, failed: bool) -> str:
 
 async def _answer_failure(context: grpc.aio.ServicerContext, method: str, exc: Exception, cut: Cut) -> None:
     if isinstance(exc, ModelRejected):
-        exc = Invalid(exc.violations)
+        exc = model_refused(exc.field, exc.violations, exc.unlisted)
     if isinstance(exc, Failure):
         if exc.code in (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN):
             log.error("%s: %s", method, cut(exc.message))

@@ -37,7 +37,7 @@ from pruning_core.store import (
 from pruning_core.transfer import Sink, WritePipeline
 
 from . import convert
-from .errors import Exhausted, Failure, Invalid
+from .errors import Exhausted, Failure, Invalid, model_refused
 from .limits import Caps, Reservation
 from .watches import WatchHub
 
@@ -398,7 +398,7 @@ class PruningService(pb_grpc.PruningServiceServicer):
             return await _to_the_end(inspect, writer.path, self.settings.max_decompressed_bytes)
         except modelcheck.ModelRejected as exc:
             await _drop_off_loop(None, writer)
-            raise Invalid(exc.violations) from None
+            raise model_refused(exc.field, exc.violations, exc.unlisted) from None
         except BaseException:
             await _drop_off_loop(None, writer)
             raise

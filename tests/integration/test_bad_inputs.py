@@ -138,6 +138,7 @@ def test_every_refused_layer_comes_back_in_one_answer(client, tmp_path):
     with pytest.raises(InvalidArgument) as error:
         client.upload_model(tmp_path / "three.keras")
     violations = error.value.field_violations
+    assert "model: the model has 3 refused layers" in error.value.message
     assert [f for f, _ in violations] == ["model"] * 3
     for name, (_, text) in zip(("plus_one", "doubler", "times_three"), violations, strict=True):
         assert repr(name) in text and text.endswith(("refused", "refused too)", "built-in layers"))

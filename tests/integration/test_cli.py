@@ -269,7 +269,7 @@ def test_watch_json_into_head_exits_0_without_a_traceback(
         "--frequency",
         "5",
         "--epochs",
-        "1",
+        "3",  # still running when the watch starts: its pipe closes under a live stream
         "--batch-size",
         "16",
         "--no-report",

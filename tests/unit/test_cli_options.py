@@ -323,6 +323,8 @@ def test_submit_bounds_its_budgets_search(monkeypatch: pytest.MonkeyPatch, capsy
     assert run(["submit", "--model", "a" * 64, "--max-trials", "4"]) == 2
     assert "--max-trials bounds the search for a budget" in capsys.readouterr().err
     assert len(SubmittingClient.sent) == 1
+    assert run(["submit", "--model", "a" * 64]) == 0
+    assert not SubmittingClient.sent[-1].HasField("budget")  # no budget: no budget field (nor its zeros)
 
 
 @pytest.mark.parametrize(("args", "power"), [([], 0.0), (["--power", "2"], 2.0)])

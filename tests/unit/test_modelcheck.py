@@ -58,11 +58,13 @@ def test_every_refused_layer_is_named_not_only_the_first():
     assert {f for f, _ in refused.value.violations} == {"model"} and len(problems) == 3
     assert "'lam'" in problems[0] and "'mine'" in problems[1] and "'lam2'" in problems[2]
     assert str(refused.value) == problems[0]  # the first, as before, for one-line readers
-    many = sequential(*(layer("Lambda", f"l{i}", function="...") for i in range(50)))
+    assert refused.value.unlisted == 0 and refused.value.total == 3
+    # past MAX_LAYER_PROBLEMS they are counted, not kept: a hostile config holds no more memory
+    many = sequential(*(layer("Lambda", "same", function="...") for _ in range(modelcheck.MAX_LAYER_PROBLEMS + 30)))
     with pytest.raises(ModelRejected) as refused:
         modelcheck.check_model_config(many, "keras")
-    assert len(refused.value.violations) == modelcheck.MAX_LAYER_PROBLEMS
-    assert refused.value.violations[-1][1] == f"and {50 - modelcheck.MAX_LAYER_PROBLEMS + 1} more layers refused"
+    assert len(refused.value.violations) == modelcheck.MAX_LAYER_PROBLEMS  # identical texts each count
+    assert refused.value.unlisted == 30 and refused.value.total == modelcheck.MAX_LAYER_PROBLEMS + 30
 
 
 @pytest.mark.parametrize(
@@ -237,3 +239,30 @@ def test_the_refusal_of_a_subclassed_model_fits_the_error_cut(tmp_path):
         modelcheck.inspect_model(tmp_path / "net.keras", 1 << 30)
     said = f"model: {refused.value}"
     assert len(said.encode()) <= 200 and said.endswith("model of built-in layers"), said
+
+
+def test_the_answer_to_a_model_of_many_refused_layers_counts_them_all():
+    """The server lists PRUNING_MAX_VIOLATIONS of them and counts the rest, those modelcheck
+    only counted included; the message says how many, the violations say which."""
+    import grpc
+    from google.rpc import error_details_pb2, status_pb2
+
+    from pruning_server.errors import Cut, model_refused, to_status
+
+    config = sequential(*(layer("Lambda", f"l{i}", function="...") for i in range(modelcheck.MAX_LAYER_PROBLEMS + 5)))
+    with pytest.raises(ModelRejected) as refused:
+        modelcheck.check_model_config(config, "keras")
+    exc = refused.value
+    status = to_status(model_refused(exc.field, exc.violations, exc.unlisted), Cut(200, 10))
+    assert (
+        status.code == grpc.StatusCode.INVALID_ARGUMENT
+        and status.details == f"model: the model has {exc.total} refused layers"
+    )
+    detail = status_pb2.Status.FromString(dict(status.trailing_metadata)["grpc-status-details-bin"]).details[0]
+    bad = error_details_pb2.BadRequest()
+    assert detail.Unpack(bad)
+    described = [v.description for v in bad.field_violations]
+    assert len(described) == 11 and "'l0'" in described[0] and "'l9'" in described[9]
+    assert described[10] == f"and {exc.total - 10} more problems"
+    one = to_status(model_refused("model", [("model", "layer 'x' ...; refused")]), Cut(200, 10))
+    assert one.details == "model: layer 'x' ...; refused"  # one problem: said as before

@@ -301,3 +301,10 @@ def test_search_bounds_without_a_budget_or_on_a_sweeps_budget_are_refused():
     spec = sweep_spec(BASE, max_loss_pp=1.0)
     spec.budget.search_low = 0.7  # a sweep's search is its own search_low
     assert "set spec.search_low" in dict(sweeps.validate(spec))["spec.budget.search_low"]
+    template = job_spec("ab" * 32)
+    template.budget.max_trials = 3  # a template's: the sweep's own max_trials says it
+    fields = dict(sweeps.validate(sweep_spec(template, sparsities=[0.5])))
+    assert (
+        list(fields) == ["spec.base.budget.max_trials"]
+        and "set spec.max_trials" in fields["spec.base.budget.max_trials"]
+    )

@@ -16,6 +16,16 @@ def test_lambda_model_is_refused_unexecuted(tmp_path):
     assert not marker.exists()
 
 
+def test_a_model_of_several_refused_layers_says_how_many(tmp_path):
+    import tf_keras as keras
+
+    inputs = keras.Input((4,))
+    h = keras.layers.Lambda(lambda x: x + 1, name="first")(inputs)
+    keras.Model(inputs, keras.layers.Lambda(lambda x: x * 2, name="second")(h)).save(tmp_path / "two.keras")
+    with pytest.raises(JobInputError, match=r"'first' \(Lambda\).*\(and 1 more refused layers\)"):
+        load_model(tmp_path / "two.keras", tmp_path, 10**9)
+
+
 @pytest.mark.parametrize("suffix", [".keras", ".h5"])
 def test_good_model_loads_uncompiled(tmp_path, suffix):
     import models

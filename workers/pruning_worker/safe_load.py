@@ -33,7 +33,8 @@ def _inspect(path: os.PathLike[str] | str, workdir: pathlib.Path, max_decompress
     try:
         info = modelcheck.inspect_model(pathlib.Path(path), max_decompressed)
     except modelcheck.ModelRejected as exc:
-        raise JobInputError(f"model: {exc}") from None
+        more = f" (and {exc.total - 1} more refused layers)" if exc.total > 1 else ""
+        raise JobInputError(f"model: {exc}{more}") from None
     # Keras picks the format from the suffix; the artifact store names files by hash.
     named = workdir / f"model{formats.model_suffix(info.format)}"
     if not named.exists():
