@@ -1,4 +1,4 @@
-"""A worker killed in epoch 2 of 3: the next attempt resumes from the epoch-1 checkpoint
+"""A worker killed in epoch 2 of 2: the next attempt resumes from the epoch-1 checkpoint
 (pruning and optimizer steps included) and runs none of epoch 1's steps again."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pruning_client import Client, job_spec
 from pruning_core.phases import Phase
 
 pytestmark = pytest.mark.integration
-EPOCHS = 3
+EPOCHS = 2
 
 
 def test_rerun_attempt_resumes_from_the_last_epoch_checkpoint(env, files, tmp_path):

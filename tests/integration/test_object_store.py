@@ -475,13 +475,13 @@ def test_checkpoints_travel_through_the_bucket_between_hosts(seaweed, s3_env, tm
 
 
 def test_a_rerun_attempt_on_another_host_resumes_from_the_bucket(seaweed, s3_env, files, tmp_path):
-    """A worker killed in epoch 2 of 3 on one host; the next attempt runs on another host
+    """A worker killed in epoch 2 of 2 on one host; the next attempt runs on another host
     (no shared path) and resumes from epoch 1's checkpoint, fetched from the bucket."""
     import signal
 
     from pruning_core.phases import Phase
 
-    epochs = 3
+    epochs = 2
     lossy = {**s3_env, "PRUNING_QUEUE": s3_env["PRUNING_QUEUE"] + "-resume", "PRUNING_HEARTBEAT_INTERVAL_S": "0.5"}
     server = ServerThread(settings_for(lossy, reap_after_s=4))
     first = start_worker(_host_env(lossy, tmp_path / "host-a"), tmp_path / "first.log")

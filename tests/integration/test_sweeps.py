@@ -18,7 +18,7 @@ from pruning.v1 import pruning_pb2 as pb
 from pruning_client import InvalidArgument, JobCancelled, accuracy_budget, job_spec, polynomial_decay, sweep_spec
 
 pytestmark = pytest.mark.integration
-GRID = [0.5, 0.7, 0.8, 0.9, 0.95]
+GRID = [0.5, 0.8, 0.95]
 
 
 @pytest.fixture(scope="module")
@@ -134,10 +134,10 @@ def test_a_budget_picks_the_highest_sparsity_that_keeps_it(client_module, mnist,
 
 def test_a_search_finds_the_highest_sparsity_within_the_budget(client_module, mnist, worker, second_worker):
     spec = sweep_spec(
-        _no_report(mnist), max_loss_pp=1.0, search_low=0.5, search_high=0.97, max_trials=6, parallel_trials=2
+        _no_report(mnist), max_loss_pp=1.0, search_low=0.5, search_high=0.97, max_trials=4, parallel_trials=2
     )
     done = client_module.create_sweep(spec).result(timeout=900)
-    assert done.state == pb.JOB_STATE_SUCCEEDED and len(done.trials) <= 6
+    assert done.state == pb.JOB_STATE_SUCCEEDED and len(done.trials) <= 4
     assert done.trials[0].sparsity in (0.5, 0.97) and done.trials[1].sparsity in (0.5, 0.97)  # the ends first
     assert done.HasField("chosen_trial"), [(t.sparsity, t.accuracy_loss_pp) for t in done.trials]
     chosen = done.trials[done.chosen_trial]
@@ -164,7 +164,7 @@ def test_cancel_stops_every_trial(client_module, mnist, worker, second_worker):
 @pytest.mark.parametrize(
     ("change", "field"),
     [
-        (lambda s: s.sparsities.append(1.5), "spec.sparsities[5]"),
+        (lambda s: s.sparsities.append(1.5), f"spec.sparsities[{len(GRID)}]"),
         (lambda s: s.ClearField("sparsities"), "spec.sparsities"),
         (lambda s: setattr(s.base.training, "epochs", -1), "spec.base.training.epochs"),
         (lambda s: setattr(s, "parallel_trials", 999), "spec.parallel_trials"),
