@@ -87,6 +87,26 @@ _LOCAL_FILE_EXIT = click.UsageError.exit_code
 _STATES = [s.removeprefix("JOB_STATE_").lower() for s, v in pb.JobState.items() if v != pb.JOB_STATE_UNSPECIFIED]
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+class _Int(click.types.IntParamType):
+    """An integer within the contract's field (int32 or int64), and at least ``minimum``: a
+    value past it is a usage error (exit 2), not protobuf's ValueError from deep inside the
+    spec's building. The help shows no range: the bounds are the wire's, not advice."""
+
+    def __init__(self, bits: int, minimum: int | None = None) -> None:
+        self.low = -(2 ** (bits - 1)) if minimum is None else minimum
+        self.high = 2 ** (bits - 1) - 1
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        number = super().convert(value, param, ctx)
+        if not self.low <= number <= self.high:
+            self.fail(f"{number} is not in the range {self.low} to {self.high}", param, ctx)
+        return number
+
+
+INT32, INT64 = _Int(32), _Int(64)
+
 _V = TypeVar("_V")
 
 
@@ -339,9 +359,12 @@ _SEARCH_OPTIONS = (
     ),
     _option("--tolerance", type=float, default=0.0, help="The search stops this close to the answer; 0 = 0.02."),
     _option(
-        "--max-trials", type=int, default=0, help="At most this many trials; 0 = 8 (a sweep's --sparsities: one each)."
+        "--max-trials",
+        type=INT32,
+        default=0,
+        help="At most this many trials; 0 = 8 (a sweep's --sparsities: one each).",
     ),
-    _option("--parallel-trials", type=int, default=0, help="Trials running at once; 0 = 2."),
+    _option("--parallel-trials", type=INT32, default=0, help="Trials running at once; 0 = 2."),
 )
 
 
@@ -822,7 +845,7 @@ def _report(error: PruningError, *, json_output: bool, stream: bool = False) -> 
     else:
         click.echo(f"error: {error.message}", err=True)
     for field, description in violations:
-        click.echo(f"  {field}: {description}", err=True)
+        click.echo(f"  {field}: {description}" if field else f"  {description}", err=True)  # "and 3 more problems"
 
 
 def _report_local(error: OSError, *, json_output: bool, stream: bool = False) -> None:
@@ -1074,10 +1097,10 @@ _SPEC_OPTIONS = [
     ),
     _option("--initial-sparsity", type=float, default=0.5, help="Initial sparsity of the polynomial schedule."),
     _option("--final-sparsity", type=float, default=0.8, help="Final (or constant target) sparsity."),
-    _option("--begin-step", type=int, default=0, help="Step at which pruning begins."),
+    _option("--begin-step", type=INT64, default=0, help="Step at which pruning begins."),
     _option(
         "--end-step",
-        type=int,
+        type=INT64,
         default=0,
         help="Step at which the final sparsity is reached; 0 = the recipe's (about half of the steps).",
     ),
@@ -1090,7 +1113,7 @@ _SPEC_OPTIONS = [
     ),
     _option(
         "--frequency",
-        type=int,
+        type=INT64,
         default=0,
         help="Update the masks every this many steps; 0 = the recipe's (at most 100).",
     ),
@@ -1115,7 +1138,7 @@ _SPEC_OPTIONS = [
     ),
     _option(
         "--early-stopping-patience",
-        type=int,
+        type=INT32,
         default=None,
         help="Epochs without a better validation accuracy (at the final sparsity) before stopping; 0 = never; "
         "default: the recipe's (a fifth of the epochs, at least 2).",
@@ -1128,8 +1151,8 @@ _SPEC_OPTIONS = [
         help="Fail the job (DEADLINE_EXCEEDED) when an attempt runs longer on its worker; 0 = the service's "
         "limit alone (the lower applies); a sweep's trials each have it.",
     ),
-    _option("--epochs", type=click.IntRange(min=1), default=2, help="Fine-tuning epochs."),
-    _option("--batch-size", type=click.IntRange(min=1), default=128, help="Fine-tuning batch size."),
+    _option("--epochs", type=_Int(32, minimum=1), default=2, help="Fine-tuning epochs."),
+    _option("--batch-size", type=_Int(32, minimum=1), default=128, help="Fine-tuning batch size."),
     _option("--validation-split", type=float, default=0.1, help="Share of the training data held out; 0 = none."),
     _option("--optimizer", default="adam", help="Keras optimizer name."),
     _option(
@@ -1145,8 +1168,8 @@ _SPEC_OPTIONS = [
         default=0.0,
         help="Learning rate; 0 = the recipe's (twice the optimizer's default, with cosine decay).",
     ),
-    _option("--seed", type=int, default=0, help="Random seed; 0 = no fixed seed."),
-    _option("--max-train-samples", type=int, default=0, help="Use at most this many training samples; 0 = all."),
+    _option("--seed", type=INT64, default=0, help="Random seed; 0 = no fixed seed."),
+    _option("--max-train-samples", type=INT64, default=0, help="Use at most this many training samples; 0 = all."),
     _option(
         "--structured-ratio",
         type=float,
@@ -1174,8 +1197,8 @@ _SPEC_OPTIONS = [
         default="l1",
         help="How structured pruning ranks channels.",
     ),
-    _option("--round-to", type=int, default=0, help="Round kept channel counts up to a multiple of this; 0 = 1."),
-    _option("--min-channels", type=int, default=0, help="Keep at least this many channels per layer; 0 = 1."),
+    _option("--round-to", type=INT32, default=0, help="Round kept channel counts up to a multiple of this; 0 = 1."),
+    _option("--min-channels", type=INT32, default=0, help="Keep at least this many channels per layer; 0 = 1."),
     _option("--include-layer", multiple=True, metavar="NAME", help="Prune only these layers (repeatable)."),
     _option("--exclude-layer", multiple=True, metavar="NAME", help="Never prune these layers (repeatable)."),
     _option(
@@ -1405,7 +1428,7 @@ def _follow_sweep(handle: SweepHandle, json_lines: bool) -> pb.Sweep:
     default="bisection",
     help="With a budget: bisection, or successive halving (many sparsities on few epochs, the best on more).",
 )
-@_option("--halving-rate", type=int, default=0, help="Successive halving: keep 1/rate of a rung; 0 = 3.")
+@_option("--halving-rate", type=INT32, default=0, help="Successive halving: keep 1/rate of a rung; 0 = 3.")
 @_option("--label", multiple=True, callback=_labels, metavar="KEY=VALUE", help="Label of the sweep (repeatable).")
 @_option(
     "--idempotency-key",

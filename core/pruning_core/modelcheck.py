@@ -190,7 +190,7 @@ def _walk_classes(
             if cls == "Lambda" or cls.endswith(">Lambda"):
                 config = node.get("config")
                 name = config.get("name") if isinstance(config, dict) else None
-                which = f"layer {str(name)[:200]!r} (Lambda)" if name is not None else "a Lambda layer"
+                which = f"layer {str(name)[:60]!r} (Lambda)" if name is not None else "a Lambda layer"
                 refused.append(
                     f"{which} would run arbitrary code; refused: rebuild what it computes from built-in "
                     "Keras layers (custom layer classes, registered or not, are refused too)"
@@ -295,12 +295,11 @@ def check_model_config(
         _walk_classes(config, layers, mixed, options, refused, root=True)
     except RecursionError:
         raise ModelRejected("the model configuration is nested too deeply") from None
-    if refused.problems:
-        raise ModelRejected(refused.problems[0], more=refused.problems[1:], unlisted=refused.unlisted)
+    # Every problem found, in one answer: a model with several is fixed before the next upload.
     for _, name in layers:
         if not _TF_NAME.fullmatch(name):
-            raise ModelRejected(
-                f"the layer name {name[:200]!r} cannot name a TensorFlow scope, which pruning needs: use ASCII "
+            refused.append(
+                f"the layer name {name[:60]!r} cannot name a TensorFlow scope, which pruning needs: use ASCII "
                 "letters, digits and . _ - / >, starting with a letter, a digit or a dot"
             )
     version = preflight.major_version(version_string, 2)
@@ -308,26 +307,24 @@ def check_model_config(
         try:
             preflight.check_convertible(layers)
         except preflight.Unconvertible as exc:
-            raise ModelRejected(str(exc)) from None
+            for problem in exc.problems:
+                refused.append(problem)
         if (operation := preflight.masked_arithmetic(config)) is not None:
-            raise ModelRejected(
+            refused.append(
                 f"the model adds, subtracts or multiplies tensors ({operation[:60]!r}) and has a padding mask "
                 "(Embedding mask_zero or Masking), which Keras 3's operations drop and layers pass on; "
                 "use keras.layers.Add (Subtract, Multiply) instead; refused"
             )
         twice = _names_twice(layers)
         if twice:
-            raise ModelRejected(
+            refused.append(
                 f"layer names {twice[:5]} occur in the model and in a model nested in it; pruning opens nested "
                 "models up, so names must differ: rename one; refused"
             )
-        if options:
-            problems = [f"layer {name[:200]!r} of class {cls}: {problem}; refused" for name, cls, problem in options]
-            raise ModelRejected(
-                problems[0],
-                more=problems[1:MAX_LAYER_PROBLEMS],
-                unlisted=max(0, len(problems) - MAX_LAYER_PROBLEMS),
-            )
+        for name, cls, problem in options:
+            refused.append(f"layer {name[:60]!r} of class {cls}: {problem}; refused")
+    if refused.problems:
+        raise ModelRejected(refused.problems[0], more=refused.problems[1:], unlisted=refused.unlisted)
     summary = preflight.summarize(config, layers, weights or [], version, version_string)
     return ModelInfo(
         format=fmt,

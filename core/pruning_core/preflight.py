@@ -141,6 +141,15 @@ class Unconvertible(ValueError):
         head += "supported: "
         super().__init__(_names_within(head, sorted(KERAS3_CONVERTIBLE - _CONTAINERS)))
         self.layers = layers
+        # One per layer (a refusal's field violations): the first with the supported classes.
+        cls, name = layers[0]
+        first = (
+            f"layer {name[:60]!r} ({cls[:60]}): the service cannot translate it to tf_keras for pruning; supported: "
+        )
+        self.problems = [_names_within(first, sorted(KERAS3_CONVERTIBLE - _CONTAINERS))] + [
+            f"layer {name[:60]!r} ({cls[:60]}): the service cannot translate it to tf_keras for pruning either; refused"
+            for cls, name in layers[1:]
+        ]
 
 
 # Keras 3 activation names -> the tf_keras function computing the same thing (the workers'

@@ -408,7 +408,15 @@ def validate_search(search: pb.SweepSpec | pb.AccuracyBudget, field: str, out: l
     """The search fields (``SEARCH_FIELDS``) of a sweep, or of a job's budget; 0 is the default."""
     low, high = search.search_low or defaults.SEARCH_LOW, search.search_high or defaults.SEARCH_HIGH
     if not (0 <= low < high < 1):
-        out.append((f"{field}.search_low", f"needs 0 <= search_low < search_high < 1, got {low} and {high}"))
+        # named after the bound that is off; an unset low (0 = 0.5) above a high that is given: the high's
+        if not 0 <= low < 1:
+            bad = "search_low"
+        elif not 0 < high < 1 or not search.search_low:
+            bad = "search_high"
+        else:
+            bad = "search_low"
+        hint = f" (search_low 0 means {defaults.SEARCH_LOW})" if not search.search_low else ""
+        out.append((f"{field}.{bad}", f"needs 0 <= search_low < search_high < 1, got {low} and {high}{hint}"))
     if not (math.isfinite(search.tolerance) and search.tolerance >= 0):
         out.append(
             (

@@ -44,7 +44,7 @@ class Invalid(Failure):
         kept = self.violations[: cut.max_violations]
         pairs = [(cut(f), cut(d)) for f, d in kept]
         if (more := len(self.violations) - len(kept) + self.unlisted) > 0:
-            pairs.append(("", f"and {more} more problems"))
+            pairs.append(("", f"and {more} more problem{'s' if more > 1 else ''}"))
         return [
             error_details_pb2.BadRequest(
                 field_violations=[error_details_pb2.BadRequest.FieldViolation(field=f, description=d) for f, d in pairs]

@@ -211,8 +211,9 @@ class SweepServicer(pb_grpc.SweepServiceServicer):
             checked.plan.spec.budget.CopyFrom(request.spec.budget)
             # The plan is one trial's (at the top of the range): say what the search runs
             checked.plan.estimate_basis += (
-                f"; one trial of the search for the budget, which runs up to {spec.max_trials} trials "
-                f"({spec.parallel_trials} at a time) over sparsities {spec.search_low:g} to {spec.search_high:g}"
+                f"; one trial of the search for the budget, which runs up to {spec.max_trials} "
+                f"trial{'s' if spec.max_trials != 1 else ''} ({min(spec.parallel_trials, spec.max_trials)} at a time) "
+                f"over sparsities {spec.search_low:g} to {spec.search_high:g}"
             )
             return checked
         job = pb.Job(id=new_job_id(), spec=job_spec, labels=request.labels, search_sweep_id=sweeps.new_sweep_id())

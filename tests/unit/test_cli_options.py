@@ -168,6 +168,11 @@ def test_missing_local_file_is_exit_2_and_one_line(
         ["status"],
         ["--tagret", "x", "list"],
         ["submit", "--model", "a" * 64, "--export", "onnx"],
+        # past the contract's int32 / int64 fields: protobuf's ValueError was a traceback, exit 1
+        ["submit", "--model", "a" * 64, "--max-loss-pp", "1", "--max-trials", "99999999999"],
+        ["submit", "--model", "a" * 64, "--epochs", "3000000000"],
+        ["submit", "--model", "a" * 64, "--seed", str(2**63)],
+        ["sweep", "--model", "a" * 64, "--max-loss-pp", "1", "--halving-rate", "99999999999"],
         ["submit", "--model", "a" * 64, "--label", "novalue"],
         ["submit", "--model", "a" * 64, "--download", "out"],
         ["download", "a" * 64, "--all"],

@@ -241,6 +241,37 @@ def test_the_refusal_of_a_subclassed_model_fits_the_error_cut(tmp_path):
     assert len(said.encode()) <= 200 and said.endswith("model of built-in layers"), said
 
 
+def test_every_kind_of_problem_comes_back_in_one_answer():
+    """A refused class, two Keras 3 layers the service does not translate and two names
+    TensorFlow cannot scope: five violations at once (the walk used to stop at the first kind,
+    and the name and translation checks at their first layer)."""
+    config = sequential(
+        layer("InputLayer", "in", batch_shape=[None, 8, 8, 1]),
+        layer("Lambda", "lam", function="..."),
+        layer("UpSampling2D", "up"),
+        layer("GaussianNoise", "noise", stddev=0.1),
+        layer("Dense", "dé 1"),
+        layer("Dense", "dé 2"),
+    )
+    with pytest.raises(ModelRejected) as refused:
+        modelcheck.check_model_config(config, "keras", "3.15.0")
+    problems = [d for _, d in refused.value.violations]
+    assert len(problems) == 5, problems
+    assert "'lam' (Lambda)" in problems[0]
+    assert "'dé 1'" in problems[1] and "'dé 2'" in problems[2]
+    assert (
+        problems[3].startswith("layer 'up' (UpSampling2D): the service cannot translate")
+        and "supported: " in problems[3]
+    )
+    assert problems[4].startswith("layer 'noise' (GaussianNoise)") and all(len(p.encode()) <= 200 for p in problems)
+
+
+def test_a_long_layer_name_leaves_room_for_the_reason():
+    with pytest.raises(ModelRejected) as refused:
+        modelcheck.check_model_config(sequential(layer("Lambda", "x" * 5000, function="...")), "keras")
+    assert "would run arbitrary code" in str(refused.value).encode()[:200].decode()
+
+
 def test_the_answer_to_a_model_of_many_refused_layers_counts_them_all():
     """The server lists PRUNING_MAX_VIOLATIONS of them and counts the rest, those modelcheck
     only counted included; the message says how many, the violations say which."""
@@ -264,5 +295,8 @@ def test_the_answer_to_a_model_of_many_refused_layers_counts_them_all():
     described = [v.description for v in bad.field_violations]
     assert len(described) == 11 and "'l0'" in described[0] and "'l9'" in described[9]
     assert described[10] == f"and {exc.total - 10} more problems"
+    one_more = to_status(model_refused("model", [("model", "a")] * 11), Cut(200, 10))
+    detail = status_pb2.Status.FromString(dict(one_more.trailing_metadata)["grpc-status-details-bin"]).details[0]
+    assert detail.Unpack(bad) and bad.field_violations[-1].description == "and 1 more problem"
     one = to_status(model_refused("model", [("model", "layer 'x' ...; refused")]), Cut(200, 10))
     assert one.details == "model: layer 'x' ...; refused"  # one problem: said as before

@@ -280,7 +280,9 @@ def test_a_jobs_budget_bounds_its_search_and_zeros_take_the_sweep_defaults():
     ("search", "field"),
     [
         ({"search_low": 0.9, "search_high": 0.6}, "spec.budget.search_low"),
-        ({"search_high": 1.0}, "spec.budget.search_low"),
+        ({"search_high": 1.0}, "spec.budget.search_high"),
+        ({"search_high": 0.3}, "spec.budget.search_high"),  # under the default low, 0.5
+        ({"search_low": float("nan")}, "spec.budget.search_low"),
         ({"tolerance": float("nan")}, "spec.budget.tolerance"),
         ({"max_trials": 101}, "spec.budget.max_trials"),
         ({"parallel_trials": 33}, "spec.budget.parallel_trials"),
