@@ -204,7 +204,10 @@ def _walk_classes(
                 config = node.get("config")
                 name = config.get("name") if isinstance(config, dict) else None
                 what = f"layer {str(name)[:200]!r} ({cls[:200]})" if name is not None else f"the class {cls[:200]}"
-                builtin = str(module).startswith("keras") and node.get("registered_name") in (None, cls)
+                # "package>Name" is a registered custom class (an .h5 names it so, with no module)
+                builtin = (
+                    str(module).startswith("keras") and node.get("registered_name") in (None, cls) and ">" not in cls
+                )
                 if root and not builtin:
                     raise ModelRejected(
                         f"the model subclasses keras.Model ({cls[:40]}): its code would run on the worker; "

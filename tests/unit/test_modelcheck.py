@@ -266,6 +266,13 @@ def test_every_kind_of_problem_comes_back_in_one_answer():
     assert problems[4].startswith("layer 'noise' (GaussianNoise)") and all(len(p.encode()) <= 200 for p in problems)
 
 
+def test_a_registered_class_in_an_h5_config_is_called_custom_code():
+    """An .h5 names a registered class "package>Name", with no module: it was called "a Keras
+    class the service does not take", as if built in."""
+    with pytest.raises(ModelRejected, match="not a built-in Keras class"):
+        modelcheck.check_model_config(sequential({"class_name": "probe>MyLayer", "config": {"name": "mine"}}), "h5")
+
+
 def test_a_long_layer_name_leaves_room_for_the_reason():
     with pytest.raises(ModelRejected) as refused:
         modelcheck.check_model_config(sequential(layer("Lambda", "x" * 5000, function="...")), "keras")
