@@ -211,11 +211,16 @@ _GLOBAL_OPTIONS: list[Callable[[F], F]] = [
 ]
 
 
-def global_options(f: F) -> F:
-    """Adds the connection and output options to a command (they are also the group's)."""
-    for option in reversed(_GLOBAL_OPTIONS):
+def _with_options(options: Sequence[Callable[[F], F]], f: F) -> F:
+    """``f`` with ``options`` added, in the order listed (as if each decorated it from the top)."""
+    for option in reversed(options):
         f = option(f)
     return f
+
+
+def global_options(f: F) -> F:
+    """Adds the connection and output options to a command (they are also the group's)."""
+    return _with_options(_GLOBAL_OPTIONS, f)
 
 
 # -- helpers -----------------------------------------------------------------------------------
@@ -368,11 +373,9 @@ _SEARCH_OPTIONS = (
 )
 
 
-def _search_options(command: Callable[..., Any]) -> Callable[..., Any]:
+def _search_options(f: F) -> F:
     """The options of a search for a budget (a sweep's, or a job's with --max-loss-pp)."""
-    for option in reversed(_SEARCH_OPTIONS):
-        command = option(command)
-    return command
+    return _with_options(_SEARCH_OPTIONS, f)
 
 
 def _one_budget(max_loss_pp: float | None, max_relative_loss: float | None) -> None:
@@ -1218,9 +1221,7 @@ _SPEC_OPTIONS = [
 
 
 def _spec_options(f: F) -> F:
-    for option in reversed(_SPEC_OPTIONS):
-        f = option(f)
-    return f
+    return _with_options(_SPEC_OPTIONS, f)
 
 
 @cli.command("submit")
