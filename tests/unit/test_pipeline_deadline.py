@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from pipeline_reporter import PipelineReporter
 
 import models
 from pruning_client import constant_sparsity, job_spec
@@ -15,32 +16,12 @@ from pruning_worker.inputs import Inputs
 from pruning_worker.pipeline import run
 
 
-class Reporter:
+class Reporter(PipelineReporter):
     """Records the phases; the time limit runs out once the export phase has begun."""
 
-    interval_s = 1.0
-
     def __init__(self) -> None:
-        self.phases: list[str] = []
+        super().__init__()
         self.checks_in_export = 0
-
-    def progress(self, progress, force: bool = False) -> None:
-        pass
-
-    def log(self, message: str, level: str = "INFO") -> None:
-        pass
-
-    def phase(self, phase: str, message: str) -> None:
-        self.phases.append(str(phase))
-
-    def should_stop(self) -> bool:
-        return False
-
-    def timings(self) -> dict[str, float]:
-        return {}
-
-    def measured(self, result) -> None:
-        pass
 
     def check_between_steps(self) -> None:
         if self.phases and self.phases[-1] == "export":

@@ -4,42 +4,13 @@ min_channels) and goes on with the model whole, rather than claim a cut it did n
 from __future__ import annotations
 
 import numpy as np
+from pipeline_reporter import PipelineReporter
 
 import models
 from pruning_client import job_spec, structured
 from pruning_core.validation import with_defaults
 from pruning_worker.inputs import Inputs
 from pruning_worker.pipeline import run
-
-
-class Reporter:
-    """Keeps the log lines; never stops the job."""
-
-    interval_s = 1.0
-
-    def __init__(self) -> None:
-        self.lines: list[tuple[str, str]] = []
-
-    def progress(self, progress, force: bool = False) -> None:
-        pass
-
-    def log(self, message: str, level: str = "INFO") -> None:
-        self.lines.append((level, message))
-
-    def phase(self, phase: str, message: str) -> None:
-        pass
-
-    def should_stop(self) -> bool:
-        return False
-
-    def timings(self) -> dict[str, float]:
-        return {}
-
-    def measured(self, result) -> None:
-        pass
-
-    def check_between_steps(self) -> None:
-        pass
 
 
 def test_a_structured_job_that_removes_no_channel_warns_and_keeps_the_model_whole(tmp_path):
@@ -56,7 +27,7 @@ def test_a_structured_job_that_removes_no_channel_warns_and_keeps_the_model_whol
             report=False,
         )
     )
-    reporter = Reporter()
+    reporter = PipelineReporter()
     work = tmp_path / "work"
     work.mkdir()
     result, _ = run(spec, Inputs(model, data, 1 << 30), reporter, work)
