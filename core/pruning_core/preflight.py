@@ -134,14 +134,8 @@ class Unconvertible(ValueError):
     """Keras 3 layers the service cannot translate to tf_keras."""
 
     def __init__(self, layers: list[tuple[str, str]]):
-        named = ", ".join(f"{name[:60]!r} ({cls[:60]})" for cls, name in layers[:3])
-        if len(layers) > 3:
-            named += f" and {len(layers) - 3} more"
-        head = f"the Keras 3 model has layers the service cannot translate to tf_keras for pruning: {named}; "
-        head += "supported: "
-        super().__init__(_names_within(head, sorted(KERAS3_CONVERTIBLE - _CONTAINERS)))
-        self.layers = layers
-        # One per layer (a refusal's field violations): the first with the supported classes.
+        # One problem per layer (a refusal's field violations): the first with the supported
+        # classes, and the exception's message.
         cls, name = layers[0]
         first = (
             f"layer {name[:60]!r} ({cls[:60]}): the service cannot translate it to tf_keras for pruning; supported: "
@@ -150,6 +144,8 @@ class Unconvertible(ValueError):
             f"layer {name[:60]!r} ({cls[:60]}): the service cannot translate it to tf_keras for pruning either; refused"
             for cls, name in layers[1:]
         ]
+        super().__init__(self.problems[0])
+        self.layers = layers
 
 
 # Keras 3 activation names -> the tf_keras function computing the same thing (the workers'
