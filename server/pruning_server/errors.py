@@ -14,6 +14,8 @@ import grpc
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
+from pruning_core.modelcheck import ModelRejected
+
 
 class Failure(Exception):
     """An answer to the client: a status code, a message and optional ``google.rpc`` details."""
@@ -52,13 +54,13 @@ class Invalid(Failure):
         ]
 
 
-def model_refused(field: str, violations: list[tuple[str, str]], unlisted: int = 0) -> Invalid:
-    """A model refused at upload (``modelcheck.ModelRejected``'s violations): with several
-    refused layers, a message that counts them, each described in its own violation."""
-    total = len(violations) + unlisted
-    if total == 1:
-        return Invalid(violations)
-    return Invalid(violations, f"{field}: the model has {total} refused layers", unlisted=unlisted)
+def model_refused(refused: ModelRejected) -> Invalid:
+    """A model refused at upload: with several refused layers, a message that counts them,
+    each described in its own violation."""
+    if refused.total == 1:
+        return Invalid(refused.violations)
+    message = f"{refused.field}: the model has {refused.total} refused layers"
+    return Invalid(refused.violations, message, unlisted=refused.unlisted)
 
 
 class Exhausted(Failure):

@@ -142,7 +142,7 @@ def code_name(context: grpc.aio.ServicerContext, failed: bool) -> str:
 
 async def _answer_failure(context: grpc.aio.ServicerContext, method: str, exc: Exception, cut: Cut) -> None:
     if isinstance(exc, ModelRejected):
-        exc = model_refused(exc.field, exc.violations, exc.unlisted)
+        exc = model_refused(exc)
     if isinstance(exc, Failure):
         if exc.code in (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN):
             log.error("%s: %s", method, cut(exc.message))

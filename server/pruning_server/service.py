@@ -398,7 +398,7 @@ class PruningService(pb_grpc.PruningServiceServicer):
             return await _to_the_end(inspect, writer.path, self.settings.max_decompressed_bytes)
         except modelcheck.ModelRejected as exc:
             await _drop_off_loop(None, writer)
-            raise model_refused(exc.field, exc.violations, exc.unlisted) from None
+            raise model_refused(exc) from None
         except BaseException:
             await _drop_off_loop(None, writer)
             raise

@@ -291,7 +291,7 @@ def test_the_answer_to_a_model_of_many_refused_layers_counts_them_all():
     with pytest.raises(ModelRejected) as refused:
         modelcheck.check_model_config(config, "keras")
     exc = refused.value
-    status = to_status(model_refused(exc.field, exc.violations, exc.unlisted), Cut(200, 10))
+    status = to_status(model_refused(exc), Cut(200, 10))
     assert (
         status.code == grpc.StatusCode.INVALID_ARGUMENT
         and status.details == f"model: the model has {exc.total} refused layers"
@@ -302,8 +302,8 @@ def test_the_answer_to_a_model_of_many_refused_layers_counts_them_all():
     described = [v.description for v in bad.field_violations]
     assert len(described) == 11 and "'l0'" in described[0] and "'l9'" in described[9]
     assert described[10] == f"and {exc.total - 10} more problems"
-    one_more = to_status(model_refused("model", [("model", "a")] * 11), Cut(200, 10))
+    one_more = to_status(model_refused(ModelRejected("a", more=["a"] * 10)), Cut(200, 10))
     detail = status_pb2.Status.FromString(dict(one_more.trailing_metadata)["grpc-status-details-bin"]).details[0]
     assert detail.Unpack(bad) and bad.field_violations[-1].description == "and 1 more problem"
-    one = to_status(model_refused("model", [("model", "layer 'x' ...; refused")]), Cut(200, 10))
+    one = to_status(model_refused(ModelRejected("layer 'x' ...; refused")), Cut(200, 10))
     assert one.details == "model: layer 'x' ...; refused"  # one problem: said as before
