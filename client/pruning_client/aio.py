@@ -61,8 +61,8 @@ from .job import (
     _BaseHandle,
     _Cursor,
     _outcome,
-    _pick_artifact,
     is_terminal,
+    pick_export,
 )
 from .results import JobPlan, PruneResult
 from .sources import DatasetSource, ModelSource, dataset_file, model_file
@@ -175,7 +175,7 @@ class AsyncJobHandle(_BaseHandle["AsyncClient"]):
     async def download(self, dest: os.PathLike[str] | str, fmt: str | None = None) -> pathlib.Path:
         """Downloads the pruned model (or the export of format ``fmt``) to a file, or into a
         directory (an existing one, or a path ending with a separator) as ``pruned-<job id><suffix>``."""
-        artifact = _pick_artifact(self.id, await self.result(), fmt, dest)
+        artifact = pick_export(self.id, (await self.result()).raw.artifacts, fmt, dest)
         return await self.client.download(artifact.id, _artifact_dest(self.id, artifact, dest))
 
     async def download_all(self, directory: os.PathLike[str] | str) -> list[pathlib.Path]:

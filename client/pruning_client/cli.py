@@ -37,7 +37,7 @@ from pruning.v1 import pruning_pb2 as pb
 
 from .client import Client, _api_key_problem
 from .exceptions import NotFound, PruningError
-from .job import JobHandle, _is_directory, format_name, is_terminal, named_export
+from .job import JobHandle, _is_directory, format_name, is_terminal, pick_export
 from .report import job_report, sweep_report
 from .results import JobPlan, ModelSummary, PruneResult, figure, int64_as_numbers, plural, points, recipe_text, speed_up
 from .specs import (
@@ -321,13 +321,6 @@ def _dataset_ref(ctx: click.Context, param: click.Parameter, value: str) -> str:
 
 def _state(job: pb.Job) -> str:
     return pb.JobState.Name(job.state).removeprefix("JOB_STATE_")
-
-
-def _same_format(artifact_format: str, wanted: str) -> bool:
-    try:
-        return export_format(artifact_format) == export_format(wanted)
-    except ValueError:
-        return artifact_format == wanted
 
 
 def _recipe_lines(raw: pb.PruneResult) -> list[str]:
@@ -699,22 +692,6 @@ def _fetch_job(
             dest = _destination(output, _artifact_name(job_id, artifact, with_format=True), directory=directory)
         paths.append(_fetch(client, artifact.id, dest))
     return paths
-
-
-def _select(job_id: str, result: pb.PruneResult, fmt: str | None, output: str | None = None) -> pb.Artifact:
-    if not result.artifacts:
-        raise NotFound(f"job {job_id} has no exports")
-    if fmt is None:
-        try:
-            named = named_export(job_id, result.artifacts, output) if output and not _is_directory(output) else None
-        except ValueError as error:  # a model suffix the job has no export of: as --format's, exit 3
-            raise NotFound(str(error)) from None
-        return named or result.artifacts[0]
-    for artifact in exports(result.artifacts):
-        if _same_format(artifact.format, fmt):
-            return artifact
-    have = ", ".join(format_name(a.format) for a in exports(result.artifacts))
-    raise NotFound(f"job {job_id} has no {fmt} export (it has: {have})")
 
 
 # -- the group and its commands ----------------------------------------------------------------
@@ -1812,7 +1789,7 @@ def download(id_: str, output: str | None, fmt: str | None, all_: bool) -> None:
             paths = [_fetch(client, id_, _destination(output, id_ if named else _stored_name(client, id_)))]
         else:
             outcome = client.job(id_).result().raw  # waits; a failed or cancelled job exits 8 or 9
-            artifacts = exports(outcome.artifacts) if all_ else [_select(id_, outcome, fmt, output)]
+            artifacts = exports(outcome.artifacts) if all_ else [pick_export(id_, outcome.artifacts, fmt, output)]
             paths = _fetch_job(client, id_, artifacts, output, directory=all_)
     _emit({"path": str(paths[0]), "paths": [str(p) for p in paths]}, "\n".join(str(p) for p in paths))
 

@@ -129,7 +129,7 @@ def format_name(artifact_format: str) -> str:
 def named_export(job_id: str, artifacts: Sequence[pb.Artifact], dest: os.PathLike[str] | str) -> pb.Artifact | None:
     """The export a destination file's suffix names (``model.tflite``: the TFLite export;
     ``model.int8.tflite`` the int8 one; ``model.zip`` the SavedModel), or None for a name
-    without a model suffix. Raises ValueError for a suffix the job has no export of, rather
+    without a model suffix. Raises NotFound for a suffix the job has no export of, rather
     than write another format's bytes under that name."""
     name = pathlib.PurePath(dest).name.lower()
     suffix, wanted = next(((s, f) for s, f in _FORMAT_SUFFIXES if name.endswith(s)), ("", None))
@@ -138,31 +138,32 @@ def named_export(job_id: str, artifacts: Sequence[pb.Artifact], dest: os.PathLik
     for artifact in exports(artifacts):
         if _same_format(artifact, wanted):
             return artifact
-    have = ", ".join(format_name(a.format) for a in exports(artifacts)) or "none"
-    raise ValueError(
+    raise NotFound(
         f"{pathlib.PurePath(dest).name} names a {suffix} file, but job {job_id} has no {export_format_name(wanted)} "
-        f"export (it has: {have}); name the file for one of them, or ask for a format"
+        f"export (it has: {_formats(artifacts)}); name the file for one of them, or ask for a format"
     )
 
 
-def _pick_artifact(
-    job_id: str, result: PruneResult, fmt: str | None, dest: os.PathLike[str] | str | None = None
+def pick_export(
+    job_id: str, artifacts: Sequence[pb.Artifact], fmt: str | None, dest: os.PathLike[str] | str | None = None
 ) -> pb.Artifact:
     """The export of format ``fmt`` (any name export_format() accepts); without one, the
-    export a destination file's suffix names (see :func:`named_export`), else the pruned model."""
-    artifacts = result.raw.artifacts
+    export a destination file's suffix names (see :func:`named_export`), else the pruned model
+    (the first export). Raises NotFound when the job has no such export."""
+    if not artifacts:
+        raise NotFound(f"job {job_id} has no exports")
     if fmt is None:
-        if not artifacts:
-            raise NotFound(f"job {job_id} has no artifacts")
-        if dest is not None and not _is_directory(dest):
-            return named_export(job_id, artifacts, dest) or artifacts[0]
-        return artifacts[0]
+        named = named_export(job_id, artifacts, dest) if dest is not None and not _is_directory(dest) else None
+        return named or artifacts[0]
     wanted = export_format(fmt)
-    for artifact in artifacts:
+    for artifact in exports(artifacts):
         if _same_format(artifact, wanted):
             return artifact
-    have = ", ".join(a.format for a in exports(artifacts)) or "none"
-    raise NotFound(f"job {job_id} has no {fmt} export (it has {have})")
+    raise NotFound(f"job {job_id} has no {fmt} export (it has: {_formats(artifacts)})")
+
+
+def _formats(artifacts: Sequence[pb.Artifact]) -> str:
+    return ", ".join(format_name(a.format) for a in exports(artifacts)) or "none"
 
 
 def _artifact_suffix(artifact: pb.Artifact) -> str:
@@ -311,7 +312,7 @@ class JobHandle(_BaseHandle["Client"]):
         with a separator, created if missing) as ``pruned-<job id><suffix>``. Without ``fmt``, a
         file named with a model suffix gets the export it names (``model.tflite``), and
         ValueError when the job has none."""
-        artifact = _pick_artifact(self.id, self.result(), fmt, dest)
+        artifact = pick_export(self.id, self.result().raw.artifacts, fmt, dest)
         return self.client.download(artifact.id, _artifact_dest(self.id, artifact, dest))
 
     def download_all(self, directory: os.PathLike[str] | str) -> list[pathlib.Path]:

@@ -252,7 +252,7 @@ def test_download_to_a_file_name_of_a_format_the_job_lacks_is_refused(tmp_path):
     fake = DownloadClient()
     fake.ARTIFACTS = fake.ARTIFACTS[:2]  # keras, saved_model
     with pytest.raises(
-        ValueError, match=r"m.h5 names a .h5 file, but job j has no h5 export \(it has: keras, saved_model\)"
+        NotFound, match=r"m.h5 names a .h5 file, but job j has no h5 export \(it has: keras, saved_model\)"
     ):
         JobHandle(fake, "j").download(tmp_path / "m.h5")
     assert not fake.downloads
