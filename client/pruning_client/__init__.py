@@ -12,6 +12,13 @@ Example:
 The asyncio client is :class:`pruning_client.aio.AsyncClient`.
 """
 
+import os as _os
+
+# gRPC's documented default log level is ERROR, but its C core prints INFO lines (a failed TLS
+# handshake, one per retry) to stderr unless GRPC_VERBOSITY is set before grpc is first imported.
+# A caller's own setting is kept.
+_os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+
 from .aio import AsyncClient, AsyncJobHandle, AsyncSweepHandle
 from .client import Client, ClientOptions, DownloadProgress, UploadProgress
 from .exceptions import (

@@ -770,6 +770,11 @@ class PruningGroup(click.Group):
             if error.code == grpc.StatusCode.DEADLINE_EXCEEDED and error.details == "Deadline Exceeded":
                 # gRPC's bare word: nothing answered (a refused connection is retried until then)
                 error.message += f" (no answer from {opts.target} within {opts.timeout:g} s: is the server up there?)"
+            elif error.code == grpc.StatusCode.UNAVAILABLE and "handshake failed" in error.details.lower():
+                error.message += (
+                    f" (the TLS handshake with {opts.target} failed: a server without TLS takes no --tls or "
+                    "--ca-file; one with TLS must present a certificate those roots trust)"
+                )
             try:
                 _report(error, json_output=opts.json, stream=ctx.meta.get(_EVENTS_ON_STDOUT, False))
             except BrokenPipeError:

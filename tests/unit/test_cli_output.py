@@ -492,3 +492,35 @@ def test_an_unfinished_job_s_timeout_names_the_job_in_json_and_on_stderr(capsys:
     out, err = capsys.readouterr()
     assert json.loads(out)["job_id"] == "j" * 24 and json.loads(out)["error"] == "JobTimeout"
     assert err == "error: job x still JOB_STATE_RUNNING after 2s\n"
+
+
+# -- TLS against a plaintext server ---------------------------------------------------------------
+
+
+def test_tls_against_a_plaintext_server_is_one_line_that_says_so() -> None:
+    """gRPC's C core printed a line per failed handshake (three before the answer); the CLI's
+    error is the only line, and it names the likely cause."""
+    from concurrent import futures
+
+    import grpc
+
+    server = grpc.server(futures.ThreadPoolExecutor(1))
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        env = {k: v for k, v in os.environ.items() if k != "GRPC_VERBOSITY"}
+        command = ["--target", f"127.0.0.1:{port}", "--tls", "--timeout", "20", "list"]
+        out = subprocess.run(
+            [sys.executable, "-m", "pruning_client.cli", *command],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    finally:
+        server.stop(None)
+    assert out.returncode == 7, out.stderr
+    lines = out.stderr.splitlines()
+    assert len(lines) == 1, out.stderr
+    assert lines[0].startswith("error: UNAVAILABLE:")
+    assert f"the TLS handshake with 127.0.0.1:{port} failed: a server without TLS takes no --tls" in lines[0]
