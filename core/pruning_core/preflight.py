@@ -117,17 +117,22 @@ def operation_translated(class_name: str, inbound_nodes: Any) -> bool:
     return str(tensors[0].get("dtype", "")).startswith(("float", "bfloat"))
 
 
-def _names_within(prefix: str, names: list[str], limit: int = MESSAGE_CHARS) -> str:
-    """``prefix`` and as many of ``names`` as fit in ``limit`` characters, cut at a whole name."""
+def _names_within(prefix: str, names: list[str], limit: int = MESSAGE_CHARS, rest: str = "") -> str:
+    """``prefix`` and as many of ``names`` as fit in ``limit`` characters, cut at a whole name;
+    ``rest`` follows the count of those left out (where the whole list is)."""
     shown = list(names)
-    while shown and len(prefix + _listed(shown, len(names))) > limit:
+    while shown and len(prefix + _listed(shown, len(names), rest)) > limit:
         shown.pop()
-    return prefix + _listed(shown, len(names))
+    return prefix + _listed(shown, len(names), rest)
 
 
-def _listed(shown: list[str], total: int) -> str:
-    rest = total - len(shown)
-    return ", ".join([*shown, f"... ({rest} more)"] if rest else shown)
+def _listed(shown: list[str], total: int, rest: str = "") -> str:
+    left = total - len(shown)
+    return ", ".join([*shown, f"... ({left} more{rest})"] if left else shown)
+
+
+# Where a user finds every class the bridge translates, which a refusal has no room to list.
+_ALL_LISTED = ": the README's Keras versions section lists all"
 
 
 class Unconvertible(ValueError):
@@ -140,7 +145,7 @@ class Unconvertible(ValueError):
         first = (
             f"layer {name[:60]!r} ({cls[:60]}): the service cannot translate it to tf_keras for pruning; supported: "
         )
-        self.problems = [_names_within(first, sorted(KERAS3_CONVERTIBLE - _CONTAINERS))] + [
+        self.problems = [_names_within(first, sorted(KERAS3_CONVERTIBLE - _CONTAINERS), rest=_ALL_LISTED)] + [
             f"layer {name[:60]!r} ({cls[:60]}): the service cannot translate it to tf_keras for pruning either; refused"
             for cls, name in layers[1:]
         ]

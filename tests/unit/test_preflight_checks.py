@@ -4,6 +4,7 @@ outputs, layers with parameters, and refusal of Keras 3 layers the service canno
 from __future__ import annotations
 
 import json
+import pathlib
 import re
 import zipfile
 
@@ -250,6 +251,23 @@ def test_the_refusal_of_unconvertible_layers_lists_whole_names_within_an_error_a
     assert "'gn' (GroupNormalization)" in text and len(f"model: {text}") <= 200
     listed = text.split("supported: ", 1)[1].split(", ")
     assert listed[-1].startswith("... (") and all(name in preflight.KERAS3_CONVERTIBLE for name in listed[:-1])
+    assert listed[-1].endswith(" more: the README's Keras versions section lists all)"), listed[-1]
+
+
+def test_the_readme_names_every_keras3_class_a_refusal_leaves_out():
+    """A refusal lists what fits in an error answer and points to the README for the rest."""
+    readme = (pathlib.Path(__file__).parents[2] / "README.md").read_text()
+    section = readme.split("## Keras versions", 1)[1].split("\n## ", 1)[0]
+    translated = section.split("- Translated:", 1)[1].split("TFMOT prunes", 1)[0]
+    words = set(re.findall(r"[A-Za-z][A-Za-z0-9]*", translated))
+    named = set(words)
+    for word in words:  # "Conv1D/2D/3D", "ZeroPadding1D/2D/3D": the family of each
+        named |= {word[:-2] + d for d in ("1D", "2D", "3D")} if word.endswith(("1D", "2D", "3D")) else set()
+    pooling = {f"{k}Pooling{d}" for k in ("Max", "Average", "GlobalMax", "GlobalAverage") for d in ("1D", "2D", "3D")}
+    if "pooling" in translated and "1D/2D/3D" in translated:
+        named |= pooling
+    missing = sorted(preflight.KERAS3_CONVERTIBLE - named - {"Functional", "Model"})
+    assert not missing, f"the README's Keras versions section does not name {missing}"
 
 
 def test_frozen_and_wrapped_layers_are_not_prunable_in_the_summary(tmp_path):
