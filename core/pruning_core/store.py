@@ -58,6 +58,8 @@ from google.protobuf import json_format, timestamp_pb2
 
 from pruning.v1 import pruning_pb2 as pb
 
+from .blobs import is_artifact_id
+
 LAST_STREAM_ID = f"{2**64 - 1}-{2**64 - 1}"  # the largest id a Redis stream entry can have
 TERMINAL = frozenset({pb.JOB_STATE_SUCCEEDED, pb.JOB_STATE_FAILED, pb.JOB_STATE_CANCELLED})
 IDEMPOTENCY_TTL_S = 7 * 24 * 3600
@@ -69,6 +71,33 @@ ARTIFACT_KINDS = tuple(k for k in pb.ArtifactKind.values() if k)
 UPLOAD_KINDS = (pb.ARTIFACT_KIND_MODEL, pb.ARTIFACT_KIND_DATASET)  # what a client uploads; jobs name them
 STATES = tuple(pb.JobState.values())
 ACTIVE = (pb.JOB_STATE_QUEUED, pb.JOB_STATE_RUNNING, pb.JOB_STATE_CANCELLING)  # a tenant's jobs in flight
+
+
+_ACTIVE_LIST = "," + ",".join(str(int(s)) for s in ACTIVE) + ","  # _DROP_RECORD's states of a job not ended
+
+
+def job_inputs(spec: pb.JobSpec) -> list[str]:
+    """The artifacts a job reads: its model and its uploaded dataset (not a built-in one); an
+    id that is none (the server refuses such a job before it is recorded) reads nothing."""
+    ids = [spec.model_id]
+    if spec.dataset.WhichOneof("source") == "artifact_id":
+        ids.append(spec.dataset.artifact_id)
+    return list(dict.fromkeys(i for i in ids if is_artifact_id(i)))
+
+
+class ArtifactInUse(Exception):
+    """Jobs that have not ended read this artifact: its record stays until they end."""
+
+    def __init__(self, artifact_id: str, reader: str, readers: int):
+        self.artifact_id, self.readers = artifact_id, readers
+        kind, _, name = reader.rpartition(":")  # a pin: a job's id, or sweep:<id>
+        self.reader = f"{kind or 'job'} {name}"  # "job 0123...", "sweep 0123..."
+        others = f" (and {readers - 1} more)" if readers > 1 else ""
+        super().__init__(f"{self.reader}{others} reads artifact {artifact_id} and has not ended")
+
+
+class InputGone(KeyError):
+    """A job's input was deleted between its check and the job's record."""
 
 
 class HeldAsAnotherKind(Exception):
@@ -97,25 +126,44 @@ _MAX_LIST_BATCH = 1000
 _LISTED_FIELDS = (b"job", b"last_event_id", b"tenant")
 
 # KEYS: job, events, index, idem, unsent, the tenant's QUEUED, RUNNING and CANCELLING indexes,
-# the job's state index, label indexes... ;
+# the job's state index, label indexes..., then of each input (the artifacts the job reads) its
+# pins, the tenant's record of it and the tenant's artifacts ;
 # ARGV: job bytes, state, tenant, event bytes, job id, ttl, fingerprint, now, the most active
-# jobs the tenant may have (0 = no limit), the queue its task goes to.
-# Returns {1, id} (created), {0, id} (the idempotency key's job), {-1, active jobs} (over the limit).
+# jobs the tenant may have (0 = no limit), the queue its task goes to, the inputs' ids.
+# Returns {1, id} (created), {0, id} (the idempotency key's job), {-1, active jobs} (over the
+# limit), {-2, an input's id} (the tenant holds no record of it: deleted since it was checked).
+# The job pins its inputs until it ends (_UPDATE): neither a DeleteArtifact nor the retention
+# takes their records, and so their bytes, from under it (_DROP_RECORD).
 _CREATE = """
 if KEYS[4] ~= '' then
   local existing = redis.call('GET', KEYS[4])
   if existing then return {0, existing} end
+end
+local inputs = #ARGV - 10
+local labels_end = #KEYS - 3 * inputs
+for i = 1, inputs do
+  local at = labels_end + 3 * (i - 1)
+  if redis.call('EXISTS', KEYS[at + 2]) == 0 and redis.call('SISMEMBER', KEYS[at + 3], ARGV[10 + i]) == 0 then
+    return {-2, ARGV[10 + i]}
+  end
 end
 local most = tonumber(ARGV[9])
 if most > 0 then
   local active = redis.call('ZCARD', KEYS[6]) + redis.call('ZCARD', KEYS[7]) + redis.call('ZCARD', KEYS[8])
   if active >= most then return {-1, active} end
 end
+local pins = {}
+for i = 1, inputs do
+  local key = KEYS[labels_end + 3 * (i - 1) + 1]
+  redis.call('SADD', key, ARGV[5])
+  table.insert(pins, key)
+end
 redis.call('HSET', KEYS[1], 'job', ARGV[1], 'version', 1, 'state', ARGV[2], 'attempt', 0,
-           'tenant', ARGV[3], 'enqueued', 0, 'fingerprint', ARGV[7], 'idem', KEYS[4], 'queue', ARGV[10])
+           'tenant', ARGV[3], 'enqueued', 0, 'fingerprint', ARGV[7], 'idem', KEYS[4], 'queue', ARGV[10],
+           'pins', table.concat(pins, ' '))
 local eid = redis.call('XADD', KEYS[2], '*', 'e', ARGV[4])
 redis.call('HSET', KEYS[1], 'last_event_id', eid)
-for i = 9, #KEYS do redis.call('ZADD', KEYS[i], 0, ARGV[5]) end
+for i = 9, labels_end do redis.call('ZADD', KEYS[i], 0, ARGV[5]) end
 redis.call('ZADD', KEYS[3], 0, ARGV[5])
 redis.call('ZADD', KEYS[5], ARGV[8], ARGV[5])
 if KEYS[4] ~= '' then redis.call('SET', KEYS[4], ARGV[5], 'EX', ARGV[6]) end
@@ -176,12 +224,36 @@ return {new and 1 or 0, 0}
 """
 )
 
-# KEYS: as _PUT_RECORD, without the staged exports ; ARGV: artifact id, tenant, "<id>:<tenant>", the 'created' the record
-# must still have ('' = any), and a time it must have been created before ('' = any: the
-# retention's cutoff). Returns 1 when it removed the record, 0 when it was written again since
-# (another job's identical export, an upload of the same bytes) or there was none.
+# KEYS: as _PUT_RECORD, without the staged exports, then the record's pins ('' = not asked) ;
+# ARGV: artifact id, tenant, "<id>:<tenant>", the 'created' the record must still have ('' =
+# any), a time it must have been created before ('' = any: the retention's cutoff), the prefix
+# of a job's key, the states of a job not ended (",1,2,5," style), and the set of sweeps still
+# driven (a pin ``sweep:<id>`` holds while its sweep is there). Returns 1 when it
+# removed the record, 0 when it was written again since (another job's identical export, an
+# upload of the same bytes) or there was none, {-1, a job's id (or sweep:<id>), how many} while
+# jobs not ended or sweeps read it (a pin of one that ended, or is gone, is dropped on the way).
 _DROP_RECORD = """
 if ARGV[4] ~= '' and redis.call('HGET', KEYS[1], 'created') ~= ARGV[4] then return 0 end
+local pins = KEYS[#KEYS]
+if pins ~= '' then
+  local readers, first = 0, nil
+  for _, reader in ipairs(redis.call('SMEMBERS', pins)) do
+    local live
+    if string.sub(reader, 1, 6) == 'sweep:' then
+      live = redis.call('SISMEMBER', ARGV[8], string.sub(reader, 7)) == 1
+    else
+      local state = redis.call('HGET', ARGV[6] .. reader, 'state')
+      live = state and string.find(ARGV[7], ',' .. state .. ',', 1, true)
+    end
+    if live then
+      readers = readers + 1
+      first = first or reader
+    else
+      redis.call('SREM', pins, reader)
+    end
+  end
+  if readers > 0 then return {-1, first, readers} end
+end
 if ARGV[5] ~= '' then
   local created = tonumber(redis.call('HGET', KEYS[1], 'created') or '0')
   if created >= tonumber(ARGV[5]) then
@@ -194,7 +266,7 @@ local existed = redis.call('DEL', KEYS[1])
 redis.call('SREM', KEYS[2], ARGV[1])
 redis.call('SREM', KEYS[3], ARGV[2])
 redis.call('ZREM', KEYS[4], ARGV[3])
-for i = 6, #KEYS do redis.call('ZREM', KEYS[i], ARGV[1]) end
+for i = 6, #KEYS - 1 do redis.call('ZREM', KEYS[i], ARGV[1]) end
 if existed == 1 and size and redis.call('EXISTS', KEYS[5]) == 1 then redis.call('DECRBY', KEYS[5], size) end
 return existed
 """
@@ -321,7 +393,14 @@ redis.call('HSET', KEYS[1], 'job', ARGV[2], 'version', tonumber(version) + 1,
            'state', ARGV[3], 'attempt', ARGV[4])
 if KEYS[4] ~= KEYS[5] then redis.call('ZREM', KEYS[4], ARGV[6]) end
 redis.call('ZADD', KEYS[5], 0, ARGV[6])
-if ARGV[5] ~= '' then redis.call('ZADD', KEYS[3], ARGV[5], ARGV[6]) end
+if ARGV[5] ~= '' then
+  redis.call('ZADD', KEYS[3], ARGV[5], ARGV[6])
+  local pins = redis.call('HGET', KEYS[1], 'pins')  -- the job ended: its inputs may go
+  if pins then
+    for key in string.gmatch(pins, '%S+') do redis.call('SREM', key, ARGV[6]) end
+    redis.call('HDEL', KEYS[1], 'pins')
+  end
+end
 local eid = ''
 for i = 7, #ARGV do
   eid = redis.call('XADD', KEYS[2], '*', 'e', ARGV[i])
@@ -419,6 +498,15 @@ class Keys:
 
     def artifact(self, artifact_id: str) -> str:
         return f"{self.prefix}:artifact:{artifact_id}"
+
+    def active_sweeps(self) -> str:
+        """Sweeps still driven (an ended one until its last trial ends too)."""
+        return f"{self.prefix}:sweeps:active"
+
+    def pins(self, tenant: str, artifact_id: str) -> str:
+        """What reads the tenant's artifact (a model or dataset): jobs that have not ended, by
+        id, and sweeps still driven, as ``sweep:<id>``."""
+        return f"{self.prefix}:pins:{tenant}:{artifact_id}"
 
     def tenant_artifacts(self, tenant: str) -> str:
         return f"{self.prefix}:tenant:{tenant}:artifacts"
@@ -626,6 +714,13 @@ class _Base:
         keys += [self.keys.tenant_state(tenant, s) for s in ACTIVE]  # counted against max_active
         keys.append(self.keys.tenant_state(tenant, job.state))
         keys += [self.keys.tenant_label(tenant, k, v) for k, v in job.labels.items()]
+        inputs = job_inputs(job.spec)
+        for artifact_id in inputs:
+            keys += [
+                self.keys.pins(tenant, artifact_id),
+                self.keys.tenant_artifact(tenant, artifact_id),
+                self.keys.tenant_artifacts(tenant),
+            ]
         args = [
             job.SerializeToString(),
             job.state,
@@ -637,6 +732,7 @@ class _Base:
             repr(time.time()),
             max_active,
             queue,
+            *inputs,
         ]
         return keys, args
 
@@ -744,10 +840,23 @@ class _Base:
         return removed
 
     def _drop_artifact(
-        self, tenant: str, artifact_id: str, created: float | str = "", created_before: float | str = ""
+        self,
+        tenant: str,
+        artifact_id: str,
+        created: float | str = "",
+        created_before: float | str = "",
+        *,
+        unless_read: bool = False,
     ) -> Steps[bool]:
+        """Removes the tenant's record (see _DROP_RECORD); with ``unless_read``, raises
+        ArtifactInUse instead while a job that has not ended reads it."""
+        pins = self.keys.pins(tenant, artifact_id) if unless_read else ""
         args = [artifact_id, tenant, f"{artifact_id}:{tenant}", created, created_before]
-        return bool((yield self._drop_record(keys=self._record_keys(tenant, artifact_id), args=args)))
+        args += [self.keys.job(""), _ACTIVE_LIST, self.keys.active_sweeps()]
+        outcome = yield self._drop_record(keys=[*self._record_keys(tenant, artifact_id), pins], args=args)
+        if isinstance(outcome, list):
+            raise ArtifactInUse(artifact_id, _text(outcome[1]), int(outcome[2]))
+        return bool(outcome)
 
     def _get_artifact(self, tenant: str, artifact_id: str) -> Steps[ArtifactRecord]:
         if not (yield self.redis.sismember(self.keys.tenant_artifacts(tenant), artifact_id)):
@@ -893,6 +1002,8 @@ class AsyncJobStore(_Base):
         created, job_id = await self._create(keys=keys, args=args)
         if created == -1:
             raise TooManyActiveJobs(int(job_id))
+        if created == -2:
+            raise InputGone(_text(job_id))
         job_id = _text(job_id)
         return await self.get(tenant, job_id), bool(created)
 
@@ -1176,14 +1287,20 @@ class AsyncJobStore(_Base):
         """Removes one tenant's record of an artifact if it was still created before
         ``created_before`` (the retention leaves one written again since it looked): whether it
         removed it, and whether no record of the artifact is left (its bytes may go)."""
-        removed = await _drive_async(self._drop_artifact(tenant, artifact_id, created_before=repr(created_before)))
+        try:
+            removed = await _drive_async(
+                self._drop_artifact(tenant, artifact_id, created_before=repr(created_before), unless_read=True)
+            )
+        except ArtifactInUse:
+            return False, False  # a job not ended reads it: the pass after the job ends takes it
         return removed, bool(await self.unowned([artifact_id]))
 
     async def delete_artifact(self, tenant: str, artifact_id: str, *, release: bool = False) -> bool:
         """Removes one tenant's record of an artifact; True when no record of it is left
         (its bytes may go). With ``release``, such bytes are marked for the next housekeeping
-        however old they are (blobs from before the job store's birth are otherwise kept)."""
-        await _drive_async(self._drop_artifact(tenant, artifact_id))
+        however old they are (blobs from before the job store's birth are otherwise kept).
+        Raises ArtifactInUse while a job that has not ended reads it."""
+        await _drive_async(self._drop_artifact(tenant, artifact_id, unless_read=True))
         last = bool(await self.unowned([artifact_id]))
         if last and release:
             await self.redis.sadd(self.keys.released(), artifact_id)

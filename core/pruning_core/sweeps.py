@@ -27,7 +27,7 @@ import redis
 from pruning.v1 import pruning_pb2 as pb
 
 from . import defaults, validation
-from .store import IDEMPOTENCY_TTL_S, TERMINAL, new_job_id
+from .store import IDEMPOTENCY_TTL_S, TERMINAL, Keys, job_inputs, new_job_id
 
 __all__ = [
     "SweepNotFound",
@@ -401,9 +401,11 @@ class SweepNotFound(KeyError):
     pass
 
 
-# KEYS: idempotency key ('' for none), sweep record, tenant index, active set. ARGV:
-# "<id> <fingerprint>", the key's TTL, tenant, the serialized sweep, queue, now, id. Returns
-# the key's value when it was already taken (nothing written), else nil.
+# KEYS: idempotency key ('' for none), sweep record, tenant index, active set, then the pins
+# of each artifact its trials read (see store._DROP_RECORD: the sweep holds them while it is in
+# the active set, between its trials too). ARGV: "<id> <fingerprint>", the key's TTL, tenant,
+# the serialized sweep, queue, now, id. Returns the key's value when it was already taken
+# (nothing written), else nil.
 _CREATE_SWEEP = """
 if KEYS[1] ~= '' then
   local held = redis.call('GET', KEYS[1])
@@ -413,6 +415,7 @@ end
 redis.call('HSET', KEYS[2], 'tenant', ARGV[3], 'sweep', ARGV[4], 'queue', ARGV[5], 'idem', KEYS[1])
 redis.call('ZADD', KEYS[3], ARGV[6], ARGV[7])
 redis.call('SADD', KEYS[4], ARGV[7])
+for i = 5, #KEYS do redis.call('SADD', KEYS[i], 'sweep:' .. ARGV[7]) end
 return false
 """
 
@@ -441,7 +444,7 @@ class SweepStore:
 
     @property
     def active_key(self) -> str:
-        return f"{self.prefix}:sweeps:active"
+        return Keys(self.prefix).active_sweeps()
 
     @property
     def finished_key(self) -> str:
@@ -456,7 +459,13 @@ class SweepStore:
         # The key and the record in one script: a retry (the SDK sends CreateSweep again after
         # UNAVAILABLE) never finds a key without its sweep
         held = await self._create(
-            keys=[idem, self._key(sweep.id), self._tenant_index(tenant), self.active_key],
+            keys=[
+                idem,
+                self._key(sweep.id),
+                self._tenant_index(tenant),
+                self.active_key,
+                *(Keys(self.prefix).pins(tenant, a) for a in job_inputs(sweep.spec.base)),
+            ],
             args=[
                 f"{sweep.id} {fingerprint}",
                 IDEMPOTENCY_TTL_S,

@@ -26,9 +26,11 @@ from pruning_core.objectstore import LocalStore, Upload
 from pruning_core.settings import Settings
 from pruning_core.store import (
     UPLOAD_KINDS,
+    ArtifactInUse,
     ArtifactRecord,
     AsyncJobStore,
     HeldAsAnotherKind,
+    InputGone,
     JobNotFound,
     TooManyActiveJobs,
     new_job_id,
@@ -467,7 +469,15 @@ class PruningService(pb_grpc.PruningServiceServicer):
     async def DeleteArtifact(self, request, context):
         tenant = await self._tenant(context)
         record = await self._artifact(tenant, request.artifact_id, "artifact_id")
-        await self.store.delete_artifact(tenant, record.id, release=True)
+        try:
+            await self.store.delete_artifact(tenant, record.id, release=True)
+        except ArtifactInUse as used:
+            others = f" (and {used.readers - 1} more)" if used.readers > 1 else ""
+            raise Failure(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"artifact_id: {used.reader}{others} reads this artifact and has not ended; delete it once it has "
+                "(or cancel it)",
+            ) from None
         log.info("deleted the record of artifact %s for %s", record.id, tenant)
         return record.to_proto()
 
@@ -535,6 +545,11 @@ class PruningService(pb_grpc.PruningServiceServicer):
             )
         except TooManyActiveJobs as exc:
             raise Exhausted(str(exc), self.settings.retry_after_s) from None
+        except InputGone as gone:
+            field = "spec.model_id" if gone.args[0] == job.spec.model_id else "spec.dataset.artifact_id"
+            raise Failure(
+                grpc.StatusCode.NOT_FOUND, f"{field}: no artifact {gone.args[0]} (deleted just now)"
+            ) from None
         if not created and await self.store.fingerprint_of(job.id) != fingerprint:
             raise Failure(
                 grpc.StatusCode.ALREADY_EXISTS,

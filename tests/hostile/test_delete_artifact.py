@@ -67,3 +67,33 @@ def test_a_tenant_deletes_its_record_and_no_one_elses(env, tmp_path):
             assert gone.returncode == 3, gone.stderr
     finally:
         server.stop()
+
+
+def test_an_artifact_a_queued_job_reads_is_not_deleted_until_the_job_ends(env, tmp_path):
+    """DeleteArtifact of a job's model while the job is queued (no worker reads this queue):
+    FAILED_PRECONDITION naming the job, in the SDK and the CLI (exit 6); once it is cancelled,
+    the delete goes through."""
+    from hostile import npz_bytes
+
+    from pruning_client import FailedPrecondition, job_spec
+
+    model, data = tmp_path / "m.keras", tmp_path / "d.npz"
+    model.write_bytes(keras_bytes())
+    data.write_bytes(npz_bytes(seed=3))
+    server = hostile_server(env, "pinned", key_prefix=f"{env['PRUNING_KEY_PREFIX']}:pinned")
+    try:
+        with Client(server.target, api_key="key-a", timeout=30) as a:
+            uploaded, dataset = a.upload_model(model), a.upload_dataset(data)
+            job = a.submit(job_spec(uploaded.id, dataset=dataset.id))
+            with pytest.raises(FailedPrecondition) as refused:
+                a.delete_artifact(uploaded.id)
+            assert f"artifact_id: job {job.id} reads this artifact and has not ended" in str(refused.value)
+            env_cli = {**os.environ, "PRUNING_TARGET": server.target, "PRUNING_API_KEY": "key-a"}
+            cli = os.path.join(os.path.dirname(sys.executable), "pruning")
+            done = subprocess.run([cli, "delete", dataset.id], capture_output=True, text=True, env=env_cli, timeout=60)
+            assert done.returncode == 6 and f"job {job.id} reads this artifact" in done.stderr, done.stderr
+            a.cancel_job(job.id)
+            assert a.delete_artifact(uploaded.id).id == uploaded.id
+            assert a.delete_artifact(dataset.id).id == dataset.id
+    finally:
+        server.stop()

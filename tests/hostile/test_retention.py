@@ -95,7 +95,14 @@ def test_retention_deletes_ended_jobs_old_records_and_unowned_bytes(env, tmp_pat
             again = stub.CreateJob(pb.CreateJobRequest(spec=spec, idempotency_key="k1"), metadata=_meta("key-a"))
             assert again.id != ended.id
 
+            # Past their retention, the records and bytes of a job's inputs stay while it is queued
             blobs = BlobStore(artifacts)
+            time.sleep(3)  # the retention (2 s) and a few passes (0.2 s)
+            for artifact in (model, data):
+                stub.GetArtifact(pb.GetArtifactRequest(artifact_id=artifact.id), metadata=_meta("key-a"))
+                assert blobs.path(artifact.id).exists()
+            for job_id in (queued.id, again.id):  # once no job reads them, they go
+                stub.CancelJob(pb.CancelJobRequest(job_id=job_id), metadata=_meta("key-a"))
             wait_for(lambda: not blobs.path(model.id).exists(), 20, what="the unowned model bytes to be deleted")
             with pytest.raises(grpc.RpcError) as error:
                 next(stub.DownloadArtifact(pb.DownloadArtifactRequest(artifact_id=model.id), metadata=_meta("key-a")))

@@ -1,0 +1,119 @@
+"""A job reads its model and dataset until it ends, and a sweep its base's until it is no
+longer driven: on a real Redis, neither a DeleteArtifact nor the retention removes their
+records meanwhile (and so the housekeeping keeps their bytes), and a job whose input was
+deleted between its check and its record is not recorded."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+import uuid
+
+import pytest
+import redis
+
+from pruning.v1 import pruning_pb2 as pb
+from pruning_core.store import ArtifactInUse, ArtifactRecord, AsyncJobStore, InputGone, new_job_id
+from pruning_core.sweeps import SweepStore
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture()
+def prefix(redis_url):
+    name = f"pruning-pins-{uuid.uuid4().hex[:8]}"
+    yield name
+    client = redis.Redis.from_url(redis_url)
+    keys = list(client.scan_iter(f"{name}:*"))
+    if keys:
+        client.delete(*keys)
+
+
+def _record(name: str, kind: int) -> ArtifactRecord:
+    artifact_id = hashlib.sha256(name.encode()).hexdigest()
+    return ArtifactRecord(artifact_id, kind, "keras" if kind == pb.ARTIFACT_KIND_MODEL else "npz", name, 10, 1.0, {})
+
+
+def _spec(model: ArtifactRecord, data: ArtifactRecord | None = None) -> pb.JobSpec:
+    spec = pb.JobSpec(model_id=model.id)
+    if data is not None:
+        spec.dataset.artifact_id = data.id
+    return spec
+
+
+def _end(job: pb.Job) -> list[pb.JobEvent]:
+    job.state = pb.JOB_STATE_CANCELLED
+    return []
+
+
+def test_a_job_that_has_not_ended_keeps_its_inputs(redis_url, prefix):
+    async def scenario() -> None:
+        store = AsyncJobStore.from_url(redis_url, prefix)
+        try:
+            model, data = _record("m.keras", pb.ARTIFACT_KIND_MODEL), _record("d.npz", pb.ARTIFACT_KIND_DATASET)
+            for record in (model, data):
+                await store.put_artifact("a", record)
+            job, _ = await store.create("a", pb.Job(id=new_job_id(), spec=_spec(model, data)))
+            other, _ = await store.create("a", pb.Job(id=new_job_id(), spec=_spec(model)))
+            with pytest.raises(ArtifactInUse) as used:
+                await store.delete_artifact("a", model.id)
+            assert used.value.readers == 2 and used.value.reader in (f"job {job.id}", f"job {other.id}")
+            # the retention leaves them too, past any cutoff
+            assert await store.expire_artifact("a", data.id, time.time() + 3600) == (False, False)
+            assert (await store.get_artifact("a", data.id)).id == data.id
+            await store.update("a", other.id, _end)
+            with pytest.raises(ArtifactInUse) as used:
+                await store.delete_artifact("a", model.id)
+            assert (used.value.readers, used.value.reader) == (1, f"job {job.id}")
+            await store.update("a", job.id, _end)  # ended: it lets go
+            assert await store.delete_artifact("a", model.id)
+            assert await store.expire_artifact("a", data.id, time.time() + 3600) == (True, True)
+            # another tenant's record of the same bytes is not read by this tenant's jobs
+            await store.put_artifact("b", model)
+            await store.put_artifact("a", model)
+            await store.create("a", pb.Job(id=new_job_id(), spec=_spec(model)))
+            assert await store.delete_artifact("b", model.id) is False  # tenant a's record remains
+        finally:
+            await store.redis.aclose()
+
+    asyncio.run(scenario())
+
+
+def test_a_job_whose_input_went_meanwhile_is_not_recorded(redis_url, prefix):
+    async def scenario() -> None:
+        store = AsyncJobStore.from_url(redis_url, prefix)
+        try:
+            model, data = _record("m.keras", pb.ARTIFACT_KIND_MODEL), _record("d.npz", pb.ARTIFACT_KIND_DATASET)
+            await store.put_artifact("a", model)
+            job = pb.Job(id=new_job_id(), spec=_spec(model, data))
+            with pytest.raises(InputGone) as gone:
+                await store.create("a", job)
+            assert gone.value.args[0] == data.id
+            assert not await store.redis.exists(store.keys.job(job.id))
+            assert not await store.redis.exists(store.keys.pins("a", model.id))  # nothing pinned
+            assert await store.delete_artifact("a", model.id)
+        finally:
+            await store.redis.aclose()
+
+    asyncio.run(scenario())
+
+
+def test_a_sweep_keeps_its_base_between_its_trials(redis_url, prefix):
+    async def scenario() -> None:
+        store = AsyncJobStore.from_url(redis_url, prefix)
+        sweeps = SweepStore(store.redis, prefix)
+        try:
+            model = _record("m.keras", pb.ARTIFACT_KIND_MODEL)
+            await store.put_artifact("a", model)
+            sweep = pb.Sweep(id=new_job_id(), spec=pb.SweepSpec(base=_spec(model), sparsities=[0.5]))
+            await sweeps.create("a", sweep, "", "")
+            with pytest.raises(ArtifactInUse) as used:
+                await store.delete_artifact("a", model.id)
+            assert used.value.reader == f"sweep {sweep.id}"
+            await store.redis.srem(sweeps.active_key, sweep.id)  # driven to its end
+            assert await store.delete_artifact("a", model.id)
+        finally:
+            await store.redis.aclose()
+
+    asyncio.run(scenario())
