@@ -23,13 +23,26 @@ CATEGORICAL_LOSSES = ("categorical_crossentropy", "categorical_crossentropy_from
 BINARY_LOSSES = ("binary_crossentropy", "binary_crossentropy_from_logits")
 
 
-def unit_labels_problem(loss: str, array: str, sample_shape: list[int], units: int) -> str | None:
-    """Why labels whose samples have ``sample_shape`` do not fit an output of ``units`` units
-    (unknown: <= 0) under ``loss``, a categorical or binary cross-entropy, or None."""
-    if loss not in CATEGORICAL_LOSSES + BINARY_LOSSES or units <= 1:
+def unit_labels_problem(
+    loss: str, array: str, sample_shape: list[int], units: int, integers: bool = False
+) -> str | None:
+    """Why labels whose samples have ``sample_shape`` (``integers``: integer-typed) do not fit
+    an output of ``units`` units (unknown: <= 0) under ``loss``, a categorical or binary
+    cross-entropy, or a regression loss over class indices, or None."""
+    if loss not in CATEGORICAL_LOSSES + BINARY_LOSSES + validation.REGRESSION_LOSSES or units <= 1:
         return None
     if sample_shape and sample_shape[-1] == units:
         return None
+    if loss in validation.REGRESSION_LOSSES:
+        if not integers or sample_shape not in ([], [1]):
+            return None  # float targets Keras broadcasts: a choice, not surely a mistake
+        # Class indices of a classifier: Keras would broadcast each across the units, and the
+        # job train and succeed, fitting every unit to the index.
+        return (
+            f"{array} holds one integer per sample (class indices?), but {loss} on an output of {units} units "
+            f"takes a target per unit (shape [..., {units}]); class indices take the loss "
+            "sparse_categorical_crossentropy"
+        )
     if loss in CATEGORICAL_LOSSES:
         return (
             f"{array} samples have shape {sample_shape}, but a categorical cross-entropy takes one-hot labels of "
@@ -237,7 +250,8 @@ def _labels_fit(spec: pb.JobSpec, outputs: Sequence[pb.TensorSummary], data: Dat
             continue  # no such label arrays: _dataset_fits says so
         loss = validation.output_loss(spec.training, output.name)
         units = output.shape[-1] if output.shape else -1
-        if problem := unit_labels_problem(loss, labels.arrays[0], labels.shape, units):
+        integers = labels.range is not None
+        if problem := unit_labels_problem(loss, labels.arrays[0], labels.shape, units, integers):
             out.append((data.field, problem))
         if loss not in SPARSE_LOSSES:
             continue

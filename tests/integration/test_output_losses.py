@@ -23,13 +23,14 @@ def _two_heads(path):
     return path
 
 
-def _dataset(path, n_train=256, n_test=64):
+def _dataset(path, n_train=256, n_test=64, *, one_hot=False):
     rng = np.random.default_rng(0)
     arrays = {}
     for split, n in (("train", n_train), ("test", n_test)):
         x = rng.normal(size=(n, 6)).astype("f4")
         arrays[f"x_{split}"] = x
-        arrays[f"y_{split}.cls"] = (x[:, 0] > 0).astype("i8") + (x[:, 1] > 1).astype("i8")  # 3 classes
+        classes = (x[:, 0] > 0).astype("i8") + (x[:, 1] > 1).astype("i8")  # 3 classes
+        arrays[f"y_{split}.cls"] = np.eye(3, dtype="f4")[classes] if one_hot else classes
         arrays[f"y_{split}.reg"] = (x[:, 2:3] * 2.0 + 0.5).astype("f4")  # a real-valued target
     np.savez(path, **arrays)
     return path
@@ -87,7 +88,7 @@ def test_a_budget_on_a_model_whose_outputs_all_regress_is_refused(client, tmp_pa
     from pruning_client import accuracy_budget
 
     model = client.upload_model(_two_heads(tmp_path / "heads.keras"))
-    data = client.upload_dataset(_dataset(tmp_path / "data.npz"))
+    data = client.upload_dataset(_dataset(tmp_path / "data.npz", one_hot=True))  # a target per unit
     regress = {"cls": "mean_squared_error", "reg": "mean_squared_error"}
     spec = job_spec(model.id, dataset=data.id, output_losses=regress, budget=accuracy_budget(max_loss_pp=1.0))
     with pytest.raises(InvalidArgument) as refused:

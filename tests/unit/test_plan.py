@@ -150,7 +150,9 @@ def test_regression_labels_under_a_sparse_loss_are_refused_naming_the_array(tmp_
     facts = _facts(tmp_path, **_by_output(lambda n: np.linspace(0.1, 1.6, n).astype("f4")))
     ((field, text),) = _violations(model, facts)
     assert field == "spec.dataset.artifact_id" and text.startswith("y_train.reg holds 0.1,")
-    assert _violations(model, facts, loss="mean_squared_error") == []
+    # one loss for both heads: the regression's targets pass, the class indices do not
+    ((_, text),) = _violations(model, facts, loss="mean_squared_error")
+    assert text.startswith("y_train.cls holds one integer per sample (class indices?), but mean_squared_error")
     whole = _facts(tmp_path, **_by_output(lambda n: np.zeros(n, "f4")))  # whole numbers in floats are class indices
     assert _violations(model, whole) == []
 
@@ -190,6 +192,17 @@ def test_class_indices_under_a_categorical_cross_entropy_are_refused_up_front(tm
     ((_, text),) = _violations(model, indices, output_losses=binary)
     assert "a binary cross-entropy on an output of 4 units takes a 0/1 label per unit" in text
     assert _violations(model, _facts(tmp_path, **one_hot), output_losses=binary) == []
+    # A regression loss would broadcast each class index across the 4 units, train and succeed
+    classes = _facts(tmp_path, **_by_output(lambda n: np.linspace(0.1, 1.6, n).astype("f4")))
+    floats = dict(_by_output(lambda n: np.linspace(0.1, 1.6, n).astype("f4")))
+    floats |= {"y_train.cls": np.linspace(0.1, 0.9, 8).astype("f4"), "y_test.cls": np.full(4, 0.5, "f4")}
+    for loss in ("mean_squared_error", "mean_absolute_error"):
+        regression = {"cls": loss, "reg": "mean_squared_error"}
+        ((_, text),) = _violations(model, classes, output_losses=regression)
+        assert text.startswith(f"y_train.cls holds one integer per sample (class indices?), but {loss} on an output")
+        assert _violations(model, _facts(tmp_path, **one_hot), output_losses=regression) == []
+        # float targets, broadcast across the units by choice
+        assert _violations(model, _facts(tmp_path, **floats), output_losses=regression) == []
 
 
 def test_output_losses_are_losses_the_service_knows_and_a_budget_needs_a_classification(tmp_path):

@@ -70,9 +70,11 @@ def test_labels_past_the_output_units_are_refused_before_any_step():
         check(model, (x, good, x, good + 4), pb.TrainingSpec(loss="sparse_categorical_crossentropy_from_logits"))
     with pytest.raises(JobInputError, match="y_train"):
         check(model, (x, good - 1, x, good), pb.TrainingSpec(loss="sparse_categorical_crossentropy"))
-    check(
-        model, (x, good + 4, x, good + 4), pb.TrainingSpec(loss="mean_squared_error")
-    )  # not class labels: not checked
+    targets = (good + 4).astype("float32")
+    check(model, (x, targets, x, targets), pb.TrainingSpec(loss="mean_squared_error"))  # targets: their range is free
+    with pytest.raises(JobInputError, match=r"y_train holds one integer per sample \(class indices\?\)"):
+        # integers under a regression loss on 4 units: each would be broadcast across them
+        check(model, (x, good, x, good), pb.TrainingSpec(loss="mean_squared_error"))
 
 
 def test_class_labels_must_be_whole_indices_of_the_right_shape():

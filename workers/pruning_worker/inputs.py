@@ -229,7 +229,8 @@ def check(model: Any, data: Arrays, t: pb.TrainingSpec) -> None:
     for output, name, y, owner, shape in _label_pairs(model, y_train, y_test):
         loss = validation.output_loss(t, output)
         units = shape[-1] if shape and shape[-1] else 0
-        if problem := plan.unit_labels_problem(loss, name, list(y.shape[1:]), units):
+        integers = np.issubdtype(getattr(y, "dtype", np.float32), np.integer)
+        if problem := plan.unit_labels_problem(loss, name, list(y.shape[1:]), units, bool(integers)):
             raise JobInputError(f"dataset: {problem}")
         if loss not in plan.SPARSE_LOSSES:
             continue
