@@ -381,14 +381,20 @@ return 1
 """
 )
 
-# KEYS: job, events, finished, index of the state read, index of the new state ;
-# ARGV: expected version, job bytes, state, attempt, ended at ('' while the job goes on),
-# job id, event bytes... Returns {1, the last event's id ('' for none)}, 0 on a version
-# conflict, -1 for a missing job.
+# KEYS: job, events, finished, index of the state read, index of the new state, the running
+# jobs by last heartbeat ; ARGV: expected version, job bytes, state, attempt, ended at ('' while
+# the job goes on), job id, event bytes... Returns {1, the last event's id ('' for none)}, 0 on
+# a version conflict, -1 for a missing job. A new attempt (the attempt changed) goes into the
+# running set with the same write, so the reaper sees it before its first heartbeat: a worker
+# lost between its claim and that heartbeat no longer leaves the job RUNNING for good.
 _UPDATE = """
 local version = redis.call('HGET', KEYS[1], 'version')
 if not version then return -1 end
 if version ~= ARGV[1] then return 0 end
+if ARGV[3] == '@RUNNING@' and redis.call('HGET', KEYS[1], 'attempt') ~= ARGV[4] then
+  local now = redis.call('TIME')
+  redis.call('ZADD', KEYS[6], tonumber(now[1]) + tonumber(now[2]) / 1e6, ARGV[6])
+end
 redis.call('HSET', KEYS[1], 'job', ARGV[2], 'version', tonumber(version) + 1,
            'state', ARGV[3], 'attempt', ARGV[4])
 if KEYS[4] ~= KEYS[5] then redis.call('ZREM', KEYS[4], ARGV[6]) end
@@ -407,7 +413,7 @@ for i = 7, #ARGV do
   redis.call('HSET', KEYS[1], 'last_event_id', eid)
 end
 return {1, eid}
-"""
+""".replace("@RUNNING@", str(pb.JOB_STATE_RUNNING))
 
 
 # KEYS: job, its state's index ; ARGV: that state, job id. Indexes a job recorded before the
@@ -755,6 +761,7 @@ class _Base:
         a concurrent writer makes it read and mutate again. A mutation that changes nothing
         and returns no event writes nothing."""
         keys = [self.keys.job(job_id), self.keys.events(job_id), self.keys.finished()]
+        running = self.keys.running()
         while True:
             raw = yield self.redis.hgetall(keys[0])
             if not self._owned(raw, tenant):
@@ -769,7 +776,9 @@ class _Base:
             owner = raw[b"tenant"].decode()
             indexes = [self.keys.tenant_state(owner, int(raw[b"state"])), self.keys.tenant_state(owner, job.state)]
             args = [raw[b"version"], after, job.state, job.attempt, ended, job_id]
-            outcome = yield self._update(keys=keys + indexes, args=args + [e.SerializeToString() for e in events])
+            outcome = yield self._update(
+                keys=[*keys, *indexes, running], args=args + [e.SerializeToString() for e in events]
+            )
             if isinstance(outcome, list):
                 last = outcome[1].decode() if isinstance(outcome[1], bytes) else outcome[1]
                 job.last_event_id = last or job.last_event_id  # the record as stored, its new events included

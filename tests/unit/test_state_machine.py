@@ -1,6 +1,7 @@
 """Job states, attempts and fencing on a real Redis (no worker process)."""
 
 import asyncio
+import time
 import uuid
 
 import pytest
@@ -43,9 +44,14 @@ def test_claim_runs_a_queued_job_once_per_delivery(redis_url, stores):
     assert created and job.state == pb.JOB_STATE_QUEUED and job.attempt == 0
     first = _claim(store, job.id, "w1")
     assert first.state == pb.JOB_STATE_RUNNING and first.attempt == 1
+    # The claim itself puts the attempt where the reaper looks: a worker lost before its first
+    # heartbeat does not leave the job RUNNING for good.
+    beat = store.last_heartbeat(job.id)
+    assert beat is not None and abs(time.time() - beat) < 30
+    store.done_running(job.id)
     # Redelivered after the first worker was lost: a new attempt fences the old one out.
     second = _claim(store, job.id, "w2")
-    assert second.attempt == 2
+    assert second.attempt == 2 and store.last_heartbeat(job.id) is not None
     stale = Reporter(store, job.id, attempt=1, interval_s=0)
     with pytest.raises(StaleAttempt):
         stale.progress(pb.Progress(phase="fine_tune", step=5), force=True)
