@@ -1305,8 +1305,18 @@ def submit(
             return
         if not opts.json:
             click.echo(f"job {job.id} submitted", err=True)
-        final = follow(job, show_bar=not opts.json, json_lines=False, timeout=wait_timeout)
-        _finish(client, job, final, download)
+        try:
+            final = follow(job, show_bar=not opts.json, json_lines=False, timeout=wait_timeout)
+            _finish(client, job, final, download)
+        except KeyboardInterrupt:  # Ctrl-C stops the waiting, not the job: say which job goes on
+            if opts.json:
+                click.echo(json.dumps({"job_id": job.id, "interrupted": True}))
+            click.echo(
+                f"\ninterrupted: job {job.id} keeps running (pruning watch {job.id} follows it, "
+                f"pruning cancel {job.id} stops it)",
+                err=True,
+            )
+            raise
 
 
 def _floats(ctx: click.Context, param: click.Parameter, value: str | None) -> list[float]:

@@ -100,8 +100,9 @@ def _held_as_another_kind(artifact_id: str, held: int, kind: pb.ArtifactKind.Val
     field = "model" if kind == pb.ARTIFACT_KIND_MODEL else "dataset"
     return Failure(
         grpc.StatusCode.FAILED_PRECONDITION,
-        f"{field}: this content is held as a {convert.kind_name(held)} (artifact {artifact_id}): is it the "
-        f"{convert.kind_name(kind)} file you meant? (if it is both, delete the {convert.kind_name(held)} first)",
+        f"{field}: this content is held as a {convert.kind_name(held)} (artifact {artifact_id}), not a "
+        f"{convert.kind_name(kind)}: upload the {convert.kind_name(kind)} file "
+        f"({'.keras or .h5' if kind == pb.ARTIFACT_KIND_MODEL else '.npz'})",
     )
 
 

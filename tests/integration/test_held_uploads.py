@@ -87,7 +87,7 @@ def test_held_content_is_answered_after_the_header(tenants, env, files):
             _announced(alpha.stub.UploadModel, "d.keras", data, [pb.UploadRequest(chunk=data)], alpha_key)
         assert error.value.code() == grpc.StatusCode.FAILED_PRECONDITION
         assert "is held as a dataset" in (error.value.details() or "")
-        assert (error.value.details() or "").endswith("delete the dataset first)")  # within PRUNING_MAX_ERROR_BYTES
+        assert (error.value.details() or "").endswith(", not a model: upload the model file (.keras or .h5)")
 
     with Client(tenants.target, api_key="key-b") as beta:
         # another tenant's content: read and checked, so garbage is refused

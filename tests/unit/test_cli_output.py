@@ -524,3 +524,35 @@ def test_tls_against_a_plaintext_server_is_one_line_that_says_so() -> None:
     assert len(lines) == 1, out.stderr
     assert lines[0].startswith("error: UNAVAILABLE:")
     assert f"the TLS handshake with 127.0.0.1:{port} failed: a server without TLS takes no --tls" in lines[0]
+
+
+# -- Ctrl-C while submit waits ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("json_output", [False, True])
+def test_ctrl_c_while_submit_waits_says_which_job_keeps_running(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], json_output: bool
+) -> None:
+    import contextlib
+
+    class Job:
+        id = JOB
+
+    class Client:
+        def submit(self, *a, **k):
+            return Job()
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli_module, "_client", lambda opts: contextlib.nullcontext(Client()))
+    monkeypatch.setattr(cli_module, "_spec", lambda client, **spec: pb.JobSpec(model_id="a" * 64))
+    monkeypatch.setattr(cli_module, "follow", interrupted)
+    args = ["submit", "--model", "a" * 64, "--wait"] + (["--json"] if json_output else [])
+    assert run(args) == 130
+    out, err = capsys.readouterr()
+    assert f"interrupted: job {JOB} keeps running (pruning watch {JOB} follows it" in err
+    if json_output:
+        assert json.loads(out) == {"job_id": JOB, "interrupted": True}
+    else:
+        assert out == "" and f"job {JOB} submitted" in err
