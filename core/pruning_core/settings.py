@@ -38,6 +38,18 @@ def _tenants_by_key(api_keys: str) -> dict[str, str]:
     return out
 
 
+def listen_address(value: str) -> str:
+    """``host:port`` (``[v6]:port``) as given, or a bare port as ``127.0.0.1:port``; raises
+    ValueError for anything else (a URL, a missing or malformed port)."""
+    text = value.strip()
+    if text.isascii() and text.isdigit():
+        text = f"127.0.0.1:{text}"
+    host, colon, port = text.rpartition(":")
+    if not (colon and host and "/" not in text and port.isascii() and port.isdigit() and int(port) <= 65535):
+        raise ValueError(f"must be host:port (such as 127.0.0.1:50051, [::]:50051, or a bare port), got {value!r}")
+    return text
+
+
 class Settings(BaseSettings):
     """Configuration of one deployment (server, workers and launcher read the same)."""
 
@@ -242,6 +254,11 @@ class Settings(BaseSettings):
     cache_max_bytes: int = Field(
         10 * 1024 * MiB, description="size bound of a worker's input cache (least recently used files go first)"
     )
+
+    @field_validator("listen")
+    @classmethod
+    def _listen_address(cls, value: str) -> str:
+        return listen_address(value)
 
     @field_validator("metrics_listen", "worker_metrics_listen")
     @classmethod

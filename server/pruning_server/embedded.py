@@ -24,13 +24,19 @@ import click
 import psutil
 from pydantic import ValidationError
 
-from pruning_core.settings import Settings, settings_problems
+from pruning_core.settings import Settings, listen_address, settings_problems
 
 log = logging.getLogger("pruning.up")
 
 
 class StartFailed(RuntimeError):
-    """A process of the stack did not start; the message says why."""
+    """A process of the stack did not start; the message says why, ``exit_code`` what
+    ``pruning up`` exits with (the server's own, where it exited with one of its documented
+    codes: 2 a wrong setting, 3 a taken port, 4 a job or artifact store that does not answer)."""
+
+    def __init__(self, message: str, exit_code: int = 1):
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 class Stack:
@@ -113,7 +119,8 @@ class Stack:
 
                 if self.server.returncode == EXIT_ADDRESS_IN_USE:
                     raise AddressTaken(listen or self.settings.listen)
-                raise StartFailed(f"the server exited with status {self.server.returncode}")
+                code = self.server.returncode
+                raise StartFailed(f"the server exited with status {code}", code if code in (2, 3, 4) else 1)
             if time.monotonic() > deadline:
                 raise StartFailed("the server did not start in time")
             time.sleep(0.1)
@@ -383,7 +390,7 @@ def main(listen: str | None = None) -> int:
         return 3  # as the server's own exit for a taken port
     except StartFailed as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
-        return 1
+        return exc.exit_code
     except ValidationError as exc:
         print(f"error: invalid settings: {settings_problems(exc)}", file=sys.stderr, flush=True)
         return 2
@@ -402,13 +409,27 @@ def main(listen: str | None = None) -> int:
     return 1 if failed else 0
 
 
+def _listen_option(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    if value is None:
+        return None
+    try:
+        return listen_address(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
 @click.command(
     "up",
     help="Run Redis (embedded unless PRUNING_REDIS_URL is set), the server and a worker here. Exits as the "
-    "server does: 2 for a wrong setting, 3 when its port is taken, 1 when a part of it stopped.",
+    "server does: 2 for a wrong setting, 3 when its port is taken, 4 when the job or artifact store does not "
+    "answer, 1 when a part of it stopped.",
 )
 @click.option(
-    "--listen", default=None, show_default="PRUNING_LISTEN or 127.0.0.1:50051", help="host:port for the server"
+    "--listen",
+    default=None,
+    callback=_listen_option,
+    show_default="PRUNING_LISTEN or 127.0.0.1:50051",
+    help="host:port for the server (a bare port: on 127.0.0.1)",
 )
 def up_command(listen: str | None) -> None:
     """``pruning up``: the CLI finds this command through the ``pruning.commands`` entry points."""

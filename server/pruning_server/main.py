@@ -21,7 +21,7 @@ from pruning.v1 import pruning_pb2_grpc as pb_grpc
 from pruning_core import allocator
 from pruning_core import telemetry as core_telemetry
 from pruning_core.objectstore import open_store
-from pruning_core.settings import Settings, settings_problems
+from pruning_core.settings import Settings, listen_address, settings_problems
 from pruning_core.store import AsyncJobStore
 from pruning_core.sweeps import SweepStore
 
@@ -290,9 +290,20 @@ async def serve(settings: Settings, address: str | None = None, ready=None) -> N
     await running.stop()
 
 
+def _listen(value: str) -> str:
+    try:
+        return listen_address(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Run the pruning gRPC server.")
-    parser.add_argument("--listen", help="host:port (default: PRUNING_LISTEN or 127.0.0.1:50051)")
+    parser.add_argument(
+        "--listen",
+        type=_listen,
+        help="host:port, or a bare port on 127.0.0.1 (default: PRUNING_LISTEN or 127.0.0.1:50051)",
+    )
     parser.add_argument("--port-file", help="write the bound port to this file once serving")
     args = parser.parse_args(argv)
     try:

@@ -112,3 +112,37 @@ def test_an_s3_store_without_a_bucket_is_a_settings_error(env):
     done = _server_process(env, PRUNING_ARTIFACT_STORE="s3", PRUNING_S3_BUCKET="")
     assert done.returncode == 2, done.stderr[-2000:]
     assert "invalid settings: artifact_store 's3' needs s3_bucket" in done.stderr and "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("listen", ["127.0.0.1:notaport", "http://127.0.0.1:50051", "localhost"])
+def test_pruning_up_refuses_a_malformed_listen_address_before_starting_anything(env, tmp_path, listen):
+    done = subprocess.run(
+        [str(PRUNING), "up", "--listen", listen],
+        env={**os.environ, **env, "PRUNING_STATE_DIR": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "must be host:port" in done.stderr and "address is in use" not in done.stderr
+    assert not (tmp_path / "redis").exists() and "Traceback" not in done.stderr  # nothing was started
+
+
+def test_pruning_up_exits_4_when_its_job_store_does_not_answer(env, tmp_path):
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    done = subprocess.run(
+        [str(PRUNING), "up", "--listen", "127.0.0.1:0"],
+        env={
+            **os.environ,
+            **env,
+            "PRUNING_STATE_DIR": str(tmp_path),
+            "PRUNING_REDIS_URL": f"redis://127.0.0.1:{port}/0",
+        },
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert done.returncode == 4, done.stderr[-2000:]
+    assert f"cannot reach the job store at redis://127.0.0.1:{port}/0" in done.stderr + done.stdout

@@ -105,3 +105,23 @@ def test_tls_needs_both_files_and_files(monkeypatch, tmp_path):
         Settings()
     monkeypatch.setenv("PRUNING_TLS_KEY_FILE", str(key))
     assert Settings().tls_key_file == key
+
+
+@pytest.mark.parametrize(
+    ("given", "taken"),
+    [("47312", "127.0.0.1:47312"), ("0.0.0.0:50051", "0.0.0.0:50051"), ("[::]:50051", "[::]:50051")],
+)
+def test_a_listen_address_is_host_and_port_or_a_bare_port(given, taken, monkeypatch):
+    from pruning_core.settings import Settings, listen_address
+
+    assert listen_address(given) == taken
+    monkeypatch.setenv("PRUNING_LISTEN", given)
+    assert Settings().listen == taken
+
+
+@pytest.mark.parametrize("given", ["localhost", "host:notaport", "http://127.0.0.1:50051", ":50051", "h:70000"])
+def test_a_malformed_listen_address_is_refused(given):
+    from pruning_core.settings import listen_address
+
+    with pytest.raises(ValueError, match="must be host:port"):
+        listen_address(given)
