@@ -258,11 +258,31 @@ def _emit(data: Any, text: str) -> None:
     click.echo(json.dumps(data, sort_keys=True) if _globals().json else text)
 
 
+# gRPC's own target schemes (unix:/path, dns:///host:port, ...): passed through as they are
+_GRPC_SCHEMES = ("unix:", "unix-abstract:", "dns:", "ipv4:", "ipv6:", "vsock:")
+
+
+def _target_problem(target: str, tls: bool) -> str | None:
+    """Why ``target`` is not a server address gRPC would reach as meant, or None."""
+    if target.startswith(_GRPC_SCHEMES):
+        return None
+    if "://" in target:
+        return f"takes host:port, not a URL (got {target!r}; for TLS add --tls)"
+    host, colon, port = target.rpartition(":")
+    if colon and host and not host.endswith(":") and port.isdigit():
+        return None
+    if not tls and (not colon or host.endswith(":")):  # no port ("localhost", "::1"): gRPC would dial 443
+        return f"takes host:port (got {target!r}: without a port gRPC dials 443; the server's default is 50051)"
+    return f"takes host:port (got {target!r})"
+
+
 def _client(opts: GlobalOptions) -> Client:
     roots = opts.ca_file.read_bytes() if opts.ca_file else None
     if roots is not None and b"-----BEGIN CERTIFICATE-----" not in roots:
         # gRPC would only fail the handshake later, as UNAVAILABLE
         raise click.BadParameter(f"{opts.ca_file} holds no PEM certificate", param_hint="--ca-file")
+    if problem := _target_problem(opts.target, opts.tls or roots is not None):
+        raise click.BadParameter(problem, param_hint="--target / PRUNING_TARGET")
     return Client(
         opts.target,
         api_key=opts.api_key or None,
@@ -770,6 +790,8 @@ class PruningGroup(click.Group):
             if error.code == grpc.StatusCode.DEADLINE_EXCEEDED and error.details == "Deadline Exceeded":
                 # gRPC's bare word: nothing answered (a refused connection is retried until then)
                 error.message += f" (no answer from {opts.target} within {opts.timeout:g} s: is the server up there?)"
+            elif error.code == grpc.StatusCode.UNAVAILABLE and "connection refused" in error.details.lower():
+                error.message += f" (nothing listens at {opts.target}: is the server up? `pruning up` starts one here)"
             elif error.code == grpc.StatusCode.UNAVAILABLE and "handshake failed" in error.details.lower():
                 error.message += (
                     f" (the TLS handshake with {opts.target} failed: a server without TLS takes no --tls or "

@@ -453,3 +453,31 @@ def test_a_polynomial_only_flag_with_a_constant_schedule_is_a_usage_error(
     assert run(["submit", "--model", "a" * 64, "--schedule", "constant", *args]) == 2  # it was silently ignored
     assert f"{args[0]} shapes the polynomial schedule only" in capsys.readouterr().err and not SubmittingClient.sent
     assert run(["submit", "--model", "a" * 64, "--schedule", "polynomial", *args]) == 0
+
+
+@pytest.mark.parametrize(
+    ("target", "said"),
+    [
+        ("http://127.0.0.1:50051", "takes host:port, not a URL"),
+        ("localhost", "without a port gRPC dials 443; the server's default is 50051"),
+        ("localhost:port", "takes host:port (got 'localhost:port')"),
+    ],
+)
+def test_a_target_gRPC_would_not_reach_as_meant_is_a_usage_error(capsys, target, said):
+    from pruning_client.cli import run
+
+    assert run(["--target", target, "list"]) == 2
+    assert said in capsys.readouterr().err
+
+
+def test_nothing_listening_at_the_target_says_so(capsys):
+    import socket
+
+    from pruning_client.cli import run
+
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    assert run(["--target", f"127.0.0.1:{port}", "--timeout", "20", "list"]) == 7
+    err = capsys.readouterr().err
+    assert f"(nothing listens at 127.0.0.1:{port}: is the server up? `pruning up` starts one here)" in err
