@@ -36,7 +36,7 @@ from google.protobuf.message import Message
 from pruning.v1 import pruning_pb2 as pb
 
 from .client import Client, _api_key_problem
-from .exceptions import NotFound, PruningError
+from .exceptions import JobFailed, NotFound, PruningError
 from .job import JobHandle, _is_directory, format_name, is_terminal, pick_export
 from .report import job_report, sweep_report
 from .results import JobPlan, ModelSummary, PruneResult, figure, int64_as_numbers, plural, points, recipe_text, speed_up
@@ -814,6 +814,17 @@ class PruningGroup(click.Group):
 
 
 _EVENTS_ON_STDOUT = "pruning.events_on_stdout"  # ctx.meta: stdout holds a stream of JSON lines
+_FOLLOWED_JOB = "pruning.followed_job"  # ctx.meta: the job the command waits on or follows
+
+
+def _following(job_id: str) -> None:
+    """Marks the job the command waits on: an error's JSON object names it."""
+    click.get_current_context().meta[_FOLLOWED_JOB] = job_id
+
+
+def _followed_job() -> str:
+    ctx = click.get_current_context(silent=True)
+    return str(ctx.meta.get(_FOLLOWED_JOB, "")) if ctx is not None else ""
 
 
 def _events_on_stdout() -> None:
@@ -829,9 +840,15 @@ def _report(error: PruningError, *, json_output: bool, stream: bool = False) -> 
             "message": error.message,
             "field_violations": error.field_violations,
         }
+        if error.code is not None:
+            payload["code"] = error.code.name  # the call's status: UNAVAILABLE, NOT_FOUND, ...
+        if isinstance(error, JobFailed) and error.job_status is not None:
+            payload["job_code"] = error.job_status.name  # why the job failed: INVALID_ARGUMENT, ...
         job = getattr(error, "job", None)
         if isinstance(job, pb.Job) and job.id:
             payload["job_id"] = job.id  # a failed, cancelled or unfinished job: which one
+        elif followed := _followed_job():
+            payload["job_id"] = followed  # the job a lost connection stopped following
         click.echo(json.dumps(payload), err=stream)
         if not stream:  # a step's log (stderr) says why too, where its stdout went to a parser
             click.echo(f"error: {_one_line(error.message)}", err=True)
@@ -1327,6 +1344,7 @@ def submit(
             return
         if not opts.json:
             click.echo(f"job {job.id} submitted", err=True)
+        _following(job.id)
         try:
             final = follow(job, show_bar=not opts.json, json_lines=False, timeout=wait_timeout)
             _finish(client, job, final, download)
@@ -1641,6 +1659,7 @@ def watch(job_id: str, download: pathlib.Path | None, wait_timeout: float | None
     opts = _globals()
     if opts.json:
         _events_on_stdout()  # any error's JSON object goes to stderr, the events' file stays clean
+    _following(job_id)
     with _client(opts) as client:
         job = client.job(job_id)
         final = follow(job, show_bar=not opts.json, json_lines=opts.json, timeout=wait_timeout)
@@ -1683,6 +1702,7 @@ def result(job_id: str, wait_timeout: float | None) -> None:
 
     Exit 8 if the job failed, 9 if it was cancelled, 10 after --wait-timeout.
     """
+    _following(job_id)
     with _client(_globals()) as client:
         outcome = client.job(job_id).result(timeout=wait_timeout)
     _emit(outcome.to_dict(), format_table(outcome))

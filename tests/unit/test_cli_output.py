@@ -359,6 +359,24 @@ def test_watch_json_of_a_failed_job_keeps_stdout_to_events(
     assert run(["result", JOB, "--json"]) == 8
     error = json.loads(capsys.readouterr().out)
     assert error["error"] == "JobFailed" and error["job_id"] == JOB  # which job, without parsing the message
+    assert error["job_code"] == "INVALID_ARGUMENT" and "code" not in error  # why: bad input, not worth a retry
+
+
+class LostJob(FakeJob):
+    def watch(self, *, timeout: float | None = None) -> Iterator[pb.JobEvent]:
+        from pruning_client import Unavailable
+
+        yield from _events()[:2]
+        raise Unavailable("the server went away")
+
+
+def test_watch_json_of_a_lost_connection_names_the_job_and_the_code(
+    fake: type[FakeClient], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(FakeClient, "job", lambda self, job_id: LostJob(self, job_id))
+    assert run(["watch", JOB, "--json"]) == 7
+    error = json.loads(capsys.readouterr().err)
+    assert (error["error"], error["code"], error["job_id"]) == ("Unavailable", "UNAVAILABLE", JOB)
 
 
 def test_transfer_bar_shows_bytes_on_a_terminal_and_nothing_elsewhere() -> None:
