@@ -367,13 +367,13 @@ _SEARCH_OPTIONS = (
         "--search-low",
         type=float,
         default=0.0,
-        help="With a budget and no --sparsities: the lowest sparsity searched; 0 = 0.5.",
+        help="With a budget: the lowest sparsity searched (a sweep given --sparsities runs those); 0 = 0.5.",
     ),
     _option(
         "--search-high",
         type=float,
         default=0.0,
-        help="With a budget and no --sparsities: the highest sparsity searched; 0 = 0.95.",
+        help="With a budget: the highest sparsity searched (a sweep given --sparsities runs those); 0 = 0.95.",
     ),
     _option("--tolerance", type=float, default=0.0, help="The search stops this close to the answer; 0 = 0.02."),
     _option(
@@ -1329,6 +1329,13 @@ def submit(
     if max_loss_pp is None and max_relative_loss is None and (given := [n for n, v in search.items() if v]):
         flag = "--" + given[0].replace("_", "-")
         raise click.UsageError(f"{flag} bounds the search for a budget: give --max-loss-pp or --max-relative-loss")
+    budget = max_loss_pp is not None or max_relative_loss is not None
+    ctx = click.get_current_context()
+    if budget and ctx.get_parameter_source("final_sparsity") is ParameterSource.COMMANDLINE:
+        raise click.UsageError(
+            "--final-sparsity is what a budget searches for: bound the search with --search-low and --search-high "
+            "instead"
+        )
     opts = _globals()
     with _client(opts) as client:
         job_spec_ = _spec(client, **spec)

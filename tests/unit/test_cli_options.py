@@ -481,3 +481,12 @@ def test_nothing_listening_at_the_target_says_so(capsys):
     assert run(["--target", f"127.0.0.1:{port}", "--timeout", "20", "list"]) == 7
     err = capsys.readouterr().err
     assert f"(nothing listens at 127.0.0.1:{port}: is the server up? `pruning up` starts one here)" in err
+
+
+def test_a_final_sparsity_given_with_a_budget_is_a_usage_error(capsys):
+    """A budget searches for the final sparsity: a value given for it would be dropped."""
+    from pruning_client.cli import run
+
+    args = ["submit", "--model", "a" * 64, "--max-loss-pp", "1", "--final-sparsity", "0.9", "--dry-run"]
+    assert run(args) == 2
+    assert "--final-sparsity is what a budget searches for" in capsys.readouterr().err
