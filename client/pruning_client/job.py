@@ -87,7 +87,8 @@ class _Cursor:
         return delay if remaining is None else min(delay, remaining)
 
     def timed_out(self, job: pb.Job) -> JobTimeout:
-        return JobTimeout(f"job {job.id} still {pb.JobState.Name(job.state)} after {self.timeout}s", job=job)
+        state = pb.JobState.Name(job.state).removeprefix("JOB_STATE_")
+        return JobTimeout(f"job {job.id} still {state} after {self.timeout:g} s", job=job)
 
 
 def _outcome(job: pb.Job) -> PruneResult:

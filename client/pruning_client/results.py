@@ -38,6 +38,8 @@ class LayerSparsity:
     """Weights of the layer's kernel (its bias left out)."""
     nonzero: int
     sparsity: float
+    target_sparsity: float = 0.0
+    """The final sparsity the layer was pruned to (0 for a layer not pruned)."""
 
 
 @dataclass(frozen=True)
@@ -142,7 +144,7 @@ class PruneResult:
             (
                 f"{x.format} export",
                 f"test accuracy {x.accuracy:.4f} on {x.samples:,} samples"
-                + (f" ({100 * (x.accuracy - keras):+.2f} pp against the Keras model)" if keras is not None else ""),
+                + (f" ({points(x.accuracy - keras)} against the Keras model)" if keras is not None else ""),
             )
             for x in self.raw.export_accuracy
         ]
@@ -167,7 +169,10 @@ class PruneResult:
             accuracy_delta=r.accuracy_delta if r.HasField("accuracy_delta") else None,
             overall_sparsity=r.overall_sparsity,
             pruned_kernel_sparsity=r.pruned_kernel_sparsity,
-            layers=[LayerSparsity(x.name, x.type, x.pruned, x.weights, x.nonzero, x.sparsity) for x in r.layers],
+            layers=[
+                LayerSparsity(x.name, x.type, x.pruned, x.weights, x.nonzero, x.sparsity, x.target_sparsity)
+                for x in r.layers
+            ],
             total_params=r.total_params,
             nonzero_params=r.nonzero_params,
             size_before_raw=r.size_before.raw_bytes,
@@ -475,7 +480,7 @@ class JobPlan:
         else:
             c = schedule.constant_sparsity
             line, every = f"constant {c.target_sparsity:g}, {steps}", c.frequency
-        return line + (f", masks every {every} steps" if every else "")
+        return line + (f", masks every {plural(every, 'step')}" if every else "")
 
     def _structured_line(self) -> str:
         s = self.spec.pruning.structured

@@ -160,7 +160,7 @@ def test_result_times_out_when_the_stream_hits_its_deadline():
     fake = FakeClient(EVENTS[:3], hang=True)
     with pytest.raises(JobTimeout) as raised:
         JobHandle(fake, "j").result(timeout=0.05)
-    assert "RUNNING" in str(raised.value) and raised.value.exit_code == 10
+    assert str(raised.value) == "job j still RUNNING after 0.05 s" and raised.value.exit_code == 10
     assert fake.calls == [""] and fake.gets == 1
 
 
@@ -336,3 +336,13 @@ def test_the_cli_watch_and_submit_take_a_wait_timeout(monkeypatch, capsys):
     assert [json.loads(line)["id"] for line in out.splitlines()] == [e.id for e in EVENTS[:3]]  # events only
     assert json.loads(err.splitlines()[0])["error"] == "JobTimeout"
     assert run(["submit", "--model", "a" * 64, "--wait-timeout", "5"]) == 2  # needs --wait
+
+
+def test_the_typed_result_keeps_each_layers_target_and_says_one_step_so():
+    from pruning_client.results import PruneResult
+
+    raw = pb.PruneResult()
+    raw.layers.add(name="d", type="Dense", pruned=True, weights=10, nonzero=2, sparsity=0.8, target_sparsity=0.75)
+    result = PruneResult.from_proto(raw)
+    assert result.layers[0].target_sparsity == 0.75
+    assert result.to_dict()["layers"][0]["target_sparsity"] == 0.75
