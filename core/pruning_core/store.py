@@ -907,6 +907,13 @@ class JobStore(_Base):
     def done_running(self, job_id: str) -> None:
         self.redis.zrem(self.keys.running(), job_id)
 
+    def expect_by(self, job_id: str, when: float) -> None:
+        """Keeps a re-queued job in the running set as if its last heartbeat were at ``when``
+        (unix s): a task sent with a countdown is held by the worker that fetched it, not by the
+        broker's queue, and if nothing claims the job by ``when`` plus the reaper's silence the
+        reaper sends it again (that worker may have died holding it)."""
+        self.redis.zadd(self.keys.running(), {job_id: when})
+
     def last_heartbeat(self, job_id: str) -> float | None:
         """When the job's running attempt last marked itself alive (None: no attempt runs)."""
         value = self.redis.zscore(self.keys.running(), job_id)

@@ -459,7 +459,8 @@ def test_an_attempt_the_artifact_store_stopped_is_retried_later_then_fails_unava
     assert record.state == pb.JOB_STATE_QUEUED and record.attempt == 2
     assert sent == [{"args": [job.id], "queue": settings.queue, "countdown": ARTIFACT_STORE_RETRY_S}]
     assert any("artifact store did not answer" in e.log.message for e in events(store, job.id))
-    assert store.redis.zscore(store.keys.running(), job.id) is None  # no heartbeat after the release
+    due = store.redis.zscore(store.keys.running(), job.id)  # watched from when its countdown ends
+    assert due is not None and due > time.time() + ARTIFACT_STORE_RETRY_S - 10
 
     final = run_job(job.id, settings, "w2")  # the second stop of at most 2
     assert final is not None and final.state == pb.JOB_STATE_FAILED
@@ -493,3 +494,46 @@ def test_a_failure_while_an_attempt_is_set_up_fails_the_job_at_once(redis_url, s
     assert final.error.code == code_pb2.INTERNAL and "AttributeError" in final.error.message
     assert store.get(job.id).state == pb.JOB_STATE_FAILED
     assert store.redis.zscore(store.keys.running(), job.id) is None  # nothing for the reaper
+
+
+def test_a_job_requeued_with_a_countdown_is_sent_again_if_nothing_claims_it_in_time(redis_url, stores, monkeypatch):
+    """A task sent with a countdown waits in the worker that fetched it: if that worker dies,
+    the reaper (which watches the running set) sends the job again once the countdown and its
+    silence have passed, instead of the broker's redelivery hours later."""
+    from pruning_core.settings import Settings
+    from pruning_server import reaper
+    from pruning_worker import app as worker_app
+    from pruning_worker.runner import _release
+
+    store, prefix = stores
+    job, _ = create(redis_url, prefix)
+    claimed = _claim(store, job.id, "w1")
+    sent: list[tuple[str, float | None]] = []
+    monkeypatch.setattr(
+        worker_app.app, "send_task", lambda name, args, queue, countdown: sent.append((args[0], countdown))
+    )
+    assert _release(store, claimed, Settings(key_prefix=prefix, redis_url=redis_url), countdown=60.0)
+    assert store.get(job.id).state == pb.JOB_STATE_QUEUED and sent == [(job.id, 60.0)]
+    due = store.last_heartbeat(job.id)
+    assert due is not None and 55 < due - time.time() <= 60  # watched from when it is due
+
+    class Celery:
+        def __init__(self) -> None:
+            self.sent: list[str] = []
+
+        def send_task(self, name, args, queue):
+            self.sent.append(args[0])
+
+    async def reap(silent_s: float) -> list[str]:
+        async_store = AsyncJobStore.from_url(redis_url, prefix)
+        try:
+            await reaper.requeue_silent_jobs(async_store, celery, "q", silent_s)
+        finally:
+            await async_store.redis.aclose()
+        return celery.sent
+
+    celery = Celery()
+    assert asyncio.run(reap(30.0)) == []  # not due yet
+    store.expect_by(job.id, time.time() - 31)  # the countdown ran out 31 s ago and nothing claimed it
+    assert asyncio.run(reap(30.0)) == [job.id]
+    assert store.last_heartbeat(job.id) is None and store.get(job.id).state == pb.JOB_STATE_QUEUED

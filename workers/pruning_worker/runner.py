@@ -316,7 +316,10 @@ def _release(
             after = store.update(job.id, back)
             if after.state == pb.JOB_STATE_QUEUED and after.attempt == job.attempt:
                 app.send_task(task_names.PRUNE, args=[job.id], queue=settings.queue, countdown=countdown or None)
-                store.done_running(job.id)
+                if countdown:
+                    store.expect_by(job.id, time.time() + countdown)
+                else:
+                    store.done_running(job.id)
                 log.warning("job %s: attempt %d stopped by the %s; re-queued", job.id, job.attempt, which)
             return True
         except JobNotFound:  # the store answers again without the job: it lost its data
