@@ -170,18 +170,40 @@ class BlobStore:
         (it may have just been written again for a new record), and so is one written before
         ``not_before`` (unix s)."""
         path = self.path(artifact_id)
+
+        def may_go(file: pathlib.Path) -> bool:
+            mtime = file.stat().st_mtime
+            return time.time() - mtime >= min_age_s and mtime >= not_before
+
         try:
-            mtime = path.stat().st_mtime
-            if time.time() - mtime < min_age_s or mtime < not_before:
+            if not may_go(path):
                 return False
-            path.unlink()
+            # Moved aside, then judged again: an upload of the same bytes that replaced the file
+            # between the look and the move is young, and goes back instead of being deleted
+            # (a check then an unlink lost such files now and then).
+            aside = self.tmp_dir / f"{_REMOVING}{artifact_id}-{os.getpid()}-{threading.get_ident()}"
+            os.replace(path, aside)
         except FileNotFoundError:
             return False
-        return True
+        try:
+            if may_go(aside):
+                aside.unlink(missing_ok=True)
+                return True
+        except FileNotFoundError:
+            return False
+        _put_back(aside, path)
+        return False
 
     def sweep(self, min_age_s: float = 60.0) -> int:
         """Removes temporary files no live writer holds (their process died mid-upload);
         returns how many. Files younger than ``min_age_s`` are left to their writer."""
+        for aside in self.tmp_dir.glob(f"{_REMOVING}*"):  # a remove() that died midway: put back
+            try:
+                moved_s = time.time() - aside.stat().st_ctime  # when it was moved aside
+            except FileNotFoundError:
+                continue
+            if moved_s >= 60.0 and is_artifact_id(name := aside.name.removeprefix(_REMOVING)[:64]):
+                _put_back(aside, self.path(name))  # the next retention judges it again
         return sweep_unlocked(self.tmp_dir.glob("upload-*"), min_age_s)
 
     def put_file(self, source: os.PathLike | str) -> tuple[str, int]:
@@ -195,6 +217,20 @@ class BlobStore:
         except BaseException:
             writer.discard()
             raise
+
+
+_REMOVING = "removing-"  # a blob moved aside by remove(), judged again before it is deleted
+
+
+def _put_back(aside: pathlib.Path, path: pathlib.Path) -> None:
+    """Puts a blob moved aside back in its place, unless the same bytes are there again."""
+    try:
+        os.link(aside, path)
+    except FileExistsError:
+        pass
+    except FileNotFoundError:
+        return  # gone meanwhile (another pass put it back)
+    aside.unlink(missing_ok=True)
 
 
 def sweep_unlocked(paths, min_age_s: float = 60.0) -> int:
