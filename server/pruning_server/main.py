@@ -138,6 +138,19 @@ async def volatile_redis(client: redis.asyncio.Redis) -> str | None:
     return None
 
 
+async def evicting_redis(client: redis.asyncio.Redis) -> str | None:
+    """What lets ``client``'s Redis drop keys it was given (a memory limit with a policy other
+    than noeviction), or None when it keeps them all or will not say."""
+    try:
+        config = {**await client.config_get("maxmemory"), **await client.config_get("maxmemory-policy")}
+    except redis.ResponseError:
+        return None
+    policy, limit = config.get("maxmemory-policy", "noeviction"), config.get("maxmemory", "0")
+    if policy != "noeviction" and limit not in ("0", ""):
+        return f"maxmemory {limit}, maxmemory-policy {policy}"
+    return None
+
+
 def _where(url: str) -> str:
     """A Redis URL without its credentials, for logs."""
     parts = urllib.parse.urlsplit(url)
@@ -166,6 +179,14 @@ async def create_server(settings: Settings, address: str | None = None) -> Runni
             "artifact record and queued task; turn on its append-only file (appendonly yes)",
             _where(settings.redis_url),
             volatile,
+        )
+    if evicting := await evicting_redis(store.redis):
+        log.warning(
+            "the job store at %s may evict keys when full (%s): an evicted job is gone, and an evicted artifact "
+            "record lets the housekeeping delete bytes a user still holds; set maxmemory-policy noeviction "
+            "(a full Redis then refuses writes, answered UNAVAILABLE)",
+            _where(settings.redis_url),
+            evicting,
         )
     # Jobs recorded before the state and label indexes: in them before a filtered list runs.
     if backfilled := await store.backfill_indexes():

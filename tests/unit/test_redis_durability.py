@@ -75,3 +75,30 @@ def test_a_redis_that_refuses_config_is_not_judged(tmp_path):
 def test_the_warning_names_the_redis_without_its_password():
     assert _where("redis://:s3cret@10.0.0.5:6380/2") == "redis://10.0.0.5:6380/2"
     assert _where("rediss://user:pw@[::1]:6379/0") == "rediss://[::1]:6379/0"
+
+
+def _evicting(url: str) -> str | None:
+    from pruning_server.main import evicting_redis
+
+    async def check() -> str | None:
+        client = redis.asyncio.Redis.from_url(url)
+        try:
+            return await evicting_redis(client)
+        finally:
+            await client.aclose()
+
+    return asyncio.run(check())
+
+
+@pytest.mark.parametrize(
+    ("maxmemory", "policy", "said"),
+    [
+        ("100mb", "allkeys-lru", "maxmemory 104857600, maxmemory-policy allkeys-lru"),
+        ("100mb", "volatile-ttl", "maxmemory 104857600, maxmemory-policy volatile-ttl"),
+        ("100mb", "noeviction", None),
+        ("0", "allkeys-lru", None),  # no memory limit: nothing is evicted
+    ],
+)
+def test_a_redis_that_may_evict_keys_is_named(tmp_path, maxmemory, policy, said):
+    with _redis(tmp_path, "--save", "", "--maxmemory", maxmemory, "--maxmemory-policy", policy) as url:
+        assert _evicting(url) == said
