@@ -110,7 +110,26 @@ def validate(spec: pb.SweepSpec) -> list[Violation]:
                     f"trials; max_trials is {spec.max_trials}",
                 )
             )
+        elif (planned := with_defaults(spec)) and len(rungs := halving_rungs(planned)) > 1:
+            # Later rungs train longer than earlier ones, or they only run the same sparsities again
+            # on the same budget, and the answer is picked on noise.
+            first, last = rung_epochs(planned, 0), rung_epochs(planned, len(rungs) - 1)
+            if first == last:
+                rate = planned.halving_rate
+                out.append(
+                    (
+                        "spec.base.training.epochs",
+                        f"successive halving trains each rung {rate} times longer than the one before, but with "
+                        f"{_epochs(planned.base.training.epochs or defaults.EPOCHS)} every one of its {len(rungs)} rungs "
+                        f"would train {_epochs(first)}: give at least {rate} epochs (the last rung's), or use "
+                        "the bisection method",
+                    )
+                )
     return out
+
+
+def _epochs(n: int) -> str:
+    return f"{n} epoch" + ("" if n == 1 else "s")
 
 
 def with_defaults(spec: pb.SweepSpec) -> pb.SweepSpec:

@@ -221,6 +221,18 @@ def test_bad_halving_specs_name_the_field(kwargs, field):
     assert field in [f for f, _ in sweeps.validate(sweep_spec(BASE, **kwargs))]
 
 
+def test_successive_halving_with_too_few_epochs_to_halve_is_refused():
+    """With 1 epoch every rung would train 1 epoch: the later rungs would only run the same
+    sparsities again on the same budget."""
+    one = job_spec("ab" * 32, epochs=1)
+    ((field, text),) = sweeps.validate(sweep_spec(one, max_loss_pp=1.0, method="successive_halving", max_trials=8))
+    assert field == "spec.base.training.epochs"
+    assert "with 1 epoch every one of its 3 rungs would train 1 epoch: give at least 3 epochs" in text
+    for epochs in (2, 3):  # the last rung trains longer than the first
+        enough = job_spec("ab" * 32, epochs=epochs)
+        assert sweeps.validate(sweep_spec(enough, max_loss_pp=1.0, method="successive_halving", max_trials=8)) == []
+
+
 @pytest.mark.parametrize(
     "budget, baseline, pruned, kept",
     [
