@@ -1346,8 +1346,10 @@ def submit(
             _emit({"dry_run": True, "plan": _dump(plan.raw, defaults=True)}, format_plan(plan))
             return
         job = client.submit(job_spec_, labels=label, idempotency_key=idempotency_key)
+        for warning in job.warnings:  # the plan's, which a job nobody follows would keep to its events
+            click.echo(f"warning: {warning}", err=True)
         if not wait:
-            _emit({"job_id": job.id}, job.id)
+            _emit({"job_id": job.id, "warnings": job.warnings}, job.id)
             return
         if not opts.json:
             click.echo(f"job {job.id} submitted", err=True)

@@ -212,6 +212,9 @@ class _BaseHandle(Generic[_C]):
         self._job = job
         self.last_event_id = ""
         """The id of the last event ``watch()`` yielded; the next ``watch()`` resumes after it."""
+        self.warnings: list[str] = list(job.plan.warnings) if job is not None else []
+        """What the service warned of when it created the job (its plan's warnings: a softmax
+        output under a loss that takes logits, ...); empty for a handle made from an id."""
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.id!r})"

@@ -621,6 +621,9 @@ class PruningService(pb_grpc.PruningServiceServicer):
                 await self.store.release_send(job.id)
                 raise
         log.info("job %s %s for %s", job.id, "created" if created else "returned again", tenant)
+        # The plan's warnings (a softmax output under a loss that takes logits, ...) in the answer
+        # only: a caller that does not follow the job hears them too.
+        job.plan.warnings.extend(plan.make_plan(spec, model.info, facts).warnings)
         return job
 
     async def GetJob(self, request, context):

@@ -244,3 +244,17 @@ def test_async_client_validate(server: Any, files: dict[str, pathlib.Path]) -> N
     assert (plan.train_samples, plan.validation_samples, plan.test_samples) == (1024, 0, 256)
     assert plan.layers and plan.estimated_seconds > 0
     assert any(field == "spec.pruning.layers.exclude_names" for field, _ in error.field_violations)
+
+
+def test_submit_says_the_plans_warnings(server: Any, files: dict[str, pathlib.Path]) -> None:
+    """A job nobody follows would keep its plan's warnings to its events: submit says them."""
+    args = [a for a in dry_run_args(files) if a != "--dry-run"]
+    out = pruning(server, *args, "--loss", "sparse_categorical_crossentropy", "--json")
+    assert out.returncode == 0, out.stderr
+    submitted = json.loads(out.stdout)
+    try:
+        (warning,) = submitted["warnings"]
+        assert "output 'logits' ends in no activation (logits), but its loss sparse_categorical_crossentropy" in warning
+        assert f"warning: {warning}" in out.stderr
+    finally:
+        assert pruning(server, "cancel", submitted["job_id"]).returncode == 0
