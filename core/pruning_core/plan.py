@@ -232,9 +232,9 @@ def check(spec: pb.JobSpec, model_info: dict[str, Any], data: DatasetFacts) -> l
         out.append(
             (
                 f"{prefix}.frequency",
-                f"masks are updated every {decay.frequency} steps from step {begin}, so none falls on "
-                f"end_step {decay.end_step} and the final sparsity would never be applied: make "
-                "end_step - begin_step a multiple of the frequency, or leave either unset",
+                f"masks update every {decay.frequency} steps from step {begin}: none falls on end_step "
+                f"{decay.end_step}, so the final sparsity is never applied; make end_step - begin_step a multiple "
+                f"of {decay.frequency}, or leave either unset",
             )
         )
     return out

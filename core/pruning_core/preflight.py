@@ -164,6 +164,14 @@ KERAS3_ACTIVATIONS = {
 }  # fmt: skip
 
 
+# Keras 3 activations tf_keras lacks, and the layer (which the bridge translates) doing the same
+_ACTIVATION_LAYERS = {
+    "relu6": "a ReLU(max_value=6) layer",
+    "leaky_relu": "a LeakyReLU layer",
+    "log_softmax": "a linear output and a *_from_logits loss",
+}
+
+
 def option_problem(class_name: str, config: dict[str, Any]) -> str | None:
     """Why an option of a Keras 3 layer cannot be translated to tf_keras, read from the
     configuration (the bridge refuses the same when a job loads the model), or None."""
@@ -172,8 +180,11 @@ def option_problem(class_name: str, config: dict[str, Any]) -> str | None:
         if isinstance(value, dict) and value.get("class_name") == "function":
             value = value.get("config")
         if value is not None and (not isinstance(value, str) or value not in KERAS3_ACTIVATIONS):
+            # What to do first: an error answer is cut at 200 bytes, the list of names goes last
+            instead = _ACTIVATION_LAYERS.get(str(value))
+            fix = f"; use {instead} instead" if instead else ""
             return (
-                f"the activation {str(value)[:60]!r} is not translated to tf_keras "
+                f"the activation {str(value)[:60]!r} is not translated to tf_keras{fix} "
                 f"(translated: {', '.join(sorted(KERAS3_ACTIVATIONS))})"
             )
     if config.get("lora_rank") not in (None, 0):

@@ -370,3 +370,12 @@ def test_a_tf_keras_head_named_like_a_layer_of_its_frozen_base_stays_prunable(tm
     info = modelcheck.inspect_model(tmp_path / "m.h5", 10**9)
     assert "dense" not in info.left_whole
     assert any(layer.name == "dense" and layer.prunable for layer in info.summary.layers)
+
+
+def test_an_untranslated_activation_says_what_to_use_before_the_list():
+    """An error answer is cut at 200 bytes: the advice comes before the list of names."""
+    text = preflight.option_problem("Dense", {"activation": "relu6"})
+    assert text is not None
+    assert text.index("use a ReLU(max_value=6) layer instead") < text.index("(translated: ")
+    assert "use a LeakyReLU layer instead" in (preflight.option_problem("Dense", {"activation": "leaky_relu"}) or "")
+    assert "instead" not in (preflight.option_problem("Dense", {"activation": "hard_silu"}) or "")
