@@ -1630,17 +1630,23 @@ def report_(ident: str, is_sweep: bool, output: pathlib.Path) -> None:
             if png:
                 written["curve_png"] = str(output / png)
         elif job is not None:
-            files = {}
+            files, lost = {}, []
             for artifact in job.result.artifacts:
                 if artifact.format in REPORT_FORMATS:
-                    path = client.download(artifact.id, output / f"{job.id}-{artifact.filename}")
+                    try:
+                        path = client.download(artifact.id, output / f"{job.id}-{artifact.filename}")
+                    except NotFound:  # deleted (pruning delete) or past the artifact retention
+                        gone = "no longer stored (deleted, or past the artifact retention)"
+                        click.echo(f"warning: {artifact.filename} is {gone}: the report goes without it", err=True)
+                        lost.append(artifact.filename)
+                        continue
                     files[artifact.format] = path.name
                     written[artifact.format] = str(path)
             search = None
             if job.search_sweep_id:  # a job with an accuracy budget: the trials behind its sparsity
                 with contextlib.suppress(NotFound):  # its record went before the job's
                     search = client.get_sweep(job.search_sweep_id)
-            markdown, page = job_report(job, files, search)
+            markdown, page = job_report(job, files, search, lost)
     for name, text in (("report.md", markdown), ("report.html", page)):
         (output / name).write_text(text)
         written[name.replace(".", "_")] = str(output / name)

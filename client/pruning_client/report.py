@@ -60,11 +60,18 @@ def _render(title: str, sections: list[tuple[str, Table | str]], images: Sequenc
     return "\n".join(md) + "\n", "\n".join(page) + "\n"
 
 
-def job_report(job: pb.Job, files: dict[str, str] | None = None, search: pb.Sweep | None = None) -> tuple[str, str]:
+def job_report(
+    job: pb.Job,
+    files: dict[str, str] | None = None,
+    search: pb.Sweep | None = None,
+    missing: Sequence[str] = (),
+) -> tuple[str, str]:
     """(Markdown, HTML) of ``job``; ``files`` maps artifact formats ("history_png",
     "layers_png", "tensorboard", ...) to file names beside the report, for links and images
-    (a format left out has none; a job that stored no plots says so). A job with an accuracy
-    budget states it, with the trials of ``search`` (its ``search_sweep_id``) where given."""
+    (a format left out has none; a job that stored no plots says so). ``missing`` names the
+    job's report files the server no longer holds (deleted, or past the artifact retention):
+    the report says so. A job with an accuracy budget states it, with the trials of ``search``
+    (its ``search_sweep_id``) where given."""
     r, files = job.result, files or {}
     result = PruneResult.from_proto(r)
     # A job that ended before its evaluation has its figures at their zero defaults: "n/a"
@@ -202,7 +209,12 @@ def job_report(job: pb.Job, files: dict[str, str] | None = None, search: pb.Swee
     images = [(caption, files[fmt]) for fmt, caption in plots if files.get(fmt)]
     if not {a.format for a in r.artifacts} & {fmt for fmt, _ in plots}:
         sections.append(("Plots", "none stored: a job makes them when it succeeds with its report enabled"))
+    if missing:
+        sections.append(("Missing files", _MISSING + ", ".join(missing)))
     return _render(f"Pruning job {job.id}", sections, images)
+
+
+_MISSING = "no longer stored on the server (deleted, or past the artifact retention), so not in this report: "
 
 
 def _budget_sections(job: pb.Job, search: pb.Sweep | None) -> list[tuple[str, Table | str]]:
