@@ -301,6 +301,7 @@ class S3Store(LocalStore):
         self.objects = objects
         self.part_size = part_size
         self.max_concurrency = max_concurrency
+        self._clock: tuple[float, float] | None = None  # (how far the store's clock is ahead, when measured)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> S3Store:
@@ -538,6 +539,25 @@ class S3Store(LocalStore):
                 if is_artifact_id(meta["path"]):
                     yield meta["path"]
 
+    def store_clock_ahead_s(self) -> float:
+        """How far the S3 server's clock runs ahead of this host's (negative: behind), from the
+        Last-Modified of a small object written now (to the second); measured again every 10
+        minutes. An object's age is the store's clock against its Last-Modified, not this
+        host's: a server whose clock runs a minute ahead would otherwise take a fresh object for
+        an old one."""
+        import obstore
+
+        if self._clock is not None and time.monotonic() - self._clock[1] < 600:
+            return self._clock[0]
+        before = time.time()
+        obstore.put(self.objects, ".clock", b"")
+        written = obstore.head(self.objects, ".clock")["last_modified"].timestamp()
+        after = time.time()
+        # Last-Modified is cut to the second: the write happened within [written, written + 1)
+        ahead = written + 0.5 - (before + after) / 2
+        self._clock = (ahead, time.monotonic())
+        return ahead
+
     def remove(self, artifact_id: str, min_age_s: float = 60.0, not_before: float = 0.0) -> bool:
         import obstore
 
@@ -546,7 +566,9 @@ class S3Store(LocalStore):
             meta = obstore.head(self.objects, key)
         except FileNotFoundError:
             return False
-        if _age_s(meta["last_modified"]) < min_age_s or meta["last_modified"].timestamp() < not_before:
+        modified = meta["last_modified"].timestamp()
+        age = time.time() + self.store_clock_ahead_s() - modified
+        if age < min_age_s or modified - self.store_clock_ahead_s() < not_before:
             return False
         obstore.delete(self.objects, key)
         return True

@@ -250,6 +250,8 @@ async def enforce_retention(store: AsyncJobStore, blobs: LocalStore, settings: S
     for start in range(0, len(ids), _BATCH):
         born = await store.born()  # each batch: a store lost during a long sweep is born again
         for artifact_id in await store.unowned(ids[start : start + _BATCH]):
+            if not await store.unowned([artifact_id]):
+                continue  # owned again since the batch was judged (an upload of the same bytes)
             not_before = 0.0 if artifact_id in released else born
             counts["blobs"] += await asyncio.to_thread(blobs.remove, artifact_id, settings.sweep_min_age_s, not_before)
     # Forget the deleted ones that are gone, or owned again (an upload of the same bytes).

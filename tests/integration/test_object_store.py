@@ -395,6 +395,28 @@ def test_a_temporary_object_is_swept_only_when_clocks_an_hour_apart_agree_it_is_
         obstore.head(store.objects, key)
 
 
+def test_a_blob_ages_by_the_stores_clock_not_the_servers(seaweed, s3_env, tmp_path, monkeypatch):
+    """A server whose clock runs two minutes ahead of the S3 server's took an object written
+    now for one two minutes old, past the housekeeping's 60 s: its age is now the store's
+    clock (measured by writing a small object) against its Last-Modified."""
+    import obstore
+
+    from pruning_core import objectstore
+
+    store = objectstore.open_store(settings_for(s3_env, state_dir=str(tmp_path / "state")))
+    assert abs(store.store_clock_ahead_s()) < 5  # one host: the same clock
+    artifact_id = hashlib.sha256(b"written just now").hexdigest()
+    obstore.put(store.objects, store.key(artifact_id), b"written just now")
+    real = time.time
+    monkeypatch.setattr(objectstore.time, "time", lambda: real() + 120)
+    store._clock = None  # measured again, with the clock two minutes ahead
+    assert -125 < store.store_clock_ahead_s() < -115
+    assert not store.remove(artifact_id, 60.0) and store.exists(artifact_id)
+    monkeypatch.setattr(objectstore.time, "time", real)
+    store._clock = None
+    assert store.remove(artifact_id, 0.0) and not store.exists(artifact_id)
+
+
 def test_a_missing_or_tampered_object_is_data_loss_for_a_job(seaweed, s3_env, tmp_path):
     from google.rpc import code_pb2
 
