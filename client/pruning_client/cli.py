@@ -790,6 +790,8 @@ class PruningGroup(click.Group):
             if error.code == grpc.StatusCode.DEADLINE_EXCEEDED and error.details == "Deadline Exceeded":
                 # gRPC's bare word: nothing answered (a refused connection is retried until then)
                 error.message += f" (no answer from {opts.target} within {opts.timeout:g} s: is the server up there?)"
+            elif error.code == grpc.StatusCode.UNAUTHENTICATED and not opts.api_key:
+                error.message += " (give the tenant's key with --api-key or PRUNING_API_KEY)"
             elif error.code == grpc.StatusCode.UNAVAILABLE and "connection refused" in error.details.lower():
                 error.message += f" (nothing listens at {opts.target}: is the server up? `pruning up` starts one here)"
             elif error.code == grpc.StatusCode.UNAVAILABLE and "handshake failed" in error.details.lower():
@@ -1694,7 +1696,13 @@ def watch(job_id: str, download: pathlib.Path | None, wait_timeout: float | None
 def status(job_id: str) -> None:
     """Show a job: state, attempt, progress, error."""
     with _client(_globals()) as client:
-        job = client.get_job(job_id)
+        try:
+            job = client.get_job(job_id)
+        except NotFound as missing:
+            with contextlib.suppress(PruningError):  # a sweep's id: say where it is shown
+                client.get_sweep(job_id)
+                missing.message += f" ({job_id} is a sweep: pruning sweep-status {job_id})"
+            raise
     p = job.progress
     text = f"{job.id} {_state(job)} attempt {job.attempt}"
     if p.phase and job.state != pb.JOB_STATE_SUCCEEDED:  # a job that succeeded went through them all
@@ -1860,7 +1868,11 @@ def download(id_: str, output: str | None, fmt: str | None, all_: bool) -> None:
             named = output is not None and not _is_directory(output)
             paths = [_fetch(client, id_, _destination(output, id_ if named else _stored_name(client, id_)))]
         else:
-            outcome = client.job(id_).result().raw  # waits; a failed or cancelled job exits 8 or 9
+            handle = client.job(id_)
+            if not is_terminal(job := handle.status()):  # waits: say so, rather than hang without a word
+                state = pb.JobState.Name(job.state).removeprefix("JOB_STATE_")
+                click.echo(f"waiting for job {id_} to end ({state})", err=True)
+            outcome = handle.result().raw  # a failed or cancelled job exits 8 or 9
             artifacts = exports(outcome.artifacts) if all_ else [pick_export(id_, outcome.artifacts, fmt, output)]
             paths = _fetch_job(client, id_, artifacts, output, directory=all_)
     _emit({"path": str(paths[0]), "paths": [str(p) for p in paths]}, "\n".join(str(p) for p in paths))

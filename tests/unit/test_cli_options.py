@@ -295,7 +295,7 @@ class SubmittingClient(FakeClient):
 
     def submit(self, spec: pb.JobSpec, **_: Any) -> Any:
         SubmittingClient.sent.append(spec)
-        return type("Handle", (), {"id": "0" * 24})()
+        return type("Handle", (), {"id": "0" * 24, "warnings": []})()
 
 
 @pytest.mark.parametrize(

@@ -555,6 +555,7 @@ def test_ctrl_c_while_submit_waits_says_which_job_keeps_running(
 
     class Job:
         id = JOB
+        warnings: list[str] = []
 
     class Client:
         def submit(self, *a, **k):
@@ -574,3 +575,43 @@ def test_ctrl_c_while_submit_waits_says_which_job_keeps_running(
         assert json.loads(out) == {"job_id": JOB, "interrupted": True}
     else:
         assert out == "" and f"job {JOB} submitted" in err
+
+
+# -- hints on errors a user can fix ------------------------------------------------------------------
+
+
+def test_status_of_a_sweeps_id_points_to_sweep_status(
+    fake: type[FakeClient], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from pruning_client import NotFound
+
+    def no_job(self, job_id):  # type: ignore[no-untyped-def]
+        raise NotFound(f"NOT_FOUND: no job {job_id}")
+
+    monkeypatch.setattr(FakeClient, "get_job", no_job, raising=False)
+    monkeypatch.setattr(FakeClient, "get_sweep", lambda self, sweep_id: pb.Sweep(id=sweep_id), raising=False)
+    assert run(["status", JOB]) == 3
+    assert f"({JOB} is a sweep: pruning sweep-status {JOB})" in capsys.readouterr().err
+
+
+def test_a_call_without_a_key_says_how_to_give_one(
+    fake: type[FakeClient], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from pruning_client import Unauthenticated
+
+    def refused(self, **kwargs):  # type: ignore[no-untyped-def]
+        raise Unauthenticated("UNAUTHENTICATED: missing or unknown API key (x-api-key)")
+
+    monkeypatch.setattr(FakeClient, "list_jobs", refused)
+    monkeypatch.delenv("PRUNING_API_KEY", raising=False)
+    assert run(["list"]) == 4
+    assert "(give the tenant's key with --api-key or PRUNING_API_KEY)" in capsys.readouterr().err
+
+
+def test_download_of_a_job_still_running_says_it_waits(
+    fake: type[FakeClient], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(FakeJob, "status", lambda self: pb.Job(id=self.id, state=pb.JOB_STATE_RUNNING))
+    monkeypatch.setattr(FakeJob, "result", lambda self, timeout=None: PruneResult.from_proto(_result()))
+    assert run(["download", JOB]) == 0
+    assert f"waiting for job {JOB} to end (RUNNING)" in capsys.readouterr().err

@@ -342,6 +342,7 @@ def test_a_message_of_its_own_is_kept(capsys: pytest.CaptureFixture[str]) -> Non
         "error": "InvalidArgument",
         "message": "INVALID_ARGUMENT: bad spec",
         "field_violations": [["spec.x", "wrong"]],
+        "code": "INVALID_ARGUMENT",
     }
 
 
