@@ -37,7 +37,7 @@ from pruning.v1 import pruning_pb2 as pb
 
 from .client import Client, _api_key_problem
 from .exceptions import JobFailed, NotFound, PruningError
-from .job import JobHandle, _is_directory, format_name, is_terminal, pick_export
+from .job import JobHandle, _artifact_suffix, _is_directory, format_name, is_terminal, pick_export
 from .report import job_report, sweep_report
 from .results import JobPlan, ModelSummary, PruneResult, figure, int64_as_numbers, plural, points, recipe_text, speed_up
 from .specs import (
@@ -959,7 +959,11 @@ def inspect(model: str) -> None:
     if not path.exists() and not _is_id(model):
         raise click.BadParameter(f"no file {model!r} (and not an artifact id)", param_hint="'MODEL'")
     if path.is_dir():
-        raise click.BadParameter(f"{model!r} is a directory, not a model file", param_hint="'MODEL'")
+        raise click.BadParameter(
+            f"{model!r} is a directory, not a model file (a SavedModel? save the Keras model: "
+            "model.save('model.keras'))",
+            param_hint="'MODEL'",
+        )
     with _client(_globals()) as client:
         artifact = _upload(client, "model", path) if path.exists() else client.get_artifact(model)
     if artifact.kind != pb.ARTIFACT_KIND_MODEL:
@@ -1614,6 +1618,10 @@ def report_(ident: str, is_sweep: bool, output: pathlib.Path) -> None:
     it; a sweep's holds the curve and the answer (and a plot of the curve when matplotlib is
     installed). A sweep's id is taken as one without --sweep too.
     """
+    if output.suffix.lower() in (".md", ".html", ".htm", ".pdf") and not output.is_dir():
+        raise click.BadParameter(
+            f"{str(output)!r} names a file: -o is the folder report.md and report.html go into", param_hint="'-o'"
+        )
     output.mkdir(parents=True, exist_ok=True)
     written: dict[str, str] = {}
     with _client(_globals()) as client:
@@ -1874,6 +1882,14 @@ def download(id_: str, output: str | None, fmt: str | None, all_: bool) -> None:
                 click.echo(f"waiting for job {id_} to end ({state})", err=True)
             outcome = handle.result().raw  # a failed or cancelled job exits 8 or 9
             artifacts = exports(outcome.artifacts) if all_ else [pick_export(id_, outcome.artifacts, fmt, output)]
+            if not all_ and output and not _is_directory(output) and pathlib.Path(output).suffix:
+                suffix = _artifact_suffix(artifacts[0])
+                if not output.lower().endswith(suffix.lower()):  # "m.onnx": a suffix no export has
+                    click.echo(
+                        f"warning: {pathlib.Path(output).name} gets the {format_name(artifacts[0].format)} export "
+                        f"(a {suffix} file): no export of job {id_} has that suffix",
+                        err=True,
+                    )
             paths = _fetch_job(client, id_, artifacts, output, directory=all_)
     _emit({"path": str(paths[0]), "paths": [str(p) for p in paths]}, "\n".join(str(p) for p in paths))
 

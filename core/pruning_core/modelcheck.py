@@ -465,7 +465,10 @@ def _inspect_model(path: pathlib.Path, max_decompressed: int, max_config: int) -
     try:
         with h5py.File(path, "r", locking=False) as f:  # the upload holds its own lock
             if "model_config" not in f.attrs:
-                raise ModelRejected("the HDF5 file holds no Keras model (no model_config)")
+                raise ModelRejected(
+                    "the HDF5 file holds no Keras model (no model_config): weights only? save the whole model "
+                    "(model.save('model.keras'))"
+                )
             if f.attrs.get_id("model_config").get_storage_size() > max_config:
                 raise ModelRejected(f"the HDF5 attribute model_config is over the limit of {max_config} bytes")
             raw = f.attrs["model_config"]

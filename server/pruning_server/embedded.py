@@ -404,7 +404,11 @@ def main(listen: str | None = None) -> int:
                     stop["now"] = failed = True
             time.sleep(0.2)
     finally:
-        print("stopping the pruning service", flush=True)
+        print(
+            "stopping the pruning service: the worker has up to 30 s to end the job it runs; a job cut off runs "
+            "again from its last checkpoint once the service is up again",
+            flush=True,
+        )
         stack.stop()
     return 1 if failed else 0
 

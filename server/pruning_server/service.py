@@ -318,7 +318,7 @@ class PruningService(pb_grpc.PruningServiceServicer):
                     if header.size > limit:
                         refuse(
                             grpc.StatusCode.RESOURCE_EXHAUSTED,
-                            f"{header.size} bytes is over the upload limit of {limit}",
+                            f"{header.size:,} bytes is over the upload limit of {limit:,} bytes (PRUNING_MAX_UPLOAD_BYTES)",
                         )
                     if header.sha256 and (artifact := await self._held(tenant, kind, header)) is not None:
                         raise _Held(artifact)
@@ -340,7 +340,10 @@ class PruningService(pb_grpc.PruningServiceServicer):
                     chunk = request.chunk
                 assert pipe is not None  # made with the header
                 if pipe.accepted + len(chunk) > limit:
-                    refuse(grpc.StatusCode.RESOURCE_EXHAUSTED, f"upload is over the limit of {limit} bytes")
+                    refuse(
+                        grpc.StatusCode.RESOURCE_EXHAUSTED,
+                        f"upload is over the limit of {limit:,} bytes (PRUNING_MAX_UPLOAD_BYTES)",
+                    )
                 await quota.need(pipe.accepted + len(chunk))
                 await pipe.write(chunk)
             if header is None:

@@ -615,3 +615,19 @@ def test_download_of_a_job_still_running_says_it_waits(
     monkeypatch.setattr(FakeJob, "result", lambda self, timeout=None: PruneResult.from_proto(_result()))
     assert run(["download", JOB]) == 0
     assert f"waiting for job {JOB} to end (RUNNING)" in capsys.readouterr().err
+
+
+def test_download_to_a_name_no_export_has_says_which_export_it_got(
+    fake: type[FakeClient], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run(["download", JOB, "-o", "m.onnx"]) == 0
+    assert FakeClient.downloads[-1][0] == KERAS_ID  # the pruned model, as before
+    assert "warning: m.onnx gets the keras export (a .keras file): no export of job" in capsys.readouterr().err
+    assert run(["download", JOB, "-o", "m.keras"]) == 0
+    assert "warning" not in capsys.readouterr().err
+
+
+def test_report_to_a_file_name_is_a_usage_error(fake: type[FakeClient], capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(["report", JOB, "-o", "x.md"]) == 2
+    assert "-o is the folder report.md and report.html go into" in capsys.readouterr().err
+    assert not pathlib.Path("x.md").exists()
