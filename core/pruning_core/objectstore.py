@@ -35,6 +35,7 @@ import os
 import pathlib
 import re
 import shutil
+import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -72,6 +73,9 @@ def missing_errors() -> tuple[type[BaseException], ...]:
     return (FileNotFoundError, NotFoundError)
 
 
+# Names the deployment (its job store) whose housekeeping deletes in this store: beside the
+# blobs, never one of them (not an artifact id).
+DEPLOYMENT_MARKER = ".deployment"
 CHECKPOINT_LATEST = "latest.json"  # names the last checkpoint's files; written after them
 _JOB_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")  # a path component, never ``..``
 
@@ -119,6 +123,19 @@ class LocalStore(BlobStore):
     def local_path(self, artifact_id: str) -> pathlib.Path | None:
         """The blob's file when it lives on this host's disk (None for remote stores)."""
         return self.path(artifact_id)
+
+    def read_marker(self) -> bytes | None:
+        """The deployment marker (which job store's housekeeping deletes here), if any."""
+        try:
+            return (self.root / DEPLOYMENT_MARKER).read_bytes()
+        except FileNotFoundError:
+            return None
+
+    def write_marker(self, data: bytes) -> None:
+        fd, name = tempfile.mkstemp(dir=self.tmp_dir, prefix="marker-")
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(name, self.root / DEPLOYMENT_MARKER)
 
     async def read(
         self,
@@ -538,6 +555,19 @@ class S3Store(LocalStore):
             for meta in page:
                 if is_artifact_id(meta["path"]):
                     yield meta["path"]
+
+    def read_marker(self) -> bytes | None:
+        import obstore
+
+        try:
+            return bytes(obstore.get(self.objects, DEPLOYMENT_MARKER).bytes())
+        except missing_errors():
+            return None
+
+    def write_marker(self, data: bytes) -> None:
+        import obstore
+
+        obstore.put(self.objects, DEPLOYMENT_MARKER, data)
 
     def store_clock_ahead_s(self) -> float:
         """How far the S3 server's clock runs ahead of this host's (negative: behind), from the

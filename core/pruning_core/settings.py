@@ -38,6 +38,18 @@ def _tenants_by_key(api_keys: str) -> dict[str, str]:
     return out
 
 
+def redacted_url(url: str) -> str:
+    """A URL without its credentials (a Redis URL's password), for logs and markers."""
+    import urllib.parse
+
+    parts = urllib.parse.urlsplit(url)
+    host = parts.hostname or ""
+    netloc = f"[{host}]" if ":" in host else host
+    if parts.port:
+        netloc += f":{parts.port}"
+    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
 def listen_address(value: str) -> str:
     """``host:port`` (``[v6]:port``) as given, or a bare port as ``127.0.0.1:port``; raises
     ValueError for anything else (a URL, a missing or malformed port)."""

@@ -48,6 +48,7 @@ import builtins
 import json
 import os
 import time
+import uuid
 from collections.abc import Callable, Collection, Generator, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -472,6 +473,10 @@ class Keys:
 
     def born(self) -> str:
         return f"{self.prefix}:born"
+
+    def deployment(self) -> str:
+        """A random id of this job store, set once: the artifact store's marker names it."""
+        return f"{self.prefix}:deployment"
 
     def lost(self, job_id: str) -> str:
         return f"{self.prefix}:lost:{job_id}"
@@ -1371,6 +1376,12 @@ class AsyncJobStore(_Base):
         await self.redis.set(key, repr(time.time()), nx=True)
         value = await self.redis.get(key)
         return float(value) if value is not None else time.time()
+
+    async def deployment_id(self) -> str:
+        """This job store's id (a random one, set once; a store wiped gets a new one)."""
+        await self.redis.set(self.keys.deployment(), uuid.uuid4().hex, nx=True)
+        value = await self.redis.get(self.keys.deployment())
+        return _text(value) if value is not None else ""
 
     async def unowned(self, artifact_ids: builtins.list[str]) -> builtins.list[str]:
         """The ids no record of any tenant points to."""

@@ -7,7 +7,6 @@ import asyncio
 import logging
 import signal
 import sys
-import urllib.parse
 
 import grpc
 import redis
@@ -21,7 +20,7 @@ from pruning.v1 import pruning_pb2_grpc as pb_grpc
 from pruning_core import allocator
 from pruning_core import telemetry as core_telemetry
 from pruning_core.objectstore import open_store
-from pruning_core.settings import Settings, listen_address, settings_problems
+from pruning_core.settings import Settings, listen_address, redacted_url, settings_problems
 from pruning_core.store import AsyncJobStore
 from pruning_core.sweeps import SweepStore
 
@@ -151,14 +150,7 @@ async def evicting_redis(client: redis.asyncio.Redis) -> str | None:
     return None
 
 
-def _where(url: str) -> str:
-    """A Redis URL without its credentials, for logs."""
-    parts = urllib.parse.urlsplit(url)
-    host = parts.hostname or ""
-    netloc = f"[{host}]" if ":" in host else host
-    if parts.port:
-        netloc += f":{parts.port}"
-    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+_where = redacted_url  # a Redis URL without its credentials, for logs
 
 
 async def create_server(settings: Settings, address: str | None = None) -> Running:

@@ -11,6 +11,7 @@ old one should it still be alive.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 
@@ -19,8 +20,8 @@ from google.rpc import code_pb2
 
 from pruning.v1 import pruning_pb2 as pb
 from pruning_core import tasks
-from pruning_core.objectstore import LocalStore, open_store
-from pruning_core.settings import Settings
+from pruning_core.objectstore import DEPLOYMENT_MARKER, LocalStore, open_store
+from pruning_core.settings import Settings, redacted_url
 from pruning_core.store import (
     STORE_ERRORS,
     TERMINAL,
@@ -215,6 +216,43 @@ def sweep(blobs: LocalStore, settings: Settings) -> int:
     return removed
 
 
+async def owns_store(store: AsyncJobStore, blobs: LocalStore, settings: Settings) -> bool:
+    """Whether this deployment's housekeeping may delete what no record of its job store names
+    in the artifact store: the store's marker names this job store (its id, or the same Redis
+    and key prefix: a Redis that lost its data and its id), or names none yet (it is written).
+    A store another deployment marked (a staging server pointed at production's bucket) is
+    left alone: each would delete the other's new uploads as unknown."""
+    ours = {
+        "id": await store.deployment_id(),
+        "key_prefix": settings.key_prefix,
+        "redis": redacted_url(settings.redis_url),
+    }
+    raw = await asyncio.to_thread(blobs.read_marker)
+    try:
+        theirs = json.loads(raw) if raw else None
+    except ValueError:
+        theirs = None  # unreadable: written again as ours
+    if not isinstance(theirs, dict):
+        theirs = None
+    same_place = theirs is not None and (theirs.get("key_prefix"), theirs.get("redis")) == (
+        ours["key_prefix"],
+        ours["redis"],
+    )
+    if theirs is not None and theirs.get("id") != ours["id"] and not same_place:
+        log.error(
+            "the artifact store is also used by another deployment (job store %s, key prefix %s): this one "
+            "deletes none of its blobs or checkpoints while both use it; give each deployment its own bucket "
+            "prefix or artifact directory (or remove its %s if that deployment is gone)",
+            theirs.get("redis"),
+            theirs.get("key_prefix"),
+            DEPLOYMENT_MARKER,
+        )
+        return False
+    if theirs != ours:
+        await asyncio.to_thread(blobs.write_marker, json.dumps(ours, sort_keys=True).encode())
+    return True
+
+
 async def enforce_retention(store: AsyncJobStore, blobs: LocalStore, settings: Settings) -> dict[str, int]:
     """Deletes ended jobs, ended sweeps (by the job retention) and artifact records past their
     retention, then every blob no record points to; returns the counts."""
@@ -241,6 +279,8 @@ async def enforce_retention(store: AsyncJobStore, blobs: LocalStore, settings: S
                 counts["records"] += removed
                 if last:
                     released.add(artifact_id)
+    if not await owns_store(store, blobs, settings):
+        return counts  # another deployment's blobs and checkpoints are not this job store's to judge
     # Any other blob with no record goes only if it was written after the job store was born:
     # a Redis that lost its data (wiped, or replaced empty) knows none of the older blobs'
     # records, and must not take every model with it.

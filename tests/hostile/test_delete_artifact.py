@@ -23,7 +23,8 @@ def test_a_tenant_deletes_its_record_and_no_one_elses(env, tmp_path):
     model = tmp_path / "m.keras"
     model.write_bytes(keras_bytes())
     prefix = f"{env['PRUNING_KEY_PREFIX']}:delete"
-    server = hostile_server(env, "delete", key_prefix=prefix, sweep_min_age_s=0)
+    # its own artifact directory: the housekeeping below judges the blobs as this deployment's
+    server = hostile_server(env, "delete", key_prefix=prefix, sweep_min_age_s=0, artifact_dir=str(tmp_path / "a"))
     try:
         with Client(server.target, api_key="key-a", timeout=30) as a, Client(server.target, api_key="key-b") as b:
             mine, theirs = a.upload_model(model), b.upload_model(model)

@@ -3,6 +3,7 @@ old artifact records go, and the bytes once no record points to them."""
 
 from __future__ import annotations
 
+import json
 import time
 
 import grpc
@@ -274,3 +275,60 @@ def test_checkpoints_of_ended_and_unknown_jobs_go(env, tiny, tmp_path):  # noqa:
         assert sorted(p.name for p in (artifacts / "checkpoints").iterdir()) == [live.id]
     finally:
         server.stop()
+
+
+def test_a_store_another_deployment_uses_is_not_swept(env, tmp_path, caplog):
+    """Two deployments (job stores) over one artifact directory would each delete the other's
+    new uploads as unknown: the first to sweep marks the store, the other deletes nothing and
+    says why. A job store that lost its data (a new id, the same Redis and key prefix) takes its
+    store back."""
+    import asyncio
+    import logging
+    import os
+
+    from pruning_core.store import AsyncJobStore
+    from pruning_server import reaper
+
+    artifacts = tmp_path / "artifacts"
+    blobs = LocalStore(artifacts)
+    source = tmp_path / "blob"
+
+    def settings(name: str):
+        return settings_for(
+            env, key_prefix=f"{env['PRUNING_KEY_PREFIX']}:{name}", artifact_dir=str(artifacts), sweep_min_age_s=0
+        )
+
+    async def sweep(name: str, *, forget_id: bool = False) -> dict:
+        store = AsyncJobStore.from_url(env["PRUNING_REDIS_URL"], settings(name).key_prefix)
+        try:
+            await store.born()
+            if forget_id:
+                await store.redis.delete(store.keys.deployment())
+            return await reaper.enforce_retention(store, blobs, settings(name))
+        finally:
+            await store.redis.aclose()
+
+    def unknown_blob(content: bytes) -> str:
+        time.sleep(0.05)  # written after both job stores were born
+        source.write_bytes(content)
+        artifact_id, _ = blobs.put_file(source)
+        return artifact_id
+
+    client = redis.Redis.from_url(env["PRUNING_REDIS_URL"])
+    try:
+        asyncio.run(sweep("first"))  # marks the store
+        asyncio.run(sweep("second"))  # born, so that later blobs count as written since
+        theirs = unknown_blob(b"an upload the first deployment does not know")
+        with caplog.at_level(logging.ERROR, logger="pruning_server.reaper"):
+            counts = asyncio.run(sweep("second"))
+        assert counts["blobs"] == 0 and blobs.exists(theirs)
+        assert "the artifact store is also used by another deployment" in caplog.text
+        assert ":first" in json.loads((artifacts / ".deployment").read_bytes())["key_prefix"]
+        # the first deployment's Redis lost its data (and its id): it takes the store back
+        counts = asyncio.run(sweep("first", forget_id=True))
+        assert counts["blobs"] == 1 and not blobs.exists(theirs)
+        assert os.path.exists(artifacts / ".deployment")
+    finally:
+        for name in ("first", "second"):
+            for key in client.scan_iter(f"{env['PRUNING_KEY_PREFIX']}:{name}:*"):
+                client.delete(key)

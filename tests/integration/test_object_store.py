@@ -417,6 +417,34 @@ def test_a_blob_ages_by_the_stores_clock_not_the_servers(seaweed, s3_env, tmp_pa
     assert store.remove(artifact_id, 0.0) and not store.exists(artifact_id)
 
 
+def test_the_bucket_prefix_is_marked_with_the_deployment_that_sweeps_it(seaweed, s3_env, tmp_path):
+    """The marker beside the blobs names the job store whose housekeeping deletes there; a
+    second deployment on the same prefix deletes nothing."""
+    import asyncio
+
+    from pruning_core import objectstore
+    from pruning_core.store import AsyncJobStore
+    from pruning_server import reaper
+
+    store = objectstore.open_store(settings_for(s3_env, state_dir=str(tmp_path / "state")))
+    assert store.read_marker() is None or store.read_marker()
+
+    async def owns(prefix: str) -> bool:
+        settings = settings_for(s3_env, key_prefix=prefix, state_dir=str(tmp_path / "state"))
+        jobs = AsyncJobStore.from_url(s3_env["PRUNING_REDIS_URL"], prefix)
+        try:
+            return await reaper.owns_store(jobs, store, settings)
+        finally:
+            await jobs.redis.aclose()
+
+    assert asyncio.run(owns(s3_env["PRUNING_KEY_PREFIX"]))  # this deployment's (marked now if it was not)
+    marker = store.read_marker()
+    assert marker is not None and s3_env["PRUNING_KEY_PREFIX"] in marker.decode()
+    assert ".deployment" not in list(store.ids())
+    assert not asyncio.run(owns(s3_env["PRUNING_KEY_PREFIX"] + ":staging"))
+    assert store.read_marker() == marker
+
+
 def test_a_missing_or_tampered_object_is_data_loss_for_a_job(seaweed, s3_env, tmp_path):
     from google.rpc import code_pb2
 
