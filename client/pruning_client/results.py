@@ -153,11 +153,14 @@ class PruneResult:
         """(label, value) rows about the Keras conversion; empty when none took place."""
         if not self.converted:
             return []
-        return [
-            ("keras version", f"{self.keras_version_in} in, {self.keras_version_out} out"),
-            ("conversion max |diff|", f"{self.conversion_max_abs_diff:.3g} (uploaded model as tf_keras)"),
-            ("export conversion max |diff|", f"{self.export_conversion_max_abs_diff:.3g} (pruned model exported)"),
-        ]
+        rows = [("keras version", f"{self.keras_version_in} in, {self.keras_version_out} out")]
+        if self.keras_version_in == 3:  # a tf_keras upload is pruned as it is: no conversion on the way in
+            rows.append(("conversion max |diff|", f"{self.conversion_max_abs_diff:.3g} (uploaded model as tf_keras)"))
+        if self.keras_version_out == 3:
+            rows.append(
+                ("export conversion max |diff|", f"{self.export_conversion_max_abs_diff:.3g} (pruned model exported)")
+            )
+        return rows
 
     @classmethod
     def from_proto(cls, r: pb.PruneResult) -> PruneResult:

@@ -234,8 +234,10 @@ def test_result_with_a_conversion() -> None:
     assert lines.index("keras version: 3 in, 3 out") < lines.index("") < len(lines) - 1  # before the layer table
     page = result._repr_html_()
     assert page.count("<table>") == 3 and "<td>3 in, 3 out</td>" in page
-    # tf_keras in, Keras 3 out is a conversion too (on export).
-    assert PruneResult.from_proto(result_proto(2, 3)).converted
+    # tf_keras in, Keras 3 out is a conversion too (on export), and only that one is shown
+    on_export = PruneResult.from_proto(result_proto(2, 3, export_diff=1e-6))
+    assert on_export.converted
+    assert [label for label, _ in on_export.conversion_lines()] == ["keras version", "export conversion max |diff|"]
     # a diverged loss keeps its column apart (it ran into the baseline's)
     diverged = result_proto(3, 3)
     diverged.baseline.loss, diverged.pruned.loss = 0.3474302, 29242127548416.0
