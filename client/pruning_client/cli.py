@@ -1757,10 +1757,14 @@ def list_(state: tuple[str, ...], label: dict[str, str], limit: int) -> None:
     truncated = len(jobs) > limit
     jobs = jobs[:limit]
     lines = [
-        f"{j.id}  {_state(j):11} {j.created_at.ToDatetime():%Y-%m-%d %H:%M:%S}  "
-        + " ".join(f"{k}={v}" for k, v in sorted(j.labels.items()))
+        (
+            f"{j.id}  {_state(j):11} {j.created_at.ToDatetime():%Y-%m-%d %H:%M:%S}  "
+            + " ".join(f"{k}={v}" for k, v in sorted(j.labels.items()))
+        ).rstrip()
         for j in jobs
     ]
+    if lines:
+        lines.insert(0, f"{'job':24}  {'state':11} {'created (UTC)':19}  labels")
     if truncated:
         lines.append(f"... more than {limit} (raise --limit)")
     _emit({"jobs": [_dump(j) for j in jobs], "truncated": truncated}, "\n".join(lines) or "no jobs")

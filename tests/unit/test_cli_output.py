@@ -631,3 +631,11 @@ def test_report_to_a_file_name_is_a_usage_error(fake: type[FakeClient], capsys: 
     assert run(["report", JOB, "-o", "x.md"]) == 2
     assert "-o is the folder report.md and report.html go into" in capsys.readouterr().err
     assert not pathlib.Path("x.md").exists()
+
+
+def test_list_has_a_header_and_no_trailing_blanks(fake: type[FakeClient], capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(["list"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["job", "state", "created", "(UTC)", "labels"] and len(lines) == 4
+    assert all(line == line.rstrip() for line in lines)
+    assert lines[1].startswith("0" * 24 + "  QUEUED")
