@@ -163,6 +163,10 @@ def _checked_zip(path: pathlib.Path, max_decompressed: int) -> zipfile.ZipFile:
     return archive
 
 
+# Classes that compute nothing of their own: a model's dtype policy is the default of its layers.
+_NOT_COMPUTING = frozenset({"InputLayer", "Sequential", "Functional", "Model"})
+
+
 # What TensorFlow takes as the name of a scope at the root of a graph: every layer's name is one
 # when the model is traced for training.
 _TF_NAME = re.compile(r"[A-Za-z0-9.][A-Za-z0-9_.\\/>-]*")
@@ -177,7 +181,8 @@ def _walk_classes(
     root: bool = False,
 ):
     """Checks every ``class_name`` in a Keras config tree; collects (class, name) of layers,
-    into ``mixed`` the names of those whose dtype policy is a mixed one (``mixed_float16``),
+    into ``mixed`` the names of those whose dtype policy is a mixed one (``mixed_float16``;
+    layers that compute only: not a model, nor an InputLayer),
     into ``options`` (name, class, why) the options a Keras 3 layer has that tf_keras lacks,
     and into ``refused`` why each layer the service does not take is refused (a Lambda, a
     custom class, an operation it does not translate), walking on past them."""
@@ -230,9 +235,9 @@ def _walk_classes(
             config = node.get("config")
             if isinstance(config, dict) and "name" in config and cls in _LAYERS.split():
                 found.append((cls, str(config["name"])))
-                dtype = config.get("dtype")
-                policy = dtype.get("config", {}).get("name") if isinstance(dtype, dict) else dtype
-                if isinstance(policy, str) and policy.startswith("mixed_"):
+                # A model's own policy is only the default of the layers it holds, each of which names
+                # its own; an InputLayer computes nothing: neither is a layer that computes in it.
+                if cls not in _NOT_COMPUTING and preflight.mixed_policy(config):
                     mixed.append(str(config["name"]))
                 problem = preflight.option_problem(cls, config)
                 if problem is not None:

@@ -205,12 +205,20 @@ def check_convertible(layers: Iterable[tuple[str, str]]) -> None:
         raise Unconvertible(bad)
 
 
+def mixed_policy(config: dict[str, Any]) -> bool:
+    """Whether a layer's configuration names a mixed dtype policy (``mixed_float16``,
+    ``mixed_bfloat16``): it computes in float16 or bfloat16, which pruning does not take."""
+    return _dtype(config).startswith("mixed_")
+
+
 def left_whole(config: Any, keras_version: int) -> dict[str, str]:
     """The layers of a prunable class that a job leaves whole, by name, with the reason:
     "frozen" (``trainable`` false, or in a frozen model: the worker prunes trainable weights only),
     "wrapped" (inside a Bidirectional or TimeDistributed, which TFMOT does not prune), "nested"
     (inside a model nested in a tf_keras one: TFMOT wraps the outer model's layers only; the
-    bridge opens nested Keras 3 models up). A name a pruned layer has too (a head named
+    bridge opens nested Keras 3 models up), "mixed precision" (a ``mixed_float16`` or
+    ``mixed_bfloat16`` dtype policy, which pruning does not take: :func:`pruning_core.plan.check`
+    refuses such a model). A name a pruned layer has too (a head named
     ``dense`` over a frozen base with its own ``dense``) is not listed: names are all the
     summary and the plan go by, and a layer the job prunes is never shown left whole."""
     found: dict[str, str] = {}
@@ -232,8 +240,10 @@ def left_whole(config: Any, keras_version: int) -> dict[str, str]:
         # counts (a frozen base with its last block unfrozen trains that block).
         own = "frozen" if cfg.get("trainable") is False else why
         if cls in PRUNABLE:
-            if own:
-                found[str(cfg["name"])] = own
+            # A layer's own dtype policy: it does not pass to the layers it holds, which have theirs.
+            reason = own or ("mixed precision" if mixed_policy(cfg) else "")
+            if reason:
+                found[str(cfg["name"])] = reason
             else:
                 pruned.add(str(cfg["name"]))
         inner = own if keras_version == 2 else why

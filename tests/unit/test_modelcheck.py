@@ -307,3 +307,26 @@ def test_the_answer_to_a_model_of_many_refused_layers_counts_them_all():
     assert detail.Unpack(bad) and bad.field_violations[-1].description == "and 1 more problem"
     one = to_status(model_refused(ModelRejected("layer 'x' ...; refused")), Cut(200, 10))
     assert one.details == "model: layer 'x' ...; refused"  # one problem: said as before
+
+
+def test_only_layers_that_compute_are_listed_in_mixed_precision():
+    """A model's dtype policy is the default of its layers, and an InputLayer computes nothing:
+    neither is named among the layers in mixed precision (a refusal listed the model's name)."""
+    mixed = {"module": "keras", "class_name": "DTypePolicy", "config": {"name": "mixed_float16"}}
+    config = sequential(
+        layer("InputLayer", "in", batch_input_shape=[None, 4], dtype="mixed_float16"),
+        layer("Flatten", "flat", dtype=mixed),
+        layer("Dense", "d", dtype=mixed),
+        layer("Dense", "out", dtype="float32"),
+    )
+    config["config"]["dtype"] = mixed
+    info = modelcheck.check_model_config(config, "keras")
+    assert info.mixed_precision == ["flat", "d"]
+    assert info.left_whole == {"d": "mixed precision"}
+    assert {x.name: x.prunable for x in info.summary.layers if x.class_name == "Dense"} == {"d": False, "out": True}
+
+
+@pytest.mark.parametrize("dtype", [{"config": "mixed_float16"}, {"config": None}, 16, ["mixed_float16"]])
+def test_a_malformed_dtype_is_not_mixed_precision(dtype):
+    info = modelcheck.check_model_config(sequential(layer("Dense", "d", dtype=dtype)), "keras")
+    assert info.mixed_precision == [] and info.left_whole == {}

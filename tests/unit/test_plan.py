@@ -95,6 +95,24 @@ def test_a_model_in_mixed_precision_is_refused_for_weight_pruning(tmp_path, kera
     assert _violations(_model(tmp_path), _facts(tmp_path, **_data())) == []  # float32 throughout
 
 
+def test_a_model_saved_under_a_mixed_global_policy_is_refused_naming_its_layers(tmp_path):
+    """The refusal lists the layers in mixed precision, not the model's own name (nor its
+    input), and the summary shows its Dense left whole for it."""
+    import keras
+
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        layers = [keras.Input((3,)), keras.layers.Flatten(name="flat"), keras.layers.Dense(4, name="fc")]
+        keras.Sequential(layers, name="mp").save(tmp_path / "mp.keras")
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    info = modelcheck.inspect_model(tmp_path / "mp.keras", 1 << 30).to_dict()
+    found = dict(_violations(info, _facts(tmp_path, **_data())))
+    assert "mixed precision" in found["spec.model_id"] and found["spec.model_id"].endswith("(layers flat, fc)")
+    assert found["spec.pruning.layers"].endswith("left whole: fc (mixed precision)")
+    assert {x["name"]: x.get("prunable", False) for x in info["summary"]["layers"]}["fc"] is False
+
+
 def test_the_plan_of_structured_pruning_only_lists_no_weight_schedule(tmp_path):
     from pruning_client.results import JobPlan
 

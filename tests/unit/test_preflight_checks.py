@@ -290,6 +290,30 @@ def test_frozen_and_wrapped_layers_are_not_prunable_in_the_summary(tmp_path):
     }  # fmt: skip
 
 
+@pytest.mark.parametrize("keras_version", [2, 3])
+def test_layers_in_mixed_precision_are_not_prunable_in_the_summary(tmp_path, keras_version):
+    """A model saved under the mixed_float16 global policy: its layers, not the model itself nor
+    its input, are listed in mixed precision, and its Dense is shown left whole for it (inspect
+    showed it prunable, then the dry run refused the model)."""
+    if keras_version == 3:
+        import keras
+    else:
+        import tf_keras as keras
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        layers = [keras.Input((4, 4)), keras.layers.Flatten(name="flat"), keras.layers.Dense(3)]
+        model = keras.Sequential(layers, name="mp")
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    model.save(tmp_path / "mp.keras")
+    info = modelcheck.inspect_model(tmp_path / "mp.keras", 10**9)
+    dense = model.layers[-1].name
+    assert info.keras_version == keras_version
+    assert info.mixed_precision == ["flat", dense]
+    assert info.left_whole == {dense: "mixed precision"}
+    assert [(x.name, x.prunable) for x in info.summary.layers if x.class_name == "Dense"] == [(dense, False)]
+
+
 def test_the_layers_of_a_model_nested_in_a_tf_keras_one_are_not_prunable(tmp_path):
     """TFMOT wraps a tf_keras model's own layers, not those of a model inside it."""
     import tf_keras
