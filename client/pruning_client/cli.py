@@ -259,20 +259,26 @@ def _emit(data: Any, text: str) -> None:
 
 
 # gRPC's own target schemes (unix:/path, dns:///host:port, ...): passed through as they are
-_GRPC_SCHEMES = ("unix:", "unix-abstract:", "dns:", "ipv4:", "ipv6:", "vsock:")
+_GRPC_SCHEMES = ("unix:", "unix-abstract:", "dns:", "ipv4:", "ipv6:", "vsock:", "xds:", "passthrough:")
 
 
 def _target_problem(target: str, tls: bool) -> str | None:
-    """Why ``target`` is not a server address gRPC would reach as meant, or None."""
+    """Why ``target`` is not a server address gRPC would reach as meant, or None. A host
+    without a port is taken with --tls (gRPC dials 443, as a TLS endpoint behind a proxy is)."""
     if target.startswith(_GRPC_SCHEMES):
         return None
     if "://" in target:
         return f"takes host:port, not a URL (got {target!r}; for TLS add --tls)"
     host, colon, port = target.rpartition(":")
     if colon and host and not host.endswith(":") and port.isdigit():
-        return None
-    if not tls and (not colon or host.endswith(":")):  # no port ("localhost", "::1"): gRPC would dial 443
-        return f"takes host:port (got {target!r}: without a port gRPC dials 443; the server's default is 50051)"
+        return None  # host:port, [v6]:port
+    portless = not colon or host.endswith(":") or target.endswith("]")  # "localhost", "::1", "[::1]"
+    if portless and target:
+        return (
+            None
+            if tls
+            else f"takes host:port (got {target!r}: without a port gRPC dials 443; the server's default is 50051)"
+        )
     return f"takes host:port (got {target!r})"
 
 
@@ -844,7 +850,7 @@ def _report(error: PruningError, *, json_output: bool, stream: bool = False) -> 
         }
         if error.code is not None:
             payload["code"] = error.code.name  # the call's status: UNAVAILABLE, NOT_FOUND, ...
-        if isinstance(error, JobFailed) and error.job_status is not None:
+        if isinstance(error, JobFailed) and error.job_code and error.job_status is not None:
             payload["job_code"] = error.job_status.name  # why the job failed: INVALID_ARGUMENT, ...
         job = getattr(error, "job", None)
         if isinstance(job, pb.Job) and job.id:
@@ -1360,17 +1366,20 @@ def submit(
         if not opts.json:
             click.echo(f"job {job.id} submitted", err=True)
         _following(job.id)
+        final = None
         try:
             final = follow(job, show_bar=not opts.json, json_lines=False, timeout=wait_timeout)
             _finish(client, job, final, download)
         except KeyboardInterrupt:  # Ctrl-C stops the waiting, not the job: say which job goes on
             if opts.json:
                 click.echo(json.dumps({"job_id": job.id, "interrupted": True}))
-            click.echo(
-                f"\ninterrupted: job {job.id} keeps running (pruning watch {job.id} follows it, "
-                f"pruning cancel {job.id} stops it)",
-                err=True,
-            )
+            if final is None:
+                said = (
+                    f"job {job.id} keeps running (pruning watch {job.id} follows it, pruning cancel {job.id} stops it)"
+                )
+            else:  # stopped while the result or the downloads came
+                said = f"job {job.id} ended {_state(final)} (pruning result {job.id}, pruning download {job.id})"
+            click.echo(f"\ninterrupted: {said}", err=True)
             raise
 
 

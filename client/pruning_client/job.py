@@ -315,7 +315,7 @@ class JobHandle(_BaseHandle["Client"]):
         "tflite_int8", ...) to a file, or into a directory (an existing one, or a path ending
         with a separator, created if missing) as ``pruned-<job id><suffix>``. Without ``fmt``, a
         file named with a model suffix gets the export it names (``model.tflite``), and
-        ValueError when the job has none."""
+        NotFound when the job has none (as for a format it did not export)."""
         artifact = pick_export(self.id, self.result().raw.artifacts, fmt, dest)
         return self.client.download(artifact.id, _artifact_dest(self.id, artifact, dest))
 

@@ -225,11 +225,15 @@ _REMOVING = "removing-"  # a blob moved aside by remove(), judged again before i
 def _put_back(aside: pathlib.Path, path: pathlib.Path) -> None:
     """Puts a blob moved aside back in its place, unless the same bytes are there again."""
     try:
-        os.link(aside, path)
+        os.link(aside, path)  # never over a file put there since: the same bytes, and younger
     except FileExistsError:
         pass
     except FileNotFoundError:
         return  # gone meanwhile (another pass put it back)
+    except OSError:  # a file system without hard links (some FUSE and SMB mounts)
+        if not path.exists():
+            os.replace(aside, path)
+            return
     aside.unlink(missing_ok=True)
 
 

@@ -1292,11 +1292,14 @@ class AsyncJobStore(_Base):
                     pipe.zrem(self.keys.tenant_label(owner, k, v), job_id)
             await pipe.execute()
 
-    async def expired_artifacts(self, created_before: float, limit: int = 500) -> builtins.list[tuple[str, str]]:
+    async def expired_artifacts(
+        self, created_before: float, limit: int = 500, start: int = 0
+    ) -> builtins.list[tuple[str, str]]:
         """(tenant, artifact id) of records created before ``created_before`` (unix s; one
-        created at that very time is not listed, as :meth:`expire_artifact` keeps it)."""
+        created at that very time is not listed, as :meth:`expire_artifact` keeps it), oldest
+        first, from the ``start``-th (past those a job still reads, which stay listed)."""
         members = await self.redis.zrangebyscore(
-            self.keys.artifacts_by_time(), "-inf", f"({created_before!r}", start=0, num=limit
+            self.keys.artifacts_by_time(), "-inf", f"({created_before!r}", start=start, num=limit
         )
         out = []
         for member in members:
@@ -1307,13 +1310,11 @@ class AsyncJobStore(_Base):
     async def expire_artifact(self, tenant: str, artifact_id: str, created_before: float) -> tuple[bool, bool]:
         """Removes one tenant's record of an artifact if it was still created before
         ``created_before`` (the retention leaves one written again since it looked): whether it
-        removed it, and whether no record of the artifact is left (its bytes may go)."""
-        try:
-            removed = await _drive_async(
-                self._drop_artifact(tenant, artifact_id, created_before=repr(created_before), unless_read=True)
-            )
-        except ArtifactInUse:
-            return False, False  # a job not ended reads it: the pass after the job ends takes it
+        removed it, and whether no record of the artifact is left (its bytes may go). Raises
+        ArtifactInUse, leaving it, while a job that has not ended (or a sweep) reads it."""
+        removed = await _drive_async(
+            self._drop_artifact(tenant, artifact_id, created_before=repr(created_before), unless_read=True)
+        )
         return removed, bool(await self.unowned([artifact_id]))
 
     async def delete_artifact(self, tenant: str, artifact_id: str, *, release: bool = False) -> bool:

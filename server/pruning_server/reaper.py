@@ -25,6 +25,7 @@ from pruning_core.settings import Settings, redacted_url
 from pruning_core.store import (
     STORE_ERRORS,
     TERMINAL,
+    ArtifactInUse,
     AsyncJobStore,
     JobNotFound,
     last_event_age_s,
@@ -272,10 +273,16 @@ async def enforce_retention(store: AsyncJobStore, blobs: LocalStore, settings: S
     released: set[str] = set()  # blobs whose last record the retention just deleted
     if settings.artifact_retention_s > 0:
         cutoff = now - settings.artifact_retention_s
-        while pairs := await store.expired_artifacts(cutoff):
+        kept = 0  # records a job still reads: they stay listed, first (the oldest), until it ends
+        while pairs := await store.expired_artifacts(cutoff, start=kept):
             for tenant, artifact_id in pairs:
-                # one written again since it was listed (the same bytes uploaded again) stays
-                removed, last = await store.expire_artifact(tenant, artifact_id, cutoff)
+                # one written again since it was listed (the same bytes uploaded again) stays,
+                # and leaves the list (its time is past the cutoff)
+                try:
+                    removed, last = await store.expire_artifact(tenant, artifact_id, cutoff)
+                except ArtifactInUse:
+                    kept += 1
+                    continue
                 counts["records"] += removed
                 if last:
                     released.add(artifact_id)

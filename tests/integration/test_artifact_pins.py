@@ -60,7 +60,8 @@ def test_a_job_that_has_not_ended_keeps_its_inputs(redis_url, prefix):
                 await store.delete_artifact("a", model.id)
             assert used.value.readers == 2 and used.value.reader in (f"job {job.id}", f"job {other.id}")
             # the retention leaves them too, past any cutoff
-            assert await store.expire_artifact("a", data.id, time.time() + 3600) == (False, False)
+            with pytest.raises(ArtifactInUse):
+                await store.expire_artifact("a", data.id, time.time() + 3600)
             assert (await store.get_artifact("a", data.id)).id == data.id
             await store.update("a", other.id, _end)
             with pytest.raises(ArtifactInUse) as used:
@@ -117,3 +118,35 @@ def test_a_sweep_keeps_its_base_between_its_trials(redis_url, prefix):
             await store.redis.aclose()
 
     asyncio.run(scenario())
+
+
+def test_a_retention_pass_over_records_jobs_still_read_ends_and_takes_the_rest(redis_url, prefix, tmp_path):
+    """Records a job reads stay listed past their time: the pass walks past them (it went round
+    them forever) and still removes the others."""
+    from pruning_core.objectstore import LocalStore
+    from pruning_core.settings import Settings
+    from pruning_server import reaper
+
+    async def scenario() -> dict[str, int]:
+        store = AsyncJobStore.from_url(redis_url, prefix)
+        try:
+            read = [_record(f"read{i}.keras", pb.ARTIFACT_KIND_MODEL) for i in range(3)]
+            idle = [_record(f"idle{i}.keras", pb.ARTIFACT_KIND_MODEL) for i in range(4)]
+            for record in read + idle:
+                await store.put_artifact("a", record)
+            for record in read:
+                await store.create("a", pb.Job(id=new_job_id(), spec=_spec(record)))
+            settings = Settings(
+                redis_url=redis_url, key_prefix=prefix, artifact_dir=tmp_path / "a", artifact_retention_s=1
+            )
+            counts = await asyncio.wait_for(reaper.enforce_retention(store, LocalStore(tmp_path / "a"), settings), 30)
+            for record in read:
+                assert (await store.get_artifact("a", record.id)).id == record.id
+            for record in idle:
+                with pytest.raises(KeyError):
+                    await store.get_artifact("a", record.id)
+            return counts
+        finally:
+            await store.redis.aclose()
+
+    assert asyncio.run(scenario())["records"] == 4

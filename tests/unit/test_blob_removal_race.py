@@ -75,3 +75,21 @@ def test_a_blob_left_aside_by_a_dead_removal_is_put_back(tmp_path, monkeypatch):
     monkeypatch.setattr(blobs.time, "time", lambda: later)  # two minutes on (a file's ctime cannot be set)
     store.sweep(60.0)
     assert store.path(artifact).read_bytes() == b"x" * 100 and not aside.exists()
+
+
+def test_a_blob_goes_back_where_the_file_system_has_no_hard_links(tmp_path, monkeypatch):
+    from pruning_core import blobs
+
+    store = BlobStore(tmp_path / "store", direct=False)
+    source = tmp_path / "m.keras"
+    source.write_bytes(b"y" * 64)
+    artifact, _ = store.put_file(source)
+    aside = store.tmp_dir / f"removing-{artifact}-1-2"
+    os.replace(store.path(artifact), aside)
+
+    def no_links(*args, **kwargs):
+        raise OSError(95, "Operation not supported")
+
+    monkeypatch.setattr(blobs.os, "link", no_links)
+    blobs._put_back(aside, store.path(artifact))
+    assert store.path(artifact).read_bytes() == b"y" * 64 and not aside.exists()

@@ -490,3 +490,21 @@ def test_a_final_sparsity_given_with_a_budget_is_a_usage_error(capsys):
     args = ["submit", "--model", "a" * 64, "--max-loss-pp", "1", "--final-sparsity", "0.9", "--dry-run"]
     assert run(args) == 2
     assert "--final-sparsity is what a budget searches for" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("target", "tls"),
+    [
+        ("api.example.com", True),  # a TLS endpoint on 443
+        ("[::1]", True),
+        ("127.0.0.1:50051", False),
+        ("[::1]:50051", False),
+        ("unix:/run/pruning.sock", False),
+        ("dns:///pruning.internal:50051", False),
+        ("xds:///pruning", False),
+    ],
+)
+def test_targets_gRPC_reaches_as_meant_are_taken(target, tls):
+    from pruning_client.cli import _target_problem
+
+    assert _target_problem(target, tls) is None

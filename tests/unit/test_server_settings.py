@@ -109,7 +109,13 @@ def test_tls_needs_both_files_and_files(monkeypatch, tmp_path):
 
 @pytest.mark.parametrize(
     ("given", "taken"),
-    [("47312", "127.0.0.1:47312"), ("0.0.0.0:50051", "0.0.0.0:50051"), ("[::]:50051", "[::]:50051")],
+    [
+        ("47312", "127.0.0.1:47312"),
+        ("0.0.0.0:50051", "0.0.0.0:50051"),
+        ("[::]:50051", "[::]:50051"),
+        (":50051", ":50051"),
+        ("unix:/run/pruning.sock", "unix:/run/pruning.sock"),
+    ],
 )
 def test_a_listen_address_is_host_and_port_or_a_bare_port(given, taken, monkeypatch):
     from pruning_core.settings import Settings, listen_address
@@ -119,7 +125,7 @@ def test_a_listen_address_is_host_and_port_or_a_bare_port(given, taken, monkeypa
     assert Settings().listen == taken
 
 
-@pytest.mark.parametrize("given", ["localhost", "host:notaport", "http://127.0.0.1:50051", ":50051", "h:70000"])
+@pytest.mark.parametrize("given", ["localhost", "host:notaport", "http://127.0.0.1:50051", "unix:", "h:70000"])
 def test_a_malformed_listen_address_is_refused(given):
     from pruning_core.settings import listen_address
 
