@@ -532,12 +532,16 @@ class SweepStore:
                         await pipe.unwatch()
                         return sweep
                     sweep.version += 1
+                    ending = sweep.state in TERMINAL and all(_ended(t) for t in sweep.trials)
+                    owner = (tenant or await self.tenant_of(sweep_id)) if ending else ""
                     pipe.multi()
                     pipe.hset(key, "sweep", sweep.SerializeToString())
                     # A cancelled sweep is driven on until its trials' jobs have ended too.
-                    if sweep.state in TERMINAL and all(_ended(t) for t in sweep.trials):
+                    if ending:
                         pipe.srem(self.active_key, sweep_id)
                         pipe.zadd(self.finished_key, {sweep_id: time.time()}, nx=True)
+                        for artifact_id in job_inputs(sweep.spec.base):  # it reads them no more
+                            pipe.srem(Keys(self.prefix).pins(owner, artifact_id), f"sweep:{sweep_id}")
                     await pipe.execute()
                     return sweep
                 except redis.WatchError:

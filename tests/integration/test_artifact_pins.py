@@ -112,7 +112,13 @@ def test_a_sweep_keeps_its_base_between_its_trials(redis_url, prefix):
             with pytest.raises(ArtifactInUse) as used:
                 await store.delete_artifact("a", model.id)
             assert used.value.reader == f"sweep {sweep.id}"
-            await store.redis.srem(sweeps.active_key, sweep.id)  # driven to its end
+
+            def end(found: pb.Sweep) -> bool:
+                found.state = pb.JOB_STATE_SUCCEEDED
+                return True
+
+            await sweeps.update("a", sweep.id, end)  # driven to its end: it lets go of its base
+            assert not await store.redis.smembers(store.keys.pins("a", model.id))
             assert await store.delete_artifact("a", model.id)
         finally:
             await store.redis.aclose()
