@@ -424,6 +424,14 @@ if redis.call('HGET', KEYS[1], 'state') ~= ARGV[1] then return 0 end
 return redis.call('ZADD', KEYS[2], 0, ARGV[2])
 """
 
+# KEYS: running ; ARGV: job id, the score a claim of silent jobs gave it. Removes its entry only
+# while it still has that score.
+_FORGET = """
+local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if score and tonumber(score) == tonumber(ARGV[2]) then return redis.call('ZREM', KEYS[1], ARGV[1]) end
+return 0
+"""
+
 # KEYS: running ; ARGV: cutoff, now. Claims the silent jobs (one server wins each).
 _REAP = """
 local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
@@ -699,6 +707,7 @@ class _Base:
         self._create = client.register_script(_CREATE)
         self._update = client.register_script(_UPDATE)
         self._reap = client.register_script(_REAP)
+        self._forget = client.register_script(_FORGET)
         self._backfill = client.register_script(_BACKFILL)
         self._put_record = client.register_script(_PUT_RECORD)
         self._drop_record = client.register_script(_DROP_RECORD)
@@ -1083,12 +1092,12 @@ class AsyncJobStore(_Base):
     async def update(self, tenant: str, job_id: str, mutate: Mutation) -> pb.Job:
         return await _drive_async(self._update_steps(job_id, tenant, mutate))
 
-    async def claim_silent(self, silent_s: float) -> list[str]:
+    async def claim_silent(self, silent_s: float) -> tuple[list[str], float]:
         """Ids of running jobs with no heartbeat for ``silent_s``; each is returned to one
-        caller only (its heartbeat is reset)."""
+        caller only (its heartbeat is reset to the time also returned: see forget_running)."""
         now = time.time()
-        ids = await self._reap(keys=[self.keys.running()], args=[now - silent_s, now])
-        return [_text(i) for i in ids]
+        ids = await self._reap(keys=[self.keys.running()], args=[now - silent_s, repr(now)])
+        return [_text(i) for i in ids], now
 
     async def tenant_of(self, job_id: str) -> str | None:
         return await _drive_async(self._tenant_of(job_id))
@@ -1104,8 +1113,14 @@ class AsyncJobStore(_Base):
     async def lost_so_far(self, job_id: str) -> int:
         return int(await self.redis.get(self.keys.lost(job_id)) or 0)
 
-    async def forget_running(self, job_id: str) -> None:
-        await self.redis.zrem(self.keys.running(), job_id)
+    async def forget_running(self, job_id: str, claimed_at: float | None = None) -> None:
+        """Takes the job out of the running set; with ``claimed_at`` (claim_silent's time) only
+        while its entry is still the claim's: a worker that claimed the job since wrote its own
+        (a new attempt, watched from its claim), which stays."""
+        if claimed_at is None:
+            await self.redis.zrem(self.keys.running(), job_id)
+        else:
+            await self._forget(keys=[self.keys.running()], args=[job_id, repr(claimed_at)])
 
     async def request_cancel(self, job_id: str) -> None:
         await self.redis.set(self.keys.cancel(job_id), 1, ex=IDEMPOTENCY_TTL_S)

@@ -54,14 +54,15 @@ async def requeue_silent_jobs(
     job whose worker was lost ``max_attempts`` times ends FAILED (ABORTED), so a job that kills
     every worker it runs on is not sent round the fleet forever."""
     requeued = []
-    for job_id in await store.claim_silent(silent_s):
+    silent_ids, claimed_at = await store.claim_silent(silent_s)
+    for job_id in silent_ids:
         tenant = await store.tenant_of(job_id)
         job = await store.get(tenant, job_id) if tenant is not None else None
         if tenant is not None and job is not None and job.state == pb.JOB_STATE_QUEUED:
             # Re-queued by a pass that may have stopped before sending it: send it (again; a
             # second copy is dropped by the claim that finds the first one's attempt alive).
             await asyncio.to_thread(celery.send_task, tasks.PRUNE, args=[job_id], queue=queue)
-            await store.forget_running(job_id)
+            await store.forget_running(job_id, claimed_at)  # unless a worker claimed it meanwhile
             continue
         if tenant is None or job is None or job.state not in (pb.JOB_STATE_RUNNING, pb.JOB_STATE_CANCELLING):
             await store.forget_running(job_id)
@@ -82,7 +83,7 @@ async def requeue_silent_jobs(
             await store.take_back_exports(job_id, tenant)  # the lost attempt may have stored some
             if settings is not None:
                 await asyncio.to_thread(_ended_by_reaper, settings, after)
-        await store.forget_running(job_id)
+        await store.forget_running(job_id, claimed_at)  # unless a worker claimed it meanwhile
     return requeued
 
 

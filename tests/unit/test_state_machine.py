@@ -537,3 +537,25 @@ def test_a_job_requeued_with_a_countdown_is_sent_again_if_nothing_claims_it_in_t
     store.expect_by(job.id, time.time() - 31)  # the countdown ran out 31 s ago and nothing claimed it
     assert asyncio.run(reap(30.0)) == [job.id]
     assert store.last_heartbeat(job.id) is None and store.get(job.id).state == pb.JOB_STATE_QUEUED
+
+
+def test_the_reaper_does_not_forget_an_attempt_claimed_after_it_took_the_job(redis_url, stores):
+    store, prefix = stores
+    job, _ = create(redis_url, prefix)
+    store.expect_by(job.id, time.time() - 100)  # silent for 100 s
+
+    async def reap(claim_between: bool) -> float | None:
+        async_store = AsyncJobStore.from_url(redis_url, prefix)
+        try:
+            ids, claimed_at = await async_store.claim_silent(30.0)
+            assert ids == [job.id]
+            if claim_between:  # a worker took the re-sent task before the pass forgot the entry
+                _claim(store, job.id, "w-new")
+            await async_store.forget_running(job.id, claimed_at)
+            return store.last_heartbeat(job.id)
+        finally:
+            await async_store.redis.aclose()
+
+    assert asyncio.run(reap(False)) is None  # the claim's entry goes
+    store.expect_by(job.id, time.time() - 100)
+    assert asyncio.run(reap(True)) is not None  # the new attempt's stays
