@@ -1340,8 +1340,13 @@ class AsyncJobStore(_Base):
         await _drive_async(self._drop_artifact(tenant, artifact_id, unless_read=True))
         last = bool(await self.unowned([artifact_id]))
         if last and release:
-            await self.redis.sadd(self.keys.released(), artifact_id)
+            await self.release(artifact_id)
         return last
+
+    async def release(self, artifact_id: str) -> None:
+        """Marks bytes whose last record went for the housekeeping, however old they are (kept
+        in Redis: a pass stopped before it deleted them leaves them to the next)."""
+        await self.redis.sadd(self.keys.released(), artifact_id)
 
     async def released_ids(self) -> set[str]:
         return {i.decode() for i in await self.redis.smembers(self.keys.released())}

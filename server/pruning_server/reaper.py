@@ -286,6 +286,7 @@ async def enforce_retention(store: AsyncJobStore, blobs: LocalStore, settings: S
                     continue
                 counts["records"] += removed
                 if last:
+                    await store.release(artifact_id)  # a pass stopped before the bytes went leaves them to the next
                     released.add(artifact_id)
     if not await owns_store(store, blobs, settings):
         return counts  # another deployment's blobs and checkpoints are not this job store's to judge

@@ -156,3 +156,49 @@ def test_a_retention_pass_over_records_jobs_still_read_ends_and_takes_the_rest(r
             await store.redis.aclose()
 
     assert asyncio.run(scenario())["records"] == 4
+
+
+def test_bytes_whose_last_record_expired_go_even_if_the_pass_stopped_first(redis_url, prefix, tmp_path):
+    """The retention removed the last record of a blob older than the job store, then stopped
+    (a server killed) before deleting the bytes: the next pass deletes them. They were released
+    in memory only, and a blob older than the job store with no record is otherwise kept."""
+    import os
+
+    from pruning_core.objectstore import LocalStore
+    from pruning_core.settings import Settings
+    from pruning_server import reaper
+
+    blobs = LocalStore(tmp_path / "a")
+    source = tmp_path / "m.keras"
+    source.write_bytes(b"an old model")
+    artifact_id, size = blobs.put_file(source)
+    old = time.time() - 3600
+    os.utime(blobs.path(artifact_id), (old, old))  # written before the job store was born
+    settings = Settings(
+        redis_url=redis_url, key_prefix=prefix, artifact_dir=tmp_path / "a", artifact_retention_s=1, sweep_min_age_s=0
+    )
+
+    async def passes() -> None:
+        store = AsyncJobStore.from_url(redis_url, prefix)
+        try:
+            await store.born()
+            await store.put_artifact(
+                "a", ArtifactRecord(artifact_id, pb.ARTIFACT_KIND_MODEL, "keras", "m.keras", size, 1.0, {})
+            )
+            remove = blobs.remove
+
+            def killed(*args, **kwargs):
+                raise SystemError("the server was killed here")
+
+            blobs.remove = killed  # type: ignore[method-assign]
+            with pytest.raises(SystemError):
+                await reaper.enforce_retention(store, blobs, settings)
+            blobs.remove = remove  # type: ignore[method-assign]
+            assert blobs.exists(artifact_id)
+            counts = await reaper.enforce_retention(store, blobs, settings)
+            assert counts["blobs"] == 1 and not blobs.exists(artifact_id)
+            assert artifact_id not in await store.released_ids()  # forgotten once gone
+        finally:
+            await store.redis.aclose()
+
+    asyncio.run(passes())
