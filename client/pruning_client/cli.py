@@ -946,7 +946,7 @@ def upload(kind: str, path: pathlib.Path) -> None:
     """
     with _client(_globals()) as client:
         artifact = _upload(client, kind, path)
-    _emit(_dump(artifact), artifact.id)
+    _emit(_dump(artifact, defaults=True), artifact.id)  # the model summary as inspect --json writes it
 
 
 @cli.command("inspect")

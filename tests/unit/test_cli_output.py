@@ -639,3 +639,22 @@ def test_list_has_a_header_and_no_trailing_blanks(fake: type[FakeClient], capsys
     assert lines[0].split() == ["job", "state", "created", "(UTC)", "labels"] and len(lines) == 4
     assert all(line == line.rstrip() for line in lines)
     assert lines[1].startswith("0" * 24 + "  QUEUED")
+
+
+def test_upload_json_writes_the_model_summary_as_inspect_json_does(
+    fake: type[FakeClient], monkeypatch: pytest.MonkeyPatch, tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A layer's prunable: false and params: 0 were left out of upload --json (proto3's JSON
+    drops default values) where inspect --json kept them."""
+    summary = pb.ModelSummary(keras_version=3, total_params=10)
+    summary.layers.add(name="flatten", class_name="Flatten", params=0, prunable=False, convertible=True)
+
+    def upload_model(self, path, progress=None):  # type: ignore[no-untyped-def]
+        return pb.Artifact(id=KERAS_ID, size=5, filename="model.keras", model=summary)
+
+    monkeypatch.setattr(FakeClient, "upload_model", upload_model)
+    model = tmp_path / "model.keras"
+    model.write_bytes(b"model")
+    assert run(["upload", "model", str(model), "--json"]) == 0
+    (layer,) = json.loads(capsys.readouterr().out)["model"]["layers"]
+    assert layer == {"name": "flatten", "class_name": "Flatten", "params": 0, "prunable": False, "convertible": True}
