@@ -39,7 +39,8 @@ def _tenants_by_key(api_keys: str) -> dict[str, str]:
 
 
 def redacted_url(url: str) -> str:
-    """A URL without its credentials (a Redis URL's password), for logs and markers."""
+    """A URL without its credentials (a Redis URL's password), for logs and markers; a
+    ``db`` in its query stays (it picks another database)."""
     import urllib.parse
 
     parts = urllib.parse.urlsplit(url)
@@ -47,7 +48,9 @@ def redacted_url(url: str) -> str:
     netloc = f"[{host}]" if ":" in host else host
     if parts.port:
         netloc += f":{parts.port}"
-    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+    db = urllib.parse.parse_qs(parts.query).get("db")  # a database chosen as ?db=N (a unix socket's way)
+    query = urllib.parse.urlencode({"db": db[0]}) if db else ""
+    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, query, ""))
 
 
 def listen_address(value: str) -> str:

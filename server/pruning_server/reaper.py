@@ -230,12 +230,19 @@ async def owns_store(store: AsyncJobStore, blobs: LocalStore, settings: Settings
         "redis": redacted_url(settings.redis_url),
     }
     raw = await asyncio.to_thread(blobs.read_marker)
-    try:
-        theirs = json.loads(raw) if raw else None
-    except ValueError:
-        theirs = None  # unreadable: written again as ours
-    if not isinstance(theirs, dict):
-        theirs = None
+    theirs: dict | None = None
+    if raw is not None:
+        try:
+            theirs = json.loads(raw)
+        except ValueError:
+            theirs = None
+        if not isinstance(theirs, dict):  # emptied or edited: whose it was is not known
+            log.error(
+                "the artifact store's %s is unreadable: this deployment deletes none of its blobs or checkpoints "
+                "until it is removed (by the operator of the deployment that owns the store)",
+                DEPLOYMENT_MARKER,
+            )
+            return False
     same_place = theirs is not None and (theirs.get("key_prefix"), theirs.get("redis")) == (
         ours["key_prefix"],
         ours["redis"],

@@ -328,6 +328,14 @@ def test_a_store_another_deployment_uses_is_not_swept(env, tmp_path, caplog):
         counts = asyncio.run(sweep("first", forget_id=True))
         assert counts["blobs"] == 1 and not blobs.exists(theirs)
         assert os.path.exists(artifacts / ".deployment")
+        # a mark emptied or edited names no one: nobody takes the store over
+        (artifacts / ".deployment").write_bytes(b"")
+        kept = unknown_blob(b"another upload")
+        caplog.clear()
+        with caplog.at_level(logging.ERROR, logger="pruning_server.reaper"):
+            assert asyncio.run(sweep("second"))["blobs"] == 0
+        assert blobs.exists(kept) and "is unreadable" in caplog.text
+        assert (artifacts / ".deployment").read_bytes() == b""
     finally:
         for name in ("first", "second"):
             for key in client.scan_iter(f"{env['PRUNING_KEY_PREFIX']}:{name}:*"):

@@ -75,6 +75,9 @@ def test_a_redis_that_refuses_config_is_not_judged(tmp_path):
 def test_the_warning_names_the_redis_without_its_password():
     assert _where("redis://:s3cret@10.0.0.5:6380/2") == "redis://10.0.0.5:6380/2"
     assert _where("rediss://user:pw@[::1]:6379/0") == "rediss://[::1]:6379/0"
+    # a database picked in the query is another job store: it stays
+    assert _where("unix://:pw@/run/redis.sock?db=2") != _where("unix://:pw@/run/redis.sock?db=3")
+    assert _where("redis://h:6379?db=13&socket_timeout=5") == "redis://h:6379?db=13"
 
 
 def _evicting(url: str) -> str | None:

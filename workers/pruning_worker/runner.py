@@ -426,12 +426,15 @@ def sweep_job_dirs(settings: Settings) -> int:
 def run_job(job_id: str, settings: Settings, worker: str, task_id: str = "") -> pb.Job | None:
     """Runs job ``job_id`` to a terminal state; returns the final record (None if skipped)."""
     store = _store(settings)
+    alive_s = max(settings.reap_after_s, 3 * settings.heartbeat_interval_s)
+    # The claim first: from it the reaper watches the attempt. A worker lost between taking the
+    # task and its claim leaves the job to the broker's redelivery, hours later; the sweep of a
+    # dead job's files (seconds, after a crash) ran in that window.
+    job = _claim(store, job_id, worker, task_id, alive_s)
     try:
         sweep_job_dirs(settings)
     except OSError:
         log.warning("could not sweep %s", settings.work_path, exc_info=True)
-    alive_s = max(settings.reap_after_s, 3 * settings.heartbeat_interval_s)
-    job = _claim(store, job_id, worker, task_id, alive_s)
     if job is None:
         log.info("job %s: nothing to run", job_id)
         return None
