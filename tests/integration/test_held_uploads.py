@@ -171,8 +171,8 @@ def test_a_held_upload_while_the_retention_runs_keeps_record_and_bytes(tenants, 
             listed = store.expired_artifacts
             uploaded = []
 
-            async def listed_then_uploaded(cutoff, limit=500):
-                pairs = await listed(cutoff, limit)
+            async def listed_then_uploaded(cutoff, limit=500, start=0):
+                pairs = await listed(cutoff, limit, start)
                 if ("alpha", artifact.id) in pairs and not uploaded:
                     # the same bytes uploaded again after the retention listed their record
                     uploaded.append(await asyncio.to_thread(alpha.upload_dataset, path))
