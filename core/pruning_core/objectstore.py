@@ -132,7 +132,8 @@ class LocalStore(BlobStore):
             return None
 
     def write_marker(self, data: bytes) -> None:
-        fd, name = tempfile.mkstemp(dir=self.tmp_dir, prefix="marker-")
+        # an upload-* name: the sweep removes one a crash left (no process holds its lock)
+        fd, name = tempfile.mkstemp(dir=self.tmp_dir, prefix="upload-marker-")
         with os.fdopen(fd, "wb") as f:
             f.write(data)
         os.replace(name, self.root / DEPLOYMENT_MARKER)

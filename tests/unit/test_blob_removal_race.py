@@ -93,3 +93,17 @@ def test_a_blob_goes_back_where_the_file_system_has_no_hard_links(tmp_path, monk
     monkeypatch.setattr(blobs.os, "link", no_links)
     blobs._put_back(aside, store.path(artifact))
     assert store.path(artifact).read_bytes() == b"y" * 64 and not aside.exists()
+
+
+def test_a_marker_write_leaves_nothing_and_a_crashed_ones_file_is_swept(tmp_path):
+    from pruning_core.objectstore import LocalStore
+
+    store = LocalStore(tmp_path / "store", direct=False)
+    store.write_marker(b'{"id": "x"}')
+    assert store.read_marker() == b'{"id": "x"}' and not list(store.tmp_dir.iterdir())
+    left = store.tmp_dir / "upload-marker-crashed"  # a write a crash cut short
+    left.write_bytes(b"{")
+    old = time.time() - 120
+    os.utime(left, (old, old))
+    store.sweep(60.0)
+    assert not left.exists() and store.read_marker() == b'{"id": "x"}'
