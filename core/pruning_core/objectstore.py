@@ -598,8 +598,8 @@ class S3Store(LocalStore):
         except FileNotFoundError:
             return False
         modified = meta["last_modified"].timestamp()
-        age = time.time() + self.store_clock_ahead_s() - modified
-        if age < min_age_s or modified - self.store_clock_ahead_s() < not_before:
+        ahead = self.store_clock_ahead_s()
+        if time.time() + ahead - modified < min_age_s or modified - ahead < not_before:
             return False
         obstore.delete(self.objects, key)
         return True

@@ -93,8 +93,9 @@ class ArtifactInUse(Exception):
         self.artifact_id, self.readers = artifact_id, readers
         kind, _, name = reader.rpartition(":")  # a pin: a job's id, or sweep:<id>
         self.reader = f"{kind or 'job'} {name}"  # "job 0123...", "sweep 0123..."
-        others = f" (and {readers - 1} more)" if readers > 1 else ""
-        super().__init__(f"{self.reader}{others} reads artifact {artifact_id} and has not ended")
+        # who reads it, as an answer says: "job 0123... (and 2 more)"
+        self.who = self.reader + (f" (and {readers - 1} more)" if readers > 1 else "")
+        super().__init__(f"{self.who} reads artifact {artifact_id} and has not ended")
 
 
 class InputGone(KeyError):

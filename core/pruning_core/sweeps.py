@@ -447,6 +447,7 @@ class SweepStore:
 
     def __init__(self, redis: Any, prefix: str):
         self.redis, self.prefix = redis, prefix
+        self.keys = Keys(prefix)
         self._create = redis.register_script(_CREATE_SWEEP)
 
     def _key(self, sweep_id: str) -> str:
@@ -463,7 +464,7 @@ class SweepStore:
 
     @property
     def active_key(self) -> str:
-        return Keys(self.prefix).active_sweeps()
+        return self.keys.active_sweeps()
 
     @property
     def finished_key(self) -> str:
@@ -483,7 +484,7 @@ class SweepStore:
                 self._key(sweep.id),
                 self._tenant_index(tenant),
                 self.active_key,
-                *(Keys(self.prefix).pins(tenant, a) for a in job_inputs(sweep.spec.base)),
+                *(self.keys.pins(tenant, a) for a in job_inputs(sweep.spec.base)),
             ],
             args=[
                 f"{sweep.id} {fingerprint}",
@@ -541,7 +542,7 @@ class SweepStore:
                         pipe.srem(self.active_key, sweep_id)
                         pipe.zadd(self.finished_key, {sweep_id: time.time()}, nx=True)
                         for artifact_id in job_inputs(sweep.spec.base):  # it reads them no more
-                            pipe.srem(Keys(self.prefix).pins(owner, artifact_id), f"sweep:{sweep_id}")
+                            pipe.srem(self.keys.pins(owner, artifact_id), f"sweep:{sweep_id}")
                     await pipe.execute()
                     return sweep
                 except redis.WatchError:

@@ -476,11 +476,9 @@ class PruningService(pb_grpc.PruningServiceServicer):
         try:
             await self.store.delete_artifact(tenant, record.id, release=True)
         except ArtifactInUse as used:
-            others = f" (and {used.readers - 1} more)" if used.readers > 1 else ""
             raise Failure(
                 grpc.StatusCode.FAILED_PRECONDITION,
-                f"artifact_id: {used.reader}{others} reads this artifact and has not ended; delete it once it has "
-                "(or cancel it)",
+                f"artifact_id: {used.who} reads this artifact and has not ended; delete it once it has (or cancel it)",
             ) from None
         log.info("deleted the record of artifact %s for %s", record.id, tenant)
         return record.to_proto()
