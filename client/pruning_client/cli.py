@@ -1824,6 +1824,7 @@ def artifacts(kind: str | None, limit: int) -> None:
     lines = [
         f"{a.id}  {pb.ArtifactKind.Name(a.kind).removeprefix('ARTIFACT_KIND_').lower():8} {a.format:12} "
         f"{_size(a.size):>10}  {a.created_at.ToDatetime():%Y-%m-%d %H:%M:%S}  {a.filename}"
+        + (f"  (job {a.job_id})" if a.job_id else "")
         for a in listed
     ]
     if truncated:

@@ -215,7 +215,12 @@ if held and string.find(ARGV[9], ',' .. held .. ',', 1, true) then
   return {-2, tonumber(held)}
 end
 local new = not own  -- counted from now on; a shared record from before was not, nor staged
+local first_job = own and redis.call('HGET', KEYS[1], 'job')
 redis.call('HSET', KEYS[1], unpack(ARGV, 10))
+-- an export another job stores again stays the first job's
+if first_job and first_job ~= '' and redis.call('HGET', KEYS[1], 'job') ~= '' then
+  redis.call('HSET', KEYS[1], 'job', first_job)
+end
 redis.call('SADD', KEYS[3], ARGV[2])
 redis.call('ZADD', KEYS[4], ARGV[3], ARGV[4])
 redis.call('SADD', KEYS[2], ARGV[1])
@@ -632,10 +637,17 @@ class ArtifactRecord:
     size: int
     created: float
     info: dict
+    job: str = ""  # an export's or a report's job
 
     def to_proto(self) -> pb.Artifact:
         art = pb.Artifact(
-            id=self.id, kind=self.kind, filename=self.filename, size=self.size, sha256=self.id, format=self.format
+            id=self.id,
+            kind=self.kind,
+            filename=self.filename,
+            size=self.size,
+            sha256=self.id,
+            format=self.format,
+            job_id=self.job,
         )
         art.created_at.FromNanoseconds(int(self.created * 1e9))
         if self.info.get("summary"):
@@ -650,6 +662,7 @@ class ArtifactRecord:
             "size": self.size,
             "created": self.created,
             "info": json.dumps(self.info),
+            "job": self.job,
         }
 
     def fields(self) -> list[Any]:
@@ -667,6 +680,7 @@ class ArtifactRecord:
             size=int(text["size"]),
             created=float(text["created"]),
             info=json.loads(text["info"]),
+            job=text.get("job", ""),
         )
 
 
@@ -1453,7 +1467,7 @@ class AsyncJobStore(_Base):
         records = await self._listed(tenant, [i for i, _ in page])
         return records, ((page[-1][1], page[-1][0]) if len(found) > size else None)
 
-    _LISTED = ("kind", "format", "filename", "size", "created")
+    _LISTED = ("kind", "format", "filename", "size", "created", "job")
 
     async def _listed(self, tenant: str, ids: builtins.list[str]) -> builtins.list[ArtifactRecord]:
         """The records of ``ids`` in that order, without ``info``; those gone meanwhile (a
@@ -1474,7 +1488,7 @@ class AsyncJobStore(_Base):
                 values = shared[artifact_id]
             if values[0] is None:
                 continue
-            raw = {name.encode(): value for name, value in zip(fields, values, strict=True)}
+            raw = {name.encode(): value for name, value in zip(fields, values, strict=True) if value is not None}
             records.append(ArtifactRecord.from_mapping(artifact_id, {**raw, b"info": b"{}"}))
         return records
 

@@ -408,12 +408,15 @@ def test_an_export_uploaded_as_a_model_becomes_one(tenants, held_settings, env, 
     export_id = hashlib.sha256(content).hexdigest()
     store = JobStore(redis.Redis.from_url(env["PRUNING_REDIS_URL"]), held_settings.key_prefix)
     store.put_artifact(
-        "alpha", ArtifactRecord(export_id, pb.ARTIFACT_KIND_EXPORT, "keras", "p.keras", len(content), 1.0, {})
+        "alpha",
+        ArtifactRecord(export_id, pb.ARTIFACT_KIND_EXPORT, "keras", "p.keras", len(content), 1.0, {}, "c" * 24),
     )
     with Client(tenants.target, api_key="key-a") as alpha:
+        assert {a.id: a.job_id for a in alpha.list_artifacts()}[export_id] == "c" * 24
         model = alpha.upload_model(files["keras"])
-        assert model.id == export_id and model.kind == pb.ARTIFACT_KIND_MODEL
-        assert {a.id: a.kind for a in alpha.list_artifacts(kind="model")}[export_id] == pb.ARTIFACT_KIND_MODEL
+        assert model.id == export_id and model.kind == pb.ARTIFACT_KIND_MODEL and not model.job_id
+        listed = {a.id: a for a in alpha.list_artifacts(kind="model")}
+        assert listed[export_id].kind == pb.ARTIFACT_KIND_MODEL and not listed[export_id].job_id
         alpha.delete_artifact(export_id)
 
 

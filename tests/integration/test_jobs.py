@@ -69,6 +69,8 @@ def test_full_small_job(client, worker, files, tmp_path):
     assert result.compression_ratio == pytest.approx(result.size_before_gzip / result.size_after_gzip)
     assert 0.0 < result.pruned_accuracy <= 1.0 and result.device == "CPU"
     assert set(result.artifact_ids) == {"keras", "h5"}
+    exports = {a.id: a.job_id for a in client.list_artifacts(kind="export")}
+    assert {exports[a] for a in result.artifact_ids.values()} == {job.id}  # the listing names the job
 
     path = job.download(tmp_path)
     measured = models.weights_sparsity(path)

@@ -208,10 +208,11 @@ def test_a_record_written_again_by_another_job_is_not_rolled_back(stores):
     from pruning_core.store import ArtifactRecord
 
     store, _ = stores
-    first = ArtifactRecord("ab" * 32, pb.ARTIFACT_KIND_EXPORT, "keras", "m.keras", 10, time.time(), {})
-    second = ArtifactRecord("ab" * 32, pb.ARTIFACT_KIND_EXPORT, "keras", "m.keras", 10, first.created + 1, {})
+    first = ArtifactRecord("ab" * 32, pb.ARTIFACT_KIND_EXPORT, "keras", "m.keras", 10, time.time(), {}, "a" * 24)
+    second = ArtifactRecord("ab" * 32, pb.ARTIFACT_KIND_EXPORT, "keras", "m.keras", 10, first.created + 1, {}, "b" * 24)
     store.put_artifact("t", first, staged_for="a" * 24, attempt=1)
     store.put_artifact("t", second, staged_for="b" * 24, attempt=1)  # the other job's identical export
+    assert store.get_artifact("t", first.id).job == "a" * 24  # the job that stored it first
     assert not store.take_back_exports("a" * 24, "t")
     assert _holds(store, "t", first.id) and store.get_artifact("t", first.id).created == second.created
     store.redis.hset(store.keys.staged("b" * 24), first.id, f"1 {second.created}")  # as if it staged it

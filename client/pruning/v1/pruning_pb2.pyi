@@ -354,6 +354,7 @@ class Artifact(_message.Message):
     CREATED_AT_FIELD_NUMBER: _builtins.int
     MODEL_FIELD_NUMBER: _builtins.int
     FORMAT_FIELD_NUMBER: _builtins.int
+    JOB_ID_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """The sha256 of the content, lowercase hex."""
     kind: Global___ArtifactKind.ValueType
@@ -363,6 +364,10 @@ class Artifact(_message.Message):
     format: _builtins.str
     """"keras", "h5" or "npz" for uploads; an export's format name ("keras", "h5",
     "saved_model", "tflite", "tflite_int8": ExportFormat without its prefix, lowercase).
+    """
+    job_id: _builtins.str
+    """For an export or a report: the job that stored it (the first, where several jobs made
+    the same bytes); empty for uploads.
     """
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp: ...
@@ -381,10 +386,11 @@ class Artifact(_message.Message):
         created_at: _timestamp_pb2.Timestamp | None = ...,
         model: Global___ModelSummary | None = ...,
         format: _builtins.str = ...,
+        job_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "model", b"model"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "filename", b"filename", "format", b"format", "id", b"id", "kind", b"kind", "model", b"model", "sha256", b"sha256", "size", b"size"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "filename", b"filename", "format", b"format", "id", b"id", "job_id", b"job_id", "kind", b"kind", "model", b"model", "sha256", b"sha256", "size", b"size"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
