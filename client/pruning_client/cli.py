@@ -454,7 +454,7 @@ def format_summary(summary: ModelSummary, artifact_id: str = "") -> str:
     head.append(("keras version", version))
     tensors = [("input", t.name, t.shape_text(), t.dtype) for t in summary.inputs]
     tensors += [("output", t.name, t.shape_text(), t.dtype) for t in summary.outputs]
-    layers = [(x.name, x.class_name, f"{x.params:,}", _yes(x.prunable), _yes(x.convertible)) for x in summary.layers]
+    layers = [(x.name, x.class_name, f"{x.params:,}", x.prunable_text(), _yes(x.convertible)) for x in summary.layers]
     lines = [f"{label + ':':15}{value}" for label, value in head]
     lines += [
         f"{kind + ':':15}{name}  {shape}" + (f"  {dtype}" if dtype else "") for kind, name, shape, dtype in tensors

@@ -285,10 +285,17 @@ class LayerSummary:
     """TFMOT can prune it (a Dense, Conv, Embedding, recurrent... layer with a kernel)."""
     convertible: bool
     """A Keras 3 layer the service translates to tf_keras (always true for tf_keras models)."""
+    left_whole: str = ""
+    """Why a layer of a prunable class is left whole ("frozen", "wrapped", "nested" or "mixed
+    precision"; then ``prunable`` is false); empty otherwise."""
 
     @classmethod
     def from_proto(cls, layer: pb.LayerSummary) -> LayerSummary:
-        return cls(layer.name, layer.class_name, layer.params, layer.prunable, layer.convertible)
+        return cls(layer.name, layer.class_name, layer.params, layer.prunable, layer.convertible, layer.left_whole)
+
+    def prunable_text(self) -> str:
+        """``yes``, ``no``, or ``no (frozen)`` and the like for a layer left whole."""
+        return "yes" if self.prunable else f"no ({self.left_whole})" if self.left_whole else "no"
 
 
 @dataclass(frozen=True)
@@ -351,7 +358,7 @@ class ModelSummary:
         tensors = [("input", t.name, t.shape_text(), t.dtype) for t in self.inputs]
         tensors += [("output", t.name, t.shape_text(), t.dtype) for t in self.outputs]
         layers = [
-            (x.name, x.class_name, f"{x.params:,}", "yes" if x.prunable else "no", "yes" if x.convertible else "no")
+            (x.name, x.class_name, f"{x.params:,}", x.prunable_text(), "yes" if x.convertible else "no")
             for x in self.layers
         ]
         return "\n".join(

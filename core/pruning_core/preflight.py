@@ -423,6 +423,7 @@ def summarize(
             params=params.get(name, 0),
             prunable=cls in PRUNABLE and name not in whole,
             convertible=keras_version == 2 or cls in KERAS3_CONVERTIBLE,
+            left_whole=whole.get(name, "") if cls in PRUNABLE else "",
         )
     summary.total_params = sum(params.values())
     return summary

@@ -657,4 +657,11 @@ def test_upload_json_writes_the_model_summary_as_inspect_json_does(
     model.write_bytes(b"model")
     assert run(["upload", "model", str(model), "--json"]) == 0
     (layer,) = json.loads(capsys.readouterr().out)["model"]["layers"]
-    assert layer == {"name": "flatten", "class_name": "Flatten", "params": 0, "prunable": False, "convertible": True}
+    assert layer == {
+        "name": "flatten",
+        "class_name": "Flatten",
+        "params": 0,
+        "prunable": False,
+        "convertible": True,
+        "left_whole": "",
+    }

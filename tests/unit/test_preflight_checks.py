@@ -288,6 +288,16 @@ def test_frozen_and_wrapped_layers_are_not_prunable_in_the_summary(tmp_path):
     assert info.left_whole == {
         "bb_fc": "frozen", "frozen_fc": "frozen", "forward_lstm": "wrapped", "backward_lstm": "wrapped"
     }  # fmt: skip
+    # the summary carries each reason, and inspect shows it in the prunable column
+    assert {x.name: x.left_whole for x in info.summary.layers if x.left_whole} == info.left_whole
+    from pruning_client.cli import format_summary
+    from pruning_client.results import ModelSummary
+
+    rows = {
+        line.split()[0]: line for line in format_summary(ModelSummary.from_proto(info.summary)).splitlines() if line
+    }
+    assert "no (frozen)" in rows["frozen_fc"] and "no (wrapped)" in rows["forward_lstm"]
+    assert " yes " in rows["out"] and "no (" not in rows["cat"]
 
 
 @pytest.mark.parametrize("keras_version", [2, 3])

@@ -113,6 +113,7 @@ def test_model_summary_to_dict_is_json() -> None:
         "params": 0,
         "prunable": False,
         "convertible": False,
+        "left_whole": "",
     }
 
 

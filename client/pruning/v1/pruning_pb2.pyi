@@ -439,6 +439,7 @@ class LayerSummary(_message.Message):
     PARAMS_FIELD_NUMBER: _builtins.int
     PRUNABLE_FIELD_NUMBER: _builtins.int
     CONVERTIBLE_FIELD_NUMBER: _builtins.int
+    LEFT_WHOLE_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     class_name: _builtins.str
     params: _builtins.int
@@ -447,6 +448,10 @@ class LayerSummary(_message.Message):
     """TFMOT can prune it (a Dense, Conv, Embedding, recurrent... layer with a kernel)."""
     convertible: _builtins.bool
     """A Keras 3 layer the service translates to tf_keras (always true for tf_keras models)."""
+    left_whole: _builtins.str
+    """Why a layer of a prunable class is left whole ("frozen", "wrapped", "nested" or
+    "mixed precision"; then prunable is false); empty otherwise.
+    """
     def __init__(
         self,
         *,
@@ -455,10 +460,11 @@ class LayerSummary(_message.Message):
         params: _builtins.int = ...,
         prunable: _builtins.bool = ...,
         convertible: _builtins.bool = ...,
+        left_whole: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["class_name", b"class_name", "convertible", b"convertible", "name", b"name", "params", b"params", "prunable", b"prunable"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["class_name", b"class_name", "convertible", b"convertible", "left_whole", b"left_whole", "name", b"name", "params", b"params", "prunable", b"prunable"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
