@@ -20,6 +20,7 @@ import os
 import pathlib
 import sys
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import IO, Any
@@ -30,6 +31,10 @@ from google.rpc import code_pb2
 from pruning.v1 import pruning_pb2 as pb
 
 from .store import Keys
+
+# A heartbeat a worker wrote with its own clock may read a little ahead of this one's; a
+# delayed re-queue's entry lies ARTIFACT_STORE_RETRY_S (30 s) or more ahead.
+_CLOCK_SLACK_S = 10.0
 
 CONTEXT_FIELDS = ("job_id", "attempt", "task_id")
 _context: contextvars.ContextVar[Mapping[str, Any] | None] = contextvars.ContextVar("pruning_log_context", default=None)
@@ -396,8 +401,14 @@ class JobMetrics:
         return sum(1 for state in pipe.execute() if state is not None and int(state) == pb.JOB_STATE_QUEUED)
 
     def running_jobs(self) -> int:
-        """Jobs whose worker sends heartbeats."""
-        return int(self.redis.zcard(self.keys.running()))
+        """Jobs whose worker sends heartbeats (the running set but for the jobs re-queued with
+        a delay, whose entry is when they are due: :meth:`retrying_jobs`)."""
+        return int(self.redis.zcount(self.keys.running(), "-inf", time.time() + _CLOCK_SLACK_S))
+
+    def retrying_jobs(self) -> int:
+        """Jobs re-queued with a delay (an artifact store outage stopped their attempt) that are
+        not due yet."""
+        return int(self.redis.zcount(self.keys.running(), f"({time.time() + _CLOCK_SLACK_S!r}", "+inf"))
 
 
 def _queue_lists(queue: str) -> list[str]:

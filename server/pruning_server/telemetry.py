@@ -66,6 +66,11 @@ class JobMetricsCollector(Collector):
         running = GaugeMetricFamily("pruning_jobs_running", "jobs running on a worker that sends heartbeats")
         running.add_metric([], self.jobs.running_jobs())
         yield running
+        retrying = GaugeMetricFamily(
+            "pruning_jobs_retrying", "jobs re-queued with a delay after an artifact store outage, not yet due"
+        )
+        retrying.add_metric([], self.jobs.retrying_jobs())
+        yield retrying
         durations = HistogramMetricFamily(
             "pruning_job_duration_seconds", "time from start to end of finished jobs, by final state", labels=["state"]
         )

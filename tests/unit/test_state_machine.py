@@ -517,6 +517,10 @@ def test_a_job_requeued_with_a_countdown_is_sent_again_if_nothing_claims_it_in_t
     assert store.get(job.id).state == pb.JOB_STATE_QUEUED and sent == [(job.id, 60.0)]
     due = store.last_heartbeat(job.id)
     assert due is not None and 55 < due - time.time() <= 60  # watched from when it is due
+    from pruning_core.telemetry import JobMetrics
+
+    metrics = JobMetrics(store.redis, prefix)
+    assert (metrics.running_jobs(), metrics.retrying_jobs()) == (0, 1)  # waiting, not running
 
     class Celery:
         def __init__(self) -> None:
