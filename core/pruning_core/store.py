@@ -597,6 +597,7 @@ def state_event(job: pb.Job, to: pb.JobState.ValueType, error: pb.JobError | Non
         job.started_at.CopyFrom(now())
     if to in TERMINAL:
         job.finished_at.CopyFrom(now())
+        job.progress.ClearField("eta_seconds")  # nothing is left to wait for
     return make_event(job.id, state_change=change)
 
 

@@ -564,3 +564,13 @@ def test_the_reaper_does_not_forget_an_attempt_claimed_after_it_took_the_job(red
     assert asyncio.run(reap(False)) is None  # the claim's entry goes
     store.expect_by(job.id, time.time() - 100)
     assert asyncio.run(reap(True)) is not None  # the new attempt's stays
+
+
+def test_an_ended_job_keeps_its_last_progress_but_not_its_eta():
+    """An ended job's status (and ``status --json``) shows where it stopped, with no time left."""
+    from pruning_core.store import state_event
+
+    job = pb.Job(id="j", state=pb.JOB_STATE_RUNNING)
+    job.progress.MergeFrom(pb.Progress(phase="fine_tune", step=3, total_steps=10, eta_seconds=42.0))
+    state_event(job, pb.JOB_STATE_FAILED)
+    assert job.progress.phase == "fine_tune" and job.progress.step == 3 and job.progress.eta_seconds == 0
