@@ -28,3 +28,20 @@ def test_celery_app_imports_no_tensorflow_before_a_fork():
     )
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert json.loads(out.stdout.strip().splitlines()[-1]) == []
+
+
+def test_a_solo_worker_runs_one_job_at_a_time_and_warms_tensorflow_once():
+    """The solo pool sends both worker_process_init and worker_ready in one process: the
+    device is found (and logged) once; the default concurrency is one job per process."""
+    probe = (
+        "import logging; logging.basicConfig(level=logging.INFO);"
+        "from celery.signals import worker_process_init, worker_ready;"
+        "from celery.concurrency.solo import TaskPool;"
+        "from pruning_worker.app import app; print('concurrency', app.conf.worker_concurrency);"
+        "worker_process_init.send(sender=None);"
+        "Worker = type('Worker', (), {'pool': TaskPool.__new__(TaskPool)});"
+        "worker_ready.send(sender=Worker())"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=300)
+    assert "concurrency 1" in out.stdout
+    assert out.stderr.count("TensorFlow ready: ") == 1, out.stderr[-2000:]

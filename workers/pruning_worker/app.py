@@ -25,6 +25,9 @@ app.conf.update(
     task_reject_on_worker_lost=True,
     task_ignore_result=True,
     worker_prefetch_multiplier=1,
+    # One job at a time per worker process (one per GPU); `-c N` with the prefork pool for more.
+    # The solo pool runs one anyway, and its banner then says so.
+    worker_concurrency=1,
     broker_connection_retry_on_startup=True,
     # Jobs run for hours on big models; redelivery on worker loss comes from
     # reject_on_worker_lost, and the attempt number fences any duplicate.
@@ -37,7 +40,14 @@ app.conf.update(
 observability.install(app, settings)
 
 
+_warmed = False
+
+
 def _warm_tensorflow(**_):
+    global _warmed
+    if _warmed:  # the solo pool sends worker_process_init and worker_ready in one process
+        return
+    _warmed = True
     from . import pipeline
 
     logging.getLogger(__name__).info("TensorFlow ready: %s", pipeline.device_name())
