@@ -2,10 +2,11 @@
 
 Every command takes ``--json`` for machine-readable output, and the connection options
 (``--target``, ``--api-key``, ``--tls``, ``--ca-file``, ``--timeout``, ``--json``) before or
-after the command name. Exit codes: 0 success, 2 invalid argument (or a local file that cannot
-be read or written), 3 not found, 4 unauthenticated, 5 resource exhausted, 6 failed
-precondition or already exists, 7 unavailable, 8 job failed, 9 job cancelled, 10 timeout, 11
-integrity error (a download that fails its sha256 check, a file that changed while uploaded), 130 interrupted, 1 anything else.
+after the command name. Exit codes: 0 success, 2 invalid argument or out of range (or a local
+file that cannot be read or written), 3 not found, 4 unauthenticated or permission denied, 5
+resource exhausted, 6 failed precondition or already exists, 7 unavailable or deadline exceeded,
+8 job failed, 9 job cancelled, 10 timeout, 11 integrity error (a download that fails its sha256
+check, a file that changed while uploaded), 130 interrupted, 1 anything else.
 
 Commands other packages install (``pruning up`` from the server package) come from the
 ``pruning.commands`` entry-point group; each entry point names a :class:`click.Command`.
@@ -903,9 +904,9 @@ def _silence_stdout() -> None:
 @click.group(
     cls=PruningGroup,
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 120, "show_default": True},
-    epilog="Exit codes: 0 success, 2 invalid argument (or a local file that cannot be read or written), "
-    "3 not found, 4 unauthenticated, 5 resource exhausted, 6 failed precondition or already exists, "
-    "7 unavailable, 8 job failed, 9 job cancelled, 10 timeout, 11 integrity error, 130 interrupted (Ctrl-C), "
+    epilog="Exit codes: 0 success, 2 invalid argument or out of range (or a local file that cannot be read or "
+    "written), 3 not found, 4 unauthenticated or permission denied, 5 resource exhausted, 6 failed precondition or already exists, "
+    "7 unavailable or deadline exceeded, 8 job failed, 9 job cancelled, 10 timeout, 11 integrity error, 130 interrupted (Ctrl-C), "
     "1 anything else.",
 )
 @click.option(

@@ -12,3 +12,4 @@ class Phase(enum.StrEnum):
     FINE_TUNE = "fine_tune"
     EVALUATE = "evaluate"
     EXPORT = "export"
+    SEARCH = "search"  # a job with an accuracy budget while the server's search for it runs

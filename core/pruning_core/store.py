@@ -63,7 +63,10 @@ from .blobs import is_artifact_id
 
 LAST_STREAM_ID = f"{2**64 - 1}-{2**64 - 1}"  # the largest id a Redis stream entry can have
 TERMINAL = frozenset({pb.JOB_STATE_SUCCEEDED, pb.JOB_STATE_FAILED, pb.JOB_STATE_CANCELLED})
-IDEMPOTENCY_TTL_S = 7 * 24 * 3600
+# An idempotency key lives as long as its job's (or sweep's) record: the retention deletes both
+# together, so a retry, however late (a pipeline's backfill), finds the job while it exists.
+IDEMPOTENCY_TTL_S = 0  # 0 = no expiry of its own
+MARKER_TTL_S = 7 * 24 * 3600  # a lost attempt's or a cancel's marker
 # 1: jobs indexed by tenant, by state and by label.
 INDEX_VERSION = 1
 # 1: artifact records indexed by tenant and time, and by kind.
@@ -130,7 +133,7 @@ _LISTED_FIELDS = (b"job", b"last_event_id", b"tenant")
 # KEYS: job, events, index, idem, unsent, the tenant's QUEUED, RUNNING and CANCELLING indexes,
 # the job's state index, label indexes..., then of each input (the artifacts the job reads) its
 # pins, the tenant's record of it and the tenant's artifacts ;
-# ARGV: job bytes, state, tenant, event bytes, job id, ttl, fingerprint, now, the most active
+# ARGV: job bytes, state, tenant, event bytes, job id, the idempotency key's TTL (0 = none), fingerprint, now, the most active
 # jobs the tenant may have (0 = no limit), the queue its task goes to, the inputs' ids.
 # Returns {1, id} (created), {0, id} (the idempotency key's job), {-1, active jobs} (over the
 # limit), {-2, an input's id} (the tenant holds no record of it: deleted since it was checked).
@@ -168,7 +171,10 @@ redis.call('HSET', KEYS[1], 'last_event_id', eid)
 for i = 9, labels_end do redis.call('ZADD', KEYS[i], 0, ARGV[5]) end
 redis.call('ZADD', KEYS[3], 0, ARGV[5])
 redis.call('ZADD', KEYS[5], ARGV[8], ARGV[5])
-if KEYS[4] ~= '' then redis.call('SET', KEYS[4], ARGV[5], 'EX', ARGV[6]) end
+if KEYS[4] ~= '' then
+  if tonumber(ARGV[6]) > 0 then redis.call('SET', KEYS[4], ARGV[5], 'EX', ARGV[6])
+  else redis.call('SET', KEYS[4], ARGV[5]) end
+end
 return {1, ARGV[5]}
 """
 
@@ -1122,7 +1128,7 @@ class AsyncJobStore(_Base):
         """Counts one more attempt of the job lost with its worker; returns how many so far."""
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.incr(self.keys.lost(job_id))
-            pipe.expire(self.keys.lost(job_id), IDEMPOTENCY_TTL_S)
+            pipe.expire(self.keys.lost(job_id), MARKER_TTL_S)
             count, _ = await pipe.execute()
         return int(count)
 
@@ -1139,7 +1145,7 @@ class AsyncJobStore(_Base):
             await self._forget(keys=[self.keys.running()], args=[job_id, repr(claimed_at)])
 
     async def request_cancel(self, job_id: str) -> None:
-        await self.redis.set(self.keys.cancel(job_id), 1, ex=IDEMPOTENCY_TTL_S)
+        await self.redis.set(self.keys.cancel(job_id), 1, ex=MARKER_TTL_S)
 
     async def list(
         self,

@@ -422,14 +422,15 @@ class SweepNotFound(KeyError):
 
 # KEYS: idempotency key ('' for none), sweep record, tenant index, active set, then the pins
 # of each artifact its trials read (see store._DROP_RECORD: the sweep holds them while it is in
-# the active set, between its trials too). ARGV: "<id> <fingerprint>", the key's TTL, tenant,
+# the active set, between its trials too). ARGV: "<id> <fingerprint>", the key's TTL (0 = none), tenant,
 # the serialized sweep, queue, now, id. Returns the key's value when it was already taken
 # (nothing written), else nil.
 _CREATE_SWEEP = """
 if KEYS[1] ~= '' then
   local held = redis.call('GET', KEYS[1])
   if held then return held end
-  redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+  if tonumber(ARGV[2]) > 0 then redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+  else redis.call('SET', KEYS[1], ARGV[1]) end
 end
 redis.call('HSET', KEYS[2], 'tenant', ARGV[3], 'sweep', ARGV[4], 'queue', ARGV[5], 'idem', KEYS[1])
 redis.call('ZADD', KEYS[3], ARGV[6], ARGV[7])

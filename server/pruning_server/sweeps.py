@@ -21,6 +21,7 @@ from google.rpc import code_pb2
 from pruning.v1 import pruning_pb2 as pb
 from pruning.v1 import pruning_pb2_grpc as pb_grpc
 from pruning_core import plan, sweeps, validation
+from pruning_core.phases import Phase
 from pruning_core.store import ACTIVE, STORE_ERRORS, TERMINAL, JobNotFound, make_event, new_job_id, state_event
 from pruning_core.sweeps import SweepNotFound, SweepStore
 
@@ -32,7 +33,6 @@ _SWEEP_ID = re.compile(r"[0-9a-f]{24}")
 WATCH_POLL_S = 0.3
 LOCK_MS = 30_000
 TRIAL_LABELS = ("sweep", "trial")
-SEARCH_PHASE = "search"  # Progress.phase of a job with a budget while its sweep runs
 
 
 class _Poll:
@@ -470,7 +470,7 @@ async def settle(jobs: PruningService, tenant: str, sweep: pb.Sweep) -> None:
             best = sweeps.chosen(sweep)
             job.progress.CopyFrom(
                 pb.Progress(
-                    phase=SEARCH_PHASE,
+                    phase=Phase.SEARCH,
                     step=len(ended),
                     total_steps=sweep.spec.max_trials,
                     sparsity=sweep.trials[best].sparsity if best is not None else 0.0,

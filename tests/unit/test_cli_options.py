@@ -508,3 +508,21 @@ def test_targets_gRPC_reaches_as_meant_are_taken(target, tls):
     from pruning_client.cli import _target_problem
 
     assert _target_problem(target, tls) is None
+
+
+def test_the_exit_codes_in_help_name_every_status_the_sdk_maps():
+    """`pruning --help` (and the module's docstring) list each gRPC status beside the exit code
+    the CLI gives it."""
+    import re
+
+    from pruning_client import exceptions
+
+    mapped = [c for c in vars(exceptions).values() if isinstance(c, type) and getattr(c, "code", None) is not None]
+    assert mapped
+    for text in (" ".join(cli.epilog.split()), " ".join(cli_module.__doc__.split())):
+        listed = dict(re.findall(r"(\d+) ([a-z][a-z ]*?)(?: \(|,|\.)", text.split("Exit codes: ")[1]))
+        for error in mapped:
+            if error.exit_code == 1:  # "anything else"
+                continue
+            words = error.code.name.lower().replace("_", " ")
+            assert words in listed.get(str(error.exit_code), ""), (error.__name__, listed)

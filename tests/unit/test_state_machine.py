@@ -84,6 +84,40 @@ def test_idempotency_key_returns_the_same_job(redis_url, stores):
     assert created and not created_again and first.id == again.id != other.id
 
 
+def test_an_idempotency_key_lasts_as_long_as_its_job_or_sweep(redis_url, stores):
+    """No expiry of its own: a pipeline's retry weeks later (a backfill) finds the job while
+    its record is kept; the retention deletes the key with the job or sweep."""
+    from pruning_core.sweeps import SweepStore
+
+    store, prefix = stores
+    job, _ = create(redis_url, prefix, key="late")
+    assert store.redis.ttl(store.keys.idempotency("t", "late")) == -1  # set, never expiring
+    asyncio.run(_delete_job(redis_url, prefix, job.id))
+    assert not store.redis.exists(store.keys.idempotency("t", "late"))
+
+    async def sweep():
+        async_store = AsyncJobStore.from_url(redis_url, prefix)
+        sweeps = SweepStore(async_store.redis, prefix)
+        try:
+            made, created = await sweeps.create("t", pb.Sweep(id="s1"), "late-sweep", "fp")
+            assert created
+            assert await async_store.redis.ttl(sweeps._idempotency("t", "late-sweep")) == -1
+            await sweeps.delete(made.id)
+            assert not await async_store.redis.exists(sweeps._idempotency("t", "late-sweep"))
+        finally:
+            await async_store.redis.aclose()
+
+    asyncio.run(sweep())
+
+
+async def _delete_job(redis_url, prefix, job_id):
+    store = AsyncJobStore.from_url(redis_url, prefix)
+    try:
+        await store.delete_job(job_id)
+    finally:
+        await store.redis.aclose()
+
+
 def test_cancel_flag_stops_a_claim_and_a_running_job(redis_url, stores):
     store, prefix = stores
     job, _ = create(redis_url, prefix)

@@ -1314,7 +1314,9 @@ class Progress(_message.Message):
     SPARSITY_FIELD_NUMBER: _builtins.int
     ETA_SECONDS_FIELD_NUMBER: _builtins.int
     phase: _builtins.str
-    """"load", "baseline", "structure" (structured pruning), "fine_tune", "evaluate", "export"."""
+    """"load", "baseline", "structure" (structured pruning), "fine_tune", "evaluate", "export";
+    "search" for a job with an accuracy budget while the trials of its search run.
+    """
     epoch: _builtins.int
     total_epochs: _builtins.int
     step: _builtins.int
@@ -2221,7 +2223,9 @@ class CreateJobRequest(_message.Message):
     IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
     VALIDATE_ONLY_FIELD_NUMBER: _builtins.int
     idempotency_key: _builtins.str
-    """Same key (per tenant) returns the same job instead of a new one."""
+    """Same key (per tenant) returns the same job instead of a new one, for as long as that job
+    is kept: the key has no expiry of its own and goes with the job (the job retention).
+    """
     validate_only: _builtins.bool
     """Check spec, model and dataset together and answer with the plan (Job.plan) without
     creating or queueing a job (AIP-163).
