@@ -36,7 +36,7 @@ from google.protobuf.message import Message
 
 from pruning.v1 import pruning_pb2 as pb
 
-from .client import Client, _api_key_problem
+from .client import Client, _api_key_problem, make_dirs, remove_empty_dirs
 from .exceptions import JobFailed, NotFound, PruningError
 from .job import JobHandle, _artifact_suffix, _is_directory, format_name, is_terminal, pick_export
 from .report import job_report, sweep_report
@@ -703,10 +703,15 @@ def _stored_name(client: Client, artifact_id: str) -> str:
 def _fetch(client: Client, artifact_id: str, dest: pathlib.Path) -> pathlib.Path:
     """Downloads an artifact to the file ``dest``. Client.download keeps the partial file
     beside it keyed by the artifact id (``<dest>.<artifact_id[:16]>.part``), so only the same
-    artifact ever resumes from it."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    with _Bytes(f"download {dest.name}", live=_live()) as bar:
-        return client.download(artifact_id, dest, progress=bar.received)
+    artifact ever resumes from it. The directories made for ``dest`` go again, while empty,
+    when the download fails."""
+    made = make_dirs(dest.parent)
+    try:
+        with _Bytes(f"download {dest.name}", live=_live()) as bar:
+            return client.download(artifact_id, dest, progress=bar.received)
+    except BaseException:
+        remove_empty_dirs(made)
+        raise
 
 
 def _fetch_job(
@@ -1632,7 +1637,17 @@ def report_(ident: str, is_sweep: bool, output: pathlib.Path) -> None:
         raise click.BadParameter(
             f"{str(output)!r} names a file: -o is the folder report.md and report.html go into", param_hint="'-o'"
         )
-    output.mkdir(parents=True, exist_ok=True)
+    made = make_dirs(output)
+    try:
+        written = _write_report(ident, is_sweep, output)
+    except BaseException:
+        remove_empty_dirs(made)  # a report that could not be made leaves no folder behind
+        raise
+    _emit(written, "\n".join(f"{k}: {v}" for k, v in written.items()))
+
+
+def _write_report(ident: str, is_sweep: bool, output: pathlib.Path) -> dict[str, str]:
+    """Writes the report of job or sweep ``ident`` into ``output``; returns what it wrote."""
     written: dict[str, str] = {}
     with _client(_globals()) as client:
         job, found = None, client.get_sweep(ident) if is_sweep else None
@@ -1670,7 +1685,7 @@ def report_(ident: str, is_sweep: bool, output: pathlib.Path) -> None:
     for name, text in (("report.md", markdown), ("report.html", page)):
         (output / name).write_text(text)
         written[name.replace(".", "_")] = str(output / name)
-    _emit(written, "\n".join(f"{k}: {v}" for k, v in written.items()))
+    return written
 
 
 @cli.command("watch")

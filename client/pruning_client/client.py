@@ -370,6 +370,23 @@ class _Upload:
         return artifact
 
 
+def make_dirs(path: pathlib.Path) -> list[pathlib.Path]:
+    """``path`` and its missing parents created; returns those it created, outermost first."""
+    missing = [p for p in (path, *path.parents) if not p.exists()][::-1]
+    path.mkdir(parents=True, exist_ok=True)
+    return missing
+
+
+def remove_empty_dirs(made: list[pathlib.Path]) -> None:
+    """Removes the directories :func:`make_dirs` made, innermost first, while they are empty:
+    a command that failed leaves nothing behind it."""
+    for directory in reversed(made):
+        try:
+            directory.rmdir()
+        except OSError:  # holds something (or went): it and its parents stay
+            return
+
+
 class _Download:
     """The file side of a resumable download: where it goes, the partial file it resumes (one
     per artifact, ``<dest>.<artifact_id[:16]>.part``), and the sha256 check before the move.
@@ -380,12 +397,12 @@ class _Download:
         self.artifact_id = artifact_id
         target = pathlib.Path(dest)
         if _is_directory(dest):
-            target.mkdir(parents=True, exist_ok=True)
+            self.made = make_dirs(target)
             # Only the last component of a name the server gave: it never becomes a path.
             name = pathlib.PurePosixPath((filename or "").replace("\\", "/")).name
             target = target / (name if name not in ("", ".", "..") else artifact_id)
         else:
-            target.parent.mkdir(parents=True, exist_ok=True)
+            self.made = make_dirs(target.parent)
         self.dest = target
         self.part = target.with_name(f"{target.name}.{artifact_id[:16]}.part")
         if self.part.is_symlink() or (self.part.exists() and not self.part.is_file()):
@@ -419,10 +436,12 @@ class _Download:
 
     def drop_empty(self) -> None:
         """After a failed call: a partial file that received nothing (NOT_FOUND, a refused key)
-        is removed, as there is nothing to resume; one holding bytes stays for the retry."""
+        is removed, as there is nothing to resume, and so are the directories made for it while
+        they are empty; one holding bytes stays for the retry."""
         with contextlib.suppress(OSError):
             if self.part.stat().st_size == 0:
                 self.part.unlink()
+        remove_empty_dirs(self.made)
 
     def restart(self) -> bool:
         """After OUT_OF_RANGE: the partial file is longer than the artifact, so it is removed

@@ -145,6 +145,21 @@ def test_exit_codes(server: Any, files: dict[str, pathlib.Path]) -> None:
     assert cli(server, "download", "0" * 64, "-o", "/tmp/nothing").returncode == 3
 
 
+def test_a_command_that_finds_nothing_makes_no_folders(server: Any, tmp_path: pathlib.Path) -> None:
+    """A download or report of an unknown id (NOT_FOUND) leaves no directory it made for it;
+    one that existed before stays."""
+    for args in (
+        ("download", "f" * 64, "-o", str(tmp_path / "a" / "b" / "c.keras")),
+        ("download", "f" * 64, "-o", str(tmp_path / "d" / "e") + "/"),
+        ("report", "0123456789abcdef01234567", "-o", str(tmp_path / "r" / "s")),
+    ):
+        assert cli(server, *args).returncode == 3, args
+    assert list(tmp_path.iterdir()) == []
+    (tmp_path / "kept").mkdir()
+    assert cli(server, "report", "0123456789abcdef01234567", "-o", str(tmp_path / "kept" / "new")).returncode == 3
+    assert [p.name for p in tmp_path.iterdir()] == ["kept"] and not any((tmp_path / "kept").iterdir())
+
+
 @pytest.mark.parametrize(
     "args",
     [
