@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import functools
 import hashlib
 import json
@@ -402,6 +403,12 @@ class _Download:
             name = pathlib.PurePosixPath((filename or "").replace("\\", "/")).name
             target = target / (name if name not in ("", ".", "..") else artifact_id)
         else:
+            if target.is_symlink():  # written through the link, to the file it names
+                target = target.resolve()
+            if target.exists() and not target.is_file():  # a device (/dev/null), a FIFO, a socket
+                raise OSError(
+                    errno.EINVAL, "not a regular file (a download writes a file, or into a directory)", str(target)
+                )
             self.made = make_dirs(target.parent)
         self.dest = target
         self.part = target.with_name(f"{target.name}.{artifact_id[:16]}.part")

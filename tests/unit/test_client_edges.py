@@ -151,6 +151,15 @@ def test_download_into_a_directory_that_does_not_exist_yet(tmp_path: pathlib.Pat
     assert path == tmp_path / "out" / "model.keras" and path.read_bytes() == DATA
 
 
+def test_a_download_to_a_link_writes_the_file_it_names(tmp_path: pathlib.Path) -> None:
+    (tmp_path / "real.keras").write_bytes(b"old")
+    (tmp_path / "link.keras").symlink_to(tmp_path / "real.keras")
+    with StubClient() as client:
+        path = client.download(ID, tmp_path / "link.keras")
+    assert path == tmp_path / "real.keras" and path.read_bytes() == DATA
+    assert (tmp_path / "link.keras").is_symlink()
+
+
 def test_async_download_into_a_directory_that_does_not_exist_yet(tmp_path: pathlib.Path) -> None:
     async def test(client: AsyncClient) -> pathlib.Path:
         return await client.download(ID, f"{tmp_path}/out/")
@@ -219,6 +228,8 @@ def _one_error_line(capsys: pytest.CaptureFixture[str]) -> str:
 def _local_error_cases() -> list[Any]:
     cases: list[Any] = [
         (["download", ID, "-o", "{tmp}/a-file/x.keras"], "a-file"),
+        (["download", ID, "-o", "{tmp}/fifo"], "not a regular file"),  # never replaced by a file
+        (["download", ID, "-o", "{tmp}/link-to-fifo"], "not a regular file"),
         (["report", JOB, "-o", "{tmp}/a-file/rep/"], "a-file"),
     ]
     proc = pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="no /proc")
@@ -239,8 +250,11 @@ def test_a_local_file_error_is_exit_2_and_one_line(
 ) -> None:
     monkeypatch.setattr(cli_module, "Client", ReportClient)
     (tmp_path / "a-file").write_text("in the way")
+    os.mkfifo(tmp_path / "fifo")
+    (tmp_path / "link-to-fifo").symlink_to(tmp_path / "fifo")
     argv = [a.format(tmp=tmp_path) for a in argv]
     assert run(argv) == 2
+    assert (tmp_path / "fifo").is_fifo() and (tmp_path / "link-to-fifo").is_symlink()
     line = _one_error_line(capsys)
     assert line.startswith("error: ") and needle in line
     assert run([*argv, "--json"]) == 2
