@@ -1889,11 +1889,13 @@ def delete(artifact_id: str) -> None:
 @_option(
     "--all", "all_", is_flag=True, default=False, help="Every export of a job, into the directory -o (default: here)."
 )
+@_WAIT_TIMEOUT
 @global_options
-def download(id_: str, output: str | None, fmt: str | None, all_: bool) -> None:
+def download(id_: str, output: str | None, fmt: str | None, all_: bool, wait_timeout: float | None) -> None:
     """Download an artifact or a job's exports; prints the paths.
 
-    ID is an artifact id (its sha256) or a job id (waits for the job). Unless -o names a file,
+    ID is an artifact id (its sha256) or a job id (waits for the job to end; exit 10 after
+    --wait-timeout, 8 if it failed, 9 if it was cancelled). Unless -o names a file,
     an upload by id is saved as <its uploaded name>-<id prefix><suffix>, an export as <id><suffix>. An interrupted
     download resumes from its partial file (<file>.<artifact id prefix>.part).
     """
@@ -1901,6 +1903,8 @@ def download(id_: str, output: str | None, fmt: str | None, all_: bool) -> None:
         raise click.UsageError("--format and --all need a job id, not an artifact id")
     if fmt is not None and all_:
         raise click.UsageError("--format and --all exclude each other")
+    if _is_id(id_) and wait_timeout is not None:
+        raise click.UsageError("--wait-timeout needs a job id: an artifact is there or not, nothing to wait for")
     with _client(_globals()) as client:
         if _is_id(id_):
             named = output is not None and not _is_directory(output)
@@ -1910,7 +1914,7 @@ def download(id_: str, output: str | None, fmt: str | None, all_: bool) -> None:
             if not is_terminal(job := handle.status()):  # waits: say so, rather than hang without a word
                 state = pb.JobState.Name(job.state).removeprefix("JOB_STATE_")
                 click.echo(f"waiting for job {id_} to end ({state})", err=True)
-            outcome = handle.result().raw  # a failed or cancelled job exits 8 or 9
+            outcome = handle.result(timeout=wait_timeout).raw  # failed, cancelled, timed out: exit 8, 9, 10
             artifacts = exports(outcome.artifacts) if all_ else [pick_export(id_, outcome.artifacts, fmt, output)]
             if not all_ and output and not _is_directory(output) and pathlib.Path(output).suffix:
                 suffix = _artifact_suffix(artifacts[0])

@@ -336,6 +336,10 @@ def test_the_cli_watch_and_submit_take_a_wait_timeout(monkeypatch, capsys):
     assert [json.loads(line)["id"] for line in out.splitlines()] == [e.id for e in EVENTS[:3]]  # events only
     assert json.loads(err.splitlines()[0])["error"] == "JobTimeout"
     assert run(["submit", "--model", "a" * 64, "--wait-timeout", "5"]) == 2  # needs --wait
+    capsys.readouterr()
+    assert run(["download", "j" * 24, "--wait-timeout", "0.05", "-o", "never/"]) == 10  # a job that does not end
+    assert "waiting for job" in capsys.readouterr().err and not pathlib.Path("never").exists()
+    assert run(["download", "a" * 64, "--wait-timeout", "5"]) == 2  # an artifact: nothing to wait for
 
 
 def test_the_typed_result_keeps_each_layers_target_and_says_one_step_so():
