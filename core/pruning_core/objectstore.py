@@ -66,6 +66,14 @@ def unavailable_errors() -> tuple[type[BaseException], ...]:
     return (GenericError, PermissionDeniedError, UnauthenticatedError)
 
 
+def refused_errors() -> tuple[type[BaseException], ...]:
+    """Of :func:`unavailable_errors`, the S3 store's refusals of the server's credentials (a
+    403 or 401): not a pause that a retry waits out, but a setting an operator must fix."""
+    from obstore.exceptions import PermissionDeniedError, UnauthenticatedError
+
+    return (PermissionDeniedError, UnauthenticatedError)
+
+
 def missing_errors() -> tuple[type[BaseException], ...]:
     """What either backend raises for bytes that are not there."""
     from obstore.exceptions import NotFoundError

@@ -156,6 +156,12 @@ async def _answer_failure(context: grpc.aio.ServicerContext, method: str, exc: E
     if isinstance(exc, _TRANSIENT):
         log.warning("%s: backing store unavailable: %s", method, exc)
         await context.abort(grpc.StatusCode.UNAVAILABLE, "the job store or broker is unavailable; retry shortly")
+    if isinstance(exc, objectstore.refused_errors()):  # credentials rotated or revoked under a running server
+        log.error("%s: the artifact store refused this server's credentials: %s", method, cut(str(exc)))
+        await context.abort(
+            grpc.StatusCode.UNAVAILABLE,
+            "the artifact store refused the server's credentials; retry later (the operator must fix them)",
+        )
     if isinstance(exc, objectstore.unavailable_errors()):
         log.warning("%s: the artifact store did not answer: %s", method, cut(str(exc)))
         await context.abort(grpc.StatusCode.UNAVAILABLE, "the artifact store is unavailable; retry shortly")
