@@ -372,10 +372,22 @@ class _Upload:
 
 
 def make_dirs(path: pathlib.Path) -> list[pathlib.Path]:
-    """``path`` and its missing parents created; returns those it created, outermost first."""
-    missing = [p for p in (path, *path.parents) if not p.exists()][::-1]
-    path.mkdir(parents=True, exist_ok=True)
-    return missing
+    """``path`` and its missing parents created; returns those this call created, outermost
+    first (only those: ``new/../old/sub`` names ``old`` through a folder not made yet)."""
+    missing = []
+    for directory in (path, *path.parents):
+        if directory.exists():
+            break
+        missing.append(directory)
+    made = []
+    for directory in reversed(missing):
+        try:
+            directory.mkdir()
+        except FileExistsError:  # made meanwhile, or reached through ".." once its parent was made
+            continue
+        made.append(directory)
+    path.mkdir(parents=True, exist_ok=True)  # raises when a file is in the way
+    return made
 
 
 def remove_empty_dirs(made: list[pathlib.Path]) -> None:
@@ -388,6 +400,20 @@ def remove_empty_dirs(made: list[pathlib.Path]) -> None:
             return
 
 
+def _regular_file(target: pathlib.Path) -> pathlib.Path:
+    """Where a download of ``target`` writes: the file a symbolic link names (the link stays),
+    never over a device (``/dev/null``), a FIFO or a socket (refused: the rename would replace
+    it by a file)."""
+    if target.is_symlink():
+        try:
+            target = target.resolve(strict=False)
+        except (RuntimeError, OSError) as error:  # a loop of links (Python 3.11: RuntimeError)
+            raise OSError(errno.ELOOP, "too many levels of symbolic links", str(target)) from error
+    if target.exists() and not target.is_file():
+        raise OSError(errno.EINVAL, "not a regular file (a download writes a file, or into a directory)", str(target))
+    return target
+
+
 class _Download:
     """The file side of a resumable download: where it goes, the partial file it resumes (one
     per artifact, ``<dest>.<artifact_id[:16]>.part``), and the sha256 check before the move.
@@ -398,18 +424,11 @@ class _Download:
         self.artifact_id = artifact_id
         target = pathlib.Path(dest)
         if _is_directory(dest):
-            self.made = make_dirs(target)
             # Only the last component of a name the server gave: it never becomes a path.
             name = pathlib.PurePosixPath((filename or "").replace("\\", "/")).name
             target = target / (name if name not in ("", ".", "..") else artifact_id)
-        else:
-            if target.is_symlink():  # written through the link, to the file it names
-                target = target.resolve()
-            if target.exists() and not target.is_file():  # a device (/dev/null), a FIFO, a socket
-                raise OSError(
-                    errno.EINVAL, "not a regular file (a download writes a file, or into a directory)", str(target)
-                )
-            self.made = make_dirs(target.parent)
+        target = _regular_file(target)
+        self.made = make_dirs(target.parent)
         self.dest = target
         self.part = target.with_name(f"{target.name}.{artifact_id[:16]}.part")
         if self.part.is_symlink() or (self.part.exists() and not self.part.is_file()):

@@ -180,23 +180,22 @@ def _is_directory(dest: os.PathLike[str] | str) -> bool:
 
 
 def _artifact_dest(job_id: str, artifact: pb.Artifact, dest: os.PathLike[str] | str) -> pathlib.Path:
-    """``dest``, or ``dest/pruned-<job id><suffix>`` when it is a directory (created if missing)."""
+    """``dest``, or ``dest/pruned-<job id><suffix>`` when it is a directory (the download
+    creates it if missing, and removes it again, while empty, when it fails)."""
     target = pathlib.Path(dest)
     if not _is_directory(dest):
         return target
-    target.mkdir(parents=True, exist_ok=True)
     return target / f"pruned-{job_id}{_artifact_suffix(artifact)}"
 
 
 def _all_dests(
     job_id: str, artifacts: Sequence[pb.Artifact], directory: os.PathLike[str] | str
 ) -> list[tuple[pb.Artifact, pathlib.Path]]:
-    """A distinct file in ``directory`` (created if missing) for each artifact."""
+    """A distinct file in ``directory`` (created by the first download if missing) for each artifact."""
     target = pathlib.Path(directory)
-    target.mkdir(parents=True, exist_ok=True)
     out: list[tuple[pb.Artifact, pathlib.Path]] = []
     for artifact in artifacts:
-        path = _artifact_dest(job_id, artifact, target)
+        path = target / f"pruned-{job_id}{_artifact_suffix(artifact)}"
         if path in (p for _, p in out):
             path = target / f"pruned-{job_id}-{artifact.id[:16]}{_artifact_suffix(artifact)}"
         out.append((artifact, path))

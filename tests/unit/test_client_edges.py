@@ -160,6 +160,49 @@ def test_a_download_to_a_link_writes_the_file_it_names(tmp_path: pathlib.Path) -
     assert (tmp_path / "link.keras").is_symlink()
 
 
+class Gone(grpc.RpcError):
+    def code(self) -> grpc.StatusCode:
+        return grpc.StatusCode.NOT_FOUND
+
+    def details(self) -> str:
+        return "artifact not found"
+
+
+class GoneStub(FakeStub):
+    def download(self, request: pb.DownloadArtifactRequest, metadata: Any = ()) -> Any:
+        raise Gone()
+
+
+def test_a_failed_download_removes_only_the_folders_it_made(tmp_path: pathlib.Path) -> None:
+    """``new/../old/sub/x``: ``old`` existed (empty) and stays; ``new`` and ``sub`` were made and go."""
+    from pruning_client import NotFound
+
+    (tmp_path / "old").mkdir()
+    with JobClient() as client:
+        client._transfers = GoneStub()
+        with pytest.raises(NotFound):
+            client.download(ID, tmp_path / "new" / ".." / "old" / "sub" / "x.keras")
+        with pytest.raises(NotFound):
+            JobHandle(client, JOB, client.get_job(JOB)).download(f"{tmp_path}/job-out/deep/")
+        with pytest.raises(NotFound):
+            JobHandle(client, JOB, client.get_job(JOB)).download_all(tmp_path / "all")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["old"] and not any((tmp_path / "old").iterdir())
+
+
+def test_a_download_into_a_folder_never_replaces_a_link_or_fifo(tmp_path: pathlib.Path) -> None:
+    (tmp_path / "real").write_bytes(b"old")
+    (tmp_path / "model.keras").symlink_to(tmp_path / "real")
+    os.mkfifo(tmp_path / "pipe.keras")
+    (tmp_path / "loop.keras").symlink_to(tmp_path / "loop.keras")
+    with StubClient() as client:
+        assert client.download(ID, f"{tmp_path}/", filename="model.keras") == tmp_path / "real"
+        for name, needle in (("pipe.keras", "not a regular file"), ("loop.keras", "symbolic links")):
+            with pytest.raises(OSError, match=needle):
+                client.download(ID, f"{tmp_path}/", filename=name)
+    assert (tmp_path / "real").read_bytes() == DATA and (tmp_path / "model.keras").is_symlink()
+    assert (tmp_path / "pipe.keras").is_fifo()
+
+
 def test_async_download_into_a_directory_that_does_not_exist_yet(tmp_path: pathlib.Path) -> None:
     async def test(client: AsyncClient) -> pathlib.Path:
         return await client.download(ID, f"{tmp_path}/out/")
