@@ -63,6 +63,7 @@ from .job import (
     _outcome,
     is_terminal,
     pick_export,
+    wait_bound,
 )
 from .results import JobPlan, PruneResult
 from .sources import DatasetSource, ModelSource, dataset_file, model_file
@@ -235,7 +236,7 @@ class AsyncSweepHandle(_BaseSweepHandle["AsyncClient"]):
         ``chosen_trial`` the answer). Raises JobCancelled for a cancelled sweep, JobFailed for a
         failed one, TimeoutError after ``timeout`` seconds."""
         try:
-            await asyncio.wait_for(self._follow(), timeout)
+            await asyncio.wait_for(self._follow(), wait_bound(timeout))
         except asyncio.TimeoutError as error:  # noqa: UP041 (not the builtin TimeoutError before 3.11)
             raise TimeoutError(f"sweep {self.id} still running after {timeout} s") from error
         return outcome(self.last if self.last is not None else await self.get())
@@ -310,6 +311,7 @@ class AsyncClient:
     ) -> None:
         self.target = target
         self.options = ClientOptions(api_key, tls, root_certificates, timeout, hash_first=hash_first)
+        self.options.check_target(target)
         creds = self.options.credentials()
         if creds is not None:
             self._channel = grpc.aio.secure_channel(target, creds, options=self.options.channel_options)

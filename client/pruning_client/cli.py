@@ -36,7 +36,7 @@ from google.protobuf.message import Message
 
 from pruning.v1 import pruning_pb2 as pb
 
-from .client import Client, _api_key_problem, make_dirs, remove_empty_dirs
+from .client import MAX_TIMEOUT_S, Client, _api_key_problem, _target_problem, make_dirs, remove_empty_dirs
 from .exceptions import JobFailed, NotFound, PruningError
 from .job import JobHandle, _artifact_suffix, _is_directory, format_name, is_terminal, pick_export
 from .report import job_report, sweep_report
@@ -126,6 +126,18 @@ class GlobalOptions:
     json: bool = False
 
 
+class _Seconds(click.FloatRange):
+    """A number of seconds in a range; NaN (which passes every comparison) is refused too."""
+
+    name = "seconds"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        seconds = super().convert(value, param, ctx)
+        if seconds != seconds:
+            self.fail(f"{value!r} is not a number of seconds.", param, ctx)
+        return seconds
+
+
 def _remember(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
     """Keeps a global option's value in the context chain: the group's value, unless the
     subcommand's copy of the option was given on the command line."""
@@ -195,7 +207,7 @@ _GLOBAL_OPTIONS: list[Callable[[F], F]] = [
     _option(
         "--timeout",
         default=30.0,
-        type=click.FloatRange(min=0, min_open=True),
+        type=_Seconds(min=0, min_open=True, max=MAX_TIMEOUT_S),
         metavar="SECONDS",
         help="Deadline of each call.",
         expose_value=False,
@@ -257,30 +269,6 @@ def _dump(message: Message, *, defaults: bool = False) -> dict[str, Any]:
 
 def _emit(data: Any, text: str) -> None:
     click.echo(json.dumps(data, sort_keys=True) if _globals().json else text)
-
-
-# gRPC's own target schemes (unix:/path, dns:///host:port, ...): passed through as they are
-_GRPC_SCHEMES = ("unix:", "unix-abstract:", "dns:", "ipv4:", "ipv6:", "vsock:", "xds:", "passthrough:")
-
-
-def _target_problem(target: str, tls: bool) -> str | None:
-    """Why ``target`` is not a server address gRPC would reach as meant, or None. A host
-    without a port is taken with --tls (gRPC dials 443, as a TLS endpoint behind a proxy is)."""
-    if target.startswith(_GRPC_SCHEMES):
-        return None
-    if "://" in target:
-        return f"takes host:port, not a URL (got {target!r}; for TLS add --tls)"
-    host, colon, port = target.rpartition(":")
-    if colon and host and not host.endswith(":") and port.isdigit():
-        return None  # host:port, [v6]:port
-    portless = not colon or host.endswith(":") or target.endswith("]")  # "localhost", "::1", "[::1]"
-    if portless and target:
-        return (
-            None
-            if tls
-            else f"takes host:port (got {target!r}: without a port gRPC dials 443; the server's default is 50051)"
-        )
-    return f"takes host:port (got {target!r})"
 
 
 def _client(opts: GlobalOptions) -> Client:
@@ -598,10 +586,10 @@ def _upload(client: Client, kind: str, path: os.PathLike[str] | str) -> pb.Artif
 
 _WAIT_TIMEOUT = _option(
     "--wait-timeout",
-    type=click.FloatRange(min=0),
+    type=_Seconds(min=0),
     default=None,
     metavar="SECONDS",
-    help="Give up waiting after this long (exit 10; the job goes on); default: until the job ends.",
+    help="Give up waiting after this long (exit 10; the job goes on); default (or inf): until the job ends.",
 )
 
 

@@ -106,6 +106,33 @@ def _rpc(method: Callable[_P, _R]) -> Callable[_P, _R]:
     return wrapper
 
 
+# gRPC's own target schemes (unix:/path, dns:///host:port, ...): passed through as they are
+_GRPC_SCHEMES = ("unix:", "unix-abstract:", "dns:", "ipv4:", "ipv6:", "vsock:", "xds:", "passthrough:")
+
+
+def _target_problem(target: str, tls: bool) -> str | None:
+    """Why ``target`` is not a server address gRPC would reach as meant, or None. A host
+    without a port is taken with --tls (gRPC dials 443, as a TLS endpoint behind a proxy is)."""
+    if target.startswith(_GRPC_SCHEMES):
+        return None
+    if "://" in target:
+        return f"takes host:port, not a URL (got {target!r}; for TLS, turn TLS on: --tls, tls=True)"
+    host, colon, port = target.rpartition(":")
+    if colon and host and not host.endswith(":") and port.isdigit():
+        return None  # host:port, [v6]:port
+    portless = not colon or host.endswith(":") or target.endswith("]")  # "localhost", "::1", "[::1]"
+    if portless and target:
+        return (
+            None
+            if tls
+            else f"takes host:port (got {target!r}: without a port gRPC dials 443; the server's default is 50051)"
+        )
+    return f"takes host:port (got {target!r})"
+
+
+MAX_TIMEOUT_S = 365 * 86400.0  # the longest deadline of one call
+
+
 @dataclass
 class ClientOptions:
     """Options of a :class:`Client` (and of :class:`pruning_client.aio.AsyncClient`)."""
@@ -132,6 +159,14 @@ class ClientOptions:
         problem = _api_key_problem(self.api_key)
         if problem is not None:
             raise ValueError(f"api_key {problem}")
+        if not 0 < self.timeout <= MAX_TIMEOUT_S:  # NaN fails this too; gRPC takes no deadline so far off
+            raise ValueError(f"timeout must be in (0, {MAX_TIMEOUT_S:.0f}] seconds, got {self.timeout!r}")
+
+    def check_target(self, target: str) -> None:
+        """ValueError when gRPC would not reach ``target`` as meant (a URL, a host without a
+        port and without TLS): said now rather than as UNAVAILABLE, retried, on the first call."""
+        if problem := _target_problem(target, self.tls):
+            raise ValueError(f"target {problem}")
 
     @property
     def metadata(self) -> tuple[tuple[str, str], ...]:
@@ -595,6 +630,7 @@ class Client:
     ) -> None:
         self.target = target
         self.options = ClientOptions(api_key, tls, root_certificates, timeout, hash_first=hash_first)
+        self.options.check_target(target)
         creds = self.options.credentials()
         if creds is not None:
             self._channel = grpc.secure_channel(target, creds, options=self.options.channel_options)

@@ -52,6 +52,20 @@ def is_terminal_event(event: pb.JobEvent) -> bool:
     return event.WhichOneof("kind") == "state_change" and event.state_change.to in TERMINAL
 
 
+UNBOUNDED_WAIT_S: Final = 365 * 86400.0
+"""A wait this long or longer (``float("inf")`` too) has no bound: gRPC takes no deadline so far off."""
+
+
+def wait_bound(timeout: float | None) -> float | None:
+    """``timeout`` (seconds to wait for a job or sweep to end) as the handles use it: None for
+    no bound (also for one of ``UNBOUNDED_WAIT_S`` or more); ValueError for NaN or a negative."""
+    if timeout is None:
+        return None
+    if not timeout >= 0:  # NaN fails this too
+        raise ValueError(f"timeout must be a number of seconds >= 0 (or None: no bound), got {timeout!r}")
+    return None if timeout >= UNBOUNDED_WAIT_S else float(timeout)
+
+
 class _Cursor:
     """Where a followed event stream stands: the last event id, the reconnect budget and the
     deadline. The sync and asyncio handles drive it the same way."""
@@ -60,7 +74,7 @@ class _Cursor:
         self.after = after
         self.failures = 0
         self.max_reconnects = max_reconnects
-        self.timeout = timeout
+        self.timeout = timeout = wait_bound(timeout)
         self.deadline = None if timeout is None else time.monotonic() + timeout
 
     def remaining(self) -> float | None:

@@ -18,7 +18,7 @@ import grpc
 from pruning.v1 import pruning_pb2 as pb
 
 from .exceptions import JobCancelled, JobFailed, PruningError, rpc_errors
-from .job import TERMINAL
+from .job import TERMINAL, wait_bound
 from .results import plural
 from .specs import accuracy_budget, budget_text
 
@@ -120,6 +120,7 @@ class SweepHandle(_BaseSweepHandle["Client"]):
     def _follow(self, reconnect_delay: float, timeout: float | None) -> Iterator[pb.Sweep]:
         """:meth:`watch`, within ``timeout`` seconds in all (TimeoutError after them, even
         while the stream is silent: each call's deadline is what is left)."""
+        timeout = wait_bound(timeout)
         deadline = None if timeout is None else time.monotonic() + timeout
         seen = 0
         while True:

@@ -505,7 +505,7 @@ def test_a_final_sparsity_given_with_a_budget_is_a_usage_error(capsys):
     ],
 )
 def test_targets_gRPC_reaches_as_meant_are_taken(target, tls):
-    from pruning_client.cli import _target_problem
+    from pruning_client.client import _target_problem
 
     assert _target_problem(target, tls) is None
 
@@ -526,3 +526,56 @@ def test_the_exit_codes_in_help_name_every_status_the_sdk_maps():
                 continue
             words = error.code.name.lower().replace("_", " ")
             assert words in listed.get(str(error.exit_code), ""), (error.__name__, listed)
+
+
+@pytest.mark.parametrize(
+    "argv, needle",
+    [
+        (["--timeout", "nan", "status", "j" * 24], "'--timeout': 'nan' is not a number of seconds"),
+        (["--timeout", "inf", "status", "j" * 24], "'--timeout': inf is not in the range"),
+        (["--timeout", "1e308", "status", "j" * 24], "'--timeout': 1e+308 is not in the range"),
+        (["result", "j" * 24, "--wait-timeout", "nan"], "'--wait-timeout': 'nan' is not a number of seconds"),
+    ],
+)
+def test_timeouts_gRPC_cannot_take_are_usage_errors(argv, needle, capsys):
+    """A deadline gRPC turns into an at-once DEADLINE_EXCEEDED would read as a server down."""
+    assert run(argv) == 2
+    assert needle in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("sdk", ["sync", "async"])
+def test_the_sdk_refuses_a_target_or_timeout_it_would_only_fail_on_later(sdk):
+    import asyncio
+
+    from pruning_client import AsyncClient, Client
+
+    def make(target, **options):
+        if sdk == "sync":
+            Client(target, **options).close()
+            return
+
+        async def build():
+            await AsyncClient(target, **options).close()
+
+        asyncio.run(build())
+
+    for target, needle in (
+        ("http://127.0.0.1:50051", "not a URL"),
+        ("127.0.0.1", "without a port gRPC dials 443"),
+    ):
+        with pytest.raises(ValueError, match=needle):
+            make(target)
+    make("127.0.0.1", tls=True)  # a TLS endpoint on 443 behind a proxy
+    for timeout in (float("nan"), float("inf"), 0.0, -1.0, 1e308):
+        with pytest.raises(ValueError, match="timeout must be in"):
+            make("127.0.0.1:50051", timeout=timeout)
+
+
+def test_a_wait_of_no_bound_can_be_said_as_inf():
+    from pruning_client.job import wait_bound
+
+    assert wait_bound(None) is None and wait_bound(float("inf")) is None and wait_bound(1e308) is None
+    assert wait_bound(0) == 0.0 and wait_bound(2.5) == 2.5
+    for bad in (float("nan"), -1.0):
+        with pytest.raises(ValueError, match="timeout must be a number of seconds"):
+            wait_bound(bad)
