@@ -67,6 +67,9 @@ def test_full_small_job(client, worker, files, tmp_path):
     assert result.total_params > result.nonzero_params > 0
     assert result.size_before_gzip > 0 and result.size_after_gzip > 0
     assert result.compression_ratio == pytest.approx(result.size_before_gzip / result.size_after_gzip)
+    # both saved the same way (no compile, optimizer or metric state): masking weights to zero
+    # leaves a file's raw size as it was, and only its compressed size falls
+    assert result.size_before_raw == result.size_after_raw
     assert 0.0 < result.pruned_accuracy <= 1.0 and result.device == "CPU"
     assert set(result.artifact_ids) == {"keras", "h5"}
     exports = {a.id: a.job_id for a in client.list_artifacts(kind="export")}

@@ -78,18 +78,21 @@ def run(
     )
     result.phase_seconds["inputs"] = inputs.seconds
     reporter.measured(result)  # a job failing from here on keeps what was measured
-    if not t.skip_baseline:
-        reporter.phase(Phase.BASELINE, f"evaluating the baseline on {length(x_test)} test samples")
-        model.compile(optimizer=recipe.make_optimizer(t), loss=loss, metrics=job_loss.keras_metrics())
-        result.baseline.CopyFrom(evaluate(model, x_test, y_test, t, "baseline evaluation"))
 
-    # Measured now: pruning wraps these very layers and masks their kernels in place.
+    # Measured now: pruning wraps these very layers and masks their kernels in place. Saved
+    # before the baseline's compile and evaluation, as loaded (uncompiled): the pruned model is
+    # saved without compile, optimizer or metric state too, so the two sizes compare like for like.
     main_format = spec.export.formats[0]
     baseline3 = None
     if version_out == 3 and main_format in KERAS_FILES:
         baseline3 = loaded.original if loaded.original is not None else as_keras3(model, None, workdir)
     baseline_file = export(model, main_format, workdir / "baseline", x_train, baseline3)
     result.size_before.CopyFrom(measure.sizes(baseline_file))
+
+    if not t.skip_baseline:
+        reporter.phase(Phase.BASELINE, f"evaluating the baseline on {length(x_test)} test samples")
+        model.compile(optimizer=recipe.make_optimizer(t), loss=loss, metrics=job_loss.keras_metrics())
+        result.baseline.CopyFrom(evaluate(model, x_test, y_test, t, "baseline evaluation"))
 
     original = model
     taught: distill.Distillation | None = None
