@@ -1730,7 +1730,7 @@ def status(job_id: str) -> None:
         text += f" {'stopped in ' if is_terminal(job) else ''}phase {p.phase}"
     if p.total_steps:
         text += f" step {p.step}/{p.total_steps} sparsity {p.sparsity:.3f}"
-        if not is_terminal(job):  # a job that ended before its ETA was cleared kept it
+        if not is_terminal(job) and p.eta_seconds:  # 0: not known yet (or cleared as the job ended)
             text += f" eta {p.eta_seconds:.0f}s"
     if job.error.message:
         text += f" error: {job.error.message}"

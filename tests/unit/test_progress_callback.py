@@ -4,6 +4,7 @@ end, and logs no epoch summary for the steps it did not run (real tf_keras train
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import tf_keras as keras
 
 from pruning.v1 import pruning_pb2 as pb
@@ -89,3 +90,18 @@ def test_the_epoch_line_names_a_wrapped_output_s_metrics_by_the_output():
     )
     (line,) = reporter.lines
     assert "cls_accuracy" in line and "reg_loss" in line and "prune_low_magnitude" not in line
+
+
+def test_the_eta_leaves_out_the_first_step_and_is_unknown_until_a_second_ends():
+    """The first step also traces the training function (seconds): timed with the others it
+    made the first ETA about an hour for a job of seconds."""
+    callback = ProgressCallback(Reporter(stop_after=10**9), None, 1, 101)  # type: ignore[arg-type]
+    callback.on_train_begin()
+    callback._first = (1, 100.0)  # the first step ended at t=100 s, after 5 s of tracing
+    assert callback.eta(1, 100.0) == 0.0  # nothing timed yet: not known
+    assert callback.eta(11, 101.0) == pytest.approx(0.1 * 90)  # 10 steps in 1 s, 90 left
+    reporter = Reporter(stop_after=10**9)
+    _fit(reporter, epochs=1, steps=10)
+    first, *rest = [p for p in reporter.sent if p.step]
+    assert first.step == 1 and first.eta_seconds == 0.0
+    assert rest[-1].step == 10 and rest[-1].eta_seconds == 0.0 and all(p.eta_seconds >= 0 for p in rest)

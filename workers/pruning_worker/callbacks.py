@@ -48,10 +48,23 @@ class ProgressCallback(keras.callbacks.Callback):
         self.epoch = 0
         self.step = 0  # the last step trained
         self.cancelled = False
-        self.started = self._last = time.monotonic()
+        self._last = time.monotonic()
+        # The ETA's rate is timed from the end of the first step: that one also traces and
+        # compiles the training function (seconds), which would make the first ETA an hour.
+        self._first: tuple[int, float] | None = None
 
     def on_train_begin(self, logs: Any = None) -> None:
-        self.started = time.monotonic()
+        self._first = None
+
+    def eta(self, step: int, now: float) -> float:
+        """Seconds left at ``step``, from the pace since the first step ended; 0 (not known
+        yet) before a second step has ended."""
+        if self._first is None:
+            return 0.0
+        first_step, first_at = self._first
+        if step <= first_step:
+            return 0.0
+        return (now - first_at) / (step - first_step) * (self.total - step)
 
     def on_epoch_begin(self, epoch: int, logs: Any = None) -> None:
         self.epoch = epoch
@@ -61,8 +74,7 @@ class ProgressCallback(keras.callbacks.Callback):
         if not force and now - self._last < self.reporter.interval_s:
             return  # throttled here too: asking the schedule for its sparsity runs TensorFlow ops
         self._last = now
-        elapsed = now - self.started
-        eta = elapsed / step * (self.total - step) if step else 0.0
+        eta = self.eta(step, now)
         self.reporter.progress(
             pb.Progress(
                 phase=Phase.FINE_TUNE,
@@ -80,6 +92,8 @@ class ProgressCallback(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch: int, logs: Any = None) -> None:
         self.step = self.epoch * self.steps_per_epoch + batch + 1
+        if self._first is None:
+            self._first = (self.step, time.monotonic())
         self._send(self.step, logs, force=False)
         if self.reporter.should_stop():
             self.cancelled = True
