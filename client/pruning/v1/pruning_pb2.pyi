@@ -1327,6 +1327,7 @@ class Progress(_message.Message):
     sparsity: _builtins.float
     """Current target sparsity of the pruning schedule."""
     eta_seconds: _builtins.float
+    """Seconds left, from the pace of the steps after the first; 0: not known yet, or the job ended."""
     def __init__(
         self,
         *,
