@@ -20,7 +20,6 @@ import os
 import pathlib
 import sys
 import threading
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import IO, Any
@@ -31,10 +30,6 @@ from google.rpc import code_pb2
 from pruning.v1 import pruning_pb2 as pb
 
 from .store import Keys
-
-# A heartbeat a worker wrote with its own clock may read a little ahead of this one's; a
-# delayed re-queue's entry lies ARTIFACT_STORE_RETRY_S (30 s) or more ahead.
-_CLOCK_SLACK_S = 10.0
 
 CONTEXT_FIELDS = ("job_id", "attempt", "task_id")
 _context: contextvars.ContextVar[Mapping[str, Any] | None] = contextvars.ContextVar("pruning_log_context", default=None)
@@ -401,14 +396,31 @@ class JobMetrics:
         return sum(1 for state in pipe.execute() if state is not None and int(state) == pb.JOB_STATE_QUEUED)
 
     def running_jobs(self) -> int:
-        """Jobs whose worker sends heartbeats (the running set but for the jobs re-queued with
-        a delay, whose entry is when they are due: :meth:`retrying_jobs`)."""
-        return int(self.redis.zcount(self.keys.running(), "-inf", time.time() + _CLOCK_SLACK_S))
+        """Jobs RUNNING or CANCELLING on a worker (the running set's, by their state)."""
+        return self._in_running_set().count("running")
 
     def retrying_jobs(self) -> int:
-        """Jobs re-queued with a delay (an artifact store outage stopped their attempt) that are
-        not due yet."""
-        return int(self.redis.zcount(self.keys.running(), f"({time.time() + _CLOCK_SLACK_S!r}", "+inf"))
+        """Jobs re-queued after the artifact store stopped their attempt, waiting to start again
+        (in the running set until due, and QUEUED)."""
+        return self._in_running_set().count("retrying")
+
+    def _in_running_set(self) -> list[str]:
+        """What each job of the running set is now, by its record's state (one entry per
+        attempt a worker holds or a delayed re-queue waits for: a few per worker)."""
+        ids = self.redis.zrange(self.keys.running(), 0, -1)
+        if not ids:
+            return []
+        pipe = self.redis.pipeline(transaction=False)
+        for job_id in ids:
+            pipe.hget(self.keys.job(_text(job_id)), "state")
+        kinds = []
+        for state in pipe.execute():
+            value = int(state) if state is not None else None
+            if value in (pb.JOB_STATE_RUNNING, pb.JOB_STATE_CANCELLING):
+                kinds.append("running")
+            elif value == pb.JOB_STATE_QUEUED:
+                kinds.append("retrying")
+        return kinds
 
 
 def _queue_lists(queue: str) -> list[str]:

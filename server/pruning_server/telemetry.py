@@ -63,11 +63,12 @@ class JobMetricsCollector(Collector):
         queued = GaugeMetricFamily("pruning_jobs_queued", "jobs in state QUEUED waiting in the queue", labels=["queue"])
         queued.add_metric([self.queue], self.jobs.queued_jobs(self.queue))
         yield queued
-        running = GaugeMetricFamily("pruning_jobs_running", "jobs running on a worker that sends heartbeats")
+        running = GaugeMetricFamily("pruning_jobs_running", "jobs running (or being cancelled) on a worker")
         running.add_metric([], self.jobs.running_jobs())
         yield running
         retrying = GaugeMetricFamily(
-            "pruning_jobs_retrying", "jobs re-queued with a delay after an artifact store outage, not yet due"
+            "pruning_jobs_retrying",
+            "jobs re-queued after an artifact store outage stopped their attempt, waiting to start again",
         )
         retrying.add_metric([], self.jobs.retrying_jobs())
         yield retrying
