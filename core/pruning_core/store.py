@@ -223,9 +223,12 @@ end
 local new = not own  -- counted from now on; a shared record from before was not, nor staged
 local first_job = own and redis.call('HGET', KEYS[1], 'job')
 redis.call('HSET', KEYS[1], unpack(ARGV, 10))
--- an export another job stores again stays the first job's
-if first_job and first_job ~= '' and redis.call('HGET', KEYS[1], 'job') ~= '' then
+-- an export another job stores again stays the first job's; the other is kept as 'job_again',
+-- named instead if the first job takes its exports back (it failed: _HAND_OVER)
+local writer = redis.call('HGET', KEYS[1], 'job')
+if first_job and first_job ~= '' and writer ~= '' then
   redis.call('HSET', KEYS[1], 'job', first_job)
+  if writer ~= first_job then redis.call('HSET', KEYS[1], 'job_again', writer) end
 end
 redis.call('SADD', KEYS[3], ARGV[2])
 redis.call('ZADD', KEYS[4], ARGV[3], ARGV[4])
@@ -236,6 +239,17 @@ if not held and staged ~= '' then redis.call('HSET', staged, ARGV[1], ARGV[6] ..
 return {new and 1 or 0, 0}
 """
 )
+
+# KEYS: an artifact's record ; ARGV: a job taking back its exports. A record that stays (another
+# job stored the same bytes since) names that other job rather than one that failed.
+_HAND_OVER = """
+if redis.call('HGET', KEYS[1], 'job') ~= ARGV[1] then return 0 end
+local again = redis.call('HGET', KEYS[1], 'job_again')
+if not again or again == ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], 'job', again)
+redis.call('HDEL', KEYS[1], 'job_again')
+return 1
+"""
 
 # KEYS: as _PUT_RECORD, without the staged exports, then the record's pins ('' = not asked) ;
 # ARGV: artifact id, tenant, "<id>:<tenant>", the 'created' the record must still have ('' =
@@ -733,6 +747,7 @@ class _Base:
         self._backfill = client.register_script(_BACKFILL)
         self._put_record = client.register_script(_PUT_RECORD)
         self._drop_record = client.register_script(_DROP_RECORD)
+        self._hand_over = client.register_script(_HAND_OVER)
         self._refresh_record = client.register_script(_REFRESH_RECORD)
         self._backfill_artifact = client.register_script(_BACKFILL_ARTIFACT)
         self._unindex_artifact = client.register_script(_UNINDEX_ARTIFACT)
@@ -880,7 +895,10 @@ class _Base:
             attempt, _, created = value.decode().rpartition(" ")  # "<attempt> <created>"
             if attempts is not None and not attempts(int(attempt or 0)):
                 continue  # another attempt's: it answers for its own
-            removed += bool((yield from self._drop_artifact(tenant, artifact_id.decode(), created)))
+            if (yield from self._drop_artifact(tenant, artifact_id.decode(), created)):
+                removed += 1
+            else:  # stored again since by another job: the record stays, and names that one
+                yield self._hand_over(keys=[self.keys.tenant_artifact(tenant, artifact_id.decode())], args=[job_id])
             yield self.redis.hdel(key, artifact_id)
         return removed
 

@@ -249,6 +249,7 @@ def test_a_record_written_again_by_another_job_is_not_rolled_back(stores):
     assert store.get_artifact("t", first.id).job == "a" * 24  # the job that stored it first
     assert not store.take_back_exports("a" * 24, "t")
     assert _holds(store, "t", first.id) and store.get_artifact("t", first.id).created == second.created
+    assert store.get_artifact("t", first.id).job == "b" * 24  # not the job that failed
     store.redis.hset(store.keys.staged("b" * 24), first.id, f"1 {second.created}")  # as if it staged it
     assert store.take_back_exports("b" * 24, "t") == 1
     assert not _holds(store, "t", first.id)
