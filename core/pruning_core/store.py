@@ -69,6 +69,8 @@ IDEMPOTENCY_TTL_S = 0  # 0 = no expiry of its own
 MARKER_TTL_S = 7 * 24 * 3600  # a lost attempt's or a cancel's marker
 # 1: jobs indexed by tenant, by state and by label.
 INDEX_VERSION = 1
+# 1: idempotency keys without an expiry of their own (they go with their job or sweep).
+IDEMPOTENCY_VERSION = 1
 # 1: artifact records indexed by tenant and time, and by kind.
 ARTIFACT_INDEX_VERSION = 1
 ARTIFACT_KINDS = tuple(k for k in pb.ArtifactKind.values() if k)
@@ -501,6 +503,9 @@ class Keys:
 
     def index_version(self) -> str:
         return f"{self.prefix}:index-version"
+
+    def idempotency_version(self) -> str:
+        return f"{self.prefix}:idempotency-version"
 
     def idempotency(self, tenant: str, key: str) -> str:
         return f"{self.prefix}:idem:{tenant}:{key}"
@@ -1260,6 +1265,39 @@ class AsyncJobStore(_Base):
         seen += await self._backfill_batch(job_keys)
         await self.redis.set(self.keys.index_version(), INDEX_VERSION)
         return seen
+
+    async def persist_idempotency_keys(self, batch: int = 500) -> int:
+        """Takes the expiry off the idempotency keys of jobs and sweeps recorded when keys
+        expired after 7 days (they now last as long as their job or sweep), once (a version
+        key under the prefix records that it ran); returns the keys changed."""
+        if int(await self.redis.get(self.keys.idempotency_version()) or 0) >= IDEMPOTENCY_VERSION:
+            return 0
+        changed = 0
+        for pattern in (self.keys.job(""), f"{self.keys.prefix}:sweep:"):
+            records: builtins.list[bytes] = []
+            async for key in self.redis.scan_iter(match=_glob_escape(pattern) + "*", count=1000):
+                if not key.endswith(b":lock"):  # a sweep's lock, not its record
+                    records.append(key)
+                if len(records) >= batch:
+                    changed += await self._persist_keys(records)
+                    records = []
+            changed += await self._persist_keys(records)
+        await self.redis.set(self.keys.idempotency_version(), IDEMPOTENCY_VERSION)
+        return changed
+
+    async def _persist_keys(self, records: builtins.list[bytes]) -> int:
+        if not records:
+            return 0
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for key in records:
+                pipe.hget(key, "idem")
+            keys = [k for k in await pipe.execute(raise_on_error=False) if isinstance(k, bytes) and k]
+        if not keys:
+            return 0
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for key in keys:
+                pipe.persist(key)
+            return sum(1 for done in await pipe.execute() if done)
 
     async def _backfill_batch(self, job_keys: builtins.list[bytes]) -> int:
         if not job_keys:

@@ -110,6 +110,33 @@ def test_an_idempotency_key_lasts_as_long_as_its_job_or_sweep(redis_url, stores)
     asyncio.run(sweep())
 
 
+def test_keys_written_to_expire_after_7_days_lose_their_expiry_once(redis_url, stores):
+    """A deployment that ran before keys lasted as long as their job: the server's start takes
+    the expiry off each job's and sweep's key, once."""
+    from pruning_core.sweeps import SweepStore
+
+    store, prefix = stores
+    job, _ = create(redis_url, prefix, key="old")
+    store.redis.expire(store.keys.idempotency("t", "old"), 7 * 86400)  # as the old script wrote it
+
+    async def go():
+        async_store = AsyncJobStore.from_url(redis_url, prefix)
+        sweeps = SweepStore(async_store.redis, prefix)
+        try:
+            made, _ = await sweeps.create("t", pb.Sweep(id="s2"), "old-sweep", "fp")
+            await async_store.redis.expire(sweeps._idempotency("t", "old-sweep"), 7 * 86400)
+            await sweeps.lock(made.id, 60_000)  # a string key beside the records
+            changed = await async_store.persist_idempotency_keys(batch=1)
+            again = await async_store.persist_idempotency_keys()
+            ttl = await async_store.redis.ttl(sweeps._idempotency("t", "old-sweep"))
+            return changed, again, ttl
+        finally:
+            await async_store.redis.aclose()
+
+    assert asyncio.run(go()) == (2, 0, -1)
+    assert store.redis.ttl(store.keys.idempotency("t", "old")) == -1
+
+
 async def _delete_job(redis_url, prefix, job_id):
     store = AsyncJobStore.from_url(redis_url, prefix)
     try:
