@@ -405,6 +405,19 @@ def _h5_shapes(group: Any) -> list[tuple[str, list[int]]]:
     return found
 
 
+_WEIGHT_MEMBERS = frozenset({"model.weights.h5", "model.weights.npz"})
+
+
+def _json_member(archive: zipfile.ZipFile, name: str, limit: int) -> Any:
+    """A JSON member of a .keras archive; one that does not parse is named as such (the
+    archive itself is whole)."""
+    text = _read_member(archive, name, limit)
+    try:
+        return json.loads(text)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ModelRejected(f"the archive's {name} is not valid JSON: {exc}") from None
+
+
 def _zip_weight_shapes(archive: zipfile.ZipFile) -> list[tuple[str, list[int]]]:
     if "model.weights.h5" not in archive.namelist():
         return []
@@ -454,17 +467,21 @@ def _inspect_model(path: pathlib.Path, max_decompressed: int, max_config: int) -
                 raise ModelRejected(f"the archive member 'config.json' is over the limit of {max_config} bytes")
             try:
                 _verify_members(archive, max_decompressed)
-                config = json.loads(_read_member(archive, "config.json", max_config))
-                metadata = (
-                    json.loads(_read_member(archive, "metadata.json", 1 << 20)) if ("metadata.json" in names) else {}
-                )
+                config = _json_member(archive, "config.json", max_config)
+                metadata = _json_member(archive, "metadata.json", 1 << 20) if ("metadata.json" in names) else {}
                 weights = _zip_weight_shapes(archive)
             except ModelRejected:
                 raise
             except (zipfile.BadZipFile, OSError, ValueError, EOFError, RecursionError) as exc:
                 raise ModelRejected(f"the archive is truncated or corrupt: {exc}") from None
         version = metadata.get("keras_version") if isinstance(metadata, dict) else None
-        return check_model_config(config, "keras", version if isinstance(version, str) else "", weights)
+        info = check_model_config(config, "keras", version if isinstance(version, str) else "", weights)
+        if not names & _WEIGHT_MEMBERS:  # Keras writes one even for a model without weights
+            raise ModelRejected(
+                "the archive holds no weights (no model.weights.h5 or model.weights.npz): save the whole model "
+                "with model.save('model.keras')"
+            )
+        return info
     import h5py
 
     try:

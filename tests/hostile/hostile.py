@@ -45,6 +45,18 @@ def keras_bytes(config: dict | None = None, version: str = "2.15.0") -> bytes:
     with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as z:
         z.writestr("config.json", json.dumps(config or model_config()))
         z.writestr("metadata.json", json.dumps({"keras_version": version}))
+        z.writestr("model.weights.h5", empty_h5())
+    return out.getvalue()
+
+
+def empty_h5() -> bytes:
+    """A valid HDF5 file holding nothing: the weights member a .keras must have (these
+    tests' models are read, not loaded)."""
+    import h5py
+
+    out = io.BytesIO()
+    with h5py.File(out, "w"):
+        pass
     return out.getvalue()
 
 

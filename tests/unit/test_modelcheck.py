@@ -154,11 +154,47 @@ def test_malformed_configs_are_rejected_or_described_never_crash(tmp_path, confi
     path = tmp_path / "odd.keras"
     with zipfile.ZipFile(path, "w") as z:
         z.writestr("config.json", json.dumps(config))
+        z.writestr("model.weights.h5", _empty_h5())
     try:
         info = modelcheck.inspect_model(path, 10**9)
     except ModelRejected:
         return
     assert info.input_shape is None
+
+
+def _empty_h5() -> bytes:
+    import io
+
+    import h5py
+
+    out = io.BytesIO()
+    with h5py.File(out, "w"):
+        pass
+    return out.getvalue()
+
+
+def test_a_keras_archive_without_weights_is_refused_naming_them(tmp_path):
+    """Accepted before, it failed every job at load ("Expected a model.weights.h5 ...")."""
+    path = tmp_path / "noweights.keras"
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("config.json", json.dumps(sequential(layer("Dense", "d"))))
+        z.writestr("metadata.json", json.dumps({"keras_version": "3.15.0"}))
+    with pytest.raises(ModelRejected, match="holds no weights"):
+        modelcheck.inspect_model(path, 10**9)
+
+
+@pytest.mark.parametrize("member", ["config.json", "metadata.json"])
+@pytest.mark.parametrize("text", [b"{not json", b"\xff\xfe"])
+def test_a_member_that_is_not_json_is_named_not_called_a_corrupt_archive(tmp_path, member, text):
+    path = tmp_path / "badjson.keras"
+    members = {"config.json": json.dumps(sequential(layer("Dense", "d"))).encode(), "metadata.json": b"{}"}
+    members[member] = text
+    with zipfile.ZipFile(path, "w") as z:
+        for name, data in members.items():
+            z.writestr(name, data)
+        z.writestr("model.weights.h5", _empty_h5())
+    with pytest.raises(ModelRejected, match=f"the archive's {member} is not valid JSON"):
+        modelcheck.inspect_model(path, 10**9)
 
 
 def test_random_bytes_behind_a_zip_or_hdf5_signature(tmp_path):
