@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import pathlib
 import re
 import shutil
@@ -562,6 +563,14 @@ def _npy_header(
                 raise ModelRejected(f"array {key!r} holds {dtype.str}; only numbers can be trained on", field="dataset")
             if any(d < 0 for d in shape):
                 raise ModelRejected(f"array {key!r} has a negative dimension in {shape}", field="dataset")
+            held = archive.getinfo(f"{key}.npy").file_size - member.tell()  # the bytes after the header
+            needed = math.prod(shape) * dtype.itemsize
+            if held != needed:  # cut short (or padded): the job would fail reading it, or read past it
+                raise ModelRejected(
+                    f"array {key!r} holds {held} bytes of data, but its shape {tuple(shape)} of {dtype.str} "
+                    f"takes {needed}: the file is cut short or not what its header says",
+                    field="dataset",
+                )
             if key.startswith("y_") and _label_column(shape) and np.issubdtype(dtype, np.integer):
                 ranges[key] = _value_range(member, shape, dtype)
             elif key.startswith("y_") and _label_column(shape) and np.issubdtype(dtype, np.floating):

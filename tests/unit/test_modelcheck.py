@@ -366,3 +366,24 @@ def test_only_layers_that_compute_are_listed_in_mixed_precision():
 def test_a_malformed_dtype_is_not_mixed_precision(dtype):
     info = modelcheck.check_model_config(sequential(layer("Dense", "d", dtype=dtype)), "keras")
     assert info.mixed_precision == [] and info.left_whole == {}
+
+
+@pytest.mark.parametrize("cut", [-100, 8])  # cut short; or bytes past what the header says
+def test_an_array_whose_data_is_not_what_its_header_says_is_refused_at_upload(tmp_path, cut):
+    """Accepted before, and the job failed reading it ("EOF: reading array data")."""
+    import io
+
+    arrays = {k: np.zeros((20, 4), "float32") for k in ("x_train", "x_test")}
+    arrays |= {k: np.zeros(20, "int64") for k in ("y_train", "y_test")}
+    path = tmp_path / "cut.npz"
+    with zipfile.ZipFile(path, "w") as z:
+        for name, array in arrays.items():
+            out = io.BytesIO()
+            np.lib.format.write_array(out, array)
+            data = out.getvalue()
+            if name == "x_train":
+                data = data[:cut] if cut < 0 else data + b"\0" * cut
+            z.writestr(f"{name}.npy", data)
+    with pytest.raises(ModelRejected, match="array 'x_train' holds .* bytes of data, but its shape") as error:
+        modelcheck.inspect_dataset(path, 10**9)
+    assert error.value.field == "dataset"
