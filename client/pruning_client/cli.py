@@ -858,8 +858,11 @@ def _report(error: PruningError, *, json_output: bool, stream: bool = False) -> 
     violations = error.field_violations
     joined = "; ".join(f"{f}: {d}" for f, d in violations)
     # The server's message only joins the violations (each cut short on its own): say each once.
-    only_joined = error.details == joined or (
-        len(violations) == 1 and error.details.startswith(f"{violations[0][0]}: ") and len(error.details) <= 1000
+    cut_short = error.details.endswith("...") and joined.startswith(error.details[:-3])  # the message is cut sooner
+    only_joined = (
+        error.details == joined
+        or cut_short
+        or (len(violations) == 1 and error.details.startswith(f"{violations[0][0]}: ") and len(error.details) <= 1000)
     )
     if violations and only_joined and error.code is not None:
         # One violation is said from itself: the message is cut as a whole, its field and its

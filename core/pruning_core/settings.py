@@ -150,7 +150,8 @@ class Settings(BaseSettings):
         30.0, description="an idle watch stream checks its job's state this often (ends it if the job ended)"
     )
     max_error_bytes: int = Field(
-        200, description="echoed text in an error answer (message, each field and description) is cut to this"
+        200,
+        description="echoed text in an error answer (message, each field) is cut to this, a description to twice this",
     )
     max_violations: int = Field(10, description="field violations kept in one INVALID_ARGUMENT answer")
     health_check_interval_s: float = Field(

@@ -43,9 +43,18 @@ class Invalid(Failure):
         super().__init__(code, message or "; ".join(f"{f}: {d}" for f, d in self.violations))
 
     def details(self, cut: Cut) -> list:
-        kept = self.violations[: cut.max_violations]
-        pairs = [(cut(f), cut(d)) for f, d in kept]
-        if (more := len(self.violations) - len(kept) + self.unlisted) > 0:
+        # A description is the service's own text around what it echoes (the advice often comes
+        # last): it may take twice the bytes of a field, within the answer's budget.
+        pairs: list[tuple[str, str]] = []
+        used = 0
+        for f, d in self.violations[: cut.max_violations]:
+            pair = (cut(f), cut(d, 2 * cut.max_bytes))
+            size = len(pair[0].encode()) + len(pair[1].encode())
+            if pairs and used + size > cut.details_budget:
+                break
+            pairs.append(pair)
+            used += size
+        if (more := len(self.violations) - len(pairs) + self.unlisted) > 0:
             pairs.append(("", f"and {more} more problem{'s' if more > 1 else ''}"))
         return [
             error_details_pb2.BadRequest(
@@ -82,11 +91,19 @@ class Cut:
     def __init__(self, max_bytes: int, max_violations: int):
         self.max_bytes, self.max_violations = max_bytes, max_violations
 
-    def __call__(self, text: str) -> str:
+    def __call__(self, text: str, max_bytes: int | None = None) -> str:
+        limit = self.max_bytes if max_bytes is None else max_bytes
         raw = text.encode("utf-8", "replace")
-        if len(raw) <= self.max_bytes:
+        if len(raw) <= limit:
             return text
-        return raw[: max(0, self.max_bytes - 3)].decode("utf-8", "ignore") + "..."
+        return raw[: max(0, limit - 3)].decode("utf-8", "ignore") + "..."
+
+    @property
+    def details_budget(self) -> int:
+        """Bytes of field violations one answer carries: as many as ``max_violations`` + 1
+        pairs cut to ``max_bytes`` each would take (what the trailer held before descriptions
+        could be longer), so the status stays far below gRPC's metadata limit."""
+        return (self.max_violations + 1) * 2 * self.max_bytes
 
 
 def to_status(failure: Failure, cut: Cut) -> grpc.Status:

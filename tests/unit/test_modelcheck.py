@@ -387,3 +387,24 @@ def test_an_array_whose_data_is_not_what_its_header_says_is_refused_at_upload(tm
     with pytest.raises(ModelRejected, match="array 'x_train' holds .* bytes of data, but its shape") as error:
         modelcheck.inspect_dataset(path, 10**9)
     assert error.value.field == "dataset"
+
+
+def test_a_description_keeps_the_advice_after_what_it_echoes_within_the_answer_s_budget():
+    """The 200-byte cut took the service's own hint off the end ("... or use the keep_accuracy
+    r..."); a description may take twice that, and the answer stays within its budget."""
+    from google.rpc import error_details_pb2, status_pb2
+
+    from pruning_server.errors import Cut, Invalid, to_status
+
+    hint = "x" * 150 + ": set a frequency of at most 14, or use the keep_accuracy recipe"  # about 215 bytes
+    status = to_status(Invalid([("spec.pruning.schedule", hint)]), Cut(200, 10))
+    bad = error_details_pb2.BadRequest()
+    status_pb2.Status.FromString(dict(status.trailing_metadata)["grpc-status-details-bin"]).details[0].Unpack(bad)
+    assert bad.field_violations[0].description == hint and len(status.details.encode()) <= 200
+    many = Invalid([(f"{i}" + "f" * 1000, "y" * 1000) for i in range(10)])  # each pair cut to 200 + 400 bytes
+    status = to_status(many, Cut(200, 10))
+    status_pb2.Status.FromString(dict(status.trailing_metadata)["grpc-status-details-bin"]).details[0].Unpack(bad)
+    kept = [v for v in bad.field_violations if v.field]
+    assert sum(len(v.field) + len(v.description) for v in kept) <= Cut(200, 10).details_budget
+    assert all(len(v.description) == 400 for v in kept) and len(kept) < 10
+    assert bad.field_violations[-1].description == f"and {10 - len(kept)} more problems"
