@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import datetime
 import hashlib
 import json
@@ -58,12 +59,29 @@ class CorruptArtifact(OSError):
     """An artifact's bytes read back from the store do not hash to its id."""
 
 
+class StoreUnavailable(OSError):
+    """The object store did not take a multipart upload's part or its completion: obstore's
+    writer raises a bare OSError ("Generic S3 error: ... Connection refused"), which is
+    raised again as this one, so that it is told apart from a local disk's error."""
+
+
 def unavailable_errors() -> tuple[type[BaseException], ...]:
     """What the S3 client raises when the object store does not answer, or refuses the
     server's credentials: a connection refused or reset, a timeout, a 5xx, a 403."""
     from obstore.exceptions import GenericError, PermissionDeniedError, UnauthenticatedError
 
-    return (GenericError, PermissionDeniedError, UnauthenticatedError)
+    return (GenericError, PermissionDeniedError, UnauthenticatedError, StoreUnavailable)
+
+
+@contextlib.contextmanager
+def _writer_errors() -> Iterator[None]:
+    """Around obstore's writer: its bare OSError is the store's (:class:`StoreUnavailable`)."""
+    try:
+        yield
+    except OSError as exc:
+        if type(exc) is not OSError:  # a subclass (FileNotFoundError, ...): not the writer's own
+            raise
+        raise StoreUnavailable(str(exc)) from exc
 
 
 def refused_errors() -> tuple[type[BaseException], ...]:
@@ -265,7 +283,8 @@ class _S3Writer(Upload):
                 buffer_size=self._s3.part_size,
                 max_concurrency=self._s3.max_concurrency,
             )
-        self._remote.write(data)
+        with _writer_errors():
+            self._remote.write(data)
 
     def _abort(self) -> None:
         if self._remote is not None and not self._remote.closed():
@@ -286,9 +305,11 @@ class _S3Writer(Upload):
             if self._remote is None:
                 obstore.put(self._s3.objects, final, b"")  # an empty file
             elif self._key == final:
-                self._remote.close()  # completes the multipart upload: the hash matched
+                with _writer_errors():
+                    self._remote.close()  # completes the multipart upload: the hash matched
             else:
-                self._remote.close()
+                with _writer_errors():
+                    self._remote.close()
                 assert self._key is not None
                 # over the same bytes if stored: written anew, the housekeeping leaves them
                 obstore.rename(self._s3.objects, self._key, final)

@@ -20,7 +20,7 @@ from google.rpc import code_pb2
 
 from pruning.v1 import pruning_pb2 as pb
 from pruning_core import tasks
-from pruning_core.objectstore import DEPLOYMENT_MARKER, LocalStore, open_store
+from pruning_core.objectstore import DEPLOYMENT_MARKER, LocalStore, open_store, unavailable_errors
 from pruning_core.settings import Settings, redacted_url
 from pruning_core.store import (
     STORE_ERRORS,
@@ -346,6 +346,12 @@ async def housekeeping(store: AsyncJobStore, blobs: LocalStore, settings: Settin
             log.warning(
                 "housekeeping: the job store did not answer (%s); next pass in %g s",
                 exc,
+                settings.housekeeping_interval_s,
+            )
+        except unavailable_errors() as exc:  # one line a pass while it is down, not a traceback
+            log.warning(
+                "housekeeping: the artifact store did not answer (%s); next pass in %g s",
+                " ".join(str(exc).split())[:300],
                 settings.housekeeping_interval_s,
             )
         except Exception:

@@ -646,6 +646,25 @@ def test_a_store_that_stops_answering_fails_a_call_within_its_timeout_and_retrie
     assert not store.exists(artifact_id)  # answering again
 
 
+def test_an_upload_the_store_does_not_take_is_the_stores_outage_not_a_local_error(seaweed, s3_env, tmp_path):
+    """obstore's multipart writer raises a bare OSError when S3 does not answer: it was taken
+    for the server's own failure (INTERNAL, a traceback); it is the store's (UNAVAILABLE)."""
+    from pruning_core.objectstore import StoreUnavailable, open_store, unavailable_errors
+
+    env = {**s3_env, "PRUNING_S3_TIMEOUT_S": "1.5", "PRUNING_S3_MAX_RETRIES": "0"}
+    store = open_store(settings_for(env, state_dir=str(tmp_path / "state")))
+    upload = store.writer()
+    upload.write(os.urandom(4096))
+    seaweed.pause()
+    try:
+        with pytest.raises(unavailable_errors()) as raised:
+            upload.commit()
+    finally:
+        seaweed.resume()
+    assert isinstance(raised.value, StoreUnavailable) or type(raised.value) is not OSError
+    assert not list(store.tmp_dir.iterdir())  # its spool went with it
+
+
 def test_a_download_read_slower_than_the_s3_timeout_is_not_cut(seaweed, s3_env, tmp_path):
     """The server reads an object as fast as its client takes the bytes: a stream paused longer
     than PRUNING_S3_TIMEOUT_S between reads is a slow client, not a stalled store."""

@@ -644,3 +644,27 @@ def test_an_ended_job_keeps_its_last_progress_but_not_its_eta():
     job.progress.MergeFrom(pb.Progress(phase="fine_tune", step=3, total_steps=10, eta_seconds=42.0))
     state_event(job, pb.JOB_STATE_FAILED)
     assert job.progress.phase == "fine_tune" and job.progress.step == 3 and job.progress.eta_seconds == 0
+
+
+def test_housekeeping_says_in_one_line_that_the_artifact_store_is_down(monkeypatch, caplog):
+    """Each pass while S3 is down logged a whole traceback as an ERROR."""
+    import logging
+
+    from pruning_core.objectstore import StoreUnavailable
+    from pruning_core.settings import Settings
+    from pruning_server import reaper
+
+    def down(*args, **kwargs):
+        raise StoreUnavailable("Generic S3 error: Error performing PUT ... Connection refused")
+
+    monkeypatch.setattr(reaper, "sweep", down)
+
+    async def two_passes():
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(reaper.housekeeping(None, None, Settings(housekeeping_interval_s=0.05)), 0.3)
+
+    with caplog.at_level(logging.WARNING, logger=reaper.log.name):
+        asyncio.run(two_passes())
+    said = [r for r in caplog.records if r.name == reaper.log.name]
+    assert len(said) >= 2 and all(r.levelno == logging.WARNING and r.exc_info is None for r in said)
+    assert "the artifact store did not answer" in said[0].getMessage()

@@ -300,7 +300,7 @@ def test_a_cancelled_upload_step_waits_for_its_thread_before_the_cleanup():
     asyncio.run(plain())
 
 
-@pytest.mark.parametrize("which", ["GenericError", "PermissionDeniedError", "UnauthenticatedError"])
+@pytest.mark.parametrize("which", ["GenericError", "PermissionDeniedError", "UnauthenticatedError", "StoreUnavailable"])
 def test_an_artifact_store_that_does_not_answer_is_unavailable_not_internal(which):
     """S3 down, stalled past its timeout, or refusing rotated credentials: clients retry
     UNAVAILABLE; INTERNAL said the service was broken."""
@@ -317,12 +317,15 @@ def test_an_artifact_store_that_does_not_answer_is_unavailable_not_internal(whic
     class _Aborted(Exception):
         pass
 
-    error = getattr(exceptions, which)("Generic S3 error: error sending request: Connection refused")
+    from pruning_core import objectstore
+
+    kind = getattr(objectstore, which, None) or getattr(exceptions, which)
+    error = kind("Generic S3 error: error sending request: Connection refused")
     with pytest.raises(_Aborted) as aborted:
         asyncio.run(_answer_failure(Context(), "/pruning.v1.PruningService/UploadDataset", error, Cut(4096, 10)))
     code, message = aborted.value.args
     assert code == grpc.StatusCode.UNAVAILABLE
-    if which == "GenericError":
+    if which in ("GenericError", "StoreUnavailable"):
         assert message == "the artifact store is unavailable; retry shortly"
     else:  # no pause to wait out: the operator must fix the credentials
         assert "refused the server's credentials" in message and "operator" in message
