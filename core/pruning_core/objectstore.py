@@ -137,6 +137,10 @@ class LocalStore(BlobStore):
         directory is there and writable."""
         return self.root.is_dir() and os.access(self.root, os.W_OK)
 
+    def probe(self) -> None:
+        """Raises what the store raises when it does not answer (:func:`unavailable_errors`);
+        a local directory has no outage of that kind."""
+
     def exists(self, artifact_id: str, size: int | None = None) -> bool:
         """Whether the store holds the blob (of ``size`` bytes, when given: one truncated or
         grown behind the service's back is not the artifact)."""
@@ -399,13 +403,18 @@ class S3Store(LocalStore):
         takes comes back within this store's timeout (a HEAD of a missing key in a missing
         bucket answers 404 too); a store down, stalled, refusing the credentials or without
         its bucket does not. Open the store with a short timeout for it (the metrics use 3 s)."""
-        import obstore
-
         try:
-            next(iter(obstore.list(self.objects, prefix="probe/", chunk_size=1)), None)
+            self.probe()
         except Exception:  # noqa: BLE001 - any failure: not answering, for the metric
             return False
         return True
+
+    def probe(self) -> None:
+        """A listing of one key under a prefix no artifact takes; raises what the store
+        raises when it does not answer."""
+        import obstore
+
+        next(iter(obstore.list(self.objects, prefix="probe/", chunk_size=1)), None)
 
     def key(self, artifact_id: str) -> str:
         if not is_artifact_id(artifact_id):

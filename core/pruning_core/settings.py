@@ -184,8 +184,14 @@ class Settings(BaseSettings):
         3,
         ge=0,
         description="times a job's worker may be lost: at the last the job fails (ABORTED) instead of being "
-        "re-queued again; and, counted apart, times the artifact store may stop its attempts before it fails "
-        "(UNAVAILABLE); 0 = no limit",
+        "re-queued again; 0 = no limit",
+    )
+    artifact_store_patience_s: float = Field(
+        900.0,
+        ge=0,
+        description="a job whose attempts the artifact store stops (down, stalled, refusing the credentials) goes "
+        "back to the queue, again and again with a backoff, until this long after the first stop; then it fails "
+        "(UNAVAILABLE). An attempt after a stop asks the store first, and stops at once while it does not answer",
     )
     log_format: Literal["text", "json"] = Field(
         "text", description="'json': one JSON object per log line, with the job id, attempt and Celery task id bound"

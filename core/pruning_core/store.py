@@ -538,6 +538,10 @@ class Keys:
         """How many attempts of the job the artifact store stopped (it did not answer)."""
         return f"{self.prefix}:artifact-store-stops:{job_id}"
 
+    def artifact_store_stopped_at(self, job_id: str) -> str:
+        """When the artifact store first stopped an attempt of the job (unix s)."""
+        return f"{self.prefix}:artifact-store-stopped-at:{job_id}"
+
     def staged(self, job_id: str) -> str:
         """Export records a job's attempts added (id -> "<attempt> <created>"), until the job
         succeeds: a worker lost while storing them leaves records the job never lists."""
@@ -981,15 +985,21 @@ class JobStore(_Base):
     def cancel_requested(self, job_id: str) -> bool:
         return bool(self.redis.exists(self.keys.cancel(job_id)))
 
-    def count_artifact_store_stop(self, job_id: str) -> int:
-        """Counts one more attempt of the job that the artifact store stopped; how many so far
-        (kept a week, longer than any job waits to run again)."""
-        key = self.keys.artifact_store_stops(job_id)
+    def count_artifact_store_stop(self, job_id: str) -> tuple[int, float]:
+        """Counts one more attempt of the job that the artifact store stopped; how many so far,
+        and when the first was (unix s; both kept a week, longer than any job waits to run again)."""
+        key, since = self.keys.artifact_store_stops(job_id), self.keys.artifact_store_stopped_at(job_id)
         with self.redis.pipeline() as pipe:
             pipe.incr(key)
             pipe.expire(key, 7 * 86400)
-            count, _ = pipe.execute()
-        return int(count)
+            pipe.set(since, repr(time.time()), nx=True, ex=7 * 86400)
+            pipe.get(since)
+            count, _, _, first = pipe.execute()
+        return int(count), float(first)
+
+    def artifact_store_stopped(self, job_id: str) -> int:
+        """How many attempts of the job the artifact store stopped."""
+        return int(self.redis.get(self.keys.artifact_store_stops(job_id)) or 0)
 
     def put_artifact(
         self,

@@ -489,8 +489,8 @@ def test_an_attempt_the_artifact_store_stopped_is_retried_later_then_fails_unava
 ):
     """S3 down at a job's start or export: not INTERNAL at once, but the job back in the queue
     (once its heartbeat stopped) to start again after a backoff, from its last checkpoint;
-    once the store stopped max_attempts attempts, FAILED with UNAVAILABLE and the store's
-    error. Attempts lost otherwise do not count."""
+    once the store has stopped its attempts for artifact_store_patience_s, FAILED with
+    UNAVAILABLE and the store's error. An attempt after a stop asks the store first."""
     import contextvars
 
     from obstore.exceptions import GenericError
@@ -503,7 +503,12 @@ def test_an_attempt_the_artifact_store_stopped_is_retried_later_then_fails_unava
 
     store, prefix = stores
     settings = Settings(
-        state_dir=tmp_path / "state", key_prefix=prefix, work_dir=tmp_path / "work", max_attempts=2, redis_url=redis_url
+        state_dir=tmp_path / "state",
+        key_prefix=prefix,
+        work_dir=tmp_path / "work",
+        max_attempts=2,
+        artifact_store_patience_s=600,
+        redis_url=redis_url,
     )
     job, _ = create(redis_url, prefix)
     _claim(store, job.id, "lost-worker")  # an attempt lost otherwise (the reaper re-queued it)
@@ -525,10 +530,23 @@ def test_an_attempt_the_artifact_store_stopped_is_retried_later_then_fails_unava
     due = store.redis.zscore(store.keys.running(), job.id)  # watched from when its countdown ends
     assert due is not None and due > time.time() + ARTIFACT_STORE_RETRY_S - 10
 
-    final = run_job(job.id, settings, "w2")  # the second stop of at most 2
-    assert final is not None and final.state == pb.JOB_STATE_FAILED
+    # The next attempt asks the store first: still down, it stops before it fetches or trains,
+    # and goes back to the queue (twice the wait), within the patience.
+    from pruning_core.objectstore import LocalStore
+
+    ran = []
+    monkeypatch.setattr(pipeline, "run", lambda *a, **k: ran.append(1) or down())
+    monkeypatch.setattr(LocalStore, "probe", down)
+    store.update(job.id, lambda j: [state_event(j, pb.JOB_STATE_QUEUED)] if j.state != pb.JOB_STATE_QUEUED else [])
+    assert run_job(job.id, settings, "w2") is None and not ran
+    assert store.get(job.id).state == pb.JOB_STATE_QUEUED
+    assert sent[-1]["countdown"] == 2 * ARTIFACT_STORE_RETRY_S
+
+    store.redis.set(store.keys.artifact_store_stopped_at(job.id), repr(time.time() - 700))  # down 700 s now
+    final = run_job(job.id, settings, "w3")  # past the patience: it fails
+    assert final is not None and final.state == pb.JOB_STATE_FAILED and not ran
     assert final.error.code == code_pb2.UNAVAILABLE and "Connection refused" in final.error.message
-    assert "2 attempts" in final.error.message and len(sent) == 1
+    assert "3 attempts over 70" in final.error.message and len(sent) == 2
 
 
 def test_a_failure_while_an_attempt_is_set_up_fails_the_job_at_once(redis_url, stores, tmp_path, monkeypatch):

@@ -45,6 +45,7 @@ from .errors import STORE_ERRORS, Cancelled, JobDeadlineExceeded, JobInputError
 
 log = logging.getLogger(__name__)
 ARTIFACT_STORE_RETRY_S = 30.0  # an attempt the artifact store stopped starts again after this, doubled each time
+# (to 5 min), until Settings.artifact_store_patience_s after the first stop
 
 
 class ArtifactStoreStopped(Exception):
@@ -498,6 +499,8 @@ def _run_claimed(store: JobStore, job: pb.Job, settings: Settings) -> pb.Job | N
         store.take_back_exports(job_id, tenant, lambda staged_by: staged_by < job.attempt)
 
         blobs = open_store(settings)
+        if store.artifact_store_stopped(job_id):
+            blobs.probe()  # still down: this attempt stops now, before it fetches or trains anything
         try:
             with (
                 job_dir(settings.work_path, job_id) as workdir,
@@ -546,16 +549,19 @@ def _run_claimed(store: JobStore, job: pb.Job, settings: Settings) -> pb.Job | N
         return reporter.finish(pb.JOB_STATE_FAILED, pb.JobError(code=exc.code, message=message))
     except unavailable_errors() as exc:
         # The artifact store did not answer (an outage, rotated credentials): a later attempt
-        # may find it back, resuming from the last checkpoint; once it stopped max_attempts
-        # attempts the job fails. run_job re-queues it once the heartbeat has stopped.
+        # may find it back, resuming from the last checkpoint; once it has stopped the job's
+        # attempts for artifact_store_patience_s the job fails. run_job re-queues it once the
+        # heartbeat has stopped.
         reporter.close(exc)
-        stops = store.count_artifact_store_stop(job_id)
+        stops, since = store.count_artifact_store_stop(job_id)
         if store.cancel_requested(job_id):
             return reporter.finish(pb.JOB_STATE_CANCELLED)
-        if not settings.max_attempts or stops < settings.max_attempts:
+        waited = time.time() - since
+        if waited < settings.artifact_store_patience_s:
             raise ArtifactStoreStopped(min(ARTIFACT_STORE_RETRY_S * 2 ** min(stops - 1, 10), 300.0)) from exc
         message = clean_line(
-            f"the artifact store did not answer {stops} attempts, the last with: {exc}", settings.max_error_bytes
+            f"the artifact store did not answer {stops} attempts over {waited:.0f} s, the last with: {exc}",
+            settings.max_error_bytes,
         )
         return reporter.finish(pb.JOB_STATE_FAILED, pb.JobError(code=code_pb2.UNAVAILABLE, message=message))
     except Exception as exc:  # noqa: BLE001 - any other failure ends the job as INTERNAL
