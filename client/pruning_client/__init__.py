@@ -24,6 +24,7 @@ from .client import Client, ClientOptions, DownloadProgress, UploadProgress
 from .exceptions import (
     AlreadyExists,
     Cancelled,
+    DataLoss,
     DeadlineExceeded,
     FailedPrecondition,
     IntegrityError,
@@ -68,6 +69,7 @@ __all__ = [
     "Cancelled",
     "Client",
     "ClientOptions",
+    "DataLoss",
     "DatasetSource",
     "DeadlineExceeded",
     "DownloadProgress",

@@ -5,8 +5,9 @@ Every command takes ``--json`` for machine-readable output, and the connection o
 after the command name. Exit codes: 0 success, 2 invalid argument or out of range (or a local
 file that cannot be read or written), 3 not found, 4 unauthenticated or permission denied, 5
 resource exhausted, 6 failed precondition or already exists, 7 unavailable or deadline exceeded,
-8 job failed, 9 job cancelled, 10 timeout, 11 integrity error (a download that fails its sha256
-check, a file that changed while uploaded), 130 interrupted, 1 anything else.
+8 job failed, 9 job cancelled, 10 timeout, 11 integrity error or data loss (a download that fails
+its sha256 check, a file that changed while uploaded, bytes the server's store lost), 130
+interrupted, 1 anything else.
 
 Commands other packages install (``pruning up`` from the server package) come from the
 ``pruning.commands`` entry-point group; each entry point names a :class:`click.Command`.
@@ -902,7 +903,8 @@ def _silence_stdout() -> None:
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 120, "show_default": True},
     epilog="Exit codes: 0 success, 2 invalid argument or out of range (or a local file that cannot be read or "
     "written), 3 not found, 4 unauthenticated or permission denied, 5 resource exhausted, 6 failed precondition or already exists, "
-    "7 unavailable or deadline exceeded, 8 job failed, 9 job cancelled, 10 timeout, 11 integrity error, 130 interrupted (Ctrl-C), "
+    "7 unavailable or deadline exceeded, 8 job failed, 9 job cancelled, 10 timeout, 11 integrity error or data loss, "
+    "130 interrupted (Ctrl-C), "
     "1 anything else.",
 )
 @click.option(

@@ -179,8 +179,19 @@ class IntegrityError(PruningError):
     exit_code = 11
 
 
+class DataLoss(IntegrityError):
+    """DATA_LOSS: the server holds the artifact's record but its store lost the bytes (or they
+    no longer hash to its id). Uploading the same file again stores them again."""
+
+    code = grpc.StatusCode.DATA_LOSS
+
+
+def _all_subclasses(cls: type[PruningError]) -> list[type[PruningError]]:
+    return [c for sub in cls.__subclasses__() for c in (sub, *_all_subclasses(sub))]
+
+
 _BY_CODE: dict[grpc.StatusCode, type[PruningError]] = {
-    cls.code: cls for cls in PruningError.__subclasses__() if cls.code is not None
+    cls.code: cls for cls in _all_subclasses(PruningError) if cls.code is not None
 }
 
 

@@ -471,7 +471,7 @@ def test_a_download_whose_object_is_gone_is_data_loss(s3_client, seaweed, s3_env
     INTERNAL, and the SDK keeps no file."""
     import numpy as np
 
-    from pruning_client import PruningError
+    from pruning_client import DataLoss
 
     source = tmp_path / "gone.npz"
     np.savez(source, x_train=np.zeros((4, 2)), y_train=np.zeros(4), x_test=np.zeros((2, 2)), y_test=np.zeros(2))
@@ -480,9 +480,9 @@ def test_a_download_whose_object_is_gone_is_data_loss(s3_client, seaweed, s3_env
     with pytest.raises(grpc.RpcError) as error:
         list(s3_client.stub.DownloadArtifact(pb.DownloadArtifactRequest(artifact_id=artifact.id)))
     assert error.value.code() == grpc.StatusCode.DATA_LOSS and artifact.id in error.value.details()
-    with pytest.raises(PruningError) as sdk:
+    with pytest.raises(DataLoss) as sdk:  # the CLI's exit 11, as a download failing its sha256
         s3_client.download(artifact.id, tmp_path / "back.npz")
-    assert sdk.value.code == grpc.StatusCode.DATA_LOSS
+    assert sdk.value.code == grpc.StatusCode.DATA_LOSS and sdk.value.exit_code == 11
     assert not list(tmp_path.glob("back.npz*"))
     s3_client.delete_artifact(artifact.id)
 

@@ -395,7 +395,7 @@ def test_pruning_up_refuses_the_client_options(given: list[str], capsys: pytest.
 def test_help_lists_every_exit_code(capsys: pytest.CaptureFixture[str]) -> None:
     assert run(["--help"]) == 0
     out = " ".join(capsys.readouterr().out.split())
-    assert "11 integrity error, 130 interrupted (Ctrl-C), 1 anything else" in out
+    assert "11 integrity error or data loss, 130 interrupted (Ctrl-C), 1 anything else" in out
 
 
 @pytest.mark.parametrize(("args", "enabled"), [([], None), (["--no-report"], False), (["--report"], None)])
