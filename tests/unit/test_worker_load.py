@@ -119,3 +119,16 @@ def test_weights_that_do_not_fit_the_configuration_are_named_with_their_cause(tm
     line = clean_line(str(error.value), 500)
     assert line.startswith("model: cannot be loaded with Keras 3:") and "model: cannot be loaded:" not in line
     assert line.count("hidden") >= 2 and not line.endswith(":")  # the object and what went wrong with it
+
+
+def test_a_job_error_shows_no_endpoint_of_the_deployment():
+    """An S3 outage's error named the bucket's endpoint (host and port) to the tenant."""
+    from pruning_worker.runner import clean_line
+
+    line = clean_line(
+        "the artifact store did not answer 3 attempts, the last with: Generic S3 error: Error performing GET "
+        "http://10.1.2.3:9000/artifacts/prod/ab12?partNumber=2 in 1.5s - HTTP error; and https://s3.internal:443",
+        300,
+    )
+    assert "10.1.2.3" not in line and "9000" not in line and "s3.internal" not in line and "prod" not in line
+    assert "GET <url>/ab12 in 1.5s" in line and line.endswith("and <url>")

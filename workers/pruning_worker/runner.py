@@ -200,15 +200,23 @@ class Reporter:
 
 _INPUT_ERROR_CHARS = 500  # input errors name the cause, as tferrors.root_cause cuts it
 _PATH = re.compile(r"(?:[A-Za-z]:)?(?:[\\/][^\s'\"\\/:,;()\[\]]+){2,}")
+_URL = re.compile(r"\b[a-z][a-z0-9+.-]*://[^\s'\"]+")  # an S3 endpoint's, say: the deployment's, not the tenant's
+
+
+def _url_tail(match: re.Match[str]) -> str:
+    """A URL as ``<url>/<its last path part>`` (``<url>`` alone without a path)."""
+    path = match.group(0).split("://", 1)[1].split("?")[0].rstrip("/").split("/")[1:]
+    return "<url>/" + path[-1] if path else "<url>"
 
 
 def clean_line(text: str, limit: int) -> str:
-    """The first line of ``text`` (with the next where it ends in a colon) with file paths cut to their last part, at most ``limit``
-    characters: job errors never show server paths or traces."""
+    """The first line of ``text`` (with the next where it ends in a colon) with file paths cut to their last part
+    and URLs' hosts hidden, at most ``limit`` characters: job errors never show server paths, endpoints or traces."""
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     if len(lines) > 1 and lines[0].endswith(":"):  # "... Example error message for object <Dense>:" + the cause
         lines[0] += " " + lines[1]
-    first = _PATH.sub(lambda m: "<path>/" + re.split(r"[\\/]", m.group(0))[-1], lines[0] if lines else "")
+    first = _URL.sub(_url_tail, lines[0] if lines else "")
+    first = _PATH.sub(lambda m: "<path>/" + re.split(r"[\\/]", m.group(0))[-1], first)
     return first if len(first) <= limit else first[: max(0, limit - 3)] + "..."
 
 
