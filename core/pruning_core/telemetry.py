@@ -407,12 +407,12 @@ class JobMetrics:
     def _in_running_set(self) -> list[str]:
         """What each job of the running set is now, by its record's state (one entry per
         attempt a worker holds or a delayed re-queue waits for: a few per worker)."""
-        ids = self.redis.zrange(self.keys.running(), 0, -1)
+        ids = [_text(i) for i in self.redis.zrange(self.keys.running(), 0, -1)]  # type: ignore[arg-type]
         if not ids:
             return []
         pipe = self.redis.pipeline(transaction=False)
         for job_id in ids:
-            pipe.hget(self.keys.job(_text(job_id)), "state")
+            pipe.hget(self.keys.job(job_id), "state")
         kinds = []
         for state in pipe.execute():
             value = int(state) if state is not None else None
