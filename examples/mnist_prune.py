@@ -4,13 +4,14 @@
    4 epochs with Keras 3 (what `import keras` is on today's TensorFlow) and save it as .keras.
 2. Start the embedded service (Redis, server, worker) unless --target names a running one.
 3. Through the SDK: upload the model, prune it with PolynomialDecay 0.50 -> 0.80 over
-   2 epochs (batch 128, validation split 0.1), follow the progress, download the result.
+   2 epochs (--epochs; batch 128, validation split 0.1), follow the progress, download the result.
 4. Print baseline vs pruned accuracy, per-layer sparsity, gzipped sizes and their ratio, and
    check that the downloaded model loads in Keras 3 with no custom objects and no pruning
    wrappers. (The service prunes it as an equivalent tf_keras model, since TFMOT runs on
    tf_keras only, and hands it back as Keras 3.)
 
-Usage: python examples/mnist_prune.py [--target HOST:PORT] [--state-dir DIR] [--baseline-epochs N] [--json]
+Usage: python examples/mnist_prune.py [--target HOST:PORT] [--state-dir DIR] [--baseline-epochs N] [--epochs N]
+                                     [--json]
 """
 
 from __future__ import annotations
@@ -73,6 +74,7 @@ def main() -> int:
         "--state-dir", type=pathlib.Path, default=pathlib.Path(os.environ.get("PRUNING_STATE_DIR", ".pruning"))
     )
     parser.add_argument("--baseline-epochs", type=int, default=4)
+    parser.add_argument("--epochs", type=int, default=2, help="epochs of the pruning job (the reference job: 2)")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     args = parser.parse_args()
     os.environ["PRUNING_STATE_DIR"] = str(args.state_dir.resolve())
@@ -105,7 +107,7 @@ def main() -> int:
                 model.id,
                 dataset="mnist",
                 schedule=polynomial_decay(0.50, 0.80),
-                epochs=2,
+                epochs=args.epochs,
                 batch_size=128,
                 validation_split=0.1,
             )
