@@ -199,7 +199,11 @@ def _artifact_dest(job_id: str, artifact: pb.Artifact, dest: os.PathLike[str] | 
     target = pathlib.Path(dest)
     if not _is_directory(dest):
         return target
-    return target / f"pruned-{job_id}{_artifact_suffix(artifact)}"
+    return target / _pruned_name(job_id, artifact)
+
+
+def _pruned_name(job_id: str, artifact: pb.Artifact) -> str:
+    return f"pruned-{job_id}{_artifact_suffix(artifact)}"
 
 
 def _all_dests(
@@ -209,7 +213,7 @@ def _all_dests(
     target = pathlib.Path(directory)
     out: list[tuple[pb.Artifact, pathlib.Path]] = []
     for artifact in artifacts:
-        path = target / f"pruned-{job_id}{_artifact_suffix(artifact)}"
+        path = target / _pruned_name(job_id, artifact)
         if path in (p for _, p in out):
             path = target / f"pruned-{job_id}-{artifact.id[:16]}{_artifact_suffix(artifact)}"
         out.append((artifact, path))

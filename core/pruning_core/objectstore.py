@@ -68,9 +68,9 @@ class StoreUnavailable(OSError):
 def unavailable_errors() -> tuple[type[BaseException], ...]:
     """What the S3 client raises when the object store does not answer, or refuses the
     server's credentials: a connection refused or reset, a timeout, a 5xx, a 403."""
-    from obstore.exceptions import GenericError, PermissionDeniedError, UnauthenticatedError
+    from obstore.exceptions import GenericError
 
-    return (GenericError, PermissionDeniedError, UnauthenticatedError, StoreUnavailable)
+    return (GenericError, *refused_errors(), StoreUnavailable)
 
 
 @contextlib.contextmanager
@@ -308,15 +308,13 @@ class _S3Writer(Upload):
                 raise ValueError("the content does not match the announced sha256")
             if self._remote is None:
                 obstore.put(self._s3.objects, final, b"")  # an empty file
-            elif self._key == final:
-                with _writer_errors():
-                    self._remote.close()  # completes the multipart upload: the hash matched
             else:
                 with _writer_errors():
-                    self._remote.close()
-                assert self._key is not None
-                # over the same bytes if stored: written anew, the housekeeping leaves them
-                obstore.rename(self._s3.objects, self._key, final)
+                    self._remote.close()  # completes the multipart upload (at its final key: the hash matched)
+                if self._key != final:
+                    assert self._key is not None
+                    # over the same bytes if stored: written anew, the housekeeping leaves them
+                    obstore.rename(self._s3.objects, self._key, final)
         except BaseException:
             self.discard()
             raise

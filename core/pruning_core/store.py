@@ -49,7 +49,7 @@ import json
 import os
 import time
 import uuid
-from collections.abc import Callable, Collection, Generator, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Collection, Generator, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -1265,16 +1265,21 @@ class AsyncJobStore(_Base):
         if int(await self.redis.get(self.keys.index_version()) or 0) >= INDEX_VERSION:
             return 0
         seen = 0
-        pattern = _glob_escape(self.keys.job("")) + "*"
-        job_keys: builtins.list[bytes] = []
-        async for key in self.redis.scan_iter(match=pattern, count=1000):
-            job_keys.append(key)
-            if len(job_keys) >= batch:
-                seen += await self._backfill_batch(job_keys)
-                job_keys = []
-        seen += await self._backfill_batch(job_keys)
+        async for job_keys in self._scan_batches(self.keys.job(""), batch):
+            seen += await self._backfill_batch(job_keys)
         await self.redis.set(self.keys.index_version(), INDEX_VERSION)
         return seen
+
+    async def _scan_batches(self, prefix: str, batch: int) -> AsyncIterator[builtins.list[bytes]]:
+        """The keys that start with ``prefix``, in lists of at most ``batch``."""
+        keys: builtins.list[bytes] = []
+        async for key in self.redis.scan_iter(match=_glob_escape(prefix) + "*", count=1000):
+            keys.append(key)
+            if len(keys) >= batch:
+                yield keys
+                keys = []
+        if keys:
+            yield keys
 
     async def persist_idempotency_keys(self, batch: int = 500) -> int:
         """Takes the expiry off the idempotency keys of jobs and sweeps recorded when keys
@@ -1283,15 +1288,9 @@ class AsyncJobStore(_Base):
         if int(await self.redis.get(self.keys.idempotency_version()) or 0) >= IDEMPOTENCY_VERSION:
             return 0
         changed = 0
-        for pattern in (self.keys.job(""), f"{self.keys.prefix}:sweep:"):
-            records: builtins.list[bytes] = []
-            async for key in self.redis.scan_iter(match=_glob_escape(pattern) + "*", count=1000):
-                if not key.endswith(b":lock"):  # a sweep's lock, not its record
-                    records.append(key)
-                if len(records) >= batch:
-                    changed += await self._persist_keys(records)
-                    records = []
-            changed += await self._persist_keys(records)
+        for prefix in (self.keys.job(""), f"{self.keys.prefix}:sweep:"):
+            async for keys in self._scan_batches(prefix, batch):
+                changed += await self._persist_keys([k for k in keys if not k.endswith(b":lock")])  # not a sweep's lock
         await self.redis.set(self.keys.idempotency_version(), IDEMPOTENCY_VERSION)
         return changed
 

@@ -395,32 +395,20 @@ class JobMetrics:
             pipe.hget(self.keys.job(job_id), "state")
         return sum(1 for state in pipe.execute() if state is not None and int(state) == pb.JOB_STATE_QUEUED)
 
-    def running_jobs(self) -> int:
-        """Jobs RUNNING or CANCELLING on a worker (the running set's, by their state)."""
-        return self._in_running_set().count("running")
-
-    def retrying_jobs(self) -> int:
-        """Jobs re-queued after the artifact store stopped their attempt, waiting to start again
-        (in the running set until due, and QUEUED)."""
-        return self._in_running_set().count("retrying")
-
-    def _in_running_set(self) -> list[str]:
-        """What each job of the running set is now, by its record's state (one entry per
-        attempt a worker holds or a delayed re-queue waits for: a few per worker)."""
+    def running_and_retrying(self) -> tuple[int, int]:
+        """Of the running set's jobs (one entry per attempt a worker holds or a delayed re-queue
+        waits for: a few per worker), by their record's state: those RUNNING or CANCELLING on a
+        worker, and those re-queued after the artifact store stopped their attempt, QUEUED
+        until they start again."""
         ids = [_text(i) for i in self.redis.zrange(self.keys.running(), 0, -1)]  # type: ignore[arg-type]
         if not ids:
-            return []
+            return 0, 0
         pipe = self.redis.pipeline(transaction=False)
         for job_id in ids:
             pipe.hget(self.keys.job(job_id), "state")
-        kinds = []
-        for state in pipe.execute():
-            value = int(state) if state is not None else None
-            if value in (pb.JOB_STATE_RUNNING, pb.JOB_STATE_CANCELLING):
-                kinds.append("running")
-            elif value == pb.JOB_STATE_QUEUED:
-                kinds.append("retrying")
-        return kinds
+        states = [int(state) for state in pipe.execute() if state is not None]
+        running = sum(1 for state in states if state in (pb.JOB_STATE_RUNNING, pb.JOB_STATE_CANCELLING))
+        return running, states.count(pb.JOB_STATE_QUEUED)
 
 
 def _queue_lists(queue: str) -> list[str]:

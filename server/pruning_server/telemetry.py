@@ -63,14 +63,15 @@ class JobMetricsCollector(Collector):
         queued = GaugeMetricFamily("pruning_jobs_queued", "jobs in state QUEUED waiting in the queue", labels=["queue"])
         queued.add_metric([self.queue], self.jobs.queued_jobs(self.queue))
         yield queued
+        running_jobs, retrying_jobs = self.jobs.running_and_retrying()
         running = GaugeMetricFamily("pruning_jobs_running", "jobs running (or being cancelled) on a worker")
-        running.add_metric([], self.jobs.running_jobs())
+        running.add_metric([], running_jobs)
         yield running
         retrying = GaugeMetricFamily(
             "pruning_jobs_retrying",
             "jobs re-queued after an artifact store outage stopped their attempt, waiting to start again",
         )
-        retrying.add_metric([], self.jobs.retrying_jobs())
+        retrying.add_metric([], retrying_jobs)
         yield retrying
         durations = HistogramMetricFamily(
             "pruning_job_duration_seconds", "time from start to end of finished jobs, by final state", labels=["state"]

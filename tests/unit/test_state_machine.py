@@ -600,14 +600,14 @@ def test_a_job_requeued_with_a_countdown_is_sent_again_if_nothing_claims_it_in_t
     from pruning_core.telemetry import JobMetrics
 
     metrics = JobMetrics(store.redis, prefix)
-    assert (metrics.running_jobs(), metrics.retrying_jobs()) == (0, 1)  # waiting, not running
+    assert metrics.running_and_retrying() == (0, 1)  # waiting, not running
     store.redis.zadd(store.keys.running(), {job.id: time.time() - 120})  # due, and no worker took it yet
-    assert (metrics.running_jobs(), metrics.retrying_jobs()) == (0, 1)  # still QUEUED: not running
+    assert metrics.running_and_retrying() == (0, 1)  # still QUEUED: not running
     running, _ = create(redis_url, prefix)
     _claim(store, running.id, "w2")
-    assert (metrics.running_jobs(), metrics.retrying_jobs()) == (1, 1)
+    assert metrics.running_and_retrying() == (1, 1)
     store.update(running.id, lambda j: [state_event(j, pb.JOB_STATE_SUCCEEDED)])  # its entry not yet removed
-    assert (metrics.running_jobs(), metrics.retrying_jobs()) == (0, 1)
+    assert metrics.running_and_retrying() == (0, 1)
     store.redis.zadd(store.keys.running(), {job.id: due})
 
     class Celery:
