@@ -930,7 +930,7 @@ def cli(ctx: click.Context) -> None:
             if ctx.get_parameter_source(name) is ParameterSource.COMMANDLINE
         ]
         if given:
-            raise click.UsageError(f"`pruning up` takes only --listen, not {', '.join(given)}", ctx=ctx)
+            raise click.UsageError(f"`pruning up` takes only --listen and --log-file, not {', '.join(given)}", ctx=ctx)
 
 
 @cli.command("upload")

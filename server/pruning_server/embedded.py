@@ -75,20 +75,26 @@ class Stack:
     ) -> Stack:
         """Starts the stack; with ``log_path`` the children's output goes there, not here."""
         settings = Settings()
-        env = dict(os.environ)
-        state = settings.state_dir.resolve()
-        state.mkdir(parents=True, exist_ok=True)
-        env["PRUNING_STATE_DIR"] = str(state)
-        _stop_leftovers(state)  # a killed `pruning up`'s server may hold the port: stopped first
-        _port_free(listen or settings.listen)  # before anything starts (a worker imports TensorFlow)
-        socket = None
-        if not os.environ.get("PRUNING_REDIS_URL"):
-            # Named before Redis runs: the worker starts first and imports TensorFlow (seconds)
-            # while Redis and the server come up, and connects once it is done.
-            socket = _socket_path(state / "redis")
-            _claim(socket, state)
-            env["PRUNING_REDIS_URL"] = f"unix://{socket}?db=0"
-        stack = cls(settings, env, None, open(log_path, "a") if log_path else None)  # noqa: SIM115 - closed in stop()
+        log_file = _open_log(log_path) if log_path else None  # a wrong path fails before anything starts
+        try:
+            env = dict(os.environ)
+            state = settings.state_dir.resolve()
+            state.mkdir(parents=True, exist_ok=True)
+            env["PRUNING_STATE_DIR"] = str(state)
+            _stop_leftovers(state)  # a killed `pruning up`'s server may hold the port: stopped first
+            _port_free(listen or settings.listen)  # before anything starts (a worker imports TensorFlow)
+            socket = None
+            if not os.environ.get("PRUNING_REDIS_URL"):
+                # Named before Redis runs: the worker starts first and imports TensorFlow (seconds)
+                # while Redis and the server come up, and connects once it is done.
+                socket = _socket_path(state / "redis")
+                _claim(socket, state)
+                env["PRUNING_REDIS_URL"] = f"unix://{socket}?db=0"
+        except BaseException:
+            if log_file is not None:
+                log_file.close()
+            raise
+        stack = cls(settings, env, None, log_file)
         stack.state = state
         try:
             if worker:
@@ -177,6 +183,15 @@ class Stack:
             (self.state / _STACK_FILE).unlink(missing_ok=True)
         if self.log_file is not None:
             self.log_file.close()
+
+
+def _open_log(path: pathlib.Path):
+    """The stack's log file, appended to (its folder made if missing); closed in stop()."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return open(path, "ab")
+    except OSError as exc:
+        raise StartFailed(f"cannot write the log file {path}: {exc.strerror or exc}", 2) from None
 
 
 _MAX_SOCKET_PATH = 100  # sun_path holds 108 bytes on Linux, 104 on macOS
@@ -372,9 +387,26 @@ def _persistence(server) -> dict[str, str]:
     return {str(k): str(v) for k, v in server.info("persistence").items()}
 
 
-def main(listen: str | None = None) -> int:
+def _log_tail(path: pathlib.Path | None, lines: int = 20) -> None:
+    """The last ``lines`` of the stack's log file, on stderr: why a part stopped, without
+    sending the user to the file."""
+    if path is None:
+        return
+    try:
+        with open(path, "rb") as f:
+            f.seek(max(0, f.seek(0, os.SEEK_END) - 64 * 1024))
+            tail = f.read().decode(errors="replace").splitlines()[-lines:]
+    except OSError:
+        return
+    if tail:
+        print(f"the last lines of {path}:", *("  " + line for line in tail), sep="\n", file=sys.stderr, flush=True)
+
+
+def main(listen: str | None = None, log_path: pathlib.Path | None = None) -> int:
     """Runs the stack until Ctrl-C or SIGTERM (exit 0), or until its server or worker exits
-    (exit 1, after stopping the rest: a supervisor sees the stack failed)."""
+    (exit 1, after stopping the rest: a supervisor sees the stack failed). With ``log_path``
+    the output of Redis, the server and the worker goes to that file (appended), and the
+    terminal shows the stack's own lines, with the file's last lines when a part fails."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     stop = {"now": False}
 
@@ -384,17 +416,19 @@ def main(listen: str | None = None) -> int:
     signal.signal(signal.SIGINT, handler)
     signal.signal(signal.SIGTERM, handler)
     try:
-        stack = Stack.start(listen=listen)
+        stack = Stack.start(listen=listen, log_path=log_path)
     except AddressTaken as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         return 3  # as the server's own exit for a taken port
     except StartFailed as exc:
+        _log_tail(log_path)
         print(f"error: {exc}", file=sys.stderr, flush=True)
         return exc.exit_code
     except ValidationError as exc:
         print(f"error: invalid settings: {settings_problems(exc)}", file=sys.stderr, flush=True)
         return 2
-    print(f"pruning service up on 127.0.0.1:{stack.port} (Ctrl-C stops it)", flush=True)
+    logs = f"; logs in {log_path}" if log_path else ""
+    print(f"pruning service up on 127.0.0.1:{stack.port} (Ctrl-C stops it{logs})", flush=True)
     failed = False
     try:
         while not stop["now"]:
@@ -410,6 +444,8 @@ def main(listen: str | None = None) -> int:
             flush=True,
         )
         stack.stop()
+    if failed:
+        _log_tail(log_path)
     return 1 if failed else 0
 
 
@@ -435,6 +471,13 @@ def _listen_option(ctx: click.Context, param: click.Parameter, value: str | None
     show_default="PRUNING_LISTEN or 127.0.0.1:50051",
     help="host:port for the server (a bare port: on 127.0.0.1)",
 )
-def up_command(listen: str | None) -> None:
+@click.option(
+    "--log-file",
+    type=click.Path(dir_okay=False, writable=True, path_type=pathlib.Path),
+    default=None,
+    help="append the output of Redis, the server and the worker (TensorFlow's start-up lines included) to "
+    "this file instead of the terminal; a part that fails shows the file's last lines here",
+)
+def up_command(listen: str | None, log_file: pathlib.Path | None) -> None:
     """``pruning up``: the CLI finds this command through the ``pruning.commands`` entry points."""
-    raise SystemExit(main(listen=listen))
+    raise SystemExit(main(listen=listen, log_path=log_file))

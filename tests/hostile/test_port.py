@@ -146,3 +146,40 @@ def test_pruning_up_exits_4_when_its_job_store_does_not_answer(env, tmp_path):
     )
     assert done.returncode == 4, done.stderr[-2000:]
     assert f"cannot reach the job store at redis://127.0.0.1:{port}/0" in done.stderr + done.stdout
+
+
+def test_pruning_up_with_a_log_file_shows_the_failing_servers_last_lines(env, tmp_path):
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    log = tmp_path / "logs" / "up.log"
+    done = subprocess.run(
+        [str(PRUNING), "up", "--listen", "127.0.0.1:0", "--log-file", str(log)],
+        env={
+            **os.environ,
+            **env,
+            "PRUNING_STATE_DIR": str(tmp_path / "state"),
+            "PRUNING_REDIS_URL": f"redis://127.0.0.1:{port}/0",
+        },
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert done.returncode == 4, done.stderr[-2000:]
+    reason = f"cannot reach the job store at redis://127.0.0.1:{port}/0"
+    assert reason in log.read_text()  # the server's own words went to the file,
+    assert f"the last lines of {log}:" in done.stderr and reason in done.stderr  # and reach the terminal
+
+
+def test_pruning_up_refuses_a_log_file_it_cannot_write_before_starting_anything(env, tmp_path):
+    (tmp_path / "a-file").write_text("")
+    done = subprocess.run(
+        [str(PRUNING), "up", "--listen", "127.0.0.1:0", "--log-file", str(tmp_path / "a-file" / "up.log")],
+        env={**os.environ, **env, "PRUNING_STATE_DIR": str(tmp_path / "state")},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert f"cannot write the log file {tmp_path / 'a-file' / 'up.log'}" in done.stderr
+    assert not (tmp_path / "state").exists() and "Traceback" not in done.stderr  # nothing was started

@@ -19,13 +19,13 @@ pytestmark = pytest.mark.integration
 PRUNING = pathlib.Path(sys.executable).parent / "pruning"
 
 
-def _up(tmp_path: pathlib.Path) -> tuple[subprocess.Popen, str]:
+def _up(tmp_path: pathlib.Path, *args: str) -> tuple[subprocess.Popen, str]:
     """A `pruning up` on its own state directory and queue, once it says it is up; its address."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PRUNING_")}
     env.update(PRUNING_STATE_DIR=str(tmp_path / "state"), PRUNING_QUEUE=f"embedded-{os.getpid()}-{tmp_path.name}")
     with open(tmp_path / "up.log", "w") as log:
         proc = subprocess.Popen(
-            [str(PRUNING), "up", "--listen", "127.0.0.1:0"], env=env, stdout=log, stderr=subprocess.STDOUT
+            [str(PRUNING), "up", "--listen", "127.0.0.1:0", *args], env=env, stdout=log, stderr=subprocess.STDOUT
         )
     deadline = time.monotonic() + 120
     while not (match := re.search(r"pruning service up on (\S+)", (tmp_path / "up.log").read_text())):
@@ -64,7 +64,13 @@ def test_up_runs_a_job_and_stops_cleanly(files, tmp_path):
 
 
 def test_up_exits_1_and_stops_the_rest_when_its_worker_dies(tmp_path):
-    proc, _ = _up(tmp_path)
+    # with its parts' output in a log file: the terminal holds the stack's own lines, and the
+    # file's last lines once a part fails
+    logs = tmp_path / "logs" / "stack.log"
+    proc, _ = _up(tmp_path, "--log-file", str(logs))
+    terminal = (tmp_path / "up.log").read_text()
+    assert f"logs in {logs}" in terminal
+    assert "celery" not in terminal.lower() and "ready." not in terminal
     try:
         children = psutil.Process(proc.pid).children(recursive=True)
         (worker,) = [c for c in children if "celery" in " ".join(c.cmdline())]
@@ -74,7 +80,10 @@ def test_up_exits_1_and_stops_the_rest_when_its_worker_dies(tmp_path):
         if proc.poll() is None:
             proc.kill()
     assert code == 1  # a supervisor sees the stack failed
-    assert "the worker exited with status -9" in (tmp_path / "up.log").read_text()
+    terminal = (tmp_path / "up.log").read_text()
+    assert "the worker exited with status -9" in terminal
+    assert f"the last lines of {logs}:" in terminal
+    assert "pruning server listening" in logs.read_text()  # the server's output went to the file
     assert not [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
 
 

@@ -389,7 +389,7 @@ def test_submit_sends_the_loss_when_given(monkeypatch: pytest.MonkeyPatch, args:
 @pytest.mark.parametrize("given", [["--json"], ["--target", "h:1"], ["--timeout", "5"]])
 def test_pruning_up_refuses_the_client_options(given: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     assert run([*given, "up"]) == 2
-    assert f"`pruning up` takes only --listen, not {given[0]}" in capsys.readouterr().err
+    assert f"`pruning up` takes only --listen and --log-file, not {given[0]}" in capsys.readouterr().err
 
 
 def test_help_lists_every_exit_code(capsys: pytest.CaptureFixture[str]) -> None:
