@@ -125,6 +125,17 @@ async def watch_redis(store: AsyncJobStore, health_servicer, interval_s: float) 
                 log.info("Redis reachable again: health is SERVING")
 
 
+async def cluster_redis(client: redis.asyncio.Redis) -> bool:
+    """Whether ``client``'s Redis is a Redis Cluster node. The job store's scripts update a job,
+    its indexes and its tenant's counters in one step, keys that a cluster spreads over its
+    nodes, so the service needs a standalone Redis (a primary, with replicas or not)."""
+    try:
+        info = await client.info("cluster")
+    except redis.ResponseError:
+        return False
+    return str(info.get("cluster_enabled", "0")) == "1"
+
+
 async def volatile_redis(client: redis.asyncio.Redis) -> str | None:
     """What makes ``client``'s Redis keep nothing on disk (no append-only file and no snapshot
     points), or None when it persists or will not say (CONFIG refused, as on some hosted Redis)."""
@@ -165,6 +176,13 @@ async def create_server(settings: Settings, address: str | None = None) -> Runni
             f"cannot reach the job store at {_where(settings.redis_url)} (PRUNING_REDIS_URL): {_first_line(exc)}",
             EXIT_UNREACHABLE,
         ) from exc
+    if await cluster_redis(store.redis):
+        raise StartFailed(
+            f"the job store at {_where(settings.redis_url)} (PRUNING_REDIS_URL) is a Redis Cluster node: the service "
+            "updates a job, its indexes and its counters in one script, which a cluster cannot run across its "
+            "nodes; give it a standalone Redis (a primary, with replicas or not)",
+            2,
+        )
     if volatile := await volatile_redis(store.redis):
         log.warning(
             "the job store at %s keeps nothing on disk (%s): a restart of that Redis loses every job, "

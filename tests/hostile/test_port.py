@@ -8,6 +8,7 @@ import pathlib
 import socket
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -105,6 +106,35 @@ def test_an_unreachable_job_store_is_one_line_and_exit_4(env):
     done = _server_process(env, PRUNING_REDIS_URL=f"redis://127.0.0.1:{port}/0")
     assert done.returncode == 4, done.stderr[-2000:]
     assert f"cannot reach the job store at redis://127.0.0.1:{port}/0 (PRUNING_REDIS_URL)" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_a_redis_cluster_node_is_refused_in_one_line(env, tmp_path):
+    with socket.socket() as free, socket.socket() as bus:
+        free.bind(("127.0.0.1", 0))
+        bus.bind(("127.0.0.1", 0))  # named: the default (port + 10000) may lie past 65535
+        port, bus_port = free.getsockname()[1], bus.getsockname()[1]
+    node = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--cluster-enabled", "yes", "--save", ""]
+        + ["--cluster-port", str(bus_port), "--appendonly", "no", "--dir", str(tmp_path)]
+        + ["--cluster-config-file", str(tmp_path / "nodes.conf")],
+        stdout=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert node.poll() is None and time.monotonic() < deadline, "the cluster node did not start"
+                time.sleep(0.1)
+        done = _server_process(env, PRUNING_REDIS_URL=f"redis://127.0.0.1:{port}/0")
+    finally:
+        node.kill()
+        node.wait()
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert f"the job store at redis://127.0.0.1:{port}/0 (PRUNING_REDIS_URL) is a Redis Cluster node" in done.stderr
     assert "Traceback" not in done.stderr
 
 
