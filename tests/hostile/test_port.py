@@ -114,12 +114,10 @@ def test_a_redis_cluster_node_is_refused_in_one_line(env, tmp_path):
         free.bind(("127.0.0.1", 0))
         bus.bind(("127.0.0.1", 0))  # named: the default (port + 10000) may lie past 65535
         port, bus_port = free.getsockname()[1], bus.getsockname()[1]
-    node = subprocess.Popen(
-        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--cluster-enabled", "yes", "--save", ""]
-        + ["--cluster-port", str(bus_port), "--appendonly", "no", "--dir", str(tmp_path)]
-        + ["--cluster-config-file", str(tmp_path / "nodes.conf")],
-        stdout=subprocess.DEVNULL,
-    )
+    options = {"port": port, "bind": "127.0.0.1", "cluster-enabled": "yes", "cluster-port": bus_port}
+    options |= {"save": "", "appendonly": "no", "dir": tmp_path, "cluster-config-file": tmp_path / "nodes.conf"}
+    argv = [part for name, value in options.items() for part in (f"--{name}", str(value))]
+    node = subprocess.Popen(["redis-server", *argv], stdout=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 30
         while True:
