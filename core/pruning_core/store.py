@@ -71,6 +71,8 @@ MARKER_TTL_S = 7 * 24 * 3600  # a lost attempt's or a cancel's marker
 INDEX_VERSION = 1
 # 1: idempotency keys without an expiry of their own (they go with their job or sweep).
 IDEMPOTENCY_VERSION = 1
+# 1: the inputs of jobs not ended, and of sweeps still driven, pinned (see _DROP_RECORD).
+PINS_VERSION = 1
 # 1: artifact records indexed by tenant and time, and by kind.
 ARTIFACT_INDEX_VERSION = 1
 ARTIFACT_KINDS = tuple(k for k in pb.ArtifactKind.values() if k)
@@ -445,6 +447,18 @@ return {1, eid}
 """.replace("@RUNNING@", str(pb.JOB_STATE_RUNNING))
 
 
+# KEYS: job, then the pins of each of its inputs ; ARGV: job id, the states of a job not ended
+# (",1,2,5," style). Pins the inputs of a job recorded before jobs pinned them, while it has not
+# ended (one that ended since it was read reads nothing more); returns 1 when it pinned.
+_BACKFILL_PINS = """
+if redis.call('HEXISTS', KEYS[1], 'pins') == 1 then return 0 end
+local state = redis.call('HGET', KEYS[1], 'state')
+if not state or not string.find(ARGV[2], ',' .. state .. ',', 1, true) then return 0 end
+for i = 2, #KEYS do redis.call('SADD', KEYS[i], ARGV[1]) end
+redis.call('HSET', KEYS[1], 'pins', table.concat(KEYS, ' ', 2))
+return 1
+"""
+
 # KEYS: job, its state's index ; ARGV: that state, job id. Indexes a job recorded before the
 # state index, unless its state changed since it was read (the change indexed it).
 _BACKFILL = """
@@ -506,6 +520,9 @@ class Keys:
 
     def idempotency_version(self) -> str:
         return f"{self.prefix}:idempotency-version"
+
+    def pins_version(self) -> str:
+        return f"{self.prefix}:pins-version"
 
     def idempotency(self, tenant: str, key: str) -> str:
         return f"{self.prefix}:idem:{tenant}:{key}"
@@ -754,6 +771,7 @@ class _Base:
         self._reap = client.register_script(_REAP)
         self._forget = client.register_script(_FORGET)
         self._backfill = client.register_script(_BACKFILL)
+        self._backfill_pins = client.register_script(_BACKFILL_PINS)
         self._put_record = client.register_script(_PUT_RECORD)
         self._drop_record = client.register_script(_DROP_RECORD)
         self._hand_over = client.register_script(_HAND_OVER)
@@ -1293,6 +1311,47 @@ class AsyncJobStore(_Base):
                 changed += await self._persist_keys([k for k in keys if not k.endswith(b":lock")])  # not a sweep's lock
         await self.redis.set(self.keys.idempotency_version(), IDEMPOTENCY_VERSION)
         return changed
+
+    async def backfill_pins(self, batch: int = 500) -> int:
+        """Pins the model and dataset of every job recorded before jobs pinned their inputs,
+        while it has not ended, and the base's of every sweep still driven, once (a version
+        key under the prefix records that it ran): a DeleteArtifact or the retention then no
+        longer takes an input from under a job queued before an upgrade. Returns the jobs and
+        sweeps pinned. Safe to run again, and beside servers that create and end jobs: a pin
+        of a job or sweep that ended meanwhile is dropped by the next removal that reads it."""
+        if int(await self.redis.get(self.keys.pins_version()) or 0) >= PINS_VERSION:
+            return 0
+        pinned = 0
+        async for job_keys in self._scan_batches(self.keys.job(""), batch):
+            pinned += await self._pin_batch(job_keys)
+        for raw in await self.redis.smembers(self.keys.active_sweeps()):
+            sweep_id = _text(raw)
+            tenant, data = await self.redis.hmget(f"{self.keys.prefix}:sweep:{sweep_id}", "tenant", "sweep")
+            if tenant is None or data is None:
+                continue  # deleted meanwhile
+            inputs = job_inputs(pb.Sweep.FromString(data).spec.base)
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for artifact_id in inputs:
+                    pipe.sadd(self.keys.pins(_text(tenant), artifact_id), f"sweep:{sweep_id}")
+                pinned += any(await pipe.execute())
+        await self.redis.set(self.keys.pins_version(), PINS_VERSION)
+        return pinned
+
+    async def _pin_batch(self, job_keys: builtins.list[bytes]) -> int:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for key in job_keys:
+                pipe.hmget(key, "tenant", "pins", "job")
+            records = await pipe.execute(raise_on_error=False)
+        start = len(self.keys.job(""))
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for key, record in zip(job_keys, records, strict=True):
+                if not isinstance(record, list) or None in (record[0], record[2]) or record[1] is not None:
+                    continue  # not a job's record, deleted meanwhile, or pinned when recorded
+                tenant, _, data = record
+                job_id = key.decode()[start:]
+                pins = [self.keys.pins(_text(tenant), a) for a in job_inputs(pb.Job.FromString(data).spec)]
+                await self._backfill_pins(keys=[key, *pins], args=[job_id, _ACTIVE_LIST], client=pipe)
+            return sum(await pipe.execute())
 
     async def _persist_keys(self, records: builtins.list[bytes]) -> int:
         if not records:

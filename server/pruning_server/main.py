@@ -203,6 +203,8 @@ async def create_server(settings: Settings, address: str | None = None) -> Runni
         log.info("indexed %d jobs recorded before the state and label indexes", backfilled)
     if backfilled := await store.backfill_artifact_index():
         log.info("indexed %d artifact records written before the time indexes", backfilled)
+    if pinned := await store.backfill_pins():
+        log.info("pinned the inputs of %d jobs and sweeps recorded before jobs pinned what they read", pinned)
     if persisted := await store.persist_idempotency_keys():
         log.info("%d idempotency keys written to expire after 7 days now last as long as their job or sweep", persisted)
     reader = AsyncJobStore.single_connection(settings.redis_url, settings.key_prefix, settings.watch_block_s + 30)

@@ -202,3 +202,49 @@ def test_bytes_whose_last_record_expired_go_even_if_the_pass_stopped_first(redis
             await store.redis.aclose()
 
     asyncio.run(passes())
+
+
+def test_jobs_and_sweeps_recorded_before_pins_get_them_once_at_start(redis_url, prefix):
+    """A deployment that ran before jobs pinned their inputs: the server's start pins those of
+    every job not ended and every sweep still driven, once; a job that ended pins nothing."""
+
+    async def scenario() -> None:
+        store = AsyncJobStore.from_url(redis_url, prefix)
+        sweeps = SweepStore(store.redis, prefix)
+        try:
+            model, data = _record("m.keras", pb.ARTIFACT_KIND_MODEL), _record("d.npz", pb.ARTIFACT_KIND_DATASET)
+            base = _record("base.keras", pb.ARTIFACT_KIND_MODEL)
+            for record in (model, data, base):
+                await store.put_artifact("a", record)
+            queued, _ = await store.create("a", pb.Job(id=new_job_id(), spec=_spec(model, data)))
+            ended, _ = await store.create("a", pb.Job(id=new_job_id(), spec=_spec(base)))
+            await store.update("a", ended.id, _end)
+            sweep = pb.Sweep(id=new_job_id(), spec=pb.SweepSpec(base=_spec(base), sparsities=[0.5]))
+            await sweeps.create("a", sweep, "", "")
+            # as the records were written before pins: none, and no 'pins' field
+            for record in (model, data, base):
+                await store.redis.delete(store.keys.pins("a", record.id))
+            for job in (queued, ended):
+                await store.redis.hdel(store.keys.job(job.id), "pins")
+            await store.redis.delete(store.keys.pins_version())
+            assert await store.delete_artifact("a", data.id)  # unpinned: it could go
+            await store.put_artifact("a", data)
+
+            assert await store.backfill_pins(batch=1) == 2  # the queued job and the sweep
+            assert await store.backfill_pins() == 0  # once
+            for record, reader in (
+                (model, f"job {queued.id}"),
+                (data, f"job {queued.id}"),
+                (base, f"sweep {sweep.id}"),
+            ):
+                with pytest.raises(ArtifactInUse) as used:
+                    await store.delete_artifact("a", record.id)
+                assert used.value.reader == reader
+            assert await store.redis.hget(store.keys.job(ended.id), "pins") is None
+            await store.update("a", queued.id, _end)  # the job pinned at start lets go as one recorded with pins
+            assert not await store.redis.smembers(store.keys.pins("a", model.id))
+            assert await store.delete_artifact("a", model.id)
+        finally:
+            await store.redis.aclose()
+
+    asyncio.run(scenario())
