@@ -24,6 +24,7 @@ import json
 import os
 import pathlib
 import re
+import socket
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -773,6 +774,21 @@ def _load_plugin(name: str) -> click.Command | None:
     return command
 
 
+def _refused(target: str) -> bool:
+    """Whether ``target`` (host:port) refuses a TCP connection now: nothing listens there. A
+    deadline that ended the retries of refused calls says so, not that nothing answered."""
+    host, colon, port = target.rpartition(":")
+    if not colon or not port.isdigit() or "/" in target:
+        return False  # a gRPC scheme's target (unix:..., dns:///...): not judged
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=2).close()
+    except ConnectionRefusedError:
+        return True
+    except (OSError, ValueError):
+        return False
+    return False
+
+
 class PruningGroup(click.Group):
     """The ``pruning`` group: built-in commands, those of the ``pruning.commands`` entry
     points (loaded when used), and the SDK's errors turned into exit codes."""
@@ -790,7 +806,14 @@ class PruningGroup(click.Group):
             opts = _globals(ctx)
             if error.code == grpc.StatusCode.DEADLINE_EXCEEDED and error.details == "Deadline Exceeded":
                 # gRPC's bare word: nothing answered (a refused connection is retried until then)
-                error.message += f" (no answer from {opts.target} within {opts.timeout:g} s: is the server up there?)"
+                if _refused(opts.target):
+                    error.message += (
+                        f" (nothing listens at {opts.target}: is the server up? `pruning up` starts one here)"
+                    )
+                else:
+                    error.message += (
+                        f" (no answer from {opts.target} within {opts.timeout:g} s: is the server up there?)"
+                    )
             elif error.code == grpc.StatusCode.UNAUTHENTICATED and not opts.api_key:
                 error.message += " (give the tenant's key with --api-key or PRUNING_API_KEY)"
             elif error.code == grpc.StatusCode.UNAVAILABLE and "connection refused" in error.details.lower():

@@ -470,7 +470,8 @@ def test_a_target_gRPC_would_not_reach_as_meant_is_a_usage_error(capsys, target,
     assert said in capsys.readouterr().err
 
 
-def test_nothing_listening_at_the_target_says_so(capsys):
+@pytest.mark.parametrize("timeout", ["20", "1"])  # 1 s: the deadline ends the retries of the refused calls
+def test_nothing_listening_at_the_target_says_so(capsys, timeout):
     import socket
 
     from pruning_client.cli import run
@@ -478,7 +479,7 @@ def test_nothing_listening_at_the_target_says_so(capsys):
     with socket.socket() as free:
         free.bind(("127.0.0.1", 0))
         port = free.getsockname()[1]
-    assert run(["--target", f"127.0.0.1:{port}", "--timeout", "20", "list"]) == 7
+    assert run(["--target", f"127.0.0.1:{port}", "--timeout", timeout, "list"]) == 7
     err = capsys.readouterr().err
     assert f"(nothing listens at 127.0.0.1:{port}: is the server up? `pruning up` starts one here)" in err
 
