@@ -255,6 +255,26 @@ def test_options_layer_ratios_rounding_and_minimum():
         Options(ratio=1.0)
 
 
+@pytest.mark.parametrize(
+    ("options", "why"),
+    [
+        (
+            Options(ratio=0.5, layer_ratios={"stem": 0.25}, round_to=8),
+            "round_to 8 rounds the 6 channels a ratio of 0.25 keeps up to all 8",
+        ),
+        (Options(ratio=0.5, min_channels=8), "min_channels 8 keeps all 8 channels (a ratio of 0.5 keeps 4)"),
+        (Options(ratio=0.5, layer_ratios={"stem": 0.1}), "a ratio of 0.1 cuts none of its 8 channels"),
+    ],
+)
+def test_a_layer_its_ratio_does_not_shrink_is_listed_left_whole_saying_why(options, why):
+    model, _, _ = inception()
+    _randomise(model)
+    outcome = prune_channels(model, options)
+    assert {n: a for n, _, a in outcome.widths}["stem"] == 8
+    assert ("stem", why) in outcome.left_whole
+    assert any(after < before for _, before, after in outcome.widths)  # others were cut
+
+
 @pytest.mark.parametrize("criterion", ["l2", "bn_scale", "taylor"])
 def test_criteria_rank_the_channels(criterion):
     model, expected, _ = residual()

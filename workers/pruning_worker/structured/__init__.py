@@ -101,9 +101,23 @@ def prune_channels(model: Any, options: Options, data: tuple[Any, Any, Any] | No
     cut, left = ratios(graph, options)
     ranked = scores(graph, options.criterion, data, options.taylor_batches) if cut else {}
     keep = keep_masks(graph, ranked, cut, options.min_channels, options.round_to)
+    for group_id in sorted(set(cut) - set(keep)):  # asked to shrink, kept whole by the rounding
+        group = graph.groups[group_id]
+        why = _kept_whole(group.size, cut[group_id], options.min_channels, options.round_to)
+        left += [(p, why) for p in group.producers]
     small = shrink(graph, keep)
     widths = [(name, _channels(model.get_layer(name)), _channels(small.get_layer(name))) for name in graph.outputs]
     return Outcome(small, graph, keep, widths, left)
+
+
+def _kept_whole(size: int, ratio: float, min_channels: int, round_to: int) -> str:
+    """Why a group given ``ratio`` keeps all its ``size`` channels (see keep_masks)."""
+    kept = size - int(size * ratio)
+    if kept == size:
+        return f"a ratio of {ratio:g} cuts none of its {size} channels"
+    if round_to > 1 and -(-kept // round_to) * round_to >= size:
+        return f"round_to {round_to} rounds the {kept} channels a ratio of {ratio:g} keeps up to all {size}"
+    return f"min_channels {min_channels} keeps all {size} channels (a ratio of {ratio:g} keeps {kept})"
 
 
 def _channels(layer: Any) -> int:
