@@ -32,7 +32,8 @@ log = logging.getLogger("pruning.up")
 class StartFailed(RuntimeError):
     """A process of the stack did not start; the message says why, ``exit_code`` what
     ``pruning up`` exits with (the server's own, where it exited with one of its documented
-    codes: 2 a wrong setting, 3 a taken port, 4 a job or artifact store that does not answer)."""
+    codes: 2 a wrong setting, 3 a taken port (or another `pruning up` on the state directory), 4
+    a job or artifact store that does not answer)."""
 
     def __init__(self, message: str, exit_code: int = 1):
         super().__init__(message)
@@ -84,7 +85,9 @@ class Stack:
             _stop_leftovers(state)  # a killed `pruning up`'s server may hold the port: stopped first
             _port_free(listen or settings.listen)  # before anything starts (a worker imports TensorFlow)
             socket = None
-            if not os.environ.get("PRUNING_REDIS_URL"):
+            if os.environ.get("PRUNING_REDIS_URL"):
+                _reachable(settings.redis_url)  # before a worker starts (and fills the screen) for nothing
+            else:
                 # Named before Redis runs: the worker starts first and imports TensorFlow (seconds)
                 # while Redis and the server come up, and connects once it is done.
                 socket = _socket_path(state / "redis")
@@ -225,6 +228,24 @@ def _port_free(listen: str) -> None:
                 raise AddressTaken(listen) from None
 
 
+def _reachable(url: str, timeout_s: float = 5.0) -> None:
+    """StartFailed (exit 4, as the server's own check) when the Redis at ``url`` does not answer."""
+    import redis
+
+    from pruning_core.settings import redacted_url
+
+    client = redis.Redis.from_url(url, socket_connect_timeout=timeout_s, socket_timeout=timeout_s)
+    try:
+        client.ping()
+    except (redis.RedisError, OSError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise StartFailed(
+            f"cannot reach the job store at {redacted_url(url)} (PRUNING_REDIS_URL): {reason}", 4
+        ) from None
+    finally:
+        client.close()
+
+
 def _socket_path(directory: pathlib.Path) -> pathlib.Path:
     """The embedded Redis's socket: in its data directory, or in the temporary directory when
     that path would be too long for a Unix socket."""
@@ -289,7 +310,7 @@ def _stop_leftovers(state: pathlib.Path, grace_s: float = 30) -> None:
         record = {}
     up = _running(record.get("up"))
     if up is not None and up.pid != os.getpid():
-        raise StartFailed(f"another `pruning up` (pid {up.pid}) is running on the state directory {state}")
+        raise StartFailed(f"another `pruning up` (pid {up.pid}) is running on the state directory {state}", 3)
     for name in ("worker", "server", "redis"):
         process = _running(record.get(name))
         if process is None:
@@ -319,7 +340,9 @@ def _claim(socket: pathlib.Path, state: pathlib.Path) -> None:
         return
     finally:
         probe.close()
-    raise StartFailed(f"another `pruning up` is running on the state directory {state} (its Redis answers on {socket})")
+    raise StartFailed(
+        f"another `pruning up` is running on the state directory {state} (its Redis answers on {socket})", 3
+    )
 
 
 def _start_redis(directory: pathlib.Path, socket: pathlib.Path):
@@ -461,7 +484,8 @@ def _listen_option(ctx: click.Context, param: click.Parameter, value: str | None
 @click.command(
     "up",
     help="Run Redis (embedded unless PRUNING_REDIS_URL is set), the server and a worker here. Exits as the "
-    "server does: 2 for a wrong setting, 3 when its port is taken, 4 when the job or artifact store does not "
+    "server does: 2 for a wrong setting, 3 when its port is taken or another `pruning up` runs on its state "
+    "directory, 4 when the job or artifact store does not "
     "answer, 1 when a part of it stopped.",
 )
 @click.option(

@@ -3,12 +3,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pathlib
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 
 import pytest
 
@@ -109,13 +111,15 @@ def test_an_unreachable_job_store_is_one_line_and_exit_4(env):
     assert "Traceback" not in done.stderr
 
 
-def test_a_redis_cluster_node_is_refused_in_one_line(env, tmp_path):
+@contextlib.contextmanager
+def _cluster_node(directory: pathlib.Path) -> Iterator[int]:
+    """A Redis Cluster node (alone, no slots) on a free port, for as long as the block runs."""
     with socket.socket() as free, socket.socket() as bus:
         free.bind(("127.0.0.1", 0))
         bus.bind(("127.0.0.1", 0))  # named: the default (port + 10000) may lie past 65535
         port, bus_port = free.getsockname()[1], bus.getsockname()[1]
     options = {"port": port, "bind": "127.0.0.1", "cluster-enabled": "yes", "cluster-port": bus_port}
-    options |= {"save": "", "appendonly": "no", "dir": tmp_path, "cluster-config-file": tmp_path / "nodes.conf"}
+    options |= {"save": "", "appendonly": "no", "dir": directory, "cluster-config-file": directory / "nodes.conf"}
     argv = [part for name, value in options.items() for part in (f"--{name}", str(value))]
     node = subprocess.Popen(["redis-server", *argv], stdout=subprocess.DEVNULL)
     try:
@@ -127,10 +131,15 @@ def test_a_redis_cluster_node_is_refused_in_one_line(env, tmp_path):
             except OSError:
                 assert node.poll() is None and time.monotonic() < deadline, "the cluster node did not start"
                 time.sleep(0.1)
-        done = _server_process(env, PRUNING_REDIS_URL=f"redis://127.0.0.1:{port}/0")
+        yield port
     finally:
         node.kill()
         node.wait()
+
+
+def test_a_redis_cluster_node_is_refused_in_one_line(env, tmp_path):
+    with _cluster_node(tmp_path) as port:
+        done = _server_process(env, PRUNING_REDIS_URL=f"redis://127.0.0.1:{port}/0")
     assert done.returncode == 2, done.stderr[-2000:]
     assert f"the job store at redis://127.0.0.1:{port}/0 (PRUNING_REDIS_URL) is a Redis Cluster node" in done.stderr
     assert "Traceback" not in done.stderr
@@ -174,27 +183,26 @@ def test_pruning_up_exits_4_when_its_job_store_does_not_answer(env, tmp_path):
     )
     assert done.returncode == 4, done.stderr[-2000:]
     assert f"cannot reach the job store at redis://127.0.0.1:{port}/0" in done.stderr + done.stdout
+    assert "celery" not in (done.stderr + done.stdout).lower()  # checked before a worker started
 
 
 def test_pruning_up_with_a_log_file_shows_the_failing_servers_last_lines(env, tmp_path):
-    with socket.socket() as free:
-        free.bind(("127.0.0.1", 0))
-        port = free.getsockname()[1]
     log = tmp_path / "logs" / "up.log"
-    done = subprocess.run(
-        [str(PRUNING), "up", "--listen", "127.0.0.1:0", "--log-file", str(log)],
-        env={
-            **os.environ,
-            **env,
-            "PRUNING_STATE_DIR": str(tmp_path / "state"),
-            "PRUNING_REDIS_URL": f"redis://127.0.0.1:{port}/0",
-        },
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
-    assert done.returncode == 4, done.stderr[-2000:]
-    reason = f"cannot reach the job store at redis://127.0.0.1:{port}/0"
+    with _cluster_node(tmp_path) as port:  # it answers a ping: the server starts, and refuses it
+        done = subprocess.run(
+            [str(PRUNING), "up", "--listen", "127.0.0.1:0", "--log-file", str(log)],
+            env={
+                **os.environ,
+                **env,
+                "PRUNING_STATE_DIR": str(tmp_path / "state"),
+                "PRUNING_REDIS_URL": f"redis://127.0.0.1:{port}/0",
+            },
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
+    assert done.returncode == 2, done.stderr[-2000:]
+    reason = f"the job store at redis://127.0.0.1:{port}/0 (PRUNING_REDIS_URL) is a Redis Cluster node"
     assert reason in log.read_text()  # the server's own words went to the file,
     assert f"the last lines of {log}:" in done.stderr and reason in done.stderr  # and reach the terminal
 

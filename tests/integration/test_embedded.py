@@ -13,6 +13,7 @@ import time
 import psutil
 import pytest
 
+from pruning.v1 import pruning_pb2 as pb
 from pruning_client import Client, constant_sparsity, job_spec
 
 pytestmark = pytest.mark.integration
@@ -54,6 +55,20 @@ def test_up_runs_a_job_and_stops_cleanly(files, tmp_path):
                 job_spec(model.id, dataset=data.id, epochs=1, schedule=constant_sparsity(0.5, frequency=5))
             )
             assert job.result(timeout=180).pruned_kernel_sparsity == pytest.approx(0.5, abs=0.02)
+        # a second one on the same state directory (on another port) is refused, exit 3, and
+        # leaves this one alone
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PRUNING_")}
+        second = subprocess.run(
+            [str(PRUNING), "up", "--listen", "127.0.0.1:0"],
+            env={**env, "PRUNING_STATE_DIR": str(tmp_path / "state")},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert second.returncode == 3, second.stderr[-2000:]
+        assert f"another `pruning up` (pid {proc.pid}) is running on the state directory" in second.stderr
+        with Client(target) as client:
+            assert client.get_job(job.id).state == pb.JOB_STATE_SUCCEEDED
     finally:
         proc.send_signal(signal.SIGINT)
         code = proc.wait(90)
@@ -97,8 +112,9 @@ def test_a_socket_left_by_a_dead_stack_is_removed_and_a_live_one_refused(tmp_pat
     listener.bind(str(path))
     listener.listen()
     try:
-        with pytest.raises(StartFailed, match="another `pruning up`"):
+        with pytest.raises(StartFailed, match="another `pruning up`") as refused:
             _claim(path, tmp_path)
+        assert refused.value.exit_code == 3  # as for a taken port: the service is up already
         assert path.exists()  # the live one's socket is left alone
     finally:
         listener.close()
