@@ -226,6 +226,11 @@ class LocalStore(BlobStore):
         _check_job_id(job_id)
         shutil.rmtree(self.root / "checkpoints" / job_id, ignore_errors=True)
 
+    def abort_stale_uploads(self, min_age_s: float) -> int:
+        """Aborts what is left of uploads started more than ``min_age_s`` ago; a directory
+        keeps nothing of them (:meth:`sweep` removes their spool files)."""
+        return 0
+
     def checkpoint_jobs(self, min_age_s: float = 60.0) -> list[str]:
         """The jobs whose checkpoints are kept here, last written ``min_age_s`` ago or more."""
         root = self.root / "checkpoints"
@@ -351,6 +356,9 @@ class S3Store(LocalStore):
         self.part_size = part_size
         self.max_concurrency = max_concurrency
         self._clock: tuple[float, float] | None = None  # (how far the store's clock is ahead, when measured)
+        self._multipart: Callable[[], Any] | None = None  # a botocore S3 client's maker (from_settings)
+        self._multipart_client: Any = None
+        self.bucket, self.key_prefix = "", ""
 
     @classmethod
     def from_settings(cls, settings: Settings) -> S3Store:
@@ -387,7 +395,7 @@ class S3Store(LocalStore):
             retry_config=retries,
             **options,
         )
-        return cls(
+        store = cls(
             settings.artifacts_path,
             objects,
             part_size=settings.s3_part_size,
@@ -395,6 +403,10 @@ class S3Store(LocalStore):
             readahead=settings.download_readahead,
             direct=settings.direct_writes,
         )
+        store.bucket = settings.s3_bucket
+        store.key_prefix = f"{settings.s3_prefix.strip('/')}/" if settings.s3_prefix.strip("/") else ""
+        store._multipart = lambda: _multipart_client(settings)
+        return store
 
     def answers(self) -> bool:
         """Whether the bucket answers now: a listing of one key under a prefix no artifact
@@ -640,11 +652,45 @@ class S3Store(LocalStore):
         obstore.delete(self.objects, key)
         return True
 
+    def abort_stale_uploads(self, min_age_s: float) -> int:
+        """Aborts the multipart uploads under the store's prefix started more than ``min_age_s``
+        ago by the S3 server's clock, freeing their parts: an upload dropped while the store did
+        not answer its abort (obstore's writer gives up its upload then), or a killed server's.
+        obstore lists no multipart uploads, so botocore does. Returns how many it aborted;
+        raises :class:`StoreUnavailable` when the store does not answer."""
+        if self._multipart is None:
+            return 0
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        if self._multipart_client is None:
+            self._multipart_client = self._multipart()
+        client = self._multipart_client
+        cutoff = time.time() + self.store_clock_ahead_s() - min_age_s
+        aborted = 0
+        try:
+            for page in client.get_paginator("list_multipart_uploads").paginate(
+                Bucket=self.bucket, Prefix=self.key_prefix
+            ):
+                for upload in page.get("Uploads", []):
+                    if upload["Initiated"].timestamp() >= cutoff:
+                        continue
+                    try:
+                        client.abort_multipart_upload(
+                            Bucket=self.bucket, Key=upload["Key"], UploadId=upload["UploadId"]
+                        )
+                    except ClientError as exc:
+                        if exc.response.get("Error", {}).get("Code") != "NoSuchUpload":  # ended meanwhile
+                            raise
+                        continue
+                    aborted += 1
+        except (BotoCoreError, ClientError) as exc:
+            raise StoreUnavailable(f"listing or aborting multipart uploads: {exc}") from exc
+        return aborted
+
     def sweep(self, min_age_s: float = 60.0) -> int:
         """Removes the local spool files of dead uploads and temporary objects older than
         ``min_age_s`` (left by a server killed between completing and renaming an upload).
-        Parts of multipart uploads a killed server never aborted are the bucket lifecycle
-        rule's (AbortIncompleteMultipartUpload)."""
+        Parts of multipart uploads nobody aborted are :meth:`abort_stale_uploads`'s."""
         import obstore
 
         removed = super().sweep(min_age_s)
@@ -661,6 +707,30 @@ class S3Store(LocalStore):
 
 
 TMP_OBJECT_MIN_AGE_S = 3600.0  # clocks an hour apart still leave a temporary object alone
+
+
+def _multipart_client(settings: Settings) -> Any:
+    """A botocore S3 client for the bucket the settings name, as obstore reaches it (endpoint,
+    path-style, region, credentials or the AWS default chain, timeouts and retries)."""
+    import botocore.session
+    from botocore.config import Config
+
+    session = botocore.session.get_session()
+    credentials: dict[str, str] = {}
+    if settings.s3_access_key_id:
+        credentials = {
+            "aws_access_key_id": settings.s3_access_key_id,
+            "aws_secret_access_key": settings.s3_secret_access_key.get_secret_value(),
+        }
+    config = Config(
+        s3={"addressing_style": "path"},
+        connect_timeout=min(settings.s3_timeout_s, 5.0),
+        read_timeout=settings.s3_timeout_s,
+        retries={"max_attempts": settings.s3_max_retries + 1, "mode": "standard"},
+    )
+    return session.create_client(
+        "s3", endpoint_url=settings.s3_endpoint or None, region_name=settings.s3_region, config=config, **credentials
+    )
 
 
 def _age_s(when: datetime.datetime) -> float:

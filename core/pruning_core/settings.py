@@ -231,6 +231,13 @@ class Settings(BaseSettings):
         "as its reader takes it (a download to a slow client) is not bound by it",
     )
     s3_max_retries: int = Field(2, ge=0, description="times a failed or timed-out S3 request is sent again")
+    s3_abort_uploads_after_s: float = Field(
+        86400.0,
+        gt=0,
+        description="the housekeeping aborts the multipart uploads under s3_prefix started longer ago than this "
+        "(by the S3 server's clock), and so frees their parts: a dropped upload whose abort the store did not "
+        "answer, or a killed server's. Keep it above the longest upload",
+    )
     download_readahead: int = Field(4, description="chunks a download reads ahead of what gRPC has sent")
     http2_bdp_probe: bool = Field(
         False,

@@ -297,6 +297,9 @@ async def enforce_retention(store: AsyncJobStore, blobs: LocalStore, settings: S
                     released.add(artifact_id)
     if not await owns_store(store, blobs, settings):
         return counts  # another deployment's blobs and checkpoints are not this job store's to judge
+    # Multipart uploads nobody aborted (one dropped while the store did not answer its abort,
+    # a killed server's): their parts hold space, though nothing can read them.
+    counts["uploads"] = await asyncio.to_thread(blobs.abort_stale_uploads, settings.s3_abort_uploads_after_s)
     # Any other blob with no record goes only if it was written after the job store was born:
     # a Redis that lost its data (wiped, or replaced empty) knows none of the older blobs'
     # records, and must not take every model with it.
@@ -329,7 +332,7 @@ async def enforce_retention(store: AsyncJobStore, blobs: LocalStore, settings: S
     if any(counts.values()):
         log.info(
             "retention: deleted %(jobs)d jobs, %(sweeps)d sweeps, %(records)d artifact records, %(blobs)d blobs, "
-            "the checkpoints of %(checkpoints)d ended or unknown jobs",
+            "the checkpoints of %(checkpoints)d ended or unknown jobs; aborted %(uploads)d stale multipart uploads",
             counts,
         )
     return counts

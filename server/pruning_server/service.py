@@ -108,12 +108,18 @@ def _held_as_another_kind(artifact_id: str, held: int, kind: pb.ArtifactKind.Val
 
 def _drop(pipe: WritePipeline | None, writer) -> None:
     """Stops an upload's pipeline and removes what it wrote. A failure here (an S3 abort over
-    a broken network) is logged, never answered in place of the refusal; the housekeeping and
-    the bucket's lifecycle rule remove what is left."""
+    a broken network) is logged, never answered in place of the refusal; the housekeeping
+    aborts the multipart upload left behind once it is s3_abort_uploads_after_s old."""
     try:
         if pipe is not None:
             pipe.abandon()
         writer.discard()
+    except objectstore.unavailable_errors() as exc:  # the store is down: one line, not a traceback
+        log.warning(
+            "could not abort a dropped upload's multipart upload (%s): the housekeeping aborts it once it is "
+            "PRUNING_S3_ABORT_UPLOADS_AFTER_S old",
+            " ".join(str(exc).split())[:300],
+        )
     except Exception:
         log.exception("could not remove a dropped upload")
 

@@ -4,6 +4,7 @@ and share no path, only Redis and the bucket."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 import pathlib
@@ -663,6 +664,74 @@ def test_an_upload_the_store_does_not_take_is_the_stores_outage_not_a_local_erro
         seaweed.resume()
     assert isinstance(raised.value, StoreUnavailable) or type(raised.value) is not OSError
     assert not list(store.tmp_dir.iterdir())  # its spool went with it
+
+
+_KILLED_MID_UPLOAD = """
+import os, sys, time
+from pruning_core.objectstore import open_store
+from pruning_core.settings import Settings
+upload = open_store(Settings()).writer()
+upload.write(os.urandom(6 << 20))  # past one 5 MiB part: the multipart upload holds a part
+print("written", flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_multipart_upload_nobody_aborted_is_aborted_by_the_housekeeping(seaweed, s3_env, tmp_path):
+    """A server killed mid-upload (or one whose abort the store did not answer: obstore's
+    writer then gives the upload up) leaves a multipart upload and its parts in the bucket for
+    good. The housekeeping lists the multipart uploads under the prefix and aborts those older
+    than s3_abort_uploads_after_s; a fresh one, and another prefix's, stay."""
+    import subprocess
+    import sys
+
+    from pruning_core.objectstore import open_store
+
+    store = open_store(settings_for(s3_env, state_dir=str(tmp_path / "state")))
+    client = store._multipart()
+    elsewhere = client.create_multipart_upload(Bucket=seaweed.bucket, Key="another-deployment/x")
+
+    def ours() -> set[str]:
+        found = client.list_multipart_uploads(Bucket=seaweed.bucket, Prefix=store.key_prefix).get("Uploads", [])
+        return {u["UploadId"] for u in found}
+
+    before = ours()
+    server = subprocess.Popen(
+        [sys.executable, "-c", _KILLED_MID_UPLOAD],
+        env={**os.environ, **s3_env, "PRUNING_STATE_DIR": str(tmp_path / "killed")},
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert server.stdout is not None and server.stdout.readline().strip() == "written"
+        deadline = time.monotonic() + 30
+        while not ours() - before:
+            assert time.monotonic() < deadline, "the multipart upload did not start"
+            time.sleep(0.2)
+    finally:
+        server.kill()
+        server.wait()
+    left = ours() - before
+    assert len(left) == 1
+
+    assert store.abort_stale_uploads(3600.0) == 0 and ours() - before == left  # not an hour old
+
+    async def housekeeping() -> dict[str, int]:
+        from pruning_core.store import AsyncJobStore
+        from pruning_server import reaper
+
+        settings = settings_for({**s3_env, "PRUNING_S3_ABORT_UPLOADS_AFTER_S": "0.001"}, state_dir=str(tmp_path / "s"))
+        jobs = AsyncJobStore.from_url(settings.redis_url, settings.key_prefix)
+        try:
+            return await reaper.enforce_retention(jobs, store, settings)
+        finally:
+            await jobs.redis.aclose()
+
+    assert asyncio.run(housekeeping())["uploads"] >= 1
+    assert not ours() - before
+    others = client.list_multipart_uploads(Bucket=seaweed.bucket, Prefix="another-deployment/").get("Uploads", [])
+    assert [u["UploadId"] for u in others] == [elsewhere["UploadId"]]  # not under this store's prefix
+    client.abort_multipart_upload(Bucket=seaweed.bucket, Key="another-deployment/x", UploadId=elsewhere["UploadId"])
 
 
 def test_a_download_read_slower_than_the_s3_timeout_is_not_cut(seaweed, s3_env, tmp_path):
