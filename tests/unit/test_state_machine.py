@@ -686,3 +686,28 @@ def test_housekeeping_says_in_one_line_that_the_artifact_store_is_down(monkeypat
     said = [r for r in caplog.records if r.name == reaper.log.name]
     assert len(said) >= 2 and all(r.levelno == logging.WARNING and r.exc_info is None for r in said)
     assert "the artifact store did not answer" in said[0].getMessage()
+
+
+def test_an_abort_the_artifact_store_misses_is_one_warning_line(caplog):
+    """A dropped upload whose multipart abort S3 did not answer logged an ERROR with a
+    40-line traceback of obstore's; it is one line saying the housekeeping will abort it."""
+    import logging
+
+    from pruning_core.objectstore import StoreUnavailable
+    from pruning_server import service
+
+    class Writer:
+        def discard(self):
+            raise StoreUnavailable("Generic S3 error: Error performing DELETE ... Connection refused")
+
+    class Broken:
+        def discard(self):
+            raise RuntimeError("a bug")
+
+    with caplog.at_level(logging.WARNING, logger=service.log.name):
+        service._drop(None, Writer())
+        service._drop(None, Broken())  # anything else keeps its traceback
+    said = [r for r in caplog.records if r.name == service.log.name]
+    assert [r.levelno for r in said] == [logging.WARNING, logging.ERROR]
+    assert said[0].exc_info is None and "PRUNING_S3_ABORT_UPLOADS_AFTER_S" in said[0].getMessage()
+    assert said[1].exc_info is not None
