@@ -120,6 +120,12 @@ class Settings(BaseSettings):
     upload_idle_timeout_s: float = Field(
         60.0, description="an upload with no message for this long is dropped (DEADLINE_EXCEEDED)"
     )
+    download_idle_timeout_s: float = Field(
+        60.0,
+        gt=0,
+        description="a download whose client takes no chunk for this long is ended (DEADLINE_EXCEEDED; the SDK "
+        "resumes from its offset), freeing its slot: a client that stops reading holds none for good",
+    )
     work_dir: pathlib.Path | None = Field(
         None, description="where workers keep a job's files while it runs; default <system temp>/pruning-jobs"
     )

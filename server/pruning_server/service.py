@@ -124,6 +124,44 @@ def _drop(pipe: WritePipeline | None, writer) -> None:
         log.exception("could not remove a dropped upload")
 
 
+class _StallWatch:
+    """Ends a download whose client takes no chunk for ``idle_s``: one that stops reading,
+    alive (its keepalive pings answered), held its slot for good and, with every slot of its
+    tenant taken, kept the tenant's other downloads out. gRPC only hands the status on behind
+    the bytes the transport already holds, so the handler is also cancelled at once: the slot
+    and the read-ahead are freed even if the client never reads again, and one that does
+    reads what was sent, then DEADLINE_EXCEEDED (a download resumes from its offset)."""
+
+    def __init__(self, context: Any, idle_s: float):
+        self.context, self.idle_s = context, idle_s
+        self.task = asyncio.current_task()
+        self.since: float | None = None  # when the chunk gRPC is sending now was handed to it
+        self.fired = False
+        self._loop = asyncio.get_running_loop()
+        self._timer = self._loop.call_later(idle_s, self._check)
+        self._ending: list[asyncio.Future] = []
+
+    def _check(self) -> None:
+        waited = 0.0 if self.since is None else time.monotonic() - self.since
+        if waited < self.idle_s:
+            self._timer = self._loop.call_later(self.idle_s - waited, self._check)
+            return
+        self.fired = True
+        self._ending.append(self._loop.create_task(self._end()))
+
+    async def _end(self) -> None:
+        message = f"the client took no chunk for {self.idle_s:g} s; resume the download from its offset"
+        abort = asyncio.ensure_future(self.context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, message))
+        abort.add_done_callback(lambda done: done.cancelled() or done.exception())  # its AbortError: expected
+        self._ending.append(abort)
+        await asyncio.sleep(0)  # the status is queued before the handler goes
+        if self.task is not None:
+            self.task.cancel()
+
+    def close(self) -> None:
+        self._timer.cancel()
+
+
 async def _to_the_end(fn: Callable[..., T], *args: Any) -> T:
     """``fn(*args)`` in a thread. A caller cancelled meanwhile (the client went away) waits for
     the thread to end before the cancellation goes on: what the caller then does to the same
@@ -467,14 +505,26 @@ class PruningService(pb_grpc.PruningServiceServicer):
         frame = functools.partial(download_chunk, total_size=record.size, sha256=record.id)
         async with self._slot(self.downloads, tenant):
             chunks = self.blobs.read(record.id, request.offset, self.settings.chunk_size, record.size, frame)
+            stall = _StallWatch(context, self.settings.download_idle_timeout_s)
             try:
                 async for message in chunks:
-                    yield message
+                    stall.since = time.monotonic()
+                    yield message  # back once gRPC took it: the client's window had room
+                    stall.since = None
             except objectstore.missing_errors():
                 log.error("artifact %s has a record but its bytes are gone from the artifact store", record.id)
                 raise Failure(
                     grpc.StatusCode.DATA_LOSS, f"artifact {record.id}: its bytes are missing from the artifact store"
                 ) from None
+            finally:
+                stall.close()
+                if stall.fired:
+                    log.info(
+                        "ended a download of %s for %s: the client took no chunk for %g s",
+                        record.id,
+                        tenant,
+                        stall.idle_s,
+                    )
 
     async def DeleteArtifact(self, request, context):
         tenant = await self._tenant(context)

@@ -126,3 +126,41 @@ def test_a_vanished_clients_download_frees_its_slot(env, tmp_path):
     finally:
         relay.close()
         server.stop()
+
+
+def test_a_client_that_stops_reading_a_download_frees_its_slot(env, tmp_path):
+    """A live client (its pings answered) that stops taking chunks held its download slot,
+    and with the tenant's last slot every other download of the tenant, for good. Past
+    download_idle_timeout_s without a chunk taken, the download is ended: the slot is free at
+    once, and the client, reading on, gets what was sent, then DEADLINE_EXCEEDED, not a stream
+    that ends as if complete."""
+    from hostile import npz_bytes
+
+    server = hostile_server(env, "stalled-download", max_downloads_per_tenant=1, download_idle_timeout_s=1.0)
+    data = tmp_path / "big.npz"
+    data.write_bytes(npz_bytes(n_train=400_000))  # ~14 MiB: more than the sockets and windows hold
+    try:
+        with Client(server.target, api_key="key-a", timeout=30) as client:
+            artifact = client.upload_dataset(data)
+            request = pb.DownloadArtifactRequest(artifact_id=artifact.id)
+
+            def download_opens() -> bool:
+                stub = pb_grpc.PruningServiceStub(client._channel)
+                return _opens(stub.DownloadArtifact(request, metadata=META, timeout=5))
+
+            with grpc.insecure_channel(server.target) as other:
+                held = pb_grpc.PruningServiceStub(other).DownloadArtifact(request, metadata=META)
+                received = len(next(held).data)  # the slot is taken; then nothing more is read
+                assert not download_opens()
+                deadline = time.monotonic() + 20
+                while not download_opens():
+                    assert time.monotonic() < deadline, "the stalled client still holds the download slot"
+                    time.sleep(0.5)
+                with pytest.raises(grpc.RpcError) as ended:
+                    for chunk in held:
+                        received += len(chunk.data)
+                assert ended.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+                assert "took no chunk for 1 s" in ended.value.details()
+                assert received < artifact.size
+    finally:
+        server.stop()
