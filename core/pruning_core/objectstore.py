@@ -73,15 +73,26 @@ def unavailable_errors() -> tuple[type[BaseException], ...]:
     return (GenericError, *refused_errors(), StoreUnavailable)
 
 
+class StoreRefused(StoreUnavailable):
+    """The object store refused the server's credentials for a multipart upload's part or its
+    completion (obstore's writer says so only in its bare OSError's text)."""
+
+
+# obstore's words for a 403 and a 401 (PermissionDeniedError's and UnauthenticatedError's)
+_REFUSED = re.compile(r"lacked the necessary privileges|lacked valid authentication|403 Forbidden|401 Unauthorized")
+
+
 @contextlib.contextmanager
 def _writer_errors() -> Iterator[None]:
-    """Around obstore's writer: its bare OSError is the store's (:class:`StoreUnavailable`)."""
+    """Around obstore's writer: its bare OSError is the store's (:class:`StoreUnavailable`, or
+    :class:`StoreRefused` for a refusal of the credentials, as the other calls' errors tell)."""
     try:
         yield
     except OSError as exc:
         if type(exc) is not OSError:  # a subclass (FileNotFoundError, ...): not the writer's own
             raise
-        raise StoreUnavailable(str(exc)) from exc
+        refused = _REFUSED.search(str(exc))
+        raise (StoreRefused if refused else StoreUnavailable)(str(exc)) from exc
 
 
 def refused_errors() -> tuple[type[BaseException], ...]:
@@ -89,7 +100,7 @@ def refused_errors() -> tuple[type[BaseException], ...]:
     403 or 401): not a pause that a retry waits out, but a setting an operator must fix."""
     from obstore.exceptions import PermissionDeniedError, UnauthenticatedError
 
-    return (PermissionDeniedError, UnauthenticatedError)
+    return (PermissionDeniedError, UnauthenticatedError, StoreRefused)
 
 
 def missing_errors() -> tuple[type[BaseException], ...]:

@@ -329,3 +329,27 @@ def test_an_artifact_store_that_does_not_answer_is_unavailable_not_internal(whic
         assert message == "the artifact store is unavailable; retry shortly"
     else:  # no pause to wait out: the operator must fix the credentials
         assert "refused the server's credentials" in message and "operator" in message
+
+
+@pytest.mark.parametrize(
+    ("text", "refused"),
+    [
+        (
+            "Generic S3 error: The operation lacked the necessary privileges to complete for path p/x: Error "
+            "performing PUT http://127.0.0.1:1/b/p/x?partNumber=1 in 3.2ms - Server returned non-2XX status code: "
+            "403 Forbidden: <Code>SignatureDoesNotMatch</Code>",
+            True,
+        ),
+        ("Generic S3 error: The operation lacked valid authentication credentials for path p/x", True),
+        ("Generic S3 error: Error performing PUT ...: error sending request: Connection refused", False),
+    ],
+)
+def test_a_writer_refused_the_credentials_is_told_apart_from_a_store_down(text, refused):
+    """obstore's writer says a 403 only in its bare OSError's text: an upload refused so was
+    answered "retry shortly", where every other call said the operator must fix the credentials."""
+    from pruning_core import objectstore
+
+    with pytest.raises(objectstore.StoreUnavailable) as raised, objectstore._writer_errors():
+        raise OSError(text)
+    assert isinstance(raised.value, objectstore.refused_errors()) is refused
+    assert isinstance(raised.value, objectstore.unavailable_errors())
