@@ -336,7 +336,7 @@ def _dataset_ref(ctx: click.Context, param: click.Parameter, value: str) -> str:
     raise click.BadParameter(f"file {value!r} does not exist", ctx=ctx, param=param)
 
 
-def _state(job: pb.Job) -> str:
+def _state(job: pb.Job | pb.Sweep) -> str:
     return pb.JobState.Name(job.state).removeprefix("JOB_STATE_")
 
 
@@ -1388,21 +1388,38 @@ def submit(
         if not opts.json:
             click.echo(f"job {job.id} submitted", err=True)
         _following(job.id)
-        final = None
-        try:
-            final = follow(job, show_bar=not opts.json, json_lines=False, timeout=wait_timeout)
-            _finish(client, job, final, download)
-        except KeyboardInterrupt:  # Ctrl-C stops the waiting, not the job: say which job goes on
-            if opts.json:
-                click.echo(json.dumps({"job_id": job.id, "interrupted": True}))
-            if final is None:
-                said = (
-                    f"job {job.id} keeps running (pruning watch {job.id} follows it, pruning cancel {job.id} stops it)"
-                )
-            else:  # stopped while the result or the downloads came
-                said = f"job {job.id} ended {_state(final)} (pruning result {job.id}, pruning download {job.id})"
-            click.echo(f"\ninterrupted: {said}", err=True)
-            raise
+        with _interrupted(job.id, opts.json) as seen:
+            seen.final = follow(job, show_bar=not opts.json, json_lines=False, timeout=wait_timeout)
+            _finish(client, job, seen.final, download)
+
+
+@dataclasses.dataclass
+class _Seen:
+    final: pb.Job | pb.Sweep | None = None  # the job (or sweep) as it ended, once it has
+
+
+@contextlib.contextmanager
+def _interrupted(id_: str, json_output: bool, *, sweep: bool = False) -> Iterator[_Seen]:
+    """Ctrl-C stops the waiting, not the job (or sweep): says which goes on, and how to follow
+    or stop it, or how it ended when the waiting had seen its end."""
+    seen = _Seen()
+    try:
+        yield seen
+    except KeyboardInterrupt:
+        if json_output:
+            click.echo(json.dumps({"sweep_id" if sweep else "job_id": id_, "interrupted": True}))
+        if seen.final is None and sweep:
+            said = (
+                f"sweep {id_} keeps running (pruning sweep-status {id_} shows it, pruning sweep-cancel {id_} stops it)"
+            )
+        elif seen.final is None:
+            said = f"job {id_} keeps running (pruning watch {id_} follows it, pruning cancel {id_} stops it)"
+        elif sweep:
+            said = f"sweep {id_} ended {_state(seen.final)} (pruning sweep-status {id_})"
+        else:  # stopped while the result or the downloads came
+            said = f"job {id_} ended {_state(seen.final)} (pruning result {id_}, pruning download {id_})"
+        click.echo(f"\ninterrupted: {said}", err=True)
+        raise
 
 
 def _floats(ctx: click.Context, param: click.Parameter, value: str | None) -> list[float]:
@@ -1565,7 +1582,8 @@ def sweep(
             click.echo(f"sweep {handle.id} started", err=True)
         else:
             _events_on_stdout()
-        final = _follow_sweep(handle, json_lines=opts.json)
+        with _interrupted(handle.id, opts.json, sweep=True) as seen:
+            final = seen.final = _follow_sweep(handle, json_lines=opts.json)
         if not opts.json:
             click.echo(format_sweep(final))
         sweep_outcome(final)  # exit 9 for a cancelled sweep, 8 for one no trial of which succeeded
@@ -1726,9 +1744,9 @@ def watch(job_id: str, download: pathlib.Path | None, wait_timeout: float | None
     if opts.json:
         _events_on_stdout()  # any error's JSON object goes to stderr, the events' file stays clean
     _following(job_id)
-    with _client(opts) as client:
+    with _client(opts) as client, _interrupted(job_id, opts.json) as seen:
         job = client.job(job_id)
-        final = follow(job, show_bar=not opts.json, json_lines=opts.json, timeout=wait_timeout)
+        final = seen.final = follow(job, show_bar=not opts.json, json_lines=opts.json, timeout=wait_timeout)
         if not opts.json:
             _finish(client, job, final, download)
             return
@@ -1775,7 +1793,8 @@ def result(job_id: str, wait_timeout: float | None) -> None:
     Exit 8 if the job failed, 9 if it was cancelled, 10 after --wait-timeout.
     """
     _following(job_id)
-    with _client(_globals()) as client:
+    opts = _globals()
+    with _client(opts) as client, _interrupted(job_id, opts.json):
         outcome = client.job(job_id).result(timeout=wait_timeout)
     _emit(outcome.to_dict(), format_table(outcome))
 

@@ -577,6 +577,59 @@ def test_ctrl_c_while_submit_waits_says_which_job_keeps_running(
         assert out == "" and f"job {JOB} submitted" in err
 
 
+@pytest.mark.parametrize("command", [["watch", JOB], ["--json", "watch", JOB], ["result", JOB]])
+def test_ctrl_c_while_watch_or_result_waits_says_the_job_keeps_running(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], command: list[str]
+) -> None:
+    """They stopped with ^C alone: a user could not tell whether the job was cancelled."""
+    import contextlib
+
+    class Handle:
+        id = JOB
+
+        def result(self, *a, **k):
+            raise KeyboardInterrupt
+
+    class Client:
+        def job(self, job_id):
+            return Handle()
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli_module, "_client", lambda opts: contextlib.nullcontext(Client()))
+    monkeypatch.setattr(cli_module, "follow", interrupted)
+    assert run(command) == 130
+    out, err = capsys.readouterr()
+    assert (
+        f"interrupted: job {JOB} keeps running (pruning watch {JOB} follows it, pruning cancel {JOB} stops it)" in err
+    )
+    assert (json.loads(out) == {"job_id": JOB, "interrupted": True}) if "--json" in command else out == ""
+
+
+def test_ctrl_c_while_a_sweep_is_waited_for_says_it_keeps_running(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import contextlib
+
+    class Handle:
+        id = JOB
+
+    class Client:
+        def create_sweep(self, *a, **k):
+            return Handle()
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli_module, "_client", lambda opts: contextlib.nullcontext(Client()))
+    monkeypatch.setattr(cli_module, "_spec", lambda client, **spec: pb.JobSpec(model_id="a" * 64))
+    monkeypatch.setattr(cli_module, "_follow_sweep", interrupted)
+    assert run(["sweep", "--model", "a" * 64, "--sparsities", "0.5,0.7", "--wait"]) == 130
+    err = capsys.readouterr().err
+    assert f"interrupted: sweep {JOB} keeps running (pruning sweep-status {JOB} shows it, pruning sweep-cancel" in err
+
+
 # -- hints on errors a user can fix ------------------------------------------------------------------
 
 
