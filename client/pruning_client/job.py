@@ -130,6 +130,9 @@ _FORMAT_SUFFIXES = (
     (".h5", pb.EXPORT_FORMAT_H5),
     (".zip", pb.EXPORT_FORMAT_SAVED_MODEL),
 )
+# Model files of formats the service does not export (another framework's, a frozen graph):
+# a destination so named would get bytes its reader cannot take.
+_FOREIGN_SUFFIXES = (".onnx", ".pb", ".pt", ".pth", ".safetensors", ".mlmodel", ".engine", ".trt", ".gguf", ".ckpt")
 
 
 def format_name(artifact_format: str) -> str:
@@ -144,11 +147,18 @@ def format_name(artifact_format: str) -> str:
 def named_export(job_id: str, artifacts: Sequence[pb.Artifact], dest: os.PathLike[str] | str) -> pb.Artifact | None:
     """The export a destination file's suffix names (``model.tflite``: the TFLite export;
     ``model.int8.tflite`` the int8 one; ``model.zip`` the SavedModel), or None for a name
-    without a model suffix. Raises NotFound for a suffix the job has no export of, rather
-    than write another format's bytes under that name."""
+    without a model suffix. Raises NotFound for a suffix the job has no export of, or one of a
+    format the service never exports (``model.onnx``, ``model.pb``), rather than write another
+    format's bytes under that name."""
     name = pathlib.PurePath(dest).name.lower()
     suffix, wanted = next(((s, f) for s, f in _FORMAT_SUFFIXES if name.endswith(s)), ("", None))
     if wanted is None:
+        foreign = next((s for s in _FOREIGN_SUFFIXES if name.endswith(s)), None)
+        if foreign is not None:
+            raise NotFound(
+                f"{pathlib.PurePath(dest).name} names a {foreign} file, a format the service does not export "
+                f"(job {job_id} has: {_formats(artifacts)}); name the file for one of them, or ask for a format"
+            )
         return None
     for artifact in exports(artifacts):
         if _same_format(artifact, wanted):

@@ -214,6 +214,19 @@ def test_download_to_a_file_name_of_a_format_the_job_lacks_is_refused(
     assert run(["download", JOB, "-o", "model.h5", "--format", "keras"]) == 0  # asked for: as asked
 
 
+@pytest.mark.parametrize("name", ["m.onnx", "frozen.pb", "M.PT", "w.safetensors"])
+def test_download_to_a_model_file_of_a_format_never_exported_is_refused(
+    fake: type[FakeClient], capsys: pytest.CaptureFixture[str], name: str
+) -> None:
+    """Keras bytes under an .onnx name, with a warning and exit 0, went on to fail in the
+    pipeline step that reads them: exit 3 (not found), naming what the job has."""
+    assert run(["download", JOB, "-o", name]) == 3
+    err = capsys.readouterr().err
+    assert f"{name} names a {pathlib.Path(name).suffix.lower()} file, a format the service does not export" in err
+    assert "(job" in err and "has: keras, saved_model, tflite_int8)" in err
+    assert not fake.downloads and not pathlib.Path(name).exists()
+
+
 def test_download_destinations(
     fake: type[FakeClient], tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -673,9 +686,9 @@ def test_download_of_a_job_still_running_says_it_waits(
 def test_download_to_a_name_no_export_has_says_which_export_it_got(
     fake: type[FakeClient], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert run(["download", JOB, "-o", "m.onnx"]) == 0
-    assert FakeClient.downloads[-1][0] == KERAS_ID  # the pruned model, as before
-    assert "warning: m.onnx gets the keras export (a .keras file): no export of job" in capsys.readouterr().err
+    assert run(["download", JOB, "-o", "m.model"]) == 0  # no model format's suffix: the pruned model
+    assert FakeClient.downloads[-1][0] == KERAS_ID
+    assert "warning: m.model gets the keras export (a .keras file): no export of job" in capsys.readouterr().err
     assert run(["download", JOB, "-o", "m.keras"]) == 0
     assert "warning" not in capsys.readouterr().err
 
