@@ -132,3 +132,16 @@ def test_a_job_error_shows_no_endpoint_of_the_deployment():
     )
     assert "10.1.2.3" not in line and "9000" not in line and "s3.internal" not in line and "prod" not in line
     assert "GET <url>/ab12 in 1.5s" in line and line.endswith("and <url>")
+
+
+def test_a_job_error_keeps_a_weights_name_and_hides_only_paths():
+    """A weight's name (model/layer/variable) was taken for a server path: "norm_none<path>/mean"."""
+    from pruning_worker.runner import clean_line
+
+    line = clean_line(
+        "Shape mismatch in layer #0 (named norm)for weight norm_none/norm/mean. Received from /srv/pruning/jobs/"
+        "a1/model.h5 and 'C:\\work\\jobs\\b2\\m.keras'",
+        300,
+    )
+    assert "for weight norm_none/norm/mean." in line
+    assert "srv" not in line and "jobs" not in line and "from <path>/model.h5 and '<path>/m.keras'" in line
