@@ -128,6 +128,8 @@ class ModelInfo:
     summary: pb.ModelSummary = field(default_factory=pb.ModelSummary)
     mixed_precision: list[str] = field(default_factory=list)  # layers computing in float16 or bfloat16
     left_whole: dict[str, str] = field(default_factory=dict)  # prunable-class layers no job prunes -> why
+    # layers whose axis Keras 3's loader of Keras 2 files drops: [name, class, axis]
+    axes_lost: list[list[Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -135,6 +137,7 @@ class ModelInfo:
             "layers": self.layers,
             "mixed_precision": self.mixed_precision,
             "left_whole": self.left_whole,
+            "axes_lost": self.axes_lost,
             "input_shape": self.input_shape,
             "keras_version": self.keras_version,
             "summary": json_format.MessageToDict(self.summary),
@@ -343,6 +346,7 @@ def check_model_config(
         summary=summary,
         mixed_precision=mixed,
         left_whole=preflight.left_whole(config, version),
+        axes_lost=[list(found) for found in preflight.axes_lost_by_the_keras3_loader(config)],
     )
 
 

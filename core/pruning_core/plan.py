@@ -196,6 +196,7 @@ def check(spec: pb.JobSpec, model_info: dict[str, Any], data: DatasetFacts) -> l
             )
         )
     out += _labels_fit(spec, _summary(model_info).outputs, data)
+    out += _keras3_loader_fits(spec, model_info)
     layers = _summary(model_info).layers
     pruned = pruned_layer_weights(spec, model_info)
     unknown = sorted(set(spec.pruning.layer_sparsity) - set(pruned))
@@ -388,6 +389,37 @@ def pruned_layer_weights(spec: pb.JobSpec, model_info: dict[str, Any]) -> dict[s
 def steps_per_epoch(spec: pb.JobSpec, data: DatasetFacts) -> int:
     """Optimizer steps per epoch of a spec (with its defaults) on this dataset."""
     return train_steps(_n_train(spec, data), spec.training)
+
+
+def _keras3_loader_fits(spec: pb.JobSpec, model_info: dict[str, Any]) -> list[Violation]:
+    """A job whose pruned model goes back to Keras 3 through Keras 3's loader of Keras 2 files
+    (a Keras 3 model with channels removed; a tf_keras upload asked back as Keras 3) fails
+    there, after its training, on a layer whose axis that loader drops (a Normalization with
+    axis None, a LayerNormalization over several axes): refused before it is queued."""
+    lost = model_info.get("axes_lost") or []
+    version_in = int(model_info.get("keras_version") or 2)
+    version_out = spec.export.keras_version or version_in
+    keras_files = {pb.EXPORT_FORMAT_KERAS, pb.EXPORT_FORMAT_H5} & set(spec.export.formats)
+    if not lost or version_out != 3 or not keras_files:
+        return []
+    if version_in == 3 and spec.pruning.HasField("structured"):
+        field, through = "spec.pruning.structured", "a Keras 3 model with channels removed is read back"
+    elif version_in == 2:
+        field, through = "spec.export.keras_version", "a tf_keras model asked back as Keras 3 is read"
+    else:
+        return []
+    name, cls, axis = lost[0]
+    axis = axis or None  # () and [] are how Keras saves None
+    more = f" (and {len(lost) - 1} more)" if len(lost) > 1 else ""
+    return [
+        (
+            field,
+            f"layer {str(name)[:60]!r} ({cls}, axis={axis}){more} cannot come back as Keras 3: {through} by "
+            "Keras 3's loader of Keras 2 files, which keeps an axis only when it is one number; give the layer "
+            "axis=-1, or ask for Keras 2 files (export keras_version 2)"
+            + (", or prune weights instead of channels" if field == "spec.pruning.structured" else ""),
+        )
+    ]
 
 
 SHORT_TO_SAY = 0.001  # a schedule's end short of its final sparsity by more than this is said

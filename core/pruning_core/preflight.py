@@ -282,6 +282,35 @@ def masked_arithmetic(config: Any) -> str | None:
     return operations[0] if masks and operations else None
 
 
+# Layers whose ``axis`` Keras 3's loader of Keras 2 (HDF5) files keeps only when it is one
+# number: it drops None (a scalar statistic) and several axes, and builds the layer at its
+# default (-1), whose weights then do not fit.
+_AXIS_LAYERS = ("Normalization", "LayerNormalization", "UnitNormalization")
+
+
+def axes_lost_by_the_keras3_loader(config: Any) -> list[tuple[str, str, Any]]:
+    """(name, class, axis) of each layer of a configuration whose axis Keras 3's loader of
+    Keras 2 files would drop: a model that goes back to Keras 3 through that loader (channels
+    removed, or a tf_keras upload asked back as Keras 3) fails there, after its training."""
+    found: list[tuple[str, str, Any]] = []
+
+    def walk(node: Any) -> None:
+        if isinstance(node, list):
+            for value in node:
+                walk(value)
+        elif isinstance(node, dict):
+            cls, cfg = node.get("class_name"), node.get("config")
+            if cls in _AXIS_LAYERS and isinstance(cfg, dict) and "axis" in cfg:
+                axis = cfg["axis"]
+                if axis is None or (isinstance(axis, list | tuple) and len(axis) != 1):
+                    found.append((str(cfg.get("name")), str(cls), axis))
+            for value in node.values():
+                walk(value)
+
+    walk(config)
+    return found
+
+
 def _snake(class_name: str) -> str:
     # As Keras names the groups of a .keras weights file (keras.src.utils.naming.to_snake_case).
     name = re.sub(r"\W+", "", class_name)

@@ -447,3 +447,38 @@ def test_a_sequential_built_with_input_shape_has_one_input(tmp_path, suffix):
     info = modelcheck.inspect_model(tmp_path / f"m{suffix}", 1 << 30)
     assert [(t.name, list(t.shape)) for t in info.summary.inputs] == [("fc_input", [3])]
     assert _violations(info.to_dict(), _facts(tmp_path, **_data())) == []
+
+
+@pytest.mark.parametrize("keras_version", [3, 2])
+def test_a_layer_whose_axis_the_keras3_loader_drops_is_refused_before_the_job_runs(tmp_path, keras_version):
+    """A Keras 3 model with channels removed (or a tf_keras one asked back as Keras 3) is read
+    back by Keras 3's loader of Keras 2 files, which builds a Normalization(axis=None) at axis
+    -1: the job trained, then failed INTERNAL on the weights' shapes. Refused at once, naming
+    the layer; weight pruning, and Keras 2 files, are not affected."""
+    import keras as keras3
+    import tf_keras
+
+    keras = keras3 if keras_version == 3 else tf_keras
+    inputs = keras.Input((4, 3), name="x")
+    norm = keras.layers.Normalization(axis=None, mean=0.5, variance=2.0, name="norm")(inputs)
+    hidden = keras.layers.Dense(8, name="fc")(keras.layers.Flatten(name="flat")(norm))
+    keras.Model(inputs, keras.layers.Dense(4, name="out")(hidden)).save(tmp_path / "m.keras")
+    model = modelcheck.inspect_model(tmp_path / "m.keras", 1 << 30).to_dict()
+    facts = _facts(
+        tmp_path, **{k: np.zeros((len(v), 4, 3), "f4") if k.startswith("x") else v for k, v in _data().items()}
+    )
+
+    def problems(**changes) -> list[tuple[str, str]]:
+        spec = validation.with_defaults(job_spec("a" * 64, **changes))
+        return [v for v in plan.check(spec, model, facts) if "axis" in v[1]]
+
+    if keras_version == 3:
+        ((field, text),) = problems(structured=specs.structured(0.5))
+        assert field == "spec.pruning.structured"
+        assert text.startswith("layer 'norm' (Normalization, axis=None) cannot come back as Keras 3")
+        assert problems(structured=specs.structured(0.5), keras_version=2) == []  # Keras 2 files: no loader
+        assert problems(schedule=polynomial_decay(0.5, 0.8)) == []  # weights copied into the upload's own model
+    else:
+        ((field, text),) = problems(schedule=polynomial_decay(0.5, 0.8), keras_version=3)
+        assert field == "spec.export.keras_version" and "layer 'norm' (Normalization, axis=None)" in text
+        assert problems(schedule=polynomial_decay(0.5, 0.8)) == []  # back as tf_keras: as it came
