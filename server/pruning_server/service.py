@@ -329,16 +329,19 @@ class PruningService(pb_grpc.PruningServiceServicer):
                 raise Invalid([(violation, message)])
             raise Failure(code, f"{field}: {message}")
 
+        # Idle: no byte for this long. Empty messages are no progress: sent every few seconds,
+        # they held an upload's slot open for good.
         idle = self.settings.upload_idle_timeout_s
+        progress = time.monotonic()
         requests = aiter(request_iterator)
         try:
             while True:
                 try:
-                    request = await asyncio.wait_for(anext(requests), idle)
+                    request = await asyncio.wait_for(anext(requests), max(0.0, progress + idle - time.monotonic()))
                 except StopAsyncIteration:
                     break
                 except TimeoutError:
-                    refuse(grpc.StatusCode.DEADLINE_EXCEEDED, f"no message for {idle:g} s; the upload was dropped")
+                    refuse(grpc.StatusCode.DEADLINE_EXCEEDED, f"no bytes for {idle:g} s; the upload was dropped")
                 # a chunk-only message arrives as a view of its bytes (pruning.wire)
                 chunk = request if isinstance(request, memoryview) else None
                 if header is None:
@@ -373,6 +376,7 @@ class PruningService(pb_grpc.PruningServiceServicer):
                         await _to_the_end(writer.announce, header.sha256)
                     quota.announced = header.size
                     await quota.need(max(header.size, 1))
+                    progress = time.monotonic()
                     continue
                 if chunk is None:
                     if request.HasField("header"):
@@ -388,6 +392,9 @@ class PruningService(pb_grpc.PruningServiceServicer):
                         grpc.StatusCode.RESOURCE_EXHAUSTED,
                         f"upload is over the limit of {limit:,} bytes (PRUNING_MAX_UPLOAD_BYTES)",
                     )
+                if not len(chunk):
+                    continue
+                progress = time.monotonic()
                 await quota.need(pipe.accepted + len(chunk))
                 await pipe.write(chunk)
             if header is None:

@@ -4,6 +4,7 @@ killed worker leaves behind is removed by the next start."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import threading
 import time
@@ -48,6 +49,39 @@ def test_idle_upload_is_dropped(env, tmp_path):
             path = tmp_path / "m.keras"
             path.write_bytes(keras_bytes())
             assert len(client.upload_model(path).id) == 64
+    finally:
+        server.stop()
+
+
+def test_an_upload_kept_alive_by_empty_messages_is_dropped(env, tmp_path):
+    """Empty chunks (and chunk fields left empty) every second reset the idle clock: an upload
+    sending no byte held its slot for as long as its client liked. Idle is now no byte."""
+    server = hostile_server(env, "idle-empty", artifact_dir=str(tmp_path / "artifacts"), upload_idle_timeout_s=2)
+    try:
+
+        async def scenario() -> tuple[grpc.StatusCode, str, float]:
+            async with grpc.aio.insecure_channel(server.target) as channel:
+                call = pb_grpc.PruningServiceStub(channel).UploadModel(metadata=KEY)
+                await call.write(pb.UploadRequest(header=pb.UploadHeader(filename="m.keras")))
+                await call.write(pb.UploadRequest(chunk=keras_bytes()[:100]))
+                started = time.monotonic()
+
+                async def keep_alive() -> None:
+                    with contextlib.suppress(Exception):
+                        while True:
+                            await call.write(pb.UploadRequest(chunk=b""))
+                            await asyncio.sleep(0.5)
+
+                alive = asyncio.ensure_future(keep_alive())
+                with pytest.raises(grpc.aio.AioRpcError) as error:
+                    await asyncio.wait_for(call, 30)
+                alive.cancel()
+                return error.value.code(), error.value.details(), time.monotonic() - started
+
+        code, details, after = asyncio.run(scenario())
+        assert code == grpc.StatusCode.DEADLINE_EXCEEDED and "no bytes for 2 s" in details
+        assert after < 10  # two seconds of no bytes, however many empty messages came
+        assert _uploads(tmp_path / "artifacts") == []
     finally:
         server.stop()
 
