@@ -272,6 +272,12 @@ class Settings(BaseSettings):
     upload_pipeline_depth: int = Field(
         8, description="chunks of one upload received but not yet hashed and written (memory per upload)"
     )
+    upload_pipeline_max_bytes: int = Field(
+        8 * MiB,
+        gt=0,
+        description="bytes of one upload received but not yet hashed and written, at most (a chunk larger than "
+        "this goes alone): a client's larger chunks do not multiply the memory an upload holds",
+    )
     keep_freed_buffers: bool = Field(
         True,
         description="the server's allocator keeps freed transfer chunks for reuse instead of returning them to the "

@@ -6,7 +6,8 @@ sha256, the file, the object store's multipart upload), each in a thread of its 
 queue. So receiving the next chunk overlaps with hashing and writing the previous ones, and
 hashing overlaps with writing (``hashlib`` and file writes release the GIL). Memory stays
 bounded: a chunk holds its slot until every sink is done with it, and at most ``depth`` slots
-exist. The hot path costs the loop no thread hop per chunk: a put on a queue, and a slot
+exist, holding at most ``max_bytes`` between them (one chunk larger than that goes alone), so
+a client's larger chunks do not multiply what an upload holds. The hot path costs the loop no thread hop per chunk: a put on a queue, and a slot
 taken (a full pipeline makes the receiver wait, which is back-pressure on the client through
 gRPC's flow control).
 """
@@ -14,6 +15,7 @@ gRPC's flow control).
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import queue
 import threading
@@ -28,12 +30,16 @@ Sink = Callable[[Buffer], object]
 class WritePipeline:
     """Feeds each of ``sinks`` from a thread of its own. Create it on the event loop."""
 
-    def __init__(self, sinks: Sequence[Sink], depth: int = 8):
+    def __init__(self, sinks: Sequence[Sink], depth: int = 8, max_bytes: int | None = None):
         self._sinks = list(sinks)
         if not self._sinks:
             raise ValueError("a pipeline needs at least one sink")
         self._loop = asyncio.get_running_loop()
         self._slots = asyncio.Semaphore(depth)
+        self._max_bytes = max_bytes
+        self._held = 0  # bytes of the chunks not finished by every sink
+        self._sizes: collections.deque[int] = collections.deque()  # theirs, oldest first
+        self._room = asyncio.Event()  # set when a chunk's bytes were given back
         self._queues: list[queue.SimpleQueue[object]] = [queue.SimpleQueue() for _ in self._sinks]
         self._done = [0] * len(self._sinks)  # chunks each sink has finished (written by its thread)
         self._released = 0  # slots given back: chunks every sink has finished
@@ -50,9 +56,11 @@ class WritePipeline:
             thread.start()
 
     def _release(self) -> None:
-        """On the loop: gives back the slots of the chunks that every sink has finished."""
+        """On the loop: gives back the slots (and bytes) of the chunks every sink has finished."""
         while self._released < min(self._done):
             self._released += 1
+            self._held -= self._sizes.popleft()
+            self._room.set()
             self._slots.release()
 
     def _run(self, index: int) -> None:
@@ -86,6 +94,15 @@ class WritePipeline:
         if self._abandoned:
             raise RuntimeError("the pipeline was abandoned")
         await self._slots.acquire()
+        if self._max_bytes is not None:
+            while self._held and self._held + len(data) > self._max_bytes:
+                self._room.clear()
+                await self._room.wait()
+                if self._error is not None:
+                    self._slots.release()
+                    raise self._error
+        self._held += len(data)
+        self._sizes.append(len(data))
         self.accepted += len(data)
         for items in self._queues:
             items.put(data)

@@ -371,7 +371,11 @@ class PruningService(pb_grpc.PruningServiceServicer):
                         raise _Held(artifact)
                     writer = self.blobs.writer()
                     # hashing and writing overlap with receiving and with each other, behind bounded queues
-                    pipe = WritePipeline([*writer.sinks(), *also], self.settings.upload_pipeline_depth)
+                    pipe = WritePipeline(
+                        [*writer.sinks(), *also],
+                        self.settings.upload_pipeline_depth,
+                        self.settings.upload_pipeline_max_bytes,
+                    )
                     if header.sha256:
                         await _to_the_end(writer.announce, header.sha256)
                     quota.announced = header.size

@@ -68,6 +68,33 @@ def test_a_slow_sink_holds_the_writer_to_depth_unfinished_chunks():
     assert most_ahead <= depth
 
 
+@pytest.mark.parametrize("size", [1 << 20, 3 << 20, 8 << 20])
+def test_the_bytes_an_upload_holds_stay_bounded_whatever_its_chunk_size(size):
+    """Eight 8 MiB chunks of a client held 64 MiB per upload where 1 MiB chunks held 8: the
+    pipeline holds at most max_bytes (a chunk larger than that alone)."""
+    bound = 4 << 20
+    finished: list[int] = []
+    most_held = 0
+
+    def slow(data):
+        time.sleep(0.005)
+        finished.append(len(data))
+
+    async def main():
+        nonlocal most_held
+        pipe = WritePipeline([slow], depth=8, max_bytes=bound)
+        for i in range(12):
+            await pipe.write(bytes(size))
+            most_held = max(most_held, (i + 1) * size - sum(finished))
+        await pipe.drain()
+
+    asyncio.run(main())
+    assert len(finished) == 12
+    assert most_held <= max(bound, size)
+    if size == 1 << 20:
+        assert most_held > 1 << 20  # small chunks still overlap: several in flight
+
+
 def test_a_failing_sink_stops_the_pipeline_and_its_error_reaches_the_receiver():
     taken: list[bytes] = []
 
