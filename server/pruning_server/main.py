@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import re
 import signal
 import sys
 
@@ -69,10 +70,17 @@ class StartFailed(RuntimeError):
         self.exit_code = exit_code
 
 
+_S3_CODE = re.compile(r"<Code>([A-Za-z]{1,64})</Code>")
+
+
 def _first_line(error: BaseException) -> str:
-    """An error's own first line (the S3 client's run to dozens), at most 300 characters."""
-    text = (str(error).strip().splitlines() or [type(error).__name__])[0]
-    return text[:300]
+    """An error's own first line (the S3 client's run to dozens), at most 300 characters, with
+    the S3 error code where the store gave one further down (NoSuchBucket, SignatureDoesNotMatch:
+    which of a 403's or 404's causes it is)."""
+    whole = str(error).strip()
+    text = (whole.splitlines() or [type(error).__name__])[0][:300]
+    code = _S3_CODE.search(whole)
+    return f"{text} ({code.group(1)})" if code and code.group(1) not in text else text
 
 
 class Running:
