@@ -321,6 +321,22 @@ def _layer_ratios(ctx: click.Context, param: click.Parameter, values: tuple[str,
     return _name_values(values, "RATIO", float)
 
 
+def _int_pair(
+    separators: str, what: str
+) -> Callable[[click.Context, click.Parameter, str | None], tuple[int, int] | None]:
+    """A callback parsing "A:B" (or "AxB") into two ints."""
+
+    def parse(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[int, int] | None:
+        if value is None:
+            return None
+        parts = re.split(f"[{re.escape(separators)}]", value.strip())
+        if len(parts) == 2 and all(part.strip().isdigit() for part in parts):
+            return int(parts[0]), int(parts[1])
+        raise click.BadParameter(f"expected {what}, got {value!r}", ctx=ctx, param=param)
+
+    return parse
+
+
 def _model_ref(ctx: click.Context, param: click.Parameter, value: str) -> str:
     if _is_id(value) or os.path.isfile(value):
         return value
@@ -1031,6 +1047,11 @@ def _spec(
     exclude_layer: tuple[str, ...],
     export: tuple[str, ...],
     keras_version: str | None,
+    include_type: tuple[str, ...] = (),
+    exclude_type: tuple[str, ...] = (),
+    m_by_n: tuple[int, int] | None = None,
+    block_size: tuple[int, int] | None = None,
+    xnnpack_policy: bool = False,
     structured_ratio: float | None = None,
     layer_ratio: dict[str, float] | None = None,
     importance: str = "l1",
@@ -1085,6 +1106,11 @@ def _spec(
         max_train_samples=max_train_samples,
         include_layers=include_layer,
         exclude_layers=exclude_layer,
+        include_types=include_type,
+        exclude_types=exclude_type,
+        sparsity_m_by_n=m_by_n,
+        block_size=block_size,
+        xnnpack_policy=xnnpack_policy,
         exports=export,
         keras_version=int(keras_version) if keras_version else None,
         recipe=recipe,
@@ -1259,6 +1285,34 @@ _SPEC_OPTIONS = [
     _option("--min-channels", type=INT32, default=0, help="Keep at least this many channels per layer; 0 = 1."),
     _option("--include-layer", multiple=True, metavar="NAME", help="Prune only these layers (repeatable)."),
     _option("--exclude-layer", multiple=True, metavar="NAME", help="Never prune these layers (repeatable)."),
+    _option(
+        "--include-type",
+        multiple=True,
+        metavar="CLASS",
+        help="Prune only layers of this class, such as Conv2D or Dense (repeatable; with --include-layer, either).",
+    ),
+    _option("--exclude-type", multiple=True, metavar="CLASS", help="Never prune layers of this class (repeatable)."),
+    _option(
+        "--m-by-n",
+        default=None,
+        callback=_int_pair(":", "M:N, such as 2:4"),
+        metavar="M:N",
+        help="Zero M of every N consecutive input-channel weights (2:4: what sparse tensor cores run); "
+        "the sparsity is M/N, the schedule says only when the masks update.",
+    ),
+    _option(
+        "--block-size",
+        default=None,
+        callback=_int_pair("x,", "ROWSxCOLS, such as 1x4"),
+        metavar="ROWSxCOLS",
+        help="Prune blocks of a Dense kernel's weights together (Dense layers only).",
+    ),
+    _option(
+        "--xnnpack-policy",
+        is_flag=True,
+        default=False,
+        help="Prune only what XNNPACK runs faster sparse (TFMOT's PruneForLatencyOnXNNPack; the whole model).",
+    ),
     _option(
         "--export",
         type=ExportFormatType(),

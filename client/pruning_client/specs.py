@@ -230,6 +230,10 @@ def job_spec(
     include_layers: Sequence[str] = (),
     exclude_layers: Sequence[str] = (),
     block_size: tuple[int, int] | None = None,
+    sparsity_m_by_n: tuple[int, int] | None = None,
+    include_types: Sequence[str] = (),
+    exclude_types: Sequence[str] = (),
+    xnnpack_policy: bool = False,
     exports: Sequence[str] = (),
     keras_version: int | None = None,
     structured: pb.StructuredPruning | None = None,
@@ -268,7 +272,13 @@ def job_spec(
     skips the report (latency, TensorBoard logs, plots; None = the server's default, on);
     ``latency_repeats`` sets its timed runs per latency figure (0 = 10). ``time_limit_s`` fails
     an attempt of the job running longer with DEADLINE_EXCEEDED (0 = the service's limit alone;
-    where both are set the lower applies).
+    where both are set the lower applies). ``include_types`` and ``exclude_types`` select layers
+    by class name ("Conv2D", "Dense") beside ``include_layers`` and ``exclude_layers``.
+    ``block_size`` prunes (rows, columns) blocks of a Dense kernel together;
+    ``sparsity_m_by_n=(2, 4)`` zeros 2 of every 4 consecutive input-channel weights (the pattern
+    sparse tensor cores run; the sparsity is then m/n, and the schedule says only when the
+    masks update); ``xnnpack_policy`` prunes only what XNNPACK runs faster sparse
+    (TFMOT's PruneForLatencyOnXNNPack: the whole model, no layer selection).
 
     Example:
         >>> spec = job_spec("ab" * 32, schedule=polynomial_decay(0.5, 0.8), validation_split=0.0)
@@ -316,7 +326,14 @@ def job_spec(
             schedule=schedule or (None if structured is not None else polynomial_decay()),
             structured=structured,
             block_size=list(block_size or ()),
-            layers=pb.LayerSelection(include_names=list(include_layers), exclude_names=list(exclude_layers)),
+            layers=pb.LayerSelection(
+                include_names=list(include_layers),
+                exclude_names=list(exclude_layers),
+                include_types=list(include_types),
+                exclude_types=list(exclude_types),
+            ),
+            sparsity_m_by_n=pb.SparsityMByN(m=sparsity_m_by_n[0], n=sparsity_m_by_n[1]) if sparsity_m_by_n else None,
+            policy=pb.PRUNING_POLICY_PRUNE_FOR_LATENCY_ON_XNNPACK if xnnpack_policy else pb.PRUNING_POLICY_UNSPECIFIED,
         ),
         training=training,
         export=pb.ExportSpec(

@@ -478,9 +478,19 @@ def make_plan(spec: pb.JobSpec, model_info: dict[str, Any], data: DatasetFacts) 
         spec=spec,
         estimate_basis=ESTIMATE_BASIS,
     )
+    inputs = model_info.get("kernel_inputs") or {}
+    mn = spec.pruning.sparsity_m_by_n if spec.pruning.HasField("sparsity_m_by_n") else None
     for layer in summary.layers if spec.pruning.HasField("schedule") else []:  # weight pruning's layers
         if layer.prunable and validation.selected(layer.class_name, layer.name, spec.pruning.layers):
             final = spec.pruning.layer_sparsity.get(layer.name, target)
+            cols = inputs.get(layer.name)
+            if mn is not None and cols is not None and cols <= mn.n - mn.m:
+                # as the job warns at its start (recipe.check_shapes): no group of n to zero m of
+                final = 0.0
+                plan.warnings.append(
+                    f"layer {layer.name} ({layer.class_name}) has {cols} input channels: {mn.m}:{mn.n} sparsity "
+                    "(m zeros of every n) leaves it dense"
+                )
             plan.layers.add(name=layer.name, class_name=layer.class_name, weights=layer.params, final_sparsity=final)
     if warning := _short_of_final(spec):
         plan.warnings.append(warning)

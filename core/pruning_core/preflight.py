@@ -356,6 +356,26 @@ def _params_by_layer(weights: list[tuple[str, list[int]]], names: set[str], grou
     return out
 
 
+def kernel_inputs(
+    config: dict[str, Any], all_layers: list[tuple[str, str]], weights: list[tuple[str, list[int]]]
+) -> dict[str, int]:
+    """The input channels of each layer's kernel (its first 2-D or 4-D weight: (in, out) or
+    (height, width, in, out), as Keras stores both), from the weights file's shapes."""
+    names, groups = {name for _, name in all_layers}, _weight_groups(config)
+    out: dict[str, int] = {}
+    for path, shape in weights:
+        if len(shape) not in (2, 4):
+            continue
+        parts = path.split("/")
+        prefixes = ["/".join(parts[:i]) for i in range(len(parts), 0, -1)]
+        owner = next((groups[p] for p in prefixes if p in groups), None)
+        if owner is None:
+            owner = next((part for part in reversed(parts) if part in names), None)
+        if owner is not None and owner not in out:
+            out[owner] = int(shape[-2])
+    return out
+
+
 def _shape(value: Any) -> list[int]:
     if isinstance(value, dict):  # a serialised tuple
         inner = value.get("config")

@@ -386,6 +386,31 @@ def test_submit_sends_the_loss_when_given(monkeypatch: pytest.MonkeyPatch, args:
     assert spec.training.loss == loss  # "": the server's default
 
 
+def test_submit_sends_the_pattern_type_selection_and_policy_options(monkeypatch: pytest.MonkeyPatch) -> None:
+    """2:4 sparsity, blocks, selection by layer class and the XNNPACK policy were in the
+    contract but reachable only by editing the protobuf."""
+    SubmittingClient.sent = []
+    monkeypatch.setattr(cli_module, "Client", SubmittingClient)
+    args = ["--m-by-n", "2:4", "--include-type", "Conv2D", "--exclude-type", "Dense"]
+    assert run(["submit", "--model", "a" * 64, *args]) == 0
+    assert run(["submit", "--model", "a" * 64, "--block-size", "1x4", "--xnnpack-policy"]) == 0
+    assert run(["submit", "--model", "a" * 64]) == 0
+    first, second, plain = SubmittingClient.sent
+    assert (first.pruning.sparsity_m_by_n.m, first.pruning.sparsity_m_by_n.n) == (2, 4)
+    assert list(first.pruning.layers.include_types) == ["Conv2D"] and list(first.pruning.layers.exclude_types) == [
+        "Dense"
+    ]
+    assert list(second.pruning.block_size) == [1, 4]
+    assert second.pruning.policy == pb.PRUNING_POLICY_PRUNE_FOR_LATENCY_ON_XNNPACK
+    assert not plain.pruning.HasField("sparsity_m_by_n") and not plain.pruning.policy and not plain.pruning.block_size
+
+
+@pytest.mark.parametrize("args", [["--m-by-n", "2"], ["--m-by-n", "2:x"], ["--block-size", "4"]])
+def test_a_malformed_pattern_option_is_a_usage_error(capsys: pytest.CaptureFixture[str], args: list[str]) -> None:
+    assert run(["submit", "--model", "a" * 64, *args]) == 2
+    assert "expected" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("given", [["--json"], ["--target", "h:1"], ["--timeout", "5"]])
 def test_pruning_up_refuses_the_client_options(given: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     assert run([*given, "up"]) == 2
@@ -433,14 +458,15 @@ def test_job_spec_sets_the_report():
 
 
 def test_a_call_nothing_answered_says_where_it_asked(capsys: pytest.CaptureFixture[str]) -> None:
-    """A refused connection is retried until the deadline: gRPC then says only "Deadline
-    Exceeded", which hid the cause behind a short --timeout."""
+    """A call nothing answers ends at its deadline: gRPC then says only "Deadline Exceeded",
+    which hid the cause behind a short --timeout. (A refused one says nothing listens there.)"""
     import socket
 
-    with socket.socket() as probe:  # a port nobody listens on
-        probe.bind(("127.0.0.1", 0))
-        target = f"127.0.0.1:{probe.getsockname()[1]}"
-    assert run(["--target", target, "--timeout", "1", "list"]) == 7
+    with socket.socket() as silent:  # takes connections (the kernel's backlog), never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        target = f"127.0.0.1:{silent.getsockname()[1]}"
+        assert run(["--target", target, "--timeout", "1", "list"]) == 7
     assert f"(no answer from {target} within 1 s: is the server up there?)" in capsys.readouterr().err
 
 

@@ -482,3 +482,25 @@ def test_a_layer_whose_axis_the_keras3_loader_drops_is_refused_before_the_job_ru
         ((field, text),) = problems(schedule=polynomial_decay(0.5, 0.8), keras_version=3)
         assert field == "spec.export.keras_version" and "layer 'norm' (Normalization, axis=None)" in text
         assert problems(schedule=polynomial_decay(0.5, 0.8)) == []  # back as tf_keras: as it came
+
+
+@pytest.mark.parametrize("keras_version", [2, 3])
+def test_the_plan_of_m_by_n_sparsity_says_which_layer_it_leaves_dense(tmp_path, keras_version):
+    """The plan gave a 1-channel conv 2:4's 0.5 with no warning; the job then warned and left it
+    dense (too few input channels for a group of 4 to lose 2)."""
+    import keras as keras3
+    import tf_keras
+
+    keras = keras3 if keras_version == 3 else tf_keras
+    inputs = keras.Input((6, 6, 1), name="x")
+    conv = keras.layers.Conv2D(8, 3, name="stem")(inputs)
+    out = keras.layers.Dense(4, name="out")(keras.layers.Flatten(name="flat")(conv))
+    keras.Model(inputs, out).save(tmp_path / "m.keras")
+    model = modelcheck.inspect_model(tmp_path / "m.keras", 1 << 30).to_dict()
+    assert model["kernel_inputs"] == {"stem": 1, "out": 4 * 4 * 8}
+    arrays = {"x_train": np.zeros((8, 6, 6, 1), "f4"), "y_train": np.arange(8) % 4}
+    facts = _facts(tmp_path, **arrays, x_test=np.zeros((4, 6, 6, 1), "f4"), y_test=np.arange(4) % 4)
+    spec = validation.with_defaults(job_spec("a" * 64, schedule=specs.constant_sparsity(0.5), sparsity_m_by_n=(2, 4)))
+    made = plan.make_plan(spec, model, facts)
+    assert {layer.name: layer.final_sparsity for layer in made.layers} == {"stem": 0.0, "out": 0.5}
+    assert any(w.startswith("layer stem (Conv2D) has 1 input channels: 2:4 sparsity") for w in made.warnings)
