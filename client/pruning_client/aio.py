@@ -40,6 +40,8 @@ from pruning.v1 import pruning_pb2 as pb
 from pruning.v1 import pruning_pb2_grpc as pb_grpc
 
 from .client import (
+    DOWNLOAD_RESUMES,
+    RESUME_BACKOFF_S,
     ClientOptions,
     DownloadProgress,
     UploadProgress,
@@ -579,13 +581,21 @@ class AsyncClient:
         if await asyncio.to_thread(download.present, progress):
             return download.dest
         try:
-            try:
-                with rpc_errors():
-                    await self._receive(download, progress)
-            except OutOfRange:
-                if not await asyncio.to_thread(download.restart):
-                    raise
-                await self._receive(download, progress)
+            for retry in range(DOWNLOAD_RESUMES + 1):
+                try:
+                    try:
+                        with rpc_errors():
+                            await self._receive(download, progress)
+                    except OutOfRange:
+                        if not await asyncio.to_thread(download.restart):
+                            raise
+                        with rpc_errors():
+                            await self._receive(download, progress)
+                    break
+                except Unavailable:  # cut midway: resumed, as Client.download does
+                    if retry == DOWNLOAD_RESUMES or not await asyncio.to_thread(download.reopen):
+                        raise
+                    await asyncio.sleep(RESUME_BACKOFF_S * 2**retry)
         except BaseException:
             download.drop_empty()  # one stat: on the loop, cancelled or not
             raise

@@ -449,6 +449,13 @@ def _regular_file(target: pathlib.Path) -> pathlib.Path:
     return target
 
 
+# A download cut midway (UNAVAILABLE: a connection reset, a server restarted, the object store
+# blinking) is resumed from its partial file this many times, after 0.5, 1 and 2 s, while each
+# call brings more bytes.
+DOWNLOAD_RESUMES = 3
+RESUME_BACKOFF_S = 0.5
+
+
 class _Download:
     """The file side of a resumable download: where it goes, the partial file it resumes (one
     per artifact, ``<dest>.<artifact_id[:16]>.part``), and the sha256 check before the move.
@@ -503,6 +510,15 @@ class _Download:
             if self.part.stat().st_size == 0:
                 self.part.unlink()
         remove_empty_dirs(self.made)
+
+    def reopen(self) -> bool:
+        """After a call that ended midway: resumes from what the partial file holds now (its
+        hash read again: the file and the hash threads may have stopped a chunk apart). False
+        when it holds nothing more than before (no progress: the error stands)."""
+        before = self.offset
+        self.offset = self.part.stat().st_size if self.part.exists() else 0
+        self.digest = _file_sha256(self.part) if self.offset else hashlib.sha256()
+        return self.offset > before
 
     def restart(self) -> bool:
         """After OUT_OF_RANGE: the partial file is longer than the artifact, so it is removed
@@ -905,12 +921,21 @@ class Client:
         if download.present(progress):
             return download.dest
         try:
-            try:
-                self._receive(download, progress)
-            except OutOfRange:
-                if not download.restart():
-                    raise
-                self._receive(download, progress)
+            for retry in range(DOWNLOAD_RESUMES + 1):
+                try:
+                    try:
+                        self._receive(download, progress)
+                    except OutOfRange:
+                        if not download.restart():
+                            raise
+                        self._receive(download, progress)
+                    break
+                except Unavailable:
+                    # the connection or the store went midway: resumed from what arrived, while
+                    # each call brings more
+                    if retry == DOWNLOAD_RESUMES or not download.reopen():
+                        raise
+                    time.sleep(RESUME_BACKOFF_S * 2**retry)
         except BaseException:
             download.drop_empty()
             raise

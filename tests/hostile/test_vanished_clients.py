@@ -4,6 +4,7 @@ unanswered and it closes the connection. Simulated by a TCP relay that stops rel
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 import time
@@ -163,4 +164,86 @@ def test_a_client_that_stops_reading_a_download_frees_its_slot(env, tmp_path):
                 assert "took no chunk for 1 s" in ended.value.details()
                 assert received < artifact.size
     finally:
+        server.stop()
+
+
+class CuttingRelay:
+    """Relays TCP connections to ``target``; the first is reset once ``cut_after`` bytes came
+    back from the server (a connection lost midway), the later ones run to their end."""
+
+    def __init__(self, target: tuple[str, int], cut_after: int):
+        self.target, self.cut_after = target, cut_after
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.connections = 0
+        self.back = 0  # bytes relayed from the server, over every connection
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            self.connections += 1
+            upstream = socket.create_connection(self.target)
+            cut = self.cut_after if self.connections == 1 else None
+            threading.Thread(target=self._pump, args=(client, upstream, None), daemon=True).start()
+            threading.Thread(target=self._pump, args=(upstream, client, cut), daemon=True).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket, cut: int | None) -> None:
+        sent = 0
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+                if cut is not None:
+                    self.back += len(data)
+                    sent += len(data)
+                    if sent >= cut:  # both sides cut at once (shutdown: whatever the other pump blocks on)
+                        for s in (src, dst):
+                            with contextlib.suppress(OSError):
+                                s.shutdown(socket.SHUT_RDWR)
+                            s.close()
+                        return
+        except OSError:
+            return
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+@pytest.mark.parametrize("sync", [True, False])
+def test_a_download_cut_midway_resumes_from_what_arrived(env, tmp_path, sync):
+    """A connection reset midway (UNAVAILABLE) ended Client.download with the partial file
+    kept for a manual retry; the SDK now resumes it itself from that file."""
+    import asyncio
+    import hashlib
+
+    from hostile import npz_bytes
+
+    from pruning_client.aio import AsyncClient
+
+    server = hostile_server(env, "cut-download")
+    data = tmp_path / "big.npz"
+    data.write_bytes(npz_bytes(n_train=400_000))  # ~14 MiB
+    relay = CuttingRelay(("127.0.0.1", server.port), cut_after=4 << 20)
+    try:
+        with Client(server.target, api_key="key-a", timeout=30) as client:
+            artifact = client.upload_dataset(data)
+        target, dest = f"127.0.0.1:{relay.port}", tmp_path / "back.npz"
+        if sync:
+            with Client(target, api_key="key-a", timeout=30) as far:
+                got = far.download(artifact.id, dest)
+        else:
+
+            async def fetch():
+                async with AsyncClient(target, api_key="key-a", timeout=30) as far:
+                    return await far.download(artifact.id, dest)
+
+            got = asyncio.run(fetch())
+        assert hashlib.sha256(got.read_bytes()).hexdigest() == artifact.id
+        assert relay.connections == 2  # cut once, resumed once
+        assert not list(tmp_path.glob("*.part"))
+    finally:
+        relay.close()
         server.stop()
