@@ -398,9 +398,11 @@ class PruningService(pb_grpc.PruningServiceServicer):
                     )
                 if not len(chunk):
                     continue
-                progress = time.monotonic()
                 await quota.need(pipe.accepted + len(chunk))
                 await pipe.write(chunk)
+                # from when the server can take more: a full pipeline (a slow disk or store) is
+                # the server's wait, never counted against the client
+                progress = time.monotonic()
             if header is None:
                 refuse(grpc.StatusCode.INVALID_ARGUMENT, "empty upload", field)
             assert writer is not None and pipe is not None  # made with the header

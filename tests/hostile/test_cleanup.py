@@ -86,6 +86,35 @@ def test_an_upload_kept_alive_by_empty_messages_is_dropped(env, tmp_path):
         server.stop()
 
 
+def test_an_upload_a_slow_disk_holds_back_is_not_dropped_as_idle(env, tmp_path, monkeypatch):
+    """The idle clock counts the client's silence only: a full pipeline (a disk or store slower
+    than the idle timeout) is the server's wait. Stamped before the write, it dropped a healthy
+    upload whose next message was already there."""
+    from pruning_core.transfer import WritePipeline
+    from pruning_server import service
+
+    class SlowDisk(WritePipeline):
+        def __init__(self, sinks, depth=8, max_bytes=None):
+            super().__init__([*sinks, lambda data: time.sleep(0.7)], 1, max_bytes)
+
+    monkeypatch.setattr(service, "WritePipeline", SlowDisk)
+    server = hostile_server(env, "idle-slow", artifact_dir=str(tmp_path / "artifacts"), upload_idle_timeout_s=0.5)
+    try:
+        data = keras_bytes()
+        step = -(-len(data) // 5)
+
+        def requests():
+            yield pb.UploadRequest(header=pb.UploadHeader(filename="m.keras", size=len(data)))
+            for i in range(0, len(data), step):
+                yield pb.UploadRequest(chunk=data[i : i + step])
+
+        with grpc.insecure_channel(server.target) as channel:
+            stored = pb_grpc.PruningServiceStub(channel).UploadModel(requests(), metadata=KEY, timeout=60)
+        assert stored.size == len(data)
+    finally:
+        server.stop()
+
+
 def test_server_killed_mid_upload_leaves_nothing_after_restart(env, tmp_path):
     artifacts = tmp_path / "artifacts"
     overrides = {"PRUNING_ARTIFACT_DIR": str(artifacts), "PRUNING_SWEEP_MIN_AGE_S": "0"}
