@@ -683,7 +683,7 @@ class S3Store(LocalStore):
                 Bucket=self.bucket, Prefix=self.key_prefix
             ):
                 for upload in page.get("Uploads", []):
-                    if upload["Initiated"].timestamp() >= cutoff:
+                    if upload["Initiated"].timestamp() >= cutoff or not self._ours(upload["Key"]):
                         continue
                     try:
                         client.abort_multipart_upload(
@@ -694,9 +694,24 @@ class S3Store(LocalStore):
                             raise
                         continue
                     aborted += 1
-        except (BotoCoreError, ClientError) as exc:
+        except ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code", "")
+            refused = code in _REFUSED_CODES or exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") in (
+                401,
+                403,
+            )
+            raise (StoreRefused if refused else StoreUnavailable)(
+                f"listing or aborting multipart uploads: {exc}"
+            ) from exc
+        except BotoCoreError as exc:
             raise StoreUnavailable(f"listing or aborting multipart uploads: {exc}") from exc
         return aborted
+
+    def _ours(self, key: str) -> bool:
+        """Whether a bucket key is one this store writes (an artifact, a temporary object, a
+        checkpoint): with no prefix the bucket may hold another application's uploads too."""
+        rest = key[len(self.key_prefix) :] if key.startswith(self.key_prefix) else None
+        return rest is not None and (is_artifact_id(rest) or rest.startswith((self.tmp_prefix, self.checkpoint_prefix)))
 
     def sweep(self, min_age_s: float = 60.0) -> int:
         """Removes the local spool files of dead uploads and temporary objects older than
@@ -718,6 +733,7 @@ class S3Store(LocalStore):
 
 
 TMP_OBJECT_MIN_AGE_S = 3600.0  # clocks an hour apart still leave a temporary object alone
+_REFUSED_CODES = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken"}
 
 
 def _multipart_client(settings: Settings) -> Any:

@@ -298,8 +298,17 @@ async def enforce_retention(store: AsyncJobStore, blobs: LocalStore, settings: S
     if not await owns_store(store, blobs, settings):
         return counts  # another deployment's blobs and checkpoints are not this job store's to judge
     # Multipart uploads nobody aborted (one dropped while the store did not answer its abort,
-    # a killed server's): their parts hold space, though nothing can read them.
-    counts["uploads"] = await asyncio.to_thread(blobs.abort_stale_uploads, settings.s3_abort_uploads_after_s)
+    # a killed server's): their parts hold space, though nothing can read them. Best effort: a
+    # store that will not list them (no s3:ListBucketMultipartUploads, not implemented) must
+    # not stop the rest of the pass.
+    try:
+        counts["uploads"] = await asyncio.to_thread(blobs.abort_stale_uploads, settings.s3_abort_uploads_after_s)
+    except unavailable_errors() as exc:
+        counts["uploads"] = 0
+        log.warning(
+            "housekeeping: stale multipart uploads not aborted (%s); the rest of the pass goes on",
+            " ".join(str(exc).split())[:300],
+        )
     # Any other blob with no record goes only if it was written after the job store was born:
     # a Redis that lost its data (wiped, or replaced empty) knows none of the older blobs'
     # records, and must not take every model with it.

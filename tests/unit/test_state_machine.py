@@ -711,3 +711,47 @@ def test_an_abort_the_artifact_store_misses_is_one_warning_line(caplog):
     assert [r.levelno for r in said] == [logging.WARNING, logging.ERROR]
     assert said[0].exc_info is None and "PRUNING_S3_ABORT_UPLOADS_AFTER_S" in said[0].getMessage()
     assert said[1].exc_info is not None
+
+
+def test_a_store_that_will_not_list_multipart_uploads_does_not_stop_the_retention_pass(
+    redis_url, stores, tmp_path, monkeypatch, caplog
+):
+    """Credentials without s3:ListBucketMultipartUploads (or a store without the call) failed
+    every housekeeping pass before its blobs and checkpoints were judged."""
+    import logging
+
+    from pruning_core.objectstore import LocalStore, StoreRefused
+    from pruning_core.settings import Settings
+    from pruning_server import reaper
+
+    _, prefix = stores
+
+    def refused(self, min_age_s):
+        raise StoreRefused("listing or aborting multipart uploads: An error occurred (AccessDenied)")
+
+    monkeypatch.setattr(LocalStore, "abort_stale_uploads", refused)
+    settings = Settings(redis_url=redis_url, key_prefix=prefix, artifact_dir=tmp_path / "a")
+
+    async def run():
+        store = AsyncJobStore.from_url(redis_url, prefix)
+        try:
+            return await reaper.enforce_retention(store, LocalStore(tmp_path / "a"), settings)
+        finally:
+            await store.redis.aclose()
+
+    with caplog.at_level(logging.WARNING, logger=reaper.log.name):
+        counts = asyncio.run(run())
+    assert counts["uploads"] == 0 and "checkpoints" in counts  # the pass went on to its end
+    assert any("stale multipart uploads not aborted" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("key_prefix", ["", "pruning/"])
+def test_only_the_stores_own_multipart_uploads_are_aborted(tmp_path, key_prefix):
+    """With no prefix the bucket may be another application's too: its uploads are not ours."""
+    from pruning_core.objectstore import S3Store
+
+    store = S3Store(tmp_path, None)  # type: ignore[arg-type]
+    store.key_prefix = key_prefix
+    assert store._ours(key_prefix + "ab" * 32) and store._ours(key_prefix + "tmp/x1")
+    assert store._ours(key_prefix + "checkpoints/job/epoch-1.index")
+    assert not store._ours(key_prefix + "backups/db.tar") and not store._ours("elsewhere/" + "ab" * 32)
