@@ -592,7 +592,7 @@ class AsyncClient:
                         with rpc_errors():
                             await self._receive(download, progress)
                     break
-                except Unavailable:  # cut midway: resumed, as Client.download does
+                except (Unavailable, DeadlineExceeded):  # cut midway: resumed, as Client.download does
                     if retry == DOWNLOAD_RESUMES or not await asyncio.to_thread(download.reopen):
                         raise
                     await asyncio.sleep(RESUME_BACKOFF_S * 2**retry)

@@ -330,7 +330,7 @@ def _int_pair(
         if value is None:
             return None
         parts = re.split(f"[{re.escape(separators)}]", value.strip())
-        if len(parts) == 2 and all(part.strip().isdigit() for part in parts):
+        if len(parts) == 2 and all(re.fullmatch(r"[0-9]+", part.strip()) for part in parts):
             return int(parts[0]), int(parts[1])
         raise click.BadParameter(f"expected {what}, got {value!r}", ctx=ctx, param=param)
 

@@ -450,8 +450,8 @@ def _regular_file(target: pathlib.Path) -> pathlib.Path:
 
 
 # A download cut midway (UNAVAILABLE: a connection reset, a server restarted, the object store
-# blinking) is resumed from its partial file this many times, after 0.5, 1 and 2 s, while each
-# call brings more bytes.
+# blinking; DEADLINE_EXCEEDED: a stall on either side ended it) is resumed from its partial file
+# this many times, after 0.5, 1 and 2 s, while each call brings more bytes.
 DOWNLOAD_RESUMES = 3
 RESUME_BACKOFF_S = 0.5
 
@@ -930,9 +930,9 @@ class Client:
                             raise
                         self._receive(download, progress)
                     break
-                except Unavailable:
-                    # the connection or the store went midway: resumed from what arrived, while
-                    # each call brings more
+                except (Unavailable, DeadlineExceeded):
+                    # the connection or the store went midway, or a stall ended the call: resumed
+                    # from what arrived, while each call brings more
                     if retry == DOWNLOAD_RESUMES or not download.reopen():
                         raise
                     time.sleep(RESUME_BACKOFF_S * 2**retry)

@@ -434,6 +434,8 @@ def _short_of_final(spec: pb.JobSpec) -> str | None:
     decay = spec.pruning.schedule.polynomial_decay
     if not spec.pruning.schedule.HasField("polynomial_decay") or not decay.frequency:
         return None
+    if spec.pruning.HasField("sparsity_m_by_n"):  # the pattern sets the sparsity, not the schedule
+        return None
     span = decay.end_step - decay.begin_step
     if span <= 0 or recipe.steps_reaching_final(decay):
         return None
@@ -484,13 +486,15 @@ def make_plan(spec: pb.JobSpec, model_info: dict[str, Any], data: DatasetFacts) 
         if layer.prunable and validation.selected(layer.class_name, layer.name, spec.pruning.layers):
             final = spec.pruning.layer_sparsity.get(layer.name, target)
             cols = inputs.get(layer.name)
-            if mn is not None and cols is not None and cols <= mn.n - mn.m:
-                # as the job warns at its start (recipe.check_shapes): no group of n to zero m of
-                final = 0.0
-                plan.warnings.append(
-                    f"layer {layer.name} ({layer.class_name}) has {cols} input channels: {mn.m}:{mn.n} sparsity "
-                    "(m zeros of every n) leaves it dense"
-                )
+            if mn is not None and cols:
+                # as the job counts (recipe.m_by_n_sparsity): m zeros of each whole group of n
+                # input channels, and of a last, shorter group what it has beyond n - m
+                final = ((cols // mn.n) * mn.m + max(0, cols % mn.n - (mn.n - mn.m))) / cols
+                if cols <= mn.n - mn.m:  # as the job warns at its start (recipe.check_shapes)
+                    plan.warnings.append(
+                        f"layer {layer.name} ({layer.class_name}) has {cols} input channels: {mn.m}:{mn.n} "
+                        "sparsity (m zeros of every n) leaves it dense"
+                    )
             plan.layers.add(name=layer.name, class_name=layer.class_name, weights=layer.params, final_sparsity=final)
     if warning := _short_of_final(spec):
         plan.warnings.append(warning)

@@ -124,7 +124,9 @@ class Settings(BaseSettings):
         60.0,
         gt=0,
         description="a download whose client takes no chunk for this long is ended (DEADLINE_EXCEEDED; the SDK "
-        "resumes from its offset), freeing its slot: a client that stops reading holds none for good",
+        "resumes from its offset), freeing its slot: a client that stops reading holds none for good. A client "
+        "must take a chunk (chunk_size) within it: one reading slower than chunk_size / this (17 KiB/s at the "
+        "defaults) cannot finish",
     )
     work_dir: pathlib.Path | None = Field(
         None, description="where workers keep a job's files while it runs; default <system temp>/pruning-jobs"

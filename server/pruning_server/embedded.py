@@ -410,14 +410,14 @@ def _persistence(server) -> dict[str, str]:
     return {str(k): str(v) for k, v in server.info("persistence").items()}
 
 
-def _log_tail(path: pathlib.Path | None, lines: int = 20) -> None:
-    """The last ``lines`` of the stack's log file, on stderr: why a part stopped, without
-    sending the user to the file."""
+def _log_tail(path: pathlib.Path | None, since: int = 0, lines: int = 20) -> None:
+    """The last ``lines`` of the stack's log file written since offset ``since`` (this run's:
+    the file is appended to), on stderr: why a part stopped, without sending the user to it."""
     if path is None:
         return
     try:
         with open(path, "rb") as f:
-            f.seek(max(0, f.seek(0, os.SEEK_END) - 64 * 1024))
+            f.seek(max(since, f.seek(0, os.SEEK_END) - 64 * 1024))
             tail = f.read().decode(errors="replace").splitlines()[-lines:]
     except OSError:
         return
@@ -439,12 +439,16 @@ def main(listen: str | None = None, log_path: pathlib.Path | None = None) -> int
     signal.signal(signal.SIGINT, handler)
     signal.signal(signal.SIGTERM, handler)
     try:
+        since = log_path.stat().st_size if log_path is not None else 0
+    except OSError:
+        since = 0
+    try:
         stack = Stack.start(listen=listen, log_path=log_path)
     except AddressTaken as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         return 3  # as the server's own exit for a taken port
     except StartFailed as exc:
-        _log_tail(log_path)
+        _log_tail(log_path, since)
         print(f"error: {exc}", file=sys.stderr, flush=True)
         return exc.exit_code
     except ValidationError as exc:
@@ -468,7 +472,7 @@ def main(listen: str | None = None, log_path: pathlib.Path | None = None) -> int
         )
         stack.stop()
     if failed:
-        _log_tail(log_path)
+        _log_tail(log_path, since)
     return 1 if failed else 0
 
 

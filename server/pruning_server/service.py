@@ -150,6 +150,10 @@ class _StallWatch:
         self._ending.append(self._loop.create_task(self._end()))
 
     async def _end(self) -> None:
+        if self.since is None or time.monotonic() - self.since < self.idle_s:  # it moved on meanwhile
+            self.fired = False
+            self._check()
+            return
         message = f"the client took no chunk for {self.idle_s:g} s; resume the download from its offset"
         abort = asyncio.ensure_future(self.context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, message))
         abort.add_done_callback(lambda done: done.cancelled() or done.exception())  # its AbortError: expected

@@ -188,6 +188,8 @@ def test_pruning_up_exits_4_when_its_job_store_does_not_answer(env, tmp_path):
 
 def test_pruning_up_with_a_log_file_shows_the_failing_servers_last_lines(env, tmp_path):
     log = tmp_path / "logs" / "up.log"
+    log.parent.mkdir()
+    log.write_text("an earlier run's last line\n")  # appended to: never shown as this run's
     with _cluster_node(tmp_path) as port:  # it answers a ping: the server starts, and refuses it
         done = subprocess.run(
             [str(PRUNING), "up", "--listen", "127.0.0.1:0", "--log-file", str(log)],
@@ -205,6 +207,7 @@ def test_pruning_up_with_a_log_file_shows_the_failing_servers_last_lines(env, tm
     reason = f"the job store at redis://127.0.0.1:{port}/0 (PRUNING_REDIS_URL) is a Redis Cluster node"
     assert reason in log.read_text()  # the server's own words went to the file,
     assert f"the last lines of {log}:" in done.stderr and reason in done.stderr  # and reach the terminal
+    assert "an earlier run's last line" not in done.stderr
 
 
 def test_pruning_up_refuses_a_log_file_it_cannot_write_before_starting_anything(env, tmp_path):

@@ -405,7 +405,9 @@ def test_submit_sends_the_pattern_type_selection_and_policy_options(monkeypatch:
     assert not plain.pruning.HasField("sparsity_m_by_n") and not plain.pruning.policy and not plain.pruning.block_size
 
 
-@pytest.mark.parametrize("args", [["--m-by-n", "2"], ["--m-by-n", "2:x"], ["--block-size", "4"]])
+@pytest.mark.parametrize(
+    "args", [["--m-by-n", "2"], ["--m-by-n", "2:x"], ["--m-by-n", "2:\u00b2"], ["--block-size", "4"]]
+)
 def test_a_malformed_pattern_option_is_a_usage_error(capsys: pytest.CaptureFixture[str], args: list[str]) -> None:
     assert run(["submit", "--model", "a" * 64, *args]) == 2
     assert "expected" in capsys.readouterr().err

@@ -503,4 +503,14 @@ def test_the_plan_of_m_by_n_sparsity_says_which_layer_it_leaves_dense(tmp_path, 
     spec = validation.with_defaults(job_spec("a" * 64, schedule=specs.constant_sparsity(0.5), sparsity_m_by_n=(2, 4)))
     made = plan.make_plan(spec, model, facts)
     assert {layer.name: layer.final_sparsity for layer in made.layers} == {"stem": 0.0, "out": 0.5}
+    odd = validation.with_defaults(job_spec("a" * 64, schedule=specs.constant_sparsity(0.5), sparsity_m_by_n=(1, 3)))
+    # 128 inputs: 42 whole groups of 3 lose 1 each, the last 2 lose 0 (2 <= 3 - 1)
+    assert {layer.name: layer.final_sparsity for layer in plan.make_plan(odd, model, facts).layers}["out"] == (
+        pytest.approx(42 / 128)
+    )
+    # the schedule does not set the sparsity here: no word of its end step
+    late = validation.with_defaults(
+        job_spec("a" * 64, schedule=polynomial_decay(0.5, 0.8, end_step=7, frequency=5), sparsity_m_by_n=(2, 4))
+    )
+    assert not any("mask update" in w for w in plan.make_plan(late, model, facts).warnings)
     assert any(w.startswith("layer stem (Conv2D) has 1 input channels: 2:4 sparsity") for w in made.warnings)
