@@ -247,3 +247,29 @@ def test_a_download_cut_midway_resumes_from_what_arrived(env, tmp_path, sync):
     finally:
         relay.close()
         server.stop()
+
+
+def test_a_download_the_server_ended_for_a_stall_is_resumed_by_the_sdk(env, tmp_path):
+    """A client that paused past download_idle_timeout_s (a full disk being cleared, a
+    debugger) got DEADLINE_EXCEEDED and a partial file; the SDK resumes from it."""
+    import hashlib
+
+    from hostile import npz_bytes
+
+    server = hostile_server(env, "paused-download", download_idle_timeout_s=1.0)
+    data = tmp_path / "big.npz"
+    data.write_bytes(npz_bytes(n_train=400_000))  # ~14 MiB: more than the sockets and windows hold
+    paused = []
+
+    def progress(done: int, total: int) -> None:
+        if not paused:
+            paused.append(done)
+            time.sleep(3)  # the receiver stops taking chunks: the server ends the call
+
+    try:
+        with Client(server.target, api_key="key-a", timeout=30) as client:
+            artifact = client.upload_dataset(data)
+            got = client.download(artifact.id, tmp_path / "back.npz", progress=progress)
+        assert hashlib.sha256(got.read_bytes()).hexdigest() == artifact.id and paused
+    finally:
+        server.stop()
