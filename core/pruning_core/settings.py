@@ -306,6 +306,31 @@ class Settings(BaseSettings):
     def _listen_address(cls, value: str) -> str:
         return listen_address(value)
 
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, value: str) -> str:
+        """A URL redis-py takes, whose database part is a number: redis-py reads
+        ``redis://host:6379/abc`` as database 0, another deployment's perhaps."""
+        import urllib.parse
+
+        if not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError(f"must start with redis://, rediss:// or unix:// (got {redacted_url(value)!r})")
+        url = urllib.parse.urlsplit(value)
+        path = url.path.strip("/") if not value.startswith("unix://") else ""
+        db = urllib.parse.parse_qs(url.query).get("db", [])
+        if (path and not (path.isascii() and path.isdigit())) or any(not (d.isascii() and d.isdigit()) for d in db):
+            raise ValueError(f"the database must be a number, as in redis://host:6379/0 (got {redacted_url(value)!r})")
+        return value
+
+    @field_validator("queue", "key_prefix")
+    @classmethod
+    def _named(cls, value: str) -> str:
+        """Not empty, as a template leaves an unset variable: jobs went to a queue no worker
+        reads, and stayed QUEUED without a word."""
+        if not value.strip():
+            raise ValueError("must not be empty")
+        return value
+
     @field_validator("metrics_listen", "worker_metrics_listen")
     @classmethod
     def _host_and_port(cls, value: str) -> str:

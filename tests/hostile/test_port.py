@@ -222,3 +222,22 @@ def test_pruning_up_refuses_a_log_file_it_cannot_write_before_starting_anything(
     assert done.returncode == 2, done.stderr[-2000:]
     assert f"cannot write the log file {tmp_path / 'a-file' / 'up.log'}" in done.stderr
     assert not (tmp_path / "state").exists() and "Traceback" not in done.stderr  # nothing was started
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "said"),
+    [
+        ("PRUNING_REDIS_URL", "redis://u:hunter2@127.0.0.1:6379/abc", "the database must be a number"),
+        ("PRUNING_REDIS_URL", "localhost:6379", "must start with redis://, rediss:// or unix://"),
+        ("PRUNING_QUEUE", "", "must not be empty"),
+        ("PRUNING_KEY_PREFIX", " ", "must not be empty"),
+    ],
+)
+def test_a_redis_url_queue_or_prefix_a_template_got_wrong_is_a_settings_error(env, variable, value, said):
+    """redis-py reads redis://host/abc as database 0 (another deployment's keys, which the
+    housekeeping would take for its own); a URL without a scheme was a traceback; an empty
+    queue took jobs that no worker ever read."""
+    done = _server_process(env, **{variable: value})
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert f"invalid settings: {variable}: {said}" in done.stderr
+    assert "hunter2" not in done.stderr and "Traceback" not in done.stderr

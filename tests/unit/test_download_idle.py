@@ -1,6 +1,7 @@
 """A download from a server that stalls mid-stream ends once no chunk came for the client's
 timeout (DeadlineExceeded, exit 7), keeping what arrived for a retry; the sync and asyncio
-clients alike."""
+clients alike. Each call that brought bytes is resumed from them (DOWNLOAD_RESUMES times), so a
+server that stalls after every chunk costs a few calls, not one."""
 
 from __future__ import annotations
 
@@ -30,13 +31,15 @@ class _Cancelled(grpc.RpcError):
 
 
 class StalledCall:
-    """One chunk, then nothing until cancelled (as a grpc call ends when cancel() is called)."""
+    """One chunk from the asked offset, then nothing until cancelled (as a grpc call ends
+    when cancel() is called)."""
 
-    def __init__(self) -> None:
+    def __init__(self, offset: int) -> None:
         self.cancelled = threading.Event()
+        self.offset = offset
 
     def __iter__(self):
-        yield pb.DownloadChunk(offset=0, data=DATA[:FIRST], total_size=len(DATA))
+        yield pb.DownloadChunk(offset=self.offset, data=DATA[self.offset : self.offset + FIRST], total_size=len(DATA))
         assert self.cancelled.wait(30), "the stalled call was never cancelled"
         raise _Cancelled()
 
@@ -45,9 +48,25 @@ class StalledCall:
 
 
 class StalledStub:
+    def __init__(self) -> None:
+        self.offsets: list[int] = []
+
     def download(self, request, metadata=()):
-        self.call = StalledCall()
+        self.offsets.append(request.offset)
+        self.call = StalledCall(request.offset)
         return self.call
+
+
+RESUMED = [i * FIRST for i in range(4)]  # the first call, then 3 resumes, each from what arrived
+
+
+@pytest.fixture(autouse=True)
+def _no_backoff(monkeypatch):
+    import pruning_client.aio
+    import pruning_client.client
+
+    for module in (pruning_client.client, pruning_client.aio):
+        monkeypatch.setattr(module, "RESUME_BACKOFF_S", 0.01)
 
 
 def test_a_stalled_download_ends_after_the_timeout_and_keeps_what_arrived(tmp_path):
@@ -56,17 +75,18 @@ def test_a_stalled_download_ends_after_the_timeout_and_keeps_what_arrived(tmp_pa
         started = time.monotonic()
         with pytest.raises(DeadlineExceeded, match="no data for 0.5 s") as error:
             client.download(ID, tmp_path / "m.keras")
-    assert time.monotonic() - started < 5 and error.value.exit_code == 7
-    assert client._transfers.call.cancelled.is_set()
-    assert (tmp_path / f"m.keras.{ID[:16]}.part").read_bytes() == DATA[:FIRST]
+    assert time.monotonic() - started < 10 and error.value.exit_code == 7
+    assert client._transfers.call.cancelled.is_set() and client._transfers.offsets == RESUMED
+    assert (tmp_path / f"m.keras.{ID[:16]}.part").read_bytes() == DATA[: 4 * FIRST]
 
 
 class AsyncStalledCall:
-    def __init__(self) -> None:
+    def __init__(self, offset: int) -> None:
         self.cancelled = False
+        self.offset = offset
 
     async def _run(self):
-        yield pb.DownloadChunk(offset=0, data=DATA[:FIRST], total_size=len(DATA))
+        yield pb.DownloadChunk(offset=self.offset, data=DATA[self.offset : self.offset + FIRST], total_size=len(DATA))
         await asyncio.sleep(3600)
 
     def __aiter__(self):
@@ -77,8 +97,12 @@ class AsyncStalledCall:
 
 
 class AsyncStalledStub:
+    def __init__(self) -> None:
+        self.offsets: list[int] = []
+
     def download(self, request, metadata=()):
-        self.call = AsyncStalledCall()
+        self.offsets.append(request.offset)
+        self.call = AsyncStalledCall(request.offset)
         return self.call
 
 
@@ -87,9 +111,9 @@ def test_a_stalled_async_download_ends_after_the_timeout_and_keeps_what_arrived(
         async with AsyncClient("127.0.0.1:1", timeout=0.5) as client:
             client._transfers = AsyncStalledStub()
             with pytest.raises(DeadlineExceeded, match="no data for 0.5 s"):
-                await asyncio.wait_for(client.download(ID, tmp_path / "m.keras"), 10)
+                await asyncio.wait_for(client.download(ID, tmp_path / "m.keras"), 15)
             return client._transfers
 
     stub = asyncio.run(run())
-    assert stub.call.cancelled
-    assert (tmp_path / f"m.keras.{ID[:16]}.part").read_bytes() == DATA[:FIRST]
+    assert stub.call.cancelled and stub.offsets == RESUMED
+    assert (tmp_path / f"m.keras.{ID[:16]}.part").read_bytes() == DATA[: 4 * FIRST]
