@@ -286,8 +286,8 @@ class LayerSummary:
     convertible: bool
     """A Keras 3 layer the service translates to tf_keras (always true for tf_keras models)."""
     left_whole: str = ""
-    """Why a layer of a prunable class is left whole ("frozen", "wrapped", "nested" or "mixed
-    precision"; then ``prunable`` is false); empty otherwise."""
+    """Why a layer of a prunable class is left whole ("frozen", "wrapped", "nested", "mixed
+    precision" or "activity regularizer"; then ``prunable`` is false); empty otherwise."""
 
     @classmethod
     def from_proto(cls, layer: pb.LayerSummary) -> LayerSummary:

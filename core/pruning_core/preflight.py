@@ -218,7 +218,7 @@ def left_whole(config: Any, keras_version: int) -> dict[str, str]:
     (inside a model nested in a tf_keras one: TFMOT wraps the outer model's layers only; the
     bridge opens nested Keras 3 models up), "mixed precision" (a ``mixed_float16`` or
     ``mixed_bfloat16`` dtype policy, which pruning does not take: :func:`pruning_core.plan.check`
-    refuses such a model). A name a pruned layer has too (a head named
+    refuses such a model), "activity regularizer" (TFMOT's wrapper cannot carry one). A name a pruned layer has too (a head named
     ``dense`` over a frozen base with its own ``dense``) is not listed: names are all the
     summary and the plan go by, and a layer the job prunes is never shown left whole."""
     found: dict[str, str] = {}
@@ -242,6 +242,9 @@ def left_whole(config: Any, keras_version: int) -> dict[str, str]:
         if cls in PRUNABLE:
             # A layer's own dtype policy: it does not pass to the layers it holds, which have theirs.
             reason = own or ("mixed precision" if mixed_policy(cfg) else "")
+            # TFMOT's wrapper cannot carry an activity regularizer (its loss is made in a graph
+            # the training step cannot reach): the layer is left whole, not the job failed
+            reason = reason or ("activity regularizer" if cfg.get("activity_regularizer") else "")
             if reason:
                 found[str(cfg["name"])] = reason
             else:

@@ -144,6 +144,8 @@ def _prunable(layer: keras.layers.Layer) -> bool:
     (DepthwiseConv2D, BatchNormalization, ... are supported with nothing to prune)."""
     if not layer.trainable_weights:
         return False
+    if getattr(layer, "activity_regularizer", None) is not None:
+        return False  # TFMOT's wrapper cannot carry it (preflight.left_whole says so)
     if isinstance(layer, tfmot.sparsity.keras.PrunableLayer):
         return True
     registry = prune_registry.PruneRegistry
