@@ -388,9 +388,27 @@ def validate_against_model(spec: pb.JobSpec, layers: list, outputs: list[str] | 
             out.append(
                 ("spec.pruning.block_size", f"block sparsity needs 2-D weights; exclude the conv layers {convs}")
             )
+    if spec.pruning.HasField("sparsity_m_by_n"):
+        odd = sorted(
+            f"{name} ({kind})"
+            for kind, name in layers
+            if kind in _NOT_2D_OR_4D and selected(kind, name, spec.pruning.layers)
+        )
+        if odd:
+            out.append(
+                (
+                    "spec.pruning.sparsity_m_by_n",
+                    f"takes 2-D (Dense) and 4-D (Conv2D) kernels only; exclude the layers {odd[:10]}",
+                )
+            )
     if spec.pruning.HasField("structured"):
         _validate_structured_against_model(spec.pruning, {name: kind for kind, name in layers}, outputs or [], out)
     return out
+
+
+# Prunable classes whose kernels have 3 or 5 dimensions: TFMOT's m-by-n masks take neither (the
+# job failed at its start: recipe.check_shapes).
+_NOT_2D_OR_4D = frozenset({"Conv1D", "Conv1DTranspose", "SeparableConv1D", "Conv3D", "Conv3DTranspose"})
 
 
 def validate_budget(budget: pb.AccuracyBudget, field: str, out: list[Violation]) -> None:

@@ -514,3 +514,21 @@ def test_the_plan_of_m_by_n_sparsity_says_which_layer_it_leaves_dense(tmp_path, 
     )
     assert not any("mask update" in w for w in plan.make_plan(late, model, facts).warnings)
     assert any(w.startswith("layer stem (Conv2D) has 1 input channels: 2:4 sparsity") for w in made.warnings)
+
+
+def test_m_by_n_sparsity_on_a_conv1d_is_refused_at_submit(tmp_path):
+    """validate_only answered no problem; the job then failed at its start on the Conv1D."""
+    import tf_keras as keras
+
+    inputs = keras.Input((12, 3), name="x")
+    conv = keras.layers.Conv1D(8, 3, name="c1d")(inputs)
+    out = keras.layers.Dense(4, name="out")(keras.layers.Flatten(name="flat")(conv))
+    keras.Model(inputs, out).save(tmp_path / "m.keras")
+    model = modelcheck.inspect_model(tmp_path / "m.keras", 1 << 30).to_dict()
+    arrays = {"x_train": np.zeros((8, 12, 3), "f4"), "y_train": np.arange(8) % 4}
+    facts = _facts(tmp_path, **arrays, x_test=np.zeros((4, 12, 3), "f4"), y_test=np.arange(4) % 4)
+    spec = validation.with_defaults(job_spec("a" * 64, schedule=specs.constant_sparsity(0.5), sparsity_m_by_n=(2, 4)))
+    ((field, text),) = plan.check(spec, model, facts)
+    assert field == "spec.pruning.sparsity_m_by_n" and "exclude the layers ['c1d (Conv1D)']" in text
+    spec.pruning.layers.exclude_names.append("c1d")
+    assert plan.check(spec, model, facts) == []
