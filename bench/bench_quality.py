@@ -93,7 +93,7 @@ def main() -> int:
     stack = Stack.start(listen="127.0.0.1:0", log_path=work / "service.log")
     rows = []
     try:
-        with Client(f"127.0.0.1:{stack.port}") as client:
+        with Client(stack.target) as client:
             client.wait_ready(timeout=60)
             for seed in args.seeds:
                 model_id = client.upload_model(baselines[seed]).id

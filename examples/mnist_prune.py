@@ -97,7 +97,7 @@ def main() -> int:
 
         log_path = out / "service.log"
         stack = Stack.start(listen="127.0.0.1:0", log_path=log_path)
-        target = f"127.0.0.1:{stack.port}"
+        target = stack.target
         print(f"embedded service up on {target} (Redis, server, worker; logs in {log_path})", file=sys.stderr)
     try:
         with Client(target, api_key=os.environ.get("PRUNING_API_KEY")) as client:

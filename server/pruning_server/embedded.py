@@ -48,7 +48,8 @@ class Stack:
         self.log_file = log_file
         self.server: subprocess.Popen | None = None
         self.worker: subprocess.Popen | None = None
-        self.port: int | None = None
+        self.port: int | None = None  # the TCP port, if it listens on one
+        self.target = ""  # what a client dials: host:port, or unix:/path
         self.state: pathlib.Path | None = None
 
     def _record(self) -> None:
@@ -133,7 +134,15 @@ class Stack:
             if time.monotonic() > deadline:
                 raise StartFailed("the server did not start in time")
             time.sleep(0.1)
-        self.port = int(port_file.read_text())
+        written = port_file.read_text().strip()
+        if written.isdigit():
+            self.port = int(written)
+            host = (listen or self.settings.listen).rpartition(":")[0]
+            # a wildcard's clients reach it on the loopback; a named host (::1, an interface) as named
+            local = host in ("", "0.0.0.0", "[::]", "::")
+            self.target = f"127.0.0.1:{self.port}" if local else f"{host}:{self.port}"
+        else:  # a Unix socket: its address is the target
+            self.target = written
 
     def _start_worker(self, state: pathlib.Path) -> None:
         cmd = [
@@ -455,7 +464,7 @@ def main(listen: str | None = None, log_path: pathlib.Path | None = None) -> int
         print(f"error: invalid settings: {settings_problems(exc)}", file=sys.stderr, flush=True)
         return 2
     logs = f"; logs in {log_path}" if log_path else ""
-    print(f"pruning service up on 127.0.0.1:{stack.port} (Ctrl-C stops it{logs})", flush=True)
+    print(f"pruning service up on {stack.target} (Ctrl-C stops it{logs})", flush=True)
     failed = False
     try:
         while not stop["now"]:

@@ -301,7 +301,8 @@ async def create_server(settings: Settings, address: str | None = None) -> Runni
         if settings.artifact_store == "s3"
         else blobs.root
     )
-    log.info("pruning server listening on port %d (artifacts in %s)", port, where)
+    # gRPC answers 1 for a Unix socket: the socket is the address
+    log.info("pruning server listening on %s (artifacts in %s)", _bound(address, port), where)
     hub.start()
     try:
         await store.born()  # before the first upload: see reaper.enforce_retention
@@ -340,6 +341,11 @@ def _listen(value: str) -> str:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _bound(address: str, port: int) -> str:
+    """Where a server listens, as said to people: ``port N``, or a Unix socket's address."""
+    return address if address.startswith("unix") else f"port {port}"
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Run the pruning gRPC server.")
     parser.add_argument(
@@ -357,10 +363,11 @@ def main(argv: list[str] | None = None) -> None:
     core_telemetry.configure_logging(settings.log_format, settings.log_level)
 
     def ready(port: int) -> None:
-        print(f"pruning server ready on port {port}", flush=True)
-        if args.port_file:
+        listen = args.listen or settings.listen
+        print(f"pruning server ready on {_bound(listen, port)}", flush=True)
+        if args.port_file:  # the port, or a Unix socket's address
             with open(args.port_file, "w") as f:
-                f.write(str(port))
+                f.write(listen if listen.startswith("unix") else str(port))
 
     try:
         asyncio.run(serve(settings, args.listen, ready))

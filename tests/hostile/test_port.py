@@ -241,3 +241,30 @@ def test_a_redis_url_queue_or_prefix_a_template_got_wrong_is_a_settings_error(en
     assert done.returncode == 2, done.stderr[-2000:]
     assert f"invalid settings: {variable}: {said}" in done.stderr
     assert "hunter2" not in done.stderr and "Traceback" not in done.stderr
+
+
+def test_a_server_on_a_unix_socket_says_the_socket_not_port_1(env, tmp_path):
+    """gRPC answers 1 for a Unix socket: the server said "ready on port 1", and `pruning up`
+    "up on 127.0.0.1:1", where nothing listens."""
+    from pruning_client import Client
+
+    socket_path, port_file = tmp_path / "grpc.sock", tmp_path / "port"
+    server = subprocess.Popen(
+        [sys.executable, "-m", "pruning_server.main", "--listen", f"unix:{socket_path}", "--port-file", str(port_file)],
+        env={**os.environ, **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not (port_file.exists() and port_file.read_text()):
+            assert server.poll() is None and time.monotonic() < deadline, "the server did not start"
+            time.sleep(0.1)
+        assert port_file.read_text() == f"unix:{socket_path}"
+        with Client(port_file.read_text()) as client:  # the address written is one a client dials
+            assert list(client.list_jobs(page_size=1)) is not None  # a call made over the socket
+    finally:
+        server.terminate()
+        out, _ = server.communicate(timeout=60)
+    assert f"pruning server ready on unix:{socket_path}" in out and "port 1" not in out
