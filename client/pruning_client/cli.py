@@ -834,6 +834,15 @@ class PruningGroup(click.Group):
                 error.message += " (give the tenant's key with --api-key or PRUNING_API_KEY)"
             elif error.code == grpc.StatusCode.UNAVAILABLE and "connection refused" in error.details.lower():
                 error.message += f" (nothing listens at {opts.target}: is the server up? `pruning up` starts one here)"
+            elif (
+                error.code == grpc.StatusCode.UNAVAILABLE
+                and "socket closed" in error.details.lower()
+                and not (opts.tls or opts.ca_file)
+            ):
+                error.message += (
+                    f" ({opts.target} closed the connection at once: if it serves TLS, give --tls, or --ca-file with "
+                    "the CA that signed its certificate)"
+                )
             elif error.code == grpc.StatusCode.UNAVAILABLE and "handshake failed" in error.details.lower():
                 error.message += (
                     f" (the TLS handshake with {opts.target} failed: a server without TLS takes no --tls or "

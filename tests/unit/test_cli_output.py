@@ -7,6 +7,7 @@ import io
 import json
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -555,6 +556,34 @@ def test_tls_against_a_plaintext_server_is_one_line_that_says_so() -> None:
     assert len(lines) == 1, out.stderr
     assert lines[0].startswith("error: UNAVAILABLE:")
     assert f"the TLS handshake with 127.0.0.1:{port} failed: a server without TLS takes no --tls" in lines[0]
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command to make a certificate")
+def test_plaintext_against_a_tls_server_hints_at_tls(tmp_path: pathlib.Path) -> None:
+    """Forgetting --tls against a TLS server said only "Socket closed"."""
+    from concurrent import futures
+
+    import grpc
+
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert)]
+        + ["-days", "1", "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1"],
+        check=True,
+        capture_output=True,
+    )
+    server = grpc.server(futures.ThreadPoolExecutor(1))
+    port = server.add_secure_port("127.0.0.1:0", grpc.ssl_server_credentials([(key.read_bytes(), cert.read_bytes())]))
+    server.start()
+    try:
+        command = ["--target", f"127.0.0.1:{port}", "--timeout", "20", "list"]
+        out = subprocess.run(
+            [sys.executable, "-m", "pruning_client.cli", *command], capture_output=True, text=True, timeout=120
+        )
+    finally:
+        server.stop(None)
+    assert out.returncode == 7, out.stderr
+    assert f"127.0.0.1:{port} closed the connection at once: if it serves TLS, give --tls" in out.stderr
 
 
 # -- Ctrl-C while submit waits ---------------------------------------------------------------------
