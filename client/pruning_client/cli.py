@@ -1162,7 +1162,29 @@ def _finish(client: Client, job: JobHandle, final: pb.Job, download: pathlib.Pat
     _emit(data, text)
 
 
-_DOWNLOAD_DIR = click.Path(file_okay=False, path_type=pathlib.Path)
+class _DownloadDir(click.Path):
+    """A folder to download into, made if missing: checked when the command starts (a job
+    waited for, or run, must not end in "File exists" over a typo). The path, or the first
+    existing folder above it, must be a folder this user may write."""
+
+    def __init__(self) -> None:
+        super().__init__(file_okay=False, path_type=pathlib.Path)
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        path = super().convert(value, param, ctx)
+        probe = pathlib.Path(os.fsdecode(path))
+        while not probe.exists() and probe != probe.parent:
+            if probe.is_symlink():  # a dangling link: what it names is not there to write into
+                self.fail(f"{probe} is a link to nothing", param, ctx)
+            probe = probe.parent
+        if probe.exists() and not probe.is_dir():
+            self.fail(f"{probe} is a file, not a folder", param, ctx)
+        if probe.exists() and not os.access(probe, os.W_OK | os.X_OK):
+            self.fail(f"cannot write into {probe}", param, ctx)
+        return path
+
+
+_DOWNLOAD_DIR = _DownloadDir()
 
 
 # The options that make a JobSpec: `submit`, and the trial template of `sweep`.

@@ -405,6 +405,20 @@ def test_submit_sends_the_pattern_type_selection_and_policy_options(monkeypatch:
     assert not plain.pruning.HasField("sparsity_m_by_n") and not plain.pruning.policy and not plain.pruning.block_size
 
 
+def test_an_unusable_download_folder_is_refused_before_the_job_is_submitted(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: pathlib.Path
+) -> None:
+    """The folder was first used once the job had run: "File exists: afile", the result lost."""
+    SubmittingClient.sent = []
+    monkeypatch.setattr(cli_module, "Client", SubmittingClient)
+    (tmp_path / "afile").write_text("")
+    for folder in (tmp_path / "afile", tmp_path / "afile" / "sub"):
+        assert run(["submit", "--model", "a" * 64, "--wait", "--download", f"{folder}/"]) == 2
+        assert f"{tmp_path / 'afile'} is a file, not a folder" in capsys.readouterr().err
+    assert run(["watch", "0" * 24, "--download", str(tmp_path / "afile")]) == 2
+    assert not SubmittingClient.sent
+
+
 @pytest.mark.parametrize(
     "args", [["--m-by-n", "2"], ["--m-by-n", "2:x"], ["--m-by-n", "2:\u00b2"], ["--block-size", "4"]]
 )
