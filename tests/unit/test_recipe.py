@@ -183,6 +183,26 @@ def test_a_missed_target_fails_and_rounding_does_not():
         worker_recipe.check_target(_result({"conv": (108, 0.7963), "dense": (20280, 0.778)}), spec)
 
 
+def test_a_missed_target_after_a_diverged_fine_tuning_says_it_diverged():
+    """A learning rate of 1e30 blew the weights up, and the job blamed the mask schedule."""
+    spec = pb.PruningSpec(schedule=polynomial_decay(0.5, 0.8))
+    result = _result({"conv": (108, 0.0), "dense": (20280, 0.31)})
+    result.baseline.loss = 2.3
+    result.history.add(epoch=1, loss=1.7e30)
+    result.pruned.loss = 4.1e29
+    with pytest.raises(OutcomeError, match=r"the fine-tuning diverged: its loss went from 2\.3 to 1\.7e\+30") as failed:
+        worker_recipe.check_target(result, spec)
+    assert "lower the learning rate" in str(failed.value) and "mask update" not in str(failed.value)
+    result.history[0].loss = float("nan")
+    with pytest.raises(OutcomeError, match="its loss became nan"):
+        worker_recipe.check_target(result, spec)
+    calm = _result({"conv": (108, 0.0), "dense": (20280, 0.31)})  # no divergence: the schedule is suspect
+    calm.baseline.loss, calm.pruned.loss = 2.3, 0.9
+    calm.history.add(epoch=1, loss=1.1)
+    with pytest.raises(OutcomeError, match="Check that a mask update falls on the schedule's end step"):
+        worker_recipe.check_target(calm, spec)
+
+
 def test_a_frequency_past_the_last_step_is_refused():
     spec = validation.with_defaults(job_spec("m" * 64, epochs=1, schedule=polynomial_decay(0.5, 0.8, frequency=100)))
     violations = dict(recipe.resolve(spec, 15))

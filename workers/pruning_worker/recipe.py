@@ -308,6 +308,26 @@ def describe(
     )
 
 
+DIVERGED_FACTOR = 1000.0  # a loss this many times its starting value: the training diverged
+
+
+def diverged(result: pb.PruneResult) -> str | None:
+    """How the fine-tuning's loss says it diverged (not finite, or DIVERGED_FACTOR times the
+    baseline's test loss, else the first epoch's), or None."""
+    losses = [epoch.loss for epoch in result.history]
+    if result.HasField("pruned"):
+        losses.append(result.pruned.loss)
+    start = result.baseline.loss if result.HasField("baseline") and result.baseline.loss > 0 else None
+    if start is None and result.history and result.history[0].loss > 0:
+        start = result.history[0].loss
+    for loss in losses:
+        if not math.isfinite(loss):
+            return f"its loss became {loss}"
+        if start is not None and loss > DIVERGED_FACTOR * start:
+            return f"its loss went from {start:.4g} to {loss:.4g}"
+    return None
+
+
 def check_target(result: pb.PruneResult, p: pb.PruningSpec) -> None:
     """Fails the job when the pruned kernels miss the target sparsity by more than
     SPARSITY_TOLERANCE, beyond what rounding to whole blocks allows (TFMOT keeps a whole number
@@ -323,6 +343,11 @@ def check_target(result: pb.PruneResult, p: pb.PruningSpec) -> None:
     allowance = SPARSITY_TOLERANCE + unit * len(pruned) / weights
     measured = result.pruned_kernel_sparsity
     if not math.isfinite(measured) or abs(measured - target) > allowance:
+        if (blown := diverged(result)) is not None:
+            raise OutcomeError(
+                f"the fine-tuning diverged: {blown}, and weights blown up so far leave the masks no meaning (the "
+                f"kernels are {measured:.4f} sparse, the target {target:.4f}); lower the learning rate"
+            )
         worst = max(pruned, key=lambda layer: abs(layer.sparsity - layer.target_sparsity))
         raise OutcomeError(
             f"the pruned kernels are {measured:.4f} sparse, the target is {target:.4f} (tolerance "
