@@ -1,5 +1,6 @@
-"""A structured job whose rounding keeps every channel says so (a WARNING naming round_to and
-min_channels) and goes on with the model whole, rather than claim a cut it did not make."""
+"""A structured job whose rounding keeps every channel says so (a WARNING with each layer's
+reason: round_to here) and goes on with the model whole, rather than claim a cut it did not
+make; one on a model of embeddings and recurrent layers says those keep their width."""
 
 from __future__ import annotations
 
@@ -32,7 +33,25 @@ def test_a_structured_job_that_removes_no_channel_warns_and_keeps_the_model_whol
     work.mkdir()
     result, _ = run(spec, Inputs(model, data, 1 << 30), reporter, work)
     warnings = [m for level, m in reporter.lines if level == "WARNING"]
-    assert any(m.startswith("structured pruning removed no channel") and "round_to (64)" in m for m in warnings)
+    assert any(m.startswith("structured pruning removed no channel") and "round_to 64 rounds" in m for m in warnings)
     s = result.structured
     assert s.groups_pruned == 0 and s.params_after == s.params_before
     assert all(x.channels_after == x.channels_before for x in s.layers)
+
+
+def test_structured_pruning_of_a_recurrent_model_names_the_layers_it_leaves_whole():
+    """Embedding, GRU and LSTM appeared nowhere in the result, and the warning blamed round_to."""
+    import tf_keras as keras
+
+    from pruning_worker.structured import Options, prune_channels
+
+    inputs = keras.Input((10,), dtype="int32")
+    x = keras.layers.Embedding(50, 8, name="emb")(inputs)
+    x = keras.layers.Bidirectional(keras.layers.GRU(4, return_sequences=True), name="bi")(x)
+    x = keras.layers.LSTM(4, name="lstm")(x)
+    model = keras.Model(inputs, keras.layers.Dense(4, name="cls")(x))
+    outcome = prune_channels(model, Options(ratio=0.5))
+    whole = dict(outcome.left_whole)
+    assert {"emb", "bi", "lstm", "cls"} <= set(whole) and not outcome.keep
+    assert whole["lstm"] == "LSTM layers keep their width (embeddings and recurrent layers)"
+    assert whole["bi"].startswith("Bidirectional layers keep their width")

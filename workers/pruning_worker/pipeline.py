@@ -124,14 +124,10 @@ def run(
             f"{structured.flops_after}; left whole: "
             + (", ".join(f"{x.name} ({x.reason})" for x in structured.left_whole) or "none")
         )
-        if not structured.groups_pruned:
-            st = spec.pruning.structured
-            reporter.log(
-                "structured pruning removed no channel: each group's kept channels, rounded up to a multiple of "
-                f"round_to ({st.round_to}) and at least min_channels ({st.min_channels}), are all it has; lower "
-                "them or raise the ratio",
-                level="WARNING",
-            )
+        if not structured.groups_pruned:  # why, from each layer's own reason
+            why = "; ".join(f"{x.name}: {x.reason}" for x in structured.left_whole[:6]) or "no layer can shrink"
+            more = f" (and {len(structured.left_whole) - 6} more)" if len(structured.left_whole) > 6 else ""
+            reporter.log(f"structured pruning removed no channel: {why}{more}", level="WARNING")
         _split_after_surgery(model, spec, reporter)
 
     steps = recipe.train_steps(length(x_train), t)

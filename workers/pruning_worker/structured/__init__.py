@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import tf_keras as keras
 
 from .graph import Graph, Group, build
 from .importance import CRITERIA, scores
@@ -105,9 +106,30 @@ def prune_channels(model: Any, options: Options, data: tuple[Any, Any, Any] | No
         group = graph.groups[group_id]
         why = _kept_whole(group.size, cut[group_id], options.min_channels, options.round_to)
         left += [(p, why) for p in group.producers]
+    named = {name for name, _ in left} | {p for g in graph.groups for p in g.producers}
+    for layer in _leaf_layers(model):  # layers of no group: their width stays, said
+        if isinstance(layer, _KEEP_WIDTH) and layer.name not in named:
+            left.append(
+                (layer.name, f"{type(layer).__name__} layers keep their width (embeddings and recurrent layers)")
+            )
     small = shrink(graph, keep)
     widths = [(name, _channels(model.get_layer(name)), _channels(small.get_layer(name))) for name in graph.outputs]
     return Outcome(small, graph, keep, widths, left)
+
+
+_KEEP_WIDTH = tuple(
+    getattr(keras.layers, name)
+    for name in ("Embedding", "SimpleRNN", "GRU", "LSTM", "Bidirectional", "ConvLSTM1D", "ConvLSTM2D", "ConvLSTM3D")
+    if hasattr(keras.layers, name)
+)
+
+
+def _leaf_layers(model: Any) -> list[Any]:
+    """The model's layers, those of nested models included (not the models themselves)."""
+    out = []
+    for layer in model.layers:
+        out += _leaf_layers(layer) if hasattr(layer, "layers") and not isinstance(layer, _KEEP_WIDTH) else [layer]
+    return out
 
 
 def _kept_whole(size: int, ratio: float, min_channels: int, round_to: int) -> str:

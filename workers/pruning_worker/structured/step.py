@@ -106,7 +106,7 @@ def run(model: Any, p: pb.PruningSpec, x: Any, y: Any, loss: Any) -> tuple[Any, 
     for name, before, after in sorted(outcome.widths, key=lambda w: layers[w[0]]):
         kind = type(model.get_layer(name)).__name__
         result.layers.add(name=name, type=kind, channels_before=before, channels_after=after)
-    for name, reason in sorted(outcome.left_whole, key=lambda w: layers[w[0]]):
+    for name, reason in sorted(outcome.left_whole, key=lambda w: layers.get(w[0], len(layers))):
         result.left_whole.add(name=name, reason=reason)
     return small, result
 
