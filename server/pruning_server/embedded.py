@@ -475,8 +475,9 @@ def main(listen: str | None = None, log_path: pathlib.Path | None = None) -> int
             time.sleep(0.2)
     finally:
         print(
-            "stopping the pruning service: the worker has up to 30 s to end the job it runs; a job cut off runs "
-            "again from its last checkpoint once the service is up again",
+            "stopping the pruning service: the worker has up to 30 s to end the job it runs; a job cut off shows "
+            f"RUNNING until the service, up again, finds it silent ({stack.settings.reap_after_s:g} s, "
+            "PRUNING_REAP_AFTER_S), then runs again from its last checkpoint",
             flush=True,
         )
         stack.stop()
