@@ -140,10 +140,13 @@ class Settings(BaseSettings):
         300.0, description="how often a server sweeps orphaned temp files and enforces retention"
     )
     job_retention_s: float = Field(
-        30 * 86400.0, description="an ended job's record and events are deleted this long after it ended; 0 = kept"
+        30 * 86400.0,
+        ge=0,
+        description="an ended job's record and events are deleted this long after it ended; 0 = kept",
     )
     artifact_retention_s: float = Field(
         30 * 86400.0,
+        ge=0,
         description="a tenant's artifact record is deleted this long after it was created (the bytes once no "
         "record points to them); 0 = kept",
     )

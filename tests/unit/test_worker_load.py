@@ -145,3 +145,25 @@ def test_a_job_error_keeps_a_weights_name_and_hides_only_paths():
     )
     assert "for weight norm_none/norm/mean." in line
     assert "srv" not in line and "jobs" not in line and "from <path>/model.h5 and '<path>/m.keras'" in line
+
+
+def test_keras_s_slow_callback_warning_about_the_service_s_own_callbacks_is_dropped():
+    """It told a user of a tiny model to "check your callbacks": a job's callbacks are the service's."""
+    import logging
+
+    import pruning_worker.callbacks  # noqa: F401 - installs the filter
+
+    tf_log = logging.getLogger("tensorflow")
+    slow = tf_log.makeRecord(
+        "tensorflow",
+        logging.WARNING,
+        __file__,
+        1,
+        "Callback method `on_train_batch_end` is slow compared to the batch time (batch time: 0.0010s vs "
+        "`on_train_batch_end` time: 0.0020s). Check your callbacks.",
+        (),
+        None,
+    )
+    other = tf_log.makeRecord("tensorflow", logging.WARNING, __file__, 1, "something else", (), None)
+    assert not all(f.filter(slow) for f in tf_log.filters)
+    assert all(f.filter(other) for f in tf_log.filters)

@@ -3,6 +3,7 @@ history (with a stop on a non-finite loss) and early stopping."""
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 import time
@@ -15,6 +16,19 @@ from pruning_core.phases import Phase
 
 from .evaluate import accuracy
 from .recipe import Schedule, learning_rate, scheduled_sparsity
+
+
+class _OurCallbacksAreNotTheUsers(logging.Filter):
+    """Drops Keras's "Callback method `on_train_batch_end` is slow compared to the batch time
+    ... Check your callbacks.": every callback of a job is the service's own (progress,
+    cancellation, checkpoints), so it told a user of a tiny model to check callbacks they have
+    none of."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "is slow compared to the batch time" not in record.getMessage()
+
+
+logging.getLogger("tensorflow").addFilter(_OurCallbacksAreNotTheUsers())
 
 _WRAPPER = re.compile(r"(?:masked_)?prune_low_magnitude_")
 
