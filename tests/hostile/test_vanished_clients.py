@@ -139,7 +139,7 @@ def test_a_client_that_stops_reading_a_download_frees_its_slot(env, tmp_path):
 
     server = hostile_server(env, "stalled-download", max_downloads_per_tenant=1, download_idle_timeout_s=1.0)
     data = tmp_path / "big.npz"
-    data.write_bytes(npz_bytes(n_train=400_000))  # ~14 MiB: more than the sockets and windows hold
+    data.write_bytes(npz_bytes(n_train=1_000_000))  # ~38 MiB: far more than the sockets and windows hold
     try:
         with Client(server.target, api_key="key-a", timeout=30) as client:
             artifact = client.upload_dataset(data)
@@ -149,7 +149,9 @@ def test_a_client_that_stops_reading_a_download_frees_its_slot(env, tmp_path):
                 stub = pb_grpc.PruningServiceStub(client._channel)
                 return _opens(stub.DownloadArtifact(request, metadata=META, timeout=5))
 
-            with grpc.insecure_channel(server.target) as other:
+            # its window kept at 64 KiB (no BDP growth): the client cannot take the whole artifact
+            # into its buffers, so the server's writes wait on it as on a client that stopped reading
+            with grpc.insecure_channel(server.target, options=[("grpc.http2.bdp_probe", 0)]) as other:
                 held = pb_grpc.PruningServiceStub(other).DownloadArtifact(request, metadata=META)
                 received = len(next(held).data)  # the slot is taken; then nothing more is read
                 assert not download_opens()

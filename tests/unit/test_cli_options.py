@@ -416,6 +416,8 @@ def test_an_unusable_download_folder_is_refused_before_the_job_is_submitted(
         assert run(["submit", "--model", "a" * 64, "--wait", "--download", f"{folder}/"]) == 2
         assert f"{tmp_path / 'afile'} is a file, not a folder" in capsys.readouterr().err
     assert run(["watch", "0" * 24, "--download", str(tmp_path / "afile")]) == 2
+    assert run(["report", "0" * 24, "-o", f"{tmp_path / 'afile'}/rep/"]) == 2  # a report's folder alike
+    assert f"{tmp_path / 'afile'} is a file, not a folder" in capsys.readouterr().err
     assert not SubmittingClient.sent
 
 

@@ -273,7 +273,6 @@ def _local_error_cases() -> list[Any]:
         (["download", ID, "-o", "{tmp}/a-file/x.keras"], "a-file"),
         (["download", ID, "-o", "{tmp}/fifo"], "not a regular file"),  # never replaced by a file
         (["download", ID, "-o", "{tmp}/link-to-fifo"], "not a regular file"),
-        (["report", JOB, "-o", "{tmp}/a-file/rep/"], "a-file"),
     ]
     proc = pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="no /proc")
     cases += [
