@@ -137,7 +137,9 @@ def test_a_client_that_stops_reading_a_download_frees_its_slot(env, tmp_path):
     that ends as if complete."""
     from hostile import npz_bytes
 
-    server = hostile_server(env, "stalled-download", max_downloads_per_tenant=1, download_idle_timeout_s=1.0)
+    server = hostile_server(
+        env, "stalled-download", max_downloads_per_tenant=1, download_idle_timeout_s=1.0, max_upload_bytes=64 << 20
+    )
     data = tmp_path / "big.npz"
     data.write_bytes(npz_bytes(n_train=1_000_000))  # ~38 MiB: far more than the sockets and windows hold
     try:
