@@ -137,11 +137,14 @@ class _StallWatch:
         self.task = asyncio.current_task()
         self.since: float | None = None  # when the chunk gRPC is sending now was handed to it
         self.fired = False
+        self.closed = False
         self._loop = asyncio.get_running_loop()
         self._timer = self._loop.call_later(idle_s, self._check)
         self._ending: list[asyncio.Future] = []
 
     def _check(self) -> None:
+        if self.closed:
+            return
         waited = 0.0 if self.since is None else time.monotonic() - self.since
         if waited < self.idle_s:
             self._timer = self._loop.call_later(self.idle_s - waited, self._check)
@@ -150,6 +153,9 @@ class _StallWatch:
         self._ending.append(self._loop.create_task(self._end()))
 
     async def _end(self) -> None:
+        if self.closed:  # the download ended meanwhile
+            self.fired = False
+            return
         if self.since is None or time.monotonic() - self.since < self.idle_s:  # it moved on meanwhile
             self.fired = False
             self._check()
@@ -163,6 +169,7 @@ class _StallWatch:
             self.task.cancel()
 
     def close(self) -> None:
+        self.closed = True
         self._timer.cancel()
 
 

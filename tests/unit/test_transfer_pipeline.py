@@ -380,3 +380,27 @@ def test_a_writer_refused_the_credentials_is_told_apart_from_a_store_down(text, 
         raise OSError(text)
     assert isinstance(raised.value, objectstore.refused_errors()) is refused
     assert isinstance(raised.value, objectstore.unavailable_errors())
+
+
+def test_a_stall_watch_closed_as_its_timer_fires_ends_nothing_and_leaves_no_timer():
+    """A download that ended as the stall timer fired must not be aborted, nor its task
+    cancelled, nor a timer re-armed for good after the watch was closed."""
+    from pruning_server.service import _StallWatch
+
+    class Context:
+        aborted = 0
+
+        async def abort(self, code, details):
+            Context.aborted += 1
+
+    async def main() -> tuple[bool, bool]:
+        watch = _StallWatch(Context(), 0.05)
+        watch.since = time.monotonic() - 1  # stalled: the check would end it
+        watch._check()  # the timer fires: its end is scheduled...
+        watch.close()  # ...and the download ends before that runs
+        await asyncio.sleep(0.3)
+        current = asyncio.current_task()
+        return watch.fired, current is not None and current.cancelled()
+
+    fired, cancelled = asyncio.run(main())
+    assert not fired and not cancelled and Context.aborted == 0
