@@ -929,8 +929,12 @@ def _report(error: PruningError, *, json_output: bool, stream: bool = False) -> 
 def _report_local(error: OSError, *, json_output: bool, stream: bool = False) -> None:
     names = " -> ".join(str(n) for n in (error.filename, error.filename2) if n is not None)
     message = f"{error.strerror}: {names}" if error.strerror and names else _one_line(str(error))
+    if followed := _followed_job():  # it stopped a command that followed a job (its download)
+        message += f" (job {followed} goes on, or ended: pruning result {followed}, pruning download {followed})"
     if json_output:
-        payload = {"error": type(error).__name__, "message": message, "field_violations": []}
+        payload: dict[str, Any] = {"error": type(error).__name__, "message": message, "field_violations": []}
+        if followed:
+            payload["job_id"] = followed
         click.echo(json.dumps(payload), err=stream)
     if not json_output or not stream:
         click.echo(f"error: {message}", err=True)

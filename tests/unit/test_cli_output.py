@@ -757,3 +757,35 @@ def test_upload_json_writes_the_model_summary_as_inspect_json_does(
         "convertible": True,
         "left_whole": "",
     }
+
+
+@pytest.mark.parametrize("json_output", [False, True])
+def test_a_local_error_after_a_followed_job_names_the_job(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: pathlib.Path, json_output: bool
+) -> None:
+    """A full disk while watch --download fetched the exports said only "No space left on
+    device", and the --json error had no job_id: a pipeline could not find the job it ran."""
+    import contextlib
+    import errno
+
+    class Handle:
+        id = JOB
+
+    class Client:
+        def job(self, job_id):
+            return Handle()
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "out" / "m.keras"))
+
+    done = pb.Job(id=JOB, state=pb.JOB_STATE_SUCCEEDED)
+    monkeypatch.setattr(cli_module, "_client", lambda opts: contextlib.nullcontext(Client()))
+    monkeypatch.setattr(cli_module, "follow", lambda *a, **k: done)
+    monkeypatch.setattr(cli_module, "_fetch_job", full)
+    argv = ["watch", JOB, "--download", str(tmp_path / "out")] + (["--json"] if json_output else [])
+    assert run(argv) == 2
+    out, err = capsys.readouterr()
+    assert f"(job {JOB} goes on, or ended: pruning result {JOB}, pruning download {JOB})" in err
+    if json_output:
+        error = json.loads(out.splitlines()[-1]) if out.strip() else json.loads(err.splitlines()[0])
+        assert error["job_id"] == JOB and error["error"] == "OSError"
