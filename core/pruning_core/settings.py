@@ -118,7 +118,9 @@ class Settings(BaseSettings):
         "RESOURCE_EXHAUSTED (a sweep's own trials are not refused); 0 = no limit",
     )
     upload_idle_timeout_s: float = Field(
-        60.0, description="an upload with no message for this long is dropped (DEADLINE_EXCEEDED)"
+        60.0,
+        description="an upload that sends no byte for this long (empty messages are no progress) is dropped "
+        "(DEADLINE_EXCEEDED)",
     )
     download_idle_timeout_s: float = Field(
         60.0,
