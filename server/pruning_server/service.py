@@ -347,8 +347,11 @@ class PruningService(pb_grpc.PruningServiceServicer):
         requests = aiter(request_iterator)
         try:
             while True:
+                left = progress + idle - time.monotonic()
                 try:
-                    request = await asyncio.wait_for(anext(requests), max(0.0, progress + idle - time.monotonic()))
+                    if left <= 0:  # said before a read starts: a read cut midway may end otherwise than timed out
+                        raise TimeoutError
+                    request = await asyncio.wait_for(anext(requests), left)
                 except StopAsyncIteration:
                     break
                 except TimeoutError:

@@ -79,7 +79,11 @@ def test_an_upload_kept_alive_by_empty_messages_is_dropped(env, tmp_path):
                 return error.value.code(), error.value.details(), time.monotonic() - started
 
         code, details, after = asyncio.run(scenario())
-        assert code == grpc.StatusCode.DEADLINE_EXCEEDED and "no bytes for 2 s" in details
+        # The server's answer; a client still writing as the server ends the call may fail its
+        # write first, and gRPC's client then takes INTERNAL for the call's status ("Internal error
+        # from Core", or a reset stream) before the server's DEADLINE_EXCEEDED reaches it.
+        reset = code == grpc.StatusCode.INTERNAL and ("Internal error from Core" in details or "RST_STREAM" in details)
+        assert reset or (code == grpc.StatusCode.DEADLINE_EXCEEDED and "no bytes for 2 s" in details), (code, details)
         assert after < 10  # two seconds of no bytes, however many empty messages came
         assert _uploads(tmp_path / "artifacts") == []
     finally:
