@@ -7,26 +7,16 @@ import json
 import pathlib
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
 
+from redis_servers import free_ports
+
 ACCESS_KEY = "pruning-test"
 SECRET_KEY = "pruning-test-secret"
-
-
-def _free_ports(n: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(n)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
 
 
 def weed_binary() -> str:
@@ -48,7 +38,7 @@ class SeaweedFS:
         identity = {"name": "pruning", "credentials": [{"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}]}
         identity["actions"] = ["Admin", "Read", "Write", "List", "Tagging"]
         config.write_text(json.dumps({"identities": [identity]}))
-        master, master_grpc, volume, volume_grpc, filer, filer_grpc, s3, s3_grpc = _free_ports(8)
+        master, master_grpc, volume, volume_grpc, filer, filer_grpc, s3, s3_grpc = free_ports(8)
         self.endpoint = f"http://127.0.0.1:{s3}"
         self.filer = f"http://127.0.0.1:{filer}"
         self.log = open(directory / "weed.log", "w")

@@ -486,15 +486,10 @@ def make_plan(spec: pb.JobSpec, model_info: dict[str, Any], data: DatasetFacts) 
         if layer.prunable and validation.selected(layer.class_name, layer.name, spec.pruning.layers):
             final = spec.pruning.layer_sparsity.get(layer.name, target)
             cols = inputs.get(layer.name)
-            if mn is not None and cols:
-                # as the job counts (recipe.m_by_n_sparsity): m zeros of each whole group of n
-                # input channels, and of a last, shorter group what it has beyond n - m
-                final = ((cols // mn.n) * mn.m + max(0, cols % mn.n - (mn.n - mn.m))) / cols
-                if cols <= mn.n - mn.m:  # as the job warns at its start (recipe.check_shapes)
-                    plan.warnings.append(
-                        f"layer {layer.name} ({layer.class_name}) has {cols} input channels: {mn.m}:{mn.n} "
-                        "sparsity (m zeros of every n) leaves it dense"
-                    )
+            if mn is not None and cols:  # as the job counts and warns (recipe.m_by_n_sparsity, check_shapes)
+                final = validation.m_by_n_zeros(cols, mn) / cols
+                if note := validation.m_by_n_leaves_dense(f"layer {layer.name} ({layer.class_name})", cols, mn):
+                    plan.warnings.append(note)
             plan.layers.add(name=layer.name, class_name=layer.class_name, weights=layer.params, final_sparsity=final)
     if warning := _short_of_final(spec):
         plan.warnings.append(warning)

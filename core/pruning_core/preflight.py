@@ -346,11 +346,7 @@ def _params_by_layer(weights: list[tuple[str, list[int]]], names: set[str], grou
     (legacy .h5, grouped by layer name) by the deepest layer name on its path."""
     out: dict[str, int] = {}
     for path, shape in weights:
-        parts = path.split("/")
-        prefixes = ["/".join(parts[:i]) for i in range(len(parts), 0, -1)]
-        owner = next((groups[p] for p in prefixes if p in groups), None)
-        if owner is None:
-            owner = next((part for part in reversed(parts) if part in names), None)
+        owner = _owner(path, names, groups)
         if owner is not None:
             size = 1
             for dim in shape:
@@ -367,16 +363,18 @@ def kernel_inputs(
     names, groups = {name for _, name in all_layers}, _weight_groups(config)
     out: dict[str, int] = {}
     for path, shape in weights:
-        if len(shape) not in (2, 4):
-            continue
-        parts = path.split("/")
-        prefixes = ["/".join(parts[:i]) for i in range(len(parts), 0, -1)]
-        owner = next((groups[p] for p in prefixes if p in groups), None)
-        if owner is None:
-            owner = next((part for part in reversed(parts) if part in names), None)
-        if owner is not None and owner not in out:
+        if len(shape) in (2, 4) and (owner := _owner(path, names, groups)) is not None and owner not in out:
             out[owner] = int(shape[-2])
     return out
+
+
+def _owner(path: str, names: set[str], groups: dict[str, str]) -> str | None:
+    """The layer a weight belongs to: by the group path of a .keras weights file, else (legacy
+    .h5, grouped by layer name) by the deepest layer name on its path."""
+    parts = path.split("/")
+    prefixes = ["/".join(parts[:i]) for i in range(len(parts), 0, -1)]
+    owner = next((groups[p] for p in prefixes if p in groups), None)
+    return owner if owner is not None else next((part for part in reversed(parts) if part in names), None)
 
 
 def _shape(value: Any) -> list[int]:

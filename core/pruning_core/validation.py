@@ -536,6 +536,20 @@ def per_weight(p: pb.PruningSpec) -> bool:
     return not (p.HasField("sparsity_m_by_n") or p.policy or list(p.block_size) not in ([], [1, 1]))
 
 
+def m_by_n_zeros(cols: int, mn: pb.SparsityMByN) -> int:
+    """Zeros m-by-n sparsity leaves in one row of ``cols`` input channels: TFMOT zeroes m of
+    every n consecutive ones, and of a last group shorter than n only what exceeds n - m."""
+    return (cols // mn.n) * mn.m + max(0, cols % mn.n - (mn.n - mn.m))
+
+
+def m_by_n_leaves_dense(what: str, cols: int, mn: pb.SparsityMByN) -> str | None:
+    """The warning for a kernel with too few input channels for m-by-n to zero any (``what``
+    names it), or None."""
+    if cols > mn.n - mn.m:
+        return None
+    return f"{what} has {cols} input channels: {mn.m}:{mn.n} sparsity (m zeros of every n) leaves it dense"
+
+
 def target_sparsity(p: pb.PruningSpec) -> float:
     """The sparsity the spec aims at by the end of fine-tuning."""
     if p.HasField("sparsity_m_by_n"):  # m zeros of every n (TFMOT's sparsity_m_by_n)

@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from redis_servers import free_ports, throwaway_redis
 
 from conftest import ServerThread, settings_for
 
@@ -112,36 +113,20 @@ def test_an_unreachable_job_store_is_one_line_and_exit_4(env):
 
 
 @contextlib.contextmanager
-def _cluster_node(directory: pathlib.Path) -> Iterator[int]:
-    """A Redis Cluster node (alone, no slots) on a free port, for as long as the block runs."""
-    with socket.socket() as free, socket.socket() as bus:
-        free.bind(("127.0.0.1", 0))
-        bus.bind(("127.0.0.1", 0))  # named: the default (port + 10000) may lie past 65535
-        port, bus_port = free.getsockname()[1], bus.getsockname()[1]
-    options = {"port": port, "bind": "127.0.0.1", "cluster-enabled": "yes", "cluster-port": bus_port}
-    options |= {"save": "", "appendonly": "no", "dir": directory, "cluster-config-file": directory / "nodes.conf"}
-    argv = [part for name, value in options.items() for part in (f"--{name}", str(value))]
-    node = subprocess.Popen(["redis-server", *argv], stdout=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                assert node.poll() is None and time.monotonic() < deadline, "the cluster node did not start"
-                time.sleep(0.1)
-        yield port
-    finally:
-        node.kill()
-        node.wait()
+def _cluster_node(directory: pathlib.Path) -> Iterator[str]:
+    """A Redis Cluster node (alone, no slots), for as long as the block runs; its URL."""
+    port, bus = free_ports(2)  # the bus named: its default (port + 10000) may lie past 65535
+    options = ["--cluster-enabled", "yes", "--cluster-port", str(bus), "--save", "", "--appendonly", "no"]
+    options += ["--cluster-config-file", str(directory / "nodes.conf")]
+    with throwaway_redis(directory, *options, port=port, executable="redis-server") as url:
+        yield url
 
 
 def test_a_redis_cluster_node_is_refused_in_one_line(env, tmp_path):
-    with _cluster_node(tmp_path) as port:
-        done = _server_process(env, PRUNING_REDIS_URL=f"redis://127.0.0.1:{port}/0")
+    with _cluster_node(tmp_path) as url:
+        done = _server_process(env, PRUNING_REDIS_URL=url)
     assert done.returncode == 2, done.stderr[-2000:]
-    assert f"the job store at redis://127.0.0.1:{port}/0 (PRUNING_REDIS_URL) is a Redis Cluster node" in done.stderr
+    assert f"the job store at {url} (PRUNING_REDIS_URL) is a Redis Cluster node" in done.stderr
     assert "Traceback" not in done.stderr
 
 
@@ -190,21 +175,21 @@ def test_pruning_up_with_a_log_file_shows_the_failing_servers_last_lines(env, tm
     log = tmp_path / "logs" / "up.log"
     log.parent.mkdir()
     log.write_text("an earlier run's last line\n")  # appended to: never shown as this run's
-    with _cluster_node(tmp_path) as port:  # it answers a ping: the server starts, and refuses it
+    with _cluster_node(tmp_path) as url:  # it answers a ping: the server starts, and refuses it
         done = subprocess.run(
             [str(PRUNING), "up", "--listen", "127.0.0.1:0", "--log-file", str(log)],
             env={
                 **os.environ,
                 **env,
                 "PRUNING_STATE_DIR": str(tmp_path / "state"),
-                "PRUNING_REDIS_URL": f"redis://127.0.0.1:{port}/0",
+                "PRUNING_REDIS_URL": url,
             },
             capture_output=True,
             text=True,
             timeout=180,
         )
     assert done.returncode == 2, done.stderr[-2000:]
-    reason = f"the job store at redis://127.0.0.1:{port}/0 (PRUNING_REDIS_URL) is a Redis Cluster node"
+    reason = f"the job store at {url} (PRUNING_REDIS_URL) is a Redis Cluster node"
     assert reason in log.read_text()  # the server's own words went to the file,
     assert f"the last lines of {log}:" in done.stderr and reason in done.stderr  # and reach the terminal
     assert "an earlier run's last line" not in done.stderr

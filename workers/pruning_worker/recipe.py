@@ -95,7 +95,7 @@ def m_by_n_sparsity(layer: keras.layers.Layer, mn: pb.SparsityMByN) -> float:
     for w in _kernels(layer):
         cols = _input_channels(w)
         rows = w.size // cols
-        zeros += rows * ((cols // mn.n) * mn.m + max(0, cols % mn.n - (mn.n - mn.m)))
+        zeros += rows * validation.m_by_n_zeros(cols, mn)
         size += w.size
     return zeros / size if size else 0.0
 
@@ -116,11 +116,8 @@ def check_shapes(model: keras.Model, p: pb.PruningSpec, chosen: list[str]) -> li
                     raise JobInputError(
                         f"spec.pruning.sparsity_m_by_n: {what}: takes 2-D (Dense) and 4-D (Conv2D) kernels only"
                     )
-                cols = _input_channels(w)
-                if cols <= mn.n - mn.m:
-                    notes.append(
-                        f"{what} has {cols} input channels: {mn.m}:{mn.n} sparsity (m zeros of every n) leaves it dense"
-                    )
+                if note := validation.m_by_n_leaves_dense(what, _input_channels(w), mn):
+                    notes.append(note)
             # TFMOT pools the kernel by blocks and fails where a pooled side is 1 (it squeezes it)
             if block not in ([], [1, 1]) and w.ndim == 2 and (block[0] >= w.shape[0] or block[1] >= w.shape[1]):
                 raise JobInputError(
