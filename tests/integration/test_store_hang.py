@@ -12,7 +12,7 @@ import time
 
 import pytest
 import redis
-from seaweed import _free_ports
+from redis_servers import free_ports
 
 from conftest import ServerThread, fine_tuning, settings_for, start_worker, stop_worker, training_job, wait_for
 from pruning.v1 import pruning_pb2 as pb
@@ -27,7 +27,7 @@ def own_redis(tmp_path):
     binary = shutil.which("redis-server")
     if binary is None:
         pytest.skip("no redis-server binary")
-    (port,) = _free_ports(1)
+    (port,) = free_ports(1)
     proc = subprocess.Popen(
         [
             binary,

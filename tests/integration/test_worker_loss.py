@@ -137,7 +137,7 @@ def test_after_an_outage_of_the_job_store_no_job_is_presumed_lost_at_once(env):
     import asyncio
     import uuid
 
-    from seaweed import _free_ports
+    from redis_servers import free_ports
 
     from pruning_core.store import AsyncJobStore, new_job_id, state_event
     from pruning_server import reaper
@@ -147,7 +147,7 @@ def test_after_an_outage_of_the_job_store_no_job_is_presumed_lost_at_once(env):
 
     async def scenario() -> tuple[list[str], list[str], list[str]]:
         store = AsyncJobStore.from_url(env["PRUNING_REDIS_URL"], prefix)
-        (port,) = _free_ports(1)
+        (port,) = free_ports(1)
         away = AsyncJobStore.from_url(f"redis://127.0.0.1:{port}/0", prefix)  # nothing listens: refused
         celery = make_celery(settings)
         try:
