@@ -96,6 +96,18 @@ def test_a_vanished_clients_watch_frees_its_slot(env, tiny):  # noqa: F811
         server.stop()
 
 
+def _download_opens(client: Client, request: pb.DownloadArtifactRequest) -> bool:
+    """Whether another client's download gets its first chunk (False: no slot free)."""
+    return _opens(pb_grpc.PruningServiceStub(client._channel).DownloadArtifact(request, metadata=META, timeout=5))
+
+
+def _until_a_download_opens(client: Client, request: pb.DownloadArtifactRequest, holder: str) -> None:
+    deadline = time.monotonic() + 20
+    while not _download_opens(client, request):
+        assert time.monotonic() < deadline, f"the {holder} client still holds the download slot"
+        time.sleep(0.5)
+
+
 def test_a_vanished_clients_download_frees_its_slot(env, tmp_path):
     from hostile import npz_bytes
 
@@ -110,19 +122,12 @@ def test_a_vanished_clients_download_frees_its_slot(env, tmp_path):
             artifact = client.upload_dataset(data)
             request = pb.DownloadArtifactRequest(artifact_id=artifact.id)
 
-            def download_opens() -> bool:
-                stub = pb_grpc.PruningServiceStub(client._channel)
-                return _opens(stub.DownloadArtifact(request, metadata=META, timeout=5))
-
             with grpc.insecure_channel(f"127.0.0.1:{relay.port}") as far:
                 held = pb_grpc.PruningServiceStub(far).DownloadArtifact(request, metadata=META)
                 next(held)  # the slot is taken, the stream under way
                 relay.freeze()  # the far client is gone mid-download, its connection never closed
-                assert not download_opens()
-                deadline = time.monotonic() + 20
-                while not download_opens():
-                    assert time.monotonic() < deadline, "the vanished client still holds the download slot"
-                    time.sleep(0.5)
+                assert not _download_opens(client, request)
+                _until_a_download_opens(client, request, "vanished")
                 held.cancel()
     finally:
         relay.close()
@@ -147,20 +152,13 @@ def test_a_client_that_stops_reading_a_download_frees_its_slot(env, tmp_path):
             artifact = client.upload_dataset(data)
             request = pb.DownloadArtifactRequest(artifact_id=artifact.id)
 
-            def download_opens() -> bool:
-                stub = pb_grpc.PruningServiceStub(client._channel)
-                return _opens(stub.DownloadArtifact(request, metadata=META, timeout=5))
-
             # its window kept at 64 KiB (no BDP growth): the client cannot take the whole artifact
             # into its buffers, so the server's writes wait on it as on a client that stopped reading
             with grpc.insecure_channel(server.target, options=[("grpc.http2.bdp_probe", 0)]) as other:
                 held = pb_grpc.PruningServiceStub(other).DownloadArtifact(request, metadata=META)
                 received = len(next(held).data)  # the slot is taken; then nothing more is read
-                assert not download_opens()
-                deadline = time.monotonic() + 20
-                while not download_opens():
-                    assert time.monotonic() < deadline, "the stalled client still holds the download slot"
-                    time.sleep(0.5)
+                assert not _download_opens(client, request)
+                _until_a_download_opens(client, request, "stalled")
                 with pytest.raises(grpc.RpcError) as ended:
                     for chunk in held:
                         received += len(chunk.data)
