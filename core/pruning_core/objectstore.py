@@ -82,6 +82,12 @@ class StoreRefused(StoreUnavailable):
 _REFUSED = re.compile(r"lacked the necessary privileges|lacked valid authentication|403 Forbidden|401 Unauthorized")
 
 
+def one_line(error: BaseException, most: int = 300) -> str:
+    """A store's error (obstore's run over many lines) in one line of at most ``most``
+    characters, for a log line said each time the store does not answer."""
+    return " ".join(str(error).split())[:most]
+
+
 @contextlib.contextmanager
 def _writer_errors() -> Iterator[None]:
     """Around obstore's writer: its bare OSError is the store's (:class:`StoreUnavailable`, or

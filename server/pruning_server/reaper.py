@@ -20,7 +20,7 @@ from google.rpc import code_pb2
 
 from pruning.v1 import pruning_pb2 as pb
 from pruning_core import tasks
-from pruning_core.objectstore import DEPLOYMENT_MARKER, LocalStore, open_store, unavailable_errors
+from pruning_core.objectstore import DEPLOYMENT_MARKER, LocalStore, one_line, open_store, unavailable_errors
 from pruning_core.settings import Settings, redacted_url
 from pruning_core.store import (
     STORE_ERRORS,
@@ -307,7 +307,7 @@ async def enforce_retention(store: AsyncJobStore, blobs: LocalStore, settings: S
         counts["uploads"] = 0
         log.warning(
             "housekeeping: stale multipart uploads not aborted (%s); the rest of the pass goes on",
-            " ".join(str(exc).split())[:300],
+            one_line(exc),
         )
     # Any other blob with no record goes only if it was written after the job store was born:
     # a Redis that lost its data (wiped, or replaced empty) knows none of the older blobs'
@@ -363,7 +363,7 @@ async def housekeeping(store: AsyncJobStore, blobs: LocalStore, settings: Settin
         except unavailable_errors() as exc:  # one line a pass while it is down, not a traceback
             log.warning(
                 "housekeeping: the artifact store did not answer (%s); next pass in %g s",
-                " ".join(str(exc).split())[:300],
+                one_line(exc),
                 settings.housekeeping_interval_s,
             )
         except Exception:

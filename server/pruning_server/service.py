@@ -118,7 +118,7 @@ def _drop(pipe: WritePipeline | None, writer) -> None:
         log.warning(
             "could not abort a dropped upload's multipart upload (%s): the housekeeping aborts it once it is "
             "PRUNING_S3_ABORT_UPLOADS_AFTER_S old",
-            " ".join(str(exc).split())[:300],
+            objectstore.one_line(exc),
         )
     except Exception:
         log.exception("could not remove a dropped upload")
@@ -149,17 +149,15 @@ class _StallWatch:
         if waited < self.idle_s:
             self._timer = self._loop.call_later(self.idle_s - waited, self._check)
             return
-        self.fired = True
         self._ending.append(self._loop.create_task(self._end()))
 
     async def _end(self) -> None:
         if self.closed:  # the download ended meanwhile
-            self.fired = False
             return
         if self.since is None or time.monotonic() - self.since < self.idle_s:  # it moved on meanwhile
-            self.fired = False
             self._check()
             return
+        self.fired = True
         message = f"the client took no chunk for {self.idle_s:g} s; resume the download from its offset"
         abort = asyncio.ensure_future(self.context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, message))
         abort.add_done_callback(lambda done: done.cancelled() or done.exception())  # its AbortError: expected
