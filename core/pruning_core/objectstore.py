@@ -30,6 +30,7 @@ import asyncio
 import collections
 import contextlib
 import datetime
+import functools
 import hashlib
 import json
 import os
@@ -373,8 +374,7 @@ class S3Store(LocalStore):
         self.part_size = part_size
         self.max_concurrency = max_concurrency
         self._clock: tuple[float, float] | None = None  # (how far the store's clock is ahead, when measured)
-        self._multipart: Callable[[], Any] | None = None  # a botocore S3 client's maker (from_settings)
-        self._multipart_client: Any = None
+        self._multipart: Callable[[], Any] | None = None  # the botocore S3 client, made once (from_settings)
         self.bucket, self.key_prefix = "", ""
 
     @classmethod
@@ -422,7 +422,7 @@ class S3Store(LocalStore):
         )
         store.bucket = settings.s3_bucket
         store.key_prefix = f"{settings.s3_prefix.strip('/')}/" if settings.s3_prefix.strip("/") else ""
-        store._multipart = lambda: _multipart_client(settings)
+        store._multipart = functools.cache(lambda: _multipart_client(settings))
         return store
 
     def answers(self) -> bool:
@@ -679,9 +679,7 @@ class S3Store(LocalStore):
             return 0
         from botocore.exceptions import BotoCoreError, ClientError
 
-        if self._multipart_client is None:
-            self._multipart_client = self._multipart()
-        client = self._multipart_client
+        client = self._multipart()
         cutoff = time.time() + self.store_clock_ahead_s() - min_age_s
         aborted = 0
         try:
