@@ -820,20 +820,18 @@ class PruningGroup(click.Group):
             return super().invoke(ctx)
         except PruningError as error:
             opts = _globals(ctx)
+            nothing_listens = f" (nothing listens at {opts.target}: is the server up? `pruning up` starts one here)"
             if error.code == grpc.StatusCode.DEADLINE_EXCEEDED and error.details == "Deadline Exceeded":
                 # gRPC's bare word: nothing answered (a refused connection is retried until then)
-                if _refused(opts.target):
-                    error.message += (
-                        f" (nothing listens at {opts.target}: is the server up? `pruning up` starts one here)"
-                    )
-                else:
-                    error.message += (
-                        f" (no answer from {opts.target} within {opts.timeout:g} s: is the server up there?)"
-                    )
+                error.message += (
+                    nothing_listens
+                    if _refused(opts.target)
+                    else f" (no answer from {opts.target} within {opts.timeout:g} s: is the server up there?)"
+                )
             elif error.code == grpc.StatusCode.UNAUTHENTICATED and not opts.api_key:
                 error.message += " (give the tenant's key with --api-key or PRUNING_API_KEY)"
             elif error.code == grpc.StatusCode.UNAVAILABLE and "connection refused" in error.details.lower():
-                error.message += f" (nothing listens at {opts.target}: is the server up? `pruning up` starts one here)"
+                error.message += nothing_listens
             elif (
                 error.code == grpc.StatusCode.UNAVAILABLE
                 and "socket closed" in error.details.lower()
