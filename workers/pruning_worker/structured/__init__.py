@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import tf_keras as keras
 
+from ..measure import leaf_layers
 from .graph import Graph, Group, build
 from .importance import CRITERIA, scores
 from .surgery import keep_masks, shrink
@@ -107,7 +108,7 @@ def prune_channels(model: Any, options: Options, data: tuple[Any, Any, Any] | No
         why = _kept_whole(group.size, cut[group_id], options.min_channels, options.round_to)
         left += [(p, why) for p in group.producers]
     named = {name for name, _ in left} | {p for g in graph.groups for p in g.producers}
-    for layer in _leaf_layers(model):  # layers of no group: their width stays, said
+    for layer in leaf_layers(model):  # layers of no group: their width stays, said
         if isinstance(layer, _KEEP_WIDTH) and layer.name not in named:
             left.append(
                 (layer.name, f"{type(layer).__name__} layers keep their width (embeddings and recurrent layers)")
@@ -122,14 +123,6 @@ _KEEP_WIDTH = tuple(
     for name in ("Embedding", "SimpleRNN", "GRU", "LSTM", "Bidirectional", "ConvLSTM1D", "ConvLSTM2D", "ConvLSTM3D")
     if hasattr(keras.layers, name)
 )
-
-
-def _leaf_layers(model: Any) -> list[Any]:
-    """The model's layers, those of nested models included (not the models themselves)."""
-    out = []
-    for layer in model.layers:
-        out += _leaf_layers(layer) if hasattr(layer, "layers") and not isinstance(layer, _KEEP_WIDTH) else [layer]
-    return out
 
 
 def _kept_whole(size: int, ratio: float, min_channels: int, round_to: int) -> str:
