@@ -570,6 +570,10 @@ class Keys:
     def artifact(self, artifact_id: str) -> str:
         return f"{self.prefix}:artifact:{artifact_id}"
 
+    def sweep(self, sweep_id: str) -> str:
+        """A sweep's record (sweeps.SweepStore keeps it)."""
+        return f"{self.prefix}:sweep:{sweep_id}"
+
     def active_sweeps(self) -> str:
         """Sweeps still driven (an ended one until its last trial ends too)."""
         return f"{self.prefix}:sweeps:active"
@@ -1306,7 +1310,7 @@ class AsyncJobStore(_Base):
         if int(await self.redis.get(self.keys.idempotency_version()) or 0) >= IDEMPOTENCY_VERSION:
             return 0
         changed = 0
-        for prefix in (self.keys.job(""), f"{self.keys.prefix}:sweep:"):
+        for prefix in (self.keys.job(""), self.keys.sweep("")):
             async for keys in self._scan_batches(prefix, batch):
                 changed += await self._persist_keys([k for k in keys if not k.endswith(b":lock")])  # not a sweep's lock
         await self.redis.set(self.keys.idempotency_version(), IDEMPOTENCY_VERSION)
@@ -1326,7 +1330,7 @@ class AsyncJobStore(_Base):
             pinned += await self._pin_batch(job_keys)
         for raw in await self.redis.smembers(self.keys.active_sweeps()):
             sweep_id = _text(raw)
-            tenant, data = await self.redis.hmget(f"{self.keys.prefix}:sweep:{sweep_id}", "tenant", "sweep")
+            tenant, data = await self.redis.hmget(self.keys.sweep(sweep_id), "tenant", "sweep")
             if tenant is None or data is None:
                 continue  # deleted meanwhile
             inputs = job_inputs(pb.Sweep.FromString(data).spec.base)

@@ -452,7 +452,7 @@ class SweepStore:
         self._create = redis.register_script(_CREATE_SWEEP)
 
     def _key(self, sweep_id: str) -> str:
-        return f"{self.prefix}:sweep:{sweep_id}"
+        return self.keys.sweep(sweep_id)
 
     def _idempotency(self, tenant: str, key: str) -> str:
         return f"{self.prefix}:sweep-idem:{tenant}:{key}"
