@@ -2,7 +2,8 @@
 records of sweeps. Trials are ordinary jobs; a sweep only says which sparsities to queue.
 
 A list of sparsities is tried lowest first, ``parallel_trials`` at a time; with a budget, the
-sparsities above the lowest one over it are skipped (accuracy falls with sparsity), so the
+sparsities above the lowest one over it are skipped (accuracy falls with sparsity) and the trials
+still going above it are cancelled (``superfluous``), so the
 sweep stops once its answer is known. Without a list it searches: the ends of the range first,
 then ``parallel_trials`` points evenly inside the interval between the highest sparsity within
 the budget and the lowest one over it, round after round, until that interval is narrower than
@@ -35,9 +36,11 @@ __all__ = [
     "chosen",
     "halving_rungs",
     "is_done",
+    "lowest_over",
     "next_trials",
     "rung_epochs",
     "search_for",
+    "superfluous",
     "trial_spec",
     "validate",
     "with_defaults",
@@ -217,11 +220,29 @@ def _tried(sweep: pb.Sweep) -> set[float]:
 def _grid_next(sweep: pb.Sweep) -> list[float]:
     spec = sweep.spec
     pending = sorted(s for s in {round(s, 4) for s in spec.sparsities} if s not in _tried(sweep))
-    if _has_budget(spec):
-        over = [t.sparsity for t in sweep.trials if _ended(t) and not t.within_budget]
-        if over:
-            pending = [s for s in pending if s < min(over)]
+    if _has_budget(spec) and (lowest := lowest_over(sweep)) is not None:
+        pending = [s for s in pending if s < lowest]
     return pending
+
+
+def lowest_over(sweep: pb.Sweep) -> float | None:
+    """The lowest sparsity a list with a budget has seen go over it (None: none yet)."""
+    over = [t.sparsity for t in sweep.trials if _ended(t) and not t.within_budget]
+    return min(over) if over else None
+
+
+def superfluous(sweep: pb.Sweep) -> list[pb.Trial]:
+    """Trials of a list with a budget still going above the lowest sparsity known to be over
+    it: their answer can no longer change the sweep's (accuracy falls with sparsity), so they
+    are cancelled rather than left to spend a worker."""
+    spec = sweep.spec
+    if not spec.sparsities or not _has_budget(spec) or _halving(spec):
+        return []
+    lowest = lowest_over(sweep)
+    if lowest is None:
+        return []
+    going = [t for t in sweep.trials if not _ended(t) and t.job_id and t.state != pb.JOB_STATE_CANCELLING]
+    return [t for t in going if t.sparsity > lowest]
 
 
 def _search_next(sweep: pb.Sweep) -> list[float]:
@@ -366,7 +387,9 @@ def conclusion(sweep: pb.Sweep) -> str:
     index = chosen(sweep)
     done = sum(1 for t in sweep.trials if t.state == pb.JOB_STATE_SUCCEEDED)
     failed = sum(1 for t in sweep.trials if t.state == pb.JOB_STATE_FAILED)
-    tail = f" ({done} trial{'' if done == 1 else 's'} succeeded, {failed} failed)"
+    cancelled = sum(1 for t in sweep.trials if t.state == pb.JOB_STATE_CANCELLED)
+    dropped = f", {cancelled} cancelled above a sparsity over the budget" if cancelled else ""
+    tail = f" ({done} trial{'' if done == 1 else 's'} succeeded, {failed} failed{dropped})"
     if (first := first_failure(sweep)) is not None:
         # a job's error of at most 500 characters, as a job input error's
         cause = first.error.message if len(first.error.message) <= 380 else first.error.message[:377] + "..."

@@ -750,7 +750,9 @@ class PruningService(pb_grpc.PruningServiceServicer):
     async def CancelJob(self, request, context):
         return await self.cancel_job(await self._tenant(context), request.job_id)
 
-    async def cancel_job(self, tenant: str, job_id: str) -> pb.Job:
+    async def cancel_job(self, tenant: str, job_id: str, reason: str = "") -> pb.Job:
+        """CancelJob; ``reason`` is the error message of a job cancelled before a worker took
+        it (a sweep's trial it no longer needs), in place of the plain one."""
         job = await self._job(tenant, job_id)
         if job.state in (pb.JOB_STATE_SUCCEEDED, pb.JOB_STATE_FAILED):
             raise Failure(
@@ -768,6 +770,8 @@ class PruningService(pb_grpc.PruningServiceServicer):
                     if current.attempt
                     else "cancelled before it started"
                 )
+                if reason:
+                    message = reason
                 return [
                     state_event(current, pb.JOB_STATE_CANCELLED, pb.JobError(code=code_pb2.CANCELLED, message=message))
                 ]

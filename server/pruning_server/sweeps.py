@@ -374,6 +374,13 @@ async def advance(jobs: PruningService, store: SweepStore, sweep_id: str) -> pb.
     sweep = await refresh(jobs, store, sweep_id, tenant)
     if sweep.state in TERMINAL:
         return sweep
+    if dropped := sweeps.superfluous(sweep):
+        reason = f"cancelled: a lower sparsity of the sweep went over the budget ({sweeps.lowest_over(sweep):.4f})"
+        for trial in dropped:
+            with contextlib.suppress(Failure):
+                await jobs.cancel_job(tenant, trial.job_id, reason=reason)
+        log.info("sweep %s: cancelled %d trial(s) above a sparsity over the budget", sweep.id, len(dropped))
+        sweep = await refresh(jobs, store, sweep_id, tenant)
     queue = sweeps.next_trials(sweep)
     bound, room = await _trial_bound(jobs, tenant, sweep) if queue else (0, None)
     for trial in queue[:room]:

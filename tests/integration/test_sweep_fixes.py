@@ -407,3 +407,64 @@ def test_cancelling_a_cancelled_sweep_cancels_the_trials_a_first_call_left_going
 
     answered, cancelled, job_id = _with_stores(redis_url, prefix, work)
     assert answered.state == pb.JOB_STATE_CANCELLED and cancelled == [job_id]
+
+
+def test_trials_above_a_sparsity_over_the_budget_are_cancelled_not_left_to_run(deployment, redis_url):
+    """A list with a budget: once a sparsity is known to be over it, the trials still going
+    above it cannot change the answer; the driver cancels them (a queued one at once, saying
+    why; a running one through its worker) instead of letting them spend a worker."""
+    server, prefix = deployment
+
+    async def work(store: AsyncJobStore, sweep_store: SweepStore) -> tuple[str, list[str]]:
+        spec = sweeps.with_defaults(
+            pb.SweepSpec(sparsities=[0.5, 0.6, 0.7], parallel_trials=3, budget=pb.AccuracyBudget(max_loss_pp=1.0))
+        )
+        sweep = pb.Sweep(id=sweeps.new_sweep_id(), state=pb.JOB_STATE_RUNNING, spec=spec)
+        ids = []
+        for index, (sparsity, state) in enumerate(
+            [(0.5, pb.JOB_STATE_RUNNING), (0.6, pb.JOB_STATE_QUEUED), (0.7, pb.JOB_STATE_RUNNING)]
+        ):
+            job, _ = await store.create(TENANT, pb.Job(id=new_job_id(), state=pb.JOB_STATE_QUEUED))
+            if state == pb.JOB_STATE_RUNNING:
+                await store.update(TENANT, job.id, lambda j: [state_event(j, pb.JOB_STATE_RUNNING)])
+            sweep.trials.add(index=index, sparsity=sparsity, job_id=job.id, state=state)
+            ids.append(job.id)
+        await sweep_store.create(TENANT, sweep, "", "")
+        return sweep.id, ids
+
+    sweep_id, (low, queued, running) = _with_stores(redis_url, prefix, work)
+    jobs = JobStore.from_url(redis_url, prefix)
+
+    def over_budget(job: pb.Job) -> list[pb.JobEvent]:  # the worker ends 0.5 at 3 pp lost
+        job.result.baseline.accuracy, job.result.pruned.accuracy = 0.98, 0.95
+        return [state_event(job, pb.JOB_STATE_SUCCEEDED)]
+
+    with grpc.insecure_channel(server.target) as channel:
+        stub = pb_grpc.SweepServiceStub(channel)
+        time.sleep(0.3)  # the driver has seen the sweep: nothing is over the budget yet
+        assert [t.state for t in stub.GetSweep(pb.GetSweepRequest(sweep_id=sweep_id)).trials] == [
+            pb.JOB_STATE_RUNNING,
+            pb.JOB_STATE_QUEUED,
+            pb.JOB_STATE_RUNNING,
+        ]
+        jobs.update(low, over_budget)
+
+        deadline = time.monotonic() + 10
+        while (sweep := stub.GetSweep(pb.GetSweepRequest(sweep_id=sweep_id))).trials[
+            2
+        ].state != pb.JOB_STATE_CANCELLING:
+            assert time.monotonic() < deadline, f"trials stayed {[pb.JobState.Name(t.state) for t in sweep.trials]}"
+            time.sleep(0.1)
+        assert sweep.trials[1].state == pb.JOB_STATE_CANCELLED
+        assert "went over the budget (0.5000)" in sweep.trials[1].error.message
+        assert sweep.state == pb.JOB_STATE_RUNNING  # the running trial has yet to stop
+
+        error = pb.JobError(code=code_pb2.CANCELLED, message="cancelled while running")
+        jobs.update(running, lambda j: [state_event(j, pb.JOB_STATE_CANCELLED, error)])  # its worker stops
+        deadline = time.monotonic() + 10
+        while (sweep := stub.GetSweep(pb.GetSweepRequest(sweep_id=sweep_id))).state == pb.JOB_STATE_RUNNING:
+            assert time.monotonic() < deadline, "the sweep did not end"
+            time.sleep(0.1)
+    assert sweep.state == pb.JOB_STATE_SUCCEEDED and not sweep.HasField("chosen_trial")
+    assert "no sparsity tried keeps the accuracy budget" in sweep.message
+    assert "2 cancelled above a sparsity over the budget" in sweep.message

@@ -322,3 +322,22 @@ def test_search_bounds_without_a_budget_or_on_a_sweeps_budget_are_refused():
         list(fields) == ["spec.base.budget.max_trials"]
         and "set spec.max_trials" in fields["spec.base.budget.max_trials"]
     )
+
+
+def test_only_a_budgeted_lists_trials_going_above_a_sparsity_over_it_are_superfluous():
+    sweep = _sweep(sparsities=[0.5, 0.6, 0.7, 0.8], max_loss_pp=1.0, parallel_trials=4)
+    states = [pb.JOB_STATE_SUCCEEDED, pb.JOB_STATE_RUNNING, pb.JOB_STATE_QUEUED, pb.JOB_STATE_CANCELLING]
+    for index, (sparsity, state) in enumerate(zip([0.5, 0.6, 0.7, 0.8], states, strict=True)):
+        sweep.trials.add(index=index, sparsity=sparsity, state=state, job_id=f"j{index}")
+    sweep.trials[0].within_budget = True
+    assert sweeps.superfluous(sweep) == []  # nothing known over the budget yet (0.5 kept it)
+    sweep.trials[0].within_budget = False  # 0.5 went over: 0.6 and 0.7 can no longer matter
+    assert [t.sparsity for t in sweeps.superfluous(sweep)] == [0.6, 0.7]  # 0.8 is already being cancelled
+    searching = _sweep(max_loss_pp=1.0)  # a search waits for its round instead
+    searching.trials.add(index=0, sparsity=0.3, state=pb.JOB_STATE_SUCCEEDED)
+    searching.trials.add(index=1, sparsity=0.9, state=pb.JOB_STATE_RUNNING, job_id="j")
+    assert sweeps.superfluous(searching) == []
+    curve = _sweep(sparsities=[0.5, 0.6], parallel_trials=2)  # no budget: every point is wanted
+    curve.trials.add(index=0, sparsity=0.5, state=pb.JOB_STATE_SUCCEEDED)
+    curve.trials.add(index=1, sparsity=0.6, state=pb.JOB_STATE_RUNNING, job_id="j")
+    assert sweeps.superfluous(curve) == []
