@@ -187,6 +187,13 @@ class Settings(BaseSettings):
     reap_after_s: float = Field(
         120.0, description="a running job silent this long is re-queued (its worker is presumed dead); 0 = never"
     )
+    worker_drain_s: float = Field(
+        0.0,
+        ge=0,
+        description="a worker told to shut down (SIGTERM, Ctrl-C) lets its running job go on this long, then "
+        "stops it at its next step and re-queues it at once, to resume from its last epoch checkpoint on the next "
+        "worker; keep it under the grace period before the worker is killed (0 = stop at once)",
+    )
     worker_redis_timeout_s: float = Field(
         30.0,
         gt=0,

@@ -475,9 +475,8 @@ def main(listen: str | None = None, log_path: pathlib.Path | None = None) -> int
             time.sleep(0.2)
     finally:
         print(
-            "stopping the pruning service: the worker has up to 30 s to end the job it runs; a job cut off shows "
-            f"RUNNING until the service, up again, finds it silent ({stack.settings.reap_after_s:g} s, "
-            "PRUNING_REAP_AFTER_S), then runs again from its last checkpoint",
+            "stopping the pruning service: a running job stops at its next step and goes back to the queue; "
+            "it resumes from its last epoch checkpoint when the service is up again",
             flush=True,
         )
         stack.stop()

@@ -206,6 +206,8 @@ def test_values_defaults(values):
     assert worker["gpu"] == {"count": 1, "resourceName": "nvidia.com/gpu"}
     assert worker["replicaCount"] >= 1
     assert isinstance(worker["nodeSelector"], dict) and isinstance(worker["tolerations"], list)
+    # a stopping worker re-queues a job not done after drainSeconds, before the kubelet kills it
+    assert 0 < worker["drainSeconds"] <= worker["terminationGracePeriodSeconds"] - 30
     assert "ReadWriteMany" in values["persistence"]["accessModes"]
     assert values["redis"]["enabled"] is True
     assert "url" in values["externalRedis"]

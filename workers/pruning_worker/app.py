@@ -11,11 +11,11 @@ from __future__ import annotations
 import logging
 
 from celery import Celery
-from celery.signals import worker_process_init, worker_ready
+from celery.signals import worker_process_init, worker_ready, worker_shutting_down
 
 from pruning_core.settings import Settings
 
-from . import observability
+from . import observability, shutdown
 
 settings = Settings()
 app = Celery("pruning", broker=settings.celery_broker_url(), include=["pruning_worker.tasks"])
@@ -62,3 +62,9 @@ def _warm_solo(sender=None, **_):
 
 # With the prefork pool each child imports TensorFlow after the fork, never the parent.
 worker_process_init.connect(_warm_tensorflow)
+
+
+@worker_shutting_down.connect
+def _stopping(**_):
+    # A warm shutdown stops the running job after PRUNING_WORKER_DRAIN_S and re-queues it (shutdown.py).
+    shutdown.stopping(settings.worker_drain_s)

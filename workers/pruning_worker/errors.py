@@ -12,6 +12,7 @@ __all__ = [
     "JobDeadlineExceeded",
     "JobInputError",
     "OutcomeError",
+    "WorkerStopping",
 ]
 
 
@@ -37,6 +38,10 @@ class InputDataLoss(JobInputError):
 
 class Cancelled(Exception):
     """The job was cancelled while it ran."""
+
+
+class WorkerStopping(Exception):
+    """The worker is shutting down: the attempt stops and the job goes back to the queue."""
 
 
 class JobDeadlineExceeded(Exception):

@@ -172,6 +172,7 @@ def run(
     if taught:  # evaluated on the task's own loss, like the baseline
         pruned.compile(optimizer=pruned.optimizer, loss=loss, metrics=job_loss.keras_metrics())
     if progress.cancelled or reporter.should_stop():
+        reporter.check_between_steps()  # Cancelled, or WorkerStopping when the worker shuts down
         raise Cancelled()
     if history.diverged:
         raise OutcomeError(

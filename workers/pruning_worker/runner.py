@@ -41,7 +41,8 @@ from pruning_core.store import (
     state_event,
 )
 
-from .errors import STORE_ERRORS, Cancelled, JobDeadlineExceeded, JobInputError
+from . import shutdown
+from .errors import STORE_ERRORS, Cancelled, JobDeadlineExceeded, JobInputError, WorkerStopping
 
 log = logging.getLogger(__name__)
 ARTIFACT_STORE_RETRY_S = 30.0  # an attempt the artifact store stopped starts again after this, doubled each time
@@ -133,12 +134,15 @@ class Reporter:
         )
 
     def check_between_steps(self) -> None:
-        """Raises JobDeadlineExceeded past the job's time limit, and Cancelled once a cancel
-        was asked (at each phase, export and part of the report, not only while training)."""
+        """Raises JobDeadlineExceeded past the job's time limit, Cancelled once a cancel was
+        asked, and WorkerStopping once the worker's shutdown stops the job (at each phase,
+        export and part of the report, not only while training)."""
         self._check_deadline()
         if self._cancelled or self.store.cancel_requested(self.job_id):
             self._cancelled = True
             raise Cancelled()
+        if shutdown.due():
+            raise WorkerStopping()
 
     def _check_deadline(self) -> None:
         if self.deadline is not None and time.monotonic() > self.deadline:
@@ -146,14 +150,15 @@ class Reporter:
             raise JobDeadlineExceeded(f"the job ran past its time limit of {limit} s ({self.whose_limit})")
 
     def should_stop(self) -> bool:
-        """True once a cancel was asked (checked at most every interval); raises
+        """True once a cancel was asked (checked at most every interval) or the worker's
+        shutdown stops the job (:meth:`check_between_steps` then says which); raises
         JobDeadlineExceeded past the job's time limit."""
         self._check_deadline()
         now = time.monotonic()
         if not self._cancelled and now - self._last_cancel_check >= min(self.interval_s, 0.5):
             self._last_cancel_check = now
             self._cancelled = self.store.cancel_requested(self.job_id)
-        return self._cancelled
+        return self._cancelled or shutdown.due()
 
     def measured(self, result: pb.PruneResult) -> None:
         """The result the pipeline fills as it goes: a job that fails or is cancelled keeps
@@ -298,20 +303,21 @@ def _release(
     wait_s: float = 3600.0,
     *,
     which: str = "job store",
+    why: str = "",
     countdown: float = 0.0,
 ) -> bool:
     """Puts a job whose attempt stopped because the job store did not answer back in the queue
     as soon as the store answers again (for up to ``wait_s``; the worker can take no other job
     while its broker, the same Redis, is away): the job resumes from its last checkpoint, and
     the stop is not counted as a lost worker (the reaper waits after an outage). False when the
-    store stayed away. ``which``: the store that did not answer; ``countdown``: seconds before
-    the next attempt may start."""
+    store stayed away. ``which``: the store that did not answer; ``why``: another reason the
+    attempt stopped, in its place; ``countdown``: seconds before the next attempt may start."""
     from .app import app
 
     def back(record: pb.Job) -> list[pb.JobEvent]:
         if record.attempt != job.attempt or record.state not in (pb.JOB_STATE_RUNNING, pb.JOB_STATE_CANCELLING):
             return []  # ended, re-queued or claimed again meanwhile
-        message = f"attempt {job.attempt} stopped: the {which} did not answer it; re-queued"
+        message = f"attempt {job.attempt} stopped: {why or f'the {which} did not answer it'}; re-queued"
         if countdown:
             message += f" to start again in {countdown:g} s"
         return [
@@ -329,7 +335,7 @@ def _release(
                     store.expect_by(job.id, time.time() + countdown)
                 else:
                     store.done_running(job.id)
-                log.warning("job %s: attempt %d stopped by the %s; re-queued", job.id, job.attempt, which)
+                log.warning("job %s: attempt %d stopped (%s); re-queued", job.id, job.attempt, why or f"the {which}")
             return True
         except JobNotFound:  # the store answers again without the job: it lost its data
             log.warning("job %s: the job store no longer knows it (its data was lost); nothing to re-queue", job.id)
@@ -453,6 +459,11 @@ def run_job(job_id: str, settings: Settings, worker: str, task_id: str = "") -> 
     try:
         with Heartbeat(store, job_id, settings.heartbeat_interval_s):
             final = _run_claimed(store, job, settings)
+    except WorkerStopping:
+        why = "its worker is shutting down; it resumes from its last epoch checkpoint on the next worker"
+        if _release(store, job, settings, wait_s=10.0, why=why):
+            return None
+        raise  # the store is away too: the reaper re-queues the job once its silence shows
     except ArtifactStoreStopped as stop:
         _release(store, job, settings, which="artifact store", countdown=stop.countdown)
         return None  # or, the job store away too, the reaper re-queues it once its silence shows
@@ -541,6 +552,10 @@ def _run_claimed(store: JobStore, job: pb.Job, settings: Settings) -> pb.Job | N
         log.warning("%s; stopping", exc)
     except Cancelled:
         return reporter.finish(pb.JOB_STATE_CANCELLED)
+    except WorkerStopping as exc:
+        reporter.close(exc)
+        log.warning("job %s: attempt %d stops, its worker is shutting down", job_id, job.attempt)
+        raise
     except JobDeadlineExceeded as exc:
         reporter.close(exc)
         return reporter.finish(pb.JOB_STATE_FAILED, pb.JobError(code=code_pb2.DEADLINE_EXCEEDED, message=str(exc)))
