@@ -162,3 +162,37 @@ def test_keras3_model_can_come_back_as_tf_keras(client, worker, tmp_path):
         client.download(result.raw.artifacts[0].id, tmp_path / "p.keras"), compile=False
     )
     assert [type(layer).__name__ for layer in loaded.layers][-1] == "Dense"
+
+
+def test_a_nested_keras3_model_takes_an_m_by_n_pattern(client, worker, tmp_path):
+    """The Keras 3 export keeps the uploaded nesting (an encoder called twice, a head model)
+    while the tf_keras copy the job trains is flat: the pattern's per-layer targets were looked
+    up on the export by the flat names, and the finished job failed INTERNAL 'No such layer'."""
+    import keras
+
+    path, original = keras3_models.save("nested", tmp_path / "nested.keras")
+    model = client.upload_model(path)
+    data = client.upload_dataset(_dataset(original, tmp_path / "data.npz"))
+    spec = job_spec(
+        model.id,
+        dataset=data.id,
+        schedule=constant_sparsity(0.5, frequency=1),
+        sparsity_m_by_n=(2, 4),
+        epochs=1,
+        batch_size=16,
+        loss="mean_squared_error",
+        validation_split=0.0,
+        report=False,
+    )
+    job = client.submit(spec)
+    raw = job.result(timeout=600).raw
+    assert raw.keras_version_out == 3
+    pruned = {layer.name: layer for layer in raw.layers if layer.pruned}
+    # leaves of both nested models and the shared layer, all by their own names
+    assert {"enc_dense1", "enc_dense2", "head_dense", "shared"} <= set(pruned)
+    loaded = keras.saving.load_model(job.download(tmp_path / "pruned.keras"))
+    measured = _kernel_sparsity(loaded, set(pruned))
+    for name, layer in pruned.items():
+        assert 0 < layer.target_sparsity <= 0.5, name
+        assert measured[name] == pytest.approx(layer.target_sparsity, abs=1e-9), name
+        assert layer.sparsity == pytest.approx(measured[name], abs=1e-9), name

@@ -38,6 +38,16 @@ def leaf_layers(model: Any) -> list[Any]:
     return out
 
 
+def layer_named(model: Any, name: str) -> Any:
+    """The leaf layer called ``name`` in ``model`` or a model nested in it. A Keras 3 export
+    keeps the uploaded nesting that the tf_keras copy the job trains flattened, so the job's
+    layer names are leaf names, which ``get_layer`` finds only at the top level."""
+    for layer in leaf_layers(model):
+        if layer.name == name:
+            return layer
+    return model.get_layer(name)  # a container, or Keras' own error naming the layers it has
+
+
 # The weights TFMOT prunes (its prune_registry): a layer's kernel, an RNN cell's kernel and
 # recurrent kernel, a separable convolution's pointwise kernel, an embedding table. Never a
 # bias (a GRU's is 2-D), a depthwise kernel, a PReLU's alpha or a normalisation's scale.

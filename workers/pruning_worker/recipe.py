@@ -19,7 +19,7 @@ from pruning_core.plan import train_steps
 from pruning_core.validation import target_sparsity
 
 from .errors import JobInputError, OutcomeError
-from .measure import is_kernel
+from .measure import is_kernel, layer_named
 from .tferrors import root_cause
 
 __all__ = [
@@ -73,7 +73,7 @@ def layer_targets(p: pb.PruningSpec, layers: list[str], model: keras.Model | Non
     """The final sparsity of each pruned layer: its own where the spec gives one; under
     m-by-n sparsity what the pattern leaves of the layer's kernels (given ``model``)."""
     if p.HasField("sparsity_m_by_n") and model is not None:
-        return {name: m_by_n_sparsity(model.get_layer(name), p.sparsity_m_by_n) for name in layers}
+        return {name: m_by_n_sparsity(layer_named(model, name), p.sparsity_m_by_n) for name in layers}
     target = target_sparsity(p)
     return {name: p.layer_sparsity.get(name, target) for name in layers}
 
