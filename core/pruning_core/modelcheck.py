@@ -128,6 +128,7 @@ class ModelInfo:
     summary: pb.ModelSummary = field(default_factory=pb.ModelSummary)
     mixed_precision: list[str] = field(default_factory=list)  # layers computing in float16 or bfloat16
     left_whole: dict[str, str] = field(default_factory=dict)  # prunable-class layers no job prunes -> why
+    other_dtypes: dict[str, str] = field(default_factory=dict)  # prunable-class layers in float16/64 -> dtype
     kernel_inputs: dict[str, int] = field(default_factory=dict)  # layer -> its kernel's input channels
     # layers whose axis Keras 3's loader of Keras 2 files drops: [name, class, axis]
     axes_lost: list[list[Any]] = field(default_factory=list)
@@ -138,6 +139,7 @@ class ModelInfo:
             "layers": self.layers,
             "mixed_precision": self.mixed_precision,
             "left_whole": self.left_whole,
+            "other_dtypes": self.other_dtypes,
             "axes_lost": self.axes_lost,
             "kernel_inputs": self.kernel_inputs,
             "input_shape": self.input_shape,
@@ -348,6 +350,7 @@ def check_model_config(
         summary=summary,
         mixed_precision=mixed,
         left_whole=preflight.left_whole(config, version),
+        other_dtypes=preflight.other_float_dtypes(config),
         axes_lost=[list(found) for found in preflight.axes_lost_by_the_keras3_loader(config)],
         kernel_inputs=preflight.kernel_inputs(config, layers, weights or []),
     )

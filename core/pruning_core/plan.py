@@ -195,6 +195,7 @@ def check(spec: pb.JobSpec, model_info: dict[str, Any], data: DatasetFacts) -> l
                 f"float32 dtype policy (layers {', '.join(mixed[:5])}{', ...' if len(mixed) > 5 else ''})",
             )
         )
+    out += _m_by_n_dtypes_fit(spec, model_info)
     out += _labels_fit(spec, _summary(model_info).outputs, data)
     out += _keras3_loader_fits(spec, model_info)
     layers = _summary(model_info).layers
@@ -389,6 +390,24 @@ def pruned_layer_weights(spec: pb.JobSpec, model_info: dict[str, Any]) -> dict[s
 def steps_per_epoch(spec: pb.JobSpec, data: DatasetFacts) -> int:
     """Optimizer steps per epoch of a spec (with its defaults) on this dataset."""
     return train_steps(_n_train(spec, data), spec.training)
+
+
+def _m_by_n_dtypes_fit(spec: pb.JobSpec, model_info: dict[str, Any]) -> list[Violation]:
+    """M-by-n sparsity on a layer computing in float16, bfloat16 or float64: TFMOT's masks for
+    the pattern are float32 and fail to assign to its kernel at the first training step."""
+    if not spec.pruning.HasField("sparsity_m_by_n"):
+        return []
+    other = model_info.get("other_dtypes") or {}
+    bad = [f"{name} ({other[name]})" for name in pruned_layer_weights(spec, model_info) if name in other]
+    if not bad:
+        return []
+    return [
+        (
+            "spec.pruning.sparsity_m_by_n",
+            f"takes layers computing in float32 only; exclude the layers {', '.join(bad[:5])}"
+            f"{', ...' if len(bad) > 5 else ''} or save them with the float32 dtype policy",
+        )
+    ]
 
 
 def _keras3_loader_fits(spec: pb.JobSpec, model_info: dict[str, Any]) -> list[Violation]:

@@ -211,6 +211,29 @@ def mixed_policy(config: dict[str, Any]) -> bool:
     return _dtype(config).startswith("mixed_")
 
 
+def other_float_dtypes(config: Any) -> dict[str, str]:
+    """The layers of a prunable class whose own dtype policy is a float other than float32
+    (``float16``, ``bfloat16``, ``float64``), by name, with that dtype. Pruning takes them, but
+    TFMOT's m-by-n masks are float32 and fail to assign to their kernels."""
+    found: dict[str, str] = {}
+
+    def walk(node: Any) -> None:
+        if isinstance(node, list):
+            for value in node:
+                walk(value)
+        elif isinstance(node, dict):
+            cls, cfg = node.get("class_name"), node.get("config")
+            if cls in PRUNABLE and isinstance(cfg, dict) and "name" in cfg:
+                dtype = _dtype(cfg)
+                if dtype != "float32" and not dtype.startswith("mixed_"):
+                    found[str(cfg["name"])] = dtype
+            for value in node.values():
+                walk(value)
+
+    walk(config)
+    return found
+
+
 def left_whole(config: Any, keras_version: int) -> dict[str, str]:
     """The layers of a prunable class that a job leaves whole, by name, with the reason:
     "frozen" (``trainable`` false, or in a frozen model: the worker prunes trainable weights only),

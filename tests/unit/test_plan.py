@@ -532,3 +532,33 @@ def test_m_by_n_sparsity_on_a_conv1d_is_refused_at_submit(tmp_path):
     assert field == "spec.pruning.sparsity_m_by_n" and "exclude the layers ['c1d (Conv1D)']" in text
     spec.pruning.layers.exclude_names.append("c1d")
     assert plan.check(spec, model, facts) == []
+
+
+@pytest.mark.parametrize("keras_version", [2, 3])
+@pytest.mark.parametrize("dtype", ["float16", "float64"])
+def test_m_by_n_sparsity_on_a_layer_not_in_float32_is_refused_naming_it(tmp_path, keras_version, dtype):
+    """TFMOT's m-by-n masks are float32: a pattern on a float16 or float64 layer passed
+    CreateJob and failed at the first training step with TensorFlow's dtype error."""
+    if keras_version == 3:
+        import keras
+    else:
+        import tf_keras as keras
+    from pruning_worker import recipe as worker_recipe
+    from pruning_worker.errors import JobInputError
+
+    inputs = keras.Input((3,))
+    hidden = keras.layers.Dense(8, dtype=dtype, name="wide")(inputs)
+    model = keras.Model(inputs, keras.layers.Dense(4, name="out")(hidden))
+    model.save(tmp_path / "m.keras")
+    info = modelcheck.inspect_model(tmp_path / "m.keras", 1 << 30).to_dict()
+    assert info["other_dtypes"] == {"wide": dtype}
+    facts = _facts(tmp_path, **_data())
+    assert _violations(info, facts) == []  # plain weight pruning takes it
+    two_four = {"sparsity_m_by_n": (2, 4), "block_size": (1, 1)}
+    ((field, text),) = _violations(info, facts, **two_four)
+    assert field == "spec.pruning.sparsity_m_by_n" and f"wide ({dtype})" in text
+    assert _violations(info, facts, exclude_layers=["wide"], **two_four) == []
+    if keras_version == 2:  # the worker's own check, for a model recorded before this one
+        spec = validation.with_defaults(job_spec("a" * 64, **two_four)).pruning
+        with pytest.raises(JobInputError, match=f"sparsity_m_by_n: .*the layer wide \\({dtype}\\)"):
+            worker_recipe.check_shapes(model, spec, ["wide", "out"])

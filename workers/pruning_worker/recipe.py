@@ -108,6 +108,11 @@ def check_shapes(model: keras.Model, p: pb.PruningSpec, chosen: list[str]) -> li
     block, notes = list(p.block_size), []
     for name in chosen:
         layer = model.get_layer(name)
+        if p.HasField("sparsity_m_by_n") and layer.dtype != "float32":  # TFMOT's masks are float32
+            raise JobInputError(
+                f"spec.pruning.sparsity_m_by_n: takes layers computing in float32 only; exclude the layer {name} "
+                f"({layer.dtype}) or save it with the float32 dtype policy"
+            )
         for w in _kernels(layer):
             what = f"layer {name} ({type(layer).__name__}, kernel {tuple(w.shape)})"
             if p.HasField("sparsity_m_by_n"):
