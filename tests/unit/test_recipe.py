@@ -183,6 +183,25 @@ def test_a_missed_target_fails_and_rounding_does_not():
         worker_recipe.check_target(_result({"conv": (108, 0.7963), "dense": (20280, 0.778)}), spec)
 
 
+def test_kernels_sparser_than_the_target_pass_only_where_the_upload_s_own_zeros_account_for_it():
+    """A model pruned before ends sparser than a lower target: not a failed job, a note. The
+    allowance goes one way and only as far as the zeros the layers came with."""
+    spec = pb.PruningSpec(schedule=polynomial_decay(0.5, 0.8))
+    sparser = _result({"conv": (108, 0.8), "dense": (20280, 0.95)})
+    with pytest.raises(OutcomeError, match="layer dense at 0.9500 for 0.8000"):
+        worker_recipe.check_target(sparser, spec)  # nothing says the model came sparse
+    note = worker_recipe.check_target(sparser, spec, {"conv": 0.1, "dense": 0.95})
+    assert note is not None and "above the target 0.8000" in note and "dense 0.9500 sparse as uploaded" in note
+    assert "conv" in note  # its own zeros named too, though the target covers them
+    with pytest.raises(OutcomeError, match="layer dense"):  # more zeros than the upload had
+        worker_recipe.check_target(sparser, spec, {"conv": 0.1, "dense": 0.85})
+    with pytest.raises(OutcomeError, match="layer dense at 0.5000"):  # less sparse: the allowance does not apply
+        worker_recipe.check_target(_result({"conv": (108, 0.8), "dense": (20280, 0.5)}), spec, {"dense": 0.95})
+    assert (
+        worker_recipe.check_target(_result({"conv": (108, 0.8), "dense": (20280, 0.8)}), spec, {"dense": 0.9}) is None
+    )
+
+
 def test_a_missed_target_after_a_diverged_fine_tuning_says_it_diverged():
     """A learning rate of 1e30 blew the weights up, and the job blamed the mask schedule."""
     spec = pb.PruningSpec(schedule=polynomial_decay(0.5, 0.8))

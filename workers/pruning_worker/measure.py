@@ -65,6 +65,17 @@ def kernel_size(layer: Any) -> int:
     return sum(int(np.asarray(w).size) for w in layer.weights if is_kernel(w.name, np.asarray(w)))
 
 
+def kernel_sparsities(model: Any) -> dict[str, float]:
+    """The zero share of each leaf layer's kernels, by name (layers without one left out)."""
+    out = {}
+    for layer in leaf_layers(model):
+        kernels = [np.asarray(v) for v in layer.weights if is_kernel(v.name, np.asarray(v))]
+        size = sum(w.size for w in kernels)
+        if size:
+            out[layer.name] = 1.0 - sum(int(np.count_nonzero(w)) for w in kernels) / size
+    return out
+
+
 def fill_sparsity(
     result: pb.PruneResult, model: Any, pruned_layers: set[str], targets: dict[str, float] | None = None
 ) -> None:

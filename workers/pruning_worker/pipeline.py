@@ -136,6 +136,7 @@ def run(
     pruned = model
     if spec.pruning.HasField("schedule") and spec.pruning.sensitivity_scan:
         _scan(model, spec.pruning, x_train, y_train, job_loss.function(), reporter)
+    uploaded = measure.kernel_sparsities(model)  # before the masks change the kernels in place
     if spec.pruning.HasField("schedule"):
         schedule = recipe.make_schedule(spec.pruning, steps * t.epochs)
         pruned, chosen = recipe.apply_pruning(model, spec.pruning, schedule)
@@ -214,10 +215,12 @@ def run(
     # Sparsity as the user will find it: measured on the downloaded file where it is a Keras model.
     measured = load_export(outputs[0][0], version_out) if main_format in KERAS_FILES else stripped
     measure.fill_sparsity(result, measured, set(chosen), recipe.layer_targets(spec.pruning, chosen, measured))
-    if chosen:
-        recipe.check_target(result, spec.pruning)
+    if chosen and (note := recipe.check_target(result, spec.pruning, uploaded)):
+        reporter.log(note, level="WARNING")
     for layer in result.layers:
-        if layer.pruned and abs(layer.sparsity - layer.target_sparsity) > FAR_FROM_TARGET:
+        # sparser than asked with zeros of its own, kept: check_target's note tells of it
+        already = layer.target_sparsity < layer.sparsity <= uploaded.get(layer.name, 0.0) + FAR_FROM_TARGET
+        if layer.pruned and abs(layer.sparsity - layer.target_sparsity) > FAR_FROM_TARGET and not already:
             reporter.log(
                 f"layer {layer.name} ended at sparsity {layer.sparsity:.2f}, far from the target "
                 f"{layer.target_sparsity:.2f} (its shape may not suit the block or m-by-n pattern)",

@@ -330,20 +330,34 @@ def diverged(result: pb.PruneResult) -> str | None:
     return None
 
 
-def check_target(result: pb.PruneResult, p: pb.PruningSpec) -> None:
+def check_target(result: pb.PruneResult, p: pb.PruningSpec, uploaded: dict[str, float] | None = None) -> str | None:
     """Fails the job when the pruned kernels miss the target sparsity by more than
     SPARSITY_TOLERANCE, beyond what rounding to whole blocks allows (TFMOT keeps a whole number
-    of blocks, or of m-by-n groups, per layer)."""
+    of blocks, or of m-by-n groups, per layer). Kernels sparser than the target pass where the
+    zeros the layers had as uploaded (``uploaded``, by layer) account for it: a model pruned
+    before, or with units no gradient reaches, keeps its zeros. Returns what to tell of that."""
     pruned = [layer for layer in result.layers if layer.pruned]
     weights = sum(layer.weights for layer in pruned)
     if not pruned or not weights:
-        return
+        return None
     # The layers' own targets, weighted by their size: the schedule's target unless the spec
     # (or the recipe) gave a layer its own.
     target = sum(layer.target_sparsity * layer.weights for layer in pruned) / weights
     unit = p.sparsity_m_by_n.n if p.HasField("sparsity_m_by_n") else max(1, int(np.prod(list(p.block_size) or [1])))
     allowance = SPARSITY_TOLERANCE + unit * len(pruned) / weights
     measured = result.pruned_kernel_sparsity
+    if math.isfinite(measured) and measured > target + allowance and uploaded:
+        had = {layer.name: uploaded.get(layer.name, 0.0) for layer in pruned}
+        ceiling = sum(max(layer.target_sparsity, had[layer.name]) * layer.weights for layer in pruned) / weights
+        if measured <= ceiling + allowance:
+            sparse = sorted((n for n in had if had[n] > 0), key=lambda n: -had[n])
+            return (
+                f"the pruned kernels are {measured:.4f} sparse, above the target {target:.4f}: the model came "
+                "with zeros of its own, which fine-tuning kept ("
+                + ", ".join(f"{n} {had[n]:.4f} sparse as uploaded" for n in sparse[:5])
+                + (", ..." if len(sparse) > 5 else "")
+                + ")"
+            )
     if not math.isfinite(measured) or abs(measured - target) > allowance:
         if (blown := diverged(result)) is not None:
             raise OutcomeError(
@@ -357,3 +371,4 @@ def check_target(result: pb.PruneResult, p: pb.PruningSpec) -> None:
             f"{worst.target_sparsity:.4f}. Check that a mask "
             "update falls on the schedule's end step and that the fine-tuning ran to it"
         )
+    return None
