@@ -196,6 +196,7 @@ def check(spec: pb.JobSpec, model_info: dict[str, Any], data: DatasetFacts) -> l
             )
         )
     out += _m_by_n_dtypes_fit(spec, model_info)
+    out += _structured_layers_reachable(spec, model_info)
     out += _labels_fit(spec, _summary(model_info).outputs, data)
     out += _keras3_loader_fits(spec, model_info)
     layers = _summary(model_info).layers
@@ -390,6 +391,27 @@ def pruned_layer_weights(spec: pb.JobSpec, model_info: dict[str, Any]) -> dict[s
 def steps_per_epoch(spec: pb.JobSpec, data: DatasetFacts) -> int:
     """Optimizer steps per epoch of a spec (with its defaults) on this dataset."""
     return train_steps(_n_train(spec, data), spec.training)
+
+
+# Why a layer of an uploaded tf_keras model is out of channel surgery's reach, which works on
+# the outer model's own layers (a Keras 3 model's nested models are opened up by the bridge).
+_OUT_OF_SURGERY = {
+    "nested": "is inside a model nested in the tf_keras model, and structured pruning cuts the outer model's "
+    "own layers only: save the model flat, or with Keras 3, whose nested models are opened up",
+    "wrapped": "is inside a Bidirectional or TimeDistributed wrapper, whose channels structured pruning leaves whole",
+}
+
+
+def _structured_layers_reachable(spec: pb.JobSpec, model_info: dict[str, Any]) -> list[Violation]:
+    """``structured.layer_ratios`` naming a layer channel surgery cannot reach: the upload's
+    layer list has it, so validation let it through, and the job failed 'no layer' after loading."""
+    whole = model_info.get("left_whole") or {}
+    out: list[Violation] = []
+    for name in sorted(spec.pruning.structured.layer_ratios):
+        why = _OUT_OF_SURGERY.get(whole.get(name, ""))
+        if why:
+            out.append((f"spec.pruning.structured.layer_ratios[{name}]", f"{name!r} {why}"))
+    return out
 
 
 def _m_by_n_dtypes_fit(spec: pb.JobSpec, model_info: dict[str, Any]) -> list[Violation]:

@@ -562,3 +562,27 @@ def test_m_by_n_sparsity_on_a_layer_not_in_float32_is_refused_naming_it(tmp_path
         spec = validation.with_defaults(job_spec("a" * 64, **two_four)).pruning
         with pytest.raises(JobInputError, match=f"sparsity_m_by_n: .*the layer wide \\({dtype}\\)"):
             worker_recipe.check_shapes(model, spec, ["wide", "out"])
+
+
+def test_structured_ratios_for_a_layer_inside_a_nested_tf_keras_model_are_refused_at_submit(tmp_path):
+    """The upload's layer list holds a nested model's layers, so CreateJob took a ratio for one;
+    channel surgery works on the outer model's own layers and the job failed after loading with
+    'the model has no layer'."""
+    import tf_keras as keras
+
+    inner_in = keras.Input((3,))
+    inner = keras.Model(inner_in, keras.layers.Dense(8, activation="relu", name="in_d1")(inner_in), name="block")
+    inputs = keras.Input((3,))
+    hidden = keras.layers.Dense(8, name="outer_d")(inner(inputs))
+    model = keras.Model(inputs, keras.layers.Dense(4, name="out")(hidden))
+    model.save(tmp_path / "m.keras")
+    info = modelcheck.inspect_model(tmp_path / "m.keras", 1 << 30).to_dict()
+    facts = _facts(tmp_path, **_data())
+
+    def check(ratios):
+        spec = job_spec("a" * 64, schedule=None, structured=specs.structured(0.25, layer_ratios=ratios))
+        return plan.check(validation.with_defaults(spec), info, facts)
+
+    ((field, text),) = check({"in_d1": 0.5})
+    assert field == "spec.pruning.structured.layer_ratios[in_d1]" and "nested in the tf_keras model" in text
+    assert check({"outer_d": 0.5}) == []
