@@ -71,7 +71,19 @@ def frozen():
     return keras.Model(inputs, outputs), "stem", widths, {"stem": "frozen"}
 
 
-MODELS = [depth_multiplier, grouped, channels_first, shared_batch_norm, frozen]
+def shared_encoder():
+    """A siamese pair: one Dense encodes both inputs. The result listed it neither among the
+    widths nor among the layers left whole, so a model of such layers showed no reason at all."""
+    left, right = keras.Input((8, 8, 3)), keras.Input((8, 8, 3))
+    encoder = L.Dense(6, activation="relu", name="encoder")
+    x = L.Concatenate(name="cat")([encoder(L.Flatten(name="fl")(left)), encoder(L.Flatten(name="fr")(right))])
+    x = L.Dense(16, activation="relu", name="fc")(x)
+    outputs = L.Dense(1, name="out")(x)
+    widths = {"fc": (16, 8), "out": (1, 1)}
+    return keras.Model([left, right], outputs), "encoder", widths, {"encoder": "shared (called 2 times)"}
+
+
+MODELS = [depth_multiplier, grouped, channels_first, shared_batch_norm, frozen, shared_encoder]
 
 
 @pytest.fixture(params=MODELS, ids=[m.__name__ for m in MODELS])
@@ -84,8 +96,9 @@ def case(request):
         if isinstance(layer, L.BatchNormalization):
             weights[-1] = np.abs(weights[-1]) + 0.5  # moving variance
         layer.set_weights(weights)
-    x = rng.random((3, *model.input_shape[1:]), dtype=np.float32)
-    return model, whole, widths, reasons, x
+    shapes = model.input_shape if isinstance(model.input_shape, list) else [model.input_shape]
+    xs = [rng.random((3, *shape[1:]), dtype=np.float32) for shape in shapes]
+    return model, whole, widths, reasons, xs if len(xs) > 1 else xs[0]
 
 
 def test_the_layer_left_whole_keeps_its_weights_and_the_rest_is_pruned(case):

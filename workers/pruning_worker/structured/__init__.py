@@ -12,7 +12,7 @@ import numpy as np
 import tf_keras as keras
 
 from ..measure import leaf_layers
-from .graph import Graph, Group, build
+from .graph import PRODUCERS, TRANSPOSED, Graph, Group, build
 from .importance import CRITERIA, scores
 from .surgery import keep_masks, shrink
 
@@ -108,6 +108,10 @@ def prune_channels(model: Any, options: Options, data: tuple[Any, Any, Any] | No
         why = _kept_whole(group.size, cut[group_id], options.min_channels, options.round_to)
         left += [(p, why) for p in group.producers]
     named = {name for name, _ in left} | {p for g in graph.groups for p in g.producers}
+    for name, why in graph.apart.items():  # a shared Conv or Dense, a nested model: in no group
+        if name not in named and isinstance(model.get_layer(name), (*PRODUCERS, *TRANSPOSED, keras.Model)):
+            left.append((name, why))
+            named.add(name)
     for layer in leaf_layers(model):  # layers of no group: their width stays, said
         if isinstance(layer, _KEEP_WIDTH) and layer.name not in named:
             left.append(

@@ -119,6 +119,8 @@ class Graph:
     # Layers the walk left whole (not understood, or shared): copied as they are, as their
     # weights need not index the layouts above (a depth multiplier, groups, channels_first).
     whole: set[str] = field(default_factory=set)
+    # Of those, the shared layers and nested models, which make no group: why, by name.
+    apart: dict[str, str] = field(default_factory=dict)
 
     def mask(self, layout: Layout, keep: dict[int, np.ndarray]) -> np.ndarray:
         """Which entries of ``layout`` survive when group g keeps the channels ``keep[g]``
@@ -221,6 +223,7 @@ def build(model: Any) -> Graph:
     inputs: dict[str, Layout] = {}
     outputs: dict[str, Layout] = {}
     whole: set[str] = set()
+    apart: dict[str, str] = {}
 
     def key(tensor: Any) -> tuple[str, int, int]:
         h = tensor._keras_history
@@ -237,6 +240,7 @@ def build(model: Any) -> Graph:
                 else f"layer {layer.name!r} is shared (called {len(nodes)} times)"
             )
             whole.add(layer.name)
+            apart[layer.name] = reason
             for node in nodes:
                 for t in node.keras_inputs:
                     if key(t) in layouts:
@@ -326,4 +330,4 @@ def build(model: Any) -> Graph:
         for space in _spaces(layout):
             if name not in groups[space_group[space.id]].consumers:
                 groups[space_group[space.id]].consumers.append(name)
-    return Graph(model, groups, space_group, inputs, outputs, whole)
+    return Graph(model, groups, space_group, inputs, outputs, whole, apart)
