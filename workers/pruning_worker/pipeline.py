@@ -215,8 +215,8 @@ def run(
     # Sparsity as the user will find it: measured on the downloaded file where it is a Keras model.
     measured = load_export(outputs[0][0], version_out) if main_format in KERAS_FILES else stripped
     measure.fill_sparsity(result, measured, set(chosen), recipe.layer_targets(spec.pruning, chosen, measured))
-    if chosen and (note := recipe.check_target(result, spec.pruning, uploaded)):
-        reporter.log(note, level="WARNING")
+    if chosen and (kept := recipe.check_target(result, spec.pruning, uploaded)):
+        reporter.log(kept, level="WARNING")
     for layer in result.layers:
         # sparser than asked with zeros of its own, kept: check_target's note tells of it
         already = layer.target_sparsity < layer.sparsity <= uploaded.get(layer.name, 0.0) + FAR_FROM_TARGET
