@@ -5,7 +5,7 @@ whether it can be pruned and (for Keras 3) translated to tf_keras."""
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from pruning.v1 import pruning_pb2 as pb
@@ -211,26 +211,29 @@ def mixed_policy(config: dict[str, Any]) -> bool:
     return _dtype(config).startswith("mixed_")
 
 
+def _layer_configs(node: Any) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(class name, config) of every object in a Keras configuration tree, nested ones included."""
+    if isinstance(node, list):
+        for value in node:
+            yield from _layer_configs(value)
+    elif isinstance(node, dict):
+        cls, cfg = node.get("class_name"), node.get("config")
+        if isinstance(cls, str) and isinstance(cfg, dict):
+            yield cls, cfg
+        for value in node.values():
+            yield from _layer_configs(value)
+
+
 def other_float_dtypes(config: Any) -> dict[str, str]:
     """The layers of a prunable class whose own dtype policy is a float other than float32
     (``float16``, ``bfloat16``, ``float64``), by name, with that dtype. Pruning takes them, but
     TFMOT's m-by-n masks are float32 and fail to assign to their kernels."""
     found: dict[str, str] = {}
-
-    def walk(node: Any) -> None:
-        if isinstance(node, list):
-            for value in node:
-                walk(value)
-        elif isinstance(node, dict):
-            cls, cfg = node.get("class_name"), node.get("config")
-            if cls in PRUNABLE and isinstance(cfg, dict) and "name" in cfg:
-                dtype = _dtype(cfg)
-                if dtype != "float32" and not dtype.startswith("mixed_"):
-                    found[str(cfg["name"])] = dtype
-            for value in node.values():
-                walk(value)
-
-    walk(config)
+    for cls, cfg in _layer_configs(config):
+        if cls in PRUNABLE and "name" in cfg:
+            dtype = _dtype(cfg)
+            if dtype != "float32" and not dtype.startswith("mixed_"):
+                found[str(cfg["name"])] = dtype
     return found
 
 
@@ -319,21 +322,11 @@ def axes_lost_by_the_keras3_loader(config: Any) -> list[tuple[str, str, Any]]:
     Keras 2 files would drop: a model that goes back to Keras 3 through that loader (channels
     removed, or a tf_keras upload asked back as Keras 3) fails there, after its training."""
     found: list[tuple[str, str, Any]] = []
-
-    def walk(node: Any) -> None:
-        if isinstance(node, list):
-            for value in node:
-                walk(value)
-        elif isinstance(node, dict):
-            cls, cfg = node.get("class_name"), node.get("config")
-            if cls in _AXIS_LAYERS and isinstance(cfg, dict) and "axis" in cfg:
-                axis = cfg["axis"]
-                if axis is None or (isinstance(axis, list | tuple) and len(axis) != 1):
-                    found.append((str(cfg.get("name")), str(cls), axis))
-            for value in node.values():
-                walk(value)
-
-    walk(config)
+    for cls, cfg in _layer_configs(config):
+        if cls in _AXIS_LAYERS and "axis" in cfg:
+            axis = cfg["axis"]
+            if axis is None or (isinstance(axis, list | tuple) and len(axis) != 1):
+                found.append((str(cfg.get("name")), str(cls), axis))
     return found
 
 
