@@ -140,12 +140,32 @@ class Upload(BlobWriter):
         """The sha256 the client announced (the commit still checks what arrived)."""
 
 
+class _Spare:
+    """Read-ahead chunks the downloads of a process share beyond the one each has in flight:
+    a download whose client stopped reading holds what it read ahead until the idle timeout
+    ends it, so many such downloads would hold ``readahead`` chunks each. Taken and given on
+    the event loop's thread only."""
+
+    def __init__(self, total: int):
+        self.left = total
+
+    def take(self) -> bool:
+        if self.left <= 0:
+            return False
+        self.left -= 1
+        return True
+
+    def give(self, n: int) -> None:
+        self.left += n
+
+
 class LocalStore(BlobStore):
     """The artifact store in one directory (the embedded default)."""
 
-    def __init__(self, root: os.PathLike | str, readahead: int = 4, direct: bool = True):
+    def __init__(self, root: os.PathLike | str, readahead: int = 4, direct: bool = True, readahead_total: int = 32):
         super().__init__(root, direct)
         self.readahead = readahead
+        self.spare = _Spare(readahead_total)
 
     def writer(self) -> Upload:
         return Upload(self)
@@ -195,23 +215,30 @@ class LocalStore(BlobStore):
         frame: Frame | None = None,
     ) -> AsyncIterator[bytes]:
         """The blob's bytes from ``offset`` in chunks of ``chunk``, read ahead off the event
-        loop (``readahead`` positional reads in flight); ``size``, when known, spares a request.
-        With ``frame``, each chunk comes as ``frame(its offset, its bytes)``, built in the
-        reading thread (a download's serialized message)."""
+        loop (up to ``readahead`` positional reads in flight: one, and more while the store's
+        shared spare allows); ``size``, when known, spares a request. With ``frame``, each
+        chunk comes as ``frame(its offset, its bytes)``, built in the reading thread (a
+        download's serialized message)."""
         fd = os.open(self.path(artifact_id), os.O_RDONLY)
+        held = 0  # spare chunks taken: the reads in flight beyond the first
+        pending: collections.deque[asyncio.Future[bytes]] = collections.deque()
         try:
             loop = asyncio.get_running_loop()
-            pending: collections.deque[asyncio.Future[bytes]] = collections.deque()
             position = offset
             while True:
-                while len(pending) < self.readahead:
+                while not pending or (len(pending) < self.readahead and self.spare.take()):
+                    held += bool(pending)
                     pending.append(loop.run_in_executor(None, _pread, fd, chunk, position, frame))
                     position += chunk
                 data = await pending.popleft()
+                if held > max(0, len(pending) - 1):
+                    self.spare.give(1)
+                    held -= 1
                 if not data:
                     break
                 yield data
         finally:
+            self.spare.give(held)
             for future in pending:
                 future.cancel()
             await asyncio.gather(*pending, return_exceptions=True)  # no read left on a closed fd
@@ -369,7 +396,7 @@ class S3Store(LocalStore):
         readahead: int = 4,
         direct: bool = True,
     ):
-        super().__init__(root, readahead, direct)
+        super().__init__(root, readahead, direct, 0)  # its downloads stream one ranged GET
         self.objects = objects
         self.part_size = part_size
         self.max_concurrency = max_concurrency
@@ -772,4 +799,9 @@ def open_store(settings: Settings) -> LocalStore:
     """The artifact store the settings name: ``local`` (``artifacts_path``) or ``s3``."""
     if settings.artifact_store == "s3":
         return S3Store.from_settings(settings)
-    return LocalStore(settings.artifacts_path, settings.download_readahead, settings.direct_writes)
+    return LocalStore(
+        settings.artifacts_path,
+        settings.download_readahead,
+        settings.direct_writes,
+        settings.download_readahead_total,
+    )

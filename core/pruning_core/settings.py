@@ -258,7 +258,13 @@ class Settings(BaseSettings):
         "(by the S3 server's clock), and so frees their parts: a dropped upload whose abort the store did not "
         "answer, or a killed server's. Keep it above the longest upload",
     )
-    download_readahead: int = Field(4, description="chunks a download reads ahead of what gRPC has sent")
+    download_readahead: int = Field(4, ge=1, description="chunks a download reads ahead of what gRPC has sent")
+    download_readahead_total: int = Field(
+        32,
+        ge=0,
+        description="chunks all downloads of a server process read ahead together beyond one each: many "
+        "downloads whose clients stopped reading held download_readahead chunks each until their idle timeout",
+    )
     http2_bdp_probe: bool = Field(
         False,
         description="let gRPC grow each stream's HTTP/2 window by its bandwidth-delay estimate; off keeps "

@@ -133,3 +133,33 @@ def test_a_write_failing_midway_is_discarded_without_keeping_the_file_open(tmp_p
     after = set(os.listdir("/proc/self/fd"))
     assert after <= before  # no descriptor left on the removed file
     assert writer._lock == -1 and writer._file.fd == -1
+
+
+def test_downloads_read_ahead_from_a_shared_spare_and_give_it_back():
+    """A download whose client stopped reading held ``readahead`` chunks until its idle
+    timeout: 200 of them grew the server by 475 MiB (bench/bench_stalled_downloads.py). Reads
+    beyond one in flight now come from a spare all downloads share, given back as they end."""
+    import asyncio
+    import tempfile
+
+    async def scenario(root):
+        store = LocalStore(root, readahead=4, direct=False, readahead_total=3)
+        data = os.urandom(10 * 4096 + 123)
+        writer = store.writer()
+        writer.write(data)
+        artifact = writer.commit()
+        readers = [store.read(artifact, chunk=4096) for _ in range(3)]
+        firsts = [await anext(reader) for reader in readers]  # each then stalls, as a client that stops reading
+        assert firsts == [data[:4096]] * 3
+        assert 0 <= store.spare.left < 3  # the first reader took spare chunks; none went below zero
+        whole = b"".join([firsts[0]] + [chunk async for chunk in readers[0]])
+        assert whole == data
+        for reader in readers[1:]:
+            await reader.aclose()
+        assert store.spare.left == 3  # all given back
+        store.spare.left = 0  # no spare at all: one read in flight, every byte still comes
+        assert b"".join([chunk async for chunk in store.read(artifact, 1000, chunk=4096)]) == data[1000:]
+        assert store.spare.left == 0
+
+    with tempfile.TemporaryDirectory() as root:
+        asyncio.run(scenario(root))
