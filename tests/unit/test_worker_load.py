@@ -167,3 +167,16 @@ def test_keras_s_slow_callback_warning_about_the_service_s_own_callbacks_is_drop
     other = tf_log.makeRecord("tensorflow", logging.WARNING, __file__, 1, "something else", (), None)
     assert not all(f.filter(slow) for f in tf_log.filters)
     assert all(f.filter(other) for f in tf_log.filters)
+
+
+def test_a_path_right_after_a_sentence_s_full_stop_is_hidden_too():
+    """TFLite's converter runs its sentence into the worker's path: "...FlatBuffer./srv/.venv/bin/celery"."""
+    from pruning_worker.runner import clean_line
+
+    line = clean_line(
+        "ConverterError: Could not translate MLIR to FlatBuffer./work/main/.venv/bin/celery:10:1: error: "
+        "'tf.MaxPool3D' op is neither a custom op nor a flex op",
+        300,
+    )
+    assert "/work" not in line and ".venv" not in line
+    assert line.startswith("ConverterError: Could not translate MLIR to FlatBuffer.<path>/celery:10:1: error:")

@@ -16,6 +16,7 @@ from pruning.v1 import pruning_pb2 as pb
 from pruning_core import formats
 
 from . import tferrors
+from .errors import JobInputError
 
 KERAS_FILES = (pb.EXPORT_FORMAT_KERAS, pb.EXPORT_FORMAT_H5)
 
@@ -90,5 +91,31 @@ def export(
             if fmt == pb.EXPORT_FORMAT_TFLITE_INT8:
                 converter.optimizations = [tf.lite.Optimize.DEFAULT]
                 converter.representative_dataset = _representative(model, x_sample)
-            path.write_bytes(converter.convert())
+            path.write_bytes(_converted(converter, formats.export(fmt).name))
     return path
+
+
+TFLITE_FORMATS = (pb.EXPORT_FORMAT_TFLITE, pb.EXPORT_FORMAT_TFLITE_INT8)
+
+
+def _converted(converter: Any, name: str) -> bytes:
+    """The converter's flatbuffer; what the model cannot become in TFLite (an op with no
+    TFLite kernel, a dynamic shape its passes need static) is the model's, named as such."""
+    from tensorflow.lite.python.convert_phase import ConverterError
+
+    try:
+        return bytes(converter.convert())
+    except ConverterError as exc:
+        raise JobInputError(
+            f"spec.export.formats: {name}: the model does not convert to TFLite ({tferrors.root_cause(exc)}); "
+            "drop the format or replace the layer"
+        ) from exc
+
+
+def check_tflite(model: Any, formats_asked: Any) -> None:
+    """Converts the model as uploaded to TFLite when a TFLite export is asked for, so that a
+    model TFLite cannot take fails the job before fine-tuning, not after it: pruning changes
+    no operation the converter sees."""
+    asked = [f for f in formats_asked if f in TFLITE_FORMATS]
+    if asked:
+        _converted(tf.lite.TFLiteConverter.from_keras_model(model), formats.export(asked[0]).name)

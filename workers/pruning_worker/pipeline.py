@@ -24,7 +24,7 @@ from . import distill, measure, recipe, report, safe_load, sensitivity, tferrors
 from .callbacks import HistoryCallback, ProgressCallback, Reporter, early_stopping
 from .errors import Cancelled, OutcomeError
 from .evaluate import evaluate
-from .export import KERAS_FILES, as_keras3, export, load_export
+from .export import KERAS_FILES, as_keras3, check_tflite, export, load_export
 from .inputs import Inputs, by_output, check, check_split, head, length, output_activations, output_units
 from .losses import JobLoss
 from .measure import device_name
@@ -88,6 +88,7 @@ def run(
         baseline3 = loaded.original if loaded.original is not None else as_keras3(model, None, workdir)
     baseline_file = export(model, main_format, workdir / "baseline", x_train, baseline3)
     result.size_before.CopyFrom(measure.sizes(baseline_file))
+    check_tflite(model, spec.export.formats)  # before any training: pruning changes no TFLite op
 
     if not t.skip_baseline:
         reporter.phase(Phase.BASELINE, f"evaluating the baseline on {length(x_test)} test samples")

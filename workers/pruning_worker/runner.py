@@ -204,7 +204,8 @@ class Reporter:
 
 
 _INPUT_ERROR_CHARS = 500  # input errors name the cause, as tferrors.root_cause cuts it
-_PATH = re.compile(r"(?<![\w.-])(?:[A-Za-z]:)?(?:[\\/][^\s'\"\\/:,;()\[\]]+){2,}")
+# after a word, a '.' ends a sentence: TFLite's converter runs "...FlatBuffer./srv/.venv/bin/celery:10:1"
+_PATH = re.compile(r"(?<![\w-])(?:[A-Za-z]:)?(?:[\\/][^\s'\"\\/:,;()\[\]]+){2,}")
 _URL = re.compile(r"\b[a-z][a-z0-9+.-]*://[^\s'\"]+")  # an S3 endpoint's, say: the deployment's, not the tenant's
 
 

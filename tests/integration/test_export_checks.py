@@ -1,0 +1,50 @@
+"""A model an asked-for export cannot take fails its job before fine-tuning, as the model's
+fault (INVALID_ARGUMENT naming spec.export.formats), not after it as INTERNAL with the
+converter's raw text and the worker's paths."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pruning_client import JobFailed, constant_sparsity, job_spec
+
+pytestmark = pytest.mark.integration
+
+
+def test_a_model_tflite_cannot_take_fails_before_fine_tuning_naming_the_format(client, worker, tmp_path):
+    import keras
+
+    layers = keras.layers
+    model = keras.Sequential(
+        [keras.Input((6, 6, 6, 1)), layers.Conv3D(4, 3, activation="relu"), layers.MaxPooling3D(2), layers.Flatten()]
+        + [layers.Dense(4, name="logits")],
+        name="conv3d_pool",
+    )
+    model.save(tmp_path / "m.keras")
+    rng = np.random.default_rng(0)
+    np.savez(
+        tmp_path / "data.npz",
+        x_train=rng.normal(size=(64, 6, 6, 6, 1)).astype("float32"),
+        y_train=rng.integers(0, 4, 64),
+        x_test=rng.normal(size=(16, 6, 6, 6, 1)).astype("float32"),
+        y_test=rng.integers(0, 4, 16),
+    )
+    spec = job_spec(
+        client.upload_model(tmp_path / "m.keras").id,
+        dataset=client.upload_dataset(tmp_path / "data.npz").id,
+        schedule=constant_sparsity(0.5, frequency=1),
+        epochs=1,
+        batch_size=16,
+        exports=("keras", "tflite"),
+        report=False,
+    )
+    job = client.submit(spec)
+    with pytest.raises(JobFailed) as failed:
+        job.result(timeout=300)
+    error = failed.value.job.error
+    assert failed.value.job_code == error.code == 3  # INVALID_ARGUMENT: the model's, not the service's
+    assert error.message.startswith("spec.export.formats: tflite: the model does not convert to TFLite")
+    assert "MaxPool3D" in error.message and "/work" not in error.message and "celery" not in error.message
+    phases = {e.progress.phase for e in job.watch(after_event_id="") if e.WhichOneof("kind") == "progress"}
+    assert "fine_tune" not in phases
