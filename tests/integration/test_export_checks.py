@@ -16,11 +16,8 @@ def test_a_model_tflite_cannot_take_fails_before_fine_tuning_naming_the_format(c
     import keras
 
     layers = keras.layers
-    model = keras.Sequential(
-        [keras.Input((6, 6, 6, 1)), layers.Conv3D(4, 3, activation="relu"), layers.MaxPooling3D(2), layers.Flatten()]
-        + [layers.Dense(4, name="logits")],
-        name="conv3d_pool",
-    )
+    stack = [keras.Input((6, 6, 6, 1)), layers.Conv3D(4, 3, activation="relu"), layers.MaxPooling3D(2)]
+    model = keras.Sequential([*stack, layers.Flatten(), layers.Dense(4, name="logits")], name="conv3d_pool")
     model.save(tmp_path / "m.keras")
     rng = np.random.default_rng(0)
     np.savez(
