@@ -54,9 +54,9 @@ def redacted_url(url: str) -> str:
 
 
 def listen_address(value: str) -> str:
-    """``host:port`` (``[v6]:port``, ``:port``) or a gRPC ``unix:`` address as given, or a bare
-    port as ``127.0.0.1:port``; raises ValueError for anything else (a URL, a missing or
-    malformed port)."""
+    """``host:port`` (``[v6]:port``) or a gRPC ``unix:`` address as given, ``:port`` as
+    ``[::]:port`` (every interface: gRPC takes no empty host), or a bare port as
+    ``127.0.0.1:port``; raises ValueError for anything else (a URL, a missing or malformed port)."""
     text = value.strip()
     if text.startswith(("unix:", "unix-abstract:")) and len(text) > text.index(":") + 1:
         return text
@@ -65,7 +65,7 @@ def listen_address(value: str) -> str:
     _, colon, port = text.rpartition(":")
     if not (colon and "/" not in text and port.isascii() and port.isdigit() and int(port) <= 65535):
         raise ValueError(f"must be host:port (such as 127.0.0.1:50051, [::]:50051, or a bare port), got {value!r}")
-    return text
+    return f"[::]{text}" if text.startswith(":") else text
 
 
 class Settings(BaseSettings):

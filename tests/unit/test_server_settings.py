@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import platform
 import subprocess
 import sys
@@ -113,7 +114,7 @@ def test_tls_needs_both_files_and_files(monkeypatch, tmp_path):
         ("47312", "127.0.0.1:47312"),
         ("0.0.0.0:50051", "0.0.0.0:50051"),
         ("[::]:50051", "[::]:50051"),
-        (":50051", ":50051"),
+        (":50051", "[::]:50051"),  # gRPC takes no empty host: it failed to bind, told as "in use"
         ("unix:/run/pruning.sock", "unix:/run/pruning.sock"),
     ],
 )
@@ -123,6 +124,12 @@ def test_a_listen_address_is_host_and_port_or_a_bare_port(given, taken, monkeypa
     assert listen_address(given) == taken
     monkeypatch.setenv("PRUNING_LISTEN", given)
     assert Settings().listen == taken
+    if not taken.startswith("unix:"):  # gRPC binds it, on a free port
+        import grpc
+
+        server = grpc.server(concurrent.futures.ThreadPoolExecutor(1))
+        assert server.add_insecure_port(taken.rsplit(":", 1)[0] + ":0") > 0
+        server.stop(None)
 
 
 @pytest.mark.parametrize("given", ["localhost", "host:notaport", "http://127.0.0.1:50051", "unix:", "h:70000"])
