@@ -129,6 +129,7 @@ class ModelInfo:
     mixed_precision: list[str] = field(default_factory=list)  # layers computing in float16 or bfloat16
     left_whole: dict[str, str] = field(default_factory=dict)  # prunable-class layers no job prunes -> why
     other_dtypes: dict[str, str] = field(default_factory=dict)  # prunable-class layers in float16/64 -> dtype
+    h5_mask: str = ""  # what makes a padding mask Keras 3 writes into an .h5 it cannot read (preflight.h5_mask)
     kernel_inputs: dict[str, int] = field(default_factory=dict)  # layer -> its kernel's input channels
     # layers whose axis Keras 3's loader of Keras 2 files drops: [name, class, axis]
     axes_lost: list[list[Any]] = field(default_factory=list)
@@ -140,6 +141,7 @@ class ModelInfo:
             "mixed_precision": self.mixed_precision,
             "left_whole": self.left_whole,
             "other_dtypes": self.other_dtypes,
+            "h5_mask": self.h5_mask,
             "axes_lost": self.axes_lost,
             "kernel_inputs": self.kernel_inputs,
             "input_shape": self.input_shape,
@@ -339,6 +341,12 @@ def check_model_config(
             )
         for name, cls, problem in options:
             refused.append(f"layer {name[:60]!r} of class {cls}: {problem}; refused")
+        if fmt == "h5" and (mask := preflight.h5_mask(config, version)):
+            refused.append(
+                f"the model's padding mask is stored as the operation {mask[:60]!r}, which Keras 3 cannot read back "
+                "from an .h5 file (a functional model with Embedding(mask_zero=True) or Masking): save it as .keras; "
+                "refused"
+            )
     if refused.problems:
         raise ModelRejected(refused.problems[0], more=refused.problems[1:], unlisted=refused.unlisted)
     summary = preflight.summarize(config, layers, weights or [], version, version_string)
@@ -351,6 +359,7 @@ def check_model_config(
         mixed_precision=mixed,
         left_whole=preflight.left_whole(config, version),
         other_dtypes=preflight.other_float_dtypes(config),
+        h5_mask=preflight.h5_mask(config, version),
         axes_lost=[list(found) for found in preflight.axes_lost_by_the_keras3_loader(config)],
         kernel_inputs=preflight.kernel_inputs(config, layers, weights or []),
     )

@@ -197,6 +197,7 @@ def check(spec: pb.JobSpec, model_info: dict[str, Any], data: DatasetFacts) -> l
         )
     out += _m_by_n_dtypes_fit(spec, model_info)
     out += _structured_layers_reachable(spec, model_info)
+    out += _h5_export_loads(spec, model_info)
     out += _labels_fit(spec, _summary(model_info).outputs, data)
     out += _keras3_loader_fits(spec, model_info)
     layers = _summary(model_info).layers
@@ -412,6 +413,23 @@ def _structured_layers_reachable(spec: pb.JobSpec, model_info: dict[str, Any]) -
         if why:
             out.append((f"spec.pruning.structured.layer_ratios[{name}]", f"{name!r} {why}"))
     return out
+
+
+def _h5_export_loads(spec: pb.JobSpec, model_info: dict[str, Any]) -> list[Violation]:
+    """An .h5 export in Keras 3 of a functional model with a padding mask: Keras 3 writes the
+    mask as an operation its own .h5 loader does not know, and the job handed back a file that
+    loads nowhere."""
+    mask = model_info.get("h5_mask") or ""
+    version_out = spec.export.keras_version or int(model_info.get("keras_version") or 2)
+    if not mask or version_out != 3 or pb.EXPORT_FORMAT_H5 not in spec.export.formats:
+        return []
+    return [
+        (
+            "spec.export.formats",
+            f"h5: Keras 3 writes the padding mask of {mask!r} into an .h5 file as an operation it cannot read "
+            "back; export keras instead, or ask for Keras 2 files (export keras_version 2)",
+        )
+    ]
 
 
 def _m_by_n_dtypes_fit(spec: pb.JobSpec, model_info: dict[str, Any]) -> list[Violation]:

@@ -224,6 +224,21 @@ def _layer_configs(node: Any) -> Iterator[tuple[str, dict[str, Any]]]:
             yield from _layer_configs(value)
 
 
+def h5_mask(config: Any, keras_version: int) -> str:
+    """The name of what makes a padding mask that Keras 3 writes into an .h5 file as an
+    operation (``not_equal``, ``any``) its own loader of .h5 files does not know, or "": a
+    functional model's Embedding(mask_zero=True) or Masking, seen in a Keras 3 configuration
+    by the operations recorded, in a tf_keras one by the layers (Keras 3 rebuilds the model)."""
+    masks = []
+    for cls, cfg in _layer_configs(config):
+        if cls in MASK_OPERATIONS:
+            return str(cfg.get("name", cls))
+        if (cls == "Embedding" and cfg.get("mask_zero")) or cls == "Masking":
+            masks.append(str(cfg.get("name", cls)))
+    sequential = isinstance(config, dict) and config.get("class_name") == "Sequential"
+    return masks[0] if masks and keras_version == 2 and not sequential else ""
+
+
 def other_float_dtypes(config: Any) -> dict[str, str]:
     """The layers of a prunable class whose own dtype policy is a float other than float32
     (``float16``, ``bfloat16``, ``float64``), by name, with that dtype. Pruning takes them, but

@@ -92,3 +92,20 @@ def test_a_tflite_exports_own_test_accuracy_is_measured_on_the_file(tmp_path):
     assert tflite_accuracy(float_file, x, y + 0.5) is None  # not class labels
     one = keras.Sequential([keras.layers.InputLayer(input_shape=(6,)), keras.layers.Dense(1)])
     assert tflite_accuracy(export(one, pb.EXPORT_FORMAT_TFLITE, tmp_path / "one", x), x, y) is None
+
+
+def test_a_keras_file_that_does_not_load_back_fails_naming_its_format(tmp_path):
+    """The worker loads every .keras and .h5 export back before the job succeeds: Keras 3 wrote
+    an .h5 of a masked functional model that its own loader refuses, and the job handed it over."""
+    import keras
+
+    from pruning_worker.errors import JobInputError
+    from pruning_worker.export import load_export
+
+    inputs = keras.Input((3,), dtype="int32")
+    pooled = keras.layers.GlobalAveragePooling1D()(keras.layers.Embedding(10, 4, mask_zero=True)(inputs))
+    keras.Model(inputs, keras.layers.Dense(2)(pooled)).save(tmp_path / "m.h5")
+    with pytest.raises(
+        JobInputError, match=r"^spec\.export\.formats: h5: the written file does not load back in Keras 3"
+    ):
+        load_export(tmp_path / "m.h5", 3, "h5")

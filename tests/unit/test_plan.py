@@ -586,3 +586,48 @@ def test_structured_ratios_for_a_layer_inside_a_nested_tf_keras_model_are_refuse
     ((field, text),) = check({"in_d1": 0.5})
     assert field == "spec.pruning.structured.layer_ratios[in_d1]" and "nested in the tf_keras model" in text
     assert check({"outer_d": 0.5}) == []
+
+
+def _masked(keras, functional=True):
+    layers = keras.layers
+    if not functional:
+        stack = [keras.Input((3,), dtype="int32"), layers.Embedding(10, 4, mask_zero=True), layers.LSTM(4)]
+        return keras.Sequential([*stack, layers.Dense(4, name="out")])
+    inputs = keras.Input((3,), dtype="int32")
+    pooled = layers.GlobalAveragePooling1D()(layers.Embedding(10, 4, mask_zero=True, name="tokens")(inputs))
+    return keras.Model(inputs, layers.Dense(4, name="out")(pooled))
+
+
+@pytest.mark.parametrize("keras_version", [2, 3])
+def test_an_h5_export_keras_3_cannot_read_back_is_refused_at_submit(tmp_path, keras_version):
+    """Keras 3 writes a functional model's padding mask into an .h5 as an operation
+    (NotEqual) its own .h5 loader does not know: the job succeeded with a file nothing loads."""
+    if keras_version == 3:
+        import keras
+    else:
+        import tf_keras as keras
+    data = {"x_train": np.ones((8, 3), "int32"), "y_train": np.arange(8) % 4}
+    data |= {"x_test": np.ones((4, 3), "int32"), "y_test": np.arange(4) % 4}
+    facts = _facts(tmp_path, **data)
+    _masked(keras).save(tmp_path / "m.keras")
+    info = modelcheck.inspect_model(tmp_path / "m.keras", 1 << 30).to_dict()
+    assert info["h5_mask"].startswith("not_equal" if keras_version == 3 else "tokens")  # Keras 3 numbers its ops
+    ((field, text),) = _violations(info, facts, exports=("keras", "h5"), keras_version=3)
+    assert field == "spec.export.formats" and text.startswith("h5: Keras 3 writes the padding mask")
+    assert _violations(info, facts, exports=("keras", "h5"), keras_version=2) == []  # tf_keras writes it whole
+    assert _violations(info, facts, exports=("keras",), keras_version=3) == []
+    _masked(keras, functional=False).save(tmp_path / "seq.keras")  # a Sequential records no mask operation
+    info = modelcheck.inspect_model(tmp_path / "seq.keras", 1 << 30).to_dict()
+    assert info["h5_mask"] == "" and _violations(info, facts, exports=("keras", "h5"), keras_version=3) == []
+
+
+def test_a_keras_3_h5_upload_holding_a_mask_operation_is_refused_at_upload(tmp_path):
+    """Such a file passed the upload and the dry run and failed the job at load, with advice
+    about custom objects the user never wrote."""
+    import keras
+
+    _masked(keras).save(tmp_path / "m.h5")
+    with pytest.raises(modelcheck.ModelRejected, match=r"operation 'not_equal(_\d+)?'.*save it as \.keras"):
+        modelcheck.inspect_model(tmp_path / "m.h5", 1 << 30)
+    _masked(keras).save(tmp_path / "m.keras")
+    modelcheck.inspect_model(tmp_path / "m.keras", 1 << 30)  # the same model as .keras is taken

@@ -39,13 +39,23 @@ def as_keras3(model: Any, like: Any, workdir: pathlib.Path) -> Any:
     return keras3.saving.load_model(path, compile=False)
 
 
-def load_export(path: pathlib.Path, keras_version: int) -> Any:
-    """A written .keras or .h5 export loaded back as its user will load it."""
-    if keras_version == 3:
-        import keras as keras3
+def load_export(path: pathlib.Path, keras_version: int, name: str = "") -> Any:
+    """A written .keras or .h5 export loaded back as its user will load it. With ``name`` (the
+    format's), a file that does not load fails the job naming the format, not INTERNAL: the
+    service never hands back a file nothing reads."""
+    try:
+        if keras_version == 3:
+            import keras as keras3
 
-        return keras3.saving.load_model(path, compile=False)
-    return keras.models.load_model(path, compile=False)
+            return keras3.saving.load_model(path, compile=False)
+        return keras.models.load_model(path, compile=False)
+    except Exception as exc:
+        if not name:
+            raise
+        raise JobInputError(
+            f"spec.export.formats: {name}: the written file does not load back in Keras {keras_version} "
+            f"({tferrors.root_cause(exc)}); export another format"
+        ) from exc
 
 
 def _representative(model: Any, x: Any, n: int = 200) -> Any:

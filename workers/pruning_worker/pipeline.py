@@ -213,8 +213,14 @@ def run(
     for i, fmt in enumerate(spec.export.formats):
         reporter.check_between_steps()  # the time limit holds through the exports and the report too
         outputs.append((export(stripped, fmt, workdir / f"pruned_{i}", x_train, stripped3), formats.export(fmt).name))
-    # Sparsity as the user will find it: measured on the downloaded file where it is a Keras model.
-    measured = load_export(outputs[0][0], version_out) if main_format in KERAS_FILES else stripped
+    # Every Keras file loads back as its user will load it (Keras 3 wrote .h5 files its own
+    # loader refuses); sparsity as the user will find it: measured on the first such file.
+    reloaded = [
+        load_export(path, version_out, name)
+        for (path, name), fmt in zip(outputs, spec.export.formats)
+        if fmt in KERAS_FILES
+    ]
+    measured = reloaded[0] if main_format in KERAS_FILES else stripped
     measure.fill_sparsity(result, measured, set(chosen), recipe.layer_targets(spec.pruning, chosen, measured))
     if chosen and (kept := recipe.check_target(result, spec.pruning, uploaded)):
         reporter.log(kept, level="WARNING")
