@@ -405,13 +405,36 @@ _OUT_OF_SURGERY = {
 
 def _structured_layers_reachable(spec: pb.JobSpec, model_info: dict[str, Any]) -> list[Violation]:
     """``structured.layer_ratios`` naming a layer channel surgery cannot reach: the upload's
-    layer list has it, so validation let it through, and the job failed 'no layer' after loading."""
+    layer list has it, so validation let it through, and the job failed 'no layer' after loading.
+    A structured-only job on a model with no layer to shrink at all (its only Conv or Dense is
+    the output): the job would end at its first step having removed nothing."""
     whole = model_info.get("left_whole") or {}
     out: list[Violation] = []
     for name in sorted(spec.pruning.structured.layer_ratios):
         why = _OUT_OF_SURGERY.get(whole.get(name, ""))
         if why:
             out.append((f"spec.pruning.structured.layer_ratios[{name}]", f"{name!r} {why}"))
+    p, layers = spec.pruning, model_info.get("layers") or []
+    if p.HasField("structured") and not p.HasField("schedule") and layers:
+        outputs = {o.name for o in _summary(model_info).outputs}
+        makers = [(kind, name) for kind, name in layers if kind in validation.CHANNEL_MAKERS]
+        cut = [
+            name
+            for kind, name in makers
+            if name not in outputs
+            and whole.get(name) not in ("frozen", *_OUT_OF_SURGERY)
+            and validation.selected(kind, name, p.layers)
+        ]
+        if not cut:
+            kept = ", ".join(name for _, name in makers[:5]) or "none"
+            out.append(
+                (
+                    "spec.pruning.structured",
+                    "the model has no Conv or Dense layer whose channels structured pruning can remove (a model "
+                    f"output, a frozen or nested layer or one not selected keeps its width; its Conv and Dense: {kept}); "
+                    "prune weights with a schedule instead",
+                )
+            )
     return out
 
 

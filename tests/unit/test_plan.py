@@ -631,3 +631,30 @@ def test_a_keras_3_h5_upload_holding_a_mask_operation_is_refused_at_upload(tmp_p
         modelcheck.inspect_model(tmp_path / "m.h5", 1 << 30)
     _masked(keras).save(tmp_path / "m.keras")
     modelcheck.inspect_model(tmp_path / "m.keras", 1 << 30)  # the same model as .keras is taken
+
+
+def test_a_structured_only_job_on_a_model_with_no_layer_to_shrink_is_refused_at_submit(tmp_path):
+    """Embedding -> GRU -> Dense (the output): the job fine-tuned the model unchanged and
+    SUCCEEDED with a larger file."""
+    import keras
+
+    inputs = keras.Input((3,), dtype="int32")
+    hidden = keras.layers.GRU(4, name="gru")(keras.layers.Embedding(10, 4, name="tokens")(inputs))
+    keras.Model(inputs, keras.layers.Dense(4, name="out")(hidden)).save(tmp_path / "m.keras")
+    info = modelcheck.inspect_model(tmp_path / "m.keras", 1 << 30).to_dict()
+    data = {"x_train": np.ones((8, 3), "int32"), "y_train": np.arange(8) % 4}
+    facts = _facts(tmp_path, **(data | {"x_test": np.ones((4, 3), "int32"), "y_test": np.arange(4) % 4}))
+
+    def check(**kwargs):
+        return plan.check(validation.with_defaults(job_spec("a" * 64, **kwargs)), info, facts)
+
+    ((field, text),) = check(schedule=None, structured=specs.structured(0.5))
+    assert field == "spec.pruning.structured" and "its Conv and Dense: out" in text
+    weights = check(schedule=polynomial_decay(0.5, 0.8), structured=specs.structured(0.5))
+    assert weights == []  # with weight pruning there is work to do
+    hidden = keras.layers.Dense(8, name="hidden")(keras.layers.Flatten()(keras.layers.Embedding(10, 4)(inputs)))
+    keras.Model(inputs, keras.layers.Dense(4, name="out")(hidden)).save(tmp_path / "m.keras")
+    info = modelcheck.inspect_model(tmp_path / "m.keras", 1 << 30).to_dict()
+    assert check(schedule=None, structured=specs.structured(0.5)) == []  # a hidden Dense to shrink
+    ((field, text),) = check(schedule=None, structured=specs.structured(0.5), exclude_layers=["hidden"])
+    assert field == "spec.pruning.structured" and "its Conv and Dense: hidden, out" in text

@@ -22,7 +22,7 @@ from pruning_core.phases import Phase
 
 from . import distill, measure, recipe, report, safe_load, sensitivity, tferrors
 from .callbacks import HistoryCallback, ProgressCallback, Reporter, early_stopping
-from .errors import Cancelled, OutcomeError
+from .errors import Cancelled, JobInputError, OutcomeError
 from .evaluate import evaluate
 from .export import KERAS_FILES, as_keras3, check_tflite, export, load_export
 from .inputs import Inputs, by_output, check, check_split, head, length, output_activations, output_units
@@ -128,6 +128,11 @@ def run(
         if not structured.groups_pruned:  # why, from each layer's own reason
             why = "; ".join(f"{x.name}: {x.reason}" for x in structured.left_whole[:6]) or "no layer can shrink"
             more = f" (and {len(structured.left_whole) - 6} more)" if len(structured.left_whole) > 6 else ""
+            if not spec.pruning.HasField("schedule"):  # nothing else to do: fail now, not after fine-tuning
+                raise JobInputError(
+                    f"spec.pruning.structured: structured pruning can remove no channel of this model ({why}{more}), "
+                    "and the job prunes nothing else: change the ratios, round_to or min_channels, or add a schedule"
+                )
             reporter.log(f"structured pruning removed no channel: {why}{more}", level="WARNING")
         _split_after_surgery(model, spec, reporter)
 
