@@ -218,6 +218,32 @@ def misc3d_model() -> Any:
     return keras.Model(inputs, outputs, name="misc3d")
 
 
+def autoencoder_model() -> Any:
+    """Convolutional autoencoders' resizing layers: UpSampling and Cropping in 1, 2 and 3
+    dimensions (nearest and bilinear), spatial dropout, Conv1D/Conv2DTranspose decoders."""
+    image = keras.Input((8, 8, 2), name="image")
+    x = L.Conv2D(4, 3, strides=2, padding="same", activation="relu")(image)
+    x = L.SpatialDropout2D(0.1)(x)
+    x = L.UpSampling2D(2)(x)
+    x = L.Conv2DTranspose(4, 3, padding="same")(x)
+    x = L.UpSampling2D(2, interpolation="bilinear")(x)
+    x = L.Cropping2D(((1, 2), (3, 0)))(x)
+    a = L.GlobalAveragePooling2D()(x)
+    signal = keras.Input((10, 3), name="signal")
+    y = L.Conv1D(4, 3, padding="same", activation="relu")(signal)
+    y = L.SpatialDropout1D(0.1)(y)
+    y = L.UpSampling1D(3)(y)
+    y = L.Cropping1D((2, 1))(y)
+    b = L.GlobalMaxPooling1D()(L.Conv1D(4, 3)(y))
+    volume = keras.Input((2, 4, 4, 1), name="volume")
+    z = L.UpSampling3D((1, 2, 2))(L.Conv3D(2, 1)(volume))
+    z = L.SpatialDropout3D(0.1)(z)
+    z = L.Cropping3D(((0, 1), (1, 1), (2, 0)))(z)
+    c = L.GlobalAveragePooling3D()(z)
+    outputs = L.Dense(3)(L.Concatenate()([a, b, c]))
+    return keras.Model([image, signal, volume], outputs, name="autoencoder")
+
+
 def arithmetic_model() -> Any:
     """Arithmetic on tensors, which Keras 3 saves as operations, not layers: pixels / 255 and
     a shift, a residual h + r, a gate a * b, a difference and a scaled branch."""
@@ -247,6 +273,7 @@ BUILDERS: dict[str, Callable[[], Any]] = {
     "preprocessing": preprocessing_model,
     "misc2d": misc2d_model,
     "misc3d": misc3d_model,
+    "autoencoder": autoencoder_model,
     "arithmetic": arithmetic_model,
 }
 
@@ -284,3 +311,4 @@ nested = _file_builder("nested")
 preprocessing = _file_builder("preprocessing")
 misc2d = _file_builder("misc2d")
 misc3d = _file_builder("misc3d")
+autoencoder = _file_builder("autoencoder")

@@ -24,6 +24,7 @@ FAMILIES = [
     "two_in_two_out",
     "dict_outputs",
     "nested",
+    "autoencoder",
     "preprocessing",
     "arithmetic",
 ]

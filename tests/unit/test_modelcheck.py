@@ -284,7 +284,7 @@ def test_every_kind_of_problem_comes_back_in_one_answer():
     config = sequential(
         layer("InputLayer", "in", batch_shape=[None, 8, 8, 1]),
         layer("Lambda", "lam", function="..."),
-        layer("UpSampling2D", "up"),
+        layer("UnitNormalization", "up"),
         layer("GaussianNoise", "noise", stddev=0.1),
         layer("Dense", "dé 1"),
         layer("Dense", "dé 2"),
@@ -296,7 +296,7 @@ def test_every_kind_of_problem_comes_back_in_one_answer():
     assert "'lam' (Lambda)" in problems[0]
     assert "'dé 1'" in problems[1] and "'dé 2'" in problems[2]
     assert (
-        problems[3].startswith("layer 'up' (UpSampling2D): the service cannot translate")
+        problems[3].startswith("layer 'up' (UnitNormalization): the service cannot translate")
         and "supported: " in problems[3]
     )
     assert problems[4].startswith("layer 'noise' (GaussianNoise)") and all(len(p.encode()) <= 200 for p in problems)
