@@ -244,6 +244,31 @@ def autoencoder_model() -> Any:
     return keras.Model([image, signal, volume], outputs, name="autoencoder")
 
 
+def more_layers_model() -> Any:
+    """Subtract, Maximum, Minimum, RepeatVector, ELU, PReLU, noise and dropout variants,
+    GroupNormalization, UnitNormalization, Conv1DTranspose, Conv3DTranspose, SeparableConv1D."""
+    seq = keras.Input((8, 3), name="seq")
+    x = L.SeparableConv1D(4, 3, padding="same")(seq)
+    x = L.Conv1DTranspose(4, 3, strides=2, padding="same")(x)
+    x = L.GroupNormalization(groups=2)(x)
+    x = L.ELU(alpha=0.5)(x)
+    x = L.GaussianNoise(0.1)(x)
+    x = L.GaussianDropout(0.1)(x)
+    x = L.AlphaDropout(0.1)(x)
+    p = L.GlobalAveragePooling1D()(x)
+    vol = keras.Input((2, 4, 4, 1), name="vol")
+    v = L.Conv3DTranspose(2, 2, strides=(1, 2, 2), padding="same")(vol)
+    q = L.GlobalMaxPooling3D()(v)
+    a = L.Dense(2)(L.Concatenate()([p, q]))
+    b = L.Dense(2)(p)
+    h = L.Concatenate()([L.Subtract()([a, b]), L.Maximum()([a, b]), L.Minimum()([a, b])])
+    h = L.PReLU()(L.Dense(4)(h))
+    h = L.UnitNormalization()(h)
+    r = L.RepeatVector(3)(h)
+    outputs = L.Dense(3)(L.Flatten()(r))
+    return keras.Model([seq, vol], outputs, name="more_layers")
+
+
 def arithmetic_model() -> Any:
     """Arithmetic on tensors, which Keras 3 saves as operations, not layers: pixels / 255 and
     a shift, a residual h + r, a gate a * b, a difference and a scaled branch."""
@@ -274,6 +299,7 @@ BUILDERS: dict[str, Callable[[], Any]] = {
     "misc2d": misc2d_model,
     "misc3d": misc3d_model,
     "autoencoder": autoencoder_model,
+    "more_layers": more_layers_model,
     "arithmetic": arithmetic_model,
 }
 

@@ -25,6 +25,7 @@ FAMILIES = [
     "dict_outputs",
     "nested",
     "autoencoder",
+    "more_layers",
     "preprocessing",
     "arithmetic",
 ]
