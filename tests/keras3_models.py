@@ -220,7 +220,7 @@ def misc3d_model() -> Any:
 
 def autoencoder_model() -> Any:
     """Convolutional autoencoders' resizing layers: UpSampling and Cropping in 1, 2 and 3
-    dimensions (nearest and bilinear), spatial dropout, Conv1D/Conv2DTranspose decoders."""
+    dimensions (nearest and bilinear), spatial dropout, Conv1D and Conv2DTranspose decoders."""
     image = keras.Input((8, 8, 2), name="image")
     x = L.Conv2D(4, 3, strides=2, padding="same", activation="relu")(image)
     x = L.SpatialDropout2D(0.1)(x)
@@ -245,10 +245,11 @@ def autoencoder_model() -> Any:
 
 
 def more_layers_model() -> Any:
-    """Subtract, Maximum, Minimum, RepeatVector, ELU, PReLU, noise and dropout variants,
-    GroupNormalization, UnitNormalization, Conv1DTranspose, Conv3DTranspose, SeparableConv1D."""
+    """Subtract, Maximum, Minimum, Dot, RepeatVector, Identity, ELU, PReLU, noise and dropout
+    variants, GroupNormalization, UnitNormalization, Conv1DTranspose, Conv3DTranspose,
+    SeparableConv1D."""
     seq = keras.Input((8, 3), name="seq")
-    x = L.SeparableConv1D(4, 3, padding="same")(seq)
+    x = L.SeparableConv1D(4, 3, padding="same")(L.Identity()(seq))
     x = L.Conv1DTranspose(4, 3, strides=2, padding="same")(x)
     x = L.GroupNormalization(groups=2)(x)
     x = L.ELU(alpha=0.5)(x)
@@ -261,7 +262,7 @@ def more_layers_model() -> Any:
     q = L.GlobalMaxPooling3D()(v)
     a = L.Dense(2)(L.Concatenate()([p, q]))
     b = L.Dense(2)(p)
-    h = L.Concatenate()([L.Subtract()([a, b]), L.Maximum()([a, b]), L.Minimum()([a, b])])
+    h = L.Concatenate()([L.Subtract()([a, b]), L.Maximum()([a, b]), L.Minimum()([a, b]), L.Dot(axes=1)([a, b])])
     h = L.PReLU()(L.Dense(4)(h))
     h = L.UnitNormalization()(h)
     r = L.RepeatVector(3)(h)

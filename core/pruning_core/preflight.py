@@ -68,6 +68,8 @@ KERAS3_CONVERTIBLE = frozenset(
         "Conv1DTranspose",
         "Conv3DTranspose",
         "SeparableConv1D",
+        "Identity",
+        "Dot",
         "Activation",
         "ReLU",
         "LeakyReLU",

@@ -259,7 +259,7 @@ def _functional(layer: Any) -> Any:
         (lambda: Doubler(name="doubler"), "doubler", "Doubler"),
         (lambda: MyDense(3, name="mine"), "mine", "MyDense"),
         (lambda: keras.layers.ActivityRegularization(0.1, name="noise"), "noise", "ActivityRegularization"),
-        (lambda: keras.layers.Identity(name="unit"), "unit", "Identity"),
+        (lambda: keras.layers.RMSNormalization(name="unit"), "unit", "RMSNormalization"),
     ],
 )
 def test_layers_outside_the_list_are_refused(layer, name, class_name):

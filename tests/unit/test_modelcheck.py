@@ -284,7 +284,7 @@ def test_every_kind_of_problem_comes_back_in_one_answer():
     config = sequential(
         layer("InputLayer", "in", batch_shape=[None, 8, 8, 1]),
         layer("Lambda", "lam", function="..."),
-        layer("Dot", "up", axes=1),
+        layer("Resizing", "up", height=4, width=4),
         layer("DepthwiseConv1D", "noise", kernel_size=3),
         layer("Dense", "dé 1"),
         layer("Dense", "dé 2"),
@@ -295,7 +295,9 @@ def test_every_kind_of_problem_comes_back_in_one_answer():
     assert len(problems) == 5, problems
     assert "'lam' (Lambda)" in problems[0]
     assert "'dé 1'" in problems[1] and "'dé 2'" in problems[2]
-    assert problems[3].startswith("layer 'up' (Dot): the service cannot translate") and "supported: " in problems[3]
+    assert (
+        problems[3].startswith("layer 'up' (Resizing): the service cannot translate") and "supported: " in problems[3]
+    )
     assert problems[4].startswith("layer 'noise' (DepthwiseConv1D)") and all(len(p.encode()) <= 200 for p in problems)
 
 

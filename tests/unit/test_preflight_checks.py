@@ -247,9 +247,9 @@ def test_the_mask_operations_of_embedding_and_masking_are_still_taken(tmp_path):
 
 def test_the_refusal_of_unconvertible_layers_lists_whole_names_within_an_error_answer():
     with pytest.raises(preflight.Unconvertible) as refused:
-        preflight.check_convertible([("Dense", "d"), ("Dot", "gn")])
+        preflight.check_convertible([("Dense", "d"), ("Resizing", "gn")])
     text = str(refused.value)
-    assert "'gn' (Dot)" in text and len(f"model: {text}") <= 200
+    assert "'gn' (Resizing)" in text and len(f"model: {text}") <= 200
     listed = text.split("supported: ", 1)[1].split(", ")
     assert listed[-1].startswith("... (") and all(name in preflight.KERAS3_CONVERTIBLE for name in listed[:-1])
     assert listed[-1].endswith(" more: the README's Keras versions section lists all)"), listed[-1]
