@@ -45,7 +45,7 @@ from .watches import WatchHub
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-_EVENT_ID = re.compile(r"\d+-\d+")
+_EVENT_ID = re.compile(r"[0-9]+-[0-9]+")  # ASCII digits: \d takes any Unicode digit, which int() reads too
 _SHA256 = re.compile(r"[0-9a-fA-F]{64}")
 _JOB_ID = re.compile(r"[0-9a-f]{24}")
 _RESERVE_AHEAD = 64 * 1024 * 1024  # an upload of unannounced size reserves its quota this far ahead
@@ -69,7 +69,7 @@ def _misnamed(filename: str, fmt: str) -> str | None:
     return None
 
 
-_ARTIFACT_CURSOR = re.compile(r"(\d+(?:\.\d+)?(?:e[+-]?\d+)?):([0-9a-f]{64})")
+_ARTIFACT_CURSOR = re.compile(r"([0-9]+(?:\.[0-9]+)?(?:e[+-]?[0-9]+)?):([0-9a-f]{64})")
 
 
 def _artifact_cursor(token: str) -> tuple[float, str]:

@@ -159,7 +159,8 @@ def test_dataset_with_a_bad_crc(stub):
     assert (code, fields) == (grpc.StatusCode.INVALID_ARGUMENT, ["dataset"])
 
 
-@pytest.mark.parametrize("after", ["18446744073709551616-0", "1-18446744073709551616"])
+# "\u0663-0": an Arabic-Indic three, a digit to \d and int(), failed INTERNAL and broke the shared watch reader
+@pytest.mark.parametrize("after", ["18446744073709551616-0", "1-18446744073709551616", "\u0663-0", "1-\uff11"])
 def test_event_id_past_64_bits(stub, ids, after):
     job = stub.CreateJob(pb.CreateJobRequest(spec=_spec(ids)), metadata=KEY)
     code, fields, _ = _refusal(
@@ -307,9 +308,10 @@ def test_every_rpc_is_tested_here():
         (pb.ListArtifactsRequest(page_size=-5), "page_size"),
         (pb.ListArtifactsRequest(page_token="1e400:" + "a" * 64), "page_token"),
         (pb.ListArtifactsRequest(page_token="x" * 10_000), "page_token"),
+        (pb.ListArtifactsRequest(page_token="\u0661\u0662:" + "a" * 64), "page_token"),
         (pb.ListArtifactsRequest(kind=77), "kind"),
     ],
-    ids=["page-size-high", "page-size-negative", "token-overflow", "token-long", "kind"],
+    ids=["page-size-high", "page-size-negative", "token-overflow", "token-long", "token-unicode-digits", "kind"],
 )
 def test_bad_artifact_listings(stub, request_, field):
     code, fields, _ = _refusal(lambda: stub.ListArtifacts(request_, metadata=KEY))
