@@ -232,9 +232,12 @@ def _validate_training(t: pb.TrainingSpec, out: list[Violation]) -> None:
             out.append((field, f"{_shown(loss)}: not one of {loss_names()}"))
     if len(t.output_losses) > MAX_OUTPUT_LOSSES:
         out.append(("spec.training.output_losses", f"at most {MAX_OUTPUT_LOSSES} outputs"))
-    if not (math.isfinite(t.learning_rate) and t.learning_rate >= 0):
+    if not (math.isfinite(t.learning_rate) and 0 <= t.learning_rate <= MAX_LEARNING_RATE):
         out.append(
-            ("spec.training.learning_rate", f"must be a finite number >= 0 (0 = the recipe's), got {t.learning_rate}")
+            (
+                "spec.training.learning_rate",
+                f"must be in [0, {MAX_LEARNING_RATE:g}] (0 = the recipe's), got {t.learning_rate}",
+            )
         )
     if t.recipe not in pb.Recipe.values():
         out.append(("spec.training.recipe", f"unknown recipe {t.recipe}; known: {list(pb.Recipe.values())[1:]}"))
@@ -460,6 +463,11 @@ def validate_search(search: pb.SweepSpec | pb.AccuracyBudget, field: str, out: l
 
 def has_budget(spec: pb.JobSpec) -> bool:
     return spec.budget.WhichOneof("limit") is not None
+
+
+# Far above any rate that trains (Adam's default is 0.001): 1e300 passed CreateJob and failed
+# the job after its baseline with Python's "value out of range for a double-precision float".
+MAX_LEARNING_RATE = 100.0
 
 
 def validate(spec: pb.JobSpec) -> list[Violation]:

@@ -137,11 +137,14 @@ def test_constant_sparsity_s_first_update_is_where_tfmot_makes_it(begin, end, fr
     assert (recipe.resolve(spec, 10) == []) == applied
 
 
-@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf, -1.0])
-def test_a_non_finite_learning_rate_is_refused(value):
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf, -1.0, 1e300, 100.5])
+def test_a_non_finite_or_absurd_learning_rate_is_refused(value):
+    """1e300 passed CreateJob and failed the job after its baseline with a Python error."""
     spec = job_spec("m" * 64, schedule=polynomial_decay(0.5, 0.8), learning_rate=0.001)
     spec.training.learning_rate = value
-    assert "spec.training.learning_rate" in dict(validation.validate(spec))
+    assert dict(validation.validate(spec))["spec.training.learning_rate"].startswith("must be in [0, 100]")
+    spec.training.learning_rate = 100.0
+    assert "spec.training.learning_rate" not in dict(validation.validate(spec))
 
 
 def _model():
@@ -163,6 +166,24 @@ def test_non_finite_data_is_refused_before_any_step(where, value):
     arrays[where][2, 1] = value
     with pytest.raises(JobInputError, match=rf"{where} holds 1 NaN or infinite values \(the first in sample 2\)"):
         check(_model(), tuple(arrays.values()), pb.TrainingSpec(loss="sparse_categorical_crossentropy_from_logits"))
+
+
+@pytest.mark.parametrize("where", ["x_train", "x_test"])
+@pytest.mark.parametrize("value", [1e39, -1e300])
+def test_float64_data_beyond_float32_s_range_is_refused_as_the_data_s(where, value):
+    """Finite in float64, infinite in the float32 model: in x_train the job failed blaming the
+    pruning masks, in x_test it SUCCEEDED with an infinite input in its evaluation."""
+    arrays = {
+        "x_train": np.zeros((8, 3), "float64"),
+        "y_train": np.zeros(8, "int64"),
+        "x_test": np.zeros((4, 3), "float64"),
+        "y_test": np.zeros(4, "int64"),
+    }
+    arrays[where][2, 1] = value
+    with pytest.raises(JobInputError, match=rf"{where} holds 1 values beyond float32's range .*the first in sample 2"):
+        check(_model(), tuple(arrays.values()), pb.TrainingSpec(loss="sparse_categorical_crossentropy_from_logits"))
+    arrays[where][2, 1] = 3e38  # within float32's range
+    check(_model(), tuple(arrays.values()), pb.TrainingSpec(loss="sparse_categorical_crossentropy_from_logits"))
 
 
 def _result(sparsities: dict[str, tuple[int, float]]) -> pb.PruneResult:
