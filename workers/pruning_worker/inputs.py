@@ -166,15 +166,15 @@ def _check_finite(name: str, data: Data) -> None:
             count = int(np.count_nonzero(~np.isfinite(a)))
             label = f"{name}.{part}" if part else name
             raise JobInputError(f"dataset: {label} holds {count} NaN or infinite values (the first in sample {first})")
-        if np.issubdtype(a.dtype, np.floating) and a.dtype.itemsize > 4 and a.size:
-            # finite in float64, infinite once Keras casts it to the model's float32
-            if max(float(a.max()), -float(a.min())) > _FLOAT32_MAX:
-                over = np.abs(a.reshape(len(a), -1) if a.ndim else a.reshape(1, 1)) > _FLOAT32_MAX
-                label = f"{name}.{part}" if part else name
-                raise JobInputError(
-                    f"dataset: {label} holds {int(over.sum())} values beyond float32's range (+-3.4e38, the first in "
-                    f"sample {int(np.argmax(over.any(axis=1)))}), which become infinite in the model"
-                )
+        # finite in float64, infinite once Keras casts it to the model's float32
+        wide = np.issubdtype(a.dtype, np.floating) and a.dtype.itemsize > 4 and a.size
+        if wide and max(float(a.max()), -float(a.min())) > _FLOAT32_MAX:
+            over = np.abs(a.reshape(len(a), -1) if a.ndim else a.reshape(1, 1)) > _FLOAT32_MAX
+            label = f"{name}.{part}" if part else name
+            raise JobInputError(
+                f"dataset: {label} holds {int(over.sum())} values beyond float32's range (+-3.4e38, the first in "
+                f"sample {int(np.argmax(over.any(axis=1)))}), which become infinite in the model"
+            )
 
 
 def check_split(n_train: int, validation_split: float) -> None:
