@@ -130,6 +130,7 @@ class ModelInfo:
     left_whole: dict[str, str] = field(default_factory=dict)  # prunable-class layers no job prunes -> why
     other_dtypes: dict[str, str] = field(default_factory=dict)  # prunable-class layers in float16/64 -> dtype
     h5_mask: str = ""  # what makes a padding mask Keras 3 writes into an .h5 it cannot read (preflight.h5_mask)
+    nested_in_functional: str = ""  # a model nested in a functional one (preflight.nested_in_functional)
     kernel_inputs: dict[str, int] = field(default_factory=dict)  # layer -> its kernel's input channels
     # layers whose axis Keras 3's loader of Keras 2 files drops: [name, class, axis]
     axes_lost: list[list[Any]] = field(default_factory=list)
@@ -142,6 +143,7 @@ class ModelInfo:
             "left_whole": self.left_whole,
             "other_dtypes": self.other_dtypes,
             "h5_mask": self.h5_mask,
+            "nested_in_functional": self.nested_in_functional,
             "axes_lost": self.axes_lost,
             "kernel_inputs": self.kernel_inputs,
             "input_shape": self.input_shape,
@@ -360,6 +362,7 @@ def check_model_config(
         left_whole=preflight.left_whole(config, version),
         other_dtypes=preflight.other_float_dtypes(config),
         h5_mask=preflight.h5_mask(config, version),
+        nested_in_functional=preflight.nested_in_functional(config),
         axes_lost=[list(found) for found in preflight.axes_lost_by_the_keras3_loader(config)],
         kernel_inputs=preflight.kernel_inputs(config, layers, weights or []),
     )

@@ -482,6 +482,16 @@ def _keras3_loader_fits(spec: pb.JobSpec, model_info: dict[str, Any]) -> list[Vi
     version_in = int(model_info.get("keras_version") or 2)
     version_out = spec.export.keras_version or version_in
     keras_files = {pb.EXPORT_FORMAT_KERAS, pb.EXPORT_FORMAT_H5} & set(spec.export.formats)
+    nested = model_info.get("nested_in_functional") or ""
+    if nested and version_in == 2 and version_out == 3 and keras_files:
+        return [
+            (
+                "spec.export.keras_version",
+                f"the tf_keras functional model holds the nested model {nested[:60]!r}, which Keras 3's loader of "
+                "Keras 2 files cannot connect (a graph with disconnected nodes): ask for Keras 2 files (export "
+                "keras_version 2), or save the model flat",
+            )
+        ]
     if not lost or version_out != 3 or not keras_files:
         return []
     if version_in == 3 and spec.pruning.HasField("structured"):

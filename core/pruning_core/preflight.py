@@ -264,6 +264,18 @@ def h5_mask(config: Any, keras_version: int) -> str:
     return masks[0] if masks and keras_version == 2 and not sequential else ""
 
 
+def nested_in_functional(config: Any) -> str:
+    """The first model nested in a functional model's own layers (by name), or "": Keras 3's
+    loader of Keras 2 files cannot connect such a tf_keras model's graph."""
+    if not isinstance(config, dict) or config.get("class_name") not in ("Functional", "Model"):
+        return ""
+    for layer in _top_layers(config):
+        if layer.get("class_name") in _CONTAINERS:
+            cfg = layer.get("config")
+            return str(cfg.get("name", "")) if isinstance(cfg, dict) else str(layer.get("class_name"))
+    return ""
+
+
 def other_float_dtypes(config: Any) -> dict[str, str]:
     """The layers of a prunable class whose own dtype policy is a float other than float32
     (``float16``, ``bfloat16``, ``float64``), by name, with that dtype. Pruning takes them, but

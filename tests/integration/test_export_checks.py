@@ -45,3 +45,41 @@ def test_a_model_tflite_cannot_take_fails_before_fine_tuning_naming_the_format(c
     assert "MaxPool3D" in error.message and "/work" not in error.message and "celery" not in error.message
     phases = {e.progress.phase for e in job.watch(after_event_id="") if e.WhichOneof("kind") == "progress"}
     assert "fine_tune" not in phases
+
+
+def test_a_tf_keras_model_keras_3_reads_differently_is_not_handed_back_as_keras_3(client, worker, tmp_path):
+    """hard_sigmoid is 0.2x + 0.5 in tf_keras and relu6(x + 3) / 6 in Keras 3: the model came
+    back as Keras 3 computing another function, and the job SUCCEEDED."""
+    import tf_keras as keras
+
+    inputs = keras.Input((4,))
+    hidden = keras.layers.Dense(16, activation="hard_sigmoid", name="gate")(inputs)
+    keras.Model(inputs, keras.layers.Dense(3, name="logits")(hidden)).save(tmp_path / "m.keras")
+    rng = np.random.default_rng(0)
+    np.savez(
+        tmp_path / "data.npz",
+        x_train=rng.normal(size=(64, 4)).astype("float32"),
+        y_train=rng.integers(0, 3, 64),
+        x_test=rng.normal(size=(16, 4)).astype("float32"),
+        y_test=rng.integers(0, 3, 16),
+    )
+    spec = job_spec(
+        client.upload_model(tmp_path / "m.keras").id,
+        dataset=client.upload_dataset(tmp_path / "data.npz").id,
+        schedule=constant_sparsity(0.5, frequency=1),
+        epochs=1,
+        batch_size=16,
+        keras_version=3,
+        report=False,
+    )
+    job = client.submit(spec)
+    with pytest.raises(JobFailed) as failed:
+        job.result(timeout=300)
+    assert failed.value.job_code == 3
+    assert failed.value.job.error.message.startswith(
+        "spec.export.keras_version: the model read back as Keras 3 computes something else"
+    )
+    phases = {e.progress.phase for e in job.watch(after_event_id="") if e.WhichOneof("kind") == "progress"}
+    assert "fine_tune" not in phases
+    spec.export.keras_version = 2  # as it came: fine
+    assert client.submit(spec).result(timeout=300).raw.keras_version_out == 2

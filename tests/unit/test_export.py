@@ -109,3 +109,40 @@ def test_a_keras_file_that_does_not_load_back_fails_naming_its_format(tmp_path):
         JobInputError, match=r"^spec\.export\.formats: h5: the written file does not load back in Keras 3"
     ):
         load_export(tmp_path / "m.h5", 3, "h5")
+
+
+def _tf_keras(kind):
+    import tf_keras as keras
+
+    layers = keras.layers
+    inputs = keras.Input((4,))
+    if kind == "hard_sigmoid":  # tf_keras: 0.2x + 0.5 clipped; Keras 3: relu6(x + 3) / 6
+        return keras.Model(inputs, layers.Dense(3, activation="hard_sigmoid")(layers.Dense(8)(inputs)))
+    if kind == "nested":
+        inner_in = keras.Input((4,))
+        block = keras.Model(inner_in, layers.Dense(8, activation="relu")(inner_in), name="block")
+        return keras.Model(inputs, layers.Dense(3)(block(inputs)))
+    return keras.Model(inputs, layers.Dense(3, activation="sigmoid")(layers.Dense(8)(inputs)))
+
+
+@pytest.mark.parametrize(
+    ("kind", "match"),
+    [
+        ("hard_sigmoid", r"the model read back as Keras 3 computes something else \(outputs differ by"),
+        ("nested", r"Keras 3 cannot read this model back \(.*disconnected"),
+    ],
+)
+def test_a_tf_keras_model_keras_3_reads_wrong_or_not_at_all_fails_naming_the_field(tmp_path, kind, match):
+    """A hard_sigmoid model came back as Keras 3 computing another function (outputs 0.19 off)
+    and the job SUCCEEDED; a functional model holding a nested one failed INTERNAL."""
+    import numpy as np
+
+    from pruning_worker.errors import JobInputError
+    from pruning_worker.export import keras3_twin
+
+    model = _tf_keras(kind)
+    model.set_weights([np.full(w.shape, 0.1, "float32") for w in model.get_weights()])  # unsaturated: the slopes show
+    with pytest.raises(JobInputError, match=r"^spec\.export\.keras_version: " + match):
+        keras3_twin(model, None, tmp_path)
+    twin, diff = keras3_twin(_tf_keras("plain"), None, tmp_path)
+    assert diff <= 1e-6 and len(twin.layers) == 3

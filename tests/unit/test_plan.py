@@ -658,3 +658,21 @@ def test_a_structured_only_job_on_a_model_with_no_layer_to_shrink_is_refused_at_
     assert check(schedule=None, structured=specs.structured(0.5)) == []  # a hidden Dense to shrink
     ((field, text),) = check(schedule=None, structured=specs.structured(0.5), exclude_layers=["hidden"])
     assert field == "spec.pruning.structured" and "its Conv and Dense: hidden, out" in text
+
+
+def test_a_tf_keras_functional_model_holding_a_nested_one_is_not_asked_back_as_keras_3(tmp_path):
+    """Keras 3's loader of Keras 2 files cannot connect its graph: the job failed INTERNAL."""
+    import tf_keras as keras
+
+    inner_in = keras.Input((3,))
+    block = keras.Model(inner_in, keras.layers.Dense(8, activation="relu")(inner_in), name="block")
+    inputs = keras.Input((3,))
+    keras.Model(inputs, keras.layers.Dense(4, name="out")(block(inputs))).save(tmp_path / "m.keras")
+    info = modelcheck.inspect_model(tmp_path / "m.keras", 1 << 30).to_dict()
+    assert info["nested_in_functional"] == "block"
+    facts = _facts(tmp_path, **_data())
+    ((field, text),) = _violations(info, facts, keras_version=3)
+    assert field == "spec.export.keras_version" and "nested model 'block'" in text
+    assert _violations(info, facts) == []  # back as tf_keras, as it came
+    assert _violations(info, facts, keras_version=3, exports=("tflite",)) == []  # no Keras file asked for
+    assert _model(tmp_path)["nested_in_functional"] == ""

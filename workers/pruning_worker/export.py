@@ -39,6 +39,33 @@ def as_keras3(model: Any, like: Any, workdir: pathlib.Path) -> Any:
     return keras3.saving.load_model(path, compile=False)
 
 
+def keras3_twin(
+    model: Any, like: Any, workdir: pathlib.Path, field: str = "spec.export.keras_version"
+) -> tuple[Any, float]:
+    """:func:`as_keras3` of ``model``, and the largest difference of their outputs on a probe
+    batch. A model Keras 3 cannot read back, or reads back computing something else (an
+    activation Keras 3 defines differently, such as hard_sigmoid), fails the job naming
+    ``field``: the service never hands back a Keras 3 file that is not the model it trained."""
+    from . import bridge
+    from .safe_load import CONVERSION_TOLERANCE
+
+    try:
+        twin = as_keras3(model, like, workdir)
+    except (ValueError, TypeError, KeyError) as exc:
+        raise JobInputError(
+            f"{field}: Keras 3 cannot read this model back ({tferrors.root_cause(exc)}); ask for Keras 2 files "
+            "(export keras_version 2)"
+        ) from exc
+    diff = bridge.check_equivalence(twin, model)
+    if not diff <= CONVERSION_TOLERANCE:
+        raise JobInputError(
+            f"{field}: the model read back as Keras 3 computes something else (outputs differ by {diff:.3g} on a probe "
+            f"batch, tolerance {CONVERSION_TOLERANCE:g}): Keras 3 defines one of its layers or activations differently "
+            "(hard_sigmoid, say); ask for Keras 2 files (export keras_version 2)"
+        )
+    return twin, diff
+
+
 def load_export(path: pathlib.Path, keras_version: int, name: str = "") -> Any:
     """A written .keras or .h5 export loaded back as its user will load it. With ``name`` (the
     format's), a file that does not load fails the job naming the format, not INTERNAL: the

@@ -24,7 +24,7 @@ from . import distill, measure, recipe, report, safe_load, sensitivity, tferrors
 from .callbacks import HistoryCallback, ProgressCallback, Reporter, early_stopping
 from .errors import Cancelled, JobInputError, OutcomeError
 from .evaluate import evaluate
-from .export import KERAS_FILES, as_keras3, check_tflite, export, load_export
+from .export import KERAS_FILES, check_tflite, export, keras3_twin, load_export
 from .inputs import Inputs, by_output, check, check_split, head, length, output_activations, output_units
 from .losses import JobLoss
 from .measure import device_name
@@ -83,9 +83,11 @@ def run(
     # before the baseline's compile and evaluation, as loaded (uncompiled): the pruned model is
     # saved without compile, optimizer or metric state too, so the two sizes compare like for like.
     main_format = spec.export.formats[0]
-    baseline3 = None
-    if version_out == 3 and main_format in KERAS_FILES:
-        baseline3 = loaded.original if loaded.original is not None else as_keras3(model, None, workdir)
+    baseline3 = loaded.original
+    if version_out == 3 and baseline3 is None and any(fmt in KERAS_FILES for fmt in spec.export.formats):
+        baseline3, _ = keras3_twin(model, None, workdir)  # before training: a model Keras 3 reads wrong fails now
+    if main_format not in KERAS_FILES or version_out != 3:
+        baseline3 = None
     baseline_file = export(model, main_format, workdir / "baseline", x_train, baseline3)
     result.size_before.CopyFrom(measure.sizes(baseline_file))
     check_tflite(model, spec.export.formats)  # before any training: pruning changes no TFLite op
@@ -205,13 +207,11 @@ def run(
     stripped = tfmot.sparsity.keras.strip_pruning(pruned) if chosen else pruned
     stripped3 = None
     if version_out == 3 and any(fmt in KERAS_FILES for fmt in spec.export.formats):
-        from . import bridge
-
         # A model with channels removed no longer fits a clone of the uploaded Keras 3 model:
         # Keras 3 reads it from the tf_keras file instead.
         like = None if spec.pruning.HasField("structured") else loaded.original
-        stripped3 = as_keras3(stripped, like, workdir)
-        result.export_conversion_max_abs_diff = bridge.check_equivalence(stripped3, stripped)
+        field = "spec.pruning.structured" if like is None and loaded.keras_version == 3 else "spec.export.keras_version"
+        stripped3, result.export_conversion_max_abs_diff = keras3_twin(stripped, like, workdir, field)
 
     reporter.phase(Phase.EXPORT, "exporting")
     outputs = []
