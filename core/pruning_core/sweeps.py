@@ -116,16 +116,14 @@ def validate(spec: pb.SweepSpec) -> list[Violation]:
         elif (planned := with_defaults(spec)) and len(rungs := halving_rungs(planned)) > 1:
             # Later rungs train longer than earlier ones, or they only run the same sparsities again
             # on the same budget, and the answer is picked on noise.
-            first, last = rung_epochs(planned, 0), rung_epochs(planned, len(rungs) - 1)
-            if first == last:
-                rate = planned.halving_rate
+            epochs = planned.base.training.epochs or defaults.EPOCHS
+            if epochs < len(rungs):
                 out.append(
                     (
                         "spec.base.training.epochs",
-                        f"successive halving trains each rung {rate} times longer than the one before, but with "
-                        f"{_epochs(planned.base.training.epochs or defaults.EPOCHS)} every one of its {len(rungs)} rungs "
-                        f"would train {_epochs(first)}: give at least {rate} epochs (the last rung's), or use "
-                        "the bisection method",
+                        f"successive halving trains each rung longer than the one before, so its {len(rungs)} rungs "
+                        f"need at least {_epochs(len(rungs))} (the last rung's), and the template gives "
+                        f"{_epochs(epochs)}: give more epochs, fewer trials (max_trials), or use the bisection method",
                     )
                 )
     return out
@@ -291,10 +289,16 @@ def halving_rungs(spec: pb.SweepSpec) -> list[int]:
 
 
 def rung_epochs(spec: pb.SweepSpec, rung: int) -> int:
-    """The template's epochs divided by halving_rate once per rung still to come (at least 1)."""
+    """The template's epochs divided by halving_rate once per rung still to come, and fewer
+    than the next rung's: each rung trains longer than the one before (a rung as short as the
+    last only ran its sparsities again, to the same figures). At least rung + 1, which a
+    template of fewer epochs than rungs cannot give (validation refuses it)."""
     rate = spec.halving_rate or HALVING_RATE
     last = len(halving_rungs(spec)) - 1
-    return max(1, round((spec.base.training.epochs or defaults.EPOCHS) / rate ** (last - rung)))
+    epochs = spec.base.training.epochs or defaults.EPOCHS
+    for r in range(last - 1, rung - 1, -1):
+        epochs = max(r + 1, min(round((spec.base.training.epochs or defaults.EPOCHS) / rate ** (last - r)), epochs - 1))
+    return epochs
 
 
 def _halving_candidates(sweep: pb.Sweep, rung: int) -> list[float] | None:

@@ -222,15 +222,20 @@ def test_bad_halving_specs_name_the_field(kwargs, field):
 
 
 def test_successive_halving_with_too_few_epochs_to_halve_is_refused():
-    """With 1 epoch every rung would train 1 epoch: the later rungs would only run the same
-    sparsities again on the same budget."""
-    one = job_spec("ab" * 32, epochs=1)
-    ((field, text),) = sweeps.validate(sweep_spec(one, max_loss_pp=1.0, method="successive_halving", max_trials=8))
-    assert field == "spec.base.training.epochs"
-    assert "with 1 epoch every one of its 3 rungs would train 1 epoch: give at least 3 epochs" in text
-    for epochs in (2, 3):  # the last rung trains longer than the first
-        enough = job_spec("ab" * 32, epochs=epochs)
-        assert sweeps.validate(sweep_spec(enough, max_loss_pp=1.0, method="successive_halving", max_trials=8)) == []
+    """Each rung trains longer than the one before: with 2 epochs for 3 rungs, rungs 0 and 1
+    both trained 1 epoch and rung 1 only ran rung 0's sparsities again, to the same figures."""
+    for epochs in (1, 2):
+        few = job_spec("ab" * 32, epochs=epochs)
+        ((field, text),) = sweeps.validate(sweep_spec(few, max_loss_pp=1.0, method="successive_halving", max_trials=8))
+        assert field == "spec.base.training.epochs"
+        assert f"its 3 rungs need at least 3 epochs (the last rung's), and the template gives {epochs} epoch" in text
+    for epochs, expected in ((3, [1, 2, 3]), (4, [1, 2, 4]), (9, [1, 3, 9]), (30, [3, 10, 30])):
+        spec = sweep_spec(
+            job_spec("ab" * 32, epochs=epochs), max_loss_pp=1.0, method="successive_halving", max_trials=8
+        )
+        assert sweeps.validate(spec) == []
+        planned = sweeps.with_defaults(spec)
+        assert [sweeps.rung_epochs(planned, rung) for rung in range(3)] == expected  # strictly longer each rung
 
 
 @pytest.mark.parametrize(
