@@ -206,6 +206,20 @@ def test_the_cli_runs_a_sweep_and_prints_the_curve(server, mnist, worker, second
     assert status.returncode == 0 and json.loads(status.stdout)["state"] == "JOB_STATE_SUCCEEDED"
 
 
+def test_the_cli_exits_8_when_no_sparsity_keeps_a_sweep_s_budget(server, mnist, worker, second_worker):
+    """It exited 0, as if the search had an answer; a job with the same budget fails (exit 8)."""
+    import os
+
+    pruning = pathlib.Path(sys.executable).parent / "pruning"
+    env = {**os.environ, "PRUNING_API_KEY": "", "PRUNING_TARGET": server.target}
+    args = [str(pruning), "sweep", "--model", mnist.model_id, "--dataset", mnist.dataset.artifact_id]
+    args += ["--epochs", "1", "--sparsities", "0.98,0.99", "--max-loss-pp", "0.01", "--no-report", "--wait"]
+    out = subprocess.run(args, capture_output=True, text=True, timeout=600, env=env)
+    assert out.returncode == 8, out.stderr
+    assert any(" 0.9900 " in row and "succeeded" in row for row in out.stdout.splitlines())  # the curve, still
+    assert "no sparsity tried keeps the accuracy budget" in out.stderr
+
+
 def test_the_sweep_report_holds_the_curve_with_latency(server, curve, tmp_path):
     assert all(t.tflite_latency_ms > 0 for t in curve.trials)  # the curve has latency too
     written = _report(server, curve.id, tmp_path, "--sweep")
