@@ -41,7 +41,7 @@ def job_count(server: Any) -> int:
 
 @pytest.fixture(scope="module")
 def gaussian_noise_model(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
-    """A Keras 3 model (saved by `import keras`) with a GaussianNoise layer, which the service
+    """A Keras 3 model (saved by `import keras`) with an RMSNormalization layer, which the service
     cannot translate to tf_keras."""
     import keras3_models
 
@@ -50,7 +50,7 @@ def gaussian_noise_model(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Pa
         [
             keras.layers.InputLayer(shape=(8, 8)),
             keras.layers.Flatten(name="flat"),
-            keras.layers.GaussianNoise(0.1, name="jitter"),
+            keras.layers.RMSNormalization(name="jitter"),
             keras.layers.Dense(4, name="logits"),
         ]
     )
@@ -132,7 +132,7 @@ def test_inspect_a_model_the_service_refuses(server: Any, gaussian_noise_model: 
     assert out.returncode == 2, out.stderr
     assert out.stdout == ""
     assert len(out.stderr.splitlines()) == 1, out.stderr
-    assert "'jitter' (GaussianNoise)" in out.stderr and "Traceback" not in out.stderr
+    assert "'jitter' (RMSNormalization)" in out.stderr and "Traceback" not in out.stderr
 
 
 def test_inspect_a_missing_file(server: Any) -> None:

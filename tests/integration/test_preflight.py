@@ -147,7 +147,7 @@ def _custom_layer():
 @pytest.mark.parametrize(
     ("factory", "name", "cls"),
     [
-        (lambda: __import__("keras").layers.GaussianNoise(0.1, name="noisy"), "noisy", "GaussianNoise"),
+        (lambda: __import__("keras").layers.RMSNormalization(name="noisy"), "noisy", "RMSNormalization"),
         (_custom_layer, "twice", "Twice"),
     ],
     ids=["layer-outside-the-bridge", "custom-subclass"],
