@@ -12,6 +12,27 @@ from pruning_client import JobFailed, constant_sparsity, job_spec
 pytestmark = pytest.mark.integration
 
 
+def _spec(client, tmp_path, sample_shape, classes, **options):
+    """A job on the model saved at ``tmp_path / "m.keras"`` and random data of that shape."""
+    rng = np.random.default_rng(0)
+    np.savez(
+        tmp_path / "data.npz",
+        x_train=rng.normal(size=(64, *sample_shape)).astype("float32"),
+        y_train=rng.integers(0, classes, 64),
+        x_test=rng.normal(size=(16, *sample_shape)).astype("float32"),
+        y_test=rng.integers(0, classes, 16),
+    )
+    return job_spec(
+        client.upload_model(tmp_path / "m.keras").id,
+        dataset=client.upload_dataset(tmp_path / "data.npz").id,
+        schedule=constant_sparsity(0.5, frequency=1),
+        epochs=1,
+        batch_size=16,
+        report=False,
+        **options,
+    )
+
+
 def test_a_model_tflite_cannot_take_fails_before_fine_tuning_naming_the_format(client, worker, tmp_path):
     import keras
 
@@ -19,23 +40,7 @@ def test_a_model_tflite_cannot_take_fails_before_fine_tuning_naming_the_format(c
     stack = [keras.Input((6, 6, 6, 1)), layers.Conv3D(4, 3, activation="relu"), layers.MaxPooling3D(2)]
     model = keras.Sequential([*stack, layers.Flatten(), layers.Dense(4, name="logits")], name="conv3d_pool")
     model.save(tmp_path / "m.keras")
-    rng = np.random.default_rng(0)
-    np.savez(
-        tmp_path / "data.npz",
-        x_train=rng.normal(size=(64, 6, 6, 6, 1)).astype("float32"),
-        y_train=rng.integers(0, 4, 64),
-        x_test=rng.normal(size=(16, 6, 6, 6, 1)).astype("float32"),
-        y_test=rng.integers(0, 4, 16),
-    )
-    spec = job_spec(
-        client.upload_model(tmp_path / "m.keras").id,
-        dataset=client.upload_dataset(tmp_path / "data.npz").id,
-        schedule=constant_sparsity(0.5, frequency=1),
-        epochs=1,
-        batch_size=16,
-        exports=("keras", "tflite"),
-        report=False,
-    )
+    spec = _spec(client, tmp_path, (6, 6, 6, 1), 4, exports=("keras", "tflite"))
     job = client.submit(spec)
     with pytest.raises(JobFailed) as failed:
         job.result(timeout=300)
@@ -55,23 +60,7 @@ def test_a_tf_keras_model_keras_3_reads_differently_is_not_handed_back_as_keras_
     inputs = keras.Input((4,))
     hidden = keras.layers.Dense(16, activation="hard_sigmoid", name="gate")(inputs)
     keras.Model(inputs, keras.layers.Dense(3, name="logits")(hidden)).save(tmp_path / "m.keras")
-    rng = np.random.default_rng(0)
-    np.savez(
-        tmp_path / "data.npz",
-        x_train=rng.normal(size=(64, 4)).astype("float32"),
-        y_train=rng.integers(0, 3, 64),
-        x_test=rng.normal(size=(16, 4)).astype("float32"),
-        y_test=rng.integers(0, 3, 16),
-    )
-    spec = job_spec(
-        client.upload_model(tmp_path / "m.keras").id,
-        dataset=client.upload_dataset(tmp_path / "data.npz").id,
-        schedule=constant_sparsity(0.5, frequency=1),
-        epochs=1,
-        batch_size=16,
-        keras_version=3,
-        report=False,
-    )
+    spec = _spec(client, tmp_path, (4,), 3, keras_version=3)
     job = client.submit(spec)
     with pytest.raises(JobFailed) as failed:
         job.result(timeout=300)
