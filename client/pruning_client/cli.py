@@ -1674,7 +1674,7 @@ def sweep(
         if not opts.json:
             click.echo(format_sweep(final))
         sweep_outcome(final)  # exit 9 for a cancelled sweep, 8 for one no trial of which succeeded
-        if final.spec.HasField("budget") and not final.HasField("chosen_trial"):
+        if has_budget(final) and not final.HasField("chosen_trial"):
             # as a job with the same budget fails: a pipeline must not take "nothing kept it" for an answer
             raise JobFailed(f"sweep {final.id}: {final.message}", job_code=grpc.StatusCode.FAILED_PRECONDITION.value[0])
 

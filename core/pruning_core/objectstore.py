@@ -40,7 +40,7 @@ import shutil
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
 from stat import S_ISREG
 from typing import TYPE_CHECKING, Any
 
@@ -213,7 +213,7 @@ class LocalStore(BlobStore):
         chunk: int = MiB,
         size: int | None = None,
         frame: Frame | None = None,
-    ) -> AsyncIterator[bytes]:
+    ) -> AsyncGenerator[bytes, None]:
         """The blob's bytes from ``offset`` in chunks of ``chunk``, read ahead off the event
         loop (up to ``readahead`` positional reads in flight: one, and more while the store's
         shared spare allows); ``size``, when known, spares a request. With ``frame``, each
@@ -503,7 +503,7 @@ class S3Store(LocalStore):
         chunk: int = MiB,
         size: int | None = None,
         frame: Frame | None = None,
-    ) -> AsyncIterator[bytes]:
+    ) -> AsyncGenerator[bytes, None]:
         """A ranged GET from ``offset`` (a resumed download re-reads nothing before it),
         streamed by obstore off the event loop and cut into chunks of at most ``chunk``
         (each ``frame(its offset, its bytes)`` when ``frame`` is given)."""

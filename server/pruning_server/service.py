@@ -529,6 +529,7 @@ class PruningService(pb_grpc.PruningServiceServicer):
         # each chunk leaves serialized, framed in the reading thread with one copy of its bytes
         frame = functools.partial(download_chunk, total_size=record.size, sha256=record.id)
         async with self._slot(self.downloads, tenant):
+            # closed on every way out: its read-ahead spare and file go back now, not at garbage collection
             chunks = self.blobs.read(record.id, request.offset, self.settings.chunk_size, record.size, frame)
             stall = _StallWatch(context, self.settings.download_idle_timeout_s)
             try:
@@ -542,6 +543,7 @@ class PruningService(pb_grpc.PruningServiceServicer):
                     grpc.StatusCode.DATA_LOSS, f"artifact {record.id}: its bytes are missing from the artifact store"
                 ) from None
             finally:
+                await chunks.aclose()
                 stall.close()
                 if stall.fired:
                     log.info(

@@ -221,6 +221,10 @@ def test_kernels_sparser_than_the_target_pass_only_where_the_upload_s_own_zeros_
     assert (
         worker_recipe.check_target(_result({"conv": (108, 0.8), "dense": (20280, 0.8)}), spec, {"dense": 0.9}) is None
     )
+    # one layer's own zeros never hide another's shortfall: dense short of its target still fails
+    short = _result({"conv": (20280, 0.99), "dense": (20280, 0.65)})
+    with pytest.raises(OutcomeError, match="layer dense at 0.6500 for 0.8000"):
+        worker_recipe.check_target(short, spec, {"conv": 0.99})
 
 
 def test_a_missed_target_after_a_diverged_fine_tuning_says_it_diverged():
