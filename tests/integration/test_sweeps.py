@@ -216,7 +216,8 @@ def test_the_cli_exits_8_when_no_sparsity_keeps_a_sweep_s_budget(server, mnist, 
     args += ["--epochs", "1", "--sparsities", "0.98,0.99", "--max-loss-pp", "0.01", "--no-report", "--wait"]
     out = subprocess.run(args, capture_output=True, text=True, timeout=600, env=env)
     assert out.returncode == 8, out.stderr
-    assert any(" 0.9900 " in row and "succeeded" in row for row in out.stdout.splitlines())  # the curve, still
+    # the curve, still (0.99 may be cancelled once 0.98 is over the budget)
+    assert any(" 0.9800 " in row and "succeeded" in row for row in out.stdout.splitlines()), out.stdout
     assert "no sparsity tried keeps the accuracy budget" in out.stderr
     curve = [a for a in args if a not in ("--max-loss-pp", "0.01")]  # no budget: a curve has no answer to miss
     out = subprocess.run(curve, capture_output=True, text=True, timeout=600, env=env)
