@@ -323,6 +323,7 @@ def check_model_config(
                 "letters, digits and . _ - / >, starting with a letter, a digit or a dot"
             )
     version = preflight.major_version(version_string, 2)
+    h5_mask = preflight.h5_mask(config, version)
     if version == 3:
         try:
             preflight.check_convertible(layers)
@@ -343,9 +344,9 @@ def check_model_config(
             )
         for name, cls, problem in options:
             refused.append(f"layer {name[:60]!r} of class {cls}: {problem}; refused")
-        if fmt == "h5" and (mask := preflight.h5_mask(config, version)):
+        if fmt == "h5" and h5_mask:
             refused.append(
-                f"the model's padding mask is stored as the operation {mask[:60]!r}, which Keras 3 cannot read back "
+                f"the model's padding mask is stored as the operation {h5_mask[:60]!r}, which Keras 3 cannot read back "
                 "from an .h5 file (a functional model with Embedding(mask_zero=True) or Masking): save it as .keras; "
                 "refused"
             )
@@ -361,7 +362,7 @@ def check_model_config(
         mixed_precision=mixed,
         left_whole=preflight.left_whole(config, version),
         other_dtypes=preflight.other_float_dtypes(config),
-        h5_mask=preflight.h5_mask(config, version),
+        h5_mask=h5_mask,
         nested_in_functional=preflight.nested_in_functional(config),
         axes_lost=[list(found) for found in preflight.axes_lost_by_the_keras3_loader(config)],
         kernel_inputs=preflight.kernel_inputs(config, layers, weights or []),

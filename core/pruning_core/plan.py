@@ -438,12 +438,17 @@ def _structured_layers_reachable(spec: pb.JobSpec, model_info: dict[str, Any]) -
     return out
 
 
+def _keras_out(spec: pb.JobSpec, model_info: dict[str, Any]) -> int:
+    """The Keras version of the job's .keras and .h5 exports: asked for, else the upload's."""
+    return spec.export.keras_version or int(model_info.get("keras_version") or 2)
+
+
 def _h5_export_loads(spec: pb.JobSpec, model_info: dict[str, Any]) -> list[Violation]:
     """An .h5 export in Keras 3 of a functional model with a padding mask: Keras 3 writes the
     mask as an operation its own .h5 loader does not know, and the job handed back a file that
     loads nowhere."""
     mask = model_info.get("h5_mask") or ""
-    version_out = spec.export.keras_version or int(model_info.get("keras_version") or 2)
+    version_out = _keras_out(spec, model_info)
     if not mask or version_out != 3 or pb.EXPORT_FORMAT_H5 not in spec.export.formats:
         return []
     return [
@@ -480,7 +485,7 @@ def _keras3_loader_fits(spec: pb.JobSpec, model_info: dict[str, Any]) -> list[Vi
     axis None, a LayerNormalization over several axes): refused before it is queued."""
     lost = model_info.get("axes_lost") or []
     version_in = int(model_info.get("keras_version") or 2)
-    version_out = spec.export.keras_version or version_in
+    version_out = _keras_out(spec, model_info)
     keras_files = {pb.EXPORT_FORMAT_KERAS, pb.EXPORT_FORMAT_H5} & set(spec.export.formats)
     nested = model_info.get("nested_in_functional") or ""
     if nested and version_in == 2 and version_out == 3 and keras_files:

@@ -295,9 +295,9 @@ def rung_epochs(spec: pb.SweepSpec, rung: int) -> int:
     template of fewer epochs than rungs cannot give (validation refuses it)."""
     rate = spec.halving_rate or HALVING_RATE
     last = len(halving_rungs(spec)) - 1
-    epochs = spec.base.training.epochs or defaults.EPOCHS
+    template = epochs = spec.base.training.epochs or defaults.EPOCHS
     for r in range(last - 1, rung - 1, -1):
-        epochs = max(r + 1, min(round((spec.base.training.epochs or defaults.EPOCHS) / rate ** (last - r)), epochs - 1))
+        epochs = max(r + 1, min(round(template / rate ** (last - r)), epochs - 1))
     return epochs
 
 

@@ -60,19 +60,24 @@ def is_kernel(name: str, value: np.ndarray) -> bool:
     return value.ndim >= 2 and _PRUNED_WEIGHT.fullmatch(short) is not None
 
 
+def kernels(layer: Any) -> list[np.ndarray]:
+    """The weights of ``layer`` pruning aims at (:func:`is_kernel`), as arrays."""
+    return [np.asarray(w) for w in layer.weights if is_kernel(w.name, np.asarray(w))]
+
+
 def kernel_size(layer: Any) -> int:
     """Kernel weights of ``layer`` (what pruning counts)."""
-    return sum(int(np.asarray(w).size) for w in layer.weights if is_kernel(w.name, np.asarray(w)))
+    return sum(int(w.size) for w in kernels(layer))
 
 
 def kernel_sparsities(model: Any) -> dict[str, float]:
     """The zero share of each leaf layer's kernels, by name (layers without one left out)."""
     out = {}
     for layer in leaf_layers(model):
-        kernels = [np.asarray(v) for v in layer.weights if is_kernel(v.name, np.asarray(v))]
-        size = sum(w.size for w in kernels)
+        found = kernels(layer)
+        size = sum(w.size for w in found)
         if size:
-            out[layer.name] = 1.0 - sum(int(np.count_nonzero(w)) for w in kernels) / size
+            out[layer.name] = 1.0 - sum(int(np.count_nonzero(w)) for w in found) / size
     return out
 
 

@@ -83,12 +83,12 @@ def run(
     # before the baseline's compile and evaluation, as loaded (uncompiled): the pruned model is
     # saved without compile, optimizer or metric state too, so the two sizes compare like for like.
     main_format = spec.export.formats[0]
+    keras3_files = version_out == 3 and any(fmt in KERAS_FILES for fmt in spec.export.formats)
     baseline3 = loaded.original
-    if version_out == 3 and baseline3 is None and any(fmt in KERAS_FILES for fmt in spec.export.formats):
+    if keras3_files and baseline3 is None:
         baseline3, _ = keras3_twin(model, None, workdir)  # before training: a model Keras 3 reads wrong fails now
-    if main_format not in KERAS_FILES or version_out != 3:
-        baseline3 = None
-    baseline_file = export(model, main_format, workdir / "baseline", x_train, baseline3)
+    keras3_main = keras3_files and main_format in KERAS_FILES
+    baseline_file = export(model, main_format, workdir / "baseline", x_train, baseline3 if keras3_main else None)
     result.size_before.CopyFrom(measure.sizes(baseline_file))
     check_tflite(model, spec.export.formats)  # before any training: pruning changes no TFLite op
 
@@ -206,7 +206,7 @@ def run(
 
     stripped = tfmot.sparsity.keras.strip_pruning(pruned) if chosen else pruned
     stripped3 = None
-    if version_out == 3 and any(fmt in KERAS_FILES for fmt in spec.export.formats):
+    if keras3_files:
         # A model with channels removed no longer fits a clone of the uploaded Keras 3 model:
         # Keras 3 reads it from the tf_keras file instead.
         like = None if spec.pruning.HasField("structured") else loaded.original

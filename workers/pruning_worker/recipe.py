@@ -19,7 +19,7 @@ from pruning_core.plan import train_steps
 from pruning_core.validation import target_sparsity
 
 from .errors import JobInputError, OutcomeError
-from .measure import is_kernel, layer_named
+from .measure import kernels, layer_named
 from .tferrors import root_cause
 
 __all__ = [
@@ -78,10 +78,6 @@ def layer_targets(p: pb.PruningSpec, layers: list[str], model: keras.Model | Non
     return {name: p.layer_sparsity.get(name, target) for name in layers}
 
 
-def _kernels(layer: keras.layers.Layer) -> list[np.ndarray]:
-    return [np.asarray(w) for w in layer.weights if is_kernel(w.name, np.asarray(w))]
-
-
 def _input_channels(w: np.ndarray) -> int:
     """The axis m-by-n groups run along, as TFMOT lays a 2-D or 4-D kernel out."""
     return int(w.shape[0] if w.ndim == 2 else w.shape[2])
@@ -92,7 +88,7 @@ def m_by_n_sparsity(layer: keras.layers.Layer, mn: pb.SparsityMByN) -> float:
     consecutive input-channel weights, and of a last group shorter than n (the input channels
     not a multiple of n) only what exceeds n - m."""
     zeros = size = 0
-    for w in _kernels(layer):
+    for w in kernels(layer):
         cols = _input_channels(w)
         rows = w.size // cols
         zeros += rows * validation.m_by_n_zeros(cols, mn)
@@ -113,7 +109,7 @@ def check_shapes(model: keras.Model, p: pb.PruningSpec, chosen: list[str]) -> li
                 f"spec.pruning.sparsity_m_by_n: takes layers computing in float32 only; exclude the layer {name} "
                 f"({layer.dtype}) or save it with the float32 dtype policy"
             )
-        for w in _kernels(layer):
+        for w in kernels(layer):
             what = f"layer {name} ({type(layer).__name__}, kernel {tuple(w.shape)})"
             if p.HasField("sparsity_m_by_n"):
                 mn = p.sparsity_m_by_n
