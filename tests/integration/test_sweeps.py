@@ -186,14 +186,22 @@ def test_unknown_sweep_is_not_found(client_module):
     assert error.value.code == grpc.StatusCode.NOT_FOUND
 
 
-def test_the_cli_runs_a_sweep_and_prints_the_curve(server, mnist, worker, second_worker):
+def _cli(server, *args: str) -> subprocess.CompletedProcess:
     import os
 
     pruning = pathlib.Path(sys.executable).parent / "pruning"
     env = {**os.environ, "PRUNING_API_KEY": "", "PRUNING_TARGET": server.target}
-    args = [str(pruning), "sweep", "--model", mnist.model_id, "--dataset", mnist.dataset.artifact_id]
-    args += ["--epochs", "1", "--sparsities", "0.6,0.85", "--max-loss-pp", "100", "--no-report", "--wait"]
-    out = subprocess.run(args, capture_output=True, text=True, timeout=600, env=env)
+    return subprocess.run([str(pruning), *args], capture_output=True, text=True, timeout=600, env=env)
+
+
+def _cli_sweep(server, mnist, sparsities: str, *budget: str) -> subprocess.CompletedProcess:
+    """``pruning sweep --wait`` of one epoch a trial over ``sparsities``, with ``budget``'s flags."""
+    args = ["sweep", "--model", mnist.model_id, "--dataset", mnist.dataset.artifact_id, "--epochs", "1"]
+    return _cli(server, *args, "--sparsities", sparsities, *budget, "--no-report", "--wait")
+
+
+def test_the_cli_runs_a_sweep_and_prints_the_curve(server, mnist, worker, second_worker):
+    out = _cli_sweep(server, mnist, "0.6,0.85", "--max-loss-pp", "100")
     assert out.returncode == 0, out.stderr
     assert "\r" not in out.stdout + out.stderr  # piped: plain lines
     assert "trial 0: sparsity 0.6000" in out.stderr and "trial 1: sparsity 0.8500" in out.stderr
@@ -202,25 +210,18 @@ def test_the_cli_runs_a_sweep_and_prints_the_curve(server, mnist, worker, second
     assert any(" 0.8500 " in row and "succeeded" in row for row in table)
     assert "chosen: trial 1" in out.stdout  # a budget of 100 pp keeps the highest
     sweep_id = table[0].split()[1]
-    status = subprocess.run([str(pruning), "sweep-status", sweep_id, "--json"], capture_output=True, text=True, env=env)
+    status = _cli(server, "sweep-status", sweep_id, "--json")
     assert status.returncode == 0 and json.loads(status.stdout)["state"] == "JOB_STATE_SUCCEEDED"
 
 
 def test_the_cli_exits_8_when_no_sparsity_keeps_a_sweep_s_budget(server, mnist, worker, second_worker):
     """It exited 0, as if the search had an answer; a job with the same budget fails (exit 8)."""
-    import os
-
-    pruning = pathlib.Path(sys.executable).parent / "pruning"
-    env = {**os.environ, "PRUNING_API_KEY": "", "PRUNING_TARGET": server.target}
-    args = [str(pruning), "sweep", "--model", mnist.model_id, "--dataset", mnist.dataset.artifact_id]
-    args += ["--epochs", "1", "--sparsities", "0.98,0.99", "--max-loss-pp", "0.01", "--no-report", "--wait"]
-    out = subprocess.run(args, capture_output=True, text=True, timeout=600, env=env)
+    out = _cli_sweep(server, mnist, "0.98,0.99", "--max-loss-pp", "0.01")
     assert out.returncode == 8, out.stderr
     # the curve, still (0.99 may be cancelled once 0.98 is over the budget)
     assert any(" 0.9800 " in row and "succeeded" in row for row in out.stdout.splitlines()), out.stdout
     assert "no sparsity tried keeps the accuracy budget" in out.stderr
-    curve = [a for a in args if a not in ("--max-loss-pp", "0.01")]  # no budget: a curve has no answer to miss
-    out = subprocess.run(curve, capture_output=True, text=True, timeout=600, env=env)
+    out = _cli_sweep(server, mnist, "0.98,0.99")  # no budget: a curve has no answer to miss
     assert out.returncode == 0, out.stderr
 
 
