@@ -22,7 +22,10 @@ here on free ports), with client and server in separate processes:
   (the largest of the rounds; a 64 MiB upload and download first warm the server up, so what
   it sets up once is not counted).
 
-Prints medians of ``--repeat`` rounds and the service/echo ratios.
+Prints medians of ``--repeat`` rounds and the service/echo ratios, then the CPU seconds per GiB
+of each end (the bench process as the client; the echo's or the service's server process) for
+the echo's and the service's uploads and downloads: where both ends share the machine's cores,
+their sum bounds the ratios.
 
 ``--writes direct,plain`` adds rows with both ends writing through the page cache (the server
 with ``PRUNING_DIRECT_WRITES=false``, the SDK without ``O_DIRECT``), for a side-by-side view.
@@ -34,8 +37,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
+import contextlib
 import os
 import pathlib
+import resource
 import statistics
 import subprocess
 import sys
@@ -43,6 +49,7 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 
 import grpc
 import numpy as np
@@ -99,8 +106,9 @@ async def _echo_server(port_file: str) -> None:
     await server.wait_for_termination()
 
 
-def echo_round(target: str, path: pathlib.Path) -> tuple[float, float]:
-    """Seconds to send the file's bytes in 1 MiB chunks, and to receive as many."""
+def echo_round(target: str, path: pathlib.Path, server: psutil.Process, results: dict[str, list[float]]) -> None:
+    """Seconds (and CPU seconds of each end) to send the file's bytes in 1 MiB chunks, and to
+    receive as many."""
     size = path.stat().st_size
     with grpc.insecure_channel(target, options=[("grpc.max_receive_message_length", 8 * MiB)]) as channel:
         upload = channel.stream_unary(_UP)
@@ -111,12 +119,10 @@ def echo_round(target: str, path: pathlib.Path) -> tuple[float, float]:
                 while data := f.read(MiB):
                     yield data
 
-        started = time.perf_counter()
-        assert int(upload(chunks())) == size
-        up_s = time.perf_counter() - started
-        started = time.perf_counter()
-        assert sum(len(c) for c in download(str(size).encode())) == size
-        return up_s, time.perf_counter() - started
+        with timed(results, "up", server):
+            assert int(upload(chunks())) == size
+        with timed(results, "down", server):
+            assert sum(len(c) for c in download(str(size).encode())) == size
 
 
 # -- measurement helpers ---------------------------------------------------------------------
@@ -136,6 +142,26 @@ class PeakRss(threading.Thread):
         self.done.set()
         self.join()
         return self.peak
+
+
+def _cpu_s(process: psutil.Process | None = None) -> float:
+    if process is None:
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        return usage.ru_utime + usage.ru_stime
+    times = process.cpu_times()
+    return times.user + times.system
+
+
+@contextlib.contextmanager
+def timed(results: dict[str, list[float]], name: str, server: psutil.Process) -> Iterator[None]:
+    """Appends the block's seconds to ``results[name]``, and the CPU seconds it cost this
+    process (the client) and the server process to ``name + "_client_cpu"`` and
+    ``name + "_server_cpu"``."""
+    wall, client, served = time.perf_counter(), _cpu_s(), _cpu_s(server)
+    yield
+    results[name].append(time.perf_counter() - wall)
+    results[f"{name}_client_cpu"].append(_cpu_s() - client)
+    results[f"{name}_server_cpu"].append(_cpu_s(server) - served)
 
 
 def _wait_port(path: pathlib.Path, process: subprocess.Popen) -> int:
@@ -204,8 +230,7 @@ def bench_backend(
         env=env,
         stderr=subprocess.DEVNULL,
     )
-    names = ("up", "up_streamed", "again", "down", "bare_down", "disk", "raw_up", "raw_down", "rss")
-    results: dict[str, list[float]] = {k: [] for k in names}
+    results: dict[str, list[float]] = collections.defaultdict(list)
 
     def forget(artifact_id: str) -> None:
         # a new artifact each time: the same bytes again would be answered after the header
@@ -215,6 +240,7 @@ def bench_backend(
 
     try:
         target = f"127.0.0.1:{_wait_port(port_file, server)}"
+        served = psutil.Process(server.pid)
         with Client(target, timeout=600) as client, Client(target, timeout=600, hash_first=False) as streaming:
             client.wait_ready(30)
             _warm_up(client, tmp / "warm-up.npz", client_dir / "warm-up-back.npz")
@@ -222,16 +248,14 @@ def bench_backend(
                 before = psutil.Process(server.pid).memory_info().rss
                 sampler = PeakRss(server.pid)
                 sampler.start()
-                started = time.perf_counter()
-                artifact = client.upload_dataset(path)
-                results["up"].append(time.perf_counter() - started)
+                with timed(results, "up", served):
+                    artifact = client.upload_dataset(path)
                 started = time.perf_counter()
                 assert client.upload_dataset(path).id == artifact.id  # held: answered after the header
                 results["again"].append(time.perf_counter() - started)
                 back = client_dir / "back.npz"
-                started = time.perf_counter()
-                client.download(artifact.id, back, resume=False)
-                results["down"].append(time.perf_counter() - started)
+                with timed(results, "down", served):
+                    client.download(artifact.id, back, resume=False)
                 results["rss"].append(max(0, sampler.stop() - before))
                 # the server's side alone: the same download to a client that only counts bytes
                 started = time.perf_counter()
@@ -311,15 +335,13 @@ def main() -> None:
             rows = []
             for backend in args.backend.split(","):
                 for writes in args.writes.split(","):
-                    echo_up, echo_down = [], []
+                    echoed: dict[str, list[float]] = collections.defaultdict(list)
                     for _ in range(args.repeat):
-                        up_s, down_s = echo_round(target, path)
-                        echo_up.append(up_s)
-                        echo_down.append(down_s)
+                        echo_round(target, path, psutil.Process(echo.pid), echoed)
                     files._O_DIRECT = direct_flag if writes == "direct" else 0  # the SDK's downloads
                     measured = bench_backend(backend, args, tmp, path, client_dir, direct=writes == "direct")
                     name = backend if args.writes == "direct" else f"{backend} ({writes} writes)"
-                    rows.append((name, echo_up, echo_down, measured))
+                    rows.append((name, echoed, measured))
         finally:
             echo.kill()
             echo.wait()
@@ -349,8 +371,8 @@ def main() -> None:
     )
     print("| " + " | ".join(header) + " |")
     print("|" + " --- |" * len(header))
-    for backend, echo_up, echo_down, m in rows:
-        up, down, e_up, e_down = rate(m["up"]), rate(m["down"]), rate(echo_up), rate(echo_down)
+    for backend, echoed, m in rows:
+        up, down, e_up, e_down = rate(m["up"]), rate(m["down"]), rate(echoed["up"]), rate(echoed["down"])
         bare = rate(m["bare_down"])
         raw = (f"{rate(m['raw_up']):.0f} MB/s", f"{rate(m['raw_down']):.0f} MB/s") if m["raw_up"] else ("-", "-")
         cells = (
@@ -371,6 +393,24 @@ def main() -> None:
             *raw,
         )
         print("| " + " | ".join(cells) + " |")
+
+    # Where both ends share the machine's cores, the ratios cannot beat what the CPU seconds
+    # of the two ends allow: the service hashes each byte on both ends (sha256, 0.6 s a GiB a
+    # core) and writes and reads it on disk, where the echo does neither.
+    gib = size / (1 << 30)
+    print()
+    print(f"CPU seconds per GiB, client + server (medians of {args.repeat}; {os.cpu_count()} cores):")
+    header = ("backend", "echo up", "up", "echo down", "down")
+    print("| " + " | ".join(header) + " |")
+    print("|" + " --- |" * len(header))
+
+    def cpu(results: dict[str, list[float]], name: str) -> str:
+        client = statistics.median(results[f"{name}_client_cpu"]) / gib
+        server = statistics.median(results[f"{name}_server_cpu"]) / gib
+        return f"{client:.2f} + {server:.2f} = {client + server:.2f} s"
+
+    for backend, echoed, m in rows:
+        print(f"| {backend} | {cpu(echoed, 'up')} | {cpu(m, 'up')} | {cpu(echoed, 'down')} | {cpu(m, 'down')} |")
 
 
 if __name__ == "__main__":

@@ -10,21 +10,9 @@ import os
 import pathlib
 
 import pytest
+from direct_io import direct_allowed
 
-from pruning import files
 from pruning.files import ALIGN, BLOCK, DirectWriter
-
-
-def _direct_allowed(directory: pathlib.Path) -> bool:
-    if not files._O_DIRECT:
-        return False
-    try:
-        fd = os.open(directory / "probe", os.O_WRONLY | os.O_CREAT | files._O_DIRECT, 0o644)
-    except OSError:
-        return False
-    os.close(fd)
-    (directory / "probe").unlink()
-    return True
 
 
 def _pieces(sizes: list[int]) -> list[bytes]:
@@ -40,7 +28,7 @@ def test_the_file_holds_every_byte_written(tmp_path, sizes, direct):
     path = tmp_path / "out"
     pieces = _pieces(sizes)
     with DirectWriter(path, direct=direct) as writer:
-        assert writer.direct == (direct and _direct_allowed(tmp_path))
+        assert writer.direct == (direct and direct_allowed(tmp_path))
         for piece in pieces:
             assert writer.write(memoryview(piece)) == len(piece)
     assert path.read_bytes() == b"".join(pieces)
@@ -54,7 +42,7 @@ def test_appending_writes_after_the_end_direct_only_from_an_aligned_one(tmp_path
     tail = os.urandom(BLOCK + 12345)
     with DirectWriter(path, append=True) as writer:
         assert writer.size == start
-        assert writer.direct == (start % ALIGN == 0 and _direct_allowed(tmp_path))
+        assert writer.direct == (start % ALIGN == 0 and direct_allowed(tmp_path))
         writer.write(tail)
     assert path.read_bytes() == head + tail
 
@@ -74,7 +62,7 @@ def test_tmpfs_refuses_o_direct_and_gets_a_plain_file():
     try:
         data = os.urandom(BLOCK + 7)
         with DirectWriter(path) as writer:
-            assert writer.direct == _direct_allowed(directory)
+            assert writer.direct == direct_allowed(directory)
             writer.write(data)
         assert path.read_bytes() == data
     finally:
@@ -82,7 +70,7 @@ def test_tmpfs_refuses_o_direct_and_gets_a_plain_file():
 
 
 def test_a_write_refused_after_the_open_goes_on_plainly(tmp_path, monkeypatch):
-    if not _direct_allowed(tmp_path):
+    if not direct_allowed(tmp_path):
         pytest.skip("O_DIRECT is not allowed here")
     real_write = os.write
     refused = []

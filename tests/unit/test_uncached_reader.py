@@ -1,0 +1,147 @@
+"""pruning.files.UncachedReader: positional reads that copy what the page cache holds and read
+the rest past it (O_DIRECT), with the right bytes at any offset and size either way, and plain
+reads where O_DIRECT is refused (tmpfs, a read refused after the open)."""
+
+from __future__ import annotations
+
+import errno
+import mmap
+import os
+import pathlib
+import random
+
+import pytest
+from direct_io import direct_allowed
+
+from pruning import files
+from pruning.files import ALIGN, DirectWriter, UncachedReader
+
+MiB = 1 << 20
+
+
+def _uncached_file(path: pathlib.Path, size: int) -> bytes:
+    """A new file written past the page cache: none of its pages is cached."""
+    data = os.urandom(size)
+    with DirectWriter(path) as writer:
+        writer.write(data)
+    return data
+
+
+def _reads(reader: UncachedReader, data: bytes, count: int = 200, most: int = MiB) -> None:
+    buffer = mmap.mmap(-1, UncachedReader.buffer_size(most))
+    rng = random.Random(0)
+    cases = [(0, most), (len(data) - 5, most), (len(data), most), (len(data) + 9, 10), (ALIGN - 1, ALIGN + 2)]
+    cases += [(rng.randrange(len(data) + 10), rng.randrange(most + 1)) for _ in range(count)]
+    for offset, size in cases:
+        with reader.read(size, offset, buffer) as view:
+            assert bytes(view) == data[offset : offset + size], (offset, size)
+
+
+@pytest.mark.parametrize("direct", [True, False])
+def test_every_range_reads_back_its_bytes(tmp_path, direct):
+    path = tmp_path / "blob"
+    data = _uncached_file(path, 3 * MiB + 12_345)
+    reader = UncachedReader(path, direct=direct)
+    try:
+        assert reader.direct == (direct and direct_allowed(tmp_path) and files._LIBC is not None)
+        _reads(reader, data)
+        path.read_bytes()  # now all of it is in the page cache
+        _reads(reader, data)
+    finally:
+        reader.close()
+
+
+def test_uncached_ranges_are_read_directly_and_cached_ones_from_the_cache(tmp_path, monkeypatch):
+    if not direct_allowed(tmp_path) or files._LIBC is None:
+        pytest.skip("O_DIRECT or mincore is not available here")
+    path = tmp_path / "blob"
+    data = _uncached_file(path, 4 * MiB)
+    reader = UncachedReader(path)
+    read_from: list[int] = []
+    real = os.preadv
+
+    def preadv(fd, buffers, offset, *flags):
+        read_from.append(fd)
+        return real(fd, buffers, offset, *flags)
+
+    monkeypatch.setattr(os, "preadv", preadv)
+    buffer = mmap.mmap(-1, UncachedReader.buffer_size(MiB))
+    try:
+        assert not reader.cached(MiB, 0)
+        assert bytes(reader.read(MiB, 0, buffer)) == data[:MiB]
+        assert read_from == [reader.direct_fd]
+        assert not reader.cached(MiB, 0)  # a direct read leaves nothing in the page cache
+
+        with open(path, "rb") as f:
+            f.read(2 * MiB)
+        assert reader.cached(MiB, 0) and reader.cached(MiB, MiB)
+        assert bytes(reader.read(MiB, 5, buffer)) == data[5 : MiB + 5]
+        assert read_from[1:] == [reader.fd]
+    finally:
+        reader.close()
+
+
+@pytest.mark.skipif(not pathlib.Path("/dev/shm").is_dir(), reason="no tmpfs at /dev/shm")
+def test_tmpfs_refuses_o_direct_and_every_read_is_plain():
+    path = pathlib.Path("/dev/shm") / f"pruning-uncached-{os.getpid()}"
+    try:
+        path.write_bytes(data := os.urandom(MiB + 3))
+        reader = UncachedReader(path)
+        try:
+            assert reader.direct == direct_allowed(path.parent)
+            _reads(reader, data, count=20)
+        finally:
+            reader.close()
+    finally:
+        path.unlink(missing_ok=True)
+
+
+def test_a_read_refused_after_the_open_goes_on_plainly(tmp_path, monkeypatch):
+    if not direct_allowed(tmp_path) or files._LIBC is None:
+        pytest.skip("O_DIRECT or mincore is not available here")
+    path = tmp_path / "blob"
+    data = _uncached_file(path, 2 * MiB)
+    reader = UncachedReader(path)
+    real = os.preadv
+
+    def preadv(fd, buffers, offset, *flags):
+        if fd == reader.direct_fd:
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real(fd, buffers, offset, *flags)
+
+    monkeypatch.setattr(os, "preadv", preadv)
+    try:
+        _reads(reader, data, count=10)
+        assert not reader.direct
+    finally:
+        reader.close()
+
+
+def test_another_read_error_stands(tmp_path, monkeypatch):
+    if not direct_allowed(tmp_path) or files._LIBC is None:
+        pytest.skip("O_DIRECT or mincore is not available here")
+    path = tmp_path / "blob"
+    _uncached_file(path, MiB)
+    reader = UncachedReader(path)
+
+    def preadv(fd, buffers, offset, *flags):
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(os, "preadv", preadv)
+    try:
+        with pytest.raises(OSError, match="Input/output"):
+            reader.read(MiB, 0, mmap.mmap(-1, UncachedReader.buffer_size(MiB)))
+    finally:
+        reader.close()
+    assert reader.fd == reader.direct_fd == -1
+    reader.close()  # again: nothing left to close
+
+
+def test_an_empty_file_reads_nothing(tmp_path):
+    path = tmp_path / "empty"
+    path.write_bytes(b"")
+    reader = UncachedReader(path)
+    try:
+        assert bytes(reader.read(MiB, 0, mmap.mmap(-1, UncachedReader.buffer_size(MiB)))) == b""
+    finally:
+        reader.close()
