@@ -187,7 +187,7 @@ def _libc_calls() -> Any:
     return calls
 
 
-_LIBC = _libc_calls() if _O_DIRECT else None
+_LIBC: Any = _libc_calls() if _O_DIRECT else None
 _MAP_FAILED = ctypes.c_void_p(-1).value
 _LOW_BIT = bytes(b & 1 for b in range(256))
 

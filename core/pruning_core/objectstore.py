@@ -127,7 +127,7 @@ CHECKPOINT_LATEST = "latest.json"  # names the last checkpoint's files; written 
 _JOB_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")  # a path component, never ``..``
 
 
-Frame = Callable[[int, memoryview], bytes]  # (offset, chunk) -> the bytes to send
+Frame = Callable[[int, bytes | memoryview], bytes]  # (offset, chunk) -> the bytes to send
 
 
 class _Buffers:
