@@ -403,3 +403,37 @@ def test_a_channels_first_model_loads_on_a_cpu_worker(tmp_path):
     keras.Model(inputs, outputs).save(path)
     loaded = safe_load.load(path, tmp_path, 1 << 30)
     assert loaded.keras_version == 3 and loaded.conversion_diff <= TOLERANCE
+
+
+def test_a_model_with_large_outputs_is_judged_relative_to_their_scale(tmp_path):
+    """A regression model whose outputs reach 1e4 differs from its translation by about 1e-2
+    from float32 rounding alone (the two Keras versions order some sums differently): it loads,
+    and its Keras 3 twin is accepted, where an absolute 1e-4 refused it as 'computes something
+    else'. A real difference (another activation) is still refused at that scale."""
+    from pruning_worker import safe_load
+    from pruning_worker.export import keras3_twin
+
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((28, 28, 1))
+    x = keras.layers.Conv2D(16, 3, activation="relu")(inputs)
+    x = keras.layers.BatchNormalization()(x)
+    x = keras.layers.Conv2D(32, 3, activation="relu")(x)
+    x = keras.layers.Dense(64, activation="relu")(keras.layers.GlobalAveragePooling2D()(x))
+    model = keras.Model(inputs, keras.layers.Dense(1)(x))
+    for weight in model.weights:
+        if weight.path.endswith("kernel"):
+            weight.assign(weight.numpy() * 30)
+    path = tmp_path / "regression.keras"
+    model.save(path)
+
+    loaded = safe_load.load(path, tmp_path, 1 << 30)
+    diff, scale = bridge.compare(loaded.original, loaded.model)
+    assert scale > 1e3 and diff == loaded.conversion_diff
+    assert safe_load.CONVERSION_TOLERANCE < diff <= safe_load.conversion_tolerance(scale)
+    twin, twin_diff = keras3_twin(loaded.model, loaded.original, tmp_path)
+    assert twin_diff <= safe_load.conversion_tolerance(scale)
+
+    other = bridge.to_tf_keras(loaded.original)
+    other.layers[-2].activation = tf_keras.activations.elu  # computes something else
+    diff, scale = bridge.compare(loaded.original, other)
+    assert diff > safe_load.conversion_tolerance(scale)

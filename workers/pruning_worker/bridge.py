@@ -8,7 +8,7 @@ for a fixed list of built-in layers (:data:`SUPPORTED`) and nothing else:
   and outputs, shared layers, nested models) out of tf_keras layers made from translated
   configurations, then copies the weights variable by variable, paired by name and checked
   by shape and dtype. Layer names stay identical.
-* :func:`check_equivalence` compares the two models' outputs on a probe batch.
+* :func:`compare` (and :func:`check_equivalence`) compares the two models' outputs on a probe batch.
 * :func:`to_keras3` copies the (pruned, stripped) tf_keras weights back into a clone of the
   original Keras 3 model, so the result saves as a plain Keras 3 file.
 
@@ -44,6 +44,7 @@ __all__ = [
     "BridgeError",
     "UnsupportedLayer",
     "check_equivalence",
+    "compare",
     "keras_version_of",
     "load_keras3",
     "make_probe",
@@ -828,17 +829,24 @@ def _pack(model: Any, arrays: list[np.ndarray]) -> Any:
     return arrays[0] if len(arrays) == 1 else list(arrays)
 
 
-def check_equivalence(model3: Any, model2: Any, probe: list[np.ndarray] | None = None) -> float:
-    """The largest absolute difference between the two models' outputs on ``probe``
-    (default: :func:`make_probe` of ``model3``), in inference mode.
+def compare(model3: Any, model2: Any, probe: list[np.ndarray] | None = None) -> tuple[float, float]:
+    """The largest absolute difference between the two models' outputs on ``probe`` (default:
+    :func:`make_probe` of ``model3``), in inference mode, and the largest magnitude of
+    ``model3``'s outputs (their scale: float32 rounds an output of 1e4 to within 1e-3).
 
     Raises:
         BridgeError: the models' outputs differ in number or shape.
     """
     probe = make_probe(model3) if probe is None else probe
-    out3 = [np.asarray(o) for o in keras.tree.flatten(model3(_pack(model3, probe), training=False))]
-    out2 = [np.asarray(o) for o in tf.nest.flatten(model2(_pack(model2, probe), training=False))]
+    out3 = [np.asarray(o, np.float64) for o in keras.tree.flatten(model3(_pack(model3, probe), training=False))]
+    out2 = [np.asarray(o, np.float64) for o in tf.nest.flatten(model2(_pack(model2, probe), training=False))]
     if len(out3) != len(out2) or any(a.shape != b.shape for a, b in zip(out3, out2)):
         raise BridgeError(f"output shapes differ: {[a.shape for a in out3]} vs {[b.shape for b in out2]}")
-    diffs = [np.abs(a.astype(np.float64) - b.astype(np.float64)) for a, b in zip(out3, out2)]
-    return max((float(d.max()) for d in diffs if d.size), default=0.0)
+    diff = max((float(np.abs(a - b).max()) for a, b in zip(out3, out2) if a.size), default=0.0)
+    scale = max((float(np.abs(a).max()) for a in out3 if a.size), default=0.0)
+    return diff, scale
+
+
+def check_equivalence(model3: Any, model2: Any, probe: list[np.ndarray] | None = None) -> float:
+    """The largest absolute difference of :func:`compare`."""
+    return compare(model3, model2, probe)[0]
