@@ -126,9 +126,9 @@ class Settings(BaseSettings):
         60.0,
         gt=0,
         description="a download whose client takes no chunk for this long is ended (DEADLINE_EXCEEDED; the SDK "
-        "resumes from its offset), freeing its slot: a client that stops reading holds none for good. A client "
-        "must take a chunk (chunk_size) within it: one reading slower than chunk_size / this (17 KiB/s at the "
-        "defaults) cannot finish",
+        "resumes from its offset), freeing its slot: a client that stops reading holds none for good. A slow "
+        "client is not ended: gRPC takes each chunk as the link frees the stream's window (a client at 64 KiB/s "
+        "finishes with 256 KiB chunks and a 0.5 s timeout)",
     )
     work_dir: pathlib.Path | None = Field(
         None, description="where workers keep a job's files while it runs; default <system temp>/pruning-jobs"

@@ -171,10 +171,11 @@ def test_a_client_that_stops_reading_a_download_frees_its_slot(env, tmp_path):
 
 class CuttingRelay:
     """Relays TCP connections to ``target``; the first is reset once ``cut_after`` bytes came
-    back from the server (a connection lost midway), the later ones run to their end."""
+    back from the server (a connection lost midway), the later ones run to their end. With
+    ``rate``, what comes back is relayed at that many bytes a second (a slow link)."""
 
-    def __init__(self, target: tuple[str, int], cut_after: int):
-        self.target, self.cut_after = target, cut_after
+    def __init__(self, target: tuple[str, int], cut_after: int | None = None, rate: float | None = None):
+        self.target, self.cut_after, self.rate = target, cut_after, rate
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
         self.connections = 0
@@ -191,13 +192,15 @@ class CuttingRelay:
             upstream = socket.create_connection(self.target)
             cut = self.cut_after if self.connections == 1 else None
             threading.Thread(target=self._pump, args=(client, upstream, None), daemon=True).start()
-            threading.Thread(target=self._pump, args=(upstream, client, cut), daemon=True).start()
+            threading.Thread(target=self._pump, args=(upstream, client, cut, self.rate), daemon=True).start()
 
-    def _pump(self, src: socket.socket, dst: socket.socket, cut: int | None) -> None:
+    def _pump(self, src: socket.socket, dst: socket.socket, cut: int | None, rate: float | None = None) -> None:
         sent = 0
         try:
-            while data := src.recv(65536):
+            while data := src.recv(16384 if rate else 65536):
                 dst.sendall(data)
+                if rate:
+                    time.sleep(len(data) / rate)
                 if cut is not None:
                     self.back += len(data)
                     sent += len(data)
@@ -274,4 +277,30 @@ def test_a_download_the_server_ended_for_a_stall_is_resumed_by_the_sdk(env, tmp_
             got = client.download(artifact.id, tmp_path / "back.npz", progress=progress)
         assert hashlib.sha256(got.read_bytes()).hexdigest() == artifact.id and paused
     finally:
+        server.stop()
+
+
+def test_a_client_on_a_slow_link_finishes_its_download(env, tmp_path):
+    """The idle timeout ends downloads whose client stopped reading, not slow ones: a client
+    taking 64 KiB/s, 4 s for each 256 KiB chunk against a 0.5 s timeout, finishes in one call
+    (gRPC takes each chunk as the link frees the window, never waiting for all of it)."""
+    import hashlib
+
+    from hostile import npz_bytes
+
+    server = hostile_server(env, "slow-link", download_idle_timeout_s=0.5, chunk_size=256 << 10)
+    data = tmp_path / "data.npz"
+    data.write_bytes(npz_bytes(n_train=12_000))  # ~460 KiB: two chunks
+    relay = CuttingRelay(("127.0.0.1", server.port), rate=64 << 10)
+    try:
+        with Client(server.target, api_key="key-a", timeout=30) as client:
+            artifact = client.upload_dataset(data)
+        started = time.monotonic()
+        with Client(f"127.0.0.1:{relay.port}", api_key="key-a", timeout=30) as far:
+            got = far.download(artifact.id, tmp_path / "back.npz")
+        assert hashlib.sha256(got.read_bytes()).hexdigest() == artifact.id
+        assert time.monotonic() - started > artifact.size / (64 << 10) * 0.8  # the link was that slow
+        assert relay.connections == 1  # never ended for a stall, never resumed
+    finally:
+        relay.close()
         server.stop()
