@@ -27,6 +27,19 @@ def _uncached_file(path: pathlib.Path, size: int) -> bytes:
     return data
 
 
+@pytest.fixture
+def direct_blob(tmp_path):
+    """A 4 MiB file none of whose pages is cached, its bytes, and a reader of it that reads
+    directly (skipped where O_DIRECT or mincore is not available)."""
+    if not direct_allowed(tmp_path) or files._LIBC is None:
+        pytest.skip("O_DIRECT or mincore is not available here")
+    path = tmp_path / "blob"
+    data = _uncached_file(path, 4 * MiB)
+    reader = UncachedReader(path)
+    yield path, data, reader
+    reader.close()
+
+
 def _reads(reader: UncachedReader, data: bytes, count: int = 200, most: int = MiB) -> None:
     buffer = mmap.mmap(-1, UncachedReader.buffer_size(most))
     rng = random.Random(0)
@@ -51,12 +64,8 @@ def test_every_range_reads_back_its_bytes(tmp_path, direct):
         reader.close()
 
 
-def test_uncached_ranges_are_read_directly_and_cached_ones_from_the_cache(tmp_path, monkeypatch):
-    if not direct_allowed(tmp_path) or files._LIBC is None:
-        pytest.skip("O_DIRECT or mincore is not available here")
-    path = tmp_path / "blob"
-    data = _uncached_file(path, 4 * MiB)
-    reader = UncachedReader(path)
+def test_uncached_ranges_are_read_directly_and_cached_ones_from_the_cache(direct_blob, monkeypatch):
+    path, data, reader = direct_blob
     read_from: list[int] = []
     real = os.preadv
 
@@ -66,19 +75,16 @@ def test_uncached_ranges_are_read_directly_and_cached_ones_from_the_cache(tmp_pa
 
     monkeypatch.setattr(os, "preadv", preadv)
     buffer = mmap.mmap(-1, UncachedReader.buffer_size(MiB))
-    try:
-        assert not reader.cached(MiB, 0)
-        assert bytes(reader.read(MiB, 0, buffer)) == data[:MiB]
-        assert read_from == [reader.direct_fd]
-        assert not reader.cached(MiB, 0)  # a direct read leaves nothing in the page cache
+    assert not reader.cached(MiB, 0)
+    assert bytes(reader.read(MiB, 0, buffer)) == data[:MiB]
+    assert read_from == [reader.direct_fd]
+    assert not reader.cached(MiB, 0)  # a direct read leaves nothing in the page cache
 
-        with open(path, "rb") as f:
-            f.read(2 * MiB)
-        assert reader.cached(MiB, 0) and reader.cached(MiB, MiB)
-        assert bytes(reader.read(MiB, 5, buffer)) == data[5 : MiB + 5]
-        assert read_from[1:] == [reader.fd]
-    finally:
-        reader.close()
+    with open(path, "rb") as f:
+        f.read(2 * MiB)
+    assert reader.cached(MiB, 0) and reader.cached(MiB, MiB)
+    assert bytes(reader.read(MiB, 5, buffer)) == data[5 : MiB + 5]
+    assert read_from[1:] == [reader.fd]
 
 
 @pytest.mark.skipif(not pathlib.Path("/dev/shm").is_dir(), reason="no tmpfs at /dev/shm")
@@ -96,12 +102,8 @@ def test_tmpfs_refuses_o_direct_and_every_read_is_plain():
         path.unlink(missing_ok=True)
 
 
-def test_a_read_refused_after_the_open_goes_on_plainly(tmp_path, monkeypatch):
-    if not direct_allowed(tmp_path) or files._LIBC is None:
-        pytest.skip("O_DIRECT or mincore is not available here")
-    path = tmp_path / "blob"
-    data = _uncached_file(path, 2 * MiB)
-    reader = UncachedReader(path)
+def test_a_read_refused_after_the_open_goes_on_plainly(direct_blob, monkeypatch):
+    _, data, reader = direct_blob
     real = os.preadv
 
     def preadv(fd, buffers, offset, *flags):
@@ -110,29 +112,20 @@ def test_a_read_refused_after_the_open_goes_on_plainly(tmp_path, monkeypatch):
         return real(fd, buffers, offset, *flags)
 
     monkeypatch.setattr(os, "preadv", preadv)
-    try:
-        _reads(reader, data, count=10)
-        assert not reader.direct
-    finally:
-        reader.close()
+    _reads(reader, data, count=10)
+    assert not reader.direct
 
 
-def test_another_read_error_stands(tmp_path, monkeypatch):
-    if not direct_allowed(tmp_path) or files._LIBC is None:
-        pytest.skip("O_DIRECT or mincore is not available here")
-    path = tmp_path / "blob"
-    _uncached_file(path, MiB)
-    reader = UncachedReader(path)
+def test_another_read_error_stands(direct_blob, monkeypatch):
+    _, _, reader = direct_blob
 
     def preadv(fd, buffers, offset, *flags):
         raise OSError(errno.EIO, "Input/output error")
 
     monkeypatch.setattr(os, "preadv", preadv)
-    try:
-        with pytest.raises(OSError, match="Input/output"):
-            reader.read(MiB, 0, mmap.mmap(-1, UncachedReader.buffer_size(MiB)))
-    finally:
-        reader.close()
+    with pytest.raises(OSError, match="Input/output"):
+        reader.read(MiB, 0, mmap.mmap(-1, UncachedReader.buffer_size(MiB)))
+    reader.close()
     assert reader.fd == reader.direct_fd == -1
     reader.close()  # again: nothing left to close
 
