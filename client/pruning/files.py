@@ -200,15 +200,22 @@ class UncachedReader:
     read directly). Before each read, ``mincore`` on a mapping of the file (never touched, so
     it costs address space only) says whether the range is all in the page cache: then it is
     copied from there, otherwise read directly, aligned around the range asked for. Where the
-    file system or the platform refuses any of this, every read is a plain one."""
+    file system or the platform refuses any of this, every read is a plain one.
+
+    :meth:`close` may come while reads run in other threads (a download cancelled midway: its
+    reads cannot be stopped): the file is closed once the last of them ends, and a read that
+    starts after the close raises ValueError."""
 
     def __init__(self, path: os.PathLike[str] | str, *, direct: bool = True) -> None:
         cloexec = getattr(os, "O_CLOEXEC", 0)
+        self._lock = threading.Lock()
+        self._reading = 0  # reads under way
+        self._closing = False
         self.fd = os.open(path, os.O_RDONLY | cloexec)
         self.direct_fd = -1
         self._map, self._mapped = 0, 0
         try:
-            size = os.fstat(self.fd).st_size
+            self.size = size = os.fstat(self.fd).st_size  # at the open
             if direct and _LIBC is not None and size:
                 address = _LIBC[0](None, size, mmap.PROT_READ, mmap.MAP_SHARED, self.fd, 0)
                 if address not in (None, _MAP_FAILED):
@@ -242,7 +249,20 @@ class UncachedReader:
     def read(self, size: int, offset: int, buffer: mmap.mmap) -> memoryview:
         """Up to ``size`` bytes from ``offset`` (fewer at the end of the file) as a view of
         ``buffer`` (of at least :meth:`buffer_size` bytes), valid until it is used again."""
-        whole = memoryview(buffer)
+        with self._lock:
+            if self._closing:
+                raise ValueError("read of a closed file")
+            self._reading += 1
+        try:
+            return self._read(size, offset, memoryview(buffer))
+        finally:
+            with self._lock:
+                self._reading -= 1
+                last = self._closing and not self._reading
+            if last:
+                self._close()
+
+    def _read(self, size: int, offset: int, whole: memoryview) -> memoryview:
         if self.direct and not self.cached(size, offset):
             start = offset - offset % ALIGN
             end = -(-(offset + size) // ALIGN) * ALIGN
@@ -259,12 +279,25 @@ class UncachedReader:
         return whole[:got]
 
     def close(self) -> None:
-        """Closes the file (once no read is under way)."""
-        if self._map:
-            address, self._map = self._map, 0
-            _LIBC[2](address, self._mapped)
-        for name in ("direct_fd", "fd"):
-            fd = getattr(self, name)
-            if fd >= 0:
-                setattr(self, name, -1)
-                os.close(fd)
+        """Closes the file now, or once the reads under way have ended. Safe to call again."""
+        with self._lock:
+            self._closing = True
+            if self._reading:
+                return
+        self._close()
+
+    def _close(self) -> None:
+        with self._lock:  # once: by close or by the last read, whichever comes second
+            if self._map:
+                address, self._map = self._map, 0
+                _LIBC[2](address, self._mapped)
+            for name in ("direct_fd", "fd"):
+                fd = getattr(self, name)
+                if fd >= 0:
+                    setattr(self, name, -1)
+                    os.close(fd)
+
+    def __del__(self) -> None:
+        if getattr(self, "_lock", None) is not None and getattr(self, "fd", -1) >= 0:
+            self._closing = True
+            self._close()

@@ -151,10 +151,16 @@ class _Buffers:
             self.free.append(buffer)
 
 
-def _pread(reader: UncachedReader, buffers: _Buffers, size: int, offset: int, frame: Frame | None) -> bytes:
+def _pread(
+    reader: UncachedReader, buffers: _Buffers, size: int, offset: int, frame: Frame | None, exact: bool
+) -> bytes:
+    """``size`` bytes of the file from ``offset`` (framed): with ``exact``, fewer (the file
+    shrank behind the store's back) raise :class:`CorruptArtifact`; otherwise they are its end."""
     buffer = buffers.take(UncachedReader.buffer_size(size))
     try:
         with reader.read(size, offset, buffer) as data:
+            if exact and len(data) != size:
+                raise CorruptArtifact(f"the file ends at {offset + len(data)} bytes, short of its recorded size")
             if not data:
                 return b""
             return frame(offset, data) if frame is not None else bytes(data)
@@ -247,7 +253,9 @@ class LocalStore(BlobStore):
     ) -> AsyncGenerator[bytes, None]:
         """The blob's bytes from ``offset`` in chunks of ``chunk``, read ahead off the event
         loop (up to ``readahead`` positional reads in flight: one, and more while the store's
-        shared spare allows); ``size``, when known, spares a request. With ``frame``, each
+        shared spare allows). ``size``, when known (the record's), is what the file must hold:
+        a file of another size raises :class:`CorruptArtifact` (never a short or long download
+        answered OK), and nothing past it is read. With ``frame``, each
         chunk comes as ``frame(its offset, its bytes)``, built in the reading thread (a
         download's serialized message). With ``direct`` I/O, what the page cache does not hold
         (an upload written past it) is read past it too (:class:`~pruning.files.UncachedReader`):
@@ -256,13 +264,21 @@ class LocalStore(BlobStore):
         held = 0  # spare chunks taken: the reads in flight beyond the first
         pending: collections.deque[asyncio.Future[bytes]] = collections.deque()
         try:
+            if size is not None and reader.size != size:
+                raise CorruptArtifact(f"artifact {artifact_id}: its file holds {reader.size} bytes, its record {size}")
             loop = asyncio.get_running_loop()
-            position = offset
+            position, end = offset, size
             while True:
-                while not pending or (len(pending) < self.readahead and self.spare.take()):
+                while (end is None or position < end) and (
+                    not pending or (len(pending) < self.readahead and self.spare.take())
+                ):
                     held += bool(pending)
-                    pending.append(loop.run_in_executor(None, _pread, reader, self.buffers, chunk, position, frame))
-                    position += chunk
+                    take = chunk if end is None else min(chunk, end - position)
+                    read = functools.partial(_pread, reader, self.buffers, take, position, frame, end is not None)
+                    pending.append(loop.run_in_executor(None, read))
+                    position += take
+                if not pending:
+                    break  # all of ``size`` was read
                 data = await pending.popleft()
                 if held > max(0, len(pending) - 1):
                     self.spare.give(1)
@@ -272,10 +288,12 @@ class LocalStore(BlobStore):
                 yield data
         finally:
             self.spare.give(held)
+            # closed once the reads under way end (their threads cannot be stopped), even when a
+            # second cancellation interrupts the wait below
+            reader.close()
             for future in pending:
                 future.cancel()
-            await asyncio.gather(*pending, return_exceptions=True)  # no read left on a closed fd
-            reader.close()
+            await asyncio.gather(*pending, return_exceptions=True)
 
     def fetch(self, artifact_id: str, dest: pathlib.Path) -> None:
         """Copies the blob to ``dest`` (a file on this host)."""
@@ -551,7 +569,27 @@ class S3Store(LocalStore):
         if size is not None and offset >= size:
             return  # S3 refuses an empty range
 
-        result = await obstore.get_async(self.objects, self.key(artifact_id), options={"range": {"offset": offset}})
+        key = self.key(artifact_id)
+        try:
+            result = await obstore.get_async(self.objects, key, options={"range": {"offset": offset}})
+        except unavailable_errors() as exc:
+            # a range past the end of an object shortened behind the service's back (416) is
+            # no outage to retry: its record and bytes disagree
+            if size is None:
+                raise
+            try:
+                stored = (await obstore.head_async(self.objects, key))["size"]
+            except (*unavailable_errors(), *missing_errors()):
+                raise exc from None
+            if stored == size:
+                raise
+            raise CorruptArtifact(
+                f"artifact {artifact_id}: its object holds {stored} bytes, its record {size}"
+            ) from None
+        if size is not None and result.meta["size"] != size:
+            raise CorruptArtifact(
+                f"artifact {artifact_id}: its object holds {result.meta['size']} bytes, its record {size}"
+            )
         carry = bytearray()  # the tail of a part, completed by the next one
         async for part in result.stream(min_chunk_size=chunk):
             view, start = memoryview(part), 0  # a view: each byte is copied once, into its chunk

@@ -542,6 +542,13 @@ class PruningService(pb_grpc.PruningServiceServicer):
                 raise Failure(
                     grpc.StatusCode.DATA_LOSS, f"artifact {record.id}: its bytes are missing from the artifact store"
                 ) from None
+            except objectstore.CorruptArtifact as exc:
+                log.error("artifact %s: its bytes in the artifact store are not the ones recorded: %s", record.id, exc)
+                raise Failure(
+                    grpc.StatusCode.DATA_LOSS,
+                    f"artifact {record.id}: its bytes in the artifact store are not the {record.size} recorded "
+                    "(changed behind the service's back)",
+                ) from None
             finally:
                 await chunks.aclose()
                 stall.close()

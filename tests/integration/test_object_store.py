@@ -790,3 +790,45 @@ def test_the_metrics_say_whether_the_artifact_store_answers(seaweed, s3_env, tmp
         assert up() == 1
     finally:
         collector.close()
+
+
+def _changed_download(client: Client, artifact: pb.Artifact, offset: int = 0) -> grpc.RpcError:
+    with pytest.raises(grpc.RpcError) as error:
+        list(client.stub.DownloadArtifact(pb.DownloadArtifactRequest(artifact_id=artifact.id, offset=offset)))
+    return error.value
+
+
+def _check_changed_bytes_are_data_loss(client: Client, artifact: pb.Artifact, data: bytes, put) -> None:
+    """Bytes shortened or grown behind the service's back came out as OK with fewer or more
+    bytes than recorded (only the SDK's sha256 saw it): DATA_LOSS, from any offset, including
+    one past the shortened end (S3 answers 416 there, which read as an outage to retry)."""
+    for changed, offsets in ((data[: len(data) // 2], (0, len(data) - 10)), (data + b"more", (0, 5))):
+        put(changed)
+        for offset in offsets:
+            error = _changed_download(client, artifact, offset)
+            assert error.code() == grpc.StatusCode.DATA_LOSS, (len(changed), offset, error.details())
+            assert f"not the {len(data)} recorded" in error.details()
+    put(data)  # as recorded again: served
+    assert (
+        b"".join(c.data for c in client.stub.DownloadArtifact(pb.DownloadArtifactRequest(artifact_id=artifact.id)))
+        == data
+    )
+
+
+def test_s3_bytes_changed_behind_the_service_are_data_loss(s3_client, seaweed, s3_env, files):
+    objects = seaweed.object_store(prefix=s3_env["PRUNING_S3_PREFIX"])
+    artifact = s3_client.upload_dataset(files["data"])
+    data = files["data"].read_bytes()
+    _check_changed_bytes_are_data_loss(s3_client, artifact, data, lambda b: obstore.put(objects, artifact.id, b))
+
+
+def test_a_local_file_changed_behind_the_service_is_data_loss(env, files):
+    settings = settings_for(env, queue=f"{env['PRUNING_QUEUE']}-changed")
+    server = ServerThread(settings)
+    try:
+        with Client(server.target, timeout=60) as client:
+            artifact = client.upload_dataset(files["data"])
+            path = settings.artifacts_path / artifact.id[:2] / artifact.id
+            _check_changed_bytes_are_data_loss(client, artifact, path.read_bytes(), path.write_bytes)
+    finally:
+        server.stop()

@@ -4,6 +4,7 @@ reads where O_DIRECT is refused (tmpfs, a read refused after the open)."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import mmap
 import os
@@ -138,3 +139,84 @@ def test_an_empty_file_reads_nothing(tmp_path):
         assert bytes(reader.read(MiB, 0, mmap.mmap(-1, UncachedReader.buffer_size(MiB)))) == b""
     finally:
         reader.close()
+
+
+def test_a_close_during_a_read_waits_for_it_and_later_reads_are_refused(tmp_path, monkeypatch):
+    """A download cancelled midway closes its reader while reads run in threads it cannot
+    stop: the file stays open for them (no read on a closed or reused descriptor), is closed
+    by the last, and a read queued behind the close is refused."""
+    import threading
+
+    path = tmp_path / "blob"
+    data = _uncached_file(path, MiB)
+    reader = UncachedReader(path)
+    inside, release = threading.Event(), threading.Event()
+    real = reader._read
+
+    def slow_read(size, offset, whole):
+        inside.set()
+        release.wait(10)
+        return real(size, offset, whole)
+
+    monkeypatch.setattr(reader, "_read", slow_read)
+    got: list[bytes] = []
+    buffer = mmap.mmap(-1, UncachedReader.buffer_size(MiB))
+    thread = threading.Thread(target=lambda: got.append(bytes(reader.read(MiB, 0, buffer))))
+    thread.start()
+    assert inside.wait(10)
+    reader.close()
+    assert reader.fd >= 0  # still open for the read under way
+    with pytest.raises(ValueError, match="closed"):
+        reader.read(10, 0, mmap.mmap(-1, UncachedReader.buffer_size(10)))
+    release.set()
+    thread.join(10)
+    assert got == [data] and reader.fd == reader.direct_fd == -1
+
+
+def _store_descriptors(root: pathlib.Path) -> tuple[int, int]:
+    """Descriptors and mappings this process holds on files under ``root``."""
+    fds = 0
+    for name in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            fds += os.readlink(f"/proc/self/fd/{name}").startswith(str(root))
+    with open("/proc/self/maps") as maps:
+        return fds, sum(str(root) in line for line in maps)
+
+
+@pytest.mark.skipif(not pathlib.Path("/proc/self/maps").exists(), reason="no /proc")
+def test_downloads_cancelled_twice_leave_no_descriptor_or_mapping(tmp_path):
+    """A download cancelled, then cancelled again while its reader's cleanup awaited the reads
+    under way, skipped the close: each left its two descriptors and a mapping of the whole
+    artifact (and a deleted artifact's disk space) for good."""
+    import asyncio
+    import hashlib
+
+    from pruning_core.objectstore import LocalStore
+
+    store = LocalStore(tmp_path / "store")
+    data = os.urandom(16 * MiB)
+    artifact_id = hashlib.sha256(data).hexdigest()
+    store.path(artifact_id).parent.mkdir(parents=True)
+    store.path(artifact_id).write_bytes(data)
+
+    async def download():
+        chunks = store.read(artifact_id, 0, MiB, len(data))
+        try:
+            async for _ in chunks:
+                await asyncio.sleep(0)
+        finally:
+            await chunks.aclose()
+
+    async def main():
+        for i in range(20):
+            task = asyncio.create_task(download())
+            await asyncio.sleep(0.002 * (i % 5))
+            task.cancel()
+            for _ in range(i % 4):
+                await asyncio.sleep(0)
+            task.cancel()  # a second cancellation, while the first one's cleanup waits
+            await asyncio.gather(task, return_exceptions=True)
+        await asyncio.sleep(0.5)  # the reads the cancellations could not stop have ended
+
+    asyncio.run(main())
+    assert _store_descriptors(tmp_path / "store") == (0, 0)
