@@ -1033,6 +1033,18 @@ def inspect(model: str) -> None:
     _emit({"artifact_id": artifact.id, **_dump(artifact.model, defaults=True)}, format_summary(summary, artifact.id))
 
 
+def _given(*names: str) -> list[str]:
+    """The flags of ``names`` the user gave (on the command line or from the environment)."""
+    ctx = click.get_current_context(silent=True)
+    if ctx is None:
+        return []
+    return [
+        f"--{name.replace('_', '-')}"
+        for name in names
+        if ctx.get_parameter_source(name) not in (None, ParameterSource.DEFAULT)
+    ]
+
+
 def _spec(
     client: Client,
     *,
@@ -1076,13 +1088,8 @@ def _spec(
 ) -> pb.JobSpec:
     if schedule == "none" and structured_ratio is None and not layer_ratio:
         raise click.UsageError("--schedule none (structured pruning only) needs --structured-ratio or --layer-ratio")
-    ctx = click.get_current_context(silent=True)
-    if schedule != "polynomial" and ctx is not None:
-        given = [
-            f"--{name.replace('_', '-')}"
-            for name in ("initial_sparsity", "power")
-            if ctx.get_parameter_source(name) not in (None, ParameterSource.DEFAULT)
-        ]
+    if schedule != "polynomial":
+        given = _given("initial_sparsity", "power")
         if given:
             raise click.UsageError(
                 f"{' and '.join(given)} shape{'s' if len(given) == 1 else ''} the polynomial schedule only; "
@@ -1091,6 +1098,15 @@ def _spec(
     model_id = model if _is_id(model) else _upload(client, "model", model).id
     if not _is_id(dataset) and os.path.isfile(dataset):
         dataset = _upload(client, "dataset", dataset).id
+    if m_by_n and 0 < m_by_n[0] < m_by_n[1]:  # the pattern sets the sparsity: the schedule ends there
+        given = _given("initial_sparsity", "final_sparsity")
+        if given:
+            raise click.UsageError(
+                f"--m-by-n {m_by_n[0]}:{m_by_n[1]} sets the sparsity ({m_by_n[0] / m_by_n[1]:g}: {m_by_n[0]} zeros of "
+                f"every {m_by_n[1]} weights); {' and '.join(given)} would be ignored"
+            )
+        final_sparsity = m_by_n[0] / m_by_n[1]
+        initial_sparsity = min(initial_sparsity, final_sparsity)
     pruning_schedule: pb.PruningSchedule | None
     if schedule == "none":
         pruning_schedule = None

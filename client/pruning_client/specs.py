@@ -83,6 +83,15 @@ def _given(**values: Any) -> dict[str, Any]:
     return {k: v for k, v in values.items() if v is not None}
 
 
+def _default_schedule(m_by_n: tuple[int, int] | None) -> pb.PruningSchedule:
+    """``polynomial_decay()``; with an m-by-n pattern, which sets the sparsity (m/n), one that
+    ends there (the schedule then says only when the masks update)."""
+    if m_by_n is None or not 0 < m_by_n[0] < m_by_n[1]:
+        return polynomial_decay()
+    final = m_by_n[0] / m_by_n[1]
+    return polynomial_decay(min(0.5, final), final)
+
+
 def polynomial_decay(
     initial_sparsity: float = 0.5,
     final_sparsity: float = 0.8,
@@ -255,7 +264,8 @@ def job_spec(
     ``validation_split=0.0`` turns validation off. ``exports`` are format names (see
     :func:`export_format`); empty means the server's default, keras. ``keras_version`` (2 for
     tf_keras, 3 for Keras 3) is the Keras version of the keras and h5 exports; None means the
-    uploaded model's. Without ``schedule``, ``polynomial_decay()`` (0.5 to 0.8), unless
+    uploaded model's. Without ``schedule``, ``polynomial_decay()`` (0.5 to 0.8; to m/n with
+    ``sparsity_m_by_n``, which sets the sparsity), unless
     ``structured`` (see :func:`structured`) is given: then the job removes channels only.
     ``recipe`` is "keep_accuracy" (the server's default: final sparsity at about half of the
     steps on a mask update, twice the optimizer's learning rate with cosine decay to a tenth, early
@@ -323,7 +333,7 @@ def job_spec(
         model_id=model_id,
         dataset=pb.DatasetRef(artifact_id=dataset) if is_id else pb.DatasetRef(builtin=dataset),
         pruning=pb.PruningSpec(
-            schedule=schedule or (None if structured is not None else polynomial_decay()),
+            schedule=schedule or (None if structured is not None else _default_schedule(sparsity_m_by_n)),
             structured=structured,
             block_size=list(block_size or ()),
             layers=pb.LayerSelection(

@@ -522,6 +522,28 @@ def _keras3_loader_fits(spec: pb.JobSpec, model_info: dict[str, Any]) -> list[Vi
 SHORT_TO_SAY = 0.001  # a schedule's end short of its final sparsity by more than this is said
 
 
+def _m_by_n_sets_the_sparsity(spec: pb.JobSpec) -> str | None:
+    """With an m-by-n pattern, a schedule whose final sparsity is not m/n: the job reaches m/n
+    whatever the schedule says (it says only when the masks update), and a job asked for 0.8
+    that ended at 0.5 said nothing of it."""
+    p = spec.pruning
+    if not p.HasField("sparsity_m_by_n") or not p.HasField("schedule"):
+        return None
+    s = p.schedule
+    final = (
+        s.constant_sparsity.target_sparsity if s.HasField("constant_sparsity") else s.polynomial_decay.final_sparsity
+    )
+    pattern = validation.target_sparsity(p)
+    if abs(final - pattern) <= 1e-3:
+        return None
+    mn = p.sparsity_m_by_n
+    return (
+        f"spec.pruning.schedule: its final sparsity {final:g} is not what the job reaches: sparsity_m_by_n "
+        f"{mn.m}:{mn.n} zeroes {mn.m} of every {mn.n} weights ({pattern:g}); the schedule says only when the masks "
+        "update"
+    )
+
+
 def _short_of_final(spec: pb.JobSpec) -> str | None:
     """What a polynomial schedule whose last mask update comes before its end step (the plain
     recipe's, the TFMOT guide's end at the last step with masks every 100, on a short run)
@@ -589,6 +611,8 @@ def make_plan(spec: pb.JobSpec, model_info: dict[str, Any], data: DatasetFacts) 
                     plan.warnings.append(note)
             plan.layers.add(name=layer.name, class_name=layer.class_name, weights=layer.params, final_sparsity=final)
     if warning := _short_of_final(spec):
+        plan.warnings.append(warning)
+    if warning := _m_by_n_sets_the_sparsity(spec):
         plan.warnings.append(warning)
     for output in summary.outputs:
         if warning := validation.logits_warning(

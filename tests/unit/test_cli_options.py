@@ -421,6 +421,27 @@ def test_an_unusable_download_folder_is_refused_before_the_job_is_submitted(
     assert not SubmittingClient.sent
 
 
+def test_an_m_by_n_pattern_sets_the_schedules_sparsity_and_refuses_another(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--m-by-n 2:4 --final-sparsity 0.8 ran to 0.5 with the plan saying 0.5 -> 0.8 and the
+    epochs 'target sparsity 0.800': the pattern sets the sparsity, so the flag is refused and
+    the default schedule ends at the pattern's."""
+    SubmittingClient.sent = []
+    monkeypatch.setattr(cli_module, "Client", SubmittingClient)
+    for flag in ("--final-sparsity", "--initial-sparsity"):
+        assert run(["submit", "--model", "a" * 64, "--m-by-n", "2:4", flag, "0.3"]) == 2
+        assert f"--m-by-n 2:4 sets the sparsity (0.5: 2 zeros of every 4 weights); {flag} would be ignored" in (
+            capsys.readouterr().err
+        )
+    assert run(["submit", "--model", "a" * 64, "--m-by-n", "1:4"]) == 0
+    assert run(["submit", "--model", "a" * 64, "--m-by-n", "3:4", "--schedule", "constant"]) == 0
+    quarter, three = SubmittingClient.sent
+    decay = quarter.pruning.schedule.polynomial_decay
+    assert (decay.initial_sparsity, decay.final_sparsity) == (0.25, 0.25)
+    assert three.pruning.schedule.constant_sparsity.target_sparsity == 0.75
+
+
 @pytest.mark.parametrize(
     "args", [["--m-by-n", "2"], ["--m-by-n", "2:x"], ["--m-by-n", "2:\u00b2"], ["--block-size", "4"]]
 )

@@ -512,8 +512,16 @@ def test_the_plan_of_m_by_n_sparsity_says_which_layer_it_leaves_dense(tmp_path, 
     late = validation.with_defaults(
         job_spec("a" * 64, schedule=polynomial_decay(0.5, 0.8, end_step=7, frequency=5), sparsity_m_by_n=(2, 4))
     )
-    assert not any("mask update" in w for w in plan.make_plan(late, model, facts).warnings)
+    late_warnings = plan.make_plan(late, model, facts).warnings
+    assert not any("mask update" in w for w in late_warnings)
     assert any(w.startswith("layer stem (Conv2D) has 1 input channels: 2:4 sparsity") for w in made.warnings)
+    # a final sparsity the pattern overrides is said (the job asked for 0.8 ended at 0.5 silently)
+    said = "spec.pruning.schedule: its final sparsity 0.8 is not what the job reaches: sparsity_m_by_n 2:4"
+    assert any(w.startswith(said) for w in late_warnings)
+    assert not any("is not what the job reaches" in w for w in made.warnings)  # 0.5: the pattern's own
+    default = validation.with_defaults(job_spec("a" * 64, sparsity_m_by_n=(1, 4)))  # the SDK's schedule ends at 1/4
+    assert default.pruning.schedule.polynomial_decay.final_sparsity == 0.25
+    assert not any("is not what the job reaches" in w for w in plan.make_plan(default, model, facts).warnings)
 
 
 def test_m_by_n_sparsity_on_a_conv1d_is_refused_at_submit(tmp_path):
