@@ -130,6 +130,7 @@ class ModelInfo:
     left_whole: dict[str, str] = field(default_factory=dict)  # prunable-class layers no job prunes -> why
     other_dtypes: dict[str, str] = field(default_factory=dict)  # prunable-class layers in float16/64 -> dtype
     h5_mask: str = ""  # what makes a padding mask Keras 3 writes into an .h5 it cannot read (preflight.h5_mask)
+    h5_operation: str = ""  # a tensor operation Keras 3 writes into an .h5 it cannot read (preflight.h5_operation)
     nested_in_functional: str = ""  # a model nested in a functional one (preflight.nested_in_functional)
     kernel_inputs: dict[str, int] = field(default_factory=dict)  # layer -> its kernel's input channels
     # layers whose axis Keras 3's loader of Keras 2 files drops: [name, class, axis]
@@ -143,6 +144,7 @@ class ModelInfo:
             "left_whole": self.left_whole,
             "other_dtypes": self.other_dtypes,
             "h5_mask": self.h5_mask,
+            "h5_operation": self.h5_operation,
             "nested_in_functional": self.nested_in_functional,
             "axes_lost": self.axes_lost,
             "kernel_inputs": self.kernel_inputs,
@@ -230,7 +232,15 @@ def _walk_classes(
                         f"the model subclasses keras.Model ({cls[:40]}): its code would run on the worker; "
                         "refused: rebuild it as a Functional or Sequential model of built-in layers"
                     )
-                if builtin:
+                config = node.get("config")
+                if builtin and "module" not in node and isinstance(config, dict) and set(config) == {"name"}:
+                    # Keras 3 writes an operation (``x / 255.0``, ``h + h2``) into an .h5 file as a
+                    # bare name, and its own .h5 loader does not know it
+                    why = (
+                        "a tensor operation (x / 255.0, h + h2, ...) Keras 3 writes into an .h5 file but cannot read "
+                        "back: save the model as .keras"
+                    )
+                elif builtin:
                     why = "a Keras class the service does not take"
                 else:
                     what = f"layer {str(name)[:60]!r} ({cls[:60]})" if name is not None else f"the class {cls[:60]}"
@@ -363,6 +373,7 @@ def check_model_config(
         left_whole=preflight.left_whole(config, version),
         other_dtypes=preflight.other_float_dtypes(config),
         h5_mask=h5_mask,
+        h5_operation=preflight.h5_operation(config),
         nested_in_functional=preflight.nested_in_functional(config),
         axes_lost=[list(found) for found in preflight.axes_lost_by_the_keras3_loader(config)],
         kernel_inputs=preflight.kernel_inputs(config, layers, weights or []),

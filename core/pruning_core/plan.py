@@ -444,18 +444,19 @@ def _keras_out(spec: pb.JobSpec, model_info: dict[str, Any]) -> int:
 
 
 def _h5_export_loads(spec: pb.JobSpec, model_info: dict[str, Any]) -> list[Violation]:
-    """An .h5 export in Keras 3 of a functional model with a padding mask: Keras 3 writes the
-    mask as an operation its own .h5 loader does not know, and the job handed back a file that
-    loads nowhere."""
-    mask = model_info.get("h5_mask") or ""
+    """An .h5 export in Keras 3 of a functional model with a padding mask or a tensor operation
+    (``x / 255.0``): Keras 3 writes either as an operation its own .h5 loader does not know, and
+    the job failed after its fine-tuning (or handed back a file that loads nowhere)."""
+    mask, operation = model_info.get("h5_mask") or "", model_info.get("h5_operation") or ""
     version_out = _keras_out(spec, model_info)
-    if not mask or version_out != 3 or pb.EXPORT_FORMAT_H5 not in spec.export.formats:
+    if not (mask or operation) or version_out != 3 or pb.EXPORT_FORMAT_H5 not in spec.export.formats:
         return []
+    what = f"the padding mask of {mask!r}" if mask else f"the tensor operation {operation} (x / 255.0, h + h2, ...)"
     return [
         (
             "spec.export.formats",
-            f"h5: Keras 3 writes the padding mask of {mask!r} into an .h5 file as an operation it cannot read "
-            "back; export keras instead, or ask for Keras 2 files (export keras_version 2)",
+            f"h5: Keras 3 writes {what} into an .h5 file as an operation it cannot read back; export keras "
+            "instead, or ask for Keras 2 files (export keras_version 2)",
         )
     ]
 

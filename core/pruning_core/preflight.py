@@ -264,6 +264,26 @@ def h5_mask(config: Any, keras_version: int) -> str:
     return masks[0] if masks and keras_version == 2 and not sequential else ""
 
 
+def h5_operation(config: Any) -> str:
+    """The first tensor operation of a Keras 3 configuration (``x / 255.0``, ``h + h2``, which
+    the bridge translates) as "name (Class)", or "": Keras 3 writes it into an .h5 file as a bare
+    name its own .h5 loader does not know. Padding masks are :func:`h5_mask`'s."""
+    if isinstance(config, list):
+        for value in config:
+            if found := h5_operation(value):
+                return found
+    elif isinstance(config, dict):
+        cls, cfg = config.get("class_name"), config.get("config")
+        module = str(config.get("module") or "")
+        if isinstance(cls, str) and module.startswith(OPERATION_MODULES) and cls not in MASK_OPERATIONS:
+            name = cfg.get("name") if isinstance(cfg, dict) else config.get("name")
+            return f"{str(name)[:60]} ({cls[:40]})"
+        for value in config.values():
+            if found := h5_operation(value):
+                return found
+    return ""
+
+
 def nested_in_functional(config: Any) -> str:
     """The first model nested in a functional model's own layers (by name), or "": Keras 3's
     loader of Keras 2 files cannot connect such a tf_keras model's graph."""

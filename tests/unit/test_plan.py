@@ -629,6 +629,31 @@ def test_an_h5_export_keras_3_cannot_read_back_is_refused_at_submit(tmp_path, ke
     assert info["h5_mask"] == "" and _violations(info, facts, exports=("keras", "h5"), keras_version=3) == []
 
 
+def test_an_h5_export_of_keras_3_tensor_operations_is_refused_at_submit(tmp_path):
+    """``x / 255.0`` and ``h + h2`` in a Keras 3 model (which the bridge translates): an h5
+    export in Keras 3 passed submit, then failed after the fine-tuning with "Unknown layer:
+    'TrueDivide'"; the same model as an .h5 upload was refused as "a Keras class the service
+    does not take", where saving it as .keras is the answer."""
+    import keras
+
+    inputs = keras.Input((3,))
+    scaled = inputs / 255.0
+    summed = keras.layers.Dense(4, name="h")(scaled) + keras.layers.Dense(4, name="h2")(scaled)
+    model = keras.Model(inputs, keras.layers.Dense(4, name="out")(summed))
+    model.save(tmp_path / "m.keras")
+    info = modelcheck.inspect_model(tmp_path / "m.keras", 1 << 30).to_dict()
+    assert info["h5_operation"].startswith("true_divide") and info["h5_operation"].endswith("(TrueDivide)")
+    facts = _facts(tmp_path, **_data())
+    ((field, text),) = _violations(info, facts, exports=("keras", "h5"), keras_version=3)
+    assert field == "spec.export.formats" and text.startswith("h5: Keras 3 writes the tensor operation true_divide")
+    assert _violations(info, facts, exports=("keras", "h5"), keras_version=2) == []  # tf_keras: a Rescaling layer
+    assert _violations(info, facts, exports=("keras",), keras_version=3) == []
+
+    model.save(tmp_path / "m.h5")
+    with pytest.raises(modelcheck.ModelRejected, match=r"tensor operation .* save the model as \.keras"):
+        modelcheck.inspect_model(tmp_path / "m.h5", 1 << 30)
+
+
 def test_a_keras_3_h5_upload_holding_a_mask_operation_is_refused_at_upload(tmp_path):
     """Such a file passed the upload and the dry run and failed the job at load, with advice
     about custom objects the user never wrote."""
