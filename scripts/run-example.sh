@@ -4,7 +4,8 @@
 # the SDK and prints the result table. Extra arguments go to examples/mnist_prune.py.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/bootstrap.sh
+# what the steps before the job say goes to stderr: with --json, stdout is the result alone
+scripts/bootstrap.sh >&2
 export TF_CPP_MIN_LOG_LEVEL=${TF_CPP_MIN_LOG_LEVEL:-2}
-.venv/bin/python scripts/fetch_mnist.py   # offline MNIST, used when the Keras download is unreachable
+.venv/bin/python scripts/fetch_mnist.py >&2   # offline MNIST, used when the Keras download is unreachable
 exec .venv/bin/python examples/mnist_prune.py "$@"
