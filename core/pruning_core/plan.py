@@ -201,12 +201,19 @@ def check(spec: pb.JobSpec, model_info: dict[str, Any], data: DatasetFacts) -> l
     out += _labels_fit(spec, _summary(model_info).outputs, data)
     out += _keras3_loader_fits(spec, model_info)
     layers = _summary(model_info).layers
+    classes = validation.unknown_types(spec, [tuple(layer) for layer in model_info.get("layers") or []])
+    out += classes
     pruned = pruned_layer_weights(spec, model_info)
     unknown = sorted(set(spec.pruning.layer_sparsity) - set(pruned))
     if layers and unknown:
         out.append(("spec.pruning.layer_sparsity", f"names layers the job does not prune: {unknown[:20]}"))
-    if layers and not any(
-        layer.prunable and validation.selected(layer.class_name, layer.name, spec.pruning.layers) for layer in layers
+    if (
+        layers
+        and not classes  # what they say is why
+        and not any(
+            layer.prunable and validation.selected(layer.class_name, layer.name, spec.pruning.layers)
+            for layer in layers
+        )
     ):
         whole = model_info.get("left_whole") or {}
         kinds = {layer.name: layer.class_name for layer in layers}

@@ -409,6 +409,28 @@ def validate_against_model(spec: pb.JobSpec, layers: list, outputs: list[str] | 
     return out
 
 
+def unknown_types(spec: pb.JobSpec, layers: list) -> list[Violation]:
+    """Layer classes the selection names that the uploaded model does not have: one the model
+    lacks selects nothing, or excludes nothing ("dense" for Dense pruned the Dense layers it was
+    meant to keep whole). Checked at submit, on the model as uploaded (the worker's tf_keras
+    translation may name some classes otherwise)."""
+    out: list[Violation] = []
+    kinds = {kind for kind, _ in layers if kind not in _CONTAINERS}
+    for field in ("include_types", "exclude_types") if kinds else ():
+        missing = sorted(set(getattr(spec.pruning.layers, field)) - kinds)
+        if missing:
+            by_case = {kind.lower(): kind for kind in kinds}
+            meant = sorted({by_case[m.lower()] for m in missing if m.lower() in by_case})
+            hint = f" (class names are case-sensitive: {', '.join(meant)})" if meant else ""
+            out.append(
+                (
+                    f"spec.pruning.layers.{field}",
+                    f"the model has no layers of class {missing[:5]}{hint}; its classes are {sorted(kinds)[:20]}",
+                )
+            )
+    return out
+
+
 # Prunable classes whose kernels have 3 or 5 dimensions: TFMOT's m-by-n masks take neither (the
 # job failed at its start: recipe.check_shapes).
 _NOT_2D_OR_4D = frozenset({"Conv1D", "Conv1DTranspose", "SeparableConv1D", "Conv3D", "Conv3DTranspose"})

@@ -316,6 +316,26 @@ def test_a_selection_of_frozen_layers_only_is_refused_saying_why(tmp_path):
     assert field == "spec.pruning.layers" and "left whole: bb_fc (frozen), frozen_fc (frozen)" in text
 
 
+def test_a_layer_class_the_model_lacks_is_refused_naming_the_class_meant(tmp_path):
+    """--include-type dense answered "selects no prunable layer" without a word of the class;
+    --exclude-type dense excluded nothing and pruned the Dense layers it was to keep whole."""
+    import tf_keras as keras
+
+    inputs = keras.Input((3,), name="x")
+    hidden = keras.layers.Conv1D(4, 1, name="c")(keras.layers.Reshape((3, 1), name="r")(inputs))
+    keras.Model(inputs, keras.layers.Dense(4, name="out")(keras.layers.Flatten(name="f")(hidden))).save(
+        tmp_path / "m.keras"
+    )
+    model = modelcheck.inspect_model(tmp_path / "m.keras", 1 << 30).to_dict()
+    facts = _facts(tmp_path, **_data())
+    for field in ("include_types", "exclude_types"):
+        ((where, text),) = _violations(model, facts, **{field: ["dense", "Conv2D"]})
+        assert where == f"spec.pruning.layers.{field}"
+        assert text.startswith("the model has no layers of class ['Conv2D', 'dense'] (class names are case-sensitive: ")
+        assert "Dense)" in text and "'Conv1D'" in text
+    assert _violations(model, facts, include_types=["Dense"], exclude_types=["Conv1D"]) == []
+
+
 @pytest.mark.parametrize("keras_version", [2, 3])
 def test_the_plan_warns_of_a_softmax_output_under_a_loss_from_logits(tmp_path, keras_version):
     """What the job would warn of as it starts, the dry run says first (it said the spec fit)."""
