@@ -530,6 +530,10 @@ def _keras3_loader_fits(spec: pb.JobSpec, model_info: dict[str, Any]) -> list[Vi
 SHORT_TO_SAY = 0.001  # a schedule's end short of its final sparsity by more than this is said
 
 
+# Past this final sparsity the plan warns of the accuracy it will cost.
+EXTREME = 0.95
+
+
 def _m_by_n_sets_the_sparsity(spec: pb.JobSpec) -> str | None:
     """With an m-by-n pattern, a schedule whose final sparsity is not m/n: the job reaches m/n
     whatever the schedule says (it says only when the masks update), and a job asked for 0.8
@@ -622,6 +626,12 @@ def make_plan(spec: pb.JobSpec, model_info: dict[str, Any], data: DatasetFacts) 
         plan.warnings.append(warning)
     if warning := _m_by_n_sets_the_sparsity(spec):
         plan.warnings.append(warning)
+    if spec.pruning.HasField("schedule") and not spec.pruning.HasField("sparsity_m_by_n") and target > EXTREME:
+        plan.warnings.append(
+            f"spec.pruning.schedule: a final sparsity of {target:g} keeps about {1 - target:.2g} of the pruned "
+            "layers' weights: expect a large loss of accuracy (the job warns if it falls to chance); an accuracy "
+            "budget finds the highest sparsity within a loss you choose"
+        )
     for output in summary.outputs:
         if warning := validation.logits_warning(
             output.name, output.activation, validation.output_loss(t, output.name) or defaults.LOSS, _units(output)

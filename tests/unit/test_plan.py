@@ -729,3 +729,23 @@ def test_a_tf_keras_functional_model_holding_a_nested_one_is_not_asked_back_as_k
     assert _violations(info, facts) == []  # back as tf_keras, as it came
     assert _violations(info, facts, keras_version=3, exports=("tflite",)) == []  # no Keras file asked for
     assert _model(tmp_path)["nested_in_functional"] == ""
+
+
+def test_an_extreme_final_sparsity_is_warned_of_in_the_plan(tmp_path):
+    """A 0.999 job's dry run said the spec fit, and nothing of what that sparsity costs."""
+    import tf_keras as keras
+
+    inputs = keras.Input((3,), name="x")
+    keras.Model(inputs, keras.layers.Dense(4, name="out")(keras.layers.Dense(8, name="fc")(inputs))).save(
+        tmp_path / "m.keras"
+    )
+    model = modelcheck.inspect_model(tmp_path / "m.keras", 1 << 30).to_dict()
+    facts = _facts(tmp_path, **_data())
+
+    def warnings(final: float) -> list[str]:
+        spec = validation.with_defaults(job_spec("a" * 64, schedule=polynomial_decay(0.5, final)))
+        return [w for w in plan.make_plan(spec, model, facts).warnings if "expect a large loss of accuracy" in w]
+
+    (said,) = warnings(0.999)
+    assert said.startswith("spec.pruning.schedule: a final sparsity of 0.999 keeps about 0.001 of the pruned")
+    assert warnings(0.9) == []

@@ -493,3 +493,18 @@ def test_patterns_past_any_kernel_are_refused_at_createjob(change, field):
     spec = job_spec("a" * 64, schedule=constant_sparsity(0.5))
     change(spec.pruning)
     assert field in [f for f, _ in validation.validate(spec)]
+
+
+def test_an_accuracy_fallen_to_chance_is_warned_of():
+    """A 0.999-sparse MNIST job SUCCEEDED at 0.1135 test accuracy with nothing said."""
+    from pruning_worker.recipe import chance_level_note
+
+    labels = np.array([0] * 12 + [1] * 4 + [2] * 4)  # chance: 0.6, the most frequent label's share
+    note = chance_level_note(0.61, 0.95, labels)
+    assert note is not None and note.startswith("the pruned model's test accuracy 0.6100 is at chance level (0.6000")
+    assert chance_level_note(0.61, 0.95, np.eye(3)[labels]) == note  # one-hot labels alike
+    assert chance_level_note(0.61, 0.95, labels[:, None]) == note
+    assert chance_level_note(0.70, 0.95, labels) is None  # above chance
+    assert chance_level_note(0.60, 0.65, labels) is None  # the baseline was no better
+    assert chance_level_note(0.5, 0.9, {"out": labels}) is None
+    assert chance_level_note(0.5, 0.9, np.zeros((4, 3, 2))) is None  # sequences: not one class per sample

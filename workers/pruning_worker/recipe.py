@@ -372,3 +372,31 @@ def check_target(result: pb.PruneResult, p: pb.PruningSpec, uploaded: dict[str, 
             "update falls on the schedule's end step and that the fine-tuning ran to it"
         )
     return None
+
+
+# Pruned accuracy within this of chance (the most frequent label's share) is chance level.
+CHANCE_MARGIN = 0.02
+
+
+def chance_level_note(pruned: float, baseline: float, y_test: Any) -> str | None:
+    """What to warn of when the pruned model's test accuracy fell to chance (the share of the
+    most frequent test label) from a baseline well above it: a job asked for 0.999 sparsity
+    SUCCEEDED at 0.11 on MNIST with nothing said. None otherwise, or for labels that are not one
+    class per sample (several outputs, sequences)."""
+    if isinstance(y_test, dict):
+        return None
+    labels = np.asarray(y_test)
+    if labels.ndim == 2 and labels.shape[1] > 1:  # one-hot
+        labels = labels.argmax(axis=1)
+    elif labels.ndim == 2 and labels.shape[1] == 1:
+        labels = labels[:, 0]
+    if labels.ndim != 1 or not len(labels):
+        return None
+    chance = float(np.unique(labels, return_counts=True)[1].max() / len(labels))
+    if pruned > chance + CHANCE_MARGIN or baseline < chance + 5 * CHANCE_MARGIN:
+        return None
+    return (
+        f"the pruned model's test accuracy {pruned:.4f} is at chance level ({chance:.4f}: the most frequent test "
+        f"label's share), down from {baseline:.4f}: this sparsity removed what the model computed; prune less, or "
+        "give an accuracy budget to find the highest sparsity that keeps it"
+    )
