@@ -203,8 +203,8 @@ def run(
         )
     if result.pruned.HasField("accuracy") and result.baseline.HasField("accuracy"):
         result.accuracy_delta = result.pruned.accuracy - result.baseline.accuracy
-        if note := recipe.chance_level_note(result.pruned.accuracy, result.baseline.accuracy, y_test):
-            reporter.log(note, level="WARNING")
+        if chance := recipe.chance_level_note(result.pruned.accuracy, result.baseline.accuracy, y_test):
+            reporter.log(chance, level="WARNING")
 
     stripped = tfmot.sparsity.keras.strip_pruning(pruned) if chosen else pruned
     stripped3 = None
