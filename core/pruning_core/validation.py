@@ -6,6 +6,7 @@ client sees all of them in one INVALID_ARGUMENT answer.
 
 from __future__ import annotations
 
+import difflib
 import math
 import unicodedata
 from collections.abc import Mapping, Sequence
@@ -55,6 +56,18 @@ def loss_names() -> str:
     """
     names = [n for n in LOSSES if not n.endswith("_from_logits")]
     return ", ".join(n + ("[_from_logits]" if f"{n}_from_logits" in LOSSES else "") for n in names)
+
+
+def _unknown_loss(loss: str) -> str:
+    """What to answer for a loss name that is not one: the one meant, when a name is close (a
+    letter dropped or swapped; the name shown whole up to past the longest loss's length: cut
+    at 20, "sparse_categorical_…" hid the very typo), else every name, beside the name cut to
+    20 (the whole answer within the server's 200-byte cut)."""
+    longest = max(map(len, LOSSES))
+    meant = difflib.get_close_matches(loss[: longest + 8], LOSSES, n=1, cutoff=0.85)
+    if meant:
+        return f"{_shown(loss, longest + 8)}: not a loss; did you mean {meant[0]!r}?"
+    return f"{_shown(loss)}: not one of {loss_names()}"
 
 
 def is_regression(loss: str) -> bool:
@@ -223,13 +236,13 @@ def _validate_training(t: pb.TrainingSpec, out: list[Violation]) -> None:
     if t.optimizer and t.optimizer.lower() not in OPTIMIZERS:
         out.append(("spec.training.optimizer", f"must be one of {', '.join(OPTIMIZERS)}, got {t.optimizer!r}"))
     if t.loss and t.loss not in LOSSES:
-        out.append(("spec.training.loss", f"{_shown(t.loss)}: not one of {loss_names()}"))
+        out.append(("spec.training.loss", _unknown_loss(t.loss)))
     for output, loss in sorted(t.output_losses.items())[:MAX_OUTPUT_LOSSES]:
         field = f"spec.training.output_losses[{output[:200]}]"
         if not output:
             out.append((field, "an output's name, not empty"))
         elif loss not in LOSSES:
-            out.append((field, f"{_shown(loss)}: not one of {loss_names()}"))
+            out.append((field, _unknown_loss(loss)))
     if len(t.output_losses) > MAX_OUTPUT_LOSSES:
         out.append(("spec.training.output_losses", f"at most {MAX_OUTPUT_LOSSES} outputs"))
     if not (math.isfinite(t.learning_rate) and 0 <= t.learning_rate <= MAX_LEARNING_RATE):

@@ -193,9 +193,17 @@ def test_an_unknown_loss_is_answered_with_every_loss_within_the_error_cut():
     assert "binary_crossentropy[_from_logits]" in said
     long = found["spec.training.output_losses[box]"]
     assert len(long.encode()) <= 200 and long.endswith("mean_absolute_error")  # the echo cut, not the list
-    # a name cut short says so: "categorical_crossentropy" alone would read as a valid loss
-    cut = dict(validation.validate(job_spec("a" * 64, loss="categorical_crossentropy_logits")))["spec.training.loss"]
-    assert cut.startswith("'categorical_crossen\u2026': not one of ") and len(cut.encode()) <= 200
+    # a name cut short says so (a loss name cut short could read as a valid one)
+    cut = dict(validation.validate(job_spec("a" * 64, loss="focal_loss_with_gamma_2")))["spec.training.loss"]
+    assert cut.startswith("'focal_loss_with_gam\u2026': not one of ") and len(cut.encode()) <= 200
+    # a name close to one is shown whole, with the one meant: cut at 20, the typo was hidden
+    for typo, meant in [
+        ("sparse_categorical_crossentropy_from_logit", "sparse_categorical_crossentropy_from_logits"),
+        ("categorical_crossentropy_logits", "categorical_crossentropy_from_logits"),
+        ("Mean_Squared_Error", "mean_squared_error"),
+    ]:
+        said = dict(validation.validate(job_spec("a" * 64, loss=typo)))["spec.training.loss"]
+        assert said == f"{typo!r}: not a loss; did you mean {meant!r}?"
 
 
 @pytest.mark.parametrize(
