@@ -534,7 +534,16 @@ def validate(spec: pb.JobSpec) -> list[Violation]:
     if which is None:
         out.append(("spec.dataset", "choose artifact_id (an uploaded .npz) or builtin"))
     elif which == "builtin" and spec.dataset.builtin not in BUILTIN_DATASETS:
-        out.append(("spec.dataset.builtin", f"must be one of {sorted(BUILTIN_DATASETS)}, got {spec.dataset.builtin!r}"))
+        name = spec.dataset.builtin
+        # a file's name: the SDK's job_spec(dataset="data.npz") sends it as a built-in's
+        hint = "; a file is uploaded first (upload_dataset, or `pruning upload`) and given by its artifact id"
+        file_like = name.lower().endswith(".npz") or "/" in name or "\\" in name
+        out.append(
+            (
+                "spec.dataset.builtin",
+                f"must be one of {sorted(BUILTIN_DATASETS)}, got {name[:100]!r}{hint if file_like else ''}",
+            )
+        )
     _validate_pruning(spec.pruning, out)
     _validate_training(spec.training, out)
     if len(set(spec.export.formats)) != len(spec.export.formats):

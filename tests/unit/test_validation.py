@@ -238,3 +238,11 @@ def test_labels_and_idempotency_keys_with_control_characters_are_refused():
         "labels[x]",
         "labels[y]",
     ]
+
+
+def test_a_file_given_as_the_dataset_is_told_to_upload_it_first():
+    """job_spec(dataset="data.npz") answered "must be one of ['mnist']" with no word of uploading."""
+    said = dict(validation.validate(job_spec("a" * 64, dataset="runs/data.npz")))["spec.dataset.builtin"]
+    assert said.endswith("a file is uploaded first (upload_dataset, or `pruning upload`) and given by its artifact id")
+    said = dict(validation.validate(job_spec("a" * 64, dataset="cifar10")))["spec.dataset.builtin"]
+    assert said == "must be one of ['mnist'], got 'cifar10'"
