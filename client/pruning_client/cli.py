@@ -289,6 +289,9 @@ def _client(opts: GlobalOptions) -> Client:
     )
 
 
+JOB_ID_LENGTH = 24  # hex digits of a job id (an artifact id has 64: its sha256)
+
+
 def _is_id(value: str) -> bool:
     return len(value) == 64 and all(c in "0123456789abcdef" for c in value)
 
@@ -2040,6 +2043,11 @@ def download(id_: str, output: str | None, fmt: str | None, all_: bool, wait_tim
     an upload by id is saved as <its uploaded name>-<id prefix><suffix>, an export as <id><suffix>. An interrupted
     download resumes from its partial file (<file>.<artifact id prefix>.part).
     """
+    if not _is_id(id_) and re.fullmatch(r"[0-9a-fA-F]+", id_) and len(id_) != JOB_ID_LENGTH:
+        raise click.UsageError(
+            f"ID is a job id ({JOB_ID_LENGTH} hex digits) or an artifact id (64), whole: {id_[:70]!r} is neither "
+            "(`pruning artifacts` and `pruning list` show them)"
+        )
     if _is_id(id_) and (fmt is not None or all_):
         raise click.UsageError("--format and --all need a job id, not an artifact id")
     if fmt is not None and all_:

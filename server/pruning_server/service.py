@@ -241,7 +241,7 @@ class PruningService(pb_grpc.PruningServiceServicer):
 
     async def _job(self, tenant: str, job_id: str) -> pb.Job:
         if not _JOB_ID.fullmatch(job_id):
-            raise Invalid([("job_id", f"not a job id: {job_id!r}")])
+            raise Invalid([("job_id", f"not a job id (24 hex digits): {job_id[:100]!r}")])
         try:
             return await self.store.get(tenant, job_id)
         except JobNotFound:

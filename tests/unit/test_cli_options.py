@@ -645,3 +645,10 @@ def test_a_wait_of_no_bound_can_be_said_as_inf():
     for bad in (float("nan"), -1.0):
         with pytest.raises(ValueError, match="timeout must be a number of seconds"):
             wait_bound(bad)
+
+
+@pytest.mark.parametrize("given", ["805e73ee", "a" * 63, "A" * 30])
+def test_a_download_of_an_abbreviated_id_says_ids_are_whole(given: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """An artifact id's prefix was answered "job_id: not a job id", of a job the user never meant."""
+    assert run(["download", given]) == 2
+    assert "ID is a job id (24 hex digits) or an artifact id (64), whole" in capsys.readouterr().err
