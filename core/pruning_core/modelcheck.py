@@ -131,6 +131,7 @@ class ModelInfo:
     other_dtypes: dict[str, str] = field(default_factory=dict)  # prunable-class layers in float16/64 -> dtype
     h5_mask: str = ""  # what makes a padding mask Keras 3 writes into an .h5 it cannot read (preflight.h5_mask)
     h5_operation: str = ""  # a tensor operation Keras 3 writes into an .h5 it cannot read (preflight.h5_operation)
+    xnnpack_missing: list[str] = field(default_factory=list)  # what the XNNPACK policy needs (preflight)
     nested_in_functional: str = ""  # a model nested in a functional one (preflight.nested_in_functional)
     kernel_inputs: dict[str, int] = field(default_factory=dict)  # layer -> its kernel's input channels
     # layers whose axis Keras 3's loader of Keras 2 files drops: [name, class, axis]
@@ -145,6 +146,7 @@ class ModelInfo:
             "other_dtypes": self.other_dtypes,
             "h5_mask": self.h5_mask,
             "h5_operation": self.h5_operation,
+            "xnnpack_missing": self.xnnpack_missing,
             "nested_in_functional": self.nested_in_functional,
             "axes_lost": self.axes_lost,
             "kernel_inputs": self.kernel_inputs,
@@ -374,6 +376,7 @@ def check_model_config(
         other_dtypes=preflight.other_float_dtypes(config),
         h5_mask=h5_mask,
         h5_operation=preflight.h5_operation(config),
+        xnnpack_missing=preflight.xnnpack_missing(config),
         nested_in_functional=preflight.nested_in_functional(config),
         axes_lost=[list(found) for found in preflight.axes_lost_by_the_keras3_loader(config)],
         kernel_inputs=preflight.kernel_inputs(config, layers, weights or []),

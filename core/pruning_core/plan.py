@@ -198,6 +198,16 @@ def check(spec: pb.JobSpec, model_info: dict[str, Any], data: DatasetFacts) -> l
     out += _m_by_n_dtypes_fit(spec, model_info)
     out += _structured_layers_reachable(spec, model_info)
     out += _h5_export_loads(spec, model_info)
+    if spec.pruning.policy == pb.PRUNING_POLICY_PRUNE_FOR_LATENCY_ON_XNNPACK and (
+        missing := model_info.get("xnnpack_missing")
+    ):
+        # the job failed on TFMOT's own check after the baseline's evaluation
+        out.append(
+            (
+                "spec.pruning.policy",
+                f"PRUNE_FOR_LATENCY_ON_XNNPACK needs {' and '.join(missing)}, which the model lacks (TFMOT's policy)",
+            )
+        )
     out += _labels_fit(spec, _summary(model_info).outputs, data)
     out += _keras3_loader_fits(spec, model_info)
     layers = _summary(model_info).layers

@@ -284,6 +284,32 @@ def h5_operation(config: Any) -> str:
     return ""
 
 
+def xnnpack_missing(config: Any) -> list[str]:
+    """What TFMOT's PRUNE_FOR_LATENCY_ON_XNNPACK policy needs that the configuration lacks
+    altogether (the job checks the rest, such as how they connect): the stem it starts a
+    sparse subgraph at, a ZeroPadding2D of 1 then a Conv2D 3x3 with stride 2 and VALID padding,
+    and the GlobalAveragePooling2D it ends one at."""
+    pad = conv = pool = False
+    for cls, cfg in _layer_configs(config):
+        if cls == "ZeroPadding2D":
+            padding = cfg.get("padding")
+            pad |= padding in (1, [1, 1], [[1, 1], [1, 1]])
+        elif cls == "Conv2D":
+            conv |= (
+                list(cfg.get("kernel_size") or []) == [3, 3]
+                and list(cfg.get("strides") or []) == [2, 2]
+                and str(cfg.get("padding", "")).lower() == "valid"
+            )
+        elif cls == "GlobalAveragePooling2D":
+            pool = True
+    missing = []
+    if not (pad and conv):
+        missing.append("a stem of ZeroPadding2D(1) then Conv2D 3x3, stride 2, VALID padding, on 3 input channels")
+    if not pool:
+        missing.append("a GlobalAveragePooling2D ending each output branch")
+    return missing
+
+
 def nested_in_functional(config: Any) -> str:
     """The first model nested in a functional model's own layers (by name), or "": Keras 3's
     loader of Keras 2 files cannot connect such a tf_keras model's graph."""

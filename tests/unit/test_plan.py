@@ -749,3 +749,33 @@ def test_an_extreme_final_sparsity_is_warned_of_in_the_plan(tmp_path):
     (said,) = warnings(0.999)
     assert said.startswith("spec.pruning.schedule: a final sparsity of 0.999 keeps about 0.001 of the pruned")
     assert warnings(0.9) == []
+
+
+@pytest.mark.parametrize("keras_version", [2, 3])
+def test_the_xnnpack_policy_on_a_model_without_its_stem_is_refused_at_submit(tmp_path, keras_version):
+    """The dry run said the spec fit; the job then failed after the baseline's evaluation on
+    TFMOT's "Could not find Conv2D 3x3 layer with stride 2x2"."""
+    import keras as keras3
+    import tf_keras
+
+    keras = keras3 if keras_version == 3 else tf_keras
+    layers = keras.layers
+    inputs = keras.Input((9, 9, 3), name="x")
+    plain = layers.Conv2D(4, 3, name="c")(inputs)
+    keras.Model(inputs, layers.Dense(4, name="out")(layers.Flatten(name="f")(plain))).save(tmp_path / "plain.keras")
+    stem = layers.Conv2D(8, 3, strides=2, padding="valid", name="stem")(layers.ZeroPadding2D(1, name="pad")(inputs))
+    pointwise = layers.Conv2D(8, 1, name="pw")(layers.ReLU(name="relu")(stem))
+    pooled = layers.GlobalAveragePooling2D(keepdims=True, name="gap")(pointwise)
+    keras.Model(inputs, layers.Dense(4, name="out")(layers.Flatten(name="f")(pooled))).save(tmp_path / "xnn.keras")
+    data = {"x_train": np.zeros((8, 9, 9, 3), "f4"), "y_train": np.arange(8) % 4}
+    facts = _facts(tmp_path, **data, x_test=np.zeros((4, 9, 9, 3), "f4"), y_test=np.arange(4) % 4)
+
+    plain_info = modelcheck.inspect_model(tmp_path / "plain.keras", 1 << 30).to_dict()
+    ((field, text),) = _violations(plain_info, facts, xnnpack_policy=True)
+    assert field == "spec.pruning.policy" and text.startswith("PRUNE_FOR_LATENCY_ON_XNNPACK needs a stem of ")
+    assert "and a GlobalAveragePooling2D ending each output branch, which the model lacks" in text
+    assert _violations(plain_info, facts) == []
+    assert (
+        _violations(modelcheck.inspect_model(tmp_path / "xnn.keras", 1 << 30).to_dict(), facts, xnnpack_policy=True)
+        == []
+    )
