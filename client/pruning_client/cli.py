@@ -414,12 +414,13 @@ def _one_budget(max_loss_pp: float | None, max_relative_loss: float | None) -> N
 
 def format_table(result: PruneResult) -> str:
     """The result as the table the reference job prints."""
+    w = max(24, len(result.size_label("gzip")) + 1)  # the first column: wider when the sizes name a format
     lines = [
-        f"{'':24}{'baseline':>12} {'pruned':>11}",  # a space between the columns, whatever the widths
-        f"{'test accuracy':24}{figure(result.baseline_accuracy):>12} {figure(result.pruned_accuracy):>11}",
-        f"{'test loss':24}{figure(result.baseline_loss):>12} {figure(result.pruned_loss):>11}",
-        f"{'model size (raw)':24}{result.size_before_raw:>12,} {result.size_after_raw:>11,}",
-        f"{'model size (gzip)':24}{result.size_before_gzip:>12,} {result.size_after_gzip:>11,}",
+        f"{'':{w}}{'baseline':>12} {'pruned':>11}",  # a space between the columns, whatever the widths
+        f"{'test accuracy':{w}}{figure(result.baseline_accuracy):>12} {figure(result.pruned_accuracy):>11}",
+        f"{'test loss':{w}}{figure(result.baseline_loss):>12} {figure(result.pruned_loss):>11}",
+        f"{result.size_label('raw'):{w}}{result.size_before_raw:>12,} {result.size_after_raw:>11,}",
+        f"{result.size_label('gzip'):{w}}{result.size_before_gzip:>12,} {result.size_after_gzip:>11,}",
         f"accuracy delta: {points(result.accuracy_delta)};  gzip compression: {result.compression_ratio:.2f}x",
         (
             f"sparsity: pruned kernels {result.pruned_kernel_sparsity:.4f}, all parameters "

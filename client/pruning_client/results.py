@@ -149,6 +149,13 @@ class PruneResult:
             for x in self.raw.export_accuracy
         ]
 
+    def size_label(self, kind: str) -> str:
+        """ "model size (``kind``)", naming the format whose files the sizes are when it is not
+        the default .keras (the first export's: an int8 .tflite's sizes read as the Keras
+        model's beside its accuracy)."""
+        fmt = self.raw.artifacts[0].format if self.raw.artifacts else ""
+        return f"model size ({kind}{', ' + fmt if fmt and fmt != 'keras' else ''})"
+
     def conversion_lines(self) -> list[tuple[str, str]]:
         """(label, value) rows about the Keras conversion; empty when none took place."""
         if not self.converted:
@@ -218,8 +225,8 @@ class PruneResult:
         rows = [
             ("test accuracy", figure(self.baseline_accuracy), figure(self.pruned_accuracy)),
             ("test loss", figure(self.baseline_loss), figure(self.pruned_loss)),
-            ("model size (raw bytes)", f"{self.size_before_raw:,}", f"{self.size_after_raw:,}"),
-            ("model size (gzip bytes)", f"{self.size_before_gzip:,}", f"{self.size_after_gzip:,}"),
+            (self.size_label("raw bytes"), f"{self.size_before_raw:,}", f"{self.size_after_raw:,}"),
+            (self.size_label("gzip bytes"), f"{self.size_before_gzip:,}", f"{self.size_after_gzip:,}"),
         ]
         summary = [
             ("accuracy delta", points(self.accuracy_delta)),

@@ -139,3 +139,20 @@ def test_a_search_trial_without_an_accuracy_is_told_so():
     trial = sweep.trials.add(index=0, sparsity=0.5)
     sweeps.record_job(trial, pb.Job(state=pb.JOB_STATE_SUCCEEDED, result=_regression()), pb.AccuracyBudget())
     assert _told(trial, sweep).endswith("no accuracy to compare (test loss 0.3100), within the budget")
+
+
+def test_the_size_rows_name_the_format_they_measure_unless_it_is_keras():
+    """With --export tflite_int8 --export keras the size rows were the int8 file's, beside the
+    Keras model's accuracy, with nothing saying so."""
+    table = cli_module.format_table(PruneResult.from_proto(_classification()))
+    assert "model size (gzip) " in table and "keras" not in table.split("accuracy delta")[0]
+    first_tflite = _classification()
+    del first_tflite.artifacts[:]
+    first_tflite.artifacts.add(id="b" * 64, format="tflite_int8", filename="pruned_0.tflite")
+    result = PruneResult.from_proto(first_tflite)
+    lines = cli_module.format_table(result).splitlines()
+    assert lines[3].startswith("model size (raw, tflite_int8) ") and lines[4].startswith(
+        "model size (gzip, tflite_int8)"
+    )
+    assert len({len(line) for line in lines[:5]}) == 1  # the columns still line up
+    assert "model size (gzip bytes, tflite_int8)" in result._repr_html_()
