@@ -49,6 +49,7 @@ from .specs import (
     RECIPES,
     REPORT_FORMATS,
     accuracy_budget,
+    budget_text,
     constant_sparsity,
     export_format,
     export_format_name,
@@ -1179,6 +1180,12 @@ def _finish(client: Client, job: JobHandle, final: pb.Job, download: pathlib.Pat
         "downloads": [str(p) for p in paths],
     }
     text = format_table(result)
+    if final.spec.budget.WhichOneof("limit"):  # the table alone did not say a search picked the sparsity
+        data["search_sweep_id"] = final.search_sweep_id
+        text += (
+            f"\naccuracy budget: {budget_text(final.spec.budget)}; the search (sweep {final.search_sweep_id}) picked "
+            f"the highest sparsity within it; `pruning report {job.id}` shows its trials"
+        )
     for artifact, path in zip(final.result.artifacts, paths, strict=False):
         text += f"\npruned model ({format_name(artifact.format)}): {path}"
     _emit(data, text)

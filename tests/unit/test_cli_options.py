@@ -652,3 +652,25 @@ def test_a_download_of_an_abbreviated_id_says_ids_are_whole(given: str, capsys: 
     """An artifact id's prefix was answered "job_id: not a job id", of a job the user never meant."""
     assert run(["download", given]) == 2
     assert "ID is a job id (24 hex digits) or an artifact id (64), whole" in capsys.readouterr().err
+
+
+def test_a_budget_jobs_table_says_the_search_picked_its_sparsity(capsys: pytest.CaptureFixture[str]) -> None:
+    """`pruning submit --max-loss-pp 0.5 --wait` printed the plain table: no budget, no search."""
+    final = pb.Job(id="1" * 24, state=pb.JOB_STATE_SUCCEEDED, search_sweep_id="2" * 24)
+    final.spec.budget.max_loss_pp = 0.5
+    final.result.device = "CPU"
+    handle = type("Handle", (), {"id": final.id})()
+
+    def printed(json_out: bool = False) -> str:
+        with click.Context(cli_module.cli) as ctx:
+            ctx.meta[cli_module._GLOBALS_KEY] = {"json": json_out}
+            cli_module._finish(None, handle, final, None)  # type: ignore[arg-type]
+        return capsys.readouterr().out
+
+    assert (
+        f"accuracy budget: at most 0.5 pp of test accuracy lost against the baseline; the search (sweep {'2' * 24}) "
+        f"picked the highest sparsity within it; `pruning report {final.id}` shows its trials"
+    ) in printed()
+    assert f'"search_sweep_id": "{"2" * 24}"' in printed(json_out=True)
+    final.spec.ClearField("budget")
+    assert "accuracy budget" not in printed() and "search_sweep_id" not in printed(json_out=True)
