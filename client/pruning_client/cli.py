@@ -70,6 +70,7 @@ from .sweeps import (
     setup_lines,
     sweep_spec,
     trial_figures,
+    trial_latency,
 )
 from .sweeps import (
     outcome as sweep_outcome,
@@ -1561,7 +1562,7 @@ def _trial_line(t: pb.Trial, budget: bool) -> str:
         )
         line += f": {quality}, kernels {t.kernel_sparsity:.4f} sparse, gzip {t.gzip_bytes:,} bytes"
         if t.tflite_latency_ms:
-            line += f", TFLite {t.tflite_latency_ms:.3f} ms"
+            line += f", TFLite {trial_latency(t, ' ms')}"
         line += " within the budget" if budget and t.within_budget else ""
     elif t.error.message:
         line += f": {t.error.message}"

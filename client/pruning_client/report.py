@@ -9,7 +9,7 @@ from collections.abc import Mapping, Sequence
 from pruning.v1 import pruning_pb2 as pb
 
 from .results import PruneResult, plural, recipe_text, speed_up
-from .sweeps import budget_text, curve, in_budget, is_halving, setup_lines, trial_figures
+from .sweeps import budget_text, curve, in_budget, is_halving, setup_lines, trial_figures, trial_latency
 
 __all__ = ["job_report", "sweep_report"]
 
@@ -299,7 +299,7 @@ def _curve(sweep: pb.Sweep) -> Table:
             _state(t.state),
             *(trial_figures(t) if t.state == pb.JOB_STATE_SUCCEEDED else ("", "", "")),
             f"{t.gzip_bytes:,}" if t.gzip_bytes else "",
-            f"{t.tflite_latency_ms:.3f}" if t.tflite_latency_ms else "",
+            trial_latency(t),
             in_budget(sweep, t),
             t.worker,
             t.job_id,

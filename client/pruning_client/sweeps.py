@@ -256,6 +256,18 @@ def trial_figures(t: pb.Trial) -> tuple[str, str, str]:
     )
 
 
+def trial_latency(t: pb.Trial, unit: str = "") -> str:
+    """A trial's TFLite latency of one sample beside its own baseline's, timed in the same job
+    ("0.006 (baseline 0.006, within noise)"); "" when it was not measured. Two trials' figures,
+    from two jobs, differ by the machine's noise as much as by their sparsity."""
+    if not t.tflite_latency_ms:
+        return ""
+    if not t.tflite_baseline_latency_ms:  # a sweep recorded before the baseline was kept
+        return f"{t.tflite_latency_ms:.3f}{unit}"
+    noise = ", within noise" if t.tflite_latency_within_noise else ""
+    return f"{t.tflite_latency_ms:.3f}{unit} (baseline {t.tflite_baseline_latency_ms:.3f}{unit}{noise})"
+
+
 def curve(sweep: pb.Sweep) -> list[pb.Trial]:
     """The trials by rung, then by sparsity (every trial is of rung 0 but with successive halving)."""
     return sorted(sweep.trials, key=lambda t: (t.rung, t.sparsity))

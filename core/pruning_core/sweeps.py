@@ -438,8 +438,11 @@ def record_job(trial: pb.Trial, job: pb.Job, budget: pb.AccuracyBudget) -> None:
                 trial.accuracy_loss_pp = loss_pp(r.baseline.accuracy, r.pruned.accuracy)
         trial.kernel_sparsity = r.pruned_kernel_sparsity
         trial.gzip_bytes, trial.compression_ratio = r.size_after.gzip_bytes, r.compression_ratio
-        single = [x.after_ms for x in r.latency if x.runtime == "tflite" and x.batch_size == 1]
-        trial.tflite_latency_ms = single[0] if single else 0.0
+        single = [x for x in r.latency if x.runtime == "tflite" and x.batch_size == 1]
+        if single:
+            trial.tflite_latency_ms = single[0].after_ms
+            trial.tflite_baseline_latency_ms = single[0].before_ms
+            trial.tflite_latency_within_noise = single[0].within_noise
     trial.within_budget = within_budget(trial, budget)
 
 

@@ -226,7 +226,7 @@ def test_the_cli_exits_8_when_no_sparsity_keeps_a_sweep_s_budget(server, mnist, 
 
 
 def test_the_sweep_report_holds_the_curve_with_latency(server, curve, tmp_path):
-    assert all(t.tflite_latency_ms > 0 for t in curve.trials)  # the curve has latency too
+    assert all(t.tflite_latency_ms > 0 and t.tflite_baseline_latency_ms > 0 for t in curve.trials)  # with its baseline
     written = _report(server, curve.id, tmp_path, "--sweep")
     markdown = pathlib.Path(written["report_md"]).read_text()
     assert "| baseline test accuracy |" in markdown

@@ -153,6 +153,27 @@ def test_a_trial_line_gives_its_tflite_latency_when_measured() -> None:
     assert "gzip 1,000 bytes, TFLite 0.042 ms" in _trial_line(done, False)
 
 
+def test_a_trials_latency_stands_beside_its_own_baseline_and_says_when_it_is_noise() -> None:
+    """A sweep's trials read 0.020 ms at 0.5 and 0.006 ms at 0.8, 'three times faster', where
+    each job's own table said its difference was within noise."""
+    from pruning_client.report import sweep_report
+    from pruning_core import sweeps
+
+    job = pb.Job(id="j" * 24, state=pb.JOB_STATE_SUCCEEDED)
+    job.result.latency.add(runtime="tf", batch_size=1, before_ms=1.0, after_ms=0.9)
+    job.result.latency.add(runtime="tflite", batch_size=1, before_ms=0.0061, after_ms=0.0059, within_noise=True)
+    trial = pb.Trial(index=1, sparsity=0.8)
+    sweeps.record_job(trial, job, pb.AccuracyBudget())
+    assert (trial.tflite_latency_ms, trial.tflite_baseline_latency_ms) == (0.0059, 0.0061)
+    assert trial.tflite_latency_within_noise
+    assert "TFLite 0.006 ms (baseline 0.006 ms, within noise)" in _trial_line(trial, False)
+    job.result.latency[1].within_noise = False
+    sweeps.record_job(trial, job, pb.AccuracyBudget())
+    assert _trial_line(trial, False).endswith("TFLite 0.006 ms (baseline 0.006 ms)")
+    sweep = pb.Sweep(id="s" * 24, state=pb.JOB_STATE_SUCCEEDED, trials=[trial])
+    assert "0.006 (baseline 0.006)" in sweep_report(sweep)[0]
+
+
 def test_the_notebook_view_of_a_result_shows_what_the_cli_prints() -> None:
     result = pb.PruneResult(device="CPU")
     result.pruned.accuracy = 0.9208

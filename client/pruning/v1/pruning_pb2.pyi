@@ -2528,6 +2528,8 @@ class Trial(_message.Message):
     EPOCHS_FIELD_NUMBER: _builtins.int
     BASELINE_LOSS_FIELD_NUMBER: _builtins.int
     PRUNED_LOSS_FIELD_NUMBER: _builtins.int
+    TFLITE_BASELINE_LATENCY_MS_FIELD_NUMBER: _builtins.int
+    TFLITE_LATENCY_WITHIN_NOISE_FIELD_NUMBER: _builtins.int
     index: _builtins.int
     sparsity: _builtins.float
     job_id: _builtins.str
@@ -2551,6 +2553,12 @@ class Trial(_message.Message):
     baseline_loss: _builtins.float
     """The test losses of the trial's result (the baseline's absent when it was skipped)."""
     pruned_loss: _builtins.float
+    tflite_baseline_latency_ms: _builtins.float
+    """The baseline's TFLite latency of one sample timed beside the trial's (tflite_latency_ms),
+    and whether their difference is within the machine's noise (Latency.within_noise): the
+    latencies of two trials, timed in different jobs, compare only through their baselines.
+    """
+    tflite_latency_within_noise: _builtins.bool
     @_builtins.property
     def started_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -2580,10 +2588,12 @@ class Trial(_message.Message):
         epochs: _builtins.int = ...,
         baseline_loss: _builtins.float | None = ...,
         pruned_loss: _builtins.float = ...,
+        tflite_baseline_latency_ms: _builtins.float = ...,
+        tflite_latency_within_noise: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_accuracy_loss_pp", b"_accuracy_loss_pp", "_baseline_accuracy", b"_baseline_accuracy", "_baseline_loss", b"_baseline_loss", "_pruned_accuracy", b"_pruned_accuracy", "accuracy_loss_pp", b"accuracy_loss_pp", "baseline_accuracy", b"baseline_accuracy", "baseline_loss", b"baseline_loss", "error", b"error", "finished_at", b"finished_at", "pruned_accuracy", b"pruned_accuracy", "started_at", b"started_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_accuracy_loss_pp", b"_accuracy_loss_pp", "_baseline_accuracy", b"_baseline_accuracy", "_baseline_loss", b"_baseline_loss", "_pruned_accuracy", b"_pruned_accuracy", "accuracy_loss_pp", b"accuracy_loss_pp", "baseline_accuracy", b"baseline_accuracy", "baseline_loss", b"baseline_loss", "compression_ratio", b"compression_ratio", "epochs", b"epochs", "error", b"error", "finished_at", b"finished_at", "gzip_bytes", b"gzip_bytes", "index", b"index", "job_id", b"job_id", "kernel_sparsity", b"kernel_sparsity", "pruned_accuracy", b"pruned_accuracy", "pruned_loss", b"pruned_loss", "rung", b"rung", "sparsity", b"sparsity", "started_at", b"started_at", "state", b"state", "tflite_latency_ms", b"tflite_latency_ms", "within_budget", b"within_budget", "worker", b"worker"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_accuracy_loss_pp", b"_accuracy_loss_pp", "_baseline_accuracy", b"_baseline_accuracy", "_baseline_loss", b"_baseline_loss", "_pruned_accuracy", b"_pruned_accuracy", "accuracy_loss_pp", b"accuracy_loss_pp", "baseline_accuracy", b"baseline_accuracy", "baseline_loss", b"baseline_loss", "compression_ratio", b"compression_ratio", "epochs", b"epochs", "error", b"error", "finished_at", b"finished_at", "gzip_bytes", b"gzip_bytes", "index", b"index", "job_id", b"job_id", "kernel_sparsity", b"kernel_sparsity", "pruned_accuracy", b"pruned_accuracy", "pruned_loss", b"pruned_loss", "rung", b"rung", "sparsity", b"sparsity", "started_at", b"started_at", "state", b"state", "tflite_baseline_latency_ms", b"tflite_baseline_latency_ms", "tflite_latency_ms", b"tflite_latency_ms", "tflite_latency_within_noise", b"tflite_latency_within_noise", "within_budget", b"within_budget", "worker", b"worker"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__accuracy_loss_pp: _TypeAlias = _typing.Literal["accuracy_loss_pp"]  # noqa: Y015
     _WhichOneofArgType__accuracy_loss_pp: _TypeAlias = _typing.Literal["_accuracy_loss_pp", b"_accuracy_loss_pp"]  # noqa: Y015
