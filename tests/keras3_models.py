@@ -247,9 +247,10 @@ def autoencoder_model() -> Any:
 def more_layers_model() -> Any:
     """Subtract, Maximum, Minimum, Dot, RepeatVector, Identity, ELU, PReLU, noise and dropout
     variants, GroupNormalization, UnitNormalization, Conv1DTranspose, Conv3DTranspose,
-    SeparableConv1D."""
+    SeparableConv1D, DepthwiseConv1D."""
     seq = keras.Input((8, 3), name="seq")
     x = L.SeparableConv1D(4, 3, padding="same")(L.Identity()(seq))
+    x = L.DepthwiseConv1D(3, depth_multiplier=2, padding="same")(x)
     x = L.Conv1DTranspose(4, 3, strides=2, padding="same")(x)
     x = L.GroupNormalization(groups=2)(x)
     x = L.ELU(alpha=0.5)(x)

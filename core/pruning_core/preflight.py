@@ -22,6 +22,7 @@ KERAS3_CONVERTIBLE = frozenset(
         "Conv2D",
         "Conv3D",
         "Conv2DTranspose",
+        "DepthwiseConv1D",
         "DepthwiseConv2D",
         "SeparableConv2D",
         "BatchNormalization",

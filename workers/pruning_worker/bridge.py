@@ -85,7 +85,7 @@ _KERAS3_HIDDEN_DEFAULTS = {"LayerNormalization": {"rms_scaling": False}}
 # Variables tf_keras has and Keras 3 has not (they matter only while adapting).
 _TF_KERAS_ONLY_VARIABLES = {"Normalization": frozenset({"count"})}
 # Keras 3 variable names -> tf_keras ones, where they differ.
-_VARIABLE_NAMES = {"DepthwiseConv2D": {"kernel": "depthwise_kernel"}}
+_VARIABLE_NAMES = {name: {"kernel": "depthwise_kernel"} for name in ("DepthwiseConv1D", "DepthwiseConv2D")}
 _PROBE_INT_HIGH = 10
 MAX_METADATA_BYTES = 1 << 16
 
