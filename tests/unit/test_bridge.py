@@ -406,10 +406,9 @@ def test_a_channels_first_model_loads_on_a_cpu_worker(tmp_path):
 
 
 def test_a_model_with_large_outputs_is_judged_relative_to_their_scale(tmp_path):
-    """A regression model whose outputs reach 1e4 differs from its translation by about 1e-2
-    from float32 rounding alone (the two Keras versions order some sums differently): it loads,
-    and its Keras 3 twin is accepted, where an absolute 1e-4 refused it as 'computes something
-    else'. A real difference (another activation) is still refused at that scale."""
+    """A regression model whose outputs reach 1e4 differed from its translation by about 1e-2
+    (float32 rounding, the two Keras versions ordering some sums differently) and failed as
+    "differs from it"; now it loads, and its Keras 3 twin is accepted."""
     from pruning_worker import safe_load
     from pruning_worker.export import keras3_twin
 
@@ -427,13 +426,29 @@ def test_a_model_with_large_outputs_is_judged_relative_to_their_scale(tmp_path):
     model.save(path)
 
     loaded = safe_load.load(path, tmp_path, 1 << 30)
-    diff, scale = bridge.compare(loaded.original, loaded.model)
-    assert scale > 1e3 and diff == loaded.conversion_diff
-    assert safe_load.CONVERSION_TOLERANCE < diff <= safe_load.conversion_tolerance(scale)
-    twin, twin_diff = keras3_twin(loaded.model, loaded.original, tmp_path)
-    assert twin_diff <= safe_load.conversion_tolerance(scale)
+    diff, relative = bridge.compare(loaded.original, loaded.model)
+    assert diff == loaded.conversion_diff and relative <= safe_load.CONVERSION_TOLERANCE
+    keras3_twin(loaded.model, loaded.original, tmp_path)  # raises if judged another model
 
     other = bridge.to_tf_keras(loaded.original)
     other.layers[-2].activation = tf_keras.activations.elu  # computes something else
-    diff, scale = bridge.compare(loaded.original, other)
-    assert diff > safe_load.conversion_tolerance(scale)
+    assert safe_load.conversion_refused(*bridge.compare(loaded.original, other))
+
+
+def test_each_output_is_judged_by_its_own_scale():
+    """One scale for all (the largest output anywhere) let a head of values near 1e4 widen a
+    softmax head's tolerance to 1: a wrong softmax passed."""
+    from pruning_worker.safe_load import conversion_refused
+
+    regression = np.array([[12_000.0], [9_000.0]])
+    softmax = np.array([[0.9, 0.1], [0.2, 0.8]])
+    # the large head off by float32's rounding, the small one by nothing: the same model
+    assert not conversion_refused(*bridge.relative_difference([regression, softmax], [regression + 0.01, softmax]))
+    # the small head off by 0.3: another model, however large the other head
+    diff, relative = bridge.relative_difference([regression, softmax], [regression, softmax[:, ::-1]])
+    assert diff == pytest.approx(0.8) and conversion_refused(diff, relative)
+    # infinities where the other has numbers, or NaN against a number: another model
+    inf = np.array([[np.inf], [1.0]])
+    assert bridge.relative_difference([inf], [np.array([[5.0], [1.0]])]) == (np.inf, np.inf)
+    assert bridge.relative_difference([inf], [inf.copy()]) == (0.0, 0.0)  # the same infinity: the same output
+    assert bridge.relative_difference([np.array([np.nan])], [np.array([0.0])]) == (np.inf, np.inf)

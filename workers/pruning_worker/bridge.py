@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import math
 import os
 import pathlib
 import zipfile
@@ -48,6 +49,7 @@ __all__ = [
     "keras_version_of",
     "load_keras3",
     "make_probe",
+    "relative_difference",
     "to_keras3",
     "to_tf_keras",
 ]
@@ -831,8 +833,8 @@ def _pack(model: Any, arrays: list[np.ndarray]) -> Any:
 
 def compare(model3: Any, model2: Any, probe: list[np.ndarray] | None = None) -> tuple[float, float]:
     """The largest absolute difference between the two models' outputs on ``probe`` (default:
-    :func:`make_probe` of ``model3``), in inference mode, and the largest magnitude of
-    ``model3``'s outputs (their scale: float32 rounds an output of 1e4 to within 1e-3).
+    :func:`make_probe` of ``model3``), in inference mode, and the largest of the differences
+    relative to each output's scale (:func:`relative_difference`).
 
     Raises:
         BridgeError: the models' outputs differ in number or shape.
@@ -842,9 +844,28 @@ def compare(model3: Any, model2: Any, probe: list[np.ndarray] | None = None) -> 
     out2 = [np.asarray(o, np.float64) for o in tf.nest.flatten(model2(_pack(model2, probe), training=False))]
     if len(out3) != len(out2) or any(a.shape != b.shape for a, b in zip(out3, out2)):
         raise BridgeError(f"output shapes differ: {[a.shape for a in out3]} vs {[b.shape for b in out2]}")
-    diff = max((float(np.abs(a - b).max()) for a, b in zip(out3, out2) if a.size), default=0.0)
-    scale = max((float(np.abs(a).max()) for a in out3 if a.size), default=0.0)
-    return diff, scale
+    return relative_difference(out3, out2)
+
+
+def relative_difference(out3: list[np.ndarray], out2: list[np.ndarray]) -> tuple[float, float]:
+    """(the largest |a - b| over every output, the largest over the outputs of that output's
+    largest |a - b| divided by its scale: its largest finite |a|, at least 1). Each output is
+    judged by its own scale (float32 alone rounds an output of 1e4 by 1e-3): one head's large
+    values never widen another's tolerance. Values that are not finite where the other model's
+    differ make both figures infinite."""
+    diff = relative = 0.0
+    for a, b in zip(out3, out2):
+        if not a.size:
+            continue
+        finite = np.isfinite(a) & np.isfinite(b)
+        if not np.array_equal(a[~finite], b[~finite], equal_nan=True) or not np.array_equal(
+            np.isfinite(a), np.isfinite(b)
+        ):
+            return math.inf, math.inf
+        gap = float(np.abs(a[finite] - b[finite]).max(initial=0.0))
+        scale = max(1.0, float(np.abs(a[finite]).max(initial=0.0)))
+        diff, relative = max(diff, gap), max(relative, gap / scale)
+    return diff, relative
 
 
 def check_equivalence(model3: Any, model2: Any, probe: list[np.ndarray] | None = None) -> float:

@@ -47,7 +47,7 @@ def keras3_twin(
     activation Keras 3 defines differently, such as hard_sigmoid), fails the job naming
     ``field``: the service never hands back a Keras 3 file that is not the model it trained."""
     from . import bridge
-    from .safe_load import CONVERSION_TOLERANCE, conversion_tolerance
+    from .safe_load import conversion_refused
 
     try:
         twin = as_keras3(model, like, workdir)
@@ -56,13 +56,11 @@ def keras3_twin(
             f"{field}: Keras 3 cannot read this model back ({tferrors.root_cause(exc)}); ask for Keras 2 files "
             "(export keras_version 2)"
         ) from exc
-    diff, scale = bridge.compare(twin, model)
-    if not diff <= (tolerance := conversion_tolerance(scale)):
+    diff, relative = bridge.compare(twin, model)
+    if refused := conversion_refused(diff, relative):
         raise JobInputError(
-            f"{field}: the model read back as Keras 3 computes something else (outputs differ by {diff:.3g} on a probe "
-            f"batch, tolerance {tolerance:.3g}: {CONVERSION_TOLERANCE:g} x its outputs' largest magnitude, at least "
-            "1): Keras 3 defines one of its layers or activations differently "
-            "(hard_sigmoid, say); ask for Keras 2 files (export keras_version 2)"
+            f"{field}: the model read back as Keras 3 computes something else ({refused}): Keras 3 defines one of its "
+            "layers or activations differently (hard_sigmoid, say); ask for Keras 2 files (export keras_version 2)"
         )
     return twin, diff
 

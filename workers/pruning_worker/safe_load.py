@@ -15,16 +15,21 @@ from pruning_core import formats, modelcheck
 
 from .errors import ConversionError, JobInputError
 
-# Past this (times the outputs' largest magnitude, when above 1) the translated model is not the
-# uploaded one: the job fails rather than prune it.
+# Past this the translated model is not the uploaded one: the job fails rather than prune it. It
+# bounds each output's largest difference relative to that output's magnitude where it is above
+# 1 (bridge.relative_difference): float32 alone rounds an output of 2e4 by 1e-3.
 CONVERSION_TOLERANCE = 1e-4
 
 
-def conversion_tolerance(scale: float) -> float:
-    """The largest difference allowed between a model and its translation whose outputs reach
-    ``scale`` in magnitude: :data:`CONVERSION_TOLERANCE`, relative past 1 (float32 alone rounds
-    an output of 2e4 by 1e-3, and the two Keras versions order some sums differently)."""
-    return CONVERSION_TOLERANCE * max(1.0, scale)
+def conversion_refused(diff: float, relative: float) -> str | None:
+    """Why outputs that differ by ``diff`` (``relative`` to their scale) are not the same
+    model's, or None."""
+    if relative <= CONVERSION_TOLERANCE:
+        return None
+    return (
+        f"outputs differ by {diff:.3g} on a probe batch, {relative:.3g} of their magnitude (tolerance "
+        f"{CONVERSION_TOLERANCE:g}, relative past magnitude 1)"
+    )
 
 
 @dataclass
@@ -81,13 +86,9 @@ def load(path: os.PathLike[str] | str, workdir: pathlib.Path, max_decompressed: 
         except (ValueError, OSError, TypeError, KeyError) as exc:
             raise JobInputError(f"model: cannot be loaded: {exc}") from None
         check_finite(original)
-        diff, scale = bridge.compare(original, model)
-        if not diff <= (tolerance := conversion_tolerance(scale)):
-            raise ConversionError(
-                f"the tf_keras translation of the Keras 3 model differs from it by {diff:.3g} "
-                f"on a probe batch (tolerance {tolerance:.3g}: {CONVERSION_TOLERANCE:g} x its outputs' largest "
-                "magnitude, at least 1)"
-            )
+        diff, relative = bridge.compare(original, model)
+        if refused := conversion_refused(diff, relative):
+            raise ConversionError(f"the tf_keras translation of the Keras 3 model is not the same model: {refused}")
         return Loaded(model, 3, original, diff)
     try:
         if info.format == "keras":
