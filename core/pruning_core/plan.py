@@ -211,7 +211,8 @@ def check(spec: pb.JobSpec, model_info: dict[str, Any], data: DatasetFacts) -> l
     out += _labels_fit(spec, _summary(model_info).outputs, data)
     out += _keras3_loader_fits(spec, model_info)
     layers = _summary(model_info).layers
-    classes = validation.unknown_types(spec, [tuple(layer) for layer in model_info.get("layers") or []])
+    model_layers = [tuple(layer) for layer in model_info.get("layers") or []]
+    classes = validation.unknown_types(spec, model_layers, modelcheck.ALLOWED_CLASSES)
     out += classes
     pruned = pruned_layer_weights(spec, model_info)
     unknown = sorted(set(spec.pruning.layer_sparsity) - set(pruned))

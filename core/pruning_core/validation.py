@@ -422,23 +422,24 @@ def validate_against_model(spec: pb.JobSpec, layers: list, outputs: list[str] | 
     return out
 
 
-def unknown_types(spec: pb.JobSpec, layers: list) -> list[Violation]:
-    """Layer classes the selection names that the uploaded model does not have: one the model
-    lacks selects nothing, or excludes nothing ("dense" for Dense pruned the Dense layers it was
-    meant to keep whole). Checked at submit, on the model as uploaded (the worker's tf_keras
-    translation may name some classes otherwise)."""
+def unknown_types(spec: pb.JobSpec, layers: list, known: frozenset[str]) -> list[Violation]:
+    """Layer class names in the selection that are not Keras layer classes (``known``), such as
+    "dense" for Dense: one selects nothing, or excludes nothing ("dense" excluded nothing and
+    the Dense layers it was to keep whole were pruned). A real class the model lacks is fine
+    (a pipeline's ``exclude_types=["Embedding"]`` for every model). Checked at submit."""
     out: list[Violation] = []
     kinds = {kind for kind, _ in layers if kind not in _CONTAINERS}
-    for field in ("include_types", "exclude_types") if kinds else ():
-        missing = sorted(set(getattr(spec.pruning.layers, field)) - kinds)
-        if missing:
-            by_case = {kind.lower(): kind for kind in kinds}
-            meant = sorted({by_case[m.lower()] for m in missing if m.lower() in by_case})
+    for field in ("include_types", "exclude_types"):
+        unknown = sorted(set(getattr(spec.pruning.layers, field)) - kinds - known)
+        if unknown:
+            by_case = {kind.lower(): kind for kind in sorted(known | kinds)}
+            meant = sorted({by_case[u.lower()] for u in unknown if u.lower() in by_case})
             hint = f" (class names are case-sensitive: {', '.join(meant)})" if meant else ""
             out.append(
                 (
                     f"spec.pruning.layers.{field}",
-                    f"the model has no layers of class {missing[:5]}{hint}; its classes are {sorted(kinds)[:20]}",
+                    f"{[u[:60] for u in unknown[:5]]} {'is' if len(unknown) == 1 else 'are'} not a Keras layer "
+                    f"class{hint}; the model's are {sorted(kinds)[:20]}",
                 )
             )
     return out
