@@ -221,6 +221,23 @@ def _walk_classes(
                 if not preflight.operation_translated(cls, node.get("inbound_nodes")):
                     refused.append(_operation_refused(node, cls))
                 return  # arithmetic the bridge makes a layer of: tensors and a number, nothing else
+            config = node.get("config")
+            if (
+                "module" not in node
+                and isinstance(config, dict)
+                and set(config) == {"name"}
+                and ">" not in cls  # a registered custom class: custom code, refused below
+                and cls not in ("InputLayer", *preflight.MASK_OPERATIONS)  # a mask's: said below, more precisely
+            ):
+                # Keras 3 writes an operation (``x / 255.0``, ``h + h2``: TrueDivide, or Add and
+                # Multiply as if layers) into an .h5 file as a bare name its own .h5 loader does not
+                # read back as it was; a layer's configuration holds more than its name
+                operation = str(config["name"])[:60]
+                refused.append(
+                    f"the model uses {operation!r} ({cls[:60]}), a tensor operation (x / 255.0, h + h2, ...) Keras 3 "
+                    "writes into an .h5 file but cannot read back: save the model as .keras; refused"
+                )
+                return
             if cls not in ALLOWED_CLASSES or not str(module).startswith(_ALLOWED_MODULE_ROOTS):
                 config = node.get("config")
                 name = config.get("name") if isinstance(config, dict) else None
@@ -234,15 +251,7 @@ def _walk_classes(
                         f"the model subclasses keras.Model ({cls[:40]}): its code would run on the worker; "
                         "refused: rebuild it as a Functional or Sequential model of built-in layers"
                     )
-                config = node.get("config")
-                if builtin and "module" not in node and isinstance(config, dict) and set(config) == {"name"}:
-                    # Keras 3 writes an operation (``x / 255.0``, ``h + h2``) into an .h5 file as a
-                    # bare name, and its own .h5 loader does not know it
-                    why = (
-                        "a tensor operation (x / 255.0, h + h2, ...) Keras 3 writes into an .h5 file but cannot read "
-                        "back: save the model as .keras"
-                    )
-                elif builtin:
+                if builtin:
                     why = "a Keras class the service does not take"
                 else:
                     what = f"layer {str(name)[:60]!r} ({cls[:60]})" if name is not None else f"the class {cls[:60]}"

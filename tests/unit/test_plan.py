@@ -673,6 +673,17 @@ def test_an_h5_export_of_keras_3_tensor_operations_is_refused_at_submit(tmp_path
     model.save(tmp_path / "m.h5")
     with pytest.raises(modelcheck.ModelRejected, match=r"tensor operation .* save the model as \.keras"):
         modelcheck.inspect_model(tmp_path / "m.h5", 1 << 30)
+    # h + h2 alone: Keras 3 writes it as an Add "layer" holding only its name, which its .h5
+    # loader does not read back as the operation; an Add layer proper is taken
+    added = keras.layers.Dense(4, name="h")(inputs) + keras.layers.Dense(4, name="h2")(inputs)
+    keras.Model(inputs, added).save(tmp_path / "add.h5")
+    with pytest.raises(modelcheck.ModelRejected, match=r"'add(_\d+)?' \(Add\), a tensor operation"):
+        modelcheck.inspect_model(tmp_path / "add.h5", 1 << 30)
+    layer = keras.layers.Add(name="sum")(
+        [keras.layers.Dense(4, name="a")(inputs), keras.layers.Dense(4, name="b")(inputs)]
+    )
+    keras.Model(inputs, layer).save(tmp_path / "layer.h5")
+    modelcheck.inspect_model(tmp_path / "layer.h5", 1 << 30)
 
 
 def test_a_keras_3_h5_upload_holding_a_mask_operation_is_refused_at_upload(tmp_path):
