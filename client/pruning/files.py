@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import ctypes.util
 import errno
 import mmap
 import os
@@ -174,7 +173,7 @@ class DirectWriter:
 def _libc_calls() -> Any:
     """libc's mmap, mincore and munmap, typed; None where there is no such libc."""
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+        libc = ctypes.CDLL(None, use_errno=True)  # the process's own symbols: libc's among them
         calls = libc.mmap, libc.mincore, libc.munmap
     except (OSError, AttributeError, TypeError):
         return None

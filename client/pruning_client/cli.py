@@ -1101,10 +1101,9 @@ def _spec(
                 f"{' and '.join(given)} shape{'s' if len(given) == 1 else ''} the polynomial schedule only; "
                 f"--schedule {schedule} does not take {'it' if len(given) == 1 else 'them'}"
             )
-    model_id = model if _is_id(model) else _upload(client, "model", model).id
-    if not _is_id(dataset) and os.path.isfile(dataset):
-        dataset = _upload(client, "dataset", dataset).id
-    if m_by_n and 0 < m_by_n[0] < m_by_n[1]:  # the pattern sets the sparsity: the schedule ends there
+    if (
+        m_by_n and 0 < m_by_n[0] < m_by_n[1]
+    ):  # the pattern sets the sparsity: the schedule ends there (said before any upload)
         given = _given("initial_sparsity", "final_sparsity")
         if given:
             raise click.UsageError(
@@ -1113,6 +1112,9 @@ def _spec(
             )
         final_sparsity = m_by_n[0] / m_by_n[1]
         initial_sparsity = min(initial_sparsity, final_sparsity)
+    model_id = model if _is_id(model) else _upload(client, "model", model).id
+    if not _is_id(dataset) and os.path.isfile(dataset):
+        dataset = _upload(client, "dataset", dataset).id
     pruning_schedule: pb.PruningSchedule | None
     if schedule == "none":
         pruning_schedule = None
@@ -2052,9 +2054,10 @@ def download(id_: str, output: str | None, fmt: str | None, all_: bool, wait_tim
     an upload by id is saved as <its uploaded name>-<id prefix><suffix>, an export as <id><suffix>. An interrupted
     download resumes from its partial file (<file>.<artifact id prefix>.part).
     """
-    if not _is_id(id_) and re.fullmatch(r"[0-9a-fA-F]+", id_) and len(id_) != JOB_ID_LENGTH:
+    if not _is_id(id_) and re.fullmatch(r"[0-9a-fA-F]+", id_) and not re.fullmatch(f"[0-9a-f]{{{JOB_ID_LENGTH}}}", id_):
         raise click.UsageError(
-            f"ID is a job id ({JOB_ID_LENGTH} hex digits) or an artifact id (64), whole: {id_[:70]!r} is neither "
+            f"ID is a job id ({JOB_ID_LENGTH} lowercase hex digits) or an artifact id (64), whole: {id_[:70]!r} is "
+            "neither "
             "(`pruning artifacts` and `pruning list` show them)"
         )
     if _is_id(id_) and (fmt is not None or all_):

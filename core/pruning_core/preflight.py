@@ -285,6 +285,11 @@ def h5_operation(config: Any) -> str:
     return ""
 
 
+def _pair(value: Any) -> list[Any]:
+    """A configuration's size or stride as two values: ``3`` or ``[3, 3]`` alike."""
+    return [value, value] if isinstance(value, int) else list(value) if isinstance(value, list | tuple) else []
+
+
 def xnnpack_missing(config: Any) -> list[str]:
     """What TFMOT's PRUNE_FOR_LATENCY_ON_XNNPACK policy needs that the configuration lacks
     altogether (the job checks the rest, such as how they connect): the stem it starts a
@@ -297,8 +302,8 @@ def xnnpack_missing(config: Any) -> list[str]:
             pad |= padding in (1, [1, 1], [[1, 1], [1, 1]])
         elif cls == "Conv2D":
             conv |= (
-                list(cfg.get("kernel_size") or []) == [3, 3]
-                and list(cfg.get("strides") or []) == [2, 2]
+                _pair(cfg.get("kernel_size")) == [3, 3]
+                and _pair(cfg.get("strides")) == [2, 2]
                 and str(cfg.get("padding", "")).lower() == "valid"
             )
         elif cls == "GlobalAveragePooling2D":

@@ -64,7 +64,8 @@ def _unknown_loss(loss: str) -> str:
     at 20, "sparse_categorical_…" hid the very typo), else every name, beside the name cut to
     20 (the whole answer within the server's 200-byte cut)."""
     longest = max(map(len, LOSSES))
-    meant = difflib.get_close_matches(loss[: longest + 8].lower(), LOSSES, n=1, cutoff=0.85)
+    # 0.9: a letter or two off ("..._from_logit"), not another loss ("binary_focal_crossentropy")
+    meant = difflib.get_close_matches(loss[: longest + 8].lower(), LOSSES, n=1, cutoff=0.9)
     if meant:
         return f"{_shown(loss, longest + 8)}: not a loss; did you mean {meant[0]!r}?"
     return f"{_shown(loss)}: not one of {loss_names()}"

@@ -422,7 +422,7 @@ def test_an_unusable_download_folder_is_refused_before_the_job_is_submitted(
 
 
 def test_an_m_by_n_pattern_sets_the_schedules_sparsity_and_refuses_another(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: pathlib.Path
 ) -> None:
     """--m-by-n 2:4 --final-sparsity 0.8 ran to 0.5 with the plan saying 0.5 -> 0.8 and the
     epochs 'target sparsity 0.800': the pattern sets the sparsity, so the flag is refused and
@@ -434,6 +434,14 @@ def test_an_m_by_n_pattern_sets_the_schedules_sparsity_and_refuses_another(
         assert f"--m-by-n 2:4 sets the sparsity (0.5: 2 zeros of every 4 weights); {flag} would be ignored" in (
             capsys.readouterr().err
         )
+    # said before any upload: the model and dataset may be GBs
+    uploads: list[str] = []
+    monkeypatch.setattr(cli_module, "_upload", lambda client, kind, path: uploads.append(path))
+    (model := tmp_path / "m.keras").write_bytes(b"")
+    (data := tmp_path / "d.npz").write_bytes(b"")
+    args = ["--model", str(model), "--dataset", str(data), "--m-by-n", "2:4", "--final-sparsity", "0.8"]
+    assert run(["submit", *args]) == 2
+    assert uploads == [] and "would be ignored" in capsys.readouterr().err
     assert run(["submit", "--model", "a" * 64, "--m-by-n", "1:4"]) == 0
     assert run(["submit", "--model", "a" * 64, "--m-by-n", "3:4", "--schedule", "constant"]) == 0
     quarter, three = SubmittingClient.sent
@@ -651,7 +659,7 @@ def test_a_wait_of_no_bound_can_be_said_as_inf():
 def test_a_download_of_an_abbreviated_id_says_ids_are_whole(given: str, capsys: pytest.CaptureFixture[str]) -> None:
     """An artifact id's prefix was answered "job_id: not a job id", of a job the user never meant."""
     assert run(["download", given]) == 2
-    assert "ID is a job id (24 hex digits) or an artifact id (64), whole" in capsys.readouterr().err
+    assert "ID is a job id (24 lowercase hex digits) or an artifact id (64), whole" in capsys.readouterr().err
 
 
 def test_a_budget_jobs_table_says_the_search_picked_its_sparsity(capsys: pytest.CaptureFixture[str]) -> None:

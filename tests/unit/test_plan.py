@@ -8,7 +8,7 @@ import pytest
 
 from pruning.v1 import pruning_pb2 as pb
 from pruning_client import job_spec, polynomial_decay, specs
-from pruning_core import modelcheck, plan, recipe, validation
+from pruning_core import modelcheck, plan, preflight, recipe, validation
 
 
 def _model(tmp_path, outputs=1):
@@ -791,3 +791,9 @@ def test_the_xnnpack_policy_on_a_model_without_its_stem_is_refused_at_submit(tmp
         _violations(modelcheck.inspect_model(tmp_path / "xnn.keras", 1 << 30).to_dict(), facts, xnnpack_policy=True)
         == []
     )
+    # sizes and strides written as one number (a hand-made or older configuration) alike
+    conv = {"class_name": "Conv2D", "config": {"kernel_size": 3, "strides": 2, "padding": "valid"}}
+    pad = {"class_name": "ZeroPadding2D", "config": {"padding": 1}}
+    pool = {"class_name": "GlobalAveragePooling2D", "config": {}}
+    assert preflight.xnnpack_missing([pad, conv, pool]) == []
+    assert preflight.xnnpack_missing([conv, pool]) and preflight.xnnpack_missing([pad, conv])
