@@ -507,4 +507,5 @@ def test_an_accuracy_fallen_to_chance_is_warned_of():
     assert chance_level_note(0.70, 0.95, labels) is None  # above chance
     assert chance_level_note(0.60, 0.65, labels) is None  # the baseline was no better
     assert chance_level_note(0.5, 0.9, {"out": labels}) is None
+    assert chance_level_note(0.5, 0.9, [labels, np.zeros((20, 3))]) is None  # several outputs, as the job has them
     assert chance_level_note(0.5, 0.9, np.zeros((4, 3, 2))) is None  # sequences: not one class per sample

@@ -383,7 +383,7 @@ def chance_level_note(pruned: float, baseline: float, y_test: Any) -> str | None
     most frequent test label) from a baseline well above it: a job asked for 0.999 sparsity
     SUCCEEDED at 0.11 on MNIST with nothing said. None otherwise, or for labels that are not one
     class per sample (several outputs, sequences)."""
-    if isinstance(y_test, dict):
+    if isinstance(y_test, dict | list | tuple):  # a model of several outputs
         return None
     labels = np.asarray(y_test)
     if labels.ndim == 2 and labels.shape[1] > 1:  # one-hot
