@@ -25,7 +25,8 @@ here on free ports), with client and server in separate processes:
 Prints medians of ``--repeat`` rounds and the service/echo ratios, then the CPU seconds per GiB
 of each end (the bench process as the client; the echo's or the service's server process) for
 the echo's and the service's uploads and downloads: where both ends share the machine's cores,
-their sum bounds the ratios.
+their sum bounds the ratios. The client's figure for the service includes the RSS sampler's
+thread (a poll every 5 ms), and neither counts Redis or, for S3, SeaweedFS.
 
 ``--writes direct,plain`` adds rows with both ends writing through the page cache (the server
 with ``PRUNING_DIRECT_WRITES=false``, the SDK without ``O_DIRECT``), for a side-by-side view.
