@@ -474,6 +474,12 @@ def format_summary(summary: ModelSummary, artifact_id: str = "") -> str:
     ]
     lines.append("")
     lines += _columns(("layer", "class", "params", "prunable", "convertible"), layers, (False, False, True, True, True))
+    if ops := list(summary.raw.operations):
+        lines += [
+            "",
+            f"operations: {', '.join(ops[:10])}{', ...' if len(ops) > 10 else ''} (tensor arithmetic, translated into "
+            "layers; an .h5 file in Keras 3 cannot hold them)",
+        ]
     lines += [
         "",
         f"total params: {summary.total_params:,} ({summary.prunable_params:,} in prunable layers)",

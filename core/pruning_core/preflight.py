@@ -265,24 +265,33 @@ def h5_mask(config: Any, keras_version: int) -> str:
     return masks[0] if masks and keras_version == 2 and not sequential else ""
 
 
+def operations(config: Any) -> list[tuple[str, str]]:
+    """The (name, class) of every tensor operation of a Keras 3 configuration (``x / 255.0``,
+    ``h + h2``: nodes of the ``keras.ops`` modules), in the configuration's order."""
+    found: list[tuple[str, str]] = []
+
+    def walk(node: Any) -> None:
+        if isinstance(node, list):
+            for value in node:
+                walk(value)
+        elif isinstance(node, dict):
+            cls, cfg = node.get("class_name"), node.get("config")
+            if isinstance(cls, str) and str(node.get("module") or "").startswith(OPERATION_MODULES):
+                name = cfg.get("name") if isinstance(cfg, dict) else node.get("name")
+                found.append((str(name)[:60], cls[:40]))
+                return
+            for value in node.values():
+                walk(value)
+
+    walk(config)
+    return found
+
+
 def h5_operation(config: Any) -> str:
-    """The first tensor operation of a Keras 3 configuration (``x / 255.0``, ``h + h2``, which
-    the bridge translates) as "name (Class)", or "": Keras 3 writes it into an .h5 file as a bare
-    name its own .h5 loader does not know. Padding masks are :func:`h5_mask`'s."""
-    if isinstance(config, list):
-        for value in config:
-            if found := h5_operation(value):
-                return found
-    elif isinstance(config, dict):
-        cls, cfg = config.get("class_name"), config.get("config")
-        module = str(config.get("module") or "")
-        if isinstance(cls, str) and module.startswith(OPERATION_MODULES) and cls not in MASK_OPERATIONS:
-            name = cfg.get("name") if isinstance(cfg, dict) else config.get("name")
-            return f"{str(name)[:60]} ({cls[:40]})"
-        for value in config.values():
-            if found := h5_operation(value):
-                return found
-    return ""
+    """The first tensor operation of a Keras 3 configuration (:func:`operations`) as "name
+    (Class)", or "": Keras 3 writes it into an .h5 file as a bare name its own .h5 loader does
+    not read back. Padding masks are :func:`h5_mask`'s."""
+    return next((f"{name} ({cls})" for name, cls in operations(config) if cls not in MASK_OPERATIONS), "")
 
 
 def _pair(value: Any) -> list[Any]:
@@ -582,6 +591,7 @@ def summarize(
             dtype=_dtype(cfg),
             activation=_activation(layer),
         )
+    summary.operations.extend(f"{name} ({cls})" for name, cls in operations(config))
     inner = config.get("config")
     root = (config.get("class_name"), inner.get("name") if isinstance(inner, dict) else None)
     for cls, name in all_layers:

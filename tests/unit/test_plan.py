@@ -662,8 +662,16 @@ def test_an_h5_export_of_keras_3_tensor_operations_is_refused_at_submit(tmp_path
     summed = keras.layers.Dense(4, name="h")(scaled) + keras.layers.Dense(4, name="h2")(scaled)
     model = keras.Model(inputs, keras.layers.Dense(4, name="out")(summed))
     model.save(tmp_path / "m.keras")
-    info = modelcheck.inspect_model(tmp_path / "m.keras", 1 << 30).to_dict()
+    inspected = modelcheck.inspect_model(tmp_path / "m.keras", 1 << 30)
+    info = inspected.to_dict()
     assert info["h5_operation"].startswith("true_divide") and info["h5_operation"].endswith("(TrueDivide)")
+    # `pruning inspect` lists them: its layer table left them out, so nothing said why an .h5 was refused
+    assert [op.split(" ")[1] for op in inspected.summary.operations] == ["(TrueDivide)", "(Add)"]
+    from pruning_client.cli import format_summary
+    from pruning_client.results import ModelSummary
+
+    shown = format_summary(ModelSummary.from_proto(inspected.summary))
+    assert "operations: true_divide" in shown and "an .h5 file in Keras 3 cannot hold them" in shown
     facts = _facts(tmp_path, **_data())
     ((field, text),) = _violations(info, facts, exports=("keras", "h5"), keras_version=3)
     assert field == "spec.export.formats" and text.startswith("h5: Keras 3 writes the tensor operation true_divide")

@@ -482,6 +482,7 @@ class ModelSummary(_message.Message):
     OUTPUTS_FIELD_NUMBER: _builtins.int
     LAYERS_FIELD_NUMBER: _builtins.int
     TOTAL_PARAMS_FIELD_NUMBER: _builtins.int
+    OPERATIONS_FIELD_NUMBER: _builtins.int
     keras_version: _builtins.int
     """2 = tf_keras (Keras 2), 3 = Keras 3."""
     keras_version_string: _builtins.str
@@ -495,6 +496,12 @@ class ModelSummary(_message.Message):
 
     @_builtins.property
     def layers(self) -> _containers.RepeatedCompositeFieldContainer[Global___LayerSummary]: ...
+    @_builtins.property
+    def operations(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """A Keras 3 model's tensor operations (x / 255.0, h + h2) as "name (Class)": no layers of
+        the model's own, the service translates them into layers (Rescaling, Add, ...).
+        """
+
     def __init__(
         self,
         *,
@@ -504,10 +511,11 @@ class ModelSummary(_message.Message):
         outputs: _abc.Iterable[Global___TensorSummary] | None = ...,
         layers: _abc.Iterable[Global___LayerSummary] | None = ...,
         total_params: _builtins.int = ...,
+        operations: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["inputs", b"inputs", "keras_version", b"keras_version", "keras_version_string", b"keras_version_string", "layers", b"layers", "outputs", b"outputs", "total_params", b"total_params"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["inputs", b"inputs", "keras_version", b"keras_version", "keras_version_string", b"keras_version_string", "layers", b"layers", "operations", b"operations", "outputs", b"outputs", "total_params", b"total_params"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
