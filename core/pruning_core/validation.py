@@ -424,23 +424,28 @@ def validate_against_model(spec: pb.JobSpec, layers: list, outputs: list[str] | 
 
 
 def unknown_types(spec: pb.JobSpec, layers: list, known: frozenset[str]) -> list[Violation]:
-    """Layer class names in the selection that are not Keras layer classes (``known``), such as
-    "dense" for Dense: one selects nothing, or excludes nothing ("dense" excluded nothing and
-    the Dense layers it was to keep whole were pruned). A real class the model lacks is fine
-    (a pipeline's ``exclude_types=["Embedding"]`` for every model). Checked at submit."""
+    """Layer class names in the selection that are a misspelling of a Keras layer class
+    (``known``, and the model's own): "dense" for Dense, "Dence". One selects nothing, or
+    excludes nothing ("dense" excluded nothing and the Dense layers it was to keep whole were
+    pruned). Any other name may be a class the model lacks (a pipeline's exclusion of
+    MultiHeadAttention for every model) and is taken. Checked at submit."""
     out: list[Violation] = []
     kinds = {kind for kind, _ in layers if kind not in _CONTAINERS}
+    classes = sorted(known | kinds)
+    by_case = {kind.lower(): kind for kind in classes}
     for field in ("include_types", "exclude_types"):
-        unknown = sorted(set(getattr(spec.pruning.layers, field)) - kinds - known)
-        if unknown:
-            by_case = {kind.lower(): kind for kind in sorted(known | kinds)}
-            meant = sorted({by_case[u.lower()] for u in unknown if u.lower() in by_case})
-            hint = f" (class names are case-sensitive: {', '.join(meant)})" if meant else ""
+        meant: dict[str, str] = {}
+        for name in sorted(set(getattr(spec.pruning.layers, field)) - kinds - known):
+            close = by_case.get(name.lower()) or next(iter(difflib.get_close_matches(name, classes, 1, 0.8)), None)
+            if close:
+                meant[name[:60]] = close
+        if meant:
+            said = ", ".join(f"{name!r} (did you mean {kind}?)" for name, kind in list(meant.items())[:5])
             out.append(
                 (
                     f"spec.pruning.layers.{field}",
-                    f"{[u[:60] for u in unknown[:5]]} {'is' if len(unknown) == 1 else 'are'} not a Keras layer "
-                    f"class{hint}; the model's are {sorted(kinds)[:20]}",
+                    f"not a Keras layer class: {said}; class names are case-sensitive; the model's are "
+                    f"{sorted(kinds)[:20]}",
                 )
             )
     return out
