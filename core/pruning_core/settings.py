@@ -306,8 +306,9 @@ class Settings(BaseSettings):
     direct_writes: bool = Field(
         True,
         description="uploads are written to disk past the page cache (O_DIRECT) where the file system allows it, "
-        "and downloads read what the page cache does not hold past it: a GiB costs the server about 0.13 s of CPU "
-        "instead of 0.3-2 s; off where direct I/O is slow",
+        "and downloads read what the page cache does not hold past it: writing or reading a cold GiB costs the "
+        "server 0.1-0.2 s of CPU instead of 0.3-2.5 s on a VM whose host reclaims freed memory; off where direct "
+        "I/O is slow",
     )
     dataset_cache_bytes: int = Field(
         2048 * MiB,
