@@ -259,7 +259,7 @@ class LocalStore(BlobStore):
         chunk comes as ``frame(its offset, its bytes)``, built in the reading thread (a
         download's serialized message). With ``direct`` I/O, what the page cache does not hold
         (an upload written past it) is read past it too (:class:`~pruning.files.UncachedReader`):
-        the reads of a cold GiB cost 0.1-0.2 s of CPU instead of 1-2.5 s (README, Benchmarks)."""
+        the reads of a cold GiB cost 0.1-0.2 s of CPU instead of 1.5-3 s (README, Benchmarks)."""
         reader = UncachedReader(self.path(artifact_id), direct=self.direct)
         held = 0  # spare chunks taken: the reads in flight beyond the first
         pending: collections.deque[asyncio.Future[bytes]] = collections.deque()

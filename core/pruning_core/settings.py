@@ -307,7 +307,7 @@ class Settings(BaseSettings):
         True,
         description="uploads are written to disk past the page cache (O_DIRECT) where the file system allows it, "
         "and downloads read what the page cache does not hold past it: writing or reading a cold GiB costs the "
-        "server 0.1-0.2 s of CPU instead of 0.3-2.5 s on a VM whose host reclaims freed memory; off where direct "
+        "server 0.1-0.2 s of CPU instead of 0.3-3 s on a VM whose host reclaims freed memory; off where direct "
         "I/O is slow",
     )
     dataset_cache_bytes: int = Field(
