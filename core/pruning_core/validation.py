@@ -64,8 +64,10 @@ def _unknown_loss(loss: str) -> str:
     at 20, "sparse_categorical_…" hid the very typo), else every name, beside the name cut to
     20 (the whole answer within the server's 200-byte cut)."""
     longest = max(map(len, LOSSES))
+    # "with_logits" is TensorFlow's word (sigmoid_cross_entropy_with_logits) for "from_logits"
+    said = loss[: longest + 8].lower().replace("with_logits", "from_logits")
     # 0.9: a letter or two off ("..._from_logit"), not another loss ("binary_focal_crossentropy")
-    meant = difflib.get_close_matches(loss[: longest + 8].lower(), LOSSES, n=1, cutoff=0.9)
+    meant = difflib.get_close_matches(said, LOSSES, n=1, cutoff=0.9)
     if meant:
         return f"{_shown(loss, longest + 8)}: not a loss; did you mean {meant[0]!r}?"
     return f"{_shown(loss)}: not one of {loss_names()}"

@@ -201,6 +201,7 @@ def test_an_unknown_loss_is_answered_with_every_loss_within_the_error_cut():
         ("sparse_categorical_crossentropy_from_logit", "sparse_categorical_crossentropy_from_logits"),
         ("categorical_crossentropy_logits", "categorical_crossentropy_from_logits"),
         ("Mean_Squared_Error", "mean_squared_error"),
+        ("binary_crossentropy_with_logits", "binary_crossentropy_from_logits"),
     ]:
         said = dict(validation.validate(job_spec("a" * 64, loss=typo)))["spec.training.loss"]
         assert said == f"{typo!r}: not a loss; did you mean {meant!r}?"
