@@ -130,6 +130,11 @@ _JOB_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")  # a path component, never ``..``
 Frame = Callable[[int, bytes | memoryview], bytes]  # (offset, chunk) -> the bytes to send
 
 
+def _size_differs(artifact_id: str, where: str, stored: int, recorded: int) -> CorruptArtifact:
+    """The error of a blob whose size is not its record's (changed behind the service's back)."""
+    return CorruptArtifact(f"artifact {artifact_id}: its {where} holds {stored} bytes, its record {recorded}")
+
+
 class _Buffers:
     """Page-aligned read buffers the reading threads of a store share: taken for one read and
     framed out of, then given back (at most ``keep`` are kept), so that a download does not
@@ -265,7 +270,7 @@ class LocalStore(BlobStore):
         pending: collections.deque[asyncio.Future[bytes]] = collections.deque()
         try:
             if size is not None and reader.size != size:
-                raise CorruptArtifact(f"artifact {artifact_id}: its file holds {reader.size} bytes, its record {size}")
+                raise _size_differs(artifact_id, "file", reader.size, size)
             loop = asyncio.get_running_loop()
             position, end = offset, size
             while True:
@@ -583,13 +588,9 @@ class S3Store(LocalStore):
                 raise exc from None
             if stored == size:
                 raise
-            raise CorruptArtifact(
-                f"artifact {artifact_id}: its object holds {stored} bytes, its record {size}"
-            ) from None
+            raise _size_differs(artifact_id, "object", stored, size) from None
         if size is not None and result.meta["size"] != size:
-            raise CorruptArtifact(
-                f"artifact {artifact_id}: its object holds {result.meta['size']} bytes, its record {size}"
-            )
+            raise _size_differs(artifact_id, "object", result.meta["size"], size)
         carry = bytearray()  # the tail of a part, completed by the next one
         async for part in result.stream(min_chunk_size=chunk):
             view, start = memoryview(part), 0  # a view: each byte is copied once, into its chunk

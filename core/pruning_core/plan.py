@@ -552,10 +552,7 @@ def _m_by_n_sets_the_sparsity(spec: pb.JobSpec) -> str | None:
     p = spec.pruning
     if not p.HasField("sparsity_m_by_n") or not p.HasField("schedule"):
         return None
-    s = p.schedule
-    final = (
-        s.constant_sparsity.target_sparsity if s.HasField("constant_sparsity") else s.polynomial_decay.final_sparsity
-    )
+    final = validation.schedule_final(p.schedule)
     pattern = validation.target_sparsity(p)
     if abs(final - pattern) <= 1e-3:
         return None

@@ -615,7 +615,11 @@ def target_sparsity(p: pb.PruningSpec) -> float:
     """The sparsity the spec aims at by the end of fine-tuning."""
     if p.HasField("sparsity_m_by_n"):  # m zeros of every n (TFMOT's sparsity_m_by_n)
         return p.sparsity_m_by_n.m / p.sparsity_m_by_n.n
-    s = p.schedule
+    return schedule_final(p.schedule)
+
+
+def schedule_final(s: pb.PruningSchedule) -> float:
+    """The sparsity a schedule ends at (its constant target, or a polynomial's final one)."""
     return s.constant_sparsity.target_sparsity if s.HasField("constant_sparsity") else s.polynomial_decay.final_sparsity
 
 
