@@ -83,10 +83,12 @@ def parse_upload_request(raw: bytes) -> pb.UploadRequest | memoryview:
 # -- downloads -------------------------------------------------------------------------------
 
 
-def download_chunk(offset: int, data: bytes | memoryview, total_size: int, sha256: str) -> bytes:
+def download_chunk(
+    offset: int, data: bytes | memoryview, total_size: int, sha256: str, crc32: int | None = None
+) -> bytes:
     """A serialized ``DownloadChunk`` with one copy of ``data``: the small fields serialized by
     protobuf, then ``data``."""
-    head = pb.DownloadChunk(offset=offset, total_size=total_size, sha256=sha256).SerializeToString()
+    head = pb.DownloadChunk(offset=offset, total_size=total_size, sha256=sha256, crc32=crc32).SerializeToString()
     return b"".join((head, _DOWNLOAD_DATA_TAG, varint(len(data)), data))
 
 
@@ -98,6 +100,7 @@ class Chunk:
     data: bytes | memoryview
     total_size: int
     sha256: str
+    crc32: int | None = None  # the whole artifact's, where the server recorded one
 
 
 def _int64(value: int) -> int:
@@ -107,7 +110,7 @@ def _int64(value: int) -> int:
 
 def parse_download_chunk(raw: bytes) -> Chunk:
     """The response deserializer of a download call."""
-    varints = {1: 0, 3: 0}  # offset, total_size
+    varints = {1: 0, 3: 0, 5: 0}  # offset, total_size, crc32 (present only when seen)
     spans: dict[int, memoryview] = {}  # data, sha256
     seen: set[int] = set()
     i = 0
@@ -131,8 +134,10 @@ def parse_download_chunk(raw: bytes) -> Chunk:
         sha256 = bytes(spans.get(4, b"")).decode()
     except ValueError:  # UnicodeDecodeError included: protobuf judges it
         message = pb.DownloadChunk.FromString(raw)
-        return Chunk(message.offset, message.data, message.total_size, message.sha256)
-    return Chunk(_int64(varints[1]), spans.get(2, b""), _int64(varints[3]), sha256)
+        crc = message.crc32 if message.HasField("crc32") else None
+        return Chunk(message.offset, message.data, message.total_size, message.sha256, crc)
+    crc = varints[5] & 0xFFFFFFFF if 5 in seen else None  # a uint32, as protobuf reads a longer varint
+    return Chunk(_int64(varints[1]), spans.get(2, b""), _int64(varints[3]), sha256, crc)
 
 
 # -- calls -----------------------------------------------------------------------------------

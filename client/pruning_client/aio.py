@@ -310,9 +310,10 @@ class AsyncClient:
         root_certificates: bytes | None = None,
         timeout: float = 30.0,
         hash_first: bool = True,
+        verify: str = "crc32",
     ) -> None:
         self.target = target
-        self.options = ClientOptions(api_key, tls, root_certificates, timeout, hash_first=hash_first)
+        self.options = ClientOptions(api_key, tls, root_certificates, timeout, hash_first=hash_first, verify=verify)
         self.options.check_target(target)
         creds = self.options.credentials()
         if creds is not None:
@@ -366,7 +367,7 @@ class AsyncClient:
     async def _upload(self, which: str, path: os.PathLike[str] | str, progress: UploadProgress | None) -> pb.Artifact:
         """:meth:`pruning_client.Client._upload` off the loop: the file read, hashed and sent by
         threads, the call a blocking one (see :meth:`_uploads`) that a cancelled task cancels."""
-        upload = await asyncio.to_thread(_Upload, path, progress)
+        upload = await asyncio.to_thread(_Upload, path, progress, self.options.verify)
         if self.options.hash_first:
             await asyncio.to_thread(upload.hash)
         method = getattr(self._uploads(), which)
@@ -574,10 +575,12 @@ class AsyncClient:
     ) -> pathlib.Path:
         """Downloads an artifact to ``dest`` (a file, or a directory to write it into: an existing
         one, or a path ending with a separator, created if missing), resuming a partial
-        ``<dest>.<artifact_id[:16]>.part``; the sha256 is checked before the move; a file
+        ``<dest>.<artifact_id[:16]>.part``; checked (``ClientOptions.verify``) before the move; a file
         already there with the artifact's content is kept; see
         :meth:`pruning_client.Client.download`."""
-        download = await asyncio.to_thread(_Download, artifact_id, dest, filename=filename, resume=resume)
+        download = await asyncio.to_thread(
+            _Download, artifact_id, dest, filename=filename, resume=resume, verify=self.options.verify
+        )
         if await asyncio.to_thread(download.present, progress):
             return download.dest
         try:
@@ -603,7 +606,7 @@ class AsyncClient:
 
     async def _receive(self, download: _Download, progress: DownloadProgress | None) -> None:
         f = download.open()
-        behind = _Behind(f.write, download.digest.update)  # written and hashed in threads behind the receiver
+        behind = download.behind(f)  # written (and hashed, by sha256) in threads behind the receiver
         try:
             behind.__enter__()
         except BaseException:
@@ -622,7 +625,7 @@ class AsyncClient:
                 except asyncio.TimeoutError:  # noqa: UP041 (not the builtin TimeoutError before 3.11)
                     call.cancel()
                     raise idle_error(limit) from None
-                data = chunk.data
+                data = download.take(chunk)
                 await behind.aput(data)
                 if progress:
                     progress(len(data), chunk.total_size)

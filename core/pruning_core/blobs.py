@@ -20,12 +20,23 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
+from typing import NamedTuple
 
+from pruning.checksum import Crc32
 from pruning.files import DirectWriter
 
 from .transfer import Buffer, Sink
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+class Stored(NamedTuple):
+    """A file put into the store: its id (sha256), size, and CRC-32 (the artifact record's)."""
+
+    id: str
+    size: int
+    crc32: int
+
 
 WRITEBACK_EVERY = 16 << 20  # bytes written between two starts of their writeback
 _SYNC_FILE_RANGE_WRITE = 2
@@ -80,6 +91,7 @@ class BlobWriter:
         self.size = 0
         self.written_back = 0  # bytes whose writeback has been started
         self._hash = hashlib.sha256()
+        self._crc = Crc32()  # beside the sha256, in its thread: what downloads are checked by
 
     def _write_file(self, data: Buffer) -> None:
         self._file.write(data)
@@ -97,8 +109,13 @@ class BlobWriter:
 
     def sinks(self) -> list[Sink]:
         """The consumers of each chunk, in order, each safe to run in a thread of its own
-        (:class:`~pruning_core.transfer.WritePipeline`): the file, and the sha256."""
-        return [self._write_file, self._hash.update]
+        (:class:`~pruning_core.transfer.WritePipeline`): the file, and the sha256 with the
+        CRC-32 (0.02 s per GiB: no thread of its own)."""
+        return [self._write_file, self._digest]
+
+    def _digest(self, data: Buffer) -> None:
+        self._hash.update(data)
+        self._crc.update(data)
 
     def write(self, data: bytes) -> None:
         for sink in self.sinks():
@@ -107,6 +124,11 @@ class BlobWriter:
     @property
     def sha256(self) -> str:
         return self._hash.hexdigest()
+
+    @property
+    def crc32(self) -> int:
+        """The CRC-32 of the bytes written so far (all of them once the pipeline drained)."""
+        return self._crc.value
 
     def close(self) -> None:
         """Writes what is left to the file (to disk, unless it is scratch) and closes it; the
@@ -206,14 +228,14 @@ class BlobStore:
                 _put_back(aside, self.path(name))  # the next retention judges it again
         return sweep_unlocked(self.tmp_dir.glob("upload-*"), min_age_s)
 
-    def put_file(self, source: os.PathLike | str) -> tuple[str, int]:
-        """Copies a local file into the store; returns (id, size)."""
+    def put_file(self, source: os.PathLike | str) -> Stored:
+        """Copies a local file into the store; returns its id, size and CRC-32."""
         writer = self.writer()
         try:
             with open(source, "rb") as src:
                 while chunk := src.read(1 << 20):
                     writer.write(chunk)
-            return writer.commit(), writer.size
+            return Stored(writer.commit(), writer.size, writer.crc32)
         except BaseException:
             writer.discard()
             raise

@@ -45,9 +45,10 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
 from stat import S_ISREG
 from typing import TYPE_CHECKING, Any
 
+from pruning.checksum import Crc32
 from pruning.files import UncachedReader
 
-from .blobs import BlobStore, BlobWriter, is_artifact_id
+from .blobs import BlobStore, BlobWriter, Stored, is_artifact_id
 from .settings import Settings
 from .transfer import Buffer, Sink
 
@@ -693,17 +694,19 @@ class S3Store(LocalStore):
         if keys:
             obstore.delete(self.objects, keys)
 
-    def put_file(self, source: os.PathLike | str) -> tuple[str, int]:
+    def put_file(self, source: os.PathLike | str) -> Stored:
         """Hashes a local file and uploads it under its sha256 (a multipart upload when
         large). Bytes already stored are written again, as an upload's are: the housekeeping,
         which may be taking the old object as unowned, leaves one written this minute."""
         import obstore
 
-        digest = hashlib.sha256()
+        digest, crc, size = hashlib.sha256(), Crc32(), 0
         with open(source, "rb") as src:
             while data := src.read(8 * MiB):
                 digest.update(data)
-        sha, size = digest.hexdigest(), os.path.getsize(source)
+                crc.update(data)
+                size += len(data)
+        sha = digest.hexdigest()
         obstore.put(
             self.objects,
             self.key(sha),
@@ -711,7 +714,7 @@ class S3Store(LocalStore):
             chunk_size=self.part_size,
             max_concurrency=self.max_concurrency,
         )
-        return sha, size
+        return Stored(sha, size, crc.value)
 
     def ids(self) -> Iterator[str]:
         import obstore

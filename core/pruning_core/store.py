@@ -689,6 +689,7 @@ class ArtifactRecord:
     created: float
     info: dict
     job: str = ""  # an export's or a report's job
+    crc32: int | None = None  # of the bytes, beside their sha256; None in a record older than it
 
     def to_proto(self) -> pb.Artifact:
         art = pb.Artifact(
@@ -699,6 +700,7 @@ class ArtifactRecord:
             sha256=self.id,
             format=self.format,
             job_id=self.job,
+            crc32=self.crc32,
         )
         art.created_at.FromNanoseconds(int(self.created * 1e9))
         if self.info.get("summary"):
@@ -706,7 +708,7 @@ class ArtifactRecord:
         return art
 
     def to_mapping(self) -> dict:
-        return {
+        mapping = {
             "kind": self.kind,
             "format": self.format,
             "filename": self.filename,
@@ -715,6 +717,9 @@ class ArtifactRecord:
             "info": json.dumps(self.info),
             "job": self.job,
         }
+        if self.crc32 is not None:
+            mapping["crc32"] = self.crc32
+        return mapping
 
     def fields(self) -> list[Any]:
         """:meth:`to_mapping` flattened, field then value, as HSET takes them in a script."""
@@ -732,6 +737,7 @@ class ArtifactRecord:
             created=float(text["created"]),
             info=json.loads(text["info"]),
             job=text.get("job", ""),
+            crc32=int(text["crc32"]) if text.get("crc32") else None,
         )
 
 
@@ -1602,7 +1608,7 @@ class AsyncJobStore(_Base):
         records = await self._listed(tenant, [i for i, _ in page])
         return records, ((page[-1][1], page[-1][0]) if len(found) > size else None)
 
-    _LISTED = ("kind", "format", "filename", "size", "created", "job")
+    _LISTED = ("kind", "format", "filename", "size", "created", "job", "crc32")
 
     async def _listed(self, tenant: str, ids: builtins.list[str]) -> builtins.list[ArtifactRecord]:
         """The records of ``ids`` in that order, without ``info``; those gone meanwhile (a

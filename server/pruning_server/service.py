@@ -455,7 +455,14 @@ class PruningService(pb_grpc.PruningServiceServicer):
             raise
         info = {**info, "inspection": self._inspection}  # which code and limits passed it (see _held)
         record = ArtifactRecord(
-            artifact_id, kind, fmt, convert.safe_filename(header.filename), writer.size, time.time(), info
+            artifact_id,
+            kind,
+            fmt,
+            convert.safe_filename(header.filename),
+            writer.size,
+            time.time(),
+            info,
+            crc32=writer.crc32,
         )
         try:
             await self.store.put_artifact(tenant, record, refuse=_other_upload_kinds(kind))
@@ -527,7 +534,7 @@ class PruningService(pb_grpc.PruningServiceServicer):
         if not 0 <= request.offset <= record.size:
             raise Failure(grpc.StatusCode.OUT_OF_RANGE, f"offset must be in [0, {record.size}], got {request.offset}")
         # each chunk leaves serialized, framed in the reading thread with one copy of its bytes
-        frame = functools.partial(download_chunk, total_size=record.size, sha256=record.id)
+        frame = functools.partial(download_chunk, total_size=record.size, sha256=record.id, crc32=record.crc32)
         async with self._slot(self.downloads, tenant):
             # closed on every way out: its read-ahead spare and file go back now, not at garbage collection
             chunks = self.blobs.read(record.id, request.offset, self.settings.chunk_size, record.size, frame)

@@ -231,7 +231,7 @@ def test_a_job_store_that_lost_its_data_does_not_take_the_blobs_with_it(env, tmp
         time.sleep(0.05)  # past the file system clock's tick: the orphan is written after the birth
         orphan = tmp_path / "orphan.bin"
         orphan.write_bytes(b"no record points here")
-        orphan_id, _ = LocalStore(artifacts).put_file(orphan)
+        orphan_id = LocalStore(artifacts).put_file(orphan).id
         assert asyncio.run(housekeeping())["blobs"] == 1
         assert not BlobStore(artifacts).path(orphan_id).exists() and BlobStore(artifacts).path(model.id).exists()
     finally:
@@ -311,7 +311,7 @@ def test_a_store_another_deployment_uses_is_not_swept(env, tmp_path, caplog):
     def unknown_blob(content: bytes) -> str:
         time.sleep(0.05)  # written after both job stores were born
         source.write_bytes(content)
-        artifact_id, _ = blobs.put_file(source)
+        artifact_id = blobs.put_file(source).id
         return artifact_id
 
     client = redis.Redis.from_url(env["PRUNING_REDIS_URL"])

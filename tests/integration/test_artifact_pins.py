@@ -171,7 +171,7 @@ def test_bytes_whose_last_record_expired_go_even_if_the_pass_stopped_first(redis
     blobs = LocalStore(tmp_path / "a")
     source = tmp_path / "m.keras"
     source.write_bytes(b"an old model")
-    artifact_id, size = blobs.put_file(source)
+    artifact_id, size, _ = blobs.put_file(source)
     old = time.time() - 3600
     os.utime(blobs.path(artifact_id), (old, old))  # written before the job store was born
     settings = Settings(

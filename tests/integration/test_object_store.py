@@ -8,9 +8,11 @@ import asyncio
 import hashlib
 import os
 import pathlib
+import tempfile
 import threading
 import time
 import uuid
+import zlib
 
 import grpc
 import obstore
@@ -28,7 +30,7 @@ from conftest import (
     wait_for,
 )
 from pruning.v1 import pruning_pb2 as pb
-from pruning_client import Client, ResourceExhausted, constant_sparsity, job_spec
+from pruning_client import Client, IntegrityError, ResourceExhausted, constant_sparsity, job_spec
 
 pytestmark = pytest.mark.integration
 MiB = 1 << 20
@@ -112,6 +114,7 @@ def test_upload_lands_in_s3_under_its_sha256_and_nowhere_on_the_server(
     with Client(s3_server.target, timeout=60, hash_first=hash_first) as client:
         artifact = client.upload_dataset(data)
     assert artifact.id == hashlib.sha256(data.read_bytes()).hexdigest()
+    assert artifact.HasField("crc32") and artifact.crc32 == zlib.crc32(data.read_bytes())  # recorded beside it
     assert artifact.id in _objects(seaweed, s3_env)
     store = seaweed.object_store(prefix=s3_env["PRUNING_S3_PREFIX"])
     assert bytes(obstore.get(store, artifact.id).bytes()) == data.read_bytes()
@@ -171,6 +174,8 @@ def test_full_job_on_s3(s3_client, hosts, seaweed, s3_env, files, tmp_path):
     assert set(result.artifact_ids.values()) <= set(_objects(seaweed, s3_env))  # written straight to S3
     path = job.download(tmp_path)
     assert hashlib.sha256(path.read_bytes()).hexdigest() == result.artifact_ids["keras"]
+    export = s3_client.get_artifact(result.artifact_ids["keras"])  # the worker recorded its CRC-32 too
+    assert export.HasField("crc32") and export.crc32 == zlib.crc32(path.read_bytes())
     assert models.weights_sparsity(path)["hidden"] == pytest.approx(0.5, abs=0.02)
 
 
@@ -181,6 +186,7 @@ def test_download_resumes_with_a_ranged_read(s3_client, files, tmp_path):
     request = pb.DownloadArtifactRequest(artifact_id=artifact.id, offset=offset)
     chunks = list(s3_client.stub.DownloadArtifact(request))
     assert chunks[0].offset == offset and chunks[0].total_size == len(whole)
+    assert {c.crc32 for c in chunks} == {zlib.crc32(whole)}  # the whole artifact's, on every chunk
     assert [c.offset for c in chunks] == [offset + sum(len(c.data) for c in chunks[:i]) for i in range(len(chunks))]
     assert b"".join(c.data for c in chunks) == whole[offset:]
 
@@ -586,7 +592,7 @@ def test_an_export_of_bytes_already_in_the_bucket_writes_them_again(seaweed, s3_
     store = open_store(settings_for(s3_env, state_dir=str(tmp_path / "state")))
     export = tmp_path / "pruned.tflite"
     export.write_bytes(os.urandom(4096))
-    artifact_id, _ = store.put_file(export)
+    artifact_id = store.put_file(export).id
     before = obstore.head(store.objects, store.key(artifact_id))["last_modified"]
     time.sleep(1.1)  # Last-Modified counts whole seconds
     assert store.put_file(export)[0] == artifact_id
@@ -743,7 +749,7 @@ def test_a_download_read_slower_than_the_s3_timeout_is_not_cut(seaweed, s3_env, 
 
     source = tmp_path / "slow.bin"
     source.write_bytes(os.urandom(24 * MiB))
-    artifact_id, size = open_store(settings_for(s3_env, state_dir=str(tmp_path / "state"))).put_file(source)
+    artifact_id, size, _ = open_store(settings_for(s3_env, state_dir=str(tmp_path / "state"))).put_file(source)
     env = {**s3_env, "PRUNING_S3_TIMEOUT_S": "1", "PRUNING_S3_MAX_RETRIES": "0"}
     store = open_store(settings_for(env, state_dir=str(tmp_path / "state")))
 
@@ -808,6 +814,14 @@ def _check_changed_bytes_are_data_loss(client: Client, artifact: pb.Artifact, da
             error = _changed_download(client, artifact, offset)
             assert error.code() == grpc.StatusCode.DATA_LOSS, (len(changed), offset, error.details())
             assert f"not the {len(data)} recorded" in error.details()
+    # the same size, one byte changed: the server serves it, the SDK's check by the CRC-32
+    # recorded at upload refuses it and keeps nothing
+    put(data[:100] + bytes([data[100] ^ 1]) + data[101:])
+    with tempfile.TemporaryDirectory() as scratch, pytest.raises(IntegrityError, match="CRC-32"):
+        try:
+            client.download(artifact.id, pathlib.Path(scratch) / "data.npz")
+        finally:
+            assert list(pathlib.Path(scratch).iterdir()) == []
     put(data)  # as recorded again: served
     assert (
         b"".join(c.data for c in client.stub.DownloadArtifact(pb.DownloadArtifactRequest(artifact_id=artifact.id)))

@@ -48,7 +48,7 @@ def test_a_blob_written_again_while_it_is_removed_stays(tmp_path):
     data = os.urandom(4096)
     source = tmp_path / "model.keras"
     source.write_bytes(data)
-    artifact, _ = store.put_file(source)
+    artifact = store.put_file(source).id
     removed = lost = 0
     for _ in range(1500):
         if not store.path(artifact).exists():
@@ -66,7 +66,7 @@ def test_a_blob_left_aside_by_a_dead_removal_is_put_back(tmp_path, monkeypatch):
     store = BlobStore(tmp_path / "store", direct=False)
     source = tmp_path / "d.npz"
     source.write_bytes(b"x" * 100)
-    artifact, _ = store.put_file(source)
+    artifact = store.put_file(source).id
     aside = store.tmp_dir / f"removing-{artifact}-1-2"
     os.replace(store.path(artifact), aside)  # moved aside, then the process died
     store.sweep(60.0)
@@ -83,7 +83,7 @@ def test_a_blob_goes_back_where_the_file_system_has_no_hard_links(tmp_path, monk
     store = BlobStore(tmp_path / "store", direct=False)
     source = tmp_path / "m.keras"
     source.write_bytes(b"y" * 64)
-    artifact, _ = store.put_file(source)
+    artifact = store.put_file(source).id
     aside = store.tmp_dir / f"removing-{artifact}-1-2"
     os.replace(store.path(artifact), aside)
 

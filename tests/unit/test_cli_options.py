@@ -31,8 +31,10 @@ class FakeClient:
         tls: bool = False,
         root_certificates: bytes | None = None,
         timeout: float = 30.0,
+        verify: str = "crc32",
     ) -> None:
         self.target, self.api_key, self.tls, self.roots, self.timeout = target, api_key, tls, root_certificates, timeout
+        self.verify = verify
         FakeClient.made.append(self)
 
     def __enter__(self) -> FakeClient:
@@ -77,7 +79,7 @@ def test_global_options_on_every_builtin_command() -> None:
         if command.name == "up":
             continue
         opts = {o for p in command.params for o in p.opts}
-        assert {"--target", "--api-key", "--tls", "--ca-file", "--timeout", "--json"} <= opts, command.name
+        assert {"--target", "--api-key", "--tls", "--ca-file", "--timeout", "--verify", "--json"} <= opts, command.name
 
 
 def test_help_shows_export_choices_and_defaults(capsys: pytest.CaptureFixture[str]) -> None:
@@ -125,13 +127,20 @@ def test_environment_and_other_globals(
     monkeypatch.setenv("PRUNING_API_KEY", "k1")
     assert run(["--timeout", "5", "status", "j1", "--ca-file", str(ca)]) == 0
     client = fake.made[-1]
-    assert (client.target, client.api_key, client.tls, client.roots, client.timeout) == (
+    assert (client.target, client.api_key, client.tls, client.roots, client.timeout, client.verify) == (
         "env:3",
         "k1",
         True,
         pem,
         5.0,
+        "crc32",
     )
+    monkeypatch.setenv("PRUNING_VERIFY", "sha256")
+    assert run(["status", "j1"]) == 0
+    assert fake.made[-1].verify == "sha256"
+    assert run(["status", "j1", "--verify", "crc32"]) == 0
+    assert fake.made[-1].verify == "crc32"
+    monkeypatch.delenv("PRUNING_VERIFY")
     assert run(["status", "j1", "--api-key", "k2", "--target", "cli:4"]) == 0
     assert (fake.made[-1].target, fake.made[-1].api_key) == ("cli:4", "k2")
 

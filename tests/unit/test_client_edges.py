@@ -15,6 +15,7 @@ from typing import Any
 import grpc
 import pytest
 
+from pruning import wire
 from pruning.v1 import pruning_pb2 as pb
 from pruning_client import Client, JobHandle, OutOfRange
 from pruning_client import cli as cli_module
@@ -50,7 +51,8 @@ class FakeStub:
         if request.offset > self.size:
             raise RangeError()
         for start in range(request.offset, len(DATA), 1000):
-            yield pb.DownloadChunk(offset=start, data=DATA[start : start + 1000], total_size=len(DATA))
+            message = pb.DownloadChunk(offset=start, data=DATA[start : start + 1000], total_size=len(DATA))
+            yield wire.parse_download_chunk(message.SerializeToString())  # as the client's calls read it
 
     def UploadModel(self, requests: Any, metadata: Any = ()) -> pb.Artifact:
         raise AssertionError("no call for a file that cannot be read")

@@ -1,10 +1,12 @@
 """Client.download and uploads against a fake stub: partial files per artifact, directories,
-the sha256 checks."""
+the CRC-32 and sha256 checks."""
 
 import hashlib
+import zlib
 
 import pytest
 
+from pruning import wire
 from pruning.v1 import pruning_pb2 as pb
 from pruning_client import Client, IntegrityError
 from pruning_client.client import _Download
@@ -14,20 +16,28 @@ ID = hashlib.sha256(DATA).hexdigest()
 
 
 class FakeStub:
-    def __init__(self, data=DATA, chunk=1000):
-        self.data, self.chunk, self.offsets, self.uploaded = data, chunk, [], b""
+    """Serves ``data`` as the artifact; ``crc`` is the CRC-32 its record holds (None: a record
+    without one, as an older server wrote), sent on every chunk and in an upload's answer."""
+
+    def __init__(self, data=DATA, chunk=1000, crc=None):
+        self.data, self.chunk, self.offsets, self.uploaded, self.crc = data, chunk, [], b"", crc
 
     def DownloadArtifact(self, request, metadata=()):
         self.offsets.append(request.offset)
         for start in range(request.offset, len(self.data), self.chunk):
-            yield pb.DownloadChunk(offset=start, data=self.data[start : start + self.chunk], total_size=len(self.data))
+            message = pb.DownloadChunk(
+                offset=start, data=self.data[start : start + self.chunk], total_size=len(self.data), crc32=self.crc
+            )
+            yield wire.parse_download_chunk(message.SerializeToString())  # as the client's calls read it
 
     def UploadModel(self, requests, timeout=None, metadata=()):
         requests = (pb.UploadRequest.FromString(r) if isinstance(r, bytes) else r for r in requests)
         header = self.header = next(requests).header
         self.uploaded = b"".join(r.chunk for r in requests)
         assert header.size == len(self.uploaded)
-        return pb.Artifact(id=hashlib.sha256(self.data).hexdigest(), filename=header.filename)
+        return pb.Artifact(
+            id=hashlib.sha256(self.data).hexdigest(), filename=header.filename, size=len(self.data), crc32=self.crc
+        )
 
     # the client's transfer calls (pruning.wire.FramedCalls)
     download, upload_model = DownloadArtifact, UploadModel
@@ -78,6 +88,64 @@ def test_a_download_that_does_not_match_its_sha256_is_removed(client, tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_download_is_checked_by_the_crc32_the_server_recorded(client, tmp_path):
+    client.stub = client._transfers = FakeStub(crc=zlib.crc32(DATA))
+    assert client.download(ID, tmp_path / "model.keras").read_bytes() == DATA
+    # the bytes served are not those the record's CRC-32 was computed over: refused, removed
+    client.stub = client._transfers = FakeStub(data=DATA[:-1] + b"x", crc=zlib.crc32(DATA))
+    with pytest.raises(IntegrityError, match="CRC-32"):
+        client.download(ID, tmp_path / "other.keras")
+    assert list(tmp_path.iterdir()) == [tmp_path / "model.keras"]
+
+
+def test_verify_sha256_checks_the_id_end_to_end_where_the_crc32_agrees(client, tmp_path):
+    """A record whose CRC-32 matches bytes that are not the id's: the CRC-32 check takes the
+    server's word for it; verify="sha256" does not."""
+    wrong = DATA[:-1] + b"x"
+    client.stub = client._transfers = FakeStub(data=wrong, crc=zlib.crc32(wrong))
+    assert client.download(ID, tmp_path / "model.keras").read_bytes() == wrong
+    client.options.verify = "sha256"
+    with pytest.raises(IntegrityError, match="sha256"):
+        client.download(ID, tmp_path / "again.keras")
+    assert not (tmp_path / "again.keras").exists()
+
+
+def test_a_resumed_download_counts_the_partial_file_in_its_crc32(client, tmp_path):
+    dest = tmp_path / "model.keras"
+    part = tmp_path / f"model.keras.{ID[:16]}.part"
+    client.stub = client._transfers = FakeStub(crc=zlib.crc32(DATA))
+    part.write_bytes(DATA[:3000])
+    assert client.download(ID, dest).read_bytes() == DATA and client.stub.offsets == [3000]
+    dest.unlink()
+    part.write_bytes(b"\0" * 3000)  # a partial file whose bytes are not the artifact's
+    with pytest.raises(IntegrityError, match="CRC-32"):
+        client.download(ID, dest)
+    assert not dest.exists() and not part.exists()
+
+
+@pytest.mark.parametrize("verify", ["crc32", "sha256"])
+def test_a_download_from_a_record_without_a_crc32_is_checked_by_its_sha256(client, tmp_path, verify):
+    client.options.verify = verify
+    assert client.download(ID, tmp_path / "model.keras").read_bytes() == DATA
+    client.stub = client._transfers = FakeStub(data=DATA[:-1] + b"x")
+    with pytest.raises(IntegrityError, match="sha256"):
+        client.download(ID, tmp_path / "other.keras")
+
+
+def test_an_upload_checked_on_the_way_compares_the_crc32_the_server_answers(client, tmp_path):
+    path = tmp_path / "model.keras"
+    path.write_bytes(DATA)
+    client.options.hash_first = False
+    client.stub = client._transfers = FakeStub(crc=zlib.crc32(DATA))
+    assert client.upload_model(path).id == ID
+    client.stub = client._transfers = FakeStub(crc=zlib.crc32(DATA) ^ 1)  # received other bytes
+    with pytest.raises(IntegrityError, match="CRC-32"):
+        client.upload_model(path)
+    client.stub = client._transfers = FakeStub(data=b"x" * len(DATA))  # no CRC-32: the sha256, read again
+    with pytest.raises(IntegrityError, match="hashes to"):
+        client.upload_model(path)
+
+
 def test_upload_checks_the_id_the_server_answers(client, tmp_path):
     path = tmp_path / "model.keras"
     path.write_bytes(DATA)
@@ -124,6 +192,7 @@ def test_an_unreadable_destination_is_downloaded_over(client, tmp_path, monkeypa
         raise PermissionError(13, "Permission denied", str(path))
 
     monkeypatch.setattr(client_module, "_file_sha256", unreadable)
+    client.stub = client._transfers = FakeStub(crc=zlib.crc32(DATA))  # checked without a sha256
     assert client.download(ID, dest).read_bytes() == DATA
 
 

@@ -7,6 +7,7 @@ import asyncio
 import hashlib
 import threading
 import time
+import zlib
 
 import pytest
 
@@ -176,12 +177,27 @@ def test_an_upload_hashes_the_whole_file_before_its_last_request_is_taken(tmp_pa
     content = bytes(range(256)) * (CHUNK // 128 + 7)
     path = tmp_path / "data.bin"
     path.write_bytes(content)
-    upload = _Upload(path, None)
+    upload = _Upload(path, None, verify="sha256")
     requests = upload.pipelined()
     assert next(requests).WhichOneof("payload") == "header"
     sent = b"".join(pb.UploadRequest.FromString(r).chunk for r in requests)
     assert sent == content
     assert upload.digest.hexdigest() == hashlib.sha256(content).hexdigest()
+
+
+def test_an_upload_checked_by_crc32_counts_every_byte_sent_and_never_hashes(tmp_path):
+    from pruning_client.client import CHUNK, _Upload
+
+    content = bytes(range(256)) * (CHUNK // 128 + 7)
+    path = tmp_path / "data.bin"
+    path.write_bytes(content)
+    upload = _Upload(path, None)  # the default: verify="crc32"
+    requests = upload.pipelined()
+    assert next(requests).WhichOneof("payload") == "header"
+    sent = b"".join(pb.UploadRequest.FromString(r).chunk for r in requests)
+    assert sent == content
+    assert upload.crc.value == zlib.crc32(content)
+    assert upload.digest.hexdigest() == hashlib.sha256().hexdigest()  # nothing hashed by sha256
 
 
 def test_the_first_error_is_the_one_raised_and_a_write_after_abandon_is_refused():

@@ -51,17 +51,28 @@ def test_a_cut_upload_chunk_fails_as_protobuf_fails(raw):
 @pytest.mark.parametrize("size", SIZES)
 def test_a_framed_download_chunk_parses_as_the_message_and_back(size):
     data = _data(size)
-    framed = wire.download_chunk(12345678901, data, 98765432109, "ab" * 32)
+    framed = wire.download_chunk(12345678901, data, 98765432109, "ab" * 32, 0xFFFFFFFF)
     message = pb.DownloadChunk.FromString(framed)
-    assert message == pb.DownloadChunk(offset=12345678901, data=data, total_size=98765432109, sha256="ab" * 32)
+    assert message == pb.DownloadChunk(
+        offset=12345678901, data=data, total_size=98765432109, sha256="ab" * 32, crc32=0xFFFFFFFF
+    )
     chunk = wire.parse_download_chunk(framed)
     assert isinstance(chunk.data, memoryview) and chunk.data.obj is framed  # no copy
-    assert (chunk.offset, bytes(chunk.data), chunk.total_size, chunk.sha256) == (
+    assert (chunk.offset, bytes(chunk.data), chunk.total_size, chunk.sha256, chunk.crc32) == (
         12345678901,
         data,
         98765432109,
         "ab" * 32,
+        0xFFFFFFFF,
     )
+
+
+@pytest.mark.parametrize("crc", [None, 0, 1, 0xFFFFFFFF])
+def test_a_download_chunk_s_crc32_is_read_as_present_or_absent_as_protobuf_reads_it(crc):
+    """A CRC-32 of 0 is a CRC like any other: it is sent, and read as present."""
+    framed = wire.download_chunk(0, b"xyz", 3, "s", crc)
+    assert pb.DownloadChunk.FromString(framed).HasField("crc32") is (crc is not None)
+    assert wire.parse_download_chunk(framed).crc32 == crc
 
 
 @given(
@@ -69,11 +80,18 @@ def test_a_framed_download_chunk_parses_as_the_message_and_back(size):
     data=st.binary(max_size=300),
     total=st.integers(-(1 << 63), (1 << 63) - 1),
     sha=st.text(max_size=70),
+    crc=st.none() | st.integers(0, 0xFFFFFFFF),
 )
-def test_any_download_chunk_protobuf_writes_reads_the_same(offset, data, total, sha):
-    message = pb.DownloadChunk(offset=offset, data=data, total_size=total, sha256=sha)
+def test_any_download_chunk_protobuf_writes_reads_the_same(offset, data, total, sha, crc):
+    message = pb.DownloadChunk(offset=offset, data=data, total_size=total, sha256=sha, crc32=crc)
     chunk = wire.parse_download_chunk(message.SerializeToString())
-    assert (chunk.offset, bytes(chunk.data), chunk.total_size, chunk.sha256) == (offset, data, total, sha)
+    assert (chunk.offset, bytes(chunk.data), chunk.total_size, chunk.sha256, chunk.crc32) == (
+        offset,
+        data,
+        total,
+        sha,
+        crc,
+    )
 
 
 @given(raw=st.binary(max_size=64))
@@ -86,11 +104,12 @@ def test_any_bytes_read_as_protobuf_reads_them(raw):
             wire.parse_download_chunk(raw)
     else:
         chunk = wire.parse_download_chunk(raw)
-        assert (chunk.offset, bytes(chunk.data), chunk.total_size, chunk.sha256) == (
+        assert (chunk.offset, bytes(chunk.data), chunk.total_size, chunk.sha256, chunk.crc32) == (
             expected.offset,
             expected.data,
             expected.total_size,
             expected.sha256,
+            expected.crc32 if expected.HasField("crc32") else None,
         )
     try:
         expected_up = pb.UploadRequest.FromString(raw)
@@ -112,11 +131,12 @@ def test_a_download_chunk_with_unknown_fields_or_repeats_reads_as_protobuf_does(
     for raw in (unknown, repeated):
         expected = pb.DownloadChunk.FromString(raw)
         chunk = wire.parse_download_chunk(raw)
-        assert (chunk.offset, bytes(chunk.data), chunk.total_size, chunk.sha256) == (
+        assert (chunk.offset, bytes(chunk.data), chunk.total_size, chunk.sha256, chunk.crc32) == (
             expected.offset,
             expected.data,
             expected.total_size,
             expected.sha256,
+            expected.crc32 if expected.HasField("crc32") else None,
         )
 
 

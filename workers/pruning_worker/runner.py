@@ -359,9 +359,9 @@ def _store_outputs(
     blobs = open_store(settings)  # exports go straight to the artifact store
     artifacts = []
     for path, fmt in outputs:
-        artifact_id, size = blobs.put_file(path)
+        artifact_id, size, crc = blobs.put_file(path)
         kind = pb.ARTIFACT_KIND_REPORT if fmt in formats.REPORT_FILES else pb.ARTIFACT_KIND_EXPORT
-        record = ArtifactRecord(artifact_id, kind, fmt, pathlib.Path(path).name, size, time.time(), {}, job_id)
+        record = ArtifactRecord(artifact_id, kind, fmt, pathlib.Path(path).name, size, time.time(), {}, job_id, crc)
         # content the tenant holds as a model or dataset keeps that record (jobs may name it):
         # the result lists the artifact as the tenant holds it
         if not store.put_artifact(tenant, record, staged_for=job_id, attempt=attempt, keep=UPLOAD_KINDS):

@@ -355,6 +355,7 @@ class Artifact(_message.Message):
     MODEL_FIELD_NUMBER: _builtins.int
     FORMAT_FIELD_NUMBER: _builtins.int
     JOB_ID_FIELD_NUMBER: _builtins.int
+    CRC32_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """The sha256 of the content, lowercase hex."""
     kind: Global___ArtifactKind.ValueType
@@ -368,6 +369,11 @@ class Artifact(_message.Message):
     job_id: _builtins.str
     """For an export or a report: the job that stored it (the first, where several jobs made
     the same bytes); empty for uploads.
+    """
+    crc32: _builtins.int
+    """The CRC-32 (IEEE, as zlib) of the content, computed with the sha256 when the bytes were
+    stored; unset for an artifact stored before servers recorded it. An upload hashed on the
+    way is checked against it, and so is a download (DownloadChunk.crc32).
     """
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp: ...
@@ -387,12 +393,15 @@ class Artifact(_message.Message):
         model: Global___ModelSummary | None = ...,
         format: _builtins.str = ...,
         job_id: _builtins.str = ...,
+        crc32: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "model", b"model"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_crc32", b"_crc32", "crc32", b"crc32", "created_at", b"created_at", "model", b"model"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "filename", b"filename", "format", b"format", "id", b"id", "job_id", b"job_id", "kind", b"kind", "model", b"model", "sha256", b"sha256", "size", b"size"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_crc32", b"_crc32", "crc32", b"crc32", "created_at", b"created_at", "filename", b"filename", "format", b"format", "id", b"id", "job_id", b"job_id", "kind", b"kind", "model", b"model", "sha256", b"sha256", "size", b"size"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__crc32: _TypeAlias = _typing.Literal["crc32"]  # noqa: Y015
+    _WhichOneofArgType__crc32: _TypeAlias = _typing.Literal["_crc32", b"_crc32"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__crc32) -> _WhichOneofReturnType__crc32 | None: ...
 
 Global___Artifact: _TypeAlias = Artifact  # noqa: Y015
 
@@ -650,12 +659,17 @@ class DownloadChunk(_message.Message):
     DATA_FIELD_NUMBER: _builtins.int
     TOTAL_SIZE_FIELD_NUMBER: _builtins.int
     SHA256_FIELD_NUMBER: _builtins.int
+    CRC32_FIELD_NUMBER: _builtins.int
     offset: _builtins.int
     """Offset of `data` in the artifact."""
     data: _builtins.bytes
     total_size: _builtins.int
     """Total artifact size and sha256, set on every chunk."""
     sha256: _builtins.str
+    crc32: _builtins.int
+    """The CRC-32 of the whole artifact as stored (Artifact.crc32), set on every chunk when the
+    server recorded one: the client checks what it received against it.
+    """
     def __init__(
         self,
         *,
@@ -663,12 +677,15 @@ class DownloadChunk(_message.Message):
         data: _builtins.bytes = ...,
         total_size: _builtins.int = ...,
         sha256: _builtins.str = ...,
+        crc32: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_crc32", b"_crc32", "crc32", b"crc32"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "offset", b"offset", "sha256", b"sha256", "total_size", b"total_size"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_crc32", b"_crc32", "crc32", b"crc32", "data", b"data", "offset", b"offset", "sha256", b"sha256", "total_size", b"total_size"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__crc32: _TypeAlias = _typing.Literal["crc32"]  # noqa: Y015
+    _WhichOneofArgType__crc32: _TypeAlias = _typing.Literal["_crc32", b"_crc32"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__crc32) -> _WhichOneofReturnType__crc32 | None: ...
 
 Global___DownloadChunk: _TypeAlias = DownloadChunk  # noqa: Y015
 
