@@ -7,15 +7,17 @@ here on free ports), with client and server in separate processes:
   bytes in 1 MiB chunks: the wire's speed on this machine;
 * the service (a real ``pruning_server`` process, against the Redis in $PRUNING_REDIS_URL,
   default redis://127.0.0.1:6379/9, under a throwaway key prefix): the SDK uploads a .npz
-  dataset (sha256 and model checks included) and downloads it back to a file (sha256 checked);
-  the upload as the SDK makes it by default (the file hashed first, its sha256 announced), the
-  same content uploaded again (held: answered after the header) and, as a new artifact, the
-  upload hashed on the way (``hash_first=False``);
-* the same download to a client that only counts the bytes (no sha256, no file): the
+  dataset (sha256 and model checks included) and downloads it back to a file (checked by the
+  CRC-32 the server recorded, the SDK's default), and again checked by its sha256
+  (``verify="sha256"``); the upload as the SDK makes it by default (the file hashed first, its
+  sha256 announced), the same content uploaded again (held: answered after the header) and,
+  as a new artifact, the upload checked on the way (``hash_first=False``: the CRC-32);
+* the same download to a client that only counts the bytes (no check, no file): the
   server's side alone;
 * the disk alone: the same bytes copied to a new file beside the server's artifacts, in
   1 MiB writes, and fsynced once (what the local backend must do with an upload before it
-  answers; its ceiling);
+  answers; its ceiling), and read past the page cache (the ceiling of a download of a file
+  the page cache does not hold, as an upload written past it is not);
 * with ``s3``, a raw S3 client (obstore) PUT (multipart, from the file) and GET (to a file) of
   the same bytes;
 * the service's peak RSS growth over its RSS before the round while it uploads and downloads
@@ -187,6 +189,22 @@ def disk_round(path: pathlib.Path, directory: pathlib.Path) -> float:
     return seconds
 
 
+def disk_read_round(path: pathlib.Path) -> float:
+    """Seconds to read ``path`` from the disk past the page cache (``O_DIRECT``, 4 MiB reads
+    into one aligned buffer): the ceiling of a download of a file not in the page cache."""
+    import mmap
+
+    buffer = mmap.mmap(-1, 4 * MiB)
+    fd = os.open(path, os.O_RDONLY | direct_flag)
+    try:
+        started = time.perf_counter()
+        while os.readv(fd, [buffer]) == len(buffer):
+            pass
+        return time.perf_counter() - started
+    finally:
+        os.close(fd)
+
+
 def raw_s3_round(seaweed, path: pathlib.Path, back: pathlib.Path) -> tuple[float, float]:
     import obstore
 
@@ -242,7 +260,11 @@ def bench_backend(
     try:
         target = f"127.0.0.1:{_wait_port(port_file, server)}"
         served = psutil.Process(server.pid)
-        with Client(target, timeout=600) as client, Client(target, timeout=600, hash_first=False) as streaming:
+        with (
+            Client(target, timeout=600) as client,
+            Client(target, timeout=600, hash_first=False) as streaming,
+            Client(target, timeout=600, verify="sha256") as hashing,
+        ):
             client.wait_ready(30)
             _warm_up(client, tmp / "warm-up.npz", client_dir / "warm-up-back.npz")
             for _ in range(args.repeat):
@@ -258,6 +280,11 @@ def bench_backend(
                 with timed(results, "down", served):
                     client.download(artifact.id, back, resume=False)
                 results["rss"].append(max(0, sampler.stop() - before))
+                back.unlink()
+                # the same download checked by the sha256 instead of the recorded CRC-32
+                started = time.perf_counter()
+                hashing.download(artifact.id, back, resume=False)
+                results["down_sha256"].append(time.perf_counter() - started)
                 # the server's side alone: the same download to a client that only counts bytes
                 started = time.perf_counter()
                 request = pb.DownloadArtifactRequest(artifact_id=artifact.id)
@@ -265,6 +292,7 @@ def bench_backend(
                 results["bare_down"].append(time.perf_counter() - started)
                 back.unlink()
                 results["disk"].append(disk_round(path, tmp))
+                results["disk_read"].append(disk_read_round(path))
                 if seaweed is not None:
                     up_s, down_s = raw_s3_round(seaweed, path, back)
                     results["raw_up"].append(up_s)
@@ -363,10 +391,13 @@ def main() -> None:
         "echo down",
         "down",
         "ratio",
+        "down, sha256 checked",
+        "ratio",
         "down, bytes only",
         "ratio",
         "RSS growth",
         "disk write + fsync",
+        "disk read (direct)",
         "raw S3 PUT",
         "raw GET",
     )
@@ -387,17 +418,21 @@ def main() -> None:
             f"{e_down:.0f} MB/s",
             f"{down:.0f} MB/s",
             f"{down / e_down:.2f}x",
+            f"{rate(m['down_sha256']):.0f} MB/s",
+            f"{rate(m['down_sha256']) / e_down:.2f}x",
             f"{bare:.0f} MB/s",
             f"{bare / e_down:.2f}x",
             f"{max(m['rss']) / MiB:.1f} MiB",
             f"{rate(m['disk']):.0f} MB/s",
+            f"{rate(m['disk_read']):.0f} MB/s",
             *raw,
         )
         print("| " + " | ".join(cells) + " |")
 
     # Where both ends share the machine's cores, the ratios cannot beat what the CPU seconds
-    # of the two ends allow: the service hashes each byte on both ends (sha256, 0.6 s a GiB a
-    # core) and writes and reads it on disk, where the echo does neither.
+    # of the two ends allow: the service hashes each byte (sha256, 0.6 s a GiB a core, on the
+    # server as it receives an upload; the SDK's check is the recorded CRC-32) and writes and
+    # reads it on disk, where the echo does neither.
     gib = size / (1 << 30)
     print()
     print(f"CPU seconds per GiB, client + server (medians of {args.repeat}; {os.cpu_count()} cores):")
