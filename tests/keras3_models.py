@@ -287,6 +287,18 @@ def arithmetic_model() -> Any:
     return keras.Model(inputs, outputs, name="arithmetic")
 
 
+def time_distributed_model() -> Any:
+    """A clip of frames: TimeDistributed Conv2D, pooling and Dense per frame, an LSTM over the
+    frames, Dense. TFMOT prunes inside no wrapper: the LSTM and the last Dense are pruned."""
+    inputs = keras.Input((4, 6, 6, 2), name="frames")
+    x = L.TimeDistributed(L.Conv2D(3, 3, activation="relu"), name="per_frame_conv")(inputs)
+    x = L.TimeDistributed(L.GlobalAveragePooling2D(), name="per_frame_pool")(x)
+    x = L.TimeDistributed(L.Dense(5, activation="tanh"), name="per_frame_dense")(x)
+    x = L.LSTM(4)(x)
+    outputs = L.Dense(2)(x)
+    return keras.Model(inputs, outputs, name="time_distributed")
+
+
 BUILDERS: dict[str, Callable[[], Any]] = {
     "mnist_cnn": mnist_cnn_model,
     "residual_cnn": residual_cnn_model,
@@ -303,6 +315,7 @@ BUILDERS: dict[str, Callable[[], Any]] = {
     "autoencoder": autoencoder_model,
     "more_layers": more_layers_model,
     "arithmetic": arithmetic_model,
+    "time_distributed": time_distributed_model,
 }
 
 

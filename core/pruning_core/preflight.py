@@ -85,6 +85,7 @@ KERAS3_CONVERTIBLE = frozenset(
         "GRU",
         "SimpleRNN",
         "Bidirectional",
+        "TimeDistributed",
         "Rescaling",
         "Normalization",
     ]
@@ -96,6 +97,8 @@ PRUNABLE = frozenset(
      "SeparableConv1D", "SeparableConv2D", "Embedding", "LSTM", "GRU", "SimpleRNN"]
 )  # fmt: skip
 _CONTAINERS = frozenset({"Sequential", "Functional", "Model"})
+# What the bridge does not translate inside a TimeDistributed: a model, or another wrapper.
+NOT_DISTRIBUTED = frozenset({"Sequential", "Functional", "Model", "InputLayer", "Bidirectional", "TimeDistributed"})
 # Layers that hold another layer in their configuration; TFMOT prunes neither them nor it.
 _WRAPPERS = frozenset({"Bidirectional", "TimeDistributed"})
 # The server cuts the text of an error answer at 200 bytes (``max_error_bytes``), ``model: `` included:
@@ -217,6 +220,13 @@ def option_problem(class_name: str, config: dict[str, Any]) -> str | None:
         return f"option lora_rank={config['lora_rank']!r} (LoRA) has no tf_keras equivalent"
     if class_name == "LayerNormalization" and config.get("rms_scaling"):
         return "option rms_scaling=True has no tf_keras equivalent"
+    if class_name == "TimeDistributed":
+        inner = config.get("layer")
+        inner_class = inner.get("class_name") if isinstance(inner, dict) else inner
+        if inner_class not in KERAS3_CONVERTIBLE or inner_class in NOT_DISTRIBUTED:
+            return (
+                f"wraps {str(inner_class)[:60]!r}; the bridge translates a TimeDistributed of a single built-in layer"
+            )
     return None
 
 

@@ -28,6 +28,7 @@ FAMILIES = [
     "more_layers",
     "preprocessing",
     "arithmetic",
+    "time_distributed",
 ]
 
 

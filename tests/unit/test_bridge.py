@@ -219,6 +219,8 @@ def test_every_supported_class_is_covered():
                 walk(layer._layers if isinstance(layer, keras.Sequential) else layer.layers)
             if isinstance(layer, keras.layers.Bidirectional):
                 walk([layer.forward_layer])
+            if isinstance(layer, keras.layers.TimeDistributed):
+                walk([layer.layer])
 
     for name in km.BUILDERS:
         model = km.BUILDERS[name]()
@@ -267,6 +269,20 @@ def test_layers_outside_the_list_are_refused(layer, name, class_name):
         bridge.to_tf_keras(_functional(layer()))
     assert (info.value.layer, info.value.class_name) == (name, class_name)
     assert isinstance(info.value, ValueError)
+
+
+@pytest.mark.parametrize(
+    "inner",
+    [
+        lambda: keras.layers.Bidirectional(keras.layers.LSTM(2)),
+        lambda: keras.Sequential([keras.layers.Dense(2)]),
+    ],
+)
+def test_a_time_distributed_model_or_wrapper_is_refused(inner):
+    inputs = keras.Input((3, 4, 1))
+    x = keras.layers.TimeDistributed(inner(), name="clip")(inputs)
+    with pytest.raises(bridge.UnsupportedLayer, match="'clip' of class TimeDistributed: wraps"):
+        bridge.to_tf_keras(keras.Model(inputs, keras.layers.Flatten()(x)))
 
 
 def test_operations_that_are_not_layers_are_refused():

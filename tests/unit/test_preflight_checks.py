@@ -131,12 +131,26 @@ def test_a_model_with_dict_outputs_names_its_outputs_by_the_keys(tmp_path):
         ("activation_relu6", "the activation 'relu6' is not translated"),
         ("layernorm_rms", "rms_scaling=True"),
         ("lora", "lora_rank=2"),
+        ("clip_of_models", "wraps 'Sequential'"),
+        ("clip_of_bidirectional", "wraps 'Bidirectional'"),
     ],
 )
 def test_keras3_options_the_bridge_refuses_are_refused_at_upload(tmp_path, layer, cause):
     import keras
 
     inputs = keras.Input((6,))
+    if layer == "clip_of_models":
+        frames = keras.Input((3, 6))
+        inner = keras.Sequential([keras.Input((6,)), keras.layers.Dense(2)])
+        keras.Model(frames, keras.layers.TimeDistributed(inner, name=layer)(frames)).save(tmp_path / "m.keras")
+    elif layer == "clip_of_bidirectional":
+        frames = keras.Input((3, 4, 6))
+        inner = keras.layers.Bidirectional(keras.layers.LSTM(2))
+        keras.Model(frames, keras.layers.TimeDistributed(inner, name=layer)(frames)).save(tmp_path / "m.keras")
+    if layer.startswith("clip_"):
+        with pytest.raises(ModelRejected, match=rf"layer '{layer}' of class TimeDistributed: .*{re.escape(cause)}"):
+            modelcheck.inspect_model(tmp_path / "m.keras", 10**9)
+        return
     if layer == "dense_relu6":
         x = keras.layers.Dense(4, activation="relu6", name=layer)(inputs)
     elif layer == "activation_relu6":

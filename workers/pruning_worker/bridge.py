@@ -353,6 +353,8 @@ def _layer_config(class_name: str, config3: dict) -> dict:
             out[key] = _activation(value, refuse)
         elif class_name == "Bidirectional" and key in ("layer", "backward_layer"):
             out[key] = _wrapped_config(value, key == "layer", refuse)
+        elif class_name == "TimeDistributed" and key == "layer":
+            out[key] = _distributed_config(value, refuse)
         else:
             out[key] = _plain(value)
     return _options(
@@ -377,6 +379,19 @@ def _wrapped_config(value: Any, forward: bool, refuse: Refuse) -> dict | None:
     if forward:  # tf_keras adds the prefix itself
         config["name"] = str(config.get("name", "")).removeprefix("forward_") or "rnn"
     return {"class_name": value["class_name"], "config": config}
+
+
+def _distributed_config(value: Any, refuse: Refuse) -> dict:
+    """The layer inside a TimeDistributed: any single built-in layer the bridge translates."""
+    wrapped = value.get("class_name") if isinstance(value, dict) else value
+    if (
+        not isinstance(value, dict)
+        or wrapped not in SUPPORTED
+        or wrapped in preflight.NOT_DISTRIBUTED
+        or value.get("module") not in (None, "keras.layers")
+    ):
+        refuse(f"wraps {wrapped!r}; the bridge translates a TimeDistributed of a single built-in layer")
+    return {"class_name": wrapped, "config": _layer_config(wrapped, value.get("config", {}))}
 
 
 def _tf_keras_layer(layer3: Any) -> Any:
