@@ -10,8 +10,7 @@ here on free ports), with client and server in separate processes:
   dataset (sha256 and model checks included) and downloads it back to a file (checked by the
   CRC-32 the server recorded, the SDK's default), and again checked by its sha256
   (``verify="sha256"``); the upload as the SDK makes it by default (the file hashed first, its
-  sha256 announced), the same content uploaded again (held: answered after the header; hashed
-  again, and announced from the SDK's hash cache) and,
+  sha256 announced), the same content uploaded again (held: answered after the header) and,
   as a new artifact, the upload checked on the way (``hash_first=False``: the CRC-32);
 * the same download to a client that only counts the bytes (no check, no file): the
   server's side alone;
@@ -261,13 +260,10 @@ def bench_backend(
     try:
         target = f"127.0.0.1:{_wait_port(port_file, server)}"
         served = psutil.Process(server.pid)
-        # a first upload hashes the file: the clients keep no hash cache, but for the one that
-        # measures an upload of an unchanged file again from it
         with (
-            Client(target, timeout=600, hash_cache=False) as client,
-            Client(target, timeout=600, hash_first=False, hash_cache=False) as streaming,
-            Client(target, timeout=600, verify="sha256", hash_cache=False) as hashing,
-            Client(target, timeout=600) as cached,
+            Client(target, timeout=600) as client,
+            Client(target, timeout=600, hash_first=False) as streaming,
+            Client(target, timeout=600, verify="sha256") as hashing,
         ):
             client.wait_ready(30)
             _warm_up(client, tmp / "warm-up.npz", client_dir / "warm-up-back.npz")
@@ -280,10 +276,6 @@ def bench_backend(
                 started = time.perf_counter()
                 assert client.upload_dataset(path).id == artifact.id  # held: answered after the header
                 results["again"].append(time.perf_counter() - started)
-                cached.upload_dataset(path)  # hashed once more, now kept in the hash cache
-                started = time.perf_counter()
-                assert cached.upload_dataset(path).id == artifact.id  # announced from the cache, held
-                results["again_cached"].append(time.perf_counter() - started)
                 back = client_dir / "back.npz"
                 with timed(results, "down", served):
                     client.download(artifact.id, back, resume=False)
@@ -362,8 +354,6 @@ def main() -> None:
         "directory beside the server's; /dev/shm takes the client's disk out of the figures)",
     )
     args = parser.parse_args()
-    hash_cache = tempfile.TemporaryDirectory()
-    os.environ["PRUNING_HASH_CACHE"] = os.path.join(hash_cache.name, "hashes.sqlite3")  # never the user's
     with tempfile.TemporaryDirectory() as tmp_name, tempfile.TemporaryDirectory(dir=args.client_dir) as client_name:
         tmp, client_dir = pathlib.Path(tmp_name), pathlib.Path(client_name)
         path = make_npz(client_dir / "data.npz", args.mb)
@@ -398,7 +388,6 @@ def main() -> None:
         "up, hashed on the way",
         "ratio",
         "again (held)",
-        "again, hash cache",
         "echo down",
         "down",
         "ratio",
@@ -426,7 +415,6 @@ def main() -> None:
             f"{rate(m['up_streamed']):.0f} MB/s",
             f"{rate(m['up_streamed']) / e_up:.2f}x",
             f"{statistics.median(m['again']):.2f} s",
-            f"{statistics.median(m['again_cached']) * 1000:.0f} ms",
             f"{e_down:.0f} MB/s",
             f"{down:.0f} MB/s",
             f"{down / e_down:.2f}x",

@@ -28,18 +28,6 @@ os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")  # as the worker sets it (pr
 LOCAL_REDIS = "redis://127.0.0.1:6379/9"
 
 
-@pytest.fixture(scope="session", autouse=True)
-def _hash_cache(tmp_path_factory):
-    """The SDK's hash cache (pruning_client.hashcache) in the session's own directory, for
-    every client the tests make, in this process and in those it starts: never the user's."""
-    if "PRUNING_HASH_CACHE" not in os.environ:
-        os.environ["PRUNING_HASH_CACHE"] = str(tmp_path_factory.mktemp("hash-cache") / "hashes.sqlite3")
-        yield
-        del os.environ["PRUNING_HASH_CACHE"]
-    else:
-        yield
-
-
 @pytest.fixture(scope="session")
 def redis_url(tmp_path_factory):
     url = os.environ.get("PRUNING_TEST_REDIS_URL")

@@ -299,6 +299,22 @@ def time_distributed_model() -> Any:
     return keras.Model(inputs, outputs, name="time_distributed")
 
 
+def attention_model() -> Any:
+    """Tokens -> Embedding -> causal self-attention with a residual and LayerNormalization ->
+    a feed-forward Dense -> cross-attention to a second input (its own key) -> pooled Dense."""
+    tokens = keras.Input((6,), dtype="int32", name="tokens")
+    context = keras.Input((3, 8), name="context")
+    x = L.Embedding(20, 8)(tokens)
+    a = L.MultiHeadAttention(num_heads=2, key_dim=4, name="self_attention")(x, x, use_causal_mask=True)
+    x = L.LayerNormalization()(L.Add()([x, a]))
+    x = L.Dense(8, activation="gelu", name="feed_forward")(x)
+    c = L.MultiHeadAttention(num_heads=2, key_dim=3, value_dim=5, output_shape=6, name="cross_attention")(
+        x, context, key=L.Dense(8, name="context_keys")(context)
+    )
+    outputs = L.Dense(2)(L.GlobalAveragePooling1D()(c))
+    return keras.Model([tokens, context], outputs, name="attention")
+
+
 BUILDERS: dict[str, Callable[[], Any]] = {
     "mnist_cnn": mnist_cnn_model,
     "residual_cnn": residual_cnn_model,
@@ -316,6 +332,7 @@ BUILDERS: dict[str, Callable[[], Any]] = {
     "more_layers": more_layers_model,
     "arithmetic": arithmetic_model,
     "time_distributed": time_distributed_model,
+    "attention": attention_model,
 }
 
 

@@ -55,7 +55,6 @@ from .client import (
     idle_error,
 )
 from .exceptions import DeadlineExceeded, OutOfRange, PruningError, ResourceExhausted, Unavailable, rpc_errors
-from .hashcache import HashCache, default_path
 from .job import (
     MAX_RECONNECTS,
     TERMINAL,
@@ -312,13 +311,9 @@ class AsyncClient:
         timeout: float = 30.0,
         hash_first: bool = True,
         verify: str = "crc32",
-        hash_cache: bool = True,
     ) -> None:
         self.target = target
-        self.options = ClientOptions(
-            api_key, tls, root_certificates, timeout, hash_first=hash_first, verify=verify, hash_cache=hash_cache
-        )
-        self._hashes = HashCache(default_path() if self.options.hash_cache else None)
+        self.options = ClientOptions(api_key, tls, root_certificates, timeout, hash_first=hash_first, verify=verify)
         self.options.check_target(target)
         creds = self.options.credentials()
         if creds is not None:
@@ -374,7 +369,7 @@ class AsyncClient:
         threads, the call a blocking one (see :meth:`_uploads`) that a cancelled task cancels."""
         upload = await asyncio.to_thread(_Upload, path, progress, self.options.verify)
         if self.options.hash_first:
-            await asyncio.to_thread(upload.hash, self._hashes)
+            await asyncio.to_thread(upload.hash)
         method = getattr(self._uploads(), which)
         requests = upload.pipelined()
         call = method.future(requests, timeout=upload.deadline(self.options.timeout), metadata=self._metadata)

@@ -32,7 +32,6 @@ from pruning.v1 import pruning_pb2 as pb
 from pruning.v1 import pruning_pb2_grpc as pb_grpc
 
 from .exceptions import DeadlineExceeded, IntegrityError, OutOfRange, Unavailable, rpc_errors
-from .hashcache import HashCache, default_path
 from .job import UNBOUNDED_WAIT_S, JobHandle, _is_directory
 from .results import JobPlan
 from .sources import DatasetSource, ModelSource, dataset_file, model_file
@@ -157,10 +156,6 @@ class ClientOptions:
     again, and a server on S3 writes it straight to its final key (no copy once it arrived).
     False sends at once and checks on the way (see ``verify``), which ends a first upload of a
     large file sooner (one pass over the file instead of two)."""
-    hash_cache: bool = True
-    """Keep the sha256 of each file hashed before an upload (:mod:`pruning_client.hashcache`,
-    at ``$PRUNING_HASH_CACHE``): the file uploaded again unchanged is announced without being
-    read again."""
     verify: str = "crc32"
     """How a download, and an upload checked on the way, is checked before it counts:
     ``"crc32"`` compares the CRC-32 of the bytes received (or sent) with the one the server
@@ -346,26 +341,16 @@ class _Upload:
         self.digest = hashlib.sha256()
         self.crc = Crc32()  # of the bytes sent, with verify "crc32"
         self.announced = ""  # the sha256 hashed before the call, announced in the header
-        self.cache: HashCache | None = None  # where the announced sha256 came from or went
         self.sent = 0  # bytes reported to ``progress``
         self._lock = threading.Lock()
         self.read_error: OSError | None = None
         with open(self.path, "rb") as f:
             self.size = os.fstat(f.fileno()).st_size
 
-    def hash(self, cache: HashCache | None = None) -> None:
-        """The file's sha256 before the call, for the header to announce: from ``cache`` when
-        the file is unchanged since it was hashed, else hashed now (and kept there)."""
-        self.cache = cache
-        before = os.stat(self.path)
-        if cache is not None and (known := cache.get(before)) is not None:
-            self.announced = known
-            return
-        started = time.time_ns()
+    def hash(self) -> None:
+        """Hashes the whole file before the call, for the header to announce."""
         self.digest = _file_sha256(self.path)
         self.announced = self.digest.hexdigest()
-        if cache is not None:
-            cache.put(before, os.stat(self.path), self.announced, started)
 
     def header(self) -> pb.UploadRequest:
         return pb.UploadRequest(header=pb.UploadHeader(filename=self.path.name, size=self.size, sha256=self.announced))
@@ -414,9 +399,6 @@ class _Upload:
             raise self.read_error
         details = error.details() if callable(getattr(error, "details", None)) else ""  # grpc.aio's too
         if _CHANGED.search(details or ""):
-            if self.cache is not None:  # a sha256 kept for it no longer holds, if it came from there
-                with contextlib.suppress(OSError):
-                    self.cache.forget(os.stat(self.path))
             raise IntegrityError(
                 f"{self.path} changed while it was uploaded: it is no longer the {self.size} bytes "
                 f"{'hashing to ' + self.announced + ' ' if self.announced else ''}it was when the upload began; "
@@ -750,12 +732,9 @@ class Client:
         timeout: float = 30.0,
         hash_first: bool = True,
         verify: str = "crc32",
-        hash_cache: bool = True,
     ) -> None:
         self.target = target
-        self.options = ClientOptions(
-            api_key, tls, root_certificates, timeout, hash_first=hash_first, verify=verify, hash_cache=hash_cache
-        )
+        self.options = ClientOptions(api_key, tls, root_certificates, timeout, hash_first=hash_first, verify=verify)
         self.options.check_target(target)
         creds = self.options.credentials()
         if creds is not None:
@@ -766,7 +745,6 @@ class Client:
         self.sweep_stub = pb_grpc.SweepServiceStub(self._channel)
         self._transfers = wire.FramedCalls(self._channel)  # chunks framed by hand: fewer copies
         self._metadata = self.options.metadata
-        self._hashes = HashCache(default_path() if self.options.hash_cache else None)
 
     def close(self) -> None:
         self._channel.close()
@@ -794,7 +772,7 @@ class Client:
     ) -> pb.Artifact:
         upload = _Upload(path, progress, self.options.verify)
         if self.options.hash_first:
-            upload.hash(self._hashes)
+            upload.hash()
         deadline = upload.deadline(self.options.timeout)
         requests = upload.pipelined()
         try:

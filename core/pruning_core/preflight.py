@@ -86,15 +86,17 @@ KERAS3_CONVERTIBLE = frozenset(
         "SimpleRNN",
         "Bidirectional",
         "TimeDistributed",
+        "MultiHeadAttention",
         "Rescaling",
         "Normalization",
     ]
 )
 # Layers whose weights TFMOT's prune_low_magnitude prunes (its prune_registry: DepthwiseConv2D
-# and BatchNormalization pass through unpruned; Bidirectional is not supported).
+# and BatchNormalization pass through unpruned; Bidirectional is not supported;
+# MultiHeadAttention's query, key, value and output kernels, not its biases).
 PRUNABLE = frozenset(
     ["Dense", "Conv1D", "Conv2D", "Conv3D", "Conv1DTranspose", "Conv2DTranspose", "Conv3DTranspose",
-     "SeparableConv1D", "SeparableConv2D", "Embedding", "LSTM", "GRU", "SimpleRNN"]
+     "SeparableConv1D", "SeparableConv2D", "Embedding", "LSTM", "GRU", "SimpleRNN", "MultiHeadAttention"]
 )  # fmt: skip
 _CONTAINERS = frozenset({"Sequential", "Functional", "Model"})
 # What the bridge does not translate inside a TimeDistributed: a model, or another wrapper.
@@ -220,6 +222,11 @@ def option_problem(class_name: str, config: dict[str, Any]) -> str | None:
         return f"option lora_rank={config['lora_rank']!r} (LoRA) has no tf_keras equivalent"
     if class_name == "LayerNormalization" and config.get("rms_scaling"):
         return "option rms_scaling=True has no tf_keras equivalent"
+    if class_name == "MultiHeadAttention":
+        if config.get("use_gate"):
+            return "option use_gate=True (gated attention) has no tf_keras equivalent"
+        if config.get("sliding_window") is not None:
+            return f"option sliding_window={config['sliding_window']!r} has no tf_keras equivalent"
     if class_name == "TimeDistributed":
         inner = config.get("layer")
         inner_class = inner.get("class_name") if isinstance(inner, dict) else inner

@@ -241,8 +241,8 @@ def test_a_file_changed_after_it_was_hashed_is_an_integrity_error(tenants, tmp_p
     path = models.dataset(tmp_path / "changing.npz", seed=24)
     hash_file = _Upload.hash
 
-    def hash_then_change(upload, cache=None):
-        hash_file(upload, cache)
+    def hash_then_change(upload):
+        hash_file(upload)
         content = bytearray(path.read_bytes())
         content[-1] ^= 0xFF  # the same size, other bytes
         path.write_bytes(bytes(content))
@@ -319,8 +319,8 @@ def test_a_file_changed_in_size_or_under_the_async_client_is_an_integrity_error(
     path = models.dataset(tmp_path / "growing.npz", seed=28)
     hash_file = _Upload.hash
 
-    def hash_then_grow(upload, cache=None):
-        hash_file(upload, cache)
+    def hash_then_grow(upload):
+        hash_file(upload)
         with open(path, "ab") as f:
             f.write(b"more")
 

@@ -29,6 +29,7 @@ FAMILIES = [
     "preprocessing",
     "arithmetic",
     "time_distributed",
+    "attention",
 ]
 
 
@@ -83,7 +84,11 @@ def _kernel_sparsity(model, names: set[str]) -> dict[str, float]:
             if hasattr(layer, "layers") and layer.layers:
                 walk(layer)
             elif layer.name in names:
-                kernels = [np.asarray(w) for w in layer.weights if np.ndim(w) >= 2 and "depthwise" not in w.name]
+                kernels = [
+                    np.asarray(w)
+                    for w in layer.weights
+                    if np.ndim(w) >= 2 and "depthwise" not in w.name and not w.name.endswith("bias")
+                ]  # an attention's biases are 2-D
                 out[layer.name] = 1 - sum(np.count_nonzero(k) for k in kernels) / sum(k.size for k in kernels)
 
     walk(model)

@@ -75,37 +75,3 @@ def test_a_read_error_mid_upload_raises_that_error_not_unknown(client, data, mon
     with pytest.raises(OSError) as raised:
         client.upload_dataset(big)
     assert raised.value.errno == errno.EIO and raised.value.filename == str(big)
-
-
-def test_a_file_uploaded_again_unchanged_is_announced_from_the_hash_cache(server, data, tmp_path, monkeypatch):
-    """The second upload of an unchanged file reads nothing of it: the server answers the
-    artifact it holds after the header; changed, the file is hashed and sent again. Both the
-    blocking and the asyncio client."""
-    import hashlib
-    import time
-
-    from pruning_client import Client, hashcache
-    from pruning_client import client as client_module
-
-    monkeypatch.setenv("PRUNING_HASH_CACHE", str(tmp_path / "hashes.sqlite3"))
-    monkeypatch.setattr(hashcache, "RACY_S", 0.0)
-    time.sleep(0.01)
-    with Client(server.target) as client:
-        first = client.upload_dataset(data)
-    real = client_module._file_sha256
-    read = []
-    monkeypatch.setattr(client_module, "_file_sha256", lambda p: read.append(p) or real(p))
-    with Client(server.target) as client:
-        assert client.upload_dataset(data).id == first.id
-
-    async def again():
-        async with AsyncClient(server.target) as aclient:
-            return await aclient.upload_dataset(data)
-
-    assert asyncio.run(again()).id == first.id
-    assert read == []
-    changed = models.dataset(tmp_path / "changed.npz", seed=99)
-    data.write_bytes(changed.read_bytes())  # the same path and inode, other bytes
-    with Client(server.target) as client:
-        assert client.upload_dataset(data).id == hashlib.sha256(changed.read_bytes()).hexdigest()
-    assert read == [data]

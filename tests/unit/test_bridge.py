@@ -251,6 +251,9 @@ class MyDense(keras.layers.Dense):
 
 
 def _functional(layer: Any) -> Any:
+    if isinstance(layer, keras.layers.MultiHeadAttention):  # self-attention over a sequence
+        inputs = keras.Input((3, 4))
+        return keras.Model(inputs, keras.layers.Dense(2)(layer(inputs, inputs)))
     inputs = keras.Input((4,))
     return keras.Model(inputs, keras.layers.Dense(2)(layer(inputs)))
 
@@ -285,6 +288,15 @@ def test_a_time_distributed_model_or_wrapper_is_refused(inner):
         bridge.to_tf_keras(keras.Model(inputs, keras.layers.Flatten()(x)))
 
 
+def test_attention_over_a_padding_mask_is_refused():
+    tokens = keras.Input((5,), dtype="int32")
+    x = keras.layers.Embedding(10, 4, mask_zero=True)(tokens)
+    x = keras.layers.MultiHeadAttention(num_heads=1, key_dim=2, name="attend")(x, x)
+    model = keras.Model(tokens, keras.layers.GlobalAveragePooling1D()(x))
+    with pytest.raises(bridge.UnsupportedLayer, match="'attend' of class MultiHeadAttention: attends over a padding"):
+        bridge.to_tf_keras(model)
+
+
 def test_operations_that_are_not_layers_are_refused():
     inputs = keras.Input((4,))
     # an op named like the Add layer, broadcasting (3) against (1): no layer does the same
@@ -298,6 +310,10 @@ def test_operations_that_are_not_layers_are_refused():
     [
         (lambda: keras.layers.Dense(3, activation="hard_sigmoid", name="hs"), "'hs' of class Dense: the activation"),
         (lambda: keras.layers.Dense(3, lora_rank=2, name="lora"), "'lora' of class Dense: option lora_rank=2"),
+        (lambda: keras.layers.MultiHeadAttention(1, 2, use_gate=True, name="gate"),
+         "'gate' of class MultiHeadAttention: option use_gate=True"),
+        (lambda: keras.layers.MultiHeadAttention(1, 2, sliding_window=2, name="window"),
+         "'window' of class MultiHeadAttention: option sliding_window=2"),
         (lambda: keras.layers.Dense(3, kernel_initializer=keras.initializers.GlorotUniform(input_axes=[0]),
                                     name="axes"), "'axes' of class Dense: initializer GlorotUniform: option input_axes"),
     ],

@@ -133,6 +133,8 @@ def test_a_model_with_dict_outputs_names_its_outputs_by_the_keys(tmp_path):
         ("lora", "lora_rank=2"),
         ("clip_of_models", "wraps 'Sequential'"),
         ("clip_of_bidirectional", "wraps 'Bidirectional'"),
+        ("gated_attention", "use_gate=True"),
+        ("windowed_attention", "sliding_window=2"),
     ],
 )
 def test_keras3_options_the_bridge_refuses_are_refused_at_upload(tmp_path, layer, cause):
@@ -147,6 +149,14 @@ def test_keras3_options_the_bridge_refuses_are_refused_at_upload(tmp_path, layer
         frames = keras.Input((3, 4, 6))
         inner = keras.layers.Bidirectional(keras.layers.LSTM(2))
         keras.Model(frames, keras.layers.TimeDistributed(inner, name=layer)(frames)).save(tmp_path / "m.keras")
+    elif layer.endswith("_attention"):
+        sequence = keras.Input((3, 6))
+        options = {"use_gate": True} if layer == "gated_attention" else {"sliding_window": 2}
+        attention = keras.layers.MultiHeadAttention(1, 2, name=layer, **options)
+        keras.Model(sequence, attention(sequence, sequence)).save(tmp_path / "m.keras")
+        with pytest.raises(ModelRejected, match=rf"layer '{layer}' of class MultiHeadAttention: .*{re.escape(cause)}"):
+            modelcheck.inspect_model(tmp_path / "m.keras", 10**9)
+        return
     if layer.startswith("clip_"):
         with pytest.raises(ModelRejected, match=rf"layer '{layer}' of class TimeDistributed: .*{re.escape(cause)}"):
             modelcheck.inspect_model(tmp_path / "m.keras", 10**9)
@@ -188,10 +198,10 @@ def test_a_refused_class_says_whether_it_is_a_keras_one_and_names_the_layer(tmp_
     import keras
 
     inputs = keras.Input((4, 8))
-    attended = keras.layers.MultiHeadAttention(2, 4, name="attention")(inputs, inputs)
-    keras.Model(inputs, attended).save(tmp_path / "mha.keras")
-    with pytest.raises(ModelRejected, match=r"layer 'attention' \(MultiHeadAttention\), a Keras class the service"):
-        modelcheck.inspect_model(tmp_path / "mha.keras", 10**9)
+    normalized = keras.layers.RMSNormalization(name="rms")(inputs)
+    keras.Model(inputs, normalized).save(tmp_path / "rms.keras")
+    with pytest.raises(ModelRejected, match=r"layer 'rms' \(RMSNormalization\), a Keras class the service"):
+        modelcheck.inspect_model(tmp_path / "rms.keras", 10**9)
 
     @keras.saving.register_keras_serializable(package="mine")
     class Doubled(keras.layers.Layer):

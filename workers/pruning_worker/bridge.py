@@ -80,8 +80,13 @@ _TF_KERAS_BASE_KWARGS = frozenset({
 # tf_keras options taken from **kwargs by the class itself, out of sight of its signature.
 _TF_KERAS_EXTRA = {name: frozenset({"zero_output_for_mask"}) for name in _RNNS}
 _RENAMED = {"LeakyReLU": {"negative_slope": "alpha"}}
-# Keras 3 options that only steer training randomness: tf_keras RNNs take no seed.
-_TRAINING_ONLY = {name: frozenset({"seed"}) for name in _RNNS}
+# Keras 3 options that only steer training randomness: tf_keras RNNs and attention take no seed.
+_TRAINING_ONLY = {name: frozenset({"seed"}) for name in (*_RNNS, "MultiHeadAttention")}
+# tf_keras options its from_config requires and Keras 3 does not write: the shapes the
+# attention's sub-layers were built for (None: built on the first call, as the bridge makes it).
+_TF_KERAS_REQUIRED = {"MultiHeadAttention": {"query_shape": None, "key_shape": None, "value_shape": None}}
+# A layer's sub-layers whose variables share names: paired sub-layer by sub-layer.
+_SUBLAYERS = {"MultiHeadAttention": ("_query_dense", "_key_dense", "_value_dense", "_output_dense")}
 # Keras 3 options read from **kwargs, out of sight of the signature, with their defaults.
 _KERAS3_HIDDEN_DEFAULTS = {"LayerNormalization": {"rms_scaling": False}}
 # Variables tf_keras has and Keras 3 has not (they matter only while adapting).
@@ -357,15 +362,18 @@ def _layer_config(class_name: str, config3: dict) -> dict:
             out[key] = _distributed_config(value, refuse)
         else:
             out[key] = _plain(value)
-    return _options(
-        getattr(keras.layers, class_name),
-        getattr(tf_keras.layers, class_name),
-        out,
-        refuse,
-        extra=_TF_KERAS_EXTRA.get(class_name, frozenset()) | _TF_KERAS_BASE_KWARGS,
-        renamed=_RENAMED.get(class_name),
-        training_only=_TRAINING_ONLY.get(class_name, ()),
-    )
+    return {
+        **_options(
+            getattr(keras.layers, class_name),
+            getattr(tf_keras.layers, class_name),
+            out,
+            refuse,
+            extra=_TF_KERAS_EXTRA.get(class_name, frozenset()) | _TF_KERAS_BASE_KWARGS,
+            renamed=_RENAMED.get(class_name),
+            training_only=_TRAINING_ONLY.get(class_name, ()),
+        ),
+        **_TF_KERAS_REQUIRED.get(class_name, {}),
+    }
 
 
 def _wrapped_config(value: Any, forward: bool, refuse: Refuse) -> dict | None:
@@ -630,6 +638,12 @@ class _Translator:
                 if "mask" in kwargs3 and args3 and _implicit_mask(args3[0], kwargs3["mask"]):
                     del kwargs3["mask"]  # tf_keras passes the same mask along by itself
                     _check_mask_propagated(op, args3[0], tensors)
+                if isinstance(op, keras.layers.MultiHeadAttention) and (
+                    any(kwargs3.get(k) is not None for k in ("query_mask", "value_mask", "key_mask"))
+                    or any(getattr(t, "_keras_mask", None) is not None for t in keras.tree.flatten(args3))
+                ):
+                    # Keras 3 and tf_keras combine padding masks with the attention's own differently
+                    raise UnsupportedLayer(op.name, "MultiHeadAttention", "attends over a padding mask")
                 if kwargs3.get("training") is True:
                     raise BridgeError(f"layer {op.name!r} is called with training=True, fixed in tf_keras")
                 # Keras 3 records the call signature's default (training=False for RNNs) and lets
@@ -668,6 +682,8 @@ def _variable_groups(layer: Any) -> list[list[Any]]:
     """A layer's variables, one group per sub-layer whose variables share names."""
     if type(layer).__name__ == "Bidirectional":
         return [list(layer.forward_layer.weights), list(layer.backward_layer.weights)]
+    if sublayers := _SUBLAYERS.get(type(layer).__name__):
+        return [list(getattr(layer, name).weights) for name in sublayers]
     return [list(layer.weights)]
 
 
