@@ -527,6 +527,7 @@ class _Download:
     def _checked_from_part(self) -> None:
         """The check's state over the ``offset`` bytes the partial file holds."""
         self.digest = hashlib.sha256()
+        self.hashing = self.verify == "sha256"  # whether ``digest`` follows every byte
         self.crc = Crc32()
         if self.offset:
             if self.verify == "sha256":
@@ -600,9 +601,16 @@ class _Download:
                     f"the server sent two CRC-32 for {self.artifact_id}: {self.expected_crc:08x} and {chunk.crc32:08x}"
                 )
             self.expected_crc = chunk.crc32
+        elif self.expected_crc is None and not self.hashing:
+            # a record without a CRC-32 (an older server stored it): the sha256 instead, from
+            # here on as chunks arrive (rarely: not worth a thread), the partial file's first
+            self.digest = _file_sha256(self.part) if self.offset else hashlib.sha256()
+            self.hashing = True
         self.total_size = chunk.total_size
         if self.verify != "sha256":
             self.crc.update(chunk.data)
+            if self.hashing:
+                self.digest.update(chunk.data)
         return chunk.data
 
     def receive(self, chunks: Iterator[wire.Chunk], progress: DownloadProgress | None) -> None:
@@ -626,8 +634,8 @@ class _Download:
                     f"({size} bytes, {self.crc.value:08x}; recorded {self.total_size} bytes, "
                     f"{self.expected_crc:08x}); removed"
                 )
-        else:  # the sha256 asked for, or a record without a CRC-32 (then the file is read again)
-            digest = self.digest if self.verify == "sha256" else _file_sha256(self.part)
+        else:  # the sha256 asked for, or a record without a CRC-32
+            digest = self.digest if self.hashing else _file_sha256(self.part)  # no chunk came: read
             if digest.hexdigest() != self.artifact_id:
                 self.part.unlink()
                 raise IntegrityError(f"downloaded {self.artifact_id} does not match its sha256; removed")

@@ -124,9 +124,18 @@ def test_a_resumed_download_counts_the_partial_file_in_its_crc32(client, tmp_pat
 
 
 @pytest.mark.parametrize("verify", ["crc32", "sha256"])
-def test_a_download_from_a_record_without_a_crc32_is_checked_by_its_sha256(client, tmp_path, verify):
+def test_a_download_from_a_record_without_a_crc32_is_checked_by_its_sha256(client, tmp_path, verify, monkeypatch):
+    from pruning_client import client as client_module
+
     client.options.verify = verify
+    real, read = client_module._file_sha256, []
+    monkeypatch.setattr(client_module, "_file_sha256", lambda p: read.append(p) or real(p))
     assert client.download(ID, tmp_path / "model.keras").read_bytes() == DATA
+    assert read == []  # hashed as it arrived, not read again
+    part = tmp_path / f"resumed.keras.{ID[:16]}.part"
+    part.write_bytes(DATA[:3000])
+    assert client.download(ID, tmp_path / "resumed.keras").read_bytes() == DATA
+    assert read == [part]  # only the partial file's bytes were read
     client.stub = client._transfers = FakeStub(data=DATA[:-1] + b"x")
     with pytest.raises(IntegrityError, match="sha256"):
         client.download(ID, tmp_path / "other.keras")
