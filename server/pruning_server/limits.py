@@ -9,7 +9,6 @@ Reservations are kept in Redis, so that all replicas' uploads share one quota.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import uuid
 from collections import Counter
@@ -68,6 +67,7 @@ class Reservation:
         self.held = 0
         self.announced = 0
         self._renewing: asyncio.Task | None = None
+        self._ended = False  # set by release(): the renewal loop stops at its next turn
 
     async def need(self, size: int) -> None:
         """The upload will hold ``size`` bytes in all: reserved, or RESOURCE_EXHAUSTED naming
@@ -91,8 +91,10 @@ class Reservation:
         return await self.store.reserve_bytes(self.tenant, self.token, size, self.quota, self.hold_s)
 
     async def _renew(self) -> None:
-        while True:
+        while not self._ended:
             await asyncio.sleep(self.hold_s / 3)
+            if self._ended:
+                return
             try:  # what was granted stays granted: exports stored meanwhile do not take it back
                 renewed = await self.store.renew_bytes(self.tenant, self.token, self.held, self.hold_s)
             except Exception:  # the next chunk's need() answers for a store that went away
@@ -105,10 +107,18 @@ class Reservation:
                 self.held = 0
 
     async def release(self) -> None:
-        if self._renewing is not None:
-            self._renewing.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._renewing
+        self._ended = True
+        renewing = self._renewing
+        # cancel() alone may not end it: on Python 3.11, asyncio.wait_for (redis-py's socket
+        # writes use it) drops a cancellation that arrives as the write it waits on completes
+        # (CPython gh-86296), and the loop renewed forever while this awaited it. The flag ends
+        # the loop at its next turn; the cancel is repeated, and each wait bounded. A caller
+        # cancelled meanwhile is cancelled (asyncio.wait does not swallow it).
+        while renewing is not None and not renewing.done():
+            renewing.cancel()
+            await asyncio.wait([renewing], timeout=1.0)
+        if renewing is not None and not renewing.cancelled() and renewing.exception() is not None:
+            log.warning("upload %s's renewals failed", self.token, exc_info=renewing.exception())
         if not self.quota or not self.held:
             return
         try:
