@@ -181,6 +181,26 @@ def preprocessing_model() -> Any:
     return keras.Model(inputs, outputs, name="preprocessing")
 
 
+def augmented_image_model() -> Any:
+    """An image model with its preprocessing and augmentation inside, as Keras 3's tutorials
+    write them: Resizing, CenterCrop, Rescaling and the random layers (active in training,
+    the identity in inference), an ActivityRegularization on the features."""
+    inputs = keras.Input((12, 12, 3), name="image")
+    x = L.Resizing(10, 10, name="resize")(inputs)
+    x = L.CenterCrop(9, 9, name="crop")(x)
+    x = L.Rescaling(1 / 255.0)(x)
+    x = L.RandomFlip("horizontal", name="flip")(x)
+    x = L.RandomRotation(0.1, fill_mode="nearest", name="rotate")(x)
+    x = L.RandomZoom(0.1, name="zoom")(x)
+    x = L.RandomTranslation(0.1, 0.1, name="shift")(x)
+    x = L.RandomContrast(0.2, name="contrast")(x)
+    x = L.RandomBrightness(0.1, value_range=(0, 1), name="brightness")(x)
+    x = L.Conv2D(4, 3, activation="relu")(x)
+    x = L.ActivityRegularization(l2=1e-4, name="activity")(L.GlobalAveragePooling2D()(x))
+    outputs = L.Dense(3)(x)
+    return keras.Model(inputs, outputs, name="augmented_image")
+
+
 def misc2d_model() -> Any:
     """Conv2DTranspose, ZeroPadding2D, Permute, LayerNormalization, LeakyReLU, Softmax,
     Multiply, Average and 2-D pooling variants."""
@@ -326,6 +346,7 @@ BUILDERS: dict[str, Callable[[], Any]] = {
     "dict_outputs": dict_outputs_model,
     "nested": nested_model,
     "preprocessing": preprocessing_model,
+    "augmented_image": augmented_image_model,
     "misc2d": misc2d_model,
     "misc3d": misc3d_model,
     "autoencoder": autoencoder_model,

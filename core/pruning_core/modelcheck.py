@@ -45,7 +45,8 @@ LayerNormalization GroupNormalization UnitNormalization Activation ReLU LeakyReL
 ThresholdedReLU Softmax Add Subtract Multiply Average Maximum Minimum Concatenate Dot
 ZeroPadding1D ZeroPadding2D ZeroPadding3D Cropping1D Cropping2D Cropping3D UpSampling1D
 UpSampling2D UpSampling3D Embedding LSTM GRU SimpleRNN Bidirectional TimeDistributed
-Masking Rescaling Normalization CenterCrop Resizing Identity MultiHeadAttention
+Masking Rescaling Normalization CenterCrop Resizing Identity MultiHeadAttention RandomFlip
+RandomRotation RandomZoom RandomTranslation RandomContrast RandomBrightness ActivityRegularization
 """
 _OTHERS = """
 GlorotUniform GlorotNormal HeUniform HeNormal LecunUniform LecunNormal RandomNormal

@@ -89,6 +89,15 @@ KERAS3_CONVERTIBLE = frozenset(
         "MultiHeadAttention",
         "Rescaling",
         "Normalization",
+        "Resizing",
+        "CenterCrop",
+        "RandomFlip",
+        "RandomRotation",
+        "RandomZoom",
+        "RandomTranslation",
+        "RandomContrast",
+        "RandomBrightness",
+        "ActivityRegularization",
     ]
 )
 # Layers whose weights TFMOT's prune_low_magnitude prunes (its prune_registry: DepthwiseConv2D
@@ -222,6 +231,13 @@ def option_problem(class_name: str, config: dict[str, Any]) -> str | None:
         return f"option lora_rank={config['lora_rank']!r} (LoRA) has no tf_keras equivalent"
     if class_name == "LayerNormalization" and config.get("rms_scaling"):
         return "option rms_scaling=True has no tf_keras equivalent"
+    if class_name == "Resizing":
+        for key in ("pad_to_aspect_ratio", "antialias"):
+            if config.get(key):
+                return f"option {key}=True has no tf_keras equivalent"
+    if class_name == "RandomContrast" and list(config.get("value_range") or (0, 255)) != [0, 255]:
+        # tf_keras' RandomContrast clips to 0-255
+        return f"option value_range={config['value_range']!r} has no tf_keras equivalent (its range is 0-255)"
     if class_name == "MultiHeadAttention":
         if config.get("use_gate"):
             return "option use_gate=True (gated attention) has no tf_keras equivalent"

@@ -27,6 +27,7 @@ FAMILIES = [
     "autoencoder",
     "more_layers",
     "preprocessing",
+    "augmented_image",
     "arithmetic",
     "time_distributed",
     "attention",

@@ -263,7 +263,7 @@ def _functional(layer: Any) -> Any:
     [
         (lambda: Doubler(name="doubler"), "doubler", "Doubler"),
         (lambda: MyDense(3, name="mine"), "mine", "MyDense"),
-        (lambda: keras.layers.ActivityRegularization(0.1, name="noise"), "noise", "ActivityRegularization"),
+        (lambda: keras.layers.SpectralNormalization(keras.layers.Dense(4), name="sn"), "sn", "SpectralNormalization"),
         (lambda: keras.layers.RMSNormalization(name="unit"), "unit", "RMSNormalization"),
     ],
 )
@@ -484,3 +484,39 @@ def test_each_output_is_judged_by_its_own_scale():
     assert bridge.relative_difference([inf], [np.array([[5.0], [1.0]])]) == (np.inf, np.inf)
     assert bridge.relative_difference([inf], [inf.copy()]) == (0.0, 0.0)  # the same infinity: the same output
     assert bridge.relative_difference([np.array([np.nan])], [np.array([0.0])]) == (np.inf, np.inf)
+
+
+def test_augmentation_layers_augment_in_training_only():
+    """Keras 3 records ``training=True`` (its call signature's default) for its preprocessing
+    layers, and the model's own flag overrides it: translated, they follow the model too."""
+    model3 = km.build("augmented_image")
+    model2 = bridge.to_tf_keras(model3)
+    probe = [np.random.default_rng(0).uniform(0, 255, (4, 12, 12, 3)).astype("float32")]
+    assert bridge.check_equivalence(model3, model2, probe) <= TOLERANCE
+    inference = model2(probe[0], training=False).numpy()
+    assert not np.allclose(model2(probe[0], training=True).numpy(), inference)
+
+
+@pytest.mark.parametrize(
+    ("layer", "match"),
+    [
+        # Keras 3's RandomCrop leaves the image uncropped in inference, tf_keras crops its centre
+        (lambda: keras.layers.RandomCrop(4, 4, name="rc"), "'rc' of class RandomCrop"),
+        (lambda: keras.layers.Resizing(4, 6, pad_to_aspect_ratio=True, name="pad"),
+         "'pad' of class Resizing: option pad_to_aspect_ratio=True"),
+        (lambda: keras.layers.RandomContrast(0.1, value_range=(0, 1), name="rc01"),
+         "'rc01' of class RandomContrast: option value_range"),
+    ],
+)  # fmt: skip
+def test_image_layers_without_a_tf_keras_equivalent_are_refused(layer, match):
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.GlobalAveragePooling2D()(layer()(inputs))
+    with pytest.raises(bridge.UnsupportedLayer, match=match):
+        bridge.to_tf_keras(keras.Model(inputs, keras.layers.Dense(2)(x)))
+
+
+def test_a_layer_called_with_training_true_against_its_default_is_refused():
+    inputs = keras.Input((4,))
+    x = keras.layers.Dropout(0.5, name="mc")(keras.layers.Dense(4)(inputs), training=True)
+    with pytest.raises(bridge.BridgeError, match="'mc' is called with training=True"):
+        bridge.to_tf_keras(keras.Model(inputs, keras.layers.Dense(2)(x)))

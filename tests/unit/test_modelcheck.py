@@ -284,8 +284,8 @@ def test_every_kind_of_problem_comes_back_in_one_answer():
     config = sequential(
         layer("InputLayer", "in", batch_shape=[None, 8, 8, 1]),
         layer("Lambda", "lam", function="..."),
-        layer("Resizing", "up", height=4, width=4),
-        layer("CenterCrop", "noise", height=2, width=2),
+        layer("ThresholdedReLU", "up", theta=1.0),
+        layer("MaxPool2D", "noise"),
         layer("Dense", "dé 1"),
         layer("Dense", "dé 2"),
     )
@@ -296,9 +296,10 @@ def test_every_kind_of_problem_comes_back_in_one_answer():
     assert "'lam' (Lambda)" in problems[0]
     assert "'dé 1'" in problems[1] and "'dé 2'" in problems[2]
     assert (
-        problems[3].startswith("layer 'up' (Resizing): the service cannot translate") and "supported: " in problems[3]
+        problems[3].startswith("layer 'up' (ThresholdedReLU): the service cannot translate")
+        and "supported: " in problems[3]
     )
-    assert problems[4].startswith("layer 'noise' (CenterCrop)") and all(len(p.encode()) <= 200 for p in problems)
+    assert problems[4].startswith("layer 'noise' (MaxPool2D)") and all(len(p.encode()) <= 200 for p in problems)
 
 
 def test_a_registered_class_in_an_h5_config_is_called_custom_code():

@@ -83,9 +83,9 @@ def test_keras3_layer_outside_the_bridge_is_refused_by_name(tmp_path):
 
     inputs = keras.Input((8,))
     x = keras.layers.Reshape((4, 2, 1))(inputs)
-    x = keras.layers.Flatten()(keras.layers.CenterCrop(2, 2, name="noisy")(x))
+    x = keras.layers.Flatten()(keras.layers.RandomCrop(2, 2, name="noisy")(x))
     keras.Model(inputs, keras.layers.Dense(2)(x)).save(tmp_path / "m.keras")
-    with pytest.raises(ModelRejected, match=r"'noisy' \(CenterCrop\)"):
+    with pytest.raises(ModelRejected, match=r"'noisy' \(RandomCrop\)"):
         modelcheck.inspect_model(tmp_path / "m.keras", 10**9)
 
 
@@ -135,12 +135,30 @@ def test_a_model_with_dict_outputs_names_its_outputs_by_the_keys(tmp_path):
         ("clip_of_bidirectional", "wraps 'Bidirectional'"),
         ("gated_attention", "use_gate=True"),
         ("windowed_attention", "sliding_window=2"),
+        ("padded_resize", "pad_to_aspect_ratio=True"),
+        ("antialiased_resize", "antialias=True"),
+        ("unit_contrast", "value_range=[0, 1]"),
     ],
 )
 def test_keras3_options_the_bridge_refuses_are_refused_at_upload(tmp_path, layer, cause):
     import keras
 
     inputs = keras.Input((6,))
+    if layer in ("padded_resize", "antialiased_resize", "unit_contrast"):
+        image = keras.Input((8, 8, 3))
+        made = {
+            "padded_resize": lambda: keras.layers.Resizing(4, 6, pad_to_aspect_ratio=True, name=layer),
+            "antialiased_resize": lambda: keras.layers.Resizing(4, 4, antialias=True, name=layer),
+            "unit_contrast": lambda: keras.layers.RandomContrast(0.1, value_range=(0, 1), name=layer),
+        }[layer]()
+        keras.Model(image, made(image)).save(tmp_path / "m.keras")
+        with pytest.raises(ModelRejected, match=rf"layer '{layer}' of class \w+: .*{re.escape(cause)}"):
+            modelcheck.inspect_model(tmp_path / "m.keras", 10**9)
+        from pruning_worker import bridge
+
+        with pytest.raises(bridge.UnsupportedLayer, match=rf"'{layer}'"):
+            bridge.to_tf_keras(keras.Model(image, made(image)))
+        return
     if layer == "clip_of_models":
         frames = keras.Input((3, 6))
         inner = keras.Sequential([keras.Input((6,)), keras.layers.Dense(2)])
@@ -271,9 +289,9 @@ def test_the_mask_operations_of_embedding_and_masking_are_still_taken(tmp_path):
 
 def test_the_refusal_of_unconvertible_layers_lists_whole_names_within_an_error_answer():
     with pytest.raises(preflight.Unconvertible) as refused:
-        preflight.check_convertible([("Dense", "d"), ("Resizing", "gn")])
+        preflight.check_convertible([("Dense", "d"), ("ThresholdedReLU", "gn")])
     text = str(refused.value)
-    assert "'gn' (Resizing)" in text and len(f"model: {text}") <= 200
+    assert "'gn' (ThresholdedReLU)" in text and len(f"model: {text}") <= 200
     listed = text.split("supported: ", 1)[1].split(", ")
     assert listed[-1].startswith("... (") and all(name in preflight.KERAS3_CONVERTIBLE for name in listed[:-1])
     assert listed[-1].endswith(" more: the README's Keras versions section lists all)"), listed[-1]

@@ -501,6 +501,15 @@ def _input_layers(model3: Any) -> list[Any]:
     return [kt._keras_history.operation for kt in model3.inputs]
 
 
+def _training_default(op: Any) -> Any:
+    """The default of ``training`` in ``op.call``'s signature (None where it has none)."""
+    try:
+        parameter = inspect.signature(op.call).parameters.get("training")
+    except (TypeError, ValueError):
+        return None
+    return None if parameter is None or parameter.default is parameter.empty else parameter.default
+
+
 def _bound(structure: Any, tensors: dict[int, Any], skipped: dict[int, Any]) -> Any:
     """``structure`` (a call's arguments) with each Keras 3 tensor replaced by its tf_keras
     one; None when one is not connected to the inputs (Keras skips the call too). Refuses a
@@ -644,11 +653,12 @@ class _Translator:
                 ):
                     # Keras 3 and tf_keras combine padding masks with the attention's own differently
                     raise UnsupportedLayer(op.name, "MultiHeadAttention", "attends over a padding mask")
-                if kwargs3.get("training") is True:
+                if kwargs3.get("training") is True and _training_default(op) is not True:
                     raise BridgeError(f"layer {op.name!r} is called with training=True, fixed in tf_keras")
-                # Keras 3 records the call signature's default (training=False for RNNs) and lets
-                # the model's own training flag override it; in tf_keras a recorded value would
-                # win, and TFMOT's masks would never update. Left out, tf_keras follows the model.
+                # Keras 3 records the call signature's default (training=False for RNNs, True for
+                # preprocessing layers such as Resizing and RandomFlip) and lets the model's own
+                # training flag override it; in tf_keras a recorded value would win, and TFMOT's
+                # masks would never update. Left out, tf_keras follows the model.
                 kwargs3.pop("training", None)
                 bound = _bound((args3, kwargs3), tensors, skipped)
                 if bound is None:
