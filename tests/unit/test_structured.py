@@ -115,7 +115,23 @@ def two_outputs():
     return keras.Model(inputs, [classes, aux]), expected, {"conv": (8, 4), "shared": (16, 8), "aux": (2, 2)}
 
 
-MODELS = [sequential_cnn, residual, depthwise_separable, inception, conv_flatten_dense, two_outputs]
+def augmented():
+    """Preprocessing and augmentation layers in front of and between the convolutions: the
+    channels pass through them."""
+    inputs = keras.Input((12, 12, 3))
+    x = L.RandomFlip("horizontal")(L.Resizing(10, 10)(inputs))
+    x = L.Conv2D(16, 3, name="c1")(x)
+    x = L.RandomRotation(0.1)(x)
+    x = L.RandomZoom(0.1)(L.CenterCrop(6, 6)(x))
+    x = L.RandomContrast(0.2)(L.RandomTranslation(0.1, 0.1)(x))
+    x = L.Conv2D(32, 3, padding="same", name="c2")(L.RandomBrightness(0.1)(x))
+    outputs = L.Dense(10, name="logits")(L.GlobalAveragePooling2D()(x))
+    # c1 16 -> 8, c2 32 -> 16, logits (the output) whole.
+    expected = (27 * 8 + 8) + (9 * 8 * 16 + 16) + (16 * 10 + 10)
+    return keras.Model(inputs, outputs), expected, {"c1": (16, 8), "c2": (32, 16), "logits": (10, 10)}
+
+
+MODELS = [sequential_cnn, residual, depthwise_separable, inception, conv_flatten_dense, two_outputs, augmented]
 
 
 def _randomise(model, seed=0):

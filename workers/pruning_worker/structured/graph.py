@@ -68,6 +68,15 @@ PASS = (
     L.UpSampling2D,
     L.UpSampling3D,
     L.Rescaling,  # one scale and offset for every channel (checked in _why_not); x * 0.1 of Keras 3 too
+    # image preprocessing and augmentation: spatial, or the same for each channel on its own
+    L.Resizing,
+    L.CenterCrop,
+    L.RandomFlip,
+    L.RandomRotation,
+    L.RandomZoom,
+    L.RandomTranslation,
+    L.RandomContrast,
+    L.RandomBrightness,
 )
 
 
