@@ -181,6 +181,25 @@ def preprocessing_model() -> Any:
     return keras.Model(inputs, outputs, name="preprocessing")
 
 
+def recurrent_attention_model() -> Any:
+    """Luong- and Bahdanau-style attention over an LSTM's padded sequence (causal, over its
+    padding mask, with the scores as a second output), and ConvLSTM1D/2D/3D over clips."""
+    tokens = keras.Input((6,), dtype="int32", name="tokens")
+    h = L.LSTM(4, return_sequences=True)(L.Embedding(12, 4, mask_zero=True)(tokens))
+    a = L.Attention(use_scale=True, name="luong")([h, h], use_causal_mask=True)
+    context = keras.Input((3, 4), name="context")
+    b, scores = L.AdditiveAttention(name="bahdanau")([h, context], return_attention_scores=True)
+    pooled = L.Concatenate()([L.GlobalAveragePooling1D()(a), L.GlobalMaxPooling1D()(b)])
+    clip = keras.Input((3, 6, 6, 2), name="clip")
+    c = L.GlobalAveragePooling2D()(L.ConvLSTM2D(3, 3, padding="same", name="conv_lstm2d")(clip))
+    strips = keras.Input((3, 6, 2), name="strips")
+    d = L.GlobalMaxPooling1D()(L.ConvLSTM1D(3, 3, name="conv_lstm1d")(strips))
+    volumes = keras.Input((2, 3, 4, 4, 1), name="volumes")
+    e = L.GlobalAveragePooling3D()(L.ConvLSTM3D(2, 2, name="conv_lstm3d")(volumes))
+    outputs = L.Dense(2, name="head")(L.Concatenate()([pooled, c, d, e]))
+    return keras.Model([tokens, context, clip, strips, volumes], [outputs, scores], name="recurrent_attention")
+
+
 def augmented_image_model() -> Any:
     """An image model with its preprocessing and augmentation inside, as Keras 3's tutorials
     write them: Resizing, CenterCrop, Rescaling and the random layers (active in training,
@@ -347,6 +366,7 @@ BUILDERS: dict[str, Callable[[], Any]] = {
     "nested": nested_model,
     "preprocessing": preprocessing_model,
     "augmented_image": augmented_image_model,
+    "recurrent_attention": recurrent_attention_model,
     "misc2d": misc2d_model,
     "misc3d": misc3d_model,
     "autoencoder": autoencoder_model,

@@ -47,15 +47,18 @@ ZeroPadding1D ZeroPadding2D ZeroPadding3D Cropping1D Cropping2D Cropping3D UpSam
 UpSampling2D UpSampling3D Embedding LSTM GRU SimpleRNN Bidirectional TimeDistributed
 Masking Rescaling Normalization CenterCrop Resizing Identity MultiHeadAttention RandomFlip
 RandomRotation RandomZoom RandomTranslation RandomContrast RandomBrightness ActivityRegularization
+Attention AdditiveAttention ConvLSTM1D ConvLSTM2D ConvLSTM3D
 """
 _OTHERS = """
 GlorotUniform GlorotNormal HeUniform HeNormal LecunUniform LecunNormal RandomNormal
 RandomUniform TruncatedNormal Zeros Ones Constant VarianceScaling Orthogonal Identity
 L1 L2 L1L2 OrthogonalRegularizer MaxNorm MinMaxNorm NonNeg UnitNorm RadialConstraint
 Policy DTypePolicy FloatDTypePolicy __tuple__ __numpy__ __keras_tensor__ TensorShape NotEqual Any
+ConvertToTensor
 """
 # NotEqual and Any: the operations a Keras 3 file records for the masks of Embedding(mask_zero)
-# and Masking (the bridge refuses any other use of them); every other operation is refused here.
+# and Masking, ConvertToTensor for the output mask of Attention and AdditiveAttention (the
+# bridge refuses any other use of them); every other operation is refused here.
 ALLOWED_CLASSES = frozenset(_LAYERS.split()) | frozenset(_OTHERS.split())
 _ALLOWED_MODULE_ROOTS = ("keras", "tf_keras", "builtins")
 # Workers load models uncompiled: the saved compile settings are never deserialised.

@@ -98,6 +98,11 @@ KERAS3_CONVERTIBLE = frozenset(
         "RandomContrast",
         "RandomBrightness",
         "ActivityRegularization",
+        "Attention",
+        "AdditiveAttention",
+        "ConvLSTM1D",
+        "ConvLSTM2D",
+        "ConvLSTM3D",
     ]
 )
 # Layers whose weights TFMOT's prune_low_magnitude prunes (its prune_registry: DepthwiseConv2D
@@ -125,9 +130,10 @@ OPERATION_LAYERS = {
     "Softmax": "keras.layers.Softmax", "Relu": "keras.layers.ReLU", "Sigmoid": "keras.layers.Activation('sigmoid')",
     "Tanh": "keras.layers.Activation('tanh')",
 }  # fmt: skip
-# The operations Keras 3 records for the masks of Embedding(mask_zero) and Masking, which the
-# bridge translates (and refuses in any other use).
-MASK_OPERATIONS = frozenset({"NotEqual", "Any"})
+# The operations Keras 3 records for the masks of Embedding(mask_zero) and Masking, and for the
+# output mask of Attention and AdditiveAttention (their query's, converted), which the bridge
+# translates (and refuses in any other use).
+MASK_OPERATIONS = frozenset({"NotEqual", "Any", "ConvertToTensor"})
 # Arithmetic on tensors the bridge turns into layers (``pruning_worker.bridge._arithmetic``):
 # two tensors of one shape (Add, Subtract, Multiply layers), or a float tensor and a number
 # (``x / 255.0``, ``x - 0.5``: Rescaling).

@@ -28,6 +28,7 @@ FAMILIES = [
     "more_layers",
     "preprocessing",
     "augmented_image",
+    "recurrent_attention",
     "arithmetic",
     "time_distributed",
     "attention",

@@ -447,6 +447,8 @@ def _mask_source(mask: Any) -> Any:
     ("masking", id(x), v) for ``any(x != v, axis=-1)`` (a Masking layer's), else the tensor's id."""
     if mask is None:
         return None
+    while (made := _made_by(mask, "ConvertToTensor")) is not None and len(made[1]) == 1:
+        mask = made[1][0]  # an attention layer's output mask: its query's, converted
     if (made := _made_by(mask, "NotEqual")) is not None:
         args = made[1]
         if len(args) == 2 and isinstance(args[0], keras.KerasTensor) and _same(args[1], 0):
