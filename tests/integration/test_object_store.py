@@ -473,6 +473,35 @@ def test_a_missing_or_tampered_object_is_data_loss_for_a_job(seaweed, s3_env, tm
     obstore.delete(store.objects, store.key(genuine))
 
 
+def test_a_worker_set_to_a_missing_bucket_sees_an_outage_not_data_loss(seaweed, s3_env, tmp_path):
+    """A worker host whose bucket is wrong (a typo, not created yet) gets a 404 for every input:
+    that is the store's outage (the job goes back to the queue, for a worker set right), never
+    DATA_LOSS for each job it takes."""
+    from pruning_core.objectstore import open_store, unavailable_errors
+    from pruning_worker.cache import InputCache
+
+    store = open_store(settings_for(s3_env, state_dir=str(tmp_path / "state"), s3_bucket="no-such-bucket"))
+    cache = InputCache(store, tmp_path / "cache", max_bytes=MiB)
+    with pytest.raises(unavailable_errors(), match="NoSuchBucket|404"):
+        cache.path(hashlib.sha256(b"uploaded to the right bucket").hexdigest())
+
+
+def test_a_worker_set_to_a_missing_bucket_does_not_start(seaweed, s3_env, tmp_path):
+    """Said in one line at start, exit 4 (as the server's), before it takes any job: such a
+    worker failed or bounced every job it took while the workers set right sat idle."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, **_host_env(s3_env, tmp_path), "PRUNING_S3_BUCKET": "no-such-bucket"}
+    command = [sys.executable, "-m", "celery", "-A", "pruning_worker.app", "worker", "--pool=solo"]
+    command += ["-Q", s3_env["PRUNING_QUEUE"], "--without-gossip", "--without-mingle"]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 4, done.stdout[-2000:] + done.stderr[-2000:]
+    said = done.stdout + done.stderr
+    assert "the worker cannot start: cannot use the artifact store (s3)" in said and "NoSuchBucket" in said
+    assert "ready." not in said
+
+
 def test_a_download_whose_object_is_gone_is_data_loss(s3_client, seaweed, s3_env, tmp_path):
     """The record is there, the bucket lost the bytes (deleted behind the service's back): not
     INTERNAL, and the SDK keeps no file."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 
 from celery import Celery
-from celery.signals import worker_process_init, worker_ready, worker_shutting_down
+from celery.signals import worker_init, worker_process_init, worker_ready, worker_shutting_down
 
 from pruning_core.settings import Settings
 
@@ -38,6 +38,18 @@ app.conf.update(
     task_send_sent_event=True,
 )
 observability.install(app, settings)
+
+
+@worker_init.connect
+def _check_artifact_store(**_):
+    # Before any job: a worker whose artifact store is set wrong would fail every job it takes.
+    from .startup import StoreCheckFailed, check_artifact_store
+
+    try:
+        check_artifact_store(settings)
+    except StoreCheckFailed as exc:
+        logging.getLogger(__name__).error("the worker cannot start: %s", exc)
+        raise SystemExit(exc.exit_code) from None
 
 
 _warmed = False

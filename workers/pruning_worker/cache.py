@@ -130,6 +130,11 @@ class InputCache:
         except _LOST as exc:
             os.close(fd)
             pathlib.Path(name).unlink(missing_ok=True)
+            if not isinstance(exc, CorruptArtifact):
+                # A store that does not answer is an outage, not a loss: a bucket that is missing
+                # (a worker set to the wrong one) answers 404 to every GET as to a lost object,
+                # and would fail every job this worker takes with DATA_LOSS.
+                self.store.probe()
             what = "does not match its sha256" if isinstance(exc, CorruptArtifact) else "is missing"
             raise InputDataLoss(f"artifact {artifact_id} {what} in the artifact store") from None
         except BaseException:

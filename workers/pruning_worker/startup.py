@@ -1,0 +1,87 @@
+"""The worker's check of its artifact store before it takes a job.
+
+A worker on a host of its own reads inputs from, and writes exports to, the artifact store its
+own settings name. Set wrong (a bucket that does not exist, credentials it lacks), every job it
+took failed at once: the store's answers looked like lost artifacts. Pointed at another
+deployment's store (a bucket or prefix the server does not use), it would not find this
+deployment's artifacts either. Both are said at start, in one line, and the worker exits.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+
+import redis
+
+from pruning_core.objectstore import DEPLOYMENT_MARKER, open_store
+from pruning_core.settings import Settings, redacted_url
+from pruning_core.store import JobStore
+
+log = logging.getLogger(__name__)
+
+EXIT_INVALID_SETTINGS = 2
+EXIT_UNREACHABLE = 4  # as the server's
+
+
+class StoreCheckFailed(RuntimeError):
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def _said(exc: BaseException) -> str:
+    """The error's first line, with the S3 error code its body names (``NoSuchBucket``)."""
+    text = str(exc).strip()
+    first = text.splitlines()[0][:300] if text else type(exc).__name__
+    code = re.search(r"<Code>([A-Za-z]{1,64})</Code>", text)
+    return f"{first} ({code.group(1)})" if code and code.group(1) not in first else first
+
+
+def check_artifact_store(settings: Settings) -> None:
+    """Raises StoreCheckFailed when the artifact store cannot be used by this deployment: the
+    settings are invalid, the store does not answer (a missing bucket, refused credentials),
+    or its deployment marker names another deployment's job store. A marker that is missing
+    is only warned about (a server that has not run its housekeeping yet writes it)."""
+    where = settings.artifact_store
+    try:
+        blobs = open_store(settings)
+    except ValueError as exc:
+        raise StoreCheckFailed(f"invalid settings: {exc}", EXIT_INVALID_SETTINGS) from exc
+    try:
+        blobs.probe()
+        raw = blobs.read_marker()
+    except Exception as exc:
+        raise StoreCheckFailed(f"cannot use the artifact store ({where}): {_said(exc)}", EXIT_UNREACHABLE) from exc
+    try:
+        client = redis.Redis.from_url(settings.redis_url, socket_timeout=10, socket_connect_timeout=10)
+        ours = client.get(JobStore(client, settings.key_prefix).keys.deployment())
+    except redis.RedisError:
+        return  # the broker's own retries say the job store is away; nothing to compare yet
+    if raw is None:
+        if ours is not None:
+            log.warning(
+                "the artifact store (%s) holds no %s while the job store names a deployment: if the server "
+                "uses another bucket, prefix or directory, this worker will not find its artifacts",
+                where,
+                DEPLOYMENT_MARKER,
+            )
+        return
+    try:
+        theirs = json.loads(raw)
+    except ValueError:
+        return  # unreadable: the server's housekeeping says so
+    if not isinstance(theirs, dict) or ours is None:
+        return
+    same_place = (theirs.get("key_prefix"), theirs.get("redis")) == (
+        settings.key_prefix,
+        redacted_url(settings.redis_url),
+    )
+    ours_id = ours.decode() if isinstance(ours, bytes) else str(ours)
+    if theirs.get("id") != ours_id and not same_place:
+        raise StoreCheckFailed(
+            f"the artifact store ({where}) belongs to another deployment (job store {theirs.get('redis')}, "
+            f"key prefix {theirs.get('key_prefix')}): set this worker's artifact store to the server's",
+            EXIT_INVALID_SETTINGS,
+        )
