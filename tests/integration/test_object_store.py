@@ -5,6 +5,7 @@ and share no path, only Redis and the bucket."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
 import pathlib
@@ -610,6 +611,98 @@ def test_a_rerun_attempt_on_another_host_resumes_from_the_bucket(seaweed, s3_env
             if proc is not None and proc.poll() is None:
                 stop_worker(proc)
         server.stop()
+
+
+class CuttableProxy:
+    """A TCP relay to ``target`` (host, port) that can be cut: every connection it relays is
+    closed and new ones are closed as they come, as for a host whose network to the store
+    failed while the store itself stays up for the others."""
+
+    def __init__(self, target: tuple[str, int]):
+        import socket
+
+        self.target, self.cut_off, self.sockets = target, False, []
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        import socket
+
+        while True:
+            try:
+                inbound, _ = self.listener.accept()
+            except OSError:
+                return
+            if self.cut_off:
+                inbound.close()
+                continue
+            outbound = socket.create_connection(self.target)
+            self.sockets += [inbound, outbound]
+            for a, b in ((inbound, outbound), (outbound, inbound)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pump(source, sink) -> None:
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for sock in (source, sink):
+                with contextlib.suppress(OSError):
+                    sock.close()
+
+    def cut(self) -> None:
+        import socket
+
+        self.cut_off = True
+        for sock in self.sockets:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+    def close(self) -> None:
+        self.cut()
+        self.listener.close()
+
+
+def test_a_job_stopped_by_one_host_s_outage_runs_on_another_host(seaweed, s3_env, files, tmp_path):
+    """Host a loses its network to the store after it started; its job's attempt stops and goes
+    back to the queue with a countdown. Host a, waiting for its store, takes nothing, so the
+    task goes to host b, which runs the job. Before, host a (idle) fetched the delayed task
+    itself, and the job waited out every countdown there while host b sat idle."""
+    from urllib.parse import urlsplit
+
+    endpoint = urlsplit(s3_env["PRUNING_S3_ENDPOINT"])
+    proxy = CuttableProxy((endpoint.hostname, endpoint.port))
+    own = {**s3_env, "PRUNING_QUEUE": s3_env["PRUNING_QUEUE"] + "-outage"}
+    server = ServerThread(settings_for(own))
+    host_a = {**_host_env(own, tmp_path / "host-a"), "PRUNING_S3_ENDPOINT": f"http://127.0.0.1:{proxy.port}"}
+    first = start_worker({**host_a, "PRUNING_S3_TIMEOUT_S": "5"}, tmp_path / "a.log")
+    second = None
+    try:
+        with Client(server.target, timeout=60) as client:
+            model = client.upload_model(files["keras"])
+            data = client.upload_dataset(files["data"])
+            proxy.cut()
+            spec = job_spec(model.id, dataset=data.id, schedule=constant_sparsity(0.5, frequency=5), epochs=1)
+            job = client.submit(spec)
+            wait_for(lambda: "artifact store" in (tmp_path / "a.log").read_text() and "re-queued" in
+                     (tmp_path / "a.log").read_text(), 120, "host a's attempt stopped by its store")  # fmt: skip
+            second = start_worker(_host_env(own, tmp_path / "host-b"), tmp_path / "b.log")
+            result = job.result(timeout=240)
+            final = job.status()
+        assert final.state == pb.JOB_STATE_SUCCEEDED and final.attempt == 2
+        assert f"job {job.id}: attempt 2 started" in (tmp_path / "b.log").read_text()
+        assert f"job {job.id}: attempt 2 started" not in (tmp_path / "a.log").read_text()
+        assert result.artifact_ids["keras"] in _objects(seaweed, s3_env)
+    finally:
+        for proc in (first, second):
+            if proc is not None and proc.poll() is None:
+                stop_worker(proc)
+        server.stop()
+        proxy.close()
 
 
 def test_an_export_of_bytes_already_in_the_bucket_writes_them_again(seaweed, s3_env, tmp_path):

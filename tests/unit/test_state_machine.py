@@ -497,7 +497,7 @@ def test_an_attempt_the_artifact_store_stopped_is_retried_later_then_fails_unava
 
     from pruning_core import telemetry
     from pruning_core.settings import Settings
-    from pruning_worker import pipeline
+    from pruning_worker import pipeline, runner
     from pruning_worker.app import app
     from pruning_worker.runner import ARTIFACT_STORE_RETRY_S, run_job
 
@@ -516,6 +516,8 @@ def test_an_attempt_the_artifact_store_stopped_is_retried_later_then_fails_unava
     sent = []
     monkeypatch.setattr(app, "send_task", lambda name, **options: sent.append(options))  # the broker
     monkeypatch.setattr(pipeline.Inputs, "resolve", staticmethod(lambda *a, **k: pipeline.Inputs(tmp_path, (), 0)))
+    waits: list[float] = []  # the worker waits for its store (fetching nothing) up to the countdown
+    monkeypatch.setattr(runner, "wait_for_store", lambda settings, most_s: waits.append(most_s) or False)
 
     def down(*args, **kwargs):
         raise GenericError("Generic S3 error: error sending request: Connection refused")
@@ -547,6 +549,39 @@ def test_an_attempt_the_artifact_store_stopped_is_retried_later_then_fails_unava
     assert final is not None and final.state == pb.JOB_STATE_FAILED and not ran
     assert final.error.code == code_pb2.UNAVAILABLE and "Connection refused" in final.error.message
     assert "3 attempts over 70" in final.error.message and len(sent) == 2
+    assert waits == [ARTIFACT_STORE_RETRY_S, 2 * ARTIFACT_STORE_RETRY_S]  # not after the failure
+
+
+def test_a_worker_whose_store_is_down_waits_for_it_fetching_nothing(tmp_path, monkeypatch):
+    """wait_for_store: back at once when the store answers, at the first answer when it comes
+    back, at the bound when it does not, and at once when the worker is shutting down."""
+    from pruning_core.objectstore import LocalStore
+    from pruning_core.settings import Settings
+    from pruning_worker import shutdown
+    from pruning_worker.runner import wait_for_store
+
+    settings = Settings(state_dir=tmp_path / "state")
+    probes: list[float] = []
+    answers_from = [0]
+
+    def probe(self):
+        probes.append(time.monotonic())
+        if len(probes) < answers_from[0]:
+            raise OSError("Connection refused")
+
+    monkeypatch.setattr(LocalStore, "probe", probe)
+    assert wait_for_store(settings, 30.0, every_s=0.01) and len(probes) == 1
+    probes.clear()
+    answers_from[0] = 3
+    assert wait_for_store(settings, 30.0, every_s=0.01) and len(probes) == 3
+    probes.clear()
+    answers_from[0] = 10**6
+    started = time.monotonic()
+    assert not wait_for_store(settings, 0.2, every_s=0.05)
+    assert 0.2 <= time.monotonic() - started < 2 and 3 <= len(probes) <= 6
+    monkeypatch.setattr(shutdown, "_stop_at", time.monotonic() + 60)
+    started = time.monotonic()
+    assert not wait_for_store(settings, 30.0, every_s=0.05) and time.monotonic() - started < 1
 
 
 def test_a_failure_while_an_attempt_is_set_up_fails_the_job_at_once(redis_url, stores, tmp_path, monkeypatch):

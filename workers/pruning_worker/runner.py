@@ -431,6 +431,26 @@ def job_dir(root: pathlib.Path, job_id: str) -> Iterator[pathlib.Path]:
         os.close(fd)
 
 
+STORE_PROBE_EVERY_S = 5.0
+
+
+def wait_for_store(settings: Settings, most_s: float, every_s: float = STORE_PROBE_EVERY_S) -> bool:
+    """Blocks until the artifact store answers a listing, for at most ``most_s`` (and no
+    longer than the worker's shutdown allows); whether it answered."""
+    deadline = time.monotonic() + most_s
+    blobs = open_store(settings)
+    while True:
+        try:
+            blobs.probe()
+            return True
+        except Exception as exc:  # noqa: BLE001 - whatever the store raises, it has not answered
+            log.info("the artifact store still does not answer (%s); taking no job meanwhile", exc)
+        left = deadline - time.monotonic()
+        if left <= 0 or shutdown.requested():
+            return False
+        time.sleep(min(every_s, left))
+
+
 def sweep_job_dirs(settings: Settings) -> int:
     """Removes the directories of jobs whose worker died (no process holds their lock)."""
     removed = sweep_unlocked(settings.work_path.glob("job-*"), settings.sweep_min_age_s)
@@ -467,6 +487,11 @@ def run_job(job_id: str, settings: Settings, worker: str, task_id: str = "") -> 
         raise  # the store is away too: the reaper re-queues the job once its silence shows
     except ArtifactStoreStopped as stop:
         _release(store, job, settings, which="artifact store", countdown=stop.countdown)
+        # The task sent with the countdown goes to the next worker that fetches, and this one,
+        # idle, would be it: an outage of this host alone (its network to the store) kept the
+        # job here while healthy workers sat idle. Busy waiting for its store, this worker
+        # fetches nothing (one unacknowledged task at a time); another takes the job.
+        wait_for_store(settings, stop.countdown)
         return None  # or, the job store away too, the reaper re-queues it once its silence shows
     except STORE_ERRORS:
         if _release(store, job, settings):

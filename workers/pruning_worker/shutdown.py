@@ -25,6 +25,11 @@ def stopping(drain_s: float) -> None:
         _stop_at = time.monotonic() + drain_s
 
 
+def requested() -> bool:
+    """True once the worker was asked to shut down (its running job may still drain)."""
+    return _stop_at is not None
+
+
 def due() -> bool:
     """True once the running job should stop because its worker shuts down."""
     return _stop_at is not None and time.monotonic() >= _stop_at
