@@ -76,6 +76,8 @@ from .sweeps import list_request as list_sweeps_request
 
 __all__ = ["AsyncClient", "AsyncJobHandle", "AsyncSweepHandle"]
 
+_LOCK_POLL_S = 0.1  # how often a download waiting for another one of the same file looks again
+
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
 _T = TypeVar("_T")
@@ -581,28 +583,36 @@ class AsyncClient:
         download = await asyncio.to_thread(
             _Download, artifact_id, dest, filename=filename, resume=resume, verify=self.options.verify
         )
-        if await asyncio.to_thread(download.present, progress):
-            return download.dest
         try:
-            for retry in range(DOWNLOAD_RESUMES + 1):
-                try:
+            try:
+                # another download of this artifact to this file: waited for (polled on the loop,
+                # so a cancelled task never leaves the lock taken by a thread behind it)
+                while not download.lock(blocking=False):
+                    await asyncio.sleep(_LOCK_POLL_S)
+                await asyncio.to_thread(download.refresh)
+                if await asyncio.to_thread(download.present, progress):
+                    return download.dest
+                for retry in range(DOWNLOAD_RESUMES + 1):
                     try:
-                        with rpc_errors():
-                            await self._receive(download, progress)
-                    except OutOfRange:
-                        if not await asyncio.to_thread(download.restart):
+                        try:
+                            with rpc_errors():
+                                await self._receive(download, progress)
+                        except OutOfRange:
+                            if not await asyncio.to_thread(download.restart):
+                                raise
+                            with rpc_errors():
+                                await self._receive(download, progress)
+                        break
+                    except (Unavailable, DeadlineExceeded):  # cut midway: resumed, as Client.download does
+                        if retry == DOWNLOAD_RESUMES or not await asyncio.to_thread(download.reopen):
                             raise
-                        with rpc_errors():
-                            await self._receive(download, progress)
-                    break
-                except (Unavailable, DeadlineExceeded):  # cut midway: resumed, as Client.download does
-                    if retry == DOWNLOAD_RESUMES or not await asyncio.to_thread(download.reopen):
-                        raise
-                    await asyncio.sleep(RESUME_BACKOFF_S * 2**retry)
-        except BaseException:
-            download.drop_empty()  # one stat: on the loop, cancelled or not
-            raise
-        return await asyncio.to_thread(download.finish)
+                        await asyncio.sleep(RESUME_BACKOFF_S * 2**retry)
+            except BaseException:
+                download.drop_empty()  # one stat: on the loop, cancelled or not
+                raise
+            return await asyncio.to_thread(download.finish)
+        finally:
+            download.release()
 
     async def _receive(self, download: _Download, progress: DownloadProgress | None) -> None:
         f = download.open()

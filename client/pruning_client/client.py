@@ -16,6 +16,7 @@ import os
 import pathlib
 import queue
 import re
+import stat
 import threading
 import time
 import uuid
@@ -24,6 +25,11 @@ from dataclasses import dataclass, field
 from typing import IO, Any, Generic, ParamSpec, TypeVar
 
 import grpc
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock; downloads of one artifact to one file are not serialized
+    fcntl = None  # type: ignore[assignment]
 
 from pruning import wire
 from pruning.checksum import Crc32, file_crc32
@@ -344,8 +350,23 @@ class _Upload:
         self.sent = 0  # bytes reported to ``progress``
         self._lock = threading.Lock()
         self.read_error: OSError | None = None
-        with open(self.path, "rb") as f:
-            self.size = os.fstat(f.fileno()).st_size
+        # O_NONBLOCK: a FIFO nobody writes is refused below, not waited on at the open
+        fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+        try:
+            info = os.fstat(fd)
+        finally:
+            os.close(fd)
+        if stat.S_ISDIR(info.st_mode):
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(self.path))
+        if not stat.S_ISREG(info.st_mode):
+            # a pipe (`<(...)`, /dev/stdin from a pipe) or a device: the hash would take its bytes
+            # before the upload reads it again (then "empty upload"), and /dev/zero never ends
+            raise OSError(
+                errno.EINVAL,
+                "not a regular file (an upload reads the file twice, to hash it and to send it: save it to a file first)",
+                str(self.path),
+            )
+        self.size = info.st_size
 
     def hash(self) -> None:
         """Hashes the whole file before the call, for the header to announce."""
@@ -521,8 +542,53 @@ class _Download:
         if self.part.is_symlink() or (self.part.exists() and not self.part.is_file()):
             # not a partial download of ours (a link, a FIFO that would block the open): replaced
             self.part.unlink()
+        self.resume = resume
+        self._lock_fd = -1  # the partial file, held under an exclusive flock (:meth:`lock`)
         self.offset = self.part.stat().st_size if resume and self.part.exists() else 0
+        # the check's state over those bytes: read by :meth:`refresh`, once the file is locked
+        self.digest, self.hashing, self.crc = hashlib.sha256(), verify == "sha256", Crc32()
+
+    def lock(self, *, blocking: bool = True) -> bool:
+        """Takes the partial file (created if missing) under an exclusive ``flock`` until
+        :meth:`release`: a second download of the same artifact to
+        the same file (another process, a parallel pipeline step, another thread) waits for this
+        one and then finds the file in place (:meth:`present`), instead of writing into the same
+        partial file, and, once the first moved it into place, into the checked file itself.
+        False, without waiting, when another download holds it and ``blocking`` is False. Then
+        :meth:`refresh` reads what the partial file holds."""
+        if fcntl is not None and self._lock_fd < 0:
+            while True:
+                # never through a link, nor blocking on a FIFO, put there since
+                flags = os.O_RDONLY | os.O_CREAT | os.O_NONBLOCK
+                fd = os.open(self.part, flags | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOFOLLOW", 0), 0o644)
+                try:
+                    try:
+                        fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+                    except BlockingIOError:
+                        os.close(fd)
+                        return False
+                    if os.path.samestat(os.fstat(fd), os.stat(self.part)):
+                        self._lock_fd = fd
+                        break
+                except FileNotFoundError:
+                    pass  # moved into place (or removed) by the download this one waited for
+                except BaseException:
+                    os.close(fd)
+                    raise
+                os.close(fd)  # not the partial file at that name now: take the one there
+        return True
+
+    def refresh(self) -> None:
+        """Once locked: resumes from what the partial file holds now (another download may have
+        written it, or moved it into place, while this one waited)."""
+        self.offset = self.part.stat().st_size if self.resume and self.part.exists() else 0
         self._checked_from_part()
+
+    def release(self) -> None:
+        """Lets the next download of the partial file (or of the file moved into place) go on."""
+        fd, self._lock_fd = self._lock_fd, -1
+        if fd >= 0:
+            os.close(fd)  # the flock goes with it
 
     def _checked_from_part(self) -> None:
         """The check's state over the ``offset`` bytes the partial file holds."""
@@ -563,7 +629,8 @@ class _Download:
         is removed, as there is nothing to resume, and so are the directories made for it while
         they are empty; one holding bytes stays for the retry."""
         with contextlib.suppress(OSError):
-            if self.part.stat().st_size == 0:
+            # only a partial file of its own: one another download holds is that one's
+            if (self._lock_fd >= 0 or fcntl is None) and self.part.stat().st_size == 0:
                 self.part.unlink()
         remove_empty_dirs(self.made)
 
@@ -581,7 +648,8 @@ class _Download:
         and the download starts again from 0. False when nothing was resumed (the error stands)."""
         if not self.offset:
             return False
-        self.part.unlink(missing_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            os.truncate(self.part, 0)  # emptied, not removed: the same file stays locked (:meth:`lock`)
         self.offset = 0
         self._checked_from_part()
         return True
@@ -1016,28 +1084,33 @@ class Client:
             PosixPath('out/e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855')
         """
         download = _Download(artifact_id, dest, filename=filename, resume=resume, verify=self.options.verify)
-        if download.present(progress):
-            return download.dest
         try:
-            for retry in range(DOWNLOAD_RESUMES + 1):
-                try:
+            try:
+                download.lock()  # waits for another download of this artifact to this file
+                download.refresh()
+                if download.present(progress):
+                    return download.dest
+                for retry in range(DOWNLOAD_RESUMES + 1):
                     try:
-                        self._receive(download, progress)
-                    except OutOfRange:
-                        if not download.restart():
+                        try:
+                            self._receive(download, progress)
+                        except OutOfRange:
+                            if not download.restart():
+                                raise
+                            self._receive(download, progress)
+                        break
+                    except (Unavailable, DeadlineExceeded):
+                        # the connection or the store went midway, or a stall ended the call: resumed
+                        # from what arrived, while each call brings more
+                        if retry == DOWNLOAD_RESUMES or not download.reopen():
                             raise
-                        self._receive(download, progress)
-                    break
-                except (Unavailable, DeadlineExceeded):
-                    # the connection or the store went midway, or a stall ended the call: resumed
-                    # from what arrived, while each call brings more
-                    if retry == DOWNLOAD_RESUMES or not download.reopen():
-                        raise
-                    time.sleep(RESUME_BACKOFF_S * 2**retry)
-        except BaseException:
-            download.drop_empty()
-            raise
-        return download.finish()
+                        time.sleep(RESUME_BACKOFF_S * 2**retry)
+            except BaseException:
+                download.drop_empty()
+                raise
+            return download.finish()
+        finally:
+            download.release()
 
     def _receive(self, download: _Download, progress: DownloadProgress | None) -> None:
         """One DownloadArtifact call into ``download``; stopped (DeadlineExceeded) once no chunk
