@@ -654,9 +654,10 @@ class AsyncClient:
             except Exception:  # noqa: BLE001 - raised below, unless an earlier error stands
                 break
         failure = finishing.exception()  # the writer's, the hasher's or the close's, if any
-        if error is not None:
-            raise error
-        if cancelled:
-            raise asyncio.CancelledError
-        if failure is not None:
-            raise failure
+        with download.named_errors():  # a full disk names the partial file, as Client.download says it
+            if error is not None:
+                raise error
+            if cancelled:
+                raise asyncio.CancelledError
+            if failure is not None:
+                raise failure

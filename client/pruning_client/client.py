@@ -333,6 +333,12 @@ def _file_sha256(path: pathlib.Path) -> hashlib._Hash:
 _CHANGED = re.compile(r"does not match the announced sha256|announced \d+ bytes, received \d+")
 
 
+def _stamp(info: os.stat_result) -> tuple[int, ...]:
+    """What changes when a file is written or replaced: its inode, size, modification and
+    change times."""
+    return (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
+
+
 class _Upload:
     """The file side of an upload. The id the server answers (its sha256 of what it received)
     is checked against the file's: hashed before the call (:meth:`hash`, then announced in the
@@ -350,6 +356,7 @@ class _Upload:
         self.sent = 0  # bytes reported to ``progress``
         self._lock = threading.Lock()
         self.read_error: OSError | None = None
+        self.change_error: IntegrityError | None = None  # the file changed while it was read
         # O_NONBLOCK: a FIFO nobody writes is refused below, not waited on at the open
         fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
         try:
@@ -367,6 +374,7 @@ class _Upload:
                 str(self.path),
             )
         self.size = info.st_size
+        self.stamp = _stamp(info)
 
     def hash(self) -> None:
         """Hashes the whole file before the call, for the header to announce."""
@@ -400,9 +408,18 @@ class _Upload:
             hashing = _Behind(self.digest.update)
         else:
             hashing = contextlib.nullcontext(self.crc.update)
+        read = 0
         with open(self.path, "rb") as f, hashing as digest:
             while data := self._read(f):
                 digest(data)
+                read += len(data)
+                if read >= self.size and self.change_error is None and _stamp(os.fstat(f.fileno())) != self.stamp:
+                    # rewritten in place meanwhile (a checkpoint saved over it): the bytes read may
+                    # be some of each version, which no check of the bytes sent would see. Said
+                    # before the last bytes go (the server stores an upload once it has the size
+                    # the header announced), so the call ends short of them: nothing is stored.
+                    self.change_error = self.changed()
+                    raise self.change_error
                 yield self.chunk(data)
 
     def _read(self, f: IO[bytes]) -> bytes:
@@ -418,13 +435,18 @@ class _Upload:
         bytes for not matching the size or the sha256 the header announced)."""
         if self.read_error is not None:
             raise self.read_error
+        if self.change_error is not None:
+            raise self.change_error from error
         details = error.details() if callable(getattr(error, "details", None)) else ""  # grpc.aio's too
         if _CHANGED.search(details or ""):
-            raise IntegrityError(
-                f"{self.path} changed while it was uploaded: it is no longer the {self.size} bytes "
-                f"{'hashing to ' + self.announced + ' ' if self.announced else ''}it was when the upload began; "
-                "nothing was stored"
-            ) from error
+            raise self.changed() from error
+
+    def changed(self) -> IntegrityError:
+        return IntegrityError(
+            f"{self.path} changed while it was uploaded: it is no longer the {self.size} bytes "
+            f"{'hashing to ' + self.announced + ' ' if self.announced else ''}it was when the upload began; "
+            "nothing was stored"
+        )
 
     def pipelined(self) -> Generator[pb.UploadRequest | bytes, None, None]:
         """:meth:`requests`, read, hashed and built ahead by a thread of their own (at most
@@ -684,12 +706,27 @@ class _Download:
     def receive(self, chunks: Iterator[wire.Chunk], progress: DownloadProgress | None) -> None:
         """Writes and hashes ``chunks`` into the partial file, each in a thread of its own
         behind a queue of at most ``PIPELINE`` chunks, while this thread receives the next ones."""
-        with self.open() as f, self.behind(f) as put:
+        with self.named_errors(), self.open() as f, self.behind(f) as put:
             for chunk in chunks:
                 data = self.take(chunk)
                 put(data)
                 if progress:
                     progress(len(data), chunk.total_size)
+
+    @contextlib.contextmanager
+    def named_errors(self) -> Iterator[None]:
+        """A write's error (a full disk, a file size limit) names the partial file, which stays
+        for a retry to resume: a bare "[Errno 28] No space left on device" says neither."""
+        try:
+            yield
+        except OSError as error:
+            if error.filename is not None or not error.errno:
+                raise
+            raise OSError(
+                error.errno,
+                f"{error.strerror or os.strerror(error.errno)} (kept for a retry to resume)",
+                str(self.part),
+            ) from error
 
     def finish(self) -> pathlib.Path:
         """Moves the partial file into place once it passed the check; removes it otherwise."""
