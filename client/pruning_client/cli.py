@@ -224,8 +224,9 @@ _GLOBAL_OPTIONS: list[Callable[[F], F]] = [
         envvar="PRUNING_VERIFY",
         show_envvar=True,
         type=click.Choice(VERIFY_MODES),
-        help="How downloads (and uploads checked on the way) are checked: the CRC-32 the server recorded "
-        "with the artifact's sha256 (0.02 s of CPU per GiB), or the sha256 here, end to end (0.6 s per GiB).",
+        help="How downloads are checked: the CRC-32 the server recorded with the artifact's sha256 (0.02 s "
+        "of CPU per GiB), or the sha256 here, end to end (0.6 s per GiB). Uploads are hashed here before "
+        "they are sent either way.",
         expose_value=False,
         callback=_remember,
     ),
@@ -995,8 +996,8 @@ def _silence_stdout() -> None:
 def cli(ctx: click.Context) -> None:
     """Prune Keras models with the pruning service.
 
-    The connection options (--target, --api-key, --tls, --ca-file, --timeout, --json) go
-    before or after the command name.
+    The connection options (--target, --api-key, --tls, --ca-file, --timeout, --verify,
+    --json) go before or after the command name.
     """
     if ctx.invoked_subcommand == "up":
         given = [

@@ -37,7 +37,7 @@ from pruning.files import DirectWriter
 from pruning.v1 import pruning_pb2 as pb
 from pruning.v1 import pruning_pb2_grpc as pb_grpc
 
-from .exceptions import DeadlineExceeded, IntegrityError, OutOfRange, Unavailable, rpc_errors
+from .exceptions import DeadlineExceeded, IntegrityError, InvalidArgument, OutOfRange, Unavailable, rpc_errors
 from .job import UNBOUNDED_WAIT_S, JobHandle, _is_directory
 from .results import JobPlan
 from .sources import DatasetSource, ModelSource, dataset_file, model_file
@@ -548,6 +548,13 @@ class _Download:
         resume: bool,
         verify: str = "crc32",
     ) -> None:
+        if not (isinstance(artifact_id, str) and re.fullmatch(r"[0-9a-f]{64}", artifact_id)):
+            # said before any file or call, as the server would: no name is made of it
+            raise InvalidArgument(
+                f"artifact_id: must be 64 lowercase hex digits (a sha256), got {str(artifact_id)[:80]!r}",
+                code=grpc.StatusCode.INVALID_ARGUMENT,
+                field_violations=[("artifact_id", "must be 64 lowercase hex digits")],
+            )
         self.artifact_id = artifact_id
         self.verify = verify
         self.expected_crc: int | None = None  # the server's, from the chunks

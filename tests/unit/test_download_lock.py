@@ -121,3 +121,24 @@ def test_a_cancelled_waiting_async_download_leaves_the_other_ones_partial_file(t
     thread.join(10)
     client.close()
     assert dest.read_bytes() == DATA
+
+
+@pytest.mark.parametrize("bad", ["a/b", "../" + ID[3:], ID.upper(), ID[:16], ""])
+def test_a_download_of_what_is_not_an_artifact_id_is_refused_before_any_file(tmp_path, bad):
+    """As the server would answer (INVALID_ARGUMENT, exit 2), with no file or folder made:
+    an id with a separator used to raise pathlib's bare ValueError."""
+    from pruning_client import InvalidArgument
+
+    with Client("127.0.0.1:1") as client:
+        client._transfers = None  # no call
+        with pytest.raises(InvalidArgument, match="artifact_id: must be 64 lowercase hex digits"):
+            client.download(bad, tmp_path / "out" / "m.keras")
+
+    async def refused() -> None:
+        async with AsyncClient("127.0.0.1:1") as client:
+            client._transfers = None
+            with pytest.raises(InvalidArgument, match="artifact_id: must be 64"):
+                await client.download(bad, tmp_path / "out" / "m.keras")
+
+    asyncio.run(refused())
+    assert list(tmp_path.iterdir()) == []
