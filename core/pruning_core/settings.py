@@ -326,6 +326,26 @@ class Settings(BaseSettings):
     def _listen_address(cls, value: str) -> str:
         return listen_address(value)
 
+    @field_validator("s3_endpoint")
+    @classmethod
+    def _s3_endpoint(cls, value: str) -> str:
+        """A URL with its scheme and host: obstore takes ``minio:9000`` (no scheme) and then
+        panics on the first request, killing a worker's process mid-job."""
+        import urllib.parse
+
+        if not value:
+            return value
+        try:
+            url = urllib.parse.urlsplit(value)
+            url.port  # noqa: B018 - raises on a port that is not a number
+        except ValueError:
+            url = None
+        if url is None or url.scheme not in ("http", "https") or not url.hostname:
+            raise ValueError(
+                f"must be a URL starting with http:// or https://, as in http://minio:9000 (got {value!r})"
+            )
+        return value
+
     @field_validator("redis_url")
     @classmethod
     def _redis_url(cls, value: str) -> str:

@@ -291,6 +291,28 @@ def test_input_cache_fetches_once_verifies_and_keeps_its_bound(seaweed, s3_env, 
     assert _cached(tmp_path / "cache") == {blobs[1], blobs[2]}
 
 
+def test_inputs_held_past_the_bound_go_when_their_job_lets_them_go(seaweed, s3_env, tmp_path):
+    """Two jobs on one host held more than the bound: once they end, the cache is back within
+    it, not only at the host's next fetch (an idle host kept them for good)."""
+    from pruning_core.objectstore import open_store
+    from pruning_worker.cache import InputCache
+
+    store = open_store(settings_for(s3_env, state_dir=str(tmp_path / "state")))
+    blobs = []
+    for i in range(2):
+        path = tmp_path / f"blob{i}"
+        path.write_bytes(os.urandom(MiB + i))
+        blobs.append(store.put_file(path)[0])
+    first, second = (InputCache(store, tmp_path / "cache", max_bytes=MiB + 10) for _ in range(2))
+    first.path(blobs[0])
+    second.path(blobs[1])  # the first job holds blob 0: over the bound while it runs
+    assert _cached(tmp_path / "cache") == set(blobs)
+    first.release()
+    assert _cached(tmp_path / "cache") == {blobs[1]}  # the one let go, used longest ago, went
+    second.release()
+    assert _cached(tmp_path / "cache") == {blobs[1]}  # within the bound: kept for the next job
+
+
 def _cached(root: pathlib.Path) -> set[str]:
     """The artifacts in a worker's cache (not the records of their checks)."""
     return {p.name for p in root.rglob("*") if p.is_file() and not p.name.startswith(".")}
@@ -372,7 +394,8 @@ def test_eviction_leaves_the_inputs_a_job_of_another_process_holds(seaweed, s3_e
         assert _cached(root) == set(ids)  # over the bound rather than pull it from under the job
     finally:
         holder.communicate("")
-    fetching.release()
+    fetching.release()  # evicts: blob 0, let go by the other process and used first, goes now
+    assert _cached(root) == {ids[1]}
     stale = root / "ab" / ".fetch-left-by-a-killed-worker"
     stale.parent.mkdir(exist_ok=True)
     stale.write_bytes(b"x" * 1000)
@@ -380,7 +403,7 @@ def test_eviction_leaves_the_inputs_a_job_of_another_process_holds(seaweed, s3_e
     fresh.write_bytes(b"y")
     old = time.time() - cache_module.STALE_FETCH_S - 5
     os.utime(stale, (old, old))
-    assert fetching.evict() == 1  # now blob 0 goes (used first), with the stale temporary file
+    assert fetching.evict() == 0  # within the bound: only the stale temporary file goes
     assert _cached(root) == {ids[1]} and not stale.exists() and fresh.exists()
 
 

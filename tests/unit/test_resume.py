@@ -65,3 +65,27 @@ def test_a_rerun_attempt_runs_only_the_epochs_left(tmp_path, lost_after):
     assert any(f"resuming from the checkpoint of epoch {lost_after}/{EPOCHS}" in line for line in logs)
     if lost_after == EPOCHS:
         assert all(np.array_equal(a, b) for a, b in zip(kept, again.get_weights(), strict=True))
+
+
+def test_a_checkpoint_the_store_cannot_give_now_stops_the_attempt_instead_of_starting_over(tmp_path):
+    """A re-run attempt whose store does not answer as it fetches the last checkpoint (its inputs
+    came from the host's cache) stops, to be re-queued as the store's outage; starting over
+    would throw the kept epochs away, and its first checkpoint sent would delete them."""
+    from pruning_core.objectstore import LocalStore, StoreUnavailable
+    from pruning_worker import train
+
+    class Down(LocalStore):
+        def pull_checkpoint(self, job_id, directory):
+            raise StoreUnavailable("Generic S3 error: connection refused")
+
+    store = Down(tmp_path / "store")
+    checkpoints = train.Checkpoints(store, "job1", tmp_path / "scratch" / "checkpoints", lambda _: None)
+    with pytest.raises(StoreUnavailable):
+        checkpoints.latest()
+
+    class Unreadable(LocalStore):
+        def pull_checkpoint(self, job_id, directory):
+            raise ValueError("latest.json is not JSON")
+
+    checkpoints = train.Checkpoints(Unreadable(tmp_path / "store"), "job1", tmp_path / "s2", lambda _: None)
+    assert checkpoints.latest() is None  # nothing usable: the job starts over, as before

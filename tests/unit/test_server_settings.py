@@ -49,6 +49,23 @@ def test_s3_parts_must_cover_the_largest_upload(monkeypatch):
     assert Settings().artifact_store == "local"  # the local store has no parts
 
 
+@pytest.mark.parametrize("endpoint", ["minio:9000", "127.0.0.1:9000", "ftp://minio:9000", "http://", "http://minio:x"])
+def test_an_s3_endpoint_without_its_scheme_is_refused(monkeypatch, endpoint):
+    """obstore takes such an endpoint and panics at the first request (a server's start, a
+    worker's first job, whose process it kills): refused as the setting it is."""
+    from pydantic import ValidationError
+
+    from pruning_core.settings import Settings
+
+    monkeypatch.setenv("PRUNING_ARTIFACT_STORE", "s3")
+    monkeypatch.setenv("PRUNING_S3_ENDPOINT", endpoint)
+    with pytest.raises(ValidationError, match="must be a URL starting with http:// or https://"):
+        Settings()
+    for good in ("http://minio:9000", "https://s3.eu-west-1.amazonaws.com", ""):
+        monkeypatch.setenv("PRUNING_S3_ENDPOINT", good)
+        assert Settings().s3_endpoint == good
+
+
 @pytest.mark.parametrize(
     ("value", "why"),
     [

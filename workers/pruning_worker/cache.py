@@ -81,8 +81,13 @@ class InputCache:
         return cls(open_store(settings), settings.cache_path, settings.cache_max_bytes)
 
     def release(self) -> None:
-        """Lets go of the files this cache's job holds: eviction may take them again."""
+        """Lets go of the files this cache's job holds, and evicts: what the bound could not take
+        while they were held goes now, not at the host's next fetch (an idle host kept them)."""
         _close_all(self._held)
+        try:
+            self.evict()
+        except OSError:  # as after a fetch: over the bound rather than fail the job
+            log.warning("could not evict from the input cache %s", self.root, exc_info=True)
 
     @staticmethod
     def _ok(target: pathlib.Path) -> pathlib.Path:

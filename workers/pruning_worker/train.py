@@ -27,7 +27,7 @@ import tf_keras as keras
 from google.protobuf import json_format
 
 from pruning.v1 import pruning_pb2 as pb
-from pruning_core.objectstore import CHECKPOINT_LATEST, LocalStore, write_checkpoint_record
+from pruning_core.objectstore import CHECKPOINT_LATEST, LocalStore, unavailable_errors, write_checkpoint_record
 
 from . import tferrors
 from .callbacks import HistoryCallback
@@ -50,7 +50,12 @@ class Checkpoints:
         """{"epoch", "prefix", "history"} of the last checkpoint written, or None."""
         try:
             self.store.pull_checkpoint(self.job_id, self.directory)
-        except Exception as exc:  # noqa: BLE001 - unreachable checkpoints: the job starts over
+        except unavailable_errors():
+            # The store does not answer now: the attempt stops and goes back to the queue (the
+            # artifact store's outage), to resume later. Started over, it would throw the kept
+            # epochs away, and its first checkpoint sent would delete them from the store.
+            raise
+        except Exception as exc:  # noqa: BLE001 - an unreadable checkpoint: the job starts over
             log.warning("could not fetch the checkpoint of job %s: %s", self.job_id, exc)
         try:
             return json.loads((self.directory / CHECKPOINT_LATEST).read_text())
