@@ -1029,6 +1029,16 @@ class JobStore(_Base):
         """How many attempts of the job the artifact store stopped."""
         return int(self.redis.get(self.keys.artifact_store_stops(job_id)) or 0)
 
+    def artifact_store_answered(self, job_id: str) -> None:
+        """The store answered an attempt of the job again: the outage its stops measured is
+        over, and the next stop starts the patience afresh (the count stays, for the backoff
+        and the cap on stops)."""
+        self.redis.delete(self.keys.artifact_store_stopped_at(job_id))
+
+    def forget_artifact_store_stops(self, job_id: str) -> None:
+        """The job ended: its stops are nobody's business any more."""
+        self.redis.delete(self.keys.artifact_store_stops(job_id), self.keys.artifact_store_stopped_at(job_id))
+
     def put_artifact(
         self,
         tenant: str,

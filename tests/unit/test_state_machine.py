@@ -552,6 +552,53 @@ def test_an_attempt_the_artifact_store_stopped_is_retried_later_then_fails_unava
     assert waits == [ARTIFACT_STORE_RETRY_S, 2 * ARTIFACT_STORE_RETRY_S]  # not after the failure
 
 
+def test_each_outage_of_the_artifact_store_gets_the_whole_patience(redis_url, stores, tmp_path, monkeypatch):
+    """A job stopped by a short outage long ago, whose next attempt found the store answering,
+    then stopped by a blip at its export: a new outage, re-queued, not FAILED for the time since
+    the first stop (two short blips far apart failed a long job). A store that answers and
+    stops every attempt again fails the job after ARTIFACT_STORE_MAX_STOPS stops. The job's
+    stop keys go when it ends."""
+    import contextvars
+
+    from obstore.exceptions import GenericError
+
+    from pruning_core import telemetry
+    from pruning_core.settings import Settings
+    from pruning_worker import pipeline, runner
+    from pruning_worker.app import app
+    from pruning_worker.runner import ARTIFACT_STORE_MAX_STOPS, run_job
+
+    store, prefix = stores
+    settings = Settings(
+        state_dir=tmp_path / "state", key_prefix=prefix, work_dir=tmp_path / "work", artifact_store_patience_s=600,
+        redis_url=redis_url,
+    )  # fmt: skip
+    job, _ = create(redis_url, prefix)
+    monkeypatch.setattr(app, "send_task", lambda name, **options: None)
+    monkeypatch.setattr(runner, "wait_for_store", lambda settings, most_s: True)
+    monkeypatch.setattr(pipeline.Inputs, "resolve", staticmethod(lambda *a, **k: pipeline.Inputs(tmp_path, (), 0)))
+    monkeypatch.setattr(telemetry, "_context", contextvars.ContextVar("test-log-context", default=None))
+
+    def blip(*args, **kwargs):
+        raise GenericError("Generic S3 error: error sending request: Connection reset")
+
+    monkeypatch.setattr(pipeline, "run", blip)
+    store.redis.set(store.keys.artifact_store_stops(job.id), 1)
+    store.redis.set(store.keys.artifact_store_stopped_at(job.id), repr(time.time() - 700))  # 700 s ago
+    assert run_job(job.id, settings, "w1") is None  # the store answered the probe: a new outage
+    assert store.get(job.id).state == pb.JOB_STATE_QUEUED
+    since = float(store.redis.get(store.keys.artifact_store_stopped_at(job.id)))
+    assert time.time() - since < 60
+
+    for _ in range(ARTIFACT_STORE_MAX_STOPS):
+        final = run_job(job.id, settings, "w2")
+        if final is not None:
+            break
+    assert final is not None and final.state == pb.JOB_STATE_FAILED
+    assert final.error.code == code_pb2.UNAVAILABLE and f"{ARTIFACT_STORE_MAX_STOPS} attempts" in final.error.message
+    assert not store.redis.exists(store.keys.artifact_store_stops(job.id), store.keys.artifact_store_stopped_at(job.id))
+
+
 def test_a_worker_whose_store_is_down_waits_for_it_fetching_nothing(tmp_path, monkeypatch):
     """wait_for_store: back at once when the store answers, at the first answer when it comes
     back, at the bound when it does not, and at once when the worker is shutting down."""

@@ -46,7 +46,9 @@ from .errors import STORE_ERRORS, Cancelled, JobDeadlineExceeded, JobInputError,
 
 log = logging.getLogger(__name__)
 ARTIFACT_STORE_RETRY_S = 30.0  # an attempt the artifact store stopped starts again after this, doubled each time
-# (to 5 min), until Settings.artifact_store_patience_s after the first stop
+# (to 5 min), until Settings.artifact_store_patience_s after the first stop of an outage (the store
+# answering an attempt ends it)
+ARTIFACT_STORE_MAX_STOPS = 10  # a store that answers and stops each attempt again (refuses every export)
 
 
 class ArtifactStoreStopped(Exception):
@@ -513,6 +515,8 @@ def run_job(job_id: str, settings: Settings, worker: str, task_id: str = "") -> 
             return None
     if final is not None:
         store.done_running(job_id)
+        with contextlib.suppress(*STORE_ERRORS):
+            store.forget_artifact_store_stops(job_id)  # else kept a week
         try:
             open_store(settings).drop_checkpoints(job_id)  # ended: nothing to resume
         except Exception:
@@ -546,6 +550,9 @@ def _run_claimed(store: JobStore, job: pb.Job, settings: Settings) -> pb.Job | N
         blobs = open_store(settings)
         if store.artifact_store_stopped(job_id):
             blobs.probe()  # still down: this attempt stops now, before it fetches or trains anything
+            # It answers: that outage is over. A later stop (a blip at the export of a long job)
+            # is a new outage, given the whole patience, not what is left of the first one's.
+            store.artifact_store_answered(job_id)
         try:
             with (
                 job_dir(settings.work_path, job_id) as workdir,
@@ -606,7 +613,7 @@ def _run_claimed(store: JobStore, job: pb.Job, settings: Settings) -> pb.Job | N
         if store.cancel_requested(job_id):
             return reporter.finish(pb.JOB_STATE_CANCELLED)
         waited = time.time() - since
-        if waited < settings.artifact_store_patience_s:
+        if waited < settings.artifact_store_patience_s and stops < ARTIFACT_STORE_MAX_STOPS:
             raise ArtifactStoreStopped(min(ARTIFACT_STORE_RETRY_S * 2 ** min(stops - 1, 10), 300.0)) from exc
         message = clean_line(
             f"the artifact store did not answer {stops} attempts over {waited:.0f} s, the last with: {exc}",
