@@ -210,8 +210,9 @@ class Settings(BaseSettings):
         900.0,
         ge=0,
         description="a job whose attempts the artifact store stops (down, stalled, refusing the credentials) goes "
-        "back to the queue, again and again with a backoff, until this long after the first stop; then it fails "
-        "(UNAVAILABLE). An attempt after a stop asks the store first, and stops at once while it does not answer",
+        "back to the queue, again and again with a backoff, until this long after the first stop of the outage (an "
+        "attempt that finds the store answering ends it), or ten stops in all; then it fails (UNAVAILABLE). An "
+        "attempt after a stop asks the store first, and stops at once while it does not answer",
     )
     log_format: Literal["text", "json"] = Field(
         "text", description="'json': one JSON object per log line, with the job id, attempt and Celery task id bound"
