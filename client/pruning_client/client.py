@@ -333,10 +333,17 @@ def _file_sha256(path: pathlib.Path) -> hashlib._Hash:
 _CHANGED = re.compile(r"does not match the announced sha256|announced \d+ bytes, received \d+")
 
 
+# flock's errors on a file system that does not lock: not worth failing a download for
+_NO_FLOCK = frozenset(
+    getattr(errno, name) for name in ("ENOLCK", "ENOSYS", "EOPNOTSUPP", "ENOTSUP", "EINVAL") if hasattr(errno, name)
+)
+
+
 def _stamp(info: os.stat_result) -> tuple[int, ...]:
-    """What changes when a file is written or replaced: its inode, size, modification and
-    change times."""
-    return (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
+    """What changes when a file is written or replaced: its inode, size and modification time
+    (not its change time, which a hard link, a chmod or an extended attribute set by another
+    program moves without touching a byte)."""
+    return (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
 
 
 class _Upload:
@@ -358,7 +365,8 @@ class _Upload:
         self.read_error: OSError | None = None
         self.change_error: IntegrityError | None = None  # the file changed while it was read
         # O_NONBLOCK: a FIFO nobody writes is refused below, not waited on at the open
-        fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+        # (Unix only, as O_CLOEXEC: Windows has no FIFOs to wait on, and no such constants)
+        fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
         try:
             info = os.fstat(fd)
         finally:
@@ -413,7 +421,12 @@ class _Upload:
             while data := self._read(f):
                 digest(data)
                 read += len(data)
-                if read >= self.size and self.change_error is None and _stamp(os.fstat(f.fileno())) != self.stamp:
+                if (
+                    not self.announced  # hashed first: the server's check of the announced sha256 sees it
+                    and read >= self.size
+                    and self.change_error is None
+                    and _stamp(os.fstat(f.fileno())) != self.stamp
+                ):
                     # rewritten in place meanwhile (a checkpoint saved over it): the bytes read may
                     # be some of each version, which no check of the bytes sent would see. Said
                     # before the last bytes go (the server stores an upload once it has the size
@@ -596,6 +609,13 @@ class _Download:
                     except BlockingIOError:
                         os.close(fd)
                         return False
+                    except OSError as error:
+                        if error.errno not in _NO_FLOCK:
+                            raise
+                        # a file system without flock (NFS without lockd, Lustre without -o flock,
+                        # some FUSE and SMB mounts): downloads go on unserialized, as on Windows
+                        os.close(fd)
+                        return True
                     if os.path.samestat(os.fstat(fd), os.stat(self.part)):
                         self._lock_fd = fd
                         break

@@ -211,7 +211,8 @@ class Settings(BaseSettings):
         ge=0,
         description="a job whose attempts the artifact store stops (down, stalled, refusing the credentials) goes "
         "back to the queue, again and again with a backoff, until this long after the first stop of the outage (an "
-        "attempt that finds the store answering ends it), or ten stops in all; then it fails (UNAVAILABLE). An "
+        "attempt that finds the store answering ends it), or once the store answered and then stopped three "
+        "attempts; then it fails (UNAVAILABLE). An "
         "attempt after a stop asks the store first, and stops at once while it does not answer",
     )
     log_format: Literal["text", "json"] = Field(

@@ -552,12 +552,17 @@ class Keys:
         return f"{self.prefix}:cancel:{job_id}"
 
     def artifact_store_stops(self, job_id: str) -> str:
-        """How many attempts of the job the artifact store stopped (it did not answer)."""
+        """How many attempts of the job the artifact store stopped (it did not answer) in the
+        outage going on."""
         return f"{self.prefix}:artifact-store-stops:{job_id}"
 
     def artifact_store_stopped_at(self, job_id: str) -> str:
-        """When the artifact store first stopped an attempt of the job (unix s)."""
+        """When the artifact store first stopped an attempt of the job in the outage going on (unix s)."""
         return f"{self.prefix}:artifact-store-stopped-at:{job_id}"
+
+    def artifact_store_answers(self, job_id: str) -> str:
+        """How many times the artifact store answered an attempt of the job after stopping one."""
+        return f"{self.prefix}:artifact-store-answers:{job_id}"
 
     def staged(self, job_id: str) -> str:
         """Export records a job's attempts added (id -> "<attempt> <created>"), until the job
@@ -1014,8 +1019,9 @@ class JobStore(_Base):
         return bool(self.redis.exists(self.keys.cancel(job_id)))
 
     def count_artifact_store_stop(self, job_id: str) -> tuple[int, float]:
-        """Counts one more attempt of the job that the artifact store stopped; how many so far,
-        and when the first was (unix s; both kept a week, longer than any job waits to run again)."""
+        """Counts one more attempt of the job that the artifact store stopped; how many in this
+        outage so far, and when its first was (unix s; both kept a week, longer than any job
+        waits to run again)."""
         key, since = self.keys.artifact_store_stops(job_id), self.keys.artifact_store_stopped_at(job_id)
         with self.redis.pipeline() as pipe:
             pipe.incr(key)
@@ -1026,18 +1032,32 @@ class JobStore(_Base):
         return int(count), float(first)
 
     def artifact_store_stopped(self, job_id: str) -> int:
-        """How many attempts of the job the artifact store stopped."""
+        """How many attempts of the job the artifact store stopped in the outage going on."""
         return int(self.redis.get(self.keys.artifact_store_stops(job_id)) or 0)
 
-    def artifact_store_answered(self, job_id: str) -> None:
+    def artifact_store_answered(self, job_id: str) -> int:
         """The store answered an attempt of the job again: the outage its stops measured is
-        over, and the next stop starts the patience afresh (the count stays, for the backoff
-        and the cap on stops)."""
-        self.redis.delete(self.keys.artifact_store_stopped_at(job_id))
+        over, and the next stop starts a new one (its backoff and patience afresh). Returns how
+        many times this happened to the job."""
+        answers = self.keys.artifact_store_answers(job_id)
+        with self.redis.pipeline() as pipe:
+            pipe.delete(self.keys.artifact_store_stops(job_id), self.keys.artifact_store_stopped_at(job_id))
+            pipe.incr(answers)
+            pipe.expire(answers, 7 * 86400)
+            _, count, _ = pipe.execute()
+        return int(count)
+
+    def artifact_store_answers_of(self, job_id: str) -> int:
+        """How many times the store answered an attempt of the job after stopping one."""
+        return int(self.redis.get(self.keys.artifact_store_answers(job_id)) or 0)
 
     def forget_artifact_store_stops(self, job_id: str) -> None:
         """The job ended: its stops are nobody's business any more."""
-        self.redis.delete(self.keys.artifact_store_stops(job_id), self.keys.artifact_store_stopped_at(job_id))
+        self.redis.delete(
+            self.keys.artifact_store_stops(job_id),
+            self.keys.artifact_store_stopped_at(job_id),
+            self.keys.artifact_store_answers(job_id),
+        )
 
     def put_artifact(
         self,

@@ -555,9 +555,9 @@ def test_an_attempt_the_artifact_store_stopped_is_retried_later_then_fails_unava
 def test_each_outage_of_the_artifact_store_gets_the_whole_patience(redis_url, stores, tmp_path, monkeypatch):
     """A job stopped by a short outage long ago, whose next attempt found the store answering,
     then stopped by a blip at its export: a new outage, re-queued, not FAILED for the time since
-    the first stop (two short blips far apart failed a long job). A store that answers and
-    stops every attempt again fails the job after ARTIFACT_STORE_MAX_STOPS stops. The job's
-    stop keys go when it ends."""
+    the first stop (two short blips far apart failed a long job); its backoff starts afresh
+    too. A store that answers and stops every attempt again fails the job once it did so
+    ARTIFACT_STORE_MAX_ANSWERED times. The job's stop keys go when it ends."""
     import contextvars
 
     from obstore.exceptions import GenericError
@@ -566,7 +566,7 @@ def test_each_outage_of_the_artifact_store_gets_the_whole_patience(redis_url, st
     from pruning_core.settings import Settings
     from pruning_worker import pipeline, runner
     from pruning_worker.app import app
-    from pruning_worker.runner import ARTIFACT_STORE_MAX_STOPS, run_job
+    from pruning_worker.runner import ARTIFACT_STORE_MAX_ANSWERED, ARTIFACT_STORE_RETRY_S, run_job
 
     store, prefix = stores
     settings = Settings(
@@ -574,7 +574,8 @@ def test_each_outage_of_the_artifact_store_gets_the_whole_patience(redis_url, st
         redis_url=redis_url,
     )  # fmt: skip
     job, _ = create(redis_url, prefix)
-    monkeypatch.setattr(app, "send_task", lambda name, **options: None)
+    sent = []
+    monkeypatch.setattr(app, "send_task", lambda name, **options: sent.append(options))
     monkeypatch.setattr(runner, "wait_for_store", lambda settings, most_s: True)
     monkeypatch.setattr(pipeline.Inputs, "resolve", staticmethod(lambda *a, **k: pipeline.Inputs(tmp_path, (), 0)))
     monkeypatch.setattr(telemetry, "_context", contextvars.ContextVar("test-log-context", default=None))
@@ -583,20 +584,25 @@ def test_each_outage_of_the_artifact_store_gets_the_whole_patience(redis_url, st
         raise GenericError("Generic S3 error: error sending request: Connection reset")
 
     monkeypatch.setattr(pipeline, "run", blip)
-    store.redis.set(store.keys.artifact_store_stops(job.id), 1)
+    store.redis.set(store.keys.artifact_store_stops(job.id), 4)  # a long outage: its backoff was 4 min
     store.redis.set(store.keys.artifact_store_stopped_at(job.id), repr(time.time() - 700))  # 700 s ago
     assert run_job(job.id, settings, "w1") is None  # the store answered the probe: a new outage
     assert store.get(job.id).state == pb.JOB_STATE_QUEUED
     since = float(store.redis.get(store.keys.artifact_store_stopped_at(job.id)))
     assert time.time() - since < 60
+    assert sent[-1]["countdown"] == ARTIFACT_STORE_RETRY_S  # its backoff afresh too
 
-    for _ in range(ARTIFACT_STORE_MAX_STOPS):
+    for _ in range(2 * ARTIFACT_STORE_MAX_ANSWERED):
         final = run_job(job.id, settings, "w2")
         if final is not None:
             break
-    assert final is not None and final.state == pb.JOB_STATE_FAILED
-    assert final.error.code == code_pb2.UNAVAILABLE and f"{ARTIFACT_STORE_MAX_STOPS} attempts" in final.error.message
-    assert not store.redis.exists(store.keys.artifact_store_stops(job.id), store.keys.artifact_store_stopped_at(job.id))
+    assert final is not None and final.state == pb.JOB_STATE_FAILED and final.attempt == ARTIFACT_STORE_MAX_ANSWERED
+    assert final.error.code == code_pb2.UNAVAILABLE
+    assert f"answered and then stopped {ARTIFACT_STORE_MAX_ANSWERED} attempts" in final.error.message
+    keys = store.keys
+    assert not store.redis.exists(
+        keys.artifact_store_stops(job.id), keys.artifact_store_stopped_at(job.id), keys.artifact_store_answers(job.id)
+    )
 
 
 def test_a_worker_whose_store_is_down_waits_for_it_fetching_nothing(tmp_path, monkeypatch):

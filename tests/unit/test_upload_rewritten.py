@@ -74,3 +74,23 @@ def test_a_file_left_as_it_is_uploads(tmp_path):
         client.stub = stub
         artifact = client.upload_model(path)
     assert artifact.id == hashlib.sha256(V1).hexdigest() and stub.stored == V1
+
+
+def test_a_hard_link_or_chmod_by_another_program_is_no_change(tmp_path):
+    """Its change time moves (a DVC cache linking the file, a chmod), its bytes do not: the
+    upload goes on."""
+    path = _model(tmp_path)
+    stub = Stub()
+    touched = []
+
+    def progress(count):
+        if not touched:
+            touched.append(count)
+            os.link(path, tmp_path / "linked.h5")
+            os.chmod(path, 0o600)
+
+    with Client("127.0.0.1:1", hash_first=False) as client:
+        client._transfers = stub
+        client.stub = stub
+        artifact = client.upload_model(path, progress=progress)
+    assert touched and artifact.id == hashlib.sha256(V1).hexdigest() and stub.stored == V1

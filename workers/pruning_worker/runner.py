@@ -48,7 +48,9 @@ log = logging.getLogger(__name__)
 ARTIFACT_STORE_RETRY_S = 30.0  # an attempt the artifact store stopped starts again after this, doubled each time
 # (to 5 min), until Settings.artifact_store_patience_s after the first stop of an outage (the store
 # answering an attempt ends it)
-ARTIFACT_STORE_MAX_STOPS = 10  # a store that answers and stops each attempt again (refuses every export)
+# A store that answers an attempt and stops it again this many times (it lists, and refuses every
+# export): the job fails rather than train again and again.
+ARTIFACT_STORE_MAX_ANSWERED = 3
 
 
 class ArtifactStoreStopped(Exception):
@@ -613,12 +615,14 @@ def _run_claimed(store: JobStore, job: pb.Job, settings: Settings) -> pb.Job | N
         if store.cancel_requested(job_id):
             return reporter.finish(pb.JOB_STATE_CANCELLED)
         waited = time.time() - since
-        if waited < settings.artifact_store_patience_s and stops < ARTIFACT_STORE_MAX_STOPS:
+        answered = store.artifact_store_answers_of(job_id)
+        if waited < settings.artifact_store_patience_s and answered < ARTIFACT_STORE_MAX_ANSWERED:
             raise ArtifactStoreStopped(min(ARTIFACT_STORE_RETRY_S * 2 ** min(stops - 1, 10), 300.0)) from exc
-        message = clean_line(
-            f"the artifact store did not answer {stops} attempts over {waited:.0f} s, the last with: {exc}",
-            settings.max_error_bytes,
-        )
+        if answered >= ARTIFACT_STORE_MAX_ANSWERED:
+            said = f"the artifact store answered and then stopped {answered} attempts, the last with: {exc}"
+        else:
+            said = f"the artifact store did not answer {stops} attempts over {waited:.0f} s, the last with: {exc}"
+        message = clean_line(said, settings.max_error_bytes)
         return reporter.finish(pb.JOB_STATE_FAILED, pb.JobError(code=code_pb2.UNAVAILABLE, message=message))
     except Exception as exc:  # noqa: BLE001 - any other failure ends the job as INTERNAL
         reporter.close(exc)
