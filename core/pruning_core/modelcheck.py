@@ -355,6 +355,11 @@ def check_model_config(
         except preflight.Unconvertible as exc:
             for problem in exc.problems:
                 refused.append(problem)
+        if (operation := preflight.mask_operation_on_data(config)) is not None:
+            refused.append(
+                f"the model uses {operation} on data, a keras.ops call the service translates only where it "
+                "computes a padding mask; use a layer instead; refused"
+            )
         if (operation := preflight.masked_arithmetic(config)) is not None:
             refused.append(
                 f"the model adds, subtracts or multiplies tensors ({operation[:60]!r}) and has a padding mask "

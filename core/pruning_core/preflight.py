@@ -463,6 +463,69 @@ def masked_arithmetic(config: Any) -> str | None:
     return operations[0] if masks and operations else None
 
 
+def _tensor_sources(value: Any) -> Iterator[str]:
+    """The names of the nodes whose outputs ``value`` (an inbound node's args or kwargs) names."""
+    if isinstance(value, list):
+        for item in value:
+            yield from _tensor_sources(item)
+    elif isinstance(value, dict):
+        if value.get("class_name") == "__keras_tensor__":
+            history = (value.get("config") or {}).get("keras_history")
+            if isinstance(history, list) and history:
+                yield str(history[0])
+            return
+        for item in value.values():
+            yield from _tensor_sources(item)
+
+
+def mask_operation_on_data(config: Any) -> str | None:
+    """The first mask operation (:data:`MASK_OPERATIONS`: ``not_equal``, ``any``,
+    ``convert_to_tensor``) of a Keras 3 functional model whose output is used otherwise than
+    as a mask (a layer's input, another operation's, a model output), as "name (Class)", or
+    None. The bridge translates them only as masks, and would refuse the model when a job
+    loads it."""
+
+    def models(node: Any) -> Iterator[dict]:
+        if isinstance(node, list):
+            for item in node:
+                yield from models(item)
+        elif isinstance(node, dict):
+            cfg = node.get("config")
+            if isinstance(cfg, dict) and isinstance(cfg.get("layers"), list):
+                yield cfg
+            for item in node.values():
+                yield from models(item)
+
+    for model in models(config):
+        nodes = [n for n in model["layers"] if isinstance(n, dict)]
+        masks = {
+            str(n.get("name") or (n.get("config") or {}).get("name")): str(n.get("class_name"))
+            for n in nodes
+            if n.get("class_name") in MASK_OPERATIONS and str(n.get("module") or "").startswith(OPERATION_MODULES)
+        }
+        if not masks:
+            continue
+        for n in nodes:
+            if str(n.get("name") or (n.get("config") or {}).get("name")) in masks:
+                continue  # a mask made of a mask: not_equal then any, a converted mask
+            for inbound in n.get("inbound_nodes") or []:
+                if not isinstance(inbound, dict):
+                    continue
+                kwargs = inbound.get("kwargs")
+                others = {k: v for k, v in kwargs.items() if k != "mask"} if isinstance(kwargs, dict) else {}
+                used = [*_tensor_sources(inbound.get("args")), *_tensor_sources(others)]
+                if found := next((name for name in used if name in masks), None):
+                    return f"{found[:60]} ({masks[found]})"
+        outputs = model.get("output_layers")  # [[name, node, tensor], ...], or one such list
+        if isinstance(outputs, list):
+            names = [o[0] for o in outputs if isinstance(o, list) and o] or (
+                [outputs[0]] if outputs and isinstance(outputs[0], str) else []
+            )
+            if found := next((str(name) for name in names if str(name) in masks), None):
+                return f"{found[:60]} ({masks[found]})"
+    return None
+
+
 # Layers whose ``axis`` Keras 3's loader of Keras 2 (HDF5) files keeps only when it is one
 # number: it drops None (a scalar statistic) and several axes, and builds the layer at its
 # default (-1), whose weights then do not fit.

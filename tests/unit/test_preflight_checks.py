@@ -456,3 +456,42 @@ def test_an_untranslated_activation_says_what_to_use_before_the_list():
     assert text.index("use a ReLU(max_value=6) layer instead") < text.index("(translated: ")
     assert "use a LeakyReLU layer instead" in (preflight.option_problem("Dense", {"activation": "leaky_relu"}) or "")
     assert "instead" not in (preflight.option_problem("Dense", {"activation": "hard_silu"}) or "")
+
+
+@pytest.mark.parametrize("op", ["convert_to_tensor", "not_equal", "output"])
+def test_a_mask_operation_used_on_data_is_refused_at_upload(tmp_path, op):
+    """The bridge translates not_equal, any and convert_to_tensor only as the masks Keras 3
+    records; used on data they passed the upload and failed the job when it loaded the model."""
+    import keras
+
+    inputs = keras.Input((6,))
+    if op == "convert_to_tensor":
+        outputs = keras.layers.Dense(2)(keras.ops.convert_to_tensor(inputs))
+        which = "ConvertToTensor"
+    elif op == "not_equal":
+        outputs = keras.layers.Dense(2)(keras.ops.any(keras.ops.not_equal(inputs, 0.0), axis=-1, keepdims=True))
+        which = "Any"
+    else:
+        outputs = keras.ops.not_equal(keras.layers.Dense(2)(inputs), 0.0)
+        which = "NotEqual"
+    keras.Model(inputs, outputs).save(tmp_path / "m.keras")
+    with pytest.raises(ModelRejected, match=rf"\({which}\) on data, a keras.ops call"):
+        modelcheck.inspect_model(tmp_path / "m.keras", 10**9)
+
+
+def test_the_masks_keras_3_records_are_still_taken(tmp_path):
+    """Embedding(mask_zero), Masking and an attention layer's output mask: all as masks."""
+    import sys
+
+    import keras
+
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+    import keras3_models as km
+
+    for name in ("masked_sequence", "rnn", "recurrent_attention"):
+        path, _ = km.save(name, tmp_path / f"{name}.keras")
+        assert modelcheck.inspect_model(path, 10**9).layers
+    tokens = keras.Input((5,), dtype="int32")
+    x = keras.layers.Masking()(keras.layers.Embedding(10, 4)(tokens))
+    keras.Model(tokens, keras.layers.LSTM(2)(x)).save(tmp_path / "masking.keras")
+    assert modelcheck.inspect_model(tmp_path / "masking.keras", 10**9).layers
