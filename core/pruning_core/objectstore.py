@@ -49,7 +49,7 @@ from pruning.checksum import Crc32
 from pruning.files import UncachedReader
 
 from .blobs import BlobStore, BlobWriter, Stored, is_artifact_id
-from .settings import Settings
+from .settings import Settings, redacted_url
 from .transfer import Buffer, Sink
 
 if TYPE_CHECKING:
@@ -93,6 +93,19 @@ def one_line(error: BaseException, most: int = 300) -> str:
     return " ".join(str(error).split())[:most]
 
 
+_S3_CODE = re.compile(r"<Code>([A-Za-z]{1,64})</Code>")
+
+
+def first_line(error: BaseException) -> str:
+    """An error's own first line (the S3 client's run to dozens), at most 300 characters, with
+    the S3 error code where the store gave one further down (NoSuchBucket, SignatureDoesNotMatch:
+    which of a 403's or 404's causes it is): what a process that cannot start says."""
+    whole = str(error).strip()
+    text = (whole.splitlines() or [type(error).__name__])[0][:300]
+    code = _S3_CODE.search(whole)
+    return f"{text} ({code.group(1)})" if code and code.group(1) not in text else text
+
+
 @contextlib.contextmanager
 def _writer_errors() -> Iterator[None]:
     """Around obstore's writer: its bare OSError is the store's (:class:`StoreUnavailable`, or
@@ -124,6 +137,20 @@ def missing_errors() -> tuple[type[BaseException], ...]:
 # Names the deployment (its job store) whose housekeeping deletes in this store: beside the
 # blobs, never one of them (not an artifact id).
 DEPLOYMENT_MARKER = ".deployment"
+
+
+def deployment_marker(deployment_id: str, settings: Settings) -> dict[str, str]:
+    """What the marker says of this deployment: its job store's id and place."""
+    return {"id": deployment_id, "key_prefix": settings.key_prefix, "redis": redacted_url(settings.redis_url)}
+
+
+def marked_by_another(theirs: dict, ours: dict[str, str]) -> bool:
+    """Whether a marker names another deployment: another job store id, in another place (the
+    same Redis and key prefix is this deployment, its Redis having lost its data and its id)."""
+    same_place = (theirs.get("key_prefix"), theirs.get("redis")) == (ours["key_prefix"], ours["redis"])
+    return theirs.get("id") != ours["id"] and not same_place
+
+
 CHECKPOINT_LATEST = "latest.json"  # names the last checkpoint's files; written after them
 _JOB_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")  # a path component, never ``..``
 

@@ -496,17 +496,20 @@ def mask_operation_on_data(config: Any) -> str | None:
             for item in node.values():
                 yield from models(item)
 
+    def name_of(node: dict) -> str:
+        return str(node.get("name") or (node.get("config") or {}).get("name"))
+
     for model in models(config):
         nodes = [n for n in model["layers"] if isinstance(n, dict)]
         masks = {
-            str(n.get("name") or (n.get("config") or {}).get("name")): str(n.get("class_name"))
+            name_of(n): str(n.get("class_name"))
             for n in nodes
             if n.get("class_name") in MASK_OPERATIONS and str(n.get("module") or "").startswith(OPERATION_MODULES)
         }
         if not masks:
             continue
         for n in nodes:
-            if str(n.get("name") or (n.get("config") or {}).get("name")) in masks:
+            if name_of(n) in masks:
                 continue  # a mask made of a mask: not_equal then any, a converted mask
             for inbound in n.get("inbound_nodes") or []:
                 if not isinstance(inbound, dict):

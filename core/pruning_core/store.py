@@ -1035,17 +1035,16 @@ class JobStore(_Base):
         """How many attempts of the job the artifact store stopped in the outage going on."""
         return int(self.redis.get(self.keys.artifact_store_stops(job_id)) or 0)
 
-    def artifact_store_answered(self, job_id: str) -> int:
+    def artifact_store_answered(self, job_id: str) -> None:
         """The store answered an attempt of the job again: the outage its stops measured is
-        over, and the next stop starts a new one (its backoff and patience afresh). Returns how
-        many times this happened to the job."""
+        over, and the next stop starts a new one (its backoff and patience afresh); counted
+        (:meth:`artifact_store_answers_of`)."""
         answers = self.keys.artifact_store_answers(job_id)
         with self.redis.pipeline() as pipe:
             pipe.delete(self.keys.artifact_store_stops(job_id), self.keys.artifact_store_stopped_at(job_id))
             pipe.incr(answers)
             pipe.expire(answers, 7 * 86400)
-            _, count, _ = pipe.execute()
-        return int(count)
+            pipe.execute()
 
     def artifact_store_answers_of(self, job_id: str) -> int:
         """How many times the store answered an attempt of the job after stopping one."""

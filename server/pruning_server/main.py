@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import re
 import signal
 import sys
 
@@ -20,7 +19,7 @@ from pruning.v1 import pruning_pb2 as pb
 from pruning.v1 import pruning_pb2_grpc as pb_grpc
 from pruning_core import allocator
 from pruning_core import telemetry as core_telemetry
-from pruning_core.objectstore import open_store
+from pruning_core.objectstore import first_line, open_store
 from pruning_core.settings import Settings, listen_address, redacted_url, settings_problems
 from pruning_core.store import AsyncJobStore
 from pruning_core.sweeps import SweepStore
@@ -68,19 +67,6 @@ class StartFailed(RuntimeError):
     def __init__(self, message: str, exit_code: int):
         super().__init__(message)
         self.exit_code = exit_code
-
-
-_S3_CODE = re.compile(r"<Code>([A-Za-z]{1,64})</Code>")
-
-
-def _first_line(error: BaseException) -> str:
-    """An error's own first line (the S3 client's run to dozens), at most 300 characters, with
-    the S3 error code where the store gave one further down (NoSuchBucket, SignatureDoesNotMatch:
-    which of a 403's or 404's causes it is)."""
-    whole = str(error).strip()
-    text = (whole.splitlines() or [type(error).__name__])[0][:300]
-    code = _S3_CODE.search(whole)
-    return f"{text} ({code.group(1)})" if code and code.group(1) not in text else text
 
 
 class Running:
@@ -181,7 +167,7 @@ async def create_server(settings: Settings, address: str | None = None) -> Runni
         await store.redis.ping()
     except (redis.RedisError, OSError) as exc:
         raise StartFailed(
-            f"cannot reach the job store at {_where(settings.redis_url)} (PRUNING_REDIS_URL): {_first_line(exc)}",
+            f"cannot reach the job store at {_where(settings.redis_url)} (PRUNING_REDIS_URL): {first_line(exc)}",
             EXIT_UNREACHABLE,
         ) from exc
     if await cluster_redis(store.redis):
@@ -225,7 +211,7 @@ async def create_server(settings: Settings, address: str | None = None) -> Runni
         await asyncio.to_thread(reaper.sweep, blobs, settings)
     except Exception as exc:
         raise StartFailed(
-            f"cannot use the artifact store ({settings.artifact_store}): {_first_line(exc)}", EXIT_UNREACHABLE
+            f"cannot use the artifact store ({settings.artifact_store}): {first_line(exc)}", EXIT_UNREACHABLE
         ) from exc
     interceptors: list[grpc.aio.ServerInterceptor] = [
         ErrorsAndMetrics(settings.max_error_bytes, settings.max_violations)

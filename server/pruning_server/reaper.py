@@ -20,8 +20,16 @@ from google.rpc import code_pb2
 
 from pruning.v1 import pruning_pb2 as pb
 from pruning_core import tasks
-from pruning_core.objectstore import DEPLOYMENT_MARKER, LocalStore, one_line, open_store, unavailable_errors
-from pruning_core.settings import Settings, redacted_url
+from pruning_core.objectstore import (
+    DEPLOYMENT_MARKER,
+    LocalStore,
+    deployment_marker,
+    marked_by_another,
+    one_line,
+    open_store,
+    unavailable_errors,
+)
+from pruning_core.settings import Settings
 from pruning_core.store import (
     STORE_ERRORS,
     TERMINAL,
@@ -224,11 +232,7 @@ async def owns_store(store: AsyncJobStore, blobs: LocalStore, settings: Settings
     and key prefix: a Redis that lost its data and its id), or names none yet (it is written).
     A store another deployment marked (a staging server pointed at production's bucket) is
     left alone: each would delete the other's new uploads as unknown."""
-    ours = {
-        "id": await store.deployment_id(),
-        "key_prefix": settings.key_prefix,
-        "redis": redacted_url(settings.redis_url),
-    }
+    ours = deployment_marker(await store.deployment_id(), settings)
     raw = await asyncio.to_thread(blobs.read_marker)
     theirs: dict | None = None
     if raw is not None:
@@ -243,11 +247,7 @@ async def owns_store(store: AsyncJobStore, blobs: LocalStore, settings: Settings
                 DEPLOYMENT_MARKER,
             )
             return False
-    same_place = theirs is not None and (theirs.get("key_prefix"), theirs.get("redis")) == (
-        ours["key_prefix"],
-        ours["redis"],
-    )
-    if theirs is not None and theirs.get("id") != ours["id"] and not same_place:
+    if theirs is not None and marked_by_another(theirs, ours):
         log.error(
             "the artifact store is also used by another deployment (job store %s, key prefix %s): this one "
             "deletes none of its blobs or checkpoints while both use it; give each deployment its own bucket "

@@ -4,7 +4,6 @@ unanswered and it closes the connection. Simulated by a TCP relay that stops rel
 
 from __future__ import annotations
 
-import contextlib
 import socket
 import threading
 import time
@@ -12,6 +11,7 @@ import time
 import grpc
 import pytest
 from hostile import hostile_server, tiny  # noqa: F401 - fixture
+from relay import CuttingRelay
 
 from pruning.v1 import pruning_pb2 as pb
 from pruning.v1 import pruning_pb2_grpc as pb_grpc
@@ -167,54 +167,6 @@ def test_a_client_that_stops_reading_a_download_frees_its_slot(env, tmp_path):
                 assert received < artifact.size
     finally:
         server.stop()
-
-
-class CuttingRelay:
-    """Relays TCP connections to ``target``; the first is reset once ``cut_after`` bytes came
-    back from the server (a connection lost midway), the later ones run to their end. With
-    ``rate``, what comes back is relayed at that many bytes a second (a slow link)."""
-
-    def __init__(self, target: tuple[str, int], cut_after: int | None = None, rate: float | None = None):
-        self.target, self.cut_after, self.rate = target, cut_after, rate
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        self.connections = 0
-        self.back = 0  # bytes relayed from the server, over every connection
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self.listener.accept()
-            except OSError:
-                return
-            self.connections += 1
-            upstream = socket.create_connection(self.target)
-            cut = self.cut_after if self.connections == 1 else None
-            threading.Thread(target=self._pump, args=(client, upstream, None), daemon=True).start()
-            threading.Thread(target=self._pump, args=(upstream, client, cut, self.rate), daemon=True).start()
-
-    def _pump(self, src: socket.socket, dst: socket.socket, cut: int | None, rate: float | None = None) -> None:
-        sent = 0
-        try:
-            while data := src.recv(16384 if rate else 65536):
-                dst.sendall(data)
-                if rate:
-                    time.sleep(len(data) / rate)
-                if cut is not None:
-                    self.back += len(data)
-                    sent += len(data)
-                    if sent >= cut:  # both sides cut at once (shutdown: whatever the other pump blocks on)
-                        for s in (src, dst):
-                            with contextlib.suppress(OSError):
-                                s.shutdown(socket.SHUT_RDWR)
-                            s.close()
-                        return
-        except OSError:
-            return
-
-    def close(self) -> None:
-        self.listener.close()
 
 
 @pytest.mark.parametrize("sync", [True, False])

@@ -5,7 +5,6 @@ and share no path, only Redis and the bucket."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import os
 import pathlib
@@ -18,6 +17,7 @@ import zlib
 import grpc
 import obstore
 import pytest
+from relay import CuttingRelay
 from seaweed import SeaweedFS
 
 from conftest import (
@@ -271,11 +271,7 @@ def test_input_cache_fetches_once_verifies_and_keeps_its_bound(seaweed, s3_env, 
     from pruning_worker.cache import InputCache
 
     store = open_store(settings_for(s3_env, state_dir=str(tmp_path / "state")))
-    blobs = []
-    for i in range(3):
-        path = tmp_path / f"blob{i}"
-        path.write_bytes(os.urandom(MiB + i))
-        blobs.append(store.put_file(path)[0])
+    blobs = _stored_blobs(store, tmp_path, 3)
     cache = InputCache(store, tmp_path / "cache", max_bytes=2 * MiB + 10)
     first = cache.path(blobs[0])
     assert hashlib.sha256(first.read_bytes()).hexdigest() == blobs[0]
@@ -298,11 +294,7 @@ def test_inputs_held_past_the_bound_go_when_their_job_lets_them_go(seaweed, s3_e
     from pruning_worker.cache import InputCache
 
     store = open_store(settings_for(s3_env, state_dir=str(tmp_path / "state")))
-    blobs = []
-    for i in range(2):
-        path = tmp_path / f"blob{i}"
-        path.write_bytes(os.urandom(MiB + i))
-        blobs.append(store.put_file(path)[0])
+    blobs = _stored_blobs(store, tmp_path, 2)
     first, second = (InputCache(store, tmp_path / "cache", max_bytes=MiB + 10) for _ in range(2))
     first.path(blobs[0])
     second.path(blobs[1])  # the first job holds blob 0: over the bound while it runs
@@ -311,6 +303,16 @@ def test_inputs_held_past_the_bound_go_when_their_job_lets_them_go(seaweed, s3_e
     assert _cached(tmp_path / "cache") == {blobs[1]}  # the one let go, used longest ago, went
     second.release()
     assert _cached(tmp_path / "cache") == {blobs[1]}  # within the bound: kept for the next job
+
+
+def _stored_blobs(store, tmp_path: pathlib.Path, count: int) -> list[str]:
+    """The ids of ``count`` random blobs put in ``store``, of 1 MiB + 0, 1, ... bytes."""
+    ids = []
+    for i in range(count):
+        path = tmp_path / f"blob{i}"
+        path.write_bytes(os.urandom(MiB + i))
+        ids.append(store.put_file(path)[0])
+    return ids
 
 
 def _cached(root: pathlib.Path) -> set[str]:
@@ -365,11 +367,7 @@ def test_eviction_leaves_the_inputs_a_job_of_another_process_holds(seaweed, s3_e
     from pruning_worker.cache import InputCache
 
     store = open_store(settings_for(s3_env, state_dir=str(tmp_path / "state")))
-    ids = []
-    for i in range(2):
-        path = tmp_path / f"blob{i}"
-        path.write_bytes(os.urandom(MiB + i))
-        ids.append(store.put_file(path)[0])
+    ids = _stored_blobs(store, tmp_path, 2)
     root = tmp_path / "cache"
     held = InputCache(store, root, max_bytes=MiB + 10).path(ids[0])
     # another process (a worker's job) holds blob 0 while this one fetches blob 1 past the bound
@@ -636,60 +634,6 @@ def test_a_rerun_attempt_on_another_host_resumes_from_the_bucket(seaweed, s3_env
         server.stop()
 
 
-class CuttableProxy:
-    """A TCP relay to ``target`` (host, port) that can be cut: every connection it relays is
-    closed and new ones are closed as they come, as for a host whose network to the store
-    failed while the store itself stays up for the others."""
-
-    def __init__(self, target: tuple[str, int]):
-        import socket
-
-        self.target, self.cut_off, self.sockets = target, False, []
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        import socket
-
-        while True:
-            try:
-                inbound, _ = self.listener.accept()
-            except OSError:
-                return
-            if self.cut_off:
-                inbound.close()
-                continue
-            outbound = socket.create_connection(self.target)
-            self.sockets += [inbound, outbound]
-            for a, b in ((inbound, outbound), (outbound, inbound)):
-                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
-
-    @staticmethod
-    def _pump(source, sink) -> None:
-        try:
-            while data := source.recv(65536):
-                sink.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for sock in (source, sink):
-                with contextlib.suppress(OSError):
-                    sock.close()
-
-    def cut(self) -> None:
-        import socket
-
-        self.cut_off = True
-        for sock in self.sockets:
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
-
-    def close(self) -> None:
-        self.cut()
-        self.listener.close()
-
-
 def test_a_job_stopped_by_one_host_s_outage_runs_on_another_host(seaweed, s3_env, files, tmp_path):
     """Host a loses its network to the store after it started; its job's attempt stops and goes
     back to the queue with a countdown. Host a, waiting for its store, takes nothing, so the
@@ -698,7 +642,7 @@ def test_a_job_stopped_by_one_host_s_outage_runs_on_another_host(seaweed, s3_env
     from urllib.parse import urlsplit
 
     endpoint = urlsplit(s3_env["PRUNING_S3_ENDPOINT"])
-    proxy = CuttableProxy((endpoint.hostname, endpoint.port))
+    proxy = CuttingRelay((endpoint.hostname, endpoint.port))
     own = {**s3_env, "PRUNING_QUEUE": s3_env["PRUNING_QUEUE"] + "-outage"}
     server = ServerThread(settings_for(own))
     host_a = {**_host_env(own, tmp_path / "host-a"), "PRUNING_S3_ENDPOINT": f"http://127.0.0.1:{proxy.port}"}

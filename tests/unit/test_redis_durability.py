@@ -77,13 +77,13 @@ def test_a_redis_that_may_evict_keys_is_named(tmp_path, maxmemory, policy, said)
 def test_a_start_up_error_of_the_s3_store_keeps_its_error_code():
     """The one line cut the store's answer at its first line, and with it the <Code> that says
     which problem a 404 or 403 is (NoSuchBucket, SignatureDoesNotMatch)."""
-    from pruning_server.main import _first_line
+    from pruning_core.objectstore import first_line
 
     error = OSError(
         "Generic S3 error: Error performing list request: Received redirect without LOCATION, this normally "
         'indicates an incorrectly configured region\\n  404 Not Found\n<?xml version="1.0"?>\n<Error><Code>'
         "NoSuchBucket</Code><Message>The specified bucket does not exist</Message></Error>"
     )
-    line = _first_line(error)
+    line = first_line(error)
     assert line.endswith("(NoSuchBucket)") and "\n" not in line
-    assert _first_line(OSError("Connection refused")) == "Connection refused"
+    assert first_line(OSError("Connection refused")) == "Connection refused"

@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 
 import redis
 
-from pruning_core.objectstore import DEPLOYMENT_MARKER, open_store
-from pruning_core.settings import Settings, redacted_url
+from pruning_core.objectstore import DEPLOYMENT_MARKER, deployment_marker, first_line, marked_by_another, open_store
+from pruning_core.settings import Settings
 from pruning_core.store import JobStore
 
 log = logging.getLogger(__name__)
@@ -29,14 +28,6 @@ class StoreCheckFailed(RuntimeError):
     def __init__(self, message: str, exit_code: int):
         super().__init__(message)
         self.exit_code = exit_code
-
-
-def _said(exc: BaseException) -> str:
-    """The error's first line, with the S3 error code its body names (``NoSuchBucket``)."""
-    text = str(exc).strip()
-    first = text.splitlines()[0][:300] if text else type(exc).__name__
-    code = re.search(r"<Code>([A-Za-z]{1,64})</Code>", text)
-    return f"{first} ({code.group(1)})" if code and code.group(1) not in first else first
 
 
 def check_artifact_store(settings: Settings) -> None:
@@ -53,12 +44,14 @@ def check_artifact_store(settings: Settings) -> None:
         blobs.probe()
         raw = blobs.read_marker()
     except Exception as exc:
-        raise StoreCheckFailed(f"cannot use the artifact store ({where}): {_said(exc)}", EXIT_UNREACHABLE) from exc
+        raise StoreCheckFailed(f"cannot use the artifact store ({where}): {first_line(exc)}", EXIT_UNREACHABLE) from exc
+    client = redis.Redis.from_url(settings.redis_url, socket_timeout=10, socket_connect_timeout=10)
     try:
-        client = redis.Redis.from_url(settings.redis_url, socket_timeout=10, socket_connect_timeout=10)
         ours = client.get(JobStore(client, settings.key_prefix).keys.deployment())
     except redis.RedisError:
         return  # the broker's own retries say the job store is away; nothing to compare yet
+    finally:
+        client.close()
     if raw is None:
         if ours is not None:
             log.warning(
@@ -74,12 +67,8 @@ def check_artifact_store(settings: Settings) -> None:
         return  # unreadable: the server's housekeeping says so
     if not isinstance(theirs, dict) or ours is None:
         return
-    same_place = (theirs.get("key_prefix"), theirs.get("redis")) == (
-        settings.key_prefix,
-        redacted_url(settings.redis_url),
-    )
     ours_id = ours.decode() if isinstance(ours, bytes) else str(ours)
-    if theirs.get("id") != ours_id and not same_place:
+    if marked_by_another(theirs, deployment_marker(ours_id, settings)):
         raise StoreCheckFailed(
             f"the artifact store ({where}) belongs to another deployment (job store {theirs.get('redis')}, "
             f"key prefix {theirs.get('key_prefix')}): set this worker's artifact store to the server's",
