@@ -897,6 +897,15 @@ def _age_s(when: datetime.datetime) -> float:
     return (datetime.datetime.now(datetime.UTC) - when).total_seconds()
 
 
+def open_probe(settings: Settings, timeout_s: float) -> LocalStore:
+    """The artifact store the settings name, opened to be asked whether it answers: an S3
+    call without an answer for ``timeout_s`` fails at once, without the retries a transfer
+    gets (``s3_timeout_s`` x (1 + ``s3_max_retries``), a minute and a half by default)."""
+    return open_store(
+        settings.model_copy(update={"s3_timeout_s": min(settings.s3_timeout_s, timeout_s), "s3_max_retries": 0})
+    )
+
+
 def open_store(settings: Settings) -> LocalStore:
     """The artifact store the settings name: ``local`` (``artifacts_path``) or ``s3``."""
     if settings.artifact_store == "s3":

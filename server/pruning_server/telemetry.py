@@ -13,7 +13,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import REGISTRY, Collector, CollectorRegistry
 
 from pruning_core import telemetry
-from pruning_core.objectstore import open_store
+from pruning_core.objectstore import open_probe
 from pruning_core.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -29,8 +29,7 @@ class JobMetricsCollector(Collector):
         self.client = redis.Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=2)
         self.jobs = telemetry.JobMetrics(self.client, settings.key_prefix)
         # Asked at each scrape with a timeout well inside Prometheus's own (10 s by default)
-        probe = settings.model_copy(update={"s3_timeout_s": min(settings.s3_timeout_s, 3.0), "s3_max_retries": 0})
-        self.artifacts = open_store(probe)
+        self.artifacts = open_probe(settings, 3.0)
 
     def collect(self) -> Iterator[Metric]:
         store_up = GaugeMetricFamily(

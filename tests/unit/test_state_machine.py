@@ -843,3 +843,33 @@ def test_only_the_stores_own_multipart_uploads_are_aborted(tmp_path, key_prefix)
     assert store._ours(key_prefix + "ab" * 32) and store._ours(key_prefix + "tmp/x1")
     assert store._ours(key_prefix + "checkpoints/job/epoch-1.index")
     assert not store._ours(key_prefix + "backups/db.tar") and not store._ours("elsewhere/" + "ab" * 32)
+
+
+def test_a_worker_waiting_for_a_silent_store_stops_within_a_probe(tmp_path, monkeypatch):
+    """A store that takes connections and never answers (a paused S3 server): one probe of
+    wait_for_store gives up after STORE_PROBE_TIMEOUT_S, not after the transfers' patience
+    (s3_timeout_s x (1 + s3_max_retries), here 4 minutes), so a worker asked to stop stops."""
+    import socket
+
+    from pruning_core.settings import Settings
+    from pruning_worker import runner, shutdown
+
+    silent = socket.create_server(("127.0.0.1", 0))  # the kernel completes connections; nobody reads
+    try:
+        settings = Settings(
+            state_dir=tmp_path / "state",
+            artifact_store="s3",
+            s3_endpoint=f"http://127.0.0.1:{silent.getsockname()[1]}",
+            s3_bucket="artifacts",
+            s3_access_key_id="key",
+            s3_secret_access_key="secret",
+            s3_timeout_s=60,
+            s3_max_retries=3,
+        )
+        monkeypatch.setattr(runner, "STORE_PROBE_TIMEOUT_S", 1.0)
+        monkeypatch.setattr(shutdown, "_stop_at", time.monotonic() + 60)
+        started = time.monotonic()
+        assert not runner.wait_for_store(settings, 600.0, every_s=0.05)
+        assert time.monotonic() - started < 8
+    finally:
+        silent.close()

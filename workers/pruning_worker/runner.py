@@ -27,7 +27,7 @@ from pruning.v1 import pruning_pb2 as pb
 from pruning_core import formats, telemetry, validation
 from pruning_core import tasks as task_names
 from pruning_core.blobs import sweep_unlocked
-from pruning_core.objectstore import open_store, unavailable_errors
+from pruning_core.objectstore import open_probe, open_store, unavailable_errors
 from pruning_core.settings import Settings
 from pruning_core.store import (
     TERMINAL,
@@ -436,13 +436,15 @@ def job_dir(root: pathlib.Path, job_id: str) -> Iterator[pathlib.Path]:
 
 
 STORE_PROBE_EVERY_S = 5.0
+STORE_PROBE_TIMEOUT_S = 5.0  # a one-key listing; a probe of a store that never answers ends then
 
 
 def wait_for_store(settings: Settings, most_s: float, every_s: float = STORE_PROBE_EVERY_S) -> bool:
     """Blocks until the artifact store answers a listing, for at most ``most_s`` (and no
-    longer than the worker's shutdown allows); whether it answered."""
+    longer than the worker's shutdown allows: each probe gives up after
+    ``STORE_PROBE_TIMEOUT_S``); whether it answered."""
     deadline = time.monotonic() + most_s
-    blobs = open_store(settings)
+    blobs = open_probe(settings, STORE_PROBE_TIMEOUT_S)
     while True:
         try:
             blobs.probe()
