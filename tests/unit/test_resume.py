@@ -89,3 +89,54 @@ def test_a_checkpoint_the_store_cannot_give_now_stops_the_attempt_instead_of_sta
 
     checkpoints = train.Checkpoints(Unreadable(tmp_path / "store"), "job1", tmp_path / "s2", lambda _: None)
     assert checkpoints.latest() is None  # nothing usable: the job starts over, as before
+
+
+def test_a_stale_attempt_keeps_no_checkpoint_over_the_newer_attempt_s(tmp_path):
+    """Two attempts of one job keep their checkpoints under the same keys, and a save deletes
+    the others: a stale attempt (still training after a newer one took the job over) stops at
+    its next save, writing and deleting nothing, and the newer attempt's checkpoint stays."""
+    from pruning_core.objectstore import CHECKPOINT_LATEST, LocalStore
+    from pruning_core.store import StaleAttempt
+    from pruning_worker import train
+
+    rng = np.random.default_rng(0)
+    x, y = rng.random((64, 6), dtype=np.float32), rng.integers(0, 4, 64)
+    store = LocalStore(tmp_path / "artifacts")
+    job_id = "1" * 24
+    newer = train.Checkpoints(store, job_id, store.checkpoint_dir(job_id, tmp_path / "new"), lambda _: None)
+    with train.checkpointing(newer):  # the newer attempt kept its first epoch
+        train.fine_tune(_model(), x, y, pb.TrainingSpec(epochs=1, batch_size=8, validation_split=0.25), [])
+    kept = sorted(p.name for p in newer.directory.iterdir())
+    record = (newer.directory / CHECKPOINT_LATEST).read_bytes()
+
+    def superseded():
+        raise StaleAttempt(f"job {job_id} attempt 1 is stale")
+
+    stale = train.Checkpoints(store, job_id, store.checkpoint_dir(job_id, tmp_path / "old"), lambda _: None, superseded)
+    with train.checkpointing(stale), pytest.raises(StaleAttempt):
+        train.fine_tune(_model(), x, y, pb.TrainingSpec(epochs=3, batch_size=8, validation_split=0.25), [])
+    assert sorted(p.name for p in newer.directory.iterdir()) == kept
+    assert (newer.directory / CHECKPOINT_LATEST).read_bytes() == record
+
+
+def test_a_checkpoint_whose_owner_cannot_be_known_is_skipped(tmp_path):
+    """With the job store away, whose job it is cannot be known: the checkpoint is not kept
+    (it only saves time) and fine-tuning goes on."""
+    import redis
+
+    from pruning_core.objectstore import LocalStore
+    from pruning_worker import train
+
+    rng = np.random.default_rng(0)
+    x, y = rng.random((64, 6), dtype=np.float32), rng.integers(0, 4, 64)
+    store = LocalStore(tmp_path / "artifacts")
+    logs: list[str] = []
+
+    def away():
+        raise redis.ConnectionError("Connection refused")
+
+    checkpoints = train.Checkpoints(store, "2" * 24, store.checkpoint_dir("2" * 24, tmp_path / "w"), logs.append, away)
+    with train.checkpointing(checkpoints):
+        train.fine_tune(_model(), x, y, pb.TrainingSpec(epochs=2, batch_size=8, validation_split=0.25), [])
+    assert checkpoints.latest() is None
+    assert sum("was not kept: the job store did not answer" in line for line in logs) == 2

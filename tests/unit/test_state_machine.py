@@ -57,7 +57,10 @@ def test_claim_runs_a_queued_job_once_per_delivery(redis_url, stores):
         stale.progress(pb.Progress(phase="fine_tune", step=5), force=True)
     with pytest.raises(StaleAttempt):
         stale.finish(pb.JOB_STATE_SUCCEEDED, result=pb.PruneResult(device="stale"))
+    with pytest.raises(StaleAttempt):
+        stale.confirm()  # asked before each epoch checkpoint
     current = Reporter(store, job.id, attempt=2, interval_s=0)
+    current.confirm()
     final = current.finish(pb.JOB_STATE_SUCCEEDED, result=pb.PruneResult(device="CPU"))
     assert final.state == pb.JOB_STATE_SUCCEEDED and final.result.device == "CPU"
     # Terminal states never change again.

@@ -95,13 +95,22 @@ class Reporter:
         self._seconds: dict[str, float] = {}
         self._measured: pb.PruneResult | None = None
 
+    def _owned(self, job: pb.Job) -> None:
+        """Raises StaleAttempt when this attempt no longer owns ``job`` (a newer attempt took it
+        over, or it ended or went back to the queue)."""
+        if job.attempt != self.attempt or job.state in TERMINAL or job.state == pb.JOB_STATE_QUEUED:
+            raise StaleAttempt(f"job {job.id} attempt {self.attempt} is stale")
+
     def _fenced(self, change):
         def mutate(job: pb.Job):
-            if job.attempt != self.attempt or job.state in TERMINAL or job.state == pb.JOB_STATE_QUEUED:
-                raise StaleAttempt(f"job {job.id} attempt {self.attempt} is stale")
+            self._owned(job)
             return change(job)
 
         return mutate
+
+    def confirm(self) -> None:
+        """Raises StaleAttempt when this attempt no longer owns the job, as the store has it now."""
+        self._owned(self.store.get(self.job_id))
 
     def progress(self, progress: pb.Progress, force: bool = False) -> None:
         now = time.monotonic()
@@ -561,7 +570,9 @@ def _run_claimed(store: JobStore, job: pb.Job, settings: Settings) -> pb.Job | N
             with (
                 job_dir(settings.work_path, job_id) as workdir,
                 train.checkpointing(
-                    train.Checkpoints(blobs, job_id, blobs.checkpoint_dir(job_id, workdir), reporter.log)
+                    train.Checkpoints(
+                        blobs, job_id, blobs.checkpoint_dir(job_id, workdir), reporter.log, reporter.confirm
+                    )
                 ),
             ):
                 inputs = pipeline.Inputs.resolve(job.spec, tenant, store, settings)

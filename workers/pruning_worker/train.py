@@ -31,6 +31,7 @@ from pruning_core.objectstore import CHECKPOINT_LATEST, LocalStore, unavailable_
 
 from . import tferrors
 from .callbacks import HistoryCallback
+from .errors import STORE_ERRORS
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +46,10 @@ class Checkpoints:
     job_id: str
     directory: pathlib.Path  # the store's checkpoint_dir for the job
     log: Callable[[str], None]
+    # Raises StaleAttempt once a newer attempt owns the job. Both attempts keep the same keys, and
+    # a checkpoint's save deletes the others, so a stale attempt (its worker cut off from Redis
+    # past the reaper's patience, still training) would delete or overwrite the newer one's.
+    confirm: Callable[[], None] = lambda: None
 
     def latest(self) -> dict[str, Any] | None:
         """{"epoch", "prefix", "history"} of the last checkpoint written, or None."""
@@ -63,7 +68,13 @@ class Checkpoints:
             return None
 
     def save(self, model: Any, epoch: int, history: list[pb.EpochSummary]) -> None:
-        """Writes the checkpoint of ``epoch`` (1-based), then points ``latest.json`` at it."""
+        """Writes the checkpoint of ``epoch`` (1-based), then points ``latest.json`` at it;
+        raises StaleAttempt, writing nothing, once a newer attempt owns the job."""
+        try:
+            self.confirm()
+        except STORE_ERRORS as exc:  # the job store is away: whose job this is cannot be known now
+            self.log(f"the checkpoint of epoch {epoch} was not kept: the job store did not answer ({exc})")
+            return
         self.directory.mkdir(parents=True, exist_ok=True)
         prefix = f"epoch-{epoch}"
         tf.train.Checkpoint(model=model, optimizer=model.optimizer).write(str(self.directory / prefix))
