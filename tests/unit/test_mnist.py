@@ -42,6 +42,10 @@ def test_fallback_when_the_keras_download_fails(offline_mnist, monkeypatch):
     monkeypatch.setattr(datasets, "_keras_mnist", unreachable)
     x_train, _, x_test, _ = datasets.load_builtin("mnist", offline_mnist)
     assert x_train.dtype == np.float32 and 0.0 <= x_train.min() and x_train.max() == 1.0
+    raw_train, _, raw_test, _ = datasets.load_npz(offline_mnist / "mnist.npz")
+    # bit for bit the TFMOT guide's scaling
+    assert np.array_equal(x_train, raw_train.astype("float32") / 255.0)
+    assert np.array_equal(x_test, raw_test.astype("float32") / 255.0) and x_test.dtype == np.float32
     with pytest.raises(JobInputError, match="fetch_mnist.py --data-dir DIR") as missing:
         datasets.load_builtin("mnist", offline_mnist / "missing")
     # It names the setting that places the file, never the worker's own paths
