@@ -9,14 +9,53 @@ to 32 bits and all but one in 2^32 of the rest: what S3 and GCS check transfers 
 
 from __future__ import annotations
 
+import functools
 import os
 
 try:  # zlib-ng's SIMD CRC-32: 0.02 s per GiB here, against zlib's 0.17 s
-    from zlib_ng.zlib_ng import crc32
+    from zlib_ng.zlib_ng import crc32, crc32_combine
 except ImportError:  # a platform without its wheels: the same CRC, slower
     from zlib import crc32
 
-__all__ = ["Crc32", "crc32", "file_crc32"]
+    crc32_combine = None  # type: ignore[assignment]
+
+__all__ = ["Crc32", "combine", "crc32", "file_crc32"]
+
+
+def _times(matrix: list[int], vector: int) -> int:
+    """A 32 x 32 matrix over GF(2) (its columns as ints) times a vector."""
+    out, i = 0, 0
+    while vector:
+        if vector & 1:
+            out ^= matrix[i]
+        vector >>= 1
+        i += 1
+    return out
+
+
+@functools.lru_cache(maxsize=16)
+def _zeros(length: int) -> tuple[int, ...]:
+    """The operator that runs a CRC-32 on over ``length`` zero bytes (zlib's crc32_combine)."""
+    step = [0xEDB88320] + [1 << n for n in range(31)]  # one zero bit
+    for _ in range(3):  # a zero byte
+        step = [_times(step, column) for column in step]
+    operator = [1 << n for n in range(32)]
+    while length:
+        if length & 1:
+            operator = [_times(step, column) for column in operator]
+        length >>= 1
+        if length:
+            step = [_times(step, column) for column in step]
+    return tuple(operator)
+
+
+def combine(first: int, second: int, second_length: int) -> int:
+    """The CRC-32 of two byte strings one after the other, from each one's CRC-32 and the
+    second's length (chunks checked apart, in threads, then as the whole they make)."""
+    if crc32_combine is not None:
+        return crc32_combine(first, second, second_length)
+    return _times(list(_zeros(second_length)), first) ^ second
+
 
 _READ = 4 << 20
 

@@ -607,8 +607,8 @@ class AsyncClient:
                         if retry == DOWNLOAD_RESUMES or not await asyncio.to_thread(download.reopen):
                             raise
                         await asyncio.sleep(RESUME_BACKOFF_S * 2**retry)
-            except BaseException:
-                download.drop_empty()  # one stat: on the loop, cancelled or not
+            except BaseException as error:
+                download.drop_after(error)  # one stat: on the loop, cancelled or not
                 raise
             return await asyncio.to_thread(download.finish)
         finally:

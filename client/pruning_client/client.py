@@ -37,7 +37,7 @@ from pruning.files import DirectWriter
 from pruning.v1 import pruning_pb2 as pb
 from pruning.v1 import pruning_pb2_grpc as pb_grpc
 
-from .exceptions import DeadlineExceeded, IntegrityError, InvalidArgument, OutOfRange, Unavailable, rpc_errors
+from .exceptions import DataLoss, DeadlineExceeded, IntegrityError, InvalidArgument, OutOfRange, Unavailable, rpc_errors
 from .job import UNBOUNDED_WAIT_S, JobHandle, _is_directory
 from .results import JobPlan
 from .sources import DatasetSource, ModelSource, dataset_file, model_file
@@ -673,13 +673,15 @@ class _Download:
         (:mod:`pruning.files`: a GiB costs the SDK a tenth of the CPU on a cold cache)."""
         return DirectWriter(self.part, append=bool(self.offset))
 
-    def drop_empty(self) -> None:
+    def drop_after(self, error: BaseException) -> None:
         """After a failed call: a partial file that received nothing (NOT_FOUND, a refused key)
-        is removed, as there is nothing to resume, and so are the directories made for it while
-        they are empty; one holding bytes stays for the retry."""
+        is removed, as there is nothing to resume, and so is one whose bytes came from a store
+        that lost or changed them (DATA_LOSS: resumed after the artifact is stored again, it
+        would keep them); so are the directories made for it while they are empty. Any other
+        stays for the retry."""
         with contextlib.suppress(OSError):
             # only a partial file of its own: one another download holds is that one's
-            if (self._lock_fd >= 0 or fcntl is None) and self.part.stat().st_size == 0:
+            if (self._lock_fd >= 0 or fcntl is None) and (isinstance(error, DataLoss) or self.part.stat().st_size == 0):
                 self.part.unlink()
         remove_empty_dirs(self.made)
 
@@ -1169,8 +1171,8 @@ class Client:
                         if retry == DOWNLOAD_RESUMES or not download.reopen():
                             raise
                         time.sleep(RESUME_BACKOFF_S * 2**retry)
-            except BaseException:
-                download.drop_empty()
+            except BaseException as error:
+                download.drop_after(error)
                 raise
             return download.finish()
         finally:

@@ -151,6 +151,7 @@ def marked_by_another(theirs: dict, ours: dict[str, str]) -> bool:
     return theirs.get("id") != ours["id"] and not same_place
 
 
+QUARANTINE = "quarantine"  # blobs found changed behind the service's back, set aside
 CHECKPOINT_LATEST = "latest.json"  # names the last checkpoint's files; written after them
 _JOB_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")  # a path component, never ``..``
 
@@ -327,6 +328,20 @@ class LocalStore(BlobStore):
             for future in pending:
                 future.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
+
+    def quarantine(self, artifact_id: str) -> str:
+        """Moves the blob, whose bytes no longer hash to its id, out of the store's way into
+        ``quarantine/`` (kept for an operator to look at): its records find no bytes, and an
+        upload of the content stores it anew. Returns where it went."""
+        dest = self.root / QUARANTINE / f"{self.key(artifact_id)}.{time.time_ns()}"
+        dest.parent.mkdir(exist_ok=True)
+        os.replace(self.path(artifact_id), dest)
+        return str(dest)
+
+    def key(self, artifact_id: str) -> str:
+        if not is_artifact_id(artifact_id):
+            raise ValueError(f"artifact id must be 64 lowercase hex digits, got {artifact_id!r}")
+        return artifact_id
 
     def fetch(self, artifact_id: str, dest: pathlib.Path) -> None:
         """Copies the blob to ``dest`` (a file on this host)."""
@@ -554,10 +569,15 @@ class S3Store(LocalStore):
 
         next(iter(obstore.list(self.objects, prefix="probe/", chunk_size=1)), None)
 
-    def key(self, artifact_id: str) -> str:
-        if not is_artifact_id(artifact_id):
-            raise ValueError(f"artifact id must be 64 lowercase hex digits, got {artifact_id!r}")
-        return artifact_id
+    def quarantine(self, artifact_id: str) -> str:
+        """Copies the object to ``quarantine/`` (kept for an operator to look at), then deletes
+        it: its records find no bytes, and an upload of the content stores it anew."""
+        import obstore
+
+        dest = f"{QUARANTINE}/{self.key(artifact_id)}.{time.time_ns()}"
+        obstore.copy(self.objects, self.key(artifact_id), dest)
+        obstore.delete(self.objects, self.key(artifact_id))
+        return f"{self.key_prefix}{dest}"
 
     def tmp_key(self) -> str:
         return f"{self.tmp_prefix}upload-{uuid.uuid4().hex}"

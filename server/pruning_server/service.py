@@ -17,6 +17,7 @@ import grpc
 from celery import Celery
 from google.rpc import code_pb2
 
+from pruning import checksum
 from pruning.v1 import pruning_pb2 as pb
 from pruning.v1 import pruning_pb2_grpc as pb_grpc
 from pruning.wire import download_chunk
@@ -50,6 +51,27 @@ _SHA256 = re.compile(r"[0-9a-fA-F]{64}")
 _JOB_ID = re.compile(r"[0-9a-f]{24}")
 _RESERVE_AHEAD = 64 * 1024 * 1024  # an upload of unannounced size reserves its quota this far ahead
 _RESERVATION_HOLD_S = 15.0  # renewed every 5 s while its upload goes on; lapses this long after a server died
+
+
+class _WholeCrc:
+    """Frames a download's chunks (in the reading threads, in any order) and keeps each one's
+    CRC-32; :meth:`holds`, asked for each chunk in order, runs the whole file's CRC-32 on and,
+    at the last chunk, tells whether it is the one recorded."""
+
+    def __init__(self, frame: Callable[[int, Any], bytes], recorded: int):
+        self.frame, self.recorded = frame, recorded
+        self.chunks: dict[int, tuple[int, int]] = {}  # offset: (CRC-32, length)
+        self.value = self.position = 0
+
+    def __call__(self, offset: int, data: Any) -> bytes:
+        self.chunks[offset] = (checksum.crc32(data), len(data))
+        return self.frame(offset, data)
+
+    def holds(self, size: int) -> bool:
+        crc, length = self.chunks.pop(self.position)
+        self.value = checksum.combine(self.value, crc, length)
+        self.position += length
+        return self.position < size or self.value == self.recorded
 
 
 class _Held(Exception):
@@ -535,12 +557,18 @@ class PruningService(pb_grpc.PruningServiceServicer):
             raise Failure(grpc.StatusCode.OUT_OF_RANGE, f"offset must be in [0, {record.size}], got {request.offset}")
         # each chunk leaves serialized, framed in the reading thread with one copy of its bytes
         frame = functools.partial(download_chunk, total_size=record.size, sha256=record.id, crc32=record.crc32)
+        # A whole download is checked against the CRC-32 recorded at upload before its last chunk
+        # goes: bytes changed behind the service's back at their size are DATA_LOSS, not a file
+        # the client refuses, and are set aside, so that an upload of the file stores it anew.
+        check = _WholeCrc(frame, record.crc32) if request.offset == 0 and record.crc32 is not None else None
         async with self._slot(self.downloads, tenant):
             # closed on every way out: its read-ahead spare and file go back now, not at garbage collection
-            chunks = self.blobs.read(record.id, request.offset, self.settings.chunk_size, record.size, frame)
+            chunks = self.blobs.read(record.id, request.offset, self.settings.chunk_size, record.size, check or frame)
             stall = _StallWatch(context, self.settings.download_idle_timeout_s)
             try:
                 async for message in chunks:
+                    if check is not None and not check.holds(record.size):
+                        await self._set_aside(record, check)
                     stall.since = time.monotonic()
                     yield message  # back once gRPC took it: the client's window had room
                     stall.since = None
@@ -566,6 +594,26 @@ class PruningService(pb_grpc.PruningServiceServicer):
                         tenant,
                         stall.idle_s,
                     )
+
+    async def _set_aside(self, record: ArtifactRecord, check: _WholeCrc) -> NoReturn:
+        """Bytes that no longer match their record at their size: moved out of the store's way
+        (an upload of the file stores it anew), and DATA_LOSS."""
+        try:
+            where = await asyncio.to_thread(self.blobs.quarantine, record.id)
+        except FileNotFoundError:
+            where = "already set aside"  # another download found it first
+        log.error(
+            "artifact %s: its bytes in the artifact store have CRC-32 %08x, not the %08x recorded; set aside: %s",
+            record.id,
+            check.value,
+            record.crc32,
+            where,
+        )
+        raise Failure(
+            grpc.StatusCode.DATA_LOSS,
+            f"artifact {record.id}: its bytes changed behind the service's back and were set aside: upload the "
+            "file again",
+        )
 
     async def DeleteArtifact(self, request, context):
         tenant = await self._tenant(context)

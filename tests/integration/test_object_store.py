@@ -31,7 +31,7 @@ from conftest import (
     wait_for,
 )
 from pruning.v1 import pruning_pb2 as pb
-from pruning_client import Client, IntegrityError, ResourceExhausted, constant_sparsity, job_spec
+from pruning_client import Client, DataLoss, ResourceExhausted, constant_sparsity, job_spec
 
 pytestmark = pytest.mark.integration
 MiB = 1 << 20
@@ -488,11 +488,16 @@ def test_a_missing_or_tampered_object_is_data_loss_for_a_job(seaweed, s3_env, tm
     assert lost.value.code == code_pb2.DATA_LOSS
     genuine = hashlib.sha256(b"the bytes uploaded").hexdigest()
     obstore.put(store.objects, store.key(genuine), b"other bytes behind the service's back")
-    with pytest.raises(InputDataLoss, match="does not match its sha256"):
+    with pytest.raises(InputDataLoss, match="does not match its sha256.*set aside: upload the file again"):
         cache.path(genuine)
     left = [p.name for p in (tmp_path / "cache").rglob("*") if p.is_file()]
     assert all(name.endswith(".lock") for name in left), left  # no file, no temporary one
-    obstore.delete(store.objects, store.key(genuine))
+    # set aside, kept for an operator: an upload of the content stores it anew
+    assert not store.exists(genuine)
+    aside = [m["path"] for page in obstore.list(store.objects, prefix="quarantine/") for m in page]
+    assert [path.split("/")[1].split(".")[0] for path in aside] == [genuine]
+    assert bytes(obstore.get(store.objects, aside[0]).bytes()) == b"other bytes behind the service's back"
+    obstore.delete(store.objects, aside)
 
 
 def test_a_worker_set_to_a_missing_bucket_sees_an_outage_not_data_loss(seaweed, s3_env, tmp_path):
@@ -887,6 +892,17 @@ def test_the_metrics_say_whether_the_artifact_store_answers(seaweed, s3_env, tmp
         collector.close()
 
 
+def _s3_exists(objects):
+    def exists(artifact_id: str) -> bool:
+        try:
+            obstore.head(objects, artifact_id)
+        except FileNotFoundError:
+            return False
+        return True
+
+    return exists
+
+
 def _changed_download(client: Client, artifact: pb.Artifact, offset: int = 0) -> grpc.RpcError:
     with pytest.raises(grpc.RpcError) as error:
         list(client.stub.DownloadArtifact(pb.DownloadArtifactRequest(artifact_id=artifact.id, offset=offset)))
@@ -903,14 +919,6 @@ def _check_changed_bytes_are_data_loss(client: Client, artifact: pb.Artifact, da
             error = _changed_download(client, artifact, offset)
             assert error.code() == grpc.StatusCode.DATA_LOSS, (len(changed), offset, error.details())
             assert f"not the {len(data)} recorded" in error.details()
-    # the same size, one byte changed: the server serves it, the SDK's check by the CRC-32
-    # recorded at upload refuses it and keeps nothing
-    put(data[:100] + bytes([data[100] ^ 1]) + data[101:])
-    with tempfile.TemporaryDirectory() as scratch, pytest.raises(IntegrityError, match="CRC-32"):
-        try:
-            client.download(artifact.id, pathlib.Path(scratch) / "data.npz")
-        finally:
-            assert list(pathlib.Path(scratch).iterdir()) == []
     put(data)  # as recorded again: served
     assert (
         b"".join(c.data for c in client.stub.DownloadArtifact(pb.DownloadArtifactRequest(artifact_id=artifact.id)))
@@ -918,11 +926,40 @@ def _check_changed_bytes_are_data_loss(client: Client, artifact: pb.Artifact, da
     )
 
 
+def _check_changed_bytes_at_their_size_are_set_aside(client: Client, artifact: pb.Artifact, data: bytes, put, exists):
+    """The same size, one byte changed: a whole download is checked by the server against the
+    CRC-32 recorded at upload before its last chunk goes, and is DATA_LOSS, the SDK keeping
+    nothing; the bytes are set aside, and uploading the file again stores it anew (it was
+    answered "held" after its header, and every download failed until an operator stepped in)."""
+    put(data[:100] + bytes([data[100] ^ 1]) + data[101:])
+    resumed = list(client.stub.DownloadArtifact(pb.DownloadArtifactRequest(artifact_id=artifact.id, offset=200)))
+    assert b"".join(c.data for c in resumed) == data[200:]  # a resumed download's client checks the whole file
+    with tempfile.TemporaryDirectory() as scratch, pytest.raises(DataLoss, match="set aside: upload the file again"):
+        try:
+            client.download(artifact.id, pathlib.Path(scratch) / "data.npz")
+        finally:
+            assert list(pathlib.Path(scratch).iterdir()) == []
+    assert not exists(artifact.id)
+    error = _changed_download(client, artifact)
+    assert error.code() == grpc.StatusCode.DATA_LOSS and "missing" in error.details()
+    with tempfile.NamedTemporaryFile(suffix=".npz") as again:
+        again.write(data)
+        again.flush()
+        assert client.upload_dataset(again.name).id == artifact.id
+    with tempfile.TemporaryDirectory() as scratch:
+        assert client.download(artifact.id, pathlib.Path(scratch) / "data.npz").read_bytes() == data
+
+
 def test_s3_bytes_changed_behind_the_service_are_data_loss(s3_client, seaweed, s3_env, files):
     objects = seaweed.object_store(prefix=s3_env["PRUNING_S3_PREFIX"])
     artifact = s3_client.upload_dataset(files["data"])
     data = files["data"].read_bytes()
     _check_changed_bytes_are_data_loss(s3_client, artifact, data, lambda b: obstore.put(objects, artifact.id, b))
+    _check_changed_bytes_at_their_size_are_set_aside(
+        s3_client, artifact, data, lambda b: obstore.put(objects, artifact.id, b), _s3_exists(objects)
+    )
+    aside = [m["path"] for page in obstore.list(objects, prefix="quarantine/") for m in page]
+    assert len(aside) == 1 and aside[0].startswith(f"quarantine/{artifact.id}.")
 
 
 def test_a_local_file_changed_behind_the_service_is_data_loss(env, files):
@@ -933,5 +970,10 @@ def test_a_local_file_changed_behind_the_service_is_data_loss(env, files):
             artifact = client.upload_dataset(files["data"])
             path = settings.artifacts_path / artifact.id[:2] / artifact.id
             _check_changed_bytes_are_data_loss(client, artifact, path.read_bytes(), path.write_bytes)
+            _check_changed_bytes_at_their_size_are_set_aside(
+                client, artifact, path.read_bytes(), path.write_bytes, lambda i: path.exists()
+            )
+            aside = list((settings.artifacts_path / "quarantine").iterdir())
+            assert len(aside) == 1 and aside[0].name.startswith(f"{artifact.id}.")
     finally:
         server.stop()

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import logging
 import os
 import pathlib
@@ -45,6 +46,14 @@ STALE_FETCH_S = 60.0  # an unlocked temporary file this old was left by a proces
 def _signature(fd: int) -> str:
     stat = os.fstat(fd)
     return f"{stat.st_ino} {stat.st_size} {stat.st_ctime_ns}"
+
+
+# The local store's files this process hashed, each with its state then (see _check_in_place)
+_checked_in_place: dict[str, str] = {}
+
+
+def _changed(artifact_id: str) -> str:
+    return f"artifact {artifact_id} does not match its sha256 in the artifact store; set aside: upload the file again"
 
 
 def _close_all(fds: list[int]) -> None:
@@ -101,6 +110,7 @@ class InputCache:
         if local is not None:
             if not local.is_file():
                 raise InputDataLoss(f"artifact {artifact_id} is missing in the artifact store")
+            self._check_in_place(artifact_id, local)
             return local
         if not is_artifact_id(artifact_id):
             raise ValueError(f"artifact id must be 64 lowercase hex digits, got {artifact_id!r}")
@@ -123,6 +133,33 @@ class InputCache:
             log.warning("could not evict from the input cache %s", self.root, exc_info=True)
         return target
 
+    def _check_in_place(self, artifact_id: str, local: pathlib.Path) -> None:
+        """The local store's own file, used where it is: hashed once per process and state of
+        the file (inode, size, change time), as a fetched file is at its fetch. One that no
+        longer hashes to its id (changed behind the service's back) is set aside, so that an
+        upload of the content stores it anew, and is the job's DATA_LOSS, never its input."""
+        with open(local, "rb") as f:
+            signature = _signature(f.fileno())
+            if _checked_in_place.get(str(local)) == signature:
+                return
+            if hashlib.file_digest(f, "sha256").hexdigest() == artifact_id:
+                _checked_in_place[str(local)] = signature
+                return
+            replaced = os.stat(local).st_ino != os.fstat(f.fileno()).st_ino  # stored again meanwhile
+        if not replaced:
+            self._set_aside(artifact_id)
+        raise InputDataLoss(_changed(artifact_id))
+
+    def _set_aside(self, artifact_id: str) -> None:
+        try:
+            where = self.store.quarantine(artifact_id)
+        except FileNotFoundError:
+            return  # another job found it first
+        except Exception:
+            log.warning("could not set artifact %s aside", artifact_id, exc_info=True)
+            return
+        log.error("artifact %s does not hash to its id in the artifact store; set aside: %s", artifact_id, where)
+
     def _fetch(self, artifact_id: str, target: pathlib.Path) -> int:
         """Fetches the artifact to ``target``, checked; returns its descriptor, held."""
         fd, name = tempfile.mkstemp(dir=target.parent, prefix=".fetch-")
@@ -140,8 +177,10 @@ class InputCache:
                 # (a worker set to the wrong one) answers 404 to every GET as to a lost object,
                 # and would fail every job this worker takes with DATA_LOSS.
                 self.store.probe()
-            what = "does not match its sha256" if isinstance(exc, CorruptArtifact) else "is missing"
-            raise InputDataLoss(f"artifact {artifact_id} {what} in the artifact store") from None
+            if isinstance(exc, CorruptArtifact):
+                self._set_aside(artifact_id)
+                raise InputDataLoss(_changed(artifact_id)) from None
+            raise InputDataLoss(f"artifact {artifact_id} is missing in the artifact store") from None
         except BaseException:
             os.close(fd)
             pathlib.Path(name).unlink(missing_ok=True)

@@ -1,0 +1,76 @@
+"""A job's input in the local store is used where it lies, so nothing fetched it through a
+check: its sha256 is checked once per worker process and state of the file, and a file
+changed behind the service's back is set aside and fails the job with DATA_LOSS instead of
+being trained on."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+
+import pytest
+from google.rpc import code_pb2
+
+from pruning_core.objectstore import LocalStore
+from pruning_worker import cache as cache_module
+from pruning_worker.cache import InputCache
+from pruning_worker.errors import InputDataLoss
+
+
+def _stored(store: LocalStore, data: bytes) -> str:
+    artifact_id = hashlib.sha256(data).hexdigest()
+    path = store.path(artifact_id)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return artifact_id
+
+
+def test_an_input_changed_at_its_size_is_set_aside_and_data_loss(tmp_path, monkeypatch):
+    store = LocalStore(tmp_path / "artifacts")
+    data = os.urandom(100_000)
+    artifact_id = _stored(store, data)
+    cache = InputCache(store, tmp_path / "cache", max_bytes=1 << 20)
+    hashed: list[str] = []
+    digest = hashlib.file_digest
+    monkeypatch.setattr(hashlib, "file_digest", lambda f, name: hashed.append(name) or digest(f, name))
+
+    assert cache.path(artifact_id) == store.path(artifact_id)
+    assert cache.path(artifact_id) == store.path(artifact_id)
+    assert hashed == ["sha256"]  # once: the second use finds the file as it was checked
+
+    store.path(artifact_id).write_bytes(data[:50] + bytes([data[50] ^ 1]) + data[51:])
+    with pytest.raises(InputDataLoss, match="does not match its sha256.*set aside: upload the file again") as lost:
+        cache.path(artifact_id)
+    assert lost.value.code == code_pb2.DATA_LOSS
+    assert not store.path(artifact_id).exists()  # an upload of the file stores it anew
+    (aside,) = (tmp_path / "artifacts" / "quarantine").iterdir()
+    assert aside.name.startswith(f"{artifact_id}.") and aside.read_bytes() != data
+    assert artifact_id not in set(store.ids())
+
+    _stored(store, data)  # uploaded again
+    assert cache.path(artifact_id) == store.path(artifact_id)
+    assert len(hashed) == 3
+
+
+def test_a_file_stored_again_while_it_was_hashed_is_not_set_aside(tmp_path, monkeypatch):
+    """The hash ran over the old file while an upload put the new one in its place: the job
+    fails (it read the old bytes), and the new file stays."""
+    store = LocalStore(tmp_path / "artifacts")
+    data = os.urandom(10_000)
+    artifact_id = _stored(store, data)
+    path = store.path(artifact_id)
+    path.write_bytes(b"x" * len(data))
+    digest = hashlib.file_digest
+
+    def replaced_meanwhile(f, name):
+        out = digest(f, name)
+        fresh = path.with_name("fresh")
+        fresh.write_bytes(data)
+        os.replace(fresh, path)
+        return out
+
+    monkeypatch.setattr(hashlib, "file_digest", replaced_meanwhile)
+    monkeypatch.setattr(cache_module, "_checked_in_place", {})
+    with pytest.raises(InputDataLoss):
+        InputCache(store, tmp_path / "cache", max_bytes=1 << 20).path(artifact_id)
+    assert path.read_bytes() == data and not (tmp_path / "artifacts" / "quarantine").exists()
