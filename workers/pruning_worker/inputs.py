@@ -57,6 +57,28 @@ class Inputs:
             self.cache.release()
 
 
+def as_tensors(data: Data) -> Data:
+    """``data`` with its NumPy arrays made tensors, as Keras makes them (floating arrays in
+    ``floatx``): once for the job, where each ``fit``, ``predict`` and ``evaluate`` handed an
+    array converted it again, with two copies each time (TensorFlow copies the array, then
+    the unaligned copy into the tensor). A tensor's validation split slices it in place. In
+    host memory, as Keras keeps an array: batches go to a GPU as they are trained on."""
+    import tensorflow as tf
+    import tf_keras as keras
+
+    def convert(x: Any) -> Any:
+        if not isinstance(x, np.ndarray):
+            return x
+        with tf.device("/CPU:0"):
+            return tf.convert_to_tensor(
+                x, dtype=keras.backend.floatx() if np.issubdtype(x.dtype, np.floating) else None
+            )
+
+    if isinstance(data, dict):
+        return {k: convert(v) for k, v in data.items()}
+    return [convert(v) for v in data] if isinstance(data, list) else convert(data)
+
+
 def length(data: Data) -> int:
     """The number of samples of an array or a dict of arrays."""
     return len(next(iter(data.values())) if isinstance(data, dict) else data)

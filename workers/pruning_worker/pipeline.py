@@ -25,7 +25,7 @@ from .callbacks import HistoryCallback, ProgressCallback, Reporter, early_stoppi
 from .errors import Cancelled, JobInputError, OutcomeError
 from .evaluate import evaluate
 from .export import KERAS_FILES, check_tflite, export, keras3_twin, load_export
-from .inputs import Inputs, by_output, check, check_split, head, length, output_activations, output_units
+from .inputs import Inputs, as_tensors, by_output, check, check_split, head, length, output_activations, output_units
 from .losses import JobLoss
 from .measure import device_name
 from .structured import step
@@ -60,6 +60,8 @@ def run(
     if t.max_train_samples:
         x_train, y_train = head(x_train, t.max_train_samples), head(y_train, t.max_train_samples)
     check_split(length(x_train), t.validation_split)
+    # What Keras trains, predicts and evaluates on, converted once (the arrays stay for the rest)
+    fit_x, test_x = as_tensors(x_train), as_tensors(x_test)
     if t.seed:
         keras.utils.set_random_seed(t.seed)
     job_loss = JobLoss.of(model, t)  # one loss, or one per output
@@ -95,14 +97,14 @@ def run(
     if not t.skip_baseline:
         reporter.phase(Phase.BASELINE, f"evaluating the baseline on {length(x_test)} test samples")
         model.compile(optimizer=recipe.make_optimizer(t), loss=loss, metrics=job_loss.keras_metrics())
-        result.baseline.CopyFrom(evaluate(model, x_test, y_test, t, "baseline evaluation"))
+        result.baseline.CopyFrom(evaluate(model, test_x, y_test, t, "baseline evaluation"))
 
     original = model
     taught: distill.Distillation | None = None
     if t.distillation:  # the teacher's outputs now, before pruning changes a weight
         prepared = distill.prepare(
             model,
-            x_train,
+            fit_x,
             y_train,
             job_loss.single or "set per output",
             t.distillation_alpha,
@@ -175,7 +177,7 @@ def run(
         stopper = early_stopping(t.early_stopping_patience, final_step, steps, on_accuracy)
         callbacks.append(stopper)
     try:
-        result.fine_tune_seconds = fine_tune(pruned, x_train, taught.targets if taught else y_train, t, callbacks)
+        result.fine_tune_seconds = fine_tune(pruned, fit_x, taught.targets if taught else y_train, t, callbacks)
     finally:  # a job failing in training (its time limit) keeps the epochs it ran
         result.history.extend(history.history)
     if taught:  # evaluated on the task's own loss, like the baseline
@@ -195,7 +197,7 @@ def run(
     )
 
     reporter.phase(Phase.EVALUATE, "evaluating the pruned model")
-    result.pruned.CopyFrom(evaluate(pruned, x_test, y_test, t, "evaluation of the pruned model"))
+    result.pruned.CopyFrom(evaluate(pruned, test_x, y_test, t, "evaluation of the pruned model"))
     if not (math.isfinite(result.pruned.loss) and math.isfinite(result.pruned.accuracy)):
         also = f" and accuracy {result.pruned.accuracy}" if result.pruned.HasField("accuracy") else ""
         raise OutcomeError(

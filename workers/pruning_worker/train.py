@@ -157,6 +157,10 @@ def fine_tune(model: Any, x: np.ndarray, y: np.ndarray, t: pb.TrainingSpec, call
             log.warning("the checkpoint in %s does not fit this model (%s); starting over", checkpoints.directory, exc)
             checkpoints.clear()
         callbacks.append(_Checkpoint(checkpoints, history))
+    if hasattr(model.optimizer, "build"):
+        # Its slots made before fit: made by the first step, inside the trace of the training
+        # function, they had tf.function trace it a second time (variables created on its first call)
+        model.optimizer.build(model.trainable_variables)
     with tferrors.step("fine-tuning"):
         model.fit(
             x,
