@@ -586,6 +586,7 @@ class _Download:
             self.part.unlink()
         self.resume = resume
         self._lock_fd = -1  # the partial file, held under an exclusive flock (:meth:`lock`)
+        self._unlocked = fcntl is None  # no flock here (Windows, some mounts): the partial file is this call's
         self.offset = self.part.stat().st_size if resume and self.part.exists() else 0
         # the check's state over those bytes: read by :meth:`refresh`, once the file is locked
         self.digest, self.hashing, self.crc = hashlib.sha256(), verify == "sha256", Crc32()
@@ -615,6 +616,7 @@ class _Download:
                         # a file system without flock (NFS without lockd, Lustre without -o flock,
                         # some FUSE and SMB mounts): downloads go on unserialized, as on Windows
                         os.close(fd)
+                        self._unlocked = True
                         return True
                     if os.path.samestat(os.fstat(fd), os.stat(self.part)):
                         self._lock_fd = fd
@@ -681,7 +683,8 @@ class _Download:
         stays for the retry."""
         with contextlib.suppress(OSError):
             # only a partial file of its own: one another download holds is that one's
-            if (self._lock_fd >= 0 or fcntl is None) and (isinstance(error, DataLoss) or self.part.stat().st_size == 0):
+            mine = self._lock_fd >= 0 or self._unlocked
+            if mine and (isinstance(error, DataLoss) or self.part.stat().st_size == 0):
                 self.part.unlink()
         remove_empty_dirs(self.made)
 

@@ -48,7 +48,7 @@ from typing import TYPE_CHECKING, Any
 from pruning.checksum import Crc32
 from pruning.files import UncachedReader
 
-from .blobs import BlobStore, BlobWriter, Stored, is_artifact_id
+from .blobs import BlobStore, BlobWriter, Stored, _put_back, is_artifact_id
 from .settings import Settings, redacted_url
 from .transfer import Buffer, Sink
 
@@ -62,6 +62,8 @@ MiB = 1 << 20
 
 class CorruptArtifact(OSError):
     """An artifact's bytes read back from the store do not hash to its id."""
+
+    version: Version | None = None  # the stored version read, where known (see quarantine)
 
 
 class StoreUnavailable(OSError):
@@ -157,6 +159,14 @@ _JOB_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")  # a path component, never ``..``
 
 
 Frame = Callable[[int, bytes | memoryview], bytes]  # (offset, chunk) -> the bytes to send
+# Which stored version of a blob a read found (a file's device and inode; an object's ETag and
+# Last-Modified): a quarantine of the bytes it read leaves a version stored since in place.
+Version = tuple[Any, Any]
+Opened = Callable[[Version], None]
+
+
+def _file_version(info: os.stat_result) -> Version:
+    return (info.st_dev, info.st_ino)
 
 
 def _size_differs(artifact_id: str, where: str, stored: int, recorded: int) -> CorruptArtifact:
@@ -284,6 +294,7 @@ class LocalStore(BlobStore):
         chunk: int = MiB,
         size: int | None = None,
         frame: Frame | None = None,
+        opened: Opened | None = None,
     ) -> AsyncGenerator[bytes, None]:
         """The blob's bytes from ``offset`` in chunks of ``chunk``, read ahead off the event
         loop (up to ``readahead`` positional reads in flight: one, and more while the store's
@@ -295,6 +306,8 @@ class LocalStore(BlobStore):
         (an upload written past it) is read past it too (:class:`~pruning.files.UncachedReader`):
         the reads of a cold GiB cost 0.1-0.2 s of CPU instead of 1.5-3 s (README, Benchmarks)."""
         reader = UncachedReader(self.path(artifact_id), direct=self.direct)
+        if opened is not None:
+            opened(_file_version(os.fstat(reader.fd)))  # the file read, whatever is put in its place
         held = 0  # spare chunks taken: the reads in flight beyond the first
         pending: collections.deque[asyncio.Future[bytes]] = collections.deque()
         try:
@@ -329,13 +342,22 @@ class LocalStore(BlobStore):
                 future.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
 
-    def quarantine(self, artifact_id: str) -> str:
+    def quarantine(self, artifact_id: str, version: Version | None = None) -> str | None:
         """Moves the blob, whose bytes no longer hash to its id, out of the store's way into
         ``quarantine/`` (kept for an operator to look at): its records find no bytes, and an
-        upload of the content stores it anew. Returns where it went."""
+        upload of the content stores it anew. Returns where it went. With ``version`` (what
+        the read that found the bytes changed had opened), a file stored again since (an
+        upload of the content, once another read set the changed one aside) is left in place,
+        and None returned."""
+        path = self.path(artifact_id)
+        if version is not None and _file_version(path.stat()) != version:
+            return None
         dest = self.root / QUARANTINE / f"{self.key(artifact_id)}.{time.time_ns()}"
         dest.parent.mkdir(exist_ok=True)
-        os.replace(self.path(artifact_id), dest)
+        os.replace(path, dest)
+        if version is not None and _file_version(dest.stat()) != version:
+            _put_back(dest, path)  # stored again between the look and the move
+            return None
         return str(dest)
 
     def key(self, artifact_id: str) -> str:
@@ -569,14 +591,28 @@ class S3Store(LocalStore):
 
         next(iter(obstore.list(self.objects, prefix="probe/", chunk_size=1)), None)
 
-    def quarantine(self, artifact_id: str) -> str:
+    def quarantine(self, artifact_id: str, version: Version | None = None) -> str | None:
         """Copies the object to ``quarantine/`` (kept for an operator to look at), then deletes
-        it: its records find no bytes, and an upload of the content stores it anew."""
+        it: its records find no bytes, and an upload of the content stores it anew. With
+        ``version`` (the ETag and Last-Modified the read found), an object written since (the
+        content stored again) is left in place, and None returned. S3 has no conditional delete
+        here: an upload landing between the last look and the delete is still lost."""
         import obstore
 
-        dest = f"{QUARANTINE}/{self.key(artifact_id)}.{time.time_ns()}"
-        obstore.copy(self.objects, self.key(artifact_id), dest)
-        obstore.delete(self.objects, self.key(artifact_id))
+        key = self.key(artifact_id)
+
+        def current() -> Version:
+            meta = obstore.head(self.objects, key)  # FileNotFoundError: set aside already
+            return (meta["e_tag"], meta["last_modified"])
+
+        if version is not None and current() != version:
+            return None
+        dest = f"{QUARANTINE}/{key}.{time.time_ns()}"
+        obstore.copy(self.objects, key, dest)
+        if version is not None and current() != version:
+            obstore.delete(self.objects, dest)  # a copy of the bytes stored since
+            return None
+        obstore.delete(self.objects, key)
         return f"{self.key_prefix}{dest}"
 
     def tmp_key(self) -> str:
@@ -607,16 +643,19 @@ class S3Store(LocalStore):
         chunk: int = MiB,
         size: int | None = None,
         frame: Frame | None = None,
+        opened: Opened | None = None,
     ) -> AsyncGenerator[bytes, None]:
         """A ranged GET from ``offset`` (a resumed download re-reads nothing before it),
         streamed by obstore off the event loop and cut into chunks of at most ``chunk``
         (each ``frame(its offset, its bytes)`` when ``frame`` is given)."""
         position = offset
-        async for data in self._read(artifact_id, offset, chunk, size):
+        async for data in self._read(artifact_id, offset, chunk, size, opened):
             yield data if frame is None else frame(position, data)
             position += len(data)
 
-    async def _read(self, artifact_id: str, offset: int, chunk: int, size: int | None) -> AsyncIterator[bytes]:
+    async def _read(
+        self, artifact_id: str, offset: int, chunk: int, size: int | None, opened: Opened | None = None
+    ) -> AsyncIterator[bytes]:
         import obstore
 
         if size is not None and offset >= size:
@@ -639,6 +678,8 @@ class S3Store(LocalStore):
             raise _size_differs(artifact_id, "object", stored, size) from None
         if size is not None and result.meta["size"] != size:
             raise _size_differs(artifact_id, "object", result.meta["size"], size)
+        if opened is not None:
+            opened((result.meta["e_tag"], result.meta["last_modified"]))
         carry = bytearray()  # the tail of a part, completed by the next one
         async for part in result.stream(min_chunk_size=chunk):
             view, start = memoryview(part), 0  # a view: each byte is copied once, into its chunk
@@ -668,7 +709,9 @@ class S3Store(LocalStore):
                 out.write(part)
         if digest.hexdigest() != artifact_id:
             dest.unlink(missing_ok=True)
-            raise CorruptArtifact(f"artifact {artifact_id} read back from S3 does not match its sha256")
+            corrupt = CorruptArtifact(f"artifact {artifact_id} read back from S3 does not match its sha256")
+            corrupt.version = (result.meta["e_tag"], result.meta["last_modified"])  # what was read
+            raise corrupt
 
     def _checkpoint_key(self, job_id: str, name: str = "") -> str:
         _check_job_id(job_id)

@@ -62,6 +62,10 @@ class _WholeCrc:
         self.frame, self.recorded = frame, recorded
         self.chunks: dict[int, tuple[int, int]] = {}  # offset: (CRC-32, length)
         self.value = self.position = 0
+        self.version: objectstore.Version | None = None  # the stored version read
+
+    def opened(self, version: objectstore.Version) -> None:
+        self.version = version
 
     def __call__(self, offset: int, data: Any) -> bytes:
         self.chunks[offset] = (checksum.crc32(data), len(data))
@@ -563,7 +567,11 @@ class PruningService(pb_grpc.PruningServiceServicer):
         check = _WholeCrc(frame, record.crc32) if request.offset == 0 and record.crc32 is not None else None
         async with self._slot(self.downloads, tenant):
             # closed on every way out: its read-ahead spare and file go back now, not at garbage collection
-            chunks = self.blobs.read(record.id, request.offset, self.settings.chunk_size, record.size, check or frame)
+            chunks = (
+                self.blobs.read(record.id, request.offset, self.settings.chunk_size, record.size, check, check.opened)
+                if check is not None
+                else self.blobs.read(record.id, request.offset, self.settings.chunk_size, record.size, frame)
+            )
             stall = _StallWatch(context, self.settings.download_idle_timeout_s)
             try:
                 async for message in chunks:
@@ -599,9 +607,20 @@ class PruningService(pb_grpc.PruningServiceServicer):
         """Bytes that no longer match their record at their size: moved out of the store's way
         (an upload of the file stores it anew), and DATA_LOSS."""
         try:
-            where = await asyncio.to_thread(self.blobs.quarantine, record.id)
+            # only the version this download read: the content stored again since stays
+            where = await asyncio.to_thread(self.blobs.quarantine, record.id, check.version)
         except FileNotFoundError:
             where = "already set aside"  # another download found it first
+        except Exception as exc:  # the bytes read are still not the ones recorded
+            log.warning("artifact %s: could not set its changed bytes aside", record.id, exc_info=True)
+            log.error("artifact %s: its bytes changed behind the service's back; not set aside: %s", record.id, exc)
+            raise Failure(
+                grpc.StatusCode.DATA_LOSS,
+                f"artifact {record.id}: its bytes changed behind the service's back, and could not be set aside "
+                "(see the server log)",
+            ) from None
+        if where is None:
+            where = "not set aside: stored again since this download read them"
         log.error(
             "artifact %s: its bytes in the artifact store have CRC-32 %08x, not the %08x recorded; set aside: %s",
             record.id,

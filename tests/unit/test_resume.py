@@ -140,3 +140,42 @@ def test_a_checkpoint_whose_owner_cannot_be_known_is_skipped(tmp_path):
         train.fine_tune(_model(), x, y, pb.TrainingSpec(epochs=2, batch_size=8, validation_split=0.25), [])
     assert checkpoints.latest() is None
     assert sum("was not kept: the job store did not answer" in line for line in logs) == 2
+
+
+def test_a_stale_attempt_whose_resume_fails_deletes_nothing_of_the_newer_attempt_s(tmp_path):
+    """A stale attempt that cannot read the checkpoint it finds (the newer attempt rotated the
+    epoch it named away meanwhile, or it does not fit) starts over, which deletes the job's
+    checkpoints: fenced too, it stops instead, and the newer attempt's checkpoint stays."""
+    from pruning_core.objectstore import CHECKPOINT_LATEST, LocalStore
+    from pruning_core.store import StaleAttempt
+    from pruning_worker import train
+
+    rng = np.random.default_rng(0)
+    x, y = rng.random((64, 6), dtype=np.float32), rng.integers(0, 4, 64)
+    store = LocalStore(tmp_path / "artifacts")
+    job_id = "3" * 24
+    newer = train.Checkpoints(store, job_id, store.checkpoint_dir(job_id, tmp_path / "new"), lambda _: None)
+    with train.checkpointing(newer):
+        train.fine_tune(_model(), x, y, pb.TrainingSpec(epochs=1, batch_size=8, validation_split=0.25), [])
+    kept = sorted(p.name for p in newer.directory.iterdir())
+    assert CHECKPOINT_LATEST in kept
+
+    def superseded():
+        raise StaleAttempt(f"job {job_id} attempt 1 is stale")
+
+    stale = train.Checkpoints(store, job_id, store.checkpoint_dir(job_id, tmp_path / "old"), lambda _: None, superseded)
+    other = _model_of_width(5)  # the checkpoint does not fit it: its resume fails
+    with train.checkpointing(stale), pytest.raises(StaleAttempt):
+        train.fine_tune(other, x, y, pb.TrainingSpec(epochs=3, batch_size=8, validation_split=0.25), [])
+    assert sorted(p.name for p in newer.directory.iterdir()) == kept
+
+
+def _model_of_width(width: int):
+    import tensorflow_model_optimization as tfmot
+    import tf_keras as keras
+
+    plain = keras.Sequential([keras.layers.InputLayer(input_shape=(6,)), keras.layers.Dense(width)])
+    schedule = tfmot.sparsity.keras.ConstantSparsity(0.5, 0, frequency=1)
+    model = tfmot.sparsity.keras.prune_low_magnitude(plain, pruning_schedule=schedule)
+    model.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    return model

@@ -32,7 +32,7 @@ import time
 import weakref
 
 from pruning_core.blobs import is_artifact_id
-from pruning_core.objectstore import CorruptArtifact, LocalStore, missing_errors, open_store
+from pruning_core.objectstore import CorruptArtifact, LocalStore, Version, missing_errors, open_store
 from pruning_core.settings import Settings
 
 from .errors import InputDataLoss
@@ -145,19 +145,21 @@ class InputCache:
             if hashlib.file_digest(f, "sha256").hexdigest() == artifact_id:
                 _checked_in_place[str(local)] = signature
                 return
-            replaced = os.stat(local).st_ino != os.fstat(f.fileno()).st_ino  # stored again meanwhile
-        if not replaced:
-            self._set_aside(artifact_id)
+            read = os.fstat(f.fileno())
+        # the file hashed, never one stored again meanwhile (the quarantine looks at its inode)
+        self._set_aside(artifact_id, (read.st_dev, read.st_ino))
         raise InputDataLoss(_changed(artifact_id))
 
-    def _set_aside(self, artifact_id: str) -> None:
+    def _set_aside(self, artifact_id: str, version: Version | None = None) -> None:
         try:
-            where = self.store.quarantine(artifact_id)
+            where = self.store.quarantine(artifact_id, version)
         except FileNotFoundError:
             return  # another job found it first
         except Exception:
             log.warning("could not set artifact %s aside", artifact_id, exc_info=True)
             return
+        if where is None:
+            return  # stored again since it was read: those bytes are someone's good upload
         log.error("artifact %s does not hash to its id in the artifact store; set aside: %s", artifact_id, where)
 
     def _fetch(self, artifact_id: str, target: pathlib.Path) -> int:
@@ -178,7 +180,7 @@ class InputCache:
                 # and would fail every job this worker takes with DATA_LOSS.
                 self.store.probe()
             if isinstance(exc, CorruptArtifact):
-                self._set_aside(artifact_id)
+                self._set_aside(artifact_id, exc.version)
                 raise InputDataLoss(_changed(artifact_id)) from None
             raise InputDataLoss(f"artifact {artifact_id} is missing in the artifact store") from None
         except BaseException:

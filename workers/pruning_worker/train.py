@@ -89,6 +89,14 @@ class Checkpoints:
             self.log(f"the checkpoint of epoch {epoch} was not kept in the artifact store: {exc}")
 
     def clear(self) -> None:
+        """Deletes the job's checkpoints (one that does not fit: the attempt starts over);
+        raises StaleAttempt, deleting nothing, once a newer attempt owns the job (they are the
+        newer attempt's then: with the local store, even the directory is shared)."""
+        try:
+            self.confirm()
+        except STORE_ERRORS as exc:  # whose they are cannot be known: left, the next save replaces them
+            self.log(f"the checkpoints were not deleted: the job store did not answer ({exc})")
+            return
         shutil.rmtree(self.directory, ignore_errors=True)
         try:
             self.store.drop_checkpoints(self.job_id)
