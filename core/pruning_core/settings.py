@@ -91,19 +91,19 @@ class Settings(BaseSettings):
         64 * MiB, description="largest model configuration (config.json, model_config) parsed at upload"
     )
     chunk_size: int = Field(1 * MiB, description="download chunk size")
-    redis_max_connections: int = Field(100, description="connections in the server's Redis pool")
+    redis_max_connections: int = Field(100, ge=1, description="connections in the server's Redis pool")
     redis_pool_timeout_s: float = Field(
         5.0, description="how long a request waits for a free pooled Redis connection (then UNAVAILABLE)"
     )
-    max_watches: int = Field(4096, description="concurrent WatchJob and WatchSweep streams per server process")
+    max_watches: int = Field(4096, ge=1, description="concurrent WatchJob and WatchSweep streams per server process")
     max_watches_per_tenant: int = Field(
-        256, description="concurrent WatchJob and WatchSweep streams of one tenant per server process"
+        256, ge=1, description="concurrent WatchJob and WatchSweep streams of one tenant per server process"
     )
-    max_uploads: int = Field(256, description="concurrent uploads per server process")
-    max_uploads_per_tenant: int = Field(16, description="concurrent uploads of one tenant per server process")
-    max_downloads: int = Field(256, description="concurrent downloads per server process")
+    max_uploads: int = Field(256, ge=1, description="concurrent uploads per server process")
+    max_uploads_per_tenant: int = Field(16, ge=1, description="concurrent uploads of one tenant per server process")
+    max_downloads: int = Field(256, ge=1, description="concurrent downloads per server process")
     max_downloads_per_tenant: int = Field(
-        16, description="concurrent downloads of one tenant per server process (each holds its read-ahead chunks)"
+        16, ge=1, description="concurrent downloads of one tenant per server process (each holds its read-ahead chunks)"
     )
     max_stored_bytes_per_tenant: int = Field(
         50 * 1024 * MiB,
@@ -119,6 +119,7 @@ class Settings(BaseSettings):
     )
     upload_idle_timeout_s: float = Field(
         60.0,
+        gt=0,
         description="an upload that sends no byte for this long (empty messages are no progress) is dropped "
         "(DEADLINE_EXCEEDED)",
     )
@@ -139,7 +140,7 @@ class Settings(BaseSettings):
         "the housekeeping once at least this old",
     )
     housekeeping_interval_s: float = Field(
-        300.0, description="how often a server sweeps orphaned temp files and enforces retention"
+        300.0, gt=0, description="how often a server sweeps orphaned temp files and enforces retention"
     )
     job_retention_s: float = Field(
         30 * 86400.0,
@@ -153,39 +154,41 @@ class Settings(BaseSettings):
         "record points to them); 0 = kept",
     )
     retry_after_s: float = Field(
-        5.0, description="the retry hint (google.rpc.RetryInfo) of a RESOURCE_EXHAUSTED answer"
+        5.0, ge=0, description="the retry hint (google.rpc.RetryInfo) of a RESOURCE_EXHAUSTED answer"
     )
-    watch_block_s: float = Field(5.0, description="longest single blocking read of the shared watch reader")
+    watch_block_s: float = Field(5.0, gt=0, description="longest single blocking read of the shared watch reader")
     watch_buffer: int = Field(
         1000, description="events buffered per watch stream before it reads the job's stream itself"
     )
     watch_recheck_s: float = Field(
-        30.0, description="an idle watch stream checks its job's state this often (ends it if the job ended)"
+        30.0, gt=0, description="an idle watch stream checks its job's state this often (ends it if the job ended)"
     )
     max_error_bytes: int = Field(
         200,
+        ge=32,
         description="echoed text in an error answer (message, each field) is cut to this, a description to twice this",
     )
-    max_violations: int = Field(10, description="field violations kept in one INVALID_ARGUMENT answer")
+    max_violations: int = Field(10, ge=1, description="field violations kept in one INVALID_ARGUMENT answer")
     health_check_interval_s: float = Field(
-        2.0, description="how often the server pings Redis; health is NOT_SERVING while it cannot"
+        2.0, gt=0, description="how often the server pings Redis; health is NOT_SERVING while it cannot"
     )
     api_keys: str = Field("", description="'key=tenant,key2=tenant2'; empty disables authentication")
     tls_cert_file: pathlib.Path | None = None
     tls_key_file: pathlib.Path | None = None
-    event_interval_s: float = Field(0.5, description="least time between two progress events of a job")
-    grace_s: float = Field(5.0, description="graceful shutdown period of the server")
+    event_interval_s: float = Field(0.5, ge=0, description="least time between two progress events of a job")
+    grace_s: float = Field(5.0, ge=0, description="graceful shutdown period of the server")
     job_time_limit_s: float = Field(
         0.0,
+        ge=0,
         description="an attempt of a job running longer fails it with DEADLINE_EXCEEDED (an attempt resumed "
         "after its worker was lost has the limit anew); 0 = no limit",
     )
-    heartbeat_interval_s: float = Field(10.0, description="how often a worker marks its running job alive")
+    heartbeat_interval_s: float = Field(10.0, gt=0, description="how often a worker marks its running job alive")
     sweep_interval_s: float = Field(
         1.0, gt=0, description="how often a server checks the trials of running sweeps and queues the next ones"
     )
     reap_after_s: float = Field(
-        120.0, description="a running job silent this long is re-queued (its worker is presumed dead); 0 = never"
+        120.0, ge=0, description="a running job silent this long is re-queued (its worker is presumed dead); 0 = never"
     )
     worker_drain_s: float = Field(
         0.0,
@@ -244,7 +247,7 @@ class Settings(BaseSettings):
         description="multipart upload part size (S3 needs at least 5 MiB, and allows 10,000 parts, so it must "
         "cover max_upload_bytes / 10,000); an upload holds up to part size x (s3_max_concurrency + 1) in memory",
     )
-    s3_max_concurrency: int = Field(2, description="parts of one transfer in flight at once")
+    s3_max_concurrency: int = Field(2, ge=1, description="parts of one transfer in flight at once")
     s3_timeout_s: float = Field(
         30.0,
         gt=0,
@@ -292,7 +295,7 @@ class Settings(BaseSettings):
     )
     keepalive_timeout_s: float = Field(20.0, gt=0, description="how long a keepalive ping may go unanswered")
     upload_pipeline_depth: int = Field(
-        8, description="chunks of one upload received but not yet hashed and written (memory per upload)"
+        8, ge=1, description="chunks of one upload received but not yet hashed and written (memory per upload)"
     )
     upload_pipeline_max_bytes: int = Field(
         8 * MiB,
@@ -314,13 +317,14 @@ class Settings(BaseSettings):
     )
     dataset_cache_bytes: int = Field(
         2048 * MiB,
+        ge=0,
         description="datasets a worker process keeps loaded (read-only) for the next job on the same data; 0 = none",
     )
     cache_dir: pathlib.Path | None = Field(
         None, description="a worker's content-addressed cache of fetched inputs; default <state_dir>/cache"
     )
     cache_max_bytes: int = Field(
-        10 * 1024 * MiB, description="size bound of a worker's input cache (least recently used files go first)"
+        10 * 1024 * MiB, ge=0, description="size bound of a worker's input cache (least recently used files go first)"
     )
 
     @field_validator("listen")

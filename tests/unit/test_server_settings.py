@@ -155,3 +155,26 @@ def test_a_malformed_listen_address_is_refused(given):
 
     with pytest.raises(ValueError, match="must be host:port"):
         listen_address(given)
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("PRUNING_UPLOAD_IDLE_TIMEOUT_S", "0"),  # every upload dropped at once
+        ("PRUNING_HOUSEKEEPING_INTERVAL_S", "0"),  # the housekeeping in a busy loop
+        ("PRUNING_HEARTBEAT_INTERVAL_S", "0"),
+        ("PRUNING_REAP_AFTER_S", "-1"),
+        ("PRUNING_MAX_UPLOADS_PER_TENANT", "0"),  # every upload refused
+        ("PRUNING_REDIS_MAX_CONNECTIONS", "0"),
+        ("PRUNING_MAX_ERROR_BYTES", "3"),  # every message cut to "..."
+    ],
+)
+def test_settings_outside_their_bounds_are_refused_at_start(monkeypatch, variable, value):
+    """Each is exit 2 at start (invalid settings), not a service that drops, refuses or spins."""
+    from pydantic import ValidationError
+
+    from pruning_core.settings import Settings
+
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ValidationError, match=variable.removeprefix("PRUNING_").lower()):
+        Settings()
