@@ -173,8 +173,10 @@ class Settings(BaseSettings):
         2.0, gt=0, description="how often the server pings Redis; health is NOT_SERVING while it cannot"
     )
     api_keys: str = Field("", description="'key=tenant,key2=tenant2'; empty disables authentication")
-    tls_cert_file: pathlib.Path | None = None
-    tls_key_file: pathlib.Path | None = None
+    tls_cert_file: pathlib.Path | None = Field(
+        None, description="the server's certificate chain (PEM); with tls_key_file, the server serves TLS only"
+    )
+    tls_key_file: pathlib.Path | None = Field(None, description="the private key of tls_cert_file (PEM)")
     event_interval_s: float = Field(0.5, ge=0, description="least time between two progress events of a job")
     grace_s: float = Field(5.0, ge=0, description="graceful shutdown period of the server")
     job_time_limit_s: float = Field(
