@@ -93,3 +93,16 @@ def test_a_set_aside_leaves_the_content_stored_again_since_it_was_read(tmp_path)
     assert store.quarantine(artifact_id, read) is None
     assert path.read_bytes() == data and not (tmp_path / "artifacts" / "quarantine").exists()
     assert store.quarantine(artifact_id, _file_version(path.stat())) is not None  # the one read goes
+
+
+def test_the_files_remembered_as_checked_are_bounded(tmp_path, monkeypatch):
+    """A worker process that runs many jobs on many local inputs remembers at most
+    CHECKED_IN_PLACE_MAX checked files, forgetting the oldest first."""
+    monkeypatch.setattr(cache_module, "_checked_in_place", {})
+    monkeypatch.setattr(cache_module, "CHECKED_IN_PLACE_MAX", 3)
+    store = LocalStore(tmp_path / "artifacts")
+    cache = InputCache(store, tmp_path / "cache", max_bytes=1 << 20)
+    ids = [_stored(store, os.urandom(100)) for _ in range(5)]
+    for artifact_id in ids:
+        cache.path(artifact_id)
+    assert list(cache_module._checked_in_place) == [str(store.path(i)) for i in ids[2:]]

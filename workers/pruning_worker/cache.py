@@ -50,6 +50,7 @@ def _signature(fd: int) -> str:
 
 # The local store's files this process hashed, each with its state then (see _check_in_place)
 _checked_in_place: dict[str, str] = {}
+CHECKED_IN_PLACE_MAX = 4096  # files remembered; the oldest checked is forgotten first (hashed again if used)
 
 
 def _changed(artifact_id: str) -> str:
@@ -143,7 +144,10 @@ class InputCache:
             if _checked_in_place.get(str(local)) == signature:
                 return
             if hashlib.file_digest(f, "sha256").hexdigest() == artifact_id:
+                _checked_in_place.pop(str(local), None)  # last in the order: the oldest goes first
                 _checked_in_place[str(local)] = signature
+                while len(_checked_in_place) > CHECKED_IN_PLACE_MAX:
+                    del _checked_in_place[next(iter(_checked_in_place))]
                 return
             read = os.fstat(f.fileno())
         # the file hashed, never one stored again meanwhile (the quarantine looks at its inode)
