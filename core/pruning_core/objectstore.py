@@ -360,6 +360,13 @@ class LocalStore(BlobStore):
             return None
         return str(dest)
 
+    def set_aside(self) -> int:
+        """How many blobs :meth:`quarantine` set aside and an operator has not removed yet."""
+        try:
+            return sum(1 for _ in (self.root / QUARANTINE).iterdir())
+        except FileNotFoundError:
+            return 0
+
     def key(self, artifact_id: str) -> str:
         if not is_artifact_id(artifact_id):
             raise ValueError(f"artifact id must be 64 lowercase hex digits, got {artifact_id!r}")
@@ -614,6 +621,11 @@ class S3Store(LocalStore):
             return None
         obstore.delete(self.objects, key)
         return f"{self.key_prefix}{dest}"
+
+    def set_aside(self) -> int:
+        import obstore
+
+        return sum(len(page) for page in obstore.list(self.objects, prefix=f"{QUARANTINE}/"))
 
     def tmp_key(self) -> str:
         return f"{self.tmp_prefix}upload-{uuid.uuid4().hex}"

@@ -43,6 +43,19 @@ class JobMetricsCollector(Collector):
             answers = False
         store_up.add_metric([], 1 if answers else 0)
         yield store_up
+        if answers:
+            try:
+                count = self.artifacts.set_aside()
+            except Exception:
+                log.warning("metrics: could not count the blobs set aside", exc_info=True)
+            else:
+                aside = GaugeMetricFamily(
+                    "pruning_artifacts_set_aside",
+                    "blobs found changed behind the service's back and moved to the artifact store's quarantine/ "
+                    "(kept for an operator to look at and remove)",
+                )
+                aside.add_metric([], count)
+                yield aside
         up = GaugeMetricFamily("pruning_redis_up", "1 when the job store answered this scrape")
         try:
             families = list(self._read())

@@ -957,16 +957,30 @@ def _check_changed_bytes_at_their_size_are_set_aside(client: Client, artifact: p
         assert client.download(artifact.id, pathlib.Path(scratch) / "data.npz").read_bytes() == data
 
 
-def test_s3_bytes_changed_behind_the_service_are_data_loss(s3_client, seaweed, s3_env, files):
+def _set_aside_metric(settings) -> float:
+    """pruning_artifacts_set_aside as a scrape of the server's metrics reads it."""
+    from pruning_server.telemetry import JobMetricsCollector
+
+    collector = JobMetricsCollector(settings)
+    try:
+        return next(m for m in collector.collect() if m.name == "pruning_artifacts_set_aside").samples[0].value
+    finally:
+        collector.close()
+
+
+def test_s3_bytes_changed_behind_the_service_are_data_loss(s3_client, seaweed, s3_env, files, tmp_path):
     objects = seaweed.object_store(prefix=s3_env["PRUNING_S3_PREFIX"])
     artifact = s3_client.upload_dataset(files["data"])
     data = files["data"].read_bytes()
+    metrics = settings_for(s3_env, state_dir=str(tmp_path / "metrics"))
+    before = _set_aside_metric(metrics)
     _check_changed_bytes_are_data_loss(s3_client, artifact, data, lambda b: obstore.put(objects, artifact.id, b))
     _check_changed_bytes_at_their_size_are_set_aside(
         s3_client, artifact, data, lambda b: obstore.put(objects, artifact.id, b), _s3_exists(objects)
     )
     aside = _set_aside_objects(objects, artifact.id)
     assert len(aside) == 1
+    assert _set_aside_metric(metrics) == before + 1  # what an operator's alert sees
     obstore.delete(objects, aside)
 
 
@@ -983,5 +997,6 @@ def test_a_local_file_changed_behind_the_service_is_data_loss(env, files):
             )
             aside = list((settings.artifacts_path / "quarantine").iterdir())
             assert len(aside) == 1 and aside[0].name.startswith(f"{artifact.id}.")
+            assert _set_aside_metric(settings) == 1
     finally:
         server.stop()
