@@ -36,3 +36,37 @@ def test_keras_gives_the_same_figures_from_tensors_as_from_arrays():
 
     (h1, e1, p1), (h2, e2, p2) = trained(x), trained(as_tensors(x))
     assert h1 == h2 and e1 == e2 and np.array_equal(p1, p2)
+
+
+def test_fine_tuning_splits_on_the_host_as_keras_would(monkeypatch):
+    """train.fine_tune makes Keras' validation split itself, under a host device (a GPU would
+    hold the whole training split otherwise), with the same history as fit's own split."""
+    from tf_keras.src.engine import data_adapter
+
+    from pruning.v1 import pruning_pb2 as pb
+    from pruning_worker import train
+
+    rng = np.random.default_rng(1)
+    x, y = rng.random((80, 6), dtype=np.float32), rng.integers(0, 3, 80)
+    devices: list[str] = []
+    split = data_adapter.train_validation_split
+
+    def watched(arrays, validation_split):
+        out = split(arrays, validation_split)
+        devices.extend(t.device for t in tf.nest.flatten(out) if isinstance(t, tf.Tensor))
+        return out
+
+    def model():
+        keras.utils.set_random_seed(5)
+        m = keras.Sequential([keras.layers.InputLayer(input_shape=(6,)), keras.layers.Dense(3)])
+        m.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True), ["accuracy"])
+        return m
+
+    keras_own = model()
+    expected = keras_own.fit(x, y, batch_size=8, epochs=2, validation_split=0.25, verbose=0).history
+    monkeypatch.setattr(data_adapter, "train_validation_split", watched)
+    ours = model()
+    history = keras.callbacks.History()
+    train.fine_tune(ours, as_tensors(x), y, pb.TrainingSpec(epochs=2, batch_size=8, validation_split=0.25), [history])
+    assert history.history == expected
+    assert devices and all("CPU" in d for d in devices)

@@ -25,6 +25,7 @@ import tensorflow as tf
 import tensorflow_model_optimization as tfmot
 import tf_keras as keras
 from google.protobuf import json_format
+from tf_keras.src.engine import data_adapter
 
 from pruning.v1 import pruning_pb2 as pb
 from pruning_core.objectstore import CHECKPOINT_LATEST, LocalStore, unavailable_errors, write_checkpoint_record
@@ -169,6 +170,13 @@ def fine_tune(model: Any, x: np.ndarray, y: np.ndarray, t: pb.TrainingSpec, call
         # Its slots made before fit: made by the first step, inside the trace of the training
         # function, they had tf.function trace it a second time (variables created on its first call)
         model.optimizer.build(model.trainable_variables)
+    validation = None
+    if t.validation_split > 0:
+        # Keras' own split, made here under a host device: inside fit, the slices of the job's
+        # host tensors (inputs.as_tensors) would be eager ops placed on a GPU, holding the whole
+        # training split in its memory; the batches go there as they are trained on instead
+        with tf.device("/CPU:0"):
+            (x, y), validation = data_adapter.train_validation_split((x, y), t.validation_split)
     with tferrors.step("fine-tuning"):
         model.fit(
             x,
@@ -176,7 +184,7 @@ def fine_tune(model: Any, x: np.ndarray, y: np.ndarray, t: pb.TrainingSpec, call
             batch_size=t.batch_size,
             epochs=t.epochs,
             initial_epoch=initial_epoch,
-            validation_split=t.validation_split,
+            validation_data=validation,
             callbacks=[tfmot.sparsity.keras.UpdatePruningStep(), *callbacks],
             verbose=0,
         )
