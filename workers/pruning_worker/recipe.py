@@ -255,8 +255,16 @@ def make_optimizer(t: pb.TrainingSpec, total_steps: int = 0) -> Any:
     rate: Any = t.learning_rate or None
     if rate and t.learning_rate_decay and total_steps > 1:
         rate = keras.optimizers.schedules.CosineDecay(t.learning_rate, decay_steps=total_steps, alpha=0.1)
-    config = {"learning_rate": rate} if rate else {}
+    config: dict[str, Any] = {"learning_rate": rate} if rate else {}
+    if t.optimizer.lower() in _CURRENT_ONLY:
+        # A configuration without "is_legacy_optimizer" is read as a legacy optimizer's, which
+        # has no AdamW ("Unknown optimizer") and a Nadam that refuses a decay schedule: these
+        # two are the current implementations (the others stay as every job has had them).
+        config["is_legacy_optimizer"] = False
     return keras.optimizers.get({"class_name": t.optimizer, "config": config})
+
+
+_CURRENT_ONLY = ("adamw", "nadam")
 
 
 def learning_rate(optimizer: Any) -> float:
