@@ -44,6 +44,8 @@ def run(
 ) -> tuple[pb.PruneResult, list[tuple[pathlib.Path, str]]]:
     """Runs the whole pipeline; returns (PruneResult without artifacts, [(file, format name)])."""
     t = spec.training
+    if t.seed:  # before the model is built: its random layers (augmentation, dropout) draw their seeds then
+        keras.utils.set_random_seed(t.seed)
     reporter.phase(Phase.LOAD, "loading the model")
     with tferrors.step("loading the model"):  # an op the worker's device cannot run, say
         loaded = safe_load.load(inputs.model_path, workdir, inputs.max_decompressed)
@@ -62,8 +64,6 @@ def run(
     check_split(length(x_train), t.validation_split)
     # What Keras trains, predicts and evaluates on, converted once (the arrays stay for the rest)
     fit_x, test_x = as_tensors(x_train), as_tensors(x_test)
-    if t.seed:
-        keras.utils.set_random_seed(t.seed)
     job_loss = JobLoss.of(model, t)  # one loss, or one per output
     loss = job_loss.keras_loss()
     units = output_units(model)
