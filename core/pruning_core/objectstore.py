@@ -165,8 +165,12 @@ Version = tuple[Any, Any]
 Opened = Callable[[Version], None]
 
 
-def _file_version(info: os.stat_result) -> Version:
+def file_version(info: os.stat_result) -> Version:
     return (info.st_dev, info.st_ino)
+
+
+def _object_version(meta: Any) -> Version:
+    return (meta["e_tag"], meta["last_modified"])
 
 
 def _size_differs(artifact_id: str, where: str, stored: int, recorded: int) -> CorruptArtifact:
@@ -307,7 +311,7 @@ class LocalStore(BlobStore):
         the reads of a cold GiB cost 0.1-0.2 s of CPU instead of 1.5-3 s (README, Benchmarks)."""
         reader = UncachedReader(self.path(artifact_id), direct=self.direct)
         if opened is not None:
-            opened(_file_version(os.fstat(reader.fd)))  # the file read, whatever is put in its place
+            opened(file_version(os.fstat(reader.fd)))  # the file read, whatever is put in its place
         held = 0  # spare chunks taken: the reads in flight beyond the first
         pending: collections.deque[asyncio.Future[bytes]] = collections.deque()
         try:
@@ -350,12 +354,12 @@ class LocalStore(BlobStore):
         upload of the content, once another read set the changed one aside) is left in place,
         and None returned."""
         path = self.path(artifact_id)
-        if version is not None and _file_version(path.stat()) != version:
+        if version is not None and file_version(path.stat()) != version:
             return None
         dest = self.root / QUARANTINE / f"{self.key(artifact_id)}.{time.time_ns()}"
         dest.parent.mkdir(exist_ok=True)
         os.replace(path, dest)
-        if version is not None and _file_version(dest.stat()) != version:
+        if version is not None and file_version(dest.stat()) != version:
             _put_back(dest, path)  # stored again between the look and the move
             return None
         return str(dest)
@@ -610,7 +614,7 @@ class S3Store(LocalStore):
 
         def current() -> Version:
             meta = obstore.head(self.objects, key)  # FileNotFoundError: set aside already
-            return (meta["e_tag"], meta["last_modified"])
+            return _object_version(meta)
 
         if version is not None and current() != version:
             return None
@@ -691,7 +695,7 @@ class S3Store(LocalStore):
         if size is not None and result.meta["size"] != size:
             raise _size_differs(artifact_id, "object", result.meta["size"], size)
         if opened is not None:
-            opened((result.meta["e_tag"], result.meta["last_modified"]))
+            opened(_object_version(result.meta))
         carry = bytearray()  # the tail of a part, completed by the next one
         async for part in result.stream(min_chunk_size=chunk):
             view, start = memoryview(part), 0  # a view: each byte is copied once, into its chunk
@@ -722,7 +726,7 @@ class S3Store(LocalStore):
         if digest.hexdigest() != artifact_id:
             dest.unlink(missing_ok=True)
             corrupt = CorruptArtifact(f"artifact {artifact_id} read back from S3 does not match its sha256")
-            corrupt.version = (result.meta["e_tag"], result.meta["last_modified"])  # what was read
+            corrupt.version = _object_version(result.meta)  # what was read
             raise corrupt
 
     def _checkpoint_key(self, job_id: str, name: str = "") -> str:

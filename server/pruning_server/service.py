@@ -611,9 +611,10 @@ class PruningService(pb_grpc.PruningServiceServicer):
             where = await asyncio.to_thread(self.blobs.quarantine, record.id, check.version)
         except FileNotFoundError:
             where = "already set aside"  # another download found it first
-        except Exception as exc:  # the bytes read are still not the ones recorded
-            log.warning("artifact %s: could not set its changed bytes aside", record.id, exc_info=True)
-            log.error("artifact %s: its bytes changed behind the service's back; not set aside: %s", record.id, exc)
+        except Exception:  # the bytes read are still not the ones recorded
+            log.error(
+                "artifact %s: its bytes changed behind the service's back; not set aside", record.id, exc_info=True
+            )
             raise Failure(
                 grpc.StatusCode.DATA_LOSS,
                 f"artifact {record.id}: its bytes changed behind the service's back, and could not be set aside "

@@ -26,6 +26,16 @@ def _dataset(path: pathlib.Path, mib: int) -> bytes:
     return path.read_bytes()
 
 
+def _stored_then_changed(client: Client, settings, path: pathlib.Path, mib: int):
+    """A dataset of ``mib`` MiB uploaded, then one of its bytes changed in the local store (the
+    file's size kept); (its bytes as uploaded, the artifact, the stored file)."""
+    data = _dataset(path, mib)
+    artifact = client.upload_dataset(path)
+    stored = settings.artifacts_path / artifact.id[:2] / artifact.id
+    stored.write_bytes(data[:100] + bytes([data[100] ^ 1]) + data[101:])
+    return data, artifact, stored
+
+
 def test_a_slow_download_of_changed_bytes_leaves_the_file_stored_again_in_place(env, tmp_path):
     """Two downloads read the same changed file; the first is DATA_LOSS and sets it aside;
     the tenant uploads the file again, as told; the second, still streaming the old file,
@@ -37,10 +47,7 @@ def test_a_slow_download_of_changed_bytes_leaves_the_file_stored_again_in_place(
     try:
         with Client(server.target, timeout=120) as client:
             good = tmp_path / "data.npz"
-            data = _dataset(good, 48)
-            artifact = client.upload_dataset(good)
-            stored = settings.artifacts_path / artifact.id[:2] / artifact.id
-            stored.write_bytes(data[:100] + bytes([data[100] ^ 1]) + data[101:])  # changed at its size
+            data, artifact, stored = _stored_then_changed(client, settings, good, 48)
 
             slow = client.stub.DownloadArtifact(pb.DownloadArtifactRequest(artifact_id=artifact.id))
             next(slow)  # under way: it reads the changed file, then waits for its client
@@ -72,11 +79,7 @@ def test_a_download_whose_set_aside_fails_is_still_data_loss(env, tmp_path, monk
     server = ServerThread(settings)
     try:
         with Client(server.target, timeout=60) as client:
-            good = tmp_path / "data.npz"
-            data = _dataset(good, 1)
-            artifact = client.upload_dataset(good)
-            stored = settings.artifacts_path / artifact.id[:2] / artifact.id
-            stored.write_bytes(data[:100] + bytes([data[100] ^ 1]) + data[101:])
+            _, artifact, _ = _stored_then_changed(client, settings, tmp_path / "data.npz", 1)
             with pytest.raises(grpc.RpcError) as error:
                 list(client.stub.DownloadArtifact(pb.DownloadArtifactRequest(artifact_id=artifact.id)))
             assert error.value.code() == grpc.StatusCode.DATA_LOSS, (error.value.code(), error.value.details())

@@ -79,20 +79,20 @@ def test_a_file_stored_again_while_it_was_hashed_is_not_set_aside(tmp_path, monk
 def test_a_set_aside_leaves_the_content_stored_again_since_it_was_read(tmp_path):
     """What a read found changed is set aside, never a file stored in its place since (the
     content uploaded again, once another read had set the changed bytes aside)."""
-    from pruning_core.objectstore import _file_version
+    from pruning_core.objectstore import file_version
 
     store = LocalStore(tmp_path / "artifacts")
     data = os.urandom(10_000)
     artifact_id = _stored(store, data)
     path = store.path(artifact_id)
     path.write_bytes(b"x" * len(data))
-    read = _file_version(path.stat())  # what a download or a job read, and found changed
+    read = file_version(path.stat())  # what a download or a job read, and found changed
     fresh = path.with_name("fresh")
     fresh.write_bytes(data)
     os.replace(fresh, path)  # stored again meanwhile
     assert store.quarantine(artifact_id, read) is None
     assert path.read_bytes() == data and not (tmp_path / "artifacts" / "quarantine").exists()
-    assert store.quarantine(artifact_id, _file_version(path.stat())) is not None  # the one read goes
+    assert store.quarantine(artifact_id, file_version(path.stat())) is not None  # the one read goes
 
 
 def test_the_files_remembered_as_checked_are_bounded(tmp_path, monkeypatch):

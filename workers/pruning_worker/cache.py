@@ -32,7 +32,7 @@ import time
 import weakref
 
 from pruning_core.blobs import is_artifact_id
-from pruning_core.objectstore import CorruptArtifact, LocalStore, Version, missing_errors, open_store
+from pruning_core.objectstore import CorruptArtifact, LocalStore, Version, file_version, missing_errors, open_store
 from pruning_core.settings import Settings
 
 from .errors import InputDataLoss
@@ -149,9 +149,9 @@ class InputCache:
                 while len(_checked_in_place) > CHECKED_IN_PLACE_MAX:
                     del _checked_in_place[next(iter(_checked_in_place))]
                 return
-            read = os.fstat(f.fileno())
+            read = file_version(os.fstat(f.fileno()))
         # the file hashed, never one stored again meanwhile (the quarantine looks at its inode)
-        self._set_aside(artifact_id, (read.st_dev, read.st_ino))
+        self._set_aside(artifact_id, read)
         raise InputDataLoss(_changed(artifact_id))
 
     def _set_aside(self, artifact_id: str, version: Version | None = None) -> None:

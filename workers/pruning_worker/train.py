@@ -52,6 +52,16 @@ class Checkpoints:
     # past the reaper's patience, still training) would delete or overwrite the newer one's.
     confirm: Callable[[], None] = lambda: None
 
+    def _owned(self, otherwise: str) -> bool:
+        """Whether this attempt still owns the job (StaleAttempt once a newer one does); False,
+        logging ``otherwise``, when the job store is away and whose job it is cannot be known."""
+        try:
+            self.confirm()
+        except STORE_ERRORS as exc:
+            self.log(f"{otherwise}: the job store did not answer ({exc})")
+            return False
+        return True
+
     def latest(self) -> dict[str, Any] | None:
         """{"epoch", "prefix", "history"} of the last checkpoint written, or None."""
         try:
@@ -71,10 +81,7 @@ class Checkpoints:
     def save(self, model: Any, epoch: int, history: list[pb.EpochSummary]) -> None:
         """Writes the checkpoint of ``epoch`` (1-based), then points ``latest.json`` at it;
         raises StaleAttempt, writing nothing, once a newer attempt owns the job."""
-        try:
-            self.confirm()
-        except STORE_ERRORS as exc:  # the job store is away: whose job this is cannot be known now
-            self.log(f"the checkpoint of epoch {epoch} was not kept: the job store did not answer ({exc})")
+        if not self._owned(f"the checkpoint of epoch {epoch} was not kept"):
             return
         self.directory.mkdir(parents=True, exist_ok=True)
         prefix = f"epoch-{epoch}"
@@ -93,11 +100,8 @@ class Checkpoints:
         """Deletes the job's checkpoints (one that does not fit: the attempt starts over);
         raises StaleAttempt, deleting nothing, once a newer attempt owns the job (they are the
         newer attempt's then: with the local store, even the directory is shared)."""
-        try:
-            self.confirm()
-        except STORE_ERRORS as exc:  # whose they are cannot be known: left, the next save replaces them
-            self.log(f"the checkpoints were not deleted: the job store did not answer ({exc})")
-            return
+        if not self._owned("the checkpoints were not deleted"):
+            return  # left: the next save replaces them
         shutil.rmtree(self.directory, ignore_errors=True)
         try:
             self.store.drop_checkpoints(self.job_id)
@@ -130,13 +134,12 @@ class _Checkpoint(keras.callbacks.Callback):
 
 
 def _resume(model: Any, checkpoints: Checkpoints, epochs: int, history: HistoryCallback | None) -> int:
-    """Restores the last checkpoint into ``model``; returns the epoch to start from (0: none;
+    """Restores the last checkpoint into ``model`` (its optimizer built, where it builds);
+    returns the epoch to start from (0: none;
     ``epochs`` when fine-tuning had ended: an attempt lost while exporting goes on from there)."""
     latest = checkpoints.latest()
     if latest is None or not 0 < int(latest["epoch"]) <= epochs:
         return 0
-    if hasattr(model.optimizer, "build"):
-        model.optimizer.build(model.trainable_variables)  # its variables exist, so they restore now
     status = tf.train.Checkpoint(model=model, optimizer=model.optimizer).read(
         str(checkpoints.directory / latest["prefix"])
     )
@@ -158,6 +161,10 @@ def fine_tune(model: Any, x: np.ndarray, y: np.ndarray, t: pb.TrainingSpec, call
     checkpoints = _CURRENT.get()
     initial_epoch = 0
     callbacks = list(callbacks)
+    if hasattr(model.optimizer, "build"):
+        # Its slots made now: a checkpoint restores into them, and made by the first step, inside
+        # the trace of the training function, they had tf.function trace it a second time
+        model.optimizer.build(model.trainable_variables)
     if checkpoints is not None:
         history = next((c for c in callbacks if isinstance(c, HistoryCallback)), None)
         try:
@@ -166,10 +173,6 @@ def fine_tune(model: Any, x: np.ndarray, y: np.ndarray, t: pb.TrainingSpec, call
             log.warning("the checkpoint in %s does not fit this model (%s); starting over", checkpoints.directory, exc)
             checkpoints.clear()
         callbacks.append(_Checkpoint(checkpoints, history))
-    if hasattr(model.optimizer, "build"):
-        # Its slots made before fit: made by the first step, inside the trace of the training
-        # function, they had tf.function trace it a second time (variables created on its first call)
-        model.optimizer.build(model.trainable_variables)
     validation = None
     if t.validation_split > 0:
         # Keras' own split, made here under a host device: inside fit, the slices of the job's
