@@ -165,6 +165,12 @@ Version = tuple[Any, Any]
 Opened = Callable[[Version], None]
 
 
+def _set_aside_before(name: str, before: float) -> bool:
+    """Whether ``name`` is a blob's in ``quarantine/`` (``<id>.<ns>``) set aside before ``before``."""
+    artifact_id, _, ns = name.partition(".")
+    return is_artifact_id(artifact_id) and ns.isdigit() and int(ns) < before * 1e9
+
+
 def file_version(info: os.stat_result) -> Version:
     return (info.st_dev, info.st_ino)
 
@@ -370,6 +376,20 @@ class LocalStore(BlobStore):
             return sum(1 for _ in (self.root / QUARANTINE).iterdir())
         except FileNotFoundError:
             return 0
+
+    def expire_set_aside(self, before: float) -> int:
+        """Deletes the blobs :meth:`quarantine` set aside before ``before`` (unix s, the time
+        their name records); returns how many. Anything else in ``quarantine/`` stays."""
+        try:
+            entries = list((self.root / QUARANTINE).iterdir())
+        except FileNotFoundError:
+            return 0
+        removed = 0
+        for entry in entries:
+            if _set_aside_before(entry.name, before):
+                entry.unlink(missing_ok=True)
+                removed += 1
+        return removed
 
     def key(self, artifact_id: str) -> str:
         if not is_artifact_id(artifact_id):
@@ -630,6 +650,19 @@ class S3Store(LocalStore):
         import obstore
 
         return sum(len(page) for page in obstore.list(self.objects, prefix=f"{QUARANTINE}/"))
+
+    def expire_set_aside(self, before: float) -> int:
+        import obstore
+
+        keys = [
+            meta["path"]
+            for page in obstore.list(self.objects, prefix=f"{QUARANTINE}/")
+            for meta in page
+            if _set_aside_before(meta["path"].rsplit("/", 1)[-1], before)
+        ]
+        for start in range(0, len(keys), 1000):  # S3's DeleteObjects takes 1,000 keys a call
+            obstore.delete(self.objects, keys[start : start + 1000])
+        return len(keys)
 
     def tmp_key(self) -> str:
         return f"{self.tmp_prefix}upload-{uuid.uuid4().hex}"

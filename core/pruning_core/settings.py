@@ -153,6 +153,12 @@ class Settings(BaseSettings):
         description="a tenant's artifact record is deleted this long after it was created (the bytes once no "
         "record points to them); 0 = kept",
     )
+    set_aside_retention_s: float = Field(
+        30 * 86400.0,
+        ge=0,
+        description="bytes found changed behind the service's back and set aside into the store's quarantine/ "
+        "are deleted this long after; 0 = kept until an operator removes them",
+    )
     retry_after_s: float = Field(
         5.0, ge=0, description="the retry hint (google.rpc.RetryInfo) of a RESOURCE_EXHAUSTED answer"
     )

@@ -309,6 +309,10 @@ async def enforce_retention(store: AsyncJobStore, blobs: LocalStore, settings: S
             "housekeeping: stale multipart uploads not aborted (%s); the rest of the pass goes on",
             one_line(exc),
         )
+    # Bytes set aside (changed behind the service's back), kept for an operator to look at
+    counts["set_aside"] = 0
+    if settings.set_aside_retention_s > 0:
+        counts["set_aside"] = await asyncio.to_thread(blobs.expire_set_aside, now - settings.set_aside_retention_s)
     # Any other blob with no record goes only if it was written after the job store was born:
     # a Redis that lost its data (wiped, or replaced empty) knows none of the older blobs'
     # records, and must not take every model with it.
@@ -341,7 +345,8 @@ async def enforce_retention(store: AsyncJobStore, blobs: LocalStore, settings: S
     if any(counts.values()):
         log.info(
             "retention: deleted %(jobs)d jobs, %(sweeps)d sweeps, %(records)d artifact records, %(blobs)d blobs, "
-            "the checkpoints of %(checkpoints)d ended or unknown jobs; aborted %(uploads)d stale multipart uploads",
+            "the checkpoints of %(checkpoints)d ended or unknown jobs, %(set_aside)d blobs set aside; aborted "
+            "%(uploads)d stale multipart uploads",
             counts,
         )
     return counts

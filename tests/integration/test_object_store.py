@@ -1000,3 +1000,58 @@ def test_a_local_file_changed_behind_the_service_is_data_loss(env, files):
             assert _set_aside_metric(settings) == 1
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize("backend", ["local", "s3"])
+def test_bytes_set_aside_go_after_their_retention(backend, seaweed, s3_env, tmp_path):
+    """What the housekeeping deletes of ``quarantine/``: blobs set aside longer ago than
+    set_aside_retention_s (the time their name records), none when it is 0, and nothing it did
+    not name itself; the metric counts what is left."""
+    from pruning_core.objectstore import QUARANTINE, open_store
+    from pruning_core.store import AsyncJobStore
+    from pruning_server import reaper
+
+    overrides = {"state_dir": str(tmp_path / "state"), "sweep_min_age_s": 0}
+    if backend == "local":
+        overrides |= {"artifact_store": "local", "artifact_dir": str(tmp_path / "artifacts")}
+    else:
+        overrides |= {"s3_prefix": f"{s3_env['PRUNING_S3_PREFIX']}-aside-{uuid.uuid4().hex[:6]}"}
+    store = open_store(settings_for(s3_env, **overrides))
+    now_ns = time.time_ns()
+    day_ns = 86400 * 10**9
+    names = {
+        "old": f"{'a' * 64}.{now_ns - 3 * day_ns}",
+        "recent": f"{'b' * 64}.{now_ns - day_ns // 2}",
+        "foreign": "notes-from-the-operator.txt",
+    }
+    for name in names.values():
+        if backend == "local":
+            (store.root / QUARANTINE).mkdir(parents=True, exist_ok=True)
+            (store.root / QUARANTINE / name).write_bytes(b"changed bytes")
+        else:
+            obstore.put(store.objects, f"{QUARANTINE}/{name}", b"changed bytes")
+
+    def left() -> set[str]:
+        if backend == "local":
+            return {p.name for p in (store.root / QUARANTINE).iterdir()}
+        listed = obstore.list(store.objects, prefix=f"{QUARANTINE}/")
+        return {m["path"].rsplit("/", 1)[-1] for page in listed for m in page}
+
+    def housekeeping(retention_s: float) -> dict[str, int]:
+        settings = settings_for(s3_env, **overrides, set_aside_retention_s=retention_s, artifact_retention_s=0)
+
+        async def run() -> dict[str, int]:
+            jobs = AsyncJobStore.from_url(settings.redis_url, settings.key_prefix)
+            try:
+                return await reaper.enforce_retention(jobs, store, settings)
+            finally:
+                await jobs.redis.aclose()
+
+        return asyncio.run(run())
+
+    assert housekeeping(0)["set_aside"] == 0 and left() == set(names.values())  # 0: kept
+    assert store.set_aside() == 3
+    assert housekeeping(86400.0)["set_aside"] == 1
+    assert left() == {names["recent"], names["foreign"]}
+    assert housekeeping(3600.0)["set_aside"] == 1
+    assert left() == {names["foreign"]} and store.set_aside() == 1
