@@ -626,8 +626,9 @@ class S3Store(LocalStore):
         """Copies the object to ``quarantine/`` (kept for an operator to look at), then deletes
         it: its records find no bytes, and an upload of the content stores it anew. With
         ``version`` (the ETag and Last-Modified the read found), an object written since (the
-        content stored again) is left in place, and None returned. S3 has no conditional delete
-        here: an upload landing between the last look and the delete is still lost."""
+        content stored again) is left in place, and None returned: the delete is conditional on
+        the ETag read (``If-Match``). A store that does not take a conditional delete gets a
+        last look and a plain delete, and an upload landing between the two is lost there."""
         import obstore
 
         key = self.key(artifact_id)
@@ -640,11 +641,35 @@ class S3Store(LocalStore):
             return None
         dest = f"{QUARANTINE}/{key}.{time.time_ns()}"
         obstore.copy(self.objects, key, dest)
-        if version is not None and current() != version:
+        if version is not None and not self._delete_version(key, version, current):
             obstore.delete(self.objects, dest)  # a copy of the bytes stored since
             return None
-        obstore.delete(self.objects, key)
+        if version is None:
+            obstore.delete(self.objects, key)
         return f"{self.key_prefix}{dest}"
+
+    def _delete_version(self, key: str, version: Version, current: Callable[[], Version]) -> bool:
+        """Deletes the object at ``key`` if it is still ``version`` (its ETag); False, deleting
+        nothing, when another was stored since."""
+        import obstore
+        from botocore.exceptions import ClientError
+
+        if self._multipart is not None:
+            try:
+                self._multipart().delete_object(Bucket=self.bucket, Key=f"{self.key_prefix}{key}", IfMatch=version[0])
+                return True
+            except ClientError as exc:
+                error = exc.response.get("Error", {})
+                if error.get("Code") in ("PreconditionFailed", "412"):
+                    return False
+                if error.get("Code") in ("NoSuchKey", "404"):
+                    return True  # set aside already
+                if error.get("Code") not in _NO_CONDITIONAL_DELETE:
+                    raise
+        if current() != version:  # no conditional delete: a last look
+            return False
+        obstore.delete(self.objects, key)
+        return True
 
     def set_aside(self) -> int:
         import obstore
@@ -978,6 +1003,8 @@ class S3Store(LocalStore):
 
 
 TMP_OBJECT_MIN_AGE_S = 3600.0  # clocks an hour apart still leave a temporary object alone
+# What a store answers a conditional delete it does not implement
+_NO_CONDITIONAL_DELETE = {"NotImplemented", "501", "InvalidArgument", "InvalidRequest"}
 _REFUSED_CODES = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken"}
 
 

@@ -1055,3 +1055,66 @@ def test_bytes_set_aside_go_after_their_retention(backend, seaweed, s3_env, tmp_
     assert left() == {names["recent"], names["foreign"]}
     assert housekeeping(3600.0)["set_aside"] == 1
     assert left() == {names["foreign"]} and store.set_aside() == 1
+
+
+def test_a_set_aside_leaves_an_object_stored_after_its_last_look(seaweed, s3_env, tmp_path, monkeypatch):
+    """The changed bytes are set aside while the tenant uploads the file again: the good
+    object lands after the set-aside's looks (HEAD), just before its delete reaches the store.
+    The delete is conditional on the ETag read, so the good object stays and the copy goes."""
+    from pruning_core import objectstore
+    from pruning_core.objectstore import QUARANTINE, open_store
+
+    store = open_store(
+        settings_for(
+            s3_env,
+            state_dir=str(tmp_path / "state"),
+            s3_prefix=f"{s3_env['PRUNING_S3_PREFIX']}-last-look-{uuid.uuid4().hex[:6]}",
+        )
+    )
+    good = b"the bytes as uploaded" * 1000
+    artifact_id = hashlib.sha256(good).hexdigest()
+    obstore.put(store.objects, artifact_id, good[:-1] + b"?")  # changed behind the service's back
+    changed = objectstore._object_version(obstore.head(store.objects, artifact_id))
+
+    # The upload lands just before the delete reaches the store, whichever call makes it
+    real_delete, client = obstore.delete, store._multipart()
+    real_delete_object = client.delete_object
+
+    def upload_lands() -> None:
+        obstore.put(store.objects, artifact_id, good)
+
+    def delete(objects, keys):
+        if keys == artifact_id:
+            upload_lands()
+        return real_delete(objects, keys)
+
+    def delete_object(**kwargs):
+        if kwargs["Key"].endswith(artifact_id):
+            upload_lands()
+        return real_delete_object(**kwargs)
+
+    monkeypatch.setattr(obstore, "delete", delete)
+    monkeypatch.setattr(client, "delete_object", delete_object)
+    assert store.quarantine(artifact_id, changed) is None
+    monkeypatch.undo()
+    assert bytes(obstore.get(store.objects, artifact_id).bytes()) == good
+    assert [m for page in obstore.list(store.objects, prefix=f"{QUARANTINE}/") for m in page] == []
+
+    # the changed bytes, with nobody storing the file again: set aside
+    obstore.put(store.objects, artifact_id, good[:-1] + b"?")
+    changed = objectstore._object_version(obstore.head(store.objects, artifact_id))
+    where = store.quarantine(artifact_id, changed)
+    assert where is not None and where.startswith(f"{store.key_prefix}{QUARANTINE}/{artifact_id}.")
+    assert not store.exists(artifact_id) and store.set_aside() == 1
+
+    # a store without conditional deletes: a last look, then a plain delete
+    from botocore.exceptions import ClientError
+
+    def not_implemented(**kwargs):
+        raise ClientError({"Error": {"Code": "NotImplemented", "Message": "If-Match"}}, "DeleteObject")
+
+    monkeypatch.setattr(client, "delete_object", not_implemented)
+    obstore.put(store.objects, artifact_id, good[:-1] + b"?")
+    changed = objectstore._object_version(obstore.head(store.objects, artifact_id))
+    assert store.quarantine(artifact_id, changed) is not None
+    assert not store.exists(artifact_id) and store.set_aside() == 2
