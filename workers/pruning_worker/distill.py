@@ -20,6 +20,8 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
+from . import tferrors
+
 __all__ = ["MAX_TEACHER_BYTES", "Distillation", "prepare"]
 
 MAX_TEACHER_BYTES = 1 << 30  # teacher outputs held in memory beside the training data
@@ -95,7 +97,10 @@ def prepare(
     if len(y) * (shape[-1] + 1) * 4 > MAX_TEACHER_BYTES:
         return f"the teacher's outputs on {len(y)} samples would take over {MAX_TEACHER_BYTES >> 20} MiB"
     from_logits = loss_name.endswith("_from_logits")
-    outputs = teacher.predict(x, batch_size=max(batch_size, 256), verbose=0)
+    # the first pass over the training data: a value the model cannot take (a token id past the
+    # Embedding's size) fails here, as an input error naming its cause, not as INTERNAL
+    with tferrors.step("distillation (the teacher's outputs on the training data)"):
+        outputs = teacher.predict(x, batch_size=max(batch_size, 256), verbose=0)
     logits = np.asarray(_logits(tf.constant(outputs, tf.float32), from_logits), dtype=np.float32)
     targets = np.concatenate([y.reshape(-1, 1).astype(np.float32), logits], axis=1)
     return Distillation(targets, DistillationLoss(alpha, temperature, from_logits))

@@ -11,10 +11,22 @@ from pruning_core import validation
 from . import tferrors
 
 
-def metrics(loss: str) -> list[str]:
+def metrics(loss: str) -> list[Any]:
     """What a model is compiled to measure beside ``loss``: accuracy, except under a
-    regression loss, where there is none."""
-    return [] if validation.is_regression(loss) else ["accuracy"]
+    regression loss, where there is none. Under a binary cross-entropy it is the binary
+    accuracy of each unit (named "accuracy" still), thresholded at a probability of 0.5: at a
+    logit of 0 for the loss from logits. Keras's "accuracy" picks its metric by the shapes
+    alone: on an output of logits it thresholded the logits at 0.5 (a logit of 0.3 is a
+    probability of 0.57, counted as class 0), and on several units (multi-label) it compared
+    the argmax of the labels with the argmax of the outputs."""
+    if validation.is_regression(loss):
+        return []
+    if loss.startswith("binary_crossentropy"):
+        import tf_keras as keras
+
+        threshold = 0.0 if loss.endswith("_from_logits") else 0.5
+        return [keras.metrics.BinaryAccuracy(name="accuracy", threshold=threshold)]
+    return ["accuracy"]
 
 
 def accuracy(figures: Mapping[str, Any], prefix: str = "") -> float | None:

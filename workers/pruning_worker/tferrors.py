@@ -17,7 +17,8 @@ log = logging.getLogger(__name__)
 INPUT_ERRORS = (ValueError, TypeError, tf.errors.InvalidArgumentError, tf.errors.UnimplementedError)
 
 
-_OP_NOISE = re.compile(r"\x1b\[[0-9;]*m|\{\{function_node [^}]*\}\}\s*|\s*\[Op:\w+\]")
+# an eager op's error ends in "[Op:ResourceGather]", and "name: <its name>" (often empty) after it
+_OP_NOISE = re.compile(r"\x1b\[[0-9;]*m|\{\{function_node [^}]*\}\}\s*|\s*\[Op:\w+\](\s*name:\s*\S*)?")
 
 
 def root_cause(exc: BaseException) -> str:
