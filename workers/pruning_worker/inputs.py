@@ -142,6 +142,41 @@ def _check_inputs(model: Any, name: str, x: Data) -> None:
         raise JobInputError(f"dataset: {name} samples have shape {list(x.shape[1:])}, the model expects {expected}")
 
 
+def _embeddings_fed(input_tensor: Any) -> list[Any]:
+    """The Embedding layers an input feeds directly (through nested models' own inputs too)."""
+    found = []
+    for node in getattr(input_tensor._keras_history.layer, "_outbound_nodes", []):
+        consumer = node.outbound_layer
+        if type(consumer).__name__ == "Embedding":
+            found.append(consumer)
+        elif hasattr(consumer, "inputs") and hasattr(consumer, "layers") and consumer.inputs:
+            found += [layer for inner in consumer.inputs for layer in _embeddings_fed(inner)]
+    return found
+
+
+def _check_token_ids(model: Any, name: str, x: Data) -> None:
+    """Ids an Embedding has no row for: on a CPU every step fails on them, but on a GPU the
+    lookup gives zeros and the job trains and reports on data the model cannot take, so they
+    are refused before any step on every device."""
+    input_names = list(getattr(model, "input_names", None) or [t.name.split(":")[0] for t in model.inputs])
+    for key, tensor in zip(input_names, model.inputs, strict=False):
+        layers = _embeddings_fed(tensor)
+        a = x.get(key) if isinstance(x, dict) else x if len(model.inputs) == 1 else None
+        if not layers or a is None or not a.size or not np.issubdtype(a.dtype, np.number):
+            continue
+        smallest = min(layers, key=lambda layer: layer.input_dim)
+        low, high = a.min(), a.max()
+        if low < 0 or high >= smallest.input_dim:
+            flat = a.reshape(len(a), -1)
+            first = int(np.argmax(((flat < 0) | (flat >= smallest.input_dim)).any(axis=1)))
+            label = f"{name}.{key}" if isinstance(x, dict) else name
+            raise JobInputError(
+                f"dataset: {label} holds ids in [{low:g}, {high:g}] (the first outside in sample {first}), but "
+                f"Embedding {smallest.name!r} has input_dim {smallest.input_dim}: ids must be in "
+                f"[0, {smallest.input_dim - 1}]"
+            )
+
+
 def _output_tensors(model: Any) -> list[tuple[str, Any]]:
     """(the name its loss goes by, tensor) of each output."""
     keys = output_keys(model)
@@ -251,7 +286,7 @@ def _label_pairs(model: Any, y_train: Any, y_test: Any) -> list[tuple[str, str, 
 
 def check(model: Any, data: Arrays, t: pb.TrainingSpec) -> None:
     """Refuses data the model cannot take before any step runs: sample shapes, NaN or infinite
-    values, empty splits, and, for the outputs of a sparse categorical loss, labels that are not
+    values, empty splits, ids past an Embedding's rows, and, for the outputs of a sparse categorical loss, labels that are not
     whole class indices of the output's units."""
     x_train, y_train, x_test, y_test = data
     for name, x in (("x_train", x_train), ("x_test", x_test)):
@@ -260,6 +295,8 @@ def check(model: Any, data: Arrays, t: pb.TrainingSpec) -> None:
         _check_finite(name, arrays)
     if length(x_train) == 0 or length(x_test) == 0:
         raise JobInputError("dataset: x_train and x_test must not be empty")
+    for name, x in (("x_train", x_train), ("x_test", x_test)):
+        _check_token_ids(model, name, x)
     for output, name, y, owner, shape in _label_pairs(model, y_train, y_test):
         loss = validation.output_loss(t, output)
         units = shape[-1] if shape and shape[-1] else 0

@@ -1,6 +1,7 @@
 """A value the model cannot take in the training data (a token id past the Embedding) fails a
-job of the default recipe, which distills, as INVALID_ARGUMENT naming the cause, as
-it does without distillation. Real server, worker, TensorFlow."""
+job of the default recipe, which distills, as INVALID_ARGUMENT naming the cause, before any
+step runs (on a GPU the lookup would give zeros and nothing would fail). Real server, worker,
+TensorFlow."""
 
 from __future__ import annotations
 
@@ -35,4 +36,5 @@ def test_a_token_past_the_embedding_in_the_training_data_is_an_input_error(clien
         job.result(timeout=600)
     error = failed.value.job.error
     assert error.code == 3, error  # INVALID_ARGUMENT: the data's fault, not INTERNAL
-    assert "is not in [0, 10)" in error.message, error.message
+    assert "x_train holds ids in [0, 12] (the first outside in sample 3)" in error.message, error.message
+    assert "Embedding 'emb' has input_dim 10" in error.message, error.message
