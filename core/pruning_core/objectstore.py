@@ -283,6 +283,10 @@ class LocalStore(BlobStore):
         """The blob's file when it lives on this host's disk (None for remote stores)."""
         return self.path(artifact_id)
 
+    def size(self, artifact_id: str) -> int:
+        """How many bytes the store holds for the blob (FileNotFoundError: none)."""
+        return self.path(artifact_id).stat().st_size
+
     def read_marker(self) -> bytes | None:
         """The deployment marker (which job store's housekeeping deletes here), if any."""
         try:
@@ -697,6 +701,11 @@ class S3Store(LocalStore):
 
     def local_path(self, artifact_id: str) -> pathlib.Path | None:
         return None
+
+    def size(self, artifact_id: str) -> int:
+        import obstore
+
+        return int(obstore.head(self.objects, self.key(artifact_id))["size"])
 
     def writer(self) -> Upload:
         return _S3Writer(self)

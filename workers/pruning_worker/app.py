@@ -43,9 +43,10 @@ observability.install(app, settings)
 @worker_init.connect
 def _check_artifact_store(**_):
     # Before any job: a worker whose artifact store is set wrong would fail every job it takes.
-    from .startup import StoreCheckFailed, check_artifact_store
+    from .startup import StoreCheckFailed, check_artifact_store, check_directories
 
     try:
+        check_directories(settings)
         check_artifact_store(settings)
     except StoreCheckFailed as exc:
         logging.getLogger(__name__).error("the worker cannot start: %s", exc)

@@ -22,6 +22,7 @@ the same way, so one left by a killed process (unlocked) is swept.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import logging
@@ -120,11 +121,10 @@ class InputCache:
             return target
         target.parent.mkdir(parents=True, exist_ok=True)
         # One fetch of an id at a time on the host: the others wait, then find it checked.
-        with open(target.with_name(f".{target.name}.lock"), "a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
+        with self._fetch_lock(target):
             if self._hold_if_checked(target):
                 return target
-            fd = self._fetch(artifact_id, target)
+            fd = self._fetch_with_room(artifact_id, target, keep)
         self._held.append(fd)
         self.fetched += 1
         log.info("fetched artifact %s into the cache (%d bytes)", artifact_id, os.fstat(fd).st_size)
@@ -133,6 +133,52 @@ class InputCache:
         except OSError:  # a file system without these locks, say: over the bound rather than fail the job
             log.warning("could not evict from the input cache %s", self.root, exc_info=True)
         return target
+
+    @staticmethod
+    @contextlib.contextmanager
+    def _fetch_lock(target: pathlib.Path):
+        """The host's lock on fetching ``target``: its ``.lock`` file, held exclusively. The
+        eviction removes the lock files of ids no longer cached (one per id ever fetched stayed
+        for good), so a lock taken on a file removed meanwhile is taken again on the new one."""
+        path = target.with_name(f".{target.name}.lock")
+        while True:
+            with open(path, "a") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+                try:
+                    same = os.stat(path).st_ino == os.fstat(lock.fileno()).st_ino
+                except FileNotFoundError:
+                    same = False
+                if same:
+                    yield
+                    return
+
+    def _fetch_with_room(self, artifact_id: str, target: pathlib.Path, keep: tuple[str, ...]) -> int:
+        """:meth:`_fetch`, the bound made to hold the incoming file first (eviction after the
+        fetch alone let the cache take its bound plus the file, so a bound that fits the disk
+        did not: every later fetch of a file the disk could not take beside the idle ones
+        failed with ENOSPC, for good); a disk full all the same (shared with other files) gets
+        the cache's idle files evicted and the fetch tried once more."""
+        try:
+            room = self.store.size(artifact_id)
+        except Exception:  # noqa: BLE001 - the fetch says what is wrong (missing, store down)
+            room = 0
+        self._evict_quietly(keep=(artifact_id, *keep), room=room)
+        try:
+            return self._fetch(artifact_id, target)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            if not self._evict_quietly(keep=(artifact_id, *keep), room=self.max_bytes + 1):
+                raise  # nothing idle to free: the disk is full of other things
+            log.warning("the disk of the input cache %s was full: evicted its idle files, fetching again", self.root)
+            return self._fetch(artifact_id, target)
+
+    def _evict_quietly(self, keep: tuple[str, ...], room: int) -> int:
+        try:
+            return self.evict(keep=keep, room=room)
+        except OSError:  # as after a fetch: over the bound rather than fail the job
+            log.warning("could not evict from the input cache %s", self.root, exc_info=True)
+            return 0
 
     def _check_in_place(self, artifact_id: str, local: pathlib.Path) -> None:
         """The local store's own file, used where it is: hashed once per process and state of
@@ -225,15 +271,28 @@ class InputCache:
         os.close(fd)
         return False
 
-    def evict(self, keep: tuple[str, ...] = ()) -> int:
-        """Removes the least recently used files until the cache fits ``max_bytes``, and the
-        temporary files of fetches that died."""
+    def evict(self, keep: tuple[str, ...] = (), room: int = 0) -> int:
+        """Removes the least recently used files until the cache fits ``max_bytes`` (with
+        ``room`` bytes to spare, for a file about to be fetched), and the temporary files of
+        fetches that died."""
         entries = []
         now = time.time()
         for path in self.root.glob("??/*"):
             if path.name.startswith((".fetch-", ".ok-")):  # swept by a fetch a minute after their writer died
                 with contextlib.suppress(FileNotFoundError):
                     if now - path.stat().st_mtime > STALE_FETCH_S and (fd := _try_lock(path)) is not None:
+                        path.unlink(missing_ok=True)
+                        os.close(fd)
+                continue
+            if path.name.startswith(".") and path.name.endswith(".lock"):
+                # the fetch lock of an id no longer cached (evicted, or never fetched: missing)
+                with contextlib.suppress(FileNotFoundError):
+                    blob = path.with_name(path.name[1 : -len(".lock")])
+                    if (
+                        not blob.exists()
+                        and now - path.stat().st_mtime > STALE_FETCH_S
+                        and (fd := _try_lock(path)) is not None
+                    ):
                         path.unlink(missing_ok=True)
                         os.close(fd)
                 continue
@@ -251,7 +310,7 @@ class InputCache:
         total = sum(size for _, size, _ in entries)
         removed = 0
         for _, size, path in sorted(entries):
-            if total <= self.max_bytes:
+            if total + room <= self.max_bytes:
                 break
             if path.name in keep or (fd := _try_lock(path)) is None:
                 continue  # held by a job of this or another worker process

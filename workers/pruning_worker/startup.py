@@ -9,8 +9,11 @@ deployment's artifacts either. Both are said at start, in one line, and the work
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
+import os
+import tempfile
 
 import redis
 
@@ -28,6 +31,31 @@ class StoreCheckFailed(RuntimeError):
     def __init__(self, message: str, exit_code: int):
         super().__init__(message)
         self.exit_code = exit_code
+
+
+def check_directories(settings: Settings) -> None:
+    """Raises StoreCheckFailed (invalid settings) when a directory the worker writes every job's
+    files to cannot be made or written: the work directory, and with S3 the input cache. Set
+    wrong (a path under a file, a read-only mount), the worker took every job and failed each
+    at once as INTERNAL, draining the queue that healthy workers would have run."""
+    where = [("PRUNING_WORK_DIR", settings.work_path)]
+    if settings.artifact_store == "s3":
+        where.append(("PRUNING_CACHE_DIR", settings.cache_path))
+    for name, path in where:
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+            fd, probe = tempfile.mkstemp(dir=path, prefix=".worker-check-")
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # what the cache and the job directories need
+                os.write(fd, b"ok")
+            finally:
+                os.close(fd)
+                os.unlink(probe)
+        except OSError as exc:
+            raise StoreCheckFailed(
+                f"invalid settings: {name} ({path}) is not a directory this worker can write: {exc.strerror or exc}",
+                EXIT_INVALID_SETTINGS,
+            ) from exc
 
 
 def check_artifact_store(settings: Settings) -> None:
