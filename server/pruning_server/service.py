@@ -581,6 +581,9 @@ class PruningService(pb_grpc.PruningServiceServicer):
                     yield message  # back once gRPC took it: the client's window had room
                     stall.since = None
             except objectstore.missing_errors():
+                # A bucket that is gone answers 404 to every GET, as for a lost object: that is the
+                # store's outage (UNAVAILABLE, which the probe raises), not this artifact's loss.
+                await asyncio.to_thread(self.blobs.probe)
                 log.error("artifact %s has a record but its bytes are gone from the artifact store", record.id)
                 raise Failure(
                     grpc.StatusCode.DATA_LOSS, f"artifact {record.id}: its bytes are missing from the artifact store"

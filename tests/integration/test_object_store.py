@@ -1118,3 +1118,29 @@ def test_a_set_aside_leaves_an_object_stored_after_its_last_look(seaweed, s3_env
     changed = objectstore._object_version(obstore.head(store.objects, artifact_id))
     assert store.quarantine(artifact_id, changed) is not None
     assert not store.exists(artifact_id) and store.set_aside() == 2
+
+
+def test_a_download_from_a_bucket_gone_is_unavailable_not_data_loss(seaweed, s3_env, files, tmp_path):
+    """The bucket removed while the server runs (an operator's mistake, a lifecycle gone wrong)
+    answers 404 to every GET, as for one lost object: that is the store's outage, UNAVAILABLE,
+    and the SDK keeps what it has to resume, not DATA_LOSS for every artifact."""
+    from pruning_core.objectstore import open_store
+
+    bucket = f"vanishing-{uuid.uuid4().hex[:6]}"
+    settings = settings_for(
+        s3_env, queue=f"{s3_env['PRUNING_QUEUE']}-gone", state_dir=str(tmp_path / "state"), s3_bucket=bucket
+    )
+    client = open_store(settings)._multipart()
+    client.create_bucket(Bucket=bucket)
+    server = ServerThread(settings)
+    try:
+        with Client(server.target, timeout=60) as sdk:
+            artifact = sdk.upload_dataset(files["data"])
+            for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket):
+                for item in page.get("Contents", []):
+                    client.delete_object(Bucket=bucket, Key=item["Key"])
+            client.delete_bucket(Bucket=bucket)
+            error = _changed_download(sdk, artifact)
+            assert error.code() == grpc.StatusCode.UNAVAILABLE, error.details()
+    finally:
+        server.stop()
