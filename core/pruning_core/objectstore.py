@@ -168,7 +168,7 @@ Opened = Callable[[Version], None]
 def _set_aside_before(name: str, before: float) -> bool:
     """Whether ``name`` is a blob's in ``quarantine/`` (``<id>.<ns>``) set aside before ``before``."""
     artifact_id, _, ns = name.partition(".")
-    return is_artifact_id(artifact_id) and ns.isdigit() and int(ns) < before * 1e9
+    return is_artifact_id(artifact_id) and ns.isascii() and ns.isdigit() and int(ns) < before * 1e9
 
 
 def file_version(info: os.stat_result) -> Version:
@@ -656,12 +656,14 @@ class S3Store(LocalStore):
         """Deletes the object at ``key`` if it is still ``version`` (its ETag); False, deleting
         nothing, when another was stored since."""
         import obstore
-        from botocore.exceptions import ClientError
+        from botocore.exceptions import ClientError, ParamValidationError
 
-        if self._multipart is not None:
+        if self._multipart is not None and version[0]:
             try:
                 self._multipart().delete_object(Bucket=self.bucket, Key=f"{self.key_prefix}{key}", IfMatch=version[0])
                 return True
+            except ParamValidationError:
+                pass  # a botocore without IfMatch on DeleteObject (1.34 has none): no request was sent
             except ClientError as exc:
                 error = exc.response.get("Error", {})
                 if error.get("Code") in ("PreconditionFailed", "412"):

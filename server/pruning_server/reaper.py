@@ -310,9 +310,15 @@ async def enforce_retention(store: AsyncJobStore, blobs: LocalStore, settings: S
             one_line(exc),
         )
     # Bytes set aside (changed behind the service's back), kept for an operator to look at
+    # Best effort as well: a store that refuses these deletes (Object Lock, a policy keeping
+    # quarantine/ for forensics, a read-only directory) must not stop the rest of the pass.
     counts["set_aside"] = 0
+    refused: tuple[type[BaseException], ...] = (OSError, *unavailable_errors())
     if settings.set_aside_retention_s > 0:
-        counts["set_aside"] = await asyncio.to_thread(blobs.expire_set_aside, now - settings.set_aside_retention_s)
+        try:
+            counts["set_aside"] = await asyncio.to_thread(blobs.expire_set_aside, now - settings.set_aside_retention_s)
+        except refused as exc:
+            log.warning("housekeeping: bytes set aside not expired (%s); the rest of the pass goes on", one_line(exc))
     # Any other blob with no record goes only if it was written after the job store was born:
     # a Redis that lost its data (wiped, or replaced empty) knows none of the older blobs'
     # records, and must not take every model with it.

@@ -293,8 +293,11 @@ class InputCache:
                         and now - path.stat().st_mtime > STALE_FETCH_S
                         and (fd := _try_lock(path)) is not None
                     ):
-                        path.unlink(missing_ok=True)
-                        os.close(fd)
+                        try:
+                            if os.stat(path).st_ino == os.fstat(fd).st_ino:  # not made anew since it was opened
+                                path.unlink(missing_ok=True)
+                        finally:
+                            os.close(fd)
                 continue
             if not is_artifact_id(path.name):
                 continue

@@ -145,12 +145,18 @@ def _check_inputs(model: Any, name: str, x: Data) -> None:
 def _embeddings_fed(input_tensor: Any) -> list[Any]:
     """The Embedding layers an input feeds directly (through nested models' own inputs too)."""
     found = []
-    for node in getattr(input_tensor._keras_history.layer, "_outbound_nodes", []):
+    source = input_tensor._keras_history.layer
+    for node in getattr(source, "_outbound_nodes", []):
         consumer = node.outbound_layer
         if type(consumer).__name__ == "Embedding":
             found.append(consumer)
         elif hasattr(consumer, "inputs") and hasattr(consumer, "layers") and consumer.inputs:
-            found += [layer for inner in consumer.inputs for layer in _embeddings_fed(inner)]
+            # only the nested model's own inputs that this one feeds (not every input it has)
+            given = list(node.keras_inputs)
+            if len(given) != len(consumer.inputs):
+                continue  # not matched one to one: left unchecked rather than refuse good data
+            fed = [inner for inner, t in zip(consumer.inputs, given) if t._keras_history.layer is source]
+            found += [layer for inner in fed for layer in _embeddings_fed(inner)]
     return found
 
 

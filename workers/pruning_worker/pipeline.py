@@ -205,7 +205,8 @@ def run(
         )
     if result.pruned.HasField("accuracy") and result.baseline.HasField("accuracy"):
         result.accuracy_delta = result.pruned.accuracy - result.baseline.accuracy
-        if chance := recipe.chance_level_note(result.pruned.accuracy, result.baseline.accuracy, y_test):
+        binary = (job_loss.single or "").startswith("binary_crossentropy")  # the accuracy evaluate.metrics gives
+        if chance := recipe.chance_level_note(result.pruned.accuracy, result.baseline.accuracy, y_test, binary):
             reporter.log(chance, level="WARNING")
 
     stripped = tfmot.sparsity.keras.strip_pruning(pruned) if chosen else pruned

@@ -386,14 +386,28 @@ def check_target(result: pb.PruneResult, p: pb.PruningSpec, uploaded: dict[str, 
 CHANCE_MARGIN = 0.02
 
 
-def chance_level_note(pruned: float, baseline: float, y_test: Any) -> str | None:
+def chance_level_note(pruned: float, baseline: float, y_test: Any, binary: bool = False) -> str | None:
     """What to warn of when the pruned model's test accuracy fell to chance (the share of the
     most frequent test label) from a baseline well above it: a job asked for 0.999 sparsity
     SUCCEEDED at 0.11 on MNIST with nothing said. None otherwise, or for labels that are not one
-    class per sample (several outputs, sequences)."""
+    class per sample (several outputs, sequences). With ``binary`` (the accuracy is the binary
+    accuracy of each unit, under a binary cross-entropy) chance is the mean over the units of
+    the share of their most frequent value."""
     if isinstance(y_test, dict | list | tuple):  # a model of several outputs
         return None
     labels = np.asarray(y_test)
+    if binary:
+        if labels.ndim not in (1, 2) or not len(labels):
+            return None
+        ones = np.mean(labels.reshape(len(labels), -1) > 0.5, axis=0)
+        chance = float(np.mean(np.maximum(ones, 1.0 - ones)))
+        if pruned > chance + CHANCE_MARGIN or baseline < chance + 5 * CHANCE_MARGIN:
+            return None
+        return (
+            f"the pruned model's test accuracy {pruned:.4f} is at chance level ({chance:.4f}: the share of each "
+            f"unit's most frequent test label), down from {baseline:.4f}: this sparsity removed what the model "
+            "computed; prune less, or give an accuracy budget to find the highest sparsity that keeps it"
+        )
     if labels.ndim == 2 and labels.shape[1] > 1:  # one-hot
         labels = labels.argmax(axis=1)
     elif labels.ndim == 2 and labels.shape[1] == 1:
