@@ -2036,8 +2036,9 @@ def artifacts(kind: str | None, limit: int) -> None:
 def delete(artifact_id: str) -> None:
     """Delete an uploaded model or dataset, or an export (this tenant's record of it).
 
-    Its bytes go at the server's next housekeeping once no tenant's record points to them; a
-    job still queued with it fails. Exit 3 when the tenant has no such artifact.
+    Its bytes go at the server's next housekeeping once no tenant's record points to them.
+    Exit 3 when the tenant has no such artifact, 6 while a job that has not ended (or a sweep
+    still running) reads it.
     """
     with _client(_globals()) as client:
         artifact = client.delete_artifact(artifact_id)

@@ -9,15 +9,23 @@ process that uses it and never before a fork::
 from __future__ import annotations
 
 import logging
+import sys
 
 from celery import Celery
 from celery.signals import worker_init, worker_process_init, worker_ready, worker_shutting_down
+from pydantic import ValidationError
 
-from pruning_core.settings import Settings
+from pruning_core.settings import Settings, settings_problems
 
 from . import observability, shutdown
 
-settings = Settings()
+try:
+    settings = Settings()
+except ValidationError as exc:  # one line, as the server and `pruning up` say it
+    # Raised while Celery imports the app, SystemExit passes its loader (which turns any
+    # Exception into "Unable to load celery application" and a traceback).
+    print(f"pruning worker: invalid settings: {settings_problems(exc)}", file=sys.stderr, flush=True)
+    raise SystemExit(2) from None
 app = Celery("pruning", broker=settings.celery_broker_url(), include=["pruning_worker.tasks"])
 app.conf.update(
     task_default_queue=settings.queue,

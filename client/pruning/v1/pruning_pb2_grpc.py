@@ -154,8 +154,8 @@ class PruningServiceServicer:
     def DeleteArtifact(self, request, context):
         """Deletes the tenant's record of an artifact and answers it; its bytes go at the next
         housekeeping once no tenant's record points to them. NOT_FOUND when the tenant has none,
-        INVALID_ARGUMENT for an id that is not 64 lowercase hex digits. A job still queued with it
-        (its model or dataset) fails when its worker looks for it.
+        INVALID_ARGUMENT for an id that is not 64 lowercase hex digits, FAILED_PRECONDITION while
+        a job that has not ended (queued, running, being cancelled) or a sweep still running reads it.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

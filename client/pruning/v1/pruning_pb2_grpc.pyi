@@ -55,8 +55,8 @@ class PruningServiceStub:
     DeleteArtifact: _grpc.UnaryUnaryMultiCallable[_pruning_pb2.DeleteArtifactRequest, _pruning_pb2.Artifact]
     """Deletes the tenant's record of an artifact and answers it; its bytes go at the next
     housekeeping once no tenant's record points to them. NOT_FOUND when the tenant has none,
-    INVALID_ARGUMENT for an id that is not 64 lowercase hex digits. A job still queued with it
-    (its model or dataset) fails when its worker looks for it.
+    INVALID_ARGUMENT for an id that is not 64 lowercase hex digits, FAILED_PRECONDITION while
+    a job that has not ended (queued, running, being cancelled) or a sweep still running reads it.
     """
     GetArtifact: _grpc.UnaryUnaryMultiCallable[_pruning_pb2.GetArtifactRequest, _pruning_pb2.Artifact]
     """The tenant's record of one artifact: kind, format, file name, size, when stored, and for
@@ -97,8 +97,8 @@ class PruningServiceAsyncStub(PruningServiceStub):
     DeleteArtifact: _aio.UnaryUnaryMultiCallable[_pruning_pb2.DeleteArtifactRequest, _pruning_pb2.Artifact]  # type: ignore[assignment]
     """Deletes the tenant's record of an artifact and answers it; its bytes go at the next
     housekeeping once no tenant's record points to them. NOT_FOUND when the tenant has none,
-    INVALID_ARGUMENT for an id that is not 64 lowercase hex digits. A job still queued with it
-    (its model or dataset) fails when its worker looks for it.
+    INVALID_ARGUMENT for an id that is not 64 lowercase hex digits, FAILED_PRECONDITION while
+    a job that has not ended (queued, running, being cancelled) or a sweep still running reads it.
     """
     GetArtifact: _aio.UnaryUnaryMultiCallable[_pruning_pb2.GetArtifactRequest, _pruning_pb2.Artifact]  # type: ignore[assignment]
     """The tenant's record of one artifact: kind, format, file name, size, when stored, and for
@@ -190,8 +190,8 @@ class PruningServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_pruning_pb2.Artifact, _abc.Awaitable[_pruning_pb2.Artifact]]:
         """Deletes the tenant's record of an artifact and answers it; its bytes go at the next
         housekeeping once no tenant's record points to them. NOT_FOUND when the tenant has none,
-        INVALID_ARGUMENT for an id that is not 64 lowercase hex digits. A job still queued with it
-        (its model or dataset) fails when its worker looks for it.
+        INVALID_ARGUMENT for an id that is not 64 lowercase hex digits, FAILED_PRECONDITION while
+        a job that has not ended (queued, running, being cancelled) or a sweep still running reads it.
         """
 
     @_abc_1.abstractmethod
