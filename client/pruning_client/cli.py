@@ -1692,8 +1692,9 @@ def sweep(
 
     Give --sparsities for the curve, or a budget (--max-loss-pp or --max-relative-loss) alone to
     search for the highest sparsity within it. Prints the sweep id; with --wait, each trial as
-    it changes and the table at the end (exit 9 if it was cancelled). --final-sparsity is
-    replaced by each trial's.
+    it changes and the table at the end (exit 8 if no trial succeeded or no sparsity tried
+    kept within the budget, 9 if it was cancelled). --final-sparsity is replaced by each
+    trial's.
     """
     _one_budget(max_loss_pp, max_relative_loss)
     opts = _globals()

@@ -15,6 +15,7 @@ import uuid
 import zlib
 
 import grpc
+import numpy as np
 import obstore
 import pytest
 from relay import CuttingRelay
@@ -1144,3 +1145,56 @@ def test_a_download_from_a_bucket_gone_is_unavailable_not_data_loss(seaweed, s3_
             assert error.code() == grpc.StatusCode.UNAVAILABLE, error.details()
     finally:
         server.stop()
+
+
+def test_checkpoints_ask_a_store_that_stopped_answering_before_sending_again(seaweed, s3_env, tmp_path):
+    """A store paused (it accepts connections and answers nothing) held each epoch's checkpoint
+    sends for their whole timeout and retries, the training waiting on them epoch after epoch.
+    After one send found the store not answering, the next checkpoint asks it first (a short
+    probe) and is skipped while it still does not answer; once it answers, checkpoints are
+    sent again."""
+    import tf_keras
+
+    from pruning_core.objectstore import open_probe, open_store
+    from pruning_worker import train
+
+    settings = settings_for(
+        s3_env,
+        state_dir=str(tmp_path / "state"),
+        s3_prefix=f"{s3_env['PRUNING_S3_PREFIX']}-paused-{uuid.uuid4().hex[:6]}",
+        s3_timeout_s=3.0,
+        s3_max_retries=0,
+    )
+    store = open_store(settings)
+    job_id = uuid.uuid4().hex[:24]
+    said: list[str] = []
+    checkpoints = train.Checkpoints(
+        store,
+        job_id,
+        store.checkpoint_dir(job_id, tmp_path / "attempt"),
+        said.append,
+        probe=lambda: open_probe(settings, 0.5).probe(),
+    )
+    model = tf_keras.Sequential([tf_keras.Input((3,)), tf_keras.layers.Dense(2)])
+    model.compile(optimizer="adam", loss="mse")
+    model.fit(np.zeros((4, 3)), np.zeros((4, 2)), verbose=0)
+
+    def save(epoch: int) -> float:
+        started = time.monotonic()
+        checkpoints.save(model, epoch, [])
+        return time.monotonic() - started
+
+    seaweed.pause()
+    try:
+        first = save(1)
+        second = save(2)
+    finally:
+        seaweed.resume()
+    assert first >= 2.5, said  # the send waited for its timeout
+    assert second < 2.0, (first, second, said)  # asked first, skipped at once
+    assert "still does not answer" in said[-1] and "epoch 2" in said[-1]
+    assert save(3) < 30 and checkpoints.latest() == {"epoch": 3, "prefix": "epoch-3", "history": []}
+    key = f"checkpoints/{job_id}/"
+    kept = [m["path"] for page in obstore.list(store.objects, prefix=key) for m in page]
+    assert sorted(p.removeprefix(key) for p in kept) == ["epoch-3.data-00000-of-00001", "epoch-3.index", "latest.json"]
+    store.drop_checkpoints(job_id)

@@ -571,7 +571,12 @@ def _run_claimed(store: JobStore, job: pb.Job, settings: Settings) -> pb.Job | N
                 job_dir(settings.work_path, job_id) as workdir,
                 train.checkpointing(
                     train.Checkpoints(
-                        blobs, job_id, blobs.checkpoint_dir(job_id, workdir), reporter.log, reporter.confirm
+                        blobs,
+                        job_id,
+                        blobs.checkpoint_dir(job_id, workdir),
+                        reporter.log,
+                        reporter.confirm,
+                        lambda: open_probe(settings, STORE_PROBE_TIMEOUT_S).probe(),
                     )
                 ),
             ):

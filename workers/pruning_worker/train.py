@@ -17,7 +17,7 @@ import pathlib
 import shutil
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -28,7 +28,13 @@ from google.protobuf import json_format
 from tf_keras.src.engine import data_adapter
 
 from pruning.v1 import pruning_pb2 as pb
-from pruning_core.objectstore import CHECKPOINT_LATEST, LocalStore, unavailable_errors, write_checkpoint_record
+from pruning_core.objectstore import (
+    CHECKPOINT_LATEST,
+    LocalStore,
+    one_line,
+    unavailable_errors,
+    write_checkpoint_record,
+)
 
 from . import tferrors
 from .callbacks import HistoryCallback
@@ -51,6 +57,12 @@ class Checkpoints:
     # a checkpoint's save deletes the others, so a stale attempt (its worker cut off from Redis
     # past the reaper's patience, still training) would delete or overwrite the newer one's.
     confirm: Callable[[], None] = lambda: None
+    # Raises when the artifact store does not answer within a few seconds. After a checkpoint
+    # could not be sent because the store did not answer, each later one asks it first: a store
+    # paused or cut off would hold every epoch's sends for their whole timeout and retries
+    # (a minute and a half a file by default), the training waiting on them.
+    probe: Callable[[], None] = lambda: None
+    _store_down: bool = field(default=False, init=False)
 
     def _owned(self, otherwise: str) -> bool:
         """Whether this attempt still owns the job (StaleAttempt once a newer one does); False,
@@ -91,10 +103,21 @@ class Checkpoints:
         for old in self.directory.glob("epoch-*"):
             if not old.name.startswith(f"{prefix}."):
                 old.unlink(missing_ok=True)
+        if self._store_down:
+            try:
+                self.probe()
+            except unavailable_errors() as exc:
+                self.log(
+                    f"the checkpoint of epoch {epoch} was not kept in the artifact store: it still does not answer "
+                    f"({one_line(exc, 200)})"
+                )
+                return
+            self._store_down = False
         try:
             self.store.push_checkpoint(self.job_id, self.directory, prefix)
         except Exception as exc:  # noqa: BLE001 - a checkpoint only saves time: the job goes on
-            self.log(f"the checkpoint of epoch {epoch} was not kept in the artifact store: {exc}")
+            self._store_down = isinstance(exc, unavailable_errors())
+            self.log(f"the checkpoint of epoch {epoch} was not kept in the artifact store: {one_line(exc, 300)}")
 
     def clear(self) -> None:
         """Deletes the job's checkpoints (one that does not fit: the attempt starts over);
