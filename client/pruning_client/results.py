@@ -101,6 +101,31 @@ class PruneResult:
         return 3 in (self.keras_version_in, self.keras_version_out)
 
     @property
+    def recipe(self) -> pb.RecipeResult:
+        """The fine-tuning recipe as it ran, with its resolved choices."""
+        return self.raw.recipe
+
+    @property
+    def history(self) -> list[pb.EpochSummary]:
+        """One summary per fine-tuning epoch (loss, accuracy, validation figures, sparsity)."""
+        return list(self.raw.history)
+
+    @property
+    def latency(self) -> list[pb.Latency]:
+        """Latency measured on the worker, before (the model as uploaded) and after pruning."""
+        return list(self.raw.latency)
+
+    @property
+    def phase_seconds(self) -> dict[str, float]:
+        """Seconds the worker spent in each phase ("inputs", "load", "baseline", ...)."""
+        return dict(self.raw.phase_seconds)
+
+    @property
+    def export_accuracy(self) -> list[pb.ExportAccuracy]:
+        """The TFLite exports' own test accuracy, measured on the files."""
+        return list(self.raw.export_accuracy)
+
+    @property
     def structured(self) -> pb.StructuredResult | None:
         """What structured pruning did (widths, layers left whole, parameters, FLOPs,
         latency before and after); None when the job did not ask for it."""
