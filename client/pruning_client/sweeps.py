@@ -159,7 +159,9 @@ def outcome(sweep: pb.Sweep) -> pb.Sweep:
     if sweep.state == pb.JOB_STATE_CANCELLED:
         raise JobCancelled(f"sweep {sweep.id} was cancelled")
     if sweep.state == pb.JOB_STATE_FAILED:  # no trial succeeded: the first failure's code
-        first = next((t for t in sweep.trials if t.state == pb.JOB_STATE_FAILED), None)
+        first = next((t for t in sweep.trials if t.state == pb.JOB_STATE_FAILED), None) or next(
+            (t for t in sweep.trials if t.state == pb.JOB_STATE_CANCELLED), None
+        )
         raise JobFailed(f"sweep {sweep.id} failed: {sweep.message}", job_code=first.error.code if first else 0)
     return sweep
 

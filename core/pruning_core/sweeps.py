@@ -381,10 +381,14 @@ def chosen(sweep: pb.Sweep) -> int | None:
 
 
 def first_failure(sweep: pb.Sweep) -> pb.Trial | None:
-    """The first trial that failed when no trial succeeded (a sweep of them failed), else None."""
+    """The first trial that failed when no trial succeeded (a sweep of them failed), else None;
+    when none failed either, the first one cancelled (its job cancelled on its own, not by the
+    sweep): a sweep that measured nothing did not succeed."""
     if any(t.state == pb.JOB_STATE_SUCCEEDED for t in sweep.trials):
         return None
-    return next((t for t in sweep.trials if t.state == pb.JOB_STATE_FAILED), None)
+    return next((t for t in sweep.trials if t.state == pb.JOB_STATE_FAILED), None) or next(
+        (t for t in sweep.trials if t.state == pb.JOB_STATE_CANCELLED), None
+    )
 
 
 def conclusion(sweep: pb.Sweep) -> str:
@@ -392,13 +396,21 @@ def conclusion(sweep: pb.Sweep) -> str:
     done = sum(1 for t in sweep.trials if t.state == pb.JOB_STATE_SUCCEEDED)
     failed = sum(1 for t in sweep.trials if t.state == pb.JOB_STATE_FAILED)
     cancelled = sum(1 for t in sweep.trials if t.state == pb.JOB_STATE_CANCELLED)
-    dropped = f", {cancelled} cancelled above a sparsity over the budget" if cancelled else ""
+    why = " above a sparsity over the budget" if superfluous_cancels(sweep) == cancelled else ""
+    dropped = f", {cancelled} cancelled{why}" if cancelled else ""
     tail = f" ({done} trial{'' if done == 1 else 's'} succeeded, {failed} failed{dropped})"
     if (first := first_failure(sweep)) is not None:
         # a job's error of at most 500 characters, as a job input error's
         cause = first.error.message if len(first.error.message) <= 380 else first.error.message[:377] + "..."
-        return f"no trial succeeded ({failed} failed); trial {first.index} (job {first.job_id}): {cause}"
+        job = f" (job {first.job_id})" if first.job_id else " (refused at CreateJob)"
+        return f"no trial succeeded ({failed} failed{dropped}); trial {first.index}{job}: {cause}"
     if not _has_budget(sweep.spec):
+        listed = {round(s, 4) for s in sweep.spec.sparsities}
+        if len(_tried(sweep)) < len(listed):
+            return (
+                f"{len(_tried(sweep))} of the {len(listed)} sparsities tried (max_trials {sweep.spec.max_trials})"
+                + tail
+            )
         return "every sparsity tried" + tail
     if index is None:
         return "no sparsity tried keeps the accuracy budget" + tail
@@ -406,6 +418,18 @@ def conclusion(sweep: pb.Sweep) -> str:
     return (
         f"sparsity {t.sparsity:.4f} is the highest within the budget: accuracy {t.pruned_accuracy:.4f}, "
         f"{lost_or_gained(t.accuracy_loss_pp)}" + tail
+    )
+
+
+def superfluous_cancels(sweep: pb.Sweep) -> int:
+    """Trials cancelled above the lowest sparsity a list with a budget saw go over it (those
+    ``superfluous`` cancelled); others were cancelled by hand."""
+    if not sweep.spec.sparsities or not _has_budget(sweep.spec) or _halving(sweep.spec):
+        return 0
+    over = [t.sparsity for t in sweep.trials if _ended(t) and not t.within_budget and t.state != pb.JOB_STATE_CANCELLED]
+    lowest = min(over) if over else None
+    return sum(
+        1 for t in sweep.trials if t.state == pb.JOB_STATE_CANCELLED and lowest is not None and t.sparsity > lowest
     )
 
 

@@ -128,6 +128,12 @@ class SweepServicer(pb_grpc.SweepServiceServicer):
             checked = await self.jobs.create_job(
                 tenant, pb.CreateJobRequest(spec=sweeps.trial_spec(spec.base, first), validate_only=True)
             )
+            if spec.method == pb.SEARCH_METHOD_SUCCESSIVE_HALVING:
+                # Rung 0 trains fewer epochs than the template: a schedule's explicit steps
+                # (end_step, begin_step) that fit the template may not fit it.
+                short = sweeps.trial_spec(spec.base, first)
+                short.training.epochs = sweeps.rung_epochs(spec, 0)
+                await self.jobs.create_job(tenant, pb.CreateJobRequest(spec=short, validate_only=True))
         except Invalid as exc:
             raise Invalid([(f"{prefix}{f.removeprefix('spec')}", d) for f, d in exc.violations]) from None
         except Failure as exc:  # NOT_FOUND "spec.model_id: no artifact ..." names the field too
@@ -400,6 +406,7 @@ async def advance(jobs: PruningService, store: SweepStore, sweep_id: str) -> pb.
             break  # another sweep of the tenant took the room meanwhile: a later step queues it
         except Failure as exc:  # a trial refused does not sink the sweep
             trial.state = pb.JOB_STATE_FAILED
+            trial.error.code = exc.code.value[0]  # google.rpc codes are gRPC's
             trial.error.message = exc.message[:500]
 
         def add(current: pb.Sweep, trial: pb.Trial = trial) -> bool:
