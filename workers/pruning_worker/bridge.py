@@ -809,6 +809,37 @@ def to_keras3(model2: Any, like: Any) -> Any:
     return clone
 
 
+_ATTENTION_TENSORS = {"value": "value_shape", "key": "key_shape", "attention_mask": None}
+
+
+def _attention_node(node: Any, config: dict) -> Any:
+    """A tf_keras MultiHeadAttention call node (``[[query, n, t, {"value": [value, n, t], ...}]]``)
+    in Keras 3's own node format: Keras 3's loader of Keras 2 files passes a legacy node's
+    keyword arguments on as written, so ``value`` (and ``key``, ``attention_mask``) reached
+    the layer as lists of names, not tensors, and the layer could not be built."""
+    if not (isinstance(node, list) and len(node) == 1 and isinstance(node[0], list) and len(node[0]) == 4):
+        return node
+    query, n, t, kwargs = node[0]
+    if not isinstance(kwargs, dict):
+        return node
+
+    def tensor(history: Any, shape_key: str | None) -> dict:
+        # a placeholder: the loader swaps it for the tensor of keras_history (its own shape)
+        shape = (config.get(shape_key) if shape_key else None) or [None]
+        return {
+            "class_name": "__keras_tensor__",
+            "config": {"shape": shape, "dtype": "float32", "keras_history": list(history)},
+        }
+
+    converted = {}
+    for key, value in kwargs.items():
+        if key in _ATTENTION_TENSORS and isinstance(value, list) and len(value) == 3 and isinstance(value[0], str):
+            converted[key] = tensor(value, _ATTENTION_TENSORS[key])
+        else:
+            converted[key] = value
+    return {"args": [tensor([query, n, t], "query_shape")], "kwargs": converted}
+
+
 def for_keras3_loader(config: Any) -> Any:
     """A tf_keras model configuration (an HDF5 file's ``model_config``) that Keras 3's loader
     of Keras 2 files takes. An option Keras 3's layer class does not take is dropped where it
@@ -820,6 +851,8 @@ def for_keras3_loader(config: Any) -> Any:
     if not isinstance(config, dict):
         return config
     out = {key: for_keras3_loader(value) for key, value in config.items()}
+    if out.get("class_name") == "MultiHeadAttention" and isinstance(out.get("inbound_nodes"), list):
+        out["inbound_nodes"] = [_attention_node(node, out.get("config") or {}) for node in out["inbound_nodes"]]
     cls3, cls2 = (
         getattr(keras.layers, str(out.get("class_name")), None),
         getattr(tf_keras.layers, str(out.get("class_name")), None),
@@ -827,10 +860,15 @@ def for_keras3_loader(config: Any) -> Any:
     layer_config = out.get("config")
     if isinstance(cls3, type) and isinstance(cls2, type) and isinstance(layer_config, dict):
         taken, given = _parameters(cls3), _parameters(cls2)
-        for key in [k for k in layer_config if k not in taken and k in given]:
-            default = given[key].default
+        # the shapes tf_keras' attention records (_TF_KERAS_REQUIRED, out of its signature):
+        # Keras 3 builds the layer when the loader calls it in the rebuilt graph, and refuses
+        # them as options
+        built = _TF_KERAS_REQUIRED.get(str(out.get("class_name")), {})
+        for key in [k for k in layer_config if k not in taken and (k in given or k in built)]:
+            built_for = key in built
+            default = given[key].default if key in given else inspect.Parameter.empty
             at_default = default is not inspect.Parameter.empty and _same(_plain(default), layer_config[key])
-            if at_default or key.endswith("_initializer"):
+            if at_default or key.endswith("_initializer") or built_for:
                 del layer_config[key]
     return out
 
@@ -847,6 +885,16 @@ def _embedding_bound(input_layer: Any) -> int | None:
     return int(min(bounds)) if bounds else None
 
 
+def _feeds_attention_mask(input_layer: Any) -> bool:
+    """Whether the input is the ``attention_mask`` of a MultiHeadAttention it feeds directly."""
+    for node in input_layer._outbound_nodes:
+        if isinstance(node.operation, keras.layers.MultiHeadAttention):
+            mask = node.arguments.kwargs.get("attention_mask")
+            if mask is not None and any(t is mask for t in input_layer._inbound_nodes[0].output_tensors):
+                return True
+    return False
+
+
 def make_probe(model3: Any, batch: int = 2, seed: int = 0, length: int = 8) -> list[np.ndarray]:
     """A deterministic input batch for ``model3``, one array per input: standard normal
     floats, and integers in [0, input_dim) for inputs feeding an Embedding (in [0, 10)
@@ -856,7 +904,9 @@ def make_probe(model3: Any, batch: int = 2, seed: int = 0, length: int = 8) -> l
     for layer in _input_layers(model3):
         shape = (batch, *[d if d is not None else length for d in layer.get_config()["batch_shape"][1:]])
         dtype = np.dtype(layer.get_config().get("dtype") or "float32")
-        if np.issubdtype(dtype, np.floating):
+        if _feeds_attention_mask(layer):  # a mask is 0/1: tf_keras weighs other values, Keras 3 casts to bool
+            probe.append(rng.integers(0, 2, shape).astype(dtype))
+        elif np.issubdtype(dtype, np.floating):
             probe.append(rng.standard_normal(shape).astype(dtype))
         else:
             high = _embedding_bound(layer) or _PROBE_INT_HIGH

@@ -140,12 +140,26 @@ def _converted(converter: Any, name: str) -> bytes:
     from tensorflow.lite.python.convert_phase import ConverterError
 
     try:
-        return bytes(converter.convert())
+        flat = bytes(converter.convert())
     except ConverterError as exc:
         raise JobInputError(
             f"spec.export.formats: {name}: the model does not convert to TFLite ({tferrors.root_cause(exc)}); "
             "drop the format or replace the layer"
         ) from exc
+    # A file that converts may still not run (GroupNormalization's BROADCAST_TO fails to prepare
+    # at any batch size): run it once on zeros, so the service never hands back such a file.
+    try:
+        interpreter = tf.lite.Interpreter(model_content=flat)
+        interpreter.allocate_tensors()
+        for d in interpreter.get_input_details():
+            interpreter.set_tensor(d["index"], np.zeros(d["shape"], d["dtype"]))
+        interpreter.invoke()
+    except (RuntimeError, ValueError) as exc:
+        raise JobInputError(
+            f"spec.export.formats: {name}: the model converts to TFLite but the file does not run "
+            f"({tferrors.root_cause(exc)}); drop the format or replace the layer"
+        ) from exc
+    return flat
 
 
 def check_tflite(model: Any, formats_asked: Any) -> None:
