@@ -199,6 +199,7 @@ def _walk_classes(
     options: list[tuple[str, str, str]],
     refused: _Refusals,
     root: bool = False,
+    masks: frozenset[str] = frozenset(),
 ):
     """Checks every ``class_name`` in a Keras config tree; collects (class, name) of layers,
     into ``mixed`` the names of those whose dtype policy is a mixed one (``mixed_float16``;
@@ -222,6 +223,9 @@ def _walk_classes(
                 )
                 return
             if str(module).startswith(preflight.OPERATION_MODULES) and cls not in preflight.MASK_OPERATIONS:
+                config = node.get("config")
+                if (node.get("name") or (config.get("name") if isinstance(config, dict) else None)) in masks:
+                    return  # a merge layer's padding mask, said once below
                 if not preflight.operation_translated(cls, node.get("inbound_nodes")):
                     refused.append(_operation_refused(node, cls))
                 return  # arithmetic the bridge makes a layer of: tensors and a number, nothing else
@@ -281,10 +285,10 @@ def _walk_classes(
                     options.append((str(config["name"]), cls, problem))
         for key, value in node.items():
             if key not in _NOT_LOADED:
-                _walk_classes(value, found, mixed, options, refused)
+                _walk_classes(value, found, mixed, options, refused, masks=masks)
     elif isinstance(node, list):
         for value in node:
-            _walk_classes(value, found, mixed, options, refused)
+            _walk_classes(value, found, mixed, options, refused, masks=masks)
 
 
 def _names_twice(layers: list[tuple[str, str]]) -> list[str]:
@@ -336,8 +340,9 @@ def check_model_config(
     mixed: list[str] = []
     options: list[tuple[str, str, str]] = []
     refused = _Refusals()
+    merging, merged = preflight.mask_merges(config)
     try:
-        _walk_classes(config, layers, mixed, options, refused, root=True)
+        _walk_classes(config, layers, mixed, options, refused, root=True, masks=merging)
     except RecursionError:
         raise ModelRejected("the model configuration is nested too deeply") from None
     # Every problem found, in one answer: a model with several is fixed before the next upload.
@@ -355,6 +360,13 @@ def check_model_config(
         except preflight.Unconvertible as exc:
             for problem in exc.problems:
                 refused.append(problem)
+        if merged:
+            refused.append(
+                f"the padding mask (Embedding mask_zero or Masking) reaches the merge layer{'s' if len(merged) > 1 else ''} "
+                f"{[name[:60] for name in merged[:5]]}, whose mask Keras 3 combines with keras.ops calls (an OR of "
+                "the masks, where tf_keras takes an AND), which the service does not translate; refused: drop "
+                "mask_zero (or the Masking layer), or pool the sequence (GlobalAveragePooling1D) before the merge"
+            )
         if (operation := preflight.mask_operation_on_data(config)) is not None:
             refused.append(
                 f"the model uses {operation} on data, a keras.ops call the service translates only where it "

@@ -478,6 +478,92 @@ def _tensor_sources(value: Any) -> Iterator[str]:
             yield from _tensor_sources(item)
 
 
+def _functional_models(node: Any) -> Iterator[dict]:
+    """The configurations of the functional models in a Keras config tree (nested ones too)."""
+    if isinstance(node, list):
+        for item in node:
+            yield from _functional_models(item)
+    elif isinstance(node, dict):
+        cfg = node.get("config")
+        if isinstance(cfg, dict) and isinstance(cfg.get("layers"), list):
+            yield cfg
+        for item in node.values():
+            yield from _functional_models(item)
+
+
+def _node_name(node: dict) -> str:
+    return str(node.get("name") or (node.get("config") or {}).get("name"))
+
+
+def _output_names(model: dict) -> list[str]:
+    outputs = model.get("output_layers")  # [[name, node, tensor], ...], or one such list
+    if not isinstance(outputs, list):
+        return []
+    return [str(o[0]) for o in outputs if isinstance(o, list) and o] or (
+        [str(outputs[0])] if outputs and isinstance(outputs[0], str) else []
+    )
+
+
+def mask_merges(config: Any) -> tuple[frozenset[str], list[str]]:
+    """The operation nodes of a Keras 3 configuration that only compute padding masks, and the
+    layers whose ``mask=`` they make beyond what the bridge translates. Keras 3 records the
+    mask a merge layer (Add, Concatenate, ...) passes on as keras.ops calls (``logical_or``,
+    ``expand_dims``, ``concatenate`` ...) whose outputs reach only ``mask=`` arguments; they
+    are no data operation of the user's. Returns (their names, the layers they give a mask to,
+    where an operation other than :data:`MASK_OPERATIONS` takes part)."""
+    only: set[str] = set()
+    fed: list[str] = []
+    for model in _functional_models(config):
+        nodes = [n for n in model["layers"] if isinstance(n, dict)]
+        ops = {
+            _node_name(n): str(n.get("class_name"))
+            for n in nodes
+            if str(n.get("module") or "").startswith(OPERATION_MODULES)
+        }
+        if not ops:
+            continue
+        data_uses: dict[str, set[str]] = {}  # an operation -> the nodes that use it otherwise than as a mask
+        # (the sources of a layer's mask, the sources of its data): the merge a mask comes out of
+        # is the data source of the layer it is given to
+        calls: list[tuple[list[str], list[str]]] = []
+        sources: dict[str, set[str]] = {}  # a node -> the nodes its data comes from
+        for n in nodes:
+            for inbound in n.get("inbound_nodes") or []:
+                if not isinstance(inbound, dict):
+                    continue
+                kwargs = inbound.get("kwargs")
+                others = {k: v for k, v in kwargs.items() if k != "mask"} if isinstance(kwargs, dict) else {}
+                data = [*_tensor_sources(inbound.get("args")), *_tensor_sources(others)]
+                for name in data:
+                    data_uses.setdefault(name, set()).add(_node_name(n))
+                sources.setdefault(_node_name(n), set()).update(data)
+                if isinstance(kwargs, dict):
+                    calls.append((list(_tensor_sources(kwargs.get("mask"))), data))
+        outputs = set(_output_names(model))
+        candidates = {name for name in ops if name not in outputs}
+        changed = True
+        while changed:  # an operation stays while every data use of it is by another one that stays
+            changed = False
+            for name in sorted(candidates):
+                if not data_uses.get(name, set()) <= candidates:
+                    candidates.discard(name)
+                    changed = True
+        merging = {name for name in candidates if ops[name] not in MASK_OPERATIONS}
+        grown = True
+        while grown:  # and the masks made of theirs (``any`` over a concatenated mask)
+            grown = False
+            for name in sorted(candidates - merging):
+                if sources.get(name, set()) & merging:
+                    merging.add(name)
+                    grown = True
+        if merging:
+            only |= candidates
+            for masks, data in calls:
+                if merging & set(masks):
+                    fed += [name for name in data if name not in candidates and name not in fed]
+    return frozenset(only), fed
+
+
 def mask_operation_on_data(config: Any) -> str | None:
     """The first mask operation (:data:`MASK_OPERATIONS`: ``not_equal``, ``any``,
     ``convert_to_tensor``) of a Keras 3 functional model whose output is used otherwise than
@@ -499,6 +585,7 @@ def mask_operation_on_data(config: Any) -> str | None:
     def name_of(node: dict) -> str:
         return str(node.get("name") or (node.get("config") or {}).get("name"))
 
+    merging = mask_merges(config)[0]
     for model in models(config):
         nodes = [n for n in model["layers"] if isinstance(n, dict)]
         masks = {
@@ -509,8 +596,8 @@ def mask_operation_on_data(config: Any) -> str | None:
         if not masks:
             continue
         for n in nodes:
-            if name_of(n) in masks:
-                continue  # a mask made of a mask: not_equal then any, a converted mask
+            if name_of(n) in masks or name_of(n) in merging:
+                continue  # a mask made of a mask: not_equal then any, a converted mask, a merge's mask
             for inbound in n.get("inbound_nodes") or []:
                 if not isinstance(inbound, dict):
                     continue
