@@ -548,14 +548,27 @@ def mask_merges(config: Any) -> tuple[frozenset[str], list[str]]:
                 if not data_uses.get(name, set()) <= candidates:
                     candidates.discard(name)
                     changed = True
-        merging = {name for name in candidates if ops[name] not in MASK_OPERATIONS}
+        # Those made of a padding mask (the ``not_equal`` of Embedding(mask_zero), Masking's
+        # ``any``): a mask the user computes (ops on inputs of their own) is not a merge's
+        padded = {name for name in candidates if ops[name] in MASK_OPERATIONS}
+        grown = True
+        while grown:
+            grown = False
+            for name in sorted(candidates - padded):
+                # made of one, or used only to make one (the zeros_like of a merge's data)
+                uses = data_uses.get(name, set())
+                if sources.get(name, set()) & padded or (uses and uses <= padded):
+                    padded.add(name)
+                    grown = True
+        merging = {name for name in padded if ops[name] not in MASK_OPERATIONS}
         grown = True
         while grown:  # and the masks made of theirs (``any`` over a concatenated mask)
             grown = False
-            for name in sorted(candidates - merging):
+            for name in sorted(padded - merging):
                 if sources.get(name, set()) & merging:
                     merging.add(name)
                     grown = True
+        candidates = padded
         if merging:
             only |= candidates
             for masks, data in calls:

@@ -36,3 +36,15 @@ def test_a_mask_reaching_a_merge_is_refused_once_naming_the_merge(tmp_path, merg
 def test_the_same_model_without_a_mask_is_taken(tmp_path):
     info = modelcheck.inspect_model(_model(tmp_path / "m.keras", "Add", False), 10**9)
     assert ("Add", "merge") in info.layers
+
+
+def test_a_users_translated_mask_op_is_not_called_a_merge_layers_padding_mask(tmp_path):
+    import keras
+
+    L = keras.layers
+    t = keras.Input((12,), dtype="int32", name="tokens")
+    m1 = keras.Input((12,), dtype="bool", name="m1")
+    m2 = keras.Input((12,), dtype="bool", name="m2")
+    x = L.LSTM(4)(L.Embedding(50, 8)(t), mask=keras.ops.multiply(m1, m2))
+    keras.Model([t, m1, m2], L.Dense(3)(x)).save(tmp_path / "m.keras")
+    modelcheck.inspect_model(tmp_path / "m.keras", 10**9)  # was refused as a merge's padding mask

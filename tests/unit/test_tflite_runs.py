@@ -35,3 +35,26 @@ def test_a_tflite_file_that_runs_passes_the_check():
     check_tflite(
         keras.Model(i, L.Dense(2)(L.GlobalAveragePooling2D()(x))), [pb.EXPORT_FORMAT_KERAS, pb.EXPORT_FORMAT_TFLITE]
     )
+
+
+@pytest.mark.parametrize("shape", ["(None, 8)", "(None, None, 3)"])
+def test_a_model_of_open_dimensions_is_not_run_at_a_size_that_crashes_the_interpreter(shape):
+    """An open length or image size is 1 in the converted file's input shape: a valid
+    convolution over it made the interpreter kill the worker (a segmentation fault) in the
+    check before training. Such a file is not run, and the check passes."""
+    import subprocess
+    import sys
+
+    conv = "Conv1D(4, 3)" if shape.count(",") == 1 else "Conv2D(4, 3)"
+    pool = "GlobalMaxPooling1D" if shape.count(",") == 1 else "GlobalMaxPooling2D"
+    script = (
+        "import tf_keras as keras\n"
+        "from pruning.v1 import pruning_pb2 as pb\n"
+        "from pruning_worker.export import check_tflite\n"
+        f"i = keras.Input({shape})\n"
+        f"x = keras.layers.{pool}()(keras.layers.{conv}(i))\n"
+        "check_tflite(keras.Model(i, keras.layers.Dense(2)(x)), [pb.EXPORT_FORMAT_KERAS, pb.EXPORT_FORMAT_TFLITE])\n"
+        "print('checked')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and "checked" in done.stdout, (done.returncode, done.stderr[-2000:])

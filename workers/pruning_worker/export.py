@@ -148,6 +148,12 @@ def _converted(converter: Any, name: str) -> bytes:
         ) from exc
     # A file that converts may still not run (GroupNormalization's BROADCAST_TO fails to prepare
     # at any batch size): run it once on zeros, so the service never hands back such a file.
+    # Only where every input's shape is known but its batch: an unknown length or image size
+    # is 1 in "shape", and a valid convolution over 1 step makes the interpreter crash the
+    # process (a segmentation fault), not raise.
+    details = tf.lite.Interpreter(model_content=flat).get_input_details()
+    if any(-1 in list(d.get("shape_signature", d["shape"]))[1:] for d in details):
+        return flat
     try:
         interpreter = tf.lite.Interpreter(model_content=flat)
         interpreter.allocate_tensors()
