@@ -583,33 +583,18 @@ def mask_operation_on_data(config: Any) -> str | None:
     as a mask (a layer's input, another operation's, a model output), as "name (Class)", or
     None. The bridge translates them only as masks, and would refuse the model when a job
     loads it."""
-
-    def models(node: Any) -> Iterator[dict]:
-        if isinstance(node, list):
-            for item in node:
-                yield from models(item)
-        elif isinstance(node, dict):
-            cfg = node.get("config")
-            if isinstance(cfg, dict) and isinstance(cfg.get("layers"), list):
-                yield cfg
-            for item in node.values():
-                yield from models(item)
-
-    def name_of(node: dict) -> str:
-        return str(node.get("name") or (node.get("config") or {}).get("name"))
-
     merging = mask_merges(config)[0]
-    for model in models(config):
+    for model in _functional_models(config):
         nodes = [n for n in model["layers"] if isinstance(n, dict)]
         masks = {
-            name_of(n): str(n.get("class_name"))
+            _node_name(n): str(n.get("class_name"))
             for n in nodes
             if n.get("class_name") in MASK_OPERATIONS and str(n.get("module") or "").startswith(OPERATION_MODULES)
         }
         if not masks:
             continue
         for n in nodes:
-            if name_of(n) in masks or name_of(n) in merging:
+            if _node_name(n) in masks or _node_name(n) in merging:
                 continue  # a mask made of a mask: not_equal then any, a converted mask, a merge's mask
             for inbound in n.get("inbound_nodes") or []:
                 if not isinstance(inbound, dict):
@@ -619,13 +604,8 @@ def mask_operation_on_data(config: Any) -> str | None:
                 used = [*_tensor_sources(inbound.get("args")), *_tensor_sources(others)]
                 if found := next((name for name in used if name in masks), None):
                     return f"{found[:60]} ({masks[found]})"
-        outputs = model.get("output_layers")  # [[name, node, tensor], ...], or one such list
-        if isinstance(outputs, list):
-            names = [o[0] for o in outputs if isinstance(o, list) and o] or (
-                [outputs[0]] if outputs and isinstance(outputs[0], str) else []
-            )
-            if found := next((str(name) for name in names if str(name) in masks), None):
-                return f"{found[:60]} ({masks[found]})"
+        if found := next((name for name in _output_names(model) if name in masks), None):
+            return f"{found[:60]} ({masks[found]})"
     return None
 
 
