@@ -401,24 +401,20 @@ def chance_level_note(pruned: float, baseline: float, y_test: Any, binary: bool 
             return None
         ones = np.mean(labels.reshape(len(labels), -1) > 0.5, axis=0)
         chance = float(np.mean(np.maximum(ones, 1.0 - ones)))
-        if pruned > chance + CHANCE_MARGIN or baseline < chance + 5 * CHANCE_MARGIN:
+        share = "the share of each unit's most frequent test label"
+    else:
+        if labels.ndim == 2 and labels.shape[1] > 1:  # one-hot
+            labels = labels.argmax(axis=1)
+        elif labels.ndim == 2 and labels.shape[1] == 1:
+            labels = labels[:, 0]
+        if labels.ndim != 1 or not len(labels):
             return None
-        return (
-            f"the pruned model's test accuracy {pruned:.4f} is at chance level ({chance:.4f}: the share of each "
-            f"unit's most frequent test label), down from {baseline:.4f}: this sparsity removed what the model "
-            "computed; prune less, or give an accuracy budget to find the highest sparsity that keeps it"
-        )
-    if labels.ndim == 2 and labels.shape[1] > 1:  # one-hot
-        labels = labels.argmax(axis=1)
-    elif labels.ndim == 2 and labels.shape[1] == 1:
-        labels = labels[:, 0]
-    if labels.ndim != 1 or not len(labels):
-        return None
-    chance = float(np.unique(labels, return_counts=True)[1].max() / len(labels))
+        chance = float(np.unique(labels, return_counts=True)[1].max() / len(labels))
+        share = "the most frequent test label's share"
     if pruned > chance + CHANCE_MARGIN or baseline < chance + 5 * CHANCE_MARGIN:
         return None
     return (
-        f"the pruned model's test accuracy {pruned:.4f} is at chance level ({chance:.4f}: the most frequent test "
-        f"label's share), down from {baseline:.4f}: this sparsity removed what the model computed; prune less, or "
-        "give an accuracy budget to find the highest sparsity that keeps it"
+        f"the pruned model's test accuracy {pruned:.4f} is at chance level ({chance:.4f}: {share}), down from "
+        f"{baseline:.4f}: this sparsity removed what the model computed; prune less, or give an accuracy budget to "
+        "find the highest sparsity that keeps it"
     )
