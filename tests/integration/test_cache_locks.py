@@ -4,27 +4,15 @@
 from __future__ import annotations
 
 import os
-import pathlib
 import time
 
 import pytest
-from s3_fixtures import s3_env, seaweed, small_disk  # noqa: F401 - fixtures
+from s3_fixtures import cached, random_blob, s3_env, seaweed, small_disk  # noqa: F401 - fixtures
 
 from conftest import settings_for
 
 pytestmark = pytest.mark.integration
 MiB = 1 << 20
-
-
-def _random_blob(store, path: pathlib.Path, mib: int) -> str:
-    with open(path, "wb") as f:
-        for _ in range(mib):
-            f.write(os.urandom(MiB))
-    return store.put_file(path)[0]
-
-
-def _cached(root: pathlib.Path) -> set[str]:
-    return {p.name for p in root.rglob("*") if len(p.name) == 64}
 
 
 def test_the_fetch_locks_of_ids_no_longer_cached_do_not_pile_up(seaweed, s3_env, tmp_path):
@@ -48,8 +36,8 @@ def test_the_fetch_locks_of_ids_no_longer_cached_do_not_pile_up(seaweed, s3_env,
             for lock in root.glob("??/.*.lock"):
                 os.utime(lock, (past, past))
     locks = list(root.glob("??/.*.lock"))
-    assert len(_cached(root)) <= 2
-    assert len(locks) <= 12, f"{len(locks)} lock files for {len(_cached(root))} cached inputs"
+    assert len(cached(root)) <= 2
+    assert len(locks) <= 12, f"{len(locks)} lock files for {len(cached(root))} cached inputs"
     # the ids still fetch, and one at a time: the lock of a cached id is the one used
     again = InputCache(store, root, max_bytes=2500)
     assert again.path(ids[0]).read_bytes() == (tmp_path / "b0").read_bytes()

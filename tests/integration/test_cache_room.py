@@ -3,27 +3,13 @@
 
 from __future__ import annotations
 
-import os
-import pathlib
-
 import pytest
-from s3_fixtures import s3_env, seaweed, small_disk  # noqa: F401 - fixtures
+from s3_fixtures import cached, random_blob, s3_env, seaweed, small_disk  # noqa: F401 - fixtures
 
 from conftest import settings_for
 
 pytestmark = pytest.mark.integration
 MiB = 1 << 20
-
-
-def _random_blob(store, path: pathlib.Path, mib: int) -> str:
-    with open(path, "wb") as f:
-        for _ in range(mib):
-            f.write(os.urandom(MiB))
-    return store.put_file(path)[0]
-
-
-def _cached(root: pathlib.Path) -> set[str]:
-    return {p.name for p in root.rglob("*") if len(p.name) == 64}
 
 
 def test_a_fetch_makes_room_within_the_bound_before_it_writes(seaweed, s3_env, tmp_path, small_disk):
@@ -34,16 +20,16 @@ def test_a_fetch_makes_room_within_the_bound_before_it_writes(seaweed, s3_env, t
     from pruning_worker.cache import InputCache
 
     store = open_store(settings_for(s3_env, state_dir=str(tmp_path / "state")))
-    old, new = _random_blob(store, tmp_path / "old", 40), _random_blob(store, tmp_path / "new", 30)
+    old, new = random_blob(store, tmp_path / "old", 40), random_blob(store, tmp_path / "new", 30)
     first = InputCache(store, small_disk / "cache", max_bytes=48 * MiB)
     first.path(old)
     first.release()  # that job ended: its input is idle, within the bound
-    assert _cached(small_disk / "cache") == {old}
+    assert cached(small_disk / "cache") == {old}
     second = InputCache(store, small_disk / "cache", max_bytes=48 * MiB)
     try:
         path = second.path(new)
         assert path.stat().st_size == 30 * MiB
-        assert _cached(small_disk / "cache") == {new}  # the idle one made room, as the bound says
+        assert cached(small_disk / "cache") == {new}  # the idle one made room, as the bound says
     finally:
         second.release()
 
@@ -54,7 +40,7 @@ def test_a_full_disk_gets_the_idle_inputs_evicted_and_the_fetch_tried_again(seaw
     from pruning_worker.cache import InputCache
 
     store = open_store(settings_for(s3_env, state_dir=str(tmp_path / "state")))
-    old, new = _random_blob(store, tmp_path / "old", 20), _random_blob(store, tmp_path / "new", 20)
+    old, new = random_blob(store, tmp_path / "old", 20), random_blob(store, tmp_path / "new", 20)
     cache = InputCache(store, small_disk / "cache", max_bytes=100 * MiB)
     cache.path(old)
     cache.release()
@@ -63,6 +49,6 @@ def test_a_full_disk_gets_the_idle_inputs_evicted_and_the_fetch_tried_again(seaw
     cache = InputCache(store, small_disk / "cache", max_bytes=100 * MiB)
     try:
         assert cache.path(new).stat().st_size == 20 * MiB
-        assert _cached(small_disk / "cache") == {new}
+        assert cached(small_disk / "cache") == {new}
     finally:
         cache.release()

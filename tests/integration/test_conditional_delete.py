@@ -6,13 +6,10 @@ request, which is no ClientError."""
 from __future__ import annotations
 
 import hashlib
-import uuid
 
 import obstore
 import pytest
-from s3_fixtures import s3_env, seaweed  # noqa: F401 - fixtures
-
-from conftest import settings_for
+from s3_fixtures import own_store, s3_env, seaweed  # noqa: F401 - fixtures
 
 pytestmark = pytest.mark.integration
 
@@ -21,15 +18,8 @@ def test_a_client_without_if_match_gets_the_last_look_and_a_plain_delete(s3_env,
     from botocore.exceptions import ParamValidationError
 
     from pruning_core import objectstore
-    from pruning_core.objectstore import open_store
 
-    store = open_store(
-        settings_for(
-            s3_env,
-            state_dir=str(tmp_path / "state"),
-            s3_prefix=f"{s3_env['PRUNING_S3_PREFIX']}-old-boto-{uuid.uuid4().hex[:6]}",
-        )
-    )
+    store = own_store(s3_env, tmp_path, "old-boto")
     good = b"the bytes as uploaded" * 100
     artifact_id = hashlib.sha256(good).hexdigest()
     obstore.put(store.objects, artifact_id, good[:-1] + b"?")  # changed behind the service's back

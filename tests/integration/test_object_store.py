@@ -1,3 +1,4 @@
+# ruff: noqa: F811 - the fixtures imported from s3_fixtures are arguments here
 """Artifacts in a real S3 server (SeaweedFS started here, on free ports), and two worker
 "hosts": the server and each worker have their own state directory, cache and work directory,
 and share no path, only Redis and the bucket."""
@@ -19,11 +20,10 @@ import numpy as np
 import obstore
 import pytest
 from relay import CuttingRelay
-from seaweed import SeaweedFS
+from s3_fixtures import cached, own_store, s3_env, seaweed  # noqa: F401 - fixtures
 
 from conftest import (
     ServerThread,
-    delete_deployment,
     fine_tuning,
     settings_for,
     start_worker,
@@ -36,29 +36,6 @@ from pruning_client import Client, DataLoss, ResourceExhausted, constant_sparsit
 
 pytestmark = pytest.mark.integration
 MiB = 1 << 20
-
-
-@pytest.fixture(scope="module")
-def seaweed(tmp_path_factory):
-    server = SeaweedFS(tmp_path_factory.mktemp("seaweed"))
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def s3_env(env, seaweed, tmp_path_factory):
-    """A deployment of its own (key prefix, queue) with its artifacts in S3."""
-    run = uuid.uuid4().hex[:8]
-    values = {
-        **env,
-        **seaweed.env(prefix=f"test-{run}"),
-        "PRUNING_KEY_PREFIX": f"pruning-s3-{run}",
-        "PRUNING_QUEUE": f"pruning-s3-{run}",
-        "PRUNING_STATE_DIR": str(tmp_path_factory.mktemp("server-host")),
-        "PRUNING_S3_PART_SIZE": str(5 * MiB),  # several parts in flight for a 16 MiB upload
-    }
-    yield values
-    delete_deployment(values["PRUNING_REDIS_URL"], values["PRUNING_KEY_PREFIX"], values["PRUNING_QUEUE"])
 
 
 @pytest.fixture(scope="module")
@@ -283,9 +260,9 @@ def test_input_cache_fetches_once_verifies_and_keeps_its_bound(seaweed, s3_env, 
     ok = first.with_name(f".{first.name}.ok")
     os.utime(ok, (time.time() + 5, time.time() + 5))  # blob 0 used last: blob 1 goes first
     cache.path(blobs[2])
-    assert _cached(tmp_path / "cache") == {blobs[0], blobs[2]} and cache.fetched == 3
+    assert cached(tmp_path / "cache") == {blobs[0], blobs[2]} and cache.fetched == 3
     assert cache.path(blobs[1], keep=(blobs[2],)).exists()  # blob 0 evicted, never the kept one
-    assert _cached(tmp_path / "cache") == {blobs[1], blobs[2]}
+    assert cached(tmp_path / "cache") == {blobs[1], blobs[2]}
 
 
 def test_inputs_held_past_the_bound_go_when_their_job_lets_them_go(seaweed, s3_env, tmp_path):
@@ -299,11 +276,11 @@ def test_inputs_held_past_the_bound_go_when_their_job_lets_them_go(seaweed, s3_e
     first, second = (InputCache(store, tmp_path / "cache", max_bytes=MiB + 10) for _ in range(2))
     first.path(blobs[0])
     second.path(blobs[1])  # the first job holds blob 0: over the bound while it runs
-    assert _cached(tmp_path / "cache") == set(blobs)
+    assert cached(tmp_path / "cache") == set(blobs)
     first.release()
-    assert _cached(tmp_path / "cache") == {blobs[1]}  # the one let go, used longest ago, went
+    assert cached(tmp_path / "cache") == {blobs[1]}  # the one let go, used longest ago, went
     second.release()
-    assert _cached(tmp_path / "cache") == {blobs[1]}  # within the bound: kept for the next job
+    assert cached(tmp_path / "cache") == {blobs[1]}  # within the bound: kept for the next job
 
 
 def _stored_blobs(store, tmp_path: pathlib.Path, count: int) -> list[str]:
@@ -314,11 +291,6 @@ def _stored_blobs(store, tmp_path: pathlib.Path, count: int) -> list[str]:
         path.write_bytes(os.urandom(MiB + i))
         ids.append(store.put_file(path)[0])
     return ids
-
-
-def _cached(root: pathlib.Path) -> set[str]:
-    """The artifacts in a worker's cache (not the records of their checks)."""
-    return {p.name for p in root.rglob("*") if p.is_file() and not p.name.startswith(".")}
 
 
 def test_a_cached_input_changed_since_its_check_is_fetched_again(seaweed, s3_env, tmp_path):
@@ -390,11 +362,11 @@ def test_eviction_leaves_the_inputs_a_job_of_another_process_holds(seaweed, s3_e
         gc.collect()  # this process's first cache is gone: only the other process holds blob 0
         fetching = InputCache(store, root, max_bytes=MiB + 10)
         fetching.path(ids[1])
-        assert _cached(root) == set(ids)  # over the bound rather than pull it from under the job
+        assert cached(root) == set(ids)  # over the bound rather than pull it from under the job
     finally:
         holder.communicate("")
     fetching.release()  # evicts: blob 0, let go by the other process and used first, goes now
-    assert _cached(root) == {ids[1]}
+    assert cached(root) == {ids[1]}
     stale = root / "ab" / ".fetch-left-by-a-killed-worker"
     stale.parent.mkdir(exist_ok=True)
     stale.write_bytes(b"x" * 1000)
@@ -403,7 +375,7 @@ def test_eviction_leaves_the_inputs_a_job_of_another_process_holds(seaweed, s3_e
     old = time.time() - cache_module.STALE_FETCH_S - 5
     os.utime(stale, (old, old))
     assert fetching.evict() == 0  # within the bound: only the stale temporary file goes
-    assert _cached(root) == {ids[1]} and not stale.exists() and fresh.exists()
+    assert cached(root) == {ids[1]} and not stale.exists() and fresh.exists()
 
 
 def test_a_temporary_object_is_swept_only_when_clocks_an_hour_apart_agree_it_is_old(
@@ -1063,15 +1035,9 @@ def test_a_set_aside_leaves_an_object_stored_after_its_last_look(seaweed, s3_env
     object lands after the set-aside's looks (HEAD), just before its delete reaches the store.
     The delete is conditional on the ETag read, so the good object stays and the copy goes."""
     from pruning_core import objectstore
-    from pruning_core.objectstore import QUARANTINE, open_store
+    from pruning_core.objectstore import QUARANTINE
 
-    store = open_store(
-        settings_for(
-            s3_env,
-            state_dir=str(tmp_path / "state"),
-            s3_prefix=f"{s3_env['PRUNING_S3_PREFIX']}-last-look-{uuid.uuid4().hex[:6]}",
-        )
-    )
+    store = own_store(s3_env, tmp_path, "last-look")
     good = b"the bytes as uploaded" * 1000
     artifact_id = hashlib.sha256(good).hexdigest()
     obstore.put(store.objects, artifact_id, good[:-1] + b"?")  # changed behind the service's back
