@@ -147,11 +147,14 @@ def with_defaults(spec: pb.SweepSpec) -> pb.SweepSpec:
     return out
 
 
-def trial_spec(base: pb.JobSpec, sparsity: float) -> pb.JobSpec:
-    """The template with its final (or constant) sparsity set to ``sparsity``; the recipe's
-    per-layer split is made again for it at CreateJob."""
+def trial_spec(base: pb.JobSpec, sparsity: float, epochs: int = 0) -> pb.JobSpec:
+    """The template with its final (or constant) sparsity set to ``sparsity`` and, for a rung of
+    successive halving, its epochs to ``epochs`` (0: the template's); the recipe's per-layer
+    split is made again for it at CreateJob."""
     spec = pb.JobSpec()
     spec.CopyFrom(base)
+    if epochs:
+        spec.training.epochs = epochs
     spec.ClearField("budget")  # a trial prunes to its sparsity: it searches for nothing
     schedule = spec.pruning.schedule
     if schedule.HasField("constant_sparsity"):

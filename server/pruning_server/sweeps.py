@@ -131,8 +131,7 @@ class SweepServicer(pb_grpc.SweepServiceServicer):
             if spec.method == pb.SEARCH_METHOD_SUCCESSIVE_HALVING:
                 # Rung 0 trains fewer epochs than the template: a schedule's explicit steps
                 # (end_step, begin_step) that fit the template may not fit it.
-                short = sweeps.trial_spec(spec.base, first)
-                short.training.epochs = sweeps.rung_epochs(spec, 0)
+                short = sweeps.trial_spec(spec.base, first, sweeps.rung_epochs(spec, 0))
                 await self.jobs.create_job(tenant, pb.CreateJobRequest(spec=short, validate_only=True))
         except Invalid as exc:
             raise Invalid([(f"{prefix}{f.removeprefix('spec')}", d) for f, d in exc.violations]) from None
@@ -391,9 +390,7 @@ async def advance(jobs: PruningService, store: SweepStore, sweep_id: str) -> pb.
     bound, room = await _trial_bound(jobs, tenant, sweep) if queue else (0, None)
     for trial in queue[:room]:
         index = trial.index = len(sweep.trials)
-        spec = sweeps.trial_spec(sweep.spec.base, trial.sparsity)
-        if trial.epochs:  # a rung of successive halving
-            spec.training.epochs = trial.epochs
+        spec = sweeps.trial_spec(sweep.spec.base, trial.sparsity, trial.epochs)  # epochs: a rung's
         request = pb.CreateJobRequest(
             spec=spec,
             labels={**sweep.labels, TRIAL_LABELS[0]: sweep.id, TRIAL_LABELS[1]: str(index)},
