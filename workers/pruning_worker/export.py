@@ -151,13 +151,13 @@ def _converted(converter: Any, name: str) -> bytes:
     # Only where every input's shape is known but its batch: an unknown length or image size
     # is 1 in "shape", and a valid convolution over 1 step makes the interpreter crash the
     # process (a segmentation fault), not raise.
-    details = tf.lite.Interpreter(model_content=flat).get_input_details()
-    if any(-1 in list(d.get("shape_signature", d["shape"]))[1:] for d in details):
-        return flat
     try:
         interpreter = tf.lite.Interpreter(model_content=flat)
+        details = interpreter.get_input_details()
+        if any(-1 in list(d.get("shape_signature", d["shape"]))[1:] for d in details):
+            return flat
         interpreter.allocate_tensors()
-        for d in interpreter.get_input_details():
+        for d in details:
             interpreter.set_tensor(d["index"], np.zeros(d["shape"], d["dtype"]))
         interpreter.invoke()
     except (RuntimeError, ValueError) as exc:
