@@ -121,6 +121,11 @@ def by_output(model: Any, y: Data) -> Data:
     return {name: y[name] for name in names} if keys is not None else [y[name] for name in names]
 
 
+def _input_names(model: Any) -> list[str]:
+    """The model's input names, in the order of its inputs."""
+    return list(getattr(model, "input_names", None) or [t.name.split(":")[0] for t in model.inputs])
+
+
 def _check_inputs(model: Any, name: str, x: Data) -> None:
     if isinstance(x, dict):
         wanted = {t.name.split(":")[0] for t in model.inputs} | set(getattr(model, "input_names", []))
@@ -133,7 +138,7 @@ def _check_inputs(model: Any, name: str, x: Data) -> None:
             )
         return
     if len(model.inputs) > 1:
-        names = sorted(getattr(model, "input_names", None) or [t.name.split(":")[0] for t in model.inputs])
+        names = sorted(_input_names(model))
         raise JobInputError(
             f"dataset: the model has {len(names)} inputs {names}; store one array per input, named {name}.<input name>"
         )
@@ -164,8 +169,7 @@ def _check_token_ids(model: Any, name: str, x: Data) -> None:
     """Ids an Embedding has no row for: on a CPU every step fails on them, but on a GPU the
     lookup gives zeros and the job trains and reports on data the model cannot take, so they
     are refused before any step on every device."""
-    input_names = list(getattr(model, "input_names", None) or [t.name.split(":")[0] for t in model.inputs])
-    for key, tensor in zip(input_names, model.inputs, strict=False):
+    for key, tensor in zip(_input_names(model), model.inputs, strict=False):
         layers = _embeddings_fed(tensor)
         a = x.get(key) if isinstance(x, dict) else x if len(model.inputs) == 1 else None
         if not layers or a is None or not a.size or not np.issubdtype(a.dtype, np.number):
