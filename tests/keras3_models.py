@@ -128,6 +128,16 @@ def masked_sequence_model() -> Any:
     return keras.Model(inputs, outputs, name="masked_sequence")
 
 
+def masked_residual_model() -> Any:
+    """Padded token ids: Embedding(mask_zero) -> a residual LSTM block (Add, LayerNormalization)
+    -> a masked average: one padding mask on both inputs of the Add."""
+    tokens = keras.Input((10,), dtype="int32", name="tokens")
+    x = L.Embedding(30, 6, mask_zero=True)(tokens)
+    x = L.LayerNormalization()(L.Add()([x, L.LSTM(6, return_sequences=True)(x)]))
+    x = L.GlobalAveragePooling1D()(L.Dense(8, activation="relu")(x))
+    return keras.Model(tokens, L.Dense(2)(x), name="masked_residual")
+
+
 def two_in_two_out_model() -> Any:
     """Two inputs concatenated, then two heads."""
     a = keras.Input((6,), name="numbers")
@@ -361,6 +371,7 @@ BUILDERS: dict[str, Callable[[], Any]] = {
     "text_cnn": text_cnn_model,
     "rnn": rnn_model,
     "masked_sequence": masked_sequence_model,
+    "masked_residual": masked_residual_model,
     "two_in_two_out": two_in_two_out_model,
     "dict_outputs": dict_outputs_model,
     "nested": nested_model,

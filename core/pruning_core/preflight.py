@@ -571,10 +571,46 @@ def mask_merges(config: Any) -> tuple[frozenset[str], list[str]]:
         candidates = padded
         if merging:
             only |= candidates
+            bases = _mask_bases(padded, merging, ops, sources)
             for masks, data in calls:
-                if merging & set(masks):
+                given = merging & set(masks)
+                # One padding mask on every input of the merges (a residual connection over a
+                # masked sequence): the OR of Keras 3 and the AND of tf_keras are that mask.
+                if given and any(len(bases[name]) != 1 for name in given):
                     fed += [name for name in data if name not in candidates and name not in fed]
     return frozenset(only), fed
+
+
+_NEUTRAL_MASKS = frozenset({"ZerosLike"})  # OR-ed with a mask to broadcast it to a merge's data
+_NO_MASK = "<unmasked>"  # a merge's input without a mask: Keras 3 takes it as all True
+
+
+def _mask_bases(
+    padded: set[str], merging: set[str], ops: dict[str, str], sources: dict[str, set[str]]
+) -> dict[str, frozenset[str]]:
+    """The padding masks (the ``not_equal`` of an Embedding, the ``any`` of a Masking layer)
+    each mask operation of a merge is made of; an input without a mask (Keras 3's
+    ``ones_like``) counts as one of its own."""
+    bases: dict[str, frozenset[str]] = {}
+
+    def base(name: str, seen: frozenset[str] = frozenset()) -> frozenset[str]:
+        if name in bases:
+            return bases[name]
+        if name not in merging:
+            found = frozenset({name})
+        elif ops.get(name) in _NEUTRAL_MASKS:
+            found = frozenset()
+        elif ops.get(name) == "OnesLike":
+            found = frozenset({_NO_MASK + name})
+        else:
+            parts = [base(s, seen | {name}) for s in sorted(sources.get(name, set()) & padded) if s not in seen]
+            found = frozenset().union(*parts)
+        bases[name] = found
+        return found
+
+    for name in merging:
+        base(name)
+    return bases
 
 
 def mask_operation_on_data(config: Any) -> str | None:

@@ -21,6 +21,7 @@ FAMILIES = [
     "text_cnn",
     "rnn",
     "masked_sequence",
+    "masked_residual",
     "two_in_two_out",
     "dict_outputs",
     "nested",

@@ -442,9 +442,10 @@ def _made_by(tensor: Any, class_name: str) -> tuple[Any, tuple] | None:
     return history.operation, tuple(history.operation._inbound_nodes[history.node_index].arguments.args)
 
 
-def _mask_source(mask: Any) -> Any:
+def _mask_source(mask: Any, depth: int = 0) -> Any:
     """What a Keras 3 mask tensor is: ("not_equal", id(x)) for ``x != 0`` (an Embedding's),
-    ("masking", id(x), v) for ``any(x != v, axis=-1)`` (a Masking layer's), else the tensor's id."""
+    ("masking", id(x), v) for ``any(x != v, axis=-1)`` (a Masking layer's), else what computed
+    it (:func:`_made_of`)."""
     if mask is None:
         return None
     while (made := _made_by(mask, "ConvertToTensor")) is not None and len(made[1]) == 1:
@@ -460,7 +461,32 @@ def _mask_source(mask: Any) -> Any:
             x, value = (inner[1] + (None, None))[:2]
             if isinstance(x, keras.KerasTensor) and value is not None and np.ndim(value) == 0:
                 return ("masking", id(x), float(value))
-    return ("tensor", id(mask))
+    return _made_of(mask, depth)
+
+
+def _made_of(tensor: Any, depth: int) -> Any:
+    """What computed ``tensor``: the operation (not a layer), its axis and the sources of its
+    arguments, recursively (a merge layer's mask: ``logical_or``, ``expand_dims``, ``any`` ...
+    of its inputs' masks), else the tensor's id. Two computations of one mask, the one a model
+    file records and the one Keras makes again as it rebuilds the model, compare equal."""
+    history = getattr(tensor, "_keras_history", None)
+    op = getattr(history, "operation", None)
+    if op is None or isinstance(op, keras.layers.Layer) or depth > _MASK_DEPTH:
+        return ("tensor", id(tensor))
+    node = op._inbound_nodes[history.node_index]
+
+    def source(value: Any) -> Any:
+        if isinstance(value, keras.KerasTensor):
+            return _mask_source(value, depth + 1)
+        if isinstance(value, (list, tuple)):
+            return tuple(source(v) for v in value)
+        return repr(value)
+
+    attributes = tuple(repr(getattr(op, name, None)) for name in ("axis", "keepdims"))
+    return (type(op).__name__, attributes, source(node.arguments.args), history.tensor_index)
+
+
+_MASK_DEPTH = 64  # operations computing one mask, followed back
 
 
 def _carried_mask(x: Any) -> Any:
@@ -485,6 +511,40 @@ def _check_mask_propagated(op: Any, inputs3: Any, tensors: dict[int, Any]) -> No
         masked3 = getattr(x, "_keras_mask", None) is not None
         if masked3 and id(x) in tensors and getattr(tensors[id(x)], "_keras_mask", None) is None:
             raise BridgeError(f"layer {op.name!r}: tf_keras does not carry the input's mask along")
+
+
+_MASK_MERGES = (
+    keras.layers.Add,
+    keras.layers.Subtract,
+    keras.layers.Multiply,
+    keras.layers.Average,
+    keras.layers.Maximum,
+    keras.layers.Minimum,
+    keras.layers.Concatenate,
+)
+
+
+def _check_merged_masks(op: Any, inputs3: Any) -> None:
+    """Refuses a merge layer whose inputs carry different padding masks. Keras 3 passes on an OR
+    of them (none at all from Add and the like where an input has none), tf_keras an AND: the
+    same mask only when every input carries one and the same (a residual connection over a
+    masked sequence), or, along a concatenation's steps, when every input carries one."""
+    if not isinstance(op, _MASK_MERGES):
+        return
+    carried = [_carried_mask(x) for x in keras.tree.flatten(inputs3) if isinstance(x, keras.KerasTensor)]
+    if all(m is None for m in carried) or (None not in carried and len(set(carried)) == 1):
+        return
+    if isinstance(op, keras.layers.Concatenate) and None not in carried:
+        rank = len(keras.tree.flatten(inputs3)[0].shape)
+        if op.axis % rank != rank - 1:
+            return  # each input's mask keeps its own steps in both
+    raise UnsupportedLayer(
+        op.name,
+        type(op).__name__,
+        "merges inputs that carry different padding masks (or a masked one with an unmasked one): Keras 3 "
+        "passes on an OR of them, tf_keras an AND; give every input the same mask (Embedding mask_zero or "
+        "Masking), or pool the sequences (GlobalAveragePooling1D) before the merge",
+    )
 
 
 def _refuse_skipped(tensors: Iterable[Any], skipped: dict[int, Any]) -> None:
@@ -646,6 +706,8 @@ class _Translator:
                     tensors[id(node.outputs[0])] = layer2(*args)
                     continue
                 args3, kwargs3 = node.arguments.args, dict(node.arguments.kwargs)
+                if args3:
+                    _check_merged_masks(op, args3[0])
                 if "mask" in kwargs3 and args3 and _implicit_mask(args3[0], kwargs3["mask"]):
                     del kwargs3["mask"]  # tf_keras passes the same mask along by itself
                     _check_mask_propagated(op, args3[0], tensors)
@@ -873,16 +935,30 @@ def for_keras3_loader(config: Any) -> Any:
     return out
 
 
-def _embedding_bound(input_layer: Any) -> int | None:
-    """The smallest Embedding input_dim among the layers an input feeds directly."""
-    bounds = []
+def _fed_layers(input_layer: Any) -> list[Any]:
+    """The layers an input feeds directly (those of a nested model it feeds, all of them)."""
+    fed = []
     for node in input_layer._outbound_nodes:
         consumer = node.operation
-        if isinstance(consumer, keras.Model):
-            bounds += [layer.input_dim for layer in _leaves(consumer).values() if type(layer).__name__ == "Embedding"]
-        elif isinstance(consumer, keras.layers.Embedding):
-            bounds.append(consumer.input_dim)
+        fed += list(_leaves(consumer).values()) if isinstance(consumer, keras.Model) else [consumer]
+    return fed
+
+
+def _embedding_bound(input_layer: Any) -> int | None:
+    """The smallest Embedding input_dim among the layers an input feeds directly."""
+    bounds = [layer.input_dim for layer in _fed_layers(input_layer) if type(layer).__name__ == "Embedding"]
     return int(min(bounds)) if bounds else None
+
+
+def _padding_value(input_layer: Any) -> float | None:
+    """What pads a sequence in this input: 0 where it feeds an Embedding, the mask value of a
+    Masking layer it feeds; None otherwise."""
+    for layer in _fed_layers(input_layer):
+        if type(layer).__name__ == "Embedding":
+            return 0
+        if type(layer).__name__ == "Masking":
+            return float(layer.mask_value)
+    return None
 
 
 def _feeds_attention_mask(input_layer: Any) -> bool:
@@ -898,7 +974,9 @@ def _feeds_attention_mask(input_layer: Any) -> bool:
 def make_probe(model3: Any, batch: int = 2, seed: int = 0, length: int = 8) -> list[np.ndarray]:
     """A deterministic input batch for ``model3``, one array per input: standard normal
     floats, and integers in [0, input_dim) for inputs feeding an Embedding (in [0, 10)
-    otherwise). Unknown dimensions other than the batch get ``length``."""
+    otherwise). Unknown dimensions other than the batch get ``length``. Every second sequence
+    of an input feeding an Embedding or a Masking layer ends in padding (its second half), so
+    that the padding masks the two models compute are compared too."""
     rng = np.random.default_rng(seed)
     probe = []
     for layer in _input_layers(model3):
@@ -906,11 +984,16 @@ def make_probe(model3: Any, batch: int = 2, seed: int = 0, length: int = 8) -> l
         dtype = np.dtype(layer.get_config().get("dtype") or "float32")
         if _feeds_attention_mask(layer):  # a mask is 0/1: tf_keras weighs other values, Keras 3 casts to bool
             probe.append(rng.integers(0, 2, shape).astype(dtype))
-        elif np.issubdtype(dtype, np.floating):
-            probe.append(rng.standard_normal(shape).astype(dtype))
+            continue
+        if np.issubdtype(dtype, np.floating):
+            values = rng.standard_normal(shape).astype(dtype)
         else:
             high = _embedding_bound(layer) or _PROBE_INT_HIGH
-            probe.append(rng.integers(0, high, shape).astype(dtype))
+            values = rng.integers(0, high, shape).astype(dtype)
+        pad = _padding_value(layer)
+        if pad is not None and len(shape) >= 2 and shape[1] >= 2:
+            values[1::2, shape[1] // 2 :] = pad
+        probe.append(values)
     return probe
 
 
