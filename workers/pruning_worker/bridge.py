@@ -471,7 +471,7 @@ def _made_of(tensor: Any, depth: int) -> Any:
     file records and the one Keras makes again as it rebuilds the model, compare equal."""
     history = getattr(tensor, "_keras_history", None)
     op = getattr(history, "operation", None)
-    if op is None or isinstance(op, keras.layers.Layer) or depth > _MASK_DEPTH:
+    if history is None or op is None or isinstance(op, keras.layers.Layer) or depth > _MASK_DEPTH:
         return ("tensor", id(tensor))
     node = op._inbound_nodes[history.node_index]
 
