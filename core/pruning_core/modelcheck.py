@@ -460,6 +460,36 @@ def _already_checked(info: zipfile.ZipInfo, checked: Mapping[int, tuple[int, int
     )
 
 
+def _refuse_outside_references(f: Any, where: str) -> None:
+    """Refuses an HDF5 file that reads bytes from outside itself: a dataset whose data lives
+    in other files (external storage: raw bytes of any file on the reading host, such as
+    ``/proc/self/environ`` or another tenant's blob), a virtual dataset (mapped onto other
+    HDF5 files) or an external link (another HDF5 file's object). Loading the weights on a
+    worker would read those files into the model, and its export would hand them back.
+    Reads no data: the object headers only."""
+    import h5py
+
+    def refuse(name: str, what: str) -> None:
+        raise ModelRejected(f"{where}: {name or '/'} {what}; a model must hold its weights in its own file")
+
+    def links(name: str, group: Any) -> None:
+        for key in group:
+            if isinstance(group.get(key, getlink=True), h5py.ExternalLink):
+                refuse(f"{name}/{key}".lstrip("/"), "is an external link to another file")
+
+    def visit(name: str, obj: Any) -> None:
+        if isinstance(obj, h5py.Group):
+            links(name, obj)
+        elif isinstance(obj, h5py.Dataset):
+            if obj.external:
+                refuse(name, "keeps its data in external files")
+            if obj.is_virtual:
+                refuse(name, "is a virtual dataset mapped onto other files")
+
+    links("", f)
+    f.visititems(visit)
+
+
 def _h5_shapes(group: Any) -> list[tuple[str, list[int]]]:
     """(path, shape) of every dataset under an HDF5 group; reads no data."""
     found: list[tuple[str, list[int]]] = []
@@ -496,6 +526,7 @@ def _zip_weight_shapes(archive: zipfile.ZipFile) -> list[tuple[str, list[int]]]:
             shutil.copyfileobj(member, tmp, _CHUNK)  # sizes were checked against the limit
         tmp.flush()
         with h5py.File(tmp.name, "r") as f:
+            _refuse_outside_references(f, "the archive's model.weights.h5")
             return _h5_shapes(f)
 
 
@@ -554,6 +585,7 @@ def _inspect_model(path: pathlib.Path, max_decompressed: int, max_config: int) -
 
     try:
         with h5py.File(path, "r", locking=False) as f:  # the upload holds its own lock
+            _refuse_outside_references(f, "the HDF5 file")
             if "model_config" not in f.attrs:
                 raise ModelRejected(
                     "the HDF5 file holds no Keras model (no model_config): weights only? save the whole model "
