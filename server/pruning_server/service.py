@@ -106,6 +106,14 @@ def _artifact_cursor(token: str) -> tuple[float, str]:
     return (created, match.group(2))
 
 
+def _bearer_token(value: str) -> str:
+    """The key of an ``authorization`` value: the token of ``Bearer <key>``, the scheme's name
+    in any case (RFC 7235: "bearer", "BEARER" are the same scheme), or the whole value as a
+    bare key."""
+    scheme, _, token = value.strip().partition(" ")
+    return token.strip() if scheme.lower() == "bearer" else value.strip()
+
+
 def _is_event_id(value: str) -> bool:
     return bool(_EVENT_ID.fullmatch(value)) and all(int(part) < 2**64 for part in value.split("-"))
 
@@ -259,7 +267,7 @@ class PruningService(pb_grpc.PruningServiceServicer):
         if not self._tenants:
             return "default"
         metadata = dict(context.invocation_metadata() or ())
-        key = metadata.get("x-api-key") or metadata.get("authorization", "").removeprefix("Bearer ").strip()
+        key = metadata.get("x-api-key") or _bearer_token(metadata.get("authorization", ""))
         tenant = self._tenants.get(key)
         if tenant is None:
             raise Failure(grpc.StatusCode.UNAUTHENTICATED, "missing or unknown API key (x-api-key)")

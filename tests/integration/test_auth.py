@@ -43,3 +43,21 @@ def test_api_keys_and_tenants(secured, files):
             beta.download(model.id, "/tmp/never-written")
         assert job.id not in [j.id for j in beta.list_jobs()]
         assert alpha.cancel_job(job.id).state == 6  # CANCELLED: nothing consumes before the test ends
+
+
+@pytest.mark.parametrize("value", ["Bearer key-a", "bearer key-a", "BEARER key-a", "Bearer  key-a "])
+def test_the_bearer_scheme_is_read_in_any_case(secured, value):
+    """RFC 7235: an authorization scheme's name is case-insensitive; curl, grpcurl and proxies
+    send "bearer" as often as "Bearer"."""
+    import grpc
+
+    from pruning.v1 import pruning_pb2 as pb
+    from pruning.v1 import pruning_pb2_grpc as pb_grpc
+
+    with grpc.insecure_channel(secured.target) as channel:
+        stub = pb_grpc.PruningServiceStub(channel)
+        stub.ListArtifacts(pb.ListArtifactsRequest(), metadata=(("authorization", value),), timeout=10)
+        for other in ("Basic key-a", "bearer wrong", "bearer"):
+            with pytest.raises(grpc.RpcError) as refused:
+                stub.ListArtifacts(pb.ListArtifactsRequest(), metadata=(("authorization", other),), timeout=10)
+            assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
