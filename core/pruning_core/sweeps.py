@@ -226,9 +226,16 @@ def _grid_next(sweep: pb.Sweep) -> list[float]:
     return pending
 
 
+def _over(trial: pb.Trial) -> bool:
+    """Whether a trial ended over the budget: it failed, or it succeeded and lost too much. A
+    trial cancelled (its job cancelled by hand, or by the sweep as superfluous) measured
+    nothing, so it says nothing of the sparsities above it."""
+    return _ended(trial) and not trial.within_budget and trial.state != pb.JOB_STATE_CANCELLED
+
+
 def lowest_over(sweep: pb.Sweep) -> float | None:
     """The lowest sparsity a list with a budget has seen go over it (None: none yet)."""
-    over = [t.sparsity for t in sweep.trials if _ended(t) and not t.within_budget]
+    over = [t.sparsity for t in sweep.trials if _over(t)]
     return min(over) if over else None
 
 
@@ -252,7 +259,7 @@ def _search_next(sweep: pb.Sweep) -> list[float]:
         return []  # a round at a time: the next points depend on all of this round's
     low, high = round(spec.search_low, 4), round(spec.search_high, 4)
     ok = [t.sparsity for t in sweep.trials if t.within_budget]
-    over = [t.sparsity for t in sweep.trials if not t.within_budget]
+    over = [t.sparsity for t in sweep.trials if _over(t)]
     if high in ok or low in over:
         return []  # the whole range keeps the budget, or none of it does
     a = max(ok) if ok else low
@@ -429,8 +436,7 @@ def superfluous_cancels(sweep: pb.Sweep) -> int:
     ``superfluous`` cancelled); others were cancelled by hand."""
     if not sweep.spec.sparsities or not _has_budget(sweep.spec) or _halving(sweep.spec):
         return 0
-    over = [t.sparsity for t in sweep.trials if _ended(t) and not t.within_budget and t.state != pb.JOB_STATE_CANCELLED]
-    lowest = min(over) if over else None
+    lowest = lowest_over(sweep)
     return sum(
         1 for t in sweep.trials if t.state == pb.JOB_STATE_CANCELLED and lowest is not None and t.sparsity > lowest
     )

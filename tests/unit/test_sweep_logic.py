@@ -346,3 +346,40 @@ def test_only_a_budgeted_lists_trials_going_above_a_sparsity_over_it_are_superfl
     curve.trials.add(index=0, sparsity=0.5, state=pb.JOB_STATE_SUCCEEDED)
     curve.trials.add(index=1, sparsity=0.6, state=pb.JOB_STATE_RUNNING, job_id="j")
     assert sweeps.superfluous(curve) == []
+
+
+def test_a_trial_cancelled_by_hand_is_not_over_the_budget_and_the_list_goes_on():
+    """A trial whose job was cancelled by hand (CancelJob of its job) measured nothing: it
+    counted as the lowest sparsity over the budget, so every listed sparsity above it was
+    skipped and the sweep answered the one below it, within a budget all of them keep."""
+    sweep = _sweep(sparsities=[0.2, 0.4, 0.6, 0.8], max_loss_pp=50.0, parallel_trials=1)
+    while not sweeps.is_done(sweep):
+        (queued,) = sweeps.next_trials(sweep)
+        trial = sweep.trials.add()
+        trial.CopyFrom(queued)
+        trial.job_id = f"j{trial.index}"
+        cancelled = trial.sparsity == 0.4
+        job = pb.Job(state=pb.JOB_STATE_CANCELLED if cancelled else pb.JOB_STATE_SUCCEEDED)
+        if not cancelled:
+            job.result.baseline.accuracy, job.result.pruned.accuracy = 0.98, 0.97
+        sweeps.record_job(trial, job, sweep.spec.budget)
+    assert [t.sparsity for t in sweep.trials] == [0.2, 0.4, 0.6, 0.8]
+    assert sweeps.lowest_over(sweep) is None and sweeps.superfluous_cancels(sweep) == 0
+    assert sweep.trials[sweeps.chosen(sweep)].sparsity == 0.8
+
+
+def test_a_search_trial_cancelled_by_hand_does_not_bound_the_search_from_above():
+    sweep = _sweep(max_loss_pp=0.5, search_low=0.5, search_high=0.9, tolerance=0.01, parallel_trials=2)
+    for sparsity, state, loss in (
+        (0.5, pb.JOB_STATE_SUCCEEDED, 0.1),
+        (0.9, pb.JOB_STATE_SUCCEEDED, 3.0),
+        (0.7, pb.JOB_STATE_CANCELLED, 0),
+    ):
+        trial = sweep.trials.add(index=len(sweep.trials), sparsity=sparsity, job_id=f"j{len(sweep.trials)}")
+        job = pb.Job(state=state)
+        if state == pb.JOB_STATE_SUCCEEDED:
+            job.result.baseline.accuracy, job.result.pruned.accuracy = 0.98, 0.98 - loss / 100
+        sweeps.record_job(trial, job, sweep.spec.budget)
+    # 0.5 keeps the budget, 0.9 is over it and 0.7 measured nothing: the next points lie
+    # between 0.5 and 0.9, not only below the cancelled 0.7
+    assert [t.sparsity for t in sweeps.next_trials(sweep)] == [0.6333, 0.7667]
