@@ -50,6 +50,7 @@ from .client import (
     _Download,
     _list_artifacts_request,
     _list_jobs_request,
+    _unreached,
     _Upload,
     _validate_request,
     idle_error,
@@ -603,8 +604,9 @@ class AsyncClient:
                             with rpc_errors():
                                 await self._receive(download, progress)
                         break
-                    except (Unavailable, DeadlineExceeded):  # cut midway: resumed, as Client.download does
-                        if retry == DOWNLOAD_RESUMES or not await asyncio.to_thread(download.reopen):
+                    except (Unavailable, DeadlineExceeded) as error:  # cut midway: resumed, as Client.download does
+                        progressed = await asyncio.to_thread(download.reopen)
+                        if retry == DOWNLOAD_RESUMES or not (progressed or _unreached(error)):
                             raise
                         await asyncio.sleep(RESUME_BACKOFF_S * 2**retry)
             except BaseException as error:

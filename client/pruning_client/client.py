@@ -808,6 +808,12 @@ class _IdleWatch:
         self._done.set()
 
 
+def _unreached(error: BaseException) -> bool:
+    """Whether a download's call failed before it reached a server (UNAVAILABLE: nothing
+    listening, a server restarting): its retry is worth the wait even though it brought nothing."""
+    return isinstance(error, Unavailable)
+
+
 def idle_error(limit: float) -> DeadlineExceeded:
     return DeadlineExceeded(
         f"the download got no data for {limit:g} s and was stopped; its partial file is kept for a retry",
@@ -1168,10 +1174,11 @@ class Client:
                                 raise
                             self._receive(download, progress)
                         break
-                    except (Unavailable, DeadlineExceeded):
+                    except (Unavailable, DeadlineExceeded) as error:
                         # the connection or the store went midway, or a stall ended the call: resumed
-                        # from what arrived, while each call brings more
-                        if retry == DOWNLOAD_RESUMES or not download.reopen():
+                        # from what arrived, while each call brings more or could not reach the
+                        # server (one restarting answers no call for a moment)
+                        if retry == DOWNLOAD_RESUMES or not (download.reopen() or _unreached(error)):
                             raise
                         time.sleep(RESUME_BACKOFF_S * 2**retry)
             except BaseException as error:
