@@ -363,6 +363,7 @@ class _Upload:
         self.sent = 0  # bytes reported to ``progress``
         self._lock = threading.Lock()
         self.read_error: OSError | None = None
+        self.progress_error: BaseException | None = None  # raised by ``progress``
         self.change_error: IntegrityError | None = None  # the file changed while it was read
         # O_NONBLOCK: a FIFO nobody writes is refused below, not waited on at the open
         # (Unix only, as O_CLOEXEC: Windows has no FIFOs to wait on, and no such constants)
@@ -403,7 +404,11 @@ class _Upload:
             count = min(count, self.size - self.sent)
             self.sent += count
         if count and self.progress:
-            self.progress(count)
+            try:
+                self.progress(count)
+            except BaseException as error:  # gRPC would report only UNKNOWN: the call raises this instead
+                self.progress_error = error
+                raise
 
     def requests(self) -> Iterator[pb.UploadRequest | bytes]:
         """The header, then the file's chunks; unless hashed before, checked on the way: the
@@ -443,11 +448,13 @@ class _Upload:
             raise
 
     def raise_read_error(self, error: grpc.RpcError) -> None:
-        """After a failed call: the file's own read error, when that is what ended it; an
-        IntegrityError when the file changed under the upload (the server refused the
+        """After a failed call: the file's own read error, or what the progress callback raised,
+        when that is what ended it; an IntegrityError when the file changed under the upload (the server refused the
         bytes for not matching the size or the sha256 the header announced)."""
         if self.read_error is not None:
             raise self.read_error
+        if self.progress_error is not None:
+            raise self.progress_error
         if self.change_error is not None:
             raise self.change_error from error
         details = error.details() if callable(getattr(error, "details", None)) else ""  # grpc.aio's too

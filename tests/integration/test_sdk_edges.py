@@ -75,3 +75,23 @@ def test_a_read_error_mid_upload_raises_that_error_not_unknown(client, data, mon
     with pytest.raises(OSError) as raised:
         client.upload_dataset(big)
     assert raised.value.errno == errno.EIO and raised.value.filename == str(big)
+
+
+def test_an_error_of_the_progress_callback_is_raised_as_itself_not_unknown(server, client, data):
+    """A progress callback that raises (a pipeline's own stop, a bug in it) ended the upload
+    with "UNKNOWN: Exception iterating requests!": the call raises the callback's error."""
+    big = data.parent / "big-progress.npz"
+    big.write_bytes(data.read_bytes() * 4 + b"\0" * (3 << 20))  # more than one chunk
+
+    def stop(count: int) -> None:
+        raise LookupError("the pipeline stopped the upload")
+
+    with pytest.raises(LookupError, match="the pipeline stopped the upload"):
+        client.upload_dataset(big, progress=stop)
+
+    async def upload():
+        async with AsyncClient(server.target) as aclient:
+            await aclient.upload_dataset(big, progress=stop)
+
+    with pytest.raises(LookupError, match="the pipeline stopped the upload"):
+        asyncio.run(upload())
