@@ -26,6 +26,7 @@ import pathlib
 import re
 import socket
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import IO, TYPE_CHECKING, Any, Protocol, TypeVar
@@ -1535,6 +1536,11 @@ class _Seen:
     final: pb.Job | pb.Sweep | None = None  # the job (or sweep) as it ended, once it has
 
 
+# Set once a command said on stdout (--json) that Ctrl-C stopped it; the others get the error
+# object there from run().
+_INTERRUPT_SAID = threading.Event()
+
+
 @contextlib.contextmanager
 def _interrupted(id_: str, json_output: bool, *, sweep: bool = False) -> Iterator[_Seen]:
     """Ctrl-C stops the waiting, not the job (or sweep): says which goes on, and how to follow
@@ -1545,6 +1551,7 @@ def _interrupted(id_: str, json_output: bool, *, sweep: bool = False) -> Iterato
     except KeyboardInterrupt:
         if json_output:
             click.echo(json.dumps({"sweep_id" if sweep else "job_id": id_, "interrupted": True}))
+            _INTERRUPT_SAID.set()
         if seen.final is None and sweep:
             said = (
                 f"sweep {id_} keeps running (pruning sweep-status {id_} shows it, pruning sweep-cancel {id_} stops it)"
@@ -2126,6 +2133,7 @@ def _one_line(text: str) -> str:
 def run(argv: Sequence[str] | None = None) -> int:
     """Runs the CLI on ``argv`` (default: the process's arguments); returns the exit code."""
     args = list(argv) if argv is not None else sys.argv[1:]
+    _INTERRUPT_SAID.clear()
     try:
         rv = cli.main(args=args, prog_name="pruning", standalone_mode=False)
         sys.stdout.flush()
@@ -2133,6 +2141,11 @@ def run(argv: Sequence[str] | None = None) -> int:
         _silence_stdout()
         return 0
     except click.exceptions.Abort:  # Ctrl-C (click turns KeyboardInterrupt into Abort)
+        if "--json" in args and not _INTERRUPT_SAID.is_set():  # upload, download ...: the error object
+            with contextlib.suppress(OSError):
+                click.echo(
+                    json.dumps({"error": "Interrupted", "message": "interrupted (Ctrl-C)", "field_violations": []})
+                )
         return 130
     except click.UsageError as error:
         if isinstance(error, _NO_ARGS_IS_HELP):  # bare `pruning` (click >= 8.2): the help, exit 2

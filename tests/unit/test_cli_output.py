@@ -669,6 +669,37 @@ def test_ctrl_c_while_a_sweep_is_waited_for_says_it_keeps_running(
     assert f"interrupted: sweep {JOB} keeps running (pruning sweep-status {JOB} shows it, pruning sweep-cancel" in err
 
 
+@pytest.mark.parametrize("command", [["upload", "dataset"], ["download", "a" * 64]])
+def test_ctrl_c_during_an_upload_or_a_download_with_json_prints_the_error_object(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: pathlib.Path, command: list[str]
+) -> None:
+    """``--json`` promises the error object on stdout; Ctrl-C there left stdout empty (a
+    pipeline parsing it met nothing), where watch and submit --wait print theirs."""
+    import contextlib
+
+    data = tmp_path / "d.npz"
+    data.write_bytes(b"x")
+
+    class Client:
+        def upload_dataset(self, *a, **k):
+            raise KeyboardInterrupt
+
+        def download(self, *a, **k):
+            raise KeyboardInterrupt
+
+        def get_artifact(self, *a, **k):
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli_module, "_client", lambda opts: contextlib.nullcontext(Client()))
+    args = [*command, *([str(data)] if command[0] == "upload" else ["-o", str(tmp_path / "out.npz")]), "--json"]
+    assert run(args) == 130
+    assert json.loads(capsys.readouterr().out) == {
+        "error": "Interrupted",
+        "message": "interrupted (Ctrl-C)",
+        "field_violations": [],
+    }
+
+
 # -- hints on errors a user can fix ------------------------------------------------------------------
 
 
