@@ -1,7 +1,8 @@
 """Layers the dependency walk cannot prune (a depthwise convolution with a depth multiplier, a
-grouped convolution, channels_first layers, a shared BatchNormalization) are copied whole by
-the surgery, with the channels of the layers tied to them; the rest of the model is still
-pruned, and the smaller model runs and gives outputs of the same shape."""
+grouped convolution, channels_first layers, a shared BatchNormalization, a softmax over the
+channels) are copied whole by the surgery, with the channels of the layers tied to them; the
+rest of the model is still pruned, and the smaller model runs and gives outputs of the same
+shape."""
 
 from __future__ import annotations
 
@@ -83,7 +84,40 @@ def shared_encoder():
     return keras.Model([left, right], outputs), "encoder", widths, {"encoder": "shared (called 2 times)"}
 
 
-MODELS = [depth_multiplier, grouped, channels_first, shared_batch_norm, frozen, shared_encoder]
+def softmax_activation():
+    """A softmax over the channels in the middle of the model: every channel's value depends
+    on all the others (a zeroed channel still adds exp(0) to the sum), so none can go. Its
+    channels were cut, and the smaller model computed something else."""
+    inputs = keras.Input((8, 8, 3))
+    x = L.Conv2D(8, 3, padding="same", name="c1")(inputs)
+    x = L.Activation("softmax", name="sm")(x)
+    x = L.Conv2D(16, 1, activation="relu", name="pw")(x)
+    outputs = L.Dense(4, name="out")(L.GlobalAveragePooling2D()(x))
+    widths = {"c1": (8, 8), "pw": (16, 8), "out": (4, 4)}
+    return keras.Model(inputs, outputs), "c1", widths, {"c1": "Activation 'sm' applies softmax across the channels"}
+
+
+def softmax_dense():
+    """A Dense with a softmax of its own in the middle (a gate): its units stay, the layers
+    around it are still pruned."""
+    inputs = keras.Input((4, 4, 3))
+    x = L.Dense(16, activation="softmax", name="gate")(L.Flatten(name="flat")(inputs))
+    x = L.Dense(16, activation="relu", name="hidden")(x)
+    outputs = L.Dense(4, name="out")(x)
+    widths = {"gate": (16, 16), "hidden": (16, 8), "out": (4, 4)}
+    return keras.Model(inputs, outputs), "gate", widths, {"gate": "Dense 'gate' applies softmax across the channels"}
+
+
+MODELS = [
+    depth_multiplier,
+    grouped,
+    channels_first,
+    shared_batch_norm,
+    frozen,
+    shared_encoder,
+    softmax_activation,
+    softmax_dense,
+]
 
 
 @pytest.fixture(params=MODELS, ids=[m.__name__ for m in MODELS])
@@ -148,3 +182,18 @@ def test_a_scaled_residual_is_pruned_through_its_rescaling():
     x_in = np.random.default_rng(0).random((2, 8, 8, 3), dtype=np.float32)
     same = shrink(outcome.graph, {})
     np.testing.assert_allclose(same(x_in, training=False).numpy(), model(x_in, training=False).numpy(), atol=1e-5)
+
+
+def test_a_layer_with_a_softmax_of_its_own_keeps_its_channels_and_loses_its_inputs():
+    """``Conv2D(activation="softmax")`` in the middle: its output channels stay (each depends
+    on all), the channels of the layer before it still go, cut from its kernel's input axis."""
+    inputs = keras.Input((8, 8, 3))
+    x = L.Conv2D(8, 3, padding="same", activation="relu", name="c1")(inputs)
+    x = L.Conv2D(8, 3, padding="same", activation="softmax", name="attn")(x)
+    x = L.Conv2D(16, 1, activation="relu", name="pw")(x)
+    model = keras.Model(inputs, L.Dense(4, name="out")(L.GlobalAveragePooling2D()(x)))
+    outcome = prune_channels(model, Options(ratio=0.5))
+    widths = {name: (before, after) for name, before, after in outcome.widths}
+    assert widths == {"c1": (8, 4), "attn": (8, 8), "pw": (16, 8), "out": (4, 4)}
+    assert ("attn", "Conv2D 'attn' applies softmax across the channels") in outcome.left_whole
+    assert outcome.model.get_layer("attn").kernel.shape == (3, 3, 4, 8)

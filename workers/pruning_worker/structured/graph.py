@@ -143,6 +143,20 @@ class Graph:
                 parts.append(keep[group] if group in keep else np.ones(item.size, bool))
         return np.concatenate(parts) if parts else np.ones(0, bool)
 
+    def entries(self, layout: Layout) -> tuple[np.ndarray, np.ndarray]:
+        """For each entry of ``layout``: the group its channel belongs to, and which channel
+        of that group it is (a concatenation holds several groups, Flatten repeats them)."""
+        groups, channels = [np.zeros(0, int)], [np.zeros(0, int)]
+        for item in layout:
+            if isinstance(item, Block):
+                g, c = self.entries(item.inner)
+                groups.append(np.tile(g, item.repeat))
+                channels.append(np.tile(c, item.repeat))
+            else:
+                groups.append(np.full(item.size, self.space_group[item.id]))
+                channels.append(np.arange(item.size))
+        return np.concatenate(groups), np.concatenate(channels)
+
     def group_of(self, producer: str) -> Group:
         """The group whose channels ``producer`` makes."""
         (space,) = self.outputs[producer]
@@ -193,9 +207,24 @@ def _last_axis(layer: Any, axis: Any, rank: int) -> bool:
     return len(axes) == 1 and axes[0] in (-1, rank - 1)
 
 
+# Activations that mix the channels of a sample (a softmax over the last axis): removing one
+# channel changes every other one's value, zero or not, so no channel can go.
+ACROSS_CHANNELS = frozenset({"softmax", "log_softmax"})
+
+
+def _across_channels(layer: Any) -> str:
+    """Why ``layer``'s own activation ties all its output channels together, or ''."""
+    name = getattr(getattr(layer, "activation", None), "__name__", "")
+    if name in ACROSS_CHANNELS:
+        return f"{type(layer).__name__} {layer.name!r} applies {name} across the channels"
+    return ""
+
+
 def _why_not(layer: Any, in_shapes: list[Any]) -> str:
     """Why a known layer cannot pass channels through here, or '' when it can."""
     rank = len(in_shapes[0]) if in_shapes and in_shapes[0] is not None else 0
+    if isinstance(layer, L.Activation):
+        return _across_channels(layer)
     if isinstance(layer, PRODUCERS + TRANSPOSED) and layer.weights and not layer.trainable:
         # a frozen kernel's filters are the user's; a frozen BatchNormalization's statistics
         # (common under trainable convolutions) lose nothing with the channels they follow
@@ -277,7 +306,8 @@ def build(model: Any) -> Graph:
                 reason = f"{layer.name!r} takes a flattened input"
             else:
                 walk.consumers.append((layer.name, ins[0]))
-                space = walk.space(outs[0].shape[-1])
+                # its input channels can go; its own are left whole under a softmax
+                space = walk.space(outs[0].shape[-1], _across_channels(layer))
                 walk.producer_of[space.id] = layer.name
                 out = outputs[layer.name] = (space,)
         elif isinstance(layer, PER_CHANNEL):
