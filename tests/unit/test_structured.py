@@ -379,3 +379,45 @@ def test_job_step_on_a_model_with_dict_outputs():
     small, result = step.run(model, spec, x, None, None)
     assert result.zero_ratio_max_abs_diff <= step.IDENTITY_TOLERANCE
     assert small.get_layer("conv").filters == 4 and sorted(small(x[:2])) == ["box", "cls"]
+
+
+def _concat_bn():
+    """DenseNet's transition: two branches concatenated, then one BatchNormalization."""
+    inputs = keras.Input((8, 8, 3))
+    a = L.Conv2D(8, 3, padding="same", name="a")(inputs)
+    b = L.Conv2D(8, 3, padding="same", name="b")(inputs)
+    x = L.BatchNormalization(name="bn")(L.Concatenate(name="cat")([a, b]))
+    x = L.Conv2D(8, 1, activation="relu", name="mix")(L.ReLU()(x))
+    model = keras.Model(inputs, L.Dense(4, name="out")(L.GlobalAveragePooling2D()(x)))
+    return model, {"a": lambda gamma: gamma[:8], "b": lambda gamma: gamma[8:]}
+
+
+def _flatten_bn():
+    """A BatchNormalization over flattened features: each channel once per position."""
+    inputs = keras.Input((2, 2, 3))
+    x = L.Flatten(name="flat")(L.Conv2D(8, 3, padding="same", name="a")(inputs))
+    x = L.Dense(8, activation="relu", name="hidden")(L.BatchNormalization(name="bn")(x))
+    # 2 x 2 positions of 8 channels: entry p * 8 + c is channel c at position p
+    return keras.Model(inputs, L.Dense(4, name="out")(x)), {"a": lambda gamma: gamma.reshape(4, 8).sum(axis=0)}
+
+
+@pytest.mark.parametrize("build_model", [_concat_bn, _flatten_bn], ids=["concatenate", "flatten"])
+def test_bn_scale_ranks_each_group_by_its_own_channels_of_a_shared_batch_normalization(build_model):
+    """The BatchNormalization after a Concatenate (or a Flatten) is wider than each group it
+    holds: bn_scale took its whole |gamma| as one group's scores, so the ranking indexed other
+    groups' channels (an IndexError past the group's width, failing the job, or the wrong
+    channels kept)."""
+    model, producers = build_model()
+    _randomise(model)
+    bn = model.get_layer("bn")
+    gamma, beta, mean, var = bn.get_weights()
+    gamma = np.random.default_rng(3).permutation(gamma.size).astype("float32") + 1.0  # distinct, all above 0
+    bn.set_weights([gamma, beta, mean, var])
+    outcome = prune_channels(model, Options(ratio=0.5, criterion="bn_scale"))
+    for name, own in producers.items():
+        group = outcome.graph.group_of(name)
+        scores, kept = own(gamma), outcome.keep[group.id]
+        assert kept.sum() == group.size // 2 == 4
+        assert scores[kept].min() > scores[~kept].max(), name
+    x = _x(model)
+    assert outcome.model(x, training=False).shape == model(x, training=False).shape

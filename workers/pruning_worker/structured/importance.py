@@ -12,7 +12,7 @@ import tensorflow as tf
 import tf_keras as keras
 
 from ..inputs import rows
-from .graph import TRANSPOSED, Graph
+from .graph import TRANSPOSED, Graph, Group
 
 __all__ = ["CRITERIA", "scores"]
 
@@ -39,12 +39,18 @@ def _norm(graph: Graph, producer: str, order: int) -> np.ndarray:
     return np.sqrt(_per_channel(w * w, axis, np.sum))
 
 
-def _bn_scale(graph: Graph, members: list[str]) -> np.ndarray | None:
-    found = [
-        np.abs(np.asarray(layer.gamma))
-        for layer in (graph.model.get_layer(name) for name in members)
-        if isinstance(layer, keras.layers.BatchNormalization) and layer.scale
-    ]
+def _bn_scale(graph: Graph, group: Group) -> np.ndarray | None:
+    """|gamma| of the group's BatchNormalization layers, channel by channel of the group: a
+    BatchNormalization after a Concatenate holds other groups' channels too, and one after
+    a Flatten each channel once per position (summed)."""
+    found = []
+    for layer in (graph.model.get_layer(name) for name in group.per_channel):
+        if isinstance(layer, keras.layers.BatchNormalization) and layer.scale:
+            groups, channels = graph.entries(graph.inputs[layer.name])
+            mine = groups == group.id
+            score = np.zeros(group.size)
+            np.add.at(score, channels[mine], np.abs(np.asarray(layer.gamma))[mine])
+            found.append(score)
     return np.sum(found, axis=0) if found else None
 
 
@@ -90,7 +96,7 @@ def scores(graph: Graph, criterion: str, data: tuple[Any, Any, Any] | None = Non
         taylor = _taylor(graph, [p for g in groups for p in g.producers], data, batches)
     out = {}
     for g in groups:
-        bn = _bn_scale(graph, g.per_channel) if criterion == "bn_scale" else None
+        bn = _bn_scale(graph, g) if criterion == "bn_scale" else None
         if bn is not None:
             out[g.id] = bn
         elif criterion == "taylor":
