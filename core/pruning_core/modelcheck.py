@@ -140,6 +140,9 @@ class ModelInfo:
     kernel_inputs: dict[str, int] = field(default_factory=dict)  # layer -> its kernel's input channels
     # layers whose axis Keras 3's loader of Keras 2 files drops: [name, class, axis]
     axes_lost: list[list[Any]] = field(default_factory=list)
+    # what the weights' datasets take once read (shape x dtype, summed; at most max_decompressed):
+    # the worker builds the model from its configuration within this (safe_load.VariableBudget)
+    weight_bytes: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -490,17 +493,28 @@ def _refuse_outside_references(f: Any, where: str) -> None:
     f.visititems(visit)
 
 
-def _h5_shapes(group: Any) -> list[tuple[str, list[int]]]:
-    """(path, shape) of every dataset under an HDF5 group; reads no data."""
+def _h5_shapes(group: Any, limit: int) -> tuple[list[tuple[str, list[int]]], int]:
+    """(path, shape) of every dataset under an HDF5 group, and the bytes they take once read
+    (shape x dtype, summed); reads no data. Refuses more than ``limit`` bytes: a gzip-compressed
+    or never-written (fill-value) dataset declares any size in a few bytes of file, and Keras
+    reads every one whole into memory."""
     found: list[tuple[str, list[int]]] = []
+    total = 0
 
     def visit(name: str, obj: Any) -> None:
+        nonlocal total
         shape = getattr(obj, "shape", None)
         if shape is not None:
             found.append((name, [int(d) for d in shape]))
+            total += math.prod(found[-1][1]) * obj.dtype.itemsize
 
     group.visititems(visit)
-    return found
+    if total > limit:
+        raise ModelRejected(
+            f"the weights' datasets declare {total} bytes (shape x dtype, compressed or not stored in the file), "
+            f"over the limit of {limit} bytes"
+        )
+    return found, total
 
 
 _WEIGHT_MEMBERS = frozenset({"model.weights.h5", "model.weights.npz"})
@@ -516,9 +530,10 @@ def _json_member(archive: zipfile.ZipFile, name: str, limit: int) -> Any:
         raise ModelRejected(f"the archive's {name} is not valid JSON: {exc}") from None
 
 
-def _zip_weight_shapes(archive: zipfile.ZipFile) -> list[tuple[str, list[int]]]:
+def _zip_weight_shapes(archive: zipfile.ZipFile, limit: int) -> tuple[list[tuple[str, list[int]]], int]:
     if "model.weights.h5" not in archive.namelist():
-        return []
+        # an .npz of weights (Keras 3 reads one too) takes its expanded size, within the archive's
+        return [], archive.getinfo("model.weights.npz").file_size if "model.weights.npz" in archive.namelist() else 0
     import h5py
 
     with tempfile.NamedTemporaryFile(suffix=".h5") as tmp:
@@ -527,7 +542,7 @@ def _zip_weight_shapes(archive: zipfile.ZipFile) -> list[tuple[str, list[int]]]:
         tmp.flush()
         with h5py.File(tmp.name, "r") as f:
             _refuse_outside_references(f, "the archive's model.weights.h5")
-            return _h5_shapes(f)
+            return _h5_shapes(f, limit)
 
 
 def inspect_model(path: pathlib.Path, max_decompressed: int, max_config: int | None = None) -> ModelInfo:
@@ -568,7 +583,7 @@ def _inspect_model(path: pathlib.Path, max_decompressed: int, max_config: int) -
                 _verify_members(archive, max_decompressed)
                 config = _json_member(archive, "config.json", max_config)
                 metadata = _json_member(archive, "metadata.json", 1 << 20) if ("metadata.json" in names) else {}
-                weights = _zip_weight_shapes(archive)
+                weights, weight_bytes = _zip_weight_shapes(archive, max_decompressed)
             except ModelRejected:
                 raise
             except (zipfile.BadZipFile, OSError, ValueError, EOFError, RecursionError) as exc:
@@ -580,6 +595,7 @@ def _inspect_model(path: pathlib.Path, max_decompressed: int, max_config: int) -
                 "the archive holds no weights (no model.weights.h5 or model.weights.npz): save the whole model "
                 "with model.save('model.keras')"
             )
+        info.weight_bytes = weight_bytes
         return info
     import h5py
 
@@ -601,14 +617,16 @@ def _inspect_model(path: pathlib.Path, max_decompressed: int, max_config: int) -
             config = json.loads(raw)
             if not isinstance(f.get("model_weights"), h5py.Group):
                 raise ModelRejected("the HDF5 file holds no weights (model_weights is not a group)")
-            weights = _h5_shapes(f["model_weights"])
+            weights, weight_bytes = _h5_shapes(f["model_weights"], max_decompressed)
             version = f.attrs.get("keras_version", b"")
             version = version.decode() if isinstance(version, bytes) else str(version)
     except ModelRejected:
         raise
     except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
         raise ModelRejected(f"the HDF5 file is truncated or corrupt: {exc}") from None
-    return check_model_config(config, "h5", version, weights)
+    info = check_model_config(config, "h5", version, weights)
+    info.weight_bytes = weight_bytes
+    return info
 
 
 def _label_column(shape: tuple[int, ...]) -> bool:

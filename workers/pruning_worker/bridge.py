@@ -24,9 +24,10 @@ import json
 import math
 import os
 import pathlib
+import threading
 import zipfile
 from collections.abc import Callable, Iterable
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import h5py
 import keras  # Keras 3
@@ -38,6 +39,9 @@ from keras.src.models.functional import Functional as _Functional3
 from pruning_core import preflight
 
 from .errors import JobInputError
+
+if TYPE_CHECKING:
+    from .safe_load import VariableBudget
 
 __all__ = [
     "SUPPORTED",
@@ -173,12 +177,34 @@ def keras_version_of(path: os.PathLike | str, limit: int = MAX_METADATA_BYTES) -
     return major
 
 
-def load_keras3(path: os.PathLike | str, workdir: pathlib.Path, max_decompressed: int) -> Any:
+# Keras 3 runs a variable's initializer before TensorFlow's variable creators see the variable
+# (safe_load.VariableBudget counts tf_keras' there): the load in progress in a thread counts its
+# variables where the shape is known and the initializer has not run yet (installed once, it
+# counts nothing outside load_keras3).
+_LOADING = threading.local()
+_initialize_with_initializer = keras.Variable._initialize_with_initializer
+
+
+def _counted_initialize(self: Any, initializer: Any) -> None:
+    budget = getattr(_LOADING, "budget", None)
+    if budget is not None:
+        budget.count(self.path, self._shape, self._dtype)
+    _initialize_with_initializer(self, initializer)
+
+
+keras.Variable._initialize_with_initializer = _counted_initialize
+
+
+def load_keras3(
+    path: os.PathLike | str, workdir: pathlib.Path, max_decompressed: int, budget: VariableBudget | None = None
+) -> Any:
     """Loads a Keras 3 ``.keras`` or ``.h5`` file uncompiled, with Keras' safe mode on.
 
     The server has inspected the configuration before the job started; this bounds the
     archive's expanded size again and lets Keras 3 refuse code (``safe_mode=True``).
-    ``path`` may lack a suffix (the artifact store names files by hash).
+    ``path`` may lack a suffix (the artifact store names files by hash). The variables the
+    configuration makes are counted against ``budget`` (by default ``max_decompressed``) before
+    they are allocated.
 
     Raises:
         JobInputError: the file is not a loadable Keras 3 model.
@@ -201,10 +227,20 @@ def load_keras3(path: os.PathLike | str, workdir: pathlib.Path, max_decompressed
         raise JobInputError("model: not a Keras model: expected a .keras (zip) or .h5 (HDF5) file")
     named = workdir / f"model3{suffix}"  # Keras picks the format from the suffix
     os.symlink(os.path.abspath(path), named)
+    if budget is None:
+        from .safe_load import VariableBudget
+
+        budget = VariableBudget(max_decompressed)
+    _LOADING.budget = budget
     try:
-        return keras.saving.load_model(named, compile=False, safe_mode=True)
+        model = keras.saving.load_model(named, compile=False, safe_mode=True)
     except (ValueError, OSError, TypeError, KeyError, AttributeError) as exc:
+        budget.check()  # the refusal, as Keras may have wrapped it
         raise JobInputError(f"model: cannot be loaded with Keras 3: {exc}") from None
+    finally:
+        _LOADING.budget = None
+    budget.check()
+    return model
 
 
 # --- configurations -----------------------------------------------------------------------

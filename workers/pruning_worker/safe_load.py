@@ -3,12 +3,16 @@ prunes: a Keras 3 file is translated by :mod:`bridge` and checked on a probe bat
 
 from __future__ import annotations
 
+import contextlib
+import math
 import os
 import pathlib
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import tensorflow as tf
 import tf_keras as keras
 
 from pruning_core import formats, modelcheck
@@ -30,6 +34,60 @@ def conversion_refused(diff: float, relative: float) -> str | None:
         f"outputs differ by {diff:.3g} on a probe batch, {relative:.3g} of their magnitude (tolerance "
         f"{CONVERSION_TOLERANCE:g}, relative past magnitude 1)"
     )
+
+
+# Keras builds a model from its configuration, every variable filled by its initializer, before
+# it reads (and checks the shapes of) the weights: a configuration of layers far larger than its
+# weights file (a Dense(100000) over 100000 inputs: a 40 GB kernel) would be allocated whole, and
+# kill the worker at each attempt. The variables a load creates are counted from their shapes
+# before each initializer runs, against what the weights file declares (itself within
+# max_decompressed): twice that, as Keras 3 builds the layer a Bidirectional wraps and then a
+# copy of it (1.5 times the layer's variables), and this much more for variables Keras creates
+# but does not save (the states of seed generators).
+VARIABLE_SLACK = 16 * 1024 * 1024
+
+
+class VariableBudget:
+    """Counts the bytes of the variables a model load creates; refuses the first past twice
+    the ``declared`` bytes of the weights file (and VARIABLE_SLACK)."""
+
+    def __init__(self, declared: int) -> None:
+        self.declared = declared
+        self.created = 0
+        self.refused: JobInputError | None = None  # kept: Keras may wrap or swallow the error
+
+    def count(self, name: str, shape: Sequence[int], dtype: Any) -> None:
+        """Counts a variable about to be created; refuses it past the budget."""
+        self.created += math.prod(shape) * tf.as_dtype(dtype).size
+        if self.created > 2 * self.declared + VARIABLE_SLACK:
+            self.refused = JobInputError(
+                f"model: its configuration makes variables of {self.created} bytes or more (the last {name}, "
+                f"of shape {list(shape)}), but its weights file declares {self.declared}: its layers are larger than "
+                "its weights; refused before allocating them"
+            )
+            raise self.refused
+
+    def check(self) -> None:
+        """Raises the refusal, should Keras have caught it."""
+        if self.refused is not None:
+            raise self.refused
+
+    @contextlib.contextmanager
+    def tf_keras(self) -> Iterator[None]:
+        """Counts the variables created in this thread (tf_keras gives each one's shape to the
+        variable creators, before its initializer runs; Keras 3's are counted by the bridge)."""
+
+        def creator(next_creator: Any, **kwargs: Any) -> Any:
+            shape = kwargs.get("shape")
+            if shape is not None and tf.TensorShape(shape).is_fully_defined():
+                self.count(
+                    kwargs.get("name") or "variable", tf.TensorShape(shape).as_list(), kwargs.get("dtype") or tf.float32
+                )
+            return next_creator(**kwargs)
+
+        with tf.variable_creator_scope(creator):
+            yield
+        self.check()
 
 
 @dataclass
@@ -73,11 +131,12 @@ def load(path: os.PathLike[str] | str, workdir: pathlib.Path, max_decompressed: 
         ConversionError: the translated model's outputs differ from the uploaded one's.
     """
     info, named = _inspect(path, workdir, max_decompressed)
+    budget = VariableBudget(info.weight_bytes)
     if info.keras_version == 3:
         from . import bridge
 
         try:
-            original = bridge.load_keras3(named, workdir, max_decompressed)
+            original = bridge.load_keras3(named, workdir, max_decompressed, budget)
             model = bridge.to_tf_keras(original, flatten_nested=True)
         except bridge.BridgeError as exc:
             raise JobInputError(f"model: {exc}") from None
@@ -91,11 +150,13 @@ def load(path: os.PathLike[str] | str, workdir: pathlib.Path, max_decompressed: 
             raise ConversionError(f"the tf_keras translation of the Keras 3 model is not the same model: {refused}")
         return Loaded(model, 3, original, diff)
     try:
-        if info.format == "keras":
-            loaded = keras.models.load_model(named, compile=False, safe_mode=True)
-        else:
-            loaded = keras.models.load_model(named, compile=False)
+        with budget.tf_keras():
+            if info.format == "keras":
+                loaded = keras.models.load_model(named, compile=False, safe_mode=True)
+            else:
+                loaded = keras.models.load_model(named, compile=False)
     except (ValueError, OSError, TypeError, KeyError) as exc:
+        budget.check()  # the refusal, as Keras may have wrapped it
         raise JobInputError(f"model: cannot be loaded: {exc}") from None
     check_finite(loaded)
     return Loaded(loaded, 2)
