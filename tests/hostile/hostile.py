@@ -16,14 +16,28 @@ import sys
 import time
 import zipfile
 
+import grpc
 import numpy as np
 import pytest
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
 
 from conftest import ServerThread, settings_for
 
 KEYS = {"key-a": "tenant-a", "key-b": "tenant-b"}
 SAMPLE = 8
 CLASSES = 4
+
+
+def violated_fields(error: grpc.RpcError) -> list[str]:
+    """The fields an error answer's BadRequest details name, in order."""
+    status = rpc_status.from_call(error)
+    fields = []
+    for detail in status.details if status else ():
+        bad = error_details_pb2.BadRequest()
+        if detail.Unpack(bad):
+            fields += [v.field for v in bad.field_violations]
+    return fields
 
 
 def model_config(units: int = CLASSES) -> dict:

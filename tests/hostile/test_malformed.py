@@ -11,9 +11,7 @@ import grpc
 import h5py
 import numpy as np
 import pytest
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
-from hostile import hostile_server, keras_bytes, model_config, npz_bytes
+from hostile import hostile_server, keras_bytes, model_config, npz_bytes, violated_fields
 
 from pruning.v1 import pruning_pb2 as pb
 from pruning.v1 import pruning_pb2_grpc as pb_grpc
@@ -71,13 +69,7 @@ def _refusal(call) -> tuple[grpc.StatusCode, list[str], grpc.RpcError]:
         result = call()
         if hasattr(result, "__iter__") and not isinstance(result, pb.Artifact | pb.Job):
             list(result)
-    status = rpc_status.from_call(error.value)
-    fields = []
-    for detail in status.details if status else ():
-        bad = error_details_pb2.BadRequest()
-        if detail.Unpack(bad):
-            fields += [v.field for v in bad.field_violations]
-    return error.value.code(), fields, error.value
+    return error.value.code(), violated_fields(error.value), error.value
 
 
 def _h5(config=None, weights_dataset: bool = False) -> bytes:
