@@ -74,7 +74,7 @@ def validate(spec: pb.SweepSpec) -> list[Violation]:
     for i, s in enumerate(spec.sparsities[:LIMIT_SPARSITIES]):
         if not 0 <= s < 1:
             out.append((f"spec.sparsities[{i}]", f"must be in [0, 1), got {s}"))
-    if len({round(s, 4) for s in spec.sparsities}) != len(spec.sparsities):
+    if len(spec.sparsities) <= LIMIT_SPARSITIES and len({round(s, 4) for s in spec.sparsities}) != len(spec.sparsities):
         out.append(("spec.sparsities", "lists a sparsity twice"))
     if validation.has_budget(spec.base):
         out.append(("spec.base.budget", "a trial template has no budget of its own: set spec.budget"))
@@ -105,6 +105,8 @@ def validate(spec: pb.SweepSpec) -> list[Violation]:
                     f"must be in [2, {LIMIT_HALVING_RATE}] (0 = {HALVING_RATE}), got {spec.halving_rate}",
                 )
             )
+        elif not 0 <= spec.max_trials <= LIMIT_TRIALS or len(spec.sparsities) > LIMIT_SPARSITIES:
+            pass  # refused above; its rungs are not counted (a search over 2^31 trials took an hour of the loop)
         elif spec.sparsities and spec.max_trials and sum(halving_rungs(spec)) > spec.max_trials:
             out.append(
                 (

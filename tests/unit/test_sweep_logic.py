@@ -383,3 +383,18 @@ def test_a_search_trial_cancelled_by_hand_does_not_bound_the_search_from_above()
     # 0.5 keeps the budget, 0.9 is over it and 0.7 measured nothing: the next points lie
     # between 0.5 and 0.9, not only below the cancelled 0.7
     assert [t.sparsity for t in sweeps.next_trials(sweep)] == [0.6333, 0.7667]
+
+
+@pytest.mark.parametrize("max_trials", [10**7, -(2**31)])
+def test_a_successive_halving_sweep_with_max_trials_out_of_bounds_is_refused_at_once(max_trials):
+    """The rungs of a search are counted up to its max_trials, one at a time: a 49-byte
+    CreateSweep asking for 2^31 - 1 trials held the server's loop for about an hour (20 million
+    took 56 s) before its refusal. Out of bounds, it is refused without counting them."""
+    import time
+
+    spec = sweep_spec(BASE, max_loss_pp=1.0, method="successive_halving")
+    spec.max_trials = max_trials
+    started = time.monotonic()
+    fields = [f for f, _ in sweeps.validate(spec)]
+    assert time.monotonic() - started < 1
+    assert "spec.max_trials" in fields
