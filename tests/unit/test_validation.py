@@ -247,3 +247,51 @@ def test_a_file_given_as_the_dataset_is_told_to_upload_it_first():
     assert said.endswith("a file is uploaded first (upload_dataset, or `pruning upload`) and given by its artifact id")
     said = dict(validation.validate(job_spec("a" * 64, dataset="cifar10")))["spec.dataset.builtin"]
     assert said == "must be one of ['mnist'], got 'cifar10'"
+
+
+@pytest.mark.parametrize("field", ["include_names", "exclude_names", "include_types", "exclude_types"])
+def test_a_layer_selection_list_past_its_bound_is_refused_naming_it(field):
+    """Each name of a selection is looked for in every layer of the model, and each class name
+    matched against every Keras class: 50,000 include_types (a 0.5 MB CreateJob) held the
+    server's loop, every tenant's calls, for 16 s; 500,000 for 3.5 minutes."""
+    spec = job_spec(MODEL, schedule=constant_sparsity(0.5))
+    getattr(spec.pruning.layers, field).extend(f"Dens{i}" for i in range(1000))
+    assert validation.validate(spec) == []
+    getattr(spec.pruning.layers, field).append("Dense")
+    said = dict(validation.validate(spec))
+    assert said == {f"spec.pruning.layers.{field}": "at most 1000 names, got 1001"}
+
+
+def test_export_formats_past_one_of_each_are_refused_at_once():
+    """Seven million formats (a 7 MB CreateJob) held the server's loop for 28 s."""
+    import time
+
+    spec = job_spec(MODEL, schedule=constant_sparsity(0.5))
+    spec.export.formats.extend([pb.EXPORT_FORMAT_KERAS] * 2_000_000)
+    started = time.monotonic()
+    said = dict(validation.validate(spec))
+    assert time.monotonic() - started < 1
+    assert said["spec.export.formats"] == "at most 5 formats (each once), got 2000000"
+    every = job_spec(MODEL, schedule=constant_sparsity(0.5))
+    every.export.formats.extend(f for f in pb.ExportFormat.values() if f)
+    assert validation.validate(every) == []
+
+
+def test_structured_layer_ratios_past_the_bound_are_refused():
+    spec = job_spec(MODEL, schedule=constant_sparsity(0.5))
+    spec.pruning.structured.ratio = 0.5
+    spec.pruning.structured.layer_ratios.update({f"l{i}": 0.1 for i in range(1001)})
+    said = dict(validation.validate(spec))
+    assert said["spec.pruning.structured.layer_ratios"] == "at most 1000 layers, got 1001"
+
+
+def test_labels_past_the_bound_are_refused_without_reading_each():
+    """400,000 labels took the server's loop 3.6 s to check one by one, past the count that
+    refuses them anyway."""
+    import time
+
+    labels = {f"k{i}\n": "v" for i in range(200_000)}  # each one bad too
+    started = time.monotonic()
+    said = validation.validate_metadata(labels, "")
+    assert time.monotonic() - started < 0.5
+    assert said == [("labels", f"at most {validation.MAX_LABELS} labels, got 200000")]
