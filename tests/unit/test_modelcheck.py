@@ -408,3 +408,45 @@ def test_a_description_keeps_the_advice_after_what_it_echoes_within_the_answer_s
     assert sum(len(v.field) + len(v.description) for v in kept) <= Cut(200, 10).details_budget
     assert all(len(v.description) == 400 for v in kept) and len(kept) < 10
     assert bad.field_violations[-1].description == f"and {10 - len(kept)} more problems"
+
+
+def _many_members(path, n: int, said: int | None = None):
+    """An .npz of the four arrays and ``n`` empty members more, written by hand (zipfile takes
+    minutes for a million); its end record says ``said`` members where given."""
+    import io
+    import struct
+    import zlib
+
+    arrays = {}
+    for key, shape in (("x_train", (4, 2)), ("y_train", (4,)), ("x_test", (2, 2)), ("y_test", (2,))):
+        raw = io.BytesIO()
+        np.lib.format.write_array(raw, np.zeros(shape, np.int64))
+        arrays[f"{key}.npy"] = raw.getvalue()
+    names = [(name.encode(), data) for name, data in arrays.items()] + [(b"%x" % i, b"") for i in range(n)]
+    body, directory = io.BytesIO(), io.BytesIO()
+    for name, data in names:
+        offset, crc = body.tell(), zlib.crc32(data)
+        body.write(struct.pack("<IHHHHHIIIHH", 0x04034B50, 20, 0, 0, 0, 0, crc, len(data), len(data), len(name), 0))
+        body.write(name + data)
+        sizes = (crc, len(data), len(data), len(name))
+        directory.write(
+            struct.pack("<IHHHHHHIIIHHHHHII", 0x02014B50, 20, 20, 0, 0, 0, 0, *sizes, 0, 0, 0, 0, 0, offset)
+        )
+        directory.write(name)
+    count = len(names) if said is None else said
+    end = struct.pack("<IHHHHIIH", 0x06054B50, 0, 0, count, count, directory.tell(), body.tell(), 0)
+    path.write_bytes(body.getvalue() + directory.getvalue() + end)
+    return path
+
+
+def test_an_archive_of_too_many_members_is_refused_before_its_directory_is_read(tmp_path):
+    """zipfile makes an object of every member of the directory: a 174 MB .npz of two million
+    empty members took the server 950 MiB and 75 s of CPU to take in, and was stored."""
+    assert "x_train" in modelcheck.inspect_dataset(_many_members(tmp_path / "few.npz", 100), 10**9)
+    with pytest.raises(ModelRejected, match="the archive has 20004 members, over the limit of 10000") as refused:
+        modelcheck.inspect_dataset(_many_members(tmp_path / "many.npz", 20_000), 10**9)
+    assert refused.value.field == "dataset"
+    with pytest.raises(ModelRejected, match="the archive has 20004 members, over the limit of 10000"):
+        modelcheck.inspect_dataset(_many_members(tmp_path / "lying.npz", 20_000, said=4), 10**9)  # undercounted
+    with pytest.raises(ModelRejected, match="20004 members"):
+        modelcheck.inspect_model(_many_members(tmp_path / "many.keras", 20_000), 10**9)
