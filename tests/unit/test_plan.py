@@ -810,3 +810,12 @@ def test_the_xnnpack_policy_on_a_model_without_its_stem_is_refused_at_submit(tmp
     pool = {"class_name": "GlobalAveragePooling2D", "config": {}}
     assert preflight.xnnpack_missing([pad, conv, pool]) == []
     assert preflight.xnnpack_missing([conv, pool]) and preflight.xnnpack_missing([pad, conv])
+
+
+@pytest.mark.parametrize(
+    ("n_samples", "batch_size", "split", "expected"),
+    [(60000, 128, 0.1, 128), (256, 65536, 0.1, 230), (256, 65536, 0.0, 256), (1, 64, 0.0, 1)],
+)
+def test_a_training_step_takes_the_batch_size_or_every_sample_where_fewer(n_samples, batch_size, split, expected):
+    t = pb.TrainingSpec(batch_size=batch_size, validation_split=split)
+    assert plan.train_batch(n_samples, t) == expected

@@ -16,7 +16,7 @@ import tensorflow_model_optimization as tfmot
 import tf_keras as keras
 
 from pruning.v1 import pruning_pb2 as pb
-from pruning_core import defaults, formats, validation
+from pruning_core import defaults, formats, plan, validation
 from pruning_core import recipe as core_recipe
 from pruning_core.phases import Phase
 
@@ -272,7 +272,8 @@ def run(
     result.compression_ratio = result.size_before.gzip_bytes / max(1, result.size_after.gzip_bytes)
     if reporting:
         reporter.check_between_steps()
-        outputs += _report(spec, result, original, stripped, workdir, log_dir, reporter, x_test)
+        batch = plan.train_batch(length(x_train), t)  # what a step took, not more than the data holds
+        outputs += _report(spec, result, original, stripped, workdir, log_dir, reporter, x_test, batch)
     reporter.check_between_steps()
     result.phase_seconds.update(reporter.timings())
     quality = (
@@ -319,6 +320,7 @@ def _report(
     log_dir: pathlib.Path,
     reporter: Reporter,
     x: Any = None,
+    batch: int = 0,
 ) -> list[tuple[pathlib.Path, str]]:
     """Latency into ``result``; plots and TensorBoard logs as artifacts. A part that fails is a
     WARNING event, never a failed job: the pruned model is what the job is for."""
@@ -330,7 +332,8 @@ def _report(
     reporter.log("measuring latency of the baseline and the pruned model")
     repeats = spec.report.latency_repeats or defaults.LATENCY_REPEATS
     try:
-        result.latency.extend(report.latency(before, after, result.device, spec.training.batch_size, repeats, warn, x))
+        batch = batch or spec.training.batch_size
+        result.latency.extend(report.latency(before, after, result.device, batch, repeats, warn, x))
     except Exception as exc:  # noqa: BLE001
         warn(f"no latency figures: {tferrors.root_cause(exc)}")
     reporter.check_between_steps()  # outside the try: the time limit is no report warning
