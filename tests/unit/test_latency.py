@@ -172,3 +172,70 @@ def test_flops_count_grouped_and_depthwise_convolutions_and_what_follows_them(mo
     assert class_kept_while_traced == [True] and Conv.__dict__["_jit_compiled_convolution_op"] is nested
     assert all("_jit_compiled_convolution_op" not in vars(layer) for layer in grouped_model.layers)
     assert grouped_model(np.ones((1, 16, 16, 8), "float32")).shape == (1, 4)
+
+
+def test_the_time_limit_and_a_cancel_stop_the_latency_measurement_between_samples(tmp_path):
+    """The report's latency is one part of the job, and its samples were all taken before the
+    time limit was looked at again: 40 repeats at a batch of 65,536 ran a job with a limit of
+    20 s for 187 s, and 1,000 repeats would have held the worker for an hour. The limit (and a
+    cancel) is checked before each pair of samples, and stops the job rather than the figures."""
+    import pytest
+    import tf_keras as keras
+
+    from pruning_worker import pipeline
+    from pruning_worker.errors import JobDeadlineExceeded
+
+    checks: list[int] = []
+
+    def check() -> None:
+        checks.append(1)
+        if len(checks) > 3:
+            raise JobDeadlineExceeded("the job ran past its time limit of 20 s (the job's time_limit_s)")
+
+    with pytest.raises(JobDeadlineExceeded):
+        measure.paired_median_ms(_busy(0.0001), _busy(0.0001), 1000, check=check)
+    assert len(checks) == 4
+
+    class Reporter:
+        def __init__(self) -> None:
+            self.calls, self.lines = 0, []
+
+        def log(self, message: str, level: str = "INFO") -> None:
+            self.lines.append((level, message))
+
+        def check_between_steps(self) -> None:
+            self.calls += 1
+            if self.calls > 2:
+                raise JobDeadlineExceeded("the job ran past its time limit of 20 s (the job's time_limit_s)")
+
+    model = keras.Sequential([keras.layers.InputLayer(input_shape=(4,)), keras.layers.Dense(2)])
+    spec = pb.JobSpec()
+    spec.training.batch_size = 8
+    spec.report.latency_repeats = 1000
+    reporter = Reporter()
+    started = time.monotonic()
+    with pytest.raises(JobDeadlineExceeded):
+        pipeline._report(spec, pb.PruneResult(device="CPU"), model, model, tmp_path, tmp_path / "logs", reporter)
+    assert time.monotonic() - started < 60
+    assert not [m for level, m in reporter.lines if level == "WARNING"]  # stopped, not a report warning
+
+
+def test_the_time_limit_stops_a_structured_jobs_latency_measurement_too():
+    import pytest
+    import tf_keras as keras
+
+    from pruning_worker.errors import JobDeadlineExceeded
+    from pruning_worker.structured import step
+
+    calls: list[int] = []
+
+    def check() -> None:
+        calls.append(1)
+        if len(calls) > 2:
+            raise JobDeadlineExceeded("the job ran past its time limit of 20 s (the job's time_limit_s)")
+
+    warnings: list[str] = []
+    model = keras.Sequential([keras.layers.InputLayer(input_shape=(4,)), keras.layers.Dense(2)])
+    with pytest.raises(JobDeadlineExceeded):
+        step.fill_latency(pb.StructuredResult(), model, model, "CPU", 1000, warnings.append, None, check)
+    assert len(calls) == 3 and not warnings  # stopped, not a report warning

@@ -48,5 +48,10 @@ class JobDeadlineExceeded(Exception):
     """The job ran past the configured time limit."""
 
 
+# What a check between steps raises to stop the job: a part the job could go without (a figure
+# of the report) passes them on rather than warn.
+STOPS = (Cancelled, WorkerStopping, JobDeadlineExceeded)
+
+
 class ConversionError(RuntimeError):
     """A Keras 3 model and its tf_keras translation disagree: the service's fault, not the input's."""

@@ -229,10 +229,14 @@ class Paired:
     calls_per_sample: int
 
 
-def paired_median_ms(run_a: Any, run_b: Any, repeats: int, warmup: int = 2) -> Paired:
+def paired_median_ms(
+    run_a: Any, run_b: Any, repeats: int, warmup: int = 2, check: Callable[[], None] | None = None
+) -> Paired:
     """``repeats`` samples of ``run_a`` and of ``run_b``, taken in alternation (a b, b a, ...)
     so that load drifting on a shared machine weighs on both alike; each sample calls its run
-    enough times to last :data:`SAMPLE_S` (the same count for both)."""
+    enough times to last :data:`SAMPLE_S` (the same count for both). ``check`` runs before
+    each pair of samples (the job's time limit and cancel: 40 repeats of a large batch ran a
+    job 3 minutes past its limit of 20 s)."""
     for _ in range(warmup):
         run_a()
         run_b()
@@ -244,6 +248,8 @@ def paired_median_ms(run_a: Any, run_b: Any, repeats: int, warmup: int = 2) -> P
     calls = max(1, min(MAX_CALLS_PER_SAMPLE, int(SAMPLE_S / max(min(once), 1e-7))))
     times: tuple[list[float], list[float]] = ([], [])
     for i in range(repeats):
+        if check is not None:
+            check()
         order = ((0, run_a), (1, run_b)) if i % 2 == 0 else ((1, run_b), (0, run_a))
         for slot, run in order:
             started = time.perf_counter()
@@ -357,6 +363,7 @@ def latency_pairs(
     repeats: int,
     flat: tuple[bytes, bytes] | None,
     x: Any = None,
+    check: Callable[[], None] | None = None,
 ) -> list[pb.Latency]:
     """Median milliseconds of one inference of ``before`` and ``after``, timed in alternation
     (:func:`paired_median_ms`), for each batch size: TensorFlow on ``device``, and TFLite
@@ -370,7 +377,7 @@ def latency_pairs(
             runners = tflite_runner(flat[0], batch, shapes), tflite_runner(flat[1], batch, shapes)
             pairs.append(("tflite", "CPU (XNNPACK)", *runners))
         for runtime, where, run_before, run_after in pairs:
-            timed = paired_median_ms(run_before, run_after, repeats)
+            timed = paired_median_ms(run_before, run_after, repeats, check=check)
             out.append(
                 pb.Latency(
                     runtime=runtime,

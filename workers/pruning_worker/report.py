@@ -20,7 +20,14 @@ __all__ = ["latency", "plots", "tensorboard_archive", "tensorboard_callbacks"]
 
 
 def latency(
-    before: Any, after: Any, device: str, batch_size: int, repeats: int, warn: Callable[[str], None], x: Any = None
+    before: Any,
+    after: Any,
+    device: str,
+    batch_size: int,
+    repeats: int,
+    warn: Callable[[str], None],
+    x: Any = None,
+    check: Callable[[], None] | None = None,
 ) -> list[pb.Latency]:
     """Median milliseconds of one inference of ``before`` and ``after``, timed in alternation:
     TensorFlow on the job's device and TFLite (XNNPACK) on the CPU, for one sample and for a
@@ -29,7 +36,7 @@ def latency(
     says why): the report never fails a job."""
     flat = measure.tflite_pair(before, after, warn)
     with tferrors.step("latency measurement"):
-        return measure.latency_pairs(before, after, device, (1, batch_size), repeats, flat, x)
+        return measure.latency_pairs(before, after, device, (1, batch_size), repeats, flat, x, check)
 
 
 def tensorboard_callbacks(log_dir: pathlib.Path, pruned: bool) -> list[Any]:
