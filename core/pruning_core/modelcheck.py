@@ -547,6 +547,49 @@ def _h5_shapes(group: Any, limit: int) -> tuple[list[tuple[str, list[int]]], int
     return found, total
 
 
+def _h5_names(group: Any, name: str) -> list[str]:
+    """A list attribute as Keras reads it: ``name``, or its chunks ``name0``, ``name1`` ...
+    (Keras splits one past the object header's limit)."""
+    attrs = group.attrs
+    if name in attrs:
+        values = list(attrs[name])
+    else:
+        values, chunk = [], 0
+        while f"{name}{chunk}" in attrs:
+            values += list(attrs[f"{name}{chunk}"])
+            chunk += 1
+    return [v.decode("utf8", "replace") if isinstance(v, bytes) else str(v) for v in values]
+
+
+def _h5_read_bytes(weights: Any, limit: int) -> int:
+    """The bytes Keras' loader of an .h5 file reads whole from ``model_weights`` before it
+    compares a single shape: for each group named in ``layer_names``, each dataset named in
+    its ``weight_names``, resolved as tf_keras resolves it (relative to the layer's group, from
+    the file's root when absolute, through soft and hard links) and once per mention. A name
+    may reach a dataset outside ``model_weights`` (which :func:`_h5_shapes` does not visit), or
+    one dataset many times; refuses more than ``limit`` bytes."""
+    import h5py
+
+    total = 0
+    for layer in _h5_names(weights, "layer_names"):
+        group = weights.get(layer)
+        if not isinstance(group, h5py.Group):
+            continue  # Keras fails on it
+        for name in _h5_names(group, "weight_names"):
+            dataset = group.get(name)
+            shape = getattr(dataset, "shape", None) if isinstance(dataset, h5py.Dataset) else None
+            if shape is None:
+                continue
+            total += math.prod(int(d) for d in shape) * dataset.dtype.itemsize
+            if total > limit:
+                raise ModelRejected(
+                    f"the weights Keras reads (layer_names' weight_names, each as often as named) declare "
+                    f"{total} bytes or more (shape x dtype, compressed or not stored in the file), over the limit "
+                    f"of {limit} bytes"
+                )
+    return total
+
+
 _WEIGHT_MEMBERS = frozenset({"model.weights.h5", "model.weights.npz"})
 
 
@@ -648,6 +691,7 @@ def _inspect_model(path: pathlib.Path, max_decompressed: int, max_config: int) -
             if not isinstance(f.get("model_weights"), h5py.Group):
                 raise ModelRejected("the HDF5 file holds no weights (model_weights is not a group)")
             weights, weight_bytes = _h5_shapes(f["model_weights"], max_decompressed)
+            weight_bytes = max(weight_bytes, _h5_read_bytes(f["model_weights"], max_decompressed))
             version = f.attrs.get("keras_version", b"")
             version = version.decode() if isinstance(version, bytes) else str(version)
     except ModelRejected:

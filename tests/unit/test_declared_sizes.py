@@ -18,6 +18,7 @@ import subprocess
 import sys
 import zipfile
 
+import numpy as np
 import pytest
 
 from pruning_core import modelcheck
@@ -190,3 +191,53 @@ def test_keras3_builds_a_bidirectional_layer_twice_within_the_budget(tmp_path, m
     model = bridge.load_keras3(path, tmp_path, LIMIT, budget)
     assert budget.declared < budget.created <= 2 * budget.declared
     assert sum(w.numpy().nbytes for w in model.weights) == budget.declared
+
+
+def _hidden_weights(path: pathlib.Path, version: int, how: str, n: int) -> pathlib.Path:
+    """A small .h5 model whose layer "d" names, in its weight_names, an n x n dataset (gzip,
+    never written) that _h5_shapes does not count: outside model_weights (an absolute name, a
+    soft link), or inside it once but named 40 times."""
+    import h5py
+
+    _small(path, version)
+    with h5py.File(path, "r+") as f:
+        g = f["model_weights/d"]
+        big = dict(shape=(n, n), dtype="float32", chunks=True, compression="gzip", fillvalue=0.0)
+        if how == "absolute":
+            f.create_dataset("hidden", **big)
+            g.attrs["weight_names"] = ["/hidden", "d/bias:0"]
+        elif how == "soft_link":
+            f.create_dataset("hidden", **big)
+            g["d/big"] = h5py.SoftLink("/hidden")
+            g.attrs["weight_names"] = ["d/big", "d/bias:0"]
+        else:
+            g.create_dataset("d/big", **big)
+            g.attrs["weight_names"] = ["d/big"] * 40
+    return path
+
+
+@pytest.mark.parametrize("how", ["absolute", "soft_link", "named_again"])
+@pytest.mark.parametrize("version", [2, 3])
+def test_weights_an_h5_names_outside_model_weights_or_again_are_counted(tmp_path, version, how):
+    """tf_keras reads ``np.asarray(layer_group[name])`` for every name of a layer's weight_names
+    before it compares a shape or a count: an absolute name or a soft link reaches a dataset
+    outside model_weights (80 GB declared in a few bytes of file), a name repeated reads one
+    dataset again and again (40 x 1.6 GB). Counting model_weights' datasets once each let both
+    through the upload and the worker."""
+    n = N if how != "named_again" else 20_000
+    path = _hidden_weights(tmp_path / "m.h5", version, how, n)
+    assert path.stat().st_size < 100_000
+    with pytest.raises(ModelRejected, match=f"over the limit of {LIMIT} bytes"):
+        modelcheck.inspect_model(path, LIMIT)
+
+
+def test_an_h5_model_saved_with_its_optimizer_declares_its_weights(tmp_path):
+    """weight_names naming the layer's own datasets count them once each: unchanged."""
+    import tf_keras as k
+
+    model = k.Sequential([k.Input((4,)), k.layers.Dense(4, name="d"), k.layers.Dense(4, name="o")])
+    model.compile("adam", "mse")
+    model.fit(np.zeros((2, 4)), np.zeros((2, 4)), verbose=0)
+    path = tmp_path / "m.h5"
+    k.models.save_model(model, path, save_format="h5", include_optimizer=True)
+    assert modelcheck.inspect_model(path, LIMIT).weight_bytes == 2 * (4 * 4 + 4) * 4
