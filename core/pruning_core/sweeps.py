@@ -271,6 +271,13 @@ def _search_next(sweep: pb.Sweep) -> list[float]:
     if not points and b - a > spec.tolerance:
         n = spec.parallel_trials
         points = [round(a + (b - a) * k / (n + 1), 4) for k in range(1, n + 1)]
+        tried = _tried(sweep)
+        if all(p in tried for p in points):
+            # each was tried and cancelled (it measured nothing, so a and b stay): the widest
+            # gaps between a, b and those cancelled points are split instead of ending the search
+            cuts = sorted({a, b} | {s for s in tried if a < s < b})
+            gaps = [(round(hi - lo, 4), lo, hi) for lo, hi in zip(cuts, cuts[1:]) if hi - lo > spec.tolerance]
+            points = [round((lo + hi) / 2, 4) for _, lo, hi in sorted(gaps, key=lambda g: (-g[0], g[1]))[:n]]
     return [s for s in dict.fromkeys(points) if s not in _tried(sweep)]
 
 

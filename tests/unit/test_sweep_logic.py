@@ -398,3 +398,23 @@ def test_a_successive_halving_sweep_with_max_trials_out_of_bounds_is_refused_at_
     fields = [f for f, _ in sweeps.validate(spec)]
     assert time.monotonic() - started < 1
     assert "spec.max_trials" in fields
+
+
+def test_a_search_goes_on_past_a_midpoint_cancelled_by_hand():
+    """With one trial at a time, the midpoint a search computes again after its trial was
+    cancelled is the one it tried: the search ended there (0.5 answered, though 0.8 keeps the
+    budget and the range was far wider than the tolerance). The gaps beside it are split."""
+    sweep = _sweep(max_loss_pp=0.5, search_low=0.5, search_high=0.9, tolerance=0.01, parallel_trials=1)
+    while not sweeps.is_done(sweep):
+        (queued,) = sweeps.next_trials(sweep)
+        trial = sweep.trials.add()
+        trial.CopyFrom(queued)
+        trial.job_id = f"j{trial.index}"
+        cancelled = trial.sparsity == 0.7
+        job = pb.Job(state=pb.JOB_STATE_CANCELLED if cancelled else pb.JOB_STATE_SUCCEEDED)
+        if not cancelled:
+            loss = 0.1 if trial.sparsity <= 0.8 else 3.0
+            job.result.baseline.accuracy, job.result.pruned.accuracy = 0.98, 0.98 - loss / 100
+        sweeps.record_job(trial, job, sweep.spec.budget)
+    assert [t.sparsity for t in sweep.trials][:4] == [0.9, 0.5, 0.7, 0.6]
+    assert 0.8 - 2 * sweep.spec.tolerance <= sweep.trials[sweeps.chosen(sweep)].sparsity <= 0.8
