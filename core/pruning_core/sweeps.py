@@ -17,6 +17,7 @@ over the budget and never sinks the sweep.
 from __future__ import annotations
 
 import builtins
+import itertools
 import math
 import re
 import time
@@ -276,7 +277,7 @@ def _search_next(sweep: pb.Sweep) -> list[float]:
             # each was tried and cancelled (it measured nothing, so a and b stay): the widest
             # gaps between a, b and those cancelled points are split instead of ending the search
             cuts = sorted({a, b} | {s for s in tried if a < s < b})
-            gaps = [(round(hi - lo, 4), lo, hi) for lo, hi in zip(cuts, cuts[1:]) if hi - lo > spec.tolerance]
+            gaps = [(round(hi - lo, 4), lo, hi) for lo, hi in itertools.pairwise(cuts) if hi - lo > spec.tolerance]
             points = [round((lo + hi) / 2, 4) for _, lo, hi in sorted(gaps, key=lambda g: (-g[0], g[1]))[:n]]
     return [s for s in dict.fromkeys(points) if s not in _tried(sweep)]
 
