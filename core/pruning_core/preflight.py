@@ -4,6 +4,7 @@ whether it can be pruned and (for Keras 3) translated to tf_keras."""
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -527,10 +528,12 @@ def mask_merges(config: Any) -> tuple[frozenset[str], list[str]]:
         # is the data source of the layer it is given to
         calls: list[tuple[list[str], list[str]]] = []
         sources: dict[str, set[str]] = {}  # a node -> the nodes its data comes from
+        calls_of: dict[str, list[dict]] = {}  # an operation -> its inbound nodes (args, kwargs)
         for n in nodes:
             for inbound in n.get("inbound_nodes") or []:
                 if not isinstance(inbound, dict):
                     continue
+                calls_of.setdefault(_node_name(n), []).append(inbound)
                 kwargs = inbound.get("kwargs")
                 others = {k: v for k, v in kwargs.items() if k != "mask"} if isinstance(kwargs, dict) else {}
                 data = [*_tensor_sources(inbound.get("args")), *_tensor_sources(others)]
@@ -571,7 +574,8 @@ def mask_merges(config: Any) -> tuple[frozenset[str], list[str]]:
         candidates = padded
         if merging:
             only |= candidates
-            bases = _mask_bases(padded, merging, ops, sources)
+            configs = {_node_name(n): n.get("config") for n in nodes}
+            bases = _mask_bases(padded, merging, ops, sources, _MaskKeys(ops, calls_of, configs))
             for masks, data in calls:
                 given = merging & set(masks)
                 # One padding mask on every input of the merges (a residual connection over a
@@ -585,19 +589,81 @@ _NEUTRAL_MASKS = frozenset({"ZerosLike"})  # OR-ed with a mask to broadcast it t
 _NO_MASK = "<unmasked>"  # a merge's input without a mask: Keras 3 takes it as all True
 
 
+class _MaskKeys:
+    """What a padding mask operation computes, as a comparable key: its class, its arguments
+    (a tensor by the node and output it comes from, a mask operation by its own key, a number
+    by its value) and its axis. Two Embeddings of one token input record two ``not_equal(tokens,
+    0)``, two Masking layers of one input with one mask value two ``any(not_equal(x, v))``: one
+    mask each time, as the bridge sees it (``pruning_worker.bridge._mask_source``)."""
+
+    def __init__(self, ops: dict[str, str], calls_of: dict[str, list[dict]], configs: dict[str, Any]):
+        self.ops, self.calls_of, self.configs = ops, calls_of, configs
+        self.keys: dict[str, str] = {}
+
+    def __call__(self, name: str, depth: int = 0) -> str:
+        if name in self.keys:
+            return self.keys[name]
+        calls = self.calls_of.get(name, [])
+        if self.ops.get(name) not in MASK_OPERATIONS or len(calls) != 1 or depth > 16:
+            return name
+        found = self.configs.get(name)
+        config: dict = found if isinstance(found, dict) else {}
+
+        def canonical(value: Any) -> Any:
+            if isinstance(value, list):
+                return [canonical(v) for v in value]
+            if isinstance(value, dict):
+                if value.get("class_name") == "__keras_tensor__":
+                    history = (value.get("config") or {}).get("keras_history")
+                    if isinstance(history, list) and history:
+                        source = str(history[0])
+                        if self.ops.get(source) in MASK_OPERATIONS:
+                            return ["mask", self(source, depth + 1), history[1:]]
+                        return ["tensor", history]
+                return {k: canonical(v) for k, v in value.items()}
+            return value
+
+        arguments = canonical([calls[0].get("args"), calls[0].get("kwargs")])
+        options = {k: config.get(k) for k in ("axis", "keepdims")}
+        key = json.dumps([self.ops[name], arguments, options], sort_keys=True, default=repr)
+        self.keys[name] = key
+        return key
+
+    def along_steps(self, name: str) -> bool:
+        """Whether ``name`` is the ``concatenate`` of a Concatenate layer's masks along an axis
+        other than the last (the steps): each mask keeps its own steps, in Keras 3 and tf_keras."""
+        calls = self.calls_of.get(name, [])
+        config = self.configs.get(name)
+        if self.ops.get(name) != "Concatenate" or len(calls) != 1 or not isinstance(config, dict):
+            return False
+        shapes = [
+            (t.get("config") or {}).get("shape")
+            for t in (calls[0].get("args") or [[]])[0] or []
+            if isinstance(t, dict) and t.get("class_name") == "__keras_tensor__"
+        ]
+        axis = config.get("axis")
+        if not shapes or not isinstance(shapes[0], list) or not isinstance(axis, int):
+            return False
+        return axis % len(shapes[0]) != len(shapes[0]) - 1
+
+
 def _mask_bases(
-    padded: set[str], merging: set[str], ops: dict[str, str], sources: dict[str, set[str]]
+    padded: set[str],
+    merging: set[str],
+    ops: dict[str, str],
+    sources: dict[str, set[str]],
+    key: _MaskKeys | None = None,
 ) -> dict[str, frozenset[str]]:
     """The padding masks (the ``not_equal`` of an Embedding, the ``any`` of a Masking layer)
-    each mask operation of a merge is made of; an input without a mask (Keras 3's
-    ``ones_like``) counts as one of its own."""
+    each mask operation of a merge is made of, by ``key`` (what each computes); an input
+    without a mask (Keras 3's ``ones_like``) counts as one of its own."""
     bases: dict[str, frozenset[str]] = {}
 
     def base(name: str, seen: frozenset[str] = frozenset()) -> frozenset[str]:
         if name in bases:
             return bases[name]
         if name not in merging:
-            found = frozenset({name})
+            found = frozenset({key(name) if key is not None else name})
         elif ops.get(name) in _NEUTRAL_MASKS:
             found = frozenset()
         elif ops.get(name) == "OnesLike":
@@ -605,6 +671,8 @@ def _mask_bases(
         else:
             parts = [base(s, seen | {name}) for s in sorted(sources.get(name, set()) & padded) if s not in seen]
             found = frozenset().union(*parts)
+            if key is not None and key.along_steps(name) and not any(b.startswith(_NO_MASK) for b in found):
+                found = frozenset({name})  # the masks side by side along the steps: one mask
         bases[name] = found
         return found
 

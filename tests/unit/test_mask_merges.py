@@ -115,3 +115,90 @@ def test_a_users_translated_mask_op_is_not_called_a_merge_layers_padding_mask(tm
     x = L.LSTM(4)(L.Embedding(50, 8)(t), mask=keras.ops.multiply(m1, m2))
     keras.Model([t, m1, m2], L.Dense(3)(x)).save(tmp_path / "m.keras")
     modelcheck.inspect_model(tmp_path / "m.keras", 10**9)  # was refused as a merge's padding mask
+
+
+@pytest.mark.parametrize("merge", ["Multiply", "Maximum", "Minimum"])
+def test_a_merge_that_fills_the_padded_steps_is_refused_when_the_job_loads_it(tmp_path, merge):
+    """Keras 3's Multiply writes zeros on the padded steps of one mask, its Maximum and Minimum
+    the first input's values; tf_keras computes those steps from every input. A GlobalMaxPooling1D
+    (which reads every step) after a gated residual gave other outputs on padded sequences: the
+    upload took the model and the job failed on its probe as "not the same model", or trained it
+    where the probe pads nothing."""
+    import keras
+    from keras3_models import randomise
+
+    from pruning_worker import bridge, safe_load
+    from pruning_worker.errors import JobInputError
+
+    L = keras.layers
+    tokens = keras.Input((12,), dtype="int32", name="tokens")
+    emb = L.Embedding(50, 8, mask_zero=True, name="emb")(tokens)
+    gate = L.Dense(8, activation="sigmoid", name="gate")(L.LSTM(8, return_sequences=True, name="lstm")(emb))
+    merged = getattr(L, merge)(name="merge")([emb, gate])
+    randomise(keras.Model(tokens, L.Dense(3, name="out")(L.GlobalMaxPooling1D(name="pool")(merged)))).save(
+        tmp_path / "m.keras"
+    )
+    modelcheck.inspect_model(tmp_path / "m.keras", 10**9)  # nothing in the file says so
+    with pytest.raises(bridge.UnsupportedLayer) as refused:
+        bridge.to_tf_keras(keras.saving.load_model(tmp_path / "m.keras"))
+    assert f"layer 'merge' of class {merge}: merges padded sequences" in str(refused.value)
+    with pytest.raises(JobInputError, match=f"layer 'merge' of class {merge}"):  # refused, not a ConversionError
+        safe_load.load(tmp_path / "m.keras", tmp_path, 10**9)
+
+
+def _same_mask_twice(path, kind: str):
+    import keras
+    from keras3_models import randomise
+
+    L = keras.layers
+    if kind == "two_embeddings":  # two Embeddings of one token input: two not_equal(tokens, 0), one mask
+        tokens = keras.Input((12,), dtype="int32", name="tokens")
+        inputs = [tokens]
+        a, b = (
+            L.Embedding(50, 8, mask_zero=True, name="a")(tokens),
+            L.Embedding(50, 8, mask_zero=True, name="b")(tokens),
+        )
+        merged = L.Add(name="merge")([a, L.LSTM(8, return_sequences=True, name="lstm")(b)])
+    else:
+        x = keras.Input((12, 4), name="x")
+        inputs = [x]
+        if kind in ("two_maskings", "other_value"):  # two Masking layers of one input
+            a = L.Masking(0.0, name="a")(x)
+            b = L.Masking(0.0 if kind == "two_maskings" else 1.0, name="b")(x)
+            merged = L.Add(name="merge")(
+                [L.Dense(4, name="dense")(a), L.LSTM(4, return_sequences=True, name="lstm")(b)]
+            )
+        else:  # "steps": two masked inputs side by side along the steps (the README: taken)
+            y = keras.Input((12, 4), name="y")
+            inputs.append(y)
+            merged = L.Concatenate(axis=1, name="merge")([L.Masking(0.0, name="a")(x), L.Masking(0.0, name="b")(y)])
+    randomise(keras.Model(inputs, L.Dense(3, name="out")(L.LSTM(6, name="last")(merged)))).save(path)
+    return path
+
+
+@pytest.mark.parametrize("kind", ["two_embeddings", "two_maskings", "steps"])
+def test_one_mask_computed_twice_or_masks_along_the_steps_are_taken_at_upload(tmp_path, kind):
+    """The upload told masks apart by the operation that recorded them, where the bridge (and
+    Keras) compare what they compute: two Embeddings of one token input, or two Masking layers
+    of one input, were refused at upload as "different masks", as was a Concatenate along the
+    steps of two masked inputs, which the README says is translated."""
+    import keras
+
+    from pruning_worker import bridge
+
+    path = _same_mask_twice(tmp_path / "m.keras", kind)
+    modelcheck.inspect_model(path, 10**9)  # was refused: "reaches the merge layer"
+    model3 = keras.saving.load_model(path)
+    model2 = bridge.to_tf_keras(model3)
+    probe = bridge.make_probe(model3, batch=6)
+    for values in probe:
+        for row in range(6):  # from 1 to 11 steps of padding
+            values[row, 11 - 2 * row :] = 0
+    got3 = model3.predict(probe if len(probe) > 1 else probe[0], verbose=0)
+    got2 = model2.predict(probe if len(probe) > 1 else probe[0], verbose=0)
+    assert np.abs(got3 - got2).max() <= 1e-5
+
+
+def test_two_masking_layers_of_one_input_with_other_values_are_still_refused_at_upload(tmp_path):
+    with pytest.raises(ModelRejected, match=r"reaches the merge layer \['merge'\]"):
+        modelcheck.inspect_model(_same_mask_twice(tmp_path / "m.keras", "other_value"), 10**9)

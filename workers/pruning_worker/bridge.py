@@ -560,15 +560,34 @@ _MASK_MERGES = (
 )
 
 
+# Keras 3 merges that also rewrite the padded steps of their output (``Merge._apply_merge_op_and_or_mask``,
+# ``Multiply._merge_function``); tf_keras computes every step from the inputs.
+_FILLING_MERGES = (keras.layers.Multiply, keras.layers.Maximum, keras.layers.Minimum)
+
+
 def _check_merged_masks(op: Any, inputs3: Any) -> None:
     """Refuses a merge layer whose inputs carry different padding masks. Keras 3 passes on an OR
     of them (none at all from Add and the like where an input has none), tf_keras an AND: the
     same mask only when every input carries one and the same (a residual connection over a
-    masked sequence), or, along a concatenation's steps, when every input carries one."""
+    masked sequence), or, along a concatenation's steps, when every input carries one. Refuses
+    Multiply, Maximum and Minimum over any padding mask: Keras 3 fills their padded steps (zeros,
+    the first input's values), tf_keras does not."""
     if not isinstance(op, _MASK_MERGES):
         return
     carried = [_carried_mask(x) for x in keras.tree.flatten(inputs3) if isinstance(x, keras.KerasTensor)]
-    if all(m is None for m in carried) or (None not in carried and len(set(carried)) == 1):
+    if all(m is None for m in carried):
+        return
+    if isinstance(op, _FILLING_MERGES):
+        raise UnsupportedLayer(
+            op.name,
+            type(op).__name__,
+            "merges padded sequences: Keras 3's Multiply, Maximum and Minimum fill the padded steps (Multiply "
+            "with zeros, Maximum and Minimum with the first input's values) where tf_keras computes them from "
+            "every input, and a layer reading those steps (GlobalMaxPooling1D, Flatten, Conv1D, a sequence "
+            "output) gives other outputs; use Add, Subtract, Average or Concatenate, or pool the sequences "
+            "(GlobalAveragePooling1D) before the merge",
+        )
+    if None not in carried and len(set(carried)) == 1:
         return
     if isinstance(op, keras.layers.Concatenate) and None not in carried:
         rank = len(keras.tree.flatten(inputs3)[0].shape)
