@@ -348,21 +348,27 @@ def test_only_a_budgeted_lists_trials_going_above_a_sparsity_over_it_are_superfl
     assert sweeps.superfluous(curve) == []
 
 
-def test_a_trial_cancelled_by_hand_is_not_over_the_budget_and_the_list_goes_on():
-    """A trial whose job was cancelled by hand (CancelJob of its job) measured nothing: it
-    counted as the lowest sparsity over the budget, so every listed sparsity above it was
-    skipped and the sweep answered the one below it, within a budget all of them keep."""
-    sweep = _sweep(sparsities=[0.2, 0.4, 0.6, 0.8], max_loss_pp=50.0, parallel_trials=1)
+def _run_one_at_a_time(sweep: pb.Sweep, cancelled: float, loss) -> None:
+    """Runs ``sweep`` one trial at a time to its end: the trial at ``cancelled`` is cancelled by
+    hand, the others succeed, losing ``loss(sparsity)`` points of accuracy."""
     while not sweeps.is_done(sweep):
         (queued,) = sweeps.next_trials(sweep)
         trial = sweep.trials.add()
         trial.CopyFrom(queued)
         trial.job_id = f"j{trial.index}"
-        cancelled = trial.sparsity == 0.4
-        job = pb.Job(state=pb.JOB_STATE_CANCELLED if cancelled else pb.JOB_STATE_SUCCEEDED)
-        if not cancelled:
-            job.result.baseline.accuracy, job.result.pruned.accuracy = 0.98, 0.97
+        hand = trial.sparsity == cancelled
+        job = pb.Job(state=pb.JOB_STATE_CANCELLED if hand else pb.JOB_STATE_SUCCEEDED)
+        if not hand:
+            job.result.baseline.accuracy, job.result.pruned.accuracy = 0.98, 0.98 - loss(trial.sparsity) / 100
         sweeps.record_job(trial, job, sweep.spec.budget)
+
+
+def test_a_trial_cancelled_by_hand_is_not_over_the_budget_and_the_list_goes_on():
+    """A trial whose job was cancelled by hand (CancelJob of its job) measured nothing: it
+    counted as the lowest sparsity over the budget, so every listed sparsity above it was
+    skipped and the sweep answered the one below it, within a budget all of them keep."""
+    sweep = _sweep(sparsities=[0.2, 0.4, 0.6, 0.8], max_loss_pp=50.0, parallel_trials=1)
+    _run_one_at_a_time(sweep, cancelled=0.4, loss=lambda sparsity: 1.0)
     assert [t.sparsity for t in sweep.trials] == [0.2, 0.4, 0.6, 0.8]
     assert sweeps.lowest_over(sweep) is None and sweeps.superfluous_cancels(sweep) == 0
     assert sweep.trials[sweeps.chosen(sweep)].sparsity == 0.8
@@ -405,16 +411,6 @@ def test_a_search_goes_on_past_a_midpoint_cancelled_by_hand():
     cancelled is the one it tried: the search ended there (0.5 answered, though 0.8 keeps the
     budget and the range was far wider than the tolerance). The gaps beside it are split."""
     sweep = _sweep(max_loss_pp=0.5, search_low=0.5, search_high=0.9, tolerance=0.01, parallel_trials=1)
-    while not sweeps.is_done(sweep):
-        (queued,) = sweeps.next_trials(sweep)
-        trial = sweep.trials.add()
-        trial.CopyFrom(queued)
-        trial.job_id = f"j{trial.index}"
-        cancelled = trial.sparsity == 0.7
-        job = pb.Job(state=pb.JOB_STATE_CANCELLED if cancelled else pb.JOB_STATE_SUCCEEDED)
-        if not cancelled:
-            loss = 0.1 if trial.sparsity <= 0.8 else 3.0
-            job.result.baseline.accuracy, job.result.pruned.accuracy = 0.98, 0.98 - loss / 100
-        sweeps.record_job(trial, job, sweep.spec.budget)
+    _run_one_at_a_time(sweep, cancelled=0.7, loss=lambda sparsity: 0.1 if sparsity <= 0.8 else 3.0)
     assert [t.sparsity for t in sweep.trials][:4] == [0.9, 0.5, 0.7, 0.6]
     assert 0.8 - 2 * sweep.spec.tolerance <= sweep.trials[sweeps.chosen(sweep)].sparsity <= 0.8
