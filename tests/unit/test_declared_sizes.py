@@ -13,7 +13,6 @@ import io
 import json
 import os
 import pathlib
-import resource
 import subprocess
 import sys
 import zipfile
@@ -119,63 +118,68 @@ def test_an_ordinary_model_declares_what_its_weights_take(tmp_path, version, suf
 # --- on the worker --------------------------------------------------------------------------
 
 _LOAD = """
-import json, pathlib, resource, sys
+import resource, sys
+resource.setrlimit(resource.RLIMIT_DATA, (int(sys.argv[2]), int(sys.argv[2])))  # before TensorFlow
+import json, os, pathlib
 from pruning_worker import safe_load
 from pruning_worker.errors import JobInputError
-try:
-    loaded = safe_load.load(sys.argv[1], pathlib.Path(sys.argv[2]), int(sys.argv[3]))
-    outcome = "loaded " + str([w.shape.as_list() for w in loaded.model.weights])
-except JobInputError as exc:
-    outcome = "refused: " + str(exc)
-print(json.dumps({"outcome": outcome, "peak": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
+out = {}
+for i, path in enumerate(json.loads(sys.argv[1])):
+    work = pathlib.Path(sys.argv[3]) / str(i)
+    work.mkdir()
+    try:
+        loaded = safe_load.load(path, work, int(sys.argv[4]))
+        outcome = "loaded " + str([w.shape.as_list() for w in loaded.model.weights])
+    except JobInputError as exc:
+        outcome = "refused: " + str(exc)
+    # the peak so far: no load up to this one went past it
+    out[path] = {"outcome": outcome, "peak": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
+print(json.dumps(out), flush=True)
+os._exit(0)  # no interpreter teardown (gRPC's poller thread has aborted it)
 """
 
+CONFIG_BOMBS = FILES
+WEIGHT_BOMBS = [(2, ".h5"), (3, ".keras")]
 
-def _cap_data() -> None:
-    resource.setrlimit(resource.RLIMIT_DATA, (CHILD_DATA, CHILD_DATA))
 
-
-def load_in_child(path: pathlib.Path, work: pathlib.Path) -> dict:
-    """safe_load.load(path) in a child process capped at CHILD_DATA: what it said, its peak RSS."""
-    work.mkdir()
+@pytest.fixture(scope="module")
+def loads(tmp_path_factory) -> dict[str, dict]:
+    """safe_load.load of every file of the tests below, in one child process capped at
+    CHILD_DATA (one TensorFlow import for them all): what each said, the peak RSS so far."""
+    root = tmp_path_factory.mktemp("loads")
+    paths = [str(hostile(root / f"config-{v}{s}", v, config_n=N)) for v, s in CONFIG_BOMBS]
+    paths += [str(hostile(root / f"weights-{v}{s}", v, kernels_n=N)) for v, s in WEIGHT_BOMBS]
+    paths += [str(hostile(root / f"ordinary-{v}{s}", v)) for v, s in FILES]
+    (root / "work").mkdir()
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
-    done = subprocess.run(
-        [sys.executable, "-c", _LOAD, str(path), str(work), str(LIMIT)],
-        capture_output=True,
-        text=True,
-        env=env,
-        preexec_fn=_cap_data,
-        timeout=300,
-    )
+    command = [sys.executable, "-c", _LOAD, json.dumps(paths), str(CHILD_DATA), str(root / "work"), str(LIMIT)]
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
     lines = done.stdout.strip().splitlines()
-    assert done.returncode == 0 and lines, f"the load failed otherwise (rc {done.returncode}): {done.stderr[-3000:]}"
-    return json.loads(lines[-1])
+    assert done.returncode == 0 and lines, f"the loads failed otherwise (rc {done.returncode}): {done.stderr[-3000:]}"
+    return {pathlib.Path(path).name: result for path, result in json.loads(lines[-1]).items()}
 
 
-@pytest.mark.parametrize(("version", "suffix"), FILES)
-def test_a_configuration_larger_than_its_weights_is_refused_before_allocation(tmp_path, version, suffix):
+@pytest.mark.parametrize(("version", "suffix"), CONFIG_BOMBS)
+def test_a_configuration_larger_than_its_weights_is_refused_before_allocation(loads, tmp_path, version, suffix):
     """Dense(100000) over 100000 inputs (40 GB) with 4x4 weights: Keras would create the 40 GB
     kernel from its initializer before it read, and shape-checked, the weights."""
-    path = hostile(tmp_path / f"bomb{suffix}", version, config_n=N)
-    modelcheck.inspect_model(path, LIMIT)  # the upload takes it: its weights are small
-    result = load_in_child(path, tmp_path / "work")
+    modelcheck.inspect_model(hostile(tmp_path / f"bomb{suffix}", version, config_n=N), LIMIT)  # taken at upload
+    result = loads[f"config-{version}{suffix}"]
     assert result["outcome"].startswith("refused: model: its configuration makes variables of")
     assert f"of shape [{N}, {N}]), but its weights file declares 160:" in result["outcome"]
     assert result["peak"] < 2 * GiB
 
 
-@pytest.mark.parametrize(("version", "suffix"), [(2, ".h5"), (3, ".keras")])
-def test_the_worker_refuses_weights_that_expand_past_the_limit(tmp_path, version, suffix):
-    path = hostile(tmp_path / f"bomb{suffix}", version, kernels_n=N)
-    result = load_in_child(path, tmp_path / "work")
+@pytest.mark.parametrize(("version", "suffix"), WEIGHT_BOMBS)
+def test_the_worker_refuses_weights_that_expand_past_the_limit(loads, version, suffix):
+    result = loads[f"weights-{version}{suffix}"]
     assert result["outcome"].startswith(f"refused: model: the weights' datasets declare {BOMB} bytes")
     assert result["peak"] < 2 * GiB
 
 
 @pytest.mark.parametrize(("version", "suffix"), FILES)
-def test_an_ordinary_model_loads_within_its_declared_size(tmp_path, version, suffix):
-    result = load_in_child(hostile(tmp_path / f"m{suffix}", version), tmp_path / "work")
-    assert result["outcome"] == "loaded [[4, 4], [4], [4, 4], [4]]"
+def test_an_ordinary_model_loads_within_its_declared_size(loads, version, suffix):
+    assert loads[f"ordinary-{version}{suffix}"]["outcome"] == "loaded [[4, 4], [4], [4, 4], [4]]"
 
 
 def test_keras3_builds_a_bidirectional_layer_twice_within_the_budget(tmp_path, monkeypatch):
