@@ -652,7 +652,7 @@ def _mask_bases(
     merging: set[str],
     ops: dict[str, str],
     sources: dict[str, set[str]],
-    key: _MaskKeys | None = None,
+    key: _MaskKeys,
 ) -> dict[str, frozenset[str]]:
     """The padding masks (the ``not_equal`` of an Embedding, the ``any`` of a Masking layer)
     each mask operation of a merge is made of, by ``key`` (what each computes); an input
@@ -663,7 +663,7 @@ def _mask_bases(
         if name in bases:
             return bases[name]
         if name not in merging:
-            found = frozenset({key(name) if key is not None else name})
+            found = frozenset({key(name)})
         elif ops.get(name) in _NEUTRAL_MASKS:
             found = frozenset()
         elif ops.get(name) == "OnesLike":
@@ -671,7 +671,7 @@ def _mask_bases(
         else:
             parts = [base(s, seen | {name}) for s in sorted(sources.get(name, set()) & padded) if s not in seen]
             found = frozenset().union(*parts)
-            if key is not None and key.along_steps(name) and not any(b.startswith(_NO_MASK) for b in found):
+            if key.along_steps(name) and not any(b.startswith(_NO_MASK) for b in found):
                 found = frozenset({name})  # the masks side by side along the steps: one mask
         bases[name] = found
         return found
