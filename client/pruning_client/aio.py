@@ -55,7 +55,7 @@ from .client import (
     _validate_request,
     idle_error,
 )
-from .exceptions import DeadlineExceeded, OutOfRange, PruningError, ResourceExhausted, Unavailable, rpc_errors
+from .exceptions import DeadlineExceeded, JobTimeout, OutOfRange, PruningError, ResourceExhausted, Unavailable, rpc_errors
 from .job import (
     MAX_RECONNECTS,
     TERMINAL,
@@ -239,11 +239,11 @@ class AsyncSweepHandle(_BaseSweepHandle["AsyncClient"]):
     async def result(self, timeout: float | None = None) -> pb.Sweep:
         """Follows the sweep to its end and returns it (its trials are the curve, and
         ``chosen_trial`` the answer). Raises JobCancelled for a cancelled sweep, JobFailed for a
-        failed one, TimeoutError after ``timeout`` seconds."""
+        failed one, JobTimeout (a TimeoutError) after ``timeout`` seconds."""
         try:
             await asyncio.wait_for(self._follow(), wait_bound(timeout))
         except asyncio.TimeoutError as error:  # noqa: UP041 (not the builtin TimeoutError before 3.11)
-            raise TimeoutError(f"sweep {self.id} still running after {timeout} s") from error
+            raise JobTimeout(f"sweep {self.id} still running after {timeout} s", sweep=self.last) from error
         return outcome(self.last if self.last is not None else await self.get())
 
     async def _follow(self) -> None:

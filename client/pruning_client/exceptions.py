@@ -162,14 +162,16 @@ class JobCancelled(PruningError):
         self.job = job
 
 
-class JobTimeout(PruningError):
-    """``result(timeout=)`` ran out before the job ended; ``job`` is its record as last seen."""
+class JobTimeout(PruningError, TimeoutError):
+    """``result(timeout=)`` ran out before the job (or sweep) ended; ``job`` (or ``sweep``) is
+    its record as last seen. Also a ``TimeoutError``."""
 
     exit_code = 10
 
-    def __init__(self, message: str, *, job: pb.Job | None = None) -> None:
+    def __init__(self, message: str, *, job: pb.Job | None = None, sweep: pb.Sweep | None = None) -> None:
         super().__init__(message)
         self.job = job
+        self.sweep = sweep
 
 
 class IntegrityError(PruningError):

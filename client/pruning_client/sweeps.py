@@ -17,7 +17,7 @@ import grpc
 
 from pruning.v1 import pruning_pb2 as pb
 
-from .exceptions import JobCancelled, JobFailed, PruningError, rpc_errors
+from .exceptions import JobCancelled, JobFailed, JobTimeout, PruningError, rpc_errors
 from .job import TERMINAL, wait_bound
 from .results import plural
 from .specs import accuracy_budget, budget_text
@@ -118,7 +118,7 @@ class SweepHandle(_BaseSweepHandle["Client"]):
         return self._follow(reconnect_delay, None)
 
     def _follow(self, reconnect_delay: float, timeout: float | None) -> Iterator[pb.Sweep]:
-        """:meth:`watch`, within ``timeout`` seconds in all (TimeoutError after them, even
+        """:meth:`watch`, within ``timeout`` seconds in all (JobTimeout after them, even
         while the stream is silent: each call's deadline is what is left)."""
         timeout = wait_bound(timeout)
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -126,7 +126,7 @@ class SweepHandle(_BaseSweepHandle["Client"]):
         while True:
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
-                raise TimeoutError(f"sweep {self.id} still running after {timeout} s")
+                raise JobTimeout(f"sweep {self.id} still running after {timeout} s", sweep=self.last)
             request = watch_request(self.id, seen)
             stream = self.client.sweep_stub.WatchSweep(request, timeout=left, metadata=self.client._metadata)
             try:
@@ -148,7 +148,7 @@ class SweepHandle(_BaseSweepHandle["Client"]):
         """Follows the sweep to its end and returns it (its trials are the curve, and
         ``chosen_trial`` the answer). Raises JobCancelled for a cancelled sweep, JobFailed
         for one none of whose trials succeeded (``job_code``: the first failed trial's),
-        TimeoutError once ``timeout`` seconds passed."""
+        JobTimeout (a TimeoutError) once ``timeout`` seconds passed."""
         for _ in self._follow(1.0, timeout):
             pass
         return outcome(self.last if self.last is not None else self.get())

@@ -11,7 +11,7 @@ import grpc.aio
 import pytest
 
 from pruning.v1 import pruning_pb2 as pb
-from pruning_client import JobCancelled, JobFailed, NotFound, job_spec, sweep_spec
+from pruning_client import JobCancelled, JobFailed, JobTimeout, NotFound, job_spec, sweep_spec
 from pruning_client.aio import AsyncClient, AsyncSweepHandle
 from pruning_client.client import UPLOAD_FLOOR_RATE
 
@@ -154,8 +154,9 @@ def test_result_of_a_sweep_that_did_not_succeed(state, error):
 
 def test_result_times_out_while_the_stream_is_silent():
     stub = FakeSweepStub(HISTORY[:2], hang=True)
-    with pytest.raises(TimeoutError):
+    with pytest.raises(JobTimeout) as timed_out:
         run_with(stub, lambda client: client.sweep(SWEEP).result(timeout=0.05))
+    assert isinstance(timed_out.value, TimeoutError) and timed_out.value.sweep == HISTORY[1]
     assert stub.calls[0].cancelled
 
 

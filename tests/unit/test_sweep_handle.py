@@ -9,6 +9,7 @@ import grpc
 import pytest
 
 from pruning.v1 import pruning_pb2 as pb
+from pruning_client import JobTimeout
 from pruning_client.sweeps import SweepHandle
 
 SWEEP = "6" * 24
@@ -65,8 +66,10 @@ def _sweep(version: int, state: int = pb.JOB_STATE_RUNNING) -> pb.Sweep:
 def test_result_times_out_while_the_stream_is_silent():
     stub = _Stub([([_sweep(1)], None)])
     started = time.monotonic()
-    with pytest.raises(TimeoutError, match="still running after 0.5 s"):
+    with pytest.raises(JobTimeout, match="still running after 0.5 s") as timed_out:
         SweepHandle(_Client(stub), SWEEP).result(timeout=0.5)
+    assert isinstance(timed_out.value, TimeoutError) and timed_out.value.exit_code == 10  # as a job's
+    assert timed_out.value.sweep is not None and timed_out.value.sweep.version == 1  # as last seen
     assert time.monotonic() - started < 3
     assert stub.requests[0][1] == pytest.approx(0.5, abs=0.1)  # the call's deadline is what is left
 
