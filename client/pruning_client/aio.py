@@ -55,7 +55,15 @@ from .client import (
     _validate_request,
     idle_error,
 )
-from .exceptions import DeadlineExceeded, JobTimeout, OutOfRange, PruningError, ResourceExhausted, Unavailable, rpc_errors
+from .exceptions import (
+    DeadlineExceeded,
+    JobTimeout,
+    OutOfRange,
+    PruningError,
+    ResourceExhausted,
+    Unavailable,
+    rpc_errors,
+)
 from .job import (
     MAX_RECONNECTS,
     TERMINAL,
