@@ -409,6 +409,57 @@ def test_cancelling_a_cancelled_sweep_cancels_the_trials_a_first_call_left_going
     assert answered.state == pb.JOB_STATE_CANCELLED and cancelled == [job_id]
 
 
+def test_a_burst_of_one_tenants_sweep_creations_asks_redis_once_at_a_time(redis_url):
+    """Sixty creations of one tenant at once: each waited for the tenant's creation lock by
+    asking Redis 50 times a second (about 1,500 SETs for this burst, every tenant's calls slowed
+    behind them). Within a process they now queue on a local lock: one SET each, one holder at a
+    time, and a creation that waits past its bound is refused with a retry hint."""
+    from pruning_server.errors import Failure
+    from pruning_server.sweeps import SweepServicer
+
+    prefix = f"test-sweep-burst-{uuid.uuid4().hex[:8]}"
+
+    async def work(store: AsyncJobStore, sweep_store: SweepStore) -> tuple[int, int, int, list[str], int]:
+        jobs = types.SimpleNamespace(store=store, settings=types.SimpleNamespace(retry_after_s=5.0))
+        servicer = SweepServicer(jobs, sweep_store)  # type: ignore[arg-type]
+        sets, holding, most = 0, 0, 0
+        real_set = sweep_store.redis.set
+
+        async def counted_set(*args, **kwargs):
+            nonlocal sets
+            sets += 1
+            return await real_set(*args, **kwargs)
+
+        sweep_store.redis.set = counted_set  # type: ignore[method-assign]
+
+        async def create(hold_s: float, wait_s: float = 10.0) -> str:
+            nonlocal holding, most
+            try:
+                async with servicer._creating(TENANT, wait_s):
+                    holding += 1
+                    most = max(most, holding)
+                    await asyncio.sleep(hold_s)
+                    holding -= 1
+                return "created"
+            except Failure as exc:
+                return exc.code.name
+
+        try:
+            done = await asyncio.gather(*(create(0.005) for _ in range(60)))
+            assert done == ["created"] * 60
+            burst_sets = sets
+            # one holds the lock 0.5 s; one waiting at most 0.1 s is refused, one waiting 2 s is not
+            answers = await asyncio.gather(create(0.5), create(0, wait_s=0.1), create(0, wait_s=2.0))
+            return burst_sets, most, len(servicer._local_creations), answers, sets - burst_sets
+        finally:
+            await store.redis.delete(*[k async for k in store.redis.scan_iter(f"{prefix}:*")] or [f"{prefix}:none"])
+
+    burst_sets, most, left, answers, later_sets = _with_stores(redis_url, prefix, work)
+    assert burst_sets == 60 and most == 1  # one SET per creation, never two holders
+    assert answers == ["created", "RESOURCE_EXHAUSTED", "created"]
+    assert later_sets == 2 and left == 0  # the refused one never asked Redis; nothing kept per tenant
+
+
 def test_trials_above_a_sparsity_over_the_budget_are_cancelled_not_left_to_run(deployment, redis_url):
     """A list with a budget: once a sparsity is known to be over it, the trials still going
     above it cannot change the answer; the driver cancels them (a queued one at once, saying
