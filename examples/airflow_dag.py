@@ -11,8 +11,8 @@ submit -> watch -> result -> download, one BashOperator each:
 * ``result`` pushes the metrics (accuracy, sparsity, sizes) as one JSON line to XCom.
 * ``download`` writes the pruned model under ``output_dir/<run id>/``; XCom holds its path.
 
-Needs on the Airflow workers only the client (``pip install ./client``: grpcio, protobuf; no
-TensorFlow) and a reachable server (``params.target``; TLS and API keys through the CLI's
+Needs on the Airflow workers only the client (``pip install ./client``: grpcio, grpcio-status,
+protobuf, click, tqdm, zlib-ng; no TensorFlow) and a reachable server (``params.target``; TLS and API keys through the CLI's
 environment, PRUNING_API_KEY and PRUNING_CA_FILE). Trigger with, for example,
 ``{"model": "/data/models/mnist.keras", "dataset": "mnist", "final_sparsity": 0.8}``.
 Works with Airflow 2.4+ and 3.

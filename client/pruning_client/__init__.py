@@ -22,6 +22,7 @@ _os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 from .aio import AsyncClient, AsyncJobHandle, AsyncSweepHandle
 from .client import Client, ClientOptions, DownloadProgress, UploadProgress
 from .exceptions import (
+    Aborted,
     AlreadyExists,
     Cancelled,
     DataLoss,
@@ -40,6 +41,8 @@ from .exceptions import (
     ResourceExhausted,
     Unauthenticated,
     Unavailable,
+    Unimplemented,
+    Unknown,
     from_rpc_error,
 )
 from .job import TERMINAL, JobHandle, is_terminal, is_terminal_event
@@ -62,6 +65,7 @@ __all__ = [
     "EXPORT_FORMATS",
     "IMPORTANCE_CRITERIA",
     "TERMINAL",
+    "Aborted",
     "AlreadyExists",
     "AsyncClient",
     "AsyncJobHandle",
@@ -97,6 +101,8 @@ __all__ = [
     "TensorSummary",
     "Unauthenticated",
     "Unavailable",
+    "Unimplemented",
+    "Unknown",
     "UploadProgress",
     "accuracy_budget",
     "constant_sparsity",

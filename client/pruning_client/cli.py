@@ -1334,7 +1334,10 @@ _SPEC_OPTIONS = [
         "--learning-rate",
         type=float,
         default=0.0,
-        help="Learning rate; 0 = the recipe's (twice the optimizer's default, with cosine decay).",
+        help=(
+            "Learning rate; 0 = the recipe's (keep_accuracy: twice the optimizer's default, with cosine decay; "
+            "plain: the optimizer's default)."
+        ),
     ),
     _option("--seed", type=INT64, default=0, help="Random seed; 0 = no fixed seed."),
     _option("--max-train-samples", type=INT64, default=0, help="Use at most this many training samples; 0 = all."),

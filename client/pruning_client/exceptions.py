@@ -21,8 +21,10 @@ from google.protobuf.message import DecodeError
 from pruning.v1 import pruning_pb2 as pb
 
 __all__ = [
+    "Aborted",
     "AlreadyExists",
     "Cancelled",
+    "DataLoss",
     "DeadlineExceeded",
     "FailedPrecondition",
     "IntegrityError",
@@ -38,6 +40,8 @@ __all__ = [
     "ResourceExhausted",
     "Unauthenticated",
     "Unavailable",
+    "Unimplemented",
+    "Unknown",
     "from_rpc_error",
 ]
 
@@ -134,6 +138,21 @@ class Cancelled(PruningError):
 
 class Internal(PruningError):
     code, exit_code = grpc.StatusCode.INTERNAL, 1
+
+
+class Unimplemented(PruningError):
+    """UNIMPLEMENTED: the server does not offer this (a server that runs no sweeps asked for a
+    budget search, an RPC an older server lacks)."""
+
+    code, exit_code = grpc.StatusCode.UNIMPLEMENTED, 1
+
+
+class Aborted(PruningError):
+    code, exit_code = grpc.StatusCode.ABORTED, 1
+
+
+class Unknown(PruningError):
+    code, exit_code = grpc.StatusCode.UNKNOWN, 1
 
 
 class JobFailed(PruningError):

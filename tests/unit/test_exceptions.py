@@ -67,9 +67,22 @@ def test_the_error_keeps_code_details_and_the_original_rpc_error():
     assert error.rpc_error is call and error.field_violations == []
 
 
-def test_an_unmapped_code_keeps_its_own_code():
-    error = exceptions.from_rpc_error(FakeCall(grpc.StatusCode.UNIMPLEMENTED))
-    assert type(error) is exceptions.PruningError and error.code == grpc.StatusCode.UNIMPLEMENTED
+def test_every_error_status_code_has_its_class_named_after_it():
+    """One class per code, as the README says: ``except Unimplemented`` needs the class."""
+    for code in grpc.StatusCode:
+        if code == grpc.StatusCode.OK:
+            continue
+        error = exceptions.from_rpc_error(FakeCall(code))
+        assert type(error) is not exceptions.PruningError and error.code == code
+        assert type(error).__name__.lower() == code.name.replace("_", "").lower(), code
+        assert type(error).__name__ in exceptions.__all__
+
+
+def test_every_exception_class_is_exported():
+    import pruning_client
+
+    public = {cls.__name__ for cls in exceptions._all_subclasses(exceptions.PruningError)}
+    assert public <= set(exceptions.__all__) and public <= set(pruning_client.__all__)
 
 
 def test_rpc_errors_raises_from_the_original():
