@@ -41,7 +41,7 @@ import shutil
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Iterator
 from stat import S_ISREG
 from typing import TYPE_CHECKING, Any
 
@@ -154,7 +154,16 @@ def marked_by_another(theirs: dict, ours: dict[str, str]) -> bool:
 
 
 QUARANTINE = "quarantine"  # blobs found changed behind the service's back, set aside
-CHECKPOINT_LATEST = "latest.json"  # names the last checkpoint's files; written after them
+# A job's checkpoints are named by the attempt that wrote them: files ``a<attempt>-epoch-<n>.*``
+# and the record ``latest-<attempt>.json`` naming the attempt's last complete checkpoint (written
+# after its files). A reader takes the record of the newest attempt. An attempt deletes only
+# what older attempts wrote and its own earlier epochs, never a newer attempt's: a stale attempt
+# (its worker cut off past the reaper's patience) that passed its ownership check just before a
+# newer attempt took the job can neither delete nor shadow the newer one's checkpoints.
+# ``latest.json`` and ``epoch-<n>.*`` (written before attempts named them) count as attempt 0.
+CHECKPOINT_LATEST = "latest.json"
+_CHECKPOINT_RECORD = re.compile(r"latest(?:-(\d{1,9}))?\.json")
+_CHECKPOINT_FILE = re.compile(r"(?:a(\d{1,9})-)?epoch-\d{1,9}\..+")
 _JOB_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")  # a path component, never ``..``
 
 
@@ -416,16 +425,21 @@ class LocalStore(BlobStore):
         _check_job_id(job_id)
         return self.root / "checkpoints" / job_id
 
-    def push_checkpoint(self, job_id: str, directory: pathlib.Path, prefix: str) -> None:
-        """Keeps the checkpoint files ``prefix.*`` and ``latest.json`` just written to ``directory``."""
+    def push_checkpoint(self, job_id: str, directory: pathlib.Path, prefix: str, attempt: int) -> None:
+        """Keeps the checkpoint files ``prefix.*`` and ``attempt``'s record just written to
+        ``directory`` (the worker has deleted there what they supersede)."""
 
     def pull_checkpoint(self, job_id: str, directory: pathlib.Path) -> None:
         """Brings the job's last kept checkpoint into ``directory`` when it is not there."""
 
-    def drop_checkpoints(self, job_id: str) -> None:
-        """Deletes the job's checkpoints (the job ended, or its record went)."""
+    def drop_checkpoints(self, job_id: str, attempt: int | None = None) -> None:
+        """Deletes the job's checkpoints (the job ended, or its record went); with ``attempt``,
+        only those of that attempt and older ones (the attempt starts over)."""
         _check_job_id(job_id)
-        shutil.rmtree(self.root / "checkpoints" / job_id, ignore_errors=True)
+        if attempt is None:
+            shutil.rmtree(self.root / "checkpoints" / job_id, ignore_errors=True)
+        else:
+            drop_superseded_checkpoints(self.root / "checkpoints" / job_id, attempt, None)
 
     def abort_stale_uploads(self, min_age_s: float) -> int:
         """Aborts what is left of uploads started more than ``min_age_s`` ago; a directory
@@ -445,12 +459,72 @@ class LocalStore(BlobStore):
         ]
 
 
-def write_checkpoint_record(directory: pathlib.Path, record: bytes) -> None:
-    """Points ``latest.json`` in ``directory`` at a checkpoint whose files are written: a reader
-    sees the old record or the new one, whole."""
-    tmp = directory / f".{CHECKPOINT_LATEST}.tmp"
+def checkpoint_prefix(attempt: int, epoch: int) -> str:
+    """The name (before its ``.``) of the checkpoint files of ``epoch`` written by ``attempt``."""
+    return f"a{attempt}-epoch-{epoch}"
+
+
+def checkpoint_record(attempt: int) -> str:
+    """The name of the record of ``attempt``'s last complete checkpoint."""
+    return f"latest-{attempt}.json"
+
+
+def checkpoint_attempt(name: str) -> tuple[int, bool] | None:
+    """(the attempt that wrote it, whether it is a record) of a checkpoint file's name; None for
+    another name."""
+    if record := _CHECKPOINT_RECORD.fullmatch(name):
+        return int(record.group(1) or 0), True
+    if data := _CHECKPOINT_FILE.fullmatch(name):
+        return int(data.group(1) or 0), False
+    return None
+
+
+def newest_checkpoint_record(names: Iterable[str]) -> str | None:
+    """Among checkpoint file names, the record of the newest attempt; None without one."""
+    records = [(found[0], name) for name in names if (found := checkpoint_attempt(name)) and found[1]]
+    return max(records)[1] if records else None
+
+
+def superseded_checkpoint(name: str, attempt: int, prefix: str | None) -> bool:
+    """Whether ``attempt``, having written the checkpoint ``prefix`` (None: clearing its own),
+    deletes the checkpoint file ``name``: an older attempt's, or its own of another epoch; never
+    a newer attempt's."""
+    found = checkpoint_attempt(name)
+    if found is None or found[0] > attempt:
+        return False
+    if found[0] < attempt or prefix is None:
+        return True
+    return not found[1] and not name.startswith(f"{prefix}.")
+
+
+def write_checkpoint_record(directory: pathlib.Path, record: bytes, attempt: int) -> None:
+    """Points ``attempt``'s record in ``directory`` at a checkpoint whose files are written: a
+    reader sees the old record or the new one, whole."""
+    name = checkpoint_record(attempt)
+    tmp = directory / f".{name}.tmp"
     tmp.write_bytes(record)
-    os.replace(tmp, directory / CHECKPOINT_LATEST)
+    os.replace(tmp, directory / name)
+
+
+def read_checkpoint_record(directory: pathlib.Path) -> dict[str, Any] | None:
+    """The newest attempt's record in ``directory`` ({"epoch", "prefix", "history"}), or None."""
+    try:
+        name = newest_checkpoint_record(p.name for p in directory.iterdir())
+        return None if name is None else json.loads((directory / name).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def drop_superseded_checkpoints(directory: pathlib.Path, attempt: int, prefix: str | None) -> None:
+    """Deletes the checkpoint files in ``directory`` that ``attempt``, having written ``prefix``
+    (None: clearing its own), supersedes (:func:`superseded_checkpoint`)."""
+    try:
+        names = [p.name for p in directory.iterdir()]
+    except FileNotFoundError:
+        return
+    for name in names:
+        if superseded_checkpoint(name, attempt, prefix):
+            (directory / name).unlink(missing_ok=True)
 
 
 def _check_job_id(job_id: str) -> None:
@@ -816,39 +890,51 @@ class S3Store(LocalStore):
             for meta in page:
                 yield meta["path"], meta["path"].rsplit("/", 1)[-1]
 
-    def push_checkpoint(self, job_id: str, directory: pathlib.Path, prefix: str) -> None:
-        """Sends the checkpoint's files, then ``latest.json`` (a reader that finds it finds
-        the files it names), then deletes the older epochs' objects."""
+    def push_checkpoint(self, job_id: str, directory: pathlib.Path, prefix: str, attempt: int) -> None:
+        """Sends the checkpoint's files, then ``attempt``'s record (a reader that finds it
+        finds the files it names), then deletes the objects they supersede
+        (:func:`superseded_checkpoint`)."""
         import obstore
 
         files = sorted(p for p in directory.iterdir() if p.name.startswith(f"{prefix}."))
-        for path in [*files, directory / CHECKPOINT_LATEST]:
+        for path in [*files, directory / checkpoint_record(attempt)]:
             obstore.put(self.objects, self._checkpoint_key(job_id, path.name), path)
-        old = [
+        self._drop_objects(job_id, attempt, prefix)
+
+    def _drop_objects(self, job_id: str, attempt: int | None, prefix: str | None) -> None:
+        import obstore
+
+        keys = [
             key
             for key, name in self._checkpoint_objects(job_id)
-            if name != CHECKPOINT_LATEST and not name.startswith(f"{prefix}.")
+            if attempt is None or superseded_checkpoint(name, attempt, prefix)
         ]
-        if old:
-            obstore.delete(self.objects, old)
+        if keys:
+            obstore.delete(self.objects, keys)
 
     def pull_checkpoint(self, job_id: str, directory: pathlib.Path) -> None:
         """Fetches the job's last checkpoint from the bucket (a previous attempt ran on
-        another host, or was killed on this one), ``latest.json`` last."""
+        another host, or was killed on this one): the newest attempt's record names it, and is
+        written last."""
         import obstore
 
-        if (directory / CHECKPOINT_LATEST).exists():
+        if directory.is_dir() and newest_checkpoint_record(p.name for p in directory.iterdir()):
+            return
+        kept = dict((name, key) for key, name in self._checkpoint_objects(job_id))
+        newest = newest_checkpoint_record(kept)
+        if newest is None:
             return
         try:
-            latest = bytes(obstore.get(self.objects, self._checkpoint_key(job_id, CHECKPOINT_LATEST)).bytes())
-            prefix = str(json.loads(latest)["prefix"])
+            record = bytes(obstore.get(self.objects, kept[newest]).bytes())
+            prefix = str(json.loads(record)["prefix"])
         except FileNotFoundError:
             return
         directory.mkdir(parents=True, exist_ok=True)
-        for key, name in self._checkpoint_objects(job_id):
+        for name, key in kept.items():
             if name.startswith(f"{prefix}."):
                 (directory / name).write_bytes(bytes(obstore.get(self.objects, key).bytes()))
-        write_checkpoint_record(directory, latest)
+        found = checkpoint_attempt(newest)
+        write_checkpoint_record(directory, record, found[0] if found else 0)
 
     def checkpoint_jobs(self, min_age_s: float = 60.0) -> list[str]:
         import obstore
@@ -861,13 +947,9 @@ class S3Store(LocalStore):
                     newest[job_id] = min(newest.get(job_id, float("inf")), _age_s(meta["last_modified"]))
         return [job_id for job_id, age in newest.items() if age >= min_age_s]
 
-    def drop_checkpoints(self, job_id: str) -> None:
-        import obstore
-
-        super().drop_checkpoints(job_id)
-        keys = [key for key, _ in self._checkpoint_objects(job_id)]
-        if keys:
-            obstore.delete(self.objects, keys)
+    def drop_checkpoints(self, job_id: str, attempt: int | None = None) -> None:
+        super().drop_checkpoints(job_id, attempt)
+        self._drop_objects(job_id, attempt, None)
 
     def put_file(self, source: os.PathLike | str) -> Stored:
         """Hashes a local file and uploads it under its sha256 (a multipart upload when

@@ -33,6 +33,12 @@ from conftest import (
 )
 from pruning.v1 import pruning_pb2 as pb
 from pruning_client import Client, DataLoss, ResourceExhausted, constant_sparsity, job_spec
+from pruning_core.objectstore import (
+    checkpoint_prefix,
+    checkpoint_record,
+    drop_superseded_checkpoints,
+    write_checkpoint_record,
+)
 
 pytestmark = pytest.mark.integration
 MiB = 1 << 20
@@ -532,26 +538,42 @@ def test_checkpoints_travel_through_the_bucket_between_hosts(seaweed, s3_env, tm
     on_a, on_b = store.checkpoint_dir(job_id, tmp_path / "a"), store.checkpoint_dir(job_id, tmp_path / "b")
     assert on_a != on_b and tmp_path / "a" in on_a.parents  # in the attempt's own directory
 
-    def write(epoch: int) -> None:
-        on_a.mkdir(parents=True, exist_ok=True)
-        for old in on_a.glob("epoch-*"):
-            old.unlink()
+    def write(directory: pathlib.Path, epoch: int, attempt: int = 1) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        prefix = checkpoint_prefix(attempt, epoch)
         for suffix in (".index", ".data-00000-of-00001"):
-            (on_a / f"epoch-{epoch}{suffix}").write_bytes(f"{epoch}{suffix}".encode())
-        (on_a / "latest.json").write_text(f'{{"epoch": {epoch}, "prefix": "epoch-{epoch}", "history": []}}')
-        store.push_checkpoint(job_id, on_a, f"epoch-{epoch}")
+            (directory / f"{prefix}{suffix}").write_bytes(f"{epoch}{suffix}".encode())
+        record = f'{{"epoch": {epoch}, "prefix": "{prefix}", "history": []}}'.encode()
+        write_checkpoint_record(directory, record, attempt)
+        drop_superseded_checkpoints(directory, attempt, prefix)
+        store.push_checkpoint(job_id, directory, prefix, attempt)
+
+    def kept() -> list[str]:
+        return sorted(p.removeprefix(key) for p in _objects(seaweed, s3_env) if p.startswith(key))
 
     store.pull_checkpoint(job_id, on_b)
     assert not on_b.exists()  # nothing kept yet: nothing fetched
-    write(1)
-    write(2)
-    assert sorted(p.removeprefix(key) for p in _objects(seaweed, s3_env) if p.startswith(key)) == [
-        "epoch-2.data-00000-of-00001",
-        "epoch-2.index",
-        "latest.json",
-    ]  # epoch 1's objects went once epoch 2's were kept
+    write(on_a, 1)
+    write(on_a, 2)
+    assert kept() == ["a1-epoch-2.data-00000-of-00001", "a1-epoch-2.index", "latest-1.json"]  # epoch 1's went
     store.pull_checkpoint(job_id, on_b)
     assert {p.name: p.read_bytes() for p in on_b.iterdir()} == {p.name: p.read_bytes() for p in on_a.iterdir()}
+
+    # attempt 2 goes on on host b; attempt 1, stale but past its ownership check, writes once more
+    write(on_b, 3, attempt=2)
+    assert kept() == ["a2-epoch-3.data-00000-of-00001", "a2-epoch-3.index", "latest-2.json"]
+    write(on_a, 3)
+    assert {"a2-epoch-3.index", "latest-2.json", "a1-epoch-3.index", "latest-1.json"} <= set(kept())
+    store.drop_checkpoints(job_id, 1)  # attempt 1 clears its own: attempt 2's stay
+    assert kept() == ["a2-epoch-3.data-00000-of-00001", "a2-epoch-3.index", "latest-2.json"]
+    write(on_a, 4)
+    on_c = store.checkpoint_dir(job_id, tmp_path / "c")
+    store.pull_checkpoint(job_id, on_c)  # the next attempt resumes from attempt 2's, not the stale one's
+    assert sorted(p.name for p in on_c.iterdir()) == [
+        "a2-epoch-3.data-00000-of-00001",
+        "a2-epoch-3.index",
+        "latest-2.json",
+    ]
     store.drop_checkpoints(job_id)
     assert not [p for p in _objects(seaweed, s3_env) if p.startswith(key)]
     with pytest.raises(ValueError):
@@ -575,7 +597,7 @@ def test_a_rerun_attempt_on_another_host_resumes_from_the_bucket(seaweed, s3_env
     try:
         with Client(server.target, timeout=60) as client:
             job = training_job(client, files, epochs=epochs)
-            key = f"checkpoints/{job.id}/latest.json"
+            key = f"checkpoints/{job.id}/{checkpoint_record(1)}"  # the first attempt's
             wait_for(lambda: fine_tuning(job, epoch=2), 180, "epoch 2", 0.05)
             progress = job.status().progress
             wait_for(lambda: key in _objects(seaweed, s3_env))
@@ -1159,8 +1181,12 @@ def test_checkpoints_ask_a_store_that_stopped_answering_before_sending_again(sea
     assert first >= 2.5, said  # the send waited for its timeout
     assert second < 2.0, (first, second, said)  # asked first, skipped at once
     assert "still does not answer" in said[-1] and "epoch 2" in said[-1]
-    assert save(3) < 30 and checkpoints.latest() == {"epoch": 3, "prefix": "epoch-3", "history": []}
+    assert save(3) < 30 and checkpoints.latest() == {"epoch": 3, "prefix": "a0-epoch-3", "history": []}
     key = f"checkpoints/{job_id}/"
     kept = [m["path"] for page in obstore.list(store.objects, prefix=key) for m in page]
-    assert sorted(p.removeprefix(key) for p in kept) == ["epoch-3.data-00000-of-00001", "epoch-3.index", "latest.json"]
+    assert sorted(p.removeprefix(key) for p in kept) == [
+        "a0-epoch-3.data-00000-of-00001",
+        "a0-epoch-3.index",
+        "latest-0.json",
+    ]
     store.drop_checkpoints(job_id)

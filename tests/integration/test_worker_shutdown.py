@@ -15,7 +15,7 @@ import pytest
 from conftest import ServerThread, fine_tuning, settings_for, start_worker, stop_worker, training_job, wait_for
 from pruning.v1 import pruning_pb2 as pb
 from pruning_client import Client
-from pruning_core.objectstore import CHECKPOINT_LATEST
+from pruning_core.objectstore import checkpoint_record
 from pruning_core.phases import Phase
 
 pytestmark = pytest.mark.integration
@@ -52,7 +52,7 @@ def test_a_stopping_worker_re_queues_its_job_at_once_and_the_next_resumes_it(env
             wait_for(lambda: fine_tuning(job, epoch=2), 180, "epoch 2", 0.05)
             # the progress may say epoch 2 before epoch 1's checkpoint is on disk (its callback
             # runs after the progress's): stopped before it, the next attempt starts over
-            latest = settings_for(own).artifacts_path / "checkpoints" / job.id / CHECKPOINT_LATEST
+            latest = settings_for(own).artifacts_path / "checkpoints" / job.id / checkpoint_record(1)
             wait_for(latest.exists, 60, "epoch 1's checkpoint", 0.05)
             per_epoch = job.status().progress.total_steps // EPOCHS
             asked = time.monotonic()

@@ -95,7 +95,7 @@ def test_a_stale_attempt_keeps_no_checkpoint_over_the_newer_attempt_s(tmp_path):
     """Two attempts of one job keep their checkpoints under the same keys, and a save deletes
     the others: a stale attempt (still training after a newer one took the job over) stops at
     its next save, writing and deleting nothing, and the newer attempt's checkpoint stays."""
-    from pruning_core.objectstore import CHECKPOINT_LATEST, LocalStore
+    from pruning_core.objectstore import LocalStore, checkpoint_record
     from pruning_core.store import StaleAttempt
     from pruning_worker import train
 
@@ -103,20 +103,22 @@ def test_a_stale_attempt_keeps_no_checkpoint_over_the_newer_attempt_s(tmp_path):
     x, y = rng.random((64, 6), dtype=np.float32), rng.integers(0, 4, 64)
     store = LocalStore(tmp_path / "artifacts")
     job_id = "1" * 24
-    newer = train.Checkpoints(store, job_id, store.checkpoint_dir(job_id, tmp_path / "new"), lambda _: None)
+    newer = train.Checkpoints(store, job_id, store.checkpoint_dir(job_id, tmp_path / "new"), lambda _: None, attempt=2)
     with train.checkpointing(newer):  # the newer attempt kept its first epoch
         train.fine_tune(_model(), x, y, pb.TrainingSpec(epochs=1, batch_size=8, validation_split=0.25), [])
     kept = sorted(p.name for p in newer.directory.iterdir())
-    record = (newer.directory / CHECKPOINT_LATEST).read_bytes()
+    record = (newer.directory / checkpoint_record(2)).read_bytes()
 
     def superseded():
         raise StaleAttempt(f"job {job_id} attempt 1 is stale")
 
-    stale = train.Checkpoints(store, job_id, store.checkpoint_dir(job_id, tmp_path / "old"), lambda _: None, superseded)
+    stale = train.Checkpoints(
+        store, job_id, store.checkpoint_dir(job_id, tmp_path / "old"), lambda _: None, superseded, attempt=1
+    )
     with train.checkpointing(stale), pytest.raises(StaleAttempt):
         train.fine_tune(_model(), x, y, pb.TrainingSpec(epochs=3, batch_size=8, validation_split=0.25), [])
     assert sorted(p.name for p in newer.directory.iterdir()) == kept
-    assert (newer.directory / CHECKPOINT_LATEST).read_bytes() == record
+    assert (newer.directory / checkpoint_record(2)).read_bytes() == record
 
 
 def test_a_checkpoint_whose_owner_cannot_be_known_is_skipped(tmp_path):
@@ -146,7 +148,7 @@ def test_a_stale_attempt_whose_resume_fails_deletes_nothing_of_the_newer_attempt
     """A stale attempt that cannot read the checkpoint it finds (the newer attempt rotated the
     epoch it named away meanwhile, or it does not fit) starts over, which deletes the job's
     checkpoints: fenced too, it stops instead, and the newer attempt's checkpoint stays."""
-    from pruning_core.objectstore import CHECKPOINT_LATEST, LocalStore
+    from pruning_core.objectstore import LocalStore, checkpoint_record
     from pruning_core.store import StaleAttempt
     from pruning_worker import train
 
@@ -154,20 +156,78 @@ def test_a_stale_attempt_whose_resume_fails_deletes_nothing_of_the_newer_attempt
     x, y = rng.random((64, 6), dtype=np.float32), rng.integers(0, 4, 64)
     store = LocalStore(tmp_path / "artifacts")
     job_id = "3" * 24
-    newer = train.Checkpoints(store, job_id, store.checkpoint_dir(job_id, tmp_path / "new"), lambda _: None)
+    newer = train.Checkpoints(store, job_id, store.checkpoint_dir(job_id, tmp_path / "new"), lambda _: None, attempt=2)
     with train.checkpointing(newer):
         train.fine_tune(_model(), x, y, pb.TrainingSpec(epochs=1, batch_size=8, validation_split=0.25), [])
     kept = sorted(p.name for p in newer.directory.iterdir())
-    assert CHECKPOINT_LATEST in kept
+    assert checkpoint_record(2) in kept
 
     def superseded():
         raise StaleAttempt(f"job {job_id} attempt 1 is stale")
 
-    stale = train.Checkpoints(store, job_id, store.checkpoint_dir(job_id, tmp_path / "old"), lambda _: None, superseded)
+    stale = train.Checkpoints(
+        store, job_id, store.checkpoint_dir(job_id, tmp_path / "old"), lambda _: None, superseded, attempt=1
+    )
     other = _model_of_width(5)  # the checkpoint does not fit it: its resume fails
     with train.checkpointing(stale), pytest.raises(StaleAttempt):
         train.fine_tune(other, x, y, pb.TrainingSpec(epochs=3, batch_size=8, validation_split=0.25), [])
     assert sorted(p.name for p in newer.directory.iterdir()) == kept
+
+
+def test_a_stale_attempt_past_its_ownership_check_neither_deletes_nor_shadows_the_newer_attempt_s(tmp_path):
+    """The window the ownership check leaves: a stale attempt that passed it just before a newer
+    attempt took the job over writes its checkpoint, starts over (clears) and writes again. Its
+    files are named by its attempt: the newer attempt's checkpoint stays, and is the one the
+    next attempt resumes from."""
+    from pruning_core.objectstore import LocalStore, checkpoint_record
+    from pruning_worker import train
+
+    rng = np.random.default_rng(0)
+    x, y = rng.random((64, 6), dtype=np.float32), rng.integers(0, 4, 64)
+    store = LocalStore(tmp_path / "artifacts")
+    job_id = "4" * 24
+    directory = store.checkpoint_dir(job_id, tmp_path)
+    newer = train.Checkpoints(store, job_id, directory, lambda _: None, attempt=3)
+    with train.checkpointing(newer):
+        train.fine_tune(_model(), x, y, pb.TrainingSpec(epochs=1, batch_size=8, validation_split=0.25), [])
+    newer_files = sorted(p.name for p in directory.iterdir())
+    assert newer.latest() == {"epoch": 1, "prefix": "a3-epoch-1", "history": newer.latest()["history"]}
+
+    stale = train.Checkpoints(store, job_id, directory, lambda _: None, attempt=2)  # its check passes
+    model = _model()
+    train.fine_tune(model, x, y, pb.TrainingSpec(epochs=1, batch_size=8, validation_split=0.25), [])  # no checkpoint
+    stale.save(model, 2, [])
+    stale.save(model, 3, [])
+    assert {"a2-epoch-3.index", checkpoint_record(2)} <= {p.name for p in directory.iterdir()}
+    assert not any(p.name.startswith("a2-epoch-2.") for p in directory.iterdir())  # its own earlier epoch went
+    stale.clear()
+    assert sorted(p.name for p in directory.iterdir()) == newer_files  # its own went, the newer's stayed
+    stale.save(model, 4, [])
+    assert train.Checkpoints(store, job_id, directory, lambda _: None, attempt=4).latest()["prefix"] == "a3-epoch-1"
+
+    newer.save(model, 2, [])  # the newer attempt's next save deletes what the stale one wrote
+    assert sorted(p.name for p in directory.iterdir()) == sorted(
+        name.replace("a3-epoch-1", "a3-epoch-2") for name in newer_files
+    )
+
+
+def test_checkpoints_written_before_attempts_named_them_are_read_and_then_superseded(tmp_path):
+    """``latest.json`` and ``epoch-<n>.*`` (a job checkpointed by the previous version) count
+    as attempt 0: the next attempt resumes from them, and its first save deletes them."""
+    from pruning_core import objectstore
+
+    directory = tmp_path / "checkpoints"
+    directory.mkdir()
+    (directory / "epoch-2.index").write_bytes(b"i")
+    (directory / "epoch-2.data-00000-of-00001").write_bytes(b"d")
+    (directory / "latest.json").write_text('{"epoch": 2, "prefix": "epoch-2", "history": []}')
+    assert objectstore.read_checkpoint_record(directory) == {"epoch": 2, "prefix": "epoch-2", "history": []}
+    objectstore.write_checkpoint_record(directory, b'{"epoch": 3, "prefix": "a1-epoch-3", "history": []}', 1)
+    (directory / "a1-epoch-3.index").write_bytes(b"i")
+    assert objectstore.read_checkpoint_record(directory)["prefix"] == "a1-epoch-3"
+    (directory / "notes.txt").write_text("not a checkpoint")
+    objectstore.drop_superseded_checkpoints(directory, 1, "a1-epoch-3")
+    assert sorted(p.name for p in directory.iterdir()) == ["a1-epoch-3.index", "latest-1.json", "notes.txt"]
 
 
 def _model_of_width(width: int):

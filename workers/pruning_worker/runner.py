@@ -577,6 +577,7 @@ def _run_claimed(store: JobStore, job: pb.Job, settings: Settings) -> pb.Job | N
                         reporter.log,
                         reporter.confirm,
                         lambda: open_probe(settings, STORE_PROBE_TIMEOUT_S).probe(),
+                        job.attempt,
                     )
                 ),
             ):

@@ -14,7 +14,6 @@ import contextvars
 import json
 import logging
 import pathlib
-import shutil
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -29,9 +28,11 @@ from tf_keras.src.engine import data_adapter
 
 from pruning.v1 import pruning_pb2 as pb
 from pruning_core.objectstore import (
-    CHECKPOINT_LATEST,
     LocalStore,
+    checkpoint_prefix,
+    drop_superseded_checkpoints,
     one_line,
+    read_checkpoint_record,
     unavailable_errors,
     write_checkpoint_record,
 )
@@ -62,6 +63,9 @@ class Checkpoints:
     # paused or cut off would hold every epoch's sends for their whole timeout and retries
     # (a minute and a half a file by default), the training waiting on them.
     probe: Callable[[], None] = lambda: None
+    # The attempt writing (it names the files): it deletes only older attempts' checkpoints and
+    # its own earlier epochs, never a newer attempt's (pruning_core.objectstore).
+    attempt: int = 0
     _store_down: bool = field(default=False, init=False)
 
     def _owned(self, otherwise: str) -> bool:
@@ -85,10 +89,7 @@ class Checkpoints:
             raise
         except Exception as exc:  # noqa: BLE001 - an unreadable checkpoint: the job starts over
             log.warning("could not fetch the checkpoint of job %s: %s", self.job_id, exc)
-        try:
-            return json.loads((self.directory / CHECKPOINT_LATEST).read_text())
-        except (OSError, ValueError):
-            return None
+        return read_checkpoint_record(self.directory)
 
     def save(self, model: Any, epoch: int, history: list[pb.EpochSummary]) -> None:
         """Writes the checkpoint of ``epoch`` (1-based), then points ``latest.json`` at it;
@@ -96,13 +97,11 @@ class Checkpoints:
         if not self._owned(f"the checkpoint of epoch {epoch} was not kept"):
             return
         self.directory.mkdir(parents=True, exist_ok=True)
-        prefix = f"epoch-{epoch}"
+        prefix = checkpoint_prefix(self.attempt, epoch)
         tf.train.Checkpoint(model=model, optimizer=model.optimizer).write(str(self.directory / prefix))
         record = {"epoch": epoch, "prefix": prefix, "history": [json_format.MessageToDict(h) for h in history]}
-        write_checkpoint_record(self.directory, json.dumps(record).encode())
-        for old in self.directory.glob("epoch-*"):
-            if not old.name.startswith(f"{prefix}."):
-                old.unlink(missing_ok=True)
+        write_checkpoint_record(self.directory, json.dumps(record).encode(), self.attempt)
+        drop_superseded_checkpoints(self.directory, self.attempt, prefix)
         if self._store_down:
             try:
                 self.probe()
@@ -114,20 +113,20 @@ class Checkpoints:
                 return
             self._store_down = False
         try:
-            self.store.push_checkpoint(self.job_id, self.directory, prefix)
+            self.store.push_checkpoint(self.job_id, self.directory, prefix, self.attempt)
         except Exception as exc:  # noqa: BLE001 - a checkpoint only saves time: the job goes on
             self._store_down = isinstance(exc, unavailable_errors())
             self.log(f"the checkpoint of epoch {epoch} was not kept in the artifact store: {one_line(exc, 300)}")
 
     def clear(self) -> None:
-        """Deletes the job's checkpoints (one that does not fit: the attempt starts over);
-        raises StaleAttempt, deleting nothing, once a newer attempt owns the job (they are the
-        newer attempt's then: with the local store, even the directory is shared)."""
+        """Deletes the job's checkpoints (one that does not fit: the attempt starts over): its
+        own and older attempts', never a newer one's; raises StaleAttempt, deleting nothing,
+        once a newer attempt owns the job."""
         if not self._owned("the checkpoints were not deleted"):
             return  # left: the next save replaces them
-        shutil.rmtree(self.directory, ignore_errors=True)
+        drop_superseded_checkpoints(self.directory, self.attempt, None)
         try:
-            self.store.drop_checkpoints(self.job_id)
+            self.store.drop_checkpoints(self.job_id, self.attempt)
         except Exception as exc:  # noqa: BLE001 - the job starts over either way; retention deletes them
             log.warning("could not delete the checkpoints of job %s: %s", self.job_id, exc)
 
