@@ -50,16 +50,16 @@ def test_structured_latency_of_a_model_tflite_cannot_convert_has_tensorflow_figu
     import tensorflow as tf
     import tf_keras as keras
 
-    from pruning_worker.structured.step import BATCHES, fill_latency
+    from pruning_worker.measure import latency_figures
+    from pruning_worker.structured.step import BATCHES
 
     inputs = keras.Input((4, 4))
     det = keras.layers.Lambda(lambda t: tf.expand_dims(tf.linalg.det(t), -1))(inputs)  # no TFLite kernel
     model = keras.Model(inputs, keras.layers.Dense(2)(det))
     warnings: list[str] = []
-    result = pb.StructuredResult()
-    fill_latency(result, model, model, "CPU", 3, warnings.append)
-    assert [(f.runtime, f.batch_size) for f in result.latency] == [("tf", b) for b in BATCHES]
-    assert all(f.before_ms > 0 and f.after_ms > 0 for f in result.latency)
+    figures = latency_figures(model, model, "CPU", BATCHES, 3, warnings.append)
+    assert [(f.runtime, f.batch_size) for f in figures] == [("tf", b) for b in BATCHES]
+    assert all(f.before_ms > 0 and f.after_ms > 0 for f in figures)
     assert len(warnings) == 1 and "MatrixDeterminant" in warnings[0] and "does not convert" in warnings[0]
 
 

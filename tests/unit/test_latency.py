@@ -103,7 +103,7 @@ def _open_models():
 
 
 def test_open_input_dimensions_are_measured_at_the_shape_of_the_jobs_samples():
-    from pruning_worker.structured.step import BATCHES, fill_latency
+    from pruning_worker.structured.step import BATCHES
 
     for name, model, x, shapes in _open_models():
         assert measure.input_shapes(model, 64, x) == shapes, name
@@ -114,23 +114,19 @@ def test_open_input_dimensions_are_measured_at_the_shape_of_the_jobs_samples():
         assert sorted(list(d["shape"]) for d in interpreter.get_input_details()) == sorted(shapes.values()), name
         assert measure.flops(model, x) > 10_000, name  # the convolutions too, at the data's size (~132 without)
         warnings: list[str] = []
-        result = pb.StructuredResult()
-        fill_latency(result, model, model, "CPU", 3, warnings.append, x)
+        figures = measure.latency_figures(model, model, "CPU", BATCHES, 3, warnings.append, x)
         assert not warnings, (name, warnings)
-        assert sorted((f.runtime, f.batch_size) for f in result.latency) == sorted(
+        assert sorted((f.runtime, f.batch_size) for f in figures) == sorted(
             (runtime, b) for runtime in ("tf", "tflite") for b in BATCHES
         )
-        assert all(f.before_ms > 0 and f.after_ms > 0 for f in result.latency)
+        assert all(f.before_ms > 0 and f.after_ms > 0 for f in figures)
 
 
 def test_a_model_that_cannot_be_measured_gets_a_warning_and_no_figures_not_a_failed_job():
-    from pruning_worker.structured.step import fill_latency
-
     _, model, _, _ = _open_models()[0]
     warnings: list[str] = []
-    result = pb.StructuredResult()
-    fill_latency(result, model, model, "CPU", 3, warnings.append)  # no data to give the open dimensions
-    assert not result.latency
+    figures = measure.latency_figures(model, model, "CPU", (1, 64), 3, warnings.append)  # no data for the open dims
+    assert not figures
     assert len(warnings) == 1 and warnings[0].startswith("no latency figures") and "'image'" in warnings[0]
 
 
@@ -237,5 +233,5 @@ def test_the_time_limit_stops_a_structured_jobs_latency_measurement_too():
     warnings: list[str] = []
     model = keras.Sequential([keras.layers.InputLayer(input_shape=(4,)), keras.layers.Dense(2)])
     with pytest.raises(JobDeadlineExceeded):
-        step.fill_latency(pb.StructuredResult(), model, model, "CPU", 1000, warnings.append, None, check)
+        measure.latency_figures(model, model, "CPU", step.BATCHES, 1000, warnings.append, None, check)
     assert len(calls) == 3 and not warnings  # stopped, not a report warning

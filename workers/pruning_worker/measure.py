@@ -19,6 +19,7 @@ import tensorflow as tf
 from pruning.v1 import pruning_pb2 as pb
 
 from . import tferrors
+from .errors import STOPS
 
 
 def device_name() -> str:
@@ -353,6 +354,33 @@ def tflite_accuracy(path: pathlib.Path, x: Any, y: Any, limit: int = EXPORT_EVAL
             return None
         correct += int(np.sum(scores.argmax(axis=1) == labels[start : start + len(batch)]))
     return (correct / n, n) if n else None
+
+
+def latency_figures(
+    before: Any,
+    after: Any,
+    device: str,
+    batches: Iterable[int],
+    repeats: int,
+    warn: Callable[[str], None],
+    x: Any = None,
+    check: Callable[[], None] | None = None,
+) -> list[pb.Latency]:
+    """Latency of ``before`` and ``after`` (:func:`latency_pairs`: TensorFlow on ``device`` and
+    TFLite (XNNPACK) on the CPU, at each of ``batches``, samples shaped like those of ``x``
+    where a model leaves a dimension open). A model TFLite cannot convert gets TensorFlow's
+    figures, and one that cannot be measured none: ``warn`` says why, and the job goes on (the
+    pruned model is what it is for). ``check`` runs before each pair of timed samples (the
+    job's time limit, a cancel, the worker's shutdown): what it raises stops the job."""
+    try:
+        flat = tflite_pair(before, after, warn)
+        with tferrors.step("latency measurement"):
+            return latency_pairs(before, after, device, batches, repeats, flat, x, check)
+    except STOPS:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a figure the job can go without
+        warn(f"no latency figures: {tferrors.root_cause(exc)}")
+        return []
 
 
 def latency_pairs(

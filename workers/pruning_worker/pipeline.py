@@ -22,7 +22,7 @@ from pruning_core.phases import Phase
 
 from . import distill, measure, recipe, report, safe_load, sensitivity, tferrors
 from .callbacks import HistoryCallback, ProgressCallback, Reporter, early_stopping
-from .errors import STOPS, Cancelled, JobInputError, OutcomeError
+from .errors import Cancelled, JobInputError, OutcomeError
 from .evaluate import evaluate
 from .export import KERAS_FILES, check_tflite, export, keras3_twin, load_export
 from .inputs import Inputs, as_tensors, by_output, check, check_split, head, length, output_activations, output_units
@@ -260,15 +260,17 @@ def run(
     if spec.pruning.HasField("structured"):
         reporter.log("measuring latency before and after")
         repeats = spec.pruning.structured.latency_repeats or defaults.LATENCY_REPEATS
-        step.fill_latency(
-            result.structured,
-            original,
-            stripped,
-            result.device,
-            repeats,
-            lambda m: reporter.log(m, level="WARNING"),
-            x_test,  # open dimensions (a sequence length, an image size) take the data's
-            reporter.check_between_steps,
+        result.structured.latency.extend(
+            measure.latency_figures(
+                original,
+                stripped,
+                result.device,
+                step.BATCHES,
+                repeats,
+                lambda m: reporter.log(m, level="WARNING"),
+                x_test,  # open dimensions (a sequence length, an image size) take the data's
+                reporter.check_between_steps,
+            )
         )
     result.compression_ratio = result.size_before.gzip_bytes / max(1, result.size_after.gzip_bytes)
     if reporting:
@@ -332,15 +334,10 @@ def _report(
     outputs: list[tuple[pathlib.Path, str]] = []
     reporter.log("measuring latency of the baseline and the pruned model")
     repeats = spec.report.latency_repeats or defaults.LATENCY_REPEATS
-    try:
-        batch = batch or spec.training.batch_size
-        result.latency.extend(
-            report.latency(before, after, result.device, batch, repeats, warn, x, reporter.check_between_steps)
-        )
-    except STOPS:
-        raise  # the time limit, a cancel or the worker's shutdown: no report warning
-    except Exception as exc:  # noqa: BLE001
-        warn(f"no latency figures: {tferrors.root_cause(exc)}")
+    batches = (1, batch or spec.training.batch_size)
+    result.latency.extend(
+        measure.latency_figures(before, after, result.device, batches, repeats, warn, x, reporter.check_between_steps)
+    )
     reporter.check_between_steps()  # outside the try: the time limit is no report warning
     try:
         outputs += report.plots(result, workdir)

@@ -1,11 +1,10 @@
-"""The job's report: latency of the baseline and the pruned model measured side by side, the
-TensorBoard logs of the fine-tuning, and PNG plots (training curves, per-layer sparsity)."""
+"""The job's report: the TensorBoard logs of the fine-tuning and PNG plots (training curves,
+per-layer sparsity); its latency figures are :func:`pruning_worker.measure.latency_figures`'s."""
 
 from __future__ import annotations
 
 import pathlib
 import shutil
-from collections.abc import Callable
 from typing import Any
 
 import tensorflow_model_optimization as tfmot
@@ -14,29 +13,7 @@ import tf_keras as keras
 from pruning.v1 import pruning_pb2 as pb
 from pruning_core import formats
 
-from . import measure, tferrors
-
-__all__ = ["latency", "plots", "tensorboard_archive", "tensorboard_callbacks"]
-
-
-def latency(
-    before: Any,
-    after: Any,
-    device: str,
-    batch_size: int,
-    repeats: int,
-    warn: Callable[[str], None],
-    x: Any = None,
-    check: Callable[[], None] | None = None,
-) -> list[pb.Latency]:
-    """Median milliseconds of one inference of ``before`` and ``after``, timed in alternation:
-    TensorFlow on the job's device and TFLite (XNNPACK) on the CPU, for one sample and for a
-    batch of ``batch_size`` (samples shaped like those of ``x`` where the model leaves a
-    dimension open). A model TFLite cannot convert gets the TensorFlow figures only (``warn``
-    says why): the report never fails a job."""
-    flat = measure.tflite_pair(before, after, warn)
-    with tferrors.step("latency measurement"):
-        return measure.latency_pairs(before, after, device, (1, batch_size), repeats, flat, x, check)
+__all__ = ["plots", "tensorboard_archive", "tensorboard_callbacks"]
 
 
 def tensorboard_callbacks(log_dir: pathlib.Path, pruned: bool) -> list[Any]:

@@ -4,7 +4,6 @@ report (widths, layers left whole, parameters, FLOPs, latency before and after).
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -13,10 +12,10 @@ from pruning.v1 import pruning_pb2 as pb
 from pruning_core import defaults, validation
 
 from .. import measure, tferrors
-from ..errors import STOPS, JobInputError
+from ..errors import JobInputError
 from . import Options, Outcome, prune_channels, shrink
 
-__all__ = ["BATCHES", "fill_latency", "options", "run"]
+__all__ = ["BATCHES", "options", "run"]
 
 # Latency is reported for one sample (interactive use) and a batch (throughput).
 BATCHES = (1, 64)
@@ -123,29 +122,3 @@ def _why_not_cut(model: Any, names: list[str]) -> str:
             f"{others} are not layers with channels of their own (Conv, Dense); name the layer that makes the channels"
         )
     return "; ".join(parts)
-
-
-def fill_latency(
-    result: pb.StructuredResult,
-    before: Any,
-    after: Any,
-    device: str,
-    repeats: int,
-    warn: Callable[[str], None],
-    x: Any = None,
-    check: Callable[[], None] | None = None,
-) -> None:
-    """Latency of the models before and after pruning: TensorFlow on ``device`` and TFLite
-    (XNNPACK) on the CPU, at each of ``BATCHES``, the median of ``repeats`` timed runs (the
-    two models timed in alternation), on samples shaped like those of the job's data ``x``
-    where the model leaves a dimension open. A model TFLite cannot convert gets TensorFlow's
-    figures, and one that cannot be measured none: ``warn`` says why, the job goes on.
-    ``check`` runs before each pair of timed samples (the job's time limit, a cancel, the
-    worker's shutdown), and what it raises stops the job."""
-    try:
-        flat = measure.tflite_pair(before, after, warn)
-        result.latency.extend(measure.latency_pairs(before, after, device, BATCHES, repeats, flat, x, check))
-    except STOPS:
-        raise
-    except Exception as exc:  # noqa: BLE001 - a figure the job can go without
-        warn(f"no latency figures: {tferrors.root_cause(exc)}")
