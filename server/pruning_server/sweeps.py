@@ -198,7 +198,10 @@ class SweepServicer(pb_grpc.SweepServiceServicer):
         users[0] += 1
         try:
             try:
-                await asyncio.wait_for(local.acquire(), max(0.0, deadline - loop.time()))
+                # not asyncio.wait_for: on Python 3.11 it returns the lock to a task cancelled as
+                # the lock came to it, swallowing the cancellation (CPython gh-86296)
+                async with asyncio.timeout_at(deadline):
+                    await local.acquire()
             except TimeoutError:
                 raise busy from None
             try:

@@ -460,6 +460,58 @@ def test_a_burst_of_one_tenants_sweep_creations_asks_redis_once_at_a_time(redis_
     assert later_sets == 2 and left == 0  # the refused one never asked Redis; nothing kept per tenant
 
 
+def test_a_creation_cancelled_as_the_local_lock_comes_to_it_stops(redis_url):
+    """The client cancels (or its deadline ends) a CreateSweep waiting on the tenant's local lock
+    just as the lock is handed to it. On Python 3.11, asyncio.wait_for returns the acquired lock
+    and swallows the cancellation (CPython gh-86296): the creation went on for a caller that
+    was gone. It must stop, holding nothing and leaving no per-tenant entry."""
+    from pruning_server.sweeps import SweepServicer
+
+    prefix = f"test-sweep-cancel-{uuid.uuid4().hex[:8]}"
+
+    async def work(store: AsyncJobStore, sweep_store: SweepStore) -> tuple[bool, list[str], bool, int]:
+        jobs = types.SimpleNamespace(store=store, settings=types.SimpleNamespace(retry_after_s=5.0))
+        servicer = SweepServicer(jobs, sweep_store)  # type: ignore[arg-type]
+        entered: list[str] = []
+        holding, go = asyncio.Event(), asyncio.Event()
+
+        async def holder() -> None:
+            async with servicer._creating(TENANT):
+                holding.set()
+                await go.wait()
+
+        async def waiter() -> None:
+            async with servicer._creating(TENANT):
+                entered.append("waiter")
+
+        try:
+            first = asyncio.create_task(holder())
+            await holding.wait()
+            second = asyncio.create_task(waiter())
+            await asyncio.sleep(0.05)  # queued on the local lock
+            lock = servicer._local_creations[TENANT][0]
+            release = lock.release
+
+            def release_then_cancel() -> None:
+                release()
+                second.cancel()  # the client goes as the lock is handed over
+
+            lock.release = release_then_cancel  # type: ignore[method-assign]
+            go.set()
+            await first
+            try:
+                await second
+                cancelled = False
+            except asyncio.CancelledError:
+                cancelled = True
+            return cancelled, entered, lock.locked(), len(servicer._local_creations)
+        finally:
+            await store.redis.delete(*[k async for k in store.redis.scan_iter(f"{prefix}:*")] or [f"{prefix}:none"])
+
+    cancelled, entered, locked, left = _with_stores(redis_url, prefix, work)
+    assert cancelled and entered == [] and not locked and left == 0
+
+
 def test_trials_above_a_sparsity_over_the_budget_are_cancelled_not_left_to_run(deployment, redis_url):
     """A list with a budget: once a sparsity is known to be over it, the trials still going
     above it cannot change the answer; the driver cancels them (a queued one at once, saying
