@@ -9,7 +9,7 @@ from __future__ import annotations
 import difflib
 import math
 import unicodedata
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 from pruning.v1 import pruning_pb2 as pb
 
@@ -30,6 +30,9 @@ LOSSES = (
 
 Violation = tuple[str, str]
 MAX_LAYER_SPARSITIES = 1000
+# Characters of a layer (or output) name in a spec. Bounds the largest valid request, which
+# must fit pruning_server.interceptors.MAX_REQUEST_BYTES (refused unparsed past it).
+MAX_LAYER_NAME = 256
 # Losses of a regression: no accuracy to measure, so no accuracy budget to keep.
 REGRESSION_LOSSES = ("mean_squared_error", "mean_absolute_error")
 
@@ -140,8 +143,15 @@ def _steps(begin: int, end: int, frequency: int, prefix: str, out: list[Violatio
         out.append((f"{prefix}.frequency", f"must be >= 1 (0 = the recipe's), got {frequency}"))
 
 
+def _long_names(names: Iterable[str], field: str, out: list[Violation]) -> None:
+    longest = max(map(len, names), default=0)
+    if longest > MAX_LAYER_NAME:
+        out.append((field, f"names of at most {MAX_LAYER_NAME} characters, got one of {longest}"))
+
+
 def _validate_structured(s: pb.StructuredPruning, out: list[Violation]) -> None:
     prefix = "spec.pruning.structured"
+    _long_names(s.layer_ratios, f"{prefix}.layer_ratios", out)
     _sparsity(s.ratio, f"{prefix}.ratio", out)
     if len(s.layer_ratios) > MAX_LAYER_SPARSITIES:
         out.append((f"{prefix}.layer_ratios", f"at most {MAX_LAYER_SPARSITIES} layers, got {len(s.layer_ratios)}"))
@@ -224,6 +234,9 @@ def _validate_pruning(spec: pb.PruningSpec, out: list[Violation]) -> None:
         _sparsity(value, f"spec.pruning.layer_sparsity[{name[:200]}]", out)
     if len(spec.layer_sparsity) > MAX_LAYER_SPARSITIES:
         out.append(("spec.pruning.layer_sparsity", f"at most {MAX_LAYER_SPARSITIES} layers"))
+    _long_names(spec.layer_sparsity, "spec.pruning.layer_sparsity", out)
+    for field in SELECTION_FIELDS:
+        _long_names(getattr(spec.layers, field), f"spec.pruning.layers.{field}", out)
     long_lists = [field for field in SELECTION_FIELDS if len(getattr(spec.layers, field)) > MAX_SELECTED]
     for field in long_lists:
         # each name is looked for in every layer of the model, each class name matched against every
@@ -250,6 +263,7 @@ def _validate_training(t: pb.TrainingSpec, out: list[Violation]) -> None:
         out.append(("spec.training.optimizer", f"must be one of {', '.join(OPTIMIZERS)}, got {t.optimizer!r}"))
     if t.loss and t.loss not in LOSSES:
         out.append(("spec.training.loss", _unknown_loss(t.loss)))
+    _long_names(t.output_losses, "spec.training.output_losses", out)
     for output, loss in sorted(t.output_losses.items())[:MAX_OUTPUT_LOSSES]:
         field = f"spec.training.output_losses[{output[:200]}]"
         if not output:

@@ -295,3 +295,45 @@ def test_labels_past_the_bound_are_refused_without_reading_each():
     said = validation.validate_metadata(labels, "")
     assert time.monotonic() - started < 0.5
     assert said == [("labels", f"at most {validation.MAX_LABELS} labels, got 200000")]
+
+
+def _largest_valid_requests(name_length: int) -> tuple[pb.CreateJobRequest, pb.CreateSweepRequest]:
+    """Every bounded list and map of a spec at its bound, names of ``name_length`` characters,
+    every label and the idempotency key at their longest."""
+    from pruning_core import sweeps
+
+    job = pb.CreateJobRequest(idempotency_key="k" * validation.MAX_IDEMPOTENCY_KEY)
+    spec = job.spec
+    names = [f"{i:0{name_length}d}" for i in range(validation.MAX_SELECTED)]
+    for field in validation.SELECTION_FIELDS:
+        getattr(spec.pruning.layers, field).extend(names)
+    for name in names[: validation.MAX_LAYER_SPARSITIES]:
+        spec.pruning.layer_sparsity[name] = 0.5
+        spec.pruning.structured.layer_ratios[name] = 0.5
+    for name in names[: validation.MAX_OUTPUT_LOSSES]:
+        spec.training.output_losses[name] = "sparse_categorical_crossentropy"
+    spec.export.formats.extend(range(1, len(pb.ExportFormat.values())))
+    for i in range(validation.MAX_LABELS):
+        job.labels[f"{i:0{validation.MAX_LABEL_LENGTH}d}"] = "v" * validation.MAX_LABEL_LENGTH
+    sweep = pb.CreateSweepRequest(labels=job.labels, idempotency_key=job.idempotency_key)
+    sweep.spec.base.CopyFrom(spec)
+    sweep.spec.sparsities.extend(i / (sweeps.LIMIT_SPARSITIES + 1) for i in range(sweeps.LIMIT_SPARSITIES))
+    return job, sweep
+
+
+def test_the_largest_valid_create_requests_fit_the_server_s_request_bound():
+    """The server refuses a request message past MAX_REQUEST_BYTES unparsed: every valid
+    CreateJob and CreateSweep must fit it, so a layer name's length is bounded too."""
+    from pruning_server.interceptors import MAX_REQUEST_BYTES
+
+    job, sweep = _largest_valid_requests(validation.MAX_LAYER_NAME)
+    assert job.ByteSize() < MAX_REQUEST_BYTES and sweep.ByteSize() < MAX_REQUEST_BYTES
+
+    too_long, _ = _largest_valid_requests(validation.MAX_LAYER_NAME + 1)
+    fields = {field for field, _ in validation.validate(too_long.spec)}
+    assert {
+        "spec.pruning.layer_sparsity",
+        "spec.pruning.structured.layer_ratios",
+        "spec.training.output_losses",
+        *(f"spec.pruning.layers.{field}" for field in validation.SELECTION_FIELDS),
+    } <= fields
