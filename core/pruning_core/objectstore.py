@@ -162,8 +162,10 @@ QUARANTINE = "quarantine"  # blobs found changed behind the service's back, set 
 # newer attempt took the job can neither delete nor shadow the newer one's checkpoints.
 # ``latest.json`` and ``epoch-<n>.*`` (written before attempts named them) count as attempt 0.
 CHECKPOINT_LATEST = "latest.json"
-_CHECKPOINT_RECORD = re.compile(r"latest(?:-(\d{1,9}))?\.json")
-_CHECKPOINT_FILE = re.compile(r"(?:a(\d{1,9})-)?epoch-\d{1,9}\..+")
+# any number of digits: Job.attempt is an int32 (10 digits), and a file whose attempt the
+# patterns missed would be neither read nor ever superseded
+_CHECKPOINT_RECORD = re.compile(r"latest(?:-(\d+))?\.json")
+_CHECKPOINT_FILE = re.compile(r"(?:a(\d+)-)?epoch-\d+\..+")
 _JOB_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")  # a path component, never ``..``
 
 
@@ -904,13 +906,17 @@ class S3Store(LocalStore):
     def _drop_objects(self, job_id: str, attempt: int | None, prefix: str | None) -> None:
         import obstore
 
-        keys = [
-            key
+        gone = [
+            (key, checkpoint_attempt(name))
             for key, name in self._checkpoint_objects(job_id)
             if attempt is None or superseded_checkpoint(name, attempt, prefix)
         ]
-        if keys:
-            obstore.delete(self.objects, keys)
+        # the records first: a delete cut short leaves no record naming files already gone
+        records = [key for key, found in gone if found and found[1]]
+        files = [key for key, found in gone if not (found and found[1])]
+        for keys in (records, files):
+            if keys:
+                obstore.delete(self.objects, keys)
 
     def pull_checkpoint(self, job_id: str, directory: pathlib.Path) -> None:
         """Fetches the job's last checkpoint from the bucket (a previous attempt ran on
@@ -920,21 +926,26 @@ class S3Store(LocalStore):
 
         if directory.is_dir() and newest_checkpoint_record(p.name for p in directory.iterdir()):
             return
-        kept = dict((name, key) for key, name in self._checkpoint_objects(job_id))
-        newest = newest_checkpoint_record(kept)
-        if newest is None:
-            return
-        try:
-            record = bytes(obstore.get(self.objects, kept[newest]).bytes())
-            prefix = str(json.loads(record)["prefix"])
-        except FileNotFoundError:
-            return
-        directory.mkdir(parents=True, exist_ok=True)
-        for name, key in kept.items():
-            if name.startswith(f"{prefix}."):
+        for _ in range(3):  # an attempt still writing may replace the record between the reads
+            kept = {name: key for key, name in self._checkpoint_objects(job_id)}
+            newest = newest_checkpoint_record(kept)
+            if newest is None:
+                return
+            try:
+                record = bytes(obstore.get(self.objects, kept[newest]).bytes())
+                prefix = str(json.loads(record)["prefix"])
+            except FileNotFoundError:
+                continue
+            # listed after the record was read: the files it names were written before it
+            files = [(name, key) for key, name in self._checkpoint_objects(job_id) if name.startswith(f"{prefix}.")]
+            if not files:
+                continue
+            directory.mkdir(parents=True, exist_ok=True)
+            for name, key in files:
                 (directory / name).write_bytes(bytes(obstore.get(self.objects, key).bytes()))
-        found = checkpoint_attempt(newest)
-        write_checkpoint_record(directory, record, found[0] if found else 0)
+            found = checkpoint_attempt(newest)
+            write_checkpoint_record(directory, record, found[0] if found else 0)
+            return
 
     def checkpoint_jobs(self, min_age_s: float = 60.0) -> list[str]:
         import obstore

@@ -574,6 +574,11 @@ def test_checkpoints_travel_through_the_bucket_between_hosts(seaweed, s3_env, tm
         "a2-epoch-3.index",
         "latest-2.json",
     ]
+    # a record whose files are not (or no longer) there is not fetched: no record naming nothing
+    obstore.put(store.objects, store._checkpoint_key(job_id, "latest-3.json"), b'{"epoch": 5, "prefix": "a3-epoch-5"}')
+    on_d = store.checkpoint_dir(job_id, tmp_path / "d")
+    store.pull_checkpoint(job_id, on_d)
+    assert not on_d.exists() or not list(on_d.iterdir())
     store.drop_checkpoints(job_id)
     assert not [p for p in _objects(seaweed, s3_env) if p.startswith(key)]
     with pytest.raises(ValueError):

@@ -239,3 +239,21 @@ def _model_of_width(width: int):
     model = tfmot.sparsity.keras.prune_low_magnitude(plain, pruning_schedule=schedule)
     model.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     return model
+
+
+def test_an_attempt_of_ten_digits_reads_and_supersedes_its_own_checkpoints(tmp_path):
+    """Job.attempt is an int32: an attempt past 999,999,999 names its files with ten digits,
+    and they must still be read, and superseded by its next epoch."""
+    from pruning_core import objectstore
+
+    attempt = 2_000_000_000
+    directory = tmp_path / "checkpoints"
+    directory.mkdir()
+    for epoch in (1, 2):
+        prefix = objectstore.checkpoint_prefix(attempt, epoch)
+        (directory / f"{prefix}.index").write_bytes(b"i")
+        record = f'{{"epoch": {epoch}, "prefix": "{prefix}", "history": []}}'.encode()
+        objectstore.write_checkpoint_record(directory, record, attempt)
+        objectstore.drop_superseded_checkpoints(directory, attempt, prefix)
+    assert objectstore.read_checkpoint_record(directory) == {"epoch": 2, "prefix": f"a{attempt}-epoch-2", "history": []}
+    assert sorted(p.name for p in directory.iterdir()) == [f"a{attempt}-epoch-2.index", f"latest-{attempt}.json"]

@@ -92,7 +92,7 @@ class Checkpoints:
         return read_checkpoint_record(self.directory)
 
     def save(self, model: Any, epoch: int, history: list[pb.EpochSummary]) -> None:
-        """Writes the checkpoint of ``epoch`` (1-based), then points ``latest.json`` at it;
+        """Writes the checkpoint of ``epoch`` (1-based), then points the attempt's record at it;
         raises StaleAttempt, writing nothing, once a newer attempt owns the job."""
         if not self._owned(f"the checkpoint of epoch {epoch} was not kept"):
             return
