@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import gzip
+import itertools
 import os
 import pathlib
 import re
@@ -212,6 +213,10 @@ def _probe(model: Any, batch: int, x: Any = None) -> list[np.ndarray]:
 SAMPLE_S = 0.002
 MAX_CALLS_PER_SAMPLE = 1000
 MIN_SPREAD_SAMPLES = 5
+# Before the timed samples both runs are called in alternation for at least this long: the
+# first to run after an interpreter is built ran slower for a whole measurement (0.038 against
+# 0.011 ms for the same model, told apart), as caches and a delegate's threads came up.
+WARMUP_S = 0.2
 # Medians closer than this share of the faster are no speed-up to count on, however tight the
 # samples: a busy-wait's quartiles are a microsecond wide, and the order of two runs alone
 # parted identical work by 0.05%.
@@ -233,12 +238,18 @@ class Paired:
 def paired_median_ms(
     run_a: Any, run_b: Any, repeats: int, warmup: int = 2, check: Callable[[], None] | None = None
 ) -> Paired:
-    """``repeats`` samples of ``run_a`` and of ``run_b``, taken in alternation (a b, b a, ...)
+    """``repeats`` samples of ``run_a`` and of ``run_b``, after both are called in alternation
+    for :data:`WARMUP_S` (and at least ``warmup`` times), taken in alternation (a b, b a, ...)
     so that load drifting on a shared machine weighs on both alike; each sample calls its run
     enough times to last :data:`SAMPLE_S` (the same count for both). ``check`` runs before
     each pair of samples (the job's time limit and cancel: 40 repeats of a large batch ran a
     job 3 minutes past its limit of 20 s)."""
-    for _ in range(warmup):
+    warm_until = time.perf_counter() + WARMUP_S
+    for done in itertools.count():
+        if done >= warmup and time.perf_counter() >= warm_until:
+            break
+        if check is not None and done >= warmup:
+            check()
         run_a()
         run_b()
     once = []
