@@ -50,6 +50,18 @@ def test_fallback_when_the_keras_download_fails(offline_mnist, monkeypatch):
         datasets.load_builtin("mnist", offline_mnist / "missing")
     # It names the setting that places the file, never the worker's own paths
     assert "PRUNING_DATA_DIR" in str(missing.value) and str(offline_mnist) not in str(missing.value)
+    # and why the download failed, not only the class Keras wraps it in
+    assert "(OSError: no route to storage.googleapis.com)" in str(missing.value)
+
+    def wrapped():  # Keras's loader: Exception("URL fetch failure ...") from the URLError
+        try:
+            raise OSError(-3, "Temporary failure in name resolution")
+        except OSError as cause:
+            raise Exception(f"URL fetch failure on https://x: None -- {cause}") from cause
+
+    monkeypatch.setattr(datasets, "_keras_mnist", wrapped)
+    with pytest.raises(JobInputError, match=r"\(OSError: \[Errno -3\] Temporary failure in name resolution\)"):
+        datasets.load_builtin("mnist", offline_mnist / "missing")
 
 
 def test_offline_copy_first_and_the_keras_loader_only_without_one(offline_mnist, monkeypatch, tmp_path):

@@ -114,11 +114,21 @@ def load_mnist_raw(data_dir: os.PathLike | str) -> tuple[np.ndarray, ...]:
         log.warning("MNIST: the Keras download failed (%s) and %s is missing", exc, offline)
         # The job's error names no path of the worker's host: the setting that places it
         raise JobInputError(
-            f"MNIST is unavailable on this worker: the Keras download failed ({type(exc).__name__}) and its "
+            f"MNIST is unavailable on this worker: the Keras download failed ({_why(exc)}) and its "
             "data directory (PRUNING_DATA_DIR, default <state dir>/data) holds no mnist.npz; run "
             "`python scripts/fetch_mnist.py --data-dir DIR` on the worker's host with that directory, "
             "or upload the dataset as a .npz"
         ) from None
+
+
+def _why(exc: BaseException) -> str:
+    """The download's failure in a line ("... [Errno -3] Temporary failure in name resolution"),
+    without a path of this host: the cause of the cause where Keras wraps it."""
+    cause = exc.__cause__ or exc.__context__ or exc
+    text = " ".join(str(cause).split())
+    for home in {str(pathlib.Path.home()), os.environ.get("KERAS_HOME", "")} - {""}:
+        text = text.replace(home, "~")
+    return f"{type(cause).__name__}: {text[:200]}" if text else type(cause).__name__
 
 
 def load_builtin(name: str, data_dir: os.PathLike | str) -> tuple[np.ndarray, ...]:
