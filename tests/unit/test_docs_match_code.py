@@ -193,3 +193,12 @@ def test_deployment_files_name_only_settings(path):
 def test_the_readme_names_only_settings():
     """Code blocks and prose alike: a variable the README tells to set must exist."""
     assert not unknown_names(mentioned(README)), "README names PRUNING_* variables that no code reads"
+
+
+def test_every_python_block_of_the_readme_runs_as_a_script_would():
+    """A block pasted into a .py file parses: the asyncio quick start's top-level ``async with``
+    was a SyntaxError outside ``python -m asyncio`` or a notebook."""
+    blocks = re.findall(r"```python\n(.*?)```", README, re.S)
+    assert len(blocks) >= 3
+    for number, block in enumerate(blocks):
+        compile(block, f"<README python block {number}>", "exec")  # a SyntaxError names the line
