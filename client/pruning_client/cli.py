@@ -166,8 +166,16 @@ def _globals(ctx: click.Context | None = None) -> GlobalOptions:
     return GlobalOptions(**ctx.meta.get(_GLOBALS_KEY, {}))
 
 
+_ZERO_MEANS = re.compile(r"0 = (.+?)(?: \(|; |\. |\.?$)")
+
+
 def _option(*decls: str, help: str, **attrs: Any) -> Callable[[F], F]:
-    """click.option with help and the default shown (every option of this CLI has both)."""
+    """click.option with help and the default shown (every option of this CLI has both). A
+    default of 0 that the help says stands for something ("0 = 0.5", "0 = the recipe's") shows
+    what it stands for: "[default: 0.5]", not "[default: 0.0]"."""
+    zero = _ZERO_MEANS.search(help)
+    if attrs.get("default") == 0 and attrs.get("default") is not False and zero:
+        attrs = {"show_default": zero.group(1), **attrs}
     return click.option(*decls, help=help, **{"show_default": True, **attrs})
 
 
@@ -616,9 +624,21 @@ class _Bytes:
             self.bar = None
 
 
+def _terminal() -> bool:
+    """Whether stderr is a terminal a bar can be drawn on: one that says it is 0 columns wide
+    (a pseudo-terminal nobody sized, as some CI runners and ``docker exec -t`` give) showed no
+    bar and no progress at all; it gets the plain lines a pipe gets."""
+    if not sys.stderr.isatty():
+        return False
+    try:
+        return os.get_terminal_size(sys.stderr.fileno()).columns > 0
+    except (OSError, ValueError, AttributeError):  # no descriptor to ask (a wrapped stream): a terminal
+        return True
+
+
 def _live() -> bool:
     """Whether transfer bars show: stderr is a terminal and the output is not JSON."""
-    return not _globals().json and sys.stderr.isatty()
+    return not _globals().json and _terminal()
 
 
 def _upload(client: Client, kind: str, path: os.PathLike[str] | str) -> pb.Artifact:
@@ -654,7 +674,7 @@ def follow(job: Followable, *, show_bar: bool, json_lines: bool, timeout: float 
     10, after ``timeout`` seconds). With ``json_lines``, each event is one JSON line on stdout;
     otherwise logs and state changes go to stderr, with a progress bar when ``show_bar`` and
     stderr is a terminal (plain lines otherwise)."""
-    progress = _Progress(live=show_bar and sys.stderr.isatty())
+    progress = _Progress(live=show_bar and _terminal())
     try:
         for event in job.watch(timeout=timeout):
             kind = event.WhichOneof("kind")

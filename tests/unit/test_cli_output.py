@@ -820,3 +820,37 @@ def test_a_local_error_after_a_followed_job_names_the_job(
     if json_output:
         error = json.loads(out.splitlines()[-1]) if out.strip() else json.loads(err.splitlines()[0])
         assert error["job_id"] == JOB and error["error"] == "OSError"
+
+
+def test_a_terminal_of_no_width_gets_plain_lines_not_a_bar(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pseudo-terminal nobody sized (0 columns: some CI runners, ``docker exec -t``) showed
+    neither a bar nor any progress line; one of 80 columns gets the bar."""
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    leader, follower = pty.openpty()
+    try:
+        with open(follower, "w", closefd=False) as terminal:
+            monkeypatch.setattr(sys, "stderr", terminal)
+            fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 0, 0, 0, 0))
+            assert sys.stderr.isatty() and not cli_module._terminal()
+            fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
+            assert cli_module._terminal()
+    finally:
+        os.close(leader)
+        os.close(follower)
+
+
+def test_help_shows_what_a_default_of_zero_stands_for(capsys: pytest.CaptureFixture[str]) -> None:
+    """ "--search-low ...; 0 = 0.5. [default: 0.0]" read as two defaults; now the one that applies."""
+    import re
+
+    assert run(["submit", "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    for option, shown in [("--search-low", "(0.5)"), ("--max-trials", "(8)"), ("--max-train-samples", "(all)")]:
+        # the option's own line ("--max-trials INTEGER At most ..."), not the command's text naming it
+        assert re.search(rf"{option} [A-Z]+ [^\[]*\[default: {re.escape(shown)}\]", text), option
+    shown_zero = re.findall(r"--[a-z-]+ [A-Z]+ [^\[]*\[default: 0(?:\.0)?\]", text)
+    assert [found.split()[0] for found in shown_zero] == ["--begin-step"], shown_zero  # 0 is step 0 there
