@@ -179,6 +179,17 @@ def _schedule_steps(spec: pb.JobSpec, total: int) -> tuple[str, int, int]:
     return f"spec.pruning.schedule.{which}", s.begin_step, s.end_step or total
 
 
+def _reshape_hint(model_input: Any, sample_shape: Sequence[int]) -> str:
+    """How to make samples of the same size fit, such as MNIST's 28 x 28 for a model of
+    (28, 28, 1); nothing where the sizes differ."""
+    if not isinstance(model_input, list) or not all(isinstance(d, int) for d in model_input):
+        return ""
+    if math.prod(model_input) != math.prod(sample_shape):
+        return ""
+    shape = ", ".join(str(d) for d in model_input) + ("," if len(model_input) == 1 else "")
+    return f"; start the model with a Reshape(({shape})) to take them, or upload the data shaped {list(model_input)}"
+
+
 def check(spec: pb.JobSpec, model_info: dict[str, Any], data: DatasetFacts) -> list[Violation]:
     """Every problem of a spec (with its defaults) on this model and dataset, at once."""
     outputs = [o.name for o in _summary(model_info).outputs]
@@ -188,7 +199,13 @@ def check(spec: pb.JobSpec, model_info: dict[str, Any], data: DatasetFacts) -> l
     if len(inputs) > 1:
         out += _inputs_fit(inputs, data)
     elif data.sample_shape is not None and not modelcheck.shapes_fit(model_input, data.sample_shape):
-        out.append((data.field, f"samples of shape {data.sample_shape} do not fit the model input {model_input}"))
+        out.append(
+            (
+                data.field,
+                f"samples of shape {data.sample_shape} do not fit the model input {model_input}"
+                + _reshape_hint(model_input, data.sample_shape),
+            )
+        )
     out += _dataset_fits(spec, outputs, data)
     out += _losses_fit(spec, _summary(model_info).outputs)
     mixed = model_info.get("mixed_precision") or []

@@ -819,3 +819,16 @@ def test_the_xnnpack_policy_on_a_model_without_its_stem_is_refused_at_submit(tmp
 def test_a_training_step_takes_the_batch_size_or_every_sample_where_fewer(n_samples, batch_size, split, expected):
     t = pb.TrainingSpec(batch_size=batch_size, validation_split=split)
     assert plan.train_batch(n_samples, t) == expected
+
+
+def test_samples_of_the_models_size_in_another_shape_are_told_how_to_fit():
+    """MNIST's 28 x 28 for a model of (28, 28, 1): the refusal says what the README says to do."""
+    model = {"input_shape": [28, 28, 1], "layers": [], "outputs": [], "inputs": []}
+    facts = plan.DatasetFacts("spec.dataset.builtin", 60000, 10000, [28, 28])
+    text = dict(plan.check(validation.with_defaults(job_spec("a" * 64)), model, facts))["spec.dataset.builtin"]
+    assert text.endswith(
+        "start the model with a Reshape((28, 28, 1)) to take them, or upload the data shaped [28, 28, 1]"
+    )
+    other = plan.DatasetFacts("spec.dataset.builtin", 60000, 10000, [32, 32])
+    text = dict(plan.check(validation.with_defaults(job_spec("a" * 64)), model, other))["spec.dataset.builtin"]
+    assert text.endswith("do not fit the model input [28, 28, 1]")  # another size: no Reshape makes them fit
