@@ -61,3 +61,17 @@ def test_the_bearer_scheme_is_read_in_any_case(secured, value):
             with pytest.raises(grpc.RpcError) as refused:
                 stub.ListArtifacts(pb.ListArtifactsRequest(), metadata=(("authorization", other),), timeout=10)
             assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+def test_the_server_says_at_start_whether_it_authenticates(env, caplog):
+    """Without PRUNING_API_KEYS any key is taken, as tenant "default": said once, at start."""
+    import logging
+
+    with caplog.at_level(logging.INFO, logger="pruning_server"):
+        ServerThread(settings_for(env, queue=env["PRUNING_QUEUE"] + "-auth-off")).stop()
+        ServerThread(settings_for(env, api_keys="k1=a,k2=a,k3=b", queue=env["PRUNING_QUEUE"] + "-auth-on")).stop()
+    said = [(r.levelname, r.getMessage()) for r in caplog.records if "authentication" in r.getMessage()]
+    assert said == [
+        ("WARNING", "authentication off (PRUNING_API_KEYS is empty): every call is taken as tenant 'default'"),
+        ("INFO", "authentication on: 3 API keys of 2 tenants"),
+    ]
