@@ -257,3 +257,31 @@ def test_an_attempt_of_ten_digits_reads_and_supersedes_its_own_checkpoints(tmp_p
         objectstore.drop_superseded_checkpoints(directory, attempt, prefix)
     assert objectstore.read_checkpoint_record(directory) == {"epoch": 2, "prefix": f"a{attempt}-epoch-2", "history": []}
     assert sorted(p.name for p in directory.iterdir()) == [f"a{attempt}-epoch-2.index", f"latest-{attempt}.json"]
+
+
+@pytest.mark.parametrize("stop_at", ["last step", "mid-epoch"])
+def test_a_stop_asked_at_an_epochs_last_step_keeps_the_epoch(tmp_path, stop_at):
+    """The worker shutting down as epoch 2 of 2 finished: the epoch was not kept, and the next
+    attempt ran it again from epoch 1's checkpoint. A stop inside an epoch keeps nothing of it."""
+    import tf_keras as keras
+
+    from pruning_core.objectstore import LocalStore
+    from pruning_worker import train
+
+    rng = np.random.default_rng(0)
+    x, y = rng.random((64, 6), dtype=np.float32), rng.integers(0, 4, 64)
+    store = LocalStore(tmp_path / "artifacts")
+    checkpoints = train.Checkpoints(
+        store, "5" * 24, store.checkpoint_dir("5" * 24, tmp_path), lambda _: None, attempt=1
+    )
+    per_epoch = 6  # 48 training samples in batches of 8
+
+    class Stop(keras.callbacks.Callback):  # as the progress callback does when the worker stops
+        def on_train_batch_end(self, batch, logs=None):
+            if self.params["steps"] and batch + 1 == (per_epoch if stop_at == "last step" else 3):
+                self.model.stop_training = True
+
+    with train.checkpointing(checkpoints):
+        train.fine_tune(_model(), x, y, pb.TrainingSpec(epochs=2, batch_size=8, validation_split=0.25), [Stop()])
+    latest = checkpoints.latest()
+    assert (latest and latest["epoch"]) == (1 if stop_at == "last step" else None)

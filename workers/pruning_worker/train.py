@@ -13,6 +13,7 @@ import contextlib
 import contextvars
 import json
 import logging
+import math
 import pathlib
 import time
 from collections.abc import Callable, Iterator
@@ -148,11 +149,27 @@ class _Checkpoint(keras.callbacks.Callback):
     def __init__(self, checkpoints: Checkpoints, history: HistoryCallback | None):
         super().__init__()
         self.checkpoints, self.history = checkpoints, history
+        self.batches = 0  # steps of the current epoch run
+
+    def on_epoch_begin(self, epoch: int, logs: Any = None) -> None:
+        self.batches = 0
+
+    def on_train_batch_end(self, batch: int, logs: Any = None) -> None:
+        self.batches = batch + 1
 
     def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
-        if self.model.stop_training:
-            return  # cancelled or diverged: nothing to resume from
+        if self.model.stop_training and not self._whole_epoch(logs):
+            return  # stopped inside the epoch (a cancel, the worker's shutdown) or diverged
+        # A stop asked at the epoch's last step (the worker shutting down) keeps the epoch:
+        # the next attempt goes on after it instead of running it again.
         self.checkpoints.save(self.model, epoch + 1, self.history.history if self.history else [])
+
+    def _whole_epoch(self, logs: Any) -> bool:
+        steps = (self.params or {}).get("steps")
+        loss = (logs or {}).get("loss")
+        finite = loss is None or math.isfinite(float(loss))
+        diverged = bool(self.history and self.history.diverged)
+        return steps is not None and 0 < steps <= self.batches and finite and not diverged
 
 
 def _resume(model: Any, checkpoints: Checkpoints, epochs: int, history: HistoryCallback | None) -> int:
