@@ -987,6 +987,10 @@ def for_keras3_loader(config: Any) -> Any:
             at_default = default is not inspect.Parameter.empty and _same(_plain(default), layer_config[key])
             if at_default or key.endswith("_initializer") or built_for:
                 del layer_config[key]
+        # tf_keras's augmentation layers record how they draw (rng_type); Keras 3's take no such
+        # option and, like tf_keras's, are the identity in inference: nothing the model computes
+        if str(out.get("class_name")).startswith("Random") and "rng_type" not in taken:
+            layer_config.pop("rng_type", None)
     return out
 
 
@@ -1026,16 +1030,24 @@ def _feeds_attention_mask(input_layer: Any) -> bool:
     return False
 
 
-def make_probe(model3: Any, batch: int = 2, seed: int = 0, length: int = 8) -> list[np.ndarray]:
+def make_probe(model3: Any, batch: int = 2, seed: int = 0, length: int = 8, data: Any = None) -> list[np.ndarray]:
     """A deterministic input batch for ``model3``, one array per input: standard normal
     floats, and integers in [0, input_dim) for inputs feeding an Embedding (in [0, 10)
-    otherwise). Unknown dimensions other than the batch get ``length``. Every second sequence
+    otherwise). Unknown dimensions other than the batch take the size of the job's samples
+    ``data`` (an array, a list in the inputs' order or a dict by input name) where it is given,
+    else ``length``: an image size left open (``MobileNetV2(input_shape=(None, None, 3))``)
+    probed at 8 x 8 pixels went through its stride-32 backbone to an empty feature map, whose
+    outputs are NaN or, with oneDNN, whatever memory held. Every second sequence
     of an input feeding an Embedding or a Masking layer ends in padding (its second half), so
     that the padding masks the two models compute are compared too."""
     rng = np.random.default_rng(seed)
     probe = []
-    for layer in _input_layers(model3):
-        shape = (batch, *[d if d is not None else length for d in layer.get_config()["batch_shape"][1:]])
+    layers = _input_layers(model3)
+    for i, layer in enumerate(layers):
+        dims = layer.get_config()["batch_shape"][1:]
+        found = _data_sample_shape(data, layer.name, i, len(layers))
+        sample = found if found is not None and len(found) == len(dims) else (length,) * len(dims)
+        shape = (batch, *[d if d is not None else int(s) for d, s in zip(dims, sample, strict=True)])
         dtype = np.dtype(layer.get_config().get("dtype") or "float32")
         if _feeds_attention_mask(layer):  # a mask is 0/1: tf_keras weighs other values, Keras 3 casts to bool
             probe.append(rng.integers(0, 2, shape).astype(dtype))
@@ -1052,6 +1064,20 @@ def make_probe(model3: Any, batch: int = 2, seed: int = 0, length: int = 8) -> l
     return probe
 
 
+def _data_sample_shape(data: Any, name: str, index: int, count: int) -> tuple[int, ...] | None:
+    """The shape of one sample of input ``name`` (the ``index``-th of ``count``) in ``data``."""
+    if data is None:
+        return None
+    if isinstance(data, dict):
+        value = data.get(name)
+    elif isinstance(data, list | tuple):
+        value = data[index] if index < len(data) else None
+    else:
+        value = data if count == 1 else None
+    shape = np.shape(value)[1:] if value is not None else None
+    return tuple(shape) if shape is not None else None
+
+
 def _pack(model: Any, arrays: list[np.ndarray]) -> Any:
     """Probe arrays (in the order of the model's flattened inputs) as the model takes them."""
     struct = getattr(model, "_inputs_struct", None)
@@ -1062,7 +1088,7 @@ def _pack(model: Any, arrays: list[np.ndarray]) -> Any:
     return arrays[0] if len(arrays) == 1 else list(arrays)
 
 
-def compare(model3: Any, model2: Any, probe: list[np.ndarray] | None = None) -> tuple[float, float]:
+def compare(model3: Any, model2: Any, probe: list[np.ndarray] | None = None, data: Any = None) -> tuple[float, float]:
     """The largest absolute difference between the two models' outputs on ``probe`` (default:
     :func:`make_probe` of ``model3``), in inference mode, and the largest of the differences
     relative to each output's scale (:func:`relative_difference`).
@@ -1070,7 +1096,7 @@ def compare(model3: Any, model2: Any, probe: list[np.ndarray] | None = None) -> 
     Raises:
         BridgeError: the models' outputs differ in number or shape.
     """
-    probe = make_probe(model3) if probe is None else probe
+    probe = make_probe(model3, data=data) if probe is None else probe
     out3 = [np.asarray(o, np.float64) for o in keras.tree.flatten(model3(_pack(model3, probe), training=False))]
     out2 = [np.asarray(o, np.float64) for o in tf.nest.flatten(model2(_pack(model2, probe), training=False))]
     if len(out3) != len(out2) or any(a.shape != b.shape for a, b in zip(out3, out2)):

@@ -40,7 +40,7 @@ def as_keras3(model: Any, like: Any, workdir: pathlib.Path) -> Any:
 
 
 def keras3_twin(
-    model: Any, like: Any, workdir: pathlib.Path, field: str = "spec.export.keras_version"
+    model: Any, like: Any, workdir: pathlib.Path, field: str = "spec.export.keras_version", x: Any = None
 ) -> tuple[Any, float]:
     """:func:`as_keras3` of ``model``, and the largest difference of their outputs on a probe
     batch. A model Keras 3 cannot read back, or reads back computing something else (an
@@ -56,7 +56,7 @@ def keras3_twin(
             f"{field}: Keras 3 cannot read this model back ({tferrors.root_cause(exc)}); ask for Keras 2 files "
             "(export keras_version 2)"
         ) from exc
-    diff, relative = bridge.compare(twin, model)
+    diff, relative = bridge.compare(twin, model, data=x)  # open sizes: the data's
     if refused := conversion_refused(diff, relative):
         raise JobInputError(
             f"{field}: the model read back as Keras 3 computes something else ({refused}): Keras 3 defines one of its "

@@ -48,7 +48,7 @@ def run(
         keras.utils.set_random_seed(t.seed)
     reporter.phase(Phase.LOAD, "loading the model")
     with tferrors.step("loading the model"):  # an op the worker's device cannot run, say
-        loaded = safe_load.load(inputs.model_path, workdir, inputs.max_decompressed)
+        loaded = safe_load.load(inputs.model_path, workdir, inputs.max_decompressed, inputs.data[0])
     model = loaded.model
     version_out = spec.export.keras_version or loaded.keras_version
     if loaded.keras_version == 3:
@@ -88,7 +88,9 @@ def run(
     keras3_files = version_out == 3 and any(fmt in KERAS_FILES for fmt in spec.export.formats)
     baseline3 = loaded.original
     if keras3_files and baseline3 is None:
-        baseline3, _ = keras3_twin(model, None, workdir)  # before training: a model Keras 3 reads wrong fails now
+        baseline3, _ = keras3_twin(
+            model, None, workdir, x=x_train
+        )  # before training: a model Keras 3 reads wrong fails now
     keras3_main = keras3_files and main_format in KERAS_FILES
     baseline_file = export(model, main_format, workdir / "baseline", x_train, baseline3 if keras3_main else None)
     result.size_before.CopyFrom(measure.sizes(baseline_file))
@@ -216,7 +218,7 @@ def run(
         # Keras 3 reads it from the tf_keras file instead.
         like = None if spec.pruning.HasField("structured") else loaded.original
         field = "spec.pruning.structured" if like is None and loaded.keras_version == 3 else "spec.export.keras_version"
-        stripped3, result.export_conversion_max_abs_diff = keras3_twin(stripped, like, workdir, field)
+        stripped3, result.export_conversion_max_abs_diff = keras3_twin(stripped, like, workdir, field, x_train)
 
     reporter.phase(Phase.EXPORT, "exporting")
     outputs = []

@@ -123,8 +123,10 @@ def load_model(path: os.PathLike[str] | str, workdir: pathlib.Path, max_decompre
     return load(path, workdir, max_decompressed).model
 
 
-def load(path: os.PathLike[str] | str, workdir: pathlib.Path, max_decompressed: int) -> Loaded:
-    """Like :func:`load_model`; a Keras 3 file is loaded by Keras 3 (safe mode) and translated.
+def load(path: os.PathLike[str] | str, workdir: pathlib.Path, max_decompressed: int, x: Any = None) -> Loaded:
+    """Like :func:`load_model`; a Keras 3 file is loaded by Keras 3 (safe mode) and translated,
+    the two compared on a probe batch shaped like the samples of the job's data ``x`` where the
+    model leaves a dimension open (:func:`bridge.make_probe`).
 
     Raises:
         JobInputError: the file is not an acceptable model, or has a layer the bridge refuses.
@@ -145,7 +147,7 @@ def load(path: os.PathLike[str] | str, workdir: pathlib.Path, max_decompressed: 
         except (ValueError, OSError, TypeError, KeyError) as exc:
             raise JobInputError(f"model: cannot be loaded: {exc}") from None
         check_finite(original)
-        diff, relative = bridge.compare(original, model)
+        diff, relative = bridge.compare(original, model, data=x)
         if refused := conversion_refused(diff, relative):
             raise ConversionError(f"the tf_keras translation of the Keras 3 model is not the same model: {refused}")
         return Loaded(model, 3, original, diff)
