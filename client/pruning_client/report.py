@@ -231,7 +231,17 @@ def _budget_sections(job: pb.Job, search: pb.Sweep | None) -> list[tuple[str, Ta
 
 
 # The phases in the order a job runs them (a map keeps none); others after, by name
-_PHASES = ("inputs", "load", "baseline", "structure", "fine_tune", "evaluate", "export")  # pruning_core.phases
+_PHASES = (
+    "inputs",
+    "load",
+    "baseline",
+    "structure",
+    "fine_tune",
+    "evaluate",
+    "export",
+    "latency",
+    "report",
+)  # pruning_core.phases
 
 
 def _in_order(seconds: Mapping[str, float]) -> list[str]:

@@ -12,4 +12,6 @@ class Phase(enum.StrEnum):
     FINE_TUNE = "fine_tune"
     EVALUATE = "evaluate"
     EXPORT = "export"
+    LATENCY = "latency"  # the baseline and the pruned model timed side by side
+    REPORT = "report"  # the report's plots and TensorBoard logs
     SEARCH = "search"  # a job with an accuracy budget while the server's search for it runs

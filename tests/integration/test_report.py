@@ -38,6 +38,8 @@ def test_latency_of_baseline_and_pruned_is_measured(reported):
     for x in figures.values():
         assert x.before_ms > 0 and x.after_ms > 0 and x.repeats == 10
     assert figures[("tflite", 1)].device == "CPU (XNNPACK)"
+    # phases of their own: the timing was booked as the export's (54 s of "export" for 1.5 s of it)
+    assert result.phase_seconds["latency"] > 0 and result.phase_seconds["report"] > 0
 
 
 def test_latency_is_measured_at_the_batch_a_step_took_not_past_the_data(client, worker, files):
@@ -149,6 +151,7 @@ def test_phase_timings_show_a_second_job_reads_no_data(client, worker, files):
     second = client.submit(spec).result(timeout=300).raw
     for result in (first, second):
         assert {"inputs", "load", "fine_tune", "evaluate", "export"} <= set(result.phase_seconds)
+        assert not {"latency", "report"} & set(result.phase_seconds)  # no report asked
         assert all(s >= 0 for s in result.phase_seconds.values())
     assert result.phase_seconds["fine_tune"] > 0
     assert second.phase_seconds["inputs"] < 0.05, dict(second.phase_seconds)  # the worker kept the dataset

@@ -260,7 +260,7 @@ def run(
                 reporter.log(f"{name} export: test accuracy {accuracy:.4f} on {samples} samples (TFLite interpreter)")
     result.size_after.CopyFrom(measure.sizes(outputs[0][0]))
     if spec.pruning.HasField("structured"):
-        reporter.log("measuring latency before and after")
+        reporter.phase(Phase.LATENCY, "measuring latency before and after")
         repeats = spec.pruning.structured.latency_repeats or defaults.LATENCY_REPEATS
         result.structured.latency.extend(
             measure.latency_figures(
@@ -334,13 +334,13 @@ def _report(
         reporter.log(message, level="WARNING")
 
     outputs: list[tuple[pathlib.Path, str]] = []
-    reporter.log("measuring latency of the baseline and the pruned model")
+    reporter.phase(Phase.LATENCY, "measuring latency of the baseline and the pruned model")
     repeats = spec.report.latency_repeats or defaults.LATENCY_REPEATS
     batches = (1, batch or spec.training.batch_size)
     result.latency.extend(
         measure.latency_figures(before, after, result.device, batches, repeats, warn, x, reporter.check_between_steps)
     )
-    reporter.check_between_steps()  # outside the try: the time limit is no report warning
+    reporter.phase(Phase.REPORT, "writing the report")  # checks the time limit: no report warning
     try:
         outputs += report.plots(result, workdir)
     except Exception as exc:  # noqa: BLE001

@@ -1339,8 +1339,9 @@ class Progress(_message.Message):
     SPARSITY_FIELD_NUMBER: _builtins.int
     ETA_SECONDS_FIELD_NUMBER: _builtins.int
     phase: _builtins.str
-    """"load", "baseline", "structure" (structured pruning), "fine_tune", "evaluate", "export";
-    "search" for a job with an accuracy budget while the trials of its search run.
+    """"load", "baseline", "structure" (structured pruning), "fine_tune", "evaluate", "export",
+    "latency" (the models timed side by side), "report"; "search" for a job with an accuracy
+    budget while the trials of its search run.
     """
     epoch: _builtins.int
     total_epochs: _builtins.int
@@ -1759,7 +1760,8 @@ class PruneResult(_message.Message):
     @_builtins.property
     def phase_seconds(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]:
         """Seconds the worker spent in each phase ("inputs": fetching the model and reading the
-        dataset, cached per worker process; then load, baseline, fine_tune, evaluate, export ...).
+        dataset, cached per worker process; then load, baseline, fine_tune, evaluate, export,
+        latency, report ...).
         """
 
     @_builtins.property
