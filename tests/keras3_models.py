@@ -364,6 +364,22 @@ def attention_model() -> Any:
     return keras.Model([tokens, context], outputs, name="attention")
 
 
+def hard_activations_model() -> Any:
+    """MobileNetV3's activations, which tf_keras lacks: hard_silu after a convolution, a
+    squeeze-excite gate of hard_sigmoid, and hard_swish (the older name) in a Sequential head."""
+    inputs = keras.Input((12, 12, 3))
+    x = L.Conv2D(8, 3, padding="same", use_bias=False)(inputs)
+    x = L.BatchNormalization()(x)
+    x = L.Activation("hard_silu", name="hs1")(x)
+    gate = L.GlobalAveragePooling2D(keepdims=True)(x)
+    gate = L.Conv2D(4, 1, activation="relu")(gate)
+    gate = L.Conv2D(8, 1)(gate)
+    gate = L.Activation("hard_sigmoid", name="se_gate")(gate)
+    x = L.Multiply(name="excite")([x, gate])
+    head = keras.Sequential([L.Dense(16), L.Activation("hard_swish"), L.Dense(4)], name="head")
+    return keras.Model(inputs, head(L.GlobalAveragePooling2D()(x)), name="hard_activations")
+
+
 BUILDERS: dict[str, Callable[[], Any]] = {
     "mnist_cnn": mnist_cnn_model,
     "residual_cnn": residual_cnn_model,
@@ -385,6 +401,7 @@ BUILDERS: dict[str, Callable[[], Any]] = {
     "arithmetic": arithmetic_model,
     "time_distributed": time_distributed_model,
     "attention": attention_model,
+    "hard_activations": hard_activations_model,
 }
 
 

@@ -211,6 +211,12 @@ KERAS3_ACTIVATIONS = {
 }  # fmt: skip
 
 
+# Keras 3 activations tf_keras lacks (or defines otherwise) that the bridge translates as an
+# Activation layer of their own, into tf_keras layers computing the same (MobileNetV3's):
+# hard_sigmoid(x) = relu6(x + 3) / 6 = min(max(x / 6 + 0.5, 0), 1): Rescaling(1/6, offset 0.5)
+# and ReLU(max_value=1); hard_silu(x) (hard_swish) = x * hard_sigmoid(x): and a Multiply.
+KERAS3_LAYER_ACTIVATIONS = frozenset({"hard_sigmoid", "hard_silu", "hard_swish"})
+
 # Keras 3 activations tf_keras lacks, and the layer (which the bridge translates) doing the same
 _ACTIVATION_LAYERS = {
     "relu6": "a ReLU(max_value=6) layer",
@@ -226,9 +232,13 @@ def option_problem(class_name: str, config: dict[str, Any]) -> str | None:
         value = config.get(key)
         if isinstance(value, dict) and value.get("class_name") == "function":
             value = value.get("config")
+        if class_name == "Activation" and key == "activation" and value in KERAS3_LAYER_ACTIVATIONS:
+            continue  # translated into tf_keras layers
         if value is not None and (not isinstance(value, str) or value not in KERAS3_ACTIVATIONS):
             # What to do first: an error answer is cut at 200 bytes, the list of names goes last
             instead = _ACTIVATION_LAYERS.get(str(value))
+            if value in KERAS3_LAYER_ACTIVATIONS:
+                instead = f"an Activation({value!r}) layer after a linear one"
             fix = f"; use {instead} instead" if instead else ""
             return (
                 f"the activation {str(value)[:60]!r} is not translated to tf_keras{fix} "

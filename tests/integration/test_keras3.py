@@ -33,6 +33,7 @@ FAMILIES = [
     "arithmetic",
     "time_distributed",
     "attention",
+    "hard_activations",
 ]
 
 

@@ -125,6 +125,10 @@ def test_family(tmp_path, name):
     model3, _ = _load3(tmp_path, name)
     model2 = bridge.to_tf_keras(model3)
     operations = {op.name for op in getattr(model3, "_operations", []) if not isinstance(op, keras.layers.Layer)}
+    # and the tf_keras layers an Activation("hard_silu") is made of, before the one of its name
+    operations |= {
+        f"{layer.name}{part}" for layer in model3.layers for part in ("_hard_sigmoid_scale", "_hard_sigmoid")
+    }
     translated = [layer.name for layer in model2.layers if layer.name not in operations]
     assert translated == [layer.name for layer in model3.layers]  # and arithmetic operations became layers
     probe = bridge.make_probe(model3)
@@ -153,7 +157,7 @@ def test_family(tmp_path, name):
 
     # TFMOT, on the unpruned weights (so that its own masks show)
     model2.set_weights(fresh)
-    flat = bridge.to_tf_keras(model3, flatten_nested=True) if name == "nested" else model2
+    flat = bridge.to_tf_keras(model3, flatten_nested=True) if name in ("nested", "hard_activations") else model2
     assert not any(isinstance(layer, tf_keras.Model) for layer in flat.layers)
     stripped, chosen = _tfmot_prune(flat, probe)
     assert [layer.name for layer in stripped.layers] == [layer.name for layer in flat.layers]

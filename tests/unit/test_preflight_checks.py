@@ -455,7 +455,11 @@ def test_an_untranslated_activation_says_what_to_use_before_the_list():
     assert text is not None
     assert text.index("use a ReLU(max_value=6) layer instead") < text.index("(translated: ")
     assert "use a LeakyReLU layer instead" in (preflight.option_problem("Dense", {"activation": "leaky_relu"}) or "")
-    assert "instead" not in (preflight.option_problem("Dense", {"activation": "hard_silu"}) or "")
+    # MobileNetV3's hard activations are translated as an Activation layer of their own
+    assert "use an Activation('hard_silu') layer after a linear one instead" in (
+        preflight.option_problem("Dense", {"activation": "hard_silu"}) or ""
+    )
+    assert preflight.option_problem("Activation", {"activation": "hard_silu"}) is None
 
 
 @pytest.mark.parametrize("op", ["convert_to_tensor", "not_equal", "output"])

@@ -542,6 +542,42 @@ def _implicit_mask(inputs: Any, mask: Any) -> bool:
     return len(flat) == len(masks) and all(_mask_source(m) == _carried_mask(x) for x, m in zip(flat, masks))
 
 
+def _expanded_activation_name(op: Any) -> str | None:
+    """The activation of a Keras 3 Activation layer the bridge makes of several tf_keras layers
+    (:data:`preflight.KERAS3_LAYER_ACTIVATIONS`), or None."""
+    if _class_name(op) != "Activation":
+        return None
+    name = op.get_config().get("activation")
+    return name if isinstance(name, str) and name in preflight.KERAS3_LAYER_ACTIVATIONS else None
+
+
+def _expanded_activation(op: Any) -> Callable[[Any], Any] | None:
+    """For Activation("hard_sigmoid" | "hard_silu" | "hard_swish"): a function applying tf_keras
+    layers that compute it exactly (Keras 3: hard_sigmoid(x) = relu6(x + 3) / 6, hard_silu(x) =
+    x * hard_sigmoid(x); tf_keras's own hard_sigmoid is clip(0.2 x + 0.5), another function).
+    The last layer takes the Activation's name, so the model's outputs and layer names stay;
+    none holds a weight. Made once per layer, shared by each of its calls."""
+    activation = _expanded_activation_name(op)
+    if activation is None:
+        return None
+    silu = activation != "hard_sigmoid"
+
+    def refuse(reason: str) -> NoReturn:
+        raise UnsupportedLayer(op.name, "Activation", reason)
+
+    dtype = op.get_config().get("dtype")
+    options = {"dtype": _dtype(dtype, refuse)} if dtype is not None else {}
+    scale = tf_keras.layers.Rescaling(1.0 / 6.0, offset=0.5, name=f"{op.name}_hard_sigmoid_scale", **options)
+    clip = tf_keras.layers.ReLU(max_value=1.0, name=f"{op.name}_hard_sigmoid" if silu else op.name, **options)
+    times = tf_keras.layers.Multiply(name=op.name, **options) if silu else None
+
+    def apply(x: Any, **kwargs: Any) -> Any:
+        gate = clip(scale(x))
+        return times([x, gate]) if times is not None else gate
+
+    return apply
+
+
 def _check_mask_propagated(op: Any, inputs3: Any, tensors: dict[int, Any]) -> None:
     for x in keras.tree.flatten(inputs3):
         masked3 = getattr(x, "_keras_mask", None) is not None
@@ -693,7 +729,8 @@ class _Translator:
         if class_name not in _MODELS:
             raise UnsupportedLayer(model3.name, class_name, "is a layer, not a model")
         nested = [op for op in self._operations(model3) if isinstance(op, keras.Model)]
-        if class_name == "Sequential" and not (self.flatten_nested and nested):
+        expanded = any(_expanded_activation_name(op) for op in model3.layers) if class_name == "Sequential" else False
+        if class_name == "Sequential" and not (self.flatten_nested and nested) and not expanded:
             layers = [tf_keras.layers.InputLayer(**_input_options(_input_layers(model3)[0]))]
             layers += [self.layer(op) for op in model3.layers]
             return tf_keras.Sequential(layers, name=model3.name)
@@ -715,6 +752,8 @@ class _Translator:
         if id(op) not in self.layers:
             if _class_name(op) in _MODELS:
                 self.layers[id(op)] = self.model(op)
+            elif (expanded := _expanded_activation(op)) is not None:
+                self.layers[id(op)] = expanded  # weightless: nothing to pair
             else:
                 layer2 = _tf_keras_layer(op)
                 self.layers[id(op)] = layer2
@@ -911,6 +950,15 @@ def to_keras3(model2: Any, like: Any) -> Any:
     for name in _operations_of(like):  # arithmetic the bridge made layers of: no weights, ops again
         if name in sources and not sources[name].weights and name not in targets:
             del sources[name]
+    for name, layer3 in targets.items():  # an activation the bridge made several layers of
+        if (activation := _expanded_activation_name(layer3)) is not None and name in sources:
+            parts = [f"{name}_hard_sigmoid_scale"] + ([f"{name}_hard_sigmoid"] if activation != "hard_sigmoid" else [])
+            for part in [name, *parts]:
+                if part in sources and sources[part].weights:
+                    raise BridgeError(f"layer {part!r}, made of Keras 3's Activation {name!r}, holds weights")
+            for part in parts:
+                sources.pop(part, None)
+            sources[name] = layer3  # nothing to copy: the Activation itself
     if set(sources) != set(targets):
         extra, missing = sorted(set(sources) - set(targets)), sorted(set(targets) - set(sources))
         raise BridgeError(
