@@ -97,3 +97,20 @@ def test_a_stopping_worker_has_time_to_finish_its_job(compose):
     worker = compose["services"]["worker"]
     assert worker["stop_grace_period"] == "5m"
     assert 0 < float(worker["environment"]["PRUNING_WORKER_DRAIN_S"]) <= 300 - 30
+
+
+def test_both_images_run_as_an_unprivileged_user_owning_the_state_directory(compose):
+    """A model or a dataset is untrusted input: the server and the worker ran as root."""
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    stages = re.split(r"^FROM ", dockerfile, flags=re.M)
+    for target in ("server", "worker"):
+        (stage,) = [s for s in stages if re.match(rf"\S+ AS {target}$", s.splitlines()[0])]
+        users = re.findall(r"^USER (\S+)$", stage, re.M)
+        assert users and users[-1] not in ("root", "0", "0:0"), target
+        assert stage.index(f"USER {users[-1]}") > max(m.start() for m in re.finditer(r"^RUN ", stage, re.M))
+    uid = users[-1].split(":")[0]
+    assert re.search(rf"useradd [^\n]*--uid {uid}\b", dockerfile)
+    # the state directory (and the worker's cache volume in it) belongs to that user
+    state = compose["x-pruning-env"]["PRUNING_STATE_DIR"]
+    assert re.search(rf"mkdir -p {re.escape(state)}/cache && chown -R {uid}:{uid} {re.escape(state)}", dockerfile)
+    assert any(v.startswith("worker-cache:" + state) for v in compose["services"]["worker"]["volumes"])

@@ -209,6 +209,9 @@ def test_values_defaults(values):
     # a stopping worker re-queues a job not done after drainSeconds, before the kubelet kills it
     assert 0 < worker["drainSeconds"] <= worker["terminationGracePeriodSeconds"] - 30
     assert "ReadWriteMany" in values["persistence"]["accessModes"]
+    for part in ("server", "worker"):  # the image's unprivileged user, the volumes writable by it
+        context = values[part]["podSecurityContext"]
+        assert context["runAsNonRoot"] is True and context["runAsUser"] == context["fsGroup"] == 10001
     assert values["redis"]["enabled"] is True
     assert "url" in values["externalRedis"]
 
