@@ -253,3 +253,25 @@ def test_the_time_limit_stops_a_structured_jobs_latency_measurement_too():
     with pytest.raises(JobDeadlineExceeded):
         measure.latency_figures(model, model, "CPU", step.BATCHES, 1000, warnings.append, None, check)
     assert len(calls) == 3 and not warnings  # stopped, not a report warning
+
+
+def test_the_warm_up_asks_for_the_time_limit_a_few_times_not_before_every_call():
+    """``check`` is the runner's check_between_steps: a round trip to the job store (is a
+    cancel asked?). The warm-up called it before each pair of calls once past ``warmup``, so a
+    model of microseconds a call asked Redis thousands of times in its 0.2 s, and the warm-up
+    timed the round trips rather than warming the runs. It asks every WARMUP_CHECK_S instead,
+    and once before the first call (a model of seconds a call was never asked during its
+    ``warmup`` pairs)."""
+    checks: list[float] = []
+    measure.paired_median_ms(lambda: None, lambda: None, repeats=5, check=lambda: checks.append(time.perf_counter()))
+    assert 5 < len(checks) <= 5 + measure.WARMUP_S / measure.WARMUP_CHECK_S + 2, len(checks)
+
+    first: list[int] = []
+
+    def slow() -> None:
+        first.append(len(checks_slow))
+        time.sleep(0.01)
+
+    checks_slow: list[int] = []
+    measure.paired_median_ms(slow, slow, repeats=1, warmup=2, check=lambda: checks_slow.append(1))
+    assert first[0] == 1  # asked before the first call

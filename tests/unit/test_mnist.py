@@ -70,3 +70,26 @@ def test_offline_copy_first_and_the_keras_loader_only_without_one(offline_mnist,
     monkeypatch.setattr(datasets, "_keras_mnist", lambda: calls.append(1) or fake)
     assert datasets.load_mnist_raw(offline_mnist)[0].shape == (60000, 28, 28) and calls == []
     assert datasets.load_mnist_raw(tmp_path)[0].shape == (2, 28, 28) and calls == [1]
+
+
+def test_why_the_download_failed_names_no_file_of_the_host_and_keeps_urls_whole(monkeypatch):
+    """A worker whose HOME is / (a container user without a home) had every "/" of the cause
+    made "~", and a file of the host outside HOME (Keras' /tmp/.keras fallback) was named."""
+    import pathlib
+
+    monkeypatch.setattr(pathlib.Path, "home", classmethod(lambda cls: pathlib.Path("/")))
+    monkeypatch.delenv("KERAS_HOME", raising=False)
+
+    def wrapped(cause: BaseException) -> Exception:  # as Keras raises it, the cause its context
+        try:
+            try:
+                raise cause
+            except BaseException as inner:  # noqa: BLE001
+                raise Exception(f"URL fetch failure on https://x: None -- {inner}")  # noqa: B904
+        except Exception as outer:  # noqa: BLE001
+            return outer
+
+    denied = PermissionError(13, "Permission denied", "/tmp/.keras/datasets/mnist.npz")
+    assert datasets._why(wrapped(denied)) == "PermissionError: [Errno 13] Permission denied"
+    text = datasets._why(wrapped(ValueError("proxy http://alice:s3cret@proxy:3128 refused https://a/b")))
+    assert "https://a/b" in text and "s3cret" not in text and "~" not in text

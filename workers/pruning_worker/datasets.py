@@ -11,6 +11,7 @@ import collections
 import logging
 import os
 import pathlib
+import re
 import socket
 from collections.abc import Callable
 from typing import Any
@@ -125,9 +126,13 @@ def _why(exc: BaseException) -> str:
     """The download's failure in a line ("... [Errno -3] Temporary failure in name resolution"),
     without a path of this host: the cause of the cause where Keras wraps it."""
     cause = exc.__cause__ or exc.__context__ or exc
-    text = " ".join(str(cause).split())
-    for home in {str(pathlib.Path.home()), os.environ.get("KERAS_HOME", "")} - {""}:
-        text = text.replace(home, "~")
+    if isinstance(cause, OSError) and cause.strerror and (cause.filename is not None or cause.filename2 is not None):
+        text = f"[Errno {cause.errno}] {cause.strerror}"  # the file it names is this host's
+    else:
+        text = " ".join(str(cause).split())
+        for home in {str(pathlib.Path.home()), os.environ.get("KERAS_HOME", "")} - {"", "/"}:
+            text = text.replace(home.rstrip("/"), "~")
+    text = re.sub(r"(//)[^/@\s]*@", r"\1", text)  # a proxy's user and password
     return f"{type(cause).__name__}: {text[:200]}" if text else type(cause).__name__
 
 

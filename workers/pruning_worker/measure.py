@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import gzip
 import itertools
+import math
 import os
 import pathlib
 import re
@@ -217,6 +218,9 @@ MIN_SPREAD_SAMPLES = 5
 # first to run after an interpreter is built ran slower for a whole measurement (0.038 against
 # 0.011 ms for the same model, told apart), as caches and a delegate's threads came up.
 WARMUP_S = 0.2
+# During the warm-up ``check`` (a round trip to the job store) runs at most this often: before
+# every pair it ran thousands of times for a model of microseconds a call.
+WARMUP_CHECK_S = 0.05
 # Medians closer than this share of the faster are no speed-up to count on, however tight the
 # samples: a busy-wait's quartiles are a microsecond wide, and the order of two runs alone
 # parted identical work by 0.05%.
@@ -245,10 +249,13 @@ def paired_median_ms(
     each pair of samples (the job's time limit and cancel: 40 repeats of a large batch ran a
     job 3 minutes past its limit of 20 s)."""
     warm_until = time.perf_counter() + WARMUP_S
+    checked = -math.inf
     for done in itertools.count():
-        if done >= warmup and time.perf_counter() >= warm_until:
+        now = time.perf_counter()
+        if done >= warmup and now >= warm_until:
             break
-        if check is not None and done >= warmup:
+        if check is not None and now - checked >= WARMUP_CHECK_S:
+            checked = now
             check()
         run_a()
         run_b()
