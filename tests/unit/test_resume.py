@@ -259,14 +259,17 @@ def test_an_attempt_of_ten_digits_reads_and_supersedes_its_own_checkpoints(tmp_p
     assert sorted(p.name for p in directory.iterdir()) == [f"a{attempt}-epoch-2.index", f"latest-{attempt}.json"]
 
 
-@pytest.mark.parametrize("stop_at", ["last step", "mid-epoch"])
-def test_a_stop_asked_at_an_epochs_last_step_keeps_the_epoch(tmp_path, stop_at):
+@pytest.mark.parametrize("stop_at", ["last step", "mid-epoch", "cancel at the last step"])
+def test_a_shutdown_at_an_epochs_last_step_keeps_the_epoch(tmp_path, monkeypatch, stop_at):
     """The worker shutting down as epoch 2 of 2 finished: the epoch was not kept, and the next
-    attempt ran it again from epoch 1's checkpoint. A stop inside an epoch keeps nothing of it."""
+    attempt ran it again from epoch 1's checkpoint. A stop inside an epoch keeps nothing of it,
+    nor does a cancel (nothing resumes a cancelled job)."""
     import tf_keras as keras
 
     from pruning_core.objectstore import LocalStore
-    from pruning_worker import train
+    from pruning_worker import shutdown, train
+
+    monkeypatch.setattr(shutdown, "due", lambda: not stop_at.startswith("cancel"))
 
     rng = np.random.default_rng(0)
     x, y = rng.random((64, 6), dtype=np.float32), rng.integers(0, 4, 64)
@@ -278,7 +281,7 @@ def test_a_stop_asked_at_an_epochs_last_step_keeps_the_epoch(tmp_path, stop_at):
 
     class Stop(keras.callbacks.Callback):  # as the progress callback does when the worker stops
         def on_train_batch_end(self, batch, logs=None):
-            if self.params["steps"] and batch + 1 == (per_epoch if stop_at == "last step" else 3):
+            if self.params["steps"] and batch + 1 == (3 if stop_at == "mid-epoch" else per_epoch):
                 self.model.stop_training = True
 
     with train.checkpointing(checkpoints):

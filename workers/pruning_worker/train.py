@@ -38,7 +38,7 @@ from pruning_core.objectstore import (
     write_checkpoint_record,
 )
 
-from . import tferrors
+from . import shutdown, tferrors
 from .callbacks import HistoryCallback
 from .errors import STORE_ERRORS
 
@@ -158,10 +158,10 @@ class _Checkpoint(keras.callbacks.Callback):
         self.batches = batch + 1
 
     def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
-        if self.model.stop_training and not self._whole_epoch(logs):
-            return  # stopped inside the epoch (a cancel, the worker's shutdown) or diverged
-        # A stop asked at the epoch's last step (the worker shutting down) keeps the epoch:
-        # the next attempt goes on after it instead of running it again.
+        if self.model.stop_training and not (shutdown.due() and self._whole_epoch(logs)):
+            return  # stopped inside the epoch, cancelled, early-stopped or diverged
+        # The worker shutting down at the epoch's last step keeps the epoch: the next attempt
+        # goes on after it instead of running it again (a cancel keeps nothing: nothing resumes).
         self.checkpoints.save(self.model, epoch + 1, self.history.history if self.history else [])
 
     def _whole_epoch(self, logs: Any) -> bool:
