@@ -166,7 +166,7 @@ def _globals(ctx: click.Context | None = None) -> GlobalOptions:
     return GlobalOptions(**ctx.meta.get(_GLOBALS_KEY, {}))
 
 
-_ZERO_MEANS = re.compile(r"0 = (.+?)(?: \(|; |\. |\.?$)")
+_ZERO_MEANS = re.compile(r"\b0 = (.+?)(?: \(|; |\. |\.?$)")
 
 
 def _option(*decls: str, help: str, **attrs: Any) -> Callable[[F], F]:

@@ -53,3 +53,28 @@ def test_a_layers_own_hard_activation_is_refused_at_upload_with_the_way_round(tm
     with pytest.raises(modelcheck.ModelRejected) as refused:
         modelcheck.inspect_model(tmp_path / "m.keras", 1 << 30)
     assert "use an Activation('hard_silu') layer after a linear one instead" in str(refused.value)
+
+
+def test_a_clash_with_the_names_of_the_translation_and_a_masked_hard_sigmoid_are_refused_by_name():
+    """The tf_keras layers of Activation("a") are named a_hard_sigmoid_scale and a_hard_sigmoid:
+    a model holding such a name failed as "the name ... is used 2 times", naming none of the
+    user's layers. Rescaling drops a padding mask: hard_sigmoid over one failed at a later layer."""
+    import keras
+
+    from pruning_worker import bridge
+
+    L = keras.layers
+    inputs = keras.Input((4,))
+    x = L.Activation("hard_silu", name="a")(L.Dense(4, name="a_hard_sigmoid_scale")(inputs))
+    with pytest.raises(bridge.UnsupportedLayer, match="layer 'a' of class Activation: .*'a_hard_sigmoid_scale'"):
+        bridge.to_tf_keras(keras.Model(inputs, L.Dense(2)(x)))
+
+    tokens = keras.Input((6,), dtype="int32")
+    x = L.Activation("hard_sigmoid", name="gate")(L.Embedding(20, 4, mask_zero=True)(tokens))
+    with pytest.raises(
+        bridge.UnsupportedLayer, match="layer 'gate' of class Activation: is hard_sigmoid over a masked"
+    ):
+        bridge.to_tf_keras(keras.Model(tokens, L.GlobalAveragePooling1D()(x)))
+    x = L.Activation("hard_silu", name="silu")(L.Embedding(20, 4, mask_zero=True)(tokens))  # the Multiply keeps it
+    model = keras.Model(tokens, L.GlobalAveragePooling1D()(x))
+    assert bridge.compare(model, bridge.to_tf_keras(model))[0] <= 1e-6

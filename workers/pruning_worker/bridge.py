@@ -24,6 +24,7 @@ import json
 import math
 import os
 import pathlib
+import re
 import threading
 import zipfile
 from collections.abc import Callable, Iterable
@@ -572,6 +573,8 @@ def _expanded_activation(op: Any) -> Callable[[Any], Any] | None:
     times = tf_keras.layers.Multiply(name=op.name, **options) if silu else None
 
     def apply(x: Any, **kwargs: Any) -> Any:
+        if not silu and getattr(x, "_keras_mask", None) is not None:  # Rescaling drops a padding mask
+            refuse("is hard_sigmoid over a masked sequence, whose padding mask its tf_keras layers drop")
         gate = clip(scale(x))
         return times([x, gate]) if times is not None else gate
 
@@ -736,10 +739,21 @@ class _Translator:
             return tf_keras.Sequential(layers, name=model3.name)
         inputs = [tf_keras.Input(**_input_options(layer)) for layer in _input_layers(model3)]
         outputs = self.run(model3, inputs)
-        if class_name == "Sequential":
-            return tf_keras.Model(inputs[0], outputs, name=model3.name)
-        structure = keras.tree.pack_sequence_as(model3._inputs_struct, inputs)
-        return tf_keras.Model(structure, outputs, name=model3.name)
+        structure = (
+            inputs[0] if class_name == "Sequential" else keras.tree.pack_sequence_as(model3._inputs_struct, inputs)
+        )
+        try:
+            return tf_keras.Model(structure, outputs, name=model3.name)
+        except ValueError as exc:
+            taken = re.search(r'name "(.+?)(_hard_sigmoid_scale|_hard_sigmoid)" is used', str(exc))
+            if taken is None:
+                raise
+            raise UnsupportedLayer(
+                taken.group(1),
+                "Activation",
+                f"its translation to tf_keras needs the layer name {taken.group(1) + taken.group(2)!r}, "
+                "which another layer of the model has; rename that layer",
+            ) from None
 
     @staticmethod
     def _operations(model3: Any) -> list[Any]:

@@ -205,7 +205,19 @@ def apply_pruning(model: keras.Model, p: pb.PruningSpec, schedule: Schedule) -> 
         try:
             return tfmot.sparsity.keras.prune_low_magnitude(model, **params), chosen
         except (ValueError, TypeError) as exc:
-            raise JobInputError(f"spec.pruning.policy: {exc}") from None
+            # the layers the bridge made of Keras 3's Activation("hard_silu") are none the user has
+            made = sorted(
+                layer.name.removesuffix("_hard_sigmoid_scale")
+                for layer in model.layers
+                if layer.name.endswith("_hard_sigmoid_scale")
+            )
+            why = (
+                f" (Keras 3's hard_sigmoid / hard_silu Activation layers {', '.join(made[:5])} are translated as "
+                "Rescaling, ReLU and Multiply layers; use the default policy)"
+                if made
+                else ""
+            )
+            raise JobInputError(f"spec.pruning.policy: {exc}{why}") from None
 
     def clone(layer: keras.layers.Layer) -> keras.layers.Layer:
         if layer.name not in chosen:
