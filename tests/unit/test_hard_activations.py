@@ -78,3 +78,25 @@ def test_a_clash_with_the_names_of_the_translation_and_a_masked_hard_sigmoid_are
     x = L.Activation("hard_silu", name="silu")(L.Embedding(20, 4, mask_zero=True)(tokens))  # the Multiply keeps it
     model = keras.Model(tokens, L.GlobalAveragePooling1D()(x))
     assert bridge.compare(model, bridge.to_tf_keras(model))[0] <= 1e-6
+
+
+def test_the_xnnpack_policy_over_a_translated_hard_activation_names_the_activation():
+    """TFMOT's XNNPACK policy takes no Rescaling: the job failed naming a layer the user never had."""
+    import keras
+    import tensorflow_model_optimization as tfmot
+
+    from pruning.v1 import pruning_pb2 as pb
+    from pruning_worker import bridge, recipe
+    from pruning_worker.errors import JobInputError
+
+    L = keras.layers
+    inputs = keras.Input((16, 16, 3))
+    x = L.ZeroPadding2D(((0, 1), (0, 1)))(inputs)
+    x = L.Conv2D(8, 3, strides=2, padding="valid")(x)
+    x = L.Activation("hard_swish", name="stem_act")(x)
+    x = L.Conv2D(8, 1)(x)
+    model = bridge.to_tf_keras(keras.Model(inputs, L.GlobalAveragePooling2D(keepdims=True)(x)))
+    spec = pb.PruningSpec(policy=pb.PRUNING_POLICY_PRUNE_FOR_LATENCY_ON_XNNPACK)
+    schedule = tfmot.sparsity.keras.ConstantSparsity(0.5, 0, frequency=1)
+    with pytest.raises(JobInputError, match="Activation layers stem_act are translated as Rescaling"):
+        recipe.apply_pruning(model, spec, schedule)
