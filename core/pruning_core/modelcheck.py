@@ -292,7 +292,13 @@ def _walk_classes(
                         f"the model subclasses keras.Model ({cls[:40]}): its code would run on the worker; "
                         "refused: rebuild it as a Functional or Sequential model of built-in layers"
                     )
-                if builtin:
+                if cls == "__tensor__":  # a tensor the graph holds as a value: keras.ops.arange(64), ...
+                    what = "a constant tensor made outside its inputs (keras.ops.arange(n) for positions, ...)"
+                    why = (
+                        "which Keras 3 stores as a value, not as a layer; feed it as an Input, or use a layer "
+                        "that holds it as a weight"
+                    )
+                elif builtin:
                     why = "a Keras class the service does not take"
                 else:
                     what = f"layer {str(name)[:60]!r} ({cls[:60]})" if name is not None else f"the class {cls[:60]}"

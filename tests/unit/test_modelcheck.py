@@ -450,3 +450,18 @@ def test_an_archive_of_too_many_members_is_refused_before_its_directory_is_read(
         modelcheck.inspect_dataset(_many_members(tmp_path / "lying.npz", 20_000, said=4), 10**9)  # undercounted
     with pytest.raises(ModelRejected, match="20004 members"):
         modelcheck.inspect_model(_many_members(tmp_path / "many.keras", 20_000), 10**9)
+
+
+def test_a_constant_tensor_in_the_graph_is_named_as_such_not_as_a_class(tmp_path):
+    """A ViT's position embedding over keras.ops.arange(n): the refusal said "the class
+    __tensor__, a Keras class the service does not take"."""
+    import keras
+
+    L = keras.layers
+    inputs = keras.Input((16, 8))
+    x = L.Add()([inputs, L.Embedding(16, 8)(keras.ops.arange(16))])
+    keras.Model(inputs, L.Dense(2)(L.GlobalAveragePooling1D()(x))).save(tmp_path / "m.keras")
+    with pytest.raises(modelcheck.ModelRejected) as refused:
+        modelcheck.inspect_model(tmp_path / "m.keras", 1 << 30)
+    assert "a constant tensor made outside its inputs" in str(refused.value)
+    assert "__tensor__" not in str(refused.value)
