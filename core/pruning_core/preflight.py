@@ -216,6 +216,17 @@ KERAS3_ACTIVATIONS = {
 # hard_sigmoid(x) = relu6(x + 3) / 6 = min(max(x / 6 + 0.5, 0), 1): Rescaling(1/6, offset 0.5)
 # and ReLU(max_value=1); hard_silu(x) (hard_swish) = x * hard_sigmoid(x): and a Multiply.
 KERAS3_LAYER_ACTIVATIONS = frozenset({"hard_sigmoid", "hard_silu", "hard_swish"})
+# What the names of the tf_keras layers before the last (which takes the Activation's name) end in
+HARD_SIGMOID_PARTS = ("_hard_sigmoid_scale", "_hard_sigmoid")
+
+
+def expanded_activation_parts(name: str, activation: str) -> list[str]:
+    """The names of the tf_keras layers the bridge makes of Activation ``name`` of ``activation``
+    (one of :data:`KERAS3_LAYER_ACTIVATIONS`) before the last, which keeps ``name``: the
+    Rescaling, then for hard_silu the ReLU (for hard_sigmoid the ReLU is the last)."""
+    scale, clip = HARD_SIGMOID_PARTS
+    return [name + scale] if activation == "hard_sigmoid" else [name + scale, name + clip]
+
 
 # Keras 3 activations tf_keras lacks, and the layer (which the bridge translates) doing the same
 _ACTIVATION_LAYERS = {

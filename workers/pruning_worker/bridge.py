@@ -568,8 +568,9 @@ def _expanded_activation(op: Any) -> Callable[[Any], Any] | None:
 
     dtype = op.get_config().get("dtype")
     options = {"dtype": _dtype(dtype, refuse)} if dtype is not None else {}
-    scale = tf_keras.layers.Rescaling(1.0 / 6.0, offset=0.5, name=f"{op.name}_hard_sigmoid_scale", **options)
-    clip = tf_keras.layers.ReLU(max_value=1.0, name=f"{op.name}_hard_sigmoid" if silu else op.name, **options)
+    scale_name, *clip_name = preflight.expanded_activation_parts(op.name, activation)
+    scale = tf_keras.layers.Rescaling(1.0 / 6.0, offset=0.5, name=scale_name, **options)
+    clip = tf_keras.layers.ReLU(max_value=1.0, name=clip_name[0] if silu else op.name, **options)
     times = tf_keras.layers.Multiply(name=op.name, **options) if silu else None
 
     def apply(x: Any, **kwargs: Any) -> Any:
@@ -745,7 +746,8 @@ class _Translator:
         try:
             return tf_keras.Model(structure, outputs, name=model3.name)
         except ValueError as exc:
-            taken = re.search(r'name "(.+?)(_hard_sigmoid_scale|_hard_sigmoid)" is used', str(exc))
+            parts = "|".join(map(re.escape, preflight.HARD_SIGMOID_PARTS))
+            taken = re.search(rf'name "(.+?)({parts})" is used', str(exc))
             if taken is None:
                 raise
             raise UnsupportedLayer(
@@ -966,7 +968,7 @@ def to_keras3(model2: Any, like: Any) -> Any:
             del sources[name]
     for name, layer3 in targets.items():  # an activation the bridge made several layers of
         if (activation := _expanded_activation_name(layer3)) is not None and name in sources:
-            parts = [f"{name}_hard_sigmoid_scale"] + ([f"{name}_hard_sigmoid"] if activation != "hard_sigmoid" else [])
+            parts = preflight.expanded_activation_parts(name, activation)
             for part in [name, *parts]:
                 if part in sources and sources[part].weights:
                     raise BridgeError(f"layer {part!r}, made of Keras 3's Activation {name!r}, holds weights")

@@ -13,7 +13,7 @@ import tf_keras as keras
 from tensorflow_model_optimization.python.core.sparsity.keras import prune_registry, pruning_wrapper
 
 from pruning.v1 import pruning_pb2 as pb
-from pruning_core import defaults, validation
+from pruning_core import defaults, preflight, validation
 from pruning_core import recipe as core_recipe
 from pruning_core.plan import train_steps
 from pruning_core.validation import target_sparsity
@@ -206,11 +206,8 @@ def apply_pruning(model: keras.Model, p: pb.PruningSpec, schedule: Schedule) -> 
             return tfmot.sparsity.keras.prune_low_magnitude(model, **params), chosen
         except (ValueError, TypeError) as exc:
             # the layers the bridge made of Keras 3's Activation("hard_silu") are none the user has
-            made = sorted(
-                layer.name.removesuffix("_hard_sigmoid_scale")
-                for layer in model.layers
-                if layer.name.endswith("_hard_sigmoid_scale")
-            )
+            scale = preflight.HARD_SIGMOID_PARTS[0]
+            made = sorted(layer.name.removesuffix(scale) for layer in model.layers if layer.name.endswith(scale))
             why = (
                 f" (Keras 3's hard_sigmoid / hard_silu Activation layers {', '.join(made[:5])} are translated as "
                 "Rescaling, ReLU and Multiply layers; use the default policy)"
