@@ -88,9 +88,8 @@ def run(
     keras3_files = version_out == 3 and any(fmt in KERAS_FILES for fmt in spec.export.formats)
     baseline3 = loaded.original
     if keras3_files and baseline3 is None:
-        baseline3, _ = keras3_twin(
-            model, None, workdir, x=x_train
-        )  # before training: a model Keras 3 reads wrong fails now
+        # before training: a model Keras 3 reads wrong fails now
+        baseline3, _ = keras3_twin(model, None, workdir, x=x_train)
     keras3_main = keras3_files and main_format in KERAS_FILES
     baseline_file = export(model, main_format, workdir / "baseline", x_train, baseline3 if keras3_main else None)
     result.size_before.CopyFrom(measure.sizes(baseline_file))
