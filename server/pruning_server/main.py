@@ -289,9 +289,8 @@ async def create_server(settings: Settings, address: str | None = None) -> Runni
     )
     # gRPC answers 1 for a Unix socket: the socket is the address
     log.info("pruning server listening on %s (artifacts in %s)", _bound(address, port), where)
-    tenants = sorted(set(settings.tenants_by_key().values()))
-    if tenants:
-        log.info("authentication on: %d API keys of %d tenants", len(settings.tenants_by_key()), len(tenants))
+    if keys := settings.tenants_by_key():
+        log.info("authentication on: %d API keys of %d tenants", len(keys), len(set(keys.values())))
     else:
         # every caller is one tenant ("default"), whatever key it sends: say so once
         log.warning("authentication off (PRUNING_API_KEYS is empty): every call is taken as tenant 'default'")
